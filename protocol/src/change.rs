@@ -1,0 +1,93 @@
+//! Changes as clients request them: add, modify, delete and modify-DN, addressed by DN.
+//! The store turns each into a committed state change with a CSN; replication then
+//! moves entry states (see `message`), not these requests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dn::{Dn, Rdn};
+use crate::entry::{Attributes, Value};
+
+/// What a modification does to one attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModOp {
+    /// Add values (the attribute is created if absent).
+    Add,
+    /// Delete the listed values, or the whole attribute if none are listed.
+    Delete,
+    /// Replace all values; no values removes the attribute.
+    Replace,
+}
+
+/// One step of a modify request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Modification {
+    /// What to do.
+    pub op: ModOp,
+    /// Which attribute.
+    pub attr: String,
+    /// The values it applies to.
+    pub values: Vec<Value>,
+}
+
+/// A write request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Create an entry; the provider assigns its UUID and CSN.
+    Add {
+        /// The new entry's DN.
+        dn: Dn,
+        /// Its attributes.
+        attrs: Attributes,
+    },
+    /// Modify an entry's attributes; all modifications apply, or none.
+    Modify {
+        /// The entry.
+        dn: Dn,
+        /// The steps, applied in order.
+        mods: Vec<Modification>,
+    },
+    /// Delete a leaf entry.
+    Delete {
+        /// The entry.
+        dn: Dn,
+    },
+    /// Rename and/or move an entry.
+    ModDn {
+        /// The entry.
+        dn: Dn,
+        /// Its new RDN.
+        new_rdn: Rdn,
+        /// Whether the old RDN's values are removed from the entry.
+        delete_old_rdn: bool,
+        /// The new parent, if the entry moves.
+        new_superior: Option<Dn>,
+    },
+}
+
+impl Change {
+    /// The DN the change is addressed to.
+    pub fn dn(&self) -> &Dn {
+        match self {
+            Change::Add { dn, .. } | Change::Modify { dn, .. } | Change::Delete { dn } | Change::ModDn { dn, .. } => dn,
+        }
+    }
+
+    /// The LDIF `changetype` word for the change.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Add { .. } => "add",
+            Change::Modify { .. } => "modify",
+            Change::Delete { .. } => "delete",
+            Change::ModDn { .. } => "modrdn",
+        }
+    }
+
+    /// The DN the entry has after a modify-DN.
+    pub fn moddn_target(dn: &Dn, new_rdn: &Rdn, new_superior: Option<&Dn>) -> Dn {
+        let parent = match new_superior {
+            Some(p) => p.clone(),
+            None => dn.parent().unwrap_or_default(),
+        };
+        parent.child(new_rdn.clone())
+    }
+}

@@ -1,0 +1,45 @@
+//! Change sequence numbers: the provider's total order of committed changes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A change sequence number, strictly increasing per provider store. Assigned at commit;
+/// `Csn::ZERO` means "before any change". A consumer's position is a CSN, and an entry
+/// carries the CSN of its last change so applying an older state is a no-op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Csn(pub u64);
+
+impl Csn {
+    /// Before the first change.
+    pub const ZERO: Csn = Csn(0);
+
+    /// The CSN after this one.
+    pub fn next(self) -> Csn {
+        Csn(self.0 + 1)
+    }
+
+    /// Big-endian bytes: store keys sort in CSN order.
+    pub fn to_key(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+
+    /// Reads a key written by [`Csn::to_key`]; `None` if it is not 8 bytes.
+    pub fn from_key(key: &[u8]) -> Option<Csn> {
+        Some(Csn(u64::from_be_bytes(key.try_into().ok()?)))
+    }
+}
+
+impl fmt::Display for Csn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for Csn {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Csn(s.parse()?))
+    }
+}

@@ -1,0 +1,758 @@
+//! Distinguished names: parsing RFC 4514 strings, rendering them, and the normalized
+//! form every comparison, index key and tree-order sort in Tether is built on.
+//!
+//! A [`Dn`] keeps its RDNs leaf first, exactly as written, so that what a user wrote is
+//! what a user reads back; equality, hashing and ordering go through the normalized form
+//! (attribute types lower-cased, values case-folded with insignificant spaces removed,
+//! multi-valued RDNs sorted), computed once at parse time.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Separator between RDNs in a [`Dn::tree_key`]; it sorts below every byte a normalized
+/// RDN can contain (normalization escapes control characters), so a parent's key is a
+/// prefix of, and sorts before, every descendant's key.
+pub const TREE_KEY_SEPARATOR: u8 = 0;
+
+/// Why a DN string was refused; every variant names the offending position or text so
+/// that an LDIF error can point at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnError {
+    /// An attribute type that is neither a descriptor (`cn`) nor a numeric OID (`2.5.4.3`).
+    #[error("invalid attribute type {0:?} in DN")]
+    InvalidAttributeType(String),
+    /// An RDN component without the `=` between type and value.
+    #[error("missing '=' after attribute type {0:?} in DN")]
+    MissingEquals(String),
+    /// An empty RDN, as in `cn=a,,dc=b` or a trailing comma.
+    #[error("empty RDN at byte {0} of DN")]
+    EmptyRdn(usize),
+    /// A backslash not followed by a special character or two hex digits.
+    #[error("invalid escape sequence at byte {0} of DN")]
+    InvalidEscape(usize),
+    /// A `#` value that is not an even number (at least two) of hex digits.
+    #[error("invalid hex value {0:?} in DN")]
+    InvalidHexValue(String),
+    /// A special character (`+`, `,`, `;`, `<`, `>`, `"`) that should have been escaped.
+    #[error("unescaped {ch:?} at byte {pos} of DN")]
+    UnescapedSpecial { ch: char, pos: usize },
+    /// An unterminated quoted value (RFC 1779 form).
+    #[error("unterminated quoted value in DN")]
+    UnterminatedQuote,
+    /// Escapes that decode to bytes which are not UTF-8 in a string value.
+    #[error("DN value is not valid UTF-8 after unescaping")]
+    InvalidUtf8,
+    /// An RDN carries the same attribute type twice.
+    #[error("attribute type {0:?} appears twice in one RDN")]
+    DuplicateAttributeInRdn(String),
+}
+
+/// One `type=value` pair of an RDN.
+#[derive(Debug, Clone)]
+pub struct Ava {
+    /// The attribute type as written (minus any RFC 1779 `OID.` prefix), kept for display.
+    attr: String,
+    /// The decoded value: UTF-8 text for string values, the raw octets for `#hex` values.
+    value: Vec<u8>,
+    /// Whether the value was given in `#hex` (BER) form; such values are compared and
+    /// rendered as octets, never case-folded.
+    hex: bool,
+}
+
+impl Ava {
+    /// Builds a string-valued AVA, e.g. for the RDN of an entry made from an attribute.
+    pub fn new(attr: &str, value: &str) -> Result<Self, DnError> {
+        check_attribute_type(attr)?;
+        Ok(Self { attr: attr.to_owned(), value: value.as_bytes().to_vec(), hex: false })
+    }
+
+    /// The attribute type as written.
+    pub fn attr(&self) -> &str {
+        &self.attr
+    }
+
+    /// The value as text, if it is a string value (not `#hex`) holding UTF-8.
+    pub fn value_str(&self) -> Option<&str> {
+        if self.hex {
+            None
+        } else {
+            std::str::from_utf8(&self.value).ok()
+        }
+    }
+
+    /// The decoded value octets.
+    pub fn value_bytes(&self) -> &[u8] {
+        &self.value
+    }
+
+    fn normalized(&self) -> String {
+        let mut out = self.attr.to_ascii_lowercase();
+        out.push('=');
+        if self.hex {
+            out.push('#');
+            for b in &self.value {
+                out.push_str(&format!("{b:02x}"));
+            }
+        } else {
+            let text = String::from_utf8_lossy(&self.value);
+            escape_value(&normalize_text(&text), &mut out);
+        }
+        out
+    }
+
+    fn render(&self, out: &mut String) {
+        out.push_str(&self.attr);
+        out.push('=');
+        if self.hex {
+            out.push('#');
+            for b in &self.value {
+                out.push_str(&format!("{b:02X}"));
+            }
+        } else {
+            escape_value(&String::from_utf8_lossy(&self.value), out);
+        }
+    }
+}
+
+/// Case-folds a text value and removes insignificant spaces (leading, trailing, and runs
+/// inside collapsed to one), the `caseIgnoreMatch` preparation applied to every value
+/// since Tether has no schema to say otherwise.
+pub fn normalize_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&word.to_lowercase());
+    }
+    out
+}
+
+/// A relative distinguished name: one or more AVAs joined by `+`.
+#[derive(Debug, Clone)]
+pub struct Rdn {
+    /// The AVAs in the order written (display order).
+    avas: Vec<Ava>,
+    /// Normalized form with AVAs sorted, so `cn=a+sn=b` equals `SN=B+CN=A`.
+    norm: String,
+}
+
+impl Rdn {
+    /// Builds an RDN from its AVAs; refuses an empty list and repeated types.
+    pub fn new(avas: Vec<Ava>) -> Result<Self, DnError> {
+        if avas.is_empty() {
+            return Err(DnError::EmptyRdn(0));
+        }
+        let mut parts: Vec<String> = avas.iter().map(Ava::normalized).collect();
+        let mut types: Vec<String> = avas.iter().map(|a| a.attr.to_ascii_lowercase()).collect();
+        types.sort();
+        if let Some(w) = types.windows(2).find(|w| w[0] == w[1]) {
+            return Err(DnError::DuplicateAttributeInRdn(w[0].clone()));
+        }
+        parts.sort();
+        Ok(Self { avas, norm: parts.join("+") })
+    }
+
+    /// Parses a single RDN such as the `newrdn` of a modrdn record.
+    pub fn parse(s: &str) -> Result<Self, DnError> {
+        let dn = Dn::parse(s)?;
+        match dn.rdns.len() {
+            1 => Ok(dn.rdns.into_iter().next().ok_or(DnError::EmptyRdn(0))?),
+            0 => Err(DnError::EmptyRdn(0)),
+            _ => Err(DnError::UnescapedSpecial { ch: ',', pos: s.find(',').unwrap_or(0) }),
+        }
+    }
+
+    /// The AVAs as written.
+    pub fn avas(&self) -> &[Ava] {
+        &self.avas
+    }
+
+    /// The normalized text of this RDN.
+    pub fn normalized(&self) -> &str {
+        &self.norm
+    }
+}
+
+impl PartialEq for Rdn {
+    fn eq(&self, other: &Self) -> bool {
+        self.norm == other.norm
+    }
+}
+impl Eq for Rdn {}
+
+impl fmt::Display for Rdn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        for (i, ava) in self.avas.iter().enumerate() {
+            if i > 0 {
+                out.push('+');
+            }
+            ava.render(&mut out);
+        }
+        f.write_str(&out)
+    }
+}
+
+/// A distinguished name. The empty DN (no RDNs) is the root of the tree.
+#[derive(Debug, Clone, Default)]
+pub struct Dn {
+    /// RDNs leaf first, as in the string form.
+    rdns: Vec<Rdn>,
+    /// Normalized string form (RDN normal forms joined by `,`), the identity of the DN.
+    norm: String,
+}
+
+impl Dn {
+    /// The root DN (no RDNs).
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// Parses an RFC 4514 string, also accepting the lenient forms real tools emit:
+    /// spaces around separators, `;` between RDNs, `OID.` prefixes and quoted values.
+    pub fn parse(s: &str) -> Result<Self, DnError> {
+        Parser { src: s.as_bytes(), pos: 0 }.dn()
+    }
+
+    /// Builds a DN from RDNs given leaf first.
+    pub fn from_rdns(rdns: Vec<Rdn>) -> Self {
+        let norm = rdns.iter().map(|r| r.norm.as_str()).collect::<Vec<_>>().join(",");
+        Self { rdns, norm }
+    }
+
+    /// RDNs leaf first.
+    pub fn rdns(&self) -> &[Rdn] {
+        &self.rdns
+    }
+
+    /// The leaf RDN, or `None` for the root DN.
+    pub fn rdn(&self) -> Option<&Rdn> {
+        self.rdns.first()
+    }
+
+    /// The parent DN, or `None` for the root DN.
+    pub fn parent(&self) -> Option<Dn> {
+        if self.rdns.is_empty() {
+            None
+        } else {
+            Some(Dn::from_rdns(self.rdns[1..].to_vec()))
+        }
+    }
+
+    /// `rdn` placed under `self`.
+    pub fn child(&self, rdn: Rdn) -> Dn {
+        let mut rdns = Vec::with_capacity(self.rdns.len() + 1);
+        rdns.push(rdn);
+        rdns.extend(self.rdns.iter().cloned());
+        Dn::from_rdns(rdns)
+    }
+
+    /// Whether this is the root DN.
+    pub fn is_root(&self) -> bool {
+        self.rdns.is_empty()
+    }
+
+    /// Number of RDNs.
+    pub fn depth(&self) -> usize {
+        self.rdns.len()
+    }
+
+    /// Whether `self` is `ancestor` or lies below it.
+    pub fn is_descendant_of(&self, ancestor: &Dn) -> bool {
+        let n = ancestor.rdns.len();
+        self.rdns.len() >= n && self.rdns[self.rdns.len() - n..].iter().zip(&ancestor.rdns).all(|(a, b)| a == b)
+    }
+
+    /// Whether `self` is the immediate child of `parent`.
+    pub fn is_child_of(&self, parent: &Dn) -> bool {
+        self.rdns.len() == parent.rdns.len() + 1 && self.is_descendant_of(parent)
+    }
+
+    /// The normalized string, e.g. `cn=john smith,dc=example,dc=com`.
+    pub fn normalized(&self) -> &str {
+        &self.norm
+    }
+
+    /// The tree-order key: normalized RDNs from the root down, each followed by
+    /// [`TREE_KEY_SEPARATOR`]. Sorting by it puts every parent before its children and a
+    /// subtree in one contiguous key range, which is what the store's DN index and
+    /// canonical LDIF output rely on.
+    pub fn tree_key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.norm.len() + self.rdns.len());
+        for rdn in self.rdns.iter().rev() {
+            key.extend_from_slice(rdn.norm.as_bytes());
+            key.push(TREE_KEY_SEPARATOR);
+        }
+        key
+    }
+
+    /// Re-parents `self` from `old_base` to `new_base` (for subtree renames); `None` if
+    /// `self` is not under `old_base`.
+    pub fn rebase(&self, old_base: &Dn, new_base: &Dn) -> Option<Dn> {
+        if !self.is_descendant_of(old_base) {
+            return None;
+        }
+        let keep = self.rdns.len() - old_base.rdns.len();
+        let mut rdns = self.rdns[..keep].to_vec();
+        rdns.extend(new_base.rdns.iter().cloned());
+        Some(Dn::from_rdns(rdns))
+    }
+}
+
+impl PartialEq for Dn {
+    fn eq(&self, other: &Self) -> bool {
+        self.norm == other.norm
+    }
+}
+impl Eq for Dn {}
+
+impl Hash for Dn {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.norm.hash(state);
+    }
+}
+
+impl PartialOrd for Dn {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Tree order: parents before children, siblings by normalized RDN.
+impl Ord for Dn {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rdns.iter().rev().map(|r| r.norm.as_str()).cmp(other.rdns.iter().rev().map(|r| r.norm.as_str()))
+    }
+}
+
+impl fmt::Display for Dn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, rdn) in self.rdns.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{rdn}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Dn {
+    type Err = DnError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Dn::parse(s)
+    }
+}
+
+/// DNs cross the wire and the store as their RFC 4514 string and are re-parsed (and so
+/// re-validated) on the way in: a hostile peer cannot smuggle in an unnormalized DN.
+impl Serialize for Dn {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Dn::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Rdn {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Rdn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Rdn::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// RFC 4514 §2.4 escaping: specials anywhere, `#` and space at the start, space at the
+/// end, and control characters as `\XX` (so normalized values never hold a separator).
+fn escape_value(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Checks a descriptor (`ALPHA *(ALPHA / DIGIT / "-")`) or numeric OID without
+/// leading zeros.
+fn check_attribute_type(attr: &str) -> Result<(), DnError> {
+    let bad = || DnError::InvalidAttributeType(attr.to_owned());
+    let bytes = attr.as_bytes();
+    match bytes.first() {
+        Some(b) if b.is_ascii_alphabetic() => {
+            if bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-') {
+                Ok(())
+            } else {
+                Err(bad())
+            }
+        }
+        Some(b) if b.is_ascii_digit() => {
+            for number in attr.split('.') {
+                let ok = !number.is_empty()
+                    && number.bytes().all(|b| b.is_ascii_digit())
+                    && !(number.len() > 1 && number.starts_with('0'));
+                if !ok {
+                    return Err(bad());
+                }
+            }
+            Ok(())
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Recursive-descent parser over the DN's bytes.
+struct Parser<'a> {
+    src: &'a [u8],
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    fn skip_spaces(&mut self) {
+        while self.peek() == Some(b' ') {
+            self.pos += 1;
+        }
+    }
+
+    fn dn(mut self) -> Result<Dn, DnError> {
+        let mut rdns = Vec::new();
+        self.skip_spaces();
+        if self.peek().is_none() {
+            return Ok(Dn::root());
+        }
+        loop {
+            rdns.push(self.rdn()?);
+            match self.peek() {
+                None => break,
+                Some(b',') | Some(b';') => {
+                    self.pos += 1;
+                    self.skip_spaces();
+                    if self.peek().is_none() {
+                        return Err(DnError::EmptyRdn(self.pos));
+                    }
+                }
+                Some(c) => return Err(DnError::UnescapedSpecial { ch: c as char, pos: self.pos }),
+            }
+        }
+        Ok(Dn::from_rdns(rdns))
+    }
+
+    fn rdn(&mut self) -> Result<Rdn, DnError> {
+        let mut avas = Vec::new();
+        loop {
+            avas.push(self.ava()?);
+            if self.peek() == Some(b'+') {
+                self.pos += 1;
+                self.skip_spaces();
+            } else {
+                break;
+            }
+        }
+        Rdn::new(avas)
+    }
+
+    fn ava(&mut self) -> Result<Ava, DnError> {
+        self.skip_spaces();
+        let start = self.pos;
+        while let Some(c) = self.peek() {
+            if c == b'=' || c == b',' || c == b'+' || c == b';' {
+                break;
+            }
+            self.pos += 1;
+        }
+        let raw = String::from_utf8_lossy(&self.src[start..self.pos]).trim_end().to_owned();
+        if raw.is_empty() {
+            return Err(DnError::EmptyRdn(start));
+        }
+        if self.peek() != Some(b'=') {
+            return Err(DnError::MissingEquals(raw));
+        }
+        self.pos += 1;
+        let attr = match raw.get(..4) {
+            Some(p) if p.eq_ignore_ascii_case("oid.") => raw[4..].to_owned(),
+            _ => raw,
+        };
+        check_attribute_type(&attr)?;
+        self.skip_spaces();
+        match self.peek() {
+            Some(b'#') => self.hex_value(attr),
+            Some(b'"') => self.quoted_value(attr),
+            _ => self.string_value(attr),
+        }
+    }
+
+    fn hex_value(&mut self, attr: String) -> Result<Ava, DnError> {
+        self.pos += 1;
+        let start = self.pos;
+        while matches!(self.peek(), Some(c) if c.is_ascii_hexdigit()) {
+            self.pos += 1;
+        }
+        let digits = &self.src[start..self.pos];
+        let end = self.pos;
+        self.skip_spaces();
+        let terminated = matches!(self.peek(), None | Some(b',' | b';' | b'+'));
+        if digits.is_empty() || digits.len() % 2 != 0 || !terminated {
+            let text = String::from_utf8_lossy(&self.src[start - 1..end.max(self.pos)]).into_owned();
+            return Err(DnError::InvalidHexValue(text));
+        }
+        let value = digits.chunks(2).map(|p| (hex_digit(p[0]) << 4) | hex_digit(p[1])).collect();
+        Ok(Ava { attr, value, hex: true })
+    }
+
+    fn quoted_value(&mut self, attr: String) -> Result<Ava, DnError> {
+        self.pos += 1;
+        let mut value = Vec::new();
+        loop {
+            match self.peek() {
+                None => return Err(DnError::UnterminatedQuote),
+                Some(b'"') => {
+                    self.pos += 1;
+                    break;
+                }
+                Some(b'\\') => value.push(self.escape()?),
+                Some(c) => {
+                    value.push(c);
+                    self.pos += 1;
+                }
+            }
+        }
+        self.skip_spaces();
+        String::from_utf8(value.clone()).map_err(|_| DnError::InvalidUtf8)?;
+        Ok(Ava { attr, value, hex: false })
+    }
+
+    fn string_value(&mut self, attr: String) -> Result<Ava, DnError> {
+        let mut value = Vec::new();
+        // Length of `value` up to its last escaped byte: trailing spaces after it were
+        // written as `\ ` and are significant, unescaped ones are not.
+        let mut keep = 0;
+        loop {
+            match self.peek() {
+                None | Some(b',' | b';' | b'+') => break,
+                Some(b'\\') => {
+                    value.push(self.escape()?);
+                    keep = value.len();
+                }
+                Some(c @ (b'"' | b'<' | b'>')) => {
+                    return Err(DnError::UnescapedSpecial { ch: c as char, pos: self.pos })
+                }
+                Some(c) => {
+                    value.push(c);
+                    self.pos += 1;
+                }
+            }
+        }
+        while value.len() > keep && value.last() == Some(&b' ') {
+            value.pop();
+        }
+        String::from_utf8(value.clone()).map_err(|_| DnError::InvalidUtf8)?;
+        Ok(Ava { attr, value, hex: false })
+    }
+
+    fn escape(&mut self) -> Result<u8, DnError> {
+        let at = self.pos;
+        self.pos += 1;
+        match self.peek() {
+            Some(c @ (b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\' | b' ' | b'#' | b'=' | b'*')) => {
+                self.pos += 1;
+                Ok(c)
+            }
+            Some(h) if h.is_ascii_hexdigit() => match self.src.get(self.pos + 1) {
+                Some(l) if l.is_ascii_hexdigit() => {
+                    self.pos += 2;
+                    Ok((hex_digit(h) << 4) | hex_digit(*l))
+                }
+                _ => Err(DnError::InvalidEscape(at)),
+            },
+            _ => Err(DnError::InvalidEscape(at)),
+        }
+    }
+}
+
+fn hex_digit(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => c - b'A' + 10,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dn(s: &str) -> Dn {
+        Dn::parse(s).unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))
+    }
+
+    #[test]
+    fn openldap_must_succeed_forms_parse() {
+        for s in [
+            "",
+            "UID=jsmith,DC=example,DC=net",
+            "OU=Sales+CN=J. Smith,DC=example,DC=net",
+            "CN=John Smith\\, III,DC=example,DC=net",
+            "OU=Sales\\; Data\\+Algorithms,DC=example,DC=net",
+            "CN=Before\\0dAfter,DC=example,DC=net",
+            "CN=\\23John Smith\\20,DC=example,DC=net",
+            "CN=Lu\\C4\\8Di\\C4\\87",
+            "testUUID=597ae2f6-16a6-1027-98f4-abcdefABCDEF,DC=Example",
+            "1.3.6.1.4.1.1466.0=#04024869,DC=example,DC=com",
+            "1.1.1=",
+            "cn=A*x=b is a linear algebra problem,ou=LDAPv3,dc=example,dc=com",
+        ] {
+            dn(s);
+        }
+    }
+
+    #[test]
+    fn openldap_must_fail_forms_are_refused() {
+        for s in [
+            "uid;x-option=jsmith",
+            "at_tr=jsmith",
+            "-attr=jsmith",
+            "1..1=jsmith",
+            "1.1.=jsmith",
+            "01.1=jsmith",
+            "1.ff=jsmith",
+            "1.1.1=#GG",
+            "1.1.1=#000",
+            "1.1.1=#F",
+            "1.1.1=#",
+            "UID=jsmith,,DC=example,DC=net",
+            "UID=john,smith",
+            "UID=john+smith",
+            "UID=john\\?smith",
+            "UID=john\\Fsmith",
+            "UID=john\\GGsmith",
+            "<UID=jsmith,O=example,C=US>",
+            "cn=a,",
+        ] {
+            assert!(Dn::parse(s).is_err(), "{s:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn equivalent_spellings_normalize_equal() {
+        let pairs = [
+            ("CN=John Smith\\, III,DC=example,DC=net", "CN=John Smith\\2C III,DC=example,DC=net"),
+            ("OU=Sales\\; Data\\+Algorithms,DC=example,DC=net", "OU=Sales\\3B Data\\2BAlgorithms,DC=example,DC=net"),
+            ("CN=\\23John Smith\\20,DC=example,DC=net", "CN=\\#John Smith\\ ,DC=example,DC=net"),
+            ("UID=jsmith, O=example, C=US", "uid=JSMITH,o=Example,c=us"),
+            ("UID=jsmith;O=example;C=US", "uid=jsmith,o=example,c=us"),
+            ("CN=\"John Smith\",O=example", "cn=john smith,o=example"),
+            ("OID.0.9.2342.19200300.100.1.1=jsmith", "0.9.2342.19200300.100.1.1=jsmith"),
+            ("cn = a  b ,dc=x", "cn=A B,dc=x"),
+            ("OU=Sales+CN=J. Smith,DC=x", "cn=j. smith+ou=sales,dc=x"),
+        ];
+        for (a, b) in pairs {
+            assert_eq!(dn(a), dn(b), "{a:?} vs {b:?}");
+        }
+        // RFC 4518: spaces are insignificant for matching, but an escaped one is kept.
+        assert_eq!(dn("cn=a\\ ,dc=x").rdn().map(|r| r.avas()[0].value_bytes().to_vec()), Some(b"a ".to_vec()));
+        assert_eq!(dn("cn=a   ,dc=x").rdn().map(|r| r.avas()[0].value_bytes().to_vec()), Some(b"a".to_vec()));
+        assert_ne!(dn("cn=a,dc=x"), dn("cn=b,dc=x"));
+    }
+
+    #[test]
+    fn escaped_values_decode_and_render_back() {
+        let d = dn("CN=John Smith\\2C III,DC=example,DC=net");
+        assert_eq!(d.rdn().and_then(|r| r.avas()[0].value_str()), Some("John Smith, III"));
+        assert_eq!(d.to_string(), "CN=John Smith\\, III,DC=example,DC=net");
+        let d = dn("CN=Lu\\C4\\8Di\\C4\\87");
+        assert_eq!(d.rdn().and_then(|r| r.avas()[0].value_str()), Some("Lučić"));
+        let d = dn("CN=\\23John Smith\\20,DC=x");
+        assert_eq!(d.to_string(), "CN=\\#John Smith\\ ,DC=x");
+        assert_eq!(dn(&d.to_string()), d, "rendered form parses to the same DN");
+        let d = dn("CN=Before\\0dAfter,DC=x");
+        assert_eq!(d.to_string(), "CN=Before\\0DAfter,DC=x");
+        assert_eq!(dn("1.1.1=#04024869").to_string(), "1.1.1=#04024869");
+    }
+
+    #[test]
+    fn hierarchy_helpers() {
+        let base = dn("dc=example,dc=com");
+        let person = dn("uid=a,ou=People,dc=Example,dc=com");
+        assert!(person.is_descendant_of(&base));
+        assert!(base.is_descendant_of(&base));
+        assert!(!base.is_descendant_of(&person));
+        assert!(person.is_descendant_of(&Dn::root()));
+        assert!(!dn("dc=com").is_descendant_of(&base));
+        assert!(!dn("uid=a,ou=people,dc=example,dc=org").is_descendant_of(&base));
+        assert_eq!(person.parent(), Some(dn("ou=people,dc=example,dc=com")));
+        assert!(person.is_child_of(&dn("ou=people,dc=example,dc=com")));
+        assert!(!person.is_child_of(&base));
+        assert_eq!(Dn::root().parent(), None);
+        assert_eq!(person.rdn().map(Rdn::normalized), Some("uid=a"));
+        let moved = person.rebase(&dn("ou=people,dc=example,dc=com"), &dn("ou=staff,dc=example,dc=com"));
+        assert_eq!(moved, Some(dn("uid=a,ou=staff,dc=example,dc=com")));
+    }
+
+    #[test]
+    fn tree_order_puts_parents_first_and_subtrees_contiguous() {
+        let mut dns: Vec<Dn> = [
+            "uid=b,ou=people,dc=example,dc=com",
+            "ou=people,dc=example,dc=com",
+            "dc=example,dc=com",
+            "ou=groups,dc=example,dc=com",
+            "uid=a,ou=people,dc=example,dc=com",
+            "ou=peoplex,dc=example,dc=com",
+            "cn=x,ou=groups,dc=example,dc=com",
+        ]
+        .iter()
+        .map(|s| dn(s))
+        .collect();
+        dns.sort();
+        let order: Vec<String> = dns.iter().map(|d| d.normalized().to_owned()).collect();
+        assert_eq!(
+            order,
+            [
+                "dc=example,dc=com",
+                "ou=groups,dc=example,dc=com",
+                "cn=x,ou=groups,dc=example,dc=com",
+                "ou=people,dc=example,dc=com",
+                "uid=a,ou=people,dc=example,dc=com",
+                "uid=b,ou=people,dc=example,dc=com",
+                "ou=peoplex,dc=example,dc=com",
+            ]
+        );
+        let mut keys: Vec<Vec<u8>> = dns.iter().map(Dn::tree_key).collect();
+        let sorted = keys.clone();
+        keys.sort();
+        assert_eq!(keys, sorted, "byte order of tree keys equals tree order");
+        let people = dn("ou=people,dc=example,dc=com").tree_key();
+        let peoplex = dn("ou=peoplex,dc=example,dc=com").tree_key();
+        assert!(!peoplex.starts_with(&people), "a sibling with a longer name is not in the subtree");
+    }
+
+    #[test]
+    fn duplicate_type_in_rdn_is_refused() {
+        assert!(matches!(Dn::parse("cn=a+CN=b,dc=x"), Err(DnError::DuplicateAttributeInRdn(_))));
+    }
+}

@@ -1,0 +1,377 @@
+//! Entries: the unit the store keeps and replication moves. An [`Entry`] is a DN, a
+//! stable [`EntryUuid`], the [`Csn`] of its last change, and [`Attributes`].
+//!
+//! Attribute names are case-insensitive (kept as first written, keyed lower-cased) and
+//! values are octet strings compared case-insensitively when they are text: Tether has
+//! no schema, so every attribute gets `caseIgnoreMatch`, the rule most directory
+//! attributes use, and binary values compare exactly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::csn::Csn;
+use crate::dn::{normalize_text, Dn};
+
+/// The entryUUID: assigned by the provider when an entry is added and never changed, so
+/// replication can follow an entry through renames and moves by identity, not by name.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct EntryUuid(pub [u8; 16]);
+
+impl EntryUuid {
+    /// A fresh random (v4) UUID.
+    pub fn new_random() -> Self {
+        Self(*uuid::Uuid::new_v4().as_bytes())
+    }
+
+    /// The 16 raw bytes, used as the store key.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for EntryUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&uuid::Uuid::from_bytes(self.0).hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for EntryUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntryUuid({self})")
+    }
+}
+
+impl FromStr for EntryUuid {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(*uuid::Uuid::parse_str(s)?.as_bytes()))
+    }
+}
+
+/// One attribute value: an octet string, text when it is UTF-8.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Value(Vec<u8>);
+
+impl Value {
+    /// Wraps raw octets (binary values such as `jpegPhoto` or `userPassword`).
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The raw octets.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value as text, if it is UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The comparison form: case-folded with insignificant spaces removed for text, the
+    /// octets themselves for binary.
+    pub fn normalized(&self) -> Vec<u8> {
+        match self.as_str() {
+            Some(text) => normalize_text(text).into_bytes(),
+            None => self.0.clone(),
+        }
+    }
+
+    /// Equality under the matching rule (see the module docs).
+    pub fn matches(&self, other: &Value) -> bool {
+        self.0 == other.0 || self.normalized() == other.normalized()
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Self(s.into_bytes())
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.as_str() {
+            Some(s) => write!(f, "{s:?}"),
+            None => write!(f, "<{} bytes>", self.0.len()),
+        }
+    }
+}
+
+/// One attribute: its name as first written and its values in insertion order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribute {
+    /// The name as written (`objectClass`, `cn;lang-en`); lookups ignore case.
+    pub name: String,
+    /// The values, distinct under [`Value::matches`].
+    pub values: Vec<Value>,
+}
+
+/// Why a set of attribute values was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttributeError {
+    /// An attribute name that is not a descriptor or OID, optionally with `;options`.
+    #[error("invalid attribute name {0:?}")]
+    InvalidName(String),
+    /// The same value given twice for one attribute.
+    #[error("attribute {attr:?} already has value {value:?}")]
+    DuplicateValue { attr: String, value: String },
+    /// A modify/delete of a value the attribute does not hold.
+    #[error("attribute {attr:?} has no value {value:?}")]
+    NoSuchValue { attr: String, value: String },
+    /// A modify/delete of an attribute the entry does not hold.
+    #[error("no such attribute {0:?}")]
+    NoSuchAttribute(String),
+}
+
+/// Checks `descr` or numeric OID, optionally followed by `;option` parts.
+pub fn check_attribute_name(name: &str) -> Result<(), AttributeError> {
+    let bad = || AttributeError::InvalidName(name.to_owned());
+    let mut parts = name.split(';');
+    let base = parts.next().unwrap_or_default();
+    let base_ok = match base.as_bytes().first() {
+        Some(b) if b.is_ascii_alphabetic() => base.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        Some(b) if b.is_ascii_digit() => {
+            base.split('.').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        }
+        _ => false,
+    };
+    if !base_ok {
+        return Err(bad());
+    }
+    for option in parts {
+        if option.is_empty() || !option.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// The attributes of an entry, keyed by lower-cased name so iteration is in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Attributes {
+    /// Lower-cased name -> attribute. Never holds an attribute with no values.
+    map: BTreeMap<String, Attribute>,
+}
+
+impl Attributes {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Looks an attribute up by name, ignoring case.
+    pub fn get(&self, name: &str) -> Option<&Attribute> {
+        self.map.get(&name.to_ascii_lowercase())
+    }
+
+    /// The values of `name`, empty if absent.
+    pub fn values(&self, name: &str) -> &[Value] {
+        self.get(name).map(|a| a.values.as_slice()).unwrap_or(&[])
+    }
+
+    /// Whether `name` holds a value matching `value`.
+    pub fn has_value(&self, name: &str, value: &Value) -> bool {
+        self.values(name).iter().any(|v| v.matches(value))
+    }
+
+    /// Adds values to `name` (creating it), refusing values it already has.
+    pub fn add(&mut self, name: &str, values: impl IntoIterator<Item = Value>) -> Result<(), AttributeError> {
+        check_attribute_name(name)?;
+        let attr = self
+            .map
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| Attribute { name: name.to_owned(), values: Vec::new() });
+        let mut result = Ok(());
+        for value in values {
+            if attr.values.iter().any(|v| v.matches(&value)) {
+                result = Err(AttributeError::DuplicateValue {
+                    attr: attr.name.clone(),
+                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                });
+                break;
+            }
+            attr.values.push(value);
+        }
+        if attr.values.is_empty() {
+            self.map.remove(&name.to_ascii_lowercase());
+        }
+        result
+    }
+
+    /// Adds one value unless an equal one is there already (used when building an
+    /// entry from its RDN, where the value may already be listed).
+    pub fn add_if_absent(&mut self, name: &str, value: Value) -> Result<(), AttributeError> {
+        if self.has_value(name, &value) {
+            return Ok(());
+        }
+        self.add(name, [value])
+    }
+
+    /// Replaces all values of `name`; an empty list removes the attribute.
+    pub fn replace(&mut self, name: &str, values: Vec<Value>) -> Result<(), AttributeError> {
+        check_attribute_name(name)?;
+        self.map.remove(&name.to_ascii_lowercase());
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.add(name, values)
+    }
+
+    /// Deletes the listed values of `name`, or the whole attribute when `values` is empty.
+    pub fn delete(&mut self, name: &str, values: &[Value]) -> Result<(), AttributeError> {
+        let key = name.to_ascii_lowercase();
+        let Some(attr) = self.map.get_mut(&key) else {
+            return Err(AttributeError::NoSuchAttribute(name.to_owned()));
+        };
+        for value in values {
+            let Some(pos) = attr.values.iter().position(|v| v.matches(value)) else {
+                return Err(AttributeError::NoSuchValue {
+                    attr: attr.name.clone(),
+                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                });
+            };
+            attr.values.remove(pos);
+        }
+        if values.is_empty() || attr.values.is_empty() {
+            self.map.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Attributes in key order (lower-cased name).
+    pub fn iter(&self) -> impl Iterator<Item = &Attribute> {
+        self.map.values()
+    }
+
+    /// Attributes in canonical LDIF order: `objectClass` first, then by lower-cased name.
+    pub fn canonical_order(&self) -> impl Iterator<Item = &Attribute> {
+        self.map
+            .get("objectclass")
+            .into_iter()
+            .chain(self.map.iter().filter(|(k, _)| *k != "objectclass").map(|(_, a)| a))
+    }
+
+    /// Number of attributes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are no attributes.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Keeps only the named attributes (an agreement's attribute list); `objectClass`
+    /// is always kept so a partial entry is still a valid entry.
+    pub fn retain_named(&mut self, names: &[String]) {
+        let wanted: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        self.map.retain(|k, _| k == "objectclass" || wanted.iter().any(|w| w == k || k.split(';').next() == Some(w)));
+    }
+}
+
+/// A directory entry as stored and replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its current name.
+    pub dn: Dn,
+    /// Its identity, stable across renames.
+    pub uuid: EntryUuid,
+    /// The CSN of its last change; replication applies a state only if it is newer.
+    pub csn: Csn,
+    /// Its attributes, including the RDN's values.
+    pub attrs: Attributes,
+}
+
+impl Entry {
+    /// Ensures each AVA of the entry's RDN is among its attribute values, as directory
+    /// rules require (an entry named `cn=x` holds `cn: x`).
+    pub fn ensure_rdn_values(&mut self) -> Result<(), AttributeError> {
+        let Some(rdn) = self.dn.rdn() else { return Ok(()) };
+        for ava in rdn.avas() {
+            self.attrs.add_if_absent(ava.attr(), Value::from_bytes(ava.value_bytes()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_case_insensitive_and_values_match_ignoring_case() {
+        let mut a = Attributes::new();
+        a.add("objectClass", ["person".into(), "top".into()]).unwrap();
+        a.add("CN", ["John  Smith".into()]).unwrap();
+        assert!(a.has_value("cn", &"john smith".into()));
+        assert!(a.has_value("OBJECTCLASS", &"PERSON".into()));
+        assert!(matches!(a.add("cn", ["JOHN SMITH".into()]), Err(AttributeError::DuplicateValue { .. })));
+        assert_eq!(a.values("cn").len(), 1, "a refused add leaves the values as they were");
+    }
+
+    #[test]
+    fn delete_and_replace() {
+        let mut a = Attributes::new();
+        a.add("mail", ["a@x".into(), "b@x".into()]).unwrap();
+        a.delete("MAIL", &["A@X".into()]).unwrap();
+        assert_eq!(a.values("mail"), &[Value::from("b@x")]);
+        assert!(matches!(a.delete("mail", &["zz".into()]), Err(AttributeError::NoSuchValue { .. })));
+        assert!(matches!(a.delete("sn", &[]), Err(AttributeError::NoSuchAttribute(_))));
+        a.replace("mail", vec![]).unwrap();
+        assert!(a.get("mail").is_none());
+        a.delete("x-none", &[]).unwrap_err();
+    }
+
+    #[test]
+    fn canonical_order_is_objectclass_then_by_name() {
+        let mut a = Attributes::new();
+        a.add("sn", ["s".into()]).unwrap();
+        a.add("cn", ["c".into()]).unwrap();
+        a.add("objectClass", ["top".into()]).unwrap();
+        a.add("Mail", ["m".into()]).unwrap();
+        let names: Vec<&str> = a.canonical_order().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["objectClass", "cn", "Mail", "sn"]);
+    }
+
+    #[test]
+    fn attribute_names_are_checked() {
+        for ok in ["cn", "cn;lang-en", "2.5.4.3", "x-custom-1"] {
+            check_attribute_name(ok).unwrap();
+        }
+        for bad in ["", "1cn", "c_n", "cn;", "-cn", "c n"] {
+            assert!(check_attribute_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn binary_values_compare_exactly() {
+        let a = Value::from_bytes(vec![0xff, 0x41]);
+        assert!(a.as_str().is_none());
+        assert!(a.matches(&Value::from_bytes(vec![0xff, 0x41])));
+        assert!(!a.matches(&Value::from_bytes(vec![0xff, 0x61])));
+    }
+
+    #[test]
+    fn rdn_values_are_added() {
+        let mut e = Entry {
+            dn: Dn::parse("cn=Ann+sn=Lee,dc=x").unwrap(),
+            uuid: EntryUuid::new_random(),
+            csn: Csn::ZERO,
+            attrs: Attributes::new(),
+        };
+        e.attrs.add("cn", ["ann".into()]).unwrap();
+        e.ensure_rdn_values().unwrap();
+        assert_eq!(e.attrs.values("cn").len(), 1);
+        assert_eq!(e.attrs.values("sn"), &[Value::from("Lee")]);
+    }
+}

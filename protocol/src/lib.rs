@@ -1,0 +1,27 @@
+//! `tether-protocol`: the language every Tether process speaks.
+//!
+//! Nothing here touches a disk or a socket directly; the store and the processes build
+//! on these types. Read it bottom-up:
+//!
+//! ## Layout
+//! - [`dn`]: distinguished names, their normalized form and tree order.
+//! - [`entry`]: entries, attributes and values, with the matching rules.
+//! - [`csn`], [`cookie`]: change sequence numbers and a consumer's position.
+//! - [`change`]: write requests (add, modify, delete, modify-DN).
+//! - [`filter`], [`scope`]: RFC 4515 filters and search/agreement regions.
+
+pub mod change;
+pub mod cookie;
+pub mod csn;
+pub mod dn;
+pub mod entry;
+pub mod filter;
+pub mod scope;
+
+pub use change::{Change, ModOp, Modification};
+pub use cookie::{Cookie, StoreId};
+pub use csn::Csn;
+pub use dn::{Dn, DnError, Rdn};
+pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryUuid, Value};
+pub use filter::Filter;
+pub use scope::{Scope, SearchSpec};
