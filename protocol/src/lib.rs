@@ -9,13 +9,17 @@
 //! - [`csn`], [`cookie`]: change sequence numbers and a consumer's position.
 //! - [`change`]: write requests (add, modify, delete, modify-DN).
 //! - [`filter`], [`scope`]: RFC 4515 filters and search/agreement regions.
+//! - [`repl`]: replication operations (entry states by UUID) and refresh kinds.
+//! - [`codec`]: the one module that names the binary serialization (bincode).
 
 pub mod change;
+pub mod codec;
 pub mod cookie;
 pub mod csn;
 pub mod dn;
 pub mod entry;
 pub mod filter;
+pub mod repl;
 pub mod scope;
 
 pub use change::{Change, ModOp, Modification};
@@ -24,4 +28,5 @@ pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
 pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryUuid, Value};
 pub use filter::Filter;
+pub use repl::{RefreshKind, ReplOp};
 pub use scope::{Scope, SearchSpec};

@@ -1,1 +1,34 @@
-//! placeholder
+//! `tether-store`: the sled-backed store behind both processes.
+//!
+//! A provider keeps one [`Directory`]: the authoritative entries, a changelog of every
+//! committed change, and the writer that checks the directory rules and commits entry,
+//! indexes and changelog record in one transaction. A consumer keeps a
+//! [`ReplicaStore`]: one [`Replica`] per agreement, each with its own entries and cookie,
+//! applied to atomically and reloaded through shadow generations.
+//!
+//! ## Layout
+//! - [`error`]: refusals by the directory rules vs storage failures.
+//! - [`entry_set`]: entries clustered by DN in tree order, plus the UUID index; search.
+//! - [`rules`] (private): what a write may do and the state it leads to.
+//! - [`changelog`]: change records by CSN, coalesced deltas, retention policy.
+//! - [`durability`]: group commit and the durable-CSN watch that wakes sessions.
+//! - [`directory`]: the provider's store.
+//! - [`replica`]: the consumer's per-agreement replicas and shadow reloads.
+//!
+//! Only one process may open a store at a time (sled locks the folder); tools reach a
+//! running process through its control socket instead.
+
+pub mod changelog;
+pub mod directory;
+pub mod durability;
+pub mod entry_set;
+pub mod error;
+mod record;
+pub mod replica;
+mod rules;
+
+pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy, TrimReport};
+pub use directory::{Committed, ConsumerPosition, Directory};
+pub use entry_set::EntrySet;
+pub use error::{Refusal, Result, StoreError};
+pub use replica::{ApplyStats, Replica, ReplicaState, ReplicaStore, Shadow};

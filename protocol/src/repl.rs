@@ -1,0 +1,78 @@
+//! Replication operations: what a provider sends a consumer to change its replica.
+//!
+//! Replication moves entry *states* addressed by [`EntryUuid`], not client requests
+//! addressed by DN: applying a state whose CSN is not newer than the local one is a
+//! no-op, which is what makes every replay after a crash or reconnect harmless.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::csn::Csn;
+use crate::entry::{Entry, EntryUuid};
+
+/// One replicated state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplOp {
+    /// The entry now looks like this (added, modified, renamed or moved into scope).
+    Upsert(Entry),
+    /// The entry is gone from the consumer's scope (deleted, or moved/changed out of it).
+    Delete {
+        /// Which entry.
+        uuid: EntryUuid,
+        /// The CSN of the change that removed it.
+        csn: Csn,
+    },
+}
+
+impl ReplOp {
+    /// The entry the operation is about.
+    pub fn uuid(&self) -> EntryUuid {
+        match self {
+            ReplOp::Upsert(e) => e.uuid,
+            ReplOp::Delete { uuid, .. } => *uuid,
+        }
+    }
+
+    /// The CSN of the state it carries.
+    pub fn csn(&self) -> Csn {
+        match self {
+            ReplOp::Upsert(e) => e.csn,
+            ReplOp::Delete { csn, .. } => *csn,
+        }
+    }
+}
+
+/// Which refresh the provider chose for a session (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RefreshKind {
+    /// No usable cookie: every in-scope entry; the consumer drops what it did not get.
+    Full,
+    /// The cookie is inside the retained changelog: only what changed since.
+    Delta,
+    /// The cookie is older than the changelog: changed entries in full, unchanged ones
+    /// named by UUID; the consumer drops what was not named.
+    Present,
+}
+
+impl RefreshKind {
+    /// The name used in status and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshKind::Full => "full",
+            RefreshKind::Delta => "delta",
+            RefreshKind::Present => "present",
+        }
+    }
+
+    /// Whether this refresh replaces the whole replica (and so goes through a shadow).
+    pub fn replaces_replica(self) -> bool {
+        !matches!(self, RefreshKind::Delta)
+    }
+}
+
+impl fmt::Display for RefreshKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

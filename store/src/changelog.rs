@@ -1,0 +1,212 @@
+//! The changelog: one record per committed change, keyed by CSN, and the two ways
+//! replication reads it.
+//!
+//! A record names the entry (UUID), what happened and the DNs it had before and after,
+//! not the entry's content: the content is read from the entry set when the change is
+//! sent, so the log stays small and a consumer always receives the latest state. Two
+//! readers:
+//! - [`Delta`]: for a refresh, every entry touched since a CSN, coalesced to one
+//!   operation per entry in the order of their last change.
+//! - [`Changelog::records`]: for the persist phase, record by record in CSN order, each
+//!   with its own cookie.
+//!
+//! Whether an entry concerns a consumer is decided from the DNs a record mentions and
+//! the entry's current state: an entry whose names never fell in the consumer's base
+//! and scope is skipped; one that is in scope now arrives as an upsert; any other
+//! arrives as a delete (it left the scope, was deleted, or stopped matching the filter).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sled::Tree;
+use tether_protocol::{Csn, Dn, EntryUuid, ReplOp, SearchSpec};
+
+use crate::entry_set::EntrySet;
+use crate::error::Result;
+use crate::record::{decode, encode};
+
+/// Tree name used in errors.
+const CHANGELOG: &str = "changelog";
+
+/// What a committed change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// The entry was created.
+    Add,
+    /// Its attributes changed.
+    Modify,
+    /// It was removed.
+    Delete,
+    /// It was renamed or moved.
+    ModDn,
+}
+
+/// One changelog record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    /// The change's CSN (also the key).
+    pub csn: Csn,
+    /// When it committed, in milliseconds since the Unix epoch (for `max_age` and lag).
+    pub time_ms: u64,
+    /// The entry it changed.
+    pub uuid: EntryUuid,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The entry's DN after the change (for a delete: the DN it had).
+    pub dn: Dn,
+    /// For a rename: the DN it had before.
+    pub old_dn: Option<Dn>,
+}
+
+impl ChangeRecord {
+    /// Whether any DN this record mentions falls in `spec`'s base and scope.
+    fn touches(&self, spec: &SearchSpec) -> bool {
+        spec.scope.contains(&spec.base, &self.dn)
+            || self.old_dn.as_ref().is_some_and(|old| spec.scope.contains(&spec.base, old))
+    }
+}
+
+/// The changelog tree.
+#[derive(Debug, Clone)]
+pub struct Changelog {
+    /// CSN key -> encoded [`ChangeRecord`].
+    pub(crate) tree: Tree,
+}
+
+impl Changelog {
+    /// Encodes a record for insertion inside a write transaction.
+    pub(crate) fn encode(record: &ChangeRecord) -> Result<Vec<u8>> {
+        encode(CHANGELOG, record)
+    }
+
+    /// Records with `after < csn <= upto`, in CSN order.
+    pub fn records(&self, after: Csn, upto: Csn) -> impl Iterator<Item = Result<ChangeRecord>> {
+        let start = after.next().to_key();
+        let end = upto.to_key();
+        let range = if after >= upto { self.tree.range(start..start) } else { self.tree.range(start..=end) };
+        range.map(|item| {
+            let (_, v) = item?;
+            decode(CHANGELOG, &v)
+        })
+    }
+
+    /// The oldest retained record's CSN, if any.
+    pub fn oldest(&self) -> Result<Option<Csn>> {
+        Ok(self.tree.first()?.and_then(|(k, _)| Csn::from_key(&k)))
+    }
+
+    /// The newest record's CSN, if any.
+    pub fn newest(&self) -> Result<Option<Csn>> {
+        Ok(self.tree.last()?.and_then(|(k, _)| Csn::from_key(&k)))
+    }
+
+    /// The record of `csn`.
+    pub fn get(&self, csn: Csn) -> Result<Option<ChangeRecord>> {
+        self.tree.get(csn.to_key())?.map(|v| decode(CHANGELOG, &v)).transpose()
+    }
+
+    /// Removes records with `csn <= upto`; returns how many went.
+    pub(crate) fn remove_through(&self, upto: Csn) -> Result<u64> {
+        let mut removed = 0;
+        let end = upto.to_key();
+        for item in self.tree.range(..=end) {
+            let (key, _) = item?;
+            self.tree.remove(key)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// The operation a single record implies for a consumer of `spec`, given the
+    /// entry's current state; `None` if the entry never concerned that consumer.
+    pub fn op_for(&self, record: &ChangeRecord, spec: &SearchSpec, entries: &EntrySet) -> Result<Option<ReplOp>> {
+        op_for_entry(record.uuid, record.csn, record.touches(spec), spec, entries)
+    }
+
+    /// A coalesced delta over `(after, upto]` for `spec` (see [`Delta`]).
+    pub fn delta(&self, after: Csn, upto: Csn, spec: &SearchSpec) -> Result<Delta> {
+        // uuid -> (last csn, whether any record's DN fell in scope)
+        let mut touched: HashMap<EntryUuid, (Csn, bool)> = HashMap::new();
+        for record in self.records(after, upto) {
+            let record = record?;
+            let in_scope = record.touches(spec);
+            let slot = touched.entry(record.uuid).or_insert((record.csn, false));
+            slot.0 = record.csn;
+            slot.1 |= in_scope;
+        }
+        let mut order: Vec<(Csn, EntryUuid, bool)> = touched.into_iter().map(|(u, (c, s))| (c, u, s)).collect();
+        order.sort_unstable_by_key(|(csn, _, _)| *csn);
+        Ok(Delta { order: order.into_iter(), spec: spec.clone() })
+    }
+}
+
+/// What to send about `uuid` given its current state.
+fn op_for_entry(
+    uuid: EntryUuid,
+    csn: Csn,
+    named_in_scope: bool,
+    spec: &SearchSpec,
+    entries: &EntrySet,
+) -> Result<Option<ReplOp>> {
+    match entries.get_by_uuid(&uuid)? {
+        Some(entry) if spec.contains(&entry) => Ok(Some(ReplOp::Upsert(spec.project(entry)))),
+        Some(entry) if named_in_scope || spec.scope.contains(&spec.base, &entry.dn) => {
+            Ok(Some(ReplOp::Delete { uuid, csn }))
+        }
+        Some(_) => Ok(None),
+        None if named_in_scope => Ok(Some(ReplOp::Delete { uuid, csn })),
+        None => Ok(None),
+    }
+}
+
+/// A coalesced delta: one operation per entry changed in the range, in the order of each
+/// entry's last change, with the entry's current content. Memory is one small slot per
+/// changed entry (not per change, not per entry content); contents are read as the
+/// batches are drawn.
+#[derive(Debug)]
+pub struct Delta {
+    /// (last csn, uuid, named in scope) per changed entry, in CSN order.
+    order: std::vec::IntoIter<(Csn, EntryUuid, bool)>,
+    /// The consumer's region.
+    spec: SearchSpec,
+}
+
+impl Delta {
+    /// Entries left to examine.
+    pub fn remaining(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Up to `max` operations; an empty batch means the delta is exhausted.
+    pub fn next_batch(&mut self, entries: &EntrySet, max: usize) -> Result<Vec<ReplOp>> {
+        let mut batch = Vec::new();
+        while batch.len() < max {
+            let Some((csn, uuid, named)) = self.order.next() else { break };
+            if let Some(op) = op_for_entry(uuid, csn, named, &self.spec, entries)? {
+                batch.push(op);
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// How long the changelog is kept (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Hard cap on retained records; trimming past a held consumer happens only here.
+    pub max_changes: Option<u64>,
+    /// Records older than this are trimmed unless a recently seen consumer still needs them.
+    pub max_age: Option<Duration>,
+    /// A consumer seen within this window holds back age-based trimming.
+    pub hold_for_consumers: Duration,
+}
+
+/// What a trim did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrimReport {
+    /// Records removed.
+    pub removed: u64,
+    /// The new floor: a cookie at or above it can still get a delta.
+    pub floor: Csn,
+}

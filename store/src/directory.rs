@@ -1,0 +1,366 @@
+//! The provider's directory: the authoritative entry set, its changelog, and the writer
+//! that keeps them in step.
+//!
+//! Every write takes the writer lock, checks the directory rules against current state,
+//! assigns the next CSN, and commits the entry, its DN and UUID index records, the
+//! changelog record and the new last CSN in one sled transaction. Durability is separate
+//! ([`GroupCommit`]): `write` returns once the change is on disk, and only then does the
+//! durable-CSN watch wake the replication sessions.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sled::transaction::{ConflictableTransactionError, Transactional};
+use sled::{Db, Tree};
+use tether_protocol::{Attributes, Change, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, SearchSpec, StoreId};
+use tokio::sync::watch;
+
+use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
+use crate::durability::GroupCommit;
+use crate::entry_set::{EntrySet, TxEntrySet};
+use crate::error::{Refusal, Result, StoreError};
+use crate::record::{decode, encode, now_ms, u64_from};
+use crate::rules::{self, Planned};
+
+/// Tree and key names; part of the on-disk format.
+mod names {
+    pub const META: &str = "meta";
+    pub const ENTRIES: &str = "dir/entries";
+    pub const UUIDS: &str = "dir/uuids";
+    pub const CHANGELOG: &str = "dir/changelog";
+    pub const CONSUMERS: &str = "dir/consumers";
+    pub const STORE_ID: &[u8] = b"store_id";
+    pub const SUFFIX: &[u8] = b"suffix";
+    pub const LAST_CSN: &[u8] = b"last_csn";
+    pub const FLOOR: &[u8] = b"changelog_floor";
+}
+
+/// The result of a committed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The change's CSN.
+    pub csn: Csn,
+    /// The entry it changed.
+    pub uuid: EntryUuid,
+}
+
+/// Where a consumer was last seen, which holds back changelog trimming.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsumerPosition {
+    /// Its acknowledged CSN.
+    pub csn: Csn,
+    /// When it was seen, ms since the epoch.
+    pub seen_ms: u64,
+}
+
+/// The provider's store. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct Directory {
+    /// The sled database (one per process; sled locks the folder).
+    db: Db,
+    /// Store id, suffix, last CSN, changelog floor.
+    meta: Tree,
+    /// The entries.
+    set: EntrySet,
+    /// The changelog.
+    changelog: Changelog,
+    /// Consumer id -> [`ConsumerPosition`].
+    consumers: Tree,
+    /// The identity cookies are checked against.
+    store_id: StoreId,
+    /// The root of everything this store may hold.
+    suffix: Dn,
+    /// Serializes writers; holds the last assigned CSN.
+    writer: Mutex<Csn>,
+    /// Flushing and the durable-CSN watch.
+    durability: GroupCommit,
+}
+
+/// Opens sled at `path`, turning its lock failure into [`StoreError::Locked`].
+pub(crate) fn open_db(path: &Path) -> Result<Db> {
+    sled::Config::new().path(path).open().map_err(|e| match e {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            StoreError::Locked(path.display().to_string())
+        }
+        other => StoreError::Sled(other),
+    })
+}
+
+impl Directory {
+    /// Opens (creating on first use) the directory at `path` for `suffix`. A store created
+    /// for another suffix is refused rather than silently mixed.
+    pub fn open(path: &Path, suffix: &Dn) -> Result<Self> {
+        let db = open_db(path)?;
+        let meta = db.open_tree(names::META)?;
+        let store_id = match meta.get(names::STORE_ID)? {
+            Some(id) => {
+                StoreId(id.as_ref().try_into().map_err(|_| StoreError::Corrupt("store id is not 16 bytes".into()))?)
+            }
+            None => {
+                let id = StoreId::new_random();
+                meta.insert(names::STORE_ID, &id.0)?;
+                meta.insert(names::SUFFIX, suffix.to_string().as_bytes())?;
+                db.flush()?;
+                id
+            }
+        };
+        if let Some(stored) = meta.get(names::SUFFIX)? {
+            let stored = String::from_utf8_lossy(&stored).into_owned();
+            if Dn::parse(&stored).ok().as_ref() != Some(suffix) {
+                return Err(StoreError::SuffixMismatch { stored, configured: suffix.to_string() });
+            }
+        }
+        let last = match meta.get(names::LAST_CSN)? {
+            Some(v) => Csn(u64_from(names::META, &v)?),
+            None => Csn::ZERO,
+        };
+        let set = EntrySet::new(db.open_tree(names::ENTRIES)?, db.open_tree(names::UUIDS)?);
+        let changelog = Changelog { tree: db.open_tree(names::CHANGELOG)? };
+        let consumers = db.open_tree(names::CONSUMERS)?;
+        Ok(Self {
+            db,
+            meta,
+            set,
+            changelog,
+            consumers,
+            store_id,
+            suffix: suffix.clone(),
+            writer: Mutex::new(last),
+            durability: GroupCommit::new(last),
+        })
+    }
+
+    /// The store's identity.
+    pub fn store_id(&self) -> StoreId {
+        self.store_id
+    }
+
+    /// The suffix.
+    pub fn suffix(&self) -> &Dn {
+        &self.suffix
+    }
+
+    /// The entries (read access).
+    pub fn entries(&self) -> &EntrySet {
+        &self.set
+    }
+
+    /// The changelog (read access).
+    pub fn changelog(&self) -> &Changelog {
+        &self.changelog
+    }
+
+    /// The highest durable CSN: what sessions may send.
+    pub fn durable_csn(&self) -> Csn {
+        self.durability.last_durable()
+    }
+
+    /// The cookie describing the current durable state.
+    pub fn cookie(&self) -> Cookie {
+        Cookie { store_id: self.store_id, csn: self.durable_csn() }
+    }
+
+    /// Watches the durable CSN; replication sessions wait on it instead of polling.
+    pub fn subscribe(&self) -> watch::Receiver<Csn> {
+        self.durability.subscribe()
+    }
+
+    /// Applies `change` under the directory rules and returns once it is durable.
+    pub fn write(&self, change: &Change) -> Result<Committed> {
+        let committed = self.write_nowait(change)?;
+        self.durability.make_durable(&self.db, committed.csn)?;
+        Ok(committed)
+    }
+
+    /// Applies `change` but returns before it is durable; call [`Directory::sync`] before
+    /// acknowledging it. Used to batch many writes into one flush.
+    pub fn write_nowait(&self, change: &Change) -> Result<Committed> {
+        let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let csn = last.next();
+        let planned = rules::plan(&self.set, &self.suffix, change, csn)?;
+        self.commit_many(&[planned], csn)?;
+        *last = csn;
+        self.durability.committed(csn);
+        let uuid = self.changelog_uuid(csn)?;
+        Ok(Committed { csn, uuid })
+    }
+
+    /// Makes everything committed up to `csn` durable (group commit).
+    pub fn sync(&self, csn: Csn) -> Result<()> {
+        self.durability.make_durable(&self.db, csn)
+    }
+
+    fn changelog_uuid(&self, csn: Csn) -> Result<EntryUuid> {
+        self.changelog
+            .get(csn)?
+            .map(|r| r.uuid)
+            .ok_or_else(|| StoreError::Corrupt(format!("changelog record {csn} missing right after commit")))
+    }
+
+    /// Adds many entries in one transaction (the offline loader's fast path). The batch
+    /// must list parents before children; each entry still passes the directory rules,
+    /// against the store and the batch. All or nothing; returns the last CSN, durable.
+    pub fn bulk_add(&self, batch: &[(Dn, Attributes)]) -> Result<Csn> {
+        let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut csn = *last;
+        let mut planned = Vec::with_capacity(batch.len());
+        let mut names_in_batch = std::collections::HashSet::new();
+        for (dn, attrs) in batch {
+            csn = csn.next();
+            if !names_in_batch.insert(dn.clone()) {
+                return Err(Refusal::AlreadyExists(dn.clone()).into());
+            }
+            // The parent may be earlier in this batch rather than in the store.
+            let parent_in_batch = dn.parent().is_some_and(|p| names_in_batch.contains(&p));
+            let plan =
+                rules::plan_add(&self.set, &self.suffix, dn, attrs, EntryUuid::new_random(), csn, parent_in_batch)?;
+            planned.push(plan);
+        }
+        if planned.is_empty() {
+            return Ok(*last);
+        }
+        let first = last.next();
+        self.commit_many(&planned, first)?;
+        *last = csn;
+        self.durability.committed(csn);
+        drop(last);
+        self.durability.make_durable(&self.db, csn)?;
+        Ok(csn)
+    }
+
+    /// Commits planned changes with consecutive CSNs starting at `first`.
+    fn commit_many(&self, planned: &[Planned], first: Csn) -> Result<()> {
+        let time_ms = now_ms();
+        let mut records = Vec::with_capacity(planned.len());
+        let mut csn = first;
+        for p in planned {
+            let record =
+                ChangeRecord { csn, time_ms, uuid: p.uuid, kind: p.kind, dn: p.dn.clone(), old_dn: p.old_dn.clone() };
+            records.push((csn, Changelog::encode(&record)?));
+            csn = csn.next();
+        }
+        let last = Csn(first.0 + planned.len() as u64 - 1);
+        (&self.meta, &self.set.entries, &self.set.uuids, &self.changelog.tree).transaction(
+            |(meta, entries, uuids, log)| {
+                let tx = TxEntrySet { entries, uuids };
+                for (p, (csn, record)) in planned.iter().zip(&records) {
+                    match &p.after {
+                        Some(entry) => tx.put(p.old_key.as_deref(), entry)?,
+                        None => {
+                            if let Some(key) = &p.old_key {
+                                tx.remove(key, &p.uuid)?;
+                            }
+                        }
+                    }
+                    log.insert(&csn.to_key(), record.as_slice())?;
+                }
+                meta.insert(names::LAST_CSN, &last.0.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// The refresh a consumer presenting `cookie` needs (SPEC §3).
+    pub fn plan_refresh(&self, cookie: Option<&Cookie>) -> Result<RefreshKind> {
+        let Some(cookie) = cookie.filter(|c| c.store_id == self.store_id) else {
+            return Ok(RefreshKind::Full);
+        };
+        if cookie.csn > self.durable_csn() {
+            // The consumer claims changes this store never made durable (restored from
+            // an older backup, say): nothing it holds can be trusted.
+            return Ok(RefreshKind::Full);
+        }
+        if cookie.csn >= self.floor()? {
+            Ok(RefreshKind::Delta)
+        } else {
+            Ok(RefreshKind::Present)
+        }
+    }
+
+    /// Every change above this CSN is in the changelog.
+    pub fn floor(&self) -> Result<Csn> {
+        Ok(match self.meta.get(names::FLOOR)? {
+            Some(v) => Csn(u64_from(names::META, &v)?),
+            None => Csn::ZERO,
+        })
+    }
+
+    /// Entries in `spec`'s region, in tree order.
+    pub fn search<'a>(&self, spec: &'a SearchSpec) -> impl Iterator<Item = Result<Entry>> + 'a {
+        self.set.search(spec)
+    }
+
+    /// Records where consumer `id` is, so trimming holds its position.
+    pub fn record_consumer(&self, id: &str, csn: Csn) -> Result<()> {
+        let pos = ConsumerPosition { csn, seen_ms: now_ms() };
+        self.consumers.insert(id.as_bytes(), encode(names::CONSUMERS, &pos)?)?;
+        Ok(())
+    }
+
+    /// Known consumer positions.
+    pub fn consumer_positions(&self) -> Result<Vec<(String, ConsumerPosition)>> {
+        self.consumers
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode(names::CONSUMERS, &v)?))
+            })
+            .collect()
+    }
+
+    /// Trims the changelog per `policy` as of `now_ms` (SPEC §2): age-based trimming
+    /// stops at the oldest position of a consumer seen within `hold_for_consumers`; only
+    /// `max_changes` may trim past it.
+    pub fn trim(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<TrimReport> {
+        let floor = self.floor()?;
+        let newest = self.durable_csn();
+        let mut target = floor;
+        if let Some(max_age) = policy.max_age {
+            let cutoff = now_ms.saturating_sub(duration_ms(max_age));
+            for record in self.changelog.records(floor, newest) {
+                let record = record?;
+                if record.time_ms >= cutoff {
+                    break;
+                }
+                target = record.csn;
+            }
+            let hold_since = now_ms.saturating_sub(duration_ms(policy.hold_for_consumers));
+            let held = self
+                .consumer_positions()?
+                .into_iter()
+                .filter(|(_, p)| p.seen_ms >= hold_since)
+                .map(|(_, p)| p.csn)
+                .min();
+            if let Some(held) = held {
+                target = target.min(held.max(floor));
+            }
+        }
+        if let Some(max) = policy.max_changes {
+            let retained = newest.0.saturating_sub(target.0);
+            if retained > max {
+                target = Csn(newest.0 - max);
+            }
+        }
+        if target <= floor {
+            return Ok(TrimReport { removed: 0, floor });
+        }
+        // Raise the floor first: a crash mid-trim then leaves extra records, never a
+        // floor below a hole.
+        self.meta.insert(names::FLOOR, &target.0.to_be_bytes())?;
+        self.db.flush()?;
+        let removed = self.changelog.remove_through(target)?;
+        Ok(TrimReport { removed, floor: target })
+    }
+
+    /// Flushes everything to disk (shutdown).
+    pub fn flush(&self) -> Result<()> {
+        let last = self.durability.last_committed();
+        self.durability.make_durable(&self.db, last)
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,70 @@
+//! Group commit: many writers share one flush.
+//!
+//! sled only makes writes durable when its log is flushed (its background flush runs
+//! every 500 ms). A writer that must not acknowledge before its change is on disk calls
+//! [`GroupCommit::make_durable`]: if a flush already covered its CSN it returns at once;
+//! otherwise it flushes everything committed so far, so writers that queued behind one
+//! flush are all covered by the next. The durable CSN is published on a
+//! `tokio::sync::watch`, which is what wakes replication sessions: they never see a
+//! change that a crash could still take back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tether_protocol::Csn;
+use tokio::sync::watch;
+
+use crate::error::Result;
+
+/// Shared flush state of one store.
+#[derive(Debug)]
+pub struct GroupCommit {
+    /// Highest CSN whose transaction has committed (not necessarily durable).
+    committed: AtomicU64,
+    /// Highest CSN known durable; the lock serializes flushes.
+    durable: Mutex<Csn>,
+    /// Publishes the durable CSN to sessions.
+    tx: watch::Sender<Csn>,
+}
+
+impl GroupCommit {
+    /// Starts with everything up to `csn` durable (state found on open).
+    pub fn new(csn: Csn) -> Self {
+        let (tx, _) = watch::channel(csn);
+        Self { committed: AtomicU64::new(csn.0), durable: Mutex::new(csn), tx }
+    }
+
+    /// Records that the transaction of `csn` committed.
+    pub fn committed(&self, csn: Csn) {
+        self.committed.fetch_max(csn.0, Ordering::SeqCst);
+    }
+
+    /// Highest committed CSN.
+    pub fn last_committed(&self) -> Csn {
+        Csn(self.committed.load(Ordering::SeqCst))
+    }
+
+    /// Highest durable CSN.
+    pub fn last_durable(&self) -> Csn {
+        *self.tx.borrow()
+    }
+
+    /// Returns once `csn` is durable, flushing `db` if no earlier flush covered it.
+    pub fn make_durable(&self, db: &sled::Db, csn: Csn) -> Result<()> {
+        let mut durable = self.durable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *durable >= csn {
+            return Ok(());
+        }
+        // Read before flushing: everything committed up to here is in the flushed log.
+        let target = self.last_committed();
+        db.flush()?;
+        *durable = target;
+        self.tx.send_replace(target);
+        Ok(())
+    }
+
+    /// A receiver that sees every new durable CSN.
+    pub fn subscribe(&self) -> watch::Receiver<Csn> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,159 @@
+//! An entry set: the pair of sled trees that hold one tree of entries.
+//!
+//! Entries are clustered by DN in tree order (`entries`: [`Dn::tree_key`] -> entry), so a
+//! subtree is one contiguous key range and a full refresh or a canonical `search` is a
+//! sequential scan that already comes out parents first. A second tree maps each
+//! entryUUID to its DN key (`uuids`), which is how replication finds an entry after a
+//! rename. The provider's directory and every consumer replica are entry sets.
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Tree;
+use tether_protocol::{Dn, Entry, EntryUuid, Scope, SearchSpec};
+
+use crate::error::{Result, StoreError};
+use crate::record::{decode, encode};
+
+/// Name used in errors for the entries tree.
+const ENTRIES: &str = "entries";
+
+/// Two trees forming one set of entries (see the module docs).
+#[derive(Debug, Clone)]
+pub struct EntrySet {
+    /// DN tree key -> encoded [`Entry`].
+    pub(crate) entries: Tree,
+    /// entryUUID -> DN tree key.
+    pub(crate) uuids: Tree,
+}
+
+impl EntrySet {
+    /// Wraps two opened trees.
+    pub(crate) fn new(entries: Tree, uuids: Tree) -> Self {
+        Self { entries, uuids }
+    }
+
+    /// The entry named `dn`.
+    pub fn get(&self, dn: &Dn) -> Result<Option<Entry>> {
+        self.entries.get(dn.tree_key())?.map(|v| decode(ENTRIES, &v)).transpose()
+    }
+
+    /// The entry with `uuid`, wherever it now sits.
+    pub fn get_by_uuid(&self, uuid: &EntryUuid) -> Result<Option<Entry>> {
+        let Some(key) = self.uuids.get(uuid.as_bytes())? else { return Ok(None) };
+        let Some(bytes) = self.entries.get(&key)? else { return Ok(None) };
+        let entry: Entry = decode(ENTRIES, &bytes)?;
+        // A replica may hold a UUID index entry whose DN another entry has since taken
+        // (see `replica`); the record's own UUID is the truth.
+        Ok((entry.uuid == *uuid).then_some(entry))
+    }
+
+    /// Whether `dn` exists.
+    pub fn contains(&self, dn: &Dn) -> Result<bool> {
+        Ok(self.entries.contains_key(dn.tree_key())?)
+    }
+
+    /// Whether the entry named `dn` has at least one child.
+    pub fn has_children(&self, dn: &Dn) -> Result<bool> {
+        let prefix = dn.tree_key();
+        for item in self.entries.range(prefix.as_slice()..) {
+            let (key, _) = item?;
+            if key.as_ref() == prefix.as_slice() {
+                continue;
+            }
+            return Ok(key.starts_with(&prefix));
+        }
+        Ok(false)
+    }
+
+    /// Number of entries (a full scan of the UUID index keys; for status, not hot paths).
+    pub fn len(&self) -> usize {
+        self.uuids.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.uuids.is_empty()
+    }
+
+    /// Entries in `spec`'s region, in tree order, streamed from the store: memory use does
+    /// not grow with the result.
+    pub fn search<'a>(&self, spec: &'a SearchSpec) -> impl Iterator<Item = Result<Entry>> + 'a {
+        let prefix = spec.base.tree_key();
+        let depth = spec.base.depth();
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match spec.scope {
+            Scope::Base => Box::new(
+                self.entries.get(&prefix).transpose().map(|r| r.map(|v| (prefix.clone().into(), v))).into_iter(),
+            ),
+            Scope::One | Scope::Subtree => Box::new(self.entries.scan_prefix(prefix)),
+        };
+        iter.filter_map(move |item| {
+            let entry = match item {
+                Ok((_, v)) => decode::<Entry>(ENTRIES, &v),
+                Err(e) => return Some(Err(StoreError::from(e))),
+            };
+            match entry {
+                Ok(e) if spec.scope == Scope::One && e.dn.depth() != depth + 1 => None,
+                Ok(e) if spec.filter.matches(&e) => Some(Ok(spec.project(e))),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
+    /// Every entry in tree order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Entry>> {
+        self.entries.iter().map(|item| {
+            let (_, v) = item?;
+            decode(ENTRIES, &v)
+        })
+    }
+}
+
+/// The two trees of an [`EntrySet`] inside a sled transaction.
+pub(crate) struct TxEntrySet<'a> {
+    /// DN tree key -> entry.
+    pub(crate) entries: &'a TransactionalTree,
+    /// entryUUID -> DN tree key.
+    pub(crate) uuids: &'a TransactionalTree,
+}
+
+/// Error type of code running inside a sled transaction.
+pub(crate) type TxError = ConflictableTransactionError<StoreError>;
+
+impl TxEntrySet<'_> {
+    /// Looks an entry up by UUID, trusting the record's own UUID over the index.
+    pub(crate) fn get_by_uuid(&self, uuid: &EntryUuid) -> Result<Option<(Vec<u8>, Entry)>, TxError> {
+        let Some(key) = self.uuids.get(uuid.as_bytes())? else { return Ok(None) };
+        let Some(bytes) = self.entries.get(&key)? else { return Ok(None) };
+        let entry: Entry = decode(ENTRIES, &bytes).map_err(ConflictableTransactionError::Abort)?;
+        Ok((entry.uuid == *uuid).then(|| (key.to_vec(), entry)))
+    }
+
+    /// The entry stored under a DN key, if any.
+    pub(crate) fn get_at(&self, key: &[u8]) -> Result<Option<Entry>, TxError> {
+        match self.entries.get(key)? {
+            Some(bytes) => Ok(Some(decode(ENTRIES, &bytes).map_err(ConflictableTransactionError::Abort)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `entry`, removing its record at `old_key` if it moved.
+    pub(crate) fn put(&self, old_key: Option<&[u8]>, entry: &Entry) -> Result<(), TxError> {
+        let key = entry.dn.tree_key();
+        if let Some(old) = old_key {
+            if old != key.as_slice() {
+                self.entries.remove(old)?;
+            }
+        }
+        let bytes = encode(ENTRIES, entry).map_err(ConflictableTransactionError::Abort)?;
+        self.entries.insert(key.as_slice(), bytes)?;
+        self.uuids.insert(entry.uuid.as_bytes(), key)?;
+        Ok(())
+    }
+
+    /// Removes the entry `uuid` stored at `key`.
+    pub(crate) fn remove(&self, key: &[u8], uuid: &EntryUuid) -> Result<(), TxError> {
+        self.entries.remove(key)?;
+        self.uuids.remove(uuid.as_bytes())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The store's error type: infrastructure failures, corruption, and refusals by the
+//! directory rules, kept apart so callers can tell "your write is wrong" from "the disk is".
+
+use tether_protocol::codec::CodecError;
+use tether_protocol::Dn;
+
+/// Why a write was refused by the directory rules. A refused write changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The addressed entry does not exist.
+    #[error("no such entry: {0}")]
+    NoSuchObject(Dn),
+    /// An entry with that DN exists already.
+    #[error("entry already exists: {0}")]
+    AlreadyExists(Dn),
+    /// The parent of the new DN does not exist.
+    #[error("parent of {0} does not exist")]
+    NoParent(Dn),
+    /// Deleting or renaming an entry that has children.
+    #[error("{0} has children")]
+    NotAllowedOnNonLeaf(Dn),
+    /// The DN is not under the store's suffix.
+    #[error("{dn} is outside the suffix {suffix}")]
+    OutsideSuffix {
+        /// The DN written to.
+        dn: Dn,
+        /// The store's suffix.
+        suffix: Dn,
+    },
+    /// The request itself is invalid (attribute rules, missing objectClass, RDN values).
+    #[error("invalid change to {dn}: {reason}")]
+    InvalidChange {
+        /// The DN written to.
+        dn: Dn,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Everything a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory rules refused a write; nothing changed, and retrying won't help.
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    /// sled failed (I/O, or a corrupted log). The operation did not take effect.
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record did not decode: the store is damaged or from another version.
+    #[error("corrupt record in {tree}: {source}")]
+    Codec {
+        /// Which tree held it.
+        tree: &'static str,
+        /// The decoding failure.
+        source: CodecError,
+    },
+    /// A stored invariant does not hold (e.g. an index points at nothing).
+    #[error("store inconsistency: {0}")]
+    Corrupt(String),
+    /// The store on disk was created for another suffix than the configuration names.
+    #[error("store was created for suffix {stored}, but the configuration says {configured}")]
+    SuffixMismatch {
+        /// What the store holds.
+        stored: String,
+        /// What the configuration asks for.
+        configured: String,
+    },
+    /// The store is held by another process (sled's file lock).
+    #[error("store at {0} is in use by another process")]
+    Locked(String),
+    /// A replica asked for does not exist.
+    #[error("no replica named {0:?}")]
+    NoSuchReplica(String),
+    /// A present refresh named entries this replica does not hold: it must reload in full.
+    #[error("replica lacks {0} entries the provider named as unchanged")]
+    MissingPresentEntries(usize),
+    /// A shadow reload was finished or aborted twice, or after another began.
+    #[error("shadow reload of {0:?} is no longer current")]
+    StaleShadow(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later could succeed (I/O trouble), as opposed
+    /// to refusals and corruption, which need a different request or an operator.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Sled(sled::Error::Io(_)) | StoreError::StaleShadow(_))
+    }
+
+    /// Whether this is a refusal by the directory rules.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            StoreError::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

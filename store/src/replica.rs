@@ -1,0 +1,359 @@
+//! Consumer replicas: one entry set and one cookie per agreement, inside the consumer's
+//! store, with atomic batch apply and shadow reloads.
+//!
+//! Each replica lives in its own generation of trees (`r/<name>/<gen>/…`); a small
+//! record per replica in the `replicas` tree says which generation is active, the cookie
+//! that generation reflects, and any shadow being built. So:
+//! - [`Replica::apply`] writes a batch and (optionally) the cookie covering it in one
+//!   transaction; an operation whose CSN is not newer than the local state is a no-op,
+//!   so replaying a batch after a crash changes nothing.
+//! - A full or present refresh is built into a new generation ([`Shadow`]) while readers
+//!   keep using the old one; [`Shadow::finish`] switches generations and sets the cookie in
+//!   one write. A crash before that leaves the old replica and cookie untouched.
+//!
+//! Replicas are not held to the directory rules (a filtered scope may hold a child
+//! without its parent). When an incoming entry takes a DN another local entry still
+//! holds, the newer state wins and the older entry is dropped locally: its own later
+//! change, which must exist for the provider to have freed that DN, re-creates it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, Transactional};
+use sled::{Db, Tree};
+use tether_protocol::{Cookie, Entry, EntryUuid, RefreshKind, ReplOp, SearchSpec};
+
+use crate::directory::open_db;
+use crate::entry_set::{EntrySet, TxEntrySet, TxError};
+use crate::error::{Result, StoreError};
+use crate::record::{decode, encode};
+
+/// Tree holding one [`ReplicaState`] per agreement name.
+const REPLICAS: &str = "replicas";
+
+/// The persistent state of one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReplicaState {
+    /// Generation of trees readers use.
+    pub active_gen: u64,
+    /// The position the active generation reflects; `None` before the first refresh.
+    pub cookie: Option<Cookie>,
+    /// A shadow generation being built, if any.
+    pub shadow: Option<u64>,
+    /// Next generation number to hand out (never reused, so a stale shadow is never
+    /// mistaken for a new one).
+    pub next_gen: u64,
+}
+
+/// Counts of what an apply did: the exactly-once evidence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Operations that changed the replica.
+    pub applied: u64,
+    /// Operations already reflected (replays), which changed nothing.
+    pub skipped: u64,
+}
+
+impl std::ops::AddAssign for ApplyStats {
+    fn add_assign(&mut self, other: Self) {
+        self.applied += other.applied;
+        self.skipped += other.skipped;
+    }
+}
+
+/// The consumer's store: every replica of every agreement.
+#[derive(Debug, Clone)]
+pub struct ReplicaStore {
+    /// The sled database.
+    db: Db,
+    /// Agreement name -> [`ReplicaState`].
+    replicas: Tree,
+}
+
+fn tree_name(name: &str, gen: u64, part: &str) -> String {
+    format!("r/{name}/{gen}/{part}")
+}
+
+impl ReplicaStore {
+    /// Opens (creating) the consumer store at `path` and discards shadows left by an
+    /// interrupted reload: the old generation is still active and intact.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = open_db(path)?;
+        let replicas = db.open_tree(REPLICAS)?;
+        let store = Self { db, replicas };
+        for name in store.names()? {
+            let mut state = store.state(&name)?.unwrap_or_default();
+            if let Some(gen) = state.shadow.take() {
+                store.drop_generation(&name, gen)?;
+                store.put_state(&name, &state)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// Names of all replicas.
+    pub fn names(&self) -> Result<Vec<String>> {
+        self.replicas.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k?).into_owned())).collect()
+    }
+
+    fn state(&self, name: &str) -> Result<Option<ReplicaState>> {
+        self.replicas.get(name.as_bytes())?.map(|v| decode(REPLICAS, &v)).transpose()
+    }
+
+    fn put_state(&self, name: &str, state: &ReplicaState) -> Result<()> {
+        self.replicas.insert(name.as_bytes(), encode(REPLICAS, state)?)?;
+        Ok(())
+    }
+
+    fn set_for(&self, name: &str, gen: u64) -> Result<EntrySet> {
+        Ok(EntrySet::new(
+            self.db.open_tree(tree_name(name, gen, "entries"))?,
+            self.db.open_tree(tree_name(name, gen, "uuids"))?,
+        ))
+    }
+
+    fn drop_generation(&self, name: &str, gen: u64) -> Result<()> {
+        self.db.drop_tree(tree_name(name, gen, "entries"))?;
+        self.db.drop_tree(tree_name(name, gen, "uuids"))?;
+        Ok(())
+    }
+
+    /// The replica of agreement `name`, created empty if new.
+    pub fn replica(&self, name: &str) -> Result<Replica> {
+        if self.state(name)?.is_none() {
+            self.put_state(name, &ReplicaState { active_gen: 0, cookie: None, shadow: None, next_gen: 1 })?;
+        }
+        Ok(Replica { store: self.clone(), name: Arc::from(name) })
+    }
+
+    /// Deletes agreement `name`'s replica entirely (agreement removed from config).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let Some(state) = self.state(name)? else { return Ok(()) };
+        self.replicas.remove(name.as_bytes())?;
+        self.db.flush()?;
+        self.drop_generation(name, state.active_gen)?;
+        if let Some(gen) = state.shadow {
+            self.drop_generation(name, gen)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// One agreement's replica.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The store it lives in.
+    store: ReplicaStore,
+    /// The agreement name.
+    name: Arc<str>,
+}
+
+impl Replica {
+    /// The agreement name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The persistent state.
+    pub fn state(&self) -> Result<ReplicaState> {
+        self.store.state(&self.name)?.ok_or_else(|| StoreError::NoSuchReplica(self.name.to_string()))
+    }
+
+    /// The durable position to resume from.
+    pub fn cookie(&self) -> Result<Option<Cookie>> {
+        Ok(self.state()?.cookie)
+    }
+
+    /// The active entries (what readers see).
+    pub fn entries(&self) -> Result<EntrySet> {
+        self.store.set_for(&self.name, self.state()?.active_gen)
+    }
+
+    /// Entries of the active generation in `spec`'s region, in tree order.
+    pub fn search(&self, spec: &SearchSpec) -> Result<Vec<Entry>> {
+        self.entries()?.search(spec).collect()
+    }
+
+    /// Applies `ops` to the active generation and, if given, sets `cookie`, all in one
+    /// transaction. Not durable until [`ReplicaStore::flush`].
+    pub fn apply(&self, ops: &[ReplOp], cookie: Option<Cookie>) -> Result<ApplyStats> {
+        let state = self.state()?;
+        let set = self.store.set_for(&self.name, state.active_gen)?;
+        let name = self.name.clone();
+        let stats = (&self.store.replicas, &set.entries, &set.uuids).transaction(|(replicas, entries, uuids)| {
+            let tx = TxEntrySet { entries, uuids };
+            let mut stats = ApplyStats::default();
+            for op in ops {
+                apply_op(&tx, op, &mut stats)?;
+            }
+            if let Some(cookie) = cookie {
+                // Re-read inside the transaction: the generation must still be the one written.
+                let current: ReplicaState = match replicas.get(name.as_bytes())? {
+                    Some(v) => decode(REPLICAS, &v).map_err(ConflictableTransactionError::Abort)?,
+                    None => {
+                        return Err(ConflictableTransactionError::Abort(StoreError::NoSuchReplica(name.to_string())))
+                    }
+                };
+                if current.active_gen != state.active_gen {
+                    return Err(ConflictableTransactionError::Abort(StoreError::StaleShadow(name.to_string())));
+                }
+                let next = ReplicaState { cookie: Some(cookie), ..current };
+                replicas
+                    .insert(name.as_bytes(), encode(REPLICAS, &next).map_err(ConflictableTransactionError::Abort)?)?;
+            }
+            Ok(stats)
+        })?;
+        Ok(stats)
+    }
+
+    /// Starts a shadow reload for a refresh of `kind`; any earlier unfinished shadow is
+    /// discarded.
+    pub fn begin_shadow(&self, kind: RefreshKind) -> Result<Shadow> {
+        let mut state = self.state()?;
+        if let Some(old) = state.shadow.take() {
+            self.store.drop_generation(&self.name, old)?;
+        }
+        let gen = state.next_gen.max(state.active_gen + 1);
+        state.next_gen = gen + 1;
+        state.shadow = Some(gen);
+        self.store.put_state(&self.name, &state)?;
+        let set = self.store.set_for(&self.name, gen)?;
+        Ok(Shadow { replica: self.clone(), gen, set, kind })
+    }
+}
+
+/// Applies one op inside a transaction (see the module docs for the rules).
+fn apply_op(tx: &TxEntrySet<'_>, op: &ReplOp, stats: &mut ApplyStats) -> Result<(), TxError> {
+    match op {
+        ReplOp::Upsert(entry) => {
+            let current = tx.get_by_uuid(&entry.uuid)?;
+            if let Some((_, local)) = &current {
+                if local.csn >= entry.csn {
+                    stats.skipped += 1;
+                    return Ok(());
+                }
+            }
+            let new_key = entry.dn.tree_key();
+            if let Some(holder) = tx.get_at(&new_key)? {
+                if holder.uuid != entry.uuid {
+                    tx.remove(&new_key, &holder.uuid)?;
+                }
+            }
+            tx.put(current.as_ref().map(|(k, _)| k.as_slice()), entry)?;
+            stats.applied += 1;
+        }
+        ReplOp::Delete { uuid, .. } => match tx.get_by_uuid(uuid)? {
+            Some((key, _)) => {
+                tx.remove(&key, uuid)?;
+                stats.applied += 1;
+            }
+            None => {
+                tx.uuids.remove(uuid.as_bytes())?;
+                stats.skipped += 1;
+            }
+        },
+    }
+    Ok(())
+}
+
+/// A replica generation under construction. Readers keep seeing the active generation
+/// until [`Shadow::finish`].
+#[derive(Debug)]
+pub struct Shadow {
+    /// The replica it will replace.
+    replica: Replica,
+    /// Its generation number.
+    gen: u64,
+    /// Its trees.
+    set: EntrySet,
+    /// The refresh filling it.
+    kind: RefreshKind,
+}
+
+impl Shadow {
+    /// The refresh kind being built.
+    pub fn kind(&self) -> RefreshKind {
+        self.kind
+    }
+
+    /// Entries written to the shadow so far.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Applies refresh operations to the shadow in one transaction.
+    pub fn apply(&self, ops: &[ReplOp]) -> Result<ApplyStats> {
+        let stats = (&self.set.entries, &self.set.uuids).transaction(|(entries, uuids)| {
+            let tx = TxEntrySet { entries, uuids };
+            let mut stats = ApplyStats::default();
+            for op in ops {
+                apply_op(&tx, op, &mut stats)?;
+            }
+            Ok(stats)
+        })?;
+        Ok(stats)
+    }
+
+    /// Copies entries the provider named as unchanged from the active generation. Fails
+    /// with [`StoreError::MissingPresentEntries`] if any is missing locally: the replica
+    /// then needs a full refresh.
+    pub fn copy_present(&self, uuids: &[EntryUuid]) -> Result<()> {
+        let active = self.replica.entries()?;
+        let mut found = Vec::with_capacity(uuids.len());
+        let mut missing = 0;
+        for uuid in uuids {
+            match active.get_by_uuid(uuid)? {
+                Some(e) => found.push(ReplOp::Upsert(e)),
+                None => missing += 1,
+            }
+        }
+        if missing > 0 {
+            return Err(StoreError::MissingPresentEntries(missing));
+        }
+        self.apply(&found)?;
+        Ok(())
+    }
+
+    /// Makes the shadow the active generation with `cookie`, durably, and drops the old
+    /// generation.
+    pub fn finish(self, cookie: Cookie) -> Result<()> {
+        let name = self.replica.name.clone();
+        let store = &self.replica.store;
+        let mut state = self.replica.state()?;
+        if state.shadow != Some(self.gen) {
+            return Err(StoreError::StaleShadow(name.to_string()));
+        }
+        // The shadow's entries must be on disk before the switch that exposes them.
+        store.flush()?;
+        let old = state.active_gen;
+        state.active_gen = self.gen;
+        state.shadow = None;
+        state.cookie = Some(cookie);
+        store.put_state(&name, &state)?;
+        store.flush()?;
+        store.drop_generation(&name, old)?;
+        Ok(())
+    }
+
+    /// Discards the shadow; the active generation is untouched.
+    pub fn abort(self) -> Result<()> {
+        let mut state = self.replica.state()?;
+        if state.shadow == Some(self.gen) {
+            state.shadow = None;
+            self.replica.store.put_state(&self.replica.name, &state)?;
+        }
+        self.replica.store.drop_generation(&self.replica.name, self.gen)
+    }
+}

@@ -1,0 +1,194 @@
+//! Directory rules: every refusal leaves the store exactly as it was.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use tether_protocol::{Csn, ModOp, SearchSpec};
+use tether_store::{Directory, Refusal, StoreError};
+
+fn open() -> (tempfile::TempDir, Directory) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
+    for c in base_tree() {
+        d.write(&c).unwrap();
+    }
+    d.write(&add_person("uid=ann,ou=people,dc=example,dc=com")).unwrap();
+    (dir, d)
+}
+
+/// Everything observable: all entries (with CSNs), the last CSN and the changelog.
+fn snapshot(d: &Directory) -> (Vec<String>, Csn, Option<Csn>) {
+    let all: Vec<String> = d
+        .search(&SearchSpec::subtree(dn(SUFFIX)))
+        .map(|e| {
+            let e = e.unwrap();
+            format!("{}|{}|{:?}", e.dn, e.csn, e.attrs)
+        })
+        .collect();
+    (all, d.durable_csn(), d.changelog().newest().unwrap())
+}
+
+fn refused(d: &Directory, change: tether_protocol::Change) -> Refusal {
+    let before = snapshot(d);
+    let err = d.write(&change).expect_err("write should be refused");
+    assert_eq!(snapshot(d), before, "a refused write changed something");
+    match err {
+        StoreError::Refused(r) => r,
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[test]
+fn every_rule_refuses_and_changes_nothing() {
+    let (_tmp, d) = open();
+    let ann = "uid=ann,ou=people,dc=example,dc=com";
+    assert!(matches!(refused(&d, add_person(ann)), Refusal::AlreadyExists(_)));
+    assert!(matches!(refused(&d, add_person("UID=ANN, ou=People,dc=example,dc=com")), Refusal::AlreadyExists(_)));
+    assert!(matches!(refused(&d, add_person("uid=x,ou=missing,dc=example,dc=com")), Refusal::NoParent(_)));
+    assert!(matches!(refused(&d, add_person("uid=x,dc=other,dc=com")), Refusal::OutsideSuffix { .. }));
+    assert!(matches!(
+        refused(&d, add("uid=y,ou=people,dc=example,dc=com", &[("uid", "y")])),
+        Refusal::InvalidChange { .. }
+    ));
+    assert!(matches!(refused(&d, delete("ou=people,dc=example,dc=com")), Refusal::NotAllowedOnNonLeaf(_)));
+    assert!(matches!(refused(&d, delete("uid=nobody,ou=people,dc=example,dc=com")), Refusal::NoSuchObject(_)));
+    assert!(matches!(
+        refused(&d, modify("uid=nobody,ou=people,dc=example,dc=com", ModOp::Add, "cn", &["x"])),
+        Refusal::NoSuchObject(_)
+    ));
+    assert!(
+        matches!(refused(&d, modify(ann, ModOp::Add, "cn", &["ANN"])), Refusal::InvalidChange { .. }),
+        "duplicate value"
+    );
+    assert!(
+        matches!(refused(&d, modify(ann, ModOp::Delete, "mail", &[])), Refusal::InvalidChange { .. }),
+        "no such attribute"
+    );
+    assert!(
+        matches!(refused(&d, modify(ann, ModOp::Delete, "uid", &["ann"])), Refusal::InvalidChange { .. }),
+        "RDN value"
+    );
+    assert!(matches!(refused(&d, modify(ann, ModOp::Replace, "objectClass", &[])), Refusal::InvalidChange { .. }));
+    assert!(matches!(
+        refused(&d, moddn("ou=people,dc=example,dc=com", "ou=staff", None)),
+        Refusal::NotAllowedOnNonLeaf(_)
+    ));
+    assert!(matches!(refused(&d, moddn(ann, "uid=ann", Some("ou=missing,dc=example,dc=com"))), Refusal::NoParent(_)));
+    d.write(&add_person("uid=bob,ou=people,dc=example,dc=com")).unwrap();
+    assert!(matches!(refused(&d, moddn(ann, "uid=bob", None)), Refusal::AlreadyExists(_)));
+    assert!(matches!(
+        refused(&d, moddn("uid=zed,ou=people,dc=example,dc=com", "uid=z", None)),
+        Refusal::NoSuchObject(_)
+    ));
+}
+
+#[test]
+fn a_multi_step_modify_is_all_or_nothing() {
+    let (_tmp, d) = open();
+    let ann = "uid=ann,ou=people,dc=example,dc=com";
+    let change = tether_protocol::Change::Modify {
+        dn: dn(ann),
+        mods: vec![
+            tether_protocol::Modification { op: ModOp::Add, attr: "mail".into(), values: vec!["a@x".into()] },
+            tether_protocol::Modification { op: ModOp::Delete, attr: "telephoneNumber".into(), values: vec![] },
+        ],
+    };
+    refused(&d, change);
+    assert!(d.entries().get(&dn(ann)).unwrap().unwrap().attrs.get("mail").is_none());
+}
+
+#[test]
+fn writes_assign_increasing_csns_and_keep_uuid_across_renames() {
+    let (_tmp, d) = open();
+    let ann = dn("uid=ann,ou=people,dc=example,dc=com");
+    let before = d.entries().get(&ann).unwrap().unwrap();
+    let c1 = d.write(&modify("uid=ann,ou=people,dc=example,dc=com", ModOp::Add, "mail", &["ann@x"])).unwrap();
+    let c2 = d
+        .write(&moddn("uid=ann,ou=people,dc=example,dc=com", "uid=anna", Some("ou=groups,dc=example,dc=com")))
+        .unwrap();
+    assert!(c2.csn > c1.csn && c1.csn > before.csn);
+    assert_eq!(c2.uuid, before.uuid);
+    assert!(d.entries().get(&ann).unwrap().is_none());
+    let moved = d.entries().get(&dn("uid=anna,ou=groups,dc=example,dc=com")).unwrap().unwrap();
+    assert_eq!(moved.uuid, before.uuid);
+    assert_eq!(moved.csn, c2.csn);
+    assert_eq!(moved.attrs.values("uid"), &["anna".into()], "deleteoldrdn removed the old RDN value");
+    assert_eq!(d.entries().get_by_uuid(&before.uuid).unwrap().unwrap().dn, moved.dn);
+    assert_eq!(d.durable_csn(), c2.csn);
+}
+
+#[test]
+fn state_survives_reopen_and_csns_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, last) = {
+        let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
+        for c in base_tree() {
+            d.write(&c).unwrap();
+        }
+        (d.store_id(), d.durable_csn())
+    };
+    let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
+    assert_eq!(d.store_id(), id);
+    assert_eq!(d.durable_csn(), last);
+    let next = d.write(&add_person("uid=c,ou=people,dc=example,dc=com")).unwrap();
+    assert_eq!(next.csn, last.next());
+    drop(d);
+    assert!(matches!(Directory::open(dir.path(), &dn("dc=other")), Err(StoreError::SuffixMismatch { .. })));
+}
+
+#[test]
+fn bulk_add_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
+    let good: Vec<_> = ["dc=example,dc=com", "ou=people,dc=example,dc=com", "uid=a,ou=people,dc=example,dc=com"]
+        .iter()
+        .map(|s| (dn(s), common::attrs(&[("objectClass", "top")])))
+        .collect();
+    let mut bad = good.clone();
+    bad.push((dn("uid=b,ou=nowhere,dc=example,dc=com"), common::attrs(&[("objectClass", "top")])));
+    assert!(matches!(d.bulk_add(&bad), Err(StoreError::Refused(Refusal::NoParent(_)))));
+    assert_eq!(d.entries().len(), 0);
+    assert_eq!(d.durable_csn(), Csn::ZERO);
+    let last = d.bulk_add(&good).unwrap();
+    assert_eq!(last, Csn(3));
+    assert_eq!(d.entries().len(), 3);
+    assert_eq!(d.changelog().records(Csn::ZERO, last).count(), 3);
+}
+
+#[test]
+fn group_commit_publishes_durable_csn() {
+    let (_tmp, d) = open();
+    let mut rx = d.subscribe();
+    let start = *rx.borrow_and_update();
+    let c = d.write_nowait(&add_person("uid=g,ou=people,dc=example,dc=com")).unwrap();
+    assert_eq!(d.durable_csn(), start, "not durable until synced");
+    assert!(!rx.has_changed().unwrap());
+    d.sync(c.csn).unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), c.csn);
+}
+
+#[test]
+fn concurrent_writers_share_flushes() {
+    let (_tmp, d) = open();
+    let d = std::sync::Arc::new(d);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    d.write(&add_person(&format!("uid=t{t}-{i},ou=people,dc=example,dc=com"))).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(d.entries().len(), 4 + 200);
+    let csns: Vec<Csn> = d.changelog().records(Csn::ZERO, d.durable_csn()).map(|r| r.unwrap().csn).collect();
+    assert_eq!(csns.len() as u64, d.durable_csn().0, "one record per CSN, none lost");
+    assert!(csns.windows(2).all(|w| w[1] == w[0].next()));
+}

@@ -1,0 +1,355 @@
+//! Changelog reads and replica applies together: whatever happens on the provider, a
+//! replica that applies the delta (or the per-record stream) ends up holding exactly the
+//! provider's entries in its scope.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use tether_protocol::{Change, Cookie, Csn, Filter, ModOp, RefreshKind, ReplOp, Scope, SearchSpec};
+use tether_store::{Directory, ReplicaStore, RetentionPolicy, StoreError};
+
+struct Pair {
+    _tmp: (tempfile::TempDir, tempfile::TempDir),
+    dir: Directory,
+    replicas: ReplicaStore,
+}
+
+fn pair() -> Pair {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let dir = Directory::open(a.path(), &dn(SUFFIX)).unwrap();
+    for c in base_tree() {
+        dir.write(&c).unwrap();
+    }
+    let replicas = ReplicaStore::open(b.path()).unwrap();
+    Pair { _tmp: (a, b), dir, replicas }
+}
+
+fn people_spec() -> SearchSpec {
+    SearchSpec::subtree(dn("ou=people,dc=example,dc=com"))
+}
+
+fn filtered_spec() -> SearchSpec {
+    SearchSpec {
+        base: dn("ou=people,dc=example,dc=com"),
+        scope: Scope::One,
+        filter: Filter::Equality { attr: "sn".into(), value: "Keep".into() },
+        attrs: vec![],
+    }
+}
+
+fn provider_view(d: &Directory, spec: &SearchSpec) -> Vec<String> {
+    d.search(spec).map(|e| format!("{:?}", e.unwrap())).collect()
+}
+
+fn replica_view(r: &ReplicaStore, name: &str) -> Vec<String> {
+    let all = SearchSpec::subtree(tether_protocol::Dn::root());
+    r.replica(name).unwrap().search(&all).unwrap().into_iter().map(|e| format!("{e:?}")).collect()
+}
+
+/// Full refresh of `spec` into a shadow, as a provider session would run it.
+fn full_refresh(p: &Pair, name: &str, spec: &SearchSpec) -> Cookie {
+    let start = p.dir.durable_csn();
+    let shadow = p.replicas.replica(name).unwrap().begin_shadow(RefreshKind::Full).unwrap();
+    let ops: Vec<ReplOp> = p.dir.search(spec).map(|e| ReplOp::Upsert(e.unwrap())).collect();
+    for chunk in ops.chunks(7) {
+        shadow.apply(chunk).unwrap();
+    }
+    let cookie = Cookie { store_id: p.dir.store_id(), csn: start };
+    shadow.finish(cookie).unwrap();
+    cookie
+}
+
+fn delta_refresh(p: &Pair, name: &str, spec: &SearchSpec, from: Cookie) -> Cookie {
+    let upto = p.dir.durable_csn();
+    let mut delta = p.dir.changelog().delta(from.csn, upto, spec).unwrap();
+    let replica = p.replicas.replica(name).unwrap();
+    loop {
+        let batch = delta.next_batch(p.dir.entries(), 5).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        replica.apply(&batch, None).unwrap();
+    }
+    let cookie = Cookie { store_id: p.dir.store_id(), csn: upto };
+    replica.apply(&[], Some(cookie)).unwrap();
+    cookie
+}
+
+fn people_changes() -> Vec<Change> {
+    vec![
+        add_person("uid=a,ou=people,dc=example,dc=com"),
+        add_person("uid=b,ou=people,dc=example,dc=com"),
+        add_person("uid=c,ou=groups,dc=example,dc=com"),
+    ]
+}
+
+#[test]
+fn delta_coalesces_to_latest_state_and_follows_moves_across_scope() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    let spec = people_spec();
+    let cookie = full_refresh(&p, "people", &spec);
+    assert_eq!(replica_view(&p.replicas, "people"), provider_view(&p.dir, &spec));
+
+    // a: modified three times (coalesces to one upsert); b: moved out of scope;
+    // c: moved into scope; d: added then deleted (never seen by the consumer).
+    let a = "uid=a,ou=people,dc=example,dc=com";
+    p.dir.write(&modify(a, ModOp::Add, "mail", &["a1@x"])).unwrap();
+    p.dir.write(&modify(a, ModOp::Add, "mail", &["a2@x"])).unwrap();
+    p.dir.write(&modify(a, ModOp::Delete, "mail", &["a1@x"])).unwrap();
+    p.dir.write(&moddn("uid=b,ou=people,dc=example,dc=com", "uid=b", Some("ou=groups,dc=example,dc=com"))).unwrap();
+    p.dir.write(&moddn("uid=c,ou=groups,dc=example,dc=com", "uid=c", Some("ou=people,dc=example,dc=com"))).unwrap();
+    p.dir.write(&add_person("uid=d,ou=people,dc=example,dc=com")).unwrap();
+    p.dir.write(&delete("uid=d,ou=people,dc=example,dc=com")).unwrap();
+    p.dir.write(&modify("ou=groups,dc=example,dc=com", ModOp::Add, "description", &["out of scope"])).unwrap();
+
+    let mut delta = p.dir.changelog().delta(cookie.csn, p.dir.durable_csn(), &spec).unwrap();
+    let ops = delta.next_batch(p.dir.entries(), 100).unwrap();
+    let a_ops: Vec<_> = ops.iter().filter(|o| matches!(o, ReplOp::Upsert(e) if e.dn == dn(a))).collect();
+    assert_eq!(a_ops.len(), 1, "three modifies coalesce into one upsert: {ops:#?}");
+    assert!(matches!(a_ops[0], ReplOp::Upsert(e) if e.attrs.values("mail") == [tether_protocol::Value::from("a2@x")]));
+    let b = p.dir.entries().get(&dn("uid=b,ou=groups,dc=example,dc=com")).unwrap().unwrap();
+    assert!(ops.iter().any(|o| matches!(o, ReplOp::Delete { uuid, .. } if *uuid == b.uuid)), "move out -> delete");
+    assert!(
+        ops.iter().any(|o| matches!(o, ReplOp::Upsert(e) if e.dn == dn("uid=c,ou=people,dc=example,dc=com"))),
+        "move in -> add"
+    );
+    assert!(
+        !ops.iter().any(|o| matches!(o, ReplOp::Upsert(e) if e.dn == dn("ou=groups,dc=example,dc=com"))),
+        "out of scope skipped"
+    );
+    let csns: Vec<Csn> = ops.iter().map(ReplOp::csn).collect();
+    assert!(csns.windows(2).all(|w| w[0] <= w[1]), "ordered by last change");
+
+    delta_refresh(&p, "people", &spec, cookie);
+    assert_eq!(replica_view(&p.replicas, "people"), provider_view(&p.dir, &spec));
+}
+
+#[test]
+fn applying_the_same_batch_twice_equals_once() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    let ops: Vec<ReplOp> = p.dir.search(&people_spec()).map(|e| ReplOp::Upsert(e.unwrap())).collect();
+    let r = p.replicas.replica("x").unwrap();
+    let first = r.apply(&ops, None).unwrap();
+    let once = replica_view(&p.replicas, "x");
+    let second = r.apply(&ops, None).unwrap();
+    assert_eq!(first.applied, ops.len() as u64);
+    assert_eq!(second.applied, 0, "a replay applies nothing");
+    assert_eq!(second.skipped, ops.len() as u64);
+    assert_eq!(replica_view(&p.replicas, "x"), once);
+    // An older state never overwrites a newer one.
+    let a = p.dir.entries().get(&dn("uid=a,ou=people,dc=example,dc=com")).unwrap().unwrap();
+    p.dir.write(&modify("uid=a,ou=people,dc=example,dc=com", ModOp::Add, "mail", &["new@x"])).unwrap();
+    let newer = p.dir.entries().get_by_uuid(&a.uuid).unwrap().unwrap();
+    r.apply(&[ReplOp::Upsert(newer.clone())], None).unwrap();
+    let stale = r.apply(&[ReplOp::Upsert(a.clone())], None).unwrap();
+    assert_eq!(stale.applied, 0);
+    assert_eq!(r.entries().unwrap().get_by_uuid(&a.uuid).unwrap().unwrap(), newer);
+}
+
+#[test]
+fn shadow_is_invisible_until_finished_and_abort_keeps_the_old_replica() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    let spec = people_spec();
+    let cookie = full_refresh(&p, "s", &spec);
+    let before = replica_view(&p.replicas, "s");
+    let r = p.replicas.replica("s").unwrap();
+
+    let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+    let one = p.dir.search(&spec).next().unwrap().unwrap();
+    shadow.apply(&[ReplOp::Upsert(one)]).unwrap();
+    assert_eq!(replica_view(&p.replicas, "s"), before, "readers see the old replica mid-reload");
+    shadow.abort().unwrap();
+    assert_eq!(replica_view(&p.replicas, "s"), before);
+    assert_eq!(r.cookie().unwrap(), Some(cookie));
+
+    // Present refresh: unchanged entries named by uuid are copied from the old replica.
+    p.dir.write(&delete("uid=b,ou=people,dc=example,dc=com")).unwrap();
+    let shadow = r.begin_shadow(RefreshKind::Present).unwrap();
+    let uuids: Vec<_> = p.dir.search(&spec).map(|e| e.unwrap().uuid).collect();
+    shadow.copy_present(&uuids).unwrap();
+    let done = Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() };
+    shadow.finish(done).unwrap();
+    assert_eq!(replica_view(&p.replicas, "s"), provider_view(&p.dir, &spec));
+    assert_eq!(r.cookie().unwrap(), Some(done));
+
+    let shadow = r.begin_shadow(RefreshKind::Present).unwrap();
+    let missing = [tether_protocol::EntryUuid::new_random()];
+    assert!(matches!(shadow.copy_present(&missing), Err(StoreError::MissingPresentEntries(1))));
+}
+
+#[test]
+fn an_unfinished_shadow_is_discarded_on_reopen() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    full_refresh(&p, "s", &people_spec());
+    let before = replica_view(&p.replicas, "s");
+    let path = tempfile::tempdir().unwrap();
+    {
+        let store = ReplicaStore::open(path.path()).unwrap();
+        let r = store.replica("s").unwrap();
+        r.apply(&p.dir.search(&people_spec()).map(|e| ReplOp::Upsert(e.unwrap())).collect::<Vec<_>>(), None).unwrap();
+        let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply(&[]).unwrap();
+        store.flush().unwrap();
+        drop(shadow); // no Drop impl: dropping is not an abort, like a crash
+    }
+    let store = ReplicaStore::open(path.path()).unwrap();
+    assert_eq!(store.replica("s").unwrap().state().unwrap().shadow, None);
+    assert_eq!(replica_view(&store, "s"), before);
+}
+
+#[test]
+fn plan_refresh_follows_cookie_and_retention() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    assert_eq!(p.dir.plan_refresh(None).unwrap(), RefreshKind::Full);
+    let foreign = Cookie { store_id: tether_protocol::StoreId::new_random(), csn: Csn(1) };
+    assert_eq!(p.dir.plan_refresh(Some(&foreign)).unwrap(), RefreshKind::Full);
+    let old = Cookie { store_id: p.dir.store_id(), csn: Csn(2) };
+    assert_eq!(p.dir.plan_refresh(Some(&old)).unwrap(), RefreshKind::Delta);
+    let ahead = Cookie { store_id: p.dir.store_id(), csn: Csn(999) };
+    assert_eq!(p.dir.plan_refresh(Some(&ahead)).unwrap(), RefreshKind::Full);
+
+    let policy =
+        RetentionPolicy { max_changes: Some(2), max_age: None, hold_for_consumers: std::time::Duration::from_secs(60) };
+    let report = p.dir.trim(&policy, u64::MAX / 2).unwrap();
+    assert_eq!(report.floor, Csn(p.dir.durable_csn().0 - 2));
+    assert_eq!(p.dir.changelog().oldest().unwrap(), Some(report.floor.next()));
+    assert_eq!(p.dir.plan_refresh(Some(&old)).unwrap(), RefreshKind::Present);
+}
+
+#[test]
+fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    let newest = p.dir.durable_csn();
+    p.dir.record_consumer("slow", Csn(2)).unwrap();
+    let far_future = tether_store_now() + 10 * 24 * 3600 * 1000;
+    let hold = std::time::Duration::from_secs(365 * 24 * 3600);
+    let policy = RetentionPolicy {
+        max_changes: None,
+        max_age: Some(std::time::Duration::from_secs(1)),
+        hold_for_consumers: hold,
+    };
+    let report = p.dir.trim(&policy, far_future).unwrap();
+    assert_eq!(report.floor, Csn(2), "held at the consumer's position");
+    let policy = RetentionPolicy { max_changes: Some(1), ..policy };
+    let report = p.dir.trim(&policy, far_future).unwrap();
+    assert_eq!(report.floor, Csn(newest.0 - 1), "the hard cap trims past the held consumer");
+    let unheld = RetentionPolicy {
+        max_changes: None,
+        max_age: Some(std::time::Duration::from_secs(1)),
+        hold_for_consumers: std::time::Duration::from_secs(1),
+    };
+    let report = p.dir.trim(&unheld, far_future).unwrap();
+    assert_eq!(report.floor, newest, "a consumer not seen within the window holds nothing");
+}
+
+fn tether_store_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A random workload over a small name space, so renames, moves across the scope and
+/// filter flips collide often.
+#[derive(Debug, Clone)]
+enum Op {
+    Add(u8, bool),
+    Modify(u8, bool),
+    Move(u8, u8, bool),
+    Delete(u8),
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..12, any::<bool>()).prop_map(|(i, p)| Op::Add(i, p)),
+        (0u8..12, any::<bool>()).prop_map(|(i, k)| Op::Modify(i, k)),
+        (0u8..12, 0u8..12, any::<bool>()).prop_map(|(i, j, p)| Op::Move(i, j, p)),
+        (0u8..12).prop_map(Op::Delete),
+    ]
+}
+
+fn ou(people: bool) -> &'static str {
+    if people {
+        "ou=people,dc=example,dc=com"
+    } else {
+        "ou=groups,dc=example,dc=com"
+    }
+}
+
+/// Runs `op` against the directory; refusals (missing entries, taken names) are fine.
+fn run(d: &Directory, op: &Op) {
+    let find = |i: u8| {
+        [true, false].into_iter().map(|p| format!("uid=u{i},{}", ou(p))).find(|s| d.entries().contains(&dn(s)).unwrap())
+    };
+    let change = match op {
+        Op::Add(i, p) => add_person(&format!("uid=u{i},{}", ou(*p))),
+        Op::Modify(i, keep) => match find(*i) {
+            Some(s) => modify(&s, ModOp::Replace, "sn", &[if *keep { "Keep" } else { "Drop" }]),
+            None => return,
+        },
+        Op::Move(i, j, p) => match find(*i) {
+            Some(s) => moddn(&s, &format!("uid=u{j}"), Some(ou(*p))),
+            None => return,
+        },
+        Op::Delete(i) => match find(*i) {
+            Some(s) => delete(&s),
+            None => return,
+        },
+    };
+    let _ = d.write(&change);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn delta_and_live_stream_converge_for_any_workload(
+        before in proptest::collection::vec(op_strategy(), 0..25),
+        after in proptest::collection::vec(op_strategy(), 0..40),
+    ) {
+        let p = pair();
+        for op in &before {
+            run(&p.dir, op);
+        }
+        for spec in [people_spec(), filtered_spec()] {
+            let name = format!("{}", spec.scope);
+            let cookie = full_refresh(&p, &format!("{name}-delta"), &spec);
+            full_refresh(&p, &format!("{name}-live"), &spec);
+            let start = p.dir.durable_csn();
+            for op in &after {
+                run(&p.dir, op);
+            }
+            // Coalesced delta.
+            delta_refresh(&p, &format!("{name}-delta"), &spec, cookie);
+            prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-delta")), provider_view(&p.dir, &spec));
+            // Record by record, as the persist phase sends them.
+            let live = p.replicas.replica(&format!("{name}-live")).unwrap();
+            for record in p.dir.changelog().records(start, p.dir.durable_csn()) {
+                let record = record.unwrap();
+                if let Some(op) = p.dir.changelog().op_for(&record, &spec, p.dir.entries()).unwrap() {
+                    live.apply(&[op], Some(Cookie { store_id: p.dir.store_id(), csn: record.csn })).unwrap();
+                }
+            }
+            prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-live")), provider_view(&p.dir, &spec));
+        }
+    }
+}
