@@ -9,6 +9,7 @@
 //! - [`csn`], [`cookie`]: change sequence numbers and a consumer's position.
 //! - [`change`]: write requests (add, modify, delete, modify-DN).
 //! - [`filter`], [`scope`]: RFC 4515 filters and search/agreement regions.
+//! - [`filter_parse`]: reading filter strings into a [`Filter`], with bounded length and depth.
 
 pub mod change;
 pub mod cookie;
@@ -16,6 +17,7 @@ pub mod csn;
 pub mod dn;
 pub mod entry;
 pub mod filter;
+pub mod filter_parse;
 pub mod scope;
 
 pub use change::{Change, ModOp, Modification};
@@ -24,4 +26,5 @@ pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
 pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryUuid, Value};
 pub use filter::Filter;
+pub use filter_parse::FilterError;
 pub use scope::{Scope, SearchSpec};
