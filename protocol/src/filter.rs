@@ -1,19 +1,26 @@
 //! LDAP search filters (RFC 4515): the type, its evaluation against an entry, and its
 //! canonical string form. The string parser lives in `filter_parse`.
 //!
-//! Matching follows the module rule of `entry`: names ignore case and `;options`
-//! (so `(cn=x)` also looks at `cn;lang-en`), text values compare case-folded, and
-//! ordering compares integers numerically when both sides are integers.
+//! Matching follows the module rule of `entry`: names ignore case, and a name matches
+//! its subtypes, the same type with more `;options` (so `(cn=x)` also looks at
+//! `cn;lang-en`, and `(cn;lang-en=x)` at `cn;lang-en;x-nick`); text values compare
+//! case-folded with insignificant spaces removed (RFC 4518, including its special
+//! handling of spaces at the edges of substring parts); ordering compares integers
+//! numerically, at any length, when both sides are integers.
 
 use std::cmp::Ordering;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::entry::{Entry, Value};
 
 /// A search filter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On the wire and on disk a filter is its RFC 4515 string, parsed again on the way in:
+/// the parser's length and depth limits then hold for filters from peers too, so a
+/// hostile message cannot make evaluation recurse without bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
     /// All of the sub-filters match (an empty list is true).
     And(Vec<Filter>),
@@ -96,49 +103,120 @@ impl Filter {
     }
 }
 
-/// Values of `attr` and of its subtypes with options (`cn;lang-en` for `cn`).
+/// Values of `attr` and of its subtypes (see [`is_subtype`]).
 fn values_of<'a>(entry: &'a Entry, attr: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    let wanted = attr.to_ascii_lowercase();
-    let exact_options = wanted.contains(';');
-    entry
-        .attrs
-        .iter()
-        .filter(move |a| {
-            let name = a.name.to_ascii_lowercase();
-            name == wanted || (!exact_options && name.split(';').next() == Some(wanted.as_str()))
-        })
-        .flat_map(|a| a.values.iter())
+    entry.attrs.iter().filter(move |a| is_subtype(&a.name, attr)).flat_map(|a| a.values.iter())
+}
+
+/// Whether the attribute description `held` is `wanted` or one of its subtypes: the same
+/// type with at least the same options, in any order and case (RFC 4512 §2.5).
+fn is_subtype(held: &str, wanted: &str) -> bool {
+    let mut held_parts = held.split(';');
+    let mut wanted_parts = wanted.split(';');
+    let same_type = match (held_parts.next(), wanted_parts.next()) {
+        (Some(h), Some(w)) => h.eq_ignore_ascii_case(w),
+        _ => false,
+    };
+    same_type && wanted_parts.all(|option| held.split(';').skip(1).any(|o| o.eq_ignore_ascii_case(option)))
 }
 
 /// Ordering match: integers numerically, everything else by normalized bytes.
 fn compare(a: &Value, b: &Value) -> Ordering {
     let (na, nb) = (a.normalized(), b.normalized());
-    let as_int = |v: &[u8]| std::str::from_utf8(v).ok().and_then(|s| s.parse::<i128>().ok());
-    match (as_int(&na), as_int(&nb)) {
-        (Some(x), Some(y)) => x.cmp(&y),
+    match (integer(&na), integer(&nb)) {
+        (Some(x), Some(y)) => compare_integers(x, y),
         _ => na.cmp(&nb),
     }
 }
 
+/// An integer of any length (RFC 4517 INTEGER, plus an optional `+`), as its sign and its
+/// digits without leading zeros; zero has no digits and is never negative.
+fn integer(text: &[u8]) -> Option<(bool, &[u8])> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let significant = digits.iter().position(|&d| d != b'0').map_or(&[][..], |at| &digits[at..]);
+    Some((negative && !significant.is_empty(), significant))
+}
+
+fn compare_integers((a_negative, a): (bool, &[u8]), (b_negative, b): (bool, &[u8])) -> Ordering {
+    let magnitude = a.len().cmp(&b.len()).then_with(|| a.cmp(b));
+    match (a_negative, b_negative) {
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+        (false, true) => Ordering::Greater,
+        (true, false) => Ordering::Less,
+    }
+}
+
+/// Where a substring part sits, which decides how its edge spaces are prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Before the first `*`: anchored at the value's start.
+    Initial,
+    /// Between two `*`s.
+    Any,
+    /// After the last `*`: anchored at the value's end.
+    Final,
+}
+
+/// RFC 4518 §2.6.1 for an attribute value in a substring match: case-folded words joined
+/// by two spaces, with one space at each end, so a part's edge space can match at the
+/// value's start or end or at either side of the gap between two words.
+fn prepare_value(value: &Value) -> Vec<u8> {
+    match value.as_str() {
+        Some(text) => format!(" {} ", words(text).join("  ")).into_bytes(),
+        None => value.as_bytes().to_vec(),
+    }
+}
+
+/// RFC 4518 §2.6.1 for a substring part: as for a value, but an edge keeps one space
+/// only if the part had one there or is anchored there; so `(cn=ann *)` matches
+/// "Ann Lee" and not "Annie". A part of only spaces is one space; an empty part (as in
+/// `a**b`) stays empty, matching anywhere, also in binary values.
+fn prepare_part(part: &Value, at: Part) -> Vec<u8> {
+    let Some(text) = part.as_str() else { return part.as_bytes().to_vec() };
+    if text.is_empty() {
+        return Vec::new();
+    }
+    let words = words(text);
+    if words.is_empty() {
+        return b" ".to_vec();
+    }
+    let lead = if at == Part::Initial || text.starts_with(' ') { " " } else { "" };
+    let trail = if at == Part::Final || text.ends_with(' ') { " " } else { "" };
+    format!("{lead}{}{trail}", words.join("  ")).into_bytes()
+}
+
+/// The case-folded words of a text, split at runs of spaces.
+fn words(text: &str) -> Vec<String> {
+    text.split(' ').filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
 fn substring_match(value: &Value, initial: Option<&Value>, any: &[Value], final_: Option<&Value>) -> bool {
-    let hay = value.normalized();
+    let hay = prepare_value(value);
     let mut rest: &[u8] = &hay;
     if let Some(init) = initial {
-        let init = init.normalized();
+        let init = prepare_part(init, Part::Initial);
         match rest.strip_prefix(init.as_slice()) {
             Some(r) => rest = r,
             None => return false,
         }
     }
     for part in any {
-        let part = part.normalized();
+        let part = prepare_part(part, Part::Any);
         match find(rest, &part) {
             Some(at) => rest = &rest[at + part.len()..],
             None => return false,
         }
     }
     match final_ {
-        Some(fin) => rest.ends_with(&fin.normalized()),
+        Some(fin) => rest.ends_with(&prepare_part(fin, Part::Final)),
         None => true,
     }
 }
@@ -150,23 +228,30 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// RFC 4515 §3 value escaping: `*`, `(`, `)`, `\` and NUL, plus non-UTF-8 octets.
+/// RFC 4515 §3 value escaping: `*`, `(`, `)`, `\` and NUL as the RFC requires, and also
+/// control characters, so a filter written to a log or a config file stays on one line
+/// and printable; a value that is not UTF-8 is escaped octet by octet.
 fn write_value(f: &mut fmt::Formatter<'_>, value: &Value) -> fmt::Result {
+    let escape = |f: &mut fmt::Formatter<'_>, bytes: &[u8]| bytes.iter().try_for_each(|b| write!(f, "\\{b:02x}"));
     match value.as_str() {
         Some(s) => {
             for c in s.chars() {
                 match c {
-                    '*' | '(' | ')' | '\\' | '\0' => write!(f, "\\{:02x}", c as u32)?,
+                    '*' | '(' | ')' | '\\' => escape(f, &[c as u8])?,
+                    c if c.is_control() => escape(f, c.encode_utf8(&mut [0; 4]).as_bytes())?,
                     c => write!(f, "{c}")?,
                 }
             }
             Ok(())
         }
-        None => value.as_bytes().iter().try_for_each(|b| write!(f, "\\{b:02x}")),
+        None => escape(f, value.as_bytes()),
     }
 }
 
-/// The RFC 4515 string form; parsing it gives back an equal filter.
+/// The RFC 4515 string form. [`Filter::parse`] of it gives back an equal filter for every
+/// filter the parser produces; a hand-built `Substring` with an empty `initial` or
+/// `final_` renders like one with `None` there, and one with no parts at all like
+/// `Present`.
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -209,5 +294,103 @@ impl fmt::Display for Filter {
                 f.write_str(")")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csn::Csn;
+    use crate::dn::Dn;
+    use crate::entry::{Attributes, EntryUuid};
+
+    fn entry(attrs: &[(&str, &str)]) -> Entry {
+        let mut a = Attributes::new();
+        for (name, value) in attrs {
+            a.add(name, [Value::from(*value)]).unwrap();
+        }
+        Entry { dn: Dn::parse("cn=x,dc=example").unwrap(), uuid: EntryUuid::new_random(), csn: Csn(1), attrs: a }
+    }
+
+    fn eq(attr: &str, value: &str) -> Filter {
+        Filter::Equality { attr: attr.into(), value: value.into() }
+    }
+
+    fn sub(initial: Option<&str>, any: &[&str], final_: Option<&str>) -> Filter {
+        Filter::Substring {
+            attr: "cn".into(),
+            initial: initial.map(Value::from),
+            any: any.iter().map(|&v| Value::from(v)).collect(),
+            final_: final_.map(Value::from),
+        }
+    }
+
+    #[test]
+    fn options_are_a_set_matched_by_any_subset() {
+        let e = entry(&[("cn;lang-en;x-nick", "Annie"), ("cn", "Ann Lee")]);
+        assert!(eq("cn;lang-en", "annie").matches(&e), "a subtype with more options");
+        assert!(eq("CN;X-NICK;Lang-En", "annie").matches(&e), "options in another order and case");
+        assert!(eq("cn", "annie").matches(&e));
+        assert!(!eq("cn;lang-fr", "annie").matches(&e));
+        assert!(!eq("cn;lang-en", "ann lee").matches(&e), "the supertype's values are not the subtype's");
+        assert!(!eq("cnx", "annie").matches(&e));
+    }
+
+    #[test]
+    fn integers_order_numerically_at_any_length() {
+        let huge = "100000000000000000000000000000000000000000";
+        let e = entry(&[("n", "999"), ("m", "-0010"), ("z", "-0")]);
+        let ge = |attr: &str, v: &str| Filter::GreaterOrEqual { attr: attr.into(), value: v.into() };
+        let le = |attr: &str, v: &str| Filter::LessOrEqual { attr: attr.into(), value: v.into() };
+        assert!(le("n", huge).matches(&e), "beyond i128, 999 is still smaller");
+        assert!(!ge("n", huge).matches(&e));
+        assert!(ge("n", &format!("-{huge}")).matches(&e));
+        assert!(le("m", "-9").matches(&e) && !ge("m", "-9").matches(&e), "-10 < -9");
+        assert!(ge("m", "-10").matches(&e) && le("m", "-10").matches(&e), "leading zeros do not count");
+        assert!(ge("z", "0").matches(&e) && le("z", "+0").matches(&e), "-0 is zero");
+        assert!(ge("n", "1000a").matches(&e), "not both integers: text order, \"999\" > \"1000a\"");
+    }
+
+    #[test]
+    fn substring_edge_spaces_follow_rfc4518() {
+        let ann_lee = entry(&[("cn", "Ann  Lee")]);
+        let annie = entry(&[("cn", "Annie")]);
+        let ann_then_space = sub(Some("ann "), &[], None);
+        assert!(ann_then_space.matches(&ann_lee));
+        assert!(!ann_then_space.matches(&annie), "a trailing space in the initial part is a word boundary");
+        assert!(sub(None, &[], Some(" lee")).matches(&ann_lee));
+        assert!(sub(None, &[" lee"], None).matches(&ann_lee));
+        assert!(!sub(None, &[" nie"], None).matches(&annie));
+        assert!(sub(None, &["n   l"], None).matches(&ann_lee), "inner runs of spaces are one space");
+        assert!(sub(Some("ann"), &["", ""], Some("e")).matches(&annie), "empty parts match anywhere");
+        assert!(sub(Some("ANN"), &[], Some("LEE")).matches(&ann_lee), "case-folded");
+        assert!(!sub(Some("a"), &[], Some("a")).matches(&entry(&[("cn", "a")])), "initial and final do not overlap");
+    }
+
+    #[test]
+    fn empty_parts_match_binary_values() {
+        let mut attrs = Attributes::new();
+        attrs.add("photo", [Value::from_bytes([0xff, 0xd8])]).unwrap();
+        let e = Entry { dn: Dn::parse("cn=x").unwrap(), uuid: EntryUuid::new_random(), csn: Csn(1), attrs };
+        let f = Filter::Substring {
+            attr: "photo".into(),
+            initial: Some(Value::from_bytes([0xff])),
+            any: vec![Value::from("")],
+            final_: None,
+        };
+        assert!(f.matches(&e));
+    }
+}
+
+impl Serialize for Filter {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Filter {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Filter::parse(&s).map_err(serde::de::Error::custom)
     }
 }

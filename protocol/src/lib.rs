@@ -11,6 +11,7 @@
 //! - [`filter`], [`scope`]: RFC 4515 filters and search/agreement regions.
 //! - [`repl`]: replication operations (entry states by UUID) and refresh kinds.
 //! - [`codec`]: the one module that names the binary serialization (bincode).
+//! - [`filter_parse`]: reading filter strings into a [`Filter`], with bounded length and depth.
 
 pub mod change;
 pub mod codec;
@@ -20,6 +21,7 @@ pub mod dn;
 pub mod entry;
 pub mod filter;
 pub mod repl;
+pub mod filter_parse;
 pub mod scope;
 
 pub use change::{Change, ModOp, Modification};
@@ -29,4 +31,5 @@ pub use dn::{Dn, DnError, Rdn};
 pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryUuid, Value};
 pub use filter::Filter;
 pub use repl::{RefreshKind, ReplOp};
+pub use filter_parse::FilterError;
 pub use scope::{Scope, SearchSpec};
