@@ -99,6 +99,46 @@ impl EntrySet {
         })
     }
 
+    /// One page of [`EntrySet::search`]: up to `max` entries of `spec`'s region after the
+    /// DN key `after` (exclusive), and the key to continue from (`None` once the region
+    /// is exhausted). Refreshes stream through pages so neither side ever holds the whole
+    /// region, and a cursor is just a key, which survives concurrent writes.
+    pub fn search_page(
+        &self,
+        spec: &SearchSpec,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<(Vec<Entry>, Option<Vec<u8>>)> {
+        let prefix = spec.base.tree_key();
+        if spec.scope == Scope::Base {
+            if after.is_some() {
+                return Ok((Vec::new(), None));
+            }
+            let found = self.get(&spec.base)?.filter(|e| spec.filter.matches(e)).map(|e| spec.project(e));
+            return Ok((found.into_iter().collect(), None));
+        }
+        let depth = spec.base.depth();
+        let range = match after {
+            Some(key) => self.entries.range((std::ops::Bound::Excluded(key.to_vec()), std::ops::Bound::Unbounded)),
+            None => self.entries.range(prefix.clone()..),
+        };
+        let mut page = Vec::new();
+        for item in range {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                return Ok((page, None));
+            }
+            let entry: Entry = decode(ENTRIES, &value)?;
+            if (spec.scope != Scope::One || entry.dn.depth() == depth + 1) && spec.filter.matches(&entry) {
+                page.push(spec.project(entry));
+                if page.len() >= max {
+                    return Ok((page, Some(key.to_vec())));
+                }
+            }
+        }
+        Ok((page, None))
+    }
+
     /// Every entry in tree order.
     pub fn iter(&self) -> impl Iterator<Item = Result<Entry>> {
         self.entries.iter().map(|item| {

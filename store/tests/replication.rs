@@ -54,10 +54,20 @@ fn replica_view(r: &ReplicaStore, name: &str) -> Vec<String> {
 fn full_refresh(p: &Pair, name: &str, spec: &SearchSpec) -> Cookie {
     let start = p.dir.durable_csn();
     let shadow = p.replicas.replica(name).unwrap().begin_shadow(RefreshKind::Full).unwrap();
-    let ops: Vec<ReplOp> = p.dir.search(spec).map(|e| ReplOp::Upsert(e.unwrap())).collect();
-    for chunk in ops.chunks(7) {
-        shadow.apply(chunk).unwrap();
+    // Page through the region as a provider session does; pages must add up to `search`.
+    let mut cursor = None;
+    let mut paged = Vec::new();
+    loop {
+        let (page, next) = p.dir.entries().search_page(spec, cursor.as_deref(), 3).unwrap();
+        assert!(page.len() <= 3);
+        paged.extend(page.iter().map(|e| format!("{e:?}")));
+        shadow.apply(&page.into_iter().map(ReplOp::Upsert).collect::<Vec<_>>()).unwrap();
+        match next {
+            Some(key) => cursor = Some(key),
+            None => break,
+        }
     }
+    assert_eq!(paged, provider_view(&p.dir, spec), "pages add up to the search");
     let cookie = Cookie { store_id: p.dir.store_id(), csn: start };
     shadow.finish(cookie).unwrap();
     cookie
