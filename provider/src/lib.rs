@@ -1,1 +1,32 @@
-//! placeholder
+//! `tether-provider`: serves a directory store to consumers (RFC 4533-style refresh and
+//! persist), accepts writes, and answers operators.
+//!
+//! A connection goes: [`server`] (accept, limit, handshake, authorize) -> either a
+//! consumer [`session`] (a [`refresh`] plan, then live changes from the changelog) or a
+//! write-client session ([`writes`]). Sessions publish themselves in the [`registry`],
+//! which [`status`] and the [`control`] socket read. [`daemon`] is the process: it owns
+//! the store, the server, the control endpoint and changelog trimming, and the shutdown
+//! order. [`load`] and [`client`] are the offline loader and the command-line clients.
+//!
+//! ## Layout
+//! - [`config`]: `provider.toml`, defaults and validation.
+//! - [`refresh`]: full / present / delta planning, streamed in batches.
+//! - [`session`]: one consumer's session (refresh, persist, keepalive, acks).
+//! - [`writes`]: write and search requests from clients.
+//! - [`registry`]: live sessions, for status and revocation.
+//! - [`server`]: accept loop, connection limit, handshake, authorization.
+//! - [`control`], [`status`]: the operator's view.
+//! - [`daemon`]: the `serve` process and its shutdown.
+//! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
+
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod load;
+pub mod refresh;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod status;
+pub mod writes;

@@ -1,0 +1,91 @@
+//! The supervisor's vocabulary: agreement states and disconnect reasons, with the exact
+//! names SPEC §4 gives them in status, logs and metrics.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Where an agreement's supervisor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Opening a connection and handshaking.
+    Connecting,
+    /// Receiving a refresh.
+    Refreshing,
+    /// Refresh done; receiving live changes.
+    Persisting,
+    /// Refresh-only: waiting for the next poll.
+    Idle,
+    /// Waiting before reconnecting after a failure.
+    Backoff,
+    /// Stopped by an operator; stays so until started.
+    Stopped,
+    /// Given up (revoked credentials, an error retrying cannot fix, `give_up_after`).
+    Closed,
+}
+
+impl State {
+    /// The status name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Refreshing => "refreshing",
+            State::Persisting => "persisting",
+            State::Idle => "idle",
+            State::Backoff => "backoff",
+            State::Stopped => "stopped",
+            State::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a session ended (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The consumer process is shutting down.
+    Shutdown,
+    /// An operator stopped the agreement.
+    AdminStop,
+    /// The provider closed cleanly, with its own reason.
+    ProviderGoodbye,
+    /// Nothing arrived for `idle_timeout`.
+    IdleTimeout,
+    /// The keepalive poller heard nothing for `keepalive.timeout`.
+    KeepaliveTimeout,
+    /// EOF or reset without goodbye.
+    ConnectionLost,
+    /// An unexpected error in the replication path.
+    Exception,
+    /// The provider refused the handshake.
+    Rejected,
+}
+
+impl Reason {
+    /// The status/log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Shutdown => "shutdown",
+            Reason::AdminStop => "admin-stop",
+            Reason::ProviderGoodbye => "provider-goodbye",
+            Reason::IdleTimeout => "idle-timeout",
+            Reason::KeepaliveTimeout => "keepalive-timeout",
+            Reason::ConnectionLost => "connection-lost",
+            Reason::Exception => "exception",
+            Reason::Rejected => "rejected",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

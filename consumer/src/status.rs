@@ -1,0 +1,124 @@
+//! What each agreement publishes for `tether-consumer status` (SPEC §5 field names).
+//! Supervisors and sessions write through a [`StatusHandle`]; the control endpoint
+//! reads snapshots.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::reason::{Reason, State};
+
+/// One agreement's status.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgreementStatus {
+    /// Agreement name.
+    pub name: String,
+    /// Supervisor state.
+    pub state: State,
+    /// Provider address.
+    pub provider: String,
+    /// `refresh-only` or `refresh-and-persist`.
+    pub mode: String,
+    /// Durable position (`<store-uuid>#<csn>`).
+    pub cookie: Option<String>,
+    /// Entries in the replica.
+    pub entries: usize,
+    /// Reason of the last disconnect.
+    pub last_disconnect: Option<Reason>,
+    /// The last error or rejection, with detail (the provider's goodbye text included).
+    pub last_error: Option<String>,
+    /// Connections attempted after the first.
+    pub reconnects: u64,
+    /// Disconnects by reason.
+    pub disconnects: BTreeMap<Reason, u64>,
+    /// Changes received but not yet durable and acknowledged.
+    pub lag_changes: u64,
+    /// Seconds since the replica was last known current (0 while persisting and caught up).
+    pub lag_seconds: u64,
+    /// The kind of the last refresh (`full`, `delta`, `present`).
+    pub last_refresh: Option<String>,
+    /// Refreshes received by kind.
+    pub refreshes: BTreeMap<String, u64>,
+    /// Replicated operations that changed the replica.
+    pub applied: u64,
+    /// Replicated operations already reflected (replays), applied as no-ops.
+    pub skipped: u64,
+}
+
+/// Shared, updatable status of one agreement.
+#[derive(Debug, Clone)]
+pub struct StatusHandle(Arc<Mutex<AgreementStatus>>);
+
+impl StatusHandle {
+    /// Initial status of an agreement.
+    pub fn new(name: &str, provider: &str, mode: &str) -> Self {
+        Self(Arc::new(Mutex::new(AgreementStatus {
+            name: name.to_owned(),
+            state: State::Connecting,
+            provider: provider.to_owned(),
+            mode: mode.to_owned(),
+            cookie: None,
+            entries: 0,
+            last_disconnect: None,
+            last_error: None,
+            reconnects: 0,
+            disconnects: BTreeMap::new(),
+            lag_changes: 0,
+            lag_seconds: 0,
+            last_refresh: None,
+            refreshes: BTreeMap::new(),
+            applied: 0,
+            skipped: 0,
+        })))
+    }
+
+    /// Changes the status.
+    pub fn update(&self, f: impl FnOnce(&mut AgreementStatus)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// A copy of the status.
+    pub fn snapshot(&self) -> AgreementStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).state
+    }
+}
+
+/// The whole `status --json` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerStatus {
+    /// Every agreement, by name.
+    pub agreements: Vec<AgreementStatus>,
+}
+
+impl ConsumerStatus {
+    /// A table for people.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "{:<16} {:<11} {:<22} {:<20} {:>8} {:<8} {:<18} {}\n",
+            "AGREEMENT", "STATE", "PROVIDER", "MODE", "ENTRIES", "REFRESH", "LAST DISCONNECT", "COOKIE"
+        );
+        for a in &self.agreements {
+            out.push_str(&format!(
+                "{:<16} {:<11} {:<22} {:<20} {:>8} {:<8} {:<18} {}\n",
+                a.name,
+                a.state.as_str(),
+                a.provider,
+                a.mode,
+                a.entries,
+                a.last_refresh.as_deref().unwrap_or("-"),
+                a.last_disconnect.map_or("-", Reason::as_str),
+                a.cookie.as_deref().unwrap_or("-"),
+            ));
+            if let Some(e) = &a.last_error {
+                out.push_str(&format!("  last error: {e}\n"));
+            }
+        }
+        out
+    }
+}

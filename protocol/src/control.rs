@@ -1,0 +1,109 @@
+//! The control protocol: how the `status`, `search`, `stop`/`start`/`restart` and
+//! `reload` commands talk to a running process over its Unix control socket.
+//!
+//! Same framing and codec as replication, different messages: one request per
+//! connection, answered by zero or more `Output` chunks and one `Done` or `Error`.
+//! Output is text (JSON for status, LDIF for search), so the command-line client just
+//! prints it and a long search streams instead of being held whole.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::codec::{self, CodecError};
+use crate::frame::{FrameError, FrameReader, FrameWriter};
+use crate::scope::SearchSpec;
+
+/// A command for a running process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Status; `json` selects machine-readable output.
+    Status {
+        /// JSON instead of the human table.
+        json: bool,
+    },
+    /// Canonical LDIF of a region (of one agreement's replica, on a consumer).
+    Search {
+        /// Consumer only: which agreement's replica (all when `None`).
+        agreement: Option<String>,
+        /// The region.
+        spec: SearchSpec,
+    },
+    /// Consumer: stop an agreement (persisted until `Start`).
+    Stop {
+        /// Agreement name.
+        name: String,
+    },
+    /// Consumer: start a stopped agreement.
+    Start {
+        /// Agreement name.
+        name: String,
+    },
+    /// Consumer: restart an agreement's session now.
+    Restart {
+        /// Agreement name.
+        name: String,
+    },
+    /// Re-read the configuration file.
+    Reload,
+}
+
+/// One piece of a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// Text to print, in order.
+    Output(String),
+    /// The command succeeded; nothing follows.
+    Done,
+    /// The command failed with this message; nothing follows.
+    Error(String),
+}
+
+/// Why a control exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Framing or I/O failed.
+    #[error("control connection: {0}")]
+    Frame(#[from] FrameError),
+    /// A message did not decode.
+    #[error("control message: {0}")]
+    Codec(#[from] CodecError),
+    /// The process closed the connection before `Done`/`Error`.
+    #[error("control connection closed before the reply ended")]
+    Truncated,
+    /// The process reported a failure.
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// Sends `request` and passes each output chunk to `on_output` until the reply ends.
+pub async fn call<S, F>(stream: S, request: &ControlRequest, mut on_output: F) -> Result<(), ControlError>
+where
+    S: AsyncRead + AsyncWrite,
+    F: FnMut(&str),
+{
+    let (mut reader, mut writer) = crate::frame::split(stream);
+    writer.write_frame(&codec::encode(request)?).await?;
+    loop {
+        let Some(frame) = reader.read_frame().await? else { return Err(ControlError::Truncated) };
+        match codec::decode::<ControlResponse>(&frame)? {
+            ControlResponse::Output(text) => on_output(&text),
+            ControlResponse::Done => return Ok(()),
+            ControlResponse::Error(message) => return Err(ControlError::Remote(message)),
+        }
+    }
+}
+
+/// Server side: reads the one request of a control connection.
+pub async fn read_request<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<ControlRequest, ControlError> {
+    let Some(frame) = reader.read_frame().await? else { return Err(ControlError::Truncated) };
+    Ok(codec::decode(&frame)?)
+}
+
+/// Server side: sends one piece of the reply.
+pub async fn respond<W: AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    response: &ControlResponse,
+) -> Result<(), ControlError> {
+    writer.write_frame(&codec::encode(response)?).await?;
+    Ok(())
+}

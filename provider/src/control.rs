@@ -1,0 +1,129 @@
+//! The provider's control endpoint: a Unix socket (mode 0600) that answers `status`,
+//! `search` and `reload` for the command-line tools, which cannot open the store while
+//! the provider holds it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use tether_protocol::control::{read_request, respond, ControlRequest, ControlResponse};
+use tether_protocol::frame;
+use tether_protocol::ldif;
+use tether_store::Directory;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::registry::Registry;
+use crate::status::ProviderStatus;
+
+/// Entries per search output chunk.
+const SEARCH_CHUNK: usize = 500;
+
+/// What the control endpoint can reach.
+#[derive(Debug, Clone)]
+pub struct ControlContext {
+    /// The store.
+    pub dir: Arc<Directory>,
+    /// Live sessions.
+    pub registry: Registry,
+    /// Asked to reload the configuration.
+    pub reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
+}
+
+/// Binds the control socket at `path` (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves control connections until `shutdown`.
+pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        if let Err(e) = handle(stream, ctx).await {
+                            debug!(error = %e, "control connection ended");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "control accept failed"),
+            },
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
+    let (mut reader, mut writer) = frame::split(stream);
+    let request = read_request(&mut reader).await?;
+    let reply = match request {
+        ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry) {
+            Ok(status) if json => {
+                Ok(serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n")
+            }
+            Ok(status) => Ok(status.to_text()),
+            Err(e) => Err(e.to_string()),
+        },
+        ControlRequest::Search { spec, .. } => {
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let (page, next) = match ctx.dir.entries().search_page(&spec, cursor.as_deref(), SEARCH_CHUNK) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        respond(&mut writer, &ControlResponse::Error(e.to_string())).await?;
+                        return Ok(());
+                    }
+                };
+                let mut text = Vec::new();
+                for e in &page {
+                    // Writing to a Vec cannot fail.
+                    let _ = ldif::writer::write_entry(&mut text, &e.dn, &e.attrs);
+                }
+                if !text.is_empty() {
+                    respond(&mut writer, &ControlResponse::Output(String::from_utf8_lossy(&text).into_owned())).await?;
+                }
+                match next {
+                    Some(k) => cursor = Some(k),
+                    None => break,
+                }
+            }
+            Ok(String::new())
+        }
+        ControlRequest::Reload => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if ctx.reload.send(tx).await.is_err() {
+                Err("provider is shutting down".to_owned())
+            } else {
+                rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned()))
+            }
+        }
+        other => Err(format!("the provider does not support {other:?}")),
+    };
+    match reply {
+        Ok(text) => {
+            if !text.is_empty() {
+                respond(&mut writer, &ControlResponse::Output(text)).await?;
+            }
+            respond(&mut writer, &ControlResponse::Done).await?;
+        }
+        Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await?,
+    }
+    Ok(())
+}

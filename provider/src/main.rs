@@ -1,0 +1,160 @@
+//! `tether-provider`: serve a directory to consumers, load and write it, inspect it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tether_protocol::control::ControlRequest;
+use tether_protocol::{Dn, Filter, Scope, SearchSpec};
+use tether_provider::config::ProviderConfig;
+use tether_provider::{client, daemon, load, status::ProviderStatus};
+use tether_store::Directory;
+
+#[derive(Debug, Parser)]
+#[command(name = "tether-provider", version, about = "Tether provider: serves a directory to consumers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the provider.
+    Serve {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Bulk-load an LDIF file into a stopped provider's store.
+    Load {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// LDIF content records.
+        file: PathBuf,
+    },
+    /// Apply LDIF change records through a running provider.
+    Write {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// LDIF change records (content records are adds).
+        file: PathBuf,
+    },
+    /// Print entries as canonical LDIF.
+    Search {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Base DN (default: the suffix).
+        #[arg(long)]
+        base: Option<String>,
+        /// base, one or subtree.
+        #[arg(long, default_value = "subtree")]
+        scope: String,
+        /// LDAP filter.
+        #[arg(long, default_value = "(objectClass=*)")]
+        filter: String,
+    },
+    /// Show the provider's state and its consumers.
+    Status {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn spec(config: &ProviderConfig, base: Option<&str>, scope: &str, filter: &str) -> Result<SearchSpec> {
+    let base = match base {
+        Some(b) => Dn::parse(b).with_context(|| format!("--base {b:?}"))?,
+        None => config.suffix.clone(),
+    };
+    let scope: Scope = scope.parse().context("--scope")?;
+    let filter = Filter::parse(filter).with_context(|| format!("--filter {filter:?}"))?;
+    Ok(SearchSpec { base, scope, filter, attrs: Vec::new() })
+}
+
+fn open_offline(config: &ProviderConfig) -> Result<Directory> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    Directory::open(&config.data_dir, &config.suffix)
+        .with_context(|| format!("opening store {} (is the provider running?)", config.data_dir.display()))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config } => daemon::serve(&config).await,
+        Command::Load { config, file } => {
+            let config = ProviderConfig::load(&config)?;
+            let dir = open_offline(&config)?;
+            let report = tokio::task::spawn_blocking(move || load::load(&dir, &file)).await??;
+            eprintln!("loaded {} entries{}", report.entries, if report.sorted { " (sorted into tree order)" } else { "" });
+            Ok(())
+        }
+        Command::Write { config, file } => {
+            let config = ProviderConfig::load(&config)?;
+            let n = client::write(&config, &file).await?;
+            eprintln!("{n} records applied");
+            Ok(())
+        }
+        Command::Search { config, base, scope, filter } => {
+            let config = ProviderConfig::load(&config)?;
+            let spec = spec(&config, base.as_deref(), &scope, &filter)?;
+            let request = ControlRequest::Search { agreement: None, spec: spec.clone() };
+            if client::control_call(&config.control, &request).await?.is_some() {
+                return Ok(());
+            }
+            let dir = open_offline(&config)?;
+            print_search(&dir, &spec)
+        }
+        Command::Status { config, json } => {
+            let config = ProviderConfig::load(&config)?;
+            if client::control_call(&config.control, &ControlRequest::Status { json }).await?.is_some() {
+                return Ok(());
+            }
+            let dir = open_offline(&config)?;
+            let status = ProviderStatus::collect(&dir, &Default::default())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}(provider not running)\n", status.to_text());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_search(dir: &Directory, spec: &SearchSpec) -> Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for entry in dir.search(spec) {
+        let entry = entry?;
+        tether_protocol::ldif::writer::write_entry(&mut out, &entry.dn, &entry.attrs)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-provider: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+

@@ -1,0 +1,132 @@
+//! The registry of live sessions: what `status` reports about each consumer, and the
+//! handle through which a config reload revokes a session.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tether_protocol::message::GoodbyeReason;
+use tether_protocol::Cookie;
+use tokio_util::sync::CancellationToken;
+
+/// What a session publishes about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// The session id sent in `Welcome`.
+    pub session_id: u64,
+    /// The consumer's address.
+    pub peer: String,
+    /// The agreement it replicates (`writer` for write clients).
+    pub agreement: String,
+    /// `refresh-only`, `refresh-and-persist` or `writer`.
+    pub mode: String,
+    /// The consumer's last acknowledged (durable) position.
+    pub cookie: Option<String>,
+    /// Changes committed on the provider beyond the acknowledged position.
+    pub lag_changes: u64,
+    /// Messages waiting in the session's outbound queue.
+    pub queue_len: usize,
+    /// When the session was accepted (RFC 3339).
+    pub connected_since: String,
+    /// The refresh the session ran (`full`, `delta`, `present`), once chosen.
+    pub refresh: Option<String>,
+}
+
+/// A registered session: its published info and the means to end it.
+#[derive(Debug)]
+struct Slot {
+    /// Published info.
+    info: SessionInfo,
+    /// Cancelled to end the session; the reason says which goodbye to send.
+    cancel: CancellationToken,
+    /// The goodbye reason for a cancellation from outside (revocation).
+    reason: Arc<Mutex<Option<GoodbyeReason>>>,
+}
+
+/// All live sessions.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    /// Session id -> slot.
+    slots: Arc<Mutex<BTreeMap<u64, Slot>>>,
+}
+
+/// A session's handle on its registry slot; deregisters on drop.
+#[derive(Debug)]
+pub struct Registration {
+    /// The registry.
+    registry: Registry,
+    /// This session's id.
+    id: u64,
+    /// Cancelled when the session must end from outside.
+    pub cancel: CancellationToken,
+    /// Why it was cancelled from outside.
+    reason: Arc<Mutex<Option<GoodbyeReason>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session whose lifetime is bounded by `parent` (server shutdown).
+    pub fn register(&self, info: SessionInfo, parent: &CancellationToken) -> Registration {
+        let cancel = parent.child_token();
+        let reason = Arc::new(Mutex::new(None));
+        let id = info.session_id;
+        self.lock().insert(id, Slot { info, cancel: cancel.clone(), reason: reason.clone() });
+        Registration { registry: self.clone(), id, cancel, reason }
+    }
+
+    /// A snapshot of every session, by id.
+    pub fn snapshot(&self) -> Vec<SessionInfo> {
+        self.lock().values().map(|s| s.info.clone()).collect()
+    }
+
+    /// Ends every session of an agreement for which `revoke` says so, with `reason`;
+    /// returns how many were ended.
+    pub fn revoke(&self, mut revoke: impl FnMut(&SessionInfo) -> bool, reason: GoodbyeReason) -> usize {
+        let mut n = 0;
+        for slot in self.lock().values() {
+            if revoke(&slot.info) {
+                *slot.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                slot.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+impl Registration {
+    /// Updates the published info.
+    pub fn update(&self, f: impl FnOnce(&mut SessionInfo)) {
+        if let Some(slot) = self.registry.lock().get_mut(&self.id) {
+            f(&mut slot.info);
+        }
+    }
+
+    /// Why the session was cancelled from outside; `None` means server shutdown.
+    pub fn revocation(&self) -> Option<GoodbyeReason> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the acknowledged position.
+    pub fn acked(&self, cookie: &Cookie, durable: tether_protocol::Csn) {
+        self.update(|i| {
+            i.cookie = Some(cookie.to_string());
+            i.lag_changes = durable.0.saturating_sub(cookie.csn.0);
+        });
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+/// Formats a time as RFC 3339 for status output.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}

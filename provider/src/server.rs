@@ -1,0 +1,247 @@
+//! The accept loop: admits connections up to the limit, runs the handshake under its
+//! deadline, and hands each authenticated connection to a consumer or write session.
+//!
+//! Every connection task is tracked and holds a child of the server's shutdown token,
+//! so one cancellation makes each session say goodbye and the server waits for all of
+//! them. A failed handshake or a protocol error closes that one connection, logged with
+//! its peer and reason, and touches nothing else.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tether_protocol::auth::Secret;
+use tether_protocol::connection::{self, MessageWriter};
+use tether_protocol::handshake::{server_handshake, Admission};
+use tether_protocol::message::{Hello, Message, Reject, RejectReason, Role};
+use tether_protocol::Dn;
+use tether_store::Directory;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::registry::{rfc3339, Registry, SessionInfo};
+use crate::session::{self, ConsumerRequest, SessionParams};
+
+/// Who may connect: agreement secrets and widest bases, and the writer secret.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Agreement name -> (secret, widest base it may ask for).
+    pub agreements: std::collections::HashMap<String, (Secret, Dn)>,
+    /// The write clients' secret, if writes are enabled.
+    pub writer: Option<Secret>,
+}
+
+/// Server settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerParams {
+    /// Most connections at once (handshaking or in session).
+    pub max_connections: usize,
+    /// Deadline for a complete handshake.
+    pub handshake_timeout: Duration,
+    /// Session tuning.
+    pub session: SessionParams,
+}
+
+/// The replication server.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// The store.
+    dir: Arc<Directory>,
+    /// Current grants; replaced on reload.
+    grants: Arc<RwLock<Grants>>,
+    /// Live sessions.
+    registry: Registry,
+    /// Settings.
+    params: ServerParams,
+    /// Cancelled on shutdown.
+    shutdown: CancellationToken,
+    /// Tracks every connection task.
+    tracker: TaskTracker,
+    /// Next session id.
+    next_session: Arc<AtomicU64>,
+    /// Caps concurrent connections.
+    slots: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Creates a server; nothing runs until [`Server::serve`].
+    pub fn new(dir: Arc<Directory>, grants: Grants, params: ServerParams, shutdown: CancellationToken) -> Self {
+        Self {
+            dir,
+            grants: Arc::new(RwLock::new(grants)),
+            registry: Registry::default(),
+            params,
+            shutdown,
+            tracker: TaskTracker::new(),
+            next_session: Arc::new(AtomicU64::new(1)),
+            slots: Arc::new(Semaphore::new(params.max_connections)),
+        }
+    }
+
+    /// The live-session registry (for status).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Replaces the grants and ends sessions whose agreement was removed or whose
+    /// secret changed, with goodbye `credentials-revoked`. Returns how many ended.
+    pub fn replace_grants(&self, new: Grants) -> usize {
+        let old = std::mem::replace(&mut *self.grants.write().unwrap_or_else(|p| p.into_inner()), new.clone());
+        let revoked = |name: &str| -> bool {
+            if name == WRITER {
+                return old.writer != new.writer && old.writer.is_some();
+            }
+            match (old.agreements.get(name), new.agreements.get(name)) {
+                (_, None) => true,
+                (Some((old_secret, old_base)), Some((new_secret, new_base))) => {
+                    old_secret != new_secret || old_base != new_base
+                }
+                (None, Some(_)) => false,
+            }
+        };
+        self.registry.revoke(|info| revoked(&info.agreement), tether_protocol::message::GoodbyeReason::CredentialsRevoked)
+    }
+
+    /// Accepts connections until shutdown, then waits for every session to finish.
+    pub async fn serve(&self, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let this = self.clone();
+                        let span = info_span!("connection", %peer);
+                        self.tracker.spawn(async move { this.handle(stream, peer).await }.instrument(span));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly, keep serving.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+            }
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    async fn handle(self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let Ok((mut reader, mut writer)) = connection::from_tcp(stream) else { return };
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            warn!("connection limit reached; refusing");
+            refuse(&mut writer, RejectReason::TooManyConnections, "connection limit reached").await;
+            return;
+        };
+        let session_id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let grants = self.grants.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (dir, params) = (self.dir.clone(), self.params);
+        let authorize = |hello: &Hello| authorize(&grants, &dir, hello, session_id, params.session);
+        let accepted = match server_handshake(&mut reader, &mut writer, self.params.handshake_timeout, authorize).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "handshake failed");
+                return;
+            }
+        };
+        let hello = accepted.hello;
+        match ConsumerRequest::from_hello(&hello) {
+            Some(req) => {
+                let span = info_span!("session", agreement = %req.agreement, session = session_id, consumer = %req.client_id);
+                async {
+                    info!(mode = req.mode.as_str(), cookie = ?req.cookie.map(|c| c.to_string()), "consumer session started");
+                    let info = SessionInfo {
+                        session_id,
+                        peer: peer.to_string(),
+                        agreement: req.agreement.clone(),
+                        mode: req.mode.as_str().to_owned(),
+                        cookie: req.cookie.map(|c| c.to_string()),
+                        lag_changes: 0,
+                        queue_len: 0,
+                        connected_since: rfc3339(SystemTime::now()),
+                        refresh: None,
+                    };
+                    let reg = self.registry.register(info, &self.shutdown);
+                    let end = session::run(self.dir.clone(), reader, writer, req, reg, self.params.session).await;
+                    info!(end = ?end, "consumer session ended");
+                }
+                .instrument(span)
+                .await;
+            }
+            None => {
+                let span = info_span!("session", agreement = WRITER, session = session_id, client = %hello.client_id);
+                async {
+                    info!("write client connected");
+                    let info = SessionInfo {
+                        session_id,
+                        peer: peer.to_string(),
+                        agreement: WRITER.to_owned(),
+                        mode: WRITER.to_owned(),
+                        cookie: None,
+                        lag_changes: 0,
+                        queue_len: 0,
+                        connected_since: rfc3339(SystemTime::now()),
+                        refresh: None,
+                    };
+                    let reg = self.registry.register(info, &self.shutdown);
+                    let idle = self.params.session.keepalive_timeout;
+                    crate::writes::run(self.dir.clone(), reader, writer, reg.cancel.clone(), idle).await;
+                    info!("write client left");
+                }
+                .instrument(span)
+                .await;
+            }
+        }
+    }
+}
+
+/// The agreement name sessions of write clients are listed under.
+pub const WRITER: &str = "writer";
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a refusal may take to send.
+const REFUSE_GRACE: Duration = Duration::from_secs(1);
+
+async fn refuse<W: tokio::io::AsyncWrite + Unpin>(writer: &mut MessageWriter<W>, reason: RejectReason, detail: &str) {
+    let msg = Message::Reject(Reject::new(reason, detail));
+    let _ = tokio::time::timeout(REFUSE_GRACE, writer.send(&msg)).await;
+}
+
+/// Decides whether `hello` may proceed, and with which secret.
+fn authorize(
+    grants: &Grants,
+    dir: &Directory,
+    hello: &Hello,
+    session_id: u64,
+    params: SessionParams,
+) -> Result<Admission, Reject> {
+    let secret = match &hello.role {
+        Role::Consumer { agreement, spec, .. } => {
+            let Some((secret, widest)) = grants.agreements.get(agreement) else {
+                return Err(Reject::new(RejectReason::UnknownAgreement, format!("no agreement named {agreement:?}")));
+            };
+            if !spec.is_within(widest) {
+                return Err(Reject::new(
+                    RejectReason::ScopeNotAllowed,
+                    format!("base {} is outside {} allowed for {agreement:?}", spec.base, widest),
+                ));
+            }
+            secret.clone()
+        }
+        Role::Writer => match &grants.writer {
+            Some(secret) => secret.clone(),
+            None => return Err(Reject::new(RejectReason::UnknownAgreement, "writes are not enabled on this provider")),
+        },
+    };
+    Ok(Admission {
+        secret,
+        store_id: dir.store_id(),
+        session_id,
+        keepalive_interval: params.keepalive_interval,
+        keepalive_timeout: params.keepalive_timeout,
+    })
+}

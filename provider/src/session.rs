@@ -1,0 +1,381 @@
+//! One consumer's replication session on the provider: the refresh, then (in
+//! refresh-and-persist) live changes, keepalive and acks, until someone says goodbye.
+//!
+//! Three parts with one owner each: this task decides what to send and reads the
+//! consumer; a writer task owns the socket's write half and drains a bounded queue; the
+//! [`Registry`](crate::registry) slot publishes status and carries cancellation. The
+//! session never buffers changes itself: it reads the changelog from the consumer's
+//! position only when the queue has room, so a slow consumer costs a bounded queue, not
+//! provider memory, and catches up from the changelog instead of being cut off.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether_protocol::connection::{MessageReader, MessageWriter};
+use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role};
+use tether_protocol::{Cookie, Csn, SearchSpec};
+use tether_store::{Directory, StoreError};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::refresh::Refresh;
+use crate::registry::Registration;
+
+/// Changelog records read per wake-up in the persist phase; bounds the pending buffer.
+const RECORDS_PER_READ: usize = 256;
+/// How long a goodbye may take to reach the consumer before the socket is closed anyway.
+const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+/// Acknowledged positions are written to the store at most this often per session
+/// (they hold back changelog trimming; precision to a second is plenty).
+const POSITION_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Session tuning, from the provider config.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionParams {
+    /// Operations or UUIDs per refresh message.
+    pub batch_size: usize,
+    /// Capacity of the outbound queue (messages).
+    pub queue_len: usize,
+    /// Ping an idle consumer this often.
+    pub keepalive_interval: Duration,
+    /// Drop a consumer silent for this long; also the limit on one blocked write.
+    pub keepalive_timeout: Duration,
+}
+
+/// How a session ended, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// We said goodbye with this reason.
+    Goodbye(GoodbyeReason),
+    /// The consumer said goodbye.
+    ConsumerGoodbye(GoodbyeReason, String),
+    /// The connection closed or failed without goodbye.
+    ConnectionLost(String),
+    /// The consumer broke the protocol.
+    ProtocolError(String),
+    /// The store failed.
+    StoreError(String),
+}
+
+/// The consumer-side facts a session needs from its `Hello`.
+#[derive(Debug, Clone)]
+pub struct ConsumerRequest {
+    /// The agreement name.
+    pub agreement: String,
+    /// The consumer's id (with the agreement, the key of its retention hold).
+    pub client_id: String,
+    /// Refresh-only or persist.
+    pub mode: Mode,
+    /// Its position.
+    pub cookie: Option<Cookie>,
+    /// Its region.
+    pub spec: SearchSpec,
+}
+
+impl ConsumerRequest {
+    /// Extracts the request from a consumer `Hello`; `None` for other roles.
+    pub fn from_hello(hello: &Hello) -> Option<Self> {
+        match &hello.role {
+            Role::Consumer { agreement, mode, cookie, spec } => Some(Self {
+                agreement: agreement.clone(),
+                client_id: hello.client_id.clone(),
+                mode: *mode,
+                cookie: *cookie,
+                spec: spec.clone(),
+            }),
+            Role::Writer => None,
+        }
+    }
+}
+
+/// Owns the write half: sends queued messages, each within `limit`, and cancels
+/// `failed` if the consumer stops reading or the socket breaks.
+async fn writer_loop<W: AsyncWrite + Unpin>(
+    mut writer: MessageWriter<W>,
+    mut queue: mpsc::Receiver<Message>,
+    limit: Duration,
+    failed: CancellationToken,
+) {
+    while let Some(msg) = queue.recv().await {
+        match tokio::time::timeout(limit, writer.send(&msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "write failed");
+                failed.cancel();
+                return;
+            }
+            Err(_) => {
+                warn!(limit = ?limit, "consumer stopped reading; dropping it");
+                failed.cancel();
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(GOODBYE_GRACE, writer.shutdown()).await;
+}
+
+/// The session's mutable state.
+struct Session<'a, R> {
+    dir: &'a Arc<Directory>,
+    reader: MessageReader<R>,
+    queue: mpsc::Sender<Message>,
+    reg: &'a Registration,
+    req: &'a ConsumerRequest,
+    params: SessionParams,
+    /// When anything last arrived from the consumer.
+    last_inbound: Instant,
+    /// When the acked position was last written to the store.
+    last_recorded: Option<Instant>,
+    /// Cancelled by the writer task when the socket is unusable.
+    failed: CancellationToken,
+}
+
+/// What the main loop should do after an inbound message.
+enum Inbound {
+    Continue,
+    End(SessionEnd),
+}
+
+/// Runs a consumer session to its end.
+pub async fn run<R, W>(
+    dir: Arc<Directory>,
+    reader: MessageReader<R>,
+    writer: MessageWriter<W>,
+    req: ConsumerRequest,
+    reg: Registration,
+    params: SessionParams,
+) -> SessionEnd
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(params.queue_len.max(1));
+    let failed = CancellationToken::new();
+    let writer_task = tokio::spawn(writer_loop(writer, rx, params.keepalive_timeout, failed.clone()));
+    let mut session = Session {
+        dir: &dir,
+        reader,
+        queue: tx,
+        reg: &reg,
+        req: &req,
+        params,
+        last_inbound: Instant::now(),
+        last_recorded: None,
+        failed,
+    };
+    let end = session.drive().await;
+    if let SessionEnd::Goodbye(reason) = &end {
+        let detail = match reason {
+            GoodbyeReason::Shutdown => "provider shutting down",
+            GoodbyeReason::RefreshComplete => "refresh complete",
+            GoodbyeReason::CredentialsRevoked => "this agreement's credentials were removed",
+            GoodbyeReason::KeepaliveTimeout => "no message from the consumer within the keepalive timeout",
+            GoodbyeReason::RefreshRequired => "the consumer's position left the changelog",
+            _ => "",
+        };
+        let bye = Message::Goodbye { reason: *reason, detail: detail.to_owned() };
+        let _ = tokio::time::timeout(GOODBYE_GRACE, session.queue.send(bye)).await;
+    }
+    drop(session);
+    let _ = tokio::time::timeout(GOODBYE_GRACE * 2, writer_task).await;
+    end
+}
+
+impl<R: AsyncRead + Unpin> Session<'_, R> {
+    async fn drive(&mut self) -> SessionEnd {
+        let mut refresh = match Refresh::plan(self.dir, self.req.spec.clone(), self.req.cookie.as_ref(), self.params.batch_size) {
+            Ok(r) => r,
+            Err(e) => return SessionEnd::StoreError(e.to_string()),
+        };
+        info!(refresh = refresh.kind().as_str(), "refresh planned");
+        self.reg.update(|i| i.refresh = Some(refresh.kind().as_str().to_owned()));
+        if let Some(end) = self.run_refresh(&mut refresh).await {
+            return end;
+        }
+        info!(refresh = refresh.kind().as_str(), csn = %refresh.end(), "refresh sent");
+        match self.req.mode {
+            Mode::RefreshOnly => SessionEnd::Goodbye(GoodbyeReason::RefreshComplete),
+            Mode::RefreshAndPersist => self.run_persist(refresh.end()).await,
+        }
+    }
+
+    fn cancelled_end(&self) -> SessionEnd {
+        SessionEnd::Goodbye(self.reg.revocation().unwrap_or(GoodbyeReason::Shutdown))
+    }
+
+    async fn run_refresh(&mut self, refresh: &mut Refresh) -> Option<SessionEnd> {
+        let mut ping = keepalive_ticker(self.params.keepalive_interval);
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.reg.cancel.cancelled() => return Some(self.cancelled_end()),
+                _ = self.failed.cancelled() => return Some(SessionEnd::ConnectionLost("write failed or timed out".into())),
+                msg = self.reader.recv() => {
+                    if let Inbound::End(end) = self.on_inbound(msg) {
+                        return Some(end);
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Some(end) = self.keepalive(&mut seq) {
+                        return Some(end);
+                    }
+                }
+                permit = self.queue.reserve() => {
+                    let Ok(permit) = permit else {
+                        return Some(SessionEnd::ConnectionLost("writer ended".into()));
+                    };
+                    match refresh.next_message(self.dir) {
+                        Ok(Some(msg)) => permit.send(msg),
+                        Ok(None) => return None,
+                        Err(e) => return Some(SessionEnd::StoreError(e.to_string())),
+                    }
+                }
+            }
+            self.publish_queue();
+        }
+    }
+
+    async fn run_persist(&mut self, mut position: Csn) -> SessionEnd {
+        let mut durable = self.dir.subscribe();
+        let mut ping = keepalive_ticker(self.params.keepalive_interval);
+        let mut seq = 0u64;
+        let mut pending: VecDeque<Message> = VecDeque::new();
+        loop {
+            let newest = *durable.borrow_and_update();
+            if pending.is_empty() && position < newest {
+                match self.read_changes(position, newest, &mut pending) {
+                    Ok(Some(next)) => position = next,
+                    Ok(None) => return SessionEnd::Goodbye(GoodbyeReason::RefreshRequired),
+                    Err(e) => return SessionEnd::StoreError(e.to_string()),
+                }
+            }
+            let has_pending = !pending.is_empty();
+            let caught_up = !has_pending && position >= newest;
+            tokio::select! {
+                biased;
+                _ = self.reg.cancel.cancelled() => return self.cancelled_end(),
+                _ = self.failed.cancelled() => return SessionEnd::ConnectionLost("write failed or timed out".into()),
+                msg = self.reader.recv() => {
+                    if let Inbound::End(end) = self.on_inbound(msg) {
+                        return end;
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Some(end) = self.keepalive(&mut seq) {
+                        return end;
+                    }
+                }
+                changed = durable.changed(), if caught_up => {
+                    if changed.is_err() {
+                        return SessionEnd::Goodbye(GoodbyeReason::Shutdown);
+                    }
+                }
+                permit = self.queue.reserve(), if has_pending => {
+                    let Ok(permit) = permit else {
+                        return SessionEnd::ConnectionLost("writer ended".into());
+                    };
+                    if let Some(msg) = pending.pop_front() {
+                        permit.send(msg);
+                    }
+                }
+            }
+            self.publish_queue();
+        }
+    }
+
+    /// Reads up to [`RECORDS_PER_READ`] changelog records after `position` into
+    /// `pending`; returns the new position, or `None` if `position` was trimmed away.
+    fn read_changes(&self, position: Csn, newest: Csn, pending: &mut VecDeque<Message>) -> Result<Option<Csn>, StoreError> {
+        if position < self.dir.floor()? {
+            return Ok(None);
+        }
+        let store_id = self.dir.store_id();
+        let mut last = position;
+        let mut skipped_tail = false;
+        for record in self.dir.changelog().records(position, newest).take(RECORDS_PER_READ) {
+            let record = record?;
+            last = record.csn;
+            match self.dir.changelog().op_for(&record, &self.req.spec, self.dir.entries())? {
+                Some(op) => {
+                    pending.push_back(Message::Change { op, cookie: Cookie { store_id, csn: record.csn } });
+                    skipped_tail = false;
+                }
+                None => skipped_tail = true,
+            }
+        }
+        if last == position && position < newest {
+            // Records vanished under us: trimmed between the floor check and the read.
+            return Ok(None);
+        }
+        if skipped_tail {
+            // Changes outside the region still move the consumer's position, so its
+            // cookie and the provider's lag figure stay exact.
+            pending.push_back(Message::Advance { cookie: Cookie { store_id, csn: last } });
+        }
+        Ok(Some(last))
+    }
+
+    fn publish_queue(&self) {
+        let len = self.params.queue_len.max(1) - self.queue.capacity();
+        self.reg.update(|i| i.queue_len = len);
+    }
+
+    /// Pings when due, and ends the session if the consumer has been silent too long.
+    fn keepalive(&mut self, seq: &mut u64) -> Option<SessionEnd> {
+        if self.last_inbound.elapsed() >= self.params.keepalive_timeout {
+            warn!(timeout = ?self.params.keepalive_timeout, "consumer silent past keepalive timeout");
+            return Some(SessionEnd::Goodbye(GoodbyeReason::KeepaliveTimeout));
+        }
+        *seq += 1;
+        // A full queue means data is flowing; the ping is not needed then.
+        let _ = self.queue.try_send(Message::Ping { seq: *seq });
+        None
+    }
+
+    fn on_inbound(&mut self, msg: Result<Option<Message>, tether_protocol::connection::WireError>) -> Inbound {
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => return Inbound::End(SessionEnd::ConnectionLost("consumer closed the connection".into())),
+            Err(e) if e.is_protocol_violation() => return Inbound::End(SessionEnd::ProtocolError(e.to_string())),
+            Err(e) => return Inbound::End(SessionEnd::ConnectionLost(e.to_string())),
+        };
+        self.last_inbound = Instant::now();
+        match msg {
+            Message::Ack { cookie } => {
+                if cookie.store_id == self.dir.store_id() {
+                    self.reg.acked(&cookie, self.dir.durable_csn());
+                    let due = self.last_recorded.is_none_or(|t| t.elapsed() >= POSITION_RECORD_INTERVAL);
+                    if due {
+                        let id = format!("{}/{}", self.req.agreement, self.req.client_id);
+                        if let Err(e) = self.dir.record_consumer(&id, cookie.csn) {
+                            warn!(error = %e, "could not record consumer position");
+                        }
+                        self.last_recorded = Some(Instant::now());
+                    }
+                }
+                Inbound::Continue
+            }
+            Message::Ping { seq } => {
+                let _ = self.queue.try_send(Message::Pong { seq });
+                Inbound::Continue
+            }
+            Message::Pong { .. } => Inbound::Continue,
+            Message::Goodbye { reason, detail } => {
+                info!(reason = reason.as_str(), detail = %detail, "consumer said goodbye");
+                Inbound::End(SessionEnd::ConsumerGoodbye(reason, detail))
+            }
+            other => Inbound::End(SessionEnd::ProtocolError(format!("unexpected {} from a consumer", other.name()))),
+        }
+    }
+}
+
+/// A ticker for keepalive checks; the first tick is one interval from now.
+fn keepalive_ticker(interval: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}

@@ -1,0 +1,83 @@
+//! `tether-provider status`: what the provider reports about itself and its consumers
+//! (SPEC §5 field names), as JSON or as a table for people.
+
+use serde::Serialize;
+use tether_store::Directory;
+
+use crate::registry::{Registry, SessionInfo};
+
+/// The changelog's extent.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangelogStatus {
+    /// Oldest retained CSN.
+    pub oldest: Option<u64>,
+    /// Newest CSN.
+    pub newest: Option<u64>,
+}
+
+/// The whole status object.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    /// The store's identity.
+    pub store_id: String,
+    /// The newest durable CSN.
+    pub csn: u64,
+    /// Number of entries.
+    pub entries: usize,
+    /// Changelog extent.
+    pub changelog: ChangelogStatus,
+    /// Live sessions.
+    pub sessions: Vec<SessionInfo>,
+}
+
+impl ProviderStatus {
+    /// Collects the status of a running provider.
+    pub fn collect(dir: &Directory, registry: &Registry) -> Result<Self, tether_store::StoreError> {
+        let durable = dir.durable_csn();
+        let mut sessions = registry.snapshot();
+        for s in &mut sessions {
+            if let Some(acked) = s.cookie.as_deref().and_then(|c| c.parse::<tether_protocol::Cookie>().ok()) {
+                s.lag_changes = durable.0.saturating_sub(acked.csn.0);
+            }
+        }
+        Ok(Self {
+            store_id: dir.store_id().to_string(),
+            csn: durable.0,
+            entries: dir.entries().len(),
+            changelog: ChangelogStatus {
+                oldest: dir.changelog().oldest()?.map(|c| c.0),
+                newest: dir.changelog().newest()?.map(|c| c.0),
+            },
+            sessions,
+        })
+    }
+
+    /// A table for people.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "store {}  csn {}  entries {}  changelog {}..{}\n",
+            self.store_id,
+            self.csn,
+            self.entries,
+            self.changelog.oldest.map_or("-".into(), |c| c.to_string()),
+            self.changelog.newest.map_or("-".into(), |c| c.to_string()),
+        );
+        out.push_str(&format!(
+            "{:<22} {:<16} {:<20} {:>8} {:>6} {:<8} {}\n",
+            "PEER", "AGREEMENT", "MODE", "LAG", "QUEUE", "REFRESH", "SINCE"
+        ));
+        for s in &self.sessions {
+            out.push_str(&format!(
+                "{:<22} {:<16} {:<20} {:>8} {:>6} {:<8} {}\n",
+                s.peer,
+                s.agreement,
+                s.mode,
+                s.lag_changes,
+                s.queue_len,
+                s.refresh.as_deref().unwrap_or("-"),
+                s.connected_since
+            ));
+        }
+        out
+    }
+}
