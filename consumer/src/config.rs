@@ -1,0 +1,620 @@
+//! `consumer.toml`: the consumer's configuration, its defaults, and the checks that
+//! refuse a bad file at start with the file, the dotted key and the reason (SPEC §5).
+//!
+//! [`ConsumerConfig::load`] reads and checks the whole file and resolves every relative
+//! path against the file's folder. It does not read secrets:
+//! [`ConsumerConfig::check_secrets`] does that at start and on reload, and the session
+//! code calls [`load_secret`] when it needs the bytes, so they live only as long as
+//! needed. An agreement's `filter` is kept as text; the caller parses it with the
+//! protocol's filter parser and reports a failure against the key
+//! `agreement[N].filter`.
+
+pub mod source;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use tether_protocol::entry::check_attribute_name;
+use tether_protocol::{Dn, Scope};
+
+use crate::retry::RetrySchedule;
+pub use source::{load_secret, AddressError, ConfigError, HostPort, KeepaliveConfig, Secret, SecretFile};
+
+/// Default `data_dir`, relative to the config file's folder.
+pub const DEFAULT_DATA_DIR: &str = "data/consumer";
+/// Default `shutdown_timeout`: time to say goodbye and flush before exiting anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default agreement `mode`.
+pub const DEFAULT_MODE: Mode = Mode::RefreshAndPersist;
+/// Default agreement `interval` between refresh-only polls.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// Default agreement `scope`.
+pub const DEFAULT_SCOPE: Scope = Scope::Subtree;
+/// Default agreement `filter`: every entry in scope.
+pub const DEFAULT_FILTER: &str = "(objectClass=*)";
+/// Default agreement `idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// The whole of `consumer.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The file this was loaded from, so `reload` and error messages can name it. Not a
+    /// key of the file.
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// Folder of the consumer's store (created on first start), holding every
+    /// agreement's replica and cookie. Default `"data/consumer"`.
+    #[serde(default = "default_data_dir", deserialize_with = "source::path")]
+    pub data_dir: PathBuf,
+    /// Unix socket (mode 0600) through which `status`, `stop`, `start`, `reload` and
+    /// `search` reach the running process. Default `<data_dir>/control.sock`.
+    #[serde(default, deserialize_with = "source::path")]
+    pub control: PathBuf,
+    /// How long SIGTERM/SIGINT may take to send goodbyes and flush before the process
+    /// exits anyway. Default `"10s"`.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "source::positive_duration")]
+    pub shutdown_timeout: Duration,
+    /// The replication agreements (`[[agreement]]`), each run by its own supervisor.
+    /// Default none: the process idles until a `reload` adds one.
+    #[serde(default, rename = "agreement")]
+    pub agreements: Vec<AgreementConfig>,
+}
+
+/// One `[[agreement]]`: what to replicate from which provider, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgreementConfig {
+    /// Unique name; used in commands (`stop NAME`), status, logs and the handshake,
+    /// and keys the agreement's replica. Required: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Provider address as `host:port`, resolved at each connect. Required.
+    #[serde(deserialize_with = "source::host_port")]
+    pub provider: HostPort,
+    /// `"refresh-and-persist"` (stay connected, receive changes as they commit) or
+    /// `"refresh-only"` (poll every `interval`). Default `"refresh-and-persist"`.
+    #[serde(default = "default_mode", deserialize_with = "mode")]
+    pub mode: Mode,
+    /// Time between the end of one refresh-only poll and the next; unused in
+    /// refresh-and-persist. Default `"1m"`.
+    #[serde(default = "default_poll_interval", deserialize_with = "source::positive_duration")]
+    pub interval: Duration,
+    /// Root of the replicated region. Required; the provider refuses a base outside
+    /// what the agreement is allowed.
+    #[serde(deserialize_with = "source::dn")]
+    pub base: Dn,
+    /// How far below `base` to replicate: `base`, `one` or `subtree`. Default `"subtree"`.
+    #[serde(default = "default_scope", deserialize_with = "source::scope")]
+    pub scope: Scope,
+    /// LDAP filter (RFC 4515) selecting entries in scope. Default `"(objectClass=*)"`.
+    /// Kept as text: only emptiness is checked at load; the caller parses it and
+    /// reports a failure against `agreement[N].filter`.
+    #[serde(default = "default_filter")]
+    pub filter: String,
+    /// Attributes to replicate; empty means all. Default `[]`.
+    #[serde(default)]
+    pub attrs: Vec<String>,
+    /// File holding the agreement's shared secret (HMAC key), relative to the config
+    /// file's folder. Required.
+    #[serde(deserialize_with = "source::path")]
+    pub secret_file: PathBuf,
+    /// A session on which nothing at all arrives for this long is closed
+    /// (`idle-timeout`) and reconnected per `retry`. Default `"5m"`; must exceed
+    /// `keepalive.interval`, since pings arrive that often on a healthy session.
+    #[serde(default = "default_idle_timeout", deserialize_with = "source::positive_duration")]
+    pub idle_timeout: Duration,
+    /// Reconnect delays, as `"<delay> x<count>"` steps, the last possibly
+    /// `"<delay> forever"`; jittered by ±20%. Default `["1s x5", "10s x10", "1m forever"]`.
+    #[serde(default)]
+    pub retry: RetrySchedule,
+    /// After failing to hold a healthy session for this long, give up: the agreement
+    /// goes to `closed`. Default: never give up.
+    #[serde(default, deserialize_with = "source::optional_positive_duration")]
+    pub give_up_after: Option<Duration>,
+    /// Heartbeat settings for this agreement's sessions (`[agreement.keepalive]`).
+    /// Default `interval = "5s"`, `timeout = "20s"`.
+    #[serde(default)]
+    pub keepalive: KeepaliveConfig,
+    /// TLS towards the provider (`[agreement.tls]`). Default: plain TCP.
+    #[serde(default)]
+    pub tls: Option<AgreementTls>,
+}
+
+/// `[agreement.tls]`: connect to the provider over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgreementTls {
+    /// PEM file of the certificate authorities trusted to sign the provider's
+    /// certificate, relative to the config file's folder. Required in this section.
+    #[serde(deserialize_with = "source::path")]
+    pub ca_file: PathBuf,
+    /// Name the provider's certificate must carry. Default: the host of `provider`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// How an agreement stays up to date (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Refresh, then keep the session open and receive each change as it commits.
+    RefreshAndPersist,
+    /// Refresh, disconnect, and poll again after `interval`.
+    RefreshOnly,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "refresh-and-persist" => Ok(Self::RefreshAndPersist),
+            "refresh-only" => Ok(Self::RefreshOnly),
+            _ => Err(format!("invalid mode {text:?}: expected refresh-and-persist or refresh-only")),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::RefreshAndPersist => "refresh-and-persist",
+            Self::RefreshOnly => "refresh-only",
+        })
+    }
+}
+
+fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+    source::parse_str(d, "refresh-and-persist or refresh-only", Mode::from_str)
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+fn default_shutdown_timeout() -> Duration {
+    DEFAULT_SHUTDOWN_TIMEOUT
+}
+
+fn default_mode() -> Mode {
+    DEFAULT_MODE
+}
+
+fn default_poll_interval() -> Duration {
+    DEFAULT_POLL_INTERVAL
+}
+
+fn default_scope() -> Scope {
+    DEFAULT_SCOPE
+}
+
+fn default_filter() -> String {
+    DEFAULT_FILTER.to_owned()
+}
+
+fn default_idle_timeout() -> Duration {
+    DEFAULT_IDLE_TIMEOUT
+}
+
+impl ConsumerConfig {
+    /// Reads, checks and resolves the config file at `file`.
+    pub fn load(file: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let file = file.as_ref();
+        Self::from_toml_str(&source::read_file(file)?, file)
+    }
+
+    /// Checks and resolves `text` as if it had been read from `file` (which names the
+    /// file in errors and anchors relative paths; it is not read).
+    pub fn from_toml_str(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = source::parse_toml(file, text)?;
+        let dir = source::config_dir(file)?;
+        config.file = file.to_owned();
+        config.data_dir = source::resolve(&dir, &config.data_dir);
+        config.control = if config.control.as_os_str().is_empty() {
+            config.data_dir.join(source::CONTROL_SOCKET_NAME)
+        } else {
+            source::resolve(&dir, &config.control)
+        };
+        for agreement in &mut config.agreements {
+            agreement.secret_file = source::resolve(&dir, &agreement.secret_file);
+            if let Some(tls) = &mut agreement.tls {
+                tls.ca_file = source::resolve(&dir, &tls.ca_file);
+            }
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The agreement called `name`.
+    pub fn agreement(&self, name: &str) -> Option<&AgreementConfig> {
+        self.agreements.iter().find(|a| a.name == name)
+    }
+
+    /// Reads every agreement's secret file (and drops the bytes), so a missing, empty
+    /// or unreadable secret stops the start or reload. Returns the warnings to log.
+    pub fn check_secrets(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        for (i, agreement) in self.agreements.iter().enumerate() {
+            let loaded = load_secret(&agreement.secret_file)
+                .map_err(|e| ConfigError::invalid(&self.file, format!("agreement[{i}].secret_file"), e.to_string()))?;
+            warnings.extend(loaded.warnings);
+        }
+        Ok(warnings)
+    }
+
+    /// The checks that involve more than one value, or a value serde cannot judge.
+    fn check(&self) -> Result<(), ConfigError> {
+        let file = &self.file;
+        source::check_socket_path(file, "control", &self.control)?;
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, agreement) in self.agreements.iter().enumerate() {
+            let key = |name: &str| format!("agreement[{i}].{name}");
+            source::check_agreement_name(&agreement.name).map_err(|r| ConfigError::invalid(file, key("name"), r))?;
+            if let Some(first) = seen.insert(&agreement.name, i) {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("name"),
+                    format!("duplicate agreement name {:?}: agreement[{first}] has it too", agreement.name),
+                ));
+            }
+            if agreement.provider.port() == 0 {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("provider"),
+                    format!("invalid address \"{}\": port 0 cannot be connected to", agreement.provider),
+                ));
+            }
+            if agreement.filter.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("filter"),
+                    format!("filter is empty; use {DEFAULT_FILTER} to select every entry"),
+                ));
+            }
+            for (j, attr) in agreement.attrs.iter().enumerate() {
+                check_attribute_name(attr)
+                    .map_err(|e| ConfigError::invalid(file, key(&format!("attrs[{j}]")), e.to_string()))?;
+            }
+            agreement.keepalive.check(file, &key("keepalive"))?;
+            if agreement.idle_timeout <= agreement.keepalive.interval {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("idle_timeout"),
+                    format!(
+                        "idle_timeout {} must be longer than keepalive.interval {}",
+                        humantime::format_duration(agreement.idle_timeout),
+                        humantime::format_duration(agreement.keepalive.interval)
+                    ),
+                ));
+            }
+            if let Some(tls) = &agreement.tls {
+                if tls.server_name.as_deref().is_some_and(str::is_empty) {
+                    return Err(ConfigError::invalid(file, key("tls.server_name"), "server name is empty"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AgreementConfig {
+    /// The name the provider's TLS certificate must carry: `tls.server_name`, or else
+    /// the provider's host.
+    pub fn tls_server_name(&self) -> &str {
+        self.tls.as_ref().and_then(|t| t.server_name.as_deref()).unwrap_or(self.provider.host())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::{Repeat, RetryStep};
+
+    const MINIMAL_AGREEMENT: &str = r#"
+[[agreement]]
+name = "people"
+provider = "127.0.0.1:7389"
+base = "ou=people,dc=example,dc=com"
+secret_file = "people.key"
+"#;
+
+    fn parse(text: &str) -> Result<ConsumerConfig, ConfigError> {
+        ConsumerConfig::from_toml_str(text, Path::new("/etc/tether/consumer.toml"))
+    }
+
+    /// The error message for `text`, which must be refused.
+    fn refused(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A minimal agreement with `line` inserted into its table.
+    fn with(line: &str) -> String {
+        format!("{MINIMAL_AGREEMENT}{line}\n")
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn example_file() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let config = ConsumerConfig::load(dir.join("consumer.toml")).unwrap();
+        assert_eq!(config.data_dir, dir.join("data/consumer"));
+        assert_eq!(config.control, dir.join("data/consumer/control.sock"));
+        assert_eq!(config.shutdown_timeout, secs(10));
+        assert_eq!(config.agreements.len(), 2);
+
+        let people = config.agreement("people").unwrap();
+        assert_eq!(people.provider.to_string(), "127.0.0.1:7389");
+        assert_eq!(people.mode, Mode::RefreshAndPersist);
+        assert_eq!(people.base, Dn::parse("ou=people,dc=example,dc=com").unwrap());
+        assert_eq!(people.scope, Scope::Subtree);
+        assert_eq!(people.filter, "(objectClass=*)");
+        assert!(people.attrs.is_empty());
+        assert_eq!(people.secret_file, dir.join("secrets/people.key"));
+        assert_eq!(people.idle_timeout, secs(300));
+        assert_eq!(people.retry, RetrySchedule::default());
+        assert_eq!(people.give_up_after, None);
+        assert_eq!(people.keepalive, KeepaliveConfig { interval: secs(5), timeout: secs(20) });
+        assert_eq!(people.tls, None);
+
+        let groups = config.agreement("groups").unwrap();
+        assert_eq!(groups.mode, Mode::RefreshOnly);
+        assert_eq!(groups.interval, secs(30));
+        assert_eq!(groups.base, Dn::parse("ou=groups,dc=example,dc=com").unwrap());
+        assert_eq!(groups.scope, Scope::One);
+        assert_eq!(groups.filter, "(&(objectClass=groupOfNames)(cn=*))");
+        assert_eq!(groups.attrs, ["objectClass", "cn", "member", "description"]);
+        assert_eq!(groups.secret_file, dir.join("secrets/groups.key"));
+        assert_eq!(groups.retry, RetrySchedule::parse(&["5s x3", "1m x10"]).unwrap());
+        assert_eq!(groups.give_up_after, Some(secs(3600)));
+        assert_eq!(groups.keepalive, KeepaliveConfig { interval: secs(10), timeout: secs(30) });
+
+        assert!(config.check_secrets().is_ok());
+        let key = load_secret(&people.secret_file).unwrap();
+        assert_eq!(key.secret.expose().len(), 44);
+        assert!(!key.secret.expose().ends_with(b"\n"));
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/tether/data/consumer"));
+        assert_eq!(config.control, Path::new("/etc/tether/data/consumer/control.sock"));
+        assert_eq!(config.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert!(config.agreements.is_empty());
+
+        let config = parse(MINIMAL_AGREEMENT).unwrap();
+        let a = &config.agreements[0];
+        assert_eq!(a.mode, Mode::RefreshAndPersist);
+        assert_eq!(a.interval, secs(60));
+        assert_eq!(a.scope, Scope::Subtree);
+        assert_eq!(a.filter, DEFAULT_FILTER);
+        assert!(a.attrs.is_empty());
+        assert_eq!(a.idle_timeout, secs(300));
+        assert_eq!(a.retry.to_string(), "[\"1s x5\", \"10s x10\", \"1m forever\"]");
+        assert_eq!(a.give_up_after, None);
+        assert_eq!(a.keepalive, KeepaliveConfig::default());
+        assert_eq!(a.tls, None);
+        assert_eq!(a.tls_server_name(), "127.0.0.1");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let text = with("[agreement.tls]\nca_file = \"../pki/ca.pem\"\nserver_name = \"provider.example.com\"")
+            .replace("people.key", "secrets/people.key");
+        let text = format!("data_dir = \"/var/lib/tether\"\n{text}");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.data_dir, Path::new("/var/lib/tether"));
+        assert_eq!(config.control, Path::new("/var/lib/tether/control.sock"));
+        let a = &config.agreements[0];
+        assert_eq!(a.secret_file, Path::new("/etc/tether/secrets/people.key"));
+        let tls = a.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file, Path::new("/etc/tether/../pki/ca.pem"));
+        assert_eq!(a.tls_server_name(), "provider.example.com");
+
+        let config = parse("data_dir = \"store\"\ncontrol = \"run/c.sock\"").unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/tether/store"));
+        assert_eq!(config.control, Path::new("/etc/tether/run/c.sock"));
+    }
+
+    #[test]
+    fn loads_from_a_real_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        std::fs::write(dir.path().join("secrets/people.key"), "k3y\n").unwrap();
+        let file = dir.path().join("consumer.toml");
+        std::fs::write(&file, MINIMAL_AGREEMENT.replace("people.key", "secrets/people.key")).unwrap();
+        let config = ConsumerConfig::load(&file).unwrap();
+        assert_eq!(config.file, file);
+        assert_eq!(config.agreements[0].secret_file, dir.path().join("secrets/people.key"));
+        assert!(config.check_secrets().is_ok());
+
+        std::fs::write(&file, MINIMAL_AGREEMENT.replace("people.key", "secrets/none.key")).unwrap();
+        let e = ConsumerConfig::load(&file).unwrap().check_secrets().unwrap_err().to_string();
+        let want = format!(
+            "{}: key 'agreement[0].secret_file': {}: cannot read secret file: ",
+            file.display(),
+            dir.path().join("secrets/none.key").display()
+        );
+        assert!(e.starts_with(&want), "{e}");
+
+        let missing = dir.path().join("absent.toml");
+        let e = ConsumerConfig::load(&missing).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: cannot read: ", missing.display())), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_file_key_and_reason() {
+        let f = "/etc/tether/consumer.toml";
+        let cases: Vec<(String, String)> = vec![
+            (
+                with("scope = \"deep\""),
+                "key 'agreement[0].scope': invalid scope \"deep\": expected base, one or subtree".into(),
+            ),
+            (
+                with("mode = \"push\""),
+                "key 'agreement[0].mode': invalid mode \"push\": expected refresh-and-persist or refresh-only".into(),
+            ),
+            (
+                with("interval = \"0s\""),
+                "key 'agreement[0].interval': invalid duration \"0s\": must be greater than zero".into(),
+            ),
+            (
+                with("give_up_after = \"0s\""),
+                "key 'agreement[0].give_up_after': invalid duration \"0s\": must be greater than zero".into(),
+            ),
+            (
+                with("idle_timeout = \"5 fortnights\""),
+                "key 'agreement[0].idle_timeout': invalid duration \"5 fortnights\": unknown time unit".into(),
+            ),
+            (
+                with("idle_timeout = \"5s\""),
+                "key 'agreement[0].idle_timeout': idle_timeout 5s must be longer than keepalive.interval 5s".into(),
+            ),
+            (
+                MINIMAL_AGREEMENT.replace("ou=people,dc=example,dc=com", "ou=people,,dc=com"),
+                "key 'agreement[0].base': invalid DN \"ou=people,,dc=com\": empty RDN at byte".into(),
+            ),
+            (
+                MINIMAL_AGREEMENT.replace("127.0.0.1:7389", "127.0.0.1"),
+                "key 'agreement[0].provider': invalid address \"127.0.0.1\": expected host:port".into(),
+            ),
+            (
+                MINIMAL_AGREEMENT.replace("127.0.0.1:7389", "::1:7389"),
+                "key 'agreement[0].provider': invalid address \"::1:7389\": an IPv6 address needs brackets".into(),
+            ),
+            (
+                MINIMAL_AGREEMENT.replace("127.0.0.1:7389", "127.0.0.1:0"),
+                "key 'agreement[0].provider': invalid address \"127.0.0.1:0\": port 0 cannot be connected to".into(),
+            ),
+            (
+                MINIMAL_AGREEMENT.replace("\"people\"", "\"\""),
+                "key 'agreement[0].name': agreement name is empty".into(),
+            ),
+            (
+                MINIMAL_AGREEMENT.replace("\"people\"", "\"my people\""),
+                "key 'agreement[0].name': invalid agreement name \"my people\"".into(),
+            ),
+            (
+                format!("{MINIMAL_AGREEMENT}{MINIMAL_AGREEMENT}"),
+                "key 'agreement[1].name': duplicate agreement name \"people\": agreement[0] has it too".into(),
+            ),
+            (with("filter = \" \""), "key 'agreement[0].filter': filter is empty".into()),
+            (
+                with("attrs = [\"cn\", \"no such\"]"),
+                "key 'agreement[0].attrs[1]': invalid attribute name \"no such\"".into(),
+            ),
+            (
+                with("[agreement.keepalive]\ninterval = \"20s\""),
+                "key 'agreement[0].keepalive.timeout': timeout 20s must be longer than interval 20s".into(),
+            ),
+            (
+                with("[agreement.keepalive]\ninterval = \"0ms\""),
+                "key 'agreement[0].keepalive.interval': invalid duration \"0ms\": must be greater than zero".into(),
+            ),
+            (
+                with("keepalive = { timeout = \"1s\" }"),
+                "key 'agreement[0].keepalive.timeout': timeout 1s must be longer than interval 5s".into(),
+            ),
+            (
+                with("[agreement.tls]\nserver_name = \"x\""),
+                "key 'agreement[0].tls.ca_file': required key is missing".into(),
+            ),
+            (
+                MINIMAL_AGREEMENT.replace("\"people.key\"", "\"\""),
+                "key 'agreement[0].secret_file': path is empty".into(),
+            ),
+            (
+                "shutdown_timeout = 10".into(),
+                "key 'shutdown_timeout': invalid type: integer `10`, expected a duration".into(),
+            ),
+            ("shutdown_timeout = \"\"".into(), "key 'shutdown_timeout': invalid duration \"\": value was empty".into()),
+            (format!("control = \"/{}\"", "s".repeat(120)), "key 'control': socket path /sss".into()),
+            (
+                MINIMAL_AGREEMENT.replace("provider = \"127.0.0.1:7389\"\n", ""),
+                "key 'agreement[0].provider': required key is missing".into(),
+            ),
+            ("agreement = 5".into(), "key 'agreement': invalid type: integer `5`, expected a sequence".into()),
+        ];
+        for (text, want) in cases {
+            let got = refused(&text);
+            let want = format!("{f}: {want}");
+            assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}\nfrom:\n{text}");
+        }
+    }
+
+    #[test]
+    fn retry_errors_name_the_step() {
+        let second = MINIMAL_AGREEMENT.replace("\"people\"", "\"groups\"");
+        let text = format!("{MINIMAL_AGREEMENT}{second}retry = [\"1s x5\", \"10s x10\", \"1m forevr\"]\n");
+        assert_eq!(
+            refused(&text),
+            "/etc/tether/consumer.toml: key 'agreement[1].retry[2]': invalid retry step \"1m forevr\": invalid count \"forevr\": expected x followed by a whole number, as x5"
+        );
+        let cases = [
+            ("retry = [\"1s x0\"]", "key 'agreement[0].retry[0]': invalid retry step \"1s x0\": count must be at least 1"),
+            ("retry = [\"1s\"]", "key 'agreement[0].retry[0]': invalid retry step \"1s\": expected \"<delay> x<count>\""),
+            ("retry = [\"1m forever\", \"1s x5\"]", "key 'agreement[0].retry[1]': retry step \"1s x5\" follows \"1m forever\": only the last step may repeat forever"),
+            ("retry = []", "key 'agreement[0].retry': retry schedule is empty"),
+            ("retry = \"1s x5\"", "key 'agreement[0].retry': invalid type: string \"1s x5\", expected a list of retry steps"),
+            ("retry = [5]", "key 'agreement[0].retry[0]': invalid type: integer `5`, expected a retry step"),
+        ];
+        for (line, want) in cases {
+            let got = refused(&with(line));
+            assert!(got.starts_with(&format!("/etc/tether/consumer.toml: {want}")), "\n got: {got}\nwant: {want}");
+        }
+        let config = parse(&with("retry = [\"250ms x4\", \"1m 30s forever\"]")).unwrap();
+        let steps = config.agreements[0].retry.steps();
+        assert_eq!(steps[0], RetryStep::new(Duration::from_millis(250), Repeat::Times(4)).unwrap());
+        assert_eq!(steps[1], RetryStep::new(secs(90), Repeat::Forever).unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = "/etc/tether/consumer.toml";
+        let cases = [
+            ("data_dri = \"x\"".to_owned(), "key 'data_dri': unknown key `data_dri`, expected one of `data_dir`, `control`, `shutdown_timeout`, `agreement`"),
+            ("file = \"x\"".to_owned(), "key 'file': unknown key `file`"),
+            (with("scop = \"one\""), "key 'agreement[0].scop': unknown key `scop`, expected one of `name`, `provider`"),
+            (with("[agreement.keepalive]\nintervall = \"1s\""), "key 'agreement[0].keepalive.intervall': unknown key `intervall`, expected `interval` or `timeout`"),
+            (with("[agreement.keeplive]\ninterval = \"1s\""), "key 'agreement[0].keeplive': unknown key `keeplive`"),
+            ("[keepalive]\ninterval = \"1s\"".to_owned(), "key 'keepalive': unknown key `keepalive`"),
+        ];
+        for (text, want) in cases {
+            let got = refused(&text);
+            assert!(got.starts_with(&format!("{f}: {want}")), "\n got: {got}\nwant: {want}");
+        }
+        let e = parse("data_dri = \"x\"").unwrap_err();
+        assert_eq!(e.key(), Some("data_dri"));
+        assert_eq!(e.file(), Path::new(f));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let got = refused(&format!("{MINIMAL_AGREEMENT}scope = subtree\n"));
+        assert!(got.starts_with("/etc/tether/consumer.toml: line 7, column 9: invalid TOML: "), "{got}");
+    }
+
+    #[test]
+    fn mode_round_trips() {
+        for mode in [Mode::RefreshAndPersist, Mode::RefreshOnly] {
+            assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
+        }
+    }
+
+    #[test]
+    fn shared_source_file_has_not_drifted() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let consumer = std::fs::read_to_string(here.join("src/config/source.rs")).unwrap();
+        let provider = std::fs::read_to_string(here.join("../provider/src/config/source.rs")).unwrap();
+        assert!(consumer == provider, "provider/src/config/source.rs and consumer/src/config/source.rs differ");
+    }
+}

@@ -1,0 +1,535 @@
+//! `provider.toml`: the provider's configuration, its defaults, and the checks that
+//! refuse a bad file at start with the file, the dotted key and the reason (SPEC §5).
+//!
+//! [`ProviderConfig::load`] reads and checks the whole file and resolves every relative
+//! path against the file's folder. It does not read secrets:
+//! [`ProviderConfig::check_secrets`] does that at start, and the session code calls
+//! [`load_secret`] when it needs the bytes.
+
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tether_protocol::Dn;
+
+pub use source::{load_secret, AddressError, ConfigError, HostPort, KeepaliveConfig, Secret, SecretFile};
+
+/// Default `data_dir`, relative to the config file's folder.
+pub const DEFAULT_DATA_DIR: &str = "data/provider";
+/// Default port of `listen` (on the loopback interface).
+pub const DEFAULT_PORT: u16 = 7389;
+/// Default `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default `handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `max_frame`: 16 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+/// Smallest `max_frame` accepted: a handshake or a single ordinary entry must fit.
+pub const MIN_MAX_FRAME: u32 = 64 * 1024;
+/// Default `batch_size`.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+/// Default `queue_len`.
+pub const DEFAULT_QUEUE_LEN: usize = 1024;
+/// Default `changelog.max_changes`.
+pub const DEFAULT_MAX_CHANGES: u64 = 1_000_000;
+/// Default `changelog.max_age`: 7 days.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default `changelog.hold_for_consumers`: 1 day.
+pub const DEFAULT_HOLD_FOR_CONSUMERS: Duration = Duration::from_secs(24 * 3600);
+/// Default `changelog.trim_interval`.
+pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The whole of `provider.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The file this was loaded from, so error messages can name it. Not a key of the
+    /// file.
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// Folder of the provider's store (created on first start): entries, changelog,
+    /// store id. Default `"data/provider"`.
+    #[serde(default = "default_data_dir", deserialize_with = "source::path")]
+    pub data_dir: PathBuf,
+    /// Address consumers and writers connect to, as `host:port`; port 0 picks a free
+    /// port (tests). Default `"127.0.0.1:7389"`: reachable from this host only until an
+    /// operator opens it up.
+    #[serde(default = "default_listen", deserialize_with = "source::host_port")]
+    pub listen: HostPort,
+    /// Unix socket (mode 0600) through which `status`, `search` and admin commands
+    /// reach the running process. Default `<data_dir>/control.sock`.
+    #[serde(default, deserialize_with = "source::path")]
+    pub control: PathBuf,
+    /// The DN at the top of the directory: the one entry that may exist without a
+    /// parent. Required.
+    #[serde(deserialize_with = "source::dn")]
+    pub suffix: Dn,
+    /// Most simultaneous connections (sessions, writers, handshakes in progress); one
+    /// more waits to be accepted. Default `1024`.
+    #[serde(default = "default_max_connections", deserialize_with = "source::positive")]
+    pub max_connections: usize,
+    /// A connection that has not completed its handshake within this time is closed,
+    /// so a stalled or hostile client cannot hold a slot. Default `"10s"`.
+    #[serde(default = "default_handshake_timeout", deserialize_with = "source::positive_duration")]
+    pub handshake_timeout: Duration,
+    /// Largest frame accepted, in bytes, checked before anything is allocated; a bigger
+    /// one closes that connection. Default `16777216` (16 MiB), at least `65536`.
+    #[serde(default = "default_max_frame")]
+    pub max_frame: u32,
+    /// Entries (or present UUIDs) per refresh batch; each batch is applied atomically
+    /// by the consumer with the cookie that covers it. Default `500`.
+    #[serde(default = "default_batch_size", deserialize_with = "source::positive")]
+    pub batch_size: usize,
+    /// Messages a session may have queued for its consumer; when full, the session stops
+    /// pushing live changes and catches up from the changelog instead (no memory grows,
+    /// no change is dropped). Default `1024`.
+    #[serde(default = "default_queue_len", deserialize_with = "source::positive")]
+    pub queue_len: usize,
+    /// Changelog retention (`[changelog]`).
+    #[serde(default)]
+    pub changelog: ChangelogConfig,
+    /// Heartbeat of every session (`[keepalive]`), announced to consumers in the
+    /// handshake. Default `interval = "5s"`, `timeout = "20s"`.
+    #[serde(default)]
+    pub keepalive: KeepaliveConfig,
+    /// Who may replicate what (`[[consumer]]`), one per agreement name. Default none:
+    /// every replication request is rejected.
+    #[serde(default, rename = "consumer")]
+    pub consumers: Vec<ConsumerGrant>,
+    /// Credentials for `tether-provider write` (`[writer]`). Default: writes over the
+    /// network are refused.
+    #[serde(default)]
+    pub writer: Option<WriterConfig>,
+    /// Serve over TLS (`[tls]`). Default: plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[changelog]`: how long committed changes are kept for delta refreshes (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangelogConfig {
+    /// Hard cap on retained changes; the oldest go first, even if a consumer still
+    /// needs them (it then gets a present refresh). Default `1000000`.
+    #[serde(default = "default_max_changes", deserialize_with = "source::positive")]
+    pub max_changes: u64,
+    /// Changes older than this are trimmed, unless a recently seen consumer still needs
+    /// them. Default `"7d"`.
+    #[serde(default = "default_max_age", deserialize_with = "source::positive_duration")]
+    pub max_age: Duration,
+    /// A consumer seen within this time keeps the changes it has not yet received from
+    /// being trimmed by age, so a briefly absent or slow consumer always gets a delta.
+    /// `"0s"` turns the hold off. Default `"1d"`.
+    #[serde(default = "default_hold_for_consumers", deserialize_with = "source::duration")]
+    pub hold_for_consumers: Duration,
+    /// How often the background trimmer runs. Default `"1m"`.
+    #[serde(default = "default_trim_interval", deserialize_with = "source::positive_duration")]
+    pub trim_interval: Duration,
+}
+
+impl Default for ChangelogConfig {
+    fn default() -> Self {
+        Self {
+            max_changes: DEFAULT_MAX_CHANGES,
+            max_age: DEFAULT_MAX_AGE,
+            hold_for_consumers: DEFAULT_HOLD_FOR_CONSUMERS,
+            trim_interval: DEFAULT_TRIM_INTERVAL,
+        }
+    }
+}
+
+/// One `[[consumer]]`: an agreement the provider serves, its credentials and how wide
+/// a region it may ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerGrant {
+    /// Agreement name the consumer presents in its handshake; unique. Required.
+    pub agreement: String,
+    /// File holding the agreement's shared secret (HMAC key), relative to the config
+    /// file's folder. Required.
+    #[serde(deserialize_with = "source::path")]
+    pub secret_file: PathBuf,
+    /// The widest base this agreement may ask for: a request whose base is not at or
+    /// below it is rejected (`scope not allowed`). Must lie within `suffix`. Default:
+    /// the suffix (see [`ConsumerGrant::allowed_base`]).
+    #[serde(default, deserialize_with = "source::optional_dn")]
+    pub base: Option<Dn>,
+}
+
+impl ConsumerGrant {
+    /// The widest base the agreement may ask for: `base`, or else `suffix`.
+    pub fn allowed_base<'a>(&'a self, suffix: &'a Dn) -> &'a Dn {
+        self.base.as_ref().unwrap_or(suffix)
+    }
+}
+
+/// `[writer]`: who may send writes to the running provider.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterConfig {
+    /// File holding the writers' shared secret, relative to the config file's folder.
+    /// Required in this section.
+    #[serde(deserialize_with = "source::path")]
+    pub secret_file: PathBuf,
+}
+
+/// `[tls]`: serve consumers and writers over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain presented to clients, relative to the config file's
+    /// folder. Required in this section.
+    #[serde(deserialize_with = "source::path")]
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate, relative to the config file's folder.
+    /// Required in this section.
+    #[serde(deserialize_with = "source::path")]
+    pub key_file: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+fn default_listen() -> HostPort {
+    HostPort::loopback(DEFAULT_PORT)
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+fn default_handshake_timeout() -> Duration {
+    DEFAULT_HANDSHAKE_TIMEOUT
+}
+
+fn default_max_frame() -> u32 {
+    DEFAULT_MAX_FRAME
+}
+
+fn default_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+
+fn default_queue_len() -> usize {
+    DEFAULT_QUEUE_LEN
+}
+
+fn default_max_changes() -> u64 {
+    DEFAULT_MAX_CHANGES
+}
+
+fn default_max_age() -> Duration {
+    DEFAULT_MAX_AGE
+}
+
+fn default_hold_for_consumers() -> Duration {
+    DEFAULT_HOLD_FOR_CONSUMERS
+}
+
+fn default_trim_interval() -> Duration {
+    DEFAULT_TRIM_INTERVAL
+}
+
+impl ProviderConfig {
+    /// Reads, checks and resolves the config file at `file`.
+    pub fn load(file: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let file = file.as_ref();
+        Self::from_toml_str(&source::read_file(file)?, file)
+    }
+
+    /// Checks and resolves `text` as if it had been read from `file` (which names the
+    /// file in errors and anchors relative paths; it is not read).
+    pub fn from_toml_str(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = source::parse_toml(file, text)?;
+        let dir = source::config_dir(file)?;
+        config.file = file.to_owned();
+        config.data_dir = source::resolve(&dir, &config.data_dir);
+        config.control = if config.control.as_os_str().is_empty() {
+            config.data_dir.join(source::CONTROL_SOCKET_NAME)
+        } else {
+            source::resolve(&dir, &config.control)
+        };
+        for grant in &mut config.consumers {
+            grant.secret_file = source::resolve(&dir, &grant.secret_file);
+        }
+        if let Some(writer) = &mut config.writer {
+            writer.secret_file = source::resolve(&dir, &writer.secret_file);
+        }
+        if let Some(tls) = &mut config.tls {
+            tls.cert_file = source::resolve(&dir, &tls.cert_file);
+            tls.key_file = source::resolve(&dir, &tls.key_file);
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The grant for agreement `name`.
+    pub fn consumer(&self, name: &str) -> Option<&ConsumerGrant> {
+        self.consumers.iter().find(|c| c.agreement == name)
+    }
+
+    /// Reads every secret file (each `[[consumer]]` and `[writer]`) and drops the
+    /// bytes, so a missing, empty or unreadable secret stops the start. Returns the
+    /// warnings to log.
+    pub fn check_secrets(&self) -> Result<Vec<String>, ConfigError> {
+        let writer = self.writer.iter().map(|w| ("writer.secret_file".to_owned(), &w.secret_file));
+        let consumers =
+            self.consumers.iter().enumerate().map(|(i, c)| (format!("consumer[{i}].secret_file"), &c.secret_file));
+        let mut warnings = Vec::new();
+        for (key, path) in consumers.chain(writer) {
+            let loaded = load_secret(path).map_err(|e| ConfigError::invalid(&self.file, key, e.to_string()))?;
+            warnings.extend(loaded.warnings);
+        }
+        Ok(warnings)
+    }
+
+    /// The checks that involve more than one value, or a value serde cannot judge.
+    fn check(&self) -> Result<(), ConfigError> {
+        let file = &self.file;
+        source::check_socket_path(file, "control", &self.control)?;
+        if self.max_frame < MIN_MAX_FRAME {
+            return Err(ConfigError::invalid(
+                file,
+                "max_frame",
+                format!("max_frame {} is below the minimum of {MIN_MAX_FRAME} bytes", self.max_frame),
+            ));
+        }
+        self.keepalive.check(file, "keepalive")?;
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, grant) in self.consumers.iter().enumerate() {
+            let key = |name: &str| format!("consumer[{i}].{name}");
+            source::check_agreement_name(&grant.agreement)
+                .map_err(|r| ConfigError::invalid(file, key("agreement"), r))?;
+            if let Some(first) = seen.insert(&grant.agreement, i) {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("agreement"),
+                    format!("duplicate agreement name {:?}: consumer[{first}] has it too", grant.agreement),
+                ));
+            }
+            if let Some(base) = &grant.base {
+                if !base.is_descendant_of(&self.suffix) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("base"),
+                        format!("base \"{base}\" is outside the suffix \"{}\"", self.suffix),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "suffix = \"dc=example,dc=com\"\n";
+
+    fn parse(text: &str) -> Result<ProviderConfig, ConfigError> {
+        ProviderConfig::from_toml_str(text, Path::new("/etc/tether/provider.toml"))
+    }
+
+    fn refused(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn dn(text: &str) -> Dn {
+        Dn::parse(text).unwrap()
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn example_file() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let config = ProviderConfig::load(dir.join("provider.toml")).unwrap();
+        assert_eq!(config.data_dir, dir.join("data/provider"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7389");
+        assert_eq!(config.control, dir.join("data/provider/control.sock"));
+        assert_eq!(config.suffix, dn("dc=example,dc=com"));
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.handshake_timeout, secs(10));
+        assert_eq!(config.max_frame, 16 * 1024 * 1024);
+        assert_eq!(config.batch_size, 500);
+        assert_eq!(config.queue_len, 1024);
+        assert_eq!(
+            config.changelog,
+            ChangelogConfig {
+                max_changes: 1_000_000,
+                max_age: secs(7 * 86_400),
+                hold_for_consumers: secs(86_400),
+                trim_interval: secs(60)
+            }
+        );
+        assert_eq!(config.keepalive, KeepaliveConfig { interval: secs(5), timeout: secs(20) });
+        assert_eq!(config.consumers.len(), 2);
+        let people = config.consumer("people").unwrap();
+        assert_eq!(people.secret_file, dir.join("secrets/people.key"));
+        assert_eq!(people.allowed_base(&config.suffix), &dn("dc=example,dc=com"));
+        let groups = config.consumer("groups").unwrap();
+        assert_eq!(groups.secret_file, dir.join("secrets/groups.key"));
+        assert_eq!(groups.allowed_base(&config.suffix), &dn("ou=groups,dc=example,dc=com"));
+        assert_eq!(config.writer, Some(WriterConfig { secret_file: dir.join("secrets/writer.key") }));
+        assert_eq!(config.tls, None);
+
+        assert!(config.check_secrets().is_ok());
+        let writer = load_secret(&dir.join("secrets/writer.key")).unwrap();
+        assert_eq!(writer.secret.expose().len(), 44);
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/tether/data/provider"));
+        assert_eq!(config.listen, HostPort::loopback(7389));
+        assert_eq!(config.control, Path::new("/etc/tether/data/provider/control.sock"));
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.handshake_timeout, secs(10));
+        assert_eq!(config.max_frame, DEFAULT_MAX_FRAME);
+        assert_eq!(config.batch_size, DEFAULT_BATCH_SIZE);
+        assert_eq!(config.queue_len, DEFAULT_QUEUE_LEN);
+        assert_eq!(config.changelog, ChangelogConfig::default());
+        assert_eq!(config.changelog.hold_for_consumers, secs(86_400));
+        assert_eq!(config.keepalive, KeepaliveConfig::default());
+        assert!(config.consumers.is_empty());
+        assert_eq!(config.writer, None);
+        assert_eq!(config.tls, None);
+
+        let config = parse(&format!("{MINIMAL}[[consumer]]\nagreement = \"a\"\nsecret_file = \"a.key\"\n")).unwrap();
+        assert_eq!(config.consumers[0].base, None);
+        assert_eq!(config.consumers[0].allowed_base(&config.suffix), &config.suffix);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let text = format!(
+            "{MINIMAL}data_dir = \"store\"\ncontrol = \"/run/tether/p.sock\"\nlisten = \"0.0.0.0:0\"\n\
+             [[consumer]]\nagreement = \"a\"\nsecret_file = \"secrets/a.key\"\n\
+             [writer]\nsecret_file = \"/etc/keys/w.key\"\n\
+             [tls]\ncert_file = \"tls/cert.pem\"\nkey_file = \"tls/key.pem\"\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/tether/store"));
+        assert_eq!(config.control, Path::new("/run/tether/p.sock"));
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.consumers[0].secret_file, Path::new("/etc/tether/secrets/a.key"));
+        assert_eq!(config.writer.as_ref().unwrap().secret_file, Path::new("/etc/keys/w.key"));
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.cert_file, Path::new("/etc/tether/tls/cert.pem"));
+        assert_eq!(tls.key_file, Path::new("/etc/tether/tls/key.pem"));
+    }
+
+    #[test]
+    fn bad_values_name_file_key_and_reason() {
+        let grant =
+            |extra: &str| format!("{MINIMAL}[[consumer]]\nagreement = \"a\"\nsecret_file = \"a.key\"\n{extra}\n");
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "key 'suffix': required key is missing"),
+            ("suffix = \"dc=example,dc\"".into(), "key 'suffix': invalid DN \"dc=example,dc\": missing '='"),
+            (
+                format!("{MINIMAL}listen = \"localhost\""),
+                "key 'listen': invalid address \"localhost\": expected host:port",
+            ),
+            (
+                format!("{MINIMAL}listen = \"localhost:http\""),
+                "key 'listen': invalid address \"localhost:http\": the port must be a number",
+            ),
+            (format!("{MINIMAL}max_connections = 0"), "key 'max_connections': must be at least 1"),
+            (
+                format!("{MINIMAL}max_connections = -5"),
+                "key 'max_connections': invalid value: integer `-5`, expected usize",
+            ),
+            (format!("{MINIMAL}batch_size = 0"), "key 'batch_size': must be at least 1"),
+            (format!("{MINIMAL}queue_len = 0"), "key 'queue_len': must be at least 1"),
+            (format!("{MINIMAL}max_frame = 100"), "key 'max_frame': max_frame 100 is below the minimum of 65536 bytes"),
+            (
+                format!("{MINIMAL}max_frame = 5000000000"),
+                "key 'max_frame': invalid value: integer `5000000000`, expected u32",
+            ),
+            (
+                format!("{MINIMAL}handshake_timeout = \"0s\""),
+                "key 'handshake_timeout': invalid duration \"0s\": must be greater than zero",
+            ),
+            (format!("{MINIMAL}[changelog]\nmax_changes = 0"), "key 'changelog.max_changes': must be at least 1"),
+            (
+                format!("{MINIMAL}[changelog]\nmax_age = \"7 days later\""),
+                "key 'changelog.max_age': invalid duration \"7 days later\"",
+            ),
+            (
+                format!("{MINIMAL}[changelog]\ntrim_interval = \"0s\""),
+                "key 'changelog.trim_interval': invalid duration \"0s\": must be greater than zero",
+            ),
+            (
+                format!("{MINIMAL}[keepalive]\ninterval = \"30s\""),
+                "key 'keepalive.timeout': timeout 20s must be longer than interval 30s",
+            ),
+            (
+                format!("{MINIMAL}[keepalive]\ninterval = \"0s\""),
+                "key 'keepalive.interval': invalid duration \"0s\": must be greater than zero",
+            ),
+            (
+                grant("base = \"dc=other,dc=org\""),
+                "key 'consumer[0].base': base \"dc=other,dc=org\" is outside the suffix \"dc=example,dc=com\"",
+            ),
+            (grant("base = \"ou=x,,dc=com\""), "key 'consumer[0].base': invalid DN \"ou=x,,dc=com\""),
+            (
+                grant("[[consumer]]\nagreement = \"a\"\nsecret_file = \"b.key\""),
+                "key 'consumer[1].agreement': duplicate agreement name \"a\": consumer[0] has it too",
+            ),
+            (
+                grant("[[consumer]]\nagreement = \"\"\nsecret_file = \"b.key\""),
+                "key 'consumer[1].agreement': agreement name is empty",
+            ),
+            (grant("[[consumer]]\nagreement = \"b\""), "key 'consumer[1].secret_file': required key is missing"),
+            (format!("{MINIMAL}[writer]\n"), "key 'writer.secret_file': required key is missing"),
+            (format!("{MINIMAL}[tls]\ncert_file = \"c.pem\""), "key 'tls.key_file': required key is missing"),
+        ];
+        for (text, want) in cases {
+            let got = refused(&text);
+            let want = format!("/etc/tether/provider.toml: {want}");
+            assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}\nfrom:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let cases = [
+            (format!("{MINIMAL}[changelog]\nmax_chnages = 5"), "key 'changelog.max_chnages': unknown key `max_chnages`, expected one of `max_changes`, `max_age`, `hold_for_consumers`, `trim_interval`"),
+            (format!("{MINIMAL}[[consumer]]\nagreement = \"a\"\nsecret_file = \"a\"\nscope = \"one\""), "key 'consumer[0].scope': unknown key `scope`"),
+            (format!("{MINIMAL}[[consumers]]\nagreement = \"a\""), "key 'consumers': unknown key `consumers`"),
+            (format!("{MINIMAL}[writer]\nsecret_file = \"w\"\nsecret = \"plaintext\""), "key 'writer.secret': unknown key `secret`"),
+        ];
+        for (text, want) in cases {
+            let got = refused(&text);
+            assert!(got.starts_with(&format!("/etc/tether/provider.toml: {want}")), "\n got: {got}\nwant: {want}");
+            assert!(!got.contains("plaintext"), "{got}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_checked_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("provider.toml");
+        std::fs::write(dir.path().join("a.key"), "abc\n").unwrap();
+        std::fs::write(dir.path().join("w.key"), "\n").unwrap();
+        std::fs::write(&file, format!("{MINIMAL}[[consumer]]\nagreement = \"a\"\nsecret_file = \"a.key\"\n[writer]\nsecret_file = \"w.key\"\n")).unwrap();
+        let e = ProviderConfig::load(&file).unwrap().check_secrets().unwrap_err().to_string();
+        let want = format!(
+            "{}: key 'writer.secret_file': {}: secret file is empty",
+            file.display(),
+            dir.path().join("w.key").display()
+        );
+        assert_eq!(e, want);
+    }
+}
