@@ -44,6 +44,8 @@ pub struct ReplicaState {
     /// Next generation number to hand out (never reused, so a stale shadow is never
     /// mistaken for a new one).
     pub next_gen: u64,
+    /// Stopped by an operator: stays stopped across restarts until started.
+    pub admin_stopped: bool,
 }
 
 /// Counts of what an apply did: the exactly-once evidence.
@@ -122,7 +124,7 @@ impl ReplicaStore {
     /// The replica of agreement `name`, created empty if new.
     pub fn replica(&self, name: &str) -> Result<Replica> {
         if self.state(name)?.is_none() {
-            self.put_state(name, &ReplicaState { active_gen: 0, cookie: None, shadow: None, next_gen: 1 })?;
+            self.put_state(name, &ReplicaState { next_gen: 1, ..ReplicaState::default() })?;
         }
         Ok(Replica { store: self.clone(), name: Arc::from(name) })
     }
@@ -211,6 +213,26 @@ impl Replica {
             Ok(stats)
         })?;
         Ok(stats)
+    }
+
+    /// Drops the cookie, so the next session asks for a full refresh: used when the
+    /// local replica fails a check and cannot be trusted as a base for a delta.
+    pub fn forget_cookie(&self) -> Result<()> {
+        let state = ReplicaState { cookie: None, ..self.state()? };
+        self.store.put_state(&self.name, &state)?;
+        self.store.flush()
+    }
+
+    /// Whether an operator stopped this agreement (persisted across restarts).
+    pub fn is_admin_stopped(&self) -> Result<bool> {
+        Ok(self.state()?.admin_stopped)
+    }
+
+    /// Records an operator's stop or start, durably.
+    pub fn set_admin_stopped(&self, stopped: bool) -> Result<()> {
+        let state = ReplicaState { admin_stopped: stopped, ..self.state()? };
+        self.store.put_state(&self.name, &state)?;
+        self.store.flush()
     }
 
     /// Starts a shadow reload for a refresh of `kind`; any earlier unfinished shadow is

@@ -1,0 +1,557 @@
+//! One replication session of an agreement: connect, handshake, receive the refresh and
+//! (in persist mode) live changes, apply them durably, acknowledge, and end with a
+//! [`Reason`].
+//!
+//! Three tasks with one job each:
+//! - the **reader** only reads frames and forwards messages, stamping the time of every
+//!   inbound frame, so silence is measured even while the applier is busy;
+//! - the **keepalive poller** pings every `keepalive.interval` and declares
+//!   `keepalive-timeout` after `keepalive.timeout` without an inbound frame, whatever
+//!   the reader or applier is doing;
+//! - the **applier** (this task) applies each message to the replica on a blocking
+//!   thread (a panic there becomes an `exception`, not a dead process), flushes, acks.
+//!
+//! Apply rules: a full or present refresh goes into a shadow generation swapped in at
+//! `RefreshDone`; a delta and live changes go straight to the replica, each live change
+//! with its cookie in one transaction. Acks follow flushes, never precede them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether_protocol::auth::Secret;
+use tether_protocol::connection::{self, MessageReader, MessageWriter, WireError};
+use tether_protocol::handshake::{client_handshake, HandshakeError};
+use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason, Role, SUPPORTED_VERSIONS};
+use tether_protocol::{Cookie, SearchSpec};
+use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::reason::{Reason, State};
+use crate::status::StatusHandle;
+
+/// Messages buffered between reader and applier.
+const INBOUND_QUEUE: usize = 64;
+/// How often received-but-unflushed changes are flushed and acknowledged.
+const ACK_INTERVAL: Duration = Duration::from_millis(50);
+/// Limit on a single write to the provider (acks, pings, goodbye).
+const SEND_LIMIT: Duration = Duration::from_secs(5);
+/// Limit on establishing the TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a session needs to know about its agreement.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Agreement name.
+    pub name: String,
+    /// Provider `host:port`.
+    pub provider: String,
+    /// Refresh-only or persist.
+    pub mode: Mode,
+    /// The region replicated.
+    pub spec: SearchSpec,
+    /// The agreement's secret.
+    pub secret: Secret,
+    /// This consumer's id (stable per data_dir), sent in `Hello`.
+    pub client_id: String,
+    /// Close after this long without any inbound message.
+    pub idle_timeout: Duration,
+    /// Ping interval and silence limit; `None` disables the poller.
+    pub keepalive: Option<(Duration, Duration)>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// Why.
+    pub reason: Reason,
+    /// Detail for status and logs (the provider's words for a goodbye or rejection).
+    pub detail: String,
+    /// For `provider-goodbye`: the provider's reason.
+    pub goodbye: Option<GoodbyeReason>,
+    /// For `rejected`: the provider's reason.
+    pub rejection: Option<RejectReason>,
+    /// Whether a refresh-only session completed normally (not a failure).
+    pub refresh_complete: bool,
+    /// Whether the session got past the handshake (for backoff reset decisions).
+    pub connected: bool,
+}
+
+impl Ended {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into(), goodbye: None, rejection: None, refresh_complete: false, connected: true }
+    }
+}
+
+/// Why the session was asked to stop from outside, set before cancelling.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    /// Cancelled to end the session.
+    pub token: CancellationToken,
+    /// The reason to report and to say in the goodbye.
+    pub reason: Arc<std::sync::Mutex<Option<Reason>>>,
+}
+
+impl StopSignal {
+    /// Asks the session to end with `reason`.
+    pub fn stop(&self, reason: Reason) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Reason {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(Reason::Shutdown)
+    }
+}
+
+/// Milliseconds since `epoch`, for the shared last-inbound stamp.
+fn ms_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs one session to its end.
+pub async fn run(
+    cfg: &SessionConfig,
+    store: &ReplicaStore,
+    replica: &Replica,
+    status: &StatusHandle,
+    stop: &StopSignal,
+) -> Ended {
+    status.update(|s| s.state = State::Connecting);
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(cfg.provider.as_str()));
+    let stream = tokio::select! {
+        _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped while connecting") },
+        r = connect => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) },
+            Err(_) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: timed out", cfg.provider)) },
+        },
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = match connection::from_tcp(stream) {
+        Ok(halves) => halves,
+        Err(e) => return Ended::new(Reason::ConnectionLost, e.to_string()),
+    };
+    let cookie = match replica.cookie() {
+        Ok(c) => c,
+        Err(e) => return Ended::new(Reason::Exception, format!("reading the cookie: {e}")),
+    };
+    let hello = Hello {
+        versions: SUPPORTED_VERSIONS.to_vec(),
+        client_id: cfg.client_id.clone(),
+        role: Role::Consumer { agreement: cfg.name.clone(), mode: cfg.mode, cookie, spec: cfg.spec.clone() },
+    };
+    let limit = cfg.keepalive.map_or(CONNECT_TIMEOUT, |(_, t)| t.max(CONNECT_TIMEOUT));
+    let handshake = client_handshake(&mut reader, &mut writer, &hello, &cfg.secret, limit);
+    let welcome = tokio::select! {
+        _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped while handshaking") },
+        r = handshake => match r {
+            Ok(w) => w,
+            Err(e) => return handshake_failed(e),
+        },
+    };
+    info!(session = welcome.session_id, cookie = ?cookie.map(|c| c.to_string()), "connected");
+    let writer = Arc::new(Mutex::new(writer));
+    let epoch = Instant::now();
+    let last_inbound = Arc::new(AtomicU64::new(0));
+    let session_done = CancellationToken::new();
+    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+    let reader_task = tokio::spawn(reader_loop(reader, tx, last_inbound.clone(), epoch, session_done.clone()));
+    let keepalive_timed_out = CancellationToken::new();
+    let poller = cfg.keepalive.map(|(interval, timeout)| {
+        tokio::spawn(keepalive_poller(
+            writer.clone(),
+            last_inbound.clone(),
+            epoch,
+            interval,
+            timeout,
+            keepalive_timed_out.clone(),
+            session_done.clone(),
+        ))
+    });
+    let mut applier = Applier {
+        cfg,
+        store,
+        replica,
+        status,
+        writer: writer.clone(),
+        shadow: None,
+        refreshing: false,
+        refresh_done: false,
+        pending_cookie: None,
+        unacked: 0,
+    };
+    let ended = applier.run(rx, stop, &keepalive_timed_out, &last_inbound, epoch).await;
+    session_done.cancel();
+    if let Some(shadow) = applier.shadow.take() {
+        // An interrupted reload: the old replica stays as it was.
+        let _ = tokio::task::spawn_blocking(move || shadow.abort()).await;
+    }
+    // Say goodbye when we are the ones leaving (the provider logs why).
+    let goodbye = match ended.reason {
+        Reason::Shutdown => Some(GoodbyeReason::Shutdown),
+        Reason::AdminStop => Some(GoodbyeReason::AdminStop),
+        Reason::IdleTimeout => Some(GoodbyeReason::IdleTimeout),
+        Reason::Exception => Some(GoodbyeReason::ProtocolError),
+        _ => None,
+    };
+    {
+        let mut w = writer.lock().await;
+        if let Some(reason) = goodbye {
+            let bye = Message::Goodbye { reason, detail: ended.detail.clone() };
+            let _ = tokio::time::timeout(SEND_LIMIT, w.send(&bye)).await;
+        }
+        let _ = tokio::time::timeout(SEND_LIMIT, w.shutdown()).await;
+    }
+    reader_task.abort();
+    if let Some(p) = poller {
+        p.abort();
+    }
+    ended
+}
+
+fn handshake_failed(e: HandshakeError) -> Ended {
+    let not_connected = |reason, detail: String| Ended { connected: false, ..Ended::new(reason, detail) };
+    match e {
+        HandshakeError::Rejected(reject) => Ended {
+            rejection: Some(reject.reason),
+            ..not_connected(Reason::Rejected, format!("{}: {}", reject.reason.as_str(), reject.detail))
+        },
+        HandshakeError::Goodbye { reason, detail } => Ended {
+            goodbye: Some(reason),
+            ..not_connected(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str()))
+        },
+        HandshakeError::Timeout(_) => not_connected(Reason::ConnectionLost, format!("handshake: {e}")),
+        other => not_connected(Reason::ConnectionLost, format!("handshake: {other}")),
+    }
+}
+
+/// Reads messages and forwards them; the last item is the terminal result.
+async fn reader_loop(
+    mut reader: MessageReader<OwnedReadHalf>,
+    tx: mpsc::Sender<Result<Option<Message>, WireError>>,
+    last_inbound: Arc<AtomicU64>,
+    epoch: Instant,
+    done: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = done.cancelled() => return,
+            m = reader.recv() => m,
+        };
+        last_inbound.store(ms_since(epoch), Ordering::Relaxed);
+        let terminal = !matches!(msg, Ok(Some(_)));
+        // While the applier is behind, the provider is evidently alive: keep the stamp fresh.
+        let mut send = std::pin::pin!(tx.send(msg));
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                r = &mut send => {
+                    if r.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep(ACK_INTERVAL) => last_inbound.store(ms_since(epoch), Ordering::Relaxed),
+            }
+        }
+        if terminal {
+            return;
+        }
+    }
+}
+
+/// Pings every `interval`; cancels `timed_out` after `timeout` without inbound frames.
+async fn keepalive_poller(
+    writer: Arc<Mutex<MessageWriter<OwnedWriteHalf>>>,
+    last_inbound: Arc<AtomicU64>,
+    epoch: Instant,
+    interval: Duration,
+    timeout: Duration,
+    timed_out: CancellationToken,
+    done: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let silent = Duration::from_millis(ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed)));
+        if silent >= timeout {
+            warn!(silent = ?silent, "provider silent past keepalive timeout");
+            timed_out.cancel();
+            return;
+        }
+        seq += 1;
+        // A blocked write is itself a sign of a dead path; the silence check decides.
+        if let Ok(mut w) = writer.try_lock() {
+            let _ = tokio::time::timeout(interval, w.send(&Message::Ping { seq })).await;
+        }
+    }
+}
+
+/// The applier's state.
+struct Applier<'a> {
+    cfg: &'a SessionConfig,
+    store: &'a ReplicaStore,
+    replica: &'a Replica,
+    status: &'a StatusHandle,
+    writer: Arc<Mutex<MessageWriter<OwnedWriteHalf>>>,
+    /// The shadow of a full or present refresh in progress.
+    shadow: Option<Shadow>,
+    /// Between `RefreshBegin` and `RefreshDone`.
+    refreshing: bool,
+    /// `RefreshDone` seen.
+    refresh_done: bool,
+    /// The newest cookie applied but not yet flushed and acknowledged.
+    pending_cookie: Option<Cookie>,
+    /// Changes applied since the last ack.
+    unacked: u64,
+}
+
+/// Runs `f` on a blocking thread; a panic or store error becomes an `exception`.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Ended> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
+        Err(e) if e.is_panic() => Err(Ended::new(Reason::Exception, format!("{what}: apply task panicked"))),
+        Err(e) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
+    }
+}
+
+impl Applier<'_> {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Result<Option<Message>, WireError>>,
+        stop: &StopSignal,
+        keepalive_timed_out: &CancellationToken,
+        last_inbound: &AtomicU64,
+        epoch: Instant,
+    ) -> Ended {
+        let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let silent_ms = ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed));
+            let idle_left = self.cfg.idle_timeout.saturating_sub(Duration::from_millis(silent_ms));
+            tokio::select! {
+                biased;
+                _ = stop.token.cancelled() => {
+                    let _ = self.flush_and_ack().await;
+                    return Ended::new(stop.reason(), "stopped");
+                }
+                _ = keepalive_timed_out.cancelled() => {
+                    return Ended::new(Reason::KeepaliveTimeout, "no frame from the provider within keepalive.timeout");
+                }
+                _ = tokio::time::sleep(idle_left) => {
+                    let silent = ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed));
+                    if Duration::from_millis(silent) >= self.cfg.idle_timeout {
+                        return Ended::new(Reason::IdleTimeout, format!("nothing received for {:?}", self.cfg.idle_timeout));
+                    }
+                }
+                _ = ack_tick.tick() => {
+                    if let Err(e) = self.flush_and_ack().await {
+                        return e;
+                    }
+                }
+                msg = rx.recv() => {
+                    let msg = match msg {
+                        Some(Ok(Some(m))) => m,
+                        Some(Ok(None)) | None => return Ended::new(Reason::ConnectionLost, "provider closed the connection without goodbye"),
+                        Some(Err(e)) if e.is_protocol_violation() => return Ended::new(Reason::Exception, format!("protocol error: {e}")),
+                        Some(Err(e)) => return Ended::new(Reason::ConnectionLost, e.to_string()),
+                    };
+                    if let Err(ended) = self.on_message(msg).await {
+                        return ended;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, msg: &Message) -> Result<(), Ended> {
+        let mut w = self.writer.lock().await;
+        match tokio::time::timeout(SEND_LIMIT, w.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Ended::new(Reason::ConnectionLost, format!("sending {}: {e}", msg.name()))),
+            Err(_) => Err(Ended::new(Reason::ConnectionLost, format!("sending {}: timed out", msg.name()))),
+        }
+    }
+
+    fn record(&self, stats: ApplyStats) {
+        self.status.update(|s| {
+            s.applied += stats.applied;
+            s.skipped += stats.skipped;
+        });
+    }
+
+    /// Flushes applied changes and acknowledges the newest cookie.
+    async fn flush_and_ack(&mut self) -> Result<(), Ended> {
+        let Some(cookie) = self.pending_cookie.take() else { return Ok(()) };
+        let store = self.store.clone();
+        blocking("flush", move || store.flush()).await?;
+        self.status.update(|s| {
+            s.cookie = Some(cookie.to_string());
+            s.lag_changes = 0;
+        });
+        self.unacked = 0;
+        self.send(&Message::Ack { cookie }).await
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Result<(), Ended> {
+        match msg {
+            Message::RefreshBegin { kind } => {
+                if self.refreshing || self.refresh_done {
+                    return Err(Ended::new(Reason::Exception, "protocol error: a second RefreshBegin"));
+                }
+                info!(refresh = kind.as_str(), "refresh started");
+                self.refreshing = true;
+                self.status.update(|s| {
+                    s.state = State::Refreshing;
+                    s.last_refresh = Some(kind.as_str().to_owned());
+                    *s.refreshes.entry(kind.as_str().to_owned()).or_default() += 1;
+                });
+                if kind.replaces_replica() {
+                    let replica = self.replica.clone();
+                    self.shadow = Some(blocking("starting a shadow reload", move || replica.begin_shadow(kind)).await?);
+                }
+                Ok(())
+            }
+            Message::Batch { ops } => {
+                self.expect_refreshing("Batch")?;
+                let stats = match self.shadow.take() {
+                    Some(shadow) => {
+                        let (shadow, stats) = blocking("applying a refresh batch", move || {
+                            let stats = shadow.apply(&ops)?;
+                            Ok((shadow, stats))
+                        })
+                        .await?;
+                        self.shadow = Some(shadow);
+                        stats
+                    }
+                    None => {
+                        let replica = self.replica.clone();
+                        blocking("applying a delta batch", move || replica.apply(&ops, None)).await?
+                    }
+                };
+                self.record(stats);
+                Ok(())
+            }
+            Message::PresentBatch { uuids } => {
+                self.expect_refreshing("PresentBatch")?;
+                let Some(shadow) = self.shadow.take() else {
+                    return Err(Ended::new(Reason::Exception, "protocol error: PresentBatch outside a present refresh"));
+                };
+                let result = tokio::task::spawn_blocking(move || {
+                    let r = shadow.copy_present(&uuids);
+                    (shadow, r)
+                })
+                .await;
+                match result {
+                    Ok((shadow, Ok(()))) => {
+                        self.shadow = Some(shadow);
+                        Ok(())
+                    }
+                    Ok((shadow, Err(StoreError::MissingPresentEntries(n)))) => {
+                        // Local state failed its check: the next session reloads in full.
+                        let replica = self.replica.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let _ = shadow.abort();
+                            replica.forget_cookie()
+                        })
+                        .await;
+                        Err(Ended::new(Reason::Exception, format!("replica lacks {n} entries named present; reloading in full")))
+                    }
+                    Ok((shadow, Err(e))) => {
+                        self.shadow = Some(shadow);
+                        Err(Ended::new(Reason::Exception, format!("present batch: {e}")))
+                    }
+                    Err(e) => Err(Ended::new(Reason::Exception, format!("present batch: {e}"))),
+                }
+            }
+            Message::RefreshDone { cookie } => {
+                self.expect_refreshing("RefreshDone")?;
+                match self.shadow.take() {
+                    Some(shadow) => blocking("swapping in the reloaded replica", move || shadow.finish(cookie)).await?,
+                    None => {
+                        let (replica, store) = (self.replica.clone(), self.store.clone());
+                        blocking("recording the refresh cookie", move || {
+                            replica.apply(&[], Some(cookie))?;
+                            store.flush()
+                        })
+                        .await?;
+                    }
+                }
+                self.refreshing = false;
+                self.refresh_done = true;
+                let entries = self.replica.entries().map(|e| e.len()).unwrap_or(0);
+                info!(cookie = %cookie, entries, "refresh complete");
+                let persisting = self.cfg.mode == Mode::RefreshAndPersist;
+                self.status.update(|s| {
+                    s.cookie = Some(cookie.to_string());
+                    s.entries = entries;
+                    if persisting {
+                        s.state = State::Persisting;
+                    }
+                });
+                self.send(&Message::Ack { cookie }).await
+            }
+            Message::Change { op, cookie } => {
+                self.expect_persisting("Change")?;
+                let replica = self.replica.clone();
+                let stats = blocking("applying a change", move || replica.apply(&[op], Some(cookie))).await?;
+                self.record(stats);
+                self.pending_cookie = Some(cookie);
+                self.unacked += 1;
+                self.status.update(|s| s.lag_changes = self.unacked);
+                Ok(())
+            }
+            Message::Advance { cookie } => {
+                self.expect_persisting("Advance")?;
+                let replica = self.replica.clone();
+                blocking("advancing the cookie", move || replica.apply(&[], Some(cookie))).await?;
+                self.pending_cookie = Some(cookie);
+                Ok(())
+            }
+            Message::Ping { seq } => self.send(&Message::Pong { seq }).await,
+            Message::Pong { .. } => Ok(()),
+            Message::Goodbye { reason: GoodbyeReason::RefreshComplete, .. } if self.refresh_done && self.cfg.mode == Mode::RefreshOnly => {
+                Err(Ended { refresh_complete: true, ..Ended::new(Reason::ProviderGoodbye, "refresh complete") })
+            }
+            Message::Goodbye { reason, detail } => {
+                info!(reason = reason.as_str(), detail = %detail, "provider said goodbye");
+                let _ = self.flush_and_ack().await;
+                Err(Ended { goodbye: Some(reason), ..Ended::new(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str())) })
+            }
+            Message::RefreshRequired { reason } => {
+                Err(Ended { goodbye: Some(GoodbyeReason::RefreshRequired), ..Ended::new(Reason::ProviderGoodbye, format!("refresh-required: {reason}")) })
+            }
+            other => Err(Ended::new(Reason::Exception, format!("protocol error: unexpected {} from the provider", other.name()))),
+        }
+    }
+
+    fn expect_refreshing(&self, what: &str) -> Result<(), Ended> {
+        if self.refreshing {
+            Ok(())
+        } else {
+            debug!(what, "message outside a refresh");
+            Err(Ended::new(Reason::Exception, format!("protocol error: {what} outside a refresh")))
+        }
+    }
+
+    fn expect_persisting(&self, what: &str) -> Result<(), Ended> {
+        if self.refresh_done && self.cfg.mode == Mode::RefreshAndPersist {
+            Ok(())
+        } else {
+            Err(Ended::new(Reason::Exception, format!("protocol error: {what} before the refresh finished")))
+        }
+    }
+}
