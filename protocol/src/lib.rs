@@ -9,6 +9,8 @@
 //! - [`csn`], [`cookie`]: change sequence numbers and a consumer's position.
 //! - [`change`]: write requests (add, modify, delete, modify-DN).
 //! - [`filter`], [`scope`]: RFC 4515 filters and search/agreement regions.
+//! - [`ldif`]: RFC 2849 LDIF: a streaming reader of content and change records and the
+//!   canonical writer `search` prints with.
 
 pub mod change;
 pub mod cookie;
@@ -16,6 +18,7 @@ pub mod csn;
 pub mod dn;
 pub mod entry;
 pub mod filter;
+pub mod ldif;
 pub mod scope;
 
 pub use change::{Change, ModOp, Modification};
@@ -24,4 +27,5 @@ pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
 pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryUuid, Value};
 pub use filter::Filter;
+pub use ldif::{LdifError, LdifReader, LdifRecord};
 pub use scope::{Scope, SearchSpec};
