@@ -6,7 +6,7 @@
 //! no schema, so every attribute gets `caseIgnoreMatch`, the rule most directory
 //! attributes use, and binary values compare exactly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -185,15 +185,21 @@ impl Attributes {
     }
 
     /// Adds values to `name` (creating it), refusing values it already has.
+    ///
+    /// Takes time linear in the number of values held and added (one hash set of
+    /// normalized values per call), so a 100 000-member group is built in one call
+    /// instead of in quadratic time.
     pub fn add(&mut self, name: &str, values: impl IntoIterator<Item = Value>) -> Result<(), AttributeError> {
         check_attribute_name(name)?;
         let attr = self
             .map
             .entry(name.to_ascii_lowercase())
             .or_insert_with(|| Attribute { name: name.to_owned(), values: Vec::new() });
+        // `a.matches(b)` holds exactly when their normalized forms are equal.
+        let mut held: HashSet<Vec<u8>> = attr.values.iter().map(Value::normalized).collect();
         let mut result = Ok(());
         for value in values {
-            if attr.values.iter().any(|v| v.matches(&value)) {
+            if !held.insert(value.normalized()) {
                 result = Err(AttributeError::DuplicateValue {
                     attr: attr.name.clone(),
                     value: String::from_utf8_lossy(value.as_bytes()).into_owned(),

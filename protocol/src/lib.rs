@@ -12,6 +12,8 @@
 //! - [`repl`]: replication operations (entry states by UUID) and refresh kinds.
 //! - [`codec`]: the one module that names the binary serialization (bincode).
 //! - [`filter_parse`]: reading filter strings into a [`Filter`], with bounded length and depth.
+//! - [`ldif`]: RFC 2849 LDIF: a streaming reader of content and change records and the
+//!   canonical writer `search` prints with.
 
 pub mod change;
 pub mod codec;
@@ -22,6 +24,7 @@ pub mod entry;
 pub mod filter;
 pub mod repl;
 pub mod filter_parse;
+pub mod ldif;
 pub mod scope;
 
 pub use change::{Change, ModOp, Modification};
@@ -32,4 +35,5 @@ pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryUuid, Value};
 pub use filter::Filter;
 pub use repl::{RefreshKind, ReplOp};
 pub use filter_parse::FilterError;
+pub use ldif::{LdifError, LdifReader, LdifRecord};
 pub use scope::{Scope, SearchSpec};

@@ -1,0 +1,267 @@
+//! Why an LDIF text was refused: [`LdifError`] is the 1-based line plus an
+//! [`LdifErrorKind`], and its message always reads `line N: reason`, which is what
+//! `tether-provider load`/`write` print to the operator.
+
+use std::io;
+
+use crate::dn::DnError;
+use crate::entry::AttributeError;
+
+/// Longest piece of input quoted in an error message, in characters: hostile input can
+/// hold a 16 MiB line, and an error message must stay readable (and small).
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// An LDIF parse error: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {kind}")]
+pub struct LdifError {
+    /// The 1-based physical line the problem is on (for a folded line, the line it
+    /// starts on), so the operator can open the file there.
+    pub line: usize,
+    /// What is wrong, as a value a caller can match on.
+    pub kind: LdifErrorKind,
+}
+
+impl LdifError {
+    /// An error at `line`.
+    pub fn new(line: usize, kind: LdifErrorKind) -> Self {
+        Self { line, kind }
+    }
+
+    /// Whether the reader stopped for good after this error. Only a read failure does:
+    /// after any other error the reader skips the rest of the offending record and
+    /// carries on with the next one, so a caller may list every bad record at once.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self.kind, LdifErrorKind::Io { .. })
+    }
+}
+
+/// What is wrong with a piece of LDIF.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LdifErrorKind {
+    /// The underlying reader failed; nothing after this point was read.
+    #[error("read failed: {message}")]
+    Io {
+        /// The I/O error's kind, for callers that retry on some kinds.
+        kind: io::ErrorKind,
+        /// The I/O error's text.
+        message: String,
+    },
+    /// A record (or one line) is larger than the reader's limit
+    /// ([`super::MAX_RECORD_BYTES`] by default); refused so hostile input cannot make
+    /// the reader allocate without bound.
+    #[error("record is larger than the {limit}-byte limit")]
+    RecordTooLarge {
+        /// The limit that was exceeded, in bytes.
+        limit: usize,
+    },
+    /// A line starting with a space (a folded continuation) with no line before it in
+    /// the record to continue.
+    #[error("continuation line (starting with a space) has no line before it to continue")]
+    OrphanContinuation,
+    /// A line with no `:` between attribute name and value.
+    #[error("no ':' after the attribute name in {line:?}")]
+    MissingColon {
+        /// The line (shortened).
+        line: String,
+    },
+    /// A `::` value that is not valid (padded, standard-alphabet) base64.
+    #[error("base64 value of {attr:?} is not valid")]
+    InvalidBase64 {
+        /// The attribute (or `dn`, `newrdn`, …) the value belongs to.
+        attr: String,
+    },
+    /// A `:<` URL value. Refused on purpose: a replication tool that opens files or URLs
+    /// named inside the data it is fed is a security surprise (`file:///etc/shadow`).
+    #[error("URL value (\":<\") of {attr:?} refused: Tether never reads files or URLs named in LDIF ({url:?})")]
+    UrlValueRefused {
+        /// The attribute the value belongs to.
+        attr: String,
+        /// The URL (shortened).
+        url: String,
+    },
+    /// A value that must be text (a DN, a keyword such as `changetype`) is not UTF-8.
+    #[error("value of {attr:?} is not valid UTF-8")]
+    NotUtf8 {
+        /// The line's name (`dn`, `changetype`, …).
+        attr: String,
+    },
+    /// A `dn:` or `newsuperior:` value that is not a valid DN.
+    #[error("invalid DN {dn:?}: {source}")]
+    InvalidDn {
+        /// The DN text (shortened).
+        dn: String,
+        /// Why [`crate::Dn::parse`] refused it.
+        source: DnError,
+    },
+    /// A `newrdn:` value that is not a single valid RDN.
+    #[error("invalid newrdn {rdn:?}: {source}")]
+    InvalidRdn {
+        /// The RDN text (shortened).
+        rdn: String,
+        /// Why [`crate::Rdn::parse`] refused it.
+        source: DnError,
+    },
+    /// A record whose first line is not `dn:`.
+    #[error("attribute line {found:?} before any dn:")]
+    MissingDn {
+        /// The name of the line found instead (shortened).
+        found: String,
+    },
+    /// A `version:` line anywhere but before the first record.
+    #[error("version: is only allowed at the start of the file")]
+    MisplacedVersion,
+    /// A `version:` other than 1.
+    #[error("LDIF version {version:?} unsupported (only version 1 exists)")]
+    UnsupportedVersion {
+        /// The version given (shortened).
+        version: String,
+    },
+    /// A second `dn:` inside one record, almost always a missing blank line.
+    #[error("second dn: line in one record (records are separated by a blank line)")]
+    SecondDn,
+    /// A content or add record with no attributes; no directory accepts such an entry.
+    #[error("record for {dn:?} has no attributes")]
+    NoAttributes {
+        /// The record's DN.
+        dn: String,
+    },
+    /// An attribute name that is not a descriptor or numeric OID with optional `;options`.
+    #[error("invalid attribute name {name:?}")]
+    InvalidAttributeName {
+        /// The name (shortened).
+        name: String,
+    },
+    /// The same value twice for one attribute of a content/add record (compared with
+    /// the attribute's matching rule); LDAP refuses such an add.
+    #[error("attribute {attr:?} has value {value:?} twice")]
+    DuplicateValue {
+        /// The attribute.
+        attr: String,
+        /// The repeated value (shortened).
+        value: String,
+    },
+    /// Another refusal from the attribute model.
+    #[error(transparent)]
+    Attribute(AttributeError),
+    /// A `control:` line. Refused rather than skipped: Tether implements no LDAP
+    /// controls, and silently dropping one (possibly marked critical) would apply the
+    /// change with a meaning its author did not intend.
+    #[error("control: lines are refused: Tether implements no LDAP controls (control {control:?})")]
+    ControlRefused {
+        /// The control's value (shortened).
+        control: String,
+    },
+    /// A `changetype:` other than add, delete, modify, modrdn and moddn.
+    #[error("changetype {changetype:?} unknown")]
+    UnknownChangeType {
+        /// The value given (shortened).
+        changetype: String,
+    },
+    /// A modify operation Tether's change model does not have (RFC 4525 `increment:`).
+    #[error("modify operation {op:?} unsupported (only add, delete and replace)")]
+    UnsupportedModifyOp {
+        /// The operation given.
+        op: String,
+    },
+    /// A line in a modify record where `add:`, `delete:` or `replace:` was expected.
+    #[error("expected add:, delete: or replace: in a modify record, found {found:?}")]
+    ExpectedModifyOp {
+        /// The line's name found instead (shortened).
+        found: String,
+    },
+    /// A value line for another attribute inside an `add:`/`delete:`/`replace:` section.
+    #[error("{found:?} line inside the {op}: of {attr:?} (end that section with \"-\" first)")]
+    ModifyValueMismatch {
+        /// The section's operation (`add`, `delete`, `replace`).
+        op: &'static str,
+        /// The section's attribute.
+        attr: String,
+        /// The name found on the line (shortened).
+        found: String,
+    },
+    /// A modrdn/moddn record that ends before a required line.
+    #[error("{changetype} record is missing its {field}: line")]
+    MissingField {
+        /// The record kind (`modrdn`).
+        changetype: &'static str,
+        /// The missing line's name (`newrdn`, `deleteoldrdn`).
+        field: &'static str,
+    },
+    /// A line that does not belong where it is (e.g. anything after `changetype: delete`).
+    #[error("{found:?} line unexpected here; expected {expected}")]
+    UnexpectedLine {
+        /// The line's name (shortened).
+        found: String,
+        /// What may appear at this point.
+        expected: &'static str,
+    },
+    /// A `deleteoldrdn:` other than 0 or 1.
+    #[error("deleteoldrdn must be 0 or 1, found {value:?}")]
+    InvalidDeleteOldRdn {
+        /// The value given (shortened).
+        value: String,
+    },
+}
+
+impl From<AttributeError> for LdifErrorKind {
+    fn from(err: AttributeError) -> Self {
+        match err {
+            AttributeError::InvalidName(name) => LdifErrorKind::InvalidAttributeName { name: shorten(&name) },
+            AttributeError::DuplicateValue { attr, value } => {
+                LdifErrorKind::DuplicateValue { attr, value: shorten(&value) }
+            }
+            other => LdifErrorKind::Attribute(other),
+        }
+    }
+}
+
+/// `text` cut to [`MAX_QUOTED_CHARS`] characters (with `…` when cut), for quoting input
+/// in an error message.
+pub(crate) fn shorten(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Like [`shorten`] for octets that may not be UTF-8.
+pub(crate) fn shorten_bytes(bytes: &[u8]) -> String {
+    // Four bytes per character at most: this bounds the lossy conversion's work.
+    let head = &bytes[..bytes.len().min(MAX_QUOTED_CHARS * 4 + 1)];
+    let text = String::from_utf8_lossy(head);
+    let short = shorten(&text);
+    if head.len() < bytes.len() && !short.ends_with('…') {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_line_and_reason() {
+        let err = LdifError::new(3, LdifErrorKind::UnknownChangeType { changetype: "frob".into() });
+        assert_eq!(err.to_string(), "line 3: changetype \"frob\" unknown");
+        assert!(!err.is_fatal());
+        let io = LdifError::new(1, LdifErrorKind::Io { kind: io::ErrorKind::Other, message: "boom".into() });
+        assert!(io.is_fatal());
+    }
+
+    #[test]
+    fn quoted_input_is_shortened() {
+        let long = "x".repeat(1000);
+        let short = shorten(&long);
+        assert_eq!(short.chars().count(), MAX_QUOTED_CHARS + 1);
+        assert!(short.ends_with('…'));
+        assert_eq!(shorten("abc"), "abc");
+        let bytes = vec![0xffu8; 1000];
+        assert!(shorten_bytes(&bytes).chars().count() <= MAX_QUOTED_CHARS + 1);
+        assert_eq!(shorten_bytes(b"ok"), "ok");
+        let err = LdifErrorKind::from(AttributeError::DuplicateValue { attr: "cn".into(), value: long });
+        assert!(err.to_string().len() < 200, "{err}");
+    }
+}

@@ -1,0 +1,992 @@
+//! Reading LDIF: [`LdifReader`] turns any `BufRead` into a stream of [`LdifRecord`]s,
+//! one record in memory at a time, so a file of any size is read in bounded memory.
+//!
+//! Reading goes in three steps, each a function below:
+//! 1. physical lines, each bounded by the record limit (`read_physical`);
+//! 2. logical lines: folded continuations joined, comments recognised
+//!    (`next_logical`), gathered into a record up to the next blank line;
+//! 3. the record's lines parsed into a content or change record (`parse_record`).
+//!
+//! After an error in a record the reader skips to the next blank line and goes on, so a
+//! caller can stop at the first error (`tether-provider write`) or list them all.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, BufRead};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+
+use super::error::{shorten, shorten_bytes, LdifError, LdifErrorKind};
+use super::{keyword, LdifRecord, LDIF_VERSION, MAX_RECORD_BYTES};
+use crate::change::{Change, ModOp, Modification};
+use crate::dn::{Dn, Rdn};
+use crate::entry::{check_attribute_name, Attributes, Value};
+
+/// Ends a physical line (a CR right before it is dropped too, for CRLF files).
+const LF: u8 = b'\n';
+/// Dropped when it comes right before [`LF`].
+const CR: u8 = b'\r';
+/// Starts a folded continuation line; exactly this one byte is removed when joining.
+const CONTINUATION: u8 = b' ';
+/// Starts a comment line.
+const COMMENT: u8 = b'#';
+/// Separates a line's name from its value.
+const SEPARATOR: u8 = b':';
+/// After [`SEPARATOR`]: the value is base64.
+const BASE64_MARK: u8 = b':';
+/// After [`SEPARATOR`]: the value is a URL (refused).
+const URL_MARK: u8 = b'<';
+/// The `FILL` between separator and value (RFC 2849: any number of spaces).
+const FILL: u8 = b' ';
+/// What each line costs against the record limit beyond its bytes: roughly the memory
+/// a parsed line takes besides its octets (a `Vec` header and bookkeeping), so a record
+/// of millions of empty lines is bounded like one of a few long ones.
+const LINE_OVERHEAD_BYTES: usize = 32;
+/// The line ending a physical line may carry beyond the content the limit counts.
+const MAX_LINE_ENDING_BYTES: usize = 2;
+/// `deleteoldrdn:` values.
+const DELETE_OLD_RDN_NO: &str = "0";
+/// See [`DELETE_OLD_RDN_NO`].
+const DELETE_OLD_RDN_YES: &str = "1";
+
+/// Parses a whole LDIF text, stopping at the first error.
+pub fn parse_str(text: &str) -> Result<Vec<LdifRecord>, LdifError> {
+    LdifReader::new(text.as_bytes()).collect()
+}
+
+/// A streaming LDIF parser: an iterator of records over a `BufRead`.
+///
+/// Contract: records come out in file order; each carries the line of its `dn:`. An
+/// `Err` names its line; after it the reader continues with the next record, except
+/// after a read failure ([`LdifError::is_fatal`]), which ends the iteration. Memory use
+/// is bounded by the record limit ([`MAX_RECORD_BYTES`] unless set otherwise), never by
+/// the size of the input.
+#[derive(Debug)]
+pub struct LdifReader<R> {
+    /// Where the text comes from.
+    input: R,
+    /// Number of the last physical line read (1-based; 0 before the first).
+    line_no: usize,
+    /// A physical line read ahead to see whether it continues the one before; it is the
+    /// next line to use.
+    lookahead: Option<Physical>,
+    /// Largest record (and line) accepted, in bytes.
+    max_record_bytes: usize,
+    /// Whether no record has been read yet, so a `version:` line is still allowed.
+    at_start: bool,
+    /// Set after an error in the middle of a record: the rest of it is skipped first.
+    skip_record: bool,
+    /// Set at the end of input or after a read failure: nothing more comes out.
+    finished: bool,
+}
+
+/// One physical line as read.
+#[derive(Debug)]
+enum Physical {
+    /// No more input.
+    Eof,
+    /// A line (number, content without its line ending).
+    Line(usize, Vec<u8>),
+    /// A line longer than the limit, dropped unread; whether it was a continuation line
+    /// (so it belongs to the line before it).
+    TooLong(usize, bool),
+}
+
+/// One logical line: its physical lines joined.
+#[derive(Debug)]
+struct Line {
+    /// The physical line it starts on.
+    number: usize,
+    /// The unfolded content.
+    bytes: Vec<u8>,
+}
+
+/// What the next logical line is.
+#[derive(Debug)]
+enum Logical {
+    /// No more input.
+    Eof,
+    /// An empty line: the end of a record.
+    Blank,
+    /// A line dropped unread: a comment (with its continuations), or any line of a
+    /// record being skipped.
+    Dropped,
+    /// A line of the record.
+    Line(Line),
+}
+
+impl<R: BufRead> LdifReader<R> {
+    /// A reader with the default record limit [`MAX_RECORD_BYTES`].
+    pub fn new(input: R) -> Self {
+        Self::with_max_record_bytes(input, MAX_RECORD_BYTES)
+    }
+
+    /// A reader refusing records (and lines) larger than `max_record_bytes`; each line
+    /// counts its length plus a small fixed overhead.
+    pub fn with_max_record_bytes(input: R, max_record_bytes: usize) -> Self {
+        Self {
+            input,
+            line_no: 0,
+            lookahead: None,
+            max_record_bytes,
+            at_start: true,
+            skip_record: false,
+            finished: false,
+        }
+    }
+
+    /// Reads one physical line without ever holding more than the limit of it.
+    fn read_physical(&mut self) -> Result<Physical, LdifError> {
+        if let Some(line) = self.lookahead.take() {
+            return Ok(line);
+        }
+        let number = self.line_no + 1;
+        let cap = self.max_record_bytes.saturating_add(MAX_LINE_ENDING_BYTES);
+        let mut buf = Vec::new();
+        let mut read_any = false;
+        let mut overflow = false;
+        let mut first_byte = None;
+        let mut ended = false;
+        loop {
+            let chunk = match self.input.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    let kind = LdifErrorKind::Io { kind: err.kind(), message: err.to_string() };
+                    return Err(LdifError::new(number, kind));
+                }
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            first_byte = first_byte.or(chunk.first().copied());
+            read_any = true;
+            let (take, found) = match chunk.iter().position(|&b| b == LF) {
+                Some(end) => (end + 1, true),
+                None => (chunk.len(), false),
+            };
+            if !overflow {
+                if buf.len() + take > cap {
+                    overflow = true;
+                    buf = Vec::new();
+                } else {
+                    buf.extend_from_slice(&chunk[..take]);
+                }
+            }
+            self.input.consume(take);
+            if found {
+                ended = true;
+                break;
+            }
+        }
+        if !read_any {
+            return Ok(Physical::Eof);
+        }
+        self.line_no = number;
+        if ended {
+            buf.pop();
+            if buf.last() == Some(&CR) {
+                buf.pop();
+            }
+        }
+        if overflow || buf.len() > self.max_record_bytes {
+            return Ok(Physical::TooLong(number, first_byte == Some(CONTINUATION)));
+        }
+        Ok(Physical::Line(number, buf))
+    }
+
+    /// Reads one logical line: a physical line and its continuations. `used` is what the
+    /// record holds so far (checked against the limit); with `keep` false the content is
+    /// dropped (skipping a bad record) and only the kind of line is returned.
+    fn next_logical(&mut self, used: usize, keep: bool) -> Result<Logical, LdifError> {
+        let (number, mut bytes) = match self.read_physical()? {
+            Physical::Eof => return Ok(Logical::Eof),
+            Physical::TooLong(number, _) => return Err(self.too_large(number)),
+            Physical::Line(number, bytes) => (number, bytes),
+        };
+        match bytes.first() {
+            None => return Ok(Logical::Blank),
+            // Between records, a line of spaces counts as blank; while skipping a bad
+            // record it is one of that record's (orphaned) continuation lines.
+            Some(&CONTINUATION) if keep && bytes.iter().all(|&b| b == CONTINUATION) => return Ok(Logical::Blank),
+            Some(&CONTINUATION) if keep => return Err(LdifError::new(number, LdifErrorKind::OrphanContinuation)),
+            Some(&CONTINUATION) => return Ok(Logical::Dropped),
+            _ => {}
+        }
+        let is_comment = bytes.first() == Some(&COMMENT);
+        let store = keep && !is_comment;
+        if !store {
+            bytes = Vec::new();
+        }
+        let mut size = used.saturating_add(bytes.len()).saturating_add(LINE_OVERHEAD_BYTES);
+        if store && size > self.max_record_bytes {
+            return Err(self.too_large(number));
+        }
+        loop {
+            match self.read_physical()? {
+                Physical::Line(_, more) if more.first() == Some(&CONTINUATION) => {
+                    if store {
+                        size = size.saturating_add(more.len() - 1);
+                        if size > self.max_record_bytes {
+                            return Err(self.too_large(number));
+                        }
+                        bytes.extend_from_slice(&more[1..]);
+                    }
+                }
+                Physical::TooLong(_, true) => {
+                    if store {
+                        return Err(self.too_large(number));
+                    }
+                }
+                other => {
+                    self.lookahead = Some(other);
+                    break;
+                }
+            }
+        }
+        Ok(if store { Logical::Line(Line { number, bytes }) } else { Logical::Dropped })
+    }
+
+    fn too_large(&self, line: usize) -> LdifError {
+        LdifError::new(line, LdifErrorKind::RecordTooLarge { limit: self.max_record_bytes })
+    }
+
+    /// The logical lines of the next record (comments dropped), or `None` at the end.
+    fn read_record_lines(&mut self) -> Result<Option<Vec<Line>>, LdifError> {
+        let mut lines = Vec::new();
+        let mut used = 0;
+        loop {
+            match self.next_logical(used, true)? {
+                Logical::Eof => break,
+                Logical::Blank if lines.is_empty() => continue,
+                Logical::Blank => break,
+                Logical::Dropped => continue,
+                Logical::Line(line) => {
+                    used += line.bytes.len() + LINE_OVERHEAD_BYTES;
+                    lines.push(line);
+                }
+            }
+        }
+        Ok(if lines.is_empty() { None } else { Some(lines) })
+    }
+
+    /// Drops lines up to the next blank line (the rest of a record that failed).
+    fn skip_rest_of_record(&mut self) -> Result<(), LdifError> {
+        loop {
+            match self.next_logical(0, false) {
+                Ok(Logical::Eof | Logical::Blank) => return Ok(()),
+                Ok(Logical::Dropped | Logical::Line(_)) => {}
+                Err(err) if err.is_fatal() => return Err(err),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for LdifReader<R> {
+    type Item = Result<LdifRecord, LdifError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            if self.skip_record {
+                self.skip_record = false;
+                if let Err(err) = self.skip_rest_of_record() {
+                    self.finished = true;
+                    return Some(Err(err));
+                }
+            }
+            let lines = match self.read_record_lines() {
+                Ok(Some(lines)) => lines,
+                Ok(None) => {
+                    self.finished = true;
+                    return None;
+                }
+                Err(err) => {
+                    if err.is_fatal() {
+                        self.finished = true;
+                    } else {
+                        self.skip_record = true;
+                    }
+                    return Some(Err(err));
+                }
+            };
+            let allow_version = std::mem::replace(&mut self.at_start, false);
+            match parse_record(lines, allow_version) {
+                Ok(Some(record)) => return Some(Ok(record)),
+                Ok(None) => continue,
+                Err(err) => return Some(Err(err)),
+            }
+        }
+    }
+}
+
+/// A logical line split into name and decoded value.
+#[derive(Debug)]
+struct Spec {
+    /// The physical line it starts on.
+    number: usize,
+    /// The name before the `:`, as written.
+    name: String,
+    /// The value: plain text with the leading fill removed, or decoded base64.
+    value: Vec<u8>,
+}
+
+impl Spec {
+    fn is(&self, word: &str) -> bool {
+        self.name.eq_ignore_ascii_case(word)
+    }
+
+    fn error(&self, kind: LdifErrorKind) -> LdifError {
+        LdifError::new(self.number, kind)
+    }
+
+    /// The value as text (for DNs and keywords).
+    fn text(&self) -> Result<&str, LdifError> {
+        std::str::from_utf8(&self.value).map_err(|_| self.error(LdifErrorKind::NotUtf8 { attr: shorten(&self.name) }))
+    }
+
+    /// The value as a keyword: text without trailing whitespace.
+    fn keyword(&self) -> Result<&str, LdifError> {
+        Ok(self.text()?.trim_end())
+    }
+
+    fn dn(&self) -> Result<Dn, LdifError> {
+        let text = self.text()?;
+        Dn::parse(text).map_err(|source| self.error(LdifErrorKind::InvalidDn { dn: shorten(text), source }))
+    }
+}
+
+/// The name part of a line (before the first `:`), without splitting it.
+fn line_name(line: &Line) -> &[u8] {
+    let end = line.bytes.iter().position(|&b| b == SEPARATOR).unwrap_or(line.bytes.len());
+    &line.bytes[..end]
+}
+
+fn name_is(line: &Line, word: &str) -> bool {
+    line_name(line).eq_ignore_ascii_case(word.as_bytes())
+}
+
+/// Whether a line is the `-` ending a modify section (trailing spaces tolerated).
+fn is_section_end(line: &Line) -> bool {
+    trim_spaces_end(&line.bytes) == keyword::SECTION_END.as_bytes()
+}
+
+fn trim_spaces_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().rposition(|&b| b != FILL).map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+/// Splits `name: value`, `name:: base64` (decoded) and refuses `name:< url`.
+fn split(line: Line) -> Result<Spec, LdifError> {
+    let Line { number, mut bytes } = line;
+    let error = |kind| LdifError::new(number, kind);
+    let Some(colon) = bytes.iter().position(|&b| b == SEPARATOR) else {
+        return Err(error(LdifErrorKind::MissingColon { line: shorten_bytes(&bytes) }));
+    };
+    let name = String::from_utf8_lossy(&bytes[..colon]).into_owned();
+    let value = match bytes.get(colon + 1) {
+        Some(&BASE64_MARK) => {
+            let text = bytes[colon + 2..].trim_ascii();
+            BASE64.decode(text).map_err(|_| error(LdifErrorKind::InvalidBase64 { attr: shorten(&name) }))?
+        }
+        Some(&URL_MARK) => {
+            let url = shorten_bytes(bytes[colon + 2..].trim_ascii());
+            return Err(error(LdifErrorKind::UrlValueRefused { attr: shorten(&name), url }));
+        }
+        _ => {
+            let fill = bytes[colon + 1..].iter().take_while(|&&b| b == FILL).count();
+            bytes.drain(..colon + 1 + fill);
+            bytes
+        }
+    };
+    Ok(Spec { number, name, value })
+}
+
+/// Parses one record's lines; `Ok(None)` for a record that was only `version: 1`.
+fn parse_record(lines: Vec<Line>, allow_version: bool) -> Result<Option<LdifRecord>, LdifError> {
+    let mut rest = VecDeque::from(lines);
+    let Some(first) = rest.pop_front() else { return Ok(None) };
+    let mut first = split(first)?;
+    if first.is(keyword::VERSION) {
+        if !allow_version {
+            return Err(first.error(LdifErrorKind::MisplacedVersion));
+        }
+        let version = first.keyword()?;
+        if version != LDIF_VERSION {
+            return Err(first.error(LdifErrorKind::UnsupportedVersion { version: shorten(version) }));
+        }
+        match rest.pop_front() {
+            None => return Ok(None),
+            Some(line) => first = split(line)?,
+        }
+    }
+    if !first.is(keyword::DN) {
+        if first.is(keyword::VERSION) {
+            return Err(first.error(LdifErrorKind::MisplacedVersion));
+        }
+        return Err(first.error(LdifErrorKind::MissingDn { found: shorten(&first.name) }));
+    }
+    let line = first.number;
+    let dn = first.dn()?;
+    let controls = rest.iter().take_while(|l| name_is(l, keyword::CONTROL)).count();
+    if controls > 0 && rest.get(controls).is_some_and(|l| name_is(l, keyword::CHANGETYPE)) {
+        if let Some(control) = rest.pop_front() {
+            let control = split(control)?;
+            let text = shorten_bytes(&control.value);
+            return Err(control.error(LdifErrorKind::ControlRefused { control: text }));
+        }
+    }
+    let changetype = match rest.front() {
+        Some(l) if name_is(l, keyword::CHANGETYPE) => rest.pop_front(),
+        _ => None,
+    };
+    if let Some(changetype) = changetype {
+        let change = parse_change(dn, &split(changetype)?, rest)?;
+        return Ok(Some(LdifRecord::Change { change, line }));
+    }
+    let attrs = parse_attributes(rest)?;
+    if attrs.is_empty() {
+        return Err(LdifError::new(line, LdifErrorKind::NoAttributes { dn: shorten(&dn.to_string()) }));
+    }
+    Ok(Some(LdifRecord::Content { dn, attrs, line }))
+}
+
+/// The attribute lines of a content or add record, names checked and duplicate values
+/// refused with the line of the duplicate. Values are grouped per attribute first and
+/// added in one call each, so the check is linear in the number of values.
+fn parse_attributes(lines: VecDeque<Line>) -> Result<Attributes, LdifError> {
+    /// The values of one attribute, in file order.
+    struct Group {
+        /// The line the attribute first appears on.
+        line: usize,
+        /// The name as first written.
+        name: String,
+        /// The values in order.
+        values: Vec<Value>,
+        /// Their normalized forms, to refuse a duplicate at its own line.
+        seen: HashSet<Vec<u8>>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for line in lines {
+        let spec = split(line)?;
+        if spec.is(keyword::DN) {
+            return Err(spec.error(LdifErrorKind::SecondDn));
+        }
+        let key = spec.name.to_ascii_lowercase();
+        let slot = match index.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                check_attribute_name(&spec.name).map_err(|e| spec.error(e.into()))?;
+                groups.push(Group {
+                    line: spec.number,
+                    name: spec.name.clone(),
+                    values: Vec::new(),
+                    seen: HashSet::new(),
+                });
+                index.insert(key, groups.len() - 1);
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[slot];
+        let value = Value::from_bytes(spec.value);
+        if !group.seen.insert(value.normalized()) {
+            let kind =
+                LdifErrorKind::DuplicateValue { attr: group.name.clone(), value: shorten_bytes(value.as_bytes()) };
+            return Err(LdifError::new(spec.number, kind));
+        }
+        group.values.push(value);
+    }
+    let mut attrs = Attributes::new();
+    for group in groups {
+        attrs.add(&group.name, group.values).map_err(|e| LdifError::new(group.line, e.into()))?;
+    }
+    Ok(attrs)
+}
+
+/// The body of a change record after its `changetype:` line.
+fn parse_change(dn: Dn, changetype: &Spec, rest: VecDeque<Line>) -> Result<Change, LdifError> {
+    let kind = changetype.keyword()?;
+    if kind.eq_ignore_ascii_case(keyword::ADD) {
+        let attrs = parse_attributes(rest)?;
+        if attrs.is_empty() {
+            return Err(changetype.error(LdifErrorKind::NoAttributes { dn: shorten(&dn.to_string()) }));
+        }
+        Ok(Change::Add { dn, attrs })
+    } else if kind.eq_ignore_ascii_case(keyword::DELETE) {
+        match rest.front() {
+            Some(line) => Err(unexpected(line, "the end of the record after changetype: delete")),
+            None => Ok(Change::Delete { dn }),
+        }
+    } else if kind.eq_ignore_ascii_case(keyword::MODIFY) {
+        Ok(Change::Modify { dn, mods: parse_mods(rest)? })
+    } else if kind.eq_ignore_ascii_case(keyword::MODRDN) {
+        parse_moddn(dn, changetype, keyword::MODRDN, rest)
+    } else if kind.eq_ignore_ascii_case(keyword::MODDN) {
+        parse_moddn(dn, changetype, keyword::MODDN, rest)
+    } else {
+        Err(changetype.error(LdifErrorKind::UnknownChangeType { changetype: shorten(kind) }))
+    }
+}
+
+fn unexpected(line: &Line, expected: &'static str) -> LdifError {
+    let found = shorten_bytes(line_name(line));
+    LdifError::new(line.number, LdifErrorKind::UnexpectedLine { found, expected })
+}
+
+/// The `add:`/`delete:`/`replace:` sections of a modify record. The `-` after the last
+/// section may be left out, as OpenLDAP's tools allow.
+fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
+    let mut mods = Vec::new();
+    let mut lines = rest.into_iter();
+    while let Some(line) = lines.next() {
+        if is_section_end(&line) {
+            return Err(LdifError::new(
+                line.number,
+                LdifErrorKind::ExpectedModifyOp { found: keyword::SECTION_END.to_owned() },
+            ));
+        }
+        let spec = split(line)?;
+        let (op, op_word) = if spec.is(keyword::ADD) {
+            (ModOp::Add, keyword::ADD)
+        } else if spec.is(keyword::DELETE) {
+            (ModOp::Delete, keyword::DELETE)
+        } else if spec.is(keyword::REPLACE) {
+            (ModOp::Replace, keyword::REPLACE)
+        } else if spec.is(keyword::INCREMENT) {
+            return Err(spec.error(LdifErrorKind::UnsupportedModifyOp { op: keyword::INCREMENT.to_owned() }));
+        } else {
+            return Err(spec.error(LdifErrorKind::ExpectedModifyOp { found: shorten(&spec.name) }));
+        };
+        let attr = spec.keyword()?.to_owned();
+        check_attribute_name(&attr).map_err(|e| spec.error(e.into()))?;
+        let mut values = Vec::new();
+        for line in lines.by_ref() {
+            if is_section_end(&line) {
+                break;
+            }
+            let value = split(line)?;
+            if !value.name.eq_ignore_ascii_case(&attr) {
+                let found = shorten(&value.name);
+                return Err(value.error(LdifErrorKind::ModifyValueMismatch { op: op_word, attr, found }));
+            }
+            values.push(Value::from_bytes(value.value));
+        }
+        mods.push(Modification { op, attr, values });
+    }
+    Ok(mods)
+}
+
+/// The `newrdn:`, `deleteoldrdn:` and optional `newsuperior:` of a modrdn/moddn record.
+fn parse_moddn(dn: Dn, changetype: &Spec, kind: &'static str, rest: VecDeque<Line>) -> Result<Change, LdifError> {
+    let mut lines = rest.into_iter();
+    let missing = |at: usize, field| LdifError::new(at, LdifErrorKind::MissingField { changetype: kind, field });
+
+    let line = lines.next().ok_or_else(|| missing(changetype.number, keyword::NEWRDN))?;
+    if !name_is(&line, keyword::NEWRDN) {
+        return Err(unexpected(&line, "newrdn:"));
+    }
+    let spec = split(line)?;
+    let text = spec.text()?;
+    let new_rdn =
+        Rdn::parse(text).map_err(|source| spec.error(LdifErrorKind::InvalidRdn { rdn: shorten(text), source }))?;
+
+    let line = lines.next().ok_or_else(|| missing(spec.number, keyword::DELETEOLDRDN))?;
+    if !name_is(&line, keyword::DELETEOLDRDN) {
+        return Err(unexpected(&line, "deleteoldrdn:"));
+    }
+    let spec = split(line)?;
+    let delete_old_rdn = match spec.keyword()? {
+        DELETE_OLD_RDN_NO => false,
+        DELETE_OLD_RDN_YES => true,
+        other => return Err(spec.error(LdifErrorKind::InvalidDeleteOldRdn { value: shorten(other) })),
+    };
+
+    let new_superior = match lines.next() {
+        None => None,
+        Some(line) if name_is(&line, keyword::NEWSUPERIOR) => Some(split(line)?.dn()?),
+        Some(line) => return Err(unexpected(&line, "newsuperior: or the end of the record")),
+    };
+    if let Some(line) = lines.next() {
+        return Err(unexpected(&line, "the end of the record"));
+    }
+    Ok(Change::ModDn { dn, new_rdn, delete_old_rdn, new_superior })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(text: &str) -> Vec<LdifRecord> {
+        parse_str(text).unwrap_or_else(|e| panic!("should parse: {e}\n{text}"))
+    }
+
+    fn content(record: &LdifRecord) -> (&Dn, &Attributes) {
+        match record {
+            LdifRecord::Content { dn, attrs, .. } => (dn, attrs),
+            other => panic!("expected a content record, got {other:?}"),
+        }
+    }
+
+    fn change(record: &LdifRecord) -> &Change {
+        match record {
+            LdifRecord::Change { change, .. } => change,
+            other => panic!("expected a change record, got {other:?}"),
+        }
+    }
+
+    fn vals(attrs: &Attributes, name: &str) -> Vec<String> {
+        attrs.values(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
+    }
+
+    fn error(text: &str) -> LdifError {
+        match parse_str(text) {
+            Err(err) => err,
+            Ok(records) => panic!("should be refused, got {records:?}"),
+        }
+    }
+
+    fn dn(s: &str) -> Dn {
+        Dn::parse(s).unwrap()
+    }
+
+    #[test]
+    fn content_records_with_comments_blank_lines_and_line_numbers() {
+        let text = "\n\n# leading comment\n\ndn: dc=example,dc=com\nobjectClass: domain\n# embedded\ndc: example\n\n\n\
+                    dn: ou=people,dc=example,dc=com\nobjectClass: organizationalUnit\nou: people\n\n\n";
+        let recs = records(text);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].line(), 5);
+        assert_eq!(recs[1].line(), 11);
+        let (d, attrs) = content(&recs[0]);
+        assert_eq!(*d, dn("dc=example,dc=com"));
+        assert_eq!(text_of(attrs), vec!["objectClass: domain", "dc: example"]);
+        assert_eq!(recs[1].dn(), &dn("ou=People,dc=Example,dc=com"));
+    }
+
+    fn text_of(attrs: &Attributes) -> Vec<String> {
+        attrs
+            .canonical_order()
+            .flat_map(|a| {
+                a.values.iter().map(move |v| format!("{}: {}", a.name, String::from_utf8_lossy(v.as_bytes())))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn folded_lines_and_folded_comments_are_joined() {
+        let text = "dn: cn=Barbara Jensen,ou=Information Technology Division,ou=People,dc=example,\n dc=com\n\
+                    # a comment\n  that continues: here\ncn: Barbara Jensen\npostalAddress: ITD Prod $ Anyt\n own, MI\n\
+                    description: two\n  spaces\n";
+        let recs = records(text);
+        assert_eq!(recs.len(), 1);
+        let (d, attrs) = content(&recs[0]);
+        assert_eq!(d.to_string(), "cn=Barbara Jensen,ou=Information Technology Division,ou=People,dc=example,dc=com");
+        assert_eq!(vals(attrs, "postaladdress"), ["ITD Prod $ Anytown, MI"]);
+        assert_eq!(vals(attrs, "description"), ["two spaces"], "only the first space of a continuation goes");
+        assert!(attrs.get("that continues").is_none(), "a folded comment line is still a comment");
+    }
+
+    #[test]
+    fn crlf_reads_like_lf() {
+        let lf = "version: 1\n\ndn: cn=a,dc=x\ncn: a\ndescription: folded\n  value\n\ndn: cn=b,dc=x\ncn: b\n";
+        let crlf = lf.replace('\n', "\r\n");
+        assert_eq!(records(lf), records(&crlf));
+        let recs = records(&crlf);
+        let (_, attrs) = content(&recs[0]);
+        assert_eq!(vals(attrs, "description"), ["folded value"]);
+    }
+
+    #[test]
+    fn base64_values_and_dns_decode() {
+        let recs = records("dn:: Y249THXEjWnEhyxkYz1leGFtcGxl\nsn:: IEplbnNlbiA=\njpegPhoto:: /9j/AA==\ncn:: \n");
+        let (d, attrs) = content(&recs[0]);
+        assert_eq!(d.rdn().and_then(|r| r.avas()[0].value_str()), Some("Lučić"));
+        assert_eq!(vals(attrs, "sn"), [" Jensen "]);
+        assert_eq!(attrs.values("jpegphoto")[0].as_bytes(), [0xff, 0xd8, 0xff, 0x00]);
+        assert_eq!(attrs.values("cn")[0].as_bytes(), b"", "empty base64 is the empty value");
+    }
+
+    #[test]
+    fn fill_is_stripped_and_trailing_spaces_kept() {
+        let recs = records("dn: cn=a,dc=x\ncn:a\nsn:    b\ndescription: c  \nmember:\ntitle:   \n");
+        let (_, attrs) = content(&recs[0]);
+        assert_eq!(vals(attrs, "cn"), ["a"], "FILL may be empty");
+        assert_eq!(vals(attrs, "sn"), ["b"]);
+        assert_eq!(vals(attrs, "description"), ["c  "], "RFC 2849 keeps trailing spaces");
+        assert_eq!(vals(attrs, "member"), [""]);
+        assert_eq!(vals(attrs, "title"), [""], "fill only is the empty value");
+    }
+
+    #[test]
+    fn options_are_part_of_the_name() {
+        let recs = records("dn: dc=x\no: plain\no;lang-en: english\nCN;lang-en-US: Billy\ncn;LANG-EN-us: Bob\n");
+        let (_, attrs) = content(&recs[0]);
+        assert_eq!(vals(attrs, "o"), ["plain"]);
+        assert_eq!(vals(attrs, "o;lang-en"), ["english"]);
+        assert_eq!(vals(attrs, "cn;lang-en-us"), ["Billy", "Bob"]);
+        assert_eq!(attrs.get("cn;lang-en-us").map(|a| a.name.as_str()), Some("CN;lang-en-US"), "first spelling kept");
+    }
+
+    #[test]
+    fn version_line_is_optional_and_only_first() {
+        assert_eq!(records("version: 1\ndn: dc=x\ndc: x\n").len(), 1);
+        assert_eq!(records("# c\n\nversion: 1\n\n\ndn: dc=x\ndc: x\n")[0].line(), 6);
+        assert_eq!(records("version: 1\n").len(), 0);
+        let err = error("version: 2\n\ndn: dc=x\ndc: x\n");
+        assert_eq!(err.to_string(), "line 1: LDIF version \"2\" unsupported (only version 1 exists)");
+        let err = error("dn: dc=x\ndc: x\n\nversion: 1\n");
+        assert_eq!(err.to_string(), "line 4: version: is only allowed at the start of the file");
+    }
+
+    #[test]
+    fn change_records_of_every_kind() {
+        let text = "version: 1\n\n\
+            dn: cn=a,dc=x\nchangetype: add\nobjectClass: person\ncn: a\n\n\
+            dn: cn=a,dc=x\ncontrol-free: no\n\n\
+            dn: cn=a,dc=x\nchangetype: modify\nadd: mail\nmail: a@x\nmail: b@x\n-\ndelete: phone\n-\n\
+            replace: sn\nsn: A\n-\ndelete: mail\nmail: b@x\n\n\
+            dn: cn=a,dc=x\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: 1\n\n\
+            dn: cn=b,dc=x\nchangetype: moddn\nnewrdn: cn=c\ndeleteoldrdn: 0\nnewsuperior: ou=new,dc=x\n\n\
+            dn: cn=c,ou=new,dc=x\nchangetype: delete\n\n\
+            dn: dc=x\nchangetype: modify\n";
+        let recs = records(text);
+        assert_eq!(recs.len(), 7);
+        match change(&recs[0]) {
+            Change::Add { dn: d, attrs } => {
+                assert_eq!(*d, dn("cn=a,dc=x"));
+                assert_eq!(vals(attrs, "objectclass"), ["person"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, attrs) = content(&recs[1]);
+        assert_eq!(vals(attrs, "control-free"), ["no"], "a content record, not a change");
+        match change(&recs[2]) {
+            Change::Modify { mods, .. } => {
+                let summary: Vec<(ModOp, &str, usize)> =
+                    mods.iter().map(|m| (m.op, m.attr.as_str(), m.values.len())).collect();
+                assert_eq!(
+                    summary,
+                    [
+                        (ModOp::Add, "mail", 2),
+                        (ModOp::Delete, "phone", 0),
+                        (ModOp::Replace, "sn", 1),
+                        (ModOp::Delete, "mail", 1)
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            change(&recs[3]),
+            &Change::ModDn {
+                dn: dn("cn=a,dc=x"),
+                new_rdn: Rdn::parse("cn=b").unwrap(),
+                delete_old_rdn: true,
+                new_superior: None
+            }
+        );
+        assert_eq!(
+            change(&recs[4]),
+            &Change::ModDn {
+                dn: dn("cn=b,dc=x"),
+                new_rdn: Rdn::parse("cn=c").unwrap(),
+                delete_old_rdn: false,
+                new_superior: Some(dn("ou=new,dc=x"))
+            }
+        );
+        assert_eq!(change(&recs[5]), &Change::Delete { dn: dn("cn=c,ou=new,dc=x") });
+        assert_eq!(change(&recs[6]), &Change::Modify { dn: dn("dc=x"), mods: vec![] });
+        assert_eq!(recs[6].line(), 39);
+    }
+
+    #[test]
+    fn keywords_ignore_case_and_trailing_spaces() {
+        let recs = records("DN: cn=a,dc=x\nChangeType: MODRDN \nNewRDN: cn=b\nDeleteOldRDN: 1  \n");
+        assert!(matches!(change(&recs[0]), Change::ModDn { delete_old_rdn: true, .. }));
+    }
+
+    #[test]
+    fn errors_name_line_and_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("dn: dc=x\ndc: x\n\ncn: a\n", "line 4: attribute line \"cn\" before any dn:"),
+            ("# c\ndn: cn=a,,dc=b\ncn: a\n", "line 2: invalid DN \"cn=a,,dc=b\": empty RDN at byte 5 of DN"),
+            ("dn: cn=a\ncn: a\nsn:: !!notbase64\n", "line 3: base64 value of \"sn\" is not valid"),
+            ("dn: cn=a\ncn: a\nsn:: YQ\n", "line 3: base64 value of \"sn\" is not valid"),
+            ("dn:: /w==\ncn: a\n", "line 1: value of \"dn\" is not valid UTF-8"),
+            ("dn: cn=a\nchangetype: frob\n", "line 2: changetype \"frob\" unknown"),
+            (
+                "dn: cn=a\ncn: a\njpegPhoto:< file:///etc/shadow\n",
+                "line 3: URL value (\":<\") of \"jpegPhoto\" refused: Tether never reads files or URLs named in LDIF \
+                 (\"file:///etc/shadow\")",
+            ),
+            (
+                "dn: cn=a\ncontrol: 1.2.840.113556.1.4.805 true\nchangetype: delete\n",
+                "line 2: control: lines are refused: Tether implements no LDAP controls \
+                 (control \"1.2.840.113556.1.4.805 true\")",
+            ),
+            ("dn: cn=a\ncn: a\nmail: x@y\ncn: A\n", "line 4: attribute \"cn\" has value \"A\" twice"),
+            ("dn: cn=a\nchangetype: add\ncn: a\ncn: a\n", "line 4: attribute \"cn\" has value \"a\" twice"),
+            ("dn: cn=a\ncn: a\nc_n: b\n", "line 3: invalid attribute name \"c_n\""),
+            ("dn: cn=a\ncn: a\nno colon here\n", "line 3: no ':' after the attribute name in \"no colon here\""),
+            (
+                "dn: ou=p\nchangetype: modify\nincrement: uidNumber\nuidNumber: 1\n-\n",
+                "line 3: modify operation \"increment\" unsupported (only add, delete and replace)",
+            ),
+            (
+                "dn: ou=p\nchangetype: modify\nadd: mail\nmail: a\nreplace: sn\n",
+                "line 5: \"replace\" line inside the add: of \"mail\" (end that section with \"-\" first)",
+            ),
+            (
+                "dn: ou=p\nchangetype: modify\n-\n",
+                "line 3: expected add:, delete: or replace: in a modify record, found \"-\"",
+            ),
+            (
+                "dn: ou=p\nchangetype: modify\nmail: a\n",
+                "line 3: expected add:, delete: or replace: in a modify record, found \"mail\"",
+            ),
+            (
+                "dn: cn=a\nchangetype: delete\ncn: a\n",
+                "line 3: \"cn\" line unexpected here; expected the end of the record after changetype: delete",
+            ),
+            ("dn: cn=a\nchangetype: modrdn\n", "line 2: modrdn record is missing its newrdn: line"),
+            ("dn: cn=a\nchangetype: moddn\nnewrdn: cn=b\n", "line 3: moddn record is missing its deleteoldrdn: line"),
+            (
+                "dn: cn=a\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: yes\n",
+                "line 4: deleteoldrdn must be 0 or 1, found \"yes\"",
+            ),
+            (
+                "dn: cn=a\nchangetype: modrdn\nnewrdn: cn=b,dc=x\ndeleteoldrdn: 1\n",
+                "line 3: invalid newrdn \"cn=b,dc=x\": unescaped ',' at byte 4 of DN",
+            ),
+            (
+                "dn: cn=a\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: 1\nnewsuperior: dc=x\ncn: b\n",
+                "line 6: \"cn\" line unexpected here; expected the end of the record",
+            ),
+            (
+                "dn: cn=a\nchangetype: modrdn\ndeleteoldrdn: 1\n",
+                "line 3: \"deleteoldrdn\" line unexpected here; expected newrdn:",
+            ),
+            (
+                "dn: cn=a\ncn: a\ndn: cn=b\ncn: b\n",
+                "line 3: second dn: line in one record (records are separated by a blank line)",
+            ),
+            ("dn: cn=a\n\n", "line 1: record for \"cn=a\" has no attributes"),
+            ("dn: cn=a\nchangetype: add\n", "line 2: record for \"cn=a\" has no attributes"),
+            (
+                " orphan\ndn: cn=a\n",
+                "line 1: continuation line (starting with a space) has no line before it to continue",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(error(text).to_string(), *expected, "input:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_reader_goes_on_after_a_bad_record() {
+        let text = "dn: cn=a,dc=x\ncn: a\n\ndn: cn=b,,dc=x\ncn: b\nmore: lines\n\ndn: cn=c,dc=x\ncn: c\n";
+        let results: Vec<Result<LdifRecord, LdifError>> = LdifReader::new(text.as_bytes()).collect();
+        assert_eq!(results.len(), 3);
+        assert!(results[0].is_ok());
+        assert_eq!(results[1].as_ref().map_err(|e| e.line), Err(4));
+        assert_eq!(results[2].as_ref().map(LdifRecord::line), Ok(8));
+    }
+
+    #[test]
+    fn oversized_records_and_lines_are_refused_then_skipped() {
+        let limit = 100;
+        let long_line = format!("dn: cn=a\ncn: {}\n\ndn: cn=b\ncn: b\n", "x".repeat(200));
+        let results: Vec<_> = LdifReader::with_max_record_bytes(long_line.as_bytes(), limit).collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(
+            results[0].as_ref().map_err(ToString::to_string),
+            Err("line 2: record is larger than the 100-byte limit".to_owned())
+        );
+        assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(4));
+
+        let folded = format!("dn: cn=a\ncn: a\ndescription: x\n{}\ndn: cn=b\ncn: b\n", " yyyyyyyyyy\n".repeat(20));
+        let results: Vec<_> = LdifReader::with_max_record_bytes(folded.as_bytes(), limit).collect();
+        assert_eq!(results[0].as_ref().map_err(|e| e.line), Err(3));
+        assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(25));
+        assert_eq!(results.len(), 2);
+
+        // A continuation of only spaces in the skipped part does not end the skipping.
+        let spaced = format!(
+            "dn: cn=a
+cn: a
+description: x
+{} 
+ more
+
+dn: cn=b
+cn: b
+",
+            " yyyyyyyyyy
+"
+            .repeat(20)
+        );
+        let results: Vec<_> = LdifReader::with_max_record_bytes(spaced.as_bytes(), limit).collect();
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(27));
+
+        let many = format!("dn: cn=a\n{}\ndn: cn=b\ncn: b\n", "a:\n".repeat(10));
+        let results: Vec<_> = LdifReader::with_max_record_bytes(many.as_bytes(), limit).collect();
+        assert!(matches!(results[0], Err(LdifError { kind: LdifErrorKind::RecordTooLarge { .. }, .. })));
+        assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(13));
+    }
+
+    #[test]
+    fn a_line_beyond_the_default_limit_is_refused_without_holding_it() {
+        use std::io::Read;
+        let head = b"dn: cn=a\ncn: ".as_slice();
+        let endless = io::repeat(b'x').take((MAX_RECORD_BYTES + 1) as u64);
+        let mut reader = LdifReader::new(io::BufReader::new(head.chain(endless)));
+        let err = reader.next().and_then(Result::err).map(|e| e.to_string());
+        assert_eq!(err, Some(format!("line 2: record is larger than the {MAX_RECORD_BYTES}-byte limit")));
+        assert!(reader.next().is_none());
+    }
+
+    #[test]
+    fn a_read_failure_ends_the_stream() {
+        struct Failing;
+        impl io::Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk on fire"))
+            }
+        }
+        let input = io::BufReader::new(io::Read::chain(b"dn: cn=a\ncn: a\n".as_slice(), Failing));
+        let mut reader = LdifReader::new(input);
+        let err = reader.next().and_then(Result::err);
+        assert_eq!(err.as_ref().map(ToString::to_string), Some("line 3: read failed: disk on fire".to_owned()));
+        assert!(err.is_some_and(|e| e.is_fatal()));
+        assert!(reader.next().is_none());
+    }
+
+    #[test]
+    fn a_large_group_is_read_in_linear_time() {
+        const MEMBERS: usize = 50_000;
+        let mut text = String::from("dn: cn=big,dc=x\nobjectClass: groupOfNames\n");
+        for i in 0..MEMBERS {
+            text.push_str(&format!("member: uid=user{i},ou=people,dc=x\n"));
+        }
+        let recs = records(&text);
+        let (_, attrs) = content(&recs[0]);
+        assert_eq!(attrs.values("member").len(), MEMBERS);
+    }
+
+    #[test]
+    fn a_missing_final_newline_and_a_missing_final_dash_are_fine() {
+        let recs = records("dn: cn=a\nchangetype: modify\nreplace: sn\nsn: b");
+        assert_eq!(
+            change(&recs[0]),
+            &Change::Modify {
+                dn: dn("cn=a"),
+                mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec!["b".into()] }]
+            }
+        );
+    }
+}
