@@ -2,11 +2,31 @@
 //! replication agreement per `[[agreement]]` of `consumer.toml`, each keeping its own
 //! replica of a region of a provider's directory.
 //!
+//! Per agreement, a [`supervisor`] runs [`session`]s one after another: a session
+//! connects, handshakes, applies the refresh (through a shadow for full and present
+//! refreshes) and live changes, acknowledges durable positions, and ends with a
+//! [`reason`]; the supervisor turns that reason into the next state (reconnect, back off
+//! per the [`retry`] schedule, poll, stay stopped, give up). [`daemon`] owns the store
+//! and the supervisors, and the [`control`] socket lets operators see [`status`] and
+//! steer agreements.
+//!
 //! ## Layout
 //! - [`config`]: `consumer.toml`: every key, its default and the checks that refuse a
 //!   bad file with the file, key and reason; secret files.
 //! - [`retry`]: an agreement's reconnect schedule (`retry = ["1s x5", "1m forever"]`)
 //!   and its jitter.
+//! - [`reason`]: states and disconnect reasons, named as in SPEC §4.
+//! - [`status`]: what each agreement publishes.
+//! - [`session`]: one connection's life: reader, keepalive poller, applier.
+//! - [`supervisor`]: the per-agreement loop over sessions.
+//! - [`control`]: the control socket.
+//! - [`daemon`]: the `run` process: agreements, reload, signals, shutdown.
 
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod reason;
 pub mod retry;
+pub mod session;
+pub mod status;
+pub mod supervisor;

@@ -1,0 +1,145 @@
+//! The consumer's control endpoint: a Unix socket (mode 0600) answering `status`,
+//! `search`, `stop`/`start`/`restart NAME` and `reload` while the process runs.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use tether_protocol::control::{read_request, respond, ControlError, ControlRequest, ControlResponse};
+use tether_protocol::{frame, ldif};
+use tether_store::ReplicaStore;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::daemon::Agreements;
+use crate::status::ConsumerStatus;
+use crate::supervisor::Command;
+
+/// What the control endpoint can reach.
+#[derive(Debug, Clone)]
+pub struct ControlContext {
+    /// The store (for searches).
+    pub store: ReplicaStore,
+    /// The running agreements.
+    pub agreements: Agreements,
+    /// Asks the daemon to reload.
+    pub reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
+}
+
+/// Binds the control socket at `path` (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves control connections until `shutdown`.
+pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        if let Err(e) = handle(stream, ctx).await {
+                            debug!(error = %e, "control connection ended");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "control accept failed"),
+            },
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Canonical LDIF of the entries of `name`'s replica in `spec`.
+pub fn search_text(store: &ReplicaStore, name: &str, spec: &tether_protocol::SearchSpec) -> Result<String, String> {
+    if !store.names().map_err(|e| e.to_string())?.iter().any(|n| n == name) {
+        return Err(format!("no agreement named {name:?}"));
+    }
+    let replica = store.replica(name).map_err(|e| e.to_string())?;
+    let entries = replica.search(spec).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for e in &entries {
+        ldif::writer::write_entry(&mut out, &e.dn, &e.attrs).map_err(|e| e.to_string())?;
+    }
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
+    let (mut reader, mut writer) = frame::split(stream);
+    let request = read_request(&mut reader).await?;
+    let reply: Result<String, String> = match request {
+        ControlRequest::Status { json } => {
+            let agreements = ctx.agreements.lock().await;
+            let status = ConsumerStatus { agreements: agreements.values().map(|r| r.status.snapshot()).collect() };
+            if json {
+                serde_json::to_string_pretty(&status).map(|s| s + "\n").map_err(|e| e.to_string())
+            } else {
+                Ok(status.to_text())
+            }
+        }
+        ControlRequest::Search { agreement, spec } => {
+            let name = match agreement {
+                Some(n) => Ok(n),
+                None => {
+                    let agreements = ctx.agreements.lock().await;
+                    match agreements.keys().collect::<Vec<_>>().as_slice() {
+                        [only] => Ok((*only).clone()),
+                        _ => Err("several agreements: name one with --agreement".to_owned()),
+                    }
+                }
+            };
+            match name {
+                Ok(name) => {
+                    let store = ctx.store.clone();
+                    tokio::task::spawn_blocking(move || search_text(&store, &name, &spec))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        ControlRequest::Stop { name } => command(&ctx, &name, Command::Stop).await,
+        ControlRequest::Start { name } => command(&ctx, &name, Command::Start).await,
+        ControlRequest::Restart { name } => command(&ctx, &name, Command::Restart).await,
+        ControlRequest::Reload => {
+            let (tx, rx) = oneshot::channel();
+            if ctx.reload.send(tx).await.is_err() {
+                Err("consumer is shutting down".to_owned())
+            } else {
+                rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned()))
+            }
+        }
+    };
+    match reply {
+        Ok(text) => {
+            if !text.is_empty() {
+                respond(&mut writer, &ControlResponse::Output(text)).await?;
+            }
+            respond(&mut writer, &ControlResponse::Done).await
+        }
+        Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await,
+    }
+}
+
+async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<String, String> {
+    let agreements = ctx.agreements.lock().await;
+    let Some(running) = agreements.get(name) else { return Err(format!("no agreement named {name:?}")) };
+    running.commands.send(cmd).await.map_err(|_| format!("agreement {name:?} is shutting down"))?;
+    Ok(format!("{name}: {cmd:?}\n").to_lowercase())
+}

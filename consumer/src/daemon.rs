@@ -1,0 +1,240 @@
+//! `tether-consumer run`: the running consumer. Owns the store, one supervisor per
+//! agreement, and the control endpoint; applies `reload` (and SIGHUP) by diffing the
+//! agreements; on SIGTERM/SIGINT tells every supervisor to shut down (each says goodbye
+//! `shutdown`), waits up to `shutdown_timeout`, flushes, and exits 0.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tether_protocol::auth::Secret;
+use tether_protocol::message::Mode as WireMode;
+use tether_protocol::{Filter, SearchSpec};
+use tether_store::ReplicaStore;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::config::{load_secret, AgreementConfig, ConsumerConfig, Mode};
+use crate::control::{self, ControlContext};
+use crate::session::SessionConfig;
+use crate::status::StatusHandle;
+use crate::supervisor::{Command, Supervisor};
+
+/// Commands a supervisor can have queued.
+const COMMAND_QUEUE: usize = 8;
+/// File in `data_dir` holding this consumer's id (sent to providers).
+const CLIENT_ID_FILE: &str = "consumer.id";
+
+/// A running agreement.
+#[derive(Debug)]
+pub struct Running {
+    /// Its configuration (compared on reload).
+    pub config: AgreementConfig,
+    /// Its command channel.
+    pub commands: mpsc::Sender<Command>,
+    /// Its status.
+    pub status: StatusHandle,
+    /// Its task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Every running agreement, by name.
+pub type Agreements = Arc<Mutex<BTreeMap<String, Running>>>;
+
+/// The region an agreement replicates, with its filter parsed; errors name the key.
+pub fn spec_of(config: &ConsumerConfig, index: usize, a: &AgreementConfig) -> Result<SearchSpec> {
+    let filter = Filter::parse(&a.filter)
+        .with_context(|| format!("{}: key 'agreement[{index}].filter'", config.file.display()))?;
+    Ok(SearchSpec { base: a.base.clone(), scope: a.scope, filter, attrs: a.attrs.clone() })
+}
+
+/// This consumer's stable id, created on first start.
+fn client_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(CLIENT_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+fn session_config(config: &ConsumerConfig, index: usize, a: &AgreementConfig, client_id: &str) -> Result<SessionConfig> {
+    let loaded = load_secret(&a.secret_file)?;
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    let secret = Secret::new(loaded.secret.expose().to_vec())
+        .with_context(|| format!("{}: key 'agreement[{index}].secret_file'", config.file.display()))?;
+    Ok(SessionConfig {
+        name: a.name.clone(),
+        provider: a.provider.to_string(),
+        mode: match a.mode {
+            Mode::RefreshAndPersist => WireMode::RefreshAndPersist,
+            Mode::RefreshOnly => WireMode::RefreshOnly,
+        },
+        spec: spec_of(config, index, a)?,
+        secret,
+        client_id: client_id.to_owned(),
+        idle_timeout: a.idle_timeout,
+        keepalive: Some((a.keepalive.interval, a.keepalive.timeout)),
+    })
+}
+
+/// Starts the supervisor of agreement `index`.
+fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id: &str) -> Result<Running> {
+    let a = &config.agreements[index];
+    let session = session_config(config, index, a, client_id)?;
+    let replica = store.replica(&a.name).with_context(|| format!("opening the replica of {:?}", a.name))?;
+    let status = StatusHandle::new(&a.name, &a.provider.to_string(), &a.mode.to_string());
+    if let Ok(Some(cookie)) = replica.cookie() {
+        status.update(|s| s.cookie = Some(cookie.to_string()));
+    }
+    let entries = replica.entries().map(|e| e.len()).unwrap_or(0);
+    status.update(|s| s.entries = entries);
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let supervisor = Supervisor {
+        session,
+        interval: a.interval,
+        retry: a.retry.clone(),
+        give_up_after: a.give_up_after,
+        store: store.clone(),
+        replica,
+        status: status.clone(),
+        commands: rx,
+    };
+    let span = info_span!("agreement", agreement = %a.name, provider = %a.provider);
+    let task = tokio::spawn(supervisor.run().instrument(span));
+    Ok(Running { config: a.clone(), commands: tx, status, task })
+}
+
+/// Stops a running agreement's supervisor and waits for it.
+async fn shut(running: Running) {
+    let _ = running.commands.send(Command::Shutdown).await;
+    let _ = running.task.await;
+}
+
+/// Re-reads the config: starts new agreements, stops removed ones (dropping their
+/// replica), restarts changed ones; leaves the rest alone.
+pub async fn reload(config_path: &Path, store: &ReplicaStore, agreements: &Agreements, client_id: &str) -> Result<String> {
+    let config = ConsumerConfig::load(config_path)?;
+    // Validate every agreement before touching any.
+    for (i, a) in config.agreements.iter().enumerate() {
+        session_config(&config, i, a, client_id)?;
+    }
+    let mut running = agreements.lock().await;
+    let mut report = Vec::new();
+    let names: Vec<String> = running.keys().cloned().collect();
+    for name in names {
+        let Some(new) = config.agreement(&name) else {
+            if let Some(r) = running.remove(&name) {
+                shut(r).await;
+            }
+            store.remove(&name).with_context(|| format!("removing the replica of {name:?}"))?;
+            report.push(format!("removed {name}"));
+            continue;
+        };
+        let changed = running.get(&name).is_some_and(|r| &r.config != new);
+        if changed {
+            if let Some(old) = running.remove(&name) {
+                let region_changed = old.config.base != new.base
+                    || old.config.scope != new.scope
+                    || old.config.filter != new.filter
+                    || old.config.attrs != new.attrs;
+                shut(old).await;
+                if region_changed {
+                    // The replica holds another region: rebuild it by a full refresh.
+                    store.replica(&name)?.forget_cookie()?;
+                }
+            }
+            report.push(format!("restarted {name}"));
+        }
+    }
+    for (i, a) in config.agreements.iter().enumerate() {
+        if !running.contains_key(&a.name) {
+            let r = start(store, &config, i, client_id)?;
+            running.insert(a.name.clone(), r);
+            if !report.iter().any(|l| l.ends_with(&a.name)) {
+                report.push(format!("added {}", a.name));
+            }
+        }
+    }
+    let msg = if report.is_empty() { "reloaded: nothing changed".to_owned() } else { format!("reloaded: {}", report.join(", ")) };
+    info!("{msg}");
+    Ok(msg)
+}
+
+/// Runs the consumer until a shutdown signal.
+pub async fn run(config_path: &Path) -> Result<()> {
+    let config = ConsumerConfig::load(config_path)?;
+    for (i, a) in config.agreements.iter().enumerate() {
+        spec_of(&config, i, a)?;
+    }
+    for w in config.check_secrets()? {
+        warn!("{w}");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let store = ReplicaStore::open(&config.data_dir)
+        .with_context(|| format!("opening store {}", config.data_dir.display()))?;
+    let client_id = client_id(&config.data_dir)?;
+    let agreements: Agreements = Arc::default();
+    {
+        let mut running = agreements.lock().await;
+        for (i, a) in config.agreements.iter().enumerate() {
+            running.insert(a.name.clone(), start(&store, &config, i, &client_id)?);
+        }
+    }
+    let shutdown = CancellationToken::new();
+    let listener = control::bind(&config.control)
+        .with_context(|| format!("binding control socket {}", config.control.display()))?;
+    let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let ctx = ControlContext { store: store.clone(), agreements: agreements.clone(), reload: reload_tx };
+    let control_task = tokio::spawn(control::serve(listener, ctx, shutdown.clone()));
+    info!(agreements = config.agreements.len(), "consumer running");
+    println!("consumer running");
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading configuration");
+                if let Err(e) = reload(config_path, &store, &agreements, &client_id).await {
+                    error!("reload failed, keeping the running agreements: {e:#}");
+                }
+            }
+            Some(reply) = reload_rx.recv() => {
+                let result = reload(config_path, &store, &agreements, &client_id).await.map_err(|e| format!("{e:#}"));
+                let _ = reply.send(result);
+            }
+        }
+    }
+    let stopping = async {
+        let all: Vec<Running> = std::mem::take(&mut *agreements.lock().await).into_values().collect();
+        for r in &all {
+            let _ = r.commands.send(Command::Shutdown).await;
+        }
+        for r in all {
+            let _ = r.task.await;
+        }
+    };
+    if tokio::time::timeout(config.shutdown_timeout, stopping).await.is_err() {
+        warn!(limit = ?config.shutdown_timeout, "agreements did not stop in time; exiting anyway");
+    }
+    shutdown.cancel();
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(&config.control);
+    let flush = store.clone();
+    tokio::task::spawn_blocking(move || flush.flush()).await.context("flush task")?.context("final flush")?;
+    info!("consumer stopped");
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! `tether-consumer`: run replication agreements and steer them.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tether_consumer::config::ConsumerConfig;
+use tether_consumer::{control, daemon};
+use tether_protocol::control::{ControlError, ControlRequest};
+use tether_protocol::{Dn, SearchSpec};
+use tether_store::ReplicaStore;
+
+#[derive(Debug, Parser)]
+#[command(name = "tether-consumer", version, about = "Tether consumer: keeps replicas of provider directories")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every agreement (SIGHUP reloads the config).
+    Run {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Show every agreement's state.
+    Status {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an agreement (it stays stopped across restarts).
+    Stop {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Agreement name.
+        name: String,
+    },
+    /// Start a stopped agreement.
+    Start {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Agreement name.
+        name: String,
+    },
+    /// Reconnect an agreement now.
+    Restart {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Agreement name.
+        name: String,
+    },
+    /// Re-read the configuration of the running consumer.
+    Reload {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print an agreement's replica as canonical LDIF.
+    Search {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Agreement (required when there are several).
+        #[arg(long)]
+        agreement: Option<String>,
+        /// Base DN (default: the agreement's base).
+        #[arg(long)]
+        base: Option<String>,
+        /// base, one or subtree.
+        #[arg(long, default_value = "subtree")]
+        scope: String,
+        /// LDAP filter.
+        #[arg(long, default_value = "(objectClass=*)")]
+        filter: String,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Sends a control request and prints the reply; `Ok(false)` if the consumer is not running.
+async fn call(path: &Path, request: &ControlRequest) -> Result<bool> {
+    let stream = match tokio::net::UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(false)
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
+    };
+    let result = tether_protocol::control::call(stream, request, |text| print!("{text}")).await;
+    match result {
+        Ok(()) => Ok(true),
+        Err(ControlError::Remote(msg)) => bail!("{msg}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn open_offline(config: &ConsumerConfig) -> Result<ReplicaStore> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    ReplicaStore::open(&config.data_dir)
+        .with_context(|| format!("opening store {} (is the consumer running?)", config.data_dir.display()))
+}
+
+fn agreement_name(config: &ConsumerConfig, name: Option<String>) -> Result<String> {
+    match name {
+        Some(n) if config.agreement(&n).is_some() => Ok(n),
+        Some(n) => bail!("{}: no agreement named {n:?}", config.file.display()),
+        None => match config.agreements.as_slice() {
+            [only] => Ok(only.name.clone()),
+            _ => bail!("several agreements: name one with --agreement"),
+        },
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config } => daemon::run(&config).await,
+        Command::Status { config, json } => {
+            let config = ConsumerConfig::load(&config)?;
+            if call(&config.control, &ControlRequest::Status { json }).await? {
+                return Ok(());
+            }
+            let store = open_offline(&config)?;
+            for a in &config.agreements {
+                let replica = store.replica(&a.name)?;
+                let state = if replica.is_admin_stopped()? { "stopped" } else { "not running" };
+                let cookie = replica.cookie()?.map_or("-".to_owned(), |c| c.to_string());
+                println!("{:<16} {:<12} entries {:<8} cookie {}", a.name, state, replica.entries()?.len(), cookie);
+            }
+            Ok(())
+        }
+        Command::Stop { config, name } => admin(&config, name, true).await,
+        Command::Start { config, name } => admin(&config, name, false).await,
+        Command::Restart { config, name } => {
+            let config = ConsumerConfig::load(&config)?;
+            let name = agreement_name(&config, Some(name))?;
+            if !call(&config.control, &ControlRequest::Restart { name }).await? {
+                bail!("the consumer is not running");
+            }
+            Ok(())
+        }
+        Command::Reload { config } => {
+            let config = ConsumerConfig::load(&config)?;
+            if !call(&config.control, &ControlRequest::Reload).await? {
+                bail!("the consumer is not running");
+            }
+            Ok(())
+        }
+        Command::Search { config, agreement, base, scope, filter } => {
+            let config = ConsumerConfig::load(&config)?;
+            let name = agreement_name(&config, agreement)?;
+            let a = config.agreement(&name).context("agreement vanished")?;
+            let base = match base {
+                Some(b) => Dn::parse(&b).with_context(|| format!("--base {b:?}"))?,
+                None => a.base.clone(),
+            };
+            let spec = SearchSpec {
+                base,
+                scope: scope.parse().context("--scope")?,
+                filter: filter.parse().with_context(|| format!("--filter {filter:?}"))?,
+                attrs: Vec::new(),
+            };
+            let request = ControlRequest::Search { agreement: Some(name.clone()), spec: spec.clone() };
+            if call(&config.control, &request).await? {
+                return Ok(());
+            }
+            let store = open_offline(&config)?;
+            print!("{}", control::search_text(&store, &name, &spec).map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
+    }
+}
+
+/// `stop`/`start`: through the running process, or (when it is not running) straight
+/// to the persisted flag, so the next `run` honours it.
+async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
+    let config = ConsumerConfig::load(config)?;
+    let name = agreement_name(&config, Some(name))?;
+    let request = if stop { ControlRequest::Stop { name: name.clone() } } else { ControlRequest::Start { name: name.clone() } };
+    if call(&config.control, &request).await? {
+        return Ok(());
+    }
+    let store = open_offline(&config)?;
+    store.replica(&name)?.set_admin_stopped(stop)?;
+    println!("{name}: {} (takes effect when the consumer runs)", if stop { "stopped" } else { "started" });
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-consumer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
