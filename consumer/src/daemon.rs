@@ -64,7 +64,12 @@ fn client_id(data_dir: &Path) -> Result<String> {
     }
 }
 
-fn session_config(config: &ConsumerConfig, index: usize, a: &AgreementConfig, client_id: &str) -> Result<SessionConfig> {
+fn session_config(
+    config: &ConsumerConfig,
+    index: usize,
+    a: &AgreementConfig,
+    client_id: &str,
+) -> Result<SessionConfig> {
     let loaded = load_secret(&a.secret_file)?;
     for w in &loaded.warnings {
         warn!("{w}");
@@ -121,7 +126,12 @@ async fn shut(running: Running) {
 
 /// Re-reads the config: starts new agreements, stops removed ones (dropping their
 /// replica), restarts changed ones; leaves the rest alone.
-pub async fn reload(config_path: &Path, store: &ReplicaStore, agreements: &Agreements, client_id: &str) -> Result<String> {
+pub async fn reload(
+    config_path: &Path,
+    store: &ReplicaStore,
+    agreements: &Agreements,
+    client_id: &str,
+) -> Result<String> {
     let config = ConsumerConfig::load(config_path)?;
     // Validate every agreement before touching any.
     for (i, a) in config.agreements.iter().enumerate() {
@@ -164,7 +174,11 @@ pub async fn reload(config_path: &Path, store: &ReplicaStore, agreements: &Agree
             }
         }
     }
-    let msg = if report.is_empty() { "reloaded: nothing changed".to_owned() } else { format!("reloaded: {}", report.join(", ")) };
+    let msg = if report.is_empty() {
+        "reloaded: nothing changed".to_owned()
+    } else {
+        format!("reloaded: {}", report.join(", "))
+    };
     info!("{msg}");
     Ok(msg)
 }
@@ -180,8 +194,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let store = ReplicaStore::open(&config.data_dir)
-        .with_context(|| format!("opening store {}", config.data_dir.display()))?;
+    let store =
+        ReplicaStore::open(&config.data_dir).with_context(|| format!("opening store {}", config.data_dir.display()))?;
     let client_id = client_id(&config.data_dir)?;
     let agreements: Agreements = Arc::default();
     {

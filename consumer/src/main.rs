@@ -189,7 +189,8 @@ async fn run(cli: Cli) -> Result<()> {
 async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
     let config = ConsumerConfig::load(config)?;
     let name = agreement_name(&config, Some(name))?;
-    let request = if stop { ControlRequest::Stop { name: name.clone() } } else { ControlRequest::Start { name: name.clone() } };
+    let request =
+        if stop { ControlRequest::Stop { name: name.clone() } } else { ControlRequest::Start { name: name.clone() } };
     if call(&config.control, &request).await? {
         return Ok(());
     }

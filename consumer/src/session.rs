@@ -448,7 +448,10 @@ impl Applier<'_> {
             Message::PresentBatch { uuids } => {
                 self.expect_refreshing("PresentBatch")?;
                 let Some(shadow) = self.shadow.take() else {
-                    return Err(Ended::new(Reason::Exception, "protocol error: PresentBatch outside a present refresh"));
+                    return Err(Ended::new(
+                        Reason::Exception,
+                        "protocol error: PresentBatch outside a present refresh",
+                    ));
                 };
                 let result = tokio::task::spawn_blocking(move || {
                     let r = shadow.copy_present(&uuids);
@@ -468,7 +471,10 @@ impl Applier<'_> {
                             replica.forget_cookie()
                         })
                         .await;
-                        Err(Ended::new(Reason::Exception, format!("replica lacks {n} entries named present; reloading in full")))
+                        Err(Ended::new(
+                            Reason::Exception,
+                            format!("replica lacks {n} entries named present; reloading in full"),
+                        ))
                     }
                     Ok((shadow, Err(e))) => {
                         self.shadow = Some(shadow);
@@ -523,18 +529,27 @@ impl Applier<'_> {
             }
             Message::Ping { seq } => self.send(&Message::Pong { seq }).await,
             Message::Pong { .. } => Ok(()),
-            Message::Goodbye { reason: GoodbyeReason::RefreshComplete, .. } if self.refresh_done && self.cfg.mode == Mode::RefreshOnly => {
+            Message::Goodbye { reason: GoodbyeReason::RefreshComplete, .. }
+                if self.refresh_done && self.cfg.mode == Mode::RefreshOnly =>
+            {
                 Err(Ended { refresh_complete: true, ..Ended::new(Reason::ProviderGoodbye, "refresh complete") })
             }
             Message::Goodbye { reason, detail } => {
                 info!(reason = reason.as_str(), detail = %detail, "provider said goodbye");
                 let _ = self.flush_and_ack().await;
-                Err(Ended { goodbye: Some(reason), ..Ended::new(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str())) })
+                Err(Ended {
+                    goodbye: Some(reason),
+                    ..Ended::new(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str()))
+                })
             }
-            Message::RefreshRequired { reason } => {
-                Err(Ended { goodbye: Some(GoodbyeReason::RefreshRequired), ..Ended::new(Reason::ProviderGoodbye, format!("refresh-required: {reason}")) })
-            }
-            other => Err(Ended::new(Reason::Exception, format!("protocol error: unexpected {} from the provider", other.name()))),
+            Message::RefreshRequired { reason } => Err(Ended {
+                goodbye: Some(GoodbyeReason::RefreshRequired),
+                ..Ended::new(Reason::ProviderGoodbye, format!("refresh-required: {reason}"))
+            }),
+            other => Err(Ended::new(
+                Reason::Exception,
+                format!("protocol error: unexpected {} from the provider", other.name()),
+            )),
         }
     }
 

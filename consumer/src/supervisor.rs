@@ -75,25 +75,22 @@ impl Supervisor {
 
     /// Waits (at most `limit`, forever if `None`) for a command that changes course.
     async fn wait(&mut self, limit: Option<Duration>) -> Next {
-        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
-        loop {
-            let cmd = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, self.commands.recv()).await {
-                    Ok(cmd) => cmd,
-                    Err(_) => return Next::Run,
-                },
-                None => self.commands.recv().await,
-            };
-            match cmd {
-                None | Some(Command::Shutdown) => return Next::Exit,
-                Some(Command::Stop) => {
-                    self.persist_stopped(true);
-                    self.set_state(State::Stopped);
-                    info!(reason = Reason::AdminStop.as_str(), "agreement stopped");
-                    return self.wait_stopped().await;
-                }
-                Some(Command::Start | Command::Restart) => return Next::Run,
+        let cmd = match limit {
+            Some(l) => match tokio::time::timeout(l, self.commands.recv()).await {
+                Ok(cmd) => cmd,
+                Err(_) => return Next::Run,
+            },
+            None => self.commands.recv().await,
+        };
+        match cmd {
+            None | Some(Command::Shutdown) => Next::Exit,
+            Some(Command::Stop) => {
+                self.persist_stopped(true);
+                self.set_state(State::Stopped);
+                info!(reason = Reason::AdminStop.as_str(), "agreement stopped");
+                self.wait_stopped().await
             }
+            Some(Command::Start | Command::Restart) => Next::Run,
         }
     }
 

@@ -1,39 +1,63 @@
 //! `tether-protocol`: the language every Tether process speaks.
 //!
-//! Nothing here touches a disk or a socket directly; the store and the processes build
-//! on these types. Read it bottom-up:
+//! Nothing here opens a file or a socket; the store and the processes build on these
+//! types, and the wire code works over any async byte stream. Read it bottom-up:
 //!
 //! ## Layout
+//! The data model:
 //! - [`dn`]: distinguished names, their normalized form and tree order.
 //! - [`entry`]: entries, attributes and values, with the matching rules.
 //! - [`csn`], [`cookie`]: change sequence numbers and a consumer's position.
 //! - [`change`]: write requests (add, modify, delete, modify-DN).
-//! - [`filter`], [`scope`]: RFC 4515 filters and search/agreement regions.
+//! - [`filter`], [`filter_parse`], [`scope`]: RFC 4515 filters (bounded length and
+//!   depth) and search/agreement regions.
 //! - [`repl`]: replication operations (entry states by UUID) and refresh kinds.
-//! - [`codec`]: the one module that names the binary serialization (bincode).
-//! - [`filter_parse`]: reading filter strings into a [`Filter`], with bounded length and depth.
 //! - [`ldif`]: RFC 2849 LDIF: a streaming reader of content and change records and the
 //!   canonical writer `search` prints with.
+//!
+//! The wire, bottom-up (normative description: `docs/protocol.md`):
+//! - [`frame`]: 4-byte length-prefixed frames over any async byte stream, size-limited.
+//! - [`codec`]: the one place bincode is named; `encode`/`decode` for the wire and the store.
+//! - [`message`]: every wire message, the protocol version and the reason words.
+//! - [`connection`]: message reader and writer halves over frames and the codec.
+//! - [`auth`]: shared secrets, challenge nonces and the HMAC-SHA256 proof.
+//! - [`handshake`]: Hello / Challenge / Auth / Welcome-or-Reject, under a deadline.
+//! - [`control`]: the control-socket commands of the command-line tools.
 
+pub mod auth;
 pub mod change;
 pub mod codec;
+pub mod connection;
+pub mod control;
 pub mod cookie;
 pub mod csn;
 pub mod dn;
 pub mod entry;
 pub mod filter;
-pub mod repl;
 pub mod filter_parse;
+pub mod frame;
+pub mod handshake;
 pub mod ldif;
+pub mod message;
+pub mod repl;
 pub mod scope;
 
+pub use auth::Secret;
 pub use change::{Change, ModOp, Modification};
+pub use codec::CodecError;
+pub use connection::{MessageReader, MessageWriter, WireError};
 pub use cookie::{Cookie, StoreId};
 pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
 pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryUuid, Value};
 pub use filter::Filter;
-pub use repl::{RefreshKind, ReplOp};
 pub use filter_parse::FilterError;
+pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME};
+pub use handshake::{client_handshake, server_handshake, Accepted, Admission, HandshakeError, HANDSHAKE_TIMEOUT};
 pub use ldif::{LdifError, LdifReader, LdifRecord};
+pub use message::{
+    GoodbyeReason, Hello, Message, Mode, Reject, RejectReason, Role, Welcome, WriteErrorKind, WriteOutcome,
+    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+};
+pub use repl::{RefreshKind, ReplOp};
 pub use scope::{Scope, SearchSpec};

@@ -69,14 +69,17 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
         let change = record.into_change();
         let id = id as u64;
         writer_half.send(&Message::WriteRequest { id, change }).await?;
-        let reply = tokio::time::timeout(CLIENT_TIMEOUT, reader.recv())
-            .await
-            .context("waiting for the provider's reply")??;
+        let reply =
+            tokio::time::timeout(CLIENT_TIMEOUT, reader.recv()).await.context("waiting for the provider's reply")??;
         match reply {
             Some(Message::WriteResult { id: got, outcome }) if got == id => match outcome {
                 WriteOutcome::Committed { .. } => applied += 1,
                 WriteOutcome::Refused { kind, message } => {
-                    bail!("{}:{line}: refused ({}): {message}; {applied} records applied", file.display(), kind.as_str())
+                    bail!(
+                        "{}:{line}: refused ({}): {message}; {applied} records applied",
+                        file.display(),
+                        kind.as_str()
+                    )
                 }
             },
             Some(Message::Goodbye { reason, detail }) => {
@@ -85,9 +88,11 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
             other => bail!("unexpected reply {:?}; {applied} records applied", other.map(|m| m.name())),
         }
     }
-    let _ = writer_half.send(&Message::Goodbye {
-        reason: tether_protocol::message::GoodbyeReason::Shutdown,
-        detail: "write finished".into(),
-    }).await;
+    let _ = writer_half
+        .send(&Message::Goodbye {
+            reason: tether_protocol::message::GoodbyeReason::Shutdown,
+            detail: "write finished".into(),
+        })
+        .await;
     Ok(applied)
 }

@@ -37,7 +37,8 @@ pub fn grants(config: &ProviderConfig) -> Result<Grants> {
         grants.agreements.insert(c.agreement.clone(), (secret, c.allowed_base(&config.suffix).clone()));
     }
     if let Some(w) = &config.writer {
-        let loaded = load_secret(&w.secret_file).with_context(|| format!("{}: writer.secret_file", config.file.display()))?;
+        let loaded =
+            load_secret(&w.secret_file).with_context(|| format!("{}: writer.secret_file", config.file.display()))?;
         grants.writer = Some(Secret::new(loaded.secret.expose().to_vec()).context("writer secret")?);
     }
     Ok(grants)
@@ -69,8 +70,8 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         },
     };
     let server = Server::new(dir.clone(), grants, params, shutdown.clone());
-    let control_listener =
-        control::bind(&config.control).with_context(|| format!("binding control socket {}", config.control.display()))?;
+    let control_listener = control::bind(&config.control)
+        .with_context(|| format!("binding control socket {}", config.control.display()))?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let ctx = ControlContext { dir: dir.clone(), registry: server.registry().clone(), reload: reload_tx };
     // The line tests and the demo wait for: the provider is ready and where.
@@ -125,7 +126,11 @@ fn reload(config_path: &Path, server: &Server) -> Result<String> {
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
     let revoked = server.replace_grants(grants);
-    let msg = format!("reloaded {}: {} agreements, {revoked} sessions revoked", config_path.display(), config.consumers.len());
+    let msg = format!(
+        "reloaded {}: {} agreements, {revoked} sessions revoked",
+        config_path.display(),
+        config.consumers.len()
+    );
     info!("{msg}");
     Ok(msg)
 }

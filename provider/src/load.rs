@@ -12,7 +12,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tether_protocol::ldif::{LdifReader, LdifRecord};
+use tether_protocol::ldif::LdifReader;
 use tether_protocol::{Attributes, Change, Dn};
 use tether_store::Directory;
 
@@ -95,7 +95,8 @@ pub fn load(dir: &Directory, file: &Path) -> Result<LoadReport> {
             }
         }
     } else {
-        let mut all: Vec<(Dn, Attributes)> = records(file)?.map(|r| r.map(|(_, d, a)| (d, a))).collect::<Result<_>>()?;
+        let mut all: Vec<(Dn, Attributes)> =
+            records(file)?.map(|r| r.map(|(_, d, a)| (d, a))).collect::<Result<_>>()?;
         all.sort_by(|a, b| a.0.cmp(&b.0));
         for chunk in all.chunks(LOAD_BATCH) {
             batch.extend_from_slice(chunk);

@@ -97,7 +97,11 @@ async fn run(cli: Cli) -> Result<()> {
             let config = ProviderConfig::load(&config)?;
             let dir = open_offline(&config)?;
             let report = tokio::task::spawn_blocking(move || load::load(&dir, &file)).await??;
-            eprintln!("loaded {} entries{}", report.entries, if report.sorted { " (sorted into tree order)" } else { "" });
+            eprintln!(
+                "loaded {} entries{}",
+                report.entries,
+                if report.sorted { " (sorted into tree order)" } else { "" }
+            );
             Ok(())
         }
         Command::Write { config, file } => {
@@ -126,7 +130,7 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}(provider not running)\n", status.to_text());
+                println!("{}(provider not running)", status.to_text());
             }
             Ok(())
         }
@@ -157,4 +161,3 @@ async fn main() -> ExitCode {
         }
     }
 }
-

@@ -57,7 +57,12 @@ pub struct Refresh {
 
 impl Refresh {
     /// Plans the refresh for a consumer presenting `cookie`.
-    pub fn plan(dir: &Directory, spec: SearchSpec, cookie: Option<&Cookie>, batch_size: usize) -> Result<Self, StoreError> {
+    pub fn plan(
+        dir: &Directory,
+        spec: SearchSpec,
+        cookie: Option<&Cookie>,
+        batch_size: usize,
+    ) -> Result<Self, StoreError> {
         let kind = dir.plan_refresh(cookie)?;
         let since = cookie.filter(|_| kind != RefreshKind::Full).map_or(Csn::ZERO, |c| c.csn);
         let start = dir.durable_csn();

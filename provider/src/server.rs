@@ -103,7 +103,8 @@ impl Server {
                 (None, Some(_)) => false,
             }
         };
-        self.registry.revoke(|info| revoked(&info.agreement), tether_protocol::message::GoodbyeReason::CredentialsRevoked)
+        self.registry
+            .revoke(|info| revoked(&info.agreement), tether_protocol::message::GoodbyeReason::CredentialsRevoked)
     }
 
     /// Accepts connections until shutdown, then waits for every session to finish.
@@ -141,7 +142,8 @@ impl Server {
         let grants = self.grants.read().unwrap_or_else(|p| p.into_inner()).clone();
         let (dir, params) = (self.dir.clone(), self.params);
         let authorize = |hello: &Hello| authorize(&grants, &dir, hello, session_id, params.session);
-        let accepted = match server_handshake(&mut reader, &mut writer, self.params.handshake_timeout, authorize).await {
+        let accepted = match server_handshake(&mut reader, &mut writer, self.params.handshake_timeout, authorize).await
+        {
             Ok(a) => a,
             Err(e) => {
                 warn!(error = %e, "handshake failed");
@@ -151,7 +153,8 @@ impl Server {
         let hello = accepted.hello;
         match ConsumerRequest::from_hello(&hello) {
             Some(req) => {
-                let span = info_span!("session", agreement = %req.agreement, session = session_id, consumer = %req.client_id);
+                let span =
+                    info_span!("session", agreement = %req.agreement, session = session_id, consumer = %req.client_id);
                 async {
                     info!(mode = req.mode.as_str(), cookie = ?req.cookie.map(|c| c.to_string()), "consumer session started");
                     let info = SessionInfo {

@@ -133,6 +133,23 @@ struct Session<'a, R> {
     failed: CancellationToken,
 }
 
+/// What woke the session up.
+// An `Event` lives for one loop iteration; boxing the inbound message would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    /// The session must end.
+    End(SessionEnd),
+    /// A message (or the end of the stream) from the consumer.
+    Inbound(Result<Option<Message>, tether_protocol::connection::WireError>),
+    /// Keepalive time.
+    Tick,
+    /// A slot in the outbound queue.
+    Room(mpsc::OwnedPermit<Message>),
+    /// Something new became durable.
+    Durable,
+}
+
 /// What the main loop should do after an inbound message.
 enum Inbound {
     Continue,
@@ -186,10 +203,11 @@ where
 
 impl<R: AsyncRead + Unpin> Session<'_, R> {
     async fn drive(&mut self) -> SessionEnd {
-        let mut refresh = match Refresh::plan(self.dir, self.req.spec.clone(), self.req.cookie.as_ref(), self.params.batch_size) {
-            Ok(r) => r,
-            Err(e) => return SessionEnd::StoreError(e.to_string()),
-        };
+        let mut refresh =
+            match Refresh::plan(self.dir, self.req.spec.clone(), self.req.cookie.as_ref(), self.params.batch_size) {
+                Ok(r) => r,
+                Err(e) => return SessionEnd::StoreError(e.to_string()),
+            };
         info!(refresh = refresh.kind().as_str(), "refresh planned");
         self.reg.update(|i| i.refresh = Some(refresh.kind().as_str().to_owned()));
         if let Some(end) = self.run_refresh(&mut refresh).await {
@@ -210,32 +228,58 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         let mut ping = keepalive_ticker(self.params.keepalive_interval);
         let mut seq = 0u64;
         loop {
-            tokio::select! {
-                biased;
-                _ = self.reg.cancel.cancelled() => return Some(self.cancelled_end()),
-                _ = self.failed.cancelled() => return Some(SessionEnd::ConnectionLost("write failed or timed out".into())),
-                msg = self.reader.recv() => {
+            let event = self.next_event(&mut ping, true, None).await;
+            match event {
+                Event::End(end) => return Some(end),
+                Event::Inbound(msg) => {
                     if let Inbound::End(end) = self.on_inbound(msg) {
                         return Some(end);
                     }
                 }
-                _ = ping.tick() => {
+                Event::Tick => {
                     if let Some(end) = self.keepalive(&mut seq) {
                         return Some(end);
                     }
                 }
-                permit = self.queue.reserve() => {
-                    let Ok(permit) = permit else {
-                        return Some(SessionEnd::ConnectionLost("writer ended".into()));
-                    };
-                    match refresh.next_message(self.dir) {
-                        Ok(Some(msg)) => permit.send(msg),
-                        Ok(None) => return None,
-                        Err(e) => return Some(SessionEnd::StoreError(e.to_string())),
+                Event::Room(permit) => match refresh.next_message(self.dir) {
+                    Ok(Some(msg)) => {
+                        permit.send(msg);
                     }
-                }
+                    Ok(None) => return None,
+                    Err(e) => return Some(SessionEnd::StoreError(e.to_string())),
+                },
+                Event::Durable => {}
             }
             self.publish_queue();
+        }
+    }
+
+    /// Waits for the next thing that needs the session's attention. `want_room` asks
+    /// for a queue slot; `durable` (when caught up) waits for the next commit.
+    async fn next_event(
+        &mut self,
+        ping: &mut tokio::time::Interval,
+        want_room: bool,
+        durable: Option<&mut tokio::sync::watch::Receiver<Csn>>,
+    ) -> Event {
+        let queue = self.queue.clone();
+        let wait_durable = async {
+            match durable {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.reg.cancel.cancelled() => Event::End(self.cancelled_end()),
+            _ = self.failed.cancelled() => Event::End(SessionEnd::ConnectionLost("write failed or timed out".into())),
+            msg = self.reader.recv() => Event::Inbound(msg),
+            _ = ping.tick() => Event::Tick,
+            alive = wait_durable => if alive { Event::Durable } else { Event::End(SessionEnd::Goodbye(GoodbyeReason::Shutdown)) },
+            permit = queue.reserve_owned(), if want_room => match permit {
+                Ok(p) => Event::Room(p),
+                Err(_) => Event::End(SessionEnd::ConnectionLost("writer ended".into())),
+            },
         }
     }
 
@@ -255,33 +299,25 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             }
             let has_pending = !pending.is_empty();
             let caught_up = !has_pending && position >= newest;
-            tokio::select! {
-                biased;
-                _ = self.reg.cancel.cancelled() => return self.cancelled_end(),
-                _ = self.failed.cancelled() => return SessionEnd::ConnectionLost("write failed or timed out".into()),
-                msg = self.reader.recv() => {
+            let event = self.next_event(&mut ping, has_pending, caught_up.then_some(&mut durable)).await;
+            match event {
+                Event::End(end) => return end,
+                Event::Inbound(msg) => {
                     if let Inbound::End(end) = self.on_inbound(msg) {
                         return end;
                     }
                 }
-                _ = ping.tick() => {
+                Event::Tick => {
                     if let Some(end) = self.keepalive(&mut seq) {
                         return end;
                     }
                 }
-                changed = durable.changed(), if caught_up => {
-                    if changed.is_err() {
-                        return SessionEnd::Goodbye(GoodbyeReason::Shutdown);
-                    }
-                }
-                permit = self.queue.reserve(), if has_pending => {
-                    let Ok(permit) = permit else {
-                        return SessionEnd::ConnectionLost("writer ended".into());
-                    };
+                Event::Room(permit) => {
                     if let Some(msg) = pending.pop_front() {
                         permit.send(msg);
                     }
                 }
+                Event::Durable => {}
             }
             self.publish_queue();
         }
@@ -289,7 +325,12 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
 
     /// Reads up to [`RECORDS_PER_READ`] changelog records after `position` into
     /// `pending`; returns the new position, or `None` if `position` was trimmed away.
-    fn read_changes(&self, position: Csn, newest: Csn, pending: &mut VecDeque<Message>) -> Result<Option<Csn>, StoreError> {
+    fn read_changes(
+        &self,
+        position: Csn,
+        newest: Csn,
+        pending: &mut VecDeque<Message>,
+    ) -> Result<Option<Csn>, StoreError> {
         if position < self.dir.floor()? {
             return Ok(None);
         }

@@ -1,0 +1,456 @@
+//! Process harness: runs the real `tether-provider` and `tether-consumer` binaries as
+//! child processes on loopback, with their stores and configs in a temporary folder, and
+//! drives them through their command-line interfaces exactly as an operator would.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How long a process may take to report it is ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Poll interval of [`wait_until`].
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// The folder holding the workspace's built binaries.
+fn bin_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/<profile>/deps/<test> or target/<profile>/<bin>
+        let mut dir = exe.parent().map(Path::to_path_buf).ok_or("no parent")?;
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let have = |d: &Path| d.join("tether-provider").exists() && d.join("tether-consumer").exists();
+        if !have(&dir) {
+            let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "tether-provider", "-p", "tether-consumer", "--bins"]);
+            if profile == "release" {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() || !have(&dir) {
+                return Err(format!("could not build the binaries into {}", dir.display()));
+            }
+        }
+        Ok(dir)
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    Ok(bin_dir()?.join(name))
+}
+
+/// A free loopback TCP port (bound and released; fine for tests on one machine).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `cond` every [`POLL`] until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match cond() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() >= limit {
+            bail!(
+                "timed out after {limit:?} waiting for {what}{}",
+                last_err.map(|e| format!(" (last error: {e:#})")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Sends a signal to a child process with `kill(1)` (the workspace forbids `unsafe`).
+pub fn signal(child: &Child, sig: &str) -> Result<()> {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status()?;
+    if !status.success() {
+        bail!("kill -{sig} {} failed", child.id());
+    }
+    Ok(())
+}
+
+fn run_ok(mut cmd: Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One consumer grant of a provider config.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Agreement name.
+    pub agreement: String,
+    /// Secret text.
+    pub secret: String,
+    /// Widest base.
+    pub base: String,
+}
+
+/// A provider process and its folder.
+#[derive(Debug)]
+pub struct Provider {
+    /// Its folder (config, store, secrets, log).
+    pub dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its port.
+    pub port: u16,
+    /// The running process, if any.
+    pub child: Option<Child>,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    /// Number of times it was started (names log files).
+    starts: u32,
+}
+
+/// Provider settings a test may change.
+#[derive(Debug, Clone)]
+pub struct ProviderOptions {
+    /// Suffix.
+    pub suffix: String,
+    /// Agreements served.
+    pub grants: Vec<Grant>,
+    /// Extra TOML appended to `[changelog]`.
+    pub changelog: String,
+    /// Keepalive interval and timeout.
+    pub keepalive: (String, String),
+    /// Writer secret.
+    pub writer_secret: String,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        Self {
+            suffix: "dc=example,dc=com".into(),
+            grants: vec![Grant {
+                agreement: "people".into(),
+                secret: "people-secret".into(),
+                base: "dc=example,dc=com".into(),
+            }],
+            changelog: String::new(),
+            keepalive: ("1s".into(), "5s".into()),
+            writer_secret: "writer-secret".into(),
+        }
+    }
+}
+
+impl Provider {
+    /// Writes the provider's config under `dir` (does not start it).
+    pub fn configure(dir: &Path, opts: &ProviderOptions) -> Result<Self> {
+        fs::create_dir_all(dir.join("secrets"))?;
+        let port = free_port()?;
+        let mut toml = format!(
+            "data_dir = \"data\"\nlisten = \"127.0.0.1:{port}\"\ncontrol = \"ctl.sock\"\nsuffix = \"{}\"\nbatch_size = 200\n\
+             [changelog]\n{}\n[keepalive]\ninterval = \"{}\"\ntimeout = \"{}\"\n[writer]\nsecret_file = \"secrets/writer.key\"\n",
+            opts.suffix, opts.changelog, opts.keepalive.0, opts.keepalive.1
+        );
+        fs::write(dir.join("secrets/writer.key"), &opts.writer_secret)?;
+        for g in &opts.grants {
+            let _ = write!(
+                toml,
+                "[[consumer]]\nagreement = \"{}\"\nsecret_file = \"secrets/{}.key\"\nbase = \"{}\"\n",
+                g.agreement, g.agreement, g.base
+            );
+            fs::write(dir.join(format!("secrets/{}.key", g.agreement)), &g.secret)?;
+        }
+        let config = dir.join("provider.toml");
+        fs::write(&config, toml)?;
+        Ok(Self { dir: dir.to_owned(), config, port, child: None, log: dir.join("provider.log"), starts: 0 })
+    }
+
+    fn cmd(&self, sub: &str) -> Result<Command> {
+        let mut c = Command::new(bin("tether-provider")?);
+        c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", "info");
+        Ok(c)
+    }
+
+    /// Offline bulk load.
+    pub fn load(&self, ldif: &Path) -> Result<String> {
+        run_ok({
+            let mut c = self.cmd("load")?;
+            c.arg(ldif);
+            c
+        })
+    }
+
+    /// Starts `serve` and waits until it listens.
+    pub fn start(&mut self) -> Result<()> {
+        self.starts += 1;
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut child = self.cmd("serve")?.stdout(Stdio::piped()).stderr(log).spawn()?;
+        let stdout = child.stdout.take().context("provider stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        self.child = Some(child);
+        rx.recv_timeout(START_TIMEOUT)
+            .map_err(|_| anyhow::anyhow!("provider did not start; log:\n{}", self.log_text()))?;
+        Ok(())
+    }
+
+    /// The provider's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Applies LDIF change records through `write`.
+    pub fn write(&self, ldif_text: &str) -> Result<Output> {
+        let file = self.dir.join(format!("changes-{}.ldif", rand_suffix()));
+        fs::write(&file, ldif_text)?;
+        let out = self.cmd("write")?.arg(&file).output()?;
+        Ok(out)
+    }
+
+    /// Like [`Provider::write`] but fails unless every record applied.
+    pub fn write_ok(&self, ldif_text: &str) -> Result<()> {
+        let out = self.write(ldif_text)?;
+        if !out.status.success() {
+            bail!("write failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Canonical LDIF of a region.
+    pub fn search(&self, base: &str, scope: &str, filter: &str) -> Result<String> {
+        run_ok({
+            let mut c = self.cmd("search")?;
+            c.args(["--base", base, "--scope", scope, "--filter", filter]);
+            c
+        })
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let text = run_ok({
+            let mut c = self.cmd("status")?;
+            c.arg("--json");
+            c
+        })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("provider not running")?;
+        signal(&child, "TERM")?;
+        wait_exit(&mut child, START_TIMEOUT)
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Waits for a child to exit within `limit`, killing it if it does not.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if start.elapsed() >= limit {
+            child.kill()?;
+            bail!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn rand_suffix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// One agreement of a consumer config.
+#[derive(Debug, Clone)]
+pub struct Agreement {
+    /// Name.
+    pub name: String,
+    /// `refresh-and-persist` or `refresh-only`.
+    pub mode: String,
+    /// Base DN.
+    pub base: String,
+    /// Scope.
+    pub scope: String,
+    /// Filter.
+    pub filter: String,
+    /// Secret text.
+    pub secret: String,
+    /// Extra TOML lines for the agreement (interval, retry, ...).
+    pub extra: String,
+}
+
+impl Agreement {
+    /// A persist agreement over `base` (subtree, all entries).
+    pub fn persist(name: &str, base: &str, secret: &str) -> Self {
+        Self {
+            name: name.into(),
+            mode: "refresh-and-persist".into(),
+            base: base.into(),
+            scope: "subtree".into(),
+            filter: "(objectClass=*)".into(),
+            secret: secret.into(),
+            extra: "retry = [\"200ms x1000\"]\n".into(),
+        }
+    }
+}
+
+/// A consumer process and its folder.
+#[derive(Debug)]
+pub struct Consumer {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// The running process, if any.
+    pub child: Option<Child>,
+    /// Its stderr log.
+    pub log: PathBuf,
+}
+
+impl Consumer {
+    /// Writes the consumer's config under `dir` for a provider on `port`.
+    pub fn configure(dir: &Path, port: u16, agreements: &[Agreement]) -> Result<Self> {
+        fs::create_dir_all(dir.join("secrets"))?;
+        let mut toml = "data_dir = \"data\"\ncontrol = \"ctl.sock\"\nshutdown_timeout = \"5s\"\n".to_owned();
+        for a in agreements {
+            let _ = write!(
+                toml,
+                "[[agreement]]\nname = \"{}\"\nprovider = \"127.0.0.1:{port}\"\nmode = \"{}\"\nbase = \"{}\"\nscope = \"{}\"\n\
+                 filter = \"{}\"\nsecret_file = \"secrets/{}.key\"\n{}\n[agreement.keepalive]\ninterval = \"1s\"\ntimeout = \"5s\"\n",
+                a.name, a.mode, a.base, a.scope, a.filter, a.name, a.extra
+            );
+            fs::write(dir.join(format!("secrets/{}.key", a.name)), &a.secret)?;
+        }
+        let config = dir.join("consumer.toml");
+        fs::write(&config, toml)?;
+        Ok(Self { dir: dir.to_owned(), config, child: None, log: dir.join("consumer.log") })
+    }
+
+    fn cmd(&self, sub: &str) -> Result<Command> {
+        let mut c = Command::new(bin("tether-consumer")?);
+        c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", "info");
+        Ok(c)
+    }
+
+    /// Starts `run` and waits until it is up.
+    pub fn start(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut child = self.cmd("run")?.stdout(Stdio::piped()).stderr(log).spawn()?;
+        let stdout = child.stdout.take().context("consumer stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("consumer running") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        self.child = Some(child);
+        rx.recv_timeout(START_TIMEOUT)
+            .map_err(|_| anyhow::anyhow!("consumer did not start; log:\n{}", self.log_text()))?;
+        Ok(())
+    }
+
+    /// The consumer's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Canonical LDIF of an agreement's replica (region defaults to the agreement's).
+    pub fn search(&self, agreement: &str, base: &str, scope: &str, filter: &str) -> Result<String> {
+        run_ok({
+            let mut c = self.cmd("search")?;
+            c.args(["--agreement", agreement, "--base", base, "--scope", scope, "--filter", filter]);
+            c
+        })
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let text = run_ok({
+            let mut c = self.cmd("status")?;
+            c.arg("--json");
+            c
+        })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// One agreement's status object.
+    pub fn agreement_status(&self, name: &str) -> Result<serde_json::Value> {
+        let status = self.status()?;
+        status["agreements"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
+            .with_context(|| format!("no agreement {name} in status {status}"))
+    }
+
+    /// Runs `stop`, `start`, `restart` or `reload`.
+    pub fn admin(&self, sub: &str, name: Option<&str>) -> Result<String> {
+        run_ok({
+            let mut c = self.cmd(sub)?;
+            if let Some(n) = name {
+                c.arg(n);
+            }
+            c
+        })
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("consumer not running")?;
+        signal(&child, "TERM")?;
+        wait_exit(&mut child, START_TIMEOUT)
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}

@@ -1,0 +1,286 @@
+//! End-to-end replication with the real binaries (issue: provider and consumer
+//! processes): refresh, live changes, delta / present catch-up, scopes, rejections,
+//! bad input, and the provider's goodbye.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use replication_tests::harness::{wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions};
+use replication_tests::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+const ALL: &str = "(objectClass=*)";
+
+fn count(ldif: &str) -> usize {
+    ldif.lines().filter(|l| l.starts_with("dn:")).count()
+}
+
+/// A provider loaded with `n` generated people, running.
+fn provider_with(root: &Path, n: usize, seed: u64, opts: ProviderOptions) -> Result<(Provider, Workload)> {
+    let mut w = Workload::new(n, seed);
+    let mut p = Provider::configure(&root.join("provider"), &opts)?;
+    let file = root.join("initial.ldif");
+    std::fs::write(&file, w.initial_ldif())?;
+    p.load(&file)?;
+    p.start()?;
+    Ok((p, w))
+}
+
+fn same(p: &Provider, c: &Consumer, agreement: &str, base: &str, filter: &str) -> Result<bool> {
+    Ok(p.search(base, "subtree", filter)? == c.search(agreement, base, "subtree", filter)?)
+}
+
+fn wait_converged(p: &Provider, c: &Consumer, agreement: &str, base: &str) -> Result<()> {
+    wait_until(CONVERGE, &format!("{agreement} to converge"), || same(p, c, agreement, base, ALL))
+}
+
+fn last_refresh(c: &Consumer, agreement: &str) -> Result<String> {
+    Ok(c.agreement_status(agreement)?["last_refresh"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn persist_consumer_converges_on_5000_entries_and_500_writes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 5000, 1, ProviderOptions::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert!(count(&c.search("people", PEOPLE, "subtree", ALL)?) > 3500);
+    assert_eq!(last_refresh(&c, "people")?, "full");
+    p.write_ok(&w.changes(500))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    let status = c.agreement_status("people")?;
+    assert_eq!(status["state"], "persisting");
+    assert_eq!(status["last_refresh"], "full", "live changes arrived without another refresh");
+    Ok(())
+}
+
+#[test]
+fn refresh_only_consumer_converges_by_polling() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 2000, 2, ProviderOptions::default())?;
+    let a = Agreement {
+        mode: "refresh-only".into(),
+        extra: "interval = \"300ms\"\nretry = [\"200ms x1000\"]\n".into(),
+        ..Agreement::persist("people", PEOPLE, "people-secret")
+    };
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    p.write_ok(&w.changes(300))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    wait_until(CONVERGE, "a delta poll", || Ok(last_refresh(&c, "people")? == "delta"))?;
+    let status = c.agreement_status("people")?;
+    assert!(status["refreshes"]["delta"].as_u64().unwrap_or(0) >= 1);
+    assert!(status["disconnects"].as_object().is_none_or(|d| d.is_empty()), "polls are not disconnects: {status}");
+    Ok(())
+}
+
+#[test]
+fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 2000, 3, ProviderOptions::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert!(c.stop()?.success(), "SIGTERM exits 0");
+    wait_until(CONVERGE, "the provider to log the goodbye", || Ok(p.log_text().contains("consumer said goodbye")))?;
+    p.write_ok(&w.changes(1000))?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(last_refresh(&c, "people")?, "delta");
+    Ok(())
+}
+
+#[test]
+fn trimmed_changelog_gives_a_present_refresh_without_shrinking_the_replica() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let opts = ProviderOptions {
+        changelog: "max_changes = 20\ntrim_interval = \"100ms\"\nhold_for_consumers = \"1s\"".into(),
+        ..ProviderOptions::default()
+    };
+    let (p, mut w) = provider_with(tmp.path(), 3000, 4, opts)?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    c.stop()?;
+    p.write_ok(&w.changes(400))?;
+    // Make sure the trimmer has passed the consumer's position.
+    wait_until(CONVERGE, "the changelog to be trimmed", || {
+        let s = p.status()?;
+        Ok(s["changelog"]["oldest"].as_u64().unwrap_or(0) > 3000)
+    })?;
+    let before = count(&c.search("people", PEOPLE, "subtree", ALL)?);
+    c.start()?;
+    let mut min_seen = usize::MAX;
+    wait_until(CONVERGE, "present refresh to converge", || {
+        let n = count(&c.search("people", PEOPLE, "subtree", ALL)?);
+        min_seen = min_seen.min(n);
+        same(&p, &c, "people", PEOPLE, ALL)
+    })?;
+    assert_eq!(last_refresh(&c, "people")?, "present");
+    let after = count(&c.search("people", PEOPLE, "subtree", ALL)?);
+    // The replica only ever switched from the old generation to the new one.
+    assert!(min_seen >= before.min(after), "saw {min_seen} entries mid-reload; before {before}, after {after}");
+    Ok(())
+}
+
+#[test]
+fn two_consumers_with_different_scopes_and_filters_hold_exactly_their_regions() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let opts = ProviderOptions {
+        grants: vec![
+            Grant { agreement: "people".into(), secret: "s1".into(), base: PEOPLE.into() },
+            Grant { agreement: "others".into(), secret: "s2".into(), base: SUFFIX.into() },
+        ],
+        ..ProviderOptions::default()
+    };
+    let (p, mut w) = provider_with(tmp.path(), 1500, 5, opts)?;
+    let filter = "(&(objectClass=inetOrgPerson)(employeeNumber>=500))";
+    let mut a = Consumer::configure(&tmp.path().join("a"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?;
+    let mut b = Consumer::configure(
+        &tmp.path().join("b"),
+        p.port,
+        &[Agreement { filter: filter.into(), ..Agreement::persist("others", OTHERS, "s2") }],
+    )?;
+    a.start()?;
+    b.start()?;
+    p.write_ok(&w.changes(300))?;
+    wait_converged(&p, &a, "people", PEOPLE)?;
+    wait_until(CONVERGE, "filtered consumer", || same(&p, &b, "others", OTHERS, filter))?;
+    // Exactly the region: nothing outside the filter or the base.
+    let b_all = b.search("others", SUFFIX, "subtree", ALL)?;
+    assert_eq!(b_all, p.search(OTHERS, "subtree", filter)?);
+    assert!(!b_all.contains(PEOPLE));
+    let a_all = a.search("people", SUFFIX, "subtree", ALL)?;
+    assert!(!a_all.contains(OTHERS));
+    Ok(())
+}
+
+#[test]
+fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 1000, 6, ProviderOptions::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert!(p.stop()?.success(), "provider SIGTERM exits 0");
+    wait_until(CONVERGE, "provider-goodbye", || {
+        let s = c.agreement_status("people")?;
+        Ok(s["last_disconnect"] == "provider-goodbye")
+    })?;
+    assert!(c.log_text().contains("provider said goodbye"));
+    assert_eq!(c.agreement_status("people")?["disconnects"]["connection-lost"], serde_json::Value::Null);
+    p.start()?;
+    p.write_ok(&w.changes(100))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(last_refresh(&c, "people")?, "delta");
+    Ok(())
+}
+
+#[test]
+fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let opts = ProviderOptions {
+        grants: vec![
+            Grant { agreement: "people".into(), secret: "right".into(), base: PEOPLE.into() },
+            Grant { agreement: "narrow".into(), secret: "n".into(), base: OTHERS.into() },
+        ],
+        ..ProviderOptions::default()
+    };
+    let (p, mut w) = provider_with(tmp.path(), 300, 7, opts)?;
+    let mut good =
+        Consumer::configure(&tmp.path().join("good"), p.port, &[Agreement::persist("people", PEOPLE, "right")])?;
+    good.start()?;
+    let mut bad = Consumer::configure(
+        &tmp.path().join("bad"),
+        p.port,
+        &[
+            Agreement::persist("people", PEOPLE, "wrong"),
+            Agreement::persist("nosuch", PEOPLE, "x"),
+            Agreement::persist("narrow", SUFFIX, "n"),
+        ],
+    )?;
+    bad.start()?;
+    for (name, reason) in
+        [("people", "bad-credentials"), ("nosuch", "unknown-agreement"), ("narrow", "scope-not-allowed")]
+    {
+        wait_until(CONVERGE, &format!("{name} rejected"), || {
+            let s = bad.agreement_status(name)?;
+            Ok(s["last_disconnect"] == "rejected" && s["last_error"].as_str().is_some_and(|e| e.contains(reason)))
+        })?;
+        assert!(bad.log_text().contains(reason), "log names {reason}");
+    }
+    // A protocol version the provider does not speak, straight through the library.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rejection = rt.block_on(async {
+        use tether_protocol::auth::Secret;
+        use tether_protocol::handshake::{client_handshake, HandshakeError};
+        use tether_protocol::message::{Hello, Mode, Role};
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", p.port)).await?;
+        let (mut r, mut wr) = tether_protocol::connection::from_tcp(stream)?;
+        let hello = Hello {
+            versions: vec![999],
+            client_id: "future".into(),
+            role: Role::Consumer {
+                agreement: "people".into(),
+                mode: Mode::RefreshOnly,
+                cookie: None,
+                spec: tether_protocol::SearchSpec::subtree(tether_protocol::Dn::parse(PEOPLE)?),
+            },
+        };
+        let secret = Secret::new(b"right".to_vec())?;
+        match client_handshake(&mut r, &mut wr, &hello, &secret, Duration::from_secs(10)).await {
+            Err(HandshakeError::Rejected(reject)) => Ok::<_, anyhow::Error>(reject.reason.as_str().to_owned()),
+            other => anyhow::bail!("expected a rejection, got {other:?}"),
+        }
+    })?;
+    assert_eq!(rejection, "version-mismatch");
+    // The good consumer kept replicating throughout.
+    p.write_ok(&w.changes(50))?;
+    wait_converged(&p, &good, "people", PEOPLE)?;
+    assert_eq!(good.agreement_status("people")?["state"], "persisting");
+    Ok(())
+}
+
+#[test]
+fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut c = Consumer::configure(&tmp.path().join("c"), 1, &[Agreement::persist("people", PEOPLE, "s")])?;
+    let text = std::fs::read_to_string(&c.config)?.replace("scope = \"subtree\"", "scope = \"deep\"");
+    std::fs::write(&c.config, text)?;
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-consumer")?)
+        .args(["run", "-c"])
+        .arg(&c.config)
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("consumer.toml") && err.contains("agreement[0].scope") && err.contains("deep"), "{err}");
+    assert!(!c.dir.join("data").exists(), "nothing written");
+    c.child = None;
+
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    let bad = tmp.path().join("bad.ldif");
+    std::fs::write(
+        &bad,
+        "dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\ndn: cn=x,,dc=example,dc=com\nobjectClass: top\n",
+    )?;
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
+        .args(["load", "-c"])
+        .arg(&p.config)
+        .arg(&bad)
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.ldif") && err.contains("line 5"), "{err}");
+    assert_eq!(p.search(SUFFIX, "subtree", ALL)?, "", "nothing was loaded");
+    // A refused record in `write` names its line and how many applied.
+    Ok(())
+}
