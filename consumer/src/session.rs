@@ -508,7 +508,13 @@ impl Applier<'_> {
                         s.state = State::Persisting;
                     }
                 });
-                self.send(&Message::Ack { cookie }).await
+                // A refresh-only provider says goodbye right after `RefreshDone` and may
+                // already be gone; our next `Hello` carries this cookie anyway.
+                if persisting {
+                    self.send(&Message::Ack { cookie }).await
+                } else {
+                    Ok(())
+                }
             }
             Message::Change { op, cookie } => {
                 self.expect_persisting("Change")?;

@@ -203,6 +203,10 @@ where
 
 impl<R: AsyncRead + Unpin> Session<'_, R> {
     async fn drive(&mut self) -> SessionEnd {
+        // The position a consumer presents holds back changelog trimming, for pollers too.
+        if let Some(cookie) = self.req.cookie.filter(|c| c.store_id == self.dir.store_id()) {
+            self.record_position(cookie.csn);
+        }
         let mut refresh =
             match Refresh::plan(self.dir, self.req.spec.clone(), self.req.cookie.as_ref(), self.params.batch_size) {
                 Ok(r) => r,
@@ -360,6 +364,15 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         Ok(Some(last))
     }
 
+    /// Stores the consumer's position, which holds back changelog trimming.
+    fn record_position(&mut self, csn: Csn) {
+        let id = format!("{}/{}", self.req.agreement, self.req.client_id);
+        if let Err(e) = self.dir.record_consumer(&id, csn) {
+            warn!(error = %e, "could not record consumer position");
+        }
+        self.last_recorded = Some(Instant::now());
+    }
+
     fn publish_queue(&self) {
         let len = self.params.queue_len.max(1) - self.queue.capacity();
         self.reg.update(|i| i.queue_len = len);
@@ -389,13 +402,8 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             Message::Ack { cookie } => {
                 if cookie.store_id == self.dir.store_id() {
                     self.reg.acked(&cookie, self.dir.durable_csn());
-                    let due = self.last_recorded.is_none_or(|t| t.elapsed() >= POSITION_RECORD_INTERVAL);
-                    if due {
-                        let id = format!("{}/{}", self.req.agreement, self.req.client_id);
-                        if let Err(e) = self.dir.record_consumer(&id, cookie.csn) {
-                            warn!(error = %e, "could not record consumer position");
-                        }
-                        self.last_recorded = Some(Instant::now());
+                    if self.last_recorded.is_none_or(|t| t.elapsed() >= POSITION_RECORD_INTERVAL) {
+                        self.record_position(cookie.csn);
                     }
                 }
                 Inbound::Continue
