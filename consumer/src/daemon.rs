@@ -8,8 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tether_protocol::auth::Secret;
-use tether_protocol::message::Mode as WireMode;
 use tether_protocol::{Filter, SearchSpec};
 use tether_store::ReplicaStore;
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,7 +15,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::config::{load_secret, AgreementConfig, ConsumerConfig, Mode};
+use crate::config::{load_secret, AgreementConfig, ConsumerConfig};
 use crate::control::{self, ControlContext};
 use crate::session::SessionConfig;
 use crate::status::StatusHandle;
@@ -74,15 +72,11 @@ fn session_config(
     for w in &loaded.warnings {
         warn!("{w}");
     }
-    let secret = Secret::new(loaded.secret.expose().to_vec())
-        .with_context(|| format!("{}: key 'agreement[{index}].secret_file'", config.file.display()))?;
+    let secret = loaded.secret;
     Ok(SessionConfig {
         name: a.name.clone(),
         provider: a.provider.to_string(),
-        mode: match a.mode {
-            Mode::RefreshAndPersist => WireMode::RefreshAndPersist,
-            Mode::RefreshOnly => WireMode::RefreshOnly,
-        },
+        mode: a.mode,
         spec: spec_of(config, index, a)?,
         secret,
         client_id: client_id.to_owned(),

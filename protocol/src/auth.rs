@@ -49,9 +49,26 @@ pub enum AuthError {
 }
 
 /// A shared secret (an agreement's or the writer's). Its bytes are never printed: its
-/// `Debug` is `Secret(<redacted>)` and it has no `Display`.
-#[derive(Clone, PartialEq, Eq)]
+/// `Debug` is `Secret(<redacted>)` and it has no `Display`; equality (used to notice a
+/// changed secret on reload) is constant-time; its memory is zeroed on drop.
+#[derive(Clone)]
 pub struct Secret(Vec<u8>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == other.0.len() && bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl Eq for Secret {}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&mut self.0);
+    }
+}
 
 impl Secret {
     /// A secret from its exact bytes.

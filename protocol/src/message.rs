@@ -61,7 +61,7 @@ impl fmt::Display for Mode {
 
 /// Why a mode word was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid mode {0:?}: expected refresh-only or refresh-and-persist")]
+#[error("invalid mode {0:?}: expected refresh-and-persist or refresh-only")]
 pub struct ModeParseError(String);
 
 impl FromStr for Mode {

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tether_protocol::auth::Secret;
 use tether_protocol::connection;
 use tether_protocol::control::{self, ControlError, ControlRequest};
 use tether_protocol::handshake::client_handshake;
@@ -49,7 +48,7 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
         bail!("{}: no [writer] section: writes are not enabled", config.file.display());
     };
     let secret = load_secret(&writer.secret_file)?;
-    let secret = Secret::new(secret.secret.expose().to_vec()).context("writer secret")?;
+    let secret = secret.secret;
     let (host, port) = config.listen.addr();
     let host = if host == "0.0.0.0" || host == "::" || host == "[::]" { "127.0.0.1" } else { host };
     let stream = tokio::time::timeout(CLIENT_TIMEOUT, tokio::net::TcpStream::connect((host, port)))

@@ -6,7 +6,8 @@
 //! [`ProviderConfig::check_secrets`] does that at start, and the session code calls
 //! [`load_secret`] when it needs the bytes.
 
-pub mod source;
+/// The config-file mechanics both processes share.
+pub use tether_config as source;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tether_protocol::Dn;
 
-pub use source::{load_secret, AddressError, ConfigError, HostPort, KeepaliveConfig, Secret, SecretFile};
+pub use source::{load_secret, AddressError, ConfigError, HostPort, KeepaliveConfig, SecretFile};
 
 /// Default `data_dir`, relative to the config file's folder.
 pub const DEFAULT_DATA_DIR: &str = "data/provider";
@@ -385,7 +386,11 @@ mod tests {
 
         assert!(config.check_secrets().is_ok());
         let writer = load_secret(&dir.join("secrets/writer.key")).unwrap();
-        assert_eq!(writer.secret.expose().len(), 44);
+        let file = std::fs::read(dir.join("secrets/writer.key")).unwrap();
+        assert!(
+            writer.secret == tether_protocol::Secret::new(file.trim_ascii_end().to_vec()).unwrap(),
+            "newline trimmed"
+        );
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tether_protocol::auth::Secret;
 use tether_store::{Directory, RetentionPolicy};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -32,14 +31,12 @@ pub fn grants(config: &ProviderConfig) -> Result<Grants> {
         for w in loaded.warnings {
             warn!("{w}");
         }
-        let secret = Secret::new(loaded.secret.expose().to_vec())
-            .with_context(|| format!("{}: consumer[{i}].secret_file", config.file.display()))?;
-        grants.agreements.insert(c.agreement.clone(), (secret, c.allowed_base(&config.suffix).clone()));
+        grants.agreements.insert(c.agreement.clone(), (loaded.secret, c.allowed_base(&config.suffix).clone()));
     }
     if let Some(w) = &config.writer {
         let loaded =
             load_secret(&w.secret_file).with_context(|| format!("{}: writer.secret_file", config.file.display()))?;
-        grants.writer = Some(Secret::new(loaded.secret.expose().to_vec()).context("writer secret")?);
+        grants.writer = Some(loaded.secret);
     }
     Ok(grants)
 }

@@ -3,9 +3,9 @@
 //! reason, the value parsers the config structs deserialize with, relative-path
 //! resolution, and secret files.
 //!
-//! The provider and the consumer share no crate but `tether-protocol`, which does no
-//! file I/O, so this file exists twice, byte for byte: `provider/src/config/source.rs`
-//! and `consumer/src/config/source.rs`. A consumer test fails if the two drift apart.
+//! It is its own crate because both processes need it and neither may depend on the
+//! other, while `tether-protocol` stays free of file I/O. Each process's `config`
+//! module imports it as `source`.
 //!
 //! How a key is named: serde reports *what* is wrong and toml_edit reports *where* (a
 //! byte span). [`parse_toml`] indexes the span of every key, table and value of the
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
-use tether_protocol::{Dn, Scope};
+use tether_protocol::{Dn, Scope, Secret};
 use toml_edit::{ImDocument, Item, Table, Value};
 
 /// Largest secret file accepted, in bytes. HMAC keys are 32 to 64 bytes; a bigger file
@@ -539,36 +539,6 @@ pub fn check_socket_path(file: &Path, key: &str, path: &Path) -> Result<(), Conf
     Ok(())
 }
 
-/// A shared secret (HMAC key). Its bytes are reachable only through
-/// [`Secret::expose`]; `Debug` prints no part of them, and the memory is zeroed on drop.
-/// It deliberately has no `PartialEq`: compare MACs in constant time instead.
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    /// Wraps secret bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
-
-    /// The secret bytes, for computing a MAC. Never log or format them.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        self.0.iter_mut().for_each(|b| *b = 0);
-        std::hint::black_box(&mut self.0);
-    }
-}
-
 /// A secret read from its file, with the warnings the file deserves.
 #[derive(Debug)]
 pub struct SecretFile {
@@ -602,18 +572,10 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
     file.take(MAX_SECRET_LEN + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| refuse(format!("cannot read secret file: {e}")))?;
-    let mut secret = Secret::new(bytes);
-    if secret.0.len() as u64 > MAX_SECRET_LEN {
+    if bytes.len() as u64 > MAX_SECRET_LEN {
         return Err(refuse(format!("secret file is larger than {MAX_SECRET_LEN} bytes; is it the right file?")));
     }
-    if secret.0.ends_with(b"\r\n") {
-        secret.0.truncate(secret.0.len() - 2);
-    } else if secret.0.ends_with(b"\n") {
-        secret.0.truncate(secret.0.len() - 1);
-    }
-    if secret.0.is_empty() {
-        return Err(refuse("secret file is empty".to_owned()));
-    }
+    let secret = Secret::from_file_contents(bytes).map_err(|_| refuse("secret file is empty".to_owned()))?;
     Ok(SecretFile { secret, warnings })
 }
 
@@ -720,7 +682,7 @@ mod tests {
             [(b"s3cret\n", b"s3cret"), (b"s3cret\r\n", b"s3cret"), (b"s3cret\n\n", b"s3cret\n"), (b"raw", b"raw")];
         for (i, (contents, want)) in cases.into_iter().enumerate() {
             let loaded = load_secret(&write_secret(&dir, &format!("k{i}"), contents)).unwrap();
-            assert_eq!(loaded.secret.expose(), want);
+            assert!(loaded.secret == Secret::new(want.to_vec()).unwrap());
             assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         }
         for (name, contents) in [("empty", &b""[..]), ("newline", &b"\n"[..])] {
@@ -751,7 +713,7 @@ mod tests {
         let path = write_secret(&dir, "k", b"abc\n");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let loaded = load_secret(&path).unwrap();
-        assert_eq!(loaded.secret.expose(), b"abc");
+        assert!(loaded.secret == Secret::new(b"abc".to_vec()).unwrap());
         assert_eq!(loaded.warnings.len(), 1);
         assert!(loaded.warnings[0].contains("mode 644"), "{:?}", loaded.warnings);
     }
