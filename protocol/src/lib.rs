@@ -9,19 +9,42 @@
 //! - [`csn`], [`cookie`]: change sequence numbers and a consumer's position.
 //! - [`change`]: write requests (add, modify, delete, modify-DN).
 //! - [`filter`], [`scope`]: RFC 4515 filters and search/agreement regions.
+//!
+//! The wire, bottom-up (normative description: `docs/protocol.md`):
+//! - [`frame`]: 4-byte length-prefixed frames over any async byte stream, size-limited.
+//! - [`codec`]: the one place bincode is named; `encode`/`decode` for the wire and the store.
+//! - [`message`]: every wire message, the protocol version and the reason words.
+//! - [`connection`]: message reader and writer halves over frames and the codec.
+//! - [`auth`]: shared secrets, challenge nonces and the HMAC-SHA256 proof.
+//! - [`handshake`]: Hello / Challenge / Auth / Welcome-or-Reject, under a deadline.
 
+pub mod auth;
 pub mod change;
+pub mod codec;
+pub mod connection;
 pub mod cookie;
 pub mod csn;
 pub mod dn;
 pub mod entry;
 pub mod filter;
+pub mod frame;
+pub mod handshake;
+pub mod message;
 pub mod scope;
 
+pub use auth::Secret;
 pub use change::{Change, ModOp, Modification};
+pub use codec::CodecError;
+pub use connection::{MessageReader, MessageWriter, WireError};
 pub use cookie::{Cookie, StoreId};
 pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
 pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryUuid, Value};
 pub use filter::Filter;
+pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME};
+pub use handshake::{client_handshake, server_handshake, Accepted, Admission, HandshakeError, HANDSHAKE_TIMEOUT};
+pub use message::{
+    GoodbyeReason, Hello, Message, Mode, RefreshKind, Reject, RejectReason, ReplOp, Role, Welcome, WriteErrorKind,
+    WriteOutcome, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+};
 pub use scope::{Scope, SearchSpec};

@@ -1,0 +1,211 @@
+//! Authentication primitives for the handshake: the shared [`Secret`], the challenge
+//! nonce and the HMAC-SHA256 proof. `handshake` drives the exchange; this module only
+//! computes and checks. A secret never crosses the wire: the client proves it knows the
+//! secret by MACing a fresh nonce the provider chose, bound to who it says it is.
+//!
+//! MAC construction (normative, see `docs/protocol.md`):
+//! `HMAC-SHA256(secret, lp(DOMAIN) ‖ lp(nonce) ‖ lp(client_id) ‖ lp(role kind) ‖ lp(agreement))`
+//! where `lp(x)` is `x`'s length as 4 big-endian bytes followed by `x`, the role kind is
+//! `consumer` or `writer` and the agreement is empty for a writer. Length prefixes keep
+//! the parts from running into each other (`client_id "ab" + agreement "c"` cannot be
+//! confused with `"a" + "bc"`), and the role kind keeps an agreement named `writer` from
+//! standing in for the writer role.
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::message::{Hello, MAC_LEN, NONCE_LEN};
+
+/// Domain separation: a MAC made for this handshake cannot be reused as any other
+/// HMAC computed with the same secret, nor across incompatible MAC layouts.
+const DOMAIN: &[u8] = b"tether-handshake-mac-v1";
+
+/// The challenge nonce.
+pub type Nonce = [u8; NONCE_LEN];
+
+/// The client's proof.
+pub type MacTag = [u8; MAC_LEN];
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a secret or a nonce could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// An empty secret authenticates nothing; refused so a blank `secret_file` is a
+    /// clear start-up error rather than an open door.
+    #[error("secret is empty")]
+    EmptySecret,
+    /// The operating system's random generator failed; no nonce, no handshake.
+    #[error("random number generator failed: {0}")]
+    Random(#[source] rand::Error),
+    /// The transcript cannot be MACed (a part over 4 GiB); never happens for a Hello
+    /// that fits a frame.
+    #[error("handshake transcript cannot be authenticated")]
+    Unmacable,
+}
+
+/// A shared secret (an agreement's or the writer's). Its bytes are never printed: its
+/// `Debug` is `Secret(<redacted>)` and it has no `Display`. Equality (used to notice a
+/// changed `secret_file` on reload) compares in constant time.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for Secret {}
+
+impl Secret {
+    /// A secret from its exact bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, AuthError> {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            return Err(AuthError::EmptySecret);
+        }
+        Ok(Self(bytes))
+    }
+
+    /// A secret from the contents of a `secret_file`: one trailing `\n` or `\r\n`, as
+    /// editors and `echo` leave, is not part of the secret. Anything else is kept as is.
+    pub fn from_file_contents(mut bytes: Vec<u8>) -> Result<Self, AuthError> {
+        if bytes.ends_with(b"\r\n") {
+            bytes.truncate(bytes.len() - 2);
+        } else if bytes.ends_with(b"\n") {
+            bytes.truncate(bytes.len() - 1);
+        }
+        Self::new(bytes)
+    }
+
+    /// The secret's bytes, for whoever must MAC with it.
+    fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A fresh 32-byte challenge from the operating system's CSPRNG.
+pub fn new_nonce() -> Result<Nonce, AuthError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.try_fill_bytes(&mut nonce).map_err(AuthError::Random)?;
+    Ok(nonce)
+}
+
+/// The HMAC keyed with `secret` over the handshake transcript, before finalizing.
+/// `None` only if the HMAC implementation refuses the key, which HMAC never does for a
+/// key of any length; callers fail closed on it anyway.
+fn keyed(secret: &Secret, nonce: &Nonce, hello: &Hello) -> Option<HmacSha256> {
+    let mut mac = HmacSha256::new_from_slice(secret.expose()).ok()?;
+    let parts: [&[u8]; 5] = [
+        DOMAIN,
+        nonce,
+        hello.client_id.as_bytes(),
+        hello.role.kind().as_bytes(),
+        hello.role.agreement().unwrap_or_default().as_bytes(),
+    ];
+    for part in parts {
+        // A part longer than 4 GiB cannot have arrived in a frame; refuse it rather
+        // than MAC an ambiguous length.
+        let len = u32::try_from(part.len()).ok()?;
+        mac.update(&len.to_be_bytes());
+        mac.update(part);
+    }
+    Some(mac)
+}
+
+/// The client's proof for `nonce` and the identity and role in `hello`.
+pub fn compute_mac(secret: &Secret, nonce: &Nonce, hello: &Hello) -> Result<MacTag, AuthError> {
+    let mac = keyed(secret, nonce, hello).ok_or(AuthError::Unmacable)?;
+    Ok(mac.finalize().into_bytes().into())
+}
+
+/// Whether `tag` is the proof for `nonce` and `hello` under `secret`, compared in
+/// constant time so timing reveals nothing about the expected MAC.
+pub fn verify_mac(secret: &Secret, nonce: &Nonce, hello: &Hello, tag: &MacTag) -> bool {
+    keyed(secret, nonce, hello).is_some_and(|mac| mac.verify_slice(tag).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::tests::consumer_hello;
+    use crate::message::Role;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let s = Secret::new("hunter2").unwrap();
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert_eq!(format!("{:?}", Some(&s)), "Some(Secret(<redacted>))");
+    }
+
+    #[test]
+    fn file_contents_lose_one_trailing_newline_only() {
+        assert_eq!(Secret::from_file_contents(b"abc\n".to_vec()).unwrap(), Secret::new("abc").unwrap());
+        assert_eq!(Secret::from_file_contents(b"abc\r\n".to_vec()).unwrap(), Secret::new("abc").unwrap());
+        assert_eq!(Secret::from_file_contents(b"abc\n\n".to_vec()).unwrap(), Secret::new("abc\n").unwrap());
+        assert_eq!(Secret::from_file_contents(b" abc ".to_vec()).unwrap(), Secret::new(" abc ").unwrap());
+        assert!(matches!(Secret::from_file_contents(b"\n".to_vec()), Err(AuthError::EmptySecret)));
+        assert!(matches!(Secret::new(Vec::new()), Err(AuthError::EmptySecret)));
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        assert_ne!(new_nonce().unwrap(), new_nonce().unwrap());
+    }
+
+    #[test]
+    fn mac_verifies_only_for_the_same_secret_nonce_and_identity() {
+        let secret = Secret::new("s3cret").unwrap();
+        let nonce = new_nonce().unwrap();
+        let hello = consumer_hello("people");
+        let tag = compute_mac(&secret, &nonce, &hello).unwrap();
+        assert!(verify_mac(&secret, &nonce, &hello, &tag));
+
+        assert!(!verify_mac(&Secret::new("other").unwrap(), &nonce, &hello, &tag));
+        assert!(!verify_mac(&secret, &new_nonce().unwrap(), &hello, &tag));
+        let mut other_agreement = hello.clone();
+        if let Role::Consumer { agreement, .. } = &mut other_agreement.role {
+            *agreement = "groups".into();
+        }
+        assert!(!verify_mac(&secret, &nonce, &other_agreement, &tag));
+        let mut other_client = hello.clone();
+        other_client.client_id.push('x');
+        assert!(!verify_mac(&secret, &nonce, &other_client, &tag));
+        let mut flipped = tag;
+        flipped[0] ^= 1;
+        assert!(!verify_mac(&secret, &nonce, &hello, &flipped));
+    }
+
+    #[test]
+    fn an_agreement_named_writer_is_not_the_writer_role() {
+        let secret = Secret::new("s").unwrap();
+        let nonce = [1; NONCE_LEN];
+        let mut consumer = consumer_hello("writer");
+        consumer.client_id = "c".into();
+        let writer = Hello { role: Role::Writer, ..consumer.clone() };
+        assert_ne!(compute_mac(&secret, &nonce, &consumer).unwrap(), compute_mac(&secret, &nonce, &writer).unwrap());
+    }
+
+    #[test]
+    fn parts_cannot_run_into_each_other() {
+        let secret = Secret::new("s").unwrap();
+        let nonce = [1; NONCE_LEN];
+        let mut a = consumer_hello("c");
+        a.client_id = "ab".into();
+        let mut b = consumer_hello("bc");
+        b.client_id = "a".into();
+        assert_ne!(compute_mac(&secret, &nonce, &a).unwrap(), compute_mac(&secret, &nonce, &b).unwrap());
+    }
+}

@@ -1,0 +1,238 @@
+//! The codec: how any serde value becomes bytes and back. It sits between framing
+//! (`frame`, which moves opaque payloads) and messages (`message`, which says what the
+//! payloads mean); the store uses the same two functions for its on-disk records.
+//!
+//! This is the only module that names bincode. The format is bincode 2 with its
+//! `standard` configuration (little-endian, variable-length integers), decoding with a
+//! byte limit so a hostile length prefix can never make us allocate more than a frame's
+//! worth, and with a nesting limit so a hostile recursive value can never overflow the
+//! stack. Keeping bincode behind these few functions means it can be swapped for another
+//! serde format (postcard, say) by rewriting this one file.
+//!
+//! Compatibility rule for every type that passes through here: enums only ever grow at
+//! the end. bincode writes an enum variant as its index, so inserting, removing or
+//! reordering variants silently changes the meaning of bytes already on the wire or on
+//! disk; adding a variant at the end only makes old peers refuse the new one.
+
+mod depth;
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::frame::MAX_FRAME;
+
+/// The most bytes a decoded value may claim, and the most an encoded value may take: a
+/// value that fits no frame can be neither sent nor received, so the limit is the frame's.
+pub const MAX_DECODE: usize = MAX_FRAME;
+
+/// The deepest nesting a decoded value may have, counting each struct, sequence, map,
+/// enum, option and newtype level. Real messages nest about a dozen levels (an entry's
+/// value inside an attribute inside a batch); the rest is headroom for search filters.
+/// The bound keeps decoding's recursion far inside a 2 MiB thread stack.
+pub const MAX_DEPTH: usize = 128;
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The value could not be serialized (a serde impl refused it).
+    #[error("cannot encode value: {0}")]
+    Encode(String),
+    /// The encoded value would exceed [`MAX_DECODE`], so no peer could decode it; the
+    /// caller should split it (for example into smaller batches).
+    #[error("encoded value is {len} bytes, over the limit of {max}")]
+    TooLarge {
+        /// Its encoded size.
+        len: usize,
+        /// The limit it exceeded.
+        max: usize,
+    },
+    /// The input ended before the value did.
+    #[error("input ends in the middle of a value")]
+    Truncated,
+    /// The input claims more bytes (a string or sequence length) than the limit allows.
+    #[error("input claims more than the decode limit of {max} bytes")]
+    LimitExceeded {
+        /// The limit it exceeded.
+        max: usize,
+    },
+    /// The input nests deeper than [`MAX_DEPTH`].
+    #[error("input nests deeper than the decode limit of {max} levels")]
+    TooDeep {
+        /// The limit it exceeded.
+        max: usize,
+    },
+    /// A whole value was decoded but bytes remain: the input is not one value.
+    #[error("{extra} unexpected bytes after the value")]
+    TrailingBytes {
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// The input is not a valid encoding of the expected type (unknown enum variant,
+    /// invalid UTF-8, a DN that does not parse, ...).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+}
+
+/// The one bincode configuration Tether uses.
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_DECODE>()
+}
+
+/// Encodes `value` into a fresh buffer.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut buf = Vec::new();
+    encode_into(value, &mut buf)?;
+    Ok(buf)
+}
+
+/// Appends the encoding of `value` to `buf` and returns how many bytes it took. On error
+/// `buf` is left as it was. Lets a caller reuse one buffer, or put a header before the
+/// value without copying it.
+pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<usize, CodecError> {
+    let start = buf.len();
+    let written = match bincode::serde::encode_into_std_write(value, buf, config()) {
+        Ok(written) => written,
+        Err(err) => {
+            buf.truncate(start);
+            return Err(CodecError::Encode(err.to_string()));
+        }
+    };
+    if written > MAX_DECODE {
+        buf.truncate(start);
+        return Err(CodecError::TooLarge { len: written, max: MAX_DECODE });
+    }
+    Ok(written)
+}
+
+/// How many bytes `value` encodes to, without building the encoding: lets a sender fill
+/// a batch up to a size budget.
+pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize, CodecError> {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut counter, config())
+        .map_err(|err| CodecError::Encode(err.to_string()))?;
+    Ok(counter.bytes_written)
+}
+
+/// Decodes exactly one `T` from `bytes`: trailing bytes, claims over [`MAX_DECODE`] and
+/// nesting over [`MAX_DEPTH`] are errors, never allocations or stack overflows.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let tripped = Cell::new(false);
+    let seed = depth::LimitedSeed { seed: PhantomData::<T>, budget: depth::Budget::new(MAX_DEPTH, &tripped) };
+    let (value, consumed) = bincode::serde::seed_decode_from_slice(seed, bytes, config()).map_err(|err| {
+        if tripped.get() {
+            CodecError::TooDeep { max: MAX_DEPTH }
+        } else {
+            decode_error(err)
+        }
+    })?;
+    match bytes.len() - consumed {
+        0 => Ok(value),
+        extra => Err(CodecError::TrailingBytes { extra }),
+    }
+}
+
+/// Maps bincode's error onto ours, keeping the distinctions a caller can act on.
+fn decode_error(err: bincode::error::DecodeError) -> CodecError {
+    use bincode::error::DecodeError;
+    match err {
+        DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
+        DecodeError::LimitExceeded => CodecError::LimitExceeded { max: MAX_DECODE },
+        other => CodecError::Invalid(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::filter::Filter;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Record {
+        name: String,
+        tags: Vec<String>,
+        n: u64,
+    }
+
+    fn record() -> Record {
+        Record { name: "x".into(), tags: vec!["a".into(), "bc".into()], n: 300 }
+    }
+
+    #[test]
+    fn round_trips_and_uses_varints() {
+        let bytes = encode(&record()).unwrap();
+        assert_eq!(decode::<Record>(&bytes).unwrap(), record());
+        // 1+1 (name) + 1 + 2 + 3 (tags) + 3 (300 as a varint: 251 marker + u16)
+        assert_eq!(bytes.len(), 11);
+        assert_eq!(encoded_len(&record()).unwrap(), bytes.len());
+    }
+
+    #[test]
+    fn encode_into_appends_and_reports_its_length() {
+        let mut buf = vec![0xAA; 4];
+        let n = encode_into(&record(), &mut buf).unwrap();
+        assert_eq!(buf.len(), 4 + n);
+        assert_eq!(decode::<Record>(&buf[4..]).unwrap(), record());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&record()).unwrap();
+        bytes.push(0);
+        assert_eq!(decode::<Record>(&bytes), Err(CodecError::TrailingBytes { extra: 1 }));
+    }
+
+    #[test]
+    fn truncated_input_is_refused() {
+        let bytes = encode(&record()).unwrap();
+        assert_eq!(decode::<Record>(&bytes[..bytes.len() - 1]), Err(CodecError::Truncated));
+    }
+
+    #[test]
+    fn huge_length_claims_fail_without_allocating() {
+        // A string claiming u64::MAX bytes: varint marker 253 then 8 bytes.
+        let mut hostile = vec![253];
+        hostile.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(decode::<String>(&hostile), Err(CodecError::LimitExceeded { .. } | CodecError::Invalid(_))));
+        // Just over the limit, followed by nothing.
+        let mut over = vec![253];
+        over.extend_from_slice(&(MAX_DECODE as u64 + 1).to_le_bytes());
+        assert_eq!(decode::<String>(&over), Err(CodecError::LimitExceeded { max: MAX_DECODE }));
+    }
+
+    #[test]
+    fn oversized_values_are_refused_at_encode() {
+        let big = vec![0u8; MAX_DECODE + 1];
+        let mut buf = vec![1, 2, 3];
+        assert!(matches!(encode_into(&big, &mut buf), Err(CodecError::TooLarge { .. })));
+        assert_eq!(buf, [1, 2, 3], "a refused encode leaves the buffer as it was");
+    }
+
+    /// `Filter::Not` nested `levels` deep, encoded by hand: variant index 2, repeated.
+    fn nested_nots(levels: usize) -> Vec<u8> {
+        let innermost = encode(&Filter::match_all()).unwrap();
+        let mut bytes = vec![2u8; levels];
+        bytes.extend_from_slice(&innermost);
+        bytes
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_instead_of_overflowing_the_stack() {
+        // Without the depth limit this recursion overflows the stack and aborts.
+        let hostile = nested_nots(1_000_000);
+        assert_eq!(decode::<Filter>(&hostile), Err(CodecError::TooDeep { max: MAX_DEPTH }));
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_decodes_on_a_normal_thread_stack() {
+        // Two levels for the innermost Present filter (its enum and its fields), one per Not.
+        let ok = nested_nots(MAX_DEPTH - 2);
+        let filter: Filter = decode(&ok).unwrap();
+        assert_eq!(encode(&filter).unwrap(), ok);
+        assert_eq!(decode::<Filter>(&nested_nots(MAX_DEPTH - 1)), Err(CodecError::TooDeep { max: MAX_DEPTH }));
+    }
+}

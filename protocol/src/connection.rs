@@ -1,0 +1,264 @@
+//! A message connection: [`Message`]s over a framed byte stream. This is the layer the
+//! handshake and the provider's and consumer's sessions talk to; below it `frame` moves
+//! payloads and `codec` turns them into messages. The two halves are separate so that a
+//! session can read in one task (or one `select!` arm) and write in another.
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::codec::{self, CodecError};
+use crate::frame::{FrameError, FrameReader, FrameWriter};
+use crate::message::Message;
+
+/// The encode buffer a writer keeps between messages; a larger one (left by a big
+/// batch) is released, so an idle session holds little memory.
+const RETAINED_ENCODE_BUFFER: usize = 1024 * 1024;
+
+/// Why a message could not be received or sent.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The stream failed (reset, broken pipe, ...).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer announced a frame over the limit; the stream is out of step.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
+    TruncatedFrame {
+        /// How many bytes of the unfinished frame had arrived.
+        buffered: usize,
+    },
+    /// A frame arrived whole but is not a valid message.
+    #[error("undecodable message: {0}")]
+    Decode(#[source] CodecError),
+    /// A message we tried to send cannot be encoded (typically: too large for a frame).
+    /// Nothing was sent; the connection is still usable.
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] CodecError),
+}
+
+impl WireError {
+    /// The transport failed or the peer vanished mid-message: SPEC's
+    /// `connection-lost`. Reconnecting may well succeed.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, WireError::Io(_) | WireError::TruncatedFrame { .. })
+    }
+
+    /// The peer sent something we refuse (oversize frame, garbage): answer with
+    /// `Goodbye(protocol-error)` if possible and close this connection, and only it.
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(self, WireError::FrameTooLarge { .. } | WireError::Decode(_))
+    }
+
+    /// The error is ours, not the connection's: the message cannot be sent as it is, and
+    /// sending it again on any connection fails the same way.
+    pub fn is_local(&self) -> bool {
+        matches!(self, WireError::Encode(_))
+    }
+
+    /// Whether a fresh connection may succeed where this one failed.
+    pub fn is_retryable(&self) -> bool {
+        !self.is_local()
+    }
+}
+
+impl From<FrameError> for WireError {
+    fn from(err: FrameError) -> Self {
+        match err {
+            FrameError::Io(err) => WireError::Io(err),
+            FrameError::TooLarge { len, max } => WireError::FrameTooLarge { len, max },
+            FrameError::Truncated { buffered } => WireError::TruncatedFrame { buffered },
+        }
+    }
+}
+
+/// Receives messages.
+#[derive(Debug)]
+pub struct MessageReader<R> {
+    /// The frames they arrive in.
+    frames: FrameReader<R>,
+}
+
+impl<R: AsyncRead + Unpin> MessageReader<R> {
+    /// Reads messages from a byte stream, with the default frame limit.
+    pub fn new(inner: R) -> Self {
+        Self::from_frames(FrameReader::new(inner))
+    }
+
+    /// Reads messages from an existing frame reader.
+    pub fn from_frames(frames: FrameReader<R>) -> Self {
+        Self { frames }
+    }
+
+    /// The next message; `Ok(None)` when the peer closed cleanly between messages.
+    ///
+    /// Cancellation-safe (the frame reader buffers partial input), so it can sit in a
+    /// `tokio::select!` beside timers and shutdown signals.
+    pub async fn recv(&mut self) -> Result<Option<Message>, WireError> {
+        let Some(frame) = self.frames.read_frame().await? else {
+            return Ok(None);
+        };
+        codec::decode(&frame).map(Some).map_err(WireError::Decode)
+    }
+
+    /// The largest frame currently accepted.
+    pub fn max_frame(&self) -> usize {
+        self.frames.max_frame()
+    }
+
+    /// Changes the largest frame accepted (see [`FrameReader::set_max_frame`]).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.frames.set_max_frame(max_frame);
+    }
+
+    /// The frame reader underneath.
+    pub fn into_frames(self) -> FrameReader<R> {
+        self.frames
+    }
+}
+
+/// Sends messages.
+#[derive(Debug)]
+pub struct MessageWriter<W> {
+    /// The frames they leave in.
+    frames: FrameWriter<W>,
+    /// Reused encode buffer, so steady traffic does not allocate per message.
+    buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> MessageWriter<W> {
+    /// Writes messages to a byte stream.
+    pub fn new(inner: W) -> Self {
+        Self::from_frames(FrameWriter::new(inner))
+    }
+
+    /// Writes messages to an existing frame writer.
+    pub fn from_frames(frames: FrameWriter<W>) -> Self {
+        Self { frames, buf: Vec::new() }
+    }
+
+    /// Encodes and sends one message, flushed.
+    ///
+    /// Not cancellation-safe (see [`FrameWriter::write_frame`]): let each send finish,
+    /// or close the connection.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
+        self.buf.clear();
+        codec::encode_into(msg, &mut self.buf).map_err(WireError::Encode)?;
+        let result = self.frames.write_frame(&self.buf).await;
+        if self.buf.capacity() > RETAINED_ENCODE_BUFFER {
+            self.buf = Vec::new();
+        }
+        Ok(result?)
+    }
+
+    /// Flushes and shuts the write side down, so the peer reads a clean end of stream.
+    pub async fn shutdown(&mut self) -> Result<(), WireError> {
+        Ok(self.frames.shutdown().await?)
+    }
+
+    /// The frame writer underneath.
+    pub fn into_frames(self) -> FrameWriter<W> {
+        self.frames
+    }
+}
+
+/// Splits any bidirectional stream (a TLS stream, a test duplex) into message halves.
+pub fn split<S: AsyncRead + AsyncWrite>(stream: S) -> (MessageReader<ReadHalf<S>>, MessageWriter<WriteHalf<S>>) {
+    let (read, write) = tokio::io::split(stream);
+    (MessageReader::new(read), MessageWriter::new(write))
+}
+
+/// Splits a TCP connection into message halves (lock-free, unlike [`split`]) and turns
+/// Nagle's algorithm off: every frame is a whole message that should leave at once, and
+/// a ping held back waiting for an ACK would skew keepalive timing.
+pub fn from_tcp(stream: TcpStream) -> std::io::Result<(MessageReader<OwnedReadHalf>, MessageWriter<OwnedWriteHalf>)> {
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    Ok((MessageReader::new(read), MessageWriter::new(write)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{duplex, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::message::tests::samples;
+    use crate::message::GoodbyeReason;
+
+    /// Room for the largest sample message in the duplex pipe.
+    const PIPE: usize = 64 * 1024;
+
+    #[tokio::test]
+    async fn messages_round_trip_over_a_stream() {
+        let (a, b) = duplex(PIPE);
+        let (mut reader, _) = split(a);
+        let (_, mut writer) = split(b);
+        for msg in samples() {
+            writer.send(&msg).await.unwrap();
+            assert_eq!(reader.recv().await.unwrap(), Some(msg));
+        }
+        writer.shutdown().await.unwrap();
+        assert_eq!(reader.recv().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn messages_round_trip_over_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let (_, mut writer) = from_tcp(TcpStream::connect(addr).await.unwrap()).unwrap();
+            writer.send(&Message::Ping { seq: 9 }).await.unwrap();
+            writer.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: String::new() }).await.unwrap();
+            writer.shutdown().await.unwrap();
+        });
+        let (mut reader, _) = from_tcp(listener.accept().await.unwrap().0).unwrap();
+        assert_eq!(reader.recv().await.unwrap(), Some(Message::Ping { seq: 9 }));
+        assert!(matches!(reader.recv().await.unwrap(), Some(Message::Goodbye { reason: GoodbyeReason::Shutdown, .. })));
+        assert_eq!(reader.recv().await.unwrap(), None);
+        client.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_protocol_violation_and_a_cut_is_connection_lost() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = MessageReader::new(a);
+        b.write_all(&[0, 0, 0, 2, 250, 250]).await.unwrap();
+        let err = reader.recv().await.unwrap_err();
+        assert!(matches!(err, WireError::Decode(_)) && err.is_protocol_violation() && !err.is_connection_lost());
+
+        b.write_all(&[0, 0, 0, 9, 11]).await.unwrap();
+        drop(b);
+        let err = reader.recv().await.unwrap_err();
+        assert!(matches!(err, WireError::TruncatedFrame { buffered: 5 }) && err.is_connection_lost());
+    }
+
+    #[tokio::test]
+    async fn oversize_frames_are_a_protocol_violation() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = MessageReader::new(a);
+        reader.set_max_frame(16);
+        b.write_all(&17u32.to_be_bytes()).await.unwrap();
+        let err = reader.recv().await.unwrap_err();
+        assert!(matches!(err, WireError::FrameTooLarge { len: 17, max: 16 }) && err.is_protocol_violation());
+    }
+
+    #[tokio::test]
+    async fn an_unencodable_message_is_local_and_sends_nothing() {
+        let (a, b) = duplex(PIPE);
+        let mut reader = MessageReader::new(a);
+        let mut writer = MessageWriter::new(b);
+        let huge = Message::RefreshRequired { reason: "x".repeat(crate::frame::MAX_FRAME) };
+        let err = writer.send(&huge).await.unwrap_err();
+        assert!(err.is_local() && !err.is_retryable(), "{err}");
+        writer.send(&Message::Pong { seq: 1 }).await.unwrap();
+        assert_eq!(reader.recv().await.unwrap(), Some(Message::Pong { seq: 1 }));
+    }
+}

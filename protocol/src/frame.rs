@@ -1,0 +1,369 @@
+//! Framing: the bottom layer of the wire. A frame is a 4-byte big-endian length followed
+//! by that many payload bytes; this module moves frames over any async byte stream and
+//! knows nothing of what the payloads mean (that is `codec` and `message`, one layer up).
+//!
+//! The reader enforces a maximum frame size *before* it allocates for the payload, and
+//! buffers partial input so that [`FrameReader::read_frame`] can be cancelled (for
+//! example as one arm of a `tokio::select!` beside a ping timer) without losing bytes.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+/// Size of the length prefix in front of every payload.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// The largest payload either side accepts: 16 MiB. Senders size their batches to fit;
+/// a peer announcing more is refused before anything is allocated for it.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// The most buffer the reader grows by per read while a frame is incomplete, so memory
+/// follows the bytes that actually arrived, not the length a peer merely announced.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The least room the reader makes before a read, so one read can pick up several small
+/// frames (pings, single changes) instead of one syscall per prefix and per payload.
+const MIN_READ: usize = 4 * 1024;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The underlying stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame longer than the limit was announced (reading) or offered (writing).
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The announced or offered payload length.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The stream ended part-way through a frame: the peer died or cut the connection
+    /// mid-message, as opposed to closing cleanly between frames.
+    #[error("stream ended in the middle of a frame ({buffered} bytes buffered)")]
+    Truncated {
+        /// How many bytes of the unfinished frame (prefix included) had arrived.
+        buffered: usize,
+    },
+}
+
+/// Reads frames from a byte stream.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    /// The stream frames arrive on.
+    inner: R,
+    /// Bytes received but not yet returned as a frame; survives cancellation of
+    /// `read_frame`, which is what makes that method cancellation-safe.
+    buf: BytesMut,
+    /// The largest payload this reader accepts; at most [`MAX_FRAME`].
+    max_frame: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader accepting payloads up to [`MAX_FRAME`].
+    pub fn new(inner: R) -> Self {
+        Self::with_max_frame(inner, MAX_FRAME)
+    }
+
+    /// A reader accepting payloads up to `max_frame` (clamped to [`MAX_FRAME`], the most
+    /// the codec can decode).
+    pub fn with_max_frame(inner: R, max_frame: usize) -> Self {
+        Self { inner, buf: BytesMut::new(), max_frame: max_frame.min(MAX_FRAME) }
+    }
+
+    /// The largest payload currently accepted.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Changes the largest payload accepted from the next frame on (clamped to
+    /// [`MAX_FRAME`]). The handshake lowers it while the peer is unauthenticated.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame.min(MAX_FRAME);
+    }
+
+    /// The next frame's payload; `Ok(None)` when the peer closed the stream cleanly
+    /// between frames.
+    ///
+    /// Cancellation-safe: if the future is dropped before it completes, every byte read
+    /// so far stays buffered and the next call continues where this one stopped.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] as soon as a prefix announces more than the limit (the
+    /// stream is then out of step and must be closed); [`FrameError::Truncated`] if the
+    /// stream ends inside a frame; [`FrameError::Io`] if the stream fails.
+    pub async fn read_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if let Some(frame) = self.parse_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated { buffered: self.buf.len() })
+                };
+            }
+        }
+    }
+
+    /// Takes one complete frame off the buffer if there is one; otherwise makes room for
+    /// the next read. An incomplete frame is not an error.
+    fn parse_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let Some(prefix) = self.buf.get(..LENGTH_PREFIX) else {
+            self.buf.reserve(MIN_READ);
+            return Ok(None);
+        };
+        let mut len_bytes = [0u8; LENGTH_PREFIX];
+        len_bytes.copy_from_slice(prefix);
+        // A u32 always fits in usize on the 32- and 64-bit targets Tether supports; if
+        // it did not, the saturated value is over the limit and refused below.
+        let len = usize::try_from(u32::from_be_bytes(len_bytes)).unwrap_or(usize::MAX);
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge { len, max: self.max_frame });
+        }
+        let total = LENGTH_PREFIX + len;
+        if self.buf.len() < total {
+            self.buf.reserve((total - self.buf.len()).clamp(MIN_READ, READ_CHUNK));
+            return Ok(None);
+        }
+        self.buf.advance(LENGTH_PREFIX);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Gives the stream back, with any bytes read past the last returned frame.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+}
+
+/// Writes frames to a byte stream.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    /// The stream frames leave on.
+    inner: W,
+    /// The largest payload this writer sends: the peer's limit, so an oversize payload
+    /// fails here, clearly, instead of getting the connection dropped by the peer.
+    max_frame: usize,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// A writer sending payloads up to [`MAX_FRAME`].
+    pub fn new(inner: W) -> Self {
+        Self { inner, max_frame: MAX_FRAME }
+    }
+
+    /// The largest payload this writer sends.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Writes one frame (prefix and payload in one vectored write where the stream
+    /// supports it) and flushes it.
+    ///
+    /// Not cancellation-safe: a write abandoned half-way leaves a partial frame on the
+    /// stream, after which the connection can only be closed. Give the writer to one task
+    /// and let it finish each frame.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] if the payload exceeds the limit (nothing is written);
+    /// [`FrameError::Io`] if the stream fails.
+    pub async fn write_frame(&mut self, payload: &[u8]) -> Result<(), FrameError> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|_| payload.len() <= self.max_frame)
+            .ok_or(FrameError::TooLarge { len: payload.len(), max: self.max_frame })?;
+        let prefix = len.to_be_bytes();
+        let mut frame = Buf::chain(&prefix[..], payload);
+        self.inner.write_all_buf(&mut frame).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Shuts the write side down (TCP FIN) after flushing, so the peer reads a clean
+    /// end of stream instead of a reset.
+    pub async fn shutdown(&mut self) -> Result<(), FrameError> {
+        self.inner.shutdown().await?;
+        Ok(())
+    }
+
+    /// Gives the stream back.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+/// Splits one bidirectional stream into a frame reader and a frame writer, so reading
+/// and writing can live in different tasks.
+pub fn split<S: AsyncRead + AsyncWrite>(stream: S) -> (FrameReader<ReadHalf<S>>, FrameWriter<WriteHalf<S>>) {
+    let (read, write) = tokio::io::split(stream);
+    (FrameReader::new(read), FrameWriter::new(write))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{duplex, AsyncWriteExt};
+
+    use super::*;
+
+    /// Enough duplex buffer for every test frame, so writes never wait on the reader.
+    const PIPE: usize = 1024 * 1024;
+
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_in_order() {
+        let (a, b) = duplex(PIPE);
+        let (mut reader, _) = split(a);
+        let (_, mut writer) = split(b);
+        let payloads: [&[u8]; 4] = [b"hello", b"", &[0u8; 70_000], b"last"];
+        for p in payloads {
+            writer.write_frame(p).await.unwrap();
+        }
+        drop(writer);
+        for p in payloads {
+            assert_eq!(reader.read_frame().await.unwrap().unwrap(), p);
+        }
+    }
+
+    #[tokio::test]
+    async fn clean_eof_between_frames_is_none() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = FrameReader::new(a);
+        b.write_all(&framed(b"one")).await.unwrap();
+        drop(b);
+        assert_eq!(reader.read_frame().await.unwrap().unwrap(), &b"one"[..]);
+        assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn eof_mid_frame_is_truncated() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = FrameReader::new(a);
+        let bytes = framed(b"payload");
+        b.write_all(&bytes[..LENGTH_PREFIX + 3]).await.unwrap();
+        drop(b);
+        assert!(matches!(reader.read_frame().await, Err(FrameError::Truncated { buffered: 7 })));
+    }
+
+    #[tokio::test]
+    async fn eof_inside_the_prefix_is_truncated() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = FrameReader::new(a);
+        b.write_all(&[0, 0]).await.unwrap();
+        drop(b);
+        assert!(matches!(reader.read_frame().await, Err(FrameError::Truncated { buffered: 2 })));
+    }
+
+    #[tokio::test]
+    async fn oversize_length_is_refused_before_the_payload_arrives_or_is_allocated() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = FrameReader::new(a);
+        let claimed = u32::try_from(MAX_FRAME + 1).unwrap();
+        // Only the prefix: the refusal must not wait for (or make room for) the payload.
+        b.write_all(&claimed.to_be_bytes()).await.unwrap();
+        match reader.read_frame().await {
+            Err(FrameError::TooLarge { len, max }) => assert_eq!((len, max), (MAX_FRAME + 1, MAX_FRAME)),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(reader.buf.capacity() < READ_CHUNK, "no room was made for the payload");
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn a_lower_limit_applies_per_reader() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = FrameReader::with_max_frame(a, 8);
+        b.write_all(&framed(b"12345678")).await.unwrap();
+        b.write_all(&framed(b"123456789")).await.unwrap();
+        assert_eq!(reader.read_frame().await.unwrap().unwrap().len(), 8);
+        assert!(matches!(reader.read_frame().await, Err(FrameError::TooLarge { len: 9, max: 8 })));
+        assert_eq!(FrameReader::with_max_frame(&b""[..], usize::MAX).max_frame(), MAX_FRAME);
+    }
+
+    #[tokio::test]
+    async fn writer_refuses_oversize_payloads_and_writes_nothing() {
+        let (a, b) = duplex(PIPE);
+        let mut writer = FrameWriter { inner: b, max_frame: 4 };
+        assert!(matches!(writer.write_frame(b"12345").await, Err(FrameError::TooLarge { len: 5, max: 4 })));
+        writer.write_frame(b"1234").await.unwrap();
+        drop(writer);
+        let mut reader = FrameReader::new(a);
+        assert_eq!(reader.read_frame().await.unwrap().unwrap(), &b"1234"[..]);
+        assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    /// Feeds two frames one byte at a time and cancels `read_frame` after every poll
+    /// that could not complete, as a `select!` with a timer arm would: no byte may be
+    /// lost or duplicated.
+    #[tokio::test]
+    async fn partial_frames_byte_by_byte_survive_cancellation() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = FrameReader::new(a);
+        let mut stream = framed(b"first frame");
+        stream.extend(framed(&[7u8; 300]));
+        let mut got = Vec::new();
+        let mut cancelled = 0;
+        for byte in stream {
+            b.write_all(&[byte]).await.unwrap();
+            tokio::select! {
+                biased;
+                frame = reader.read_frame() => got.push(frame.unwrap().unwrap()),
+                () = std::future::ready(()) => cancelled += 1,
+            }
+        }
+        assert_eq!(got, vec![Bytes::from_static(b"first frame"), Bytes::from(vec![7u8; 300])]);
+        assert!(cancelled > 300, "most polls found an incomplete frame and were cancelled");
+        drop(b);
+        assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn run<F: std::future::Future>(f: F) -> F::Output {
+            tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        }
+
+        proptest! {
+            /// Whatever arrives, the reader returns frames, a clean end or an error,
+            /// and never panics; what it returns is always within the limit.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..64) {
+                run(async {
+                    let mut reader = FrameReader::with_max_frame(&bytes[..], max);
+                    while let Ok(Some(frame)) = reader.read_frame().await {
+                        prop_assert!(frame.len() <= max);
+                    }
+                    Ok(())
+                })?;
+            }
+
+            /// Any sequence of frames written comes back identical.
+            #[test]
+            fn written_frames_read_back(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8)) {
+                run(async {
+                    let mut wire = Vec::new();
+                    {
+                        let mut writer = FrameWriter::new(&mut wire);
+                        for f in &frames {
+                            writer.write_frame(f).await.unwrap();
+                        }
+                    }
+                    let mut reader = FrameReader::new(&wire[..]);
+                    for f in &frames {
+                        prop_assert_eq!(&reader.read_frame().await.unwrap().unwrap()[..], &f[..]);
+                    }
+                    prop_assert!(reader.read_frame().await.unwrap().is_none());
+                    Ok(())
+                })?;
+            }
+        }
+    }
+}

@@ -1,0 +1,633 @@
+//! The handshake: the first exchange on every connection, over a message connection
+//! (`connection`), before any session logic runs.
+//!
+//! ```text
+//! client                                   provider
+//!   Hello{versions, client_id, role}  ->
+//!                                     <-   Challenge{nonce}      (or Reject)
+//!   Auth{mac}                         ->
+//!                                     <-   Welcome{...}          (or Reject)
+//! ```
+//!
+//! The whole exchange runs under one deadline ([`HANDSHAKE_TIMEOUT`] by default), and
+//! while it runs both sides accept frames of at most [`HANDSHAKE_MAX_FRAME`], so an
+//! unauthenticated peer can neither hold a connection open nor make us buffer much. A
+//! provider that refuses a client always sends a `Reject` saying why before it closes,
+//! so the client can show the reason in its status.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{timeout_at, Instant};
+
+use crate::auth::{compute_mac, new_nonce, verify_mac, AuthError, Secret};
+use crate::connection::{MessageReader, MessageWriter, WireError};
+use crate::cookie::StoreId;
+use crate::message::{GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, SUPPORTED_VERSIONS};
+
+/// Default deadline for the whole handshake, from the first byte sent or awaited to the
+/// `Welcome`. Generous for any real network; short enough that a silent peer does not
+/// hold a connection slot for long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest frame either side accepts during the handshake. A `Hello` with a long
+/// filter is a few kilobytes; anything near this is hostile.
+pub const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
+
+/// How long the provider tries to deliver a `Reject` once it has decided to refuse:
+/// the refusal must not wait on a client that does not read.
+const REJECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The handshake did not complete within its deadline.
+    #[error("handshake did not complete within {0:?}")]
+    Timeout(Duration),
+    /// Client side: the provider refused us, and said why.
+    #[error("rejected by the provider: {0}")]
+    Rejected(Reject),
+    /// Provider side: we refused the client, and told it why.
+    #[error("refused the client: {0}")]
+    Refused(Reject),
+    /// The peer ended the session during the handshake (a provider shutting down).
+    #[error("peer said goodbye during the handshake: {reason}: {detail}")]
+    Goodbye {
+        /// The peer's reason.
+        reason: GoodbyeReason,
+        /// The peer's detail.
+        detail: String,
+    },
+    /// Client side: the provider sent a message that has no place in the handshake.
+    #[error("handshake expected {expected}, got {got}")]
+    Unexpected {
+        /// The message that was due.
+        expected: &'static str,
+        /// The message that came.
+        got: &'static str,
+    },
+    /// Client side: the provider chose a protocol version the client did not offer.
+    #[error("provider chose protocol version {0}, which was not offered")]
+    BadVersion(u16),
+    /// The peer closed the connection cleanly before the handshake completed.
+    #[error("connection closed during the handshake")]
+    Closed,
+    /// The connection failed, or the peer sent an oversize or undecodable frame.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// No nonce or MAC could be made.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl HandshakeError {
+    /// The rejection reason, on either side, if the handshake ended in a `Reject`.
+    pub fn reject_reason(&self) -> Option<RejectReason> {
+        match self {
+            HandshakeError::Rejected(reject) | HandshakeError::Refused(reject) => Some(reject.reason),
+            _ => None,
+        }
+    }
+
+    /// Whether reconnecting with the same configuration cannot succeed (bad credentials,
+    /// version mismatch, unknown agreement, scope not allowed, revoked credentials):
+    /// back off at the longest delay, or stop, instead of retrying in a storm.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            HandshakeError::Rejected(reject) | HandshakeError::Refused(reject) => reject.reason.is_permanent(),
+            HandshakeError::Goodbye { reason, .. } => *reason == GoodbyeReason::CredentialsRevoked,
+            HandshakeError::BadVersion(_) => true,
+            HandshakeError::Timeout(_)
+            | HandshakeError::Unexpected { .. }
+            | HandshakeError::Closed
+            | HandshakeError::Wire(_)
+            | HandshakeError::Auth(_) => false,
+        }
+    }
+}
+
+/// What the provider's authorizer grants a client it accepts.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The secret the client must prove it knows (the agreement's or the writer's).
+    pub secret: Secret,
+    /// The provider store's id, sent in the `Welcome`.
+    pub store_id: StoreId,
+    /// The id the provider gives this session, sent in the `Welcome`.
+    pub session_id: u64,
+    /// How often the provider will ping an idle session.
+    pub keepalive_interval: Duration,
+    /// How long the provider waits for any message before dropping the session.
+    pub keepalive_timeout: Duration,
+}
+
+/// A completed provider-side handshake.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// What the client asked for (role, agreement, cookie, scope), now authenticated.
+    pub hello: Hello,
+    /// What was sent back, including the negotiated version.
+    pub welcome: Welcome,
+}
+
+/// The highest protocol version both this build and the client speak.
+pub fn negotiate_version(offered: &[u16]) -> Option<u16> {
+    offered.iter().copied().filter(|v| SUPPORTED_VERSIONS.contains(v)).max()
+}
+
+/// One handshake's connection and deadline.
+struct Exchange<'a, R, W> {
+    /// Where the peer's messages arrive.
+    reader: &'a mut MessageReader<R>,
+    /// Where ours leave.
+    writer: &'a mut MessageWriter<W>,
+    /// When the whole handshake must be done.
+    deadline: Instant,
+    /// The deadline as a duration, for the error.
+    limit: Duration,
+    /// False once a send was cut off by the deadline: the stream may hold a partial
+    /// frame, so nothing more may be written to it.
+    writer_clean: bool,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
+    /// The next message, before the deadline.
+    async fn recv(&mut self) -> Result<Message, HandshakeError> {
+        match timeout_at(self.deadline, self.reader.recv()).await {
+            Err(_) => Err(HandshakeError::Timeout(self.limit)),
+            Ok(Err(err)) => Err(err.into()),
+            Ok(Ok(None)) => Err(HandshakeError::Closed),
+            Ok(Ok(Some(msg))) => Ok(msg),
+        }
+    }
+
+    /// Sends `msg`, before the deadline.
+    async fn send(&mut self, msg: &Message) -> Result<(), HandshakeError> {
+        match timeout_at(self.deadline, self.writer.send(msg)).await {
+            Err(_) => {
+                self.writer_clean = false;
+                Err(HandshakeError::Timeout(self.limit))
+            }
+            Ok(result) => Ok(result?),
+        }
+    }
+}
+
+/// Client side: introduces itself with `hello`, answers the challenge with `secret`,
+/// and returns the provider's `Welcome`. `limit` bounds the whole exchange (normally
+/// [`HANDSHAKE_TIMEOUT`]).
+///
+/// # Errors
+/// [`HandshakeError::Rejected`] carries the provider's reason; see
+/// [`HandshakeError::is_permanent`] for whether retrying can help.
+pub async fn client_handshake<R, W>(
+    reader: &mut MessageReader<R>,
+    writer: &mut MessageWriter<W>,
+    hello: &Hello,
+    secret: &Secret,
+    limit: Duration,
+) -> Result<Welcome, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let saved = reader.max_frame();
+    reader.set_max_frame(HANDSHAKE_MAX_FRAME.min(saved));
+    let mut ex = Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true };
+    let result = client_steps(&mut ex, hello, secret).await;
+    ex.reader.set_max_frame(saved);
+    result
+}
+
+async fn client_steps<R, W>(
+    ex: &mut Exchange<'_, R, W>,
+    hello: &Hello,
+    secret: &Secret,
+) -> Result<Welcome, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    ex.send(&Message::Hello(hello.clone())).await?;
+    let nonce = match ex.recv().await? {
+        Message::Challenge { nonce } => nonce,
+        other => return Err(client_unexpected("challenge", other)),
+    };
+    let mac = compute_mac(secret, &nonce, hello)?;
+    ex.send(&Message::Auth { mac }).await?;
+    match ex.recv().await? {
+        Message::Welcome(welcome) if hello.versions.contains(&welcome.version) => Ok(welcome),
+        Message::Welcome(welcome) => Err(HandshakeError::BadVersion(welcome.version)),
+        other => Err(client_unexpected("welcome", other)),
+    }
+}
+
+/// What a client makes of a message other than the one it awaits.
+fn client_unexpected(expected: &'static str, got: Message) -> HandshakeError {
+    match got {
+        Message::Reject(reject) => HandshakeError::Rejected(reject),
+        Message::Goodbye { reason, detail } => HandshakeError::Goodbye { reason, detail },
+        other => HandshakeError::Unexpected { expected, got: other.name() },
+    }
+}
+
+/// Provider side: reads the client's `Hello`, checks the version, asks `authorize`
+/// whether this client may have what it asks for (and with which secret), challenges
+/// it, verifies the proof and sends the `Welcome`. `limit` bounds the whole exchange
+/// (normally [`HANDSHAKE_TIMEOUT`]).
+///
+/// `authorize` sees the unauthenticated `Hello` and returns the agreement's secret and
+/// session parameters, or the `Reject` to send (unknown agreement, scope not allowed,
+/// too many connections). It runs only after the version check.
+///
+/// Whenever the client is refused (version, authorizer, bad MAC, protocol violation,
+/// timeout) a `Reject` naming the reason is sent before returning, on a best-effort
+/// basis bounded by a short grace period; the caller then closes the connection.
+///
+/// # Errors
+/// [`HandshakeError::Refused`] with the `Reject` that was sent, or the transport error
+/// that ended the exchange.
+pub async fn server_handshake<R, W, F>(
+    reader: &mut MessageReader<R>,
+    writer: &mut MessageWriter<W>,
+    limit: Duration,
+    authorize: F,
+) -> Result<Accepted, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Result<Admission, Reject>,
+{
+    let saved = reader.max_frame();
+    reader.set_max_frame(HANDSHAKE_MAX_FRAME.min(saved));
+    let mut ex = Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true };
+    let result = server_steps(&mut ex, authorize).await;
+    if let Err(err) = &result {
+        if let Some(reject) = reply_for(err) {
+            if ex.writer_clean {
+                // Best effort: the client may already be gone, and its reason for the
+                // failure is the one we return, not this send's.
+                let _ = tokio::time::timeout(REJECT_GRACE, ex.writer.send(&Message::Reject(reject))).await;
+            }
+        }
+    }
+    ex.reader.set_max_frame(saved);
+    result
+}
+
+async fn server_steps<R, W, F>(ex: &mut Exchange<'_, R, W>, authorize: F) -> Result<Accepted, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Result<Admission, Reject>,
+{
+    let hello = match ex.recv().await? {
+        Message::Hello(hello) => hello,
+        other => return Err(server_unexpected("hello", other)),
+    };
+    let version = negotiate_version(&hello.versions).ok_or_else(|| {
+        HandshakeError::Refused(Reject::new(
+            RejectReason::VersionMismatch,
+            format!("client speaks versions {:?}, provider speaks {:?}", hello.versions, SUPPORTED_VERSIONS),
+        ))
+    })?;
+    let admission = authorize(&hello).map_err(HandshakeError::Refused)?;
+    let nonce = new_nonce()?;
+    ex.send(&Message::Challenge { nonce }).await?;
+    let mac = match ex.recv().await? {
+        Message::Auth { mac } => mac,
+        other => return Err(server_unexpected("auth", other)),
+    };
+    if !verify_mac(&admission.secret, &nonce, &hello, &mac) {
+        let who = hello.role.agreement().map_or_else(|| "the writer role".to_owned(), |a| format!("agreement {a:?}"));
+        return Err(HandshakeError::Refused(Reject::new(
+            RejectReason::BadCredentials,
+            format!("authentication failed for {who}"),
+        )));
+    }
+    let welcome = Welcome {
+        version,
+        store_id: admission.store_id,
+        session_id: admission.session_id,
+        keepalive_interval_ms: millis(admission.keepalive_interval),
+        keepalive_timeout_ms: millis(admission.keepalive_timeout),
+    };
+    ex.send(&Message::Welcome(welcome.clone())).await?;
+    Ok(Accepted { hello, welcome })
+}
+
+/// What a provider makes of a message other than the one it awaits.
+fn server_unexpected(expected: &'static str, got: Message) -> HandshakeError {
+    match got {
+        Message::Goodbye { reason, detail } => HandshakeError::Goodbye { reason, detail },
+        other => HandshakeError::Refused(Reject::new(
+            RejectReason::ProtocolViolation,
+            format!("expected {expected}, got {}", other.name()),
+        )),
+    }
+}
+
+/// The `Reject` a provider owes the client after `err`, if any (none when the client
+/// left or the connection broke: nobody would read it).
+fn reply_for(err: &HandshakeError) -> Option<Reject> {
+    match err {
+        HandshakeError::Refused(reject) => Some(reject.clone()),
+        HandshakeError::Timeout(limit) => {
+            Some(Reject::new(RejectReason::HandshakeTimeout, format!("handshake not completed within {limit:?}")))
+        }
+        HandshakeError::Wire(wire) if wire.is_protocol_violation() => {
+            Some(Reject::new(RejectReason::ProtocolViolation, wire.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// A duration in whole milliseconds, saturating (for the `Welcome`'s fields).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use tokio::io::{duplex, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
+
+    use super::*;
+    use crate::connection::split;
+    use crate::frame::MAX_FRAME;
+    use crate::message::tests::consumer_hello;
+    use crate::message::{Role, PROTOCOL_VERSION};
+
+    /// Room for every handshake message in the duplex pipe.
+    const PIPE: usize = 64 * 1024;
+    const SECRET: &[u8] = b"correct horse battery staple 42!";
+
+    type Reader = MessageReader<ReadHalf<DuplexStream>>;
+    type Writer = MessageWriter<WriteHalf<DuplexStream>>;
+
+    fn pair() -> ((Reader, Writer), (Reader, Writer)) {
+        let (a, b) = duplex(PIPE);
+        (split(a), split(b))
+    }
+
+    fn admission() -> Admission {
+        Admission {
+            secret: Secret::new(SECRET).unwrap(),
+            store_id: StoreId([5; 16]),
+            session_id: 99,
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// The provider's authorizer: one agreement, `people`, and the writer.
+    fn authorize(hello: &Hello) -> Result<Admission, Reject> {
+        match &hello.role {
+            Role::Consumer { agreement, .. } if agreement == "people" => Ok(admission()),
+            Role::Consumer { agreement, .. } => {
+                Err(Reject::new(RejectReason::UnknownAgreement, format!("no agreement {agreement:?}")))
+            }
+            Role::Writer => Ok(admission()),
+        }
+    }
+
+    /// Runs both sides of a handshake to completion.
+    async fn run(hello: Hello, secret: &[u8]) -> (Result<Welcome, HandshakeError>, Result<Accepted, HandshakeError>) {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let secret = Secret::new(secret).unwrap();
+        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT);
+        let server = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize);
+        tokio::join!(client, server)
+    }
+
+    #[tokio::test]
+    async fn a_consumer_with_the_right_secret_is_welcomed() {
+        let hello = consumer_hello("people");
+        let (client, server) = run(hello.clone(), SECRET).await;
+        let welcome = client.unwrap();
+        let accepted = server.unwrap();
+        assert_eq!(accepted.hello, hello);
+        assert_eq!(accepted.welcome, welcome);
+        assert_eq!(welcome.version, PROTOCOL_VERSION);
+        assert_eq!(welcome.store_id, StoreId([5; 16]));
+        assert_eq!(welcome.session_id, 99);
+        assert_eq!(welcome.keepalive_interval(), Duration::from_secs(5));
+        assert_eq!(welcome.keepalive_timeout(), Duration::from_secs(20));
+    }
+
+    #[tokio::test]
+    async fn a_writer_with_the_right_secret_is_welcomed() {
+        let hello = Hello { role: Role::Writer, ..consumer_hello("people") };
+        let (client, server) = run(hello, SECRET).await;
+        client.unwrap();
+        assert_eq!(server.unwrap().hello.role, Role::Writer);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_bad_credentials_on_both_sides() {
+        let (client, server) = run(consumer_hello("people"), b"wrong").await;
+        let (client, server) = (client.unwrap_err(), server.unwrap_err());
+        assert_eq!(client.reject_reason(), Some(RejectReason::BadCredentials), "{client}");
+        assert_eq!(server.reject_reason(), Some(RejectReason::BadCredentials), "{server}");
+        assert!(matches!(client, HandshakeError::Rejected(_)) && matches!(server, HandshakeError::Refused(_)));
+        assert!(client.is_permanent());
+        assert!(!client.to_string().contains("wrong") && !server.to_string().contains("correct horse"));
+    }
+
+    #[tokio::test]
+    async fn no_common_version_is_version_mismatch_before_authorizing() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let hello = Hello { versions: vec![99, 100], ..consumer_hello("people") };
+        let secret = Secret::new(SECRET).unwrap();
+        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT);
+        let mut authorized = false;
+        let server = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, |h| {
+            authorized = true;
+            authorize(h)
+        });
+        let (client, server) = tokio::join!(client, server);
+        assert_eq!(client.unwrap_err().reject_reason(), Some(RejectReason::VersionMismatch));
+        let server = server.unwrap_err();
+        assert_eq!(server.reject_reason(), Some(RejectReason::VersionMismatch));
+        assert!(server.to_string().contains("[99, 100]"), "{server}");
+        assert!(!authorized, "the authorizer is not consulted without a common version");
+    }
+
+    #[test]
+    fn the_highest_common_version_wins() {
+        assert_eq!(negotiate_version(&[0, PROTOCOL_VERSION, 500]), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate_version(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_agreement_is_rejected_without_a_challenge() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let hello = consumer_hello("nope");
+        cw.send(&Message::Hello(hello)).await.unwrap();
+        let server = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize).await.unwrap_err();
+        assert_eq!(server.reject_reason(), Some(RejectReason::UnknownAgreement));
+        // Both halves: the provider closes the connection after a reject.
+        drop((sr, sw));
+        match cr.recv().await.unwrap() {
+            Some(Message::Reject(r)) => {
+                assert_eq!(r.reason, RejectReason::UnknownAgreement);
+                assert!(r.detail.contains("nope"));
+            }
+            other => panic!("expected a reject, got {other:?}"),
+        }
+        assert_eq!(cr.recv().await.unwrap(), None, "no challenge follows a reject");
+    }
+
+    #[tokio::test]
+    async fn the_client_sees_an_unknown_agreement_as_permanent() {
+        let (client, _) = run(consumer_hello("nope"), SECRET).await;
+        let client = client.unwrap_err();
+        assert_eq!(client.reject_reason(), Some(RejectReason::UnknownAgreement));
+        assert!(client.is_permanent());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out_and_is_told_so() {
+        let ((mut cr, _cw), (mut sr, mut sw)) = pair();
+        let started = Instant::now();
+        let err = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize).await.unwrap_err();
+        assert!(matches!(err, HandshakeError::Timeout(d) if d == HANDSHAKE_TIMEOUT), "{err}");
+        assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
+        assert!(!err.is_permanent());
+        match cr.recv().await.unwrap() {
+            Some(Message::Reject(r)) => assert_eq!(r.reason, RejectReason::HandshakeTimeout),
+            other => panic!("expected a reject, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_times_out_on_a_silent_provider() {
+        let ((mut cr, mut cw), (_sr, _sw)) = pair();
+        let limit = Duration::from_secs(3);
+        let started = Instant::now();
+        let secret = Secret::new(SECRET).unwrap();
+        let err = client_handshake(&mut cr, &mut cw, &consumer_hello("people"), &secret, limit).await.unwrap_err();
+        assert!(matches!(err, HandshakeError::Timeout(d) if d == limit), "{err}");
+        assert_eq!(started.elapsed(), limit);
+    }
+
+    #[tokio::test]
+    async fn a_message_out_of_turn_is_a_protocol_violation() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        cw.send(&Message::Ping { seq: 1 }).await.unwrap();
+        let err = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize).await.unwrap_err();
+        assert_eq!(err.reject_reason(), Some(RejectReason::ProtocolViolation));
+        match cr.recv().await.unwrap() {
+            Some(Message::Reject(r)) => assert!(r.detail.contains("expected hello, got ping"), "{}", r.detail),
+            other => panic!("expected a reject, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_and_oversize_hellos_are_refused_with_a_reason() {
+        for bytes in
+            [vec![0, 0, 0, 3, 0xEE, 0xEE, 0xEE], u32::try_from(HANDSHAKE_MAX_FRAME + 1).unwrap().to_be_bytes().to_vec()]
+        {
+            let (a, mut b) = duplex(PIPE);
+            let (mut sr, mut sw) = split(a);
+            b.write_all(&bytes).await.unwrap();
+            let err = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize).await.unwrap_err();
+            assert!(matches!(&err, HandshakeError::Wire(w) if w.is_protocol_violation()), "{err}");
+            assert_eq!(sr.max_frame(), MAX_FRAME, "the reader's own limit is restored");
+            let (mut cr, _) = split(b);
+            match cr.recv().await.unwrap() {
+                Some(Message::Reject(r)) => assert_eq!(r.reason, RejectReason::ProtocolViolation),
+                other => panic!("expected a reject, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn after_the_handshake_full_size_frames_are_accepted_again() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let secret = Secret::new(SECRET).unwrap();
+        let hello = consumer_hello("people");
+        let (client, server) = tokio::join!(
+            client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT),
+            server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize),
+        );
+        client.unwrap();
+        server.unwrap();
+        assert_eq!((cr.max_frame(), sr.max_frame()), (MAX_FRAME, MAX_FRAME));
+    }
+
+    #[tokio::test]
+    async fn a_provider_goodbye_during_the_handshake_is_reported() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let secret = Secret::new(SECRET).unwrap();
+        let server = async {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            sw.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "bye".into() }).await.unwrap();
+        };
+        let hello = consumer_hello("people");
+        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT);
+        let (client, ()) = tokio::join!(client, server);
+        assert!(matches!(client, Err(HandshakeError::Goodbye { reason: GoodbyeReason::Shutdown, .. })));
+    }
+
+    /// A stream that records every byte that passes through it, both ways.
+    struct Tap {
+        inner: DuplexStream,
+        seen: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Tap {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+            let new = buf.filled()[before..].to_vec();
+            self.seen.lock().unwrap().extend_from_slice(&new);
+            poll
+        }
+    }
+
+    impl AsyncWrite for Tap {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+            let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+            if let Poll::Ready(Ok(n)) = poll {
+                self.seen.lock().unwrap().extend_from_slice(&data[..n]);
+            }
+            poll
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_secret_never_crosses_the_wire() {
+        let (a, b) = duplex(PIPE);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (mut cr, mut cw) = split(Tap { inner: a, seen: seen.clone() });
+        let (mut sr, mut sw) = split(b);
+        let secret = Secret::new(SECRET).unwrap();
+        let hello = consumer_hello("people");
+        let (client, server) = tokio::join!(
+            client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT),
+            server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize),
+        );
+        client.unwrap();
+        server.unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(seen.len() > 100, "the whole conversation was recorded");
+        assert!(
+            seen.windows(8).all(|w| !SECRET.windows(8).any(|s| s == w)),
+            "no 8-byte run of the secret is on the wire"
+        );
+    }
+}

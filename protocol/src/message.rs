@@ -1,0 +1,766 @@
+//! Wire messages: everything a provider, a consumer and a writer client say to each
+//! other, one [`Message`] per frame. This is the layer above `codec` (which turns a
+//! message into a payload) and below the session logic in the provider and consumer
+//! crates (which decides what to send when). `docs/protocol.md` is the normative
+//! description of when each message may be sent.
+//!
+//! Compatibility: every enum here is encoded by its variant index, so variants only
+//! ever grow at the end, and a new variant is sent only to peers whose negotiated
+//! version knows it. Structs are encoded as their fields in order with no names, so any
+//! change to a struct's fields (or a variant's) needs a new protocol version,
+//! negotiated through [`Hello::versions`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
+use crate::cookie::{Cookie, StoreId};
+use crate::csn::Csn;
+use crate::entry::{Entry, EntryUuid};
+use crate::scope::SearchSpec;
+
+/// The protocol version this build prefers.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Every protocol version this build can speak, oldest first. The handshake picks the
+/// highest version both sides list.
+pub const SUPPORTED_VERSIONS: &[u16] = &[PROTOCOL_VERSION];
+
+/// Length of the handshake challenge nonce.
+pub const NONCE_LEN: usize = 32;
+
+/// Length of the handshake MAC (HMAC-SHA256 output).
+pub const MAC_LEN: usize = 32;
+
+/// How a consumer replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mode {
+    /// Refresh, then the provider says goodbye (`refresh-complete`); the consumer polls
+    /// again after its interval.
+    RefreshOnly,
+    /// Refresh, then stay connected and receive each change as it commits.
+    RefreshAndPersist,
+}
+
+impl Mode {
+    /// The config and status word for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::RefreshOnly => "refresh-only",
+            Mode::RefreshAndPersist => "refresh-and-persist",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a mode word was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid mode {0:?}: expected refresh-only or refresh-and-persist")]
+pub struct ModeParseError(String);
+
+impl FromStr for Mode {
+    type Err = ModeParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refresh-only" => Ok(Mode::RefreshOnly),
+            "refresh-and-persist" => Ok(Mode::RefreshAndPersist),
+            _ => Err(ModeParseError(s.to_owned())),
+        }
+    }
+}
+
+/// What a connecting client wants to be.
+// One per connection, built once: boxing the consumer's fields would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A replica following one agreement.
+    Consumer {
+        /// The agreement name, which selects the provider's `[[consumer]]` entry and
+        /// with it the secret and the widest allowed scope.
+        agreement: String,
+        /// Refresh-only or refresh-and-persist.
+        mode: Mode,
+        /// The consumer's durable position, if it has one; decides the refresh kind.
+        cookie: Option<Cookie>,
+        /// The region it replicates; must lie within the agreement's allowed base.
+        spec: SearchSpec,
+    },
+    /// A client submitting changes and searches, with the `[writer]` credentials.
+    Writer,
+}
+
+impl Role {
+    /// The role's name for logs and the MAC: `consumer` or `writer`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Role::Consumer { .. } => "consumer",
+            Role::Writer => "writer",
+        }
+    }
+
+    /// The agreement name for a consumer, `None` for a writer.
+    pub fn agreement(&self) -> Option<&str> {
+        match self {
+            Role::Consumer { agreement, .. } => Some(agreement),
+            Role::Writer => None,
+        }
+    }
+}
+
+/// The client's opening message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the client speaks; the provider picks the highest it shares.
+    pub versions: Vec<u16>,
+    /// Who the client is (host or instance name), for the provider's logs and status,
+    /// and bound into the MAC.
+    pub client_id: String,
+    /// What the client wants to do.
+    pub role: Role,
+}
+
+/// The provider's acceptance, ending the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides now speak.
+    pub version: u16,
+    /// The provider store's id: cookies the client keeps refer to it.
+    pub store_id: StoreId,
+    /// Identifies this session in both sides' logs.
+    pub session_id: u64,
+    /// How often the provider pings an idle session, in milliseconds.
+    pub keepalive_interval_ms: u64,
+    /// How long the provider waits for any message before dropping the session, in
+    /// milliseconds; the client should ping well within it.
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Welcome {
+    /// [`Welcome::keepalive_interval_ms`] as a duration.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
+
+    /// [`Welcome::keepalive_timeout_ms`] as a duration.
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
+    }
+}
+
+/// Why the provider refused a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// No protocol version in common.
+    VersionMismatch,
+    /// The MAC did not verify: wrong secret (or a tampered handshake).
+    BadCredentials,
+    /// The provider has no such agreement.
+    UnknownAgreement,
+    /// The requested region lies outside what the agreement allows.
+    ScopeNotAllowed,
+    /// The provider is at its connection limit.
+    TooManyConnections,
+    /// The client sent something other than the next handshake message.
+    ProtocolViolation,
+    /// The client did not finish the handshake within the deadline.
+    HandshakeTimeout,
+}
+
+impl RejectReason {
+    /// The reason's name in logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::VersionMismatch => "version-mismatch",
+            RejectReason::BadCredentials => "bad-credentials",
+            RejectReason::UnknownAgreement => "unknown-agreement",
+            RejectReason::ScopeNotAllowed => "scope-not-allowed",
+            RejectReason::TooManyConnections => "too-many-connections",
+            RejectReason::ProtocolViolation => "protocol-violation",
+            RejectReason::HandshakeTimeout => "handshake-timeout",
+        }
+    }
+
+    /// Whether reconnecting with the same configuration cannot succeed: the operator
+    /// has to change a secret, the config or a version first, so the client should
+    /// back off at its longest delay.
+    pub fn is_permanent(self) -> bool {
+        match self {
+            RejectReason::VersionMismatch
+            | RejectReason::BadCredentials
+            | RejectReason::UnknownAgreement
+            | RejectReason::ScopeNotAllowed => true,
+            RejectReason::TooManyConnections | RejectReason::ProtocolViolation | RejectReason::HandshakeTimeout => {
+                false
+            }
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A handshake refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    /// What went wrong, for the client's state machine.
+    pub reason: RejectReason,
+    /// Human-readable detail for the client's status and logs (never a secret).
+    pub detail: String,
+}
+
+impl Reject {
+    /// A refusal with its detail.
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.detail.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.reason, self.detail)
+        }
+    }
+}
+
+/// Which refresh the provider chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RefreshKind {
+    /// Every in-scope entry; the consumer drops any local entry it did not receive.
+    Full,
+    /// The changes since the cookie, coalesced per entry.
+    Delta,
+    /// Changed entries in full, unchanged ones by uuid; the consumer drops any local
+    /// entry that was not named.
+    Present,
+}
+
+impl RefreshKind {
+    /// The kind's name in logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshKind::Full => "full",
+            RefreshKind::Delta => "delta",
+            RefreshKind::Present => "present",
+        }
+    }
+}
+
+impl fmt::Display for RefreshKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One replicated state change. Replication moves entry *states* by uuid, not write
+/// requests: applying an op whose CSN is not newer than the local entry's is a no-op,
+/// which makes replays after a crash harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplOp {
+    /// The entry's whole current state (add, modify, rename and move-into-scope alike).
+    Upsert(Entry),
+    /// The entry is gone (deleted, or moved out of the consumer's scope).
+    Delete {
+        /// Which entry.
+        uuid: EntryUuid,
+        /// The CSN of the change that removed it.
+        csn: Csn,
+    },
+}
+
+impl ReplOp {
+    /// The entry the op is about.
+    pub fn uuid(&self) -> EntryUuid {
+        match self {
+            ReplOp::Upsert(entry) => entry.uuid,
+            ReplOp::Delete { uuid, .. } => *uuid,
+        }
+    }
+
+    /// The CSN of the change the op carries.
+    pub fn csn(&self) -> Csn {
+        match self {
+            ReplOp::Upsert(entry) => entry.csn,
+            ReplOp::Delete { csn, .. } => *csn,
+        }
+    }
+}
+
+/// Why a side is closing the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GoodbyeReason {
+    /// The sender's process is shutting down.
+    Shutdown,
+    /// A refresh-only session delivered its refresh.
+    RefreshComplete,
+    /// The agreement's credentials were removed or changed; do not retry until the
+    /// configuration changes.
+    CredentialsRevoked,
+    /// The consumer fell too far behind for the provider to keep serving it live.
+    TooSlow,
+    /// The peer missed its keepalive deadline.
+    KeepaliveTimeout,
+    /// Nothing was received for the idle timeout.
+    IdleTimeout,
+    /// An operator stopped the agreement.
+    AdminStop,
+    /// The peer broke the protocol (unexpected message, undecodable frame).
+    ProtocolError,
+    /// The consumer's position can no longer be served incrementally; it must reconnect
+    /// and take a fresh refresh.
+    RefreshRequired,
+}
+
+impl GoodbyeReason {
+    /// The reason's name in logs and status (SPEC's words).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoodbyeReason::Shutdown => "shutdown",
+            GoodbyeReason::RefreshComplete => "refresh-complete",
+            GoodbyeReason::CredentialsRevoked => "credentials-revoked",
+            GoodbyeReason::TooSlow => "too-slow",
+            GoodbyeReason::KeepaliveTimeout => "keepalive-timeout",
+            GoodbyeReason::IdleTimeout => "idle-timeout",
+            GoodbyeReason::AdminStop => "admin-stop",
+            GoodbyeReason::ProtocolError => "protocol-error",
+            GoodbyeReason::RefreshRequired => "refresh-required",
+        }
+    }
+}
+
+impl fmt::Display for GoodbyeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the provider refused a client's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WriteErrorKind {
+    /// The target entry does not exist.
+    NoSuchObject,
+    /// An entry with that DN exists already.
+    AlreadyExists,
+    /// The new entry's parent does not exist.
+    NoParent,
+    /// The entry has children, so it cannot be deleted (or moved, where refused).
+    NotAllowedOnNonLeaf,
+    /// The change itself is invalid (bad attribute, missing value, RDN rules).
+    InvalidChange,
+    /// The client may not make this change.
+    NotAuthorized,
+    /// The provider failed (store error); the change was not applied.
+    Internal,
+}
+
+impl WriteErrorKind {
+    /// The kind's name in logs and client output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteErrorKind::NoSuchObject => "no-such-object",
+            WriteErrorKind::AlreadyExists => "already-exists",
+            WriteErrorKind::NoParent => "no-parent",
+            WriteErrorKind::NotAllowedOnNonLeaf => "not-allowed-on-non-leaf",
+            WriteErrorKind::InvalidChange => "invalid-change",
+            WriteErrorKind::NotAuthorized => "not-authorized",
+            WriteErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for WriteErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What became of a write request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// Applied atomically and durably.
+    Committed {
+        /// The CSN the change committed at.
+        csn: Csn,
+        /// The entry it touched (new for an add).
+        uuid: EntryUuid,
+    },
+    /// Refused; nothing changed.
+    Refused {
+        /// Why, for the client's logic.
+        kind: WriteErrorKind,
+        /// Why, for a human.
+        message: String,
+    },
+}
+
+/// One wire message. Which side sends each, and when, is in `docs/protocol.md`.
+///
+/// Variants only ever grow at the end: the variant index is the wire tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Client -> provider, first message: versions, identity, role.
+    Hello(Hello),
+    /// Provider -> client: prove knowledge of the secret by MACing this nonce.
+    Challenge {
+        /// Fresh random bytes, never reused, so a recorded `Auth` cannot be replayed.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Client -> provider: the MAC over the nonce and the client's identity.
+    Auth {
+        /// HMAC-SHA256 as described in `auth`.
+        mac: [u8; MAC_LEN],
+    },
+    /// Provider -> client: the handshake succeeded.
+    Welcome(Welcome),
+    /// Provider -> client: the handshake failed; the provider closes after sending it.
+    Reject(Reject),
+    /// Provider -> consumer: a refresh starts and which kind it is.
+    RefreshBegin {
+        /// Full, delta or present.
+        kind: RefreshKind,
+    },
+    /// Provider -> consumer: refresh data (full: upserts; delta: upserts and deletes,
+    /// coalesced to the latest state per entry; present: the changed entries).
+    Batch {
+        /// The ops, applied in order.
+        ops: Vec<ReplOp>,
+    },
+    /// Provider -> consumer, present refresh only: unchanged entries, named by uuid.
+    PresentBatch {
+        /// Entries the consumer keeps as they are.
+        uuids: Vec<EntryUuid>,
+    },
+    /// Provider -> consumer: the refresh is complete; the cookie covers all of it.
+    RefreshDone {
+        /// The consumer's position once everything before this is applied.
+        cookie: Cookie,
+    },
+    /// Provider -> consumer, persist phase: one committed change.
+    Change {
+        /// The change.
+        op: ReplOp,
+        /// The position it brings the consumer to.
+        cookie: Cookie,
+    },
+    /// Consumer -> provider: the consumer's durable position, giving the provider exact
+    /// lag and a changelog hold point.
+    Ack {
+        /// Everything up to here is applied and durable on the consumer.
+        cookie: Cookie,
+    },
+    /// Either side: are you there? Answered by `Pong` with the same `seq`.
+    Ping {
+        /// Matches the answer to the question.
+        seq: u64,
+    },
+    /// Either side: the answer to `Ping`.
+    Pong {
+        /// The `seq` of the ping answered.
+        seq: u64,
+    },
+    /// Provider -> consumer: the consumer's position cannot be served incrementally
+    /// any more; it must reconnect and take a fresh refresh.
+    RefreshRequired {
+        /// Why, for the consumer's logs.
+        reason: String,
+    },
+    /// Either side: the session ends now, and why.
+    Goodbye {
+        /// Why, for the peer's state machine.
+        reason: GoodbyeReason,
+        /// Why, for a human.
+        detail: String,
+    },
+    /// Writer -> provider: apply one change.
+    WriteRequest {
+        /// Chosen by the client, echoed in the result.
+        id: u64,
+        /// The change.
+        change: Change,
+    },
+    /// Provider -> writer: the outcome of a `WriteRequest`.
+    WriteResult {
+        /// The request's id.
+        id: u64,
+        /// Committed or refused.
+        outcome: WriteOutcome,
+    },
+    /// Writer -> provider: search the provider's store.
+    SearchRequest {
+        /// Chosen by the client, echoed in the replies.
+        id: u64,
+        /// What to search.
+        spec: SearchSpec,
+    },
+    /// Provider -> writer: some of the entries found, in tree order.
+    SearchEntries {
+        /// The request's id.
+        id: u64,
+        /// The entries of this batch.
+        entries: Vec<Entry>,
+    },
+    /// Provider -> writer: the search is complete.
+    SearchDone {
+        /// The request's id.
+        id: u64,
+        /// How many entries were sent in all.
+        count: u64,
+    },
+}
+
+impl Message {
+    /// The message's name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Challenge { .. } => "challenge",
+            Message::Auth { .. } => "auth",
+            Message::Welcome(_) => "welcome",
+            Message::Reject(_) => "reject",
+            Message::RefreshBegin { .. } => "refresh-begin",
+            Message::Batch { .. } => "batch",
+            Message::PresentBatch { .. } => "present-batch",
+            Message::RefreshDone { .. } => "refresh-done",
+            Message::Change { .. } => "change",
+            Message::Ack { .. } => "ack",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
+            Message::RefreshRequired { .. } => "refresh-required",
+            Message::Goodbye { .. } => "goodbye",
+            Message::WriteRequest { .. } => "write-request",
+            Message::WriteResult { .. } => "write-result",
+            Message::SearchRequest { .. } => "search-request",
+            Message::SearchEntries { .. } => "search-entries",
+            Message::SearchDone { .. } => "search-done",
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::codec::{self, CodecError};
+    use crate::dn::{Dn, Rdn};
+    use crate::entry::Attributes;
+    use crate::scope::Scope;
+
+    pub(crate) fn entry(name: &str) -> Entry {
+        let mut attrs = Attributes::new();
+        attrs.add("objectClass", ["person".into(), "top".into()]).unwrap();
+        attrs.add("cn", [name.into()]).unwrap();
+        attrs.add("jpegPhoto", [crate::entry::Value::from_bytes(vec![0xff, 0xd8, 0x00])]).unwrap();
+        Entry {
+            dn: Dn::parse(&format!("cn={name},ou=people,dc=example,dc=com")).unwrap(),
+            uuid: EntryUuid::new_random(),
+            csn: Csn(42),
+            attrs,
+        }
+    }
+
+    fn cookie() -> Cookie {
+        Cookie { store_id: StoreId::new_random(), csn: Csn(7) }
+    }
+
+    pub(crate) fn consumer_hello(agreement: &str) -> Hello {
+        Hello {
+            versions: vec![PROTOCOL_VERSION],
+            client_id: "replica-1".into(),
+            role: Role::Consumer {
+                agreement: agreement.into(),
+                mode: Mode::RefreshAndPersist,
+                cookie: Some(cookie()),
+                spec: SearchSpec {
+                    base: Dn::parse("ou=people,dc=example,dc=com").unwrap(),
+                    scope: Scope::Subtree,
+                    filter: crate::filter::Filter::And(vec![
+                        crate::filter::Filter::match_all(),
+                        crate::filter::Filter::Not(Box::new(crate::filter::Filter::Present { attr: "x".into() })),
+                    ]),
+                    attrs: vec!["cn".into()],
+                },
+            },
+        }
+    }
+
+    /// One sample of every variant, in wire-tag order.
+    pub(crate) fn samples() -> Vec<Message> {
+        let e = entry("Ann");
+        vec![
+            Message::Hello(consumer_hello("people")),
+            Message::Challenge { nonce: [9; NONCE_LEN] },
+            Message::Auth { mac: [3; MAC_LEN] },
+            Message::Welcome(Welcome {
+                version: 1,
+                store_id: StoreId::new_random(),
+                session_id: 77,
+                keepalive_interval_ms: 5_000,
+                keepalive_timeout_ms: 20_000,
+            }),
+            Message::Reject(Reject::new(RejectReason::ScopeNotAllowed, "outside dc=example,dc=com")),
+            Message::RefreshBegin { kind: RefreshKind::Present },
+            Message::Batch {
+                ops: vec![ReplOp::Upsert(e.clone()), ReplOp::Delete { uuid: EntryUuid::new_random(), csn: Csn(9) }],
+            },
+            Message::PresentBatch { uuids: vec![EntryUuid::new_random(), EntryUuid::new_random()] },
+            Message::RefreshDone { cookie: cookie() },
+            Message::Change { op: ReplOp::Upsert(e.clone()), cookie: cookie() },
+            Message::Ack { cookie: cookie() },
+            Message::Ping { seq: u64::MAX },
+            Message::Pong { seq: 0 },
+            Message::RefreshRequired { reason: "changelog trimmed".into() },
+            Message::Goodbye { reason: GoodbyeReason::RefreshComplete, detail: String::new() },
+            Message::WriteRequest {
+                id: 1,
+                change: Change::ModDn {
+                    dn: e.dn.clone(),
+                    new_rdn: Rdn::parse("cn=Bea").unwrap(),
+                    delete_old_rdn: true,
+                    new_superior: Some(Dn::parse("ou=staff,dc=example,dc=com").unwrap()),
+                },
+            },
+            Message::WriteResult {
+                id: 1,
+                outcome: WriteOutcome::Refused { kind: WriteErrorKind::NoParent, message: "no ou=staff".into() },
+            },
+            Message::SearchRequest { id: 2, spec: SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap()) },
+            Message::SearchEntries { id: 2, entries: vec![e] },
+            Message::SearchDone { id: 2, count: 1 },
+        ]
+    }
+
+    /// The wire tag of each variant. The match has no wildcard, so adding a variant
+    /// fails to compile until it is given a tag here (at the end) and a sample above.
+    fn wire_tag(m: &Message) -> u8 {
+        match m {
+            Message::Hello(_) => 0,
+            Message::Challenge { .. } => 1,
+            Message::Auth { .. } => 2,
+            Message::Welcome(_) => 3,
+            Message::Reject(_) => 4,
+            Message::RefreshBegin { .. } => 5,
+            Message::Batch { .. } => 6,
+            Message::PresentBatch { .. } => 7,
+            Message::RefreshDone { .. } => 8,
+            Message::Change { .. } => 9,
+            Message::Ack { .. } => 10,
+            Message::Ping { .. } => 11,
+            Message::Pong { .. } => 12,
+            Message::RefreshRequired { .. } => 13,
+            Message::Goodbye { .. } => 14,
+            Message::WriteRequest { .. } => 15,
+            Message::WriteResult { .. } => 16,
+            Message::SearchRequest { .. } => 17,
+            Message::SearchEntries { .. } => 18,
+            Message::SearchDone { .. } => 19,
+        }
+    }
+
+    #[test]
+    fn every_variant_round_trips_with_its_pinned_tag() {
+        let samples = samples();
+        let names: std::collections::BTreeSet<&str> = samples.iter().map(Message::name).collect();
+        assert_eq!(names.len(), samples.len(), "one sample per variant, each with its own name");
+        for (i, msg) in samples.iter().enumerate() {
+            assert_eq!(usize::from(wire_tag(msg)), i, "samples are in tag order");
+            let bytes = codec::encode(msg).unwrap();
+            assert_eq!(bytes[0], wire_tag(msg), "{} keeps its wire tag", msg.name());
+            assert_eq!(codec::decode::<Message>(&bytes).unwrap(), *msg, "{}", msg.name());
+        }
+    }
+
+    #[test]
+    fn small_messages_stay_small() {
+        assert_eq!(codec::encode(&Message::Ping { seq: 5 }).unwrap(), [11, 5]);
+        // Tag, 16-byte store id, varint CSN.
+        assert_eq!(codec::encode(&Message::Ack { cookie: cookie() }).unwrap().len(), 1 + 16 + 1);
+        // Tag, varint length, 16 bytes per uuid: SPEC's "16 bytes per unchanged entry".
+        let uuids = vec![EntryUuid::default(); 100];
+        assert_eq!(codec::encode(&Message::PresentBatch { uuids }).unwrap().len(), 1 + 1 + 1600);
+    }
+
+    #[test]
+    fn unknown_variant_tags_are_refused() {
+        assert!(matches!(codec::decode::<Message>(&[200, 0]), Err(CodecError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_dn_that_does_not_parse_is_refused() {
+        // SearchRequest { id: 1, spec.base: "not a dn" ... }
+        let mut bytes = vec![17, 1];
+        bytes.push(8);
+        bytes.extend_from_slice(b"not a dn");
+        assert!(codec::decode::<Message>(&bytes).is_err());
+    }
+
+    #[test]
+    fn words_match_the_spec() {
+        assert_eq!("refresh-and-persist".parse::<Mode>(), Ok(Mode::RefreshAndPersist));
+        assert_eq!(Mode::RefreshOnly.to_string(), "refresh-only");
+        assert!("persist".parse::<Mode>().is_err());
+        assert_eq!(GoodbyeReason::KeepaliveTimeout.to_string(), "keepalive-timeout");
+        assert_eq!(GoodbyeReason::RefreshRequired.as_str(), "refresh-required");
+        assert_eq!(RejectReason::BadCredentials.to_string(), "bad-credentials");
+        assert_eq!(WriteErrorKind::NotAllowedOnNonLeaf.as_str(), "not-allowed-on-non-leaf");
+        assert_eq!(RefreshKind::Delta.as_str(), "delta");
+        assert_eq!(Reject::new(RejectReason::UnknownAgreement, "x").to_string(), "unknown-agreement: x");
+    }
+
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Arbitrary bytes decode to a message or an error, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = codec::decode::<Message>(&bytes);
+            }
+
+            /// Valid encodings with one byte changed, or cut short, decode to a message or
+            /// an error, never a panic: this reaches much deeper than random bytes.
+            #[test]
+            fn mutated_messages_never_panic(which in 0usize..20, pos in any::<proptest::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+                let mut bytes = codec::encode(&samples()[which]).unwrap();
+                let at = pos.index(bytes.len());
+                if cut {
+                    bytes.truncate(at);
+                } else {
+                    bytes[at] = byte;
+                }
+                let _ = codec::decode::<Message>(&bytes);
+            }
+        }
+
+        /// A 12-byte message claiming a Vec of 2^62 ops is refused at once: bincode
+        /// without a limit would try to allocate for the claim and abort the process.
+        #[test]
+        fn hostile_length_claims_are_refused_quickly() {
+            // Batch tag, varint marker for u64, 2^62 little-endian, then 2 stray bytes.
+            let mut hostile = vec![6, 253];
+            hostile.extend_from_slice(&(1u64 << 62).to_le_bytes());
+            hostile.extend_from_slice(&[0, 0]);
+            assert_eq!(hostile.len(), 12);
+            assert!(codec::decode::<Message>(&hostile).is_err());
+            // The same claim on a string (RefreshRequired's reason): refused.
+            let mut hostile = vec![13, 253];
+            hostile.extend_from_slice(&(1u64 << 62).to_le_bytes());
+            hostile.extend_from_slice(&[0, 0]);
+            assert!(codec::decode::<Message>(&hostile).is_err());
+        }
+    }
+}
