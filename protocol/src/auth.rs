@@ -17,6 +17,7 @@ use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::message::{Hello, MAC_LEN, NONCE_LEN};
 
@@ -49,26 +50,18 @@ pub enum AuthError {
 }
 
 /// A shared secret (an agreement's or the writer's). Its bytes are never printed: its
-/// `Debug` is `Secret(<redacted>)` and it has no `Display`; equality (used to notice a
-/// changed secret on reload) is constant-time; its memory is zeroed on drop.
+/// `Debug` is `Secret(<redacted>)` and it has no `Display`. Equality (used to notice a
+/// changed `secret_file` on reload) compares in constant time.
 #[derive(Clone)]
 pub struct Secret(Vec<u8>);
 
 impl PartialEq for Secret {
     fn eq(&self, other: &Self) -> bool {
-        use subtle::ConstantTimeEq;
-        self.0.len() == other.0.len() && bool::from(self.0.ct_eq(&other.0))
+        self.0.ct_eq(&other.0).into()
     }
 }
 
 impl Eq for Secret {}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        self.0.iter_mut().for_each(|b| *b = 0);
-        std::hint::black_box(&mut self.0);
-    }
-}
 
 impl Secret {
     /// A secret from its exact bytes.
@@ -94,6 +87,14 @@ impl Secret {
     /// The secret's bytes, for whoever must MAC with it.
     fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// The secret's bytes do not outlive it in this process's memory.
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&mut self.0);
     }
 }
 

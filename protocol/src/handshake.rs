@@ -469,7 +469,8 @@ mod tests {
         cw.send(&Message::Hello(hello)).await.unwrap();
         let server = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize).await.unwrap_err();
         assert_eq!(server.reject_reason(), Some(RejectReason::UnknownAgreement));
-        drop(sw);
+        // Both halves: the provider closes the connection after a reject.
+        drop((sr, sw));
         match cr.recv().await.unwrap() {
             Some(Message::Reject(r)) => {
                 assert_eq!(r.reason, RejectReason::UnknownAgreement);

@@ -4,9 +4,11 @@
 //! crates (which decides what to send when). `docs/protocol.md` is the normative
 //! description of when each message may be sent.
 //!
-//! Compatibility: every enum here is encoded by variant index, so variants (and struct
-//! fields) only ever grow at the end. A change that cannot be expressed that way needs a
-//! new protocol version, negotiated through [`Hello::versions`].
+//! Compatibility: every enum here is encoded by its variant index, so variants only
+//! ever grow at the end, and a new variant is sent only to peers whose negotiated
+//! version knows it. Structs are encoded as their fields in order with no names, so any
+//! change to a struct's fields (or a variant's) needs a new protocol version,
+//! negotiated through [`Hello::versions`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,7 +78,7 @@ impl FromStr for Mode {
 }
 
 /// What a connecting client wants to be.
-// One `Hello` per connection: boxing the region would buy nothing.
+// One per connection, built once: boxing the consumer's fields would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
