@@ -212,27 +212,41 @@ mod tests {
         assert_eq!(buf, [1, 2, 3], "a refused encode leaves the buffer as it was");
     }
 
-    /// `Filter::Not` nested `levels` deep, encoded by hand: variant index 2, repeated.
-    fn nested_nots(levels: usize) -> Vec<u8> {
-        let innermost = encode(&Filter::match_all()).unwrap();
-        let mut bytes = vec![2u8; levels];
-        bytes.extend_from_slice(&innermost);
+    /// A recursive type, like any a future message might carry. (Filters cross the wire
+    /// as their string form, re-parsed under the parser's own depth limit.)
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Nest {
+        Leaf,
+        Node(Box<Nest>),
+    }
+
+    /// `Nest::Node` nested `levels` deep, encoded by hand: variant index 1, repeated,
+    /// then the leaf (variant 0).
+    fn nested(levels: usize) -> Vec<u8> {
+        let mut bytes = vec![1u8; levels];
+        bytes.push(0);
         bytes
     }
 
     #[test]
     fn deep_nesting_is_refused_instead_of_overflowing_the_stack() {
         // Without the depth limit this recursion overflows the stack and aborts.
-        let hostile = nested_nots(1_000_000);
-        assert_eq!(decode::<Filter>(&hostile), Err(CodecError::TooDeep { max: MAX_DEPTH }));
+        let hostile = nested(1_000_000);
+        assert_eq!(decode::<Nest>(&hostile), Err(CodecError::TooDeep { max: MAX_DEPTH }));
     }
 
     #[test]
     fn nesting_up_to_the_limit_decodes_on_a_normal_thread_stack() {
-        // Two levels for the innermost Present filter (its enum and its fields), one per Not.
-        let ok = nested_nots(MAX_DEPTH - 2);
-        let filter: Filter = decode(&ok).unwrap();
-        assert_eq!(encode(&filter).unwrap(), ok);
-        assert_eq!(decode::<Filter>(&nested_nots(MAX_DEPTH - 1)), Err(CodecError::TooDeep { max: MAX_DEPTH }));
+        let limit = (0..MAX_DEPTH + 2).rfind(|&n| decode::<Nest>(&nested(n)).is_ok()).unwrap();
+        assert!(limit + 2 >= MAX_DEPTH, "nesting close to the limit decodes (got {limit})");
+        let value: Nest = decode(&nested(limit)).unwrap();
+        assert_eq!(encode(&value).unwrap(), nested(limit));
+        assert_eq!(decode::<Nest>(&nested(limit + 1)), Err(CodecError::TooDeep { max: MAX_DEPTH }));
+    }
+
+    #[test]
+    fn a_deeply_nested_filter_string_is_refused_by_the_parser() {
+        let deep = format!("{}(cn=x){}", "(!".repeat(10_000), ")".repeat(10_000));
+        assert!(matches!(decode::<Filter>(&encode(&deep).unwrap()), Err(CodecError::Invalid(_))));
     }
 }
