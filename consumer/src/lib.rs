@@ -18,7 +18,8 @@
 //! - [`reason`]: states and disconnect reasons, named as in SPEC §4.
 //! - [`status`]: what each agreement publishes.
 //! - [`session`]: one connection's life: reader, keepalive poller, applier.
-//! - [`supervisor`]: the per-agreement loop over sessions.
+//! - [`supervision`]: the supervisor's decisions as a sans-IO state machine.
+//! - [`supervisor`]: its tokio shell: sessions, timers, status.
 //! - [`control`]: the control socket.
 //! - [`daemon`]: the `run` process: agreements, reload, signals, shutdown.
 
@@ -29,4 +30,5 @@ pub mod reason;
 pub mod retry;
 pub mod session;
 pub mod status;
+pub mod supervision;
 pub mod supervisor;

@@ -78,11 +78,23 @@ pub struct Ended {
     pub refresh_complete: bool,
     /// Whether the session got past the handshake (for backoff reset decisions).
     pub connected: bool,
+    /// Whether retrying cannot fix the cause (a full disk, a damaged store): the
+    /// agreement stops with the error in status instead of looping.
+    pub fatal: bool,
 }
 
 impl Ended {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into(), goodbye: None, rejection: None, refresh_complete: false, connected: true }
+    /// A session end with no provider reason attached.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            goodbye: None,
+            rejection: None,
+            refresh_complete: false,
+            connected: true,
+            fatal: false,
+        }
     }
 }
 

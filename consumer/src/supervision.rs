@@ -1,0 +1,366 @@
+//! The supervisor's decisions, as a sans-IO state machine: it is fed what happened
+//! ([`Input`]: a session ended, an operator command, a timer) with the current time, and
+//! answers with what to do ([`Output`]: start or stop a session, set the state, arm a
+//! timer, persist the stopped flag, exit). It never sleeps, reads a clock or touches the
+//! network, so every path through SPEC §4 (retry schedule, backoff reset, give-up,
+//! permanent rejections, revoked credentials, stop/start across restarts) is tested in
+//! plain unit tests with a made-up clock; [`crate::supervisor`] is the tokio shell.
+
+use std::time::{Duration, Instant};
+
+use tether_protocol::message::{GoodbyeReason, RejectReason};
+
+use crate::reason::{Reason, State};
+use crate::retry::RetrySchedule;
+use crate::session::Ended;
+
+/// A session that stays up this long resets the retry schedule (SPEC §4).
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// Operator and process commands for one supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Stop replicating and stay stopped (persisted) until `Start`.
+    Stop,
+    /// Start a stopped or closed agreement (or reconnect now from backoff or idle).
+    Start,
+    /// End the current session and reconnect now.
+    Restart,
+    /// The process is exiting: goodbye and return.
+    Shutdown,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The supervisor begins; `stopped` is the persisted operator flag.
+    Begin {
+        /// Whether an operator left the agreement stopped.
+        stopped: bool,
+    },
+    /// The running session ended.
+    SessionEnded(Ended),
+    /// An operator or the process said something.
+    Command(Command),
+    /// The timer armed by the last [`Output::Wait`] fired.
+    TimerFired,
+}
+
+/// What to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Start a session now.
+    StartSession,
+    /// Ask the running session to end with this reason (it says goodbye).
+    StopSession(Reason),
+    /// Publish this state.
+    SetState(State),
+    /// Arm the timer (replacing any); `None` disarms it.
+    Wait(Option<Duration>),
+    /// Persist the operator's stopped flag.
+    PersistStopped(bool),
+    /// Record why the agreement gave up, for status.
+    GaveUp(String),
+    /// The supervisor is done.
+    Exit,
+}
+
+/// The supervisor's state machine.
+#[derive(Debug)]
+pub struct Supervision {
+    /// Reconnect delays.
+    retry: RetrySchedule,
+    /// Give up after failing this long.
+    give_up_after: Option<Duration>,
+    /// Refresh-only poll interval.
+    interval: Duration,
+    /// The coarse state (sessions publish connecting/refreshing/persisting themselves).
+    state: State,
+    /// When the running session started; `None` when none runs.
+    session_started: Option<Instant>,
+    /// Failed attempts since the last healthy session.
+    attempt: u32,
+    /// When the current run of failures began.
+    failing_since: Option<Instant>,
+    /// A command waiting for the running session to end.
+    pending: Option<Command>,
+}
+
+impl Supervision {
+    /// A supervisor for an agreement with these settings.
+    pub fn new(retry: RetrySchedule, give_up_after: Option<Duration>, interval: Duration) -> Self {
+        Self {
+            retry,
+            give_up_after,
+            interval,
+            state: State::Connecting,
+            session_started: None,
+            attempt: 0,
+            failing_since: None,
+            pending: None,
+        }
+    }
+
+    /// The current coarse state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Failed attempts since the last healthy session.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn start(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.session_started = Some(now);
+        self.state = State::Connecting;
+        out.extend([Output::Wait(None), Output::SetState(State::Connecting), Output::StartSession]);
+    }
+
+    fn settle(&mut self, state: State, out: &mut Vec<Output>) {
+        self.state = state;
+        out.push(Output::SetState(state));
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+        self.failing_since = None;
+    }
+
+    /// Feeds one input at time `now`; `sample` is a uniform number in [0, 1] for jitter.
+    pub fn step(&mut self, now: Instant, input: Input, sample: f64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let running = self.session_started.is_some();
+        match input {
+            Input::Begin { stopped: true } => self.settle(State::Stopped, &mut out),
+            Input::Begin { stopped: false } => self.start(now, &mut out),
+            Input::Command(cmd) if running => {
+                let reason = match cmd {
+                    Command::Shutdown => Reason::Shutdown,
+                    Command::Stop | Command::Restart => Reason::AdminStop,
+                    Command::Start => return out,
+                };
+                // A later command overrides an earlier one, except that shutdown wins.
+                if self.pending != Some(Command::Shutdown) {
+                    self.pending = Some(cmd);
+                }
+                out.push(Output::StopSession(reason));
+            }
+            Input::Command(Command::Shutdown) => out.push(Output::Exit),
+            Input::Command(Command::Stop) => {
+                if self.state != State::Stopped {
+                    out.extend([Output::Wait(None), Output::PersistStopped(true)]);
+                    self.settle(State::Stopped, &mut out);
+                }
+            }
+            Input::Command(Command::Start | Command::Restart) => {
+                if self.state == State::Stopped {
+                    out.push(Output::PersistStopped(false));
+                }
+                self.reset();
+                self.start(now, &mut out);
+            }
+            Input::TimerFired => {
+                if !running && matches!(self.state, State::Backoff | State::Idle) {
+                    self.start(now, &mut out);
+                }
+            }
+            Input::SessionEnded(ended) => self.ended(now, ended, sample, &mut out),
+        }
+        out
+    }
+
+    fn ended(&mut self, now: Instant, ended: Ended, sample: f64, out: &mut Vec<Output>) {
+        let started = self.session_started.take().unwrap_or(now);
+        match self.pending.take() {
+            Some(Command::Shutdown) => return out.push(Output::Exit),
+            Some(Command::Stop) => {
+                out.push(Output::PersistStopped(true));
+                return self.settle(State::Stopped, out);
+            }
+            Some(Command::Restart | Command::Start) => {
+                self.reset();
+                return self.start(now, out);
+            }
+            None => {}
+        }
+        if ended.reason == Reason::Shutdown {
+            return out.push(Output::Exit);
+        }
+        if ended.connected && now.duration_since(started) >= HEALTHY_AFTER {
+            self.reset();
+        }
+        if ended.refresh_complete {
+            self.reset();
+            self.settle(State::Idle, out);
+            return out.push(Output::Wait(Some(self.interval)));
+        }
+        if ended.goodbye == Some(GoodbyeReason::CredentialsRevoked) {
+            out.push(Output::GaveUp("credentials revoked by the provider".to_owned()));
+            return self.settle(State::Closed, out);
+        }
+        if ended.fatal {
+            out.push(Output::GaveUp(format!("retrying cannot fix: {}", ended.detail)));
+            return self.settle(State::Closed, out);
+        }
+        if ended.goodbye == Some(GoodbyeReason::RefreshRequired) {
+            // Not a failure: the provider wants a fresh refresh, now.
+            return self.start(now, out);
+        }
+        let failing = *self.failing_since.get_or_insert(now);
+        let delay = match ended.rejection {
+            // Retrying soon cannot fix these; do not hammer the provider.
+            Some(RejectReason::BadCredentials | RejectReason::VersionMismatch) => Some(self.retry.longest_delay()),
+            _ => self.retry.jittered_delay_for(self.attempt, sample),
+        };
+        self.attempt = self.attempt.saturating_add(1);
+        let gave_up = self.give_up_after.is_some_and(|limit| now.duration_since(failing) >= limit);
+        match delay.filter(|_| !gave_up) {
+            Some(delay) => {
+                self.settle(State::Backoff, out);
+                out.push(Output::Wait(Some(delay)));
+            }
+            None => {
+                out.push(Output::GaveUp(format!("retry schedule exhausted after: {}", ended.detail)));
+                self.settle(State::Closed, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(reason: Reason) -> Ended {
+        Ended::new(reason, "test")
+    }
+
+    fn machine(retry: &[&str], give_up: Option<Duration>) -> Supervision {
+        Supervision::new(RetrySchedule::parse(retry).unwrap(), give_up, Duration::from_secs(30))
+    }
+
+    fn wait_of(out: &[Output]) -> Option<Duration> {
+        out.iter().rev().find_map(|o| match o {
+            Output::Wait(d) => Some(*d),
+            _ => None,
+        })?
+    }
+
+    #[test]
+    fn failures_follow_the_schedule_then_give_up() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s x2", "10s x1"], None);
+        assert!(m.step(t0, Input::Begin { stopped: false }, 0.5).contains(&Output::StartSession));
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            let out = m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+            assert_eq!(m.state(), State::Backoff);
+            delays.push(wait_of(&out).unwrap());
+            assert!(m.step(t0, Input::TimerFired, 0.5).contains(&Output::StartSession));
+        }
+        assert_eq!(delays, [Duration::from_secs(1), Duration::from_secs(1), Duration::from_secs(10)]);
+        let out = m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        assert_eq!(m.state(), State::Closed, "a schedule without forever runs out");
+        assert!(out.iter().any(|o| matches!(o, Output::GaveUp(_))));
+        assert!(m.step(t0, Input::TimerFired, 0.5).is_empty(), "closed ignores timers");
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        let t0 = Instant::now();
+        let mut m = machine(&["10s forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        for sample in [0.0, 0.25, 1.0] {
+            let d = wait_of(&m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), sample)).unwrap();
+            assert!(d >= Duration::from_secs(8) && d <= Duration::from_secs(12), "{d:?}");
+            m.step(t0, Input::TimerFired, 0.5);
+        }
+    }
+
+    #[test]
+    fn a_healthy_minute_resets_the_schedule() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s x1", "1m forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        m.step(t0, Input::TimerFired, 0.5);
+        let out = m.step(t0, Input::SessionEnded(Ended { connected: false, ..ended(Reason::ConnectionLost) }), 0.5);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(60)));
+        let t1 = t0 + Duration::from_secs(70);
+        m.step(t1, Input::TimerFired, 0.5);
+        let out = m.step(t1 + HEALTHY_AFTER, Input::SessionEnded(ended(Reason::KeepaliveTimeout)), 0.5);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(1)), "back to the first step");
+    }
+
+    #[test]
+    fn give_up_after_closes() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s forever"], Some(Duration::from_secs(5)));
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        m.step(t0 + Duration::from_secs(1), Input::TimerFired, 0.5);
+        m.step(t0 + Duration::from_secs(6), Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        assert_eq!(m.state(), State::Closed);
+    }
+
+    #[test]
+    fn bad_credentials_back_off_at_the_longest_delay_and_revocation_closes() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s x5", "10m forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        let rejected = Ended { rejection: Some(RejectReason::BadCredentials), ..ended(Reason::Rejected) };
+        let out = m.step(t0, Input::SessionEnded(rejected), 0.5);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(600)));
+        m.step(t0, Input::TimerFired, 0.5);
+        let revoked = Ended { goodbye: Some(GoodbyeReason::CredentialsRevoked), ..ended(Reason::ProviderGoodbye) };
+        m.step(t0, Input::SessionEnded(revoked), 0.5);
+        assert_eq!(m.state(), State::Closed);
+        let out = m.step(t0, Input::Command(Command::Start), 0.5);
+        assert!(out.contains(&Output::StartSession), "an operator can start a closed agreement");
+    }
+
+    #[test]
+    fn stop_is_persisted_and_survives_until_start() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        assert_eq!(m.step(t0, Input::Command(Command::Stop), 0.5), [Output::StopSession(Reason::AdminStop)]);
+        let out = m.step(t0, Input::SessionEnded(ended(Reason::AdminStop)), 0.5);
+        assert!(out.contains(&Output::PersistStopped(true)));
+        assert_eq!(m.state(), State::Stopped);
+        assert!(m.step(t0, Input::TimerFired, 0.5).is_empty(), "no reconnect while stopped");
+        // After a process restart the flag is read back.
+        let mut again = machine(&["1s forever"], None);
+        assert_eq!(again.step(t0, Input::Begin { stopped: true }, 0.5), [Output::SetState(State::Stopped)]);
+        let out = again.step(t0, Input::Command(Command::Start), 0.5);
+        assert!(out.contains(&Output::PersistStopped(false)) && out.contains(&Output::StartSession));
+    }
+
+    #[test]
+    fn refresh_only_polls_and_shutdown_exits() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        let done = Ended { refresh_complete: true, ..ended(Reason::ProviderGoodbye) };
+        let out = m.step(t0, Input::SessionEnded(done), 0.5);
+        assert_eq!(m.state(), State::Idle);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(30)));
+        assert!(m.step(t0, Input::TimerFired, 0.5).contains(&Output::StartSession));
+        assert_eq!(m.step(t0, Input::Command(Command::Shutdown), 0.5), [Output::StopSession(Reason::Shutdown)]);
+        assert_eq!(m.step(t0, Input::Command(Command::Stop), 0.5), [Output::StopSession(Reason::AdminStop)]);
+        assert_eq!(m.step(t0, Input::SessionEnded(ended(Reason::Shutdown)), 0.5), [Output::Exit], "shutdown wins");
+    }
+
+    #[test]
+    fn fatal_errors_close_and_refresh_required_reconnects_at_once() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        let again = Ended { goodbye: Some(GoodbyeReason::RefreshRequired), ..ended(Reason::ProviderGoodbye) };
+        assert!(m.step(t0, Input::SessionEnded(again), 0.5).contains(&Output::StartSession));
+        let fatal = Ended { fatal: true, ..ended(Reason::Exception) };
+        m.step(t0, Input::SessionEnded(fatal), 0.5);
+        assert_eq!(m.state(), State::Closed);
+    }
+}
