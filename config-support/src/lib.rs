@@ -381,6 +381,11 @@ pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeepaliveConfig {
+    /// Whether the keepalive poller runs at all. Default `true`. With `false` a silent
+    /// peer is only noticed by `idle_timeout` (consumer) or TCP itself: for tests and for
+    /// links where pings are unwelcome, not for production.
+    #[serde(default = "default_keepalive_enabled")]
+    pub enabled: bool,
     /// How often a ping goes out on a session that has sent nothing else, so a healthy
     /// but quiet peer is never mistaken for a dead one. Default `"5s"`; must be > 0.
     #[serde(default = "default_keepalive_interval", deserialize_with = "positive_duration")]
@@ -389,6 +394,10 @@ pub struct KeepaliveConfig {
     /// socket) and the session torn down. Default `"20s"`; must exceed `interval`.
     #[serde(default = "default_keepalive_timeout", deserialize_with = "positive_duration")]
     pub timeout: Duration,
+}
+
+fn default_keepalive_enabled() -> bool {
+    true
 }
 
 fn default_keepalive_interval() -> Duration {
@@ -401,7 +410,7 @@ fn default_keepalive_timeout() -> Duration {
 
 impl Default for KeepaliveConfig {
     fn default() -> Self {
-        Self { interval: DEFAULT_KEEPALIVE_INTERVAL, timeout: DEFAULT_KEEPALIVE_TIMEOUT }
+        Self { enabled: true, interval: DEFAULT_KEEPALIVE_INTERVAL, timeout: DEFAULT_KEEPALIVE_TIMEOUT }
     }
 }
 

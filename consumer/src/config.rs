@@ -333,7 +333,7 @@ secret_file = "people.key"
         assert_eq!(people.idle_timeout, secs(300));
         assert_eq!(people.retry, RetrySchedule::default());
         assert_eq!(people.give_up_after, None);
-        assert_eq!(people.keepalive, KeepaliveConfig { interval: secs(5), timeout: secs(20) });
+        assert_eq!(people.keepalive, KeepaliveConfig { enabled: true, interval: secs(5), timeout: secs(20) });
         assert_eq!(people.tls, None);
 
         let groups = config.agreement("groups").unwrap();
@@ -346,7 +346,7 @@ secret_file = "people.key"
         assert_eq!(groups.secret_file, dir.join("secrets/groups.key"));
         assert_eq!(groups.retry, RetrySchedule::parse(&["5s x3", "1m x10"]).unwrap());
         assert_eq!(groups.give_up_after, Some(secs(3600)));
-        assert_eq!(groups.keepalive, KeepaliveConfig { interval: secs(10), timeout: secs(30) });
+        assert_eq!(groups.keepalive, KeepaliveConfig { enabled: true, interval: secs(10), timeout: secs(30) });
 
         assert!(config.check_secrets().is_ok());
         let key = load_secret(&people.secret_file).unwrap();

@@ -81,7 +81,7 @@ fn session_config(
         secret,
         client_id: client_id.to_owned(),
         idle_timeout: a.idle_timeout,
-        keepalive: Some((a.keepalive.interval, a.keepalive.timeout)),
+        keepalive: a.keepalive.enabled.then_some((a.keepalive.interval, a.keepalive.timeout)),
     })
 }
 

@@ -142,7 +142,11 @@ pub async fn run(
             Err(_) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: timed out", cfg.provider)) },
         },
     };
-    let _ = stream.set_nodelay(true);
+    if let Some((interval, timeout)) = cfg.keepalive {
+        if let Err(e) = connection::tune_tcp(&stream, timeout, interval, timeout + interval) {
+            debug!(error = %e, "could not set TCP keepalive options");
+        }
+    }
     let (mut reader, mut writer) = match connection::from_tcp(stream) {
         Ok(halves) => halves,
         Err(e) => return Ended::new(Reason::ConnectionLost, e.to_string()),

@@ -5,6 +5,8 @@
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::time::Duration;
+
 use tokio::net::TcpStream;
 
 use crate::codec::{self, CodecError};
@@ -182,6 +184,20 @@ pub fn from_tcp(stream: TcpStream) -> std::io::Result<(MessageReader<OwnedReadHa
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
     Ok((MessageReader::new(read), MessageWriter::new(write)))
+}
+
+/// Turns on the kernel's own dead-peer detection as a second line behind the keepalive
+/// poller: TCP keepalive probes after `idle` of silence, every `interval`, and
+/// `TCP_USER_TIMEOUT` so data left unacknowledged for `user_timeout` fails the socket
+/// (a black-holed peer otherwise keeps a write pending for many minutes).
+pub fn tune_tcp(stream: &TcpStream, idle: Duration, interval: Duration, user_timeout: Duration) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle).with_interval(interval))?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(user_timeout))?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = user_timeout;
+    Ok(())
 }
 
 #[cfg(test)]

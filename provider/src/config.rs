@@ -373,7 +373,7 @@ mod tests {
                 trim_interval: secs(60)
             }
         );
-        assert_eq!(config.keepalive, KeepaliveConfig { interval: secs(5), timeout: secs(20) });
+        assert_eq!(config.keepalive, KeepaliveConfig { enabled: true, interval: secs(5), timeout: secs(20) });
         assert_eq!(config.consumers.len(), 2);
         let people = config.consumer("people").unwrap();
         assert_eq!(people.secret_file, dir.join("secrets/people.key"));

@@ -64,6 +64,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             queue_len: config.queue_len,
             keepalive_interval: config.keepalive.interval,
             keepalive_timeout: config.keepalive.timeout,
+            keepalive_enabled: config.keepalive.enabled,
         },
     };
     let server = Server::new(dir.clone(), grants, params, shutdown.clone());

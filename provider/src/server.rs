@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::registry::{rfc3339, Registry, SessionInfo};
 use crate::session::{self, ConsumerRequest, SessionParams};
@@ -131,7 +131,13 @@ impl Server {
     }
 
     async fn handle(self, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+        let session = self.params.session;
+        if session.keepalive_enabled {
+            let (interval, timeout) = (session.keepalive_interval, session.keepalive_timeout);
+            if let Err(e) = connection::tune_tcp(&stream, timeout, interval, timeout + interval) {
+                debug!(error = %e, "could not set TCP keepalive options");
+            }
+        }
         let Ok((mut reader, mut writer)) = connection::from_tcp(stream) else { return };
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
             warn!("connection limit reached; refusing");

@@ -43,6 +43,8 @@ pub struct SessionParams {
     pub keepalive_interval: Duration,
     /// Drop a consumer silent for this long; also the limit on one blocked write.
     pub keepalive_timeout: Duration,
+    /// Whether to ping and check silence at all (`keepalive.enabled`).
+    pub keepalive_enabled: bool,
 }
 
 /// How a session ended, for the log.
@@ -380,6 +382,9 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
 
     /// Pings when due, and ends the session if the consumer has been silent too long.
     fn keepalive(&mut self, seq: &mut u64) -> Option<SessionEnd> {
+        if !self.params.keepalive_enabled {
+            return None;
+        }
         if self.last_inbound.elapsed() >= self.params.keepalive_timeout {
             warn!(timeout = ?self.params.keepalive_timeout, "consumer silent past keepalive timeout");
             return Some(SessionEnd::Goodbye(GoodbyeReason::KeepaliveTimeout));
