@@ -23,6 +23,8 @@ use crate::supervisor::{Command, Supervisor};
 
 /// Commands a supervisor can have queued.
 const COMMAND_QUEUE: usize = 8;
+/// Environment variable that turns the apply audit on (see `ReplicaStore::set_audit`).
+pub const AUDIT_ENV: &str = "TETHER_APPLY_AUDIT";
 /// File in `data_dir` holding this consumer's id (sent to providers).
 const CLIENT_ID_FILE: &str = "consumer.id";
 
@@ -191,6 +193,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let store =
         ReplicaStore::open(&config.data_dir).with_context(|| format!("opening store {}", config.data_dir.display()))?;
     let client_id = client_id(&config.data_dir)?;
+    if std::env::var(AUDIT_ENV).is_ok_and(|v| v == "1") {
+        info!("apply audit on: every incremental apply is logged to prove exactly-once");
+        store.set_audit(true);
+    }
     let agreements: Agreements = Arc::default();
     {
         let mut running = agreements.lock().await;

@@ -22,10 +22,12 @@
 //! - [`supervisor`]: its tokio shell: sessions, timers, status.
 //! - [`control`]: the control socket.
 //! - [`daemon`]: the `run` process: agreements, reload, signals, shutdown.
+//! - [`failpoint`]: test hooks that make apply panic or fail inside a real process.
 
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod failpoint;
 pub mod reason;
 pub mod retry;
 pub mod session;

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::failpoint;
 use crate::reason::{Reason, State};
 use crate::status::StatusHandle;
 
@@ -331,14 +332,15 @@ struct Applier<'a> {
     unacked: u64,
 }
 
-/// Runs `f` on a blocking thread; a panic or store error becomes an `exception`.
+/// Runs `f` on a blocking thread; a panic or store error becomes an `exception`, fatal
+/// when retrying cannot fix it.
 async fn blocking<T: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Ended> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
+        Ok(Err(e)) => Err(Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("{what}: {e}")) }),
         Err(e) if e.is_panic() => Err(Ended::new(Reason::Exception, format!("{what}: apply task panicked"))),
         Err(e) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
     }
@@ -406,6 +408,7 @@ impl Applier<'_> {
         self.status.update(|s| {
             s.applied += stats.applied;
             s.skipped += stats.skipped;
+            s.duplicates += stats.duplicates;
         });
     }
 
@@ -446,6 +449,7 @@ impl Applier<'_> {
                 let stats = match self.shadow.take() {
                     Some(shadow) => {
                         let (shadow, stats) = blocking("applying a refresh batch", move || {
+                            failpoint::on_apply()?;
                             let stats = shadow.apply(&ops)?;
                             Ok((shadow, stats))
                         })
@@ -455,7 +459,11 @@ impl Applier<'_> {
                     }
                     None => {
                         let replica = self.replica.clone();
-                        blocking("applying a delta batch", move || replica.apply(&ops, None)).await?
+                        blocking("applying a delta batch", move || {
+                            failpoint::on_apply()?;
+                            replica.apply(&ops, None)
+                        })
+                        .await?
                     }
                 };
                 self.record(stats);
@@ -535,7 +543,11 @@ impl Applier<'_> {
             Message::Change { op, cookie } => {
                 self.expect_persisting("Change")?;
                 let replica = self.replica.clone();
-                let stats = blocking("applying a change", move || replica.apply(&[op], Some(cookie))).await?;
+                let stats = blocking("applying a change", move || {
+                    failpoint::on_apply()?;
+                    replica.apply(&[op], Some(cookie))
+                })
+                .await?;
                 self.record(stats);
                 self.pending_cookie = Some(cookie);
                 self.unacked += 1;

@@ -44,6 +44,9 @@ pub struct AgreementStatus {
     pub applied: u64,
     /// Replicated operations already reflected (replays), applied as no-ops.
     pub skipped: u64,
+    /// With the apply audit on (`TETHER_APPLY_AUDIT=1`): changes applied a second time.
+    /// Exactly-once application means this stays 0.
+    pub duplicates: u64,
 }
 
 /// Shared, updatable status of one agreement.
@@ -70,6 +73,7 @@ impl StatusHandle {
             refreshes: BTreeMap::new(),
             applied: 0,
             skipped: 0,
+            duplicates: 0,
         })))
     }
 

@@ -3,9 +3,9 @@
 //! payloads and `codec` turns them into messages. The two halves are separate so that a
 //! session can read in one task (or one `select!` arm) and write in another.
 
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 

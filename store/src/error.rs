@@ -86,6 +86,22 @@ impl StoreError {
         matches!(self, StoreError::Sled(sled::Error::Io(_)) | StoreError::StaleShadow(_))
     }
 
+    /// Whether retrying cannot fix this (a full disk, a read-only or forbidden store):
+    /// an agreement that hits it stops with the error in status instead of looping.
+    pub fn is_fatal(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            StoreError::Sled(sled::Error::Io(e)) => matches!(
+                e.kind(),
+                ErrorKind::StorageFull
+                    | ErrorKind::ReadOnlyFilesystem
+                    | ErrorKind::PermissionDenied
+                    | ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether this is a refusal by the directory rules.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {

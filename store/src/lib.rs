@@ -32,3 +32,5 @@ pub use directory::{Committed, ConsumerPosition, Directory};
 pub use entry_set::EntrySet;
 pub use error::{Refusal, Result, StoreError};
 pub use replica::{ApplyStats, Replica, ReplicaState, ReplicaStore, Shadow};
+/// sled's error type, for callers that must build or match a storage error.
+pub use sled::Error as SledError;

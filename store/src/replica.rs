@@ -55,12 +55,16 @@ pub struct ApplyStats {
     pub applied: u64,
     /// Operations already reflected (replays), which changed nothing.
     pub skipped: u64,
+    /// With the audit on: operations applied although the audit log shows the same
+    /// change (entry and CSN) applied before. Always 0 unless exactly-once is broken.
+    pub duplicates: u64,
 }
 
 impl std::ops::AddAssign for ApplyStats {
     fn add_assign(&mut self, other: Self) {
         self.applied += other.applied;
         self.skipped += other.skipped;
+        self.duplicates += other.duplicates;
     }
 }
 
@@ -71,10 +75,17 @@ pub struct ReplicaStore {
     db: Db,
     /// Agreement name -> [`ReplicaState`].
     replicas: Tree,
+    /// Whether incremental applies are recorded in an audit log (see [`ReplicaStore::set_audit`]).
+    audit: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn tree_name(name: &str, gen: u64, part: &str) -> String {
     format!("r/{name}/{gen}/{part}")
+}
+
+/// The audit log outlives generations: it records what was ever applied incrementally.
+fn audit_tree_name(name: &str) -> String {
+    format!("r/{name}/audit")
 }
 
 impl ReplicaStore {
@@ -83,7 +94,7 @@ impl ReplicaStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = open_db(path)?;
         let replicas = db.open_tree(REPLICAS)?;
-        let store = Self { db, replicas };
+        let store = Self { db, replicas, audit: Arc::default() };
         for name in store.names()? {
             let mut state = store.state(&name)?.unwrap_or_default();
             if let Some(gen) = state.shadow.take() {
@@ -135,10 +146,23 @@ impl ReplicaStore {
         self.replicas.remove(name.as_bytes())?;
         self.db.flush()?;
         self.drop_generation(name, state.active_gen)?;
+        self.db.drop_tree(audit_tree_name(name))?;
         if let Some(gen) = state.shadow {
             self.drop_generation(name, gen)?;
         }
         Ok(())
+    }
+
+    /// Turns the apply audit on: every change applied incrementally (delta and live, not
+    /// reloads) is logged as (entry, CSN) in the same transaction, and applying one
+    /// already logged counts as a duplicate. This is how the failure-scenario tests prove
+    /// exactly-once application; it costs one small write per change.
+    pub fn set_audit(&self, on: bool) {
+        self.audit.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn audit_on(&self) -> bool {
+        self.audit.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes everything written so far durable.
@@ -188,30 +212,43 @@ impl Replica {
     pub fn apply(&self, ops: &[ReplOp], cookie: Option<Cookie>) -> Result<ApplyStats> {
         let state = self.state()?;
         let set = self.store.set_for(&self.name, state.active_gen)?;
+        let audit = self.store.db.open_tree(audit_tree_name(&self.name))?;
+        let audit_on = self.store.audit_on();
         let name = self.name.clone();
-        let stats = (&self.store.replicas, &set.entries, &set.uuids).transaction(|(replicas, entries, uuids)| {
-            let tx = TxEntrySet { entries, uuids };
-            let mut stats = ApplyStats::default();
-            for op in ops {
-                apply_op(&tx, op, &mut stats)?;
-            }
-            if let Some(cookie) = cookie {
-                // Re-read inside the transaction: the generation must still be the one written.
-                let current: ReplicaState = match replicas.get(name.as_bytes())? {
-                    Some(v) => decode(REPLICAS, &v).map_err(ConflictableTransactionError::Abort)?,
-                    None => {
-                        return Err(ConflictableTransactionError::Abort(StoreError::NoSuchReplica(name.to_string())))
+        let stats = (&self.store.replicas, &set.entries, &set.uuids, &audit).transaction(
+            |(replicas, entries, uuids, audit)| {
+                let tx = TxEntrySet { entries, uuids };
+                let mut stats = ApplyStats::default();
+                for op in ops {
+                    let applied = apply_op(&tx, op, &mut stats)?;
+                    if applied && audit_on {
+                        let mut key = op.uuid().as_bytes().to_vec();
+                        key.extend_from_slice(&op.csn().to_key());
+                        if audit.insert(key, &[])?.is_some() {
+                            stats.duplicates += 1;
+                        }
                     }
-                };
-                if current.active_gen != state.active_gen {
-                    return Err(ConflictableTransactionError::Abort(StoreError::StaleShadow(name.to_string())));
                 }
-                let next = ReplicaState { cookie: Some(cookie), ..current };
-                replicas
-                    .insert(name.as_bytes(), encode(REPLICAS, &next).map_err(ConflictableTransactionError::Abort)?)?;
-            }
-            Ok(stats)
-        })?;
+                if let Some(cookie) = cookie {
+                    // Re-read inside the transaction: the generation must still be the one written.
+                    let current: ReplicaState = match replicas.get(name.as_bytes())? {
+                        Some(v) => decode(REPLICAS, &v).map_err(ConflictableTransactionError::Abort)?,
+                        None => {
+                            return Err(ConflictableTransactionError::Abort(StoreError::NoSuchReplica(
+                                name.to_string(),
+                            )))
+                        }
+                    };
+                    if current.active_gen != state.active_gen {
+                        return Err(ConflictableTransactionError::Abort(StoreError::StaleShadow(name.to_string())));
+                    }
+                    let next = ReplicaState { cookie: Some(cookie), ..current };
+                    let bytes = encode(REPLICAS, &next).map_err(ConflictableTransactionError::Abort)?;
+                    replicas.insert(name.as_bytes(), bytes)?;
+                }
+                Ok(stats)
+            },
+        )?;
         Ok(stats)
     }
 
@@ -251,15 +288,16 @@ impl Replica {
     }
 }
 
-/// Applies one op inside a transaction (see the module docs for the rules).
-fn apply_op(tx: &TxEntrySet<'_>, op: &ReplOp, stats: &mut ApplyStats) -> Result<(), TxError> {
+/// Applies one op inside a transaction (see the module docs for the rules); returns
+/// whether it changed the replica.
+fn apply_op(tx: &TxEntrySet<'_>, op: &ReplOp, stats: &mut ApplyStats) -> Result<bool, TxError> {
     match op {
         ReplOp::Upsert(entry) => {
             let current = tx.get_by_uuid(&entry.uuid)?;
             if let Some((_, local)) = &current {
                 if local.csn >= entry.csn {
                     stats.skipped += 1;
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             let new_key = entry.dn.tree_key();
@@ -270,19 +308,21 @@ fn apply_op(tx: &TxEntrySet<'_>, op: &ReplOp, stats: &mut ApplyStats) -> Result<
             }
             tx.put(current.as_ref().map(|(k, _)| k.as_slice()), entry)?;
             stats.applied += 1;
+            Ok(true)
         }
         ReplOp::Delete { uuid, .. } => match tx.get_by_uuid(uuid)? {
             Some((key, _)) => {
                 tx.remove(&key, uuid)?;
                 stats.applied += 1;
+                Ok(true)
             }
             None => {
                 tx.uuids.remove(uuid.as_bytes())?;
                 stats.skipped += 1;
+                Ok(false)
             }
         },
     }
-    Ok(())
 }
 
 /// A replica generation under construction. Readers keep seeing the active generation

@@ -167,6 +167,26 @@ fn applying_the_same_batch_twice_equals_once() {
 }
 
 #[test]
+fn the_apply_audit_detects_a_change_applied_twice() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    p.replicas.set_audit(true);
+    let r = p.replicas.replica("audited").unwrap();
+    let ops: Vec<ReplOp> = p.dir.search(&people_spec()).map(|e| ReplOp::Upsert(e.unwrap())).collect();
+    let first = r.apply(&ops, None).unwrap();
+    assert_eq!((first.applied, first.duplicates), (ops.len() as u64, 0));
+    assert_eq!(r.apply(&ops, None).unwrap().duplicates, 0, "replays are skipped, not re-applied");
+    // Lose the data behind the audit's back (an empty reload), then apply the same
+    // changes incrementally again: that is applying them twice, and the audit says so.
+    let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+    shadow.finish(Cookie { store_id: p.dir.store_id(), csn: Csn(1) }).unwrap();
+    let again = r.apply(&ops, None).unwrap();
+    assert_eq!(again.duplicates, ops.len() as u64);
+}
+
+#[test]
 fn shadow_is_invisible_until_finished_and_abort_keeps_the_old_replica() {
     let p = pair();
     for c in people_changes() {
