@@ -18,7 +18,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Poll interval of [`wait_until`].
 pub const POLL: Duration = Duration::from_millis(50);
 
-/// The folder holding the workspace's built binaries.
+/// The folder holding the workspace's binaries, built (or brought up to date) once per
+/// test process: `cargo test -p replication-tests` does not rebuild other packages'
+/// binaries, and a test must never run a stale one.
 fn bin_dir() -> Result<PathBuf> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -28,19 +30,17 @@ fn bin_dir() -> Result<PathBuf> {
         if dir.ends_with("deps") {
             dir.pop();
         }
-        let have = |d: &Path| d.join("tether-provider").exists() && d.join("tether-consumer").exists();
-        if !have(&dir) {
-            let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "tether-provider", "-p", "tether-consumer", "--bins"]);
-            if profile == "release" {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().map_err(|e| format!("running cargo build: {e}"))?;
-            if !status.success() || !have(&dir) {
-                return Err(format!("could not build the binaries into {}", dir.display()));
-            }
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "tether-provider", "-p", "tether-consumer", "--bins"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("running cargo build: {e}"))?;
+        let have = dir.join("tether-provider").exists() && dir.join("tether-consumer").exists();
+        if !status.success() || !have {
+            return Err(format!("could not build the binaries into {}", dir.display()));
         }
         Ok(dir)
     })
@@ -76,6 +76,20 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> Result<
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Checks `cond` every [`POLL`] for the whole of `period` and fails as soon as it does
+/// not hold: how a test asserts that something does *not* happen (no reconnects while
+/// stopped, no retry storm when closed).
+pub fn assert_holds(period: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < period {
+        if !cond()? {
+            bail!("{what} stopped holding after {:?}", start.elapsed());
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 /// Sends a signal to a child process with `kill(1)` (the workspace forbids `unsafe`).
@@ -157,8 +171,11 @@ impl Default for ProviderOptions {
 impl Provider {
     /// Writes the provider's config under `dir` (does not start it).
     pub fn configure(dir: &Path, opts: &ProviderOptions) -> Result<Self> {
+        Self::configure_on(dir, opts, free_port()?)
+    }
+
+    fn configure_on(dir: &Path, opts: &ProviderOptions, port: u16) -> Result<Self> {
         fs::create_dir_all(dir.join("secrets"))?;
-        let port = free_port()?;
         let mut toml = format!(
             "data_dir = \"data\"\nlisten = \"127.0.0.1:{port}\"\ncontrol = \"ctl.sock\"\nsuffix = \"{}\"\nbatch_size = 200\n\
              [changelog]\n{}\n[keepalive]\ninterval = \"{}\"\ntimeout = \"{}\"\n[writer]\nsecret_file = \"secrets/writer.key\"\n",
@@ -269,6 +286,19 @@ impl Provider {
         }
         Ok(())
     }
+
+    /// Sends SIGHUP (reload the consumer list).
+    pub fn reload(&self) -> Result<()> {
+        signal(self.child.as_ref().context("provider not running")?, "HUP")
+    }
+
+    /// Rewrites the config with `opts` (same port and folders).
+    pub fn reconfigure(&mut self, opts: &ProviderOptions) -> Result<()> {
+        let port = self.port;
+        let fresh = Self::configure_on(&self.dir, opts, port)?;
+        self.config = fresh.config.clone();
+        Ok(())
+    }
 }
 
 impl Drop for Provider {
@@ -342,6 +372,8 @@ pub struct Consumer {
     pub child: Option<Child>,
     /// Its stderr log.
     pub log: PathBuf,
+    /// Extra environment for `run` (failpoints). The apply audit is always on.
+    pub env: Vec<(String, String)>,
 }
 
 impl Consumer {
@@ -360,7 +392,7 @@ impl Consumer {
         }
         let config = dir.join("consumer.toml");
         fs::write(&config, toml)?;
-        Ok(Self { dir: dir.to_owned(), config, child: None, log: dir.join("consumer.log") })
+        Ok(Self { dir: dir.to_owned(), config, child: None, log: dir.join("consumer.log"), env: Vec::new() })
     }
 
     fn cmd(&self, sub: &str) -> Result<Command> {
@@ -372,7 +404,9 @@ impl Consumer {
     /// Starts `run` and waits until it is up.
     pub fn start(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut child = self.cmd("run")?.stdout(Stdio::piped()).stderr(log).spawn()?;
+        let mut cmd = self.cmd("run")?;
+        cmd.env("TETHER_APPLY_AUDIT", "1").envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn()?;
         let stdout = child.stdout.take().context("consumer stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -446,6 +480,23 @@ impl Consumer {
             child.wait()?;
         }
         Ok(())
+    }
+
+    /// Waits until agreement `name`'s status satisfies `cond`.
+    pub fn wait_status(
+        &self,
+        name: &str,
+        limit: Duration,
+        what: &str,
+        mut cond: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let mut last = serde_json::Value::Null;
+        wait_until(limit, what, || {
+            last = self.agreement_status(name)?;
+            Ok(cond(&last))
+        })
+        .with_context(|| format!("last status: {last}"))?;
+        Ok(last)
     }
 }
 

@@ -1,0 +1,256 @@
+//! The disconnection cases of SPEC §4 that need no network fault, each triggered for
+//! real, observed in status, followed by more changes, and checked for convergence and
+//! exactly-once application (the consumer runs with the apply audit on, and
+//! `duplicates` must stay 0). Network faults are in `network_faults.rs`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use replication_tests::harness::{assert_holds, wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions};
+use replication_tests::workload::{Workload, OTHERS, PEOPLE};
+
+const LIMIT: Duration = Duration::from_secs(90);
+const ALL: &str = "(objectClass=*)";
+/// How long a test watches for something that must not happen.
+const QUIET: Duration = Duration::from_secs(3);
+
+fn provider_with(root: &Path, n: usize, seed: u64, opts: ProviderOptions) -> Result<(Provider, Workload)> {
+    let mut w = Workload::new(n, seed);
+    let mut p = Provider::configure(&root.join("provider"), &opts)?;
+    let file = root.join("initial.ldif");
+    std::fs::write(&file, w.initial_ldif())?;
+    p.load(&file)?;
+    p.start()?;
+    Ok((p, w))
+}
+
+fn converged(p: &Provider, c: &Consumer, name: &str, base: &str) -> Result<()> {
+    wait_until(LIMIT, &format!("{name} to converge"), || {
+        Ok(p.search(base, "subtree", ALL)? == c.search(name, base, "subtree", ALL)?)
+    })
+}
+
+fn no_duplicates(c: &Consumer, name: &str) -> Result<()> {
+    let s = c.agreement_status(name)?;
+    assert_eq!(s["duplicates"], 0, "exactly-once violated: {s}");
+    Ok(())
+}
+
+fn two_grants() -> ProviderOptions {
+    ProviderOptions {
+        grants: vec![
+            Grant { agreement: "people".into(), secret: "s1".into(), base: PEOPLE.into() },
+            Grant { agreement: "others".into(), secret: "s2".into(), base: OTHERS.into() },
+        ],
+        ..ProviderOptions::default()
+    }
+}
+
+#[test]
+fn sigkill_during_persist_resumes_by_delta_exactly_once() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 1500, 11, ProviderOptions::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let changes = w.changes(600);
+    std::thread::scope(|s| -> Result<()> {
+        let writer = s.spawn(|| p.write_ok(&changes));
+        // Kill the consumer while changes are streaming in.
+        wait_until(LIMIT, "changes to flow", || {
+            Ok(c.agreement_status("people")?["applied"].as_u64().unwrap_or(0) > 1600)
+        })?;
+        c.kill()?;
+        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        Ok(())
+    })?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let s = c.agreement_status("people")?;
+    assert_eq!(s["last_refresh"], "delta", "resumed from the durable cookie: {s}");
+    no_duplicates(&c, "people")
+}
+
+#[test]
+fn sigkill_during_a_large_delta_refresh_resumes_without_a_full_reload() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 2000, 12, ProviderOptions::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    c.stop()?;
+    p.write_ok(&w.changes(3000))?;
+    c.start()?;
+    c.wait_status("people", LIMIT, "the delta refresh to start", |s| {
+        s["applied"].as_u64().unwrap_or(0) > 0 || s["state"] == "refreshing"
+    })?;
+    c.kill()?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let s = c.agreement_status("people")?;
+    assert_eq!(s["last_refresh"], "delta", "{s}");
+    assert!(s["refreshes"]["full"].is_null(), "no full reload after the kill: {s}");
+    no_duplicates(&c, "people")
+}
+
+#[test]
+fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 800, 13, two_grants())?;
+    let mut c = Consumer::configure(
+        &tmp.path().join("c"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+    )?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    converged(&p, &c, "others", OTHERS)?;
+    c.admin("stop", Some("people"))?;
+    let s = c.wait_status("people", LIMIT, "stopped", |s| s["state"] == "stopped")?;
+    assert_eq!(s["last_disconnect"], "admin-stop");
+    wait_until(LIMIT, "the provider to drop the session", || {
+        Ok(!p.status()?["sessions"].as_array().unwrap().iter().any(|x| x["agreement"] == "people"))
+    })?;
+    let reconnects = s["reconnects"].clone();
+    p.write_ok(&w.changes(200))?;
+    assert_holds(QUIET, "no reconnects while stopped", || {
+        Ok(c.agreement_status("people")?["reconnects"] == reconnects)
+    })?;
+    // The other agreement keeps replicating while this one is stopped.
+    converged(&p, &c, "others", OTHERS)?;
+    let s = c.agreement_status("people")?;
+    assert_eq!(s["state"], "stopped");
+    assert_eq!(s["reconnects"], reconnects, "no reconnect attempts while stopped");
+    assert!(!p.status()?["sessions"].as_array().unwrap().iter().any(|x| x["agreement"] == "people"));
+    // Stays stopped across a process restart.
+    c.stop()?;
+    c.start()?;
+    c.wait_status("people", LIMIT, "still stopped after restart", |s| s["state"] == "stopped")?;
+    converged(&p, &c, "others", OTHERS)?;
+    c.admin("start", Some("people"))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
+    no_duplicates(&c, "people")?;
+    no_duplicates(&c, "others")
+}
+
+#[test]
+fn provider_sigterm_puts_the_consumer_in_backoff_and_it_resumes_by_delta() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 800, 14, ProviderOptions::default())?;
+    let a = Agreement {
+        extra: "retry = [\"500ms forever\"]\n".into(),
+        ..Agreement::persist("people", PEOPLE, "people-secret")
+    };
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    assert!(p.stop()?.success());
+    let s = c.wait_status("people", LIMIT, "backoff after the goodbye", |s| s["state"] == "backoff")?;
+    assert_eq!(s["last_disconnect"], "provider-goodbye", "{s}");
+    assert!(s["last_error"].as_str().unwrap_or_default().contains("shutdown"), "the provider's reason is shown: {s}");
+    p.start()?;
+    p.write_ok(&w.changes(150))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
+    no_duplicates(&c, "people")
+}
+
+#[test]
+fn a_panic_in_apply_is_an_exception_and_the_agreement_recovers() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 500, 15, ProviderOptions::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    // The 3rd apply panics: inside the initial refresh.
+    c.env.push(("TETHER_FAILPOINTS".into(), "apply-panic=3".into()));
+    c.start()?;
+    let s =
+        c.wait_status("people", LIMIT, "an exception", |s| s["disconnects"]["exception"].as_u64().unwrap_or(0) >= 1)?;
+    assert!(s["last_error"].as_str().unwrap_or_default().contains("panicked"), "{s}");
+    converged(&p, &c, "people", PEOPLE)?;
+    p.write_ok(&w.changes(100))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    assert!(c.child.is_some(), "the process survived the panic");
+    no_duplicates(&c, "people")
+}
+
+#[test]
+fn a_store_error_retrying_cannot_fix_closes_the_agreement_with_the_error() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = provider_with(tmp.path(), 200, 16, ProviderOptions::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.env.push(("TETHER_FAILPOINTS".into(), "apply-error=always".into()));
+    c.start()?;
+    let s = c.wait_status("people", LIMIT, "closed", |s| s["state"] == "closed")?;
+    assert_eq!(s["last_disconnect"], "exception");
+    assert!(s["last_error"].as_str().unwrap_or_default().contains("no space left"), "{s}");
+    let reconnects = s["reconnects"].clone();
+    assert_holds(QUIET, "no retry loop", || Ok(c.agreement_status("people")?["reconnects"] == reconnects))?;
+    Ok(())
+}
+
+#[test]
+fn reload_adds_and_removes_agreements_live() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 500, 17, two_grants())?;
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let before = c.agreement_status("people")?;
+    // Add `others`.
+    let both = Consumer::configure(
+        &tmp.path().join("c"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+    )?;
+    drop(both);
+    c.admin("reload", None)?;
+    converged(&p, &c, "others", OTHERS)?;
+    let after = c.agreement_status("people")?;
+    assert_eq!(after["reconnects"], before["reconnects"], "the unchanged agreement was not touched");
+    // Remove `people`.
+    let only = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("others", OTHERS, "s2")])?;
+    drop(only);
+    c.admin("reload", None)?;
+    wait_until(LIMIT, "people to be removed", || {
+        Ok(!c.status()?["agreements"].as_array().unwrap().iter().any(|a| a["name"] == "people"))
+    })?;
+    p.write_ok(&w.changes(100))?;
+    converged(&p, &c, "others", OTHERS)?;
+    no_duplicates(&c, "others")
+}
+
+#[test]
+fn revoked_credentials_end_in_closed_without_a_retry_storm() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _w) = provider_with(tmp.path(), 300, 18, two_grants())?;
+    let mut c = Consumer::configure(
+        &tmp.path().join("c"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+    )?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    converged(&p, &c, "others", OTHERS)?;
+    let only_others = ProviderOptions {
+        grants: vec![Grant { agreement: "others".into(), secret: "s2".into(), base: OTHERS.into() }],
+        ..ProviderOptions::default()
+    };
+    p.reconfigure(&only_others)?;
+    p.reload()?;
+    let s = c.wait_status("people", LIMIT, "closed", |s| s["state"] == "closed")?;
+    assert_eq!(s["last_disconnect"], "provider-goodbye");
+    assert!(s["last_error"].as_str().unwrap_or_default().contains("revoked"), "{s}");
+    let reconnects = s["reconnects"].clone();
+    assert_holds(QUIET, "no retry storm", || Ok(c.agreement_status("people")?["reconnects"] == reconnects))?;
+    assert_eq!(c.agreement_status("others")?["state"], "persisting", "the other agreement is untouched");
+    assert!(p.log_text().contains("sessions revoked"));
+    Ok(())
+}
