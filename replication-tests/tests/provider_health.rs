@@ -1,0 +1,159 @@
+//! Provider-side session health: many idle sessions and one consumer that stops reading
+//! cost bounded memory (measured as the provider's RSS), the stuck session is dropped,
+//! and the provider keeps serving everyone else.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use replication_tests::harness::{wait_until, Agreement, Consumer, Provider, ProviderOptions};
+use replication_tests::workload::{Workload, PEOPLE};
+use tether_protocol::auth::Secret;
+use tether_protocol::handshake::client_handshake;
+use tether_protocol::message::{Hello, Message, Mode, Role, SUPPORTED_VERSIONS};
+use tether_protocol::{Dn, SearchSpec};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const IDLE_SESSIONS: usize = 50;
+/// Growth of the provider's resident memory allowed while a stuck consumer falls behind
+/// by thousands of changes: its queue is bounded, so this is far below what buffering
+/// the changes would take.
+const RSS_GROWTH_LIMIT_KB: u64 = 64 * 1024;
+
+fn rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
+fn hello(i: usize) -> Result<Hello> {
+    Ok(Hello {
+        versions: SUPPORTED_VERSIONS.to_vec(),
+        client_id: format!("idle-{i}"),
+        role: Role::Consumer {
+            agreement: "people".into(),
+            mode: Mode::RefreshAndPersist,
+            cookie: None,
+            spec: SearchSpec::subtree(Dn::parse(PEOPLE)?),
+        },
+    })
+}
+
+/// A session that answers pings and reads everything (idle once refreshed).
+async fn idle_session(port: u16, i: usize, stop: tokio_util_like::Stop) -> Result<()> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut r, mut w) = tether_protocol::connection::from_tcp(stream)?;
+    let secret = Secret::new(b"people-secret".to_vec())?;
+    client_handshake(&mut r, &mut w, &hello(i)?, &secret, Duration::from_secs(30)).await?;
+    loop {
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            msg = r.recv() => match msg? {
+                Some(Message::Ping { seq }) => w.send(&Message::Pong { seq }).await?,
+                Some(_) => {}
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// A tiny stop signal (the tests crate does not depend on tokio-util).
+mod tokio_util_like {
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicBool>);
+
+    impl Stop {
+        pub fn fire(&self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.0.notify_waiters();
+        }
+        pub async fn wait(&self) {
+            while !self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                let notified = self.0.notified();
+                if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+}
+
+#[test]
+fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut w = Workload::new(3000, 21);
+    let opts = ProviderOptions { keepalive: ("1s".into(), "6s".into()), ..ProviderOptions::default() };
+    let mut p = Provider::configure(&tmp.path().join("provider"), &opts)?;
+    let file = tmp.path().join("initial.ldif");
+    std::fs::write(&file, w.initial_ldif())?;
+    p.load(&file)?;
+    p.start()?;
+    let pid = p.child.as_ref().unwrap().id();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let stop = tokio_util_like::Stop::default();
+    let port = p.port;
+    let idle: Vec<_> = (0..IDLE_SESSIONS).map(|i| rt.spawn(idle_session(port, i, stop.clone()))).collect();
+    // The stuck consumer: handshakes, then never reads again, but keeps pinging, so it
+    // is alive as far as keepalive goes and only its reading has stopped.
+    let stuck_stop = stop.clone();
+    let stuck = rt.spawn(async move {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let (mut r, mut wr) = tether_protocol::connection::from_tcp(stream)?;
+        let secret = Secret::new(b"people-secret".to_vec())?;
+        client_handshake(&mut r, &mut wr, &hello(999)?, &secret, Duration::from_secs(30)).await?;
+        let mut seq = 0;
+        loop {
+            tokio::select! {
+                _ = stuck_stop.wait() => return Ok::<_, anyhow::Error>(()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    seq += 1;
+                    if wr.send(&Message::Ping { seq }).await.is_err() {
+                        // The provider dropped us.
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    });
+    wait_until(LIMIT, "all sessions registered", || {
+        Ok(p.status()?["sessions"].as_array().map_or(0, Vec::len) >= IDLE_SESSIONS + 1)
+    })?;
+    // A real consumer too, which must keep converging throughout.
+    let mut c = Consumer::configure(&tmp.path().join("c"), port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    wait_until(LIMIT, "consumer converged", || {
+        Ok(p.search(PEOPLE, "subtree", "(objectClass=*)")? == c.search("people", PEOPLE, "subtree", "(objectClass=*)")?)
+    })?;
+    let before = rss_kb(pid)?;
+    let mut peak = before;
+    for _ in 0..4 {
+        p.write_ok(&w.changes(750))?;
+        peak = peak.max(rss_kb(pid)?);
+    }
+    wait_until(LIMIT, "consumer converged after the writes", || {
+        peak = peak.max(rss_kb(pid)?);
+        Ok(p.search(PEOPLE, "subtree", "(objectClass=*)")? == c.search("people", PEOPLE, "subtree", "(objectClass=*)")?)
+    })?;
+    // The stuck session is dropped (it stopped reading), the idle ones stay.
+    wait_until(LIMIT, "the stuck session to be dropped", || {
+        let sessions = p.status()?["sessions"].as_array().cloned().unwrap_or_default();
+        Ok(!sessions.iter().any(|s| s["cookie"].is_null() && s["queue_len"].as_u64().unwrap_or(0) > 0)
+            && sessions.len() >= IDLE_SESSIONS + 1)
+    })?;
+    assert!(
+        peak.saturating_sub(before) < RSS_GROWTH_LIMIT_KB,
+        "provider RSS grew from {before} kB to {peak} kB with a stuck consumer"
+    );
+    assert!(p.log_text().contains("stopped reading") || p.log_text().contains("write failed"), "the stuck consumer was dropped for not reading");
+    stop.fire();
+    let _ = rt.block_on(stuck);
+    for h in idle {
+        let _ = rt.block_on(h);
+    }
+    Ok(())
+}
