@@ -3,9 +3,12 @@
 //! ## Layout
 //! - [`harness`]: real provider and consumer processes on loopback, driven through
 //!   their command-line interfaces.
+//! - [`proxy`]: a fault-injecting TCP proxy between consumer and provider (stall, reset,
+//!   clean close, delay, throttle, corruption, truncation, refusal), controlled live.
 //! - [`workload`]: generated directories and change workloads of every kind.
 //!
 //! The integration tests in `tests/` and the `tether-demo` binary build on these.
 
 pub mod harness;
+pub mod proxy;
 pub mod workload;
