@@ -17,6 +17,7 @@
 //!   and its jitter.
 //! - [`reason`]: states and disconnect reasons, named as in SPEC §4.
 //! - [`status`]: what each agreement publishes.
+//! - [`tls`]: an agreement's `[agreement.tls]` as a TLS client.
 //! - [`session`]: one connection's life: reader, keepalive poller, applier.
 //! - [`supervisor`]: the per-agreement loop over sessions.
 //! - [`control`]: the control socket.
@@ -30,3 +31,4 @@ pub mod retry;
 pub mod session;
 pub mod status;
 pub mod supervisor;
+pub mod tls;
