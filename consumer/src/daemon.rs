@@ -15,11 +15,12 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::config::{load_secret, AgreementConfig, ConsumerConfig};
+use crate::config::{load_secret, AgreementConfig, ConfigError, ConsumerConfig};
 use crate::control::{self, ControlContext};
 use crate::session::SessionConfig;
 use crate::status::StatusHandle;
 use crate::supervisor::{Command, Supervisor};
+use crate::tls::TlsClient;
 
 /// Commands a supervisor can have queued.
 const COMMAND_QUEUE: usize = 8;
@@ -64,6 +65,15 @@ fn client_id(data_dir: &Path) -> Result<String> {
     }
 }
 
+/// The agreement's TLS client (`None` for plain TCP), reading its CA file; errors name
+/// the key.
+fn tls_client(config: &ConsumerConfig, index: usize, a: &AgreementConfig) -> Result<Option<TlsClient>, ConfigError> {
+    let Some(tls) = &a.tls else { return Ok(None) };
+    TlsClient::new(tls, a.tls_server_name())
+        .map(Some)
+        .map_err(|e| ConfigError::invalid(&config.file, format!("agreement[{index}].{}", e.key()), e.to_string()))
+}
+
 fn session_config(
     config: &ConsumerConfig,
     index: usize,
@@ -75,6 +85,7 @@ fn session_config(
         warn!("{w}");
     }
     let secret = loaded.secret;
+    let tls = tls_client(config, index, a)?;
     Ok(SessionConfig {
         name: a.name.clone(),
         provider: a.provider.to_string(),
@@ -84,6 +95,7 @@ fn session_config(
         client_id: client_id.to_owned(),
         idle_timeout: a.idle_timeout,
         keepalive: a.keepalive.enabled.then_some((a.keepalive.interval, a.keepalive.timeout)),
+        tls,
     })
 }
 
@@ -184,6 +196,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let config = ConsumerConfig::load(config_path)?;
     for (i, a) in config.agreements.iter().enumerate() {
         spec_of(&config, i, a)?;
+        tls_client(&config, i, a)?;
     }
     for w in config.check_secrets()? {
         warn!("{w}");

@@ -17,6 +17,7 @@
 //!   and its jitter.
 //! - [`reason`]: states and disconnect reasons, named as in SPEC §4.
 //! - [`status`]: what each agreement publishes.
+//! - [`tls`]: an agreement's `[agreement.tls]` as a TLS client.
 //! - [`session`]: one connection's life: reader, keepalive poller, applier.
 //! - [`supervision`]: the supervisor's decisions as a sans-IO state machine.
 //! - [`supervisor`]: its tokio shell: sessions, timers, status.
@@ -34,3 +35,4 @@ pub mod session;
 pub mod status;
 pub mod supervision;
 pub mod supervisor;
+pub mod tls;

@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_protocol::auth::Secret;
-use tether_protocol::connection::{self, MessageReader, MessageWriter, WireError};
+use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter, WireError};
 use tether_protocol::handshake::{client_handshake, HandshakeError};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason, Role, SUPPORTED_VERSIONS};
 use tether_protocol::{Cookie, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,6 +32,7 @@ use tracing::{debug, info, warn};
 use crate::failpoint;
 use crate::reason::{Reason, State};
 use crate::status::StatusHandle;
+use crate::tls::TlsClient;
 
 /// Messages buffered between reader and applier.
 const INBOUND_QUEUE: usize = 64;
@@ -40,7 +40,7 @@ const INBOUND_QUEUE: usize = 64;
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 /// Limit on a single write to the provider (acks, pings, goodbye).
 const SEND_LIMIT: Duration = Duration::from_secs(5);
-/// Limit on establishing the TCP connection.
+/// Limit on establishing the TCP connection, and separately on the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a session needs to know about its agreement.
@@ -62,6 +62,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Ping interval and silence limit; `None` disables the poller.
     pub keepalive: Option<(Duration, Duration)>,
+    /// TLS towards the provider (`[agreement.tls]`); `None` for plain TCP.
+    pub tls: Option<TlsClient>,
 }
 
 /// How a session ended.
@@ -148,9 +150,29 @@ pub async fn run(
             debug!(error = %e, "could not set TCP keepalive options");
         }
     }
-    let (mut reader, mut writer) = match connection::from_tcp(stream) {
-        Ok(halves) => halves,
-        Err(e) => return Ended::new(Reason::ConnectionLost, e.to_string()),
+    let (mut reader, mut writer) = match &cfg.tls {
+        None => match connection::boxed_tcp(stream) {
+            Ok(halves) => halves,
+            Err(e) => return Ended::new(Reason::ConnectionLost, e.to_string()),
+        },
+        // A TLS failure is a transport failure before any Tether message, like a refused
+        // connect: `connection-lost`, retried per the schedule (a renewed certificate or
+        // a corrected CA file and a reload can fix it), with the TLS error as detail.
+        Some(tls) => {
+            let handshake = tokio::time::timeout(CONNECT_TIMEOUT, tls.handshake(stream));
+            let tls_failed = |detail: String| Ended {
+                connected: false,
+                ..Ended::new(Reason::ConnectionLost, format!("TLS handshake with {}: {detail}", cfg.provider))
+            };
+            tokio::select! {
+                _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped during the TLS handshake") },
+                r = handshake => match r {
+                    Ok(Ok(stream)) => connection::boxed(stream),
+                    Ok(Err(e)) => return tls_failed(crate::tls::describe_failure(&e)),
+                    Err(_) => return tls_failed("timed out".to_owned()),
+                },
+            }
+        }
     };
     let cookie = match replica.cookie() {
         Ok(c) => c,
@@ -242,13 +264,19 @@ fn handshake_failed(e: HandshakeError) -> Ended {
             ..not_connected(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str()))
         },
         HandshakeError::Timeout(_) => not_connected(Reason::ConnectionLost, format!("handshake: {e}")),
+        HandshakeError::Wire(WireError::FrameTooLarge { len, .. }) if crate::tls::is_tls_record_header(len) => {
+            not_connected(
+                Reason::ConnectionLost,
+                format!("handshake: {e} (the provider answered with TLS: set [agreement.tls])"),
+            )
+        }
         other => not_connected(Reason::ConnectionLost, format!("handshake: {other}")),
     }
 }
 
 /// Reads messages and forwards them; the last item is the terminal result.
 async fn reader_loop(
-    mut reader: MessageReader<OwnedReadHalf>,
+    mut reader: MessageReader<BoxedRead>,
     tx: mpsc::Sender<Result<Option<Message>, WireError>>,
     last_inbound: Arc<AtomicU64>,
     epoch: Instant,
@@ -283,7 +311,7 @@ async fn reader_loop(
 
 /// Pings every `interval`; cancels `timed_out` after `timeout` without inbound frames.
 async fn keepalive_poller(
-    writer: Arc<Mutex<MessageWriter<OwnedWriteHalf>>>,
+    writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
     last_inbound: Arc<AtomicU64>,
     epoch: Instant,
     interval: Duration,
@@ -319,7 +347,7 @@ struct Applier<'a> {
     store: &'a ReplicaStore,
     replica: &'a Replica,
     status: &'a StatusHandle,
-    writer: Arc<Mutex<MessageWriter<OwnedWriteHalf>>>,
+    writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
     /// The shadow of a full or present refresh in progress.
     shadow: Option<Shadow>,
     /// Between `RefreshBegin` and `RefreshDone`.

@@ -171,6 +171,12 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     }
 }
 
+/// The read side of any byte stream a connection runs over (plain TCP, TLS over TCP),
+/// so sessions have one type whatever the transport.
+pub type BoxedRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The write side of any byte stream a connection runs over.
+pub type BoxedWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// Splits any bidirectional stream (a TLS stream, a test duplex) into message halves.
 pub fn split<S: AsyncRead + AsyncWrite>(stream: S) -> (MessageReader<ReadHalf<S>>, MessageWriter<WriteHalf<S>>) {
     let (read, write) = tokio::io::split(stream);
@@ -198,6 +204,25 @@ pub fn tune_tcp(stream: &TcpStream, idle: Duration, interval: Duration, user_tim
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = user_timeout;
     Ok(())
+}
+
+/// Splits any stream (a TLS stream) into message halves over boxed streams: the types
+/// [`boxed_tcp`] gives for plain TCP, so the code above the transport is the same for
+/// both.
+pub fn boxed<S>(stream: S) -> (MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    (MessageReader::new(Box::new(read)), MessageWriter::new(Box::new(write)))
+}
+
+/// Splits a TCP connection as [`from_tcp`] does (lock-free halves, Nagle off), with the
+/// halves boxed: the same types as [`boxed`] gives for a TLS stream.
+pub fn boxed_tcp(stream: TcpStream) -> std::io::Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)> {
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    Ok((MessageReader::new(Box::new(read)), MessageWriter::new(Box::new(write))))
 }
 
 #[cfg(test)]
@@ -240,6 +265,24 @@ mod tests {
         assert!(matches!(reader.recv().await.unwrap(), Some(Message::Goodbye { reason: GoodbyeReason::Shutdown, .. })));
         assert_eq!(reader.recv().await.unwrap(), None);
         client.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn boxed_halves_carry_messages_over_any_stream_and_tcp() {
+        let (a, b) = duplex(PIPE);
+        let (mut reader, _keep) = boxed(a);
+        let (_, mut writer) = boxed(b);
+        writer.send(&Message::Ping { seq: 3 }).await.unwrap();
+        assert_eq!(reader.recv().await.unwrap(), Some(Message::Ping { seq: 3 }));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_, mut writer) = boxed_tcp(TcpStream::connect(addr).await.unwrap()).unwrap();
+        let (mut reader, _) = boxed_tcp(listener.accept().await.unwrap().0).unwrap();
+        writer.send(&Message::Pong { seq: 4 }).await.unwrap();
+        writer.shutdown().await.unwrap();
+        assert_eq!(reader.recv().await.unwrap(), Some(Message::Pong { seq: 4 }));
+        assert_eq!(reader.recv().await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! The command-line side of a running provider: `write` (LDIF change records over the
-//! replication port with the writer's credentials) and the control-socket commands.
+//! replication port with the writer's credentials, over TLS when `[tls]` is set) and
+//! the control-socket commands.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tether_protocol::ldif;
 use tether_protocol::message::{Hello, Message, Role, WriteOutcome, SUPPORTED_VERSIONS};
 
 use crate::config::{load_secret, ProviderConfig};
+use crate::tls;
 
 /// Limit on connecting and on each reply.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,11 +53,32 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
     let secret = secret.secret;
     let (host, port) = config.listen.addr();
     let host = if host == "0.0.0.0" || host == "::" || host == "[::]" { "127.0.0.1" } else { host };
+    let tls_client = match &config.tls {
+        Some(t) => Some(tls::self_client(t, host).map_err(|e| e.in_config(&config.file))?),
+        None => None,
+    };
     let stream = tokio::time::timeout(CLIENT_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
         .await
         .with_context(|| format!("connecting to {host}:{port}"))?
         .with_context(|| format!("connecting to {host}:{port}: is the provider running?"))?;
-    let (mut reader, mut writer_half) = connection::from_tcp(stream)?;
+    let (mut reader, mut writer_half) = match tls_client {
+        Some(client) => {
+            stream.set_nodelay(true)?;
+            let connector = tokio_rustls::TlsConnector::from(client.config);
+            let tls_stream = tokio::time::timeout(CLIENT_TIMEOUT, connector.connect(client.server_name, stream))
+                .await
+                .with_context(|| format!("TLS handshake with {host}:{port}: timed out"))?
+                .with_context(|| {
+                    format!(
+                        "TLS handshake with {host}:{port} failed (the provider must present the certificate \
+                         of {})",
+                        client.pinned_file.display()
+                    )
+                })?;
+            connection::boxed(tls_stream)
+        }
+        None => connection::boxed_tcp(stream)?,
+    };
     let hello = Hello {
         versions: SUPPORTED_VERSIONS.to_vec(),
         client_id: format!("tether-provider-write-{}", std::process::id()),

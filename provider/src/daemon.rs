@@ -2,7 +2,8 @@
 //! server, the control endpoint and the changelog trimmer, and shuts them down in order:
 //! SIGTERM/SIGINT cancels one token; every session sends goodbye `shutdown`; the server
 //! waits for them; the store is flushed; exit 0. SIGHUP (or `reload`) re-reads the
-//! consumer list and revokes sessions whose credentials were removed.
+//! consumer list and revokes sessions whose credentials were removed, and re-reads the
+//! `[tls]` files for new connections.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::config::{load_secret, ProviderConfig};
 use crate::control::{self, ControlContext};
 use crate::server::{Grants, Server, ServerParams};
 use crate::session::SessionParams;
+use crate::tls;
 
 /// Upper bound on the whole shutdown (sessions saying goodbye, flushing).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -45,6 +47,7 @@ pub fn grants(config: &ProviderConfig) -> Result<Grants> {
 pub async fn serve(config_path: &Path) -> Result<()> {
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
+    let tls = tls::server_config_of(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let dir = Arc::new(
@@ -67,13 +70,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             keepalive_enabled: config.keepalive.enabled,
         },
     };
-    let server = Server::new(dir.clone(), grants, params, shutdown.clone());
+    let server = Server::new(dir.clone(), grants, tls.clone(), params, shutdown.clone());
     let control_listener = control::bind(&config.control)
         .with_context(|| format!("binding control socket {}", config.control.display()))?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let ctx = ControlContext { dir: dir.clone(), registry: server.registry().clone(), reload: reload_tx };
     // The line tests and the demo wait for: the provider is ready and where.
-    info!(listen = %local, store_id = %dir.store_id(), csn = %dir.durable_csn(), "provider listening");
+    info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), csn = %dir.durable_csn(), "provider listening");
     println!("listening on {local}");
 
     let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));
@@ -119,10 +122,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Re-reads the config and applies the consumer list and writer secret.
+/// Re-reads the config and applies the consumer list, the writer secret and the TLS
+/// files (for new connections). Everything is read and checked before anything changes.
 fn reload(config_path: &Path, server: &Server) -> Result<String> {
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
+    let tls = tls::server_config_of(&config)?;
+    server.replace_tls(tls);
     let revoked = server.replace_grants(grants);
     let msg = format!(
         "reloaded {}: {} agreements, {revoked} sessions revoked",

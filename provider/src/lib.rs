@@ -14,7 +14,8 @@
 //! - [`session`]: one consumer's session (refresh, persist, keepalive, acks).
 //! - [`writes`]: write and search requests from clients.
 //! - [`registry`]: live sessions, for status and revocation.
-//! - [`server`]: accept loop, connection limit, handshake, authorization.
+//! - [`server`]: accept loop, connection limit, TLS, handshake, authorization.
+//! - [`tls`]: the TLS configurations built from `[tls]`.
 //! - [`control`], [`status`]: the operator's view.
 //! - [`daemon`]: the `serve` process and its shutdown.
 //! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
@@ -29,4 +30,5 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod tls;
 pub mod writes;

@@ -1,5 +1,6 @@
-//! The accept loop: admits connections up to the limit, runs the handshake under its
-//! deadline, and hands each authenticated connection to a consumer or write session.
+//! The accept loop: admits connections up to the limit, runs the TLS handshake (when
+//! `[tls]` is set) and then the Tether handshake under one deadline, and hands each
+//! authenticated connection to a consumer or write session.
 //!
 //! Every connection task is tracked and holds a child of the server's shutdown token,
 //! so one cancellation makes each session say goodbye and the server waits for all of
@@ -11,14 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use rustls::ServerConfig;
 use tether_protocol::auth::Secret;
-use tether_protocol::connection::{self, MessageWriter};
+use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
 use tether_protocol::handshake::{server_handshake, Admission};
 use tether_protocol::message::{Hello, Message, Reject, RejectReason, Role};
 use tether_protocol::Dn;
 use tether_store::Directory;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -65,11 +68,21 @@ pub struct Server {
     next_session: Arc<AtomicU64>,
     /// Caps concurrent connections.
     slots: Arc<Semaphore>,
+    /// TLS settings from `[tls]`, `None` for plain TCP; replaced on reload, so a renewed
+    /// certificate takes effect for new connections without a restart.
+    tls: Arc<RwLock<Option<Arc<ServerConfig>>>>,
 }
 
 impl Server {
-    /// Creates a server; nothing runs until [`Server::serve`].
-    pub fn new(dir: Arc<Directory>, grants: Grants, params: ServerParams, shutdown: CancellationToken) -> Self {
+    /// Creates a server; nothing runs until [`Server::serve`]. With `tls`, every
+    /// connection is TLS.
+    pub fn new(
+        dir: Arc<Directory>,
+        grants: Grants,
+        tls: Option<Arc<ServerConfig>>,
+        params: ServerParams,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             dir,
             grants: Arc::new(RwLock::new(grants)),
@@ -79,7 +92,14 @@ impl Server {
             tracker: TaskTracker::new(),
             next_session: Arc::new(AtomicU64::new(1)),
             slots: Arc::new(Semaphore::new(params.max_connections)),
+            tls: Arc::new(RwLock::new(tls)),
         }
+    }
+
+    /// Replaces the TLS settings for connections accepted from now on; sessions already
+    /// running keep theirs.
+    pub fn replace_tls(&self, tls: Option<Arc<ServerConfig>>) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
     }
 
     /// The live-session registry (for status).
@@ -138,8 +158,13 @@ impl Server {
                 debug!(error = %e, "could not set TCP keepalive options");
             }
         }
-        let Ok((mut reader, mut writer)) = connection::from_tcp(stream) else { return };
-        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        // One deadline for TLS and Tether handshakes together; a connection over the
+        // limit only gets as long as its refusal may take.
+        let limit = if slot.is_some() { self.params.handshake_timeout } else { REFUSE_GRACE };
+        let deadline = Instant::now() + limit;
+        let Some((mut reader, mut writer)) = self.transport(stream, deadline).await else { return };
+        let Some(_slot) = slot else {
             warn!("connection limit reached; refusing");
             refuse(&mut writer, RejectReason::TooManyConnections, "connection limit reached").await;
             return;
@@ -148,8 +173,8 @@ impl Server {
         let grants = self.grants.read().unwrap_or_else(|p| p.into_inner()).clone();
         let (dir, params) = (self.dir.clone(), self.params);
         let authorize = |hello: &Hello| authorize(&grants, &dir, hello, session_id, params.session);
-        let accepted = match server_handshake(&mut reader, &mut writer, self.params.handshake_timeout, authorize).await
-        {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let accepted = match server_handshake(&mut reader, &mut writer, left, authorize).await {
             Ok(a) => a,
             Err(e) => {
                 warn!(error = %e, "handshake failed");
@@ -205,6 +230,33 @@ impl Server {
                 }
                 .instrument(span)
                 .await;
+            }
+        }
+    }
+
+    /// The connection's byte stream as message halves: plain TCP, or TLS after a server
+    /// handshake finished by `deadline`. `None` (logged) if TLS failed: that connection
+    /// is closed and nothing else is touched.
+    async fn transport(
+        &self,
+        stream: TcpStream,
+        deadline: Instant,
+    ) -> Option<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)> {
+        let tls = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(tls) = tls else {
+            return connection::boxed_tcp(stream).map_err(|e| warn!(error = %e, "connection setup failed")).ok();
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Some(connection::boxed(stream)),
+            Ok(Err(e)) => {
+                warn!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                warn!("TLS handshake did not complete within the handshake deadline");
+                None
             }
         }
     }

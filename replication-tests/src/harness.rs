@@ -150,6 +150,8 @@ pub struct ProviderOptions {
     pub keepalive: (String, String),
     /// Writer secret.
     pub writer_secret: String,
+    /// Body of a `[tls]` section (`cert_file`, `key_file`); `None` serves plain TCP.
+    pub tls: Option<String>,
 }
 
 impl Default for ProviderOptions {
@@ -164,6 +166,7 @@ impl Default for ProviderOptions {
             changelog: String::new(),
             keepalive: ("1s".into(), "5s".into()),
             writer_secret: "writer-secret".into(),
+            tls: None,
         }
     }
 }
@@ -189,6 +192,9 @@ impl Provider {
                 g.agreement, g.agreement, g.base
             );
             fs::write(dir.join(format!("secrets/{}.key", g.agreement)), &g.secret)?;
+        }
+        if let Some(tls) = &opts.tls {
+            let _ = write!(toml, "[tls]\n{tls}\n");
         }
         let config = dir.join("provider.toml");
         fs::write(&config, toml)?;
@@ -344,6 +350,9 @@ pub struct Agreement {
     pub secret: String,
     /// Extra TOML lines for the agreement (interval, retry, ...).
     pub extra: String,
+    /// Body of an `[agreement.tls]` section (`ca_file`, `server_name`); `None` connects
+    /// over plain TCP.
+    pub tls: Option<String>,
 }
 
 impl Agreement {
@@ -357,6 +366,7 @@ impl Agreement {
             filter: "(objectClass=*)".into(),
             secret: secret.into(),
             extra: "retry = [\"200ms x1000\"]\n".into(),
+            tls: None,
         }
     }
 }
@@ -388,6 +398,9 @@ impl Consumer {
                  filter = \"{}\"\nsecret_file = \"secrets/{}.key\"\n{}\n[agreement.keepalive]\ninterval = \"1s\"\ntimeout = \"5s\"\n",
                 a.name, a.mode, a.base, a.scope, a.filter, a.name, a.extra
             );
+            if let Some(tls) = &a.tls {
+                let _ = write!(toml, "[agreement.tls]\n{tls}\n");
+            }
             fs::write(dir.join(format!("secrets/{}.key", a.name)), &a.secret)?;
         }
         let config = dir.join("consumer.toml");

@@ -1,0 +1,251 @@
+//! TLS towards the provider: an agreement's `[agreement.tls]` as a rustls client
+//! configuration (the CAs of `ca_file`, the name the provider's certificate must carry),
+//! and the client handshake that wraps a connected TCP stream before the Tether
+//! handshake runs inside it.
+//!
+//! The configuration is built once, when the agreement starts (at process start and on
+//! reload), so a bad CA file stops the start naming the key, the file and the reason;
+//! each session then only runs the handshake. Crypto is rustls' `ring` provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::{self, CryptoProvider};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, InvalidDnsNameError, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::AgreementTls;
+
+/// The agreement key of the CA file, as errors name it.
+pub const CA_FILE_KEY: &str = "tls.ca_file";
+/// The agreement key of the server name, as errors name it.
+pub const SERVER_NAME_KEY: &str = "tls.server_name";
+
+/// Why `[agreement.tls]` cannot be used. Each error names the key to fix
+/// ([`TlsError::key`]); none is cured by retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `ca_file` could not be read (missing, permissions).
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ca_file` is not well-formed PEM (a broken section, bad base64).
+    #[error("{}: malformed PEM: {source}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM parser said.
+        #[source]
+        source: pem::Error,
+    },
+    /// `ca_file` holds no `CERTIFICATE` section, so nothing would be trusted.
+    #[error("{}: no certificate in the file", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate in `ca_file` cannot serve as a trust anchor (not valid X.509).
+    #[error("{}: unusable CA certificate: {source}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The server name is neither a DNS name nor an IP address.
+    #[error("{name:?} is not a valid server name: {source}")]
+    ServerName {
+        /// The name as configured (or the provider's host).
+        name: String,
+        /// What rustls said.
+        #[source]
+        source: InvalidDnsNameError,
+    },
+    /// rustls refused the protocol settings; not caused by the files.
+    #[error("TLS setup failed: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
+impl TlsError {
+    /// The agreement key the operator has to look at (relative to `agreement[N]`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::ServerName { .. } => SERVER_NAME_KEY,
+            _ => CA_FILE_KEY,
+        }
+    }
+}
+
+/// An agreement's TLS settings, ready for each session's handshake.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    /// Trusted CAs and protocol settings, shared by every session of the agreement.
+    config: Arc<ClientConfig>,
+    /// The name the provider's certificate must carry, also sent as SNI.
+    server_name: ServerName<'static>,
+}
+
+impl TlsClient {
+    /// Reads the CAs of `tls.ca_file`; the provider's certificate must be valid for
+    /// `server_name` (see `AgreementConfig::tls_server_name`).
+    pub fn new(tls: &AgreementTls, server_name: &str) -> Result<Self, TlsError> {
+        let roots = read_roots(&tls.ca_file)?;
+        let server_name = ServerName::try_from(server_name.to_owned())
+            .map_err(|source| TlsError::ServerName { name: server_name.to_owned(), source })?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Setup)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self { config: Arc::new(config), server_name })
+    }
+
+    /// Runs the client handshake on a connected stream. An error means no TLS session:
+    /// the provider's certificate was refused, or the provider does not speak TLS.
+    /// No deadline here: the caller bounds it.
+    pub async fn handshake(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        tokio_rustls::TlsConnector::from(self.config.clone()).connect(self.server_name.clone(), stream).await
+    }
+}
+
+/// Why a handshake failed, for status and logs: rustls' words, plus a hint when the
+/// provider evidently does not speak TLS at all (its bytes are not TLS records).
+pub fn describe_failure(e: &std::io::Error) -> String {
+    let not_tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| matches!(tls, rustls::Error::InvalidMessage(_)));
+    if not_tls {
+        format!("{e} (the provider does not seem to serve TLS: is [tls] set on its side?)")
+    } else {
+        e.to_string()
+    }
+}
+
+/// Whether a frame length announced during the plain-TCP handshake is in fact the header
+/// of a TLS record (content type 20-24, protocol version 3.x): the provider serves TLS
+/// and this agreement has no `[agreement.tls]`.
+pub fn is_tls_record_header(frame_len: usize) -> bool {
+    let Ok(len) = u32::try_from(frame_len) else { return false };
+    let [content_type, major, minor, _] = len.to_be_bytes();
+    (TLS_CONTENT_TYPES).contains(&content_type) && major == TLS_MAJOR_VERSION && minor <= TLS_MAX_MINOR_VERSION
+}
+
+/// TLS record content types: change_cipher_spec, alert, handshake, application_data,
+/// heartbeat.
+const TLS_CONTENT_TYPES: std::ops::RangeInclusive<u8> = 20..=24;
+/// The major protocol version byte of every TLS (and SSL 3) record.
+const TLS_MAJOR_VERSION: u8 = 3;
+/// The highest minor version byte a record header carries (TLS 1.3 records say 3.3;
+/// leave room).
+const TLS_MAX_MINOR_VERSION: u8 = 4;
+
+/// The crypto every TLS configuration here uses: rustls' `ring` provider, chosen
+/// explicitly so that no process-wide default is needed.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(crypto::ring::default_provider())
+}
+
+/// Every certificate of `path` as a trust anchor; at least one.
+fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let text = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { path: path.to_owned(), source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.to_owned() });
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|source| TlsError::BadCertificate { path: path.to_owned(), source })?;
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn tls(ca_file: &Path) -> AgreementTls {
+        AgreementTls { ca_file: ca_file.to_owned(), server_name: None }
+    }
+
+    fn error(ca_file: &Path, server_name: &str) -> TlsError {
+        match TlsClient::new(&tls(ca_file), server_name) {
+            Ok(client) => panic!("accepted: {client:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_ca_file_and_a_name_make_a_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca.cert.pem()).unwrap();
+        TlsClient::new(&tls(&path), "provider.example.com").unwrap();
+        TlsClient::new(&tls(&path), "127.0.0.1").unwrap();
+    }
+
+    #[test]
+    fn a_tls_alert_read_as_a_frame_length_is_recognized() {
+        // An alert record header (type 21, version 3.3) as the 4-byte frame length.
+        assert!(is_tls_record_header(0x1503_0300));
+        assert!(is_tls_record_header(0x1603_0100));
+        assert!(!is_tls_record_header(17));
+        assert!(!is_tls_record_header(0x0100_0000));
+        let corrupt = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        assert!(describe_failure(&corrupt).contains("does not seem to serve TLS"), "{}", describe_failure(&corrupt));
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(describe_failure(&eof), eof.to_string());
+    }
+
+    #[test]
+    fn bad_ca_files_and_names_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = error(&missing, "x");
+        assert_eq!(e.key(), CA_FILE_KEY);
+        assert!(e.to_string().starts_with(&format!("cannot read {}: ", missing.display())), "{e}");
+
+        let key_only = dir.path().join("key.pem");
+        let pair = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&key_only, pair.serialize_pem()).unwrap();
+        let e = error(&key_only, "x");
+        assert_eq!(
+            (e.key(), e.to_string()),
+            (CA_FILE_KEY, format!("{}: no certificate in the file", key_only.display()))
+        );
+
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").unwrap();
+        let e = error(&broken, "x");
+        assert!(e.to_string().starts_with(&format!("{}: malformed PEM", broken.display())), "{e}");
+
+        let not_x509 = dir.path().join("not-x509.pem");
+        std::fs::write(&not_x509, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let e = error(&not_x509, "x");
+        assert!(e.to_string().starts_with(&format!("{}: unusable CA certificate", not_x509.display())), "{e}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        let e = error(&good, "not a name!");
+        assert_eq!(e.key(), SERVER_NAME_KEY);
+        assert!(e.to_string().starts_with("\"not a name!\" is not a valid server name"), "{e}");
+    }
+}

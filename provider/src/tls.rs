@@ -1,0 +1,355 @@
+//! TLS on the replication port: the rustls server configuration built from `[tls]`, and
+//! the client configuration with which `tether-provider write` reaches its own provider.
+//!
+//! TLS wraps the byte stream below framing: the server runs the TLS handshake on each
+//! accepted connection, then the Tether handshake inside it (see `server.rs`). Both
+//! configurations are built from the PEM files once, at start and on reload, so a bad
+//! file stops the start (or the reload) naming the key, the file and the reason, instead
+//! of failing every connection. Crypto is rustls' `ring` provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{self, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::config::{ConfigError, ProviderConfig, TlsConfig};
+
+/// The config key of the certificate chain, as errors name it.
+pub const CERT_FILE_KEY: &str = "tls.cert_file";
+/// The config key of the private key, as errors name it.
+pub const KEY_FILE_KEY: &str = "tls.key_file";
+
+/// The config key of the listen address, whose host `write` uses as server name.
+pub const LISTEN_KEY: &str = "listen";
+
+/// Why `[tls]` cannot be used. Each error names the key to fix ([`TlsError::key`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read (missing, permissions): fix the path or the file.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file holds text that is not well-formed PEM (a broken section, bad base64).
+    #[error("{}: malformed PEM: {source}", path.display())]
+    Pem {
+        /// The key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the PEM parser said.
+        #[source]
+        source: pem::Error,
+    },
+    /// `tls.cert_file` holds no `CERTIFICATE` section: perhaps the key file was named
+    /// instead.
+    #[error("{}: no certificate in the file", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `tls.key_file` holds no private key section (PKCS#8, PKCS#1 or SEC1).
+    #[error("{}: no private key in the file", path.display())]
+    NoKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key parses as PEM but rustls cannot use it (corrupt, unsupported algorithm).
+    #[error("{}: unusable private key: {source}", path.display())]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The key is not the one of the certificate: one of the two files is from another
+    /// pair.
+    #[error("the key in {} does not match the certificate in {}", key_path.display(), cert_path.display())]
+    KeyMismatch {
+        /// The key file.
+        key_path: PathBuf,
+        /// The certificate file.
+        cert_path: PathBuf,
+    },
+    /// The listen host is neither an IP address nor a DNS name, so it cannot be the
+    /// server name of a TLS connection.
+    #[error("{host:?} cannot be used as a TLS server name: {source}")]
+    ServerName {
+        /// The host as configured.
+        host: String,
+        /// What rustls said.
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    /// rustls refused the protocol settings; not caused by the files.
+    #[error("TLS setup failed: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
+impl TlsError {
+    /// The config key the operator has to look at.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::Read { key, .. } | TlsError::Pem { key, .. } => key,
+            TlsError::NoCertificate { .. } | TlsError::Setup(_) => CERT_FILE_KEY,
+            TlsError::NoKey { .. } | TlsError::BadKey { .. } | TlsError::KeyMismatch { .. } => KEY_FILE_KEY,
+            TlsError::ServerName { .. } => LISTEN_KEY,
+        }
+    }
+
+    /// As a config error naming `file` and the key.
+    pub fn in_config(self, file: &Path) -> ConfigError {
+        ConfigError::invalid(file, self.key(), self.to_string())
+    }
+}
+
+/// The crypto every TLS configuration here uses: rustls' `ring` provider, chosen
+/// explicitly so that no process-wide default is needed.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(crypto::ring::default_provider())
+}
+
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { key, path: path.to_owned(), source })
+}
+
+/// The certificates of `tls.cert_file`, leaf first; at least one.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let text = read(CERT_FILE_KEY, path)?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { key: CERT_FILE_KEY, path: path.to_owned(), source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.to_owned() });
+    }
+    Ok(certs)
+}
+
+/// The private key of `tls.key_file` (the file's first key).
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let text = read(KEY_FILE_KEY, path)?;
+    PrivateKeyDer::from_pem_slice(&text).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoKey { path: path.to_owned() },
+        source => TlsError::Pem { key: KEY_FILE_KEY, path: path.to_owned(), source },
+    })
+}
+
+/// The server side of `[tls]`: the certificate chain and its key, no client
+/// certificates (clients authenticate in the Tether handshake).
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = read_certs(&tls.cert_file)?;
+    let key = read_key(&tls.key_file)?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Setup)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                TlsError::KeyMismatch { key_path: tls.key_file.clone(), cert_path: tls.cert_file.clone() }
+            }
+            source => TlsError::BadKey { path: tls.key_file.clone(), source },
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// The server configuration of `config`'s `[tls]`, `None` for plain TCP; errors name the
+/// config file and key.
+pub fn server_config_of(config: &ProviderConfig) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
+    config.tls.as_ref().map(server_config).transpose().map_err(|e| e.in_config(&config.file))
+}
+
+/// How `tether-provider write` reaches its own provider over TLS: it expects exactly
+/// the certificate of `tls.cert_file`, and checks the handshake signature against it.
+#[derive(Debug, Clone)]
+pub struct SelfClient {
+    /// The protocol settings, with [`PinnedCertificate`] as the verifier.
+    pub config: Arc<ClientConfig>,
+    /// The name sent as SNI (the listen host); the pin, not the name, is verified.
+    pub server_name: ServerName<'static>,
+    /// The file the pinned certificate came from, for error messages.
+    pub pinned_file: PathBuf,
+}
+
+/// The client side of `[tls]` for `write`, connecting to `host` (the listen address).
+///
+/// Why a pin rather than the certificate as a trust root: a certificate signed by a CA
+/// cannot serve as its own trust anchor in webpki, and the listen host (`127.0.0.1`
+/// when the provider listens on all interfaces) is rarely a name the certificate
+/// carries. `write` reads the same config as the provider, so it knows exactly which
+/// certificate to expect.
+pub fn self_client(tls: &TlsConfig, host: &str) -> Result<SelfClient, TlsError> {
+    let pinned = read_certs(&tls.cert_file)?.swap_remove(0);
+    let provider = provider();
+    let verifier = PinnedCertificate { cert: pinned, algorithms: provider.signature_verification_algorithms };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Setup)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let server_name = ServerName::try_from(host.to_owned())
+        .map_err(|source| TlsError::ServerName { host: host.to_owned(), source })?;
+    Ok(SelfClient { config: Arc::new(config), server_name, pinned_file: tls.cert_file.clone() })
+}
+
+/// A verifier that accepts exactly one end-entity certificate: the provider's own.
+#[derive(Debug)]
+struct PinnedCertificate {
+    /// The leaf certificate of `tls.cert_file`.
+    cert: CertificateDer<'static>,
+    /// The algorithms the handshake signature is checked with.
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A certificate and its key, as PEM files in `dir`.
+    fn pair(dir: &Path, name: &str) -> TlsConfig {
+        let generated = rcgen::generate_simple_self_signed(vec!["provider.test".to_owned()]).unwrap();
+        let cert_file = dir.join(format!("{name}.crt"));
+        let key_file = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_file, generated.cert.pem()).unwrap();
+        std::fs::write(&key_file, generated.key_pair.serialize_pem()).unwrap();
+        TlsConfig { cert_file, key_file }
+    }
+
+    /// The error of `tls`, as the provider reports it at start.
+    fn refused(tls: &TlsConfig) -> String {
+        let config =
+            ProviderConfig::from_toml_str("suffix = \"dc=example,dc=com\"\n", Path::new("/etc/tether/provider.toml"))
+                .unwrap();
+        let config = ProviderConfig { tls: Some(tls.clone()), ..config };
+        match server_config_of(&config) {
+            Ok(_) => panic!("accepted {tls:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_matching_pair_makes_a_server_and_a_self_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = pair(dir.path(), "provider");
+        server_config(&tls).unwrap();
+        let client = self_client(&tls, "127.0.0.1").unwrap();
+        assert_eq!(client.pinned_file, tls.cert_file);
+        assert!(matches!(self_client(&tls, "not a host!"), Err(TlsError::ServerName { .. })));
+    }
+
+    #[test]
+    fn missing_files_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = pair(dir.path(), "provider");
+        let missing = dir.path().join("missing.pem");
+        let got = refused(&TlsConfig { cert_file: missing.clone(), ..good.clone() });
+        let want = format!("/etc/tether/provider.toml: key 'tls.cert_file': cannot read {}: ", missing.display());
+        assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}");
+        let got = refused(&TlsConfig { key_file: missing.clone(), ..good });
+        let want = format!("/etc/tether/provider.toml: key 'tls.key_file': cannot read {}: ", missing.display());
+        assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}");
+    }
+
+    #[test]
+    fn a_file_without_the_expected_section_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = pair(dir.path(), "provider");
+        // The two files swapped: a key where the certificate belongs and vice versa.
+        let got = refused(&TlsConfig { cert_file: good.key_file.clone(), key_file: good.key_file.clone() });
+        assert_eq!(
+            got,
+            format!(
+                "/etc/tether/provider.toml: key 'tls.cert_file': {}: no certificate in the file",
+                good.key_file.display()
+            )
+        );
+        let got = refused(&TlsConfig { cert_file: good.cert_file.clone(), key_file: good.cert_file.clone() });
+        assert_eq!(
+            got,
+            format!(
+                "/etc/tether/provider.toml: key 'tls.key_file': {}: no private key in the file",
+                good.cert_file.display()
+            )
+        );
+        let broken = dir.path().join("broken.crt");
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").unwrap();
+        let got = refused(&TlsConfig { cert_file: broken.clone(), ..good });
+        let want = format!("/etc/tether/provider.toml: key 'tls.cert_file': {}: malformed PEM: ", broken.display());
+        assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}");
+    }
+
+    #[test]
+    fn a_bad_or_foreign_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = pair(dir.path(), "provider");
+        let other = pair(dir.path(), "other");
+        let got = refused(&TlsConfig { key_file: other.key_file.clone(), ..good.clone() });
+        assert_eq!(
+            got,
+            format!(
+                "/etc/tether/provider.toml: key 'tls.key_file': the key in {} does not match the certificate in {}",
+                other.key_file.display(),
+                good.cert_file.display()
+            )
+        );
+        let garbage = dir.path().join("garbage.key");
+        std::fs::write(&garbage, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        let got = refused(&TlsConfig { key_file: garbage.clone(), ..good });
+        let want =
+            format!("/etc/tether/provider.toml: key 'tls.key_file': {}: unusable private key: ", garbage.display());
+        assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}");
+    }
+}

@@ -1,0 +1,174 @@
+//! TLS between consumers, write clients and the provider, with the real binaries: a CA
+//! and a provider certificate are generated for each test (no key is committed), a TLS
+//! consumer converges, `write` reaches its TLS provider, and a consumer that trusts
+//! another CA (or speaks plain TCP to the TLS port) fails with a clear error while the
+//! provider keeps serving everyone else.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+use replication_tests::harness::{wait_until, Agreement, Consumer, Provider, ProviderOptions};
+use replication_tests::workload::{Workload, PEOPLE};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+const ALL: &str = "(objectClass=*)";
+/// Entries loaded before the consumers start.
+const ENTRIES: usize = 500;
+/// Changes written over TLS while consumers run.
+const CHANGES: usize = 100;
+
+/// A certificate authority generated for one test.
+struct Ca {
+    /// Its self-signed certificate.
+    cert: Certificate,
+    /// Its key, to sign the provider's certificate.
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Result<Self> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ok(Self { cert: params.self_signed(&key)?, key })
+    }
+
+    /// Writes the CA certificate to `path` (what a consumer's `ca_file` names).
+    fn write(&self, path: &Path) -> Result<PathBuf> {
+        std::fs::write(path, self.cert.pem())?;
+        Ok(path.to_owned())
+    }
+
+    /// Issues a server certificate for `names` and writes it and its key under `dir`;
+    /// returns the body of the provider's `[tls]` section.
+    fn issue(&self, dir: &Path, names: &[&str]) -> Result<String> {
+        std::fs::create_dir_all(dir)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, "tether provider");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        let (cert_file, key_file) = (dir.join("provider.crt"), dir.join("provider.key"));
+        std::fs::write(&cert_file, cert.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+        Ok(format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", cert_file.display(), key_file.display()))
+    }
+}
+
+/// A TLS provider loaded with generated people, running, and the CA file consumers
+/// should trust.
+fn tls_provider(root: &Path, seed: u64) -> Result<(Provider, Workload, PathBuf)> {
+    let ca = Ca::new("Tether test CA")?;
+    let tls = ca.issue(&root.join("pki"), &["127.0.0.1", "provider.test"])?;
+    let ca_file = ca.write(&root.join("pki/ca.pem"))?;
+    let mut w = Workload::new(ENTRIES, seed);
+    let mut p = Provider::configure(&root.join("provider"), &ProviderOptions { tls: Some(tls), ..Default::default() })?;
+    let file = root.join("initial.ldif");
+    std::fs::write(&file, w.initial_ldif())?;
+    p.load(&file)?;
+    p.start()?;
+    Ok((p, w, ca_file))
+}
+
+/// A persist agreement on the people region, over TLS with `tls` as its section body.
+fn tls_agreement(tls: String) -> Agreement {
+    Agreement { tls: Some(tls), ..Agreement::persist("people", PEOPLE, "people-secret") }
+}
+
+fn wait_converged(p: &Provider, c: &Consumer) -> Result<()> {
+    wait_until(CONVERGE, "the TLS consumer to converge", || {
+        Ok(p.search(PEOPLE, "subtree", ALL)? == c.search("people", PEOPLE, "subtree", ALL)?)
+    })
+}
+
+#[test]
+fn tls_consumer_converges_and_write_goes_over_tls() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w, ca_file) = tls_provider(tmp.path(), 11)?;
+    // The default server name is the provider's host, 127.0.0.1, which the certificate
+    // carries as an IP address; the second consumer names a DNS name explicitly.
+    let by_address = tls_agreement(format!("ca_file = \"{}\"\n", ca_file.display()));
+    let by_name = tls_agreement(format!("ca_file = \"{}\"\nserver_name = \"provider.test\"\n", ca_file.display()));
+    let mut a = Consumer::configure(&tmp.path().join("a"), p.port, &[by_address])?;
+    let mut b = Consumer::configure(&tmp.path().join("b"), p.port, &[by_name])?;
+    a.start()?;
+    b.start()?;
+    wait_converged(&p, &a)?;
+    wait_converged(&p, &b)?;
+    // `write` speaks TLS to its own provider, expecting the certificate of `[tls]`.
+    p.write_ok(&w.changes(CHANGES))?;
+    wait_converged(&p, &a)?;
+    wait_converged(&p, &b)?;
+    for c in [&a, &b] {
+        let status = c.agreement_status("people")?;
+        assert_eq!(status["state"], "persisting", "{status}");
+        assert_eq!(status["last_refresh"], "full", "live changes arrived without another refresh: {status}");
+        assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    }
+    assert!(!p.log_text().contains("TLS handshake failed"), "{}", p.log_text());
+    Ok(())
+}
+
+#[test]
+fn a_consumer_trusting_another_ca_fails_with_a_tls_error_and_the_provider_keeps_serving() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w, ca_file) = tls_provider(tmp.path(), 12)?;
+    let wrong_ca = Ca::new("Some other CA")?.write(&tmp.path().join("wrong-ca.pem"))?;
+    let mut good = Consumer::configure(
+        &tmp.path().join("good"),
+        p.port,
+        &[tls_agreement(format!("ca_file = \"{}\"\n", ca_file.display()))],
+    )?;
+    let mut bad = Consumer::configure(
+        &tmp.path().join("bad"),
+        p.port,
+        &[tls_agreement(format!("ca_file = \"{}\"\n", wrong_ca.display()))],
+    )?;
+    let mut plain = Consumer::configure(
+        &tmp.path().join("plain"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "people-secret")],
+    )?;
+    good.start()?;
+    bad.start()?;
+    plain.start()?;
+
+    wait_until(CONVERGE, "the wrong-CA consumer to report the TLS failure", || {
+        let s = bad.agreement_status("people")?;
+        Ok(s["last_disconnect"] == "connection-lost"
+            && s["last_error"].as_str().is_some_and(|e| e.contains("TLS handshake") && e.contains("UnknownIssuer")))
+    })?;
+    let status = bad.agreement_status("people")?;
+    assert_ne!(status["state"], "persisting", "{status}");
+    assert_eq!(status["entries"], 0, "nothing was replicated from an untrusted provider: {status}");
+    let log = bad.log_text();
+    assert!(log.contains("connection-lost") && log.contains("TLS handshake with 127.0.0.1"), "{log}");
+    assert!(log.contains("invalid peer certificate"), "{log}");
+
+    // Plain TCP to the TLS port never gets to the Tether handshake.
+    wait_until(CONVERGE, "the plain-TCP consumer to fail", || {
+        let s = plain.agreement_status("people")?;
+        Ok(s["last_disconnect"] == "connection-lost"
+            && s["last_error"].as_str().is_some_and(|e| e.contains("the provider answered with TLS")))
+    })?;
+    assert_eq!(plain.agreement_status("people")?["entries"], 0);
+
+    // The provider logged each refused handshake and went on serving the good consumer.
+    wait_until(CONVERGE, "the provider to log the TLS failures", || Ok(p.log_text().contains("TLS handshake failed")))?;
+    wait_converged(&p, &good)?;
+    p.write_ok(&w.changes(CHANGES))?;
+    wait_converged(&p, &good)?;
+    assert_eq!(good.agreement_status("people")?["state"], "persisting");
+    wait_until(CONVERGE, "only the trusted consumer to hold a session", || {
+        Ok(p.status()?["sessions"].as_array().map(Vec::len) == Some(1))
+    })?;
+    Ok(())
+}
