@@ -37,6 +37,9 @@ pub enum WireError {
         /// How many bytes of the unfinished frame had arrived.
         buffered: usize,
     },
+    /// A frame arrived damaged (its checksum does not match).
+    #[error("damaged frame: checksum mismatch")]
+    Checksum,
     /// A frame arrived whole but is not a valid message.
     #[error("undecodable message: {0}")]
     Decode(#[source] CodecError),
@@ -56,7 +59,7 @@ impl WireError {
     /// The peer sent something we refuse (oversize frame, garbage): answer with
     /// `Goodbye(protocol-error)` if possible and close this connection, and only it.
     pub fn is_protocol_violation(&self) -> bool {
-        matches!(self, WireError::FrameTooLarge { .. } | WireError::Decode(_))
+        matches!(self, WireError::FrameTooLarge { .. } | WireError::Decode(_) | WireError::Checksum)
     }
 
     /// The error is ours, not the connection's: the message cannot be sent as it is, and
@@ -77,6 +80,7 @@ impl From<FrameError> for WireError {
             FrameError::Io(err) => WireError::Io(err),
             FrameError::TooLarge { len, max } => WireError::FrameTooLarge { len, max },
             FrameError::Truncated { buffered } => WireError::TruncatedFrame { buffered },
+            FrameError::Checksum => WireError::Checksum,
         }
     }
 }
@@ -290,6 +294,7 @@ mod tests {
         let (a, mut b) = duplex(PIPE);
         let mut reader = MessageReader::new(a);
         b.write_all(&[0, 0, 0, 2, 250, 250]).await.unwrap();
+        b.write_all(&crc32fast::hash(&[250, 250]).to_be_bytes()).await.unwrap();
         let err = reader.recv().await.unwrap_err();
         assert!(matches!(err, WireError::Decode(_)) && err.is_protocol_violation() && !err.is_connection_lost());
 

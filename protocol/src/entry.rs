@@ -179,7 +179,9 @@ pub fn check_attribute_name(name: &str) -> Result<(), AttributeError> {
         }
         _ => false,
     };
-    if !base_ok {
+    // `dn` names the entry; it is never one of its attributes (LDIF would read it as a
+    // second name).
+    if !base_ok || base.eq_ignore_ascii_case("dn") {
         return Err(bad());
     }
     for option in parts {
@@ -388,7 +390,7 @@ mod tests {
         for ok in ["cn", "cn;lang-en", "2.5.4.3", "x-custom-1"] {
             check_attribute_name(ok).unwrap();
         }
-        for bad in ["", "1cn", "c_n", "cn;", "-cn", "c n"] {
+        for bad in ["", "1cn", "c_n", "cn;", "-cn", "c n", "dn", "DN;x"] {
             assert!(check_attribute_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,6 +1,13 @@
-//! Framing: the bottom layer of the wire. A frame is a 4-byte big-endian length followed
-//! by that many payload bytes; this module moves frames over any async byte stream and
-//! knows nothing of what the payloads mean (that is `codec` and `message`, one layer up).
+//! Framing: the bottom layer of the wire. A frame is a 4-byte big-endian length, that
+//! many payload bytes, and a 4-byte big-endian CRC-32 (IEEE) of the payload; this module
+//! moves frames over any async byte stream and knows nothing of what the payloads mean
+//! (that is `codec` and `message`, one layer up).
+//!
+//! Why a checksum when TCP has one: a byte damaged between the sockets (a broken
+//! middlebox, a proxy, memory) inside an attribute value still decodes into a valid
+//! message, and the consumer would store the damaged value and move its cookie past it,
+//! never to repair it. With the trailer such a frame is refused as a protocol error, the
+//! session restarts from the last durable cookie, and nothing wrong is ever applied.
 //!
 //! The reader enforces a maximum frame size *before* it allocates for the payload, and
 //! buffers partial input so that [`FrameReader::read_frame`] can be cancelled (for
@@ -11,6 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 
 /// Size of the length prefix in front of every payload.
 pub const LENGTH_PREFIX: usize = 4;
+
+/// Size of the CRC-32 trailer after every payload.
+pub const CHECKSUM: usize = 4;
 
 /// The largest payload either side accepts: 16 MiB. Senders size their batches to fit;
 /// a peer announcing more is refused before anything is allocated for it.
@@ -45,6 +55,10 @@ pub enum FrameError {
         /// How many bytes of the unfinished frame (prefix included) had arrived.
         buffered: usize,
     },
+    /// The payload does not match its checksum: damaged in transit. Nothing of it is
+    /// used; the stream must be closed.
+    #[error("frame checksum mismatch (damaged in transit)")]
+    Checksum,
 }
 
 /// Reads frames from a byte stream.
@@ -122,13 +136,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if len > self.max_frame {
             return Err(FrameError::TooLarge { len, max: self.max_frame });
         }
-        let total = LENGTH_PREFIX + len;
+        let total = LENGTH_PREFIX + len + CHECKSUM;
         if self.buf.len() < total {
             self.buf.reserve((total - self.buf.len()).clamp(MIN_READ, READ_CHUNK));
             return Ok(None);
         }
         self.buf.advance(LENGTH_PREFIX);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        let payload = self.buf.split_to(len).freeze();
+        let mut sum = [0u8; CHECKSUM];
+        sum.copy_from_slice(&self.buf[..CHECKSUM]);
+        self.buf.advance(CHECKSUM);
+        if u32::from_be_bytes(sum) != crc32fast::hash(&payload) {
+            return Err(FrameError::Checksum);
+        }
+        Ok(Some(payload))
     }
 
     /// Gives the stream back, with any bytes read past the last returned frame.
@@ -174,7 +195,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             .filter(|_| payload.len() <= self.max_frame)
             .ok_or(FrameError::TooLarge { len: payload.len(), max: self.max_frame })?;
         let prefix = len.to_be_bytes();
-        let mut frame = Buf::chain(&prefix[..], payload);
+        let sum = crc32fast::hash(payload).to_be_bytes();
+        let mut frame = Buf::chain(Buf::chain(&prefix[..], payload), &sum[..]);
         self.inner.write_all_buf(&mut frame).await?;
         self.inner.flush().await?;
         Ok(())
@@ -212,7 +234,18 @@ mod tests {
     fn framed(payload: &[u8]) -> Vec<u8> {
         let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
         out.extend_from_slice(payload);
+        out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
         out
+    }
+
+    #[tokio::test]
+    async fn a_damaged_payload_is_refused_by_its_checksum() {
+        let (a, mut b) = duplex(PIPE);
+        let mut reader = FrameReader::new(a);
+        let mut bytes = framed(b"cn: Alice");
+        bytes[LENGTH_PREFIX + 4] ^= 0x20; // "cn: alice" would decode as a valid value
+        b.write_all(&bytes).await.unwrap();
+        assert!(matches!(reader.read_frame().await, Err(FrameError::Checksum)));
     }
 
     #[tokio::test]

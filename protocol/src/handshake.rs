@@ -528,9 +528,10 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_and_oversize_hellos_are_refused_with_a_reason() {
-        for bytes in
-            [vec![0, 0, 0, 3, 0xEE, 0xEE, 0xEE], u32::try_from(HANDSHAKE_MAX_FRAME + 1).unwrap().to_be_bytes().to_vec()]
-        {
+        let mut garbage = vec![0, 0, 0, 3, 0xEE, 0xEE, 0xEE];
+        garbage.extend_from_slice(&crc32fast::hash(&[0xEE; 3]).to_be_bytes());
+        let damaged = vec![0, 0, 0, 3, 0xEE, 0xEE, 0xEE, 0, 0, 0, 0];
+        for bytes in [garbage, damaged, u32::try_from(HANDSHAKE_MAX_FRAME + 1).unwrap().to_be_bytes().to_vec()] {
             let (a, mut b) = duplex(PIPE);
             let (mut sr, mut sw) = split(a);
             b.write_all(&bytes).await.unwrap();

@@ -276,7 +276,12 @@ mod tests {
     }
 
     fn attr_name() -> impl Strategy<Value = String> {
-        "[a-zA-Z][a-zA-Z0-9-]{0,8}(;[a-zA-Z0-9-]{1,6}){0,2}"
+        // `dn` is not an attribute; `changetype` and `control` as the first attribute of
+        // a record would read as LDIF keywords.
+        "[a-zA-Z][a-zA-Z0-9-]{0,8}(;[a-zA-Z0-9-]{1,6}){0,2}".prop_filter("not an LDIF keyword", |n| {
+            let base = n.split(';').next().unwrap_or_default();
+            !["dn", "changetype", "control"].iter().any(|k| base.eq_ignore_ascii_case(k))
+        })
     }
 
     fn value() -> impl Strategy<Value = Value> {
