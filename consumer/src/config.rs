@@ -250,7 +250,9 @@ impl ConsumerConfig {
                     .map_err(|e| ConfigError::invalid(file, key(&format!("attrs[{j}]")), e.to_string()))?;
             }
             agreement.keepalive.check(file, &key("keepalive"))?;
-            if agreement.idle_timeout <= agreement.keepalive.interval {
+            // With keepalive on, pings arrive every interval: an idle_timeout at or below
+            // it would end healthy idle sessions. With keepalive off, nothing to compare.
+            if agreement.keepalive.enabled && agreement.idle_timeout <= agreement.keepalive.interval {
                 return Err(ConfigError::invalid(
                     file,
                     key("idle_timeout"),

@@ -329,7 +329,7 @@ async fn keepalive_poller(
         }
         let silent = Duration::from_millis(ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed)));
         if silent >= timeout {
-            warn!(silent = ?silent, "provider silent past keepalive timeout");
+            warn!(silent_ms = silent.as_millis() as u64, "provider silent past keepalive timeout");
             timed_out.cancel();
             return;
         }

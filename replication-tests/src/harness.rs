@@ -353,6 +353,8 @@ pub struct Agreement {
     /// Body of an `[agreement.tls]` section (`ca_file`, `server_name`); `None` connects
     /// over plain TCP.
     pub tls: Option<String>,
+    /// Body of the `[agreement.keepalive]` section.
+    pub keepalive: String,
 }
 
 impl Agreement {
@@ -367,6 +369,7 @@ impl Agreement {
             secret: secret.into(),
             extra: "retry = [\"200ms x1000\"]\n".into(),
             tls: None,
+            keepalive: "interval = \"1s\"\ntimeout = \"5s\"\n".into(),
         }
     }
 }
@@ -395,8 +398,8 @@ impl Consumer {
             let _ = write!(
                 toml,
                 "[[agreement]]\nname = \"{}\"\nprovider = \"127.0.0.1:{port}\"\nmode = \"{}\"\nbase = \"{}\"\nscope = \"{}\"\n\
-                 filter = \"{}\"\nsecret_file = \"secrets/{}.key\"\n{}\n[agreement.keepalive]\ninterval = \"1s\"\ntimeout = \"5s\"\n",
-                a.name, a.mode, a.base, a.scope, a.filter, a.name, a.extra
+                 filter = \"{}\"\nsecret_file = \"secrets/{}.key\"\n{}\n[agreement.keepalive]\n{}\n",
+                a.name, a.mode, a.base, a.scope, a.filter, a.name, a.extra, a.keepalive
             );
             if let Some(tls) = &a.tls {
                 let _ = write!(toml, "[agreement.tls]\n{tls}\n");

@@ -1,0 +1,193 @@
+//! The disconnection cases caused by the network, injected by a real TCP proxy between a
+//! real consumer and a real provider: a provider gone silent (`idle-timeout`), a black
+//! hole (`keepalive-timeout`, with its detection bound), a damaged frame (`exception`),
+//! the retry schedule's timing, and no reconnects while stopped, each measured at the
+//! proxy. Every test ends with more changes, convergence and exactly-once application.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use replication_tests::harness::{assert_holds, wait_until, Agreement, Consumer, Provider, ProviderOptions};
+use replication_tests::proxy::{Direction, Fault, Proxy};
+use replication_tests::workload::{Workload, PEOPLE};
+
+const LIMIT: Duration = Duration::from_secs(90);
+const ALL: &str = "(objectClass=*)";
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    provider: Provider,
+    proxy: Proxy,
+    consumer: Consumer,
+    work: Workload,
+}
+
+fn setup(seed: u64, agreement: Agreement) -> Result<Setup> {
+    let tmp = tempfile::tempdir()?;
+    let mut work = Workload::new(600, seed);
+    let mut provider = Provider::configure(&tmp.path().join("provider"), &ProviderOptions::default())?;
+    let file = tmp.path().join("initial.ldif");
+    std::fs::write(&file, work.initial_ldif())?;
+    provider.load(&file)?;
+    provider.start()?;
+    let upstream: SocketAddr = format!("127.0.0.1:{}", provider.port).parse()?;
+    let proxy = Proxy::start(upstream)?;
+    let mut consumer = Consumer::configure(&tmp.path().join("c"), proxy.port(), &[agreement])?;
+    consumer.start()?;
+    let s = Setup { _tmp: tmp, provider, proxy, consumer, work };
+    converged(&s)?;
+    Ok(s)
+}
+
+fn converged(s: &Setup) -> Result<()> {
+    wait_until(LIMIT, "convergence", || {
+        Ok(s.provider.search(PEOPLE, "subtree", ALL)? == s.consumer.search("people", PEOPLE, "subtree", ALL)?)
+    })
+}
+
+/// More changes, convergence, exactly-once.
+fn finish(s: &mut Setup) -> Result<()> {
+    s.provider.write_ok(&s.work.changes(100))?;
+    converged(s)?;
+    let status = s.consumer.agreement_status("people")?;
+    assert_eq!(status["duplicates"], 0, "exactly-once violated: {status}");
+    Ok(())
+}
+
+fn agreement(extra: &str, keepalive: &str) -> Agreement {
+    Agreement {
+        extra: extra.into(),
+        keepalive: keepalive.into(),
+        ..Agreement::persist("people", PEOPLE, "people-secret")
+    }
+}
+
+#[test]
+fn a_provider_that_stops_sending_is_an_idle_timeout() -> Result<()> {
+    let mut s = setup(31, agreement("idle_timeout = \"2s\"\nretry = [\"200ms forever\"]\n", "enabled = false"))?;
+    s.proxy.set_fault_on(Direction::ToClient, Fault::Stall);
+    let status = s.consumer.wait_status("people", LIMIT, "idle-timeout", |x| {
+        x["disconnects"]["idle-timeout"].as_u64().unwrap_or(0) >= 1
+    })?;
+    assert!(status["last_error"].as_str().unwrap_or_default().contains("nothing received"), "{status}");
+    s.proxy.heal();
+    finish(&mut s)
+}
+
+#[test]
+fn an_idle_but_healthy_session_survives_ten_idle_timeouts() -> Result<()> {
+    let mut s = setup(32, agreement("idle_timeout = \"1s\"\n", "interval = \"200ms\"\ntimeout = \"900ms\""))?;
+    let accepted = s.proxy.stats().accepted;
+    assert_holds(Duration::from_secs(10), "the idle session stays up", || {
+        let st = s.consumer.agreement_status("people")?;
+        Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
+    })?;
+    assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
+    finish(&mut s)
+}
+
+#[test]
+fn a_black_hole_is_a_keepalive_timeout_within_timeout_plus_interval() -> Result<()> {
+    let interval = Duration::from_millis(500);
+    let timeout = Duration::from_secs(2);
+    let mut s = setup(
+        33,
+        agreement("idle_timeout = \"1m\"\nretry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""),
+    )?;
+    let start = Instant::now();
+    s.proxy.set_fault(Fault::Stall);
+    s.consumer.wait_status("people", LIMIT, "keepalive-timeout", |x| x["last_disconnect"] == "keepalive-timeout")?;
+    let observed = start.elapsed();
+    // The poller's own measure of the silence it acted on, from its log line.
+    let log = s.consumer.log_text();
+    let silent_ms: u64 = log
+        .lines()
+        .filter(|l| l.contains("provider silent past keepalive timeout"))
+        .filter_map(|l| l.split("silent_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .last()
+        .unwrap();
+    eprintln!("keepalive-timeout: poller saw {silent_ms} ms of silence; status showed it {observed:?} after the black hole began");
+    let bound = timeout + interval;
+    assert!(Duration::from_millis(silent_ms) <= bound, "detected after {silent_ms} ms, bound {bound:?}");
+    // Observing through `status` (a process per poll) adds a little on top.
+    assert!(observed <= bound + Duration::from_secs(1), "observed after {observed:?}, bound {bound:?}");
+    s.proxy.heal();
+    finish(&mut s)
+}
+
+#[test]
+fn a_damaged_frame_is_an_exception_and_the_agreement_restarts() -> Result<()> {
+    let mut s = setup(34, agreement("retry = [\"200ms forever\"]\n", "interval = \"1s\"\ntimeout = \"5s\""))?;
+    s.proxy.set_fault_on(Direction::ToClient, Fault::Corrupt { after_bytes: 300 });
+    s.provider.write_ok(&s.work.changes(50))?;
+    let status = s
+        .consumer
+        .wait_status("people", LIMIT, "an exception", |x| x["disconnects"]["exception"].as_u64().unwrap_or(0) >= 1)?;
+    assert!(
+        status["last_error"].as_str().unwrap_or_default().contains("checksum")
+            || status["last_error"].as_str().unwrap_or_default().contains("protocol"),
+        "{status}"
+    );
+    s.proxy.heal();
+    finish(&mut s)
+}
+
+#[test]
+fn reconnects_follow_the_retry_schedule_measured_at_the_proxy() -> Result<()> {
+    let mut s =
+        setup(35, agreement("retry = [\"300ms x4\", \"1s forever\"]\n", "interval = \"1s\"\ntimeout = \"5s\""))?;
+    let base = s.proxy.stats().accepted;
+    s.proxy.set_fault(Fault::Reset);
+    // Timestamp every new connection attempt the proxy sees.
+    let mut times = Vec::new();
+    let mut seen = base;
+    wait_until(LIMIT, "seven reconnect attempts", || {
+        let now = s.proxy.stats().accepted;
+        while seen < now {
+            seen += 1;
+            times.push(Instant::now());
+        }
+        Ok(times.len() >= 7)
+    })?;
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("gaps between attempts: {gaps:?}");
+    // The first gap ends the 1st failed attempt; schedule: 300ms x4, then 1s, with ±20%
+    // jitter, plus connect time and this loop's polling granularity.
+    let slack = Duration::from_millis(150);
+    for (i, gap) in gaps.iter().enumerate() {
+        let nominal = if i < 3 { Duration::from_millis(300) } else { Duration::from_secs(1) };
+        let (low, high) =
+            (nominal.mul_f64(0.8).saturating_sub(Duration::from_millis(20)), nominal.mul_f64(1.2) + slack);
+        if i == 3 {
+            // The 4th 300ms step or the first 1s step, depending on where counting began.
+            assert!(
+                *gap >= Duration::from_millis(220) && *gap <= Duration::from_secs(1).mul_f64(1.2) + slack,
+                "gap {i}: {gap:?}"
+            );
+            continue;
+        }
+        assert!(*gap >= low && *gap <= high, "gap {i} = {gap:?}, expected {nominal:?} ±20%");
+    }
+    s.proxy.heal();
+    finish(&mut s)
+}
+
+#[test]
+fn a_stopped_agreement_makes_no_connection_attempts() -> Result<()> {
+    let mut s = setup(36, agreement("retry = [\"200ms forever\"]\n", "interval = \"1s\"\ntimeout = \"5s\""))?;
+    s.consumer.admin("stop", Some("people"))?;
+    s.consumer.wait_status("people", LIMIT, "stopped", |x| x["state"] == "stopped")?;
+    s.proxy.wait_for_open(0, LIMIT)?;
+    let accepted = s.proxy.stats().accepted;
+    s.provider.write_ok(&s.work.changes(50))?;
+    assert_holds(Duration::from_secs(3), "no connection attempts while stopped", || {
+        Ok(s.proxy.stats().accepted == accepted)
+    })?;
+    s.consumer.admin("start", Some("people"))?;
+    finish(&mut s)?;
+    assert_eq!(s.consumer.agreement_status("people")?["last_refresh"], "delta");
+    Ok(())
+}
