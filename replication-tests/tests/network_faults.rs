@@ -107,7 +107,7 @@ fn a_black_hole_is_a_keepalive_timeout_within_timeout_plus_interval() -> Result<
         .lines()
         .filter(|l| l.contains("provider silent past keepalive timeout"))
         .filter_map(|l| l.split("silent_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
-        .last()
+        .next_back()
         .unwrap();
     eprintln!("keepalive-timeout: poller saw {silent_ms} ms of silence; status showed it {observed:?} after the black hole began");
     let bound = timeout + interval;
