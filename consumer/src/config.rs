@@ -557,7 +557,7 @@ secret_file = "people.key"
             ("data_dri = \"x\"".to_owned(), "key 'data_dri': unknown key `data_dri`, expected one of `data_dir`, `control`, `shutdown_timeout`, `agreement`"),
             ("file = \"x\"".to_owned(), "key 'file': unknown key `file`"),
             (with("scop = \"one\""), "key 'agreement[0].scop': unknown key `scop`, expected one of `name`, `provider`"),
-            (with("[agreement.keepalive]\nintervall = \"1s\""), "key 'agreement[0].keepalive.intervall': unknown key `intervall`, expected `interval` or `timeout`"),
+            (with("[agreement.keepalive]\nintervall = \"1s\""), "key 'agreement[0].keepalive.intervall': unknown key `intervall`, expected one of `enabled`, `interval`, `timeout`"),
             (with("[agreement.keeplive]\ninterval = \"1s\""), "key 'agreement[0].keeplive': unknown key `keeplive`"),
             ("[keepalive]\ninterval = \"1s\"".to_owned(), "key 'keepalive': unknown key `keepalive`"),
         ];
