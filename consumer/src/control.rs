@@ -1,17 +1,13 @@
 //! The consumer's control endpoint: a Unix socket (mode 0600) answering `status`,
 //! `search`, `stop`/`start`/`restart NAME` and `reload` while the process runs.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-
 use tether_protocol::control::{read_request, respond, ControlError, ControlRequest, ControlResponse};
 use tether_protocol::{frame, ldif};
 use tether_store::ReplicaStore;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::daemon::Agreements;
 use crate::status::ConsumerStatus;
@@ -28,42 +24,17 @@ pub struct ControlContext {
     pub reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
 }
 
-/// Binds the control socket at `path` (replacing a stale one) with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
 /// Serves control connections until `shutdown`.
 pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let ctx = ctx.clone();
-                    tracker.spawn(async move {
-                        if let Err(e) = handle(stream, ctx).await {
-                            debug!(error = %e, "control connection ended");
-                        }
-                    });
-                }
-                Err(e) => warn!(error = %e, "control accept failed"),
-            },
+    let handler = move |stream: UnixStream| {
+        let ctx = ctx.clone();
+        async move {
+            if let Err(e) = handle(stream, ctx).await {
+                debug!(error = %e, "control connection ended");
+            }
         }
-    }
-    tracker.close();
-    tracker.wait().await;
+    };
+    tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
 }
 
 /// Canonical LDIF of the entries of `name`'s replica in `spec`.

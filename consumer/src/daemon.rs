@@ -218,7 +218,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }
     }
     let shutdown = CancellationToken::new();
-    let listener = control::bind(&config.control)
+    let listener = tether_protocol::control::bind(&config.control)
         .with_context(|| format!("binding control socket {}", config.control.display()))?;
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let ctx = ControlContext { store: store.clone(), agreements: agreements.clone(), reload: reload_tx };

@@ -6,8 +6,14 @@
 //! Output is text (JSON for status, LDIF for search), so the command-line client just
 //! prints it and a long search streams instead of being held whole.
 
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{UnixListener, UnixStream};
 
 use crate::codec::{self, CodecError};
 use crate::frame::{FrameError, FrameReader, FrameWriter};
@@ -73,6 +79,50 @@ pub enum ControlError {
     /// The process reported a failure.
     #[error("{0}")]
     Remote(String),
+}
+
+/// Pause after a failed `accept` (out of file descriptors and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds a process's control socket at `path` with mode 0600 (only its owner may steer
+/// it), creating the folder and replacing a socket file a previous run left behind.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts control connections until `shutdown` completes, running `handle` for each
+/// on its own task, then waits for the running ones: the server side every process
+/// shares; what a request does is the process's `handle`.
+pub async fn serve<F, Fut>(listener: UnixListener, shutdown: impl Future<Output = ()>, handle: F)
+where
+    F: Fn(UnixStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    running.spawn(handle(stream));
+                }
+                Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+            },
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    while running.join_next().await.is_some() {}
 }
 
 /// Sends `request` and passes each output chunk to `on_output` until the reply ends.

@@ -2,8 +2,6 @@
 //! `search` and `reload` for the command-line tools, which cannot open the store while
 //! the provider holds it.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 
 use tether_protocol::control::{read_request, respond, ControlRequest, ControlResponse};
@@ -12,8 +10,7 @@ use tether_protocol::ldif;
 use tether_store::Directory;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::registry::Registry;
 use crate::status::ProviderStatus;
@@ -32,42 +29,17 @@ pub struct ControlContext {
     pub reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
 }
 
-/// Binds the control socket at `path` (replacing a stale one) with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
 /// Serves control connections until `shutdown`.
 pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let ctx = ctx.clone();
-                    tracker.spawn(async move {
-                        if let Err(e) = handle(stream, ctx).await {
-                            debug!(error = %e, "control connection ended");
-                        }
-                    });
-                }
-                Err(e) => warn!(error = %e, "control accept failed"),
-            },
+    let handler = move |stream: UnixStream| {
+        let ctx = ctx.clone();
+        async move {
+            if let Err(e) = handle(stream, ctx).await {
+                debug!(error = %e, "control connection ended");
+            }
         }
-    }
-    tracker.close();
-    tracker.wait().await;
+    };
+    tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
 }
 
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {

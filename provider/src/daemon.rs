@@ -71,7 +71,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         },
     };
     let server = Server::new(dir.clone(), grants, tls.clone(), params, shutdown.clone());
-    let control_listener = control::bind(&config.control)
+    let control_listener = tether_protocol::control::bind(&config.control)
         .with_context(|| format!("binding control socket {}", config.control.display()))?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let ctx = ControlContext { dir: dir.clone(), registry: server.registry().clone(), reload: reload_tx };

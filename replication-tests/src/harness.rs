@@ -207,6 +207,24 @@ impl Provider {
         Ok(c)
     }
 
+    /// A provider under `root/provider` loaded with `n` generated people (see
+    /// [`Workload`](crate::workload::Workload)) and running; the workload generates the
+    /// changes a test makes next.
+    pub fn loaded(
+        root: &Path,
+        n: usize,
+        seed: u64,
+        opts: &ProviderOptions,
+    ) -> Result<(Self, crate::workload::Workload)> {
+        let mut work = crate::workload::Workload::new(n, seed);
+        let mut provider = Self::configure(&root.join("provider"), opts)?;
+        let file = root.join("initial.ldif");
+        fs::write(&file, work.initial_ldif())?;
+        provider.load(&file)?;
+        provider.start()?;
+        Ok((provider, work))
+    }
+
     /// Offline bulk load.
     pub fn load(&self, ldif: &Path) -> Result<String> {
         run_ok({

@@ -18,13 +18,7 @@ const ALL: &str = "(objectClass=*)";
 const QUIET: Duration = Duration::from_secs(3);
 
 fn provider_with(root: &Path, n: usize, seed: u64, opts: ProviderOptions) -> Result<(Provider, Workload)> {
-    let mut w = Workload::new(n, seed);
-    let mut p = Provider::configure(&root.join("provider"), &opts)?;
-    let file = root.join("initial.ldif");
-    std::fs::write(&file, w.initial_ldif())?;
-    p.load(&file)?;
-    p.start()?;
-    Ok((p, w))
+    Provider::loaded(root, n, seed, &opts)
 }
 
 fn converged(p: &Provider, c: &Consumer, name: &str, base: &str) -> Result<()> {

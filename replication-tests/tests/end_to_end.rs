@@ -20,13 +20,7 @@ fn count(ldif: &str) -> usize {
 
 /// A provider loaded with `n` generated people, running.
 fn provider_with(root: &Path, n: usize, seed: u64, opts: ProviderOptions) -> Result<(Provider, Workload)> {
-    let mut w = Workload::new(n, seed);
-    let mut p = Provider::configure(&root.join("provider"), &opts)?;
-    let file = root.join("initial.ldif");
-    std::fs::write(&file, w.initial_ldif())?;
-    p.load(&file)?;
-    p.start()?;
-    Ok((p, w))
+    Provider::loaded(root, n, seed, &opts)
 }
 
 fn same(p: &Provider, c: &Consumer, agreement: &str, base: &str, filter: &str) -> Result<bool> {

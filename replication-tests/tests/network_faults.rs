@@ -15,9 +15,14 @@ use replication_tests::proxy::{Direction, Fault, Proxy};
 use replication_tests::workload::{Workload, PEOPLE};
 
 const LIMIT: Duration = Duration::from_secs(90);
+
+/// These tests assert timings (detection bounds, retry gaps): they run one at a time so
+/// they do not compete with each other for the machine's cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const ALL: &str = "(objectClass=*)";
 
 struct Setup {
+    _serial: std::sync::MutexGuard<'static, ()>,
     _tmp: tempfile::TempDir,
     provider: Provider,
     proxy: Proxy,
@@ -26,6 +31,8 @@ struct Setup {
 }
 
 fn setup(seed: u64, agreement: Agreement) -> Result<Setup> {
+    // A test that failed while holding the lock poisons it; the next one may still run.
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir()?;
     let mut work = Workload::new(600, seed);
     let mut provider = Provider::configure(&tmp.path().join("provider"), &ProviderOptions::default())?;
@@ -37,7 +44,7 @@ fn setup(seed: u64, agreement: Agreement) -> Result<Setup> {
     let proxy = Proxy::start(upstream)?;
     let mut consumer = Consumer::configure(&tmp.path().join("c"), proxy.port(), &[agreement])?;
     consumer.start()?;
-    let s = Setup { _tmp: tmp, provider, proxy, consumer, work };
+    let s = Setup { _serial: serial, _tmp: tmp, provider, proxy, consumer, work };
     converged(&s)?;
     Ok(s)
 }
