@@ -22,12 +22,13 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const ALL: &str = "(objectClass=*)";
 
 struct Setup {
-    _serial: std::sync::MutexGuard<'static, ()>,
-    _tmp: tempfile::TempDir,
     provider: Provider,
     proxy: Proxy,
     consumer: Consumer,
     work: Workload,
+    _tmp: tempfile::TempDir,
+    /// Dropped last: the next test starts only once these processes are gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 fn setup(seed: u64, agreement: Agreement) -> Result<Setup> {
@@ -44,7 +45,7 @@ fn setup(seed: u64, agreement: Agreement) -> Result<Setup> {
     let proxy = Proxy::start(upstream)?;
     let mut consumer = Consumer::configure(&tmp.path().join("c"), proxy.port(), &[agreement])?;
     consumer.start()?;
-    let s = Setup { _serial: serial, _tmp: tmp, provider, proxy, consumer, work };
+    let s = Setup { provider, proxy, consumer, work, _tmp: tmp, _serial: serial };
     converged(&s)?;
     Ok(s)
 }
