@@ -179,23 +179,16 @@ impl Directory {
         let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let csn = last.next();
         let planned = rules::plan(&self.set, &self.suffix, change, csn)?;
+        let uuid = planned.uuid;
         self.commit_many(&[planned], csn)?;
         *last = csn;
         self.durability.committed(csn);
-        let uuid = self.changelog_uuid(csn)?;
         Ok(Committed { csn, uuid })
     }
 
     /// Makes everything committed up to `csn` durable (group commit).
     pub fn sync(&self, csn: Csn) -> Result<()> {
         self.durability.make_durable(&self.db, csn)
-    }
-
-    fn changelog_uuid(&self, csn: Csn) -> Result<EntryUuid> {
-        self.changelog
-            .get(csn)?
-            .map(|r| r.uuid)
-            .ok_or_else(|| StoreError::Corrupt(format!("changelog record {csn} missing right after commit")))
     }
 
     /// Adds many entries in one transaction (the offline loader's fast path). The batch
