@@ -449,6 +449,7 @@ impl Applier<'_> {
             s.cookie = Some(cookie.to_string());
             s.lag_changes = 0;
         });
+        self.status.mark_current();
         self.unacked = 0;
         self.send(&Message::Ack { cookie }).await
     }
@@ -552,6 +553,7 @@ impl Applier<'_> {
                 self.refresh_done = true;
                 let entries = self.replica.entries().map(|e| e.len()).unwrap_or(0);
                 info!(cookie = %cookie, entries, "refresh complete");
+                self.status.mark_current();
                 let persisting = self.cfg.mode == Mode::RefreshAndPersist;
                 self.status.update(|s| {
                     s.cookie = Some(cookie.to_string());

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -34,7 +35,9 @@ pub struct AgreementStatus {
     pub disconnects: BTreeMap<Reason, u64>,
     /// Changes received but not yet durable and acknowledged.
     pub lag_changes: u64,
-    /// Seconds since the replica was last known current (0 while persisting and caught up).
+    /// Seconds since the replica was last known current: 0 while persisting with nothing
+    /// unacknowledged; otherwise the time since the last completed refresh or the last
+    /// moment it was caught up (or since the agreement started, if it never was).
     pub lag_seconds: u64,
     /// The kind of the last refresh (`full`, `delta`, `present`).
     pub last_refresh: Option<String>,
@@ -47,6 +50,9 @@ pub struct AgreementStatus {
     /// With the apply audit on (`TETHER_APPLY_AUDIT=1`): changes applied a second time.
     /// Exactly-once application means this stays 0.
     pub duplicates: u64,
+    /// When the replica was last known current; `lag_seconds` is computed from it.
+    #[serde(skip)]
+    pub current_at: Instant,
 }
 
 /// Shared, updatable status of one agreement.
@@ -74,6 +80,7 @@ impl StatusHandle {
             applied: 0,
             skipped: 0,
             duplicates: 0,
+            current_at: Instant::now(),
         })))
     }
 
@@ -82,9 +89,18 @@ impl StatusHandle {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// A copy of the status.
+    /// Records that the replica is current now (a refresh completed, or every received
+    /// change is durable and acknowledged).
+    pub fn mark_current(&self) {
+        self.update(|s| s.current_at = Instant::now());
+    }
+
+    /// A copy of the status, with `lag_seconds` computed as of now.
     pub fn snapshot(&self) -> AgreementStatus {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.lag_seconds =
+            if s.state == State::Persisting && s.lag_changes == 0 { 0 } else { s.current_at.elapsed().as_secs() };
+        s
     }
 
     /// The current state.
@@ -124,5 +140,24 @@ impl ConsumerStatus {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_seconds_is_zero_only_while_persisting_and_caught_up() {
+        let h = StatusHandle::new("a", "p", "refresh-and-persist");
+        h.update(|s| s.current_at = Instant::now() - std::time::Duration::from_secs(42));
+        assert_eq!(h.snapshot().lag_seconds, 42, "connecting: stale since the last known-current moment");
+        h.update(|s| s.state = State::Persisting);
+        assert_eq!(h.snapshot().lag_seconds, 0);
+        h.update(|s| s.lag_changes = 3);
+        assert_eq!(h.snapshot().lag_seconds, 42, "changes not yet durable");
+        h.mark_current();
+        h.update(|s| s.state = State::Backoff);
+        assert_eq!(h.snapshot().lag_seconds, 0);
     }
 }

@@ -117,6 +117,11 @@ impl Supervisor {
     }
 
     fn record_with(replica: &Replica, status: &StatusHandle, ended: &Ended) {
+        // A session that ends caught up leaves a replica that was current until now.
+        let last = status.snapshot();
+        if last.state == crate::reason::State::Persisting && last.lag_changes == 0 {
+            status.mark_current();
+        }
         let entries = replica.entries().map(|e| e.len()).unwrap_or(0);
         status.update(|s| s.entries = entries);
         if ended.refresh_complete {
