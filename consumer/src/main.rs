@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tether_consumer::config::ConsumerConfig;
 use tether_consumer::{control, daemon};
-use tether_protocol::control::{ControlError, ControlRequest};
+use tether_protocol::control::ControlRequest;
 use tether_protocol::{Dn, SearchSpec};
 use tether_store::ReplicaStore;
 
@@ -100,19 +100,7 @@ fn init_logging() {
 
 /// Sends a control request and prints the reply; `Ok(false)` if the consumer is not running.
 async fn call(path: &Path, request: &ControlRequest) -> Result<bool> {
-    let stream = match tokio::net::UnixStream::connect(path).await {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
-            return Ok(false)
-        }
-        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
-    };
-    let result = tether_protocol::control::call(stream, request, |text| print!("{text}")).await;
-    match result {
-        Ok(()) => Ok(true),
-        Err(ControlError::Remote(msg)) => bail!("{msg}"),
-        Err(e) => Err(e.into()),
-    }
+    Ok(tether_protocol::control::call_at(path, request).await?)
 }
 
 fn open_offline(config: &ConsumerConfig) -> Result<ReplicaStore> {

@@ -79,6 +79,35 @@ pub enum ControlError {
     /// The process reported a failure.
     #[error("{0}")]
     Remote(String),
+    /// The control socket exists but could not be reached.
+    #[error("connecting to the control socket {path}: {source}")]
+    Connect {
+        /// The socket's path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs `request` against the process whose control socket is at `path`, writing each
+/// output chunk to stdout; `Ok(false)` when no process is listening there, so a command
+/// can fall back to opening the store itself.
+pub async fn call_at(path: &Path, request: &ControlRequest) -> Result<bool, ControlError> {
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(false)
+        }
+        Err(source) => return Err(ControlError::Connect { path: path.display().to_string(), source }),
+    };
+    let mut out = std::io::stdout().lock();
+    call(stream, request, |text| {
+        use std::io::Write;
+        // stdout closed (a pipe to `head`): the command's own exit status still reports.
+        let _ = out.write_all(text.as_bytes());
+    })
+    .await?;
+    Ok(true)
 }
 
 /// Pause after a failed `accept` (out of file descriptors and the like).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tether_protocol::connection;
-use tether_protocol::control::{self, ControlError, ControlRequest};
+use tether_protocol::control::{self, ControlRequest};
 use tether_protocol::handshake::client_handshake;
 use tether_protocol::ldif;
 use tether_protocol::message::{Hello, Message, Role, WriteOutcome, SUPPORTED_VERSIONS};
@@ -18,26 +18,10 @@ use crate::tls;
 /// Limit on connecting and on each reply.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends a control request; `Ok(None)` if no provider is running at that socket.
+/// Sends a control request, printing the reply; `Ok(None)` if no provider is running
+/// at that socket.
 pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Option<()>> {
-    let stream = match tokio::net::UnixStream::connect(path).await {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
-    };
-    let mut out = std::io::stdout().lock();
-    let result = control::call(stream, request, |text| {
-        use std::io::Write;
-        let _ = out.write_all(text.as_bytes());
-    })
-    .await;
-    match result {
-        Ok(()) => Ok(Some(())),
-        Err(ControlError::Remote(msg)) => bail!("{msg}"),
-        Err(e) => Err(e.into()),
-    }
+    Ok(control::call_at(path, request).await?.then_some(()))
 }
 
 /// `tether-provider write`: parses the whole file first, then applies records in
