@@ -43,6 +43,8 @@ fn run() -> Result<()> {
     let root = tmp.path();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sample.ldif");
     say(&format!("working in {}", root.display()));
+    say("building the provider and consumer binaries (first run only)");
+    replication_tests::harness::bin("tether-provider")?;
 
     let opts = ProviderOptions {
         grants: vec![
