@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use tether_config::shell::{Signal, Signals};
 use tether_protocol::{Filter, SearchSpec};
 use tether_store::ReplicaStore;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -226,19 +226,21 @@ pub async fn run(config_path: &Path) -> Result<()> {
     info!(agreements = config.agreements.len(), "consumer running");
     println!("consumer running");
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut signals = Signals::install().context("installing signal handlers")?;
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = sighup.recv() => {
-                info!("SIGHUP: reloading configuration");
-                if let Err(e) = reload(config_path, &store, &agreements, &client_id).await {
-                    error!("reload failed, keeping the running agreements: {e:#}");
+            sig = signals.next() => match sig {
+                Signal::Shutdown(name) => {
+                    info!("{name}: shutting down");
+                    break;
                 }
-            }
+                Signal::Reload => {
+                    info!("SIGHUP: reloading configuration");
+                    if let Err(e) = reload(config_path, &store, &agreements, &client_id).await {
+                        error!("reload failed, keeping the running agreements: {e:#}");
+                    }
+                }
+            },
             Some(reply) = reload_rx.recv() => {
                 let result = reload(config_path, &store, &agreements, &client_id).await.map_err(|e| format!("{e:#}"));
                 let _ = reply.send(result);

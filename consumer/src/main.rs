@@ -85,19 +85,6 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: logs in files must stay greppable.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
-}
-
 /// Sends a control request and prints the reply; `Ok(false)` if the consumer is not running.
 async fn call(path: &Path, request: &ControlRequest) -> Result<bool> {
     Ok(tether_protocol::control::call_at(path, request).await?)
@@ -197,7 +184,7 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
+    tether_config::shell::init_logging();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

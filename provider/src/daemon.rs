@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use tether_config::shell::{Signal, Signals};
 use tether_store::{Directory, RetentionPolicy};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -86,19 +86,21 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         tokio::spawn(async move { server.serve(listener).await })
     };
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut signals = Signals::install().context("installing signal handlers")?;
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = sighup.recv() => {
-                info!("SIGHUP: reloading configuration");
-                if let Err(e) = reload(config_path, &server) {
-                    error!("reload failed, keeping the old configuration: {e:#}");
+            sig = signals.next() => match sig {
+                Signal::Shutdown(name) => {
+                    info!("{name}: shutting down");
+                    break;
                 }
-            }
+                Signal::Reload => {
+                    info!("SIGHUP: reloading configuration");
+                    if let Err(e) = reload(config_path, &server) {
+                        error!("reload failed, keeping the old configuration: {e:#}");
+                    }
+                }
+            },
             Some(reply) = reload_rx.recv() => {
                 let result = reload(config_path, &server).map_err(|e| format!("{e:#}"));
                 let _ = reply.send(result);

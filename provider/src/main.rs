@@ -68,19 +68,6 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: logs in files must stay greppable.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
-}
-
 fn spec(config: &ProviderConfig, base: Option<&str>, scope: &str, filter: &str) -> Result<SearchSpec> {
     let base = match base {
         Some(b) => Dn::parse(b).with_context(|| format!("--base {b:?}"))?,
@@ -158,7 +145,7 @@ fn print_search(dir: &Directory, spec: &SearchSpec) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
+    tether_config::shell::init_logging();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,729 @@
+//! Config-file mechanics shared by both Tether processes: reading a TOML file, turning
+//! every refusal into a [`ConfigError`] that names the file, the dotted key and the
+//! reason, the value parsers the config structs deserialize with, relative-path
+//! resolution, and secret files.
+//!
+//! It is its own crate because both processes need it and neither may depend on the
+//! other, while `tether-protocol` stays free of file I/O. Each process's `config`
+//! module imports it as `source`.
+//!
+//! How a key is named: serde reports *what* is wrong and toml_edit reports *where* (a
+//! byte span). [`parse_toml`] indexes the span of every key, table and value of the
+//! document by its dotted path (`agreement[1].retry[2]`), then looks the error's span up
+//! in that index. The value parsers below therefore raise their errors while the value
+//! is being deserialized, so that toml_edit attaches that value's span.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::Deserialize;
+use tether_protocol::{Dn, Scope, Secret};
+use toml_edit::{ImDocument, Item, Table, Value};
+
+/// Largest secret file accepted, in bytes. HMAC keys are 32 to 64 bytes; a bigger file
+/// is almost surely the wrong file (a certificate, `/dev/zero`), so reading stops here.
+pub const MAX_SECRET_LEN: u64 = 4096;
+
+/// Longest control-socket path accepted, in bytes: `sun_path` is 108 bytes on Linux,
+/// including the terminating NUL. Binding a longer path fails late and obscurely, so it
+/// is refused at load.
+pub const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// Longest agreement name accepted. Names appear in status lines, log fields and
+/// command lines, and key the agreement's replica in the store.
+pub const MAX_AGREEMENT_NAME_LEN: usize = 64;
+
+/// File name of the control socket inside `data_dir` when `control` is not set.
+pub const CONTROL_SOCKET_NAME: &str = "control.sock";
+
+/// Default `keepalive.interval`: a ping on an idle session every 5 seconds.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Default `keepalive.timeout`: a peer silent for 20 seconds (four missed pings) is gone.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Key shown for an error that belongs to no key (the document as a whole).
+const TOP_LEVEL: &str = "(top level)";
+
+/// Why a config file, or a secret file it names, was refused. Every variant names the
+/// file; [`ConfigError::Invalid`] also names the dotted key. Secret contents never
+/// appear in any variant.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all (missing, unreadable, not UTF-8).
+    #[error("{}: cannot read: {error}", file.display())]
+    Read {
+        /// The file that could not be read.
+        file: PathBuf,
+        /// What the operating system said.
+        error: io::Error,
+    },
+    /// The file is not well-formed TOML; there is no key to name yet, so the position.
+    #[error("{}: line {line}, column {column}: invalid TOML: {reason}", file.display())]
+    Syntax {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// What the TOML parser expected.
+        reason: String,
+    },
+    /// A key is unknown, missing, or holds a value that is refused.
+    #[error("{}: key '{key}': {reason}", file.display())]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// Dotted path of the key, with array indices: `agreement[1].retry[2]`.
+        key: String,
+        /// Why it was refused, naming the offending value.
+        reason: String,
+    },
+    /// A secret file is missing, unreadable, too large or empty.
+    #[error("{}: {reason}", file.display())]
+    Secret {
+        /// The secret file.
+        file: PathBuf,
+        /// Why it was refused (never its contents).
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Builds an [`ConfigError::Invalid`] for `key` of `file`.
+    pub fn invalid(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid { file: file.to_owned(), key: key.into(), reason: reason.into() }
+    }
+
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            Self::Read { file, .. }
+            | Self::Syntax { file, .. }
+            | Self::Invalid { file, .. }
+            | Self::Secret { file, .. } => file,
+        }
+    }
+
+    /// The dotted key the error is about, when it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Reads `file` as UTF-8 text.
+pub fn read_file(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|error| ConfigError::Read { file: file.to_owned(), error })
+}
+
+/// The folder relative paths in `file` are resolved against: the file's folder, made
+/// absolute (without touching the file system) so that the result does not depend on
+/// a later change of working directory.
+pub fn config_dir(file: &Path) -> Result<PathBuf, ConfigError> {
+    let dir = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).map_err(|error| ConfigError::Read { file: file.to_owned(), error })
+}
+
+/// `path` if absolute, otherwise `path` below `dir`.
+pub fn resolve(dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        dir.join(path)
+    }
+}
+
+/// Parses `text`, the contents of `file`, into `T`. Syntax errors name the line and
+/// column; every other refusal names the dotted key (see the module docs).
+pub fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let doc = ImDocument::parse(text.to_owned()).map_err(|e| {
+        let (line, column) = e.span().map_or((1, 1), |span| line_column(text, span.start));
+        ConfigError::Syntax { file: file.to_owned(), line, column, reason: one_line(e.message()) }
+    })?;
+    let index = KeyIndex::of(doc.as_table());
+    toml_edit::de::from_document(doc).map_err(|e| {
+        let path = e.span().and_then(|span| index.locate(&span)).unwrap_or_default();
+        let message = one_line(e.message());
+        if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+            return ConfigError::invalid(file, join_key(&path, field), "required key is missing");
+        }
+        let key = if path.is_empty() { TOP_LEVEL.to_owned() } else { path };
+        ConfigError::invalid(file, key, message.replacen("unknown field", "unknown key", 1))
+    })
+}
+
+/// 1-based line and character column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A parser message on one line, as a log line or status field wants it.
+fn one_line(message: &str) -> String {
+    message.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// `parent.child`, or `child` at the top level.
+fn join_key(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_owned()
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+/// The byte span of every key, table and value of a document, with its dotted path.
+struct KeyIndex {
+    /// `(dotted path, span)`, in document walk order.
+    spans: Vec<(String, Range<usize>)>,
+}
+
+impl KeyIndex {
+    /// Indexes every node below `root`.
+    fn of(root: &Table) -> Self {
+        let mut index = Self { spans: Vec::new() };
+        index.table("", root);
+        index
+    }
+
+    /// The path of the node whose span is exactly `span`, or else of the smallest node
+    /// containing its start; the deepest path wins a tie.
+    fn locate(&self, span: &Range<usize>) -> Option<String> {
+        let exact = self.spans.iter().filter(|(_, s)| s == span).max_by_key(|(path, _)| path.len());
+        let found = exact.or_else(|| {
+            self.spans
+                .iter()
+                .filter(|(_, s)| s.start <= span.start && span.start < s.end.max(s.start + 1))
+                .min_by_key(|(path, s)| (s.end - s.start, usize::MAX - path.len()))
+        });
+        found.map(|(path, _)| path.clone())
+    }
+
+    fn push(&mut self, path: &str, span: Option<Range<usize>>) {
+        if let Some(span) = span.filter(|_| !path.is_empty()) {
+            self.spans.push((path.to_owned(), span));
+        }
+    }
+
+    fn table(&mut self, path: &str, table: &Table) {
+        self.push(path, table.span());
+        for (name, item) in table.iter() {
+            let child = join_key(path, name);
+            self.push(&child, table.key(name).and_then(|k| k.span()));
+            self.item(&child, item);
+        }
+    }
+
+    fn item(&mut self, path: &str, item: &Item) {
+        match item {
+            Item::None => {}
+            Item::Value(value) => self.value(path, value),
+            Item::Table(table) => self.table(path, table),
+            Item::ArrayOfTables(array) => {
+                self.push(path, array.span());
+                for (i, table) in array.iter().enumerate() {
+                    self.table(&format!("{path}[{i}]"), table);
+                }
+            }
+        }
+    }
+
+    fn value(&mut self, path: &str, value: &Value) {
+        self.push(path, value.span());
+        match value {
+            Value::Array(array) => {
+                for (i, element) in array.iter().enumerate() {
+                    self.value(&format!("{path}[{i}]"), element);
+                }
+            }
+            Value::InlineTable(table) => {
+                for (name, element) in table.iter() {
+                    let child = join_key(path, name);
+                    self.push(&child, table.key(name).and_then(|k| k.span()));
+                    self.value(&child, element);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A visitor that parses one string value with `parse`; its error is raised while the
+/// value is deserialized, so it carries the value's span (and so its key).
+struct StrVisitor<F> {
+    /// What the value should look like, for serde's "invalid type" message.
+    expecting: &'static str,
+    /// Turns the text into the value, or says why not.
+    parse: F,
+}
+
+impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for StrVisitor<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(E::custom)
+    }
+}
+
+/// Deserializes a string with `parse`, for `#[serde(deserialize_with)]` helpers.
+pub fn parse_str<'de, D, T>(
+    d: D,
+    expecting: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    d.deserialize_str(StrVisitor { expecting, parse })
+}
+
+/// Parses a humantime duration (`"5s"`, `"1m 30s"`, `"7d"`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+/// A humantime duration, zero allowed.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_str(d, "a duration such as \"5s\" or \"1m\"", parse_duration)
+}
+
+/// A humantime duration greater than zero (intervals and timeouts: zero would spin).
+pub fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
+        let value = parse_duration(text)?;
+        if value.is_zero() {
+            Err(format!("invalid duration {text:?}: must be greater than zero"))
+        } else {
+            Ok(value)
+        }
+    })
+}
+
+/// An optional [`positive_duration`]; pair with `#[serde(default)]`.
+pub fn optional_positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    positive_duration(d).map(Some)
+}
+
+/// A whole number of at least 1 (sizes and counts: zero would stall or refuse all).
+pub fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + PartialEq,
+{
+    let value = T::deserialize(d)?;
+    if value == T::default() {
+        Err(de::Error::custom("must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A distinguished name, checked with [`Dn::parse`].
+pub fn dn<'de, D: Deserializer<'de>>(d: D) -> Result<Dn, D::Error> {
+    parse_str(d, "a DN such as \"dc=example,dc=com\"", |text| {
+        Dn::parse(text).map_err(|e| format!("invalid DN {text:?}: {e}"))
+    })
+}
+
+/// An optional [`dn`]; pair with `#[serde(default)]`.
+pub fn optional_dn<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Dn>, D::Error> {
+    dn(d).map(Some)
+}
+
+/// A search scope word: `base`, `one` or `subtree`.
+pub fn scope<'de, D: Deserializer<'de>>(d: D) -> Result<Scope, D::Error> {
+    parse_str(d, "a scope: base, one or subtree", |text| Scope::from_str(text).map_err(|e| e.to_string()))
+}
+
+/// A `host:port` address.
+pub fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<HostPort, D::Error> {
+    parse_str(d, "an address such as \"127.0.0.1:7389\"", |text| HostPort::from_str(text).map_err(|e| e.to_string()))
+}
+
+/// A file or folder path; an empty string is refused (it would silently mean the
+/// config file's own folder). Resolution against that folder happens after parsing.
+pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    parse_str(
+        d,
+        "a path",
+        |text| {
+            if text.is_empty() {
+                Err("path is empty".to_owned())
+            } else {
+                Ok(PathBuf::from(text))
+            }
+        },
+    )
+}
+
+/// Keepalive settings of a session: how often to ping while idle and when silence
+/// means the peer is gone (SPEC §4 `keepalive-timeout`). Detection takes at most
+/// `timeout + interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveConfig {
+    /// Whether the keepalive poller runs at all. Default `true`. With `false` a silent
+    /// peer is only noticed by `idle_timeout` (consumer) or TCP itself: for tests and for
+    /// links where pings are unwelcome, not for production.
+    #[serde(default = "default_keepalive_enabled")]
+    pub enabled: bool,
+    /// How often a ping goes out on a session that has sent nothing else, so a healthy
+    /// but quiet peer is never mistaken for a dead one. Default `"5s"`; must be > 0.
+    #[serde(default = "default_keepalive_interval", deserialize_with = "positive_duration")]
+    pub interval: Duration,
+    /// Silence after which the peer is declared gone (host died, black hole, half-open
+    /// socket) and the session torn down. Default `"20s"`; must exceed `interval`.
+    #[serde(default = "default_keepalive_timeout", deserialize_with = "positive_duration")]
+    pub timeout: Duration,
+}
+
+fn default_keepalive_enabled() -> bool {
+    true
+}
+
+fn default_keepalive_interval() -> Duration {
+    DEFAULT_KEEPALIVE_INTERVAL
+}
+
+fn default_keepalive_timeout() -> Duration {
+    DEFAULT_KEEPALIVE_TIMEOUT
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval: DEFAULT_KEEPALIVE_INTERVAL, timeout: DEFAULT_KEEPALIVE_TIMEOUT }
+    }
+}
+
+impl KeepaliveConfig {
+    /// Refuses a timeout that does not exceed the interval: the peer would be declared
+    /// gone before its next ping could arrive. `prefix` is the section's dotted key.
+    pub fn check(&self, file: &Path, prefix: &str) -> Result<(), ConfigError> {
+        if self.timeout <= self.interval {
+            return Err(ConfigError::invalid(
+                file,
+                join_key(prefix, "timeout"),
+                format!(
+                    "timeout {} must be longer than interval {}",
+                    humantime::format_duration(self.timeout),
+                    humantime::format_duration(self.interval)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A network address as `host:port`, checked for shape at load and resolved only when
+/// used (a name that does not resolve yet is a connection failure, not a config error).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Host name or IP address, IPv6 without its brackets.
+    host: String,
+    /// TCP port; 0 asks the system for a free port when listening.
+    port: u16,
+}
+
+/// Why an address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address {text:?}: {why}")]
+pub struct AddressError {
+    /// The address as written.
+    text: String,
+    /// What is wrong with it.
+    why: &'static str,
+}
+
+impl HostPort {
+    /// `127.0.0.1:port`.
+    pub fn loopback(port: u16) -> Self {
+        Self { host: "127.0.0.1".to_owned(), port }
+    }
+
+    /// The host name or IP address (IPv6 without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `(host, port)`, which `tokio::net::TcpStream::connect`, `TcpListener::bind` and
+    /// `lookup_host` accept as is.
+    pub fn addr(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = AddressError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |why| AddressError { text: text.to_owned(), why };
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, port) = rest.split_once("]:").ok_or_else(|| err("expected [ipv6]:port, as [::1]:7389"))?;
+            host.parse::<std::net::Ipv6Addr>().map_err(|_| err("invalid IPv6 address between the brackets"))?;
+            (host, port)
+        } else {
+            let (host, port) = text.rsplit_once(':').ok_or_else(|| err("expected host:port, as 127.0.0.1:7389"))?;
+            if host.contains(':') {
+                return Err(err("an IPv6 address needs brackets, as [::1]:7389"));
+            }
+            if host.is_empty() {
+                return Err(err("the host is missing"));
+            }
+            if !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
+                return Err(err("the host must be a name or an IP address"));
+            }
+            (host, port)
+        };
+        let port = port.parse::<u16>().map_err(|_| err("the port must be a number from 0 to 65535"))?;
+        Ok(Self { host: host.to_owned(), port })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Checks an agreement name: 1 to [`MAX_AGREEMENT_NAME_LEN`] ASCII letters, digits,
+/// `-`, `_` or `.`, starting with a letter or digit (so it never reads as a command-line
+/// flag, and is safe in paths, log fields and store keys).
+pub fn check_agreement_name(name: &str) -> Result<(), String> {
+    let starts_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let chars_ok = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if name.is_empty() {
+        Err("agreement name is empty".to_owned())
+    } else if name.len() > MAX_AGREEMENT_NAME_LEN {
+        Err(format!("agreement name {name:?} is longer than {MAX_AGREEMENT_NAME_LEN} characters"))
+    } else if !starts_ok || !chars_ok {
+        Err(format!(
+            "invalid agreement name {name:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses a control-socket path the operating system could not bind.
+pub fn check_socket_path(file: &Path, key: &str, path: &Path) -> Result<(), ConfigError> {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_LEN {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            format!(
+                "socket path {} is {len} bytes long; Unix sockets allow at most {MAX_SOCKET_PATH_LEN}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A secret read from its file, with the warnings the file deserves.
+#[derive(Debug)]
+pub struct SecretFile {
+    /// The secret, one trailing newline removed.
+    pub secret: Secret,
+    /// Problems that do not stop the process but that an operator should fix, such as
+    /// a file readable by group or others; log each at `warn`.
+    pub warnings: Vec<String>,
+}
+
+/// Reads a secret file: at most [`MAX_SECRET_LEN`] bytes, one trailing newline (`\n` or
+/// `\r\n`) removed, refused when empty. On Unix, a file readable or writable by group
+/// or others yields a warning rather than an error.
+pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
+    let refuse = |reason: String| ConfigError::Secret { file: path.to_owned(), reason };
+    let file = File::open(path).map_err(|e| refuse(format!("cannot read secret file: {e}")))?;
+    let mut warnings = Vec::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(|e| refuse(format!("cannot read secret file: {e}")))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            warnings.push(format!(
+                "secret file {} is accessible by group or others (mode {:o}); restrict it with chmod 600",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refuse(format!("cannot read secret file: {e}")))?;
+    if bytes.len() as u64 > MAX_SECRET_LEN {
+        return Err(refuse(format!("secret file is larger than {MAX_SECRET_LEN} bytes; is it the right file?")));
+    }
+    let secret = Secret::from_file_contents(bytes).map_err(|_| refuse("secret file is empty".to_owned()))?;
+    Ok(SecretFile { secret, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A document exercising tables, arrays of tables and inline tables.
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[serde(default, deserialize_with = "duration")]
+        wait: Duration,
+        #[serde(default)]
+        list: Vec<Inner>,
+        #[serde(default)]
+        inline: Option<Inner>,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[serde(deserialize_with = "host_port")]
+        addr: HostPort,
+    }
+
+    fn err(text: &str) -> String {
+        parse_toml::<Doc>(Path::new("t.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err("wait = \"5 parsecs\"");
+        assert!(e.starts_with("t.toml: key 'wait': invalid duration \"5 parsecs\": unknown time unit"), "{e}");
+        assert_eq!(
+            err("[[list]]\naddr = \"a:1\"\n[[list]]\naddr = \"b\""),
+            "t.toml: key 'list[1].addr': invalid address \"b\": expected host:port, as 127.0.0.1:7389"
+        );
+        assert_eq!(
+            err("inline = { addr = \"x:99999\" }"),
+            "t.toml: key 'inline.addr': invalid address \"x:99999\": the port must be a number from 0 to 65535"
+        );
+        assert!(err("[[list]]\nadr = \"a:1\"").starts_with("t.toml: key 'list[0].adr': unknown key `adr`"));
+        assert_eq!(err("[[list]]\n"), "t.toml: key 'list[0].addr': required key is missing");
+        assert!(err("wait = 5").starts_with("t.toml: key 'wait': invalid type: integer `5`, expected a duration"));
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let e = err("wait = \"5s\"\nlist = [\n");
+        assert!(e.starts_with("t.toml: line 3, column 1: invalid TOML: "), "{e}");
+        let e = err("wait = \"5s\"\nwait = \"6s\"\n");
+        assert!(e.starts_with("t.toml: line 2, column 1: invalid TOML: duplicate key"), "{e}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        let hp: HostPort = "[::1]:7389".parse().unwrap();
+        assert_eq!((hp.host(), hp.port()), ("::1", 7389));
+        assert_eq!(hp.to_string(), "[::1]:7389");
+        let hp: HostPort = "provider.example.com:0".parse().unwrap();
+        assert_eq!(hp.addr(), ("provider.example.com", 0));
+        for bad in ["", "host", ":7389", "::1:7389", "[::1]7389", "[zz]:1", "a b:1", "h:-1", "h:65536", "h:"] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn agreement_names() {
+        for good in ["people", "a", "x-1.y_2", "0day"] {
+            assert_eq!(check_agreement_name(good), Ok(()));
+        }
+        for bad in ["", "-x", ".x", "a b", "a/b", "é", &"x".repeat(MAX_AGREEMENT_NAME_LEN + 1)] {
+            assert!(check_agreement_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file_folder() {
+        let dir = config_dir(Path::new("/etc/tether/c.toml")).unwrap();
+        assert_eq!(dir, Path::new("/etc/tether"));
+        assert_eq!(resolve(&dir, Path::new("data")), Path::new("/etc/tether/data"));
+        assert_eq!(resolve(&dir, Path::new("/var/lib/t")), Path::new("/var/lib/t"));
+        assert!(config_dir(Path::new("c.toml")).unwrap().is_absolute());
+    }
+
+    fn write_secret(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn secrets_trim_one_newline_and_refuse_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&[u8], &[u8]); 4] =
+            [(b"s3cret\n", b"s3cret"), (b"s3cret\r\n", b"s3cret"), (b"s3cret\n\n", b"s3cret\n"), (b"raw", b"raw")];
+        for (i, (contents, want)) in cases.into_iter().enumerate() {
+            let loaded = load_secret(&write_secret(&dir, &format!("k{i}"), contents)).unwrap();
+            assert!(loaded.secret == Secret::new(want.to_vec()).unwrap());
+            assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        }
+        for (name, contents) in [("empty", &b""[..]), ("newline", &b"\n"[..])] {
+            let path = write_secret(&dir, name, contents);
+            let e = load_secret(&path).unwrap_err();
+            assert_eq!(e.to_string(), format!("{}: secret file is empty", path.display()));
+        }
+        let big = write_secret(&dir, "big", &vec![b'a'; MAX_SECRET_LEN as usize + 1]);
+        assert!(load_secret(&big).unwrap_err().to_string().contains("larger than 4096 bytes"));
+        let missing = dir.path().join("missing.key");
+        let e = load_secret(&missing).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: cannot read secret file: ", missing.display())), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = load_secret(&write_secret(&dir, "k", b"hunter2-very-secret\n")).unwrap();
+        let shown = format!("{loaded:?} {:?} {:#?}", loaded.secret, loaded);
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn lax_secret_permissions_warn() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_secret(&dir, "k", b"abc\n");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let loaded = load_secret(&path).unwrap();
+        assert!(loaded.secret == Secret::new(b"abc".to_vec()).unwrap());
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("mode 644"), "{:?}", loaded.warnings);
+    }
+}
