@@ -174,15 +174,12 @@ pub async fn run(
             }
         }
     };
-    let cookie = match replica.cookie() {
-        Ok(c) => c,
+    let (cookie, resume) = match replica.cookie().and_then(|c| Ok((c, replica.resume_point(&cfg.spec)?))) {
+        Ok(position) => position,
         Err(e) => return Ended::new(Reason::Exception, format!("reading the cookie: {e}")),
     };
-    let hello = Hello {
-        versions: SUPPORTED_VERSIONS.to_vec(),
-        client_id: cfg.client_id.clone(),
-        role: Role::Consumer { agreement: cfg.name.clone(), mode: cfg.mode, cookie, spec: cfg.spec.clone() },
-    };
+    let role = Role::Consumer { agreement: cfg.name.clone(), mode: cfg.mode, cookie, spec: cfg.spec.clone(), resume };
+    let hello = Hello { versions: SUPPORTED_VERSIONS.to_vec(), client_id: cfg.client_id.clone(), role };
     let limit = cfg.keepalive.map_or(CONNECT_TIMEOUT, |(_, t)| t.max(CONNECT_TIMEOUT));
     let handshake = client_handshake(&mut reader, &mut writer, &hello, &cfg.secret, limit);
     let welcome = tokio::select! {
@@ -226,8 +223,14 @@ pub async fn run(
     let ended = applier.run(rx, stop, &keepalive_timed_out, &last_inbound, epoch).await;
     session_done.cancel();
     if let Some(shadow) = applier.shadow.take() {
-        // An interrupted reload: the old replica stays as it was.
-        let _ = tokio::task::spawn_blocking(move || shadow.abort()).await;
+        // An interrupted reload: the old replica stays as it was. A shadow the provider
+        // gave a resume point is kept (durably) for the next session to continue.
+        let (replica, store, spec) = (replica.clone(), store.clone(), cfg.spec.clone());
+        let _ = tokio::task::spawn_blocking(move || match replica.resume_point(&spec) {
+            Ok(Some(_)) => store.flush(),
+            _ => shadow.abort(),
+        })
+        .await;
     }
     // Say goodbye when we are the ones leaving (the provider logs why).
     let goodbye = match ended.reason {
@@ -456,27 +459,65 @@ impl Applier<'_> {
 
     async fn on_message(&mut self, msg: Message) -> Result<(), Ended> {
         match msg {
-            Message::RefreshBegin { kind } => {
+            Message::RefreshBegin { kind, resumed } => {
                 if self.refreshing || self.refresh_done {
                     return Err(Ended::new(Reason::Exception, "protocol error: a second RefreshBegin"));
                 }
-                info!(refresh = kind.as_str(), "refresh started");
+                if resumed && !kind.replaces_replica() {
+                    return Err(Ended::new(Reason::Exception, "protocol error: a resumed delta refresh"));
+                }
+                info!(refresh = kind.as_str(), resumed, "refresh started");
                 self.refreshing = true;
+                let replica = self.replica.clone();
+                self.shadow = match (kind.replaces_replica(), resumed) {
+                    (true, true) => Some(blocking("resuming a shadow reload", move || replica.resume_shadow()).await?),
+                    (true, false) => {
+                        Some(blocking("starting a shadow reload", move || replica.begin_shadow(kind)).await?)
+                    }
+                    (false, _) => {
+                        // A shadow left by an interrupted reload will not be continued.
+                        blocking("dropping an unfinished shadow", move || replica.abandon_shadow()).await?;
+                        None
+                    }
+                };
+                let received = self.shadow.as_ref().map_or(0, Shadow::received);
                 self.status.update(|s| {
                     s.state = State::Refreshing;
                     s.last_refresh = Some(kind.as_str().to_owned());
-                    *s.refreshes.entry(kind.as_str().to_owned()).or_default() += 1;
+                    if resumed {
+                        s.resumed_refreshes += 1;
+                    } else {
+                        *s.refreshes.entry(kind.as_str().to_owned()).or_default() += 1;
+                    }
+                    if kind.replaces_replica() {
+                        s.refresh_received = received;
+                    }
                 });
-                if kind.replaces_replica() {
-                    let replica = self.replica.clone();
-                    self.shadow = Some(blocking("starting a shadow reload", move || replica.begin_shadow(kind)).await?);
-                }
+                Ok(())
+            }
+            Message::RefreshProgress { resume } => {
+                self.expect_refreshing("RefreshProgress")?;
+                let Some(shadow) = self.shadow.take() else {
+                    return Err(Ended::new(
+                        Reason::Exception,
+                        "protocol error: RefreshProgress outside a full or present refresh",
+                    ));
+                };
+                let spec = self.cfg.spec.clone();
+                let shadow = blocking("recording refresh progress", move || {
+                    shadow.record_progress(&spec, resume)?;
+                    Ok(shadow)
+                })
+                .await?;
+                let received = shadow.received();
+                self.shadow = Some(shadow);
+                self.status.update(|s| s.refresh_received = received);
                 Ok(())
             }
             Message::Batch { ops } => {
                 self.expect_refreshing("Batch")?;
                 let stats = match self.shadow.take() {
-                    Some(shadow) => {
+                    Some(mut shadow) => {
                         let (shadow, stats) = blocking("applying a refresh batch", move || {
                             failpoint::on_apply()?;
                             let stats = shadow.apply(&ops)?;
@@ -507,6 +548,7 @@ impl Applier<'_> {
                     ));
                 };
                 let result = tokio::task::spawn_blocking(move || {
+                    let mut shadow = shadow;
                     let r = shadow.copy_present(&uuids);
                     (shadow, r)
                 })

@@ -41,8 +41,14 @@ pub struct AgreementStatus {
     pub lag_seconds: u64,
     /// The kind of the last refresh (`full`, `delta`, `present`).
     pub last_refresh: Option<String>,
-    /// Refreshes received by kind.
+    /// Refreshes received by kind (a resumed one is not counted again).
     pub refreshes: BTreeMap<String, u64>,
+    /// Full or present refreshes continued where an interrupted one stood, instead of
+    /// starting over.
+    pub resumed_refreshes: u64,
+    /// Entries received by the current (or last) full or present refresh, across its
+    /// resumptions: its progress, next to the provider's entry count.
+    pub refresh_received: u64,
     /// Replicated operations that changed the replica.
     pub applied: u64,
     /// Replicated operations already reflected (replays), applied as no-ops.
@@ -77,6 +83,8 @@ impl StatusHandle {
             lag_seconds: 0,
             last_refresh: None,
             refreshes: BTreeMap::new(),
+            resumed_refreshes: 0,
+            refresh_received: 0,
             applied: 0,
             skipped: 0,
             duplicates: 0,

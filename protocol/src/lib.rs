@@ -59,5 +59,5 @@ pub use message::{
     GoodbyeReason, Hello, Message, Mode, Reject, RejectReason, Role, Welcome, WriteErrorKind, WriteOutcome,
     PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
-pub use repl::{RefreshKind, ReplOp};
+pub use repl::{RefreshKind, ReplOp, ResumePoint};
 pub use scope::{Scope, SearchSpec};

@@ -93,6 +93,10 @@ pub enum Role {
         cookie: Option<Cookie>,
         /// The region it replicates; must lie within the agreement's allowed base.
         spec: SearchSpec,
+        /// Where an interrupted full or present refresh of this agreement stood, from
+        /// the provider's last `RefreshProgress`; the provider continues it if it still
+        /// can (see [`ResumePoint`]).
+        resume: Option<ResumePoint>,
     },
     /// A client submitting changes and searches, with the `[writer]` credentials.
     Writer,
@@ -237,7 +241,7 @@ impl fmt::Display for Reject {
     }
 }
 
-pub use crate::repl::{RefreshKind, ReplOp};
+pub use crate::repl::{RefreshKind, ReplOp, ResumePoint};
 
 /// Why a side is closing the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -371,6 +375,10 @@ pub enum Message {
     RefreshBegin {
         /// Full, delta or present.
         kind: RefreshKind,
+        /// Whether this continues the interrupted refresh named by the `Hello`'s resume
+        /// point: the consumer then keeps filling the shadow it has, instead of
+        /// starting a new one.
+        resumed: bool,
     },
     /// Provider -> consumer: refresh data (full: upserts; delta: upserts and deletes,
     /// coalesced to the latest state per entry; present: the changed entries).
@@ -466,6 +474,13 @@ pub enum Message {
         /// The position the consumer is now at.
         cookie: Cookie,
     },
+    /// Provider -> consumer, during the scan of a full or present refresh: everything
+    /// sent so far is covered by this resume point. A consumer that keeps it with what
+    /// it applied can continue from here after any interruption.
+    RefreshProgress {
+        /// Hand this back in `Hello` to continue.
+        resume: ResumePoint,
+    },
 }
 
 impl Message {
@@ -493,6 +508,7 @@ impl Message {
             Message::SearchEntries { .. } => "search-entries",
             Message::SearchDone { .. } => "search-done",
             Message::Advance { .. } => "advance",
+            Message::RefreshProgress { .. } => "refresh-progress",
         }
     }
 }
@@ -539,6 +555,12 @@ pub(crate) mod tests {
                     ]),
                     attrs: vec!["cn".into()],
                 },
+                resume: Some(ResumePoint {
+                    kind: RefreshKind::Full,
+                    since: Csn::ZERO,
+                    start: cookie(),
+                    cursor: Some(b"dc=com\0dc=example".to_vec()),
+                }),
             },
         }
     }
@@ -558,7 +580,7 @@ pub(crate) mod tests {
                 keepalive_timeout_ms: 20_000,
             }),
             Message::Reject(Reject::new(RejectReason::ScopeNotAllowed, "outside dc=example,dc=com")),
-            Message::RefreshBegin { kind: RefreshKind::Present },
+            Message::RefreshBegin { kind: RefreshKind::Present, resumed: true },
             Message::Batch {
                 ops: vec![ReplOp::Upsert(e.clone()), ReplOp::Delete { uuid: EntryUuid::new_random(), csn: Csn(9) }],
             },
@@ -587,6 +609,9 @@ pub(crate) mod tests {
             Message::SearchEntries { id: 2, entries: vec![e] },
             Message::SearchDone { id: 2, count: 1 },
             Message::Advance { cookie: Cookie { store_id: StoreId([9; 16]), csn: Csn(7) } },
+            Message::RefreshProgress {
+                resume: ResumePoint { kind: RefreshKind::Present, since: Csn(3), start: cookie(), cursor: None },
+            },
         ]
     }
 
@@ -615,6 +640,7 @@ pub(crate) mod tests {
             Message::SearchEntries { .. } => 18,
             Message::SearchDone { .. } => 19,
             Message::Advance { .. } => 20,
+            Message::RefreshProgress { .. } => 21,
         }
     }
 

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cookie::Cookie;
 use crate::csn::Csn;
 use crate::entry::{Entry, EntryUuid};
 
@@ -69,6 +70,29 @@ impl RefreshKind {
     pub fn replaces_replica(self) -> bool {
         !matches!(self, RefreshKind::Delta)
     }
+}
+
+/// Where an interrupted full or present refresh stood, so that a consumer reconnecting
+/// after a crash or a lost link continues it instead of scanning the region again.
+///
+/// The provider makes one after each page of the scan (`RefreshProgress`); the consumer
+/// keeps the newest with the shadow it is building and hands it back unchanged in its
+/// `Hello`. The provider honours it only if it can still finish the refresh correctly:
+/// same store, and a changelog that still reaches back to `start`, because every change
+/// since the scan began is re-sent by the catch-up delta that follows every scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// The refresh being continued: full or present.
+    pub kind: RefreshKind,
+    /// Present refresh: entries whose CSN is at or below this go as UUIDs only (the
+    /// consumer's cookie when the refresh began). Zero for a full refresh.
+    pub since: Csn,
+    /// The provider store and its durable CSN when the scan began: the catch-up delta
+    /// starts here.
+    pub start: Cookie,
+    /// The provider's scan position, opaque to the consumer: the scan continues after
+    /// it. `None` once the scan is complete and only the catch-up delta remains.
+    pub cursor: Option<Vec<u8>>,
 }
 
 impl fmt::Display for RefreshKind {

@@ -10,11 +10,17 @@
 //! from that CSN (the catch-up); the `RefreshDone` cookie is where that delta ended.
 //! Anything the scan saw twice or not at all is settled by the catch-up, and replays are
 //! no-ops on the consumer.
+//!
+//! The same argument makes a scan resumable: after each page the consumer is handed a
+//! [`ResumePoint`] (the scan cursor and the catch-up's start). A consumer interrupted
+//! mid-scan presents it on reconnect and the scan continues after the cursor, as long as
+//! the changelog still reaches back to the start: whatever changed behind the cursor
+//! meanwhile is in the catch-up delta, exactly as for an uninterrupted scan.
 
 use std::collections::VecDeque;
 
 use tether_protocol::message::Message;
-use tether_protocol::{Cookie, Csn, RefreshKind, ReplOp, SearchSpec};
+use tether_protocol::{Cookie, Csn, RefreshKind, ReplOp, ResumePoint, SearchSpec};
 use tether_store::{Delta, Directory, StoreError};
 
 /// Where the planner is.
@@ -49,6 +55,8 @@ pub struct Refresh {
     end: Csn,
     /// Maximum operations (or UUIDs) per message.
     batch_size: usize,
+    /// Whether this continues an interrupted refresh.
+    resumed: bool,
     /// Current phase.
     phase: Phase,
     /// Messages produced but not yet handed out (a present page yields two).
@@ -56,13 +64,42 @@ pub struct Refresh {
 }
 
 impl Refresh {
-    /// Plans the refresh for a consumer presenting `cookie`.
+    /// Plans the refresh for a consumer presenting `cookie` and, if it was interrupted
+    /// in a full or present refresh, `resume`.
     pub fn plan(
         dir: &Directory,
         spec: SearchSpec,
         cookie: Option<&Cookie>,
+        resume: Option<&ResumePoint>,
         batch_size: usize,
     ) -> Result<Self, StoreError> {
+        let batch_size = batch_size.max(1);
+        if let Some(resume) = resume {
+            if Self::can_resume(dir, &spec, resume)? {
+                let start = resume.start.csn;
+                let (phase, end) = match &resume.cursor {
+                    Some(cursor) => (Phase::Scan { cursor: Some(cursor.clone()) }, start),
+                    None => {
+                        // Only the catch-up was left.
+                        let end = dir.durable_csn();
+                        (Phase::Changes { delta: dir.changelog().delta(start, end, &spec)? }, end)
+                    }
+                };
+                let kind = resume.kind;
+                let pending = VecDeque::from([Message::RefreshBegin { kind, resumed: true }]);
+                return Ok(Self {
+                    kind,
+                    spec,
+                    since: resume.since,
+                    start,
+                    end,
+                    batch_size,
+                    resumed: true,
+                    phase,
+                    pending,
+                });
+            }
+        }
         let kind = dir.plan_refresh(cookie)?;
         let since = cookie.filter(|_| kind != RefreshKind::Full).map_or(Csn::ZERO, |c| c.csn);
         let start = dir.durable_csn();
@@ -70,9 +107,25 @@ impl Refresh {
             RefreshKind::Delta => Phase::Changes { delta: dir.changelog().delta(since, start, &spec)? },
             RefreshKind::Full | RefreshKind::Present => Phase::Scan { cursor: None },
         };
-        let mut pending = VecDeque::new();
-        pending.push_back(Message::RefreshBegin { kind });
-        Ok(Self { kind, spec, since, start, end: start, batch_size: batch_size.max(1), phase, pending })
+        let pending = VecDeque::from([Message::RefreshBegin { kind, resumed: false }]);
+        Ok(Self { kind, spec, since, start, end: start, batch_size, resumed: false, phase, pending })
+    }
+
+    /// Whether `resume` can be continued correctly: one of ours, for a scan of this
+    /// region, and with every change since its start still in the changelog (the
+    /// catch-up needs them). Anything else gets a refresh planned from the cookie.
+    fn can_resume(dir: &Directory, spec: &SearchSpec, resume: &ResumePoint) -> Result<bool, StoreError> {
+        let ours = resume.start.store_id == dir.store_id() && resume.start.csn <= dir.durable_csn();
+        let scan = resume.kind.replaces_replica();
+        // The cursor is a key of this region (a forged one could only end the scan early,
+        // but it would still be wrong to honour).
+        let in_region = resume.cursor.as_ref().is_none_or(|c| c.starts_with(&spec.base.tree_key()));
+        Ok(ours && scan && in_region && resume.start.csn >= dir.floor()?)
+    }
+
+    /// Whether this continues an interrupted refresh.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// The refresh kind chosen.
@@ -96,6 +149,7 @@ impl Refresh {
                 Phase::Scan { cursor } => {
                     let (page, next) = dir.entries().search_page(&self.spec, cursor.as_deref(), self.batch_size)?;
                     self.queue_page(page);
+                    self.pending.push_back(Message::RefreshProgress { resume: self.resume_point(dir, next.clone()) });
                     match next {
                         Some(key) => self.phase = Phase::Scan { cursor: Some(key) },
                         None => {
@@ -121,6 +175,16 @@ impl Refresh {
         }
     }
 
+    /// The resume point after the page just queued; `cursor: None` once the scan is done.
+    fn resume_point(&self, dir: &Directory, cursor: Option<Vec<u8>>) -> ResumePoint {
+        ResumePoint {
+            kind: self.kind,
+            since: self.since,
+            start: Cookie { store_id: dir.store_id(), csn: self.start },
+            cursor,
+        }
+    }
+
     fn queue_page(&mut self, page: Vec<tether_protocol::Entry>) {
         let mut ops = Vec::new();
         let mut present = Vec::new();
@@ -137,5 +201,169 @@ impl Refresh {
         if !present.is_empty() {
             self.pending.push_back(Message::PresentBatch { uuids: present });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tether_protocol::{Attributes, Change, Dn, ModOp, Modification, Rdn, Value};
+    use tether_store::{ReplicaStore, RetentionPolicy, Shadow};
+
+    use super::*;
+    use std::time::Duration;
+
+    const PEOPLE: usize = 120;
+    const BATCH: usize = 10;
+
+    fn dn(s: &str) -> Dn {
+        Dn::parse(s).unwrap()
+    }
+
+    fn add(d: &str, pairs: &[(&str, &str)]) -> Change {
+        let mut attrs = Attributes::new();
+        for (k, v) in pairs {
+            attrs.add(k, [Value::from(*v)]).unwrap();
+        }
+        Change::Add { dn: dn(d), attrs }
+    }
+
+    fn person(i: usize) -> String {
+        format!("uid=p{i:03},ou=people,dc=example,dc=com")
+    }
+
+    fn directory(path: &std::path::Path) -> Directory {
+        let dir = Directory::open(path, &dn("dc=example,dc=com")).unwrap();
+        dir.write(&add("dc=example,dc=com", &[("objectClass", "domain"), ("dc", "example")])).unwrap();
+        for ou in ["people", "staff"] {
+            dir.write(&add(
+                &format!("ou={ou},dc=example,dc=com"),
+                &[("objectClass", "organizationalUnit"), ("ou", ou)],
+            ))
+            .unwrap();
+        }
+        for i in 0..PEOPLE {
+            let uid = format!("p{i:03}");
+            dir.write(&add(&person(i), &[("objectClass", "inetOrgPerson"), ("uid", &uid), ("cn", &uid), ("sn", "T")]))
+                .unwrap();
+        }
+        dir
+    }
+
+    fn spec() -> SearchSpec {
+        SearchSpec::subtree(dn("ou=people,dc=example,dc=com"))
+    }
+
+    /// Feeds `refresh` into the consumer until `RefreshDone` or until `stop_after`
+    /// progress messages; returns the last resume point seen and the final cookie.
+    fn drive(
+        dir: &Directory,
+        refresh: &mut Refresh,
+        shadow: &mut Shadow,
+        stop_after: Option<usize>,
+    ) -> (Option<ResumePoint>, Option<Cookie>, usize) {
+        let (mut last, mut progress, mut upserts) = (None, 0, 0);
+        while let Some(msg) = refresh.next_message(dir).unwrap() {
+            match msg {
+                Message::RefreshBegin { .. } => {}
+                Message::Batch { ops } => {
+                    upserts += ops.iter().filter(|op| matches!(op, ReplOp::Upsert(_))).count();
+                    shadow.apply(&ops).unwrap();
+                }
+                Message::PresentBatch { uuids } => shadow.copy_present(&uuids).unwrap(),
+                Message::RefreshProgress { resume } => {
+                    shadow.record_progress(&spec(), resume.clone()).unwrap();
+                    last = Some(resume);
+                    progress += 1;
+                    if Some(progress) == stop_after {
+                        return (last, None, upserts);
+                    }
+                }
+                Message::RefreshDone { cookie } => return (last, Some(cookie), upserts),
+                other => panic!("unexpected {}", other.name()),
+            }
+        }
+        panic!("refresh ended without RefreshDone")
+    }
+
+    fn view(entries: impl Iterator<Item = tether_store::Result<tether_protocol::Entry>>) -> Vec<(String, Csn)> {
+        entries.map(|e| e.unwrap()).map(|e| (e.dn.to_string(), e.csn)).collect()
+    }
+
+    #[test]
+    fn an_interrupted_full_refresh_resumes_after_its_cursor_and_converges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+
+        let mut first = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
+        assert!(!first.resumed());
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        let (resume, done, sent_before) = drive(&dir, &mut first, &mut shadow, Some(4));
+        assert!(done.is_none());
+        let resume = resume.unwrap();
+        assert_eq!(sent_before, 4 * BATCH);
+
+        // Meanwhile: changes behind the cursor, ahead of it, and across it.
+        dir.write(&Change::Modify {
+            dn: dn(&person(1)),
+            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from("Changed")] }],
+        })
+        .unwrap();
+        dir.write(&Change::Delete { dn: dn(&person(2)) }).unwrap();
+        dir.write(&Change::Delete { dn: dn(&person(100)) }).unwrap();
+        dir.write(&Change::ModDn {
+            dn: dn(&person(110)),
+            new_rdn: Rdn::parse("uid=a-moved").unwrap(),
+            delete_old_rdn: true,
+            new_superior: None,
+        })
+        .unwrap();
+        dir.write(&add(
+            "uid=zz-new,ou=people,dc=example,dc=com",
+            &[("objectClass", "inetOrgPerson"), ("uid", "zz-new"), ("cn", "zz"), ("sn", "T")],
+        ))
+        .unwrap();
+
+        let mut second = Refresh::plan(&dir, spec(), None, Some(&resume), BATCH).unwrap();
+        assert!(second.resumed());
+        assert_eq!(second.kind(), RefreshKind::Full);
+        assert_eq!(
+            second.next_message(&dir).unwrap(),
+            Some(Message::RefreshBegin { kind: RefreshKind::Full, resumed: true })
+        );
+        let mut shadow = replica.resume_shadow().unwrap();
+        let (_, done, sent_after) = drive(&dir, &mut second, &mut shadow, None);
+        assert!(sent_after < PEOPLE, "the resumed scan does not start over ({sent_after} entries re-sent)");
+        shadow.finish(done.unwrap()).unwrap();
+        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+    }
+
+    #[test]
+    fn a_resume_point_past_the_changelog_floor_or_from_another_store_plans_afresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let mut shadow = replicas.replica("people").unwrap().begin_shadow(RefreshKind::Full).unwrap();
+        let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
+        let (resume, _, _) = drive(&dir, &mut refresh, &mut shadow, Some(2));
+        let resume = resume.unwrap();
+
+        let other_store = ResumePoint {
+            start: Cookie { store_id: tether_protocol::StoreId([1; 16]), ..resume.start },
+            ..resume.clone()
+        };
+        assert!(!Refresh::plan(&dir, spec(), None, Some(&other_store), BATCH).unwrap().resumed());
+        let foreign_cursor = ResumePoint { cursor: Some(b"elsewhere".to_vec()), ..resume.clone() };
+        assert!(!Refresh::plan(&dir, spec(), None, Some(&foreign_cursor), BATCH).unwrap().resumed());
+
+        dir.write(&Change::Delete { dn: dn(&person(3)) }).unwrap();
+        let policy = RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO };
+        dir.trim(&policy, u64::MAX).unwrap();
+        let planned = Refresh::plan(&dir, spec(), None, Some(&resume), BATCH).unwrap();
+        assert!(!planned.resumed(), "the catch-up from the resume point's start is gone");
+        assert_eq!(planned.kind(), RefreshKind::Full);
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role};
-use tether_protocol::{Cookie, Csn, SearchSpec};
+use tether_protocol::{Cookie, Csn, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -75,18 +75,21 @@ pub struct ConsumerRequest {
     pub cookie: Option<Cookie>,
     /// Its region.
     pub spec: SearchSpec,
+    /// Where its interrupted full or present refresh stood, if it has one.
+    pub resume: Option<ResumePoint>,
 }
 
 impl ConsumerRequest {
     /// Extracts the request from a consumer `Hello`; `None` for other roles.
     pub fn from_hello(hello: &Hello) -> Option<Self> {
         match &hello.role {
-            Role::Consumer { agreement, mode, cookie, spec } => Some(Self {
+            Role::Consumer { agreement, mode, cookie, spec, resume } => Some(Self {
                 agreement: agreement.clone(),
                 client_id: hello.client_id.clone(),
                 mode: *mode,
                 cookie: *cookie,
                 spec: spec.clone(),
+                resume: resume.clone(),
             }),
             Role::Writer => None,
         }
@@ -205,16 +208,28 @@ where
 
 impl<R: AsyncRead + Unpin> Session<'_, R> {
     async fn drive(&mut self) -> SessionEnd {
-        // The position a consumer presents holds back changelog trimming, for pollers too.
-        if let Some(cookie) = self.req.cookie.filter(|c| c.store_id == self.dir.store_id()) {
-            self.record_position(cookie.csn);
+        // The position a consumer presents holds back changelog trimming, for pollers
+        // too; so does the start of a refresh it may want to resume.
+        let store_id = self.dir.store_id();
+        let held = [self.req.cookie.as_ref(), self.req.resume.as_ref().map(|r| &r.start)];
+        if let Some(csn) = held.into_iter().flatten().filter(|c| c.store_id == store_id).map(|c| c.csn).min() {
+            self.record_position(csn);
         }
-        let mut refresh =
-            match Refresh::plan(self.dir, self.req.spec.clone(), self.req.cookie.as_ref(), self.params.batch_size) {
-                Ok(r) => r,
-                Err(e) => return SessionEnd::StoreError(e.to_string()),
-            };
-        info!(refresh = refresh.kind().as_str(), "refresh planned");
+        let planned = Refresh::plan(
+            self.dir,
+            self.req.spec.clone(),
+            self.req.cookie.as_ref(),
+            self.req.resume.as_ref(),
+            self.params.batch_size,
+        );
+        let mut refresh = match planned {
+            Ok(r) => r,
+            Err(e) => return SessionEnd::StoreError(e.to_string()),
+        };
+        if self.req.resume.is_some() && !refresh.resumed() {
+            info!("the interrupted refresh cannot be resumed (changelog trimmed past its start, or another store)");
+        }
+        info!(refresh = refresh.kind().as_str(), resumed = refresh.resumed(), "refresh planned");
         self.reg.update(|i| i.refresh = Some(refresh.kind().as_str().to_owned()));
         if let Some(end) = self.run_refresh(&mut refresh).await {
             return end;

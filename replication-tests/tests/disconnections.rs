@@ -93,6 +93,43 @@ fn sigkill_during_a_large_delta_refresh_resumes_without_a_full_reload() -> Resul
 }
 
 #[test]
+fn sigkill_during_a_large_full_refresh_resumes_where_it_stopped() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 8_000, 13, ProviderOptions::default())?;
+    let region = p.search(PEOPLE, "subtree", ALL)?.matches("\ndn: ").count() + 1;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    // Kill the consumer a good way into its first full refresh, with writes going on.
+    let changes = w.changes(300);
+    let received_at_kill = std::thread::scope(|s| -> Result<u64> {
+        let writer = s.spawn(|| p.write_ok(&changes));
+        let at_kill = c.wait_status("people", LIMIT, "the full refresh to be well under way", |s| {
+            s["refresh_received"].as_u64().unwrap_or(0) >= 2_000
+        })?;
+        c.kill()?;
+        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        Ok(at_kill["refresh_received"].as_u64().unwrap_or(0))
+    })?;
+    assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, "", "readers never saw the half-loaded shadow");
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let s = c.agreement_status("people")?;
+    // At least once: on a loaded machine a later interruption may be resumed as well.
+    assert!(s["resumed_refreshes"].as_u64().unwrap_or(0) >= 1, "the refresh was continued: {s}");
+    assert!(s["refreshes"]["full"].is_null(), "no new full refresh after the kill: {s}");
+    // Entries the first process stored before its last resume point are not sent again.
+    let resent = s["applied"].as_u64().unwrap_or(0) + s["skipped"].as_u64().unwrap_or(0);
+    assert!(
+        resent + 1_000 < region as u64,
+        "the second process received {resent} of {region} entries (first had {received_at_kill}): {s}"
+    );
+    p.write_ok(&w.changes(200))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    no_duplicates(&c, "people")
+}
+
+#[test]
 fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 800, 13, two_grants())?;

@@ -228,6 +228,7 @@ fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
                 mode: Mode::RefreshOnly,
                 cookie: None,
                 spec: tether_protocol::SearchSpec::subtree(tether_protocol::Dn::parse(PEOPLE)?),
+                resume: None,
             },
         };
         let secret = Secret::new(b"right".to_vec())?;

@@ -38,6 +38,7 @@ fn hello(i: usize) -> Result<Hello> {
             mode: Mode::RefreshAndPersist,
             cookie: None,
             spec: SearchSpec::subtree(Dn::parse(PEOPLE)?),
+            resume: None,
         },
     })
 }

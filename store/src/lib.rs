@@ -31,6 +31,6 @@ pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy,
 pub use directory::{Committed, ConsumerPosition, Directory};
 pub use entry_set::EntrySet;
 pub use error::{Refusal, Result, StoreError};
-pub use replica::{ApplyStats, Replica, ReplicaState, ReplicaStore, Shadow};
+pub use replica::{ApplyStats, Replica, ReplicaState, ReplicaStore, Shadow, ShadowProgress};
 /// sled's error type, for callers that must build or match a storage error.
 pub use sled::Error as SledError;

@@ -10,6 +10,10 @@
 //! - A full or present refresh is built into a new generation ([`Shadow`]) while readers
 //!   keep using the old one; [`Shadow::finish`] switches generations and sets the cookie in
 //!   one write. A crash before that leaves the old replica and cookie untouched.
+//! - A shadow also keeps the provider's newest [`ResumePoint`] ([`Shadow::record_progress`]),
+//!   written after the data it covers. A shadow that has one survives a restart and is
+//!   continued where it stood ([`Replica::resume_shadow`]) instead of being refilled; one
+//!   without is discarded on open.
 //!
 //! Replicas are not held to the directory rules (a filtered scope may hold a child
 //! without its parent). When an incoming entry takes a DN another local entry still
@@ -22,7 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::{Db, Tree};
-use tether_protocol::{Cookie, Entry, EntryUuid, RefreshKind, ReplOp, SearchSpec};
+use tether_protocol::{Cookie, Entry, EntryUuid, RefreshKind, ReplOp, ResumePoint, SearchSpec};
 
 use crate::directory::open_db;
 use crate::entry_set::{EntrySet, TxEntrySet, TxError};
@@ -46,6 +50,20 @@ pub struct ReplicaState {
     pub next_gen: u64,
     /// Stopped by an operator: stays stopped across restarts until started.
     pub admin_stopped: bool,
+    /// Where the shadow's refresh stood, if the provider said; only with `shadow`.
+    pub shadow_progress: Option<ShadowProgress>,
+}
+
+/// How far a shadow's refresh got: what a reconnecting session needs to continue it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowProgress {
+    /// The provider's resume point; everything it covers is in the shadow.
+    pub resume: ResumePoint,
+    /// The region the refresh was for: a resume point is good for that region only (an
+    /// agreement whose scope was reconfigured starts over).
+    pub spec: SearchSpec,
+    /// Entries received into the shadow so far (upserts and present UUIDs), for status.
+    pub received: u64,
 }
 
 /// Counts of what an apply did: the exactly-once evidence.
@@ -89,17 +107,20 @@ fn audit_tree_name(name: &str) -> String {
 }
 
 impl ReplicaStore {
-    /// Opens (creating) the consumer store at `path` and discards shadows left by an
-    /// interrupted reload: the old generation is still active and intact.
+    /// Opens (creating) the consumer store at `path`. Shadows left by an interrupted
+    /// reload are kept if they can be continued (they have a resume point) and
+    /// discarded otherwise; either way the old generation is still active and intact.
     pub fn open(path: &Path) -> Result<Self> {
         let db = open_db(path)?;
         let replicas = db.open_tree(REPLICAS)?;
         let store = Self { db, replicas, audit: Arc::default() };
         for name in store.names()? {
             let mut state = store.state(&name)?.unwrap_or_default();
-            if let Some(gen) = state.shadow.take() {
-                store.drop_generation(&name, gen)?;
-                store.put_state(&name, &state)?;
+            if state.shadow_progress.is_none() {
+                if let Some(gen) = state.shadow.take() {
+                    store.drop_generation(&name, gen)?;
+                    store.put_state(&name, &state)?;
+                }
             }
         }
         Ok(store)
@@ -276,15 +297,52 @@ impl Replica {
     /// discarded.
     pub fn begin_shadow(&self, kind: RefreshKind) -> Result<Shadow> {
         let mut state = self.state()?;
-        if let Some(old) = state.shadow.take() {
-            self.store.drop_generation(&self.name, old)?;
-        }
+        self.discard_shadow(&mut state)?;
         let gen = state.next_gen.max(state.active_gen + 1);
         state.next_gen = gen + 1;
         state.shadow = Some(gen);
         self.store.put_state(&self.name, &state)?;
         let set = self.store.set_for(&self.name, gen)?;
-        Ok(Shadow { replica: self.clone(), gen, set, kind })
+        Ok(Shadow { replica: self.clone(), gen, set, kind, received: 0 })
+    }
+
+    /// Discards an unfinished shadow, if any (a refresh that will not be continued).
+    pub fn abandon_shadow(&self) -> Result<()> {
+        let mut state = self.state()?;
+        if state.shadow.is_some() {
+            self.discard_shadow(&mut state)?;
+            self.store.put_state(&self.name, &state)?;
+        }
+        Ok(())
+    }
+
+    fn discard_shadow(&self, state: &mut ReplicaState) -> Result<()> {
+        state.shadow_progress = None;
+        if let Some(old) = state.shadow.take() {
+            self.store.drop_generation(&self.name, old)?;
+        }
+        Ok(())
+    }
+
+    /// The resume point of an unfinished shadow refresh of region `spec`, to offer the
+    /// provider; `None` if there is nothing to continue.
+    pub fn resume_point(&self, spec: &SearchSpec) -> Result<Option<ResumePoint>> {
+        let state = self.state()?;
+        Ok(match (state.shadow, state.shadow_progress) {
+            (Some(_), Some(p)) if p.spec == *spec => Some(p.resume),
+            _ => None,
+        })
+    }
+
+    /// The unfinished shadow, to continue filling it: the provider accepted its resume
+    /// point. Fails with [`StoreError::StaleShadow`] if there is none any more.
+    pub fn resume_shadow(&self) -> Result<Shadow> {
+        let state = self.state()?;
+        let (Some(gen), Some(progress)) = (state.shadow, state.shadow_progress) else {
+            return Err(StoreError::StaleShadow(self.name.to_string()));
+        };
+        let set = self.store.set_for(&self.name, gen)?;
+        Ok(Shadow { replica: self.clone(), gen, set, kind: progress.resume.kind, received: progress.received })
     }
 }
 
@@ -337,6 +395,8 @@ pub struct Shadow {
     set: EntrySet,
     /// The refresh filling it.
     kind: RefreshKind,
+    /// Entries received into it so far, across resumptions (see [`ShadowProgress`]).
+    received: u64,
 }
 
 impl Shadow {
@@ -355,8 +415,28 @@ impl Shadow {
         self.set.is_empty()
     }
 
+    /// Entries received into the shadow so far (upserts and present UUIDs), including
+    /// those of the sessions it was resumed from.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Records that everything the provider sent up to `resume` is in the shadow, so an
+    /// interrupted refresh of `spec` can continue from there. Call it only after the
+    /// data it covers was applied: sled recovers a prefix of the writes made, so after a
+    /// crash the resume point never claims more than the shadow holds. Not durable until
+    /// [`ReplicaStore::flush`] (an older resume point only means more is re-sent).
+    pub fn record_progress(&self, spec: &SearchSpec, resume: ResumePoint) -> Result<()> {
+        let mut state = self.replica.state()?;
+        if state.shadow != Some(self.gen) {
+            return Err(StoreError::StaleShadow(self.replica.name.to_string()));
+        }
+        state.shadow_progress = Some(ShadowProgress { resume, spec: spec.clone(), received: self.received });
+        self.replica.store.put_state(&self.replica.name, &state)
+    }
+
     /// Applies refresh operations to the shadow in one transaction.
-    pub fn apply(&self, ops: &[ReplOp]) -> Result<ApplyStats> {
+    pub fn apply(&mut self, ops: &[ReplOp]) -> Result<ApplyStats> {
         let stats = (&self.set.entries, &self.set.uuids).transaction(|(entries, uuids)| {
             let tx = TxEntrySet { entries, uuids };
             let mut stats = ApplyStats::default();
@@ -365,13 +445,14 @@ impl Shadow {
             }
             Ok(stats)
         })?;
+        self.received += ops.iter().filter(|op| matches!(op, ReplOp::Upsert(_))).count() as u64;
         Ok(stats)
     }
 
     /// Copies entries the provider named as unchanged from the active generation. Fails
     /// with [`StoreError::MissingPresentEntries`] if any is missing locally: the replica
     /// then needs a full refresh.
-    pub fn copy_present(&self, uuids: &[EntryUuid]) -> Result<()> {
+    pub fn copy_present(&mut self, uuids: &[EntryUuid]) -> Result<()> {
         let active = self.replica.entries()?;
         let mut found = Vec::with_capacity(uuids.len());
         let mut missing = 0;
@@ -384,8 +465,7 @@ impl Shadow {
         if missing > 0 {
             return Err(StoreError::MissingPresentEntries(missing));
         }
-        self.apply(&found)?;
-        Ok(())
+        self.apply(&found).map(drop)
     }
 
     /// Makes the shadow the active generation with `cookie`, durably, and drops the old
@@ -402,6 +482,7 @@ impl Shadow {
         let old = state.active_gen;
         state.active_gen = self.gen;
         state.shadow = None;
+        state.shadow_progress = None;
         state.cookie = Some(cookie);
         store.put_state(&name, &state)?;
         store.flush()?;
@@ -414,6 +495,7 @@ impl Shadow {
         let mut state = self.replica.state()?;
         if state.shadow == Some(self.gen) {
             state.shadow = None;
+            state.shadow_progress = None;
             self.replica.store.put_state(&self.replica.name, &state)?;
         }
         self.replica.store.drop_generation(&self.replica.name, self.gen)

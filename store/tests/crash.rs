@@ -1,6 +1,8 @@
 //! Crash safety of replica apply: a child process applies a long stream of batches (each
 //! with the cookie that covers it) and is killed with SIGKILL part-way; the reopened
-//! store must hold exactly the batches its cookie claims, no more and no less.
+//! store must hold exactly the batches its cookie claims, no more and no less. Likewise
+//! for a shadow reload: after the kill, the resume point never claims a page the shadow
+//! does not hold.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,11 +10,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, ReplOp, StoreId, Value};
+use tether_protocol::{
+    Attributes, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, ResumePoint, SearchSpec, StoreId, Value,
+};
 use tether_store::ReplicaStore;
 
 /// Set in the child's environment: the store folder to write to.
 const CHILD_ENV: &str = "TETHER_STORE_CRASH_CHILD";
+/// Set in the shadow child's environment: the store folder to write to.
+const SHADOW_CHILD_ENV: &str = "TETHER_STORE_SHADOW_CRASH_CHILD";
 /// Entries per batch, besides the counter entry every batch updates.
 const PER_BATCH: u64 = 40;
 /// Batches the child must have reported before it is killed, per round.
@@ -111,4 +117,87 @@ fn store_killed_mid_apply_reopens_with_cookie_matching_data() {
         last = c;
     }
     assert!(last > 0, "some batches became durable");
+}
+
+fn shadow_spec() -> SearchSpec {
+    SearchSpec::subtree(Dn::parse("ou=x").unwrap())
+}
+
+/// The resume point after page `k`: the cursor names the page.
+fn page_point(k: u64) -> ResumePoint {
+    ResumePoint {
+        kind: RefreshKind::Full,
+        since: Csn::ZERO,
+        start: Cookie { store_id: STORE_ID, csn: Csn(1) },
+        cursor: Some(k.to_be_bytes().to_vec()),
+    }
+}
+
+/// Runs only as the child: fills a shadow page by page, recording progress after each
+/// page, continuing a shadow left by an earlier round (until killed).
+#[test]
+fn crash_child_shadow_filler() {
+    let Ok(dir) = std::env::var(SHADOW_CHILD_ENV) else { return };
+    let store = ReplicaStore::open(std::path::Path::new(&dir)).unwrap();
+    let replica = store.replica("shadow").unwrap();
+    let (mut shadow, start) = match replica.resume_point(&shadow_spec()).unwrap() {
+        Some(p) => {
+            let k = u64::from_be_bytes(p.cursor.unwrap().try_into().unwrap());
+            (replica.resume_shadow().unwrap(), k)
+        }
+        None => (replica.begin_shadow(RefreshKind::Full).unwrap(), 0),
+    };
+    for k in start + 1.. {
+        shadow.apply(&batch(k)).unwrap();
+        shadow.record_progress(&shadow_spec(), page_point(k)).unwrap();
+        if k % 5 == 0 {
+            store.flush().unwrap();
+        }
+        println!("applied {k}");
+    }
+}
+
+#[test]
+fn shadow_killed_mid_fill_keeps_a_resume_point_it_holds_the_data_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut last = 0;
+    for round in 0..3 {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash_child_shadow_filler", "--nocapture", "--test-threads=1"])
+            .env(SHADOW_CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let stdout = child.stdout.take().unwrap();
+        let mut seen = 0;
+        for line in BufReader::new(stdout).lines() {
+            if line.unwrap().starts_with("applied ") {
+                seen += 1;
+                if seen >= BATCHES_BEFORE_KILL {
+                    break;
+                }
+            }
+            assert!(started.elapsed() < ROUND_DEADLINE, "child too slow");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("shadow").unwrap();
+        let Some(point) = replica.resume_point(&shadow_spec()).unwrap() else {
+            assert_eq!(last, 0, "a resume point, once durable, is not lost (round {round})");
+            continue;
+        };
+        let k = u64::from_be_bytes(point.cursor.unwrap().try_into().unwrap());
+        assert!(k >= last, "the resume point never goes back (round {round}: {k} < {last})");
+        let shadow = replica.resume_shadow().unwrap();
+        assert!(replica.entries().unwrap().is_empty(), "the shadow is not visible to readers");
+        let held = shadow.len() as u64;
+        assert!(held > k * PER_BATCH, "the shadow holds {held} entries, its resume point claims page {k}");
+        last = k;
+    }
+    assert!(last > 0, "some progress became durable");
 }

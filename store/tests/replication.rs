@@ -8,7 +8,9 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use tether_protocol::{Change, Cookie, Csn, Filter, ModOp, RefreshKind, ReplOp, Scope, SearchSpec};
+use tether_protocol::{
+    Change, Cookie, Csn, Dn, Entry, Filter, ModOp, RefreshKind, ReplOp, ResumePoint, Scope, SearchSpec,
+};
 use tether_store::{Directory, ReplicaStore, RetentionPolicy, StoreError};
 
 struct Pair {
@@ -53,7 +55,7 @@ fn replica_view(r: &ReplicaStore, name: &str) -> Vec<String> {
 /// Full refresh of `spec` into a shadow, as a provider session would run it.
 fn full_refresh(p: &Pair, name: &str, spec: &SearchSpec) -> Cookie {
     let start = p.dir.durable_csn();
-    let shadow = p.replicas.replica(name).unwrap().begin_shadow(RefreshKind::Full).unwrap();
+    let mut shadow = p.replicas.replica(name).unwrap().begin_shadow(RefreshKind::Full).unwrap();
     // Page through the region as a provider session does; pages must add up to `search`.
     let mut cursor = None;
     let mut paged = Vec::new();
@@ -197,7 +199,7 @@ fn shadow_is_invisible_until_finished_and_abort_keeps_the_old_replica() {
     let before = replica_view(&p.replicas, "s");
     let r = p.replicas.replica("s").unwrap();
 
-    let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+    let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
     let one = p.dir.search(&spec).next().unwrap().unwrap();
     shadow.apply(&[ReplOp::Upsert(one)]).unwrap();
     assert_eq!(replica_view(&p.replicas, "s"), before, "readers see the old replica mid-reload");
@@ -207,7 +209,7 @@ fn shadow_is_invisible_until_finished_and_abort_keeps_the_old_replica() {
 
     // Present refresh: unchanged entries named by uuid are copied from the old replica.
     p.dir.write(&delete("uid=b,ou=people,dc=example,dc=com")).unwrap();
-    let shadow = r.begin_shadow(RefreshKind::Present).unwrap();
+    let mut shadow = r.begin_shadow(RefreshKind::Present).unwrap();
     let uuids: Vec<_> = p.dir.search(&spec).map(|e| e.unwrap().uuid).collect();
     shadow.copy_present(&uuids).unwrap();
     let done = Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() };
@@ -215,7 +217,7 @@ fn shadow_is_invisible_until_finished_and_abort_keeps_the_old_replica() {
     assert_eq!(replica_view(&p.replicas, "s"), provider_view(&p.dir, &spec));
     assert_eq!(r.cookie().unwrap(), Some(done));
 
-    let shadow = r.begin_shadow(RefreshKind::Present).unwrap();
+    let mut shadow = r.begin_shadow(RefreshKind::Present).unwrap();
     let missing = [tether_protocol::EntryUuid::new_random()];
     assert!(matches!(shadow.copy_present(&missing), Err(StoreError::MissingPresentEntries(1))));
 }
@@ -233,7 +235,7 @@ fn an_unfinished_shadow_is_discarded_on_reopen() {
         let store = ReplicaStore::open(path.path()).unwrap();
         let r = store.replica("s").unwrap();
         r.apply(&p.dir.search(&people_spec()).map(|e| ReplOp::Upsert(e.unwrap())).collect::<Vec<_>>(), None).unwrap();
-        let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply(&[]).unwrap();
         store.flush().unwrap();
         drop(shadow); // no Drop impl: dropping is not an abort, like a crash
@@ -381,5 +383,61 @@ proptest! {
             }
             prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-live")), provider_view(&p.dir, &spec));
         }
+    }
+}
+
+#[test]
+fn a_shadow_with_a_resume_point_survives_reopen_and_is_continued() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    let spec = people_spec();
+    let entries: Vec<Entry> = p.dir.search(&spec).map(|e| e.unwrap()).collect();
+    let (first, rest) = entries.split_at(entries.len() / 2);
+    let resume = ResumePoint {
+        kind: RefreshKind::Full,
+        since: Csn::ZERO,
+        start: Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() },
+        cursor: Some(first.last().unwrap().dn.tree_key()),
+    };
+    let path = tempfile::tempdir().unwrap();
+    {
+        let store = ReplicaStore::open(path.path()).unwrap();
+        let r = store.replica("s").unwrap();
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply(&first.iter().cloned().map(ReplOp::Upsert).collect::<Vec<_>>()).unwrap();
+        shadow.record_progress(&spec, resume.clone()).unwrap();
+        store.flush().unwrap();
+        drop(shadow); // like a crash
+    }
+    let store = ReplicaStore::open(path.path()).unwrap();
+    let r = store.replica("s").unwrap();
+    assert_eq!(r.resume_point(&spec).unwrap(), Some(resume), "the resume point outlives the process");
+    assert_eq!(r.resume_point(&SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap())).unwrap(), None);
+    assert!(r.entries().unwrap().is_empty(), "readers still see the old (empty) replica");
+    let mut shadow = r.resume_shadow().unwrap();
+    assert_eq!((shadow.kind(), shadow.received()), (RefreshKind::Full, first.len() as u64));
+    shadow.apply(&rest.iter().cloned().map(ReplOp::Upsert).collect::<Vec<_>>()).unwrap();
+    assert_eq!(shadow.received(), entries.len() as u64);
+    shadow.finish(Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() }).unwrap();
+    assert_eq!(replica_view(&store, "s"), provider_view(&p.dir, &spec));
+    assert_eq!(r.resume_point(&spec).unwrap(), None, "finishing clears the resume point");
+
+    // A shadow that will not be continued is dropped with its resume point.
+    let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+    shadow.apply(&[ReplOp::Upsert(entries[0].clone())]).unwrap();
+    shadow.record_progress(&spec, ResumePoint { cursor: None, ..r_point(&p) }).unwrap();
+    r.abandon_shadow().unwrap();
+    assert_eq!(r.state().unwrap().shadow, None);
+    assert!(matches!(r.resume_shadow(), Err(StoreError::StaleShadow(_))));
+}
+
+fn r_point(p: &Pair) -> ResumePoint {
+    ResumePoint {
+        kind: RefreshKind::Full,
+        since: Csn::ZERO,
+        start: Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() },
+        cursor: None,
     }
 }
