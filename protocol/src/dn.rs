@@ -605,6 +605,8 @@ fn hex_digit(c: u8) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn dn(s: &str) -> Dn {
@@ -754,5 +756,31 @@ mod tests {
     #[test]
     fn duplicate_type_in_rdn_is_refused() {
         assert!(matches!(Dn::parse("cn=a+CN=b,dc=x"), Err(DnError::DuplicateAttributeInRdn(_))));
+    }
+
+    /// Pieces of DN syntax (a newline separates the pair the property checks), so random
+    /// strings reach deep into the parser.
+    fn dn_soup() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "cn", "CN", "dc", "OID.", "oid.1.2", "2.5.4.3", "=", ",", ";", "+", " ", "  ", "\\", "\\2C", "\\ ", "\\#",
+            "\\=", "#", "04", "#0402", "\"", "é", "Σ", "İ", "a", "B", "x y", "\n", "<", "\\C4\\8D", "\\00", "\u{7f}",
+        ]);
+        let token = prop_oneof![6 => piece.prop_map(str::to_owned), 1 => "\\PC{0,3}"];
+        proptest::collection::vec(token, 0..24).prop_map(|tokens| tokens.concat())
+    }
+
+    proptest! {
+        /// The `dn` fuzz target's properties: a parsed DN renders to one that parses the
+        /// same, its normalized form is a fixed point, and tree keys order and nest DNs
+        /// as `Ord` and `is_descendant_of` do.
+        #[test]
+        fn dn_like_strings_keep_the_dn_properties(s in dn_soup()) {
+            crate::properties::dn_pair(&s);
+        }
+
+        #[test]
+        fn arbitrary_strings_keep_the_dn_properties(s in any::<String>()) {
+            crate::properties::dn_pair(&s);
+        }
     }
 }

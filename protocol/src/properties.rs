@@ -476,6 +476,30 @@ mod tests {
         write_seeds("filter", "kinds", &filters);
     }
 
+    /// Found by the `frame_message` fuzz target (minimized): a `SearchEntries` whose
+    /// entry files an attribute named `obje\tClass` under the key `objectclass`. It
+    /// decoded and re-encoded, but broke the invariants of [`Attributes::add`]; the
+    /// decoder now refuses it (`entry::tests::decoded_attributes_hold_the_invariants_of_add`).
+    #[test]
+    fn regression_frame_message_attribute_bypassing_add() {
+        const INPUT: &[u8] =
+            b"\x00\x06\x00\x00\x00\x80\x12\x02\x01\"cn=Ann,ou=people,dc=example,dc=com2[\xba\x94\xd1\xe9L\x05\
+          \xb6\xb5\xe3j\xfc|z\x04*\x03\x02cn\x02cn\x01\x03Ann\x09jpegphoto\x09jpegPhoto\x01\x03\xff\xd8\
+          \x00\x0bobjectclass\x0bobje\\tClass\x02\x06person\x03t\x02pon\x09\x09\x07\x8a\x89\x82";
+        let case = FrameCase::from_fuzz_input(INPUT);
+        let payload = &with_valid_checksums(&case.stream)[LENGTH_PREFIX..case.stream.len() - CHECKSUM];
+        assert!(matches!(codec::decode::<Message>(payload), Err(codec::CodecError::Invalid(_))));
+        frames_and_messages(&case);
+    }
+
+    /// Found by the `ldif` fuzz target (minimized): a content record holding a
+    /// `changetype` attribute after another was written with `changetype` first and read
+    /// back as a change record (`ldif::writer::tests::keyword_named_attributes_never_start_a_content_record`).
+    #[test]
+    fn regression_ldif_changetype_attribute_written_first() {
+        ldif(b"dn:\nn:\nchangetype:");
+    }
+
     /// Every committed seed passes its target's properties: the seeds are the fuzzers'
     /// starting points, and each is also a regression case here.
     #[test]
