@@ -140,6 +140,9 @@ fn decode_error(err: bincode::error::DecodeError) -> CodecError {
     match err {
         DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
         DecodeError::LimitExceeded => CodecError::LimitExceeded { max: MAX_DECODE },
+        // A type's own refusal (a DN that does not parse, attributes that break an
+        // invariant): its message as it wrote it, not bincode's debug rendering of it.
+        DecodeError::OtherString(reason) => CodecError::Invalid(reason),
         other => CodecError::Invalid(other.to_string()),
     }
 }
@@ -202,6 +205,16 @@ mod tests {
         let mut over = vec![253];
         over.extend_from_slice(&(MAX_DECODE as u64 + 1).to_le_bytes());
         assert_eq!(decode::<String>(&over), Err(CodecError::LimitExceeded { max: MAX_DECODE }));
+    }
+
+    #[test]
+    fn a_types_own_refusal_keeps_its_message() {
+        let bytes = encode(&"cn=a,,dc=x").unwrap();
+        assert_eq!(
+            decode::<crate::dn::Dn>(&bytes),
+            Err(CodecError::Invalid("empty RDN at byte 5 of DN".into())),
+            "the DN parser's words, not bincode's debug rendering of them"
+        );
     }
 
     #[test]

@@ -157,13 +157,18 @@ impl Rdn {
         Ok(Self { avas, norm: parts.join("+") })
     }
 
-    /// Parses a single RDN such as the `newrdn` of a modrdn record.
+    /// Parses a single RDN such as the `newrdn` of a modrdn record. A second RDN is
+    /// refused at the separator that starts it, `,` or `;`.
     pub fn parse(s: &str) -> Result<Self, DnError> {
-        let dn = Dn::parse(s)?;
-        match dn.rdns.len() {
-            1 => Ok(dn.rdns.into_iter().next().ok_or(DnError::EmptyRdn(0))?),
-            0 => Err(DnError::EmptyRdn(0)),
-            _ => Err(DnError::UnescapedSpecial { ch: ',', pos: s.find(',').unwrap_or(0) }),
+        let mut parser = Parser { src: s.as_bytes(), pos: 0 };
+        parser.skip_spaces();
+        if parser.peek().is_none() {
+            return Err(DnError::EmptyRdn(parser.pos));
+        }
+        let rdn = parser.rdn()?;
+        match parser.peek() {
+            None => Ok(rdn),
+            Some(_) => Err(parser.unescaped_here()),
         }
     }
 
@@ -457,10 +462,18 @@ impl Parser<'_> {
                         return Err(DnError::EmptyRdn(self.pos));
                     }
                 }
-                Some(c) => return Err(DnError::UnescapedSpecial { ch: c as char, pos: self.pos }),
+                Some(_) => return Err(self.unescaped_here()),
             }
         }
         Ok(Dn::from_rdns(rdns))
+    }
+
+    /// The character at the current position, which ends an RDN where the grammar wants
+    /// a separator or the end, as an [`DnError::UnescapedSpecial`].
+    fn unescaped_here(&self) -> DnError {
+        let rest = self.src.get(self.pos..).unwrap_or_default();
+        let ch = String::from_utf8_lossy(rest).chars().next().unwrap_or(char::REPLACEMENT_CHARACTER);
+        DnError::UnescapedSpecial { ch, pos: self.pos }
     }
 
     fn rdn(&mut self) -> Result<Rdn, DnError> {
@@ -605,6 +618,8 @@ fn hex_digit(c: u8) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn dn(s: &str) -> Dn {
@@ -752,7 +767,43 @@ mod tests {
     }
 
     #[test]
+    fn a_second_rdn_is_refused_at_its_separator() {
+        assert_eq!(Rdn::parse("cn=a;dc=b"), Err(DnError::UnescapedSpecial { ch: ';', pos: 4 }));
+        assert_eq!(Rdn::parse("cn=a\\,b,dc=c"), Err(DnError::UnescapedSpecial { ch: ',', pos: 7 }));
+        assert_eq!(Rdn::parse("cn=a,"), Err(DnError::UnescapedSpecial { ch: ',', pos: 4 }));
+        assert_eq!(Rdn::parse("  "), Err(DnError::EmptyRdn(2)));
+        assert_eq!(Rdn::parse(" cn=a+sn=b ").map(|r| r.normalized().to_owned()), Ok("cn=a+sn=b".to_owned()));
+        assert_eq!(Dn::parse("cn=\"a\"é,dc=b"), Err(DnError::UnescapedSpecial { ch: 'é', pos: 6 }));
+    }
+
+    #[test]
     fn duplicate_type_in_rdn_is_refused() {
         assert!(matches!(Dn::parse("cn=a+CN=b,dc=x"), Err(DnError::DuplicateAttributeInRdn(_))));
+    }
+
+    /// Pieces of DN syntax (a newline separates the pair the property checks), so random
+    /// strings reach deep into the parser.
+    fn dn_soup() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "cn", "CN", "dc", "OID.", "oid.1.2", "2.5.4.3", "=", ",", ";", "+", " ", "  ", "\\", "\\2C", "\\ ", "\\#",
+            "\\=", "#", "04", "#0402", "\"", "é", "Σ", "İ", "a", "B", "x y", "\n", "<", "\\C4\\8D", "\\00", "\u{7f}",
+        ]);
+        let token = prop_oneof![6 => piece.prop_map(str::to_owned), 1 => "\\PC{0,3}"];
+        proptest::collection::vec(token, 0..24).prop_map(|tokens| tokens.concat())
+    }
+
+    proptest! {
+        /// The `dn` fuzz target's properties: a parsed DN renders to one that parses the
+        /// same, its normalized form is a fixed point, and tree keys order and nest DNs
+        /// as `Ord` and `is_descendant_of` do.
+        #[test]
+        fn dn_like_strings_keep_the_dn_properties(s in dn_soup()) {
+            crate::properties::dn_pair(&s);
+        }
+
+        #[test]
+        fn arbitrary_strings_keep_the_dn_properties(s in any::<String>()) {
+            crate::properties::dn_pair(&s);
+        }
     }
 }

@@ -165,6 +165,19 @@ pub enum AttributeError {
     /// A modify/delete of an attribute the entry does not hold.
     #[error("no such attribute {0:?}")]
     NoSuchAttribute(String),
+    /// Decoded attributes with one filed under a key that is not its lower-cased name:
+    /// the bytes were not written by [`Attributes`] (damaged, or a hostile peer), and
+    /// lookups by name would miss it.
+    #[error("attribute {name:?} is filed under the key {key:?}, not its lower-cased name")]
+    MisfiledAttribute {
+        /// The attribute's name.
+        name: String,
+        /// The key it came under.
+        key: String,
+    },
+    /// Decoded attributes with one that has no values; an attribute always has one.
+    #[error("attribute {0:?} has no values")]
+    NoValues(String),
 }
 
 /// Checks `descr` or numeric OID, optionally followed by `;option` parts.
@@ -193,10 +206,40 @@ pub fn check_attribute_name(name: &str) -> Result<(), AttributeError> {
 }
 
 /// The attributes of an entry, keyed by lower-cased name so iteration is in a fixed order.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Attributes {
     /// Lower-cased name -> attribute. Never holds an attribute with no values.
     map: BTreeMap<String, Attribute>,
+}
+
+/// Attributes arrive from peers and from disk, so each is rebuilt through
+/// [`Attributes::add`] on the way in: a decoded set holds the invariants of one built
+/// here (valid names, keyed by lower-cased name, no attribute without values, values
+/// distinct), or is refused naming what is wrong, like a DN that does not parse. The
+/// encoding is the derived one, unchanged.
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// What is on the wire: the map as [`Attributes`] serializes it.
+        #[derive(Deserialize)]
+        #[serde(rename = "Attributes")]
+        struct Encoded {
+            /// Key -> attribute, not yet checked.
+            map: BTreeMap<String, Attribute>,
+        }
+        let encoded = Encoded::deserialize(deserializer)?;
+        let mut attrs = Attributes::new();
+        for (key, attr) in encoded.map {
+            let refuse = serde::de::Error::custom;
+            if key != attr.name.to_ascii_lowercase() {
+                return Err(refuse(AttributeError::MisfiledAttribute { name: attr.name, key }));
+            }
+            if attr.values.is_empty() {
+                return Err(refuse(AttributeError::NoValues(attr.name)));
+            }
+            attrs.add(&attr.name, attr.values).map_err(refuse)?;
+        }
+        Ok(attrs)
+    }
 }
 
 impl Attributes {
@@ -401,6 +444,49 @@ mod tests {
         assert!(a.as_str().is_none());
         assert!(a.matches(&Value::from_bytes(vec![0xff, 0x41])));
         assert!(!a.matches(&Value::from_bytes(vec![0xff, 0x61])));
+    }
+
+    /// Attributes as bytes can carry them, bypassing [`Attributes::add`]: the same
+    /// encoding as [`Attributes`], with nothing checked.
+    #[derive(Serialize)]
+    struct Unchecked {
+        map: BTreeMap<String, Attribute>,
+    }
+
+    fn unchecked(entries: &[(&str, &str, &[&str])]) -> Vec<u8> {
+        let map = entries
+            .iter()
+            .map(|(key, name, values)| {
+                let values = values.iter().map(|&v| Value::from(v)).collect();
+                ((*key).to_owned(), Attribute { name: (*name).to_owned(), values })
+            })
+            .collect();
+        crate::codec::encode(&Unchecked { map }).unwrap()
+    }
+
+    /// Found by the `frame_message` fuzz target: a message decoded with an attribute
+    /// named "obje\\tClass" (not a valid name), which `add` would never have built.
+    #[test]
+    fn decoded_attributes_hold_the_invariants_of_add() {
+        use crate::codec::{decode, CodecError};
+        let refused = |bytes: Vec<u8>| match decode::<Attributes>(&bytes) {
+            Err(CodecError::Invalid(reason)) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(
+            refused(unchecked(&[("obje\\tclass", "obje\\tClass", &["x"])])),
+            "invalid attribute name \"obje\\\\tClass\""
+        );
+        assert_eq!(
+            refused(unchecked(&[("sn", "cn", &["x"])])),
+            "attribute \"cn\" is filed under the key \"sn\", not its lower-cased name"
+        );
+        assert_eq!(refused(unchecked(&[("cn", "cn", &[])])), "attribute \"cn\" has no values");
+        assert_eq!(refused(unchecked(&[("cn", "cn", &["Ann", "ANN"])])), "attribute \"cn\" already has value \"ANN\"");
+        let good = unchecked(&[("cn", "CN", &["Ann", "Bob"]), ("objectclass", "objectClass", &["top"])]);
+        let attrs: Attributes = decode(&good).unwrap();
+        assert_eq!(attrs.values("cn"), [Value::from("Ann"), Value::from("Bob")]);
+        assert_eq!(crate::codec::encode(&attrs).unwrap(), good, "the encoding is unchanged");
     }
 
     #[test]

@@ -364,18 +364,28 @@ mod tests {
             tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
         }
 
+        /// Streams as the fuzz target's inputs: random bytes, or frames of random
+        /// payloads followed by random bytes, under each of the target's settings.
+        fn frame_cases() -> impl Strategy<Value = crate::properties::FrameCase> {
+            let payloads = proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..4);
+            let tail = proptest::collection::vec(any::<u8>(), 0..16);
+            let stream = prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..512),
+                (payloads, tail).prop_map(|(p, t)| [crate::properties::framed(&p), t].concat()),
+            ];
+            (any::<[u8; crate::properties::FRAME_HEADER]>(), stream).prop_map(|(header, stream)| {
+                crate::properties::FrameCase::from_fuzz_input(&[&header[..], &stream].concat())
+            })
+        }
+
         proptest! {
-            /// Whatever arrives, the reader returns frames, a clean end or an error,
-            /// and never panics; what it returns is always within the limit.
+            /// The `frame_message` fuzz target's properties: whatever arrives, the reader
+            /// returns frames within the limit, a clean end or an error, never a panic;
+            /// the same however the bytes are chunked and reads cancelled; and the frames
+            /// written back are the bytes read.
             #[test]
-            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..64) {
-                run(async {
-                    let mut reader = FrameReader::with_max_frame(&bytes[..], max);
-                    while let Ok(Some(frame)) = reader.read_frame().await {
-                        prop_assert!(frame.len() <= max);
-                    }
-                    Ok(())
-                })?;
+            fn arbitrary_streams_keep_the_frame_properties(case in frame_cases()) {
+                crate::properties::frames_and_messages(&case);
             }
 
             /// Any sequence of frames written comes back identical.

@@ -23,6 +23,10 @@
 //! - [`auth`]: shared secrets, challenge nonces and the HMAC-SHA256 proof.
 //! - [`handshake`]: Hello / Challenge / Auth / Welcome-or-Reject, under a deadline.
 //! - [`control`]: the control-socket commands of the command-line tools.
+//!
+//! Testing only (unit tests and the `fuzzing` feature):
+//! - `properties`: what the parsers promise on hostile input, checked by the fuzz
+//!   targets in `fuzz/` and by the proptests alike.
 
 pub mod auth;
 pub mod change;
@@ -39,6 +43,8 @@ pub mod frame;
 pub mod handshake;
 pub mod ldif;
 pub mod message;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod properties;
 pub mod repl;
 pub mod scope;
 

@@ -700,16 +700,18 @@ pub(crate) mod tests {
         use super::*;
 
         proptest! {
-            /// Arbitrary bytes decode to a message or an error, never a panic.
+            /// Arbitrary bytes decode to a message or an error, never a panic; whatever
+            /// decodes keeps the `frame_message` fuzz target's message properties.
             #[test]
-            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-                let _ = codec::decode::<Message>(&bytes);
+            fn arbitrary_bytes_keep_the_message_properties(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                crate::properties::message(&bytes);
             }
 
             /// Valid encodings with one byte changed, or cut short, decode to a message or
-            /// an error, never a panic: this reaches much deeper than random bytes.
+            /// an error, never a panic: this reaches much deeper than random bytes. What
+            /// decodes re-encodes to the same message, and its attributes are well formed.
             #[test]
-            fn mutated_messages_never_panic(which in 0usize..20, pos in any::<proptest::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+            fn mutated_messages_keep_the_message_properties(which in 0usize..20, pos in any::<proptest::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
                 let mut bytes = codec::encode(&samples()[which]).unwrap();
                 let at = pos.index(bytes.len());
                 if cut {
@@ -717,7 +719,17 @@ pub(crate) mod tests {
                 } else {
                     bytes[at] = byte;
                 }
-                let _ = codec::decode::<Message>(&bytes);
+                crate::properties::message(&bytes);
+            }
+
+            /// Every sample message framed into one stream, delivered in random chunks
+            /// with cancelled reads: the frame and message properties end to end.
+            #[test]
+            fn sample_streams_keep_the_frame_and_message_properties(chunk in any::<u8>(), cut in any::<proptest::sample::Index>()) {
+                let payloads: Vec<Vec<u8>> = samples().iter().map(|m| codec::encode(m).unwrap()).collect();
+                let mut stream = crate::properties::framed(&payloads);
+                stream.truncate(cut.index(stream.len() + 1));
+                crate::properties::frames_and_messages(&crate::properties::FrameCase::from_fuzz_input(&[&[0, chunk][..], &stream].concat()));
             }
         }
 

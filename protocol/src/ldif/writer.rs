@@ -6,7 +6,9 @@
 //! - a record is its `dn:` line, its other lines, then one blank line;
 //! - [`write_entries`] puts entries in tree order (parents first, [`Dn`]'s `Ord`);
 //! - attributes in [`Attributes::canonical_order`] (`objectClass` first, then by name),
-//!   names as stored, values in stored order;
+//!   names as stored, values in stored order; except that in a content record the
+//!   attributes named like LDIF keywords (`changetype`, `control`) come last, because
+//!   first after `dn:` they would make a reader take the record for a change record;
 //! - a value that is not printable ASCII safe to write plainly ([`is_safe_string`]) is
 //!   written in base64 after `::`; an empty value is `name:` with nothing after it;
 //! - lines longer than [`FOLD_COLUMNS`] are folded (continuations start with one space);
@@ -20,7 +22,7 @@ use base64::Engine;
 use super::{keyword, LdifRecord};
 use crate::change::{Change, ModOp};
 use crate::dn::Dn;
-use crate::entry::{check_attribute_name, Attributes, Entry};
+use crate::entry::{check_attribute_name, Attribute, Attributes, Entry};
 
 /// Widest line written, in bytes (all output is ASCII, so also in columns); longer lines
 /// are folded. 76 is what OpenLDAP's tools write.
@@ -42,6 +44,10 @@ const UNSAFE_FIRST: [u8; 3] = [b' ', b':', b'<'];
 const UNSAFE_LAST: u8 = b' ';
 /// `deleteoldrdn:` values.
 const DELETE_OLD_RDN: [&str; 2] = ["0", "1"];
+/// Line names that, first after `dn:`, make a reader take the record for a change
+/// record (`changetype:`, possibly after `control:` lines), so a content record must not
+/// start with an attribute so named.
+const KEYWORD_NAMES: [&str; 2] = [keyword::CHANGETYPE, keyword::CONTROL];
 
 /// Whether `value` can be written plainly after `name: `. Stricter than RFC 2849's
 /// SAFE-STRING on purpose: only printable ASCII (no control characters, no DEL, no
@@ -55,11 +61,22 @@ pub fn is_safe_string(value: &[u8]) -> bool {
 }
 
 /// Writes one entry as a content record (its lines and the blank line after them).
-/// Refuses (`InvalidInput`) an entry with no attributes: no directory can load it.
+/// Refuses (`InvalidInput`) an entry with no attributes, and one whose only attributes
+/// are named like LDIF keywords with a `changetype` among them: no reader can take
+/// either for an entry.
 pub fn write_entry<W: Write + ?Sized>(out: &mut W, dn: &Dn, attrs: &Attributes) -> io::Result<()> {
     no_attributes_check(dn, attrs)?;
+    let is_keyword = |name: &str| KEYWORD_NAMES.iter().any(|k| name.eq_ignore_ascii_case(k));
+    let (keywords, others): (Vec<&Attribute>, Vec<&Attribute>) =
+        attrs.canonical_order().partition(|a| is_keyword(&a.name));
+    if others.is_empty() && keywords.iter().any(|a| a.name.eq_ignore_ascii_case(keyword::CHANGETYPE)) {
+        let message = format!(
+            "entry \"{dn}\" has only LDIF keyword attributes (changetype, control): it would read as a change record"
+        );
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+    }
     let mut record = Record::new(dn);
-    record.attributes(attrs);
+    record.attributes(others.into_iter().chain(keywords));
     record.finish(out)
 }
 
@@ -83,7 +100,7 @@ pub fn write_change<W: Write + ?Sized>(out: &mut W, change: &Change) -> io::Resu
     match change {
         Change::Add { dn, attrs } => {
             no_attributes_check(dn, attrs)?;
-            record.attributes(attrs);
+            record.attributes(attrs.canonical_order());
         }
         Change::Delete { .. } => {}
         Change::Modify { mods, .. } => {
@@ -183,8 +200,8 @@ impl Record {
         self.text.push_str(NEWLINE);
     }
 
-    fn attributes(&mut self, attrs: &Attributes) {
-        for attr in attrs.canonical_order() {
+    fn attributes<'a>(&mut self, attrs: impl Iterator<Item = &'a Attribute>) {
+        for attr in attrs {
             for value in &attr.values {
                 self.line(&attr.name, value.as_bytes());
             }
@@ -352,6 +369,23 @@ mod tests {
         };
         assert_eq!(change_text(&rename), "dn: cn=a,dc=x\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: 0\n\n");
         assert_eq!(change_text(&Change::Delete { dn: dn("cn=a,dc=x") }), "dn: cn=a,dc=x\nchangetype: delete\n\n");
+    }
+
+    /// Found by the `ldif` fuzz target ("dn:\nn:\nchangetype:"): a content record with
+    /// a `changetype` attribute after another one was written with `changetype` first,
+    /// which reads back as a change record (here an unknown changetype).
+    #[test]
+    fn keyword_named_attributes_never_start_a_content_record() {
+        let text = entry_text(&Dn::root(), &attrs(&[("n", b""), ("changetype", b""), ("Control", b"x")]));
+        assert_eq!(text, "dn:\nn:\nchangetype:\nControl: x\n\n");
+        let add = Change::Add { dn: Dn::root(), attrs: attrs(&[("n", b""), ("changetype", b"")]) };
+        assert_eq!(change_text(&add), "dn:\nchangetype: add\nchangetype:\nn:\n\n", "an add has its changetype first");
+        // A `control` alone reads back as an attribute; with a `changetype` it cannot.
+        assert_eq!(entry_text(&dn("cn=a"), &attrs(&[("control", b"x")])), "dn: cn=a\ncontrol: x\n\n");
+        let mut out = Vec::new();
+        let err = write_entry(&mut out, &dn("cn=a"), &attrs(&[("control", b"x"), ("changeType", b"add")])).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(out.is_empty());
     }
 
     #[test]
