@@ -885,6 +885,10 @@ mod tests {
             "[a-zA-Z][a-zA-Z0-9-]{0,6}(;[a-zA-Z0-9-]{1,5}){0,2}",
             "[0-9]{1,3}(\\.[0-9]{1,3}){0,3}(;[a-z]{1,5})?",
         ]
+        // `dn` names the entry, not an attribute, and is refused in a filter.
+        .prop_filter("dn is not an attribute name", |a| {
+            !a.split(';').next().is_some_and(|b| b.eq_ignore_ascii_case("dn"))
+        })
         .boxed()
     }
 
