@@ -22,9 +22,11 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use tether_store::RetentionPolicy;
 
 use check::Checker;
 use nemesis::{Action, Fault, Nemesis};
@@ -36,9 +38,11 @@ const CHAOS_MS: u64 = 20_000;
 /// After healing, the run must converge within this much simulated time.
 const CONVERGE_WITHIN_MS: u64 = 120_000;
 /// The checker samples the replicas this often (simulated).
-const OBSERVE_EVERY_MS: u64 = 20;
+const OBSERVE_EVERY_MS: u64 = 10;
+/// ... and reads their whole content this often, or whenever a reload is in progress.
+const CONTENT_EVERY_MS: u64 = 500;
 /// Entries loaded before the run.
-const INITIAL_ENTRIES: usize = 30;
+const INITIAL_ENTRIES: usize = 60;
 
 /// What a passing run did.
 #[derive(Debug)]
@@ -63,6 +67,7 @@ fn fault_name(world: &World, f: Fault) -> String {
         Fault::LinkDrop(i) => format!("drop the links of {}", world.name(i)),
         Fault::CrashConsumer(i) => format!("crash {}", world.name(i)),
         Fault::CrashProvider => format!("crash {PROVIDER}"),
+        Fault::Trim(n) => format!("trim the changelog to its newest {n} records"),
     }
 }
 
@@ -77,7 +82,7 @@ fn heal(world: &mut World, fault: Fault, link_busy: &mut [bool]) {
             world.sim.release(PROVIDER, world.consumers[i].plan.name.as_str());
             link_busy[i] = false;
         }
-        Fault::LinkDrop(_) => {}
+        Fault::LinkDrop(_) | Fault::Trim(_) => {}
         Fault::CrashConsumer(i) => world.restart_consumer(i),
         Fault::CrashProvider => world.restart_provider(),
     }
@@ -110,6 +115,15 @@ fn inject(world: &mut World, fault: Fault, link_busy: &mut [bool]) -> bool {
             world.crash_provider();
             true
         }
+        Fault::Trim(n) => match world.provider.get() {
+            Some(dir) => {
+                let policy =
+                    RetentionPolicy { max_changes: Some(n), max_age: None, hold_for_consumers: Duration::ZERO };
+                dir.trim(&policy, 0).unwrap_or_else(|e| panic!("trim: {e}"));
+                true
+            }
+            None => false,
+        },
         Fault::CrashConsumer(_) | Fault::CrashProvider => false,
     }
 }
@@ -157,14 +171,17 @@ fn drive(seed: u64, root: &std::path::Path, trace: &mut Trace) -> Result<Report,
                             checker.record(&entry);
                         }
                         writes += 1;
-                        trace.event(now.into(), format!("write {} {} -> csn {}", change.kind(), change.dn(), committed.csn));
+                        trace.event(
+                            now.into(),
+                            format!("write {} {} -> csn {}", change.kind(), change.dn(), committed.csn),
+                        );
                     }
                 }
                 Action::Inject(fault, heal_at) => {
                     if inject(&mut world, fault, &mut link_busy) {
                         faults += 1;
                         trace.event(now.into(), fault_name(&world, fault));
-                        if !matches!(fault, Fault::LinkDrop(_)) {
+                        if !matches!(fault, Fault::LinkDrop(_) | Fault::Trim(_)) {
                             heals.push((heal_at, fault));
                         }
                     }
@@ -182,7 +199,7 @@ fn drive(seed: u64, root: &std::path::Path, trace: &mut Trace) -> Result<Report,
             trace.event(now.into(), "all faults healed; waiting for convergence");
         }
         if now % OBSERVE_EVERY_MS == 0 {
-            for event in checker.observe(&world)? {
+            for event in checker.observe(&world, now % CONTENT_EVERY_MS == 0)? {
                 trace.event(now.into(), event);
             }
         }
@@ -295,6 +312,18 @@ fn a_seed_replays_identically() {
     };
     let (first, second) = (run(), run());
     assert!(first.len() > 10, "the run did too little to compare:\n{}", first.render());
-    assert!(first.render().contains("crash") || first.render().contains("partition"), "no fault in:\n{}", first.render());
-    assert_eq!(first.render(), second.render(), "seed {seed} did not replay identically");
+    assert!(
+        first.render().contains("crash") || first.render().contains("partition"),
+        "no fault in:\n{}",
+        first.render()
+    );
+    let (a, b) = (first.render(), second.render());
+    if let Some((n, (x, y))) = a.lines().zip(b.lines()).enumerate().find(|(_, (x, y))| x != y) {
+        panic!("seed {seed} did not replay identically; first difference at line {}:\n  first run:  {x}\n  second run: {y}", n + 1);
+    }
+    assert_eq!(
+        a.lines().count(),
+        b.lines().count(),
+        "seed {seed} did not replay identically: the traces differ in length"
+    );
 }

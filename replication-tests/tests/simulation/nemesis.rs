@@ -4,7 +4,8 @@
 //! only keepalive notices), holds (segments queued, then delivered on release), link
 //! drops (the consumer's connection fails with a reset), consumer crashes and provider
 //! crashes (the host's tasks are dropped and its store is reopened from disk on
-//! restart). Each lasts a drawn time; at most one link fault per consumer at a time.
+//! restart) and changelog trims (a consumer left behind reloads through a shadow).
+//! Each lasts a drawn time; at most one link fault per consumer at a time.
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -22,6 +23,9 @@ pub enum Fault {
     CrashConsumer(usize),
     /// Crash the provider; restart it when healed.
     CrashProvider,
+    /// Trim the provider's changelog to its newest `n` records (no heal): consumers
+    /// further behind need a present refresh, which goes through a shadow.
+    Trim(u64),
 }
 
 /// What the nemesis wants done next.
@@ -63,16 +67,18 @@ impl Nemesis {
         if now_ms >= self.next_write_ms {
             out.push(Action::Write);
             // Bursts and lulls: most gaps are short, some are long.
-            self.next_write_ms = now_ms + if rng.gen_ratio(1, 8) { rng.gen_range(500..2_000) } else { rng.gen_range(5..150) };
+            self.next_write_ms =
+                now_ms + if rng.gen_ratio(1, 8) { rng.gen_range(500..2_000) } else { rng.gen_range(5..150) };
         }
         if now_ms >= self.next_fault_ms {
             let i = rng.gen_range(0..self.consumers);
-            let fault = match rng.gen_range(0..10) {
+            let fault = match rng.gen_range(0..12) {
                 0..=2 => Fault::Partition(i),
                 3..=4 => Fault::Hold(i),
                 5..=6 => Fault::LinkDrop(i),
                 7..=8 => Fault::CrashConsumer(i),
-                _ => Fault::CrashProvider,
+                9 => Fault::CrashProvider,
+                _ => Fault::Trim(rng.gen_range(0..8)),
             };
             let lasts = rng.gen_range(50..6_000);
             out.push(Action::Inject(fault, now_ms + lasts));

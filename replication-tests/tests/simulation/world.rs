@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rand::{Rng, SeedableRng};
 use replication_tests::workload::{Workload, PEOPLE, SUFFIX};
 use tether_consumer::executor::{self, Executor};
 use tether_consumer::retry::{Jitter, RetrySchedule};
@@ -221,9 +222,12 @@ impl World {
         };
         let mut sim = turmoil::Builder::new()
             .simulation_duration(Duration::from_secs(24 * 3600))
-            .tick_duration(Duration::from_millis(1))
-            .min_message_latency(Duration::from_millis(1))
-            .max_message_latency(Duration::from_millis(15))
+            .tick_duration(Duration::from_millis(5))
+            // Fixed per-link latencies (set below): a random latency per message would be
+            // drawn in the order tasks happen to send, and tokio wakes a watch's waiters
+            // in an order it randomizes, so replays would drift.
+            .min_message_latency(Duration::from_millis(2))
+            .max_message_latency(Duration::from_millis(2))
             .rng_seed(seed)
             .build();
         let mut grants = Grants::default();
@@ -250,7 +254,9 @@ impl World {
                     let dir = Arc::new(Directory::open(&path, &dn(SUFFIX))?);
                     slot.set(dir.clone());
                     let server = Server::new(dir, grants, None, params, CancellationToken::new());
-                    let listener = turmoil::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT)).await?;
+                    let listener =
+                        turmoil::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
+                            .await?;
                     loop {
                         let (stream, peer) = listener.accept().await?;
                         tokio::spawn(server.clone().handle_stream(stream, peer));
@@ -303,6 +309,10 @@ impl World {
                 }
             });
             consumers.push(ConsumerHost { plan, live, up: true, links, past_duplicates: 0 });
+        }
+        let mut latencies = rand::rngs::StdRng::seed_from_u64(seed ^ 0x1a7e_9c1e);
+        for c in &consumers {
+            sim.set_link_latency(PROVIDER, c.plan.name.as_str(), Duration::from_millis(latencies.gen_range(1..15)));
         }
         Self { sim, provider, provider_up: true, consumers, workload, initial }
     }
