@@ -28,7 +28,7 @@ use tether_protocol::message::Mode;
 use tether_protocol::{Change, Dn, SearchSpec, Secret};
 use tether_provider::server::{Grants, Server, ServerParams};
 use tether_provider::session::SessionParams;
-use tether_store::{Directory, Replica, ReplicaStore};
+use tether_store::{Directory, Replica, ReplicaStore, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
@@ -188,6 +188,22 @@ impl std::fmt::Debug for World {
     }
 }
 
+/// Opens a store a crashed incarnation just let go of. sled finishes the dropped
+/// handle's last writes on its own background threads, which hold the folder's lock for a
+/// moment of real time; waiting for them does not move the simulated clock.
+fn reopen<T>(open: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match open() {
+            Err(StoreError::Locked(_)) if attempts < 1_000 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn dn(s: &str) -> Dn {
     Dn::parse(s).unwrap_or_else(|e| panic!("bad DN {s}: {e}"))
 }
@@ -251,7 +267,7 @@ impl World {
             sim.host(PROVIDER, move || {
                 let (slot, path, grants) = (slot.clone(), provider_dir.clone(), grants.clone());
                 async move {
-                    let dir = Arc::new(Directory::open(&path, &dn(SUFFIX))?);
+                    let dir = Arc::new(reopen(|| Directory::open(&path, &dn(SUFFIX)))?);
                     slot.set(dir.clone());
                     let server = Server::new(dir, grants, None, params, CancellationToken::new());
                     let listener =
@@ -286,7 +302,7 @@ impl World {
             sim.host(plan.name.as_str(), move || {
                 let (cfg, path, slot) = (cfg.clone(), path.clone(), slot.clone());
                 async move {
-                    let store = ReplicaStore::open(&path)?;
+                    let store = reopen(|| ReplicaStore::open(&path))?;
                     store.set_audit(true);
                     let replica = store.replica(&cfg.name)?;
                     let status = StatusHandle::new(&cfg.name, &cfg.provider, cfg.mode.as_str());
