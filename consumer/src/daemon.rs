@@ -96,6 +96,7 @@ fn session_config(
         idle_timeout: a.idle_timeout,
         keepalive: a.keepalive.enabled.then_some((a.keepalive.interval, a.keepalive.timeout)),
         tls,
+        network: crate::transport::Network::Tcp,
     })
 }
 
@@ -120,6 +121,7 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
         replica,
         status: status.clone(),
         commands: rx,
+        jitter: crate::retry::Jitter::Entropy,
     };
     let span = info_span!("agreement", agreement = %a.name, provider = %a.provider);
     let task = tokio::spawn(supervisor.run().instrument(span));

@@ -23,11 +23,15 @@
 //! - [`supervisor`]: its tokio shell: sessions, timers, status.
 //! - [`control`]: the control socket.
 //! - [`daemon`]: the `run` process: agreements, reload, signals, shutdown.
+//! - [`executor`], [`transport`]: where blocking store calls run and how a session
+//!   connects; production uses the blocking pool and TCP, the deterministic simulation
+//!   swaps in inline execution and turmoil's network.
 //! - [`failpoint`]: test hooks that make apply panic or fail inside a real process.
 
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod executor;
 pub mod failpoint;
 pub mod reason;
 pub mod retry;
@@ -36,3 +40,4 @@ pub mod status;
 pub mod supervision;
 pub mod supervisor;
 pub mod tls;
+pub mod transport;

@@ -238,6 +238,36 @@ pub fn jitter(delay: Duration, sample: f64) -> Duration {
     Duration::try_from_secs_f64(delay.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
+/// Where the supervisor's jitter samples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Jitter {
+    /// The thread's random generator (production: consumers restarted together spread
+    /// out).
+    #[default]
+    Entropy,
+    /// A fixed sequence from this seed (the deterministic simulation: a seed replays
+    /// the same delays).
+    Seeded(u64),
+}
+
+impl Jitter {
+    /// The next uniform sample in `[0, 1)` for [`jitter`].
+    pub fn sample(&mut self) -> f64 {
+        match self {
+            Jitter::Entropy => rand::random(),
+            Jitter::Seeded(state) => {
+                // splitmix64: tiny, and good enough to spread delays.
+                *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                (z >> 11) as f64 / (1u64 << 53) as f64
+            }
+        }
+    }
+}
+
 impl Default for RetrySchedule {
     /// [`DEFAULT_RETRY`]: `["1s x5", "10s x10", "1m forever"]`.
     fn default() -> Self {
@@ -401,6 +431,17 @@ mod tests {
         assert_eq!(schedule.longest_delay(), S(30));
         assert_eq!(schedule.max_attempts(), Some(3));
         assert_eq!(schedule.jittered_delay_for(3, 0.5), None);
+    }
+
+    #[test]
+    fn seeded_jitter_replays_and_stays_in_range() {
+        let (mut a, mut b) = (Jitter::Seeded(7), Jitter::Seeded(7));
+        let xs: Vec<f64> = (0..100).map(|_| a.sample()).collect();
+        let ys: Vec<f64> = (0..100).map(|_| b.sample()).collect();
+        assert_eq!(xs, ys);
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        assert_ne!(xs[0], xs[1]);
+        assert_ne!(Jitter::Seeded(8).sample(), xs[0]);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter, WireError};
@@ -26,13 +26,16 @@ use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason
 use tether_protocol::{Cookie, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
 use tokio::sync::{mpsc, Mutex};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::executor::{self, TaskError};
 use crate::failpoint;
 use crate::reason::{Reason, State};
 use crate::status::StatusHandle;
 use crate::tls::TlsClient;
+use crate::transport::{Network, CONNECT_TIMEOUT};
 
 /// Messages buffered between reader and applier.
 const INBOUND_QUEUE: usize = 64;
@@ -40,8 +43,6 @@ const INBOUND_QUEUE: usize = 64;
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 /// Limit on a single write to the provider (acks, pings, goodbye).
 const SEND_LIMIT: Duration = Duration::from_secs(5);
-/// Limit on establishing the TCP connection, and separately on the TLS handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a session needs to know about its agreement.
 #[derive(Debug, Clone)]
@@ -64,6 +65,8 @@ pub struct SessionConfig {
     pub keepalive: Option<(Duration, Duration)>,
     /// TLS towards the provider (`[agreement.tls]`); `None` for plain TCP.
     pub tls: Option<TlsClient>,
+    /// The network to connect over ([`Network::Tcp`] outside the simulation).
+    pub network: Network,
 }
 
 /// How a session ended.
@@ -136,40 +139,20 @@ pub async fn run(
     stop: &StopSignal,
 ) -> Ended {
     status.update(|s| s.state = State::Connecting);
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(cfg.provider.as_str()));
-    let stream = tokio::select! {
-        _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped while connecting") },
-        r = connect => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) },
-            Err(_) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: timed out", cfg.provider)) },
-        },
-    };
-    if let Some((interval, timeout)) = cfg.keepalive {
-        if let Err(e) = connection::tune_tcp(&stream, timeout, interval, timeout + interval) {
-            debug!(error = %e, "could not set TCP keepalive options");
-        }
-    }
-    let (mut reader, mut writer) = match &cfg.tls {
-        None => match connection::boxed_tcp(stream) {
+    let (mut reader, mut writer) = match &cfg.network {
+        Network::Tcp => match connect_tcp(cfg, stop).await {
             Ok(halves) => halves,
-            Err(e) => return Ended::new(Reason::ConnectionLost, e.to_string()),
+            Err(ended) => return ended,
         },
-        // A TLS failure is a transport failure before any Tether message, like a refused
-        // connect: `connection-lost`, retried per the schedule (a renewed certificate or
-        // a corrected CA file and a reload can fix it), with the TLS error as detail.
-        Some(tls) => {
-            let handshake = tokio::time::timeout(CONNECT_TIMEOUT, tls.handshake(stream));
-            let tls_failed = |detail: String| Ended {
-                connected: false,
-                ..Ended::new(Reason::ConnectionLost, format!("TLS handshake with {}: {detail}", cfg.provider))
-            };
+        Network::Custom(connector) => {
+            let connect = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(&cfg.provider));
             tokio::select! {
-                _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped during the TLS handshake") },
-                r = handshake => match r {
-                    Ok(Ok(stream)) => connection::boxed(stream),
-                    Ok(Err(e)) => return tls_failed(crate::tls::describe_failure(&e)),
-                    Err(_) => return tls_failed("timed out".to_owned()),
+                biased;
+                _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped while connecting") },
+                r = connect => match r {
+                    Ok(Ok(s)) => connection::boxed(s),
+                    Ok(Err(e)) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) },
+                    Err(_) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: timed out", cfg.provider)) },
                 },
             }
         }
@@ -183,6 +166,7 @@ pub async fn run(
     let limit = cfg.keepalive.map_or(CONNECT_TIMEOUT, |(_, t)| t.max(CONNECT_TIMEOUT));
     let handshake = client_handshake(&mut reader, &mut writer, &hello, &cfg.secret, limit);
     let welcome = tokio::select! {
+        biased;
         _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped while handshaking") },
         r = handshake => match r {
             Ok(w) => w,
@@ -226,7 +210,7 @@ pub async fn run(
         // An interrupted reload: the old replica stays as it was. A shadow the provider
         // gave a resume point is kept (durably) for the next session to continue.
         let (replica, store, spec) = (replica.clone(), store.clone(), cfg.spec.clone());
-        let _ = tokio::task::spawn_blocking(move || match replica.resume_point(&spec) {
+        let _ = executor::run(move || match replica.resume_point(&spec) {
             Ok(Some(_)) => store.flush(),
             _ => shadow.abort(),
         })
@@ -253,6 +237,52 @@ pub async fn run(
         p.abort();
     }
     ended
+}
+
+/// Connects over the OS's TCP, tunes the socket and runs the TLS handshake if configured.
+async fn connect_tcp(
+    cfg: &SessionConfig,
+    stop: &StopSignal,
+) -> Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>), Ended> {
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(cfg.provider.as_str()));
+    let stream = tokio::select! {
+        _ = stop.token.cancelled() => return Err(Ended { connected: false, ..Ended::new(stop.reason(), "stopped while connecting") }),
+        r = connect => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) }),
+            Err(_) => return Err(Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: timed out", cfg.provider)) }),
+        },
+    };
+    if let Some((interval, timeout)) = cfg.keepalive {
+        if let Err(e) = connection::tune_tcp(&stream, timeout, interval, timeout + interval) {
+            debug!(error = %e, "could not set TCP keepalive options");
+        }
+    }
+    let halves = match &cfg.tls {
+        None => match connection::boxed_tcp(stream) {
+            Ok(halves) => halves,
+            Err(e) => return Err(Ended::new(Reason::ConnectionLost, e.to_string())),
+        },
+        // A TLS failure is a transport failure before any Tether message, like a refused
+        // connect: `connection-lost`, retried per the schedule (a renewed certificate or
+        // a corrected CA file and a reload can fix it), with the TLS error as detail.
+        Some(tls) => {
+            let handshake = tokio::time::timeout(CONNECT_TIMEOUT, tls.handshake(stream));
+            let tls_failed = |detail: String| Ended {
+                connected: false,
+                ..Ended::new(Reason::ConnectionLost, format!("TLS handshake with {}: {detail}", cfg.provider))
+            };
+            tokio::select! {
+                _ = stop.token.cancelled() => return Err(Ended { connected: false, ..Ended::new(stop.reason(), "stopped during the TLS handshake") }),
+                r = handshake => match r {
+                    Ok(Ok(stream)) => connection::boxed(stream),
+                    Ok(Err(e)) => return Err(tls_failed(crate::tls::describe_failure(&e))),
+                    Err(_) => return Err(tls_failed("timed out".to_owned())),
+                },
+            }
+        }
+    };
+    Ok(halves)
 }
 
 fn handshake_failed(e: HandshakeError) -> Ended {
@@ -287,6 +317,7 @@ async fn reader_loop(
 ) {
     loop {
         let msg = tokio::select! {
+            biased;
             _ = done.cancelled() => return,
             m = reader.recv() => m,
         };
@@ -296,6 +327,7 @@ async fn reader_loop(
         let mut send = std::pin::pin!(tx.send(msg));
         loop {
             tokio::select! {
+                biased;
                 _ = done.cancelled() => return,
                 r = &mut send => {
                     if r.is_err() {
@@ -327,6 +359,7 @@ async fn keepalive_poller(
     let mut seq = 0u64;
     loop {
         tokio::select! {
+            biased;
             _ = done.cancelled() => return,
             _ = tick.tick() => {}
         }
@@ -363,16 +396,16 @@ struct Applier<'a> {
     unacked: u64,
 }
 
-/// Runs `f` on a blocking thread; a panic or store error becomes an `exception`, fatal
+/// Runs `f` on a blocking thread (see [`executor`]); a panic or store error becomes an `exception`, fatal
 /// when retrying cannot fix it.
 async fn blocking<T: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Ended> {
-    match tokio::task::spawn_blocking(f).await {
+    match executor::run(f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("{what}: {e}")) }),
-        Err(e) if e.is_panic() => Err(Ended::new(Reason::Exception, format!("{what}: apply task panicked"))),
+        Err(TaskError::Panicked) => Err(Ended::new(Reason::Exception, format!("{what}: apply task panicked"))),
         Err(e) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
     }
 }
@@ -547,7 +580,7 @@ impl Applier<'_> {
                         "protocol error: PresentBatch outside a present refresh",
                     ));
                 };
-                let result = tokio::task::spawn_blocking(move || {
+                let result = executor::run(move || {
                     let mut shadow = shadow;
                     let r = shadow.copy_present(&uuids);
                     (shadow, r)
@@ -561,7 +594,7 @@ impl Applier<'_> {
                     Ok((shadow, Err(StoreError::MissingPresentEntries(n)))) => {
                         // Local state failed its check: the next session reloads in full.
                         let replica = self.replica.clone();
-                        let _ = tokio::task::spawn_blocking(move || {
+                        let _ = executor::run(move || {
                             let _ = shadow.abort();
                             replica.forget_cookie()
                         })

@@ -4,14 +4,14 @@
 //! All decisions live in the state machine; this file only moves events.
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tether_store::{Replica, ReplicaStore};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::reason::Reason;
-use crate::retry::RetrySchedule;
+use crate::retry::{Jitter, RetrySchedule};
 use crate::session::{self, Ended, SessionConfig, StopSignal};
 use crate::status::StatusHandle;
 pub use crate::supervision::Command;
@@ -36,6 +36,13 @@ pub struct Supervisor {
     pub status: StatusHandle,
     /// Commands from the daemon.
     pub commands: mpsc::Receiver<Command>,
+    /// Source of the retry jitter ([`Jitter::Entropy`] outside the simulation).
+    pub jitter: Jitter,
+}
+
+/// The current time on tokio's clock, so a simulated clock drives the state machine too.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 type SessionFuture<'a> = Pin<Box<dyn std::future::Future<Output = Ended> + Send + 'a>>;
@@ -48,7 +55,7 @@ impl Supervisor {
             error!(error = %e, "could not read the stopped flag; starting");
             false
         });
-        let mut pending = machine.step(Instant::now(), Input::Begin { stopped }, rand::random());
+        let mut pending = machine.step(now(), Input::Begin { stopped }, self.jitter.sample());
         let mut stop = StopSignal::default();
         let mut session: Option<SessionFuture<'_>> = None;
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -89,6 +96,7 @@ impl Supervisor {
                 }
             }
             let input = tokio::select! {
+                biased;
                 ended = async {
                     match session.as_mut() {
                         Some(running) => running.await,
@@ -112,7 +120,7 @@ impl Supervisor {
             if let Input::SessionEnded(ended) = &input {
                 Self::record_with(replica, status, ended);
             }
-            pending = machine.step(Instant::now(), input, rand::random());
+            pending = machine.step(now(), input, self.jitter.sample());
         }
     }
 

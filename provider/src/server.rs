@@ -19,6 +19,7 @@ use tether_protocol::handshake::{server_handshake, Admission};
 use tether_protocol::message::{Hello, Message, Reject, RejectReason, Role};
 use tether_protocol::Dn;
 use tether_store::Directory;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -131,6 +132,7 @@ impl Server {
     pub async fn serve(&self, listener: TcpListener) {
         loop {
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
@@ -158,12 +160,32 @@ impl Server {
                 debug!(error = %e, "could not set TCP keepalive options");
             }
         }
+        let _ = stream.set_nodelay(true);
+        self.handle_with(stream, peer, connection::boxed_tcp).await;
+    }
+
+    /// Serves one connection over any byte stream (the deterministic simulation feeds
+    /// turmoil's streams here): TLS if configured, handshake, then the session. Track
+    /// the returned future as [`Server::serve`] does if shutdown must wait for it.
+    pub async fn handle_stream<S>(self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.handle_with(stream, peer, |s| Ok(connection::boxed(s))).await;
+    }
+
+    /// `plain` splits the stream when no TLS is configured.
+    async fn handle_with<S, P>(self, stream: S, peer: SocketAddr, plain: P)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        P: FnOnce(S) -> std::io::Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)>,
+    {
         let slot = self.slots.clone().try_acquire_owned().ok();
         // One deadline for TLS and Tether handshakes together; a connection over the
         // limit only gets as long as its refusal may take.
         let limit = if slot.is_some() { self.params.handshake_timeout } else { REFUSE_GRACE };
         let deadline = Instant::now() + limit;
-        let Some((mut reader, mut writer)) = self.transport(stream, deadline).await else { return };
+        let Some((mut reader, mut writer)) = self.transport(stream, deadline, plain).await else { return };
         let Some(_slot) = slot else {
             warn!("connection limit reached; refusing");
             refuse(&mut writer, RejectReason::TooManyConnections, "connection limit reached").await;
@@ -237,16 +259,20 @@ impl Server {
     /// The connection's byte stream as message halves: plain TCP, or TLS after a server
     /// handshake finished by `deadline`. `None` (logged) if TLS failed: that connection
     /// is closed and nothing else is touched.
-    async fn transport(
+    async fn transport<S, P>(
         &self,
-        stream: TcpStream,
+        stream: S,
         deadline: Instant,
-    ) -> Option<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)> {
+        plain: P,
+    ) -> Option<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        P: FnOnce(S) -> std::io::Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)>,
+    {
         let tls = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(tls) = tls else {
-            return connection::boxed_tcp(stream).map_err(|e| warn!(error = %e, "connection setup failed")).ok();
+            return plain(stream).map_err(|e| warn!(error = %e, "connection setup failed")).ok();
         };
-        let _ = stream.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => Some(connection::boxed(stream)),

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role};
@@ -18,6 +18,7 @@ use tether_protocol::{Cookie, Csn, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 

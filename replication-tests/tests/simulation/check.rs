@@ -1,0 +1,160 @@
+//! The invariants every seed must keep, checked while the run goes and at its end.
+//!
+//! - **No half-loaded replica**: while a consumer builds a shadow (a full or present
+//!   reload), what its live replica exposes does not change: readers see the old
+//!   content until the switch, then the new, never a mix.
+//! - **Nothing invented**: every entry a replica exposes is a state the provider once
+//!   committed (same DN, UUID, CSN and attributes).
+//! - **Cookie never regresses**: a replica's durable cookie only moves forward, across
+//!   sessions, crashes and restarts.
+//! - **Exactly once**: the apply audit (on in every consumer store) counts no change
+//!   applied twice.
+//! - **Convergence** (after healing): each consumer's replica equals the provider's
+//!   search of its scope, and its cookie is the provider's newest CSN.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use tether_protocol::{Csn, Entry, EntryUuid};
+
+use crate::world::World;
+
+/// A replica's content as a number: an entry state is identified by its UUID and CSN
+/// (the checker verifies each against the provider's committed state of that pair).
+fn content_hash(entries: &[Entry]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for e in entries {
+        (e.uuid, e.csn).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// What the checker remembers about one consumer.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Highest durable cookie seen.
+    cookie: Option<Csn>,
+    /// Active generation and its content hash when the current shadow was first seen.
+    reload_base: Option<(u64, u64)>,
+    /// Last active generation seen.
+    active_gen: Option<u64>,
+}
+
+/// The invariant checker of one run.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// Every entry state the provider ever committed, by UUID and CSN.
+    committed: HashMap<(EntryUuid, Csn), Entry>,
+    seen: BTreeMap<usize, Seen>,
+}
+
+impl Checker {
+    /// Records the state a write left one entry in.
+    pub fn record(&mut self, entry: &Entry) {
+        self.committed.insert((entry.uuid, entry.csn), entry.clone());
+    }
+
+    /// Checks every running consumer; returns trace events (replica switches, cookie
+    /// moves) and the first violation. The replicas' content is read (which costs most
+    /// of a run's time) when `full`, when a reload is in progress and when a replica was
+    /// switched; the state (cookie, generations) always.
+    pub fn observe(&mut self, world: &World, full: bool) -> Result<Vec<String>, String> {
+        let mut events = Vec::new();
+        for (i, c) in world.consumers.iter().enumerate() {
+            let Some(live) = c.live.get() else { continue };
+            let name = &c.plan.name;
+            let duplicates = c.past_duplicates + live.status.snapshot().duplicates;
+            if duplicates > 0 {
+                return Err(format!("{name}: the apply audit counted {duplicates} change(s) applied twice"));
+            }
+            let state = live.replica.state().map_err(|e| format!("{name}: reading state: {e}"))?;
+            let seen = self.seen.entry(i).or_default();
+            let switched = seen.active_gen != Some(state.active_gen);
+            let entries = if full || switched || state.shadow.is_some() {
+                live.replica.search(&c.plan.spec).map_err(|e| format!("{name}: search: {e}"))?
+            } else {
+                Vec::new()
+            };
+            let content = content_hash(&entries);
+            for e in &entries {
+                if self.committed.get(&(e.uuid, e.csn)) != Some(e) {
+                    return Err(format!(
+                        "{name}: exposes {} at CSN {}, a state the provider never committed",
+                        e.dn, e.csn
+                    ));
+                }
+            }
+            let cookie = state.cookie.map(|c| c.csn);
+            match (seen.cookie, cookie) {
+                (Some(old), None) => return Err(format!("{name}: cookie regressed from {old} to none")),
+                (Some(old), Some(new)) if new < old => {
+                    return Err(format!("{name}: cookie regressed from {old} to {new}"))
+                }
+                (old, Some(new)) if old != Some(new) => {
+                    events.push(format!("{name} cookie {new}"));
+                    seen.cookie = Some(new);
+                }
+                _ => {}
+            }
+            if switched {
+                if seen.active_gen.is_some() {
+                    events.push(format!("{name} switched to a reloaded replica ({} entries)", entries.len()));
+                }
+                seen.active_gen = Some(state.active_gen);
+            }
+            match (state.shadow, seen.reload_base) {
+                (None, _) => seen.reload_base = None,
+                (Some(_), Some((gen, base))) if gen == state.active_gen => {
+                    if base != content {
+                        return Err(format!(
+                            "{name}: the live replica changed while a reload was in progress (half-loaded replica exposed)"
+                        ));
+                    }
+                }
+                (Some(_), _) => {
+                    events.push(format!("{name} reloading"));
+                    seen.reload_base = Some((state.active_gen, content));
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Whether every consumer has converged; `Err` describes who has not, and how.
+    pub fn converged(world: &World) -> Result<(), String> {
+        let dir = world.provider.get().ok_or("the provider is down")?;
+        let newest = dir.durable_csn();
+        let mut lagging = Vec::new();
+        for c in &world.consumers {
+            let name = &c.plan.name;
+            let Some(live) = c.live.get() else {
+                lagging.push(format!("{name} is down"));
+                continue;
+            };
+            let want: Vec<Entry> =
+                dir.search(&c.plan.spec).collect::<Result<_, _>>().map_err(|e| format!("provider search: {e}"))?;
+            let have = live.replica.search(&c.plan.spec).map_err(|e| format!("{name}: search: {e}"))?;
+            let cookie = live.replica.cookie().map_err(|e| format!("{name}: cookie: {e}"))?;
+            if want != have {
+                let missing = want.iter().filter(|e| !have.contains(e)).count();
+                let extra = have.iter().filter(|e| !want.contains(e)).count();
+                lagging.push(format!(
+                    "{name}: content differs ({} entries vs provider {}: {missing} missing or stale, {extra} extra or stale)",
+                    have.len(),
+                    want.len()
+                ));
+            } else if cookie.map(|c| c.csn) != Some(newest) || cookie.map(|c| c.store_id) != Some(dir.store_id()) {
+                lagging.push(format!(
+                    "{name}: content equal but cookie at {} while the provider is at {newest}",
+                    cookie.map_or("none".to_owned(), |c| c.csn.to_string())
+                ));
+            }
+        }
+        if lagging.is_empty() {
+            Ok(())
+        } else {
+            Err(lagging.join("; "))
+        }
+    }
+}
