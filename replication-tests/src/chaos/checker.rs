@@ -117,3 +117,44 @@ pub fn exactly_once(totals: &[Totals]) -> Vec<String> {
         .map(|(i, t)| format!("consumer{i}: {} changes applied twice (apply audit)", t.duplicates))
         .collect()
 }
+
+/// After convergence: stops every consumer cleanly and reads each replica's *durable*
+/// cookie from its store. A replica equal to the provider's must have made that position
+/// durable with the data (same transaction), or its next start replays changes it holds:
+/// the status cookie is the in-memory one, so only this catches a cookie never written.
+pub fn durable_cookies(cluster: &Cluster) -> Vec<String> {
+    let provider_csn = match cluster.provider().provider.status() {
+        Ok(s) => s["csn"].as_u64(),
+        Err(e) => return vec![format!("provider status: {e:#}")],
+    };
+    let mut out = Vec::new();
+    for node in &cluster.nodes {
+        let mut state = node.lock();
+        state.fold_before_restart();
+        match state.consumer.stop() {
+            Ok(status) if status.success() => {}
+            Ok(status) => out.push(format!("consumer{} exited with {status} on SIGTERM", node.index)),
+            Err(e) => out.push(format!("consumer{}: stopping: {e:#}", node.index)),
+        }
+        let text = match state.consumer.admin("status", None) {
+            Ok(t) => t,
+            Err(e) => {
+                out.push(format!("consumer{}: offline status: {e:#}", node.index));
+                continue;
+            }
+        };
+        for line in text.lines() {
+            let (Some(name), Some(cookie)) = (line.split_whitespace().next(), line.split_whitespace().last()) else {
+                continue;
+            };
+            let csn = cookie.rsplit_once('#').and_then(|(_, c)| c.parse::<u64>().ok());
+            if csn != provider_csn {
+                out.push(format!(
+                    "consumer{} {name}: durable cookie {cookie} after a clean stop, provider at {provider_csn:?}",
+                    node.index
+                ));
+            }
+        }
+    }
+    out
+}

@@ -85,6 +85,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let sampler = sampler.map_err(|_| anyhow!("the sampler thread panicked"))?;
 
     let per_node = checker::totals(&cluster);
+    let durable = if converged.is_ok() { checker::durable_cookies(&cluster) } else { Vec::new() };
     let mut totals = Totals::default();
     for t in &per_node {
         totals.add(t);
@@ -99,6 +100,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
     };
     violations.extend(checker::exactly_once(&per_node));
+    violations.extend(durable);
     drop(cluster);
     let keep = opts.keep || !violations.is_empty();
     let root_text = root.display().to_string();
