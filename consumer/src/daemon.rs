@@ -195,6 +195,9 @@ pub async fn reload(
 
 /// Runs the consumer until a shutdown signal.
 pub async fn run(config_path: &Path) -> Result<()> {
+    // Before anything can announce readiness: a SIGHUP that arrives right after
+    // "consumer running" must reload, not take the default action (terminate).
+    let mut signals = Signals::install().context("installing signal handlers")?;
     let config = ConsumerConfig::load(config_path)?;
     for (i, a) in config.agreements.iter().enumerate() {
         spec_of(&config, i, a)?;
@@ -228,7 +231,6 @@ pub async fn run(config_path: &Path) -> Result<()> {
     info!(agreements = config.agreements.len(), "consumer running");
     println!("consumer running");
 
-    let mut signals = Signals::install().context("installing signal handlers")?;
     loop {
         tokio::select! {
             sig = signals.next() => match sig {

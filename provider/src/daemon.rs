@@ -2,8 +2,8 @@
 //! server, the control endpoint and the changelog trimmer, and shuts them down in order:
 //! SIGTERM/SIGINT cancels one token; every session sends goodbye `shutdown`; the server
 //! waits for them; the store is flushed; exit 0. SIGHUP (or `reload`) re-reads the
-//! consumer list and revokes sessions whose credentials were removed, and re-reads the
-//! `[tls]` files for new connections.
+//! consumer list and revokes sessions whose credentials were removed, re-reads the
+//! `[tls]` files for new connections, and applies `[changelog]` retention.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,10 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tether_config::shell::{Signal, Signals};
 use tether_store::{Directory, RetentionPolicy};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{load_secret, ProviderConfig};
+use crate::config::{load_secret, ChangelogConfig, ProviderConfig};
 use crate::control::{self, ControlContext};
 use crate::server::{Grants, Server, ServerParams};
 use crate::session::SessionParams;
@@ -45,6 +46,9 @@ pub fn grants(config: &ProviderConfig) -> Result<Grants> {
 
 /// Runs the provider until a shutdown signal.
 pub async fn serve(config_path: &Path) -> Result<()> {
+    // Before anything can announce readiness: a SIGHUP that arrives right after
+    // "listening" must reload, not take the default action (terminate).
+    let mut signals = Signals::install().context("installing signal handlers")?;
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
@@ -80,13 +84,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     println!("listening on {local}");
 
     let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));
-    let trim_task = tokio::spawn(trim_loop(dir.clone(), config.clone(), shutdown.clone()));
+    let (retention_tx, retention_rx) = watch::channel(config.changelog);
+    let trim_task = tokio::spawn(trim_loop(dir.clone(), retention_rx, shutdown.clone()));
     let server_task = {
         let server = server.clone();
         tokio::spawn(async move { server.serve(listener).await })
     };
 
-    let mut signals = Signals::install().context("installing signal handlers")?;
     loop {
         tokio::select! {
             sig = signals.next() => match sig {
@@ -96,13 +100,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
                 }
                 Signal::Reload => {
                     info!("SIGHUP: reloading configuration");
-                    if let Err(e) = reload(config_path, &server) {
+                    if let Err(e) = reload(config_path, &server, &retention_tx) {
                         error!("reload failed, keeping the old configuration: {e:#}");
                     }
                 }
             },
             Some(reply) = reload_rx.recv() => {
-                let result = reload(config_path, &server).map_err(|e| format!("{e:#}"));
+                let result = reload(config_path, &server, &retention_tx).map_err(|e| format!("{e:#}"));
                 let _ = reply.send(result);
             }
         }
@@ -126,12 +130,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
 
 /// Re-reads the config and applies the consumer list, the writer secret and the TLS
 /// files (for new connections). Everything is read and checked before anything changes.
-fn reload(config_path: &Path, server: &Server) -> Result<String> {
+fn reload(config_path: &Path, server: &Server, retention: &watch::Sender<ChangelogConfig>) -> Result<String> {
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
     server.replace_tls(tls);
     let revoked = server.replace_grants(grants);
+    retention.send_if_modified(|r| std::mem::replace(r, config.changelog) != config.changelog);
     let msg = format!(
         "reloaded {}: {} agreements, {revoked} sessions revoked",
         config_path.display(),
@@ -141,31 +146,42 @@ fn reload(config_path: &Path, server: &Server) -> Result<String> {
     Ok(msg)
 }
 
-/// Trims the changelog every `trim_interval`.
-async fn trim_loop(dir: Arc<Directory>, config: ProviderConfig, shutdown: CancellationToken) {
-    let policy = RetentionPolicy {
-        max_changes: Some(config.changelog.max_changes),
-        max_age: Some(config.changelog.max_age),
-        hold_for_consumers: config.changelog.hold_for_consumers,
-    };
-    let mut tick = tokio::time::interval(config.changelog.trim_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Trims the changelog every `trim_interval`, under the retention the config holds now:
+/// a reload that changes `[changelog]` takes effect at once (and trims at once), so an
+/// operator lowering retention to free space does not have to restart the provider.
+async fn trim_loop(dir: Arc<Directory>, mut retention: watch::Receiver<ChangelogConfig>, shutdown: CancellationToken) {
     loop {
+        let current = *retention.borrow_and_update();
+        trim_once(&dir, &current).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                let d = dir.clone();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                match tokio::task::spawn_blocking(move || d.trim(&policy, now)).await {
-                    Ok(Ok(r)) if r.removed > 0 => info!(removed = r.removed, floor = %r.floor, "changelog trimmed"),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => error!(error = %e, "changelog trim failed"),
-                    Err(e) => error!(error = %e, "changelog trim task failed"),
+            _ = tokio::time::sleep(current.trim_interval) => {}
+            changed = retention.changed() => {
+                if changed.is_err() {
+                    return;
                 }
+                info!(
+                    max_changes = current.max_changes,
+                    "changelog retention changed by reload"
+                );
             }
         }
+    }
+}
+
+async fn trim_once(dir: &Arc<Directory>, retention: &ChangelogConfig) {
+    let policy = RetentionPolicy {
+        max_changes: Some(retention.max_changes),
+        max_age: Some(retention.max_age),
+        hold_for_consumers: retention.hold_for_consumers,
+    };
+    let d = dir.clone();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    match tokio::task::spawn_blocking(move || d.trim(&policy, now)).await {
+        Ok(Ok(r)) if r.removed > 0 => info!(removed = r.removed, floor = %r.floor, "changelog trimmed"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => error!(error = %e, "changelog trim failed"),
+        Err(e) => error!(error = %e, "changelog trim task failed"),
     }
 }

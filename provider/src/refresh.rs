@@ -16,12 +16,16 @@
 //! mid-scan presents it on reconnect and the scan continues after the cursor, as long as
 //! the changelog still reaches back to the start: whatever changed behind the cursor
 //! meanwhile is in the catch-up delta, exactly as for an uninterrupted scan.
+//!
+//! The catch-up (and a delta) needs the changelog from its start on, so a refresh pins
+//! it there ([`tether_store::pins`]) from planning until `RefreshDone`: a trim running
+//! meanwhile stops at the pin instead of removing changes the refresh is about to read.
 
 use std::collections::VecDeque;
 
 use tether_protocol::message::Message;
 use tether_protocol::{Cookie, Csn, RefreshKind, ReplOp, ResumePoint, SearchSpec};
-use tether_store::{Delta, Directory, StoreError};
+use tether_store::{Delta, Directory, Pin, StoreError};
 
 /// Where the planner is.
 #[derive(Debug)]
@@ -61,6 +65,9 @@ pub struct Refresh {
     phase: Phase,
     /// Messages produced but not yet handed out (a present page yields two).
     pending: VecDeque<Message>,
+    /// Keeps the changelog above the CSN this refresh reads from (`since` for a delta,
+    /// `start` for a scan's catch-up) until `RefreshDone` is queued.
+    pin: Option<Pin>,
 }
 
 impl Refresh {
@@ -75,12 +82,12 @@ impl Refresh {
     ) -> Result<Self, StoreError> {
         let batch_size = batch_size.max(1);
         if let Some(resume) = resume {
-            if Self::can_resume(dir, &spec, resume)? {
+            let pin = if Self::can_resume(dir, &spec, resume) { dir.pin(resume.start.csn)? } else { None };
+            if let Some(pin) = pin {
                 let start = resume.start.csn;
                 let (phase, end) = match &resume.cursor {
                     Some(cursor) => (Phase::Scan { cursor: Some(cursor.clone()) }, start),
                     None => {
-                        // Only the catch-up was left.
                         let end = dir.durable_csn();
                         (Phase::Changes { delta: dir.changelog().delta(start, end, &spec)? }, end)
                     }
@@ -97,33 +104,45 @@ impl Refresh {
                     resumed: true,
                     phase,
                     pending,
+                    pin: Some(pin),
                 });
             }
         }
-        let kind = dir.plan_refresh(cookie)?;
-        let since = cookie.filter(|_| kind != RefreshKind::Full).map_or(Csn::ZERO, |c| c.csn);
-        let start = dir.durable_csn();
+        let mut kind = dir.plan_refresh(cookie)?;
+        let mut since = cookie.filter(|_| kind != RefreshKind::Full).map_or(Csn::ZERO, |c| c.csn);
+        let pin = match kind {
+            RefreshKind::Delta => match dir.pin(since)? {
+                Some(pin) => pin,
+                // Trimmed past the cookie since `plan_refresh` looked: the consumer's
+                // entries are still ours, so a present refresh, pinned at its start.
+                None => {
+                    kind = RefreshKind::Present;
+                    dir.pin_current()
+                }
+            },
+            RefreshKind::Full | RefreshKind::Present => dir.pin_current(),
+        };
+        if kind == RefreshKind::Full {
+            since = Csn::ZERO;
+        }
+        let start = if kind == RefreshKind::Delta { dir.durable_csn() } else { pin.csn() };
         let phase = match kind {
             RefreshKind::Delta => Phase::Changes { delta: dir.changelog().delta(since, start, &spec)? },
             RefreshKind::Full | RefreshKind::Present => Phase::Scan { cursor: None },
         };
         let pending = VecDeque::from([Message::RefreshBegin { kind, resumed: false }]);
-        Ok(Self { kind, spec, since, start, end: start, batch_size, resumed: false, phase, pending })
+        Ok(Self { kind, spec, since, start, end: start, batch_size, resumed: false, phase, pending, pin: Some(pin) })
     }
 
-    /// Whether `resume` can be continued correctly: one of ours, for a scan of this
-    /// region, and with every change since its start still in the changelog (the
-    /// catch-up needs them). Anything else gets a refresh planned from the cookie.
-    fn can_resume(dir: &Directory, spec: &SearchSpec, resume: &ResumePoint) -> Result<bool, StoreError> {
+    /// Whether `resume` continues a refresh of this store and region; the changelog
+    /// floor is checked when it is pinned.
+    fn can_resume(dir: &Directory, spec: &SearchSpec, resume: &ResumePoint) -> bool {
         let ours = resume.start.store_id == dir.store_id() && resume.start.csn <= dir.durable_csn();
         let scan = resume.kind.replaces_replica();
-        // The cursor is a key of this region (a forged one could only end the scan early,
-        // but it would still be wrong to honour).
         let in_region = resume.cursor.as_ref().is_none_or(|c| c.starts_with(&spec.base.tree_key()));
-        Ok(ours && scan && in_region && resume.start.csn >= dir.floor()?)
+        ours && scan && in_region
     }
 
-    /// Whether this continues an interrupted refresh.
     pub fn resumed(&self) -> bool {
         self.resumed
     }
@@ -167,6 +186,9 @@ impl Refresh {
                             cookie: Cookie { store_id: dir.store_id(), csn: self.end },
                         });
                         self.phase = Phase::Done;
+                        // Everything this refresh reads from the changelog is read: the
+                        // session's persist phase re-checks the floor on its own.
+                        self.pin = None;
                     } else {
                         self.pending.push_back(Message::Batch { ops });
                     }
@@ -350,6 +372,8 @@ mod tests {
         let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
         let (resume, _, _) = drive(&dir, &mut refresh, &mut shadow, Some(2));
         let resume = resume.unwrap();
+        // The session that ran it is gone, and with it the refresh's changelog pin.
+        drop(refresh);
 
         let other_store = ResumePoint {
             start: Cookie { store_id: tether_protocol::StoreId([1; 16]), ..resume.start },
@@ -365,5 +389,52 @@ mod tests {
         let planned = Refresh::plan(&dir, spec(), None, Some(&resume), BATCH).unwrap();
         assert!(!planned.resumed(), "the catch-up from the resume point's start is gone");
         assert_eq!(planned.kind(), RefreshKind::Full);
+    }
+
+    /// Found by `tether-chaos`: a trim by the `max_changes` cap while a full refresh was
+    /// scanning removed the changes its catch-up needed (deletes of entries already
+    /// sent), and the replica kept them forever. The refresh's pin holds the floor.
+    #[test]
+    fn a_trim_during_a_refresh_cannot_remove_what_its_catch_up_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        let cap = RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO };
+
+        let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(4));
+        assert!(done.is_none());
+        // Entries already sent are deleted, then the cap trims everything it may.
+        dir.write(&Change::Delete { dn: dn(&person(1)) }).unwrap();
+        dir.write(&Change::Delete { dn: dn(&person(2)) }).unwrap();
+        let report = dir.trim(&cap, u64::MAX).unwrap();
+        assert_eq!(report.floor, refresh.start, "the running refresh's pin holds the floor at its start");
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
+        shadow.finish(done.unwrap()).unwrap();
+        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+        // Done: the pin is released and the cap applies again.
+        assert_eq!(dir.trim(&cap, u64::MAX).unwrap().floor, dir.durable_csn());
+    }
+
+    #[test]
+    fn a_delta_whose_cookie_was_trimmed_after_planning_looked_becomes_a_present_refresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let cookie = dir.cookie();
+        assert_eq!(dir.plan_refresh(Some(&cookie)).unwrap(), RefreshKind::Delta);
+        // A pinned delta keeps its changes through a trim by the cap.
+        let delta = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
+        assert_eq!(delta.kind(), RefreshKind::Delta);
+        dir.write(&Change::Delete { dn: dn(&person(5)) }).unwrap();
+        let cap = RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO };
+        assert_eq!(dir.trim(&cap, u64::MAX).unwrap().floor, cookie.csn);
+        drop(delta);
+        assert!(dir.trim(&cap, u64::MAX).unwrap().removed > 0);
+        // Pinning a trimmed position is refused, so planning falls back to present.
+        assert!(dir.pin(cookie.csn).unwrap().is_none());
+        let planned = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
+        assert_eq!(planned.kind(), RefreshKind::Present);
     }
 }

@@ -370,8 +370,10 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 None => skipped_tail = true,
             }
         }
-        if last == position && position < newest {
-            // Records vanished under us: trimmed between the floor check and the read.
+        if position < self.dir.floor()? {
+            // Trimmed while we read (the floor rises before records go): some records
+            // after `position` may have been skipped, so what was read cannot be sent.
+            pending.clear();
             return Ok(None);
         }
         if skipped_tail {

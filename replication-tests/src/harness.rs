@@ -18,12 +18,23 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Poll interval of [`wait_until`].
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// Names a folder of prebuilt `tether-provider` and `tether-consumer` binaries to use
+/// as they are (no build): how the release `tether-chaos` runs release processes.
+pub const BIN_DIR_ENV: &str = "TETHER_BIN_DIR";
+
 /// The folder holding the workspace's binaries, built (or brought up to date) once per
 /// test process: `cargo test -p replication-tests` does not rebuild other packages'
-/// binaries, and a test must never run a stale one.
+/// binaries, and a test must never run a stale one. [`BIN_DIR_ENV`] overrides it.
 fn bin_dir() -> Result<PathBuf> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os(BIN_DIR_ENV).map(PathBuf::from) {
+            let have = dir.join("tether-provider").exists() && dir.join("tether-consumer").exists();
+            if !have {
+                return Err(format!("{BIN_DIR_ENV}={}: no tether-provider and tether-consumer there", dir.display()));
+            }
+            return Ok(dir);
+        }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         // target/<profile>/deps/<test> or target/<profile>/<bin>
         let mut dir = exe.parent().map(Path::to_path_buf).ok_or("no parent")?;

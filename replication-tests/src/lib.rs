@@ -6,9 +6,11 @@
 //! - [`proxy`]: a fault-injecting TCP proxy between consumer and provider (stall, reset,
 //!   clean close, delay, throttle, corruption, truncation, refusal), controlled live.
 //! - [`workload`]: generated directories and change workloads of every kind.
+//! - [`chaos`]: the `tether-chaos` run: a seeded nemesis against a real cluster.
 //!
 //! The integration tests in `tests/` and the `tether-demo` binary build on these.
 
+pub mod chaos;
 pub mod harness;
 pub mod proxy;
 pub mod workload;

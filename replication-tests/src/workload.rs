@@ -132,6 +132,13 @@ impl Workload {
         self.live[i].clone()
     }
 
+    /// Replaces the model of the directory with `live` (uid, under `ou=people`?), read
+    /// back from the provider after a write whose outcome is unknown. Fresh uids keep
+    /// counting from where they were, so they stay unique.
+    pub fn resync(&mut self, live: Vec<(String, bool)>) {
+        self.live = live;
+    }
+
     /// Number of live people entries.
     pub fn len(&self) -> usize {
         self.live.len()

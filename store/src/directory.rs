@@ -20,6 +20,7 @@ use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
 use crate::durability::GroupCommit;
 use crate::entry_set::{EntrySet, TxEntrySet};
 use crate::error::{Refusal, Result, StoreError};
+use crate::pins::{Pin, Pins};
 use crate::record::{decode, encode, now_ms, u64_from};
 use crate::rules::{self, Planned};
 
@@ -75,6 +76,8 @@ pub struct Directory {
     writer: Mutex<Csn>,
     /// Flushing and the durable-CSN watch.
     durability: GroupCommit,
+    /// What running refreshes still need from the changelog.
+    pins: Pins,
 }
 
 /// Opens sled at `path`, turning its lock failure into [`StoreError::Locked`].
@@ -128,6 +131,7 @@ impl Directory {
             suffix: suffix.clone(),
             writer: Mutex::new(last),
             durability: GroupCommit::new(last),
+            pins: Pins::default(),
         })
     }
 
@@ -272,6 +276,25 @@ impl Directory {
         }
     }
 
+    /// Pins the changelog above `csn` for a refresh that will read it: `None` if it was
+    /// already trimmed past `csn` (the caller must plan a refresh that does not need it).
+    pub fn pin(&self, csn: Csn) -> Result<Option<Pin>> {
+        let mut table = self.pins.lock();
+        if csn < self.floor()? {
+            return Ok(None);
+        }
+        Ok(Some(self.pins.insert(&mut table, csn)))
+    }
+
+    /// Pins the changelog above the current durable CSN, which is returned by
+    /// [`Pin::csn`]. Always succeeds: the trimmer raises the floor only under the pin
+    /// lock and never past the durable CSN it saw, which is at most the one read here.
+    pub fn pin_current(&self) -> Pin {
+        let mut table = self.pins.lock();
+        let csn = self.durable_csn();
+        self.pins.insert(&mut table, csn)
+    }
+
     /// Every change above this CSN is in the changelog.
     pub fn floor(&self) -> Result<Csn> {
         Ok(match self.meta.get(names::FLOOR)? {
@@ -305,8 +328,9 @@ impl Directory {
 
     /// Trims the changelog per `policy` as of `now_ms` (SPEC §2): age-based trimming
     /// stops at the oldest position of a consumer seen within `hold_for_consumers`; only
-    /// `max_changes` may trim past it.
+    /// `max_changes` may trim past it. Nothing trims past a [`Pin`] of a running refresh.
     pub fn trim(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<TrimReport> {
+        let pins = self.pins.lock();
         let floor = self.floor()?;
         let newest = self.durable_csn();
         let mut target = floor;
@@ -336,6 +360,9 @@ impl Directory {
                 target = Csn(newest.0 - max);
             }
         }
+        if let Some(pinned) = pins.lowest() {
+            target = target.min(pinned);
+        }
         if target <= floor {
             return Ok(TrimReport { removed: 0, floor });
         }
@@ -343,6 +370,8 @@ impl Directory {
         // floor below a hole.
         self.meta.insert(names::FLOOR, &target.0.to_be_bytes())?;
         self.db.flush()?;
+        // New pins now see the raised floor; the records below it may go.
+        drop(pins);
         let removed = self.changelog.remove_through(target)?;
         Ok(TrimReport { removed, floor: target })
     }

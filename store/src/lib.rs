@@ -12,6 +12,7 @@
 //! - [`rules`] (private): what a write may do and the state it leads to.
 //! - [`changelog`]: change records by CSN, coalesced deltas, retention policy.
 //! - [`durability`]: group commit and the durable-CSN watch that wakes sessions.
+//! - [`pins`]: what running refreshes still need from the changelog, which trimming keeps.
 //! - [`directory`]: the provider's store.
 //! - [`replica`]: the consumer's per-agreement replicas and shadow reloads.
 //!
@@ -23,6 +24,7 @@ pub mod directory;
 pub mod durability;
 pub mod entry_set;
 pub mod error;
+pub mod pins;
 mod record;
 pub mod replica;
 mod rules;
@@ -31,6 +33,7 @@ pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy,
 pub use directory::{Committed, ConsumerPosition, Directory};
 pub use entry_set::EntrySet;
 pub use error::{Refusal, Result, StoreError};
+pub use pins::Pin;
 pub use replica::{ApplyStats, Replica, ReplicaState, ReplicaStore, Shadow, ShadowProgress};
 /// sled's error type, for callers that must build or match a storage error.
 pub use sled::Error as SledError;

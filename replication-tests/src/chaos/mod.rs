@@ -1,0 +1,122 @@
+//! `tether-chaos`: one provider and several consumers as real processes, a write
+//! workload, and a nemesis breaking processes, links, configs and stores on a schedule
+//! drawn from a seed; at the end everything is healed and the invariants are checked.
+//!
+//! ## Layout
+//! - [`cluster`]: the processes, their proxies, agreements and anchor entries.
+//! - [`writer`]: the write workload through the provider's write API.
+//! - [`nemesis`]: the seeded fault schedule and the final heal.
+//! - [`sampler`]: what consumers expose meanwhile (half-loaded or regressed replicas).
+//! - [`checker`]: convergence and exactly-once at the end.
+//! - [`report`]: the report.
+//!
+//! The seed fixes the schedule (fault kinds, targets, gaps, fault parameters) and the
+//! workload; the processes' own timing is not under its control, so a replay reruns the
+//! same faults in the same order, not the same interleaving.
+
+pub mod checker;
+pub mod cluster;
+pub mod nemesis;
+pub mod report;
+pub mod sampler;
+pub mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::workload::Workload;
+use cluster::{Cluster, Totals};
+use nemesis::Nemesis;
+use report::Report;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long the nemesis works.
+    pub duration: Duration,
+    /// The seed of the schedule and the workload.
+    pub seed: u64,
+    /// Number of consumers.
+    pub consumers: usize,
+    /// Write operations per second.
+    pub rate: u32,
+    /// Initial directory size.
+    pub entries: usize,
+    /// How long the healed cluster may take to converge.
+    pub converge_timeout: Duration,
+    /// Keep the run's folder even when it passes.
+    pub keep: bool,
+}
+
+/// Runs one chaos run. `Err` only for a broken setup (binaries missing, a process that
+/// would not start at all); everything the system under test did wrong is a violation
+/// in the report.
+pub fn run(opts: &Options) -> Result<Report> {
+    let started = Instant::now();
+    let tmp = tempfile::Builder::new().prefix("tether-chaos-").tempdir().context("creating the run folder")?;
+    let root = tmp.path().to_owned();
+    let mut work = Workload::new(opts.entries, opts.seed);
+    let cluster = Cluster::start(&root, &mut work, opts.consumers.max(1))?;
+    let stop_writer = AtomicBool::new(false);
+    let stop_sampler = AtomicBool::new(false);
+    let rng = StdRng::seed_from_u64(opts.seed);
+
+    let (writer, sampler, nemesis, converged) = std::thread::scope(|s| {
+        let writer = s.spawn(|| writer::run(&cluster, work, opts.rate, &stop_writer));
+        let sampler = s.spawn(|| sampler::run(&cluster, started, &stop_sampler));
+        let mut nemesis = Nemesis::new(&cluster, rng, started);
+        nemesis.run_until(Instant::now() + opts.duration);
+        stop_writer.store(true, Ordering::Relaxed);
+        let writer = writer.join();
+        let healed = nemesis.heal_all();
+        let converged = match healed {
+            Ok(()) => checker::converge(&cluster, opts.converge_timeout),
+            Err(e) => Err(vec![format!("healing the cluster: {e:#}")]),
+        };
+        stop_sampler.store(true, Ordering::Relaxed);
+        let sampler = sampler.join();
+        (writer, sampler, nemesis.stats, converged)
+    });
+    let writer = writer.map_err(|_| anyhow!("the writer thread panicked"))??;
+    let sampler = sampler.map_err(|_| anyhow!("the sampler thread panicked"))?;
+
+    let per_node = checker::totals(&cluster);
+    let durable = if converged.is_ok() { checker::durable_cookies(&cluster) } else { Vec::new() };
+    let mut totals = Totals::default();
+    for t in &per_node {
+        totals.add(t);
+    }
+    let mut violations = nemesis.violations.clone();
+    violations.extend(sampler.violations.iter().cloned());
+    let converged_in = match converged {
+        Ok(d) => Some(d),
+        Err(diff) => {
+            violations.extend(diff.into_iter().map(|d| format!("not converged: {d}")));
+            None
+        }
+    };
+    violations.extend(checker::exactly_once(&per_node));
+    violations.extend(durable);
+    drop(cluster);
+    let keep = opts.keep || !violations.is_empty();
+    let root_text = root.display().to_string();
+    if keep {
+        let _ = tmp.keep();
+    }
+    Ok(Report {
+        options: opts.clone(),
+        faults: nemesis.faults,
+        totals,
+        changes: writer.changes,
+        failed_writes: writer.failed_writes,
+        samples: sampler.samples,
+        converged_in,
+        elapsed: started.elapsed(),
+        violations,
+        root: root_text,
+    })
+}

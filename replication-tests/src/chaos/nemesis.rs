@@ -1,0 +1,409 @@
+//! The nemesis: injects faults on a schedule drawn from the seed until the deadline,
+//! then heals everything.
+//!
+//! Each step waits a random gap, then injects one fault of a random kind on a random
+//! target. Faults that last (a black hole, a stopped agreement, a lowered changelog
+//! retention) are healed by a later step at a random time, so faults of different kinds
+//! overlap. Kills land at arbitrary moments: during refreshes (some kinds force one
+//! first and kill while it runs) and during the writer's batches.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use super::cluster::{extra_agreement, Cluster, Node, CHANGELOG, CHANGELOG_TRIMMED, EXTRA};
+use crate::proxy::{Direction, Fault};
+
+/// Every kind of fault, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// SIGKILL the provider, restart it.
+    KillProvider,
+    /// SIGKILL a consumer, restart it.
+    KillConsumer,
+    /// SIGTERM the provider, restart it.
+    TermProvider,
+    /// SIGTERM a consumer, restart it.
+    TermConsumer,
+    /// Force a consumer's full refresh, SIGKILL it while it runs, restart.
+    KillConsumerMidRefresh,
+    /// Force a consumer's full refresh, SIGKILL the provider while it runs, restart.
+    KillProviderMidRefresh,
+    /// Stall both directions of a consumer's link, heal later.
+    BlackHole,
+    /// Stall one direction.
+    StallOneWay,
+    /// Reset the connection.
+    Reset,
+    /// Close the connection cleanly.
+    CloseCleanly,
+    /// Flip one byte.
+    Corrupt,
+    /// Cut the connection after some bytes.
+    DropAfter,
+    /// Add latency.
+    Delay,
+    /// Limit the bandwidth.
+    Throttle,
+    /// Lower the provider's changelog retention (config + SIGHUP), restore later.
+    TrimChangelog,
+    /// `stop` an agreement, `start` it later.
+    StopStartAgreement,
+    /// Add or remove an agreement in a consumer's config, `reload`.
+    ReloadConsumerConfig,
+    /// Delete a consumer's store while it is down: it reloads in full.
+    WipeConsumerStore,
+}
+
+impl Kind {
+    /// All kinds.
+    pub const ALL: [Kind; 18] = [
+        Kind::KillProvider,
+        Kind::KillConsumer,
+        Kind::TermProvider,
+        Kind::TermConsumer,
+        Kind::KillConsumerMidRefresh,
+        Kind::KillProviderMidRefresh,
+        Kind::BlackHole,
+        Kind::StallOneWay,
+        Kind::Reset,
+        Kind::CloseCleanly,
+        Kind::Corrupt,
+        Kind::DropAfter,
+        Kind::Delay,
+        Kind::Throttle,
+        Kind::TrimChangelog,
+        Kind::StopStartAgreement,
+        Kind::ReloadConsumerConfig,
+        Kind::WipeConsumerStore,
+    ];
+
+    /// The name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::KillProvider => "kill9-provider",
+            Kind::KillConsumer => "kill9-consumer",
+            Kind::TermProvider => "sigterm-provider",
+            Kind::TermConsumer => "sigterm-consumer",
+            Kind::KillConsumerMidRefresh => "kill9-consumer-mid-refresh",
+            Kind::KillProviderMidRefresh => "kill9-provider-mid-refresh",
+            Kind::BlackHole => "black-hole",
+            Kind::StallOneWay => "stall-one-way",
+            Kind::Reset => "reset",
+            Kind::CloseCleanly => "close-cleanly",
+            Kind::Corrupt => "corrupt-byte",
+            Kind::DropAfter => "drop-after-bytes",
+            Kind::Delay => "delay",
+            Kind::Throttle => "throttle",
+            Kind::TrimChangelog => "trim-changelog",
+            Kind::StopStartAgreement => "stop-start-agreement",
+            Kind::ReloadConsumerConfig => "reload-consumer-config",
+            Kind::WipeConsumerStore => "wipe-consumer-store",
+        }
+    }
+}
+
+/// A fault to undo later.
+#[derive(Debug, Clone)]
+enum Heal {
+    /// Heal a node's proxy.
+    Proxy(usize),
+    /// Restore the provider's changelog retention.
+    Retention,
+    /// `start` an agreement.
+    Start(usize, String),
+}
+
+/// What the nemesis did.
+#[derive(Debug, Clone, Default)]
+pub struct NemesisStats {
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Faults whose injection itself went wrong (a process that did not come back, an
+    /// unclean exit on SIGTERM): violations.
+    pub violations: Vec<String>,
+}
+
+/// The fault injector.
+#[derive(Debug)]
+pub struct Nemesis<'a> {
+    cluster: &'a Cluster,
+    rng: StdRng,
+    pending: Vec<(Instant, Heal)>,
+    /// The report.
+    pub stats: NemesisStats,
+    started: Instant,
+}
+
+fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.gen_range(lo..hi))
+}
+
+impl<'a> Nemesis<'a> {
+    /// A nemesis drawing from `rng`.
+    pub fn new(cluster: &'a Cluster, rng: StdRng, started: Instant) -> Self {
+        let mut stats = NemesisStats::default();
+        for k in Kind::ALL {
+            stats.faults.insert(k.as_str(), 0);
+        }
+        Self { cluster, rng, pending: Vec::new(), stats, started }
+    }
+
+    /// Injects faults until `deadline`.
+    pub fn run_until(&mut self, deadline: Instant) {
+        while Instant::now() < deadline {
+            let gap = ms(&mut self.rng, 300, 2500);
+            std::thread::sleep(gap.min(deadline.saturating_duration_since(Instant::now())));
+            self.heal_due(false);
+            if Instant::now() >= deadline {
+                break;
+            }
+            let kind = *Kind::ALL.choose(&mut self.rng).unwrap_or(&Kind::Reset);
+            let node = self.rng.gen_range(0..self.cluster.nodes.len());
+            *self.stats.faults.entry(kind.as_str()).or_default() += 1;
+            if let Err(e) = self.inject(kind, node) {
+                self.stats.violations.push(format!(
+                    "at {:.1}s {} on consumer{node}: {e:#}",
+                    self.started.elapsed().as_secs_f64(),
+                    kind.as_str()
+                ));
+            }
+        }
+    }
+
+    fn heal_due(&mut self, all: bool) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(t, _)| all || *t <= now);
+        self.pending = later;
+        for (_, heal) in due {
+            if let Err(e) = self.heal(&heal) {
+                self.stats.violations.push(format!("healing {heal:?}: {e:#}"));
+            }
+        }
+    }
+
+    fn heal(&self, heal: &Heal) -> Result<()> {
+        match heal {
+            Heal::Proxy(i) => self.cluster.nodes[*i].proxy.heal(),
+            Heal::Retention => {
+                let mut p = self.cluster.provider();
+                p.opts.changelog = CHANGELOG.into();
+                let opts = p.opts.clone();
+                p.provider.reconfigure(&opts)?;
+                p.provider.reload()?;
+            }
+            Heal::Start(i, name) => {
+                let mut state = self.cluster.nodes[*i].lock();
+                if state.stopped.remove(name) && state.agreements.iter().any(|a| &a.name == name) {
+                    state.consumer.admin("start", Some(name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn later(&mut self, lo: u64, hi: u64, heal: Heal) {
+        let at = Instant::now() + ms(&mut self.rng, lo, hi);
+        self.pending.push((at, heal));
+    }
+
+    fn inject(&mut self, kind: Kind, i: usize) -> Result<()> {
+        let node = &self.cluster.nodes[i];
+        match kind {
+            Kind::KillProvider => {
+                let pause = ms(&mut self.rng, 0, 2000);
+                self.restart_provider(true, pause)
+            }
+            Kind::TermProvider => {
+                let pause = ms(&mut self.rng, 0, 1000);
+                self.restart_provider(false, pause)
+            }
+            Kind::KillConsumer => {
+                let pause = ms(&mut self.rng, 0, 2000);
+                restart_consumer(node, true, false, pause)
+            }
+            Kind::TermConsumer => {
+                let pause = ms(&mut self.rng, 0, 1000);
+                restart_consumer(node, false, false, pause)
+            }
+            Kind::WipeConsumerStore => restart_consumer(node, true, true, Duration::ZERO),
+            Kind::KillConsumerMidRefresh => {
+                restart_consumer(node, true, true, Duration::ZERO)?;
+                let during = ms(&mut self.rng, 0, 1500);
+                let mut state = node.lock();
+                std::thread::sleep(during);
+                state.fold_before_restart();
+                state.consumer.kill()?;
+                std::thread::sleep(ms(&mut self.rng, 0, 500));
+                state.consumer.start()
+            }
+            Kind::KillProviderMidRefresh => {
+                restart_consumer(node, true, true, Duration::ZERO)?;
+                std::thread::sleep(ms(&mut self.rng, 50, 1500));
+                let pause = ms(&mut self.rng, 0, 1000);
+                self.restart_provider(true, pause)
+            }
+            Kind::BlackHole => {
+                node.proxy.set_fault(Fault::Stall);
+                self.later(1000, 8000, Heal::Proxy(i));
+                Ok(())
+            }
+            Kind::StallOneWay => {
+                let dir = *Direction::BOTH.choose(&mut self.rng).unwrap_or(&Direction::ToClient);
+                node.proxy.set_fault_on(dir, Fault::Stall);
+                self.later(1000, 8000, Heal::Proxy(i));
+                Ok(())
+            }
+            Kind::Reset => self.proxy_fault(i, None, Fault::Reset, 100, 1500),
+            Kind::CloseCleanly => self.proxy_fault(i, None, Fault::CloseCleanly, 100, 1500),
+            Kind::Corrupt => {
+                let after_bytes = self.rng.gen_range(0..20_000);
+                self.proxy_fault(i, Some(()), Fault::Corrupt { after_bytes }, 500, 4000)
+            }
+            Kind::DropAfter => {
+                let bytes = self.rng.gen_range(0..50_000);
+                self.proxy_fault(i, Some(()), Fault::DropAfter { bytes }, 500, 4000)
+            }
+            Kind::Delay => {
+                let delay = ms(&mut self.rng, 10, 400);
+                self.proxy_fault(i, Some(()), Fault::Delay(delay), 1000, 6000)
+            }
+            Kind::Throttle => {
+                let bytes_per_sec = self.rng.gen_range(2_000..200_000);
+                self.proxy_fault(i, Some(()), Fault::Throttle { bytes_per_sec }, 1000, 6000)
+            }
+            Kind::TrimChangelog => {
+                {
+                    let mut p = self.cluster.provider();
+                    p.opts.changelog = CHANGELOG_TRIMMED.into();
+                    let opts = p.opts.clone();
+                    p.provider.reconfigure(&opts)?;
+                    p.provider.reload()?;
+                }
+                self.later(1000, 6000, Heal::Retention);
+                Ok(())
+            }
+            Kind::StopStartAgreement => {
+                let mut state = node.lock();
+                let Some(name) = state.agreements.choose(&mut self.rng).map(|a| a.name.clone()) else {
+                    return Ok(());
+                };
+                state.consumer.admin("stop", Some(&name))?;
+                state.stopped.insert(name.clone());
+                drop(state);
+                self.later(500, 5000, Heal::Start(i, name));
+                Ok(())
+            }
+            Kind::ReloadConsumerConfig => {
+                let mut state = node.lock();
+                state.refresh_status();
+                if state.agreements.iter().any(|a| a.name == EXTRA) {
+                    state.fold_removed(EXTRA);
+                    state.agreements.retain(|a| a.name != EXTRA);
+                    state.stopped.remove(EXTRA);
+                } else {
+                    state.agreements.push(extra_agreement());
+                }
+                *state.epochs.entry(EXTRA.into()).or_default() += 1;
+                state.write_config()?;
+                state.consumer.admin("reload", None)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets `fault` on one random direction (`one_way`) or both, heals it later.
+    fn proxy_fault(&mut self, i: usize, one_way: Option<()>, fault: Fault, lo: u64, hi: u64) -> Result<()> {
+        let proxy = &self.cluster.nodes[i].proxy;
+        match one_way {
+            Some(()) => {
+                let dir = *Direction::BOTH.choose(&mut self.rng).unwrap_or(&Direction::ToClient);
+                proxy.set_fault_on(dir, fault);
+            }
+            None => proxy.set_fault(fault),
+        }
+        self.later(lo, hi, Heal::Proxy(i));
+        Ok(())
+    }
+
+    fn restart_provider(&self, kill: bool, pause: Duration) -> Result<()> {
+        let mut p = self.cluster.provider();
+        if kill {
+            p.provider.kill()?;
+        } else {
+            let status = p.provider.stop()?;
+            if !status.success() {
+                p.provider.start().context("restarting the provider")?;
+                bail!("the provider exited with {status} on SIGTERM");
+            }
+        }
+        std::thread::sleep(pause);
+        p.provider.start().context("restarting the provider")
+    }
+
+    /// Heals every fault, restores every config and makes sure every process runs.
+    pub fn heal_all(&mut self) -> Result<()> {
+        self.heal_due(true);
+        for node in &self.cluster.nodes {
+            node.proxy.heal();
+        }
+        {
+            let mut p = self.cluster.provider();
+            if p.provider.child.is_none() {
+                p.provider.start()?;
+            }
+            if p.opts.changelog != CHANGELOG {
+                p.opts.changelog = CHANGELOG.into();
+                let opts = p.opts.clone();
+                p.provider.reconfigure(&opts)?;
+                p.provider.reload()?;
+            }
+        }
+        for node in &self.cluster.nodes {
+            let mut state = node.lock();
+            if state.consumer.child.is_none() {
+                state.consumer.start()?;
+            }
+            let names = |a: &[crate::harness::Agreement]| a.iter().map(|x| x.name.clone()).collect::<Vec<_>>();
+            if names(&state.agreements) != names(&node.base_agreements) {
+                state.refresh_status();
+                state.fold_removed(EXTRA);
+                state.agreements = node.base_agreements.clone();
+                *state.epochs.entry(EXTRA.into()).or_default() += 1;
+                state.write_config()?;
+                state.consumer.admin("reload", None)?;
+            }
+            for a in node.base_agreements.clone() {
+                if state.stopped.remove(&a.name) {
+                    state.consumer.admin("start", Some(&a.name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stops a consumer (SIGKILL or SIGTERM), optionally wipes its store, waits `pause`,
+/// starts it again.
+fn restart_consumer(node: &Node, kill: bool, wipe: bool, pause: Duration) -> Result<()> {
+    let mut state = node.lock();
+    state.fold_before_restart();
+    if kill {
+        state.consumer.kill()?;
+    } else {
+        let status = state.consumer.stop()?;
+        if !status.success() {
+            state.consumer.start()?;
+            bail!("consumer{} exited with {status} on SIGTERM", node.index);
+        }
+    }
+    if wipe {
+        state.wipe_store()?;
+    }
+    std::thread::sleep(pause);
+    state.consumer.start()
+}

@@ -1,0 +1,152 @@
+//! Watches what consumers expose while the nemesis works: every [`PERIOD`] it searches
+//! each agreement's replica for the anchor entries and records each consumer's status.
+//!
+//! ## Why anchors prove a replica was never half-loaded
+//! The provider is loaded with anchor entries in every region, spread over the tree
+//! order, that the workload never deletes, renames or moves; it only raises their
+//! `employeeNumber` counter. So every state the provider ever had contains all anchors
+//! of a region, and every complete replica (the region at some CSN) does too. A
+//! replica showing some but not all of them exposes a partial load; one showing none
+//! after it showed them all lost its data, unless the run emptied it on purpose (store
+//! wiped, agreement removed: the node's epoch for the agreement changes, and only an
+//! empty replica that never loaded since is allowed). And since counters only rise on
+//! the provider, a counter lower than one seen earlier on the same agreement of the same
+//! consumer means a replica went back in time, whatever happened in between (a full
+//! reload after a wipe can only bring a newer state).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::cluster::{region, Cluster, ANCHOR};
+
+/// Time between two sampling rounds.
+pub const PERIOD: Duration = Duration::from_millis(500);
+
+/// What the sampler saw.
+#[derive(Debug, Clone, Default)]
+pub struct SamplerStats {
+    /// Replica searches checked.
+    pub samples: u64,
+    /// Searches that failed (agreement mid-reload and the like); not violations.
+    pub failed: u64,
+    /// Violations found, with their time since the run started.
+    pub violations: Vec<String>,
+}
+
+/// The anchors a search shows: DN -> counter.
+pub fn anchors_in(ldif: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for record in ldif.split("\n\n") {
+        let mut dn = None;
+        let mut counter = None;
+        for line in record.lines() {
+            if let Some(v) = line.strip_prefix("dn: ") {
+                dn = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("employeeNumber: ") {
+                counter = v.trim().parse::<u64>().ok();
+            }
+        }
+        if let (Some(dn), Some(counter)) = (dn, counter) {
+            out.insert(dn, counter);
+        }
+    }
+    out
+}
+
+/// The state the checks keep per (consumer, agreement).
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// The epoch in which a complete replica was last seen.
+    loaded_in: Option<u64>,
+    /// Highest counter seen per anchor.
+    highest: BTreeMap<String, u64>,
+}
+
+impl Watch {
+    /// Checks one sample taken in `epoch` against what was seen before; returns a
+    /// violation, if any.
+    pub fn check(&mut self, expected: usize, epoch: u64, anchors: &BTreeMap<String, u64>) -> Option<String> {
+        let mut problem = None;
+        if anchors.is_empty() {
+            if self.loaded_in == Some(epoch) {
+                problem = Some("a loaded replica went empty".to_owned());
+            }
+        } else if anchors.len() != expected {
+            problem = Some(format!("half-loaded replica: {} of {expected} anchors", anchors.len()));
+        } else {
+            self.loaded_in = Some(epoch);
+        }
+        for (dn, &value) in anchors {
+            let seen = self.highest.entry(dn.clone()).or_insert(value);
+            if value < *seen {
+                problem.get_or_insert(format!("{dn} went backwards: counter {value} after {seen}"));
+            }
+            *seen = (*seen).max(value);
+        }
+        problem
+    }
+}
+
+/// Samples until `stop` is set.
+pub fn run(cluster: &Cluster, started: Instant, stop: &AtomicBool) -> SamplerStats {
+    let mut stats = SamplerStats::default();
+    let mut watches: BTreeMap<(usize, String), Watch> = BTreeMap::new();
+    let filter = format!("(description={ANCHOR})");
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(PERIOD);
+        for node in &cluster.nodes {
+            let mut state = node.lock();
+            if state.consumer.child.is_none() {
+                continue;
+            }
+            state.refresh_status();
+            let names: Vec<String> = state.agreements.iter().map(|a| a.name.clone()).collect();
+            for name in names {
+                let Some(region) = region(&name) else { continue };
+                let epoch = state.epochs.get(&name).copied().unwrap_or(0);
+                let Ok(text) = state.consumer.search(&name, region.base, region.scope, &filter) else {
+                    stats.failed += 1;
+                    continue;
+                };
+                stats.samples += 1;
+                let watch = watches.entry((node.index, name.clone())).or_default();
+                if let Some(problem) = watch.check(region.anchors, epoch, &anchors_in(&text)) {
+                    stats.violations.push(format!(
+                        "at {:.1}s consumer{} agreement {name}: {problem}",
+                        started.elapsed().as_secs_f64(),
+                        node.index
+                    ));
+                }
+            }
+        }
+    }
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(d, v)| ((*d).to_owned(), *v)).collect()
+    }
+
+    #[test]
+    fn partial_empty_and_backwards_samples_are_violations() {
+        let mut w = Watch::default();
+        assert_eq!(w.check(2, 0, &sample(&[])), None, "never loaded yet");
+        assert_eq!(w.check(2, 0, &sample(&[("a", 1), ("b", 1)])), None);
+        assert!(w.check(2, 0, &sample(&[("a", 1)])).unwrap().contains("half-loaded"));
+        assert!(w.check(2, 0, &sample(&[])).unwrap().contains("went empty"));
+        assert_eq!(w.check(2, 1, &sample(&[])), None, "emptied on purpose");
+        assert!(w.check(2, 1, &sample(&[("a", 0), ("b", 1)])).unwrap().contains("backwards"));
+        assert_eq!(w.check(2, 1, &sample(&[("a", 3), ("b", 2)])), None);
+    }
+
+    #[test]
+    fn anchors_are_read_from_canonical_ldif() {
+        let ldif = "dn: uid=a,ou=x\nuid: a\nemployeeNumber: 7\n\ndn: uid=b,ou=x\nemployeeNumber: 9\n\n";
+        assert_eq!(anchors_in(ldif), sample(&[("uid=a,ou=x", 7), ("uid=b,ou=x", 9)]));
+    }
+}
