@@ -18,12 +18,23 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Poll interval of [`wait_until`].
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// Names a folder of already-built `tether-provider`/`tether-consumer` binaries to use
+/// instead of building them (`tether-bench` runs the release ones this way).
+pub const BIN_DIR_ENV: &str = "TETHER_BIN_DIR";
+
 /// The folder holding the workspace's binaries, built (or brought up to date) once per
 /// test process: `cargo test -p replication-tests` does not rebuild other packages'
-/// binaries, and a test must never run a stale one.
+/// binaries, and a test must never run a stale one. [`BIN_DIR_ENV`] overrides it.
 fn bin_dir() -> Result<PathBuf> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+            let dir = PathBuf::from(dir);
+            if !(dir.join("tether-provider").exists() && dir.join("tether-consumer").exists()) {
+                return Err(format!("{BIN_DIR_ENV}={} holds no tether-provider and tether-consumer", dir.display()));
+            }
+            return Ok(dir);
+        }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         // target/<profile>/deps/<test> or target/<profile>/<bin>
         let mut dir = exe.parent().map(Path::to_path_buf).ok_or("no parent")?;

@@ -6,9 +6,13 @@
 //! - [`proxy`]: a fault-injecting TCP proxy between consumer and provider (stall, reset,
 //!   clean close, delay, throttle, corruption, truncation, refusal), controlled live.
 //! - [`workload`]: generated directories and change workloads of every kind.
+//! - [`bench`]: the `tether-bench` workloads (fill, staleness, bursts, resync,
+//!   dead-link detection, fan-out).
 //!
-//! The integration tests in `tests/` and the `tether-demo` binary build on these.
+//! The integration tests in `tests/` and the `tether-demo` and `tether-bench` binaries
+//! build on these.
 
+pub mod bench;
 pub mod harness;
 pub mod proxy;
 pub mod workload;
