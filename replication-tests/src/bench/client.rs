@@ -77,6 +77,9 @@ impl Writer {
                 Some(Message::WriteResult { id, .. }) => {
                     bail!("ack for write {id} out of order (expected {})", first + acked as u64)
                 }
+                Some(Message::Goodbye { reason, detail }) => {
+                    bail!("provider said goodbye ({}: {detail})", reason.as_str())
+                }
                 other => bail!("unexpected reply {:?}", other.map(|m| m.name())),
             }
             acked += 1;

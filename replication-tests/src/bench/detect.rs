@@ -39,7 +39,6 @@ pub fn run(rt: &Runtime, rounds: usize) -> Result<Report> {
     r.param("rounds", rounds).param("keepalive_interval_s", 1).param("keepalive_timeout_s", 5);
     rt.block_on(async {
         cluster.wait_persisting(i, STEP).await?;
-        let mut writer = cluster.writer().await?;
         let kinds = [("black hole", [Fault::Stall, Fault::Stall]), ("provider stall", [Fault::Pass, Fault::Stall])];
         let mut op = 0;
         for (name, [up, down]) in kinds {
@@ -59,7 +58,10 @@ pub fn run(rt: &Runtime, rounds: usize) -> Result<Report> {
                 }
                 worst_detect = worst_detect.max(faulted.elapsed());
                 op += 1;
+                // A fresh connection: the provider closes write clients idle this long.
+                let mut writer = cluster.writer().await?;
                 let csn = writer.write(data::modify(op, op)?).await?;
+                writer.close().await;
                 proxy.heal();
                 let healed = Instant::now();
                 client::wait_csn(&cluster.control(i), AGREEMENT, csn, Duration::from_secs(60)).await?;
@@ -74,7 +76,6 @@ pub fn run(rt: &Runtime, rounds: usize) -> Result<Report> {
             );
             r.figure(&format!("{name}: worst heal to converged"), worst_converge.as_secs_f64(), "s");
         }
-        writer.close().await;
         anyhow::Ok(())
     })?;
     if !cluster.identical(i)? {

@@ -95,7 +95,7 @@ impl Report {
     pub fn table(&self) -> String {
         let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut out = format!("== {} ({})\n", self.workload, params.join(" "));
-        let _ = writeln!(out, "{:<34} {:>14} {:<9} {:<16} MET", "METRIC", "VALUE", "UNIT", "TARGET");
+        let _ = writeln!(out, "{:<40} {:>14} {:<9} {:<16} MET", "METRIC", "VALUE", "UNIT", "TARGET");
         for f in &self.figures {
             let target = f.target.map_or("-".to_owned(), |(b, t)| {
                 format!("{} {}", if b == Bound::AtLeast { ">=" } else { "<=" }, number(t))
@@ -105,7 +105,7 @@ impl Report {
                 Some(false) => "NO",
                 None => "",
             };
-            let _ = writeln!(out, "{:<34} {:>14} {:<9} {:<16} {}", f.metric, number(f.value), f.unit, target, met);
+            let _ = writeln!(out, "{:<40} {:>14} {:<9} {:<16} {}", f.metric, number(f.value), f.unit, target, met);
         }
         for (k, v) in &self.facts {
             let _ = writeln!(out, "{k}: {v}");
