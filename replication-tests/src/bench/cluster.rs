@@ -134,3 +134,18 @@ impl Cluster {
         client::Writer::connect(self.provider.port, &self.writer_secret()).await
     }
 }
+
+impl Drop for Cluster {
+    /// Stops every process with SIGTERM (the harness's own drop kills them), so a
+    /// profiler wrapping them can write its output.
+    fn drop(&mut self) {
+        for c in &mut self.consumers {
+            if c.child.is_some() {
+                let _ = c.stop();
+            }
+        }
+        if self.provider.child.is_some() {
+            let _ = self.provider.stop();
+        }
+    }
+}
