@@ -223,3 +223,43 @@ async fn search<W: AsyncWrite + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_protocol::ldif::reader::parse_str;
+    use tether_protocol::Dn;
+
+    fn changes(text: &str) -> Vec<Change> {
+        parse_str(text).unwrap().into_iter().map(|r| r.into_change()).collect()
+    }
+
+    #[test]
+    fn a_group_answers_each_write_in_order_and_is_durable_when_answered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let group = changes(
+            "dn: dc=example,dc=com\nchangetype: add\nobjectClass: domain\ndc: example\n\n\
+             dn: dc=example,dc=com\nchangetype: add\nobjectClass: domain\ndc: example\n\n\
+             dn: ou=people,dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: people\n",
+        );
+        let results = apply_group(&dir, group.into_iter().enumerate().map(|(i, c)| (i as u64 + 10, c)).collect());
+        let ids: Vec<u64> = results.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [10, 11, 12]);
+        let csns: Vec<Option<u64>> = results
+            .iter()
+            .map(|(_, o)| match o {
+                WriteOutcome::Committed { csn, .. } => Some(csn.0),
+                WriteOutcome::Refused { .. } => None,
+            })
+            .collect();
+        assert!(csns[0].is_some() && csns[2].is_some(), "{results:?}");
+        assert!(
+            matches!(&results[1].1, WriteOutcome::Refused { kind: WriteErrorKind::AlreadyExists, .. }),
+            "a refusal does not stop the writes after it: {results:?}"
+        );
+        assert!(csns[2] > csns[0]);
+        assert_eq!(dir.durable_csn().0, csns[2].unwrap_or_default(), "durable before answering");
+        assert_eq!(dir.entries().len(), 2);
+    }
+}
