@@ -1,5 +1,6 @@
 //! The consumer's control endpoint: a Unix socket (mode 0600) answering `status`,
-//! `search`, `stop`/`start`/`restart NAME` and `reload` while the process runs.
+//! `search`, `stop`/`start`/`restart NAME`, `reload` and `wait` (until a CSN is durable)
+//! while the process runs.
 
 use tether_protocol::control::{read_request, respond, ControlError, ControlRequest, ControlResponse};
 use tether_protocol::{frame, ldif};
@@ -12,6 +13,10 @@ use tracing::debug;
 use crate::daemon::Agreements;
 use crate::status::ConsumerStatus;
 use crate::supervisor::Command;
+
+/// Longest a `WaitCsn` request may wait: the control server waits for open requests
+/// when the consumer shuts down, so none may be unbounded.
+const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the control endpoint can reach.
 #[derive(Debug, Clone)]
@@ -88,6 +93,20 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         ControlRequest::Stop { name } => command(&ctx, &name, Command::Stop).await,
         ControlRequest::Start { name } => command(&ctx, &name, Command::Start).await,
         ControlRequest::Restart { name } => command(&ctx, &name, Command::Restart).await,
+        ControlRequest::WaitCsn { name, csn, timeout_ms } => {
+            let status = ctx.agreements.lock().await.get(&name).map(|r| r.status.clone());
+            match status {
+                None => Err(format!("no agreement named {name:?}")),
+                Some(status) => {
+                    let limit = std::time::Duration::from_millis(timeout_ms).min(WAIT_LIMIT);
+                    if status.wait_csn(csn, limit).await {
+                        Ok(format!("{}\n", status.durable_csn().unwrap_or(csn)))
+                    } else {
+                        Err(format!("{name}: csn {csn} not durable within {limit:?}"))
+                    }
+                }
+            }
+        }
         ControlRequest::Reload => {
             let (tx, rx) = oneshot::channel();
             if ctx.reload.send(tx).await.is_err() {

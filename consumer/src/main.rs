@@ -65,6 +65,22 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Wait until an agreement's replica has a change on disk: give the CSN a provider
+    /// write acknowledged; prints the durable CSN (read your writes across replicas).
+    Wait {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Agreement (required when there are several).
+        #[arg(long)]
+        agreement: Option<String>,
+        /// The CSN to wait for.
+        #[arg(long)]
+        csn: u64,
+        /// Give up after this long (at most 60s).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print an agreement's replica as canonical LDIF.
     Search {
         /// Configuration file.
@@ -137,6 +153,16 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Reload { config } => {
             let config = ConsumerConfig::load(&config)?;
             if !call(&config.control, &ControlRequest::Reload).await? {
+                bail!("the consumer is not running");
+            }
+            Ok(())
+        }
+        Command::Wait { config, agreement, csn, timeout } => {
+            let config = ConsumerConfig::load(&config)?;
+            let name = agreement_name(&config, agreement)?;
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let request = ControlRequest::WaitCsn { name, csn: tether_protocol::Csn(csn), timeout_ms };
+            if !call(&config.control, &request).await? {
                 bail!("the consumer is not running");
             }
             Ok(())

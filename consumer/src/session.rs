@@ -454,6 +454,13 @@ impl Applier<'_> {
                     if let Err(ended) = self.on_message(msg).await {
                         return ended;
                     }
+                    // Nothing more queued: make it durable and ack now, not at the next
+                    // tick (a lone change is visible in one flush; a burst still shares one).
+                    if rx.is_empty() {
+                        if let Err(ended) = self.flush_and_ack().await {
+                            return ended;
+                        }
+                    }
                 }
             }
         }

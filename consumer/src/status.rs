@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
+use tether_protocol::{Cookie, Csn};
 
 use crate::reason::{Reason, State};
 
@@ -61,40 +62,69 @@ pub struct AgreementStatus {
     pub current_at: Instant,
 }
 
-/// Shared, updatable status of one agreement.
+/// Shared, updatable status of one agreement. Every update wakes the control requests
+/// waiting on it (`WaitCsn`), so they answer when the durable cookie moves instead of
+/// polling.
 #[derive(Debug, Clone)]
-pub struct StatusHandle(Arc<Mutex<AgreementStatus>>);
+pub struct StatusHandle(Arc<Mutex<AgreementStatus>>, Arc<tokio::sync::Notify>);
 
 impl StatusHandle {
     /// Initial status of an agreement.
     pub fn new(name: &str, provider: &str, mode: &str) -> Self {
-        Self(Arc::new(Mutex::new(AgreementStatus {
-            name: name.to_owned(),
-            state: State::Connecting,
-            provider: provider.to_owned(),
-            mode: mode.to_owned(),
-            cookie: None,
-            entries: 0,
-            last_disconnect: None,
-            last_error: None,
-            reconnects: 0,
-            disconnects: BTreeMap::new(),
-            lag_changes: 0,
-            lag_seconds: 0,
-            last_refresh: None,
-            refreshes: BTreeMap::new(),
-            resumed_refreshes: 0,
-            refresh_received: 0,
-            applied: 0,
-            skipped: 0,
-            duplicates: 0,
-            current_at: Instant::now(),
-        })))
+        Self(
+            Arc::new(Mutex::new(AgreementStatus {
+                name: name.to_owned(),
+                state: State::Connecting,
+                provider: provider.to_owned(),
+                mode: mode.to_owned(),
+                cookie: None,
+                entries: 0,
+                last_disconnect: None,
+                last_error: None,
+                reconnects: 0,
+                disconnects: BTreeMap::new(),
+                lag_changes: 0,
+                lag_seconds: 0,
+                last_refresh: None,
+                refreshes: BTreeMap::new(),
+                resumed_refreshes: 0,
+                refresh_received: 0,
+                applied: 0,
+                skipped: 0,
+                duplicates: 0,
+                current_at: Instant::now(),
+            })),
+            Arc::new(tokio::sync::Notify::new()),
+        )
     }
 
     /// Changes the status.
     pub fn update(&self, f: impl FnOnce(&mut AgreementStatus)) {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        self.1.notify_waiters();
+    }
+
+    /// The CSN of the durable cookie (the position acknowledged to the provider).
+    pub fn durable_csn(&self) -> Option<Csn> {
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.cookie.as_deref().and_then(|c| c.parse::<Cookie>().ok()).map(|c| c.csn)
+    }
+
+    /// Waits until the durable cookie reaches `csn`; `false` if `limit` passed first.
+    pub async fn wait_csn(&self, csn: Csn, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before the check, so an update between the two still wakes us.
+            let notified = self.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.durable_csn().is_some_and(|c| c >= csn) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Records that the replica is current now (a refresh completed, or every received
@@ -167,5 +197,20 @@ mod tests {
         h.mark_current();
         h.update(|s| s.state = State::Backoff);
         assert_eq!(h.snapshot().lag_seconds, 0);
+    }
+
+    #[tokio::test]
+    async fn wait_csn_answers_once_the_durable_cookie_reaches_it() {
+        let h = StatusHandle::new("a", "p", "refresh-and-persist");
+        let cookie = |csn| Some(Cookie { store_id: tether_protocol::StoreId::new_random(), csn: Csn(csn) }.to_string());
+        assert!(!h.wait_csn(Csn(5), std::time::Duration::from_millis(10)).await, "no cookie yet");
+        let waiting = h.clone();
+        let waiter = tokio::spawn(async move { waiting.wait_csn(Csn(5), std::time::Duration::from_secs(60)).await });
+        h.update(|s| s.cookie = cookie(4));
+        h.update(|s| s.state = State::Persisting);
+        h.update(|s| s.cookie = cookie(6));
+        assert!(waiter.await.unwrap());
+        assert_eq!(h.durable_csn(), Some(Csn(6)));
+        assert!(h.wait_csn(Csn(6), std::time::Duration::ZERO).await, "already reached: answers at once");
     }
 }

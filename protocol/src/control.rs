@@ -51,6 +51,18 @@ pub enum ControlRequest {
     },
     /// Re-read the configuration file.
     Reload,
+    /// Consumer: answer once agreement `name`'s durable cookie has reached `csn` (read
+    /// your writes: a client that wrote through the provider learns when a replica has
+    /// the change on disk), or fail after `timeout_ms`. Added last so older peers still
+    /// decode every earlier request.
+    WaitCsn {
+        /// Agreement name.
+        name: String,
+        /// The CSN to wait for (a provider write's acknowledgement names it).
+        csn: crate::csn::Csn,
+        /// Give up after this many milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 /// One piece of a reply.

@@ -274,6 +274,18 @@ impl Attributes {
             .map
             .entry(name.to_ascii_lowercase())
             .or_insert_with(|| Attribute { name: name.to_owned(), values: Vec::new() });
+        let mut values = values.into_iter().peekable();
+        // One value and none held cannot duplicate: skip normalizing it (most attributes
+        // of most entries, on every decode).
+        if attr.values.is_empty() {
+            if let Some(first) = values.next() {
+                if values.peek().is_none() {
+                    attr.values.push(first);
+                    return Ok(());
+                }
+                attr.values.push(first);
+            }
+        }
         // `a.matches(b)` holds exactly when their normalized forms are equal.
         let mut held: HashSet<Vec<u8>> = attr.values.iter().map(Value::normalized).collect();
         let mut result = Ok(());

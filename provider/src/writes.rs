@@ -1,5 +1,5 @@
 //! Write-client sessions: `WriteRequest`s applied in order, each durable before its
-//! `WriteResult`, and `SearchRequest`s answered in bounded pages. This is how
+//! `WriteResult` (pipelined ones share a flush), and `SearchRequest`s answered in bounded pages. This is how
 //! `tether-provider write` reaches a running provider (which alone holds the store).
 
 use std::sync::Arc;
@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::message::{GoodbyeReason, Message, WriteErrorKind, WriteOutcome};
+use tether_protocol::Change;
 use tether_store::{Directory, Refusal, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -34,6 +36,56 @@ async fn send<W: AsyncWrite + Unpin>(writer: &mut MessageWriter<W>, msg: &Messag
     matches!(tokio::time::timeout(WRITE_LIMIT, writer.send(msg)).await, Ok(Ok(())))
 }
 
+/// Most writes applied under one flush. A client may keep many writes in flight on one
+/// connection (pipelining); those already received when one is taken are applied
+/// together, made durable by one flush, then acknowledged in order. Each is still
+/// durable before its `WriteResult`.
+const GROUP_LIMIT: usize = 256;
+/// Messages read ahead of the one being handled.
+const READ_AHEAD: usize = GROUP_LIMIT;
+
+/// Applies a group of writes in order, then makes them durable with one flush.
+fn apply_group(dir: &Directory, group: Vec<(u64, Change)>) -> Vec<(u64, WriteOutcome)> {
+    let mut results = Vec::with_capacity(group.len());
+    let mut last = None;
+    for (id, change) in group {
+        let kind = change.kind();
+        let outcome = match dir.write_nowait(&change) {
+            Ok(c) => {
+                last = Some(c.csn);
+                debug!(csn = %c.csn, kind, dn = %change.dn(), "write committed, not yet durable");
+                Ok(c)
+            }
+            Err(e) => {
+                info!(kind, dn = %change.dn(), error = %e, "write refused");
+                Err(outcome_for(&e))
+            }
+        };
+        results.push((id, kind, change, outcome));
+    }
+    let synced = match last {
+        Some(csn) => dir.sync(csn).map_err(|e| {
+            warn!(error = %e, "flushing a group of writes failed");
+            WriteOutcome::Refused { kind: WriteErrorKind::Internal, message: e.to_string() }
+        }),
+        None => Ok(()),
+    };
+    results
+        .into_iter()
+        .map(|(id, kind, change, outcome)| {
+            let outcome = match (outcome, &synced) {
+                (Ok(c), Ok(())) => {
+                    info!(csn = %c.csn, kind, dn = %change.dn(), "write committed");
+                    WriteOutcome::Committed { csn: c.csn, uuid: c.uuid }
+                }
+                (Ok(_), Err(failed)) => failed.clone(),
+                (Err(refused), _) => refused,
+            };
+            (id, outcome)
+        })
+        .collect()
+}
+
 /// Serves one write client until it leaves or the provider shuts down.
 pub async fn run<R, W>(
     dir: Arc<Directory>,
@@ -42,17 +94,33 @@ pub async fn run<R, W>(
     cancel: CancellationToken,
     idle_timeout: Duration,
 ) where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => {
-                let bye = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "provider shutting down".into() };
-                let _ = send(&mut writer, &bye).await;
+    // Reading runs ahead on its own task so pipelined writes can be taken as a group.
+    let (tx, mut inbound) = mpsc::channel(READ_AHEAD);
+    let read_task = tokio::spawn(async move {
+        loop {
+            let msg = reader.recv().await;
+            let end = !matches!(msg, Ok(Some(_)));
+            if tx.send(msg).await.is_err() || end {
                 return;
             }
-            msg = tokio::time::timeout(idle_timeout, reader.recv()) => msg,
+        }
+    });
+    let _abort = AbortOnDrop(read_task);
+    let mut held: Option<Message> = None;
+    loop {
+        let msg = match held.take() {
+            Some(m) => Ok(Ok(Some(m))),
+            None => tokio::select! {
+                _ = cancel.cancelled() => {
+                    let bye = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "provider shutting down".into() };
+                    let _ = send(&mut writer, &bye).await;
+                    return;
+                }
+                msg = tokio::time::timeout(idle_timeout, inbound.recv()) => msg.map(|m| m.unwrap_or(Ok(None))),
+            },
         };
         let msg = match msg {
             Err(_) => {
@@ -69,25 +137,38 @@ pub async fn run<R, W>(
         };
         let reply_ok = match msg {
             Message::WriteRequest { id, change } => {
+                let mut group = vec![(id, change)];
+                while group.len() < GROUP_LIMIT {
+                    match inbound.try_recv() {
+                        Ok(Ok(Some(Message::WriteRequest { id, change }))) => group.push((id, change)),
+                        Ok(Ok(Some(other))) => {
+                            held = Some(other);
+                            break;
+                        }
+                        // The end of the stream or an error: answer the group first; the
+                        // next receive sees the closed channel.
+                        Ok(_) | Err(_) => break,
+                    }
+                }
                 let d = dir.clone();
-                let kind = change.kind();
-                let dn = change.dn().to_string();
-                let result = tokio::task::spawn_blocking(move || d.write(&change)).await;
-                let outcome = match result {
-                    Ok(Ok(c)) => {
-                        info!(csn = %c.csn, kind, dn = %dn, "write committed");
-                        WriteOutcome::Committed { csn: c.csn, uuid: c.uuid }
-                    }
-                    Ok(Err(e)) => {
-                        info!(kind, dn = %dn, error = %e, "write refused");
-                        outcome_for(&e)
-                    }
+                let n = group.len();
+                let ids: Vec<u64> = group.iter().map(|(id, _)| *id).collect();
+                let results = match tokio::task::spawn_blocking(move || apply_group(&d, group)).await {
+                    Ok(results) => results,
                     Err(e) => {
-                        warn!(error = %e, "write task failed");
-                        WriteOutcome::Refused { kind: WriteErrorKind::Internal, message: e.to_string() }
+                        warn!(error = %e, writes = n, "write task failed");
+                        let outcome = WriteOutcome::Refused { kind: WriteErrorKind::Internal, message: e.to_string() };
+                        ids.into_iter().map(|id| (id, outcome.clone())).collect()
                     }
                 };
-                send(&mut writer, &Message::WriteResult { id, outcome }).await
+                let mut ok = true;
+                for (id, outcome) in results {
+                    if !send(&mut writer, &Message::WriteResult { id, outcome }).await {
+                        ok = false;
+                        break;
+                    }
+                }
+                ok
             }
             Message::SearchRequest { id, spec } => search(&dir, &mut writer, id, &spec).await,
             Message::Ping { seq } => send(&mut writer, &Message::Pong { seq }).await,
@@ -104,6 +185,15 @@ pub async fn run<R, W>(
         if !reply_ok {
             return;
         }
+    }
+}
+
+/// Stops the read-ahead task when the session ends, which closes the connection.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -131,5 +221,45 @@ async fn search<W: AsyncWrite + Unpin>(
             Some(key) => cursor = Some(key),
             None => return send(writer, &Message::SearchDone { id, count }).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_protocol::ldif::reader::parse_str;
+    use tether_protocol::Dn;
+
+    fn changes(text: &str) -> Vec<Change> {
+        parse_str(text).unwrap().into_iter().map(|r| r.into_change()).collect()
+    }
+
+    #[test]
+    fn a_group_answers_each_write_in_order_and_is_durable_when_answered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let group = changes(
+            "dn: dc=example,dc=com\nchangetype: add\nobjectClass: domain\ndc: example\n\n\
+             dn: dc=example,dc=com\nchangetype: add\nobjectClass: domain\ndc: example\n\n\
+             dn: ou=people,dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: people\n",
+        );
+        let results = apply_group(&dir, group.into_iter().enumerate().map(|(i, c)| (i as u64 + 10, c)).collect());
+        let ids: Vec<u64> = results.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [10, 11, 12]);
+        let csns: Vec<Option<u64>> = results
+            .iter()
+            .map(|(_, o)| match o {
+                WriteOutcome::Committed { csn, .. } => Some(csn.0),
+                WriteOutcome::Refused { .. } => None,
+            })
+            .collect();
+        assert!(csns[0].is_some() && csns[2].is_some(), "{results:?}");
+        assert!(
+            matches!(&results[1].1, WriteOutcome::Refused { kind: WriteErrorKind::AlreadyExists, .. }),
+            "a refusal does not stop the writes after it: {results:?}"
+        );
+        assert!(csns[2] > csns[0]);
+        assert_eq!(dir.durable_csn().0, csns[2].unwrap_or_default(), "durable before answering");
+        assert_eq!(dir.entries().len(), 2);
     }
 }

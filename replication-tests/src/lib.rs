@@ -7,9 +7,13 @@
 //!   clean close, delay, throttle, corruption, truncation, refusal), controlled live.
 //! - [`workload`]: generated directories and change workloads of every kind.
 //! - [`chaos`]: the `tether-chaos` run: a seeded nemesis against a real cluster.
+//! - [`bench`]: the `tether-bench` workloads (fill, staleness, bursts, resync,
+//!   dead-link detection, fan-out).
 //!
-//! The integration tests in `tests/` and the `tether-demo` binary build on these.
+//! The integration tests in `tests/` and the `tether-demo` and `tether-bench` binaries
+//! build on these, as does `tether-chaos`.
 
+pub mod bench;
 pub mod chaos;
 pub mod harness;
 pub mod proxy;

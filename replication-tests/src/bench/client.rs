@@ -1,0 +1,134 @@
+//! The benchmark's own clients: a write client on the replication port (what
+//! `tether-provider write` does, kept connected and able to keep several writes in
+//! flight) and a control client for the consumers' `WaitCsn` and `Status` requests,
+//! so timing never includes starting a command-line process.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tether_protocol::connection::{boxed_tcp, BoxedRead, BoxedWrite};
+use tether_protocol::control::{self, ControlRequest};
+use tether_protocol::handshake::client_handshake;
+use tether_protocol::message::{GoodbyeReason, Hello, Message, Role, WriteOutcome, SUPPORTED_VERSIONS};
+use tether_protocol::{Change, Csn, MessageReader, MessageWriter, Secret};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Limit on the handshake and on each reply.
+const REPLY_LIMIT: Duration = Duration::from_secs(60);
+
+/// A connected write client.
+pub struct Writer {
+    reader: MessageReader<BoxedRead>,
+    writer: MessageWriter<BoxedWrite>,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("next_id", &self.next_id).finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Connects to the provider on `port` with the writer's secret.
+    pub async fn connect(port: u16, secret: &str) -> Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.context("connecting the write client")?;
+        let (mut reader, mut writer) = boxed_tcp(stream)?;
+        let secret = Secret::new(secret.as_bytes().to_vec()).map_err(|e| anyhow::anyhow!("writer secret: {e}"))?;
+        let hello = Hello {
+            versions: SUPPORTED_VERSIONS.to_vec(),
+            client_id: format!("tether-bench-{}", std::process::id()),
+            role: Role::Writer,
+        };
+        client_handshake(&mut reader, &mut writer, &hello, &secret, REPLY_LIMIT).await.context("write handshake")?;
+        Ok(Self { reader, writer, next_id: 0 })
+    }
+
+    /// Applies `changes` with at most `depth` in flight, calling `on_ack` with each
+    /// change's index, CSN and the moment its acknowledgement arrived. Depth 1 is one at
+    /// a time: each write is sent only after the previous one was acknowledged.
+    pub async fn apply(
+        &mut self,
+        changes: Vec<Change>,
+        depth: usize,
+        mut on_ack: impl FnMut(usize, Csn, Instant),
+    ) -> Result<()> {
+        let n = changes.len();
+        let first = self.next_id;
+        let mut pending = changes.into_iter();
+        let (mut sent, mut acked) = (0usize, 0usize);
+        while acked < n {
+            while sent < n && sent - acked < depth.max(1) {
+                let change = pending.next().context("change list ended early")?;
+                self.writer.send(&Message::WriteRequest { id: self.next_id, change }).await?;
+                self.next_id += 1;
+                sent += 1;
+            }
+            let reply = tokio::time::timeout(REPLY_LIMIT, self.reader.recv()).await.context("waiting for an ack")??;
+            let at = Instant::now();
+            match reply {
+                Some(Message::WriteResult { id, outcome }) if id == first + acked as u64 => match outcome {
+                    WriteOutcome::Committed { csn, .. } => on_ack(acked, csn, at),
+                    WriteOutcome::Refused { kind, message } => {
+                        bail!("write {acked} refused ({}): {message}", kind.as_str())
+                    }
+                },
+                Some(Message::WriteResult { id, .. }) => {
+                    bail!("ack for write {id} out of order (expected {})", first + acked as u64)
+                }
+                Some(Message::Goodbye { reason, detail }) => {
+                    bail!("provider said goodbye ({}: {detail})", reason.as_str())
+                }
+                other => bail!("unexpected reply {:?}", other.map(|m| m.name())),
+            }
+            acked += 1;
+        }
+        Ok(())
+    }
+
+    /// One write; returns its CSN.
+    pub async fn write(&mut self, change: Change) -> Result<Csn> {
+        let mut csn = Csn::ZERO;
+        self.apply(vec![change], 1, |_, c, _| csn = c).await?;
+        Ok(csn)
+    }
+
+    /// Says goodbye.
+    pub async fn close(mut self) {
+        let bye = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "benchmark done".into() };
+        let _ = self.writer.send(&bye).await;
+    }
+}
+
+/// Runs a control request against the socket at `path`, returning its output.
+pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<String> {
+    let stream = UnixStream::connect(path).await.with_context(|| format!("connecting to {}", path.display()))?;
+    let mut out = String::new();
+    control::call(stream, request, |text| out.push_str(text)).await?;
+    Ok(out)
+}
+
+/// Waits until the consumer whose control socket is `path` has `csn` durable in
+/// agreement `name`, and returns the moment it learned so.
+pub async fn wait_csn(path: &Path, name: &str, csn: Csn, limit: Duration) -> Result<Instant> {
+    let timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    let request = ControlRequest::WaitCsn { name: name.to_owned(), csn, timeout_ms };
+    control_call(path, &request).await.with_context(|| format!("waiting for csn {csn} on {}", path.display()))?;
+    Ok(Instant::now())
+}
+
+/// `status --json` of the process whose control socket is `path`.
+pub async fn status(path: &Path) -> Result<serde_json::Value> {
+    let text = control_call(path, &ControlRequest::Status { json: true }).await?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// One agreement's status object from a consumer.
+pub async fn agreement_status(path: &Path, name: &str) -> Result<serde_json::Value> {
+    let status = status(path).await?;
+    status["agreements"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
+        .with_context(|| format!("no agreement {name} in {status}"))
+}

@@ -1,0 +1,86 @@
+//! `fanout --consumers C`: C persist consumers (C processes) take a burst of changes.
+//! At checkpoints through the burst, each consumer's time from the provider's ack of
+//! the checkpoint write to that write being durable on the consumer is its lag; the
+//! worst over all consumers and checkpoints is held to the target. Also the aggregate
+//! deliveries per second and the provider's memory per session.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tether_protocol::Csn;
+use tokio::runtime::Runtime;
+
+use super::client;
+use super::cluster::{Cluster, AGREEMENT, STEP};
+use super::data;
+use super::report::{Bound, Report};
+use super::rss;
+
+/// Worst lag allowed, ms.
+pub const TARGET_LAG_MS: f64 = 100.0;
+/// People in the directory.
+const PEOPLE: usize = 1_000;
+/// Checkpoints through the burst.
+const CHECKPOINTS: usize = 10;
+/// Writes in flight.
+const WRITE_DEPTH: usize = 64;
+
+/// Runs the workload.
+pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
+    let mut cluster = Cluster::provider(PEOPLE)?;
+    let provider_before = rss::current(cluster.provider_pid()?)?;
+    for _ in 0..consumers {
+        let i = cluster.add_consumer(false)?;
+        cluster.consumers[i].start()?;
+    }
+    let every = (ops / CHECKPOINTS).max(1);
+    let (worst_lag, elapsed) = rt.block_on(async {
+        for i in 0..consumers {
+            cluster.wait_persisting(i, STEP).await?;
+        }
+        let changes = (0..ops).map(|op| data::modify(op % PEOPLE, op)).collect::<Result<Vec<_>>>()?;
+        let base = cluster.provider_csn().await?;
+        // Waiters for every checkpoint, registered before the burst.
+        let mut waiters = Vec::new();
+        for k in 1..=ops / every {
+            let csn = Csn(base.0 + (k * every) as u64);
+            for i in 0..consumers {
+                let path = cluster.control(i);
+                waiters.push((
+                    k * every - 1,
+                    tokio::spawn(async move { client::wait_csn(&path, AGREEMENT, csn, Duration::from_secs(60)).await }),
+                ));
+            }
+        }
+        let mut acks = vec![None; ops];
+        let mut writer = cluster.writer().await?;
+        let started = Instant::now();
+        writer
+            .apply(changes, WRITE_DEPTH, |n, csn, at| {
+                if csn.0 == base.0 + n as u64 + 1 {
+                    acks[n] = Some(at);
+                }
+            })
+            .await?;
+        let mut worst = Duration::ZERO;
+        let mut last = started;
+        for (n, waiter) in waiters {
+            let reached = waiter.await??;
+            let acked = acks[n].context("another writer was active during the burst")?;
+            worst = worst.max(reached.saturating_duration_since(acked));
+            last = last.max(reached);
+        }
+        writer.close().await;
+        anyhow::Ok((worst, last.duration_since(started)))
+    })?;
+    let provider_after = rss::current(cluster.provider_pid()?)?;
+    let per_session = provider_after.saturating_sub(provider_before) as f64 / consumers.max(1) as f64;
+    let mut r = Report::new("fanout");
+    r.param("consumers", consumers).param("ops", ops).param("entries", PEOPLE);
+    r.target("slowest consumer lag", worst_lag.as_secs_f64() * 1e3, "ms", Bound::AtMost, TARGET_LAG_MS);
+    r.figure("aggregate deliveries", (ops * consumers) as f64 / elapsed.as_secs_f64(), "changes/s");
+    r.figure("all consumers caught up after", elapsed.as_secs_f64(), "s");
+    r.figure("provider RSS per session", per_session / 1024.0, "KiB");
+    r.figure("provider peak RSS", rss::mib(rss::peak(cluster.provider_pid()?)?), "MiB");
+    Ok(r)
+}

@@ -1,0 +1,190 @@
+//! What a workload found: named figures, each with its target when the issue sets one,
+//! printed as a table for people and written as JSON for tools. A missed target is what
+//! makes `tether-bench` exit with status 2, so it can gate a release.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+/// Which side of the target a figure must be on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// The figure must be at least the target (throughput).
+    AtLeast,
+    /// The figure must be at most the target (latency, memory).
+    AtMost,
+}
+
+/// One measured figure.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// What was measured.
+    pub metric: String,
+    /// The measurement.
+    pub value: f64,
+    /// Its unit.
+    pub unit: String,
+    /// The target it is held to, if any.
+    pub target: Option<(Bound, f64)>,
+}
+
+impl Figure {
+    /// Whether the target is met (`None` when there is none).
+    pub fn met(&self) -> Option<bool> {
+        self.target.map(|(bound, t)| match bound {
+            Bound::AtLeast => self.value >= t,
+            Bound::AtMost => self.value <= t,
+        })
+    }
+}
+
+/// The result of one workload run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Workload name.
+    pub workload: String,
+    /// Its parameters (`entries`, `ops`, ...).
+    pub params: Vec<(String, Value)>,
+    /// Figures in the order they print.
+    pub figures: Vec<Figure>,
+    /// Facts that are not numbers (refresh kind used, content identical).
+    pub facts: Vec<(String, String)>,
+}
+
+impl Report {
+    /// An empty report for `workload`.
+    pub fn new(workload: &str) -> Self {
+        Self { workload: workload.to_owned(), params: Vec::new(), figures: Vec::new(), facts: Vec::new() }
+    }
+
+    /// Records a parameter.
+    pub fn param(&mut self, name: &str, value: impl Into<Value>) -> &mut Self {
+        self.params.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// Records a figure without a target.
+    pub fn figure(&mut self, metric: &str, value: f64, unit: &str) -> &mut Self {
+        self.figures.push(Figure { metric: metric.to_owned(), value, unit: unit.to_owned(), target: None });
+        self
+    }
+
+    /// Records a figure held to a target.
+    pub fn target(&mut self, metric: &str, value: f64, unit: &str, bound: Bound, target: f64) -> &mut Self {
+        self.figures.push(Figure {
+            metric: metric.to_owned(),
+            value,
+            unit: unit.to_owned(),
+            target: Some((bound, target)),
+        });
+        self
+    }
+
+    /// Records a fact.
+    pub fn fact(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
+        self.facts.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// Number of targets missed.
+    pub fn missed(&self) -> usize {
+        self.figures.iter().filter(|f| f.met() == Some(false)).count()
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut out = format!("== {} ({})\n", self.workload, params.join(" "));
+        let _ = writeln!(out, "{:<40} {:>14} {:<9} {:<16} MET", "METRIC", "VALUE", "UNIT", "TARGET");
+        for f in &self.figures {
+            let target = f.target.map_or("-".to_owned(), |(b, t)| {
+                format!("{} {}", if b == Bound::AtLeast { ">=" } else { "<=" }, number(t))
+            });
+            let met = match f.met() {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            };
+            let _ = writeln!(out, "{:<40} {:>14} {:<9} {:<16} {}", f.metric, number(f.value), f.unit, target, met);
+        }
+        for (k, v) in &self.facts {
+            let _ = writeln!(out, "{k}: {v}");
+        }
+        out
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> Value {
+        let figures: Vec<Value> = self
+            .figures
+            .iter()
+            .map(|f| {
+                json!({
+                    "metric": f.metric,
+                    "value": f.value,
+                    "unit": f.unit,
+                    "target": f.target.map(|(b, t)| json!({
+                        "bound": if b == Bound::AtLeast { "at-least" } else { "at-most" },
+                        "value": t,
+                    })),
+                    "met": f.met(),
+                })
+            })
+            .collect();
+        let params: serde_json::Map<String, Value> = self.params.iter().cloned().collect();
+        let facts: serde_json::Map<String, Value> =
+            self.facts.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        json!({
+            "workload": self.workload,
+            "params": params,
+            "figures": figures,
+            "facts": facts,
+            "missed_targets": self.missed(),
+        })
+    }
+}
+
+/// A figure printed with sensible precision.
+fn number(v: f64) -> String {
+    if v.abs() >= 1000.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The `p`-th percentile (0..=100) of sorted `values`, nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Less a hair, so that 99.9% of 1000 is rank 999 despite binary fractions.
+    let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 500.0);
+        assert_eq!(percentile(&v, 99.0), 990.0);
+        assert_eq!(percentile(&v, 99.9), 999.0);
+        assert_eq!(percentile(&v, 100.0), 1000.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn a_missed_target_is_counted_and_shown() {
+        let mut r = Report::new("x");
+        r.target("rate", 10.0, "ops/s", Bound::AtLeast, 20.0).target("lag", 1.0, "ms", Bound::AtMost, 2.0);
+        assert_eq!(r.missed(), 1);
+        assert!(r.table().contains("NO"));
+        assert_eq!(r.to_json()["missed_targets"], 1);
+    }
+}

@@ -1,0 +1,63 @@
+//! Memory of the child processes, read from `/proc/PID/status`: `VmHWM` is the peak
+//! resident set the kernel recorded over the process's life, so one read at the end
+//! of a workload is its peak, with no sampling to miss it.
+
+use anyhow::{Context, Result};
+
+/// A `kB` field of `/proc/PID/status`, in bytes.
+fn status_field(pid: u32, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_field(&text, field).with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn parse_field(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Peak resident set size of process `pid`, in bytes.
+pub fn peak(pid: u32) -> Result<u64> {
+    status_field(pid, "VmHWM")
+}
+
+/// Current resident set size of process `pid`, in bytes.
+pub fn current(pid: u32) -> Result<u64> {
+    status_field(pid, "VmRSS")
+}
+
+/// Bytes as MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Total size of the files under `path` (a store's footprint on disk).
+pub fn disk_usage(path: &std::path::Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() { disk_usage(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kilobyte_fields_and_not_their_prefixes() {
+        let text = "Name:\tx\nVmHWMX:\t1 kB\nVmHWM:\t  2048 kB\nVmRSS:\t1024 kB\n";
+        assert_eq!(parse_field(text, "VmHWM"), Some(2048 * 1024));
+        assert_eq!(parse_field(text, "VmRSS"), Some(1024 * 1024));
+        assert_eq!(parse_field(text, "VmSwap"), None);
+    }
+
+    #[test]
+    fn our_own_peak_is_at_least_our_current_size() {
+        let me = std::process::id();
+        assert!(peak(me).unwrap() >= current(me).unwrap());
+    }
+}

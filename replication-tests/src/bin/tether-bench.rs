@@ -1,0 +1,138 @@
+//! `tether-bench`: runs the benchmark workloads against real provider and consumer
+//! processes and prints a table per workload (JSON with `--json FILE`). Exits 2 when a
+//! target is missed, so it can gate a release, 1 when a workload fails, 0 otherwise.
+//! Set `TETHER_BIN_DIR=target/release` to use the release binaries as built; see
+//! docs/benchmarks.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use replication_tests::bench::report::Report;
+use replication_tests::bench::{burst, detect, fanout, latency, refresh, resync};
+
+#[derive(Debug, Parser)]
+#[command(name = "tether-bench", about = "Benchmark workloads for Tether")]
+struct Cli {
+    /// Also write the reports as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// Fill an empty consumer from a provider of N entries.
+    Refresh {
+        /// Entries to load.
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+    },
+    /// Ack-to-durable-on-consumer latency of single modifications.
+    Latency {
+        /// Modifications, one at a time.
+        #[arg(long, default_value_t = 1_000)]
+        ops: usize,
+    },
+    /// A burst of modifications, optionally pipelined.
+    Burst {
+        /// Modifications.
+        #[arg(long, default_value_t = 10_000)]
+        ops: usize,
+        /// Writes in flight on the one connection.
+        #[arg(long, default_value_t = 1)]
+        pipeline: usize,
+    },
+    /// Catching up on M changes missed while stopped.
+    Resync {
+        /// Changes made while the consumer was stopped.
+        #[arg(long, default_value_t = 1_000)]
+        missed: usize,
+        /// Entries in the directory.
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+        /// Delete entries instead of modifying them.
+        #[arg(long)]
+        deletes: bool,
+    },
+    /// Dead-link detection (black hole, provider stall) and recovery.
+    Detect {
+        /// Rounds per fault kind.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Many persist consumers taking one burst.
+    Fanout {
+        /// Consumer processes.
+        #[arg(long, default_value_t = 50)]
+        consumers: usize,
+        /// Changes in the burst.
+        #[arg(long, default_value_t = 10_000)]
+        ops: usize,
+    },
+    /// Every workload at the default sizes (smaller with the options).
+    All {
+        /// Entries for refresh and resync.
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+        /// Consumers for fanout.
+        #[arg(long, default_value_t = 50)]
+        consumers: usize,
+        /// Operations for latency (a tenth of it) and burst and fanout.
+        #[arg(long, default_value_t = 10_000)]
+        ops: usize,
+    },
+}
+
+/// Pipeline depth of the pipelined burst in `all`.
+const ALL_PIPELINE: usize = 64;
+
+fn run(cli: Cli) -> Result<usize> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut reports: Vec<Report> = Vec::new();
+    let mut show = |r: Report| {
+        println!("{}", r.table());
+        reports.push(r);
+    };
+    match cli.workload {
+        Workload::Refresh { entries } => show(refresh::run(&rt, entries)?),
+        Workload::Latency { ops } => show(latency::run(&rt, ops)?),
+        Workload::Burst { ops, pipeline } => show(burst::run(&rt, ops, pipeline)?),
+        Workload::Resync { missed, entries, deletes } => show(resync::run(&rt, entries, missed, deletes)?),
+        Workload::Detect { rounds } => show(detect::run(&rt, rounds)?),
+        Workload::Fanout { consumers, ops } => show(fanout::run(&rt, consumers, ops)?),
+        Workload::All { entries, consumers, ops } => {
+            show(refresh::run(&rt, entries).context("refresh")?);
+            show(latency::run(&rt, (ops / 10).max(1)).context("latency")?);
+            show(burst::run(&rt, ops, 1).context("burst")?);
+            show(burst::run(&rt, ops, ALL_PIPELINE).context("burst pipelined")?);
+            let missed = 1_000.min(entries);
+            show(resync::run(&rt, entries, missed, false).context("resync")?);
+            show(resync::run(&rt, entries, missed, true).context("resync --deletes")?);
+            show(detect::run(&rt, 3).context("detect")?);
+            show(fanout::run(&rt, consumers, ops).context("fanout")?);
+        }
+    }
+    let missed: usize = reports.iter().map(Report::missed).sum();
+    if let Some(path) = &cli.json {
+        let all: Vec<_> = reports.iter().map(Report::to_json).collect();
+        let doc = serde_json::json!({ "reports": all, "missed_targets": missed });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{missed} target(s) missed");
+    Ok(missed)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("tether-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
