@@ -244,6 +244,10 @@ impl World {
             // in an order it randomizes, so replays would drift.
             .min_message_latency(Duration::from_millis(2))
             .max_message_latency(Duration::from_millis(2))
+            // A small TCP window: a refresh then streams over many round trips, as over a
+            // real link, and the checker sees reloads in progress (with a large one a
+            // whole reload lands within one tick).
+            .tcp_capacity(4)
             .rng_seed(seed)
             .build();
         let mut grants = Grants::default();
