@@ -158,3 +158,19 @@ pub fn durable_cookies(cluster: &Cluster) -> Vec<String> {
     }
     out
 }
+
+/// Log lines no run may produce: a panic anywhere, or a provider reload that failed (the
+/// nemesis only ever writes valid configs, atomically).
+pub fn log_findings(cluster: &Cluster) -> Vec<String> {
+    let mut logs = vec![("provider".to_owned(), cluster.provider().provider.log_text())];
+    for node in &cluster.nodes {
+        logs.push((format!("consumer{}", node.index), node.lock().consumer.log_text()));
+    }
+    let mut out = Vec::new();
+    for (who, text) in logs {
+        for line in text.lines().filter(|l| l.contains("panicked at") || l.contains("reload failed")) {
+            out.push(format!("{who} log: {}", line.chars().take(300).collect::<String>()));
+        }
+    }
+    out
+}

@@ -265,6 +265,25 @@ pub struct ProviderState {
     pub opts: ProviderOptions,
 }
 
+impl ProviderState {
+    /// Sets the body of the provider's `[changelog]` section and sends SIGHUP. The
+    /// config is replaced atomically and nothing else is rewritten: the provider may
+    /// still be reading the file for an earlier SIGHUP, and `write` clients read the
+    /// writer secret all the time (rewriting it in place let them read it empty).
+    pub fn set_changelog(&mut self, body: &str) -> Result<()> {
+        let config = &self.provider.config;
+        let text = fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+        let head = "[changelog]\n";
+        let start = text.find(head).context("no [changelog] section")? + head.len();
+        let end = start + text[start..].find("\n[").context("nothing after [changelog]")?;
+        let tmp = config.with_extension("toml.tmp");
+        fs::write(&tmp, format!("{}{body}{}", &text[..start], &text[end..]))?;
+        fs::rename(&tmp, config).with_context(|| format!("replacing {}", config.display()))?;
+        self.opts.changelog = body.into();
+        self.provider.reload()
+    }
+}
+
 /// The whole cluster.
 #[derive(Debug)]
 pub struct Cluster {

@@ -101,6 +101,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     };
     violations.extend(checker::exactly_once(&per_node));
     violations.extend(durable);
+    violations.extend(checker::log_findings(&cluster));
     drop(cluster);
     let keep = opts.keep || !violations.is_empty();
     let root_text = root.display().to_string();

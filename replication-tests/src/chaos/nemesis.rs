@@ -190,11 +190,7 @@ impl<'a> Nemesis<'a> {
         match heal {
             Heal::Proxy(i) => self.cluster.nodes[*i].proxy.heal(),
             Heal::Retention => {
-                let mut p = self.cluster.provider();
-                p.opts.changelog = CHANGELOG.into();
-                let opts = p.opts.clone();
-                p.provider.reconfigure(&opts)?;
-                p.provider.reload()?;
+                self.cluster.provider().set_changelog(CHANGELOG)?;
             }
             Heal::Start(i, name) => {
                 let mut state = self.cluster.nodes[*i].lock();
@@ -277,13 +273,7 @@ impl<'a> Nemesis<'a> {
                 self.proxy_fault(i, Some(()), Fault::Throttle { bytes_per_sec }, 1000, 6000)
             }
             Kind::TrimChangelog => {
-                {
-                    let mut p = self.cluster.provider();
-                    p.opts.changelog = CHANGELOG_TRIMMED.into();
-                    let opts = p.opts.clone();
-                    p.provider.reconfigure(&opts)?;
-                    p.provider.reload()?;
-                }
+                self.cluster.provider().set_changelog(CHANGELOG_TRIMMED)?;
                 self.later(1000, 6000, Heal::Retention);
                 Ok(())
             }
@@ -356,12 +346,8 @@ impl<'a> Nemesis<'a> {
             if p.provider.child.is_none() {
                 p.provider.start()?;
             }
-            if p.opts.changelog != CHANGELOG {
-                p.opts.changelog = CHANGELOG.into();
-                let opts = p.opts.clone();
-                p.provider.reconfigure(&opts)?;
-                p.provider.reload()?;
-            }
+            // Always: a reload that failed earlier may have left any retention in force.
+            p.set_changelog(CHANGELOG)?;
         }
         for node in &self.cluster.nodes {
             let mut state = node.lock();
