@@ -18,6 +18,33 @@ use crate::supervisor::Command;
 /// when the consumer shuts down, so none may be unbounded.
 const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Largest output chunk: far under the frame limit, so the LDIF of a replica of any
+/// size (a 100 000-entry one is about 50 MiB) streams instead of failing.
+const OUTPUT_CHUNK: usize = 1 << 20;
+
+/// `text` in pieces of at most `max` bytes (more only for a single longer line), cut
+/// after a newline where there is one.
+fn output_chunks(text: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(max.max(1));
+        if end < rest.len() {
+            // Bytes, not `str` slicing: `end` may fall inside a character; a newline
+            // byte never does.
+            end = match rest.as_bytes()[..end].iter().rposition(|&b| b == b'\n') {
+                Some(nl) => nl + 1,
+                None => rest.find('\n').map_or(rest.len(), |nl| nl + 1),
+            };
+        }
+        let (head, tail) = rest.split_at(end);
+        rest = tail;
+        Some(head)
+    })
+}
+
 /// What the control endpoint can reach.
 #[derive(Debug, Clone)]
 pub struct ControlContext {
@@ -118,8 +145,8 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
     };
     match reply {
         Ok(text) => {
-            if !text.is_empty() {
-                respond(&mut writer, &ControlResponse::Output(text)).await?;
+            for chunk in output_chunks(&text, OUTPUT_CHUNK) {
+                respond(&mut writer, &ControlResponse::Output(chunk.to_owned())).await?;
             }
             respond(&mut writer, &ControlResponse::Done).await
         }
@@ -132,4 +159,21 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
     let Some(running) = agreements.get(name) else { return Err(format!("no agreement named {name:?}")) };
     running.commands.send(cmd).await.map_err(|_| format!("agreement {name:?} is shutting down"))?;
     Ok(format!("{name}: {cmd:?}\n").to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_after_newlines_and_keeps_every_byte() {
+        let text = "dn: a\ncn: æøå\n\ndn: b\n";
+        for max in [1, 3, 7, 12, 100] {
+            let parts: Vec<&str> = output_chunks(text, max).collect();
+            assert_eq!(parts.concat(), text, "max {max}");
+            assert!(parts.iter().all(|p| p.ends_with('\n')), "max {max}: {parts:?}");
+        }
+        assert_eq!(output_chunks(text, 100).count(), 1);
+        assert_eq!(output_chunks("", 10).count(), 0);
+    }
 }

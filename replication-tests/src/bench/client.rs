@@ -111,12 +111,23 @@ pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Strin
 
 /// Waits until the consumer whose control socket is `path` has `csn` durable in
 /// agreement `name`, and returns the moment it learned so.
+/// A consumer answers one request after at most a minute, so longer waits repeat it.
 pub async fn wait_csn(path: &Path, name: &str, csn: Csn, limit: Duration) -> Result<Instant> {
-    let timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-    let request = ControlRequest::WaitCsn { name: name.to_owned(), csn, timeout_ms };
-    control_call(path, &request).await.with_context(|| format!("waiting for csn {csn} on {}", path.display()))?;
-    Ok(Instant::now())
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now()).min(WAIT_REQUEST);
+        let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        let request = ControlRequest::WaitCsn { name: name.to_owned(), csn, timeout_ms };
+        match control_call(path, &request).await {
+            Ok(_) => return Ok(Instant::now()),
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => return Err(e.context(format!("waiting for csn {csn} on {}", path.display()))),
+        }
+    }
 }
+
+/// Longest single `WaitCsn` request (the consumer caps them at 60 s).
+const WAIT_REQUEST: Duration = Duration::from_secs(50);
 
 /// `status --json` of the process whose control socket is `path`.
 pub async fn status(path: &Path) -> Result<serde_json::Value> {

@@ -48,7 +48,7 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
                 let path = cluster.control(i);
                 waiters.push((
                     k * every - 1,
-                    tokio::spawn(async move { client::wait_csn(&path, AGREEMENT, csn, Duration::from_secs(60)).await }),
+                    tokio::spawn(async move { client::wait_csn(&path, AGREEMENT, csn, STEP).await }),
                 ));
             }
         }

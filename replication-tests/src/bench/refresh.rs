@@ -24,6 +24,8 @@ pub fn run(rt: &Runtime, people: usize) -> Result<Report> {
     let mut cluster = Cluster::provider(people)?;
     cluster.start_proxy()?;
     let i = cluster.add_consumer(true)?;
+    // What the provider holds with its store open, before serving anything.
+    let provider_idle = rss::current(cluster.provider_pid()?)?;
     let started = Instant::now();
     cluster.consumers[i].start()?;
     rt.block_on(cluster.wait_persisting(i, STEP))?;
@@ -51,6 +53,7 @@ pub fn run(rt: &Runtime, people: usize) -> Result<Report> {
         r.figure("provider peak RSS", rss::mib(provider_rss), "MiB");
         r.figure("consumer peak RSS", rss::mib(consumer_rss), "MiB");
     }
+    r.figure("provider RSS before the refresh", rss::mib(provider_idle), "MiB");
     r.figure("provider store size", rss::mib(provider_disk), "MiB");
     r.figure("consumer store size", rss::mib(consumer_disk), "MiB");
     r.fact("content", "identical to the provider's");
