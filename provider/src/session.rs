@@ -17,7 +17,7 @@ use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role};
 use tether_protocol::{Cookie, Csn, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -27,6 +27,11 @@ use crate::registry::Registration;
 
 /// Changelog records read per wake-up in the persist phase; bounds the pending buffer.
 const RECORDS_PER_READ: usize = 256;
+/// Refresh batches queued for the writer at most. The queue's length (`queue_len`) is
+/// counted in messages, and a refresh batch holds `batch_size` decoded entries: filling
+/// a 1,024-message queue with batches held about 100,000 entries per session in memory.
+/// A few batches keep the socket busy while the scan reads the next one.
+const REFRESH_IN_FLIGHT: usize = 4;
 /// How long a goodbye may take to reach the consumer before the socket is closed anyway.
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 /// Acknowledged positions are written to the store at most this often per session
@@ -104,10 +109,11 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     mut queue: mpsc::Receiver<Message>,
     limit: Duration,
     failed: CancellationToken,
+    drained: Arc<Notify>,
 ) {
     while let Some(msg) = queue.recv().await {
         match tokio::time::timeout(limit, writer.send(&msg)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => drained.notify_one(),
             Ok(Err(e)) => {
                 debug!(error = %e, "write failed");
                 failed.cancel();
@@ -137,6 +143,9 @@ struct Session<'a, R> {
     last_recorded: Option<Instant>,
     /// Cancelled by the writer task when the socket is unusable.
     failed: CancellationToken,
+    /// Notified by the writer task after each message it sent, so a refresh waiting for
+    /// its queued batches to drain below [`REFRESH_IN_FLIGHT`] wakes up.
+    drained: Arc<Notify>,
 }
 
 /// What woke the session up.
@@ -152,6 +161,8 @@ enum Event {
     Tick,
     /// A slot in the outbound queue.
     Room(mpsc::OwnedPermit<Message>),
+    /// The writer sent a message: the queue is shorter.
+    Drained,
     /// Something new became durable.
     Durable,
 }
@@ -177,7 +188,9 @@ where
 {
     let (tx, rx) = mpsc::channel(params.queue_len.max(1));
     let failed = CancellationToken::new();
-    let writer_task = tokio::spawn(writer_loop(writer, rx, params.keepalive_timeout, failed.clone()));
+    let drained = Arc::new(Notify::new());
+    let writer_task =
+        tokio::spawn(writer_loop(writer, rx, params.keepalive_timeout, failed.clone(), Arc::clone(&drained)));
     let mut session = Session {
         dir: &dir,
         reader,
@@ -188,6 +201,7 @@ where
         last_inbound: Instant::now(),
         last_recorded: None,
         failed,
+        drained,
     };
     let end = session.drive().await;
     if let SessionEnd::Goodbye(reason) = &end {
@@ -250,7 +264,8 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         let mut ping = keepalive_ticker(self.params.keepalive_interval);
         let mut seq = 0u64;
         loop {
-            let event = self.next_event(&mut ping, true, None).await;
+            let room = self.queued() < REFRESH_IN_FLIGHT;
+            let event = self.next_event(&mut ping, room, None, !room).await;
             match event {
                 Event::End(end) => return Some(end),
                 Event::Inbound(msg) => {
@@ -270,19 +285,21 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                     Ok(None) => return None,
                     Err(e) => return Some(SessionEnd::StoreError(e.to_string())),
                 },
-                Event::Durable => {}
+                Event::Durable | Event::Drained => {}
             }
             self.publish_queue();
         }
     }
 
     /// Waits for the next thing that needs the session's attention. `want_room` asks
-    /// for a queue slot; `durable` (when caught up) waits for the next commit.
+    /// for a queue slot; `durable` (when caught up) waits for the next commit;
+    /// `want_drain` waits for the writer to send something.
     async fn next_event(
         &mut self,
         ping: &mut tokio::time::Interval,
         want_room: bool,
         durable: Option<&mut tokio::sync::watch::Receiver<Csn>>,
+        want_drain: bool,
     ) -> Event {
         let queue = self.queue.clone();
         let wait_durable = async {
@@ -302,6 +319,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 Ok(p) => Event::Room(p),
                 Err(_) => Event::End(SessionEnd::ConnectionLost("writer ended".into())),
             },
+            _ = self.drained.notified(), if want_drain => Event::Drained,
         }
     }
 
@@ -321,7 +339,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             }
             let has_pending = !pending.is_empty();
             let caught_up = !has_pending && position >= newest;
-            let event = self.next_event(&mut ping, has_pending, caught_up.then_some(&mut durable)).await;
+            let event = self.next_event(&mut ping, has_pending, caught_up.then_some(&mut durable), false).await;
             match event {
                 Event::End(end) => return end,
                 Event::Inbound(msg) => {
@@ -339,7 +357,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                         permit.send(msg);
                     }
                 }
-                Event::Durable => {}
+                Event::Durable | Event::Drained => {}
             }
             self.publish_queue();
         }
@@ -393,8 +411,13 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         self.last_recorded = Some(Instant::now());
     }
 
+    /// Messages waiting for the writer (a reserved slot counts as one).
+    fn queued(&self) -> usize {
+        self.params.queue_len.max(1) - self.queue.capacity()
+    }
+
     fn publish_queue(&self) {
-        let len = self.params.queue_len.max(1) - self.queue.capacity();
+        let len = self.queued();
         self.reg.update(|i| i.queue_len = len);
     }
 

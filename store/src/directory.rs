@@ -80,9 +80,14 @@ pub struct Directory {
     pins: Pins,
 }
 
+/// sled's page cache per store. Its default (1 GiB) let a provider reading out, or a
+/// consumer writing, a million-entry store grow past a gigabyte of RSS; scans and
+/// refreshes are sequential, so a larger cache buys little.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Opens sled at `path`, turning its lock failure into [`StoreError::Locked`].
 pub(crate) fn open_db(path: &Path) -> Result<Db> {
-    sled::Config::new().path(path).open().map_err(|e| match e {
+    sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open().map_err(|e| match e {
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
             StoreError::Locked(path.display().to_string())
         }
