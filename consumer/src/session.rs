@@ -23,7 +23,7 @@ use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter, WireError};
 use tether_protocol::handshake::{client_handshake, HandshakeError};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason, Role, SUPPORTED_VERSIONS};
-use tether_protocol::{Cookie, SearchSpec};
+use tether_protocol::{Cookie, ReplOp, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
@@ -39,6 +39,11 @@ use crate::transport::{Network, CONNECT_TIMEOUT};
 
 /// Messages buffered between reader and applier.
 const INBOUND_QUEUE: usize = 64;
+/// Live changes already waiting in the inbound queue are applied together, in one store
+/// transaction with the last one's cookie, up to this many: a burst then costs one
+/// transaction per run of queued changes instead of one per change, and the replica
+/// still moves from one provider state to a later one atomically.
+const CHANGES_PER_APPLY: usize = INBOUND_QUEUE;
 /// How often received-but-unflushed changes are flushed and acknowledged.
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 /// Limit on a single write to the provider (acks, pings, goodbye).
@@ -410,6 +415,18 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// What the reader task handed over: a message, or how the session ends.
+fn inbound(msg: Option<Result<Option<Message>, WireError>>) -> Result<Message, Ended> {
+    match msg {
+        Some(Ok(Some(m))) => Ok(m),
+        Some(Ok(None)) | None => {
+            Err(Ended::new(Reason::ConnectionLost, "provider closed the connection without goodbye"))
+        }
+        Some(Err(e)) if e.is_protocol_violation() => Err(Ended::new(Reason::Exception, format!("protocol error: {e}"))),
+        Some(Err(e)) => Err(Ended::new(Reason::ConnectionLost, e.to_string())),
+    }
+}
+
 impl Applier<'_> {
     async fn run(
         &mut self,
@@ -445,13 +462,12 @@ impl Applier<'_> {
                     }
                 }
                 msg = rx.recv() => {
-                    let msg = match msg {
-                        Some(Ok(Some(m))) => m,
-                        Some(Ok(None)) | None => return Ended::new(Reason::ConnectionLost, "provider closed the connection without goodbye"),
-                        Some(Err(e)) if e.is_protocol_violation() => return Ended::new(Reason::Exception, format!("protocol error: {e}")),
-                        Some(Err(e)) => return Ended::new(Reason::ConnectionLost, e.to_string()),
+                    let handled = match inbound(msg) {
+                        Ok(Message::Change { op, cookie }) => self.on_changes(op, cookie, &mut rx).await,
+                        Ok(msg) => self.on_message(msg).await,
+                        Err(ended) => Err(ended),
                     };
-                    if let Err(ended) = self.on_message(msg).await {
+                    if let Err(ended) = handled {
                         return ended;
                     }
                     // Nothing more queued: make it durable and ack now, not at the next
@@ -463,6 +479,50 @@ impl Applier<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Applies a live change together with the changes queued right behind it, then
+    /// handles the first other message found behind them.
+    async fn on_changes(
+        &mut self,
+        op: ReplOp,
+        cookie: Cookie,
+        rx: &mut mpsc::Receiver<Result<Option<Message>, WireError>>,
+    ) -> Result<(), Ended> {
+        self.expect_persisting("Change")?;
+        let mut ops = vec![op];
+        let mut last = cookie;
+        let mut behind = None;
+        while ops.len() < CHANGES_PER_APPLY {
+            match rx.try_recv() {
+                Ok(Ok(Some(Message::Change { op, cookie }))) => {
+                    ops.push(op);
+                    last = cookie;
+                }
+                Ok(other) => {
+                    behind = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let count = ops.len() as u64;
+        let replica = self.replica.clone();
+        let stats = blocking("applying changes", move || {
+            for _ in 0..count {
+                failpoint::on_apply()?;
+            }
+            replica.apply(&ops, Some(last))
+        })
+        .await?;
+        self.record(stats);
+        self.pending_cookie = Some(last);
+        self.unacked += count;
+        self.status.update(|s| s.lag_changes = self.unacked);
+        match behind {
+            Some(next) => self.on_message(inbound(Some(next))?).await,
+            None => Ok(()),
         }
     }
 
@@ -651,20 +711,6 @@ impl Applier<'_> {
                 } else {
                     Ok(())
                 }
-            }
-            Message::Change { op, cookie } => {
-                self.expect_persisting("Change")?;
-                let replica = self.replica.clone();
-                let stats = blocking("applying a change", move || {
-                    failpoint::on_apply()?;
-                    replica.apply(&[op], Some(cookie))
-                })
-                .await?;
-                self.record(stats);
-                self.pending_cookie = Some(cookie);
-                self.unacked += 1;
-                self.status.update(|s| s.lag_changes = self.unacked);
-                Ok(())
             }
             Message::Advance { cookie } => {
                 self.expect_persisting("Advance")?;
