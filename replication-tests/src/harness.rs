@@ -493,11 +493,7 @@ impl Consumer {
 
     /// One agreement's status object.
     pub fn agreement_status(&self, name: &str) -> Result<serde_json::Value> {
-        let status = self.status()?;
-        status["agreements"]
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
-            .with_context(|| format!("no agreement {name} in status {status}"))
+        agreement_in(&self.status()?, name)
     }
 
     /// Runs `stop`, `start`, `restart` or `reload`.
@@ -549,4 +545,12 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         let _ = self.kill();
     }
+}
+
+/// Agreement `name`'s object in a consumer's `status --json` output.
+pub fn agreement_in(status: &serde_json::Value, name: &str) -> Result<serde_json::Value> {
+    status["agreements"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
+        .with_context(|| format!("no agreement {name} in status {status}"))
 }

@@ -137,9 +137,5 @@ pub async fn status(path: &Path) -> Result<serde_json::Value> {
 
 /// One agreement's status object from a consumer.
 pub async fn agreement_status(path: &Path, name: &str) -> Result<serde_json::Value> {
-    let status = status(path).await?;
-    status["agreements"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
-        .with_context(|| format!("no agreement {name} in {status}"))
+    crate::harness::agreement_in(&status(path).await?, name)
 }
