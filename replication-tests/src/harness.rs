@@ -214,7 +214,7 @@ impl Provider {
 
     fn cmd(&self, sub: &str) -> Result<Command> {
         let mut c = Command::new(bin("tether-provider")?);
-        c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", "info");
+        c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", child_log_level());
         Ok(c)
     }
 
@@ -336,6 +336,12 @@ impl Provider {
     }
 }
 
+/// The log filter the harness gives its child processes: `TETHER_CHILD_LOG` if set (to
+/// see a run's debug timeline), `info` otherwise.
+fn child_log_level() -> String {
+    std::env::var("TETHER_CHILD_LOG").unwrap_or_else(|_| "info".to_owned())
+}
+
 impl Drop for Provider {
     fn drop(&mut self) {
         let _ = self.kill();
@@ -442,7 +448,7 @@ impl Consumer {
 
     fn cmd(&self, sub: &str) -> Result<Command> {
         let mut c = Command::new(bin("tether-consumer")?);
-        c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", "info");
+        c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", child_log_level());
         Ok(c)
     }
 

@@ -139,6 +139,10 @@ impl Drop for Cluster {
     /// Stops every process with SIGTERM (the harness's own drop kills them), so a
     /// profiler wrapping them can write its output.
     fn drop(&mut self) {
+        if std::env::var_os("TETHER_BENCH_KEEP").is_some() {
+            eprintln!("keeping {}", self.root.path().display());
+            self.root.disable_cleanup(true);
+        }
         for c in &mut self.consumers {
             if c.child.is_some() {
                 let _ = c.stop();
