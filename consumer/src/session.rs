@@ -516,7 +516,7 @@ impl Applier<'_> {
             replica.apply(&ops, Some(last))
         })
         .await?;
-        self.record(stats);
+        self.record(stats, true);
         self.pending_cookie = Some(last);
         self.unacked += count;
         self.status.update(|s| s.lag_changes = self.unacked);
@@ -535,11 +535,16 @@ impl Applier<'_> {
         }
     }
 
-    fn record(&self, stats: ApplyStats) {
+    /// Counts what an apply did; `live` when it went to the active replica (a delta or
+    /// live changes), whose entry count then moves with it instead of being recounted.
+    fn record(&self, stats: ApplyStats, live: bool) {
         self.status.update(|s| {
             s.applied += stats.applied;
             s.skipped += stats.skipped;
             s.duplicates += stats.duplicates;
+            if live {
+                s.entries = s.entries.saturating_add_signed(stats.entries_delta() as isize);
+            }
         });
     }
 
@@ -616,6 +621,7 @@ impl Applier<'_> {
             }
             Message::Batch { ops } => {
                 self.expect_refreshing("Batch")?;
+                let live = self.shadow.is_none();
                 let stats = match self.shadow.take() {
                     Some(mut shadow) => {
                         let (shadow, stats) = blocking("applying a refresh batch", move || {
@@ -636,7 +642,7 @@ impl Applier<'_> {
                         .await?
                     }
                 };
-                self.record(stats);
+                self.record(stats, live);
                 Ok(())
             }
             Message::PresentBatch { uuids } => {
@@ -680,8 +686,17 @@ impl Applier<'_> {
             }
             Message::RefreshDone { cookie } => {
                 self.expect_refreshing("RefreshDone")?;
-                match self.shadow.take() {
-                    Some(shadow) => blocking("swapping in the reloaded replica", move || shadow.finish(cookie)).await?,
+                // A reload is counted once, as it is swapped in; a delta moved the count
+                // batch by batch already.
+                let reloaded = match self.shadow.take() {
+                    Some(shadow) => Some(
+                        blocking("swapping in the reloaded replica", move || {
+                            let entries = shadow.len();
+                            shadow.finish(cookie)?;
+                            Ok(entries)
+                        })
+                        .await?,
+                    ),
                     None => {
                         let (replica, store) = (self.replica.clone(), self.store.clone());
                         blocking("recording the refresh cookie", move || {
@@ -689,21 +704,25 @@ impl Applier<'_> {
                             store.flush()
                         })
                         .await?;
+                        None
                     }
-                }
+                };
                 self.refreshing = false;
                 self.refresh_done = true;
-                let entries = self.replica.entries().map(|e| e.len()).unwrap_or(0);
-                info!(cookie = %cookie, entries, "refresh complete");
                 self.status.mark_current();
                 let persisting = self.cfg.mode == Mode::RefreshAndPersist;
+                let mut entries = 0;
                 self.status.update(|s| {
                     s.cookie = Some(cookie.to_string());
-                    s.entries = entries;
+                    if let Some(n) = reloaded {
+                        s.entries = n;
+                    }
+                    entries = s.entries;
                     if persisting {
                         s.state = State::Persisting;
                     }
                 });
+                info!(cookie = %cookie, entries, "refresh complete");
                 // A refresh-only provider says goodbye right after `RefreshDone` and may
                 // already be gone; our next `Hello` carries this cookie anyway.
                 if persisting {

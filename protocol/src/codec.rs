@@ -20,7 +20,7 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::frame::MAX_FRAME;
 
@@ -132,6 +132,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         0 => Ok(value),
         extra => Err(CodecError::TrailingBytes { extra }),
     }
+}
+
+/// Decodes one `T` from the start of `bytes`, ignoring whatever follows, and says how
+/// many bytes it took. `T` may borrow from `bytes`: this is how a reader takes the leading
+/// fields of a record (see [`EntryHead`](crate::entry::EntryHead)) without decoding or
+/// allocating the rest. The same limits as [`decode`] apply.
+pub fn decode_prefix<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<(T, usize), CodecError> {
+    let tripped = Cell::new(false);
+    let seed = depth::LimitedSeed { seed: PhantomData::<T>, budget: depth::Budget::new(MAX_DEPTH, &tripped) };
+    bincode::serde::seed_decode_from_slice(seed, bytes, config()).map_err(|err| {
+        if tripped.get() {
+            CodecError::TooDeep { max: MAX_DEPTH }
+        } else {
+            decode_error(err)
+        }
+    })
 }
 
 /// Maps bincode's error onto ours, keeping the distinctions a caller can act on.

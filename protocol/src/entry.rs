@@ -175,6 +175,10 @@ pub enum AttributeError {
         /// The key it came under.
         key: String,
     },
+    /// Decoded attributes naming one attribute twice (or out of order): the bytes were
+    /// not written by [`Attributes`].
+    #[error("attribute {0:?} is repeated or out of key order")]
+    DuplicateAttribute(String),
     /// Decoded attributes with one that has no values; an attribute always has one.
     #[error("attribute {0:?} has no values")]
     NoValues(String),
@@ -212,33 +216,82 @@ pub struct Attributes {
     map: BTreeMap<String, Attribute>,
 }
 
-/// Attributes arrive from peers and from disk, so each is rebuilt through
-/// [`Attributes::add`] on the way in: a decoded set holds the invariants of one built
-/// here (valid names, keyed by lower-cased name, no attribute without values, values
-/// distinct), or is refused naming what is wrong, like a DN that does not parse. The
-/// encoding is the derived one, unchanged.
+/// Attributes arrive from peers and from disk, so a decoded set is checked to hold the
+/// invariants of one built by [`Attributes::add`] (valid names, keyed by lower-cased
+/// name, no attribute without values, values distinct), or refused naming what is
+/// wrong, like a DN that does not parse. The encoding is the derived one, unchanged: the
+/// map in key order. The check runs as the map is read, in one pass and without a second
+/// map, since every replicated entry and every stored record read goes through it.
 impl<'de> Deserialize<'de> for Attributes {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        /// What is on the wire: the map as [`Attributes`] serializes it.
-        #[derive(Deserialize)]
-        #[serde(rename = "Attributes")]
-        struct Encoded {
-            /// Key -> attribute, not yet checked.
-            map: BTreeMap<String, Attribute>,
+        struct AttributesVisitor;
+        impl<'de> serde::de::Visitor<'de> for AttributesVisitor {
+            type Value = Attributes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct Attributes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Attributes, A::Error> {
+                let map = seq
+                    .next_element_seed(CheckedMap)?
+                    .ok_or_else(|| serde::de::Error::invalid_length(0, &"struct Attributes with 1 field"))?;
+                Ok(Attributes { map })
+            }
         }
-        let encoded = Encoded::deserialize(deserializer)?;
-        let mut attrs = Attributes::new();
-        for (key, attr) in encoded.map {
-            let refuse = serde::de::Error::custom;
-            if key != attr.name.to_ascii_lowercase() {
+        deserializer.deserialize_struct("Attributes", &["map"], AttributesVisitor)
+    }
+}
+
+/// Reads the attribute map of an encoded [`Attributes`], checking each attribute as it
+/// comes (see the `Deserialize` impl).
+struct CheckedMap;
+
+impl<'de> serde::de::DeserializeSeed<'de> for CheckedMap {
+    type Value = BTreeMap<String, Attribute>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CheckedMap {
+    type Value = BTreeMap<String, Attribute>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of attributes")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let refuse = serde::de::Error::custom;
+        let mut sorted: Vec<(String, Attribute)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+        while let Some(key) = map.next_key::<String>()? {
+            let attr: Attribute = map.next_value()?;
+            let filed_right = key.len() == attr.name.len()
+                && key.bytes().zip(attr.name.bytes()).all(|(k, n)| k == n.to_ascii_lowercase());
+            if !filed_right {
                 return Err(refuse(AttributeError::MisfiledAttribute { name: attr.name, key }));
             }
-            if attr.values.is_empty() {
-                return Err(refuse(AttributeError::NoValues(attr.name)));
+            // Keys come in order, each once, as the map writes them: a repeated key
+            // would silently replace an attribute.
+            if let Some((last, _)) = sorted.last() {
+                if *last >= key {
+                    return Err(refuse(AttributeError::DuplicateAttribute(attr.name)));
+                }
             }
-            attrs.add(&attr.name, attr.values).map_err(refuse)?;
+            check_attribute_name(&attr.name).map_err(refuse)?;
+            match attr.values.len() {
+                0 => return Err(refuse(AttributeError::NoValues(attr.name))),
+                1 => {}
+                _ => {
+                    let mut held = HashSet::with_capacity(attr.values.len());
+                    if let Some(dup) = attr.values.iter().find(|v| !held.insert(v.normalized())) {
+                        return Err(refuse(AttributeError::DuplicateValue {
+                            attr: attr.name.clone(),
+                            value: String::from_utf8_lossy(dup.as_bytes()).into_owned(),
+                        }));
+                    }
+                }
+            }
+            sorted.push((key, attr));
         }
-        Ok(attrs)
+        // Already in order, so this builds the tree without sorting.
+        Ok(sorted.into_iter().collect())
     }
 }
 
@@ -389,6 +442,28 @@ pub struct Entry {
     pub attrs: Attributes,
 }
 
+/// The leading fields of an encoded [`Entry`]: its DN as encoded (not parsed), UUID and
+/// CSN. Deciding whether an incoming state is newer than the one stored, or whether the
+/// record at a DN is the entry being looked for, needs only these; reading them skips
+/// parsing the DN and rebuilding the attributes, most of the cost of a full decode. Only
+/// for records this process wrote itself: nothing after the CSN is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct EntryHead<'a> {
+    /// The DN's string form, as [`Dn`] serializes it.
+    pub dn: &'a str,
+    /// The entry's UUID.
+    pub uuid: EntryUuid,
+    /// The CSN of its last change.
+    pub csn: Csn,
+}
+
+impl<'a> EntryHead<'a> {
+    /// Reads the head of an entry encoded by the codec.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, crate::codec::CodecError> {
+        crate::codec::decode_prefix(bytes).map(|(head, _)| head)
+    }
+}
+
 impl Entry {
     /// Ensures each AVA of the entry's RDN is among its attribute values, as directory
     /// rules require (an entry named `cn=x` holds `cn: x`).
@@ -414,6 +489,23 @@ mod tests {
         assert!(a.has_value("OBJECTCLASS", &"PERSON".into()));
         assert!(matches!(a.add("cn", ["JOHN SMITH".into()]), Err(AttributeError::DuplicateValue { .. })));
         assert_eq!(a.values("cn").len(), 1, "a refused add leaves the values as they were");
+    }
+
+    #[test]
+    fn the_head_of_an_encoded_entry_is_its_dn_uuid_and_csn() {
+        let mut attrs = Attributes::new();
+        attrs.add("cn", ["John Smith".into()]).unwrap();
+        let entry = Entry {
+            dn: Dn::parse("cn=John Smith , ou=People,dc=example,dc=com").unwrap(),
+            uuid: EntryUuid::new_random(),
+            csn: Csn(4242),
+            attrs,
+        };
+        let bytes = crate::codec::encode(&entry).unwrap();
+        let head = EntryHead::decode(&bytes).unwrap();
+        assert_eq!((head.uuid, head.csn), (entry.uuid, entry.csn));
+        assert_eq!(Dn::parse(head.dn).unwrap(), entry.dn);
+        assert!(EntryHead::decode(&bytes[..5]).is_err(), "a truncated head is refused");
     }
 
     #[test]
@@ -495,6 +587,20 @@ mod tests {
         );
         assert_eq!(refused(unchecked(&[("cn", "cn", &[])])), "attribute \"cn\" has no values");
         assert_eq!(refused(unchecked(&[("cn", "cn", &["Ann", "ANN"])])), "attribute \"cn\" already has value \"ANN\"");
+        // A map is its length and then its pairs, so pairs written as a list encode the
+        // same map, repeated or out of order as a hostile peer might send it.
+        #[derive(Serialize)]
+        struct Pairs {
+            map: Vec<(String, Attribute)>,
+        }
+        let attr = |name: &str, value: &str| Attribute { name: name.into(), values: vec![value.into()] };
+        let pairs = |p: &[(&str, &str)]| {
+            let map = p.iter().map(|(k, n)| ((*k).to_owned(), attr(n, "x"))).collect();
+            crate::codec::encode(&Pairs { map }).unwrap()
+        };
+        assert_eq!(refused(pairs(&[("cn", "cn"), ("cn", "CN")])), "attribute \"CN\" is repeated or out of key order");
+        assert_eq!(refused(pairs(&[("sn", "sn"), ("cn", "cn")])), "attribute \"cn\" is repeated or out of key order");
+        assert_eq!(pairs(&[("cn", "cn"), ("sn", "sn")]), unchecked(&[("cn", "cn", &["x"]), ("sn", "sn", &["x"])]));
         let good = unchecked(&[("cn", "CN", &["Ann", "Bob"]), ("objectclass", "objectClass", &["top"])]);
         let attrs: Attributes = decode(&good).unwrap();
         assert_eq!(attrs.values("cn"), [Value::from("Ann"), Value::from("Bob")]);

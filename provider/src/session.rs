@@ -281,6 +281,10 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 Event::Room(permit) => match refresh.next_message(self.dir) {
                     Ok(Some(msg)) => {
                         permit.send(msg);
+                        // The writer just woke sits in this worker's LIFO slot, which no
+                        // other worker steals: without a yield it would wait while the
+                        // next batch is read, and the link would idle between batches.
+                        tokio::task::yield_now().await;
                     }
                     Ok(None) => return None,
                     Err(e) => return Some(SessionEnd::StoreError(e.to_string())),
@@ -355,6 +359,10 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 Event::Room(permit) => {
                     if let Some(msg) = pending.pop_front() {
                         permit.send(msg);
+                        // As in the refresh: let the writer go before reading on.
+                        if pending.is_empty() {
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
                 Event::Durable | Event::Drained => {}

@@ -121,35 +121,44 @@ impl Changelog {
     /// The operation a single record implies for a consumer of `spec`, given the
     /// entry's current state; `None` if the entry never concerned that consumer.
     pub fn op_for(&self, record: &ChangeRecord, spec: &SearchSpec, entries: &EntrySet) -> Result<Option<ReplOp>> {
-        op_for_entry(record.uuid, record.csn, record.touches(spec), spec, entries)
+        op_for_entry(record.uuid, record.csn, record.touches(spec), &record.dn.tree_key(), spec, entries)
     }
 
     /// A coalesced delta over `(after, upto]` for `spec` (see [`Delta`]).
     pub fn delta(&self, after: Csn, upto: Csn, spec: &SearchSpec) -> Result<Delta> {
-        // uuid -> (last csn, whether any record's DN fell in scope)
-        let mut touched: HashMap<EntryUuid, (Csn, bool)> = HashMap::new();
+        // uuid -> (last csn, whether any record's DN fell in scope, last DN key)
+        let mut touched: HashMap<EntryUuid, (Csn, bool, Vec<u8>)> = HashMap::new();
         for record in self.records(after, upto) {
             let record = record?;
             let in_scope = record.touches(spec);
-            let slot = touched.entry(record.uuid).or_insert((record.csn, false));
+            let slot = touched.entry(record.uuid).or_insert((record.csn, false, Vec::new()));
             slot.0 = record.csn;
             slot.1 |= in_scope;
+            slot.2 = record.dn.tree_key();
         }
-        let mut order: Vec<(Csn, EntryUuid, bool)> = touched.into_iter().map(|(u, (c, s))| (c, u, s)).collect();
-        order.sort_unstable_by_key(|(csn, _, _)| *csn);
+        let mut order: Vec<Changed> =
+            touched.into_iter().map(|(uuid, (csn, named, key))| Changed { csn, uuid, named, key }).collect();
+        order.sort_unstable_by_key(|c| c.csn);
         Ok(Delta { order: order.into_iter(), spec: spec.clone() })
     }
 }
 
-/// What to send about `uuid` given its current state.
+/// What to send about `uuid` given its current state. `dn_key` is where its last
+/// change left it: looked at first, it finds the entry without the UUID index (a random
+/// read on a large directory) unless it moved again since.
 fn op_for_entry(
     uuid: EntryUuid,
     csn: Csn,
     named_in_scope: bool,
+    dn_key: &[u8],
     spec: &SearchSpec,
     entries: &EntrySet,
 ) -> Result<Option<ReplOp>> {
-    match entries.get_by_uuid(&uuid)? {
+    let current = match entries.get_key(dn_key)? {
+        Some(entry) if entry.uuid == uuid => Some(entry),
+        _ => entries.get_by_uuid(&uuid)?,
+    };
+    match current {
         Some(entry) if spec.contains(&entry) => Ok(Some(ReplOp::Upsert(spec.project(entry)))),
         Some(entry) if named_in_scope || spec.scope.contains(&spec.base, &entry.dn) => {
             Ok(Some(ReplOp::Delete { uuid, csn }))
@@ -160,14 +169,27 @@ fn op_for_entry(
     }
 }
 
+/// One entry of a [`Delta`].
+#[derive(Debug)]
+struct Changed {
+    /// Its last change in the range.
+    csn: Csn,
+    /// The entry.
+    uuid: EntryUuid,
+    /// Whether any of its records in the range named a DN in the consumer's scope.
+    named: bool,
+    /// The DN key its last change left it at.
+    key: Vec<u8>,
+}
+
 /// A coalesced delta: one operation per entry changed in the range, in the order of each
 /// entry's last change, with the entry's current content. Memory is one small slot per
 /// changed entry (not per change, not per entry content); contents are read as the
 /// batches are drawn.
 #[derive(Debug)]
 pub struct Delta {
-    /// (last csn, uuid, named in scope) per changed entry, in CSN order.
-    order: std::vec::IntoIter<(Csn, EntryUuid, bool)>,
+    /// One per changed entry, in CSN order.
+    order: std::vec::IntoIter<Changed>,
     /// The consumer's region.
     spec: SearchSpec,
 }
@@ -182,8 +204,8 @@ impl Delta {
     pub fn next_batch(&mut self, entries: &EntrySet, max: usize) -> Result<Vec<ReplOp>> {
         let mut batch = Vec::new();
         while batch.len() < max {
-            let Some((csn, uuid, named)) = self.order.next() else { break };
-            if let Some(op) = op_for_entry(uuid, csn, named, &self.spec, entries)? {
+            let Some(c) = self.order.next() else { break };
+            if let Some(op) = op_for_entry(c.uuid, c.csn, c.named, &c.key, &self.spec, entries)? {
                 batch.push(op);
             }
         }

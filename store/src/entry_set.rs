@@ -8,7 +8,7 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Tree;
-use tether_protocol::{Dn, Entry, EntryUuid, Scope, SearchSpec};
+use tether_protocol::{Csn, Dn, Entry, EntryHead, EntryUuid, Scope, SearchSpec};
 
 use crate::error::{Result, StoreError};
 use crate::record::{decode, encode};
@@ -34,6 +34,11 @@ impl EntrySet {
     /// The entry named `dn`.
     pub fn get(&self, dn: &Dn) -> Result<Option<Entry>> {
         self.entries.get(dn.tree_key())?.map(|v| decode(ENTRIES, &v)).transpose()
+    }
+
+    /// The entry stored under a DN key (a [`Dn::tree_key`]), if any.
+    pub fn get_key(&self, key: &[u8]) -> Result<Option<Entry>> {
+        self.entries.get(key)?.map(|v| decode(ENTRIES, &v)).transpose()
     }
 
     /// The entry with `uuid`, wherever it now sits.
@@ -64,14 +69,16 @@ impl EntrySet {
         Ok(false)
     }
 
-    /// Number of entries (a full scan of the UUID index keys; for status, not hot paths).
+    /// Number of entries: a full scan, for status at start-up and after a reload, never
+    /// per change. It counts the entries tree, not the UUID index, which in a replica
+    /// may still hold the UUID of an entry whose DN a newer one took (see `replica`).
     pub fn len(&self) -> usize {
-        self.uuids.len()
+        self.entries.len()
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.uuids.is_empty()
+        self.entries.is_empty()
     }
 
     /// Entries in `spec`'s region, in tree order, streamed from the store: memory use does
@@ -160,20 +167,20 @@ pub(crate) struct TxEntrySet<'a> {
 pub(crate) type TxError = ConflictableTransactionError<StoreError>;
 
 impl TxEntrySet<'_> {
-    /// Looks an entry up by UUID, trusting the record's own UUID over the index.
-    pub(crate) fn get_by_uuid(&self, uuid: &EntryUuid) -> Result<Option<(Vec<u8>, Entry)>, TxError> {
+    /// Where the entry `uuid` is stored and the CSN of its state there, reading only the
+    /// record's head (see [`EntryHead`]). Like [`TxEntrySet::get_by_uuid`] it trusts
+    /// the record's own UUID over the index.
+    pub(crate) fn locate(&self, uuid: &EntryUuid) -> Result<Option<(Vec<u8>, Csn)>, TxError> {
         let Some(key) = self.uuids.get(uuid.as_bytes())? else { return Ok(None) };
-        let Some(bytes) = self.entries.get(&key)? else { return Ok(None) };
-        let entry: Entry = decode(ENTRIES, &bytes).map_err(ConflictableTransactionError::Abort)?;
-        Ok((entry.uuid == *uuid).then(|| (key.to_vec(), entry)))
+        Ok(self.head_at(&key)?.filter(|(u, _)| u == uuid).map(|(_, csn)| (key.to_vec(), csn)))
     }
 
-    /// The entry stored under a DN key, if any.
-    pub(crate) fn get_at(&self, key: &[u8]) -> Result<Option<Entry>, TxError> {
-        match self.entries.get(key)? {
-            Some(bytes) => Ok(Some(decode(ENTRIES, &bytes).map_err(ConflictableTransactionError::Abort)?)),
-            None => Ok(None),
-        }
+    /// The UUID and CSN of the record under a DN key, if any, reading only its head.
+    pub(crate) fn head_at(&self, key: &[u8]) -> Result<Option<(EntryUuid, Csn)>, TxError> {
+        let Some(bytes) = self.entries.get(key)? else { return Ok(None) };
+        let head = EntryHead::decode(&bytes)
+            .map_err(|source| ConflictableTransactionError::Abort(StoreError::Codec { tree: ENTRIES, source }))?;
+        Ok(Some((head.uuid, head.csn)))
     }
 
     /// Writes `entry`, removing its record at `old_key` if it moved.
@@ -186,7 +193,10 @@ impl TxEntrySet<'_> {
         }
         let bytes = encode(ENTRIES, entry).map_err(ConflictableTransactionError::Abort)?;
         self.entries.insert(key.as_slice(), bytes)?;
-        self.uuids.insert(entry.uuid.as_bytes(), key)?;
+        // Staying at its DN, the index already points here.
+        if old_key != Some(key.as_slice()) {
+            self.uuids.insert(entry.uuid.as_bytes(), key)?;
+        }
         Ok(())
     }
 

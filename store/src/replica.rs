@@ -76,6 +76,19 @@ pub struct ApplyStats {
     /// With the audit on: operations applied although the audit log shows the same
     /// change (entry and CSN) applied before. Always 0 unless exactly-once is broken.
     pub duplicates: u64,
+    /// Entries the operations created (an upsert of an entry not held before).
+    pub created: u64,
+    /// Entries the operations removed (deletes, and older entries dropped because a
+    /// newer one took their DN). With `created`, keeps an entry count current without
+    /// scanning the replica.
+    pub removed: u64,
+}
+
+impl ApplyStats {
+    /// How the number of entries changed.
+    pub fn entries_delta(&self) -> i64 {
+        self.created as i64 - self.removed as i64
+    }
 }
 
 impl std::ops::AddAssign for ApplyStats {
@@ -83,6 +96,8 @@ impl std::ops::AddAssign for ApplyStats {
         self.applied += other.applied;
         self.skipped += other.skipped;
         self.duplicates += other.duplicates;
+        self.created += other.created;
+        self.removed += other.removed;
     }
 }
 
@@ -351,26 +366,37 @@ impl Replica {
 fn apply_op(tx: &TxEntrySet<'_>, op: &ReplOp, stats: &mut ApplyStats) -> Result<bool, TxError> {
     match op {
         ReplOp::Upsert(entry) => {
-            let current = tx.get_by_uuid(&entry.uuid)?;
-            if let Some((_, local)) = &current {
-                if local.csn >= entry.csn {
+            // Most upserts change an entry in place: the record at its DN is the entry
+            // itself, found without the UUID index (a random read on a large replica).
+            let new_key = entry.dn.tree_key();
+            let holder = tx.head_at(&new_key)?;
+            let current = match holder {
+                Some((uuid, csn)) if uuid == entry.uuid => Some((new_key.clone(), csn)),
+                _ => tx.locate(&entry.uuid)?,
+            };
+            if let Some((_, csn)) = &current {
+                if *csn >= entry.csn {
                     stats.skipped += 1;
                     return Ok(false);
                 }
             }
-            let new_key = entry.dn.tree_key();
-            if let Some(holder) = tx.get_at(&new_key)? {
-                if holder.uuid != entry.uuid {
-                    tx.remove(&new_key, &holder.uuid)?;
+            if let Some((uuid, _)) = holder {
+                if uuid != entry.uuid {
+                    tx.remove(&new_key, &uuid)?;
+                    stats.removed += 1;
                 }
             }
             tx.put(current.as_ref().map(|(k, _)| k.as_slice()), entry)?;
+            if current.is_none() {
+                stats.created += 1;
+            }
             stats.applied += 1;
             Ok(true)
         }
-        ReplOp::Delete { uuid, .. } => match tx.get_by_uuid(uuid)? {
+        ReplOp::Delete { uuid, .. } => match tx.locate(uuid)? {
             Some((key, _)) => {
                 tx.remove(&key, uuid)?;
+                stats.removed += 1;
                 stats.applied += 1;
                 Ok(true)
             }

@@ -375,13 +375,18 @@ proptest! {
             prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-delta")), provider_view(&p.dir, &spec));
             // Record by record, as the persist phase sends them.
             let live = p.replicas.replica(&format!("{name}-live")).unwrap();
+            // The entry count a consumer keeps in status from the apply stats alone.
+            let mut count = live.entries().unwrap().len() as i64;
             for record in p.dir.changelog().records(start, p.dir.durable_csn()) {
                 let record = record.unwrap();
                 if let Some(op) = p.dir.changelog().op_for(&record, &spec, p.dir.entries()).unwrap() {
-                    live.apply(&[op], Some(Cookie { store_id: p.dir.store_id(), csn: record.csn })).unwrap();
+                    let stats =
+                        live.apply(&[op], Some(Cookie { store_id: p.dir.store_id(), csn: record.csn })).unwrap();
+                    count += stats.entries_delta();
                 }
             }
             prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-live")), provider_view(&p.dir, &spec));
+            prop_assert_eq!(count, live.entries().unwrap().len() as i64, "created - removed tracks the count");
         }
     }
 }
