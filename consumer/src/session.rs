@@ -205,6 +205,7 @@ pub async fn run(
         writer: writer.clone(),
         shadow: None,
         refreshing: false,
+        scanning: false,
         refresh_done: false,
         pending_cookie: None,
         unacked: 0,
@@ -393,6 +394,9 @@ struct Applier<'a> {
     shadow: Option<Shadow>,
     /// Between `RefreshBegin` and `RefreshDone`.
     refreshing: bool,
+    /// A full or present refresh's scan is under way: its batches go into the shadow
+    /// unchecked ([`Shadow::apply_scan`]) until the `RefreshProgress` that ends it.
+    scanning: bool,
     /// `RefreshDone` seen.
     refresh_done: bool,
     /// The newest cookie applied but not yet flushed and acknowledged.
@@ -586,6 +590,7 @@ impl Applier<'_> {
                     }
                 };
                 let received = self.shadow.as_ref().map_or(0, Shadow::received);
+                self.scanning = self.shadow.is_some();
                 self.status.update(|s| {
                     s.state = State::Refreshing;
                     s.last_refresh = Some(kind.as_str().to_owned());
@@ -608,6 +613,9 @@ impl Applier<'_> {
                         "protocol error: RefreshProgress outside a full or present refresh",
                     ));
                 };
+                if resume.cursor.is_none() {
+                    self.scanning = false;
+                }
                 let spec = self.cfg.spec.clone();
                 let shadow = blocking("recording refresh progress", move || {
                     shadow.record_progress(&spec, resume)?;
@@ -624,9 +632,10 @@ impl Applier<'_> {
                 let live = self.shadow.is_none();
                 let stats = match self.shadow.take() {
                     Some(mut shadow) => {
+                        let scanning = self.scanning;
                         let (shadow, stats) = blocking("applying a refresh batch", move || {
                             failpoint::on_apply()?;
-                            let stats = shadow.apply(&ops)?;
+                            let stats = if scanning { shadow.apply_scan(&ops)? } else { shadow.apply(&ops)? };
                             Ok((shadow, stats))
                         })
                         .await?;

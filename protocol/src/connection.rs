@@ -164,6 +164,12 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         Ok(result?)
     }
 
+    /// Sends one message encoded ahead of time (see [`crate::encoded`]), flushed. Not
+    /// cancellation-safe, as [`MessageWriter::send`].
+    pub async fn send_encoded(&mut self, msg: &crate::encoded::EncodedMessage) -> Result<(), WireError> {
+        Ok(self.frames.write_frame(msg.as_bytes()).await?)
+    }
+
     /// Flushes and shuts the write side down, so the peer reads a clean end of stream.
     pub async fn shutdown(&mut self) -> Result<(), WireError> {
         Ok(self.frames.shutdown().await?)

@@ -36,6 +36,7 @@ pub mod control;
 pub mod cookie;
 pub mod csn;
 pub mod dn;
+pub mod encoded;
 pub mod entry;
 pub mod filter;
 pub mod filter_parse;

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dn::Dn;
+use crate::dn::{Dn, TREE_KEY_SEPARATOR};
 use crate::entry::Entry;
 use crate::filter::Filter;
 
@@ -27,6 +27,18 @@ impl Scope {
             Scope::Base => dn == base,
             Scope::One => dn.is_child_of(base),
             Scope::Subtree => dn.is_descendant_of(base),
+        }
+    }
+
+    /// [`Scope::contains`] on tree keys ([`Dn::tree_key`]) instead of DNs: a store scan
+    /// decides it from the key alone, without decoding the entry. Every RDN in a key
+    /// ends with the separator, so a child's key is its parent's plus one more RDN.
+    pub fn contains_key(self, base_key: &[u8], key: &[u8]) -> bool {
+        let Some(rest) = key.strip_prefix(base_key) else { return false };
+        match self {
+            Scope::Base => rest.is_empty(),
+            Scope::One => rest.iter().filter(|&&b| b == TREE_KEY_SEPARATOR).count() == 1,
+            Scope::Subtree => true,
         }
     }
 }
@@ -78,6 +90,15 @@ impl SearchSpec {
         Self { base, scope: Scope::Subtree, filter: Filter::match_all(), attrs: Vec::new() }
     }
 
+    /// Whether every entry within reach belongs to the region whole: the filter is
+    /// `(objectClass=*)`, which every stored entry matches (the directory refuses one
+    /// without), and no attribute list trims it. A provider then sends the entries of
+    /// such a region as they are stored, without decoding them.
+    pub fn takes_whole_entries(&self) -> bool {
+        let match_all = matches!(&self.filter, Filter::Present { attr } if attr.eq_ignore_ascii_case("objectClass"));
+        match_all && self.attrs.is_empty()
+    }
+
     /// Whether `entry` belongs to the region.
     pub fn contains(&self, entry: &Entry) -> bool {
         self.scope.contains(&self.base, &entry.dn) && self.filter.matches(entry)
@@ -95,5 +116,50 @@ impl SearchSpec {
             entry.attrs.retain_named(&self.attrs);
         }
         entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn contains_key_agrees_with_contains() {
+        let dns = [
+            "dc=example,dc=com",
+            "ou=people,dc=example,dc=com",
+            "uid=a,ou=people,dc=example,dc=com",
+            "cn=x+sn=y,uid=a,ou=people,dc=example,dc=com",
+            "ou=peoplex,dc=example,dc=com",
+            "uid=b,ou=peoplex,dc=example,dc=com",
+            "cn=a\\,b,ou=people,dc=example,dc=com",
+            "dc=com",
+        ];
+        let dns: Vec<Dn> = dns.iter().map(|s| Dn::parse(s).unwrap()).collect();
+        for base in &dns {
+            for dn in &dns {
+                for scope in [Scope::Base, Scope::One, Scope::Subtree] {
+                    assert_eq!(
+                        scope.contains_key(&base.tree_key(), &dn.tree_key()),
+                        scope.contains(base, dn),
+                        "{scope:?} of {base} holding {dn}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn whole_entries_need_the_match_all_filter_and_no_attribute_list() {
+        let base = Dn::parse("dc=example,dc=com").unwrap();
+        assert!(SearchSpec::subtree(base.clone()).takes_whole_entries());
+        let lower = SearchSpec { filter: Filter::Present { attr: "objectclass".into() }, ..SearchSpec::subtree(base.clone()) };
+        assert!(lower.takes_whole_entries());
+        let filtered = SearchSpec { filter: Filter::Present { attr: "mail".into() }, ..SearchSpec::subtree(base.clone()) };
+        assert!(!filtered.takes_whole_entries());
+        let trimmed = SearchSpec { attrs: vec!["cn".into()], ..SearchSpec::subtree(base) };
+        assert!(!trimmed.takes_whole_entries());
     }
 }

@@ -12,6 +12,7 @@
 //! - [`config`]: `provider.toml`, defaults and validation.
 //! - [`refresh`]: full / present / delta planning, streamed in batches.
 //! - [`session`]: one consumer's session (refresh, persist, keepalive, acks).
+//! - [`outbound`]: what a session queues for its writer, messages or pre-encoded ones.
 //! - [`writes`]: write and search requests from clients.
 //! - [`registry`]: live sessions, for status and revocation.
 //! - [`server`]: accept loop, connection limit, TLS, handshake, authorization.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod load;
+pub mod outbound;
 pub mod refresh;
 pub mod registry;
 pub mod server;

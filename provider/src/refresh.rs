@@ -23,9 +23,16 @@
 
 use std::collections::VecDeque;
 
+use tether_protocol::encoded::{EncodedMessage, EncodedOp};
 use tether_protocol::message::Message;
-use tether_protocol::{Cookie, Csn, RefreshKind, ReplOp, ResumePoint, SearchSpec};
+use tether_protocol::{Cookie, Csn, EntryHead, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{Delta, Directory, Pin, StoreError};
+
+use crate::outbound::Outbound;
+
+/// Most bytes of entries in one batch message: a quarter of the smallest frame limit a
+/// provider accepts four times over, far inside the default 16 MiB.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where the planner is.
 #[derive(Debug)]
@@ -64,7 +71,7 @@ pub struct Refresh {
     /// Current phase.
     phase: Phase,
     /// Messages produced but not yet handed out (a present page yields two).
-    pending: VecDeque<Message>,
+    pending: VecDeque<Outbound>,
     /// Keeps the changelog above the CSN this refresh reads from (`since` for a delta,
     /// `start` for a scan's catch-up) until `RefreshDone` is queued.
     pin: Option<Pin>,
@@ -93,7 +100,12 @@ impl Refresh {
                     }
                 };
                 let kind = resume.kind;
-                let pending = VecDeque::from([Message::RefreshBegin { kind, resumed: true }]);
+                let mut pending = VecDeque::from([Message::RefreshBegin { kind, resumed: true }.into()]);
+                if resume.cursor.is_none() {
+                    // The scan was over: say so again, as the consumer applies the
+                    // catch-up with the checks a scan's batches do not need.
+                    pending.push_back(Message::RefreshProgress { resume: resume.clone() }.into());
+                }
                 return Ok(Self {
                     kind,
                     spec,
@@ -130,7 +142,7 @@ impl Refresh {
             RefreshKind::Delta => Phase::Changes { delta: dir.changelog().delta(since, start, &spec)? },
             RefreshKind::Full | RefreshKind::Present => Phase::Scan { cursor: None },
         };
-        let pending = VecDeque::from([Message::RefreshBegin { kind, resumed: false }]);
+        let pending = VecDeque::from([Message::RefreshBegin { kind, resumed: false }.into()]);
         Ok(Self { kind, spec, since, start, end: start, batch_size, resumed: false, phase, pending, pin: Some(pin) })
     }
 
@@ -158,7 +170,7 @@ impl Refresh {
     }
 
     /// The next message to send, or `None` after `RefreshDone`.
-    pub fn next_message(&mut self, dir: &Directory) -> Result<Option<Message>, StoreError> {
+    pub fn next_message(&mut self, dir: &Directory) -> Result<Option<Outbound>, StoreError> {
         loop {
             if let Some(msg) = self.pending.pop_front() {
                 return Ok(Some(msg));
@@ -166,9 +178,10 @@ impl Refresh {
             match &mut self.phase {
                 Phase::Done => return Ok(None),
                 Phase::Scan { cursor } => {
-                    let (page, next) = dir.entries().search_page(&self.spec, cursor.as_deref(), self.batch_size)?;
-                    self.queue_page(page);
-                    self.pending.push_back(Message::RefreshProgress { resume: self.resume_point(dir, next.clone()) });
+                    let (page, next) = dir.entries().encoded_page(&self.spec, cursor.as_deref(), self.batch_size)?;
+                    self.queue_page(page)?;
+                    let progress = Message::RefreshProgress { resume: self.resume_point(dir, next.clone()) };
+                    self.pending.push_back(progress.into());
                     match next {
                         Some(key) => self.phase = Phase::Scan { cursor: Some(key) },
                         None => {
@@ -180,17 +193,16 @@ impl Refresh {
                     }
                 }
                 Phase::Changes { delta } => {
-                    let ops = delta.next_batch(dir.entries(), self.batch_size)?;
+                    let ops = delta.next_encoded(dir.entries(), self.batch_size)?;
                     if ops.is_empty() {
-                        self.pending.push_back(Message::RefreshDone {
-                            cookie: Cookie { store_id: dir.store_id(), csn: self.end },
-                        });
+                        let done = Message::RefreshDone { cookie: Cookie { store_id: dir.store_id(), csn: self.end } };
+                        self.pending.push_back(done.into());
                         self.phase = Phase::Done;
                         // Everything this refresh reads from the changelog is read: the
                         // session's persist phase re-checks the floor on its own.
                         self.pin = None;
                     } else {
-                        self.pending.push_back(Message::Batch { ops });
+                        self.queue_ops(ops)?;
                     }
                 }
             }
@@ -207,30 +219,62 @@ impl Refresh {
         }
     }
 
-    fn queue_page(&mut self, page: Vec<tether_protocol::Entry>) {
-        let mut ops = Vec::new();
+    /// Queues a scan page, entries as stored (their heads read, not the rest): a
+    /// present refresh names the unchanged ones by UUID only, and an entry changed since
+    /// the scan began is left to the catch-up, which sends its latest state anyway. So a
+    /// scan sends each entry at most once, under a DN no other entry of the scan has (a
+    /// rename while scanning could otherwise show one entry under two DNs), and the
+    /// consumer writes scan batches without looking for earlier copies (SPEC §3,
+    /// `docs/protocol.md`).
+    fn queue_page(&mut self, page: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        let mut ops = Vec::with_capacity(page.len());
         let mut present = Vec::new();
-        for entry in page {
-            if self.kind == RefreshKind::Present && entry.csn <= self.since {
-                present.push(entry.uuid);
-            } else {
-                ops.push(ReplOp::Upsert(entry));
+        for bytes in page {
+            let head = EntryHead::decode(&bytes).map_err(codec_error)?;
+            if head.csn > self.start {
+                continue;
             }
+            if self.kind == RefreshKind::Present && head.csn <= self.since {
+                present.push(head.uuid);
+                continue;
+            }
+            ops.push(EncodedOp::Upsert(bytes));
         }
-        if !ops.is_empty() {
-            self.pending.push_back(Message::Batch { ops });
-        }
+        self.queue_ops(ops)?;
         if !present.is_empty() {
-            self.pending.push_back(Message::PresentBatch { uuids: present });
+            self.pending.push_back(Message::PresentBatch { uuids: present }.into());
         }
+        Ok(())
     }
+
+    /// Queues `ops` as batches of at most [`BATCH_BYTES`] each (one op may exceed it on
+    /// its own): a page of large entries must still fit the consumer's frame limit.
+    fn queue_ops(&mut self, ops: Vec<EncodedOp>) -> Result<(), StoreError> {
+        let mut start = 0;
+        while start < ops.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < ops.len() && (end == start || bytes + ops[end].size() <= BATCH_BYTES) {
+                bytes += ops[end].size();
+                end += 1;
+            }
+            self.pending.push_back(EncodedMessage::batch(&ops[start..end]).map_err(codec_error)?.into());
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// A batch that cannot be encoded (an entry over the frame limit).
+fn codec_error(source: tether_protocol::CodecError) -> StoreError {
+    StoreError::Codec { tree: "entries", source }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use tether_protocol::{Attributes, Change, Dn, ModOp, Modification, Rdn, Value};
+    use tether_protocol::{Attributes, Change, Dn, ModOp, Modification, Rdn, ReplOp, Value};
     use tether_store::{ReplicaStore, RetentionPolicy, Shadow};
 
     use super::*;
@@ -287,7 +331,7 @@ mod tests {
     ) -> (Option<ResumePoint>, Option<Cookie>, usize) {
         let (mut last, mut progress, mut upserts) = (None, 0, 0);
         while let Some(msg) = refresh.next_message(dir).unwrap() {
-            match msg {
+            match msg.into_message().unwrap() {
                 Message::RefreshBegin { .. } => {}
                 Message::Batch { ops } => {
                     upserts += ops.iter().filter(|op| matches!(op, ReplOp::Upsert(_))).count();
@@ -353,7 +397,7 @@ mod tests {
         assert!(second.resumed());
         assert_eq!(second.kind(), RefreshKind::Full);
         assert_eq!(
-            second.next_message(&dir).unwrap(),
+            second.next_message(&dir).unwrap().map(|m| m.into_message().unwrap()),
             Some(Message::RefreshBegin { kind: RefreshKind::Full, resumed: true })
         );
         let mut shadow = replica.resume_shadow().unwrap();

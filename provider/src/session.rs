@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_protocol::connection::{MessageReader, MessageWriter};
+use tether_protocol::encoded::EncodedMessage;
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role};
 use tether_protocol::{Cookie, Csn, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::outbound::Outbound;
 use crate::refresh::Refresh;
 use crate::registry::Registration;
 
@@ -106,13 +108,13 @@ impl ConsumerRequest {
 /// `failed` if the consumer stops reading or the socket breaks.
 async fn writer_loop<W: AsyncWrite + Unpin>(
     mut writer: MessageWriter<W>,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<Outbound>,
     limit: Duration,
     failed: CancellationToken,
     drained: Arc<Notify>,
 ) {
     while let Some(msg) = queue.recv().await {
-        match tokio::time::timeout(limit, writer.send(&msg)).await {
+        match tokio::time::timeout(limit, msg.send(&mut writer)).await {
             Ok(Ok(())) => drained.notify_one(),
             Ok(Err(e)) => {
                 debug!(error = %e, "write failed");
@@ -133,7 +135,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
 struct Session<'a, R> {
     dir: &'a Arc<Directory>,
     reader: MessageReader<R>,
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Outbound>,
     reg: &'a Registration,
     req: &'a ConsumerRequest,
     params: SessionParams,
@@ -160,7 +162,7 @@ enum Event {
     /// Keepalive time.
     Tick,
     /// A slot in the outbound queue.
-    Room(mpsc::OwnedPermit<Message>),
+    Room(mpsc::OwnedPermit<Outbound>),
     /// The writer sent a message: the queue is shorter.
     Drained,
     /// Something new became durable.
@@ -214,7 +216,7 @@ where
             _ => "",
         };
         let bye = Message::Goodbye { reason: *reason, detail: detail.to_owned() };
-        let _ = tokio::time::timeout(GOODBYE_GRACE, session.queue.send(bye)).await;
+        let _ = tokio::time::timeout(GOODBYE_GRACE, session.queue.send(bye.into())).await;
     }
     drop(session);
     let _ = tokio::time::timeout(GOODBYE_GRACE * 2, writer_task).await;
@@ -331,7 +333,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         let mut durable = self.dir.subscribe();
         let mut ping = keepalive_ticker(self.params.keepalive_interval);
         let mut seq = 0u64;
-        let mut pending: VecDeque<Message> = VecDeque::new();
+        let mut pending: VecDeque<Outbound> = VecDeque::new();
         loop {
             let newest = *durable.borrow_and_update();
             if pending.is_empty() && position < newest {
@@ -377,7 +379,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         &self,
         position: Csn,
         newest: Csn,
-        pending: &mut VecDeque<Message>,
+        pending: &mut VecDeque<Outbound>,
     ) -> Result<Option<Csn>, StoreError> {
         if position < self.dir.floor()? {
             return Ok(None);
@@ -388,9 +390,12 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         for record in self.dir.changelog().records(position, newest).take(RECORDS_PER_READ) {
             let record = record?;
             last = record.csn;
-            match self.dir.changelog().op_for(&record, &self.req.spec, self.dir.entries())? {
+            match self.dir.changelog().encoded_op_for(&record, &self.req.spec, self.dir.entries())? {
                 Some(op) => {
-                    pending.push_back(Message::Change { op, cookie: Cookie { store_id, csn: record.csn } });
+                    let cookie = Cookie { store_id, csn: record.csn };
+                    let change = EncodedMessage::change(&op, &cookie)
+                        .map_err(|source| StoreError::Codec { tree: "entries", source })?;
+                    pending.push_back(change.into());
                     skipped_tail = false;
                 }
                 None => skipped_tail = true,
@@ -405,7 +410,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         if skipped_tail {
             // Changes outside the region still move the consumer's position, so its
             // cookie and the provider's lag figure stay exact.
-            pending.push_back(Message::Advance { cookie: Cookie { store_id, csn: last } });
+            pending.push_back(Message::Advance { cookie: Cookie { store_id, csn: last } }.into());
         }
         Ok(Some(last))
     }
@@ -440,7 +445,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         }
         *seq += 1;
         // A full queue means data is flowing; the ping is not needed then.
-        let _ = self.queue.try_send(Message::Ping { seq: *seq });
+        let _ = self.queue.try_send(Message::Ping { seq: *seq }.into());
         None
     }
 
@@ -463,7 +468,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 Inbound::Continue
             }
             Message::Ping { seq } => {
-                let _ = self.queue.try_send(Message::Pong { seq });
+                let _ = self.queue.try_send(Message::Pong { seq }.into());
                 Inbound::Continue
             }
             Message::Pong { .. } => Inbound::Continue,

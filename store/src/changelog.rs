@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sled::Tree;
+use tether_protocol::encoded::EncodedOp;
 use tether_protocol::{Csn, Dn, EntryUuid, ReplOp, SearchSpec};
 
 use crate::entry_set::EntrySet;
@@ -28,6 +29,8 @@ use crate::record::{decode, encode};
 
 /// Tree name used in errors.
 const CHANGELOG: &str = "changelog";
+/// The entries tree's name in errors (entries are read to build ops).
+const ENTRIES: &str = "entries";
 
 /// What a committed change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +124,16 @@ impl Changelog {
     /// The operation a single record implies for a consumer of `spec`, given the
     /// entry's current state; `None` if the entry never concerned that consumer.
     pub fn op_for(&self, record: &ChangeRecord, spec: &SearchSpec, entries: &EntrySet) -> Result<Option<ReplOp>> {
+        self.encoded_op_for(record, spec, entries)?.map(|op| decoded(&op)).transpose()
+    }
+
+    /// [`Changelog::op_for`] with the entry as stored, ready for a message.
+    pub fn encoded_op_for(
+        &self,
+        record: &ChangeRecord,
+        spec: &SearchSpec,
+        entries: &EntrySet,
+    ) -> Result<Option<EncodedOp>> {
         op_for_entry(record.uuid, record.csn, record.touches(spec), &record.dn.tree_key(), spec, entries)
     }
 
@@ -145,7 +158,8 @@ impl Changelog {
 
 /// What to send about `uuid` given its current state. `dn_key` is where its last
 /// change left it: looked at first, it finds the entry without the UUID index (a random
-/// read on a large directory) unless it moved again since.
+/// read on a large directory) unless it moved again since. The entry goes as stored when
+/// the region takes whole entries, and is decoded, filtered and trimmed otherwise.
 fn op_for_entry(
     uuid: EntryUuid,
     csn: Csn,
@@ -153,20 +167,32 @@ fn op_for_entry(
     dn_key: &[u8],
     spec: &SearchSpec,
     entries: &EntrySet,
-) -> Result<Option<ReplOp>> {
-    let current = match entries.get_key(dn_key)? {
-        Some(entry) if entry.uuid == uuid => Some(entry),
-        _ => entries.get_by_uuid(&uuid)?,
+) -> Result<Option<EncodedOp>> {
+    let Some((key, bytes)) = entries.locate_encoded(&uuid, Some(dn_key))? else {
+        return Ok(named_in_scope.then_some(EncodedOp::Delete { uuid, csn }));
     };
-    match current {
-        Some(entry) if spec.contains(&entry) => Ok(Some(ReplOp::Upsert(spec.project(entry)))),
-        Some(entry) if named_in_scope || spec.scope.contains(&spec.base, &entry.dn) => {
-            Ok(Some(ReplOp::Delete { uuid, csn }))
-        }
-        Some(_) => Ok(None),
-        None if named_in_scope => Ok(Some(ReplOp::Delete { uuid, csn })),
-        None => Ok(None),
-    }
+    let (in_reach, content) = if spec.takes_whole_entries() {
+        let in_reach = spec.scope.contains_key(&spec.base.tree_key(), &key);
+        (in_reach, in_reach.then(|| bytes.to_vec()))
+    } else {
+        let entry: tether_protocol::Entry = decode(ENTRIES, &bytes)?;
+        let in_reach = spec.scope.contains(&spec.base, &entry.dn);
+        let content = match spec.contains(&entry) {
+            true => Some(encode(ENTRIES, &spec.project(entry))?),
+            false => None,
+        };
+        (in_reach, content)
+    };
+    Ok(match content {
+        Some(bytes) => Some(EncodedOp::Upsert(bytes)),
+        None if named_in_scope || in_reach => Some(EncodedOp::Delete { uuid, csn }),
+        None => None,
+    })
+}
+
+/// Decodes an op read from the store (for callers that want entries, not bytes).
+fn decoded(op: &EncodedOp) -> Result<ReplOp> {
+    op.decode().map_err(|source| crate::error::StoreError::Codec { tree: ENTRIES, source })
 }
 
 /// One entry of a [`Delta`].
@@ -202,6 +228,11 @@ impl Delta {
 
     /// Up to `max` operations; an empty batch means the delta is exhausted.
     pub fn next_batch(&mut self, entries: &EntrySet, max: usize) -> Result<Vec<ReplOp>> {
+        self.next_encoded(entries, max)?.iter().map(decoded).collect()
+    }
+
+    /// [`Delta::next_batch`] with entries as stored, ready for a message.
+    pub fn next_encoded(&mut self, entries: &EntrySet, max: usize) -> Result<Vec<EncodedOp>> {
         let mut batch = Vec::new();
         while batch.len() < max {
             let Some(c) = self.order.next() else { break };

@@ -36,11 +36,6 @@ impl EntrySet {
         self.entries.get(dn.tree_key())?.map(|v| decode(ENTRIES, &v)).transpose()
     }
 
-    /// The entry stored under a DN key (a [`Dn::tree_key`]), if any.
-    pub fn get_key(&self, key: &[u8]) -> Result<Option<Entry>> {
-        self.entries.get(key)?.map(|v| decode(ENTRIES, &v)).transpose()
-    }
-
     /// The entry with `uuid`, wherever it now sits.
     pub fn get_by_uuid(&self, uuid: &EntryUuid) -> Result<Option<Entry>> {
         let Some(key) = self.uuids.get(uuid.as_bytes())? else { return Ok(None) };
@@ -144,6 +139,65 @@ impl EntrySet {
             }
         }
         Ok((page, None))
+    }
+
+    /// [`EntrySet::search_page`] with each entry as the codec encodes it, ready to go
+    /// into a message ([`tether_protocol::encoded`]). For a region that takes whole
+    /// entries ([`SearchSpec::takes_whole_entries`]) the stored bytes are passed on as
+    /// they are, deciding the scope from the key: a refresh then costs the provider a
+    /// copy per entry instead of a decode and an encode.
+    pub fn encoded_page(
+        &self,
+        spec: &SearchSpec,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+        if !spec.takes_whole_entries() || spec.scope == Scope::Base {
+            let (page, next) = self.search_page(spec, after, max)?;
+            let encoded = page.iter().map(|e| encode(ENTRIES, e)).collect::<Result<_>>()?;
+            return Ok((encoded, next));
+        }
+        let prefix = spec.base.tree_key();
+        let range = match after {
+            Some(key) => self.entries.range((std::ops::Bound::Excluded(key.to_vec()), std::ops::Bound::Unbounded)),
+            None => self.entries.range(prefix.clone()..),
+        };
+        let mut page = Vec::new();
+        for item in range {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                return Ok((page, None));
+            }
+            if spec.scope.contains_key(&prefix, &key) {
+                page.push(value.to_vec());
+                if page.len() >= max {
+                    return Ok((page, Some(key.to_vec())));
+                }
+            }
+        }
+        Ok((page, None))
+    }
+
+    /// Where the entry `uuid` is stored and its record as stored, looking at `hint` (a
+    /// DN key it was last seen at) before the UUID index. The record's own UUID is the
+    /// truth, as in [`EntrySet::get_by_uuid`].
+    pub fn locate_encoded(&self, uuid: &EntryUuid, hint: Option<&[u8]>) -> Result<Option<(Vec<u8>, sled::IVec)>> {
+        let is_it = |bytes: &[u8]| -> Result<bool> {
+            let head = EntryHead::decode(bytes).map_err(|source| StoreError::Codec { tree: ENTRIES, source })?;
+            Ok(head.uuid == *uuid)
+        };
+        if let Some(key) = hint {
+            if let Some(bytes) = self.entries.get(key)? {
+                if is_it(&bytes)? {
+                    return Ok(Some((key.to_vec(), bytes)));
+                }
+            }
+        }
+        let Some(key) = self.uuids.get(uuid.as_bytes())? else { return Ok(None) };
+        match self.entries.get(&key)? {
+            Some(bytes) if is_it(&bytes)? => Ok(Some((key.to_vec(), bytes))),
+            _ => Ok(None),
+        }
     }
 
     /// Every entry in tree order.

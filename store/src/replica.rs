@@ -35,6 +35,8 @@ use crate::record::{decode, encode};
 
 /// Tree holding one [`ReplicaState`] per agreement name.
 const REPLICAS: &str = "replicas";
+/// A shadow's entries tree, as named in errors.
+const SHADOW_ENTRIES: &str = "entries";
 
 /// The persistent state of one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -473,6 +475,32 @@ impl Shadow {
         })?;
         self.received += ops.iter().filter(|op| matches!(op, ReplOp::Upsert(_))).count() as u64;
         Ok(stats)
+    }
+
+    /// Writes a batch of the refresh's scan: upserts that each name an entry no earlier
+    /// scan batch held, under a DN none of them took, which the provider guarantees by
+    /// leaving entries changed during the scan to the catch-up delta (`docs/protocol.md`).
+    /// So nothing is looked up: the writes go straight in, the index first, so that
+    /// after a crash between the two an index entry can only point at nothing (ignored),
+    /// never an entry lack its index. Anything else goes through [`Shadow::apply`].
+    pub fn apply_scan(&mut self, ops: &[ReplOp]) -> Result<ApplyStats> {
+        if ops.iter().any(|op| !matches!(op, ReplOp::Upsert(_))) {
+            return self.apply(ops);
+        }
+        let mut entries = sled::Batch::default();
+        let mut uuids = sled::Batch::default();
+        for op in ops {
+            if let ReplOp::Upsert(entry) = op {
+                let key = entry.dn.tree_key();
+                entries.insert(key.as_slice(), encode(SHADOW_ENTRIES, entry)?);
+                uuids.insert(entry.uuid.as_bytes(), key);
+            }
+        }
+        self.set.uuids.apply_batch(uuids)?;
+        self.set.entries.apply_batch(entries)?;
+        let n = ops.len() as u64;
+        self.received += n;
+        Ok(ApplyStats { applied: n, created: n, ..ApplyStats::default() })
     }
 
     /// Copies entries the provider named as unchanged from the active generation. Fails
