@@ -6,6 +6,7 @@
 //! (attribute types lower-cased, values case-folded with insignificant spaces removed,
 //! multi-valued RDNs sorted), computed once at parse time.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -89,32 +90,62 @@ impl Ava {
         &self.value
     }
 
+    /// The normalized form on its own (the slow path of multi-valued RDNs that need
+    /// sorting).
     fn normalized(&self) -> String {
-        let mut out = self.attr.to_ascii_lowercase();
-        out.push('=');
-        if self.hex {
-            out.push('#');
-            for b in &self.value {
-                out.push_str(&format!("{b:02x}"));
-            }
-        } else {
-            let text = String::from_utf8_lossy(&self.value);
-            escape_value(&normalize_text(&text), &mut out);
-        }
+        let mut out = String::with_capacity(self.len_hint());
+        self.push_normalized(&mut out);
         out
     }
 
+    /// Appends the normalized form: type lower-cased, `=`, then the value case-folded,
+    /// spaces squeezed and escaped, or `#` and lower-case hex for a `#hex` value.
+    fn push_normalized(&self, out: &mut String) {
+        let start = out.len();
+        out.push_str(&self.attr);
+        out[start..].make_ascii_lowercase();
+        out.push('=');
+        if self.hex {
+            out.push('#');
+            push_hex(&self.value, b"0123456789abcdef", out);
+        } else {
+            let text = String::from_utf8_lossy(&self.value);
+            let value_start = out.len();
+            push_normalized_text(&text, out);
+            // Escaping is rare, so the folded text is written plainly and escaped
+            // afterwards only if it holds something to escape.
+            if needs_escape(&out.as_bytes()[value_start..]) {
+                let plain = out.split_off(value_start);
+                escape_value(&plain, out);
+            }
+        }
+    }
+
+    /// Appends the display form: as written, escaped, upper-case hex for `#hex` values.
     fn render(&self, out: &mut String) {
         out.push_str(&self.attr);
         out.push('=');
         if self.hex {
             out.push('#');
-            for b in &self.value {
-                out.push_str(&format!("{b:02X}"));
-            }
+            push_hex(&self.value, b"0123456789ABCDEF", out);
         } else {
             escape_value(&String::from_utf8_lossy(&self.value), out);
         }
+    }
+
+    /// The length of the rendered or normalized form when nothing needs escaping, to
+    /// size buffers in one allocation.
+    fn len_hint(&self) -> usize {
+        let value = if self.hex { 1 + 2 * self.value.len() } else { self.value.len() };
+        self.attr.len() + 1 + value
+    }
+}
+
+/// Appends `bytes` as hex digits taken from `digits` (upper- or lower-case).
+fn push_hex(bytes: &[u8], digits: &[u8; 16], out: &mut String) {
+    for b in bytes {
+        out.push(char::from(digits[usize::from(b >> 4)]));
+        out.push(char::from(digits[usize::from(b & 0x0f)]));
     }
 }
 
@@ -123,13 +154,31 @@ impl Ava {
 /// since Tether has no schema to say otherwise.
 pub fn normalize_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    push_normalized_text(text, &mut out);
+    out
+}
+
+/// Appends [`normalize_text`]'s result to `out`. Each word is lower-cased as
+/// `str::to_lowercase` would, without a string per word: ASCII words in place, others
+/// char by char, and a word holding a capital sigma through `str::to_lowercase` itself,
+/// since only there does a character's lower case depend on its neighbours.
+fn push_normalized_text(text: &str, out: &mut String) {
+    let mut first = true;
     for word in text.split(' ').filter(|w| !w.is_empty()) {
-        if !out.is_empty() {
+        if !first {
             out.push(' ');
         }
-        out.push_str(&word.to_lowercase());
+        first = false;
+        if word.is_ascii() {
+            let start = out.len();
+            out.push_str(word);
+            out[start..].make_ascii_lowercase();
+        } else if word.contains('\u{3a3}') {
+            out.push_str(&word.to_lowercase());
+        } else {
+            out.extend(word.chars().flat_map(char::to_lowercase));
+        }
     }
-    out
 }
 
 /// A relative distinguished name: one or more AVAs joined by `+`.
@@ -144,23 +193,26 @@ pub struct Rdn {
 impl Rdn {
     /// Builds an RDN from its AVAs; refuses an empty list and repeated types.
     pub fn new(avas: Vec<Ava>) -> Result<Self, DnError> {
-        if avas.is_empty() {
-            return Err(DnError::EmptyRdn(0));
+        match avas.as_slice() {
+            [] => Err(DnError::EmptyRdn(0)),
+            [ava] => {
+                let mut norm = String::with_capacity(ava.len_hint());
+                ava.push_normalized(&mut norm);
+                Ok(Self { avas, norm })
+            }
+            _ => {
+                if let Some(repeated) = repeated_type(&avas) {
+                    return Err(DnError::DuplicateAttributeInRdn(repeated));
+                }
+                Ok(Self { norm: sorted_normal_form(&avas), avas })
+            }
         }
-        let mut parts: Vec<String> = avas.iter().map(Ava::normalized).collect();
-        let mut types: Vec<String> = avas.iter().map(|a| a.attr.to_ascii_lowercase()).collect();
-        types.sort();
-        if let Some(w) = types.windows(2).find(|w| w[0] == w[1]) {
-            return Err(DnError::DuplicateAttributeInRdn(w[0].clone()));
-        }
-        parts.sort();
-        Ok(Self { avas, norm: parts.join("+") })
     }
 
     /// Parses a single RDN such as the `newrdn` of a modrdn record. A second RDN is
     /// refused at the separator that starts it, `,` or `;`.
     pub fn parse(s: &str) -> Result<Self, DnError> {
-        let mut parser = Parser { src: s.as_bytes(), pos: 0 };
+        let mut parser = Parser::new(s);
         parser.skip_spaces();
         if parser.peek().is_none() {
             return Err(DnError::EmptyRdn(parser.pos));
@@ -183,6 +235,46 @@ impl Rdn {
     }
 }
 
+/// The smallest attribute type (lower-cased) that appears more than once among `avas`.
+fn repeated_type(avas: &[Ava]) -> Option<String> {
+    let mut smallest: Option<String> = None;
+    for (i, a) in avas.iter().enumerate() {
+        if avas[i + 1..].iter().any(|b| a.attr.eq_ignore_ascii_case(&b.attr)) {
+            let lower = a.attr.to_ascii_lowercase();
+            if smallest.as_ref().is_none_or(|s| lower < *s) {
+                smallest = Some(lower);
+            }
+        }
+    }
+    smallest
+}
+
+/// The normalized AVAs sorted and joined by `+`. They are written in order into one
+/// string, which is the answer when they were already sorted (as people usually write
+/// them); otherwise they are sorted one string each.
+fn sorted_normal_form(avas: &[Ava]) -> String {
+    let mut norm = String::with_capacity(avas.iter().map(|a| a.len_hint() + 1).sum());
+    let mut sorted = true;
+    let mut previous = 0;
+    for (i, ava) in avas.iter().enumerate() {
+        if i > 0 {
+            norm.push('+');
+        }
+        let start = norm.len();
+        ava.push_normalized(&mut norm);
+        if i > 0 && norm[previous..start - 1] > norm[start..] {
+            sorted = false;
+        }
+        previous = start;
+    }
+    if sorted {
+        return norm;
+    }
+    let mut parts: Vec<String> = avas.iter().map(Ava::normalized).collect();
+    parts.sort();
+    parts.join("+")
+}
+
 impl PartialEq for Rdn {
     fn eq(&self, other: &Self) -> bool {
         self.norm == other.norm
@@ -190,16 +282,33 @@ impl PartialEq for Rdn {
 }
 impl Eq for Rdn {}
 
-impl fmt::Display for Rdn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut out = String::new();
+impl Rdn {
+    /// Appends the display form (AVAs as written, joined by `+`).
+    fn render(&self, out: &mut String) {
         for (i, ava) in self.avas.iter().enumerate() {
             if i > 0 {
                 out.push('+');
             }
-            ava.render(&mut out);
+            ava.render(out);
         }
-        f.write_str(&out)
+    }
+
+    /// The display form's length when nothing needs escaping.
+    fn len_hint(&self) -> usize {
+        self.avas.iter().map(|a| a.len_hint() + 1).sum::<usize>().saturating_sub(1)
+    }
+
+    /// The display form in a string allocated once (unless escapes lengthen it).
+    fn rendered(&self) -> String {
+        let mut out = String::with_capacity(self.len_hint());
+        self.render(&mut out);
+        out
+    }
+}
+
+impl fmt::Display for Rdn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.rendered())
     }
 }
 
@@ -221,12 +330,18 @@ impl Dn {
     /// Parses an RFC 4514 string, also accepting the lenient forms real tools emit:
     /// spaces around separators, `;` between RDNs, `OID.` prefixes and quoted values.
     pub fn parse(s: &str) -> Result<Self, DnError> {
-        Parser { src: s.as_bytes(), pos: 0 }.dn()
+        Parser::new(s).dn()
     }
 
     /// Builds a DN from RDNs given leaf first.
     pub fn from_rdns(rdns: Vec<Rdn>) -> Self {
-        let norm = rdns.iter().map(|r| r.norm.as_str()).collect::<Vec<_>>().join(",");
+        let mut norm = String::with_capacity(rdns.iter().map(|r| r.norm.len() + 1).sum());
+        for (i, rdn) in rdns.iter().enumerate() {
+            if i > 0 {
+                norm.push(',');
+            }
+            norm.push_str(&rdn.norm);
+        }
         Self { rdns, norm }
     }
 
@@ -335,15 +450,24 @@ impl Ord for Dn {
     }
 }
 
-impl fmt::Display for Dn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Dn {
+    /// The display form in a string allocated once (unless escapes lengthen it): what
+    /// `to_string` gives, without going through the formatter piece by piece.
+    fn rendered(&self) -> String {
+        let mut out = String::with_capacity(self.rdns.iter().map(|r| r.len_hint() + 1).sum());
         for (i, rdn) in self.rdns.iter().enumerate() {
             if i > 0 {
-                f.write_str(",")?;
+                out.push(',');
             }
-            write!(f, "{rdn}")?;
+            rdn.render(&mut out);
         }
-        Ok(())
+        out
+    }
+}
+
+impl fmt::Display for Dn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.rendered())
     }
 }
 
@@ -358,46 +482,83 @@ impl FromStr for Dn {
 /// re-validated) on the way in: a hostile peer cannot smuggle in an unnormalized DN.
 impl Serialize for Dn {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
+        serializer.serialize_str(&self.rendered())
     }
 }
 
 impl<'de> Deserialize<'de> for Dn {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Dn::parse(&s).map_err(serde::de::Error::custom)
+        deserializer.deserialize_str(ParsedStr(Dn::parse))
     }
 }
 
 impl Serialize for Rdn {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
+        serializer.serialize_str(&self.rendered())
     }
 }
 
 impl<'de> Deserialize<'de> for Rdn {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Rdn::parse(&s).map_err(serde::de::Error::custom)
+        deserializer.deserialize_str(ParsedStr(Rdn::parse))
+    }
+}
+
+/// Deserializes a string and parses it where it lies (in the decoder's input when the
+/// format can lend it), instead of copying it into a `String` first. Accepts what
+/// `String`'s own deserializer accepts, with the same complaint about anything else.
+struct ParsedStr<F>(F);
+
+impl<T, F: FnOnce(&str) -> Result<T, DnError>> serde::de::Visitor<'_> for ParsedStr<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<T, E> {
+        match std::str::from_utf8(v) {
+            Ok(text) => self.visit_str(text),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(v), &self)),
+        }
     }
 }
 
 /// RFC 4514 §2.4 escaping: specials anywhere, `#` and space at the start, space at the
 /// end, and control characters as `\XX` (so normalized values never hold a separator).
 fn escape_value(value: &str, out: &mut String) {
-    let last = value.chars().count().saturating_sub(1);
-    for (i, c) in value.chars().enumerate() {
+    if !needs_escape(value.as_bytes()) {
+        out.push_str(value);
+        return;
+    }
+    for (i, c) in value.char_indices() {
         match c {
             '"' | '+' | ',' | ';' | '<' | '>' | '\\' | '=' => {
                 out.push('\\');
                 out.push(c);
             }
             '#' if i == 0 => out.push_str("\\#"),
-            ' ' if i == 0 || i == last => out.push_str("\\ "),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\{:02X}", c as u32)),
+            // A space is one byte, so it is the last character when it ends the text.
+            ' ' if i == 0 || i + 1 == value.len() => out.push_str("\\ "),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push('\\');
+                push_hex(&[c as u8], b"0123456789ABCDEF", out);
+            }
             c => out.push(c),
         }
     }
+}
+
+/// Whether [`escape_value`] would change `value`. Everything it escapes is ASCII, so
+/// the UTF-8 bytes can be checked directly (multi-byte characters never match).
+fn needs_escape(value: &[u8]) -> bool {
+    matches!(value.first(), Some(b'#' | b' '))
+        || value.last() == Some(&b' ')
+        || value.iter().any(|b| matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\' | b'=' | 0..=0x1f | 0x7f))
 }
 
 /// Checks a descriptor (`ALPHA *(ALPHA / DIGIT / "-")`) or numeric OID without
@@ -428,13 +589,30 @@ fn check_attribute_type(attr: &str) -> Result<(), DnError> {
     }
 }
 
-/// Recursive-descent parser over the DN's bytes.
+/// Recursive-descent parser over the DN's bytes. Types and values without escapes are
+/// copied out of the input in one piece.
 struct Parser<'a> {
+    /// The input, for slicing out text.
+    text: &'a str,
+    /// The same input as bytes, which the grammar works on.
     src: &'a [u8],
     pos: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Self {
+        Self { text, src: text.as_bytes(), pos: 0 }
+    }
+
+    /// The input between two byte positions as text. The grammar only cuts at ASCII
+    /// bytes, so this borrows; the lossy conversion is what any other cut would get.
+    fn text_between(&self, start: usize, end: usize) -> Cow<'a, str> {
+        match self.text.get(start..end) {
+            Some(text) => Cow::Borrowed(text),
+            None => String::from_utf8_lossy(self.src.get(start..end).unwrap_or_default()),
+        }
+    }
+
     fn peek(&self) -> Option<u8> {
         self.src.get(self.pos).copied()
     }
@@ -477,15 +655,16 @@ impl Parser<'_> {
     }
 
     fn rdn(&mut self) -> Result<Rdn, DnError> {
-        let mut avas = Vec::new();
-        loop {
+        let first = self.ava()?;
+        if self.peek() != Some(b'+') {
+            return Rdn::new(vec![first]);
+        }
+        let mut avas = Vec::with_capacity(4);
+        avas.push(first);
+        while self.peek() == Some(b'+') {
+            self.pos += 1;
+            self.skip_spaces();
             avas.push(self.ava()?);
-            if self.peek() == Some(b'+') {
-                self.pos += 1;
-                self.skip_spaces();
-            } else {
-                break;
-            }
         }
         Rdn::new(avas)
     }
@@ -499,19 +678,21 @@ impl Parser<'_> {
             }
             self.pos += 1;
         }
-        let raw = String::from_utf8_lossy(&self.src[start..self.pos]).trim_end().to_owned();
+        let text = self.text_between(start, self.pos);
+        let raw = text.trim_end();
         if raw.is_empty() {
             return Err(DnError::EmptyRdn(start));
         }
         if self.peek() != Some(b'=') {
-            return Err(DnError::MissingEquals(raw));
+            return Err(DnError::MissingEquals(raw.to_owned()));
         }
         self.pos += 1;
         let attr = match raw.get(..4) {
-            Some(p) if p.eq_ignore_ascii_case("oid.") => raw[4..].to_owned(),
+            Some(p) if p.eq_ignore_ascii_case("oid.") => &raw[4..],
             _ => raw,
         };
-        check_attribute_type(&attr)?;
+        check_attribute_type(attr)?;
+        let attr = attr.to_owned();
         self.skip_spaces();
         match self.peek() {
             Some(b'#') => self.hex_value(attr),
@@ -540,7 +721,23 @@ impl Parser<'_> {
 
     fn quoted_value(&mut self, attr: String) -> Result<Ava, DnError> {
         self.pos += 1;
-        let mut value = Vec::new();
+        let start = self.pos;
+        // Without escapes the value is the input up to the closing quote, which is text
+        // as the input is.
+        loop {
+            match self.peek() {
+                None => return Err(DnError::UnterminatedQuote),
+                Some(b'"') => {
+                    let value = self.src[start..self.pos].to_vec();
+                    self.pos += 1;
+                    self.skip_spaces();
+                    return Ok(Ava { attr, value, hex: false });
+                }
+                Some(b'\\') => break,
+                Some(_) => self.pos += 1,
+            }
+        }
+        let mut value = self.src[start..self.pos].to_vec();
         loop {
             match self.peek() {
                 None => return Err(DnError::UnterminatedQuote),
@@ -556,12 +753,31 @@ impl Parser<'_> {
             }
         }
         self.skip_spaces();
-        String::from_utf8(value.clone()).map_err(|_| DnError::InvalidUtf8)?;
+        std::str::from_utf8(&value).map_err(|_| DnError::InvalidUtf8)?;
         Ok(Ava { attr, value, hex: false })
     }
 
     fn string_value(&mut self, attr: String) -> Result<Ava, DnError> {
-        let mut value = Vec::new();
+        let start = self.pos;
+        // Without escapes the value is the input up to the separator minus trailing
+        // spaces, which is text as the input is.
+        loop {
+            match self.peek() {
+                None | Some(b',' | b';' | b'+') => {
+                    let mut end = self.pos;
+                    while end > start && self.src[end - 1] == b' ' {
+                        end -= 1;
+                    }
+                    return Ok(Ava { attr, value: self.src[start..end].to_vec(), hex: false });
+                }
+                Some(b'\\') => break,
+                Some(c @ (b'"' | b'<' | b'>')) => {
+                    return Err(DnError::UnescapedSpecial { ch: c as char, pos: self.pos })
+                }
+                Some(_) => self.pos += 1,
+            }
+        }
+        let mut value = self.src[start..self.pos].to_vec();
         // Length of `value` up to its last escaped byte: trailing spaces after it were
         // written as `\ ` and are significant, unescaped ones are not.
         let mut keep = 0;
@@ -584,7 +800,7 @@ impl Parser<'_> {
         while value.len() > keep && value.last() == Some(&b' ') {
             value.pop();
         }
-        String::from_utf8(value.clone()).map_err(|_| DnError::InvalidUtf8)?;
+        std::str::from_utf8(&value).map_err(|_| DnError::InvalidUtf8)?;
         Ok(Ava { attr, value, hex: false })
     }
 
