@@ -833,6 +833,9 @@ fn hex_digit(c: u8) -> u8 {
 }
 
 #[cfg(test)]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
@@ -1021,5 +1024,236 @@ mod tests {
         fn arbitrary_strings_keep_the_dn_properties(s in any::<String>()) {
             crate::properties::dn_pair(&s);
         }
+
+        /// The fast paths against the reference copy of the old code, on DNs built from
+        /// the forms that take each path: escapes, hex and quoted values, multi-valued
+        /// RDNs, non-ASCII text with context-dependent lower case, spaces everywhere.
+        #[test]
+        fn structured_dns_match_the_reference(a in dn_text(), b in dn_text()) {
+            same_as_reference(&a);
+            same_pair_as_reference(&a, &b);
+        }
+
+        #[test]
+        fn dn_soup_matches_the_reference(a in dn_soup(), b in dn_soup()) {
+            same_as_reference(&a);
+            same_pair_as_reference(&a, &b);
+        }
+
+        #[test]
+        fn arbitrary_strings_match_the_reference(s in any::<String>()) {
+            same_as_reference(&s);
+        }
+
+        #[test]
+        fn normalize_text_matches_the_reference(s in text_value()) {
+            prop_assert_eq!(normalize_text(&s), reference::normalize_text(&s));
+        }
+
+        #[test]
+        fn rdn_new_matches_the_reference(pairs in prop::collection::vec((attr_type(), text_value()), 0..5)) {
+            let new: Result<Vec<Ava>, DnError> = pairs.iter().map(|(a, v)| Ava::new(a, v)).collect();
+            let old: Result<Vec<reference::Ava>, DnError> =
+                pairs.iter().map(|(a, v)| reference::Ava::new(a, v)).collect();
+            match (new, old) {
+                (Ok(new), Ok(old)) => {
+                    let (new, old) = (Rdn::new(new), reference::Rdn::new(old));
+                    prop_assert_eq!(format!("{new:?}"), format!("{old:?}"));
+                    if let (Ok(new), Ok(old)) = (new, old) {
+                        prop_assert_eq!(new.to_string(), old.to_string());
+                    }
+                }
+                (new, old) => prop_assert_eq!(new.err(), old.err()),
+            }
+        }
+    }
+
+    /// One string through the new parser and the reference: the same DN (down to its
+    /// Debug form) or the same error, and the same rendering, normal form and tree key;
+    /// the same for the string as one RDN.
+    fn same_as_reference(s: &str) {
+        match (Dn::parse(s), reference::Dn::parse(s)) {
+            (Ok(new), Ok(old)) => {
+                assert_eq!(format!("{new:?}"), format!("{old:?}"), "{s:?}");
+                assert_eq!(new.normalized(), old.normalized(), "{s:?}");
+                assert_eq!(new.to_string(), old.to_string(), "{s:?}");
+                assert_eq!(new.tree_key(), old.tree_key(), "{s:?}");
+                let wire = crate::codec::encode(&new).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+                let old_wire = crate::codec::encode(&old.to_string()).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+                assert_eq!(wire, old_wire, "{s:?} is sent as the reference sends it");
+                let decoded: Dn = crate::codec::decode(&wire).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+                assert_eq!(format!("{decoded:?}"), format!("{old:?}"), "{s:?}");
+                for (rdn, old_rdn) in new.rdns().iter().zip(old.rdns()) {
+                    assert_eq!(rdn.to_string(), old_rdn.to_string(), "{s:?}");
+                    let rebuilt = Rdn::new(rdn.avas().to_vec());
+                    let old_rebuilt = reference::Rdn::new(old_rdn.avas().to_vec());
+                    assert_eq!(format!("{rebuilt:?}"), format!("{old_rebuilt:?}"), "{s:?}");
+                }
+            }
+            (new, old) => assert_eq!(new.err(), old.err(), "{s:?}"),
+        }
+        match (Rdn::parse(s), reference::Rdn::parse(s)) {
+            (Ok(new), Ok(old)) => {
+                assert_eq!(format!("{new:?}"), format!("{old:?}"), "{s:?}");
+                assert_eq!(new.to_string(), old.to_string(), "{s:?}");
+            }
+            (new, old) => assert_eq!(new.err(), old.err(), "{s:?}"),
+        }
+    }
+
+    /// Equality and tree order of two DNs as the reference has them.
+    fn same_pair_as_reference(a: &str, b: &str) {
+        let (Ok(new_a), Ok(new_b), Ok(old_a), Ok(old_b)) =
+            (Dn::parse(a), Dn::parse(b), reference::Dn::parse(a), reference::Dn::parse(b))
+        else {
+            return;
+        };
+        assert_eq!(new_a == new_b, old_a == old_b, "{a:?} vs {b:?}");
+        assert_eq!(new_a.cmp(&new_b), old_a.cmp(&old_b), "{a:?} vs {b:?}");
+        assert_eq!(new_a.is_descendant_of(&new_b), old_a.is_descendant_of(&old_b), "{a:?} vs {b:?}");
+    }
+
+    fn attr_type() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "cn",
+            "CN",
+            "sn",
+            "SN",
+            "ou",
+            "dc",
+            "uid",
+            "c-n",
+            "x1",
+            "2.5.4.3",
+            "0.9.2342.19200300.100.1.1",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    /// Unescaped text: words in several scripts (with capital sigmas in every position
+    /// a word can have them, and characters whose lower case is longer), spaces, control
+    /// characters and specials that need escaping when rendered.
+    fn text_value() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "a",
+            "John",
+            "SMITH",
+            "ÉLODIE",
+            "ŞAHİN",
+            "ΟΔΥΣΣΕΥΣ",
+            "ΣΑΣ",
+            "Σ",
+            "ΑΣ",
+            "Σ.",
+            "σς",
+            "İ",
+            "ß",
+            "ǅ",
+            "Ω",
+            "x\u{301}",
+            " ",
+            "  ",
+            "#",
+            ",",
+            "+",
+            "=",
+            "\\",
+            "\"",
+            "<",
+            ";",
+            "\u{1}",
+            "\t",
+            "\u{7f}",
+            "\u{85}",
+            "😀",
+        ]);
+        let token = prop_oneof![8 => piece.prop_map(str::to_owned), 1 => "\\PC{0,3}"];
+        proptest::collection::vec(token, 0..8).prop_map(|tokens| tokens.concat())
+    }
+
+    /// A value as a DN writes it: plain text with escapes, quoted, or `#hex`.
+    fn value_text() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "a",
+            "John",
+            "SMITH",
+            "ÉLODIE",
+            "ŞAHİN",
+            "ΟΔΥΣΣΕΥΣ",
+            "ΣΑΣ",
+            "Σ",
+            "σς",
+            "İ",
+            "ß",
+            " ",
+            "  ",
+            "#",
+            "\\,",
+            "\\2C",
+            "\\2b",
+            "\\ ",
+            "\\#",
+            "\\=",
+            "\\3D",
+            "\\C4\\8D",
+            "\\CE\\A3",
+            "\\00",
+            "\\7F",
+            "\\5C",
+            "\\\"",
+            "\\\\",
+            "=",
+            "\u{1}",
+            "\t",
+            "\u{7f}",
+            "*",
+            "\\*",
+            "\\E2\\82\\AC",
+            "\\FF",
+        ]);
+        let plain = proptest::collection::vec(piece, 0..7).prop_map(|pieces| pieces.concat());
+        let quoted_piece = prop::sample::select(vec![
+            "a",
+            "Smith, John",
+            "+",
+            ";",
+            "<>",
+            " ",
+            "  ",
+            "\\\"",
+            "\\,",
+            "\\C4\\8D",
+            "Σ",
+            "ΑΣ",
+            "#",
+            "=",
+        ]);
+        let quoted =
+            proptest::collection::vec(quoted_piece, 0..5).prop_map(|pieces| format!("\"{}\"", pieces.concat()));
+        let hex = "#([0-9a-fA-F]{2}){0,5}[0-9a-fA-F]?";
+        prop_oneof![6 => plain, 1 => quoted, 1 => hex]
+    }
+
+    /// An RDN's text: one to three AVAs joined by `+`, spaces around every part.
+    fn rdn_text() -> impl Strategy<Value = String> {
+        let attr = prop::sample::select(vec!["cn", "CN", "sn", "ou", "uid", "OID.2.5.4.3", "oid.1.2", "2.5.4.3"]);
+        let ava = (" {0,2}", attr, " {0,2}", " {0,2}", value_text(), " {0,2}")
+            .prop_map(|(s1, attr, s2, s3, value, s4)| format!("{s1}{attr}{s2}={s3}{value}{s4}"));
+        proptest::collection::vec(ava, 1..4).prop_map(|avas| avas.join("+"))
+    }
+
+    /// A DN's text: up to five RDNs separated by `,` or `;`.
+    fn dn_text() -> impl Strategy<Value = String> {
+        let separator = prop::sample::select(vec![",", ";", " , "]);
+        proptest::collection::vec((rdn_text(), separator), 0..5).prop_map(|rdns| {
+            let mut out = String::new();
+            for (i, (rdn, separator)) in rdns.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                out.push_str(rdn);
+            }
+            out
+        })
     }
 }
