@@ -53,41 +53,59 @@ pub enum DnError {
 }
 
 /// One `type=value` pair of an RDN.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ava {
-    /// The attribute type as written (minus any RFC 1779 `OID.` prefix), kept for display.
-    attr: String,
-    /// The decoded value: UTF-8 text for string values, the raw octets for `#hex` values.
-    value: Vec<u8>,
-    /// Whether the value was given in `#hex` (BER) form; such values are compared and
+    /// The attribute type as written (minus any RFC 1779 `OID.` prefix), kept for display,
+    /// followed by a string value's text: one allocation for both, since every
+    /// replicated entry's DN is parsed on decode.
+    text: Box<str>,
+    /// Where the attribute type ends in `text`.
+    attr_len: usize,
+    /// The octets of a value given in `#hex` (BER) form; such values are compared and
     /// rendered as octets, never case-folded.
-    hex: bool,
+    hex: Option<Box<[u8]>>,
 }
 
 impl Ava {
     /// Builds a string-valued AVA, e.g. for the RDN of an entry made from an attribute.
     pub fn new(attr: &str, value: &str) -> Result<Self, DnError> {
         check_attribute_type(attr)?;
-        Ok(Self { attr: attr.to_owned(), value: value.as_bytes().to_vec(), hex: false })
+        Ok(Self::text(attr, value))
+    }
+
+    /// A string-valued AVA from a checked attribute type.
+    fn text(attr: &str, value: &str) -> Self {
+        let mut text = String::with_capacity(attr.len() + value.len());
+        text.push_str(attr);
+        text.push_str(value);
+        Self { text: text.into_boxed_str(), attr_len: attr.len(), hex: None }
     }
 
     /// The attribute type as written.
     pub fn attr(&self) -> &str {
-        &self.attr
+        // `attr_len` is where the (ASCII) type ends, so the fallback is never taken.
+        self.text.get(..self.attr_len).unwrap_or_default()
     }
 
     /// The value as text, if it is a string value (not `#hex`) holding UTF-8.
     pub fn value_str(&self) -> Option<&str> {
-        if self.hex {
-            None
-        } else {
-            std::str::from_utf8(&self.value).ok()
+        match self.hex {
+            Some(_) => None,
+            None => Some(self.value_text()),
         }
     }
 
     /// The decoded value octets.
     pub fn value_bytes(&self) -> &[u8] {
-        &self.value
+        match &self.hex {
+            Some(octets) => octets,
+            None => self.value_text().as_bytes(),
+        }
+    }
+
+    /// A string value's text (empty for a `#hex` value).
+    fn value_text(&self) -> &str {
+        self.text.get(self.attr_len..).unwrap_or_default()
     }
 
     /// The normalized form on its own (the slow path of multi-valued RDNs that need
@@ -102,16 +120,15 @@ impl Ava {
     /// spaces squeezed and escaped, or `#` and lower-case hex for a `#hex` value.
     fn push_normalized(&self, out: &mut String) {
         let start = out.len();
-        out.push_str(&self.attr);
+        out.push_str(self.attr());
         out[start..].make_ascii_lowercase();
         out.push('=');
-        if self.hex {
+        if let Some(octets) = &self.hex {
             out.push('#');
-            push_hex(&self.value, b"0123456789abcdef", out);
+            push_hex(octets, b"0123456789abcdef", out);
         } else {
-            let text = String::from_utf8_lossy(&self.value);
             let value_start = out.len();
-            push_normalized_text(&text, out);
+            push_normalized_text(self.value_text(), out);
             // Escaping is rare, so the folded text is written plainly and escaped
             // afterwards only if it holds something to escape.
             if needs_escape(&out.as_bytes()[value_start..]) {
@@ -123,21 +140,24 @@ impl Ava {
 
     /// Appends the display form: as written, escaped, upper-case hex for `#hex` values.
     fn render(&self, out: &mut String) {
-        out.push_str(&self.attr);
+        out.push_str(self.attr());
         out.push('=');
-        if self.hex {
+        if let Some(octets) = &self.hex {
             out.push('#');
-            push_hex(&self.value, b"0123456789ABCDEF", out);
+            push_hex(octets, b"0123456789ABCDEF", out);
         } else {
-            escape_value(&String::from_utf8_lossy(&self.value), out);
+            escape_value(self.value_text(), out);
         }
     }
 
     /// The length of the rendered or normalized form when nothing needs escaping, to
     /// size buffers in one allocation.
     fn len_hint(&self) -> usize {
-        let value = if self.hex { 1 + 2 * self.value.len() } else { self.value.len() };
-        self.attr.len() + 1 + value
+        let value = match &self.hex {
+            Some(octets) => 1 + 2 * octets.len(),
+            None => self.text.len() - self.attr_len,
+        };
+        self.attr_len + 1 + value
     }
 }
 
@@ -163,6 +183,12 @@ pub fn normalize_text(text: &str) -> String {
 /// char by char, and a word holding a capital sigma through `str::to_lowercase` itself,
 /// since only there does a character's lower case depend on its neighbours.
 fn push_normalized_text(text: &str, out: &mut String) {
+    if is_plain_ascii(text.as_bytes()) {
+        let start = out.len();
+        out.push_str(text);
+        out[start..].make_ascii_lowercase();
+        return;
+    }
     let mut first = true;
     for word in text.split(' ').filter(|w| !w.is_empty()) {
         if !first {
@@ -181,32 +207,60 @@ fn push_normalized_text(text: &str, out: &mut String) {
     }
 }
 
+/// Whether `text` is non-empty ASCII without spaces to remove (leading, trailing or
+/// doubled), the usual case, where normalizing is lower-casing alone.
+fn is_plain_ascii(text: &[u8]) -> bool {
+    // Starting as if after a space refuses a leading one; ending on one refuses a
+    // trailing one (and the empty text).
+    let mut previous = b' ';
+    for &b in text {
+        if !b.is_ascii() || (b == b' ' && previous == b' ') {
+            return false;
+        }
+        previous = b;
+    }
+    previous != b' '
+}
+
 /// A relative distinguished name: one or more AVAs joined by `+`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Rdn {
     /// The AVAs in the order written (display order).
-    avas: Vec<Ava>,
+    avas: Avas,
     /// Normalized form with AVAs sorted, so `cn=a+sn=b` equals `SN=B+CN=A`.
     norm: String,
 }
 
+/// An RDN's AVAs: almost every RDN has one, which is then kept without a list around it.
+#[derive(Clone)]
+enum Avas {
+    One(Ava),
+    Many(Vec<Ava>),
+}
+
 impl Rdn {
     /// Builds an RDN from its AVAs; refuses an empty list and repeated types.
-    pub fn new(avas: Vec<Ava>) -> Result<Self, DnError> {
-        match avas.as_slice() {
-            [] => Err(DnError::EmptyRdn(0)),
-            [ava] => {
-                let mut norm = String::with_capacity(ava.len_hint());
-                ava.push_normalized(&mut norm);
-                Ok(Self { avas, norm })
-            }
+    pub fn new(mut avas: Vec<Ava>) -> Result<Self, DnError> {
+        match avas.len() {
+            0 => Err(DnError::EmptyRdn(0)),
+            1 => match avas.pop() {
+                Some(ava) => Ok(Self::single(ava)),
+                None => Err(DnError::EmptyRdn(0)),
+            },
             _ => {
                 if let Some(repeated) = repeated_type(&avas) {
                     return Err(DnError::DuplicateAttributeInRdn(repeated));
                 }
-                Ok(Self { norm: sorted_normal_form(&avas), avas })
+                Ok(Self { norm: sorted_normal_form(&avas), avas: Avas::Many(avas) })
             }
         }
+    }
+
+    /// The RDN of one AVA.
+    fn single(ava: Ava) -> Self {
+        let mut norm = String::with_capacity(ava.len_hint());
+        ava.push_normalized(&mut norm);
+        Self { avas: Avas::One(ava), norm }
     }
 
     /// Parses a single RDN such as the `newrdn` of a modrdn record. A second RDN is
@@ -226,7 +280,10 @@ impl Rdn {
 
     /// The AVAs as written.
     pub fn avas(&self) -> &[Ava] {
-        &self.avas
+        match &self.avas {
+            Avas::One(ava) => std::slice::from_ref(ava),
+            Avas::Many(avas) => avas,
+        }
     }
 
     /// The normalized text of this RDN.
@@ -239,8 +296,8 @@ impl Rdn {
 fn repeated_type(avas: &[Ava]) -> Option<String> {
     let mut smallest: Option<String> = None;
     for (i, a) in avas.iter().enumerate() {
-        if avas[i + 1..].iter().any(|b| a.attr.eq_ignore_ascii_case(&b.attr)) {
-            let lower = a.attr.to_ascii_lowercase();
+        if avas[i + 1..].iter().any(|b| a.attr().eq_ignore_ascii_case(b.attr())) {
+            let lower = a.attr().to_ascii_lowercase();
             if smallest.as_ref().is_none_or(|s| lower < *s) {
                 smallest = Some(lower);
             }
@@ -285,7 +342,7 @@ impl Eq for Rdn {}
 impl Rdn {
     /// Appends the display form (AVAs as written, joined by `+`).
     fn render(&self, out: &mut String) {
-        for (i, ava) in self.avas.iter().enumerate() {
+        for (i, ava) in self.avas().iter().enumerate() {
             if i > 0 {
                 out.push('+');
             }
@@ -295,7 +352,7 @@ impl Rdn {
 
     /// The display form's length when nothing needs escaping.
     fn len_hint(&self) -> usize {
-        self.avas.iter().map(|a| a.len_hint() + 1).sum::<usize>().saturating_sub(1)
+        self.avas().iter().map(|a| a.len_hint() + 1).sum::<usize>().saturating_sub(1)
     }
 
     /// The display form in a string allocated once (unless escapes lengthen it).
@@ -303,6 +360,24 @@ impl Rdn {
         let mut out = String::with_capacity(self.len_hint());
         self.render(&mut out);
         out
+    }
+}
+
+/// Written out as the derived form of the plain fields would be, so logs and test
+/// output keep their shape.
+impl fmt::Debug for Ava {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ava")
+            .field("attr", &self.attr())
+            .field("value", &self.value_bytes())
+            .field("hex", &self.hex.is_some())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Rdn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rdn").field("avas", &self.avas()).field("norm", &self.norm).finish()
     }
 }
 
@@ -657,7 +732,7 @@ impl<'a> Parser<'a> {
     fn rdn(&mut self) -> Result<Rdn, DnError> {
         let first = self.ava()?;
         if self.peek() != Some(b'+') {
-            return Rdn::new(vec![first]);
+            return Ok(Rdn::single(first));
         }
         let mut avas = Vec::with_capacity(4);
         avas.push(first);
@@ -692,7 +767,6 @@ impl<'a> Parser<'a> {
             _ => raw,
         };
         check_attribute_type(attr)?;
-        let attr = attr.to_owned();
         self.skip_spaces();
         match self.peek() {
             Some(b'#') => self.hex_value(attr),
@@ -701,7 +775,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn hex_value(&mut self, attr: String) -> Result<Ava, DnError> {
+    fn hex_value(&mut self, attr: &str) -> Result<Ava, DnError> {
         self.pos += 1;
         let start = self.pos;
         while matches!(self.peek(), Some(c) if c.is_ascii_hexdigit()) {
@@ -715,11 +789,11 @@ impl<'a> Parser<'a> {
             let text = String::from_utf8_lossy(&self.src[start - 1..end.max(self.pos)]).into_owned();
             return Err(DnError::InvalidHexValue(text));
         }
-        let value = digits.chunks(2).map(|p| (hex_digit(p[0]) << 4) | hex_digit(p[1])).collect();
-        Ok(Ava { attr, value, hex: true })
+        let octets = digits.chunks(2).map(|p| (hex_digit(p[0]) << 4) | hex_digit(p[1])).collect();
+        Ok(Ava { text: attr.into(), attr_len: attr.len(), hex: Some(octets) })
     }
 
-    fn quoted_value(&mut self, attr: String) -> Result<Ava, DnError> {
+    fn quoted_value(&mut self, attr: &str) -> Result<Ava, DnError> {
         self.pos += 1;
         let start = self.pos;
         // Without escapes the value is the input up to the closing quote, which is text
@@ -728,10 +802,10 @@ impl<'a> Parser<'a> {
             match self.peek() {
                 None => return Err(DnError::UnterminatedQuote),
                 Some(b'"') => {
-                    let value = self.src[start..self.pos].to_vec();
+                    let ava = Ava::text(attr, &self.text_between(start, self.pos));
                     self.pos += 1;
                     self.skip_spaces();
-                    return Ok(Ava { attr, value, hex: false });
+                    return Ok(ava);
                 }
                 Some(b'\\') => break,
                 Some(_) => self.pos += 1,
@@ -753,11 +827,11 @@ impl<'a> Parser<'a> {
             }
         }
         self.skip_spaces();
-        std::str::from_utf8(&value).map_err(|_| DnError::InvalidUtf8)?;
-        Ok(Ava { attr, value, hex: false })
+        let value = std::str::from_utf8(&value).map_err(|_| DnError::InvalidUtf8)?;
+        Ok(Ava::text(attr, value))
     }
 
-    fn string_value(&mut self, attr: String) -> Result<Ava, DnError> {
+    fn string_value(&mut self, attr: &str) -> Result<Ava, DnError> {
         let start = self.pos;
         // Without escapes the value is the input up to the separator minus trailing
         // spaces, which is text as the input is.
@@ -768,7 +842,7 @@ impl<'a> Parser<'a> {
                     while end > start && self.src[end - 1] == b' ' {
                         end -= 1;
                     }
-                    return Ok(Ava { attr, value: self.src[start..end].to_vec(), hex: false });
+                    return Ok(Ava::text(attr, &self.text_between(start, end)));
                 }
                 Some(b'\\') => break,
                 Some(c @ (b'"' | b'<' | b'>')) => {
@@ -800,8 +874,8 @@ impl<'a> Parser<'a> {
         while value.len() > keep && value.last() == Some(&b' ') {
             value.pop();
         }
-        std::str::from_utf8(&value).map_err(|_| DnError::InvalidUtf8)?;
-        Ok(Ava { attr, value, hex: false })
+        let value = std::str::from_utf8(&value).map_err(|_| DnError::InvalidUtf8)?;
+        Ok(Ava::text(attr, value))
     }
 
     fn escape(&mut self) -> Result<u8, DnError> {
