@@ -127,8 +127,22 @@ impl Ava {
             out.push('#');
             push_hex(octets, b"0123456789abcdef", out);
         } else {
+            let value = self.value_text();
             let value_start = out.len();
-            push_normalized_text(self.value_text(), out);
+            let classes = classes(value.as_bytes());
+            if classes & (SPACE | NON_ASCII) == 0 {
+                // No spaces to squeeze and ASCII only: lower-casing is all of it.
+                out.push_str(value);
+                if classes & UPPER != 0 {
+                    out[value_start..].make_ascii_lowercase();
+                }
+                if classes & ESCAPED != 0 || value.starts_with('#') {
+                    let plain = out.split_off(value_start);
+                    escape_value(&plain, out);
+                }
+                return;
+            }
+            push_normalized_text(value, out);
             // Escaping is rare, so the folded text is written plainly and escaped
             // afterwards only if it holds something to escape.
             if needs_escape(&out.as_bytes()[value_start..]) {
@@ -631,9 +645,64 @@ fn escape_value(value: &str, out: &mut String) {
 /// Whether [`escape_value`] would change `value`. Everything it escapes is ASCII, so
 /// the UTF-8 bytes can be checked directly (multi-byte characters never match).
 fn needs_escape(value: &[u8]) -> bool {
-    matches!(value.first(), Some(b'#' | b' '))
-        || value.last() == Some(&b' ')
-        || value.iter().any(|b| matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\' | b'=' | 0..=0x1f | 0x7f))
+    matches!(value.first(), Some(b'#' | b' ')) || value.last() == Some(&b' ') || classes(value) & ESCAPED != 0
+}
+
+/// Byte class: an ASCII capital letter.
+const UPPER: u8 = 1;
+/// Byte class: a space.
+const SPACE: u8 = 2;
+/// Byte class: escaped wherever it is in a value (specials and control characters).
+const ESCAPED: u8 = 4;
+/// Byte class: part of a multi-byte character.
+const NON_ASCII: u8 = 8;
+/// Byte class: ends the unescaped run of a string value in the parser (a separator, an
+/// escape, or a special that is an error there).
+const STOPS_VALUE: u8 = 16;
+/// Byte class: ends an attribute type in the parser.
+const STOPS_TYPE: u8 = 32;
+
+/// The classes of every byte, so the scans over values test one table entry per byte.
+static BYTE_CLASSES: [u8; 256] = byte_classes();
+
+const fn byte_classes() -> [u8; 256] {
+    let mut table = [0; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut class = 0;
+        if b.is_ascii_uppercase() {
+            class |= UPPER;
+        }
+        if b == b' ' {
+            class |= SPACE;
+        }
+        if matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\' | b'=' | 0..=0x1f | 0x7f) {
+            class |= ESCAPED;
+        }
+        if !b.is_ascii() {
+            class |= NON_ASCII;
+        }
+        if matches!(b, b',' | b';' | b'+' | b'\\' | b'"' | b'<' | b'>') {
+            class |= STOPS_VALUE;
+        }
+        if matches!(b, b'=' | b',' | b'+' | b';') {
+            class |= STOPS_TYPE;
+        }
+        table[i] = class;
+        i += 1;
+    }
+    table
+}
+
+/// The union of the classes of `bytes`.
+fn classes(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0, |acc, &b| acc | BYTE_CLASSES[usize::from(b)])
+}
+
+/// How many bytes at the start of `bytes` are not of class `stop`.
+fn run_without(bytes: &[u8], stop: u8) -> usize {
+    bytes.iter().position(|&b| BYTE_CLASSES[usize::from(b)] & stop != 0).unwrap_or(bytes.len())
 }
 
 /// Checks a descriptor (`ALPHA *(ALPHA / DIGIT / "-")`) or numeric OID without
@@ -747,12 +816,7 @@ impl<'a> Parser<'a> {
     fn ava(&mut self) -> Result<Ava, DnError> {
         self.skip_spaces();
         let start = self.pos;
-        while let Some(c) = self.peek() {
-            if c == b'=' || c == b',' || c == b'+' || c == b';' {
-                break;
-            }
-            self.pos += 1;
-        }
+        self.pos += run_without(&self.src[start..], STOPS_TYPE);
         let text = self.text_between(start, self.pos);
         let raw = text.trim_end();
         if raw.is_empty() {
@@ -836,6 +900,7 @@ impl<'a> Parser<'a> {
         // Without escapes the value is the input up to the separator minus trailing
         // spaces, which is text as the input is.
         loop {
+            self.pos += run_without(&self.src[self.pos..], STOPS_VALUE);
             match self.peek() {
                 None | Some(b',' | b';' | b'+') => {
                     let mut end = self.pos;
