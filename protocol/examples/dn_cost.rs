@@ -34,11 +34,26 @@ const SHAPES: [(&str, &str); 6] = [
 ];
 
 /// The operations measured, each over one DN of the chosen shape.
-const OPS: [&str; 8] = ["parse", "decode", "encode", "display", "tree_key", "rdn_new", "normalize_text", "clone"];
+/// `encode_str` and `decode_str` move the DN's text as a plain string: the codec's own
+/// share of `encode` and `decode`.
+const OPS: [&str; 10] = [
+    "parse",
+    "decode",
+    "decode_str",
+    "encode",
+    "encode_str",
+    "display",
+    "tree_key",
+    "rdn_new",
+    "normalize_text",
+    "clone",
+];
 
 /// What `measure` works on, prepared outside it so callgrind does not count the setup.
 struct Inputs {
     text: String,
+    /// The DN as rendered, what `encode` sends.
+    shown: String,
     dn: Dn,
     bytes: Vec<u8>,
     /// The leaf RDN's AVAs once per iteration, consumed by `rdn_new`.
@@ -64,6 +79,16 @@ fn measure(op: &str, n: usize, inputs: &mut Inputs) -> usize {
         "encode" => {
             for _ in 0..n {
                 sink += codec::encode(black_box(&inputs.dn)).map_or(0, |b| b.len());
+            }
+        }
+        "decode_str" => {
+            for _ in 0..n {
+                sink += codec::decode::<String>(black_box(&inputs.bytes)).map_or(0, |s| s.len());
+            }
+        }
+        "encode_str" => {
+            for _ in 0..n {
+                sink += codec::encode(black_box(&inputs.shown)).map_or(0, |b| b.len());
             }
         }
         "display" => {
@@ -129,7 +154,7 @@ fn main() -> ExitCode {
     let avas =
         if op == "rdn_new" { dn.rdn().map(|r| vec![r.avas().to_vec(); n]).unwrap_or_default() } else { Vec::new() };
     let value = dn.rdn().and_then(|r| r.avas()[0].value_str()).unwrap_or_default().to_owned();
-    let mut inputs = Inputs { text: (*text).to_owned(), dn, bytes, avas, value };
+    let mut inputs = Inputs { text: (*text).to_owned(), shown: dn.to_string(), dn, bytes, avas, value };
     let sink = measure(op, n, &mut inputs);
     println!("{op} {}: {n} iterations ({sink})", args[1]);
     ExitCode::SUCCESS
