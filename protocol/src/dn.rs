@@ -56,11 +56,14 @@ pub enum DnError {
 #[derive(Clone)]
 pub struct Ava {
     /// The attribute type as written (minus any RFC 1779 `OID.` prefix), kept for display,
-    /// followed by a string value's text: one allocation for both, since every
-    /// replicated entry's DN is parsed on decode.
-    text: Box<str>,
+    /// then a string value's text, then, when the AVA is its RDN's only one, the RDN's
+    /// normalized form: one allocation for all, since every replicated entry's DN is
+    /// parsed on decode.
+    text: String,
     /// Where the attribute type ends in `text`.
     attr_len: usize,
+    /// Where the value's text ends in `text` (`attr_len` for a `#hex` value).
+    value_end: usize,
     /// The octets of a value given in `#hex` (BER) form; such values are compared and
     /// rendered as octets, never case-folded.
     hex: Option<Box<[u8]>>,
@@ -75,10 +78,24 @@ impl Ava {
 
     /// A string-valued AVA from a checked attribute type.
     fn text(attr: &str, value: &str) -> Self {
-        let mut text = String::with_capacity(attr.len() + value.len());
+        Self::from_parts(attr, Value::Text(Cow::Borrowed(value)))
+    }
+
+    /// An AVA from a checked attribute type and a parsed value.
+    fn from_parts(attr: &str, value: Value<'_>) -> Self {
+        let value_text = match &value {
+            Value::Text(text) => text.as_ref(),
+            Value::Hex(_) => "",
+        };
+        let mut text = String::with_capacity(attr.len() + value_text.len());
         text.push_str(attr);
-        text.push_str(value);
-        Self { text: text.into_boxed_str(), attr_len: attr.len(), hex: None }
+        text.push_str(value_text);
+        let value_end = text.len();
+        let hex = match value {
+            Value::Text(_) => None,
+            Value::Hex(octets) => Some(octets.into_boxed_slice()),
+        };
+        Self { text, attr_len: attr.len(), value_end, hex }
     }
 
     /// The attribute type as written.
@@ -105,7 +122,12 @@ impl Ava {
 
     /// A string value's text (empty for a `#hex` value).
     fn value_text(&self) -> &str {
-        self.text.get(self.attr_len..).unwrap_or_default()
+        self.text.get(self.attr_len..self.value_end).unwrap_or_default()
+    }
+
+    /// The normalized form stored after the value (see `text`), empty if there is none.
+    fn stored_norm(&self) -> &str {
+        self.text.get(self.value_end..).unwrap_or_default()
     }
 
     /// The normalized form on its own (the slow path of multi-valued RDNs that need
@@ -116,40 +138,9 @@ impl Ava {
         out
     }
 
-    /// Appends the normalized form: type lower-cased, `=`, then the value case-folded,
-    /// spaces squeezed and escaped, or `#` and lower-case hex for a `#hex` value.
+    /// Appends the normalized form (see [`push_normalized_ava`]).
     fn push_normalized(&self, out: &mut String) {
-        let start = out.len();
-        out.push_str(self.attr());
-        out[start..].make_ascii_lowercase();
-        out.push('=');
-        if let Some(octets) = &self.hex {
-            out.push('#');
-            push_hex(octets, b"0123456789abcdef", out);
-        } else {
-            let value = self.value_text();
-            let value_start = out.len();
-            let classes = classes(value.as_bytes());
-            if classes & (SPACE | NON_ASCII) == 0 {
-                // No spaces to squeeze and ASCII only: lower-casing is all of it.
-                out.push_str(value);
-                if classes & UPPER != 0 {
-                    out[value_start..].make_ascii_lowercase();
-                }
-                if classes & ESCAPED != 0 || value.starts_with('#') {
-                    let plain = out.split_off(value_start);
-                    escape_value(&plain, out);
-                }
-                return;
-            }
-            push_normalized_text(value, out);
-            // Escaping is rare, so the folded text is written plainly and escaped
-            // afterwards only if it holds something to escape.
-            if needs_escape(&out.as_bytes()[value_start..]) {
-                let plain = out.split_off(value_start);
-                escape_value(&plain, out);
-            }
-        }
+        push_normalized_ava(self.attr(), self.value_text(), self.hex.as_deref(), out);
     }
 
     /// Appends the display form: as written, escaped, upper-case hex for `#hex` values.
@@ -169,9 +160,44 @@ impl Ava {
     fn len_hint(&self) -> usize {
         let value = match &self.hex {
             Some(octets) => 1 + 2 * octets.len(),
-            None => self.text.len() - self.attr_len,
+            None => self.value_end - self.attr_len,
         };
         self.attr_len + 1 + value
+    }
+}
+
+/// Appends an AVA's normalized form: type lower-cased, `=`, then the value case-folded,
+/// spaces squeezed and escaped, or `#` and lower-case hex for a `#hex` value.
+fn push_normalized_ava(attr: &str, value: &str, hex: Option<&[u8]>, out: &mut String) {
+    let start = out.len();
+    out.push_str(attr);
+    out[start..].make_ascii_lowercase();
+    out.push('=');
+    if let Some(octets) = hex {
+        out.push('#');
+        push_hex(octets, b"0123456789abcdef", out);
+    } else {
+        let value_start = out.len();
+        let classes = classes(value.as_bytes());
+        if classes & (SPACE | NON_ASCII) == 0 {
+            // No spaces to squeeze and ASCII only: lower-casing is all of it.
+            out.push_str(value);
+            if classes & UPPER != 0 {
+                out[value_start..].make_ascii_lowercase();
+            }
+            if classes & ESCAPED != 0 || value.starts_with('#') {
+                let plain = out.split_off(value_start);
+                escape_value(&plain, out);
+            }
+            return;
+        }
+        push_normalized_text(value, out);
+        // Escaping is rare, so the folded text is written plainly and escaped
+        // afterwards only if it holds something to escape.
+        if needs_escape(&out.as_bytes()[value_start..]) {
+            let plain = out.split_off(value_start);
+            escape_value(&plain, out);
+        }
     }
 }
 
@@ -239,17 +265,17 @@ fn is_plain_ascii(text: &[u8]) -> bool {
 /// A relative distinguished name: one or more AVAs joined by `+`.
 #[derive(Clone)]
 pub struct Rdn {
-    /// The AVAs in the order written (display order).
+    /// The AVAs in the order written (display order), and the normalized form with AVAs
+    /// sorted, so `cn=a+sn=b` equals `SN=B+CN=A`.
     avas: Avas,
-    /// Normalized form with AVAs sorted, so `cn=a+sn=b` equals `SN=B+CN=A`.
-    norm: String,
 }
 
-/// An RDN's AVAs: almost every RDN has one, which is then kept without a list around it.
+/// An RDN's AVAs and normalized form. Almost every RDN has one AVA, which is then kept
+/// without a list around it and holds the normalized form in its own text.
 #[derive(Clone)]
 enum Avas {
     One(Ava),
-    Many(Vec<Ava>),
+    Many(Vec<Ava>, String),
 }
 
 impl Rdn {
@@ -265,16 +291,41 @@ impl Rdn {
                 if let Some(repeated) = repeated_type(&avas) {
                     return Err(DnError::DuplicateAttributeInRdn(repeated));
                 }
-                Ok(Self { norm: sorted_normal_form(&avas), avas: Avas::Many(avas) })
+                for ava in &mut avas {
+                    ava.text.truncate(ava.value_end);
+                }
+                let norm = sorted_normal_form(&avas);
+                Ok(Self { avas: Avas::Many(avas, norm) })
             }
         }
     }
 
-    /// The RDN of one AVA.
-    fn single(ava: Ava) -> Self {
-        let mut norm = String::with_capacity(ava.len_hint());
-        ava.push_normalized(&mut norm);
-        Self { avas: Avas::One(ava), norm }
+    /// The RDN of one AVA, given as one.
+    fn single(mut ava: Ava) -> Self {
+        ava.text.truncate(ava.value_end);
+        let norm = ava.normalized();
+        ava.text.push_str(&norm);
+        Self { avas: Avas::One(ava) }
+    }
+
+    /// The RDN of one AVA, given as the parser found it: the AVA's text and the
+    /// normalized form are written into one string.
+    fn single_from_parts(attr: &str, value: Value<'_>) -> Self {
+        let (value_text, octets) = match &value {
+            Value::Text(text) => (text.as_ref(), None),
+            Value::Hex(octets) => ("", Some(octets.as_slice())),
+        };
+        let norm_hint = attr.len() + 1 + octets.map_or(value_text.len(), |o| 1 + 2 * o.len());
+        let mut text = String::with_capacity(attr.len() + value_text.len() + norm_hint);
+        text.push_str(attr);
+        text.push_str(value_text);
+        let value_end = text.len();
+        push_normalized_ava(attr, value_text, octets, &mut text);
+        let hex = match value {
+            Value::Text(_) => None,
+            Value::Hex(octets) => Some(octets.into_boxed_slice()),
+        };
+        Self { avas: Avas::One(Ava { text, attr_len: attr.len(), value_end, hex }) }
     }
 
     /// Parses a single RDN such as the `newrdn` of a modrdn record. A second RDN is
@@ -296,13 +347,16 @@ impl Rdn {
     pub fn avas(&self) -> &[Ava] {
         match &self.avas {
             Avas::One(ava) => std::slice::from_ref(ava),
-            Avas::Many(avas) => avas,
+            Avas::Many(avas, _) => avas,
         }
     }
 
     /// The normalized text of this RDN.
     pub fn normalized(&self) -> &str {
-        &self.norm
+        match &self.avas {
+            Avas::One(ava) => ava.stored_norm(),
+            Avas::Many(_, norm) => norm,
+        }
     }
 }
 
@@ -348,7 +402,7 @@ fn sorted_normal_form(avas: &[Ava]) -> String {
 
 impl PartialEq for Rdn {
     fn eq(&self, other: &Self) -> bool {
-        self.norm == other.norm
+        self.normalized() == other.normalized()
     }
 }
 impl Eq for Rdn {}
@@ -391,7 +445,7 @@ impl fmt::Debug for Ava {
 
 impl fmt::Debug for Rdn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rdn").field("avas", &self.avas()).field("norm", &self.norm).finish()
+        f.debug_struct("Rdn").field("avas", &self.avas()).field("norm", &self.normalized()).finish()
     }
 }
 
@@ -424,12 +478,12 @@ impl Dn {
 
     /// Builds a DN from RDNs given leaf first.
     pub fn from_rdns(rdns: Vec<Rdn>) -> Self {
-        let mut norm = String::with_capacity(rdns.iter().map(|r| r.norm.len() + 1).sum());
+        let mut norm = String::with_capacity(rdns.iter().map(|r| r.normalized().len() + 1).sum());
         for (i, rdn) in rdns.iter().enumerate() {
             if i > 0 {
                 norm.push(',');
             }
-            norm.push_str(&rdn.norm);
+            norm.push_str(rdn.normalized());
         }
         Self { rdns, norm }
     }
@@ -494,7 +548,7 @@ impl Dn {
     pub fn tree_key(&self) -> Vec<u8> {
         let mut key = Vec::with_capacity(self.norm.len() + self.rdns.len());
         for rdn in self.rdns.iter().rev() {
-            key.extend_from_slice(rdn.norm.as_bytes());
+            key.extend_from_slice(rdn.normalized().as_bytes());
             key.push(TREE_KEY_SEPARATOR);
         }
         key
@@ -535,7 +589,7 @@ impl PartialOrd for Dn {
 /// Tree order: parents before children, siblings by normalized RDN.
 impl Ord for Dn {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.rdns.iter().rev().map(|r| r.norm.as_str()).cmp(other.rdns.iter().rev().map(|r| r.norm.as_str()))
+        self.rdns.iter().rev().map(|r| r.normalized()).cmp(other.rdns.iter().rev().map(|r| r.normalized()))
     }
 }
 
@@ -733,6 +787,13 @@ fn check_attribute_type(attr: &str) -> Result<(), DnError> {
     }
 }
 
+/// A parsed AVA value: text (borrowed from the input unless escapes had to be decoded)
+/// or the octets of a `#hex` value.
+enum Value<'a> {
+    Text(Cow<'a, str>),
+    Hex(Vec<u8>),
+}
+
 /// Recursive-descent parser over the DN's bytes. Types and values without escapes are
 /// copied out of the input in one piece.
 struct Parser<'a> {
@@ -799,25 +860,43 @@ impl<'a> Parser<'a> {
     }
 
     fn rdn(&mut self) -> Result<Rdn, DnError> {
-        let first = self.ava()?;
+        let (attr, value) = self.ava()?;
         if self.peek() != Some(b'+') {
-            return Ok(Rdn::single(first));
+            return Ok(Rdn::single_from_parts(&attr, value));
         }
         let mut avas = Vec::with_capacity(4);
-        avas.push(first);
+        avas.push(Ava::from_parts(&attr, value));
         while self.peek() == Some(b'+') {
             self.pos += 1;
             self.skip_spaces();
-            avas.push(self.ava()?);
+            let (attr, value) = self.ava()?;
+            avas.push(Ava::from_parts(&attr, value));
         }
         Rdn::new(avas)
     }
 
-    fn ava(&mut self) -> Result<Ava, DnError> {
+    /// An AVA's checked type and its value, borrowed from the input where possible.
+    fn ava(&mut self) -> Result<(Cow<'a, str>, Value<'a>), DnError> {
         self.skip_spaces();
         let start = self.pos;
         self.pos += run_without(&self.src[start..], STOPS_TYPE);
-        let text = self.text_between(start, self.pos);
+        let attr = match self.text_between(start, self.pos) {
+            Cow::Borrowed(text) => Cow::Borrowed(self.attribute_type(text, start)?),
+            Cow::Owned(text) => Cow::Owned(self.attribute_type(&text, start)?.to_owned()),
+        };
+        self.pos += 1;
+        self.skip_spaces();
+        let value = match self.peek() {
+            Some(b'#') => self.hex_value()?,
+            Some(b'"') => self.quoted_value()?,
+            _ => self.string_value()?,
+        };
+        Ok((attr, value))
+    }
+
+    /// The attribute type in `text` (what precedes the `=` that should be at the current
+    /// position, from byte `start`), checked and without any `OID.` prefix.
+    fn attribute_type<'t>(&self, text: &'t str, start: usize) -> Result<&'t str, DnError> {
         let raw = text.trim_end();
         if raw.is_empty() {
             return Err(DnError::EmptyRdn(start));
@@ -825,21 +904,15 @@ impl<'a> Parser<'a> {
         if self.peek() != Some(b'=') {
             return Err(DnError::MissingEquals(raw.to_owned()));
         }
-        self.pos += 1;
         let attr = match raw.get(..4) {
             Some(p) if p.eq_ignore_ascii_case("oid.") => &raw[4..],
             _ => raw,
         };
         check_attribute_type(attr)?;
-        self.skip_spaces();
-        match self.peek() {
-            Some(b'#') => self.hex_value(attr),
-            Some(b'"') => self.quoted_value(attr),
-            _ => self.string_value(attr),
-        }
+        Ok(attr)
     }
 
-    fn hex_value(&mut self, attr: &str) -> Result<Ava, DnError> {
+    fn hex_value(&mut self) -> Result<Value<'a>, DnError> {
         self.pos += 1;
         let start = self.pos;
         while matches!(self.peek(), Some(c) if c.is_ascii_hexdigit()) {
@@ -853,11 +926,10 @@ impl<'a> Parser<'a> {
             let text = String::from_utf8_lossy(&self.src[start - 1..end.max(self.pos)]).into_owned();
             return Err(DnError::InvalidHexValue(text));
         }
-        let octets = digits.chunks(2).map(|p| (hex_digit(p[0]) << 4) | hex_digit(p[1])).collect();
-        Ok(Ava { text: attr.into(), attr_len: attr.len(), hex: Some(octets) })
+        Ok(Value::Hex(digits.chunks(2).map(|p| (hex_digit(p[0]) << 4) | hex_digit(p[1])).collect()))
     }
 
-    fn quoted_value(&mut self, attr: &str) -> Result<Ava, DnError> {
+    fn quoted_value(&mut self) -> Result<Value<'a>, DnError> {
         self.pos += 1;
         let start = self.pos;
         // Without escapes the value is the input up to the closing quote, which is text
@@ -866,10 +938,10 @@ impl<'a> Parser<'a> {
             match self.peek() {
                 None => return Err(DnError::UnterminatedQuote),
                 Some(b'"') => {
-                    let ava = Ava::text(attr, &self.text_between(start, self.pos));
+                    let value = self.text_between(start, self.pos);
                     self.pos += 1;
                     self.skip_spaces();
-                    return Ok(ava);
+                    return Ok(Value::Text(value));
                 }
                 Some(b'\\') => break,
                 Some(_) => self.pos += 1,
@@ -891,11 +963,10 @@ impl<'a> Parser<'a> {
             }
         }
         self.skip_spaces();
-        let value = std::str::from_utf8(&value).map_err(|_| DnError::InvalidUtf8)?;
-        Ok(Ava::text(attr, value))
+        String::from_utf8(value).map(|text| Value::Text(Cow::Owned(text))).map_err(|_| DnError::InvalidUtf8)
     }
 
-    fn string_value(&mut self, attr: &str) -> Result<Ava, DnError> {
+    fn string_value(&mut self) -> Result<Value<'a>, DnError> {
         let start = self.pos;
         // Without escapes the value is the input up to the separator minus trailing
         // spaces, which is text as the input is.
@@ -907,7 +978,7 @@ impl<'a> Parser<'a> {
                     while end > start && self.src[end - 1] == b' ' {
                         end -= 1;
                     }
-                    return Ok(Ava::text(attr, &self.text_between(start, end)));
+                    return Ok(Value::Text(self.text_between(start, end)));
                 }
                 Some(b'\\') => break,
                 Some(c @ (b'"' | b'<' | b'>')) => {
@@ -939,8 +1010,7 @@ impl<'a> Parser<'a> {
         while value.len() > keep && value.last() == Some(&b' ') {
             value.pop();
         }
-        let value = std::str::from_utf8(&value).map_err(|_| DnError::InvalidUtf8)?;
-        Ok(Ava::text(attr, value))
+        String::from_utf8(value).map(|text| Value::Text(Cow::Owned(text))).map_err(|_| DnError::InvalidUtf8)
     }
 
     fn escape(&mut self) -> Result<u8, DnError> {
