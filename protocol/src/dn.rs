@@ -947,7 +947,9 @@ impl<'a> Parser<'a> {
                 Some(_) => self.pos += 1,
             }
         }
-        let mut value = self.src[start..self.pos].to_vec();
+        // Room for the rest of the input, so decoding escapes never grows the buffer.
+        let mut value = Vec::with_capacity(self.src.len() - start);
+        value.extend_from_slice(&self.src[start..self.pos]);
         loop {
             match self.peek() {
                 None => return Err(DnError::UnterminatedQuote),
@@ -987,7 +989,9 @@ impl<'a> Parser<'a> {
                 Some(_) => self.pos += 1,
             }
         }
-        let mut value = self.src[start..self.pos].to_vec();
+        // Room for the rest of the input, so decoding escapes never grows the buffer.
+        let mut value = Vec::with_capacity(self.src.len() - start);
+        value.extend_from_slice(&self.src[start..self.pos]);
         // Length of `value` up to its last escaped byte: trailing spaces after it were
         // written as `\ ` and are significant, unescaped ones are not.
         let mut keep = 0;
