@@ -1237,6 +1237,12 @@ mod tests {
         fn arbitrary_strings_keep_the_dn_properties(s in any::<String>()) {
             crate::properties::dn_pair(&s);
         }
+    }
+
+    proptest! {
+        // About half the structured DNs parse; enough cases that every path is taken
+        // by many that do.
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
 
         /// The fast paths against the reference copy of the old code, on DNs built from
         /// the forms that take each path: escapes, hex and quoted values, multi-valued
