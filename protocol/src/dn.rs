@@ -56,9 +56,9 @@ pub enum DnError {
 #[derive(Clone)]
 pub struct Ava {
     /// The attribute type as written (minus any RFC 1779 `OID.` prefix), kept for display,
-    /// then a string value's text, then, when the AVA is its RDN's only one, the RDN's
-    /// normalized form: one allocation for all, since every replicated entry's DN is
-    /// parsed on decode.
+    /// then a string value's text, then possibly the normalized form of an RDN whose only
+    /// AVA this is (meaningful only inside that RDN; copies carry it along unused): one
+    /// allocation for all, since every replicated entry's DN is parsed on decode.
     text: String,
     /// Where the attribute type ends in `text`.
     attr_len: usize,
@@ -127,7 +127,9 @@ impl Ava {
 
     /// The normalized form stored after the value (see `text`), empty if there is none.
     fn stored_norm(&self) -> &str {
-        self.text.get(self.value_end..).unwrap_or_default()
+        // `value_end` was `text.len()` once, so it is a character boundary; indexing
+        // (rather than `get`) keeps `tree_key` and comparisons cheap.
+        &self.text[self.value_end..]
     }
 
     /// The normalized form on its own (the slow path of multi-valued RDNs that need
