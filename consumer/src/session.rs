@@ -347,6 +347,10 @@ async fn reader_loop(
         if terminal {
             return;
         }
+        // Decoding the next frame can take milliseconds, and the applier this send just
+        // woke waits in this worker's LIFO slot, which no other worker steals: yield so
+        // it runs now and decoding and applying overlap.
+        tokio::task::yield_now().await;
     }
 }
 
