@@ -330,15 +330,23 @@ mod tests {
         stop_after: Option<usize>,
     ) -> (Option<ResumePoint>, Option<Cookie>, usize) {
         let (mut last, mut progress, mut upserts) = (None, 0, 0);
+        // As the consumer does: scan batches unchecked until the scan's last progress
+        // (the callers stop, if at all, well inside the scan).
+        let mut scanning = true;
         while let Some(msg) = refresh.next_message(dir).unwrap() {
             match msg.into_message().unwrap() {
                 Message::RefreshBegin { .. } => {}
                 Message::Batch { ops } => {
                     upserts += ops.iter().filter(|op| matches!(op, ReplOp::Upsert(_))).count();
-                    shadow.apply(&ops).unwrap();
+                    if scanning {
+                        shadow.apply_scan(&ops).unwrap();
+                    } else {
+                        shadow.apply(&ops).unwrap();
+                    }
                 }
                 Message::PresentBatch { uuids } => shadow.copy_present(&uuids).unwrap(),
                 Message::RefreshProgress { resume } => {
+                    scanning &= resume.cursor.is_some();
                     shadow.record_progress(&spec(), resume.clone()).unwrap();
                     last = Some(resume);
                     progress += 1;
@@ -460,6 +468,61 @@ mod tests {
         assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
         // Done: the pin is released and the cap applies again.
         assert_eq!(dir.trim(&cap, u64::MAX).unwrap().floor, dir.durable_csn());
+    }
+
+    /// A rename during a scan, from behind its cursor to ahead of it, would show the
+    /// entry under both DNs; the scan leaves it to the catch-up instead, so the shadow,
+    /// written without lookups, still holds it once.
+    #[test]
+    fn an_entry_renamed_during_a_scan_is_sent_once_and_the_replica_converges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(3));
+        assert!(done.is_none());
+        dir.write(&Change::ModDn {
+            dn: dn(&person(1)),
+            new_rdn: Rdn::parse("uid=zz-moved").unwrap(),
+            delete_old_rdn: false,
+            new_superior: None,
+        })
+        .unwrap();
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
+        shadow.finish(done.unwrap()).unwrap();
+        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+    }
+
+    /// Large entries are split over several batches, each within the batch byte budget
+    /// (one entry over it goes alone), so no message outgrows a frame.
+    #[test]
+    fn batches_of_large_entries_stay_within_the_byte_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let big = "x".repeat(BATCH_BYTES / 3);
+        for i in 0..5 {
+            let uid = format!("big{i}");
+            dir.write(&add(
+                &format!("uid={uid},ou=people,dc=example,dc=com"),
+                &[("objectClass", "inetOrgPerson"), ("uid", &uid), ("cn", &uid), ("sn", "T"), ("description", &big)],
+            ))
+            .unwrap();
+        }
+        let mut refresh = Refresh::plan(&dir, spec(), None, None, PEOPLE + 10).unwrap();
+        let (mut upserts, mut batches) = (0, 0);
+        while let Some(msg) = refresh.next_message(&dir).unwrap() {
+            if let Outbound::Encoded(m) = &msg {
+                assert!(m.as_bytes().len() <= BATCH_BYTES + 64, "a batch of {} bytes", m.as_bytes().len());
+            }
+            if let Message::Batch { ops } = msg.into_message().unwrap() {
+                upserts += ops.len();
+                batches += 1;
+            }
+        }
+        assert_eq!(upserts, PEOPLE + 5 + 1, "every person, big or not, and the ou");
+        assert!(batches >= 2, "the big entries did not fit one batch");
     }
 
     #[test]
