@@ -337,6 +337,39 @@ where
     }
 }
 
+/// Parses a size in bytes written with a binary unit: `"64MiB"`, `"1GiB"`, `"512KiB"`,
+/// `"1048576B"` (spaces between number and unit allowed). Units are required, so a bare
+/// number is never read in a unit the writer did not mean.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let bad = |why: &str| format!("invalid size {text:?}: {why}");
+    let trimmed = text.trim();
+    let split =
+        trimmed.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| bad("a unit is required (B, KiB, MiB, GiB)"))?;
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad("expected a whole number then a unit"))?;
+    let scale: u64 = match unit.trim() {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(bad(&format!("unknown unit {other:?} (B, KiB, MiB, GiB)"))),
+    };
+    number.checked_mul(scale).ok_or_else(|| bad("too large"))
+}
+
+/// A store's cache size: a [`parse_byte_size`] size of at least 1 MiB (below that sled
+/// would read nearly every page back from disk).
+pub fn cache_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    parse_str(d, "a size such as \"64MiB\" or \"1GiB\"", |text| {
+        let bytes = parse_byte_size(text)?;
+        if bytes < 1 << 20 {
+            Err(format!("invalid size {text:?}: must be at least 1MiB"))
+        } else {
+            Ok(bytes)
+        }
+    })
+}
+
 /// A distinguished name, checked with [`Dn::parse`].
 pub fn dn<'de, D: Deserializer<'de>>(d: D) -> Result<Dn, D::Error> {
     parse_str(d, "a DN such as \"dc=example,dc=com\"", |text| {

@@ -52,6 +52,11 @@ pub struct ConsumerConfig {
     /// agreement's replica and cookie. Default `"data/consumer"`.
     #[serde(default = "default_data_dir", deserialize_with = "source::path")]
     pub data_dir: PathBuf,
+    /// The store's page cache, e.g. `"256MiB"`: a replica whose working set fits applies
+    /// deltas and changes without reading pages back from disk; less bounds the
+    /// process's memory. Default `"64MiB"`.
+    #[serde(default = "default_cache_size", deserialize_with = "source::cache_size")]
+    pub cache_size: u64,
     /// Unix socket (mode 0600) through which `status`, `stop`, `start`, `reload` and
     /// `search` reach the running process. Default `<data_dir>/control.sock`.
     #[serde(default, deserialize_with = "source::path")]
@@ -140,6 +145,10 @@ pub struct AgreementTls {
 
 fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
     source::parse_str(d, "refresh-and-persist or refresh-only", |t| Mode::from_str(t).map_err(|e| e.to_string()))
+}
+
+fn default_cache_size() -> u64 {
+    tether_store::DEFAULT_CACHE_BYTES
 }
 
 fn default_data_dir() -> PathBuf {
@@ -362,7 +371,9 @@ secret_file = "people.key"
         assert_eq!(config.data_dir, Path::new("/etc/tether/data/consumer"));
         assert_eq!(config.control, Path::new("/etc/tether/data/consumer/control.sock"));
         assert_eq!(config.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(config.cache_size, 64 << 20);
         assert!(config.agreements.is_empty());
+        assert_eq!(parse("cache_size = \"256MiB\"").unwrap().cache_size, 256 << 20);
 
         let config = parse(MINIMAL_AGREEMENT).unwrap();
         let a = &config.agreements[0];
@@ -510,6 +521,11 @@ secret_file = "people.key"
                 "key 'shutdown_timeout': invalid type: integer `10`, expected a duration".into(),
             ),
             ("shutdown_timeout = \"\"".into(), "key 'shutdown_timeout': invalid duration \"\": value was empty".into()),
+            (
+                "cache_size = \"99999999999GiB\"".into(),
+                "key 'cache_size': invalid size \"99999999999GiB\": too large".into(),
+            ),
+            ("cache_size = \"0MiB\"".into(), "key 'cache_size': invalid size \"0MiB\": must be at least 1MiB".into()),
             (format!("control = \"/{}\"", "s".repeat(120)), "key 'control': socket path /sss".into()),
             (
                 MINIMAL_AGREEMENT.replace("provider = \"127.0.0.1:7389\"\n", ""),
@@ -554,7 +570,7 @@ secret_file = "people.key"
     fn unknown_keys_are_named() {
         let f = "/etc/tether/consumer.toml";
         let cases = [
-            ("data_dri = \"x\"".to_owned(), "key 'data_dri': unknown key `data_dri`, expected one of `data_dir`, `control`, `shutdown_timeout`, `agreement`"),
+            ("data_dri = \"x\"".to_owned(), "key 'data_dri': unknown key `data_dri`, expected one of `data_dir`, `cache_size`, `control`, `shutdown_timeout`, `agreement`"),
             ("file = \"x\"".to_owned(), "key 'file': unknown key `file`"),
             (with("scop = \"one\""), "key 'agreement[0].scop': unknown key `scop`, expected one of `name`, `provider`"),
             (with("[agreement.keepalive]\nintervall = \"1s\""), "key 'agreement[0].keepalive.intervall': unknown key `intervall`, expected one of `enabled`, `interval`, `timeout`"),

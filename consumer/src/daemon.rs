@@ -209,7 +209,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let store =
-        ReplicaStore::open(&config.data_dir).with_context(|| format!("opening store {}", config.data_dir.display()))?;
+        ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size })
+            .with_context(|| format!("opening store {}", config.data_dir.display()))?;
     let client_id = client_id(&config.data_dir)?;
     if std::env::var(AUDIT_ENV).is_ok_and(|v| v == "1") {
         info!("apply audit on: every incremental apply is logged to prove exactly-once");

@@ -108,7 +108,7 @@ async fn call(path: &Path, request: &ControlRequest) -> Result<bool> {
 
 fn open_offline(config: &ConsumerConfig) -> Result<ReplicaStore> {
     std::fs::create_dir_all(&config.data_dir)?;
-    ReplicaStore::open(&config.data_dir)
+    ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size })
         .with_context(|| format!("opening store {} (is the consumer running?)", config.data_dir.display()))
 }
 

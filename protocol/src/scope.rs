@@ -155,9 +155,11 @@ mod tests {
     fn whole_entries_need_the_match_all_filter_and_no_attribute_list() {
         let base = Dn::parse("dc=example,dc=com").unwrap();
         assert!(SearchSpec::subtree(base.clone()).takes_whole_entries());
-        let lower = SearchSpec { filter: Filter::Present { attr: "objectclass".into() }, ..SearchSpec::subtree(base.clone()) };
+        let lower =
+            SearchSpec { filter: Filter::Present { attr: "objectclass".into() }, ..SearchSpec::subtree(base.clone()) };
         assert!(lower.takes_whole_entries());
-        let filtered = SearchSpec { filter: Filter::Present { attr: "mail".into() }, ..SearchSpec::subtree(base.clone()) };
+        let filtered =
+            SearchSpec { filter: Filter::Present { attr: "mail".into() }, ..SearchSpec::subtree(base.clone()) };
         assert!(!filtered.takes_whole_entries());
         let trimmed = SearchSpec { attrs: vec!["cn".into()], ..SearchSpec::subtree(base) };
         assert!(!trimmed.takes_whole_entries());

@@ -55,6 +55,11 @@ pub struct ProviderConfig {
     /// store id. Default `"data/provider"`.
     #[serde(default = "default_data_dir", deserialize_with = "source::path")]
     pub data_dir: PathBuf,
+    /// The store's page cache, e.g. `"256MiB"`: more keeps more of a large directory
+    /// in memory (faster deltas and writes on it), less bounds the process's memory.
+    /// Default `"64MiB"`.
+    #[serde(default = "default_cache_size", deserialize_with = "source::cache_size")]
+    pub cache_size: u64,
     /// Address consumers and writers connect to, as `host:port`; port 0 picks a free
     /// port (tests). Default `"127.0.0.1:7389"`: reachable from this host only until an
     /// operator opens it up.
@@ -197,6 +202,10 @@ fn default_data_dir() -> PathBuf {
 
 fn default_listen() -> HostPort {
     HostPort::loopback(DEFAULT_PORT)
+}
+
+fn default_cache_size() -> u64 {
+    tether_store::DEFAULT_CACHE_BYTES
 }
 
 fn default_max_connections() -> usize {
@@ -404,6 +413,8 @@ mod tests {
         assert_eq!(config.max_frame, DEFAULT_MAX_FRAME);
         assert_eq!(config.batch_size, DEFAULT_BATCH_SIZE);
         assert_eq!(config.queue_len, DEFAULT_QUEUE_LEN);
+        assert_eq!(config.cache_size, 64 << 20);
+        assert_eq!(parse(&format!("{MINIMAL}cache_size = \"1 GiB\"")).unwrap().cache_size, 1 << 30);
         assert_eq!(config.changelog, ChangelogConfig::default());
         assert_eq!(config.changelog.hold_for_consumers, secs(86_400));
         assert_eq!(config.keepalive, KeepaliveConfig::default());
@@ -456,6 +467,26 @@ mod tests {
                 "key 'max_connections': invalid value: integer `-5`, expected usize",
             ),
             (format!("{MINIMAL}batch_size = 0"), "key 'batch_size': must be at least 1"),
+            (
+                format!("{MINIMAL}cache_size = \"lots\""),
+                "key 'cache_size': invalid size \"lots\": expected a whole number then a unit",
+            ),
+            (
+                format!("{MINIMAL}cache_size = \"1048576\""),
+                "key 'cache_size': invalid size \"1048576\": a unit is required (B, KiB, MiB, GiB)",
+            ),
+            (
+                format!("{MINIMAL}cache_size = \"64MB\""),
+                "key 'cache_size': invalid size \"64MB\": unknown unit \"MB\" (B, KiB, MiB, GiB)",
+            ),
+            (
+                format!("{MINIMAL}cache_size = \"512KiB\""),
+                "key 'cache_size': invalid size \"512KiB\": must be at least 1MiB",
+            ),
+            (
+                format!("{MINIMAL}cache_size = 64"),
+                "key 'cache_size': invalid type: integer `64`, expected a size such as \"64MiB\" or \"1GiB\"",
+            ),
             (format!("{MINIMAL}queue_len = 0"), "key 'queue_len': must be at least 1"),
             (format!("{MINIMAL}max_frame = 100"), "key 'max_frame': max_frame 100 is below the minimum of 65536 bytes"),
             (

@@ -55,8 +55,12 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let dir = Arc::new(
-        Directory::open(&config.data_dir, &config.suffix)
-            .with_context(|| format!("opening store {}", config.data_dir.display()))?,
+        Directory::open_with(
+            &config.data_dir,
+            &config.suffix,
+            &tether_store::StoreOptions { cache_bytes: config.cache_size },
+        )
+        .with_context(|| format!("opening store {}", config.data_dir.display()))?,
     );
     let listener = tokio::net::TcpListener::bind(config.listen.addr())
         .await

@@ -80,8 +80,12 @@ fn spec(config: &ProviderConfig, base: Option<&str>, scope: &str, filter: &str) 
 
 fn open_offline(config: &ProviderConfig) -> Result<Directory> {
     std::fs::create_dir_all(&config.data_dir)?;
-    Directory::open(&config.data_dir, &config.suffix)
-        .with_context(|| format!("opening store {} (is the provider running?)", config.data_dir.display()))
+    Directory::open_with(
+        &config.data_dir,
+        &config.suffix,
+        &tether_store::StoreOptions { cache_bytes: config.cache_size },
+    )
+    .with_context(|| format!("opening store {} (is the provider running?)", config.data_dir.display()))
 }
 
 async fn run(cli: Cli) -> Result<()> {

@@ -8,6 +8,9 @@ use tether_protocol::message::Message;
 use tokio::io::AsyncWrite;
 
 /// One message for the writer.
+// A queue slot is as large as a `Message`, as it was when the queue held messages
+// only; boxing it would add an allocation to every ping and ack instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outbound {
     /// Encoded as it is sent.

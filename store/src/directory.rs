@@ -80,14 +80,31 @@ pub struct Directory {
     pins: Pins,
 }
 
-/// sled's page cache per store. Its default (1 GiB) let a provider reading out, or a
-/// consumer writing, a million-entry store grow past a gigabyte of RSS; scans and
-/// refreshes are sequential, so a larger cache buys little.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache per store unless configured (`cache_size`). sled's own default
+/// (1 GiB) let a provider reading out, or a consumer writing, a million-entry store grow
+/// past a gigabyte of RSS; scans and refreshes are sequential and need little of it.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Bytes of sled's page cache. Pages outside it are read back from the log on use,
+    /// at tens of microseconds each, so a store whose working set fits answers faster
+    /// (a consumer applying a delta to a large replica, most of all); the cache is also
+    /// most of the process's memory beyond sled's page table. Default
+    /// [`DEFAULT_CACHE_BYTES`].
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { cache_bytes: DEFAULT_CACHE_BYTES }
+    }
+}
 
 /// Opens sled at `path`, turning its lock failure into [`StoreError::Locked`].
-pub(crate) fn open_db(path: &Path) -> Result<Db> {
-    sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open().map_err(|e| match e {
+pub(crate) fn open_db(path: &Path, options: &StoreOptions) -> Result<Db> {
+    sled::Config::new().path(path).cache_capacity(options.cache_bytes).open().map_err(|e| match e {
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
             StoreError::Locked(path.display().to_string())
         }
@@ -99,7 +116,12 @@ impl Directory {
     /// Opens (creating on first use) the directory at `path` for `suffix`. A store created
     /// for another suffix is refused rather than silently mixed.
     pub fn open(path: &Path, suffix: &Dn) -> Result<Self> {
-        let db = open_db(path)?;
+        Self::open_with(path, suffix, &StoreOptions::default())
+    }
+
+    /// [`Directory::open`] with `options`.
+    pub fn open_with(path: &Path, suffix: &Dn, options: &StoreOptions) -> Result<Self> {
+        let db = open_db(path, options)?;
         let meta = db.open_tree(names::META)?;
         let store_id = match meta.get(names::STORE_ID)? {
             Some(id) => {

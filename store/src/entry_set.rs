@@ -13,6 +13,9 @@ use tether_protocol::{Csn, Dn, Entry, EntryHead, EntryUuid, Scope, SearchSpec};
 use crate::error::{Result, StoreError};
 use crate::record::{decode, encode};
 
+/// A DN tree key ([`Dn::tree_key`]), as a page cursor.
+pub type DnKey = Vec<u8>;
+
 /// Name used in errors for the entries tree.
 const ENTRIES: &str = "entries";
 
@@ -151,7 +154,7 @@ impl EntrySet {
         spec: &SearchSpec,
         after: Option<&[u8]>,
         max: usize,
-    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+    ) -> Result<(Vec<Vec<u8>>, Option<DnKey>)> {
         if !spec.takes_whole_entries() || spec.scope == Scope::Base {
             let (page, next) = self.search_page(spec, after, max)?;
             let encoded = page.iter().map(|e| encode(ENTRIES, e)).collect::<Result<_>>()?;

@@ -30,7 +30,7 @@ pub mod replica;
 mod rules;
 
 pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy, TrimReport};
-pub use directory::{Committed, ConsumerPosition, Directory};
+pub use directory::{Committed, ConsumerPosition, Directory, StoreOptions, DEFAULT_CACHE_BYTES};
 pub use entry_set::EntrySet;
 pub use error::{Refusal, Result, StoreError};
 pub use pins::Pin;

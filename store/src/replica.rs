@@ -28,7 +28,7 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::{Db, Tree};
 use tether_protocol::{Cookie, Entry, EntryUuid, RefreshKind, ReplOp, ResumePoint, SearchSpec};
 
-use crate::directory::open_db;
+use crate::directory::{open_db, StoreOptions};
 use crate::entry_set::{EntrySet, TxEntrySet, TxError};
 use crate::error::{Result, StoreError};
 use crate::record::{decode, encode};
@@ -128,7 +128,12 @@ impl ReplicaStore {
     /// reload are kept if they can be continued (they have a resume point) and
     /// discarded otherwise; either way the old generation is still active and intact.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = open_db(path)?;
+        Self::open_with(path, &StoreOptions::default())
+    }
+
+    /// [`ReplicaStore::open`] with `options`.
+    pub fn open_with(path: &Path, options: &StoreOptions) -> Result<Self> {
+        let db = open_db(path, options)?;
         let replicas = db.open_tree(REPLICAS)?;
         let store = Self { db, replicas, audit: Arc::default() };
         for name in store.names()? {
