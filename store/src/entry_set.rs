@@ -113,7 +113,7 @@ impl EntrySet {
         spec: &SearchSpec,
         after: Option<&[u8]>,
         max: usize,
-    ) -> Result<(Vec<Entry>, Option<Vec<u8>>)> {
+    ) -> Result<(Vec<Entry>, Option<DnKey>)> {
         let prefix = spec.base.tree_key();
         if spec.scope == Scope::Base {
             if after.is_some() {
@@ -122,26 +122,13 @@ impl EntrySet {
             let found = self.get(&spec.base)?.filter(|e| spec.filter.matches(e)).map(|e| spec.project(e));
             return Ok((found.into_iter().collect(), None));
         }
-        let depth = spec.base.depth();
-        let range = match after {
-            Some(key) => self.entries.range((std::ops::Bound::Excluded(key.to_vec()), std::ops::Bound::Unbounded)),
-            None => self.entries.range(prefix.clone()..),
-        };
-        let mut page = Vec::new();
-        for item in range {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                return Ok((page, None));
+        self.page_of(&prefix, after, max, |key, value| {
+            if !spec.scope.contains_key(&prefix, key) {
+                return Ok(None);
             }
-            let entry: Entry = decode(ENTRIES, &value)?;
-            if (spec.scope != Scope::One || entry.dn.depth() == depth + 1) && spec.filter.matches(&entry) {
-                page.push(spec.project(entry));
-                if page.len() >= max {
-                    return Ok((page, Some(key.to_vec())));
-                }
-            }
-        }
-        Ok((page, None))
+            let entry: Entry = decode(ENTRIES, value)?;
+            Ok(spec.filter.matches(&entry).then(|| spec.project(entry)))
+        })
     }
 
     /// [`EntrySet::search_page`] with each entry as the codec encodes it, ready to go
@@ -161,18 +148,33 @@ impl EntrySet {
             return Ok((encoded, next));
         }
         let prefix = spec.base.tree_key();
+        self.page_of(&prefix, after, max, |key, value| {
+            Ok(spec.scope.contains_key(&prefix, key).then(|| value.to_vec()))
+        })
+    }
+
+    /// Up to `max` items of the records under the key `prefix` after the key `after`
+    /// (exclusive), in tree order; `take` makes an item of a record or skips it. Returns
+    /// the key to continue from, `None` once the prefix is exhausted.
+    fn page_of<T>(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max: usize,
+        mut take: impl FnMut(&[u8], &[u8]) -> Result<Option<T>>,
+    ) -> Result<(Vec<T>, Option<DnKey>)> {
         let range = match after {
             Some(key) => self.entries.range((std::ops::Bound::Excluded(key.to_vec()), std::ops::Bound::Unbounded)),
-            None => self.entries.range(prefix.clone()..),
+            None => self.entries.range(prefix..),
         };
         let mut page = Vec::new();
         for item in range {
             let (key, value) = item?;
-            if !key.starts_with(&prefix) {
+            if !key.starts_with(prefix) {
                 return Ok((page, None));
             }
-            if spec.scope.contains_key(&prefix, &key) {
-                page.push(value.to_vec());
+            if let Some(t) = take(&key, &value)? {
+                page.push(t);
                 if page.len() >= max {
                     return Ok((page, Some(key.to_vec())));
                 }
