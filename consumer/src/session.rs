@@ -517,17 +517,28 @@ impl Applier<'_> {
         }
         let count = ops.len() as u64;
         let replica = self.replica.clone();
+        // Nothing else queued: make the changes durable in the same trip to the blocking
+        // pool, saving a thread handoff on the path from the provider's ack to ours.
+        let flush_now = behind.is_none() && rx.is_empty();
+        let store = self.store.clone();
         let stats = blocking("applying changes", move || {
             for _ in 0..count {
                 failpoint::on_apply()?;
             }
-            replica.apply(&ops, Some(last))
+            let stats = replica.apply(&ops, Some(last))?;
+            if flush_now {
+                store.flush()?;
+            }
+            Ok(stats)
         })
         .await?;
         self.record(stats, true);
         self.pending_cookie = Some(last);
         self.unacked += count;
         self.status.update(|s| s.lag_changes = self.unacked);
+        if flush_now {
+            return self.acknowledge().await;
+        }
         match behind {
             Some(next) => self.on_message(inbound(Some(next))?).await,
             None => Ok(()),
@@ -558,9 +569,17 @@ impl Applier<'_> {
 
     /// Flushes applied changes and acknowledges the newest cookie.
     async fn flush_and_ack(&mut self) -> Result<(), Ended> {
-        let Some(cookie) = self.pending_cookie.take() else { return Ok(()) };
+        if self.pending_cookie.is_none() {
+            return Ok(());
+        }
         let store = self.store.clone();
         blocking("flush", move || store.flush()).await?;
+        self.acknowledge().await
+    }
+
+    /// Publishes and acknowledges the newest applied cookie; only once it is durable.
+    async fn acknowledge(&mut self) -> Result<(), Ended> {
+        let Some(cookie) = self.pending_cookie.take() else { return Ok(()) };
         self.status.update(|s| {
             s.cookie = Some(cookie.to_string());
             s.lag_changes = 0;
