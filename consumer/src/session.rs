@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter, WireError};
+use tether_protocol::encoded::{Received, ReceivedOp};
 use tether_protocol::handshake::{client_handshake, HandshakeError};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason, Role, SUPPORTED_VERSIONS};
-use tether_protocol::{Cookie, ReplOp, SearchSpec};
+use tether_protocol::{Cookie, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
@@ -316,7 +317,7 @@ fn handshake_failed(e: HandshakeError) -> Ended {
 /// Reads messages and forwards them; the last item is the terminal result.
 async fn reader_loop(
     mut reader: MessageReader<BoxedRead>,
-    tx: mpsc::Sender<Result<Option<Message>, WireError>>,
+    tx: mpsc::Sender<Inbound>,
     last_inbound: Arc<AtomicU64>,
     epoch: Instant,
     done: CancellationToken,
@@ -325,7 +326,7 @@ async fn reader_loop(
         let msg = tokio::select! {
             biased;
             _ = done.cancelled() => return,
-            m = reader.recv() => m,
+            m = reader.recv_received() => m,
         };
         last_inbound.store(ms_since(epoch), Ordering::Relaxed);
         let terminal = !matches!(msg, Ok(Some(_)));
@@ -424,7 +425,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// What the reader task handed over: a message, or how the session ends.
-fn inbound(msg: Option<Result<Option<Message>, WireError>>) -> Result<Message, Ended> {
+/// What the reader hands the applier: a message (entries kept encoded, see
+/// [`Received`]), the clean end of the stream, or why reading failed.
+type Inbound = Result<Option<Received>, WireError>;
+
+fn inbound(msg: Option<Inbound>) -> Result<Received, Ended> {
     match msg {
         Some(Ok(Some(m))) => Ok(m),
         Some(Ok(None)) | None => {
@@ -438,7 +443,7 @@ fn inbound(msg: Option<Result<Option<Message>, WireError>>) -> Result<Message, E
 impl Applier<'_> {
     async fn run(
         &mut self,
-        mut rx: mpsc::Receiver<Result<Option<Message>, WireError>>,
+        mut rx: mpsc::Receiver<Inbound>,
         stop: &StopSignal,
         keepalive_timed_out: &CancellationToken,
         last_inbound: &AtomicU64,
@@ -471,8 +476,8 @@ impl Applier<'_> {
                 }
                 msg = rx.recv() => {
                     let handled = match inbound(msg) {
-                        Ok(Message::Change { op, cookie }) => self.on_changes(op, cookie, &mut rx).await,
-                        Ok(msg) => self.on_message(msg).await,
+                        Ok(Received::Change { op, cookie }) => self.on_changes(op, cookie, &mut rx).await,
+                        Ok(other) => self.on_other(other).await,
                         Err(ended) => Err(ended),
                     };
                     if let Err(ended) = handled {
@@ -494,9 +499,9 @@ impl Applier<'_> {
     /// handles the first other message found behind them.
     async fn on_changes(
         &mut self,
-        op: ReplOp,
+        op: ReceivedOp,
         cookie: Cookie,
-        rx: &mut mpsc::Receiver<Result<Option<Message>, WireError>>,
+        rx: &mut mpsc::Receiver<Inbound>,
     ) -> Result<(), Ended> {
         self.expect_persisting("Change")?;
         let mut ops = vec![op];
@@ -504,7 +509,7 @@ impl Applier<'_> {
         let mut behind = None;
         while ops.len() < CHANGES_PER_APPLY {
             match rx.try_recv() {
-                Ok(Ok(Some(Message::Change { op, cookie }))) => {
+                Ok(Ok(Some(Received::Change { op, cookie }))) => {
                     ops.push(op);
                     last = cookie;
                 }
@@ -540,7 +545,7 @@ impl Applier<'_> {
             return self.acknowledge().await;
         }
         match behind {
-            Some(next) => self.on_message(inbound(Some(next))?).await,
+            Some(next) => self.on_other(inbound(Some(next))?).await,
             None => Ok(()),
         }
     }
@@ -587,6 +592,47 @@ impl Applier<'_> {
         self.status.mark_current();
         self.unacked = 0;
         self.send(&Message::Ack { cookie }).await
+    }
+
+    /// Anything but a live change.
+    async fn on_other(&mut self, received: Received) -> Result<(), Ended> {
+        match received {
+            Received::Batch(ops) => self.on_batch(ops).await,
+            Received::Message(msg) => self.on_message(msg).await,
+            Received::Change { .. } => {
+                Err(Ended::new(Reason::Exception, "protocol error: a change handled out of turn"))
+            }
+        }
+    }
+
+    /// Applies a refresh batch: to the shadow of a full or present refresh (unchecked
+    /// while its scan lasts), or straight to the replica for a delta.
+    async fn on_batch(&mut self, ops: Vec<ReceivedOp>) -> Result<(), Ended> {
+        self.expect_refreshing("Batch")?;
+        let live = self.shadow.is_none();
+        let stats = match self.shadow.take() {
+            Some(mut shadow) => {
+                let scanning = self.scanning;
+                let (shadow, stats) = blocking("applying a refresh batch", move || {
+                    failpoint::on_apply()?;
+                    let stats = if scanning { shadow.apply_scan(&ops)? } else { shadow.apply(&ops)? };
+                    Ok((shadow, stats))
+                })
+                .await?;
+                self.shadow = Some(shadow);
+                stats
+            }
+            None => {
+                let replica = self.replica.clone();
+                blocking("applying a delta batch", move || {
+                    failpoint::on_apply()?;
+                    replica.apply(&ops, None)
+                })
+                .await?
+            }
+        };
+        self.record(stats, live);
+        Ok(())
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), Ended> {
@@ -650,33 +696,7 @@ impl Applier<'_> {
                 self.status.update(|s| s.refresh_received = received);
                 Ok(())
             }
-            Message::Batch { ops } => {
-                self.expect_refreshing("Batch")?;
-                let live = self.shadow.is_none();
-                let stats = match self.shadow.take() {
-                    Some(mut shadow) => {
-                        let scanning = self.scanning;
-                        let (shadow, stats) = blocking("applying a refresh batch", move || {
-                            failpoint::on_apply()?;
-                            let stats = if scanning { shadow.apply_scan(&ops)? } else { shadow.apply(&ops)? };
-                            Ok((shadow, stats))
-                        })
-                        .await?;
-                        self.shadow = Some(shadow);
-                        stats
-                    }
-                    None => {
-                        let replica = self.replica.clone();
-                        blocking("applying a delta batch", move || {
-                            failpoint::on_apply()?;
-                            replica.apply(&ops, None)
-                        })
-                        .await?
-                    }
-                };
-                self.record(stats, live);
-                Ok(())
-            }
+            Message::Batch { ops } => self.on_batch(ops.into_iter().map(ReceivedOp::from).collect()).await,
             Message::PresentBatch { uuids } => {
                 self.expect_refreshing("PresentBatch")?;
                 let Some(shadow) = self.shadow.take() else {
@@ -732,7 +752,7 @@ impl Applier<'_> {
                     None => {
                         let (replica, store) = (self.replica.clone(), self.store.clone());
                         blocking("recording the refresh cookie", move || {
-                            replica.apply(&[], Some(cookie))?;
+                            replica.advance(cookie)?;
                             store.flush()
                         })
                         .await?;
@@ -766,7 +786,7 @@ impl Applier<'_> {
             Message::Advance { cookie } => {
                 self.expect_persisting("Advance")?;
                 let replica = self.replica.clone();
-                blocking("advancing the cookie", move || replica.apply(&[], Some(cookie))).await?;
+                blocking("advancing the cookie", move || replica.advance(cookie)).await?;
                 self.pending_cookie = Some(cookie);
                 Ok(())
             }

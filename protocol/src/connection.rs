@@ -114,6 +114,15 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         codec::decode(&frame).map(Some).map_err(WireError::Decode)
     }
 
+    /// [`MessageReader::recv`], keeping the bytes of the entries that `Batch` and
+    /// `Change` carry ([`crate::encoded::Received`]), for a reader that stores them.
+    pub async fn recv_received(&mut self) -> Result<Option<crate::encoded::Received>, WireError> {
+        let Some(frame) = self.frames.read_frame().await? else {
+            return Ok(None);
+        };
+        crate::encoded::Received::decode(&frame).map(Some).map_err(WireError::Decode)
+    }
+
     /// The largest frame currently accepted.
     pub fn max_frame(&self) -> usize {
         self.frames.max_frame()

@@ -129,6 +129,103 @@ impl EncodedMessage {
     }
 }
 
+/// A [`ReplOp`] received, with an upserted entry's bytes as they arrived: exactly the
+/// codec's encoding of the entry (it decoded and passed every check), so a consumer
+/// stores them as they are instead of encoding the entry again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedOp {
+    /// The operation, decoded and checked.
+    pub op: ReplOp,
+    /// For an upsert, the entry's encoded bytes.
+    pub encoded: Option<Vec<u8>>,
+}
+
+impl From<ReplOp> for ReceivedOp {
+    fn from(op: ReplOp) -> Self {
+        Self { op, encoded: None }
+    }
+}
+
+/// A message received, with the entries of `Batch` and `Change` kept encoded as well.
+// As large as the `Message` it stands for, like the channel slots it replaces: boxing
+// would cost an allocation per message received.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// `Message::Batch`.
+    Batch(Vec<ReceivedOp>),
+    /// `Message::Change`.
+    Change {
+        /// The change.
+        op: ReceivedOp,
+        /// The position it brings the consumer to.
+        cookie: Cookie,
+    },
+    /// Any other message.
+    Message(Message),
+}
+
+impl Received {
+    /// Decodes a frame's payload: the same checks and errors as decoding a [`Message`],
+    /// keeping each upserted entry's bytes.
+    pub fn decode(payload: &[u8]) -> Result<Self, CodecError> {
+        let (tag, mut at) = codec::decode_prefix::<u32>(payload)?;
+        let received = match tag {
+            BATCH => {
+                let (count, n) = codec::decode_prefix::<u64>(&payload[at..])?;
+                at += n;
+                // Every op takes at least a byte: a count beyond the bytes left is a lie,
+                // refused before it sizes an allocation.
+                if count > (payload.len() - at) as u64 {
+                    return Err(CodecError::Truncated);
+                }
+                let mut ops = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let (op, n) = received_op(&payload[at..])?;
+                    at += n;
+                    ops.push(op);
+                }
+                Received::Batch(ops)
+            }
+            CHANGE => {
+                let (op, n) = received_op(&payload[at..])?;
+                at += n;
+                let (cookie, n) = codec::decode_prefix::<Cookie>(&payload[at..])?;
+                at += n;
+                Received::Change { op, cookie }
+            }
+            _ => return codec::decode(payload).map(Received::Message),
+        };
+        match payload.len() - at {
+            0 => Ok(received),
+            extra => Err(CodecError::TrailingBytes { extra }),
+        }
+    }
+
+    /// The message it is (the kept bytes dropped).
+    pub fn into_message(self) -> Message {
+        match self {
+            Received::Batch(ops) => Message::Batch { ops: ops.into_iter().map(|r| r.op).collect() },
+            Received::Change { op, cookie } => Message::Change { op: op.op, cookie },
+            Received::Message(m) => m,
+        }
+    }
+}
+
+/// One op at the start of `bytes`, and how many bytes it took.
+fn received_op(bytes: &[u8]) -> Result<(ReceivedOp, usize), CodecError> {
+    let (tag, at) = codec::decode_prefix::<u32>(bytes)?;
+    if tag != UPSERT {
+        // Not an upsert: nothing to keep, so the op decodes as usual (a delete, or an
+        // unknown variant refused with the codec's own error).
+        let (op, n) = codec::decode_prefix::<ReplOp>(bytes)?;
+        return Ok((op.into(), n));
+    }
+    let (entry, n) = codec::decode_prefix::<crate::entry::Entry>(&bytes[at..])?;
+    let encoded = bytes[at..at + n].to_vec();
+    Ok((ReceivedOp { op: ReplOp::Upsert(entry), encoded: Some(encoded) }, at + n))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -173,6 +270,48 @@ mod tests {
             assert_eq!(built.decode().unwrap(), expected);
             assert_eq!(built.name(), expected.name());
         }
+    }
+
+    #[test]
+    fn received_messages_decode_as_messages_and_keep_each_entrys_bytes() {
+        let cookie = Cookie { store_id: StoreId::new_random(), csn: Csn(300_000) };
+        let mut messages: Vec<Message> = [0, 1, 7].iter().map(|&n| Message::Batch { ops: ops(n) }).collect();
+        messages.extend(ops(3).into_iter().map(|op| Message::Change { op, cookie }));
+        messages.push(Message::Ping { seq: 9 });
+        for msg in messages {
+            let bytes = codec::encode(&msg).unwrap();
+            let received = Received::decode(&bytes).unwrap();
+            let kept: Vec<ReceivedOp> = match &received {
+                Received::Batch(ops) => ops.clone(),
+                Received::Change { op, .. } => vec![op.clone()],
+                Received::Message(_) => vec![],
+            };
+            for r in kept {
+                match &r.op {
+                    ReplOp::Upsert(e) => assert_eq!(r.encoded, Some(codec::encode(e).unwrap())),
+                    ReplOp::Delete { .. } => assert_eq!(r.encoded, None),
+                }
+            }
+            assert_eq!(received.into_message(), msg);
+            // Whatever decoding a message refuses, this refuses too.
+            let mut trailing = bytes.clone();
+            trailing.push(0);
+            assert_eq!(Received::decode(&trailing).err(), codec::decode::<Message>(&trailing).err());
+            for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+                assert!(Received::decode(&bytes[..cut]).is_err(), "{} cut at {cut}", msg.name());
+            }
+        }
+        // A batch claiming more ops than it has bytes for.
+        let mut lying = Vec::new();
+        codec::encode_into(&BATCH, &mut lying).unwrap();
+        codec::encode_into(&u64::MAX, &mut lying).unwrap();
+        assert!(Received::decode(&lying).is_err());
+        // An entry that fails its checks is refused as in a message.
+        let mut bad = codec::encode(&Message::Batch { ops: ops(1) }).unwrap();
+        let at = bad.windows(3).position(|w| w == b"uid").unwrap();
+        bad[at] = b'!';
+        assert_eq!(Received::decode(&bad).err(), codec::decode::<Message>(&bad).err());
+        assert!(Received::decode(&bad).is_err());
     }
 
     #[test]

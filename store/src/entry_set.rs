@@ -242,15 +242,19 @@ impl TxEntrySet<'_> {
         Ok(Some((head.uuid, head.csn)))
     }
 
-    /// Writes `entry`, removing its record at `old_key` if it moved.
-    pub(crate) fn put(&self, old_key: Option<&[u8]>, entry: &Entry) -> Result<(), TxError> {
+    /// Writes `entry` (as `encoded`, its codec encoding, when the caller has it),
+    /// removing its record at `old_key` if it moved.
+    pub(crate) fn put(&self, old_key: Option<&[u8]>, entry: &Entry, encoded: Option<&[u8]>) -> Result<(), TxError> {
         let key = entry.dn.tree_key();
         if let Some(old) = old_key {
             if old != key.as_slice() {
                 self.entries.remove(old)?;
             }
         }
-        let bytes = encode(ENTRIES, entry).map_err(ConflictableTransactionError::Abort)?;
+        let bytes = match encoded {
+            Some(bytes) => bytes.to_vec(),
+            None => encode(ENTRIES, entry).map_err(ConflictableTransactionError::Abort)?,
+        };
         self.entries.insert(key.as_slice(), bytes)?;
         // Staying at its DN, the index already points here.
         if old_key != Some(key.as_slice()) {

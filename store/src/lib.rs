@@ -34,6 +34,6 @@ pub use directory::{Committed, ConsumerPosition, Directory, StoreOptions, DEFAUL
 pub use entry_set::EntrySet;
 pub use error::{Refusal, Result, StoreError};
 pub use pins::Pin;
-pub use replica::{ApplyStats, Replica, ReplicaState, ReplicaStore, Shadow, ShadowProgress};
+pub use replica::{ApplyStats, IncomingOp, Replica, ReplicaState, ReplicaStore, Shadow, ShadowProgress};
 /// sled's error type, for callers that must build or match a storage error.
 pub use sled::Error as SledError;

@@ -87,7 +87,7 @@ fn delta_refresh(p: &Pair, name: &str, spec: &SearchSpec, from: Cookie) -> Cooki
         replica.apply(&batch, None).unwrap();
     }
     let cookie = Cookie { store_id: p.dir.store_id(), csn: upto };
-    replica.apply(&[], Some(cookie)).unwrap();
+    replica.advance(cookie).unwrap();
     cookie
 }
 
@@ -236,7 +236,7 @@ fn an_unfinished_shadow_is_discarded_on_reopen() {
         let r = store.replica("s").unwrap();
         r.apply(&p.dir.search(&people_spec()).map(|e| ReplOp::Upsert(e.unwrap())).collect::<Vec<_>>(), None).unwrap();
         let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-        shadow.apply(&[]).unwrap();
+        shadow.apply::<ReplOp>(&[]).unwrap();
         store.flush().unwrap();
         drop(shadow); // no Drop impl: dropping is not an abort, like a crash
     }
