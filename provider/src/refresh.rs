@@ -179,7 +179,14 @@ impl Refresh {
                 Phase::Done => return Ok(None),
                 Phase::Scan { cursor } => {
                     let (page, next) = dir.entries().encoded_page(&self.spec, cursor.as_deref(), self.batch_size)?;
-                    self.queue_page(page)?;
+                    let left_to_catch_up = self.queue_page(page)?;
+                    // The scan reads the tree, which holds writes not yet durable. An
+                    // entry it left to the catch-up must be in it: durable before the
+                    // progress that covers its place (a crash must not lose the change
+                    // a resumed scan relies on) and so at or below the catch-up's end.
+                    if left_to_catch_up > dir.durable_csn() {
+                        dir.sync(left_to_catch_up)?;
+                    }
                     let progress = Message::RefreshProgress { resume: self.resume_point(dir, next.clone()) };
                     self.pending.push_back(progress.into());
                     match next {
@@ -226,12 +233,15 @@ impl Refresh {
     /// rename while scanning could otherwise show one entry under two DNs), and the
     /// consumer writes scan batches without looking for earlier copies (SPEC §3,
     /// `docs/protocol.md`).
-    fn queue_page(&mut self, page: Vec<Vec<u8>>) -> Result<(), StoreError> {
+    /// Returns the highest CSN it left to the catch-up.
+    fn queue_page(&mut self, page: Vec<Vec<u8>>) -> Result<Csn, StoreError> {
         let mut ops = Vec::with_capacity(page.len());
         let mut present = Vec::new();
+        let mut left = Csn::ZERO;
         for bytes in page {
             let head = EntryHead::decode(&bytes).map_err(codec_error)?;
             if head.csn > self.start {
+                left = left.max(head.csn);
                 continue;
             }
             if self.kind == RefreshKind::Present && head.csn <= self.since {
@@ -244,7 +254,7 @@ impl Refresh {
         if !present.is_empty() {
             self.pending.push_back(Message::PresentBatch { uuids: present }.into());
         }
-        Ok(())
+        Ok(left)
     }
 
     /// Queues `ops` as batches of at most [`BATCH_BYTES`] each (one op may exceed it on
@@ -490,6 +500,32 @@ mod tests {
             new_superior: None,
         })
         .unwrap();
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
+        shadow.finish(done.unwrap()).unwrap();
+        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+    }
+
+    /// A write the scan sees before it is durable (committed, flush pending) is left to
+    /// the catch-up like any change since the scan began, so the refresh makes it
+    /// durable first: otherwise the catch-up would end below it and the entry, which
+    /// existed all along, would be missing from the replica.
+    #[test]
+    fn an_entry_changed_but_not_yet_durable_during_a_scan_is_not_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(2));
+        assert!(done.is_none());
+        let ahead = person(PEOPLE - 1);
+        let change = Change::Modify {
+            dn: dn(&ahead),
+            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from("Later")] }],
+        };
+        let committed = dir.write_nowait(&change).unwrap();
+        assert!(dir.durable_csn() < committed.csn, "committed, not yet durable");
         let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
         shadow.finish(done.unwrap()).unwrap();
         assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));

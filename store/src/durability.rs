@@ -50,13 +50,17 @@ impl GroupCommit {
     }
 
     /// Returns once `csn` is durable, flushing `db` if no earlier flush covered it.
+    /// `csn` must have committed: written by the caller, or read from the store (a
+    /// refresh scan), which can happen just before its writer records it as committed.
     pub fn make_durable(&self, db: &sled::Db, csn: Csn) -> Result<()> {
         let mut durable = self.durable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if *durable >= csn {
             return Ok(());
         }
         // Read before flushing: everything committed up to here is in the flushed log.
-        let target = self.last_committed();
+        // CSNs commit in order under the writer lock, so a committed `csn` means every
+        // lower one committed too, even if the counter has not caught up with it yet.
+        let target = self.last_committed().max(csn);
         db.flush()?;
         *durable = target;
         self.tx.send_replace(target);
