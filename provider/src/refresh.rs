@@ -480,29 +480,37 @@ mod tests {
         assert_eq!(dir.trim(&cap, u64::MAX).unwrap().floor, dir.durable_csn());
     }
 
-    /// A rename during a scan, from behind its cursor to ahead of it, would show the
-    /// entry under both DNs; the scan leaves it to the catch-up instead, so the shadow,
-    /// written without lookups, still holds it once.
-    #[test]
-    fn an_entry_renamed_during_a_scan_is_sent_once_and_the_replica_converges() {
+    /// Runs a full refresh into a fresh replica, calls `midway` after `pages` pages of
+    /// its scan, finishes it, and checks the replica holds exactly the region.
+    fn refresh_with_a_write_midway(pages: usize, midway: impl FnOnce(&Directory)) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = directory(&tmp.path().join("p"));
         let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
         let replica = replicas.replica("people").unwrap();
         let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
-        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(3));
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(pages));
         assert!(done.is_none());
-        dir.write(&Change::ModDn {
-            dn: dn(&person(1)),
-            new_rdn: Rdn::parse("uid=zz-moved").unwrap(),
-            delete_old_rdn: false,
-            new_superior: None,
-        })
-        .unwrap();
+        midway(&dir);
         let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
         shadow.finish(done.unwrap()).unwrap();
         assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+    }
+
+    /// A rename during a scan, from behind its cursor to ahead of it, would show the
+    /// entry under both DNs; the scan leaves it to the catch-up instead, so the shadow,
+    /// written without lookups, still holds it once.
+    #[test]
+    fn an_entry_renamed_during_a_scan_is_sent_once_and_the_replica_converges() {
+        refresh_with_a_write_midway(3, |dir| {
+            dir.write(&Change::ModDn {
+                dn: dn(&person(1)),
+                new_rdn: Rdn::parse("uid=zz-moved").unwrap(),
+                delete_old_rdn: false,
+                new_superior: None,
+            })
+            .unwrap();
+        });
     }
 
     /// A write the scan sees before it is durable (committed, flush pending) is left to
@@ -511,24 +519,14 @@ mod tests {
     /// existed all along, would be missing from the replica.
     #[test]
     fn an_entry_changed_but_not_yet_durable_during_a_scan_is_not_lost() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
-        let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
-        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
-        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(2));
-        assert!(done.is_none());
-        let ahead = person(PEOPLE - 1);
-        let change = Change::Modify {
-            dn: dn(&ahead),
-            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from("Later")] }],
-        };
-        let committed = dir.write_nowait(&change).unwrap();
-        assert!(dir.durable_csn() < committed.csn, "committed, not yet durable");
-        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
-        shadow.finish(done.unwrap()).unwrap();
-        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+        refresh_with_a_write_midway(2, |dir| {
+            let change = Change::Modify {
+                dn: dn(&person(PEOPLE - 1)),
+                mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from("Later")] }],
+            };
+            let committed = dir.write_nowait(&change).unwrap();
+            assert!(dir.durable_csn() < committed.csn, "committed, not yet durable");
+        });
     }
 
     /// Large entries are split over several batches, each within the batch byte budget
