@@ -26,6 +26,16 @@ impl EntryUuid {
         Self(*uuid::Uuid::new_v4().as_bytes())
     }
 
+    /// A fresh time-ordered (v7) UUID, later than any made before in this process: what
+    /// the provider assigns. Entries added together then sit together in the UUID index
+    /// (a store key), so a bulk load appends to the index instead of inserting at random
+    /// places, and a replica applying changes to entries created together (deleting a
+    /// branch, say) reads a few index pages instead of one per entry: 1,000 deletes on a
+    /// 100,000-entry replica took 44 ms instead of 71 to 81 (docs/benchmarks.md).
+    pub fn new_time_ordered() -> Self {
+        Self(*uuid::Uuid::now_v7().as_bytes())
+    }
+
     /// The 16 raw bytes, used as the store key.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0

@@ -237,8 +237,15 @@ impl Directory {
             }
             // The parent may be earlier in this batch rather than in the store.
             let parent_in_batch = dn.parent().is_some_and(|p| names_in_batch.contains(&p));
-            let plan =
-                rules::plan_add(&self.set, &self.suffix, dn, attrs, EntryUuid::new_random(), csn, parent_in_batch)?;
+            let plan = rules::plan_add(
+                &self.set,
+                &self.suffix,
+                dn,
+                attrs,
+                EntryUuid::new_time_ordered(),
+                csn,
+                parent_in_batch,
+            )?;
             planned.push(plan);
         }
         if planned.is_empty() {

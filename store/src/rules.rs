@@ -32,7 +32,7 @@ fn invalid(dn: &Dn, reason: impl Into<String>) -> Refusal {
 /// Checks `change` against the directory and computes its effect at `csn`.
 pub(crate) fn plan(set: &EntrySet, suffix: &Dn, change: &Change, csn: Csn) -> Result<Planned> {
     match change {
-        Change::Add { dn, attrs } => plan_add(set, suffix, dn, attrs, EntryUuid::new_random(), csn, false),
+        Change::Add { dn, attrs } => plan_add(set, suffix, dn, attrs, EntryUuid::new_time_ordered(), csn, false),
         Change::Modify { dn, mods } => plan_modify(set, dn, mods, csn),
         Change::Delete { dn } => {
             let entry = set.get(dn)?.ok_or_else(|| Refusal::NoSuchObject(dn.clone()))?;

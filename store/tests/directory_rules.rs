@@ -119,6 +119,24 @@ fn writes_assign_increasing_csns_and_keep_uuid_across_renames() {
     assert_eq!(d.durable_csn(), c2.csn);
 }
 
+/// Entries added together must sit together in the UUID index (see
+/// `EntryUuid::new_time_ordered`): in both write paths each new entry's UUID sorts after
+/// those of the entries added before it.
+#[test]
+fn added_entries_get_uuids_in_the_order_they_were_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
+    let mut names = vec!["dc=example,dc=com".to_owned(), "ou=people,dc=example,dc=com".to_owned()];
+    names.extend((0..200).map(|i| format!("uid=p{i:03},ou=people,dc=example,dc=com")));
+    let bulk: Vec<_> = names.iter().map(|s| (dn(s), common::attrs(&[("objectClass", "top")]))).collect();
+    d.bulk_add(&bulk).unwrap();
+    let mut uuids: Vec<_> = names.iter().map(|s| d.entries().get(&dn(s)).unwrap().unwrap().uuid).collect();
+    for i in 0..200 {
+        uuids.push(d.write(&add_person(&format!("uid=w{i:03},ou=people,dc=example,dc=com"))).unwrap().uuid);
+    }
+    assert!(uuids.windows(2).all(|w| w[0] < w[1]), "UUIDs not in the order the entries were added");
+}
+
 #[test]
 fn state_survives_reopen_and_csns_continue() {
     let dir = tempfile::tempdir().unwrap();

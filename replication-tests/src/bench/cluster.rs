@@ -4,6 +4,7 @@
 //! settings as shipped (durable, the apply audit off).
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +22,33 @@ pub const AGREEMENT: &str = "people";
 pub const STEP: Duration = Duration::from_secs(600);
 /// Poll interval while waiting on a status.
 const POLL: Duration = Duration::from_millis(10);
+
+/// The `cache_size` of every store in this run (`tether-bench --cache-size`); unset, the
+/// stores run with the shipped default, which is what the reported figures are about.
+static CACHE_SIZE: OnceLock<String> = OnceLock::new();
+
+/// Gives every store started from now on a `cache_size` of `size` (a config value such
+/// as `"256MiB"`, checked by the processes that read it), to measure the memory/speed
+/// trade-off the setting makes. Settable once per run.
+pub fn use_cache_size(size: String) -> Result<()> {
+    CACHE_SIZE.set(size).map_err(|_| anyhow::anyhow!("the cache size was already set"))
+}
+
+/// The `cache_size` set for this run, if any.
+pub fn cache_size() -> Option<&'static str> {
+    CACHE_SIZE.get().map(String::as_str)
+}
+
+/// Writes the run's `cache_size` (if set) into the config file at `path`, as a top-level
+/// key before any table.
+fn set_cache_size(path: &std::path::Path) -> Result<()> {
+    if let Some(size) = cache_size() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::write(path, format!("cache_size = {size:?}\n{text}"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
 
 /// A provider, its consumers and their folder.
 #[derive(Debug)]
@@ -44,6 +72,7 @@ impl Cluster {
     pub fn provider(people: usize) -> Result<Self> {
         let root = tempfile::Builder::new().prefix("tether-bench-").tempdir().context("creating the temp folder")?;
         let mut provider = Provider::configure(&root.path().join("provider"), &ProviderOptions::default())?;
+        set_cache_size(&provider.dir.join("provider.toml"))?;
         let file = root.path().join("initial.ldif");
         std::fs::write(&file, data::initial_ldif(people))?;
         let started = Instant::now();
@@ -78,6 +107,7 @@ impl Cluster {
         let agreement = Agreement::persist(AGREEMENT, data::SUFFIX, "people-secret");
         let mut consumer = Consumer::configure(&self.root.path().join(format!("consumer-{i}")), port, &[agreement])?;
         consumer.env.push(("TETHER_APPLY_AUDIT".into(), "0".into()));
+        set_cache_size(&consumer.dir.join("consumer.toml"))?;
         self.consumers.push(consumer);
         Ok(i)
     }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use replication_tests::bench::report::Report;
-use replication_tests::bench::{burst, detect, fanout, latency, refresh, resync};
+use replication_tests::bench::{burst, cluster, detect, fanout, latency, refresh, resync};
 
 #[derive(Debug, Parser)]
 #[command(name = "tether-bench", about = "Benchmark workloads for Tether")]
@@ -18,6 +18,10 @@ struct Cli {
     /// Also write the reports as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
+    /// Give every store this `cache_size` (e.g. 256MiB) instead of the shipped default,
+    /// to measure the memory/speed trade-off; reports then name it.
+    #[arg(long, global = true)]
+    cache_size: Option<String>,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -92,7 +96,13 @@ const ALL_PIPELINE: usize = 64;
 fn run(cli: Cli) -> Result<usize> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut reports: Vec<Report> = Vec::new();
-    let mut show = |r: Report| {
+    if let Some(size) = cli.cache_size {
+        cluster::use_cache_size(size)?;
+    }
+    let mut show = |mut r: Report| {
+        if let Some(size) = cluster::cache_size() {
+            r.param("cache_size", size);
+        }
         println!("{}", r.table());
         reports.push(r);
     };
