@@ -26,7 +26,7 @@ use tether_protocol::handshake::{client_handshake, HandshakeError};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason, Role, SUPPORTED_VERSIONS};
 use tether_protocol::{Cookie, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -40,6 +40,11 @@ use crate::transport::{Network, CONNECT_TIMEOUT};
 
 /// Messages buffered between reader and applier.
 const INBOUND_QUEUE: usize = 64;
+/// Entries buffered between reader and applier (a batch counts its entries, anything
+/// else one). During a refresh the reader decodes faster than the store takes entries, so
+/// the queue fills up: counted in messages alone it held 64 decoded batches, about 80 MiB
+/// of a consumer's memory at the default batch size. Four batches keep the applier fed.
+const INBOUND_ENTRIES: usize = 2_000;
 /// Live changes already waiting in the inbound queue are applied together, in one store
 /// transaction with the last one's cookie, up to this many: a burst then costs one
 /// transaction per run of queued changes instead of one per change, and the replica
@@ -185,7 +190,8 @@ pub async fn run(
     let last_inbound = Arc::new(AtomicU64::new(0));
     let session_done = CancellationToken::new();
     let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-    let reader_task = tokio::spawn(reader_loop(reader, tx, last_inbound.clone(), epoch, session_done.clone()));
+    let budget = Arc::new(Semaphore::new(INBOUND_ENTRIES));
+    let reader_task = tokio::spawn(reader_loop(reader, tx, budget, last_inbound.clone(), epoch, session_done.clone()));
     let keepalive_timed_out = CancellationToken::new();
     let poller = cfg.keepalive.map(|(interval, timeout)| {
         tokio::spawn(keepalive_poller(
@@ -317,7 +323,8 @@ fn handshake_failed(e: HandshakeError) -> Ended {
 /// Reads messages and forwards them; the last item is the terminal result.
 async fn reader_loop(
     mut reader: MessageReader<BoxedRead>,
-    tx: mpsc::Sender<Inbound>,
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
     last_inbound: Arc<AtomicU64>,
     epoch: Instant,
     done: CancellationToken,
@@ -330,8 +337,16 @@ async fn reader_loop(
         };
         last_inbound.store(ms_since(epoch), Ordering::Relaxed);
         let terminal = !matches!(msg, Ok(Some(_)));
+        let weight = match &msg {
+            Ok(Some(Received::Batch(ops))) => ops.len().clamp(1, INBOUND_ENTRIES),
+            _ => 1,
+        };
         // While the applier is behind, the provider is evidently alive: keep the stamp fresh.
-        let mut send = std::pin::pin!(tx.send(msg));
+        let mut send = std::pin::pin!(async {
+            // The semaphore is never closed, so this only fails if it were.
+            let permit = budget.clone().acquire_many_owned(weight as u32).await.ok();
+            tx.send(Queued { msg, _permit: permit }).await
+        });
         loop {
             tokio::select! {
                 biased;
@@ -424,13 +439,19 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// What the reader task handed over: a message, or how the session ends.
 /// What the reader hands the applier: a message (entries kept encoded, see
 /// [`Received`]), the clean end of the stream, or why reading failed.
 type Inbound = Result<Option<Received>, WireError>;
 
-fn inbound(msg: Option<Inbound>) -> Result<Received, Ended> {
-    match msg {
+/// An [`Inbound`] in the queue, holding its share of [`INBOUND_ENTRIES`] until the
+/// applier takes it.
+struct Queued {
+    msg: Inbound,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+fn inbound(queued: Option<Queued>) -> Result<Received, Ended> {
+    match queued.map(|q| q.msg) {
         Some(Ok(Some(m))) => Ok(m),
         Some(Ok(None)) | None => {
             Err(Ended::new(Reason::ConnectionLost, "provider closed the connection without goodbye"))
@@ -443,7 +464,7 @@ fn inbound(msg: Option<Inbound>) -> Result<Received, Ended> {
 impl Applier<'_> {
     async fn run(
         &mut self,
-        mut rx: mpsc::Receiver<Inbound>,
+        mut rx: mpsc::Receiver<Queued>,
         stop: &StopSignal,
         keepalive_timed_out: &CancellationToken,
         last_inbound: &AtomicU64,
@@ -501,7 +522,7 @@ impl Applier<'_> {
         &mut self,
         op: ReceivedOp,
         cookie: Cookie,
-        rx: &mut mpsc::Receiver<Inbound>,
+        rx: &mut mpsc::Receiver<Queued>,
     ) -> Result<(), Ended> {
         self.expect_persisting("Change")?;
         let mut ops = vec![op];
@@ -509,7 +530,7 @@ impl Applier<'_> {
         let mut behind = None;
         while ops.len() < CHANGES_PER_APPLY {
             match rx.try_recv() {
-                Ok(Ok(Some(Received::Change { op, cookie }))) => {
+                Ok(Queued { msg: Ok(Some(Received::Change { op, cookie })), .. }) => {
                     ops.push(op);
                     last = cookie;
                 }
@@ -831,5 +852,80 @@ impl Applier<'_> {
         } else {
             Err(Ended::new(Reason::Exception, format!("protocol error: {what} before the refresh finished")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tether_protocol::{Attributes, Csn, Dn, Entry, EntryUuid, ReplOp, Value};
+
+    use super::*;
+
+    fn batch(first: usize, len: usize) -> Message {
+        let ops = (first..first + len)
+            .map(|i| {
+                let mut attrs = Attributes::new();
+                attrs.add("objectClass", [Value::from("person")]).unwrap();
+                let dn = Dn::parse(&format!("cn=p{i},dc=example,dc=com")).unwrap();
+                ReplOp::Upsert(Entry { dn, uuid: EntryUuid::new_time_ordered(), csn: Csn(i as u64 + 1), attrs })
+            })
+            .collect();
+        Message::Batch { ops }
+    }
+
+    /// A reader ahead of its applier stops once the queue holds `INBOUND_ENTRIES`
+    /// entries, however few messages that is, and continues as the applier takes them;
+    /// nothing is lost or reordered.
+    #[tokio::test]
+    async fn the_reader_queues_at_most_the_entry_budget_and_loses_nothing() {
+        const BATCH: usize = 500;
+        const BATCHES: usize = 10;
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (reader, _w) = connection::boxed(ours);
+        let (_r, mut provider) = connection::boxed(theirs);
+        let sending = tokio::spawn(async move {
+            for b in 0..BATCHES {
+                provider.send(&batch(b * BATCH, BATCH)).await.unwrap();
+            }
+            provider
+        });
+        let (tx, mut rx) = mpsc::channel(INBOUND_QUEUE);
+        let budget = Arc::new(Semaphore::new(INBOUND_ENTRIES));
+        let done = CancellationToken::new();
+        let task = tokio::spawn(reader_loop(
+            reader,
+            tx,
+            budget.clone(),
+            Arc::new(AtomicU64::new(0)),
+            Instant::now(),
+            done.clone(),
+        ));
+        let full = INBOUND_ENTRIES / BATCH;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rx.len() < full || budget.available_permits() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the reader did not stop at the entry budget: {} messages queued, {} entries of budget left",
+                rx.len(),
+                budget.available_permits()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(rx.len(), full, "queued past the entry budget");
+        let mut next = 0;
+        for _ in 0..BATCHES {
+            let Ok(Received::Batch(ops)) = inbound(rx.recv().await) else { panic!("expected a batch") };
+            assert_eq!(ops.len(), BATCH);
+            for op in ops {
+                assert_eq!(op.op.csn(), Csn(next as u64 + 1), "entries lost or out of order");
+                next += 1;
+            }
+            assert!(rx.len() <= full, "queued past the entry budget");
+        }
+        let _provider = sending.await.unwrap();
+        done.cancel();
+        task.await.unwrap();
     }
 }
