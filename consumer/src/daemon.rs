@@ -109,7 +109,7 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
     if let Ok(Some(cookie)) = replica.cookie() {
         status.update(|s| s.cookie = Some(cookie.to_string()));
     }
-    let entries = replica.entries().map(|e| e.len()).unwrap_or(0);
+    let entries = replica.len().unwrap_or(0);
     status.update(|s| s.entries = entries);
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let supervisor = Supervisor {

@@ -136,7 +136,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let replica = store.replica(&a.name)?;
                 let state = if replica.is_admin_stopped()? { "stopped" } else { "not running" };
                 let cookie = replica.cookie()?.map_or("-".to_owned(), |c| c.to_string());
-                println!("{:<16} {:<12} entries {:<8} cookie {}", a.name, state, replica.entries()?.len(), cookie);
+                println!("{:<16} {:<12} entries {:<8} cookie {}", a.name, state, replica.len()?, cookie);
             }
             Ok(())
         }

@@ -762,14 +762,9 @@ impl Applier<'_> {
                 // A reload is counted once, as it is swapped in; a delta moved the count
                 // batch by batch already.
                 let reloaded = match self.shadow.take() {
-                    Some(shadow) => Some(
-                        blocking("swapping in the reloaded replica", move || {
-                            let entries = shadow.len();
-                            shadow.finish(cookie)?;
-                            Ok(entries)
-                        })
-                        .await?,
-                    ),
+                    Some(shadow) => {
+                        Some(blocking("swapping in the reloaded replica", move || shadow.finish(cookie)).await?)
+                    }
                     None => {
                         let (replica, store) = (self.replica.clone(), self.store.clone());
                         blocking("recording the refresh cookie", move || {

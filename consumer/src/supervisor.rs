@@ -130,7 +130,7 @@ impl Supervisor {
         if last.state == crate::reason::State::Persisting && last.lag_changes == 0 {
             status.mark_current();
         }
-        let entries = replica.entries().map(|e| e.len()).unwrap_or(0);
+        let entries = replica.len().unwrap_or(0);
         status.update(|s| s.entries = entries);
         if ended.refresh_complete {
             return;

@@ -38,6 +38,10 @@ use crate::record::{decode, encode};
 const REPLICAS: &str = "replicas";
 /// A shadow's entries tree, as named in errors.
 const SHADOW_ENTRIES: &str = "entries";
+/// Tree holding each replica's entry count (see [`Replica::len`]): agreement name ->
+/// generation and count, two big-endian `u64`s. Kept apart from [`REPLICAS`], whose keys
+/// are exactly the agreement names.
+const COUNTS: &str = "replica_counts";
 
 /// The persistent state of one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -138,6 +142,8 @@ pub struct ReplicaStore {
     db: Db,
     /// Agreement name -> [`ReplicaState`].
     replicas: Tree,
+    /// Agreement name -> entry count of a generation ([`COUNTS`]).
+    counts: Tree,
     /// Whether incremental applies are recorded in an audit log (see [`ReplicaStore::set_audit`]).
     audit: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -155,6 +161,8 @@ impl ReplicaStore {
     /// Opens (creating) the consumer store at `path`. Shadows left by an interrupted
     /// reload are kept if they can be continued (they have a resume point) and
     /// discarded otherwise; either way the old generation is still active and intact.
+    /// A replica without a count of its active generation (a store from before counts
+    /// were kept) is counted here, once, before any session can write to it.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with(path, &StoreOptions::default())
     }
@@ -163,7 +171,8 @@ impl ReplicaStore {
     pub fn open_with(path: &Path, options: &StoreOptions) -> Result<Self> {
         let db = open_db(path, options)?;
         let replicas = db.open_tree(REPLICAS)?;
-        let store = Self { db, replicas, audit: Arc::default() };
+        let counts = db.open_tree(COUNTS)?;
+        let store = Self { db, replicas, counts, audit: Arc::default() };
         for name in store.names()? {
             let mut state = store.state(&name)?.unwrap_or_default();
             if state.shadow_progress.is_none() {
@@ -172,8 +181,21 @@ impl ReplicaStore {
                     store.put_state(&name, &state)?;
                 }
             }
+            if store.count(&name, state.active_gen)?.is_none() {
+                let n = store.set_for(&name, state.active_gen)?.len() as u64;
+                store.counts.insert(name.as_bytes(), &count_record(state.active_gen, n))?;
+            }
         }
         Ok(store)
+    }
+
+    /// The stored entry count of generation `gen` of replica `name`, if the count on
+    /// record is that generation's.
+    fn count(&self, name: &str, gen: u64) -> Result<Option<u64>> {
+        match self.counts.get(name.as_bytes())? {
+            Some(bytes) => Ok(Some(parse_count_record(&bytes)?).filter(|(g, _)| *g == gen).map(|(_, n)| n)),
+            None => Ok(None),
+        }
     }
 
     /// Names of all replicas.
@@ -206,7 +228,9 @@ impl ReplicaStore {
     /// The replica of agreement `name`, created empty if new.
     pub fn replica(&self, name: &str) -> Result<Replica> {
         if self.state(name)?.is_none() {
-            self.put_state(name, &ReplicaState { next_gen: 1, ..ReplicaState::default() })?;
+            let state = ReplicaState { next_gen: 1, ..ReplicaState::default() };
+            self.counts.insert(name.as_bytes(), &count_record(state.active_gen, 0))?;
+            self.put_state(name, &state)?;
         }
         Ok(Replica { store: self.clone(), name: Arc::from(name) })
     }
@@ -215,6 +239,7 @@ impl ReplicaStore {
     pub fn remove(&self, name: &str) -> Result<()> {
         let Some(state) = self.state(name)? else { return Ok(()) };
         self.replicas.remove(name.as_bytes())?;
+        self.counts.remove(name.as_bytes())?;
         self.db.flush()?;
         self.drop_generation(name, state.active_gen)?;
         self.db.drop_tree(audit_tree_name(name))?;
@@ -241,6 +266,25 @@ impl ReplicaStore {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// A [`COUNTS`] record: generation, then count.
+fn count_record(gen: u64, count: u64) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&gen.to_be_bytes());
+    out[8..].copy_from_slice(&count.to_be_bytes());
+    out
+}
+
+/// Reads a [`COUNTS`] record.
+fn parse_count_record(bytes: &[u8]) -> Result<(u64, u64)> {
+    if bytes.len() != 16 {
+        return Err(StoreError::Corrupt(format!("{COUNTS}: expected 16 bytes, found {}", bytes.len())));
+    }
+    let (mut gen, mut count) = ([0; 8], [0; 8]);
+    gen.copy_from_slice(&bytes[..8]);
+    count.copy_from_slice(&bytes[8..]);
+    Ok((u64::from_be_bytes(gen), u64::from_be_bytes(count)))
 }
 
 /// One agreement's replica.
@@ -273,6 +317,24 @@ impl Replica {
         self.store.set_for(&self.name, self.state()?.active_gen)
     }
 
+    /// Number of entries in the active generation: one lookup, not a scan. Every apply
+    /// moves the count in the transaction that changes the entries, and a reload records
+    /// the new generation's count as it is swapped in, so the count is never out of step
+    /// with the entries (a million-entry replica took seconds to count, on every
+    /// disconnect). Should the record be missing, the entries are counted.
+    pub fn len(&self) -> Result<usize> {
+        let gen = self.state()?.active_gen;
+        match self.store.count(&self.name, gen)? {
+            Some(n) => Ok(n as usize),
+            None => Ok(self.store.set_for(&self.name, gen)?.len()),
+        }
+    }
+
+    /// Whether the active generation holds no entries.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
     /// Entries of the active generation in `spec`'s region, in tree order.
     pub fn search(&self, spec: &SearchSpec) -> Result<Vec<Entry>> {
         self.entries()?.search(spec).collect()
@@ -286,8 +348,8 @@ impl Replica {
         let audit = self.store.db.open_tree(audit_tree_name(&self.name))?;
         let audit_on = self.store.audit_on();
         let name = self.name.clone();
-        let stats = (&self.store.replicas, &set.entries, &set.uuids, &audit).transaction(
-            |(replicas, entries, uuids, audit)| {
+        let stats = (&self.store.replicas, &set.entries, &set.uuids, &audit, &self.store.counts).transaction(
+            |(replicas, entries, uuids, audit, counts)| {
                 let tx = TxEntrySet { entries, uuids };
                 let mut stats = ApplyStats::default();
                 for incoming in ops {
@@ -298,6 +360,17 @@ impl Replica {
                         key.extend_from_slice(&op.csn().to_key());
                         if audit.insert(key, &[])?.is_some() {
                             stats.duplicates += 1;
+                        }
+                    }
+                }
+                let delta = stats.entries_delta();
+                if delta != 0 {
+                    let record = counts.get(name.as_bytes())?;
+                    let parsed = record.as_deref().map(parse_count_record).transpose();
+                    if let Some((gen, n)) = parsed.map_err(ConflictableTransactionError::Abort)? {
+                        if gen == state.active_gen {
+                            let n = n.checked_add_signed(delta).unwrap_or(0);
+                            counts.insert(name.as_bytes(), &count_record(gen, n))?;
                         }
                     }
                 }
@@ -567,15 +640,19 @@ impl Shadow {
     }
 
     /// Makes the shadow the active generation with `cookie`, durably, and drops the old
-    /// generation.
-    pub fn finish(self, cookie: Cookie) -> Result<()> {
+    /// generation. Returns the number of entries it holds (counted here, which is also
+    /// how [`Replica::len`] learns it).
+    pub fn finish(self, cookie: Cookie) -> Result<usize> {
         let name = self.replica.name.clone();
         let store = &self.replica.store;
         let mut state = self.replica.state()?;
         if state.shadow != Some(self.gen) {
             return Err(StoreError::StaleShadow(name.to_string()));
         }
-        // The shadow's entries must be on disk before the switch that exposes them.
+        let entries = self.set.len();
+        store.counts.insert(name.as_bytes(), &count_record(self.gen, entries as u64))?;
+        // The shadow's entries (and its count) must be on disk before the switch that
+        // exposes them.
         store.flush()?;
         let old = state.active_gen;
         state.active_gen = self.gen;
@@ -585,7 +662,7 @@ impl Shadow {
         store.put_state(&name, &state)?;
         store.flush()?;
         store.drop_generation(&name, old)?;
-        Ok(())
+        Ok(entries)
     }
 
     /// Discards the shadow; the active generation is untouched.

@@ -387,6 +387,12 @@ proptest! {
             }
             prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-live")), provider_view(&p.dir, &spec));
             prop_assert_eq!(count, live.entries().unwrap().len() as i64, "created - removed tracks the count");
+            // The count the store keeps, for the delta replica (batches, after a reload)
+            // and the live one (one op at a time).
+            for replica in [format!("{name}-delta"), format!("{name}-live")] {
+                let replica = p.replicas.replica(&replica).unwrap();
+                prop_assert_eq!(replica.len().unwrap(), replica.entries().unwrap().len(), "stored count");
+            }
         }
     }
 }
@@ -445,4 +451,58 @@ fn r_point(p: &Pair) -> ResumePoint {
         start: Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() },
         cursor: None,
     }
+}
+
+/// The entry count is kept with the entries: it follows a reload, a delta and single
+/// changes, survives a reopen, and a store that has no count yet (written before counts
+/// were kept) is counted when opened.
+#[test]
+fn the_entry_count_is_kept_across_reloads_deltas_and_reopens() {
+    let p = pair();
+    for c in people_changes() {
+        p.dir.write(&c).unwrap();
+    }
+    let spec = people_spec();
+    let path = p._tmp.1.path().to_owned();
+    let scan = |replicas: &ReplicaStore| replicas.replica("r").unwrap().entries().unwrap().len();
+    assert_eq!(p.replicas.replica("r").unwrap().len().unwrap(), 0, "a new replica");
+    let cookie = full_refresh(&p, "r", &spec);
+    let reloaded = p.replicas.replica("r").unwrap().len().unwrap();
+    assert_eq!(reloaded, scan(&p.replicas));
+    assert!(reloaded > 0);
+    p.dir.write(&delete("uid=a,ou=people,dc=example,dc=com")).unwrap();
+    p.dir.write(&add_person("uid=d,ou=people,dc=example,dc=com")).unwrap();
+    p.dir.write(&add_person("uid=e,ou=people,dc=example,dc=com")).unwrap();
+    delta_refresh(&p, "r", &spec, cookie);
+    assert_eq!(p.replicas.replica("r").unwrap().len().unwrap(), reloaded + 1);
+    assert_eq!(p.replicas.replica("r").unwrap().len().unwrap(), scan(&p.replicas));
+
+    let Pair { _tmp, dir, replicas } = p;
+    replicas.flush().unwrap();
+    drop(replicas);
+    let replicas = ReplicaStore::open(&path).unwrap();
+    assert_eq!(replicas.replica("r").unwrap().len().unwrap(), reloaded + 1, "after a reopen");
+    drop(replicas);
+
+    // A store from before counts were kept: no count record at all.
+    {
+        let db = sled::open(&path).unwrap();
+        assert!(db.drop_tree("replica_counts").unwrap());
+        db.flush().unwrap();
+    }
+    let replicas = ReplicaStore::open(&path).unwrap();
+    assert_eq!(replicas.replica("r").unwrap().len().unwrap(), reloaded + 1, "counted on open");
+    drop(replicas);
+    {
+        let db = sled::open(&path).unwrap();
+        let record = db.open_tree("replica_counts").unwrap().get("r").unwrap().expect("the count was recorded");
+        assert_eq!(record[8..], ((reloaded + 1) as u64).to_be_bytes());
+    }
+    let replicas = ReplicaStore::open(&path).unwrap();
+    let p = Pair { _tmp, dir, replicas };
+    p.dir.write(&add_person("uid=f,ou=people,dc=example,dc=com")).unwrap();
+    let cookie = p.replicas.replica("r").unwrap().cookie().unwrap().unwrap();
+    delta_refresh(&p, "r", &spec, cookie);
+    assert_eq!(p.replicas.replica("r").unwrap().len().unwrap(), reloaded + 2, "and kept from then on");
+    assert_eq!(p.replicas.replica("r").unwrap().len().unwrap(), scan(&p.replicas));
 }
