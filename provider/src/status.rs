@@ -43,7 +43,7 @@ impl ProviderStatus {
         Ok(Self {
             store_id: dir.store_id().to_string(),
             csn: durable.0,
-            entries: dir.entries().len(),
+            entries: dir.entry_count()? as usize,
             changelog: ChangelogStatus {
                 oldest: dir.changelog().oldest()?.map(|c| c.0),
                 newest: dir.changelog().newest()?.map(|c| c.0),

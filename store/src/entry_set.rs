@@ -67,9 +67,11 @@ impl EntrySet {
         Ok(false)
     }
 
-    /// Number of entries: a full scan, for status at start-up and after a reload, never
-    /// per change. It counts the entries tree, not the UUID index, which in a replica
-    /// may still hold the UUID of an entry whose DN a newer one took (see `replica`).
+    /// Number of entries, by a full scan: the stores keep counts for status
+    /// ([`crate::Directory::entry_count`], [`crate::Replica::len`]); this is how a store
+    /// without one is counted once and what tests check those counts against. It counts
+    /// the entries tree, not the UUID index, which in a replica may still hold the UUID
+    /// of an entry whose DN a newer one took (see `replica`).
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -210,3 +210,52 @@ fn concurrent_writers_share_flushes() {
     assert_eq!(csns.len() as u64, d.durable_csn().0, "one record per CSN, none lost");
     assert!(csns.windows(2).all(|w| w[1] == w[0].next()));
 }
+
+/// The entry count the directory keeps follows adds (single and bulk), deletes, renames
+/// and refused writes, survives a reopen, and a store from before it was kept is counted
+/// when opened.
+#[test]
+fn the_entry_count_follows_every_write_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let suffix = dn(SUFFIX);
+    let d = Directory::open(dir.path(), &suffix).unwrap();
+    let checked = |d: &Directory| {
+        let kept = d.entry_count().unwrap();
+        assert_eq!(kept, d.entries().len() as u64, "kept count against a scan");
+        kept
+    };
+    assert_eq!(checked(&d), 0);
+    let bulk: Vec<_> = ["dc=example,dc=com", "ou=people,dc=example,dc=com", "ou=groups,dc=example,dc=com"]
+        .iter()
+        .map(|s| (dn(s), common::attrs(&[("objectClass", "top")])))
+        .collect();
+    d.bulk_add(&bulk).unwrap();
+    assert_eq!(checked(&d), 3);
+    for name in ["a", "b", "c"] {
+        d.write(&add_person(&format!("uid={name},ou=people,dc=example,dc=com"))).unwrap();
+    }
+    assert_eq!(checked(&d), 6);
+    d.write(&moddn("uid=a,ou=people,dc=example,dc=com", "uid=z", Some("ou=groups,dc=example,dc=com"))).unwrap();
+    d.write(&modify("uid=b,ou=people,dc=example,dc=com", ModOp::Add, "mail", &["b@x"])).unwrap();
+    assert_eq!(checked(&d), 6);
+    d.write(&delete("uid=c,ou=people,dc=example,dc=com")).unwrap();
+    refused(&d, delete("uid=c,ou=people,dc=example,dc=com"));
+    refused(&d, add_person("uid=b,ou=people,dc=example,dc=com"));
+    assert_eq!(checked(&d), 5);
+    drop(d);
+    let d = Directory::open(dir.path(), &suffix).unwrap();
+    assert_eq!(checked(&d), 5, "after a reopen");
+    drop(d);
+    {
+        let db = sled::open(dir.path()).unwrap();
+        assert!(db.open_tree("meta").unwrap().remove("entry_count").unwrap().is_some());
+        db.flush().unwrap();
+    }
+    let d = Directory::open(dir.path(), &suffix).unwrap();
+    d.write(&add_person("uid=d,ou=people,dc=example,dc=com")).unwrap();
+    assert_eq!(checked(&d), 6, "counted on open, then kept");
+    drop(d);
+    let db = sled::open(dir.path()).unwrap();
+    let kept = db.open_tree("meta").unwrap().get("entry_count").unwrap().expect("the count was recorded");
+    assert_eq!(kept.as_ref(), 6u64.to_be_bytes());
+}
