@@ -179,6 +179,28 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         Ok(self.frames.write_frame(msg.as_bytes()).await?)
     }
 
+    /// Encodes and writes one message without flushing (see [`FrameWriter::feed_frame`]):
+    /// a run of messages fed and then flushed leaves in one write.
+    pub async fn feed(&mut self, msg: &Message) -> Result<(), WireError> {
+        self.buf.clear();
+        codec::encode_into(msg, &mut self.buf).map_err(WireError::Encode)?;
+        let result = self.frames.feed_frame(&self.buf).await;
+        if self.buf.capacity() > RETAINED_ENCODE_BUFFER {
+            self.buf = Vec::new();
+        }
+        Ok(result?)
+    }
+
+    /// [`MessageWriter::feed`] for a message encoded ahead of time.
+    pub async fn feed_encoded(&mut self, msg: &crate::encoded::EncodedMessage) -> Result<(), WireError> {
+        Ok(self.frames.feed_frame(msg.as_bytes()).await?)
+    }
+
+    /// Writes what was fed and flushes.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        Ok(self.frames.flush().await?)
+    }
+
     /// Flushes and shuts the write side down, so the peer reads a clean end of stream.
     pub async fn shutdown(&mut self) -> Result<(), WireError> {
         Ok(self.frames.shutdown().await?)

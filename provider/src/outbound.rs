@@ -48,6 +48,14 @@ impl Outbound {
         }
     }
 
+    /// Writes it without flushing ([`MessageWriter::feed`]).
+    pub async fn feed<W: AsyncWrite + Unpin>(&self, writer: &mut MessageWriter<W>) -> Result<(), WireError> {
+        match self {
+            Outbound::Message(m) => writer.feed(m).await,
+            Outbound::Encoded(m) => writer.feed_encoded(m).await,
+        }
+    }
+
     /// The message it is, decoding an encoded one (for tests and checks).
     pub fn into_message(self) -> Result<Message, tether_protocol::CodecError> {
         match self {

@@ -104,8 +104,9 @@ impl ConsumerRequest {
     }
 }
 
-/// Owns the write half: sends queued messages, each within `limit`, and cancels
-/// `failed` if the consumer stops reading or the socket breaks.
+/// Owns the write half: sends queued messages, each write within `limit`, and cancels
+/// `failed` if the consumer stops reading or the socket breaks. Messages queued together
+/// (a group commit's changes, say) are written together and flushed once.
 async fn writer_loop<W: AsyncWrite + Unpin>(
     mut writer: MessageWriter<W>,
     mut queue: mpsc::Receiver<Outbound>,
@@ -113,15 +114,29 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     failed: CancellationToken,
     drained: Arc<Notify>,
 ) {
-    while let Some(msg) = queue.recv().await {
-        match tokio::time::timeout(limit, msg.send(&mut writer)).await {
-            Ok(Ok(())) => drained.notify_one(),
-            Ok(Err(e)) => {
+    while let Some(first) = queue.recv().await {
+        let mut next = Some(first);
+        let mut written = Ok(());
+        while let Some(msg) = next.take() {
+            written = within(limit, msg.feed(&mut writer)).await;
+            if written.is_err() {
+                break;
+            }
+            // Out of the queue: a refresh waiting for room can queue its next batch.
+            drained.notify_one();
+            next = queue.try_recv().ok();
+        }
+        if written.is_ok() {
+            written = within(limit, writer.flush()).await;
+        }
+        match written {
+            Ok(()) => {}
+            Err(WriteStop::Failed(e)) => {
                 debug!(error = %e, "write failed");
                 failed.cancel();
                 return;
             }
-            Err(_) => {
+            Err(WriteStop::Stalled) => {
                 warn!(limit = ?limit, "consumer stopped reading; dropping it");
                 failed.cancel();
                 return;
@@ -129,6 +144,26 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ = tokio::time::timeout(GOODBYE_GRACE, writer.shutdown()).await;
+}
+
+/// Why the writer task stopped writing.
+enum WriteStop {
+    /// The socket failed.
+    Failed(tether_protocol::connection::WireError),
+    /// A write did not finish within the limit: the consumer stopped reading.
+    Stalled,
+}
+
+/// Runs one write with a time limit.
+async fn within(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), tether_protocol::connection::WireError>>,
+) -> Result<(), WriteStop> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteStop::Failed(e)),
+        Err(_) => Err(WriteStop::Stalled),
+    }
 }
 
 /// The session's mutable state.
@@ -145,8 +180,9 @@ struct Session<'a, R> {
     last_recorded: Option<Instant>,
     /// Cancelled by the writer task when the socket is unusable.
     failed: CancellationToken,
-    /// Notified by the writer task after each message it sent, so a refresh waiting for
-    /// its queued batches to drain below [`REFRESH_IN_FLIGHT`] wakes up.
+    /// Notified by the writer task after each message it took from the queue, so a
+    /// refresh waiting for its queued batches to drain below [`REFRESH_IN_FLIGHT`] wakes
+    /// up.
     drained: Arc<Notify>,
 }
 
@@ -486,4 +522,58 @@ fn keepalive_ticker(interval: Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Mutex as StdMutex;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A stream recording every write it takes, shared with the test.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<StdMutex<Vec<Vec<u8>>>>);
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Messages queued together leave in one write, in order, and each one taken from
+    /// the queue wakes a refresh waiting for room.
+    #[tokio::test]
+    async fn the_writer_sends_what_was_queued_together_in_one_write() {
+        let stream = Recorder::default();
+        let (tx, rx) = mpsc::channel(64);
+        for seq in 0..20 {
+            tx.send(Outbound::from(Message::Ping { seq })).await.unwrap();
+        }
+        drop(tx);
+        let drained = Arc::new(Notify::new());
+        let failed = CancellationToken::new();
+        let writer = MessageWriter::new(stream.clone());
+        writer_loop(writer, rx, Duration::from_secs(5), failed.clone(), Arc::clone(&drained)).await;
+        assert!(!failed.is_cancelled());
+        let writes = stream.0.lock().unwrap().clone();
+        assert_eq!(writes.len(), 1, "twenty queued pings took {} writes", writes.len());
+        let mut reader = MessageReader::new(&writes[0][..]);
+        for seq in 0..20 {
+            assert_eq!(reader.recv().await.unwrap(), Some(Message::Ping { seq }));
+        }
+        assert_eq!(reader.recv().await.unwrap(), None);
+        // A permit was left for a refresh that waits for room.
+        tokio::time::timeout(Duration::from_secs(5), drained.notified()).await.unwrap();
+    }
 }
