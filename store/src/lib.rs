@@ -9,7 +9,7 @@
 //! ## Layout
 //! - [`error`]: refusals by the directory rules vs storage failures.
 //! - [`entry_set`]: entries clustered by DN in tree order, plus the UUID index; search.
-//! - [`rules`] (private): what a write may do and the state it leads to.
+//! - `rules` (private): what a write may do and the state it leads to.
 //! - [`changelog`]: change records by CSN, coalesced deltas, retention policy.
 //! - [`durability`]: group commit and the durable-CSN watch that wakes sessions.
 //! - [`pins`]: what running refreshes still need from the changelog, which trimming keeps.
