@@ -164,19 +164,15 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     /// Not cancellation-safe (see [`FrameWriter::write_frame`]): let each send finish,
     /// or close the connection.
     pub async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
-        self.buf.clear();
-        codec::encode_into(msg, &mut self.buf).map_err(WireError::Encode)?;
-        let result = self.frames.write_frame(&self.buf).await;
-        if self.buf.capacity() > RETAINED_ENCODE_BUFFER {
-            self.buf = Vec::new();
-        }
-        Ok(result?)
+        self.feed(msg).await?;
+        self.flush().await
     }
 
     /// Sends one message encoded ahead of time (see [`crate::encoded`]), flushed. Not
     /// cancellation-safe, as [`MessageWriter::send`].
     pub async fn send_encoded(&mut self, msg: &crate::encoded::EncodedMessage) -> Result<(), WireError> {
-        Ok(self.frames.write_frame(msg.as_bytes()).await?)
+        self.feed_encoded(msg).await?;
+        self.flush().await
     }
 
     /// Encodes and writes one message without flushing (see [`FrameWriter::feed_frame`]):
