@@ -59,3 +59,39 @@ pub fn base_tree() -> Vec<Change> {
         add_ou("ou=groups,dc=example,dc=com"),
     ]
 }
+
+/// Opens a store that was just closed. sled lets go of its folder lock when its
+/// background I/O drops the last reference to the file, a moment after the last handle
+/// is dropped, so an open at once can still find the folder locked: `locked` says which
+/// errors mean that. Polls until the open succeeds, for at most ten seconds.
+pub fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>, locked: impl Fn(&E) -> bool) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(store) => return store,
+            Err(e) if locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("reopening the store: {e:?}"),
+        }
+    }
+}
+
+/// [`reopen`] for a consumer store.
+pub fn reopen_replicas(path: &std::path::Path) -> tether_store::ReplicaStore {
+    reopen(|| tether_store::ReplicaStore::open(path), |e| matches!(e, tether_store::StoreError::Locked(_)))
+}
+
+/// [`reopen`] for a provider store.
+pub fn reopen_directory(path: &std::path::Path, suffix: &Dn) -> tether_store::Directory {
+    reopen(|| tether_store::Directory::open(path, suffix), |e| matches!(e, tether_store::StoreError::Locked(_)))
+}
+
+/// [`reopen`] for the sled database underneath, to look at or alter it as an older
+/// version would have left it.
+pub fn reopen_sled(path: &std::path::Path) -> sled::Db {
+    reopen(
+        || sled::open(path),
+        |e| matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")),
+    )
+}

@@ -147,13 +147,20 @@ fn state_survives_reopen_and_csns_continue() {
         }
         (d.store_id(), d.durable_csn())
     };
-    let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
+    let d = reopen_directory(dir.path(), &dn(SUFFIX));
     assert_eq!(d.store_id(), id);
     assert_eq!(d.durable_csn(), last);
     let next = d.write(&add_person("uid=c,ou=people,dc=example,dc=com")).unwrap();
     assert_eq!(next.csn, last.next());
     drop(d);
-    assert!(matches!(Directory::open(dir.path(), &dn("dc=other")), Err(StoreError::SuffixMismatch { .. })));
+    let other = reopen(
+        || match Directory::open(dir.path(), &dn("dc=other")) {
+            Err(StoreError::Locked(path)) => Err(path),
+            other => Ok(other),
+        },
+        |_| true,
+    );
+    assert!(matches!(other, Err(StoreError::SuffixMismatch { .. })));
 }
 
 #[test]
@@ -243,19 +250,19 @@ fn the_entry_count_follows_every_write_and_reopen() {
     refused(&d, add_person("uid=b,ou=people,dc=example,dc=com"));
     assert_eq!(checked(&d), 5);
     drop(d);
-    let d = Directory::open(dir.path(), &suffix).unwrap();
+    let d = reopen_directory(dir.path(), &suffix);
     assert_eq!(checked(&d), 5, "after a reopen");
     drop(d);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen_sled(dir.path());
         assert!(db.open_tree("meta").unwrap().remove("entry_count").unwrap().is_some());
         db.flush().unwrap();
     }
-    let d = Directory::open(dir.path(), &suffix).unwrap();
+    let d = reopen_directory(dir.path(), &suffix);
     d.write(&add_person("uid=d,ou=people,dc=example,dc=com")).unwrap();
     assert_eq!(checked(&d), 6, "counted on open, then kept");
     drop(d);
-    let db = sled::open(dir.path()).unwrap();
+    let db = reopen_sled(dir.path());
     let kept = db.open_tree("meta").unwrap().get("entry_count").unwrap().expect("the count was recorded");
     assert_eq!(kept.as_ref(), 6u64.to_be_bytes());
 }

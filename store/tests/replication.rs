@@ -240,7 +240,7 @@ fn an_unfinished_shadow_is_discarded_on_reopen() {
         store.flush().unwrap();
         drop(shadow); // no Drop impl: dropping is not an abort, like a crash
     }
-    let store = ReplicaStore::open(path.path()).unwrap();
+    let store = reopen_replicas(path.path());
     assert_eq!(store.replica("s").unwrap().state().unwrap().shadow, None);
     assert_eq!(replica_view(&store, "s"), before);
 }
@@ -422,7 +422,7 @@ fn a_shadow_with_a_resume_point_survives_reopen_and_is_continued() {
         store.flush().unwrap();
         drop(shadow); // like a crash
     }
-    let store = ReplicaStore::open(path.path()).unwrap();
+    let store = reopen_replicas(path.path());
     let r = store.replica("s").unwrap();
     assert_eq!(r.resume_point(&spec).unwrap(), Some(resume), "the resume point outlives the process");
     assert_eq!(r.resume_point(&SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap())).unwrap(), None);
@@ -480,25 +480,25 @@ fn the_entry_count_is_kept_across_reloads_deltas_and_reopens() {
     let Pair { _tmp, dir, replicas } = p;
     replicas.flush().unwrap();
     drop(replicas);
-    let replicas = ReplicaStore::open(&path).unwrap();
+    let replicas = reopen_replicas(&path);
     assert_eq!(replicas.replica("r").unwrap().len().unwrap(), reloaded + 1, "after a reopen");
     drop(replicas);
 
     // A store from before counts were kept: no count record at all.
     {
-        let db = sled::open(&path).unwrap();
+        let db = reopen_sled(&path);
         assert!(db.drop_tree("replica_counts").unwrap());
         db.flush().unwrap();
     }
-    let replicas = ReplicaStore::open(&path).unwrap();
+    let replicas = reopen_replicas(&path);
     assert_eq!(replicas.replica("r").unwrap().len().unwrap(), reloaded + 1, "counted on open");
     drop(replicas);
     {
-        let db = sled::open(&path).unwrap();
+        let db = reopen_sled(&path);
         let record = db.open_tree("replica_counts").unwrap().get("r").unwrap().expect("the count was recorded");
         assert_eq!(record[8..], ((reloaded + 1) as u64).to_be_bytes());
     }
-    let replicas = ReplicaStore::open(&path).unwrap();
+    let replicas = reopen_replicas(&path);
     let p = Pair { _tmp, dir, replicas };
     p.dir.write(&add_person("uid=f,ou=people,dc=example,dc=com")).unwrap();
     let cookie = p.replicas.replica("r").unwrap().cookie().unwrap().unwrap();
