@@ -11,12 +11,8 @@ use tether_provider::config::ProviderConfig;
 use tether_provider::{client, daemon, load, status::ProviderStatus};
 use tether_store::Directory;
 
-/// mimalloc (built without transparent huge pages) instead of glibc's malloc: the store
-/// and the codec allocate and free per entry from several threads, where glibc kept
-/// freed memory in per-thread arenas and spent a tenth of the time in `malloc`/`free`.
-/// Measured with `tether-bench` (docs/benchmarks.md): a 100,000-entry refresh 35-46k ->
-/// 50-57k entries/s, and at a million entries 28.6k -> 39.7k entries/s with the
-/// consumer's peak RSS 302 -> 208 MiB; the offline load of a million entries 122 -> 55 s.
+/// mimalloc (without transparent huge pages) instead of glibc's malloc, in both
+/// binaries: why, and what it changed, in docs/architecture.md and docs/benchmarks.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
