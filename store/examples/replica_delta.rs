@@ -12,6 +12,10 @@ use std::time::Instant;
 use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, StoreId, Value};
 use tether_store::{ReplicaStore, StoreOptions};
 
+/// The binaries' allocator, so the profile is theirs (glibc's malloc would be a quarter of it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Entries per apply, as the provider's delta batches.
 const BATCH: usize = 500;
 

@@ -433,7 +433,11 @@ impl Replica {
         state.shadow = Some(gen);
         self.store.put_state(&self.name, &state)?;
         let set = self.store.set_for(&self.name, gen)?;
-        Ok(Shadow { replica: self.clone(), gen, set, kind, received: 0 })
+        // A new generation's trees are empty (generation numbers are never reused, and a
+        // shadow's trees are dropped with it); checked anyway, one key, so that a count
+        // started at zero is never wrong.
+        let entries = set.is_empty().then_some(0);
+        Ok(Shadow { replica: self.clone(), gen, set, kind, received: 0, entries })
     }
 
     /// Discards an unfinished shadow, if any (a refresh that will not be continued).
@@ -472,7 +476,16 @@ impl Replica {
             return Err(StoreError::StaleShadow(self.name.to_string()));
         };
         let set = self.store.set_for(&self.name, gen)?;
-        Ok(Shadow { replica: self.clone(), gen, set, kind: progress.resume.kind, received: progress.received })
+        // What it holds is not known without counting: data written after its last resume
+        // point survives a crash and is sent again. Counted when it is swapped in.
+        Ok(Shadow {
+            replica: self.clone(),
+            gen,
+            set,
+            kind: progress.resume.kind,
+            received: progress.received,
+            entries: None,
+        })
     }
 }
 
@@ -538,6 +551,10 @@ pub struct Shadow {
     kind: RefreshKind,
     /// Entries received into it so far, across resumptions (see [`ShadowProgress`]).
     received: u64,
+    /// The entries it holds, kept from each apply's counts while that is exact: from an
+    /// empty start within one session. `None` for a resumed shadow, counted by a scan in
+    /// [`Shadow::finish`] (a scan of a million entries takes a second and more).
+    entries: Option<u64>,
 }
 
 impl Shadow {
@@ -548,7 +565,7 @@ impl Shadow {
 
     /// Entries written to the shadow so far.
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.entries.map_or_else(|| self.set.len(), |n| n as usize)
     }
 
     /// Whether nothing was written yet.
@@ -587,6 +604,7 @@ impl Shadow {
             Ok(stats)
         })?;
         self.received += ops.iter().filter(|op| matches!(op.op(), ReplOp::Upsert(_))).count() as u64;
+        self.count(&stats);
         Ok(stats)
     }
 
@@ -617,7 +635,15 @@ impl Shadow {
         self.set.entries.apply_batch(entries)?;
         let n = ops.len() as u64;
         self.received += n;
-        Ok(ApplyStats { applied: n, created: n, ..ApplyStats::default() })
+        let stats = ApplyStats { applied: n, created: n, ..ApplyStats::default() };
+        self.count(&stats);
+        Ok(stats)
+    }
+
+    /// Moves the kept count by what an apply did.
+    fn count(&mut self, stats: &ApplyStats) {
+        // Fewer than none would mean the count is wrong: the swap counts instead.
+        self.entries = self.entries.and_then(|n| n.checked_add_signed(stats.entries_delta()));
     }
 
     /// Copies entries the provider named as unchanged from the active generation. Fails
@@ -640,8 +666,8 @@ impl Shadow {
     }
 
     /// Makes the shadow the active generation with `cookie`, durably, and drops the old
-    /// generation. Returns the number of entries it holds (counted here, which is also
-    /// how [`Replica::len`] learns it).
+    /// generation. Returns the number of entries it holds, which is also how
+    /// [`Replica::len`] learns it.
     pub fn finish(self, cookie: Cookie) -> Result<usize> {
         let name = self.replica.name.clone();
         let store = &self.replica.store;
@@ -649,7 +675,7 @@ impl Shadow {
         if state.shadow != Some(self.gen) {
             return Err(StoreError::StaleShadow(name.to_string()));
         }
-        let entries = self.set.len();
+        let entries = self.len();
         store.counts.insert(name.as_bytes(), &count_record(self.gen, entries as u64))?;
         // The shadow's entries (and its count) must be on disk before the switch that
         // exposes them.
