@@ -3,8 +3,10 @@
 //! while the process runs.
 
 use tether_protocol::control::{read_request, respond, ControlError, ControlRequest, ControlResponse};
-use tether_protocol::{frame, ldif};
-use tether_store::ReplicaStore;
+use tether_protocol::frame::FrameWriter;
+use tether_protocol::{frame, ldif, SearchSpec};
+use tether_store::entry_set::DnKey;
+use tether_store::{Replica, ReplicaStore};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +23,9 @@ const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest output chunk: far under the frame limit, so the LDIF of a replica of any
 /// size (a 100 000-entry one is about 50 MiB) streams instead of failing.
 const OUTPUT_CHUNK: usize = 1 << 20;
+
+/// Entries per page of a search's output.
+const SEARCH_PAGE: usize = 500;
 
 /// `text` in pieces of at most `max` bytes (more only for a single longer line), cut
 /// after a newline where there is one.
@@ -69,18 +74,80 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: Cancel
     tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
 }
 
-/// Canonical LDIF of the entries of `name`'s replica in `spec`.
-pub fn search_text(store: &ReplicaStore, name: &str, spec: &tether_protocol::SearchSpec) -> Result<String, String> {
-    if !store.names().map_err(|e| e.to_string())?.iter().any(|n| n == name) {
-        return Err(format!("no agreement named {name:?}"));
+/// The canonical LDIF of the entries of a replica in a region, a page of
+/// [`SEARCH_PAGE`] entries at a time: a search holds one page, not the replica (the whole
+/// LDIF of a million entries took the consumer to 3 GiB). Each page is read from the
+/// generation active at that moment, after the last DN returned, as a provider's search
+/// reads through concurrent writes; a reload swapped in mid-search continues in the new
+/// generation.
+#[derive(Debug)]
+pub struct SearchPages {
+    replica: Replica,
+    spec: SearchSpec,
+    /// Where the next page starts; `None` at the start.
+    after: Option<DnKey>,
+    /// The last page was read.
+    done: bool,
+}
+
+impl SearchPages {
+    /// A search of agreement `name`'s replica; fails if there is no such agreement.
+    pub fn open(store: &ReplicaStore, name: &str, spec: SearchSpec) -> Result<Self, String> {
+        if !store.names().map_err(|e| e.to_string())?.iter().any(|n| n == name) {
+            return Err(format!("no agreement named {name:?}"));
+        }
+        let replica = store.replica(name).map_err(|e| e.to_string())?;
+        Ok(Self { replica, spec, after: None, done: false })
     }
-    let replica = store.replica(name).map_err(|e| e.to_string())?;
-    let entries = replica.search(spec).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for e in &entries {
-        ldif::writer::write_entry(&mut out, &e.dn, &e.attrs).map_err(|e| e.to_string())?;
+
+    /// The LDIF of the next page, `None` once the region is exhausted. Reads the store:
+    /// call it off the async threads.
+    pub fn next_page(&mut self) -> Result<Option<String>, String> {
+        if self.done {
+            return Ok(None);
+        }
+        let entries = self.replica.entries().map_err(|e| e.to_string())?;
+        let (page, next) =
+            entries.search_page(&self.spec, self.after.as_deref(), SEARCH_PAGE).map_err(|e| e.to_string())?;
+        self.done = next.is_none();
+        self.after = next;
+        let mut out = Vec::new();
+        for e in &page {
+            ldif::writer::write_entry(&mut out, &e.dn, &e.attrs).map_err(|e| e.to_string())?;
+        }
+        String::from_utf8(out).map(Some).map_err(|e| e.to_string())
     }
-    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+/// Answers a search with its pages as they are read, then `Done`, or `Error` where a
+/// page fails (after the pages before it).
+async fn stream_search<W>(writer: &mut FrameWriter<W>, mut pages: SearchPages) -> Result<(), ControlError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let read = tokio::task::spawn_blocking(move || {
+            let page = pages.next_page();
+            (pages, page)
+        })
+        .await;
+        let page = match read {
+            Ok((rest, page)) => {
+                pages = rest;
+                page
+            }
+            Err(e) => return respond(writer, &ControlResponse::Error(format!("search: {e}"))).await,
+        };
+        match page {
+            Ok(Some(text)) => {
+                for chunk in output_chunks(&text, OUTPUT_CHUNK) {
+                    respond(writer, &ControlResponse::Output(chunk.to_owned())).await?;
+                }
+            }
+            Ok(None) => return respond(writer, &ControlResponse::Done).await,
+            Err(e) => return respond(writer, &ControlResponse::Error(e)).await,
+        }
+    }
 }
 
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
@@ -107,13 +174,8 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                     }
                 }
             };
-            match name {
-                Ok(name) => {
-                    let store = ctx.store.clone();
-                    tokio::task::spawn_blocking(move || search_text(&store, &name, &spec))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()))
-                }
+            match name.and_then(|name| SearchPages::open(&ctx.store, &name, spec)) {
+                Ok(pages) => return stream_search(&mut writer, pages).await,
                 Err(e) => Err(e),
             }
         }
@@ -163,7 +225,55 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
 
 #[cfg(test)]
 mod tests {
+    use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, StoreId, Value};
+
     use super::*;
+
+    fn person(i: usize) -> Entry {
+        let mut attrs = Attributes::new();
+        attrs.add("objectClass", [Value::from("person")]).unwrap();
+        attrs.add("cn", [Value::from(format!("Person {i}"))]).unwrap();
+        attrs.add("sn", [Value::from(if i % 2 == 0 { "even" } else { "odd" })]).unwrap();
+        let dn = Dn::parse(&format!("cn=Person {i},dc=example,dc=com")).unwrap();
+        Entry { dn, uuid: EntryUuid::new_random(), csn: Csn(1), attrs }
+    }
+
+    fn dns(ldif: &str) -> usize {
+        ldif.lines().filter(|l| l.starts_with("dn:")).count()
+    }
+
+    #[test]
+    fn a_search_comes_a_page_at_a_time_and_adds_up_to_the_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&(0..1_200).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
+        shadow.finish(Cookie { store_id: StoreId::new_random(), csn: Csn(1) }).unwrap();
+
+        for (filter, sizes) in [("(objectClass=*)", vec![500, 500, 200]), ("(sn=odd)", vec![500, 100])] {
+            let spec = SearchSpec {
+                filter: filter.parse().unwrap(),
+                ..SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap())
+            };
+            let mut pages = SearchPages::open(&store, "people", spec.clone()).unwrap();
+            let (mut got, mut all) = (Vec::new(), String::new());
+            while let Some(page) = pages.next_page().unwrap() {
+                got.push(dns(&page));
+                all.push_str(&page);
+            }
+            assert_eq!(got, sizes, "{filter}: entries per page");
+            assert_eq!(pages.next_page().unwrap(), None, "{filter}: and nothing after the end");
+            let mut whole = Vec::new();
+            for e in replica.search(&spec).unwrap() {
+                ldif::writer::write_entry(&mut whole, &e.dn, &e.attrs).unwrap();
+            }
+            assert_eq!(all, String::from_utf8(whole).unwrap(), "{filter}: the pages add up to the search");
+        }
+        let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
+        let err = SearchPages::open(&store, "nobody", spec).unwrap_err();
+        assert!(err.contains("no agreement named \"nobody\""), "{err}");
+    }
 
     #[test]
     fn output_is_cut_after_newlines_and_keeps_every_byte() {

@@ -1,5 +1,6 @@
 //! `tether-consumer`: run replication agreements and steer them.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -191,7 +192,11 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let store = open_offline(&config)?;
-            print!("{}", control::search_text(&store, &name, &spec).map_err(anyhow::Error::msg)?);
+            let mut pages = control::SearchPages::open(&store, &name, spec).map_err(anyhow::Error::msg)?;
+            let mut out = std::io::stdout().lock();
+            while let Some(page) = pages.next_page().map_err(anyhow::Error::msg)? {
+                out.write_all(page.as_bytes()).context("writing the search output")?;
+            }
             Ok(())
         }
     }
