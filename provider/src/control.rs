@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tether_protocol::control::{read_request, respond, ControlRequest, ControlResponse};
 use tether_protocol::frame;
-use tether_protocol::ldif;
+use tether_protocol::{ldif, SearchSpec};
 use tether_store::Directory;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,23 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: Cancel
     tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
 }
 
+/// The LDIF of the page of `spec` after the DN key `after`, and the key the next page
+/// starts after (`None` at the end). Reads the store and renders up to [`SEARCH_CHUNK`]
+/// entries: run it off the async threads, which carry the replication sessions.
+fn search_page_text(
+    dir: &Directory,
+    spec: &SearchSpec,
+    after: Option<&[u8]>,
+) -> Result<(String, Option<Vec<u8>>), String> {
+    let (page, next) = dir.entries().search_page(spec, after, SEARCH_CHUNK).map_err(|e| e.to_string())?;
+    let mut text = Vec::new();
+    for e in &page {
+        // Writing to a Vec cannot fail.
+        let _ = ldif::writer::write_entry(&mut text, &e.dn, &e.attrs);
+    }
+    Ok((String::from_utf8_lossy(&text).into_owned(), next))
+}
+
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader).await?;
@@ -56,20 +73,19 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
         ControlRequest::Search { spec, .. } => {
             let mut cursor: Option<Vec<u8>> = None;
             loop {
-                let (page, next) = match ctx.dir.entries().search_page(&spec, cursor.as_deref(), SEARCH_CHUNK) {
+                let (dir, region, after) = (ctx.dir.clone(), spec.clone(), cursor.take());
+                let page = tokio::task::spawn_blocking(move || search_page_text(&dir, &region, after.as_deref()))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("search: {e}")));
+                let (text, next) = match page {
                     Ok(p) => p,
                     Err(e) => {
-                        respond(&mut writer, &ControlResponse::Error(e.to_string())).await?;
+                        respond(&mut writer, &ControlResponse::Error(e)).await?;
                         return Ok(());
                     }
                 };
-                let mut text = Vec::new();
-                for e in &page {
-                    // Writing to a Vec cannot fail.
-                    let _ = ldif::writer::write_entry(&mut text, &e.dn, &e.attrs);
-                }
                 if !text.is_empty() {
-                    respond(&mut writer, &ControlResponse::Output(String::from_utf8_lossy(&text).into_owned())).await?;
+                    respond(&mut writer, &ControlResponse::Output(text)).await?;
                 }
                 match next {
                     Some(k) => cursor = Some(k),
