@@ -8,9 +8,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use tether_protocol::{
-    Change, Cookie, Csn, Dn, Entry, Filter, ModOp, RefreshKind, ReplOp, ResumePoint, Scope, SearchSpec,
-};
+use tether_protocol::{Cookie, Csn, Dn, Entry, Filter, ModOp, RefreshKind, ReplOp, ResumePoint, Scope, SearchSpec};
 use tether_store::{Directory, ReplicaStore, RetentionPolicy, StoreError};
 
 struct Pair {
@@ -92,20 +90,20 @@ fn delta_refresh(p: &Pair, name: &str, spec: &SearchSpec, from: Cookie) -> Cooki
     cookie
 }
 
-fn people_changes() -> Vec<Change> {
-    vec![
-        add_person("uid=a,ou=people,dc=example,dc=com"),
-        add_person("uid=b,ou=people,dc=example,dc=com"),
-        add_person("uid=c,ou=groups,dc=example,dc=com"),
-    ]
+/// A [`pair`] whose directory holds two people and, outside `ou=people`, a third.
+fn people_pair() -> Pair {
+    let p = pair();
+    for d in
+        ["uid=a,ou=people,dc=example,dc=com", "uid=b,ou=people,dc=example,dc=com", "uid=c,ou=groups,dc=example,dc=com"]
+    {
+        p.dir.write(&add_person(d)).unwrap();
+    }
+    p
 }
 
 #[test]
 fn delta_coalesces_to_latest_state_and_follows_moves_across_scope() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     let spec = people_spec();
     let cookie = full_refresh(&p, "people", &spec);
     assert_eq!(replica_view(&p.replicas, "people"), provider_view(&p.dir, &spec));
@@ -146,10 +144,7 @@ fn delta_coalesces_to_latest_state_and_follows_moves_across_scope() {
 
 #[test]
 fn applying_the_same_batch_twice_equals_once() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     let ops: Vec<ReplOp> = p.dir.search(&people_spec()).map(|e| ReplOp::Upsert(e.unwrap())).collect();
     let r = p.replicas.replica("x").unwrap();
     let first = r.apply(&ops, None).unwrap();
@@ -171,10 +166,7 @@ fn applying_the_same_batch_twice_equals_once() {
 
 #[test]
 fn the_apply_audit_detects_a_change_applied_twice() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     p.replicas.set_audit(true);
     let r = p.replicas.replica("audited").unwrap();
     let ops: Vec<ReplOp> = p.dir.search(&people_spec()).map(|e| ReplOp::Upsert(e.unwrap())).collect();
@@ -191,10 +183,7 @@ fn the_apply_audit_detects_a_change_applied_twice() {
 
 #[test]
 fn shadow_is_invisible_until_finished_and_abort_keeps_the_old_replica() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     let spec = people_spec();
     let cookie = full_refresh(&p, "s", &spec);
     let before = replica_view(&p.replicas, "s");
@@ -225,10 +214,7 @@ fn shadow_is_invisible_until_finished_and_abort_keeps_the_old_replica() {
 
 #[test]
 fn an_unfinished_shadow_is_discarded_on_reopen() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     full_refresh(&p, "s", &people_spec());
     let before = replica_view(&p.replicas, "s");
     let path = tempfile::tempdir().unwrap();
@@ -248,10 +234,7 @@ fn an_unfinished_shadow_is_discarded_on_reopen() {
 
 #[test]
 fn plan_refresh_follows_cookie_and_retention() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     assert_eq!(p.dir.plan_refresh(None).unwrap(), RefreshKind::Full);
     let foreign = Cookie { store_id: tether_protocol::StoreId::new_random(), csn: Csn(1) };
     assert_eq!(p.dir.plan_refresh(Some(&foreign)).unwrap(), RefreshKind::Full);
@@ -270,10 +253,7 @@ fn plan_refresh_follows_cookie_and_retention() {
 
 #[test]
 fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     let newest = p.dir.durable_csn();
     p.dir.record_consumer("slow", Csn(2)).unwrap();
     let far_future = tether_store_now() + 10 * 24 * 3600 * 1000;
@@ -400,10 +380,7 @@ proptest! {
 
 #[test]
 fn a_shadow_with_a_resume_point_survives_reopen_and_is_continued() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     let spec = people_spec();
     let entries: Vec<Entry> = p.dir.search(&spec).map(|e| e.unwrap()).collect();
     let (first, rest) = entries.split_at(entries.len() / 2);
@@ -454,10 +431,7 @@ fn a_shadow_with_a_resume_point_survives_reopen_and_is_continued() {
 /// written unchecked, then a catch-up that deletes, adds, renames and repeats entries.
 #[test]
 fn a_reload_knows_how_many_entries_it_holds() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     let spec = people_spec();
     let start = Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() };
     let scanned: Vec<Entry> = p.dir.search(&spec).map(|e| e.unwrap()).collect();
@@ -504,10 +478,7 @@ fn r_point(p: &Pair) -> ResumePoint {
 /// were kept) is counted when opened.
 #[test]
 fn the_entry_count_is_kept_across_reloads_deltas_and_reopens() {
-    let p = pair();
-    for c in people_changes() {
-        p.dir.write(&c).unwrap();
-    }
+    let p = people_pair();
     let spec = people_spec();
     let path = p._tmp.1.path().to_owned();
     let scan = |replicas: &ReplicaStore| replicas.replica("r").unwrap().entries().unwrap().len();
