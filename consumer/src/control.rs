@@ -2,8 +2,9 @@
 //! `search`, `stop`/`start`/`restart NAME`, `reload` and `wait` (until a CSN is durable)
 //! while the process runs.
 
-use tether_protocol::control::{read_request, respond, ControlError, ControlRequest, ControlResponse};
-use tether_protocol::frame::FrameWriter;
+use tether_protocol::control::{
+    read_request, respond, respond_paged, respond_text, ControlError, ControlRequest, ControlResponse,
+};
 use tether_protocol::{frame, ldif, SearchSpec};
 use tether_store::entry_set::DnKey;
 use tether_store::{Replica, ReplicaStore};
@@ -20,35 +21,8 @@ use crate::supervisor::Command;
 /// when the consumer shuts down, so none may be unbounded.
 const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Largest output chunk: far under the frame limit, so the LDIF of a replica of any
-/// size (a 100 000-entry one is about 50 MiB) streams instead of failing.
-const OUTPUT_CHUNK: usize = 1 << 20;
-
 /// Entries per page of a search's output.
 const SEARCH_PAGE: usize = 500;
-
-/// `text` in pieces of at most `max` bytes (more only for a single longer line), cut
-/// after a newline where there is one.
-fn output_chunks(text: &str, max: usize) -> impl Iterator<Item = &str> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut end = rest.len().min(max.max(1));
-        if end < rest.len() {
-            // Bytes, not `str` slicing: `end` may fall inside a character; a newline
-            // byte never does.
-            end = match rest.as_bytes()[..end].iter().rposition(|&b| b == b'\n') {
-                Some(nl) => nl + 1,
-                None => rest.find('\n').map_or(rest.len(), |nl| nl + 1),
-            };
-        }
-        let (head, tail) = rest.split_at(end);
-        rest = tail;
-        Some(head)
-    })
-}
 
 /// What the control endpoint can reach.
 #[derive(Debug, Clone)]
@@ -119,37 +93,6 @@ impl SearchPages {
     }
 }
 
-/// Answers a search with its pages as they are read, then `Done`, or `Error` where a
-/// page fails (after the pages before it).
-async fn stream_search<W>(writer: &mut FrameWriter<W>, mut pages: SearchPages) -> Result<(), ControlError>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        let read = tokio::task::spawn_blocking(move || {
-            let page = pages.next_page();
-            (pages, page)
-        })
-        .await;
-        let page = match read {
-            Ok((rest, page)) => {
-                pages = rest;
-                page
-            }
-            Err(e) => return respond(writer, &ControlResponse::Error(format!("search: {e}"))).await,
-        };
-        match page {
-            Ok(Some(text)) => {
-                for chunk in output_chunks(&text, OUTPUT_CHUNK) {
-                    respond(writer, &ControlResponse::Output(chunk.to_owned())).await?;
-                }
-            }
-            Ok(None) => return respond(writer, &ControlResponse::Done).await,
-            Err(e) => return respond(writer, &ControlResponse::Error(e)).await,
-        }
-    }
-}
-
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader).await?;
@@ -175,7 +118,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                 }
             };
             match name.and_then(|name| SearchPages::open(&ctx.store, &name, spec)) {
-                Ok(pages) => return stream_search(&mut writer, pages).await,
+                Ok(mut pages) => return respond_paged(&mut writer, move || pages.next_page()).await,
                 Err(e) => Err(e),
             }
         }
@@ -207,9 +150,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
     };
     match reply {
         Ok(text) => {
-            for chunk in output_chunks(&text, OUTPUT_CHUNK) {
-                respond(&mut writer, &ControlResponse::Output(chunk.to_owned())).await?;
-            }
+            respond_text(&mut writer, &text).await?;
             respond(&mut writer, &ControlResponse::Done).await
         }
         Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await,
@@ -273,17 +214,5 @@ mod tests {
         let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
         let err = SearchPages::open(&store, "nobody", spec).unwrap_err();
         assert!(err.contains("no agreement named \"nobody\""), "{err}");
-    }
-
-    #[test]
-    fn output_is_cut_after_newlines_and_keeps_every_byte() {
-        let text = "dn: a\ncn: æøå\n\ndn: b\n";
-        for max in [1, 3, 7, 12, 100] {
-            let parts: Vec<&str> = output_chunks(text, max).collect();
-            assert_eq!(parts.concat(), text, "max {max}");
-            assert!(parts.iter().all(|p| p.ends_with('\n')), "max {max}: {parts:?}");
-        }
-        assert_eq!(output_chunks(text, 100).count(), 1);
-        assert_eq!(output_chunks("", 10).count(), 0);
     }
 }

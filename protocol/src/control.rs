@@ -198,3 +198,115 @@ pub async fn respond<W: AsyncWrite + Unpin>(
     writer.write_frame(&codec::encode(response)?).await?;
     Ok(())
 }
+
+/// Largest `Output` chunk: far under the frame limit, so an answer of any size (the LDIF
+/// of a 100 000-entry replica is about 50 MiB, a page of large entries can pass the
+/// frame limit too) streams instead of failing.
+const OUTPUT_CHUNK: usize = 1 << 20;
+
+/// `text` in pieces of at most `max` bytes (more only for a single longer line), cut
+/// after a newline where there is one.
+fn output_chunks(text: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(max.max(1));
+        if end < rest.len() {
+            // Bytes, not `str` slicing: `end` may fall inside a character; a newline
+            // byte never does.
+            end = match rest.as_bytes()[..end].iter().rposition(|&b| b == b'\n') {
+                Some(nl) => nl + 1,
+                None => rest.find('\n').map_or(rest.len(), |nl| nl + 1),
+            };
+        }
+        let (head, tail) = rest.split_at(end);
+        rest = tail;
+        Some(head)
+    })
+}
+
+/// Server side: sends `text` as `Output` chunks (none when it is empty).
+pub async fn respond_text<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, text: &str) -> Result<(), ControlError> {
+    for chunk in output_chunks(text, OUTPUT_CHUNK) {
+        respond(writer, &ControlResponse::Output(chunk.to_owned())).await?;
+    }
+    Ok(())
+}
+
+/// Server side: answers with the pages `next_page` returns, each sent as it is read,
+/// then `Done` when it returns `None`, or `Error` where it fails (after the pages before
+/// it). So a long answer (a search of a large store) is never held whole. `next_page`
+/// reads a store: it runs on a blocking thread, not on the async workers that carry
+/// replication sessions.
+pub async fn respond_paged<W, F>(writer: &mut FrameWriter<W>, mut next_page: F) -> Result<(), ControlError>
+where
+    W: AsyncWrite + Unpin,
+    F: FnMut() -> Result<Option<String>, String> + Send + 'static,
+{
+    loop {
+        let read = tokio::task::spawn_blocking(move || {
+            let page = next_page();
+            (next_page, page)
+        })
+        .await;
+        let page = match read {
+            Ok((f, page)) => {
+                next_page = f;
+                page
+            }
+            Err(e) => return respond(writer, &ControlResponse::Error(format!("reading a page: {e}"))).await,
+        };
+        match page {
+            Ok(Some(text)) => respond_text(writer, &text).await?,
+            Ok(None) => return respond(writer, &ControlResponse::Done).await,
+            Err(e) => return respond(writer, &ControlResponse::Error(e)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves one paged answer over an in-memory stream; what the client got.
+    async fn paged(pages: Vec<Result<Option<String>, String>>) -> (String, Result<(), ControlError>) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(async move {
+            let (mut reader, mut writer) = crate::frame::split(server);
+            read_request(&mut reader).await.unwrap();
+            let mut pages = pages.into_iter();
+            respond_paged(&mut writer, move || pages.next().unwrap_or(Ok(None))).await.unwrap();
+        });
+        let mut out = String::new();
+        let result = call(client, &ControlRequest::Reload, |text| out.push_str(text)).await;
+        serve.await.unwrap();
+        (out, result)
+    }
+
+    #[tokio::test]
+    async fn a_paged_answer_sends_each_page_then_ends_or_fails_where_a_page_fails() {
+        let (out, result) =
+            paged(vec![Ok(Some("dn: a\n".into())), Ok(Some(String::new())), Ok(Some("dn: b\n".into()))]).await;
+        assert_eq!(out, "dn: a\ndn: b\n");
+        assert!(result.is_ok(), "{result:?}");
+
+        let (out, result) =
+            paged(vec![Ok(Some("dn: a\n".into())), Err("store broke".into()), Ok(Some("dn: b\n".into()))]).await;
+        assert_eq!(out, "dn: a\n", "the pages before the failure, none after");
+        assert!(matches!(result, Err(ControlError::Remote(ref m)) if m == "store broke"), "{result:?}");
+    }
+
+    #[test]
+    fn output_is_cut_after_newlines_and_keeps_every_byte() {
+        let text = "dn: a\ncn: æøå\n\ndn: b\n";
+        for max in [1, 3, 7, 12, 100] {
+            let parts: Vec<&str> = output_chunks(text, max).collect();
+            assert_eq!(parts.concat(), text, "max {max}");
+            assert!(parts.iter().all(|p| p.ends_with('\n')), "max {max}: {parts:?}");
+        }
+        assert_eq!(output_chunks(text, 100).count(), 1);
+        assert_eq!(output_chunks("", 10).count(), 0);
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tether_protocol::control::{read_request, respond, ControlRequest, ControlResponse};
+use tether_protocol::control::{read_request, respond, respond_paged, respond_text, ControlRequest, ControlResponse};
 use tether_protocol::frame;
 use tether_protocol::{ldif, SearchSpec};
 use tether_store::Directory;
@@ -44,7 +44,7 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: Cancel
 
 /// The LDIF of the page of `spec` after the DN key `after`, and the key the next page
 /// starts after (`None` at the end). Reads the store and renders up to [`SEARCH_CHUNK`]
-/// entries: run it off the async threads, which carry the replication sessions.
+/// entries ([`respond_paged`] runs it off the async threads).
 fn search_page_text(
     dir: &Directory,
     spec: &SearchSpec,
@@ -71,28 +71,17 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
             Err(e) => Err(e.to_string()),
         },
         ControlRequest::Search { spec, .. } => {
-            let mut cursor: Option<Vec<u8>> = None;
-            loop {
-                let (dir, region, after) = (ctx.dir.clone(), spec.clone(), cursor.take());
-                let page = tokio::task::spawn_blocking(move || search_page_text(&dir, &region, after.as_deref()))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("search: {e}")));
-                let (text, next) = match page {
-                    Ok(p) => p,
-                    Err(e) => {
-                        respond(&mut writer, &ControlResponse::Error(e)).await?;
-                        return Ok(());
-                    }
-                };
-                if !text.is_empty() {
-                    respond(&mut writer, &ControlResponse::Output(text)).await?;
+            let (dir, mut after, mut done) = (ctx.dir.clone(), None, false);
+            let next_page = move || {
+                if done {
+                    return Ok(None);
                 }
-                match next {
-                    Some(k) => cursor = Some(k),
-                    None => break,
-                }
-            }
-            Ok(String::new())
+                let (text, next) = search_page_text(&dir, &spec, after.as_deref())?;
+                done = next.is_none();
+                after = next;
+                Ok(Some(text))
+            };
+            return respond_paged(&mut writer, next_page).await;
         }
         ControlRequest::Reload => {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -106,9 +95,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
     };
     match reply {
         Ok(text) => {
-            if !text.is_empty() {
-                respond(&mut writer, &ControlResponse::Output(text)).await?;
-            }
+            respond_text(&mut writer, &text).await?;
             respond(&mut writer, &ControlResponse::Done).await?;
         }
         Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await?,
