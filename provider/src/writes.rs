@@ -1,5 +1,6 @@
 //! Write-client sessions: `WriteRequest`s applied in order, each durable before its
-//! `WriteResult` (pipelined ones share a flush), and `SearchRequest`s answered in bounded pages. This is how
+//! `WriteResult` (pipelined ones share a transaction where they can, and a flush), and
+//! `SearchRequest`s answered in bounded pages. This is how
 //! `tether-provider write` reaches a running provider (which alone holds the store).
 
 use std::sync::Arc;
@@ -36,6 +37,18 @@ async fn send<W: AsyncWrite + Unpin>(writer: &mut MessageWriter<W>, msg: &Messag
     matches!(tokio::time::timeout(WRITE_LIMIT, writer.send(msg)).await, Ok(Ok(())))
 }
 
+/// Sends a group's results in one write: a pipelining client then reads them together
+/// and refills its window at once, instead of one system call and one wake-up per ack.
+async fn send_results<W: AsyncWrite + Unpin>(writer: &mut MessageWriter<W>, results: Vec<(u64, WriteOutcome)>) -> bool {
+    let all = async {
+        for (id, outcome) in results {
+            writer.feed(&Message::WriteResult { id, outcome }).await?;
+        }
+        writer.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_LIMIT, all).await, Ok(Ok(())))
+}
+
 /// Most writes applied under one flush. A client may keep many writes in flight on one
 /// connection (pipelining); those already received when one is taken are applied
 /// together, made durable by one flush, then acknowledged in order. Each is still
@@ -44,13 +57,16 @@ const GROUP_LIMIT: usize = 256;
 /// Messages read ahead of the one being handled.
 const READ_AHEAD: usize = GROUP_LIMIT;
 
-/// Applies a group of writes in order, then makes them durable with one flush.
+/// Applies a group of writes in order, committing runs of them in one transaction
+/// ([`Directory::write_group`]), then makes them durable with one flush.
 fn apply_group(dir: &Directory, group: Vec<(u64, Change)>) -> Vec<(u64, WriteOutcome)> {
-    let mut results = Vec::with_capacity(group.len());
+    let (ids, changes): (Vec<u64>, Vec<Change>) = group.into_iter().unzip();
+    let committed = dir.write_group(&changes);
+    let mut results = Vec::with_capacity(changes.len());
     let mut last = None;
-    for (id, change) in group {
+    for ((id, change), result) in ids.into_iter().zip(changes).zip(committed) {
         let kind = change.kind();
-        let outcome = match dir.write_nowait(&change) {
+        let outcome = match result {
             Ok(c) => {
                 last = Some(c.csn);
                 debug!(csn = %c.csn, kind, dn = %change.dn(), "write committed, not yet durable");
@@ -161,14 +177,7 @@ pub async fn run<R, W>(
                         ids.into_iter().map(|id| (id, outcome.clone())).collect()
                     }
                 };
-                let mut ok = true;
-                for (id, outcome) in results {
-                    if !send(&mut writer, &Message::WriteResult { id, outcome }).await {
-                        ok = false;
-                        break;
-                    }
-                }
-                ok
+                send_results(&mut writer, results).await
             }
             Message::SearchRequest { id, spec } => search(&dir, &mut writer, id, &spec).await,
             Message::Ping { seq } => send(&mut writer, &Message::Pong { seq }).await,

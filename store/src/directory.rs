@@ -3,7 +3,9 @@
 //!
 //! Every write takes the writer lock, checks the directory rules against current state,
 //! assigns the next CSN, and commits the entry, its DN and UUID index records, the
-//! changelog record and the new last CSN in one sled transaction. Durability is separate
+//! changelog record and the new last CSN in one sled transaction; a group of pipelined
+//! writes shares one transaction wherever no write reads what an earlier one in the
+//! group changed (`footprint`). Durability is separate
 //! ([`GroupCommit`]): `write` returns once the change is on disk, and only then does the
 //! durable-CSN watch wake the replication sessions.
 
@@ -20,6 +22,7 @@ use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
 use crate::durability::GroupCommit;
 use crate::entry_set::{EntrySet, TxEntrySet};
 use crate::error::{Refusal, Result, StoreError};
+use crate::footprint::Footprint;
 use crate::pins::{Pin, Pins};
 use crate::record::{decode, encode, now_ms, u64_from};
 use crate::rules::{self, Planned};
@@ -233,6 +236,82 @@ impl Directory {
         Ok(Committed { csn, uuid })
     }
 
+    /// Applies `changes` in order, with the outcome each would have as its own
+    /// [`Directory::write_nowait`], but commits runs of them in one transaction: a
+    /// transaction's fixed cost is most of a small write's. A run ends before a write
+    /// that reads what the run changed ([`Footprint`]), so every write is still decided
+    /// against the state all writes before it left. Not durable: [`Directory::sync`] to
+    /// the last committed CSN before acknowledging any.
+    ///
+    /// A refused write takes no CSN and does not stop the writes after it. If a commit
+    /// fails, its writes and all after it fail: the first with the storage error,
+    /// the rest with [`StoreError::GroupFailed`].
+    pub fn write_group(&self, changes: &[Change]) -> Vec<Result<Committed>> {
+        let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut results: Vec<Option<Result<Committed>>> = changes.iter().map(|_| None).collect();
+        let mut run: Vec<Planned> = Vec::new();
+        let mut members: Vec<usize> = Vec::new();
+        let mut footprint = Footprint::default();
+        let mut failure = None;
+        for (i, change) in changes.iter().enumerate() {
+            if !footprint.is_empty() && footprint.conflicts(change) {
+                if let Err(e) = self.commit_run(&mut last, &run, &members, &mut results) {
+                    failure = Some(e);
+                    break;
+                }
+                run.clear();
+                members.clear();
+                footprint.clear();
+            }
+            let csn = Csn(last.0 + run.len() as u64 + 1);
+            match rules::plan(&self.set, &self.suffix, change, csn) {
+                Ok(planned) => {
+                    footprint.record(&planned);
+                    run.push(planned);
+                    members.push(i);
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if failure.is_none() {
+            if let Err(e) = self.commit_run(&mut last, &run, &members, &mut results) {
+                failure = Some(e);
+            }
+        }
+        let mut failure = failure.map(|e| (e.to_string(), Some(e)));
+        results
+            .into_iter()
+            .map(|r| match (r, &mut failure) {
+                (Some(r), _) => r,
+                (None, Some((message, first))) => {
+                    Err(first.take().unwrap_or_else(|| StoreError::GroupFailed(message.clone())))
+                }
+                (None, None) => Err(StoreError::Corrupt("a grouped write was neither committed nor failed".into())),
+            })
+            .collect()
+    }
+
+    /// Commits a run planned by [`Directory::write_group`] and records each member's result.
+    fn commit_run(
+        &self,
+        last: &mut Csn,
+        run: &[Planned],
+        members: &[usize],
+        results: &mut [Option<Result<Committed>>],
+    ) -> Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let first = last.next();
+        self.commit_many(run, first)?;
+        for (k, (planned, &i)) in run.iter().zip(members).enumerate() {
+            results[i] = Some(Ok(Committed { csn: Csn(first.0 + k as u64), uuid: planned.uuid }));
+        }
+        *last = Csn(first.0 + run.len() as u64 - 1);
+        self.durability.committed(*last);
+        Ok(())
+    }
+
     /// Makes everything committed up to `csn` durable (group commit).
     pub fn sync(&self, csn: Csn) -> Result<()> {
         self.durability.make_durable(&self.db, csn)
@@ -444,4 +523,60 @@ impl Directory {
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_protocol::{ModOp, Modification, Value};
+
+    fn add(dn: &str, attrs: &[(&str, &str)]) -> Change {
+        let mut a = Attributes::new();
+        for (k, v) in attrs {
+            a.add(k, [Value::from(*v)]).unwrap();
+        }
+        Change::Add { dn: Dn::parse(dn).unwrap(), attrs: a }
+    }
+
+    fn person(uid: &str) -> Change {
+        add(&format!("uid={uid},dc=example,dc=com"), &[("objectClass", "person"), ("sn", uid), ("cn", uid)])
+    }
+
+    fn modify_sn(uid: &str, sn: &str) -> Change {
+        Change::Modify {
+            dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap(),
+            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_fails_its_writes_and_the_rest_of_the_group_but_not_the_run_before() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        d.write(&add("dc=example,dc=com", &[("objectClass", "domain"), ("dc", "example")])).unwrap();
+        d.write(&person("ann")).unwrap();
+        // A damaged entry count: any commit that adds or removes an entry aborts on it.
+        d.meta.insert(names::ENTRY_COUNT, b"bad".as_slice()).unwrap();
+        let before = d.durable_csn();
+        let group =
+            [modify_sn("ann", "One"), modify_sn("ann", "Two"), person("bob"), person("cy"), modify_sn("ann", "Three")];
+        let results = d.write_group(&group);
+        // The first modify commits alone (the second reads what it changed); the second
+        // shares a run with the adds, whose commit fails when the third modify needs it
+        // committed; that one is never tried.
+        let first = results[0].as_ref().expect("the run before the failure commits");
+        assert_eq!(first.csn, before.next());
+        assert!(matches!(results[1], Err(StoreError::Corrupt(_))), "{:?}", results[1]);
+        for r in &results[2..] {
+            assert!(matches!(r, Err(StoreError::GroupFailed(m)) if m.contains("expected 8 bytes")), "{r:?}");
+        }
+        d.sync(first.csn).unwrap();
+        let ann = d.entries().get(&Dn::parse("uid=ann,dc=example,dc=com").unwrap()).unwrap().unwrap();
+        assert_eq!(ann.attrs.values("sn"), [Value::from("One")]);
+        assert!(!d.entries().contains(&Dn::parse("uid=bob,dc=example,dc=com").unwrap()).unwrap());
+        assert_eq!(d.durable_csn(), first.csn, "nothing after the failed commit took a CSN");
+        // The next write takes the CSN after the last committed one.
+        d.meta.insert(names::ENTRY_COUNT, &2u64.to_be_bytes()).unwrap();
+        assert_eq!(d.write(&person("dee")).unwrap().csn, first.csn.next());
+    }
 }

@@ -74,6 +74,10 @@ pub enum StoreError {
     /// A present refresh named entries this replica does not hold: it must reload in full.
     #[error("replica lacks {0} entries the provider named as unchanged")]
     MissingPresentEntries(usize),
+    /// A write grouped with others was not committed because the group's commit failed
+    /// (the first write of the failed commit carries the storage error itself).
+    #[error("not committed: the commit of the writes grouped with it failed ({0})")]
+    GroupFailed(String),
     /// A shadow reload was finished or aborted twice, or after another began.
     #[error("shadow reload of {0:?} is no longer current")]
     StaleShadow(String),

@@ -10,6 +10,8 @@
 //! - [`error`]: refusals by the directory rules vs storage failures.
 //! - [`entry_set`]: entries clustered by DN in tree order, plus the UUID index; search.
 //! - `rules` (private): what a write may do and the state it leads to.
+//! - `footprint` (private): what a run of planned writes changed, so a group of writes
+//!   shares one transaction only where none reads what an earlier one changed.
 //! - [`changelog`]: change records by CSN, coalesced deltas, retention policy.
 //! - [`durability`]: group commit and the durable-CSN watch that wakes sessions.
 //! - [`pins`]: what running refreshes still need from the changelog, which trimming keeps.
@@ -24,6 +26,7 @@ pub mod directory;
 pub mod durability;
 pub mod entry_set;
 pub mod error;
+mod footprint;
 pub mod pins;
 mod record;
 pub mod replica;

@@ -59,30 +59,34 @@ impl Writer {
         let mut pending = changes.into_iter();
         let (mut sent, mut acked) = (0usize, 0usize);
         while acked < n {
+            // Refill the window in one write, as a pipelining client would.
+            let before = sent;
             while sent < n && sent - acked < depth.max(1) {
                 let change = pending.next().context("change list ended early")?;
-                self.writer.send(&Message::WriteRequest { id: self.next_id, change }).await?;
+                self.writer.feed(&Message::WriteRequest { id: self.next_id, change }).await?;
                 self.next_id += 1;
                 sent += 1;
             }
-            let reply = tokio::time::timeout(REPLY_LIMIT, self.reader.recv()).await.context("waiting for an ack")??;
-            let at = Instant::now();
-            match reply {
-                Some(Message::WriteResult { id, outcome }) if id == first + acked as u64 => match outcome {
-                    WriteOutcome::Committed { csn, .. } => on_ack(acked, csn, at),
-                    WriteOutcome::Refused { kind, message } => {
-                        bail!("write {acked} refused ({}): {message}", kind.as_str())
-                    }
-                },
-                Some(Message::WriteResult { id, .. }) => {
-                    bail!("ack for write {id} out of order (expected {})", first + acked as u64)
-                }
-                Some(Message::Goodbye { reason, detail }) => {
-                    bail!("provider said goodbye ({}: {detail})", reason.as_str())
-                }
-                other => bail!("unexpected reply {:?}", other.map(|m| m.name())),
+            if sent > before {
+                self.writer.flush().await?;
             }
-            acked += 1;
+            // Wait for one acknowledgement, then take every one already received.
+            let mut reply =
+                Some(tokio::time::timeout(REPLY_LIMIT, self.reader.recv()).await.context("waiting for an ack")??);
+            while let Some(r) = reply.take() {
+                let at = Instant::now();
+                let csn = check_ack(r, first + acked as u64, acked)?;
+                on_ack(acked, csn, at);
+                acked += 1;
+                if acked < sent {
+                    // `recv` is cancellation-safe: an ack not yet complete stays buffered.
+                    reply = tokio::select! {
+                        biased;
+                        r = self.reader.recv() => Some(r?),
+                        () = std::future::ready(()) => None,
+                    };
+                }
+            }
         }
         Ok(())
     }
@@ -98,6 +102,19 @@ impl Writer {
     pub async fn close(mut self) {
         let bye = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "benchmark done".into() };
         let _ = self.writer.send(&bye).await;
+    }
+}
+
+/// The CSN of write `index`'s acknowledgement `reply`, which must carry `id`.
+fn check_ack(reply: Option<Message>, id: u64, index: usize) -> Result<Csn> {
+    match reply {
+        Some(Message::WriteResult { id: got, outcome }) if got == id => match outcome {
+            WriteOutcome::Committed { csn, .. } => Ok(csn),
+            WriteOutcome::Refused { kind, message } => bail!("write {index} refused ({}): {message}", kind.as_str()),
+        },
+        Some(Message::WriteResult { id: got, .. }) => bail!("ack for write {got} out of order (expected {id})"),
+        Some(Message::Goodbye { reason, detail }) => bail!("provider said goodbye ({}: {detail})", reason.as_str()),
+        other => bail!("unexpected reply {:?}", other.map(|m| m.name())),
     }
 }
 

@@ -1,0 +1,154 @@
+//! Group commit in one transaction: a group of writes has exactly the outcomes, CSNs,
+//! entries and changelog that the same writes committed one by one have.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use tether_protocol::{Change, Csn, ModOp, SearchSpec};
+use tether_store::{Directory, Result, StoreError};
+
+fn open() -> (tempfile::TempDir, Directory) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Directory::open(tmp.path(), &dn(SUFFIX)).unwrap();
+    for c in base_tree() {
+        d.write(&c).unwrap();
+    }
+    (tmp, d)
+}
+
+/// What a write's caller sees: its CSN, or the refusal.
+fn outcome(r: &Result<tether_store::Committed>) -> String {
+    match r {
+        Ok(c) => format!("csn {}", c.csn),
+        Err(StoreError::Refused(refusal)) => format!("refused: {refusal}"),
+        Err(other) => panic!("not a refusal: {other}"),
+    }
+}
+
+/// Everything observable: the entries with their CSNs, the entry count and every
+/// changelog record.
+fn state(d: &Directory) -> (Vec<String>, u64, Vec<String>) {
+    let entries = d
+        .search(&SearchSpec::subtree(dn(SUFFIX)))
+        .map(|e| {
+            let e = e.unwrap();
+            format!("{}|{}|{:?}", e.dn, e.csn, e.attrs)
+        })
+        .collect();
+    let log = d
+        .changelog()
+        .records(Csn::ZERO, Csn(u64::MAX))
+        .map(|r| {
+            let r = r.unwrap();
+            format!("{}|{:?}|{}|{:?}", r.csn, r.kind, r.dn, r.old_dn.map(|d| d.to_string()))
+        })
+        .collect();
+    (entries, d.entry_count().unwrap(), log)
+}
+
+/// Applies `changes` one `write_nowait` each, and in groups of `group` with
+/// `write_group`, each followed by a sync to its last CSN; both must agree on everything.
+fn assert_same_as_one_by_one(changes: &[Change], group: usize) {
+    let (_a, one_by_one) = open();
+    let expected: Vec<String> = changes.iter().map(|c| outcome(&one_by_one.write_nowait(c))).collect();
+    let (_b, grouped) = open();
+    let mut got = Vec::new();
+    for chunk in changes.chunks(group.max(1)) {
+        let results = grouped.write_group(chunk);
+        assert_eq!(results.len(), chunk.len());
+        if let Some(last) = results.iter().filter_map(|r| r.as_ref().ok()).map(|c| c.csn).max() {
+            grouped.sync(last).unwrap();
+            assert_eq!(grouped.durable_csn(), last, "durable once synced");
+        }
+        got.extend(results.iter().map(outcome));
+    }
+    assert_eq!(got, expected, "outcomes");
+    assert_eq!(state(&grouped), state(&one_by_one), "entries, count and changelog");
+}
+
+const PEOPLE: &str = "ou=people,dc=example,dc=com";
+
+#[test]
+fn a_group_decides_each_write_after_the_ones_before_it() {
+    let ann = format!("uid=ann,{PEOPLE}");
+    let bob = format!("uid=bob,{PEOPLE}");
+    let team = "ou=team,ou=people,dc=example,dc=com";
+    let changes = vec![
+        add_person(&ann),
+        add_person(&ann),                                     // taken by the write before
+        modify(&ann, ModOp::Replace, "sn", &["Changed"]),     // sees the add
+        modify(&ann, ModOp::Add, "mail", &["a@example.com"]), // sees the first modify
+        add_person(&bob),                                     // independent: same run
+        add_ou(team),
+        add_person(&format!("uid=cy,{team}")), // parent added just before
+        delete(team),                          // has a child now
+        delete(&format!("uid=cy,{team}")),
+        delete(team),                               // a leaf again
+        add_person(&format!("uid=dee,{team}")),     // parent gone
+        moddn(&bob, "uid=bo", None),                // rename
+        modify(&bob, ModOp::Replace, "sn", &["X"]), // old name gone
+        modify(&format!("uid=bo,{PEOPLE}"), ModOp::Replace, "sn", &["Y"]),
+        moddn(&ann, "uid=bo", None), // new name taken
+        delete(&ann),
+        modify(&ann, ModOp::Replace, "sn", &["Z"]), // deleted
+    ];
+    for group in [changes.len(), 1, 2, 3, 5] {
+        assert_same_as_one_by_one(&changes, group);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add(u8, u8),
+    Modify(u8, u8),
+    Delete(u8, u8),
+    Move(u8, u8, u8, u8),
+    AddOu(u8),
+    DeleteOu(u8),
+}
+
+fn ou(i: u8) -> String {
+    format!("ou=o{},dc=example,dc=com", i % 3)
+}
+
+fn person(i: u8, o: u8) -> String {
+    format!("uid=u{},{}", i % 4, ou(o))
+}
+
+fn change(op: &Op) -> Change {
+    match *op {
+        Op::Add(i, o) => add_person(&person(i, o)),
+        Op::Modify(i, o) => modify(&person(i, o), ModOp::Replace, "sn", &[&format!("v{i}")]),
+        Op::Delete(i, o) => delete(&person(i, o)),
+        Op::Move(i, o, j, p) => moddn(&person(i, o), &format!("uid=u{}", j % 4), Some(&ou(p))),
+        Op::AddOu(o) => add_ou(&ou(o)),
+        Op::DeleteOu(o) => delete(&ou(o)),
+    }
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (any::<u8>(), any::<u8>()).prop_map(|(i, o)| Op::Add(i, o)),
+        3 => (any::<u8>(), any::<u8>()).prop_map(|(i, o)| Op::Modify(i, o)),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(i, o)| Op::Delete(i, o)),
+        2 => (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(i, o, j, p)| Op::Move(i, o, j, p)),
+        1 => any::<u8>().prop_map(Op::AddOu),
+        1 => any::<u8>().prop_map(Op::DeleteOu),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_group_of_writes_ends_as_the_same_writes_one_by_one(
+        ops in proptest::collection::vec(op_strategy(), 1..40),
+        group in 1usize..40,
+    ) {
+        let changes: Vec<Change> = ops.iter().map(change).collect();
+        assert_same_as_one_by_one(&changes, group);
+    }
+}
