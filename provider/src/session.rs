@@ -6,7 +6,8 @@
 //! [`Registry`](crate::registry) slot publishes status and carries cancellation. The
 //! session never buffers changes itself: it reads the changelog from the consumer's
 //! position only when the queue has room, so a slow consumer costs a bounded queue, not
-//! provider memory, and catches up from the changelog instead of being cut off.
+//! provider memory, and catches up from the changelog instead of being cut off. Recent
+//! changes come through the store's feed, which reads each once for all sessions.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -423,12 +424,11 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         let store_id = self.dir.store_id();
         let mut last = position;
         let mut skipped_tail = false;
-        for record in self.dir.changelog().records(position, newest).take(RECORDS_PER_READ) {
-            let record = record?;
-            last = record.csn;
-            match self.dir.changelog().encoded_op_for(&record, &self.req.spec, self.dir.entries())? {
+        for change in self.dir.recent_changes(position, newest, RECORDS_PER_READ)? {
+            last = change.csn();
+            match change.op_for(&self.req.spec)? {
                 Some(op) => {
-                    let cookie = Cookie { store_id, csn: record.csn };
+                    let cookie = Cookie { store_id, csn: change.csn() };
                     let change = EncodedMessage::change(&op, &cookie)
                         .map_err(|source| StoreError::Codec { tree: "entries", source })?;
                     pending.push_back(change.into());

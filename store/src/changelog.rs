@@ -64,7 +64,7 @@ pub struct ChangeRecord {
 
 impl ChangeRecord {
     /// Whether any DN this record mentions falls in `spec`'s base and scope.
-    fn touches(&self, spec: &SearchSpec) -> bool {
+    pub(crate) fn touches(&self, spec: &SearchSpec) -> bool {
         spec.scope.contains(&spec.base, &self.dn)
             || self.old_dn.as_ref().is_some_and(|old| spec.scope.contains(&spec.base, old))
     }
@@ -168,14 +168,27 @@ fn op_for_entry(
     spec: &SearchSpec,
     entries: &EntrySet,
 ) -> Result<Option<EncodedOp>> {
-    let Some((key, bytes)) = entries.locate_encoded(&uuid, Some(dn_key))? else {
+    let found = entries.locate_encoded(&uuid, Some(dn_key))?;
+    op_for_found(uuid, csn, named_in_scope, found.as_ref().map(|(k, b)| (k.as_slice(), b.as_ref())), spec)
+}
+
+/// [`op_for_entry`] once the entry was looked up: `found` is where it is stored and its
+/// record, `None` if it no longer exists.
+pub(crate) fn op_for_found(
+    uuid: EntryUuid,
+    csn: Csn,
+    named_in_scope: bool,
+    found: Option<(&[u8], &[u8])>,
+    spec: &SearchSpec,
+) -> Result<Option<EncodedOp>> {
+    let Some((key, bytes)) = found else {
         return Ok(named_in_scope.then_some(EncodedOp::Delete { uuid, csn }));
     };
     let (in_reach, content) = if spec.takes_whole_entries() {
-        let in_reach = spec.scope.contains_key(&spec.base.tree_key(), &key);
+        let in_reach = spec.scope.contains_key(&spec.base.tree_key(), key);
         (in_reach, in_reach.then(|| bytes.to_vec()))
     } else {
-        let entry: tether_protocol::Entry = decode(ENTRIES, &bytes)?;
+        let entry: tether_protocol::Entry = decode(ENTRIES, bytes)?;
         let in_reach = spec.scope.contains(&spec.base, &entry.dn);
         let content = match spec.contains(&entry) {
             true => Some(encode(ENTRIES, &spec.project(entry))?),

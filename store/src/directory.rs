@@ -22,6 +22,7 @@ use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
 use crate::durability::GroupCommit;
 use crate::entry_set::{EntrySet, TxEntrySet};
 use crate::error::{Refusal, Result, StoreError};
+use crate::feed::{FedChange, Feed};
 use crate::footprint::Footprint;
 use crate::pins::{Pin, Pins};
 use crate::record::{decode, encode, now_ms, u64_from};
@@ -82,6 +83,8 @@ pub struct Directory {
     durability: GroupCommit,
     /// What running refreshes still need from the changelog.
     pins: Pins,
+    /// Recent changes as persist sessions read them.
+    pub(crate) feed: Feed,
 }
 
 /// sled's page cache per store unless configured (`cache_size`). sled's own default
@@ -167,6 +170,7 @@ impl Directory {
             writer: Mutex::new(last),
             durability: GroupCommit::new(last),
             pins: Pins::default(),
+            feed: Feed::default(),
         })
     }
 
@@ -397,6 +401,13 @@ impl Directory {
         Ok(())
     }
 
+    /// The changes after `after` up to `upto`, at most `max`, for a persist session:
+    /// each read from the store once for all sessions ([`crate::feed`]). Only durable
+    /// changes should be asked for; the caller checks the changelog floor around it.
+    pub fn recent_changes(&self, after: Csn, upto: Csn, max: usize) -> Result<Vec<std::sync::Arc<FedChange>>> {
+        self.feed.read(&self.changelog, &self.set, after, upto, max)
+    }
+
     /// The refresh a consumer presenting `cookie` needs (SPEC §3).
     pub fn plan_refresh(&self, cookie: Option<&Cookie>) -> Result<RefreshKind> {
         let Some(cookie) = cookie.filter(|c| c.store_id == self.store_id) else {
@@ -528,15 +539,8 @@ fn duration_ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_changes::{add, suffix};
     use tether_protocol::{ModOp, Modification, Value};
-
-    fn add(dn: &str, attrs: &[(&str, &str)]) -> Change {
-        let mut a = Attributes::new();
-        for (k, v) in attrs {
-            a.add(k, [Value::from(*v)]).unwrap();
-        }
-        Change::Add { dn: Dn::parse(dn).unwrap(), attrs: a }
-    }
 
     fn person(uid: &str) -> Change {
         add(&format!("uid={uid},dc=example,dc=com"), &[("objectClass", "person"), ("sn", uid), ("cn", uid)])
@@ -553,7 +557,7 @@ mod tests {
     fn a_failed_commit_fails_its_writes_and_the_rest_of_the_group_but_not_the_run_before() {
         let tmp = tempfile::tempdir().unwrap();
         let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
-        d.write(&add("dc=example,dc=com", &[("objectClass", "domain"), ("dc", "example")])).unwrap();
+        d.write(&suffix()).unwrap();
         d.write(&person("ann")).unwrap();
         // A damaged entry count: any commit that adds or removes an entry aborts on it.
         d.meta.insert(names::ENTRY_COUNT, b"bad".as_slice()).unwrap();

@@ -13,6 +13,7 @@
 //! - `footprint` (private): what a run of planned writes changed, so a group of writes
 //!   shares one transaction only where none reads what an earlier one changed.
 //! - [`changelog`]: change records by CSN, coalesced deltas, retention policy.
+//! - [`feed`]: the persist phase's recent changes, each read once for every session.
 //! - [`durability`]: group commit and the durable-CSN watch that wakes sessions.
 //! - [`pins`]: what running refreshes still need from the changelog, which trimming keeps.
 //! - [`directory`]: the provider's store.
@@ -26,16 +27,20 @@ pub mod directory;
 pub mod durability;
 pub mod entry_set;
 pub mod error;
+pub mod feed;
 mod footprint;
 pub mod pins;
 mod record;
 pub mod replica;
 mod rules;
+#[cfg(test)]
+mod test_changes;
 
 pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy, TrimReport};
 pub use directory::{Committed, ConsumerPosition, Directory, StoreOptions, DEFAULT_CACHE_BYTES};
 pub use entry_set::EntrySet;
 pub use error::{Refusal, Result, StoreError};
+pub use feed::FedChange;
 pub use pins::Pin;
 pub use replica::{ApplyStats, IncomingOp, Replica, ReplicaState, ReplicaStore, Shadow, ShadowProgress};
 /// sled's error type, for callers that must build or match a storage error.

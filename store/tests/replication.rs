@@ -331,6 +331,25 @@ fn run(d: &Directory, op: &Op) {
     let _ = d.write(&change);
 }
 
+/// Applies every durable change after `position` to `replica` through the persist
+/// phase's feed, seven at a time; returns the entry count's change by the apply stats.
+fn stream(dir: &Directory, replica: &tether_store::Replica, spec: &SearchSpec, position: &mut Csn) -> i64 {
+    let mut delta = 0;
+    loop {
+        let changes = dir.recent_changes(*position, dir.durable_csn(), 7).unwrap();
+        if changes.is_empty() {
+            return delta;
+        }
+        for change in changes {
+            if let Some(op) = change.op_for(spec).unwrap() {
+                let cookie = Cookie { store_id: dir.store_id(), csn: change.csn() };
+                delta += replica.apply(&[op.decode().unwrap()], Some(cookie)).unwrap().entries_delta();
+            }
+            *position = change.csn();
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -347,30 +366,33 @@ proptest! {
             let name = format!("{}", spec.scope);
             let cookie = full_refresh(&p, &format!("{name}-delta"), &spec);
             full_refresh(&p, &format!("{name}-live"), &spec);
+            full_refresh(&p, &format!("{name}-late"), &spec);
             let start = p.dir.durable_csn();
+            let live = p.replicas.replica(&format!("{name}-live")).unwrap();
+            let late = p.replicas.replica(&format!("{name}-late")).unwrap();
+            // The entry count a consumer keeps in status from the apply stats alone.
+            let mut count = live.entries().unwrap().len() as i64;
+            let mut position = start;
             for op in &after {
                 run(&p.dir, op);
+                // As the persist phase sends them: change by change from the feed, a
+                // few at a time, as they are written.
+                count += stream(&p.dir, &live, &spec, &mut position);
             }
             // Coalesced delta.
             delta_refresh(&p, &format!("{name}-delta"), &spec, cookie);
             prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-delta")), provider_view(&p.dir, &spec));
-            // Record by record, as the persist phase sends them.
-            let live = p.replicas.replica(&format!("{name}-live")).unwrap();
-            // The entry count a consumer keeps in status from the apply stats alone.
-            let mut count = live.entries().unwrap().len() as i64;
-            for record in p.dir.changelog().records(start, p.dir.durable_csn()) {
-                let record = record.unwrap();
-                if let Some(op) = p.dir.changelog().op_for(&record, &spec, p.dir.entries()).unwrap() {
-                    let stats =
-                        live.apply(&[op], Some(Cookie { store_id: p.dir.store_id(), csn: record.csn })).unwrap();
-                    count += stats.entries_delta();
-                }
-            }
             prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-live")), provider_view(&p.dir, &spec));
+            // A second session, behind the first: it takes the changes the first one read
+            // from the feed, each with the entry as then stored, and still ends at the
+            // latest state.
+            let mut behind = start;
+            stream(&p.dir, &late, &spec, &mut behind);
+            prop_assert_eq!(replica_view(&p.replicas, &format!("{name}-late")), provider_view(&p.dir, &spec));
             prop_assert_eq!(count, live.entries().unwrap().len() as i64, "created - removed tracks the count");
             // The count the store keeps, for the delta replica (batches, after a reload)
             // and the live one (one op at a time).
-            for replica in [format!("{name}-delta"), format!("{name}-live")] {
+            for replica in [format!("{name}-delta"), format!("{name}-live"), format!("{name}-late")] {
                 let replica = p.replicas.replica(&replica).unwrap();
                 prop_assert_eq!(replica.len().unwrap(), replica.entries().unwrap().len(), "stored count");
             }
