@@ -60,6 +60,16 @@ pub fn base_tree() -> Vec<Change> {
     ]
 }
 
+/// A new provider store in a temporary folder holding [`base_tree`].
+pub fn directory_with_base_tree() -> (tempfile::TempDir, tether_store::Directory) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tether_store::Directory::open(tmp.path(), &dn(SUFFIX)).unwrap();
+    for c in base_tree() {
+        d.write(&c).unwrap();
+    }
+    (tmp, d)
+}
+
 /// Opens a store that was just closed. sled lets go of its folder lock when its
 /// background I/O drops the last reference to the file, a moment after the last handle
 /// is dropped, so an open at once can still find the folder locked: `locked` says which

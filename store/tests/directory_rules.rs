@@ -9,11 +9,7 @@ use tether_protocol::{Csn, ModOp, SearchSpec};
 use tether_store::{Directory, Refusal, StoreError};
 
 fn open() -> (tempfile::TempDir, Directory) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
-    for c in base_tree() {
-        d.write(&c).unwrap();
-    }
+    let (dir, d) = directory_with_base_tree();
     d.write(&add_person("uid=ann,ou=people,dc=example,dc=com")).unwrap();
     (dir, d)
 }

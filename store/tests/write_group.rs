@@ -10,15 +10,6 @@ use proptest::prelude::*;
 use tether_protocol::{Change, Csn, ModOp, SearchSpec};
 use tether_store::{Directory, Result, StoreError};
 
-fn open() -> (tempfile::TempDir, Directory) {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = Directory::open(tmp.path(), &dn(SUFFIX)).unwrap();
-    for c in base_tree() {
-        d.write(&c).unwrap();
-    }
-    (tmp, d)
-}
-
 /// What a write's caller sees: its CSN, or the refusal.
 fn outcome(r: &Result<tether_store::Committed>) -> String {
     match r {
@@ -52,9 +43,9 @@ fn state(d: &Directory) -> (Vec<String>, u64, Vec<String>) {
 /// Applies `changes` one `write_nowait` each, and in groups of `group` with
 /// `write_group`, each followed by a sync to its last CSN; both must agree on everything.
 fn assert_same_as_one_by_one(changes: &[Change], group: usize) {
-    let (_a, one_by_one) = open();
+    let (_a, one_by_one) = directory_with_base_tree();
     let expected: Vec<String> = changes.iter().map(|c| outcome(&one_by_one.write_nowait(c))).collect();
-    let (_b, grouped) = open();
+    let (_b, grouped) = directory_with_base_tree();
     let mut got = Vec::new();
     for chunk in changes.chunks(group.max(1)) {
         let results = grouped.write_group(chunk);
