@@ -34,12 +34,6 @@ use crate::outbound::Outbound;
 /// provider accepts four times over, far inside the default 16 MiB.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// Operations in the first batch of changes; each next batch doubles, up to
-/// `batch_size`. A consumer applies a batch only once it has all of it, so a first batch
-/// of 500 changes kept it idle while they were read, sent and decoded; a small one
-/// starts its store writes at once, overlapped with the rest arriving.
-const FIRST_CHANGES: usize = 32;
-
 /// Where the planner is.
 #[derive(Debug)]
 enum Phase {
@@ -52,8 +46,6 @@ enum Phase {
     Changes {
         /// The delta being drained.
         delta: Delta,
-        /// Operations in the next batch (see [`FIRST_CHANGES`]).
-        next: usize,
     },
     /// `RefreshDone` sent.
     Done,
@@ -104,7 +96,7 @@ impl Refresh {
                     Some(cursor) => (Phase::Scan { cursor: Some(cursor.clone()) }, start),
                     None => {
                         let end = dir.durable_csn();
-                        (Phase::Changes { delta: dir.changelog().delta(start, end, &spec)?, next: FIRST_CHANGES }, end)
+                        (Phase::Changes { delta: dir.changelog().delta(start, end, &spec)? }, end)
                     }
                 };
                 let kind = resume.kind;
@@ -147,9 +139,7 @@ impl Refresh {
         }
         let start = if kind == RefreshKind::Delta { dir.durable_csn() } else { pin.csn() };
         let phase = match kind {
-            RefreshKind::Delta => {
-                Phase::Changes { delta: dir.changelog().delta(since, start, &spec)?, next: FIRST_CHANGES }
-            }
+            RefreshKind::Delta => Phase::Changes { delta: dir.changelog().delta(since, start, &spec)? },
             RefreshKind::Full | RefreshKind::Present => Phase::Scan { cursor: None },
         };
         let pending = VecDeque::from([Message::RefreshBegin { kind, resumed: false }.into()]);
@@ -205,13 +195,12 @@ impl Refresh {
                             // Catch up on what was written while scanning.
                             self.end = dir.durable_csn();
                             let delta = dir.changelog().delta(self.start, self.end, &self.spec)?;
-                            self.phase = Phase::Changes { delta, next: FIRST_CHANGES };
+                            self.phase = Phase::Changes { delta };
                         }
                     }
                 }
-                Phase::Changes { delta, next } => {
-                    let ops = delta.next_encoded(dir.entries(), (*next).min(self.batch_size))?;
-                    *next = next.saturating_mul(2);
+                Phase::Changes { delta } => {
+                    let ops = delta.next_encoded(dir.entries(), self.batch_size)?;
                     if ops.is_empty() {
                         let done = Message::RefreshDone { cookie: Cookie { store_id: dir.store_id(), csn: self.end } };
                         self.pending.push_back(done.into());
@@ -588,26 +577,5 @@ mod tests {
         assert!(dir.pin(cookie.csn).unwrap().is_none());
         let planned = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
         assert_eq!(planned.kind(), RefreshKind::Present);
-    }
-
-    #[test]
-    fn a_delta_starts_with_a_small_batch_and_doubles_up_to_the_batch_size() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(tmp.path());
-        let cookie = dir.cookie();
-        for i in 0..PEOPLE {
-            let sn = Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from("U")] };
-            dir.write(&Change::Modify { dn: dn(&person(i)), mods: vec![sn] }).unwrap();
-        }
-        let mut refresh = Refresh::plan(&dir, spec(), Some(&cookie), None, 60).unwrap();
-        assert_eq!(refresh.kind(), RefreshKind::Delta);
-        let mut sizes = Vec::new();
-        while let Some(msg) = refresh.next_message(&dir).unwrap() {
-            if let Message::Batch { ops } = msg.into_message().unwrap() {
-                sizes.push(ops.len());
-            }
-        }
-        // 32, then 64 capped at 60, then the rest.
-        assert_eq!(sizes, [FIRST_CHANGES, 60, PEOPLE - FIRST_CHANGES - 60]);
     }
 }
