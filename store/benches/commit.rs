@@ -1,5 +1,6 @@
 //! Store commit throughput: one flush per write, group commit with concurrent writers,
-//! and batches of writes sharing one sync. Run: `cargo bench -p tether-store --bench commit`.
+//! batches of writes sharing one sync, and the same batch as one write group (shared
+//! transactions). Run: `cargo bench -p tether-store --bench commit`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -76,6 +77,14 @@ fn commit(c: &mut Criterion) {
                 last = Some(d.write_nowait(&person(next.fetch_add(1, Ordering::Relaxed))).unwrap().csn);
             }
             d.sync(last.unwrap()).unwrap();
+        })
+    });
+    let (_t4, d) = directory();
+    group.bench_function("100 writes, one group", |b| {
+        b.iter(|| {
+            let writes: Vec<Change> = (0..BATCH).map(|_| person(next.fetch_add(1, Ordering::Relaxed))).collect();
+            let last = d.write_group(&writes).into_iter().map(|r| r.unwrap().csn).max().unwrap();
+            d.sync(last).unwrap();
         })
     });
     group.finish();
