@@ -8,7 +8,8 @@
 //! - [`Delta`]: for a refresh, every entry touched since a CSN, coalesced to one
 //!   operation per entry in the order of their last change.
 //! - [`Changelog::records`]: for the persist phase, record by record in CSN order, each
-//!   with its own cookie.
+//!   with its own cookie; sessions read them through the [`feed`](crate::feed), which
+//!   reads each record and its entry once for all of them.
 //!
 //! Whether an entry concerns a consumer is decided from the DNs a record mentions and
 //! the entry's current state: an entry whose names never fell in the consumer's base
@@ -119,22 +120,6 @@ impl Changelog {
             removed += 1;
         }
         Ok(removed)
-    }
-
-    /// The operation a single record implies for a consumer of `spec`, given the
-    /// entry's current state; `None` if the entry never concerned that consumer.
-    pub fn op_for(&self, record: &ChangeRecord, spec: &SearchSpec, entries: &EntrySet) -> Result<Option<ReplOp>> {
-        self.encoded_op_for(record, spec, entries)?.map(|op| decoded(&op)).transpose()
-    }
-
-    /// [`Changelog::op_for`] with the entry as stored, ready for a message.
-    pub fn encoded_op_for(
-        &self,
-        record: &ChangeRecord,
-        spec: &SearchSpec,
-        entries: &EntrySet,
-    ) -> Result<Option<EncodedOp>> {
-        op_for_entry(record.uuid, record.csn, record.touches(spec), &record.dn.tree_key(), spec, entries)
     }
 
     /// A coalesced delta over `(after, upto]` for `spec` (see [`Delta`]).

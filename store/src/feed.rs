@@ -44,8 +44,9 @@ impl FedChange {
         self.record.csn
     }
 
-    /// What a consumer of `spec` is sent for this change, if anything (as
-    /// [`Changelog::encoded_op_for`]).
+    /// What a consumer of `spec` is sent for this change, given the entry as read: an
+    /// upsert, a delete, or `None` if the entry never concerned that consumer (see
+    /// [`changelog`](crate::changelog)).
     pub fn op_for(&self, spec: &SearchSpec) -> Result<Option<EncodedOp>> {
         let found = self.found.as_ref().map(|(key, bytes)| (key.as_slice(), bytes.as_slice()));
         op_for_found(self.record.uuid, self.record.csn, self.record.touches(spec), found, spec)
