@@ -201,6 +201,15 @@ impl Refresh {
                 }
                 Phase::Changes { delta } => {
                     let ops = delta.next_encoded(dir.entries(), self.batch_size)?;
+                    // Entries are read as they are now: one may carry a later write not
+                    // yet durable, which must be before it is sent (as in the scan).
+                    let mut newest = Csn::ZERO;
+                    for op in &ops {
+                        if let EncodedOp::Upsert(bytes) = op {
+                            newest = newest.max(EntryHead::decode(bytes).map_err(codec_error)?.csn);
+                        }
+                    }
+                    dir.sync(newest)?;
                     if ops.is_empty() {
                         let done = Message::RefreshDone { cookie: Cookie { store_id: dir.store_id(), csn: self.end } };
                         self.pending.push_back(done.into());
@@ -527,6 +536,33 @@ mod tests {
             let committed = dir.write_nowait(&change).unwrap();
             assert!(dir.durable_csn() < committed.csn, "committed, not yet durable");
         });
+    }
+
+    /// A delta reads each entry as it is now, which may hold a later write another
+    /// client committed but has not yet made durable: that write is made durable before
+    /// the entry goes out.
+    #[test]
+    fn a_delta_entry_holding_a_write_not_yet_durable_makes_it_durable_before_sending() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(tmp.path());
+        let cookie = dir.cookie();
+        let sn = |v: &str| Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(v)] };
+        dir.write(&Change::Modify { dn: dn(&person(0)), mods: vec![sn("Durable")] }).unwrap();
+        let mut refresh = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
+        assert_eq!(refresh.kind(), RefreshKind::Delta);
+        let later = dir.write_nowait(&Change::Modify { dn: dn(&person(0)), mods: vec![sn("Later")] }).unwrap().csn;
+        assert!(dir.durable_csn() < later);
+        let mut sent = None;
+        while let Some(msg) = refresh.next_message(&dir).unwrap() {
+            if let Message::Batch { ops } = msg.into_message().unwrap() {
+                sent = ops.into_iter().find_map(|op| match op {
+                    ReplOp::Upsert(e) if e.dn == dn(&person(0)) => Some(e.csn),
+                    _ => None,
+                });
+                assert!(dir.durable_csn() >= later, "durable before the batch is handed out");
+            }
+        }
+        assert_eq!(sent, Some(later), "the entry as it is now");
     }
 
     /// Large entries are split over several batches, each within the batch byte budget

@@ -404,8 +404,16 @@ impl Directory {
     /// The changes after `after` up to `upto`, at most `max`, for a persist session:
     /// each read from the store once for all sessions ([`crate::feed`]). Only durable
     /// changes should be asked for; the caller checks the changelog floor around it.
+    ///
+    /// An entry is read as it is now, which may include a later write committed but not
+    /// yet durable (another client's group); that write is made durable before this
+    /// returns, so nothing sent can be taken back by a crash, and its CSN never reused.
     pub fn recent_changes(&self, after: Csn, upto: Csn, max: usize) -> Result<Vec<std::sync::Arc<FedChange>>> {
-        self.feed.read(&self.changelog, &self.set, after, upto, max)
+        let changes = self.feed.read(&self.changelog, &self.set, after, upto, max)?;
+        if let Some(newest) = changes.iter().filter_map(|c| c.entry_csn()).max() {
+            self.sync(newest)?;
+        }
+        Ok(changes)
     }
 
     /// The refresh a consumer presenting `cookie` needs (SPEC §3).
@@ -582,5 +590,21 @@ mod tests {
         // The next write takes the CSN after the last committed one.
         d.meta.insert(names::ENTRY_COUNT, &2u64.to_be_bytes()).unwrap();
         assert_eq!(d.write(&person("dee")).unwrap().csn, first.csn.next());
+    }
+
+    #[test]
+    fn a_change_sent_with_a_later_write_not_yet_durable_makes_that_write_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        d.write(&suffix()).unwrap();
+        let before = d.write(&person("ann")).unwrap().csn;
+        let first = d.write(&modify_sn("ann", "One")).unwrap().csn;
+        // Another client's write to the same entry: committed, not yet durable.
+        let later = d.write_nowait(&modify_sn("ann", "Two")).unwrap().csn;
+        assert!(d.durable_csn() < later);
+        let changes = d.recent_changes(before, first, 10).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].entry_csn(), Some(later), "the entry as it is now");
+        assert!(d.durable_csn() >= later, "what is sent is durable");
     }
 }

@@ -18,11 +18,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use tether_protocol::encoded::EncodedOp;
+use tether_protocol::entry::EntryHead;
 use tether_protocol::{Csn, SearchSpec};
 
 use crate::changelog::{op_for_found, ChangeRecord, Changelog};
 use crate::entry_set::EntrySet;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 
 /// Bytes of entries the feed keeps, at most: a few thousand changes of ordinary
 /// entries, which covers sessions at or near the newest change; one far behind reads
@@ -36,12 +37,20 @@ pub struct FedChange {
     record: ChangeRecord,
     /// Where the entry was stored and its record, `None` if it no longer existed.
     found: Option<(Vec<u8>, Vec<u8>)>,
+    /// The CSN of the entry as read: a later write to it may be committed but not yet
+    /// durable, and must be made durable before the entry is sent.
+    entry_csn: Option<Csn>,
 }
 
 impl FedChange {
     /// The change's CSN.
     pub fn csn(&self) -> Csn {
         self.record.csn
+    }
+
+    /// The CSN of the entry as read (the change's own, or a later write's).
+    pub fn entry_csn(&self) -> Option<Csn> {
+        self.entry_csn
     }
 
     /// What a consumer of `spec` is sent for this change, given the entry as read: an
@@ -101,7 +110,13 @@ impl Feed {
             let found = entries
                 .locate_encoded(&record.uuid, Some(&record.dn.tree_key()))?
                 .map(|(key, bytes)| (key, bytes.to_vec()));
-            read.push(Arc::new(FedChange { record, found }));
+            let entry_csn = match &found {
+                Some((_, bytes)) => {
+                    Some(EntryHead::decode(bytes).map_err(|source| StoreError::Codec { tree: "entries", source })?.csn)
+                }
+                None => None,
+            };
+            read.push(Arc::new(FedChange { record, found, entry_csn }));
         }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for change in &read {
