@@ -78,7 +78,7 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
             .into_values()
             .map(|mut l| {
                 l.sort();
-                (l.last().copied().unwrap_or_default(), l[l.len() / 2])
+                (l.last().copied().unwrap_or_default(), l.get(l.len() / 2).copied().unwrap_or_default())
             })
             .max()
             .unwrap_or_default();
