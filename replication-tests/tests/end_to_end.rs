@@ -31,6 +31,14 @@ fn wait_converged(p: &Provider, c: &Consumer, agreement: &str, base: &str) -> Re
     wait_until(CONVERGE, &format!("{agreement} to converge"), || same(p, c, agreement, base, ALL))
 }
 
+/// A persist consumer of `people` from `p`, started and converged.
+fn people_consumer(root: &Path, p: &Provider) -> Result<Consumer> {
+    let mut c = Consumer::configure(&root.join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    wait_converged(p, &c, "people", PEOPLE)?;
+    Ok(c)
+}
+
 fn last_refresh(c: &Consumer, agreement: &str) -> Result<String> {
     Ok(c.agreement_status(agreement)?["last_refresh"].as_str().unwrap_or_default().to_owned())
 }
@@ -39,10 +47,7 @@ fn last_refresh(c: &Consumer, agreement: &str) -> Result<String> {
 fn persist_consumer_converges_on_5000_entries_and_500_writes() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 5000, 1, ProviderOptions::default())?;
-    let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
-    c.start()?;
-    wait_converged(&p, &c, "people", PEOPLE)?;
+    let c = people_consumer(tmp.path(), &p)?;
     assert!(count(&c.search("people", PEOPLE, "subtree", ALL)?) > 3500);
     assert_eq!(last_refresh(&c, "people")?, "full");
     p.write_ok(&w.changes(500))?;
@@ -78,10 +83,7 @@ fn refresh_only_consumer_converges_by_polling() -> Result<()> {
 fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 2000, 3, ProviderOptions::default())?;
-    let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
-    c.start()?;
-    wait_converged(&p, &c, "people", PEOPLE)?;
+    let mut c = people_consumer(tmp.path(), &p)?;
     assert!(c.stop()?.success(), "SIGTERM exits 0");
     wait_until(CONVERGE, "the provider to log the goodbye", || Ok(p.log_text().contains("consumer said goodbye")))?;
     p.write_ok(&w.changes(1000))?;
@@ -99,10 +101,7 @@ fn trimmed_changelog_gives_a_present_refresh_without_shrinking_the_replica() -> 
         ..ProviderOptions::default()
     };
     let (p, mut w) = provider_with(tmp.path(), 3000, 4, opts)?;
-    let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
-    c.start()?;
-    wait_converged(&p, &c, "people", PEOPLE)?;
+    let mut c = people_consumer(tmp.path(), &p)?;
     c.stop()?;
     p.write_ok(&w.changes(400))?;
     // Make sure the trimmer has passed the consumer's position.
@@ -161,10 +160,7 @@ fn two_consumers_with_different_scopes_and_filters_hold_exactly_their_regions() 
 fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = provider_with(tmp.path(), 1000, 6, ProviderOptions::default())?;
-    let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
-    c.start()?;
-    wait_converged(&p, &c, "people", PEOPLE)?;
+    let c = people_consumer(tmp.path(), &p)?;
     assert!(p.stop()?.success(), "provider SIGTERM exits 0");
     wait_until(CONVERGE, "provider-goodbye", || {
         let s = c.agreement_status("people")?;
@@ -287,10 +283,7 @@ fn pipelined_writes_are_decided_in_order_and_replicate() -> Result<()> {
 
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 2000, 9, ProviderOptions::default())?;
-    let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
-    c.start()?;
-    wait_converged(&p, &c, "people", PEOPLE)?;
+    let c = people_consumer(tmp.path(), &p)?;
     // The workload's changes build on one another (adds then changes and renames of the
     // same entries, deletes, moves): with 64 in flight, the provider groups them, and a
     // write planned without seeing an earlier one in its group would be refused.
