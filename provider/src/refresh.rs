@@ -201,15 +201,9 @@ impl Refresh {
                 }
                 Phase::Changes { delta } => {
                     let ops = delta.next_encoded(dir.entries(), self.batch_size)?;
-                    // Entries are read as they are now: one may carry a later write not
-                    // yet durable, which must be before it is sent (as in the scan).
-                    let mut newest = Csn::ZERO;
-                    for op in &ops {
-                        if let EncodedOp::Upsert(bytes) = op {
-                            newest = newest.max(EntryHead::decode(bytes).map_err(codec_error)?.csn);
-                        }
-                    }
-                    dir.sync(newest)?;
+                    // An entry read may hold a later write not yet durable: it must be
+                    // before the entry is sent (as in the scan).
+                    dir.sync(delta.newest_read())?;
                     if ops.is_empty() {
                         let done = Message::RefreshDone { cookie: Cookie { store_id: dir.store_id(), csn: self.end } };
                         self.pending.push_back(done.into());

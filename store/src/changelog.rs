@@ -137,28 +137,15 @@ impl Changelog {
         let mut order: Vec<Changed> =
             touched.into_iter().map(|(uuid, (csn, named, key))| Changed { csn, uuid, named, key }).collect();
         order.sort_unstable_by_key(|c| c.csn);
-        Ok(Delta { order: order.into_iter(), spec: spec.clone() })
+        Ok(Delta { order: order.into_iter(), spec: spec.clone(), newest_read: Csn::ZERO })
     }
 }
 
-/// What to send about `uuid` given its current state. `dn_key` is where its last
-/// change left it: looked at first, it finds the entry without the UUID index (a random
-/// read on a large directory) unless it moved again since. The entry goes as stored when
-/// the region takes whole entries, and is decoded, filtered and trimmed otherwise.
-fn op_for_entry(
-    uuid: EntryUuid,
-    csn: Csn,
-    named_in_scope: bool,
-    dn_key: &[u8],
-    spec: &SearchSpec,
-    entries: &EntrySet,
-) -> Result<Option<EncodedOp>> {
-    let found = entries.locate_encoded(&uuid, Some(dn_key))?;
-    op_for_found(uuid, csn, named_in_scope, found.as_ref().map(|(k, b)| (k.as_slice(), b.as_ref())), spec)
-}
-
-/// [`op_for_entry`] once the entry was looked up: `found` is where it is stored and its
-/// record, `None` if it no longer exists.
+/// What to send about `uuid` given its current state, `found` where and as it is stored
+/// (`None` if it no longer exists; looked up at the DN key its last change left it at
+/// first, which finds it without the UUID index unless it moved again since). The entry
+/// goes as stored when the region takes whole entries, and is decoded, filtered and
+/// trimmed otherwise.
 pub(crate) fn op_for_found(
     uuid: EntryUuid,
     csn: Csn,
@@ -216,6 +203,8 @@ pub struct Delta {
     order: std::vec::IntoIter<Changed>,
     /// The consumer's region.
     spec: SearchSpec,
+    /// The newest CSN of any entry read so far (see [`Delta::newest_read`]).
+    newest_read: Csn,
 }
 
 impl Delta {
@@ -234,11 +223,23 @@ impl Delta {
         let mut batch = Vec::new();
         while batch.len() < max {
             let Some(c) = self.order.next() else { break };
-            if let Some(op) = op_for_entry(c.uuid, c.csn, c.named, &c.key, &self.spec, entries)? {
+            let found = entries.locate_encoded(&c.uuid, Some(&c.key))?;
+            if let Some(l) = &found {
+                self.newest_read = self.newest_read.max(l.csn);
+            }
+            let found = found.as_ref().map(|l| (l.key.as_slice(), l.bytes.as_ref()));
+            if let Some(op) = op_for_found(c.uuid, c.csn, c.named, found, &self.spec)? {
                 batch.push(op);
             }
         }
         Ok(batch)
+    }
+
+    /// The newest CSN of any entry read so far. Entries are read as they are now, so
+    /// this may be a later write than the delta's range, committed but not yet durable:
+    /// the caller makes it durable before sending what it read.
+    pub fn newest_read(&self) -> Csn {
+        self.newest_read
     }
 }
 

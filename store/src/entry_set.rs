@@ -28,6 +28,17 @@ pub struct EntrySet {
     pub(crate) uuids: Tree,
 }
 
+/// An entry found by UUID, as stored.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// Its DN key.
+    pub key: Vec<u8>,
+    /// Its record as stored.
+    pub bytes: sled::IVec,
+    /// The CSN of its last change (from the record's head).
+    pub csn: Csn,
+}
+
 impl EntrySet {
     /// Wraps two opened trees.
     pub(crate) fn new(entries: Tree, uuids: Tree) -> Self {
@@ -188,23 +199,21 @@ impl EntrySet {
     /// Where the entry `uuid` is stored and its record as stored, looking at `hint` (a
     /// DN key it was last seen at) before the UUID index. The record's own UUID is the
     /// truth, as in [`EntrySet::get_by_uuid`].
-    pub fn locate_encoded(&self, uuid: &EntryUuid, hint: Option<&[u8]>) -> Result<Option<(Vec<u8>, sled::IVec)>> {
-        let is_it = |bytes: &[u8]| -> Result<bool> {
+    pub fn locate_encoded(&self, uuid: &EntryUuid, hint: Option<&[u8]>) -> Result<Option<Located>> {
+        let head_csn = |bytes: &[u8]| -> Result<Option<Csn>> {
             let head = EntryHead::decode(bytes).map_err(|source| StoreError::Codec { tree: ENTRIES, source })?;
-            Ok(head.uuid == *uuid)
+            Ok((head.uuid == *uuid).then_some(head.csn))
         };
         if let Some(key) = hint {
             if let Some(bytes) = self.entries.get(key)? {
-                if is_it(&bytes)? {
-                    return Ok(Some((key.to_vec(), bytes)));
+                if let Some(csn) = head_csn(&bytes)? {
+                    return Ok(Some(Located { key: key.to_vec(), bytes, csn }));
                 }
             }
         }
         let Some(key) = self.uuids.get(uuid.as_bytes())? else { return Ok(None) };
-        match self.entries.get(&key)? {
-            Some(bytes) if is_it(&bytes)? => Ok(Some((key.to_vec(), bytes))),
-            _ => Ok(None),
-        }
+        let Some(bytes) = self.entries.get(&key)? else { return Ok(None) };
+        Ok(head_csn(&bytes)?.map(|csn| Located { key: key.to_vec(), bytes, csn }))
     }
 
     /// Every entry in tree order.

@@ -18,12 +18,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use tether_protocol::encoded::EncodedOp;
-use tether_protocol::entry::EntryHead;
 use tether_protocol::{Csn, SearchSpec};
 
 use crate::changelog::{op_for_found, ChangeRecord, Changelog};
 use crate::entry_set::EntrySet;
-use crate::error::{Result, StoreError};
+use crate::error::Result;
 
 /// Bytes of entries the feed keeps, at most: a few thousand changes of ordinary
 /// entries, which covers sessions at or near the newest change; one far behind reads
@@ -107,15 +106,9 @@ impl Feed {
         let mut read = Vec::new();
         for record in changelog.records(at, upto).take(max - out.len()) {
             let record = record?;
-            let found = entries
-                .locate_encoded(&record.uuid, Some(&record.dn.tree_key()))?
-                .map(|(key, bytes)| (key, bytes.to_vec()));
-            let entry_csn = match &found {
-                Some((_, bytes)) => {
-                    Some(EntryHead::decode(bytes).map_err(|source| StoreError::Codec { tree: "entries", source })?.csn)
-                }
-                None => None,
-            };
+            let located = entries.locate_encoded(&record.uuid, Some(&record.dn.tree_key()))?;
+            let entry_csn = located.as_ref().map(|l| l.csn);
+            let found = located.map(|l| (l.key, l.bytes.to_vec()));
             read.push(Arc::new(FedChange { record, found, entry_csn }));
         }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
