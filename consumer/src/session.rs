@@ -717,7 +717,11 @@ impl Applier<'_> {
                 self.status.update(|s| s.refresh_received = received);
                 Ok(())
             }
-            Message::Batch { ops } => self.on_batch(ops.into_iter().map(ReceivedOp::from).collect()).await,
+            Message::Batch { ops } => {
+                let ops = ops.iter().map(ReceivedOp::from_op).collect::<Result<Vec<_>, _>>();
+                let ops = ops.map_err(|e| Ended::new(Reason::Exception, format!("re-encoding a batch: {e}")))?;
+                self.on_batch(ops).await
+            }
             Message::PresentBatch { uuids } => {
                 self.expect_refreshing("PresentBatch")?;
                 let Some(shadow) = self.shadow.take() else {
@@ -914,7 +918,7 @@ mod tests {
             let Ok(Received::Batch(ops)) = inbound(rx.recv().await) else { panic!("expected a batch") };
             assert_eq!(ops.len(), BATCH);
             for op in ops {
-                assert_eq!(op.op.csn(), Csn(next as u64 + 1), "entries lost or out of order");
+                assert_eq!(op.csn(), Csn(next as u64 + 1), "entries lost or out of order");
                 next += 1;
             }
             assert!(rx.len() <= full, "queued past the entry budget");

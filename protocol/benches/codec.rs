@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tether_protocol::codec;
-use tether_protocol::{Attributes, Csn, Dn, Entry, EntryUuid, Message, ReplOp, Value};
+use tether_protocol::{Attributes, CheckedEntry, Csn, Dn, Entry, EntryUuid, Message, ReplOp, Value};
 
 /// Entries per batch.
 const ENTRIES: usize = 1_000;
@@ -58,6 +58,27 @@ fn bench_codec(c: &mut Criterion) {
         })
     });
     group.bench_function("decode", |b| b.iter(|| codec::decode::<Message>(black_box(&bytes)).expect("batch decodes")));
+    group.finish();
+
+    // What a consumer does with each received entry: check it and keep its bytes. The
+    // full decode builds the attributes too; the check only walks them.
+    let entries: Vec<Vec<u8>> = (0..ENTRIES).map(|i| codec::encode(&person(i)).expect("entry encodes")).collect();
+    let mut group = c.benchmark_group("entries_1000");
+    group.throughput(Throughput::Elements(u64::try_from(ENTRIES).unwrap_or(u64::MAX)));
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            for e in &entries {
+                black_box(codec::decode::<Entry>(black_box(e)).expect("entry decodes"));
+            }
+        })
+    });
+    group.bench_function("check", |b| {
+        b.iter(|| {
+            for e in &entries {
+                black_box(CheckedEntry::decode_prefix(black_box(e)).expect("entry checks"));
+            }
+        })
+    });
     group.finish();
 }
 

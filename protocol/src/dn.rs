@@ -251,7 +251,7 @@ fn push_normalized_text(text: &str, out: &mut String) {
 
 /// Whether `text` is non-empty ASCII without spaces to remove (leading, trailing or
 /// doubled), the usual case, where normalizing is lower-casing alone.
-fn is_plain_ascii(text: &[u8]) -> bool {
+pub(crate) fn is_plain_ascii(text: &[u8]) -> bool {
     // Starting as if after a space refuses a leading one; ending on one refuses a
     // trailing one (and the empty text).
     let mut previous = b' ';

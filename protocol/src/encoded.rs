@@ -11,7 +11,7 @@
 use crate::codec::{self, CodecError, MAX_DECODE};
 use crate::cookie::Cookie;
 use crate::csn::Csn;
-use crate::entry::EntryUuid;
+use crate::entry::{CheckedEntry, EntryUuid};
 use crate::message::Message;
 use crate::repl::ReplOp;
 
@@ -129,20 +129,62 @@ impl EncodedMessage {
     }
 }
 
-/// A [`ReplOp`] received, with an upserted entry's bytes as they arrived: exactly the
-/// codec's encoding of the entry (it decoded and passed every check), so a consumer
-/// stores them as they are instead of encoding the entry again.
+/// A [`ReplOp`] received: a delete, or an upserted entry as the bytes that arrived
+/// (exactly the codec's encoding of the entry) with its name, UUID and CSN. The bytes
+/// passed every check a decode makes ([`CheckedEntry`]) but the entry was not built: a
+/// consumer stores the bytes as they are and needs nothing else to place them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedOp {
-    /// The operation, decoded and checked.
-    pub op: ReplOp,
-    /// For an upsert, the entry's encoded bytes.
-    pub encoded: Option<Vec<u8>>,
+pub enum ReceivedOp {
+    /// [`ReplOp::Upsert`].
+    Upsert {
+        /// What placing the entry needs.
+        entry: CheckedEntry,
+        /// The entry's encoding, as received.
+        encoded: Vec<u8>,
+    },
+    /// [`ReplOp::Delete`].
+    Delete {
+        /// Which entry.
+        uuid: EntryUuid,
+        /// The CSN of the change that removed it.
+        csn: Csn,
+    },
 }
 
-impl From<ReplOp> for ReceivedOp {
-    fn from(op: ReplOp) -> Self {
-        Self { op, encoded: None }
+impl ReceivedOp {
+    /// The op as it would have arrived, for a caller holding it decoded.
+    pub fn from_op(op: &ReplOp) -> Result<Self, CodecError> {
+        Ok(match op {
+            ReplOp::Upsert(e) => ReceivedOp::Upsert {
+                entry: CheckedEntry { dn: e.dn.clone(), uuid: e.uuid, csn: e.csn },
+                encoded: codec::encode(e)?,
+            },
+            ReplOp::Delete { uuid, csn } => ReceivedOp::Delete { uuid: *uuid, csn: *csn },
+        })
+    }
+
+    /// The entry it is about.
+    pub fn uuid(&self) -> EntryUuid {
+        match self {
+            ReceivedOp::Upsert { entry, .. } => entry.uuid,
+            ReceivedOp::Delete { uuid, .. } => *uuid,
+        }
+    }
+
+    /// The CSN of the state it carries.
+    pub fn csn(&self) -> Csn {
+        match self {
+            ReceivedOp::Upsert { entry, .. } => entry.csn,
+            ReceivedOp::Delete { csn, .. } => *csn,
+        }
+    }
+
+    /// The whole op, the entry built from its bytes.
+    pub fn decode(&self) -> Result<ReplOp, CodecError> {
+        Ok(match self {
+            ReceivedOp::Upsert { encoded, .. } => ReplOp::Upsert(codec::decode(encoded)?),
+            ReceivedOp::Delete { uuid, csn } => ReplOp::Delete { uuid: *uuid, csn: *csn },
+        })
     }
 }
 
@@ -202,13 +244,15 @@ impl Received {
         }
     }
 
-    /// The message it is (the kept bytes dropped).
-    pub fn into_message(self) -> Message {
-        match self {
-            Received::Batch(ops) => Message::Batch { ops: ops.into_iter().map(|r| r.op).collect() },
-            Received::Change { op, cookie } => Message::Change { op: op.op, cookie },
+    /// The message it is, each entry built from its bytes.
+    pub fn into_message(self) -> Result<Message, CodecError> {
+        Ok(match self {
+            Received::Batch(ops) => {
+                Message::Batch { ops: ops.iter().map(ReceivedOp::decode).collect::<Result<_, _>>()? }
+            }
+            Received::Change { op, cookie } => Message::Change { op: op.decode()?, cookie },
             Received::Message(m) => m,
-        }
+        })
     }
 }
 
@@ -218,12 +262,15 @@ fn received_op(bytes: &[u8]) -> Result<(ReceivedOp, usize), CodecError> {
     if tag != UPSERT {
         // Not an upsert: nothing to keep, so the op decodes as usual (a delete, or an
         // unknown variant refused with the codec's own error).
-        let (op, n) = codec::decode_prefix::<ReplOp>(bytes)?;
-        return Ok((op.into(), n));
+        return match codec::decode_prefix::<ReplOp>(bytes)? {
+            (ReplOp::Delete { uuid, csn }, n) => Ok((ReceivedOp::Delete { uuid, csn }, n)),
+            // The codec reads an upsert only under its own index, handled below.
+            (ReplOp::Upsert(_), _) => Err(CodecError::Invalid("an upsert under another variant index".into())),
+        };
     }
-    let (entry, n) = codec::decode_prefix::<crate::entry::Entry>(&bytes[at..])?;
+    let (entry, n) = CheckedEntry::decode_prefix(&bytes[at..])?;
     let encoded = bytes[at..at + n].to_vec();
-    Ok((ReceivedOp { op: ReplOp::Upsert(entry), encoded: Some(encoded) }, at + n))
+    Ok((ReceivedOp::Upsert { entry, encoded }, at + n))
 }
 
 #[cfg(test)]
@@ -287,12 +334,11 @@ mod tests {
                 Received::Message(_) => vec![],
             };
             for r in kept {
-                match &r.op {
-                    ReplOp::Upsert(e) => assert_eq!(r.encoded, Some(codec::encode(e).unwrap())),
-                    ReplOp::Delete { .. } => assert_eq!(r.encoded, None),
-                }
+                let op = r.decode().unwrap();
+                assert_eq!(ReceivedOp::from_op(&op).unwrap(), r, "each op keeps the entry's encoding and its head");
+                assert_eq!((r.uuid(), r.csn()), (op.uuid(), op.csn()));
             }
-            assert_eq!(received.into_message(), msg);
+            assert_eq!(received.into_message().unwrap(), msg);
             // Whatever decoding a message refuses, this refuses too.
             let mut trailing = bytes.clone();
             trailing.push(0);

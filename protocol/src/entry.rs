@@ -13,7 +13,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::csn::Csn;
-use crate::dn::{normalize_text, Dn};
+use crate::dn::{is_plain_ascii, normalize_text, Dn};
+
+mod checked;
+pub use checked::CheckedEntry;
 
 /// The entryUUID: assigned by the provider when an entry is added and never changed, so
 /// replication can follow an entry through renames and moves by identity, not by name.
@@ -118,15 +121,26 @@ impl Value {
     /// The comparison form: case-folded with insignificant spaces removed for text, the
     /// octets themselves for binary.
     pub fn normalized(&self) -> Vec<u8> {
-        match self.as_str() {
-            Some(text) => normalize_text(text).into_bytes(),
-            None => self.0.clone(),
-        }
+        normalized(&self.0)
     }
 
     /// Equality under the matching rule (see the module docs).
     pub fn matches(&self, other: &Value) -> bool {
         self.0 == other.0 || self.normalized() == other.normalized()
+    }
+}
+
+/// The comparison form of a value's octets (see [`Value::normalized`]).
+fn normalized(bytes: &[u8]) -> Vec<u8> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => normalize_text(text).into_bytes(),
+        Err(_) => bytes.to_vec(),
+    }
+}
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -268,42 +282,65 @@ impl<'de> serde::de::Visitor<'de> for CheckedMap {
         f.write_str("a map of attributes")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let refuse = serde::de::Error::custom;
         let mut sorted: Vec<(String, Attribute)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
         while let Some(key) = map.next_key::<String>()? {
             let attr: Attribute = map.next_value()?;
-            let filed_right = key.len() == attr.name.len()
-                && key.bytes().zip(attr.name.bytes()).all(|(k, n)| k == n.to_ascii_lowercase());
-            if !filed_right {
-                return Err(refuse(AttributeError::MisfiledAttribute { name: attr.name, key }));
-            }
-            // Keys come in order, each once, as the map writes them: a repeated key
-            // would silently replace an attribute.
-            if let Some((last, _)) = sorted.last() {
-                if *last >= key {
-                    return Err(refuse(AttributeError::DuplicateAttribute(attr.name)));
-                }
-            }
-            check_attribute_name(&attr.name).map_err(refuse)?;
-            match attr.values.len() {
-                0 => return Err(refuse(AttributeError::NoValues(attr.name))),
-                1 => {}
-                _ => {
-                    let mut held = HashSet::with_capacity(attr.values.len());
-                    if let Some(dup) = attr.values.iter().find(|v| !held.insert(v.normalized())) {
-                        return Err(refuse(AttributeError::DuplicateValue {
-                            attr: attr.name.clone(),
-                            value: String::from_utf8_lossy(dup.as_bytes()).into_owned(),
-                        }));
-                    }
-                }
-            }
+            let last = sorted.last().map(|(k, _)| k.as_str());
+            check_decoded_attribute(last, &key, &attr.name, &attr.values).map_err(serde::de::Error::custom)?;
             sorted.push((key, attr));
         }
         // Already in order, so this builds the tree without sorting.
         Ok(sorted.into_iter().collect())
     }
 }
+
+/// The invariants of one decoded attribute, filed under `key` after `last`: what
+/// [`Attributes::add`] guarantees of a set it built. Shared by the full decode and by
+/// [`CheckedEntry`], so both refuse the same bytes with the same error.
+fn check_decoded_attribute<V: AsRef<[u8]>>(
+    last: Option<&str>,
+    key: &str,
+    name: &str,
+    values: &[V],
+) -> Result<(), AttributeError> {
+    let filed_right =
+        key.len() == name.len() && key.bytes().zip(name.bytes()).all(|(k, n)| k == n.to_ascii_lowercase());
+    if !filed_right {
+        return Err(AttributeError::MisfiledAttribute { name: name.to_owned(), key: key.to_owned() });
+    }
+    // Keys come in order, each once, as the map writes them: a repeated key would
+    // silently replace an attribute.
+    if last.is_some_and(|last| last >= key) {
+        return Err(AttributeError::DuplicateAttribute(name.to_owned()));
+    }
+    check_attribute_name(name)?;
+    match values.len() {
+        0 => Err(AttributeError::NoValues(name.to_owned())),
+        1 => Ok(()),
+        n => {
+            let at = |i: usize| values[i].as_ref();
+            let dup = if n <= FEW_VALUES && (0..n).all(|i| is_plain_ascii(at(i))) {
+                // A few values needing no space removed (objectClass, say): their
+                // normalized forms are equal exactly when they are equal ignoring ASCII
+                // case, so compare pairs instead of building each form.
+                (1..n).find(|&j| (0..j).any(|i| at(i).eq_ignore_ascii_case(at(j)))).map(at)
+            } else {
+                let mut held = HashSet::with_capacity(n);
+                (0..n).map(at).find(|v| !held.insert(normalized(v)))
+            };
+            match dup {
+                Some(dup) => Err(AttributeError::DuplicateValue {
+                    attr: name.to_owned(),
+                    value: String::from_utf8_lossy(dup).into_owned(),
+                }),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Up to how many values [`check_decoded_attribute`] compares pairwise.
+const FEW_VALUES: usize = 8;
 
 impl Attributes {
     /// An empty set.

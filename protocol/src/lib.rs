@@ -56,7 +56,7 @@ pub use connection::{MessageReader, MessageWriter, WireError};
 pub use cookie::{Cookie, StoreId};
 pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
-pub use entry::{Attribute, AttributeError, Attributes, Entry, EntryHead, EntryUuid, Value};
+pub use entry::{Attribute, AttributeError, Attributes, CheckedEntry, Entry, EntryHead, EntryUuid, Value};
 pub use filter::Filter;
 pub use filter_parse::FilterError;
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME};

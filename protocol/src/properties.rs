@@ -13,6 +13,8 @@
 //! - [`message`]: a payload that decodes re-encodes within the codec limit and decodes
 //!   to the same value (down to how each DN was written), the encoding is a fixed
 //!   point, and decoded attributes hold the invariants their checked constructor keeps.
+//!   The consumer's decoding ([`Received`], entries checked but not built) accepts
+//!   exactly the payloads the full decode accepts, and means the same message.
 //! - [`ldif`]: the reader never panics, every error names a line of the input, the
 //!   result does not depend on how the input is buffered, and every record read is
 //!   written by the writer and reads back to the same record and the same bytes.
@@ -35,6 +37,7 @@ use crate::change::Change;
 use crate::codec;
 use crate::csn::Csn;
 use crate::dn::{Dn, Rdn};
+use crate::encoded::Received;
 use crate::entry::{Attributes, Entry, EntryUuid, Value};
 use crate::filter::Filter;
 use crate::frame::{FrameReader, FrameWriter, CHECKSUM, LENGTH_PREFIX, MAX_FRAME};
@@ -197,7 +200,14 @@ impl AsyncRead for Trickle<'_> {
 
 /// The message decoder's properties for one payload: see the module docs.
 pub fn message(payload: &[u8]) {
-    let Ok(msg) = codec::decode::<Message>(payload) else { return };
+    let received = Received::decode(payload);
+    let Ok(msg) = codec::decode::<Message>(payload) else {
+        assert!(received.is_err(), "the consumer's decoding accepts a payload the full decode refuses");
+        return;
+    };
+    let received = received.unwrap_or_else(|e| panic!("the consumer's decoding refuses a {}: {e}", msg.name()));
+    let rebuilt = received.into_message().unwrap_or_else(|e| panic!("received entries do not decode: {e}"));
+    assert_eq!(format!("{rebuilt:?}"), format!("{msg:?}"), "the consumer's decoding means the same message");
     let bytes = codec::encode(&msg).unwrap_or_else(|e| panic!("decoded {} does not re-encode: {e}", msg.name()));
     assert_eq!(codec::encoded_len(&msg), Ok(bytes.len()), "encoded_len agrees with encode");
     let again: Message =

@@ -378,7 +378,7 @@ impl Directory {
                 let tx = TxEntrySet { entries, uuids };
                 for (p, (csn, record)) in planned.iter().zip(&records) {
                     match &p.after {
-                        Some(entry) => tx.put(p.old_key.as_deref(), entry, None)?,
+                        Some(entry) => tx.put(p.old_key.as_deref(), entry)?,
                         None => {
                             if let Some(key) = &p.old_key {
                                 tx.remove(key, &p.uuid)?;

@@ -17,7 +17,7 @@ use crate::record::{decode, encode};
 pub type DnKey = Vec<u8>;
 
 /// Name used in errors for the entries tree.
-const ENTRIES: &str = "entries";
+pub(crate) const ENTRIES: &str = "entries";
 
 /// Two trees forming one set of entries (see the module docs).
 #[derive(Debug, Clone)]
@@ -255,21 +255,29 @@ impl TxEntrySet<'_> {
 
     /// Writes `entry` (as `encoded`, its codec encoding, when the caller has it),
     /// removing its record at `old_key` if it moved.
-    pub(crate) fn put(&self, old_key: Option<&[u8]>, entry: &Entry, encoded: Option<&[u8]>) -> Result<(), TxError> {
-        let key = entry.dn.tree_key();
+    pub(crate) fn put(&self, old_key: Option<&[u8]>, entry: &Entry) -> Result<(), TxError> {
+        let bytes = encode(ENTRIES, entry).map_err(ConflictableTransactionError::Abort)?;
+        self.put_encoded(old_key, entry.dn.tree_key(), &entry.uuid, bytes)
+    }
+
+    /// Writes the entry `uuid` encoded as `bytes` under `key` (its DN's tree key),
+    /// removing its record at `old_key` if it moved.
+    pub(crate) fn put_encoded(
+        &self,
+        old_key: Option<&[u8]>,
+        key: Vec<u8>,
+        uuid: &EntryUuid,
+        bytes: Vec<u8>,
+    ) -> Result<(), TxError> {
         if let Some(old) = old_key {
             if old != key.as_slice() {
                 self.entries.remove(old)?;
             }
         }
-        let bytes = match encoded {
-            Some(bytes) => bytes.to_vec(),
-            None => encode(ENTRIES, entry).map_err(ConflictableTransactionError::Abort)?,
-        };
         self.entries.insert(key.as_slice(), bytes)?;
         // Staying at its DN, the index already points here.
         if old_key != Some(key.as_slice()) {
-            self.uuids.insert(entry.uuid.as_bytes(), key)?;
+            self.uuids.insert(uuid.as_bytes(), key)?;
         }
         Ok(())
     }

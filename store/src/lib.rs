@@ -42,6 +42,8 @@ pub use entry_set::{EntrySet, Located};
 pub use error::{Refusal, Result, StoreError};
 pub use feed::FedChange;
 pub use pins::Pin;
-pub use replica::{ApplyStats, IncomingOp, Replica, ReplicaState, ReplicaStore, Shadow, ShadowProgress};
+pub use replica::{
+    ApplyStats, EntryForm, Incoming, IncomingOp, Replica, ReplicaState, ReplicaStore, Shadow, ShadowProgress,
+};
 /// sled's error type, for callers that must build or match a storage error.
 pub use sled::Error as SledError;

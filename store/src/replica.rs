@@ -27,10 +27,10 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::{Db, Tree};
 use tether_protocol::encoded::ReceivedOp;
-use tether_protocol::{Cookie, Entry, EntryUuid, RefreshKind, ReplOp, ResumePoint, SearchSpec};
+use tether_protocol::{Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, ResumePoint, SearchSpec};
 
 use crate::directory::{open_db, StoreOptions};
-use crate::entry_set::{EntrySet, TxEntrySet, TxError};
+use crate::entry_set::{EntrySet, TxEntrySet, TxError, ENTRIES};
 use crate::error::{Result, StoreError};
 use crate::record::{decode, encode};
 
@@ -73,30 +73,93 @@ pub struct ShadowProgress {
     pub received: u64,
 }
 
-/// An operation to apply and, when it came off the wire, its entry's bytes as received
-/// ([`ReceivedOp`]): the codec's encoding of that very entry, stored as it is instead of
-/// encoding the entry again (about a fifth of a replica's cost per entry).
+/// An operation to apply: one built here ([`ReplOp`]), or one off the wire
+/// ([`ReceivedOp`]), whose entry is the bytes received (checked, not built) and is
+/// stored as it is instead of being encoded again (about a fifth of a replica's cost per
+/// entry, and building it was as much again).
 pub trait IncomingOp {
-    /// The operation.
-    fn op(&self) -> &ReplOp;
-    /// For an upsert, its entry as the codec encodes it, if at hand.
-    fn encoded(&self) -> Option<&[u8]> {
-        None
+    /// What the operation is, as applying it needs it.
+    fn incoming(&self) -> Incoming<'_>;
+}
+
+/// An operation as [`Replica::apply`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub enum Incoming<'a> {
+    /// Store this state of an entry if it is newer than the one held.
+    Upsert {
+        /// Its name.
+        dn: &'a Dn,
+        /// Its identity.
+        uuid: EntryUuid,
+        /// The CSN of the state.
+        csn: Csn,
+        /// The state itself.
+        record: EntryForm<'a>,
+    },
+    /// Remove the entry.
+    Delete {
+        /// Which entry.
+        uuid: EntryUuid,
+        /// The CSN of the change that removed it.
+        csn: Csn,
+    },
+}
+
+impl Incoming<'_> {
+    /// The entry it is about.
+    pub fn uuid(&self) -> EntryUuid {
+        match self {
+            Incoming::Upsert { uuid, .. } | Incoming::Delete { uuid, .. } => *uuid,
+        }
+    }
+
+    /// The CSN of the state it carries.
+    pub fn csn(&self) -> Csn {
+        match self {
+            Incoming::Upsert { csn, .. } | Incoming::Delete { csn, .. } => *csn,
+        }
+    }
+}
+
+/// An upserted entry's state, in the form at hand.
+#[derive(Debug, Clone, Copy)]
+pub enum EntryForm<'a> {
+    /// Built: encoded to be stored.
+    Entry(&'a Entry),
+    /// Already the codec's encoding of the entry.
+    Encoded(&'a [u8]),
+}
+
+impl EntryForm<'_> {
+    /// The bytes to store under the entry's DN.
+    fn to_bytes(self, tree: &'static str) -> Result<Vec<u8>> {
+        match self {
+            EntryForm::Entry(entry) => encode(tree, entry),
+            EntryForm::Encoded(bytes) => Ok(bytes.to_vec()),
+        }
     }
 }
 
 impl IncomingOp for ReplOp {
-    fn op(&self) -> &ReplOp {
-        self
+    fn incoming(&self) -> Incoming<'_> {
+        match self {
+            ReplOp::Upsert(e) => Incoming::Upsert { dn: &e.dn, uuid: e.uuid, csn: e.csn, record: EntryForm::Entry(e) },
+            ReplOp::Delete { uuid, csn } => Incoming::Delete { uuid: *uuid, csn: *csn },
+        }
     }
 }
 
 impl IncomingOp for ReceivedOp {
-    fn op(&self) -> &ReplOp {
-        &self.op
-    }
-    fn encoded(&self) -> Option<&[u8]> {
-        self.encoded.as_deref()
+    fn incoming(&self) -> Incoming<'_> {
+        match self {
+            ReceivedOp::Upsert { entry, encoded } => Incoming::Upsert {
+                dn: &entry.dn,
+                uuid: entry.uuid,
+                csn: entry.csn,
+                record: EntryForm::Encoded(encoded),
+            },
+            ReceivedOp::Delete { uuid, csn } => Incoming::Delete { uuid: *uuid, csn: *csn },
+        }
     }
 }
 
@@ -353,8 +416,8 @@ impl Replica {
                 let tx = TxEntrySet { entries, uuids };
                 let mut stats = ApplyStats::default();
                 for incoming in ops {
-                    let op = incoming.op();
-                    let applied = apply_op(&tx, op, incoming.encoded(), &mut stats)?;
+                    let op = incoming.incoming();
+                    let applied = apply_op(&tx, op, &mut stats)?;
                     if applied && audit_on {
                         let mut key = op.uuid().as_bytes().to_vec();
                         key.extend_from_slice(&op.csn().to_key());
@@ -491,39 +554,40 @@ impl Replica {
 
 /// Applies one op inside a transaction (see the module docs for the rules); returns
 /// whether it changed the replica.
-fn apply_op(tx: &TxEntrySet<'_>, op: &ReplOp, encoded: Option<&[u8]>, stats: &mut ApplyStats) -> Result<bool, TxError> {
+fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Result<bool, TxError> {
     match op {
-        ReplOp::Upsert(entry) => {
+        Incoming::Upsert { dn, uuid, csn, record } => {
             // Most upserts change an entry in place: the record at its DN is the entry
             // itself, found without the UUID index (a random read on a large replica).
-            let new_key = entry.dn.tree_key();
+            let new_key = dn.tree_key();
             let holder = tx.head_at(&new_key)?;
             let current = match holder {
-                Some((uuid, csn)) if uuid == entry.uuid => Some((new_key.clone(), csn)),
-                _ => tx.locate(&entry.uuid)?,
+                Some((held, held_csn)) if held == uuid => Some((new_key.clone(), held_csn)),
+                _ => tx.locate(&uuid)?,
             };
-            if let Some((_, csn)) = &current {
-                if *csn >= entry.csn {
+            if let Some((_, held_csn)) = &current {
+                if *held_csn >= csn {
                     stats.skipped += 1;
                     return Ok(false);
                 }
             }
-            if let Some((uuid, _)) = holder {
-                if uuid != entry.uuid {
-                    tx.remove(&new_key, &uuid)?;
+            if let Some((held, _)) = holder {
+                if held != uuid {
+                    tx.remove(&new_key, &held)?;
                     stats.removed += 1;
                 }
             }
-            tx.put(current.as_ref().map(|(k, _)| k.as_slice()), entry, encoded)?;
+            let bytes = record.to_bytes(ENTRIES).map_err(ConflictableTransactionError::Abort)?;
+            tx.put_encoded(current.as_ref().map(|(k, _)| k.as_slice()), new_key, &uuid, bytes)?;
             if current.is_none() {
                 stats.created += 1;
             }
             stats.applied += 1;
             Ok(true)
         }
-        ReplOp::Delete { uuid, .. } => match tx.locate(uuid)? {
+        Incoming::Delete { uuid, .. } => match tx.locate(&uuid)? {
             Some((key, _)) => {
-                tx.remove(&key, uuid)?;
+                tx.remove(&key, &uuid)?;
                 stats.removed += 1;
                 stats.applied += 1;
                 Ok(true)
@@ -599,11 +663,11 @@ impl Shadow {
             let tx = TxEntrySet { entries, uuids };
             let mut stats = ApplyStats::default();
             for incoming in ops {
-                apply_op(&tx, incoming.op(), incoming.encoded(), &mut stats)?;
+                apply_op(&tx, incoming.incoming(), &mut stats)?;
             }
             Ok(stats)
         })?;
-        self.received += ops.iter().filter(|op| matches!(op.op(), ReplOp::Upsert(_))).count() as u64;
+        self.received += ops.iter().filter(|op| matches!(op.incoming(), Incoming::Upsert { .. })).count() as u64;
         self.count(&stats);
         Ok(stats)
     }
@@ -615,20 +679,16 @@ impl Shadow {
     /// after a crash between the two an index entry can only point at nothing (ignored),
     /// never an entry lack its index. Anything else goes through [`Shadow::apply`].
     pub fn apply_scan<O: IncomingOp>(&mut self, ops: &[O]) -> Result<ApplyStats> {
-        if ops.iter().any(|op| !matches!(op.op(), ReplOp::Upsert(_))) {
+        if ops.iter().any(|op| !matches!(op.incoming(), Incoming::Upsert { .. })) {
             return self.apply(ops);
         }
         let mut entries = sled::Batch::default();
         let mut uuids = sled::Batch::default();
         for incoming in ops {
-            if let ReplOp::Upsert(entry) = incoming.op() {
-                let key = entry.dn.tree_key();
-                let bytes = match incoming.encoded() {
-                    Some(bytes) => bytes.to_vec(),
-                    None => encode(SHADOW_ENTRIES, entry)?,
-                };
-                entries.insert(key.as_slice(), bytes);
-                uuids.insert(entry.uuid.as_bytes(), key);
+            if let Incoming::Upsert { dn, uuid, record, .. } = incoming.incoming() {
+                let key = dn.tree_key();
+                entries.insert(key.as_slice(), record.to_bytes(SHADOW_ENTRIES)?);
+                uuids.insert(uuid.as_bytes(), key);
             }
         }
         self.set.uuids.apply_batch(uuids)?;

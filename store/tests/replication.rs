@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
+use tether_protocol::encoded::{EncodedMessage, Received};
 use tether_protocol::{Cookie, Csn, Dn, Entry, Filter, ModOp, RefreshKind, ReplOp, ResumePoint, Scope, SearchSpec};
 use tether_store::{Directory, ReplicaStore, RetentionPolicy, StoreError};
 
@@ -332,7 +333,10 @@ fn run(d: &Directory, op: &Op) {
 }
 
 /// Applies every durable change after `position` to `replica` through the persist
-/// phase's feed, seven at a time; returns the entry count's change by the apply stats.
+/// phase's feed, seven at a time, each as a consumer receives it: the `Change` message
+/// the session sends, decoded as the consumer's reader decodes it (the entry checked,
+/// its bytes kept and stored as they are); returns the entry count's change by the
+/// apply stats.
 fn stream(dir: &Directory, replica: &tether_store::Replica, spec: &SearchSpec, position: &mut Csn) -> i64 {
     let mut delta = 0;
     loop {
@@ -343,7 +347,11 @@ fn stream(dir: &Directory, replica: &tether_store::Replica, spec: &SearchSpec, p
         for change in changes {
             if let Some(op) = change.op_for(spec).unwrap() {
                 let cookie = Cookie { store_id: dir.store_id(), csn: change.csn() };
-                delta += replica.apply(&[op.decode().unwrap()], Some(cookie)).unwrap().entries_delta();
+                let sent = EncodedMessage::change(&op, &cookie).unwrap();
+                let Received::Change { op: received, cookie } = Received::decode(sent.as_bytes()).unwrap() else {
+                    panic!("a change decodes as a change")
+                };
+                delta += replica.apply(&[received], Some(cookie)).unwrap().entries_delta();
             }
             *position = change.csn();
         }

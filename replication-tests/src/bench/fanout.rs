@@ -13,6 +13,7 @@ use tokio::runtime::Runtime;
 
 use super::client;
 use super::cluster::{Cluster, AGREEMENT, STEP};
+use super::cpu;
 use super::data;
 use super::report::{Bound, Report};
 use super::rss;
@@ -35,7 +36,10 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
         cluster.consumers[i].start()?;
     }
     let every = (ops / CHECKPOINTS).max(1);
-    let (worst_lag, median_at_worst, elapsed) = rt.block_on(async {
+    let pids = (0..consumers).map(|i| cluster.consumer_pid(i)).collect::<Result<Vec<_>>>()?;
+    let provider = cluster.provider_pid()?;
+    let consumers_cpu = |pids: &[u32]| pids.iter().map(|&pid| cpu::used(pid)).sum::<Result<Duration>>();
+    let (worst_lag, median_at_worst, elapsed, cpu) = rt.block_on(async {
         for i in 0..consumers {
             cluster.wait_persisting(i, STEP).await?;
         }
@@ -55,6 +59,7 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
         }
         let mut acks = vec![None; ops];
         let mut writer = cluster.writer().await?;
+        let cpu_before = (cpu::used(provider)?, consumers_cpu(&pids)?);
         let started = Instant::now();
         writer
             .apply(changes, WRITE_DEPTH, |n, csn, at| {
@@ -71,6 +76,7 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
             lags.entry(n).or_default().push(reached.saturating_duration_since(acked));
             last = last.max(reached);
         }
+        let cpu = (cpu::used(provider)? - cpu_before.0, consumers_cpu(&pids)? - cpu_before.1);
         writer.close().await;
         // The checkpoint with the worst lag, and the median consumer's lag there: one
         // late consumer, or all of them late together (something they share).
@@ -82,7 +88,7 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
             })
             .max()
             .unwrap_or_default();
-        anyhow::Ok((worst, median, last.duration_since(started)))
+        anyhow::Ok((worst, median, last.duration_since(started), cpu))
     })?;
     let provider_after = rss::current(cluster.provider_pid()?)?;
     let per_session = provider_after.saturating_sub(provider_before) as f64 / consumers.max(1) as f64;
@@ -92,6 +98,8 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
     r.figure("median consumer lag at that checkpoint", median_at_worst.as_secs_f64() * 1e3, "ms");
     r.figure("aggregate deliveries", (ops * consumers) as f64 / elapsed.as_secs_f64(), "changes/s");
     r.figure("all consumers caught up after", elapsed.as_secs_f64(), "s");
+    r.figure("provider CPU per change", cpu.0.as_secs_f64() * 1e6 / ops.max(1) as f64, "us");
+    r.figure("consumer CPU per change delivered", cpu.1.as_secs_f64() * 1e6 / (ops * consumers).max(1) as f64, "us");
     r.figure("provider RSS per session", per_session / 1024.0, "KiB");
     r.figure("provider peak RSS", rss::mib(rss::peak(cluster.provider_pid()?)?), "MiB");
     Ok(r)

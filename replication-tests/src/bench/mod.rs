@@ -5,6 +5,7 @@
 pub mod burst;
 pub mod client;
 pub mod cluster;
+pub mod cpu;
 pub mod data;
 pub mod detect;
 pub mod fanout;

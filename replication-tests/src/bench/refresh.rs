@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use tokio::runtime::Runtime;
 
 use super::cluster::{Cluster, STEP};
+use super::cpu;
 use super::report::{Bound, Report};
 use super::rss;
 
@@ -26,10 +27,13 @@ pub fn run(rt: &Runtime, people: usize) -> Result<Report> {
     let i = cluster.add_consumer(true)?;
     // What the provider holds with its store open, before serving anything.
     let provider_idle = rss::current(cluster.provider_pid()?)?;
+    let provider_cpu = cpu::used(cluster.provider_pid()?)?;
     let started = Instant::now();
     cluster.consumers[i].start()?;
     rt.block_on(cluster.wait_persisting(i, STEP))?;
     let elapsed = started.elapsed();
+    // The consumer process started with the refresh: all its CPU is the refresh's.
+    let cpu = (cpu::used(cluster.provider_pid()?)? - provider_cpu, cpu::used(cluster.consumer_pid(i)?)?);
     let bytes = cluster.proxy()?.stats().bytes_to_client;
     let provider_rss = rss::peak(cluster.provider_pid()?)?;
     let consumer_rss = rss::peak(cluster.consumer_pid(i)?)?;
@@ -46,6 +50,8 @@ pub fn run(rt: &Runtime, people: usize) -> Result<Report> {
     r.target("refresh rate", rate, "entries/s", Bound::AtLeast, TARGET_RATE);
     r.figure("bytes on the wire", bytes as f64, "B");
     r.figure("bytes per entry", bytes as f64 / cluster.entries as f64, "B");
+    r.figure("provider CPU per entry", cpu.0.as_secs_f64() * 1e6 / people.max(1) as f64, "us");
+    r.figure("consumer CPU per entry", cpu.1.as_secs_f64() * 1e6 / people.max(1) as f64, "us");
     if people >= RSS_TARGET_FROM {
         r.target("provider peak RSS", rss::mib(provider_rss), "MiB", Bound::AtMost, TARGET_RSS_MIB);
         r.target("consumer peak RSS", rss::mib(consumer_rss), "MiB", Bound::AtMost, TARGET_RSS_MIB);
