@@ -262,11 +262,8 @@ fn received_op(bytes: &[u8]) -> Result<(ReceivedOp, usize), CodecError> {
     if tag != UPSERT {
         // Not an upsert: nothing to keep, so the op decodes as usual (a delete, or an
         // unknown variant refused with the codec's own error).
-        return match codec::decode_prefix::<ReplOp>(bytes)? {
-            (ReplOp::Delete { uuid, csn }, n) => Ok((ReceivedOp::Delete { uuid, csn }, n)),
-            // The codec reads an upsert only under its own index, handled below.
-            (ReplOp::Upsert(_), _) => Err(CodecError::Invalid("an upsert under another variant index".into())),
-        };
+        let (op, n) = codec::decode_prefix::<ReplOp>(bytes)?;
+        return Ok((ReceivedOp::from_op(&op)?, n));
     }
     let (entry, n) = CheckedEntry::decode_prefix(&bytes[at..])?;
     let encoded = bytes[at..at + n].to_vec();

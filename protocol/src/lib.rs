@@ -6,7 +6,8 @@
 //! ## Layout
 //! The data model:
 //! - [`dn`]: distinguished names, their normalized form and tree order.
-//! - [`entry`]: entries, attributes and values, with the matching rules.
+//! - [`entry`]: entries, attributes and values, with the matching rules; `CheckedEntry`
+//!   checks an encoded entry as decoding it would, without building it.
 //! - [`csn`], [`cookie`]: change sequence numbers and a consumer's position.
 //! - [`change`]: write requests (add, modify, delete, modify-DN).
 //! - [`filter`], [`filter_parse`], [`scope`]: RFC 4515 filters (bounded length and

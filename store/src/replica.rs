@@ -93,8 +93,8 @@ pub enum Incoming<'a> {
         uuid: EntryUuid,
         /// The CSN of the state.
         csn: Csn,
-        /// The state itself.
-        record: EntryForm<'a>,
+        /// The entry, in the form at hand.
+        entry: EntryForm<'a>,
     },
     /// Remove the entry.
     Delete {
@@ -143,7 +143,7 @@ impl EntryForm<'_> {
 impl IncomingOp for ReplOp {
     fn incoming(&self) -> Incoming<'_> {
         match self {
-            ReplOp::Upsert(e) => Incoming::Upsert { dn: &e.dn, uuid: e.uuid, csn: e.csn, record: EntryForm::Entry(e) },
+            ReplOp::Upsert(e) => Incoming::Upsert { dn: &e.dn, uuid: e.uuid, csn: e.csn, entry: EntryForm::Entry(e) },
             ReplOp::Delete { uuid, csn } => Incoming::Delete { uuid: *uuid, csn: *csn },
         }
     }
@@ -152,12 +152,9 @@ impl IncomingOp for ReplOp {
 impl IncomingOp for ReceivedOp {
     fn incoming(&self) -> Incoming<'_> {
         match self {
-            ReceivedOp::Upsert { entry, encoded } => Incoming::Upsert {
-                dn: &entry.dn,
-                uuid: entry.uuid,
-                csn: entry.csn,
-                record: EntryForm::Encoded(encoded),
-            },
+            ReceivedOp::Upsert { entry, encoded } => {
+                Incoming::Upsert { dn: &entry.dn, uuid: entry.uuid, csn: entry.csn, entry: EntryForm::Encoded(encoded) }
+            }
             ReceivedOp::Delete { uuid, csn } => Incoming::Delete { uuid: *uuid, csn: *csn },
         }
     }
@@ -556,7 +553,7 @@ impl Replica {
 /// whether it changed the replica.
 fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Result<bool, TxError> {
     match op {
-        Incoming::Upsert { dn, uuid, csn, record } => {
+        Incoming::Upsert { dn, uuid, csn, entry } => {
             // Most upserts change an entry in place: the record at its DN is the entry
             // itself, found without the UUID index (a random read on a large replica).
             let new_key = dn.tree_key();
@@ -577,7 +574,7 @@ fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Re
                     stats.removed += 1;
                 }
             }
-            let bytes = record.to_bytes(ENTRIES).map_err(ConflictableTransactionError::Abort)?;
+            let bytes = entry.to_bytes(ENTRIES).map_err(ConflictableTransactionError::Abort)?;
             tx.put_encoded(current.as_ref().map(|(k, _)| k.as_slice()), new_key, &uuid, bytes)?;
             if current.is_none() {
                 stats.created += 1;
@@ -685,9 +682,9 @@ impl Shadow {
         let mut entries = sled::Batch::default();
         let mut uuids = sled::Batch::default();
         for incoming in ops {
-            if let Incoming::Upsert { dn, uuid, record, .. } = incoming.incoming() {
+            if let Incoming::Upsert { dn, uuid, entry, .. } = incoming.incoming() {
                 let key = dn.tree_key();
-                entries.insert(key.as_slice(), record.to_bytes(SHADOW_ENTRIES)?);
+                entries.insert(key.as_slice(), entry.to_bytes(SHADOW_ENTRIES)?);
                 uuids.insert(uuid.as_bytes(), key);
             }
         }
