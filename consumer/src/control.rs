@@ -49,7 +49,7 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: Cancel
 }
 
 /// The canonical LDIF of the entries of a replica in a region, a page of
-/// [`SEARCH_PAGE`] entries at a time: a search holds one page, not the replica (the whole
+/// `SEARCH_PAGE` entries at a time: a search holds one page, not the replica (the whole
 /// LDIF of a million entries took the consumer to 3 GiB). Each page is read from the
 /// generation active at that moment, after the last DN returned, as a provider's search
 /// reads through concurrent writes; a reload swapped in mid-search continues in the new

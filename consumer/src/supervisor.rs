@@ -1,5 +1,5 @@
 //! The supervisor's tokio shell: runs the sessions and timers that the
-//! [`Supervision`](crate::supervision::Supervision) state machine asks for, feeds it what
+//! [`Supervision`] state machine asks for, feeds it what
 //! happened, and keeps the agreement's status (states, disconnect counters, last error).
 //! All decisions live in the state machine; this file only moves events.
 

@@ -174,7 +174,7 @@ pub fn server_config_of(config: &ProviderConfig) -> Result<Option<Arc<ServerConf
 /// the certificate of `tls.cert_file`, and checks the handshake signature against it.
 #[derive(Debug, Clone)]
 pub struct SelfClient {
-    /// The protocol settings, with [`PinnedCertificate`] as the verifier.
+    /// The protocol settings, with `PinnedCertificate` as the verifier.
     pub config: Arc<ClientConfig>,
     /// The name sent as SNI (the listen host); the pin, not the name, is verified.
     pub server_name: ServerName<'static>,

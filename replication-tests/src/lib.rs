@@ -7,7 +7,7 @@
 //!   clean close, delay, throttle, corruption, truncation, refusal), controlled live.
 //! - [`workload`]: generated directories and change workloads of every kind.
 //! - [`chaos`]: the `tether-chaos` run: a seeded nemesis against a real cluster.
-//! - [`bench`]: the `tether-bench` workloads (fill, staleness, bursts, resync,
+//! - [`bench`](mod@bench): the `tether-bench` workloads (fill, staleness, bursts, resync,
 //!   dead-link detection, fan-out).
 //!
 //! The integration tests in `tests/` and the `tether-demo` and `tether-bench` binaries

@@ -243,7 +243,7 @@ impl Directory {
     /// Applies `changes` in order, with the outcome each would have as its own
     /// [`Directory::write_nowait`], but commits runs of them in one transaction: a
     /// transaction's fixed cost is most of a small write's. A run ends before a write
-    /// that reads what the run changed ([`Footprint`]), so every write is still decided
+    /// that reads what the run changed (`footprint.rs`), so every write is still decided
     /// against the state all writes before it left. Not durable: [`Directory::sync`] to
     /// the last committed CSN before acknowledging any.
     ///
