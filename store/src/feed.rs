@@ -21,7 +21,7 @@ use tether_protocol::encoded::EncodedOp;
 use tether_protocol::{Csn, SearchSpec};
 
 use crate::changelog::{op_for_found, ChangeRecord, Changelog};
-use crate::entry_set::EntrySet;
+use crate::entry_set::{EntrySet, Located};
 use crate::error::Result;
 
 /// Bytes of entries the feed keeps, at most: a few thousand changes of ordinary
@@ -34,11 +34,9 @@ const FEED_BYTES: usize = 4 << 20;
 pub struct FedChange {
     /// The changelog record.
     record: ChangeRecord,
-    /// Where the entry was stored and its record, `None` if it no longer existed.
-    found: Option<(Vec<u8>, Vec<u8>)>,
-    /// The CSN of the entry as read: a later write to it may be committed but not yet
-    /// durable, and must be made durable before the entry is sent.
-    entry_csn: Option<Csn>,
+    /// Where the entry was stored, its record and that record's CSN; `None` if it no
+    /// longer existed.
+    found: Option<Located>,
 }
 
 impl FedChange {
@@ -47,21 +45,23 @@ impl FedChange {
         self.record.csn
     }
 
-    /// The CSN of the entry as read (the change's own, or a later write's).
+    /// The CSN of the entry as read (the change's own, or a later write's): a later
+    /// write may be committed but not yet durable, and must be made durable before the
+    /// entry is sent.
     pub fn entry_csn(&self) -> Option<Csn> {
-        self.entry_csn
+        self.found.as_ref().map(|l| l.csn)
     }
 
     /// What a consumer of `spec` is sent for this change, given the entry as read: an
     /// upsert, a delete, or `None` if the entry never concerned that consumer (see
     /// [`changelog`](crate::changelog)).
     pub fn op_for(&self, spec: &SearchSpec) -> Result<Option<EncodedOp>> {
-        let found = self.found.as_ref().map(|(key, bytes)| (key.as_slice(), bytes.as_slice()));
+        let found = self.found.as_ref().map(|l| (l.key.as_slice(), l.bytes.as_ref()));
         op_for_found(self.record.uuid, self.record.csn, self.record.touches(spec), found, spec)
     }
 
     fn bytes(&self) -> usize {
-        self.found.as_ref().map_or(0, |(key, bytes)| key.len() + bytes.len())
+        self.found.as_ref().map_or(0, |l| l.key.len() + l.bytes.len())
     }
 }
 
@@ -106,10 +106,8 @@ impl Feed {
         let mut read = Vec::new();
         for record in changelog.records(at, upto).take(max - out.len()) {
             let record = record?;
-            let located = entries.locate_encoded(&record.uuid, Some(&record.dn.tree_key()))?;
-            let entry_csn = located.as_ref().map(|l| l.csn);
-            let found = located.map(|l| (l.key, l.bytes.to_vec()));
-            read.push(Arc::new(FedChange { record, found, entry_csn }));
+            let found = entries.locate_encoded(&record.uuid, Some(&record.dn.tree_key()))?;
+            read.push(Arc::new(FedChange { record, found }));
         }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for change in &read {
