@@ -13,6 +13,10 @@ pub struct ChangelogStatus {
     pub oldest: Option<u64>,
     /// Newest CSN.
     pub newest: Option<u64>,
+    /// A cookie at or above this CSN gets a delta (every change after it is in the
+    /// changelog); one below it, a present refresh. Trimming raises it, and so does an
+    /// offline load, which is not logged.
+    pub floor: u64,
 }
 
 /// The whole status object.
@@ -47,6 +51,7 @@ impl ProviderStatus {
             changelog: ChangelogStatus {
                 oldest: dir.changelog().oldest()?.map(|c| c.0),
                 newest: dir.changelog().newest()?.map(|c| c.0),
+                floor: dir.floor()?.0,
             },
             sessions,
         })
@@ -55,12 +60,13 @@ impl ProviderStatus {
     /// A table for people.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "store {}  csn {}  entries {}  changelog {}..{}\n",
+            "store {}  csn {}  entries {}  changelog {}..{}  delta from {}\n",
             self.store_id,
             self.csn,
             self.entries,
             self.changelog.oldest.map_or("-".into(), |c| c.to_string()),
             self.changelog.newest.map_or("-".into(), |c| c.to_string()),
+            self.changelog.floor,
         );
         out.push_str(&format!(
             "{:<22} {:<16} {:<20} {:>8} {:>6} {:<8} {}\n",

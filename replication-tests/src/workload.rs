@@ -70,6 +70,20 @@ impl Workload {
         out
     }
 
+    /// `n` new people as LDIF content records, for a further offline load into the
+    /// directory generated so far.
+    pub fn more_people(&mut self, n: usize) -> String {
+        let mut out = String::new();
+        for _ in 0..n {
+            let uid = self.fresh();
+            let people = self.rng.gen_ratio(4, 5);
+            out.push_str(&self.person(&uid, people));
+            out.push('\n');
+            self.live.push((uid, people));
+        }
+        out
+    }
+
     /// `n` valid change records of every kind, as LDIF.
     pub fn changes(&mut self, n: usize) -> String {
         let mut out = String::new();

@@ -103,11 +103,13 @@ fn trimmed_changelog_gives_a_present_refresh_without_shrinking_the_replica() -> 
     let (p, mut w) = provider_with(tmp.path(), 3000, 4, opts)?;
     let mut c = people_consumer(tmp.path(), &p)?;
     c.stop()?;
+    // The consumer's position: the store's CSN before the writes.
+    let position = p.status()?["csn"].as_u64().unwrap_or(u64::MAX);
     p.write_ok(&w.changes(400))?;
-    // Make sure the trimmer has passed the consumer's position.
+    // Make sure the trimmer has passed it.
     wait_until(CONVERGE, "the changelog to be trimmed", || {
         let s = p.status()?;
-        Ok(s["changelog"]["oldest"].as_u64().unwrap_or(0) > 3000)
+        Ok(s["changelog"]["oldest"].as_u64().unwrap_or(0) > position + 1)
     })?;
     let before = count(&c.search("people", PEOPLE, "subtree", ALL)?);
     c.start()?;
@@ -121,6 +123,37 @@ fn trimmed_changelog_gives_a_present_refresh_without_shrinking_the_replica() -> 
     let after = count(&c.search("people", PEOPLE, "subtree", ALL)?);
     // The replica only ever switched from the old generation to the new one.
     assert!(min_seen >= before.min(after), "saw {min_seen} entries mid-reload; before {before}, after {after}");
+    Ok(())
+}
+
+/// An offline load is not logged (the changelog floor rises past it), so a consumer
+/// that replicated the directory before it catches up by a present refresh, and live
+/// writes after it reach the consumer as before.
+#[test]
+fn an_offline_load_into_a_replicated_directory_reaches_the_consumer_by_a_present_refresh() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 1000, 7, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    p.write_ok(&w.changes(100))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert!(c.stop()?.success(), "consumer SIGTERM exits 0");
+    assert!(p.stop()?.success(), "provider SIGTERM exits 0");
+    let file = tmp.path().join("more.ldif");
+    std::fs::write(&file, w.more_people(500))?;
+    p.load(&file)?;
+    p.start()?;
+    let status = p.status()?;
+    assert_eq!(
+        status["changelog"]["oldest"],
+        serde_json::Value::Null,
+        "the load and the writes before it are not in the changelog: {status}"
+    );
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(last_refresh(&c, "people")?, "present");
+    p.write_ok(&w.changes(100))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(c.agreement_status("people")?["state"], "persisting");
     Ok(())
 }
 

@@ -42,6 +42,14 @@ mod names {
     pub const ENTRY_COUNT: &[u8] = b"entry_count";
 }
 
+/// Whether a commit goes to the changelog (every write) or raises its floor past
+/// itself (a bulk load; see [`Directory::bulk_add`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logging {
+    Logged,
+    FloorRaised,
+}
+
 /// The result of a committed write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
@@ -234,7 +242,7 @@ impl Directory {
         let csn = last.next();
         let planned = rules::plan(&self.set, &self.suffix, change, csn)?;
         let uuid = planned.uuid;
-        self.commit_many(&[planned], csn)?;
+        self.commit_many(&[planned], csn, Logging::Logged)?;
         *last = csn;
         self.durability.committed(csn);
         Ok(Committed { csn, uuid })
@@ -307,7 +315,7 @@ impl Directory {
             return Ok(());
         }
         let first = last.next();
-        self.commit_many(run, first)?;
+        self.commit_many(run, first, Logging::Logged)?;
         for (k, (planned, &i)) in run.iter().zip(members).enumerate() {
             results[i] = Some(Ok(Committed { csn: Csn(first.0 + k as u64), uuid: planned.uuid }));
         }
@@ -324,6 +332,16 @@ impl Directory {
     /// Adds many entries in one transaction (the offline loader's fast path). The batch
     /// must list parents before children; each entry still passes the directory rules,
     /// against the store and the batch. All or nothing; returns the last CSN, durable.
+    ///
+    /// A bulk load is not logged: the changelog floor rises past it instead, in the same
+    /// transaction (as `slapadd` leaves the accesslog alone). A consumer whose cookie
+    /// predates the load then gets a present refresh, which sends the loaded entries in
+    /// full as a delta would and 16 bytes for each entry it already had, instead of the
+    /// store keeping a record per loaded entry until retention trims it: at a million
+    /// entries those records cost the provider about 40 MiB of resident page table and
+    /// a tenth of its store. While a refresh holds a pin (the store is serving, which
+    /// the offline loader never is) the batch is logged as any write is, as raising the
+    /// floor would take from that refresh the records it is about to read.
     pub fn bulk_add(&self, batch: &[(Dn, Attributes)]) -> Result<Csn> {
         let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut csn = *last;
@@ -351,32 +369,49 @@ impl Directory {
             return Ok(*last);
         }
         let first = last.next();
-        self.commit_many(&planned, first)?;
+        // Held through the commit: a pin taken meanwhile must see the raised floor.
+        let pins = self.pins.lock();
+        let log = if pins.lowest().is_some() { Logging::Logged } else { Logging::FloorRaised };
+        self.commit_many(&planned, first, log)?;
+        drop(pins);
         *last = csn;
         self.durability.committed(csn);
         drop(last);
         self.durability.make_durable(&self.db, csn)?;
+        if log == Logging::FloorRaised {
+            // Records of earlier writes now below the floor: no refresh reads them again.
+            self.changelog.remove_through(csn)?;
+        }
         Ok(csn)
     }
 
     /// Commits planned changes with consecutive CSNs starting at `first`.
-    fn commit_many(&self, planned: &[Planned], first: Csn) -> Result<()> {
+    fn commit_many(&self, planned: &[Planned], first: Csn, log: Logging) -> Result<()> {
         let time_ms = now_ms();
-        let mut records = Vec::with_capacity(planned.len());
-        let mut csn = first;
-        for p in planned {
-            let record =
-                ChangeRecord { csn, time_ms, uuid: p.uuid, kind: p.kind, dn: p.dn.clone(), old_dn: p.old_dn.clone() };
-            records.push((csn, Changelog::encode(&record)?));
-            csn = csn.next();
+        let mut records = Vec::new();
+        if log == Logging::Logged {
+            records.reserve(planned.len());
+            let mut csn = first;
+            for p in planned {
+                let record = ChangeRecord {
+                    csn,
+                    time_ms,
+                    uuid: p.uuid,
+                    kind: p.kind,
+                    dn: p.dn.clone(),
+                    old_dn: p.old_dn.clone(),
+                };
+                records.push((csn, Changelog::encode(&record)?));
+                csn = csn.next();
+            }
         }
         let last = Csn(first.0 + planned.len() as u64 - 1);
         let added = planned.iter().filter(|p| p.old_key.is_none() && p.after.is_some()).count() as i64;
         let deleted = planned.iter().filter(|p| p.old_key.is_some() && p.after.is_none()).count() as i64;
         (&self.meta, &self.set.entries, &self.set.uuids, &self.changelog.tree).transaction(
-            |(meta, entries, uuids, log)| {
+            |(meta, entries, uuids, changelog)| {
                 let tx = TxEntrySet { entries, uuids };
-                for (p, (csn, record)) in planned.iter().zip(&records) {
+                for p in planned {
                     match &p.after {
                         Some(entry) => tx.put(p.old_key.as_deref(), entry)?,
                         None => {
@@ -385,7 +420,12 @@ impl Directory {
                             }
                         }
                     }
-                    log.insert(&csn.to_key(), record.as_slice())?;
+                }
+                for (csn, record) in &records {
+                    changelog.insert(&csn.to_key(), record.as_slice())?;
+                }
+                if log == Logging::FloorRaised {
+                    meta.insert(names::FLOOR, &last.0.to_be_bytes())?;
                 }
                 meta.insert(names::LAST_CSN, &last.0.to_be_bytes())?;
                 if added != deleted {

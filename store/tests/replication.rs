@@ -252,6 +252,43 @@ fn plan_refresh_follows_cookie_and_retention() {
     assert_eq!(p.dir.plan_refresh(Some(&old)).unwrap(), RefreshKind::Present);
 }
 
+/// An offline load is not logged: it raises the changelog floor past itself and drops
+/// the records below, so a cookie from before it gets a present refresh and one from its
+/// end a delta. While a refresh holds a pin, a bulk add is logged as any write is.
+#[test]
+fn a_bulk_load_raises_the_floor_instead_of_logging_unless_a_refresh_holds_a_pin() {
+    let p = people_pair();
+    let people = |from: usize, to: usize| -> Vec<_> {
+        (from..to)
+            .map(|i| (dn(&format!("uid=bulk{i},ou=people,dc=example,dc=com")), attrs(&[("objectClass", "person")])))
+            .collect()
+    };
+    let before = Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() };
+    assert!(p.dir.changelog().oldest().unwrap().is_some(), "the writes before the load are logged");
+    let loaded = p.dir.bulk_add(&people(0, 5)).unwrap();
+    assert_eq!(p.dir.floor().unwrap(), loaded);
+    assert_eq!(p.dir.changelog().oldest().unwrap(), None, "no records for the load, none left below the floor");
+    assert_eq!(p.dir.plan_refresh(Some(&before)).unwrap(), RefreshKind::Present);
+    let at_load = Cookie { store_id: p.dir.store_id(), csn: loaded };
+    assert_eq!(p.dir.plan_refresh(Some(&at_load)).unwrap(), RefreshKind::Delta);
+    let written = p.dir.write(&add_person("uid=after,ou=people,dc=example,dc=com")).unwrap().csn;
+    assert_eq!(p.dir.changelog().oldest().unwrap(), Some(written), "writes after the load are logged");
+
+    // A running refresh reads the changelog above its pin: a bulk add must not raise
+    // the floor under it.
+    let pin = p.dir.pin(loaded).unwrap().unwrap();
+    let logged = p.dir.bulk_add(&people(5, 8)).unwrap();
+    assert_eq!(p.dir.floor().unwrap(), loaded, "the floor stays at the pin");
+    assert_eq!(p.dir.changelog().records(loaded, logged).count(), 4, "the write and the three pinned adds");
+    assert_eq!(p.dir.plan_refresh(Some(&at_load)).unwrap(), RefreshKind::Delta);
+    drop(pin);
+    let last = p.dir.bulk_add(&people(8, 9)).unwrap();
+    assert_eq!(p.dir.floor().unwrap(), last);
+    assert_eq!(p.dir.changelog().oldest().unwrap(), None);
+    assert_eq!(p.dir.plan_refresh(Some(&at_load)).unwrap(), RefreshKind::Present);
+    assert_eq!(p.dir.entry_count().unwrap(), p.dir.entries().len() as u64);
+}
+
 #[test]
 fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
     let p = people_pair();
