@@ -32,6 +32,13 @@ pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 pub const MIN_MAX_FRAME: u32 = 64 * 1024;
 /// Default `batch_size`.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
+/// Default `cache_size`: half a consumer's (`tether_store::DEFAULT_CACHE_BYTES`). A
+/// provider reads in two ways: a refresh's scan, sequential, which a cache cannot speed
+/// up and which fills it with pages nothing reads again, and the few entries each write
+/// or live change touches. At a million entries the 32 MiB saved keeps the provider's
+/// peak under 200 MiB through a full refresh; at 100,000 no workload of `tether-bench`
+/// moved with the halving (docs/benchmarks.md).
+pub const DEFAULT_CACHE_SIZE: u64 = 32 << 20;
 /// Default `queue_len`.
 pub const DEFAULT_QUEUE_LEN: usize = 1024;
 /// Default `changelog.max_changes`.
@@ -205,7 +212,7 @@ fn default_listen() -> HostPort {
 }
 
 fn default_cache_size() -> u64 {
-    tether_store::DEFAULT_CACHE_BYTES
+    DEFAULT_CACHE_SIZE
 }
 
 fn default_max_connections() -> usize {
@@ -413,7 +420,7 @@ mod tests {
         assert_eq!(config.max_frame, DEFAULT_MAX_FRAME);
         assert_eq!(config.batch_size, DEFAULT_BATCH_SIZE);
         assert_eq!(config.queue_len, DEFAULT_QUEUE_LEN);
-        assert_eq!(config.cache_size, 64 << 20);
+        assert_eq!(config.cache_size, 32 << 20);
         assert_eq!(parse(&format!("{MINIMAL}cache_size = \"1 GiB\"")).unwrap().cache_size, 1 << 30);
         assert_eq!(config.changelog, ChangelogConfig::default());
         assert_eq!(config.changelog.hold_for_consumers, secs(86_400));
