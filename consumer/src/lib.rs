@@ -24,8 +24,8 @@
 //! - [`control`]: the control socket.
 //! - [`daemon`]: the `run` process: agreements, reload, signals, shutdown.
 //! - [`executor`], [`transport`]: where blocking store calls run and how a session
-//!   connects; production uses the blocking pool and TCP, the deterministic simulation
-//!   swaps in inline execution and turmoil's network.
+//!   connects; production gives each session a store thread of its own and uses TCP,
+//!   the deterministic simulation swaps in inline execution and turmoil's network.
 //! - [`failpoint`]: test hooks that make apply panic or fail inside a real process.
 
 pub mod config;

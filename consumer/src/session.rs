@@ -8,8 +8,9 @@
 //! - the **keepalive poller** pings every `keepalive.interval` and declares
 //!   `keepalive-timeout` after `keepalive.timeout` without an inbound frame, whatever
 //!   the reader or applier is doing;
-//! - the **applier** (this task) applies each message to the replica on a blocking
-//!   thread (a panic there becomes an `exception`, not a dead process), flushes, acks.
+//! - the **applier** (this task) applies each message to the replica on the session's
+//!   store thread (a panic there becomes an `exception`, not a dead process), flushes,
+//!   acks.
 //!
 //! Apply rules: a full or present refresh goes into a shadow generation swapped in at
 //! `RefreshDone`; a delta and live changes go straight to the replica, each live change
@@ -31,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::executor::{self, TaskError};
+use crate::executor::{Runner, TaskError};
 use crate::failpoint;
 use crate::reason::{Reason, State};
 use crate::status::StatusHandle;
@@ -185,6 +186,11 @@ pub async fn run(
         },
     };
     info!(session = welcome.session_id, cookie = ?cookie.map(|c| c.to_string()), "connected");
+    // Linux shows a thread's first 15 bytes: "apply people" fits.
+    let runner = match Runner::start(&format!("apply {}", cfg.name)) {
+        Ok(runner) => runner,
+        Err(e) => return Ended::new(Reason::Exception, format!("starting the store thread: {e}")),
+    };
     let writer = Arc::new(Mutex::new(writer));
     let epoch = Instant::now();
     let last_inbound = Arc::new(AtomicU64::new(0));
@@ -210,6 +216,7 @@ pub async fn run(
         replica,
         status,
         writer: writer.clone(),
+        runner,
         shadow: None,
         refreshing: false,
         scanning: false,
@@ -223,12 +230,15 @@ pub async fn run(
         // An interrupted reload: the old replica stays as it was. A shadow the provider
         // gave a resume point is kept (durably) for the next session to continue.
         let (replica, store, spec) = (replica.clone(), store.clone(), cfg.spec.clone());
-        let _ = executor::run(move || match replica.resume_point(&spec) {
-            Ok(Some(_)) => store.flush(),
-            _ => shadow.abort(),
-        })
-        .await;
+        let _ = applier
+            .runner
+            .run(move || match replica.resume_point(&spec) {
+                Ok(Some(_)) => store.flush(),
+                _ => shadow.abort(),
+            })
+            .await;
     }
+    applier.runner.stop().await;
     // Say goodbye when we are the ones leaving (the provider logs why).
     let goodbye = match ended.reason {
         Reason::Shutdown => Some(GoodbyeReason::Shutdown),
@@ -410,6 +420,8 @@ struct Applier<'a> {
     replica: &'a Replica,
     status: &'a StatusHandle,
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
+    /// Where the session's store calls run, one after another.
+    runner: Runner,
     /// The shadow of a full or present refresh in progress.
     shadow: Option<Shadow>,
     /// Between `RefreshBegin` and `RefreshDone`.
@@ -423,20 +435,6 @@ struct Applier<'a> {
     pending_cookie: Option<Cookie>,
     /// Changes applied since the last ack.
     unacked: u64,
-}
-
-/// Runs `f` on a blocking thread (see [`executor`]); a panic or store error becomes an `exception`, fatal
-/// when retrying cannot fix it.
-async fn blocking<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Ended> {
-    match executor::run(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("{what}: {e}")) }),
-        Err(TaskError::Panicked) => Err(Ended::new(Reason::Exception, format!("{what}: apply task panicked"))),
-        Err(e) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
-    }
 }
 
 /// What the reader hands the applier: a message (entries kept encoded, see
@@ -543,21 +541,22 @@ impl Applier<'_> {
         }
         let count = ops.len() as u64;
         let replica = self.replica.clone();
-        // Nothing else queued: make the changes durable in the same trip to the blocking
-        // pool, saving a thread handoff on the path from the provider's ack to ours.
+        // Nothing else queued: make the changes durable in the same trip to the store
+        // thread, saving a thread handoff on the path from the provider's ack to ours.
         let flush_now = behind.is_none() && rx.is_empty();
         let store = self.store.clone();
-        let stats = blocking("applying changes", move || {
-            for _ in 0..count {
-                failpoint::on_apply()?;
-            }
-            let stats = replica.apply(&ops, Some(last))?;
-            if flush_now {
-                store.flush()?;
-            }
-            Ok(stats)
-        })
-        .await?;
+        let stats = self
+            .blocking("applying changes", move || {
+                for _ in 0..count {
+                    failpoint::on_apply()?;
+                }
+                let stats = replica.apply(&ops, Some(last))?;
+                if flush_now {
+                    store.flush()?;
+                }
+                Ok(stats)
+            })
+            .await?;
         self.record(stats, true);
         self.pending_cookie = Some(last);
         self.unacked += count;
@@ -568,6 +567,21 @@ impl Applier<'_> {
         match behind {
             Some(next) => self.on_other(inbound(Some(next))?).await,
             None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the session's store thread (see [`crate::executor`]); a panic or store error
+    /// becomes an `exception`, fatal when retrying cannot fix it.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Ended> {
+        match self.runner.run(f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("{what}: {e}")) }),
+            Err(TaskError::Panicked) => Err(Ended::new(Reason::Exception, format!("{what}: apply task panicked"))),
+            Err(e) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
         }
     }
 
@@ -599,7 +613,7 @@ impl Applier<'_> {
             return Ok(());
         }
         let store = self.store.clone();
-        blocking("flush", move || store.flush()).await?;
+        self.blocking("flush", move || store.flush()).await?;
         self.acknowledge().await
     }
 
@@ -634,18 +648,19 @@ impl Applier<'_> {
         let stats = match self.shadow.take() {
             Some(mut shadow) => {
                 let scanning = self.scanning;
-                let (shadow, stats) = blocking("applying a refresh batch", move || {
-                    failpoint::on_apply()?;
-                    let stats = if scanning { shadow.apply_scan(&ops)? } else { shadow.apply(&ops)? };
-                    Ok((shadow, stats))
-                })
-                .await?;
+                let (shadow, stats) = self
+                    .blocking("applying a refresh batch", move || {
+                        failpoint::on_apply()?;
+                        let stats = if scanning { shadow.apply_scan(&ops)? } else { shadow.apply(&ops)? };
+                        Ok((shadow, stats))
+                    })
+                    .await?;
                 self.shadow = Some(shadow);
                 stats
             }
             None => {
                 let replica = self.replica.clone();
-                blocking("applying a delta batch", move || {
+                self.blocking("applying a delta batch", move || {
                     failpoint::on_apply()?;
                     replica.apply(&ops, None)
                 })
@@ -669,13 +684,15 @@ impl Applier<'_> {
                 self.refreshing = true;
                 let replica = self.replica.clone();
                 self.shadow = match (kind.replaces_replica(), resumed) {
-                    (true, true) => Some(blocking("resuming a shadow reload", move || replica.resume_shadow()).await?),
+                    (true, true) => {
+                        Some(self.blocking("resuming a shadow reload", move || replica.resume_shadow()).await?)
+                    }
                     (true, false) => {
-                        Some(blocking("starting a shadow reload", move || replica.begin_shadow(kind)).await?)
+                        Some(self.blocking("starting a shadow reload", move || replica.begin_shadow(kind)).await?)
                     }
                     (false, _) => {
                         // A shadow left by an interrupted reload will not be continued.
-                        blocking("dropping an unfinished shadow", move || replica.abandon_shadow()).await?;
+                        self.blocking("dropping an unfinished shadow", move || replica.abandon_shadow()).await?;
                         None
                     }
                 };
@@ -707,11 +724,12 @@ impl Applier<'_> {
                     self.scanning = false;
                 }
                 let spec = self.cfg.spec.clone();
-                let shadow = blocking("recording refresh progress", move || {
-                    shadow.record_progress(&spec, resume)?;
-                    Ok(shadow)
-                })
-                .await?;
+                let shadow = self
+                    .blocking("recording refresh progress", move || {
+                        shadow.record_progress(&spec, resume)?;
+                        Ok(shadow)
+                    })
+                    .await?;
                 let received = shadow.received();
                 self.shadow = Some(shadow);
                 self.status.update(|s| s.refresh_received = received);
@@ -730,12 +748,14 @@ impl Applier<'_> {
                         "protocol error: PresentBatch outside a present refresh",
                     ));
                 };
-                let result = executor::run(move || {
-                    let mut shadow = shadow;
-                    let r = shadow.copy_present(&uuids);
-                    (shadow, r)
-                })
-                .await;
+                let result = self
+                    .runner
+                    .run(move || {
+                        let mut shadow = shadow;
+                        let r = shadow.copy_present(&uuids);
+                        (shadow, r)
+                    })
+                    .await;
                 match result {
                     Ok((shadow, Ok(()))) => {
                         self.shadow = Some(shadow);
@@ -744,11 +764,13 @@ impl Applier<'_> {
                     Ok((shadow, Err(StoreError::MissingPresentEntries(n)))) => {
                         // Local state failed its check: the next session reloads in full.
                         let replica = self.replica.clone();
-                        let _ = executor::run(move || {
-                            let _ = shadow.abort();
-                            replica.forget_cookie()
-                        })
-                        .await;
+                        let _ = self
+                            .runner
+                            .run(move || {
+                                let _ = shadow.abort();
+                                replica.forget_cookie()
+                            })
+                            .await;
                         Err(Ended::new(
                             Reason::Exception,
                             format!("replica lacks {n} entries named present; reloading in full"),
@@ -767,11 +789,11 @@ impl Applier<'_> {
                 // batch by batch already.
                 let reloaded = match self.shadow.take() {
                     Some(shadow) => {
-                        Some(blocking("swapping in the reloaded replica", move || shadow.finish(cookie)).await?)
+                        Some(self.blocking("swapping in the reloaded replica", move || shadow.finish(cookie)).await?)
                     }
                     None => {
                         let (replica, store) = (self.replica.clone(), self.store.clone());
-                        blocking("recording the refresh cookie", move || {
+                        self.blocking("recording the refresh cookie", move || {
                             replica.advance(cookie)?;
                             store.flush()
                         })
@@ -806,7 +828,7 @@ impl Applier<'_> {
             Message::Advance { cookie } => {
                 self.expect_persisting("Advance")?;
                 let replica = self.replica.clone();
-                blocking("advancing the cookie", move || replica.advance(cookie)).await?;
+                self.blocking("advancing the cookie", move || replica.advance(cookie)).await?;
                 self.pending_cookie = Some(cookie);
                 Ok(())
             }
