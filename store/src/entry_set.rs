@@ -7,7 +7,7 @@
 //! rename. The provider's directory and every consumer replica are entry sets.
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use sled::Tree;
+use sled::{IVec, Tree};
 use tether_protocol::{Csn, Dn, Entry, EntryHead, EntryUuid, Scope, SearchSpec};
 
 use crate::error::{Result, StoreError};
@@ -266,7 +266,7 @@ impl TxEntrySet<'_> {
         old_key: Option<&[u8]>,
         key: Vec<u8>,
         uuid: &EntryUuid,
-        bytes: Vec<u8>,
+        bytes: impl Into<IVec>,
     ) -> Result<(), TxError> {
         if let Some(old) = old_key {
             if old != key.as_slice() {
