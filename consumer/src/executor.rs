@@ -6,7 +6,7 @@
 //! blocking pool: the pool hands each call to whichever idle thread its condition
 //! variable wakes, so consecutive batches of a refresh ran on three threads in turn,
 //! and each batch found sled's nodes, the epoch collector's garbage and the allocator's
-//! free lists on another thread. The same refresh on one thread takes a sixth less
+//! free lists on another thread. The same refresh on one thread takes a seventh less
 //! CPU and a fifth less time (`docs/benchmarks.md`).
 //!
 //! A deterministic simulation (turmoil, one thread, simulated clock) cannot hand work
