@@ -33,6 +33,20 @@ fn no_duplicates(c: &Consumer, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The names of the consumer's store threads ("apply <agreement>", one per session).
+fn store_threads(c: &Consumer) -> Result<Vec<String>> {
+    let pid = c.child.as_ref().map(std::process::Child::id).ok_or_else(|| anyhow::anyhow!("consumer not running"))?;
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = std::fs::read_to_string(task?.path().join("comm"))?;
+        if let Some(name) = comm.trim_end().strip_prefix("apply ") {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 fn two_grants() -> ProviderOptions {
     ProviderOptions {
         grants: vec![
@@ -141,9 +155,12 @@ fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     c.start()?;
     converged(&p, &c, "people", PEOPLE)?;
     converged(&p, &c, "others", OTHERS)?;
+    assert_eq!(store_threads(&c)?, ["others", "people"], "one store thread per session");
     c.admin("stop", Some("people"))?;
     let s = c.wait_status("people", LIMIT, "stopped", |s| s["state"] == "stopped")?;
     assert_eq!(s["last_disconnect"], "admin-stop");
+    // The session's end stopped its store thread.
+    wait_until(LIMIT, "the stopped session's store thread to end", || Ok(store_threads(&c)? == ["others"]))?;
     wait_until(LIMIT, "the provider to drop the session", || {
         Ok(!p.status()?["sessions"].as_array().unwrap().iter().any(|x| x["agreement"] == "people"))
     })?;
@@ -165,6 +182,7 @@ fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     converged(&p, &c, "others", OTHERS)?;
     c.admin("start", Some("people"))?;
     converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(store_threads(&c)?, ["others", "people"]);
     assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
     no_duplicates(&c, "people")?;
     no_duplicates(&c, "others")
@@ -208,6 +226,8 @@ fn a_panic_in_apply_is_an_exception_and_the_agreement_recovers() -> Result<()> {
     p.write_ok(&w.changes(100))?;
     converged(&p, &c, "people", PEOPLE)?;
     assert!(c.child.is_some(), "the process survived the panic");
+    // The failed session's store thread ended with it; only the new session's is left.
+    assert_eq!(store_threads(&c)?, ["people"]);
     no_duplicates(&c, "people")
 }
 
