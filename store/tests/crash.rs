@@ -201,3 +201,93 @@ fn shadow_killed_mid_fill_keeps_a_resume_point_it_holds_the_data_for() {
     }
     assert!(last > 0, "some progress became durable");
 }
+
+/// Set in the scan child's environment: the store folder to write to.
+const SCAN_CHILD_ENV: &str = "TETHER_STORE_SCAN_CRASH_CHILD";
+
+/// Page `k` of a refresh's scan: entries no earlier page held, large enough (2 KB
+/// each) that sled's 512 KiB log buffers fill, and are written, part-way through pages.
+fn scan_page(k: u64) -> Vec<ReplOp> {
+    (0..PER_BATCH)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&k.to_be_bytes());
+            id[8..].copy_from_slice(&i.to_be_bytes());
+            let value = format!("page {k} entry {i} ").repeat(100);
+            ReplOp::Upsert(entry(EntryUuid(id), &format!("cn=e{k}-{i},ou=x"), k, value))
+        })
+        .collect()
+}
+
+/// Runs only as the child: fills a new shadow through the scan path, page by page,
+/// recording progress after each page (until killed).
+#[test]
+fn crash_child_scan_filler() {
+    let Ok(dir) = std::env::var(SCAN_CHILD_ENV) else { return };
+    let store = ReplicaStore::open(std::path::Path::new(&dir)).unwrap();
+    let replica = store.replica("scan").unwrap();
+    let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+    for k in 1.. {
+        shadow.apply_scan(&scan_page(k)).unwrap();
+        shadow.record_progress(&shadow_spec(), page_point(k)).unwrap();
+        // No flush: what survives the kill ends wherever a full log buffer ended.
+        println!("applied {k}");
+    }
+}
+
+/// The scan path writes each entry and its index as two separate writes (no batch, no
+/// transaction): killed at any point, the store must never hold an entry its index
+/// lacks, and must hold every page its resume point claims. Each round kills a new
+/// fill and swaps what survived in, so that every entry can be looked up by UUID.
+#[test]
+fn shadow_killed_mid_scan_never_holds_an_entry_without_its_index() {
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash_child_scan_filler", "--nocapture", "--test-threads=1"])
+            .env(SCAN_CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let stdout = child.stdout.take().unwrap();
+        let mut seen = 0;
+        for line in BufReader::new(stdout).lines() {
+            if line.unwrap().starts_with("applied ") {
+                seen += 1;
+                if seen >= BATCHES_BEFORE_KILL {
+                    break;
+                }
+            }
+            assert!(started.elapsed() < ROUND_DEADLINE, "child too slow");
+        }
+        child.kill().unwrap(); // SIGKILL, mid-way through the next page
+        child.wait().unwrap();
+
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("scan").unwrap();
+        let claimed = replica
+            .resume_point(&shadow_spec())
+            .unwrap()
+            .map_or(0, |p| u64::from_be_bytes(p.cursor.unwrap().try_into().unwrap()));
+        let Ok(shadow) = replica.resume_shadow() else {
+            assert_eq!(claimed, 0, "round {round}: a resume point without its shadow");
+            continue;
+        };
+        shadow.finish(Cookie { store_id: STORE_ID, csn: Csn(1) }).unwrap();
+        let entries = replica.entries().unwrap();
+        let mut held = 0;
+        for e in entries.iter() {
+            let e = e.unwrap();
+            let by_uuid = entries.get_by_uuid(&e.uuid).unwrap();
+            assert_eq!(by_uuid.map(|x| x.dn), Some(e.dn.clone()), "round {round}: {} lacks its index", e.dn);
+            held += 1;
+        }
+        assert!(
+            held >= claimed * PER_BATCH,
+            "round {round}: {held} entries held, the resume point claims page {claimed}"
+        );
+    }
+}
