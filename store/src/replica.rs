@@ -708,19 +708,17 @@ impl Shadow {
     /// Writes a batch of the refresh's scan: upserts that each name an entry no earlier
     /// scan batch held, under a DN none of them took, which the provider guarantees by
     /// leaving entries changed during the scan to the catch-up delta (`docs/protocol.md`).
-    /// So nothing is looked up: the writes go straight in, each entry's index before the
-    /// entry, so that after a crash (sled recovers a prefix of its log) an index entry
-    /// can only point at nothing (ignored), never an entry lack its index. A batch need
-    /// not land whole: a resumed scan rewrites everything after its last recorded
-    /// position. Single inserts rather than a `sled::Batch` per tree: each batch takes
-    /// sled's global write lock and rolls the log buffer twice (before and after its
-    /// manifest), handing part-full buffers to sled's I/O threads, which cost a refresh
-    /// about a tenth of its rate and the consumer 25 MiB more memory at its peak.
-    /// Anything else goes through [`Shadow::apply`].
+    /// So nothing is looked up: the writes go straight in, the index first, so that
+    /// after a crash between the two an index entry can only point at nothing (ignored),
+    /// never an entry lack its index. A sled batch per tree, not single inserts: single
+    /// inserts filled a tenth faster, but held a million-entry refresh 50 MiB higher
+    /// (`docs/benchmarks.md`). Anything else goes through [`Shadow::apply`].
     pub fn apply_scan<O: IncomingOp>(&mut self, ops: &[O]) -> Result<ApplyStats> {
         if ops.iter().any(|op| !matches!(op.incoming(), Incoming::Upsert { .. })) {
             return self.apply(ops);
         }
+        let mut entries = sled::Batch::default();
+        let mut uuids = sled::Batch::default();
         let mut written = 0;
         for incoming in ops {
             if let Incoming::Upsert { dn, uuid, entry, .. } = incoming.incoming() {
@@ -728,10 +726,12 @@ impl Shadow {
                 let key = IVec::from(dn.tree_key());
                 let bytes = entry.to_ivec(SHADOW_ENTRIES)?;
                 written += bytes.len() as u64;
-                self.set.uuids.insert(uuid.as_bytes(), key.clone())?;
-                self.set.entries.insert(key, bytes)?;
+                entries.insert(key.clone(), bytes);
+                uuids.insert(uuid.as_bytes(), key);
             }
         }
+        self.set.uuids.apply_batch(uuids)?;
+        self.set.entries.apply_batch(entries)?;
         self.replica.store.wrote(written)?;
         let n = ops.len() as u64;
         self.received += n;

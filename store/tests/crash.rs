@@ -235,9 +235,9 @@ fn crash_child_scan_filler() {
     }
 }
 
-/// The scan path writes each entry and its index as two separate writes (no batch, no
-/// transaction): killed at any point, the store must never hold an entry its index
-/// lacks, and must hold every page its resume point claims. Each round kills a new
+/// The scan path writes a page's index and its entries as two sled batches, with no
+/// transaction across them: killed at any point, the store must never hold an entry its
+/// index lacks, and must hold every page its resume point claims. Each round kills a new
 /// fill and swaps what survived in, so that every entry can be looked up by UUID.
 #[test]
 fn shadow_killed_mid_scan_never_holds_an_entry_without_its_index() {
