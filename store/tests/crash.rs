@@ -82,36 +82,42 @@ fn check_consistent(dir: &std::path::Path) -> u64 {
     c
 }
 
+/// Runs the child test `name` on the store at `dir` (named to it through `env`), hands
+/// each batch number it reports to `applied`, and SIGKILLs it once it has reported
+/// [`BATCHES_BEFORE_KILL`], mid-way through the next.
+fn run_child_and_kill(name: &str, env: &str, dir: &std::path::Path, mut applied: impl FnMut(u64)) {
+    let started = Instant::now();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = 0;
+    for line in BufReader::new(stdout).lines() {
+        if let Some(k) = line.unwrap().strip_prefix("applied ") {
+            applied(k.trim().parse().unwrap());
+            seen += 1;
+            if seen >= BATCHES_BEFORE_KILL {
+                break;
+            }
+        }
+        assert!(started.elapsed() < ROUND_DEADLINE, "child too slow");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn store_killed_mid_apply_reopens_with_cookie_matching_data() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut last = 0;
     for round in 0..3 {
-        let started = Instant::now();
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_applier", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut seen = 0;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if let Some(k) = line.strip_prefix("applied ") {
-                seen += 1;
-                let k: u64 = k.trim().parse().unwrap();
-                assert!(k > last || round == 0, "resumed from the durable cookie");
-                if seen >= BATCHES_BEFORE_KILL {
-                    break;
-                }
-            }
-            assert!(started.elapsed() < ROUND_DEADLINE, "child too slow");
-        }
-        child.kill().unwrap(); // SIGKILL, mid-way through the next apply
-        child.wait().unwrap();
+        run_child_and_kill("crash_child_applier", CHILD_ENV, dir.path(), |k| {
+            assert!(k > last || round == 0, "resumed from the durable cookie");
+        });
         let c = check_consistent(dir.path());
         assert!(c >= last, "the durable cookie never goes back (round {round}: {c} < {last})");
         last = c;
@@ -160,30 +166,9 @@ fn crash_child_shadow_filler() {
 #[test]
 fn shadow_killed_mid_fill_keeps_a_resume_point_it_holds_the_data_for() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut last = 0;
     for round in 0..3 {
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_shadow_filler", "--nocapture", "--test-threads=1"])
-            .env(SHADOW_CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let stdout = child.stdout.take().unwrap();
-        let mut seen = 0;
-        for line in BufReader::new(stdout).lines() {
-            if line.unwrap().starts_with("applied ") {
-                seen += 1;
-                if seen >= BATCHES_BEFORE_KILL {
-                    break;
-                }
-            }
-            assert!(started.elapsed() < ROUND_DEADLINE, "child too slow");
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        run_child_and_kill("crash_child_shadow_filler", SHADOW_CHILD_ENV, dir.path(), |_| {});
 
         let store = ReplicaStore::open(dir.path()).unwrap();
         let replica = store.replica("shadow").unwrap();
@@ -241,30 +226,9 @@ fn crash_child_scan_filler() {
 /// fill and swaps what survived in, so that every entry can be looked up by UUID.
 #[test]
 fn shadow_killed_mid_scan_never_holds_an_entry_without_its_index() {
-    let exe = std::env::current_exe().unwrap();
     for round in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_scan_filler", "--nocapture", "--test-threads=1"])
-            .env(SCAN_CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let stdout = child.stdout.take().unwrap();
-        let mut seen = 0;
-        for line in BufReader::new(stdout).lines() {
-            if line.unwrap().starts_with("applied ") {
-                seen += 1;
-                if seen >= BATCHES_BEFORE_KILL {
-                    break;
-                }
-            }
-            assert!(started.elapsed() < ROUND_DEADLINE, "child too slow");
-        }
-        child.kill().unwrap(); // SIGKILL, mid-way through the next page
-        child.wait().unwrap();
+        run_child_and_kill("crash_child_scan_filler", SCAN_CHILD_ENV, dir.path(), |_| {});
 
         let store = ReplicaStore::open(dir.path()).unwrap();
         let replica = store.replica("scan").unwrap();
