@@ -708,17 +708,19 @@ impl Shadow {
     /// Writes a batch of the refresh's scan: upserts that each name an entry no earlier
     /// scan batch held, under a DN none of them took, which the provider guarantees by
     /// leaving entries changed during the scan to the catch-up delta (`docs/protocol.md`).
-    /// So nothing is looked up: the writes go straight in, the index first, so that
-    /// after a crash between the two an index entry can only point at nothing (ignored),
-    /// never an entry lack its index. A sled batch per tree, not single inserts: single
-    /// inserts filled a tenth faster, but held a million-entry refresh 50 MiB higher
-    /// (`docs/benchmarks.md`). Anything else goes through [`Shadow::apply`].
+    /// So nothing is looked up: the writes go straight in, the batch's index entries
+    /// first, so that after a crash (sled recovers a prefix of its log) an index entry
+    /// can only point at nothing (ignored), never an entry lack its index. A batch need
+    /// not land whole: a resumed scan rewrites everything after its last recorded
+    /// position. Single inserts, a tree at a time: a `sled::Batch` takes sled's global
+    /// write lock and rolls the log buffer twice, and inserts alternating between the
+    /// two trees held a million-entry refresh 50 MiB higher (`docs/benchmarks.md`).
+    /// Anything else goes through [`Shadow::apply`].
     pub fn apply_scan<O: IncomingOp>(&mut self, ops: &[O]) -> Result<ApplyStats> {
         if ops.iter().any(|op| !matches!(op.incoming(), Incoming::Upsert { .. })) {
             return self.apply(ops);
         }
-        let mut entries = sled::Batch::default();
-        let mut uuids = sled::Batch::default();
+        let mut entries = Vec::with_capacity(ops.len());
         let mut written = 0;
         for incoming in ops {
             if let Incoming::Upsert { dn, uuid, entry, .. } = incoming.incoming() {
@@ -726,12 +728,13 @@ impl Shadow {
                 let key = IVec::from(dn.tree_key());
                 let bytes = entry.to_ivec(SHADOW_ENTRIES)?;
                 written += bytes.len() as u64;
-                entries.insert(key.clone(), bytes);
-                uuids.insert(uuid.as_bytes(), key);
+                self.set.uuids.insert(uuid.as_bytes(), key.clone())?;
+                entries.push((key, bytes));
             }
         }
-        self.set.uuids.apply_batch(uuids)?;
-        self.set.entries.apply_batch(entries)?;
+        for (key, bytes) in entries {
+            self.set.entries.insert(key, bytes)?;
+        }
         self.replica.store.wrote(written)?;
         let n = ops.len() as u64;
         self.received += n;
