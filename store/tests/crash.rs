@@ -35,15 +35,21 @@ fn entry(uuid: EntryUuid, dn: &str, csn: u64, value: String) -> Entry {
     Entry { dn: Dn::parse(dn).unwrap(), uuid, csn: Csn(csn), attrs }
 }
 
-fn batch(k: u64) -> Vec<ReplOp> {
-    let mut ops: Vec<ReplOp> = (0..PER_BATCH)
+/// Page `k`: `PER_BATCH` entries no other page holds, entry `i` described by `value(i)`.
+fn page(k: u64, value: impl Fn(u64) -> String) -> Vec<ReplOp> {
+    (0..PER_BATCH)
         .map(|i| {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&k.to_be_bytes());
             id[8..].copy_from_slice(&i.to_be_bytes());
-            ReplOp::Upsert(entry(EntryUuid(id), &format!("cn=e{k}-{i},ou=x"), k, format!("batch {k}")))
+            ReplOp::Upsert(entry(EntryUuid(id), &format!("cn=e{k}-{i},ou=x"), k, value(i)))
         })
-        .collect();
+        .collect()
+}
+
+/// Batch `k`: page `k` and the counter entry every batch updates.
+fn batch(k: u64) -> Vec<ReplOp> {
+    let mut ops = page(k, |_| format!("batch {k}"));
     ops.push(ReplOp::Upsert(entry(COUNTER, "cn=counter", k, k.to_string())));
     ops
 }
@@ -190,18 +196,9 @@ fn shadow_killed_mid_fill_keeps_a_resume_point_it_holds_the_data_for() {
 /// Set in the scan child's environment: the store folder to write to.
 const SCAN_CHILD_ENV: &str = "TETHER_STORE_SCAN_CRASH_CHILD";
 
-/// Page `k` of a refresh's scan: entries no earlier page held, large enough (2 KB
-/// each) that sled's 512 KiB log buffers fill, and are written, part-way through pages.
+/// Page `k` of a refresh's scan: entries no earlier page held, of about 2 KB each.
 fn scan_page(k: u64) -> Vec<ReplOp> {
-    (0..PER_BATCH)
-        .map(|i| {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&k.to_be_bytes());
-            id[8..].copy_from_slice(&i.to_be_bytes());
-            let value = format!("page {k} entry {i} ").repeat(100);
-            ReplOp::Upsert(entry(EntryUuid(id), &format!("cn=e{k}-{i},ou=x"), k, value))
-        })
-        .collect()
+    page(k, |i| format!("page {k} entry {i} ").repeat(100))
 }
 
 /// Runs only as the child: fills a new shadow through the scan path, page by page,
