@@ -380,7 +380,12 @@ async fn reader_loop(
     }
 }
 
-/// Pings every `interval`; cancels `timed_out` after `timeout` without inbound frames.
+/// Pings every `interval`; cancels `timed_out` once `timeout` has passed without an
+/// inbound frame. The silence is checked when it would reach `timeout`, not at the next
+/// ping: a dead link is declared at `timeout` after the last frame, which came at most
+/// `interval` (and a round trip) before the link died, instead of up to a whole
+/// `interval` later. At the ping ticks alone, the benchmark's black hole was detected
+/// at 5.99 to 6.00 s against a bound of 6.
 async fn keepalive_poller(
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
     last_inbound: Arc<AtomicU64>,
@@ -393,22 +398,38 @@ async fn keepalive_poller(
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    // The ping being written, polled alongside the deadline so that the check is never
+    // late for it, and never cut short by it (a frame cut in half would garble the
+    // stream of a link that is merely slow).
+    let mut ping: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = None;
     loop {
+        let deadline = epoch + Duration::from_millis(last_inbound.load(Ordering::Relaxed)) + timeout;
         tokio::select! {
             biased;
             _ = done.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let silent = Duration::from_millis(ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed)));
-        if silent >= timeout {
-            warn!(silent_ms = silent.as_millis() as u64, "provider silent past keepalive timeout");
-            timed_out.cancel();
-            return;
-        }
-        seq += 1;
-        // A blocked write is itself a sign of a dead path; the silence check decides.
-        if let Ok(mut w) = writer.try_lock() {
-            let _ = tokio::time::timeout(interval, w.send(&Message::Ping { seq })).await;
+            _ = tokio::time::sleep_until(deadline) => {
+                let silent = Duration::from_millis(ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed)));
+                if silent >= timeout {
+                    warn!(silent_ms = silent.as_millis() as u64, "provider silent past keepalive timeout");
+                    timed_out.cancel();
+                    return;
+                }
+            }
+            () = async {
+                if let Some(p) = ping.as_mut() {
+                    p.await;
+                }
+            }, if ping.is_some() => ping = None,
+            _ = tick.tick(), if ping.is_none() => {
+                seq += 1;
+                // Skipped while the applier writes; a blocked write is itself a sign of
+                // a dead path, and the silence check decides.
+                if let Ok(mut w) = writer.clone().try_lock_owned() {
+                    ping = Some(Box::pin(async move {
+                        let _ = tokio::time::timeout(interval, w.send(&Message::Ping { seq })).await;
+                    }));
+                }
+            }
         }
     }
 }

@@ -97,13 +97,15 @@ fn an_idle_but_healthy_session_survives_ten_idle_timeouts() -> Result<()> {
     finish(&mut s)
 }
 
+/// The poller acts when the silence reaches the timeout, not at its next ping: with
+/// pings 1.5 s apart, acting at a ping would see 2 to 3.5 s of silence.
 #[test]
-fn a_black_hole_is_a_keepalive_timeout_within_timeout_plus_interval() -> Result<()> {
-    let interval = Duration::from_millis(500);
+fn a_black_hole_is_a_keepalive_timeout_once_the_silence_reaches_the_timeout() -> Result<()> {
+    let interval = Duration::from_millis(1_500);
     let timeout = Duration::from_secs(2);
     let mut s = setup(
         33,
-        agreement("idle_timeout = \"1m\"\nretry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""),
+        agreement("idle_timeout = \"1m\"\nretry = [\"200ms forever\"]\n", "interval = \"1500ms\"\ntimeout = \"2s\""),
     )?;
     let start = Instant::now();
     s.proxy.set_fault(Fault::Stall);
@@ -118,10 +120,16 @@ fn a_black_hole_is_a_keepalive_timeout_within_timeout_plus_interval() -> Result<
         .next_back()
         .unwrap();
     eprintln!("keepalive-timeout: poller saw {silent_ms} ms of silence; status showed it {observed:?} after the black hole began");
-    let bound = timeout + interval;
-    assert!(Duration::from_millis(silent_ms) <= bound, "detected after {silent_ms} ms, bound {bound:?}");
-    // Observing through `status` (a process per poll) adds a little on top.
-    assert!(observed <= bound + Duration::from_secs(1), "observed after {observed:?}, bound {bound:?}");
+    let silent = Duration::from_millis(silent_ms);
+    // A timer's lateness under load on top; a ping's worth would mean it waited for one.
+    let late = Duration::from_millis(250);
+    assert!(
+        silent >= timeout && silent <= timeout + late,
+        "acted after {silent_ms} ms of silence, timeout {timeout:?}"
+    );
+    // The last frame came before the black hole began, so the spec's bound holds with
+    // room to spare, even observed through `status` (a process per poll).
+    assert!(observed <= timeout + interval, "observed after {observed:?}, bound {:?}", timeout + interval);
     s.proxy.heal();
     finish(&mut s)
 }
