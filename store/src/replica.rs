@@ -734,7 +734,7 @@ impl Shadow {
     /// first, so that after a crash (sled recovers a prefix of its log) an index entry
     /// can only point at nothing (ignored), never an entry lack its index. A batch need
     /// not land whole: a resumed scan rewrites everything after its last recorded
-    /// position, so the order within a batch is free, and [`fill_order`] picks one that
+    /// position, so the order within a batch is free, and `fill_order` picks one that
     /// leaves sled's leaves full. Single inserts, a tree at a time: a `sled::Batch` takes
     /// sled's global write lock and rolls the log buffer twice, and inserts alternating
     /// between the two trees held a million-entry refresh 50 MiB higher
