@@ -98,7 +98,8 @@ fn an_idle_but_healthy_session_survives_ten_idle_timeouts() -> Result<()> {
 }
 
 /// The poller acts when the silence reaches the timeout, not at its next ping: with
-/// pings 1.5 s apart, acting at a ping would see 2 to 3.5 s of silence.
+/// pings 1.5 s apart, each answered within a round trip, acting at a ping sees about
+/// 3 s of silence (2,961 and 2,977 ms when it did).
 #[test]
 fn a_black_hole_is_a_keepalive_timeout_once_the_silence_reaches_the_timeout() -> Result<()> {
     let interval = Duration::from_millis(1_500);
@@ -121,8 +122,8 @@ fn a_black_hole_is_a_keepalive_timeout_once_the_silence_reaches_the_timeout() ->
         .unwrap();
     eprintln!("keepalive-timeout: poller saw {silent_ms} ms of silence; status showed it {observed:?} after the black hole began");
     let silent = Duration::from_millis(silent_ms);
-    // A timer's lateness under load on top; a ping's worth would mean it waited for one.
-    let late = Duration::from_millis(250);
+    // A timer's lateness under load on top, well short of waiting for a ping.
+    let late = Duration::from_millis(500);
     assert!(
         silent >= timeout && silent <= timeout + late,
         "acted after {silent_ms} ms of silence, timeout {timeout:?}"
