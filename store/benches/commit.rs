@@ -1,6 +1,10 @@
 //! Store commit throughput: one flush per write, group commit with concurrent writers,
 //! batches of writes sharing one sync, and the same batch as one write group (shared
-//! transactions). Run: `cargo bench -p tether-store --bench commit`.
+//! transactions). Then sled alone, for the floor under a durable write: two trees
+//! written in a transaction and flushed, against the same two inserts made singly. A
+//! sled transaction (or batch) rolls its log buffer to write its batch manifest in a
+//! buffer of its own, so it costs a second synced write. Run: `cargo bench -p
+//! tether-store --bench commit`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
 use tether_protocol::{Attributes, Change, Dn, Value};
 use tether_store::Directory;
 
@@ -90,5 +96,47 @@ fn commit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, commit);
+/// Two trees of one sled database, as a write touches an entry and an index.
+fn sled_trees() -> (tempfile::TempDir, sled::Db, sled::Tree, sled::Tree) {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(tmp.path()).open().unwrap();
+    let (a, b) = (db.open_tree("entries").unwrap(), db.open_tree("index").unwrap());
+    (tmp, db, a, b)
+}
+
+fn sled_alone(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sled");
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(1));
+    let value = vec![7u8; 580];
+    let next = AtomicU64::new(0);
+
+    let (_t1, db, entries, index) = sled_trees();
+    group.bench_function("two trees in a transaction, flushed", |b| {
+        b.iter(|| {
+            let key = next.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+            (&entries, &index)
+                .transaction(|(e, i)| {
+                    e.insert(&key, value.as_slice())?;
+                    i.insert(&key, &key)?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .unwrap();
+            db.flush().unwrap();
+        })
+    });
+
+    let (_t2, db, entries, index) = sled_trees();
+    group.bench_function("two single inserts, flushed", |b| {
+        b.iter(|| {
+            let key = next.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+            entries.insert(key, value.as_slice()).unwrap();
+            index.insert(key, &key).unwrap();
+            db.flush().unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, commit, sled_alone);
 criterion_main!(benches);
