@@ -196,7 +196,9 @@ fn shadow_killed_mid_fill_keeps_a_resume_point_it_holds_the_data_for() {
 /// Set in the scan child's environment: the store folder to write to.
 const SCAN_CHILD_ENV: &str = "TETHER_STORE_SCAN_CRASH_CHILD";
 
-/// Page `k` of a refresh's scan: entries no earlier page held, of about 2 KB each.
+/// Page `k` of a refresh's scan: entries no earlier page held, large enough (about 2 KB
+/// each) that sled's 512 KiB log buffers fill, and are written, part-way through pages,
+/// so a kill can land with a page half on disk.
 fn scan_page(k: u64) -> Vec<ReplOp> {
     page(k, |i| format!("page {k} entry {i} ").repeat(100))
 }
