@@ -5,7 +5,8 @@
 //! assigns the next CSN, and commits the entry, its DN and UUID index records, the
 //! changelog record and the new last CSN in one sled transaction; a group of pipelined
 //! writes shares one transaction wherever no write reads what an earlier one in the
-//! group changed (`footprint`). Durability is separate
+//! group changed (`footprint`), and hands each committed change to the `feed` the
+//! persist sessions read, with the entry bytes it wrote. Durability is separate
 //! ([`GroupCommit`]): `write` returns once the change is on disk, and only then does the
 //! durable-CSN watch wake the replication sessions.
 
@@ -14,13 +15,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
-use sled::{Db, Tree};
+use sled::{Db, IVec, Tree};
 use tether_protocol::{Attributes, Change, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, SearchSpec, StoreId};
 use tokio::sync::watch;
 
 use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
 use crate::durability::GroupCommit;
-use crate::entry_set::{EntrySet, TxEntrySet};
+use crate::entry_set::{EntrySet, Located, TxEntrySet, ENTRIES};
 use crate::error::{Refusal, Result, StoreError};
 use crate::feed::{FedChange, Feed};
 use crate::footprint::Footprint;
@@ -385,8 +386,23 @@ impl Directory {
         Ok(csn)
     }
 
-    /// Commits planned changes with consecutive CSNs starting at `first`.
+    /// Commits planned changes with consecutive CSNs starting at `first`, and hands the
+    /// logged ones to the feed with the bytes written (see [`crate::feed`]).
     fn commit_many(&self, planned: &[Planned], first: Csn, log: Logging) -> Result<()> {
+        // Encoded once, outside the transaction (which sled may run more than once); the
+        // feed keeps the same bytes sled stores.
+        let written = planned
+            .iter()
+            .map(|p| {
+                p.after
+                    .as_ref()
+                    .map(|entry| -> Result<Located> {
+                        let bytes = IVec::from(encode(ENTRIES, entry)?);
+                        Ok(Located { key: entry.dn.tree_key(), bytes, csn: entry.csn })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
         let time_ms = now_ms();
         let mut records = Vec::new();
         if log == Logging::Logged {
@@ -401,7 +417,8 @@ impl Directory {
                     dn: p.dn.clone(),
                     old_dn: p.old_dn.clone(),
                 };
-                records.push((csn, Changelog::encode(&record)?));
+                let encoded = Changelog::encode(&record)?;
+                records.push((record, encoded));
                 csn = csn.next();
             }
         }
@@ -411,9 +428,9 @@ impl Directory {
         (&self.meta, &self.set.entries, &self.set.uuids, &self.changelog.tree).transaction(
             |(meta, entries, uuids, changelog)| {
                 let tx = TxEntrySet { entries, uuids };
-                for p in planned {
-                    match &p.after {
-                        Some(entry) => tx.put(p.old_key.as_deref(), entry)?,
+                for (p, written) in planned.iter().zip(&written) {
+                    match written {
+                        Some(w) => tx.put_encoded(p.old_key.as_deref(), w.key.clone(), &p.uuid, w.bytes.clone())?,
                         None => {
                             if let Some(key) = &p.old_key {
                                 tx.remove(key, &p.uuid)?;
@@ -421,8 +438,8 @@ impl Directory {
                         }
                     }
                 }
-                for (csn, record) in &records {
-                    changelog.insert(&csn.to_key(), record.as_slice())?;
+                for (record, encoded) in &records {
+                    changelog.insert(&record.csn.to_key(), encoded.as_slice())?;
                 }
                 if log == Logging::FloorRaised {
                     meta.insert(names::FLOOR, &last.0.to_be_bytes())?;
@@ -438,16 +455,24 @@ impl Directory {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             },
         )?;
+        self.feed.keep(
+            records
+                .into_iter()
+                .zip(written)
+                .map(|((record, _), found)| std::sync::Arc::new(FedChange::new(record, found))),
+        );
         Ok(())
     }
 
     /// The changes after `after` up to `upto`, at most `max`, for a persist session:
-    /// each read from the store once for all sessions ([`crate::feed`]). Only durable
-    /// changes should be asked for; the caller checks the changelog floor around it.
+    /// as the writer fed them, or read from the store once for all sessions
+    /// ([`crate::feed`]). Only durable changes should be asked for; the caller checks the
+    /// changelog floor around it.
     ///
-    /// An entry is read as it is now, which may include a later write committed but not
-    /// yet durable (another client's group); that write is made durable before this
-    /// returns, so nothing sent can be taken back by a crash, and its CSN never reused.
+    /// An entry read from the store is read as it is now, which may include a later write
+    /// committed but not yet durable (another client's group); that write is made durable
+    /// before this returns, so nothing sent can be taken back by a crash, and its CSN
+    /// never reused.
     pub fn recent_changes(&self, after: Csn, upto: Csn, max: usize) -> Result<Vec<std::sync::Arc<FedChange>>> {
         let changes = self.feed.read(&self.changelog, &self.set, after, upto, max)?;
         if let Some(newest) = changes.iter().filter_map(|c| c.entry_csn()).max() {
@@ -633,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn a_change_sent_with_a_later_write_not_yet_durable_makes_that_write_durable() {
+    fn a_change_read_from_the_store_with_a_later_write_not_yet_durable_makes_that_write_durable() {
         let tmp = tempfile::tempdir().unwrap();
         let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
         d.write(&suffix()).unwrap();
@@ -642,6 +667,12 @@ mod tests {
         // Another client's write to the same entry: committed, not yet durable.
         let later = d.write_nowait(&modify_sn("ann", "Two")).unwrap().csn;
         assert!(d.durable_csn() < later);
+        // From the feed, the change comes with the entry it wrote: nothing to flush.
+        let fed = d.recent_changes(before, first, 10).unwrap();
+        assert_eq!(fed[0].entry_csn(), Some(first));
+        assert!(d.durable_csn() < later);
+        // A session behind the feed's reach reads the entry as it is now.
+        d.feed.forget();
         let changes = d.recent_changes(before, first, 10).unwrap();
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].entry_csn(), Some(later), "the entry as it is now");

@@ -253,12 +253,6 @@ impl TxEntrySet<'_> {
         Ok(Some((head.uuid, head.csn)))
     }
 
-    /// Writes `entry`, removing its record at `old_key` if it moved.
-    pub(crate) fn put(&self, old_key: Option<&[u8]>, entry: &Entry) -> Result<(), TxError> {
-        let bytes = encode(ENTRIES, entry).map_err(ConflictableTransactionError::Abort)?;
-        self.put_encoded(old_key, entry.dn.tree_key(), &entry.uuid, bytes)
-    }
-
     /// Writes the entry `uuid` encoded as `bytes` under `key` (its DN's tree key),
     /// removing its record at `old_key` if it moved.
     pub(crate) fn put_encoded(

@@ -1,18 +1,20 @@
-//! The persist phase's feed: each recent change read from the store once, for every
+//! The persist phase's feed: each recent change as the writer committed it, for every
 //! session that sends it.
 //!
 //! A persist session sends the changes after its consumer's position: each changelog
 //! record with the entry as it is stored, which the session's region then turns into an
-//! upsert, a delete or nothing (see [`changelog`](crate::changelog)). With fifty
-//! consumers, fifty sessions read the same record and entry, parsed the same DNs and
-//! copied the same bytes. The feed keeps the most recent changes, each with its entry as
-//! first read; sessions take them from here and only decide what each means for their
-//! own region.
+//! upsert, a delete or nothing (see [`changelog`](crate::changelog)). Read from the store,
+//! that is a changelog scan, a record decoded with its DN parsed, and an entry looked up,
+//! for every change and every session, all of it what the writer held in memory a moment
+//! before. So the writer hands each change it commits to the feed with the record and the
+//! entry bytes it wrote, and sessions at or near the newest change take them from here
+//! and only decide what each means for their own region. A session behind the feed's
+//! reach reads the store as before and keeps what it read for the next one.
 //!
-//! The entry kept is the one stored when the first session read the change, which may be
-//! older than the entry now. Any later change to it is a later record, which every
-//! session sends too, so a consumer still ends at the latest state: the same as if its
-//! session had read a moment earlier.
+//! The entry kept may be older than the entry now: the one written by the change itself,
+//! or the one stored when a session read it from the store. Any later change to it is a
+//! later record, which every session sends too, so a consumer still ends at the latest
+//! state: the same as if its session had read a moment earlier.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,12 @@ pub struct FedChange {
 }
 
 impl FedChange {
+    /// A change as its writer committed it: `found` is the entry it wrote (`None` for
+    /// a delete).
+    pub(crate) fn new(record: ChangeRecord, found: Option<Located>) -> Self {
+        Self { record, found }
+    }
+
     /// The change's CSN.
     pub fn csn(&self) -> Csn {
         self.record.csn
@@ -109,20 +117,32 @@ impl Feed {
             let found = entries.locate_encoded(&record.uuid, Some(&record.dn.tree_key()))?;
             read.push(Arc::new(FedChange { record, found }));
         }
+        self.keep(read.iter().cloned());
+        out.extend(read);
+        Ok(out)
+    }
+
+    /// Keeps `changes` for the sessions to come, dropping the oldest kept past
+    /// [`FEED_BYTES`]. A change kept already is replaced: both versions lead a consumer to
+    /// the same end (see the module docs).
+    pub fn keep(&self, changes: impl IntoIterator<Item = Arc<FedChange>>) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        for change in &read {
-            if let Some(old) = recent.changes.insert(change.csn(), Arc::clone(change)) {
+        for change in changes {
+            recent.bytes += change.bytes();
+            if let Some(old) = recent.changes.insert(change.csn(), change) {
                 recent.bytes -= old.bytes();
             }
-            recent.bytes += change.bytes();
         }
         while recent.bytes > FEED_BYTES {
             let Some((_, oldest)) = recent.changes.pop_first() else { break };
             recent.bytes -= oldest.bytes();
         }
-        drop(recent);
-        out.extend(read);
-        Ok(out)
+    }
+
+    /// Drops every change kept, as if every session were behind the feed's reach.
+    #[cfg(test)]
+    pub(crate) fn forget(&self) {
+        *self.recent.lock().unwrap() = Recent::default();
     }
 }
 
@@ -131,7 +151,70 @@ mod tests {
     use super::*;
     use crate::test_changes::{add, suffix};
     use crate::Directory;
-    use tether_protocol::Dn;
+    use tether_protocol::{Change, Dn, Filter, ModOp, Modification, Rdn, Scope, Value};
+
+    #[test]
+    fn a_committed_change_is_fed_as_written_and_sends_what_the_store_would() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let dn = |s: &str| Dn::parse(s).unwrap();
+        let people = "ou=people,dc=example,dc=com";
+        let ann = "uid=ann,ou=people,dc=example,dc=com";
+        let modify = |sn: &str| Change::Modify {
+            dn: dn(ann),
+            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
+        };
+        let rename = Change::ModDn {
+            dn: dn(ann),
+            new_rdn: Rdn::parse("uid=anne").unwrap(),
+            delete_old_rdn: true,
+            new_superior: Some(dn("dc=example,dc=com")),
+        };
+        let anne = "uid=anne,dc=example,dc=com";
+        let changes = [
+            suffix(),
+            add(people, &[("objectClass", "organizationalUnit"), ("ou", "people")]),
+            add(ann, &[("objectClass", "person"), ("uid", "ann"), ("cn", "Ann"), ("sn", "One")]),
+            modify("Two"),
+            rename,
+            Change::Delete { dn: dn(anne) },
+        ];
+        // Whole entries, a filtered and trimmed region, and one the rename leaves.
+        let specs = [
+            SearchSpec::subtree(dn("dc=example,dc=com")),
+            SearchSpec {
+                base: dn("dc=example,dc=com"),
+                scope: Scope::Subtree,
+                filter: Filter::parse("(sn=Two)").unwrap(),
+                attrs: vec!["cn".into()],
+            },
+            SearchSpec::subtree(dn(people)),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            // One alone, the rest as a group of one (the pipelined path).
+            let csn = if i == 0 {
+                d.write(change).unwrap().csn
+            } else {
+                d.write_group(std::slice::from_ref(change)).remove(0).unwrap().csn
+            };
+            d.sync(csn).unwrap();
+            let fed = {
+                let recent = d.feed.recent.lock().unwrap();
+                Arc::clone(recent.changes.get(&csn).expect("the writer fed its change"))
+            };
+            let served = d.recent_changes(Csn(csn.0 - 1), csn, 1).unwrap();
+            assert!(Arc::ptr_eq(&served[0], &fed), "a session at the newest change reads no store");
+            // The same change read from the store, as a session behind the feed does.
+            d.feed.forget();
+            let read = d.recent_changes(Csn(csn.0 - 1), csn, 1).unwrap();
+            assert!(!Arc::ptr_eq(&read[0], &fed));
+            assert_eq!(fed.record, read[0].record);
+            assert_eq!(fed.entry_csn(), read[0].entry_csn());
+            for spec in &specs {
+                assert_eq!(fed.op_for(spec).unwrap(), read[0].op_for(spec).unwrap(), "change {i}, {spec:?}");
+            }
+        }
+    }
 
     #[test]
     fn a_change_is_read_once_for_every_session_and_the_oldest_go_past_the_byte_limit() {

@@ -13,7 +13,7 @@
 //! - `footprint` (private): what a run of planned writes changed, so a group of writes
 //!   shares one transaction only where none reads what an earlier one changed.
 //! - [`changelog`]: change records by CSN, coalesced deltas, retention policy.
-//! - [`feed`]: the persist phase's recent changes, each read once for every session.
+//! - [`feed`]: the persist phase's recent changes, as the writer committed them.
 //! - [`durability`]: group commit and the durable-CSN watch that wakes sessions.
 //! - [`pins`]: what running refreshes still need from the changelog, which trimming keeps.
 //! - [`directory`]: the provider's store.
