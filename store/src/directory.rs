@@ -15,13 +15,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
-use sled::{Db, IVec, Tree};
+use sled::{Db, Tree};
 use tether_protocol::{Attributes, Change, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, SearchSpec, StoreId};
 use tokio::sync::watch;
 
 use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
 use crate::durability::GroupCommit;
-use crate::entry_set::{EntrySet, Located, TxEntrySet, ENTRIES};
+use crate::entry_set::{EntrySet, Located, TxEntrySet};
 use crate::error::{Refusal, Result, StoreError};
 use crate::feed::{FedChange, Feed};
 use crate::footprint::Footprint;
@@ -389,20 +389,8 @@ impl Directory {
     /// Commits planned changes with consecutive CSNs starting at `first`, and hands the
     /// logged ones to the feed with the bytes written (see [`crate::feed`]).
     fn commit_many(&self, planned: &[Planned], first: Csn, log: Logging) -> Result<()> {
-        // Encoded once, outside the transaction (which sled may run more than once); the
-        // feed keeps the same bytes sled stores.
-        let written = planned
-            .iter()
-            .map(|p| {
-                p.after
-                    .as_ref()
-                    .map(|entry| -> Result<Located> {
-                        let bytes = IVec::from(encode(ENTRIES, entry)?);
-                        Ok(Located { key: entry.dn.tree_key(), bytes, csn: entry.csn })
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let written =
+            planned.iter().map(|p| p.after.as_ref().map(Located::encode).transpose()).collect::<Result<Vec<_>>>()?;
         let time_ms = now_ms();
         let mut records = Vec::new();
         if log == Logging::Logged {

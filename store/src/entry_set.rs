@@ -39,6 +39,16 @@ pub struct Located {
     pub csn: Csn,
 }
 
+impl Located {
+    /// `entry` as it is to be stored: its DN key and its record, encoded once so that
+    /// the transaction writing it (which sled may run more than once) and the persist
+    /// feed share the bytes.
+    pub(crate) fn encode(entry: &Entry) -> Result<Self> {
+        let bytes = IVec::from(encode(ENTRIES, entry)?);
+        Ok(Self { key: entry.dn.tree_key(), bytes, csn: entry.csn })
+    }
+}
+
 impl EntrySet {
     /// Wraps two opened trees.
     pub(crate) fn new(entries: Tree, uuids: Tree) -> Self {

@@ -42,8 +42,8 @@ pub struct FedChange {
 }
 
 impl FedChange {
-    /// A change as its writer committed it: `found` is the entry it wrote (`None` for
-    /// a delete).
+    /// A change with its entry as stored (`None` if it no longer exists): the one its
+    /// writer wrote, or the one a session read from the store.
     pub(crate) fn new(record: ChangeRecord, found: Option<Located>) -> Self {
         Self { record, found }
     }
@@ -115,7 +115,7 @@ impl Feed {
         for record in changelog.records(at, upto).take(max - out.len()) {
             let record = record?;
             let found = entries.locate_encoded(&record.uuid, Some(&record.dn.tree_key()))?;
-            read.push(Arc::new(FedChange { record, found }));
+            read.push(Arc::new(FedChange::new(record, found)));
         }
         self.keep(read.iter().cloned());
         out.extend(read);
