@@ -19,7 +19,7 @@ mod depth;
 use std::cell::Cell;
 use std::marker::PhantomData;
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::MAX_FRAME;
@@ -139,8 +139,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// fields of a record (see [`EntryHead`](crate::entry::EntryHead)) without decoding or
 /// allocating the rest. The same limits as [`decode`] apply.
 pub fn decode_prefix<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<(T, usize), CodecError> {
+    decode_prefix_seed(PhantomData::<T>, bytes)
+}
+
+/// [`decode_prefix`] driven by a seed, for a reader that walks an encoding piece by
+/// piece with state of its own (a buffer reused across pieces, say).
+pub(crate) fn decode_prefix_seed<'de, S: DeserializeSeed<'de>>(
+    seed: S,
+    bytes: &'de [u8],
+) -> Result<(S::Value, usize), CodecError> {
     let tripped = Cell::new(false);
-    let seed = depth::LimitedSeed { seed: PhantomData::<T>, budget: depth::Budget::new(MAX_DEPTH, &tripped) };
+    let seed = depth::LimitedSeed { seed, budget: depth::Budget::new(MAX_DEPTH, &tripped) };
     bincode::serde::seed_decode_from_slice(seed, bytes, config()).map_err(|err| {
         if tripped.get() {
             CodecError::TooDeep { max: MAX_DEPTH }

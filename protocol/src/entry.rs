@@ -16,7 +16,11 @@ use crate::csn::Csn;
 use crate::dn::{is_plain_ascii, normalize_text, Dn};
 
 mod checked;
+#[cfg(test)]
+mod fixtures;
+mod partial;
 pub use checked::CheckedEntry;
+pub use partial::PartialEntry;
 
 /// The entryUUID: assigned by the provider when an entry is added and never changed, so
 /// replication can follow an entry through renames and moves by identity, not by name.

@@ -7,7 +7,9 @@
 //! The data model:
 //! - [`dn`]: distinguished names, their normalized form and tree order.
 //! - [`entry`]: entries, attributes and values, with the matching rules; `CheckedEntry`
-//!   checks an encoded entry as decoding it would, without building it.
+//!   checks an encoded entry as decoding it would, without building it, and
+//!   `PartialEntry` decodes only the attributes a change touches and keeps the rest as
+//!   encoded.
 //! - [`csn`], [`cookie`]: change sequence numbers and a consumer's position.
 //! - [`change`]: write requests (add, modify, delete, modify-DN).
 //! - [`filter`], [`filter_parse`], [`scope`]: RFC 4515 filters (bounded length and
@@ -57,7 +59,9 @@ pub use connection::{MessageReader, MessageWriter, WireError};
 pub use cookie::{Cookie, StoreId};
 pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
-pub use entry::{Attribute, AttributeError, Attributes, CheckedEntry, Entry, EntryHead, EntryUuid, Value};
+pub use entry::{
+    Attribute, AttributeError, Attributes, CheckedEntry, Entry, EntryHead, EntryUuid, PartialEntry, Value,
+};
 pub use filter::Filter;
 pub use filter_parse::FilterError;
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME};

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
 use crate::durability::GroupCommit;
-use crate::entry_set::{EntrySet, Located, TxEntrySet};
+use crate::entry_set::{EntrySet, TxEntrySet};
 use crate::error::{Refusal, Result, StoreError};
 use crate::feed::{FedChange, Feed};
 use crate::footprint::Footprint;
@@ -389,8 +389,6 @@ impl Directory {
     /// Commits planned changes with consecutive CSNs starting at `first`, and hands the
     /// logged ones to the feed with the bytes written (see [`crate::feed`]).
     fn commit_many(&self, planned: &[Planned], first: Csn, log: Logging) -> Result<()> {
-        let written =
-            planned.iter().map(|p| p.after.as_ref().map(Located::encode).transpose()).collect::<Result<Vec<_>>>()?;
         let time_ms = now_ms();
         let mut records = Vec::new();
         if log == Logging::Logged {
@@ -416,8 +414,8 @@ impl Directory {
         (&self.meta, &self.set.entries, &self.set.uuids, &self.changelog.tree).transaction(
             |(meta, entries, uuids, changelog)| {
                 let tx = TxEntrySet { entries, uuids };
-                for (p, written) in planned.iter().zip(&written) {
-                    match written {
+                for p in planned {
+                    match &p.after {
                         Some(w) => tx.put_encoded(p.old_key.as_deref(), w.key.clone(), &p.uuid, w.bytes.clone())?,
                         None => {
                             if let Some(key) = &p.old_key {
@@ -446,8 +444,8 @@ impl Directory {
         self.feed.keep(
             records
                 .into_iter()
-                .zip(written)
-                .map(|((record, _), found)| std::sync::Arc::new(FedChange::new(record, found))),
+                .zip(planned)
+                .map(|((record, _), p)| std::sync::Arc::new(FedChange::new(record, p.after.clone()))),
         );
         Ok(())
     }

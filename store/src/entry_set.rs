@@ -8,7 +8,7 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::{IVec, Tree};
-use tether_protocol::{Csn, Dn, Entry, EntryHead, EntryUuid, Scope, SearchSpec};
+use tether_protocol::{Csn, Dn, Entry, EntryHead, EntryUuid, PartialEntry, Scope, SearchSpec};
 
 use crate::error::{Result, StoreError};
 use crate::record::{decode, encode};
@@ -47,6 +47,13 @@ impl Located {
         let bytes = IVec::from(encode(ENTRIES, entry)?);
         Ok(Self { key: entry.dn.tree_key(), bytes, csn: entry.csn })
     }
+
+    /// [`Located::encode`] of an entry split by [`PartialEntry`]: the same bytes.
+    pub(crate) fn encode_partial(partial: &PartialEntry<'_>) -> Result<Self> {
+        let bytes = partial.encode().map_err(|source| StoreError::Codec { tree: ENTRIES, source })?;
+        let entry = &partial.entry;
+        Ok(Self { key: entry.dn.tree_key(), bytes: IVec::from(bytes), csn: entry.csn })
+    }
 }
 
 impl EntrySet {
@@ -58,6 +65,11 @@ impl EntrySet {
     /// The entry named `dn`.
     pub fn get(&self, dn: &Dn) -> Result<Option<Entry>> {
         self.entries.get(dn.tree_key())?.map(|v| decode(ENTRIES, &v)).transpose()
+    }
+
+    /// The record of the entry named `dn`, as stored.
+    pub(crate) fn get_encoded(&self, dn: &Dn) -> Result<Option<IVec>> {
+        Ok(self.entries.get(dn.tree_key())?)
     }
 
     /// The entry with `uuid`, wherever it now sits.

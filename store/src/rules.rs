@@ -2,11 +2,11 @@
 //! to. Pure decisions over reads of the entry set; the caller holds the writer lock, so
 //! nothing changes between these checks and the commit.
 
-use tether_protocol::{Attributes, Change, Csn, Dn, Entry, EntryUuid, ModOp, Modification, Rdn, Value};
+use tether_protocol::{Attributes, Change, Csn, Dn, Entry, EntryUuid, ModOp, Modification, PartialEntry, Rdn, Value};
 
 use crate::changelog::ChangeKind;
-use crate::entry_set::EntrySet;
-use crate::error::{Refusal, Result};
+use crate::entry_set::{EntrySet, Located, ENTRIES};
+use crate::error::{Refusal, Result, StoreError};
 
 /// The effect of an allowed write, ready to commit.
 #[derive(Debug)]
@@ -19,8 +19,10 @@ pub(crate) struct Planned {
     pub old_key: Option<Vec<u8>>,
     /// The DN before a rename.
     pub old_dn: Option<Dn>,
-    /// The new state (None for a delete), with `csn` already set.
-    pub after: Option<Entry>,
+    /// The new state (None for a delete), with `csn` already set, encoded as it is to
+    /// be stored: outside the transaction, which sled may run more than once, and once
+    /// for the store and the persist feed.
+    pub after: Option<Located>,
     /// The DN the changelog records (after, or the deleted one).
     pub dn: Dn,
 }
@@ -110,29 +112,50 @@ pub(crate) fn plan_add(
     let mut entry = Entry { dn: dn.clone(), uuid, csn, attrs: attrs.clone() };
     entry.ensure_rdn_values().map_err(|e| invalid(dn, e.to_string()))?;
     check_entry(&entry)?;
-    Ok(Planned { kind: ChangeKind::Add, uuid, old_key: None, old_dn: None, dn: dn.clone(), after: Some(entry) })
+    let after = Some(Located::encode(&entry)?);
+    Ok(Planned { kind: ChangeKind::Add, uuid, old_key: None, old_dn: None, dn: dn.clone(), after })
 }
 
+/// Plans a modification on the stored bytes: only the attributes it names and those the
+/// rules read (objectClass and the RDN's) are decoded, and the rest are written back as
+/// they were stored ([`PartialEntry`]). The result is byte for byte what decoding,
+/// modifying and encoding the whole entry would give; a modification names one or two
+/// attributes of ten, and the whole decode was most of planning one.
 fn plan_modify(set: &EntrySet, dn: &Dn, mods: &[Modification], csn: Csn) -> Result<Planned> {
-    let mut entry = set.get(dn)?.ok_or_else(|| Refusal::NoSuchObject(dn.clone()))?;
+    let stored = set.get_encoded(dn)?.ok_or_else(|| Refusal::NoSuchObject(dn.clone()))?;
+    // The stored DN has the same key as `dn`, so its RDN names the same attributes.
+    let rdn = dn.rdn();
+    let read = |key: &str| {
+        key == "objectclass"
+            || mods.iter().any(|m| m.attr.eq_ignore_ascii_case(key))
+            || rdn.is_some_and(|rdn| rdn.avas().iter().any(|ava| ava.attr().eq_ignore_ascii_case(key)))
+    };
+    let mut partial =
+        PartialEntry::decode(&stored, read).map_err(|source| StoreError::Codec { tree: ENTRIES, source })?;
+    apply_modifications(&mut partial.entry.attrs, dn, mods)?;
+    check_entry(&partial.entry)?;
+    partial.entry.csn = csn;
+    Ok(Planned {
+        kind: ChangeKind::Modify,
+        uuid: partial.entry.uuid,
+        old_key: Some(dn.tree_key()),
+        old_dn: None,
+        after: Some(Located::encode_partial(&partial)?),
+        dn: partial.entry.dn,
+    })
+}
+
+/// Applies `mods` in order, refusing the write at the first that cannot apply.
+fn apply_modifications(attrs: &mut Attributes, dn: &Dn, mods: &[Modification]) -> Result<()> {
     for m in mods {
         let result = match m.op {
-            ModOp::Add => entry.attrs.add(&m.attr, m.values.iter().cloned()),
-            ModOp::Delete => entry.attrs.delete(&m.attr, &m.values),
-            ModOp::Replace => entry.attrs.replace(&m.attr, m.values.clone()),
+            ModOp::Add => attrs.add(&m.attr, m.values.iter().cloned()),
+            ModOp::Delete => attrs.delete(&m.attr, &m.values),
+            ModOp::Replace => attrs.replace(&m.attr, m.values.clone()),
         };
         result.map_err(|e| invalid(dn, e.to_string()))?;
     }
-    check_entry(&entry)?;
-    entry.csn = csn;
-    Ok(Planned {
-        kind: ChangeKind::Modify,
-        uuid: entry.uuid,
-        old_key: Some(dn.tree_key()),
-        old_dn: None,
-        dn: entry.dn.clone(),
-        after: Some(entry),
-    })
+    Ok(())
 }
 
 fn plan_moddn(
@@ -180,6 +203,96 @@ fn plan_moddn(
         old_key: Some(dn.tree_key()),
         old_dn: Some(dn.clone()),
         dn: new_dn,
-        after: Some(entry),
+        after: Some(Located::encode(&entry)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tether_protocol::{ModOp, Modification, Value};
+
+    use super::*;
+    use crate::test_changes::{add, suffix};
+    use crate::Directory;
+
+    /// How a modification was planned before [`PartialEntry`]: the whole entry decoded,
+    /// modified, checked and encoded.
+    fn plan_whole(set: &EntrySet, dn: &Dn, mods: &[Modification], csn: Csn) -> Result<Located> {
+        let mut entry = set.get(dn)?.ok_or_else(|| Refusal::NoSuchObject(dn.clone()))?;
+        apply_modifications(&mut entry.attrs, dn, mods)?;
+        check_entry(&entry)?;
+        entry.csn = csn;
+        Located::encode(&entry)
+    }
+
+    fn m(op: ModOp, attr: &str, values: &[&str]) -> Modification {
+        Modification { op, attr: attr.into(), values: values.iter().map(|v| Value::from(*v)).collect() }
+    }
+
+    /// Every kind of modification, allowed and refused, on entries with single and
+    /// multi-valued RDNs, planned on the stored bytes, gives the bytes, CSN and refusal
+    /// the whole entry gives.
+    #[test]
+    fn a_modification_planned_on_the_stored_bytes_is_the_one_planned_on_the_whole_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        d.write(&suffix()).unwrap();
+        let ann = "uid=ann,dc=example,dc=com";
+        let lee = "cn=Lee+sn=Park,dc=example,dc=com";
+        d.write(&add(
+            ann,
+            &[
+                ("objectClass", "inetOrgPerson"),
+                ("cn", "Ann"),
+                ("sn", "Lee"),
+                ("mail", "ann@example.com"),
+                ("telephoneNumber", "+47 1"),
+                ("cn;lang-en", "Ann"),
+            ],
+        ))
+        .unwrap();
+        d.write(&add(lee, &[("objectClass", "person"), ("description", "x")])).unwrap();
+        use ModOp::{Add, Delete, Replace};
+        let cases: Vec<(&str, Vec<Modification>)> = vec![
+            (ann, vec![m(Replace, "telephoneNumber", &["+47 2"])]),
+            (ann, vec![m(Replace, "TELEPHONENUMBER", &["+47 2", "+47 3"])]),
+            (ann, vec![m(Add, "mail", &["ann2@example.com"])]),
+            (ann, vec![m(Add, "mail", &["ANN@example.com"])]),
+            (ann, vec![m(Delete, "mail", &["ANN@EXAMPLE.COM"])]),
+            (ann, vec![m(Delete, "mail", &[])]),
+            (ann, vec![m(Delete, "mail", &["nobody@example.com"])]),
+            (ann, vec![m(Delete, "description", &[])]),
+            (ann, vec![m(Add, "description", &["new"]), m(Add, "zz-last", &["z"]), m(Add, "a-first", &["a"])]),
+            (ann, vec![m(Replace, "cn", &[])]),
+            (ann, vec![m(Replace, "cn;lang-en", &["Anne"]), m(Delete, "sn", &[])]),
+            (ann, vec![m(Delete, "objectClass", &[])]),
+            (ann, vec![m(Replace, "objectClass", &["person", "top"])]),
+            (ann, vec![m(Delete, "uid", &["ann"])]),
+            (ann, vec![m(Delete, "uid", &[]), m(Add, "uid", &["ANN"])]),
+            (ann, vec![m(Add, "c n", &["x"])]),
+            (ann, vec![m(Replace, "mail", &[]), m(Add, "mail", &["back@example.com"])]),
+            (lee, vec![m(Delete, "sn", &[])]),
+            (lee, vec![m(Replace, "cn", &["Lee", "Li"])]),
+            (lee, vec![m(Replace, "description", &["y"])]),
+            ("uid=nobody,dc=example,dc=com", vec![m(Replace, "cn", &["x"])]),
+        ];
+        for (dn, mods) in cases {
+            let dn = Dn::parse(dn).unwrap();
+            let planned =
+                plan(d.entries(), d.suffix(), &Change::Modify { dn: dn.clone(), mods: mods.clone() }, Csn(77));
+            let whole = plan_whole(d.entries(), &dn, &mods, Csn(77));
+            match (planned, whole) {
+                (Ok(planned), Ok(whole)) => {
+                    let after = planned.after.unwrap();
+                    assert_eq!(after.bytes, whole.bytes, "{mods:?}");
+                    assert_eq!((&after.key, after.csn), (&whole.key, whole.csn), "{mods:?}");
+                    assert_eq!(planned.dn, dn);
+                }
+                (Err(planned), Err(whole)) => assert_eq!(planned.to_string(), whole.to_string(), "{mods:?}"),
+                (planned, whole) => panic!("{mods:?}: planned {planned:?}, whole {whole:?}"),
+            }
+        }
+    }
 }

@@ -127,8 +127,8 @@ impl<'de> Visitor<'de> for MapCheck {
 }
 
 /// One `Attribute { name, values }`: gives its name and leaves its values in `values`.
-struct AttributeCheck<'a, 'de> {
-    values: &'a mut Vec<&'de [u8]>,
+pub(super) struct AttributeCheck<'a, 'de> {
+    pub(super) values: &'a mut Vec<&'de [u8]>,
 }
 
 impl<'de> DeserializeSeed<'de> for AttributeCheck<'_, 'de> {
@@ -196,26 +196,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use proptest::prelude::*;
-    use serde::Serialize;
 
     use super::*;
+    use crate::entry::fixtures::{raw_entry, RawEntry};
     use crate::entry::Entry;
-
-    /// An entry's encoding written field by field, so a test can write what `Attributes`
-    /// never would: misfiled, repeated or unordered keys, bad names, no values,
-    /// duplicate values, a DN that does not parse. Encodes as `Entry` does: bincode
-    /// writes a map as its length then its pairs, and a value as its length then its
-    /// octets, as it writes these sequences.
-    #[derive(Debug, Clone, Serialize)]
-    struct RawEntry {
-        dn: String,
-        uuid: [u8; 16],
-        csn: u64,
-        attrs: Vec<(String, RawAttribute)>,
-    }
-
-    /// `Attribute { name, values }`, each value as raw octets.
-    type RawAttribute = (String, Vec<Vec<u8>>);
 
     /// What a full decode keeps of what the check keeps.
     fn checked_part(bytes: &[u8]) -> Result<CheckedEntry, CodecError> {
@@ -227,37 +211,6 @@ mod tests {
             (entry, n) if n == bytes.len() => Ok(entry),
             (_, n) => Err(CodecError::TrailingBytes { extra: bytes.len() - n }),
         }
-    }
-
-    fn raw_entry() -> impl Strategy<Value = RawEntry> {
-        let name = prop_oneof![
-            4 => prop::sample::select(vec!["cn", "CN", "objectClass", "mail", "cn;lang-en", "2.5.4.3", "sn"]),
-            1 => prop::sample::select(vec!["", "dn", "1cn", "c n", "cn;", "é"]),
-        ];
-        let value = prop_oneof![
-            4 => prop::sample::select(vec!["a", "A", "b", "x y", "X  Y", " x y", "top", "TOP", "ÉLODIE", "élodie"])
-                .prop_map(|v| v.as_bytes().to_vec()),
-            1 => prop::collection::vec(any::<u8>(), 0..4),
-        ];
-        let attr = (name, any::<bool>(), prop::collection::vec(value, 0..5)).prop_map(|(name, keyed_right, values)| {
-            let key = if keyed_right { name.to_ascii_lowercase() } else { name.to_owned() };
-            (key, (name.to_owned(), values))
-        });
-        let dn = prop_oneof![
-            4 => prop::sample::select(vec!["cn=a,dc=example", "CN = A , DC=Example", "uid=x+cn=y,ou=p", ""]),
-            1 => prop::sample::select(vec!["cn", "=x", "cn=a,,dc=b", "cn=\\zz"]),
-        ];
-        let sorted = prop::collection::vec(attr.clone(), 0..6).prop_map(|mut attrs| {
-            attrs.sort_by(|a, b| a.0.cmp(&b.0));
-            attrs
-        });
-        let attrs = prop_oneof![4 => sorted, 1 => prop::collection::vec(attr, 0..6)];
-        (dn, any::<[u8; 16]>(), any::<u64>(), attrs).prop_map(|(dn, uuid, csn, attrs)| RawEntry {
-            dn: dn.to_owned(),
-            uuid,
-            csn,
-            attrs,
-        })
     }
 
     #[test]
