@@ -28,7 +28,7 @@ pub struct EntrySet {
     pub(crate) uuids: Tree,
 }
 
-/// An entry found by UUID, as stored.
+/// An entry as it is stored: found by UUID for a replica, or planned by the writer.
 #[derive(Debug, Clone)]
 pub struct Located {
     /// Its DN key.
@@ -64,7 +64,7 @@ impl EntrySet {
 
     /// The entry named `dn`.
     pub fn get(&self, dn: &Dn) -> Result<Option<Entry>> {
-        self.entries.get(dn.tree_key())?.map(|v| decode(ENTRIES, &v)).transpose()
+        self.get_encoded(dn)?.map(|v| decode(ENTRIES, &v)).transpose()
     }
 
     /// The record of the entry named `dn`, as stored.
