@@ -7,7 +7,7 @@
 //! variable wakes, so consecutive batches of a refresh ran on three threads in turn,
 //! and each batch found sled's nodes, the epoch collector's garbage and the allocator's
 //! free lists on another thread. The same refresh on one thread takes a seventh less
-//! CPU and a fifth less time (`docs/benchmarks.md`).
+//! CPU and a fifth less time (`docs/benchmarks-history.md`).
 //!
 //! A deterministic simulation (turmoil, one thread, simulated clock) cannot hand work
 //! to other threads without giving up replayability, so it runs the same calls inline

@@ -13,7 +13,7 @@ use tether_protocol::{Dn, SearchSpec};
 use tether_store::ReplicaStore;
 
 /// mimalloc (without transparent huge pages) instead of glibc's malloc, in both
-/// binaries: why, and what it changed, in docs/architecture.md and docs/benchmarks.md.
+/// binaries: why, and what it changed, in docs/architecture.md and docs/benchmarks-history.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

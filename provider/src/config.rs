@@ -37,7 +37,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 500;
 /// up and which fills it with pages nothing reads again, and the few entries each write
 /// or live change touches. At a million entries the 32 MiB saved keeps the provider's
 /// peak under 200 MiB through a full refresh; at 100,000 no workload of `tether-bench`
-/// moved with the halving (docs/benchmarks.md).
+/// moved with the halving (docs/benchmarks-history.md).
 pub const DEFAULT_CACHE_SIZE: u64 = 32 << 20;
 /// Default `queue_len`.
 pub const DEFAULT_QUEUE_LEN: usize = 1024;

@@ -646,7 +646,7 @@ fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Re
 /// 9 of the first pass's keys spanning 16 positions, and the second pass adds the 7
 /// keys between them: leaves of 16 keys, half as many leaves and splits. sled alone,
 /// 100,000 entries in batches of 200: a fifth less CPU, a store a fifth smaller
-/// (`docs/benchmarks.md`). The constants are sled 0.34's, which `Cargo.lock` pins.
+/// (`docs/benchmarks-history.md`). The constants are sled 0.34's, which `Cargo.lock` pins.
 /// Keys that do not arrive in order (an unordered index) lose nothing: random inserts
 /// fill leaves in any order.
 fn fill_order(len: usize) -> impl Iterator<Item = usize> {
@@ -738,7 +738,7 @@ impl Shadow {
     /// leaves sled's leaves full. Single inserts, a tree at a time: a `sled::Batch` takes
     /// sled's global write lock and rolls the log buffer twice, and inserts alternating
     /// between the two trees held a million-entry refresh 50 MiB higher
-    /// (`docs/benchmarks.md`). Anything else goes through [`Shadow::apply`].
+    /// (`docs/benchmarks-history.md`). Anything else goes through [`Shadow::apply`].
     pub fn apply_scan<O: IncomingOp>(&mut self, ops: &[O]) -> Result<ApplyStats> {
         if ops.iter().any(|op| !matches!(op.incoming(), Incoming::Upsert { .. })) {
             return self.apply(ops);
