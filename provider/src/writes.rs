@@ -30,7 +30,10 @@ fn outcome_for(err: &StoreError) -> WriteOutcome {
         Some(Refusal::OutsideSuffix { .. } | Refusal::InvalidChange { .. }) => WriteErrorKind::InvalidChange,
         None => WriteErrorKind::Internal,
     };
-    WriteOutcome::Refused { kind, message: err.to_string() }
+    // The client names the outcome itself ("refused (no-parent): ..."), so a refusal
+    // travels as its own text, without the store error's "refused:" prefix.
+    let message = err.refusal().map_or_else(|| err.to_string(), ToString::to_string);
+    WriteOutcome::Refused { kind, message }
 }
 
 async fn send<W: AsyncWrite + Unpin>(writer: &mut MessageWriter<W>, msg: &Message) -> bool {

@@ -305,7 +305,40 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.ldif") && err.contains("line 5"), "{err}");
     assert_eq!(p.search(SUFFIX, "subtree", ALL)?, "", "nothing was loaded");
-    // A refused record in `write` names its line and how many applied.
+    Ok(())
+}
+
+#[test]
+fn write_stops_at_the_first_refused_record_naming_its_line_and_what_applied() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _) = provider_with(tmp.path(), 50, 11, ProviderOptions::default())?;
+    let present =
+        |uid: &str| -> Result<bool> { Ok(count(&p.search(SUFFIX, "subtree", &format!("(uid={uid})"))?) == 1) };
+
+    // Records 1 and 2 apply, record 3 (line 14) has no parent, record 4 is never sent.
+    let out = p.write(&format!(
+        "dn: uid=w1,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: w1\ncn: W One\nsn: One\n\n\
+         dn: uid=w1,{PEOPLE}\nchangetype: modify\nadd: description\ndescription: second record\n-\n\n\
+         dn: uid=orphan,ou=nowhere,{SUFFIX}\nchangetype: add\nobjectClass: person\ncn: orphan\nsn: x\n\n\
+         dn: uid=w2,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: w2\ncn: W Two\nsn: Two\n"
+    ))?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(".ldif:14: refused (no-parent): parent of uid=orphan"), "{err}");
+    assert!(err.contains("; 2 records applied"), "{err}");
+    assert!(!err.contains("refused: "), "the reason is said once: {err}");
+    assert!(p.search(PEOPLE, "subtree", "(description=second record)")?.contains("dn: uid=w1,"));
+    assert!(!present("orphan")? && !present("w2")?, "nothing after the refused record applied");
+
+    // The file is parsed whole first: a syntax error in its last record sends nothing.
+    let out = p.write(&format!(
+        "dn: uid=w3,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: w3\ncn: W Three\nsn: Three\n\n\
+         dn: uid=w4,{PEOPLE}\nchangetype: frobnicate\n"
+    ))?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 9") && err.contains("frobnicate"), "{err}");
+    assert!(!present("w3")?, "a file that does not parse applies nothing");
     Ok(())
 }
 
