@@ -6,11 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tether_protocol::connection;
+use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
 use tether_protocol::control::{self, ControlRequest};
 use tether_protocol::handshake::client_handshake;
 use tether_protocol::ldif;
 use tether_protocol::message::{Hello, Message, Role, WriteOutcome, SUPPORTED_VERSIONS};
+use tether_protocol::Change;
 
 use crate::config::{load_secret, ProviderConfig};
 use crate::tls;
@@ -72,26 +73,19 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
     let mut applied = 0;
     for (id, record) in records.into_iter().enumerate() {
         let line = record.line();
-        let change = record.into_change();
-        let id = id as u64;
-        writer_half.send(&Message::WriteRequest { id, change }).await?;
-        let reply =
-            tokio::time::timeout(CLIENT_TIMEOUT, reader.recv()).await.context("waiting for the provider's reply")??;
-        match reply {
-            Some(Message::WriteResult { id: got, outcome }) if got == id => match outcome {
-                WriteOutcome::Committed { .. } => applied += 1,
-                WriteOutcome::Refused { kind, message } => {
-                    bail!(
-                        "{}:{line}: refused ({}): {message}; {applied} records applied",
-                        file.display(),
-                        kind.as_str()
-                    )
-                }
-            },
-            Some(Message::Goodbye { reason, detail }) => {
-                bail!("provider closed the session ({}: {detail}); {applied} records applied", reason.as_str())
+        match write_one(&mut reader, &mut writer_half, id as u64, record.into_change()).await {
+            Ok(WriteOutcome::Committed { .. }) => applied += 1,
+            Ok(WriteOutcome::Refused { kind, message }) => {
+                bail!("{}:{line}: refused ({}): {message}; {}", file.display(), kind.as_str(), records_applied(applied))
             }
-            other => bail!("unexpected reply {:?}; {applied} records applied", other.map(|m| m.name())),
+            // The record was sent, or about to be, when the session failed: it may have
+            // committed without its answer arriving, and the operator must look before
+            // sending it again.
+            Err(e) => bail!(
+                "{}:{line}: {e:#}; {}; the outcome of this record is unknown (search for it before writing it again)",
+                file.display(),
+                records_applied(applied)
+            ),
         }
     }
     let _ = writer_half
@@ -101,4 +95,30 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
         })
         .await;
     Ok(applied)
+}
+
+/// Sends one change and waits for its answer.
+async fn write_one(
+    reader: &mut MessageReader<BoxedRead>,
+    writer: &mut MessageWriter<BoxedWrite>,
+    id: u64,
+    change: Change,
+) -> Result<WriteOutcome> {
+    writer.send(&Message::WriteRequest { id, change }).await.context("sending")?;
+    let reply =
+        tokio::time::timeout(CLIENT_TIMEOUT, reader.recv()).await.context("waiting for the provider's answer")??;
+    match reply {
+        Some(Message::WriteResult { id: got, outcome }) if got == id => Ok(outcome),
+        Some(Message::Goodbye { reason, detail }) => {
+            bail!("the provider closed the session ({}: {detail})", reason.as_str())
+        }
+        None => bail!("the provider closed the connection"),
+        Some(other) => bail!("unexpected answer {}", other.name()),
+    }
+}
+
+/// "1 record applied", "2 records applied": what `write` reports when it stops early.
+/// Scripts read the count from it (see the chaos writer).
+pub fn records_applied(n: usize) -> String {
+    format!("{n} record{} applied", if n == 1 { "" } else { "s" })
 }

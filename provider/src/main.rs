@@ -110,7 +110,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Write { config, file } => {
             let config = ProviderConfig::load(&config)?;
             let n = client::write(&config, &file).await?;
-            eprintln!("{n} records applied");
+            eprintln!("{}", client::records_applied(n));
             Ok(())
         }
         Command::Search { config, base, scope, filter } => {

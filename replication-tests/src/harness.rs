@@ -272,10 +272,15 @@ impl Provider {
 
     /// Applies LDIF change records through `write`.
     pub fn write(&self, ldif_text: &str) -> Result<Output> {
+        Ok(self.write_child(ldif_text)?.wait_with_output()?)
+    }
+
+    /// Starts `write` on LDIF change records without waiting for it; its stdout and
+    /// stderr are piped.
+    pub fn write_child(&self, ldif_text: &str) -> Result<Child> {
         let file = self.dir.join(format!("changes-{}.ldif", rand_suffix()));
         fs::write(&file, ldif_text)?;
-        let out = self.cmd("write")?.arg(&file).output()?;
-        Ok(out)
+        Ok(self.cmd("write")?.arg(&file).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
     }
 
     /// Like [`Provider::write`] but fails unless every record applied.

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use replication_tests::harness::{wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions};
 use replication_tests::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
 
@@ -339,6 +339,45 @@ fn write_stops_at_the_first_refused_record_naming_its_line_and_what_applied() ->
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 9") && err.contains("frobnicate"), "{err}");
     assert!(!present("w3")?, "a file that does not parse applies nothing");
+    Ok(())
+}
+
+#[test]
+fn a_write_cut_short_by_a_provider_crash_says_what_applied_and_loses_none_of_it() -> Result<()> {
+    use std::io::Read as _;
+
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _) = provider_with(tmp.path(), 10, 12, ProviderOptions::default())?;
+    let csn = |p: &Provider| -> Result<u64> { p.status()?["csn"].as_u64().context("status has a csn") };
+    let before = csn(&p)?;
+    // Far more records than apply before the kill, each durable before the next is sent.
+    let text: String = (0..20_000)
+        .map(|i| {
+            format!("dn: uid=k{i},{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: k{i}\ncn: k{i}\nsn: Crash\n\n")
+        })
+        .collect();
+    let mut write = p.write_child(&text)?;
+    wait_until(CONVERGE, "some records to apply", || Ok(csn(&p)? >= before + 20))?;
+    p.kill()?;
+    let status = replication_tests::harness::wait_exit(&mut write, CONVERGE)?;
+    let mut err = String::new();
+    write.stderr.take().context("stderr is piped")?.read_to_string(&mut err)?;
+    assert!(!status.success(), "the write finished before the kill: {err}");
+    assert!(err.contains("the outcome of this record is unknown"), "{err}");
+    let applied: usize = err
+        .split(" records applied")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no count in: {err}"))?;
+    assert!(applied >= 20, "{err}");
+
+    // Every record reported applied survived the SIGKILL; at most the one in flight
+    // committed besides them.
+    p.start()?;
+    let present = count(&p.search(PEOPLE, "one", "(sn=Crash)")?);
+    assert!(present == applied || present == applied + 1, "{applied} reported applied, {present} present");
+    assert_eq!(count(&p.search(PEOPLE, "one", &format!("(uid=k{})", applied - 1))?), 1);
     Ok(())
 }
 

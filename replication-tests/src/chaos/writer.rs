@@ -85,14 +85,16 @@ pub fn run(cluster: &Cluster, mut work: Workload, rate: u32, stop: &AtomicBool) 
     Ok(stats)
 }
 
-/// "N records applied" from a failed `write`'s error.
+/// "N records applied" (or "1 record applied") from a failed `write`'s error.
 fn applied_count(stderr: &str) -> u64 {
     stderr
-        .split("records applied")
+        .split(" applied")
+        .filter_map(|head| {
+            let mut words = head.split_whitespace().rev();
+            let noun = words.next()?;
+            (noun == "records" || noun == "record").then(|| words.next()?.parse().ok())?
+        })
         .next()
-        .filter(|head| head.len() < stderr.len())
-        .and_then(|head| head.split_whitespace().last())
-        .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
 
@@ -130,6 +132,11 @@ mod tests {
     #[test]
     fn the_applied_count_is_read_from_a_failed_write() {
         assert_eq!(applied_count("Error: x.ldif:12: refused (no-such-object): gone; 7 records applied\n"), 7);
+        assert_eq!(applied_count("x.ldif:3: refused (no-parent): parent of x does not exist; 1 record applied\n"), 1);
+        assert_eq!(
+            applied_count("x.ldif:9: the provider closed the connection; 3 records applied; the outcome of this record is unknown"),
+            3
+        );
         assert_eq!(applied_count("Error: connecting to 127.0.0.1:5: refused\n"), 0);
     }
 }
