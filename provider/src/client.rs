@@ -30,7 +30,7 @@ pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Optio
 /// many records were applied (ldapmodify's behaviour).
 pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let records = ldif::reader::parse_str(&text).map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?;
+    let records = ldif::reader::parse_str(&text).with_context(|| file.display().to_string())?;
     let Some(writer) = &config.writer else {
         bail!("{}: no [writer] section: writes are not enabled", config.file.display());
     };
