@@ -41,7 +41,8 @@ fn main() -> ExitCode {
 fn run() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = tmp.path();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sample.ldif");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let sample = examples.join("sample.ldif");
     say(&format!("working in {}", root.display()));
     say("building the provider and consumer binaries (first run only)");
     replication_tests::harness::bin("tether-provider")?;
@@ -84,12 +85,9 @@ fn run() -> Result<()> {
         entries(&poller.search("groups", GROUPS, "subtree", ALL)?)
     ));
 
-    say("writing: add a person, modify a group, move a person");
-    provider.write_ok(&format!(
-        "dn: uid=demo,ou=engineering,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: demo\ncn: Demo User\nsn: User\n\n\
-         dn: cn=group-00,{GROUPS}\nchangetype: modify\nadd: member\nmember: uid=demo,ou=engineering,{PEOPLE}\n-\n\n\
-         dn: uid=u0001,ou=sales,{PEOPLE}\nchangetype: modrdn\nnewrdn: uid=u0001\ndeleteoldrdn: 1\nnewsuperior: ou=support,{PEOPLE}\n"
-    ))?;
+    let changes = examples.join("changes.ldif");
+    say(&format!("writing {}: add a person, modify a group and a person, move one, delete one", changes.display()));
+    provider.write_ok(&std::fs::read_to_string(&changes).with_context(|| format!("reading {}", changes.display()))?)?;
     let t = Instant::now();
     wait_until(STEP, "the writes to reach consumer A", || converged(&provider, &live, "people", PEOPLE))?;
     say(&format!("consumer A has them after {:?} (pushed)", t.elapsed()));
