@@ -106,3 +106,31 @@ pub fn load(dir: &Directory, file: &Path) -> Result<LoadReport> {
     flush(&mut batch)?;
     Ok(LoadReport { entries: total, sorted: !ordered })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The README's walk-through: `load` of the sample, then `write` of the example
+    /// change records, each of which must commit against it.
+    #[test]
+    fn the_examples_load_and_their_change_records_all_commit() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let report = load(&dir, &examples.join("sample.ldif")).unwrap();
+        assert_eq!(report, LoadReport { entries: 2968, sorted: false });
+
+        let text = std::fs::read_to_string(examples.join("changes.ldif")).unwrap();
+        let records = tether_protocol::ldif::reader::parse_str(&text).unwrap();
+        let kinds: Vec<_> = records.iter().map(|r| r.clone().into_change().kind()).collect();
+        assert_eq!(kinds, ["add", "modify", "modify", "modrdn", "delete"]);
+        for record in records {
+            let line = record.line();
+            dir.write(&record.into_change()).unwrap_or_else(|e| panic!("changes.ldif:{line}: {e}"));
+        }
+        assert_eq!(dir.entry_count().unwrap(), 2968);
+    }
+}
