@@ -11,7 +11,7 @@ use tether_protocol::control::{self, ControlRequest};
 use tether_protocol::handshake::client_handshake;
 use tether_protocol::ldif;
 use tether_protocol::message::{Hello, Message, Role, WriteOutcome, SUPPORTED_VERSIONS};
-use tether_protocol::Change;
+use tether_protocol::{Change, Csn};
 
 use crate::config::{load_secret, ProviderConfig};
 use crate::tls;
@@ -28,7 +28,7 @@ pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Optio
 /// `tether-provider write`: parses the whole file first, then applies records in
 /// order, each durably; stops at the first refusal, naming its line and reason and how
 /// many records were applied (ldapmodify's behaviour).
-pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
+pub async fn write(config: &ProviderConfig, file: &Path) -> Result<WriteReport> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let records = ldif::reader::parse_str(&text).with_context(|| file.display().to_string())?;
     let Some(writer) = &config.writer else {
@@ -70,11 +70,15 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
         role: Role::Writer,
     };
     client_handshake(&mut reader, &mut writer_half, &hello, &secret, CLIENT_TIMEOUT).await?;
-    let mut applied = 0;
+    let mut report = WriteReport { applied: 0, last_csn: None };
     for (id, record) in records.into_iter().enumerate() {
         let line = record.line();
+        let applied = report.applied;
         match write_one(&mut reader, &mut writer_half, id as u64, record.into_change()).await {
-            Ok(WriteOutcome::Committed { .. }) => applied += 1,
+            Ok(WriteOutcome::Committed { csn, .. }) => {
+                report.applied += 1;
+                report.last_csn = Some(csn);
+            }
             Ok(WriteOutcome::Refused { kind, message }) => {
                 bail!("{}:{line}: refused ({}): {message}; {}", file.display(), kind.as_str(), records_applied(applied))
             }
@@ -94,7 +98,17 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<usize> {
             detail: "write finished".into(),
         })
         .await;
-    Ok(applied)
+    Ok(report)
+}
+
+/// What a complete `write` run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Records committed.
+    pub applied: usize,
+    /// The CSN of the last one, which `tether-consumer wait --csn` takes to read these
+    /// writes on a replica; `None` for a file with no records.
+    pub last_csn: Option<Csn>,
 }
 
 /// Sends one change and waits for its answer.

@@ -45,7 +45,8 @@ enum Command {
     /// Records then apply in order, each durably before the next. The first refused
     /// record stops the run with its line, the reason and how many records applied
     /// (exit status 1); if the session fails instead, the record in flight may or may
-    /// not have committed, and the error says so.
+    /// not have committed, and the error says so. When every record applied, the last
+    /// one's CSN is printed alone on stdout, for `tether-consumer wait --csn`.
     Write {
         /// Configuration file.
         #[arg(short, long)]
@@ -115,8 +116,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Write { config, file } => {
             let config = ProviderConfig::load(&config)?;
-            let n = client::write(&config, &file).await?;
-            eprintln!("{}", client::records_applied(n));
+            let report = client::write(&config, &file).await?;
+            eprintln!("{}", client::records_applied(report.applied));
+            // The last write's CSN alone on stdout, for a script to hand to
+            // `tether-consumer wait --csn` (read your writes on a replica).
+            if let Some(csn) = report.last_csn {
+                println!("{csn}");
+            }
             Ok(())
         }
         Command::Search { config, base, scope, filter } => {

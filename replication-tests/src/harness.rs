@@ -518,6 +518,14 @@ impl Consumer {
         })
     }
 
+    /// `wait --agreement NAME --csn N --timeout T`: returns once the replica has CSN `N`
+    /// on disk (see the provider's `write`, which prints the CSN to wait for).
+    pub fn wait_csn(&self, agreement: &str, csn: u64, timeout: &str) -> Result<Output> {
+        let mut c = self.cmd("wait")?;
+        c.args(["--agreement", agreement, "--csn", &csn.to_string(), "--timeout", timeout]);
+        Ok(c.output()?)
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("consumer not running")?;

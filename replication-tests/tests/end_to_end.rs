@@ -343,6 +343,32 @@ fn write_stops_at_the_first_refused_record_naming_its_line_and_what_applied() ->
 }
 
 #[test]
+fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _) = provider_with(tmp.path(), 50, 13, ProviderOptions::default())?;
+    let c = people_consumer(tmp.path(), &p)?;
+    let out = p.write(&format!(
+        "dn: uid=ryw,{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: ryw\ncn: ryw\nsn: Writer\n\n\
+         dn: uid=ryw,{PEOPLE}\nchangetype: modify\nreplace: sn\nsn: Reader\n-\n"
+    ))?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csn: u64 = String::from_utf8(out.stdout)?.trim().parse()?;
+    assert_eq!(Some(csn), p.status()?["csn"].as_u64(), "stdout is the last write's CSN");
+
+    let out = c.wait_csn("people", csn, "30s")?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let durable: u64 = String::from_utf8(out.stdout)?.trim().parse()?;
+    assert!(durable >= csn, "waited for {csn}, durable {durable}");
+    // Once `wait` returned, the replica answers with both writes: no polling.
+    assert_eq!(count(&c.search("people", PEOPLE, "subtree", "(sn=Reader)")?), 1);
+
+    let out = c.wait_csn("people", csn + 1000, "1s")?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not durable within"));
+    Ok(())
+}
+
+#[test]
 fn a_write_cut_short_by_a_provider_crash_says_what_applied_and_loses_none_of_it() -> Result<()> {
     use std::io::Read as _;
 
