@@ -131,8 +131,8 @@ async fn write_one(
     }
 }
 
-/// "1 record applied", "2 records applied": what `write` reports when it stops early.
-/// Scripts read the count from it (see the chaos writer).
+/// "1 record applied", "2 records applied": the count `write` reports on stderr, at the
+/// end of its error when it stops early. Scripts read it from there (see the chaos writer).
 pub fn records_applied(n: usize) -> String {
     format!("{n} record{} applied", if n == 1 { "" } else { "s" })
 }
