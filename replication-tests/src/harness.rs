@@ -353,6 +353,16 @@ impl Drop for Provider {
     }
 }
 
+/// The count of records applied that a failed `write` ends its error with ("N records
+/// applied", "1 record applied"); `None` if the error has none (it failed before sending).
+pub fn applied_count(stderr: &str) -> Option<u64> {
+    stderr.split(" applied").find_map(|head| {
+        let mut words = head.split_whitespace().rev();
+        let noun = words.next()?;
+        (noun == "records" || noun == "record").then(|| words.next()?.parse().ok())?
+    })
+}
+
 /// Waits for a child to exit within `limit`, killing it if it does not.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
     let start = Instant::now();
@@ -572,4 +582,23 @@ pub fn agreement_in(status: &serde_json::Value, name: &str) -> Result<serde_json
         .as_array()
         .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
         .with_context(|| format!("no agreement {name} in status {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::applied_count;
+
+    #[test]
+    fn the_applied_count_is_read_from_a_failed_write() {
+        assert_eq!(applied_count("Error: x.ldif:12: refused (no-such-object): gone; 7 records applied\n"), Some(7));
+        assert_eq!(
+            applied_count("x.ldif:3: refused (no-parent): parent of x does not exist; 1 record applied\n"),
+            Some(1)
+        );
+        assert_eq!(
+            applied_count("x.ldif:9: the provider closed the connection; 3 records applied; the outcome of this record is unknown"),
+            Some(3)
+        );
+        assert_eq!(applied_count("Error: connecting to 127.0.0.1:5: refused\n"), None);
+    }
 }

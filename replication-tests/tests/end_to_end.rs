@@ -390,18 +390,13 @@ fn a_write_cut_short_by_a_provider_crash_says_what_applied_and_loses_none_of_it(
     write.stderr.take().context("stderr is piped")?.read_to_string(&mut err)?;
     assert!(!status.success(), "the write finished before the kill: {err}");
     assert!(err.contains("the outcome of this record is unknown"), "{err}");
-    let applied: usize = err
-        .split(" records applied")
-        .next()
-        .and_then(|head| head.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no count in: {err}"))?;
+    let applied = replication_tests::harness::applied_count(&err).with_context(|| format!("no count in: {err}"))?;
     assert!(applied >= 20, "{err}");
 
     // Every record reported applied survived the SIGKILL; at most the one in flight
     // committed besides them.
     p.start()?;
-    let present = count(&p.search(PEOPLE, "one", "(sn=Crash)")?);
+    let present = count(&p.search(PEOPLE, "one", "(sn=Crash)")?) as u64;
     assert!(present == applied || present == applied + 1, "{applied} reported applied, {present} present");
     assert_eq!(count(&p.search(PEOPLE, "one", &format!("(uid=k{})", applied - 1))?), 1);
     Ok(())
