@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use tether_consumer::config::ConsumerConfig;
 use tether_consumer::{control, daemon};
 use tether_protocol::control::ControlRequest;
-use tether_protocol::{Dn, SearchSpec};
+use tether_protocol::entry::check_attribute_name;
+use tether_protocol::{AttributeError, Dn, SearchSpec};
 use tether_store::ReplicaStore;
 
 /// mimalloc (without transparent huge pages) instead of glibc's malloc, in both
@@ -104,7 +105,15 @@ enum Command {
         /// LDAP filter.
         #[arg(long, default_value = "(objectClass=*)")]
         filter: String,
+        /// Attributes to print, comma-separated (objectClass always; default: all).
+        #[arg(long, value_delimiter = ',', value_parser = attribute_name)]
+        attrs: Vec<String>,
     },
+}
+
+/// An attribute name of `--attrs`, refused by clap with the argument named when malformed.
+fn attribute_name(name: &str) -> Result<String, AttributeError> {
+    check_attribute_name(name).map(|()| name.to_owned())
 }
 
 /// Sends a control request and prints the reply; `Ok(false)` if the consumer is not running.
@@ -173,7 +182,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Search { config, agreement, base, scope, filter } => {
+        Command::Search { config, agreement, base, scope, filter, attrs } => {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, agreement)?;
             let a = config.agreement(&name).context("agreement vanished")?;
@@ -185,7 +194,7 @@ async fn run(cli: Cli) -> Result<()> {
                 base,
                 scope: scope.parse().context("--scope")?,
                 filter: filter.parse().with_context(|| format!("--filter {filter:?}"))?,
-                attrs: Vec::new(),
+                attrs,
             };
             let request = ControlRequest::Search { agreement: Some(name.clone()), spec: spec.clone() };
             if call(&config.control, &request).await? {

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tether_protocol::control::ControlRequest;
-use tether_protocol::{Dn, Filter, Scope, SearchSpec};
+use tether_protocol::entry::check_attribute_name;
+use tether_protocol::{AttributeError, Dn, Filter, Scope, SearchSpec};
 use tether_provider::config::ProviderConfig;
 use tether_provider::{client, daemon, load, status::ProviderStatus};
 use tether_store::Directory;
@@ -68,6 +69,10 @@ enum Command {
         /// LDAP filter.
         #[arg(long, default_value = "(objectClass=*)")]
         filter: String,
+        /// Attributes to print, comma-separated (objectClass always; default: all). The
+        /// same list as an agreement's `attrs` prints what its replica should hold.
+        #[arg(long, value_delimiter = ',', value_parser = attribute_name)]
+        attrs: Vec<String>,
     },
     /// Show the provider's state and its consumers.
     Status {
@@ -80,14 +85,25 @@ enum Command {
     },
 }
 
-fn spec(config: &ProviderConfig, base: Option<&str>, scope: &str, filter: &str) -> Result<SearchSpec> {
+/// An attribute name of `--attrs`, refused by clap with the argument named when malformed.
+fn attribute_name(name: &str) -> Result<String, AttributeError> {
+    check_attribute_name(name).map(|()| name.to_owned())
+}
+
+fn spec(
+    config: &ProviderConfig,
+    base: Option<&str>,
+    scope: &str,
+    filter: &str,
+    attrs: Vec<String>,
+) -> Result<SearchSpec> {
     let base = match base {
         Some(b) => Dn::parse(b).with_context(|| format!("--base {b:?}"))?,
         None => config.suffix.clone(),
     };
     let scope: Scope = scope.parse().context("--scope")?;
     let filter = Filter::parse(filter).with_context(|| format!("--filter {filter:?}"))?;
-    Ok(SearchSpec { base, scope, filter, attrs: Vec::new() })
+    Ok(SearchSpec { base, scope, filter, attrs })
 }
 
 fn open_offline(config: &ProviderConfig) -> Result<Directory> {
@@ -125,9 +141,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Search { config, base, scope, filter } => {
+        Command::Search { config, base, scope, filter, attrs } => {
             let config = ProviderConfig::load(&config)?;
-            let spec = spec(&config, base.as_deref(), &scope, &filter)?;
+            let spec = spec(&config, base.as_deref(), &scope, &filter, attrs)?;
             let request = ControlRequest::Search { agreement: None, spec: spec.clone() };
             if client::control_call(&config.control, &request).await?.is_some() {
                 return Ok(());

@@ -301,6 +301,16 @@ impl Provider {
         })
     }
 
+    /// Canonical LDIF of a region trimmed to `attrs` (comma-separated), as an agreement
+    /// with that attribute list holds it.
+    pub fn search_attrs(&self, base: &str, scope: &str, filter: &str, attrs: &str) -> Result<String> {
+        run_ok({
+            let mut c = self.cmd("search")?;
+            c.args(["--base", base, "--scope", scope, "--filter", filter, "--attrs", attrs]);
+            c
+        })
+    }
+
     /// `status --json`.
     pub fn status(&self) -> Result<serde_json::Value> {
         let text = run_ok({
@@ -498,6 +508,15 @@ impl Consumer {
         run_ok({
             let mut c = self.cmd("search")?;
             c.args(["--agreement", agreement, "--base", base, "--scope", scope, "--filter", filter]);
+            c
+        })
+    }
+
+    /// Like [`Consumer::search`], trimmed to `attrs` (comma-separated).
+    pub fn search_attrs(&self, agreement: &str, base: &str, scope: &str, filter: &str, attrs: &str) -> Result<String> {
+        run_ok({
+            let mut c = self.cmd("search")?;
+            c.args(["--agreement", agreement, "--base", base, "--scope", scope, "--filter", filter, "--attrs", attrs]);
             c
         })
     }

@@ -262,14 +262,14 @@ fn reload_adds_and_removes_agreements_live() -> Result<()> {
         &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
     )?;
     drop(both);
-    c.admin("reload", None)?;
+    assert_eq!(c.admin("reload", None)?, "reloaded: added others\n");
     converged(&p, &c, "others", OTHERS)?;
     let after = c.agreement_status("people")?;
     assert_eq!(after["reconnects"], before["reconnects"], "the unchanged agreement was not touched");
     // Remove `people`.
     let only = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("others", OTHERS, "s2")])?;
     drop(only);
-    c.admin("reload", None)?;
+    assert_eq!(c.admin("reload", None)?, "reloaded: removed people\n");
     wait_until(LIMIT, "people to be removed", || {
         Ok(!c.status()?["agreements"].as_array().unwrap().iter().any(|a| a["name"] == "people"))
     })?;

@@ -190,6 +190,43 @@ fn two_consumers_with_different_scopes_and_filters_hold_exactly_their_regions() 
 }
 
 #[test]
+fn an_attribute_list_keeps_only_those_attributes_through_live_changes_and_a_delta() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 1500, 21, ProviderOptions::default())?;
+    // The filter reads `sn`, which the replica does not keep: the workload's modifications
+    // of `sn` move entries into and out of the region, and the provider alone can tell.
+    let filter = "(sn=Family1*)";
+    let attrs = "uid,mail";
+    let mut agreement = Agreement { filter: filter.into(), ..Agreement::persist("people", PEOPLE, "people-secret") };
+    agreement.extra.push_str("attrs = [\"uid\", \"mail\"]\n");
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[agreement])?;
+    let trimmed_alike = |c: &Consumer, what: &str| {
+        wait_until(CONVERGE, what, || {
+            Ok(p.search_attrs(PEOPLE, "subtree", filter, attrs)? == c.search("people", PEOPLE, "subtree", ALL)?)
+        })
+    };
+    c.start()?;
+    trimmed_alike(&c, "the trimmed replica")?;
+    p.write_ok(&w.changes(300))?;
+    trimmed_alike(&c, "live changes on the trimmed replica")?;
+    assert!(c.stop()?.success(), "SIGTERM exits 0");
+    p.write_ok(&w.changes(300))?;
+    c.start()?;
+    trimmed_alike(&c, "the trimmed replica after a delta")?;
+    assert_eq!(last_refresh(&c, "people")?, "delta");
+    let replica = c.search("people", PEOPLE, "subtree", ALL)?;
+    assert!(count(&replica) > 10, "the region is not empty:\n{replica}");
+    let names: std::collections::BTreeSet<&str> =
+        replica.lines().filter_map(|l| l.split_once(": ")).map(|(name, _)| name).collect();
+    assert_eq!(names, ["dn", "mail", "objectClass", "uid"].into(), "only the listed attributes, and objectClass");
+    // The consumer's --attrs trims what it prints further.
+    let uids = c.search_attrs("people", PEOPLE, "subtree", ALL, "uid")?;
+    assert_eq!(uids, p.search_attrs(PEOPLE, "subtree", filter, "uid")?);
+    assert!(!uids.contains("mail:"));
+    Ok(())
+}
+
+#[test]
 fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = provider_with(tmp.path(), 1000, 6, ProviderOptions::default())?;
