@@ -22,6 +22,25 @@ pub fn init_logging() {
         .init();
 }
 
+/// An error and its causes on one line, each said once. Our error types print their
+/// cause in their own message, so that a log line's `%error` is whole, and also return
+/// it as their `source()`; anyhow's `{:#}` would then print every cause twice
+/// ("storage error: IO error: X: IO error: X"). A cause whose text already ends the
+/// line is left out.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 /// What a signal asks of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -59,5 +78,28 @@ impl Signals {
             _ = self.int.recv() => Signal::Shutdown("SIGINT"),
             _ = self.hup.recv() => Signal::Reload,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its cause and also returns it, as ours do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("storage error: {0}")]
+    struct Storage(#[source] std::io::Error);
+
+    /// A context line that does not print its cause, as anyhow's `context` does not.
+    #[derive(Debug, thiserror::Error)]
+    #[error("final flush")]
+    struct Context(#[source] Storage);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device");
+        assert_eq!(error_chain(&Storage(io())), "storage error: no space left on device");
+        assert_eq!(error_chain(&Context(Storage(io()))), "final flush: storage error: no space left on device");
+        assert_eq!(error_chain(&io()), "no space left on device");
     }
 }

@@ -99,7 +99,10 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
     let reply: Result<String, String> = match request {
         ControlRequest::Status { json } => {
             let agreements = ctx.agreements.lock().await;
-            let status = ConsumerStatus { agreements: agreements.values().map(|r| r.status.snapshot()).collect() };
+            let status = ConsumerStatus {
+                store_error: ctx.store.failure().failure().map(|f| f.to_string()),
+                agreements: agreements.values().map(|r| r.status.snapshot()).collect(),
+            };
             if json {
                 serde_json::to_string_pretty(&status).map(|s| s + "\n").map_err(|e| e.to_string())
             } else {
@@ -159,6 +162,10 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
 }
 
 async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<String, String> {
+    // Starting an agreement on a failed store would only fail again.
+    if let (Command::Start | Command::Restart, Some(failure)) = (cmd, ctx.store.failure().failure()) {
+        return Err(crate::daemon::store_failed(&failure));
+    }
     let agreements = ctx.agreements.lock().await;
     let Some(running) = agreements.get(name) else { return Err(format!("no agreement named {name:?}")) };
     running.commands.send(cmd).await.map_err(|_| format!("agreement {name:?} is shutting down"))?;

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use tether_config::shell::{Signal, Signals};
+use anyhow::{bail, Context, Result};
+use tether_config::shell::{error_chain, Signal, Signals};
 use tether_protocol::{Filter, SearchSpec};
 use tether_store::ReplicaStore;
 use tokio::sync::{mpsc, Mutex};
@@ -134,6 +134,15 @@ async fn shut(running: Running) {
     let _ = running.task.await;
 }
 
+/// What status and refused commands say once the store has failed: sled keeps the error
+/// for the open store (see `tether_store::failure`), so only a new process goes on.
+pub fn store_failed(failure: &str) -> String {
+    format!(
+        "the store failed ({failure}): no agreement can write to it any more; fix the cause (free space, lift \
+         the limit, repair the disk) and restart the consumer: each replica resumes from its last durable cookie"
+    )
+}
+
 /// Re-reads the config: starts new agreements, stops removed ones (dropping their
 /// replica), restarts changed ones; leaves the rest alone.
 pub async fn reload(
@@ -142,6 +151,9 @@ pub async fn reload(
     agreements: &Agreements,
     client_id: &str,
 ) -> Result<String> {
+    if let Some(failure) = store.failure().failure() {
+        bail!(store_failed(&failure));
+    }
     let config = ConsumerConfig::load(config_path)?;
     // Validate every agreement before touching any.
     for (i, a) in config.agreements.iter().enumerate() {
@@ -242,12 +254,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 Signal::Reload => {
                     info!("SIGHUP: reloading configuration");
                     if let Err(e) = reload(config_path, &store, &agreements, &client_id).await {
-                        error!("reload failed, keeping the running agreements: {e:#}");
+                        error!("reload failed, keeping the running agreements: {}", error_chain(&*e));
                     }
                 }
             },
             Some(reply) = reload_rx.recv() => {
-                let result = reload(config_path, &store, &agreements, &client_id).await.map_err(|e| format!("{e:#}"));
+                let result = reload(config_path, &store, &agreements, &client_id).await.map_err(|e| error_chain(&*e));
                 let _ = reply.send(result);
             }
         }

@@ -234,7 +234,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether-consumer: {e:#}");
+            eprintln!("tether-consumer: {}", tether_config::shell::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

@@ -171,7 +171,10 @@ pub async fn run(
     };
     let (cookie, resume) = match replica.cookie().and_then(|c| Ok((c, replica.resume_point(&cfg.spec)?))) {
         Ok(position) => position,
-        Err(e) => return Ended::new(Reason::Exception, format!("reading the cookie: {e}")),
+        Err(e) => {
+            replica.failure().note(&e);
+            return Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("reading the cookie: {e}")) };
+        }
     };
     let role = Role::Consumer { agreement: cfg.name.clone(), mode: cfg.mode, cookie, spec: cfg.spec.clone(), resume };
     let hello = Hello { versions: SUPPORTED_VERSIONS.to_vec(), client_id: cfg.client_id.clone(), role };
@@ -600,7 +603,10 @@ impl Applier<'_> {
     ) -> Result<T, Ended> {
         match self.runner.run(f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("{what}: {e}")) }),
+            Ok(Err(e)) => {
+                self.replica.failure().note(&e);
+                Err(Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("{what}: {e}")) })
+            }
             Err(TaskError::Panicked) => Err(Ended::new(Reason::Exception, format!("{what}: apply task panicked"))),
             Err(e) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
         }

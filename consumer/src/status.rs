@@ -150,6 +150,9 @@ impl StatusHandle {
 /// The whole `status --json` object.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConsumerStatus {
+    /// The storage failure that stopped every agreement, if the store has failed: the
+    /// process must be restarted once its cause is fixed (see `tether_store::failure`).
+    pub store_error: Option<String>,
     /// Every agreement, by name.
     pub agreements: Vec<AgreementStatus>,
 }
@@ -157,7 +160,11 @@ pub struct ConsumerStatus {
 impl ConsumerStatus {
     /// A table for people.
     pub fn to_text(&self) -> String {
-        let mut out = format!(
+        let mut out = match &self.store_error {
+            Some(e) => format!("{}\n", crate::daemon::store_failed(e)),
+            None => String::new(),
+        };
+        out += &format!(
             "{:<16} {:<11} {:<22} {:<20} {:>8} {:<8} {:<18} {}\n",
             "AGREEMENT", "STATE", "PROVIDER", "MODE", "ENTRIES", "REFRESH", "LAST DISCONNECT", "COOKIE"
         );

@@ -308,6 +308,10 @@ pub enum WriteErrorKind {
     NotAuthorized,
     /// The provider failed (store error); the change was not applied.
     Internal,
+    /// The provider's storage failed while committing the change or making it durable:
+    /// whether it reached the disk is unknown until the provider is back (where it was
+    /// not durable, a restart leaves it out, so no replica ever saw it).
+    StoreFailed,
 }
 
 impl WriteErrorKind {
@@ -321,6 +325,7 @@ impl WriteErrorKind {
             WriteErrorKind::InvalidChange => "invalid-change",
             WriteErrorKind::NotAuthorized => "not-authorized",
             WriteErrorKind::Internal => "internal",
+            WriteErrorKind::StoreFailed => "store-failed",
         }
     }
 }

@@ -10,7 +10,7 @@ use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, Me
 use tether_protocol::control::{self, ControlRequest};
 use tether_protocol::handshake::client_handshake;
 use tether_protocol::ldif;
-use tether_protocol::message::{Hello, Message, Role, WriteOutcome, SUPPORTED_VERSIONS};
+use tether_protocol::message::{Hello, Message, Role, WriteErrorKind, WriteOutcome, SUPPORTED_VERSIONS};
 use tether_protocol::{Change, Csn};
 
 use crate::config::{load_secret, ProviderConfig};
@@ -79,6 +79,14 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<WriteReport> 
                 report.applied += 1;
                 report.last_csn = Some(csn);
             }
+            // The store failed under this record: it may be on disk or not, and the
+            // provider stops, so the operator looks once it is back.
+            Ok(WriteOutcome::Refused { kind: WriteErrorKind::StoreFailed, message }) => bail!(
+                "{}:{line}: the provider's store failed ({message}); {}; the outcome of this record is unknown \
+                 (once the provider is back, search for it before writing it again)",
+                file.display(),
+                records_applied(applied)
+            ),
             Ok(WriteOutcome::Refused { kind, message }) => {
                 bail!("{}:{line}: refused ({}): {message}; {}", file.display(), kind.as_str(), records_applied(applied))
             }
@@ -86,8 +94,9 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<WriteReport> 
             // committed without its answer arriving, and the operator must look before
             // sending it again.
             Err(e) => bail!(
-                "{}:{line}: {e:#}; {}; the outcome of this record is unknown (search for it before writing it again)",
+                "{}:{line}: {}; {}; the outcome of this record is unknown (search for it before writing it again)",
                 file.display(),
+                tether_config::shell::error_chain(&*e),
                 records_applied(applied)
             ),
         }

@@ -3,14 +3,16 @@
 //! SIGTERM/SIGINT cancels one token; every session sends goodbye `shutdown`; the server
 //! waits for them; the store is flushed; exit 0. SIGHUP (or `reload`) re-reads the
 //! consumer list and revokes sessions whose credentials were removed, re-reads the
-//! `[tls]` files for new connections, and applies `[changelog]` retention.
+//! `[tls]` files for new connections, and applies `[changelog]` retention. A store that
+//! fails (see `tether_store::failure`) stops the provider the same way, but with an
+//! error and exit status 1, since no write can commit on it any more.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use tether_config::shell::{Signal, Signals};
+use anyhow::{bail, Context, Result};
+use tether_config::shell::{error_chain, Signal, Signals};
 use tether_store::{Directory, RetentionPolicy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -95,8 +97,16 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         tokio::spawn(async move { server.serve(listener).await })
     };
 
+    // Set when the store fails: the provider then stops as on SIGTERM, except that it
+    // cannot flush, and exits with the failure.
+    let mut store_failure = None;
     loop {
         tokio::select! {
+            failure = dir.failure().failed() => {
+                error!(error = %failure, "the store failed; stopping (every acknowledged write is on disk)");
+                store_failure = Some(failure);
+                break;
+            }
             sig = signals.next() => match sig {
                 Signal::Shutdown(name) => {
                     info!("{name}: shutting down");
@@ -105,12 +115,12 @@ pub async fn serve(config_path: &Path) -> Result<()> {
                 Signal::Reload => {
                     info!("SIGHUP: reloading configuration");
                     if let Err(e) = reload(config_path, &server, &retention_tx) {
-                        error!("reload failed, keeping the old configuration: {e:#}");
+                        error!("reload failed, keeping the old configuration: {}", error_chain(&*e));
                     }
                 }
             },
             Some(reply) = reload_rx.recv() => {
-                let result = reload(config_path, &server, &retention_tx).map_err(|e| format!("{e:#}"));
+                let result = reload(config_path, &server, &retention_tx).map_err(|e| error_chain(&*e));
                 let _ = reply.send(result);
             }
         }
@@ -126,6 +136,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         warn!("sessions did not finish within {SHUTDOWN_LIMIT:?}; closing anyway");
     }
     let _ = std::fs::remove_file(&config.control);
+    if let Some(failure) = store_failure {
+        // sled returns the failure from every operation now, the final flush included.
+        bail!(
+            "the store failed ({failure}); every acknowledged write is on disk: fix the cause (free space, lift \
+             the limit, repair the disk) and start the provider again, and consumers resume by delta"
+        );
+    }
     let flush_dir = dir.clone();
     tokio::task::spawn_blocking(move || flush_dir.flush()).await.context("flush task")?.context("final flush")?;
     info!(csn = %dir.durable_csn(), "provider stopped");

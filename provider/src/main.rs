@@ -187,7 +187,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether-provider: {e:#}");
+            eprintln!("tether-provider: {}", tether_config::shell::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

@@ -28,6 +28,7 @@ fn outcome_for(err: &StoreError) -> WriteOutcome {
         Some(Refusal::NoParent(_)) => WriteErrorKind::NoParent,
         Some(Refusal::NotAllowedOnNonLeaf(_)) => WriteErrorKind::NotAllowedOnNonLeaf,
         Some(Refusal::OutsideSuffix { .. } | Refusal::InvalidChange { .. }) => WriteErrorKind::InvalidChange,
+        None if err.is_fatal() => WriteErrorKind::StoreFailed,
         None => WriteErrorKind::Internal,
     };
     // The client names the outcome itself ("refused (no-parent): ..."), so a refusal
@@ -85,7 +86,7 @@ fn apply_group(dir: &Directory, group: Vec<(u64, Change)>) -> Vec<(u64, WriteOut
     let synced = match last {
         Some(csn) => dir.sync(csn).map_err(|e| {
             warn!(error = %e, "flushing a group of writes failed");
-            WriteOutcome::Refused { kind: WriteErrorKind::Internal, message: e.to_string() }
+            outcome_for(&e)
         }),
         None => Ok(()),
     };

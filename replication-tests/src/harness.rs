@@ -112,6 +112,26 @@ pub fn signal(child: &Child, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// A command running `program`, under a file-size limit of `bytes` if given: a real
+/// storage failure without filling a disk or needing root. The process may write no file
+/// past the limit (RLIMIT_FSIZE, set by util-linux's `prlimit`), and with SIGXFSZ ignored
+/// such a write fails with EFBIG, which sled meets as it meets ENOSPC: while writing its
+/// log. `exec` keeps the process id, so signals reach the program itself.
+fn limited(program: &Path, bytes: Option<u64>) -> Command {
+    match bytes {
+        None => Command::new(program),
+        Some(bytes) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg("trap '' XFSZ; exec prlimit --fsize=\"$TETHER_TEST_FSIZE\" -- \"$@\"")
+                .arg("sh")
+                .arg(program)
+                .env("TETHER_TEST_FSIZE", bytes.to_string());
+            c
+        }
+    }
+}
+
 fn run_ok(mut cmd: Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -146,6 +166,8 @@ pub struct Provider {
     pub log: PathBuf,
     /// Number of times it was started (names log files).
     starts: u32,
+    /// Largest file `serve` may write, in bytes (see [`limited`]); `None` for no limit.
+    pub file_size_limit: Option<u64>,
 }
 
 /// Provider settings a test may change.
@@ -209,11 +231,20 @@ impl Provider {
         }
         let config = dir.join("provider.toml");
         fs::write(&config, toml)?;
-        Ok(Self { dir: dir.to_owned(), config, port, child: None, log: dir.join("provider.log"), starts: 0 })
+        Ok(Self {
+            dir: dir.to_owned(),
+            config,
+            port,
+            child: None,
+            log: dir.join("provider.log"),
+            starts: 0,
+            file_size_limit: None,
+        })
     }
 
     fn cmd(&self, sub: &str) -> Result<Command> {
-        let mut c = Command::new(bin("tether-provider")?);
+        let limit = if sub == "serve" { self.file_size_limit } else { None };
+        let mut c = limited(&bin("tether-provider")?, limit);
         c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", child_log_level());
         Ok(c)
     }
@@ -447,6 +478,8 @@ pub struct Consumer {
     pub log: PathBuf,
     /// Extra environment for `run` (failpoints). The apply audit is always on.
     pub env: Vec<(String, String)>,
+    /// Largest file `run` may write, in bytes (see [`limited`]); `None` for no limit.
+    pub file_size_limit: Option<u64>,
 }
 
 impl Consumer {
@@ -468,11 +501,19 @@ impl Consumer {
         }
         let config = dir.join("consumer.toml");
         fs::write(&config, toml)?;
-        Ok(Self { dir: dir.to_owned(), config, child: None, log: dir.join("consumer.log"), env: Vec::new() })
+        Ok(Self {
+            dir: dir.to_owned(),
+            config,
+            child: None,
+            log: dir.join("consumer.log"),
+            env: Vec::new(),
+            file_size_limit: None,
+        })
     }
 
     fn cmd(&self, sub: &str) -> Result<Command> {
-        let mut c = Command::new(bin("tether-consumer")?);
+        let limit = if sub == "run" { self.file_size_limit } else { None };
+        let mut c = limited(&bin("tether-consumer")?, limit);
         c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", child_log_level());
         Ok(c)
     }

@@ -23,6 +23,7 @@ use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
 use crate::durability::GroupCommit;
 use crate::entry_set::{EntrySet, TxEntrySet};
 use crate::error::{Refusal, Result, StoreError};
+use crate::failure::FailureLatch;
 use crate::feed::{FedChange, Feed};
 use crate::footprint::Footprint;
 use crate::pins::{Pin, Pins};
@@ -94,6 +95,8 @@ pub struct Directory {
     pins: Pins,
     /// Recent changes as persist sessions read them.
     pub(crate) feed: Feed,
+    /// Whether the storage has failed under this handle (see [`crate::failure`]).
+    failure: FailureLatch,
 }
 
 /// sled's page cache per store unless configured (`cache_size`). sled's own default
@@ -180,6 +183,7 @@ impl Directory {
             durability: GroupCommit::new(last),
             pins: Pins::default(),
             feed: Feed::default(),
+            failure: FailureLatch::default(),
         })
     }
 
@@ -224,6 +228,12 @@ impl Directory {
         Cookie { store_id: self.store_id, csn: self.durable_csn() }
     }
 
+    /// Whether the storage failed under this handle: every write path latches its
+    /// storage errors here, and the provider stops when it fires.
+    pub fn failure(&self) -> &FailureLatch {
+        &self.failure
+    }
+
     /// Watches the durable CSN; replication sessions wait on it instead of polling.
     pub fn subscribe(&self) -> watch::Receiver<Csn> {
         self.durability.subscribe()
@@ -232,7 +242,7 @@ impl Directory {
     /// Applies `change` under the directory rules and returns once it is durable.
     pub fn write(&self, change: &Change) -> Result<Committed> {
         let committed = self.write_nowait(change)?;
-        self.durability.make_durable(&self.db, committed.csn)?;
+        self.sync(committed.csn)?;
         Ok(committed)
     }
 
@@ -243,7 +253,7 @@ impl Directory {
         let csn = last.next();
         let planned = rules::plan(&self.set, &self.suffix, change, csn)?;
         let uuid = planned.uuid;
-        self.commit_many(&[planned], csn, Logging::Logged)?;
+        self.failure.observe(self.commit_many(&[planned], csn, Logging::Logged))?;
         *last = csn;
         self.durability.committed(csn);
         Ok(Committed { csn, uuid })
@@ -316,7 +326,7 @@ impl Directory {
             return Ok(());
         }
         let first = last.next();
-        self.commit_many(run, first, Logging::Logged)?;
+        self.failure.observe(self.commit_many(run, first, Logging::Logged))?;
         for (k, (planned, &i)) in run.iter().zip(members).enumerate() {
             results[i] = Some(Ok(Committed { csn: Csn(first.0 + k as u64), uuid: planned.uuid }));
         }
@@ -327,7 +337,7 @@ impl Directory {
 
     /// Makes everything committed up to `csn` durable (group commit).
     pub fn sync(&self, csn: Csn) -> Result<()> {
-        self.durability.make_durable(&self.db, csn)
+        self.failure.observe(self.durability.make_durable(&self.db, csn))
     }
 
     /// Adds many entries in one transaction (the offline loader's fast path). The batch
@@ -519,7 +529,8 @@ impl Directory {
     /// Records where consumer `id` is, so trimming holds its position.
     pub fn record_consumer(&self, id: &str, csn: Csn) -> Result<()> {
         let pos = ConsumerPosition { csn, seen_ms: now_ms() };
-        self.consumers.insert(id.as_bytes(), encode(names::CONSUMERS, &pos)?)?;
+        let inserted = self.consumers.insert(id.as_bytes(), encode(names::CONSUMERS, &pos)?);
+        self.failure.observe(inserted.map_err(StoreError::from))?;
         Ok(())
     }
 
@@ -576,18 +587,17 @@ impl Directory {
         }
         // Raise the floor first: a crash mid-trim then leaves extra records, never a
         // floor below a hole.
-        self.meta.insert(names::FLOOR, &target.0.to_be_bytes())?;
-        self.db.flush()?;
+        let raised = self.meta.insert(names::FLOOR, &target.0.to_be_bytes()).and_then(|_| self.db.flush());
+        self.failure.observe(raised.map_err(StoreError::from))?;
         // New pins now see the raised floor; the records below it may go.
         drop(pins);
-        let removed = self.changelog.remove_through(target)?;
+        let removed = self.failure.observe(self.changelog.remove_through(target))?;
         Ok(TrimReport { removed, floor: target })
     }
 
     /// Flushes everything to disk (shutdown).
     pub fn flush(&self) -> Result<()> {
-        let last = self.durability.last_committed();
-        self.durability.make_durable(&self.db, last)
+        self.sync(self.durability.last_committed())
     }
 }
 

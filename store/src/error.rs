@@ -84,26 +84,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same operation later could succeed (I/O trouble), as opposed
-    /// to refusals and corruption, which need a different request or an operator.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Sled(sled::Error::Io(_)) | StoreError::StaleShadow(_))
-    }
-
-    /// Whether retrying cannot fix this (a full disk, a read-only or forbidden store):
-    /// an agreement that hits it stops with the error in status instead of looping.
+    /// Whether retrying cannot fix this: the storage itself failed (a full disk, a file
+    /// size limit, a read-only, forbidden or failing device). sled keeps such an error
+    /// for the open database and returns it from every later operation (see
+    /// [`crate::failure`]), so only reopening the store, in a new process once the cause
+    /// is fixed, goes on. An agreement that hits it stops with the error in status
+    /// instead of looping; a provider stops.
     pub fn is_fatal(&self) -> bool {
-        use std::io::ErrorKind;
-        match self {
-            StoreError::Sled(sled::Error::Io(e)) => matches!(
-                e.kind(),
-                ErrorKind::StorageFull
-                    | ErrorKind::ReadOnlyFilesystem
-                    | ErrorKind::PermissionDenied
-                    | ErrorKind::QuotaExceeded
-            ),
-            _ => false,
-        }
+        matches!(self, StoreError::Sled(sled::Error::Io(_)))
     }
 
     /// Whether this is a refusal by the directory rules.

@@ -8,6 +8,8 @@
 //!
 //! ## Layout
 //! - [`error`]: refusals by the directory rules vs storage failures.
+//! - [`failure`]: the latch that records the first storage failure of an open store,
+//!   which sled makes permanent for that handle.
 //! - [`entry_set`]: entries clustered by DN in tree order, plus the UUID index; search.
 //! - `rules` (private): what a write may do and the state it leads to.
 //! - `footprint` (private): what a run of planned writes changed, so a group of writes
@@ -27,6 +29,7 @@ pub mod directory;
 pub mod durability;
 pub mod entry_set;
 pub mod error;
+pub mod failure;
 pub mod feed;
 mod footprint;
 pub mod pins;
@@ -40,6 +43,7 @@ pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy,
 pub use directory::{Committed, ConsumerPosition, Directory, StoreOptions, DEFAULT_CACHE_BYTES};
 pub use entry_set::{EntrySet, Located};
 pub use error::{Refusal, Result, StoreError};
+pub use failure::FailureLatch;
 pub use feed::FedChange;
 pub use pins::Pin;
 pub use replica::{

@@ -37,6 +37,7 @@ use tether_protocol::{Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, Re
 use crate::directory::{open_db, StoreOptions};
 use crate::entry_set::{EntrySet, TxEntrySet, TxError, ENTRIES};
 use crate::error::{Result, StoreError};
+use crate::failure::FailureLatch;
 use crate::record::{decode, encode};
 
 /// Tree holding one [`ReplicaState`] per agreement name.
@@ -217,6 +218,9 @@ pub struct ReplicaStore {
     audit: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes of entries written since the last flush (see [`FLUSH_AFTER_BYTES`]).
     unflushed: Arc<AtomicU64>,
+    /// Whether the storage has failed under this handle (see [`crate::failure`]); the
+    /// consumer latches the storage errors its agreements meet.
+    failure: FailureLatch,
 }
 
 /// Bytes of entries written without a flush after which the write that passes it
@@ -253,7 +257,14 @@ impl ReplicaStore {
         let db = open_db(path, options)?;
         let replicas = db.open_tree(REPLICAS)?;
         let counts = db.open_tree(COUNTS)?;
-        let store = Self { db, replicas, counts, audit: Arc::default(), unflushed: Arc::default() };
+        let store = Self {
+            db,
+            replicas,
+            counts,
+            audit: Arc::default(),
+            unflushed: Arc::default(),
+            failure: FailureLatch::default(),
+        };
         for name in store.names()? {
             let mut state = store.state(&name)?.unwrap_or_default();
             if state.shadow_progress.is_none() {
@@ -277,6 +288,11 @@ impl ReplicaStore {
             Some(bytes) => Ok(Some(parse_count_record(&bytes)?).filter(|(g, _)| *g == gen).map(|(_, n)| n)),
             None => Ok(None),
         }
+    }
+
+    /// Whether the storage failed under this handle, shared by all its replicas.
+    pub fn failure(&self) -> &FailureLatch {
+        &self.failure
     }
 
     /// Names of all replicas.
@@ -393,6 +409,11 @@ impl Replica {
     /// The agreement name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The failure latch of the store it lives in.
+    pub fn failure(&self) -> &FailureLatch {
+        &self.store.failure
     }
 
     /// The persistent state.
