@@ -480,6 +480,12 @@ impl Attributes {
     }
 }
 
+/// The most bytes an encoded entry may take: a frame less room for the message that
+/// carries it (a change with its cookie, a batch of one). The provider refuses a write
+/// that would make an entry larger, since no message could replicate it: every consumer
+/// would fail on that change, and on every retry, forever.
+pub const MAX_ENTRY: usize = crate::frame::MAX_FRAME - 64 * 1024;
+
 /// A directory entry as stored and replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {

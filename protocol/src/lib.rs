@@ -60,7 +60,7 @@ pub use cookie::{Cookie, StoreId};
 pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
 pub use entry::{
-    Attribute, AttributeError, Attributes, CheckedEntry, Entry, EntryHead, EntryUuid, PartialEntry, Value,
+    Attribute, AttributeError, Attributes, CheckedEntry, Entry, EntryHead, EntryUuid, PartialEntry, Value, MAX_ENTRY,
 };
 pub use filter::Filter;
 pub use filter_parse::FilterError;

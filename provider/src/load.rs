@@ -2,7 +2,8 @@
 //!
 //! Two passes so that a bad file changes nothing: the first reads the whole file and
 //! checks every record (syntax, suffix, duplicates, a parent for every entry, in the
-//! store or the file); only then does the second write, in large transactions through
+//! store or the file, and what [`Directory::check_new_entry`] checks: objectClass, RDN
+//! values, a size that replicates); only then does the second write, in large transactions through
 //! [`Directory::bulk_add`]. Files that list children before parents (as slapcat output
 //! of some trees does) are sorted into tree order in memory; ordered files stream.
 
@@ -14,7 +15,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use tether_protocol::ldif::LdifReader;
 use tether_protocol::{Attributes, Change, Dn};
-use tether_store::Directory;
+use tether_store::{Directory, Refusal, StoreError};
 
 /// Entries per load transaction.
 const LOAD_BATCH: usize = 2_000;
@@ -53,8 +54,11 @@ pub fn load(dir: &Directory, file: &Path) -> Result<LoadReport> {
         if !dn.is_descendant_of(&suffix) {
             bail!("{}: outside the suffix {suffix}", at());
         }
-        if attrs.values("objectClass").is_empty() {
-            bail!("{}: an entry must have an objectClass", at());
+        match Directory::check_new_entry(&dn, &attrs) {
+            Ok(()) => {}
+            // `at()` names the entry already.
+            Err(StoreError::Refused(Refusal::InvalidChange { reason, .. })) => bail!("{}: {reason}", at()),
+            Err(e) => bail!("{}: {e}", at()),
         }
         if names.contains(&dn) || dir.entries().contains(&dn)? {
             bail!("{}: entry already exists", at());
@@ -112,6 +116,30 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// An entry that would be too large to replicate, after more entries than one load
+    /// transaction takes: refused with its line before anything is written.
+    #[test]
+    fn an_entry_too_large_to_replicate_is_refused_before_any_batch_is_written() {
+        use std::fmt::Write as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(&tmp.path().join("store"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let mut text = String::from("dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\n");
+        for i in 0..LOAD_BATCH + 500 {
+            let _ = write!(text, "dn: cn=p{i},dc=example,dc=com\nobjectClass: person\ncn: p{i}\nsn: s\n\n");
+        }
+        let line = text.lines().count() + 1;
+        let _ = write!(
+            text,
+            "dn: cn=big,dc=example,dc=com\nobjectClass: person\ncn: big\nsn: {}\n",
+            "x".repeat(tether_protocol::MAX_ENTRY)
+        );
+        let file = tmp.path().join("big.ldif");
+        std::fs::write(&file, text).unwrap();
+        let err = load(&dir, &file).unwrap_err().to_string();
+        assert!(err.contains(&format!("big.ldif:{line}: cn=big,dc=example,dc=com: the entry would take")), "{err}");
+        assert_eq!(dir.entry_count().unwrap(), 0, "nothing was written");
+    }
 
     /// The README's walk-through: `load` of the sample, then `write` of the example
     /// change records, each of which must commit against it.

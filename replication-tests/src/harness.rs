@@ -166,7 +166,8 @@ pub struct Provider {
     pub log: PathBuf,
     /// Number of times it was started (names log files).
     starts: u32,
-    /// Largest file `serve` may write, in bytes (see [`limited`]); `None` for no limit.
+    /// Largest file `serve` may write, in bytes (a real storage failure, see the private
+    /// `limited`); `None` for no limit.
     pub file_size_limit: Option<u64>,
 }
 
@@ -478,7 +479,8 @@ pub struct Consumer {
     pub log: PathBuf,
     /// Extra environment for `run` (failpoints). The apply audit is always on.
     pub env: Vec<(String, String)>,
-    /// Largest file `run` may write, in bytes (see [`limited`]); `None` for no limit.
+    /// Largest file `run` may write, in bytes (a real storage failure, see the private
+    /// `limited`); `None` for no limit.
     pub file_size_limit: Option<u64>,
 }
 

@@ -340,6 +340,14 @@ impl Directory {
         self.failure.observe(self.durability.make_durable(&self.db, csn))
     }
 
+    /// Checks what an add of `dn` with `attrs` must satisfy whatever the store holds (an
+    /// objectClass, RDN values that can be added, a size that replicates): the offline
+    /// loader checks every record with it before it writes any, so a file that
+    /// [`Directory::bulk_add`] would refuse part-way changes nothing.
+    pub fn check_new_entry(dn: &Dn, attrs: &Attributes) -> Result<()> {
+        rules::new_entry(dn, attrs, EntryUuid::new_time_ordered(), Csn::ZERO).map(drop)
+    }
+
     /// Adds many entries in one transaction (the offline loader's fast path). The batch
     /// must list parents before children; each entry still passes the directory rules,
     /// against the store and the batch. All or nothing; returns the last CSN, durable.

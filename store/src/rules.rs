@@ -2,7 +2,9 @@
 //! to. Pure decisions over reads of the entry set; the caller holds the writer lock, so
 //! nothing changes between these checks and the commit.
 
-use tether_protocol::{Attributes, Change, Csn, Dn, Entry, EntryUuid, ModOp, Modification, PartialEntry, Rdn, Value};
+use tether_protocol::{
+    Attributes, Change, CodecError, Csn, Dn, Entry, EntryUuid, ModOp, Modification, PartialEntry, Rdn, Value, MAX_ENTRY,
+};
 
 use crate::changelog::ChangeKind;
 use crate::entry_set::{EntrySet, Located, ENTRIES};
@@ -29,6 +31,20 @@ pub(crate) struct Planned {
 
 fn invalid(dn: &Dn, reason: impl Into<String>) -> Refusal {
     Refusal::InvalidChange { dn: dn.clone(), reason: reason.into() }
+}
+
+/// The encoding of a planned state, refused if the entry would be too large to
+/// replicate ([`MAX_ENTRY`]): a modification adding a value can grow an entry past what
+/// a message carries, and an add or a load can bring one in.
+fn within_limit(dn: &Dn, encoded: Result<Located>) -> Result<Located> {
+    let too_large = |len: usize| {
+        invalid(dn, format!("the entry would take {len} bytes encoded, over the limit of {MAX_ENTRY} bytes an entry may take to be replicated"))
+    };
+    match encoded {
+        Ok(located) if located.bytes.len() > MAX_ENTRY => Err(too_large(located.bytes.len()).into()),
+        Err(StoreError::Codec { source: CodecError::TooLarge { len, .. }, .. }) => Err(too_large(len).into()),
+        other => other,
+    }
 }
 
 /// Checks `change` against the directory and computes its effect at `csn`.
@@ -109,11 +125,19 @@ pub(crate) fn plan_add(
     parent_known: bool,
 ) -> Result<Planned> {
     check_new_name(set, suffix, dn, parent_known)?;
+    let after = Some(new_entry(dn, attrs, uuid, csn)?);
+    Ok(Planned { kind: ChangeKind::Add, uuid, old_key: None, old_dn: None, dn: dn.clone(), after })
+}
+
+/// The state an add of `dn` with `attrs` stores, encoded: its RDN values added where
+/// missing, the entry rules checked, its size within [`MAX_ENTRY`]. It does not depend
+/// on what the store holds, so the bulk loader checks every record of a file with it
+/// before writing any.
+pub(crate) fn new_entry(dn: &Dn, attrs: &Attributes, uuid: EntryUuid, csn: Csn) -> Result<Located> {
     let mut entry = Entry { dn: dn.clone(), uuid, csn, attrs: attrs.clone() };
     entry.ensure_rdn_values().map_err(|e| invalid(dn, e.to_string()))?;
     check_entry(&entry)?;
-    let after = Some(Located::encode(&entry)?);
-    Ok(Planned { kind: ChangeKind::Add, uuid, old_key: None, old_dn: None, dn: dn.clone(), after })
+    within_limit(dn, Located::encode(&entry))
 }
 
 /// Plans a modification on the stored bytes: only the attributes it names and those the
@@ -140,7 +164,7 @@ fn plan_modify(set: &EntrySet, dn: &Dn, mods: &[Modification], csn: Csn) -> Resu
         uuid: partial.entry.uuid,
         old_key: Some(dn.tree_key()),
         old_dn: None,
-        after: Some(Located::encode_partial(&partial)?),
+        after: Some(within_limit(dn, Located::encode_partial(&partial))?),
         dn: partial.entry.dn,
     })
 }
@@ -202,8 +226,8 @@ fn plan_moddn(
         uuid: entry.uuid,
         old_key: Some(dn.tree_key()),
         old_dn: Some(dn.clone()),
+        after: Some(within_limit(&new_dn, Located::encode(&entry))?),
         dn: new_dn,
-        after: Some(Located::encode(&entry)?),
     })
 }
 
@@ -234,6 +258,47 @@ mod tests {
     /// Every kind of modification, allowed and refused, on entries with single and
     /// multi-valued RDNs, planned on the stored bytes, gives the bytes, CSN and refusal
     /// the whole entry gives.
+    /// An entry must fit in a replication message: a write that would make one larger
+    /// is refused as an invalid change naming the size, however it would grow (add,
+    /// modification, rename to a longer name), and leaves the entry as it was.
+    #[test]
+    fn a_write_that_would_make_an_entry_too_large_to_replicate_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        d.write(&suffix()).unwrap();
+        let too_large = |result: Result<crate::Committed>| match result {
+            Err(StoreError::Refused(Refusal::InvalidChange { reason, .. })) => {
+                assert!(reason.contains(&format!("over the limit of {MAX_ENTRY} bytes")), "{reason}");
+            }
+            other => panic!("expected a refusal for size, got {other:?}"),
+        };
+        let big = "x".repeat(MAX_ENTRY);
+        too_large(d.write(&add("cn=big,dc=example,dc=com", &[("objectClass", "person"), ("cn", "big"), ("sn", &big)])));
+
+        // Just under the limit is fine; a value more is not.
+        let dn = "cn=near,dc=example,dc=com";
+        let near = "y".repeat(MAX_ENTRY - 1024);
+        d.write(&add(dn, &[("objectClass", "person"), ("cn", "near"), ("sn", &near)])).unwrap();
+        let grow = Change::Modify {
+            dn: Dn::parse(dn).unwrap(),
+            mods: vec![m(ModOp::Add, "description", &[&"z".repeat(2048)])],
+        };
+        too_large(d.write(&grow));
+        let rename = Change::ModDn {
+            dn: Dn::parse(dn).unwrap(),
+            new_rdn: Rdn::parse(&format!("cn={}", "n".repeat(2048))).unwrap(),
+            delete_old_rdn: false,
+            new_superior: None,
+        };
+        too_large(d.write(&rename));
+        let entry = d.entries().get(&Dn::parse(dn).unwrap()).unwrap().unwrap();
+        assert_eq!(entry.attrs.values("sn"), [Value::from(near.as_str())]);
+        assert!(entry.attrs.values("description").is_empty(), "the refused write changed nothing");
+        // A modification that keeps it under the limit still applies.
+        let small = Change::Modify { dn: Dn::parse(dn).unwrap(), mods: vec![m(ModOp::Add, "description", &["fits"])] };
+        d.write(&small).unwrap();
+    }
+
     #[test]
     fn a_modification_planned_on_the_stored_bytes_is_the_one_planned_on_the_whole_entry() {
         let tmp = tempfile::tempdir().unwrap();
