@@ -100,7 +100,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         ControlRequest::Status { json } => {
             let agreements = ctx.agreements.lock().await;
             let status = ConsumerStatus {
-                store_error: ctx.store.failure().failure().map(|f| f.to_string()),
+                store_error: ctx.store.failure().latched().map(|f| f.to_string()),
                 agreements: agreements.values().map(|r| r.status.snapshot()).collect(),
             };
             if json {
@@ -163,7 +163,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
 
 async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<String, String> {
     // Starting an agreement on a failed store would only fail again.
-    if let (Command::Start | Command::Restart, Some(failure)) = (cmd, ctx.store.failure().failure()) {
+    if let (Command::Start | Command::Restart, Some(failure)) = (cmd, ctx.store.failure().latched()) {
         return Err(crate::daemon::store_failed(&failure));
     }
     let agreements = ctx.agreements.lock().await;

@@ -151,7 +151,7 @@ pub async fn reload(
     agreements: &Agreements,
     client_id: &str,
 ) -> Result<String> {
-    if let Some(failure) = store.failure().failure() {
+    if let Some(failure) = store.failure().latched() {
         bail!(store_failed(&failure));
     }
     let config = ConsumerConfig::load(config_path)?;

@@ -150,7 +150,7 @@ impl StatusHandle {
 /// The whole `status --json` object.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConsumerStatus {
-    /// The storage failure that stopped every agreement, if the store has failed: the
+    /// The storage failure no agreement can go on after, if the store has failed: the
     /// process must be restarted once its cause is fixed (see `tether_store::failure`).
     pub store_error: Option<String>,
     /// Every agreement, by name.

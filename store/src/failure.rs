@@ -51,7 +51,7 @@ impl FailureLatch {
     }
 
     /// The latched failure, if the store has failed.
-    pub fn failure(&self) -> Option<Arc<str>> {
+    pub fn latched(&self) -> Option<Arc<str>> {
         self.tx.borrow().clone()
     }
 
@@ -95,14 +95,14 @@ mod tests {
             Err(StoreError::Refused(Refusal::NoSuchObject(tether_protocol::Dn::parse("cn=x").unwrap())));
         assert!(latch.observe(refused).is_err());
         latch.note(&StoreError::Corrupt("an index points at nothing".into()));
-        assert_eq!(latch.failure(), None);
+        assert_eq!(latch.latched(), None);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
 
         let full = latch.observe::<()>(Err(io(std::io::ErrorKind::StorageFull))).unwrap_err();
         latch.note(&io(std::io::ErrorKind::FileTooLarge));
         let first = full.to_string();
-        assert_eq!(latch.failure().as_deref(), Some(first.as_str()), "the first failure stays");
+        assert_eq!(latch.latched().as_deref(), Some(first.as_str()), "the first failure stays");
         let woken = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
         assert_eq!(&*woken, first);
         // Waiting after the fact returns at once.
