@@ -55,6 +55,10 @@ const CHANGES_PER_APPLY: usize = INBOUND_QUEUE;
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 /// Limit on a single write to the provider (acks, pings, goodbye).
 const SEND_LIMIT: Duration = Duration::from_secs(5);
+/// How long a failed send looks in the inbound queue for the provider's goodbye (see
+/// `Applier::goodbye_behind`): it was read before the reset, so it is there at once or
+/// after the changes ahead of it.
+const GOODBYE_LOOKUP: Duration = Duration::from_millis(250);
 
 /// What a session needs to know about its agreement.
 #[derive(Debug, Clone)]
@@ -514,7 +518,7 @@ impl Applier<'_> {
                 }
                 _ = ack_tick.tick() => {
                     if let Err(e) = self.flush_and_ack().await {
-                        return e;
+                        return self.goodbye_behind(e, &mut rx).await;
                     }
                 }
                 msg = rx.recv() => {
@@ -524,16 +528,41 @@ impl Applier<'_> {
                         Err(ended) => Err(ended),
                     };
                     if let Err(ended) = handled {
-                        return ended;
+                        return self.goodbye_behind(ended, &mut rx).await;
                     }
                     // Nothing more queued: make it durable and ack now, not at the next
                     // tick (a lone change is visible in one flush; a burst still shares one).
                     if rx.is_empty() {
                         if let Err(ended) = self.flush_and_ack().await {
-                            return ended;
+                            return self.goodbye_behind(ended, &mut rx).await;
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Names a lost connection for what ended it. A provider that says goodbye and
+    /// closes resets the connection under an ack then in flight: the send fails while
+    /// the goodbye, read before the reset, still waits in the queue behind the changes
+    /// not yet applied. Those are left (the cookie has not passed them) and the goodbye
+    /// ends the session as it would have, so status says `provider-goodbye` with the
+    /// provider's reason rather than `connection-lost`. A read error is queued behind
+    /// anything read before it, so only a failed send can leave a goodbye unread.
+    async fn goodbye_behind(&mut self, ended: Ended, rx: &mut mpsc::Receiver<Queued>) -> Ended {
+        if ended.reason != Reason::ConnectionLost {
+            return ended;
+        }
+        let deadline = tokio::time::Instant::now() + GOODBYE_LOOKUP;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Queued { msg: Ok(Some(Received::Message(bye @ Message::Goodbye { .. }))), .. })) => {
+                    debug!(failed = %ended.detail, "the provider's goodbye was queued behind a failed send");
+                    return self.on_message(bye).await.err().unwrap_or(ended);
+                }
+                Ok(Some(Queued { msg: Ok(Some(_)), .. })) => {}
+                // The end of the stream, a read error, or nothing more in time.
+                _ => return ended,
             }
         }
     }

@@ -50,7 +50,8 @@ fn search_page_text(
     spec: &SearchSpec,
     after: Option<&[u8]>,
 ) -> Result<(String, Option<Vec<u8>>), String> {
-    let (page, next) = dir.entries().search_page(spec, after, SEARCH_CHUNK).map_err(|e| e.to_string())?;
+    let (page, next) =
+        dir.failure().observe(dir.entries().search_page(spec, after, SEARCH_CHUNK)).map_err(|e| e.to_string())?;
     let mut text = Vec::new();
     for e in &page {
         // Writing to a Vec cannot fail.
@@ -68,7 +69,10 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
                 Ok(serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n")
             }
             Ok(status) => Ok(status.to_text()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                ctx.dir.failure().note(&e);
+                Err(e.to_string())
+            }
         },
         ControlRequest::Search { spec, .. } => {
             let (dir, mut after, mut done) = (ctx.dir.clone(), None, false);

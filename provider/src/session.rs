@@ -278,7 +278,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         );
         let mut refresh = match planned {
             Ok(r) => r,
-            Err(e) => return SessionEnd::StoreError(e.to_string()),
+            Err(e) => return self.store_error(&e),
         };
         if self.req.resume.is_some() && !refresh.resumed() {
             info!("the interrupted refresh cannot be resumed (changelog trimmed past its start, or another store)");
@@ -293,6 +293,15 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             Mode::RefreshOnly => SessionEnd::Goodbye(GoodbyeReason::RefreshComplete),
             Mode::RefreshAndPersist => self.run_persist(refresh.end()).await,
         }
+    }
+
+    /// Ends the session on a store error, latching it first if the storage failed: a
+    /// read may be the first to meet a failure sled met writing its log in the
+    /// background, and the provider must stop then rather than drop every consumer that
+    /// connects (see `tether_store::failure`).
+    fn store_error(&self, e: &StoreError) -> SessionEnd {
+        self.dir.failure().note(e);
+        SessionEnd::StoreError(e.to_string())
     }
 
     fn cancelled_end(&self) -> SessionEnd {
@@ -326,7 +335,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                         tokio::task::yield_now().await;
                     }
                     Ok(None) => return None,
-                    Err(e) => return Some(SessionEnd::StoreError(e.to_string())),
+                    Err(e) => return Some(self.store_error(&e)),
                 },
                 Event::Durable | Event::Drained => {}
             }
@@ -377,7 +386,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 match self.read_changes(position, newest, &mut pending) {
                     Ok(Some(next)) => position = next,
                     Ok(None) => return SessionEnd::Goodbye(GoodbyeReason::RefreshRequired),
-                    Err(e) => return SessionEnd::StoreError(e.to_string()),
+                    Err(e) => return self.store_error(&e),
                 }
             }
             let has_pending = !pending.is_empty();

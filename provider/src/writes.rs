@@ -219,13 +219,14 @@ async fn search<W: AsyncWrite + Unpin>(
     let mut cursor: Option<Vec<u8>> = None;
     let mut count = 0u64;
     loop {
-        let (entries, next) = match dir.entries().search_page(spec, cursor.as_deref(), SEARCH_PAGE) {
-            Ok(page) => page,
-            Err(e) => {
-                let outcome = WriteOutcome::Refused { kind: WriteErrorKind::Internal, message: e.to_string() };
-                return send(writer, &Message::WriteResult { id, outcome }).await;
-            }
-        };
+        let (entries, next) =
+            match dir.failure().observe(dir.entries().search_page(spec, cursor.as_deref(), SEARCH_PAGE)) {
+                Ok(page) => page,
+                Err(e) => {
+                    let outcome = WriteOutcome::Refused { kind: WriteErrorKind::Internal, message: e.to_string() };
+                    return send(writer, &Message::WriteResult { id, outcome }).await;
+                }
+            };
         count += entries.len() as u64;
         if !entries.is_empty() && !send(writer, &Message::SearchEntries { id, entries }).await {
             return false;

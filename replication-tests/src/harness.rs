@@ -132,6 +132,19 @@ fn limited(program: &Path, bytes: Option<u64>) -> Command {
     }
 }
 
+/// The size of the largest file in `dir`, such as a store folder: the file a
+/// `file_size_limit` must leave room in.
+pub fn largest_file(dir: &Path) -> Result<u64> {
+    let mut largest = 0;
+    for f in fs::read_dir(dir)? {
+        let meta = f?.metadata()?;
+        if meta.is_file() {
+            largest = largest.max(meta.len());
+        }
+    }
+    Ok(largest)
+}
+
 fn run_ok(mut cmd: Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {

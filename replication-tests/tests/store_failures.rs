@@ -13,11 +13,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use replication_tests::harness::{applied_count, wait_exit, wait_until, Agreement, Consumer, Provider};
+use replication_tests::harness::{applied_count, largest_file, wait_exit, wait_until, Agreement, Consumer, Provider};
 use replication_tests::workload::PEOPLE;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -38,18 +37,6 @@ fn big_adds(n: usize) -> String {
         );
     }
     out
-}
-
-/// The size of the largest file in a store folder: the file a limit must leave room in.
-fn largest_file(dir: &Path) -> Result<u64> {
-    let mut largest = 0;
-    for f in std::fs::read_dir(dir)? {
-        let meta = f?.metadata()?;
-        if meta.is_file() {
-            largest = largest.max(meta.len());
-        }
-    }
-    Ok(largest)
 }
 
 fn same(p: &Provider, c: &Consumer) -> Result<bool> {

@@ -251,7 +251,9 @@ impl Directory {
     pub fn write_nowait(&self, change: &Change) -> Result<Committed> {
         let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let csn = last.next();
-        let planned = rules::plan(&self.set, &self.suffix, change, csn)?;
+        // Planning reads the store, which may be the first to meet a failure sled met
+        // writing its log in the background.
+        let planned = self.failure.observe(rules::plan(&self.set, &self.suffix, change, csn))?;
         let uuid = planned.uuid;
         self.failure.observe(self.commit_many(&[planned], csn, Logging::Logged))?;
         *last = csn;
@@ -287,7 +289,8 @@ impl Directory {
                 footprint.clear();
             }
             let csn = Csn(last.0 + run.len() as u64 + 1);
-            match rules::plan(&self.set, &self.suffix, change, csn) {
+            // Planning reads the store: see `write_nowait`.
+            match self.failure.observe(rules::plan(&self.set, &self.suffix, change, csn)) {
                 Ok(planned) => {
                     footprint.record(&planned);
                     run.push(planned);

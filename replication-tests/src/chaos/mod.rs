@@ -111,6 +111,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     Ok(Report {
         options: opts.clone(),
         faults: nemesis.faults,
+        stores_failed: nemesis.stores_failed,
         totals,
         changes: writer.changes,
         failed_writes: writer.failed_writes,

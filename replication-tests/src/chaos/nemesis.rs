@@ -57,11 +57,15 @@ pub enum Kind {
     ReloadConsumerConfig,
     /// Delete a consumer's store while it is down: it reloads in full.
     WipeConsumerStore,
+    /// Restart the provider under a file-size limit a little past its store's largest
+    /// file, so that its store fails under the writer's load as on a full disk (it says
+    /// goodbye and exits 1); restart it without the limit later.
+    ProviderStoreFails,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::KillProvider,
         Kind::KillConsumer,
         Kind::TermProvider,
@@ -80,6 +84,7 @@ impl Kind {
         Kind::StopStartAgreement,
         Kind::ReloadConsumerConfig,
         Kind::WipeConsumerStore,
+        Kind::ProviderStoreFails,
     ];
 
     /// The name in reports.
@@ -103,6 +108,7 @@ impl Kind {
             Kind::StopStartAgreement => "stop-start-agreement",
             Kind::ReloadConsumerConfig => "reload-consumer-config",
             Kind::WipeConsumerStore => "wipe-consumer-store",
+            Kind::ProviderStoreFails => "provider-store-fails",
         }
     }
 }
@@ -116,6 +122,8 @@ enum Heal {
     Retention,
     /// `start` an agreement.
     Start(usize, String),
+    /// Lift the provider's file-size limit: restart it without one.
+    LiftLimit,
 }
 
 /// What the nemesis did.
@@ -126,6 +134,9 @@ pub struct NemesisStats {
     /// Faults whose injection itself went wrong (a process that did not come back, an
     /// unclean exit on SIGTERM): violations.
     pub violations: Vec<String>,
+    /// Times the provider's store did fail under a `provider-store-fails` limit (the
+    /// rest were lifted before the writer reached it).
+    pub stores_failed: u64,
 }
 
 /// The fault injector.
@@ -186,7 +197,7 @@ impl<'a> Nemesis<'a> {
         }
     }
 
-    fn heal(&self, heal: &Heal) -> Result<()> {
+    fn heal(&mut self, heal: &Heal) -> Result<()> {
         match heal {
             Heal::Proxy(i) => self.cluster.nodes[*i].proxy.heal(),
             Heal::Retention => {
@@ -196,6 +207,29 @@ impl<'a> Nemesis<'a> {
                 let mut state = self.cluster.nodes[*i].lock();
                 if state.stopped.remove(name) && state.agreements.iter().any(|a| &a.name == name) {
                     state.consumer.admin("start", Some(name))?;
+                }
+            }
+            Heal::LiftLimit => {
+                let mut p = self.cluster.provider();
+                let exited = match p.provider.child.as_mut() {
+                    Some(child) => child.try_wait()?,
+                    None => None,
+                };
+                let status = match exited {
+                    // Its store failed and it stopped by itself.
+                    Some(status) => {
+                        p.provider.child = None;
+                        Some(status)
+                    }
+                    None if p.provider.child.is_some() => Some(p.provider.stop()?),
+                    None => None,
+                };
+                let failed = status.is_some_and(|s| !s.success());
+                p.provider.file_size_limit = None;
+                p.provider.start().context("restarting the provider without the limit")?;
+                if failed {
+                    self.stats.stores_failed += 1;
+                    store_failure_only(&p.provider, status)?;
                 }
             }
         }
@@ -288,6 +322,23 @@ impl<'a> Nemesis<'a> {
                 self.later(500, 5000, Heal::Start(i, name));
                 Ok(())
             }
+            Kind::ProviderStoreFails => {
+                if self.pending.iter().any(|(_, h)| matches!(h, Heal::LiftLimit)) {
+                    return Ok(());
+                }
+                let mut p = self.cluster.provider();
+                let status = p.provider.stop()?;
+                if !status.success() {
+                    p.provider.start().context("restarting the provider")?;
+                    bail!("the provider exited with {status} on SIGTERM");
+                }
+                let largest = crate::harness::largest_file(&p.provider.dir.join("data"))?;
+                p.provider.file_size_limit = Some(largest + self.rng.gen_range(256 << 10..2 << 20));
+                start_provider(&mut p.provider)?;
+                drop(p);
+                self.later(2000, 10_000, Heal::LiftLimit);
+                Ok(())
+            }
             Kind::ReloadConsumerConfig => {
                 let mut state = node.lock();
                 state.refresh_status();
@@ -326,13 +377,16 @@ impl<'a> Nemesis<'a> {
             p.provider.kill()?;
         } else {
             let status = p.provider.stop()?;
-            if !status.success() {
+            // Under a `provider-store-fails` limit, the store may have failed first.
+            let failed_store =
+                p.provider.file_size_limit.is_some() && store_failure_only(&p.provider, Some(status)).is_ok();
+            if !status.success() && !failed_store {
                 p.provider.start().context("restarting the provider")?;
                 bail!("the provider exited with {status} on SIGTERM");
             }
         }
         std::thread::sleep(pause);
-        p.provider.start().context("restarting the provider")
+        start_provider(&mut p.provider)
     }
 
     /// Heals every fault, restores every config and makes sure every process runs.
@@ -370,6 +424,32 @@ impl<'a> Nemesis<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Starts the provider. Under a `provider-store-fails` limit its store may have no room
+/// left even to open (a full disk met at start, its store having failed already): then
+/// the limit is lifted and it starts without.
+fn start_provider(provider: &mut crate::harness::Provider) -> Result<()> {
+    if provider.start().is_ok() {
+        return Ok(());
+    }
+    if provider.file_size_limit.is_none() {
+        bail!("the provider did not restart; log:\n{}", provider.log_text());
+    }
+    provider.kill()?;
+    provider.file_size_limit = None;
+    provider.start().context("restarting the provider without the limit")
+}
+
+/// Checks that a provider that exited with `status` stopped because its store failed
+/// (exit 1, and the log says so), not for any other reason.
+fn store_failure_only(provider: &crate::harness::Provider, status: Option<std::process::ExitStatus>) -> Result<()> {
+    match status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) if s.code() == Some(1) && provider.log_text().contains("the store failed; stopping") => Ok(()),
+        Some(s) => bail!("the provider exited with {s}, not for its store's failure"),
+        None => Ok(()),
     }
 }
 

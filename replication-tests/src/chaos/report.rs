@@ -17,6 +17,8 @@ pub struct Report {
     pub options: Options,
     /// Faults injected by kind.
     pub faults: BTreeMap<&'static str, u64>,
+    /// Times the provider's store did fail under a `provider-store-fails` limit.
+    pub stores_failed: u64,
     /// Consumer counters summed over consumers and their lives.
     pub totals: Totals,
     /// Changes the provider acknowledged.
@@ -64,6 +66,7 @@ impl Report {
             "entries": self.options.entries,
             "faults": self.faults,
             "faults_total": self.faults.values().sum::<u64>(),
+            "provider_stores_failed": self.stores_failed,
             "recoveries": self.totals.disconnects,
             "refreshes": self.totals.refreshes,
             "resumed_refreshes": self.totals.resumed,
@@ -97,6 +100,7 @@ impl Report {
         for (k, v) in &self.faults {
             let _ = writeln!(out, "  {k:<28} {v}");
         }
+        let _ = writeln!(out, "  {:<28} {}", "(provider stores failed)", self.stores_failed);
         let _ = writeln!(out, "recoveries by reason (consumer disconnects):");
         for (k, v) in &self.totals.disconnects {
             let _ = writeln!(out, "  {k:<28} {v}");
