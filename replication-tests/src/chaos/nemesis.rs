@@ -17,6 +17,12 @@ use rand::Rng;
 
 use super::cluster::{extra_agreement, Cluster, Node, CHANGELOG, CHANGELOG_TRIMMED, EXTRA};
 use crate::proxy::{Direction, Fault};
+use crate::workload::OTHERS;
+
+/// Ballast entries one `provider-store-fails` writes, and the size of each one's
+/// description: 2.5 MiB in all, past the most room the limit leaves.
+const BALLAST_ENTRIES: usize = 40;
+const BALLAST_BYTES: usize = 64 << 10;
 
 /// Every kind of fault, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -135,7 +141,7 @@ pub struct NemesisStats {
     /// unclean exit on SIGTERM): violations.
     pub violations: Vec<String>,
     /// Times the provider's store did fail under a `provider-store-fails` limit (the
-    /// rest were lifted before the writer reached it).
+    /// rest had no room to open the store, and ran without the limit).
     pub stores_failed: u64,
 }
 
@@ -148,6 +154,8 @@ pub struct Nemesis<'a> {
     /// The report.
     pub stats: NemesisStats,
     started: Instant,
+    /// Ballast entries written so far (see `provider-store-fails`), naming the next.
+    ballast: usize,
 }
 
 fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
@@ -161,7 +169,7 @@ impl<'a> Nemesis<'a> {
         for k in Kind::ALL {
             stats.faults.insert(k.as_str(), 0);
         }
-        Self { cluster, rng, pending: Vec::new(), stats, started }
+        Self { cluster, rng, pending: Vec::new(), stats, started, ballast: 0 }
     }
 
     /// Injects faults until `deadline`.
@@ -333,10 +341,17 @@ impl<'a> Nemesis<'a> {
                     bail!("the provider exited with {status} on SIGTERM");
                 }
                 let largest = crate::harness::largest_file(&p.provider.dir.join("data"))?;
-                p.provider.file_size_limit = Some(largest + self.rng.gen_range(256 << 10..2 << 20));
+                p.provider.file_size_limit = Some(largest + self.rng.gen_range(16 << 10..768 << 10));
                 start_provider(&mut p.provider)?;
+                let limited = p.provider.file_size_limit.is_some();
                 drop(p);
-                self.later(2000, 10_000, Heal::LiftLimit);
+                if limited {
+                    // sled reuses its file's segments, so the writer's churn alone does
+                    // not grow it: ballast does, and the store fails while the writer's
+                    // writes race it. The ballast write fails with it, as it should.
+                    self.write_ballast(BALLAST_ENTRIES)?;
+                }
+                self.later(3000, 12_000, Heal::LiftLimit);
                 Ok(())
             }
             Kind::ReloadConsumerConfig => {
@@ -355,6 +370,33 @@ impl<'a> Nemesis<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// Adds `n` ballast entries of [`BALLAST_BYTES`] each under `ou=others` through
+    /// `tether-provider write`; its outcome is not checked (the store is meant to fail
+    /// under it). They are ordinary entries: replicated, and the writer's to change
+    /// once it has re-read the directory.
+    fn write_ballast(&mut self, n: usize) -> Result<()> {
+        let mut ldif = String::new();
+        for i in self.ballast..self.ballast + n {
+            ldif.push_str(&format!(
+                "dn: uid=ballast{i},{OTHERS}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: ballast{i}\n\
+                 cn: Ballast {i}\nsn: Ballast\ndescription: {}\n\n",
+                "b".repeat(BALLAST_BYTES)
+            ));
+        }
+        self.ballast += n;
+        let file = self.cluster.root.join("ballast.ldif");
+        std::fs::write(&file, ldif)?;
+        std::process::Command::new(crate::harness::bin("tether-provider")?)
+            .arg("write")
+            .arg("-c")
+            .arg(&self.cluster.provider_config)
+            .arg(&file)
+            .env("TETHER_LOG", "warn")
+            .output()
+            .context("running tether-provider write")?;
+        Ok(())
     }
 
     /// Sets `fault` on one random direction (`one_way`) or both, heals it later.
