@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use tether_consumer::config::ConsumerConfig;
 use tether_consumer::{control, daemon};
 use tether_protocol::control::ControlRequest;
-use tether_protocol::entry::check_attribute_name;
-use tether_protocol::{AttributeError, Dn, SearchSpec};
+use tether_protocol::entry::parse_attribute_name;
+use tether_protocol::{Dn, SearchSpec};
 use tether_store::ReplicaStore;
 
 /// mimalloc (without transparent huge pages) instead of glibc's malloc, in both
@@ -106,14 +106,9 @@ enum Command {
         #[arg(long, default_value = "(objectClass=*)")]
         filter: String,
         /// Attributes to print, comma-separated (objectClass always; default: all).
-        #[arg(long, value_delimiter = ',', value_parser = attribute_name)]
+        #[arg(long, value_delimiter = ',', value_parser = parse_attribute_name)]
         attrs: Vec<String>,
     },
-}
-
-/// An attribute name of `--attrs`, refused by clap with the argument named when malformed.
-fn attribute_name(name: &str) -> Result<String, AttributeError> {
-    check_attribute_name(name).map(|()| name.to_owned())
 }
 
 /// Sends a control request and prints the reply; `Ok(false)` if the consumer is not running.

@@ -212,6 +212,12 @@ pub enum AttributeError {
     NoValues(String),
 }
 
+/// [`check_attribute_name`] as a parser: the name itself if it is one (how the
+/// commands' `--attrs` lists are read).
+pub fn parse_attribute_name(name: &str) -> Result<String, AttributeError> {
+    check_attribute_name(name).map(|()| name.to_owned())
+}
+
 /// Checks `descr` or numeric OID, optionally followed by `;option` parts.
 pub fn check_attribute_name(name: &str) -> Result<(), AttributeError> {
     let bad = || AttributeError::InvalidName(name.to_owned());

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tether_protocol::control::ControlRequest;
-use tether_protocol::entry::check_attribute_name;
-use tether_protocol::{AttributeError, Dn, Filter, Scope, SearchSpec};
+use tether_protocol::entry::parse_attribute_name;
+use tether_protocol::{Dn, Filter, Scope, SearchSpec};
 use tether_provider::config::ProviderConfig;
 use tether_provider::{client, daemon, load, status::ProviderStatus};
 use tether_store::Directory;
@@ -71,7 +71,7 @@ enum Command {
         filter: String,
         /// Attributes to print, comma-separated (objectClass always; default: all). The
         /// same list as an agreement's `attrs` prints what its replica should hold.
-        #[arg(long, value_delimiter = ',', value_parser = attribute_name)]
+        #[arg(long, value_delimiter = ',', value_parser = parse_attribute_name)]
         attrs: Vec<String>,
     },
     /// Show the provider's state and its consumers.
@@ -83,11 +83,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// An attribute name of `--attrs`, refused by clap with the argument named when malformed.
-fn attribute_name(name: &str) -> Result<String, AttributeError> {
-    check_attribute_name(name).map(|()| name.to_owned())
 }
 
 fn spec(

@@ -223,6 +223,9 @@ fn an_attribute_list_keeps_only_those_attributes_through_live_changes_and_a_delt
     let uids = c.search_attrs("people", PEOPLE, "subtree", ALL, "uid")?;
     assert_eq!(uids, p.search_attrs(PEOPLE, "subtree", filter, "uid")?);
     assert!(!uids.contains("mail:"));
+    // A malformed name is refused, naming it.
+    let refused = p.search_attrs(PEOPLE, "subtree", filter, "uid,no such").unwrap_err();
+    assert!(format!("{refused:#}").contains("invalid attribute name \"no such\""), "{refused:#}");
     Ok(())
 }
 

@@ -228,8 +228,9 @@ impl Directory {
         Cookie { store_id: self.store_id, csn: self.durable_csn() }
     }
 
-    /// Whether the storage failed under this handle: every write path latches its
-    /// storage errors here, and the provider stops when it fires.
+    /// Whether the storage failed under this handle: the write paths latch their
+    /// storage errors here, the provider latches what its reads meet (sessions,
+    /// searches, status), and it stops when the latch fires.
     pub fn failure(&self) -> &FailureLatch {
         &self.failure
     }
