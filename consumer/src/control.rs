@@ -100,6 +100,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         ControlRequest::Status { json } => {
             let agreements = ctx.agreements.lock().await;
             let status = ConsumerStatus {
+                running: true,
                 store_error: ctx.store.failure().latched().map(|f| f.to_string()),
                 agreements: agreements.values().map(|r| r.status.snapshot()).collect(),
             };

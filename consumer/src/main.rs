@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tether_consumer::config::ConsumerConfig;
+use tether_consumer::status::{OfflineAgreement, OfflineStatus};
 use tether_consumer::{control, daemon};
 use tether_protocol::control::ControlRequest;
 use tether_protocol::entry::parse_attribute_name;
@@ -142,11 +143,22 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let store = open_offline(&config)?;
+            let mut status = OfflineStatus { running: false, agreements: Vec::new() };
             for a in &config.agreements {
                 let replica = store.replica(&a.name)?;
-                let state = if replica.is_admin_stopped()? { "stopped" } else { "not running" };
-                let cookie = replica.cookie()?.map_or("-".to_owned(), |c| c.to_string());
-                println!("{:<16} {:<12} entries {:<8} cookie {}", a.name, state, replica.len()?, cookie);
+                status.agreements.push(OfflineAgreement {
+                    name: a.name.clone(),
+                    state: if replica.is_admin_stopped()? { "stopped" } else { "not running" },
+                    provider: a.provider.to_string(),
+                    mode: a.mode.as_str().to_owned(),
+                    cookie: replica.cookie()?.map(|c| c.to_string()),
+                    entries: replica.len()?,
+                });
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.to_text());
             }
             Ok(())
         }

@@ -150,6 +150,9 @@ impl StatusHandle {
 /// The whole `status --json` object.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConsumerStatus {
+    /// Always `true` here: the process answered. While it is not running, `status`
+    /// prints an [`OfflineStatus`] instead.
+    pub running: bool,
     /// The storage failure no agreement can go on after, if the store has failed: the
     /// process must be restarted once its cause is fixed (see `tether_store::failure`).
     pub store_error: Option<String>,
@@ -183,6 +186,51 @@ impl ConsumerStatus {
             if let Some(e) = &a.last_error {
                 out.push_str(&format!("  last error: {e}\n"));
             }
+        }
+        out
+    }
+}
+
+/// What `status` says while the consumer is not running, read from its config and
+/// store, so that a script polling `status --json` gets JSON either way.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfflineStatus {
+    /// Always `false`: nothing is live, so only what the store keeps is shown.
+    pub running: bool,
+    /// Every agreement of the config.
+    pub agreements: Vec<OfflineAgreement>,
+}
+
+/// One agreement while the consumer is not running.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfflineAgreement {
+    /// Agreement name.
+    pub name: String,
+    /// `stopped` if an operator stopped it (it stays stopped at the next start), else
+    /// `not running`.
+    pub state: &'static str,
+    /// Provider address.
+    pub provider: String,
+    /// `refresh-only` or `refresh-and-persist`.
+    pub mode: String,
+    /// Durable position (`<store-uuid>#<csn>`), where the next start resumes.
+    pub cookie: Option<String>,
+    /// Entries in the replica.
+    pub entries: usize,
+}
+
+impl OfflineStatus {
+    /// A table for people.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for a in &self.agreements {
+            out.push_str(&format!(
+                "{:<16} {:<12} entries {:<8} cookie {}\n",
+                a.name,
+                a.state,
+                a.entries,
+                a.cookie.as_deref().unwrap_or("-")
+            ));
         }
         out
     }

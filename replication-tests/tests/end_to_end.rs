@@ -84,7 +84,18 @@ fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 2000, 3, ProviderOptions::default())?;
     let mut c = people_consumer(tmp.path(), &p)?;
+    let live = c.status()?;
+    assert_eq!(live["running"], true);
     assert!(c.stop()?.success(), "SIGTERM exits 0");
+    // While it is down, `status --json` is still JSON, read from its store.
+    let down = c.status()?;
+    assert_eq!(down["running"], false, "{down}");
+    let people = &down["agreements"][0];
+    assert_eq!(people["name"], "people");
+    assert_eq!(people["state"], "not running");
+    assert_eq!(people["mode"], "refresh-and-persist");
+    assert_eq!(people["cookie"], live["agreements"][0]["cookie"], "the position the next start resumes from");
+    assert_eq!(people["entries"], live["agreements"][0]["entries"]);
     wait_until(CONVERGE, "the provider to log the goodbye", || Ok(p.log_text().contains("consumer said goodbye")))?;
     p.write_ok(&w.changes(1000))?;
     c.start()?;

@@ -136,17 +136,16 @@ pub fn durable_cookies(cluster: &Cluster) -> Vec<String> {
             Ok(status) => out.push(format!("consumer{} exited with {status} on SIGTERM", node.index)),
             Err(e) => out.push(format!("consumer{}: stopping: {e:#}", node.index)),
         }
-        let text = match state.consumer.admin("status", None) {
-            Ok(t) => t,
+        // The consumer is down: its status is read from the store.
+        let status = match state.consumer.status() {
+            Ok(s) => s,
             Err(e) => {
                 out.push(format!("consumer{}: offline status: {e:#}", node.index));
                 continue;
             }
         };
-        for line in text.lines() {
-            let (Some(name), Some(cookie)) = (line.split_whitespace().next(), line.split_whitespace().last()) else {
-                continue;
-            };
+        for a in status["agreements"].as_array().into_iter().flatten() {
+            let (name, cookie) = (a["name"].as_str().unwrap_or("?"), a["cookie"].as_str().unwrap_or("-"));
             let csn = cookie.rsplit_once('#').and_then(|(_, c)| c.parse::<u64>().ok());
             if csn != provider_csn {
                 out.push(format!(
