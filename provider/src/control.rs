@@ -64,7 +64,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader).await?;
     let reply = match request {
-        ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry) {
+        ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, true) {
             Ok(status) if json => {
                 Ok(serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n")
             }

@@ -152,7 +152,7 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let dir = open_offline(&config)?;
-            let status = ProviderStatus::collect(&dir, &Default::default())?;
+            let status = ProviderStatus::collect(&dir, &Default::default(), false)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

@@ -22,6 +22,9 @@ pub struct ChangelogStatus {
 /// The whole status object.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProviderStatus {
+    /// Whether the provider answered: `false` when `status` read a stopped provider's
+    /// store itself (no sessions then), so a script can tell the two apart.
+    pub running: bool,
     /// The store's identity.
     pub store_id: String,
     /// The newest durable CSN.
@@ -35,8 +38,9 @@ pub struct ProviderStatus {
 }
 
 impl ProviderStatus {
-    /// Collects the status of a running provider.
-    pub fn collect(dir: &Directory, registry: &Registry) -> Result<Self, tether_store::StoreError> {
+    /// Collects the status of a provider: a running one's (`registry` holds its sessions)
+    /// or, with `running` false, what a stopped one's store holds.
+    pub fn collect(dir: &Directory, registry: &Registry, running: bool) -> Result<Self, tether_store::StoreError> {
         let durable = dir.durable_csn();
         let mut sessions = registry.snapshot();
         for s in &mut sessions {
@@ -45,6 +49,7 @@ impl ProviderStatus {
             }
         }
         Ok(Self {
+            running,
             store_id: dir.store_id().to_string(),
             csn: durable.0,
             entries: dir.entry_count()? as usize,

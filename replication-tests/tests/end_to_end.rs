@@ -245,7 +245,14 @@ fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<(
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = provider_with(tmp.path(), 1000, 6, ProviderOptions::default())?;
     let c = people_consumer(tmp.path(), &p)?;
+    let live = p.status()?;
+    assert_eq!(live["running"], true);
     assert!(p.stop()?.success(), "provider SIGTERM exits 0");
+    // Stopped, `status --json` reads the store and says so.
+    let down = p.status()?;
+    assert_eq!(down["running"], false, "{down}");
+    assert_eq!((&down["store_id"], &down["csn"]), (&live["store_id"], &live["csn"]));
+    assert_eq!(down["sessions"], serde_json::json!([]));
     wait_until(CONVERGE, "provider-goodbye", || {
         let s = c.agreement_status("people")?;
         Ok(s["last_disconnect"] == "provider-goodbye")
