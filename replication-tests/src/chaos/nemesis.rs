@@ -335,11 +335,7 @@ impl<'a> Nemesis<'a> {
                     return Ok(());
                 }
                 let mut p = self.cluster.provider();
-                let status = p.provider.stop()?;
-                if !status.success() {
-                    p.provider.start().context("restarting the provider")?;
-                    bail!("the provider exited with {status} on SIGTERM");
-                }
+                stop_provider(&mut p.provider)?;
                 let largest = crate::harness::largest_file(&p.provider.dir.join("data"))?;
                 p.provider.file_size_limit = Some(largest + self.rng.gen_range(16 << 10..768 << 10));
                 start_provider(&mut p.provider)?;
@@ -418,14 +414,7 @@ impl<'a> Nemesis<'a> {
         if kill {
             p.provider.kill()?;
         } else {
-            let status = p.provider.stop()?;
-            // Under a `provider-store-fails` limit, the store may have failed first.
-            let failed_store =
-                p.provider.file_size_limit.is_some() && store_failure_only(&p.provider, Some(status)).is_ok();
-            if !status.success() && !failed_store {
-                p.provider.start().context("restarting the provider")?;
-                bail!("the provider exited with {status} on SIGTERM");
-            }
+            stop_provider(&mut p.provider)?;
         }
         std::thread::sleep(pause);
         start_provider(&mut p.provider)
@@ -467,6 +456,19 @@ impl<'a> Nemesis<'a> {
         }
         Ok(())
     }
+}
+
+/// SIGTERMs the provider, which must exit 0, or 1 for its store's failure while under a
+/// `provider-store-fails` limit. Anything else is a violation, and the provider is
+/// started again before it is reported.
+fn stop_provider(provider: &mut crate::harness::Provider) -> Result<()> {
+    let status = provider.stop()?;
+    let failed_store = provider.file_size_limit.is_some() && store_failure_only(provider, Some(status)).is_ok();
+    if !status.success() && !failed_store {
+        provider.start().context("restarting the provider")?;
+        bail!("the provider exited with {status} on SIGTERM");
+    }
+    Ok(())
 }
 
 /// Starts the provider. Under a `provider-store-fails` limit its store may have no room
