@@ -175,7 +175,7 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
 
 #[cfg(test)]
 mod tests {
-    use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, StoreId, Value};
+    use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, Value};
 
     use super::*;
 
@@ -199,7 +199,7 @@ mod tests {
         let replica = store.replica("people").unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&(0..1_200).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
-        shadow.finish(Cookie { store_id: StoreId::new_random(), csn: Csn(1) }).unwrap();
+        shadow.finish(Cookie { history: HistoryId::new_random(), csn: Csn(1) }).unwrap();
 
         for (filter, sizes) in [("(objectClass=*)", vec![500, 500, 200]), ("(sn=odd)", vec![500, 100])] {
             let spec = SearchSpec {

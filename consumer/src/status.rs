@@ -257,7 +257,8 @@ mod tests {
     #[tokio::test]
     async fn wait_csn_answers_once_the_durable_cookie_reaches_it() {
         let h = StatusHandle::new("a", "p", "refresh-and-persist");
-        let cookie = |csn| Some(Cookie { store_id: tether_protocol::StoreId::new_random(), csn: Csn(csn) }.to_string());
+        let cookie =
+            |csn| Some(Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) }.to_string());
         assert!(!h.wait_csn(Csn(5), std::time::Duration::from_millis(10)).await, "no cookie yet");
         let waiting = h.clone();
         let waiter = tokio::spawn(async move { waiting.wait_csn(Csn(5), std::time::Duration::from_secs(60)).await });

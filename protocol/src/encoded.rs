@@ -275,7 +275,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::cookie::StoreId;
+    use crate::cookie::HistoryId;
     use crate::dn::Dn;
     use crate::entry::{Attributes, Entry};
 
@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn received_messages_decode_as_messages_and_keep_each_entrys_bytes() {
-        let cookie = Cookie { store_id: StoreId::new_random(), csn: Csn(300_000) };
+        let cookie = Cookie { history: HistoryId::new_random(), csn: Csn(300_000) };
         let mut messages: Vec<Message> = [0, 1, 7].iter().map(|&n| Message::Batch { ops: ops(n) }).collect();
         messages.extend(ops(3).into_iter().map(|op| Message::Change { op, cookie }));
         messages.push(Message::Ping { seq: 9 });
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_change_is_byte_for_byte_the_message() {
-        let cookie = Cookie { store_id: StoreId::new_random(), csn: Csn(300_000) };
+        let cookie = Cookie { history: HistoryId::new_random(), csn: Csn(300_000) };
         for op in ops(6) {
             let built = EncodedMessage::change(&EncodedOp::from_op(&op).unwrap(), &cookie).unwrap();
             let expected = Message::Change { op: op.clone(), cookie };

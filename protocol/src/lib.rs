@@ -56,7 +56,7 @@ pub use auth::Secret;
 pub use change::{Change, ModOp, Modification};
 pub use codec::CodecError;
 pub use connection::{MessageReader, MessageWriter, WireError};
-pub use cookie::{Cookie, StoreId};
+pub use cookie::{Cookie, HistoryId, StoreId};
 pub use csn::Csn;
 pub use dn::{Dn, DnError, Rdn};
 pub use entry::{

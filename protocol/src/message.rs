@@ -137,7 +137,8 @@ pub struct Hello {
 pub struct Welcome {
     /// The version both sides now speak.
     pub version: u16,
-    /// The provider store's id: cookies the client keeps refer to it.
+    /// The provider store's id, for the consumer's log. Cookies name a stretch of its
+    /// history instead ([`HistoryId`](crate::HistoryId)).
     pub store_id: StoreId,
     /// Identifies this session in both sides' logs.
     pub session_id: u64,
@@ -522,6 +523,7 @@ impl Message {
 pub(crate) mod tests {
     use super::*;
     use crate::codec::{self, CodecError};
+    use crate::cookie::HistoryId;
     use crate::dn::{Dn, Rdn};
     use crate::entry::Attributes;
     use crate::scope::Scope;
@@ -540,7 +542,7 @@ pub(crate) mod tests {
     }
 
     fn cookie() -> Cookie {
-        Cookie { store_id: StoreId::new_random(), csn: Csn(7) }
+        Cookie { history: HistoryId::new_random(), csn: Csn(7) }
     }
 
     pub(crate) fn consumer_hello(agreement: &str) -> Hello {
@@ -613,7 +615,7 @@ pub(crate) mod tests {
             Message::SearchRequest { id: 2, spec: SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap()) },
             Message::SearchEntries { id: 2, entries: vec![e] },
             Message::SearchDone { id: 2, count: 1 },
-            Message::Advance { cookie: Cookie { store_id: StoreId([9; 16]), csn: Csn(7) } },
+            Message::Advance { cookie: Cookie { history: HistoryId([9; 16]), csn: Csn(7) } },
             Message::RefreshProgress {
                 resume: ResumePoint { kind: RefreshKind::Present, since: Csn(3), start: cookie(), cursor: None },
             },

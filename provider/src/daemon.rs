@@ -64,6 +64,9 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         )
         .with_context(|| format!("opening store {}", config.data_dir.display()))?,
     );
+    // Before any cookie goes out: from here on this store's history may part from that
+    // of a copy of it, and consumers must be able to tell the two apart.
+    let history = dir.begin_history().context("beginning a new history in the store")?;
     let listener = tokio::net::TcpListener::bind(config.listen.addr())
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -86,7 +89,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let ctx = ControlContext { dir: dir.clone(), registry: server.registry().clone(), reload: reload_tx };
     // The line tests and the demo wait for: the provider is ready and where.
-    info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), csn = %dir.durable_csn(), "provider listening");
+    info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), %history, csn = %dir.durable_csn(), "provider listening");
     println!("listening on {local}");
 
     let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));

@@ -89,7 +89,7 @@ impl Refresh {
     ) -> Result<Self, StoreError> {
         let batch_size = batch_size.max(1);
         if let Some(resume) = resume {
-            let pin = if Self::can_resume(dir, &spec, resume) { dir.pin(resume.start.csn)? } else { None };
+            let pin = if Self::can_resume(dir, &spec, resume)? { dir.pin(resume.start.csn)? } else { None };
             if let Some(pin) = pin {
                 let start = resume.start.csn;
                 let (phase, end) = match &resume.cursor {
@@ -146,13 +146,12 @@ impl Refresh {
         Ok(Self { kind, spec, since, start, end: start, batch_size, resumed: false, phase, pending, pin: Some(pin) })
     }
 
-    /// Whether `resume` continues a refresh of this store and region; the changelog
-    /// floor is checked when it is pinned.
-    fn can_resume(dir: &Directory, spec: &SearchSpec, resume: &ResumePoint) -> bool {
-        let ours = resume.start.store_id == dir.store_id() && resume.start.csn <= dir.durable_csn();
+    /// Whether `resume` continues a refresh of this store's own history and of this
+    /// region; the changelog floor is checked when it is pinned.
+    fn can_resume(dir: &Directory, spec: &SearchSpec, resume: &ResumePoint) -> Result<bool, StoreError> {
         let scan = resume.kind.replaces_replica();
         let in_region = resume.cursor.as_ref().is_none_or(|c| c.starts_with(&spec.base.tree_key()));
-        ours && scan && in_region
+        Ok(scan && in_region && dir.recognizes(&resume.start)?)
     }
 
     pub fn resumed(&self) -> bool {
@@ -205,7 +204,7 @@ impl Refresh {
                     // before the entry is sent (as in the scan).
                     dir.sync(delta.newest_read())?;
                     if ops.is_empty() {
-                        let done = Message::RefreshDone { cookie: Cookie { store_id: dir.store_id(), csn: self.end } };
+                        let done = Message::RefreshDone { cookie: Cookie { history: dir.history(), csn: self.end } };
                         self.pending.push_back(done.into());
                         self.phase = Phase::Done;
                         // Everything this refresh reads from the changelog is read: the
@@ -224,7 +223,7 @@ impl Refresh {
         ResumePoint {
             kind: self.kind,
             since: self.since,
-            start: Cookie { store_id: dir.store_id(), csn: self.start },
+            start: Cookie { history: dir.history(), csn: self.start },
             cursor,
         }
     }
@@ -441,7 +440,7 @@ mod tests {
         drop(refresh);
 
         let other_store = ResumePoint {
-            start: Cookie { store_id: tether_protocol::StoreId([1; 16]), ..resume.start },
+            start: Cookie { history: tether_protocol::HistoryId([1; 16]), ..resume.start },
             ..resume.clone()
         };
         assert!(!Refresh::plan(&dir, spec(), None, Some(&other_store), BATCH).unwrap().resumed());

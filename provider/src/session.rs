@@ -264,9 +264,17 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
     async fn drive(&mut self) -> SessionEnd {
         // The position a consumer presents holds back changelog trimming, for pollers
         // too; so does the start of a refresh it may want to resume.
-        let store_id = self.dir.store_id();
-        let held = [self.req.cookie.as_ref(), self.req.resume.as_ref().map(|r| &r.start)];
-        if let Some(csn) = held.into_iter().flatten().filter(|c| c.store_id == store_id).map(|c| c.csn).min() {
+        // Positions in a history this store did not make hold nothing: that consumer
+        // reloads in full.
+        let mut held = None;
+        for c in [self.req.cookie.as_ref(), self.req.resume.as_ref().map(|r| &r.start)].into_iter().flatten() {
+            match self.dir.recognizes(c) {
+                Ok(true) => held = Some(held.map_or(c.csn, |h: Csn| h.min(c.csn))),
+                Ok(false) => {}
+                Err(e) => return self.store_error(&e),
+            }
+        }
+        if let Some(csn) = held {
             self.record_position(csn);
         }
         let planned = Refresh::plan(
@@ -430,14 +438,14 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         if position < self.dir.floor()? {
             return Ok(None);
         }
-        let store_id = self.dir.store_id();
+        let history = self.dir.history();
         let mut last = position;
         let mut skipped_tail = false;
         for change in self.dir.recent_changes(position, newest, RECORDS_PER_READ)? {
             last = change.csn();
             match change.op_for(&self.req.spec)? {
                 Some(op) => {
-                    let cookie = Cookie { store_id, csn: change.csn() };
+                    let cookie = Cookie { history, csn: change.csn() };
                     let change = EncodedMessage::change(&op, &cookie)
                         .map_err(|source| StoreError::Codec { tree: "entries", source })?;
                     pending.push_back(change.into());
@@ -455,7 +463,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         if skipped_tail {
             // Changes outside the region still move the consumer's position, so its
             // cookie and the provider's lag figure stay exact.
-            pending.push_back(Message::Advance { cookie: Cookie { store_id, csn: last } }.into());
+            pending.push_back(Message::Advance { cookie: Cookie { history, csn: last } }.into());
         }
         Ok(Some(last))
     }
@@ -504,7 +512,9 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         self.last_inbound = Instant::now();
         match msg {
             Message::Ack { cookie } => {
-                if cookie.store_id == self.dir.store_id() {
+                // The cookies this session sent name the current history; a consumer
+                // acknowledging anything else is not at a position of ours.
+                if cookie.history == self.dir.history() {
                     self.reg.acked(&cookie, self.dir.durable_csn());
                     if self.last_recorded.is_none_or(|t| t.elapsed() >= POSITION_RECORD_INTERVAL) {
                         self.record_position(cookie.csn);

@@ -27,6 +27,10 @@ pub struct ProviderStatus {
     pub running: bool,
     /// The store's identity.
     pub store_id: String,
+    /// The history the provider's cookies name now: a new one at each start (see
+    /// [`tether_store::history`]). A consumer cookie naming another is from before the
+    /// provider's last start, or from a history this store does not share.
+    pub history: String,
     /// The newest durable CSN.
     pub csn: u64,
     /// Number of entries.
@@ -51,6 +55,7 @@ impl ProviderStatus {
         Ok(Self {
             running,
             store_id: dir.store_id().to_string(),
+            history: dir.history().to_string(),
             csn: durable.0,
             entries: dir.entry_count()? as usize,
             changelog: ChangelogStatus {
@@ -65,8 +70,9 @@ impl ProviderStatus {
     /// A table for people.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "store {}  csn {}  entries {}  changelog {}..{}  delta from {}\n",
+            "store {}  history {}  csn {}  entries {}  changelog {}..{}  delta from {}\n",
             self.store_id,
+            self.history,
             self.csn,
             self.entries,
             self.changelog.oldest.map_or("-".into(), |c| c.to_string()),

@@ -145,6 +145,21 @@ pub fn largest_file(dir: &Path) -> Result<u64> {
     Ok(largest)
 }
 
+/// Copies the folder `from` and everything under it to `to`.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for item in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let item = item?;
+        let target = to.join(item.file_name());
+        if item.file_type()?.is_dir() {
+            copy_tree(&item.path(), &target)?;
+        } else {
+            fs::copy(item.path(), &target).with_context(|| format!("copying {}", item.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn run_ok(mut cmd: Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -380,6 +395,21 @@ impl Provider {
             child.wait()?;
         }
         Ok(())
+    }
+
+    /// Copies the stopped provider's store folder to `to`: a cold backup, as an operator
+    /// would take one with `cp -a` or a file-system snapshot.
+    pub fn back_up_store(&self, to: &Path) -> Result<()> {
+        anyhow::ensure!(self.child.is_none(), "a running provider's store cannot be copied consistently");
+        copy_tree(&self.dir.join("data"), to)
+    }
+
+    /// Replaces the stopped provider's store folder with the copy at `from`.
+    pub fn restore_store(&self, from: &Path) -> Result<()> {
+        anyhow::ensure!(self.child.is_none(), "restore a stopped provider only");
+        let data = self.dir.join("data");
+        fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+        copy_tree(from, &data)
     }
 
     /// Sends SIGHUP (reload the consumer list).

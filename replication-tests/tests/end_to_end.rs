@@ -266,6 +266,59 @@ fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<(
     Ok(())
 }
 
+/// A provider restored from a cold copy of its store, which then takes new writes, has a
+/// history that forks from the one its consumers may have followed. A consumer that saw
+/// changes made after the copy must reload in full (a delta from its position would skip
+/// the new history's first changes and keep the lost ones forever); one that stopped
+/// before the copy still resumes by delta.
+#[test]
+fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_saw_the_lost_changes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 1000, 21, ProviderOptions::default())?;
+    let mut ahead = people_consumer(tmp.path(), &p)?;
+    let mut behind = Consumer::configure(
+        &tmp.path().join("behind"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "people-secret")],
+    )?;
+    behind.start()?;
+    wait_converged(&p, &behind, "people", PEOPLE)?;
+    assert!(behind.stop()?.success());
+    p.write_ok(&w.changes(50))?;
+    wait_converged(&p, &ahead, "people", PEOPLE)?;
+
+    // The backup, then changes that only the `ahead` consumer sees.
+    assert!(p.stop()?.success());
+    let backup = tmp.path().join("backup");
+    p.back_up_store(&backup)?;
+    p.start()?;
+    p.write_ok(&w.changes(200))?;
+    wait_converged(&p, &ahead, "people", PEOPLE)?;
+    let lost = p.status()?["csn"].as_u64().context("provider csn")?;
+    assert!(ahead.stop()?.success());
+
+    // Restored, the provider takes other writes, past the position `ahead` stopped at.
+    assert!(p.stop()?.success());
+    p.restore_store(&backup)?;
+    p.start()?;
+    let other: String = (0..300)
+        .map(|i| {
+            format!("dn: uid=restored{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: restored{i}\ncn: R {i}\nsn: R\n\n")
+        })
+        .collect();
+    p.write_ok(&other)?;
+    let now = p.status()?["csn"].as_u64().context("provider csn")?;
+    assert!(now > lost, "the new history ({now}) passed the lost one ({lost})");
+
+    ahead.start()?;
+    behind.start()?;
+    wait_converged(&p, &ahead, "people", PEOPLE)?;
+    wait_converged(&p, &behind, "people", PEOPLE)?;
+    assert_eq!(last_refresh(&ahead, "people")?, "full", "its position is in a history the provider no longer has");
+    assert_eq!(last_refresh(&behind, "people")?, "delta", "its position is in the restored history");
+    Ok(())
+}
+
 #[test]
 fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, StoreId, Value};
+use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, Value};
 use tether_store::{ReplicaStore, StoreOptions};
 
 /// The binaries' allocator, so the profile is theirs (glibc's malloc would be a quarter of it).
@@ -61,7 +61,7 @@ fn main() {
     let options = StoreOptions { cache_bytes: cache_mib << 20 };
     let store = ReplicaStore::open_with(dir.path(), &options).unwrap();
     let replica = store.replica("people").unwrap();
-    let store_id = StoreId::new_random();
+    let history = HistoryId::new_random();
     // As the provider assigns them (see `EntryUuid::new_time_ordered`).
     let uuids: Vec<EntryUuid> = (0..n).map(|_| EntryUuid::new_time_ordered()).collect();
 
@@ -72,7 +72,7 @@ fn main() {
             chunk.iter().enumerate().map(|(j, u)| ReplOp::Upsert(person(b * BATCH + j, *u, Csn(1), 0))).collect();
         shadow.apply_scan(&ops).unwrap();
     }
-    shadow.finish(Cookie { store_id, csn: Csn(1) }).unwrap();
+    shadow.finish(Cookie { history, csn: Csn(1) }).unwrap();
     println!("fill {n}: {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     // As the consumer does when a session ends: the count the store keeps, and the scan
     // it replaced.
@@ -102,7 +102,7 @@ fn main() {
         let started = Instant::now();
         for chunk in ops.chunks(BATCH) {
             let last = chunk.last().map_or(Csn(csn), |op| op.csn());
-            replica.apply(chunk, Some(Cookie { store_id, csn: last })).unwrap();
+            replica.apply(chunk, Some(Cookie { history, csn: last })).unwrap();
             store.flush().unwrap();
         }
         let what = if deletes { "deletes" } else { "modifications" };

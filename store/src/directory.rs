@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::{Db, Tree};
-use tether_protocol::{Attributes, Change, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, SearchSpec, StoreId};
+use tether_protocol::{
+    Attributes, Change, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, SearchSpec, StoreId,
+};
 use tokio::sync::watch;
 
 use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
@@ -26,6 +28,7 @@ use crate::error::{Refusal, Result, StoreError};
 use crate::failure::FailureLatch;
 use crate::feed::{FedChange, Feed};
 use crate::footprint::Footprint;
+use crate::history::Histories;
 use crate::pins::{Pin, Pins};
 use crate::record::{decode, encode, now_ms, u64_from};
 use crate::rules::{self, Planned};
@@ -83,8 +86,10 @@ pub struct Directory {
     changelog: Changelog,
     /// Consumer id -> [`ConsumerPosition`].
     consumers: Tree,
-    /// The identity cookies are checked against.
+    /// The store's identity, kept by every copy of it.
     store_id: StoreId,
+    /// Which cookies name this store's own past (see [`crate::history`]).
+    histories: Histories,
     /// The root of everything this store may hold.
     suffix: Dn,
     /// Serializes writers; holds the last assigned CSN.
@@ -171,6 +176,7 @@ impl Directory {
         }
         let changelog = Changelog { tree: db.open_tree(names::CHANGELOG)? };
         let consumers = db.open_tree(names::CONSUMERS)?;
+        let histories = Histories::open(&db, &meta, store_id)?;
         Ok(Self {
             db,
             meta,
@@ -178,6 +184,7 @@ impl Directory {
             changelog,
             consumers,
             store_id,
+            histories,
             suffix: suffix.clone(),
             writer: Mutex::new(last),
             durability: GroupCommit::new(last),
@@ -190,6 +197,37 @@ impl Directory {
     /// The store's identity.
     pub fn store_id(&self) -> StoreId {
         self.store_id
+    }
+
+    /// The history the cookies this store issues now name.
+    pub fn history(&self) -> HistoryId {
+        self.histories.current()
+    }
+
+    /// Ends the current history at the last CSN and begins a new one, durably, and
+    /// returns its id. A provider calls this each time it starts serving, before any
+    /// cookie is sent: that is the only point from which a restored copy of its store can
+    /// part from the original (see [`crate::history`]). Cookies of the ended history
+    /// stay good up to its end, so a restart costs no consumer a reload.
+    pub fn begin_history(&self) -> Result<HistoryId> {
+        let last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let begun = self.histories.begin(&self.meta, *last).and_then(|id| {
+            self.db.flush()?;
+            Ok(id)
+        });
+        self.failure.observe(begun)
+    }
+
+    /// Whether `cookie` is a position in this store's own past, and so can be resumed
+    /// from: it names the current history at or below the durable CSN, or an ended one
+    /// at or below where it ended.
+    pub fn recognizes(&self, cookie: &Cookie) -> Result<bool> {
+        self.histories.contains(cookie, self.durable_csn())
+    }
+
+    /// How many times a history ended: the provider's starts since histories were kept.
+    pub fn ended_histories(&self) -> usize {
+        self.histories.ended()
     }
 
     /// The suffix.
@@ -225,7 +263,7 @@ impl Directory {
 
     /// The cookie describing the current durable state.
     pub fn cookie(&self) -> Cookie {
-        Cookie { store_id: self.store_id, csn: self.durable_csn() }
+        Cookie { history: self.history(), csn: self.durable_csn() }
     }
 
     /// Whether the storage failed under this handle: the write paths latch their
@@ -491,12 +529,14 @@ impl Directory {
 
     /// The refresh a consumer presenting `cookie` needs (SPEC §3).
     pub fn plan_refresh(&self, cookie: Option<&Cookie>) -> Result<RefreshKind> {
-        let Some(cookie) = cookie.filter(|c| c.store_id == self.store_id) else {
+        let Some(cookie) = cookie else {
             return Ok(RefreshKind::Full);
         };
-        if cookie.csn > self.durable_csn() {
-            // The consumer claims changes this store never made durable (restored from
-            // an older backup, say): nothing it holds can be trusted.
+        if !self.recognizes(cookie)? {
+            // Another store's cookie, or one from a history this store did not make: the
+            // consumer followed a copy of this store past the point this one was
+            // restored from, or claims changes never made durable. Nothing it holds
+            // after the fork can be trusted, and nothing says where the fork is.
             return Ok(RefreshKind::Full);
         }
         if cookie.csn >= self.floor()? {

@@ -18,6 +18,8 @@
 //! - [`feed`]: the persist phase's recent changes, as the writer committed them.
 //! - [`durability`]: group commit and the durable-CSN watch that wakes sessions.
 //! - [`pins`]: what running refreshes still need from the changelog, which trimming keeps.
+//! - [`history`]: which cookies name this store's own past, so a consumer that followed
+//!   a copy of the store past the point it was restored from is reloaded, not resumed.
 //! - [`directory`]: the provider's store.
 //! - [`replica`]: the consumer's per-agreement replicas and shadow reloads.
 //!
@@ -32,6 +34,7 @@ pub mod error;
 pub mod failure;
 pub mod feed;
 mod footprint;
+pub mod history;
 pub mod pins;
 mod record;
 pub mod replica;

@@ -913,7 +913,7 @@ mod tests {
         // The transactional path of a reload, and of the live replica, count too.
         shadow.apply(&big_entries(per_bound + 1, per_bound + 1)).unwrap();
         assert_eq!(unflushed(), 0, "the shadow's transactional write flushed");
-        let cookie = tether_protocol::Cookie { store_id: tether_protocol::StoreId::new_random(), csn: Csn(1) };
+        let cookie = tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(1) };
         shadow.finish(cookie).unwrap();
         let replica = store.replica("r").unwrap();
         replica.apply(&big_entries(3 * per_bound, per_bound / 2), None).unwrap();

@@ -105,3 +105,16 @@ pub fn reopen_sled(path: &std::path::Path) -> sled::Db {
         |e| matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")),
     )
 }
+
+/// Copies the folder `from`, such as a closed store's, to `to`: a cold backup.
+pub fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for item in std::fs::read_dir(from).unwrap() {
+        let item = item.unwrap();
+        if item.file_type().unwrap().is_dir() {
+            copy_folder(&item.path(), &to.join(item.file_name()));
+        } else {
+            std::fs::copy(item.path(), to.join(item.file_name())).unwrap();
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tether_protocol::{
-    Attributes, Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, ResumePoint, SearchSpec, StoreId, Value,
+    Attributes, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, ResumePoint, SearchSpec, Value,
 };
 use tether_store::ReplicaStore;
 
@@ -25,7 +25,7 @@ const PER_BATCH: u64 = 40;
 const BATCHES_BEFORE_KILL: u64 = 25;
 /// Bound on how long a round may take.
 const ROUND_DEADLINE: Duration = Duration::from_secs(60);
-const STORE_ID: StoreId = StoreId([7; 16]);
+const HISTORY: HistoryId = HistoryId([7; 16]);
 const COUNTER: EntryUuid = EntryUuid([0xcc; 16]);
 
 fn entry(uuid: EntryUuid, dn: &str, csn: u64, value: String) -> Entry {
@@ -62,7 +62,7 @@ fn crash_child_applier() {
     let replica = store.replica("crash").unwrap();
     let start = replica.cookie().unwrap().map_or(0, |c| c.csn.0);
     for k in start + 1.. {
-        replica.apply(&batch(k), Some(Cookie { store_id: STORE_ID, csn: Csn(k) })).unwrap();
+        replica.apply(&batch(k), Some(Cookie { history: HISTORY, csn: Csn(k) })).unwrap();
         if k % 7 == 0 {
             store.flush().unwrap();
         }
@@ -140,7 +140,7 @@ fn page_point(k: u64) -> ResumePoint {
     ResumePoint {
         kind: RefreshKind::Full,
         since: Csn::ZERO,
-        start: Cookie { store_id: STORE_ID, csn: Csn(1) },
+        start: Cookie { history: HISTORY, csn: Csn(1) },
         cursor: Some(k.to_be_bytes().to_vec()),
     }
 }
@@ -239,7 +239,7 @@ fn shadow_killed_mid_scan_never_holds_an_entry_without_its_index() {
             assert_eq!(claimed, 0, "round {round}: a resume point without its shadow");
             continue;
         };
-        shadow.finish(Cookie { store_id: STORE_ID, csn: Csn(1) }).unwrap();
+        shadow.finish(Cookie { history: HISTORY, csn: Csn(1) }).unwrap();
         let entries = replica.entries().unwrap();
         let mut held = 0;
         for e in entries.iter() {

@@ -70,7 +70,7 @@ fn full_refresh(p: &Pair, name: &str, spec: &SearchSpec) -> Cookie {
         }
     }
     assert_eq!(paged, provider_view(&p.dir, spec), "pages add up to the search");
-    let cookie = Cookie { store_id: p.dir.store_id(), csn: start };
+    let cookie = Cookie { history: p.dir.history(), csn: start };
     shadow.finish(cookie).unwrap();
     cookie
 }
@@ -86,7 +86,7 @@ fn delta_refresh(p: &Pair, name: &str, spec: &SearchSpec, from: Cookie) -> Cooki
         }
         replica.apply(&batch, None).unwrap();
     }
-    let cookie = Cookie { store_id: p.dir.store_id(), csn: upto };
+    let cookie = Cookie { history: p.dir.history(), csn: upto };
     replica.advance(cookie).unwrap();
     cookie
 }
@@ -177,7 +177,7 @@ fn the_apply_audit_detects_a_change_applied_twice() {
     // Lose the data behind the audit's back (an empty reload), then apply the same
     // changes incrementally again: that is applying them twice, and the audit says so.
     let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-    shadow.finish(Cookie { store_id: p.dir.store_id(), csn: Csn(1) }).unwrap();
+    shadow.finish(Cookie { history: p.dir.history(), csn: Csn(1) }).unwrap();
     let again = r.apply(&ops, None).unwrap();
     assert_eq!(again.duplicates, ops.len() as u64);
 }
@@ -203,7 +203,7 @@ fn shadow_is_invisible_until_finished_and_abort_keeps_the_old_replica() {
     let mut shadow = r.begin_shadow(RefreshKind::Present).unwrap();
     let uuids: Vec<_> = p.dir.search(&spec).map(|e| e.unwrap().uuid).collect();
     shadow.copy_present(&uuids).unwrap();
-    let done = Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() };
+    let done = Cookie { history: p.dir.history(), csn: p.dir.durable_csn() };
     shadow.finish(done).unwrap();
     assert_eq!(replica_view(&p.replicas, "s"), provider_view(&p.dir, &spec));
     assert_eq!(r.cookie().unwrap(), Some(done));
@@ -237,11 +237,11 @@ fn an_unfinished_shadow_is_discarded_on_reopen() {
 fn plan_refresh_follows_cookie_and_retention() {
     let p = people_pair();
     assert_eq!(p.dir.plan_refresh(None).unwrap(), RefreshKind::Full);
-    let foreign = Cookie { store_id: tether_protocol::StoreId::new_random(), csn: Csn(1) };
+    let foreign = Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(1) };
     assert_eq!(p.dir.plan_refresh(Some(&foreign)).unwrap(), RefreshKind::Full);
-    let old = Cookie { store_id: p.dir.store_id(), csn: Csn(2) };
+    let old = Cookie { history: p.dir.history(), csn: Csn(2) };
     assert_eq!(p.dir.plan_refresh(Some(&old)).unwrap(), RefreshKind::Delta);
-    let ahead = Cookie { store_id: p.dir.store_id(), csn: Csn(999) };
+    let ahead = Cookie { history: p.dir.history(), csn: Csn(999) };
     assert_eq!(p.dir.plan_refresh(Some(&ahead)).unwrap(), RefreshKind::Full);
 
     let policy =
@@ -250,6 +250,63 @@ fn plan_refresh_follows_cookie_and_retention() {
     assert_eq!(report.floor, Csn(p.dir.durable_csn().0 - 2));
     assert_eq!(p.dir.changelog().oldest().unwrap(), Some(report.floor.next()));
     assert_eq!(p.dir.plan_refresh(Some(&old)).unwrap(), RefreshKind::Present);
+}
+
+/// Each start of the provider begins a new history and ends the last one where it
+/// stood. A cookie is resumed from only if it lies in a history this store made: after an
+/// ordinary restart every earlier cookie still gets a delta, while a copy restored from a
+/// backup sends any consumer that followed the original past the copy a full refresh.
+#[test]
+fn a_store_restored_from_a_copy_does_not_resume_cookies_from_the_history_it_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, backup) = (tmp.path().join("p"), tmp.path().join("backup"));
+    let person = |i: u32| add_person(&format!("uid=h{i},ou=people,dc=example,dc=com"));
+    let plan = |d: &Directory, history, csn| d.plan_refresh(Some(&Cookie { history, csn: Csn(csn) })).unwrap();
+
+    // The first history is the store id's, so cookies from before histories were kept
+    // stay good.
+    let (first, copied) = {
+        let d = Directory::open(&path, &dn(SUFFIX)).unwrap();
+        assert_eq!(d.history().0, d.store_id().0);
+        for c in base_tree() {
+            d.write(&c).unwrap();
+        }
+        d.flush().unwrap();
+        (d.history(), d.durable_csn().0)
+    };
+    copy_folder(&path, &backup);
+
+    // The original: started, it writes on past the copy.
+    let lost = {
+        let d = reopen_directory(&path, &dn(SUFFIX));
+        let second = d.begin_history().unwrap();
+        assert_ne!(second, first);
+        for i in 0..10 {
+            d.write(&person(i)).unwrap();
+        }
+        assert_eq!(plan(&d, first, copied), RefreshKind::Delta, "a restart costs no consumer a reload");
+        assert_eq!(plan(&d, first, copied + 1), RefreshKind::Full, "the first history ended at the restart");
+        assert_eq!(plan(&d, second, d.durable_csn().0), RefreshKind::Delta);
+        d.flush().unwrap();
+        Cookie { history: second, csn: d.durable_csn() }
+    };
+
+    // The copy, restored in its place: started, it writes other changes, past `lost`.
+    std::fs::remove_dir_all(&path).unwrap();
+    copy_folder(&backup, &path);
+    let d = reopen_directory(&path, &dn(SUFFIX));
+    let third = d.begin_history().unwrap();
+    assert!(![first, lost.history].contains(&third));
+    for i in 100..120 {
+        d.write(&person(i)).unwrap();
+    }
+    assert!(d.durable_csn() > lost.csn, "the restored store's CSNs passed the lost position");
+    assert!(!d.recognizes(&lost).unwrap());
+    assert_eq!(d.plan_refresh(Some(&lost)).unwrap(), RefreshKind::Full, "a history the copy never made");
+    assert_eq!(plan(&d, first, copied), RefreshKind::Delta, "a consumer that stopped before the copy resumes");
+    assert_eq!(plan(&d, first, copied + 1), RefreshKind::Full);
+    assert_eq!(plan(&d, third, d.durable_csn().0), RefreshKind::Delta);
+    assert_eq!(d.ended_histories(), 1, "the copy knows one ended history: its own first");
 }
 
 /// An offline load is not logged: it raises the changelog floor past itself and drops
@@ -263,13 +320,13 @@ fn a_bulk_load_raises_the_floor_instead_of_logging_unless_a_refresh_holds_a_pin(
             .map(|i| (dn(&format!("uid=bulk{i},ou=people,dc=example,dc=com")), attrs(&[("objectClass", "person")])))
             .collect()
     };
-    let before = Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() };
+    let before = Cookie { history: p.dir.history(), csn: p.dir.durable_csn() };
     assert!(p.dir.changelog().oldest().unwrap().is_some(), "the writes before the load are logged");
     let loaded = p.dir.bulk_add(&people(0, 5)).unwrap();
     assert_eq!(p.dir.floor().unwrap(), loaded);
     assert_eq!(p.dir.changelog().oldest().unwrap(), None, "no records for the load, none left below the floor");
     assert_eq!(p.dir.plan_refresh(Some(&before)).unwrap(), RefreshKind::Present);
-    let at_load = Cookie { store_id: p.dir.store_id(), csn: loaded };
+    let at_load = Cookie { history: p.dir.history(), csn: loaded };
     assert_eq!(p.dir.plan_refresh(Some(&at_load)).unwrap(), RefreshKind::Delta);
     let written = p.dir.write(&add_person("uid=after,ou=people,dc=example,dc=com")).unwrap().csn;
     assert_eq!(p.dir.changelog().oldest().unwrap(), Some(written), "writes after the load are logged");
@@ -383,7 +440,7 @@ fn stream(dir: &Directory, replica: &tether_store::Replica, spec: &SearchSpec, p
         }
         for change in changes {
             if let Some(op) = change.op_for(spec).unwrap() {
-                let cookie = Cookie { store_id: dir.store_id(), csn: change.csn() };
+                let cookie = Cookie { history: dir.history(), csn: change.csn() };
                 let sent = EncodedMessage::change(&op, &cookie).unwrap();
                 let Received::Change { op: received, cookie } = Received::decode(sent.as_bytes()).unwrap() else {
                     panic!("a change decodes as a change")
@@ -454,7 +511,7 @@ fn a_shadow_with_a_resume_point_survives_reopen_and_is_continued() {
     let resume = ResumePoint {
         kind: RefreshKind::Full,
         since: Csn::ZERO,
-        start: Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() },
+        start: Cookie { history: p.dir.history(), csn: p.dir.durable_csn() },
         cursor: Some(first.last().unwrap().dn.tree_key()),
     };
     let path = tempfile::tempdir().unwrap();
@@ -480,7 +537,7 @@ fn a_shadow_with_a_resume_point_survives_reopen_and_is_continued() {
     let again: Vec<ReplOp> = first.last().into_iter().chain(rest).cloned().map(ReplOp::Upsert).collect();
     shadow.apply_scan(&again).unwrap();
     assert_eq!(shadow.received(), entries.len() as u64 + 1);
-    let held = shadow.finish(Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() }).unwrap();
+    let held = shadow.finish(Cookie { history: p.dir.history(), csn: p.dir.durable_csn() }).unwrap();
     assert_eq!(replica_view(&store, "s"), provider_view(&p.dir, &spec));
     assert_eq!((held, r.len().unwrap()), (entries.len(), entries.len()), "the count of a resumed reload");
     assert_eq!(r.resume_point(&spec).unwrap(), None, "finishing clears the resume point");
@@ -500,7 +557,7 @@ fn a_shadow_with_a_resume_point_survives_reopen_and_is_continued() {
 fn a_reload_knows_how_many_entries_it_holds() {
     let p = people_pair();
     let spec = people_spec();
-    let start = Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() };
+    let start = Cookie { history: p.dir.history(), csn: p.dir.durable_csn() };
     let scanned: Vec<Entry> = p.dir.search(&spec).map(|e| e.unwrap()).collect();
     let r = p.replicas.replica("r").unwrap();
     let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
@@ -524,7 +581,7 @@ fn a_reload_knows_how_many_entries_it_holds() {
     }
     shadow.apply(&catch_up).unwrap();
     shadow.apply(&catch_up).unwrap();
-    let held = shadow.finish(Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() }).unwrap();
+    let held = shadow.finish(Cookie { history: p.dir.history(), csn: p.dir.durable_csn() }).unwrap();
     assert_eq!(replica_view(&p.replicas, "r"), provider_view(&p.dir, &spec));
     let scan = r.entries().unwrap().len();
     assert_eq!(scan, scanned.len() + 1, "one deleted, two added");
@@ -535,7 +592,7 @@ fn r_point(p: &Pair) -> ResumePoint {
     ResumePoint {
         kind: RefreshKind::Full,
         since: Csn::ZERO,
-        start: Cookie { store_id: p.dir.store_id(), csn: p.dir.durable_csn() },
+        start: Cookie { history: p.dir.history(), csn: p.dir.durable_csn() },
         cursor: None,
     }
 }

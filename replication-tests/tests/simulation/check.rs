@@ -144,7 +144,7 @@ impl Checker {
                     have.len(),
                     want.len()
                 ));
-            } else if cookie.map(|c| c.csn) != Some(newest) || cookie.map(|c| c.store_id) != Some(dir.store_id()) {
+            } else if cookie.map(|c| c.csn) != Some(newest) || cookie.map(|c| c.history) != Some(dir.history()) {
                 lagging.push(format!(
                     "{name}: content equal but cookie at {} while the provider is at {newest}",
                     cookie.map_or("none".to_owned(), |c| c.csn.to_string())

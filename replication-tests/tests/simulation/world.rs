@@ -272,6 +272,9 @@ impl World {
                 let (slot, path, grants) = (slot.clone(), provider_dir.clone(), grants.clone());
                 async move {
                     let dir = Arc::new(reopen(|| Directory::open(&path, &dn(SUFFIX)))?);
+                    // As the provider daemon does at every start: cookies from before
+                    // the crash name the history it ends here.
+                    dir.begin_history()?;
                     slot.set(dir.clone());
                     let server = Server::new(dir, grants, None, params, CancellationToken::new());
                     let listener =
