@@ -25,7 +25,7 @@ use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, Me
 use tether_protocol::encoded::{Received, ReceivedOp};
 use tether_protocol::handshake::{client_handshake, HandshakeError};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason, Role, SUPPORTED_VERSIONS};
-use tether_protocol::{Cookie, SearchSpec};
+use tether_protocol::{Cookie, Csn, HistoryId, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
 use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -173,7 +173,7 @@ pub async fn run(
             }
         }
     };
-    let (cookie, resume) = match replica.cookie().and_then(|c| Ok((c, replica.resume_point(&cfg.spec)?))) {
+    let (cookie, resume) = match position(replica, &cfg.spec) {
         Ok(position) => position,
         Err(e) => {
             replica.failure().note(&e);
@@ -192,7 +192,7 @@ pub async fn run(
             Err(e) => return handshake_failed(e),
         },
     };
-    info!(session = welcome.session_id, cookie = ?cookie.map(|c| c.to_string()), "connected");
+    info!(session = welcome.session_id, history = %welcome.history, cookie = ?cookie.map(|c| c.to_string()), "connected");
     // Linux shows a thread's first 15 bytes: "apply people" fits.
     let runner = match Runner::start(&format!("apply {}", cfg.name)) {
         Ok(runner) => runner,
@@ -223,6 +223,7 @@ pub async fn run(
         replica,
         status,
         writer: writer.clone(),
+        history: welcome.history,
         runner,
         shadow: None,
         refreshing: false,
@@ -441,6 +442,20 @@ async fn keepalive_poller(
     }
 }
 
+/// What a session presents: the replica's cookie and, if the replica went past it in a
+/// delta that was cut short, where to (the provider reloads the replica unless that is a
+/// position of its own; see [`Replica::apply_delta_batch`]), or else where an
+/// interrupted reload stood. A replica past its cookie gives up resuming a reload: its
+/// active data must be vouched for first.
+fn position(replica: &Replica, spec: &SearchSpec) -> Result<(Option<Cookie>, Option<ResumePoint>), StoreError> {
+    let cookie = replica.cookie()?;
+    if let Some(beyond) = replica.beyond_cookie()? {
+        let since = cookie.map_or(Csn::ZERO, |c| c.csn);
+        return Ok((cookie, Some(ResumePoint { kind: RefreshKind::Delta, since, start: beyond, cursor: None })));
+    }
+    Ok((cookie, replica.resume_point(spec)?))
+}
+
 /// The applier's state.
 struct Applier<'a> {
     cfg: &'a SessionConfig,
@@ -448,6 +463,8 @@ struct Applier<'a> {
     replica: &'a Replica,
     status: &'a StatusHandle,
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
+    /// The provider history this session's changes belong to (from the `Welcome`).
+    history: HistoryId,
     /// Where the session's store calls run, one after another.
     runner: Runner,
     /// The shadow of a full or present refresh in progress.
@@ -715,10 +732,10 @@ impl Applier<'_> {
                 stats
             }
             None => {
-                let replica = self.replica.clone();
+                let (replica, history) = (self.replica.clone(), self.history);
                 self.blocking("applying a delta batch", move || {
                     failpoint::on_apply()?;
-                    replica.apply(&ops, None)
+                    replica.apply_delta_batch(&ops, history)
                 })
                 .await?
             }

@@ -22,7 +22,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{compute_mac, new_nonce, verify_mac, AuthError, Secret};
 use crate::connection::{MessageReader, MessageWriter, WireError};
-use crate::cookie::StoreId;
+use crate::cookie::HistoryId;
 use crate::message::{GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, SUPPORTED_VERSIONS};
 
 /// Default deadline for the whole handshake, from the first byte sent or awaited to the
@@ -111,8 +111,8 @@ impl HandshakeError {
 pub struct Admission {
     /// The secret the client must prove it knows (the agreement's or the writer's).
     pub secret: Secret,
-    /// The provider store's id, sent in the `Welcome`.
-    pub store_id: StoreId,
+    /// The history the provider's store is in now, sent in the `Welcome`.
+    pub history: HistoryId,
     /// The id the provider gives this session, sent in the `Welcome`.
     pub session_id: u64,
     /// How often the provider will ping an idle session.
@@ -307,7 +307,7 @@ where
     }
     let welcome = Welcome {
         version,
-        store_id: admission.store_id,
+        history: admission.history,
         session_id: admission.session_id,
         keepalive_interval_ms: millis(admission.keepalive_interval),
         keepalive_timeout_ms: millis(admission.keepalive_timeout),
@@ -376,7 +376,7 @@ mod tests {
     fn admission() -> Admission {
         Admission {
             secret: Secret::new(SECRET).unwrap(),
-            store_id: StoreId([5; 16]),
+            history: HistoryId([5; 16]),
             session_id: 99,
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(20),
@@ -412,7 +412,7 @@ mod tests {
         assert_eq!(accepted.hello, hello);
         assert_eq!(accepted.welcome, welcome);
         assert_eq!(welcome.version, PROTOCOL_VERSION);
-        assert_eq!(welcome.store_id, StoreId([5; 16]));
+        assert_eq!(welcome.history, HistoryId([5; 16]));
         assert_eq!(welcome.session_id, 99);
         assert_eq!(welcome.keepalive_interval(), Duration::from_secs(5));
         assert_eq!(welcome.keepalive_timeout(), Duration::from_secs(20));

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
-use crate::cookie::{Cookie, StoreId};
+use crate::cookie::{Cookie, HistoryId};
 use crate::csn::Csn;
 use crate::entry::{Entry, EntryUuid};
 use crate::scope::SearchSpec;
@@ -137,9 +137,12 @@ pub struct Hello {
 pub struct Welcome {
     /// The version both sides now speak.
     pub version: u16,
-    /// The provider store's id, for the consumer's log. Cookies name a stretch of its
-    /// history instead ([`HistoryId`](crate::HistoryId)).
-    pub store_id: StoreId,
+    /// The history the provider's store is in now (it began at the provider's start):
+    /// every change this session sends belongs to it. A consumer that applies part of a
+    /// delta refresh, which moves its replica past its cookie, records this history with
+    /// the newest CSN applied, so the next provider can tell whether that data is its own
+    /// (it was the store id in the first protocol text; the bytes are the same).
+    pub history: HistoryId,
     /// Identifies this session in both sides' logs.
     pub session_id: u64,
     /// How often the provider pings an idle session, in milliseconds.
@@ -523,7 +526,6 @@ impl Message {
 pub(crate) mod tests {
     use super::*;
     use crate::codec::{self, CodecError};
-    use crate::cookie::HistoryId;
     use crate::dn::{Dn, Rdn};
     use crate::entry::Attributes;
     use crate::scope::Scope;
@@ -581,7 +583,7 @@ pub(crate) mod tests {
             Message::Auth { mac: [3; MAC_LEN] },
             Message::Welcome(Welcome {
                 version: 1,
-                store_id: StoreId::new_random(),
+                history: HistoryId::new_random(),
                 session_id: 77,
                 keepalive_interval_ms: 5_000,
                 keepalive_timeout_ms: 20_000,

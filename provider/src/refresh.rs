@@ -88,6 +88,17 @@ impl Refresh {
         batch_size: usize,
     ) -> Result<Self, StoreError> {
         let batch_size = batch_size.max(1);
+        // A delta cut short left the consumer's replica past its cookie, with data of the
+        // history and up to the CSN this names (`Replica::apply_delta_batch`). Only if
+        // that is a position of ours can a delta from the cookie put it right; otherwise
+        // nothing it holds can be trusted.
+        let (cookie, resume) = match resume {
+            Some(beyond) if beyond.kind == RefreshKind::Delta => {
+                let ours = dir.recognizes(&beyond.start)?;
+                (cookie.filter(|_| ours), None)
+            }
+            other => (cookie, other),
+        };
         if let Some(resume) = resume {
             let pin = if Self::can_resume(dir, &spec, resume)? { dir.pin(resume.start.csn)? } else { None };
             if let Some(pin) = pin {
@@ -453,6 +464,26 @@ mod tests {
         let planned = Refresh::plan(&dir, spec(), None, Some(&resume), BATCH).unwrap();
         assert!(!planned.resumed(), "the catch-up from the resume point's start is gone");
         assert_eq!(planned.kind(), RefreshKind::Full);
+    }
+
+    /// A consumer whose delta was cut short presents, beside its cookie, how far past it
+    /// its replica went and in which history. A delta from the cookie is planned only if
+    /// that is a position of this store's own; otherwise the replica is reloaded.
+    #[test]
+    fn a_replica_past_its_cookie_gets_a_delta_only_if_what_it_applied_is_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let cookie = dir.cookie();
+        dir.write(&Change::Delete { dn: dn(&person(3)) }).unwrap();
+        let beyond = |start: Cookie| ResumePoint { kind: RefreshKind::Delta, since: cookie.csn, start, cursor: None };
+        let plan = |start: Cookie| Refresh::plan(&dir, spec(), Some(&cookie), Some(&beyond(start)), BATCH).unwrap();
+
+        let ours = plan(dir.cookie());
+        assert_eq!((ours.kind(), ours.resumed()), (RefreshKind::Delta, false));
+        let foreign = Cookie { history: tether_protocol::HistoryId([1; 16]), csn: dir.durable_csn() };
+        assert_eq!(plan(foreign).kind(), RefreshKind::Full, "data of a history this store did not make");
+        let ahead = Cookie { csn: dir.durable_csn().next(), ..dir.cookie() };
+        assert_eq!(plan(ahead).kind(), RefreshKind::Full, "data this store never made durable");
     }
 
     /// Found by `tether-chaos`: a trim by the `max_changes` cap while a full refresh was

@@ -328,7 +328,7 @@ fn authorize(
     };
     Ok(Admission {
         secret,
-        store_id: dir.store_id(),
+        history: dir.history(),
         session_id,
         keepalive_interval: params.keepalive_interval,
         keepalive_timeout: params.keepalive_timeout,

@@ -288,7 +288,8 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             Ok(r) => r,
             Err(e) => return self.store_error(&e),
         };
-        if self.req.resume.is_some() && !refresh.resumed() {
+        let scan_resume = self.req.resume.as_ref().is_some_and(|r| r.kind.replaces_replica());
+        if scan_resume && !refresh.resumed() {
             info!("the interrupted refresh cannot be resumed (changelog trimmed past its start, or another store)");
         }
         info!(refresh = refresh.kind().as_str(), resumed = refresh.resumed(), "refresh planned");

@@ -404,6 +404,16 @@ impl Provider {
         copy_tree(&self.dir.join("data"), to)
     }
 
+    /// The history each start of `serve` began (see `tether_store::history`), oldest
+    /// first, read from its log: the ids consumer cookies name.
+    pub fn histories(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("provider listening"))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("history=")).map(str::to_owned))
+            .collect()
+    }
+
     /// Replaces the stopped provider's store folder with the copy at `from`.
     pub fn restore_store(&self, from: &Path) -> Result<()> {
         anyhow::ensure!(self.child.is_none(), "restore a stopped provider only");

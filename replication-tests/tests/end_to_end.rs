@@ -307,8 +307,14 @@ fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_
         })
         .collect();
     p.write_ok(&other)?;
-    let now = p.status()?["csn"].as_u64().context("provider csn")?;
+    let status = p.status()?;
+    let now = status["csn"].as_u64().context("provider csn")?;
     assert!(now > lost, "the new history ({now}) passed the lost one ({lost})");
+    // Each of the three starts began a history of its own; cookies name the last.
+    let histories = p.histories();
+    assert_eq!(histories.len(), 3, "{histories:?}");
+    assert!(histories[0] != histories[1] && histories[1] != histories[2] && histories[0] != histories[2]);
+    assert_eq!(status["history"].as_str(), Some(histories[2].as_str()));
 
     ahead.start()?;
     behind.start()?;
@@ -316,6 +322,51 @@ fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_
     wait_converged(&p, &behind, "people", PEOPLE)?;
     assert_eq!(last_refresh(&ahead, "people")?, "full", "its position is in a history the provider no longer has");
     assert_eq!(last_refresh(&behind, "people")?, "delta", "its position is in the restored history");
+    Ok(())
+}
+
+/// A delta refresh cut short leaves the replica past its cookie (a coalesced delta is
+/// not in CSN order, so its cookie moves only at its end). If the changes it applied are
+/// then lost to a restore, a delta from the cookie, which the restored provider does
+/// recognize, would keep them for good: the consumer says how far past its cookie it is,
+/// and in which history, and the restored provider, not recognizing that, reloads it.
+#[test]
+fn a_delta_cut_short_by_an_exception_is_reloaded_when_its_changes_were_lost_to_a_restore() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 1000, 22, ProviderOptions::default())?;
+    let slow_retry =
+        Agreement { extra: "retry = [\"30s x100\"]\n".into(), ..Agreement::persist("people", PEOPLE, "people-secret") };
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[slow_retry])?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert!(c.stop()?.success());
+    assert!(p.stop()?.success());
+    let backup = tmp.path().join("backup");
+    p.back_up_store(&backup)?;
+    p.start()?;
+    p.write_ok(&w.changes(600))?;
+    let lost = p.status()?["csn"].as_u64().context("provider csn")?;
+
+    // Its delta's second batch panics: the first is applied, the cookie has not moved.
+    c.env.push(("TETHER_FAILPOINTS".into(), "apply-panic=2".into()));
+    c.start()?;
+    c.wait_status("people", CONVERGE, "an exception", |s| s["disconnects"]["exception"].as_u64().unwrap_or(0) >= 1)?;
+    assert!(c.stop()?.success());
+    c.env.clear();
+
+    assert!(p.stop()?.success());
+    p.restore_store(&backup)?;
+    p.start()?;
+    let other: String = (0..700)
+        .map(|i| {
+            format!("dn: uid=restored{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: restored{i}\ncn: R {i}\nsn: R\n\n")
+        })
+        .collect();
+    p.write_ok(&other)?;
+    assert!(p.status()?["csn"].as_u64().context("provider csn")? > lost);
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(last_refresh(&c, "people")?, "full", "what it applied past its cookie is in no history of this store");
     Ok(())
 }
 

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::{Db, IVec, Tree};
 use tether_protocol::encoded::ReceivedOp;
-use tether_protocol::{Cookie, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, ResumePoint, SearchSpec};
+use tether_protocol::{Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, ResumePoint, SearchSpec};
 
 use crate::directory::{open_db, StoreOptions};
 use crate::entry_set::{EntrySet, TxEntrySet, TxError, ENTRIES};
@@ -48,6 +48,9 @@ const SHADOW_ENTRIES: &str = "entries";
 /// generation and count, two big-endian `u64`s. Kept apart from [`REPLICAS`], whose keys
 /// are exactly the agreement names.
 const COUNTS: &str = "replica_counts";
+/// Tree holding, per agreement name, how far past its cookie a delta refresh that was
+/// cut short took the replica (see [`Replica::beyond_cookie`]): an encoded [`Cookie`].
+const BEYOND: &str = "replica_beyond_cookie";
 
 /// The persistent state of one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -214,6 +217,8 @@ pub struct ReplicaStore {
     replicas: Tree,
     /// Agreement name -> entry count of a generation ([`COUNTS`]).
     counts: Tree,
+    /// Agreement name -> how far past its cookie the replica is ([`BEYOND`]).
+    beyond: Tree,
     /// Whether incremental applies are recorded in an audit log (see [`ReplicaStore::set_audit`]).
     audit: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes of entries written since the last flush (see [`FLUSH_AFTER_BYTES`]).
@@ -237,7 +242,8 @@ fn tree_name(name: &str, gen: u64, part: &str) -> String {
     format!("r/{name}/{gen}/{part}")
 }
 
-/// The audit log outlives generations: it records what was ever applied incrementally.
+/// The audit log outlives generations (a present refresh keeps the entries it does not
+/// name): it records what was applied incrementally since the last full refresh.
 fn audit_tree_name(name: &str) -> String {
     format!("r/{name}/audit")
 }
@@ -257,10 +263,12 @@ impl ReplicaStore {
         let db = open_db(path, options)?;
         let replicas = db.open_tree(REPLICAS)?;
         let counts = db.open_tree(COUNTS)?;
+        let beyond = db.open_tree(BEYOND)?;
         let store = Self {
             db,
             replicas,
             counts,
+            beyond,
             audit: Arc::default(),
             unflushed: Arc::default(),
             failure: FailureLatch::default(),
@@ -337,6 +345,7 @@ impl ReplicaStore {
         let Some(state) = self.state(name)? else { return Ok(()) };
         self.replicas.remove(name.as_bytes())?;
         self.counts.remove(name.as_bytes())?;
+        self.beyond.remove(name.as_bytes())?;
         self.db.flush()?;
         self.drop_generation(name, state.active_gen)?;
         self.db.drop_tree(audit_tree_name(name))?;
@@ -508,8 +517,53 @@ impl Replica {
                 Ok(stats)
             },
         )?;
+        if cookie.is_some() {
+            // After the cookie, in sled's log order: whatever survives a crash, a replica
+            // is never left past its cookie without saying so.
+            self.clear_beyond_cookie()?;
+        }
         self.store.wrote(stats.written)?;
         Ok(stats)
+    }
+
+    /// Applies a batch of a delta refresh from a provider whose store is in `history`.
+    /// A delta is coalesced (each entry once, at its latest state), not in CSN order, so
+    /// no cookie covers part of one: its batches move the replica past its cookie, which
+    /// moves only at its end. Should it be cut short, a delta from the same cookie puts
+    /// that right, but only from a provider whose history holds what was applied; one
+    /// restored from a copy taken before it must reload the replica instead. So before
+    /// the batch (ahead of it in sled's log, so durable whenever the batch is) this
+    /// records `history` and the newest CSN applied past the cookie
+    /// ([`Replica::beyond_cookie`]), which the next session presents.
+    ///
+    /// A record left by an earlier delta is raised to this one's history: this session's
+    /// provider recognized it (or it would have sent a full refresh, not a delta), so its
+    /// history descends from that one and holds everything the record covers.
+    pub fn apply_delta_batch<O: IncomingOp>(&self, ops: &[O], history: HistoryId) -> Result<ApplyStats> {
+        if let Some(newest) = ops.iter().map(|o| o.incoming().csn()).max() {
+            let held = self.beyond_cookie()?;
+            let claim = Cookie { history, csn: held.map_or(newest, |h| h.csn.max(newest)) };
+            if held != Some(claim) {
+                self.store.beyond.insert(self.name.as_bytes(), encode(BEYOND, &claim)?)?;
+            }
+        }
+        self.apply(ops, None)
+    }
+
+    /// How far past its cookie a delta refresh that was cut short took the replica: the
+    /// provider history its data came from and the newest CSN applied (see
+    /// [`Replica::apply_delta_batch`]). `None` when the replica is at its cookie. A
+    /// session presents it, and a provider that does not recognize it as a position of
+    /// its own reloads the replica in full.
+    pub fn beyond_cookie(&self) -> Result<Option<Cookie>> {
+        self.store.beyond.get(self.name.as_bytes())?.map(|v| decode(BEYOND, &v)).transpose()
+    }
+
+    fn clear_beyond_cookie(&self) -> Result<()> {
+        if self.store.beyond.contains_key(self.name.as_bytes())? {
+            self.store.beyond.remove(self.name.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Moves the cookie to `cookie` with nothing to apply (a delta's end, or changes
@@ -839,6 +893,17 @@ impl Shadow {
         store.put_state(&name, &state)?;
         store.flush()?;
         store.drop_generation(&name, old)?;
+        // The generation that was past its cookie is gone.
+        self.replica.clear_beyond_cookie()?;
+        if self.kind == RefreshKind::Full {
+            // The audit names a change by (entry, CSN), which is unique only within one
+            // history of the provider: a provider restored from a copy of its store gives
+            // the CSNs after the copy to other changes, and sends a replica that followed
+            // the original a full refresh. From a full refresh on, what was applied before
+            // says nothing about what comes next (a replayed older change is a no-op,
+            // never applied, and so never in the audit).
+            store.db.drop_tree(audit_tree_name(&name))?;
+        }
         Ok(entries)
     }
 

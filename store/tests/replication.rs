@@ -174,12 +174,19 @@ fn the_apply_audit_detects_a_change_applied_twice() {
     let first = r.apply(&ops, None).unwrap();
     assert_eq!((first.applied, first.duplicates), (ops.len() as u64, 0));
     assert_eq!(r.apply(&ops, None).unwrap().duplicates, 0, "replays are skipped, not re-applied");
-    // Lose the data behind the audit's back (an empty reload), then apply the same
-    // changes incrementally again: that is applying them twice, and the audit says so.
-    let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+    // Lose the data behind the audit's back (a present reload that names nothing), then
+    // apply the same changes incrementally again: that is applying them twice, and the
+    // audit says so.
+    let shadow = r.begin_shadow(RefreshKind::Present).unwrap();
     shadow.finish(Cookie { history: p.dir.history(), csn: Csn(1) }).unwrap();
+    assert!(replica_view(&p.replicas, "audited").is_empty());
     let again = r.apply(&ops, None).unwrap();
     assert_eq!(again.duplicates, ops.len() as u64);
+    // A full refresh starts the audit afresh: after a restored provider's fork, the same
+    // (entry, CSN) can name another change, which is no duplicate.
+    let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+    shadow.finish(Cookie { history: p.dir.history(), csn: Csn(1) }).unwrap();
+    assert_eq!(r.apply(&ops, None).unwrap().duplicates, 0);
 }
 
 #[test]
@@ -307,6 +314,43 @@ fn a_store_restored_from_a_copy_does_not_resume_cookies_from_the_history_it_lost
     assert_eq!(plan(&d, first, copied + 1), RefreshKind::Full);
     assert_eq!(plan(&d, third, d.durable_csn().0), RefreshKind::Delta);
     assert_eq!(d.ended_histories(), 1, "the copy knows one ended history: its own first");
+}
+
+/// A delta batch moves the replica past its cookie; the replica records how far and in
+/// which provider history until a cookie covers it again (the delta's end, or a reload),
+/// across a reopen, and a later delta raises the record to its own history.
+#[test]
+fn a_delta_batch_records_how_far_past_its_cookie_the_replica_went_until_a_cookie_covers_it() {
+    let p = people_pair();
+    let spec = people_spec();
+    let start = full_refresh(&p, "d", &spec);
+    let r = p.replicas.replica("d").unwrap();
+    assert_eq!(r.beyond_cookie().unwrap(), None);
+    let (h1, h2) = (tether_protocol::HistoryId([1; 16]), tether_protocol::HistoryId([2; 16]));
+    let entry = p.dir.search(&spec).next().unwrap().unwrap();
+    let at = |csn: u64| ReplOp::Upsert(Entry { csn: Csn(csn), ..entry.clone() });
+
+    r.apply_delta_batch(&[at(40), at(30)], h1).unwrap();
+    assert_eq!(r.beyond_cookie().unwrap(), Some(Cookie { history: h1, csn: Csn(40) }));
+    assert_eq!(r.cookie().unwrap(), Some(start), "the cookie waits for the delta's end");
+    r.apply_delta_batch::<ReplOp>(&[], h2).unwrap();
+    assert_eq!(r.beyond_cookie().unwrap(), Some(Cookie { history: h1, csn: Csn(40) }), "nothing applied");
+    r.apply_delta_batch(&[at(35)], h2).unwrap();
+    assert_eq!(r.beyond_cookie().unwrap(), Some(Cookie { history: h2, csn: Csn(40) }), "raised, not lowered");
+    p.replicas.flush().unwrap();
+    let Pair { _tmp, dir, replicas } = p;
+    drop((r, replicas));
+    let replicas = reopen_replicas(_tmp.1.path());
+    let r = replicas.replica("d").unwrap();
+    assert_eq!(r.beyond_cookie().unwrap(), Some(Cookie { history: h2, csn: Csn(40) }), "durable");
+
+    r.advance(Cookie { history: h2, csn: Csn(41) }).unwrap();
+    assert_eq!(r.beyond_cookie().unwrap(), None, "the delta's end covers it");
+    r.apply_delta_batch(&[at(50)], h2).unwrap();
+    let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+    shadow.finish(Cookie { history: h2, csn: Csn(60) }).unwrap();
+    assert_eq!(r.beyond_cookie().unwrap(), None, "a reload replaces the generation that was past it");
+    drop(dir);
 }
 
 /// An offline load is not logged: it raises the changelog floor past itself and drops

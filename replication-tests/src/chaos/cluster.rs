@@ -295,6 +295,13 @@ pub struct Cluster {
     pub provider_config: PathBuf,
     /// The consumers.
     pub nodes: Vec<Node>,
+    /// Every history of the provider begun before its store was last restored from a
+    /// backup. A consumer whose cookie names one has not refreshed from the restored
+    /// provider yet: it may hold changes the restore took away (in its cookie's history,
+    /// or past its cookie in a delta cut short), and may legitimately go back once.
+    pub before_restore: Mutex<BTreeSet<String>>,
+    /// Restores so far; moved before the restored provider starts.
+    pub restores: std::sync::atomic::AtomicU64,
 }
 
 /// The provider options of a chaos cluster: every region granted.
@@ -350,11 +357,20 @@ impl Cluster {
             provider: Mutex::new(ProviderState { provider, opts }),
             provider_config,
             nodes,
+            before_restore: Mutex::default(),
+            restores: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// Locks the provider.
     pub fn provider(&self) -> MutexGuard<'_, ProviderState> {
         self.provider.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `cookie` (`<history>#<csn>`, from a consumer's status) names a history
+    /// begun before the provider's store was last restored.
+    pub fn before_restore(&self, cookie: &str) -> bool {
+        let Some((history, _)) = cookie.split_once('#') else { return false };
+        self.before_restore.lock().unwrap_or_else(PoisonError::into_inner).contains(history)
     }
 }

@@ -112,6 +112,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         options: opts.clone(),
         faults: nemesis.faults,
         stores_failed: nemesis.stores_failed,
+        restores: nemesis.restores,
         totals,
         changes: writer.changes,
         failed_writes: writer.failed_writes,

@@ -67,11 +67,15 @@ pub enum Kind {
     /// file, so that its store fails under the writer's load as on a full disk (it says
     /// goodbye and exits 1); restart it without the limit later.
     ProviderStoreFails,
+    /// Back the provider's store up (stopped, copied, started again), restore the copy
+    /// 2 to 10 s later (stopped, replaced, started): the writes in between are gone,
+    /// and consumers that replicated them must reload while the others resume.
+    RestoreProvider,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::KillProvider,
         Kind::KillConsumer,
         Kind::TermProvider,
@@ -91,6 +95,7 @@ impl Kind {
         Kind::ReloadConsumerConfig,
         Kind::WipeConsumerStore,
         Kind::ProviderStoreFails,
+        Kind::RestoreProvider,
     ];
 
     /// The name in reports.
@@ -115,6 +120,7 @@ impl Kind {
             Kind::ReloadConsumerConfig => "reload-consumer-config",
             Kind::WipeConsumerStore => "wipe-consumer-store",
             Kind::ProviderStoreFails => "provider-store-fails",
+            Kind::RestoreProvider => "restore-provider-backup",
         }
     }
 }
@@ -130,6 +136,8 @@ enum Heal {
     Start(usize, String),
     /// Lift the provider's file-size limit: restart it without one.
     LiftLimit,
+    /// Restore the provider's store from the backup.
+    Restore,
 }
 
 /// What the nemesis did.
@@ -143,6 +151,8 @@ pub struct NemesisStats {
     /// Times the provider's store did fail under a `provider-store-fails` limit (the
     /// rest had no room to open the store, and ran without the limit).
     pub stores_failed: u64,
+    /// Times the provider's store was restored from a backup.
+    pub restores: u64,
 }
 
 /// The fault injector.
@@ -240,8 +250,27 @@ impl<'a> Nemesis<'a> {
                     store_failure_only(&p.provider, status)?;
                 }
             }
+            Heal::Restore => {
+                let mut p = self.cluster.provider();
+                if p.provider.child.is_some() {
+                    stop_provider(&mut p.provider)?;
+                }
+                // The histories begun since the backup are gone with the restore, and a
+                // consumer still in any history begun so far may hold some of them.
+                let histories = p.provider.histories();
+                self.cluster.before_restore.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(histories);
+                self.cluster.restores.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let restored = p.provider.restore_store(&self.backup_dir());
+                start_provider(&mut p.provider)?;
+                restored?;
+                self.stats.restores += 1;
+            }
         }
         Ok(())
+    }
+
+    fn backup_dir(&self) -> std::path::PathBuf {
+        self.cluster.root.join("provider-backup")
     }
 
     fn later(&mut self, lo: u64, hi: u64, heal: Heal) {
@@ -348,6 +377,25 @@ impl<'a> Nemesis<'a> {
                     self.write_ballast(BALLAST_ENTRIES)?;
                 }
                 self.later(3000, 12_000, Heal::LiftLimit);
+                Ok(())
+            }
+            Kind::RestoreProvider => {
+                if self.pending.iter().any(|(_, h)| matches!(h, Heal::LiftLimit | Heal::Restore)) {
+                    return Ok(());
+                }
+                let backup = self.backup_dir();
+                let mut p = self.cluster.provider();
+                stop_provider(&mut p.provider)?;
+                let copied = (|| {
+                    if backup.exists() {
+                        std::fs::remove_dir_all(&backup)?;
+                    }
+                    p.provider.back_up_store(&backup)
+                })();
+                start_provider(&mut p.provider)?;
+                copied?;
+                drop(p);
+                self.later(2000, 10_000, Heal::Restore);
                 Ok(())
             }
             Kind::ReloadConsumerConfig => {

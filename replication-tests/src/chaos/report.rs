@@ -19,6 +19,8 @@ pub struct Report {
     pub faults: BTreeMap<&'static str, u64>,
     /// Times the provider's store did fail under a `provider-store-fails` limit.
     pub stores_failed: u64,
+    /// Times the provider's store was restored from a backup.
+    pub restores: u64,
     /// Consumer counters summed over consumers and their lives.
     pub totals: Totals,
     /// Changes the provider acknowledged.
@@ -67,6 +69,7 @@ impl Report {
             "faults": self.faults,
             "faults_total": self.faults.values().sum::<u64>(),
             "provider_stores_failed": self.stores_failed,
+            "provider_restores": self.restores,
             "recoveries": self.totals.disconnects,
             "refreshes": self.totals.refreshes,
             "resumed_refreshes": self.totals.resumed,
@@ -101,6 +104,7 @@ impl Report {
             let _ = writeln!(out, "  {k:<28} {v}");
         }
         let _ = writeln!(out, "  {:<28} {}", "(provider stores failed)", self.stores_failed);
+        let _ = writeln!(out, "  {:<28} {}", "(provider restores)", self.restores);
         let _ = writeln!(out, "recoveries by reason (consumer disconnects):");
         for (k, v) in &self.totals.disconnects {
             let _ = writeln!(out, "  {k:<28} {v}");

@@ -13,6 +13,16 @@
 //! the provider, a counter lower than one seen earlier on the same agreement of the same
 //! consumer means a replica went back in time, whatever happened in between (a full
 //! reload after a wipe can only bring a newer state).
+//!
+//! The one exception is the provider restored from a backup: its counters go back to
+//! the backup's, and a consumer that had replicated further must follow them back, once.
+//! So after each restore, and while a replica's cookie names a history begun before it
+//! (it has not refreshed from the restored provider yet, and may hold lost changes in
+//! that history or past its cookie in a delta cut short), it is not held to the counters
+//! it showed; the first sample after that starts them afresh. A replica's cookie is
+//! committed with its data and its history only moves forward, so reading the status
+//! both before and after the search brackets the history of what the search saw, and the
+//! restore count is read after it (the count moves before the restored provider starts).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,12 +71,25 @@ pub struct Watch {
     loaded_in: Option<u64>,
     /// Highest counter seen per anchor.
     highest: BTreeMap<String, u64>,
+    /// Seen holding a history begun before the last restore, or one happened since the last
+    /// sample: the counters start afresh at the next sample that holds none.
+    forked: bool,
+    /// Restores counted at the last sample.
+    restores: u64,
 }
 
 impl Watch {
-    /// Checks one sample taken in `epoch` against what was seen before; returns a
-    /// violation, if any.
-    pub fn check(&mut self, expected: usize, epoch: u64, anchors: &BTreeMap<String, u64>) -> Option<String> {
+    /// Checks one sample taken in `epoch` against what was seen before: `forked` if the
+    /// replica's cookie named a history begun before the last restore when the sample was taken,
+    /// `restores` the restores so far. Returns a violation, if any.
+    pub fn check(
+        &mut self,
+        expected: usize,
+        epoch: u64,
+        anchors: &BTreeMap<String, u64>,
+        forked: bool,
+        restores: u64,
+    ) -> Option<String> {
         let mut problem = None;
         if anchors.is_empty() {
             if self.loaded_in == Some(epoch) {
@@ -77,6 +100,18 @@ impl Watch {
         } else {
             self.loaded_in = Some(epoch);
         }
+        if restores != self.restores {
+            // The replica may still show the lost counters, higher than any to come.
+            self.restores = restores;
+            self.forked = true;
+        }
+        if forked {
+            self.forked = true;
+            return problem;
+        }
+        if std::mem::take(&mut self.forked) {
+            self.highest.clear();
+        }
         for (dn, &value) in anchors {
             let seen = self.highest.entry(dn.clone()).or_insert(value);
             if value < *seen {
@@ -86,6 +121,16 @@ impl Watch {
         }
         problem
     }
+}
+
+/// Agreement `name`'s cookie in a consumer's `status --json` (empty if none).
+fn cookie_of(status: &serde_json::Value, name: &str) -> String {
+    status["agreements"]
+        .as_array()
+        .and_then(|all| all.iter().find(|a| a["name"] == name))
+        .and_then(|a| a["cookie"].as_str())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Samples until `stop` is set.
@@ -100,18 +145,33 @@ pub fn run(cluster: &Cluster, started: Instant, stop: &AtomicBool) -> SamplerSta
             if state.consumer.child.is_none() {
                 continue;
             }
-            state.refresh_status();
+            // Fresh, or not at all: a stale cookie could hide that a replica is about to
+            // follow a restored provider back.
+            let Ok(status) = state.consumer.status() else {
+                stats.failed += 1;
+                continue;
+            };
             let names: Vec<String> = state.agreements.iter().map(|a| a.name.clone()).collect();
+            let mut searched = Vec::new();
             for name in names {
                 let Some(region) = region(&name) else { continue };
+                match state.consumer.search(&name, region.base, region.scope, &filter) {
+                    Ok(text) => searched.push((name, region, text)),
+                    Err(_) => stats.failed += 1,
+                }
+            }
+            let Ok(after) = state.consumer.status() else {
+                stats.failed += 1;
+                continue;
+            };
+            let restores = cluster.restores.load(Ordering::SeqCst);
+            state.last_status = Some(after.clone());
+            for (name, region, text) in searched {
                 let epoch = state.epochs.get(&name).copied().unwrap_or(0);
-                let Ok(text) = state.consumer.search(&name, region.base, region.scope, &filter) else {
-                    stats.failed += 1;
-                    continue;
-                };
                 stats.samples += 1;
+                let forked = [&status, &after].iter().any(|s| cluster.before_restore(&cookie_of(s, &name)));
                 let watch = watches.entry((node.index, name.clone())).or_default();
-                if let Some(problem) = watch.check(region.anchors, epoch, &anchors_in(&text)) {
+                if let Some(problem) = watch.check(region.anchors, epoch, &anchors_in(&text), forked, restores) {
                     stats.violations.push(format!(
                         "at {:.1}s consumer{} agreement {name}: {problem}",
                         started.elapsed().as_secs_f64(),
@@ -135,13 +195,29 @@ mod tests {
     #[test]
     fn partial_empty_and_backwards_samples_are_violations() {
         let mut w = Watch::default();
-        assert_eq!(w.check(2, 0, &sample(&[])), None, "never loaded yet");
-        assert_eq!(w.check(2, 0, &sample(&[("a", 1), ("b", 1)])), None);
-        assert!(w.check(2, 0, &sample(&[("a", 1)])).unwrap().contains("half-loaded"));
-        assert!(w.check(2, 0, &sample(&[])).unwrap().contains("went empty"));
-        assert_eq!(w.check(2, 1, &sample(&[])), None, "emptied on purpose");
-        assert!(w.check(2, 1, &sample(&[("a", 0), ("b", 1)])).unwrap().contains("backwards"));
-        assert_eq!(w.check(2, 1, &sample(&[("a", 3), ("b", 2)])), None);
+        assert_eq!(w.check(2, 0, &sample(&[]), false, 0), None, "never loaded yet");
+        assert_eq!(w.check(2, 0, &sample(&[("a", 1), ("b", 1)]), false, 0), None);
+        assert!(w.check(2, 0, &sample(&[("a", 1)]), false, 0).unwrap().contains("half-loaded"));
+        assert!(w.check(2, 0, &sample(&[]), false, 0).unwrap().contains("went empty"));
+        assert_eq!(w.check(2, 1, &sample(&[]), false, 0), None, "emptied on purpose");
+        assert!(w.check(2, 1, &sample(&[("a", 0), ("b", 1)]), false, 0).unwrap().contains("backwards"));
+        assert_eq!(w.check(2, 1, &sample(&[("a", 3), ("b", 2)]), false, 0), None);
+    }
+
+    #[test]
+    fn a_replica_follows_a_restored_provider_back_once_and_only_then() {
+        let mut w = Watch::default();
+        assert_eq!(w.check(2, 0, &sample(&[("a", 5), ("b", 6)]), false, 0), None);
+        // Its cookie names a history the restore took away: it may still show the lost
+        // counters, and then the restored ones.
+        assert_eq!(w.check(2, 0, &sample(&[("a", 7), ("b", 6)]), true, 0), None);
+        assert!(w.check(2, 0, &sample(&[("a", 1)]), true, 0).unwrap().contains("half-loaded"), "a reload is whole");
+        // Reloaded: the restored line's counters, lower than the lost ones, are the new start.
+        assert_eq!(w.check(2, 0, &sample(&[("a", 2), ("b", 3)]), false, 0), None);
+        assert!(w.check(2, 0, &sample(&[("a", 1), ("b", 3)]), false, 0).unwrap().contains("backwards"));
+        // A restore between two samples, the reload done before the second.
+        assert_eq!(w.check(2, 0, &sample(&[("a", 0), ("b", 1)]), false, 1), None);
+        assert!(w.check(2, 0, &sample(&[("a", 0), ("b", 0)]), false, 1).unwrap().contains("backwards"));
     }
 
     #[test]
