@@ -266,6 +266,21 @@ fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<(
     Ok(())
 }
 
+/// Stops the provider, puts the copy at `backup` in place of its store, starts it and
+/// adds `n` people the lost history never had; returns its CSN then.
+fn restore_and_write_others(p: &mut Provider, backup: &Path, n: usize) -> Result<u64> {
+    assert!(p.stop()?.success());
+    p.restore_store(backup)?;
+    p.start()?;
+    let other: String = (0..n)
+        .map(|i| {
+            format!("dn: uid=restored{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: restored{i}\ncn: R {i}\nsn: R\n\n")
+        })
+        .collect();
+    p.write_ok(&other)?;
+    p.status()?["csn"].as_u64().context("provider csn")
+}
+
 /// A provider restored from a cold copy of its store, which then takes new writes, has a
 /// history that forks from the one its consumers may have followed. A consumer that saw
 /// changes made after the copy must reload in full (a delta from its position would skip
@@ -298,18 +313,9 @@ fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_
     assert!(ahead.stop()?.success());
 
     // Restored, the provider takes other writes, past the position `ahead` stopped at.
-    assert!(p.stop()?.success());
-    p.restore_store(&backup)?;
-    p.start()?;
-    let other: String = (0..300)
-        .map(|i| {
-            format!("dn: uid=restored{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: restored{i}\ncn: R {i}\nsn: R\n\n")
-        })
-        .collect();
-    p.write_ok(&other)?;
-    let status = p.status()?;
-    let now = status["csn"].as_u64().context("provider csn")?;
+    let now = restore_and_write_others(&mut p, &backup, 300)?;
     assert!(now > lost, "the new history ({now}) passed the lost one ({lost})");
+    let status = p.status()?;
     // Each of the three starts began a history of its own; cookies name the last.
     let histories = p.histories();
     assert_eq!(histories.len(), 3, "{histories:?}");
@@ -354,16 +360,7 @@ fn a_delta_cut_short_by_an_exception_is_reloaded_when_its_changes_were_lost_to_a
     assert!(c.stop()?.success());
     c.env.clear();
 
-    assert!(p.stop()?.success());
-    p.restore_store(&backup)?;
-    p.start()?;
-    let other: String = (0..700)
-        .map(|i| {
-            format!("dn: uid=restored{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: restored{i}\ncn: R {i}\nsn: R\n\n")
-        })
-        .collect();
-    p.write_ok(&other)?;
-    assert!(p.status()?["csn"].as_u64().context("provider csn")? > lost);
+    assert!(restore_and_write_others(&mut p, &backup, 700)? > lost);
     c.start()?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     assert_eq!(last_refresh(&c, "people")?, "full", "what it applied past its cookie is in no history of this store");
