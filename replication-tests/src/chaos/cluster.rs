@@ -300,7 +300,7 @@ pub struct Cluster {
     /// provider yet: it may hold changes the restore took away (in its cookie's history,
     /// or past its cookie in a delta cut short), and may legitimately go back once.
     pub before_restore: Mutex<BTreeSet<String>>,
-    /// Restores so far; moved before the restored provider starts.
+    /// Restores so far (the report's count); moved before the restored provider starts.
     pub restores: std::sync::atomic::AtomicU64,
 }
 

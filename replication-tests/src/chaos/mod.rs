@@ -102,6 +102,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     violations.extend(checker::exactly_once(&per_node));
     violations.extend(durable);
     violations.extend(checker::log_findings(&cluster));
+    let restores = cluster.restores.load(Ordering::SeqCst);
     drop(cluster);
     let keep = opts.keep || !violations.is_empty();
     let root_text = root.display().to_string();
@@ -112,7 +113,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         options: opts.clone(),
         faults: nemesis.faults,
         stores_failed: nemesis.stores_failed,
-        restores: nemesis.restores,
+        restores,
         totals,
         changes: writer.changes,
         failed_writes: writer.failed_writes,

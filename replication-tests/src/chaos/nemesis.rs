@@ -151,8 +151,6 @@ pub struct NemesisStats {
     /// Times the provider's store did fail under a `provider-store-fails` limit (the
     /// rest had no room to open the store, and ran without the limit).
     pub stores_failed: u64,
-    /// Times the provider's store was restored from a backup.
-    pub restores: u64,
 }
 
 /// The fault injector.
@@ -263,7 +261,6 @@ impl<'a> Nemesis<'a> {
                 let restored = p.provider.restore_store(&self.backup_dir());
                 start_provider(&mut p.provider)?;
                 restored?;
-                self.stats.restores += 1;
             }
         }
         Ok(())
