@@ -138,7 +138,15 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                     if status.wait_csn(csn, limit).await {
                         Ok(format!("{}\n", status.durable_csn().unwrap_or(csn)))
                     } else {
-                        Err(format!("{name}: csn {csn} not durable within {limit:?}"))
+                        // Say where it stands: a stopped or closed agreement, or one in
+                        // backoff after an error, is the usual reason.
+                        let now = status.snapshot();
+                        let at = now.cookie.as_deref().and_then(|c| c.rsplit_once('#')).map_or("none", |(_, c)| c);
+                        let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+                        Err(format!(
+                            "{name}: csn {csn} not durable within {limit:?}; the agreement is {} at csn {at}{why}",
+                            now.state
+                        ))
                     }
                 }
             }

@@ -523,7 +523,15 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
 
     let out = c.wait_csn("people", csn + 1000, "1s")?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not durable within"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not durable within"), "{err}");
+    assert!(err.contains(&format!("the agreement is persisting at csn {durable}")), "where it stands: {err}");
+    // The usual reason a wait fails is named.
+    c.admin("stop", Some("people"))?;
+    c.wait_status("people", CONVERGE, "stopped", |s| s["state"] == "stopped")?;
+    let out = c.wait_csn("people", csn + 1, "1s")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the agreement is stopped"), "{err}");
     Ok(())
 }
 
