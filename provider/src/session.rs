@@ -245,19 +245,29 @@ where
     let end = session.drive().await;
     if let SessionEnd::Goodbye(reason) = &end {
         let detail = match reason {
-            GoodbyeReason::Shutdown => "provider shutting down",
-            GoodbyeReason::RefreshComplete => "refresh complete",
-            GoodbyeReason::CredentialsRevoked => "this agreement's credentials were removed",
-            GoodbyeReason::KeepaliveTimeout => "no message from the consumer within the keepalive timeout",
-            GoodbyeReason::RefreshRequired => "the consumer's position left the changelog",
-            _ => "",
+            GoodbyeReason::Shutdown => shutdown_detail(session.dir),
+            GoodbyeReason::RefreshComplete => "refresh complete".into(),
+            GoodbyeReason::CredentialsRevoked => "this agreement's credentials were removed".into(),
+            GoodbyeReason::KeepaliveTimeout => "no message from the consumer within the keepalive timeout".into(),
+            GoodbyeReason::RefreshRequired => "the consumer's position left the changelog".into(),
+            _ => String::new(),
         };
-        let bye = Message::Goodbye { reason: *reason, detail: detail.to_owned() };
+        let bye = Message::Goodbye { reason: *reason, detail };
         let _ = tokio::time::timeout(GOODBYE_GRACE, session.queue.send(bye.into())).await;
     }
     drop(session);
     let _ = tokio::time::timeout(GOODBYE_GRACE * 2, writer_task).await;
     end
+}
+
+/// The detail of a `shutdown` goodbye: the provider stops on SIGTERM, or because its store
+/// failed, which the consumer's operator should read in its log rather than take for a
+/// routine restart.
+pub(crate) fn shutdown_detail(dir: &Directory) -> String {
+    match dir.failure().latched() {
+        Some(failure) => format!("provider stopping: its store failed ({failure})"),
+        None => "provider shutting down".into(),
+    }
 }
 
 impl<R: AsyncRead + Unpin> Session<'_, R> {

@@ -135,7 +135,8 @@ pub async fn run<R, W>(
             Some(m) => Ok(Ok(Some(m))),
             None => tokio::select! {
                 _ = cancel.cancelled() => {
-                    let bye = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "provider shutting down".into() };
+                    let detail = crate::session::shutdown_detail(&dir);
+                    let bye = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail };
                     let _ = send(&mut writer, &bye).await;
                     return;
                 }

@@ -73,6 +73,9 @@ fn a_provider_whose_store_fails_says_goodbye_exits_1_and_loses_no_acknowledged_w
     // Its consumers were told, rather than finding a dropped connection.
     let s = c.agreement_status("people")?;
     assert!(s["disconnects"]["provider-goodbye"].as_u64() >= Some(1), "{s}");
+    // ... and why: not a routine restart.
+    let said = c.log_text();
+    assert!(said.contains("provider stopping: its store failed"), "the goodbye names the failure: {said}");
 
     // Restarted without the limit: every acknowledged add, and at most the one in flight.
     p.file_size_limit = None;
