@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tether_config::shell::{error_chain, Signal, Signals};
-use tether_protocol::{Filter, SearchSpec};
+use tether_protocol::{Filter, SearchSpec, Secret};
 use tether_store::ReplicaStore;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -34,12 +34,40 @@ const CLIENT_ID_FILE: &str = "consumer.id";
 pub struct Running {
     /// Its configuration (compared on reload).
     pub config: AgreementConfig,
+    /// What it read from the files its configuration names, which can change while the
+    /// configuration does not (compared on reload too).
+    pub files: FileContents,
     /// Its command channel.
     pub commands: mpsc::Sender<Command>,
     /// Its status.
     pub status: StatusHandle,
     /// Its task.
     pub task: tokio::task::JoinHandle<()>,
+}
+
+/// The contents of an agreement's `secret_file` and TLS `ca_file`, as its sessions use
+/// them: a rotated secret or a renewed CA keeps its file name, and must still restart
+/// the agreement on `reload` (one closed by the provider for revoked credentials waits
+/// for exactly that). Its `Debug` shows no secret (see [`Secret`]).
+#[derive(Debug)]
+pub struct FileContents {
+    secret: Secret,
+    tls: Option<TlsClient>,
+}
+
+impl FileContents {
+    fn of(session: &SessionConfig) -> Self {
+        Self { secret: session.secret.clone(), tls: session.tls.clone() }
+    }
+
+    fn same_as(&self, other: &FileContents) -> bool {
+        let same_tls = match (&self.tls, &other.tls) {
+            (Some(a), Some(b)) => a.same_trust(b),
+            (None, None) => true,
+            _ => false,
+        };
+        self.secret == other.secret && same_tls
+    }
 }
 
 /// Every running agreement, by name.
@@ -104,6 +132,7 @@ fn session_config(
 fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id: &str) -> Result<Running> {
     let a = &config.agreements[index];
     let session = session_config(config, index, a, client_id)?;
+    let files = FileContents::of(&session);
     let replica = store.replica(&a.name).with_context(|| format!("opening the replica of {:?}", a.name))?;
     let status = StatusHandle::new(&a.name, &a.provider.to_string(), &a.mode.to_string());
     if let Ok(Some(cookie)) = replica.cookie() {
@@ -125,7 +154,7 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
     };
     let span = info_span!("agreement", agreement = %a.name, provider = %a.provider);
     let task = tokio::spawn(supervisor.run().instrument(span));
-    Ok(Running { config: a.clone(), commands: tx, status, task })
+    Ok(Running { config: a.clone(), files, commands: tx, status, task })
 }
 
 /// Stops a running agreement's supervisor and waits for it.
@@ -156,8 +185,9 @@ pub async fn reload(
     }
     let config = ConsumerConfig::load(config_path)?;
     // Validate every agreement before touching any.
+    let mut files = BTreeMap::new();
     for (i, a) in config.agreements.iter().enumerate() {
-        session_config(&config, i, a, client_id)?;
+        files.insert(a.name.clone(), FileContents::of(&session_config(&config, i, a, client_id)?));
     }
     let mut running = agreements.lock().await;
     let mut report = Vec::new();
@@ -171,7 +201,9 @@ pub async fn reload(
             report.push(format!("removed {name}"));
             continue;
         };
-        let changed = running.get(&name).is_some_and(|r| &r.config != new);
+        let changed = running
+            .get(&name)
+            .is_some_and(|r| &r.config != new || files.get(&name).is_some_and(|f| !f.same_as(&r.files)));
         if changed {
             if let Some(old) = running.remove(&name) {
                 let region_changed = old.config.base != new.base

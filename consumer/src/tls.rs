@@ -90,6 +90,9 @@ impl TlsError {
 pub struct TlsClient {
     /// Trusted CAs and protocol settings, shared by every session of the agreement.
     config: Arc<ClientConfig>,
+    /// The CA certificates `config` trusts, as read from `ca_file`: a reload compares
+    /// them, since a renewed CA keeps its file name.
+    cas: Vec<CertificateDer<'static>>,
     /// The name the provider's certificate must carry, also sent as SNI.
     server_name: ServerName<'static>,
 }
@@ -98,7 +101,11 @@ impl TlsClient {
     /// Reads the CAs of `tls.ca_file`; the provider's certificate must be valid for
     /// `server_name` (see `AgreementConfig::tls_server_name`).
     pub fn new(tls: &AgreementTls, server_name: &str) -> Result<Self, TlsError> {
-        let roots = read_roots(&tls.ca_file)?;
+        let cas = read_cas(&tls.ca_file)?;
+        let mut roots = RootCertStore::empty();
+        for cert in &cas {
+            roots.add(cert.clone()).map_err(|source| TlsError::BadCertificate { path: tls.ca_file.clone(), source })?;
+        }
         let server_name = ServerName::try_from(server_name.to_owned())
             .map_err(|source| TlsError::ServerName { name: server_name.to_owned(), source })?;
         let config = ClientConfig::builder_with_provider(provider())
@@ -106,7 +113,12 @@ impl TlsClient {
             .map_err(TlsError::Setup)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Self { config: Arc::new(config), server_name })
+        Ok(Self { config: Arc::new(config), cas, server_name })
+    }
+
+    /// Whether `other` trusts the same CAs for the same name.
+    pub fn same_trust(&self, other: &TlsClient) -> bool {
+        self.cas == other.cas && self.server_name == other.server_name
     }
 
     /// Runs the client handshake on a connected stream. An error means no TLS session:
@@ -156,7 +168,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Every certificate of `path` as a trust anchor; at least one.
-fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+fn read_cas(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let text = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
     let certs = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
@@ -164,11 +176,7 @@ fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { path: path.to_owned() });
     }
-    let mut roots = RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|source| TlsError::BadCertificate { path: path.to_owned(), source })?;
-    }
-    Ok(roots)
+    Ok(certs)
 }
 
 #[cfg(test)]
@@ -196,6 +204,20 @@ mod tests {
         std::fs::write(&path, ca.cert.pem()).unwrap();
         TlsClient::new(&tls(&path), "provider.example.com").unwrap();
         TlsClient::new(&tls(&path), "127.0.0.1").unwrap();
+    }
+
+    /// A renewed CA keeps its file name: `reload` compares what the file holds.
+    #[test]
+    fn a_renewed_ca_in_the_same_file_is_another_trust() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let issue = || rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap().cert.pem();
+        std::fs::write(&path, issue()).unwrap();
+        let before = TlsClient::new(&tls(&path), "provider.test").unwrap();
+        assert!(before.same_trust(&TlsClient::new(&tls(&path), "provider.test").unwrap()));
+        assert!(!before.same_trust(&TlsClient::new(&tls(&path), "other.test").unwrap()));
+        std::fs::write(&path, issue()).unwrap();
+        assert!(!before.same_trust(&TlsClient::new(&tls(&path), "provider.test").unwrap()));
     }
 
     #[test]

@@ -278,6 +278,45 @@ fn reload_adds_and_removes_agreements_live() -> Result<()> {
     no_duplicates(&c, "others")
 }
 
+/// Rotating an agreement's secret: the provider's SIGHUP revokes the old one (the
+/// agreement closes), and the consumer's `reload` after its file was rewritten in place
+/// restarts the agreement with the new one. The config did not change, only the file's
+/// contents, which `reload` used to ignore ("nothing changed"), leaving it closed until
+/// the consumer process was restarted.
+#[test]
+fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 300, 19, two_grants())?;
+    let mut c = Consumer::configure(
+        &tmp.path().join("c"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+    )?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    converged(&p, &c, "others", OTHERS)?;
+    assert_eq!(c.admin("reload", None)?, "reloaded: nothing changed\n");
+
+    let rotated = ProviderOptions {
+        grants: vec![
+            Grant { agreement: "people".into(), secret: "s1-rotated".into(), base: PEOPLE.into() },
+            Grant { agreement: "others".into(), secret: "s2".into(), base: OTHERS.into() },
+        ],
+        ..ProviderOptions::default()
+    };
+    p.reconfigure(&rotated)?;
+    p.reload()?;
+    c.wait_status("people", LIMIT, "closed", |s| s["state"] == "closed")?;
+    std::fs::write(c.dir.join("secrets/people.key"), "s1-rotated\n")?;
+    assert_eq!(c.admin("reload", None)?, "reloaded: restarted people\n", "only the agreement whose secret changed");
+    c.wait_status("people", LIMIT, "persisting", |s| s["state"] == "persisting")?;
+    p.write_ok(&w.changes(100))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    converged(&p, &c, "others", OTHERS)?;
+    assert_eq!(c.agreement_status("people")?["last_refresh"], "delta", "the replica was kept");
+    Ok(())
+}
+
 #[test]
 fn revoked_credentials_end_in_closed_without_a_retry_storm() -> Result<()> {
     let tmp = tempfile::tempdir()?;
