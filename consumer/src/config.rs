@@ -180,6 +180,23 @@ fn default_idle_timeout() -> Duration {
 }
 
 impl ConsumerConfig {
+    /// The keys whose new values in `new` a reload cannot apply (the store, the control
+    /// socket and the shutdown limit are set up once, at start; every agreement key is
+    /// applied): the reload says so, so that an operator does not take them for applied.
+    pub fn restart_only_changes(&self, new: &ConsumerConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, key| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check(self.data_dir != new.data_dir, "data_dir");
+        check(self.cache_size != new.cache_size, "cache_size");
+        check(self.control != new.control, "control");
+        check(self.shutdown_timeout != new.shutdown_timeout, "shutdown_timeout");
+        changed
+    }
+
     /// Reads, checks and resolves the config file at `file`.
     pub fn load(file: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let file = file.as_ref();
@@ -305,6 +322,16 @@ secret_file = "people.key"
 
     fn parse(text: &str) -> Result<ConsumerConfig, ConfigError> {
         ConsumerConfig::from_toml_str(text, Path::new("/etc/tether/consumer.toml"))
+    }
+
+    #[test]
+    fn a_reload_names_the_keys_it_cannot_apply() {
+        let running = parse(MINIMAL_AGREEMENT).unwrap();
+        let retried = parse(&MINIMAL_AGREEMENT.replace("people.key", "other.key")).unwrap();
+        assert_eq!(running.restart_only_changes(&retried), Vec::<&str>::new(), "agreements are applied by a reload");
+        let moved =
+            parse(&format!("control = \"other.sock\"\nshutdown_timeout = \"9s\"\n{MINIMAL_AGREEMENT}")).unwrap();
+        assert_eq!(running.restart_only_changes(&moved), ["control", "shutdown_timeout"]);
     }
 
     /// The error message for `text`, which must be refused.

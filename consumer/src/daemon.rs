@@ -176,6 +176,7 @@ pub fn store_failed(failure: &str) -> String {
 /// replica), restarts changed ones; leaves the rest alone.
 pub async fn reload(
     config_path: &Path,
+    running_config: &ConsumerConfig,
     store: &ReplicaStore,
     agreements: &Agreements,
     client_id: &str,
@@ -228,12 +229,18 @@ pub async fn reload(
             }
         }
     }
-    let msg = if report.is_empty() {
+    let mut msg = if report.is_empty() {
         "reloaded: nothing changed".to_owned()
     } else {
         format!("reloaded: {}", report.join(", "))
     };
-    info!("{msg}");
+    let ignored = running_config.restart_only_changes(&config);
+    if ignored.is_empty() {
+        info!("{msg}");
+    } else {
+        msg.push_str(&format!("; not applied until the consumer restarts: {}", ignored.join(", ")));
+        warn!("{msg}");
+    }
     Ok(msg)
 }
 
@@ -285,13 +292,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 }
                 Signal::Reload => {
                     info!("SIGHUP: reloading configuration");
-                    if let Err(e) = reload(config_path, &store, &agreements, &client_id).await {
+                    if let Err(e) = reload(config_path, &config, &store, &agreements, &client_id).await {
                         error!("reload failed, keeping the running agreements: {}", error_chain(&*e));
                     }
                 }
             },
             Some(reply) = reload_rx.recv() => {
-                let result = reload(config_path, &store, &agreements, &client_id).await.map_err(|e| error_chain(&*e));
+                let result = reload(config_path, &config, &store, &agreements, &client_id).await.map_err(|e| error_chain(&*e));
                 let _ = reply.send(result);
             }
         }

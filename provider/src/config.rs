@@ -252,6 +252,30 @@ fn default_trim_interval() -> Duration {
 }
 
 impl ProviderConfig {
+    /// The keys whose new values in `new` a reload cannot apply (the listener, the
+    /// store, the session parameters are set up once, at start): the reload says so,
+    /// so that an operator does not take them for applied.
+    pub fn restart_only_changes(&self, new: &ProviderConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, key| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check(self.data_dir != new.data_dir, "data_dir");
+        check(self.cache_size != new.cache_size, "cache_size");
+        check(self.listen != new.listen, "listen");
+        check(self.control != new.control, "control");
+        check(self.suffix != new.suffix, "suffix");
+        check(self.max_connections != new.max_connections, "max_connections");
+        check(self.handshake_timeout != new.handshake_timeout, "handshake_timeout");
+        check(self.max_frame != new.max_frame, "max_frame");
+        check(self.batch_size != new.batch_size, "batch_size");
+        check(self.queue_len != new.queue_len, "queue_len");
+        check(self.keepalive != new.keepalive, "keepalive");
+        changed
+    }
+
     /// Reads, checks and resolves the config file at `file`.
     pub fn load(file: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let file = file.as_ref();
@@ -365,6 +389,17 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_reload_names_the_keys_it_cannot_apply() {
+        let running = parse(MINIMAL).unwrap();
+        let same = parse(&format!("{MINIMAL}[changelog]\nmax_changes = 5\n")).unwrap();
+        assert_eq!(running.restart_only_changes(&same), Vec::<&str>::new(), "retention is applied by a reload");
+        let changed =
+            parse(&format!("{MINIMAL}listen = \"127.0.0.1:7390\"\nbatch_size = 7\n[keepalive]\ninterval = \"2s\"\n"))
+                .unwrap();
+        assert_eq!(running.restart_only_changes(&changed), ["listen", "batch_size", "keepalive"]);
     }
 
     #[test]

@@ -117,13 +117,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
                 }
                 Signal::Reload => {
                     info!("SIGHUP: reloading configuration");
-                    if let Err(e) = reload(config_path, &server, &retention_tx) {
+                    if let Err(e) = reload(config_path, &config, &server, &retention_tx) {
                         error!("reload failed, keeping the old configuration: {}", error_chain(&*e));
                     }
                 }
             },
             Some(reply) = reload_rx.recv() => {
-                let result = reload(config_path, &server, &retention_tx).map_err(|e| error_chain(&*e));
+                let result = reload(config_path, &config, &server, &retention_tx).map_err(|e| error_chain(&*e));
                 let _ = reply.send(result);
             }
         }
@@ -154,19 +154,30 @@ pub async fn serve(config_path: &Path) -> Result<()> {
 
 /// Re-reads the config and applies the consumer list, the writer secret and the TLS
 /// files (for new connections). Everything is read and checked before anything changes.
-fn reload(config_path: &Path, server: &Server, retention: &watch::Sender<ChangelogConfig>) -> Result<String> {
+fn reload(
+    config_path: &Path,
+    running: &ProviderConfig,
+    server: &Server,
+    retention: &watch::Sender<ChangelogConfig>,
+) -> Result<String> {
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
     server.replace_tls(tls);
     let revoked = server.replace_grants(grants);
     retention.send_if_modified(|r| std::mem::replace(r, config.changelog) != config.changelog);
-    let msg = format!(
+    let mut msg = format!(
         "reloaded {}: {} agreements, {revoked} sessions revoked",
         config_path.display(),
         config.consumers.len()
     );
-    info!("{msg}");
+    let ignored = running.restart_only_changes(&config);
+    if ignored.is_empty() {
+        info!("{msg}");
+    } else {
+        msg.push_str(&format!("; not applied until the provider restarts: {}", ignored.join(", ")));
+        warn!("{msg}");
+    }
     Ok(msg)
 }
 

@@ -302,11 +302,15 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
             Grant { agreement: "people".into(), secret: "s1-rotated".into(), base: PEOPLE.into() },
             Grant { agreement: "others".into(), secret: "s2".into(), base: OTHERS.into() },
         ],
+        // Changed too, but a reload cannot apply it: the provider says so.
+        keepalive: ("2s".into(), "6s".into()),
         ..ProviderOptions::default()
     };
     p.reconfigure(&rotated)?;
     p.reload()?;
     c.wait_status("people", LIMIT, "closed", |s| s["state"] == "closed")?;
+    wait_until(LIMIT, "the reload's report", || Ok(p.log_text().contains("sessions revoked")))?;
+    assert!(p.log_text().contains("sessions revoked; not applied until the provider restarts: keepalive"));
     std::fs::write(c.dir.join("secrets/people.key"), "s1-rotated\n")?;
     assert_eq!(c.admin("reload", None)?, "reloaded: restarted people\n", "only the agreement whose secret changed");
     c.wait_status("people", LIMIT, "persisting", |s| s["state"] == "persisting")?;
