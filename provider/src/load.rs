@@ -20,11 +20,24 @@ use tether_store::{Directory, Refusal, StoreError};
 /// Entries per load transaction.
 const LOAD_BATCH: usize = 2_000;
 
+/// What a load does with a record whose DN is already in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse the file (the default: a load adds a directory, it does not merge one).
+    Refuse,
+    /// Leave the entry as it is and load the rest: how a load that a storage failure
+    /// cut short, after some of its transactions committed, is finished by running it
+    /// again (`--skip-existing`).
+    Skip,
+}
+
 /// What a load did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadReport {
     /// Entries added.
     pub entries: usize,
+    /// Records left out because their DN was already in the store ([`Existing::Skip`]).
+    pub skipped: usize,
     /// Whether the file had to be sorted into tree order.
     pub sorted: bool,
 }
@@ -41,8 +54,11 @@ fn records(file: &Path) -> Result<impl Iterator<Item = Result<(usize, Dn, Attrib
     }))
 }
 
-/// Loads `file` into the store at `data_dir`, all or nothing (see the module docs).
-pub fn load(dir: &Directory, file: &Path) -> Result<LoadReport> {
+/// Loads `file` into the store at `data_dir`: nothing if the file is refused (see the
+/// module docs). A storage failure while writing (a full disk) keeps the transactions
+/// that committed before it, and the error says how many entries that is and how to
+/// finish: run the same load with `existing` = [`Existing::Skip`].
+pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadReport> {
     let suffix = dir.suffix().clone();
     // Pass 1: check everything; remember names (normalized DNs only, not entries).
     let mut names: HashSet<Dn> = HashSet::new();
@@ -60,8 +76,11 @@ pub fn load(dir: &Directory, file: &Path) -> Result<LoadReport> {
             Err(StoreError::Refused(Refusal::InvalidChange { reason, .. })) => bail!("{}: {reason}", at()),
             Err(e) => bail!("{}: {e}", at()),
         }
-        if names.contains(&dn) || dir.entries().contains(&dn)? {
-            bail!("{}: entry already exists", at());
+        if names.contains(&dn) {
+            bail!("{}: entry appears twice in the file", at());
+        }
+        if existing == Existing::Refuse && dir.entries().contains(&dn)? {
+            bail!("{}: entry already exists (to finish a load cut short, run it again with --skip-existing)", at());
         }
         if dn != suffix {
             let parent = dn.parent().unwrap_or_default();
@@ -80,35 +99,57 @@ pub fn load(dir: &Directory, file: &Path) -> Result<LoadReport> {
     }
     drop(names);
     // Pass 2: write.
-    let mut total = 0;
+    let (mut total, mut skipped) = (0, 0);
     let mut batch = Vec::with_capacity(LOAD_BATCH);
     let mut flush = |batch: &mut Vec<(Dn, Attributes)>| -> Result<()> {
         if !batch.is_empty() {
-            dir.bulk_add(batch).context("loading a batch")?;
+            if let Err(e) = dir.bulk_add(batch) {
+                return Err(e).with_context(|| {
+                    format!(
+                        "loading a batch; the {total} entries loaded before it may be in the store: fix the \
+                         cause, then run the same load again with --skip-existing to add the rest"
+                    )
+                });
+            }
             total += batch.len();
             batch.clear();
         }
         Ok(())
     };
+    // A record to write, or one to leave out as already in the store (only with
+    // `Existing::Skip`: pass 1 refused it otherwise).
+    let mut wanted = |dn: &Dn| -> Result<bool> {
+        let there = existing == Existing::Skip && dir.entries().contains(dn)?;
+        skipped += usize::from(there);
+        Ok(!there)
+    };
     if ordered {
         for item in records(file)? {
             let (_, dn, attrs) = item?;
+            if !wanted(&dn)? {
+                continue;
+            }
             batch.push((dn, attrs));
             if batch.len() >= LOAD_BATCH {
                 flush(&mut batch)?;
             }
         }
     } else {
-        let mut all: Vec<(Dn, Attributes)> =
-            records(file)?.map(|r| r.map(|(_, d, a)| (d, a))).collect::<Result<_>>()?;
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut all = Vec::new();
+        for item in records(file)? {
+            let (_, dn, attrs) = item?;
+            if wanted(&dn)? {
+                all.push((dn, attrs));
+            }
+        }
+        all.sort_by(|a: &(Dn, Attributes), b| a.0.cmp(&b.0));
         for chunk in all.chunks(LOAD_BATCH) {
             batch.extend_from_slice(chunk);
             flush(&mut batch)?;
         }
     }
     flush(&mut batch)?;
-    Ok(LoadReport { entries: total, sorted: !ordered })
+    Ok(LoadReport { entries: total, skipped, sorted: !ordered })
 }
 
 #[cfg(test)]
@@ -136,9 +177,39 @@ mod tests {
         );
         let file = tmp.path().join("big.ldif");
         std::fs::write(&file, text).unwrap();
-        let err = load(&dir, &file).unwrap_err().to_string();
+        let err = load(&dir, &file, Existing::Refuse).unwrap_err().to_string();
         assert!(err.contains(&format!("big.ldif:{line}: cn=big,dc=example,dc=com: the entry would take")), "{err}");
         assert_eq!(dir.entry_count().unwrap(), 0, "nothing was written");
+    }
+
+    /// A load that a storage failure cut short keeps the transactions that committed;
+    /// running it again is refused, naming the way out, and with `--skip-existing` adds
+    /// exactly the rest.
+    #[test]
+    fn a_load_cut_short_is_finished_by_running_it_again_with_skip_existing() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(&tmp.path().join("p"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let whole = examples.join("sample.ldif");
+        // What the committed transactions of a cut-short load leave: the file's first
+        // records (parents first, as the sample lists them).
+        let text = std::fs::read_to_string(&whole).unwrap();
+        let first: String = text.split("\n\n").take(1200).map(|r| format!("{r}\n\n")).collect();
+        let part = tmp.path().join("part.ldif");
+        std::fs::write(&part, first).unwrap();
+        let done = load(&dir, &part, Existing::Refuse).unwrap().entries;
+        assert!(done > 1000, "{done}");
+
+        let err = load(&dir, &whole, Existing::Refuse).unwrap_err().to_string();
+        assert!(
+            err.contains("entry already exists (to finish a load cut short, run it again with --skip-existing)"),
+            "{err}"
+        );
+        assert_eq!(dir.entry_count().unwrap(), done as u64, "the refused load wrote nothing");
+        let rest = load(&dir, &whole, Existing::Skip).unwrap();
+        assert_eq!((rest.entries, rest.skipped), (2968 - done, done));
+        assert_eq!(dir.entry_count().unwrap(), 2968);
+        assert_eq!(load(&dir, &whole, Existing::Skip).unwrap().entries, 0, "nothing left to add");
     }
 
     /// The README's walk-through: `load` of the sample, then `write` of the example
@@ -148,8 +219,8 @@ mod tests {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let tmp = tempfile::tempdir().unwrap();
         let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
-        let report = load(&dir, &examples.join("sample.ldif")).unwrap();
-        assert_eq!(report, LoadReport { entries: 2968, sorted: false });
+        let report = load(&dir, &examples.join("sample.ldif"), Existing::Refuse).unwrap();
+        assert_eq!(report, LoadReport { entries: 2968, skipped: 0, sorted: false });
 
         let text = std::fs::read_to_string(examples.join("changes.ldif")).unwrap();
         let records = tether_protocol::ldif::reader::parse_str(&text).unwrap();

@@ -39,6 +39,11 @@ enum Command {
         config: PathBuf,
         /// LDIF content records.
         file: PathBuf,
+        /// Leave entries whose DN is already in the store as they are, instead of
+        /// refusing the file: to finish a load that a storage failure (a full disk) cut
+        /// short, by running the same load again.
+        #[arg(long)]
+        skip_existing: bool,
     },
     /// Apply LDIF change records through a running provider.
     ///
@@ -114,13 +119,19 @@ fn open_offline(config: &ProviderConfig) -> Result<Directory> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config } => daemon::serve(&config).await,
-        Command::Load { config, file } => {
+        Command::Load { config, file, skip_existing } => {
             let config = ProviderConfig::load(&config)?;
             let dir = open_offline(&config)?;
-            let report = tokio::task::spawn_blocking(move || load::load(&dir, &file)).await??;
+            let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
+            let report = tokio::task::spawn_blocking(move || load::load(&dir, &file, existing)).await??;
             eprintln!(
-                "loaded {} entries{}",
+                "loaded {} entries{}{}",
                 report.entries,
+                if report.skipped > 0 {
+                    format!(", skipped {} already in the store", report.skipped)
+                } else {
+                    String::new()
+                },
                 if report.sorted { " (sorted into tree order)" } else { "" }
             );
             Ok(())
