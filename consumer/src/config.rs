@@ -184,17 +184,15 @@ impl ConsumerConfig {
     /// socket and the shutdown limit are set up once, at start; every agreement key is
     /// applied): the reload says so, so that an operator does not take them for applied.
     pub fn restart_only_changes(&self, new: &ConsumerConfig) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut check = |differs: bool, key| {
-            if differs {
-                changed.push(key);
-            }
-        };
-        check(self.data_dir != new.data_dir, "data_dir");
-        check(self.cache_size != new.cache_size, "cache_size");
-        check(self.control != new.control, "control");
-        check(self.shutdown_timeout != new.shutdown_timeout, "shutdown_timeout");
-        changed
+        [
+            ("data_dir", self.data_dir != new.data_dir),
+            ("cache_size", self.cache_size != new.cache_size),
+            ("control", self.control != new.control),
+            ("shutdown_timeout", self.shutdown_timeout != new.shutdown_timeout),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// Reads, checks and resolves the config file at `file`.

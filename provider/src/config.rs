@@ -256,24 +256,22 @@ impl ProviderConfig {
     /// store, the session parameters are set up once, at start): the reload says so,
     /// so that an operator does not take them for applied.
     pub fn restart_only_changes(&self, new: &ProviderConfig) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut check = |differs: bool, key| {
-            if differs {
-                changed.push(key);
-            }
-        };
-        check(self.data_dir != new.data_dir, "data_dir");
-        check(self.cache_size != new.cache_size, "cache_size");
-        check(self.listen != new.listen, "listen");
-        check(self.control != new.control, "control");
-        check(self.suffix != new.suffix, "suffix");
-        check(self.max_connections != new.max_connections, "max_connections");
-        check(self.handshake_timeout != new.handshake_timeout, "handshake_timeout");
-        check(self.max_frame != new.max_frame, "max_frame");
-        check(self.batch_size != new.batch_size, "batch_size");
-        check(self.queue_len != new.queue_len, "queue_len");
-        check(self.keepalive != new.keepalive, "keepalive");
-        changed
+        [
+            ("data_dir", self.data_dir != new.data_dir),
+            ("cache_size", self.cache_size != new.cache_size),
+            ("listen", self.listen != new.listen),
+            ("control", self.control != new.control),
+            ("suffix", self.suffix != new.suffix),
+            ("max_connections", self.max_connections != new.max_connections),
+            ("handshake_timeout", self.handshake_timeout != new.handshake_timeout),
+            ("max_frame", self.max_frame != new.max_frame),
+            ("batch_size", self.batch_size != new.batch_size),
+            ("queue_len", self.queue_len != new.queue_len),
+            ("keepalive", self.keepalive != new.keepalive),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// Reads, checks and resolves the config file at `file`.

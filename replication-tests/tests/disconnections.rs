@@ -57,6 +57,19 @@ fn two_grants() -> ProviderOptions {
     }
 }
 
+/// A consumer of both grants of [`two_grants`] from `p`, started, and converged on both.
+fn both_agreements(root: &Path, p: &Provider) -> Result<Consumer> {
+    let mut c = Consumer::configure(
+        &root.join("c"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+    )?;
+    c.start()?;
+    converged(p, &c, "people", PEOPLE)?;
+    converged(p, &c, "others", OTHERS)?;
+    Ok(c)
+}
+
 #[test]
 fn sigkill_during_persist_resumes_by_delta_exactly_once() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -147,14 +160,7 @@ fn sigkill_during_a_large_full_refresh_resumes_where_it_stopped() -> Result<()> 
 fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 800, 13, two_grants())?;
-    let mut c = Consumer::configure(
-        &tmp.path().join("c"),
-        p.port,
-        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
-    )?;
-    c.start()?;
-    converged(&p, &c, "people", PEOPLE)?;
-    converged(&p, &c, "others", OTHERS)?;
+    let mut c = both_agreements(tmp.path(), &p)?;
     assert_eq!(store_threads(&c)?, ["others", "people"], "one store thread per session");
     c.admin("stop", Some("people"))?;
     let s = c.wait_status("people", LIMIT, "stopped", |s| s["state"] == "stopped")?;
@@ -287,14 +293,7 @@ fn reload_adds_and_removes_agreements_live() -> Result<()> {
 fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = provider_with(tmp.path(), 300, 19, two_grants())?;
-    let mut c = Consumer::configure(
-        &tmp.path().join("c"),
-        p.port,
-        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
-    )?;
-    c.start()?;
-    converged(&p, &c, "people", PEOPLE)?;
-    converged(&p, &c, "others", OTHERS)?;
+    let c = both_agreements(tmp.path(), &p)?;
     assert_eq!(c.admin("reload", None)?, "reloaded: nothing changed\n");
 
     let rotated = ProviderOptions {
@@ -325,14 +324,7 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
 fn revoked_credentials_end_in_closed_without_a_retry_storm() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut p, _w) = provider_with(tmp.path(), 300, 18, two_grants())?;
-    let mut c = Consumer::configure(
-        &tmp.path().join("c"),
-        p.port,
-        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
-    )?;
-    c.start()?;
-    converged(&p, &c, "people", PEOPLE)?;
-    converged(&p, &c, "others", OTHERS)?;
+    let c = both_agreements(tmp.path(), &p)?;
     let only_others = ProviderOptions {
         grants: vec![Grant { agreement: "others".into(), secret: "s2".into(), base: OTHERS.into() }],
         ..ProviderOptions::default()
