@@ -41,6 +41,19 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// Logs and returns a reload's report `msg`, naming the keys it could not apply
+/// (`not_applied`: those only a restart of `process` applies), as a warning then, so
+/// that an operator does not take them for applied.
+pub fn reload_report(mut msg: String, not_applied: &[&str], process: &str) -> String {
+    if not_applied.is_empty() {
+        tracing::info!("{msg}");
+    } else {
+        msg.push_str(&format!("; not applied until the {process} restarts: {}", not_applied.join(", ")));
+        tracing::warn!("{msg}");
+    }
+    msg
+}
+
 /// What a signal asks of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

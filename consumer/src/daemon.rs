@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use tether_config::shell::{error_chain, Signal, Signals};
+use tether_config::shell::{error_chain, reload_report, Signal, Signals};
 use tether_protocol::{Filter, SearchSpec, Secret};
 use tether_store::ReplicaStore;
 use tokio::sync::{mpsc, Mutex};
@@ -229,19 +229,12 @@ pub async fn reload(
             }
         }
     }
-    let mut msg = if report.is_empty() {
+    let msg = if report.is_empty() {
         "reloaded: nothing changed".to_owned()
     } else {
         format!("reloaded: {}", report.join(", "))
     };
-    let ignored = running_config.restart_only_changes(&config);
-    if ignored.is_empty() {
-        info!("{msg}");
-    } else {
-        msg.push_str(&format!("; not applied until the consumer restarts: {}", ignored.join(", ")));
-        warn!("{msg}");
-    }
-    Ok(msg)
+    Ok(reload_report(msg, &running_config.restart_only_changes(&config), "consumer"))
 }
 
 /// Runs the consumer until a shutdown signal.

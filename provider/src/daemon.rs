@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tether_config::shell::{error_chain, Signal, Signals};
+use tether_config::shell::{error_chain, reload_report, Signal, Signals};
 use tether_store::{Directory, RetentionPolicy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -166,19 +166,12 @@ fn reload(
     server.replace_tls(tls);
     let revoked = server.replace_grants(grants);
     retention.send_if_modified(|r| std::mem::replace(r, config.changelog) != config.changelog);
-    let mut msg = format!(
+    let msg = format!(
         "reloaded {}: {} agreements, {revoked} sessions revoked",
         config_path.display(),
         config.consumers.len()
     );
-    let ignored = running.restart_only_changes(&config);
-    if ignored.is_empty() {
-        info!("{msg}");
-    } else {
-        msg.push_str(&format!("; not applied until the provider restarts: {}", ignored.join(", ")));
-        warn!("{msg}");
-    }
-    Ok(msg)
+    Ok(reload_report(msg, &running.restart_only_changes(&config), "provider"))
 }
 
 /// Trims the changelog every `trim_interval`, under the retention the config holds now:
