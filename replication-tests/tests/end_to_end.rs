@@ -33,7 +33,12 @@ fn wait_converged(p: &Provider, c: &Consumer, agreement: &str, base: &str) -> Re
 
 /// A persist consumer of `people` from `p`, started and converged.
 fn people_consumer(root: &Path, p: &Provider) -> Result<Consumer> {
-    let mut c = Consumer::configure(&root.join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    people_consumer_in(&root.join("c"), p)
+}
+
+/// [`people_consumer`] in the folder `dir`.
+fn people_consumer_in(dir: &Path, p: &Provider) -> Result<Consumer> {
+    let mut c = Consumer::configure(dir, p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
     c.start()?;
     wait_converged(p, &c, "people", PEOPLE)?;
     Ok(c)
@@ -291,13 +296,7 @@ fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = provider_with(tmp.path(), 1000, 21, ProviderOptions::default())?;
     let mut ahead = people_consumer(tmp.path(), &p)?;
-    let mut behind = Consumer::configure(
-        &tmp.path().join("behind"),
-        p.port,
-        &[Agreement::persist("people", PEOPLE, "people-secret")],
-    )?;
-    behind.start()?;
-    wait_converged(&p, &behind, "people", PEOPLE)?;
+    let mut behind = people_consumer_in(&tmp.path().join("behind"), &p)?;
     assert!(behind.stop()?.success());
     p.write_ok(&w.changes(50))?;
     wait_converged(&p, &ahead, "people", PEOPLE)?;

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cluster::{region, Cluster, ANCHOR};
+use crate::harness::agreement_in;
 
 /// Time between two sampling rounds.
 pub const PERIOD: Duration = Duration::from_millis(500);
@@ -125,12 +126,7 @@ impl Watch {
 
 /// Agreement `name`'s cookie in a consumer's `status --json` (empty if none).
 fn cookie_of(status: &serde_json::Value, name: &str) -> String {
-    status["agreements"]
-        .as_array()
-        .and_then(|all| all.iter().find(|a| a["name"] == name))
-        .and_then(|a| a["cookie"].as_str())
-        .unwrap_or_default()
-        .to_owned()
+    agreement_in(status, name).ok().and_then(|a| a["cookie"].as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// Samples until `stop` is set.
