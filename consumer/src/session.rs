@@ -23,6 +23,7 @@ use std::time::Duration;
 use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter, WireError};
 use tether_protocol::encoded::{Received, ReceivedOp};
+use tether_protocol::foreign::ForeignKind;
 use tether_protocol::handshake::{client_handshake, HandshakeError};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason, Role, SUPPORTED_VERSIONS};
 use tether_protocol::{Cookie, Csn, HistoryId, RefreshKind, ResumePoint, SearchSpec};
@@ -328,12 +329,14 @@ fn handshake_failed(e: HandshakeError) -> Ended {
             ..not_connected(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str()))
         },
         HandshakeError::Timeout(_) => not_connected(Reason::ConnectionLost, format!("handshake: {e}")),
-        HandshakeError::Wire(WireError::FrameTooLarge { len, .. }) if crate::tls::is_tls_record_header(len) => {
-            not_connected(
-                Reason::ConnectionLost,
-                format!("handshake: {e} (the provider answered with TLS: set [agreement.tls])"),
-            )
-        }
+        HandshakeError::Foreign(peer) if peer.kind() == Some(ForeignKind::Tls) => not_connected(
+            Reason::ConnectionLost,
+            format!("handshake: {peer}: the provider answered with TLS: set [agreement.tls]"),
+        ),
+        HandshakeError::Foreign(peer) => not_connected(
+            Reason::ConnectionLost,
+            format!("handshake: {peer}: is `provider` the address of a Tether provider?"),
+        ),
         other => not_connected(Reason::ConnectionLost, format!("handshake: {other}")),
     }
 }

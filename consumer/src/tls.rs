@@ -143,24 +143,6 @@ pub fn describe_failure(e: &std::io::Error) -> String {
     }
 }
 
-/// Whether a frame length announced during the plain-TCP handshake is in fact the header
-/// of a TLS record (content type 20-24, protocol version 3.x): the provider serves TLS
-/// and this agreement has no `[agreement.tls]`.
-pub fn is_tls_record_header(frame_len: usize) -> bool {
-    let Ok(len) = u32::try_from(frame_len) else { return false };
-    let [content_type, major, minor, _] = len.to_be_bytes();
-    (TLS_CONTENT_TYPES).contains(&content_type) && major == TLS_MAJOR_VERSION && minor <= TLS_MAX_MINOR_VERSION
-}
-
-/// TLS record content types: change_cipher_spec, alert, handshake, application_data,
-/// heartbeat.
-const TLS_CONTENT_TYPES: std::ops::RangeInclusive<u8> = 20..=24;
-/// The major protocol version byte of every TLS (and SSL 3) record.
-const TLS_MAJOR_VERSION: u8 = 3;
-/// The highest minor version byte a record header carries (TLS 1.3 records say 3.3;
-/// leave room).
-const TLS_MAX_MINOR_VERSION: u8 = 4;
-
 /// The crypto every TLS configuration here uses: rustls' `ring` provider, chosen
 /// explicitly so that no process-wide default is needed.
 fn provider() -> Arc<CryptoProvider> {
@@ -221,12 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tls_alert_read_as_a_frame_length_is_recognized() {
-        // An alert record header (type 21, version 3.3) as the 4-byte frame length.
-        assert!(is_tls_record_header(0x1503_0300));
-        assert!(is_tls_record_header(0x1603_0100));
-        assert!(!is_tls_record_header(17));
-        assert!(!is_tls_record_header(0x0100_0000));
+    fn a_provider_answering_without_tls_is_named_as_such() {
         let corrupt = std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),

@@ -23,6 +23,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::auth::{compute_mac, new_nonce, verify_mac, AuthError, Secret};
 use crate::connection::{MessageReader, MessageWriter, WireError};
 use crate::cookie::HistoryId;
+use crate::foreign::ForeignPeer;
 use crate::message::{GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, SUPPORTED_VERSIONS};
 
 /// Default deadline for the whole handshake, from the first byte sent or awaited to the
@@ -72,6 +73,10 @@ pub enum HandshakeError {
     /// The peer closed the connection cleanly before the handshake completed.
     #[error("connection closed during the handshake")]
     Closed,
+    /// The peer's first bytes cannot begin a Tether frame: something else is on the
+    /// other end (a web or LDAP server, TLS on one side only).
+    #[error("{0}")]
+    Foreign(ForeignPeer),
     /// The connection failed, or the peer sent an oversize or undecodable frame.
     #[error(transparent)]
     Wire(#[from] WireError),
@@ -100,6 +105,7 @@ impl HandshakeError {
             HandshakeError::Timeout(_)
             | HandshakeError::Unexpected { .. }
             | HandshakeError::Closed
+            | HandshakeError::Foreign(_)
             | HandshakeError::Wire(_)
             | HandshakeError::Auth(_) => false,
         }
@@ -148,6 +154,9 @@ struct Exchange<'a, R, W> {
     /// False once a send was cut off by the deadline: the stream may hold a partial
     /// frame, so nothing more may be written to it.
     writer_clean: bool,
+    /// Whether a message has arrived: until one has, a frame no Tether peer could
+    /// announce means a stranger ([`ForeignPeer`]).
+    received: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
@@ -155,9 +164,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
     async fn recv(&mut self) -> Result<Message, HandshakeError> {
         match timeout_at(self.deadline, self.reader.recv()).await {
             Err(_) => Err(HandshakeError::Timeout(self.limit)),
-            Ok(Err(err)) => Err(err.into()),
+            Ok(Err(err)) => Err(self.stranger(&err).map_or_else(|| err.into(), HandshakeError::Foreign)),
             Ok(Ok(None)) => Err(HandshakeError::Closed),
-            Ok(Ok(Some(msg))) => Ok(msg),
+            Ok(Ok(Some(msg))) => {
+                self.received = true;
+                Ok(msg)
+            }
+        }
+    }
+
+    /// The stranger `err` reveals, if it came before any message did.
+    fn stranger(&self, err: &WireError) -> Option<ForeignPeer> {
+        match err {
+            WireError::FrameTooLarge { len, .. } if !self.received => ForeignPeer::from_first_frame_len(*len),
+            _ => None,
         }
     }
 
@@ -193,7 +213,8 @@ where
 {
     let saved = reader.max_frame();
     reader.set_max_frame(HANDSHAKE_MAX_FRAME.min(saved));
-    let mut ex = Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true };
+    let mut ex =
+        Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true, received: false };
     let result = client_steps(&mut ex, hello, secret).await;
     ex.reader.set_max_frame(saved);
     result
@@ -260,7 +281,8 @@ where
 {
     let saved = reader.max_frame();
     reader.set_max_frame(HANDSHAKE_MAX_FRAME.min(saved));
-    let mut ex = Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true };
+    let mut ex =
+        Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true, received: false };
     let result = server_steps(&mut ex, authorize).await;
     if let Err(err) = &result {
         if let Some(reject) = reply_for(err) {
@@ -335,6 +357,7 @@ fn reply_for(err: &HandshakeError) -> Option<Reject> {
         HandshakeError::Timeout(limit) => {
             Some(Reject::new(RejectReason::HandshakeTimeout, format!("handshake not completed within {limit:?}")))
         }
+        HandshakeError::Foreign(peer) => Some(Reject::new(RejectReason::ProtocolViolation, peer.to_string())),
         HandshakeError::Wire(wire) if wire.is_protocol_violation() => {
             Some(Reject::new(RejectReason::ProtocolViolation, wire.to_string()))
         }
@@ -544,6 +567,50 @@ mod tests {
                 other => panic!("expected a reject, got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_is_not_tether_is_named_by_its_first_bytes() {
+        let (a, mut b) = duplex(PIPE);
+        let (mut sr, mut sw) = split(a);
+        b.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let err = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize).await.unwrap_err();
+        let HandshakeError::Foreign(peer) = &err else { panic!("expected a foreign peer, got {err}") };
+        assert_eq!(peer.kind(), Some(crate::foreign::ForeignKind::Http));
+        assert!(err.to_string().contains("its first bytes are \"GET \""), "{err}");
+        assert!(!err.is_permanent());
+        assert_eq!(sr.max_frame(), MAX_FRAME, "the reader's own limit is restored");
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_is_not_tether_is_named_by_its_first_bytes() {
+        let (a, mut b) = duplex(PIPE);
+        let (mut cr, mut cw) = split(a);
+        // A TLS alert record: what a TLS server answers to a plain-text hello.
+        b.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]).await.unwrap();
+        let secret = Secret::new(SECRET).unwrap();
+        let err = client_handshake(&mut cr, &mut cw, &consumer_hello("people"), &secret, HANDSHAKE_TIMEOUT)
+            .await
+            .unwrap_err();
+        let HandshakeError::Foreign(peer) = &err else { panic!("expected a foreign peer, got {err}") };
+        assert_eq!(peer.kind(), Some(crate::foreign::ForeignKind::Tls), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_frame_after_the_first_message_is_not_a_stranger() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let server = async {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            sw.send(&Message::Challenge { nonce: [7; 32] }).await.unwrap();
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Auth { .. })));
+            // Four bytes that would read as "GET " had they come first.
+            sw.into_frames().into_inner().write_all(b"GET ").await.unwrap();
+        };
+        let secret = Secret::new(SECRET).unwrap();
+        let hello = consumer_hello("people");
+        let (client, ()) = tokio::join!(client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT), server);
+        let err = client.unwrap_err();
+        assert!(matches!(&err, HandshakeError::Wire(WireError::FrameTooLarge { .. })), "{err}");
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@
 //! - [`connection`]: message reader and writer halves over frames and the codec.
 //! - [`auth`]: shared secrets, challenge nonces and the HMAC-SHA256 proof.
 //! - [`handshake`]: Hello / Challenge / Auth / Welcome-or-Reject, under a deadline.
+//! - [`foreign`]: naming a peer whose first bytes are not Tether (HTTP, LDAP, TLS).
 //! - [`control`]: the control-socket commands of the command-line tools.
 //!
 //! Testing only (unit tests and the `fuzzing` feature):
@@ -43,6 +44,7 @@ pub mod encoded;
 pub mod entry;
 pub mod filter;
 pub mod filter_parse;
+pub mod foreign;
 pub mod frame;
 pub mod handshake;
 pub mod ldif;

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 use rustls::ServerConfig;
 use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
-use tether_protocol::handshake::{server_handshake, Admission};
+use tether_protocol::foreign::ForeignKind;
+use tether_protocol::handshake::{server_handshake, Admission, HandshakeError};
 use tether_protocol::message::{Hello, Message, Reject, RejectReason, Role};
 use tether_protocol::Dn;
 use tether_store::Directory;
@@ -198,6 +199,10 @@ impl Server {
         let left = deadline.saturating_duration_since(Instant::now());
         let accepted = match server_handshake(&mut reader, &mut writer, left, authorize).await {
             Ok(a) => a,
+            Err(HandshakeError::Foreign(peer)) if peer.kind() == Some(ForeignKind::Tls) => {
+                warn!(error = %peer, "handshake failed: the client speaks TLS and this provider has no [tls]");
+                return;
+            }
             Err(e) => {
                 warn!(error = %e, "handshake failed");
                 return;

@@ -1,8 +1,9 @@
 //! TLS between consumers, write clients and the provider, with the real binaries: a CA
 //! and a provider certificate are generated for each test (no key is committed), a TLS
 //! consumer converges, `write` reaches its TLS provider, and a consumer that trusts
-//! another CA (or speaks plain TCP to the TLS port) fails with a clear error while the
-//! provider keeps serving everyone else.
+//! another CA (or speaks plain TCP to the TLS port, or TLS to a plain one, or reaches a
+//! web server instead) fails with an error naming the mismatch while the provider keeps
+//! serving everyone else.
 
 #![allow(clippy::unwrap_used)]
 
@@ -170,5 +171,71 @@ fn a_consumer_trusting_another_ca_fails_with_a_tls_error_and_the_provider_keeps_
     wait_until(CONVERGE, "only the trusted consumer to hold a session", || {
         Ok(p.status()?["sessions"].as_array().map(Vec::len) == Some(1))
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_consumer_speaking_tls_to_a_plain_provider_or_to_a_web_server_is_told_what_is_on_the_other_end() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let ca_file = Ca::new("Tether test CA")?.write(&tmp.path().join("ca.pem"))?;
+    let mut w = Workload::new(ENTRIES, 13);
+    let mut p = Provider::configure(&tmp.path().join("provider"), &ProviderOptions::default())?;
+    let file = tmp.path().join("initial.ldif");
+    std::fs::write(&file, w.initial_ldif())?;
+    p.load(&file)?;
+    p.start()?;
+    let mut tls = Consumer::configure(
+        &tmp.path().join("tls"),
+        p.port,
+        &[tls_agreement(format!("ca_file = \"{}\"\n", ca_file.display()))],
+    )?;
+
+    // A web server where the provider should be: it answers whatever arrives with an
+    // HTTP error page, as real ones do, for the first few connections.
+    let web = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let web_port = web.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in web.incoming().take(3).flatten() {
+            let mut stream = stream;
+            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.0 400 Bad Request\r\n\r\n");
+        }
+    });
+    let mut lost = Consumer::configure(
+        &tmp.path().join("lost"),
+        web_port,
+        &[Agreement::persist("people", PEOPLE, "people-secret")],
+    )?;
+    tls.start()?;
+    lost.start()?;
+
+    wait_until(CONVERGE, "the TLS consumer to say the provider does not serve TLS", || {
+        let s = tls.agreement_status("people")?;
+        Ok(s["last_error"].as_str().is_some_and(|e| e.contains("does not seem to serve TLS")))
+    })?;
+    wait_until(CONVERGE, "the provider to name the TLS client", || {
+        Ok(p.log_text().contains("handshake failed: the client speaks TLS and this provider has no [tls]"))
+    })?;
+    wait_until(CONVERGE, "the web server's consumer to name what answered", || {
+        let s = lost.agreement_status("people")?;
+        Ok(s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not speak the Tether protocol: its first bytes are \"HTTP\" (HTTP)")))
+    })?;
+    for c in [&tls, &lost] {
+        let status = c.agreement_status("people")?;
+        assert_eq!(
+            (status["entries"].as_u64(), status["last_disconnect"].as_str()),
+            (Some(0), Some("connection-lost"))
+        );
+    }
+    // The provider went on serving: a plain consumer converges.
+    let mut plain = Consumer::configure(
+        &tmp.path().join("plain"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "people-secret")],
+    )?;
+    plain.start()?;
+    p.write_ok(&w.changes(CHANGES))?;
+    wait_converged(&p, &plain)?;
     Ok(())
 }
