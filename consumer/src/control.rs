@@ -5,7 +5,7 @@
 use tether_protocol::control::{
     read_request, respond, respond_paged, respond_text, ControlError, ControlRequest, ControlResponse,
 };
-use tether_protocol::{frame, ldif, SearchSpec};
+use tether_protocol::{frame, ldif, Dn, SearchSpec};
 use tether_store::entry_set::DnKey;
 use tether_store::{Replica, ReplicaStore};
 use tokio::net::{UnixListener, UnixStream};
@@ -65,12 +65,28 @@ pub struct SearchPages {
 }
 
 impl SearchPages {
-    /// A search of agreement `name`'s replica; fails if there is no such agreement.
-    pub fn open(store: &ReplicaStore, name: &str, spec: SearchSpec) -> Result<Self, String> {
+    /// A search of agreement `name`'s replica, whose region starts at `region` when the
+    /// agreement's configuration is known. Fails, as LDAP would, if there is no such
+    /// agreement, if the base is beside the region (where the replica can hold nothing),
+    /// or if a base below the region's own names no entry of the replica. The region's
+    /// base and those above it need not be entries of the replica (a one-level region
+    /// leaves its base out); searching them shows everything the replica holds, which
+    /// is how one checks that it holds nothing outside its region.
+    pub fn open(store: &ReplicaStore, name: &str, region: Option<&Dn>, spec: SearchSpec) -> Result<Self, String> {
         if !store.names().map_err(|e| e.to_string())?.iter().any(|n| n == name) {
             return Err(format!("no agreement named {name:?}"));
         }
+        let region = region.filter(|region| !region.is_descendant_of(&spec.base));
+        if let Some(region) = region.filter(|region| !spec.base.is_descendant_of(region)) {
+            return Err(format!("--base {} is outside the region of agreement {name:?}, based at {region}", spec.base));
+        }
         let replica = store.replica(name).map_err(|e| e.to_string())?;
+        if region.is_some() {
+            let entries = replica.entries().map_err(|e| e.to_string())?;
+            if let Some(missing) = entries.missing_base(&spec.base).map_err(|e| e.to_string())? {
+                return Err(format!("{missing} in the replica of {name:?}"));
+            }
+        }
         Ok(Self { replica, spec, after: None, done: false })
     }
 
@@ -121,7 +137,11 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                     }
                 }
             };
-            match name.and_then(|name| SearchPages::open(&ctx.store, &name, spec)) {
+            let region = match &name {
+                Ok(name) => ctx.agreements.lock().await.get(name).map(|r| r.config.base.clone()),
+                Err(_) => None,
+            };
+            match name.and_then(|name| SearchPages::open(&ctx.store, &name, region.as_ref(), spec)) {
                 Ok(mut pages) => return respond_paged(&mut writer, move || pages.next_page()).await,
                 Err(e) => Err(e),
             }
@@ -214,7 +234,7 @@ mod tests {
                 filter: filter.parse().unwrap(),
                 ..SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap())
             };
-            let mut pages = SearchPages::open(&store, "people", spec.clone()).unwrap();
+            let mut pages = SearchPages::open(&store, "people", Some(&spec.base), spec.clone()).unwrap();
             let (mut got, mut all) = (Vec::new(), String::new());
             while let Some(page) = pages.next_page().unwrap() {
                 got.push(dns(&page));
@@ -229,7 +249,43 @@ mod tests {
             assert_eq!(all, String::from_utf8(whole).unwrap(), "{filter}: the pages add up to the search");
         }
         let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
-        let err = SearchPages::open(&store, "nobody", spec).unwrap_err();
+        let err = SearchPages::open(&store, "nobody", None, spec).unwrap_err();
         assert!(err.contains("no agreement named \"nobody\""), "{err}");
+    }
+
+    #[test]
+    fn a_base_outside_the_region_or_naming_no_entry_of_the_replica_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&(0..3).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
+        shadow.finish(Cookie { history: HistoryId::new_random(), csn: Csn(1) }).unwrap();
+        let dn = |s: &str| Dn::parse(s).unwrap();
+        let region = dn("dc=example,dc=com");
+        let open = |base: &str, region: Option<&Dn>| {
+            SearchPages::open(&store, "people", region, SearchSpec::subtree(dn(base)))
+        };
+
+        // The region's base is not in this replica (no such entry was replicated), and
+        // searching it, or above it, is how the whole replica is printed.
+        assert!(open("dc=example,dc=com", Some(&region)).is_ok());
+        assert!(open("dc=com", Some(&region)).is_ok());
+        assert!(open("cn=Person 1,dc=example,dc=com", Some(&region)).is_ok());
+        let err = open("dc=example,dc=org", Some(&region)).unwrap_err();
+        assert_eq!(
+            err,
+            "--base dc=example,dc=org is outside the region of agreement \"people\", based at dc=example,dc=com"
+        );
+        let err = open("ou=x,cn=Person 1,dc=example,dc=com", Some(&region)).unwrap_err();
+        assert_eq!(
+            err,
+            "no entry ou=x,cn=Person 1,dc=example,dc=com (the nearest entry above it is cn=Person 1,dc=example,dc=com) \
+             in the replica of \"people\""
+        );
+        let err = open("cn=Person 9,dc=example,dc=com", Some(&region)).unwrap_err();
+        assert!(err.starts_with("no entry cn=Person 9,dc=example,dc=com (nor any entry above it)"), "{err}");
+        // Without the agreement's configuration nothing is judged.
+        assert!(open("dc=example,dc=org", None).is_ok());
     }
 }

@@ -208,7 +208,8 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let store = open_offline(&config)?;
-            let mut pages = control::SearchPages::open(&store, &name, spec).map_err(anyhow::Error::msg)?;
+            let mut pages =
+                control::SearchPages::open(&store, &name, Some(&a.base), spec).map_err(anyhow::Error::msg)?;
             let mut out = std::io::stdout().lock();
             while let Some(page) = pages.next_page().map_err(anyhow::Error::msg)? {
                 out.write_all(page.as_bytes()).context("writing the search output")?;

@@ -42,6 +42,21 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: Cancel
     tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
 }
 
+/// Why `spec` cannot be searched in `dir`, as LDAP would refuse it: a base outside the
+/// suffix, or one that names no entry (with the nearest entry above it). A search that
+/// printed nothing for a mistyped base looked exactly like one that matched nothing.
+pub fn check_search(dir: &Directory, spec: &SearchSpec) -> Result<(), String> {
+    let suffix = dir.suffix();
+    if !spec.base.is_descendant_of(suffix) {
+        return Err(format!("--base {} is outside this directory, whose suffix is {suffix}", spec.base));
+    }
+    match dir.failure().observe(dir.entries().missing_base(&spec.base)) {
+        Ok(None) => Ok(()),
+        Ok(Some(missing)) => Err(missing.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The LDIF of the page of `spec` after the DN key `after`, and the key the next page
 /// starts after (`None` at the end). Reads the store and renders up to [`SEARCH_CHUNK`]
 /// entries ([`respond_paged`] runs it off the async threads).
@@ -75,6 +90,9 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
             }
         },
         ControlRequest::Search { spec, .. } => {
+            if let Err(e) = check_search(&ctx.dir, &spec) {
+                return respond(&mut writer, &ControlResponse::Error(e)).await;
+            }
             let (dir, mut after, mut done) = (ctx.dir.clone(), None, false);
             let next_page = move || {
                 if done {

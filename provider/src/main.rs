@@ -176,6 +176,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn print_search(dir: &Directory, spec: &SearchSpec) -> Result<()> {
     use std::io::Write;
+    tether_provider::control::check_search(dir, spec).map_err(anyhow::Error::msg)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for entry in dir.search(spec) {

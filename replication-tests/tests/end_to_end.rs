@@ -462,7 +462,60 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.ldif") && err.contains("line 5"), "{err}");
-    assert_eq!(p.search(SUFFIX, "subtree", ALL)?, "", "nothing was loaded");
+    let err = p.search(SUFFIX, "subtree", ALL).expect_err("nothing was loaded").to_string();
+    assert!(err.contains("no entry dc=example,dc=com (nor any entry above it)"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_search_whose_base_names_no_entry_says_so_and_where_the_name_went_wrong() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _w) = provider_with(tmp.path(), 50, 21, ProviderOptions::default())?;
+    let missing = format!("ou=nowhere,{PEOPLE}");
+    let below_missing = format!("uid=x,{missing}");
+    let provider_refuses = |p: &Provider, base: &str, want: &str| -> Result<()> {
+        let err = p.search(base, "subtree", ALL).expect_err("a base naming no entry is an error").to_string();
+        assert!(err.contains(want), "{base}: {err}");
+        Ok(())
+    };
+    // Through the running provider, and offline from its store: the same answers.
+    for running in [true, false] {
+        if !running {
+            p.stop()?;
+        }
+        provider_refuses(
+            &p,
+            &below_missing,
+            &format!("no entry {below_missing} (the nearest entry above it is {PEOPLE})"),
+        )?;
+        provider_refuses(
+            &p,
+            "dc=example,dc=org",
+            "--base dc=example,dc=org is outside this directory, whose suffix is dc=example,dc=com",
+        )?;
+        assert_eq!(count(&p.search(PEOPLE, "base", ALL)?), 1, "an existing base is searched as before");
+    }
+    p.start()?;
+
+    let mut c = people_consumer(tmp.path(), &p)?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    let err = c.search("people", OTHERS, "subtree", ALL).expect_err("beside the region").to_string();
+    assert!(
+        err.contains(&format!("--base {OTHERS} is outside the region of agreement \"people\", based at {PEOPLE}")),
+        "{err}"
+    );
+    let whole = c.search("people", PEOPLE, "subtree", ALL)?;
+    assert_eq!(c.search("people", SUFFIX, "subtree", ALL)?, whole, "above the region: the whole replica");
+    let err = c.search("people", &missing, "subtree", ALL).expect_err("not in the replica").to_string();
+    assert!(
+        err.contains(&format!(
+            "no entry {missing} (the nearest entry above it is {PEOPLE}) in the replica of \"people\""
+        )),
+        "{err}"
+    );
+    c.stop()?;
+    let err = c.search("people", &missing, "subtree", ALL).expect_err("offline too").to_string();
+    assert!(err.contains(&format!("no entry {missing}")), "{err}");
     Ok(())
 }
 

@@ -28,6 +28,19 @@ pub struct EntrySet {
     pub(crate) uuids: Tree,
 }
 
+/// A search base that names no entry (see [`EntrySet::missing_base`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no entry {base}{}", match nearest {
+    Some(dn) => format!(" (the nearest entry above it is {dn})"),
+    None => " (nor any entry above it)".to_owned(),
+})]
+pub struct NoSuchBase {
+    /// The base asked for.
+    pub base: Dn,
+    /// The nearest entry above it that exists.
+    pub nearest: Option<Dn>,
+}
+
 /// An entry as it is stored: found by UUID for a replica, or planned by the writer.
 #[derive(Debug, Clone)]
 pub struct Located {
@@ -85,6 +98,23 @@ impl EntrySet {
     /// Whether `dn` exists.
     pub fn contains(&self, dn: &Dn) -> Result<bool> {
         Ok(self.entries.contains_key(dn.tree_key())?)
+    }
+
+    /// Why `base` cannot be searched, if it names no entry: LDAP's `noSuchObject`, with
+    /// the nearest entry above it (LDAP's matched DN), so that a typo in one RDN of a
+    /// long DN shows where the name went wrong instead of printing nothing.
+    pub fn missing_base(&self, base: &Dn) -> Result<Option<NoSuchBase>> {
+        if self.contains(base)? {
+            return Ok(None);
+        }
+        let mut above = base.parent();
+        while let Some(dn) = above {
+            if self.contains(&dn)? {
+                return Ok(Some(NoSuchBase { base: base.clone(), nearest: Some(dn) }));
+            }
+            above = dn.parent();
+        }
+        Ok(Some(NoSuchBase { base: base.clone(), nearest: None }))
     }
 
     /// Whether the entry named `dn` has at least one child.
