@@ -134,6 +134,14 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
     let session = session_config(config, index, a, client_id)?;
     let files = FileContents::of(&session);
     let replica = store.replica(&a.name).with_context(|| format!("opening the replica of {:?}", a.name))?;
+    // Whether it was kept for this region is checked here, where every start and every
+    // reload of the agreement passes, whatever changed while the consumer was stopped.
+    if replica.adopt_region(&session.spec).with_context(|| format!("recording the region of {:?}", a.name))? {
+        info!(
+            agreement = %a.name,
+            "the replica was made for another region (base, scope, filter or attrs): it will be reloaded in full"
+        );
+    }
     let status = StatusHandle::new(&a.name, &a.provider.to_string(), &a.mode.to_string());
     if let Ok(Some(cookie)) = replica.cookie() {
         status.update(|s| s.cookie = Some(cookie.to_string()));
@@ -207,15 +215,8 @@ pub async fn reload(
             .is_some_and(|r| &r.config != new || files.get(&name).is_some_and(|f| !f.same_as(&r.files)));
         if changed {
             if let Some(old) = running.remove(&name) {
-                let region_changed = old.config.base != new.base
-                    || old.config.scope != new.scope
-                    || old.config.filter != new.filter
-                    || old.config.attrs != new.attrs;
+                // `start` below reloads the replica in full if its region changed.
                 shut(old).await;
-                if region_changed {
-                    // The replica holds another region: rebuild it by a full refresh.
-                    store.replica(&name)?.forget_cookie()?;
-                }
             }
             report.push(format!("restarted {name}"));
         }

@@ -205,6 +205,49 @@ fn two_consumers_with_different_scopes_and_filters_hold_exactly_their_regions() 
     Ok(())
 }
 
+/// The region an agreement replicates (base, scope, filter, attrs) changed in the config
+/// while the consumer was stopped: the replica must be reloaded in full. It used to
+/// resume by delta from its cookie, which brings only changes, so it kept the old region
+/// and never received the new one's unchanged entries, and nothing said so.
+#[test]
+fn an_agreement_whose_region_changed_while_the_consumer_was_stopped_is_reloaded_in_full() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 1000, 23, ProviderOptions::default())?;
+    let dir = tmp.path().join("c");
+    let mut c = people_consumer_in(&dir, &p)?;
+    assert!(c.stop()?.success());
+    p.write_ok(&w.changes(100))?;
+    // The same agreement, now on the whole suffix.
+    drop(Consumer::configure(&dir, p.port, &[Agreement::persist("people", SUFFIX, "people-secret")])?);
+    c.start()?;
+    wait_converged(&p, &c, "people", SUFFIX)?;
+    assert_eq!(last_refresh(&c, "people")?, "full");
+    assert!(c.log_text().contains("the replica was made for another region"), "{}", c.log_text());
+    assert!(count(&c.search("people", OTHERS, "subtree", ALL)?) > 0, "the new region's unchanged entries arrived");
+
+    // Restarted with the same region: an ordinary delta.
+    assert!(c.stop()?.success());
+    p.write_ok(&w.changes(100))?;
+    c.start()?;
+    wait_converged(&p, &c, "people", SUFFIX)?;
+    assert_eq!(last_refresh(&c, "people")?, "delta");
+
+    // Narrowed by a filter while stopped: the entries it leaves out go.
+    assert!(c.stop()?.success());
+    let filtered = "(employeeNumber>=500)";
+    drop(Consumer::configure(
+        &dir,
+        p.port,
+        &[Agreement { filter: filtered.into(), ..Agreement::persist("people", SUFFIX, "people-secret") }],
+    )?);
+    c.start()?;
+    wait_until(CONVERGE, "the filtered replica", || same(&p, &c, "people", SUFFIX, filtered))?;
+    assert_eq!(c.search("people", SUFFIX, "subtree", ALL)?, p.search(SUFFIX, "subtree", filtered)?, "nothing else");
+    assert_eq!(last_refresh(&c, "people")?, "full");
+    assert_eq!(c.agreement_status("people")?["duplicates"], 0);
+    Ok(())
+}
+
 #[test]
 fn an_attribute_list_keeps_only_those_attributes_through_live_changes_and_a_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -51,6 +51,9 @@ const COUNTS: &str = "replica_counts";
 /// Tree holding, per agreement name, how far past its cookie a delta refresh that was
 /// cut short took the replica (see [`Replica::beyond_cookie`]): an encoded [`Cookie`].
 const BEYOND: &str = "replica_beyond_cookie";
+/// Tree holding, per agreement name, the region (an encoded [`SearchSpec`]) the
+/// replica's entries and cookie were replicated for (see [`Replica::adopt_region`]).
+const REGIONS: &str = "replica_regions";
 
 /// The persistent state of one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -219,6 +222,8 @@ pub struct ReplicaStore {
     counts: Tree,
     /// Agreement name -> how far past its cookie the replica is ([`BEYOND`]).
     beyond: Tree,
+    /// Agreement name -> the region the replica was replicated for ([`REGIONS`]).
+    regions: Tree,
     /// Whether incremental applies are recorded in an audit log (see [`ReplicaStore::set_audit`]).
     audit: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes of entries written since the last flush (see [`FLUSH_AFTER_BYTES`]).
@@ -264,11 +269,13 @@ impl ReplicaStore {
         let replicas = db.open_tree(REPLICAS)?;
         let counts = db.open_tree(COUNTS)?;
         let beyond = db.open_tree(BEYOND)?;
+        let regions = db.open_tree(REGIONS)?;
         let store = Self {
             db,
             replicas,
             counts,
             beyond,
+            regions,
             audit: Arc::default(),
             unflushed: Arc::default(),
             failure: FailureLatch::default(),
@@ -346,6 +353,7 @@ impl ReplicaStore {
         self.replicas.remove(name.as_bytes())?;
         self.counts.remove(name.as_bytes())?;
         self.beyond.remove(name.as_bytes())?;
+        self.regions.remove(name.as_bytes())?;
         self.db.flush()?;
         self.drop_generation(name, state.active_gen)?;
         self.db.drop_tree(audit_tree_name(name))?;
@@ -578,6 +586,30 @@ impl Replica {
         let state = ReplicaState { cookie: None, ..self.state()? };
         self.store.put_state(&self.name, &state)?;
         self.store.flush()
+    }
+
+    /// Makes `spec` the region this replica is kept for, and says whether that dropped
+    /// its cookie. A replica kept for another region (the agreement's base, scope,
+    /// filter or attribute list changed, even while the consumer was stopped) cannot
+    /// resume by delta: a delta brings only changes, so the new region's entries that did
+    /// not change would never arrive, nor would the old region's leave. Its cookie is
+    /// dropped, durably, before the new region is recorded, so the next session reloads
+    /// it in full whatever a crash interrupts. A replica with a cookie and no region on
+    /// record (from before regions were recorded) is treated the same way: nothing says
+    /// what it holds.
+    pub fn adopt_region(&self, spec: &SearchSpec) -> Result<bool> {
+        let key = self.name.as_bytes();
+        let recorded: Option<SearchSpec> = self.store.regions.get(key)?.map(|v| decode(REGIONS, &v)).transpose()?;
+        if recorded.as_ref() == Some(spec) {
+            return Ok(false);
+        }
+        let dropped = self.cookie()?.is_some();
+        if dropped {
+            self.forget_cookie()?;
+        }
+        self.store.regions.insert(key, encode(REGIONS, spec)?)?;
+        self.store.flush()?;
+        Ok(dropped)
     }
 
     /// Whether an operator stopped this agreement (persisted across restarts).

@@ -353,6 +353,48 @@ fn a_delta_batch_records_how_far_past_its_cookie_the_replica_went_until_a_cookie
     drop(dir);
 }
 
+/// A replica remembers the region it was replicated for; another region drops its
+/// cookie, durably and before the new region is on record, so the next session reloads
+/// it in full instead of resuming a delta that would never bring the new region's
+/// unchanged entries.
+#[test]
+fn a_replica_made_for_another_region_loses_its_cookie_when_the_region_changes() {
+    let p = people_pair();
+    let (people, filtered) = (people_spec(), filtered_spec());
+    let r = p.replicas.replica("d").unwrap();
+    assert!(!r.adopt_region(&people).unwrap(), "a new replica has no cookie to drop");
+    let cookie = full_refresh(&p, "d", &people);
+    assert!(!r.adopt_region(&people).unwrap(), "the same region");
+    assert_eq!(r.cookie().unwrap(), Some(cookie));
+
+    assert!(r.adopt_region(&filtered).unwrap(), "another filter");
+    assert_eq!(r.cookie().unwrap(), None);
+    assert!(!r.is_empty().unwrap(), "the entries stay readable until the full refresh replaces them");
+    full_refresh(&p, "d", &filtered);
+    let attrs = SearchSpec { attrs: vec!["cn".into()], ..filtered.clone() };
+    assert!(r.adopt_region(&attrs).unwrap(), "another attribute list");
+
+    // Durable across a reopen; a replica with a cookie and no region on record (from
+    // before regions were recorded) cannot be trusted either.
+    let cookie2 = full_refresh(&p, "d", &attrs);
+    let legacy = p.replicas.replica("legacy").unwrap();
+    legacy.advance(cookie2).unwrap();
+    p.replicas.flush().unwrap();
+    let Pair { _tmp, dir, replicas } = p;
+    drop((r, legacy, replicas));
+    let replicas = reopen_replicas(_tmp.1.path());
+    let r = replicas.replica("d").unwrap();
+    assert!(!r.adopt_region(&attrs).unwrap(), "the region is on record");
+    assert!(replicas.replica("legacy").unwrap().adopt_region(&people).unwrap());
+
+    // Removing a replica forgets its region with it.
+    replicas.remove("d").unwrap();
+    let r = replicas.replica("d").unwrap();
+    r.advance(cookie2).unwrap();
+    assert!(r.adopt_region(&attrs).unwrap(), "a new replica of the same name starts with no region");
+    drop(dir);
+}
+
 /// An offline load is not logged: it raises the changelog floor past itself and drops
 /// the records below, so a cookie from before it gets a present refresh and one from its
 /// end a delta. While a refresh holds a pin, a bulk add is logged as any write is.
