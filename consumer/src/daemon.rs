@@ -261,6 +261,16 @@ pub async fn run(config_path: &Path) -> Result<()> {
         info!("apply audit on: every incremental apply is logged to prove exactly-once");
         store.set_audit(true);
     }
+    // A replica whose agreement left the configuration while the consumer was stopped
+    // goes as it would on a reload: kept, it would hold its disk space for good, seen by
+    // no command (they all go by the configuration).
+    for name in store.names().context("listing the replicas")? {
+        if config.agreement(&name).is_none() {
+            let entries = store.replica(&name).and_then(|r| r.len()).unwrap_or(0);
+            store.remove(&name).with_context(|| format!("removing the replica of {name:?}"))?;
+            warn!(agreement = %name, entries, "removed the replica of an agreement the configuration no longer names");
+        }
+    }
     let agreements: Agreements = Arc::default();
     {
         let mut running = agreements.lock().await;

@@ -254,7 +254,7 @@ fn a_store_error_retrying_cannot_fix_closes_the_agreement_with_the_error() -> Re
 }
 
 #[test]
-fn reload_adds_and_removes_agreements_live() -> Result<()> {
+fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next_start() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 500, 17, two_grants())?;
     let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?;
@@ -281,7 +281,29 @@ fn reload_adds_and_removes_agreements_live() -> Result<()> {
     })?;
     p.write_ok(&w.changes(100))?;
     converged(&p, &c, "others", OTHERS)?;
-    no_duplicates(&c, "others")
+    no_duplicates(&c, "others")?;
+
+    // Removed while the consumer is stopped: its replica goes at the next start, as on
+    // a reload, instead of staying on disk where no command would see it.
+    assert!(c.stop()?.success());
+    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?);
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    assert!(
+        c.log_text().contains("removed the replica of an agreement the configuration no longer names agreement=others"),
+        "{}",
+        c.log_text()
+    );
+    assert!(c.stop()?.success());
+    drop(Consumer::configure(
+        &tmp.path().join("c"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+    )?);
+    c.start()?;
+    converged(&p, &c, "others", OTHERS)?;
+    assert_eq!(c.agreement_status("others")?["last_refresh"], "full", "added back, it starts afresh");
+    Ok(())
 }
 
 /// Rotating an agreement's secret: the provider's SIGHUP revokes the old one (the
