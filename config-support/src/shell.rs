@@ -1,5 +1,6 @@
-//! The process shell both binaries share: logging to stderr, and the Unix signals that
-//! steer a running process (SIGTERM/SIGINT shut it down, SIGHUP reloads its config).
+//! The process shell both binaries share: logging to stderr, the Unix signals that
+//! steer a running process (SIGTERM/SIGINT shut it down, SIGHUP reloads its config), and
+//! the open files limit a server needs raised.
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -52,6 +53,26 @@ pub fn reload_report(mut msg: String, not_applied: &[&str], process: &str) -> St
         tracing::warn!("{msg}");
     }
     msg
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and returns the
+/// limit now in force (`None`: unlimited). A server holds a descriptor for each
+/// connection besides its store's, and the usual soft default (1024) is what
+/// `max_connections` allows by default: past it, connections fail at `accept` instead
+/// of being refused with a reason, and the store could not open a file. The hard limit
+/// is the administrator's word; the soft one is a default for shells. Go's runtime and
+/// most servers raise it the same way at start.
+///
+/// # Errors
+/// The limit could not be read or set.
+pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        setrlimit(Resource::Nofile, raised)?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
 }
 
 /// What a signal asks of the process.

@@ -46,6 +46,28 @@ pub fn grants(config: &ProviderConfig) -> Result<Grants> {
     Ok(grants)
 }
 
+/// Descriptors a provider holds besides its connections: the store's files, the
+/// listeners, the control connections, the runtime's own.
+const FILES_BESIDES_CONNECTIONS: u64 = 64;
+
+/// Raises the open files limit as far as the hard limit allows, and warns when it is
+/// still too low for `max_connections`: the connections past it would fail at `accept`,
+/// logged every time, instead of being refused with a reason.
+fn check_open_files_limit(max_connections: usize) {
+    let needed = (max_connections as u64).saturating_add(FILES_BESIDES_CONNECTIONS);
+    match tether_config::shell::raise_open_files_limit() {
+        Ok(Some(limit)) if limit < needed => warn!(
+            max_connections,
+            open_files_limit = limit,
+            "the open files limit is too low for max_connections: connections past about {} will fail; raise \
+             the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower max_connections",
+            limit.saturating_sub(FILES_BESIDES_CONNECTIONS)
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not raise the open files limit"),
+    }
+}
+
 /// Runs the provider until a shutdown signal.
 pub async fn serve(config_path: &Path) -> Result<()> {
     // Before anything can announce readiness: a SIGHUP that arrives right after
@@ -54,6 +76,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
+    check_open_files_limit(config.max_connections);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let dir = Arc::new(

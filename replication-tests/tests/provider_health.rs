@@ -183,3 +183,43 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
     }
     Ok(())
 }
+
+/// A provider started with a soft open files limit below its hard one (the usual 1024
+/// of a shell or a service manager) raises it, since each connection holds a
+/// descriptor; and when even the hard limit is too low for `max_connections`, it says so
+/// at start rather than failing connections at `accept` later.
+#[test]
+fn the_provider_raises_its_open_files_limit_and_warns_when_max_connections_exceeds_it() -> Result<()> {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir()?;
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    for (hard, warned) in [(512, true), (4096, false)] {
+        let log = std::fs::File::create(tmp.path().join(format!("serve-{hard}.log")))?;
+        let mut child = std::process::Command::new("prlimit")
+            .arg(format!("--nofile=256:{hard}"))
+            .arg("--")
+            .arg(replication_tests::harness::bin("tether-provider")?)
+            .args(["serve", "-c"])
+            .arg(&p.config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let ready =
+            std::io::BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("listening on"));
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()))?;
+        child.kill()?;
+        child.wait()?;
+        assert!(ready, "the provider started");
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).context("no open files limit")?;
+        let soft_hard: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(soft_hard, [hard.to_string(), hard.to_string()], "raised to the hard limit: {line}");
+        let text = std::fs::read_to_string(tmp.path().join(format!("serve-{hard}.log")))?;
+        assert_eq!(
+            text.contains("the open files limit is too low for max_connections: connections past about 448 will fail"),
+            warned,
+            "{text}"
+        );
+    }
+    Ok(())
+}
