@@ -220,14 +220,20 @@ mod tests {
         ldif.lines().filter(|l| l.starts_with("dn:")).count()
     }
 
-    #[test]
-    fn a_search_comes_a_page_at_a_time_and_adds_up_to_the_replica() {
+    /// A store holding replica `people` of `n` people, filled by a full refresh.
+    fn people(n: usize) -> (tempfile::TempDir, ReplicaStore, Replica) {
         let dir = tempfile::tempdir().unwrap();
         let store = ReplicaStore::open(dir.path()).unwrap();
         let replica = store.replica("people").unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
-        shadow.apply_scan(&(0..1_200).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
+        shadow.apply_scan(&(0..n).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
         shadow.finish(Cookie { history: HistoryId::new_random(), csn: Csn(1) }).unwrap();
+        (dir, store, replica)
+    }
+
+    #[test]
+    fn a_search_comes_a_page_at_a_time_and_adds_up_to_the_replica() {
+        let (_dir, store, replica) = people(1_200);
 
         for (filter, sizes) in [("(objectClass=*)", vec![500, 500, 200]), ("(sn=odd)", vec![500, 100])] {
             let spec = SearchSpec {
@@ -255,12 +261,7 @@ mod tests {
 
     #[test]
     fn a_base_outside_the_region_or_naming_no_entry_of_the_replica_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(dir.path()).unwrap();
-        let replica = store.replica("people").unwrap();
-        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
-        shadow.apply_scan(&(0..3).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
-        shadow.finish(Cookie { history: HistoryId::new_random(), csn: Csn(1) }).unwrap();
+        let (_dir, store, _replica) = people(3);
         let dn = |s: &str| Dn::parse(s).unwrap();
         let region = dn("dc=example,dc=com");
         let open = |base: &str, region: Option<&Dn>| {

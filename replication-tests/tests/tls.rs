@@ -70,18 +70,18 @@ fn tls_provider(root: &Path, seed: u64) -> Result<(Provider, Workload, PathBuf)>
     let ca = Ca::new("Tether test CA")?;
     let tls = ca.issue(&root.join("pki"), &["127.0.0.1", "provider.test"])?;
     let ca_file = ca.write(&root.join("pki/ca.pem"))?;
-    let mut w = Workload::new(ENTRIES, seed);
-    let mut p = Provider::configure(&root.join("provider"), &ProviderOptions { tls: Some(tls), ..Default::default() })?;
-    let file = root.join("initial.ldif");
-    std::fs::write(&file, w.initial_ldif())?;
-    p.load(&file)?;
-    p.start()?;
+    let (p, w) = Provider::loaded(root, ENTRIES, seed, &ProviderOptions { tls: Some(tls), ..Default::default() })?;
     Ok((p, w, ca_file))
 }
 
 /// A persist agreement on the people region, over TLS with `tls` as its section body.
 fn tls_agreement(tls: String) -> Agreement {
     Agreement { tls: Some(tls), ..Agreement::persist("people", PEOPLE, "people-secret") }
+}
+
+/// A consumer under `dir` of the people region over plain TCP, configured, not started.
+fn plain_consumer(dir: &Path, port: u16) -> Result<Consumer> {
+    Consumer::configure(dir, port, &[Agreement::persist("people", PEOPLE, "people-secret")])
 }
 
 fn wait_converged(p: &Provider, c: &Consumer) -> Result<()> {
@@ -133,11 +133,7 @@ fn a_consumer_trusting_another_ca_fails_with_a_tls_error_and_the_provider_keeps_
         p.port,
         &[tls_agreement(format!("ca_file = \"{}\"\n", wrong_ca.display()))],
     )?;
-    let mut plain = Consumer::configure(
-        &tmp.path().join("plain"),
-        p.port,
-        &[Agreement::persist("people", PEOPLE, "people-secret")],
-    )?;
+    let mut plain = plain_consumer(&tmp.path().join("plain"), p.port)?;
     good.start()?;
     bad.start()?;
     plain.start()?;
@@ -178,12 +174,7 @@ fn a_consumer_trusting_another_ca_fails_with_a_tls_error_and_the_provider_keeps_
 fn a_consumer_speaking_tls_to_a_plain_provider_or_to_a_web_server_is_told_what_is_on_the_other_end() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let ca_file = Ca::new("Tether test CA")?.write(&tmp.path().join("ca.pem"))?;
-    let mut w = Workload::new(ENTRIES, 13);
-    let mut p = Provider::configure(&tmp.path().join("provider"), &ProviderOptions::default())?;
-    let file = tmp.path().join("initial.ldif");
-    std::fs::write(&file, w.initial_ldif())?;
-    p.load(&file)?;
-    p.start()?;
+    let (p, mut w) = Provider::loaded(tmp.path(), ENTRIES, 13, &ProviderOptions::default())?;
     let mut tls = Consumer::configure(
         &tmp.path().join("tls"),
         p.port,
@@ -200,11 +191,7 @@ fn a_consumer_speaking_tls_to_a_plain_provider_or_to_a_web_server_is_told_what_i
             let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.0 400 Bad Request\r\n\r\n");
         }
     });
-    let mut lost = Consumer::configure(
-        &tmp.path().join("lost"),
-        web_port,
-        &[Agreement::persist("people", PEOPLE, "people-secret")],
-    )?;
+    let mut lost = plain_consumer(&tmp.path().join("lost"), web_port)?;
     tls.start()?;
     lost.start()?;
 
@@ -229,11 +216,7 @@ fn a_consumer_speaking_tls_to_a_plain_provider_or_to_a_web_server_is_told_what_i
         );
     }
     // The provider went on serving: a plain consumer converges.
-    let mut plain = Consumer::configure(
-        &tmp.path().join("plain"),
-        p.port,
-        &[Agreement::persist("people", PEOPLE, "people-secret")],
-    )?;
+    let mut plain = plain_consumer(&tmp.path().join("plain"), p.port)?;
     plain.start()?;
     p.write_ok(&w.changes(CHANGES))?;
     wait_converged(&p, &plain)?;
