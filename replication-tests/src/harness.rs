@@ -168,6 +168,18 @@ fn run_ok(mut cmd: Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Refuses to start a process over one still running: its handle would be replaced and
+/// the process left running after the test (a consumer that a test started twice
+/// outlived it and held its store for good).
+fn not_running(child: &mut Option<Child>, what: &str) -> Result<()> {
+    if let Some(c) = child {
+        if c.try_wait()?.is_none() {
+            bail!("the {what} is already running");
+        }
+    }
+    Ok(())
+}
+
 /// One consumer grant of a provider config.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -307,6 +319,7 @@ impl Provider {
 
     /// Starts `serve` and waits until it listens.
     pub fn start(&mut self) -> Result<()> {
+        not_running(&mut self.child, "provider")?;
         self.starts += 1;
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut child = self.cmd("serve")?.stdout(Stdio::piped()).stderr(log).spawn()?;
@@ -575,6 +588,7 @@ impl Consumer {
 
     /// Starts `run` and waits until it is up.
     pub fn start(&mut self) -> Result<()> {
+        not_running(&mut self.child, "consumer")?;
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = self.cmd("run")?;
         cmd.env("TETHER_APPLY_AUDIT", "1").envs(self.env.iter().map(|(k, v)| (k, v)));
