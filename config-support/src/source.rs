@@ -514,6 +514,9 @@ impl FromStr for HostPort {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let err = |why| AddressError { text: text.to_owned(), why };
+        if text.contains("://") {
+            return Err(err("a host:port, not a URL: leave out the scheme, as 127.0.0.1:7389"));
+        }
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
             let (host, port) = rest.split_once("]:").ok_or_else(|| err("expected [ipv6]:port, as [::1]:7389"))?;
             host.parse::<std::net::Ipv6Addr>().map_err(|_| err("invalid IPv6 address between the brackets"))?;
@@ -685,6 +688,9 @@ mod tests {
         for bad in ["", "host", ":7389", "::1:7389", "[::1]7389", "[zz]:1", "a b:1", "h:-1", "h:65536", "h:"] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad:?} accepted");
         }
+        // A URL is not taken for an IPv6 address without brackets.
+        let e = "tether://provider:7389".parse::<HostPort>().unwrap_err().to_string();
+        assert!(e.ends_with("a host:port, not a URL: leave out the scheme, as 127.0.0.1:7389"), "{e}");
     }
 
     #[test]
