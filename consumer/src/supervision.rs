@@ -196,7 +196,9 @@ impl Supervision {
             return out.push(Output::Wait(Some(self.interval)));
         }
         if ended.goodbye == Some(GoodbyeReason::CredentialsRevoked) {
-            out.push(Output::GaveUp("credentials revoked by the provider".to_owned()));
+            // The provider's detail says what changed on its side (the grant removed,
+            // its secret, its base), which is what the operator must act on.
+            out.push(Output::GaveUp(format!("revoked by the provider ({})", ended.detail)));
             return self.settle(State::Closed, out);
         }
         if ended.fatal {
@@ -313,8 +315,18 @@ mod tests {
         let out = m.step(t0, Input::SessionEnded(rejected), 0.5);
         assert_eq!(wait_of(&out), Some(Duration::from_secs(600)));
         m.step(t0, Input::TimerFired, 0.5);
-        let revoked = Ended { goodbye: Some(GoodbyeReason::CredentialsRevoked), ..ended(Reason::ProviderGoodbye) };
-        m.step(t0, Input::SessionEnded(revoked), 0.5);
+        let revoked = Ended {
+            goodbye: Some(GoodbyeReason::CredentialsRevoked),
+            detail: "credentials-revoked: the grant was removed".into(),
+            ..ended(Reason::ProviderGoodbye)
+        };
+        let out = m.step(t0, Input::SessionEnded(revoked), 0.5);
+        assert!(
+            out.contains(&Output::GaveUp(
+                "revoked by the provider (credentials-revoked: the grant was removed)".into()
+            )),
+            "{out:?}"
+        );
         assert_eq!(m.state(), State::Closed);
         let out = m.step(t0, Input::Command(Command::Start), 0.5);
         assert!(out.contains(&Output::StartSession), "an operator can start a closed agreement");

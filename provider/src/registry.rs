@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use tether_protocol::message::GoodbyeReason;
-use tether_protocol::Cookie;
+use tether_protocol::{Cookie, Dn};
 use tokio_util::sync::CancellationToken;
 
 /// What a session publishes about itself.
@@ -33,6 +33,10 @@ pub struct SessionInfo {
     pub connected_since: String,
     /// The refresh the session ran (`full`, `delta`, `present`), once chosen.
     pub refresh: Option<String>,
+    /// The base of the region it replicates (`None` for a write client): a reload that
+    /// changes the agreement's grant ends only the sessions it no longer covers.
+    #[serde(skip)]
+    pub base: Option<Dn>,
 }
 
 /// A registered session: its published info and the means to end it.

@@ -109,24 +109,26 @@ impl Server {
         &self.registry
     }
 
-    /// Replaces the grants and ends sessions whose agreement was removed or whose
-    /// secret changed, with goodbye `credentials-revoked`. Returns how many ended.
+    /// Replaces the grants and ends, with goodbye `credentials-revoked`, the sessions
+    /// whose agreement was removed or got another secret, and those whose base the
+    /// agreement's new base no longer covers. A widened base (or one narrowed but still
+    /// above a session's) leaves the session alone: ending it would close the consumer's
+    /// agreement until an operator started it again. Returns how many ended.
     pub fn replace_grants(&self, new: Grants) -> usize {
         let old = std::mem::replace(&mut *self.grants.write().unwrap_or_else(|p| p.into_inner()), new.clone());
-        let revoked = |name: &str| -> bool {
-            if name == WRITER {
+        let revoked = |info: &SessionInfo| -> bool {
+            if info.agreement == WRITER {
                 return old.writer != new.writer && old.writer.is_some();
             }
-            match (old.agreements.get(name), new.agreements.get(name)) {
+            match (old.agreements.get(&info.agreement), new.agreements.get(&info.agreement)) {
                 (_, None) => true,
-                (Some((old_secret, old_base)), Some((new_secret, new_base))) => {
-                    old_secret != new_secret || old_base != new_base
+                (Some((old_secret, _)), Some((new_secret, new_base))) => {
+                    old_secret != new_secret || !info.base.as_ref().is_some_and(|base| base.is_descendant_of(new_base))
                 }
                 (None, Some(_)) => false,
             }
         };
-        self.registry
-            .revoke(|info| revoked(&info.agreement), tether_protocol::message::GoodbyeReason::CredentialsRevoked)
+        self.registry.revoke(revoked, tether_protocol::message::GoodbyeReason::CredentialsRevoked)
     }
 
     /// Accepts connections until shutdown, then waits for every session to finish.
@@ -226,6 +228,7 @@ impl Server {
                         queue_len: 0,
                         connected_since: rfc3339(SystemTime::now()),
                         refresh: None,
+                        base: Some(req.spec.base.clone()),
                     };
                     let reg = self.registry.register(info, &self.shutdown);
                     let end = session::run(self.dir.clone(), reader, writer, req, reg, self.params.session).await;
@@ -249,6 +252,7 @@ impl Server {
                         queue_len: 0,
                         connected_since: rfc3339(SystemTime::now()),
                         refresh: None,
+                        base: None,
                     };
                     let reg = self.registry.register(info, &self.shutdown);
                     let idle = self.params.session.keepalive_timeout;

@@ -247,7 +247,11 @@ where
         let detail = match reason {
             GoodbyeReason::Shutdown => shutdown_detail(session.dir),
             GoodbyeReason::RefreshComplete => "refresh complete".into(),
-            GoodbyeReason::CredentialsRevoked => "this agreement's credentials were removed".into(),
+            GoodbyeReason::CredentialsRevoked => {
+                "this agreement's grant was removed, or changed its secret or to a base that does not cover this \
+                 session's"
+                    .into()
+            }
             GoodbyeReason::KeepaliveTimeout => "no message from the consumer within the keepalive timeout".into(),
             GoodbyeReason::RefreshRequired => "the consumer's position left the changelog".into(),
             _ => String::new(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use replication_tests::harness::{assert_holds, wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions};
-use replication_tests::workload::{Workload, OTHERS, PEOPLE};
+use replication_tests::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const ALL: &str = "(objectClass=*)";
@@ -339,6 +339,39 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     converged(&p, &c, "people", PEOPLE)?;
     converged(&p, &c, "others", OTHERS)?;
     assert_eq!(c.agreement_status("people")?["last_refresh"], "delta", "the replica was kept");
+    Ok(())
+}
+
+/// A provider reload that changes an agreement's grant ends only the sessions it no
+/// longer covers. Widening `people` used to end its sessions as revoked, which closed
+/// the consumer's agreement until an operator started it again.
+#[test]
+fn a_widened_grant_keeps_its_sessions_and_one_narrowed_below_a_session_ends_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 300, 20, two_grants())?;
+    let c = both_agreements(tmp.path(), &p)?;
+    let reconnects = c.agreement_status("people")?["reconnects"].clone();
+    let grants = |people: &str, others: &str| ProviderOptions {
+        grants: vec![
+            Grant { agreement: "people".into(), secret: "s1".into(), base: people.into() },
+            Grant { agreement: "others".into(), secret: "s2".into(), base: others.into() },
+        ],
+        ..ProviderOptions::default()
+    };
+    p.reconfigure(&grants(SUFFIX, OTHERS))?;
+    p.reload()?;
+    wait_until(LIMIT, "the reload", || Ok(p.log_text().contains("0 sessions revoked")))?;
+    p.write_ok(&w.changes(50))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let s = c.agreement_status("people")?;
+    assert_eq!((s["state"].as_str(), &s["reconnects"]), (Some("persisting"), &reconnects), "{s}");
+
+    // `others` now covers only a branch below the session's base.
+    p.reconfigure(&grants(SUFFIX, &format!("ou=branch,{OTHERS}")))?;
+    p.reload()?;
+    let s = c.wait_status("others", LIMIT, "closed", |s| s["state"] == "closed")?;
+    assert!(s["last_error"].as_str().unwrap_or_default().contains("does not cover this session's"), "{s}");
+    assert_eq!(c.agreement_status("people")?["reconnects"], reconnects, "people is untouched");
     Ok(())
 }
 
