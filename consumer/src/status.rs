@@ -167,13 +167,17 @@ impl ConsumerStatus {
             Some(e) => format!("{}\n", crate::daemon::store_failed(e)),
             None => String::new(),
         };
+        // Columns as wide as their longest value, so a long name or host name does not
+        // push the rest of its row out of line with the header.
+        let name_w = self.agreements.iter().map(|a| a.name.len()).max().unwrap_or(0).max(16);
+        let provider_w = self.agreements.iter().map(|a| a.provider.len()).max().unwrap_or(0).max(22);
         out += &format!(
-            "{:<16} {:<11} {:<22} {:<20} {:>8} {:<8} {:<18} {}\n",
+            "{:<name_w$} {:<11} {:<provider_w$} {:<20} {:>8} {:<8} {:<18} {}\n",
             "AGREEMENT", "STATE", "PROVIDER", "MODE", "ENTRIES", "REFRESH", "LAST DISCONNECT", "COOKIE"
         );
         for a in &self.agreements {
             out.push_str(&format!(
-                "{:<16} {:<11} {:<22} {:<20} {:>8} {:<8} {:<18} {}\n",
+                "{:<name_w$} {:<11} {:<provider_w$} {:<20} {:>8} {:<8} {:<18} {}\n",
                 a.name,
                 a.state.as_str(),
                 a.provider,
@@ -239,6 +243,17 @@ impl OfflineStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_stays_in_line_with_a_long_provider_name() {
+        let short = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist").snapshot();
+        let long = StatusHandle::new("groups", "ldap-provider-1.eu-west.example.com:7389", "refresh-only").snapshot();
+        let status = ConsumerStatus { running: true, store_error: None, agreements: vec![short, long] };
+        let text = status.to_text();
+        let mode_at: Vec<usize> =
+            text.lines().map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column")).collect();
+        assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
+    }
 
     #[test]
     fn lag_seconds_is_zero_only_while_persisting_and_caught_up() {

@@ -79,13 +79,17 @@ impl ProviderStatus {
             self.changelog.newest.map_or("-".into(), |c| c.to_string()),
             self.changelog.floor,
         );
+        // Columns as wide as their longest value (an IPv6 peer, a long agreement name),
+        // so that each row stays in line with the header.
+        let peer_w = self.sessions.iter().map(|s| s.peer.len()).max().unwrap_or(0).max(22);
+        let agreement_w = self.sessions.iter().map(|s| s.agreement.len()).max().unwrap_or(0).max(16);
         out.push_str(&format!(
-            "{:<22} {:<16} {:<20} {:>8} {:>6} {:<8} {}\n",
+            "{:<peer_w$} {:<agreement_w$} {:<20} {:>8} {:>6} {:<8} {}\n",
             "PEER", "AGREEMENT", "MODE", "LAG", "QUEUE", "REFRESH", "SINCE"
         ));
         for s in &self.sessions {
             out.push_str(&format!(
-                "{:<22} {:<16} {:<20} {:>8} {:>6} {:<8} {}\n",
+                "{:<peer_w$} {:<agreement_w$} {:<20} {:>8} {:>6} {:<8} {}\n",
                 s.peer,
                 s.agreement,
                 s.mode,
@@ -96,5 +100,49 @@ impl ProviderStatus {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(peer: &str, agreement: &str) -> SessionInfo {
+        SessionInfo {
+            session_id: 1,
+            peer: peer.into(),
+            agreement: agreement.into(),
+            client: "c".into(),
+            mode: "refresh-and-persist".into(),
+            cookie: None,
+            lag_changes: 0,
+            queue_len: 0,
+            connected_since: "2026-12-01T00:00:00Z".into(),
+            refresh: None,
+            base: None,
+        }
+    }
+
+    #[test]
+    fn the_table_stays_in_line_with_an_ipv6_peer_and_a_long_agreement_name() {
+        let status = ProviderStatus {
+            running: true,
+            store_id: "s".into(),
+            history: "h".into(),
+            csn: 1,
+            entries: 1,
+            changelog: ChangelogStatus { oldest: None, newest: None, floor: 0 },
+            sessions: vec![
+                session("127.0.0.1:40000", "people"),
+                session("[fd00:1234:5678:9abc::42]:40000", "people-of-the-eu-west-region"),
+            ],
+        };
+        let text = status.to_text();
+        let mode_at: Vec<usize> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column"))
+            .collect();
+        assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
     }
 }
