@@ -75,6 +75,12 @@ pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
     Ok(getrlimit(Resource::Nofile).current)
 }
 
+/// This machine's host name (`uname`'s node name), for telling one machine from another
+/// in ids and logs; empty if it is not valid UTF-8.
+pub fn host_name() -> String {
+    rustix::system::uname().nodename().to_str().unwrap_or_default().to_owned()
+}
+
 /// What a signal asks of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

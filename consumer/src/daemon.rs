@@ -26,8 +26,6 @@ use crate::tls::TlsClient;
 const COMMAND_QUEUE: usize = 8;
 /// Environment variable that turns the apply audit on (see `ReplicaStore::set_audit`).
 pub const AUDIT_ENV: &str = "TETHER_APPLY_AUDIT";
-/// File in `data_dir` holding this consumer's id (sent to providers).
-const CLIENT_ID_FILE: &str = "consumer.id";
 
 /// A running agreement.
 #[derive(Debug)]
@@ -78,19 +76,6 @@ pub fn spec_of(config: &ConsumerConfig, index: usize, a: &AgreementConfig) -> Re
     let filter = Filter::parse(&a.filter)
         .with_context(|| format!("{}: key 'agreement[{index}].filter'", config.file.display()))?;
     Ok(SearchSpec { base: a.base.clone(), scope: a.scope, filter, attrs: a.attrs.clone() })
-}
-
-/// This consumer's stable id, created on first start.
-fn client_id(data_dir: &Path) -> Result<String> {
-    let path = data_dir.join(CLIENT_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-        _ => {
-            let id = uuid::Uuid::new_v4().to_string();
-            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
-            Ok(id)
-        }
-    }
 }
 
 /// The agreement's TLS client (`None` for plain TCP), reading its CA file; errors name
@@ -256,7 +241,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let store =
         ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size })
             .with_context(|| format!("opening store {}", config.data_dir.display()))?;
-    let client_id = client_id(&config.data_dir)?;
+    let client_id = crate::identity::client_id(&config.data_dir)?;
     if std::env::var(AUDIT_ENV).is_ok_and(|v| v == "1") {
         info!("apply audit on: every incremental apply is logged to prove exactly-once");
         store.set_audit(true);

@@ -23,6 +23,8 @@
 //! - [`supervisor`]: its tokio shell: sessions, timers, status.
 //! - [`control`]: the control socket.
 //! - [`daemon`]: the `run` process: agreements, reload, signals, shutdown.
+//! - [`identity`]: the consumer's id for providers, one per store and never shared by
+//!   a copy of it.
 //! - [`executor`], [`transport`]: where blocking store calls run and how a session
 //!   connects; production gives each session a store thread of its own and uses TCP,
 //!   the deterministic simulation swaps in inline execution and turmoil's network.
@@ -33,6 +35,7 @@ pub mod control;
 pub mod daemon;
 pub mod executor;
 pub mod failpoint;
+pub mod identity;
 pub mod reason;
 pub mod retry;
 pub mod session;
