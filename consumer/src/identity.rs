@@ -32,14 +32,11 @@ pub fn client_id(data_dir: &Path) -> Result<String> {
     let id = match (id, origin) {
         (Some(id), Some(origin)) if origin == here => return Ok(id),
         (Some(id), None) => id,
-        (Some(old), Some(origin)) => {
+        (old, origin) => {
             let id = uuid::Uuid::new_v4().to_string();
-            info!(made_at = %origin, old_id = %old, new_id = %id, "the store was made elsewhere (a copy or a move): it takes a new consumer id");
-            write(&id_path, &id)?;
-            id
-        }
-        (None, _) => {
-            let id = uuid::Uuid::new_v4().to_string();
+            if let (Some(old), Some(origin)) = (old, origin) {
+                info!(made_at = %origin, old_id = %old, new_id = %id, "the store was made elsewhere (a copy or a move): it takes a new consumer id");
+            }
             write(&id_path, &id)?;
             id
         }
