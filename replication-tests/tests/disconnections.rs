@@ -48,10 +48,16 @@ fn store_threads(c: &Consumer) -> Result<Vec<String>> {
 }
 
 fn two_grants() -> ProviderOptions {
+    grants_of("s1", PEOPLE, OTHERS)
+}
+
+/// The grants of [`two_grants`] with `people`'s secret and base and `others`' base
+/// changed, as a reload would bring them.
+fn grants_of(people_secret: &str, people_base: &str, others_base: &str) -> ProviderOptions {
     ProviderOptions {
         grants: vec![
-            Grant { agreement: "people".into(), secret: "s1".into(), base: PEOPLE.into() },
-            Grant { agreement: "others".into(), secret: "s2".into(), base: OTHERS.into() },
+            Grant { agreement: "people".into(), secret: people_secret.into(), base: people_base.into() },
+            Grant { agreement: "others".into(), secret: "s2".into(), base: others_base.into() },
         ],
         ..ProviderOptions::default()
     }
@@ -319,13 +325,9 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     assert_eq!(c.admin("reload", None)?, "reloaded: nothing changed\n");
 
     let rotated = ProviderOptions {
-        grants: vec![
-            Grant { agreement: "people".into(), secret: "s1-rotated".into(), base: PEOPLE.into() },
-            Grant { agreement: "others".into(), secret: "s2".into(), base: OTHERS.into() },
-        ],
         // Changed too, but a reload cannot apply it: the provider says so.
         keepalive: ("2s".into(), "6s".into()),
-        ..ProviderOptions::default()
+        ..grants_of("s1-rotated", PEOPLE, OTHERS)
     };
     p.reconfigure(&rotated)?;
     p.reload()?;
@@ -351,14 +353,7 @@ fn a_widened_grant_keeps_its_sessions_and_one_narrowed_below_a_session_ends_it()
     let (mut p, mut w) = provider_with(tmp.path(), 300, 20, two_grants())?;
     let c = both_agreements(tmp.path(), &p)?;
     let reconnects = c.agreement_status("people")?["reconnects"].clone();
-    let grants = |people: &str, others: &str| ProviderOptions {
-        grants: vec![
-            Grant { agreement: "people".into(), secret: "s1".into(), base: people.into() },
-            Grant { agreement: "others".into(), secret: "s2".into(), base: others.into() },
-        ],
-        ..ProviderOptions::default()
-    };
-    p.reconfigure(&grants(SUFFIX, OTHERS))?;
+    p.reconfigure(&grants_of("s1", SUFFIX, OTHERS))?;
     p.reload()?;
     wait_until(LIMIT, "the reload", || Ok(p.log_text().contains("0 sessions revoked")))?;
     p.write_ok(&w.changes(50))?;
@@ -367,7 +362,7 @@ fn a_widened_grant_keeps_its_sessions_and_one_narrowed_below_a_session_ends_it()
     assert_eq!((s["state"].as_str(), &s["reconnects"]), (Some("persisting"), &reconnects), "{s}");
 
     // `others` now covers only a branch below the session's base.
-    p.reconfigure(&grants(SUFFIX, &format!("ou=branch,{OTHERS}")))?;
+    p.reconfigure(&grants_of("s1", SUFFIX, &format!("ou=branch,{OTHERS}")))?;
     p.reload()?;
     let s = c.wait_status("others", LIMIT, "closed", |s| s["state"] == "closed")?;
     assert!(s["last_error"].as_str().unwrap_or_default().contains("does not cover this session's"), "{s}");
