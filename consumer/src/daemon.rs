@@ -236,6 +236,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
     for w in config.check_secrets()? {
         warn!("{w}");
     }
+    // Before the store is created or opened: a process that cannot take its control
+    // socket (another process answers on it) changes nothing.
+    let (listener, control_file) =
+        tether_protocol::control::bind(&config.control).context("binding the control socket")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let store =
@@ -264,8 +268,6 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }
     }
     let shutdown = CancellationToken::new();
-    let listener = tether_protocol::control::bind(&config.control)
-        .with_context(|| format!("binding control socket {}", config.control.display()))?;
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let ctx = ControlContext { store: store.clone(), agreements: agreements.clone(), reload: reload_tx };
     let control_task = tokio::spawn(control::serve(listener, ctx, shutdown.clone()));
@@ -306,7 +308,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     shutdown.cancel();
     let _ = control_task.await;
-    let _ = std::fs::remove_file(&config.control);
+    drop(control_file);
     let flush = store.clone();
     tokio::task::spawn_blocking(move || flush.flush()).await.context("flush task")?.context("final flush")?;
     info!("consumer stopped");

@@ -7,8 +7,8 @@
 //! prints it and a long search streams instead of being held whole.
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -125,20 +125,91 @@ pub async fn call_at(path: &Path, request: &ControlRequest) -> Result<bool, Cont
 /// Pause after a failed `accept` (out of file descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Why a process could not take its control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Something other than a socket is at the path: a mistyped `control` may name a
+    /// config file or a secret, which the process must never delete to make room.
+    #[error("{path} exists and is not a socket; it is left as it is: does `control` name the right path?")]
+    NotASocket {
+        /// The path.
+        path: String,
+    },
+    /// A live process answers there. Replacing its socket would steer that process's
+    /// commands to this one (and leave it unreachable once this one exits and removes
+    /// the file), so a second process copied from the same configuration is refused.
+    #[error(
+        "{path} is the control socket of a running process: another process's configuration names the same \
+         `control` path, or this one is already running"
+    )]
+    InUse {
+        /// The path.
+        path: String,
+    },
+    /// Creating the folder or the socket failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The socket file a process bound, removed when dropped (at the process's exit, or
+/// when its start fails after the bind) if it is still that file.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the socket bound.
+    id: (u64, u64),
+    /// A handle on the bound socket, which keeps its inode from being reused (by a
+    /// socket another process binds at the path after an operator deleted this one)
+    /// until the drop has compared it.
+    _held: std::os::unix::net::UnixListener,
+}
+
+impl Drop for SocketFile {
+    /// Removes the socket file, unless another has taken its place since.
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Binds a process's control socket at `path` with mode 0600 (only its owner may steer
-/// it), creating the folder and replacing a socket file a previous run left behind.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// it), creating the folder. A socket file that a previous run left behind, which no
+/// process answers on, is replaced; anything else at the path is refused (see
+/// [`BindError`]).
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
+    let io = |source| BindError::Io { path: path.display().to_string(), source };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent).map_err(io)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(io(e)),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(BindError::NotASocket { path: path.display().to_string() })
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse { path: path.display().to_string() }),
+            // Left by a process that is gone.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            },
+            Err(e) => return Err(io(e)),
+        },
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    let held = listener.try_clone().map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    let listener = UnixListener::from_std(listener).map_err(io)?;
+    Ok((listener, SocketFile { path: path.to_owned(), id: (meta.dev(), meta.ino()), _held: held }))
 }
 
 /// Accepts control connections until `shutdown` completes, running `handle` for each
@@ -283,6 +354,39 @@ mod tests {
         let result = call(client, &ControlRequest::Reload, |text| out.push_str(text)).await;
         serve.await.unwrap();
         (out, result)
+    }
+
+    #[tokio::test]
+    async fn bind_replaces_only_a_socket_no_process_answers_on_and_removes_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/control.sock");
+        // A file a mistyped `control` names is neither replaced nor removed.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "precious").unwrap();
+        let refused = bind(&path).unwrap_err();
+        assert!(matches!(refused, BindError::NotASocket { .. }), "{refused}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+        std::fs::remove_file(&path).unwrap();
+
+        let (live, file) = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "only the owner may steer the process");
+        // A second process with the same `control` is refused while the first answers.
+        let refused = bind(&path).unwrap_err();
+        assert!(refused.to_string().contains("is the control socket of a running process"), "{refused}");
+        // An operator deleted the socket of a process still running, and another took
+        // the path: the first one's clean-up at its exit leaves the new socket alone.
+        std::fs::remove_file(&path).unwrap();
+        let (_second, second_file) = bind(&path).unwrap();
+        drop((live, file));
+        assert!(std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()));
+        drop((_second, second_file));
+        assert!(!path.exists(), "a process removes its own socket");
+        // A process gone without removing its socket (a crash): the next one takes the path.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        drop(bind(&path).unwrap());
+        assert!(!path.exists());
     }
 
     #[tokio::test]

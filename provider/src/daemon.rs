@@ -77,6 +77,10 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
     check_open_files_limit(config.max_connections);
+    // Before the store is created or opened: a process that cannot take its control
+    // socket (another process answers on it) changes nothing.
+    let (control_listener, control_file) =
+        tether_protocol::control::bind(&config.control).context("binding the control socket")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let dir = Arc::new(
@@ -107,8 +111,6 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         },
     };
     let server = Server::new(dir.clone(), grants, tls.clone(), params, shutdown.clone());
-    let control_listener = tether_protocol::control::bind(&config.control)
-        .with_context(|| format!("binding control socket {}", config.control.display()))?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let ctx = ControlContext { dir: dir.clone(), registry: server.registry().clone(), reload: reload_tx };
     // The line tests and the demo wait for: the provider is ready and where.
@@ -161,7 +163,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     if drained.is_err() {
         warn!("sessions did not finish within {SHUTDOWN_LIMIT:?}; closing anyway");
     }
-    let _ = std::fs::remove_file(&config.control);
+    drop(control_file);
     if let Some(failure) = store_failure {
         // sled returns the failure from every operation now, the final flush included.
         bail!(

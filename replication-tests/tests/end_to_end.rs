@@ -514,6 +514,69 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
     Ok(())
 }
 
+/// Runs `binary verb -c config` and returns its stderr once it has failed (a process
+/// that starts serving instead is killed, and the test fails).
+fn refused_start(binary: &str, verb: &str, config: &Path) -> Result<String> {
+    let mut child = std::process::Command::new(replication_tests::harness::bin(binary)?)
+        .args([verb, "-c"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let status = replication_tests::harness::wait_exit(&mut child, Duration::from_secs(30))?;
+    assert!(!status.success(), "{binary} {} started", config.display());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut err)?;
+    Ok(err)
+}
+
+/// A second process whose config names the `control` socket of a running one (a
+/// config copied for a second instance, the same one started twice) is refused before
+/// it creates or opens anything: taking the socket over would steer the first one's
+/// commands to it. Nor is anything but a socket ever deleted to make room for one.
+#[test]
+fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = provider_with(tmp.path(), 50, 22, ProviderOptions::default())?;
+    let c = people_consumer(tmp.path(), &p)?;
+    let (provider_id, entries) = (p.status()?["store_id"].clone(), c.agreement_status("people")?["entries"].clone());
+    let in_use = "is the control socket of a running process";
+
+    // A second instance: its own store and port, the first one's socket.
+    let second = p.dir.join("second.toml");
+    let port = replication_tests::harness::free_port()?;
+    let text = std::fs::read_to_string(&p.config)?
+        .replace("data_dir = \"data\"", "data_dir = \"second\"")
+        .replace(&format!(":{}\"", p.port), &format!(":{port}\""));
+    std::fs::write(&second, text)?;
+    let err = refused_start("tether-provider", "serve", &second)?;
+    assert!(err.contains(in_use), "{err}");
+    assert!(!p.dir.join("second").exists(), "no store was created");
+    // The same config started twice.
+    assert!(refused_start("tether-provider", "serve", &p.config)?.contains(in_use));
+    let c_second = c.dir.join("second.toml");
+    std::fs::write(
+        &c_second,
+        std::fs::read_to_string(&c.config)?.replace("data_dir = \"data\"", "data_dir = \"second\""),
+    )?;
+    assert!(refused_start("tether-consumer", "run", &c_second)?.contains(in_use));
+    assert!(!c.dir.join("second").exists(), "no store was created");
+    assert!(refused_start("tether-consumer", "run", &c.config)?.contains(in_use));
+    // The running ones still answer on their sockets, and keep them.
+    assert_eq!(p.status()?["store_id"], provider_id);
+    let s = c.agreement_status("people")?;
+    assert_eq!((&s["state"], &s["entries"]), (&"persisting".into(), &entries), "{s}");
+
+    // `control` naming a file that is not a socket: its own config, say.
+    let own = p.dir.join("own.toml");
+    let text = std::fs::read_to_string(&second)?.replace("control = \"ctl.sock\"", "control = \"own.toml\"");
+    std::fs::write(&own, &text)?;
+    let err = refused_start("tether-provider", "serve", &own)?;
+    assert!(err.contains("own.toml exists and is not a socket; it is left as it is"), "{err}");
+    assert_eq!(std::fs::read_to_string(&own)?, text, "the file is untouched");
+    Ok(())
+}
+
 #[test]
 fn a_search_whose_base_names_no_entry_says_so_and_where_the_name_went_wrong() -> Result<()> {
     let tmp = tempfile::tempdir()?;
