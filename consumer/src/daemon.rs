@@ -239,7 +239,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // Before the store is created or opened: a process that cannot take its control
     // socket (another process answers on it) changes nothing.
     let (listener, control_file) =
-        tether_protocol::control::bind(&config.control).context("binding the control socket")?;
+        tether_protocol::control::bind(&config.control).await.context("binding the control socket")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let store =

@@ -125,6 +125,9 @@ pub async fn call_at(path: &Path, request: &ControlRequest) -> Result<bool, Cont
 /// Pause after a failed `accept` (out of file descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How long [`bind`] waits to learn whether a process answers on an existing socket.
+const IN_USE_PROBE: Duration = Duration::from_secs(2);
+
 /// Why a process could not take its control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -182,7 +185,7 @@ impl Drop for SocketFile {
 /// it), creating the folder. A socket file that a previous run left behind, which no
 /// process answers on, is replaced; anything else at the path is refused (see
 /// [`BindError`]).
-pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
+pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
     let io = |source| BindError::Io { path: path.display().to_string(), source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
@@ -193,14 +196,19 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(BindError::NotASocket { path: path.display().to_string() })
         }
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(BindError::InUse { path: path.display().to_string() }),
+        // Not connecting, as to a process that is stopped (SIGSTOP) with its queue of
+        // waiting connections full, is a process that is there too.
+        Ok(_) => match tokio::time::timeout(IN_USE_PROBE, UnixStream::connect(path)).await {
+            Ok(Ok(_)) | Err(_) => return Err(BindError::InUse { path: path.display().to_string() }),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(BindError::InUse { path: path.display().to_string() })
+            }
             // Left by a process that is gone.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => match std::fs::remove_file(path) {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
                 _ => {}
             },
-            Err(e) => return Err(io(e)),
+            Ok(Err(e)) => return Err(io(e)),
         },
     }
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
@@ -363,21 +371,21 @@ mod tests {
         // A file a mistyped `control` names is neither replaced nor removed.
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "precious").unwrap();
-        let refused = bind(&path).unwrap_err();
+        let refused = bind(&path).await.unwrap_err();
         assert!(matches!(refused, BindError::NotASocket { .. }), "{refused}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
         std::fs::remove_file(&path).unwrap();
 
-        let (live, file) = bind(&path).unwrap();
+        let (live, file) = bind(&path).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "only the owner may steer the process");
         // A second process with the same `control` is refused while the first answers.
-        let refused = bind(&path).unwrap_err();
+        let refused = bind(&path).await.unwrap_err();
         assert!(refused.to_string().contains("is the control socket of a running process"), "{refused}");
         // An operator deleted the socket of a process still running, and another took
         // the path: the first one's clean-up at its exit leaves the new socket alone.
         std::fs::remove_file(&path).unwrap();
-        let (_second, second_file) = bind(&path).unwrap();
+        let (_second, second_file) = bind(&path).await.unwrap();
         drop((live, file));
         assert!(std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()));
         drop((_second, second_file));
@@ -385,8 +393,20 @@ mod tests {
         // A process gone without removing its socket (a crash): the next one takes the path.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        drop(bind(&path).unwrap());
+        drop(bind(&path).await.unwrap());
         assert!(!path.exists());
+
+        // A process that accepts nothing (stopped) and whose queue of waiting
+        // connections is full still holds its socket, and the probe does not hang on it.
+        let stopped = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut waiting = Vec::new();
+        while let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(1), UnixStream::connect(&path)).await {
+            waiting.push(stream);
+            assert!(waiting.len() < 100_000, "the queue never filled");
+        }
+        let refused = bind(&path).await.unwrap_err();
+        assert!(matches!(refused, BindError::InUse { .. }), "{refused}");
+        drop((stopped, waiting));
     }
 
     #[tokio::test]
