@@ -11,14 +11,14 @@ use tether_store::{Replica, ReplicaStore};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::daemon::Agreements;
 use crate::status::ConsumerStatus;
 use crate::supervisor::Command;
 
-/// Longest a `WaitCsn` request may wait: the control server waits for open requests
-/// when the consumer shuts down, so none may be unbounded.
+/// Longest a `WaitCsn` request may wait: a client that wants longer asks again, and
+/// learns in between where the agreement stands.
 const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Entries per page of a search's output.
@@ -33,10 +33,14 @@ pub struct ControlContext {
     pub agreements: Agreements,
     /// Asks the daemon to reload.
     pub reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
+    /// Cancelled when the consumer begins to shut down: an open `WaitCsn` then answers
+    /// where the agreement stands instead of waiting on.
+    pub shutdown: CancellationToken,
 }
 
-/// Serves control connections until `shutdown`.
-pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: CancellationToken) {
+/// Serves control connections until `ctx.shutdown`.
+pub async fn serve(listener: UnixListener, ctx: ControlContext) {
+    let shutdown = ctx.shutdown.clone();
     let handler = move |stream: UnixStream| {
         let ctx = ctx.clone();
         async move {
@@ -45,7 +49,14 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: Cancel
             }
         }
     };
-    tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
+    let cut = tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
+    if cut > 0 {
+        warn!(
+            requests = cut,
+            "control requests still running {:?} after shutdown began were cut off",
+            tether_protocol::control::SHUTDOWN_GRACE
+        );
+    }
 }
 
 /// The canonical LDIF of the entries of a replica in a region, a page of
@@ -155,7 +166,11 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                 None => Err(format!("no agreement named {name:?}")),
                 Some(status) => {
                     let limit = std::time::Duration::from_millis(timeout_ms).min(WAIT_LIMIT);
-                    if status.wait_csn(csn, limit).await {
+                    let reached = tokio::select! {
+                        reached = status.wait_csn(csn, limit) => Some(reached),
+                        _ = ctx.shutdown.cancelled() => status.durable_csn().is_some_and(|c| c >= csn).then_some(true),
+                    };
+                    if reached == Some(true) {
                         Ok(format!("{}\n", status.durable_csn().unwrap_or(csn)))
                     } else {
                         // Say where it stands: a stopped or closed agreement, or one in
@@ -163,8 +178,13 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                         let now = status.snapshot();
                         let at = now.cookie.as_deref().and_then(|c| c.rsplit_once('#')).map_or("none", |(_, c)| c);
                         let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+                        let within = if reached.is_none() {
+                            "before the consumer shut down".into()
+                        } else {
+                            format!("within {limit:?}")
+                        };
                         Err(format!(
-                            "{name}: csn {csn} not durable within {limit:?}; the agreement is {} at csn {at}{why}",
+                            "{name}: csn {csn} not durable {within}; the agreement is {} at csn {at}{why}",
                             now.state
                         ))
                     }

@@ -269,8 +269,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     let shutdown = CancellationToken::new();
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
-    let ctx = ControlContext { store: store.clone(), agreements: agreements.clone(), reload: reload_tx };
-    let control_task = tokio::spawn(control::serve(listener, ctx, shutdown.clone()));
+    let ctx = ControlContext {
+        store: store.clone(),
+        agreements: agreements.clone(),
+        reload: reload_tx,
+        shutdown: shutdown.clone(),
+    };
+    let control_task = tokio::spawn(control::serve(listener, ctx));
     info!(agreements = config.agreements.len(), "consumer running");
     println!("consumer running");
 
@@ -294,6 +299,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
             }
         }
     }
+    // The control server takes no more requests and gives the open ones a short grace,
+    // while the agreements stop: an idle client, a search into a stopped pager or a
+    // `wait` must not hold the process past `shutdown_timeout` either.
+    shutdown.cancel();
     let stopping = async {
         let all: Vec<Running> = std::mem::take(&mut *agreements.lock().await).into_values().collect();
         for r in &all {
@@ -302,12 +311,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
         for r in all {
             let _ = r.task.await;
         }
+        let _ = control_task.await;
     };
     if tokio::time::timeout(config.shutdown_timeout, stopping).await.is_err() {
-        warn!(limit = ?config.shutdown_timeout, "agreements did not stop in time; exiting anyway");
+        warn!(limit = ?config.shutdown_timeout, "agreements or control requests did not stop in time; exiting anyway");
     }
-    shutdown.cancel();
-    let _ = control_task.await;
     drop(control_file);
     let flush = store.clone();
     tokio::task::spawn_blocking(move || flush.flush()).await.context("flush task")?.context("final flush")?;

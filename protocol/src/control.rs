@@ -86,7 +86,7 @@ pub enum ControlError {
     #[error("control message: {0}")]
     Codec(#[from] CodecError),
     /// The process closed the connection before `Done`/`Error`.
-    #[error("control connection closed before the reply ended")]
+    #[error("the process closed the control connection before its reply ended (is it shutting down?)")]
     Truncated,
     /// The process reported a failure.
     #[error("{0}")]
@@ -220,10 +220,18 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> 
     Ok((listener, SocketFile { path: path.to_owned(), id: (meta.dev(), meta.ino()), _held: held }))
 }
 
+/// How long requests still running when shutdown begins may take to finish before they
+/// are cut off. A client that sends nothing, a `search` into a pager that stopped
+/// reading, a client stopped with ^Z: none of them may hold the process past its own
+/// shutdown limit.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Accepts control connections until `shutdown` completes, running `handle` for each
-/// on its own task, then waits for the running ones: the server side every process
-/// shares; what a request does is the process's `handle`.
-pub async fn serve<F, Fut>(listener: UnixListener, shutdown: impl Future<Output = ()>, handle: F)
+/// on its own task, then gives the running ones [`SHUTDOWN_GRACE`] to finish and cuts
+/// off the rest, whose clients see the connection close before the reply ends: the
+/// server side every process shares; what a request does is the process's `handle`.
+/// Returns how many requests were cut off, for the process to log.
+pub async fn serve<F, Fut>(listener: UnixListener, shutdown: impl Future<Output = ()>, handle: F) -> usize
 where
     F: Fn(UnixStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -242,7 +250,14 @@ where
             Some(_) = running.join_next(), if !running.is_empty() => {}
         }
     }
-    while running.join_next().await.is_some() {}
+    drop(listener);
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async { while running.join_next().await.is_some() {} }).await;
+    if finished.is_ok() {
+        return 0;
+    }
+    let cut = running.len();
+    running.shutdown().await;
+    cut
 }
 
 /// Sends `request` and passes each output chunk to `on_output` until the reply ends.

@@ -10,7 +10,7 @@ use tether_protocol::{ldif, SearchSpec};
 use tether_store::Directory;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::registry::Registry;
 use crate::status::ProviderStatus;
@@ -39,7 +39,14 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: Cancel
             }
         }
     };
-    tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
+    let cut = tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
+    if cut > 0 {
+        warn!(
+            requests = cut,
+            "control requests still running {:?} after shutdown began were cut off",
+            tether_protocol::control::SHUTDOWN_GRACE
+        );
+    }
 }
 
 /// Why `spec` cannot be searched in `dir`, as LDAP would refuse it: a base outside the
