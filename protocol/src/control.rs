@@ -88,6 +88,9 @@ pub enum ControlError {
     /// The process closed the connection before `Done`/`Error`.
     #[error("the process closed the control connection before its reply ended (is it shutting down?)")]
     Truncated,
+    /// The client sent no request in time.
+    #[error("no request within {0:?}")]
+    NoRequest(Duration),
     /// The process reported a failure.
     #[error("{0}")]
     Remote(String),
@@ -278,9 +281,17 @@ where
     }
 }
 
-/// Server side: reads the one request of a control connection.
+/// How long a control connection may stay open without its request. The command-line
+/// tools send theirs at once; a client that sends nothing would otherwise hold a task
+/// and a descriptor of the process for as long as it stays connected.
+pub const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+/// Server side: reads the one request of a control connection, within [`REQUEST_WAIT`].
 pub async fn read_request<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<ControlRequest, ControlError> {
-    let Some(frame) = reader.read_frame().await? else { return Err(ControlError::Truncated) };
+    let read = tokio::time::timeout(REQUEST_WAIT, reader.read_frame()).await;
+    let Some(frame) = read.map_err(|_| ControlError::NoRequest(REQUEST_WAIT))?? else {
+        return Err(ControlError::Truncated);
+    };
     Ok(codec::decode(&frame)?)
 }
 
@@ -422,6 +433,16 @@ mod tests {
         let refused = bind(&path).await.unwrap_err();
         assert!(matches!(refused, BindError::InUse { .. }), "{refused}");
         drop((stopped, waiting));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_no_request_is_let_go() {
+        let (_client, server) = tokio::io::duplex(1 << 10);
+        let (mut reader, _writer) = crate::frame::split(server);
+        let started = tokio::time::Instant::now();
+        let refused = read_request(&mut reader).await.unwrap_err();
+        assert!(matches!(refused, ControlError::NoRequest(REQUEST_WAIT)), "{refused}");
+        assert_eq!(started.elapsed(), REQUEST_WAIT);
     }
 
     #[tokio::test]

@@ -109,41 +109,47 @@ fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     Ok(())
 }
 
-/// Neither process waits at its shutdown for a control client that sends nothing (one
-/// held that consumer up for good, past its `shutdown_timeout`), and a `wait` open at the
-/// consumer's shutdown is answered with where the agreement stands.
+/// Neither process waits at its shutdown for a control request whose client stopped
+/// reading, as a `search` into a pager does (one held that consumer up for good, past its
+/// `shutdown_timeout`), and a `wait` open at the consumer's shutdown is answered with
+/// where the agreement stands.
 #[test]
 fn open_control_requests_do_not_hold_up_either_process_at_shutdown() -> Result<()> {
     use tether_protocol::control::{ControlRequest, ControlResponse};
-    use tether_protocol::{codec, frame};
+    use tether_protocol::{codec, frame, scope::SearchSpec, Dn};
     let tmp = tempfile::tempdir()?;
-    let (mut p, _w) = provider_with(tmp.path(), 50, 23, ProviderOptions::default())?;
+    // Enough entries that a search's output fills the socket's buffer.
+    let (mut p, _w) = provider_with(tmp.path(), 3000, 23, ProviderOptions::default())?;
     let mut c = people_consumer(tmp.path(), &p)?;
-    let idle_on_consumer = std::os::unix::net::UnixStream::connect(c.dir.join("ctl.sock"))?;
-    let waiting = std::os::unix::net::UnixStream::connect(c.dir.join("ctl.sock"))?;
-    let idle_on_provider = std::os::unix::net::UnixStream::connect(p.dir.join("ctl.sock"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Sends `request` on a new connection to `socket`, reading nothing back yet.
+    let send = |socket: &Path, request: &ControlRequest| -> Result<_> {
+        let stream = std::os::unix::net::UnixStream::connect(socket)?;
+        stream.set_nonblocking(true)?;
+        let (reader, mut writer) =
+            rt.block_on(async { anyhow::Ok(frame::split(tokio::net::UnixStream::from_std(stream)?)) })?;
+        rt.block_on(writer.write_frame(&codec::encode(request)?))?;
+        Ok((reader, writer))
+    };
+    let search = ControlRequest::Search { agreement: None, spec: SearchSpec::subtree(Dn::parse(SUFFIX)?) };
+    let unread = [send(&c.dir.join("ctl.sock"), &search)?, send(&p.dir.join("ctl.sock"), &search)?];
+    let wait =
+        ControlRequest::WaitCsn { name: "people".into(), csn: tether_protocol::Csn(1 << 40), timeout_ms: 60_000 };
+    let (mut waiting, _w) = send(&c.dir.join("ctl.sock"), &wait)?;
     // Connections are accepted in order: once a later request is answered, these three
     // are being served, not queued.
     c.status()?;
     p.status()?;
-    // The wait is sent before the SIGTERM and read after it.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    waiting.set_nonblocking(true)?;
-    let (mut reader, mut writer) =
-        rt.block_on(async { anyhow::Ok(frame::split(tokio::net::UnixStream::from_std(waiting)?)) })?;
-    let request =
-        ControlRequest::WaitCsn { name: "people".into(), csn: tether_protocol::Csn(1 << 40), timeout_ms: 60_000 };
-    rt.block_on(writer.write_frame(&codec::encode(&request)?))?;
 
     assert!(c.stop()?.success(), "SIGTERM exits 0");
-    let answer = rt.block_on(reader.read_frame())?.context("an answer")?;
+    let answer = rt.block_on(waiting.read_frame())?.context("an answer")?;
     let answer: ControlResponse = codec::decode(&answer)?;
     let ControlResponse::Error(answer) = answer else { anyhow::bail!("the csn was never written: {answer:?}") };
     assert!(answer.contains("not durable before the consumer shut down; the agreement is"), "{answer}");
-    assert!(c.log_text().contains("were cut off requests=1"), "the idle client was cut off");
+    assert!(c.log_text().contains("were cut off requests=1"), "the stalled search was cut off");
     assert!(p.stop()?.success(), "SIGTERM exits 0");
-    assert!(p.log_text().contains("were cut off requests=1"), "the idle client was cut off");
-    drop((idle_on_consumer, idle_on_provider));
+    assert!(p.log_text().contains("were cut off requests=1"), "the stalled search was cut off");
+    drop(unread);
     Ok(())
 }
 
