@@ -1,6 +1,6 @@
 //! The process shell both binaries share: logging to stderr, the Unix signals that
-//! steer a running process (SIGTERM/SIGINT shut it down, SIGHUP reloads its config), and
-//! the open files limit a server needs raised.
+//! steer a running process (SIGTERM/SIGINT shut it down, SIGHUP reloads its config), the
+//! open files limit a server needs raised, and serving the control socket.
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -118,6 +118,26 @@ impl Signals {
             _ = self.int.recv() => Signal::Shutdown("SIGINT"),
             _ = self.hup.recv() => Signal::Reload,
         }
+    }
+}
+
+/// Serves a process's control socket until `shutdown` (see
+/// [`tether_protocol::control::serve`]), and logs the requests it had to cut off then.
+pub async fn serve_control<F, Fut>(
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    handle: F,
+) where
+    F: Fn(tokio::net::UnixStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let cut = tether_protocol::control::serve(listener, shutdown, handle).await;
+    if cut > 0 {
+        tracing::warn!(
+            requests = cut,
+            "control requests still running {:?} after shutdown began were cut off",
+            tether_protocol::control::SHUTDOWN_GRACE
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use tether_store::{Replica, ReplicaStore};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::daemon::Agreements;
 use crate::status::ConsumerStatus;
@@ -49,14 +49,7 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext) {
             }
         }
     };
-    let cut = tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
-    if cut > 0 {
-        warn!(
-            requests = cut,
-            "control requests still running {:?} after shutdown began were cut off",
-            tether_protocol::control::SHUTDOWN_GRACE
-        );
-    }
+    tether_config::shell::serve_control(listener, shutdown.cancelled_owned(), handler).await;
 }
 
 /// The canonical LDIF of the entries of a replica in a region, a page of

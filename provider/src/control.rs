@@ -10,7 +10,7 @@ use tether_protocol::{ldif, SearchSpec};
 use tether_store::Directory;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::registry::Registry;
 use crate::status::ProviderStatus;
@@ -39,14 +39,7 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: Cancel
             }
         }
     };
-    let cut = tether_protocol::control::serve(listener, shutdown.cancelled_owned(), handler).await;
-    if cut > 0 {
-        warn!(
-            requests = cut,
-            "control requests still running {:?} after shutdown began were cut off",
-            tether_protocol::control::SHUTDOWN_GRACE
-        );
-    }
+    tether_config::shell::serve_control(listener, shutdown.cancelled_owned(), handler).await;
 }
 
 /// Why `spec` cannot be searched in `dir`, as LDAP would refuse it: a base outside the
