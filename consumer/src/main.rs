@@ -183,11 +183,22 @@ async fn run(cli: Cli) -> Result<()> {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, agreement)?;
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-            let request = ControlRequest::WaitCsn { name, csn: tether_protocol::Csn(csn), timeout_ms };
-            if !call(&config.control, &request).await? {
-                bail!("the consumer is not running");
+            let request = ControlRequest::WaitCsn { name: name.clone(), csn: tether_protocol::Csn(csn), timeout_ms };
+            if call(&config.control, &request).await? {
+                return Ok(());
             }
-            Ok(())
+            // Stopped, the replica can still answer: what its store holds is on disk.
+            let at = open_offline(&config)?.replica(&name)?.cookie()?.map(|c| c.csn);
+            match at {
+                Some(at) if at.0 >= csn => {
+                    println!("{at}");
+                    Ok(())
+                }
+                _ => bail!(
+                    "the consumer is not running, and the replica of {name} is at csn {}",
+                    at.map_or("none".to_owned(), |c| c.to_string())
+                ),
+            }
         }
         Command::Search { config, agreement, base, scope, filter, attrs } => {
             let config = ConsumerConfig::load(&config)?;

@@ -711,7 +711,7 @@ fn write_stops_at_the_first_refused_record_naming_its_line_and_what_applied() ->
 fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, _) = provider_with(tmp.path(), 50, 13, ProviderOptions::default())?;
-    let c = people_consumer(tmp.path(), &p)?;
+    let mut c = people_consumer(tmp.path(), &p)?;
     let out = p.write(&format!(
         "dn: uid=ryw,{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: ryw\ncn: ryw\nsn: Writer\n\n\
          dn: uid=ryw,{PEOPLE}\nchangetype: modify\nreplace: sn\nsn: Reader\n-\n"
@@ -738,6 +738,18 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
     let out = c.wait_csn("people", csn + 1, "1s")?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("the agreement is stopped"), "{err}");
+    // With the consumer down, its store answers: what it holds is on disk.
+    assert!(c.stop()?.success());
+    let out = c.wait_csn("people", csn, "1s")?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout)?.trim(), durable.to_string());
+    let out = c.wait_csn("people", durable + 1, "1s")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("the consumer is not running, and the replica of people is at csn {durable}")),
+        "{err}"
+    );
     Ok(())
 }
 
