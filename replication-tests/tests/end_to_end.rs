@@ -529,12 +529,7 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
     let mut c = Consumer::configure(&tmp.path().join("c"), 1, &[Agreement::persist("people", PEOPLE, "s")])?;
     let text = std::fs::read_to_string(&c.config)?.replace("scope = \"subtree\"", "scope = \"deep\"");
     std::fs::write(&c.config, text)?;
-    let out = std::process::Command::new(replication_tests::harness::bin("tether-consumer")?)
-        .args(["run", "-c"])
-        .arg(&c.config)
-        .output()?;
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("tether-consumer", "run", &c.config, &[])?;
     assert!(err.contains("consumer.toml") && err.contains("agreement[0].scope") && err.contains("deep"), "{err}");
     assert!(!c.dir.join("data").exists(), "nothing written");
     c.child = None;
@@ -545,30 +540,25 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
         &bad,
         "dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\ndn: cn=x,,dc=example,dc=com\nobjectClass: top\n",
     )?;
-    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
-        .args(["load", "-c"])
-        .arg(&p.config)
-        .arg(&bad)
-        .output()?;
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("tether-provider", "load", &p.config, &[&bad])?;
     assert!(err.contains("bad.ldif") && err.contains("line 5"), "{err}");
     let err = p.search(SUFFIX, "subtree", ALL).expect_err("nothing was loaded").to_string();
     assert!(err.contains("no entry dc=example,dc=com (nor any entry above it)"), "{err}");
     Ok(())
 }
 
-/// Runs `binary verb -c config` and returns its stderr once it has failed (a process
-/// that starts serving instead is killed, and the test fails).
-fn refused_start(binary: &str, verb: &str, config: &Path) -> Result<String> {
+/// Runs `binary verb -c config args...` and returns its stderr once it has failed (a
+/// process that starts serving instead is killed, and the test fails).
+fn refused(binary: &str, verb: &str, config: &Path, args: &[&Path]) -> Result<String> {
     let mut child = std::process::Command::new(replication_tests::harness::bin(binary)?)
         .args([verb, "-c"])
         .arg(config)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     let status = replication_tests::harness::wait_exit(&mut child, Duration::from_secs(30))?;
-    assert!(!status.success(), "{binary} {} started", config.display());
+    assert!(!status.success(), "{binary} {verb} -c {} succeeded", config.display());
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut err)?;
     Ok(err)
@@ -593,19 +583,19 @@ fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() 
         .replace("data_dir = \"data\"", "data_dir = \"second\"")
         .replace(&format!(":{}\"", p.port), &format!(":{port}\""));
     std::fs::write(&second, text)?;
-    let err = refused_start("tether-provider", "serve", &second)?;
+    let err = refused("tether-provider", "serve", &second, &[])?;
     assert!(err.contains(in_use), "{err}");
     assert!(!p.dir.join("second").exists(), "no store was created");
     // The same config started twice.
-    assert!(refused_start("tether-provider", "serve", &p.config)?.contains(in_use));
+    assert!(refused("tether-provider", "serve", &p.config, &[])?.contains(in_use));
     let c_second = c.dir.join("second.toml");
     std::fs::write(
         &c_second,
         std::fs::read_to_string(&c.config)?.replace("data_dir = \"data\"", "data_dir = \"second\""),
     )?;
-    assert!(refused_start("tether-consumer", "run", &c_second)?.contains(in_use));
+    assert!(refused("tether-consumer", "run", &c_second, &[])?.contains(in_use));
     assert!(!c.dir.join("second").exists(), "no store was created");
-    assert!(refused_start("tether-consumer", "run", &c.config)?.contains(in_use));
+    assert!(refused("tether-consumer", "run", &c.config, &[])?.contains(in_use));
     // The running ones still answer on their sockets, and keep them.
     assert_eq!(p.status()?["store_id"], provider_id);
     let s = c.agreement_status("people")?;
@@ -615,7 +605,7 @@ fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() 
     let own = p.dir.join("own.toml");
     let text = std::fs::read_to_string(&second)?.replace("control = \"ctl.sock\"", "control = \"own.toml\"");
     std::fs::write(&own, &text)?;
-    let err = refused_start("tether-provider", "serve", &own)?;
+    let err = refused("tether-provider", "serve", &own, &[])?;
     assert!(err.contains("own.toml exists and is not a socket; it is left as it is"), "{err}");
     assert_eq!(std::fs::read_to_string(&own)?, text, "the file is untouched");
     Ok(())
