@@ -77,14 +77,17 @@ impl SearchPages {
     /// leaves its base out); searching them shows everything the replica holds, which
     /// is how one checks that it holds nothing outside its region.
     pub fn open(store: &ReplicaStore, name: &str, region: Option<&Dn>, spec: SearchSpec) -> Result<Self, String> {
-        if !store.names().map_err(|e| e.to_string())?.iter().any(|n| n == name) {
-            return Err(format!("no agreement named {name:?}"));
-        }
+        let Some(replica) = store.existing_replica(name).map_err(|e| e.to_string())? else {
+            return Err(match region {
+                // Configured, but added since the consumer last ran (read offline).
+                Some(_) => format!("agreement {name:?} has no replica yet: the consumer has not run it"),
+                None => format!("no agreement named {name:?}"),
+            });
+        };
         let region = region.filter(|region| !region.is_descendant_of(&spec.base));
         if let Some(region) = region.filter(|region| !spec.base.is_descendant_of(region)) {
             return Err(format!("--base {} is outside the region of agreement {name:?}, based at {region}", spec.base));
         }
-        let replica = store.replica(name).map_err(|e| e.to_string())?;
         if region.is_some() {
             let entries = replica.entries().map_err(|e| e.to_string())?;
             if let Some(missing) = entries.missing_base(&spec.base).map_err(|e| e.to_string())? {

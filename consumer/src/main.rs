@@ -117,10 +117,41 @@ async fn call(path: &Path, request: &ControlRequest) -> Result<bool> {
     Ok(tether_protocol::control::call_at(path, request).await?)
 }
 
-fn open_offline(config: &ConsumerConfig) -> Result<ReplicaStore> {
-    std::fs::create_dir_all(&config.data_dir)?;
-    ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size })
-        .with_context(|| format!("opening store {} (is the consumer running?)", config.data_dir.display()))
+/// What a command run while the consumer is stopped does with its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offline {
+    /// `status`, `search`, `wait`: read, and create nothing. A store that was never made
+    /// is an error naming the folder, so a mistyped `data_dir` is not reported as an
+    /// empty replica, nor left behind as a new store owned by whoever ran the command.
+    Read,
+    /// `stop`, `start`: persist the flag the next `run` honours, creating the store if
+    /// the consumer has not run yet.
+    Write,
+}
+
+fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> {
+    let dir = config.data_dir.display();
+    if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
+        bail!(
+            "the consumer is not running, and there is no store in {dir}: it has not run with this data_dir (check `data_dir` in {})",
+            config.file.display()
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {dir}"))?;
+    ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size }).map_err(
+        |e| {
+            // Held, yet nothing answered on the control socket: the usual cause is a
+            // `control` edited in the file since the consumer started.
+            let hint = match e {
+                tether_store::StoreError::Locked(_) => format!(
+                    " (a running process holds it but nothing answers on {}: was `control` changed since it started?)",
+                    config.control.display()
+                ),
+                _ => String::new(),
+            };
+            anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
+        },
+    )
 }
 
 fn agreement_name(config: &ConsumerConfig, name: Option<String>) -> Result<String> {
@@ -142,17 +173,19 @@ async fn run(cli: Cli) -> Result<()> {
             if call(&config.control, &ControlRequest::Status { json }).await? {
                 return Ok(());
             }
-            let store = open_offline(&config)?;
+            let store = open_offline(&config, Offline::Read)?;
             let mut status = OfflineStatus { running: false, agreements: Vec::new() };
             for a in &config.agreements {
-                let replica = store.replica(&a.name)?;
+                // An agreement added since the consumer last ran has no replica yet.
+                let replica = store.existing_replica(&a.name)?;
+                let stopped = replica.as_ref().map(|r| r.is_admin_stopped()).transpose()?.unwrap_or(false);
                 status.agreements.push(OfflineAgreement {
                     name: a.name.clone(),
-                    state: if replica.is_admin_stopped()? { "stopped" } else { "not running" },
+                    state: if stopped { "stopped" } else { "not running" },
                     provider: a.provider.to_string(),
                     mode: a.mode.as_str().to_owned(),
-                    cookie: replica.cookie()?.map(|c| c.to_string()),
-                    entries: replica.len()?,
+                    cookie: replica.as_ref().map(|r| r.cookie()).transpose()?.flatten().map(|c| c.to_string()),
+                    entries: replica.as_ref().map(|r| r.len()).transpose()?.unwrap_or(0),
                 });
             }
             if json {
@@ -188,7 +221,8 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             // Stopped, the replica can still answer: what its store holds is on disk.
-            let at = open_offline(&config)?.replica(&name)?.cookie()?.map(|c| c.csn);
+            let replica = open_offline(&config, Offline::Read)?.existing_replica(&name)?;
+            let at = replica.map(|r| r.cookie()).transpose()?.flatten().map(|c| c.csn);
             match at {
                 Some(at) if at.0 >= csn => {
                     println!("{at}");
@@ -218,7 +252,7 @@ async fn run(cli: Cli) -> Result<()> {
             if call(&config.control, &request).await? {
                 return Ok(());
             }
-            let store = open_offline(&config)?;
+            let store = open_offline(&config, Offline::Read)?;
             let mut pages =
                 control::SearchPages::open(&store, &name, Some(&a.base), spec).map_err(anyhow::Error::msg)?;
             let mut out = std::io::stdout().lock();
@@ -240,7 +274,7 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
     if call(&config.control, &request).await? {
         return Ok(());
     }
-    let store = open_offline(&config)?;
+    let store = open_offline(&config, Offline::Write)?;
     store.replica(&name)?.set_admin_stopped(stop)?;
     println!("{name}: {} (takes effect when the consumer runs)", if stop { "stopped" } else { "started" });
     Ok(())

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tether_protocol::control::ControlRequest;
 use tether_protocol::entry::parse_attribute_name;
@@ -106,14 +106,43 @@ fn spec(
     Ok(SearchSpec { base, scope, filter, attrs })
 }
 
-fn open_offline(config: &ProviderConfig) -> Result<Directory> {
-    std::fs::create_dir_all(&config.data_dir)?;
-    Directory::open_with(
-        &config.data_dir,
-        &config.suffix,
-        &tether_store::StoreOptions { cache_bytes: config.cache_size },
-    )
-    .with_context(|| format!("opening store {} (is the provider running?)", config.data_dir.display()))
+/// What a command run while the provider is stopped does with its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offline {
+    /// `status`, `search`: read, and create nothing. A store that was never made is an
+    /// error naming the folder, so a mistyped `data_dir` is not reported as an empty
+    /// directory, nor left behind as a new store owned by whoever ran the command.
+    Read,
+    /// `load`: the first step of a deployment, creating the store.
+    Load,
+}
+
+fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
+    let dir = config.data_dir.display();
+    if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
+        bail!(
+            "the provider is not running, and there is no store in {dir}: it has not been loaded or started with this data_dir (check `data_dir` in {})",
+            config.file.display()
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {dir}"))?;
+    let options = tether_store::StoreOptions { cache_bytes: config.cache_size };
+    Directory::open_with(&config.data_dir, &config.suffix, &options).map_err(|e| {
+        let hint = match (&e, use_) {
+            (tether_store::StoreError::Locked(_), Offline::Load) => {
+                " (stop the provider first: `load` writes to the store itself, and `write` adds entries to a running one)"
+                    .to_owned()
+            }
+            // Held, yet nothing answered on the control socket: the usual cause is a
+            // `control` edited in the file since the provider started.
+            (tether_store::StoreError::Locked(_), Offline::Read) => format!(
+                " (a running process holds it but nothing answers on {}: was `control` changed since it started?)",
+                config.control.display()
+            ),
+            _ => String::new(),
+        };
+        anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
+    })
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -121,7 +150,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve { config } => daemon::serve(&config).await,
         Command::Load { config, file, skip_existing } => {
             let config = ProviderConfig::load(&config)?;
-            let dir = open_offline(&config)?;
+            let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
             let report = tokio::task::spawn_blocking(move || load::load(&dir, &file, existing)).await??;
             eprintln!(
@@ -154,7 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
             if client::control_call(&config.control, &request).await?.is_some() {
                 return Ok(());
             }
-            let dir = open_offline(&config)?;
+            let dir = open_offline(&config, Offline::Read)?;
             print_search(&dir, &spec)
         }
         Command::Status { config, json } => {
@@ -162,7 +191,7 @@ async fn run(cli: Cli) -> Result<()> {
             if client::control_call(&config.control, &ControlRequest::Status { json }).await?.is_some() {
                 return Ok(());
             }
-            let dir = open_offline(&config)?;
+            let dir = open_offline(&config, Offline::Read)?;
             let status = ProviderStatus::collect(&dir, &Default::default(), false)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);

@@ -611,6 +611,72 @@ fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() 
     Ok(())
 }
 
+/// `status`, `search` and `wait` read a stopped process's store and change nothing.
+/// Before the first start, or with a mistyped `data_dir`, they used to create an empty
+/// store there (owned by whoever ran them, so a service user may then be unable to open
+/// it) and report it as the real one (`csn 0  entries 0`). A store held by a process that
+/// does not answer on the configured socket, and a `load` into a running provider, say
+/// what to do.
+#[test]
+fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fresh = Provider::configure(&tmp.path().join("fresh"), &ProviderOptions::default())?;
+    let no_store = "is not running, and there is no store in";
+    for verb in ["status", "search"] {
+        let err = refused("tether-provider", verb, &fresh.config, &[])?;
+        assert!(err.contains(no_store) && err.contains("check `data_dir` in"), "{verb}: {err}");
+    }
+    let c_fresh =
+        Consumer::configure(&tmp.path().join("c-fresh"), fresh.port, &[Agreement::persist("people", PEOPLE, "s")])?;
+    let people = [Path::new("--agreement"), Path::new("people")];
+    for (verb, args) in [
+        ("status", &[][..]),
+        ("search", &people[..]),
+        ("wait", &[people[0], people[1], Path::new("--csn"), Path::new("1")][..]),
+    ] {
+        let err = refused("tether-consumer", verb, &c_fresh.config, args)?;
+        assert!(err.contains(no_store), "{verb}: {err}");
+    }
+    assert!(!fresh.dir.join("data").exists() && !c_fresh.dir.join("data").exists(), "no store was created");
+
+    // A consumer that ran, stopped, with an agreement added to its file since.
+    let (mut p, _w) = provider_with(tmp.path(), 20, 23, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    assert!(c.stop()?.success());
+    let text = std::fs::read_to_string(&c.config)?;
+    std::fs::write(
+        &c.config,
+        text.clone() + &text[text.find("[[agreement]]").context("agreement")?..].replace("\"people\"", "\"added\""),
+    )?;
+    let added = c.agreement_status("added")?;
+    assert_eq!(
+        (&added["state"], &added["entries"], &added["cookie"]),
+        (&"not running".into(), &0.into(), &serde_json::Value::Null),
+        "{added}"
+    );
+    let err = refused("tether-consumer", "search", &c.config, &[Path::new("--agreement"), Path::new("added")])?;
+    assert!(err.contains("agreement \"added\" has no replica yet"), "{err}");
+    assert!(c.agreement_status("people")?["entries"].as_u64() > Some(0), "the replica that ran is read");
+
+    // The running provider's store, through a copy of its file naming another socket.
+    let other = p.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&p.config)?.replace("control = \"ctl.sock\"", "control = \"other.sock\""),
+    )?;
+    let err = refused("tether-provider", "status", &other, &[])?;
+    assert!(
+        err.contains("nothing answers on") && err.contains("other.sock") && err.contains("in use by another process"),
+        "{err}"
+    );
+    let ldif = p.dir.join("more.ldif");
+    std::fs::write(&ldif, format!("dn: uid=late,{PEOPLE}\nobjectClass: person\nuid: late\ncn: late\nsn: Late\n"))?;
+    let err = refused("tether-provider", "load", &p.config, &[&ldif])?;
+    assert!(err.contains("stop the provider first"), "{err}");
+    assert!(p.stop()?.success());
+    Ok(())
+}
+
 #[test]
 fn a_search_whose_base_names_no_entry_says_so_and_where_the_name_went_wrong() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -126,6 +126,14 @@ impl Default for StoreOptions {
     }
 }
 
+/// Whether a store was ever created at `path` (sled's log file is there). Opening a
+/// store creates one, so read-only tools ask first: a mistyped `data_dir`, or a
+/// `status` run before the first start, would otherwise leave an empty store behind,
+/// owned by whoever ran the tool, and report it as if it were the real one.
+pub fn store_exists(path: &Path) -> bool {
+    path.join("db").is_file()
+}
+
 /// Opens sled at `path`, turning its lock failure into [`StoreError::Locked`].
 pub(crate) fn open_db(path: &Path, options: &StoreOptions) -> Result<Db> {
     sled::Config::new().path(path).cache_capacity(options.cache_bytes).open().map_err(|e| match e {

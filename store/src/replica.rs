@@ -347,6 +347,12 @@ impl ReplicaStore {
         Ok(Replica { store: self.clone(), name: Arc::from(name) })
     }
 
+    /// The replica of agreement `name` if it has one, without creating it: for tools
+    /// that read a stopped consumer's store and must change nothing.
+    pub fn existing_replica(&self, name: &str) -> Result<Option<Replica>> {
+        Ok(self.state(name)?.map(|_| Replica { store: self.clone(), name: Arc::from(name) }))
+    }
+
     /// Deletes agreement `name`'s replica entirely (agreement removed from config).
     pub fn remove(&self, name: &str) -> Result<()> {
         let Some(state) = self.state(name)? else { return Ok(()) };
