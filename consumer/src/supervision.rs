@@ -210,9 +210,11 @@ impl Supervision {
             return self.start(now, out);
         }
         let failing = *self.failing_since.get_or_insert(now);
-        let delay = match ended.rejection {
-            // Retrying soon cannot fix these; do not hammer the provider.
-            Some(RejectReason::BadCredentials | RejectReason::VersionMismatch) => Some(self.retry.longest_delay()),
+        let delay = match (ended.rejection, ended.goodbye) {
+            // Retrying soon cannot fix these (an operator must change a secret, a version,
+            // or put the provider's store back); do not hammer the provider.
+            (Some(RejectReason::BadCredentials | RejectReason::VersionMismatch), _)
+            | (_, Some(GoodbyeReason::EmptyStore)) => Some(self.retry.longest_delay()),
             _ => self.retry.jittered_delay_for(self.attempt, sample),
         };
         self.attempt = self.attempt.saturating_add(1);
@@ -330,6 +332,19 @@ mod tests {
         assert_eq!(m.state(), State::Closed);
         let out = m.step(t0, Input::Command(Command::Start), 0.5);
         assert!(out.contains(&Output::StartSession), "an operator can start a closed agreement");
+    }
+
+    #[test]
+    fn an_empty_provider_store_is_retried_at_the_longest_delay_and_the_agreement_stays_open() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s x5", "10m forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        let empty = Ended { goodbye: Some(GoodbyeReason::EmptyStore), ..ended(Reason::ProviderGoodbye) };
+        let out = m.step(t0, Input::SessionEnded(empty), 0.5);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(600)), "{out:?}");
+        assert_eq!(m.state(), State::Backoff, "the provider may get its store back: keep trying");
+        let out = m.step(t0, Input::Command(Command::Restart), 0.5);
+        assert!(out.contains(&Output::StartSession), "an operator can retry at once");
     }
 
     #[test]

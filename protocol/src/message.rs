@@ -270,6 +270,11 @@ pub enum GoodbyeReason {
     /// The consumer's position can no longer be served incrementally; it must reconnect
     /// and take a fresh refresh.
     RefreshRequired,
+    /// The provider's store has never held a change, and the consumer has a position in
+    /// a directory that had some: the provider was started on the wrong folder (a
+    /// mistyped `data_dir`, a volume not mounted) or lost its store, and a full refresh
+    /// from it would empty the replica. Keep the replica and retry at the longest delay.
+    EmptyStore,
 }
 
 impl GoodbyeReason {
@@ -285,6 +290,7 @@ impl GoodbyeReason {
             GoodbyeReason::AdminStop => "admin-stop",
             GoodbyeReason::ProtocolError => "protocol-error",
             GoodbyeReason::RefreshRequired => "refresh-required",
+            GoodbyeReason::EmptyStore => "empty-store",
         }
     }
 }

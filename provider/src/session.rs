@@ -254,6 +254,12 @@ where
             }
             GoodbyeReason::KeepaliveTimeout => "no message from the consumer within the keepalive timeout".into(),
             GoodbyeReason::RefreshRequired => "the consumer's position left the changelog".into(),
+            GoodbyeReason::EmptyStore => format!(
+                "the provider's store has never held a change, and this replica is at csn {} of a directory that \
+                 had some: is the provider's data_dir mistyped, or its volume not mounted? The replica is kept until \
+                 the provider's store has data",
+                req.cookie.map_or(Csn::ZERO, |c| c.csn)
+            ),
             _ => String::new(),
         };
         let bye = Message::Goodbye { reason: *reason, detail };
@@ -291,6 +297,9 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         if let Some(csn) = held {
             self.record_position(csn);
         }
+        if let Some(end) = self.refuse_to_empty() {
+            return end;
+        }
         let planned = Refresh::plan(
             self.dir,
             self.req.spec.clone(),
@@ -316,6 +325,25 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             Mode::RefreshOnly => SessionEnd::Goodbye(GoodbyeReason::RefreshComplete),
             Mode::RefreshAndPersist => self.run_persist(refresh.end()).await,
         }
+    }
+
+    /// A store that has never held a change is not the directory a consumer with a
+    /// position in one followed: the provider was started on the wrong folder (a
+    /// mistyped `data_dir`, a volume not mounted) or lost its store. Its full refresh
+    /// would empty that consumer's replica, which may then be the only copy left; the
+    /// session ends with `empty-store` instead, and the consumer keeps its replica until
+    /// this store has data (a load, a first write) or the right store is back.
+    fn refuse_to_empty(&self) -> Option<SessionEnd> {
+        if self.dir.durable_csn() != Csn::ZERO {
+            return None;
+        }
+        let at = self.req.cookie.map(|c| c.csn).filter(|csn| *csn > Csn::ZERO)?;
+        warn!(
+            consumer_csn = %at,
+            "this store has never held a change, but the consumer's replica is at csn {at} of a directory that had \
+             some: not emptying it (is data_dir mistyped, or its volume not mounted?)"
+        );
+        Some(SessionEnd::Goodbye(GoodbyeReason::EmptyStore))
     }
 
     /// Ends the session on a store error, latching it first if the storage failed: a

@@ -362,6 +362,45 @@ fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<(
     Ok(())
 }
 
+/// A provider started on a folder with no store (its volume not mounted, `data_dir`
+/// mistyped, the store lost) creates an empty one. Every consumer used to take a full
+/// refresh from it at once and empty its replica, the only copy left if the store was
+/// lost. Now the provider ends those sessions with `empty-store`; the consumers keep
+/// their replicas, and once the real store is back they resume by delta.
+#[test]
+fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 200, 24, ProviderOptions::default())?;
+    p.write_ok(&w.changes(20))?;
+    let c = people_consumer(tmp.path(), &p)?;
+    let held = c.search("people", PEOPLE, "subtree", ALL)?;
+    assert!(count(&held) > 100);
+
+    assert!(p.stop()?.success());
+    let (data, aside) = (p.dir.join("data"), p.dir.join("data.aside"));
+    std::fs::rename(&data, &aside)?;
+    p.start()?;
+    assert_eq!(p.status()?["entries"], 0, "a new, empty store");
+    c.admin("restart", Some("people"))?;
+    let s = c.wait_status("people", CONVERGE, "an empty-store goodbye", |s| {
+        s["last_error"].as_str().is_some_and(|e| e.contains("empty-store"))
+    })?;
+    assert_eq!(s["state"], "backoff", "{s}");
+    assert!(s["last_error"].as_str().is_some_and(|e| e.contains("is the provider's data_dir mistyped")), "{s}");
+    assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, held, "the replica is as it was");
+    assert!(p.log_text().contains("not emptying it"), "the provider says why");
+
+    assert!(p.stop()?.success());
+    std::fs::remove_dir_all(&data)?;
+    std::fs::rename(&aside, &data)?;
+    p.start()?;
+    p.write_ok(&w.changes(10))?;
+    c.admin("restart", Some("people"))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(last_refresh(&c, "people")?, "delta", "the real store is back: no reload");
+    Ok(())
+}
+
 /// Stops the provider, puts the copy at `backup` in place of its store, starts it and
 /// adds `n` people the lost history never had; returns its CSN then.
 fn restore_and_write_others(p: &mut Provider, backup: &Path, n: usize) -> Result<u64> {

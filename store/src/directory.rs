@@ -134,14 +134,55 @@ pub fn store_exists(path: &Path) -> bool {
     path.join("db").is_file()
 }
 
-/// Opens sled at `path`, turning its lock failure into [`StoreError::Locked`].
-pub(crate) fn open_db(path: &Path, options: &StoreOptions) -> Result<Db> {
-    sled::Config::new().path(path).cache_capacity(options.cache_bytes).open().map_err(|e| match e {
+/// Which of the two stores a folder holds. Both are sled databases, so either process
+/// would open the other's folder, and a provider pointed at a consumer's `data_dir`
+/// would serve an empty directory (every consumer then reloading to nothing), a
+/// consumer pointed at a provider's would refresh its replicas into the directory's
+/// file. Each kind is told apart by a tree only it makes, before either opens a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    Directory,
+    Replicas,
+}
+
+impl StoreKind {
+    /// The tree only this kind of store has.
+    fn marker(self) -> &'static str {
+        match self {
+            StoreKind::Directory => names::META,
+            StoreKind::Replicas => crate::replica::REPLICAS,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            StoreKind::Directory => "a provider's directory",
+            StoreKind::Replicas => "a consumer's replicas",
+        }
+    }
+}
+
+/// Opens sled at `path` as a store of `kind`, turning its lock failure into
+/// [`StoreError::Locked`] and a store of the other kind into [`StoreError::WrongKind`].
+pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> Result<Db> {
+    let db = sled::Config::new().path(path).cache_capacity(options.cache_bytes).open().map_err(|e| match e {
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
             StoreError::Locked(path.display().to_string())
         }
         other => StoreError::Sled(other),
-    })
+    })?;
+    let other = match kind {
+        StoreKind::Directory => StoreKind::Replicas,
+        StoreKind::Replicas => StoreKind::Directory,
+    };
+    if db.tree_names().iter().any(|name| name.as_ref() == other.marker().as_bytes()) {
+        return Err(StoreError::WrongKind {
+            path: path.display().to_string(),
+            holds: other.describe(),
+            wanted: kind.describe(),
+        });
+    }
+    Ok(db)
 }
 
 impl Directory {
@@ -153,7 +194,7 @@ impl Directory {
 
     /// [`Directory::open`] with `options`.
     pub fn open_with(path: &Path, suffix: &Dn, options: &StoreOptions) -> Result<Self> {
-        let db = open_db(path, options)?;
+        let db = open_db(path, options, StoreKind::Directory)?;
         let meta = db.open_tree(names::META)?;
         let store_id = match meta.get(names::STORE_ID)? {
             Some(id) => {

@@ -65,6 +65,17 @@ pub enum StoreError {
         /// What the configuration asks for.
         configured: String,
     },
+    /// The folder holds the other process's kind of store: a `data_dir` pointing at the
+    /// other process's folder.
+    #[error("{path} holds {holds}, not {wanted}: does `data_dir` name the other process's folder?")]
+    WrongKind {
+        /// The store's folder.
+        path: String,
+        /// What it holds.
+        holds: &'static str,
+        /// What the process opening it keeps.
+        wanted: &'static str,
+    },
     /// The store is held by another process (sled's file lock).
     #[error("store at {0} is in use by another process")]
     Locked(String),

@@ -34,14 +34,14 @@ use sled::{Db, IVec, Tree};
 use tether_protocol::encoded::ReceivedOp;
 use tether_protocol::{Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, ResumePoint, SearchSpec};
 
-use crate::directory::{open_db, StoreOptions};
+use crate::directory::{open_db, StoreKind, StoreOptions};
 use crate::entry_set::{EntrySet, TxEntrySet, TxError, ENTRIES};
 use crate::error::{Result, StoreError};
 use crate::failure::FailureLatch;
 use crate::record::{decode, encode};
 
-/// Tree holding one [`ReplicaState`] per agreement name.
-const REPLICAS: &str = "replicas";
+/// Tree holding one [`ReplicaState`] per agreement name; only a consumer's store has it.
+pub(crate) const REPLICAS: &str = "replicas";
 /// A shadow's entries tree, as named in errors.
 const SHADOW_ENTRIES: &str = "entries";
 /// Tree holding each replica's entry count (see [`Replica::len`]): agreement name ->
@@ -265,7 +265,7 @@ impl ReplicaStore {
 
     /// [`ReplicaStore::open`] with `options`.
     pub fn open_with(path: &Path, options: &StoreOptions) -> Result<Self> {
-        let db = open_db(path, options)?;
+        let db = open_db(path, options, StoreKind::Replicas)?;
         let replicas = db.open_tree(REPLICAS)?;
         let counts = db.open_tree(COUNTS)?;
         let beyond = db.open_tree(BEYOND)?;

@@ -264,3 +264,43 @@ fn the_entry_count_follows_every_write_and_reopen() {
     let kept = db.open_tree("meta").unwrap().get("entry_count").unwrap().expect("the count was recorded");
     assert_eq!(kept.as_ref(), 6u64.to_be_bytes());
 }
+
+/// Each process refuses the other's store (a `data_dir` naming the other's folder)
+/// before it opens a tree in it: a provider would otherwise serve an empty directory
+/// from a consumer's folder, and every consumer would reload to nothing. Both stores
+/// then open as their own kind with what they held.
+#[test]
+fn a_store_of_the_other_kind_is_refused_and_left_as_it_was() {
+    let (provider_dir, d) = directory_with_base_tree();
+    let (id, last, entries) = (d.store_id(), d.durable_csn(), d.entries().len());
+    drop(d);
+    let consumer_dir = tempfile::tempdir().unwrap();
+    tether_store::ReplicaStore::open(consumer_dir.path()).unwrap().replica("people").unwrap();
+
+    let as_replicas = reopen(
+        || match tether_store::ReplicaStore::open(provider_dir.path()) {
+            Err(StoreError::Locked(path)) => Err(path),
+            other => Ok(other.map(|_| ())),
+        },
+        |_| true,
+    );
+    assert!(
+        matches!(&as_replicas, Err(StoreError::WrongKind { holds: "a provider's directory", .. })),
+        "{as_replicas:?}"
+    );
+    let as_directory = reopen(
+        || match Directory::open(consumer_dir.path(), &dn(SUFFIX)) {
+            Err(StoreError::Locked(path)) => Err(path),
+            other => Ok(other.map(|_| ())),
+        },
+        |_| true,
+    );
+    assert!(
+        matches!(&as_directory, Err(StoreError::WrongKind { holds: "a consumer's replicas", .. })),
+        "{as_directory:?}"
+    );
+
+    let d = reopen_directory(provider_dir.path(), &dn(SUFFIX));
+    assert_eq!((d.store_id(), d.durable_csn(), d.entries().len()), (id, last, entries));
+    assert_eq!(reopen_replicas(consumer_dir.path()).names().unwrap(), vec!["people".to_owned()]);
+}
