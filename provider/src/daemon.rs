@@ -232,7 +232,9 @@ async fn trim_once(dir: &Arc<Directory>, retention: &ChangelogConfig) {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     match tokio::task::spawn_blocking(move || d.trim(&policy, now)).await {
-        Ok(Ok(r)) if r.removed > 0 => info!(removed = r.removed, floor = %r.floor, "changelog trimmed"),
+        Ok(Ok(r)) if r.removed > 0 => {
+            info!(removed = r.removed, floor = %r.floor, forgotten_consumers = r.forgotten, "changelog trimmed")
+        }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => error!(error = %e, "changelog trim failed"),
         Err(e) => error!(error = %e, "changelog trim task failed"),

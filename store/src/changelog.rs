@@ -261,4 +261,6 @@ pub struct TrimReport {
     pub removed: u64,
     /// The new floor: a cookie at or above it can still get a delta.
     pub floor: Csn,
+    /// Consumer positions forgotten because they fell below the floor.
+    pub forgotten: u64,
 }

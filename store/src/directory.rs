@@ -684,7 +684,7 @@ impl Directory {
             target = target.min(pinned);
         }
         if target <= floor {
-            return Ok(TrimReport { removed: 0, floor });
+            return Ok(TrimReport { removed: 0, floor, forgotten: 0 });
         }
         // Raise the floor first: a crash mid-trim then leaves extra records, never a
         // floor below a hole.
@@ -693,7 +693,27 @@ impl Directory {
         // New pins now see the raised floor; the records below it may go.
         drop(pins);
         let removed = self.failure.observe(self.changelog.remove_through(target))?;
-        Ok(TrimReport { removed, floor: target })
+        let forgotten = self.failure.observe(self.forget_consumers_below(target))?;
+        Ok(TrimReport { removed, floor: target, forgotten })
+    }
+
+    /// Forgets the consumer positions below `floor`. They can hold nothing back any more
+    /// (the changes they would hold are gone, and no policy brings them back), and a
+    /// consumer that comes back gets a present refresh and records its new position.
+    /// Without this the table grew by one record for every consumer store that ever
+    /// connected (each has its own id: a consumer whose store is recreated, every
+    /// container started fresh), and each trim read all of them.
+    fn forget_consumers_below(&self, floor: Csn) -> Result<u64> {
+        let mut forgotten = 0;
+        for item in self.consumers.iter() {
+            let (key, value) = item?;
+            let pos: ConsumerPosition = decode(names::CONSUMERS, &value)?;
+            // Only if unchanged: a session recording a newer position meanwhile wins.
+            if pos.csn < floor && self.consumers.compare_and_swap(&key, Some(&value), None::<&[u8]>)?.is_ok() {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Flushes everything to disk (shutdown).

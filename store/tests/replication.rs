@@ -447,8 +447,14 @@ fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
     let report = p.dir.trim(&policy, far_future).unwrap();
     assert_eq!(report.floor, Csn(2), "held at the consumer's position");
     let policy = RetentionPolicy { max_changes: Some(1), ..policy };
+    p.dir.record_consumer("current", Csn(newest.0 - 1)).unwrap();
     let report = p.dir.trim(&policy, far_future).unwrap();
     assert_eq!(report.floor, Csn(newest.0 - 1), "the hard cap trims past the held consumer");
+    // A position below the floor holds nothing ever again: forgotten, so the table does
+    // not keep every consumer that ever connected.
+    assert_eq!(report.forgotten, 1);
+    let ids: Vec<String> = p.dir.consumer_positions().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["current"]);
     let unheld = RetentionPolicy {
         max_changes: None,
         max_age: Some(std::time::Duration::from_secs(1)),
