@@ -18,6 +18,7 @@ use crate::dn::{is_plain_ascii, normalize_text, Dn};
 mod checked;
 #[cfg(test)]
 mod fixtures;
+pub mod operational;
 mod partial;
 pub use checked::CheckedEntry;
 pub use partial::PartialEntry;

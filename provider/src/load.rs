@@ -4,8 +4,10 @@
 //! checks every record (syntax, suffix, duplicates, a parent for every entry, in the
 //! store or the file, and what [`Directory::check_new_entry`] checks: objectClass, RDN
 //! values, a size that replicates); only then does the second write, in large transactions through
-//! [`Directory::bulk_add`]. Files that list children before parents (as slapcat output
-//! of some trees does) are sorted into tree order in memory; ordered files stream.
+//! [`Directory::bulk_add_keeping_uuids`]. Files that list children before parents (as
+//! slapcat output of some trees does) are sorted into tree order in memory; ordered
+//! files stream. An entry exported by `slapcat` keeps its `entryUUID`; the other
+//! attributes its server maintained are left out (see [`Record`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -13,8 +15,9 @@ use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use tether_protocol::entry::operational::Operational;
 use tether_protocol::ldif::LdifReader;
-use tether_protocol::{Attributes, Change, Dn};
+use tether_protocol::{Attributes, Change, Dn, EntryUuid};
 use tether_store::{Directory, Refusal, StoreError};
 
 /// Entries per load transaction.
@@ -40,15 +43,34 @@ pub struct LoadReport {
     pub skipped: usize,
     /// Whether the file had to be sorted into tree order.
     pub sorted: bool,
+    /// Entries added with the `entryUUID` the file gave them.
+    pub kept_uuids: usize,
+    /// Values of server-maintained attributes left out (`entryCSN`, timestamps, ...).
+    pub dropped: usize,
 }
 
-fn records(file: &Path) -> Result<impl Iterator<Item = Result<(usize, Dn, Attributes)>> + '_> {
+/// One content record of the file, with what its server maintained taken out (see
+/// [`tether_protocol::entry::operational`]): `slapcat` prints `entryUUID`, `entryCSN`,
+/// timestamps and creators with every entry. The `entryUUID` is kept as the entry's
+/// identity; the rest would go stale at the first change here, and is dropped.
+struct Record {
+    line: usize,
+    dn: Dn,
+    attrs: Attributes,
+    operational: Operational,
+}
+
+fn records(file: &Path) -> Result<impl Iterator<Item = Result<Record>> + '_> {
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     Ok(LdifReader::new(BufReader::new(f)).map(move |r| {
         let record = r.with_context(|| format!("{}", file.display()))?;
         let line = record.line();
         match record.into_change() {
-            Change::Add { dn, attrs } => Ok((line, dn, attrs)),
+            Change::Add { dn, mut attrs } => {
+                let operational =
+                    attrs.take_operational().with_context(|| format!("{}:{line}: {dn}", file.display()))?;
+                Ok(Record { line, dn, attrs, operational })
+            }
             other => bail!("{}:{line}: a {} record cannot be bulk-loaded; use `write`", file.display(), other.kind()),
         }
     }))
@@ -64,8 +86,10 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
     let mut names: HashSet<Dn> = HashSet::new();
     let mut pending_parents: Vec<(usize, Dn)> = Vec::new();
     let mut ordered = true;
+    let mut uuids: HashSet<EntryUuid> = HashSet::new();
+    let (mut kept_uuids, mut dropped) = (0, 0);
     for item in records(file)? {
-        let (line, dn, attrs) = item?;
+        let Record { line, dn, attrs, operational } = item?;
         let at = || format!("{}:{line}: {dn}", file.display());
         if !dn.is_descendant_of(&suffix) {
             bail!("{}: outside the suffix {suffix}", at());
@@ -79,8 +103,22 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
         if names.contains(&dn) {
             bail!("{}: entry appears twice in the file", at());
         }
-        if existing == Existing::Refuse && dir.entries().contains(&dn)? {
+        let there = dir.entries().contains(&dn)?;
+        if existing == Existing::Refuse && there {
             bail!("{}: entry already exists (to finish a load cut short, run it again with --skip-existing)", at());
+        }
+        // An entry `--skip-existing` leaves out keeps what it has in the store.
+        if !there {
+            if let Some(uuid) = operational.uuid {
+                if !uuids.insert(uuid) {
+                    bail!("{}: entryUUID {uuid} is given to another entry earlier in the file", at());
+                }
+                if let Some(holder) = dir.uuid_holder(&uuid)? {
+                    bail!("{}: entryUUID {uuid} is already the UUID of {holder} in the store", at());
+                }
+                kept_uuids += 1;
+            }
+            dropped += operational.dropped;
         }
         if dn != suffix {
             let parent = dn.parent().unwrap_or_default();
@@ -98,12 +136,13 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
         }
     }
     drop(names);
+    drop(uuids);
     // Pass 2: write.
     let (mut total, mut skipped) = (0, 0);
     let mut batch = Vec::with_capacity(LOAD_BATCH);
-    let mut flush = |batch: &mut Vec<(Dn, Attributes)>| -> Result<()> {
+    let mut flush = |batch: &mut Vec<(Dn, Attributes, Option<EntryUuid>)>| -> Result<()> {
         if !batch.is_empty() {
-            if let Err(e) = dir.bulk_add(batch) {
+            if let Err(e) = dir.bulk_add_keeping_uuids(batch) {
                 return Err(e).with_context(|| {
                     format!(
                         "loading a batch; the {total} entries loaded before it may be in the store: fix the \
@@ -125,11 +164,11 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
     };
     if ordered {
         for item in records(file)? {
-            let (_, dn, attrs) = item?;
+            let Record { dn, attrs, operational, .. } = item?;
             if !wanted(&dn)? {
                 continue;
             }
-            batch.push((dn, attrs));
+            batch.push((dn, attrs, operational.uuid));
             if batch.len() >= LOAD_BATCH {
                 flush(&mut batch)?;
             }
@@ -137,19 +176,19 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
     } else {
         let mut all = Vec::new();
         for item in records(file)? {
-            let (_, dn, attrs) = item?;
+            let Record { dn, attrs, operational, .. } = item?;
             if wanted(&dn)? {
-                all.push((dn, attrs));
+                all.push((dn, attrs, operational.uuid));
             }
         }
-        all.sort_by(|a: &(Dn, Attributes), b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         for chunk in all.chunks(LOAD_BATCH) {
             batch.extend_from_slice(chunk);
             flush(&mut batch)?;
         }
     }
     flush(&mut batch)?;
-    Ok(LoadReport { entries: total, skipped, sorted: !ordered })
+    Ok(LoadReport { entries: total, skipped, sorted: !ordered, kept_uuids, dropped })
 }
 
 #[cfg(test)]
@@ -212,6 +251,93 @@ mod tests {
         assert_eq!(load(&dir, &whole, Existing::Skip).unwrap().entries, 0, "nothing left to add");
     }
 
+    /// `slapcat` output: every entry keeps the entryUUID it had, and loses the attributes
+    /// its server maintained; a UUID given twice, already in the store or not a UUID
+    /// refuses the file, naming the line, before anything is written. A write may not
+    /// give such attributes values either.
+    #[test]
+    fn slapcat_output_keeps_its_entry_uuids_and_leaves_out_what_its_server_maintained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(&tmp.path().join("p"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let slapcat = |dn: &str, uuid: &str| {
+            let rdn = dn.split(',').next().unwrap();
+            let (attr, value) = rdn.split_once('=').unwrap();
+            let class = if attr == "dc" { "domain" } else { "organizationalUnit" };
+            format!(
+                "dn: {dn}\nobjectClass: {class}\n{attr}: {value}\nstructuralObjectClass: {class}\nentryUUID: {uuid}\n\
+                 creatorsName: cn=admin,dc=example,dc=com\ncreateTimestamp: 20240101000000Z\n\
+                 entryCSN: 20240101000000.000000Z#000000#000#000000\nmodifiersName: cn=admin,dc=example,dc=com\n\
+                 modifyTimestamp: 20240101000000Z\n\n"
+            )
+        };
+        let (u1, u2, u3) = (
+            "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00",
+            "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f01",
+            "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f02",
+        );
+        let file = |name: &str, text: String| {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let good = file(
+            "good.ldif",
+            slapcat("dc=example,dc=com", u1)
+                + &slapcat("ou=people,dc=example,dc=com", u2)
+                + "dn: ou=new,dc=example,dc=com\nobjectClass: organizationalUnit\nou: new\n\n",
+        );
+        let refused = |name: &str, text: String, why: &str| {
+            let err = load(&dir, &file(name, text), Existing::Refuse).unwrap_err();
+            let err = tether_config::shell::error_chain(&*err);
+            assert!(err.contains(why), "{name}: {err}");
+            assert_eq!(dir.entry_count().unwrap(), 0, "{name}: nothing was written");
+        };
+        refused(
+            "twice.ldif",
+            slapcat("dc=example,dc=com", u1) + &slapcat("ou=people,dc=example,dc=com", u1),
+            &format!("twice.ldif:12: ou=people,dc=example,dc=com: entryUUID {u1} is given to another entry earlier in the file"),
+        );
+        refused(
+            "bad.ldif",
+            slapcat("dc=example,dc=com", "6bd5c4e4-nonsense"),
+            "bad.ldif:1: dc=example,dc=com: entryUUID \"6bd5c4e4-nonsense\" is not a UUID",
+        );
+
+        let report = load(&dir, &good, Existing::Refuse).unwrap();
+        assert_eq!((report.entries, report.kept_uuids, report.dropped), (3, 2, 12));
+        for (dn, uuid) in [("dc=example,dc=com", u1), ("ou=people,dc=example,dc=com", u2)] {
+            let holder = dir.uuid_holder(&uuid.parse().unwrap()).unwrap();
+            assert_eq!(holder, Some(Dn::parse(dn).unwrap()), "{dn} keeps its entryUUID");
+        }
+        let names: Vec<String> = dir
+            .search(&tether_protocol::SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap()))
+            .flat_map(|e| e.unwrap().attrs.iter().map(|a| a.name.clone()).collect::<Vec<_>>())
+            .collect();
+        assert!(names.iter().all(|n| !tether_protocol::entry::operational::is_operational(n)), "{names:?}");
+
+        let err = load(&dir, &file("again.ldif", slapcat("ou=other,dc=example,dc=com", u2)), Existing::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("entryUUID {u2} is already the UUID of ou=people,dc=example,dc=com in the store")),
+            "{err}"
+        );
+        assert_eq!(load(&dir, &good, Existing::Skip).unwrap().entries, 0, "skipped entries keep their own");
+
+        let write = |ldif: &str| {
+            let records = tether_protocol::ldif::reader::parse_str(ldif).unwrap();
+            dir.write(&records[0].clone().into_change()).map(drop).map_err(|e| e.to_string())
+        };
+        let err =
+            write(&format!("dn: ou=w,dc=example,dc=com\nobjectClass: organizationalUnit\nou: w\nentryUUID: {u3}\n"))
+                .unwrap_err();
+        assert!(err.contains("entryUUID is maintained by the server, not written"), "{err}");
+        let err = write("dn: ou=new,dc=example,dc=com\nchangetype: modify\nreplace: modifyTimestamp\nmodifyTimestamp: 20250101000000Z\n-\n").unwrap_err();
+        assert!(err.contains("modifyTimestamp is maintained by the server"), "{err}");
+        write("dn: ou=new,dc=example,dc=com\nchangetype: modify\nreplace: description\ndescription: fine\n-\n")
+            .unwrap();
+    }
+
     /// The README's walk-through: `load` of the sample, then `write` of the example
     /// change records, each of which must commit against it.
     #[test]
@@ -220,7 +346,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
         let report = load(&dir, &examples.join("sample.ldif"), Existing::Refuse).unwrap();
-        assert_eq!(report, LoadReport { entries: 2968, skipped: 0, sorted: false });
+        assert_eq!(report, LoadReport { entries: 2968, skipped: 0, sorted: false, kept_uuids: 0, dropped: 0 });
 
         let text = std::fs::read_to_string(examples.join("changes.ldif")).unwrap();
         let records = tether_protocol::ldif::reader::parse_str(&text).unwrap();

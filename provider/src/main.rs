@@ -153,16 +153,24 @@ async fn run(cli: Cli) -> Result<()> {
             let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
             let report = tokio::task::spawn_blocking(move || load::load(&dir, &file, existing)).await??;
-            eprintln!(
-                "loaded {} entries{}{}",
-                report.entries,
-                if report.skipped > 0 {
-                    format!(", skipped {} already in the store", report.skipped)
-                } else {
-                    String::new()
-                },
-                if report.sorted { " (sorted into tree order)" } else { "" }
-            );
+            let mut said = format!("loaded {} entries", report.entries);
+            if report.skipped > 0 {
+                said += &format!(", skipped {} already in the store", report.skipped);
+            }
+            if report.sorted {
+                said += " (sorted into tree order)";
+            }
+            if report.kept_uuids > 0 {
+                said += &format!("; {} kept the entryUUID the file gave them", report.kept_uuids);
+            }
+            if report.dropped > 0 {
+                said += &format!(
+                    "; left out {} values of attributes their server maintained (entryCSN, timestamps, creators: \
+                     Tether keeps none of them)",
+                    report.dropped
+                );
+            }
+            eprintln!("{said}");
             Ok(())
         }
         Command::Write { config, file } => {

@@ -453,26 +453,37 @@ impl Directory {
     /// the offline loader never is) the batch is logged as any write is, as raising the
     /// floor would take from that refresh the records it is about to read.
     pub fn bulk_add(&self, batch: &[(Dn, Attributes)]) -> Result<Csn> {
+        let batch: Vec<_> = batch.iter().map(|(dn, attrs)| (dn.clone(), attrs.clone(), None)).collect();
+        self.bulk_add_keeping_uuids(&batch)
+    }
+
+    /// [`Directory::bulk_add`] of entries exported from another server, each keeping
+    /// the entryUUID it had there when one is given (new ones get a fresh one), so that
+    /// what refers to an entry by its UUID still finds it. A UUID already in the store
+    /// or given twice in the batch is refused, and the batch writes nothing.
+    pub fn bulk_add_keeping_uuids(&self, batch: &[(Dn, Attributes, Option<EntryUuid>)]) -> Result<Csn> {
         let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut csn = *last;
         let mut planned = Vec::with_capacity(batch.len());
         let mut names_in_batch = std::collections::HashSet::new();
-        for (dn, attrs) in batch {
+        let mut uuids_in_batch = std::collections::HashSet::new();
+        for (dn, attrs, uuid) in batch {
             csn = csn.next();
             if !names_in_batch.insert(dn.clone()) {
                 return Err(Refusal::AlreadyExists(dn.clone()).into());
             }
+            if let Some(uuid) = uuid {
+                if let Some(holder) = self.uuid_holder(uuid)? {
+                    return Err(rules::uuid_taken(dn, uuid, Some(&holder)).into());
+                }
+                if !uuids_in_batch.insert(*uuid) {
+                    return Err(rules::uuid_taken(dn, uuid, None).into());
+                }
+            }
             // The parent may be earlier in this batch rather than in the store.
             let parent_in_batch = dn.parent().is_some_and(|p| names_in_batch.contains(&p));
-            let plan = rules::plan_add(
-                &self.set,
-                &self.suffix,
-                dn,
-                attrs,
-                EntryUuid::new_time_ordered(),
-                csn,
-                parent_in_batch,
-            )?;
+            let uuid = uuid.unwrap_or_else(EntryUuid::new_time_ordered);
+            let plan = rules::plan_add(&self.set, &self.suffix, dn, attrs, uuid, csn, parent_in_batch)?;
             planned.push(plan);
         }
         if planned.is_empty() {
@@ -493,6 +504,11 @@ impl Directory {
             self.changelog.remove_through(csn)?;
         }
         Ok(csn)
+    }
+
+    /// The DN of the entry whose entryUUID is `uuid`, if the store has one.
+    pub fn uuid_holder(&self, uuid: &EntryUuid) -> Result<Option<Dn>> {
+        Ok(self.set.get_by_uuid(uuid)?.map(|entry| entry.dn))
     }
 
     /// Commits planned changes with consecutive CSNs starting at `first`, and hands the

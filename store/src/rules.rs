@@ -2,6 +2,7 @@
 //! to. Pure decisions over reads of the entry set; the caller holds the writer lock, so
 //! nothing changes between these checks and the commit.
 
+use tether_protocol::entry::operational::is_operational;
 use tether_protocol::{
     Attributes, Change, CodecError, Csn, Dn, Entry, EntryUuid, ModOp, Modification, PartialEntry, Rdn, Value, MAX_ENTRY,
 };
@@ -31,6 +32,15 @@ pub(crate) struct Planned {
 
 fn invalid(dn: &Dn, reason: impl Into<String>) -> Refusal {
     Refusal::InvalidChange { dn: dn.clone(), reason: reason.into() }
+}
+
+/// An entryUUID given for `dn` that `holder` in the store has already, or (`None`) an
+/// earlier entry of the same batch.
+pub(crate) fn uuid_taken(dn: &Dn, uuid: &EntryUuid, holder: Option<&Dn>) -> Refusal {
+    match holder {
+        Some(holder) => invalid(dn, format!("entryUUID {uuid} is already the UUID of {holder}")),
+        None => invalid(dn, format!("entryUUID {uuid} is given to another entry earlier in the same load")),
+    }
 }
 
 /// The encoding of a planned state, refused if the entry would be too large to
@@ -134,6 +144,9 @@ pub(crate) fn plan_add(
 /// on what the store holds, so the bulk loader checks every record of a file with it
 /// before writing any.
 pub(crate) fn new_entry(dn: &Dn, attrs: &Attributes, uuid: EntryUuid, csn: Csn) -> Result<Located> {
+    if let Some(attr) = attrs.iter().find(|a| is_operational(&a.name)) {
+        return Err(server_maintained(dn, &attr.name).into());
+    }
     let mut entry = Entry { dn: dn.clone(), uuid, csn, attrs: attrs.clone() };
     entry.ensure_rdn_values().map_err(|e| invalid(dn, e.to_string()))?;
     check_entry(&entry)?;
@@ -169,9 +182,26 @@ fn plan_modify(set: &EntrySet, dn: &Dn, mods: &[Modification], csn: Csn) -> Resu
     })
 }
 
+/// A write giving values to a server-maintained attribute (see
+/// [`tether_protocol::entry::operational`]). Removing one is allowed: an entry loaded
+/// before the loader left them out may still carry some.
+fn server_maintained(dn: &Dn, attr: &str) -> Refusal {
+    invalid(
+        dn,
+        format!(
+            "{attr} is maintained by the server, not written: an entry's entryUUID is the provider's to give \
+             (`load` keeps the one of an exported entry), and Tether keeps no timestamps, creators or CSNs of \
+             another server"
+        ),
+    )
+}
+
 /// Applies `mods` in order, refusing the write at the first that cannot apply.
 fn apply_modifications(attrs: &mut Attributes, dn: &Dn, mods: &[Modification]) -> Result<()> {
     for m in mods {
+        if m.op != ModOp::Delete && !m.values.is_empty() && is_operational(&m.attr) {
+            return Err(server_maintained(dn, &m.attr).into());
+        }
         let result = match m.op {
             ModOp::Add => attrs.add(&m.attr, m.values.iter().cloned()),
             ModOp::Delete => attrs.delete(&m.attr, &m.values),

@@ -1,0 +1,140 @@
+//! Attributes a directory server maintains itself, as `slapcat` prints them with every
+//! entry (RFC 4512 section 3.4, RFC 4530, and OpenLDAP's own). Tether keeps none of them
+//! as attributes: an entry's identity is its [`EntryUuid`] and its version its CSN, and a
+//! creator, a timestamp or an OpenLDAP CSN copied from another server would go stale at
+//! the first change made here while still reading as current.
+
+use super::{Attributes, EntryUuid};
+
+/// `entryUUID` (RFC 4530), lower-cased: the entry's identity, which a load keeps.
+pub const ENTRY_UUID: &str = "entryuuid";
+
+/// The other server-maintained attributes, lower-cased.
+pub const MAINTAINED: &[&str] = &[
+    "createtimestamp",
+    "modifytimestamp",
+    "creatorsname",
+    "modifiersname",
+    "structuralobjectclass",
+    "entrycsn",
+    "contextcsn",
+    "entrydn",
+    "hassubordinates",
+    "numsubordinates",
+    "subschemasubentry",
+];
+
+/// Whether `name` (with or without `;options`) names a server-maintained attribute,
+/// `entryUUID` included.
+pub fn is_operational(name: &str) -> bool {
+    let base = name.split(';').next().unwrap_or_default().to_ascii_lowercase();
+    base == ENTRY_UUID || MAINTAINED.contains(&base.as_str())
+}
+
+/// What [`Attributes::take_operational`] took out of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Operational {
+    /// The entry's `entryUUID`, if it had one.
+    pub uuid: Option<EntryUuid>,
+    /// Values of the other server-maintained attributes, dropped.
+    pub dropped: usize,
+}
+
+/// Why an entry's `entryUUID` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperationalError {
+    /// A value that is not a UUID in its text form.
+    #[error("entryUUID {0:?} is not a UUID")]
+    NotAUuid(String),
+    /// More than one value: an entry has one identity.
+    #[error("entryUUID has {0} values; an entry has one")]
+    SeveralUuids(usize),
+}
+
+impl Attributes {
+    /// Takes the server-maintained attributes out: `entryUUID` is returned (an entry
+    /// exported from another server keeps its identity), the others are dropped and
+    /// counted. Nothing is removed if the `entryUUID` is refused.
+    pub fn take_operational(&mut self) -> Result<Operational, OperationalError> {
+        let keys: Vec<String> = self.map.keys().filter(|k| is_operational(k)).cloned().collect();
+        let mut taken = Operational::default();
+        for key in keys.iter().filter(|k| k.split(';').next() == Some(ENTRY_UUID)) {
+            let values = self.map.get(key).map(|a| a.values.as_slice()).unwrap_or_default();
+            match values {
+                [one] => {
+                    let text = String::from_utf8_lossy(one.as_bytes());
+                    let uuid =
+                        text.trim().parse().map_err(|_| OperationalError::NotAUuid(text.clone().into_owned()))?;
+                    if taken.uuid.replace(uuid).is_some() {
+                        return Err(OperationalError::SeveralUuids(2));
+                    }
+                }
+                many => return Err(OperationalError::SeveralUuids(many.len())),
+            }
+        }
+        for key in keys {
+            if let Some(attr) = self.map.remove(&key) {
+                if key.split(';').next() != Some(ENTRY_UUID) {
+                    taken.dropped += attr.values.len();
+                }
+            }
+        }
+        Ok(taken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::Value;
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+        let mut a = Attributes::new();
+        for (k, v) in pairs {
+            a.add(k, [Value::from(*v)]).unwrap();
+        }
+        a
+    }
+
+    #[test]
+    fn a_slapcat_entry_keeps_its_uuid_and_loses_what_the_server_maintained() {
+        let mut a = attrs(&[
+            ("objectClass", "person"),
+            ("cn", "ann"),
+            ("sn", "Ann"),
+            ("structuralObjectClass", "person"),
+            ("entryUUID", "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00"),
+            ("creatorsName", "cn=admin,dc=example,dc=com"),
+            ("createTimestamp", "20240101000000Z"),
+            ("entryCSN", "20240101000000.000000Z#000000#000#000000"),
+            ("modifiersName", "cn=admin,dc=example,dc=com"),
+            ("ModifyTimestamp", "20240101000000Z"),
+        ]);
+        let taken = a.take_operational().unwrap();
+        assert_eq!(taken.uuid.unwrap().to_string(), "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00");
+        assert_eq!(taken.dropped, 6);
+        let left: Vec<&str> = a.canonical_order().map(|a| a.name.as_str()).collect();
+        assert_eq!(left, ["objectClass", "cn", "sn"]);
+        assert_eq!(a.take_operational().unwrap(), Operational::default(), "nothing left to take");
+    }
+
+    #[test]
+    fn a_bad_uuid_is_refused_and_nothing_is_taken() {
+        for (values, err) in [
+            (vec!["not-a-uuid"], OperationalError::NotAUuid("not-a-uuid".into())),
+            (
+                vec!["6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00", "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f01"],
+                OperationalError::SeveralUuids(2),
+            ),
+        ] {
+            let mut a = attrs(&[("objectClass", "person"), ("entryCSN", "x")]);
+            a.add("entryUUID", values.into_iter().map(Value::from)).unwrap();
+            let before = a.clone();
+            assert_eq!(a.take_operational(), Err(err));
+            assert_eq!(a, before);
+        }
+        assert!(is_operational("entryUUID") && is_operational("createTimestamp;x") && !is_operational("cn"));
+    }
+}
