@@ -87,6 +87,20 @@ pub fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>, loc
     }
 }
 
+/// What opening a store gives once no dropped handle holds its folder any more: `Ok`
+/// or the error, for tests of the opens that must be refused.
+pub fn open_outcome<T>(
+    mut open: impl FnMut() -> Result<T, tether_store::StoreError>,
+) -> Result<(), tether_store::StoreError> {
+    reopen(
+        || match open() {
+            Err(tether_store::StoreError::Locked(path)) => Err(path),
+            other => Ok(other.map(drop)),
+        },
+        |_| true,
+    )
+}
+
 /// [`reopen`] for a consumer store.
 pub fn reopen_replicas(path: &std::path::Path) -> tether_store::ReplicaStore {
     reopen(|| tether_store::ReplicaStore::open(path), |e| matches!(e, tether_store::StoreError::Locked(_)))

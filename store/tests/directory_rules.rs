@@ -149,13 +149,7 @@ fn state_survives_reopen_and_csns_continue() {
     let next = d.write(&add_person("uid=c,ou=people,dc=example,dc=com")).unwrap();
     assert_eq!(next.csn, last.next());
     drop(d);
-    let other = reopen(
-        || match Directory::open(dir.path(), &dn("dc=other")) {
-            Err(StoreError::Locked(path)) => Err(path),
-            other => Ok(other),
-        },
-        |_| true,
-    );
+    let other = open_outcome(|| Directory::open(dir.path(), &dn("dc=other")));
     assert!(matches!(other, Err(StoreError::SuffixMismatch { .. })));
 }
 
@@ -277,24 +271,12 @@ fn a_store_of_the_other_kind_is_refused_and_left_as_it_was() {
     let consumer_dir = tempfile::tempdir().unwrap();
     tether_store::ReplicaStore::open(consumer_dir.path()).unwrap().replica("people").unwrap();
 
-    let as_replicas = reopen(
-        || match tether_store::ReplicaStore::open(provider_dir.path()) {
-            Err(StoreError::Locked(path)) => Err(path),
-            other => Ok(other.map(|_| ())),
-        },
-        |_| true,
-    );
+    let as_replicas = open_outcome(|| tether_store::ReplicaStore::open(provider_dir.path()));
     assert!(
         matches!(&as_replicas, Err(StoreError::WrongKind { holds: "a provider's directory", .. })),
         "{as_replicas:?}"
     );
-    let as_directory = reopen(
-        || match Directory::open(consumer_dir.path(), &dn(SUFFIX)) {
-            Err(StoreError::Locked(path)) => Err(path),
-            other => Ok(other.map(|_| ())),
-        },
-        |_| true,
-    );
+    let as_directory = open_outcome(|| Directory::open(consumer_dir.path(), &dn(SUFFIX)));
     assert!(
         matches!(&as_directory, Err(StoreError::WrongKind { holds: "a consumer's replicas", .. })),
         "{as_directory:?}"
