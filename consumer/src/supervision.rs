@@ -214,7 +214,7 @@ impl Supervision {
             // Retrying soon cannot fix these (an operator must change a secret, a version,
             // or put the provider's store back); do not hammer the provider.
             (Some(RejectReason::BadCredentials | RejectReason::VersionMismatch), _)
-            | (_, Some(GoodbyeReason::EmptyStore)) => Some(self.retry.longest_delay()),
+            | (_, Some(GoodbyeReason::EmptyStore | GoodbyeReason::NoSuchBase)) => Some(self.retry.longest_delay()),
             _ => self.retry.jittered_delay_for(self.attempt, sample),
         };
         self.attempt = self.attempt.saturating_add(1);
@@ -335,16 +335,18 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_provider_store_is_retried_at_the_longest_delay_and_the_agreement_stays_open() {
-        let t0 = Instant::now();
-        let mut m = machine(&["1s x5", "10m forever"], None);
-        m.step(t0, Input::Begin { stopped: false }, 0.5);
-        let empty = Ended { goodbye: Some(GoodbyeReason::EmptyStore), ..ended(Reason::ProviderGoodbye) };
-        let out = m.step(t0, Input::SessionEnded(empty), 0.5);
-        assert_eq!(wait_of(&out), Some(Duration::from_secs(600)), "{out:?}");
-        assert_eq!(m.state(), State::Backoff, "the provider may get its store back: keep trying");
-        let out = m.step(t0, Input::Command(Command::Restart), 0.5);
-        assert!(out.contains(&Output::StartSession), "an operator can retry at once");
+    fn an_empty_provider_store_or_a_missing_base_is_retried_at_the_longest_delay_and_the_agreement_stays_open() {
+        for reason in [GoodbyeReason::EmptyStore, GoodbyeReason::NoSuchBase] {
+            let t0 = Instant::now();
+            let mut m = machine(&["1s x5", "10m forever"], None);
+            m.step(t0, Input::Begin { stopped: false }, 0.5);
+            let bye = Ended { goodbye: Some(reason), ..ended(Reason::ProviderGoodbye) };
+            let out = m.step(t0, Input::SessionEnded(bye), 0.5);
+            assert_eq!(wait_of(&out), Some(Duration::from_secs(600)), "{reason}: {out:?}");
+            assert_eq!(m.state(), State::Backoff, "{reason}: the store or the base may come: keep trying");
+            let out = m.step(t0, Input::Command(Command::Restart), 0.5);
+            assert!(out.contains(&Output::StartSession), "{reason}: an operator can retry at once");
+        }
     }
 
     #[test]

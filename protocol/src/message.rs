@@ -275,6 +275,10 @@ pub enum GoodbyeReason {
     /// mistyped `data_dir`, a volume not mounted) or lost its store, and a full refresh
     /// from it would empty the replica. Keep the replica and retry at the longest delay.
     EmptyStore,
+    /// The region's base names no entry in the provider's directory, and the consumer
+    /// needs a full refresh, which could bring nothing (a mistyped `base`, or a branch
+    /// not created yet). Retry at the longest delay.
+    NoSuchBase,
 }
 
 impl GoodbyeReason {
@@ -291,6 +295,7 @@ impl GoodbyeReason {
             GoodbyeReason::ProtocolError => "protocol-error",
             GoodbyeReason::RefreshRequired => "refresh-required",
             GoodbyeReason::EmptyStore => "empty-store",
+            GoodbyeReason::NoSuchBase => "no-such-base",
         }
     }
 }

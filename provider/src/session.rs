@@ -16,7 +16,7 @@ use std::time::Duration;
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::encoded::EncodedMessage;
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role};
-use tether_protocol::{Cookie, Csn, ResumePoint, SearchSpec};
+use tether_protocol::{Cookie, Csn, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Notify};
@@ -260,6 +260,13 @@ where
                  the provider's store has data",
                 req.cookie.map_or(Csn::ZERO, |c| c.csn)
             ),
+            GoodbyeReason::NoSuchBase => match session.dir.entries().missing_base(&req.spec.base) {
+                Ok(Some(missing)) => format!(
+                    "{missing} in the provider's directory: is the agreement's base mistyped, or its branch not created yet? It is \
+                     refreshed once the base is an entry"
+                ),
+                _ => format!("the region's base {} names no entry in the provider's directory", req.spec.base),
+            },
             _ => String::new(),
         };
         let bye = Message::Goodbye { reason: *reason, detail };
@@ -311,6 +318,20 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             Ok(r) => r,
             Err(e) => return self.store_error(&e),
         };
+        if refresh.kind() == RefreshKind::Full {
+            // A full refresh of a region whose base names no entry could bring nothing: a
+            // mistyped base would replicate as an empty region without a word. Refused
+            // for a full refresh only: a consumer that follows the region by delta still
+            // gets the deletes that emptied it, the base's own included.
+            match self.dir.entries().missing_base(&self.req.spec.base) {
+                Ok(None) => {}
+                Ok(Some(missing)) => {
+                    warn!(base = %self.req.spec.base, "{missing}: no full refresh of a region without a base entry");
+                    return SessionEnd::Goodbye(GoodbyeReason::NoSuchBase);
+                }
+                Err(e) => return self.store_error(&e),
+            }
+        }
         let scan_resume = self.req.resume.as_ref().is_some_and(|r| r.kind.replaces_replica());
         if scan_resume && !refresh.resumed() {
             info!("the interrupted refresh cannot be resumed (changelog trimmed past its start, or another store)");

@@ -401,6 +401,42 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
     Ok(())
 }
 
+/// A region whose base names no entry (a mistyped `base`, a branch not created yet)
+/// used to replicate as an empty region without a word. Its full refresh is refused with
+/// `no-such-base`, naming the nearest entry, until the base is an entry. A consumer that
+/// follows a region by delta still gets the deletes that empty it, the base's own too.
+#[test]
+fn a_region_whose_base_names_no_entry_gets_no_full_refresh_but_gets_its_deletes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = provider_with(tmp.path(), 20, 25, ProviderOptions::default())?;
+    let later = format!("ou=later,{SUFFIX}");
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", &later, "people-secret")])?;
+    c.start()?;
+    let s = c.wait_status("people", CONVERGE, "a no-such-base goodbye", |s| {
+        s["last_error"].as_str().is_some_and(|e| e.contains("no-such-base"))
+    })?;
+    let err = s["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains(&format!("no entry {later} (the nearest entry above it is {SUFFIX})")), "{s}");
+    assert!(s["cookie"].is_null() && s["refreshes"]["full"].as_u64().unwrap_or(0) == 0, "no refresh: {s}");
+
+    p.write_ok(&format!(
+        "dn: {later}\nchangetype: add\nobjectClass: organizationalUnit\nou: later\n\n\
+         dn: uid=x,{later}\nchangetype: add\nobjectClass: person\nuid: x\ncn: x\nsn: X\n"
+    ))?;
+    wait_converged(&p, &c, "people", &later)?;
+    assert_eq!(count(&c.search("people", &later, "subtree", ALL)?), 2);
+
+    // Emptied while the consumer is away, base and all: the delta brings the deletes.
+    assert!(c.stop()?.success());
+    p.write_ok(&format!("dn: uid=x,{later}\nchangetype: delete\n\ndn: {later}\nchangetype: delete\n"))?;
+    c.start()?;
+    c.wait_status("people", CONVERGE, "the deletes", |s| s["state"] == "persisting" && s["entries"] == 0)?;
+    assert_eq!(last_refresh(&c, "people")?, "delta");
+    assert_eq!(c.search("people", SUFFIX, "subtree", ALL)?, "", "the replica holds nothing");
+    Ok(())
+}
+
 /// Stops the provider, puts the copy at `backup` in place of its store, starts it and
 /// adds `n` people the lost history never had; returns its CSN then.
 fn restore_and_write_others(p: &mut Provider, backup: &Path, n: usize) -> Result<u64> {
