@@ -55,6 +55,28 @@ pub fn reload_report(mut msg: String, not_applied: &[&str], process: &str) -> St
     msg
 }
 
+/// Why a command that reads a stopped `process`'s store (`status`, `search`, `wait`)
+/// found none in `data_dir`: opening would create one, empty, and report it as the real
+/// store, so a mistyped `data_dir` must say where it looked instead.
+pub fn no_store(process: &str, data_dir: &std::path::Path, config: &std::path::Path) -> String {
+    format!(
+        "the {process} is not running, and there is no store in {}: it has not run with this data_dir (check \
+         `data_dir` in {})",
+        data_dir.display(),
+        config.display()
+    )
+}
+
+/// What to add to "the store is in use by another process" when the command asked the
+/// process on `control` first and nothing answered: the usual cause is a `control`
+/// edited in the file since that process started.
+pub fn held_store_hint(control: &std::path::Path) -> String {
+    format!(
+        " (a running process holds it but nothing answers on {}: was `control` changed since it started?)",
+        control.display()
+    )
+}
+
 /// Raises this process's soft limit on open files to its hard limit, and returns the
 /// limit now in force (`None`: unlimited). A server holds a descriptor for each
 /// connection besides its store's, and the usual soft default (1024) is what

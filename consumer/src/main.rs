@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tether_config::shell;
 use tether_consumer::config::ConsumerConfig;
 use tether_consumer::status::{OfflineAgreement, OfflineStatus};
 use tether_consumer::{control, daemon};
@@ -132,21 +133,13 @@ enum Offline {
 fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> {
     let dir = config.data_dir.display();
     if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
-        bail!(
-            "the consumer is not running, and there is no store in {dir}: it has not run with this data_dir (check `data_dir` in {})",
-            config.file.display()
-        );
+        bail!(shell::no_store("consumer", &config.data_dir, &config.file));
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {dir}"))?;
     ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size }).map_err(
         |e| {
-            // Held, yet nothing answered on the control socket: the usual cause is a
-            // `control` edited in the file since the consumer started.
             let hint = match e {
-                tether_store::StoreError::Locked(_) => format!(
-                    " (a running process holds it but nothing answers on {}: was `control` changed since it started?)",
-                    config.control.display()
-                ),
+                tether_store::StoreError::Locked(_) => shell::held_store_hint(&config.control),
                 _ => String::new(),
             };
             anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
@@ -282,12 +275,12 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tether_config::shell::init_logging();
+    shell::init_logging();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether-consumer: {}", tether_config::shell::error_chain(&*e));
+            eprintln!("tether-consumer: {}", shell::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

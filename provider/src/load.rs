@@ -4,7 +4,7 @@
 //! checks every record (syntax, suffix, duplicates, a parent for every entry, in the
 //! store or the file, and what [`Directory::check_new_entry`] checks: objectClass, RDN
 //! values, a size that replicates); only then does the second write, in large transactions through
-//! [`Directory::bulk_add_keeping_uuids`]. Files that list children before parents (as
+//! [`Directory::bulk_add`]. Files that list children before parents (as
 //! slapcat output of some trees does) are sorted into tree order in memory; ordered
 //! files stream. An entry exported by `slapcat` keeps its `entryUUID`; the other
 //! attributes its server maintained are left out (see [`Record`]).
@@ -142,7 +142,7 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
     let mut batch = Vec::with_capacity(LOAD_BATCH);
     let mut flush = |batch: &mut Vec<(Dn, Attributes, Option<EntryUuid>)>| -> Result<()> {
         if !batch.is_empty() {
-            if let Err(e) = dir.bulk_add_keeping_uuids(batch) {
+            if let Err(e) = dir.bulk_add(batch) {
                 return Err(e).with_context(|| {
                     format!(
                         "loading a batch; the {total} entries loaded before it may be in the store: fix the \

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tether_config::shell;
 use tether_protocol::control::ControlRequest;
 use tether_protocol::entry::parse_attribute_name;
 use tether_protocol::{Dn, Filter, Scope, SearchSpec};
@@ -120,10 +121,7 @@ enum Offline {
 fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
     let dir = config.data_dir.display();
     if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
-        bail!(
-            "the provider is not running, and there is no store in {dir}: it has not been loaded or started with this data_dir (check `data_dir` in {})",
-            config.file.display()
-        );
+        bail!(shell::no_store("provider", &config.data_dir, &config.file));
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {dir}"))?;
     let options = tether_store::StoreOptions { cache_bytes: config.cache_size };
@@ -133,12 +131,7 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
                 " (stop the provider first: `load` writes to the store itself, and `write` adds entries to a running one)"
                     .to_owned()
             }
-            // Held, yet nothing answered on the control socket: the usual cause is a
-            // `control` edited in the file since the provider started.
-            (tether_store::StoreError::Locked(_), Offline::Read) => format!(
-                " (a running process holds it but nothing answers on {}: was `control` changed since it started?)",
-                config.control.display()
-            ),
+            (tether_store::StoreError::Locked(_), Offline::Read) => shell::held_store_hint(&config.control),
             _ => String::new(),
         };
         anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
@@ -226,12 +219,12 @@ fn print_search(dir: &Directory, spec: &SearchSpec) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tether_config::shell::init_logging();
+    shell::init_logging();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether-provider: {}", tether_config::shell::error_chain(&*e));
+            eprintln!("tether-provider: {}", shell::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

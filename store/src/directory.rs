@@ -452,16 +452,11 @@ impl Directory {
     /// a tenth of its store. While a refresh holds a pin (the store is serving, which
     /// the offline loader never is) the batch is logged as any write is, as raising the
     /// floor would take from that refresh the records it is about to read.
-    pub fn bulk_add(&self, batch: &[(Dn, Attributes)]) -> Result<Csn> {
-        let batch: Vec<_> = batch.iter().map(|(dn, attrs)| (dn.clone(), attrs.clone(), None)).collect();
-        self.bulk_add_keeping_uuids(&batch)
-    }
-
-    /// [`Directory::bulk_add`] of entries exported from another server, each keeping
-    /// the entryUUID it had there when one is given (new ones get a fresh one), so that
-    /// what refers to an entry by its UUID still finds it. A UUID already in the store
-    /// or given twice in the batch is refused, and the batch writes nothing.
-    pub fn bulk_add_keeping_uuids(&self, batch: &[(Dn, Attributes, Option<EntryUuid>)]) -> Result<Csn> {
+    ///
+    /// An entry exported from another server keeps the entryUUID it had there when one
+    /// is given (the others get a fresh one), so that what refers to it by UUID still
+    /// finds it. A UUID already in the store or given twice in the batch is refused.
+    pub fn bulk_add(&self, batch: &[(Dn, Attributes, Option<EntryUuid>)]) -> Result<Csn> {
         let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut csn = *last;
         let mut planned = Vec::with_capacity(batch.len());

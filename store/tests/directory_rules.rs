@@ -124,7 +124,7 @@ fn added_entries_get_uuids_in_the_order_they_were_added() {
     let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
     let mut names = vec!["dc=example,dc=com".to_owned(), "ou=people,dc=example,dc=com".to_owned()];
     names.extend((0..200).map(|i| format!("uid=p{i:03},ou=people,dc=example,dc=com")));
-    let bulk: Vec<_> = names.iter().map(|s| (dn(s), common::attrs(&[("objectClass", "top")]))).collect();
+    let bulk: Vec<_> = names.iter().map(|s| (dn(s), common::attrs(&[("objectClass", "top")]), None)).collect();
     d.bulk_add(&bulk).unwrap();
     let mut uuids: Vec<_> = names.iter().map(|s| d.entries().get(&dn(s)).unwrap().unwrap().uuid).collect();
     for i in 0..200 {
@@ -159,14 +159,27 @@ fn bulk_add_is_all_or_nothing() {
     let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
     let good: Vec<_> = ["dc=example,dc=com", "ou=people,dc=example,dc=com", "uid=a,ou=people,dc=example,dc=com"]
         .iter()
-        .map(|s| (dn(s), common::attrs(&[("objectClass", "top")])))
+        .map(|s| (dn(s), common::attrs(&[("objectClass", "top")]), None))
         .collect();
     let mut bad = good.clone();
-    bad.push((dn("uid=b,ou=nowhere,dc=example,dc=com"), common::attrs(&[("objectClass", "top")])));
+    bad.push((dn("uid=b,ou=nowhere,dc=example,dc=com"), common::attrs(&[("objectClass", "top")]), None));
     assert!(matches!(d.bulk_add(&bad), Err(StoreError::Refused(Refusal::NoParent(_)))));
+    // An exported entry's UUID, given twice.
+    let uuid: tether_protocol::EntryUuid = "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00".parse().unwrap();
+    let mut twice = good.clone();
+    twice[1].2 = Some(uuid);
+    twice[2].2 = Some(uuid);
+    let err = d.bulk_add(&twice).unwrap_err().to_string();
+    assert!(err.contains("is given to another entry earlier in the same load"), "{err}");
     assert_eq!(d.entries().len(), 0);
     assert_eq!(d.durable_csn(), Csn::ZERO);
-    let last = d.bulk_add(&good).unwrap();
+    let mut kept = good.clone();
+    kept[2].2 = Some(uuid);
+    let last = d.bulk_add(&kept).unwrap();
+    assert_eq!(d.uuid_holder(&uuid).unwrap(), Some(dn("uid=a,ou=people,dc=example,dc=com")), "the UUID given is kept");
+    let taken = [(dn("uid=c,ou=people,dc=example,dc=com"), common::attrs(&[("objectClass", "top")]), Some(uuid))];
+    let err = d.bulk_add(&taken).unwrap_err().to_string();
+    assert!(err.contains("is already the UUID of uid=a,ou=people,dc=example,dc=com"), "{err}");
     assert_eq!(last, Csn(3));
     assert_eq!(d.entries().len(), 3);
     // Not logged: the floor rises past the load instead (see the replication tests).
@@ -226,7 +239,7 @@ fn the_entry_count_follows_every_write_and_reopen() {
     assert_eq!(checked(&d), 0);
     let bulk: Vec<_> = ["dc=example,dc=com", "ou=people,dc=example,dc=com", "ou=groups,dc=example,dc=com"]
         .iter()
-        .map(|s| (dn(s), common::attrs(&[("objectClass", "top")])))
+        .map(|s| (dn(s), common::attrs(&[("objectClass", "top")]), None))
         .collect();
     d.bulk_add(&bulk).unwrap();
     assert_eq!(checked(&d), 3);

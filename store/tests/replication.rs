@@ -403,7 +403,9 @@ fn a_bulk_load_raises_the_floor_instead_of_logging_unless_a_refresh_holds_a_pin(
     let p = people_pair();
     let people = |from: usize, to: usize| -> Vec<_> {
         (from..to)
-            .map(|i| (dn(&format!("uid=bulk{i},ou=people,dc=example,dc=com")), attrs(&[("objectClass", "person")])))
+            .map(|i| {
+                (dn(&format!("uid=bulk{i},ou=people,dc=example,dc=com")), attrs(&[("objectClass", "person")]), None)
+            })
             .collect()
     };
     let before = Cookie { history: p.dir.history(), csn: p.dir.durable_csn() };
