@@ -7,7 +7,7 @@
 //! [`Directory::bulk_add`]. Files that list children before parents (as
 //! slapcat output of some trees does) are sorted into tree order in memory; ordered
 //! files stream. An entry exported by `slapcat` keeps its `entryUUID`; the other
-//! attributes its server maintained are left out (see [`Record`]).
+//! attributes its server maintained are left out (see `Record`).
 
 use std::collections::HashSet;
 use std::fs::File;
