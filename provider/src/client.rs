@@ -34,6 +34,22 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<WriteReport> 
     let Some(writer) = &config.writer else {
         bail!("{}: no [writer] section: writes are not enabled", config.file.display());
     };
+    // A record over the provider's `max_frame` would close the session unread, and its
+    // outcome would then read as unknown: refuse the file before sending any of it.
+    for (id, record) in records.iter().enumerate() {
+        let request = Message::WriteRequest { id: id as u64, change: record.clone().into_change() };
+        let len = tether_protocol::codec::encoded_len(&request)?;
+        if len > config.max_frame as usize {
+            bail!(
+                "{}:{}: the record takes {len} bytes encoded, over the provider's max_frame of {} bytes ({}); \
+                 nothing was written",
+                file.display(),
+                record.line(),
+                config.max_frame,
+                config.file.display()
+            );
+        }
+    }
     let secret = load_secret(&writer.secret_file)?;
     let secret = secret.secret;
     let (host, port) = config.listen.addr();

@@ -26,8 +26,9 @@ pub const DEFAULT_PORT: u16 = 7389;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default `handshake_timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `max_frame`: 16 MiB.
-pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+/// Default `max_frame`: 16 MiB, the protocol's own limit ([`tether_protocol::frame::MAX_FRAME`]),
+/// which is also the most it may be.
+pub const DEFAULT_MAX_FRAME: u32 = tether_protocol::frame::MAX_FRAME as u32;
 /// Smallest `max_frame` accepted: a handshake or a single ordinary entry must fit.
 pub const MIN_MAX_FRAME: u32 = 64 * 1024;
 /// Default `batch_size`.
@@ -337,6 +338,15 @@ impl ProviderConfig {
                 format!("max_frame {} is below the minimum of {MIN_MAX_FRAME} bytes", self.max_frame),
             ));
         }
+        if self.max_frame > DEFAULT_MAX_FRAME {
+            // Nothing larger decodes (the codec's own limit), so a larger setting would
+            // only let a peer make the provider buffer a frame it then refuses.
+            return Err(ConfigError::invalid(
+                file,
+                "max_frame",
+                format!("max_frame {} is above the maximum of {DEFAULT_MAX_FRAME} bytes", self.max_frame),
+            ));
+        }
         self.keepalive.check(file, "keepalive")?;
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, grant) in self.consumers.iter().enumerate() {
@@ -529,6 +539,10 @@ mod tests {
             ),
             (format!("{MINIMAL}queue_len = 0"), "key 'queue_len': must be at least 1"),
             (format!("{MINIMAL}max_frame = 100"), "key 'max_frame': max_frame 100 is below the minimum of 65536 bytes"),
+            (
+                format!("{MINIMAL}max_frame = 33554432"),
+                "key 'max_frame': max_frame 33554432 is above the maximum of 16777216 bytes",
+            ),
             (
                 format!("{MINIMAL}max_frame = 5000000000"),
                 "key 'max_frame': invalid value: integer `5000000000`, expected u32",

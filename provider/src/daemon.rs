@@ -102,6 +102,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let params = ServerParams {
         max_connections: config.max_connections,
         handshake_timeout: config.handshake_timeout,
+        max_frame: config.max_frame as usize,
         session: SessionParams {
             batch_size: config.batch_size,
             queue_len: config.queue_len,

@@ -47,6 +47,9 @@ pub struct ServerParams {
     pub max_connections: usize,
     /// Deadline for a complete handshake.
     pub handshake_timeout: Duration,
+    /// Largest frame read from a client after its handshake (`max_frame`); the
+    /// handshake itself is held to less.
+    pub max_frame: usize,
     /// Session tuning.
     pub session: SessionParams,
 }
@@ -189,6 +192,7 @@ impl Server {
         let limit = if slot.is_some() { self.params.handshake_timeout } else { REFUSE_GRACE };
         let deadline = Instant::now() + limit;
         let Some((mut reader, mut writer)) = self.transport(stream, deadline, plain).await else { return };
+        reader.set_max_frame(self.params.max_frame);
         let Some(_slot) = slot else {
             warn!("connection limit reached; refusing");
             refuse(&mut writer, RejectReason::TooManyConnections, "connection limit reached").await;

@@ -151,6 +151,14 @@ pub async fn run<R, W>(
             }
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => return,
+            // A frame over `max_frame`, or one that does not decode: the client is told
+            // why, since it cannot tell it from a provider that went away.
+            Ok(Err(e)) if e.is_protocol_violation() => {
+                warn!(error = %e, "write client broke the protocol");
+                let bye = Message::Goodbye { reason: GoodbyeReason::ProtocolError, detail: e.to_string() };
+                let _ = send(&mut writer, &bye).await;
+                return;
+            }
             Ok(Err(e)) => {
                 debug!(error = %e, "write client connection failed");
                 return;

@@ -838,6 +838,47 @@ fn write_stops_at_the_first_refused_record_naming_its_line_and_what_applied() ->
     Ok(())
 }
 
+/// `max_frame` was read, checked and then never applied: every connection took frames
+/// up to the protocol's 16 MiB. Now the provider holds its clients to it, and tells a
+/// write client that sent more why it closed; `write` checks its records against the
+/// same key first and refuses the file before sending any of it.
+#[test]
+fn max_frame_holds_clients_to_it_and_write_refuses_a_record_over_it_before_sending() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _w) = provider_with(tmp.path(), 20, 26, ProviderOptions::default())?;
+    assert!(p.stop()?.success());
+    let text = std::fs::read_to_string(&p.config)?;
+    std::fs::write(&p.config, format!("max_frame = 65536\n{text}"))?;
+    p.start()?;
+    let csn = p.status()?["csn"].clone();
+    let big = format!(
+        "dn: uid=big,{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: big\ncn: big\nsn: {}\n",
+        "x".repeat(100_000)
+    );
+
+    let out = p.write(&big)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("over the provider's max_frame of 65536 bytes"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+
+    // A client that does not know the limit (its copy of the file has the default).
+    let other = p.dir.join("unlimited.toml");
+    std::fs::write(&other, &text)?;
+    let file = p.dir.join("big.ldif");
+    std::fs::write(&file, &big)?;
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
+        .args(["write", "-c"])
+        .arg(&other)
+        .arg(&file)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("protocol-error: frame of") && err.contains("exceeds the limit of 65536"), "{err}");
+    assert_eq!(p.status()?["csn"], csn, "nothing was written, and the provider still serves");
+    p.write_ok(&format!("dn: uid=small,{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: small\ncn: s\nsn: S\n"))?;
+    Ok(())
+}
+
 #[test]
 fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -257,6 +257,7 @@ impl World {
         let params = ServerParams {
             max_connections: 16,
             handshake_timeout: Duration::from_secs(5),
+            max_frame: tether_protocol::frame::MAX_FRAME,
             session: SessionParams {
                 batch_size: 4,
                 queue_len: 8,
