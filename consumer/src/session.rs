@@ -916,7 +916,11 @@ impl Applier<'_> {
                 Err(Ended { refresh_complete: true, ..Ended::new(Reason::ProviderGoodbye, "refresh complete") })
             }
             Message::Goodbye { reason, detail } => {
-                info!(reason = reason.as_str(), detail = %detail, "provider said goodbye");
+                if reason.awaits_operator() {
+                    warn!(reason = reason.as_str(), detail = %detail, "provider said goodbye");
+                } else {
+                    info!(reason = reason.as_str(), detail = %detail, "provider said goodbye");
+                }
                 let _ = self.flush_and_ack().await;
                 Err(Ended {
                     goodbye: Some(reason),

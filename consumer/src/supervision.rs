@@ -213,8 +213,8 @@ impl Supervision {
         let delay = match (ended.rejection, ended.goodbye) {
             // Retrying soon cannot fix these (an operator must change a secret, a version,
             // or put the provider's store back); do not hammer the provider.
-            (Some(RejectReason::BadCredentials | RejectReason::VersionMismatch), _)
-            | (_, Some(GoodbyeReason::EmptyStore | GoodbyeReason::NoSuchBase)) => Some(self.retry.longest_delay()),
+            (Some(RejectReason::BadCredentials | RejectReason::VersionMismatch), _) => Some(self.retry.longest_delay()),
+            (_, Some(reason)) if reason.awaits_operator() => Some(self.retry.longest_delay()),
             _ => self.retry.jittered_delay_for(self.attempt, sample),
         };
         self.attempt = self.attempt.saturating_add(1);

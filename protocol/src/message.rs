@@ -300,6 +300,15 @@ impl GoodbyeReason {
     }
 }
 
+impl GoodbyeReason {
+    /// Whether the session ended on a state only an operator (or time) changes on the
+    /// provider's side: its store missing, or the region's base. The consumer keeps its
+    /// replica, retries at its longest delay and logs it as a warning.
+    pub fn awaits_operator(self) -> bool {
+        matches!(self, GoodbyeReason::EmptyStore | GoodbyeReason::NoSuchBase)
+    }
+}
+
 impl fmt::Display for GoodbyeReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -44,6 +44,13 @@ fn people_consumer_in(dir: &Path, p: &Provider) -> Result<Consumer> {
     Ok(c)
 }
 
+/// Whether the consumer logged the provider's goodbye `reason` as a warning (the
+/// goodbyes an operator must act on).
+fn warned_of_goodbye(c: &Consumer, reason: &str) -> bool {
+    let said = format!("provider said goodbye reason=\"{reason}\"");
+    c.log_text().lines().any(|l| l.contains(" WARN ") && l.contains(&said))
+}
+
 fn last_refresh(c: &Consumer, agreement: &str) -> Result<String> {
     Ok(c.agreement_status(agreement)?["last_refresh"].as_str().unwrap_or_default().to_owned())
 }
@@ -389,6 +396,7 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
     assert!(s["last_error"].as_str().is_some_and(|e| e.contains("is the provider's data_dir mistyped")), "{s}");
     assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, held, "the replica is as it was");
     assert!(p.log_text().contains("not emptying it"), "the provider says why");
+    assert!(warned_of_goodbye(&c, "empty-store"), "the consumer warns: {}", c.log_text());
 
     assert!(p.stop()?.success());
     std::fs::remove_dir_all(&data)?;
@@ -419,6 +427,7 @@ fn a_region_whose_base_names_no_entry_gets_no_full_refresh_but_gets_its_deletes(
     let err = s["last_error"].as_str().unwrap_or_default();
     assert!(err.contains(&format!("no entry {later} (the nearest entry above it is {SUFFIX})")), "{s}");
     assert!(s["cookie"].is_null() && s["refreshes"]["full"].as_u64().unwrap_or(0) == 0, "no refresh: {s}");
+    assert!(warned_of_goodbye(&c, "no-such-base"), "the consumer warns: {}", c.log_text());
 
     p.write_ok(&format!(
         "dn: {later}\nchangetype: add\nobjectClass: organizationalUnit\nou: later\n\n\
