@@ -399,8 +399,7 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
     assert!(warned_of_goodbye(&c, "empty-store"), "the consumer warns: {}", c.log_text());
 
     assert!(p.stop()?.success());
-    std::fs::remove_dir_all(&data)?;
-    std::fs::rename(&aside, &data)?;
+    p.restore_store(&aside)?;
     p.start()?;
     p.write_ok(&w.changes(10))?;
     c.admin("restart", Some("people"))?;
