@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tether_config::output::{self, Stdout};
 use tether_config::shell;
 use tether_consumer::config::ConsumerConfig;
 use tether_consumer::status::{OfflineAgreement, OfflineStatus};
@@ -113,9 +114,10 @@ enum Command {
     },
 }
 
-/// Sends a control request and prints the reply; `Ok(false)` if the consumer is not running.
+/// Sends a control request and prints the reply on standard output; `Ok(false)` if the
+/// consumer is not running.
 async fn call(path: &Path, request: &ControlRequest) -> Result<bool> {
-    Ok(tether_protocol::control::call_at(path, request).await?)
+    Ok(tether_protocol::control::call_at(path, request, &mut Stdout::lock()).await?)
 }
 
 /// What a command run while the consumer is stopped does with its store.
@@ -181,12 +183,8 @@ async fn run(cli: Cli) -> Result<()> {
                     entries: replica.as_ref().map(|r| r.len()).transpose()?.unwrap_or(0),
                 });
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", status.to_text());
-            }
-            Ok(())
+            let text = if json { format!("{}\n", serde_json::to_string_pretty(&status)?) } else { status.to_text() };
+            Stdout::print(&text).context("writing to standard output")
         }
         Command::Stop { config, name } => admin(&config, name, true).await,
         Command::Start { config, name } => admin(&config, name, false).await,
@@ -217,10 +215,7 @@ async fn run(cli: Cli) -> Result<()> {
             let replica = open_offline(&config, Offline::Read)?.existing_replica(&name)?;
             let at = replica.map(|r| r.cookie()).transpose()?.flatten().map(|c| c.csn);
             match at {
-                Some(at) if at.0 >= csn => {
-                    println!("{at}");
-                    Ok(())
-                }
+                Some(at) if at.0 >= csn => Ok(Stdout::print(&format!("{at}\n")).context("writing to standard output")?),
                 _ => bail!(
                     "the consumer is not running, and the replica of {name} is at csn {}",
                     at.map_or("none".to_owned(), |c| c.to_string())
@@ -248,11 +243,11 @@ async fn run(cli: Cli) -> Result<()> {
             let store = open_offline(&config, Offline::Read)?;
             let mut pages =
                 control::SearchPages::open(&store, &name, Some(&a.base), spec).map_err(anyhow::Error::msg)?;
-            let mut out = std::io::stdout().lock();
+            let mut out = Stdout::lock();
             while let Some(page) = pages.next_page().map_err(anyhow::Error::msg)? {
-                out.write_all(page.as_bytes()).context("writing the search output")?;
+                out.write_all(page.as_bytes()).context("writing to standard output")?;
             }
-            Ok(())
+            out.flush().context("writing to standard output")
         }
     }
 }
@@ -269,8 +264,8 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
     }
     let store = open_offline(&config, Offline::Write)?;
     store.replica(&name)?.set_admin_stopped(stop)?;
-    println!("{name}: {} (takes effect when the consumer runs)", if stop { "stopped" } else { "started" });
-    Ok(())
+    let done = format!("{name}: {} (takes effect when the consumer runs)\n", if stop { "stopped" } else { "started" });
+    Stdout::print(&done).context("writing to standard output")
 }
 
 #[tokio::main]
@@ -279,6 +274,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // `search | head`: what was asked for was read.
+        Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether-consumer: {}", shell::error_chain(&*e));
             ExitCode::FAILURE

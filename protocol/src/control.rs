@@ -94,6 +94,10 @@ pub enum ControlError {
     /// The process reported a failure.
     #[error("{0}")]
     Remote(String),
+    /// The reply could not be written out (the command's standard output is on a full
+    /// disk, or its reader went away).
+    #[error("writing the reply to standard output: {0}")]
+    Output(#[source] std::io::Error),
     /// The control socket exists but could not be reached.
     #[error("connecting to the control socket {path}: {source}")]
     Connect {
@@ -105,9 +109,15 @@ pub enum ControlError {
 }
 
 /// Runs `request` against the process whose control socket is at `path`, writing each
-/// output chunk to stdout; `Ok(false)` when no process is listening there, so a command
-/// can fall back to opening the store itself.
-pub async fn call_at(path: &Path, request: &ControlRequest) -> Result<bool, ControlError> {
+/// output chunk to `out` (a command's standard output) and flushing it at the end;
+/// `Ok(false)` when no process is listening there, so a command can fall back to
+/// opening the store itself. A failed write ends the call at once with
+/// [`ControlError::Output`], so the process stops producing what nobody reads.
+pub async fn call_at(
+    path: &Path,
+    request: &ControlRequest,
+    out: &mut impl std::io::Write,
+) -> Result<bool, ControlError> {
     let stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
@@ -115,13 +125,8 @@ pub async fn call_at(path: &Path, request: &ControlRequest) -> Result<bool, Cont
         }
         Err(source) => return Err(ControlError::Connect { path: path.display().to_string(), source }),
     };
-    let mut out = std::io::stdout().lock();
-    call(stream, request, |text| {
-        use std::io::Write;
-        // stdout closed (a pipe to `head`): the command's own exit status still reports.
-        let _ = out.write_all(text.as_bytes());
-    })
-    .await?;
+    call(stream, request, |text| out.write_all(text.as_bytes())).await?;
+    out.flush().map_err(ControlError::Output)?;
     Ok(true)
 }
 
@@ -263,18 +268,19 @@ where
     cut
 }
 
-/// Sends `request` and passes each output chunk to `on_output` until the reply ends.
+/// Sends `request` and passes each output chunk to `on_output` until the reply ends, or
+/// until `on_output` fails ([`ControlError::Output`]: the connection is dropped then).
 pub async fn call<S, F>(stream: S, request: &ControlRequest, mut on_output: F) -> Result<(), ControlError>
 where
     S: AsyncRead + AsyncWrite,
-    F: FnMut(&str),
+    F: FnMut(&str) -> std::io::Result<()>,
 {
     let (mut reader, mut writer) = crate::frame::split(stream);
     writer.write_frame(&codec::encode(request)?).await?;
     loop {
         let Some(frame) = reader.read_frame().await? else { return Err(ControlError::Truncated) };
         match codec::decode::<ControlResponse>(&frame)? {
-            ControlResponse::Output(text) => on_output(&text),
+            ControlResponse::Output(text) => on_output(&text).map_err(ControlError::Output)?,
             ControlResponse::Done => return Ok(()),
             ControlResponse::Error(message) => return Err(ControlError::Remote(message)),
         }
@@ -385,7 +391,11 @@ mod tests {
             respond_paged(&mut writer, move || pages.next().unwrap_or(Ok(None))).await.unwrap();
         });
         let mut out = String::new();
-        let result = call(client, &ControlRequest::Reload, |text| out.push_str(text)).await;
+        let result = call(client, &ControlRequest::Reload, |text| {
+            out.push_str(text);
+            Ok(())
+        })
+        .await;
         serve.await.unwrap();
         (out, result)
     }

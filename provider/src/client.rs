@@ -13,16 +13,18 @@ use tether_protocol::ldif;
 use tether_protocol::message::{Hello, Message, Role, WriteErrorKind, WriteOutcome, SUPPORTED_VERSIONS};
 use tether_protocol::{Change, Csn};
 
+use tether_config::output::Stdout;
+
 use crate::config::{load_secret, ProviderConfig};
 use crate::tls;
 
 /// Limit on connecting and on each reply.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends a control request, printing the reply; `Ok(None)` if no provider is running
-/// at that socket.
+/// Sends a control request, printing the reply on standard output; `Ok(None)` if no
+/// provider is running at that socket.
 pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Option<()>> {
-    Ok(control::call_at(path, request).await?.then_some(()))
+    Ok(control::call_at(path, request, &mut Stdout::lock()).await?.then_some(()))
 }
 
 /// `tether-provider write`: parses the whole file first, then applies records in

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tether_config::output::{self, Stdout};
 use tether_config::shell;
 use tether_protocol::control::ControlRequest;
 use tether_protocol::entry::parse_attribute_name;
@@ -173,7 +174,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The last write's CSN alone on stdout, for a script to hand to
             // `tether-consumer wait --csn` (read your writes on a replica).
             if let Some(csn) = report.last_csn {
-                println!("{csn}");
+                Stdout::print(&format!("{csn}\n")).context("writing the last record's CSN to standard output")?;
             }
             Ok(())
         }
@@ -194,12 +195,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let dir = open_offline(&config, Offline::Read)?;
             let status = ProviderStatus::collect(&dir, &Default::default(), false)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&status)?)
             } else {
-                println!("{}(provider not running)", status.to_text());
-            }
-            Ok(())
+                format!("{}(provider not running)\n", status.to_text())
+            };
+            Stdout::print(&text).context("writing to standard output")
         }
     }
 }
@@ -207,14 +208,13 @@ async fn run(cli: Cli) -> Result<()> {
 fn print_search(dir: &Directory, spec: &SearchSpec) -> Result<()> {
     use std::io::Write;
     tether_provider::control::check_search(dir, spec).map_err(anyhow::Error::msg)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = Stdout::lock();
     for entry in dir.search(spec) {
         let entry = entry?;
-        tether_protocol::ldif::writer::write_entry(&mut out, &entry.dn, &entry.attrs)?;
+        tether_protocol::ldif::writer::write_entry(&mut out, &entry.dn, &entry.attrs)
+            .context("writing to standard output")?;
     }
-    out.flush()?;
-    Ok(())
+    out.flush().context("writing to standard output")
 }
 
 #[tokio::main]
@@ -223,6 +223,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // `search | head`: what was asked for was read.
+        Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether-provider: {}", shell::error_chain(&*e));
             ExitCode::FAILURE

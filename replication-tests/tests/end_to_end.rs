@@ -760,6 +760,76 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
     Ok(())
 }
 
+/// Runs `binary verb -c config args` with its standard output on `stdout`; its exit
+/// status and standard error.
+fn run_cli(
+    binary: &str,
+    verb: &str,
+    config: &Path,
+    args: &[&str],
+    stdout: std::process::Stdio,
+) -> Result<(std::process::Child, String)> {
+    let child = std::process::Command::new(replication_tests::harness::bin(binary)?)
+        .args([verb, "-c"])
+        .arg(config)
+        .args(args)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    Ok((child, format!("{binary} {verb} {}", args.join(" "))))
+}
+
+/// Standard output is a command's result: `search > backup.ldif` on a full disk must
+/// fail the command, never leave a cut file behind exit status 0 (as it did through a
+/// running process), and a reader that stops early (`search | head`) must end it with
+/// success and nothing on stderr (offline, it failed with "Broken pipe"). Both through
+/// the running processes and offline, for each command that prints a result.
+#[test]
+fn output_that_cannot_be_written_fails_the_command_and_a_reader_that_stops_early_does_not() -> Result<()> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir()?;
+    // Enough entries that a search outgrows a pipe's buffer (64 KiB), so its writer
+    // meets the closed end instead of finishing into the buffer.
+    let (mut p, _w) = provider_with(tmp.path(), 2_000, 24, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    let (pc, cc) = (p.config.clone(), c.config.clone());
+    let commands: [(&str, &str, &Path, &[&str]); 4] = [
+        ("tether-provider", "search", &pc, &[]),
+        ("tether-consumer", "search", &cc, &["--agreement", "people"]),
+        ("tether-provider", "status", &pc, &[]),
+        ("tether-consumer", "status", &cc, &["--json"]),
+    ];
+    for running in [true, false] {
+        for (binary, verb, config, args) in commands {
+            let (mut child, what) =
+                run_cli(binary, verb, config, args, Stdio::from(std::fs::File::create("/dev/full")?))?;
+            let status = replication_tests::harness::wait_exit(&mut child, Duration::from_secs(30))?;
+            let mut err = String::new();
+            child.stderr.take().context("stderr")?.read_to_string(&mut err)?;
+            assert!(!status.success(), "{what} (running: {running}) succeeded writing to a full disk");
+            assert!(err.contains("standard output: No space left on device"), "{what} (running: {running}): {err}");
+
+            if verb == "search" {
+                let (mut child, what) = run_cli(binary, verb, config, args, Stdio::piped())?;
+                let mut head = [0u8; 100];
+                child.stdout.take().context("stdout")?.read_exact(&mut head)?;
+                // The read end is dropped here: the command's next write finds it closed.
+                let status = replication_tests::harness::wait_exit(&mut child, Duration::from_secs(30))?;
+                let mut err = String::new();
+                child.stderr.take().context("stderr")?.read_to_string(&mut err)?;
+                assert!(status.success() && err.is_empty(), "{what} (running: {running}): {status}: {err}");
+                assert!(head.starts_with(b"dn: "), "{what}");
+            }
+        }
+        if running {
+            assert!(c.stop()?.success());
+            assert!(p.stop()?.success());
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn a_search_whose_base_names_no_entry_says_so_and_where_the_name_went_wrong() -> Result<()> {
     let tmp = tempfile::tempdir()?;

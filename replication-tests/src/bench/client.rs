@@ -122,7 +122,11 @@ fn check_ack(reply: Option<Message>, id: u64, index: usize) -> Result<Csn> {
 pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<String> {
     let stream = UnixStream::connect(path).await.with_context(|| format!("connecting to {}", path.display()))?;
     let mut out = String::new();
-    control::call(stream, request, |text| out.push_str(text)).await?;
+    control::call(stream, request, |text| {
+        out.push_str(text);
+        Ok(())
+    })
+    .await?;
     Ok(out)
 }
 

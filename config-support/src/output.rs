@@ -1,0 +1,83 @@
+//! A command's standard output, treated as its result: `search > backup.ldif` on a full
+//! disk must fail the command, not leave a cut file behind exit status 0 (which is
+//! what ignoring write errors, or `println!`'s panic, gave), while a reader that stops
+//! early (`search | head`) ends the command quietly and successfully, as it ends `cat`.
+
+use std::io::{self, Write};
+
+/// Buffered standard output whose errors say which of the two cases they are: every
+/// write error comes back, and one caused by the reader closing its end is marked so
+/// that [`reader_gone`] can tell it from a socket's broken pipe further down a command.
+#[derive(Debug)]
+pub struct Stdout(io::BufWriter<io::StdoutLock<'static>>);
+
+/// Marks the broken pipe of standard output (inside the `io::Error` a [`Stdout`] returns).
+#[derive(Debug, thiserror::Error)]
+#[error("the reader of standard output closed it")]
+struct ReaderGone;
+
+impl Stdout {
+    /// Locks standard output for the rest of the command.
+    pub fn lock() -> Self {
+        Self(io::BufWriter::new(io::stdout().lock()))
+    }
+
+    /// Writes `text` and flushes: for a command's whole answer, written at once.
+    pub fn print(text: &str) -> io::Result<()> {
+        let mut out = Self::lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    }
+}
+
+fn mark(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        io::Error::new(io::ErrorKind::BrokenPipe, ReaderGone)
+    } else {
+        e
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(mark)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(mark)
+    }
+}
+
+/// Whether `error` (or one of its causes) is standard output's reader having gone away:
+/// the command has nobody left to answer, and ends with success.
+pub fn reader_gone(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>().and_then(|io| io.get_ref()).is_some_and(|inner| inner.is::<ReaderGone>()) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A context line over a cause, as anyhow's `context` and our error enums make.
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing the reply")]
+    struct Context(#[source] io::Error);
+
+    #[test]
+    fn only_standard_output_s_broken_pipe_reads_as_its_reader_gone() {
+        let gone = mark(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(reader_gone(&Context(gone)), "through a cause");
+        // A socket's broken pipe (the provider went away mid-command) is a failure.
+        assert!(!reader_gone(&Context(io::Error::from(io::ErrorKind::BrokenPipe))));
+        let full = mark(io::Error::from(io::ErrorKind::StorageFull));
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull, "other errors pass as they were");
+        assert!(!reader_gone(&Context(full)));
+    }
+}
