@@ -16,6 +16,7 @@ use tether_protocol::{Change, Csn};
 use tether_config::output::Stdout;
 
 use crate::config::{load_secret, ProviderConfig};
+use crate::input::Input;
 use crate::tls;
 
 /// Limit on connecting and on each reply.
@@ -30,9 +31,10 @@ pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Optio
 /// `tether-provider write`: parses the whole file first, then applies records in
 /// order, each durably; stops at the first refusal, naming its line and reason and how
 /// many records were applied (ldapmodify's behaviour).
-pub async fn write(config: &ProviderConfig, file: &Path) -> Result<WriteReport> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let records = ldif::reader::parse_str(&text).with_context(|| file.display().to_string())?;
+pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport> {
+    let file = input.shown();
+    let text = input.read_to_string()?;
+    let records = ldif::reader::parse_str(&text).with_context(|| file.to_owned())?;
     let Some(writer) = &config.writer else {
         bail!("{}: no [writer] section: writes are not enabled", config.file.display());
     };
@@ -45,7 +47,7 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<WriteReport> 
             bail!(
                 "{}:{}: the record takes {len} bytes encoded, over the provider's max_frame of {} bytes ({}); \
                  nothing was written",
-                file.display(),
+                file,
                 record.line(),
                 config.max_frame,
                 config.file.display()
@@ -102,18 +104,18 @@ pub async fn write(config: &ProviderConfig, file: &Path) -> Result<WriteReport> 
             Ok(WriteOutcome::Refused { kind: WriteErrorKind::StoreFailed, message }) => bail!(
                 "{}:{line}: the provider's store failed ({message}); {}; the outcome of this record is unknown \
                  (once the provider is back, search for it before writing it again)",
-                file.display(),
+                file,
                 records_applied(applied)
             ),
             Ok(WriteOutcome::Refused { kind, message }) => {
-                bail!("{}:{line}: refused ({}): {message}; {}", file.display(), kind.as_str(), records_applied(applied))
+                bail!("{}:{line}: refused ({}): {message}; {}", file, kind.as_str(), records_applied(applied))
             }
             // The record was sent, or about to be, when the session failed: it may have
             // committed without its answer arriving, and the operator must look before
             // sending it again.
             Err(e) => bail!(
                 "{}:{line}: {}; {}; the outcome of this record is unknown (search for it before writing it again)",
-                file.display(),
+                file,
                 tether_config::shell::error_chain(&*e),
                 records_applied(applied)
             ),

@@ -20,11 +20,13 @@
 //! - [`control`], [`status`]: the operator's view.
 //! - [`daemon`]: the `serve` process and its shutdown.
 //! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
+//! - [`input`]: the LDIF they read, from a file or standard input.
 
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod input;
 pub mod load;
 pub mod outbound;
 pub mod refresh;

@@ -12,13 +12,14 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use tether_protocol::entry::operational::Operational;
 use tether_protocol::ldif::LdifReader;
 use tether_protocol::{Attributes, Change, Dn, EntryUuid};
 use tether_store::{Directory, Refusal, StoreError};
+
+use crate::input::Input;
 
 /// Entries per load transaction.
 const LOAD_BATCH: usize = 2_000;
@@ -60,18 +61,18 @@ struct Record {
     operational: Operational,
 }
 
-fn records(file: &Path) -> Result<impl Iterator<Item = Result<Record>> + '_> {
-    let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+fn records(input: &Input) -> Result<impl Iterator<Item = Result<Record>> + '_> {
+    let file = input.shown();
+    let f = File::open(input.path()).with_context(|| format!("opening {file}"))?;
     Ok(LdifReader::new(BufReader::new(f)).map(move |r| {
-        let record = r.with_context(|| format!("{}", file.display()))?;
+        let record = r.with_context(|| file.to_owned())?;
         let line = record.line();
         match record.into_change() {
             Change::Add { dn, mut attrs } => {
-                let operational =
-                    attrs.take_operational().with_context(|| format!("{}:{line}: {dn}", file.display()))?;
+                let operational = attrs.take_operational().with_context(|| format!("{file}:{line}: {dn}"))?;
                 Ok(Record { line, dn, attrs, operational })
             }
-            other => bail!("{}:{line}: a {} record cannot be bulk-loaded; use `write`", file.display(), other.kind()),
+            other => bail!("{file}:{line}: a {} record cannot be bulk-loaded; use `write`", other.kind()),
         }
     }))
 }
@@ -80,7 +81,8 @@ fn records(file: &Path) -> Result<impl Iterator<Item = Result<Record>> + '_> {
 /// module docs). A storage failure while writing (a full disk) keeps the transactions
 /// that committed before it, and the error says how many entries that is and how to
 /// finish: run the same load with `existing` = [`Existing::Skip`].
-pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadReport> {
+pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadReport> {
+    let file = input.shown();
     let suffix = dir.suffix().clone();
     // Pass 1: check everything; remember names (normalized DNs only, not entries).
     let mut names: HashSet<Dn> = HashSet::new();
@@ -88,9 +90,9 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
     let mut ordered = true;
     let mut uuids: HashSet<EntryUuid> = HashSet::new();
     let (mut kept_uuids, mut dropped) = (0, 0);
-    for item in records(file)? {
+    for item in records(input)? {
         let Record { line, dn, attrs, operational } = item?;
-        let at = || format!("{}:{line}: {dn}", file.display());
+        let at = || format!("{file}:{line}: {dn}");
         if !dn.is_descendant_of(&suffix) {
             bail!("{}: outside the suffix {suffix}", at());
         }
@@ -132,7 +134,7 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
     for (line, dn) in &pending_parents {
         let parent = dn.parent().unwrap_or_default();
         if !names.contains(&parent) && !dir.entries().contains(&parent)? {
-            bail!("{}:{line}: {dn}: parent {parent} is neither in the store nor in the file", file.display());
+            bail!("{file}:{line}: {dn}: parent {parent} is neither in the store nor in the file");
         }
     }
     drop(names);
@@ -163,7 +165,7 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
         Ok(!there)
     };
     if ordered {
-        for item in records(file)? {
+        for item in records(input)? {
             let Record { dn, attrs, operational, .. } = item?;
             if !wanted(&dn)? {
                 continue;
@@ -175,7 +177,7 @@ pub fn load(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadRepo
         }
     } else {
         let mut all = Vec::new();
-        for item in records(file)? {
+        for item in records(input)? {
             let Record { dn, attrs, operational, .. } = item?;
             if wanted(&dn)? {
                 all.push((dn, attrs, operational.uuid));
@@ -197,6 +199,12 @@ mod tests {
 
     use super::*;
 
+    use std::path::Path;
+
+    fn load_file(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadReport> {
+        load(dir, &Input::open(file)?, existing)
+    }
+
     /// An entry that would be too large to replicate, after more entries than one load
     /// transaction takes: refused with its line before anything is written.
     #[test]
@@ -216,7 +224,7 @@ mod tests {
         );
         let file = tmp.path().join("big.ldif");
         std::fs::write(&file, text).unwrap();
-        let err = load(&dir, &file, Existing::Refuse).unwrap_err().to_string();
+        let err = load_file(&dir, &file, Existing::Refuse).unwrap_err().to_string();
         assert!(err.contains(&format!("big.ldif:{line}: cn=big,dc=example,dc=com: the entry would take")), "{err}");
         assert_eq!(dir.entry_count().unwrap(), 0, "nothing was written");
     }
@@ -236,19 +244,19 @@ mod tests {
         let first: String = text.split("\n\n").take(1200).map(|r| format!("{r}\n\n")).collect();
         let part = tmp.path().join("part.ldif");
         std::fs::write(&part, first).unwrap();
-        let done = load(&dir, &part, Existing::Refuse).unwrap().entries;
+        let done = load_file(&dir, &part, Existing::Refuse).unwrap().entries;
         assert!(done > 1000, "{done}");
 
-        let err = load(&dir, &whole, Existing::Refuse).unwrap_err().to_string();
+        let err = load_file(&dir, &whole, Existing::Refuse).unwrap_err().to_string();
         assert!(
             err.contains("entry already exists (to finish a load cut short, run it again with --skip-existing)"),
             "{err}"
         );
         assert_eq!(dir.entry_count().unwrap(), done as u64, "the refused load wrote nothing");
-        let rest = load(&dir, &whole, Existing::Skip).unwrap();
+        let rest = load_file(&dir, &whole, Existing::Skip).unwrap();
         assert_eq!((rest.entries, rest.skipped), (2968 - done, done));
         assert_eq!(dir.entry_count().unwrap(), 2968);
-        assert_eq!(load(&dir, &whole, Existing::Skip).unwrap().entries, 0, "nothing left to add");
+        assert_eq!(load_file(&dir, &whole, Existing::Skip).unwrap().entries, 0, "nothing left to add");
     }
 
     /// `slapcat` output: every entry keeps the entryUUID it had, and loses the attributes
@@ -287,7 +295,7 @@ mod tests {
                 + "dn: ou=new,dc=example,dc=com\nobjectClass: organizationalUnit\nou: new\n\n",
         );
         let refused = |name: &str, text: String, why: &str| {
-            let err = load(&dir, &file(name, text), Existing::Refuse).unwrap_err();
+            let err = load_file(&dir, &file(name, text), Existing::Refuse).unwrap_err();
             let err = tether_config::shell::error_chain(&*err);
             assert!(err.contains(why), "{name}: {err}");
             assert_eq!(dir.entry_count().unwrap(), 0, "{name}: nothing was written");
@@ -303,7 +311,7 @@ mod tests {
             "bad.ldif:1: dc=example,dc=com: entryUUID \"6bd5c4e4-nonsense\" is not a UUID",
         );
 
-        let report = load(&dir, &good, Existing::Refuse).unwrap();
+        let report = load_file(&dir, &good, Existing::Refuse).unwrap();
         assert_eq!((report.entries, report.kept_uuids, report.dropped), (3, 2, 12));
         for (dn, uuid) in [("dc=example,dc=com", u1), ("ou=people,dc=example,dc=com", u2)] {
             let holder = dir.uuid_holder(&uuid.parse().unwrap()).unwrap();
@@ -315,14 +323,14 @@ mod tests {
             .collect();
         assert!(names.iter().all(|n| !tether_protocol::entry::operational::is_operational(n)), "{names:?}");
 
-        let err = load(&dir, &file("again.ldif", slapcat("ou=other,dc=example,dc=com", u2)), Existing::Refuse)
+        let err = load_file(&dir, &file("again.ldif", slapcat("ou=other,dc=example,dc=com", u2)), Existing::Refuse)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains(&format!("entryUUID {u2} is already the UUID of ou=people,dc=example,dc=com in the store")),
             "{err}"
         );
-        assert_eq!(load(&dir, &good, Existing::Skip).unwrap().entries, 0, "skipped entries keep their own");
+        assert_eq!(load_file(&dir, &good, Existing::Skip).unwrap().entries, 0, "skipped entries keep their own");
 
         let write = |ldif: &str| {
             let records = tether_protocol::ldif::reader::parse_str(ldif).unwrap();
@@ -345,7 +353,7 @@ mod tests {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let tmp = tempfile::tempdir().unwrap();
         let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
-        let report = load(&dir, &examples.join("sample.ldif"), Existing::Refuse).unwrap();
+        let report = load_file(&dir, &examples.join("sample.ldif"), Existing::Refuse).unwrap();
         assert_eq!(report, LoadReport { entries: 2968, skipped: 0, sorted: false, kept_uuids: 0, dropped: 0 });
 
         let text = std::fs::read_to_string(examples.join("changes.ldif")).unwrap();

@@ -11,6 +11,7 @@ use tether_protocol::control::ControlRequest;
 use tether_protocol::entry::parse_attribute_name;
 use tether_protocol::{Dn, Filter, Scope, SearchSpec};
 use tether_provider::config::ProviderConfig;
+use tether_provider::input::Input;
 use tether_provider::{client, daemon, load, status::ProviderStatus};
 use tether_store::Directory;
 
@@ -39,7 +40,7 @@ enum Command {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
-        /// LDIF content records.
+        /// LDIF content records (`-`: standard input).
         file: PathBuf,
         /// Leave entries whose DN is already in the store as they are, instead of
         /// refusing the file: to finish a load that a storage failure (a full disk) cut
@@ -59,7 +60,7 @@ enum Command {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
-        /// LDIF change records (content records are adds).
+        /// LDIF change records (content records are adds; `-`: standard input).
         file: PathBuf,
     },
     /// Print entries as canonical LDIF.
@@ -146,7 +147,8 @@ async fn run(cli: Cli) -> Result<()> {
             let config = ProviderConfig::load(&config)?;
             let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
-            let report = tokio::task::spawn_blocking(move || load::load(&dir, &file, existing)).await??;
+            let input = Input::open(&file)?;
+            let report = tokio::task::spawn_blocking(move || load::load(&dir, &input, existing)).await??;
             let mut said = format!("loaded {} entries", report.entries);
             if report.skipped > 0 {
                 said += &format!(", skipped {} already in the store", report.skipped);
@@ -169,7 +171,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Write { config, file } => {
             let config = ProviderConfig::load(&config)?;
-            let report = client::write(&config, &file).await?;
+            let report = client::write(&config, &Input::open(&file)?).await?;
             eprintln!("{}", client::records_applied(report.applied));
             // The last write's CSN alone on stdout, for a script to hand to
             // `tether-consumer wait --csn` (read your writes on a replica).

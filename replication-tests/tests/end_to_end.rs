@@ -830,6 +830,58 @@ fn output_that_cannot_be_written_fails_the_command_and_a_reader_that_stops_early
     Ok(())
 }
 
+/// Runs `tether-provider verb -c config -` with `text` on its standard input; its exit
+/// status, stdout and stderr.
+fn provider_from_stdin(config: &Path, verb: &str, text: &str) -> Result<(bool, String, String)> {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
+        .args([verb, "-c"])
+        .arg(config)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Dropped at the end of the statement: the command reads to the end of its input.
+    child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+    let status = replication_tests::harness::wait_exit(&mut child, Duration::from_secs(60))?;
+    let (mut out, mut err) = (String::new(), String::new());
+    child.stdout.take().context("stdout")?.read_to_string(&mut out)?;
+    child.stderr.take().context("stderr")?.read_to_string(&mut err)?;
+    Ok((status.success(), out, err))
+}
+
+/// `-` names standard input for `load` and `write`, as it does for slapadd and
+/// ldapmodify (`slapcat | tether-provider load -c F -`, a script's here-document into
+/// `write`); it was taken for a file named `-`. Messages name it `<stdin>`, with the line.
+#[test]
+fn load_and_write_read_standard_input_when_the_file_is_a_dash() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut p = Provider::configure(&tmp.path().join("provider"), &ProviderOptions::default())?;
+    let initial = Workload::new(40, 25).initial_ldif();
+    let orphan = format!("dn: uid=x,ou=nowhere,{SUFFIX}\nobjectClass: person\nuid: x\ncn: x\nsn: x\n");
+    let (ok, _, err) = provider_from_stdin(&p.config, "load", &format!("{initial}\n{orphan}"))?;
+    let line = initial.lines().count() + 2;
+    assert!(!ok && err.contains(&format!("<stdin>:{line}: uid=x,ou=nowhere,{SUFFIX}: parent")), "{err}");
+    let (ok, _, err) = provider_from_stdin(&p.config, "load", &initial)?;
+    assert!(ok && err.contains(&format!("loaded {} entries", count(&initial))), "{err}");
+    p.start()?;
+    assert_eq!(count(&p.search(SUFFIX, "subtree", ALL)?), count(&initial), "a refused file loaded nothing");
+
+    let dn = initial.lines().find(|l| l.starts_with("dn: uid=")).context("a person")?.trim_start_matches("dn: ");
+    let change = format!("dn: {dn}\nchangetype: modify\nreplace: description\ndescription: from stdin\n");
+    let (ok, csn, err) = provider_from_stdin(&p.config, "write", &change)?;
+    assert!(ok && csn.trim().parse::<u64>().is_ok() && err.contains("1 record applied"), "{csn} {err}");
+    let uid = dn.split(',').next().context("rdn")?;
+    assert!(p.search(SUFFIX, "subtree", &format!("({uid})"))?.contains("description: from stdin"));
+    let refused = format!("{change}\ndn: uid=nobody,{PEOPLE}\nchangetype: delete\n");
+    let (ok, _, err) = provider_from_stdin(&p.config, "write", &refused)?;
+    assert!(!ok && err.contains("<stdin>:6: refused (no-such-object)") && err.contains("1 record applied"), "{err}");
+    assert!(p.stop()?.success());
+    Ok(())
+}
+
 #[test]
 fn a_search_whose_base_names_no_entry_says_so_and_where_the_name_went_wrong() -> Result<()> {
     let tmp = tempfile::tempdir()?;
