@@ -103,7 +103,7 @@ pub enum LdifErrorKind {
         source: DnError,
     },
     /// A record whose first line is not `dn:`.
-    #[error("attribute line {found:?} before any dn:")]
+    #[error("attribute line {found:?} before any dn:{}", ldapsearch_trailer_hint(found))]
     MissingDn {
         /// The name of the line found instead (shortened).
         found: String,
@@ -263,5 +263,15 @@ mod tests {
         assert_eq!(shorten_bytes(b"ok"), "ok");
         let err = LdifErrorKind::from(AttributeError::DuplicateValue { attr: "cn".into(), value: long });
         assert!(err.to_string().len() < 200, "{err}");
+    }
+}
+
+/// `ldapsearch` without `-LLL` ends its output with a record of its own (`search: 2`,
+/// `result: 0 Success`): the likeliest reason a file saved from it is refused there.
+fn ldapsearch_trailer_hint(found: &str) -> &'static str {
+    if found.eq_ignore_ascii_case("search") || found.eq_ignore_ascii_case("result") {
+        " (the result summary ldapsearch prints without -LLL: delete it, or export with ldapsearch -LLL)"
+    } else {
+        ""
     }
 }

@@ -813,6 +813,11 @@ mod tests {
     fn errors_name_line_and_reason() {
         let cases: &[(&str, &str)] = &[
             ("dn: dc=x\ndc: x\n\ncn: a\n", "line 4: attribute line \"cn\" before any dn:"),
+            (
+                "dn: dc=x\ndc: x\n\n# search result\nsearch: 2\nresult: 0 Success\n",
+                "line 5: attribute line \"search\" before any dn: (the result summary ldapsearch prints without \
+                 -LLL: delete it, or export with ldapsearch -LLL)",
+            ),
             ("# c\ndn: cn=a,,dc=b\ncn: a\n", "line 2: invalid DN \"cn=a,,dc=b\": empty RDN at byte 5 of DN"),
             ("dn: cn=a\ncn: a\nsn:: !!notbase64\n", "line 3: base64 value of \"sn\" is not valid"),
             ("dn: cn=a\ncn: a\nsn:: YQ\n", "line 3: base64 value of \"sn\" is not valid"),
