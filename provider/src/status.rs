@@ -39,6 +39,31 @@ pub struct ProviderStatus {
     pub changelog: ChangelogStatus,
     /// Live sessions.
     pub sessions: Vec<SessionInfo>,
+    /// Every consumer whose position the store keeps, connected or not: when a
+    /// refresh-only consumer last polled, and whose position holds back the changelog's
+    /// age-based trimming (a consumer seen within `hold_for_consumers`), which the live
+    /// sessions alone cannot say. Oldest position first.
+    pub consumers: Vec<KnownConsumer>,
+}
+
+/// A consumer the provider remembers: the position it last acknowledged, kept in the
+/// store until a trim passes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KnownConsumer {
+    /// The agreement it replicates.
+    pub agreement: String,
+    /// The id it gives in its `Hello` (stable per consumer `data_dir`).
+    pub client: String,
+    /// The position recorded for it.
+    pub csn: u64,
+    /// Changes committed since that position.
+    pub lag_changes: u64,
+    /// When the position was last recorded (RFC 3339): a session's start, and its
+    /// acknowledgements at most once a second. A persist consumer that had nothing to
+    /// acknowledge for a while shows the last time it did.
+    pub last_seen: String,
+    /// Whether a session of it is open now.
+    pub connected: bool,
 }
 
 impl ProviderStatus {
@@ -52,6 +77,23 @@ impl ProviderStatus {
                 s.lag_changes = durable.0.saturating_sub(acked.csn.0);
             }
         }
+        let mut consumers = Vec::new();
+        for (key, position) in dir.consumer_positions()? {
+            // Recorded as "agreement/client id"; the id (a UUID) holds no '/'.
+            let (agreement, client) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
+            let connected = sessions.iter().any(|s| s.agreement == agreement && s.client == client);
+            consumers.push(KnownConsumer {
+                agreement: agreement.to_owned(),
+                client: client.to_owned(),
+                csn: position.csn.0,
+                lag_changes: durable.0.saturating_sub(position.csn.0),
+                last_seen: crate::registry::rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(position.seen_ms),
+                ),
+                connected,
+            });
+        }
+        consumers.sort_by(|a, b| (a.csn, &a.agreement, &a.client).cmp(&(b.csn, &b.agreement, &b.client)));
         Ok(Self {
             running,
             store_id: dir.store_id().to_string(),
@@ -64,6 +106,7 @@ impl ProviderStatus {
                 floor: dir.floor()?.0,
             },
             sessions,
+            consumers,
         })
     }
 
@@ -98,6 +141,26 @@ impl ProviderStatus {
                 s.refresh.as_deref().unwrap_or("-"),
                 s.connected_since
             ));
+        }
+        if !self.consumers.is_empty() {
+            let agreement_w = self.consumers.iter().map(|c| c.agreement.len()).max().unwrap_or(0).max(16);
+            let client_w = self.consumers.iter().map(|c| c.client.len()).max().unwrap_or(0).max(36);
+            out.push_str(&format!(
+                "\nknown consumers (positions kept for changelog trimming, oldest first)\n\
+                 {:<agreement_w$} {:<client_w$} {:>10} {:>8}  {}\n",
+                "AGREEMENT", "CONSUMER", "CSN", "LAG", "LAST SEEN"
+            ));
+            for c in &self.consumers {
+                out.push_str(&format!(
+                    "{:<agreement_w$} {:<client_w$} {:>10} {:>8}  {}{}\n",
+                    c.agreement,
+                    c.client,
+                    c.csn,
+                    c.lag_changes,
+                    c.last_seen,
+                    if c.connected { " (connected)" } else { "" }
+                ));
+            }
         }
         out
     }
@@ -136,6 +199,7 @@ mod tests {
                 session("127.0.0.1:40000", "people"),
                 session("[fd00:1234:5678:9abc::42]:40000", "people-of-the-eu-west-region"),
             ],
+            consumers: Vec::new(),
         };
         let text = status.to_text();
         let mode_at: Vec<usize> = text
@@ -144,5 +208,36 @@ mod tests {
             .map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column"))
             .collect();
         assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
+    }
+
+    /// The store's consumer positions are listed whether or not their consumer is
+    /// connected, oldest first, with their lag and whether a session of theirs is open.
+    #[test]
+    fn known_consumers_are_listed_oldest_first_with_who_is_connected() {
+        use tether_protocol::{Attributes, Change, Csn, Dn, Value};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let mut attrs = Attributes::default();
+        attrs.add("objectClass", [Value::from("domain")]).unwrap();
+        dir.write(&Change::Add { dn: Dn::parse("dc=example,dc=com").unwrap(), attrs }).unwrap();
+        let written = dir.durable_csn().0;
+        assert!(written > 0);
+        dir.record_consumer("people/9f0c2a4e-0000-4000-8000-000000000001", Csn(written)).unwrap();
+        dir.record_consumer("groups/9f0c2a4e-0000-4000-8000-000000000002", Csn(0)).unwrap();
+        let registry = Registry::default();
+        let mut live = session("127.0.0.1:40000", "people");
+        live.client = "9f0c2a4e-0000-4000-8000-000000000001".into();
+        let _registration = registry.register(live, &tokio_util::sync::CancellationToken::new());
+
+        let status = ProviderStatus::collect(&dir, &registry, true).unwrap();
+        let listed: Vec<(&str, u64, u64, bool)> =
+            status.consumers.iter().map(|c| (c.agreement.as_str(), c.csn, c.lag_changes, c.connected)).collect();
+        assert_eq!(listed, [("groups", 0, written, false), ("people", written, 0, true)]);
+        let text = status.to_text();
+        assert!(text.contains("known consumers"), "{text}");
+        let people = text.lines().find(|l| l.starts_with("people ") && l.contains("9f0c2a4e")).unwrap();
+        assert!(people.ends_with("(connected)"), "{text}");
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["consumers"][0]["client"], "9f0c2a4e-0000-4000-8000-000000000002", "{json}");
     }
 }

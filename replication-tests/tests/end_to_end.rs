@@ -88,6 +88,21 @@ fn refresh_only_consumer_converges_by_polling() -> Result<()> {
     let status = c.agreement_status("people")?;
     assert!(status["refreshes"]["delta"].as_u64().unwrap_or(0) >= 1);
     assert!(status["disconnects"].as_object().is_none_or(|d| d.is_empty()), "polls are not disconnects: {status}");
+    // Between polls no session is open, yet the provider's status says when the
+    // consumer last polled and where it stands.
+    let known = |p: &Provider| -> Result<serde_json::Value> {
+        let status = p.status()?;
+        let people = status["consumers"].as_array().and_then(|c| c.iter().find(|x| x["agreement"] == "people"));
+        Ok(serde_json::json!({ "csn": status["csn"], "consumer": people }))
+    };
+    wait_until(CONVERGE, "the provider to record the polled position", || {
+        let k = known(&p)?;
+        Ok(k["consumer"]["csn"] == k["csn"] && k["consumer"]["lag_changes"] == 0)
+    })?;
+    assert!(c.stop()?.success());
+    let k = known(&p)?;
+    assert_eq!((&k["consumer"]["connected"], &k["consumer"]["csn"]), (&false.into(), &k["csn"]), "{k}");
+    assert!(k["consumer"]["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')), "{k}");
     Ok(())
 }
 
