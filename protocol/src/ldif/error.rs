@@ -238,6 +238,16 @@ pub(crate) fn shorten_bytes(bytes: &[u8]) -> String {
     }
 }
 
+/// `ldapsearch` without `-LLL` ends its output with a record of its own (`search: 2`,
+/// `result: 0 Success`): the likeliest reason a file saved from it is refused there.
+fn ldapsearch_trailer_hint(found: &str) -> &'static str {
+    if found.eq_ignore_ascii_case("search") || found.eq_ignore_ascii_case("result") {
+        " (the result summary ldapsearch prints without -LLL: delete it, or export with ldapsearch -LLL)"
+    } else {
+        ""
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,15 +273,5 @@ mod tests {
         assert_eq!(shorten_bytes(b"ok"), "ok");
         let err = LdifErrorKind::from(AttributeError::DuplicateValue { attr: "cn".into(), value: long });
         assert!(err.to_string().len() < 200, "{err}");
-    }
-}
-
-/// `ldapsearch` without `-LLL` ends its output with a record of its own (`search: 2`,
-/// `result: 0 Success`): the likeliest reason a file saved from it is refused there.
-fn ldapsearch_trailer_hint(found: &str) -> &'static str {
-    if found.eq_ignore_ascii_case("search") || found.eq_ignore_ascii_case("result") {
-        " (the result summary ldapsearch prints without -LLL: delete it, or export with ldapsearch -LLL)"
-    } else {
-        ""
     }
 }
