@@ -28,6 +28,10 @@ const LF: u8 = b'\n';
 const CR: u8 = b'\r';
 /// Starts a folded continuation line; exactly this one byte is removed when joining.
 const CONTINUATION: u8 = b' ';
+/// The UTF-8 byte order mark that Windows editors put at the start of a file they save:
+/// a mark of the encoding, not content. No LDIF line can start with it, so it is dropped
+/// wherever a line starts with it (files saved that way and then concatenated).
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 /// Starts a comment line.
 const COMMENT: u8 = b'#';
 /// Separates a line's name from its value.
@@ -191,6 +195,9 @@ impl<R: BufRead> LdifReader<R> {
         }
         if overflow || buf.len() > self.max_record_bytes {
             return Ok(Physical::TooLong(number, first_byte == Some(CONTINUATION)));
+        }
+        if buf.starts_with(UTF8_BOM) {
+            buf.drain(..UTF8_BOM.len());
         }
         Ok(Physical::Line(number, buf))
     }
@@ -801,6 +808,17 @@ mod tests {
         assert_eq!(change(&recs[5]), &Change::Delete { dn: dn("cn=c,ou=new,dc=x") });
         assert_eq!(change(&recs[6]), &Change::Modify { dn: dn("dc=x"), mods: vec![] });
         assert_eq!(recs[6].line(), 39);
+    }
+
+    #[test]
+    fn a_byte_order_mark_starting_a_line_is_not_content() {
+        let plain = "version: 1\ndn: dc=x\ndc: x\n\ndn: cn=a,dc=x\ncn: a\n";
+        let marked = "\u{feff}version: 1\r\ndn: dc=x\r\ndc: x\r\n\r\n\u{feff}dn: cn=a,dc=x\r\ncn: a\r\n";
+        assert_eq!(records(marked), records(plain), "Notepad's files, concatenated");
+        // Inside a value it is content.
+        let inside = records("dn: dc=x\ndc: x\ndescription: a\u{feff}b\n");
+        let LdifRecord::Content { attrs, .. } = &inside[0] else { panic!("a content record") };
+        assert_eq!(attrs.get("description").unwrap().values[0].as_bytes(), "a\u{feff}b".as_bytes());
     }
 
     #[test]
