@@ -32,7 +32,7 @@ impl LdifError {
     /// after any other error the reader skips the rest of the offending record and
     /// carries on with the next one, so a caller may list every bad record at once.
     pub fn is_fatal(&self) -> bool {
-        matches!(self.kind, LdifErrorKind::Io { .. })
+        matches!(self.kind, LdifErrorKind::Io { .. } | LdifErrorKind::Utf16)
     }
 }
 
@@ -47,6 +47,13 @@ pub enum LdifErrorKind {
         /// The I/O error's text.
         message: String,
     },
+    /// The input starts with a UTF-16 byte order mark: every line of it would be refused
+    /// as garbage, so the reader says what the file is once and stops.
+    #[error(
+        "the file is UTF-16 (Windows PowerShell 5 writes that with `>`), and LDIF is UTF-8: convert it first \
+         (`iconv -f UTF-16 -t UTF-8`, or `Out-File -Encoding utf8`)"
+    )]
+    Utf16,
     /// A record (or one line) is larger than the reader's limit
     /// ([`super::MAX_RECORD_BYTES`] by default); refused so hostile input cannot make
     /// the reader allocate without bound.

@@ -32,6 +32,8 @@ const CONTINUATION: u8 = b' ';
 /// a mark of the encoding, not content. No LDIF line can start with it, so it is dropped
 /// wherever a line starts with it (files saved that way and then concatenated).
 const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+/// The byte order marks that start a UTF-16 file (little-, then big-endian).
+const UTF16_BOMS: [&[u8]; 2] = [b"\xff\xfe", b"\xfe\xff"];
 /// Starts a comment line.
 const COMMENT: u8 = b'#';
 /// Separates a line's name from its value.
@@ -198,6 +200,9 @@ impl<R: BufRead> LdifReader<R> {
         }
         if buf.starts_with(UTF8_BOM) {
             buf.drain(..UTF8_BOM.len());
+        }
+        if number == 1 && UTF16_BOMS.iter().any(|bom| buf.starts_with(bom)) {
+            return Err(LdifError::new(number, LdifErrorKind::Utf16));
         }
         Ok(Physical::Line(number, buf))
     }
@@ -819,6 +824,22 @@ mod tests {
         let inside = records("dn: dc=x\ndc: x\ndescription: a\u{feff}b\n");
         let LdifRecord::Content { attrs, .. } = &inside[0] else { panic!("a content record") };
         assert_eq!(attrs.get("description").unwrap().values[0].as_bytes(), "a\u{feff}b".as_bytes());
+    }
+
+    #[test]
+    fn a_utf16_file_is_named_as_such_once() {
+        let text = "dn: dc=x\ndc: x\n\ndn: cn=a,dc=x\ncn: a\n";
+        for bom in UTF16_BOMS {
+            let mut bytes = bom.to_vec();
+            for unit in text.encode_utf16() {
+                let pair = if bom == b"\xff\xfe" { unit.to_le_bytes() } else { unit.to_be_bytes() };
+                bytes.extend_from_slice(&pair);
+            }
+            let results: Vec<_> = LdifReader::new(bytes.as_slice()).collect();
+            assert_eq!(results.len(), 1, "one error, then nothing: {results:?}");
+            let err = results[0].as_ref().unwrap_err();
+            assert!(err.is_fatal() && err.to_string().starts_with("line 1: the file is UTF-16"), "{err}");
+        }
     }
 
     #[test]
