@@ -3,7 +3,8 @@
 //! -c F -`, a script's here-document into `write`). Messages name standard input
 //! `<stdin>`, with the line as for a file.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -11,39 +12,36 @@ use anyhow::{Context, Result};
 /// What the command line names `-`.
 const STDIN: &str = "-";
 
-/// An LDIF input, readable as many times as its reader needs.
+/// An LDIF input, readable from its start as many times as its reader needs.
 #[derive(Debug)]
 pub struct Input {
-    /// The file to read: the one named, or standard input's copy.
-    path: PathBuf,
+    source: Source,
     /// How messages name it.
     shown: String,
-    /// Standard input's copy, removed when the input is dropped.
-    _spool: Option<tempfile::TempPath>,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// A file named on the command line, opened at each reading.
+    File(PathBuf),
+    /// Standard input's copy: an unnamed temporary file, so nothing is left behind
+    /// whatever ends the command (Ctrl-C included).
+    Spool(File),
 }
 
 impl Input {
-    /// The file `arg` names. `-` is standard input, copied first to a temporary file
-    /// (in `TMPDIR`), since `load` reads its input twice: once to check every record,
-    /// once to write.
+    /// The file `arg` names. `-` is standard input, copied first to an unnamed
+    /// temporary file (in `TMPDIR`), since `load` reads its input twice: once to check
+    /// every record, once to write.
     pub fn open(arg: &Path) -> Result<Self> {
         if arg != Path::new(STDIN) {
-            return Ok(Self { path: arg.to_owned(), shown: arg.display().to_string(), _spool: None });
+            return Ok(Self { source: Source::File(arg.to_owned()), shown: arg.display().to_string() });
         }
-        let mut spool = tempfile::Builder::new()
-            .prefix("tether-stdin-")
-            .suffix(".ldif")
-            .tempfile()
-            .context("creating a temporary file for standard input (is TMPDIR writable?)")?;
-        std::io::copy(&mut std::io::stdin().lock(), spool.as_file_mut())
-            .with_context(|| format!("copying standard input to {}", spool.path().display()))?;
-        let spool = spool.into_temp_path();
-        Ok(Self { path: spool.to_path_buf(), shown: "<stdin>".to_owned(), _spool: Some(spool) })
-    }
-
-    /// The file to read.
-    pub fn path(&self) -> &Path {
-        &self.path
+        let mut spool =
+            tempfile::tempfile().context("creating a temporary file for standard input (is TMPDIR writable?)")?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut spool)
+            .context("copying standard input to a temporary file")?;
+        Ok(Self { source: Source::Spool(spool), shown: "<stdin>".to_owned() })
     }
 
     /// The input's name in messages (`<stdin>`, or the file as given).
@@ -51,12 +49,20 @@ impl Input {
         &self.shown
     }
 
+    /// The input from its start.
+    pub fn reader(&self) -> Result<File> {
+        let opened = match &self.source {
+            Source::File(path) => File::open(path),
+            // A clone shares the spool's offset: rewind it for this reading.
+            Source::Spool(spool) => spool.try_clone().and_then(|mut f| f.rewind().map(|()| f)),
+        };
+        opened.with_context(|| format!("opening {}", self.shown))
+    }
+
     /// The whole input as text, for a reader that parses it at once.
     pub fn read_to_string(&self) -> Result<String> {
         let mut text = String::new();
-        std::fs::File::open(&self.path)
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .with_context(|| format!("reading {}", self.shown))?;
+        self.reader()?.read_to_string(&mut text).with_context(|| format!("reading {}", self.shown))?;
         Ok(text)
     }
 }
@@ -66,14 +72,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_file_is_read_where_it_is_and_named_as_given() {
+    fn a_file_is_read_from_its_start_each_time_and_named_as_given() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a.ldif");
         std::fs::write(&file, "dn: dc=example\n").unwrap();
         let input = Input::open(&file).unwrap();
-        assert_eq!((input.path(), input.shown()), (file.as_path(), file.display().to_string().as_str()));
+        assert_eq!(input.shown(), file.display().to_string());
         assert_eq!(input.read_to_string().unwrap(), "dn: dc=example\n");
+        assert_eq!(input.read_to_string().unwrap(), "dn: dc=example\n", "read again from the start");
         let missing = Input::open(&dir.path().join("none.ldif")).unwrap().read_to_string().unwrap_err();
         assert!(format!("{missing:#}").contains("none.ldif"), "{missing:#}");
+    }
+
+    #[test]
+    fn a_spool_is_read_from_its_start_each_time() {
+        let mut spool = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut spool, b"dn: dc=example\n").unwrap();
+        let input = Input { source: Source::Spool(spool), shown: "<stdin>".into() };
+        assert_eq!(input.read_to_string().unwrap(), "dn: dc=example\n");
+        assert_eq!(input.read_to_string().unwrap(), "dn: dc=example\n", "read again from the start");
     }
 }

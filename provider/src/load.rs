@@ -10,7 +10,6 @@
 //! attributes its server maintained are left out (see `Record`).
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::BufReader;
 
 use anyhow::{bail, Context, Result};
@@ -63,8 +62,7 @@ struct Record {
 
 fn records(input: &Input) -> Result<impl Iterator<Item = Result<Record>> + '_> {
     let file = input.shown();
-    let f = File::open(input.path()).with_context(|| format!("opening {file}"))?;
-    Ok(LdifReader::new(BufReader::new(f)).map(move |r| {
+    Ok(LdifReader::new(BufReader::new(input.reader()?)).map(move |r| {
         let record = r.with_context(|| file.to_owned())?;
         let line = record.line();
         match record.into_change() {
