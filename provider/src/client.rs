@@ -28,27 +28,36 @@ pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Optio
     Ok(control::call_at(path, request, &mut Stdout::lock()).await?.then_some(()))
 }
 
-/// `tether-provider write`: parses the whole file first, then applies records in
-/// order, each durably; stops at the first refusal, naming its line and reason and how
-/// many records were applied (ldapmodify's behaviour).
+/// The input's records in order, read as they are used: a change file of any size is
+/// held one record at a time.
+fn records(input: &Input) -> Result<impl Iterator<Item = Result<ldif::LdifRecord>> + '_> {
+    let file = input.shown();
+    let reader = ldif::LdifReader::new(std::io::BufReader::new(input.reader()?));
+    Ok(reader.map(move |r| r.with_context(|| file.to_owned())))
+}
+
+/// `tether-provider write`: reads the whole file once to check every record (so a
+/// malformed one sends nothing), then reads it again and applies records in order,
+/// each durably; stops at the first refusal, naming its line and reason and how many
+/// records were applied (ldapmodify's behaviour). Memory holds one record at a time.
 pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport> {
     let file = input.shown();
-    let text = input.read_to_string()?;
-    let records = ldif::reader::parse_str(&text).with_context(|| file.to_owned())?;
     let Some(writer) = &config.writer else {
         bail!("{}: no [writer] section: writes are not enabled", config.file.display());
     };
     // A record over the provider's `max_frame` would close the session unread, and its
     // outcome would then read as unknown: refuse the file before sending any of it.
-    for (id, record) in records.iter().enumerate() {
-        let request = Message::WriteRequest { id: id as u64, change: record.clone().into_change() };
+    for (id, record) in records(input)?.enumerate() {
+        let record = record?;
+        let line = record.line();
+        let request = Message::WriteRequest { id: id as u64, change: record.into_change() };
         let len = tether_protocol::codec::encoded_len(&request)?;
         if len > config.max_frame as usize {
             bail!(
                 "{}:{}: the record takes {len} bytes encoded, over the provider's max_frame of {} bytes ({}); \
                  nothing was written",
                 file,
-                record.line(),
+                line,
                 config.max_frame,
                 config.file.display()
             );
@@ -91,9 +100,12 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
     };
     client_handshake(&mut reader, &mut writer_half, &hello, &secret, CLIENT_TIMEOUT).await?;
     let mut report = WriteReport { applied: 0, last_csn: None };
-    for (id, record) in records.into_iter().enumerate() {
-        let line = record.line();
+    for (id, record) in records(input)?.enumerate() {
         let applied = report.applied;
+        // Checked above; a file edited since then is refused from here on.
+        let record =
+            record.with_context(|| format!("the file changed since it was checked; {}", records_applied(applied)))?;
+        let line = record.line();
         match write_one(&mut reader, &mut writer_half, id as u64, record.into_change()).await {
             Ok(WriteOutcome::Committed { csn, .. }) => {
                 report.applied += 1;

@@ -4,7 +4,7 @@
 //! `<stdin>`, with the line as for a file.
 
 use std::fs::File;
-use std::io::{Read, Seek};
+use std::io::Seek;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -58,18 +58,17 @@ impl Input {
         };
         opened.with_context(|| format!("opening {}", self.shown))
     }
-
-    /// The whole input as text, for a reader that parses it at once.
-    pub fn read_to_string(&self) -> Result<String> {
-        let mut text = String::new();
-        self.reader()?.read_to_string(&mut text).with_context(|| format!("reading {}", self.shown))?;
-        Ok(text)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(input: &Input) -> Result<String> {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut input.reader()?, &mut text)?;
+        Ok(text)
+    }
 
     #[test]
     fn a_file_is_read_from_its_start_each_time_and_named_as_given() {
@@ -78,9 +77,9 @@ mod tests {
         std::fs::write(&file, "dn: dc=example\n").unwrap();
         let input = Input::open(&file).unwrap();
         assert_eq!(input.shown(), file.display().to_string());
-        assert_eq!(input.read_to_string().unwrap(), "dn: dc=example\n");
-        assert_eq!(input.read_to_string().unwrap(), "dn: dc=example\n", "read again from the start");
-        let missing = Input::open(&dir.path().join("none.ldif")).unwrap().read_to_string().unwrap_err();
+        assert_eq!(read(&input).unwrap(), "dn: dc=example\n");
+        assert_eq!(read(&input).unwrap(), "dn: dc=example\n", "read again from the start");
+        let missing = read(&Input::open(&dir.path().join("none.ldif")).unwrap()).unwrap_err();
         assert!(format!("{missing:#}").contains("none.ldif"), "{missing:#}");
     }
 
@@ -89,7 +88,7 @@ mod tests {
         let mut spool = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut spool, b"dn: dc=example\n").unwrap();
         let input = Input { source: Source::Spool(spool), shown: "<stdin>".into() };
-        assert_eq!(input.read_to_string().unwrap(), "dn: dc=example\n");
-        assert_eq!(input.read_to_string().unwrap(), "dn: dc=example\n", "read again from the start");
+        assert_eq!(read(&input).unwrap(), "dn: dc=example\n");
+        assert_eq!(read(&input).unwrap(), "dn: dc=example\n", "read again from the start");
     }
 }

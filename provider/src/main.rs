@@ -50,7 +50,7 @@ enum Command {
     },
     /// Apply LDIF change records through a running provider.
     ///
-    /// The whole file is parsed first; nothing is sent if any record is malformed.
+    /// The whole file is read through first; nothing is sent if any record is malformed.
     /// Records then apply in order, each durably before the next. The first refused
     /// record stops the run with its line, the reason and how many records applied
     /// (exit status 1); if the session fails instead, the record in flight may or may

@@ -890,6 +890,12 @@ fn load_and_write_read_standard_input_when_the_file_is_a_dash() -> Result<()> {
     assert!(ok && csn.trim().parse::<u64>().is_ok() && err.contains("1 record applied"), "{csn} {err}");
     let uid = dn.split(',').next().context("rdn")?;
     assert!(p.search(SUFFIX, "subtree", &format!("({uid})"))?.contains("description: from stdin"));
+    // A malformed record anywhere sends nothing: the input is read through once first.
+    let malformed =
+        format!("{}\ndn: uid=nobody,{PEOPLE}\nchangetype: frob\n", change.replace("from stdin", "never sent"));
+    let (ok, _, err) = provider_from_stdin(&p.config, "write", &malformed)?;
+    assert!(!ok && err.contains("<stdin>: line 7: changetype \"frob\" unknown"), "{err}");
+    assert!(p.search(SUFFIX, "subtree", &format!("({uid})"))?.contains("description: from stdin"), "nothing sent");
     let refused = format!("{change}\ndn: uid=nobody,{PEOPLE}\nchangetype: delete\n");
     let (ok, _, err) = provider_from_stdin(&p.config, "write", &refused)?;
     assert!(!ok && err.contains("<stdin>:6: refused (no-such-object)") && err.contains("1 record applied"), "{err}");
