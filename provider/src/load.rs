@@ -4,12 +4,13 @@
 //! checks every record (syntax, suffix, duplicates, a parent for every entry, in the
 //! store or the file, and what [`Directory::check_new_entry`] checks: objectClass, RDN
 //! values, a size that replicates); only then does the second write, in large transactions through
-//! [`Directory::bulk_add`]. Files that list children before parents (as
-//! slapcat output of some trees does) are sorted into tree order in memory; ordered
-//! files stream. An entry exported by `slapcat` keeps its `entryUUID`; the other
+//! [`Directory::bulk_add`]. Both passes stream: memory holds the file's names (to
+//! check parents), a batch, and, for a file that lists an entry before its parent (as
+//! slapcat's output does for an entry moved under a newer one), only those entries,
+//! each written as soon as its parent is. An entry exported by `slapcat` keeps its `entryUUID`; the other
 //! attributes its server maintained are left out (see `Record`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
 
 use anyhow::{bail, Context, Result};
@@ -41,13 +42,18 @@ pub struct LoadReport {
     pub entries: usize,
     /// Records left out because their DN was already in the store ([`Existing::Skip`]).
     pub skipped: usize,
-    /// Whether the file had to be sorted into tree order.
-    pub sorted: bool,
+    /// Entries listed before their parent (or below such an entry, before that
+    /// parent), written once their parent was.
+    pub reordered: usize,
     /// Entries added with the `entryUUID` the file gave them.
     pub kept_uuids: usize,
     /// Values of server-maintained attributes left out (`entryCSN`, timestamps, ...).
     pub dropped: usize,
 }
+
+/// An entry on its way to [`Directory::bulk_add`]: name, attributes, the UUID the file
+/// gave it.
+type Pending = (Dn, Attributes, Option<EntryUuid>);
 
 /// One content record of the file, with what its server maintained taken out (see
 /// [`tether_protocol::entry::operational`]): `slapcat` prints `entryUUID`, `entryCSN`,
@@ -85,7 +91,6 @@ pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadRe
     // Pass 1: check everything; remember names (normalized DNs only, not entries).
     let mut names: HashSet<Dn> = HashSet::new();
     let mut pending_parents: Vec<(usize, Dn)> = Vec::new();
-    let mut ordered = true;
     let mut uuids: HashSet<EntryUuid> = HashSet::new();
     let (mut kept_uuids, mut dropped) = (0, 0);
     for item in records(input)? {
@@ -123,7 +128,6 @@ pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadRe
         if dn != suffix {
             let parent = dn.parent().unwrap_or_default();
             if !names.contains(&parent) && !dir.entries().contains(&parent)? {
-                ordered = false;
                 pending_parents.push((line, dn.clone()));
             }
         }
@@ -137,10 +141,13 @@ pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadRe
     }
     drop(names);
     drop(uuids);
+    // The entries listed before their parent: each waits in pass 2 until its parent is
+    // written, and so does anything below it that comes before the parent.
+    let early: HashSet<Dn> = pending_parents.into_iter().map(|(_, dn)| dn).collect();
     // Pass 2: write.
     let (mut total, mut skipped) = (0, 0);
     let mut batch = Vec::with_capacity(LOAD_BATCH);
-    let mut flush = |batch: &mut Vec<(Dn, Attributes, Option<EntryUuid>)>| -> Result<()> {
+    let mut flush = |batch: &mut Vec<Pending>| -> Result<()> {
         if !batch.is_empty() {
             if let Err(e) = dir.bulk_add(batch) {
                 return Err(e).with_context(|| {
@@ -162,33 +169,38 @@ pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadRe
         skipped += usize::from(there);
         Ok(!there)
     };
-    if ordered {
-        for item in records(input)? {
-            let Record { dn, attrs, operational, .. } = item?;
-            if !wanted(&dn)? {
-                continue;
-            }
-            batch.push((dn, attrs, operational.uuid));
-            if batch.len() >= LOAD_BATCH {
-                flush(&mut batch)?;
-            }
+    // Parent -> the entries waiting for it; and the names of all waiting entries, whose
+    // own children must wait too. Memory holds only the waiting entries, not the file.
+    let mut waiting: HashMap<Dn, Vec<Pending>> = HashMap::new();
+    let mut held: HashSet<Dn> = HashSet::new();
+    let mut reordered = 0;
+    for item in records(input)? {
+        let Record { dn, attrs, operational, .. } = item?;
+        if let Some(parent) = dn.parent().filter(|p| early.contains(&dn) || held.contains(p)) {
+            reordered += 1;
+            held.insert(dn.clone());
+            waiting.entry(parent).or_default().push((dn, attrs, operational.uuid));
+            continue;
         }
-    } else {
-        let mut all = Vec::new();
-        for item in records(input)? {
-            let Record { dn, attrs, operational, .. } = item?;
+        // Written (or left as it is in the store), then whatever waited for it.
+        let mut ready = vec![(dn, attrs, operational.uuid)];
+        while let Some((dn, attrs, uuid)) = ready.pop() {
+            held.remove(&dn);
+            let children = waiting.remove(&dn).unwrap_or_default();
             if wanted(&dn)? {
-                all.push((dn, attrs, operational.uuid));
+                batch.push((dn, attrs, uuid));
+                if batch.len() >= LOAD_BATCH {
+                    flush(&mut batch)?;
+                }
             }
-        }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        for chunk in all.chunks(LOAD_BATCH) {
-            batch.extend_from_slice(chunk);
-            flush(&mut batch)?;
+            ready.extend(children);
         }
     }
     flush(&mut batch)?;
-    Ok(LoadReport { entries: total, skipped, sorted: !ordered, kept_uuids, dropped })
+    if let Some((dn, ..)) = waiting.values().flatten().next() {
+        bail!("{file}: {dn}: its parent was not in the file any more: the file changed since it was checked");
+    }
+    Ok(LoadReport { entries: total, skipped, reordered, kept_uuids, dropped })
 }
 
 #[cfg(test)]
@@ -255,6 +267,51 @@ mod tests {
         assert_eq!((rest.entries, rest.skipped), (2968 - done, done));
         assert_eq!(dir.entry_count().unwrap(), 2968);
         assert_eq!(load_file(&dir, &whole, Existing::Skip).unwrap().entries, 0, "nothing left to add");
+    }
+
+    /// A file that lists entries before their parent (slapcat's output after an entry
+    /// was moved under a newer one) loads whole, each entry written once its parent is,
+    /// with only those entries held: the sample reversed, then a chain held behind its
+    /// top, and the same chain finished with --skip-existing after its top was loaded.
+    #[test]
+    fn entries_listed_before_their_parent_are_written_after_it() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(&tmp.path().join("p"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let text = std::fs::read_to_string(examples.join("sample.ldif")).unwrap();
+        let mut records: Vec<&str> = text.split("\n\n").filter(|r| r.contains("dn:")).collect();
+        records.reverse();
+        let reversed = tmp.path().join("reversed.ldif");
+        std::fs::write(&reversed, records.join("\n\n") + "\n").unwrap();
+        let report = load_file(&dir, &reversed, Existing::Refuse).unwrap();
+        // Every entry but the suffix comes before its parent.
+        assert_eq!((report.entries, report.reordered), (2968, 2967));
+        assert_eq!(dir.entry_count().unwrap(), 2968);
+
+        let chain = |top: &str| {
+            format!(
+                "dn: cn=c,cn=b,ou={top},dc=example,dc=com\nobjectClass: person\ncn: c\nsn: s\n\n\
+                 dn: uid=x,dc=example,dc=com\nobjectClass: person\nuid: x\ncn: x\nsn: s\n\n\
+                 dn: cn=b,ou={top},dc=example,dc=com\nobjectClass: person\ncn: b\nsn: s\n\n\
+                 dn: ou={top},dc=example,dc=com\nobjectClass: organizationalUnit\nou: {top}\n\n"
+            )
+        };
+        let file = tmp.path().join("chain.ldif");
+        std::fs::write(&file, chain("moved")).unwrap();
+        let report = load_file(&dir, &file, Existing::Refuse).unwrap();
+        assert_eq!((report.entries, report.reordered), (4, 2), "cn=c waits for cn=b, which waits for the ou");
+        let c = Dn::parse("cn=c,cn=b,ou=moved,dc=example,dc=com").unwrap();
+        assert!(dir.entries().contains(&c).unwrap());
+
+        // The top already in the store: its children wait for nothing, and are added.
+        let mut top = Attributes::default();
+        top.add("objectClass", [tether_protocol::Value::from("organizationalUnit")]).unwrap();
+        let ou = Dn::parse("ou=later,dc=example,dc=com").unwrap();
+        dir.bulk_add(&[(ou, top, None)]).unwrap();
+        std::fs::write(&file, chain("later").replace("uid: x", "uid: y").replace("uid=x", "uid=y")).unwrap();
+        let report = load_file(&dir, &file, Existing::Skip).unwrap();
+        assert_eq!((report.entries, report.skipped), (3, 1));
+        assert!(dir.entries().contains(&Dn::parse("cn=c,cn=b,ou=later,dc=example,dc=com").unwrap()).unwrap());
     }
 
     /// `slapcat` output: every entry keeps the entryUUID it had, and loses the attributes
@@ -352,7 +409,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
         let report = load_file(&dir, &examples.join("sample.ldif"), Existing::Refuse).unwrap();
-        assert_eq!(report, LoadReport { entries: 2968, skipped: 0, sorted: false, kept_uuids: 0, dropped: 0 });
+        assert_eq!(report, LoadReport { entries: 2968, skipped: 0, reordered: 0, kept_uuids: 0, dropped: 0 });
 
         let text = std::fs::read_to_string(examples.join("changes.ldif")).unwrap();
         let records = tether_protocol::ldif::reader::parse_str(&text).unwrap();

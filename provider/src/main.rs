@@ -153,8 +153,8 @@ async fn run(cli: Cli) -> Result<()> {
             if report.skipped > 0 {
                 said += &format!(", skipped {} already in the store", report.skipped);
             }
-            if report.sorted {
-                said += " (sorted into tree order)";
+            if report.reordered > 0 {
+                said += &format!(" ({} listed before their parent were written after it)", report.reordered);
             }
             if report.kept_uuids > 0 {
                 said += &format!("; {} kept the entryUUID the file gave them", report.kept_uuids);
