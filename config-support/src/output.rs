@@ -48,6 +48,16 @@ impl Write for Stdout {
     }
 }
 
+/// Prints a server's readiness line (`listening on ...`) for whoever started it: a
+/// script, a test harness, the demo. Unlike a command's result, nobody may depend on it
+/// being read: a standard output whose reader has gone (a pipe to a log shipper that
+/// exited, `serve | head -1`) must not stop a server, and `println!` panicked there at
+/// start. The log line says the same, so a failure is ignored.
+pub fn announce(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 /// Whether `error` (or one of its causes) is standard output's reader having gone away:
 /// the command has nobody left to answer, and ends with success.
 pub fn reader_gone(error: &(dyn std::error::Error + 'static)) -> bool {

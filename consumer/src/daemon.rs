@@ -277,7 +277,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     let control_task = tokio::spawn(control::serve(listener, ctx));
     info!(agreements = config.agreements.len(), "consumer running");
-    println!("consumer running");
+    tether_config::output::announce("consumer running");
 
     loop {
         tokio::select! {

@@ -116,7 +116,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let ctx = ControlContext { dir: dir.clone(), registry: server.registry().clone(), reload: reload_tx };
     // The line tests and the demo wait for: the provider is ready and where.
     info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), %history, csn = %dir.durable_csn(), "provider listening");
-    println!("listening on {local}");
+    tether_config::output::announce(&format!("listening on {local}"));
 
     let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));
     let (retention_tx, retention_rx) = watch::channel(config.changelog);

@@ -845,6 +845,45 @@ fn output_that_cannot_be_written_fails_the_command_and_a_reader_that_stops_early
     Ok(())
 }
 
+/// A server whose standard output nobody reads any more (started into a pipe whose
+/// reader exited: a log shipper gone, `serve | head -1`) keeps running and serving: both
+/// panicked at start printing their readiness line into it.
+#[test]
+fn a_server_whose_standard_output_is_gone_keeps_running() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    runs_without_its_stdout("tether-provider", "serve", &p.config, &|| p.status())?;
+    let c = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s")])?;
+    runs_without_its_stdout("tether-consumer", "run", &c.config, &|| c.status())
+}
+
+/// Starts `binary verb -c config` into a pipe whose reader is gone, waits until
+/// `status` says it runs, and stops it with SIGTERM.
+fn runs_without_its_stdout(
+    binary: &str,
+    verb: &str,
+    config: &Path,
+    status: &dyn Fn() -> Result<serde_json::Value>,
+) -> Result<()> {
+    use replication_tests::harness::{bin, signal, wait_exit};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin(binary)?)
+        .args([verb, "-c"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // The reader goes before the server has opened its store, let alone printed.
+    drop(child.stdout.take());
+    wait_until(CONVERGE, &format!("{binary} to answer on its control socket, or exit"), || {
+        Ok(child.try_wait()?.is_some() || status().is_ok_and(|s| s["running"] == true))
+    })?;
+    assert!(child.try_wait()?.is_none(), "{binary} exited: {:?}", child.try_wait());
+    signal(&child, "TERM")?;
+    assert!(wait_exit(&mut child, Duration::from_secs(30))?.success(), "{binary} stops cleanly");
+    Ok(())
+}
+
 /// Runs `tether-provider verb -c config -` with `text` on its standard input; its exit
 /// status, stdout and stderr.
 fn provider_from_stdin(config: &Path, verb: &str, text: &str) -> Result<(bool, String, String)> {
