@@ -215,7 +215,7 @@ async fn run(cli: Cli) -> Result<()> {
             let replica = open_offline(&config, Offline::Read)?.existing_replica(&name)?;
             let at = replica.map(|r| r.cookie()).transpose()?.flatten().map(|c| c.csn);
             match at {
-                Some(at) if at.0 >= csn => Ok(Stdout::print(&format!("{at}\n")).context("writing to standard output")?),
+                Some(at) if at.0 >= csn => Stdout::print(&format!("{at}\n")).context("writing to standard output"),
                 _ => bail!(
                     "the consumer is not running, and the replica of {name} is at csn {}",
                     at.map_or("none".to_owned(), |c| c.to_string())

@@ -6,14 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tether_config::output::Stdout;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
 use tether_protocol::control::{self, ControlRequest};
 use tether_protocol::handshake::client_handshake;
-use tether_protocol::ldif;
 use tether_protocol::message::{Hello, Message, Role, WriteErrorKind, WriteOutcome, SUPPORTED_VERSIONS};
 use tether_protocol::{Change, Csn};
-
-use tether_config::output::Stdout;
 
 use crate::config::{load_secret, ProviderConfig};
 use crate::input::Input;
@@ -28,14 +26,6 @@ pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Optio
     Ok(control::call_at(path, request, &mut Stdout::lock()).await?.then_some(()))
 }
 
-/// The input's records in order, read as they are used: a change file of any size is
-/// held one record at a time.
-fn records(input: &Input) -> Result<impl Iterator<Item = Result<ldif::LdifRecord>> + '_> {
-    let file = input.shown();
-    let reader = ldif::LdifReader::new(std::io::BufReader::new(input.reader()?));
-    Ok(reader.map(move |r| r.with_context(|| file.to_owned())))
-}
-
 /// `tether-provider write`: reads the whole file once to check every record (so a
 /// malformed one sends nothing), then reads it again and applies records in order,
 /// each durably; stops at the first refusal, naming its line and reason and how many
@@ -47,7 +37,7 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
     };
     // A record over the provider's `max_frame` would close the session unread, and its
     // outcome would then read as unknown: refuse the file before sending any of it.
-    for (id, record) in records(input)?.enumerate() {
+    for (id, record) in input.records()?.enumerate() {
         let record = record?;
         let line = record.line();
         let request = Message::WriteRequest { id: id as u64, change: record.into_change() };
@@ -100,7 +90,7 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
     };
     client_handshake(&mut reader, &mut writer_half, &hello, &secret, CLIENT_TIMEOUT).await?;
     let mut report = WriteReport { applied: 0, last_csn: None };
-    for (id, record) in records(input)?.enumerate() {
+    for (id, record) in input.records()?.enumerate() {
         let applied = report.applied;
         // Checked above; a file edited since then is refused from here on.
         let record =

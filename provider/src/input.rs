@@ -8,6 +8,7 @@ use std::io::Seek;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use tether_protocol::ldif::{LdifReader, LdifRecord};
 
 /// What the command line names `-`.
 const STDIN: &str = "-";
@@ -47,6 +48,13 @@ impl Input {
     /// The input's name in messages (`<stdin>`, or the file as given).
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// The input's LDIF records from its start, read as they are used; an error names
+    /// the input.
+    pub fn records(&self) -> Result<impl Iterator<Item = Result<LdifRecord>> + '_> {
+        let reader = LdifReader::new(std::io::BufReader::new(self.reader()?));
+        Ok(reader.map(move |r| r.with_context(|| self.shown.clone())))
     }
 
     /// The input from its start.

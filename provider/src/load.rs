@@ -11,11 +11,9 @@
 //! attributes its server maintained are left out (see `Record`).
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufReader;
 
 use anyhow::{bail, Context, Result};
 use tether_protocol::entry::operational::Operational;
-use tether_protocol::ldif::LdifReader;
 use tether_protocol::{Attributes, Change, Dn, EntryUuid};
 use tether_store::{Directory, Refusal, StoreError};
 
@@ -68,8 +66,8 @@ struct Record {
 
 fn records(input: &Input) -> Result<impl Iterator<Item = Result<Record>> + '_> {
     let file = input.shown();
-    Ok(LdifReader::new(BufReader::new(input.reader()?)).map(move |r| {
-        let record = r.with_context(|| file.to_owned())?;
+    Ok(input.records()?.map(move |record| {
+        let record = record?;
         let line = record.line();
         match record.into_change() {
             Change::Add { dn, mut attrs } => {
