@@ -30,6 +30,10 @@ pub struct AgreementStatus {
     pub last_disconnect: Option<Reason>,
     /// The last error or rejection, with detail (the provider's goodbye text included).
     pub last_error: Option<String>,
+    /// When `last_error` happened (RFC 3339, this machine's clock). It stays after the
+    /// agreement recovers, as the latest failure; its time tells a failure of a minute
+    /// ago from one of last week on an agreement that has been `persisting` since.
+    pub last_error_at: Option<String>,
     /// Connections attempted after the first.
     pub reconnects: u64,
     /// Disconnects by reason.
@@ -62,6 +66,14 @@ pub struct AgreementStatus {
     pub current_at: Instant,
 }
 
+impl AgreementStatus {
+    /// Records `error` as the latest failure, and when it happened.
+    pub fn set_error(&mut self, error: String) {
+        self.last_error = Some(error);
+        self.last_error_at = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    }
+}
+
 /// Shared, updatable status of one agreement. Every update wakes the control requests
 /// waiting on it (`WaitCsn`), so they answer when the durable cookie moves instead of
 /// polling.
@@ -81,6 +93,7 @@ impl StatusHandle {
                 entries: 0,
                 last_disconnect: None,
                 last_error: None,
+                last_error_at: None,
                 reconnects: 0,
                 disconnects: BTreeMap::new(),
                 lag_changes: 0,
@@ -188,7 +201,7 @@ impl ConsumerStatus {
                 a.cookie.as_deref().unwrap_or("-"),
             ));
             if let Some(e) = &a.last_error {
-                out.push_str(&format!("  last error: {e}\n"));
+                out.push_str(&format!("  last error at {}: {e}\n", a.last_error_at.as_deref().unwrap_or("-")));
             }
         }
         out
@@ -253,6 +266,16 @@ mod tests {
         let mode_at: Vec<usize> =
             text.lines().map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column")).collect();
         assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
+    }
+
+    #[test]
+    fn the_last_error_says_when_it_happened() {
+        let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        h.update(|s| s.set_error("connection-lost: connect 127.0.0.1:7389: Connection refused".into()));
+        let at = h.snapshot().last_error_at.expect("a time");
+        assert!(humantime::parse_rfc3339(&at).is_ok(), "{at}");
+        let text = ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
+        assert!(text.contains(&format!("  last error at {at}: connection-lost: connect")), "{text}");
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Supervisor {
                     }
                     Output::GaveUp(why) => {
                         warn!(reason = %why, "agreement closed");
-                        status.update(|s| s.last_error = Some(why.clone()));
+                        status.update(|s| s.set_error(why.clone()));
                     }
                     Output::Exit => return,
                 }
@@ -140,7 +140,7 @@ impl Supervisor {
             s.last_disconnect = Some(ended.reason);
             *s.disconnects.entry(ended.reason).or_default() += 1;
             if !matches!(ended.reason, Reason::Shutdown | Reason::AdminStop) {
-                s.last_error = Some(format!("{}: {}", ended.reason.as_str(), ended.detail));
+                s.set_error(format!("{}: {}", ended.reason.as_str(), ended.detail));
             }
         });
     }

@@ -256,6 +256,7 @@ fn a_store_error_retrying_cannot_fix_closes_the_agreement_with_the_error() -> Re
     let s = c.wait_status("people", LIMIT, "closed", |s| s["state"] == "closed")?;
     assert_eq!(s["last_disconnect"], "exception");
     assert!(s["last_error"].as_str().unwrap_or_default().contains("no space left"), "{s}");
+    assert!(s["last_error_at"].as_str().is_some_and(|t| humantime::parse_rfc3339(t).is_ok()), "{s}");
     let reconnects = s["reconnects"].clone();
     assert_holds(QUIET, "no retry loop", || Ok(c.agreement_status("people")?["reconnects"] == reconnects))?;
     Ok(())
