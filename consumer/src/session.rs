@@ -320,10 +320,19 @@ async fn connect_tcp(
 fn handshake_failed(e: HandshakeError) -> Ended {
     let not_connected = |reason, detail: String| Ended { connected: false, ..Ended::new(reason, detail) };
     match e {
-        HandshakeError::Rejected(reject) => Ended {
-            rejection: Some(reject.reason),
-            ..not_connected(Reason::Rejected, format!("{}: {}", reject.reason.as_str(), reject.detail))
-        },
+        HandshakeError::Rejected(reject) => {
+            // The provider cannot say more without saying something about its secret.
+            let hint = if reject.reason == RejectReason::BadCredentials {
+                " (the agreement's secret_file must hold the same bytes as the provider's secret_file for it; \
+                 one trailing newline is not part of the secret)"
+            } else {
+                ""
+            };
+            Ended {
+                rejection: Some(reject.reason),
+                ..not_connected(Reason::Rejected, format!("{}: {}{hint}", reject.reason.as_str(), reject.detail))
+            }
+        }
         HandshakeError::Goodbye { reason, detail } => Ended {
             goodbye: Some(reason),
             ..not_connected(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str()))

@@ -588,6 +588,8 @@ fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
         })?;
         assert!(bad.log_text().contains(reason), "log names {reason}");
     }
+    let wrong = bad.agreement_status("people")?;
+    assert!(wrong["last_error"].as_str().is_some_and(|e| e.contains("must hold the same bytes")), "{wrong}");
     // A protocol version the provider does not speak, straight through the library.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let rejection = rt.block_on(async {
