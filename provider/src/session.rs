@@ -534,7 +534,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
 
     /// Stores the consumer's position, which holds back changelog trimming.
     fn record_position(&mut self, csn: Csn) {
-        let id = format!("{}/{}", self.req.agreement, self.req.client_id);
+        let id = position_id(&self.req.agreement, &self.req.client_id);
         if let Err(e) = self.dir.record_consumer(&id, csn) {
             warn!(error = %e, "could not record consumer position");
         }
@@ -605,6 +605,20 @@ fn keepalive_ticker(interval: Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     t
+}
+
+/// The store's id of a consumer's position: its agreement and the client id its `Hello`
+/// gave, so that each consumer store replicating an agreement holds back trimming on
+/// its own. Read back by [`split_position_id`].
+pub(crate) fn position_id(agreement: &str, client: &str) -> String {
+    format!("{agreement}/{client}")
+}
+
+/// The agreement and client id of a position id. The first '/' ends the agreement: the
+/// config refuses a '/' in agreement names, while the client id is the consumer's to
+/// choose and may hold one.
+pub(crate) fn split_position_id(id: &str) -> (&str, &str) {
+    id.split_once('/').unwrap_or((id, ""))
 }
 
 #[cfg(test)]

@@ -79,8 +79,7 @@ impl ProviderStatus {
         }
         let mut consumers = Vec::new();
         for (key, position) in dir.consumer_positions()? {
-            // Recorded as "agreement/client id"; the id (a UUID) holds no '/'.
-            let (agreement, client) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
+            let (agreement, client) = crate::session::split_position_id(&key);
             let connected = sessions.iter().any(|s| s.agreement == agreement && s.client == client);
             consumers.push(KnownConsumer {
                 agreement: agreement.to_owned(),
@@ -222,8 +221,10 @@ mod tests {
         dir.write(&Change::Add { dn: Dn::parse("dc=example,dc=com").unwrap(), attrs }).unwrap();
         let written = dir.durable_csn().0;
         assert!(written > 0);
-        dir.record_consumer("people/9f0c2a4e-0000-4000-8000-000000000001", Csn(written)).unwrap();
-        dir.record_consumer("groups/9f0c2a4e-0000-4000-8000-000000000002", Csn(0)).unwrap();
+        use crate::session::position_id;
+        dir.record_consumer(&position_id("people", "9f0c2a4e-0000-4000-8000-000000000001"), Csn(written)).unwrap();
+        // A client id is the consumer's to choose, '/' included.
+        dir.record_consumer(&position_id("groups", "host/9f0c2a4e-0000-4000-8000-000000000002"), Csn(0)).unwrap();
         let registry = Registry::default();
         let mut live = session("127.0.0.1:40000", "people");
         live.client = "9f0c2a4e-0000-4000-8000-000000000001".into();
@@ -238,6 +239,6 @@ mod tests {
         let people = text.lines().find(|l| l.starts_with("people ") && l.contains("9f0c2a4e")).unwrap();
         assert!(people.ends_with("(connected)"), "{text}");
         let json = serde_json::to_value(&status).unwrap();
-        assert_eq!(json["consumers"][0]["client"], "9f0c2a4e-0000-4000-8000-000000000002", "{json}");
+        assert_eq!(json["consumers"][0]["client"], "host/9f0c2a4e-0000-4000-8000-000000000002", "{json}");
     }
 }
