@@ -23,6 +23,21 @@ pub fn init_logging() {
         .init();
 }
 
+/// An event at INFO, or at DEBUG when `$quiet` holds. A tracing event's level is fixed
+/// where it is written, and the routine lines of a refresh-only poll that brings nothing
+/// go at DEBUG: a consumer polling every few seconds would otherwise fill both logs with
+/// the same five lines forever.
+#[macro_export]
+macro_rules! info_or_debug {
+    ($quiet:expr, $($event:tt)+) => {
+        if $quiet {
+            ::tracing::debug!($($event)+)
+        } else {
+            ::tracing::info!($($event)+)
+        }
+    };
+}
+
 /// An error and its causes on one line, each said once. Our error types print their
 /// cause in their own message, so that a log line's `%error` is whole, and also return
 /// it as their `source()`; anyhow's `{:#}` would then print every cause twice

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tether_config::info_or_debug;
 use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter, WireError};
 use tether_protocol::encoded::{Received, ReceivedOp};
@@ -147,13 +148,16 @@ fn ms_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs one session to its end.
+/// Runs one session to its end. `routine` marks a refresh-only poll that follows one
+/// which completed: its connect and a delta that changes nothing log at DEBUG, and only
+/// what changed the replica (or went wrong) at INFO.
 pub async fn run(
     cfg: &SessionConfig,
     store: &ReplicaStore,
     replica: &Replica,
     status: &StatusHandle,
     stop: &StopSignal,
+    routine: bool,
 ) -> Ended {
     status.update(|s| s.state = State::Connecting);
     let (mut reader, mut writer) = match &cfg.network {
@@ -193,7 +197,7 @@ pub async fn run(
             Err(e) => return handshake_failed(e),
         },
     };
-    info!(session = welcome.session_id, history = %welcome.history, cookie = ?cookie.map(|c| c.to_string()), "connected");
+    info_or_debug!(routine, session = welcome.session_id, history = %welcome.history, cookie = ?cookie.map(|c| c.to_string()), "connected");
     // Linux shows a thread's first 15 bytes: "apply people" fits.
     let runner = match Runner::start(&format!("apply {}", cfg.name)) {
         Ok(runner) => runner,
@@ -230,6 +234,8 @@ pub async fn run(
         refreshing: false,
         scanning: false,
         refresh_done: false,
+        routine,
+        refresh_applied: 0,
         pending_cookie: None,
         unacked: 0,
     };
@@ -488,6 +494,11 @@ struct Applier<'a> {
     scanning: bool,
     /// `RefreshDone` seen.
     refresh_done: bool,
+    /// A refresh-only poll following one that completed (see [`run`]).
+    routine: bool,
+    /// Operations the refresh changed the replica with (a delta's; a reload's are its
+    /// entries).
+    refresh_applied: u64,
     /// The newest cookie applied but not yet flushed and acknowledged.
     pending_cookie: Option<Cookie>,
     /// Changes applied since the last ack.
@@ -681,7 +692,10 @@ impl Applier<'_> {
 
     /// Counts what an apply did; `live` when it went to the active replica (a delta or
     /// live changes), whose entry count then moves with it instead of being recounted.
-    fn record(&self, stats: ApplyStats, live: bool) {
+    fn record(&mut self, stats: ApplyStats, live: bool) {
+        if self.refreshing {
+            self.refresh_applied += stats.applied;
+        }
         self.status.update(|s| {
             s.applied += stats.applied;
             s.skipped += stats.skipped;
@@ -765,7 +779,12 @@ impl Applier<'_> {
                 if resumed && !kind.replaces_replica() {
                     return Err(Ended::new(Reason::Exception, "protocol error: a resumed delta refresh"));
                 }
-                info!(refresh = kind.as_str(), resumed, "refresh started");
+                info_or_debug!(
+                    self.routine && kind == RefreshKind::Delta,
+                    refresh = kind.as_str(),
+                    resumed,
+                    "refresh started"
+                );
                 self.refreshing = true;
                 let replica = self.replica.clone();
                 self.shadow = match (kind.replaces_replica(), resumed) {
@@ -901,7 +920,9 @@ impl Applier<'_> {
                         s.state = State::Persisting;
                     }
                 });
-                info!(cookie = %cookie, entries, "refresh complete");
+                let applied = self.refresh_applied;
+                let quiet = self.routine && reloaded.is_none() && applied == 0;
+                info_or_debug!(quiet, cookie = %cookie, entries, applied, "refresh complete");
                 // A refresh-only provider says goodbye right after `RefreshDone` and may
                 // already be gone; our next `Hello` carries this cookie anyway.
                 if persisting {

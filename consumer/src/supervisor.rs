@@ -6,11 +6,12 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use tether_config::info_or_debug;
 use tether_store::{Replica, ReplicaStore};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::reason::Reason;
+use crate::reason::{Reason, State};
 use crate::retry::{Jitter, RetrySchedule};
 use crate::session::{self, Ended, SessionConfig, StopSignal};
 use crate::status::StatusHandle;
@@ -60,6 +61,9 @@ impl Supervisor {
         let mut session: Option<SessionFuture<'_>> = None;
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut started_once = false;
+        // The last session was a refresh-only poll that completed: the next poll's
+        // routine lines (idle, connecting, connected) go at DEBUG.
+        let mut routine = false;
         let (cfg, store, replica, status) = (&self.session, &self.store, &self.replica, &self.status);
         loop {
             for output in pending.drain(..) {
@@ -72,12 +76,15 @@ impl Supervisor {
                         stop = StopSignal::default();
                         let signal = stop.clone();
                         session =
-                            Some(Box::pin(async move { session::run(cfg, store, replica, status, &signal).await }));
+                            Some(Box::pin(
+                                async move { session::run(cfg, store, replica, status, &signal, routine).await },
+                            ));
                     }
                     Output::StopSession(reason) => stop.stop(reason),
                     Output::SetState(state) => {
                         if status.state() != state {
-                            info!(state = state.as_str(), "agreement state");
+                            let polling = routine && matches!(state, State::Idle | State::Connecting);
+                            info_or_debug!(polling, state = state.as_str(), "agreement state");
                         }
                         status.update(|s| s.state = state);
                     }
@@ -119,6 +126,7 @@ impl Supervisor {
             };
             if let Input::SessionEnded(ended) = &input {
                 Self::record_with(replica, status, ended);
+                routine = ended.refresh_complete;
             }
             pending = machine.step(now(), input, self.jitter.sample());
         }

@@ -75,6 +75,8 @@ pub struct Refresh {
     /// Keeps the changelog above the CSN this refresh reads from (`since` for a delta,
     /// `start` for a scan's catch-up) until `RefreshDone` is queued.
     pin: Option<Pin>,
+    /// Operations and UUIDs queued so far, for the log.
+    sent: u64,
 }
 
 impl Refresh {
@@ -128,6 +130,7 @@ impl Refresh {
                     phase,
                     pending,
                     pin: Some(pin),
+                    sent: 0,
                 });
             }
         }
@@ -154,7 +157,19 @@ impl Refresh {
             RefreshKind::Full | RefreshKind::Present => Phase::Scan { cursor: None },
         };
         let pending = VecDeque::from([Message::RefreshBegin { kind, resumed: false }.into()]);
-        Ok(Self { kind, spec, since, start, end: start, batch_size, resumed: false, phase, pending, pin: Some(pin) })
+        Ok(Self {
+            kind,
+            spec,
+            since,
+            start,
+            end: start,
+            batch_size,
+            resumed: false,
+            phase,
+            pending,
+            pin: Some(pin),
+            sent: 0,
+        })
     }
 
     /// Whether `resume` continues a refresh of this store's own history and of this
@@ -172,6 +187,12 @@ impl Refresh {
     /// The refresh kind chosen.
     pub fn kind(&self) -> RefreshKind {
         self.kind
+    }
+
+    /// Operations (entries, deletes, renames) and present UUIDs queued so far: 0 for a
+    /// delta that found nothing to send.
+    pub fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// The position the consumer will be at after `RefreshDone`.
@@ -265,6 +286,7 @@ impl Refresh {
         }
         self.queue_ops(ops)?;
         if !present.is_empty() {
+            self.sent += present.len() as u64;
             self.pending.push_back(Message::PresentBatch { uuids: present }.into());
         }
         Ok(left)
@@ -273,6 +295,7 @@ impl Refresh {
     /// Queues `ops` as batches of at most [`BATCH_BYTES`] each (one op may exceed it on
     /// its own): a page of large entries must still fit the consumer's frame limit.
     fn queue_ops(&mut self, ops: Vec<EncodedOp>) -> Result<(), StoreError> {
+        self.sent += ops.len() as u64;
         let mut start = 0;
         while start < ops.len() {
             let mut end = start;

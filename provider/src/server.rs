@@ -13,11 +13,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
+use tether_config::info_or_debug;
 use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
 use tether_protocol::foreign::ForeignKind;
 use tether_protocol::handshake::{server_handshake, Admission, HandshakeError};
-use tether_protocol::message::{Hello, Message, Reject, RejectReason, Role};
+use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Reject, RejectReason, Role};
 use tether_protocol::Dn;
 use tether_store::Directory;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::registry::{rfc3339, Registry, SessionInfo};
-use crate::session::{self, ConsumerRequest, SessionParams};
+use crate::session::{self, ConsumerRequest, SessionEnd, SessionParams};
 
 /// Who may connect: agreement secrets and widest bases, and the writer secret.
 #[derive(Debug, Clone, Default)]
@@ -220,7 +221,10 @@ impl Server {
                 let span =
                     info_span!("session", agreement = %req.agreement, session = session_id, consumer = %req.client_id);
                 async {
-                    info!(mode = req.mode.as_str(), cookie = ?req.cookie.map(|c| c.to_string()), "consumer session started");
+                    // A refresh-only consumer connects at every poll: what its session
+                    // sends says whether it was routine (see `session::run`).
+                    let polling = req.mode == Mode::RefreshOnly;
+                    info_or_debug!(polling, mode = req.mode.as_str(), cookie = ?req.cookie.map(|c| c.to_string()), "consumer session started");
                     let info = SessionInfo {
                         session_id,
                         peer: peer.to_string(),
@@ -236,7 +240,8 @@ impl Server {
                     };
                     let reg = self.registry.register(info, &self.shutdown);
                     let end = session::run(self.dir.clone(), reader, writer, req, reg, self.params.session).await;
-                    info!(end = ?end, "consumer session ended");
+                    let routine = polling && end == SessionEnd::Goodbye(GoodbyeReason::RefreshComplete);
+                    info_or_debug!(routine, end = ?end, "consumer session ended");
                 }
                 .instrument(span)
                 .await;

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tether_config::info_or_debug;
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::encoded::EncodedMessage;
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role};
@@ -336,12 +337,22 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         if scan_resume && !refresh.resumed() {
             info!("the interrupted refresh cannot be resumed (changelog trimmed past its start, or another store)");
         }
-        info!(refresh = refresh.kind().as_str(), resumed = refresh.resumed(), "refresh planned");
+        // A poll's delta is routine; a reload (which may take long) is worth saying.
+        let polling = self.req.mode == Mode::RefreshOnly;
+        info_or_debug!(
+            polling && refresh.kind() == RefreshKind::Delta,
+            refresh = refresh.kind().as_str(),
+            resumed = refresh.resumed(),
+            "refresh planned"
+        );
         self.reg.update(|i| i.refresh = Some(refresh.kind().as_str().to_owned()));
         if let Some(end) = self.run_refresh(&mut refresh).await {
             return end;
         }
-        info!(refresh = refresh.kind().as_str(), csn = %refresh.end(), "refresh sent");
+        // The one line a poll that sent something leaves at INFO; an empty one is
+        // routine, and `status` lists when each consumer was last seen.
+        let quiet = polling && refresh.kind() == RefreshKind::Delta && refresh.sent() == 0;
+        info_or_debug!(quiet, refresh = refresh.kind().as_str(), sent = refresh.sent(), csn = %refresh.end(), "refresh sent");
         match self.req.mode {
             Mode::RefreshOnly => SessionEnd::Goodbye(GoodbyeReason::RefreshComplete),
             Mode::RefreshAndPersist => self.run_persist(refresh.end()).await,

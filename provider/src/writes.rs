@@ -182,7 +182,10 @@ pub async fn run<R, W>(
                 let d = dir.clone();
                 let n = group.len();
                 let ids: Vec<u64> = group.iter().map(|(id, _)| *id).collect();
-                let results = match tokio::task::spawn_blocking(move || apply_group(&d, group)).await {
+                // The group's log lines name the client, as the session's do.
+                let span = tracing::Span::current();
+                let results = match tokio::task::spawn_blocking(move || span.in_scope(|| apply_group(&d, group))).await
+                {
                     Ok(results) => results,
                     Err(e) => {
                         warn!(error = %e, writes = n, "write task failed");

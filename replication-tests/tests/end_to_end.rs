@@ -88,6 +88,36 @@ fn refresh_only_consumer_converges_by_polling() -> Result<()> {
     let status = c.agreement_status("people")?;
     assert!(status["refreshes"]["delta"].as_u64().unwrap_or(0) >= 1);
     assert!(status["disconnects"].as_object().is_none_or(|d| d.is_empty()), "polls are not disconnects: {status}");
+    // A poll that brings nothing logs nothing at INFO on either side; one that changes
+    // the replica leaves one line on each. (Not checked when a log level was chosen.)
+    if std::env::var_os("TETHER_CHILD_LOG").is_none() {
+        let polls = |c: &Consumer| -> Result<u64> {
+            Ok(c.agreement_status("people")?["refreshes"]["delta"].as_u64().unwrap_or(0))
+        };
+        // One poll first, so that no line of the polls before is still being written.
+        let first = polls(&c)?;
+        wait_until(CONVERGE, "one more poll", || Ok(polls(&c)? > first))?;
+        let (c_from, p_from, before) = (c.log_text().len(), p.log_text().len(), polls(&c)?);
+        wait_until(CONVERGE, "three more polls", || Ok(polls(&c)? >= before + 3))?;
+        let (c_log, p_log) = (c.log_text()[c_from..].to_owned(), p.log_text()[p_from..].to_owned());
+        assert!(c_log.is_empty(), "empty polls logged on the consumer:\n{c_log}");
+        assert!(p_log.is_empty(), "empty polls logged on the provider:\n{p_log}");
+        let (c_from, p_from) = (c.log_text().len(), p.log_text().len());
+        p.write_ok(&w.changes(1))?;
+        wait_converged(&p, &c, "people", PEOPLE)?;
+        let since = |log: String, from: usize| log[from..].to_owned();
+        wait_until(CONVERGE, "the poll's log lines", || {
+            Ok(since(c.log_text(), c_from).contains("refresh complete")
+                && since(p.log_text(), p_from).contains("refresh sent"))
+        })?;
+        let (c_log, p_log) = (since(c.log_text(), c_from), since(p.log_text(), p_from));
+        let lines = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
+        assert_eq!(lines(&c_log, "refresh complete"), 1, "{c_log}");
+        assert!(c_log.contains("applied=1"), "{c_log}");
+        assert_eq!(lines(&p_log, "refresh sent"), 1, "{p_log}");
+        assert!(p_log.contains("sent=1"), "{p_log}");
+        assert_eq!(lines(&c_log, "connected") + lines(&p_log, "consumer session"), 0, "{c_log}{p_log}");
+    }
     // Between polls no session is open, yet the provider's status says when the
     // consumer last polled and where it stands.
     let known = |p: &Provider| -> Result<serde_json::Value> {
