@@ -5,7 +5,7 @@
 //! store or the file, and what [`Directory::check_new_entry`] checks: objectClass, RDN
 //! values, a size that replicates); only then does the second write, in large transactions through
 //! [`Directory::bulk_add`]. Both passes stream: memory holds a digest of each of the
-//! file's names (to check parents and duplicates, see [`Names`]), a batch, and, for a
+//! file's names (to check parents and duplicates, see `Names`), a batch, and, for a
 //! file that lists an entry before its parent (as
 //! slapcat's output does for an entry moved under a newer one), only those entries,
 //! each written as soon as its parent is. An entry exported by `slapcat` keeps its `entryUUID`; the other
