@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::daemon::Agreements;
+use crate::reason::State;
 use crate::status::ConsumerStatus;
 use crate::supervisor::Command;
 
@@ -66,6 +67,8 @@ pub struct SearchPages {
     after: Option<DnKey>,
     /// The last page was read.
     done: bool,
+    /// Print each entry's `entryUUID` too.
+    uuids: bool,
 }
 
 impl SearchPages {
@@ -94,7 +97,12 @@ impl SearchPages {
                 return Err(format!("{missing} in the replica of {name:?}"));
             }
         }
-        Ok(Self { replica, spec, after: None, done: false })
+        Ok(Self { replica, spec, after: None, done: false, uuids: false })
+    }
+
+    /// Prints each entry's `entryUUID` too (`search --uuids`).
+    pub fn with_uuids(self, uuids: bool) -> Self {
+        Self { uuids, ..self }
     }
 
     /// The LDIF of the next page, `None` once the region is exhausted. Reads the store:
@@ -110,7 +118,7 @@ impl SearchPages {
         self.after = next;
         let mut out = Vec::new();
         for e in &page {
-            ldif::writer::write_entry(&mut out, &e.dn, &e.attrs).map_err(|e| e.to_string())?;
+            ldif::writer::write_search_result(&mut out, e, self.uuids).map_err(|e| e.to_string())?;
         }
         String::from_utf8(out).map(Some).map_err(|e| e.to_string())
     }
@@ -119,6 +127,7 @@ impl SearchPages {
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader).await?;
+    let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply: Result<String, String> = match request {
         ControlRequest::Status { json } => {
             let agreements = ctx.agreements.lock().await;
@@ -133,7 +142,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                 Ok(status.to_text())
             }
         }
-        ControlRequest::Search { agreement, spec } => {
+        ControlRequest::Search { agreement, spec } | ControlRequest::SearchWithUuids { agreement, spec } => {
             let name = match agreement {
                 Some(n) => Ok(n),
                 None => {
@@ -144,12 +153,30 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                     }
                 }
             };
-            let region = match &name {
-                Ok(name) => ctx.agreements.lock().await.get(name).map(|r| r.config.base.clone()),
-                Err(_) => None,
+            let (region, state) = match &name {
+                Ok(name) => ctx
+                    .agreements
+                    .lock()
+                    .await
+                    .get(name)
+                    .map_or((None, None), |r| (Some(r.config.base.clone()), Some(r.status.state()))),
+                Err(_) => (None, None),
             };
+            // A copy to restore from (`--uuids`) must not change while it is printed; a
+            // replica has no changelog to tell afterwards whether it did.
+            let name = name.and_then(|name| match state {
+                Some(state) if uuids && !matches!(state, State::Stopped | State::Closed) => Err(format!(
+                    "--uuids prints a copy to restore from, and the replica of {name:?} changes while it is {}: \
+                     stop the agreement first (tether-consumer stop -c FILE {name}, then start), or stop the consumer",
+                    state.as_str()
+                )),
+                _ => Ok(name),
+            });
             match name.and_then(|name| SearchPages::open(&ctx.store, &name, region.as_ref(), spec)) {
-                Ok(mut pages) => return respond_paged(&mut writer, move || pages.next_page()).await,
+                Ok(pages) => {
+                    let mut pages = pages.with_uuids(uuids);
+                    return respond_paged(&mut writer, move || pages.next_page()).await;
+                }
                 Err(e) => Err(e),
             }
         }

@@ -111,6 +111,10 @@ enum Command {
         /// Attributes to print, comma-separated (objectClass always; default: all).
         #[arg(long, value_delimiter = ',', value_parser = parse_attribute_name)]
         attrs: Vec<String>,
+        /// Print each entry's entryUUID too, as slapcat does: `tether-provider load`
+        /// keeps it, so a provider rebuilt from this replica keeps every entry's identity.
+        #[arg(long)]
+        uuids: bool,
     },
 }
 
@@ -222,7 +226,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
             }
         }
-        Command::Search { config, agreement, base, scope, filter, attrs } => {
+        Command::Search { config, agreement, base, scope, filter, attrs, uuids } => {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, agreement)?;
             let a = config.agreement(&name).context("agreement vanished")?;
@@ -236,13 +240,14 @@ async fn run(cli: Cli) -> Result<()> {
                 filter: filter.parse().with_context(|| format!("--filter {filter:?}"))?,
                 attrs,
             };
-            let request = ControlRequest::Search { agreement: Some(name.clone()), spec: spec.clone() };
+            let request = ControlRequest::search(Some(name.clone()), spec.clone(), uuids);
             if call(&config.control, &request).await? {
                 return Ok(());
             }
             let store = open_offline(&config, Offline::Read)?;
-            let mut pages =
-                control::SearchPages::open(&store, &name, Some(&a.base), spec).map_err(anyhow::Error::msg)?;
+            let mut pages = control::SearchPages::open(&store, &name, Some(&a.base), spec)
+                .map_err(anyhow::Error::msg)?
+                .with_uuids(uuids);
             let mut out = Stdout::lock();
             while let Some(page) = pages.next_page().map_err(anyhow::Error::msg)? {
                 out.write_all(page.as_bytes()).context("writing to standard output")?;

@@ -63,6 +63,27 @@ pub enum ControlRequest {
         /// Give up after this many milliseconds.
         timeout_ms: u64,
     },
+    /// [`ControlRequest::Search`], printing each entry's `entryUUID` too
+    /// (`search --uuids`): a backup that `load` restores with every entry's identity.
+    /// Its own request, added last, so that a process older than it refuses it instead
+    /// of misreading it.
+    SearchWithUuids {
+        /// Consumer only: which agreement's replica (all when `None`).
+        agreement: Option<String>,
+        /// The region.
+        spec: SearchSpec,
+    },
+}
+
+impl ControlRequest {
+    /// The search request for `spec`, with the entries' UUIDs when `uuids`.
+    pub fn search(agreement: Option<String>, spec: SearchSpec, uuids: bool) -> Self {
+        if uuids {
+            Self::SearchWithUuids { agreement, spec }
+        } else {
+            Self::Search { agreement, spec }
+        }
+    }
 }
 
 /// One piece of a reply.

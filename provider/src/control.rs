@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tether_protocol::control::{read_request, respond, respond_paged, respond_text, ControlRequest, ControlResponse};
 use tether_protocol::frame;
-use tether_protocol::{ldif, SearchSpec};
+use tether_protocol::{ldif, Csn, SearchSpec};
 use tether_store::Directory;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -57,20 +57,41 @@ pub fn check_search(dir: &Directory, spec: &SearchSpec) -> Result<(), String> {
     }
 }
 
-/// The LDIF of the page of `spec` after the DN key `after`, and the key the next page
-/// starts after (`None` at the end). Reads the store and renders up to [`SEARCH_CHUNK`]
-/// entries ([`respond_paged`] runs it off the async threads).
+/// Fails if entries of `spec`'s region were added, deleted or renamed after `since`,
+/// while the region was printed page by page: the output may then miss an entry, hold
+/// one twice or hold one without its parent, and a backup must not look whole when it
+/// may not be. (A modification leaves each entry printed once, as it was at some moment
+/// of the run.)
+fn reshaped_while_printed(dir: &Directory, spec: &SearchSpec, since: Csn) -> Result<(), String> {
+    match dir.reshaped_since(since, spec) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!(
+            "{} of this region {} added, deleted or renamed while it was printed (after csn {since}), so \
+             the output may miss an entry or hold one twice: it is not a copy to restore from. Run it again when \
+             fewer writes come, or with the provider stopped (it then reads the store as it is)",
+            if n == 1 { "1 entry".to_owned() } else { format!("{n} entries") },
+            if n == 1 { "was" } else { "were" },
+        )),
+        Err(e) => Err(format!("checking the changes made while printing: {e}")),
+    }
+}
+
+/// The LDIF of the page of `spec` after the DN key `after` (with each entry's UUID when
+/// `uuids`), and the key the next page starts after (`None` at the end). Reads the store
+/// and renders up to [`SEARCH_CHUNK`] entries ([`respond_paged`] runs it off the async
+/// threads).
 fn search_page_text(
     dir: &Directory,
     spec: &SearchSpec,
     after: Option<&[u8]>,
+    uuids: bool,
 ) -> Result<(String, Option<Vec<u8>>), String> {
     let (page, next) =
         dir.failure().observe(dir.entries().search_page(spec, after, SEARCH_CHUNK)).map_err(|e| e.to_string())?;
     let mut text = Vec::new();
     for e in &page {
         // Writing to a Vec cannot fail.
-        let _ = ldif::writer::write_entry(&mut text, &e.dn, &e.attrs);
+        let _ = ldif::writer::write_search_result(&mut text, e, uuids);
     }
     Ok((String::from_utf8_lossy(&text).into_owned(), next))
 }
@@ -78,6 +99,7 @@ fn search_page_text(
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader).await?;
+    let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply = match request {
         ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, true) {
             Ok(status) if json => {
@@ -89,16 +111,22 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
                 Err(e.to_string())
             }
         },
-        ControlRequest::Search { spec, .. } => {
+        ControlRequest::Search { spec, .. } | ControlRequest::SearchWithUuids { spec, .. } => {
             if let Err(e) = check_search(&ctx.dir, &spec) {
                 return respond(&mut writer, &ControlResponse::Error(e)).await;
             }
             let (dir, mut after, mut done) = (ctx.dir.clone(), None, false);
+            // A backup (`--uuids`) must be a copy `load` can restore: the pin keeps the
+            // changes made while it is printed in the changelog, to be checked after.
+            let mut pin = uuids.then(|| ctx.dir.pin_current());
             let next_page = move || {
                 if done {
-                    return Ok(None);
+                    return match pin.take() {
+                        Some(pin) => reshaped_while_printed(&dir, &spec, pin.csn()).map(|()| None),
+                        None => Ok(None),
+                    };
                 }
-                let (text, next) = search_page_text(&dir, &spec, after.as_deref())?;
+                let (text, next) = search_page_text(&dir, &spec, after.as_deref(), uuids)?;
                 done = next.is_none();
                 after = next;
                 Ok(Some(text))

@@ -81,6 +81,10 @@ enum Command {
         /// same list as an agreement's `attrs` prints what its replica should hold.
         #[arg(long, value_delimiter = ',', value_parser = parse_attribute_name)]
         attrs: Vec<String>,
+        /// Print each entry's entryUUID too, as slapcat does: `load` keeps it, so a
+        /// backup printed with it restores every entry with the same identity.
+        #[arg(long)]
+        uuids: bool,
     },
     /// Show the provider's state and its consumers.
     Status {
@@ -180,15 +184,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Search { config, base, scope, filter, attrs } => {
+        Command::Search { config, base, scope, filter, attrs, uuids } => {
             let config = ProviderConfig::load(&config)?;
             let spec = spec(&config, base.as_deref(), &scope, &filter, attrs)?;
-            let request = ControlRequest::Search { agreement: None, spec: spec.clone() };
+            let request = ControlRequest::search(None, spec.clone(), uuids);
             if client::control_call(&config.control, &request).await?.is_some() {
                 return Ok(());
             }
             let dir = open_offline(&config, Offline::Read)?;
-            print_search(&dir, &spec)
+            print_search(&dir, &spec, uuids)
         }
         Command::Status { config, json } => {
             let config = ProviderConfig::load(&config)?;
@@ -207,13 +211,13 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn print_search(dir: &Directory, spec: &SearchSpec) -> Result<()> {
+fn print_search(dir: &Directory, spec: &SearchSpec, uuids: bool) -> Result<()> {
     use std::io::Write;
     tether_provider::control::check_search(dir, spec).map_err(anyhow::Error::msg)?;
     let mut out = Stdout::lock();
     for entry in dir.search(spec) {
         let entry = entry?;
-        tether_protocol::ldif::writer::write_entry(&mut out, &entry.dn, &entry.attrs)
+        tether_protocol::ldif::writer::write_search_result(&mut out, &entry, uuids)
             .context("writing to standard output")?;
     }
     out.flush().context("writing to standard output")

@@ -384,6 +384,15 @@ impl Provider {
         })
     }
 
+    /// `search` with these arguments (`--uuids`, ...) after `-c`.
+    pub fn search_args(&self, args: &[&str]) -> Result<String> {
+        run_ok({
+            let mut c = self.cmd("search")?;
+            c.args(args);
+            c
+        })
+    }
+
     /// `status --json`.
     pub fn status(&self) -> Result<serde_json::Value> {
         let text = run_ok({
@@ -618,6 +627,15 @@ impl Consumer {
         run_ok({
             let mut c = self.cmd("search")?;
             c.args(["--agreement", agreement, "--base", base, "--scope", scope, "--filter", filter]);
+            c
+        })
+    }
+
+    /// `search` with these arguments (`--agreement NAME --uuids`, ...) after `-c`.
+    pub fn search_args(&self, args: &[&str]) -> Result<String> {
+        run_ok({
+            let mut c = self.cmd("search")?;
+            c.args(args);
             c
         })
     }

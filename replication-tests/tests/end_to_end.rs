@@ -974,6 +974,81 @@ fn load_and_write_read_standard_input_when_the_file_is_a_dash() -> Result<()> {
     Ok(())
 }
 
+/// `search --uuids` prints each entry's entryUUID, as slapcat does, and `load` keeps it:
+/// a backup printed from the running provider restores every entry as the same entry
+/// (identical output from the restored store), and a consumer's replica prints the same
+/// identities, so a provider whose store is lost for good can be rebuilt from a replica
+/// with them. Neither passes off as a copy to restore from what may not be one: the
+/// provider's search fails if entries were added, deleted or renamed while it printed,
+/// and the consumer's refuses a replica its agreement is still changing.
+#[test]
+fn a_backup_printed_with_uuids_restores_every_entry_as_the_same_entry() -> Result<()> {
+    use tether_protocol::control::{ControlRequest, ControlResponse};
+    use tether_protocol::{codec, frame, scope::SearchSpec, Dn};
+    let tmp = tempfile::tempdir()?;
+    // Enough entries that a search's output outgrows the control socket's buffers.
+    let (p, mut w) = provider_with(tmp.path(), 3000, 26, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    // Entries written through the provider, not only loaded, get their UUIDs there.
+    p.write_ok(&w.changes(50))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    let backup = p.search_args(&["--uuids"])?;
+    let dns = backup.lines().filter(|l| l.starts_with("dn:")).count();
+    let uuids = |ldif: &str| -> Vec<(String, String)> {
+        ldif.split("\n\n")
+            .filter_map(|r| {
+                let dn = r.lines().find_map(|l| l.strip_prefix("dn: "))?;
+                let uuid = r.lines().last()?.strip_prefix("entryUUID: ")?;
+                Some((dn.to_owned(), uuid.to_owned()))
+            })
+            .collect()
+    };
+    assert_eq!(uuids(&backup).len(), dns, "each entry ends with its entryUUID");
+    assert!(!p.search(SUFFIX, "subtree", ALL)?.contains("entryUUID"), "only with --uuids");
+
+    let restored = Provider::configure(&tmp.path().join("restored"), &ProviderOptions::default())?;
+    let (ok, _, report) = provider_from_stdin(&restored.config, "load", &backup)?;
+    assert!(ok && report.contains(&format!("{dns} kept the entryUUID the file gave them")), "{report}");
+    assert_eq!(restored.search_args(&["--uuids"])?, backup, "the restored store prints the backup");
+
+    let err = c.search_args(&["--agreement", "people", "--uuids"]).expect_err("persisting").to_string();
+    assert!(err.contains("changes while it is persisting: stop the agreement first"), "{err}");
+    c.admin("stop", Some("people"))?;
+    let replica = c.search_args(&["--agreement", "people", "--uuids"])?;
+    let of_provider: std::collections::HashMap<_, _> = uuids(&backup).into_iter().collect();
+    let of_replica = uuids(&replica);
+    assert_eq!(of_replica.len(), replica.lines().filter(|l| l.starts_with("dn:")).count());
+    assert!(of_replica.len() > 100, "{}", of_replica.len());
+    for (dn, uuid) in &of_replica {
+        assert_eq!(of_provider.get(dn), Some(uuid), "{dn}");
+    }
+    assert!(c.stop()?.success());
+    assert_eq!(c.search_args(&["--agreement", "people", "--uuids"])?, replica, "offline, the same");
+
+    // An entry added while the provider's search is under way (its reader holds back,
+    // so the provider waits on a full socket): the output ends in an error.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stream = std::os::unix::net::UnixStream::connect(p.dir.join("ctl.sock"))?;
+    stream.set_nonblocking(true)?;
+    let (mut reader, mut writer) =
+        rt.block_on(async { anyhow::Ok(frame::split(tokio::net::UnixStream::from_std(stream)?)) })?;
+    let request = ControlRequest::search(None, SearchSpec::subtree(Dn::parse(SUFFIX)?), true);
+    rt.block_on(writer.write_frame(&codec::encode(&request)?))?;
+    let first = rt.block_on(reader.read_frame())?.context("a first page")?;
+    assert!(matches!(codec::decode(&first)?, ControlResponse::Output(_)));
+    p.write_ok(&format!("dn: uid=during-backup,{PEOPLE}\nobjectClass: person\nuid: during-backup\ncn: d\nsn: d\n"))?;
+    let last = loop {
+        let frame = rt.block_on(reader.read_frame())?.context("the end of the reply")?;
+        match codec::decode(&frame)? {
+            ControlResponse::Output(_) => continue,
+            other => break other,
+        }
+    };
+    let ControlResponse::Error(last) = last else { anyhow::bail!("a backup that may be torn succeeded: {last:?}") };
+    assert!(last.contains("1 entry of this region was added, deleted or renamed while it was printed"), "{last}");
+    Ok(())
+}
+
 #[test]
 fn a_search_whose_base_names_no_entry_says_so_and_where_the_name_went_wrong() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -21,7 +21,7 @@ use tether_protocol::{
 };
 use tokio::sync::watch;
 
-use crate::changelog::{ChangeRecord, Changelog, RetentionPolicy, TrimReport};
+use crate::changelog::{ChangeKind, ChangeRecord, Changelog, RetentionPolicy, TrimReport};
 use crate::durability::GroupCommit;
 use crate::entry_set::{EntrySet, TxEntrySet};
 use crate::error::{Refusal, Result, StoreError};
@@ -631,6 +631,20 @@ impl Directory {
             Some(v) => Csn(u64_from(names::META, &v)?),
             None => Csn::ZERO,
         })
+    }
+
+    /// How many adds, deletes and renames touching `spec`'s region were committed after
+    /// `after` (hold a [`Pin`] at `after`, so that none is trimmed meanwhile). Those are
+    /// what can leave a paged read of the region (a running provider's `search`) with an
+    /// entry missing, printed twice, or printed without its parent; a modification
+    /// cannot, since each entry is read once, whole.
+    pub fn reshaped_since(&self, after: Csn, spec: &SearchSpec) -> Result<usize> {
+        let mut reshaped = 0;
+        for record in self.changelog().records(after, Csn(u64::MAX)) {
+            let record = record?;
+            reshaped += usize::from(record.kind != ChangeKind::Modify && record.touches(spec));
+        }
+        Ok(reshaped)
     }
 
     /// Entries in `spec`'s region, in tree order.

@@ -299,3 +299,26 @@ fn a_store_of_the_other_kind_is_refused_and_left_as_it_was() {
     assert_eq!((d.store_id(), d.durable_csn(), d.entries().len()), (id, last, entries));
     assert_eq!(reopen_replicas(consumer_dir.path()).names().unwrap(), vec!["people".to_owned()]);
 }
+
+/// What a paged read of a region (`search --uuids`) must be told of: adds, deletes and
+/// renames touching the region after the pinned CSN, a rename out of it included;
+/// neither a modification nor a change elsewhere.
+#[test]
+fn reshaped_since_counts_adds_deletes_and_renames_touching_the_region() {
+    let (_tmp, d) = open();
+    let people = SearchSpec::subtree(dn("ou=people,dc=example,dc=com"));
+    let ann = "uid=ann,ou=people,dc=example,dc=com";
+    let pin = d.pin_current();
+    let since = pin.csn();
+    d.write(&modify(ann, ModOp::Replace, "cn", &["Ann"])).unwrap();
+    d.write(&add_person("uid=gus,ou=groups,dc=example,dc=com")).unwrap();
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), 0, "a modification, and an add elsewhere");
+    d.write(&add_person("uid=bob,ou=people,dc=example,dc=com")).unwrap();
+    d.write(&delete("uid=bob,ou=people,dc=example,dc=com")).unwrap();
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), 2);
+    d.write(&moddn(ann, "uid=ann", Some("ou=groups,dc=example,dc=com"))).unwrap();
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), 3, "a move out of the region");
+    let groups = SearchSpec::subtree(dn("ou=groups,dc=example,dc=com"));
+    assert_eq!(d.reshaped_since(since, &groups).unwrap(), 2, "an add and a move into the region");
+    assert_eq!(d.reshaped_since(d.durable_csn(), &people).unwrap(), 0, "nothing after the last change");
+}

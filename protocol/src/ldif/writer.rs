@@ -22,7 +22,7 @@ use base64::Engine;
 use super::{keyword, LdifRecord};
 use crate::change::{Change, ModOp};
 use crate::dn::Dn;
-use crate::entry::{check_attribute_name, Attribute, Attributes, Entry};
+use crate::entry::{check_attribute_name, Attribute, Attributes, Entry, EntryUuid};
 
 /// Widest line written, in bytes (all output is ASCII, so also in columns); longer lines
 /// are folded. 76 is what OpenLDAP's tools write.
@@ -65,6 +65,23 @@ pub fn is_safe_string(value: &[u8]) -> bool {
 /// are named like LDIF keywords with a `changetype` among them: no reader can take
 /// either for an entry.
 pub fn write_entry<W: Write + ?Sized>(out: &mut W, dn: &Dn, attrs: &Attributes) -> io::Result<()> {
+    write_entry_record(out, dn, attrs, None)
+}
+
+/// What `search` prints for one entry: [`write_entry`], and with `uuids` the entry's
+/// `entryUUID` as its last line, where `slapcat` puts the attributes its server
+/// maintains. `tether-provider load` keeps that as the entry's identity, so a backup
+/// printed with it restores every entry as the same entry.
+pub fn write_search_result<W: Write + ?Sized>(out: &mut W, entry: &Entry, uuids: bool) -> io::Result<()> {
+    write_entry_record(out, &entry.dn, &entry.attrs, uuids.then_some(&entry.uuid))
+}
+
+fn write_entry_record<W: Write + ?Sized>(
+    out: &mut W,
+    dn: &Dn,
+    attrs: &Attributes,
+    uuid: Option<&EntryUuid>,
+) -> io::Result<()> {
     no_attributes_check(dn, attrs)?;
     let is_keyword = |name: &str| KEYWORD_NAMES.iter().any(|k| name.eq_ignore_ascii_case(k));
     let (keywords, others): (Vec<&Attribute>, Vec<&Attribute>) =
@@ -77,8 +94,14 @@ pub fn write_entry<W: Write + ?Sized>(out: &mut W, dn: &Dn, attrs: &Attributes) 
     }
     let mut record = Record::new(dn);
     record.attributes(others.into_iter().chain(keywords));
+    if let Some(uuid) = uuid {
+        record.line(ENTRY_UUID_NAME, uuid.to_string().as_bytes());
+    }
     record.finish(out)
 }
+
+/// How `entryUUID` is spelled in what `search --uuids` prints (RFC 4530's spelling).
+const ENTRY_UUID_NAME: &str = "entryUUID";
 
 /// Writes entries as content records in tree order (whatever order they are given in),
 /// the canonical form `search` prints. Only DN and attributes are written.
@@ -257,6 +280,39 @@ mod tests {
         {
             assert!(!is_safe_string(unsafe_), "{unsafe_:?}");
         }
+    }
+
+    /// `search --uuids`: the entryUUID comes last, as slapcat prints it, and reads back
+    /// as the entry's identity (what `load` keeps).
+    #[test]
+    fn a_search_result_with_its_uuid_reads_back_with_that_identity() {
+        let uuid: crate::entry::EntryUuid = "0190b5a2-6c1e-7d3a-9f2b-4c8d1e2f3a4b".parse().unwrap();
+        let entry = Entry {
+            dn: dn("cn=Babs,dc=example,dc=com"),
+            uuid,
+            csn: crate::csn::Csn(7),
+            attrs: attrs(&[("sn", b"Jensen"), ("objectClass", b"person"), ("cn", b"Babs")]),
+        };
+        let text = |uuids| {
+            let mut out = Vec::new();
+            write_search_result(&mut out, &entry, uuids).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(false), entry_text(&entry.dn, &entry.attrs));
+        let with = text(true);
+        assert_eq!(
+            with,
+            "dn: cn=Babs,dc=example,dc=com\n\
+             objectClass: person\n\
+             cn: Babs\n\
+             sn: Jensen\n\
+             entryUUID: 0190b5a2-6c1e-7d3a-9f2b-4c8d1e2f3a4b\n\
+             \n"
+        );
+        let [record] = crate::ldif::reader::parse_str(&with).unwrap().try_into().unwrap();
+        let Change::Add { mut attrs, .. } = record.into_change() else { panic!("a content record") };
+        assert_eq!(attrs.take_operational().unwrap().uuid, Some(uuid));
+        assert_eq!(attrs, entry.attrs);
     }
 
     #[test]
