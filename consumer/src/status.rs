@@ -34,6 +34,10 @@ pub struct AgreementStatus {
     /// agreement recovers, as the latest failure; its time tells a failure of a minute
     /// ago from one of last week on an agreement that has been `persisting` since.
     pub last_error_at: Option<String>,
+    /// While the agreement waits (`idle` between polls, `backoff` after a failure): when
+    /// it connects next (RFC 3339, this machine's clock). An operator looking at a
+    /// `backoff` otherwise cannot tell a retry in a second from one in a minute.
+    pub next_attempt_at: Option<String>,
     /// Connections attempted after the first.
     pub reconnects: u64,
     /// Disconnects by reason.
@@ -94,6 +98,7 @@ impl StatusHandle {
                 last_disconnect: None,
                 last_error: None,
                 last_error_at: None,
+                next_attempt_at: None,
                 reconnects: 0,
                 disconnects: BTreeMap::new(),
                 lag_changes: 0,
@@ -200,6 +205,10 @@ impl ConsumerStatus {
                 a.last_disconnect.map_or("-", Reason::as_str),
                 a.cookie.as_deref().unwrap_or("-"),
             ));
+            if let Some(at) = &a.next_attempt_at {
+                let next = if a.state == State::Idle { "poll" } else { "attempt" };
+                out.push_str(&format!("  next {next} at {at}\n"));
+            }
             if let Some(e) = &a.last_error {
                 out.push_str(&format!("  last error at {}: {e}\n", a.last_error_at.as_deref().unwrap_or("-")));
             }
@@ -276,6 +285,21 @@ mod tests {
         assert!(humantime::parse_rfc3339(&at).is_ok(), "{at}");
         let text = ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
         assert!(text.contains(&format!("  last error at {at}: connection-lost: connect")), "{text}");
+    }
+
+    #[test]
+    fn a_waiting_agreement_says_when_it_connects_next() {
+        let h = StatusHandle::new("groups", "127.0.0.1:7389", "refresh-only");
+        let at = "2026-12-01T22:30:00Z";
+        let table = |state| {
+            h.update(|s| {
+                s.state = state;
+                s.next_attempt_at = Some(at.into());
+            });
+            ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text()
+        };
+        assert!(table(State::Idle).contains(&format!("\n  next poll at {at}\n")));
+        assert!(table(State::Backoff).contains(&format!("\n  next attempt at {at}\n")));
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Supervision {
     fn start(&mut self, now: Instant, out: &mut Vec<Output>) {
         self.session_started = Some(now);
         self.state = State::Connecting;
-        out.extend([Output::Wait(None), Output::SetState(State::Connecting), Output::StartSession]);
+        out.extend([Output::SetState(State::Connecting), Output::Wait(None), Output::StartSession]);
     }
 
     fn settle(&mut self, state: State, out: &mut Vec<Output>) {
@@ -190,10 +190,12 @@ impl Supervision {
         if ended.connected && now.duration_since(started) >= HEALTHY_AFTER {
             self.reset();
         }
+        // The timer first: status then never shows a waiting state without the time it
+        // waits for.
         if ended.refresh_complete {
             self.reset();
-            self.settle(State::Idle, out);
-            return out.push(Output::Wait(Some(self.interval)));
+            out.push(Output::Wait(Some(self.interval)));
+            return self.settle(State::Idle, out);
         }
         if ended.goodbye == Some(GoodbyeReason::CredentialsRevoked) {
             // The provider's detail says what changed on its side (the grant removed,
@@ -221,8 +223,8 @@ impl Supervision {
         let gave_up = self.give_up_after.is_some_and(|limit| now.duration_since(failing) >= limit);
         match delay.filter(|_| !gave_up) {
             Some(delay) => {
-                self.settle(State::Backoff, out);
                 out.push(Output::Wait(Some(delay)));
+                self.settle(State::Backoff, out);
             }
             None => {
                 out.push(Output::GaveUp(format!("retry schedule exhausted after: {}", ended.detail)));

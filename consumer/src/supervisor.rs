@@ -86,9 +86,23 @@ impl Supervisor {
                             let polling = routine && matches!(state, State::Idle | State::Connecting);
                             info_or_debug!(polling, state = state.as_str(), "agreement state");
                         }
-                        status.update(|s| s.state = state);
+                        // Leaving the waiting states ends the wait, in the same update:
+                        // status never shows a waiting state without its time.
+                        let waits = matches!(state, State::Idle | State::Backoff);
+                        status.update(|s| {
+                            s.state = state;
+                            if !waits {
+                                s.next_attempt_at = None;
+                            }
+                        });
                     }
-                    Output::Wait(d) => deadline = d.map(|d| tokio::time::Instant::now() + d),
+                    Output::Wait(d) => {
+                        deadline = d.map(|d| tokio::time::Instant::now() + d);
+                        if let Some(d) = d {
+                            let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + d).to_string();
+                            status.update(|s| s.next_attempt_at = Some(at));
+                        }
+                    }
                     Output::PersistStopped(flag) => {
                         if let Err(e) = replica.set_admin_stopped(flag) {
                             error!(error = %e, "could not record the agreement's stopped flag");

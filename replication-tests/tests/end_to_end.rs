@@ -87,6 +87,9 @@ fn refresh_only_consumer_converges_by_polling() -> Result<()> {
     wait_until(CONVERGE, "a delta poll", || Ok(last_refresh(&c, "people")? == "delta"))?;
     let status = c.agreement_status("people")?;
     assert!(status["refreshes"]["delta"].as_u64().unwrap_or(0) >= 1);
+    // Between polls, status says when the next one is.
+    let idle = c.wait_status("people", CONVERGE, "an idle agreement", |s| s["state"] == "idle")?;
+    assert!(idle["next_attempt_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{idle}");
     assert!(status["disconnects"].as_object().is_none_or(|d| d.is_empty()), "polls are not disconnects: {status}");
     // A poll that brings nothing logs nothing at INFO on either side; one that changes
     // the replica leaves one line on each. (Not checked when a log level was chosen.)
@@ -438,6 +441,10 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
         s["last_error"].as_str().is_some_and(|e| e.contains("empty-store"))
     })?;
     assert_eq!(s["state"], "backoff", "{s}");
+    // Backing off at the longest delay (the default schedule's 200ms): the next attempt
+    // is not before the error.
+    let (next, error) = (s["next_attempt_at"].as_str(), s["last_error_at"].as_str());
+    assert!(next.zip(error).is_some_and(|(next, error)| next.ends_with('Z') && next >= error), "{s}");
     assert!(s["last_error"].as_str().is_some_and(|e| e.contains("is the provider's data_dir mistyped")), "{s}");
     assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, held, "the replica is as it was");
     assert!(p.log_text().contains("not emptying it"), "the provider says why");
