@@ -64,8 +64,12 @@ pub fn check_search(dir: &Directory, spec: &SearchSpec) -> Result<(), String> {
 /// of the run.)
 fn reshaped_while_printed(dir: &Directory, spec: &SearchSpec, since: Csn) -> Result<(), String> {
     match dir.reshaped_since(since, spec) {
-        Ok(0) => Ok(()),
-        Ok(n) => Err(format!(
+        Ok(Some(0)) => Ok(()),
+        Ok(None) => Err(format!(
+            "the changelog was trimmed past csn {since} while this region was printed, so whether entries were \
+             added, deleted or renamed meanwhile cannot be told: run it again, or with the provider stopped"
+        )),
+        Ok(Some(n)) => Err(format!(
             "{} of this region {} added, deleted or renamed while it was printed (after csn {since}), so \
              the output may miss an entry or hold one twice: it is not a copy to restore from. Run it again when \
              fewer writes come, or with the provider stopped (it then reads the store as it is)",
@@ -116,13 +120,13 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
                 return respond(&mut writer, &ControlResponse::Error(e)).await;
             }
             let (dir, mut after, mut done) = (ctx.dir.clone(), None, false);
-            // A backup (`--uuids`) must be a copy `load` can restore: the pin keeps the
-            // changes made while it is printed in the changelog, to be checked after.
-            let mut pin = uuids.then(|| ctx.dir.pin_current());
+            // A backup (`--uuids`) must be a copy `load` can restore: the changes made
+            // while it is printed are checked after, in the changelog.
+            let mut since = uuids.then(|| ctx.dir.durable_csn());
             let next_page = move || {
                 if done {
-                    return match pin.take() {
-                        Some(pin) => reshaped_while_printed(&dir, &spec, pin.csn()).map(|()| None),
+                    return match since.take() {
+                        Some(since) => reshaped_while_printed(&dir, &spec, since).map(|()| None),
                         None => Ok(None),
                     };
                 }

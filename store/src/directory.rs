@@ -634,17 +634,20 @@ impl Directory {
     }
 
     /// How many adds, deletes and renames touching `spec`'s region were committed after
-    /// `after` (hold a [`Pin`] at `after`, so that none is trimmed meanwhile). Those are
-    /// what can leave a paged read of the region (a running provider's `search`) with an
-    /// entry missing, printed twice, or printed without its parent; a modification
-    /// cannot, since each entry is read once, whole.
-    pub fn reshaped_since(&self, after: Csn, spec: &SearchSpec) -> Result<usize> {
+    /// `after`; `None` if retention has trimmed the changelog past `after`, so that this
+    /// cannot be told. Those changes are what can leave a paged read of the region (a
+    /// running provider's `search`) with an entry missing, printed twice, or printed
+    /// without its parent; a modification cannot, since each entry is read once, whole.
+    /// (No [`Pin`]: a reader that stalls for days would hold trimming back as long.)
+    pub fn reshaped_since(&self, after: Csn, spec: &SearchSpec) -> Result<Option<usize>> {
         let mut reshaped = 0;
         for record in self.changelog().records(after, Csn(u64::MAX)) {
             let record = record?;
             reshaped += usize::from(record.kind != ChangeKind::Modify && record.touches(spec));
         }
-        Ok(reshaped)
+        // Checked after reading: a floor still at or below `after` means that nothing
+        // the read needed had been trimmed.
+        Ok((self.floor()? <= after).then_some(reshaped))
     }
 
     /// Entries in `spec`'s region, in tree order.

@@ -301,24 +301,32 @@ fn a_store_of_the_other_kind_is_refused_and_left_as_it_was() {
 }
 
 /// What a paged read of a region (`search --uuids`) must be told of: adds, deletes and
-/// renames touching the region after the pinned CSN, a rename out of it included;
-/// neither a modification nor a change elsewhere.
+/// renames touching the region after a CSN, a rename out of it included; neither a
+/// modification nor a change elsewhere; and that it cannot be told once retention
+/// trimmed the changelog past that CSN.
 #[test]
 fn reshaped_since_counts_adds_deletes_and_renames_touching_the_region() {
     let (_tmp, d) = open();
     let people = SearchSpec::subtree(dn("ou=people,dc=example,dc=com"));
     let ann = "uid=ann,ou=people,dc=example,dc=com";
-    let pin = d.pin_current();
-    let since = pin.csn();
+    let since = d.durable_csn();
     d.write(&modify(ann, ModOp::Replace, "cn", &["Ann"])).unwrap();
     d.write(&add_person("uid=gus,ou=groups,dc=example,dc=com")).unwrap();
-    assert_eq!(d.reshaped_since(since, &people).unwrap(), 0, "a modification, and an add elsewhere");
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), Some(0), "a modification, and an add elsewhere");
     d.write(&add_person("uid=bob,ou=people,dc=example,dc=com")).unwrap();
     d.write(&delete("uid=bob,ou=people,dc=example,dc=com")).unwrap();
-    assert_eq!(d.reshaped_since(since, &people).unwrap(), 2);
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), Some(2));
     d.write(&moddn(ann, "uid=ann", Some("ou=groups,dc=example,dc=com"))).unwrap();
-    assert_eq!(d.reshaped_since(since, &people).unwrap(), 3, "a move out of the region");
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), Some(3), "a move out of the region");
     let groups = SearchSpec::subtree(dn("ou=groups,dc=example,dc=com"));
-    assert_eq!(d.reshaped_since(since, &groups).unwrap(), 2, "an add and a move into the region");
-    assert_eq!(d.reshaped_since(d.durable_csn(), &people).unwrap(), 0, "nothing after the last change");
+    assert_eq!(d.reshaped_since(since, &groups).unwrap(), Some(2), "an add and a move into the region");
+    assert_eq!(d.reshaped_since(d.durable_csn(), &people).unwrap(), Some(0), "nothing after the last change");
+    // Retention trimmed past the start: whether the region changed cannot be told.
+    let policy = tether_store::RetentionPolicy {
+        max_changes: Some(1),
+        max_age: None,
+        hold_for_consumers: std::time::Duration::from_secs(60),
+    };
+    d.trim(&policy, u64::MAX / 2).unwrap();
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), None);
 }
