@@ -64,6 +64,8 @@ impl Supervisor {
         // The last session was a refresh-only poll that completed: the next poll's
         // routine lines (idle, connecting, connected) go at DEBUG.
         let mut routine = false;
+        // The delay of the last timer set, for the log.
+        let mut waiting: Option<Duration> = None;
         let (cfg, store, replica, status) = (&self.session, &self.store, &self.replica, &self.status);
         loop {
             for output in pending.drain(..) {
@@ -82,9 +84,20 @@ impl Supervisor {
                     }
                     Output::StopSession(reason) => stop.stop(reason),
                     Output::SetState(state) => {
-                        if status.state() != state {
-                            let polling = routine && matches!(state, State::Idle | State::Connecting);
-                            info_or_debug!(polling, state = state.as_str(), "agreement state");
+                        let from = status.state();
+                        if state == State::Backoff {
+                            // The timer was set just before: say when the next attempt is.
+                            let retry_in = Duration::from_millis(waiting.map_or(0, |d| d.as_millis() as u64));
+                            info!(state = state.as_str(), retry_in = %humantime::format_duration(retry_in), "agreement state");
+                        } else if from != state {
+                            // A poll's idle and reconnect are routine, and so is the
+                            // reconnect a backoff announced.
+                            let quiet = match state {
+                                State::Idle => routine,
+                                State::Connecting => from == State::Backoff || (routine && from == State::Idle),
+                                _ => false,
+                            };
+                            info_or_debug!(quiet, state = state.as_str(), "agreement state");
                         }
                         // Leaving the waiting states ends the wait, in the same update:
                         // status never shows a waiting state without its time.
@@ -97,6 +110,7 @@ impl Supervisor {
                         });
                     }
                     Output::Wait(d) => {
+                        waiting = d;
                         deadline = d.map(|d| tokio::time::Instant::now() + d);
                         if let Some(d) = d {
                             let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + d).to_string();
