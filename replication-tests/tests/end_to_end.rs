@@ -445,6 +445,7 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
     // is not before the error.
     let (next, error) = (s["next_attempt_at"].as_str(), s["last_error_at"].as_str());
     assert!(next.zip(error).is_some_and(|(next, error)| next.ends_with('Z') && next >= error), "{s}");
+    assert!(c.log_text().contains("state=\"backoff\" retry_in="), "the log says when: {}", c.log_text());
     assert!(s["last_error"].as_str().is_some_and(|e| e.contains("is the provider's data_dir mistyped")), "{s}");
     assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, held, "the replica is as it was");
     assert!(p.log_text().contains("not emptying it"), "the provider says why");
@@ -966,6 +967,10 @@ fn load_and_write_read_standard_input_when_the_file_is_a_dash() -> Result<()> {
     let change = format!("dn: {dn}\nchangetype: modify\nreplace: description\ndescription: from stdin\n");
     let (ok, csn, err) = provider_from_stdin(&p.config, "write", &change)?;
     assert!(ok && csn.trim().parse::<u64>().is_ok() && err.contains("1 record applied"), "{csn} {err}");
+    // The provider's access log line names the write client, as its session's do.
+    let log = p.log_text();
+    let committed = log.lines().find(|l| l.contains("write committed")).context("a logged write")?;
+    assert!(committed.contains("session{agreement=\"writer\"") && committed.contains("client="), "{committed}");
     let uid = dn.split(',').next().context("rdn")?;
     assert!(p.search(SUFFIX, "subtree", &format!("({uid})"))?.contains("description: from stdin"));
     // A malformed record anywhere sends nothing: the input is read through once first.
