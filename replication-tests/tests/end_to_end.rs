@@ -164,6 +164,28 @@ fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     Ok(())
 }
 
+/// The two halves of a control connection, as the command-line clients hold them.
+type ControlConnection = (
+    tether_protocol::frame::FrameReader<tokio::io::ReadHalf<tokio::net::UnixStream>>,
+    tether_protocol::frame::FrameWriter<tokio::io::WriteHalf<tokio::net::UnixStream>>,
+);
+
+/// Sends `request` on a new connection to the control socket at `socket`, reading nothing
+/// back yet: the test reads the reply at its own pace, or not at all.
+fn send_control(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+    request: &tether_protocol::control::ControlRequest,
+) -> Result<ControlConnection> {
+    use tether_protocol::{codec, frame};
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_nonblocking(true)?;
+    let (reader, mut writer) =
+        rt.block_on(async { anyhow::Ok(frame::split(tokio::net::UnixStream::from_std(stream)?)) })?;
+    rt.block_on(writer.write_frame(&codec::encode(request)?))?;
+    Ok((reader, writer))
+}
+
 /// Neither process waits at its shutdown for a control request whose client stopped
 /// reading, as a `search` into a pager does (one held that consumer up for good, past its
 /// `shutdown_timeout`), and a `wait` open at the consumer's shutdown is answered with
@@ -171,21 +193,13 @@ fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
 #[test]
 fn open_control_requests_do_not_hold_up_either_process_at_shutdown() -> Result<()> {
     use tether_protocol::control::{ControlRequest, ControlResponse};
-    use tether_protocol::{codec, frame, scope::SearchSpec, Dn};
+    use tether_protocol::{codec, scope::SearchSpec, Dn};
     let tmp = tempfile::tempdir()?;
     // Enough entries that a search's output fills the socket's buffer.
     let (mut p, _w) = provider_with(tmp.path(), 3000, 23, ProviderOptions::default())?;
     let mut c = people_consumer(tmp.path(), &p)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    // Sends `request` on a new connection to `socket`, reading nothing back yet.
-    let send = |socket: &Path, request: &ControlRequest| -> Result<_> {
-        let stream = std::os::unix::net::UnixStream::connect(socket)?;
-        stream.set_nonblocking(true)?;
-        let (reader, mut writer) =
-            rt.block_on(async { anyhow::Ok(frame::split(tokio::net::UnixStream::from_std(stream)?)) })?;
-        rt.block_on(writer.write_frame(&codec::encode(request)?))?;
-        Ok((reader, writer))
-    };
+    let send = |socket: &Path, request: &ControlRequest| send_control(&rt, socket, request);
     let search = ControlRequest::Search { agreement: None, spec: SearchSpec::subtree(Dn::parse(SUFFIX)?) };
     let unread = [send(&c.dir.join("ctl.sock"), &search)?, send(&p.dir.join("ctl.sock"), &search)?];
     let wait =
@@ -996,7 +1010,7 @@ fn load_and_write_read_standard_input_when_the_file_is_a_dash() -> Result<()> {
 #[test]
 fn a_backup_printed_with_uuids_restores_every_entry_as_the_same_entry() -> Result<()> {
     use tether_protocol::control::{ControlRequest, ControlResponse};
-    use tether_protocol::{codec, frame, scope::SearchSpec, Dn};
+    use tether_protocol::{codec, scope::SearchSpec, Dn};
     let tmp = tempfile::tempdir()?;
     // Enough entries that a search's output outgrows the control socket's buffers.
     let (p, mut w) = provider_with(tmp.path(), 3000, 26, ProviderOptions::default())?;
@@ -1040,12 +1054,8 @@ fn a_backup_printed_with_uuids_restores_every_entry_as_the_same_entry() -> Resul
     // An entry added while the provider's search is under way (its reader holds back,
     // so the provider waits on a full socket): the output ends in an error.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let stream = std::os::unix::net::UnixStream::connect(p.dir.join("ctl.sock"))?;
-    stream.set_nonblocking(true)?;
-    let (mut reader, mut writer) =
-        rt.block_on(async { anyhow::Ok(frame::split(tokio::net::UnixStream::from_std(stream)?)) })?;
     let request = ControlRequest::search(None, SearchSpec::subtree(Dn::parse(SUFFIX)?), true);
-    rt.block_on(writer.write_frame(&codec::encode(&request)?))?;
+    let (mut reader, _writer) = send_control(&rt, &p.dir.join("ctl.sock"), &request)?;
     let first = rt.block_on(reader.read_frame())?.context("a first page")?;
     assert!(matches!(codec::decode(&first)?, ControlResponse::Output(_)));
     p.write_ok(&format!("dn: uid=during-backup,{PEOPLE}\nobjectClass: person\nuid: during-backup\ncn: d\nsn: d\n"))?;
