@@ -197,7 +197,7 @@ pub async fn run(
             Err(e) => return handshake_failed(e),
         },
     };
-    info_or_debug!(routine, session = welcome.session_id, history = %welcome.history, cookie = ?cookie.map(|c| c.to_string()), "connected");
+    info_or_debug!(routine, session = welcome.session_id, history = %welcome.history, cookie = %cookie.map_or_else(|| "none".to_owned(), |c| c.to_string()), "connected");
     // Linux shows a thread's first 15 bytes: "apply people" fits.
     let runner = match Runner::start(&format!("apply {}", cfg.name)) {
         Ok(runner) => runner,

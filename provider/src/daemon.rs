@@ -214,9 +214,14 @@ async fn trim_loop(dir: Arc<Directory>, mut retention: watch::Receiver<Changelog
                 if changed.is_err() {
                     return;
                 }
+                // Name the retention the reload set, the one this trim runs under.
+                let new = *retention.borrow();
                 info!(
-                    max_changes = current.max_changes,
-                    "changelog retention changed by reload"
+                    max_changes = new.max_changes,
+                    max_age = %humantime::format_duration(new.max_age),
+                    hold_for_consumers = %humantime::format_duration(new.hold_for_consumers),
+                    trim_interval = %humantime::format_duration(new.trim_interval),
+                    "changelog retention changed by reload: trimming now"
                 );
             }
         }

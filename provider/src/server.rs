@@ -224,7 +224,7 @@ impl Server {
                     // A refresh-only consumer connects at every poll: what its session
                     // sends says whether it was routine (see `session::run`).
                     let polling = req.mode == Mode::RefreshOnly;
-                    info_or_debug!(polling, mode = req.mode.as_str(), cookie = ?req.cookie.map(|c| c.to_string()), "consumer session started");
+                    info_or_debug!(polling, mode = req.mode.as_str(), cookie = %req.cookie.map_or_else(|| "none".to_owned(), |c| c.to_string()), "consumer session started");
                     let info = SessionInfo {
                         session_id,
                         peer: peer.to_string(),

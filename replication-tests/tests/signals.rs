@@ -57,5 +57,9 @@ fn a_sighup_applies_lowered_changelog_retention_at_once() -> Result<()> {
     provider.reconfigure(&opts)?;
     provider.reload()?;
     wait_until(LIMIT, "the changelog to be trimmed to 5 records", || Ok(retained(&provider)? <= 5))?;
+    // The log line names the retention the reload set (it named the one it replaced).
+    let log = provider.log_text();
+    let line = log.lines().find(|l| l.contains("changelog retention changed")).unwrap_or_default();
+    assert!(line.contains("max_changes=5 "), "the reload's retention line: {line:?}\n{log}");
     Ok(())
 }
