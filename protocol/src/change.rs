@@ -16,6 +16,9 @@ pub enum ModOp {
     Delete,
     /// Replace all values; no values removes the attribute.
     Replace,
+    /// Add the one value, an integer, to every value of the attribute, which must exist
+    /// and hold integers (RFC 4525). Last, so the other variants keep their encoding.
+    Increment,
 }
 
 /// One step of a modify request.
@@ -79,6 +82,18 @@ impl Change {
             Change::Modify { .. } => "modify",
             Change::Delete { .. } => "delete",
             Change::ModDn { .. } => "modrdn",
+        }
+    }
+
+    /// The oldest protocol version a writer request may carry this change at: the
+    /// negotiated version of a session must be at least this (see
+    /// [`crate::message::SUPPORTED_VERSIONS`]).
+    pub fn min_version(&self) -> u16 {
+        match self {
+            Change::Modify { mods, .. } if mods.iter().any(|m| m.op == ModOp::Increment) => {
+                crate::message::INCREMENT_VERSION
+            }
+            _ => 1,
         }
     }
 

@@ -211,6 +211,43 @@ pub enum AttributeError {
     /// Decoded attributes with one that has no values; an attribute always has one.
     #[error("attribute {0:?} has no values")]
     NoValues(String),
+    /// An increment (or a value it would change) that is not an INTEGER (RFC 4517
+    /// 3.3.16: an optional `-`, then digits without a leading zero).
+    #[error("cannot increment {attr:?}: {value:?} is not an integer")]
+    NotAnInteger {
+        /// The attribute.
+        attr: String,
+        /// The value (shortened).
+        value: String,
+    },
+    /// An increment whose result does not fit the 128 bits Tether computes in.
+    #[error("cannot increment {attr:?}: {value} + {by} is out of range")]
+    IncrementOverflow {
+        /// The attribute.
+        attr: String,
+        /// The value held.
+        value: i128,
+        /// The increment.
+        by: i128,
+    },
+}
+
+/// The INTEGER syntax (RFC 4517 3.3.16), strictly: `0`, or an optional `-` and digits
+/// not starting with `0`. Strict so that a value an increment wrote is the one form a
+/// filter or another server compares it as (`007` and `7` would be two values to an
+/// equality match here, which compares text). `None` for anything else, and for an
+/// integer beyond 128 bits.
+pub fn parse_integer(bytes: &[u8]) -> Option<i128> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let well_formed = match digits {
+        [b'0'] => bytes.len() == 1,
+        [first, rest @ ..] => (b'1'..=b'9').contains(first) && rest.iter().all(u8::is_ascii_digit),
+        [] => false,
+    };
+    if !well_formed {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// [`check_attribute_name`] as a parser: the name itself if it is one (how the
@@ -456,6 +493,35 @@ impl Attributes {
         Ok(())
     }
 
+    /// Adds `by` to every value of `name` (RFC 4525's increment). It exists so that a
+    /// counter (the next free `uidNumber`) is read and advanced in one atomic write:
+    /// two clients each reading it and writing it back plus one could both take the
+    /// same number. Every value must be an integer; nothing changes if one is not.
+    pub fn increment(&mut self, name: &str, by: &Value) -> Result<(), AttributeError> {
+        let Some(attr) = self.map.get_mut(&name.to_ascii_lowercase()) else {
+            return Err(AttributeError::NoSuchAttribute(name.to_owned()));
+        };
+        let not_an_integer = |value: &Value| AttributeError::NotAnInteger {
+            attr: attr.name.clone(),
+            value: crate::ldif::error::shorten_bytes(value.as_bytes()),
+        };
+        let step = parse_integer(by.as_bytes()).ok_or_else(|| not_an_integer(by))?;
+        let mut incremented = Vec::with_capacity(attr.values.len());
+        for value in &attr.values {
+            let held = parse_integer(value.as_bytes()).ok_or_else(|| not_an_integer(value))?;
+            let sum = held.checked_add(step).ok_or_else(|| AttributeError::IncrementOverflow {
+                attr: attr.name.clone(),
+                value: held,
+                by: step,
+            })?;
+            incremented.push(Value::from(sum.to_string()));
+        }
+        // Adding one number to distinct integers keeps them distinct: no value can
+        // collide with another.
+        attr.values = incremented;
+        Ok(())
+    }
+
     /// Attributes in key order (lower-cased name).
     pub fn iter(&self) -> impl Iterator<Item = &Attribute> {
         self.map.values()
@@ -583,6 +649,43 @@ mod tests {
         a.replace("mail", vec![]).unwrap();
         assert!(a.get("mail").is_none());
         a.delete("x-none", &[]).unwrap_err();
+    }
+
+    #[test]
+    fn integers_are_read_in_their_one_canonical_form() {
+        for (text, n) in
+            [("0", 0), ("7", 7), ("-7", -7), ("1000", 1000), ("170141183460469231731687303715884105727", i128::MAX)]
+        {
+            assert_eq!(parse_integer(text.as_bytes()), Some(n), "{text}");
+        }
+        for text in
+            ["", "-", "-0", "007", "+7", " 7", "7 ", "1e3", "0x10", "٣", "170141183460469231731687303715884105728"]
+        {
+            assert_eq!(parse_integer(text.as_bytes()), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn increment_adds_to_every_value_and_changes_nothing_when_it_cannot() {
+        let mut a = Attributes::new();
+        a.add("uidNumber", ["1000".into()]).unwrap();
+        a.add("x-counters", ["5".into(), "-2".into()]).unwrap();
+        a.increment("UIDNUMBER", &"1".into()).unwrap();
+        assert_eq!(a.values("uidnumber"), &[Value::from("1001")]);
+        a.increment("x-counters", &"-3".into()).unwrap();
+        assert_eq!(a.values("x-counters"), &[Value::from("2"), Value::from("-5")]);
+
+        assert!(matches!(a.increment("gidNumber", &"1".into()), Err(AttributeError::NoSuchAttribute(_))));
+        let err = a.increment("uidNumber", &"one".into()).unwrap_err();
+        assert_eq!(err.to_string(), r#"cannot increment "uidNumber": "one" is not an integer"#);
+        a.add("x-counters", ["seven".into()]).unwrap();
+        let held = a.clone();
+        let err = a.increment("x-counters", &"1".into()).unwrap_err();
+        assert_eq!(err.to_string(), r#"cannot increment "x-counters": "seven" is not an integer"#);
+        assert_eq!(a, held, "a refused increment leaves every value as it was");
+        a.replace("uidNumber", vec![i128::MAX.to_string().into()]).unwrap();
+        assert!(matches!(a.increment("uidNumber", &"1".into()), Err(AttributeError::IncrementOverflow { .. })));
+        assert_eq!(a.values("uidNumber"), &[Value::from(i128::MAX.to_string())]);
     }
 
     #[test]

@@ -23,11 +23,18 @@ use crate::entry::{Entry, EntryUuid};
 use crate::scope::SearchSpec;
 
 /// The protocol version this build prefers.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Every protocol version this build can speak, oldest first. The handshake picks the
-/// highest version both sides list.
-pub const SUPPORTED_VERSIONS: &[u16] = &[PROTOCOL_VERSION];
+/// highest version both sides list. Version 2 is version 1 with
+/// [`ModOp::Increment`](crate::change::ModOp::Increment) in writer requests, so a
+/// provider and its consumers can be upgraded one at a time.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, PROTOCOL_VERSION];
+
+/// The first version whose writer requests may carry an increment: a provider of
+/// version 1 could not decode one and would close the session, leaving the writer
+/// unsure whether anything before it applied.
+pub const INCREMENT_VERSION: u16 = 2;
 
 /// Length of the handshake challenge nonce.
 pub const NONCE_LEN: usize = 32;

@@ -59,7 +59,7 @@ fn every_file_reads_with_the_expected_counts() {
         ("referrals.ldif", (5, 0)),
         ("test-dn.ldif", (35, 0)),
         ("test-lang.ldif", (1, 0)),
-        ("test-modify.ldif", (7, 1)),
+        ("test-modify.ldif", (8, 0)),
         ("test-ordered.ldif", (19, 0)),
         ("test-refint.ldif", (9, 0)),
         ("test-unordered.ldif", (11, 0)),
@@ -123,17 +123,10 @@ fn test_ldif_base64_and_folded_values_decode() {
 }
 
 #[test]
-fn test_modify_change_records_and_the_refused_increment() {
-    let results = read("test-modify.ldif");
-    assert_eq!(results.len(), 8);
-    let err = results[6].as_ref().err().cloned();
-    assert_eq!(
-        err.map(|e| e.to_string()),
-        Some("line 101: modify operation \"increment\" unsupported (only add, delete and replace)".to_owned())
-    );
-    let records: Vec<LdifRecord> = results.into_iter().filter_map(Result::ok).collect();
+fn test_modify_change_records_of_every_kind_with_its_increments() {
+    let records = read_ok("test-modify.ldif");
     let lines: Vec<usize> = records.iter().map(LdifRecord::line).collect();
-    assert_eq!(lines, [5, 23, 34, 58, 77, 95, 107]);
+    assert_eq!(lines, [5, 23, 34, 58, 77, 95, 99, 107]);
     let changes = changes(&records);
 
     let Change::Modify { dn, mods } = changes[0] else { panic!("{:?}", changes[0]) };
@@ -178,8 +171,15 @@ fn test_modify_change_records_and_the_refused_increment() {
     assert_eq!(texts(attrs, "testTime"), ["20050304001801.234Z"]);
 
     assert!(matches!(changes[5], Change::Delete { dn } if dn.to_string().starts_with("cn=James A Jones 2,")));
+    // RFC 4525 increments, one up and one down, the last section without its '-'.
+    let Change::Modify { dn, mods } = changes[6] else { panic!("{:?}", changes[6]) };
+    assert_eq!(dn.to_string(), "ou=People,dc=example,dc=com");
+    let summary: Vec<(ModOp, &str, Vec<&str>)> =
+        mods.iter().map(|m| (m.op, m.attr.as_str(), m.values.iter().filter_map(|v| v.as_str()).collect())).collect();
+    assert_eq!(summary, [(ModOp::Increment, "uidNumber", vec!["1"]), (ModOp::Increment, "gidNumber", vec!["-1"])]);
+
     assert!(
-        matches!(changes[6], Change::Modify { dn, mods } if mods.is_empty() && dn.to_string() == "dc=example,dc=com")
+        matches!(changes[7], Change::Modify { dn, mods } if mods.is_empty() && dn.to_string() == "dc=example,dc=com")
     );
 }
 

@@ -37,10 +37,18 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
     };
     // A record over the provider's `max_frame` would close the session unread, and its
     // outcome would then read as unknown: refuse the file before sending any of it.
+    // The first record (its line and protocol version) a provider of an older version
+    // could not take.
+    let mut needs: Option<(usize, u16)> = None;
     for (id, record) in input.records()?.enumerate() {
         let record = record?;
         let line = record.line();
-        let request = Message::WriteRequest { id: id as u64, change: record.into_change() };
+        let change = record.into_change();
+        let version = change.min_version();
+        if version > needs.map_or(1, |(_, v)| v) {
+            needs = Some((line, version));
+        }
+        let request = Message::WriteRequest { id: id as u64, change };
         let len = tether_protocol::codec::encoded_len(&request)?;
         if len > config.max_frame as usize {
             bail!(
@@ -88,7 +96,15 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
         client_id: format!("tether-provider-write-{}", std::process::id()),
         role: Role::Writer,
     };
-    client_handshake(&mut reader, &mut writer_half, &hello, &secret, CLIENT_TIMEOUT).await?;
+    let welcome = client_handshake(&mut reader, &mut writer_half, &hello, &secret, CLIENT_TIMEOUT).await?;
+    if let Some((line, version)) = needs.filter(|(_, v)| *v > welcome.version) {
+        bail!(
+            "{file}:{line}: the record needs protocol version {version} (an increment:), and the provider at \
+             {host}:{port} speaks version {}: it runs an older build than this command; restart it on this \
+             build; nothing was written",
+            welcome.version
+        );
+    }
     let mut report = WriteReport { applied: 0, last_csn: None };
     for (id, record) in input.records()?.enumerate() {
         let applied = report.applied;
@@ -166,4 +182,81 @@ async fn write_one(
 /// end of its error when it stops early. Scripts read it from there (see the chaos writer).
 pub fn records_applied(n: usize) -> String {
     format!("{n} record{} applied", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use tether_protocol::message::{Welcome, NONCE_LEN};
+    use tether_protocol::HistoryId;
+
+    use super::*;
+
+    /// A provider of protocol version 1 cannot decode an increment and would close the
+    /// session on it, after the records before it applied: `write` must find that out
+    /// at the handshake and send nothing. The provider here is a stand-in that answers
+    /// the handshake as a version 1 build does and records what it is sent.
+    #[tokio::test]
+    async fn an_increment_for_a_provider_of_version_1_sends_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let secret = tmp.path().join("writer.key");
+        std::fs::write(&secret, "a writer secret of enough length\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = tmp.path().join("provider.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"data\"\nlisten = \"127.0.0.1:{port}\"\nsuffix = \"dc=example,dc=com\"\n\
+                 [writer]\nsecret_file = \"writer.key\"\n"
+            ),
+        )
+        .unwrap();
+        let ldif = tmp.path().join("changes.ldif");
+        std::fs::write(
+            &ldif,
+            "dn: ou=a,dc=example,dc=com\nchangetype: modify\nreplace: description\ndescription: x\n\n\
+             dn: ou=counters,dc=example,dc=com\nchangetype: modify\nincrement: uidNumber\nuidNumber: 1\n",
+        )
+        .unwrap();
+
+        let old_provider = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut reader, mut writer) = connection::boxed_tcp(stream).unwrap();
+            let Some(Message::Hello(hello)) = reader.recv().await.unwrap() else { panic!("no hello") };
+            assert!(hello.versions.contains(&1), "a new build still speaks version 1: {:?}", hello.versions);
+            writer.send(&Message::Challenge { nonce: [7; NONCE_LEN] }).await.unwrap();
+            let Some(Message::Auth { .. }) = reader.recv().await.unwrap() else { panic!("no auth") };
+            let welcome = Welcome {
+                version: 1,
+                history: HistoryId([1; 16]),
+                session_id: 1,
+                keepalive_interval_ms: 5000,
+                keepalive_timeout_ms: 20000,
+            };
+            writer.send(&Message::Welcome(welcome)).await.unwrap();
+            // Everything the writer sends until it closes the connection.
+            let mut received = Vec::new();
+            while let Ok(Some(msg)) = reader.recv().await {
+                received.push(msg.name());
+            }
+            received
+        });
+
+        let config = ProviderConfig::load(&config).unwrap();
+        let err = write(&config, &Input::open(&ldif).unwrap()).await.unwrap_err();
+        let shown = format!("{}:6", ldif.display());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{shown}: the record needs protocol version 2 (an increment:), and the provider at 127.0.0.1:{port} \
+                 speaks version 1: it runs an older build than this command; restart it on this build; nothing was \
+                 written"
+            )
+        );
+        let received = old_provider.await.unwrap();
+        assert!(received.iter().all(|name| *name != "write-request"), "sent to the old provider: {received:?}");
+    }
 }

@@ -1,5 +1,5 @@
 //! Generated test data: a directory of people under two branches, and change workloads
-//! of every kind (add, modify add/delete/replace, delete, modrdn, and moves between the
+//! of every kind (add, modify add/delete/replace/increment, delete, modrdn, and moves between the
 //! branches, i.e. into and out of an agreement on one of them). The generator tracks the
 //! directory it produced, so every change it emits is valid and `write` applies all of them.
 
@@ -104,7 +104,7 @@ impl Workload {
                 }
                 3 => {
                     let (uid, people) = self.pick();
-                    let _ = write!(out, "dn: {}\nchangetype: modify\ndelete: description\n-\nadd: description\ndescription: changed {}\n-\n", Self::dn(&uid, people), self.next);
+                    let _ = write!(out, "dn: {}\nchangetype: modify\ndelete: description\n-\nadd: description\ndescription: changed {}\n-\nincrement: employeeNumber\nemployeeNumber: 1\n-\n", Self::dn(&uid, people), self.next);
                 }
                 4 => {
                     let i = self.rng.gen_range(0..self.live.len());

@@ -206,6 +206,13 @@ fn apply_modifications(attrs: &mut Attributes, dn: &Dn, mods: &[Modification]) -
             ModOp::Add => attrs.add(&m.attr, m.values.iter().cloned()),
             ModOp::Delete => attrs.delete(&m.attr, &m.values),
             ModOp::Replace => attrs.replace(&m.attr, m.values.clone()),
+            ModOp::Increment => match m.values.as_slice() {
+                [by] => attrs.increment(&m.attr, by),
+                _ => {
+                    let reason = format!("increment of {:?} takes exactly one value, the amount", m.attr);
+                    return Err(invalid(dn, reason).into());
+                }
+            },
         };
         result.map_err(|e| invalid(dn, e.to_string()))?;
     }

@@ -95,6 +95,51 @@ fn a_multi_step_modify_is_all_or_nothing() {
     assert!(d.entries().get(&dn(ann)).unwrap().unwrap().attrs.get("mail").is_none());
 }
 
+/// RFC 4525: a counter read and advanced in one write, so two clients allocating
+/// numbers from it never take the same one.
+#[test]
+fn an_increment_advances_every_value_in_one_write_or_is_refused_whole() {
+    let (_tmp, d) = open();
+    let ann = "uid=ann,ou=people,dc=example,dc=com";
+    d.write(&modify(ann, ModOp::Add, "uidNumber", &["1000"])).unwrap();
+    let csn = d.write(&modify(ann, ModOp::Increment, "UIDNUMBER", &["1"])).unwrap().csn;
+    let stored = d.entries().get(&dn(ann)).unwrap().unwrap();
+    assert_eq!(stored.attrs.values("uidNumber"), &[tether_protocol::Value::from("1001")]);
+    assert_eq!(stored.csn, csn, "an increment is a change like any other, replicated as the entry's new state");
+    d.write(&modify(ann, ModOp::Increment, "uidNumber", &["-1001"])).unwrap();
+    assert_eq!(d.entries().get(&dn(ann)).unwrap().unwrap().attrs.values("uidNumber"), &["0".into()]);
+
+    let reason = |r: Refusal| match r {
+        Refusal::InvalidChange { reason, .. } => reason,
+        other => panic!("expected an invalid change, got {other}"),
+    };
+    let cases = [
+        (modify(ann, ModOp::Increment, "cn", &["1"]), r#"cannot increment "cn": "ann" is not an integer"#),
+        (modify(ann, ModOp::Increment, "gidNumber", &["1"]), r#"no such attribute "gidNumber""#),
+        (
+            modify(ann, ModOp::Increment, "uidNumber", &["1", "2"]),
+            r#"increment of "uidNumber" takes exactly one value, the amount"#,
+        ),
+        (
+            modify(ann, ModOp::Increment, "uidNumber", &[]),
+            r#"increment of "uidNumber" takes exactly one value, the amount"#,
+        ),
+    ];
+    for (change, expected) in cases {
+        assert_eq!(reason(refused(&d, change)), expected);
+    }
+    assert!(
+        reason(refused(&d, modify(ann, ModOp::Increment, "entryUUID", &["1"]))).contains("maintained by the server")
+    );
+    // A counter that names its entry cannot move: the entry would lose its name.
+    let numbered = "employeeNumber=7,ou=people,dc=example,dc=com";
+    d.write(&add(numbered, &[("objectClass", "extensibleObject")])).unwrap();
+    assert_eq!(
+        reason(refused(&d, modify(numbered, ModOp::Increment, "employeeNumber", &["1"]))),
+        "RDN value employeeNumber=7 may not be removed"
+    );
+}
+
 #[test]
 fn writes_assign_increasing_csns_and_keep_uuid_across_renames() {
     let (_tmp, d) = open();

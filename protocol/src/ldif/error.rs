@@ -165,14 +165,17 @@ pub enum LdifErrorKind {
         /// The value given (shortened).
         changetype: String,
     },
-    /// A modify operation Tether's change model does not have (RFC 4525 `increment:`).
-    #[error("modify operation {op:?} unsupported (only add, delete and replace)")]
-    UnsupportedModifyOp {
-        /// The operation given.
-        op: String,
+    /// An `increment:` section without exactly one value (RFC 4525: the amount).
+    #[error("increment: of {attr:?} takes exactly one value, the amount, found {found}")]
+    IncrementValues {
+        /// The section's attribute.
+        attr: String,
+        /// How many values it had.
+        found: usize,
     },
-    /// A line in a modify record where `add:`, `delete:` or `replace:` was expected.
-    #[error("expected add:, delete: or replace: in a modify record, found {found:?}")]
+    /// A line in a modify record where `add:`, `delete:`, `replace:` or `increment:` was
+    /// expected.
+    #[error("expected add:, delete:, replace: or increment: in a modify record, found {found:?}")]
     ExpectedModifyOp {
         /// The line's name found instead (shortened).
         found: String,

@@ -20,7 +20,7 @@ use super::error::{shorten, shorten_bytes, LdifError, LdifErrorKind};
 use super::{keyword, LdifRecord, LDIF_VERSION, MAX_RECORD_BYTES};
 use crate::change::{Change, ModOp, Modification};
 use crate::dn::{Dn, Rdn};
-use crate::entry::{check_attribute_name, Attributes, Value};
+use crate::entry::{check_attribute_name, parse_integer, AttributeError, Attributes, Value};
 
 /// Ends a physical line (a CR right before it is dropped too, for CRLF files).
 const LF: u8 = b'\n';
@@ -549,7 +549,7 @@ fn unexpected(line: &Line, expected: &'static str) -> LdifError {
     LdifError::new(line.number, LdifErrorKind::UnexpectedLine { found, expected })
 }
 
-/// The `add:`/`delete:`/`replace:` sections of a modify record. The `-` after the last
+/// The `add:`/`delete:`/`replace:`/`increment:` sections of a modify record. The `-` after the last
 /// section may be left out, as OpenLDAP's tools allow.
 fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
     let mut mods = Vec::new();
@@ -569,7 +569,7 @@ fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
         } else if spec.is(keyword::REPLACE) {
             (ModOp::Replace, keyword::REPLACE)
         } else if spec.is(keyword::INCREMENT) {
-            return Err(spec.error(LdifErrorKind::UnsupportedModifyOp { op: keyword::INCREMENT.to_owned() }));
+            (ModOp::Increment, keyword::INCREMENT)
         } else {
             return Err(spec.error(LdifErrorKind::ExpectedModifyOp { found: shorten(&spec.name) }));
         };
@@ -585,7 +585,15 @@ fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
                 let found = shorten(&value.name);
                 return Err(value.error(LdifErrorKind::ModifyValueMismatch { op: op_word, attr, found }));
             }
+            if op == ModOp::Increment && parse_integer(&value.value).is_none() {
+                let value_text = shorten_bytes(&value.value);
+                let err = AttributeError::NotAnInteger { attr: attr.clone(), value: value_text };
+                return Err(value.error(err.into()));
+            }
             values.push(Value::from_bytes(value.value));
+        }
+        if op == ModOp::Increment && values.len() != 1 {
+            return Err(spec.error(LdifErrorKind::IncrementValues { attr, found: values.len() }));
         }
         mods.push(Modification { op, attr, values });
     }
@@ -760,7 +768,7 @@ mod tests {
             dn: cn=a,dc=x\nchangetype: add\nobjectClass: person\ncn: a\n\n\
             dn: cn=a,dc=x\ncontrol-free: no\n\n\
             dn: cn=a,dc=x\nchangetype: modify\nadd: mail\nmail: a@x\nmail: b@x\n-\ndelete: phone\n-\n\
-            replace: sn\nsn: A\n-\ndelete: mail\nmail: b@x\n\n\
+            replace: sn\nsn: A\n-\ndelete: mail\nmail: b@x\n-\nincrement: uidNumber\nuidNumber: -2\n\n\
             dn: cn=a,dc=x\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: 1\n\n\
             dn: cn=b,dc=x\nchangetype: moddn\nnewrdn: cn=c\ndeleteoldrdn: 0\nnewsuperior: ou=new,dc=x\n\n\
             dn: cn=c,ou=new,dc=x\nchangetype: delete\n\n\
@@ -786,9 +794,11 @@ mod tests {
                         (ModOp::Add, "mail", 2),
                         (ModOp::Delete, "phone", 0),
                         (ModOp::Replace, "sn", 1),
-                        (ModOp::Delete, "mail", 1)
+                        (ModOp::Delete, "mail", 1),
+                        (ModOp::Increment, "uidNumber", 1)
                     ]
                 );
+                assert_eq!(mods[4].values, [Value::from("-2")]);
             }
             other => panic!("{other:?}"),
         }
@@ -812,7 +822,7 @@ mod tests {
         );
         assert_eq!(change(&recs[5]), &Change::Delete { dn: dn("cn=c,ou=new,dc=x") });
         assert_eq!(change(&recs[6]), &Change::Modify { dn: dn("dc=x"), mods: vec![] });
-        assert_eq!(recs[6].line(), 39);
+        assert_eq!(recs[6].line(), 42);
     }
 
     #[test]
@@ -877,8 +887,16 @@ mod tests {
             ("dn: cn=a\ncn: a\nc_n: b\n", "line 3: invalid attribute name \"c_n\""),
             ("dn: cn=a\ncn: a\nno colon here\n", "line 3: no ':' after the attribute name in \"no colon here\""),
             (
-                "dn: ou=p\nchangetype: modify\nincrement: uidNumber\nuidNumber: 1\n-\n",
-                "line 3: modify operation \"increment\" unsupported (only add, delete and replace)",
+                "dn: ou=p\nchangetype: modify\nincrement: uidNumber\nuidNumber: 1\nuidNumber: 2\n-\n",
+                "line 3: increment: of \"uidNumber\" takes exactly one value, the amount, found 2",
+            ),
+            (
+                "dn: ou=p\nchangetype: modify\nincrement: uidNumber\n-\n",
+                "line 3: increment: of \"uidNumber\" takes exactly one value, the amount, found 0",
+            ),
+            (
+                "dn: ou=p\nchangetype: modify\nincrement: uidNumber\nuidNumber: +1\n",
+                "line 4: cannot increment \"uidNumber\": \"+1\" is not an integer",
             ),
             (
                 "dn: ou=p\nchangetype: modify\nadd: mail\nmail: a\nreplace: sn\n",
@@ -886,11 +904,11 @@ mod tests {
             ),
             (
                 "dn: ou=p\nchangetype: modify\n-\n",
-                "line 3: expected add:, delete: or replace: in a modify record, found \"-\"",
+                "line 3: expected add:, delete:, replace: or increment: in a modify record, found \"-\"",
             ),
             (
                 "dn: ou=p\nchangetype: modify\nmail: a\n",
-                "line 3: expected add:, delete: or replace: in a modify record, found \"mail\"",
+                "line 3: expected add:, delete:, replace: or increment: in a modify record, found \"mail\"",
             ),
             (
                 "dn: cn=a\nchangetype: delete\ncn: a\n",

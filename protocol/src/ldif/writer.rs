@@ -133,6 +133,7 @@ pub fn write_change<W: Write + ?Sized>(out: &mut W, change: &Change) -> io::Resu
                     ModOp::Add => keyword::ADD,
                     ModOp::Delete => keyword::DELETE,
                     ModOp::Replace => keyword::REPLACE,
+                    ModOp::Increment => keyword::INCREMENT,
                 };
                 record.line(op, m.attr.as_bytes());
                 for value in &m.values {
