@@ -295,6 +295,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
             },
             Some(reply) = reload_rx.recv() => {
                 let result = reload(config_path, &config, &store, &agreements, &client_id).await.map_err(|e| error_chain(&*e));
+                // The command prints the error too, but the log is where an operator
+                // looks for what the process did.
+                if let Err(e) = &result {
+                    error!("reload (by the reload command) failed, keeping the running agreements: {e}");
+                }
                 let _ = reply.send(result);
             }
         }

@@ -6,7 +6,8 @@
 //! `cn;lang-en`, and `(cn;lang-en=x)` at `cn;lang-en;x-nick`); text values compare
 //! case-folded with insignificant spaces removed (RFC 4518, including its special
 //! handling of spaces at the edges of substring parts); ordering compares integers
-//! numerically, at any length, when both sides are integers.
+//! numerically, at any length, when both sides are integers. `entryUUID` reads the
+//! entry's UUID, which is not among its attributes.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -86,27 +87,32 @@ impl Filter {
             Filter::And(fs) => fs.iter().all(|f| f.matches(entry)),
             Filter::Or(fs) => fs.iter().any(|f| f.matches(entry)),
             Filter::Not(f) => !f.matches(entry),
-            Filter::Present { attr } => values_of(entry, attr).next().is_some(),
+            Filter::Present { attr } => any_value(entry, attr, |_| true),
             Filter::Equality { attr, value } | Filter::Approx { attr, value } => {
-                values_of(entry, attr).any(|v| v.matches(value))
+                any_value(entry, attr, |v| v.matches(value))
             }
-            Filter::GreaterOrEqual { attr, value } => {
-                values_of(entry, attr).any(|v| compare(v, value) != Ordering::Less)
-            }
-            Filter::LessOrEqual { attr, value } => {
-                values_of(entry, attr).any(|v| compare(v, value) != Ordering::Greater)
-            }
+            Filter::GreaterOrEqual { attr, value } => any_value(entry, attr, |v| compare(v, value) != Ordering::Less),
+            Filter::LessOrEqual { attr, value } => any_value(entry, attr, |v| compare(v, value) != Ordering::Greater),
             Filter::Substring { attr, initial, any, final_ } => {
-                values_of(entry, attr).any(|v| substring_match(v, initial.as_ref(), any, final_.as_ref()))
+                any_value(entry, attr, |v| substring_match(v, initial.as_ref(), any, final_.as_ref()))
             }
         }
     }
 }
 
-/// Values of `attr` and of its subtypes (see [`is_subtype`]).
-fn values_of<'a>(entry: &'a Entry, attr: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    entry.attrs.iter().filter(move |a| is_subtype(&a.name, attr)).flat_map(|a| a.values.iter())
+/// Whether a value of `attr` (or of its subtypes, see [`is_subtype`]) satisfies `test`.
+/// `entryUUID` is the entry's UUID in its text form, as `search --uuids` prints it and
+/// as OpenLDAP answers `(entryUUID=...)`: it is kept beside the attributes, not among
+/// them, and a filter naming it would otherwise match nothing, without a word.
+fn any_value(entry: &Entry, attr: &str, test: impl Fn(&Value) -> bool) -> bool {
+    if attr.eq_ignore_ascii_case(ENTRY_UUID) && test(&Value::from(entry.uuid.to_string())) {
+        return true;
+    }
+    entry.attrs.iter().filter(|a| is_subtype(&a.name, attr)).flat_map(|a| a.values.iter()).any(test)
 }
+
+/// The operational attribute a filter reads from [`Entry::uuid`].
+const ENTRY_UUID: &str = "entryUUID";
 
 /// Whether the attribute description `held` is `wanted` or one of its subtypes: the same
 /// type with at least the same options, in any order and case (RFC 4512 §2.5).
@@ -336,6 +342,18 @@ mod tests {
             any: any.iter().map(|&v| Value::from(v)).collect(),
             final_: final_.map(Value::from),
         }
+    }
+
+    #[test]
+    fn entry_uuid_is_the_entry_s_uuid_in_text() {
+        let e = entry(&[("cn", "Ann")]);
+        let uuid = e.uuid.to_string();
+        assert!(eq("entryUUID", &uuid).matches(&e));
+        assert!(eq("ENTRYUUID", &uuid.to_uppercase()).matches(&e), "hex digits in either case");
+        assert!(!eq("entryUUID", "00000000-0000-0000-0000-000000000000").matches(&e));
+        assert!(Filter::Present { attr: "entryUUID".into() }.matches(&e));
+        assert!(Filter::parse(&format!("(&(cn=ann)(entryUUID={}*))", &uuid[..8])).unwrap().matches(&e));
+        assert!(!Filter::Present { attr: "entryUUID;x-opt".into() }.matches(&e), "it has no subtypes");
     }
 
     #[test]

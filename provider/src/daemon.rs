@@ -150,6 +150,11 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             },
             Some(reply) = reload_rx.recv() => {
                 let result = reload(config_path, &config, &server, &retention_tx).map_err(|e| error_chain(&*e));
+                // The command prints the error too, but the log is where an operator
+                // looks for what the process did.
+                if let Err(e) = &result {
+                    error!("reload (by the reload command) failed, keeping the old configuration: {e}");
+                }
                 let _ = reply.send(result);
             }
         }

@@ -337,6 +337,16 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     c.wait_status("people", LIMIT, "closed", |s| s["state"] == "closed")?;
     wait_until(LIMIT, "the reload's report", || Ok(p.log_text().contains("sessions revoked")))?;
     assert!(p.log_text().contains("sessions revoked; not applied until the provider restarts: keepalive"));
+    // Caught mid-rotation, the secret gone: the reload fails whole, in the command's
+    // output and in the consumer's log, which is where its operator looks.
+    std::fs::remove_file(c.dir.join("secrets/people.key"))?;
+    let failed = c.admin("reload", None).expect_err("a reload with a secret file missing");
+    assert!(format!("{failed:#}").contains("people.key: cannot read secret file"), "{failed:#}");
+    assert!(
+        c.log_text().contains("reload (by the reload command) failed, keeping the running agreements: "),
+        "{}",
+        c.log_text()
+    );
     std::fs::write(c.dir.join("secrets/people.key"), "s1-rotated\n")?;
     assert_eq!(c.admin("reload", None)?, "reloaded: restarted people\n", "only the agreement whose secret changed");
     c.wait_status("people", LIMIT, "persisting", |s| s["state"] == "persisting")?;
