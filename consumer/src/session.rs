@@ -26,7 +26,9 @@ use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, Me
 use tether_protocol::encoded::{Received, ReceivedOp};
 use tether_protocol::foreign::ForeignKind;
 use tether_protocol::handshake::{client_handshake, HandshakeError};
-use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, RejectReason, Role, SUPPORTED_VERSIONS};
+use tether_protocol::message::{
+    GoodbyeReason, Hello, Message, Mode, RejectReason, Role, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
+};
 use tether_protocol::{Cookie, Csn, HistoryId, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
 use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
@@ -229,6 +231,7 @@ pub async fn run(
         status,
         writer: writer.clone(),
         history: welcome.history,
+        version: welcome.version,
         runner,
         shadow: None,
         refreshing: false,
@@ -483,6 +486,8 @@ struct Applier<'a> {
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
     /// The provider history this session's changes belong to (from the `Welcome`).
     history: HistoryId,
+    /// The session's protocol version (from the `Welcome`).
+    version: u16,
     /// Where the session's store calls run, one after another.
     runner: Runner,
     /// The shadow of a full or present refresh in progress.
@@ -923,9 +928,11 @@ impl Applier<'_> {
                 let applied = self.refresh_applied;
                 let quiet = self.routine && reloaded.is_none() && applied == 0;
                 info_or_debug!(quiet, cookie = %cookie, entries, applied, "refresh complete");
-                // A refresh-only provider says goodbye right after `RefreshDone` and may
-                // already be gone; our next `Hello` carries this cookie anyway.
-                if persisting {
+                // The cookie is durable: acknowledged, it tells the provider where this
+                // replica is. A refresh-only provider of protocol version 1 says goodbye
+                // right after `RefreshDone` and may already be gone (our next `Hello`
+                // carries the cookie anyway); from version 2 it waits for this.
+                if persisting || self.version >= POLL_ACK_VERSION {
                     self.send(&Message::Ack { cookie }).await
                 } else {
                     Ok(())

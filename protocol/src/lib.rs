@@ -71,7 +71,7 @@ pub use handshake::{client_handshake, server_handshake, Accepted, Admission, Han
 pub use ldif::{LdifError, LdifReader, LdifRecord};
 pub use message::{
     GoodbyeReason, Hello, Message, Mode, Reject, RejectReason, Role, Welcome, WriteErrorKind, WriteOutcome,
-    INCREMENT_VERSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    INCREMENT_VERSION, POLL_ACK_VERSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use repl::{RefreshKind, ReplOp, ResumePoint};
 pub use scope::{Scope, SearchSpec};

@@ -27,9 +27,17 @@ pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Every protocol version this build can speak, oldest first. The handshake picks the
 /// highest version both sides list. Version 2 is version 1 with
-/// [`ModOp::Increment`](crate::change::ModOp::Increment) in writer requests, so a
-/// provider and its consumers can be upgraded one at a time.
+/// [`ModOp::Increment`](crate::change::ModOp::Increment) in writer requests and a
+/// refresh-only consumer's `Ack` of its refresh ([`POLL_ACK_VERSION`]); builds speak
+/// both, so a provider and its consumers can be upgraded one at a time.
 pub const SUPPORTED_VERSIONS: &[u16] = &[1, PROTOCOL_VERSION];
+
+/// The first version in which a refresh-only consumer acknowledges its refresh once it
+/// is durable, and the provider waits for that before its goodbye. At version 1 the
+/// provider said goodbye and closed at once, so an `Ack` sent then could meet a closed
+/// socket (its reset can discard the goodbye before the consumer reads it), and the
+/// provider only learned a poller's position at its next poll.
+pub const POLL_ACK_VERSION: u16 = 2;
 
 /// The first version whose writer requests may carry an increment: a provider of
 /// version 1 could not decode one and would close the session, leaving the writer

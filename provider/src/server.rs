@@ -215,8 +215,8 @@ impl Server {
                 return;
             }
         };
-        let hello = accepted.hello;
-        match ConsumerRequest::from_hello(&hello) {
+        let (hello, version) = (accepted.hello, accepted.welcome.version);
+        match ConsumerRequest::from_hello(&hello, version) {
             Some(req) => {
                 let span =
                     info_span!("session", agreement = %req.agreement, session = session_id, consumer = %req.client_id);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tether_config::info_or_debug;
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::encoded::EncodedMessage;
-use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role};
+use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role, POLL_ACK_VERSION};
 use tether_protocol::{Cookie, Csn, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -87,11 +87,14 @@ pub struct ConsumerRequest {
     pub spec: SearchSpec,
     /// Where its interrupted full or present refresh stood, if it has one.
     pub resume: Option<ResumePoint>,
+    /// The protocol version of the session.
+    pub version: u16,
 }
 
 impl ConsumerRequest {
-    /// Extracts the request from a consumer `Hello`; `None` for other roles.
-    pub fn from_hello(hello: &Hello) -> Option<Self> {
+    /// Extracts the request from a consumer `Hello` of a session negotiated at
+    /// `version`; `None` for other roles.
+    pub fn from_hello(hello: &Hello, version: u16) -> Option<Self> {
         match &hello.role {
             Role::Consumer { agreement, mode, cookie, spec, resume } => Some(Self {
                 agreement: agreement.clone(),
@@ -100,6 +103,7 @@ impl ConsumerRequest {
                 cookie: *cookie,
                 spec: spec.clone(),
                 resume: resume.clone(),
+                version,
             }),
             Role::Writer => None,
         }
@@ -178,8 +182,8 @@ struct Session<'a, R> {
     params: SessionParams,
     /// When anything last arrived from the consumer.
     last_inbound: Instant,
-    /// When the acked position was last written to the store.
-    last_recorded: Option<Instant>,
+    /// When the acked position was last written to the store, and which it was.
+    last_recorded: Option<(Instant, Csn)>,
     /// Cancelled by the writer task when the socket is unusable.
     failed: CancellationToken,
     /// Notified by the writer task after each message it took from the queue, so a
@@ -354,8 +358,50 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         let quiet = polling && refresh.kind() == RefreshKind::Delta && refresh.sent() == 0;
         info_or_debug!(quiet, refresh = refresh.kind().as_str(), sent = refresh.sent(), csn = %refresh.end(), "refresh sent");
         match self.req.mode {
-            Mode::RefreshOnly => SessionEnd::Goodbye(GoodbyeReason::RefreshComplete),
+            Mode::RefreshOnly => match self.await_poll_ack(refresh.end()).await {
+                Some(end) => end,
+                None => SessionEnd::Goodbye(GoodbyeReason::RefreshComplete),
+            },
             Mode::RefreshAndPersist => self.run_persist(refresh.end()).await,
+        }
+    }
+
+    /// From protocol version 2 a poller acknowledges the refresh once it is durable, and
+    /// the goodbye waits for that: its recorded position (which holds back trimming,
+    /// and which `status` lists with its lag) is then what the poll brought it, not the
+    /// cookie it came with. A version 1 consumer acknowledges nothing, and gets its
+    /// goodbye at once. `None` once the acknowledgement of `end` is in.
+    async fn await_poll_ack(&mut self, end: Csn) -> Option<SessionEnd> {
+        if self.req.version < POLL_ACK_VERSION {
+            return None;
+        }
+        let mut ping = keepalive_ticker(self.params.keepalive_interval);
+        let mut seq = 0u64;
+        loop {
+            match self.next_event(&mut ping, false, None, false).await {
+                Event::End(end) => return Some(end),
+                Event::Inbound(msg) => {
+                    let acked = match &msg {
+                        Ok(Some(Message::Ack { cookie })) if cookie.history == self.dir.history() => Some(cookie.csn),
+                        _ => None,
+                    };
+                    if let Inbound::End(end) = self.on_inbound(msg) {
+                        return Some(end);
+                    }
+                    if let Some(csn) = acked.filter(|csn| *csn >= end) {
+                        if self.last_recorded.is_none_or(|(_, recorded)| recorded != csn) {
+                            self.record_position(csn);
+                        }
+                        return None;
+                    }
+                }
+                Event::Tick => {
+                    if let Some(end) = self.keepalive(&mut seq) {
+                        return Some(end);
+                    }
+                }
+                Event::Room(_) | Event::Drained | Event::Durable => {}
+            }
         }
     }
 
@@ -549,7 +595,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         if let Err(e) = self.dir.record_consumer(&id, csn) {
             warn!(error = %e, "could not record consumer position");
         }
-        self.last_recorded = Some(Instant::now());
+        self.last_recorded = Some((Instant::now(), csn));
     }
 
     /// Messages waiting for the writer (a reserved slot counts as one).
@@ -591,7 +637,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 // acknowledging anything else is not at a position of ours.
                 if cookie.history == self.dir.history() {
                     self.reg.acked(&cookie, self.dir.durable_csn());
-                    if self.last_recorded.is_none_or(|t| t.elapsed() >= POSITION_RECORD_INTERVAL) {
+                    if self.last_recorded.is_none_or(|(t, _)| t.elapsed() >= POSITION_RECORD_INTERVAL) {
                         self.record_position(cookie.csn);
                     }
                 }

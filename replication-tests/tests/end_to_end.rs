@@ -139,6 +139,42 @@ fn refresh_only_consumer_converges_by_polling() -> Result<()> {
     Ok(())
 }
 
+/// A poller acknowledges each refresh (protocol version 2), so the position the
+/// provider keeps for it, which holds back trimming and which `status` lists with its
+/// lag, is what its last poll brought it. It used to be the cookie the poll came with:
+/// a whole poll behind, and nothing at all after the first.
+#[test]
+fn a_poller_s_known_position_is_what_its_last_poll_brought_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 300, 21, ProviderOptions::default())?;
+    let a = Agreement {
+        mode: "refresh-only".into(),
+        extra: "interval = \"1h\"\n".into(),
+        ..Agreement::persist("people", PEOPLE, "people-secret")
+    };
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
+    let known = |p: &Provider| -> Result<(serde_json::Value, serde_json::Value)> {
+        let status = p.status()?;
+        let people = status["consumers"].as_array().and_then(|c| c.iter().find(|x| x["agreement"] == "people"));
+        Ok((status["csn"].clone(), people.map_or(serde_json::Value::Null, |k| k["csn"].clone())))
+    };
+    for round in 0..2 {
+        if round == 0 {
+            c.start()?;
+        } else {
+            // Changes since, and the next poll now rather than in an hour.
+            p.write_ok(&w.changes(40))?;
+            c.admin("restart", Some("people"))?;
+        }
+        wait_converged(&p, &c, "people", PEOPLE)?;
+        c.wait_status("people", CONVERGE, "the poll to end", |s| s["state"] == "idle")?;
+        let (csn, position) = known(&p)?;
+        assert_eq!(position, csn, "round {round}: the poller's position");
+    }
+    assert!(c.stop()?.success());
+    Ok(())
+}
+
 #[test]
 fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
