@@ -184,6 +184,10 @@ struct Session<'a, R> {
     last_inbound: Instant,
     /// When the acked position was last written to the store, and which it was.
     last_recorded: Option<(Instant, Csn)>,
+    /// An acknowledged position not yet written (acknowledgements come faster than
+    /// [`POSITION_RECORD_INTERVAL`]); written at the next keepalive tick and when the
+    /// session ends, so the position `status` lists is never left a burst behind.
+    unrecorded: Option<Csn>,
     /// Cancelled by the writer task when the socket is unusable.
     failed: CancellationToken,
     /// Notified by the writer task after each message it took from the queue, so a
@@ -244,10 +248,12 @@ where
         params,
         last_inbound: Instant::now(),
         last_recorded: None,
+        unrecorded: None,
         failed,
         drained,
     };
     let end = session.drive().await;
+    session.record_unrecorded();
     if let SessionEnd::Goodbye(reason) = &end {
         let detail = match reason {
             GoodbyeReason::Shutdown => shutdown_detail(session.dir),
@@ -388,10 +394,9 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                     if let Inbound::End(end) = self.on_inbound(msg) {
                         return Some(end);
                     }
-                    if let Some(csn) = acked.filter(|csn| *csn >= end) {
-                        if self.last_recorded.is_none_or(|(_, recorded)| recorded != csn) {
-                            self.record_position(csn);
-                        }
+                    if acked.is_some_and(|csn| csn >= end) {
+                        // Recorded now if it was not: the goodbye follows.
+                        self.record_unrecorded();
                         return None;
                     }
                 }
@@ -596,6 +601,14 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             warn!(error = %e, "could not record consumer position");
         }
         self.last_recorded = Some((Instant::now(), csn));
+        self.unrecorded = None;
+    }
+
+    /// Writes the newest acknowledged position if it is not yet written.
+    fn record_unrecorded(&mut self) {
+        if let Some(csn) = self.unrecorded.take() {
+            self.record_position(csn);
+        }
     }
 
     /// Messages waiting for the writer (a reserved slot counts as one).
@@ -610,6 +623,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
 
     /// Pings when due, and ends the session if the consumer has been silent too long.
     fn keepalive(&mut self, seq: &mut u64) -> Option<SessionEnd> {
+        self.record_unrecorded();
         if !self.params.keepalive_enabled {
             return None;
         }
@@ -639,6 +653,8 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                     self.reg.acked(&cookie, self.dir.durable_csn());
                     if self.last_recorded.is_none_or(|(t, _)| t.elapsed() >= POSITION_RECORD_INTERVAL) {
                         self.record_position(cookie.csn);
+                    } else if self.last_recorded.is_some_and(|(_, recorded)| recorded != cookie.csn) {
+                        self.unrecorded = Some(cookie.csn);
                     }
                 }
                 Inbound::Continue

@@ -175,6 +175,26 @@ fn a_poller_s_known_position_is_what_its_last_poll_brought_it() -> Result<()> {
     Ok(())
 }
 
+/// Acknowledgements arrive faster than the provider writes positions down (once a
+/// second), and the last of a burst used to wait for the next change to be written: the
+/// known position of an up-to-date consumer showed a lag until then. It is now written
+/// at the next keepalive tick.
+#[test]
+fn a_persist_consumer_s_known_position_catches_up_after_a_burst() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 300, 22, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    p.write_ok(&w.changes(200))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    wait_until(CONVERGE, "the known position to reach the provider's csn", || {
+        let status = p.status()?;
+        let people = status["consumers"].as_array().and_then(|c| c.iter().find(|x| x["agreement"] == "people"));
+        Ok(people.is_some_and(|k| k["csn"] == status["csn"] && k["lag_changes"] == 0))
+    })?;
+    assert!(c.stop()?.success());
+    Ok(())
+}
+
 #[test]
 fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
