@@ -298,7 +298,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 // The command prints the error too, but the log is where an operator
                 // looks for what the process did.
                 if let Err(e) = &result {
-                    error!("reload (by the reload command) failed, keeping the running agreements: {e}");
+                    error!("reload requested on the control socket failed, keeping the running agreements: {e}");
                 }
                 let _ = reply.send(result);
             }

@@ -35,11 +35,11 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
     let Some(writer) = &config.writer else {
         bail!("{}: no [writer] section: writes are not enabled", config.file.display());
     };
+    // The first record a provider of an older protocol version could not take: its
+    // line, and the version it needs.
+    let mut needs: Option<(usize, u16)> = None;
     // A record over the provider's `max_frame` would close the session unread, and its
     // outcome would then read as unknown: refuse the file before sending any of it.
-    // The first record (its line and protocol version) a provider of an older version
-    // could not take.
-    let mut needs: Option<(usize, u16)> = None;
     for (id, record) in input.records()?.enumerate() {
         let record = record?;
         let line = record.line();

@@ -343,7 +343,7 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     let failed = c.admin("reload", None).expect_err("a reload with a secret file missing");
     assert!(format!("{failed:#}").contains("people.key: cannot read secret file"), "{failed:#}");
     assert!(
-        c.log_text().contains("reload (by the reload command) failed, keeping the running agreements: "),
+        c.log_text().contains("reload requested on the control socket failed, keeping the running agreements: "),
         "{}",
         c.log_text()
     );
