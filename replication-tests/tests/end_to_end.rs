@@ -44,6 +44,14 @@ fn people_consumer_in(dir: &Path, p: &Provider) -> Result<Consumer> {
     Ok(c)
 }
 
+/// The provider's newest CSN and its `known consumers` entry for `agreement` (null if
+/// it has none), as `{"csn", "consumer"}`.
+fn known_position(p: &Provider, agreement: &str) -> Result<serde_json::Value> {
+    let status = p.status()?;
+    let known = status["consumers"].as_array().and_then(|c| c.iter().find(|x| x["agreement"] == agreement));
+    Ok(serde_json::json!({ "csn": status["csn"], "consumer": known }))
+}
+
 /// Whether the consumer logged the provider's goodbye `reason` as a warning (the
 /// goodbyes an operator must act on).
 fn warned_of_goodbye(c: &Consumer, reason: &str) -> bool {
@@ -123,11 +131,7 @@ fn refresh_only_consumer_converges_by_polling() -> Result<()> {
     }
     // Between polls no session is open, yet the provider's status says when the
     // consumer last polled and where it stands.
-    let known = |p: &Provider| -> Result<serde_json::Value> {
-        let status = p.status()?;
-        let people = status["consumers"].as_array().and_then(|c| c.iter().find(|x| x["agreement"] == "people"));
-        Ok(serde_json::json!({ "csn": status["csn"], "consumer": people }))
-    };
+    let known = |p: &Provider| known_position(p, "people");
     wait_until(CONVERGE, "the provider to record the polled position", || {
         let k = known(&p)?;
         Ok(k["consumer"]["csn"] == k["csn"] && k["consumer"]["lag_changes"] == 0)
@@ -153,11 +157,6 @@ fn a_poller_s_known_position_is_what_its_last_poll_brought_it() -> Result<()> {
         ..Agreement::persist("people", PEOPLE, "people-secret")
     };
     let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
-    let known = |p: &Provider| -> Result<(serde_json::Value, serde_json::Value)> {
-        let status = p.status()?;
-        let people = status["consumers"].as_array().and_then(|c| c.iter().find(|x| x["agreement"] == "people"));
-        Ok((status["csn"].clone(), people.map_or(serde_json::Value::Null, |k| k["csn"].clone())))
-    };
     for round in 0..2 {
         if round == 0 {
             c.start()?;
@@ -168,8 +167,8 @@ fn a_poller_s_known_position_is_what_its_last_poll_brought_it() -> Result<()> {
         }
         wait_converged(&p, &c, "people", PEOPLE)?;
         c.wait_status("people", CONVERGE, "the poll to end", |s| s["state"] == "idle")?;
-        let (csn, position) = known(&p)?;
-        assert_eq!(position, csn, "round {round}: the poller's position");
+        let k = known_position(&p, "people")?;
+        assert_eq!(k["consumer"]["csn"], k["csn"], "round {round}: the poller's position: {k}");
     }
     assert!(c.stop()?.success());
     Ok(())
@@ -187,9 +186,8 @@ fn a_persist_consumer_s_known_position_catches_up_after_a_burst() -> Result<()> 
     p.write_ok(&w.changes(200))?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     wait_until(CONVERGE, "the known position to reach the provider's csn", || {
-        let status = p.status()?;
-        let people = status["consumers"].as_array().and_then(|c| c.iter().find(|x| x["agreement"] == "people"));
-        Ok(people.is_some_and(|k| k["csn"] == status["csn"] && k["lag_changes"] == 0))
+        let k = known_position(&p, "people")?;
+        Ok(k["consumer"]["csn"] == k["csn"] && k["consumer"]["lag_changes"] == 0)
     })?;
     assert!(c.stop()?.success());
     Ok(())
