@@ -106,3 +106,31 @@ impl Change {
         parent.child(new_rdn.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// A variant's index is its wire tag (docs/protocol.md, section 3): `Increment`
+    /// came in version 2, last, so the three before it kept theirs.
+    #[test]
+    fn modify_operations_keep_their_pinned_tags() {
+        for (op, tag) in [(ModOp::Add, 0u8), (ModOp::Delete, 1), (ModOp::Replace, 2), (ModOp::Increment, 3)] {
+            let bytes = codec::encode(&op).unwrap();
+            assert_eq!(bytes, [tag], "{op:?}");
+            assert_eq!(codec::decode::<ModOp>(&bytes).unwrap(), op);
+        }
+        assert!(codec::decode::<ModOp>(&[4]).is_err(), "an operation from a later version is refused");
+    }
+
+    #[test]
+    fn only_a_modify_with_an_increment_needs_version_2() {
+        let dn = Dn::parse("ou=counters,dc=example,dc=com").unwrap();
+        let step = |op| Modification { op, attr: "uidNumber".into(), values: vec![Value::from("1")] };
+        let modify = |ops: &[ModOp]| Change::Modify { dn: dn.clone(), mods: ops.iter().map(|&op| step(op)).collect() };
+        assert_eq!(modify(&[ModOp::Replace, ModOp::Add]).min_version(), 1);
+        assert_eq!(modify(&[ModOp::Replace, ModOp::Increment]).min_version(), crate::message::INCREMENT_VERSION);
+        assert_eq!(Change::Delete { dn: dn.clone() }.min_version(), 1);
+    }
+}
