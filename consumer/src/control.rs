@@ -5,7 +5,7 @@
 use tether_protocol::control::{
     read_request, respond, respond_paged, respond_text, ControlError, ControlRequest, ControlResponse,
 };
-use tether_protocol::{frame, ldif, Dn, SearchSpec};
+use tether_protocol::{frame, ldif, Csn, Dn, SearchSpec};
 use tether_store::entry_set::DnKey;
 use tether_store::{Replica, ReplicaStore};
 use tokio::net::{UnixListener, UnixStream};
@@ -15,7 +15,7 @@ use tracing::debug;
 
 use crate::daemon::Agreements;
 use crate::reason::State;
-use crate::status::ConsumerStatus;
+use crate::status::{ConsumerStatus, Reach};
 use crate::supervisor::Command;
 
 /// Longest a `WaitCsn` request may wait: a client that wants longer asks again, and
@@ -124,9 +124,32 @@ impl SearchPages {
     }
 }
 
+/// `wait`: answers with where the replica stands once it reaches `csn` by the measure
+/// of `reach`, or says where it stands instead.
+async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_ms: u64) -> Result<String, String> {
+    let Some(status) = ctx.agreements.lock().await.get(name).map(|r| r.status.clone()) else {
+        return Err(format!("no agreement named {name:?}"));
+    };
+    let limit = std::time::Duration::from_millis(timeout_ms).min(WAIT_LIMIT);
+    let reached = tokio::select! {
+        reached = status.wait_csn(csn, reach, limit) => Some(reached),
+        _ = ctx.shutdown.cancelled() => status.csn(reach).is_some_and(|c| c >= csn).then_some(true),
+    };
+    if reached == Some(true) {
+        return Ok(format!("{}\n", status.csn(reach).unwrap_or(csn)));
+    }
+    // Say where it stands: a stopped or closed agreement, or one in backoff after an
+    // error, is the usual reason.
+    let now = status.snapshot();
+    let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
+    let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+    let within = if reached.is_none() { "before the consumer shut down".into() } else { format!("within {limit:?}") };
+    Err(format!("{name}: csn {csn} not {} {within}; the agreement is {} at csn {at}{why}", reach.as_str(), now.state))
+}
+
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
-    let request = read_request(&mut reader).await?;
+    let request = read_request(&mut reader, &mut writer).await?;
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply: Result<String, String> = match request {
         ControlRequest::Status { json } => {
@@ -183,36 +206,9 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         ControlRequest::Stop { name } => command(&ctx, &name, Command::Stop).await,
         ControlRequest::Start { name } => command(&ctx, &name, Command::Start).await,
         ControlRequest::Restart { name } => command(&ctx, &name, Command::Restart).await,
-        ControlRequest::WaitCsn { name, csn, timeout_ms } => {
-            let status = ctx.agreements.lock().await.get(&name).map(|r| r.status.clone());
-            match status {
-                None => Err(format!("no agreement named {name:?}")),
-                Some(status) => {
-                    let limit = std::time::Duration::from_millis(timeout_ms).min(WAIT_LIMIT);
-                    let reached = tokio::select! {
-                        reached = status.wait_csn(csn, limit) => Some(reached),
-                        _ = ctx.shutdown.cancelled() => status.durable_csn().is_some_and(|c| c >= csn).then_some(true),
-                    };
-                    if reached == Some(true) {
-                        Ok(format!("{}\n", status.durable_csn().unwrap_or(csn)))
-                    } else {
-                        // Say where it stands: a stopped or closed agreement, or one in
-                        // backoff after an error, is the usual reason.
-                        let now = status.snapshot();
-                        let at = now.cookie.as_deref().and_then(|c| c.rsplit_once('#')).map_or("none", |(_, c)| c);
-                        let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
-                        let within = if reached.is_none() {
-                            "before the consumer shut down".into()
-                        } else {
-                            format!("within {limit:?}")
-                        };
-                        Err(format!(
-                            "{name}: csn {csn} not durable {within}; the agreement is {} at csn {at}{why}",
-                            now.state
-                        ))
-                    }
-                }
-            }
+        ControlRequest::WaitCsn { name, csn, timeout_ms } => wait(&ctx, &name, csn, Reach::Durable, timeout_ms).await,
+        ControlRequest::WaitVisible { name, csn, timeout_ms } => {
+            wait(&ctx, &name, csn, Reach::Visible, timeout_ms).await
         }
         ControlRequest::Reload => {
             let (tx, rx) = oneshot::channel();

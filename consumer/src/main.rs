@@ -77,6 +77,7 @@ enum Command {
     },
     /// Wait until an agreement's replica has a change on disk: give the CSN a provider
     /// write acknowledged; prints the durable CSN (read your writes across replicas).
+    /// With --visible, until its searches return it (it may not be on disk yet).
     Wait {
         /// Configuration file.
         #[arg(short, long)]
@@ -90,6 +91,11 @@ enum Command {
         /// Give up after this long (at most 60s).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Answer once the replica's searches return the change, without waiting for it
+        /// to be on disk (a crash before then takes it again from the provider); prints
+        /// the visible CSN.
+        #[arg(long)]
+        visible: bool,
     },
     /// Print an agreement's replica as canonical LDIF.
     Search {
@@ -207,15 +213,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Wait { config, agreement, csn, timeout } => {
+        Command::Wait { config, agreement, csn, timeout, visible } => {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, agreement)?;
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-            let request = ControlRequest::WaitCsn { name: name.clone(), csn: tether_protocol::Csn(csn), timeout_ms };
+            let request = ControlRequest::wait(name.clone(), tether_protocol::Csn(csn), timeout_ms, visible);
             if call(&config.control, &request).await? {
                 return Ok(());
             }
-            // Stopped, the replica can still answer: what its store holds is on disk.
+            // Stopped, the replica can still answer: what its store holds is on disk (and visible).
             let replica = open_offline(&config, Offline::Read)?.existing_replica(&name)?;
             let at = replica.map(|r| r.cookie()).transpose()?.flatten().map(|c| c.csn);
             match at {

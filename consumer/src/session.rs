@@ -643,12 +643,16 @@ impl Applier<'_> {
         // thread, saving a thread handoff on the path from the provider's ack to ours.
         let flush_now = behind.is_none() && rx.is_empty();
         let store = self.store.clone();
+        let status = self.status.clone();
         let stats = self
             .blocking("applying changes", move || {
                 for _ in 0..count {
                     failpoint::on_apply()?;
                 }
                 let stats = replica.apply(&ops, Some(last))?;
+                // Searches return the changes from here on: `wait --visible` answers
+                // now, while the flush below runs.
+                status.update(|s| s.applied_csn = Some(last.csn));
                 if flush_now {
                     store.flush()?;
                 }
@@ -917,6 +921,7 @@ impl Applier<'_> {
                 let mut entries = 0;
                 self.status.update(|s| {
                     s.cookie = Some(cookie.to_string());
+                    s.applied_csn = None;
                     if let Some(n) = reloaded {
                         s.entries = n;
                     }
@@ -942,6 +947,8 @@ impl Applier<'_> {
                 self.expect_persisting("Advance")?;
                 let replica = self.replica.clone();
                 self.blocking("advancing the cookie", move || replica.advance(cookie)).await?;
+                // Nothing in the region changed up to it: the replica shows that state.
+                self.status.update(|s| s.applied_csn = Some(cookie.csn));
                 self.pending_cookie = Some(cookie);
                 Ok(())
             }

@@ -68,6 +68,11 @@ pub struct AgreementStatus {
     /// When the replica was last known current; `lag_seconds` is computed from it.
     #[serde(skip)]
     pub current_at: Instant,
+    /// The CSN of the newest live change applied to the replica: its searches return
+    /// it, though it may not be on disk yet (`wait --visible`). Cleared when a refresh
+    /// sets the cookie, which may then belong to another history.
+    #[serde(skip)]
+    pub applied_csn: Option<Csn>,
 }
 
 impl AgreementStatus {
@@ -75,6 +80,25 @@ impl AgreementStatus {
     pub fn set_error(&mut self, error: String) {
         self.last_error = Some(error);
         self.last_error_at = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    }
+}
+
+/// What a `wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The change is on disk: acknowledged to the provider, kept across a crash.
+    Durable,
+    /// The change is applied: the replica's searches return it.
+    Visible,
+}
+
+impl Reach {
+    /// The word for it in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Durable => "durable",
+            Reach::Visible => "visible",
+        }
     }
 }
 
@@ -111,6 +135,7 @@ impl StatusHandle {
                 skipped: 0,
                 duplicates: 0,
                 current_at: Instant::now(),
+                applied_csn: None,
             })),
             Arc::new(tokio::sync::Notify::new()),
         )
@@ -128,15 +153,31 @@ impl StatusHandle {
         s.cookie.as_deref().and_then(|c| c.parse::<Cookie>().ok()).map(|c| c.csn)
     }
 
-    /// Waits until the durable cookie reaches `csn`; `false` if `limit` passed first.
-    pub async fn wait_csn(&self, csn: Csn, limit: std::time::Duration) -> bool {
+    /// The CSN up to which the replica's searches return every change: the durable
+    /// cookie's, or a live change applied since and not yet flushed.
+    pub fn visible_csn(&self) -> Option<Csn> {
+        let applied = self.0.lock().unwrap_or_else(|p| p.into_inner()).applied_csn;
+        self.durable_csn().max(applied)
+    }
+
+    /// Where the replica stands by the measure of `reach`.
+    pub fn csn(&self, reach: Reach) -> Option<Csn> {
+        match reach {
+            Reach::Durable => self.durable_csn(),
+            Reach::Visible => self.visible_csn(),
+        }
+    }
+
+    /// Waits until the replica reaches `csn` by the measure of `reach`; `false` if
+    /// `limit` passed first.
+    pub async fn wait_csn(&self, csn: Csn, reach: Reach, limit: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             // Registered before the check, so an update between the two still wakes us.
             let notified = self.1.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.durable_csn().is_some_and(|c| c >= csn) {
+            if self.csn(reach).is_some_and(|c| c >= csn) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -321,14 +362,42 @@ mod tests {
         let h = StatusHandle::new("a", "p", "refresh-and-persist");
         let cookie =
             |csn| Some(Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) }.to_string());
-        assert!(!h.wait_csn(Csn(5), std::time::Duration::from_millis(10)).await, "no cookie yet");
+        let durable = Reach::Durable;
+        assert!(!h.wait_csn(Csn(5), durable, std::time::Duration::from_millis(10)).await, "no cookie yet");
         let waiting = h.clone();
-        let waiter = tokio::spawn(async move { waiting.wait_csn(Csn(5), std::time::Duration::from_secs(60)).await });
+        let waiter =
+            tokio::spawn(async move { waiting.wait_csn(Csn(5), durable, std::time::Duration::from_secs(60)).await });
         h.update(|s| s.cookie = cookie(4));
         h.update(|s| s.state = State::Persisting);
+        h.update(|s| s.applied_csn = Some(Csn(5)));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "applied is not durable");
         h.update(|s| s.cookie = cookie(6));
         assert!(waiter.await.unwrap());
         assert_eq!(h.durable_csn(), Some(Csn(6)));
-        assert!(h.wait_csn(Csn(6), std::time::Duration::ZERO).await, "already reached: answers at once");
+        assert!(h.wait_csn(Csn(6), durable, std::time::Duration::ZERO).await, "already reached: answers at once");
+    }
+
+    #[tokio::test]
+    async fn a_visible_wait_answers_once_the_change_is_applied_before_it_is_durable() {
+        let h = StatusHandle::new("a", "p", "refresh-and-persist");
+        let cookie =
+            |csn| Some(Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) }.to_string());
+        let visible = Reach::Visible;
+        assert!(!h.wait_csn(Csn(5), visible, std::time::Duration::ZERO).await, "nothing yet");
+        h.update(|s| s.cookie = cookie(4));
+        assert_eq!(h.visible_csn(), Some(Csn(4)), "the durable cookie is visible too");
+        let waiting = h.clone();
+        let waiter =
+            tokio::spawn(async move { waiting.wait_csn(Csn(5), visible, std::time::Duration::from_secs(60)).await });
+        h.update(|s| s.applied_csn = Some(Csn(5)));
+        assert!(waiter.await.unwrap(), "answered while the cookie on disk is still 4");
+        assert_eq!((h.durable_csn(), h.visible_csn()), (Some(Csn(4)), Some(Csn(5))));
+        // A refresh clears what was applied: its cookie may start another history.
+        h.update(|s| {
+            s.cookie = cookie(3);
+            s.applied_csn = None;
+        });
+        assert_eq!(h.visible_csn(), Some(Csn(3)));
     }
 }

@@ -73,9 +73,33 @@ pub enum ControlRequest {
         /// The region.
         spec: SearchSpec,
     },
+    /// [`ControlRequest::WaitCsn`], answered as soon as the change is visible: applied
+    /// to the replica, so its searches return it, though perhaps not yet on disk
+    /// (`wait --visible`). Read-your-writes needs no more, and it answers without the
+    /// replica's flush; a consumer that crashes before that flush takes the change again
+    /// from its durable cookie. Its own request, added last, so that a process older
+    /// than it refuses it instead of waiting for something else.
+    WaitVisible {
+        /// Agreement name.
+        name: String,
+        /// The CSN to wait for.
+        csn: crate::csn::Csn,
+        /// Give up after this many milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 impl ControlRequest {
+    /// The request that waits for `csn` in agreement `name`: until it is visible in the
+    /// replica when `visible`, else until it is durable.
+    pub fn wait(name: String, csn: crate::csn::Csn, timeout_ms: u64, visible: bool) -> Self {
+        if visible {
+            Self::WaitVisible { name, csn, timeout_ms }
+        } else {
+            Self::WaitCsn { name, csn, timeout_ms }
+        }
+    }
+
     /// The search request for `spec`, with the entries' UUIDs when `uuids`.
     pub fn search(agreement: Option<String>, spec: SearchSpec, uuids: bool) -> Self {
         if uuids {
@@ -109,6 +133,14 @@ pub enum ControlError {
     /// The process closed the connection before `Done`/`Error`.
     #[error("the process closed the control connection before its reply ended (is it shutting down?)")]
     Truncated,
+    /// The process closed the connection without a word of reply: it is shutting
+    /// down, or it runs a build from before the request was added (one that old
+    /// cannot say so; later ones answer with an error).
+    #[error(
+        "the process closed the control connection without answering: it is shutting down, or it runs an older \
+         build than this command, which cannot read this request"
+    )]
+    Unanswered,
     /// The client sent no request in time.
     #[error("no request within {0:?}")]
     NoRequest(Duration),
@@ -298,8 +330,12 @@ where
 {
     let (mut reader, mut writer) = crate::frame::split(stream);
     writer.write_frame(&codec::encode(request)?).await?;
+    let mut answered = false;
     loop {
-        let Some(frame) = reader.read_frame().await? else { return Err(ControlError::Truncated) };
+        let Some(frame) = reader.read_frame().await? else {
+            return Err(if answered { ControlError::Truncated } else { ControlError::Unanswered });
+        };
+        answered = true;
         match codec::decode::<ControlResponse>(&frame)? {
             ControlResponse::Output(text) => on_output(&text).map_err(ControlError::Output)?,
             ControlResponse::Done => return Ok(()),
@@ -314,12 +350,32 @@ where
 pub const REQUEST_WAIT: Duration = Duration::from_secs(10);
 
 /// Server side: reads the one request of a control connection, within [`REQUEST_WAIT`].
-pub async fn read_request<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<ControlRequest, ControlError> {
+/// A request that does not decode is answered with an error before the connection
+/// closes: it is usually a command of a newer build than the running process, whose
+/// user would otherwise see only a connection closed early.
+pub async fn read_request<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+) -> Result<ControlRequest, ControlError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let read = tokio::time::timeout(REQUEST_WAIT, reader.read_frame()).await;
     let Some(frame) = read.map_err(|_| ControlError::NoRequest(REQUEST_WAIT))?? else {
         return Err(ControlError::Truncated);
     };
-    Ok(codec::decode(&frame)?)
+    match codec::decode(&frame) {
+        Ok(request) => Ok(request),
+        Err(e) => {
+            let message = format!(
+                "the running process cannot read this request ({e}): it probably runs an older build than this command; \
+                 use the command of its build, or restart it on this one"
+            );
+            respond(writer, &ControlResponse::Error(message)).await?;
+            Err(e.into())
+        }
+    }
 }
 
 /// Server side: sends one piece of the reply.
@@ -407,7 +463,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 16);
         let serve = tokio::spawn(async move {
             let (mut reader, mut writer) = crate::frame::split(server);
-            read_request(&mut reader).await.unwrap();
+            read_request(&mut reader, &mut writer).await.unwrap();
             let mut pages = pages.into_iter();
             respond_paged(&mut writer, move || pages.next().unwrap_or(Ok(None))).await.unwrap();
         });
@@ -469,11 +525,50 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_sends_no_request_is_let_go() {
         let (_client, server) = tokio::io::duplex(1 << 10);
-        let (mut reader, _writer) = crate::frame::split(server);
+        let (mut reader, mut writer) = crate::frame::split(server);
         let started = tokio::time::Instant::now();
-        let refused = read_request(&mut reader).await.unwrap_err();
+        let refused = read_request(&mut reader, &mut writer).await.unwrap_err();
         assert!(matches!(refused, ControlError::NoRequest(REQUEST_WAIT)), "{refused}");
         assert_eq!(started.elapsed(), REQUEST_WAIT);
+    }
+
+    /// A request added after the running build (here: a variant it has not heard of) is
+    /// answered with an error saying so, not a connection closed without a word.
+    #[tokio::test]
+    async fn a_request_the_process_does_not_know_is_answered_with_an_error_naming_the_build() {
+        let (client, server) = tokio::io::duplex(1 << 10);
+        let serve = tokio::spawn(async move {
+            let (mut reader, mut writer) = crate::frame::split(server);
+            read_request(&mut reader, &mut writer).await
+        });
+        let (mut reader, mut writer) = crate::frame::split(client);
+        // The variant index after every request this build knows.
+        writer.write_frame(&[200]).await.unwrap();
+        let refused = serve.await.unwrap().unwrap_err();
+        assert!(matches!(refused, ControlError::Codec(_)), "{refused}");
+        let frame = reader.read_frame().await.unwrap().expect("an answer");
+        match codec::decode::<ControlResponse>(&frame).unwrap() {
+            ControlResponse::Error(message) => {
+                assert!(message.contains("probably runs an older build than this command"), "{message}")
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// A process of a build from before `read_request` answered unknown requests closes
+    /// the connection without a frame: the client says what that can mean, rather than
+    /// "before its reply ended", which suggests a reply was under way.
+    #[tokio::test]
+    async fn a_connection_closed_without_a_reply_says_the_process_may_be_older() {
+        let (client, server) = tokio::io::duplex(1 << 10);
+        let serve = tokio::spawn(async move {
+            let (mut reader, _writer) = crate::frame::split(server);
+            reader.read_frame().await.unwrap();
+        });
+        let refused = call(client, &ControlRequest::Reload, |_| Ok(())).await.unwrap_err();
+        serve.await.unwrap();
+        assert!(matches!(refused, ControlError::Unanswered), "{refused}");
+        assert!(refused.to_string().contains("runs an older build than this command"), "{refused}");
     }
 
     #[tokio::test]

@@ -102,7 +102,7 @@ fn search_page_text(
 
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
-    let request = read_request(&mut reader).await?;
+    let request = read_request(&mut reader, &mut writer).await?;
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply = match request {
         ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, true) {

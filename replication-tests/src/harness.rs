@@ -683,6 +683,14 @@ impl Consumer {
         Ok(c.output()?)
     }
 
+    /// [`Consumer::wait_csn`] with `--visible`: returns once the replica's searches
+    /// return CSN `N`, on disk or not.
+    pub fn wait_visible(&self, agreement: &str, csn: u64, timeout: &str) -> Result<Output> {
+        let mut c = self.cmd("wait")?;
+        c.args(["--agreement", agreement, "--csn", &csn.to_string(), "--timeout", timeout, "--visible"]);
+        Ok(c.output()?)
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("consumer not running")?;

@@ -1265,12 +1265,23 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
     let csn: u64 = String::from_utf8(out.stdout)?.trim().parse()?;
     assert_eq!(Some(csn), p.status()?["csn"].as_u64(), "stdout is the last write's CSN");
 
+    // `--visible` answers once the replica's searches return the writes, without
+    // waiting for its flush: no polling either.
+    let out = c.wait_visible("people", csn, "30s")?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let visible: u64 = String::from_utf8(out.stdout)?.trim().parse()?;
+    assert!(visible >= csn, "waited for {csn}, visible {visible}");
+    assert_eq!(count(&c.search("people", PEOPLE, "subtree", "(sn=Reader)")?), 1);
+
     let out = c.wait_csn("people", csn, "30s")?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let durable: u64 = String::from_utf8(out.stdout)?.trim().parse()?;
     assert!(durable >= csn, "waited for {csn}, durable {durable}");
     // Once `wait` returned, the replica answers with both writes: no polling.
     assert_eq!(count(&c.search("people", PEOPLE, "subtree", "(sn=Reader)")?), 1);
+    let out = c.wait_visible("people", csn + 1000, "1s")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("csn {} not visible within", csn + 1000)), "{err}");
 
     let out = c.wait_csn("people", csn + 1000, "1s")?;
     assert!(!out.status.success());
@@ -1288,6 +1299,8 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
     let out = c.wait_csn("people", csn, "1s")?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout)?.trim(), durable.to_string());
+    let out = c.wait_visible("people", csn, "1s")?;
+    assert_eq!(String::from_utf8(out.stdout)?.trim(), durable.to_string(), "what is on disk is visible");
     let out = c.wait_csn("people", durable + 1, "1s")?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

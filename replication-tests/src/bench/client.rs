@@ -134,11 +134,21 @@ pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Strin
 /// agreement `name`, and returns the moment it learned so.
 /// A consumer answers one request after at most a minute, so longer waits repeat it.
 pub async fn wait_csn(path: &Path, name: &str, csn: Csn, limit: Duration) -> Result<Instant> {
+    wait(path, name, csn, limit, false).await
+}
+
+/// [`wait_csn`] until the consumer's searches return `csn` (`wait --visible`), which
+/// does not wait for its flush.
+pub async fn wait_visible(path: &Path, name: &str, csn: Csn, limit: Duration) -> Result<Instant> {
+    wait(path, name, csn, limit, true).await
+}
+
+async fn wait(path: &Path, name: &str, csn: Csn, limit: Duration, visible: bool) -> Result<Instant> {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now()).min(WAIT_REQUEST);
         let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-        let request = ControlRequest::WaitCsn { name: name.to_owned(), csn, timeout_ms };
+        let request = ControlRequest::wait(name.to_owned(), csn, timeout_ms, visible);
         match control_call(path, &request).await {
             Ok(_) => return Ok(Instant::now()),
             Err(_) if Instant::now() < deadline => {}
