@@ -3,7 +3,7 @@
 //! while the process runs.
 
 use tether_protocol::control::{
-    read_request, respond, respond_paged, respond_text, ControlError, ControlRequest, ControlResponse,
+    read_request, respond, respond_done, respond_paged, ControlError, ControlRequest, ControlResponse,
 };
 use tether_protocol::{frame, ldif, Csn, Dn, SearchSpec};
 use tether_store::entry_set::DnKey;
@@ -221,10 +221,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         }
     };
     match reply {
-        Ok(text) => {
-            respond_text(&mut writer, &text).await?;
-            respond(&mut writer, &ControlResponse::Done).await
-        }
+        Ok(text) => respond_done(&mut writer, &text).await,
         Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await,
     }
 }

@@ -416,10 +416,22 @@ fn output_chunks(text: &str, max: usize) -> impl Iterator<Item = &str> {
 }
 
 /// Server side: sends `text` as `Output` chunks (none when it is empty).
-pub async fn respond_text<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, text: &str) -> Result<(), ControlError> {
+async fn respond_text<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, text: &str) -> Result<(), ControlError> {
     for chunk in output_chunks(text, OUTPUT_CHUNK) {
         respond(writer, &ControlResponse::Output(chunk.to_owned())).await?;
     }
+    Ok(())
+}
+
+/// Server side: the whole reply of a command that succeeded, `text` then `Done`. A
+/// short one leaves in one write, so a client timing the answer (`wait`) reads it in
+/// one wake-up rather than two.
+pub async fn respond_done<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, text: &str) -> Result<(), ControlError> {
+    for chunk in output_chunks(text, OUTPUT_CHUNK) {
+        writer.feed_frame(&codec::encode(&ControlResponse::Output(chunk.to_owned()))?).await?;
+    }
+    writer.feed_frame(&codec::encode(&ControlResponse::Done)?).await?;
+    writer.flush().await?;
     Ok(())
 }
 

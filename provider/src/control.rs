@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tether_protocol::control::{read_request, respond, respond_paged, respond_text, ControlRequest, ControlResponse};
+use tether_protocol::control::{read_request, respond, respond_done, respond_paged, ControlRequest, ControlResponse};
 use tether_protocol::frame;
 use tether_protocol::{ldif, Csn, SearchSpec};
 use tether_store::Directory;
@@ -149,8 +149,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
     };
     match reply {
         Ok(text) => {
-            respond_text(&mut writer, &text).await?;
-            respond(&mut writer, &ControlResponse::Done).await?;
+            respond_done(&mut writer, &text).await?;
         }
         Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await?,
     }
