@@ -102,11 +102,36 @@ impl Reach {
     }
 }
 
-/// Shared, updatable status of one agreement. Every update wakes the control requests
-/// waiting on it (`WaitCsn`), so they answer when the durable cookie moves instead of
-/// polling.
+/// How far the replica has come, by each measure of [`Reach`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Reached {
+    /// The durable cookie's CSN.
+    durable: Option<Csn>,
+    /// The newest CSN applied, durable or not.
+    visible: Option<Csn>,
+}
+
+impl Reached {
+    fn of(s: &AgreementStatus) -> Self {
+        let durable = s.cookie.as_deref().and_then(|c| c.parse::<Cookie>().ok()).map(|c| c.csn);
+        Self { durable, visible: durable.max(s.applied_csn) }
+    }
+
+    fn get(self, reach: Reach) -> Option<Csn> {
+        match reach {
+            Reach::Durable => self.durable,
+            Reach::Visible => self.visible,
+        }
+    }
+}
+
+/// Shared, updatable status of one agreement. The control requests waiting on it
+/// (`WaitCsn`, `WaitVisible`) watch what it has reached, so they answer when the CSN
+/// they wait for is reached instead of polling, and sleep through every other update
+/// (a consumer taking a burst updates its status several times per apply run, and a
+/// benchmark keeps ten requests waiting on each of fifty consumers).
 #[derive(Debug, Clone)]
-pub struct StatusHandle(Arc<Mutex<AgreementStatus>>, Arc<tokio::sync::Notify>);
+pub struct StatusHandle(Arc<Mutex<AgreementStatus>>, Arc<tokio::sync::watch::Sender<Reached>>);
 
 impl StatusHandle {
     /// Initial status of an agreement.
@@ -137,53 +162,43 @@ impl StatusHandle {
                 current_at: Instant::now(),
                 applied_csn: None,
             })),
-            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::watch::Sender::new(Reached::default())),
         )
     }
 
     /// Changes the status.
     pub fn update(&self, f: impl FnOnce(&mut AgreementStatus)) {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
-        self.1.notify_waiters();
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+        // Published under the status lock, so two updates racing from two threads (the
+        // session's task and its store thread) publish in the order they changed it.
+        let reached = Reached::of(&s);
+        self.1.send_if_modified(|r| std::mem::replace(r, reached) != reached);
     }
 
     /// The CSN of the durable cookie (the position acknowledged to the provider).
     pub fn durable_csn(&self) -> Option<Csn> {
-        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.cookie.as_deref().and_then(|c| c.parse::<Cookie>().ok()).map(|c| c.csn)
+        self.1.borrow().durable
     }
 
     /// The CSN up to which the replica's searches return every change: the durable
     /// cookie's, or a live change applied since and not yet flushed.
     pub fn visible_csn(&self) -> Option<Csn> {
-        let applied = self.0.lock().unwrap_or_else(|p| p.into_inner()).applied_csn;
-        self.durable_csn().max(applied)
+        self.1.borrow().visible
     }
 
     /// Where the replica stands by the measure of `reach`.
     pub fn csn(&self, reach: Reach) -> Option<Csn> {
-        match reach {
-            Reach::Durable => self.durable_csn(),
-            Reach::Visible => self.visible_csn(),
-        }
+        self.1.borrow().get(reach)
     }
 
     /// Waits until the replica reaches `csn` by the measure of `reach`; `false` if
     /// `limit` passed first.
     pub async fn wait_csn(&self, csn: Csn, reach: Reach, limit: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            // Registered before the check, so an update between the two still wakes us.
-            let notified = self.1.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.csn(reach).is_some_and(|c| c >= csn) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return false;
-            }
-        }
+        let mut reached = self.1.subscribe();
+        // The sender lives as long as `self`: the wait ends by the CSN or the limit.
+        let wait = async move { reached.wait_for(|r| r.get(reach).is_some_and(|c| c >= csn)).await.is_ok() };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
     /// Records that the replica is current now (a refresh completed, or every received

@@ -1,7 +1,10 @@
 //! `fanout --consumers C`: C persist consumers (C processes) take a burst of changes.
 //! At checkpoints through the burst, each consumer's time from the provider's ack of
-//! the checkpoint write to that write being durable on the consumer is its lag; the
-//! worst over all consumers and checkpoints is held to the target. Also the aggregate
+//! the checkpoint write to that write being visible on the consumer (its searches
+//! return it) is its lag; the worst over all consumers and checkpoints is held to the
+//! target ("every consumer within 100 ms of the provider"). Odd checkpoints time
+//! visibility, even ones durability (the write flushed on the consumer), reported
+//! beside it: one wait per consumer and checkpoint, as in `latency`. Also the aggregate
 //! deliveries per second and the provider's memory per session.
 
 use std::collections::BTreeMap;
@@ -39,7 +42,7 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
     let pids = (0..consumers).map(|i| cluster.consumer_pid(i)).collect::<Result<Vec<_>>>()?;
     let provider = cluster.provider_pid()?;
     let consumers_cpu = |pids: &[u32]| pids.iter().map(|&pid| cpu::used(pid)).sum::<Result<Duration>>();
-    let (worst_lag, median_at_worst, elapsed, cpu) = rt.block_on(async {
+    let (visible, durable, elapsed, cpu) = rt.block_on(async {
         for i in 0..consumers {
             cluster.wait_persisting(i, STEP).await?;
         }
@@ -49,11 +52,19 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
         let mut waiters = Vec::new();
         for k in 1..=ops / every {
             let csn = Csn(base.0 + (k * every) as u64);
+            let visible = k % 2 == 1;
             for i in 0..consumers {
                 let path = cluster.control(i);
                 waiters.push((
                     k * every - 1,
-                    tokio::spawn(async move { client::wait_csn(&path, AGREEMENT, csn, STEP).await }),
+                    visible,
+                    tokio::spawn(async move {
+                        if visible {
+                            client::wait_visible(&path, AGREEMENT, csn, STEP).await
+                        } else {
+                            client::wait_csn(&path, AGREEMENT, csn, STEP).await
+                        }
+                    }),
                 ));
             }
         }
@@ -69,33 +80,28 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
             })
             .await?;
         let mut last = started;
-        let mut lags: BTreeMap<usize, Vec<Duration>> = BTreeMap::new();
-        for (n, waiter) in waiters {
+        // Per measure (visible, durable), per checkpoint: every consumer's lag.
+        let mut lags: [BTreeMap<usize, Vec<Duration>>; 2] = Default::default();
+        for (n, visible, waiter) in waiters {
             let reached = waiter.await??;
             let acked = acks[n].context("another writer was active during the burst")?;
-            lags.entry(n).or_default().push(reached.saturating_duration_since(acked));
+            lags[usize::from(!visible)].entry(n).or_default().push(reached.saturating_duration_since(acked));
             last = last.max(reached);
         }
         let cpu = (cpu::used(provider)? - cpu_before.0, consumers_cpu(&pids)? - cpu_before.1);
         writer.close().await;
-        // The checkpoint with the worst lag, and the median consumer's lag there: one
-        // late consumer, or all of them late together (something they share).
-        let (worst, median) = lags
-            .into_values()
-            .map(|mut l| {
-                l.sort();
-                (l.last().copied().unwrap_or_default(), l.get(l.len() / 2).copied().unwrap_or_default())
-            })
-            .max()
-            .unwrap_or_default();
-        anyhow::Ok((worst, median, last.duration_since(started), cpu))
+        let [visible, durable] = lags.map(worst_checkpoint);
+        anyhow::Ok((visible, durable, last.duration_since(started), cpu))
     })?;
     let provider_after = rss::current(cluster.provider_pid()?)?;
     let per_session = provider_after.saturating_sub(provider_before) as f64 / consumers.max(1) as f64;
     let mut r = Report::new("fanout");
     r.param("consumers", consumers).param("ops", ops).param("entries", PEOPLE);
-    r.target("slowest consumer lag", worst_lag.as_secs_f64() * 1e3, "ms", Bound::AtMost, TARGET_LAG_MS);
-    r.figure("median consumer lag at that checkpoint", median_at_worst.as_secs_f64() * 1e3, "ms");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    r.target("slowest consumer lag (visible)", ms(visible.0), "ms", Bound::AtMost, TARGET_LAG_MS);
+    r.figure("median lag at that checkpoint (visible)", ms(visible.1), "ms");
+    r.figure("slowest consumer lag (durable)", ms(durable.0), "ms");
+    r.figure("median lag at that checkpoint (durable)", ms(durable.1), "ms");
     r.figure("aggregate deliveries", (ops * consumers) as f64 / elapsed.as_secs_f64(), "changes/s");
     r.figure("all consumers caught up after", elapsed.as_secs_f64(), "s");
     r.figure("provider CPU per change", cpu.0.as_secs_f64() * 1e6 / ops.max(1) as f64, "us");
@@ -103,4 +109,16 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
     r.figure("provider RSS per session", per_session / 1024.0, "KiB");
     r.figure("provider peak RSS", rss::mib(rss::peak(cluster.provider_pid()?)?), "MiB");
     Ok(r)
+}
+
+/// The checkpoint with the worst lag, and the median consumer's lag there: one late
+/// consumer, or all of them late together (something they share).
+fn worst_checkpoint(lags: BTreeMap<usize, Vec<Duration>>) -> (Duration, Duration) {
+    lags.into_values()
+        .map(|mut l| {
+            l.sort();
+            (l.last().copied().unwrap_or_default(), l.get(l.len() / 2).copied().unwrap_or_default())
+        })
+        .max()
+        .unwrap_or_default()
 }
