@@ -150,9 +150,9 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
     Ok(Running { config: a.clone(), files, commands: tx, status, task })
 }
 
-/// Stops a running agreement's supervisor and waits for it.
-async fn shut(running: Running) {
-    let _ = running.commands.send(Command::Shutdown).await;
+/// Stops a running agreement's supervisor, for the reload `why` names, and waits for it.
+async fn shut(running: Running, why: Command) {
+    let _ = running.commands.send(why).await;
     let _ = running.task.await;
 }
 
@@ -189,7 +189,7 @@ pub async fn reload(
     for name in names {
         let Some(new) = config.agreement(&name) else {
             if let Some(r) = running.remove(&name) {
-                shut(r).await;
+                shut(r, Command::Reload { removed: true }).await;
             }
             store.remove(&name).with_context(|| format!("removing the replica of {name:?}"))?;
             report.push(format!("removed {name}"));
@@ -201,7 +201,7 @@ pub async fn reload(
         if changed {
             if let Some(old) = running.remove(&name) {
                 // `start` below reloads the replica in full if its region changed.
-                shut(old).await;
+                shut(old, Command::Reload { removed: false }).await;
             }
             report.push(format!("restarted {name}"));
         }

@@ -129,19 +129,24 @@ impl Ended {
 pub struct StopSignal {
     /// Cancelled to end the session.
     pub token: CancellationToken,
-    /// The reason to report and to say in the goodbye.
-    pub reason: Arc<std::sync::Mutex<Option<Reason>>>,
+    /// The reason and detail to report and to say in the goodbye.
+    why: Arc<std::sync::Mutex<Option<(Reason, &'static str)>>>,
 }
 
 impl StopSignal {
-    /// Asks the session to end with `reason`.
-    pub fn stop(&self, reason: Reason) {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    /// Asks the session to end with `reason`; `detail` says why, in the goodbye and the
+    /// log (the provider logs it beside the reason).
+    pub fn stop(&self, reason: Reason, detail: &'static str) {
+        *self.why.lock().unwrap_or_else(|p| p.into_inner()) = Some((reason, detail));
         self.token.cancel();
     }
 
-    fn reason(&self) -> Reason {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(Reason::Shutdown)
+    /// How the session ends, `during` what it was doing when the stop came (empty once
+    /// it runs).
+    fn ended(&self, during: &str) -> Ended {
+        let (reason, detail) =
+            self.why.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or((Reason::Shutdown, "stopped"));
+        Ended::new(reason, format!("{detail}{during}"))
     }
 }
 
@@ -171,7 +176,7 @@ pub async fn run(
             let connect = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(&cfg.provider));
             tokio::select! {
                 biased;
-                _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped while connecting") },
+                _ = stop.token.cancelled() => return Ended { connected: false, ..stop.ended(", while connecting") },
                 r = connect => match r {
                     Ok(Ok(s)) => connection::boxed(s),
                     Ok(Err(e)) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) },
@@ -193,7 +198,7 @@ pub async fn run(
     let handshake = client_handshake(&mut reader, &mut writer, &hello, &cfg.secret, limit);
     let welcome = tokio::select! {
         biased;
-        _ = stop.token.cancelled() => return Ended { connected: false, ..Ended::new(stop.reason(), "stopped while handshaking") },
+        _ = stop.token.cancelled() => return Ended { connected: false, ..stop.ended(", while handshaking") },
         r = handshake => match r {
             Ok(w) => w,
             Err(e) => return handshake_failed(e),
@@ -287,7 +292,7 @@ async fn connect_tcp(
 ) -> Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>), Ended> {
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(cfg.provider.as_str()));
     let stream = tokio::select! {
-        _ = stop.token.cancelled() => return Err(Ended { connected: false, ..Ended::new(stop.reason(), "stopped while connecting") }),
+        _ = stop.token.cancelled() => return Err(Ended { connected: false, ..stop.ended(", while connecting") }),
         r = connect => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) }),
@@ -314,7 +319,7 @@ async fn connect_tcp(
                 ..Ended::new(Reason::ConnectionLost, format!("TLS handshake with {}: {detail}", cfg.provider))
             };
             tokio::select! {
-                _ = stop.token.cancelled() => return Err(Ended { connected: false, ..Ended::new(stop.reason(), "stopped during the TLS handshake") }),
+                _ = stop.token.cancelled() => return Err(Ended { connected: false, ..stop.ended(", during the TLS handshake") }),
                 r = handshake => match r {
                     Ok(Ok(stream)) => connection::boxed(stream),
                     Ok(Err(e)) => return Err(tls_failed(crate::tls::describe_failure(&e))),
@@ -550,7 +555,7 @@ impl Applier<'_> {
                 biased;
                 _ = stop.token.cancelled() => {
                     let _ = self.flush_and_ack().await;
-                    return Ended::new(stop.reason(), "stopped");
+                    return stop.ended("");
                 }
                 _ = keepalive_timed_out.cancelled() => {
                     return Ended::new(Reason::KeepaliveTimeout, "no frame from the provider within keepalive.timeout");

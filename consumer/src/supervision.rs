@@ -28,6 +28,20 @@ pub enum Command {
     Restart,
     /// The process is exiting: goodbye and return.
     Shutdown,
+    /// A reload removed the agreement (`removed`) or changed its configuration: goodbye
+    /// and return, as for `Shutdown`; the daemon starts a changed one anew. Its own
+    /// command so that the goodbye and the log say why the session ended.
+    Reload {
+        /// The agreement is gone from the configuration, rather than changed.
+        removed: bool,
+    },
+}
+
+impl Command {
+    /// Whether the supervisor returns once the session has ended.
+    fn exits(self) -> bool {
+        matches!(self, Command::Shutdown | Command::Reload { .. })
+    }
 }
 
 /// What happened.
@@ -51,8 +65,9 @@ pub enum Input {
 pub enum Output {
     /// Start a session now.
     StartSession,
-    /// Ask the running session to end with this reason (it says goodbye).
-    StopSession(Reason),
+    /// Ask the running session to end with this reason and detail (it says goodbye
+    /// with both, and logs them).
+    StopSession(Reason, &'static str),
     /// Publish this state.
     SetState(State),
     /// Arm the timer (replacing any); `None` disarms it.
@@ -135,18 +150,27 @@ impl Supervision {
             Input::Begin { stopped: true } => self.settle(State::Stopped, &mut out),
             Input::Begin { stopped: false } => self.start(now, &mut out),
             Input::Command(cmd) if running => {
-                let reason = match cmd {
-                    Command::Shutdown => Reason::Shutdown,
-                    Command::Stop | Command::Restart => Reason::AdminStop,
+                let (reason, detail) = match cmd {
+                    Command::Shutdown => (Reason::Shutdown, "the consumer is shutting down"),
+                    Command::Reload { removed: false } => {
+                        (Reason::Shutdown, "the agreement's configuration changed (reload)")
+                    }
+                    Command::Reload { removed: true } => {
+                        (Reason::Shutdown, "the agreement was removed from the configuration (reload)")
+                    }
+                    Command::Stop => (Reason::AdminStop, "stopped by the operator"),
+                    Command::Restart => (Reason::AdminStop, "restarted by the operator"),
                     Command::Start => return out,
                 };
-                // A later command overrides an earlier one, except that shutdown wins.
-                if self.pending != Some(Command::Shutdown) {
-                    self.pending = Some(cmd);
+                // A later command overrides an earlier one, except that an exit wins,
+                // and its reason stays the one the session says goodbye with.
+                if self.pending.is_some_and(Command::exits) {
+                    return out;
                 }
-                out.push(Output::StopSession(reason));
+                self.pending = Some(cmd);
+                out.push(Output::StopSession(reason, detail));
             }
-            Input::Command(Command::Shutdown) => out.push(Output::Exit),
+            Input::Command(Command::Shutdown | Command::Reload { .. }) => out.push(Output::Exit),
             Input::Command(Command::Stop) => {
                 if self.state != State::Stopped {
                     out.extend([Output::Wait(None), Output::PersistStopped(true)]);
@@ -173,7 +197,7 @@ impl Supervision {
     fn ended(&mut self, now: Instant, ended: Ended, sample: f64, out: &mut Vec<Output>) {
         let started = self.session_started.take().unwrap_or(now);
         match self.pending.take() {
-            Some(Command::Shutdown) => return out.push(Output::Exit),
+            Some(cmd) if cmd.exits() => return out.push(Output::Exit),
             Some(Command::Stop) => {
                 out.push(Output::PersistStopped(true));
                 return self.settle(State::Stopped, out);
@@ -182,7 +206,7 @@ impl Supervision {
                 self.reset();
                 return self.start(now, out);
             }
-            None => {}
+            Some(Command::Shutdown | Command::Reload { .. }) | None => {}
         }
         if ended.reason == Reason::Shutdown {
             return out.push(Output::Exit);
@@ -356,7 +380,10 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(&["1s forever"], None);
         m.step(t0, Input::Begin { stopped: false }, 0.5);
-        assert_eq!(m.step(t0, Input::Command(Command::Stop), 0.5), [Output::StopSession(Reason::AdminStop)]);
+        assert_eq!(
+            m.step(t0, Input::Command(Command::Stop), 0.5),
+            [Output::StopSession(Reason::AdminStop, "stopped by the operator")]
+        );
         let out = m.step(t0, Input::SessionEnded(ended(Reason::AdminStop)), 0.5);
         assert!(out.contains(&Output::PersistStopped(true)));
         assert_eq!(m.state(), State::Stopped);
@@ -378,9 +405,37 @@ mod tests {
         assert_eq!(m.state(), State::Idle);
         assert_eq!(wait_of(&out), Some(Duration::from_secs(30)));
         assert!(m.step(t0, Input::TimerFired, 0.5).contains(&Output::StartSession));
-        assert_eq!(m.step(t0, Input::Command(Command::Shutdown), 0.5), [Output::StopSession(Reason::Shutdown)]);
-        assert_eq!(m.step(t0, Input::Command(Command::Stop), 0.5), [Output::StopSession(Reason::AdminStop)]);
+        assert_eq!(
+            m.step(t0, Input::Command(Command::Shutdown), 0.5),
+            [Output::StopSession(Reason::Shutdown, "the consumer is shutting down")]
+        );
+        assert_eq!(m.step(t0, Input::Command(Command::Stop), 0.5), [], "the goodbye stays the shutdown's");
         assert_eq!(m.step(t0, Input::SessionEnded(ended(Reason::Shutdown)), 0.5), [Output::Exit], "shutdown wins");
+    }
+
+    /// A reload ends the session as a shutdown does, saying which reload it was.
+    #[test]
+    fn a_reload_ends_the_session_saying_why_and_returns() {
+        let t0 = Instant::now();
+        for (removed, detail) in [
+            (false, "the agreement's configuration changed (reload)"),
+            (true, "the agreement was removed from the configuration (reload)"),
+        ] {
+            let mut m = machine(&["1s forever"], None);
+            m.step(t0, Input::Begin { stopped: false }, 0.5);
+            let reload = Input::Command(Command::Reload { removed });
+            assert_eq!(m.step(t0, reload.clone(), 0.5), [Output::StopSession(Reason::Shutdown, detail)]);
+            assert_eq!(m.step(t0, Input::Command(Command::Restart), 0.5), [], "the goodbye stays the reload's");
+            assert_eq!(
+                m.step(t0, Input::SessionEnded(ended(Reason::Shutdown)), 0.5),
+                [Output::Exit],
+                "the reload wins"
+            );
+            // With no session running (stopped, in backoff), it returns at once.
+            let mut stopped = machine(&["1s forever"], None);
+            stopped.step(t0, Input::Begin { stopped: true }, 0.5);
+            assert_eq!(stopped.step(t0, reload, 0.5), [Output::Exit]);
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Supervisor {
                                 async move { session::run(cfg, store, replica, status, &signal, routine).await },
                             ));
                     }
-                    Output::StopSession(reason) => stop.stop(reason),
+                    Output::StopSession(reason, detail) => stop.stop(reason, detail),
                     Output::SetState(state) => {
                         let from = status.state();
                         if state == State::Backoff {

@@ -288,6 +288,10 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     wait_until(LIMIT, "people to be removed", || {
         Ok(!c.status()?["agreements"].as_array().unwrap().iter().any(|a| a["name"] == "people"))
     })?;
+    // The provider learns why the session ended: not a consumer shutting down.
+    let why =
+        "consumer said goodbye reason=\"shutdown\" detail=the agreement was removed from the configuration (reload)";
+    wait_until(LIMIT, "the provider to log the goodbye", || Ok(p.log_text().contains(why)))?;
     p.write_ok(&w.changes(100))?;
     converged(&p, &c, "others", OTHERS)?;
     no_duplicates(&c, "others")?;
