@@ -372,11 +372,14 @@ mod tests {
         assert_eq!(h.snapshot().lag_seconds, 0);
     }
 
+    /// A cookie's text at `csn`, of a history of its own.
+    fn cookie(csn: u64) -> Option<String> {
+        Some(Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) }.to_string())
+    }
+
     #[tokio::test]
     async fn wait_csn_answers_once_the_durable_cookie_reaches_it() {
         let h = StatusHandle::new("a", "p", "refresh-and-persist");
-        let cookie =
-            |csn| Some(Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) }.to_string());
         let durable = Reach::Durable;
         assert!(!h.wait_csn(Csn(5), durable, std::time::Duration::from_millis(10)).await, "no cookie yet");
         let waiting = h.clone();
@@ -396,8 +399,6 @@ mod tests {
     #[tokio::test]
     async fn a_visible_wait_answers_once_the_change_is_applied_before_it_is_durable() {
         let h = StatusHandle::new("a", "p", "refresh-and-persist");
-        let cookie =
-            |csn| Some(Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) }.to_string());
         let visible = Reach::Visible;
         assert!(!h.wait_csn(Csn(5), visible, std::time::Duration::ZERO).await, "nothing yet");
         h.update(|s| s.cookie = cookie(4));
