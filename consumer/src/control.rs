@@ -92,8 +92,8 @@ impl SearchPages {
             return Err(format!("--base {} is outside the region of agreement {name:?}, based at {region}", spec.base));
         }
         if region.is_some() {
-            let entries = replica.entries().map_err(|e| e.to_string())?;
-            if let Some(missing) = entries.missing_base(&spec.base).map_err(|e| e.to_string())? {
+            let missing = replica.read_active(|entries| entries.missing_base(&spec.base)).map_err(|e| e.to_string())?;
+            if let Some(missing) = missing {
                 return Err(format!("{missing} in the replica of {name:?}"));
             }
         }
@@ -111,9 +111,11 @@ impl SearchPages {
         if self.done {
             return Ok(None);
         }
-        let entries = self.replica.entries().map_err(|e| e.to_string())?;
-        let (page, next) =
-            entries.search_page(&self.spec, self.after.as_deref(), SEARCH_PAGE).map_err(|e| e.to_string())?;
+        let (spec, after) = (&self.spec, self.after.as_deref());
+        let (page, next) = self
+            .replica
+            .read_active(|entries| entries.search_page(spec, after, SEARCH_PAGE))
+            .map_err(|e| e.to_string())?;
         self.done = next.is_none();
         self.after = next;
         let mut out = Vec::new();

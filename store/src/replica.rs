@@ -231,6 +231,13 @@ pub struct ReplicaStore {
     /// Whether the storage has failed under this handle (see [`crate::failure`]); the
     /// consumer latches the storage errors its agreements meet.
     failure: FailureLatch,
+    /// Held for reading while another thread reads a replica's active generation
+    /// ([`Replica::read_active`]), for writing while a generation is dropped. sled
+    /// drops a tree under a reader still walking it, which then loops forever at full
+    /// CPU (seen in a test: `Tree::len` spinning), and a tree opened after its drop
+    /// comes back empty, so a `search` racing a reload's swap hung or saw an empty
+    /// replica. Reads are a page of 500 entries, so a swap waits at most that long.
+    generations: Arc<std::sync::RwLock<()>>,
 }
 
 /// Bytes of entries written without a flush after which the write that passes it
@@ -279,6 +286,7 @@ impl ReplicaStore {
             audit: Arc::default(),
             unflushed: Arc::default(),
             failure: FailureLatch::default(),
+            generations: Arc::default(),
         };
         for name in store.names()? {
             let mut state = store.state(&name)?.unwrap_or_default();
@@ -331,7 +339,10 @@ impl ReplicaStore {
         ))
     }
 
+    /// Drops generation `gen`'s trees, once no other thread reads them. Never call it
+    /// while holding [`ReplicaStore::generations`] (from inside a read).
     fn drop_generation(&self, name: &str, gen: u64) -> Result<()> {
+        let _no_reader = self.generations.write().unwrap_or_else(|p| p.into_inner());
         self.db.drop_tree(tree_name(name, gen, "entries"))?;
         self.db.drop_tree(tree_name(name, gen, "uuids"))?;
         Ok(())
@@ -449,9 +460,19 @@ impl Replica {
         Ok(self.state()?.cookie)
     }
 
-    /// The active entries (what readers see).
+    /// The active entries, for the thread that writes this replica (its session's),
+    /// where no reload can swap generations under them. Any other thread reads through
+    /// [`Replica::read_active`].
     pub fn entries(&self) -> Result<EntrySet> {
         self.store.set_for(&self.name, self.state()?.active_gen)
+    }
+
+    /// Runs `read` on the active entries (what readers see), from any thread: a reload
+    /// that completes meanwhile drops the generation read only after `read` returns.
+    /// Keep each read short (a page): a reload's swap waits for it.
+    pub fn read_active<T>(&self, read: impl FnOnce(&EntrySet) -> Result<T>) -> Result<T> {
+        let _reading = self.store.generations.read().unwrap_or_else(|p| p.into_inner());
+        read(&self.entries()?)
     }
 
     /// Number of entries in the active generation: one lookup, not a scan. Every apply
@@ -463,7 +484,9 @@ impl Replica {
         let gen = self.state()?.active_gen;
         match self.store.count(&self.name, gen)? {
             Some(n) => Ok(n as usize),
-            None => Ok(self.store.set_for(&self.name, gen)?.len()),
+            // No count of the generation read: a store from before counts, or a reload
+            // swapped generations between the two lookups.
+            None => self.read_active(|entries| Ok(entries.len())),
         }
     }
 
@@ -474,7 +497,7 @@ impl Replica {
 
     /// Entries of the active generation in `spec`'s region, in tree order.
     pub fn search(&self, spec: &SearchSpec) -> Result<Vec<Entry>> {
-        self.entries()?.search(spec).collect()
+        self.read_active(|entries| entries.search(spec).collect())
     }
 
     /// Applies `ops` to the active generation and, if given, sets `cookie`, all in one
@@ -966,11 +989,16 @@ mod tests {
     use super::{fill_order, ReplicaStore, FLUSH_AFTER_BYTES};
 
     fn big_entries(from: u32, n: u32) -> Vec<ReplOp> {
+        entries_of(from, n, 64 << 10)
+    }
+
+    /// `n` entries numbered from `from`, each with a description of `size` bytes.
+    fn entries_of(from: u32, n: u32, size: usize) -> Vec<ReplOp> {
         (from..from + n)
             .map(|i| {
                 let mut attrs = Attributes::new();
                 attrs.add("objectClass", [Value::from("person")]).unwrap();
-                attrs.add("description", [Value::from("x".repeat(64 << 10).as_str())]).unwrap();
+                attrs.add("description", [Value::from("x".repeat(size).as_str())]).unwrap();
                 ReplOp::Upsert(Entry {
                     dn: Dn::parse(&format!("uid=p{i:04},dc=example")).unwrap(),
                     uuid: EntryUuid::new_time_ordered(),
@@ -1023,5 +1051,56 @@ mod tests {
         assert!(unflushed() >= FLUSH_AFTER_BYTES / 2);
         replica.apply(&big_entries(4 * per_bound, per_bound / 2 + 1), None).unwrap();
         assert_eq!(unflushed(), 0, "the replica's write that passed the bound flushed");
+    }
+
+    /// A reload swaps generations and drops the old one while other threads read the
+    /// replica (a `search` through the control socket): a read that began on the old
+    /// generation must not come back empty or cut short, nor fail, nor leave behind a
+    /// tree it opened after the drop. Without the lock, sled's iterator spun forever on
+    /// the dropped tree: the reader reports through a channel, so that fails the test
+    /// instead of hanging it.
+    #[test]
+    fn a_reader_never_sees_the_generation_a_reload_drops() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        const N: usize = 300;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let cookie = |csn| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
+        let reload = |csn: u64| {
+            let mut shadow = store.replica("r").unwrap().begin_shadow(RefreshKind::Full).unwrap();
+            shadow.apply_scan(&entries_of(0, N as u32, 100)).unwrap();
+            shadow.finish(cookie(csn)).unwrap();
+        };
+        reload(1);
+        let done = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (replica, stop) = (store.replica("r").unwrap(), done.clone());
+        std::thread::spawn(move || {
+            let spec = tether_protocol::SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+            let (mut reads, mut wrong) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                reads += 1;
+                match replica.search(&spec) {
+                    Ok(found) if found.len() == N => {}
+                    Ok(found) => wrong.push(format!("{} entries", found.len())),
+                    Err(e) => wrong.push(e.to_string()),
+                }
+                match replica.len() {
+                    Ok(N) => {}
+                    other => wrong.push(format!("len {other:?}")),
+                }
+            }
+            let _ = tx.send((reads, wrong));
+        });
+        for csn in 2..150 {
+            reload(csn);
+        }
+        done.store(true, Ordering::Relaxed);
+        let (reads, wrong) = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the reader hung");
+        assert!(reads > 10, "the reader ran alongside the reloads: {reads} reads");
+        assert!(wrong.is_empty(), "{} of {reads} reads went wrong: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+        let trees = store.db.tree_names().into_iter().filter(|t| t.starts_with(b"r/")).count();
+        assert_eq!(trees, 2, "the active generation's two trees, and no tree of a dropped one");
     }
 }
