@@ -495,7 +495,10 @@ impl Replica {
         Ok(self.len()? == 0)
     }
 
-    /// Entries of the active generation in `spec`'s region, in tree order.
+    /// Entries of the active generation in `spec`'s region, in tree order, read whole
+    /// under [`Replica::read_active`] (a reload's swap waits for all of it): for tests
+    /// and small regions. A region of any size is read a page at a time, as the control
+    /// socket's `search` does.
     pub fn search(&self, spec: &SearchSpec) -> Result<Vec<Entry>> {
         self.read_active(|entries| entries.search(spec).collect())
     }
