@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::cluster::{extra_agreement, Cluster, Node, CHANGELOG, CHANGELOG_TRIMMED, EXTRA};
+use crate::harness::signal;
 use crate::proxy::{Direction, Fault};
 use crate::workload::OTHERS;
 
@@ -71,11 +72,16 @@ pub enum Kind {
     /// 2 to 10 s later (stopped, replaced, started): the writes in between are gone,
     /// and consumers that replicated them must reload while the others resume.
     RestoreProvider,
+    /// SIGSTOP the provider for 0.5 to 6 s, then SIGCONT: a frozen VM, a debugger, a
+    /// `^Z`. Its sockets stay open and silent, and its clocks jump on waking.
+    PauseProvider,
+    /// SIGSTOP a consumer for 0.5 to 6 s, then SIGCONT.
+    PauseConsumer,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 22] = [
         Kind::KillProvider,
         Kind::KillConsumer,
         Kind::TermProvider,
@@ -96,6 +102,8 @@ impl Kind {
         Kind::WipeConsumerStore,
         Kind::ProviderStoreFails,
         Kind::RestoreProvider,
+        Kind::PauseProvider,
+        Kind::PauseConsumer,
     ];
 
     /// The name in reports.
@@ -121,6 +129,8 @@ impl Kind {
             Kind::WipeConsumerStore => "wipe-consumer-store",
             Kind::ProviderStoreFails => "provider-store-fails",
             Kind::RestoreProvider => "restore-provider-backup",
+            Kind::PauseProvider => "sigstop-provider",
+            Kind::PauseConsumer => "sigstop-consumer",
         }
     }
 }
@@ -395,6 +405,23 @@ impl<'a> Nemesis<'a> {
                 self.later(2000, 10_000, Heal::Restore);
                 Ok(())
             }
+            Kind::PauseProvider => {
+                // Under the lock, so no other fault restarts it while it is stopped (a
+                // SIGTERM would wait for the SIGCONT).
+                let p = self.cluster.provider();
+                match p.provider.child.as_ref() {
+                    Some(child) => self.pause(child),
+                    None => Ok(()),
+                }
+            }
+            Kind::PauseConsumer => {
+                // The sampler waits for the lock too: it would only wait for the process.
+                let state = node.lock();
+                match state.consumer.child.as_ref() {
+                    Some(child) => self.pause(child),
+                    None => Ok(()),
+                }
+            }
             Kind::ReloadConsumerConfig => {
                 let mut state = node.lock();
                 state.refresh_status();
@@ -438,6 +465,15 @@ impl<'a> Nemesis<'a> {
             .output()
             .context("running tether-provider write")?;
         Ok(())
+    }
+
+    /// SIGSTOPs `child`, leaves it stopped 0.5 to 6 s (across the keepalive timeout of
+    /// 3 s or not), SIGCONTs it.
+    fn pause(&mut self, child: &std::process::Child) -> Result<()> {
+        let pause = ms(&mut self.rng, 500, 6000);
+        signal(child, "STOP")?;
+        std::thread::sleep(pause);
+        signal(child, "CONT")
     }
 
     /// Sets `fault` on one random direction (`one_way`) or both, heals it later.
