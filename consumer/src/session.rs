@@ -34,7 +34,7 @@ use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
 use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::executor::{Runner, TaskError};
 use crate::failpoint;
@@ -107,6 +107,9 @@ pub struct Ended {
     /// Whether retrying cannot fix the cause (a full disk, a damaged store): the
     /// agreement stops with the error in status instead of looping.
     pub fatal: bool,
+    /// The provider's id for the session, once the handshake gave one: the line that
+    /// reports the end names it, as every line of the session does (its span).
+    pub session: Option<u64>,
 }
 
 impl Ended {
@@ -120,6 +123,7 @@ impl Ended {
             refresh_complete: false,
             connected: true,
             fatal: false,
+            session: None,
         }
     }
 }
@@ -204,85 +208,99 @@ pub async fn run(
             Err(e) => return handshake_failed(e),
         },
     };
-    info_or_debug!(routine, session = welcome.session_id, history = %welcome.history, cookie = %cookie.map_or_else(|| "none".to_owned(), |c| c.to_string()), "connected");
-    // Linux shows a thread's first 15 bytes: "apply people" fits.
-    let runner = match Runner::start(&format!("apply {}", cfg.name)) {
-        Ok(runner) => runner,
-        Err(e) => return Ended::new(Reason::Exception, format!("starting the store thread: {e}")),
-    };
-    let writer = Arc::new(Mutex::new(writer));
-    let epoch = Instant::now();
-    let last_inbound = Arc::new(AtomicU64::new(0));
-    let session_done = CancellationToken::new();
-    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-    let budget = Arc::new(Semaphore::new(INBOUND_ENTRIES));
-    let reader_task = tokio::spawn(reader_loop(reader, tx, budget, last_inbound.clone(), epoch, session_done.clone()));
-    let keepalive_timed_out = CancellationToken::new();
-    let poller = cfg.keepalive.map(|(interval, timeout)| {
-        tokio::spawn(keepalive_poller(
-            writer.clone(),
-            last_inbound.clone(),
-            epoch,
-            interval,
-            timeout,
-            keepalive_timed_out.clone(),
-            session_done.clone(),
-        ))
-    });
-    let mut applier = Applier {
-        cfg,
-        store,
-        replica,
-        status,
-        writer: writer.clone(),
-        history: welcome.history,
-        version: welcome.version,
-        runner,
-        shadow: None,
-        refreshing: false,
-        scanning: false,
-        refresh_done: false,
-        routine,
-        refresh_applied: 0,
-        pending_cookie: None,
-        unacked: 0,
-    };
-    let ended = applier.run(rx, stop, &keepalive_timed_out, &last_inbound, epoch).await;
-    session_done.cancel();
-    if let Some(shadow) = applier.shadow.take() {
-        // An interrupted reload: the old replica stays as it was. A shadow the provider
-        // gave a resume point is kept (durably) for the next session to continue.
-        let (replica, store, spec) = (replica.clone(), store.clone(), cfg.spec.clone());
-        let _ = applier
-            .runner
-            .run(move || match replica.resume_point(&spec) {
-                Ok(Some(_)) => store.flush(),
-                _ => shadow.abort(),
-            })
-            .await;
-    }
-    applier.runner.stop().await;
-    // Say goodbye when we are the ones leaving (the provider logs why).
-    let goodbye = match ended.reason {
-        Reason::Shutdown => Some(GoodbyeReason::Shutdown),
-        Reason::AdminStop => Some(GoodbyeReason::AdminStop),
-        Reason::IdleTimeout => Some(GoodbyeReason::IdleTimeout),
-        Reason::Exception => Some(GoodbyeReason::ProtocolError),
-        _ => None,
-    };
-    {
-        let mut w = writer.lock().await;
-        if let Some(reason) = goodbye {
-            let bye = Message::Goodbye { reason, detail: ended.detail.clone() };
-            let _ = tokio::time::timeout(SEND_LIMIT, w.send(&bye)).await;
+    // Every line from here on is the session's, on this task, the reader, the poller
+    // and the store thread alike (the runner carries its caller's span).
+    let span = info_span!("session", session = welcome.session_id);
+    let ended = async {
+        let cookie = cookie.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        info_or_debug!(routine, history = %welcome.history, %cookie, "connected");
+        // Linux shows a thread's first 15 bytes: "apply people" fits.
+        let runner = match Runner::start(&format!("apply {}", cfg.name)) {
+            Ok(runner) => runner,
+            Err(e) => return Ended::new(Reason::Exception, format!("starting the store thread: {e}")),
+        };
+        let writer = Arc::new(Mutex::new(writer));
+        let epoch = Instant::now();
+        let last_inbound = Arc::new(AtomicU64::new(0));
+        let session_done = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        let budget = Arc::new(Semaphore::new(INBOUND_ENTRIES));
+        let reader_task = tokio::spawn(
+            reader_loop(reader, tx, budget, last_inbound.clone(), epoch, session_done.clone()).in_current_span(),
+        );
+        let keepalive_timed_out = CancellationToken::new();
+        let poller = cfg.keepalive.map(|(interval, timeout)| {
+            tokio::spawn(
+                keepalive_poller(
+                    writer.clone(),
+                    last_inbound.clone(),
+                    epoch,
+                    interval,
+                    timeout,
+                    keepalive_timed_out.clone(),
+                    session_done.clone(),
+                )
+                .in_current_span(),
+            )
+        });
+        let mut applier = Applier {
+            cfg,
+            store,
+            replica,
+            status,
+            writer: writer.clone(),
+            history: welcome.history,
+            version: welcome.version,
+            runner,
+            shadow: None,
+            refreshing: false,
+            scanning: false,
+            refresh_done: false,
+            routine,
+            refresh_applied: 0,
+            pending_cookie: None,
+            unacked: 0,
+        };
+        let ended = applier.run(rx, stop, &keepalive_timed_out, &last_inbound, epoch).await;
+        session_done.cancel();
+        if let Some(shadow) = applier.shadow.take() {
+            // An interrupted reload: the old replica stays as it was. A shadow the provider
+            // gave a resume point is kept (durably) for the next session to continue.
+            let (replica, store, spec) = (replica.clone(), store.clone(), cfg.spec.clone());
+            let _ = applier
+                .runner
+                .run(move || match replica.resume_point(&spec) {
+                    Ok(Some(_)) => store.flush(),
+                    _ => shadow.abort(),
+                })
+                .await;
         }
-        let _ = tokio::time::timeout(SEND_LIMIT, w.shutdown()).await;
+        applier.runner.stop().await;
+        // Say goodbye when we are the ones leaving (the provider logs why).
+        let goodbye = match ended.reason {
+            Reason::Shutdown => Some(GoodbyeReason::Shutdown),
+            Reason::AdminStop => Some(GoodbyeReason::AdminStop),
+            Reason::IdleTimeout => Some(GoodbyeReason::IdleTimeout),
+            Reason::Exception => Some(GoodbyeReason::ProtocolError),
+            _ => None,
+        };
+        {
+            let mut w = writer.lock().await;
+            if let Some(reason) = goodbye {
+                let bye = Message::Goodbye { reason, detail: ended.detail.clone() };
+                let _ = tokio::time::timeout(SEND_LIMIT, w.send(&bye)).await;
+            }
+            let _ = tokio::time::timeout(SEND_LIMIT, w.shutdown()).await;
+        }
+        reader_task.abort();
+        if let Some(p) = poller {
+            p.abort();
+        }
+        ended
     }
-    reader_task.abort();
-    if let Some(p) = poller {
-        p.abort();
-    }
-    ended
+    .instrument(span)
+    .await;
+    Ended { session: Some(welcome.session_id), ..ended }
 }
 
 /// Connects over the OS's TCP, tunes the socket and runs the TLS handshake if configured.

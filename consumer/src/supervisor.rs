@@ -171,7 +171,7 @@ impl Supervisor {
         if ended.refresh_complete {
             return;
         }
-        info!(reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");
+        info!(session = ended.session, reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");
         status.update(|s| {
             s.last_disconnect = Some(ended.reason);
             *s.disconnects.entry(ended.reason).or_default() += 1;

@@ -241,7 +241,7 @@ impl Server {
                     let reg = self.registry.register(info, &self.shutdown);
                     let end = session::run(self.dir.clone(), reader, writer, req, reg, self.params.session).await;
                     let routine = polling && end == SessionEnd::Goodbye(GoodbyeReason::RefreshComplete);
-                    info_or_debug!(routine, end = ?end, "consumer session ended");
+                    info_or_debug!(routine, %end, "consumer session ended");
                 }
                 .instrument(span)
                 .await;

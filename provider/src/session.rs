@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::outbound::Outbound;
 use crate::refresh::Refresh;
@@ -70,6 +70,20 @@ pub enum SessionEnd {
     ProtocolError(String),
     /// The store failed.
     StoreError(String),
+}
+
+/// For the log line that ends a session: `goodbye shutdown`, `consumer goodbye
+/// admin-stop: restarted by the operator`, `connection lost: ...`.
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::Goodbye(reason) => write!(f, "goodbye {}", reason.as_str()),
+            SessionEnd::ConsumerGoodbye(reason, detail) => write!(f, "consumer goodbye {}: {detail}", reason.as_str()),
+            SessionEnd::ConnectionLost(detail) => write!(f, "connection lost: {detail}"),
+            SessionEnd::ProtocolError(detail) => write!(f, "protocol error: {detail}"),
+            SessionEnd::StoreError(detail) => write!(f, "store error: {detail}"),
+        }
+    }
 }
 
 /// The consumer-side facts a session needs from its `Hello`.
@@ -237,8 +251,10 @@ where
     let (tx, rx) = mpsc::channel(params.queue_len.max(1));
     let failed = CancellationToken::new();
     let drained = Arc::new(Notify::new());
-    let writer_task =
-        tokio::spawn(writer_loop(writer, rx, params.keepalive_timeout, failed.clone(), Arc::clone(&drained)));
+    // In the session's span: "consumer stopped reading; dropping it" must say whom.
+    let writer_task = tokio::spawn(
+        writer_loop(writer, rx, params.keepalive_timeout, failed.clone(), Arc::clone(&drained)).in_current_span(),
+    );
     let mut session = Session {
         dir: &dir,
         reader,
@@ -745,5 +761,13 @@ mod tests {
         assert_eq!(reader.recv().await.unwrap(), None);
         // A permit was left for a refresh that waits for room.
         tokio::time::timeout(Duration::from_secs(5), drained.notified()).await.unwrap();
+    }
+
+    #[test]
+    fn a_session_end_reads_as_words_in_the_log() {
+        let end = SessionEnd::ConsumerGoodbye(GoodbyeReason::AdminStop, "restarted by the operator".into());
+        assert_eq!(end.to_string(), "consumer goodbye admin-stop: restarted by the operator");
+        assert_eq!(SessionEnd::Goodbye(GoodbyeReason::Shutdown).to_string(), "goodbye shutdown");
+        assert_eq!(SessionEnd::ConnectionLost("reset".into()).to_string(), "connection lost: reset");
     }
 }

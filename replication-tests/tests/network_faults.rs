@@ -114,12 +114,19 @@ fn a_black_hole_is_a_keepalive_timeout_once_the_silence_reaches_the_timeout() ->
     let observed = start.elapsed();
     // The poller's own measure of the silence it acted on, from its log line.
     let log = s.consumer.log_text();
-    let silent_ms: u64 = log
-        .lines()
-        .filter(|l| l.contains("provider silent past keepalive timeout"))
-        .filter_map(|l| l.split("silent_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
-        .next_back()
-        .unwrap();
+    let line = log.lines().filter(|l| l.contains("provider silent past keepalive timeout")).next_back().unwrap();
+    let silent_ms: u64 =
+        line.split("silent_ms=").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap();
+    // The poller's line says whose session went silent (it runs on a task of its own),
+    // and the line reporting the end names the same session.
+    let session = line
+        .split("session{session=")
+        .nth(1)
+        .and_then(|r| r.split('}').next())
+        .unwrap_or_else(|| panic!("the poller's line names no session: {line}"));
+    assert!(line.contains("agreement{agreement=people"), "{line}");
+    let end = format!("session={session} reason=\"keepalive-timeout\"");
+    assert!(log.lines().any(|l| l.contains("disconnected") && l.contains(&end)), "no `disconnected {end}` in\n{log}");
     eprintln!("keepalive-timeout: poller saw {silent_ms} ms of silence; status showed it {observed:?} after the black hole began");
     let silent = Duration::from_millis(silent_ms);
     // A timer's lateness under load on top, well short of waiting for a ping.
