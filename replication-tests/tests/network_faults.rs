@@ -114,7 +114,7 @@ fn a_black_hole_is_a_keepalive_timeout_once_the_silence_reaches_the_timeout() ->
     let observed = start.elapsed();
     // The poller's own measure of the silence it acted on, from its log line.
     let log = s.consumer.log_text();
-    let line = log.lines().filter(|l| l.contains("provider silent past keepalive timeout")).next_back().unwrap();
+    let line = log.lines().rfind(|l| l.contains("provider silent past keepalive timeout")).unwrap();
     let silent_ms: u64 =
         line.split("silent_ms=").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap();
     // The poller's line says whose session went silent (it runs on a task of its own),
