@@ -26,6 +26,7 @@ use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, Me
 use tether_protocol::encoded::{Received, ReceivedOp};
 use tether_protocol::foreign::ForeignKind;
 use tether_protocol::handshake::{client_handshake, HandshakeError};
+use tether_protocol::liveness::{Liveness, Verdict};
 use tether_protocol::message::{
     GoodbyeReason, Hello, Message, Mode, RejectReason, Role, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
 };
@@ -437,7 +438,9 @@ async fn reader_loop(
 /// ping: a dead link is declared at `timeout` after the last frame, which came at most
 /// `interval` (and a round trip) before the link died, instead of up to a whole
 /// `interval` later. At the ping ticks alone, the benchmark's black hole was detected
-/// at 5.99 to 6.00 s against a bound of 6.
+/// at 5.99 to 6.00 s against a bound of 6. A check that runs long after it was due
+/// (this process was stopped) counts the silence afresh and pings instead, once (see
+/// [`tether_protocol::liveness`]).
 async fn keepalive_poller(
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
     last_inbound: Arc<AtomicU64>,
@@ -454,17 +457,26 @@ async fn keepalive_poller(
     // late for it, and never cut short by it (a frame cut in half would garble the
     // stream of a link that is merely slow).
     let mut ping: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = None;
+    let mut liveness = Liveness::new(timeout);
     loop {
         let deadline = epoch + Duration::from_millis(last_inbound.load(Ordering::Relaxed)) + timeout;
         tokio::select! {
             biased;
             _ = done.cancelled() => return,
             _ = tokio::time::sleep_until(deadline) => {
-                let silent = Duration::from_millis(ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed)));
-                if silent >= timeout {
-                    warn!(silent_ms = silent.as_millis() as u64, "provider silent past keepalive timeout");
-                    timed_out.cancel();
-                    return;
+                let last_heard = epoch + Duration::from_millis(last_inbound.load(Ordering::Relaxed));
+                match liveness.check(last_heard, deadline, Instant::now()) {
+                    Verdict::Alive => {}
+                    Verdict::Excused { late } => {
+                        info!(late_ms = late.as_millis() as u64, "keepalive check ran late: this process was not running, so the provider's silence is counted afresh");
+                        last_inbound.fetch_max(ms_since(epoch), Ordering::Relaxed);
+                        tick.reset_immediately();
+                    }
+                    Verdict::Silent { silent } => {
+                        warn!(silent_ms = silent.as_millis() as u64, "provider silent past keepalive timeout");
+                        timed_out.cancel();
+                        return;
+                    }
                 }
             }
             () = async {

@@ -25,6 +25,8 @@
 //! - [`connection`]: message reader and writer halves over frames and the codec.
 //! - [`auth`]: shared secrets, challenge nonces and the HMAC-SHA256 proof.
 //! - [`handshake`]: Hello / Challenge / Auth / Welcome-or-Reject, under a deadline.
+//! - [`liveness`]: when a peer's silence convicts it, on both sides, even after this
+//!   process was itself stopped.
 //! - [`foreign`]: naming a peer whose first bytes are not Tether (HTTP, LDAP, TLS).
 //! - [`control`]: the control-socket commands of the command-line tools.
 //!
@@ -48,6 +50,7 @@ pub mod foreign;
 pub mod frame;
 pub mod handshake;
 pub mod ldif;
+pub mod liveness;
 pub mod message;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod properties;

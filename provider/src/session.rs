@@ -16,6 +16,7 @@ use std::time::Duration;
 use tether_config::info_or_debug;
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::encoded::EncodedMessage;
+use tether_protocol::liveness::{Liveness, Verdict};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role, POLL_ACK_VERSION};
 use tether_protocol::{Cookie, Csn, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
@@ -196,6 +197,8 @@ struct Session<'a, R> {
     params: SessionParams,
     /// When anything last arrived from the consumer.
     last_inbound: Instant,
+    /// Judges its silence at each keepalive tick.
+    liveness: Liveness,
     /// When the acked position was last written to the store, and which it was.
     last_recorded: Option<(Instant, Csn)>,
     /// An acknowledged position not yet written (acknowledgements come faster than
@@ -219,8 +222,8 @@ enum Event {
     End(SessionEnd),
     /// A message (or the end of the stream) from the consumer.
     Inbound(Result<Option<Message>, tether_protocol::connection::WireError>),
-    /// Keepalive time.
-    Tick,
+    /// Keepalive time: the instant the tick was due.
+    Tick(Instant),
     /// A slot in the outbound queue.
     Room(mpsc::OwnedPermit<Outbound>),
     /// The writer sent a message: the queue is shorter.
@@ -263,6 +266,7 @@ where
         req: &req,
         params,
         last_inbound: Instant::now(),
+        liveness: Liveness::new(params.keepalive_timeout),
         last_recorded: None,
         unrecorded: None,
         failed,
@@ -416,8 +420,8 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                         return None;
                     }
                 }
-                Event::Tick => {
-                    if let Some(end) = self.keepalive(&mut seq) {
+                Event::Tick(due) => {
+                    if let Some(end) = self.keepalive(&mut seq, due) {
                         return Some(end);
                     }
                 }
@@ -471,8 +475,8 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                         return Some(end);
                     }
                 }
-                Event::Tick => {
-                    if let Some(end) = self.keepalive(&mut seq) {
+                Event::Tick(due) => {
+                    if let Some(end) = self.keepalive(&mut seq, due) {
                         return Some(end);
                     }
                 }
@@ -515,7 +519,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             _ = self.reg.cancel.cancelled() => Event::End(self.cancelled_end()),
             _ = self.failed.cancelled() => Event::End(SessionEnd::ConnectionLost("write failed or timed out".into())),
             msg = self.reader.recv() => Event::Inbound(msg),
-            _ = ping.tick() => Event::Tick,
+            due = ping.tick() => Event::Tick(due),
             alive = wait_durable => if alive { Event::Durable } else { Event::End(SessionEnd::Goodbye(GoodbyeReason::Shutdown)) },
             permit = queue.reserve_owned(), if want_room => match permit {
                 Ok(p) => Event::Room(p),
@@ -549,8 +553,8 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                         return end;
                     }
                 }
-                Event::Tick => {
-                    if let Some(end) = self.keepalive(&mut seq) {
+                Event::Tick(due) => {
+                    if let Some(end) = self.keepalive(&mut seq, due) {
                         return end;
                     }
                 }
@@ -637,15 +641,31 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         self.reg.update(|i| i.queue_len = len);
     }
 
-    /// Pings when due, and ends the session if the consumer has been silent too long.
-    fn keepalive(&mut self, seq: &mut u64) -> Option<SessionEnd> {
+    /// Pings when due, and ends the session if the consumer has been silent too long
+    /// (unless this process was stopped meanwhile: see [`tether_protocol::liveness`]).
+    fn keepalive(&mut self, seq: &mut u64, due: Instant) -> Option<SessionEnd> {
         self.record_unrecorded();
         if !self.params.keepalive_enabled {
             return None;
         }
-        if self.last_inbound.elapsed() >= self.params.keepalive_timeout {
-            warn!(timeout = ?self.params.keepalive_timeout, "consumer silent past keepalive timeout");
-            return Some(SessionEnd::Goodbye(GoodbyeReason::KeepaliveTimeout));
+        let now = Instant::now();
+        match self.liveness.check(self.last_inbound, due, now) {
+            Verdict::Alive => {}
+            Verdict::Excused { late } => {
+                info!(
+                    late_ms = late.as_millis() as u64,
+                    "keepalive check ran late: this process was not running, so the consumer's silence is counted afresh"
+                );
+                self.last_inbound = now;
+            }
+            Verdict::Silent { silent } => {
+                warn!(
+                    silent_ms = silent.as_millis() as u64,
+                    timeout = ?self.params.keepalive_timeout,
+                    "consumer silent past keepalive timeout"
+                );
+                return Some(SessionEnd::Goodbye(GoodbyeReason::KeepaliveTimeout));
+            }
         }
         *seq += 1;
         // A full queue means data is flowing; the ping is not needed then.

@@ -1,8 +1,10 @@
 //! The disconnection cases caused by the network, injected by a real TCP proxy between a
 //! real consumer and a real provider: a provider gone silent (`idle-timeout`), a black
 //! hole (`keepalive-timeout`, with its detection bound), a damaged frame (`exception`),
-//! the retry schedule's timing, and no reconnects while stopped, each measured at the
-//! proxy. Every test ends with more changes, convergence and exactly-once application.
+//! the retry schedule's timing, no reconnects while stopped, each measured at the
+//! proxy, and a consumer or provider process stopped (SIGSTOP) past its keepalive
+//! timeout, which must not blame its live peer on waking. Every test ends with more
+//! changes, convergence and exactly-once application.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use replication_tests::harness::{assert_holds, wait_until, Agreement, Consumer, Provider, ProviderOptions};
+use replication_tests::harness::{assert_holds, signal, wait_until, Agreement, Consumer, Provider, ProviderOptions};
 use replication_tests::proxy::{Direction, Fault, Proxy};
 use replication_tests::workload::{Workload, PEOPLE};
 
@@ -32,11 +34,15 @@ struct Setup {
 }
 
 fn setup(seed: u64, agreement: Agreement) -> Result<Setup> {
+    setup_with(seed, agreement, &ProviderOptions::default())
+}
+
+fn setup_with(seed: u64, agreement: Agreement, options: &ProviderOptions) -> Result<Setup> {
     // A test that failed while holding the lock poisons it; the next one may still run.
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir()?;
     let mut work = Workload::new(600, seed);
-    let mut provider = Provider::configure(&tmp.path().join("provider"), &ProviderOptions::default())?;
+    let mut provider = Provider::configure(&tmp.path().join("provider"), options)?;
     let file = tmp.path().join("initial.ldif");
     std::fs::write(&file, work.initial_ldif())?;
     provider.load(&file)?;
@@ -230,4 +236,92 @@ fn a_stopped_agreement_makes_no_connection_attempts() -> Result<()> {
     finish(&mut s)?;
     assert_eq!(s.consumer.agreement_status("people")?["last_refresh"], "delta");
     Ok(())
+}
+
+/// SIGSTOPs a process for `pause`, then SIGCONTs it: a frozen VM, a debugger, a `^Z`.
+/// The sleep is the fault's length, not a wait for an event.
+fn freeze(child: Option<&std::process::Child>, pause: Duration) -> Result<()> {
+    let child = child.ok_or_else(|| anyhow::anyhow!("the process to stop is not running"))?;
+    signal(child, "STOP")?;
+    std::thread::sleep(pause);
+    signal(child, "CONT")
+}
+
+/// The session survives, with no new connection at the proxy.
+fn session_kept(s: &Setup, accepted: u64) -> Result<()> {
+    assert_holds(Duration::from_secs(3), "the session stays up", || {
+        let st = s.consumer.agreement_status("people")?;
+        Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
+    })?;
+    assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
+    Ok(())
+}
+
+/// A consumer stopped for twice its keepalive timeout wakes with its check long
+/// overdue and the provider's pings unread in its socket. It used to declare
+/// `keepalive-timeout` at once, blaming a provider that was there all along (five of
+/// five times by hand); now it counts the silence afresh, reads the pings and keeps the
+/// session. The provider's own timeout is long, so only the consumer could end it.
+#[test]
+fn a_consumer_stopped_past_its_keepalive_timeout_keeps_its_session_when_continued() -> Result<()> {
+    let options = ProviderOptions { keepalive: ("500ms".into(), "30s".into()), ..ProviderOptions::default() };
+    let mut s =
+        setup_with(37, agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""), &options)?;
+    let accepted = s.proxy.stats().accepted;
+    freeze(s.consumer.child.as_ref(), Duration::from_secs(4))?;
+    session_kept(&s, accepted)?;
+    // Kept because the late check excused the silence, and said so.
+    wait_until(LIMIT, "the consumer's late keepalive check", || {
+        Ok(s.consumer.log_text().contains("keepalive check ran late"))
+    })?;
+    finish(&mut s)
+}
+
+/// The same on the provider: stopped past its keepalive timeout, it used to drop every
+/// consumer on waking, their pings unread in its sockets.
+#[test]
+fn a_provider_stopped_past_its_keepalive_timeout_keeps_its_sessions_when_continued() -> Result<()> {
+    let options = ProviderOptions { keepalive: ("500ms".into(), "2s".into()), ..ProviderOptions::default() };
+    let mut s = setup_with(
+        38,
+        agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"30s\""),
+        &options,
+    )?;
+    let accepted = s.proxy.stats().accepted;
+    freeze(s.provider.child.as_ref(), Duration::from_secs(4))?;
+    session_kept(&s, accepted)?;
+    // Kept because the late check excused the silence, and said so.
+    wait_until(LIMIT, "the provider's late keepalive check", || {
+        Ok(s.provider.log_text().contains("keepalive check ran late"))
+    })?;
+    finish(&mut s)
+}
+
+/// The excuse is given once: a link that died while the consumer was stopped is
+/// declared dead one timeout after the consumer woke.
+#[test]
+fn a_link_that_dies_while_the_consumer_is_stopped_is_detected_one_timeout_after_it_continues() -> Result<()> {
+    let (interval, timeout) = (Duration::from_millis(500), Duration::from_secs(2));
+    let mut s = setup(39, agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""))?;
+    let child = s.consumer.child.as_ref().ok_or_else(|| anyhow::anyhow!("the consumer is not running"))?;
+    signal(child, "STOP")?;
+    s.proxy.set_fault(Fault::Stall);
+    std::thread::sleep(Duration::from_secs(3));
+    signal(child, "CONT")?;
+    let woke = Instant::now();
+    s.consumer.wait_status("people", LIMIT, "keepalive-timeout", |x| x["last_disconnect"] == "keepalive-timeout")?;
+    let observed = woke.elapsed();
+    let log = s.consumer.log_text();
+    let excused = log.find("keepalive check ran late").unwrap_or_else(|| panic!("no late check logged:\n{log}"));
+    let convicted = log.find("provider silent past keepalive timeout").unwrap_or_else(|| panic!("{log}"));
+    assert!(excused < convicted, "excused first, then convicted:\n{log}");
+    // Counted from the wake: one timeout of silence, not the stop's three seconds more.
+    let line = log.lines().rfind(|l| l.contains("provider silent past keepalive timeout")).unwrap();
+    let silent_ms: u64 =
+        line.split("silent_ms=").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap();
+    assert!(silent_ms < 3_000, "silence counted from the wake: {line}");
+    eprintln!("detected {observed:?} after the consumer woke");
+    assert!(observed <= timeout + interval, "observed after {observed:?}, bound {:?}", timeout + interval);
+    s.proxy.heal();
+    finish(&mut s)
 }

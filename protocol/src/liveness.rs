@@ -1,0 +1,110 @@
+//! Judging a peer dead by its silence, when the judge may itself have stopped running.
+//!
+//! Both sides end a session whose peer has sent nothing for `keepalive.timeout`. That
+//! silence is evidence only while this process could have read. A process that was
+//! stopped (SIGSTOP, a `^Z`, a frozen or migrated VM, a swap storm) wakes with its
+//! check long overdue and the peer's frames waiting unread in the socket: Linux's
+//! `epoll_wait` even returns EINTR with no events after a stop and SIGCONT, so the
+//! runtime fires the overdue timer before it learns the socket is readable. Judged as
+//! it stood, every frozen consumer blamed a live provider, and a frozen provider
+//! dropped every consumer at once (five of five 5-second SIGSTOPs of either, with
+//! pings every second and a 3-second timeout).
+//!
+//! So a check that runs [`LATE_CHECK`] or more past its due time does not convict: it
+//! counts the silence afresh from now, once. The caller pings, and the peer's frames
+//! already queued are read within the next turn of the runtime. If nothing comes
+//! within another timeout the next check convicts, late or not, so a link that died
+//! while this process was stopped is still detected, one timeout after it woke.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A check this far past its due time ran in a process that was not running (timers
+/// are due to the millisecond; the busiest benchmark runs them tens of milliseconds
+/// late, not hundreds).
+pub const LATE_CHECK: Duration = Duration::from_millis(500);
+
+/// What a silence check concludes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The peer was heard from within the timeout.
+    Alive,
+    /// Silent past the timeout, but the check ran `late` past its due time: this
+    /// process was not running to hear the peer. Count the silence from now (the
+    /// caller stamps now as its last sign of life) and ping.
+    Excused {
+        /// How far past its due time the check ran.
+        late: Duration,
+    },
+    /// Silent for `silent`, past the timeout, while this process could have heard it.
+    Silent {
+        /// How long nothing has come.
+        silent: Duration,
+    },
+}
+
+/// One session's silence checks: remembers the excuse it gave, so that a silence is
+/// excused at most once until the peer is heard from again.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    timeout: Duration,
+    /// When the last excuse was given; a frame after it earns the next one.
+    excused_at: Option<Instant>,
+}
+
+impl Liveness {
+    /// Checks against `timeout` of silence.
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout, excused_at: None }
+    }
+
+    /// Judges at `now` a check that was due at `due`, the peer last heard from at
+    /// `last_heard`.
+    pub fn check(&mut self, last_heard: Instant, due: Instant, now: Instant) -> Verdict {
+        let silent = now.saturating_duration_since(last_heard);
+        if silent < self.timeout {
+            return Verdict::Alive;
+        }
+        let late = now.saturating_duration_since(due);
+        let heard_since_excuse = self.excused_at.is_none_or(|at| last_heard > at);
+        if late >= LATE_CHECK && heard_since_excuse {
+            self.excused_at = Some(now);
+            return Verdict::Excused { late };
+        }
+        Verdict::Silent { silent }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    fn at(ms: u64) -> Instant {
+        // A fixed origin: only differences matter.
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_check_on_time_convicts_a_silent_peer_and_spares_a_heard_one() {
+        let mut l = Liveness::new(TIMEOUT);
+        assert_eq!(l.check(at(1_000), at(4_000), at(3_500)), Verdict::Alive);
+        assert_eq!(l.check(at(1_000), at(4_000), at(4_010)), Verdict::Silent { silent: Duration::from_millis(3_010) });
+        // Late by less than LATE_CHECK is scheduling, not a stopped process.
+        assert_eq!(l.check(at(1_000), at(4_000), at(4_400)), Verdict::Silent { silent: Duration::from_millis(3_400) });
+    }
+
+    #[test]
+    fn a_late_check_excuses_the_silence_once_until_the_peer_is_heard_again() {
+        let mut l = Liveness::new(TIMEOUT);
+        // Stopped from 2 s to 9 s: the check due at 4 s runs at 9 s.
+        assert_eq!(l.check(at(1_000), at(4_000), at(9_000)), Verdict::Excused { late: Duration::from_secs(5) });
+        // The caller counted from 9 s: nothing came, and a check even later convicts.
+        assert_eq!(l.check(at(9_000), at(12_000), at(13_000)), Verdict::Silent { silent: Duration::from_secs(4) });
+        // A frame at 9.5 s: the next stop is excused again.
+        assert_eq!(l.check(at(9_500), at(12_500), at(20_000)), Verdict::Excused { late: Duration::from_millis(7_500) });
+    }
+}
