@@ -216,7 +216,11 @@ fn provider_sigterm_puts_the_consumer_in_backoff_and_it_resumes_by_delta() -> Re
     // overwrites `last_disconnect` and `last_error`, so the log shows the provider's reason.
     c.wait_status("people", LIMIT, "the goodbye", |s| s["disconnects"]["provider-goodbye"] == 1)?;
     let log = c.log_text();
-    assert!(log.contains("disconnected reason=\"provider-goodbye\" detail=shutdown: provider shutting down"), "{log}");
+    // The provider's first session, named as every line of it is.
+    assert!(
+        log.contains("disconnected session=1 reason=\"provider-goodbye\" detail=shutdown: provider shutting down"),
+        "{log}"
+    );
     p.start()?;
     p.write_ok(&w.changes(150))?;
     converged(&p, &c, "people", PEOPLE)?;
