@@ -26,7 +26,7 @@ use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, Me
 use tether_protocol::encoded::{Received, ReceivedOp};
 use tether_protocol::foreign::ForeignKind;
 use tether_protocol::handshake::{client_handshake, HandshakeError};
-use tether_protocol::liveness::{Liveness, Verdict};
+use tether_protocol::liveness::{self, Liveness, Verdict};
 use tether_protocol::message::{
     GoodbyeReason, Hello, Message, Mode, RejectReason, Role, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
 };
@@ -727,10 +727,11 @@ impl Applier<'_> {
 
     async fn send(&self, msg: &Message) -> Result<(), Ended> {
         let mut w = self.writer.lock().await;
-        match tokio::time::timeout(SEND_LIMIT, w.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ended::new(Reason::ConnectionLost, format!("sending {}: {e}", msg.name()))),
-            Err(_) => Err(Ended::new(Reason::ConnectionLost, format!("sending {}: timed out", msg.name()))),
+        // A stop of this process does not use the limit up: the provider may have read on.
+        match liveness::within(SEND_LIMIT, w.send(msg)).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(Ended::new(Reason::ConnectionLost, format!("sending {}: {e}", msg.name()))),
+            None => Err(Ended::new(Reason::ConnectionLost, format!("sending {}: timed out", msg.name()))),
         }
     }
 

@@ -15,6 +15,10 @@
 //! already queued are read within the next turn of the runtime. If nothing comes
 //! within another timeout the next check convicts, late or not, so a link that died
 //! while this process was stopped is still detected, one timeout after it woke.
+//!
+//! A write blocked on a full socket meets the same: its time limit runs out during the
+//! stop, and the peer, which read on meanwhile, would be dropped for not reading.
+//! [`within`] gives such a write one more limit.
 
 use std::time::Duration;
 
@@ -76,6 +80,30 @@ impl Liveness {
     }
 }
 
+/// Runs `work` for at most `limit`, a limit that a stop of this process does not use
+/// up: a deadline met [`LATE_CHECK`] or more overdue gives `work` one more `limit`,
+/// since the peer may have done its part while this process was not running. `None`
+/// if the time ran out.
+pub async fn within<F: std::future::Future>(limit: Duration, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    let mut deadline = Instant::now() + limit;
+    let mut excused = false;
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            () = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if excused || now.saturating_duration_since(deadline) < LATE_CHECK {
+                    return None;
+                }
+                excused = true;
+                deadline = now + limit;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +134,31 @@ mod tests {
         assert_eq!(l.check(at(9_000), at(12_000), at(13_000)), Verdict::Silent { silent: Duration::from_secs(4) });
         // A frame at 9.5 s: the next stop is excused again.
         assert_eq!(l.check(at(9_500), at(12_500), at(20_000)), Verdict::Excused { late: Duration::from_millis(7_500) });
+    }
+
+    /// The paused clock stands for a stopped process: `advance` moves it past a
+    /// deadline in one step, and the timer fires late by the difference, as on waking.
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_met_long_overdue_gives_the_work_one_more_limit() {
+        let limit = Duration::from_secs(5);
+        // Met on time (the paused clock moves to the deadline itself): the limit holds.
+        assert_eq!(within(limit, std::future::pending::<()>()).await, None);
+
+        // Met 3 s overdue: the work gets another limit, and finishes within it.
+        let (done, finished) = tokio::sync::oneshot::channel::<u8>();
+        let task = tokio::spawn(within(limit, finished));
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(8)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!task.is_finished(), "excused, still waiting");
+        done.send(7).unwrap();
+        assert_eq!(task.await.unwrap().map(Result::unwrap), Some(7));
+
+        // Excused once: overdue again, it runs out.
+        let task = tokio::spawn(within(limit, std::future::pending::<()>()));
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(8)).await;
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(task.await.unwrap(), None);
     }
 }

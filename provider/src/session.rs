@@ -16,7 +16,7 @@ use std::time::Duration;
 use tether_config::info_or_debug;
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::encoded::EncodedMessage;
-use tether_protocol::liveness::{Liveness, Verdict};
+use tether_protocol::liveness::{self, Liveness, Verdict};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role, POLL_ACK_VERSION};
 use tether_protocol::{Cookie, Csn, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
@@ -175,15 +175,16 @@ enum WriteStop {
     Stalled,
 }
 
-/// Runs one write with a time limit.
+/// Runs one write with a time limit, which a stop of this process does not use up
+/// ([`liveness::within`]): the consumer may have read on meanwhile.
 async fn within(
     limit: Duration,
     write: impl std::future::Future<Output = Result<(), tether_protocol::connection::WireError>>,
 ) -> Result<(), WriteStop> {
-    match tokio::time::timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(WriteStop::Failed(e)),
-        Err(_) => Err(WriteStop::Stalled),
+    match liveness::within(limit, write).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(WriteStop::Failed(e)),
+        None => Err(WriteStop::Stalled),
     }
 }
 
