@@ -247,54 +247,61 @@ fn freeze(child: Option<&std::process::Child>, pause: Duration) -> Result<()> {
     signal(child, "CONT")
 }
 
-/// The session survives, with no new connection at the proxy.
-fn session_kept(s: &Setup, accepted: u64) -> Result<()> {
+/// Which process a test stops.
+#[derive(Clone, Copy)]
+enum Stopped {
+    Consumer,
+    Provider,
+}
+
+/// Stops one side for 4 s, twice its keepalive timeout of 2 s (the other side's is
+/// 30 s, so only the stopped side could end the session), and checks that the session
+/// survives: no disconnect, no new connection at the proxy, and the late check logged
+/// the excuse that kept it.
+fn stopped_past_its_keepalive_timeout_keeps_the_session(seed: u64, stopped: Stopped) -> Result<()> {
+    let (provider_timeout, consumer_timeout) = match stopped {
+        Stopped::Consumer => ("30s", "2s"),
+        Stopped::Provider => ("2s", "30s"),
+    };
+    let options =
+        ProviderOptions { keepalive: ("500ms".into(), provider_timeout.into()), ..ProviderOptions::default() };
+    let keepalive = format!("interval = \"500ms\"\ntimeout = \"{consumer_timeout}\"");
+    let mut s = setup_with(seed, agreement("retry = [\"200ms forever\"]\n", &keepalive), &options)?;
+    let accepted = s.proxy.stats().accepted;
+    let child = match stopped {
+        Stopped::Consumer => s.consumer.child.as_ref(),
+        Stopped::Provider => s.provider.child.as_ref(),
+    };
+    freeze(child, Duration::from_secs(4))?;
     assert_holds(Duration::from_secs(3), "the session stays up", || {
         let st = s.consumer.agreement_status("people")?;
         Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
     })?;
     assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
-    Ok(())
-}
-
-/// A consumer stopped for twice its keepalive timeout wakes with its check long
-/// overdue and the provider's pings unread in its socket. It used to declare
-/// `keepalive-timeout` at once, blaming a provider that was there all along (five of
-/// five times by hand); now it counts the silence afresh, reads the pings and keeps the
-/// session. The provider's own timeout is long, so only the consumer could end it.
-#[test]
-fn a_consumer_stopped_past_its_keepalive_timeout_keeps_its_session_when_continued() -> Result<()> {
-    let options = ProviderOptions { keepalive: ("500ms".into(), "30s".into()), ..ProviderOptions::default() };
-    let mut s =
-        setup_with(37, agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""), &options)?;
-    let accepted = s.proxy.stats().accepted;
-    freeze(s.consumer.child.as_ref(), Duration::from_secs(4))?;
-    session_kept(&s, accepted)?;
-    // Kept because the late check excused the silence, and said so.
-    wait_until(LIMIT, "the consumer's late keepalive check", || {
-        Ok(s.consumer.log_text().contains("keepalive check ran late"))
+    wait_until(LIMIT, "the stopped side's late keepalive check", || {
+        let log = match stopped {
+            Stopped::Consumer => s.consumer.log_text(),
+            Stopped::Provider => s.provider.log_text(),
+        };
+        Ok(log.contains("keepalive check ran late"))
     })?;
     finish(&mut s)
+}
+
+/// A consumer stopped past its keepalive timeout wakes with its check long overdue and
+/// the provider's pings unread in its socket. It used to declare `keepalive-timeout` at
+/// once, blaming a provider that was there all along (five of five times by hand); now
+/// it counts the silence afresh, reads the pings and keeps the session.
+#[test]
+fn a_consumer_stopped_past_its_keepalive_timeout_keeps_its_session_when_continued() -> Result<()> {
+    stopped_past_its_keepalive_timeout_keeps_the_session(37, Stopped::Consumer)
 }
 
 /// The same on the provider: stopped past its keepalive timeout, it used to drop every
 /// consumer on waking, their pings unread in its sockets.
 #[test]
 fn a_provider_stopped_past_its_keepalive_timeout_keeps_its_sessions_when_continued() -> Result<()> {
-    let options = ProviderOptions { keepalive: ("500ms".into(), "2s".into()), ..ProviderOptions::default() };
-    let mut s = setup_with(
-        38,
-        agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"30s\""),
-        &options,
-    )?;
-    let accepted = s.proxy.stats().accepted;
-    freeze(s.provider.child.as_ref(), Duration::from_secs(4))?;
-    session_kept(&s, accepted)?;
-    // Kept because the late check excused the silence, and said so.
-    wait_until(LIMIT, "the provider's late keepalive check", || {
-        Ok(s.provider.log_text().contains("keepalive check ran late"))
-    })?;
-    finish(&mut s)
+    stopped_past_its_keepalive_timeout_keeps_the_session(38, Stopped::Provider)
 }
 
 /// The excuse is given once: a link that died while the consumer was stopped is
