@@ -197,7 +197,7 @@ impl Supervision {
     fn ended(&mut self, now: Instant, ended: Ended, sample: f64, out: &mut Vec<Output>) {
         let started = self.session_started.take().unwrap_or(now);
         match self.pending.take() {
-            Some(cmd) if cmd.exits() => return out.push(Output::Exit),
+            Some(Command::Shutdown | Command::Reload { .. }) => return out.push(Output::Exit),
             Some(Command::Stop) => {
                 out.push(Output::PersistStopped(true));
                 return self.settle(State::Stopped, out);
@@ -206,7 +206,7 @@ impl Supervision {
                 self.reset();
                 return self.start(now, out);
             }
-            Some(Command::Shutdown | Command::Reload { .. }) | None => {}
+            None => {}
         }
         if ended.reason == Reason::Shutdown {
             return out.push(Output::Exit);

@@ -86,19 +86,22 @@ impl Liveness {
 /// if the time ran out.
 pub async fn within<F: std::future::Future>(limit: Duration, work: F) -> Option<F::Output> {
     let mut work = std::pin::pin!(work);
-    let mut deadline = Instant::now() + limit;
-    let mut excused = false;
+    // The same rule as a silence check, with the work's start (or the excuse) standing
+    // for the last sign of life: no progress is visible until the work is done.
+    let mut liveness = Liveness::new(limit);
+    let mut since = Instant::now();
     loop {
+        let deadline = since + limit;
         tokio::select! {
             biased;
             out = &mut work => return Some(out),
             () = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
-                if excused || now.saturating_duration_since(deadline) < LATE_CHECK {
-                    return None;
+                match liveness.check(since, deadline, now) {
+                    Verdict::Alive => {}
+                    Verdict::Excused { .. } => since = now,
+                    Verdict::Silent { .. } => return None,
                 }
-                excused = true;
-                deadline = now + limit;
             }
         }
     }
