@@ -5,6 +5,7 @@
 //!   their command-line interfaces.
 //! - [`proxy`]: a fault-injecting TCP proxy between consumer and provider (stall, reset,
 //!   clean close, delay, throttle, corruption, truncation, refusal), controlled live.
+//! - [`pki`]: a CA and provider certificates generated per run, for runs over TLS.
 //! - [`workload`]: generated directories and change workloads of every kind.
 //! - [`chaos`]: the `tether-chaos` run: a seeded nemesis against a real cluster.
 //! - [`bench`](mod@bench): the `tether-bench` workloads (fill, staleness, bursts, resync,
@@ -16,5 +17,6 @@
 pub mod bench;
 pub mod chaos;
 pub mod harness;
+pub mod pki;
 pub mod proxy;
 pub mod workload;

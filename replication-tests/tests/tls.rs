@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
 use replication_tests::harness::{wait_until, Agreement, Consumer, Provider, ProviderOptions};
+use replication_tests::pki::Ca;
 use replication_tests::workload::{Workload, PEOPLE};
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -23,46 +21,6 @@ const ALL: &str = "(objectClass=*)";
 const ENTRIES: usize = 500;
 /// Changes written over TLS while consumers run.
 const CHANGES: usize = 100;
-
-/// A certificate authority generated for one test.
-struct Ca {
-    /// Its self-signed certificate.
-    cert: Certificate,
-    /// Its key, to sign the provider's certificate.
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Result<Self> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        Ok(Self { cert: params.self_signed(&key)?, key })
-    }
-
-    /// Writes the CA certificate to `path` (what a consumer's `ca_file` names).
-    fn write(&self, path: &Path) -> Result<PathBuf> {
-        std::fs::write(path, self.cert.pem())?;
-        Ok(path.to_owned())
-    }
-
-    /// Issues a server certificate for `names` and writes it and its key under `dir`;
-    /// returns the body of the provider's `[tls]` section.
-    fn issue(&self, dir: &Path, names: &[&str]) -> Result<String> {
-        std::fs::create_dir_all(dir)?;
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
-        params.distinguished_name.push(DnType::CommonName, "tether provider");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.cert, &self.key)?;
-        let (cert_file, key_file) = (dir.join("provider.crt"), dir.join("provider.key"));
-        std::fs::write(&cert_file, cert.pem())?;
-        std::fs::write(&key_file, key.serialize_pem())?;
-        Ok(format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", cert_file.display(), key_file.display()))
-    }
-}
 
 /// A TLS provider loaded with generated people, running, and the CA file consumers
 /// should trust.

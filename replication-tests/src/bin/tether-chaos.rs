@@ -40,6 +40,9 @@ struct Cli {
     /// Keep the run's folder (processes' logs and stores) even when it passes.
     #[arg(long)]
     keep: bool,
+    /// Replicate over TLS, with a CA and a provider certificate made for the run.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         entries: cli.entries,
         converge_timeout: cli.converge_timeout,
         keep: cli.keep,
+        tls: cli.tls,
     };
     match run(&opts, cli.json.as_deref()) {
         Ok(true) => ExitCode::SUCCESS,

@@ -63,7 +63,9 @@ pub fn region(name: &str) -> Option<&'static Region> {
 const PERSIST: &str = "refresh-and-persist";
 const REFRESH_ONLY: &str = "refresh-only";
 
-fn agreement(region: &Region, mode: &str) -> Agreement {
+/// An agreement on `region` in `mode`; over TLS if `tls` is the body of its
+/// `[agreement.tls]` section.
+fn agreement(region: &Region, mode: &str, tls: Option<&str>) -> Agreement {
     let mut extra = "retry = [\"100ms x5\", \"500ms forever\"]\n".to_owned();
     if mode == REFRESH_ONLY {
         extra.push_str("interval = \"1s\"\n");
@@ -76,26 +78,21 @@ fn agreement(region: &Region, mode: &str) -> Agreement {
         filter: region.filter.into(),
         secret: format!("{}-secret", region.agreement),
         extra,
-        tls: None,
+        tls: tls.map(str::to_owned),
         keepalive: "interval = \"1s\"\ntimeout = \"3s\"\n".into(),
     }
 }
 
 /// Consumer `i`'s agreements: `people` in either mode, plus one of the other regions,
 /// so consumers overlap and both modes run side by side.
-pub fn agreements_of(i: usize) -> Vec<Agreement> {
+pub fn agreements_of(i: usize, tls: Option<&str>) -> Vec<Agreement> {
     let people_mode = if i % 2 == 0 { PERSIST } else { REFRESH_ONLY };
     let (second, mode) = match i % 3 {
         0 => (&REGIONS[0], PERSIST),
         1 => (&REGIONS[2], PERSIST),
         _ => (&REGIONS[3], REFRESH_ONLY),
     };
-    vec![agreement(&REGIONS[1], people_mode), agreement(second, mode)]
-}
-
-/// The reload fault's extra agreement.
-pub fn extra_agreement() -> Agreement {
-    agreement(&REGIONS[4], PERSIST)
+    vec![agreement(&REGIONS[1], people_mode, tls), agreement(second, mode, tls)]
 }
 
 /// The anchor entries as LDIF content records.
@@ -302,6 +299,8 @@ pub struct Cluster {
     pub before_restore: Mutex<BTreeSet<String>>,
     /// Restores so far (the report's count); moved before the restored provider starts.
     pub restores: std::sync::atomic::AtomicU64,
+    /// The body of every agreement's `[agreement.tls]` section when the run is over TLS.
+    pub tls: Option<String>,
 }
 
 /// The provider options of a chaos cluster: every region granted.
@@ -323,9 +322,17 @@ pub fn provider_options() -> ProviderOptions {
 
 impl Cluster {
     /// Loads the provider with `work`'s directory plus the anchors, starts it, and
-    /// starts `consumers` consumers behind their proxies.
-    pub fn start(root: &Path, work: &mut Workload, consumers: usize) -> Result<Self> {
-        let opts = provider_options();
+    /// starts `consumers` consumers behind their proxies. With `tls`, the provider
+    /// serves TLS only, with a certificate from a CA made for the run that every
+    /// agreement trusts; the proxies then carry, break and corrupt TLS records.
+    pub fn start(root: &Path, work: &mut Workload, consumers: usize, tls: bool) -> Result<Self> {
+        let mut opts = provider_options();
+        let mut agreement_tls = None;
+        if tls {
+            let (provider_tls, consumer_tls) = crate::pki::loopback(&root.join("pki"))?;
+            opts.tls = Some(provider_tls);
+            agreement_tls = Some(consumer_tls);
+        }
         let mut provider = Provider::configure(&root.join("provider"), &opts)?;
         let ldif = root.join("initial.ldif");
         fs::write(&ldif, format!("{}\n{}", work.initial_ldif(), anchors_ldif()))?;
@@ -335,7 +342,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         for index in 0..consumers {
             let proxy = Proxy::start(upstream)?;
-            let base_agreements = agreements_of(index);
+            let base_agreements = agreements_of(index, agreement_tls.as_deref());
             let mut consumer =
                 Consumer::configure(&root.join(format!("consumer{index}")), proxy.port(), &base_agreements)?;
             consumer.start().with_context(|| format!("starting consumer{index}"))?;
@@ -359,7 +366,13 @@ impl Cluster {
             nodes,
             before_restore: Mutex::default(),
             restores: std::sync::atomic::AtomicU64::new(0),
+            tls: agreement_tls,
         })
+    }
+
+    /// The reload fault's extra agreement.
+    pub fn extra_agreement(&self) -> Agreement {
+        agreement(&REGIONS[4], PERSIST, self.tls.as_deref())
     }
 
     /// Locks the provider.

@@ -50,6 +50,8 @@ pub struct Options {
     pub converge_timeout: Duration,
     /// Keep the run's folder even when it passes.
     pub keep: bool,
+    /// Replicate over TLS.
+    pub tls: bool,
 }
 
 /// Runs one chaos run. `Err` only for a broken setup (binaries missing, a process that
@@ -60,7 +62,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let tmp = tempfile::Builder::new().prefix("tether-chaos-").tempdir().context("creating the run folder")?;
     let root = tmp.path().to_owned();
     let mut work = Workload::new(opts.entries, opts.seed);
-    let cluster = Cluster::start(&root, &mut work, opts.consumers.max(1))?;
+    let cluster = Cluster::start(&root, &mut work, opts.consumers.max(1), opts.tls)?;
     let stop_writer = AtomicBool::new(false);
     let stop_sampler = AtomicBool::new(false);
     let rng = StdRng::seed_from_u64(opts.seed);

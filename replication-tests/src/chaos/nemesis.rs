@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::cluster::{extra_agreement, Cluster, Node, CHANGELOG, CHANGELOG_TRIMMED, EXTRA};
+use super::cluster::{Cluster, Node, CHANGELOG, CHANGELOG_TRIMMED, EXTRA};
 use crate::harness::signal;
 use crate::proxy::{Direction, Fault};
 use crate::workload::OTHERS;
@@ -430,7 +430,7 @@ impl<'a> Nemesis<'a> {
                     state.agreements.retain(|a| a.name != EXTRA);
                     state.stopped.remove(EXTRA);
                 } else {
-                    state.agreements.push(extra_agreement());
+                    state.agreements.push(self.cluster.extra_agreement());
                 }
                 *state.epochs.entry(EXTRA.into()).or_default() += 1;
                 state.write_config()?;

@@ -49,12 +49,13 @@ impl Report {
     pub fn replay(&self) -> String {
         let o = &self.options;
         format!(
-            "tether-chaos --seed {} --duration {} --consumers {} --rate {} --entries {}",
+            "tether-chaos --seed {} --duration {} --consumers {} --rate {} --entries {}{}",
             o.seed,
             humantime::format_duration(o.duration),
             o.consumers,
             o.rate,
-            o.entries
+            o.entries,
+            if o.tls { " --tls" } else { "" }
         )
     }
 
@@ -66,6 +67,7 @@ impl Report {
             "consumers": self.options.consumers,
             "rate": self.options.rate,
             "entries": self.options.entries,
+            "tls": self.options.tls,
             "faults": self.faults,
             "faults_total": self.faults.values().sum::<u64>(),
             "provider_stores_failed": self.stores_failed,
@@ -92,12 +94,13 @@ impl Report {
         let o = &self.options;
         let _ = writeln!(
             out,
-            "tether-chaos seed {} duration {} consumers {} rate {}/s entries {}",
+            "tether-chaos seed {} duration {} consumers {} rate {}/s entries {}{}",
             o.seed,
             humantime::format_duration(o.duration),
             o.consumers,
             o.rate,
-            o.entries
+            o.entries,
+            if o.tls { " over TLS" } else { "" }
         );
         let _ = writeln!(out, "faults injected ({} total):", self.faults.values().sum::<u64>());
         for (k, v) in &self.faults {
