@@ -130,8 +130,14 @@ impl TlsClient {
 }
 
 /// Why a handshake failed, for status and logs: rustls' words, plus a hint when the
-/// provider evidently does not speak TLS at all (its bytes are not TLS records).
+/// provider evidently does not speak TLS at all (its bytes are not TLS records). A
+/// connection closed mid-handshake (a provider stopping, a proxy whose upstream is
+/// down) is said in words, as the plain handshake says it, not as rustls' "tls
+/// handshake eof".
 pub fn describe_failure(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "the provider closed the connection during the TLS handshake".to_owned();
+    }
     let not_tls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -209,8 +215,10 @@ mod tests {
             rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
         );
         assert!(describe_failure(&corrupt).contains("does not seem to serve TLS"), "{}", describe_failure(&corrupt));
-        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-        assert_eq!(describe_failure(&eof), eof.to_string());
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert_eq!(describe_failure(&eof), "the provider closed the connection during the TLS handshake");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(describe_failure(&reset), reset.to_string());
     }
 
     #[test]

@@ -111,7 +111,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.parse_frame()? {
                 return Ok(Some(frame));
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let read = match self.inner.read_buf(&mut self.buf).await {
+                Ok(read) => read,
+                // TLS reports a stream that ended without its close_notify so. It reads
+                // as an end here, as a plain FIN does: a session's orderly end is its
+                // Goodbye, which neither carries, and a cut inside a frame is still
+                // `Truncated`. (rustls' words for it, a link to its manual, told an
+                // operator nothing a plain connection's end did not.)
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -286,6 +296,41 @@ mod tests {
         out.extend_from_slice(payload);
         out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
         out
+    }
+
+    /// A stream that yields its bytes, then fails as rustls does when the TCP stream
+    /// ends without a TLS close_notify.
+    struct CutWithoutCloseNotify(std::io::Cursor<Vec<u8>>);
+
+    impl AsyncRead for CutWithoutCloseNotify {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0.position() < self.0.get_ref().len() as u64 {
+                return std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+            }
+            std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "peer closed connection without sending TLS close_notify",
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_stream_cut_without_close_notify_ends_like_a_plain_one() {
+        let whole = framed(b"cn: Alice");
+        let mut reader = FrameReader::new(CutWithoutCloseNotify(std::io::Cursor::new(whole.clone())));
+        assert_eq!(reader.read_frame().await.unwrap().as_deref(), Some(&b"cn: Alice"[..]));
+        assert!(reader.read_frame().await.unwrap().is_none(), "a cut between frames is the stream's end");
+
+        let half = whole[..whole.len() - 3].to_vec();
+        let mut reader = FrameReader::new(CutWithoutCloseNotify(std::io::Cursor::new(half)));
+        match reader.read_frame().await {
+            Err(FrameError::Truncated { buffered }) => assert_eq!(buffered, whole.len() - 3),
+            other => panic!("a cut inside a frame must be Truncated, got {other:?}"),
+        }
     }
 
     #[tokio::test]

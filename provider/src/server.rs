@@ -294,6 +294,12 @@ impl Server {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => Some(connection::boxed(stream)),
+            // A client gone before the handshake's end (stopping, or a probe that only
+            // connects) is said in words rather than as rustls' "tls handshake eof".
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                warn!("TLS handshake failed: the client closed the connection during it");
+                None
+            }
             Ok(Err(e)) => {
                 warn!(error = %e, "TLS handshake failed");
                 None

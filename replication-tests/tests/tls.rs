@@ -180,3 +180,41 @@ fn a_consumer_speaking_tls_to_a_plain_provider_or_to_a_web_server_is_told_what_i
     wait_converged(&p, &plain)?;
     Ok(())
 }
+
+/// A TLS peer that dies sends no close_notify; rustls reports that as an error of its
+/// own, with a link to its manual. Both sides must read it as the plain connection's
+/// end it is: the consumer's status and the provider's log say the peer closed the
+/// connection, and nothing about TLS internals.
+#[test]
+fn a_tls_peer_killed_mid_session_reads_as_a_closed_connection() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _w, ca_file) = tls_provider(tmp.path(), 14)?;
+    let mut c = Consumer::configure(
+        &tmp.path().join("c"),
+        p.port,
+        &[tls_agreement(format!("ca_file = \"{}\"\n", ca_file.display()))],
+    )?;
+    c.start()?;
+    wait_converged(&p, &c)?;
+
+    c.kill()?;
+    wait_until(CONVERGE, "the provider to end the killed consumer's session", || {
+        Ok(p.log_text().contains("connection lost: consumer closed the connection"))
+    })?;
+    c.start()?;
+    wait_converged(&p, &c)?;
+    wait_until(CONVERGE, "the consumer to persist again", || {
+        Ok(c.agreement_status("people")?["state"] == "persisting")
+    })?;
+
+    p.kill()?;
+    wait_until(CONVERGE, "the consumer to see the provider's connection end", || {
+        let s = c.agreement_status("people")?;
+        Ok(s["disconnects"]["connection-lost"].as_u64().unwrap_or(0) > 0)
+    })?;
+    let log = c.log_text();
+    assert!(log.contains("provider closed the connection without goodbye"), "{log}");
+    assert!(!log.contains("close_notify"), "{log}");
+    assert!(!p.log_text().contains("close_notify"), "{}", p.log_text());
+    Ok(())
+}
