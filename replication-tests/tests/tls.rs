@@ -218,3 +218,73 @@ fn a_tls_peer_killed_mid_session_reads_as_a_closed_connection() -> Result<()> {
     assert!(!p.log_text().contains("close_notify"), "{}", p.log_text());
     Ok(())
 }
+
+/// Renewing the provider's certificate is: replace its files, SIGHUP (operations.md,
+/// TLS). New connections must get the new certificate, running sessions keep theirs,
+/// `write` follows the files, a renewal whose files do not match changes nothing, and a
+/// consumer whose `ca_file` is rewritten in place takes the new CA on `reload`.
+/// The renewed certificate here comes from another CA, so which one a consumer was
+/// shown is visible in whether it could connect.
+#[test]
+fn a_renewed_certificate_serves_new_connections_after_sighup_a_broken_one_changes_nothing_and_consumers_move_to_the_new_ca(
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let pki = tmp.path().join("pki");
+    let (first, second) = (Ca::new("First CA")?, Ca::new("Second CA")?);
+    let tls = first.issue(&pki, &["127.0.0.1"])?;
+    let (p, mut w) =
+        Provider::loaded(tmp.path(), ENTRIES, 15, &ProviderOptions { tls: Some(tls), ..Default::default() })?;
+    let trusting = |ca: &Ca, name: &str| -> Result<Agreement> {
+        Ok(tls_agreement(format!("ca_file = \"{}\"\n", ca.write(&tmp.path().join(name))?.display())))
+    };
+    let mut old = Consumer::configure(&tmp.path().join("old"), p.port, &[trusting(&first, "first.pem")?])?;
+    old.start()?;
+    wait_converged(&p, &old)?;
+
+    // Renew in place with the second CA's certificate, then reload.
+    second.issue(&pki, &["127.0.0.1"])?;
+    p.reload()?;
+    wait_until(CONVERGE, "the provider to reload", || Ok(p.log_text().contains("reloaded ")))?;
+    // `write` pins the certificate in the files: it reaches the renewed listener.
+    p.write_ok(&w.changes(CHANGES))?;
+    // The running session kept the old certificate: no new connection was needed.
+    wait_converged(&p, &old)?;
+    let status = old.agreement_status("people")?;
+    assert_eq!((status["state"].as_str(), status["reconnects"].as_u64()), (Some("persisting"), Some(0)), "{status}");
+    // A new connection is shown the renewed one.
+    let mut new = Consumer::configure(&tmp.path().join("new"), p.port, &[trusting(&second, "second.pem")?])?;
+    new.start()?;
+    wait_converged(&p, &new)?;
+
+    // A renewal that went wrong: the second CA's certificate beside another key. The
+    // reload fails, naming the files, and the provider keeps serving the last good pair.
+    let stray = tmp.path().join("stray");
+    second.issue(&stray, &["127.0.0.1"])?;
+    std::fs::copy(stray.join("provider.key"), pki.join("provider.key"))?;
+    p.reload()?;
+    wait_until(CONVERGE, "the provider to refuse the mismatched pair", || {
+        Ok(p.log_text().contains("reload failed, keeping the old configuration")
+            && p.log_text().contains("does not match the certificate"))
+    })?;
+    new.stop()?;
+    new.start()?;
+    wait_until(CONVERGE, "the consumer trusting the second CA to reconnect", || {
+        Ok(new.agreement_status("people")?["state"] == "persisting")
+    })?;
+
+    // Moving the first consumer to the new CA: its file rewritten in place, then
+    // `reload`, which compares what the file holds and restarts the agreement. It
+    // reconnects, and is shown the renewed certificate, which it now trusts.
+    second.write(&tmp.path().join("first.pem"))?;
+    assert_eq!(old.admin("reload", None)?, "reloaded: restarted people\n");
+    // A restarted agreement's counters start again: its first session is a delta.
+    wait_until(CONVERGE, "the moved consumer to reconnect", || {
+        let s = old.agreement_status("people")?;
+        Ok(s["state"] == "persisting" && s["refreshes"]["delta"] == 1)
+    })?;
+    p.write_ok(&w.changes(CHANGES))?;
+    wait_converged(&p, &new)?;
+    wait_converged(&p, &old)?;
+    assert_eq!(old.agreement_status("people")?["last_error"], serde_json::Value::Null);
+    Ok(())
+}
