@@ -142,7 +142,8 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
             if ctx.reload.send(tx).await.is_err() {
                 Err("provider is shutting down".to_owned())
             } else {
-                rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned()))
+                // A line of its own, like every other reply the shell prints.
+                rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
             }
         }
         other => Err(format!("the provider does not support {other:?}")),

@@ -86,6 +86,15 @@ enum Command {
         #[arg(long)]
         uuids: bool,
     },
+    /// Re-read the configuration of the running provider, as SIGHUP does, and print
+    /// what the reload did, or why it changed nothing (exit status 1).
+    ///
+    /// SIGHUP's outcome is only in the log; this says it to whoever asked.
+    Reload {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Show the provider's state and its consumers.
     Status {
         /// Configuration file.
@@ -193,6 +202,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let dir = open_offline(&config, Offline::Read)?;
             print_search(&dir, &spec, uuids)
+        }
+        Command::Reload { config } => {
+            // A file the provider could not read stops here with the same error: the
+            // provider is not asked, and keeps its configuration.
+            let config = ProviderConfig::load(&config)?;
+            if client::control_call(&config.control, &ControlRequest::Reload).await?.is_none() {
+                bail!("the provider is not running (nothing answers on {})", config.control.display());
+            }
+            Ok(())
         }
         Command::Status { config, json } => {
             let config = ProviderConfig::load(&config)?;

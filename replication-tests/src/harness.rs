@@ -449,6 +449,13 @@ impl Provider {
         signal(self.child.as_ref().context("provider not running")?, "HUP")
     }
 
+    /// Runs `tether-provider reload`, which asks the running provider on its control
+    /// socket and prints the outcome; its output, whatever the exit status.
+    pub fn reload_command(&self) -> Result<Output> {
+        let mut c = self.cmd("reload")?;
+        c.output().with_context(|| format!("running {c:?}"))
+    }
+
     /// Rewrites the config with `opts` (same port and folders).
     pub fn reconfigure(&mut self, opts: &ProviderOptions) -> Result<()> {
         let port = self.port;

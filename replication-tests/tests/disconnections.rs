@@ -391,6 +391,57 @@ fn a_widened_grant_keeps_its_sessions_and_one_narrowed_below_a_session_ends_it()
     Ok(())
 }
 
+/// `tether-provider reload` says what SIGHUP only logs: the reload's report, or why it
+/// changed nothing (exit status 1), for a file that does not parse and for one naming a
+/// secret file that is not there; and that no provider is running, when none is.
+#[test]
+fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 300, 21, two_grants())?;
+    let c = both_agreements(tmp.path(), &p)?;
+    let reconnects = c.agreement_status("people")?["reconnects"].clone();
+    let said = |out: &std::process::Output| {
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, _) = said(&p.reload_command()?);
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("reloaded ") && stdout.ends_with(": 2 agreements, 0 sessions revoked\n"), "{stdout:?}");
+
+    // A file the provider would refuse: the command refuses it the same way, naming the key.
+    let config = std::fs::read_to_string(&p.config)?;
+    std::fs::write(&p.config, config.replacen("interval = ", "interval = \"5 parsecs\"\n# was ", 1))?;
+    let (code, stdout, stderr) = said(&p.reload_command()?);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    assert!(stderr.contains("key 'keepalive.interval': invalid duration \"5 parsecs\""), "{stderr}");
+    std::fs::write(&p.config, &config)?;
+
+    // A file that parses, but whose grant cannot be read: the provider's own reload fails,
+    // and the command prints its error; the running grant stays.
+    let secret = p.dir.join("secrets/people.key");
+    let kept = std::fs::read(&secret)?;
+    std::fs::remove_file(&secret)?;
+    let (code, stdout, stderr) = said(&p.reload_command()?);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    assert!(stderr.contains("people.key"), "{stderr}");
+    assert!(p.log_text().contains("reload requested on the control socket failed, keeping the old configuration"));
+    std::fs::write(&secret, kept)?;
+    p.write_ok(&w.changes(50))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let s = c.agreement_status("people")?;
+    assert_eq!((s["state"].as_str(), &s["reconnects"]), (Some("persisting"), &reconnects), "{s}");
+
+    p.stop()?;
+    let (code, _, stderr) = said(&p.reload_command()?);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("the provider is not running"), "{stderr}");
+    Ok(())
+}
+
 #[test]
 fn revoked_credentials_end_in_closed_without_a_retry_storm() -> Result<()> {
     let tmp = tempfile::tempdir()?;
