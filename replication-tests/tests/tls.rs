@@ -3,7 +3,9 @@
 //! consumer converges, `write` reaches its TLS provider, and a consumer that trusts
 //! another CA (or speaks plain TCP to the TLS port, or TLS to a plain one, or reaches a
 //! web server instead) fails with an error naming the mismatch while the provider keeps
-//! serving everyone else.
+//! serving everyone else. Then the life of a deployment: a peer killed mid-session, a
+//! certificate renewed (and a renewal gone wrong), consumers moved to a new CA, and the
+//! IPv6 loopback.
 
 #![allow(clippy::unwrap_used)]
 
@@ -286,5 +288,41 @@ fn a_renewed_certificate_serves_new_connections_after_sighup_a_broken_one_change
     wait_converged(&p, &new)?;
     wait_converged(&p, &old)?;
     assert_eq!(old.agreement_status("people")?["last_error"], serde_json::Value::Null);
+    Ok(())
+}
+
+/// The IPv6 loopback, over TLS: a provider listening on `[::1]:PORT` with a certificate
+/// for the address `::1`, a consumer naming it so, which checks the certificate against
+/// the address (the default server name), and `write` reaching the provider there.
+#[test]
+fn a_provider_on_the_ipv6_loopback_serves_tls_by_its_address() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let ca = Ca::new("Tether test CA")?;
+    let tls = ca.issue(&tmp.path().join("pki"), &["::1"])?;
+    let ca_file = ca.write(&tmp.path().join("ca.pem"))?;
+    let mut work = Workload::new(ENTRIES, 16);
+    let mut p =
+        Provider::configure(&tmp.path().join("provider"), &ProviderOptions { tls: Some(tls), ..Default::default() })?;
+    let v6 = |path: &Path, from: &str, to: &str| -> Result<()> {
+        let text = std::fs::read_to_string(path)?;
+        anyhow::ensure!(text.contains(from), "{} has no {from:?}", path.display());
+        Ok(std::fs::write(path, text.replace(from, to))?)
+    };
+    v6(&p.config, "listen = \"127.0.0.1:", "listen = \"[::1]:")?;
+    let initial = tmp.path().join("initial.ldif");
+    std::fs::write(&initial, work.initial_ldif())?;
+    p.load(&initial)?;
+    p.start()?;
+    let c_agreement = tls_agreement(format!("ca_file = \"{}\"\n", ca_file.display()));
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[c_agreement])?;
+    v6(&c.config, "provider = \"127.0.0.1:", "provider = \"[::1]:")?;
+    c.start()?;
+    wait_converged(&p, &c)?;
+    p.write_ok(&work.changes(CHANGES))?;
+    wait_converged(&p, &c)?;
+    let status = c.agreement_status("people")?;
+    assert_eq!(status["provider"], format!("[::1]:{}", p.port), "{status}");
+    let sessions = p.status()?["sessions"].clone();
+    assert!(sessions[0]["peer"].as_str().is_some_and(|peer| peer.starts_with("[::1]:")), "{sessions}");
     Ok(())
 }
