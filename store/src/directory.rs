@@ -182,6 +182,7 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> R
             wanted: kind.describe(),
         });
     }
+    crate::format::check(&db, path)?;
     Ok(db)
 }
 

@@ -76,6 +76,20 @@ pub enum StoreError {
         /// What the process opening it keeps.
         wanted: &'static str,
     },
+    /// The store was written in a newer layout than this build reads: a newer Tether
+    /// ran on it (see [`crate::format`]). Nothing was read or changed.
+    #[error(
+        "{path} holds a store of format {found}, written by a newer Tether; this build reads format {supported} \
+         only and would misread it: run the newer build again, or restore a backup taken before the upgrade"
+    )]
+    NewerFormat {
+        /// The store's folder.
+        path: String,
+        /// The layout the store is in.
+        found: u32,
+        /// The layout this build reads.
+        supported: u32,
+    },
     /// The store is held by another process (sled's file lock).
     #[error("store at {0} is in use by another process")]
     Locked(String),

@@ -8,6 +8,8 @@
 //!
 //! ## Layout
 //! - [`error`]: refusals by the directory rules vs storage failures.
+//! - [`format`]: the layout a store was written in, checked on every open, so a build
+//!   never reads a newer build's records (a downgrade).
 //! - [`failure`]: the latch that records the first storage failure of an open store,
 //!   which sled makes permanent for that handle.
 //! - [`entry_set`]: entries clustered by DN in tree order, plus the UUID index; search.
@@ -34,6 +36,7 @@ pub mod error;
 pub mod failure;
 pub mod feed;
 mod footprint;
+pub mod format;
 pub mod history;
 pub mod pins;
 mod record;
