@@ -202,6 +202,10 @@ struct Session<'a, R> {
     liveness: Liveness,
     /// When the acked position was last written to the store, and which it was.
     last_recorded: Option<(Instant, Csn)>,
+    /// The newest position the consumer acknowledged in this session, in this store's
+    /// current history. Kept here, not by whichever loop read the `Ack`: a poller's ack
+    /// of `RefreshDone` can arrive while the refresh loop is still taking its last turn.
+    acked: Option<Csn>,
     /// An acknowledged position not yet written (acknowledgements come faster than
     /// [`POSITION_RECORD_INTERVAL`]); written at the next keepalive tick and when the
     /// session ends, so the position `status` lists is never left a burst behind.
@@ -269,6 +273,7 @@ where
         last_inbound: Instant::now(),
         liveness: Liveness::new(params.keepalive_timeout),
         last_recorded: None,
+        acked: None,
         unrecorded: None,
         failed,
         drained,
@@ -398,6 +403,12 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
     /// and which `status` lists with its lag) is then what the poll brought it, not the
     /// cookie it came with. A version 1 consumer acknowledges nothing, and gets its
     /// goodbye at once. `None` once the acknowledgement of `end` is in.
+    ///
+    /// The acknowledgement may be in already: the consumer sends it as soon as the
+    /// `RefreshDone` is durable, and on a busy machine it arrived while the refresh loop
+    /// was still to take its last turn, which read it. Waiting for it here then waited
+    /// for good, both sides pinging, the poller `refreshing` for as long (found in a
+    /// 25-minute run: 14 minutes and counting).
     async fn await_poll_ack(&mut self, end: Csn) -> Option<SessionEnd> {
         if self.req.version < POLL_ACK_VERSION {
             return None;
@@ -405,20 +416,16 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         let mut ping = keepalive_ticker(self.params.keepalive_interval);
         let mut seq = 0u64;
         loop {
+            if self.acked.is_some_and(|csn| csn >= end) {
+                // Recorded now if it was not: the goodbye follows.
+                self.record_unrecorded();
+                return None;
+            }
             match self.next_event(&mut ping, false, None, false).await {
                 Event::End(end) => return Some(end),
                 Event::Inbound(msg) => {
-                    let acked = match &msg {
-                        Ok(Some(Message::Ack { cookie })) if cookie.history == self.dir.history() => Some(cookie.csn),
-                        _ => None,
-                    };
                     if let Inbound::End(end) = self.on_inbound(msg) {
                         return Some(end);
-                    }
-                    if acked.is_some_and(|csn| csn >= end) {
-                        // Recorded now if it was not: the goodbye follows.
-                        self.record_unrecorded();
-                        return None;
                     }
                 }
                 Event::Tick(due) => {
@@ -687,6 +694,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 // The cookies this session sent name the current history; a consumer
                 // acknowledging anything else is not at a position of ours.
                 if cookie.history == self.dir.history() {
+                    self.acked = self.acked.max(Some(cookie.csn));
                     self.reg.acked(&cookie, self.dir.durable_csn());
                     if self.last_recorded.is_none_or(|(t, _)| t.elapsed() >= POSITION_RECORD_INTERVAL) {
                         self.record_position(cookie.csn);
@@ -782,6 +790,72 @@ mod tests {
         assert_eq!(reader.recv().await.unwrap(), None);
         // A permit was left for a refresh that waits for room.
         tokio::time::timeout(Duration::from_secs(5), drained.notified()).await.unwrap();
+    }
+
+    /// A poller's `Ack` of its refresh read while the refresh loop takes its last turn
+    /// (here: waiting before the session starts, so its first read takes it) still
+    /// ends the poll: the goodbye follows. It used to be lost with the loop, and the
+    /// session waited for it until the keepalive gave up on a consumer that had done
+    /// everything right (one that pings meanwhile: for good).
+    #[tokio::test]
+    async fn a_poll_acknowledged_before_the_refresh_loop_ends_gets_its_goodbye() {
+        let store = tempfile::tempdir().unwrap();
+        let suffix = tether_protocol::Dn::parse("dc=example,dc=com").unwrap();
+        let dir = Arc::new(Directory::open(store.path(), &suffix).unwrap());
+        let mut attrs = tether_protocol::Attributes::new();
+        attrs.add("objectClass", [tether_protocol::Value::from("domain")]).unwrap();
+        attrs.add("dc", [tether_protocol::Value::from("example")]).unwrap();
+        dir.write(&tether_protocol::Change::Add { dn: suffix.clone(), attrs }).unwrap();
+        let at = Cookie { history: dir.history(), csn: dir.durable_csn() };
+
+        let (provider_side, consumer_side) = tokio::io::duplex(64 * 1024);
+        let (from_consumer, to_consumer) = tokio::io::split(provider_side);
+        let (consumer_reads, consumer_writes) = tokio::io::split(consumer_side);
+        let mut consumer_writer = MessageWriter::new(consumer_writes);
+        // The consumer's ack is on the wire before the session reads anything.
+        consumer_writer.send(&Message::Ack { cookie: at }).await.unwrap();
+
+        let req = ConsumerRequest {
+            agreement: "people".into(),
+            client_id: "poller".into(),
+            mode: Mode::RefreshOnly,
+            cookie: Some(at),
+            spec: SearchSpec::subtree(suffix),
+            resume: None,
+            version: POLL_ACK_VERSION,
+        };
+        let info = crate::registry::SessionInfo {
+            session_id: 1,
+            peer: "test".into(),
+            agreement: "people".into(),
+            client: "poller".into(),
+            mode: "refresh-only".into(),
+            cookie: None,
+            lag_changes: 0,
+            queue_len: 0,
+            connected_since: String::new(),
+            refresh: None,
+            base: None,
+        };
+        let reg = crate::registry::Registry::default().register(info, &CancellationToken::new());
+        let params = SessionParams {
+            batch_size: 100,
+            queue_len: 64,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(120),
+            keepalive_enabled: true,
+        };
+        let session = run(dir, MessageReader::new(from_consumer), MessageWriter::new(to_consumer), req, reg, params);
+        let end = tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the session must end with the poll's goodbye, not wait for an ack it already read");
+        assert_eq!(end, SessionEnd::Goodbye(GoodbyeReason::RefreshComplete));
+        let mut reader = MessageReader::new(consumer_reads);
+        let mut seen = Vec::new();
+        while let Some(msg) = reader.recv().await.unwrap() {
+            seen.push(msg.name());
+        }
+        assert_eq!(seen, ["refresh-begin", "refresh-done", "goodbye"]);
     }
 
     #[test]
