@@ -64,6 +64,11 @@ const SEND_LIMIT: Duration = Duration::from_secs(5);
 /// `Applier::goodbye_behind`): it was read before the reset, so it is there at once or
 /// after the changes ahead of it.
 const GOODBYE_LOOKUP: Duration = Duration::from_millis(250);
+/// How long a poll whose refresh is durable and acknowledged waits for the provider's
+/// `refresh-complete` goodbye, which follows the ack at once, before ending itself.
+/// Nothing is left to receive: a provider that lost the ack (builds before the fix
+/// of that, meeting one race) would otherwise hold the poll open for good.
+const POLL_GOODBYE_WAIT: Duration = Duration::from_secs(10);
 
 /// What a session needs to know about its agreement.
 #[derive(Debug, Clone)]
@@ -257,6 +262,7 @@ pub async fn run(
             refreshing: false,
             scanning: false,
             refresh_done: false,
+            goodbye_due: None,
             routine,
             refresh_applied: 0,
             pending_cookie: None,
@@ -534,6 +540,9 @@ struct Applier<'a> {
     scanning: bool,
     /// `RefreshDone` seen.
     refresh_done: bool,
+    /// A poll's refresh is durable and acknowledged: the session ends by then even
+    /// without the provider's goodbye ([`POLL_GOODBYE_WAIT`]).
+    goodbye_due: Option<tokio::time::Instant>,
     /// A refresh-only poll following one that completed (see [`run`]).
     routine: bool,
     /// Operations the refresh changed the replica with (a delta's; a reload's are its
@@ -581,6 +590,7 @@ impl Applier<'_> {
         loop {
             let silent_ms = ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed));
             let idle_left = self.cfg.idle_timeout.saturating_sub(Duration::from_millis(silent_ms));
+            let goodbye_due = self.goodbye_due;
             tokio::select! {
                 biased;
                 _ = stop.token.cancelled() => {
@@ -595,6 +605,17 @@ impl Applier<'_> {
                     if Duration::from_millis(silent) >= self.cfg.idle_timeout {
                         return Ended::new(Reason::IdleTimeout, format!("nothing received for {:?}", self.cfg.idle_timeout));
                     }
+                }
+                _ = tokio::time::sleep_until(goodbye_due.unwrap_or_else(tokio::time::Instant::now)), if goodbye_due.is_some() => {
+                    warn!(
+                        wait = ?POLL_GOODBYE_WAIT,
+                        "the provider did not end the poll after its refresh, which is durable and acknowledged: ending \
+                         it here (an older provider can lose a poll's ack; upgrade it)"
+                    );
+                    return Ended {
+                        refresh_complete: true,
+                        ..Ended::new(Reason::ConnectionLost, "refresh complete; the provider's goodbye did not follow")
+                    };
                 }
                 _ = ack_tick.tick() => {
                     if let Err(e) = self.flush_and_ack().await {
@@ -974,10 +995,12 @@ impl Applier<'_> {
                 // right after `RefreshDone` and may already be gone (our next `Hello`
                 // carries the cookie anyway); from version 2 it waits for this.
                 if persisting || self.version >= POLL_ACK_VERSION {
-                    self.send(&Message::Ack { cookie }).await
-                } else {
-                    Ok(())
+                    self.send(&Message::Ack { cookie }).await?;
                 }
+                if !persisting {
+                    self.goodbye_due = Some(tokio::time::Instant::now() + POLL_GOODBYE_WAIT);
+                }
+                Ok(())
             }
             Message::Advance { cookie } => {
                 self.expect_persisting("Advance")?;
@@ -1059,6 +1082,81 @@ mod tests {
     /// A reader ahead of its applier stops once the queue holds `INBOUND_ENTRIES`
     /// entries, however few messages that is, and continues as the applier takes them;
     /// nothing is lost or reordered.
+    /// Hands the consumer its end of an in-memory pipe, once; the test drives the other.
+    #[derive(Debug)]
+    struct Pipe(std::sync::Mutex<Option<tokio::io::DuplexStream>>);
+
+    impl crate::transport::Connector for Pipe {
+        fn connect<'a>(&'a self, _addr: &'a str) -> crate::transport::ConnectFuture<'a> {
+            let end = self.0.lock().unwrap().take();
+            Box::pin(async move {
+                end.map(|s| Box::new(s) as crate::transport::BoxedStream)
+                    .ok_or_else(|| std::io::Error::other("the pipe was used"))
+            })
+        }
+    }
+
+    /// A poll whose refresh is durable and acknowledged ends itself if the provider's
+    /// goodbye does not follow (an older provider could lose the ack and wait for it
+    /// for good, pinging): as a completed poll, the cookie durable.
+    #[tokio::test]
+    async fn a_poll_ends_itself_when_the_goodbye_does_not_follow_its_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let secret = Secret::new(b"people-secret".to_vec()).unwrap();
+        let cfg = SessionConfig {
+            name: "people".into(),
+            provider: "provider.test:7389".into(),
+            mode: Mode::RefreshOnly,
+            spec: SearchSpec::subtree(tether_protocol::Dn::parse("dc=example,dc=com").unwrap()),
+            secret: secret.clone(),
+            client_id: "poller".into(),
+            idle_timeout: Duration::from_secs(300),
+            keepalive: Some((Duration::from_secs(60), Duration::from_secs(120))),
+            tls: None,
+            network: Network::Custom(Arc::new(Pipe(std::sync::Mutex::new(Some(ours))))),
+        };
+        let history = HistoryId::new_random();
+        let end = Cookie { history, csn: Csn(5) };
+        // The provider: refreshes, reads the ack, and never says goodbye.
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = connection::boxed(theirs);
+            let admission = tether_protocol::handshake::Admission {
+                secret,
+                history,
+                session_id: 1,
+                keepalive_interval: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(120),
+            };
+            tether_protocol::handshake::server_handshake(&mut r, &mut w, Duration::from_secs(10), |_| Ok(admission))
+                .await
+                .unwrap();
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: end }).await.unwrap();
+            let mut acked = None;
+            while let Ok(Some(msg)) = r.recv().await {
+                if let Message::Ack { cookie } = msg {
+                    acked = Some(cookie);
+                }
+            }
+            acked
+        });
+        let status = StatusHandle::new("people", &cfg.provider, "refresh-only");
+        let started = Instant::now();
+        let ended = tokio::time::timeout(
+            POLL_GOODBYE_WAIT * 3,
+            run(&cfg, &store, &replica, &status, &StopSignal::default(), false),
+        )
+        .await
+        .expect("the poll must end without the provider's goodbye");
+        assert!(ended.refresh_complete, "{ended:?}");
+        assert!(started.elapsed() >= POLL_GOODBYE_WAIT, "it waited for the goodbye first: {:?}", started.elapsed());
+        assert_eq!(provider.await.unwrap(), Some(end), "the refresh was acknowledged");
+        assert_eq!(replica.cookie().unwrap(), Some(end), "and is durable");
+    }
+
     #[tokio::test]
     async fn the_reader_queues_at_most_the_entry_budget_and_loses_nothing() {
         const BATCH: usize = 500;
