@@ -1079,9 +1079,6 @@ mod tests {
         Message::Batch { ops }
     }
 
-    /// A reader ahead of its applier stops once the queue holds `INBOUND_ENTRIES`
-    /// entries, however few messages that is, and continues as the applier takes them;
-    /// nothing is lost or reordered.
     /// Hands the consumer its end of an in-memory pipe, once; the test drives the other.
     #[derive(Debug)]
     struct Pipe(std::sync::Mutex<Option<tokio::io::DuplexStream>>);
@@ -1157,6 +1154,9 @@ mod tests {
         assert_eq!(replica.cookie().unwrap(), Some(end), "and is durable");
     }
 
+    /// A reader ahead of its applier stops once the queue holds `INBOUND_ENTRIES`
+    /// entries, however few messages that is, and continues as the applier takes them;
+    /// nothing is lost or reordered.
     #[tokio::test]
     async fn the_reader_queues_at_most_the_entry_budget_and_loses_nothing() {
         const BATCH: usize = 500;
