@@ -8,7 +8,7 @@
 //!
 //! ## Layout
 //! - [`error`]: refusals by the directory rules vs storage failures.
-//! - [`format`]: the layout a store was written in, checked on every open, so a build
+//! - [`format`](mod@format): the layout a store was written in, checked on every open, so a build
 //!   never reads a newer build's records (a downgrade).
 //! - [`failure`]: the latch that records the first storage failure of an open store,
 //!   which sled makes permanent for that handle.
