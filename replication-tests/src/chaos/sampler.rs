@@ -124,6 +124,56 @@ impl Watch {
     }
 }
 
+/// The longest a refresh may stay under way. A refresh of the run's few thousand entries
+/// takes well under a second, and the nemesis's faults end a session within seconds
+/// (keepalive 3 s) or slow it for 6 s at most; a session still refreshing after this is
+/// stuck, as a poll whose ack the provider had lost was (both sides pinging, for good).
+/// Faults free a stuck session too, within seconds while they come, so the check
+/// speaks mostly once they stop, naming the agreement, where the end's checks would see
+/// only a replica that did not converge.
+pub const STUCK_REFRESH: Duration = Duration::from_secs(30);
+
+/// Watches one agreement for a refresh that never ends: `refreshing` in every sample,
+/// with no refresh begun since (the refresh counters unchanged).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// When the current refresh was first seen, and the counters then.
+    refreshing_since: Option<(Instant, u64)>,
+}
+
+impl Progress {
+    /// Checks one sample: the agreement's `state` and the refreshes it counts (begun,
+    /// resumed included), at `now`. Returns a violation once per stuck refresh.
+    pub fn check(&mut self, state: &str, begun: u64, now: Instant) -> Option<String> {
+        if state != "refreshing" {
+            self.refreshing_since = None;
+            return None;
+        }
+        match self.refreshing_since {
+            Some((since, counted)) if counted == begun => {
+                let stuck = now.duration_since(since);
+                (stuck >= STUCK_REFRESH).then(|| {
+                    self.refreshing_since = None;
+                    format!(
+                        "a refresh has not ended in {:.0} s (state refreshing, no refresh begun since)",
+                        stuck.as_secs_f64()
+                    )
+                })
+            }
+            _ => {
+                self.refreshing_since = Some((now, begun));
+                None
+            }
+        }
+    }
+}
+
+/// The refreshes agreement `a` of a `status --json` counts as begun, resumed included.
+fn refreshes_begun(a: &serde_json::Value) -> u64 {
+    let kinds = a["refreshes"].as_object().map_or(0, |m| m.values().filter_map(serde_json::Value::as_u64).sum());
+    kinds + a["resumed_refreshes"].as_u64().unwrap_or(0)
+}
+
 /// Agreement `name`'s cookie in a consumer's `status --json` (empty if none).
 fn cookie_of(status: &serde_json::Value, name: &str) -> String {
     agreement_in(status, name).ok().and_then(|a| a["cookie"].as_str().map(str::to_owned)).unwrap_or_default()
@@ -133,6 +183,7 @@ fn cookie_of(status: &serde_json::Value, name: &str) -> String {
 pub fn run(cluster: &Cluster, started: Instant, stop: &AtomicBool) -> SamplerStats {
     let mut stats = SamplerStats::default();
     let mut watches: BTreeMap<(usize, String), Watch> = BTreeMap::new();
+    let mut progress: BTreeMap<(usize, String), Progress> = BTreeMap::new();
     let filter = format!("(description={ANCHOR})");
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(PERIOD);
@@ -162,6 +213,18 @@ pub fn run(cluster: &Cluster, started: Instant, stop: &AtomicBool) -> SamplerSta
             };
             let restores = cluster.restores.load(Ordering::SeqCst);
             state.last_status = Some(after.clone());
+            for a in after["agreements"].as_array().into_iter().flatten() {
+                let Some(name) = a["name"].as_str() else { continue };
+                let state = a["state"].as_str().unwrap_or_default();
+                let watch = progress.entry((node.index, name.to_owned())).or_default();
+                if let Some(problem) = watch.check(state, refreshes_begun(a), Instant::now()) {
+                    stats.violations.push(format!(
+                        "at {:.1}s consumer{} agreement {name}: {problem}",
+                        started.elapsed().as_secs_f64(),
+                        node.index
+                    ));
+                }
+            }
             for (name, region, text) in searched {
                 let epoch = state.epochs.get(&name).copied().unwrap_or(0);
                 stats.samples += 1;
@@ -214,6 +277,26 @@ mod tests {
         // A restore between two samples, the reload done before the second.
         assert_eq!(w.check(2, 0, &sample(&[("a", 0), ("b", 1)]), false, 1), None);
         assert!(w.check(2, 0, &sample(&[("a", 0), ("b", 0)]), false, 1).unwrap().contains("backwards"));
+    }
+
+    #[test]
+    fn a_refresh_that_never_ends_is_a_violation_once() {
+        let t0 = Instant::now();
+        let mut p = Progress::default();
+        assert_eq!(p.check("refreshing", 3, t0), None);
+        assert_eq!(p.check("refreshing", 3, t0 + STUCK_REFRESH / 2), None);
+        assert!(p.check("refreshing", 3, t0 + STUCK_REFRESH).unwrap().contains("has not ended"));
+        assert_eq!(p.check("refreshing", 3, t0 + STUCK_REFRESH * 2), None, "said once, then watched afresh");
+        // Polls that follow one another, each refreshing when sampled, are progress.
+        let mut p = Progress::default();
+        for i in 0..10 {
+            assert_eq!(p.check("refreshing", 3 + i, t0 + STUCK_REFRESH * i as u32 / 2), None);
+        }
+        // So is any other state in between.
+        let mut p = Progress::default();
+        assert_eq!(p.check("refreshing", 3, t0), None);
+        assert_eq!(p.check("idle", 3, t0 + STUCK_REFRESH / 2), None);
+        assert_eq!(p.check("refreshing", 3, t0 + STUCK_REFRESH), None);
     }
 
     #[test]
