@@ -215,9 +215,9 @@ pub fn run(cluster: &Cluster, started: Instant, stop: &AtomicBool) -> SamplerSta
             state.last_status = Some(after.clone());
             for a in after["agreements"].as_array().into_iter().flatten() {
                 let Some(name) = a["name"].as_str() else { continue };
-                let state = a["state"].as_str().unwrap_or_default();
+                let agreement_state = a["state"].as_str().unwrap_or_default();
                 let watch = progress.entry((node.index, name.to_owned())).or_default();
-                if let Some(problem) = watch.check(state, refreshes_begun(a), Instant::now()) {
+                if let Some(problem) = watch.check(agreement_state, refreshes_begun(a), Instant::now()) {
                     stats.violations.push(format!(
                         "at {:.1}s consumer{} agreement {name}: {problem}",
                         started.elapsed().as_secs_f64(),
