@@ -1,6 +1,6 @@
 //! `tether-config`: what the two process shells (`tether-provider`, `tether-consumer`)
-//! share and neither may take from the other, while `tether-protocol` stays free of file
-//! and process I/O.
+//! share and neither may take from the other, while `tether-protocol` stays free of
+//! config files and process handling.
 //!
 //! ## Layout
 //! - `source` (re-exported at the root): reading a TOML file with errors that name the

@@ -4,7 +4,7 @@
 //! resolution, and secret files.
 //!
 //! It is its own crate because both processes need it and neither may depend on the
-//! other, while `tether-protocol` stays free of file I/O. Each process's `config`
+//! other, while `tether-protocol` stays free of config files. Each process's `config`
 //! module imports it as `source`.
 //!
 //! How a key is named: serde reports *what* is wrong and toml_edit reports *where* (a

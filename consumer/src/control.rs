@@ -1,6 +1,6 @@
 //! The consumer's control endpoint: a Unix socket (mode 0600) answering `status`,
-//! `search`, `stop`/`start`/`restart NAME`, `reload` and `wait` (until a CSN is durable)
-//! while the process runs.
+//! `search`, `stop`/`start`/`restart NAME`, `reload` and `wait` (until a CSN is durable,
+//! or with `--visible` until it is applied) while the process runs.
 
 use tether_protocol::control::{
     read_request, respond, respond_done, respond_paged, ControlError, ControlRequest, ControlResponse,

@@ -7,8 +7,9 @@
 //! would keep one position for both, and the slower one would fall back to a present
 //! refresh whenever the faster one let trimming pass it. So the id also records where it
 //! was made (host name and the folder's absolute path), and a store found anywhere else
-//! is a copy, or a move, and takes a new id. A move costs nothing: the provider forgets
-//! the old id's position once `hold_for_consumers` passes.
+//! is a copy, or a move, and takes a new id. A move costs nothing: the old id's position
+//! stops holding back trimming once `hold_for_consumers` passes, and is forgotten when
+//! trimming passes it.
 
 use std::path::Path;
 

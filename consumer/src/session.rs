@@ -13,8 +13,10 @@
 //!   acks.
 //!
 //! Apply rules: a full or present refresh goes into a shadow generation swapped in at
-//! `RefreshDone`; a delta and live changes go straight to the replica, each live change
-//! with its cookie in one transaction. Acks follow flushes, never precede them.
+//! `RefreshDone`; a delta and live changes go straight to the replica, the live changes
+//! already queued (up to `CHANGES_PER_APPLY`) in one transaction with the last one's
+//! cookie, so a change and the position after it are never durable apart. Acks follow
+//! flushes, never precede them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,11 @@
-//! What each agreement publishes for `tether-consumer status` (SPEC §5 field names).
-//! Supervisors and sessions write through a [`StatusHandle`]; the control endpoint
-//! reads snapshots.
+//! What each agreement publishes for `tether-consumer status` (the field names of
+//! `docs/operations.md`). Supervisors and sessions write through a [`StatusHandle`]; the
+//! control endpoint reads snapshots, so `status` never waits on a busy session.
+//!
+//! The handle also carries the two positions `wait` answers from, on a `watch`: the
+//! CSN applied (`wait --visible`) and the durable cookie's (`wait`). They are published
+//! separately because an applied change is visible to searches before the flush that
+//! makes it durable, and a waiter for one must not be held up by the other.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! Changes as clients request them: add, modify, delete and modify-DN, addressed by DN.
 //! The store turns each into a committed state change with a CSN; replication then
-//! moves entry states (see `message`), not these requests.
+//! moves entry states (see `repl`), not these requests.
 
 use serde::{Deserialize, Serialize};
 

@@ -7,7 +7,8 @@
 //! byte limit so a hostile length prefix can never make us allocate more than a frame's
 //! worth, and with a nesting limit so a hostile recursive value can never overflow the
 //! stack. Keeping bincode behind these few functions means it can be swapped for another
-//! serde format (postcard, say) by rewriting this one file.
+//! serde format (postcard, say) by rewriting this file and [`crate::encoded`], which
+//! lays out `Batch` and `Change` by hand as this format does.
 //!
 //! Compatibility rule for every type that passes through here: enums only ever grow at
 //! the end. bincode writes an enum variant as its index, so inserting, removing or

@@ -1,5 +1,5 @@
-//! The control protocol: how the `status`, `search`, `stop`/`start`/`restart` and
-//! `reload` commands talk to a running process over its Unix control socket.
+//! The control protocol: how the `status`, `search`, `stop`/`start`/`restart`, `reload`
+//! and `wait` commands talk to a running process over its Unix control socket.
 //!
 //! Same framing and codec as replication, different messages: one request per
 //! connection, answered by zero or more `Output` chunks and one `Done` or `Error`.

@@ -1,4 +1,9 @@
 //! Change sequence numbers: the provider's total order of committed changes.
+//!
+//! A counter, not a timestamp: one provider assigns every CSN under its writer lock, so
+//! a counter orders changes exactly and no clock step (backwards after an NTP fix, or
+//! two changes in one tick) can reorder or tie them. It is what makes an apply
+//! idempotent: a replica keeps an entry's state only if its CSN is newer.
 
 use std::fmt;
 use std::str::FromStr;

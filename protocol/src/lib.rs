@@ -1,7 +1,9 @@
 //! `tether-protocol`: the language every Tether process speaks.
 //!
-//! Nothing here opens a file or a socket; the store and the processes build on these
-//! types, and the wire code works over any async byte stream. Read it bottom-up:
+//! Nothing here opens a file or a network socket: the store and the processes build on
+//! these types, and the wire code works over any async byte stream. The one exception is
+//! the control socket ([`control`]): both processes and their commands bind and connect
+//! it the same way, so that is kept here with its messages. Read it bottom-up:
 //!
 //! ## Layout
 //! The data model:
@@ -19,8 +21,11 @@
 //!   canonical writer `search` prints with.
 //!
 //! The wire, bottom-up (normative description: `docs/protocol.md`):
-//! - [`frame`]: 4-byte length-prefixed frames over any async byte stream, size-limited.
+//! - [`frame`]: frames over any async byte stream: a 4-byte length, the payload and a
+//!   CRC-32 of it, size-limited before anything is allocated.
 //! - [`codec`]: the one place bincode is named; `encode`/`decode` for the wire and the store.
+//! - [`encoded`]: `Batch` and `Change` messages built from entries already encoded, as
+//!   the store holds them, byte for byte the messages the codec would make.
 //! - [`message`]: every wire message, the protocol version and the reason words.
 //! - [`connection`]: message reader and writer halves over frames and the codec.
 //! - [`auth`]: shared secrets, challenge nonces and the HMAC-SHA256 proof.

@@ -82,7 +82,8 @@ impl RefreshKind {
 /// since the scan began is re-sent by the catch-up delta that follows every scan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumePoint {
-    /// The refresh being continued: full or present.
+    /// The refresh being continued: full or present, or a delta (then the position a
+    /// replica applied past its cookie, see `docs/protocol.md`).
     pub kind: RefreshKind,
     /// Present refresh: entries whose CSN is at or below this go as UUIDs only (the
     /// consumer's cookie when the refresh began). Zero for a full refresh.

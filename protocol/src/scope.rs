@@ -1,4 +1,12 @@
-//! What part of the tree a search or agreement covers: base DN, scope and filter.
+//! What part of the tree a search or agreement covers: base DN, scope, filter and
+//! attribute list.
+//!
+//! One type, [`SearchSpec`], serves both because an agreement's region is exactly a
+//! search that never ends: the provider decides whether a change concerns a consumer
+//! with the same test a search applies to an entry, so a replica always holds what a
+//! search of its region on the provider returns. A region that takes entries whole
+//! ([`SearchSpec::takes_whole_entries`]) also lets the provider send stored bytes as
+//! they are, without decoding them.
 
 use std::fmt;
 use std::str::FromStr;

@@ -8,8 +8,8 @@
 //! sled has no snapshots, so a scan sees writes that happen while it runs. The planner
 //! therefore notes the durable CSN before scanning and follows every scan with a delta
 //! from that CSN (the catch-up); the `RefreshDone` cookie is where that delta ended.
-//! Anything the scan saw twice or not at all is settled by the catch-up, and replays are
-//! no-ops on the consumer.
+//! The scan skips every entry changed after that CSN, so it sends each entry at most
+//! once, and whatever it skipped or missed is settled by the catch-up.
 //!
 //! The same argument makes a scan resumable: after each page the consumer is handed a
 //! [`ResumePoint`] (the scan cursor and the catch-up's start). A consumer interrupted

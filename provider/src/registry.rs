@@ -1,5 +1,10 @@
 //! The registry of live sessions: what `status` reports about each consumer, and the
 //! handle through which a config reload revokes a session.
+//!
+//! Sessions publish here rather than being asked: a session is busy in its own task
+//! (a refresh, a blocked write), so `status` reads a snapshot without waiting on any of
+//! them, and a reload revokes one by cancelling its token, which the session notices at
+//! its next turn and answers with its goodbye.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

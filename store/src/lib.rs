@@ -8,6 +8,8 @@
 //!
 //! ## Layout
 //! - [`error`]: refusals by the directory rules vs storage failures.
+//! - `record` (private): how records and keys are encoded, in one place, with errors
+//!   naming the tree that held a bad one.
 //! - [`format`](mod@format): the layout a store was written in, checked on every open, so a build
 //!   never reads a newer build's records (a downgrade).
 //! - [`failure`]: the latch that records the first storage failure of an open store,

@@ -7,8 +7,9 @@
 //! - [`error`]: [`LdifError`], which always names the 1-based line and the reason.
 //!
 //! What is read, what is written and what is refused (and why) is described in
-//! `docs/ldif.md`. In short: `:<` URL values and `control:` lines are refused, the
-//! RFC 4525 `increment:` modify operation is refused, everything else in RFC 2849 is read.
+//! `docs/ldif.md`. In short: `:<` URL values and `control:` lines are refused;
+//! everything else in RFC 2849 is read, and so is the RFC 4525 `increment:` modify
+//! operation.
 //!
 //! ```
 //! use tether_protocol::ldif::{parse_str, write_entry, LdifRecord};
