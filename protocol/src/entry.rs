@@ -185,7 +185,8 @@ pub enum AttributeError {
     /// An attribute name that is not a descriptor or OID, optionally with `;options`.
     #[error("invalid attribute name {0:?}")]
     InvalidName(String),
-    /// The same value given twice for one attribute.
+    /// The same value given twice for one attribute. Values of a password attribute are
+    /// not shown ([`shown_value`]).
     #[error("attribute {attr:?} already has value {value:?}")]
     DuplicateValue { attr: String, value: String },
     /// A modify/delete of a value the attribute does not hold.
@@ -377,10 +378,9 @@ fn check_decoded_attribute<V: AsRef<[u8]>>(
                 (0..n).map(at).find(|v| !held.insert(normalized(v)))
             };
             match dup {
-                Some(dup) => Err(AttributeError::DuplicateValue {
-                    attr: name.to_owned(),
-                    value: String::from_utf8_lossy(dup).into_owned(),
-                }),
+                Some(dup) => {
+                    Err(AttributeError::DuplicateValue { attr: name.to_owned(), value: shown_value(name, dup) })
+                }
                 None => Ok(()),
             }
         }
@@ -441,7 +441,7 @@ impl Attributes {
             if !held.insert(value.normalized()) {
                 result = Err(AttributeError::DuplicateValue {
                     attr: attr.name.clone(),
-                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    value: shown_value(&attr.name, value.as_bytes()),
                 });
                 break;
             }
@@ -482,7 +482,7 @@ impl Attributes {
             let Some(pos) = attr.values.iter().position(|v| v.matches(value)) else {
                 return Err(AttributeError::NoSuchValue {
                     attr: attr.name.clone(),
-                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    value: shown_value(&attr.name, value.as_bytes()),
                 });
             };
             attr.values.remove(pos);
@@ -606,6 +606,22 @@ impl Entry {
     }
 }
 
+/// Whether `attr` names a password attribute, whose values messages do not show.
+pub fn is_password(attr: &str) -> bool {
+    attr.to_ascii_lowercase().contains("password")
+}
+
+/// A value as an error message may show it: as text, except a password attribute's
+/// (`userPassword`, `authPassword`, any name holding "password"), whose value, hashed or
+/// not, must not reach a log or a terminal: only its length is said.
+pub fn shown_value(attr: &str, value: &[u8]) -> String {
+    if is_password(attr) {
+        format!("({} bytes, not shown)", value.len())
+    } else {
+        String::from_utf8_lossy(value).into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +634,11 @@ mod tests {
         assert!(a.has_value("cn", &"john smith".into()));
         assert!(a.has_value("OBJECTCLASS", &"PERSON".into()));
         assert!(matches!(a.add("cn", ["JOHN SMITH".into()]), Err(AttributeError::DuplicateValue { .. })));
+        a.add("userPassword", ["secret".into()]).unwrap();
+        let refused = a.add("userPassword", ["secret".into()]).unwrap_err().to_string();
+        assert_eq!(refused, "attribute \"userPassword\" already has value \"(6 bytes, not shown)\"");
+        let refused = a.delete("userpassword", &["guess".into()]).unwrap_err().to_string();
+        assert!(!refused.contains("guess"), "{refused}");
         assert_eq!(a.values("cn").len(), 1, "a refused add leaves the values as they were");
     }
 

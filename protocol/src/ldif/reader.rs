@@ -506,8 +506,11 @@ fn parse_attributes(lines: VecDeque<Line>) -> Result<Attributes, LdifError> {
         let group = &mut groups[slot];
         let value = Value::from_bytes(spec.value);
         if !group.seen.insert(value.normalized()) {
-            let kind =
-                LdifErrorKind::DuplicateValue { attr: group.name.clone(), value: shorten_bytes(value.as_bytes()) };
+            let value = match crate::entry::is_password(&group.name) {
+                true => crate::entry::shown_value(&group.name, value.as_bytes()),
+                false => shorten_bytes(value.as_bytes()),
+            };
+            let kind = LdifErrorKind::DuplicateValue { attr: group.name.clone(), value };
             return Err(LdifError::new(spec.number, kind));
         }
         group.values.push(value);
