@@ -12,8 +12,15 @@ pub const DEFAULT_LOG: &str = "info";
 /// Logs to stderr, filtered by [`LOG_ENV`]; colour only on a terminal, so logs written to
 /// files stay greppable.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+    // Unset is the default; set but unreadable is an operator's typo, said once it can
+    // be (the logger is what would say it), rather than run quietly at the default.
+    let (filter, refused) = match std::env::var(LOG_ENV) {
+        Ok(text) => match tracing_subscriber::EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (tracing_subscriber::EnvFilter::new(DEFAULT_LOG), Some(format!("{text:?}: {e}"))),
+        },
+        Err(_) => (tracing_subscriber::EnvFilter::new(DEFAULT_LOG), None),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -21,6 +28,9 @@ pub fn init_logging() {
         .with_ansi(ansi)
         .with_target(false)
         .init();
+    if let Some(why) = refused {
+        tracing::warn!("{LOG_ENV} is not a log filter, logging at {DEFAULT_LOG:?} instead: {why}");
+    }
 }
 
 /// An event at INFO, or at DEBUG when `$quiet` holds. A tracing event's level is fixed

@@ -3,7 +3,7 @@
 //! or with `--visible` until it is applied) while the process runs.
 
 use tether_protocol::control::{
-    read_request, respond, respond_done, respond_paged, ControlError, ControlRequest, ControlResponse,
+    read_request, respond, respond_done, respond_paged, ControlError, ControlRequest, ControlResponse, Process,
 };
 use tether_protocol::{frame, ldif, Csn, Dn, SearchSpec};
 use tether_store::entry_set::DnKey;
@@ -37,6 +37,8 @@ pub struct ControlContext {
     /// Cancelled when the consumer begins to shut down: an open `WaitCsn` then answers
     /// where the agreement stands instead of waiting on.
     pub shutdown: CancellationToken,
+    /// The configuration file the consumer runs with, for commands a reply suggests.
+    pub config_file: std::path::PathBuf,
 }
 
 /// Serves control connections until `ctx.shutdown`.
@@ -151,7 +153,7 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
 
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
-    let request = read_request(&mut reader, &mut writer).await?;
+    let request = read_request(&mut reader, &mut writer, Process::Consumer).await?;
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply: Result<String, String> = match request {
         ControlRequest::Status { json } => {
@@ -192,8 +194,9 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
             let name = name.and_then(|name| match state {
                 Some(state) if uuids && !matches!(state, State::Stopped | State::Closed) => Err(format!(
                     "--uuids prints a copy to restore from, and the replica of {name:?} changes while it is {}: \
-                     stop the agreement first (tether-consumer stop -c FILE {name}, then start), or stop the consumer",
-                    state.as_str()
+                     stop the agreement first (tether-consumer stop -c {} {name}, then start), or stop the consumer",
+                    state.as_str(),
+                    ctx.config_file.display()
                 )),
                 _ => Ok(name),
             });
@@ -221,6 +224,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                 rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
             }
         }
+        ControlRequest::For { .. } => Err("a request addressed twice; the command-line tools send none".to_owned()),
     };
     match reply {
         Ok(text) => respond_done(&mut writer, &text).await,

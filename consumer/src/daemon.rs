@@ -93,7 +93,8 @@ fn session_config(
     a: &AgreementConfig,
     client_id: &str,
 ) -> Result<SessionConfig> {
-    let loaded = load_secret(&a.secret_file)?;
+    let loaded = load_secret(&a.secret_file)
+        .map_err(|e| ConfigError::invalid(&config.file, format!("agreement[{index}].secret_file"), e.to_string()))?;
     for w in &loaded.warnings {
         warn!("{w}");
     }
@@ -274,6 +275,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         agreements: agreements.clone(),
         reload: reload_tx,
         shutdown: shutdown.clone(),
+        config_file: config.file.clone(),
     };
     let control_task = tokio::spawn(control::serve(listener, ctx));
     info!(agreements = config.agreements.len(), "consumer running");

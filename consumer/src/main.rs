@@ -127,7 +127,13 @@ enum Command {
 /// Sends a control request and prints the reply on standard output; `Ok(false)` if the
 /// consumer is not running.
 async fn call(path: &Path, request: &ControlRequest) -> Result<bool> {
-    Ok(tether_protocol::control::call_at(path, request, &mut Stdout::lock()).await?)
+    Ok(tether_protocol::control::call_at(
+        path,
+        tether_protocol::control::Process::Consumer,
+        request,
+        &mut Stdout::lock(),
+    )
+    .await?)
 }
 
 /// What a command run while the consumer is stopped does with its store.
@@ -137,8 +143,8 @@ enum Offline {
     /// is an error naming the folder, so a mistyped `data_dir` is not reported as an
     /// empty replica, nor left behind as a new store owned by whoever ran the command.
     Read,
-    /// `stop`, `start`: persist the flag the next `run` honours, creating the store if
-    /// the consumer has not run yet.
+    /// `stop`, `start`: persist the flag the next `run` honours (`stop` creating the store
+    /// if the consumer has not run yet, and saying so).
     Write,
 }
 
@@ -157,6 +163,16 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
             anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
         },
     )
+}
+
+/// Why a command that needs the running consumer found none on its socket: nothing
+/// runs there, no consumer ever ran with this `data_dir`, or one holds the store but
+/// answers elsewhere (`control` edited since it started), as `status` tells them apart.
+fn not_running(config: &ConsumerConfig) -> anyhow::Error {
+    match open_offline(config, Offline::Read) {
+        Ok(_) => anyhow::anyhow!("the consumer is not running (nothing answers on {})", config.control.display()),
+        Err(e) => e,
+    }
 }
 
 fn agreement_name(config: &ConsumerConfig, name: Option<String>) -> Result<String> {
@@ -202,14 +218,14 @@ async fn run(cli: Cli) -> Result<()> {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, Some(name))?;
             if !call(&config.control, &ControlRequest::Restart { name }).await? {
-                bail!("the consumer is not running");
+                return Err(not_running(&config));
             }
             Ok(())
         }
         Command::Reload { config } => {
             let config = ConsumerConfig::load(&config)?;
             if !call(&config.control, &ControlRequest::Reload).await? {
-                bail!("the consumer is not running");
+                return Err(not_running(&config));
             }
             Ok(())
         }
@@ -273,9 +289,31 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
     if call(&config.control, &request).await? {
         return Ok(());
     }
+    // No store: the consumer never ran with this `data_dir`, or it is mistyped. An
+    // agreement runs unless stopped, so `start` has nothing to record and makes no store;
+    // `stop` must make one to keep an agreement from starting on the first run, and says
+    // so, since a mistyped folder would otherwise take the flag silently.
+    let new = !tether_store::store_exists(&config.data_dir);
+    if new && !stop {
+        bail!(
+            "{}; agreements run unless stopped, so there is nothing to start",
+            shell::no_store("consumer", &config.data_dir, &config.file)
+        );
+    }
     let store = open_offline(&config, Offline::Write)?;
     store.replica(&name)?.set_admin_stopped(stop)?;
-    let done = format!("{name}: {} (takes effect when the consumer runs)\n", if stop { "stopped" } else { "started" });
+    let made = if new {
+        format!(
+            "; no consumer had run with data_dir {}, so a new store was made there (check `data_dir` in {} if the \
+             consumer runs elsewhere)",
+            config.data_dir.display(),
+            config.file.display()
+        )
+    } else {
+        String::new()
+    };
+    let done =
+        format!("{name}: {} (takes effect when the consumer runs){made}\n", if stop { "stopped" } else { "started" });
     Stdout::print(&done).context("writing to standard output")
 }
 

@@ -251,7 +251,13 @@ impl Supervision {
                 self.settle(State::Backoff, out);
             }
             None => {
-                out.push(Output::GaveUp(format!("retry schedule exhausted after: {}", ended.detail)));
+                // Name the setting that closed it: an operator told "schedule exhausted"
+                // of a schedule ending in `forever` would look in the wrong place.
+                let why = match self.give_up_after.filter(|_| gave_up) {
+                    Some(limit) => format!("gave up after {limit:?} without a healthy session (give_up_after)"),
+                    None => "retry schedule exhausted".to_owned(),
+                };
+                out.push(Output::GaveUp(format!("{why}; last: {}", ended.detail)));
                 self.settle(State::Closed, out);
             }
         }
@@ -292,7 +298,9 @@ mod tests {
         assert_eq!(delays, [Duration::from_secs(1), Duration::from_secs(1), Duration::from_secs(10)]);
         let out = m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
         assert_eq!(m.state(), State::Closed, "a schedule without forever runs out");
-        assert!(out.iter().any(|o| matches!(o, Output::GaveUp(_))));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::GaveUp(why) if why.starts_with("retry schedule exhausted; last: "))));
         assert!(m.step(t0, Input::TimerFired, 0.5).is_empty(), "closed ignores timers");
     }
 
@@ -330,8 +338,13 @@ mod tests {
         m.step(t0, Input::Begin { stopped: false }, 0.5);
         m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
         m.step(t0 + Duration::from_secs(1), Input::TimerFired, 0.5);
-        m.step(t0 + Duration::from_secs(6), Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        let out = m.step(t0 + Duration::from_secs(6), Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
         assert_eq!(m.state(), State::Closed);
+        // The setting that closed it, not the schedule, which never runs out.
+        assert!(
+            out.iter().any(|o| matches!(o, Output::GaveUp(why) if why.starts_with("gave up after 5s without a healthy session (give_up_after); last: "))),
+            "{out:?}"
+        );
     }
 
     #[test]

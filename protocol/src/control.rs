@@ -87,6 +87,38 @@ pub enum ControlRequest {
         /// Give up after this many milliseconds.
         timeout_ms: u64,
     },
+    /// `request`, for a process of the kind `to` only. Both processes' sockets answer
+    /// the same requests, so a command whose configuration names the other process's
+    /// socket (a consumer's `control` or `data_dir` copied from the provider's) would
+    /// otherwise reload, or show as its own, the wrong process. The command-line tools
+    /// send every request so; a process answers one for the other kind with
+    /// [`ControlResponse::WrongProcess`] and does nothing. Added last, so that a
+    /// process older than it refuses it instead of misreading it.
+    For {
+        /// Which kind of process may carry the request out.
+        to: Process,
+        /// The request.
+        request: Box<ControlRequest>,
+    },
+}
+
+/// The kinds of process with a control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Process {
+    /// `tether-provider serve`.
+    Provider,
+    /// `tether-consumer run`.
+    Consumer,
+}
+
+impl Process {
+    /// The process's command, as operators know it.
+    pub fn command(self) -> &'static str {
+        match self {
+            Process::Provider => "tether-provider",
+            Process::Consumer => "tether-consumer",
+        }
+    }
 }
 
 impl ControlRequest {
@@ -119,6 +151,9 @@ pub enum ControlResponse {
     Done,
     /// The command failed with this message; nothing follows.
     Error(String),
+    /// The request was for another kind of process ([`ControlRequest::For`]); this one
+    /// is a `Process` and did nothing. Nothing follows.
+    WrongProcess(Process),
 }
 
 /// Why a control exchange failed.
@@ -151,6 +186,21 @@ pub enum ControlError {
     /// disk, or its reader went away).
     #[error("writing the reply to standard output: {0}")]
     Output(#[source] std::io::Error),
+    /// The socket belongs to another kind of process, which did nothing.
+    #[error(
+        "{path} is the control socket of a running {}, not of a {}: the configuration's `control` (or \
+         `data_dir`) names the other process's; nothing was done",
+        is.command(),
+        wanted.command()
+    )]
+    WrongProcess {
+        /// The socket's path.
+        path: String,
+        /// What answered there.
+        is: Process,
+        /// What the command is for.
+        wanted: Process,
+    },
     /// The control socket exists but could not be reached.
     #[error("connecting to the control socket {path}: {source}")]
     Connect {
@@ -161,13 +211,15 @@ pub enum ControlError {
     },
 }
 
-/// Runs `request` against the process whose control socket is at `path`, writing each
-/// output chunk to `out` (a command's standard output) and flushing it at the end;
-/// `Ok(false)` when no process is listening there, so a command can fall back to
-/// opening the store itself. A failed write ends the call at once with
-/// [`ControlError::Output`], so the process stops producing what nobody reads.
+/// Runs `request` against the process of kind `to` whose control socket is at `path`,
+/// writing each output chunk to `out` (a command's standard output) and flushing it at
+/// the end; `Ok(false)` when no process is listening there, so a command can fall back
+/// to opening the store itself. A failed write ends the call at once with
+/// [`ControlError::Output`], so the process stops producing what nobody reads. A process
+/// of the other kind does nothing ([`ControlError::WrongProcess`]).
 pub async fn call_at(
     path: &Path,
+    to: Process,
     request: &ControlRequest,
     out: &mut impl std::io::Write,
 ) -> Result<bool, ControlError> {
@@ -178,7 +230,31 @@ pub async fn call_at(
         }
         Err(source) => return Err(ControlError::Connect { path: path.display().to_string(), source }),
     };
-    call(stream, request, |text| out.write_all(text.as_bytes())).await?;
+    let addressed = ControlRequest::For { to, request: Box::new(request.clone()) };
+    let first = call(stream, &addressed, |text| out.write_all(text.as_bytes())).await;
+    // A process of a build from before addressing (binaries upgraded, the process not
+    // restarted yet) cannot read it, and says so before any output (builds before that
+    // message close without a word): ask again as such a build did, so every command it
+    // knows still works on it.
+    let older = match &first {
+        Err(ControlError::Remote(m)) => m.starts_with(CANNOT_READ),
+        Err(ControlError::Unanswered) => true,
+        _ => false,
+    };
+    let answered = match older {
+        true => match UnixStream::connect(path).await {
+            Ok(stream) => call(stream, request, |text| out.write_all(text.as_bytes())).await,
+            // Gone meanwhile (it was shutting down): what the first answer said.
+            Err(_) => first,
+        },
+        false => first,
+    };
+    answered.map_err(|e| match e {
+        ControlError::WrongProcess { is, wanted, .. } => {
+            ControlError::WrongProcess { path: path.display().to_string(), is, wanted }
+        }
+        other => other,
+    })?;
     out.flush().map_err(ControlError::Output)?;
     Ok(true)
 }
@@ -340,22 +416,36 @@ where
             ControlResponse::Output(text) => on_output(&text).map_err(ControlError::Output)?,
             ControlResponse::Done => return Ok(()),
             ControlResponse::Error(message) => return Err(ControlError::Remote(message)),
+            ControlResponse::WrongProcess(is) => {
+                let wanted = match request {
+                    ControlRequest::For { to, .. } => *to,
+                    _ => is,
+                };
+                return Err(ControlError::WrongProcess { path: String::new(), is, wanted });
+            }
         }
     }
 }
+
+/// How every build answers a request it cannot decode (one added after it), so a client
+/// can tell that from any other error and fall back to what that build reads.
+const CANNOT_READ: &str = "the running process cannot read this request";
 
 /// How long a control connection may stay open without its request. The command-line
 /// tools send theirs at once; a client that sends nothing would otherwise hold a task
 /// and a descriptor of the process for as long as it stays connected.
 pub const REQUEST_WAIT: Duration = Duration::from_secs(10);
 
-/// Server side: reads the one request of a control connection, within [`REQUEST_WAIT`].
-/// A request that does not decode is answered with an error before the connection
-/// closes: it is usually a command of a newer build than the running process, whose
-/// user would otherwise see only a connection closed early.
+/// Server side: reads the one request of a control connection for process `me`, within
+/// [`REQUEST_WAIT`]. A request that does not decode is answered with an error before
+/// the connection closes: it is usually a command of a newer build than the running
+/// process, whose user would otherwise see only a connection closed early. A request
+/// for the other kind of process is answered with [`ControlResponse::WrongProcess`] and
+/// returned as that error; the process does nothing with it.
 pub async fn read_request<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
+    me: Process,
 ) -> Result<ControlRequest, ControlError>
 where
     R: AsyncRead + Unpin,
@@ -366,10 +456,15 @@ where
         return Err(ControlError::Truncated);
     };
     match codec::decode(&frame) {
+        Ok(ControlRequest::For { to, request }) if to == me => Ok(*request),
+        Ok(ControlRequest::For { to, .. }) => {
+            respond(writer, &ControlResponse::WrongProcess(me)).await?;
+            Err(ControlError::WrongProcess { path: String::new(), is: me, wanted: to })
+        }
         Ok(request) => Ok(request),
         Err(e) => {
             let message = format!(
-                "the running process cannot read this request ({e}): it probably runs an older build than this command; \
+                "{CANNOT_READ} ({e}): it probably runs an older build than this command; \
                  use the command of its build, or restart it on this one"
             );
             respond(writer, &ControlResponse::Error(message)).await?;
@@ -475,7 +570,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 16);
         let serve = tokio::spawn(async move {
             let (mut reader, mut writer) = crate::frame::split(server);
-            read_request(&mut reader, &mut writer).await.unwrap();
+            read_request(&mut reader, &mut writer, Process::Provider).await.unwrap();
             let mut pages = pages.into_iter();
             respond_paged(&mut writer, move || pages.next().unwrap_or(Ok(None))).await.unwrap();
         });
@@ -534,12 +629,99 @@ mod tests {
         drop((stopped, waiting));
     }
 
+    /// A command whose configuration names the other process's socket is refused by
+    /// that process, which does nothing with it, and the error names the path and both
+    /// processes; the right process carries it out, and a request not addressed (from a
+    /// client older than addressing) is still served.
+    #[tokio::test]
+    async fn a_request_for_the_other_kind_of_process_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path).await.unwrap();
+        let server = tokio::spawn(async move {
+            let mut served = Vec::new();
+            for _ in 0..3 {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (mut reader, mut writer) = crate::frame::split(stream);
+                match read_request(&mut reader, &mut writer, Process::Consumer).await {
+                    Ok(request) => {
+                        served.push(request);
+                        respond_done(&mut writer, "done\n").await.unwrap();
+                    }
+                    Err(e) => assert!(matches!(e, ControlError::WrongProcess { .. }), "{e}"),
+                }
+            }
+            served
+        });
+        let mut out = Vec::new();
+        let refused = call_at(&path, Process::Provider, &ControlRequest::Reload, &mut out).await.unwrap_err();
+        assert!(
+            matches!(&refused, ControlError::WrongProcess { path: p, is: Process::Consumer, wanted: Process::Provider }
+                if *p == path.display().to_string()),
+            "{refused:?}"
+        );
+        let text = refused.to_string();
+        assert!(text.contains("running tether-consumer, not of a tether-provider"), "{text}");
+        assert!(text.contains("nothing was done"), "{text}");
+        assert!(out.is_empty());
+
+        assert!(call_at(&path, Process::Consumer, &ControlRequest::Reload, &mut out).await.unwrap());
+        assert_eq!(out, b"done\n");
+        let stream = UnixStream::connect(&path).await.unwrap();
+        call(stream, &ControlRequest::Status { json: true }, |_| Ok(())).await.unwrap();
+        assert_eq!(server.await.unwrap(), [ControlRequest::Reload, ControlRequest::Status { json: true }]);
+    }
+
+    /// A process of a build from before requests were addressed answers an addressed one
+    /// as it answers any request it cannot decode; the command asks it again unaddressed,
+    /// so upgrading the binaries does not take the commands away from a process still
+    /// running the old one.
+    #[tokio::test]
+    async fn a_process_older_than_addressing_is_asked_again_unaddressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path).await.unwrap();
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..4 {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (mut reader, mut writer) = crate::frame::split(stream);
+                let request: ControlRequest = codec::decode(&reader.read_frame().await.unwrap().unwrap()).unwrap();
+                if matches!(request, ControlRequest::For { .. }) {
+                    // What an older build's `read_request` says of a variant it lacks;
+                    // the builds before that message closed without a word.
+                    if i == 0 {
+                        let e =
+                            format!("{CANNOT_READ} (invalid input: invalid value: integer `9`): it probably runs ...");
+                        respond(&mut writer, &ControlResponse::Error(e)).await.unwrap();
+                    }
+                } else {
+                    respond_done(&mut writer, "status\n").await.unwrap();
+                }
+                got.push(request);
+            }
+            got
+        });
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            assert!(call_at(&path, Process::Consumer, &ControlRequest::Status { json: false }, &mut out)
+                .await
+                .unwrap());
+            assert_eq!(out, b"status\n");
+        }
+        let got = server.await.unwrap();
+        for pair in got.chunks(2) {
+            assert!(matches!(&pair[0], ControlRequest::For { to: Process::Consumer, .. }), "{got:?}");
+            assert_eq!(pair[1], ControlRequest::Status { json: false });
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_that_sends_no_request_is_let_go() {
         let (_client, server) = tokio::io::duplex(1 << 10);
         let (mut reader, mut writer) = crate::frame::split(server);
         let started = tokio::time::Instant::now();
-        let refused = read_request(&mut reader, &mut writer).await.unwrap_err();
+        let refused = read_request(&mut reader, &mut writer, Process::Provider).await.unwrap_err();
         assert!(matches!(refused, ControlError::NoRequest(REQUEST_WAIT)), "{refused}");
         assert_eq!(started.elapsed(), REQUEST_WAIT);
     }
@@ -551,7 +733,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 10);
         let serve = tokio::spawn(async move {
             let (mut reader, mut writer) = crate::frame::split(server);
-            read_request(&mut reader, &mut writer).await
+            read_request(&mut reader, &mut writer, Process::Provider).await
         });
         let (mut reader, mut writer) = crate::frame::split(client);
         // The variant index after every request this build knows.

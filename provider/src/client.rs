@@ -23,7 +23,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends a control request, printing the reply on standard output; `Ok(None)` if no
 /// provider is running at that socket.
 pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Option<()>> {
-    Ok(control::call_at(path, request, &mut Stdout::lock()).await?.then_some(()))
+    Ok(control::call_at(path, control::Process::Provider, request, &mut Stdout::lock()).await?.then_some(()))
 }
 
 /// `tether-provider write`: reads the whole file once to check every record (so a

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use tether_protocol::control::{read_request, respond, respond_done, respond_paged, ControlRequest, ControlResponse};
+use tether_protocol::control::{
+    read_request, respond, respond_done, respond_paged, ControlRequest, ControlResponse, Process,
+};
 use tether_protocol::frame;
 use tether_protocol::{ldif, Csn, SearchSpec};
 use tether_store::Directory;
@@ -102,7 +104,7 @@ fn search_page_text(
 
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
-    let request = read_request(&mut reader, &mut writer).await?;
+    let request = read_request(&mut reader, &mut writer, Process::Provider).await?;
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply = match request {
         ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, true) {
@@ -146,7 +148,14 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
                 rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
             }
         }
-        other => Err(format!("the provider does not support {other:?}")),
+        ControlRequest::Stop { .. }
+        | ControlRequest::Start { .. }
+        | ControlRequest::Restart { .. }
+        | ControlRequest::WaitCsn { .. }
+        | ControlRequest::WaitVisible { .. } => {
+            Err("the provider takes no agreement commands: stop, start, restart and wait are the consumer's".to_owned())
+        }
+        ControlRequest::For { .. } => Err("a request addressed twice; the command-line tools send none".to_owned()),
     };
     match reply {
         Ok(text) => {

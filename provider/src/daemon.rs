@@ -197,10 +197,12 @@ fn reload(
     server.replace_tls(tls);
     let revoked = server.replace_grants(grants);
     retention.send_if_modified(|r| std::mem::replace(r, config.changelog) != config.changelog);
+    let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let msg = format!(
-        "reloaded {}: {} agreements, {revoked} sessions revoked",
+        "reloaded {}: {}, {} revoked",
         config_path.display(),
-        config.consumers.len()
+        plural(config.consumers.len(), "agreement", "agreements"),
+        plural(revoked, "session", "sessions")
     );
     Ok(reload_report(msg, &running.restart_only_changes(&config), "provider"))
 }

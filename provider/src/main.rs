@@ -1,6 +1,6 @@
 //! `tether-provider`: serve a directory to consumers, load and write it, inspect it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -153,15 +153,58 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
     })
 }
 
+/// Removes the store a refused `load` made: the whole folder if the load made it too,
+/// else only what sled writes there (`conf`, `db`, `blobs`, `snap.*`), leaving whatever
+/// else the folder held.
+fn remove_new_store(data_dir: &Path, made_dir: bool) -> std::io::Result<()> {
+    if made_dir {
+        return std::fs::remove_dir_all(data_dir);
+    }
+    for item in std::fs::read_dir(data_dir)? {
+        let item = item?;
+        let name = item.file_name();
+        let name = name.to_string_lossy();
+        if name == "blobs" {
+            std::fs::remove_dir_all(item.path())?;
+        } else if name == "conf" || name == "db" || name.starts_with("snap.") {
+            std::fs::remove_file(item.path())?;
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config } => daemon::serve(&config).await,
         Command::Load { config, file, skip_existing } => {
             let config = ProviderConfig::load(&config)?;
+            // A file that cannot be opened makes no store.
+            let input = Input::open(&file)?;
+            let (fresh, made_dir) = (!tether_store::store_exists(&config.data_dir), !config.data_dir.exists());
             let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
-            let input = Input::open(&file)?;
-            let report = tokio::task::spawn_blocking(move || load::load(&dir, &input, existing)).await??;
+            let (dir, loaded) = tokio::task::spawn_blocking(move || {
+                let loaded = load::load(&dir, &input, existing);
+                (dir, loaded)
+            })
+            .await?;
+            let report = match loaded {
+                Ok(report) => report,
+                // A refused file writes nothing, and leaves no store where there was
+                // none: else a load into a mistyped `data_dir` would leave an empty
+                // store there, which `status` and `search` then report as the real one.
+                Err(e) if fresh && dir.entry_count().is_ok_and(|n| n == 0) => {
+                    drop(dir);
+                    if let Err(left) = remove_new_store(&config.data_dir, made_dir) {
+                        return Err(e.context(format!(
+                            "the empty store made for the load could not be removed from {}: {left}",
+                            config.data_dir.display()
+                        )));
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             let mut said = format!("loaded {} entries", report.entries);
             if report.skipped > 0 {
                 said += &format!(", skipped {} already in the store", report.skipped);

@@ -43,6 +43,11 @@ const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 /// (they hold back changelog trimming; precision to a second is plenty).
 const POSITION_RECORD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a connected consumer's position is written again though it has not moved
+/// (an idle replica acknowledges nothing), so its `last_seen` says it is there and it
+/// holds trimming back for `hold_for_consumers` after it leaves, not after it came.
+const POSITION_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Session tuning, from the provider config.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionParams {
@@ -279,7 +284,7 @@ where
         drained,
     };
     let end = session.drive().await;
-    session.record_unrecorded();
+    session.record_seen();
     if let SessionEnd::Goodbye(reason) = &end {
         let detail = match reason {
             GoodbyeReason::Shutdown => shutdown_detail(session.dir),
@@ -632,9 +637,23 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         self.unrecorded = None;
     }
 
-    /// Writes the newest acknowledged position if it is not yet written.
+    /// Writes the newest acknowledged position if it is not yet written, and writes the
+    /// recorded one again once [`POSITION_REFRESH_INTERVAL`] has passed without either.
     fn record_unrecorded(&mut self) {
         if let Some(csn) = self.unrecorded.take() {
+            self.record_position(csn);
+        } else if let Some((at, csn)) = self.last_recorded {
+            if at.elapsed() >= POSITION_REFRESH_INTERVAL {
+                self.record_position(csn);
+            }
+        }
+    }
+
+    /// At the session's end: the newest position this session knows, written with the
+    /// time, so the consumer's absence is counted from when it left.
+    fn record_seen(&mut self) {
+        let newest = self.unrecorded.take().or(self.acked).or(self.last_recorded.map(|(_, csn)| csn));
+        if let Some(csn) = newest {
             self.record_position(csn);
         }
     }

@@ -189,7 +189,21 @@ fn a_persist_consumer_s_known_position_catches_up_after_a_burst() -> Result<()> 
         let k = known_position(&p, "people")?;
         Ok(k["consumer"]["csn"] == k["csn"] && k["consumer"]["lag_changes"] == 0)
     })?;
+    // Its `last_seen` counts from when it left, not from its last acknowledgement: an
+    // absence is what `hold_for_consumers` measures. Idle past a whole second first, so
+    // a time taken before the stop is after every earlier record.
+    let seen = || -> Result<std::time::SystemTime> {
+        let k = known_position(&p, "people")?;
+        Ok(humantime::parse_rfc3339(k["consumer"]["last_seen"].as_str().context("last_seen")?)?)
+    };
+    let acked = seen()?;
+    wait_until(CONVERGE, "a second to pass", || Ok(std::time::SystemTime::now() >= acked + Duration::from_secs(2)))?;
+    let stopping = std::time::SystemTime::now() - Duration::from_secs(1);
     assert!(c.stop()?.success());
+    wait_until(CONVERGE, "the provider to see the session end", || {
+        Ok(known_position(&p, "people")?["consumer"]["connected"] == false)
+    })?;
+    assert!(seen()? >= stopping, "last_seen {:?} is from before the consumer left ({stopping:?})", seen()?);
     Ok(())
 }
 
@@ -748,8 +762,20 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
     )?;
     let err = refused("tether-provider", "load", &p.config, &[&bad])?;
     assert!(err.contains("bad.ldif") && err.contains("line 5"), "{err}");
+    // Nor is a store left behind where there was none (it would read as an empty
+    // directory, a mistyped `data_dir` as a real one).
     let err = p.search(SUFFIX, "subtree", ALL).expect_err("nothing was loaded").to_string();
-    assert!(err.contains("no entry dc=example,dc=com (nor any entry above it)"), "{err}");
+    assert!(err.contains("is not running, and there is no store in"), "{err}");
+    // Into a store that exists, a refused file changes nothing and the store stays.
+    let good = tmp.path().join("good.ldif");
+    std::fs::write(&good, "dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n")?;
+    let (mut load, _) =
+        run_cli("tether-provider", "load", &p.config, &[&good.display().to_string()], std::process::Stdio::null())?;
+    assert!(replication_tests::harness::wait_exit(&mut load, Duration::from_secs(30))?.success());
+    let before = p.search(SUFFIX, "subtree", ALL)?;
+    let err = refused("tether-provider", "load", &p.config, &[&bad])?;
+    assert!(err.contains("bad.ldif:1: dc=example,dc=com: entry already exists"), "{err}");
+    assert_eq!(p.search(SUFFIX, "subtree", ALL)?, before);
     Ok(())
 }
 
@@ -814,6 +840,47 @@ fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() 
     let err = refused("tether-provider", "serve", &own, &[])?;
     assert!(err.contains("own.toml exists and is not a socket; it is left as it is"), "{err}");
     assert_eq!(std::fs::read_to_string(&own)?, text, "the file is untouched");
+
+    // A command whose file names the other process's socket: the process there does
+    // nothing (a consumer's `reload` used to reload the provider, and its `status` to
+    // print the provider's as its own), and the error names the socket and both kinds.
+    let p_socket = p.dir.join("ctl.sock").display().to_string();
+    let c_socket = c.dir.join("ctl.sock").display().to_string();
+    let c_wrong = c.dir.join("wrong.toml");
+    std::fs::write(
+        &c_wrong,
+        std::fs::read_to_string(&c.config)?
+            .replace("control = \"ctl.sock\"", &format!("control = {p_socket:?}"))
+            .replace("data_dir = \"data\"", "data_dir = \"wrong\""),
+    )?;
+    let p_wrong = p.dir.join("wrong.toml");
+    std::fs::write(
+        &p_wrong,
+        std::fs::read_to_string(&second)?.replace("control = \"ctl.sock\"", &format!("control = {c_socket:?}")),
+    )?;
+    let people = [Path::new("people")];
+    for (binary, config, verb, args) in [
+        ("tether-consumer", &c_wrong, "reload", &[][..]),
+        ("tether-consumer", &c_wrong, "status", &[][..]),
+        ("tether-consumer", &c_wrong, "stop", &people[..]),
+        ("tether-provider", &p_wrong, "reload", &[][..]),
+        ("tether-provider", &p_wrong, "search", &[][..]),
+    ] {
+        let err = refused(binary, verb, config, args)?;
+        let (socket, is, wanted) = if binary == "tether-consumer" {
+            (&p_socket, "tether-provider", "tether-consumer")
+        } else {
+            (&c_socket, "tether-consumer", "tether-provider")
+        };
+        assert!(
+            err.contains(&format!("{socket} is the control socket of a running {is}, not of a {wanted}"))
+                && err.contains("nothing was done"),
+            "{binary} {verb}: {err}"
+        );
+    }
+    assert!(!p.log_text().contains("reloaded") && !c.log_text().contains("reloaded"), "neither process reloaded");
+    assert_eq!(c.agreement_status("people")?["state"], "persisting", "nor was the agreement stopped");
+    assert!(!c.dir.join("wrong").exists() && !p.dir.join("second").exists(), "no store was created");
     Ok(())
 }
 
@@ -839,11 +906,23 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
         ("status", &[][..]),
         ("search", &people[..]),
         ("wait", &[people[0], people[1], Path::new("--csn"), Path::new("1")][..]),
+        ("start", &people[1..]),
     ] {
         let err = refused("tether-consumer", verb, &c_fresh.config, args)?;
         assert!(err.contains(no_store), "{verb}: {err}");
     }
     assert!(!fresh.dir.join("data").exists() && !c_fresh.dir.join("data").exists(), "no store was created");
+    // `stop` before the first run must make the store that keeps the flag, and says so.
+    let (mut stop, _) = run_cli("tether-consumer", "stop", &c_fresh.config, &["people"], std::process::Stdio::piped())?;
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stop.stdout.take().context("stdout")?, &mut said)?;
+    assert!(replication_tests::harness::wait_exit(&mut stop, Duration::from_secs(30))?.success());
+    assert!(
+        said.starts_with("people: stopped (takes effect when the consumer runs); no consumer had run with data_dir")
+            && said.contains("a new store was made there"),
+        "{said}"
+    );
+    assert_eq!(c_fresh.agreement_status("people")?["state"], "stopped");
 
     // A consumer that ran, stopped, with an agreement added to its file since.
     let (mut p, _w) = provider_with(tmp.path(), 20, 23, ProviderOptions::default())?;
@@ -862,6 +941,12 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
     );
     let err = refused("tether-consumer", "search", &c.config, &[Path::new("--agreement"), Path::new("added")])?;
     assert!(err.contains("agreement \"added\" has no replica yet"), "{err}");
+    for verb in ["reload", "restart"] {
+        let args = if verb == "restart" { &[Path::new("people")][..] } else { &[] };
+        let err = refused("tether-consumer", verb, &c.config, args)?;
+        let socket = c.dir.join("ctl.sock").display().to_string();
+        assert!(err.contains(&format!("the consumer is not running (nothing answers on {socket})")), "{verb}: {err}");
+    }
     assert!(c.agreement_status("people")?["entries"].as_u64() > Some(0), "the replica that ran is read");
 
     // The running provider's store, through a copy of its file naming another socket.
@@ -1093,6 +1178,7 @@ fn a_backup_printed_with_uuids_restores_every_entry_as_the_same_entry() -> Resul
 
     let err = c.search_args(&["--agreement", "people", "--uuids"]).expect_err("persisting").to_string();
     assert!(err.contains("changes while it is persisting: stop the agreement first"), "{err}");
+    assert!(err.contains(&format!("(tether-consumer stop -c {} people, then start)", c.config.display())), "{err}");
     c.admin("stop", Some("people"))?;
     let replica = c.search_args(&["--agreement", "people", "--uuids"])?;
     let of_provider: std::collections::HashMap<_, _> = uuids(&backup).into_iter().collect();
