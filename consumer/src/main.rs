@@ -209,6 +209,23 @@ async fn run(cli: Cli) -> Result<()> {
                     entries: replica.as_ref().map(|r| r.len()).transpose()?.unwrap_or(0),
                 });
             }
+            // Replicas of agreements gone from the file: the next start deletes them,
+            // which whoever reads this before starting it should see coming.
+            for name in store.names()? {
+                if config.agreement(&name).is_some() {
+                    continue;
+                }
+                if let Some(replica) = store.existing_replica(&name)? {
+                    status.agreements.push(OfflineAgreement {
+                        name,
+                        state: "removed",
+                        provider: String::new(),
+                        mode: String::new(),
+                        cookie: replica.cookie()?.map(|c| c.to_string()),
+                        entries: replica.len()?,
+                    });
+                }
+            }
             let text = if json { format!("{}\n", serde_json::to_string_pretty(&status)?) } else { status.to_text() };
             Stdout::print(&text).context("writing to standard output")
         }

@@ -284,7 +284,8 @@ impl ConsumerStatus {
 pub struct OfflineStatus {
     /// Always `false`: nothing is live, so only what the store keeps is shown.
     pub running: bool,
-    /// Every agreement of the config.
+    /// Every agreement of the config, then every replica whose agreement the config no
+    /// longer has.
     pub agreements: Vec<OfflineAgreement>,
 }
 
@@ -293,14 +294,15 @@ pub struct OfflineStatus {
 pub struct OfflineAgreement {
     /// Agreement name.
     pub name: String,
-    /// `stopped` if an operator stopped it (it stays stopped at the next start), else
-    /// `not running`.
+    /// `stopped` if an operator stopped it (it stays stopped at the next start),
+    /// `removed` if the config no longer has it (the next start deletes its replica),
+    /// else `not running`.
     pub state: &'static str,
-    /// Provider address.
+    /// Provider address (empty for a removed agreement).
     pub provider: String,
-    /// `refresh-only` or `refresh-and-persist`.
+    /// `refresh-only` or `refresh-and-persist` (empty for a removed agreement).
     pub mode: String,
-    /// Durable position (`<store-uuid>#<csn>`), where the next start resumes.
+    /// Durable position (`<history-uuid>#<csn>`), where the next start resumes.
     pub cookie: Option<String>,
     /// Entries in the replica.
     pub entries: usize,

@@ -9,8 +9,9 @@ use anyhow::{bail, Context, Result};
 use tether_config::output::Stdout;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
 use tether_protocol::control::{self, ControlRequest};
-use tether_protocol::handshake::client_handshake;
-use tether_protocol::message::{Hello, Message, Role, WriteErrorKind, WriteOutcome, SUPPORTED_VERSIONS};
+use tether_protocol::foreign::ForeignKind;
+use tether_protocol::handshake::{client_handshake, HandshakeError};
+use tether_protocol::message::{Hello, Message, RejectReason, Role, WriteErrorKind, WriteOutcome, SUPPORTED_VERSIONS};
 use tether_protocol::{Change, Csn};
 
 use crate::config::{load_secret, ProviderConfig};
@@ -96,7 +97,25 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
         client_id: format!("tether-provider-write-{}", std::process::id()),
         role: Role::Writer,
     };
-    let welcome = client_handshake(&mut reader, &mut writer_half, &hello, &secret, CLIENT_TIMEOUT).await?;
+    let welcome =
+        client_handshake(&mut reader, &mut writer_half, &hello, &secret, CLIENT_TIMEOUT).await.map_err(|e| {
+            let hint = match &e {
+                // The provider cannot say more without saying something about its secret.
+                HandshakeError::Rejected(r) if r.reason == RejectReason::BadCredentials => format!(
+                    " (the running provider's [writer] secret differs from the one {} names now: was the secret file \
+                 changed without a reload? One trailing newline is not part of the secret)",
+                    writer.secret_file.display()
+                ),
+                HandshakeError::Foreign(peer) if peer.kind() == Some(ForeignKind::Tls) && config.tls.is_none() => {
+                    format!(
+                        " (the provider serves TLS and {} has no [tls]: is it the running provider's file?)",
+                        config.file.display()
+                    )
+                }
+                _ => String::new(),
+            };
+            anyhow::Error::new(e).context(format!("handshake with {host}:{port}{hint}"))
+        })?;
     if let Some((line, version)) = needs.filter(|(_, v)| *v > welcome.version) {
         bail!(
             "{file}:{line}: the record needs protocol version {version} (an increment:), and the provider at \

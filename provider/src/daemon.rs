@@ -81,6 +81,11 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     // socket (another process answers on it) changes nothing.
     let (control_listener, control_file) =
         tether_protocol::control::bind(&config.control).await.context("binding the control socket")?;
+    // So is one whose port is taken: a first start would otherwise leave an empty store
+    // behind, and every start a history begun for nothing.
+    let listener = tokio::net::TcpListener::bind(config.listen.addr())
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let dir = Arc::new(
@@ -94,9 +99,6 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     // Before any cookie goes out: from here on this store's history may part from that
     // of a copy of it, and consumers must be able to tell the two apart.
     let history = dir.begin_history().context("beginning a new history in the store")?;
-    let listener = tokio::net::TcpListener::bind(config.listen.addr())
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let shutdown = CancellationToken::new();
     let params = ServerParams {
@@ -194,12 +196,20 @@ fn reload(
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
-    server.replace_tls(tls);
+    let tls_now = tls.is_some();
+    let tls_before = server.replace_tls(tls);
     let revoked = server.replace_grants(grants);
     retention.send_if_modified(|r| std::mem::replace(r, config.changelog) != config.changelog);
     let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    // Turning TLS on or off changes what every new connection must speak, consumers'
+    // and writers' alike: said, not left to be found in their errors.
+    let tls_change = match (tls_before, tls_now) {
+        (false, true) => "; TLS on: new connections must use TLS",
+        (true, false) => "; TLS off: new connections are plain TCP",
+        _ => "",
+    };
     let msg = format!(
-        "reloaded {}: {}, {} revoked",
+        "reloaded {}: {}, {} revoked{tls_change}",
         config_path.display(),
         plural(config.consumers.len(), "agreement", "agreements"),
         plural(revoked, "session", "sessions")

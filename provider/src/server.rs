@@ -104,8 +104,9 @@ impl Server {
 
     /// Replaces the TLS settings for connections accepted from now on; sessions already
     /// running keep theirs.
-    pub fn replace_tls(&self, tls: Option<Arc<ServerConfig>>) {
-        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+    /// Returns whether TLS was on before.
+    pub fn replace_tls(&self, tls: Option<Arc<ServerConfig>>) -> bool {
+        std::mem::replace(&mut *self.tls.write().unwrap_or_else(|p| p.into_inner()), tls).is_some()
     }
 
     /// The live-session registry (for status).

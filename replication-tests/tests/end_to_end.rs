@@ -710,6 +710,15 @@ fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
     }
     let wrong = bad.agreement_status("people")?;
     assert!(wrong["last_error"].as_str().is_some_and(|e| e.contains("must hold the same bytes")), "{wrong}");
+    // A writer whose secret file changed without a reload: refused, and told where to look.
+    let writer_key = p.dir.join("secrets/writer.key");
+    let key = std::fs::read(&writer_key)?;
+    std::fs::write(&writer_key, "not the running secret\n")?;
+    let out = p.write(&format!("dn: uid=nobody,{PEOPLE}\nchangetype: delete\n"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad-credentials"), "{err}");
+    assert!(err.contains(&format!("differs from the one {} names now", writer_key.display())), "{err}");
+    std::fs::write(&writer_key, key)?;
     // A protocol version the provider does not speak, straight through the library.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let rejection = rt.block_on(async {
@@ -818,6 +827,17 @@ fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() 
     let err = refused("tether-provider", "serve", &second, &[])?;
     assert!(err.contains(in_use), "{err}");
     assert!(!p.dir.join("second").exists(), "no store was created");
+    // Its own socket and store, the first one's port.
+    let third = p.dir.join("third.toml");
+    std::fs::write(
+        &third,
+        std::fs::read_to_string(&p.config)?
+            .replace("data_dir = \"data\"", "data_dir = \"third\"")
+            .replace("control = \"ctl.sock\"", "control = \"third.sock\""),
+    )?;
+    let err = refused("tether-provider", "serve", &third, &[])?;
+    assert!(err.contains(&format!("binding 127.0.0.1:{}", p.port)) && err.contains("in use"), "{err}");
+    assert!(!p.dir.join("third").exists() && !p.dir.join("third.sock").exists(), "no store was created");
     // The same config started twice.
     assert!(refused("tether-provider", "serve", &p.config, &[])?.contains(in_use));
     let c_second = c.dir.join("second.toml");
@@ -941,6 +961,13 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
     );
     let err = refused("tether-consumer", "search", &c.config, &[Path::new("--agreement"), Path::new("added")])?;
     assert!(err.contains("agreement \"added\" has no replica yet"), "{err}");
+    // And with the agreement that ran taken out of the file: its replica, which the
+    // next start deletes, is listed as such.
+    std::fs::write(&c.config, text.replace("\"people\"", "\"renamed\""))?;
+    let removed = c.agreement_status("people")?;
+    assert_eq!(removed["state"], "removed", "{removed}");
+    assert!(removed["entries"].as_u64() > Some(0) && removed["cookie"].is_string(), "{removed}");
+    std::fs::write(&c.config, &text)?;
     for verb in ["reload", "restart"] {
         let args = if verb == "restart" { &[Path::new("people")][..] } else { &[] };
         let err = refused("tether-consumer", verb, &c.config, args)?;

@@ -326,3 +326,27 @@ fn a_provider_on_the_ipv6_loopback_serves_tls_by_its_address() -> Result<()> {
     assert!(sessions[0]["peer"].as_str().is_some_and(|peer| peer.starts_with("[::1]:")), "{sessions}");
     Ok(())
 }
+
+/// A reload that turns TLS on or off changes what every new connection must speak, so
+/// its reply says so (it said only the agreements and sessions), and then `write`,
+/// reading the same file, follows it.
+#[test]
+fn a_reload_that_turns_tls_on_or_off_says_so() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = Provider::loaded(tmp.path(), ENTRIES, 13, &ProviderOptions::default())?;
+    let ca = Ca::new("Tether test CA")?;
+    let tls = ca.issue(&tmp.path().join("pki"), &["127.0.0.1"])?;
+    for (opts, said) in [
+        (ProviderOptions { tls: Some(tls), ..Default::default() }, "; TLS on: new connections must use TLS\n"),
+        (ProviderOptions::default(), "; TLS off: new connections are plain TCP\n"),
+    ] {
+        p.reconfigure(&opts)?;
+        let out = p.reload_command()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.ends_with(said), "{stdout:?} {}", String::from_utf8_lossy(&out.stderr));
+        p.write_ok(&w.changes(10))?;
+    }
+    let out = p.reload_command()?;
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("TLS"), "no change, no word of TLS");
+    Ok(())
+}
