@@ -93,12 +93,10 @@ fn session_config(
     a: &AgreementConfig,
     client_id: &str,
 ) -> Result<SessionConfig> {
-    let loaded = load_secret(&a.secret_file)
-        .map_err(|e| ConfigError::invalid(&config.file, format!("agreement[{index}].secret_file"), e.to_string()))?;
-    for w in &loaded.warnings {
-        warn!("{w}");
-    }
-    let secret = loaded.secret;
+    // Its warnings (a file others may read) were logged by `check_secrets`, once.
+    let secret = load_secret(&a.secret_file)
+        .map_err(|e| ConfigError::invalid(&config.file, format!("agreement[{index}].secret_file"), e.to_string()))?
+        .secret;
     let tls = tls_client(config, index, a)?;
     Ok(SessionConfig {
         name: a.name.clone(),
@@ -179,6 +177,9 @@ pub async fn reload(
         bail!(store_failed(&failure));
     }
     let config = ConsumerConfig::load(config_path)?;
+    for w in config.check_secrets()? {
+        warn!("{w}");
+    }
     // Validate every agreement before touching any.
     let mut files = BTreeMap::new();
     for (i, a) in config.agreements.iter().enumerate() {

@@ -42,16 +42,41 @@ fn bin_dir() -> Result<PathBuf> {
             dir.pop();
         }
         let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+        // In the workspace this was built from, wherever it is run from (the demo, the
+        // benchmark and the chaos tool are run from anywhere).
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let use_bin_dir =
+            format!("set {BIN_DIR_ENV} to a folder holding tether-provider and tether-consumer to run those instead");
+        if !workspace.join("Cargo.toml").is_file() {
+            return Err(format!(
+                "{BIN_DIR_ENV} is not set, and the source tree this was built from ({}) is not there to build \
+                 the binaries in: {use_bin_dir}",
+                workspace.display()
+            ));
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "tether-provider", "-p", "tether-consumer", "--bins"]);
+        cmd.current_dir(&workspace).args([
+            "build",
+            "--quiet",
+            "-p",
+            "tether-provider",
+            "-p",
+            "tether-consumer",
+            "--bins",
+        ]);
         if profile == "release" {
             cmd.arg("--release");
         }
-        let status = cmd.status().map_err(|e| format!("running cargo build: {e}"))?;
+        let status = cmd.status().map_err(|e| format!("running cargo build in {}: {e}", workspace.display()))?;
         let have = dir.join("tether-provider").exists() && dir.join("tether-consumer").exists();
         if !status.success() || !have {
-            return Err(format!("could not build the binaries into {}", dir.display()));
+            return Err(format!(
+                "cargo build of tether-provider and tether-consumer in {} failed (its output is above), or did not \
+                 put them in {}: {use_bin_dir}",
+                workspace.display(),
+                dir.display()
+            ));
         }
         Ok(dir)
     })

@@ -27,10 +27,17 @@ fn a_sighup_right_after_readiness_reloads_both_processes_instead_of_killing_them
         provider.port,
         &[Agreement::persist("people", SUFFIX, "people-secret")],
     )?;
+    // A secret file others may read is warned of once per start and once per reload
+    // (the start used to say it twice, as each reload did).
+    let key = consumer.dir.join("secrets/people.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let warned = |c: &Consumer| c.log_text().matches("is accessible by group or others").count();
     consumer.start()?;
+    assert_eq!(warned(&consumer), 1, "{}", consumer.log_text());
     signal(consumer.child.as_ref().unwrap(), "HUP")?;
-    wait_until(LIMIT, "the consumer to log the reload", || Ok(consumer.log_text().contains("SIGHUP: reloading")))?;
+    wait_until(LIMIT, "the consumer to log the reload", || Ok(consumer.log_text().contains("reloaded")))?;
     assert!(consumer.child.as_mut().unwrap().try_wait()?.is_none(), "consumer died:\n{}", consumer.log_text());
+    assert_eq!(warned(&consumer), 2, "{}", consumer.log_text());
     consumer.status()?;
     Ok(())
 }

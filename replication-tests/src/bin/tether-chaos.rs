@@ -14,7 +14,7 @@ use replication_tests::chaos::{self, Options};
 /// exposed a half-loaded replica. Exits 1 on any violation (printing the seed and the
 /// replay command), 2 if the run itself could not be set up.
 #[derive(Debug, Parser)]
-#[command(name = "tether-chaos")]
+#[command(name = "tether-chaos", version)]
 struct Cli {
     /// How long faults are injected (then everything is healed and checked).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]

@@ -28,7 +28,22 @@ fn entries(ldif: &str) -> usize {
     ldif.lines().filter(|l| l.starts_with("dn:")).count()
 }
 
+/// `tether-demo` takes no arguments; this gives it `--help` and refuses any other, so a
+/// mistyped flag does not start the whole demo.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tether-demo",
+    version,
+    about = "A provider and two consumers on loopback: refresh, live writes, a consumer stopped and caught up \
+             by delta, and the convergence check",
+    long_about = None,
+    after_help = "Uses the tether-provider and tether-consumer of TETHER_BIN_DIR if set, else builds them with \
+                  cargo in the source tree it was built from."
+)]
+struct Cli {}
+
 fn main() -> ExitCode {
+    let _ = <Cli as clap::Parser>::parse();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -42,9 +57,13 @@ fn run() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = tmp.path();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples =
+        examples.canonicalize().with_context(|| format!("finding the sample data in {}", examples.display()))?;
     let sample = examples.join("sample.ldif");
     say(&format!("working in {}", root.display()));
-    say("building the provider and consumer binaries (first run only)");
+    if std::env::var_os(replication_tests::harness::BIN_DIR_ENV).is_none() {
+        say("building the provider and consumer binaries (quick once they are built)");
+    }
     replication_tests::harness::bin("tether-provider")?;
 
     let opts = ProviderOptions {

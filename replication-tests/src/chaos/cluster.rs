@@ -14,6 +14,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context, Result};
 
+use tether_protocol::repl::RefreshKind;
+
 use crate::harness::{Agreement, Consumer, Grant, Provider, ProviderOptions};
 use crate::proxy::Proxy;
 use crate::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
@@ -133,6 +135,11 @@ pub struct Totals {
 impl Totals {
     /// Adds the counters of a `status --json` document, of one agreement or of all.
     pub fn fold(&mut self, status: &serde_json::Value, only: Option<&str>) {
+        // Every kind, none seen included, as the faults are listed: a report (and its
+        // JSON) without a `present` line reads as a kind not counted.
+        for kind in [RefreshKind::Full, RefreshKind::Delta, RefreshKind::Present] {
+            self.refreshes.entry(kind.as_str().to_owned()).or_default();
+        }
         for a in status["agreements"].as_array().into_iter().flatten() {
             if only.is_some_and(|name| a["name"] != name) {
                 continue;
