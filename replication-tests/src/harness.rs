@@ -45,6 +45,7 @@ fn bin_dir() -> Result<PathBuf> {
         // In the workspace this was built from, wherever it is run from (the demo, the
         // benchmark and the chaos tool are run from anywhere).
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let workspace = workspace.canonicalize().unwrap_or(workspace);
         let use_bin_dir =
             format!("set {BIN_DIR_ENV} to a folder holding tether-provider and tether-consumer to run those instead");
         if !workspace.join("Cargo.toml").is_file() {
