@@ -161,8 +161,32 @@ pub fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
             return ConfigError::invalid(file, join_key(&path, field), "required key is missing");
         }
         let key = if path.is_empty() { TOP_LEVEL.to_owned() } else { path };
-        ConfigError::invalid(file, key, message.replacen("unknown field", "unknown key", 1))
+        ConfigError::invalid(file, key, plain_types(&message.replacen("unknown field", "unknown key", 1)))
     })
+}
+
+/// serde names the Rust type a value should have had (`expected usize`); an operator
+/// editing a config file knows numbers, not Rust types. A number written in quotes is
+/// the usual slip, so it is named.
+fn plain_types(message: &str) -> String {
+    const PLAIN: [(&str, &str); 9] = [
+        ("usize", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u8", "a whole number from 0 to 255"),
+        ("isize", "a whole number"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("f64", "a number"),
+    ];
+    for (name, plain) in PLAIN {
+        if let Some(rest) = message.strip_suffix(&format!("expected {name}")) {
+            let quoted = rest.starts_with("invalid type: string ");
+            return format!("{rest}expected {plain}{}", if quoted { " (write numbers without quotes)" } else { "" });
+        }
+    }
+    message.to_owned()
 }
 
 /// 1-based line and character column of byte `offset` in `text`.
@@ -636,6 +660,8 @@ mod tests {
         #[serde(default, deserialize_with = "duration")]
         wait: Duration,
         #[serde(default)]
+        count: usize,
+        #[serde(default)]
         list: Vec<Inner>,
         #[serde(default)]
         inline: Option<Inner>,
@@ -668,6 +694,20 @@ mod tests {
         assert!(err("[[list]]\nadr = \"a:1\"").starts_with("t.toml: key 'list[0].adr': unknown key `adr`"));
         assert_eq!(err("[[list]]\n"), "t.toml: key 'list[0].addr': required key is missing");
         assert!(err("wait = 5").starts_with("t.toml: key 'wait': invalid type: integer `5`, expected a duration"));
+        // Numbers in an operator's words, not Rust's (`expected usize`).
+        assert_eq!(
+            err("count = \"500\""),
+            "t.toml: key 'count': invalid type: string \"500\", expected a whole number, 0 or more (write numbers \
+             without quotes)"
+        );
+        assert_eq!(
+            err("count = -3"),
+            "t.toml: key 'count': invalid value: integer `-3`, expected a whole number, 0 or more"
+        );
+        assert_eq!(
+            err("count = 1.5"),
+            "t.toml: key 'count': invalid type: floating point `1.5`, expected a whole number, 0 or more"
+        );
     }
 
     #[test]

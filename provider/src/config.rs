@@ -514,7 +514,7 @@ mod tests {
             (format!("{MINIMAL}max_connections = 0"), "key 'max_connections': must be at least 1"),
             (
                 format!("{MINIMAL}max_connections = -5"),
-                "key 'max_connections': invalid value: integer `-5`, expected usize",
+                "key 'max_connections': invalid value: integer `-5`, expected a whole number, 0 or more",
             ),
             (format!("{MINIMAL}batch_size = 0"), "key 'batch_size': must be at least 1"),
             (
@@ -545,7 +545,7 @@ mod tests {
             ),
             (
                 format!("{MINIMAL}max_frame = 5000000000"),
-                "key 'max_frame': invalid value: integer `5000000000`, expected u32",
+                "key 'max_frame': invalid value: integer `5000000000`, expected a whole number from 0 to 4294967295",
             ),
             (
                 format!("{MINIMAL}handshake_timeout = \"0s\""),
