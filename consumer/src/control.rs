@@ -135,6 +135,20 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
         return Err(format!("no agreement named {name:?}"));
     };
     let limit = std::time::Duration::from_millis(timeout_ms).min(WAIT_LIMIT);
+    // A stopped or closed agreement cannot move until an operator starts it: say so at
+    // once, as a stopped consumer's store does, rather than after the whole timeout.
+    let state = status.state();
+    if matches!(state, State::Stopped | State::Closed) && status.csn(reach).is_none_or(|c| c < csn) {
+        let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
+        let why = status.snapshot().last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+        return Err(format!(
+            "{name}: csn {csn} not {}; the agreement is {} at csn {at}{why}, and stays there until it is started \
+             (tether-consumer start -c {} {name})",
+            reach.as_str(),
+            state.as_str(),
+            ctx.config_file.display()
+        ));
+    }
     let reached = tokio::select! {
         reached = status.wait_csn(csn, reach, limit) => Some(reached),
         _ = ctx.shutdown.cancelled() => status.csn(reach).is_some_and(|c| c >= csn).then_some(true),

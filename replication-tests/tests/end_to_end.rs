@@ -1408,9 +1408,13 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
     // The usual reason a wait fails is named.
     c.admin("stop", Some("people"))?;
     c.wait_status("people", CONVERGE, "stopped", |s| s["state"] == "stopped")?;
-    let out = c.wait_csn("people", csn + 1, "1s")?;
+    // At once, not after the timeout: nothing moves it until it is started.
+    let asked = std::time::Instant::now();
+    let out = c.wait_csn("people", csn + 1, "60s")?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("the agreement is stopped"), "{err}");
+    assert!(err.contains(&format!("stays there until it is started (tether-consumer start -c {}", c.config.display())));
+    assert!(asked.elapsed() < Duration::from_secs(30), "answered after {:?}", asked.elapsed());
     // With the consumer down, its store answers: what it holds is on disk.
     assert!(c.stop()?.success());
     let out = c.wait_csn("people", csn, "1s")?;
