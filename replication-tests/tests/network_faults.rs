@@ -257,7 +257,10 @@ enum Stopped {
 /// Stops one side for 4 s, twice its keepalive timeout of 2 s (the other side's is
 /// 30 s, so only the stopped side could end the session), and checks that the session
 /// survives: no disconnect, no new connection at the proxy, and the late check logged
-/// the excuse that kept it.
+/// the excuse that kept it. Which of the woken side's tasks runs first is up to the
+/// scheduler: when its reader takes the peer's waiting pings before the late check
+/// looks, the silence is already over and no excuse is needed (nor logged), so the stop
+/// is repeated, up to five times, until a check met the silence and excused it.
 fn stopped_past_its_keepalive_timeout_keeps_the_session(seed: u64, stopped: Stopped) -> Result<()> {
     let (provider_timeout, consumer_timeout) = match stopped {
         Stopped::Consumer => ("30s", "2s"),
@@ -268,23 +271,29 @@ fn stopped_past_its_keepalive_timeout_keeps_the_session(seed: u64, stopped: Stop
     let keepalive = format!("interval = \"500ms\"\ntimeout = \"{consumer_timeout}\"");
     let mut s = setup_with(seed, agreement("retry = [\"200ms forever\"]\n", &keepalive), &options)?;
     let accepted = s.proxy.stats().accepted;
-    let child = match stopped {
-        Stopped::Consumer => s.consumer.child.as_ref(),
-        Stopped::Provider => s.provider.child.as_ref(),
-    };
-    freeze(child, Duration::from_secs(4))?;
-    assert_holds(Duration::from_secs(3), "the session stays up", || {
-        let st = s.consumer.agreement_status("people")?;
-        Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
-    })?;
-    assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
-    wait_until(LIMIT, "the stopped side's late keepalive check", || {
+    let excused = |s: &Setup| {
         let log = match stopped {
             Stopped::Consumer => s.consumer.log_text(),
             Stopped::Provider => s.provider.log_text(),
         };
-        Ok(log.contains("keepalive check ran late"))
-    })?;
+        log.contains("keepalive check ran late")
+    };
+    for _ in 0..5 {
+        let child = match stopped {
+            Stopped::Consumer => s.consumer.child.as_ref(),
+            Stopped::Provider => s.provider.child.as_ref(),
+        };
+        freeze(child, Duration::from_secs(4))?;
+        assert_holds(Duration::from_secs(3), "the session stays up", || {
+            let st = s.consumer.agreement_status("people")?;
+            Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
+        })?;
+        assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
+        if excused(&s) {
+            break;
+        }
+    }
+    assert!(excused(&s), "in five stops, no late check met the silence and excused it");
     finish(&mut s)
 }
 
