@@ -135,17 +135,22 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
         return Err(format!("no agreement named {name:?}"));
     };
     let limit = std::time::Duration::from_millis(timeout_ms).min(WAIT_LIMIT);
+    // Where the agreement stands, for an answer that is not the CSN: a stopped or closed
+    // agreement, or one in backoff after an error, is the usual reason.
+    let stands = || {
+        let now = status.snapshot();
+        let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
+        let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+        (now.state, format!("the agreement is {} at csn {at}{why}", now.state))
+    };
     // A stopped or closed agreement cannot move until an operator starts it: say so at
     // once, as a stopped consumer's store does, rather than after the whole timeout.
-    let state = status.state();
+    let (state, stand) = stands();
     if matches!(state, State::Stopped | State::Closed) && status.csn(reach).is_none_or(|c| c < csn) {
-        let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
-        let why = status.snapshot().last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
         return Err(format!(
-            "{name}: csn {csn} not {}; the agreement is {} at csn {at}{why}, and stays there until it is started \
-             (tether-consumer start -c {} {name})",
+            "{name}: csn {csn} not {}; {stand}, and stays there until it is started (tether-consumer start -c {} \
+             {name})",
             reach.as_str(),
-            state.as_str(),
             ctx.config_file.display()
         ));
     }
@@ -156,13 +161,8 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
     if reached == Some(true) {
         return Ok(format!("{}\n", status.csn(reach).unwrap_or(csn)));
     }
-    // Say where it stands: a stopped or closed agreement, or one in backoff after an
-    // error, is the usual reason.
-    let now = status.snapshot();
-    let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
-    let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
     let within = if reached.is_none() { "before the consumer shut down".into() } else { format!("within {limit:?}") };
-    Err(format!("{name}: csn {csn} not {} {within}; the agreement is {} at csn {at}{why}", reach.as_str(), now.state))
+    Err(format!("{name}: csn {csn} not {} {within}; {}", reach.as_str(), stands().1))
 }
 
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {

@@ -1415,6 +1415,7 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
     assert!(!out.status.success() && err.contains("the agreement is stopped"), "{err}");
     assert!(err.contains(&format!("stays there until it is started (tether-consumer start -c {}", c.config.display())));
     assert!(asked.elapsed() < Duration::from_secs(30), "answered after {:?}", asked.elapsed());
+    assert!(!err.contains("within"), "it did not wait for its timeout: {err}");
     // With the consumer down, its store answers: what it holds is on disk.
     assert!(c.stop()?.success());
     let out = c.wait_csn("people", csn, "1s")?;
