@@ -466,7 +466,7 @@ secret_file = "people.key"
         let cases: Vec<(String, String)> = vec![
             (
                 with("scope = \"deep\""),
-                "key 'agreement[0].scope': invalid scope \"deep\": expected base, one or subtree".into(),
+                "key 'agreement[0].scope': invalid scope \"deep\": expected base, one (or onelevel) or subtree (or sub)".into(),
             ),
             (
                 with("mode = \"push\""),

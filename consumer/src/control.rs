@@ -2,12 +2,15 @@
 //! `search`, `stop`/`start`/`restart NAME`, `reload` and `wait` (until a CSN is durable,
 //! or with `--visible` until it is applied) while the process runs.
 
+use std::path::{Path, PathBuf};
+
 use tether_protocol::control::{
-    read_request, respond, respond_done, respond_paged, ControlError, ControlRequest, ControlResponse, Process,
+    read_request, reload_elsewhere, respond, respond_done, respond_paged, ControlError, ControlRequest,
+    ControlResponse, Process,
 };
 use tether_protocol::{frame, ldif, Csn, Dn, SearchSpec};
 use tether_store::entry_set::DnKey;
-use tether_store::{Replica, ReplicaStore};
+use tether_store::{Replica, ReplicaStore, Reshapes};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -60,11 +63,17 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext) {
 /// LDIF of a million entries took the consumer to 3 GiB). Each page is read from the
 /// generation active at that moment, after the last DN returned, as a provider's search
 /// reads through concurrent writes; a reload swapped in mid-search continues in the new
-/// generation.
+/// generation. Should an entry be added, deleted or renamed meanwhile, or a reload be
+/// swapped in, the output could miss an entry or hold one twice, so the search then ends
+/// in an error after its last page: exit status 0 means the output is whole.
 #[derive(Debug)]
 pub struct SearchPages {
     replica: Replica,
     spec: SearchSpec,
+    /// How the replica had changed shape when the first page was read.
+    before: Option<Reshapes>,
+    /// Where the agreement can be stopped, for the error of a search that was not whole.
+    config_file: Option<PathBuf>,
     /// Where the next page starts; `None` at the start.
     after: Option<DnKey>,
     /// The last page was read.
@@ -77,7 +86,8 @@ impl SearchPages {
     /// A search of agreement `name`'s replica, whose region starts at `region` when the
     /// agreement's configuration is known. Fails, as LDAP would, if there is no such
     /// agreement, if the base is beside the region (where the replica can hold nothing),
-    /// or if a base below the region's own names no entry of the replica. The region's
+    /// or if a base below the region's own names no entry of the replica and has none
+    /// below it. The region's
     /// base and those above it need not be entries of the replica (a one-level region
     /// leaves its base out); searching them shows everything the replica holds, which
     /// is how one checks that it holds nothing outside its region.
@@ -94,12 +104,25 @@ impl SearchPages {
             return Err(format!("--base {} is outside the region of agreement {name:?}, based at {region}", spec.base));
         }
         if region.is_some() {
-            let missing = replica.read_active(|entries| entries.missing_base(&spec.base)).map_err(|e| e.to_string())?;
+            // An agreement's filter or attribute list can leave out an entry whose
+            // descendants it holds (a filter on people leaves out their `ou`), so a
+            // base is missing only when nothing of the replica lies below it either.
+            let missing = replica
+                .read_active(|entries| match entries.missing_base(&spec.base)? {
+                    Some(missing) if !entries.has_children(&spec.base)? => Ok(Some(missing)),
+                    _ => Ok(None),
+                })
+                .map_err(|e| e.to_string())?;
             if let Some(missing) = missing {
                 return Err(format!("{missing} in the replica of {name:?}"));
             }
         }
-        Ok(Self { replica, spec, after: None, done: false, uuids: false })
+        Ok(Self { replica, spec, before: None, config_file: None, after: None, done: false, uuids: false })
+    }
+
+    /// Names the configuration file in the hint of a search that was not whole.
+    pub fn with_config_file(self, config_file: &Path) -> Self {
+        Self { config_file: Some(config_file.to_owned()), ..self }
     }
 
     /// Prints each entry's `entryUUID` too (`search --uuids`).
@@ -111,7 +134,13 @@ impl SearchPages {
     /// call it off the async threads.
     pub fn next_page(&mut self) -> Result<Option<String>, String> {
         if self.done {
-            return Ok(None);
+            return match self.before.take() {
+                Some(before) => self.whole_since(before).map(|()| None),
+                None => Ok(None),
+            };
+        }
+        if self.before.is_none() {
+            self.before = Some(self.replica.reshapes());
         }
         let (spec, after) = (&self.spec, self.after.as_deref());
         let (page, next) = self
@@ -125,6 +154,38 @@ impl SearchPages {
             ldif::writer::write_search_result(&mut out, e, self.uuids).map_err(|e| e.to_string())?;
         }
         String::from_utf8(out).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Fails if the replica changed shape after `before` (read as the first page was):
+    /// the pages then may miss an entry, hold one twice or hold one without its parent.
+    /// (A modification leaves each entry printed once, as it was at some moment.)
+    fn whole_since(&self, before: Reshapes) -> Result<(), String> {
+        let now = self.replica.reshapes();
+        if now == before {
+            return Ok(());
+        }
+        let name = self.replica.name();
+        let mut what = Vec::new();
+        match now.entries - before.entries {
+            0 => {}
+            1 => what.push("1 entry added, deleted or renamed".to_owned()),
+            n => what.push(format!("{n} entries added, deleted or renamed")),
+        }
+        match now.swaps - before.swaps {
+            0 => {}
+            1 => what.push("a refresh swapped in a new copy".to_owned()),
+            n => what.push(format!("{n} refreshes swapped in new copies")),
+        }
+        let stop = match &self.config_file {
+            Some(file) => format!("tether-consumer stop -c {} {name}", file.display()),
+            None => format!("tether-consumer stop {name}"),
+        };
+        Err(format!(
+            "the replica of {name:?} changed while it was printed ({}), so the output may miss an entry or hold \
+             one twice: it is not a whole copy. Run it again when fewer changes come, or stop the agreement while \
+             it is printed ({stop}, then start)",
+            what.join(", and ")
+        ))
     }
 }
 
@@ -216,7 +277,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
             });
             match name.and_then(|name| SearchPages::open(&ctx.store, &name, region.as_ref(), spec)) {
                 Ok(pages) => {
-                    let mut pages = pages.with_uuids(uuids);
+                    let mut pages = pages.with_uuids(uuids).with_config_file(&ctx.config_file);
                     return respond_paged(&mut writer, move || pages.next_page()).await;
                 }
                 Err(e) => Err(e),
@@ -229,21 +290,27 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         ControlRequest::WaitVisible { name, csn, timeout_ms } => {
             wait(&ctx, &name, csn, Reach::Visible, timeout_ms).await
         }
-        ControlRequest::Reload => {
-            let (tx, rx) = oneshot::channel();
-            if ctx.reload.send(tx).await.is_err() {
-                Err("consumer is shutting down".to_owned())
-            } else {
-                // A line of its own, like every other reply the shell prints.
-                rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
-            }
-        }
+        ControlRequest::ReloadFile { file } => match reload_elsewhere(Process::Consumer, &ctx.config_file, &file) {
+            Some(elsewhere) => Err(elsewhere),
+            None => reload(&ctx).await,
+        },
+        ControlRequest::Reload => reload(&ctx).await,
         ControlRequest::For { .. } => Err("a request addressed twice; the command-line tools send none".to_owned()),
     };
     match reply {
         Ok(text) => respond_done(&mut writer, &text).await,
         Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await,
     }
+}
+
+/// Has the daemon re-read its configuration file: its report, or why nothing changed.
+async fn reload(ctx: &ControlContext) -> Result<String, String> {
+    let (tx, rx) = oneshot::channel();
+    if ctx.reload.send(tx).await.is_err() {
+        return Err("consumer is shutting down".to_owned());
+    }
+    // A line of its own, like every other reply the shell prints.
+    rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
 }
 
 async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<String, String> {
@@ -344,5 +411,84 @@ mod tests {
         assert!(err.starts_with("no entry cn=Person 9,dc=example,dc=com (nor any entry above it)"), "{err}");
         // Without the agreement's configuration nothing is judged.
         assert!(open("dc=example,dc=org", None).is_ok());
+        // Below a wider region, a base the replica does not hold but holds entries
+        // below (a filter left it out) is searched, not refused.
+        assert!(open("dc=example,dc=com", Some(&dn("dc=com"))).is_ok());
+        let err = open("dc=example,dc=org", Some(&dn("dc=org"))).unwrap_err();
+        assert!(err.starts_with("no entry dc=example,dc=org (nor any entry above it)"), "{err}");
+    }
+
+    /// Reads every page of `spec`, with `between` run after the first: the pages and
+    /// what the call after the last one said.
+    fn search_around(store: &ReplicaStore, between: impl FnOnce()) -> (String, Result<Option<String>, String>) {
+        let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
+        let mut pages = SearchPages::open(store, "people", Some(&spec.base.clone()), spec).unwrap();
+        let mut all = pages.next_page().unwrap().unwrap();
+        between();
+        loop {
+            match pages.next_page() {
+                Ok(Some(page)) => all.push_str(&page),
+                end => return (all, end),
+            }
+        }
+    }
+
+    #[test]
+    fn a_search_during_which_entries_were_added_or_renamed_ends_in_an_error_but_not_for_modifications() {
+        let (_dir, store, replica) = people(1_200);
+        let csn = std::cell::Cell::new(10);
+        let apply = |op: ReplOp| {
+            csn.set(csn.get() + 1);
+            replica.apply(&[op], Some(Cookie { history: HistoryId::new_random(), csn: Csn(csn.get()) })).unwrap();
+        };
+        let held = |i: usize| replica.search(&SearchSpec::subtree(person(i).dn)).unwrap().remove(0);
+
+        // A modification: each entry once, as it was at some moment; the search is whole.
+        let (out, end) = search_around(&store, || {
+            let mut e = held(1_100);
+            e.attrs.add("description", [Value::from("changed")]).unwrap();
+            e.csn = Csn(csn.get() + 1);
+            apply(ReplOp::Upsert(e));
+        });
+        assert_eq!(end, Ok(None), "a modification leaves the search whole");
+        assert_eq!(dns(&out), 1_200);
+
+        // A rename of an entry already printed to a DN still to come: printed twice.
+        let (out, end) = search_around(&store, || {
+            let mut e = held(0);
+            e.dn = Dn::parse("cn=Person 999999,dc=example,dc=com").unwrap();
+            e.csn = Csn(csn.get() + 1);
+            apply(ReplOp::Upsert(e));
+        });
+        assert_eq!(dns(&out), 1_201, "the renamed entry was printed under both names");
+        let err = end.unwrap_err();
+        assert!(
+            err.starts_with(
+                "the replica of \"people\" changed while it was printed (1 entry added, deleted or renamed), so the \
+                 output may miss an entry or hold one twice"
+            ),
+            "{err}"
+        );
+
+        // An add and a delete.
+        let (_, end) = search_around(&store, || {
+            let mut e = person(5_000);
+            e.csn = Csn(csn.get() + 1);
+            apply(ReplOp::Upsert(e));
+            let gone = held(7);
+            apply(ReplOp::Delete { uuid: gone.uuid, csn: Csn(csn.get() + 1) });
+        });
+        assert!(end.unwrap_err().contains("(2 entries added, deleted or renamed)"));
+
+        // A refresh swapped in meanwhile.
+        let (_, end) = search_around(&store, || {
+            let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+            shadow.apply_scan(&(0..1_200).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
+            shadow.finish(Cookie { history: HistoryId::new_random(), csn: Csn(1) }).unwrap();
+        });
+        assert!(end.unwrap_err().contains("(a refresh swapped in a new copy)"));
+
+        // And with nothing meanwhile, whole again.
+        assert_eq!(search_around(&store, || {}).1, Ok(None));
     }
 }

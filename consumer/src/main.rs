@@ -13,7 +13,7 @@ use tether_consumer::status::{OfflineAgreement, OfflineStatus};
 use tether_consumer::{control, daemon};
 use tether_protocol::control::ControlRequest;
 use tether_protocol::entry::parse_attribute_name;
-use tether_protocol::{Dn, SearchSpec};
+use tether_protocol::{Dn, Filter, Scope, SearchSpec};
 use tether_store::ReplicaStore;
 
 /// mimalloc (without transparent huge pages) instead of glibc's malloc, in both
@@ -107,13 +107,13 @@ enum Command {
         agreement: Option<String>,
         /// Base DN (default: the agreement's base).
         #[arg(long)]
-        base: Option<String>,
-        /// base, one or subtree.
+        base: Option<Dn>,
+        /// base, one (or onelevel) or subtree (or sub).
         #[arg(long, default_value = "subtree")]
-        scope: String,
+        scope: Scope,
         /// LDAP filter.
         #[arg(long, default_value = "(objectClass=*)")]
-        filter: String,
+        filter: Filter,
         /// Attributes to print, comma-separated (objectClass always; default: all).
         #[arg(long, value_delimiter = ',', value_parser = parse_attribute_name)]
         attrs: Vec<String>,
@@ -241,7 +241,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Reload { config } => {
             let config = ConsumerConfig::load(&config)?;
-            if !call(&config.control, &ControlRequest::Reload).await? {
+            let (to, mut out) = (tether_protocol::control::Process::Consumer, Stdout::lock());
+            if !tether_protocol::control::reload_at(&config.control, to, &config.file, &mut out).await? {
                 return Err(not_running(&config));
             }
             Ok(())
@@ -269,16 +270,7 @@ async fn run(cli: Cli) -> Result<()> {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, agreement)?;
             let a = config.agreement(&name).context("agreement vanished")?;
-            let base = match base {
-                Some(b) => Dn::parse(&b).with_context(|| format!("--base {b:?}"))?,
-                None => a.base.clone(),
-            };
-            let spec = SearchSpec {
-                base,
-                scope: scope.parse().context("--scope")?,
-                filter: filter.parse().with_context(|| format!("--filter {filter:?}"))?,
-                attrs,
-            };
+            let spec = SearchSpec { base: base.unwrap_or_else(|| a.base.clone()), scope, filter, attrs };
             let request = ControlRequest::search(Some(name.clone()), spec.clone(), uuids);
             if call(&config.control, &request).await? {
                 return Ok(());

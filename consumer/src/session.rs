@@ -959,18 +959,25 @@ impl Applier<'_> {
                 self.expect_refreshing("RefreshDone")?;
                 // A reload is counted once, as it is swapped in; a delta moved the count
                 // batch by batch already.
-                let reloaded = match self.shadow.take() {
+                let (reloaded, cookie) = match self.shadow.take() {
                     Some(shadow) => {
-                        Some(self.blocking("swapping in the reloaded replica", move || shadow.finish(cookie)).await?)
+                        let n =
+                            self.blocking("swapping in the reloaded replica", move || shadow.finish(cookie)).await?;
+                        (Some(n), cookie)
                     }
                     None => {
+                        // The cookie kept may be the one held, in an older history of the
+                        // provider, when the delta brought nothing (see the store's
+                        // `kept_cookie`): that is the replica's position, shown and acknowledged.
                         let (replica, store) = (self.replica.clone(), self.store.clone());
-                        self.blocking("recording the refresh cookie", move || {
-                            replica.advance(cookie)?;
-                            store.flush()
-                        })
-                        .await?;
-                        None
+                        let kept = self
+                            .blocking("recording the refresh cookie", move || {
+                                replica.advance(cookie)?;
+                                store.flush()?;
+                                replica.cookie()
+                            })
+                            .await?;
+                        (None, kept.unwrap_or(cookie))
                     }
                 };
                 self.refreshing = false;

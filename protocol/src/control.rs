@@ -100,6 +100,53 @@ pub enum ControlRequest {
         /// The request.
         request: Box<ControlRequest>,
     },
+    /// [`ControlRequest::Reload`], from a command given the configuration file `file`
+    /// (its canonical path). A process re-reads the file it was started with; a command
+    /// given another file naming the same socket (an edited copy) was told "reloaded"
+    /// while that copy was never read. The process reloads only if `file` is its own,
+    /// and otherwise says which file it reads. Added last, so that a process older than
+    /// it refuses it instead of misreading it ([`reload_at`] then asks as before).
+    ReloadFile {
+        /// The file the command was given, canonical.
+        file: String,
+    },
+}
+
+/// Why a process started with the file `started` does not reload for a command given
+/// `given` ([`ControlRequest::ReloadFile`]), or `None` when they are one file.
+pub fn reload_elsewhere(me: Process, started: &Path, given: &str) -> Option<String> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let (started, given) = (canonical(started), canonical(Path::new(given)));
+    (started != given).then(|| {
+        format!(
+            "this {process} was started with {started}, and reload re-reads that file, not {given}: edit \
+             {started}, or stop the process and start it with {given}; nothing was reloaded",
+            process = me.command(),
+            started = started.display(),
+            given = given.display(),
+        )
+    })
+}
+
+/// [`call_at`] with the reload of a command given the configuration file `file`:
+/// [`ControlRequest::ReloadFile`], or [`ControlRequest::Reload`] for a process older
+/// than it (or a path that is not UTF-8, which the request cannot carry).
+pub async fn reload_at(
+    path: &Path,
+    to: Process,
+    file: &Path,
+    out: &mut impl std::io::Write,
+) -> Result<bool, ControlError> {
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let Some(file) = file.to_str() else { return call_at(path, to, &ControlRequest::Reload, out).await };
+    match call_at(path, to, &ControlRequest::ReloadFile { file: file.to_owned() }, out).await {
+        Err(ControlError::Remote(m)) if m.starts_with(CANNOT_READ) => {
+            call_at(path, to, &ControlRequest::Reload, out).await
+        }
+        // Builds from before that message close without a word.
+        Err(ControlError::Unanswered) => call_at(path, to, &ControlRequest::Reload, out).await,
+        other => other,
+    }
 }
 
 /// The kinds of process with a control socket.
@@ -714,6 +761,72 @@ mod tests {
             assert!(matches!(&pair[0], ControlRequest::For { to: Process::Consumer, .. }), "{got:?}");
             assert_eq!(pair[1], ControlRequest::Status { json: false });
         }
+    }
+
+    /// A process older than `ReloadFile` (one that reads `For` but not it, here) is
+    /// asked the plain `Reload` it knows, so `reload` keeps working across an upgrade.
+    #[tokio::test]
+    async fn a_reload_a_process_cannot_read_with_its_file_is_asked_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path).await.unwrap();
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (mut reader, mut writer) = crate::frame::split(stream);
+                let request: ControlRequest = codec::decode(&reader.read_frame().await.unwrap().unwrap()).unwrap();
+                let inner = match &request {
+                    ControlRequest::For { request, .. } => (**request).clone(),
+                    other => other.clone(),
+                };
+                got.push(request);
+                if inner == ControlRequest::Reload {
+                    respond_done(&mut writer, "reloaded\n").await.unwrap();
+                    return got;
+                }
+                let e = format!("{CANNOT_READ} (invalid input: invalid value: integer `12`): it probably runs ...");
+                respond(&mut writer, &ControlResponse::Error(e)).await.unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        let config = dir.path().join("consumer.toml");
+        assert!(reload_at(&path, Process::Consumer, &config, &mut out).await.unwrap());
+        assert_eq!(out, b"reloaded\n");
+        let got = server.await.unwrap();
+        let file = config.display().to_string();
+        let with_file = ControlRequest::ReloadFile { file };
+        assert_eq!(
+            got,
+            [
+                ControlRequest::For { to: Process::Consumer, request: Box::new(with_file.clone()) },
+                with_file,
+                ControlRequest::For { to: Process::Consumer, request: Box::new(ControlRequest::Reload) },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reload_for_another_file_than_the_process_s_names_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (own, copy) = (dir.path().join("provider.toml"), dir.path().join("copy.toml"));
+        std::fs::write(&own, "").unwrap();
+        std::fs::write(&copy, "").unwrap();
+        // The same file, however it is spelled.
+        let spelled = dir.path().join(".").join("provider.toml");
+        assert_eq!(reload_elsewhere(Process::Provider, &own, spelled.to_str().unwrap()), None);
+        let own = std::fs::canonicalize(&own).unwrap();
+        let copy = std::fs::canonicalize(&copy).unwrap();
+        let why = reload_elsewhere(Process::Provider, &own, copy.to_str().unwrap()).unwrap();
+        assert_eq!(
+            why,
+            format!(
+                "this tether-provider was started with {0}, and reload re-reads that file, not {1}: edit {0}, or stop \
+                 the process and start it with {1}; nothing was reloaded",
+                own.display(),
+                copy.display()
+            )
+        );
     }
 
     #[tokio::test(start_paused = true)]

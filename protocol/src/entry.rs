@@ -213,12 +213,22 @@ pub enum AttributeError {
     #[error("attribute {0:?} has no values")]
     NoValues(String),
     /// An increment (or a value it would change) that is not an INTEGER (RFC 4517
-    /// 3.3.16: an optional `-`, then digits without a leading zero).
+    /// 3.3.16: an optional `-`, then digits without a leading zero). Made by
+    /// [`AttributeError::not_an_integer`], which hides a password's value.
     #[error("cannot increment {attr:?}: {value:?} is not an integer")]
     NotAnInteger {
         /// The attribute.
         attr: String,
-        /// The value (shortened).
+        /// The value (shortened, or only its length for a password).
+        value: String,
+    },
+    /// An increment (or a value it would change) that is an integer, but one longer
+    /// than the 128 bits Tether computes in.
+    #[error("cannot increment {attr:?}: {value:?} is an integer beyond the 128 bits Tether computes in")]
+    IntegerTooLarge {
+        /// The attribute.
+        attr: String,
+        /// The value (shortened, or only its length for a password).
         value: String,
     },
     /// An increment whose result does not fit the 128 bits Tether computes in.
@@ -239,16 +249,36 @@ pub enum AttributeError {
 /// equality match here, which compares text). `None` for anything else, and for an
 /// integer beyond 128 bits.
 pub fn parse_integer(bytes: &[u8]) -> Option<i128> {
-    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
-    let well_formed = match digits {
-        [b'0'] => bytes.len() == 1,
-        [first, rest @ ..] => (b'1'..=b'9').contains(first) && rest.iter().all(u8::is_ascii_digit),
-        [] => false,
-    };
-    if !well_formed {
+    if !is_integer(bytes) {
         return None;
     }
     std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Whether `bytes` has the INTEGER syntax of [`parse_integer`], of any length.
+fn is_integer(bytes: &[u8]) -> bool {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    match digits {
+        [b'0'] => bytes.len() == 1,
+        [first, rest @ ..] => (b'1'..=b'9').contains(first) && rest.iter().all(u8::is_ascii_digit),
+        [] => false,
+    }
+}
+
+impl AttributeError {
+    /// Why `value` of `attr` cannot be incremented or be an increment, when
+    /// [`parse_integer`] refused it: not an integer, or one too large. A password's
+    /// value is not shown ([`shown_value`]): anyone who may write could otherwise read
+    /// a stored password back from the refusal.
+    pub fn not_an_integer(attr: &str, value: &[u8]) -> Self {
+        let shown = if is_password(attr) { shown_value(attr, value) } else { crate::ldif::error::shorten_bytes(value) };
+        let attr = attr.to_owned();
+        if is_integer(value) {
+            Self::IntegerTooLarge { attr, value: shown }
+        } else {
+            Self::NotAnInteger { attr, value: shown }
+        }
+    }
 }
 
 /// [`check_attribute_name`] as a parser: the name itself if it is one (how the
@@ -501,10 +531,7 @@ impl Attributes {
         let Some(attr) = self.map.get_mut(&name.to_ascii_lowercase()) else {
             return Err(AttributeError::NoSuchAttribute(name.to_owned()));
         };
-        let not_an_integer = |value: &Value| AttributeError::NotAnInteger {
-            attr: attr.name.clone(),
-            value: crate::ldif::error::shorten_bytes(value.as_bytes()),
-        };
+        let not_an_integer = |value: &Value| AttributeError::not_an_integer(&attr.name, value.as_bytes());
         let step = parse_integer(by.as_bytes()).ok_or_else(|| not_an_integer(by))?;
         let mut incremented = Vec::with_capacity(attr.values.len());
         for value in &attr.values {
@@ -707,6 +734,22 @@ mod tests {
         a.replace("uidNumber", vec![i128::MAX.to_string().into()]).unwrap();
         assert!(matches!(a.increment("uidNumber", &"1".into()), Err(AttributeError::IncrementOverflow { .. })));
         assert_eq!(a.values("uidNumber"), &[Value::from(i128::MAX.to_string())]);
+        let huge = "99999999999999999999999999999999999999999999";
+        let err = a.increment("uidNumber", &huge.into()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(r#"cannot increment "uidNumber": "{huge}" is an integer beyond the 128 bits Tether computes in"#)
+        );
+        // A password's value is not shown, held or given.
+        a.add("userPassword", ["hunter2".into()]).unwrap();
+        let err = a.increment("userPassword", &"1".into()).unwrap_err();
+        assert_eq!(err.to_string(), r#"cannot increment "userPassword": "(7 bytes, not shown)" is not an integer"#);
+        a.replace("userPassword;x-hist", vec!["12".into()]).unwrap();
+        let err = a.increment("userPassword;x-hist", &"secret".into()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"cannot increment "userPassword;x-hist": "(6 bytes, not shown)" is not an integer"#
+        );
     }
 
     #[test]

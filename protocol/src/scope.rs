@@ -53,7 +53,7 @@ impl Scope {
 
 /// Why a scope word was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid scope {0:?}: expected base, one or subtree")]
+#[error("invalid scope {0:?}: expected base, one (or onelevel) or subtree (or sub)")]
 pub struct ScopeParseError(String);
 
 impl FromStr for Scope {

@@ -27,6 +27,12 @@ pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Optio
     Ok(control::call_at(path, control::Process::Provider, request, &mut Stdout::lock()).await?.then_some(()))
 }
 
+/// [`control_call`] with the reload of a command given the configuration file `file`,
+/// which the running provider must have been started with ([`control::reload_at`]).
+pub async fn control_reload(path: &Path, file: &Path) -> Result<Option<()>> {
+    Ok(control::reload_at(path, control::Process::Provider, file, &mut Stdout::lock()).await?.then_some(()))
+}
+
 /// `tether-provider write`: reads the whole file once to check every record (so a
 /// malformed one sends nothing), then reads it again and applies records in order,
 /// each durably; stops at the first refusal, naming its line and reason and how many

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tether_protocol::control::{
-    read_request, respond, respond_done, respond_paged, ControlRequest, ControlResponse, Process,
+    read_request, reload_elsewhere, respond, respond_done, respond_paged, ControlRequest, ControlResponse, Process,
 };
 use tether_protocol::frame;
 use tether_protocol::{ldif, Csn, SearchSpec};
@@ -29,6 +29,8 @@ pub struct ControlContext {
     pub registry: Registry,
     /// Asked to reload the configuration.
     pub reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    /// The configuration file the provider was started with, which a reload re-reads.
+    pub config_file: std::path::PathBuf,
 }
 
 /// Serves control connections until `shutdown`.
@@ -73,7 +75,7 @@ fn reshaped_while_printed(dir: &Directory, spec: &SearchSpec, since: Csn) -> Res
         )),
         Ok(Some(n)) => Err(format!(
             "{} of this region {} added, deleted or renamed while it was printed (after csn {since}), so \
-             the output may miss an entry or hold one twice: it is not a copy to restore from. Run it again when \
+             the output may miss an entry or hold one twice: it is not a whole copy. Run it again when \
              fewer writes come, or with the provider stopped (it then reads the store as it is)",
             if n == 1 { "1 entry".to_owned() } else { format!("{n} entries") },
             if n == 1 { "was" } else { "were" },
@@ -102,6 +104,16 @@ fn search_page_text(
     Ok((String::from_utf8_lossy(&text).into_owned(), next))
 }
 
+/// Has the daemon re-read its configuration file: its report, or why nothing changed.
+async fn reload(ctx: &ControlContext) -> Result<String, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if ctx.reload.send(tx).await.is_err() {
+        return Err("provider is shutting down".to_owned());
+    }
+    // A line of its own, like every other reply the shell prints.
+    rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
+}
+
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader, &mut writer, Process::Provider).await?;
@@ -122,9 +134,11 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
                 return respond(&mut writer, &ControlResponse::Error(e)).await;
             }
             let (dir, mut after, mut done) = (ctx.dir.clone(), None, false);
-            // A backup (`--uuids`) must be a copy `load` can restore: the changes made
-            // while it is printed are checked after, in the changelog.
-            let mut since = uuids.then(|| ctx.dir.durable_csn());
+            // Output that may miss an entry or hold one twice must not look whole (a
+            // backup with `--uuids` is restored with `load`; a plain search is compared
+            // or loaded elsewhere): the changes made while it is printed are checked
+            // after, in the changelog.
+            let mut since = Some(ctx.dir.durable_csn());
             let next_page = move || {
                 if done {
                     return match since.take() {
@@ -139,15 +153,11 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
             };
             return respond_paged(&mut writer, next_page).await;
         }
-        ControlRequest::Reload => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if ctx.reload.send(tx).await.is_err() {
-                Err("provider is shutting down".to_owned())
-            } else {
-                // A line of its own, like every other reply the shell prints.
-                rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
-            }
-        }
+        ControlRequest::ReloadFile { file } => match reload_elsewhere(Process::Provider, &ctx.config_file, &file) {
+            Some(elsewhere) => Err(elsewhere),
+            None => reload(&ctx).await,
+        },
+        ControlRequest::Reload => reload(&ctx).await,
         ControlRequest::Stop { .. }
         | ControlRequest::Start { .. }
         | ControlRequest::Restart { .. }

@@ -115,7 +115,12 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     };
     let server = Server::new(dir.clone(), grants, tls.clone(), params, shutdown.clone());
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
-    let ctx = ControlContext { dir: dir.clone(), registry: server.registry().clone(), reload: reload_tx };
+    let ctx = ControlContext {
+        dir: dir.clone(),
+        registry: server.registry().clone(),
+        reload: reload_tx,
+        config_file: config_path.to_owned(),
+    };
     // The line tests and the demo wait for: the provider is ready and where.
     info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), %history, csn = %dir.durable_csn(), "provider listening");
     tether_config::output::announce(&format!("listening on {local}"));

@@ -70,13 +70,13 @@ enum Command {
         config: PathBuf,
         /// Base DN (default: the suffix).
         #[arg(long)]
-        base: Option<String>,
-        /// base, one or subtree.
+        base: Option<Dn>,
+        /// base, one (or onelevel) or subtree (or sub).
         #[arg(long, default_value = "subtree")]
-        scope: String,
+        scope: Scope,
         /// LDAP filter.
         #[arg(long, default_value = "(objectClass=*)")]
-        filter: String,
+        filter: Filter,
         /// Attributes to print, comma-separated (objectClass always; default: all). The
         /// same list as an agreement's `attrs` prints what its replica should hold.
         #[arg(long, value_delimiter = ',', value_parser = parse_attribute_name)]
@@ -106,20 +106,9 @@ enum Command {
     },
 }
 
-fn spec(
-    config: &ProviderConfig,
-    base: Option<&str>,
-    scope: &str,
-    filter: &str,
-    attrs: Vec<String>,
-) -> Result<SearchSpec> {
-    let base = match base {
-        Some(b) => Dn::parse(b).with_context(|| format!("--base {b:?}"))?,
-        None => config.suffix.clone(),
-    };
-    let scope: Scope = scope.parse().context("--scope")?;
-    let filter = Filter::parse(filter).with_context(|| format!("--filter {filter:?}"))?;
-    Ok(SearchSpec { base, scope, filter, attrs })
+/// The search of `base` (the suffix when none is given), `scope` and `filter`.
+fn spec(config: &ProviderConfig, base: Option<Dn>, scope: Scope, filter: Filter, attrs: Vec<String>) -> SearchSpec {
+    SearchSpec { base: base.unwrap_or_else(|| config.suffix.clone()), scope, filter, attrs }
 }
 
 /// What a command run while the provider is stopped does with its store.
@@ -151,6 +140,16 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
         };
         anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
     })
+}
+
+/// Why a command for the running provider found none: nothing answers on the control
+/// socket, and the store is free (no provider runs) or held (one runs, but answers
+/// elsewhere: `control` was changed since it started), as opening it says.
+fn not_running(config: &ProviderConfig) -> anyhow::Error {
+    match open_offline(config, Offline::Read) {
+        Ok(_) => anyhow::anyhow!("the provider is not running (nothing answers on {})", config.control.display()),
+        Err(e) => e,
+    }
 }
 
 /// Removes the store a refused `load` made: the whole folder if the load made it too,
@@ -238,7 +237,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Search { config, base, scope, filter, attrs, uuids } => {
             let config = ProviderConfig::load(&config)?;
-            let spec = spec(&config, base.as_deref(), &scope, &filter, attrs)?;
+            let spec = spec(&config, base, scope, filter, attrs);
             let request = ControlRequest::search(None, spec.clone(), uuids);
             if client::control_call(&config.control, &request).await?.is_some() {
                 return Ok(());
@@ -250,8 +249,8 @@ async fn run(cli: Cli) -> Result<()> {
             // A file the provider could not read stops here with the same error: the
             // provider is not asked, and keeps its configuration.
             let config = ProviderConfig::load(&config)?;
-            if client::control_call(&config.control, &ControlRequest::Reload).await?.is_none() {
-                bail!("the provider is not running (nothing answers on {})", config.control.display());
+            if client::control_reload(&config.control, &config.file).await?.is_none() {
+                return Err(not_running(&config));
             }
             Ok(())
         }

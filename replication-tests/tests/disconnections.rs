@@ -436,6 +436,31 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     assert!(stderr.contains("people.key"), "{stderr}");
     assert!(p.log_text().contains("reload requested on the control socket failed, keeping the old configuration"));
     std::fs::write(&secret, kept)?;
+
+    // An edited copy of the file, naming the same socket: the provider reads its own
+    // file, so the command says so and nothing is reloaded (it answered "reloaded", for
+    // the file the provider was started with, and the copy was never read).
+    let copy = p.dir.join("copy.toml");
+    std::fs::write(&copy, config.replacen("interval = ", "interval = \"2s\"\n# was ", 1))?;
+    let reloads =
+        |p: &Provider| p.log_text().matches("reloaded ").count() + p.log_text().matches("reload requ").count();
+    let before = reloads(&p);
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
+        .args(["reload", "-c"])
+        .arg(&copy)
+        .output()?;
+    let (code, stdout, stderr) = said(&out);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    let (own, copy) = (std::fs::canonicalize(&p.config)?, std::fs::canonicalize(&copy)?);
+    assert!(
+        stderr.contains(&format!(
+            "this tether-provider was started with {}, and reload re-reads that file, not {}",
+            own.display(),
+            copy.display()
+        )) && stderr.contains("nothing was reloaded"),
+        "{stderr}"
+    );
+    assert_eq!(reloads(&p), before, "nothing was reloaded");
     p.write_ok(&w.changes(50))?;
     converged(&p, &c, "people", PEOPLE)?;
     let s = c.agreement_status("people")?;

@@ -603,7 +603,8 @@ fn restore_and_write_others(p: &mut Provider, backup: &Path, n: usize) -> Result
 /// history that forks from the one its consumers may have followed. A consumer that saw
 /// changes made after the copy must reload in full (a delta from its position would skip
 /// the new history's first changes and keep the lost ones forever); one that stopped
-/// before the copy still resumes by delta.
+/// before the copy still resumes by delta, and so does one that reconnected to the
+/// provider started after the copy but saw nothing new there.
 #[test]
 fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_saw_the_lost_changes() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -611,14 +612,24 @@ fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_
     let mut ahead = people_consumer(tmp.path(), &p)?;
     let mut behind = people_consumer_in(&tmp.path().join("behind"), &p)?;
     assert!(behind.stop()?.success());
+    let mut idle = people_consumer_in(&tmp.path().join("idle"), &p)?;
     p.write_ok(&w.changes(50))?;
     wait_converged(&p, &ahead, "people", PEOPLE)?;
+    wait_converged(&p, &idle, "people", PEOPLE)?;
+    let deltas = |s: &serde_json::Value| s["refreshes"]["delta"].as_u64().unwrap_or(0);
+    let before = deltas(&idle.agreement_status("people")?);
 
-    // The backup, then changes that only the `ahead` consumer sees.
+    // The backup (the documented routine: stop, copy, start), then changes that only
+    // the `ahead` consumer sees. `idle` reconnects to the restarted provider, by an
+    // empty delta, and stops before the changes.
     assert!(p.stop()?.success());
     let backup = tmp.path().join("backup");
     p.back_up_store(&backup)?;
     p.start()?;
+    idle.wait_status("people", CONVERGE, "the reconnection to the restarted provider", |s| {
+        s["state"] == "persisting" && deltas(s) > before
+    })?;
+    assert!(idle.stop()?.success());
     p.write_ok(&w.changes(200))?;
     wait_converged(&p, &ahead, "people", PEOPLE)?;
     let lost = p.status()?["csn"].as_u64().context("provider csn")?;
@@ -636,10 +647,17 @@ fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_
 
     ahead.start()?;
     behind.start()?;
+    idle.start()?;
     wait_converged(&p, &ahead, "people", PEOPLE)?;
     wait_converged(&p, &behind, "people", PEOPLE)?;
+    wait_converged(&p, &idle, "people", PEOPLE)?;
     assert_eq!(last_refresh(&ahead, "people")?, "full", "its position is in a history the provider no longer has");
     assert_eq!(last_refresh(&behind, "people")?, "delta", "its position is in the restored history");
+    assert_eq!(
+        last_refresh(&idle, "people")?,
+        "delta",
+        "the restarted provider gave it nothing new: its position is the copy's too"
+    );
     Ok(())
 }
 
@@ -807,6 +825,33 @@ fn refused(binary: &str, verb: &str, config: &Path, args: &[&Path]) -> Result<St
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut err)?;
     Ok(err)
+}
+
+/// A value a search flag cannot take is a wrong command line: exit status 2, naming the
+/// flag, before the configuration is read (the file named here does not exist), as
+/// operations.md's exit statuses say. They exited 1 after reading the configuration.
+#[test]
+fn a_search_flag_value_that_cannot_be_read_is_a_usage_error_before_anything_is_read() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let missing = tmp.path().join("no-such.toml");
+    for binary in ["tether-provider", "tether-consumer"] {
+        for (flag, value, says) in [
+            ("--scope", "deep", "invalid scope \"deep\": expected base, one (or onelevel) or subtree (or sub)"),
+            ("--filter", "(cn=", "--filter"),
+            ("--base", "not a dn", "--base"),
+        ] {
+            let out = std::process::Command::new(replication_tests::harness::bin(binary)?)
+                .args(["search", "-c"])
+                .arg(&missing)
+                .args([flag, value])
+                .output()?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{binary} {flag} {value}: {err}");
+            assert!(err.contains(says) && err.contains(&format!("'{value}'")), "{binary} {flag} {value}: {err}");
+            assert!(!err.contains("no-such.toml"), "{binary} {flag}: the configuration is not read first: {err}");
+        }
+    }
+    Ok(())
 }
 
 /// A second process whose config names the `control` socket of a running one (a
@@ -986,11 +1031,16 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
         &other,
         std::fs::read_to_string(&p.config)?.replace("control = \"ctl.sock\"", "control = \"other.sock\""),
     )?;
-    let err = refused("tether-provider", "status", &other, &[])?;
-    assert!(
-        err.contains("nothing answers on") && err.contains("other.sock") && err.contains("in use by another process"),
-        "{err}"
-    );
+    for verb in ["status", "reload"] {
+        let err = refused("tether-provider", verb, &other, &[])?;
+        assert!(
+            err.contains("nothing answers on")
+                && err.contains("other.sock")
+                && err.contains("in use by another process"),
+            "{verb}: {err}"
+        );
+        assert!(!err.contains("not running"), "{verb}: it runs: {err}");
+    }
     let ldif = p.dir.join("more.ldif");
     std::fs::write(&ldif, format!("dn: uid=late,{PEOPLE}\nobjectClass: person\nuid: late\ncn: late\nsn: Late\n"))?;
     let err = refused("tether-provider", "load", &p.config, &[&ldif])?;
@@ -1175,8 +1225,9 @@ fn load_and_write_read_standard_input_when_the_file_is_a_dash() -> Result<()> {
 /// (identical output from the restored store), and a consumer's replica prints the same
 /// identities, so a provider whose store is lost for good can be rebuilt from a replica
 /// with them. Neither passes off as a copy to restore from what may not be one: the
-/// provider's search fails if entries were added, deleted or renamed while it printed,
-/// and the consumer's refuses a replica its agreement is still changing.
+/// provider's search fails if entries were added, deleted or renamed while it printed
+/// (with `--uuids` or without), and the consumer's refuses a replica its agreement is
+/// still changing.
 #[test]
 fn a_backup_printed_with_uuids_restores_every_entry_as_the_same_entry() -> Result<()> {
     use tether_protocol::control::{ControlRequest, ControlResponse};
@@ -1223,22 +1274,29 @@ fn a_backup_printed_with_uuids_restores_every_entry_as_the_same_entry() -> Resul
     assert_eq!(c.search_args(&["--agreement", "people", "--uuids"])?, replica, "offline, the same");
 
     // An entry added while the provider's search is under way (its reader holds back,
-    // so the provider waits on a full socket): the output ends in an error.
+    // so the provider waits on a full socket): the output ends in an error, a backup's
+    // and a plain search's alike (either may be loaded or compared as a whole).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let request = ControlRequest::search(None, SearchSpec::subtree(Dn::parse(SUFFIX)?), true);
-    let (mut reader, _writer) = send_control(&rt, &p.dir.join("ctl.sock"), &request)?;
-    let first = rt.block_on(reader.read_frame())?.context("a first page")?;
-    assert!(matches!(codec::decode(&first)?, ControlResponse::Output(_)));
-    p.write_ok(&format!("dn: uid=during-backup,{PEOPLE}\nobjectClass: person\nuid: during-backup\ncn: d\nsn: d\n"))?;
-    let last = loop {
-        let frame = rt.block_on(reader.read_frame())?.context("the end of the reply")?;
-        match codec::decode(&frame)? {
-            ControlResponse::Output(_) => continue,
-            other => break other,
-        }
-    };
-    let ControlResponse::Error(last) = last else { anyhow::bail!("a backup that may be torn succeeded: {last:?}") };
-    assert!(last.contains("1 entry of this region was added, deleted or renamed while it was printed"), "{last}");
+    for uuids in [true, false] {
+        let request = ControlRequest::search(None, SearchSpec::subtree(Dn::parse(SUFFIX)?), uuids);
+        let (mut reader, _writer) = send_control(&rt, &p.dir.join("ctl.sock"), &request)?;
+        let first = rt.block_on(reader.read_frame())?.context("a first page")?;
+        assert!(matches!(codec::decode(&first)?, ControlResponse::Output(_)));
+        let uid = format!("during-search-{uuids}");
+        p.write_ok(&format!("dn: uid={uid},{PEOPLE}\nobjectClass: person\nuid: {uid}\ncn: d\nsn: d\n"))?;
+        let last = loop {
+            let frame = rt.block_on(reader.read_frame())?.context("the end of the reply")?;
+            match codec::decode(&frame)? {
+                ControlResponse::Output(_) => continue,
+                other => break other,
+            }
+        };
+        let ControlResponse::Error(last) = last else {
+            anyhow::bail!("a search that may be torn succeeded (uuids {uuids}): {last:?}")
+        };
+        assert!(last.contains("1 entry of this region was added, deleted or renamed while it was printed"), "{last}");
+        assert!(last.contains("it is not a whole copy"), "{last}");
+    }
     Ok(())
 }
 

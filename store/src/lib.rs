@@ -55,7 +55,7 @@ pub use failure::FailureLatch;
 pub use feed::FedChange;
 pub use pins::Pin;
 pub use replica::{
-    ApplyStats, EntryForm, Incoming, IncomingOp, Replica, ReplicaState, ReplicaStore, Shadow, ShadowProgress,
+    ApplyStats, EntryForm, Incoming, IncomingOp, Replica, ReplicaState, ReplicaStore, Reshapes, Shadow, ShadowProgress,
 };
 /// sled's error type, for callers that must build or match a storage error.
 pub use sled::Error as SledError;

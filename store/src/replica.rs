@@ -190,6 +190,8 @@ pub struct ApplyStats {
     /// newer one took their DN). With `created`, keeps an entry count current without
     /// scanning the replica.
     pub removed: u64,
+    /// Entries the operations moved to another DN (renames).
+    pub renamed: u64,
     /// Bytes of entries written.
     pub written: u64,
 }
@@ -208,8 +210,33 @@ impl std::ops::AddAssign for ApplyStats {
         self.duplicates += other.duplicates;
         self.created += other.created;
         self.removed += other.removed;
+        self.renamed += other.renamed;
     }
 }
+
+impl ApplyStats {
+    /// Entries added, removed or renamed: the changes that move entries in or out of a
+    /// place in DN order, which a search printing page by page can miss or see twice.
+    pub fn reshaped(&self) -> u64 {
+        self.created + self.removed + self.renamed
+    }
+}
+
+/// How often a replica's active entries changed shape since the store was opened, as
+/// [`Replica::reshapes`] reads it: a search printed page by page between two equal
+/// readings holds each entry once, as it was at some moment of the search.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reshapes {
+    /// Entries added, removed or renamed by applies ([`ApplyStats::reshaped`]).
+    pub entries: u64,
+    /// Refreshes that swapped in a new generation.
+    pub swaps: u64,
+}
+
+/// One replica's [`Reshapes`], locked by each change to its active entries from before
+/// it commits until it is counted, so a reading never misses a change its search could
+/// already see.
+type ReshapeCount = Arc<std::sync::Mutex<Reshapes>>;
 
 /// The consumer's store: every replica of every agreement.
 #[derive(Debug, Clone)]
@@ -238,6 +265,10 @@ pub struct ReplicaStore {
     /// comes back empty, so a `search` racing a reload's swap hung or saw an empty
     /// replica. Reads are a page of 500 entries, so a swap waits at most that long.
     generations: Arc<std::sync::RwLock<()>>,
+    /// Agreement name -> how often its active entries changed shape ([`Reshapes`]).
+    /// Kept in memory: only a search running in this process, beside the applies, needs
+    /// it.
+    reshapes: Arc<std::sync::Mutex<std::collections::HashMap<String, ReshapeCount>>>,
 }
 
 /// Bytes of entries written without a flush after which the write that passes it
@@ -287,6 +318,7 @@ impl ReplicaStore {
             unflushed: Arc::default(),
             failure: FailureLatch::default(),
             generations: Arc::default(),
+            reshapes: Arc::default(),
         };
         for name in store.names()? {
             let mut state = store.state(&name)?.unwrap_or_default();
@@ -355,13 +387,21 @@ impl ReplicaStore {
             self.counts.insert(name.as_bytes(), &count_record(state.active_gen, 0))?;
             self.put_state(name, &state)?;
         }
-        Ok(Replica { store: self.clone(), name: Arc::from(name) })
+        Ok(self.handle(name))
+    }
+
+    fn handle(&self, name: &str) -> Replica {
+        let reshapes = {
+            let mut all = self.reshapes.lock().unwrap_or_else(|p| p.into_inner());
+            all.entry(name.to_owned()).or_default().clone()
+        };
+        Replica { store: self.clone(), name: Arc::from(name), reshapes }
     }
 
     /// The replica of agreement `name` if it has one, without creating it: for tools
     /// that read a stopped consumer's store and must change nothing.
     pub fn existing_replica(&self, name: &str) -> Result<Option<Replica>> {
-        Ok(self.state(name)?.map(|_| Replica { store: self.clone(), name: Arc::from(name) }))
+        Ok(self.state(name)?.map(|_| self.handle(name)))
     }
 
     /// Deletes agreement `name`'s replica entirely (agreement removed from config).
@@ -411,6 +451,23 @@ impl ReplicaStore {
     }
 }
 
+/// The cookie an apply or advance stores when a session offers `offered`: the one held
+/// if it names the same CSN, in whatever history. Applies and advances come only from a
+/// session whose provider recognized the held cookie (a refresh the provider would not
+/// resume from it is built in a shadow, and [`Shadow::finish`] sets its cookie as is), so
+/// the provider's history descends from the held one's through that CSN and both name
+/// one position. The earlier history is the one more copies of the provider's store
+/// know: a provider begins a history at every start, and a consumer that took the new
+/// one with nothing new to it (an empty delta after the restart) held a position that a
+/// backup taken before that restart never made, so restoring the backup reloaded every
+/// such consumer in full.
+fn kept_cookie(held: Option<Cookie>, offered: Cookie) -> Cookie {
+    match held {
+        Some(held) if held.csn == offered.csn => held,
+        _ => offered,
+    }
+}
+
 /// A [`COUNTS`] record: generation, then count.
 fn count_record(gen: u64, count: u64) -> [u8; 16] {
     let mut out = [0; 16];
@@ -437,6 +494,9 @@ pub struct Replica {
     store: ReplicaStore,
     /// The agreement name.
     name: Arc<str>,
+    /// How often its active entries changed shape ([`Replica::reshapes`]), shared by
+    /// every handle on the same agreement in this process.
+    reshapes: ReshapeCount,
 }
 
 impl Replica {
@@ -511,6 +571,7 @@ impl Replica {
         let audit = self.store.db.open_tree(audit_tree_name(&self.name))?;
         let audit_on = self.store.audit_on();
         let name = self.name.clone();
+        let mut reshapes = self.reshapes.lock().unwrap_or_else(|p| p.into_inner());
         let stats = (&self.store.replicas, &set.entries, &set.uuids, &audit, &self.store.counts).transaction(
             |(replicas, entries, uuids, audit, counts)| {
                 let tx = TxEntrySet { entries, uuids };
@@ -550,7 +611,7 @@ impl Replica {
                     if current.active_gen != state.active_gen {
                         return Err(ConflictableTransactionError::Abort(StoreError::StaleShadow(name.to_string())));
                     }
-                    let next = ReplicaState { cookie: Some(cookie), ..current };
+                    let next = ReplicaState { cookie: Some(kept_cookie(current.cookie, cookie)), ..current };
                     let bytes = encode(REPLICAS, &next).map_err(ConflictableTransactionError::Abort)?;
                     replicas.insert(name.as_bytes(), bytes)?;
                 }
@@ -562,8 +623,19 @@ impl Replica {
             // is never left past its cookie without saying so.
             self.clear_beyond_cookie()?;
         }
+        reshapes.entries += stats.reshaped();
+        drop(reshapes);
         self.store.wrote(stats.written)?;
         Ok(stats)
+    }
+
+    /// How often the active entries changed shape since the store was opened in this
+    /// process. A search that reads the replica a page at a time, while a session
+    /// applies changes to it, compares a reading taken before with one taken after: an
+    /// entry added, removed or renamed meanwhile could be missing from its output or in
+    /// it twice, and a refresh swapped in meanwhile left it reading two generations.
+    pub fn reshapes(&self) -> Reshapes {
+        *self.reshapes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies a batch of a delta refresh from a provider whose store is in `history`.
@@ -749,10 +821,12 @@ fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Re
             }
             let bytes = entry.to_ivec(ENTRIES).map_err(ConflictableTransactionError::Abort)?;
             stats.written += bytes.len() as u64;
-            tx.put_encoded(current.as_ref().map(|(k, _)| k.as_slice()), new_key, &uuid, bytes)?;
-            if current.is_none() {
-                stats.created += 1;
+            match &current {
+                None => stats.created += 1,
+                Some((key, _)) if *key != new_key => stats.renamed += 1,
+                Some(_) => {}
             }
+            tx.put_encoded(current.as_ref().map(|(k, _)| k.as_slice()), new_key, &uuid, bytes)?;
             stats.applied += 1;
             Ok(true)
         }
@@ -954,7 +1028,11 @@ impl Shadow {
         state.shadow = None;
         state.shadow_progress = None;
         state.cookie = Some(cookie);
-        store.put_state(&name, &state)?;
+        {
+            let mut reshapes = self.replica.reshapes.lock().unwrap_or_else(|p| p.into_inner());
+            store.put_state(&name, &state)?;
+            reshapes.swaps += 1;
+        }
         store.flush()?;
         store.drop_generation(&name, old)?;
         // The generation that was past its cookie is gone.

@@ -202,6 +202,14 @@ fn apply_modifications(attrs: &mut Attributes, dn: &Dn, mods: &[Modification]) -
         if m.op != ModOp::Delete && !m.values.is_empty() && is_operational(&m.attr) {
             return Err(server_maintained(dn, &m.attr).into());
         }
+        if m.op == ModOp::Delete && is_operational(&m.attr) && attrs.get(&m.attr).is_none() {
+            let reason = format!(
+                "no such attribute {:?}: Tether keeps server-maintained attributes out of entries (an entry's \
+                 entryUUID is its identity, not an attribute), so there is none to delete",
+                m.attr
+            );
+            return Err(invalid(dn, reason).into());
+        }
         let result = match m.op {
             ModOp::Add => attrs.add(&m.attr, m.values.iter().cloned()),
             ModOp::Delete => attrs.delete(&m.attr, &m.values),

@@ -131,6 +131,16 @@ fn an_increment_advances_every_value_in_one_write_or_is_refused_whole() {
     assert!(
         reason(refused(&d, modify(ann, ModOp::Increment, "entryUUID", &["1"]))).contains("maintained by the server")
     );
+    // Deleting one the entry does not hold says why it holds none.
+    for attr in ["entryUUID", "modifyTimestamp"] {
+        let why = reason(refused(&d, modify(ann, ModOp::Delete, attr, &[])));
+        assert!(
+            why.starts_with(&format!(
+                "no such attribute {attr:?}: Tether keeps server-maintained attributes out of entries"
+            )),
+            "{why}"
+        );
+    }
     // A counter that names its entry cannot move: the entry would lose its name.
     let numbered = "employeeNumber=7,ou=people,dc=example,dc=com";
     d.write(&add(numbered, &[("objectClass", "extensibleObject")])).unwrap();

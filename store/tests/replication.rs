@@ -9,7 +9,9 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use tether_protocol::encoded::{EncodedMessage, Received};
-use tether_protocol::{Cookie, Csn, Dn, Entry, Filter, ModOp, RefreshKind, ReplOp, ResumePoint, Scope, SearchSpec};
+use tether_protocol::{
+    Cookie, Csn, Dn, Entry, Filter, HistoryId, ModOp, RefreshKind, ReplOp, ResumePoint, Scope, SearchSpec,
+};
 use tether_store::{Directory, ReplicaStore, RetentionPolicy, StoreError};
 
 struct Pair {
@@ -314,6 +316,32 @@ fn a_store_restored_from_a_copy_does_not_resume_cookies_from_the_history_it_lost
     assert_eq!(plan(&d, first, copied + 1), RefreshKind::Full);
     assert_eq!(plan(&d, third, d.durable_csn().0), RefreshKind::Delta);
     assert_eq!(d.ended_histories(), 1, "the copy knows one ended history: its own first");
+}
+
+/// A session that moves a replica to the provider's newer history at the CSN it already
+/// had (an empty delta after the provider restarted) leaves its cookie in the older
+/// history, the same position, which a backup of the provider taken before that restart
+/// also recognizes; a cookie with a newer CSN, or a reload's, is taken as offered.
+#[test]
+fn a_cookie_at_the_same_csn_in_a_newer_history_keeps_the_older_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let replicas = ReplicaStore::open(tmp.path()).unwrap();
+    let replica = replicas.replica("people").unwrap();
+    let (first, second, third) = (HistoryId::new_random(), HistoryId::new_random(), HistoryId::new_random());
+    let at = |history, csn| Cookie { history, csn: Csn(csn) };
+
+    let shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+    shadow.finish(at(first, 7)).unwrap();
+    replica.advance(at(second, 7)).unwrap();
+    assert_eq!(replica.cookie().unwrap(), Some(at(first, 7)), "the same position, in the older history");
+    replica.apply::<ReplOp>(&[], Some(at(third, 7))).unwrap();
+    assert_eq!(replica.cookie().unwrap(), Some(at(first, 7)));
+    replica.advance(at(second, 9)).unwrap();
+    assert_eq!(replica.cookie().unwrap(), Some(at(second, 9)), "a newer position is the provider's");
+    // A reload may come from another store whose CSNs merely coincide: its cookie as is.
+    let shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+    shadow.finish(at(third, 9)).unwrap();
+    assert_eq!(replica.cookie().unwrap(), Some(at(third, 9)));
 }
 
 /// A delta batch moves the replica past its cookie; the replica records how far and in

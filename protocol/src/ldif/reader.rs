@@ -34,6 +34,11 @@ const CONTINUATION: u8 = b' ';
 const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 /// The byte order marks that start a UTF-16 file (little-, then big-endian).
 const UTF16_BOMS: [&[u8]; 2] = [b"\xff\xfe", b"\xfe\xff"];
+/// Whether a physical line holds only spaces: a blank line to the eye, and to the reader.
+fn is_spaces(line: &[u8]) -> bool {
+    line.iter().all(|&b| b == CONTINUATION)
+}
+
 /// Starts a comment line.
 const COMMENT: u8 = b'#';
 /// Separates a line's name from its value.
@@ -220,7 +225,7 @@ impl<R: BufRead> LdifReader<R> {
             None => return Ok(Logical::Blank),
             // Between records, a line of spaces counts as blank; while skipping a bad
             // record it is one of that record's (orphaned) continuation lines.
-            Some(&CONTINUATION) if keep && bytes.iter().all(|&b| b == CONTINUATION) => return Ok(Logical::Blank),
+            Some(&CONTINUATION) if keep && is_spaces(&bytes) => return Ok(Logical::Blank),
             Some(&CONTINUATION) if keep => return Err(LdifError::new(number, LdifErrorKind::OrphanContinuation)),
             Some(&CONTINUATION) => return Ok(Logical::Dropped),
             _ => {}
@@ -236,7 +241,11 @@ impl<R: BufRead> LdifReader<R> {
         }
         loop {
             match self.read_physical()? {
-                Physical::Line(_, more) if more.first() == Some(&CONTINUATION) => {
+                // A line of only spaces is blank, here too, not a continuation adding
+                // spaces to the value: a value that ends in spaces is written in base64
+                // (RFC 2849, note 8), and a line that looks blank must not change a value
+                // unseen, nor join the next record to this one.
+                Physical::Line(_, more) if more.first() == Some(&CONTINUATION) && !is_spaces(&more) => {
                     if store {
                         size = size.saturating_add(more.len() - 1);
                         if size > self.max_record_bytes {
@@ -589,8 +598,7 @@ fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
                 return Err(value.error(LdifErrorKind::ModifyValueMismatch { op: op_word, attr, found }));
             }
             if op == ModOp::Increment && parse_integer(&value.value).is_none() {
-                let value_text = shorten_bytes(&value.value);
-                let err = AttributeError::NotAnInteger { attr: attr.clone(), value: value_text };
+                let err = AttributeError::not_an_integer(&attr, &value.value);
                 return Err(value.error(err.into()));
             }
             values.push(Value::from_bytes(value.value));
@@ -711,6 +719,20 @@ mod tests {
         assert_eq!(vals(attrs, "postaladdress"), ["ITD Prod $ Anytown, MI"]);
         assert_eq!(vals(attrs, "description"), ["two spaces"], "only the first space of a continuation goes");
         assert!(attrs.get("that continues").is_none(), "a folded comment line is still a comment");
+    }
+
+    #[test]
+    fn a_line_of_only_spaces_is_blank_after_a_value_too() {
+        // Right after a record's last value: it ends the record, and adds no spaces.
+        let text = "dn: cn=s1,dc=x\ncn: s1\ndescription: hello\n   \ndn: cn=s2,dc=x\ncn: s2\n  \n";
+        let recs = records(text);
+        assert_eq!(recs.len(), 2, "{recs:?}");
+        assert_eq!(vals(content(&recs[0]).1, "description"), ["hello"]);
+        assert_eq!(recs[1].line(), 5);
+        assert_eq!(vals(content(&recs[1]).1, "cn"), ["s2"], "nor at the end of the file");
+        // A continuation holding more than spaces still continues its value.
+        let recs = records("dn: cn=s1,dc=x\ncn: s1\ndescription: two\n   spaces\n");
+        assert_eq!(vals(content(&recs[0]).1, "description"), ["two  spaces"]);
     }
 
     #[test]

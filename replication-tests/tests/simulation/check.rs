@@ -144,11 +144,21 @@ impl Checker {
                     have.len(),
                     want.len()
                 ));
-            } else if cookie.map(|c| c.csn) != Some(newest) || cookie.map(|c| c.history) != Some(dir.history()) {
-                lagging.push(format!(
-                    "{name}: content equal but cookie at {} while the provider is at {newest}",
-                    cookie.map_or("none".to_owned(), |c| c.csn.to_string())
-                ));
+            } else {
+                // The newest position, in a history the provider recognizes as its own:
+                // the current one, or an earlier one that a session kept because it
+                // names the same CSN (the store's `kept_cookie`).
+                let recognized = match cookie {
+                    Some(c) => dir.recognizes(&c).map_err(|e| format!("provider recognizes: {e}"))?,
+                    None => false,
+                };
+                if cookie.map(|c| c.csn) != Some(newest) || !recognized {
+                    lagging.push(format!(
+                        "{name}: content equal but cookie {} while the provider is at {}#{newest}",
+                        cookie.map_or("none".to_owned(), |c| c.to_string()),
+                        dir.history()
+                    ));
+                }
             }
         }
         if lagging.is_empty() {
