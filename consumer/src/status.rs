@@ -42,6 +42,8 @@ pub struct AgreementStatus {
     /// While the agreement waits (`idle` between polls, `backoff` after a failure): when
     /// it connects next (RFC 3339, this machine's clock). An operator looking at a
     /// `backoff` otherwise cannot tell a retry in a second from one in a minute.
+    /// Absent from the JSON in every other state.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
     /// Connections attempted after the first.
     pub reconnects: u64,
@@ -298,9 +300,12 @@ pub struct OfflineAgreement {
     /// `removed` if the config no longer has it (the next start deletes its replica),
     /// else `not running`.
     pub state: &'static str,
-    /// Provider address (empty for a removed agreement).
+    /// Provider address (empty, and absent from the JSON, for a removed agreement).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub provider: String,
-    /// `refresh-only` or `refresh-and-persist` (empty for a removed agreement).
+    /// `refresh-only` or `refresh-and-persist` (empty, and absent from the JSON, for a
+    /// removed agreement).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub mode: String,
     /// Durable position (`<history-uuid>#<csn>`), where the next start resumes.
     pub cookie: Option<String>,

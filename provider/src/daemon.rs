@@ -32,15 +32,15 @@ pub fn grants(config: &ProviderConfig) -> Result<Grants> {
     let mut grants = Grants::default();
     for (i, c) in config.consumers.iter().enumerate() {
         let loaded = load_secret(&c.secret_file)
-            .with_context(|| format!("{}: consumer[{i}].secret_file", config.file.display()))?;
+            .with_context(|| format!("{}: key 'consumer[{i}].secret_file'", config.file.display()))?;
         for w in loaded.warnings {
             warn!("{w}");
         }
         grants.agreements.insert(c.agreement.clone(), (loaded.secret, c.allowed_base(&config.suffix).clone()));
     }
     if let Some(w) = &config.writer {
-        let loaded =
-            load_secret(&w.secret_file).with_context(|| format!("{}: writer.secret_file", config.file.display()))?;
+        let loaded = load_secret(&w.secret_file)
+            .with_context(|| format!("{}: key 'writer.secret_file'", config.file.display()))?;
         grants.writer = Some(loaded.secret);
     }
     Ok(grants)
@@ -209,9 +209,17 @@ fn reload(
     // Turning TLS on or off changes what every new connection must speak, consumers'
     // and writers' alike: said, not left to be found in their errors.
     let tls_change = match (tls_before, tls_now) {
-        (false, true) => "; TLS on: new connections must use TLS",
-        (true, false) => "; TLS off: new connections are plain TCP",
-        _ => "",
+        (false, true) => {
+            let plain = server.registry().snapshot().iter().filter(|s| !s.tls).count();
+            let left = match plain {
+                0 => String::new(),
+                1 => ", and the 1 session connected in plain TCP stays so until it reconnects".to_owned(),
+                n => format!(", and the {n} sessions connected in plain TCP stay so until they reconnect"),
+            };
+            format!("; TLS on: new connections must use TLS{left}")
+        }
+        (true, false) => "; TLS off: new connections are plain TCP".to_owned(),
+        _ => String::new(),
     };
     let msg = format!(
         "reloaded {}: {}, {} revoked{tls_change}",

@@ -38,6 +38,10 @@ pub struct SessionInfo {
     pub connected_since: String,
     /// The refresh the session ran (`full`, `delta`, `present`), once chosen.
     pub refresh: Option<String>,
+    /// Whether the connection is TLS. A reload that turns `[tls]` on leaves the plain
+    /// sessions open (a consumer reloaded with `[tls]` reconnects over it, so the change
+    /// can roll through the consumers), and this shows which are left.
+    pub tls: bool,
     /// The base of the region it replicates (`None` for a write client): a reload that
     /// changes the agreement's grant ends only the sessions it no longer covers.
     #[serde(skip)]

@@ -193,7 +193,7 @@ impl Server {
         // limit only gets as long as its refusal may take.
         let limit = if slot.is_some() { self.params.handshake_timeout } else { REFUSE_GRACE };
         let deadline = Instant::now() + limit;
-        let Some((mut reader, mut writer)) = self.transport(stream, deadline, plain).await else { return };
+        let Some((mut reader, mut writer, tls)) = self.transport(stream, deadline, plain).await else { return };
         reader.set_max_frame(self.params.max_frame);
         let Some(_slot) = slot else {
             warn!("connection limit reached; refusing");
@@ -237,6 +237,7 @@ impl Server {
                         queue_len: 0,
                         connected_since: rfc3339(SystemTime::now()),
                         refresh: None,
+                        tls,
                         base: Some(req.spec.base.clone()),
                     };
                     let reg = self.registry.register(info, &self.shutdown);
@@ -262,6 +263,7 @@ impl Server {
                         queue_len: 0,
                         connected_since: rfc3339(SystemTime::now()),
                         refresh: None,
+                        tls,
                         base: None,
                     };
                     let reg = self.registry.register(info, &self.shutdown);
@@ -283,18 +285,22 @@ impl Server {
         stream: S,
         deadline: Instant,
         plain: P,
-    ) -> Option<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)>
+    ) -> Option<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>, bool)>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         P: FnOnce(S) -> std::io::Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)>,
     {
         let tls = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(tls) = tls else {
-            return plain(stream).map_err(|e| warn!(error = %e, "connection setup failed")).ok();
+            let (reader, writer) = plain(stream).map_err(|e| warn!(error = %e, "connection setup failed")).ok()?;
+            return Some((reader, writer, false));
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => Some(connection::boxed(stream)),
+            Ok(Ok(stream)) => {
+                let (reader, writer) = connection::boxed(stream);
+                Some((reader, writer, true))
+            }
             // A client gone before the handshake's end (stopping, or a probe that only
             // connects) is said in words rather than as rustls' "tls handshake eof".
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {

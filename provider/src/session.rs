@@ -854,6 +854,7 @@ mod tests {
             queue_len: 0,
             connected_since: String::new(),
             refresh: None,
+            tls: false,
             base: None,
         };
         let reg = crate::registry::Registry::default().register(info, &CancellationToken::new());

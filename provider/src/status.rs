@@ -126,18 +126,19 @@ impl ProviderStatus {
         let peer_w = self.sessions.iter().map(|s| s.peer.len()).max().unwrap_or(0).max(22);
         let agreement_w = self.sessions.iter().map(|s| s.agreement.len()).max().unwrap_or(0).max(16);
         out.push_str(&format!(
-            "{:<peer_w$} {:<agreement_w$} {:<20} {:>8} {:>6} {:<8} {}\n",
-            "PEER", "AGREEMENT", "MODE", "LAG", "QUEUE", "REFRESH", "SINCE"
+            "{:<peer_w$} {:<agreement_w$} {:<20} {:>8} {:>6} {:<8} {:<3} {}\n",
+            "PEER", "AGREEMENT", "MODE", "LAG", "QUEUE", "REFRESH", "TLS", "SINCE"
         ));
         for s in &self.sessions {
             out.push_str(&format!(
-                "{:<peer_w$} {:<agreement_w$} {:<20} {:>8} {:>6} {:<8} {}\n",
+                "{:<peer_w$} {:<agreement_w$} {:<20} {:>8} {:>6} {:<8} {:<3} {}\n",
                 s.peer,
                 s.agreement,
                 s.mode,
                 s.lag_changes,
                 s.queue_len,
                 s.refresh.as_deref().unwrap_or("-"),
+                if s.tls { "yes" } else { "no" },
                 s.connected_since
             ));
         }
@@ -181,6 +182,7 @@ mod tests {
             queue_len: 0,
             connected_since: "2026-12-01T00:00:00Z".into(),
             refresh: None,
+            tls: false,
             base: None,
         }
     }

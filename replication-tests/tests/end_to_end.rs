@@ -214,6 +214,9 @@ fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     let mut c = people_consumer(tmp.path(), &p)?;
     let live = c.status()?;
     assert_eq!(live["running"], true);
+    let persisting = &live["agreements"][0];
+    assert_eq!(persisting["state"], "persisting", "{live}");
+    assert!(persisting.get("next_attempt_at").is_none(), "absent unless idle or in backoff: {live}");
     assert!(c.stop()?.success(), "SIGTERM exits 0");
     // While it is down, `status --json` is still JSON, read from its store.
     let down = c.status()?;
@@ -1015,6 +1018,7 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
     std::fs::write(&c.config, text.replace("\"people\"", "\"renamed\""))?;
     let removed = c.agreement_status("people")?;
     assert_eq!(removed["state"], "removed", "{removed}");
+    assert!(removed.get("provider").is_none() && removed.get("mode").is_none(), "{removed}");
     assert!(removed["entries"].as_u64() > Some(0) && removed["cookie"].is_string(), "{removed}");
     std::fs::write(&c.config, &text)?;
     for verb in ["reload", "restart"] {

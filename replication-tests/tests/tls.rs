@@ -329,22 +329,35 @@ fn a_provider_on_the_ipv6_loopback_serves_tls_by_its_address() -> Result<()> {
 
 /// A reload that turns TLS on or off changes what every new connection must speak, so
 /// its reply says so (it said only the agreements and sessions), and then `write`,
-/// reading the same file, follows it.
+/// reading the same file, follows it. Sessions connected in plain TCP stay open, so
+/// that consumers can be moved to TLS one reload at a time: the reply says how many,
+/// and `status` shows each session's transport.
 #[test]
 fn a_reload_that_turns_tls_on_or_off_says_so() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = Provider::loaded(tmp.path(), ENTRIES, 13, &ProviderOptions::default())?;
+    let mut c = plain_consumer(&tmp.path().join("c"), p.port)?;
+    c.start()?;
+    wait_converged(&p, &c)?;
     let ca = Ca::new("Tether test CA")?;
     let tls = ca.issue(&tmp.path().join("pki"), &["127.0.0.1"])?;
     for (opts, said) in [
-        (ProviderOptions { tls: Some(tls), ..Default::default() }, "; TLS on: new connections must use TLS\n"),
+        (
+            ProviderOptions { tls: Some(tls), ..Default::default() },
+            "; TLS on: new connections must use TLS, and the 1 session connected in plain TCP stays so until it \
+             reconnects\n",
+        ),
         (ProviderOptions::default(), "; TLS off: new connections are plain TCP\n"),
     ] {
         p.reconfigure(&opts)?;
         let out = p.reload_command()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && stdout.ends_with(said), "{stdout:?} {}", String::from_utf8_lossy(&out.stderr));
+        let sessions = p.status()?["sessions"].clone();
+        assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
+        assert_eq!(sessions[0]["tls"], false, "the consumer's session is still the plain one: {sessions}");
         p.write_ok(&w.changes(10))?;
+        wait_converged(&p, &c)?;
     }
     let out = p.reload_command()?;
     assert!(!String::from_utf8_lossy(&out.stdout).contains("TLS"), "no change, no word of TLS");
