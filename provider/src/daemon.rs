@@ -76,6 +76,9 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
+    if let Some(warning) = config.tls.as_ref().and_then(tls::validity_warning) {
+        warn!("{warning}");
+    }
     check_open_files_limit(config.max_connections);
     // Before the store is created or opened: a process that cannot take its control
     // socket (another process answers on it) changes nothing.
@@ -221,8 +224,17 @@ fn reload(
         (true, false) => "; TLS off: new connections are plain TCP".to_owned(),
         _ => String::new(),
     };
+    // A certificate past its end (or before its start) loads like any other: said here,
+    // where the operator who replaced the files looks.
+    let expiry = match config.tls.as_ref().and_then(tls::validity_warning) {
+        Some(warning) => {
+            warn!("{warning}");
+            format!("; warning: {warning}")
+        }
+        None => String::new(),
+    };
     let msg = format!(
-        "reloaded {}: {}, {} revoked{tls_change}",
+        "reloaded {}: {}, {} revoked{tls_change}{expiry}",
         config_path.display(),
         plural(config.consumers.len(), "agreement", "agreements"),
         plural(revoked, "session", "sessions")

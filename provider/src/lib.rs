@@ -16,7 +16,8 @@
 //! - [`writes`]: write and search requests from clients.
 //! - [`registry`]: live sessions, for status and revocation.
 //! - [`server`]: accept loop, connection limit, TLS, handshake, authorization.
-//! - [`tls`]: the TLS configurations built from `[tls]`.
+//! - [`tls`]: the TLS configurations built from `[tls]`; [`validity`]: whether the
+//!   certificate in them has expired, which rustls does not check of one's own.
 //! - [`control`], [`status`]: the operator's view.
 //! - [`daemon`]: the `serve` process and its shutdown.
 //! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
@@ -35,4 +36,5 @@ pub mod server;
 pub mod session;
 pub mod status;
 pub mod tls;
+pub mod validity;
 pub mod writes;

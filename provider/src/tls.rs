@@ -17,6 +17,7 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::config::{ConfigError, ProviderConfig, TlsConfig};
+use crate::validity::Validity;
 
 /// The config key of the certificate chain, as errors name it.
 pub const CERT_FILE_KEY: &str = "tls.cert_file";
@@ -64,6 +65,17 @@ pub enum TlsError {
         /// The file.
         path: PathBuf,
     },
+    /// `tls.key_file` holds a key encrypted with a passphrase, which a service cannot be
+    /// asked for (it read as "no private key in the file", though there is one).
+    #[error(
+        "{}: the private key is encrypted with a passphrase, which the provider cannot ask for: store it \
+         decrypted, readable by the provider alone (openssl pkey -in ENCRYPTED -out PLAIN, then chmod 600 PLAIN)",
+        path.display()
+    )]
+    EncryptedKey {
+        /// The file.
+        path: PathBuf,
+    },
     /// The key parses as PEM but rustls cannot use it (corrupt, unsupported algorithm).
     #[error("{}: unusable private key: {source}", path.display())]
     BadKey {
@@ -75,12 +87,15 @@ pub enum TlsError {
     },
     /// The key is not the one of the certificate: one of the two files is from another
     /// pair.
-    #[error("the key in {} does not match the certificate in {}", key_path.display(), cert_path.display())]
+    #[error("the key in {} does not match the certificate in {}{hint}", key_path.display(), cert_path.display())]
     KeyMismatch {
         /// The key file.
         key_path: PathBuf,
         /// The certificate file.
         cert_path: PathBuf,
+        /// For a file of several certificates, that the first is taken as the
+        /// provider's own: a chain written CA first reads as a mismatch.
+        hint: &'static str,
     },
     /// The listen host is neither an IP address nor a DNS name, so it cannot be the
     /// server name of a TLS connection.
@@ -103,7 +118,10 @@ impl TlsError {
         match self {
             TlsError::Read { key, .. } | TlsError::Pem { key, .. } => key,
             TlsError::NoCertificate { .. } | TlsError::Setup(_) => CERT_FILE_KEY,
-            TlsError::NoKey { .. } | TlsError::BadKey { .. } | TlsError::KeyMismatch { .. } => KEY_FILE_KEY,
+            TlsError::NoKey { .. }
+            | TlsError::EncryptedKey { .. }
+            | TlsError::BadKey { .. }
+            | TlsError::KeyMismatch { .. } => KEY_FILE_KEY,
             TlsError::ServerName { .. } => LISTEN_KEY,
         }
     }
@@ -139,6 +157,12 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// The private key of `tls.key_file` (the file's first key).
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let text = read(KEY_FILE_KEY, path)?;
+    // PKCS#8's encrypted form, and OpenSSL's older one (a PKCS#1 or SEC1 section with
+    // encryption headers).
+    let encrypted = |marker: &[u8]| text.windows(marker.len()).any(|w| w == marker);
+    if encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || encrypted(b"Proc-Type: 4,ENCRYPTED") {
+        return Err(TlsError::EncryptedKey { path: path.to_owned() });
+    }
     PrivateKeyDer::from_pem_slice(&text).map_err(|e| match e {
         pem::Error::NoItemsFound => TlsError::NoKey { path: path.to_owned() },
         source => TlsError::Pem { key: KEY_FILE_KEY, path: path.to_owned(), source },
@@ -149,6 +173,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// certificates (clients authenticate in the Tether handshake).
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = read_certs(&tls.cert_file)?;
+    let hint = if certs.len() > 1 {
+        " (the first certificate of the file is taken as the provider's own: it must come before the rest of its \
+         chain)"
+    } else {
+        ""
+    };
     let key = read_key(&tls.key_file)?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -157,11 +187,19 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(certs, key)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => {
-                TlsError::KeyMismatch { key_path: tls.key_file.clone(), cert_path: tls.cert_file.clone() }
+                TlsError::KeyMismatch { key_path: tls.key_file.clone(), cert_path: tls.cert_file.clone(), hint }
             }
             source => TlsError::BadKey { path: tls.key_file.clone(), source },
         })?;
     Ok(Arc::new(config))
+}
+
+/// Whether the provider's own certificate (the first of `tls.cert_file`) has expired or
+/// is not valid yet, in words ([`crate::validity`]); `None` while it is valid, or when
+/// the file cannot be read (the configuration's errors say why).
+pub fn validity_warning(tls: &TlsConfig) -> Option<String> {
+    let certs = read_certs(&tls.cert_file).ok()?;
+    Validity::of(certs.first()?.as_ref())?.warning(&tls.cert_file, std::time::SystemTime::now())
 }
 
 /// The server configuration of `config`'s `[tls]`, `None` for plain TCP; errors name the
@@ -347,9 +385,46 @@ mod tests {
         );
         let garbage = dir.path().join("garbage.key");
         std::fs::write(&garbage, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
-        let got = refused(&TlsConfig { key_file: garbage.clone(), ..good });
+        let got = refused(&TlsConfig { key_file: garbage.clone(), ..good.clone() });
         let want =
             format!("/etc/tether/provider.toml: key 'tls.key_file': {}: unusable private key: ", garbage.display());
         assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}");
+
+        // A chain written CA first: the mismatch says which certificate is taken.
+        let chain = dir.path().join("chain.crt");
+        let ca_first =
+            std::fs::read_to_string(&other.cert_file).unwrap() + &std::fs::read_to_string(&good.cert_file).unwrap();
+        std::fs::write(&chain, ca_first).unwrap();
+        let got = refused(&TlsConfig { cert_file: chain, ..good.clone() });
+        assert!(
+            got.ends_with(
+                " (the first certificate of the file is taken as the provider's own: it must come before the rest \
+                 of its chain)"
+            ),
+            "{got}"
+        );
+
+        // A key encrypted with a passphrase, in both forms OpenSSL writes.
+        for (name, text) in [
+            ("pkcs8.key", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"),
+            (
+                "legacy.key",
+                "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nMIIB\n\
+                 -----END RSA PRIVATE KEY-----\n",
+            ),
+        ] {
+            let encrypted = dir.path().join(name);
+            std::fs::write(&encrypted, text).unwrap();
+            let got = refused(&TlsConfig { key_file: encrypted.clone(), ..good.clone() });
+            assert_eq!(
+                got,
+                format!(
+                    "/etc/tether/provider.toml: key 'tls.key_file': {}: the private key is encrypted with a passphrase, \
+                     which the provider cannot ask for: store it decrypted, readable by the provider alone (openssl \
+                     pkey -in ENCRYPTED -out PLAIN, then chmod 600 PLAIN)",
+                    encrypted.display()
+                )
+            );
+        }
     }
 }

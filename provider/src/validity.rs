@@ -1,0 +1,181 @@
+//! When the provider's certificate may be used: its `notBefore` and `notAfter`, read
+//! from the DER of `tls.cert_file`'s first certificate.
+//!
+//! Why: rustls checks neither when it loads the server's own certificate, so a provider
+//! with an expired one started and reloaded without a word, and every TLS consumer then
+//! failed with `certificate expired` (and `write`, which pins the certificate, did not).
+//! The provider warns at start and in a reload's reply instead. A warning, not a refusal:
+//! the file is the operator's to renew, a clock may be wrong, and `write` still works.
+//!
+//! Only the few DER elements in front of the validity are walked (RFC 5280 4.1), so no
+//! X.509 parser is needed; a certificate this cannot read gets no warning, and rustls's
+//! own checks still apply to it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A certificate's validity period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Not valid before this instant.
+    pub not_before: SystemTime,
+    /// Not valid after this instant.
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// Reads the validity of a DER certificate; `None` if it does not read as one.
+    pub fn of(der: &[u8]) -> Option<Self> {
+        let (certificate, _) = element(der, SEQUENCE)?;
+        let (tbs, _) = element(certificate, SEQUENCE)?;
+        // An explicit version ([0]) comes first in every certificate but v1's.
+        let rest = match element(tbs, VERSION) {
+            Some((_, rest)) => rest,
+            None => tbs,
+        };
+        let (_serial, rest) = element(rest, INTEGER)?;
+        let (_signature, rest) = element(rest, SEQUENCE)?;
+        let (_issuer, rest) = element(rest, SEQUENCE)?;
+        let (validity, _) = element(rest, SEQUENCE)?;
+        let (not_before, rest) = time(validity)?;
+        let (not_after, _) = time(rest)?;
+        Some(Self { not_before, not_after })
+    }
+
+    /// What an operator should hear about using the certificate in `file` at `now`:
+    /// that it has expired, or is not valid yet; `None` while it is valid.
+    pub fn warning(&self, file: &std::path::Path, now: SystemTime) -> Option<String> {
+        let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        if now > self.not_after {
+            Some(format!(
+                "the certificate in {} expired at {}: TLS consumers refuse it (certificate expired) until it is \
+                 renewed (replace the files and reload)",
+                file.display(),
+                at(self.not_after)
+            ))
+        } else if now < self.not_before {
+            Some(format!(
+                "the certificate in {} is not valid until {} (is this machine's clock right?): TLS consumers \
+                 refuse it until then",
+                file.display(),
+                at(self.not_before)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+const INTEGER: u8 = 0x02;
+const SEQUENCE: u8 = 0x30;
+const VERSION: u8 = 0xa0;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+
+/// The content of the DER element at the start of `input` if its tag is `tag`, and what
+/// follows it.
+fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&found, rest) = input.split_first()?;
+    if found != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// A `Time` (UTCTime or GeneralizedTime, in the `Z` form RFC 5280 requires) at the start
+/// of `input`, and what follows it.
+fn time(input: &[u8]) -> Option<(SystemTime, &[u8])> {
+    let (text, rest, year) = if let Some((text, rest)) = element(input, UTC_TIME) {
+        // RFC 5280 4.1.2.5.1: two-digit years 50 to 99 are 19xx, the others 20xx.
+        let yy = digits(text.get(..2)?)?;
+        (text.get(2..)?, rest, if yy >= 50 { 1900 + yy } else { 2000 + yy })
+    } else {
+        let (text, rest) = element(input, GENERALIZED_TIME)?;
+        (text.get(4..)?, rest, digits(text.get(..4)?)?)
+    };
+    // MMDDHHMMSSZ
+    if text.len() != 11 || text[10] != b'Z' {
+        return None;
+    }
+    let field = |i: usize| digits(&text[i..i + 2]);
+    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + (hour * 3_600 + minute * 60 + second) as i64;
+    let t = if seconds >= 0 {
+        UNIX_EPOCH + Duration::from_secs(seconds as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(seconds.unsigned_abs())
+    };
+    Some((t, rest))
+}
+
+fn digits(text: &[u8]) -> Option<u32> {
+    text.iter().try_fold(0u32, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0')))
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard
+/// Hinnant's `days_from_civil`).
+fn days_from_civil(year: u32, month: u32, day: u32) -> i64 {
+    let (y, m, d) = (i64::from(year) - i64::from(month <= 2), i64::from(month), i64::from(day));
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let date = |(y, m, d): (i32, u8, u8)| rcgen::date_time_ymd(y, m, d);
+        params.not_before = date(not_before);
+        params.not_after = date(not_after);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn at(text: &str) -> SystemTime {
+        humantime::parse_rfc3339(text).unwrap()
+    }
+
+    #[test]
+    fn the_validity_is_read_from_utc_and_generalized_times() {
+        // rcgen writes years before 2050 as UTCTime, later ones as GeneralizedTime.
+        let der = certificate((2020, 1, 1), (2060, 2, 29));
+        let v = Validity::of(&der).unwrap();
+        assert_eq!(v.not_before, at("2020-01-01T00:00:00Z"));
+        assert_eq!(v.not_after, at("2060-02-29T00:00:00Z"));
+        assert_eq!(Validity::of(b"not a certificate"), None);
+        assert_eq!(Validity::of(&der[..40]), None, "cut short");
+    }
+
+    #[test]
+    fn an_expired_or_not_yet_valid_certificate_is_warned_of_and_a_valid_one_is_not() {
+        let file = std::path::Path::new("/etc/tether/tls/provider.crt");
+        let v = Validity::of(&certificate((2020, 1, 1), (2020, 1, 31))).unwrap();
+        assert_eq!(v.warning(file, at("2020-01-15T00:00:00Z")), None);
+        assert_eq!(
+            v.warning(file, at("2026-12-02T00:00:00Z")).unwrap(),
+            "the certificate in /etc/tether/tls/provider.crt expired at 2020-01-31T00:00:00Z: TLS consumers refuse \
+             it (certificate expired) until it is renewed (replace the files and reload)"
+        );
+        let early = v.warning(file, at("2019-12-31T23:59:59Z")).unwrap();
+        assert!(early.contains("is not valid until 2020-01-01T00:00:00Z (is this machine's clock right?)"), "{early}");
+    }
+}
