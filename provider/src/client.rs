@@ -79,7 +79,13 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
     let stream = tokio::time::timeout(CLIENT_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
         .await
         .with_context(|| format!("connecting to {host}:{port}"))?
-        .with_context(|| format!("connecting to {host}:{port}: is the provider running?"))?;
+        .with_context(|| {
+            format!(
+                "connecting to {host}:{port}: is the provider running, and listening there? (a `listen` changed in \
+                 {} takes effect at its next start, not at a reload)",
+                config.file.display()
+            )
+        })?;
     let (mut reader, mut writer_half) = match tls_client {
         Some(client) => {
             stream.set_nodelay(true)?;
@@ -87,12 +93,23 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
             let tls_stream = tokio::time::timeout(CLIENT_TIMEOUT, connector.connect(client.server_name, stream))
                 .await
                 .with_context(|| format!("TLS handshake with {host}:{port}: timed out"))?
-                .with_context(|| {
-                    format!(
-                        "TLS handshake with {host}:{port} failed (the provider must present the certificate \
-                         of {})",
-                        client.pinned_file.display()
-                    )
+                .map_err(|e| {
+                    // A provider answering in plain TCP: its running configuration has
+                    // no [tls], whatever this file now says.
+                    let not_tls = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                        .is_some_and(|tls| matches!(tls, rustls::Error::InvalidMessage(_)));
+                    let why = if not_tls {
+                        format!(
+                            "the provider does not seem to serve TLS: was [tls] added to {} since it started? \
+                             `tether-provider reload` applies it",
+                            config.file.display()
+                        )
+                    } else {
+                        format!("the provider must present the certificate of {}", client.pinned_file.display())
+                    };
+                    anyhow::Error::new(e).context(format!("TLS handshake with {host}:{port} failed ({why})"))
                 })?;
             connection::boxed(tls_stream)
         }

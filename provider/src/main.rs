@@ -209,7 +209,11 @@ async fn run(cli: Cli) -> Result<()> {
                 said += &format!(", skipped {} already in the store", report.skipped);
             }
             if report.reordered > 0 {
-                said += &format!(" ({} listed before their parent were written after it)", report.reordered);
+                said += &format!(
+                    " ({} waited for their parent, listed later in the file or waiting itself, and were written after \
+                     it)",
+                    report.reordered
+                );
             }
             if report.kept_uuids > 0 {
                 said += &format!("; {} kept the entryUUID the file gave them", report.kept_uuids);

@@ -253,9 +253,15 @@ fn plan_moddn(
         if let Some(old_rdn) = dn.rdn() {
             for ava in old_rdn.avas() {
                 let value = Value::from_bytes(ava.value_bytes());
-                let kept = new_rdn.avas().iter().any(|n| {
-                    n.attr().eq_ignore_ascii_case(ava.attr()) && Value::from_bytes(n.value_bytes()).matches(&value)
-                });
+                // Kept only if the new RDN has it as written: a rename that only changes
+                // its case (`cn=Jgern` to `cn=JGERN`) replaces the value's spelling too,
+                // as LDAP servers do, rather than leave the entry naming itself one way
+                // and holding the value another (the old value goes, and the new RDN's
+                // is added below).
+                let kept = new_rdn
+                    .avas()
+                    .iter()
+                    .any(|n| n.attr().eq_ignore_ascii_case(ava.attr()) && n.value_bytes() == ava.value_bytes());
                 if !kept && entry.attrs.has_value(ava.attr(), &value) {
                     entry.attrs.delete(ava.attr(), &[value]).map_err(|e| invalid(dn, e.to_string()))?;
                 }

@@ -168,6 +168,13 @@ fn writes_assign_increasing_csns_and_keep_uuid_across_renames() {
     assert_eq!(moved.attrs.values("uid"), &["anna".into()], "deleteoldrdn removed the old RDN value");
     assert_eq!(d.entries().get_by_uuid(&before.uuid).unwrap().unwrap().dn, moved.dn);
     assert_eq!(d.durable_csn(), c2.csn);
+
+    // A rename that only changes the RDN's case changes the value's spelling with it.
+    d.write(&moddn("uid=anna,ou=groups,dc=example,dc=com", "uid=ANNA", None)).unwrap();
+    let recased = d.entries().get(&dn("uid=anna,ou=groups,dc=example,dc=com")).unwrap().unwrap();
+    assert_eq!(recased.dn.to_string(), "uid=ANNA,ou=groups,dc=example,dc=com");
+    assert_eq!(recased.attrs.values("uid"), &["ANNA".into()], "the value is spelled as the new RDN");
+    assert_eq!(recased.uuid, before.uuid);
 }
 
 /// Entries added together must sit together in the UUID index (see
