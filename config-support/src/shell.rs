@@ -80,6 +80,30 @@ pub fn reload_report(mut msg: String, not_applied: &[&str], process: &str) -> St
     msg
 }
 
+/// How a control request asks the daemon's main loop to reload: the reply comes back
+/// on the enclosed channel.
+pub type ReloadRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>;
+
+/// Asks the main loop of `process` to re-read its configuration file, for a control
+/// request: its report as a line of its own (like every other reply the shell prints),
+/// or why nothing changed.
+pub async fn ask_reload(requests: &ReloadRequests, process: &str) -> Result<String, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return Err(format!("{process} is shutting down"));
+    }
+    rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
+}
+
+/// Whether a failed TLS handshake met a peer answering in plain TCP (rustls reads its
+/// bytes as a malformed record): a provider without `[tls]`, whatever the client's
+/// file says. The consumer and `write` both say so in words.
+pub fn answered_in_plain_tcp(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| matches!(tls, rustls::Error::InvalidMessage(_)))
+}
+
 /// Why a command that reads a stopped `process`'s store (`status`, `search`, `wait`)
 /// found none in `data_dir`: opening would create one, empty, and report it as the real
 /// store, so a mistyped `data_dir` must say where it looked instead.

@@ -12,7 +12,6 @@ use tether_protocol::{frame, ldif, Csn, Dn, SearchSpec};
 use tether_store::entry_set::DnKey;
 use tether_store::{Replica, ReplicaStore, Reshapes};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -36,7 +35,7 @@ pub struct ControlContext {
     /// The running agreements.
     pub agreements: Agreements,
     /// Asks the daemon to reload.
-    pub reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
+    pub reload: tether_config::shell::ReloadRequests,
     /// Cancelled when the consumer begins to shut down: an open `WaitCsn` then answers
     /// where the agreement stands instead of waiting on.
     pub shutdown: CancellationToken,
@@ -178,7 +177,7 @@ impl SearchPages {
         }
         let stop = match &self.config_file {
             Some(file) => format!("tether-consumer stop -c {} {name}", file.display()),
-            None => format!("tether-consumer stop {name}"),
+            None => format!("tether-consumer stop -c FILE {name}"),
         };
         Err(format!(
             "the replica of {name:?} changed while it was printed ({}), so the output may miss an entry or hold \
@@ -292,25 +291,15 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         }
         ControlRequest::ReloadFile { file } => match reload_elsewhere(Process::Consumer, &ctx.config_file, &file) {
             Some(elsewhere) => Err(elsewhere),
-            None => reload(&ctx).await,
+            None => tether_config::shell::ask_reload(&ctx.reload, "consumer").await,
         },
-        ControlRequest::Reload => reload(&ctx).await,
+        ControlRequest::Reload => tether_config::shell::ask_reload(&ctx.reload, "consumer").await,
         ControlRequest::For { .. } => Err("a request addressed twice; the command-line tools send none".to_owned()),
     };
     match reply {
         Ok(text) => respond_done(&mut writer, &text).await,
         Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await,
     }
-}
-
-/// Has the daemon re-read its configuration file: its report, or why nothing changed.
-async fn reload(ctx: &ControlContext) -> Result<String, String> {
-    let (tx, rx) = oneshot::channel();
-    if ctx.reload.send(tx).await.is_err() {
-        return Err("consumer is shutting down".to_owned());
-    }
-    // A line of its own, like every other reply the shell prints.
-    rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
 }
 
 async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<String, String> {

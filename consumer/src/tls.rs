@@ -138,11 +138,7 @@ pub fn describe_failure(e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         return "the provider closed the connection during the TLS handshake".to_owned();
     }
-    let not_tls = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|tls| matches!(tls, rustls::Error::InvalidMessage(_)));
-    if not_tls {
+    if tether_config::shell::answered_in_plain_tcp(e) {
         format!("{e} (the provider does not seem to serve TLS: is [tls] set on its side?)")
     } else {
         e.to_string()

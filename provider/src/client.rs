@@ -96,11 +96,7 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
                 .map_err(|e| {
                     // A provider answering in plain TCP: its running configuration has
                     // no [tls], whatever this file now says.
-                    let not_tls = e
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                        .is_some_and(|tls| matches!(tls, rustls::Error::InvalidMessage(_)));
-                    let why = if not_tls {
+                    let why = if tether_config::shell::answered_in_plain_tcp(&e) {
                         format!(
                             "the provider does not seem to serve TLS: was [tls] added to {} since it started? \
                              `tether-provider reload` applies it",

@@ -28,7 +28,7 @@ pub struct ControlContext {
     /// Live sessions.
     pub registry: Registry,
     /// Asked to reload the configuration.
-    pub reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    pub reload: tether_config::shell::ReloadRequests,
     /// The configuration file the provider was started with, which a reload re-reads.
     pub config_file: std::path::PathBuf,
 }
@@ -104,16 +104,6 @@ fn search_page_text(
     Ok((String::from_utf8_lossy(&text).into_owned(), next))
 }
 
-/// Has the daemon re-read its configuration file: its report, or why nothing changed.
-async fn reload(ctx: &ControlContext) -> Result<String, String> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if ctx.reload.send(tx).await.is_err() {
-        return Err("provider is shutting down".to_owned());
-    }
-    // A line of its own, like every other reply the shell prints.
-    rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
-}
-
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader, &mut writer, Process::Provider).await?;
@@ -155,9 +145,9 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
         }
         ControlRequest::ReloadFile { file } => match reload_elsewhere(Process::Provider, &ctx.config_file, &file) {
             Some(elsewhere) => Err(elsewhere),
-            None => reload(&ctx).await,
+            None => tether_config::shell::ask_reload(&ctx.reload, "provider").await,
         },
-        ControlRequest::Reload => reload(&ctx).await,
+        ControlRequest::Reload => tether_config::shell::ask_reload(&ctx.reload, "provider").await,
         ControlRequest::Stop { .. }
         | ControlRequest::Start { .. }
         | ControlRequest::Restart { .. }
