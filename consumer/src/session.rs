@@ -959,7 +959,7 @@ impl Applier<'_> {
                 self.expect_refreshing("RefreshDone")?;
                 // A reload is counted once, as it is swapped in; a delta moved the count
                 // batch by batch already.
-                let (reloaded, cookie) = match self.shadow.take() {
+                let (reloaded, kept) = match self.shadow.take() {
                     Some(shadow) => {
                         let n =
                             self.blocking("swapping in the reloaded replica", move || shadow.finish(cookie)).await?;
@@ -968,7 +968,12 @@ impl Applier<'_> {
                     None => {
                         // The cookie kept may be the one held, in an older history of the
                         // provider, when the delta brought nothing (see the store's
-                        // `kept_cookie`): that is the replica's position, shown and acknowledged.
+                        // `kept_cookie`): that is the replica's position, and status shows
+                        // it. The acknowledgement names the provider's cookie, the same
+                        // position: a provider reads acknowledgements in its current
+                        // history only, and ends a poll at the one of its `RefreshDone`
+                        // (acknowledging the older one held every poll after a provider
+                        // restart for the 10 s fallback below).
                         let (replica, store) = (self.replica.clone(), self.store.clone());
                         let kept = self
                             .blocking("recording the refresh cookie", move || {
@@ -986,7 +991,7 @@ impl Applier<'_> {
                 let persisting = self.cfg.mode == Mode::RefreshAndPersist;
                 let mut entries = 0;
                 self.status.update(|s| {
-                    s.cookie = Some(cookie.to_string());
+                    s.cookie = Some(kept.to_string());
                     s.applied_csn = None;
                     if let Some(n) = reloaded {
                         s.entries = n;
@@ -998,7 +1003,7 @@ impl Applier<'_> {
                 });
                 let applied = self.refresh_applied;
                 let quiet = self.routine && reloaded.is_none() && applied == 0;
-                info_or_debug!(quiet, cookie = %cookie, entries, applied, "refresh complete");
+                info_or_debug!(quiet, cookie = %kept, entries, applied, "refresh complete");
                 // The cookie is durable: acknowledged, it tells the provider where this
                 // replica is. A refresh-only provider of protocol version 1 says goodbye
                 // right after `RefreshDone` and may already be gone (our next `Hello`

@@ -207,6 +207,47 @@ fn a_persist_consumer_s_known_position_catches_up_after_a_burst() -> Result<()> 
     Ok(())
 }
 
+/// After a provider restart that brings nothing new, a refresh-only consumer keeps its
+/// cookie in the older history (the same position, which a backup taken before the
+/// restart also knows), and its polls still end as soon as they are acknowledged: the
+/// acknowledgement names the provider's cookie, which the provider reads. Found by a
+/// walkthrough: acknowledging the older cookie, which the provider ignores, held every
+/// poll after a restart for the consumer's 10 s fallback, with a warning blaming an
+/// older provider.
+#[test]
+fn polls_after_a_provider_restart_with_nothing_new_end_when_acknowledged() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _w) = provider_with(tmp.path(), 200, 5, ProviderOptions::default())?;
+    let a = Agreement {
+        mode: "refresh-only".into(),
+        extra: "interval = \"300ms\"\nretry = [\"200ms x1000\"]\n".into(),
+        ..Agreement::persist("people", PEOPLE, "people-secret")
+    };
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    let polls =
+        |c: &Consumer| -> Result<u64> { Ok(c.agreement_status("people")?["refreshes"]["delta"].as_u64().unwrap_or(0)) };
+    let first = polls(&c)?;
+    wait_until(CONVERGE, "a delta poll", || Ok(polls(&c)? > first))?;
+    let cookie = c.agreement_status("people")?["cookie"].clone();
+
+    assert!(p.stop()?.success());
+    p.start()?;
+    let history = p.status()?["history"].as_str().context("provider history")?.to_owned();
+    assert!(!cookie.as_str().unwrap_or_default().starts_with(&history), "a new history: {cookie} {history}");
+    let before = polls(&c)?;
+    wait_until(CONVERGE, "three polls after the restart", || Ok(polls(&c)? >= before + 3))?;
+    assert!(
+        !c.log_text().contains("did not end the poll"),
+        "every poll was ended by the provider on its acknowledgement:\n{}",
+        c.log_text()
+    );
+    assert_eq!(c.agreement_status("people")?["cookie"], cookie, "the same position, in the older history");
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    Ok(())
+}
+
 #[test]
 fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
