@@ -78,18 +78,25 @@ fn persist_consumer_converges_on_5000_entries_and_500_writes() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn refresh_only_consumer_converges_by_polling() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let (p, mut w) = provider_with(tmp.path(), 2000, 2, ProviderOptions::default())?;
+/// A refresh-only consumer of `people` from `p` polling every 300 ms, started and
+/// converged.
+fn polling_consumer(root: &Path, p: &Provider) -> Result<Consumer> {
     let a = Agreement {
         mode: "refresh-only".into(),
         extra: "interval = \"300ms\"\nretry = [\"200ms x1000\"]\n".into(),
         ..Agreement::persist("people", PEOPLE, "people-secret")
     };
-    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
+    let mut c = Consumer::configure(&root.join("c"), p.port, &[a])?;
     c.start()?;
-    wait_converged(&p, &c, "people", PEOPLE)?;
+    wait_converged(p, &c, "people", PEOPLE)?;
+    Ok(c)
+}
+
+#[test]
+fn refresh_only_consumer_converges_by_polling() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 2000, 2, ProviderOptions::default())?;
+    let mut c = polling_consumer(tmp.path(), &p)?;
     p.write_ok(&w.changes(300))?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     wait_until(CONVERGE, "a delta poll", || Ok(last_refresh(&c, "people")? == "delta"))?;
@@ -218,14 +225,7 @@ fn a_persist_consumer_s_known_position_catches_up_after_a_burst() -> Result<()> 
 fn polls_after_a_provider_restart_with_nothing_new_end_when_acknowledged() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut p, _w) = provider_with(tmp.path(), 200, 5, ProviderOptions::default())?;
-    let a = Agreement {
-        mode: "refresh-only".into(),
-        extra: "interval = \"300ms\"\nretry = [\"200ms x1000\"]\n".into(),
-        ..Agreement::persist("people", PEOPLE, "people-secret")
-    };
-    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
-    c.start()?;
-    wait_converged(&p, &c, "people", PEOPLE)?;
+    let c = polling_consumer(tmp.path(), &p)?;
     let polls =
         |c: &Consumer| -> Result<u64> { Ok(c.agreement_status("people")?["refreshes"]["delta"].as_u64().unwrap_or(0)) };
     let first = polls(&c)?;
