@@ -330,7 +330,21 @@ impl Provider {
         let file = root.join("initial.ldif");
         fs::write(&file, work.initial_ldif())?;
         provider.load(&file)?;
-        provider.start()?;
+        let mut tries = 1;
+        while let Err(e) = provider.start() {
+            // The port was free when it was chosen, but the kernel may have handed it to
+            // another process's outgoing connection since (seen once in CI: `Address
+            // already in use`). Nothing knows this provider's port yet: take another.
+            if tries == 3 || !provider.log_text().contains("Address already in use") {
+                return Err(e);
+            }
+            tries += 1;
+            if let Some(mut child) = provider.child.take() {
+                child.wait()?;
+            }
+            let dir = provider.dir.clone();
+            provider = Self::configure_on(&dir, opts, free_port()?)?;
+        }
         Ok((provider, work))
     }
 
