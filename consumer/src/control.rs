@@ -309,8 +309,35 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
     }
     let agreements = ctx.agreements.lock().await;
     let Some(running) = agreements.get(name) else { return Err(format!("no agreement named {name:?}")) };
+    // Read before the command is sent, so the reply says what the command found. Only a
+    // session ending on its own in between can make it stale, and then the command still
+    // does what its reply says, bar the "already".
+    let before = running.status.state();
     running.commands.send(cmd).await.map_err(|_| format!("agreement {name:?} is shutting down"))?;
-    Ok(format!("{name}: {cmd:?}\n").to_lowercase())
+    Ok(admin_reply(name, cmd, before))
+}
+
+/// What `stop`, `start` or `restart` did to an agreement that was in state `before`, as
+/// the supervisor decides it: a `stop` of a stopped agreement and a `start` of one with a
+/// session change nothing, and the operator who typed them is told so, not that they
+/// acted; a `start` from backoff or idle connects now.
+fn admin_reply(name: &str, cmd: Command, before: State) -> String {
+    let running = matches!(before, State::Connecting | State::Refreshing | State::Persisting);
+    let did = match (cmd, before) {
+        (Command::Stop, State::Stopped) => "already stopped; nothing changed".to_owned(),
+        (Command::Stop, _) => format!("stopped (it was {before}); it stays stopped until `start`, across restarts too"),
+        (Command::Start, State::Stopped | State::Closed) => format!("started (it was {before})"),
+        (Command::Start, _) if running => {
+            format!("already running ({before}); nothing changed (`restart` ends its session and reconnects)")
+        }
+        (Command::Start | Command::Restart, State::Backoff | State::Idle) => {
+            format!("connecting now (it was in {before}; the wait was cut short)")
+        }
+        (Command::Restart, State::Stopped | State::Closed) => format!("started (it was {before})"),
+        (Command::Restart, _) => format!("restarting (it was {before}): its session ends and it reconnects now"),
+        (Command::Start | Command::Shutdown | Command::Reload { .. }, _) => format!("{cmd:?}").to_lowercase(),
+    };
+    format!("{name}: {did}\n")
 }
 
 #[cfg(test)]
@@ -341,6 +368,26 @@ mod tests {
         shadow.apply_scan(&(0..n).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
         shadow.finish(Cookie { history: HistoryId::new_random(), csn: Csn(1) }).unwrap();
         (dir, store, replica)
+    }
+
+    #[test]
+    fn admin_commands_say_when_they_found_nothing_to_do() {
+        let reply = |cmd, before| admin_reply("people", cmd, before);
+        assert_eq!(reply(Command::Stop, State::Stopped), "people: already stopped; nothing changed\n");
+        assert!(reply(Command::Stop, State::Persisting).starts_with("people: stopped (it was persisting)"));
+        for state in [State::Connecting, State::Refreshing, State::Persisting] {
+            let said = reply(Command::Start, state);
+            assert!(said.starts_with(&format!("people: already running ({state}); nothing changed")), "{said}");
+            assert!(reply(Command::Restart, state).starts_with("people: restarting"), "{state}");
+        }
+        for state in [State::Stopped, State::Closed] {
+            assert_eq!(reply(Command::Start, state), format!("people: started (it was {state})\n"));
+            assert_eq!(reply(Command::Restart, state), format!("people: started (it was {state})\n"));
+        }
+        for state in [State::Backoff, State::Idle] {
+            assert!(reply(Command::Start, state).starts_with("people: connecting now"), "{state}");
+            assert!(reply(Command::Restart, state).starts_with("people: connecting now"), "{state}");
+        }
     }
 
     #[test]

@@ -310,7 +310,12 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
         );
     }
     let store = open_offline(&config, Offline::Write)?;
-    store.replica(&name)?.set_admin_stopped(stop)?;
+    let replica = store.replica(&name)?;
+    if replica.is_admin_stopped()? == stop {
+        let was = if stop { "already stopped" } else { "not stopped, so it runs when the consumer runs" };
+        return Stdout::print(&format!("{name}: {was}; nothing changed\n")).context("writing to standard output");
+    }
+    replica.set_admin_stopped(stop)?;
     let made = if new {
         format!(
             "; no consumer had run with data_dir {}, so a new store was made there (check `data_dir` in {} if the \

@@ -168,9 +168,12 @@ fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     let (p, mut w) = provider_with(tmp.path(), 800, 13, two_grants())?;
     let mut c = both_agreements(tmp.path(), &p)?;
     assert_eq!(store_threads(&c)?, ["others", "people"], "one store thread per session");
-    c.admin("stop", Some("people"))?;
+    let said = c.admin("stop", Some("people"))?;
+    assert!(said.starts_with("people: stopped (it was "), "{said}");
     let s = c.wait_status("people", LIMIT, "stopped", |s| s["state"] == "stopped")?;
     assert_eq!(s["last_disconnect"], "admin-stop");
+    // A second stop finds nothing to do, and says so rather than that it stopped it.
+    assert_eq!(c.admin("stop", Some("people"))?, "people: already stopped; nothing changed\n");
     // The session's end stopped its store thread.
     wait_until(LIMIT, "the stopped session's store thread to end", || Ok(store_threads(&c)? == ["others"]))?;
     wait_until(LIMIT, "the provider to drop the session", || {
@@ -192,8 +195,11 @@ fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     c.start()?;
     c.wait_status("people", LIMIT, "still stopped after restart", |s| s["state"] == "stopped")?;
     converged(&p, &c, "others", OTHERS)?;
-    c.admin("start", Some("people"))?;
+    assert_eq!(c.admin("start", Some("people"))?, "people: started (it was stopped)\n");
     converged(&p, &c, "people", PEOPLE)?;
+    c.wait_status("people", LIMIT, "persisting", |s| s["state"] == "persisting")?;
+    let said = c.admin("start", Some("people"))?;
+    assert!(said.starts_with("people: already running (persisting); nothing changed"), "{said}");
     assert_eq!(store_threads(&c)?, ["others", "people"]);
     assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
     no_duplicates(&c, "people")?;

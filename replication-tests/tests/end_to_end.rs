@@ -1036,6 +1036,8 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
         "{said}"
     );
     assert_eq!(c_fresh.agreement_status("people")?["state"], "stopped");
+    let again = c_fresh.admin("stop", Some("people"))?;
+    assert_eq!(again, "people: already stopped; nothing changed\n");
 
     // A consumer that ran, stopped, with an agreement added to its file since.
     let (mut p, _w) = provider_with(tmp.path(), 20, 23, ProviderOptions::default())?;
