@@ -213,7 +213,15 @@ pub async fn run(
         _ = stop.token.cancelled() => return Ended { connected: false, ..stop.ended(", while handshaking") },
         r = handshake => match r {
             Ok(w) => w,
-            Err(e) => return handshake_failed(e),
+            Err(e) => {
+                let ended = handshake_failed(e);
+                // As after the handshake, the provider's log says why we are leaving.
+                if ended.reason == Reason::Exception {
+                    let bye = Message::Goodbye { reason: GoodbyeReason::ProtocolError, detail: ended.detail.clone() };
+                    let _ = tokio::time::timeout(SEND_LIMIT, writer.send(&bye)).await;
+                }
+                return ended;
+            }
         },
     };
     // Every line from here on is the session's, on this task, the reader, the poller
@@ -378,6 +386,14 @@ fn handshake_failed(e: HandshakeError) -> Ended {
             goodbye: Some(reason),
             ..not_connected(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str()))
         },
+        // A damaged frame or a message out of place is the same fault in the handshake as
+        // after it, and is named the same (failure-cases.md: `exception`).
+        HandshakeError::Unexpected { .. } | HandshakeError::BadVersion(_) => {
+            not_connected(Reason::Exception, format!("handshake: protocol error: {e}"))
+        }
+        HandshakeError::Wire(ref w) if w.is_protocol_violation() => {
+            not_connected(Reason::Exception, format!("handshake: protocol error: {e}"))
+        }
         HandshakeError::Timeout(_) => not_connected(Reason::ConnectionLost, format!("handshake: {e}")),
         HandshakeError::Foreign(peer) if peer.kind() == Some(ForeignKind::Tls) => not_connected(
             Reason::ConnectionLost,
@@ -1166,6 +1182,53 @@ mod tests {
         assert!(started.elapsed() >= POLL_GOODBYE_WAIT, "it waited for the goodbye first: {:?}", started.elapsed());
         assert_eq!(provider.await.unwrap(), Some(end), "the refresh was acknowledged");
         assert_eq!(replica.cookie().unwrap(), Some(end), "and is durable");
+    }
+
+    /// A message out of place in the handshake is an `exception`, as it is after it, and
+    /// the provider is told why the consumer leaves; so is a damaged frame. Running out
+    /// of time is not the provider's fault in the same way, and stays `connection-lost`.
+    #[tokio::test]
+    async fn a_protocol_error_in_the_handshake_is_an_exception_with_a_goodbye() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let cfg = SessionConfig {
+            name: "people".into(),
+            provider: "provider.test:7389".into(),
+            mode: Mode::RefreshAndPersist,
+            spec: SearchSpec::subtree(tether_protocol::Dn::parse("dc=example,dc=com").unwrap()),
+            secret: Secret::new(b"people-secret".to_vec()).unwrap(),
+            client_id: "consumer".into(),
+            idle_timeout: Duration::from_secs(300),
+            keepalive: Some((Duration::from_secs(60), Duration::from_secs(120))),
+            tls: None,
+            network: Network::Custom(Arc::new(Pipe(std::sync::Mutex::new(Some(ours))))),
+        };
+        // The provider: reads the hello and answers with a refresh instead of a challenge.
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = connection::boxed(theirs);
+            assert!(matches!(r.recv().await, Ok(Some(Message::Hello(_)))));
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await.unwrap();
+            r.recv().await
+        });
+        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
+        let ended = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(&cfg, &store, &replica, &status, &StopSignal::default(), false),
+        )
+        .await
+        .expect("the session must end");
+        assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
+        assert!(ended.detail.starts_with("handshake: protocol error: handshake expected"), "{ended:?}");
+        assert!(!ended.connected);
+        let Ok(Some(Message::Goodbye { reason, .. })) = provider.await.unwrap() else { panic!("no goodbye") };
+        assert_eq!(reason, GoodbyeReason::ProtocolError);
+
+        let damaged = handshake_failed(HandshakeError::Wire(WireError::Checksum));
+        assert_eq!(damaged.reason, Reason::Exception, "{damaged:?}");
+        let late = handshake_failed(HandshakeError::Timeout(Duration::from_secs(20)));
+        assert_eq!(late.reason, Reason::ConnectionLost, "{late:?}");
     }
 
     /// A reader ahead of its applier stops once the queue holds `INBOUND_ENTRIES`
