@@ -54,7 +54,9 @@ impl Input {
     /// the input.
     pub fn records(&self) -> Result<impl Iterator<Item = Result<LdifRecord>> + '_> {
         let reader = LdifReader::new(std::io::BufReader::new(self.reader()?));
-        Ok(reader.map(move |r| r.with_context(|| self.shown.clone())))
+        // `file:N: reason`, as every refusal of a record reads (`write`, `load`), so one
+        // pattern finds the line in an editor whatever refused it.
+        Ok(reader.map(move |r| r.map_err(|e| anyhow::anyhow!("{}:{}: {}", self.shown, e.line, e.kind))))
     }
 
     /// The input from its start.

@@ -1258,7 +1258,7 @@ fn load_and_write_read_standard_input_when_the_file_is_a_dash() -> Result<()> {
     let malformed =
         format!("{}\ndn: uid=nobody,{PEOPLE}\nchangetype: frob\n", change.replace("from stdin", "never sent"));
     let (ok, _, err) = provider_from_stdin(&p.config, "write", &malformed)?;
-    assert!(!ok && err.contains("<stdin>: line 7: changetype \"frob\" unknown"), "{err}");
+    assert!(!ok && err.contains("<stdin>:7: changetype \"frob\" unknown"), "{err}");
     assert!(p.search(SUFFIX, "subtree", &format!("({uid})"))?.contains("description: from stdin"), "nothing sent");
     let refused = format!("{change}\ndn: uid=nobody,{PEOPLE}\nchangetype: delete\n");
     let (ok, _, err) = provider_from_stdin(&p.config, "write", &refused)?;
