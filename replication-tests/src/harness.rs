@@ -90,8 +90,32 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(bin_dir()?.join(name))
 }
 
-/// A free loopback TCP port (bound and released; fine for tests on one machine).
+/// A free loopback TCP port for a provider to listen on: bound and released, so free
+/// when chosen.
+///
+/// Chosen below the kernel's ephemeral range, which a port from binding port 0 lies in:
+/// there the kernel may hand it to any process's outgoing connection between the choice
+/// and the provider's bind, or while a test has the provider stopped (seen in CI as
+/// `Address already in use` at a start). Below the range only another listener can take
+/// it, and no port is handed out twice in one test process.
 pub fn free_port() -> Result<u16> {
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let first_ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if first_ephemeral > 20_000 {
+        let mut rng = rand::thread_rng();
+        let mut given = GIVEN.lock().map_err(|_| anyhow::anyhow!("port list poisoned"))?;
+        for _ in 0..200 {
+            let port = rng.gen_range(10_000..first_ephemeral);
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
