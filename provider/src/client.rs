@@ -47,7 +47,7 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
     let mut needs: Option<(usize, u16)> = None;
     // A record over the provider's `max_frame` would close the session unread, and its
     // outcome would then read as unknown: refuse the file before sending any of it.
-    for (id, record) in input.records()?.enumerate() {
+    for (id, record) in input.records(crate::input::RecordLimit::Write)?.enumerate() {
         let record = record?;
         let line = record.line();
         let change = record.into_change();
@@ -144,7 +144,7 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
         );
     }
     let mut report = WriteReport { applied: 0, last_csn: None };
-    for (id, record) in input.records()?.enumerate() {
+    for (id, record) in input.records(crate::input::RecordLimit::Write)?.enumerate() {
         let applied = report.applied;
         // Checked above; a file edited since then is refused from here on.
         let record =

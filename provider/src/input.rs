@@ -10,6 +10,34 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tether_protocol::ldif::{LdifReader, LdifRecord};
 
+/// How large an LDIF record the provider's commands read: the reader's default limit
+/// (16 MiB) counts the text, and the same entry takes up to twice that as LDIF (base64
+/// is a third longer than the octets, and each line counts a fixed overhead), so the
+/// search output of an entry the store accepts, up to `MAX_ENTRY` encoded, could not be
+/// read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordLimit {
+    /// `write`: twice the largest frame. A record's size is then checked where it
+    /// matters, encoded against the provider's `max_frame`, with that error.
+    Write,
+    /// `load`, which restores backups made with `search --uuids`: sixteen times the
+    /// default, so that an entry of many short values (a group's members), whose LDIF
+    /// is several times its encoding, restores as well. The loader checks each entry's
+    /// encoded size against `MAX_ENTRY`; this bounds only its memory for one record of a
+    /// file the operator chose, offline.
+    Load,
+}
+
+impl RecordLimit {
+    /// The limit in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            RecordLimit::Write => 2 * tether_protocol::frame::MAX_FRAME,
+            RecordLimit::Load => 16 * tether_protocol::ldif::MAX_RECORD_BYTES,
+        }
+    }
+}
+
 /// What the command line names `-`.
 const STDIN: &str = "-";
 
@@ -50,10 +78,10 @@ impl Input {
         &self.shown
     }
 
-    /// The input's LDIF records from its start, read as they are used; an error names
-    /// the input.
-    pub fn records(&self) -> Result<impl Iterator<Item = Result<LdifRecord>> + '_> {
-        let reader = LdifReader::new(std::io::BufReader::new(self.reader()?));
+    /// The input's LDIF records from its start, read as they are used, each refused
+    /// past `limit` bytes (see [`RecordLimit`]); an error names the input.
+    pub fn records(&self, limit: RecordLimit) -> Result<impl Iterator<Item = Result<LdifRecord>> + '_> {
+        let reader = LdifReader::with_max_record_bytes(std::io::BufReader::new(self.reader()?), limit.bytes());
         // `file:N: reason`, as every refusal of a record reads (`write`, `load`), so one
         // pattern finds the line in an editor whatever refused it.
         Ok(reader.map(move |r| r.map_err(|e| anyhow::anyhow!("{}:{}: {}", self.shown, e.line, e.kind))))

@@ -68,7 +68,7 @@ struct Record {
 
 fn records(input: &Input) -> Result<impl Iterator<Item = Result<Record>> + '_> {
     let file = input.shown();
-    Ok(input.records()?.map(move |record| {
+    Ok(input.records(crate::input::RecordLimit::Load)?.map(move |record| {
         let record = record?;
         let line = record.line();
         match record.into_change() {
@@ -267,6 +267,57 @@ mod tests {
         let err = load_file(&dir, &file, Existing::Refuse).unwrap_err().to_string();
         assert!(err.contains(&format!("big.ldif:{line}: cn=big,dc=example,dc=com: the entry would take")), "{err}");
         assert_eq!(dir.entry_count().unwrap(), 0, "nothing was written");
+    }
+
+    /// The `search --uuids` output of entries the store accepts but whose LDIF is
+    /// longer than the reader's default record limit restores: a large binary value
+    /// (base64 is a third longer) and a group of many short values (each line counts
+    /// a fixed overhead). `write` takes the value too, up to what a frame carries.
+    #[test]
+    fn a_backup_of_entries_whose_ldif_outgrows_the_default_record_limit_restores() {
+        use tether_protocol::{Change, Value};
+        let tmp = tempfile::tempdir().unwrap();
+        let suffix = Dn::parse("dc=example,dc=com").unwrap();
+        let dir = Directory::open(&tmp.path().join("p"), &suffix).unwrap();
+        let mut root = tether_protocol::Attributes::new();
+        root.add("objectClass", [Value::from("domain")]).unwrap();
+        root.add("dc", [Value::from("example")]).unwrap();
+        dir.write(&Change::Add { dn: suffix.clone(), attrs: root }).unwrap();
+        let mut photo = tether_protocol::Attributes::new();
+        photo.add("objectClass", [Value::from("person")]).unwrap();
+        photo.add("cn", [Value::from("big")]).unwrap();
+        let octets: Vec<u8> = (0..13 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        photo.add("jpegPhoto", [Value::from_bytes(octets)]).unwrap();
+        let big = Dn::parse("cn=big,dc=example,dc=com").unwrap();
+        dir.write(&Change::Add { dn: big, attrs: photo }).unwrap();
+        let mut group = tether_protocol::Attributes::new();
+        group.add("objectClass", [Value::from("groupOfNames")]).unwrap();
+        group.add("cn", [Value::from("all")]).unwrap();
+        group.add("member", (0..400_000).map(|i| Value::from(format!("uid={i}")))).unwrap();
+        let all = Dn::parse("cn=all,dc=example,dc=com").unwrap();
+        dir.write(&Change::Add { dn: all, attrs: group }).unwrap();
+
+        let mut text = Vec::new();
+        for e in dir.search(&tether_protocol::SearchSpec::subtree(suffix.clone())) {
+            tether_protocol::ldif::writer::write_search_result(&mut text, &e.unwrap(), true).unwrap();
+        }
+        let file = tmp.path().join("backup.ldif");
+        std::fs::write(&file, &text).unwrap();
+        let default: Vec<_> = tether_protocol::ldif::LdifReader::new(text.as_slice()).filter(Result::is_err).collect();
+        assert_eq!(default.len(), 2, "both records are over the default limit: {default:?}");
+
+        let restored = Directory::open(&tmp.path().join("r"), &suffix).unwrap();
+        let report = load_file(&restored, &file, Existing::Refuse).unwrap();
+        assert_eq!(report.entries, 3);
+        let mut again = Vec::new();
+        for e in restored.search(&tether_protocol::SearchSpec::subtree(suffix)) {
+            tether_protocol::ldif::writer::write_search_result(&mut again, &e.unwrap(), true).unwrap();
+        }
+        assert!(again == text, "the restored directory prints as the backup");
+
+        let input = Input::open(&file).unwrap();
+        let read = input.records(crate::input::RecordLimit::Write).unwrap().filter(Result::is_ok).count();
+        assert_eq!(read, 3, "write reads the records too, and checks them against max_frame");
     }
 
     /// A load that a storage failure cut short keeps the transactions that committed;
