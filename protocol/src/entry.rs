@@ -312,10 +312,32 @@ pub fn check_attribute_name(name: &str) -> Result<(), AttributeError> {
     Ok(())
 }
 
-/// The attributes of an entry, keyed by lower-cased name so iteration is in a fixed order.
+/// The key an attribute description is filed under: lower-cased, its options sorted.
+/// RFC 4512 §2.5 makes option order insignificant, so `sn;x-a;lang-en` and
+/// `sn;lang-en;x-a` name one attribute, and must not be filed as two. The attribute
+/// keeps the name it was first written with, as a directory server does.
+pub fn attribute_key(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    if lower.matches(';').count() < 2 {
+        return lower;
+    }
+    let mut parts: Vec<&str> = lower.split(';').collect();
+    parts[1..].sort_unstable();
+    parts.join(";")
+}
+
+/// Whether the stored attribute filed under `key` is the one `name` describes: under
+/// [`attribute_key`], or as it was filed before options were put in order (a store
+/// written earlier keeps `sn;x-b;x-a` so, and a change may name it `sn;x-a;x-b`).
+pub fn key_names(key: &str, name: &str) -> bool {
+    key.eq_ignore_ascii_case(name) || (name.matches(';').count() >= 2 && attribute_key(key) == attribute_key(name))
+}
+
+/// The attributes of an entry, keyed by lower-cased name (options sorted, see
+/// [`attribute_key`]) so iteration is in a fixed order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Attributes {
-    /// Lower-cased name -> attribute. Never holds an attribute with no values.
+    /// Key -> attribute. Never holds an attribute with no values.
     map: BTreeMap<String, Attribute>,
 }
 
@@ -382,8 +404,11 @@ fn check_decoded_attribute<V: AsRef<[u8]>>(
     name: &str,
     values: &[V],
 ) -> Result<(), AttributeError> {
-    let filed_right =
-        key.len() == name.len() && key.bytes().zip(name.bytes()).all(|(k, n)| k == n.to_ascii_lowercase());
+    // Filed under its lower-cased name, or (with options out of order) under its
+    // `attribute_key`; a store written before options were put in order holds the first.
+    let filed_right = (key.len() == name.len()
+        && key.bytes().zip(name.bytes()).all(|(k, n)| k == n.to_ascii_lowercase()))
+        || key == attribute_key(name);
     if !filed_right {
         return Err(AttributeError::MisfiledAttribute { name: name.to_owned(), key: key.to_owned() });
     }
@@ -426,9 +451,21 @@ impl Attributes {
         Self::default()
     }
 
-    /// Looks an attribute up by name, ignoring case.
+    /// The key `name` is filed under here: [`attribute_key`], unless this set holds the
+    /// attribute under the key it had before options were put in order (its lower-cased
+    /// name as written, read from a store written earlier), so that one is found,
+    /// changed and removed in whatever order a change names its options, not shadowed.
+    fn key(&self, name: &str) -> String {
+        let key = attribute_key(name);
+        if name.matches(';').count() < 2 || self.map.contains_key(&key) {
+            return key;
+        }
+        self.map.keys().find(|held| attribute_key(held) == key).cloned().unwrap_or(key)
+    }
+
+    /// Looks an attribute up by name, ignoring case and the order of options.
     pub fn get(&self, name: &str) -> Option<&Attribute> {
-        self.map.get(&name.to_ascii_lowercase())
+        self.map.get(&self.key(name))
     }
 
     /// The values of `name`, empty if absent.
@@ -448,10 +485,8 @@ impl Attributes {
     /// instead of in quadratic time.
     pub fn add(&mut self, name: &str, values: impl IntoIterator<Item = Value>) -> Result<(), AttributeError> {
         check_attribute_name(name)?;
-        let attr = self
-            .map
-            .entry(name.to_ascii_lowercase())
-            .or_insert_with(|| Attribute { name: name.to_owned(), values: Vec::new() });
+        let key = self.key(name);
+        let attr = self.map.entry(key).or_insert_with(|| Attribute { name: name.to_owned(), values: Vec::new() });
         let mut values = values.into_iter().peekable();
         // One value and none held cannot duplicate: skip normalizing it (most attributes
         // of most entries, on every decode).
@@ -478,7 +513,8 @@ impl Attributes {
             attr.values.push(value);
         }
         if attr.values.is_empty() {
-            self.map.remove(&name.to_ascii_lowercase());
+            let key = self.key(name);
+            self.map.remove(&key);
         }
         result
     }
@@ -495,7 +531,8 @@ impl Attributes {
     /// Replaces all values of `name`; an empty list removes the attribute.
     pub fn replace(&mut self, name: &str, values: Vec<Value>) -> Result<(), AttributeError> {
         check_attribute_name(name)?;
-        self.map.remove(&name.to_ascii_lowercase());
+        let key = self.key(name);
+        self.map.remove(&key);
         if values.is_empty() {
             return Ok(());
         }
@@ -504,7 +541,7 @@ impl Attributes {
 
     /// Deletes the listed values of `name`, or the whole attribute when `values` is empty.
     pub fn delete(&mut self, name: &str, values: &[Value]) -> Result<(), AttributeError> {
-        let key = name.to_ascii_lowercase();
+        let key = self.key(name);
         let Some(attr) = self.map.get_mut(&key) else {
             return Err(AttributeError::NoSuchAttribute(name.to_owned()));
         };
@@ -528,7 +565,8 @@ impl Attributes {
     /// two clients each reading it and writing it back plus one could both take the
     /// same number. Every value must be an integer; nothing changes if one is not.
     pub fn increment(&mut self, name: &str, by: &Value) -> Result<(), AttributeError> {
-        let Some(attr) = self.map.get_mut(&name.to_ascii_lowercase()) else {
+        let key = self.key(name);
+        let Some(attr) = self.map.get_mut(&key) else {
             return Err(AttributeError::NoSuchAttribute(name.to_owned()));
         };
         let not_an_integer = |value: &Value| AttributeError::not_an_integer(&attr.name, value.as_bytes());
@@ -575,8 +613,10 @@ impl Attributes {
     /// Keeps only the named attributes (an agreement's attribute list); `objectClass`
     /// is always kept so a partial entry is still a valid entry.
     pub fn retain_named(&mut self, names: &[String]) {
-        let wanted: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-        self.map.retain(|k, _| k == "objectclass" || wanted.iter().any(|w| w == k || k.split(';').next() == Some(w)));
+        let wanted: Vec<String> = names.iter().map(|n| attribute_key(n)).collect();
+        self.map.retain(|k, _| {
+            k == "objectclass" || wanted.iter().any(|w| key_names(k, w) || k.split(';').next() == Some(w))
+        });
     }
 }
 
@@ -667,6 +707,52 @@ mod tests {
         let refused = a.delete("userpassword", &["guess".into()]).unwrap_err().to_string();
         assert!(!refused.contains("guess"), "{refused}");
         assert_eq!(a.values("cn").len(), 1, "a refused add leaves the values as they were");
+    }
+
+    /// RFC 4512 §2.5: the order of options is not significant. One attribute, whichever
+    /// order a change names its options in; it keeps the name it was first written with.
+    #[test]
+    fn options_in_another_order_name_the_same_attribute() {
+        let mut a = Attributes::new();
+        a.add("description;X-B;x-a", ["one".into()]).unwrap();
+        assert!(matches!(a.add("description;x-a;x-b", ["ONE".into()]), Err(AttributeError::DuplicateValue { .. })));
+        a.add("Description;x-a;X-B", ["two".into()]).unwrap();
+        assert_eq!(a.len(), 1, "{a:?}");
+        let attr = a.get("DESCRIPTION;x-a;x-b").unwrap();
+        assert_eq!((attr.name.as_str(), attr.values.len()), ("description;X-B;x-a", 2));
+        a.delete("description;x-a;x-b", &["one".into()]).unwrap();
+        a.increment("description;x-b;x-a", &"1".into()).unwrap_err();
+        let mut kept = a.clone();
+        kept.retain_named(&["description;x-a;x-b".to_owned()]);
+        assert_eq!(kept, a, "an attribute list names it in either order");
+        // It encodes and decodes under its key, not its name.
+        let entry = Entry { dn: Dn::parse("cn=x").unwrap(), uuid: EntryUuid([1; 16]), csn: Csn(1), attrs: a.clone() };
+        let decoded: Entry = crate::codec::decode(&crate::codec::encode(&entry).unwrap()).unwrap();
+        assert_eq!(decoded.attrs, a);
+        a.replace("description;x-a;x-b", vec![]).unwrap();
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    /// A store written before options were put in order files an attribute under its
+    /// lower-cased name as written: it still decodes, and a change naming it in any
+    /// order finds it instead of adding a second attribute beside it.
+    #[test]
+    fn an_attribute_filed_before_options_were_ordered_is_found_in_any_order() {
+        use crate::entry::fixtures::RawEntry;
+        let raw = RawEntry {
+            dn: "cn=x".into(),
+            uuid: [1; 16],
+            csn: 1,
+            attrs: vec![("sn;x-b;x-a".into(), ("sn;x-b;x-a".into(), vec![b"one".to_vec()]))],
+        };
+        let mut entry: Entry = crate::codec::decode(&crate::codec::encode(&raw).unwrap()).unwrap();
+        for name in ["sn;x-b;x-a", "SN;x-a;x-b"] {
+            assert_eq!(entry.attrs.values(name).len(), 1, "{name}");
+        }
+        entry.attrs.add("sn;x-a;x-b", ["two".into()]).unwrap();
+        assert_eq!(entry.attrs.len(), 1, "{:?}", entry.attrs);
+        entry.attrs.delete("sn;X-A;x-b", &[]).unwrap();
+        assert!(entry.attrs.is_empty());
     }
 
     #[test]

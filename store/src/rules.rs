@@ -164,7 +164,7 @@ fn plan_modify(set: &EntrySet, dn: &Dn, mods: &[Modification], csn: Csn) -> Resu
     let rdn = dn.rdn();
     let read = |key: &str| {
         key == "objectclass"
-            || mods.iter().any(|m| m.attr.eq_ignore_ascii_case(key))
+            || mods.iter().any(|m| tether_protocol::entry::key_names(key, &m.attr))
             || rdn.is_some_and(|rdn| rdn.avas().iter().any(|ava| ava.attr().eq_ignore_ascii_case(key)))
     };
     let mut partial =
@@ -244,6 +244,11 @@ fn plan_moddn(
     }
     if dn == suffix {
         return Err(invalid(dn, "the suffix entry cannot be renamed").into());
+    }
+    // Below itself, its new parent would be the name it leaves: the entry would end up
+    // with no parent (RFC 4511 §4.9: the new superior is an existing entry, another one).
+    if let Some(superior) = new_superior.filter(|s| s.is_descendant_of(dn)) {
+        return Err(invalid(dn, format!("newsuperior {superior} is the entry itself or below it")).into());
     }
     let new_dn = Change::moddn_target(dn, new_rdn, new_superior);
     if new_dn != *dn {

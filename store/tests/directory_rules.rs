@@ -72,12 +72,40 @@ fn every_rule_refuses_and_changes_nothing() {
         Refusal::NotAllowedOnNonLeaf(_)
     ));
     assert!(matches!(refused(&d, moddn(ann, "uid=ann", Some("ou=missing,dc=example,dc=com"))), Refusal::NoParent(_)));
+    // Below itself: the entry would take its own name as its parent, and be left with
+    // none (spelled otherwise, too).
+    for superior in [ann, "UID=Ann , ou=people,dc=example,dc=com", "cn=x,uid=ann,ou=people,dc=example,dc=com"] {
+        let refusal = refused(&d, moddn(ann, "cn=child", Some(superior)));
+        assert!(
+            matches!(&refusal, Refusal::InvalidChange { reason, .. } if reason.contains("is the entry itself or below it")),
+            "{superior}: {refusal}"
+        );
+    }
     d.write(&add_person("uid=bob,ou=people,dc=example,dc=com")).unwrap();
     assert!(matches!(refused(&d, moddn(ann, "uid=bob", None)), Refusal::AlreadyExists(_)));
     assert!(matches!(
         refused(&d, moddn("uid=zed,ou=people,dc=example,dc=com", "uid=z", None)),
         Refusal::NoSuchObject(_)
     ));
+}
+
+/// RFC 4512 §2.5: options in another order name the same attribute, in every kind of
+/// modification, so a value cannot be added twice under two spellings.
+#[test]
+fn a_modification_names_an_attribute_s_options_in_any_order() {
+    let (_tmp, d) = open();
+    let ann = "uid=ann,ou=people,dc=example,dc=com";
+    d.write(&modify(ann, ModOp::Add, "description;x-b;x-a", &["one"])).unwrap();
+    assert!(matches!(
+        refused(&d, modify(ann, ModOp::Add, "description;X-A;x-b", &["ONE"])),
+        Refusal::InvalidChange { .. }
+    ));
+    d.write(&modify(ann, ModOp::Add, "description;x-a;x-b", &["two"])).unwrap();
+    d.write(&modify(ann, ModOp::Delete, "description;X-A;X-B", &["one"])).unwrap();
+    let entry = d.entries().get(&dn(ann)).unwrap().unwrap();
+    let described: Vec<_> = entry.attrs.iter().filter(|a| a.name.starts_with("description")).collect();
+    assert_eq!(described.len(), 1, "{described:?}");
+    assert_eq!((described[0].name.as_str(), described[0].values.len()), ("description;x-b;x-a", 1));
 }
 
 #[test]
