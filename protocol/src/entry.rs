@@ -314,8 +314,7 @@ pub fn check_attribute_name(name: &str) -> Result<(), AttributeError> {
 
 /// The key an attribute description is filed under: lower-cased, its options sorted.
 /// RFC 4512 §2.5 makes option order insignificant, so `sn;x-a;lang-en` and
-/// `sn;lang-en;x-a` name one attribute, and must not be filed as two. The attribute
-/// keeps the name it was first written with, as a directory server does.
+/// `sn;lang-en;x-a` name one attribute, and must not be filed as two.
 pub fn attribute_key(name: &str) -> String {
     let lower = name.to_ascii_lowercase();
     if lower.matches(';').count() < 2 {
@@ -324,6 +323,20 @@ pub fn attribute_key(name: &str) -> String {
     let mut parts: Vec<&str> = lower.split(';').collect();
     parts[1..].sort_unstable();
     parts.join(";")
+}
+
+/// `name` with its options in the order of its key, each spelled as first written: the
+/// name an attribute is stored and printed under. Its key stays its lower-cased name, as
+/// every decoder checks, an older one too (a consumer not yet upgraded refuses an entry
+/// with an attribute filed otherwise).
+fn in_key_order(name: &str) -> std::borrow::Cow<'_, str> {
+    let mut parts: Vec<&str> = name.split(';').collect();
+    let options = &mut parts[1..];
+    if options.windows(2).all(|w| w[0].to_ascii_lowercase() <= w[1].to_ascii_lowercase()) {
+        return name.into();
+    }
+    options.sort_by_key(|o| o.to_ascii_lowercase());
+    parts.join(";").into()
 }
 
 /// Whether the stored attribute filed under `key` is the one `name` describes: under
@@ -404,11 +417,8 @@ fn check_decoded_attribute<V: AsRef<[u8]>>(
     name: &str,
     values: &[V],
 ) -> Result<(), AttributeError> {
-    // Filed under its lower-cased name, or (with options out of order) under its
-    // `attribute_key`; a store written before options were put in order holds the first.
-    let filed_right = (key.len() == name.len()
-        && key.bytes().zip(name.bytes()).all(|(k, n)| k == n.to_ascii_lowercase()))
-        || key == attribute_key(name);
+    let filed_right =
+        key.len() == name.len() && key.bytes().zip(name.bytes()).all(|(k, n)| k == n.to_ascii_lowercase());
     if !filed_right {
         return Err(AttributeError::MisfiledAttribute { name: name.to_owned(), key: key.to_owned() });
     }
@@ -486,7 +496,10 @@ impl Attributes {
     pub fn add(&mut self, name: &str, values: impl IntoIterator<Item = Value>) -> Result<(), AttributeError> {
         check_attribute_name(name)?;
         let key = self.key(name);
-        let attr = self.map.entry(key).or_insert_with(|| Attribute { name: name.to_owned(), values: Vec::new() });
+        let attr = self
+            .map
+            .entry(key)
+            .or_insert_with(|| Attribute { name: in_key_order(name).into_owned(), values: Vec::new() });
         let mut values = values.into_iter().peekable();
         // One value and none held cannot duplicate: skip normalizing it (most attributes
         // of most entries, on every decode).
@@ -719,7 +732,7 @@ mod tests {
         a.add("Description;x-a;X-B", ["two".into()]).unwrap();
         assert_eq!(a.len(), 1, "{a:?}");
         let attr = a.get("DESCRIPTION;x-a;x-b").unwrap();
-        assert_eq!((attr.name.as_str(), attr.values.len()), ("description;X-B;x-a", 2));
+        assert_eq!((attr.name.as_str(), attr.values.len()), ("description;x-a;X-B", 2), "options in key order");
         a.delete("description;x-a;x-b", &["one".into()]).unwrap();
         a.increment("description;x-b;x-a", &"1".into()).unwrap_err();
         let mut kept = a.clone();
