@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tether_config::shell::{error_chain, reload_report, Signal, Signals};
 use tether_protocol::{Filter, SearchSpec, Secret};
-use tether_store::ReplicaStore;
+use tether_store::{RegionAdopted, ReplicaStore};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -120,11 +120,19 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
     let replica = store.replica(&a.name).with_context(|| format!("opening the replica of {:?}", a.name))?;
     // Whether it was kept for this region is checked here, where every start and every
     // reload of the agreement passes, whatever changed while the consumer was stopped.
-    if replica.adopt_region(&session.spec).with_context(|| format!("recording the region of {:?}", a.name))? {
-        info!(
+    match replica.adopt_region(&session.spec).with_context(|| format!("recording the region of {:?}", a.name))? {
+        RegionAdopted::Kept => {}
+        RegionAdopted::Reloads => info!(
             agreement = %a.name,
             "the replica was made for another region (base, scope, filter or attrs): it will be reloaded in full"
-        );
+        ),
+        RegionAdopted::Unrecorded => warn!(
+            agreement = %a.name,
+            "the replica was made by an older build, which kept no record of its region: it is taken to be the \
+             agreement's base, scope, filter and attrs as configured, and resumes from its cookie; if they changed \
+             in the same restart, reload it in full: take the agreement out of the file, `reload`, put it back, \
+             `reload`"
+        ),
     }
     let status = StatusHandle::new(&a.name, &a.provider.to_string(), &a.mode.to_string());
     if let Ok(Some(cookie)) = replica.cookie() {

@@ -55,7 +55,8 @@ pub use failure::FailureLatch;
 pub use feed::FedChange;
 pub use pins::Pin;
 pub use replica::{
-    ApplyStats, EntryForm, Incoming, IncomingOp, Replica, ReplicaState, ReplicaStore, Reshapes, Shadow, ShadowProgress,
+    ApplyStats, EntryForm, Incoming, IncomingOp, RegionAdopted, Replica, ReplicaState, ReplicaStore, Reshapes, Shadow,
+    ShadowProgress,
 };
 /// sled's error type, for callers that must build or match a storage error.
 pub use sled::Error as SledError;

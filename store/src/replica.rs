@@ -499,6 +499,19 @@ pub struct Replica {
     reshapes: ReshapeCount,
 }
 
+/// What [`Replica::adopt_region`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionAdopted {
+    /// The region on record, or a replica without a cookie to drop.
+    Kept,
+    /// Another region was on record: the cookie is dropped, and the next session
+    /// reloads the replica in full.
+    Reloads,
+    /// No region on record beside a cookie (a replica made before regions were
+    /// recorded): the region is taken as given, and the replica resumes from its cookie.
+    Unrecorded,
+}
+
 impl Replica {
     /// The agreement name.
     pub fn name(&self) -> &str {
@@ -692,28 +705,36 @@ impl Replica {
         self.store.flush()
     }
 
-    /// Makes `spec` the region this replica is kept for, and says whether that dropped
-    /// its cookie. A replica kept for another region (the agreement's base, scope,
-    /// filter or attribute list changed, even while the consumer was stopped) cannot
-    /// resume by delta: a delta brings only changes, so the new region's entries that did
-    /// not change would never arrive, nor would the old region's leave. Its cookie is
-    /// dropped, durably, before the new region is recorded, so the next session reloads
-    /// it in full whatever a crash interrupts. A replica with a cookie and no region on
-    /// record (from before regions were recorded) is treated the same way: nothing says
-    /// what it holds.
-    pub fn adopt_region(&self, spec: &SearchSpec) -> Result<bool> {
+    /// Makes `spec` the region this replica is kept for, and says what that did. A
+    /// replica kept for another region (the agreement's base, scope, filter or attribute
+    /// list changed, even while the consumer was stopped) cannot resume by delta: a delta
+    /// brings only changes, so the new region's entries that did not change would never
+    /// arrive, nor would the old region's leave. Its cookie is dropped, durably, before
+    /// the new region is recorded, so the next session reloads it in full whatever a
+    /// crash interrupts.
+    ///
+    /// A replica with a cookie and no region on record was made by a build from before
+    /// regions were recorded: nothing says what it holds, but a consumer upgraded in
+    /// place, its configuration unchanged, is the case that makes one, and reloading
+    /// every replica of every consumer in full at an upgrade is what operations.md
+    /// promises does not happen. So `spec` is taken as its region and its cookie kept;
+    /// the caller says so in the log, and operations.md asks that no region be changed
+    /// in the restart that upgrades.
+    pub fn adopt_region(&self, spec: &SearchSpec) -> Result<RegionAdopted> {
         let key = self.name.as_bytes();
         let recorded: Option<SearchSpec> = self.store.regions.get(key)?.map(|v| decode(REGIONS, &v)).transpose()?;
-        if recorded.as_ref() == Some(spec) {
-            return Ok(false);
-        }
-        let dropped = self.cookie()?.is_some();
-        if dropped {
-            self.forget_cookie()?;
-        }
+        let adopted = match &recorded {
+            Some(held) if held == spec => return Ok(RegionAdopted::Kept),
+            Some(_) if self.cookie()?.is_some() => {
+                self.forget_cookie()?;
+                RegionAdopted::Reloads
+            }
+            None if self.cookie()?.is_some() => RegionAdopted::Unrecorded,
+            _ => RegionAdopted::Kept,
+        };
         self.store.regions.insert(key, encode(REGIONS, spec)?)?;
         self.store.flush()?;
-        Ok(dropped)
+        Ok(adopted)
     }
 
     /// Whether an operator stopped this agreement (persisted across restarts).

@@ -12,7 +12,7 @@ use tether_protocol::encoded::{EncodedMessage, Received};
 use tether_protocol::{
     Cookie, Csn, Dn, Entry, Filter, HistoryId, ModOp, RefreshKind, ReplOp, ResumePoint, Scope, SearchSpec,
 };
-use tether_store::{Directory, ReplicaStore, RetentionPolicy, StoreError};
+use tether_store::{Directory, RegionAdopted, ReplicaStore, RetentionPolicy, StoreError};
 
 struct Pair {
     _tmp: (tempfile::TempDir, tempfile::TempDir),
@@ -390,20 +390,21 @@ fn a_replica_made_for_another_region_loses_its_cookie_when_the_region_changes() 
     let p = people_pair();
     let (people, filtered) = (people_spec(), filtered_spec());
     let r = p.replicas.replica("d").unwrap();
-    assert!(!r.adopt_region(&people).unwrap(), "a new replica has no cookie to drop");
+    assert_eq!(r.adopt_region(&people).unwrap(), RegionAdopted::Kept, "a new replica has no cookie to drop");
     let cookie = full_refresh(&p, "d", &people);
-    assert!(!r.adopt_region(&people).unwrap(), "the same region");
+    assert_eq!(r.adopt_region(&people).unwrap(), RegionAdopted::Kept, "the same region");
     assert_eq!(r.cookie().unwrap(), Some(cookie));
 
-    assert!(r.adopt_region(&filtered).unwrap(), "another filter");
+    assert_eq!(r.adopt_region(&filtered).unwrap(), RegionAdopted::Reloads, "another filter");
     assert_eq!(r.cookie().unwrap(), None);
     assert!(!r.is_empty().unwrap(), "the entries stay readable until the full refresh replaces them");
     full_refresh(&p, "d", &filtered);
     let attrs = SearchSpec { attrs: vec!["cn".into()], ..filtered.clone() };
-    assert!(r.adopt_region(&attrs).unwrap(), "another attribute list");
+    assert_eq!(r.adopt_region(&attrs).unwrap(), RegionAdopted::Reloads, "another attribute list");
 
-    // Durable across a reopen; a replica with a cookie and no region on record (from
-    // before regions were recorded) cannot be trusted either.
+    // Durable across a reopen. A replica with a cookie and no region on record was made
+    // before regions were recorded: a consumer upgraded in place, which must resume, not
+    // reload every replica in full. It takes the region it is given.
     let cookie2 = full_refresh(&p, "d", &attrs);
     let legacy = p.replicas.replica("legacy").unwrap();
     legacy.advance(cookie2).unwrap();
@@ -412,14 +413,22 @@ fn a_replica_made_for_another_region_loses_its_cookie_when_the_region_changes() 
     drop((r, legacy, replicas));
     let replicas = reopen_replicas(_tmp.1.path());
     let r = replicas.replica("d").unwrap();
-    assert!(!r.adopt_region(&attrs).unwrap(), "the region is on record");
-    assert!(replicas.replica("legacy").unwrap().adopt_region(&people).unwrap());
+    assert_eq!(r.adopt_region(&attrs).unwrap(), RegionAdopted::Kept, "the region is on record");
+    let legacy = replicas.replica("legacy").unwrap();
+    assert_eq!(legacy.adopt_region(&people).unwrap(), RegionAdopted::Unrecorded);
+    assert_eq!(legacy.cookie().unwrap(), Some(cookie2), "it resumes from its cookie");
+    assert_eq!(legacy.adopt_region(&people).unwrap(), RegionAdopted::Kept, "its region is now on record");
+    assert_eq!(legacy.adopt_region(&attrs).unwrap(), RegionAdopted::Reloads, "and a change of it reloads it");
 
     // Removing a replica forgets its region with it.
     replicas.remove("d").unwrap();
     let r = replicas.replica("d").unwrap();
     r.advance(cookie2).unwrap();
-    assert!(r.adopt_region(&attrs).unwrap(), "a new replica of the same name starts with no region");
+    assert_eq!(
+        r.adopt_region(&attrs).unwrap(),
+        RegionAdopted::Unrecorded,
+        "a new replica of the same name starts with no region"
+    );
     drop(dir);
 }
 
