@@ -688,17 +688,31 @@ impl Entry {
 
 /// Whether `attr` names a password attribute, whose values messages do not show.
 pub fn is_password(attr: &str) -> bool {
-    attr.to_ascii_lowercase().contains("password")
+    let name = attr.to_ascii_lowercase();
+    ["password", "pwd", "secret", "krbprincipalkey"].iter().any(|word| name.contains(word))
 }
 
-/// A value as an error message may show it: as text, except a password attribute's
-/// (`userPassword`, `authPassword`, any name holding "password"), whose value, hashed or
-/// not, must not reach a log or a terminal: only its length is said.
+/// A value as an error message may show it. A password attribute's (any name holding
+/// "password", "pwd" or "secret": `userPassword`, `unicodePwd`, ...), hashed or not,
+/// must not reach a log or a terminal: only its length is said. Binary octets (a photo,
+/// a certificate) would print as mangled text: their length is said too. Text is cut to
+/// 64 characters: a refusal naming a value of megabytes filled the terminal, the log
+/// line, and the reply, which no longer fitted a frame, so the writer read the refusal
+/// as a closed connection with its outcome unknown.
 pub fn shown_value(attr: &str, value: &[u8]) -> String {
     if is_password(attr) {
-        format!("({} bytes, not shown)", value.len())
-    } else {
-        String::from_utf8_lossy(value).into_owned()
+        return format!("({} bytes, not shown)", value.len());
+    }
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.chars().any(|c| c.is_control() && c != '\t') => {
+            let short = crate::ldif::shorten(text);
+            if short.len() < text.len() {
+                format!("{short} ({} bytes)", value.len())
+            } else {
+                short
+            }
+        }
+        _ => format!("({} bytes, not text)", value.len()),
     }
 }
 
@@ -720,6 +734,25 @@ mod tests {
         let refused = a.delete("userpassword", &["guess".into()]).unwrap_err().to_string();
         assert!(!refused.contains("guess"), "{refused}");
         assert_eq!(a.values("cn").len(), 1, "a refused add leaves the values as they were");
+    }
+
+    /// A refusal naming a value stays a line: long text is cut, binary octets and
+    /// secrets are only measured (a 9 MiB value made a reply too large for a frame).
+    #[test]
+    fn a_refusal_shows_a_value_short_and_never_a_secret_or_binary() {
+        let mut a = Attributes::new();
+        let text = "x".repeat(5 * 1024 * 1024);
+        let photo: Vec<u8> = (0..=255u8).cycle().take(3 * 1024 * 1024).collect();
+        a.add("description", [Value::from(text.as_str())]).unwrap();
+        a.add("jpegPhoto", [Value::from_bytes(photo.clone())]).unwrap();
+        a.add("unicodePwd", [Value::from("secretplain1")]).unwrap();
+        let refused = a.add("description", [Value::from(text.as_str())]).unwrap_err().to_string();
+        assert!(refused.len() < 200 && refused.ends_with(&format!("x… ({} bytes)\"", text.len())), "{refused}");
+        let refused = a.add("jpegPhoto", [Value::from_bytes(photo)]).unwrap_err().to_string();
+        assert!(refused.ends_with("\"(3145728 bytes, not text)\""), "{refused}");
+        let refused = a.delete("unicodePwd", &["secretplain2".into()]).unwrap_err().to_string();
+        assert!(!refused.contains("secretplain") && refused.contains("not shown"), "{refused}");
+        assert_eq!(shown_value("cn", b"Ann\tLee"), "Ann\tLee");
     }
 
     /// RFC 4512 §2.5: the order of options is not significant. One attribute, whichever

@@ -30,6 +30,7 @@ pub mod error;
 pub mod reader;
 pub mod writer;
 
+pub(crate) use error::shorten;
 pub use error::{LdifError, LdifErrorKind};
 pub use reader::{parse_str, LdifReader};
 pub use writer::{is_safe_string, write_change, write_changes, write_entries, write_entry, write_record, FOLD_COLUMNS};
