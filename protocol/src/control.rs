@@ -226,6 +226,12 @@ pub enum ControlError {
     /// The client sent no request in time.
     #[error("no request within {0:?}")]
     NoRequest(Duration),
+    /// The process took the request and said nothing more for this long.
+    #[error(
+        "the process took the request and did not answer within {0:?}: it is stopped (SIGSTOP, a debugger), hung \
+         or overloaded"
+    )]
+    NoAnswer(Duration),
     /// The process reported a failure.
     #[error("{0}")]
     Remote(String),
@@ -288,6 +294,13 @@ pub async fn call_at(
         Err(ControlError::Unanswered) => true,
         _ => false,
     };
+    // Such a build cannot refuse a request meant for the other kind of process either:
+    // its status says which kind it is.
+    if older {
+        if let Some(is) = older_kind(path).await.filter(|is| *is != to) {
+            return Err(ControlError::WrongProcess { path: path.display().to_string(), is, wanted: to });
+        }
+    }
     let answered = match older {
         true => match UnixStream::connect(path).await {
             Ok(stream) => call(stream, request, |text| out.write_all(text.as_bytes())).await,
@@ -304,6 +317,28 @@ pub async fn call_at(
     })?;
     out.flush().map_err(ControlError::Output)?;
     Ok(true)
+}
+
+/// Which kind of process of a build older than addressing answers at `path`, read from
+/// its JSON status: only a consumer's has `"agreements":` and only a provider's
+/// `"store_id":` (a key, unescaped, so no value can spell it). `None` if it cannot tell.
+async fn older_kind(path: &Path) -> Option<Process> {
+    let stream = UnixStream::connect(path).await.ok()?;
+    let mut status = String::new();
+    let request = ControlRequest::Status { json: true };
+    call(stream, &request, |text| {
+        status.push_str(text);
+        Ok(())
+    })
+    .await
+    .ok()?;
+    if status.contains("\"agreements\":") {
+        Some(Process::Consumer)
+    } else if status.contains("\"store_id\":") {
+        Some(Process::Provider)
+    } else {
+        None
+    }
 }
 
 /// Pause after a failed `accept` (out of file descriptors and the like).
@@ -444,18 +479,42 @@ where
     cut
 }
 
+/// How long a client waits for each part of a reply: a process that accepted the
+/// connection (the kernel does that for a stopped one too) but says nothing this long is
+/// reported, not waited for, so a monitoring check run by cron fails instead of piling
+/// up. Every reply comes in well under it: a status at once, a search a page at a time,
+/// a reload once the file is read. A `wait` gets its own timeout on top.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// How long [`call`] waits for each part of the reply to `request`.
+fn answer_wait(request: &ControlRequest) -> Duration {
+    match request {
+        ControlRequest::For { request, .. } => answer_wait(request),
+        ControlRequest::WaitCsn { timeout_ms, .. } | ControlRequest::WaitVisible { timeout_ms, .. } => {
+            ANSWER_WAIT + Duration::from_millis(*timeout_ms)
+        }
+        _ => ANSWER_WAIT,
+    }
+}
+
 /// Sends `request` and passes each output chunk to `on_output` until the reply ends, or
 /// until `on_output` fails ([`ControlError::Output`]: the connection is dropped then).
+/// A process silent for longer than [`ANSWER_WAIT`] (and a `wait`'s own timeout) ends
+/// it with [`ControlError::NoAnswer`].
 pub async fn call<S, F>(stream: S, request: &ControlRequest, mut on_output: F) -> Result<(), ControlError>
 where
     S: AsyncRead + AsyncWrite,
     F: FnMut(&str) -> std::io::Result<()>,
 {
+    let limit = answer_wait(request);
     let (mut reader, mut writer) = crate::frame::split(stream);
-    writer.write_frame(&codec::encode(request)?).await?;
+    tokio::time::timeout(limit, writer.write_frame(&codec::encode(request)?))
+        .await
+        .map_err(|_| ControlError::NoAnswer(limit))??;
     let mut answered = false;
     loop {
-        let Some(frame) = reader.read_frame().await? else {
+        let read = tokio::time::timeout(limit, reader.read_frame()).await;
+        let Some(frame) = read.map_err(|_| ControlError::NoAnswer(limit))?? else {
             return Err(if answered { ControlError::Truncated } else { ControlError::Unanswered });
         };
         answered = true;
@@ -728,27 +787,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
         let (listener, _file) = bind(&path).await.unwrap();
-        let server = tokio::spawn(async move {
-            let mut got = Vec::new();
-            for i in 0..4 {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (mut reader, mut writer) = crate::frame::split(stream);
-                let request: ControlRequest = codec::decode(&reader.read_frame().await.unwrap().unwrap()).unwrap();
-                if matches!(request, ControlRequest::For { .. }) {
-                    // What an older build's `read_request` says of a variant it lacks;
-                    // the builds before that message closed without a word.
-                    if i == 0 {
-                        let e =
-                            format!("{CANNOT_READ} (invalid input: invalid value: integer `9`): it probably runs ...");
-                        respond(&mut writer, &ControlResponse::Error(e)).await.unwrap();
-                    }
-                } else {
-                    respond_done(&mut writer, "status\n").await.unwrap();
-                }
-                got.push(request);
-            }
-            got
-        });
+        let server = tokio::spawn(older_process(listener, "{\"agreements\":[]}", 6));
         for _ in 0..2 {
             let mut out = Vec::new();
             assert!(call_at(&path, Process::Consumer, &ControlRequest::Status { json: false }, &mut out)
@@ -757,9 +796,80 @@ mod tests {
             assert_eq!(out, b"status\n");
         }
         let got = server.await.unwrap();
-        for pair in got.chunks(2) {
-            assert!(matches!(&pair[0], ControlRequest::For { to: Process::Consumer, .. }), "{got:?}");
-            assert_eq!(pair[1], ControlRequest::Status { json: false });
+        for asked in got.chunks(3) {
+            assert!(matches!(&asked[0], ControlRequest::For { to: Process::Consumer, .. }), "{got:?}");
+            assert_eq!(asked[1], ControlRequest::Status { json: true }, "which kind it is");
+            assert_eq!(asked[2], ControlRequest::Status { json: false });
+        }
+    }
+
+    /// A process of a build older than addressing, answering `connections` requests: an
+    /// addressed one as such a build does (an error the first time, a close without a
+    /// word after, as the builds before that message did), a JSON status with `json`,
+    /// anything else with "status". Returns the requests.
+    async fn older_process(listener: UnixListener, json: &'static str, connections: usize) -> Vec<ControlRequest> {
+        let mut got = Vec::new();
+        for i in 0..connections {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut reader, mut writer) = crate::frame::split(stream);
+            let request: ControlRequest = codec::decode(&reader.read_frame().await.unwrap().unwrap()).unwrap();
+            match request {
+                ControlRequest::For { .. } if i == 0 => {
+                    let e = format!("{CANNOT_READ} (invalid input: invalid value: integer `9`): it probably runs ...");
+                    respond(&mut writer, &ControlResponse::Error(e)).await.unwrap();
+                }
+                ControlRequest::For { .. } => {}
+                ControlRequest::Status { json: true } => respond_done(&mut writer, json).await.unwrap(),
+                _ => respond_done(&mut writer, "status\n").await.unwrap(),
+            }
+            got.push(request);
+        }
+        got
+    }
+
+    /// Such a process cannot refuse a request meant for the other kind either: its
+    /// status tells the client, which then sends nothing more.
+    #[tokio::test]
+    async fn a_process_older_than_addressing_of_the_other_kind_is_not_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path).await.unwrap();
+        let provider = "{\"running\":true,\"store_id\":\"x\",\"sessions\":[]}";
+        let server = tokio::spawn(older_process(listener, provider, 2));
+        let stop = ControlRequest::Stop { name: "people".into() };
+        let refused = call_at(&path, Process::Consumer, &stop, &mut Vec::new()).await.unwrap_err();
+        assert!(
+            matches!(&refused, ControlError::WrongProcess { is: Process::Provider, wanted: Process::Consumer, .. }),
+            "{refused}"
+        );
+        let got = server.await.unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[1], ControlRequest::Status { json: true });
+    }
+
+    /// A process that took the request and says nothing (stopped with SIGSTOP, hung) is
+    /// reported after `ANSWER_WAIT`, and a `wait` gets its own timeout on top.
+    #[tokio::test(start_paused = true)]
+    async fn a_process_that_does_not_answer_is_reported_not_waited_for() {
+        for (request, limit) in [
+            (ControlRequest::Status { json: true }, ANSWER_WAIT),
+            (
+                ControlRequest::WaitCsn { name: "people".into(), csn: crate::Csn(5), timeout_ms: 60_000 },
+                ANSWER_WAIT + Duration::from_secs(60),
+            ),
+        ] {
+            let (client, server) = tokio::io::duplex(1 << 10);
+            let silent = tokio::spawn(async move {
+                let (mut reader, writer) = crate::frame::split(server);
+                reader.read_frame().await.unwrap();
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(writer);
+            });
+            let started = tokio::time::Instant::now();
+            let refused = call(client, &request, |_| Ok(())).await.unwrap_err();
+            assert!(matches!(refused, ControlError::NoAnswer(l) if l == limit), "{refused}");
+            assert_eq!(started.elapsed(), limit);
+            silent.abort();
         }
     }
 
@@ -800,6 +910,8 @@ mod tests {
             got,
             [
                 ControlRequest::For { to: Process::Consumer, request: Box::new(with_file.clone()) },
+                // Which kind it is (this one cannot tell).
+                ControlRequest::Status { json: true },
                 with_file,
                 ControlRequest::For { to: Process::Consumer, request: Box::new(ControlRequest::Reload) },
             ]
