@@ -100,6 +100,33 @@ fn check_new_name(set: &EntrySet, suffix: &Dn, dn: &Dn, parent_known: bool) -> R
     Ok(())
 }
 
+/// A new name's RDN values must be text. RFC 4514 writes `cn=#0C03414243` for the BER
+/// encoding of a value, which only a schema can read back into `ABC`; Tether has none,
+/// and took the octets as the value, so `cn=#414243` held `cn: ABC` beside a sibling
+/// `cn=ABC` whose value matched it, under another name. Names already stored keep
+/// working; only new ones are refused, naming the text form.
+fn check_rdn_is_text(dn: &Dn) -> Result<()> {
+    let Some(ava) = dn.rdn().and_then(|rdn| rdn.avas().iter().find(|a| a.value_str().is_none())) else {
+        return Ok(());
+    };
+    let text = std::str::from_utf8(ava.value_bytes())
+        .ok()
+        .filter(|t| !t.chars().any(char::is_control))
+        .and_then(|t| tether_protocol::dn::Ava::new(ava.attr(), t).ok())
+        .and_then(|text| tether_protocol::Rdn::new(vec![text]).ok())
+        .map(|rdn| format!(" (if its octets are the value, write {rdn})"))
+        .unwrap_or_default();
+    Err(invalid(
+        dn,
+        format!(
+            "RDN value {}=#... is in hex (RFC 4514's BER form), which Tether, without a schema, cannot read as \
+             the value it encodes: name entries with text values{text}",
+            ava.attr()
+        ),
+    )
+    .into())
+}
+
 /// Rules every stored entry satisfies: an objectClass, and its RDN values present.
 fn check_entry(entry: &Entry) -> Result<()> {
     if entry.attrs.values("objectClass").is_empty() {
@@ -147,6 +174,7 @@ pub(crate) fn new_entry(dn: &Dn, attrs: &Attributes, uuid: EntryUuid, csn: Csn) 
     if let Some(attr) = attrs.iter().find(|a| is_operational(&a.name)) {
         return Err(server_maintained(dn, &attr.name).into());
     }
+    check_rdn_is_text(dn)?;
     let mut entry = Entry { dn: dn.clone(), uuid, csn, attrs: attrs.clone() };
     entry.ensure_rdn_values().map_err(|e| invalid(dn, e.to_string()))?;
     check_entry(&entry)?;
@@ -251,6 +279,7 @@ fn plan_moddn(
         return Err(invalid(dn, format!("newsuperior {superior} is the entry itself or below it")).into());
     }
     let new_dn = Change::moddn_target(dn, new_rdn, new_superior);
+    check_rdn_is_text(&new_dn)?;
     if new_dn != *dn {
         check_new_name(set, suffix, &new_dn, false)?;
     }

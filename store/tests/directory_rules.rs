@@ -81,6 +81,16 @@ fn every_rule_refuses_and_changes_nothing() {
             "{superior}: {refusal}"
         );
     }
+    // A name's RDN value in hex (RFC 4514's BER form), which only a schema could read
+    // as the value it encodes: refused for new names, by add and by rename.
+    for change in [add_person("uid=#414E4E32,ou=people,dc=example,dc=com"), moddn(ann, "uid=#414E4E32", None)] {
+        let refusal = refused(&d, change);
+        assert!(
+            matches!(&refusal, Refusal::InvalidChange { reason, .. }
+                if reason.contains("is in hex") && reason.contains("write uid=ANN2")),
+            "{refusal}"
+        );
+    }
     d.write(&add_person("uid=bob,ou=people,dc=example,dc=com")).unwrap();
     assert!(matches!(refused(&d, moddn(ann, "uid=bob", None)), Refusal::AlreadyExists(_)));
     assert!(matches!(
