@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
-use tether_protocol::entry::check_attribute_name;
+use tether_protocol::entry::parse_attribute_name;
 pub use tether_protocol::Mode;
 use tether_protocol::{Dn, Scope};
 
@@ -270,7 +270,7 @@ impl ConsumerConfig {
                 ));
             }
             for (j, attr) in agreement.attrs.iter().enumerate() {
-                check_attribute_name(attr)
+                parse_attribute_name(attr)
                     .map_err(|e| ConfigError::invalid(file, key(&format!("attrs[{j}]")), e.to_string()))?;
             }
             agreement.keepalive.check(file, &key("keepalive"))?;
@@ -520,6 +520,12 @@ secret_file = "people.key"
             (
                 with("attrs = [\"cn\", \"no such\"]"),
                 "key 'agreement[0].attrs[1]': invalid attribute name \"no such\"".into(),
+            ),
+            (
+                with("attrs = [\"*\"]"),
+                "key 'agreement[0].attrs[0]': \"*\" is LDAP's selection of all user attributes in a search, not an \
+                 attribute name: leave the list out to keep every attribute (Tether keeps no operational ones)"
+                    .into(),
             ),
             (
                 with("[agreement.keepalive]\ninterval = \"20s\""),

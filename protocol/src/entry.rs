@@ -185,6 +185,19 @@ pub enum AttributeError {
     /// An attribute name that is not a descriptor or OID, optionally with `;options`.
     #[error("invalid attribute name {0:?}")]
     InvalidName(String),
+    /// An LDAP attribute-selection keyword (`*`, `+`) in a list of attributes: LDAP
+    /// tools take them, so they are named for what they are, not "invalid". (`1.1`,
+    /// "no attributes", is a valid OID, and naming no attribute Tether holds, keeps
+    /// objectClass alone, which comes closest.)
+    #[error(
+        "{keyword:?} is LDAP's selection of {selects} in a search, not an attribute name: leave the list out to keep \
+         every attribute (Tether keeps no operational ones)",
+        selects = if keyword == "+" { "operational attributes" } else { "all user attributes" }
+    )]
+    SelectionKeyword {
+        /// `*` or `+`.
+        keyword: String,
+    },
     /// The same value given twice for one attribute. Values of a password attribute are
     /// not shown ([`shown_value`]).
     #[error("attribute {attr:?} already has value {value:?}")]
@@ -281,9 +294,13 @@ impl AttributeError {
     }
 }
 
-/// [`check_attribute_name`] as a parser: the name itself if it is one (how the
-/// commands' `--attrs` lists are read).
+/// [`check_attribute_name`] as a parser of an attribute list's item (the commands'
+/// `--attrs`, an agreement's `attrs`): the name itself if it is one. LDAP's selection
+/// keywords are refused naming what they select.
 pub fn parse_attribute_name(name: &str) -> Result<String, AttributeError> {
+    if matches!(name, "*" | "+") {
+        return Err(AttributeError::SelectionKeyword { keyword: name.to_owned() });
+    }
     check_attribute_name(name).map(|()| name.to_owned())
 }
 
@@ -753,6 +770,16 @@ mod tests {
         let refused = a.delete("unicodePwd", &["secretplain2".into()]).unwrap_err().to_string();
         assert!(!refused.contains("secretplain") && refused.contains("not shown"), "{refused}");
         assert_eq!(shown_value("cn", b"Ann\tLee"), "Ann\tLee");
+    }
+
+    #[test]
+    fn an_attribute_list_names_ldap_s_selection_keywords_for_what_they_are() {
+        for (keyword, says) in [("*", "all user attributes"), ("+", "operational")] {
+            let refused = parse_attribute_name(keyword).unwrap_err().to_string();
+            assert!(refused.contains(says), "{refused}");
+        }
+        assert_eq!(parse_attribute_name("cn;lang-en").unwrap(), "cn;lang-en");
+        assert_eq!(parse_attribute_name("1.1").unwrap(), "1.1", "keeps objectClass alone, LDAP's nearest");
     }
 
     /// RFC 4512 §2.5: the order of options is not significant. One attribute, whichever
