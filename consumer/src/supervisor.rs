@@ -71,7 +71,10 @@ impl Supervisor {
             for output in pending.drain(..) {
                 match output {
                     Output::StartSession => {
-                        if started_once {
+                        // A poll after a completed one is the mode working, not a
+                        // reconnect: counted, a healthy poller's `reconnects` grew with
+                        // every poll and told a monitor nothing.
+                        if started_once && !routine {
                             status.update(|s| s.reconnects += 1);
                         }
                         started_once = true;

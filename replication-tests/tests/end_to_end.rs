@@ -106,6 +106,7 @@ fn refresh_only_consumer_converges_by_polling() -> Result<()> {
     let idle = c.wait_status("people", CONVERGE, "an idle agreement", |s| s["state"] == "idle")?;
     assert!(idle["next_attempt_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{idle}");
     assert!(status["disconnects"].as_object().is_none_or(|d| d.is_empty()), "polls are not disconnects: {status}");
+    assert_eq!(status["reconnects"], 0, "nor reconnects: {status}");
     // A poll that brings nothing logs nothing at INFO on either side; one that changes
     // the replica leaves one line on each. (Not checked when a log level was chosen.)
     if std::env::var_os("TETHER_CHILD_LOG").is_none() {
