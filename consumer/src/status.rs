@@ -268,6 +268,18 @@ impl ConsumerStatus {
                 a.last_disconnect.map_or("-", Reason::as_str),
                 a.cookie.as_deref().unwrap_or("-"),
             ));
+            // The counters a monitor reads, on one line: how stale, how busy, how often
+            // the link broke, and why.
+            let mut counters = format!(
+                "  lag {}s ({} changes), applied {}, skipped {}, duplicates {}, reconnects {}",
+                a.lag_seconds, a.lag_changes, a.applied, a.skipped, a.duplicates, a.reconnects
+            );
+            if !a.disconnects.is_empty() {
+                let by: Vec<String> = a.disconnects.iter().map(|(r, n)| format!("{}={n}", r.as_str())).collect();
+                counters += &format!(", disconnects {}", by.join(" "));
+            }
+            out.push_str(&counters);
+            out.push('\n');
             if let Some(at) = &a.next_attempt_at {
                 let next = if a.state == State::Idle { "poll" } else { "attempt" };
                 out.push_str(&format!("  next {next} at {at}\n"));
@@ -340,8 +352,11 @@ mod tests {
         let long = StatusHandle::new("groups", "ldap-provider-1.eu-west.example.com:7389", "refresh-only").snapshot();
         let status = ConsumerStatus { running: true, store_error: None, agreements: vec![short, long] };
         let text = status.to_text();
-        let mode_at: Vec<usize> =
-            text.lines().map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column")).collect();
+        let mode_at: Vec<usize> = text
+            .lines()
+            .filter(|l| !l.starts_with("  "))
+            .map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column"))
+            .collect();
         assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
     }
 
@@ -353,6 +368,15 @@ mod tests {
         assert!(humantime::parse_rfc3339(&at).is_ok(), "{at}");
         let text = ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
         assert!(text.contains(&format!("  last error at {at}: connection-lost: connect")), "{text}");
+        h.update(|s| {
+            s.applied = 7;
+            *s.disconnects.entry(Reason::ConnectionLost).or_default() += 2;
+        });
+        let text = ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
+        assert!(
+            text.contains(", applied 7, skipped 0, duplicates 0, reconnects 0, disconnects connection-lost=2\n"),
+            "{text}"
+        );
     }
 
     #[test]

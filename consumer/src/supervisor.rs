@@ -174,7 +174,14 @@ impl Supervisor {
         if ended.refresh_complete {
             return;
         }
-        info!(session = ended.session, reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");
+        // A refusal (wrong secret, an agreement the provider does not know) or an
+        // exception needs the operator: a warning, so a log filtered to warnings shows
+        // it. The rest retries on its own, and is the network's or an operator's doing.
+        if matches!(ended.reason, Reason::Rejected | Reason::Exception) {
+            warn!(session = ended.session, reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");
+        } else {
+            info!(session = ended.session, reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");
+        }
         status.update(|s| {
             s.last_disconnect = Some(ended.reason);
             *s.disconnects.entry(ended.reason).or_default() += 1;
