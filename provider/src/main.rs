@@ -204,25 +204,31 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Err(e) => return Err(e),
             };
-            let mut said = format!("loaded {} entries", report.entries);
+            let n = |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
+            let mut said = format!("loaded {}", n(report.entries, "entry", "entries"));
             if report.skipped > 0 {
-                said += &format!(", skipped {} already in the store", report.skipped);
+                said += &format!(", skipped {} already in the store", n(report.skipped, "entry", "entries"));
             }
             if report.reordered > 0 {
                 said += &format!(
-                    " ({} waited for their parent, listed later in the file or waiting itself, and were written after \
-                     it)",
-                    report.reordered
+                    " ({} waited for {} parent, listed later in the file or waiting itself, and {} written after it)",
+                    report.reordered,
+                    if report.reordered == 1 { "its" } else { "their" },
+                    if report.reordered == 1 { "was" } else { "were" }
                 );
             }
             if report.kept_uuids > 0 {
-                said += &format!("; {} kept the entryUUID the file gave them", report.kept_uuids);
+                said += &format!(
+                    "; {} kept the entryUUID the file gave {}",
+                    report.kept_uuids,
+                    if report.kept_uuids == 1 { "it" } else { "them" }
+                );
             }
             if report.dropped > 0 {
                 said += &format!(
-                    "; left out {} values of attributes their server maintained (entryCSN, timestamps, creators: \
-                     Tether keeps none of them)",
-                    report.dropped
+                    "; left out {} of attributes their server maintained (entryCSN, timestamps, creators: Tether \
+                     keeps none of them)",
+                    n(report.dropped, "value", "values")
                 );
             }
             eprintln!("{said}");
