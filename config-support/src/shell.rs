@@ -95,6 +95,35 @@ pub async fn ask_reload(requests: &ReloadRequests, process: &str) -> Result<Stri
     rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
 }
 
+/// `status` of a `process` whose configuration `file` failed to load with `error`: the
+/// running process's status all the same, if the file's `data_dir` and `control` reach
+/// one ([`crate::source::control_path`]), with the error as a warning on standard error.
+/// A file being edited must not turn a monitoring check red while the process runs on
+/// what it read; the warning says the next start or reload would fail. `Ok(false)` if
+/// no process answers there: the caller reports the error as it is.
+pub async fn status_despite(
+    file: &std::path::Path,
+    default_data_dir: &str,
+    error: &crate::ConfigError,
+    process: tether_protocol::control::Process,
+    json: bool,
+) -> Result<bool, tether_protocol::control::ControlError> {
+    let Some(control) = crate::source::control_path(file, default_data_dir) else {
+        return Ok(false);
+    };
+    let request = tether_protocol::control::ControlRequest::Status { json };
+    let answered =
+        tether_protocol::control::call_at(&control, process, &request, &mut crate::output::Stdout::lock()).await?;
+    if answered {
+        eprintln!(
+            "warning: {error}; this is the status of the running {}, which keeps the configuration it last read \
+             (its next start or reload would refuse this file)",
+            process.command()
+        );
+    }
+    Ok(answered)
+}
+
 /// Whether a failed TLS handshake met a peer answering in plain TCP (rustls reads its
 /// bytes as a malformed record): a provider without `[tls]`, whatever the client's
 /// file says. The consumer and `write` both say so in words.

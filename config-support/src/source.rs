@@ -146,6 +146,27 @@ pub fn resolve(dir: &Path, path: &Path) -> PathBuf {
     }
 }
 
+/// The control socket `file` names, read from its `data_dir` and `control` keys alone
+/// (`default_data_dir` if absent), every other key unread: how `status` still reaches
+/// the running process while the file holds an error elsewhere, being edited say (the
+/// process runs on the configuration it read). `None` if the file cannot be read, is
+/// not TOML, or those two keys are not strings.
+pub fn control_path(file: &Path, default_data_dir: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let doc = ImDocument::parse(text).ok()?;
+    let table = doc.as_table();
+    let string = |key: &str| match table.get(key) {
+        None => Some(None),
+        Some(item) => item.as_str().map(|s| Some(PathBuf::from(s))),
+    };
+    let dir = config_dir(file).ok()?;
+    let data_dir = resolve(&dir, &string("data_dir")?.unwrap_or_else(|| PathBuf::from(default_data_dir)));
+    Some(match string("control")? {
+        Some(control) if !control.as_os_str().is_empty() => resolve(&dir, &control),
+        _ => data_dir.join(CONTROL_SOCKET_NAME),
+    })
+}
+
 /// Parses `text`, the contents of `file`, into `T`. Syntax errors name the line and
 /// column; every other refusal names the dotted key (see the module docs).
 pub fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
@@ -651,6 +672,22 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_control_path_is_read_past_errors_elsewhere_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let at = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            control_path(&file, "data/consumer")
+        };
+        let base = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(at("bogus_key = 1\n[[agreement]]\n"), Some(base.join("data/consumer/control.sock")));
+        assert_eq!(at("data_dir = \"store\"\nbogus = 1"), Some(base.join("store/control.sock")));
+        assert_eq!(at("control = \"/run/t.sock\"\ndata_dir = 5"), None, "data_dir is not a string");
+        assert_eq!(at("control = \"/run/t.sock\"\n"), Some(PathBuf::from("/run/t.sock")));
+        assert_eq!(at("control = [unclosed"), None, "not TOML");
+    }
 
     /// A document exercising tables, arrays of tables and inline tables.
     #[allow(dead_code)]

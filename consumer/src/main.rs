@@ -189,8 +189,20 @@ fn agreement_name(config: &ConsumerConfig, name: Option<String>) -> Result<Strin
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config } => daemon::run(&config).await,
-        Command::Status { config, json } => {
-            let config = ConsumerConfig::load(&config)?;
+        Command::Status { config: file, json } => {
+            let config = match ConsumerConfig::load(&file) {
+                Ok(config) => config,
+                Err(e) => {
+                    let at = tether_config::shell::status_despite(
+                        &file,
+                        tether_consumer::config::DEFAULT_DATA_DIR,
+                        &e,
+                        tether_protocol::control::Process::Consumer,
+                        json,
+                    );
+                    return if at.await? { Ok(()) } else { Err(e.into()) };
+                }
+            };
             if call(&config.control, &ControlRequest::Status { json }).await? {
                 return Ok(());
             }

@@ -264,8 +264,20 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { config, json } => {
-            let config = ProviderConfig::load(&config)?;
+        Command::Status { config: file, json } => {
+            let config = match ProviderConfig::load(&file) {
+                Ok(config) => config,
+                Err(e) => {
+                    let at = tether_config::shell::status_despite(
+                        &file,
+                        tether_provider::config::DEFAULT_DATA_DIR,
+                        &e,
+                        tether_protocol::control::Process::Provider,
+                        json,
+                    );
+                    return if at.await? { Ok(()) } else { Err(e.into()) };
+                }
+            };
             if client::control_call(&config.control, &ControlRequest::Status { json }).await?.is_some() {
                 return Ok(());
             }

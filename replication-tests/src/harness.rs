@@ -520,6 +520,12 @@ impl Provider {
         c.output().with_context(|| format!("running {c:?}"))
     }
 
+    /// `status --json` as the command ran, failed or not.
+    pub fn status_command(&self) -> Result<Output> {
+        let mut c = self.cmd("status")?;
+        c.arg("--json").output().with_context(|| format!("running {c:?}"))
+    }
+
     /// Rewrites the config with `opts` (same port and folders).
     pub fn reconfigure(&mut self, opts: &ProviderOptions) -> Result<()> {
         let port = self.port;

@@ -430,6 +430,16 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     let (code, stdout, stderr) = said(&p.reload_command()?);
     assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
     assert!(stderr.contains("key 'keepalive.interval': invalid duration \"5 parsecs\""), "{stderr}");
+    // Meanwhile `status` still reads the running provider, and warns of the file.
+    let (code, stdout, stderr) = said(&p.status_command()?);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout)?["running"], true, "{stdout}");
+    assert!(
+        stderr.starts_with("warning: ")
+            && stderr.contains("invalid duration \"5 parsecs\"")
+            && stderr.contains("this is the status of the running tether-provider"),
+        "{stderr}"
+    );
     std::fs::write(&p.config, &config)?;
 
     // A file that parses, but whose grant cannot be read: the provider's own reload fails,
