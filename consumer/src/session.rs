@@ -229,7 +229,8 @@ pub async fn run(
     let span = info_span!("session", session = welcome.session_id);
     let ended = async {
         let cookie = cookie.map_or_else(|| "none".to_owned(), |c| c.to_string());
-        info_or_debug!(routine, history = %welcome.history, %cookie, "connected");
+        info_or_debug!(routine, history = %welcome.history, %cookie, version = welcome.version, "connected");
+        status.update(|s| s.protocol_version = Some(welcome.version));
         // Linux shows a thread's first 15 bytes: "apply people" fits.
         let runner = match Runner::start(&format!("apply {}", cfg.name)) {
             Ok(runner) => runner,

@@ -72,6 +72,10 @@ pub struct AgreementStatus {
     /// With the apply audit on (`TETHER_APPLY_AUDIT=1`): changes applied a second time.
     /// Exactly-once application means this stays 0.
     pub duplicates: u64,
+    /// The protocol version of the current or last session (absent before the first
+    /// handshake): during a rolling upgrade, whether its provider runs an older build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u16>,
     /// When the replica was last known current; `lag_seconds` is computed from it.
     #[serde(skip)]
     pub current_at: Instant,
@@ -166,6 +170,7 @@ impl StatusHandle {
                 applied: 0,
                 skipped: 0,
                 duplicates: 0,
+                protocol_version: None,
                 current_at: Instant::now(),
                 applied_csn: None,
             })),

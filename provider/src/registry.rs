@@ -42,6 +42,9 @@ pub struct SessionInfo {
     /// sessions open (a consumer reloaded with `[tls]` reconnects over it, so the change
     /// can roll through the consumers), and this shows which are left.
     pub tls: bool,
+    /// The protocol version the handshake chose: during a rolling upgrade, which
+    /// consumers still run an older build.
+    pub protocol_version: u16,
     /// The base of the region it replicates (`None` for a write client): a reload that
     /// changes the agreement's grant ends only the sessions it no longer covers.
     #[serde(skip)]

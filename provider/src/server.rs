@@ -225,7 +225,7 @@ impl Server {
                     // A refresh-only consumer connects at every poll: what its session
                     // sends says whether it was routine (see `session::run`).
                     let polling = req.mode == Mode::RefreshOnly;
-                    info_or_debug!(polling, mode = req.mode.as_str(), cookie = %req.cookie.map_or_else(|| "none".to_owned(), |c| c.to_string()), "consumer session started");
+                    info_or_debug!(polling, mode = req.mode.as_str(), cookie = %req.cookie.map_or_else(|| "none".to_owned(), |c| c.to_string()), version, "consumer session started");
                     let info = SessionInfo {
                         session_id,
                         peer: peer.to_string(),
@@ -238,6 +238,7 @@ impl Server {
                         connected_since: rfc3339(SystemTime::now()),
                         refresh: None,
                         tls,
+                        protocol_version: version,
                         base: Some(req.spec.base.clone()),
                     };
                     let reg = self.registry.register(info, &self.shutdown);
@@ -264,6 +265,7 @@ impl Server {
                         connected_since: rfc3339(SystemTime::now()),
                         refresh: None,
                         tls,
+                        protocol_version: version,
                         base: None,
                     };
                     let reg = self.registry.register(info, &self.shutdown);

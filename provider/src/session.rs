@@ -855,6 +855,7 @@ mod tests {
             connected_since: String::new(),
             refresh: None,
             tls: false,
+            protocol_version: 2,
             base: None,
         };
         let reg = crate::registry::Registry::default().register(info, &CancellationToken::new());

@@ -183,6 +183,7 @@ mod tests {
             connected_since: "2026-12-01T00:00:00Z".into(),
             refresh: None,
             tls: false,
+            protocol_version: 2,
             base: None,
         }
     }

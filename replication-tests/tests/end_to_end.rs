@@ -75,6 +75,11 @@ fn persist_consumer_converges_on_5000_entries_and_500_writes() -> Result<()> {
     let status = c.agreement_status("people")?;
     assert_eq!(status["state"], "persisting");
     assert_eq!(status["last_refresh"], "full", "live changes arrived without another refresh");
+    // Both sides show the protocol version their handshake chose (this build's newest).
+    let newest = *tether_protocol::message::SUPPORTED_VERSIONS.iter().max().context("versions")?;
+    assert_eq!(status["protocol_version"], newest, "{status}");
+    let sessions = p.status()?["sessions"].clone();
+    assert_eq!(sessions[0]["protocol_version"], newest, "{sessions}");
     Ok(())
 }
 
