@@ -66,6 +66,15 @@ pub enum LdifErrorKind {
     /// the record to continue.
     #[error("continuation line (starting with a space) has no line before it to continue")]
     OrphanContinuation,
+    /// A carriage return inside a line. LDIF lines end in LF or CRLF, and a value holding
+    /// a CR is written in base64 (RFC 2849's SAFE-STRING has none), so a CR there is a
+    /// file whose lines end in CR alone (classic Mac OS): read on, the whole file would
+    /// be one line, refused as a record with no attributes.
+    #[error(
+        "a carriage return (CR) inside the line: LDIF lines end in LF or CRLF, and a value holding a CR is written \
+         in base64 (`name:: ...`); a file whose lines end in CR alone converts with `tr '\\r' '\\n'`"
+    )]
+    BareCarriageReturn,
     /// A line with no `:` between attribute name and value.
     #[error("no ':' after the attribute name in {line:?}")]
     MissingColon {

@@ -232,6 +232,9 @@ impl<R: BufRead> LdifReader<R> {
         }
         let is_comment = bytes.first() == Some(&COMMENT);
         let store = keep && !is_comment;
+        if store && bytes.contains(&CR) {
+            return Err(LdifError::new(number, LdifErrorKind::BareCarriageReturn));
+        }
         if !store {
             bytes = Vec::new();
         }
@@ -246,6 +249,9 @@ impl<R: BufRead> LdifReader<R> {
                 // (RFC 2849, note 8), and a line that looks blank must not change a value
                 // unseen, nor join the next record to this one.
                 Physical::Line(_, more) if more.first() == Some(&CONTINUATION) && !is_spaces(&more) => {
+                    if store && more.contains(&CR) {
+                        return Err(LdifError::new(number, LdifErrorKind::BareCarriageReturn));
+                    }
                     if store {
                         size = size.saturating_add(more.len() - 1);
                         if size > self.max_record_bytes {
@@ -910,6 +916,18 @@ mod tests {
             ("dn: cn=a\ncn: a\nmail: x@y\ncn: A\n", "line 4: attribute \"cn\" has value \"A\" twice"),
             ("dn: cn=a\nchangetype: add\ncn: a\ncn: a\n", "line 4: attribute \"cn\" has value \"a\" twice"),
             ("dn: cn=a\ncn: a\nc_n: b\n", "line 3: invalid attribute name \"c_n\""),
+            (
+                "dn: cn=a,dc=x\robjectClass: person\rcn: a\r\rdn: cn=b,dc=x\r",
+                "line 1: a carriage return (CR) inside the line: LDIF lines end in LF or CRLF, and a value holding a \
+                 CR is written in base64 (`name:: ...`); a file whose lines end in CR alone converts with \
+                 `tr '\\r' '\\n'`",
+            ),
+            (
+                "dn: cn=a\ncn: a\ndescription: one\r two\r\n",
+                "line 3: a carriage return (CR) inside the line: LDIF lines end in LF or CRLF, and a value holding a \
+                 CR is written in base64 (`name:: ...`); a file whose lines end in CR alone converts with \
+                 `tr '\\r' '\\n'`",
+            ),
             ("dn: cn=a\ncn: a\nno colon here\n", "line 3: no ':' after the attribute name in \"no colon here\""),
             (
                 "dn: ou=p\nchangetype: modify\nincrement: uidNumber\nuidNumber: 1\nuidNumber: 2\n-\n",
