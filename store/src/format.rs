@@ -74,7 +74,19 @@ mod tests {
     fn both_stores_refuse_a_newer_format_and_keep_their_data() {
         let suffix = tether_protocol::Dn::parse("dc=example,dc=com").unwrap();
         let set_marker = |path: &std::path::Path, format: u32| {
-            let db = sled::open(path).unwrap();
+            // sled lets go of a dropped store's lock from a background thread: wait for
+            // it, with a deadline.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let db = loop {
+                match sled::open(path) {
+                    Ok(db) => break db,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
             db.insert(KEY, &format.to_be_bytes()).unwrap();
             db.flush().unwrap();
         };
