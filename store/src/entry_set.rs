@@ -95,6 +95,15 @@ impl EntrySet {
         Ok((entry.uuid == *uuid).then_some(entry))
     }
 
+    /// The DN of the entry named `dn` as it is stored: spelled as when it was made,
+    /// whatever spelling `dn` has (the same entry under `OU=People` and `ou=people`).
+    pub fn stored_dn(&self, dn: &Dn) -> Result<Option<Dn>> {
+        let Some(bytes) = self.get_encoded(dn)? else { return Ok(None) };
+        let head = EntryHead::decode(&bytes).map_err(|source| StoreError::Codec { tree: ENTRIES, source })?;
+        let parsed = Dn::parse(head.dn).map_err(|e| StoreError::Corrupt(format!("stored DN {:?}: {e}", head.dn)))?;
+        Ok(Some(parsed))
+    }
+
     /// Whether `dn` exists.
     pub fn contains(&self, dn: &Dn) -> Result<bool> {
         Ok(self.entries.contains_key(dn.tree_key())?)

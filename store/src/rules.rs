@@ -162,6 +162,14 @@ pub(crate) fn plan_add(
     parent_known: bool,
 ) -> Result<Planned> {
     check_new_name(set, suffix, dn, parent_known)?;
+    // Spelled below its parent as the parent is stored (see `plan_moddn`).
+    let respelled = match (dn.rdn(), dn.parent()) {
+        (Some(rdn), Some(parent)) if !parent_known && dn != suffix => {
+            set.stored_dn(&parent)?.map(|stored| stored.child(rdn.clone()))
+        }
+        _ => None,
+    };
+    let dn = respelled.as_ref().unwrap_or(dn);
     let after = Some(new_entry(dn, attrs, uuid, csn)?);
     Ok(Planned { kind: ChangeKind::Add, uuid, old_key: None, old_dn: None, dn: dn.clone(), after })
 }
@@ -278,7 +286,14 @@ fn plan_moddn(
     if let Some(superior) = new_superior.filter(|s| s.is_descendant_of(dn)) {
         return Err(invalid(dn, format!("newsuperior {superior} is the entry itself or below it")).into());
     }
-    let new_dn = Change::moddn_target(dn, new_rdn, new_superior);
+    // The parent part spelled as the parent entry is stored, not as this request wrote
+    // it (`uid=x,OU=B099,DC=EXAMPLE` would print under `ou=b099,dc=example`), as LDAP
+    // servers do: the entry's own DN, or the new superior's.
+    let parent = match new_superior {
+        Some(superior) => set.stored_dn(superior)?.unwrap_or_else(|| superior.clone()),
+        None => entry.dn.parent().unwrap_or_default(),
+    };
+    let new_dn = parent.child(new_rdn.clone());
     check_rdn_is_text(&new_dn)?;
     if new_dn != *dn {
         check_new_name(set, suffix, &new_dn, false)?;

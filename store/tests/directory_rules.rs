@@ -99,6 +99,22 @@ fn every_rule_refuses_and_changes_nothing() {
     ));
 }
 
+/// A request may spell the parent of a new or moved entry otherwise than the parent is
+/// stored (case, spaces); the entry's DN takes the parent's stored spelling, so a
+/// search prints one tree, not `uid=x,OU=People,DC=EXAMPLE,DC=COM` under
+/// `ou=people,dc=example,dc=com`. Its own RDN stays as the request wrote it.
+#[test]
+fn a_new_or_moved_entry_is_named_below_its_parent_as_the_parent_is_stored() {
+    let (_tmp, d) = open();
+    let stored = |name: &str| d.entries().get(&dn(name)).unwrap().unwrap().dn.to_string();
+    d.write(&add_person("UID=Zoe,OU=People , DC=EXAMPLE,dc=Com")).unwrap();
+    assert_eq!(stored("uid=zoe,ou=people,dc=example,dc=com"), "UID=Zoe,ou=people,dc=example,dc=com");
+    d.write(&moddn("uid=ann,OU=PEOPLE,dc=example,dc=com", "uid=Anne", None)).unwrap();
+    assert_eq!(stored("uid=anne,ou=people,dc=example,dc=com"), "uid=Anne,ou=people,dc=example,dc=com");
+    d.write(&moddn("uid=anne,ou=people,dc=example,dc=com", "uid=Anne", Some("OU=Groups,DC=Example,DC=COM"))).unwrap();
+    assert_eq!(stored("uid=anne,ou=groups,dc=example,dc=com"), "uid=Anne,ou=groups,dc=example,dc=com");
+}
+
 /// RFC 4512 §2.5: options in another order name the same attribute, in every kind of
 /// modification, so a value cannot be added twice under two spellings.
 #[test]
