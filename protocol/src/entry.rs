@@ -347,6 +347,9 @@ pub fn attribute_key(name: &str) -> String {
 /// every decoder checks, an older one too (a consumer not yet upgraded refuses an entry
 /// with an attribute filed otherwise).
 fn in_key_order(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.matches(';').count() < 2 {
+        return name.into();
+    }
     let mut parts: Vec<&str> = name.split(';').collect();
     let options = &mut parts[1..];
     if options.windows(2).all(|w| w[0].to_ascii_lowercase() <= w[1].to_ascii_lowercase()) {

@@ -100,6 +100,10 @@ impl EntrySet {
     pub fn stored_dn(&self, dn: &Dn) -> Result<Option<Dn>> {
         let Some(bytes) = self.get_encoded(dn)? else { return Ok(None) };
         let head = EntryHead::decode(&bytes).map_err(|source| StoreError::Codec { tree: ENTRIES, source })?;
+        // Nearly always spelled alike: rendering `dn` is cheaper than parsing the head.
+        if head.dn == dn.to_string() {
+            return Ok(Some(dn.clone()));
+        }
         let parsed = Dn::parse(head.dn).map_err(|e| StoreError::Corrupt(format!("stored DN {:?}: {e}", head.dn)))?;
         Ok(Some(parsed))
     }
