@@ -314,8 +314,34 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
     // does what its reply says, bar the "already".
     let before = running.status.state();
     running.commands.send(cmd).await.map_err(|_| format!("agreement {name:?} is shutting down"))?;
+    let status = running.status.clone();
+    drop(agreements);
+    // `stop`, then `search --uuids` (what the docs say to do for a copy): the reply waits
+    // until the session has ended and the stop is on disk, so the next command finds the
+    // agreement stopped, not persisting still.
+    if cmd == Command::Stop && before != State::Stopped {
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while status.state() != State::Stopped {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(format!(
+                    "{name}: stop asked, and its session has not ended within {}s (it is {}): `status` shows when it \
+                     is stopped\n",
+                    STOP_WAIT.as_secs(),
+                    status.state()
+                ));
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
     Ok(admin_reply(name, cmd, before))
 }
+
+/// How long a `stop` waits for the agreement's session to end before it answers: well
+/// inside the client's wait for an answer (`control::ANSWER_WAIT`).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How often a `stop` looks whether the agreement has stopped.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What `stop`, `start` or `restart` did to an agreement that was in state `before`, as
 /// the supervisor decides it: a `stop` of a stopped agreement and a `start` of one with a
