@@ -95,33 +95,47 @@ pub async fn ask_reload(requests: &ReloadRequests, process: &str) -> Result<Stri
     rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
 }
 
-/// `status` of a `process` whose configuration `file` failed to load with `error`: the
-/// running process's status all the same, if the file's `data_dir` and `control` reach
-/// one ([`crate::source::control_path`]), with the error as a warning on standard error.
-/// A file being edited must not turn a monitoring check red while the process runs on
-/// what it read; the warning says the next start or reload would fail. `Ok(false)` if
-/// no process answers there: the caller reports the error as it is.
-pub async fn status_despite(
+/// Why [`config_or_status`] could not give a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The file failed to load, and no process answered at the control socket it names.
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+    /// The process there failed to answer.
+    #[error(transparent)]
+    Control(#[from] tether_protocol::control::ControlError),
+}
+
+/// The configuration `status` of a `process` runs with: `loaded`, or, when `file` failed
+/// to load, `None` after the running process's status was printed all the same, if the
+/// file's `data_dir` and `control` reach one ([`crate::source::control_path`]), with the
+/// error as a warning on standard error. A file being edited must not turn a monitoring
+/// check red while the process runs on what it read; the warning says the next start or
+/// reload would fail. If no process answers there, the error is returned as it is.
+pub async fn config_or_status<T>(
+    loaded: Result<T, crate::ConfigError>,
     file: &std::path::Path,
     default_data_dir: &str,
-    error: &crate::ConfigError,
     process: tether_protocol::control::Process,
     json: bool,
-) -> Result<bool, tether_protocol::control::ControlError> {
+) -> Result<Option<T>, StatusError> {
+    let error = match loaded {
+        Ok(config) => return Ok(Some(config)),
+        Err(error) => error,
+    };
     let Some(control) = crate::source::control_path(file, default_data_dir) else {
-        return Ok(false);
+        return Err(error.into());
     };
     let request = tether_protocol::control::ControlRequest::Status { json };
-    let answered =
-        tether_protocol::control::call_at(&control, process, &request, &mut crate::output::Stdout::lock()).await?;
-    if answered {
-        eprintln!(
-            "warning: {error}; this is the status of the running {}, which keeps the configuration it last read \
-             (its next start or reload would refuse this file)",
-            process.command()
-        );
+    if !tether_protocol::control::call_at(&control, process, &request, &mut crate::output::Stdout::lock()).await? {
+        return Err(error.into());
     }
-    Ok(answered)
+    eprintln!(
+        "warning: {error}; this is the status of the running {}, which keeps the configuration it last read (its \
+         next start or reload would refuse this file)",
+        process.command()
+    );
+    Ok(None)
 }
 
 /// Whether a failed TLS handshake met a peer answering in plain TCP (rustls reads its

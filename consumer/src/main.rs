@@ -190,18 +190,11 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config } => daemon::run(&config).await,
         Command::Status { config: file, json } => {
-            let config = match ConsumerConfig::load(&file) {
-                Ok(config) => config,
-                Err(e) => {
-                    let at = tether_config::shell::status_despite(
-                        &file,
-                        tether_consumer::config::DEFAULT_DATA_DIR,
-                        &e,
-                        tether_protocol::control::Process::Consumer,
-                        json,
-                    );
-                    return if at.await? { Ok(()) } else { Err(e.into()) };
-                }
+            let loaded = ConsumerConfig::load(&file);
+            let process = tether_protocol::control::Process::Consumer;
+            let data_dir = tether_consumer::config::DEFAULT_DATA_DIR;
+            let Some(config) = shell::config_or_status(loaded, &file, data_dir, process, json).await? else {
+                return Ok(());
             };
             if call(&config.control, &ControlRequest::Status { json }).await? {
                 return Ok(());

@@ -265,18 +265,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status { config: file, json } => {
-            let config = match ProviderConfig::load(&file) {
-                Ok(config) => config,
-                Err(e) => {
-                    let at = tether_config::shell::status_despite(
-                        &file,
-                        tether_provider::config::DEFAULT_DATA_DIR,
-                        &e,
-                        tether_protocol::control::Process::Provider,
-                        json,
-                    );
-                    return if at.await? { Ok(()) } else { Err(e.into()) };
-                }
+            let loaded = ProviderConfig::load(&file);
+            let process = tether_protocol::control::Process::Provider;
+            let data_dir = tether_provider::config::DEFAULT_DATA_DIR;
+            let Some(config) = shell::config_or_status(loaded, &file, data_dir, process, json).await? else {
+                return Ok(());
             };
             if client::control_call(&config.control, &ControlRequest::Status { json }).await?.is_some() {
                 return Ok(());
