@@ -1124,6 +1124,25 @@ mod tests {
         }
     }
 
+    /// Agreement `people` in `mode`, connecting through an in-memory pipe; the other
+    /// end is the test's, to play the provider.
+    fn piped(mode: Mode) -> (SessionConfig, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let cfg = SessionConfig {
+            name: "people".into(),
+            provider: "provider.test:7389".into(),
+            mode,
+            spec: SearchSpec::subtree(tether_protocol::Dn::parse("dc=example,dc=com").unwrap()),
+            secret: Secret::new(b"people-secret".to_vec()).unwrap(),
+            client_id: "consumer".into(),
+            idle_timeout: Duration::from_secs(300),
+            keepalive: Some((Duration::from_secs(60), Duration::from_secs(120))),
+            tls: None,
+            network: Network::Custom(Arc::new(Pipe(std::sync::Mutex::new(Some(ours))))),
+        };
+        (cfg, theirs)
+    }
+
     /// A poll whose refresh is durable and acknowledged ends itself if the provider's
     /// goodbye does not follow (an older provider could lose the ack and wait for it
     /// for good, pinging): as a completed poll, the cookie durable.
@@ -1132,20 +1151,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ReplicaStore::open(dir.path()).unwrap();
         let replica = store.replica("people").unwrap();
-        let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        let secret = Secret::new(b"people-secret".to_vec()).unwrap();
-        let cfg = SessionConfig {
-            name: "people".into(),
-            provider: "provider.test:7389".into(),
-            mode: Mode::RefreshOnly,
-            spec: SearchSpec::subtree(tether_protocol::Dn::parse("dc=example,dc=com").unwrap()),
-            secret: secret.clone(),
-            client_id: "poller".into(),
-            idle_timeout: Duration::from_secs(300),
-            keepalive: Some((Duration::from_secs(60), Duration::from_secs(120))),
-            tls: None,
-            network: Network::Custom(Arc::new(Pipe(std::sync::Mutex::new(Some(ours))))),
-        };
+        let (cfg, theirs) = piped(Mode::RefreshOnly);
+        let secret = cfg.secret.clone();
         let history = HistoryId::new_random();
         let end = Cookie { history, csn: Csn(5) };
         // The provider: refreshes, reads the ack, and never says goodbye.
@@ -1193,19 +1200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ReplicaStore::open(dir.path()).unwrap();
         let replica = store.replica("people").unwrap();
-        let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        let cfg = SessionConfig {
-            name: "people".into(),
-            provider: "provider.test:7389".into(),
-            mode: Mode::RefreshAndPersist,
-            spec: SearchSpec::subtree(tether_protocol::Dn::parse("dc=example,dc=com").unwrap()),
-            secret: Secret::new(b"people-secret".to_vec()).unwrap(),
-            client_id: "consumer".into(),
-            idle_timeout: Duration::from_secs(300),
-            keepalive: Some((Duration::from_secs(60), Duration::from_secs(120))),
-            tls: None,
-            network: Network::Custom(Arc::new(Pipe(std::sync::Mutex::new(Some(ours))))),
-        };
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
         // The provider: reads the hello and answers with a refresh instead of a challenge.
         let provider = tokio::spawn(async move {
             let (mut r, mut w) = connection::boxed(theirs);
