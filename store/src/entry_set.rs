@@ -69,6 +69,17 @@ impl Located {
     }
 }
 
+/// What [`EntrySet::spelling`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spelling {
+    /// No entry has that name.
+    Absent,
+    /// The entry is stored under the name as given.
+    AsGiven,
+    /// The entry is stored under this spelling of the name.
+    Otherwise(Dn),
+}
+
 impl EntrySet {
     /// Wraps two opened trees.
     pub(crate) fn new(entries: Tree, uuids: Tree) -> Self {
@@ -95,17 +106,18 @@ impl EntrySet {
         Ok((entry.uuid == *uuid).then_some(entry))
     }
 
-    /// The DN of the entry named `dn` as it is stored: spelled as when it was made,
-    /// whatever spelling `dn` has (the same entry under `OU=People` and `ou=people`).
-    pub fn stored_dn(&self, dn: &Dn) -> Result<Option<Dn>> {
-        let Some(bytes) = self.get_encoded(dn)? else { return Ok(None) };
+    /// How the entry named `dn` is spelled in the store (as when it was made, whatever
+    /// spelling `dn` has: the same entry under `OU=People` and `ou=people`), or that
+    /// there is none.
+    pub fn spelling(&self, dn: &Dn) -> Result<Spelling> {
+        let Some(bytes) = self.get_encoded(dn)? else { return Ok(Spelling::Absent) };
         let head = EntryHead::decode(&bytes).map_err(|source| StoreError::Codec { tree: ENTRIES, source })?;
         // Nearly always spelled alike: rendering `dn` is cheaper than parsing the head.
         if head.dn == dn.to_string() {
-            return Ok(Some(dn.clone()));
+            return Ok(Spelling::AsGiven);
         }
         let parsed = Dn::parse(head.dn).map_err(|e| StoreError::Corrupt(format!("stored DN {:?}: {e}", head.dn)))?;
-        Ok(Some(parsed))
+        Ok(Spelling::Otherwise(parsed))
     }
 
     /// Whether `dn` exists.

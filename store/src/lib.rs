@@ -49,7 +49,7 @@ mod test_changes;
 
 pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy, TrimReport};
 pub use directory::{store_exists, Committed, ConsumerPosition, Directory, StoreOptions, DEFAULT_CACHE_BYTES};
-pub use entry_set::{EntrySet, Located, NoSuchBase};
+pub use entry_set::{EntrySet, Located, NoSuchBase, Spelling};
 pub use error::{Refusal, Result, StoreError};
 pub use failure::FailureLatch;
 pub use feed::FedChange;

@@ -8,7 +8,7 @@ use tether_protocol::{
 };
 
 use crate::changelog::ChangeKind;
-use crate::entry_set::{EntrySet, Located, ENTRIES};
+use crate::entry_set::{EntrySet, Located, Spelling, ENTRIES};
 use crate::error::{Refusal, Result, StoreError};
 
 /// The effect of an allowed write, ready to commit.
@@ -84,20 +84,26 @@ pub(crate) fn plan(set: &EntrySet, suffix: &Dn, change: &Change, csn: Csn) -> Re
 
 /// Checks that `dn` may hold an entry: under the suffix, parent present (unless the
 /// caller already knows it will be), name free.
-fn check_new_name(set: &EntrySet, suffix: &Dn, dn: &Dn, parent_known: bool) -> Result<()> {
+/// Checks that `dn` may be made, and returns it spelled below its parent as the parent
+/// is stored (`uid=x,OU=B099,DC=EXAMPLE` would print under `ou=b099,dc=example`), as
+/// LDAP servers do: `None` when it is spelled so already, or its parent was not looked
+/// up (`parent_known`: earlier in the same bulk batch).
+fn check_new_name(set: &EntrySet, suffix: &Dn, dn: &Dn, parent_known: bool) -> Result<Option<Dn>> {
     if !dn.is_descendant_of(suffix) {
         return Err(Refusal::OutsideSuffix { dn: dn.clone(), suffix: suffix.clone() }.into());
     }
     if set.contains(dn)? {
         return Err(Refusal::AlreadyExists(dn.clone()).into());
     }
-    if dn != suffix && !parent_known {
-        let parent = dn.parent().unwrap_or_default();
-        if !set.contains(&parent)? {
-            return Err(Refusal::NoParent(dn.clone()).into());
-        }
+    if dn == suffix || parent_known {
+        return Ok(None);
     }
-    Ok(())
+    let parent = dn.parent().unwrap_or_default();
+    match set.spelling(&parent)? {
+        Spelling::Absent => Err(Refusal::NoParent(dn.clone()).into()),
+        Spelling::AsGiven => Ok(None),
+        Spelling::Otherwise(stored) => Ok(dn.rdn().map(|rdn| stored.child(rdn.clone()))),
+    }
 }
 
 /// A new name's RDN values must be text. RFC 4514 writes `cn=#0C03414243` for the BER
@@ -161,14 +167,7 @@ pub(crate) fn plan_add(
     csn: Csn,
     parent_known: bool,
 ) -> Result<Planned> {
-    check_new_name(set, suffix, dn, parent_known)?;
-    // Spelled below its parent as the parent is stored (see `plan_moddn`).
-    let respelled = match (dn.rdn(), dn.parent()) {
-        (Some(rdn), Some(parent)) if !parent_known && dn != suffix => {
-            set.stored_dn(&parent)?.map(|stored| stored.child(rdn.clone()))
-        }
-        _ => None,
-    };
+    let respelled = check_new_name(set, suffix, dn, parent_known)?;
     let dn = respelled.as_ref().unwrap_or(dn);
     let after = Some(new_entry(dn, attrs, uuid, csn)?);
     Ok(Planned { kind: ChangeKind::Add, uuid, old_key: None, old_dn: None, dn: dn.clone(), after })
@@ -286,18 +285,14 @@ fn plan_moddn(
     if let Some(superior) = new_superior.filter(|s| s.is_descendant_of(dn)) {
         return Err(invalid(dn, format!("newsuperior {superior} is the entry itself or below it")).into());
     }
-    // The parent part spelled as the parent entry is stored, not as this request wrote
-    // it (`uid=x,OU=B099,DC=EXAMPLE` would print under `ou=b099,dc=example`), as LDAP
-    // servers do: the entry's own DN, or the new superior's.
-    let parent = match new_superior {
-        Some(superior) => set.stored_dn(superior)?.unwrap_or_else(|| superior.clone()),
-        None => entry.dn.parent().unwrap_or_default(),
+    // Below the stored spelling of its parent (see `check_new_name`): the entry's own,
+    // or the new superior's, which `check_new_name` looks up.
+    let new_dn = match new_superior {
+        Some(superior) => superior.child(new_rdn.clone()),
+        None => entry.dn.parent().unwrap_or_default().child(new_rdn.clone()),
     };
-    let new_dn = parent.child(new_rdn.clone());
     check_rdn_is_text(&new_dn)?;
-    if new_dn != *dn {
-        check_new_name(set, suffix, &new_dn, false)?;
-    }
+    let new_dn = if new_dn == *dn { new_dn } else { check_new_name(set, suffix, &new_dn, false)?.unwrap_or(new_dn) };
     if delete_old_rdn {
         if let Some(old_rdn) = dn.rdn() {
             for ava in old_rdn.avas() {
