@@ -123,7 +123,25 @@ impl ConfigError {
 
 /// Reads `file` as UTF-8 text.
 pub fn read_file(file: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(file).map_err(|error| ConfigError::Read { file: file.to_owned(), error })
+    let bytes = read_regular(file).map_err(|error| ConfigError::Read { file: file.to_owned(), error })?;
+    String::from_utf8(bytes).map_err(|e| ConfigError::Read {
+        file: file.to_owned(),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+    })
+}
+
+/// Reads a file the configuration names (itself, a secret, a certificate or key),
+/// refusing anything but a regular file first: opening a FIFO blocks until a writer
+/// comes, and a process starting or reloading would hang there, deaf to SIGTERM.
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() && !kind.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device): name the file itself",
+        ));
+    }
+    std::fs::read(path)
 }
 
 /// The folder relative paths in `file` are resolved against: the file's folder, made
@@ -644,6 +662,13 @@ pub struct SecretFile {
 /// or others yields a warning rather than an error.
 pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
     let refuse = |reason: String| ConfigError::Secret { file: path.to_owned(), reason };
+    // Not a FIFO, which would block the open (see `read_regular`).
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            return Err(refuse("cannot read secret file: not a regular file (a FIFO, socket or device)".to_owned()))
+        }
+        _ => {}
+    }
     let file = File::open(path).map_err(|e| refuse(format!("cannot read secret file: {e}")))?;
     let mut warnings = Vec::new();
     #[cfg(unix)]
@@ -672,6 +697,22 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO named as a secret or a configuration file is refused at once: opening it
+    /// would block until a writer came, and the process would hang deaf to SIGTERM.
+    #[test]
+    fn a_fifo_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg("-m").arg("600").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let secret = load_secret(&fifo).map(|_| ()).unwrap_err().to_string();
+        assert!(secret.contains("not a regular file"), "{secret}");
+        let config = read_file(&fifo).unwrap_err().to_string();
+        assert!(config.contains("not a regular file"), "{config}");
+        let dir_is_not = read_regular(dir.path()).unwrap_err();
+        assert_ne!(dir_is_not.kind(), std::io::ErrorKind::InvalidInput, "a folder fails as reading one does");
+    }
 
     #[test]
     fn the_control_path_is_read_past_errors_elsewhere_in_the_file() {

@@ -153,7 +153,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Every certificate of `path` as a trust anchor; at least one.
 fn read_cas(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let text = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+    let text = tether_config::read_regular(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
     let certs = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem { path: path.to_owned(), source })?;

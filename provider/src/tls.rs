@@ -139,7 +139,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { key, path: path.to_owned(), source })
+    tether_config::read_regular(path).map_err(|source| TlsError::Read { key, path: path.to_owned(), source })
 }
 
 /// The certificates of `tls.cert_file`, leaf first; at least one.
