@@ -456,14 +456,25 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut running = tokio::task::JoinSet::new();
+    // The socket file is made by this process, so it is owned by the process's user.
+    let owner = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_pathname().and_then(|path| std::fs::metadata(path).ok()))
+        .map(|meta| std::os::unix::fs::MetadataExt::uid(&meta));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    running.spawn(handle(stream));
-                }
+                Ok((stream, _)) => match stranger(&stream, owner) {
+                    None => {
+                        running.spawn(handle(stream));
+                    }
+                    Some(refusal) => {
+                        running.spawn(refuse(stream, refusal));
+                    }
+                },
                 Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
             },
             Some(_) = running.join_next(), if !running.is_empty() => {}
@@ -478,6 +489,35 @@ where
     running.shutdown().await;
     cut
 }
+
+/// Why the peer of `stream` may not use the control socket, if it may not: the socket's
+/// mode (0600) is the first guard, and a `chmod` or a copied folder undoes it, so the
+/// peer's user is checked too. Only the process's own user (`owner`) and root may.
+fn stranger(stream: &UnixStream, owner: Option<u32>) -> Option<String> {
+    refusal_of(stream.peer_cred().ok()?.uid(), owner?)
+}
+
+/// [`stranger`]'s rule, for a peer of user `uid` and a socket of user `owner`.
+fn refusal_of(uid: u32, owner: u32) -> Option<String> {
+    (uid != owner && uid != 0).then(|| {
+        format!("this control socket serves only its process's user (uid {owner}) and root, not uid {uid}; nothing was done")
+    })
+}
+
+/// Answers a refused peer with why, after taking its request (unread: a client whose
+/// request met a closed socket would see only a broken pipe).
+async fn refuse(stream: UnixStream, why: String) {
+    let (mut reader, mut writer) = crate::frame::split(stream);
+    reader.set_max_frame(REFUSED_REQUEST);
+    let answer = async {
+        let _ = reader.read_frame().await;
+        respond(&mut writer, &ControlResponse::Error(why)).await
+    };
+    let _ = tokio::time::timeout(REQUEST_WAIT, answer).await;
+}
+
+/// The most a refused peer's request may take before it is answered anyway.
+const REFUSED_REQUEST: usize = 64 * 1024;
 
 /// How long a client waits for each part of a reply: a process that accepted the
 /// connection (the kernel does that for a stopped one too) but says nothing this long is
@@ -776,6 +816,24 @@ mod tests {
         let stream = UnixStream::connect(&path).await.unwrap();
         call(stream, &ControlRequest::Status { json: true }, |_| Ok(())).await.unwrap();
         assert_eq!(server.await.unwrap(), [ControlRequest::Reload, ControlRequest::Status { json: true }]);
+    }
+
+    /// Only the socket's own user and root may use it, whatever its mode says.
+    #[tokio::test]
+    async fn the_control_socket_serves_only_its_user_and_root() {
+        assert_eq!(refusal_of(1000, 1000), None);
+        assert_eq!(refusal_of(0, 1000), None, "root");
+        let refused = refusal_of(65534, 1000).expect("another user");
+        assert!(refused.contains("(uid 1000)") && refused.contains("not uid 65534"), "{refused}");
+        // A real peer: this process's own user, as the socket's owner.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path).await.unwrap();
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&path).unwrap());
+        let client = UnixStream::connect(&path).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(stranger(&server, Some(owner)), None);
+        drop(client);
     }
 
     /// A process of a build from before requests were addressed answers an addressed one
