@@ -138,6 +138,29 @@ pub async fn config_or_status<T>(
     Ok(None)
 }
 
+/// Makes `data_dir` (creating it) for a store that is about to be opened, and keeps it
+/// to its user: the store's files are created under the umask (0644 under 022), and
+/// any local user could copy them and read every entry, `userPassword` values too. A
+/// folder about to hold a new store (`new`) is restricted to 0700 silently; one that
+/// holds a store already is left as the operator set it, with a warning to log.
+pub fn private_data_dir(data_dir: &std::path::Path, new: bool) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(data_dir)?;
+    let mode = std::fs::metadata(data_dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    if new {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "data_dir {} is accessible by group or others (mode {mode:o}): any local user can copy the store and read \
+         every entry; restrict it with chmod 700",
+        data_dir.display()
+    )))
+}
+
 /// Whether a failed TLS handshake met a peer answering in plain TCP (rustls reads its
 /// bytes as a malformed record): a provider without `[tls]`, whatever the client's
 /// file says. The consumer and `write` both say so in words.
@@ -258,6 +281,26 @@ pub async fn serve_control<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder for a new store is kept to its user; one holding a store already is
+    /// left as it is, with a warning.
+    #[test]
+    fn a_data_dir_is_kept_to_its_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = root.path().join("a/data");
+        assert_eq!(private_data_dir(&fresh, true).unwrap(), None);
+        assert_eq!(mode(&fresh), 0o700);
+        let held = root.path().join("held");
+        std::fs::create_dir(&held).unwrap();
+        std::fs::set_permissions(&held, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let warning = private_data_dir(&held, false).unwrap().expect("a warning");
+        assert!(warning.contains("(mode 755)") && warning.contains("chmod 700"), "{warning}");
+        assert_eq!(mode(&held), 0o755, "left as the operator set it");
+        std::fs::set_permissions(&held, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(private_data_dir(&held, false).unwrap(), None);
+    }
 
     /// An error that prints its cause and also returns it, as ours do.
     #[derive(Debug, thiserror::Error)]

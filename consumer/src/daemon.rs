@@ -250,8 +250,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // socket (another process answers on it) changes nothing.
     let (listener, control_file) =
         tether_protocol::control::bind(&config.control).await.context("binding the control socket")?;
-    std::fs::create_dir_all(&config.data_dir)
+    let new = !tether_store::store_exists(&config.data_dir);
+    let loose = tether_config::shell::private_data_dir(&config.data_dir, new)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    if let Some(warning) = loose {
+        warn!("{warning}");
+    }
     let store =
         ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size })
             .with_context(|| format!("opening store {}", config.data_dir.display()))?;

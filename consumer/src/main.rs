@@ -153,7 +153,15 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
     if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
         bail!(shell::no_store("consumer", &config.data_dir, &config.file));
     }
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {dir}"))?;
+    // A command that only reads leaves the folder as it is; the running process warns of
+    // loose permissions.
+    if use_ == Offline::Write {
+        let new = !tether_store::store_exists(&config.data_dir);
+        let loose = shell::private_data_dir(&config.data_dir, new).with_context(|| format!("creating {dir}"))?;
+        if let Some(warning) = loose {
+            eprintln!("warning: {warning}");
+        }
+    }
     ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size }).map_err(
         |e| {
             let hint = match e {

@@ -89,8 +89,12 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen.addr())
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    std::fs::create_dir_all(&config.data_dir)
+    let new = !tether_store::store_exists(&config.data_dir);
+    let loose = tether_config::shell::private_data_dir(&config.data_dir, new)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    if let Some(warning) = loose {
+        warn!("{warning}");
+    }
     let dir = Arc::new(
         Directory::open_with(
             &config.data_dir,

@@ -80,6 +80,11 @@ fn persist_consumer_converges_on_5000_entries_and_500_writes() -> Result<()> {
     assert_eq!(status["protocol_version"], newest, "{status}");
     let sessions = p.status()?["sessions"].clone();
     assert_eq!(sessions[0]["protocol_version"], newest, "{sessions}");
+    // Both stores were made in folders only their user can enter.
+    for data in [p.dir.join("data"), c.dir.join("data")] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data)?.permissions());
+        assert_eq!(mode & 0o777, 0o700, "{}", data.display());
+    }
     Ok(())
 }
 
