@@ -297,6 +297,27 @@ where
     result
 }
 
+/// How many of a client's versions a refusal names.
+const SHOWN_VERSIONS: usize = 8;
+
+/// The longest `client_id` a provider takes (a consumer's is a UUID; a writer's a host
+/// name and a process id).
+pub const MAX_CLIENT_ID: usize = 256;
+
+/// Refuses a `client_id` that would forge or flood the provider's log, where it names
+/// every line of the session: control characters (a newline starts a line of the
+/// client's making) and more than [`MAX_CLIENT_ID`] bytes.
+fn check_client_id(id: &str) -> Result<(), Reject> {
+    let bad = if id.len() > MAX_CLIENT_ID {
+        format!("is {} bytes, over {MAX_CLIENT_ID}", id.len())
+    } else if id.chars().any(char::is_control) {
+        "holds a control character".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Reject::new(RejectReason::ProtocolViolation, format!("client_id {bad}: not the id a Tether client sends")))
+}
+
 async fn server_steps<R, W, F>(ex: &mut Exchange<'_, R, W>, authorize: F) -> Result<Accepted, HandshakeError>
 where
     R: AsyncRead + Unpin,
@@ -308,11 +329,16 @@ where
         other => return Err(server_unexpected("hello", other)),
     };
     let version = negotiate_version(&hello.versions).ok_or_else(|| {
+        // At most a few of the client's, which anyone may send by the ten thousand.
+        let offered: Vec<u16> = hello.versions.iter().copied().take(SHOWN_VERSIONS).collect();
+        let more = hello.versions.len().saturating_sub(SHOWN_VERSIONS);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         HandshakeError::Refused(Reject::new(
             RejectReason::VersionMismatch,
-            format!("client speaks versions {:?}, provider speaks {:?}", hello.versions, SUPPORTED_VERSIONS),
+            format!("client speaks versions {offered:?}{more}, provider speaks {SUPPORTED_VERSIONS:?}"),
         ))
     })?;
+    check_client_id(&hello.client_id).map_err(HandshakeError::Refused)?;
     let admission = authorize(&hello).map_err(HandshakeError::Refused)?;
     let nonce = new_nonce()?;
     ex.send(&Message::Challenge { nonce }).await?;
@@ -424,6 +450,26 @@ mod tests {
         let client = client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT);
         let server = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize);
         tokio::join!(client, server)
+    }
+
+    /// What a client sends is quoted in the provider's log: a forged line or ten thousand
+    /// versions are refused or cut, before any secret is checked.
+    #[tokio::test]
+    async fn a_hello_cannot_forge_or_flood_the_provider_s_log() {
+        for (client_id, says) in [
+            ("inj\n2026-12-02T21:00:00Z  WARN provider FORGED".to_owned(), "holds a control character"),
+            ("x".repeat(MAX_CLIENT_ID + 1), "is 257 bytes, over 256"),
+        ] {
+            let hello = Hello { client_id, ..consumer_hello("people") };
+            let (_, server) = run(hello, SECRET).await;
+            let Err(HandshakeError::Refused(reject)) = server else { panic!("{server:?}") };
+            assert_eq!(reject.reason, RejectReason::ProtocolViolation);
+            assert!(reject.detail.contains(says), "{}", reject.detail);
+        }
+        let hello = Hello { versions: (10_000..31_000).collect(), ..consumer_hello("people") };
+        let (_, server) = run(hello, SECRET).await;
+        let Err(HandshakeError::Refused(reject)) = server else { panic!("{server:?}") };
+        assert!(reject.detail.len() < 200 && reject.detail.contains("and 20992 more"), "{}", reject.detail);
     }
 
     #[tokio::test]

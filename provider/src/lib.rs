@@ -15,7 +15,8 @@
 //! - [`outbound`]: what a session queues for its writer, messages or pre-encoded ones.
 //! - [`writes`]: write and search requests from clients.
 //! - [`registry`]: live sessions, for status and revocation.
-//! - [`server`]: accept loop, connection limit, TLS, handshake, authorization.
+//! - [`server`]: accept loop, connection limit, TLS, handshake, authorization;
+//!   [`throttle`]: the warnings a stranger can cause there, one a second.
 //! - [`tls`]: the TLS configurations built from `[tls]`; [`validity`]: whether the
 //!   certificate in them has expired, which rustls does not check of one's own.
 //! - [`control`], [`status`]: the operator's view.
@@ -35,6 +36,7 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod throttle;
 pub mod tls;
 pub mod validity;
 pub mod writes;

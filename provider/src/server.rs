@@ -31,6 +31,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::registry::{rfc3339, Registry, SessionInfo};
 use crate::session::{self, ConsumerRequest, SessionEnd, SessionParams};
+use crate::throttle::Throttle;
 
 /// Who may connect: agreement secrets and widest bases, and the writer secret.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +78,24 @@ pub struct Server {
     /// TLS settings from `[tls]`, `None` for plain TCP; replaced on reload, so a renewed
     /// certificate takes effect for new connections without a restart.
     tls: Arc<RwLock<Option<Arc<ServerConfig>>>>,
+    /// Warnings of connections refused over the limit and of failed handshakes (TLS's
+    /// too): anyone who reaches the port can cause them in a loop.
+    noise: Arc<Throttle>,
+}
+
+/// Logs a warning a stranger can cause through `throttle`, at most one a second, with
+/// the number held back since (`held_back`). On tokio's clock, which the deterministic
+/// simulation drives.
+macro_rules! throttled_warn {
+    ($throttle:expr, $message:literal $(, $($field:tt)+)?) => {
+        if let Some(held_back) = $throttle.admit($message, Instant::now().into_std()) {
+            if held_back == 0 {
+                warn!($($($field)+,)? $message);
+            } else {
+                warn!($($($field)+,)? held_back, $message);
+            }
+        }
+    };
 }
 
 impl Server {
@@ -99,6 +118,7 @@ impl Server {
             next_session: Arc::new(AtomicU64::new(1)),
             slots: Arc::new(Semaphore::new(params.max_connections)),
             tls: Arc::new(RwLock::new(tls)),
+            noise: Arc::default(),
         }
     }
 
@@ -196,7 +216,7 @@ impl Server {
         let Some((mut reader, mut writer, tls)) = self.transport(stream, deadline, plain).await else { return };
         reader.set_max_frame(self.params.max_frame);
         let Some(_slot) = slot else {
-            warn!("connection limit reached; refusing");
+            throttled_warn!(self.noise, "connection limit reached; refusing");
             refuse(&mut writer, RejectReason::TooManyConnections, "connection limit reached").await;
             return;
         };
@@ -208,11 +228,15 @@ impl Server {
         let accepted = match server_handshake(&mut reader, &mut writer, left, authorize).await {
             Ok(a) => a,
             Err(HandshakeError::Foreign(peer)) if peer.kind() == Some(ForeignKind::Tls) => {
-                warn!(error = %peer, "handshake failed: the client speaks TLS and this provider has no [tls]");
+                throttled_warn!(
+                    self.noise,
+                    "handshake failed: the client speaks TLS and this provider has no [tls]",
+                    error = %peer
+                );
                 return;
             }
             Err(e) => {
-                warn!(error = %e, "handshake failed");
+                throttled_warn!(self.noise, "handshake failed", error = %e);
                 return;
             }
         };
@@ -306,15 +330,15 @@ impl Server {
             // A client gone before the handshake's end (stopping, or a probe that only
             // connects) is said in words rather than as rustls' "tls handshake eof".
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                warn!("TLS handshake failed: the client closed the connection during it");
+                throttled_warn!(self.noise, "TLS handshake failed: the client closed the connection during it");
                 None
             }
             Ok(Err(e)) => {
-                warn!(error = %e, "TLS handshake failed");
+                throttled_warn!(self.noise, "TLS handshake failed", error = %e);
                 None
             }
             Err(_) => {
-                warn!("TLS handshake did not complete within the handshake deadline");
+                throttled_warn!(self.noise, "TLS handshake did not complete within the handshake deadline");
                 None
             }
         }

@@ -1,0 +1,63 @@
+//! Warnings a stranger can cause, held to one a second.
+//!
+//! A connection over `max_connections`, or a handshake that fails (a wrong secret, bytes
+//! that are not the protocol), each deserve a warning; but anyone who can reach the port
+//! can cause them by the hundred thousand (a reconnect loop wrote 50 MB of log in 45 s),
+//! burying everything else and filling the disk. So each kind logs at most once a
+//! second, saying how many like it were held back since.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often a throttled warning may be logged.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// Throttled warnings, each message on its own: a flood of one kind must not hide the
+/// first of another.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    /// Per message: when it was last logged, and how many were held back since.
+    state: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl Throttle {
+    /// Whether to log `message` at `now`: `Some(n)` with the number held back since it
+    /// was last logged, or `None` to hold this one back too.
+    pub fn admit(&self, message: &'static str, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.get_mut(message) {
+            Some((last, held)) if now.duration_since(*last) < EVERY => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                *last = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                state.insert(message, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_a_second_with_the_count_of_those_held_back() {
+        let t = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(t.admit("a", t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(t.admit("a", t0 + Duration::from_millis(100 * i)), None);
+        }
+        assert_eq!(t.admit("b", t0 + Duration::from_millis(600)), Some(0), "another message is its own");
+        assert_eq!(t.admit("a", t0 + EVERY), Some(5));
+        assert_eq!(t.admit("a", t0 + EVERY + Duration::from_millis(1)), None);
+        assert_eq!(t.admit("a", t0 + EVERY * 3), Some(1));
+    }
+}
