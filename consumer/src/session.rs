@@ -712,6 +712,7 @@ impl Applier<'_> {
                 Err(_) => break,
             }
         }
+        self.within_region(&ops)?;
         let count = ops.len() as u64;
         let replica = self.replica.clone();
         // Nothing else queued: make the changes durable in the same trip to the store
@@ -826,8 +827,29 @@ impl Applier<'_> {
 
     /// Applies a refresh batch: to the shadow of a full or present refresh (unchecked
     /// while its scan lasts), or straight to the replica for a delta.
+    /// Refuses an entry outside the agreement's base and scope: a provider sends none
+    /// (one that leaves the region is a delete), and the replica would keep it unseen,
+    /// counted in its entries but never printed by a search. Such an entry comes from a
+    /// peer that is not a Tether provider doing its work, and ends the session as any
+    /// protocol error does, before anything of its message is applied.
+    fn within_region(&self, ops: &[ReceivedOp]) -> Result<(), Ended> {
+        let spec = &self.cfg.spec;
+        let outside = ops.iter().find_map(|op| match op {
+            ReceivedOp::Upsert { entry, .. } if !spec.scope.contains(&spec.base, &entry.dn) => Some(&entry.dn),
+            _ => None,
+        });
+        match outside {
+            None => Ok(()),
+            Some(dn) => Err(Ended::new(
+                Reason::Exception,
+                format!("protocol error: the provider sent {dn}, outside the region ({} of {})", spec.scope, spec.base),
+            )),
+        }
+    }
+
     async fn on_batch(&mut self, ops: Vec<ReceivedOp>) -> Result<(), Ended> {
         self.expect_refreshing("Batch")?;
+        self.within_region(&ops)?;
         let live = self.shadow.is_none();
         let stats = match self.shadow.take() {
             Some(mut shadow) => {
@@ -1190,6 +1212,52 @@ mod tests {
         assert!(started.elapsed() >= POLL_GOODBYE_WAIT, "it waited for the goodbye first: {:?}", started.elapsed());
         assert_eq!(provider.await.unwrap(), Some(end), "the refresh was acknowledged");
         assert_eq!(replica.cookie().unwrap(), Some(end), "and is durable");
+    }
+
+    /// An entry outside the agreement's region is a protocol error: the session ends as
+    /// an `exception` before anything of that batch is applied.
+    #[tokio::test]
+    async fn an_entry_outside_the_region_ends_the_session_unapplied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = connection::boxed(theirs);
+            let admission = tether_protocol::handshake::Admission {
+                secret,
+                history: HistoryId::new_random(),
+                session_id: 1,
+                keepalive_interval: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(120),
+            };
+            tether_protocol::handshake::server_handshake(&mut r, &mut w, Duration::from_secs(10), |_| Ok(admission))
+                .await
+                .unwrap();
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await.unwrap();
+            let mut attrs = Attributes::new();
+            attrs.add("objectClass", [Value::from("person")]).unwrap();
+            let evil = Dn::parse("cn=evil,dc=other,dc=org").unwrap();
+            let op = ReplOp::Upsert(Entry { dn: evil, uuid: EntryUuid::new_random(), csn: Csn(3), attrs });
+            let _ = w.send(&batch(0, 2)).await;
+            let _ = w.send(&Message::Batch { ops: vec![op] }).await;
+            while let Ok(Some(_)) = r.recv().await {}
+        });
+        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
+        let ended = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(&cfg, &store, &replica, &status, &StopSignal::default(), false),
+        )
+        .await
+        .expect("the session must end");
+        assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
+        assert!(
+            ended.detail.contains("cn=evil,dc=other,dc=org, outside the region (subtree of dc=example,dc=com)"),
+            "{ended:?}"
+        );
+        assert_eq!(replica.cookie().unwrap(), None, "the refresh never completed");
+        provider.abort();
     }
 
     /// A message out of place in the handshake is an `exception`, as it is after it, and
