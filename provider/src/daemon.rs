@@ -76,7 +76,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let config = ProviderConfig::load(config_path)?;
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
-    if let Some(warning) = config.tls.as_ref().and_then(tls::validity_warning) {
+    for warning in config.tls.as_ref().map(tls::warnings).unwrap_or_default() {
         warn!("{warning}");
     }
     check_open_files_limit(config.max_connections);
@@ -230,13 +230,11 @@ fn reload(
     };
     // A certificate past its end (or before its start) loads like any other: said here,
     // where the operator who replaced the files looks.
-    let expiry = match config.tls.as_ref().and_then(tls::validity_warning) {
-        Some(warning) => {
-            warn!("{warning}");
-            format!("; warning: {warning}")
-        }
-        None => String::new(),
-    };
+    let mut expiry = String::new();
+    for warning in config.tls.as_ref().map(tls::warnings).unwrap_or_default() {
+        warn!("{warning}");
+        expiry += &format!("; warning: {warning}");
+    }
     let msg = format!(
         "reloaded {}: {}, {} revoked{tls_change}{expiry}",
         config_path.display(),

@@ -202,6 +202,24 @@ pub fn validity_warning(tls: &TlsConfig) -> Option<String> {
     Validity::of(certs.first()?.as_ref())?.warning(&tls.cert_file, std::time::SystemTime::now())
 }
 
+/// What an operator should fix in `[tls]` though it loads: a certificate out of its
+/// validity ([`validity_warning`]), and a private key that group or others may read or
+/// write, as a secret file is warned of.
+pub fn warnings(tls: &TlsConfig) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut warnings: Vec<String> = validity_warning(tls).into_iter().collect();
+    if let Ok(meta) = std::fs::metadata(&tls.key_file) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warnings.push(format!(
+                "TLS key file {} is accessible by group or others (mode {mode:o}); restrict it with chmod 600",
+                tls.key_file.display()
+            ));
+        }
+    }
+    warnings
+}
+
 /// The server configuration of `config`'s `[tls]`, `None` for plain TCP; errors name the
 /// config file and key.
 pub fn server_config_of(config: &ProviderConfig) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
@@ -316,6 +334,20 @@ mod tests {
             Ok(_) => panic!("accepted {tls:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// A private key others may read is warned of, as a secret file is.
+    #[test]
+    fn a_key_others_may_read_is_warned_of() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tls = pair(dir.path(), "provider");
+        std::fs::set_permissions(&tls.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warned = warnings(&tls);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("(mode 644); restrict it with chmod 600"), "{warned:?}");
+        std::fs::set_permissions(&tls.key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(warnings(&tls).is_empty());
     }
 
     #[test]

@@ -52,6 +52,8 @@ impl Ca {
         let (cert_file, key_file) = (dir.join("provider.crt"), dir.join("provider.key"));
         std::fs::write(&cert_file, cert.pem()).with_context(|| format!("writing {}", cert_file.display()))?;
         std::fs::write(&key_file, key.serialize_pem()).with_context(|| format!("writing {}", key_file.display()))?;
+        // As an operator keeps a key: the provider warns of one others may read.
+        std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", cert_file.display(), key_file.display()))
     }
 }
