@@ -248,9 +248,11 @@ fn reload(
 /// a reload that changes `[changelog]` takes effect at once (and trims at once), so an
 /// operator lowering retention to free space does not have to restart the provider.
 async fn trim_loop(dir: Arc<Directory>, mut retention: watch::Receiver<ChangelogConfig>, shutdown: CancellationToken) {
+    // Consumers' absence counts from the start at the earliest (`up_since_ms`).
+    let started = now_ms();
     loop {
         let current = *retention.borrow_and_update();
-        trim_once(&dir, &current).await;
+        trim_once(&dir, &current, started).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(current.trim_interval) => {}
@@ -272,15 +274,20 @@ async fn trim_loop(dir: Arc<Directory>, mut retention: watch::Receiver<Changelog
     }
 }
 
-async fn trim_once(dir: &Arc<Directory>, retention: &ChangelogConfig) {
+/// Milliseconds since the epoch, as the store's records keep time.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn trim_once(dir: &Arc<Directory>, retention: &ChangelogConfig, started_ms: u64) {
     let policy = RetentionPolicy {
         max_changes: Some(retention.max_changes),
         max_age: Some(retention.max_age),
         hold_for_consumers: retention.hold_for_consumers,
+        up_since_ms: started_ms,
     };
     let d = dir.clone();
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = now_ms();
     match tokio::task::spawn_blocking(move || d.trim(&policy, now)).await {
         Ok(Ok(r)) if r.removed > 0 => {
             info!(removed = r.removed, floor = %r.floor, forgotten_consumers = r.forgotten, "changelog trimmed")

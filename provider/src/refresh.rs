@@ -482,7 +482,8 @@ mod tests {
         assert!(!Refresh::plan(&dir, spec(), None, Some(&foreign_cursor), BATCH).unwrap().resumed());
 
         dir.write(&Change::Delete { dn: dn(&person(3)) }).unwrap();
-        let policy = RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO };
+        let policy =
+            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
         dir.trim(&policy, u64::MAX).unwrap();
         let planned = Refresh::plan(&dir, spec(), None, Some(&resume), BATCH).unwrap();
         assert!(!planned.resumed(), "the catch-up from the resume point's start is gone");
@@ -518,7 +519,8 @@ mod tests {
         let dir = directory(&tmp.path().join("p"));
         let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
         let replica = replicas.replica("people").unwrap();
-        let cap = RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO };
+        let cap =
+            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
 
         let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
@@ -652,7 +654,8 @@ mod tests {
         let delta = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
         assert_eq!(delta.kind(), RefreshKind::Delta);
         dir.write(&Change::Delete { dn: dn(&person(5)) }).unwrap();
-        let cap = RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO };
+        let cap =
+            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
         assert_eq!(dir.trim(&cap, u64::MAX).unwrap().floor, cookie.csn);
         drop(delta);
         assert!(dir.trim(&cap, u64::MAX).unwrap().removed > 0);

@@ -252,6 +252,12 @@ pub struct RetentionPolicy {
     pub max_age: Option<Duration>,
     /// A consumer seen within this window holds back age-based trimming.
     pub hold_for_consumers: Duration,
+    /// When the provider started (milliseconds since the epoch; 0 for no such grace):
+    /// a consumer's absence is counted from then at the earliest. While the provider
+    /// was down no consumer could connect, so a provider stopped for longer than the
+    /// window would otherwise reload every consumer not exactly caught up, pollers
+    /// that never stopped polling included, the moment it came back.
+    pub up_since_ms: u64,
 }
 
 /// What a trim did.

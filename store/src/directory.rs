@@ -696,7 +696,7 @@ impl Directory {
             let held = self
                 .consumer_positions()?
                 .into_iter()
-                .filter(|(_, p)| p.seen_ms >= hold_since)
+                .filter(|(_, p)| p.seen_ms.max(policy.up_since_ms) >= hold_since)
                 .map(|(_, p)| p.csn)
                 .min();
             if let Some(held) = held {

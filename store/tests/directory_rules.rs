@@ -442,6 +442,7 @@ fn reshaped_since_counts_adds_deletes_and_renames_touching_the_region() {
         max_changes: Some(1),
         max_age: None,
         hold_for_consumers: std::time::Duration::from_secs(60),
+        up_since_ms: 0,
     };
     d.trim(&policy, u64::MAX / 2).unwrap();
     assert_eq!(d.reshaped_since(since, &people).unwrap(), None);

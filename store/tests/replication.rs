@@ -253,8 +253,12 @@ fn plan_refresh_follows_cookie_and_retention() {
     let ahead = Cookie { history: p.dir.history(), csn: Csn(999) };
     assert_eq!(p.dir.plan_refresh(Some(&ahead)).unwrap(), RefreshKind::Full);
 
-    let policy =
-        RetentionPolicy { max_changes: Some(2), max_age: None, hold_for_consumers: std::time::Duration::from_secs(60) };
+    let policy = RetentionPolicy {
+        max_changes: Some(2),
+        max_age: None,
+        hold_for_consumers: std::time::Duration::from_secs(60),
+        up_since_ms: 0,
+    };
     let report = p.dir.trim(&policy, u64::MAX / 2).unwrap();
     assert_eq!(report.floor, Csn(p.dir.durable_csn().0 - 2));
     assert_eq!(p.dir.changelog().oldest().unwrap(), Some(report.floor.next()));
@@ -482,6 +486,7 @@ fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
         max_changes: None,
         max_age: Some(std::time::Duration::from_secs(1)),
         hold_for_consumers: hold,
+        up_since_ms: 0,
     };
     let report = p.dir.trim(&policy, far_future).unwrap();
     assert_eq!(report.floor, Csn(2), "held at the consumer's position");
@@ -498,7 +503,12 @@ fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
         max_changes: None,
         max_age: Some(std::time::Duration::from_secs(1)),
         hold_for_consumers: std::time::Duration::from_secs(1),
+        up_since_ms: 0,
     };
+    // A provider that started within the window holds every position again: its own
+    // downtime is not the consumers' absence.
+    let restarted = RetentionPolicy { up_since_ms: far_future - 500, ..unheld };
+    assert_eq!(p.dir.trim(&restarted, far_future).unwrap().removed, 0, "held since the provider's start");
     let report = p.dir.trim(&unheld, far_future).unwrap();
     assert_eq!(report.floor, newest, "a consumer not seen within the window holds nothing");
 }

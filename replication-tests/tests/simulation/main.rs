@@ -117,8 +117,12 @@ fn inject(world: &mut World, fault: Fault, link_busy: &mut [bool]) -> bool {
         }
         Fault::Trim(n) => match world.provider.get() {
             Some(dir) => {
-                let policy =
-                    RetentionPolicy { max_changes: Some(n), max_age: None, hold_for_consumers: Duration::ZERO };
+                let policy = RetentionPolicy {
+                    max_changes: Some(n),
+                    max_age: None,
+                    hold_for_consumers: Duration::ZERO,
+                    up_since_ms: 0,
+                };
                 dir.trim(&policy, 0).unwrap_or_else(|e| panic!("trim: {e}"));
                 true
             }
