@@ -314,8 +314,17 @@ where
         let bye = Message::Goodbye { reason: *reason, detail };
         let _ = tokio::time::timeout(GOODBYE_GRACE, session.queue.send(bye.into())).await;
     }
-    drop(session);
+    let Session { mut reader, queue, .. } = session;
+    drop(queue);
     let _ = tokio::time::timeout(GOODBYE_GRACE * 2, writer_task).await;
+    // The writer has sent the goodbye and shut its side. Read on until the consumer
+    // closes its own: closing with its acks unread would send a reset, and a reset makes
+    // the consumer's kernel discard what it had not read yet, the goodbye included, so
+    // the consumer saw `connection-lost` and backed off where a `refresh-required` would
+    // have had it reconnect at once.
+    if matches!(end, SessionEnd::Goodbye(_)) {
+        let _ = tokio::time::timeout(GOODBYE_GRACE, async { while let Ok(Some(_)) = reader.recv().await {} }).await;
+    }
     end
 }
 
