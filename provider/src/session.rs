@@ -387,14 +387,28 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         if scan_resume && !refresh.resumed() {
             info!("the interrupted refresh cannot be resumed (changelog trimmed past its start, or another store)");
         }
-        // A poll's delta is routine; a reload (which may take long) is worth saying.
+        // A poll's delta is routine; a reload (which may take long) is worth saying, and
+        // why: an operator who sees present refreshes must know to raise the retention.
         let polling = self.req.mode == Mode::RefreshOnly;
-        info_or_debug!(
-            polling && refresh.kind() == RefreshKind::Delta,
-            refresh = refresh.kind().as_str(),
-            resumed = refresh.resumed(),
-            "refresh planned"
-        );
+        let why = match (refresh.kind(), self.req.cookie) {
+            _ if refresh.resumed() => "an interrupted refresh resumed".to_owned(),
+            (RefreshKind::Delta, _) => String::new(),
+            (_, None) => "the consumer has no cookie (a new or emptied replica)".to_owned(),
+            (RefreshKind::Present, Some(cookie)) => format!(
+                "its cookie's csn {} is below the changelog's floor {}: retention trimmed past it",
+                cookie.csn,
+                self.dir.floor().map_or_else(|_| "?".to_owned(), |f| f.to_string())
+            ),
+            (RefreshKind::Full, Some(_)) => {
+                "its cookie names a position this store did not make (another store, or changes lost to a restore)"
+                    .to_owned()
+            }
+        };
+        if why.is_empty() {
+            info_or_debug!(polling, refresh = refresh.kind().as_str(), resumed = refresh.resumed(), "refresh planned");
+        } else {
+            info!(refresh = refresh.kind().as_str(), resumed = refresh.resumed(), why, "refresh planned");
+        }
         self.reg.update(|i| i.refresh = Some(refresh.kind().as_str().to_owned()));
         if let Some(end) = self.run_refresh(&mut refresh).await {
             return end;

@@ -372,6 +372,9 @@ fn trimmed_changelog_gives_a_present_refresh_without_shrinking_the_replica() -> 
         same(&p, &c, "people", PEOPLE, ALL)
     })?;
     assert_eq!(last_refresh(&c, "people")?, "present");
+    // The provider's log says why, so an operator knows to raise the retention.
+    let log = p.log_text();
+    assert!(log.lines().any(|l| l.contains("refresh=\"present\"") && l.contains("retention trimmed past it")), "{log}");
     let after = count(&c.search("people", PEOPLE, "subtree", ALL)?);
     // The replica only ever switched from the old generation to the new one.
     assert!(min_seen >= before.min(after), "saw {min_seen} entries mid-reload; before {before}, after {after}");
