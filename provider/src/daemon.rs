@@ -211,7 +211,7 @@ fn reload(
     let tls_now = tls.is_some();
     let tls_before = server.replace_tls(tls);
     let revoked = server.replace_grants(grants);
-    retention.send_if_modified(|r| std::mem::replace(r, config.changelog) != config.changelog);
+    let retention_changed = retention.send_if_modified(|r| std::mem::replace(r, config.changelog) != config.changelog);
     let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     // Turning TLS on or off changes what every new connection must speak, consumers'
     // and writers' alike: said, not left to be found in their errors.
@@ -235,8 +235,21 @@ fn reload(
         warn!("{warning}");
         expiry += &format!("; warning: {warning}");
     }
+    // Applied at once, and the trim it starts may reload consumers: said where the
+    // operator who changed it looks.
+    let retention_change = if retention_changed {
+        let c = &config.changelog;
+        format!(
+            "; changelog retention now max_changes {}, max_age {}, hold_for_consumers {} (trimming now)",
+            c.max_changes,
+            humantime::format_duration(c.max_age),
+            humantime::format_duration(c.hold_for_consumers)
+        )
+    } else {
+        String::new()
+    };
     let msg = format!(
-        "reloaded {}: {}, {} revoked{tls_change}{expiry}",
+        "reloaded {}: {}, {} revoked{retention_change}{tls_change}{expiry}",
         config_path.display(),
         plural(config.consumers.len(), "agreement", "agreements"),
         plural(revoked, "session", "sessions")

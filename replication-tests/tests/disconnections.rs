@@ -423,6 +423,15 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     let (code, stdout, _) = said(&p.reload_command()?);
     assert_eq!(code, Some(0));
     assert!(stdout.starts_with("reloaded ") && stdout.ends_with(": 2 agreements, 0 sessions revoked\n"), "{stdout:?}");
+    // A retention change applies at once, and the reply says so.
+    let config = std::fs::read_to_string(&p.config)?;
+    std::fs::write(&p.config, config.replacen("[changelog]\n", "[changelog]\nmax_changes = 123456\n", 1))?;
+    let (code, stdout, _) = said(&p.reload_command()?);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("0 sessions revoked; changelog retention now max_changes 123456, max_age "), "{stdout:?}");
+    std::fs::write(&p.config, &config)?;
+    let (code, _, _) = said(&p.reload_command()?);
+    assert_eq!(code, Some(0));
 
     // A file the provider would refuse: the command refuses it the same way, naming the key.
     let config = std::fs::read_to_string(&p.config)?;
