@@ -606,6 +606,10 @@ impl Applier<'_> {
     ) -> Ended {
         let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A provider plans its refresh at once after the `Welcome`. One that only answers
+        // pings would keep the agreement `connecting` for good, its lag growing unseen:
+        // the refresh must begin within `idle_timeout`, pings or not.
+        let begin_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
         loop {
             let silent_ms = ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed));
             let idle_left = self.cfg.idle_timeout.saturating_sub(Duration::from_millis(silent_ms));
@@ -624,6 +628,12 @@ impl Applier<'_> {
                     if Duration::from_millis(silent) >= self.cfg.idle_timeout {
                         return Ended::new(Reason::IdleTimeout, format!("nothing received for {:?}", self.cfg.idle_timeout));
                     }
+                }
+                _ = tokio::time::sleep_until(begin_by), if !self.refreshing && !self.refresh_done => {
+                    return Ended::new(
+                        Reason::IdleTimeout,
+                        format!("the provider welcomed the session and began no refresh within {:?}", self.cfg.idle_timeout),
+                    );
                 }
                 _ = tokio::time::sleep_until(goodbye_due.unwrap_or_else(tokio::time::Instant::now)), if goodbye_due.is_some() => {
                     warn!(
@@ -1257,6 +1267,47 @@ mod tests {
             "{ended:?}"
         );
         assert_eq!(replica.cookie().unwrap(), None, "the refresh never completed");
+        provider.abort();
+    }
+
+    /// A provider that welcomes the session and then only keeps it alive (pings, no
+    /// refresh) does not keep the agreement `connecting` for good.
+    #[tokio::test]
+    async fn a_session_whose_refresh_never_begins_ends_after_idle_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        let (mut cfg, theirs) = piped(Mode::RefreshAndPersist);
+        cfg.idle_timeout = Duration::from_secs(2);
+        let secret = cfg.secret.clone();
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = connection::boxed(theirs);
+            let admission = tether_protocol::handshake::Admission {
+                secret,
+                history: HistoryId::new_random(),
+                session_id: 1,
+                keepalive_interval: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(120),
+            };
+            tether_protocol::handshake::server_handshake(&mut r, &mut w, Duration::from_secs(10), |_| Ok(admission))
+                .await
+                .unwrap();
+            loop {
+                if w.send(&Message::Ping { seq: 1 }).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
+        let ended = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(&cfg, &store, &replica, &status, &StopSignal::default(), false),
+        )
+        .await
+        .expect("the session must end");
+        assert_eq!(ended.reason, Reason::IdleTimeout, "{ended:?}");
+        assert!(ended.detail.contains("began no refresh within 2s"), "{ended:?}");
         provider.abort();
     }
 
