@@ -1175,31 +1175,56 @@ mod tests {
         (cfg, theirs)
     }
 
+    /// A store with an empty replica `people`, in a folder of its own.
+    fn empty_replica() -> (tempfile::TempDir, ReplicaStore, Replica) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        (dir, store, replica)
+    }
+
+    /// Runs one session of `cfg`, which must end within 30 s, and says how it ended.
+    async fn session_ended(cfg: &SessionConfig, store: &ReplicaStore, replica: &Replica) -> Ended {
+        let status = StatusHandle::new("people", &cfg.provider, &cfg.mode.to_string());
+        tokio::time::timeout(Duration::from_secs(30), run(cfg, store, replica, &status, &StopSignal::default(), false))
+            .await
+            .expect("the session must end")
+    }
+
+    /// The test's end of the pipe after a provider's side of the handshake: the consumer
+    /// was welcomed into `history`, and what follows is the test's to send.
+    async fn welcomed(
+        theirs: tokio::io::DuplexStream,
+        secret: Secret,
+        history: HistoryId,
+    ) -> (MessageReader<BoxedRead>, MessageWriter<BoxedWrite>) {
+        let (mut r, mut w) = connection::boxed(theirs);
+        let admission = tether_protocol::handshake::Admission {
+            secret,
+            history,
+            session_id: 1,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(120),
+        };
+        tether_protocol::handshake::server_handshake(&mut r, &mut w, Duration::from_secs(10), |_| Ok(admission))
+            .await
+            .unwrap();
+        (r, w)
+    }
+
     /// A poll whose refresh is durable and acknowledged ends itself if the provider's
     /// goodbye does not follow (an older provider could lose the ack and wait for it
     /// for good, pinging): as a completed poll, the cookie durable.
     #[tokio::test]
     async fn a_poll_ends_itself_when_the_goodbye_does_not_follow_its_ack() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(dir.path()).unwrap();
-        let replica = store.replica("people").unwrap();
+        let (_dir, store, replica) = empty_replica();
         let (cfg, theirs) = piped(Mode::RefreshOnly);
         let secret = cfg.secret.clone();
         let history = HistoryId::new_random();
         let end = Cookie { history, csn: Csn(5) };
         // The provider: refreshes, reads the ack, and never says goodbye.
         let provider = tokio::spawn(async move {
-            let (mut r, mut w) = connection::boxed(theirs);
-            let admission = tether_protocol::handshake::Admission {
-                secret,
-                history,
-                session_id: 1,
-                keepalive_interval: Duration::from_secs(60),
-                keepalive_timeout: Duration::from_secs(120),
-            };
-            tether_protocol::handshake::server_handshake(&mut r, &mut w, Duration::from_secs(10), |_| Ok(admission))
-                .await
-                .unwrap();
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
             w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
             w.send(&Message::RefreshDone { cookie: end }).await.unwrap();
             let mut acked = None;
@@ -1228,23 +1253,11 @@ mod tests {
     /// an `exception` before anything of that batch is applied.
     #[tokio::test]
     async fn an_entry_outside_the_region_ends_the_session_unapplied() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(dir.path()).unwrap();
-        let replica = store.replica("people").unwrap();
+        let (_dir, store, replica) = empty_replica();
         let (cfg, theirs) = piped(Mode::RefreshAndPersist);
         let secret = cfg.secret.clone();
         let provider = tokio::spawn(async move {
-            let (mut r, mut w) = connection::boxed(theirs);
-            let admission = tether_protocol::handshake::Admission {
-                secret,
-                history: HistoryId::new_random(),
-                session_id: 1,
-                keepalive_interval: Duration::from_secs(60),
-                keepalive_timeout: Duration::from_secs(120),
-            };
-            tether_protocol::handshake::server_handshake(&mut r, &mut w, Duration::from_secs(10), |_| Ok(admission))
-                .await
-                .unwrap();
+            let (mut r, mut w) = welcomed(theirs, secret, HistoryId::new_random()).await;
             w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await.unwrap();
             let mut attrs = Attributes::new();
             attrs.add("objectClass", [Value::from("person")]).unwrap();
@@ -1254,13 +1267,7 @@ mod tests {
             let _ = w.send(&Message::Batch { ops: vec![op] }).await;
             while let Ok(Some(_)) = r.recv().await {}
         });
-        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
-        let ended = tokio::time::timeout(
-            Duration::from_secs(30),
-            run(&cfg, &store, &replica, &status, &StopSignal::default(), false),
-        )
-        .await
-        .expect("the session must end");
+        let ended = session_ended(&cfg, &store, &replica).await;
         assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
         assert!(
             ended.detail.contains("cn=evil,dc=other,dc=org, outside the region (subtree of dc=example,dc=com)"),
@@ -1274,24 +1281,12 @@ mod tests {
     /// refresh) does not keep the agreement `connecting` for good.
     #[tokio::test]
     async fn a_session_whose_refresh_never_begins_ends_after_idle_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(dir.path()).unwrap();
-        let replica = store.replica("people").unwrap();
+        let (_dir, store, replica) = empty_replica();
         let (mut cfg, theirs) = piped(Mode::RefreshAndPersist);
         cfg.idle_timeout = Duration::from_secs(2);
         let secret = cfg.secret.clone();
         let provider = tokio::spawn(async move {
-            let (mut r, mut w) = connection::boxed(theirs);
-            let admission = tether_protocol::handshake::Admission {
-                secret,
-                history: HistoryId::new_random(),
-                session_id: 1,
-                keepalive_interval: Duration::from_secs(60),
-                keepalive_timeout: Duration::from_secs(120),
-            };
-            tether_protocol::handshake::server_handshake(&mut r, &mut w, Duration::from_secs(10), |_| Ok(admission))
-                .await
-                .unwrap();
+            let (_r, mut w) = welcomed(theirs, secret, HistoryId::new_random()).await;
             loop {
                 if w.send(&Message::Ping { seq: 1 }).await.is_err() {
                     return;
@@ -1299,13 +1294,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
-        let ended = tokio::time::timeout(
-            Duration::from_secs(30),
-            run(&cfg, &store, &replica, &status, &StopSignal::default(), false),
-        )
-        .await
-        .expect("the session must end");
+        let ended = session_ended(&cfg, &store, &replica).await;
         assert_eq!(ended.reason, Reason::IdleTimeout, "{ended:?}");
         assert!(ended.detail.contains("began no refresh within 2s"), "{ended:?}");
         provider.abort();
@@ -1316,9 +1305,7 @@ mod tests {
     /// of time is not the provider's fault in the same way, and stays `connection-lost`.
     #[tokio::test]
     async fn a_protocol_error_in_the_handshake_is_an_exception_with_a_goodbye() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(dir.path()).unwrap();
-        let replica = store.replica("people").unwrap();
+        let (_dir, store, replica) = empty_replica();
         let (cfg, theirs) = piped(Mode::RefreshAndPersist);
         // The provider: reads the hello and answers with a refresh instead of a challenge.
         let provider = tokio::spawn(async move {
@@ -1327,13 +1314,7 @@ mod tests {
             w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await.unwrap();
             r.recv().await
         });
-        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
-        let ended = tokio::time::timeout(
-            Duration::from_secs(30),
-            run(&cfg, &store, &replica, &status, &StopSignal::default(), false),
-        )
-        .await
-        .expect("the session must end");
+        let ended = session_ended(&cfg, &store, &replica).await;
         assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
         assert!(ended.detail.starts_with("handshake: protocol error: handshake expected"), "{ended:?}");
         assert!(!ended.connected);
