@@ -128,6 +128,55 @@ pub struct AgreementConfig {
     /// TLS towards the provider (`[agreement.tls]`). Default: plain TCP.
     #[serde(default)]
     pub tls: Option<AgreementTls>,
+    /// Whether a provider must prove it knows the agreement's secret (protocol version 3):
+    /// `"once-proved"`, `"required"` or `"optional"`. Default `"once-proved"`.
+    #[serde(default, deserialize_with = "provider_proof")]
+    pub provider_proof: ProofPolicy,
+}
+
+/// `provider_proof`: when an agreement refuses a provider that does not prove it knows
+/// the secret. A provider of a build before protocol version 3 cannot prove it, and an
+/// impostor on the provider's address can pretend to be one, so the question is when
+/// the consumer stops believing the first kind in order to refuse the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProofPolicy {
+    /// Refuse one once a provider of the agreement has proved itself (recorded in the
+    /// consumer's store), as SSH refuses a changed host key: an upgrade in either order
+    /// works, and after it an impostor is refused.
+    #[default]
+    OnceProved,
+    /// Always refuse one: for agreements whose providers all run this build.
+    Required,
+    /// Never refuse one: while a provider is rolled back to an older build. A proof
+    /// that is offered is still checked.
+    Optional,
+}
+
+impl ProofPolicy {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProofPolicy::OnceProved => "once-proved",
+            ProofPolicy::Required => "required",
+            ProofPolicy::Optional => "optional",
+        }
+    }
+}
+
+impl FromStr for ProofPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "once-proved" => Ok(ProofPolicy::OnceProved),
+            "required" => Ok(ProofPolicy::Required),
+            "optional" => Ok(ProofPolicy::Optional),
+            _ => Err(format!("invalid provider_proof {s:?}: expected once-proved, required or optional")),
+        }
+    }
+}
+
+fn provider_proof<'de, D: Deserializer<'de>>(d: D) -> Result<ProofPolicy, D::Error> {
+    source::parse_str(d, "once-proved, required or optional", ProofPolicy::from_str)
 }
 
 /// `[agreement.tls]`: connect to the provider over TLS.
@@ -371,6 +420,7 @@ secret_file = "people.key"
         assert_eq!(people.give_up_after, None);
         assert_eq!(people.keepalive, KeepaliveConfig { enabled: true, interval: secs(5), timeout: secs(20) });
         assert_eq!(people.tls, None);
+        assert_eq!(people.provider_proof, ProofPolicy::OnceProved);
 
         let groups = config.agreement("groups").unwrap();
         assert_eq!(groups.mode, Mode::RefreshOnly);
@@ -383,6 +433,7 @@ secret_file = "people.key"
         assert_eq!(groups.retry, RetrySchedule::parse(&["5s x3", "1m x10"]).unwrap());
         assert_eq!(groups.give_up_after, Some(secs(3600)));
         assert_eq!(groups.keepalive, KeepaliveConfig { enabled: true, interval: secs(10), timeout: secs(30) });
+        assert_eq!(groups.provider_proof, ProofPolicy::Required);
 
         assert!(config.check_secrets().is_ok());
         let key = load_secret(&people.secret_file).unwrap();
@@ -471,6 +522,12 @@ secret_file = "people.key"
             (
                 with("mode = \"push\""),
                 "key 'agreement[0].mode': invalid mode \"push\": expected refresh-and-persist or refresh-only".into(),
+            ),
+            (
+                with("provider_proof = \"never\""),
+                "key 'agreement[0].provider_proof': invalid provider_proof \"never\": expected once-proved, required or \
+                 optional"
+                    .into(),
             ),
             (
                 with("interval = \"0s\""),

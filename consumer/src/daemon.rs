@@ -109,6 +109,7 @@ fn session_config(
         keepalive: a.keepalive.enabled.then_some((a.keepalive.interval, a.keepalive.timeout)),
         tls,
         network: crate::transport::Network::Tcp,
+        provider_proof: a.provider_proof,
     })
 }
 

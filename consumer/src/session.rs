@@ -27,10 +27,10 @@ use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter, WireError};
 use tether_protocol::encoded::{Received, ReceivedOp};
 use tether_protocol::foreign::ForeignKind;
-use tether_protocol::handshake::{client_handshake, HandshakeError};
+use tether_protocol::handshake::{client_handshake, HandshakeError, ProviderProof};
 use tether_protocol::liveness::{self, Liveness, Verdict};
 use tether_protocol::message::{
-    GoodbyeReason, Hello, Message, Mode, RejectReason, Role, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
+    GoodbyeReason, Hello, Message, Mode, RejectReason, Role, MUTUAL_AUTH_VERSION, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
 };
 use tether_protocol::{Cookie, Csn, HistoryId, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::config::ProofPolicy;
 use crate::executor::{Runner, TaskError};
 use crate::failpoint;
 use crate::reason::{Reason, State};
@@ -95,6 +96,8 @@ pub struct SessionConfig {
     pub tls: Option<TlsClient>,
     /// The network to connect over ([`Network::Tcp`] outside the simulation).
     pub network: Network,
+    /// When to refuse a provider that does not prove it knows the secret.
+    pub provider_proof: ProofPolicy,
 }
 
 /// How a session ended.
@@ -118,6 +121,9 @@ pub struct Ended {
     /// The provider's id for the session, once the handshake gave one: the line that
     /// reports the end names it, as every line of the session does (its span).
     pub session: Option<u64>,
+    /// Whether the peer failed to prove it is the provider: like a wrong secret, this
+    /// waits for an operator (or for the impostor to go), so retrying soon cannot help.
+    pub unproven: bool,
 }
 
 impl Ended {
@@ -132,6 +138,7 @@ impl Ended {
             connected: true,
             fatal: false,
             session: None,
+            unproven: false,
         }
     }
 }
@@ -204,17 +211,35 @@ pub async fn run(
             return Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("reading the cookie: {e}")) };
         }
     };
+    let proved_at = match replica.provider_proved_at() {
+        Ok(at) => at,
+        Err(e) => {
+            replica.failure().note(&e);
+            return Ended {
+                fatal: e.is_fatal(),
+                ..Ended::new(Reason::Exception, format!("reading the provider's proof: {e}"))
+            };
+        }
+    };
+    status.update(|s| s.provider_proved_at = proved_at.map(rfc3339_of_ms));
+    let proof = match (cfg.provider_proof, proved_at) {
+        (ProofPolicy::Required, _) | (ProofPolicy::OnceProved, Some(_)) => ProviderProof::Required,
+        (ProofPolicy::OnceProved, None) | (ProofPolicy::Optional, _) => ProviderProof::Optional,
+    };
     let role = Role::Consumer { agreement: cfg.name.clone(), mode: cfg.mode, cookie, spec: cfg.spec.clone(), resume };
     let hello = Hello { versions: SUPPORTED_VERSIONS.to_vec(), client_id: cfg.client_id.clone(), role };
     let limit = cfg.keepalive.map_or(CONNECT_TIMEOUT, |(_, t)| t.max(CONNECT_TIMEOUT));
-    let handshake = client_handshake(&mut reader, &mut writer, &hello, &cfg.secret, limit);
+    let handshake = client_handshake(&mut reader, &mut writer, &hello, &cfg.secret, proof, limit);
     let welcome = tokio::select! {
         biased;
         _ = stop.token.cancelled() => return Ended { connected: false, ..stop.ended(", while handshaking") },
         r = handshake => match r {
             Ok(w) => w,
             Err(e) => {
-                let ended = handshake_failed(e);
+                let ended = match e {
+                    HandshakeError::Unproven => unproven(cfg, proved_at),
+                    e => handshake_failed(e),
+                };
                 // As after the handshake, the provider's log says why we are leaving.
                 if ended.reason == Reason::Exception {
                     let bye = Message::Goodbye { reason: GoodbyeReason::ProtocolError, detail: ended.detail.clone() };
@@ -229,8 +254,14 @@ pub async fn run(
     let span = info_span!("session", session = welcome.session_id);
     let ended = async {
         let cookie = cookie.map_or_else(|| "none".to_owned(), |c| c.to_string());
-        info_or_debug!(routine, history = %welcome.history, %cookie, version = welcome.version, "connected");
+        let proved = welcome.version >= MUTUAL_AUTH_VERSION;
+        info_or_debug!(routine, history = %welcome.history, %cookie, version = welcome.version, proved, "connected");
         status.update(|s| s.protocol_version = Some(welcome.version));
+        if proved && proved_at.is_none() {
+            if let Err(ended) = remember_proof(cfg, replica, status) {
+                return ended;
+            }
+        }
         // Linux shows a thread's first 15 bytes: "apply people" fits.
         let runner = match Runner::start(&format!("apply {}", cfg.name)) {
             Ok(runner) => runner,
@@ -367,6 +398,59 @@ async fn connect_tcp(
     Ok(halves)
 }
 
+/// How a session ends whose provider did not offer to prove it knows the secret, when
+/// this agreement requires the proof.
+fn unproven(cfg: &SessionConfig, proved_at: Option<u64>) -> Ended {
+    let why = match proved_at {
+        Some(ms) if cfg.provider_proof == ProofPolicy::OnceProved => {
+            format!("a provider of this agreement proved it at {}", rfc3339_of_ms(ms))
+        }
+        _ => format!("provider_proof = {:?}", cfg.provider_proof.as_str()),
+    };
+    Ended {
+        connected: false,
+        unproven: true,
+        ..Ended::new(
+            Reason::Exception,
+            format!(
+                "handshake: the peer at {} did not prove it knows the agreement's secret, and {why}: it may be \
+                 something other than the provider; nothing of the secret was sent. If the provider was rolled back \
+                 to a build older than protocol version 3, set provider_proof = \"optional\" for this agreement \
+                 until it is upgraded",
+                cfg.provider
+            ),
+        )
+    }
+}
+
+/// Records, once, that a provider of this agreement proved itself: from now on one that
+/// does not is refused (with `provider_proof = "once-proved"`).
+fn remember_proof(cfg: &SessionConfig, replica: &Replica, status: &StatusHandle) -> Result<(), Ended> {
+    let now = std::time::SystemTime::now();
+    let ms = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if let Err(e) = replica.record_provider_proved(ms) {
+        replica.failure().note(&e);
+        return Err(Ended {
+            fatal: e.is_fatal(),
+            ..Ended::new(Reason::Exception, format!("recording the provider's proof: {e}"))
+        });
+    }
+    status.update(|s| s.provider_proved_at = Some(rfc3339_of_ms(ms)));
+    if cfg.provider_proof == ProofPolicy::OnceProved {
+        info!(
+            "the provider proved it knows the agreement's secret: from now on this agreement refuses a provider \
+             that does not (provider_proof = \"once-proved\")"
+        );
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339, for status and messages.
+fn rfc3339_of_ms(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 fn handshake_failed(e: HandshakeError) -> Ended {
     let not_connected = |reason, detail: String| Ended { connected: false, ..Ended::new(reason, detail) };
     match e {
@@ -391,6 +475,10 @@ fn handshake_failed(e: HandshakeError) -> Ended {
         // after it, and is named the same (failure-cases.md: `exception`).
         HandshakeError::Unexpected { .. } | HandshakeError::BadVersion(_) => {
             not_connected(Reason::Exception, format!("handshake: protocol error: {e}"))
+        }
+        // Only a peer without the secret, or something between us, does these.
+        HandshakeError::BadProof | HandshakeError::WelcomeUnproven(_) | HandshakeError::Unproven => {
+            Ended { unproven: true, ..not_connected(Reason::Exception, format!("handshake: {e}")) }
         }
         HandshakeError::Wire(ref w) if w.is_protocol_violation() => {
             not_connected(Reason::Exception, format!("handshake: protocol error: {e}"))
@@ -1171,6 +1259,7 @@ mod tests {
             keepalive: Some((Duration::from_secs(60), Duration::from_secs(120))),
             tls: None,
             network: Network::Custom(Arc::new(Pipe(std::sync::Mutex::new(Some(ours))))),
+            provider_proof: ProofPolicy::OnceProved,
         };
         (cfg, theirs)
     }
@@ -1298,6 +1387,104 @@ mod tests {
         assert_eq!(ended.reason, Reason::IdleTimeout, "{ended:?}");
         assert!(ended.detail.contains("began no refresh within 2s"), "{ended:?}");
         provider.abort();
+    }
+
+    /// A fake provider of protocol version 2: takes any answer to its challenge, and then
+    /// refreshes the consumer to an empty replica. Returns what the consumer sent after
+    /// its hello (an `Auth` when it believed the fake, a goodbye when it did not).
+    async fn fake_older_provider(theirs: tokio::io::DuplexStream) -> Option<Message> {
+        let (mut r, mut w) = connection::boxed(theirs);
+        assert!(matches!(r.recv().await, Ok(Some(Message::Hello(_)))));
+        w.send(&Message::Challenge { nonce: [1; 32] }).await.unwrap();
+        let answer = r.recv().await.ok().flatten();
+        if matches!(answer, Some(Message::Auth { .. })) {
+            let history = HistoryId::new_random();
+            let welcome = tether_protocol::Welcome {
+                version: 2,
+                history,
+                session_id: 7,
+                keepalive_interval_ms: 60_000,
+                keepalive_timeout_ms: 120_000,
+            };
+            w.send(&Message::Welcome(welcome)).await.unwrap();
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: Cookie { history, csn: Csn(1) } }).await.unwrap();
+            while let Ok(Some(msg)) = r.recv().await {
+                if matches!(msg, Message::Ack { .. }) {
+                    break;
+                }
+            }
+        }
+        answer
+    }
+
+    /// Once a provider of the agreement has proved it knows the secret, a peer on its
+    /// address that does not prove it (an impostor speaking an older version) is refused
+    /// before anything of the secret is sent, and the replica is left as it was; with
+    /// `provider_proof = "optional"` it is believed, and can empty the replica, which is
+    /// what the default prevents.
+    #[tokio::test]
+    async fn once_a_provider_proved_itself_one_that_does_not_is_refused() {
+        let (_dir, store, replica) = empty_replica();
+        let history = HistoryId::new_random();
+        let filled = Cookie { history, csn: Csn(3) };
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await.unwrap();
+            w.send(&batch(0, 3)).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: filled }).await.unwrap();
+            while let Ok(Some(msg)) = r.recv().await {
+                if matches!(msg, Message::Ack { .. }) {
+                    break;
+                }
+            }
+        });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        provider.await.unwrap();
+        assert!(ended.connected, "{ended:?}");
+        assert!(replica.provider_proved_at().unwrap().is_some(), "the proof is on record");
+        assert_eq!((replica.len().unwrap(), replica.cookie().unwrap()), (3, Some(filled)));
+
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let provider = tokio::spawn(fake_older_provider(theirs));
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
+        assert!(ended.unproven && !ended.connected, "{ended:?}");
+        assert!(
+            ended.detail.contains(
+                "did not prove it knows the agreement's secret, and a provider of this agreement proved it at"
+            ),
+            "{ended:?}"
+        );
+        assert!(ended.detail.contains("provider_proof = \"optional\""), "{ended:?}");
+        let Some(Message::Goodbye { reason, .. }) = provider.await.unwrap() else { panic!("no goodbye") };
+        assert_eq!(reason, GoodbyeReason::ProtocolError, "told why, and sent no MAC");
+        assert_eq!((replica.len().unwrap(), replica.cookie().unwrap()), (3, Some(filled)), "the replica is untouched");
+
+        let (mut cfg, theirs) = piped(Mode::RefreshAndPersist);
+        cfg.provider_proof = ProofPolicy::Optional;
+        let provider = tokio::spawn(fake_older_provider(theirs));
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert!(ended.connected, "{ended:?}");
+        assert!(matches!(provider.await.unwrap(), Some(Message::Auth { .. })));
+        assert_eq!(replica.len().unwrap(), 0, "optional believes whoever answers");
+    }
+
+    /// With `provider_proof = "required"` a provider that does not prove itself is refused
+    /// from the first session on, and the policy is named.
+    #[tokio::test]
+    async fn a_required_proof_refuses_an_older_provider_from_the_start() {
+        let (_dir, store, replica) = empty_replica();
+        let (mut cfg, theirs) = piped(Mode::RefreshAndPersist);
+        cfg.provider_proof = ProofPolicy::Required;
+        let provider = tokio::spawn(fake_older_provider(theirs));
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert!(ended.unproven && ended.reason == Reason::Exception, "{ended:?}");
+        assert!(ended.detail.contains("and provider_proof = \"required\""), "{ended:?}");
+        assert!(matches!(provider.await.unwrap(), Some(Message::Goodbye { .. })));
+        assert_eq!(replica.provider_proved_at().unwrap(), None);
     }
 
     /// A message out of place in the handshake is an `exception`, as it is after it, and

@@ -76,6 +76,12 @@ pub struct AgreementStatus {
     /// handshake): during a rolling upgrade, whether its provider runs an older build.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<u16>,
+    /// When a provider of this agreement first proved it knows the secret (RFC 3339,
+    /// this machine's clock), as recorded in the store; absent until one has. With
+    /// `provider_proof = "once-proved"` a provider that does not prove itself is refused
+    /// from then on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_proved_at: Option<String>,
     /// When the replica was last known current; `lag_seconds` is computed from it.
     #[serde(skip)]
     pub current_at: Instant,
@@ -171,6 +177,7 @@ impl StatusHandle {
                 skipped: 0,
                 duplicates: 0,
                 protocol_version: None,
+                provider_proved_at: None,
                 current_at: Instant::now(),
                 applied_csn: None,
             })),

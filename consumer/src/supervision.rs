@@ -240,6 +240,7 @@ impl Supervision {
             // Retrying soon cannot fix these (an operator must change a secret, a version,
             // or put the provider's store back); do not hammer the provider.
             (Some(RejectReason::BadCredentials | RejectReason::VersionMismatch), _) => Some(self.retry.longest_delay()),
+            _ if ended.unproven => Some(self.retry.longest_delay()),
             (_, Some(reason)) if reason.awaits_operator() => Some(self.retry.longest_delay()),
             _ => self.retry.jittered_delay_for(self.attempt, sample),
         };
@@ -348,12 +349,18 @@ mod tests {
     }
 
     #[test]
-    fn bad_credentials_back_off_at_the_longest_delay_and_revocation_closes() {
+    fn bad_credentials_and_an_unproven_provider_back_off_at_the_longest_delay_and_revocation_closes() {
         let t0 = Instant::now();
         let mut m = machine(&["1s x5", "10m forever"], None);
         m.step(t0, Input::Begin { stopped: false }, 0.5);
         let rejected = Ended { rejection: Some(RejectReason::BadCredentials), ..ended(Reason::Rejected) };
         let out = m.step(t0, Input::SessionEnded(rejected), 0.5);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(600)));
+        m.step(t0, Input::TimerFired, 0.5);
+        // So does a peer that did not prove it is the provider: an operator, or the
+        // impostor's going, is what it waits for.
+        let unproven = Ended { unproven: true, ..ended(Reason::Exception) };
+        let out = m.step(t0, Input::SessionEnded(unproven), 0.5);
         assert_eq!(wait_of(&out), Some(Duration::from_secs(600)));
         m.step(t0, Input::TimerFired, 0.5);
         let revoked = Ended {

@@ -10,6 +10,16 @@
 //! the parts from running into each other (`client_id "ab" + agreement "c"` cannot be
 //! confused with `"a" + "bc"`), and the role kind keeps an agreement named `writer` from
 //! standing in for the writer role.
+//!
+//! From protocol version 3 the provider proves itself too, after it has checked the
+//! client's MAC:
+//! `HMAC-SHA256(secret, lp(PROOF_DOMAIN) ‖ lp(nonce) ‖ lp(client nonce) ‖ lp(client_id) ‖
+//! lp(role kind) ‖ lp(agreement) ‖ lp(welcome))`, the welcome as its fields in order, each
+//! big-endian (version as 2 bytes, history as its 16, then session id, keepalive interval
+//! and keepalive timeout as 8 each). Its own domain keeps the two MACs apart: a client's
+//! MAC is never a proof, so a peer without the secret that relays a client's `Auth`
+//! learns nothing it can answer that client's challenge with, and the welcome inside it
+//! keeps what the client is told (history, keepalive) from being swapped in transit.
 
 use std::fmt;
 
@@ -19,11 +29,14 @@ use rand::RngCore;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::message::{Hello, MAC_LEN, NONCE_LEN};
+use crate::message::{Hello, Welcome, MAC_LEN, NONCE_LEN};
 
 /// Domain separation: a MAC made for this handshake cannot be reused as any other
 /// HMAC computed with the same secret, nor across incompatible MAC layouts.
 const DOMAIN: &[u8] = b"tether-handshake-mac-v1";
+
+/// Domain separation for the provider's proof (see the module's overview).
+const PROOF_DOMAIN: &[u8] = b"tether-provider-proof-v1";
 
 /// The challenge nonce.
 pub type Nonce = [u8; NONCE_LEN];
@@ -115,7 +128,6 @@ pub fn new_nonce() -> Result<Nonce, AuthError> {
 /// `None` only if the HMAC implementation refuses the key, which HMAC never does for a
 /// key of any length; callers fail closed on it anyway.
 fn keyed(secret: &Secret, nonce: &Nonce, hello: &Hello) -> Option<HmacSha256> {
-    let mut mac = HmacSha256::new_from_slice(secret.expose()).ok()?;
     let parts: [&[u8]; 5] = [
         DOMAIN,
         nonce,
@@ -123,6 +135,12 @@ fn keyed(secret: &Secret, nonce: &Nonce, hello: &Hello) -> Option<HmacSha256> {
         hello.role.kind().as_bytes(),
         hello.role.agreement().unwrap_or_default().as_bytes(),
     ];
+    keyed_parts(secret, &parts)
+}
+
+/// The HMAC keyed with `secret` over `parts`, each length-prefixed.
+fn keyed_parts(secret: &Secret, parts: &[&[u8]]) -> Option<HmacSha256> {
+    let mut mac = HmacSha256::new_from_slice(secret.expose()).ok()?;
     for part in parts {
         // A part longer than 4 GiB cannot have arrived in a frame; refuse it rather
         // than MAC an ambiguous length.
@@ -131,6 +149,53 @@ fn keyed(secret: &Secret, nonce: &Nonce, hello: &Hello) -> Option<HmacSha256> {
         mac.update(part);
     }
     Some(mac)
+}
+
+/// The provider's proof, keyed with `secret`, before finalizing.
+fn keyed_proof(secret: &Secret, nonces: Nonces<'_>, hello: &Hello, welcome: &Welcome) -> Option<HmacSha256> {
+    let mut told = Vec::with_capacity(2 + 16 + 3 * 8);
+    told.extend_from_slice(&welcome.version.to_be_bytes());
+    told.extend_from_slice(&welcome.history.0);
+    told.extend_from_slice(&welcome.session_id.to_be_bytes());
+    told.extend_from_slice(&welcome.keepalive_interval_ms.to_be_bytes());
+    told.extend_from_slice(&welcome.keepalive_timeout_ms.to_be_bytes());
+    let parts: [&[u8]; 7] = [
+        PROOF_DOMAIN,
+        nonces.provider,
+        nonces.client,
+        hello.client_id.as_bytes(),
+        hello.role.kind().as_bytes(),
+        hello.role.agreement().unwrap_or_default().as_bytes(),
+        &told,
+    ];
+    keyed_parts(secret, &parts)
+}
+
+/// The two nonces of a mutual handshake: the provider's challenge and the client's.
+#[derive(Debug, Clone, Copy)]
+pub struct Nonces<'a> {
+    /// The provider's, from `MutualChallenge`.
+    pub provider: &'a Nonce,
+    /// The client's, from `MutualAuth`.
+    pub client: &'a Nonce,
+}
+
+/// The provider's proof that it knows `secret`, for the handshake whose nonces, hello
+/// and welcome these are.
+pub fn compute_proof(
+    secret: &Secret,
+    nonces: Nonces<'_>,
+    hello: &Hello,
+    welcome: &Welcome,
+) -> Result<MacTag, AuthError> {
+    let mac = keyed_proof(secret, nonces, hello, welcome).ok_or(AuthError::Unmacable)?;
+    Ok(mac.finalize().into_bytes().into())
+}
+
+/// Whether `tag` is the provider's proof for this handshake under `secret`, compared in
+/// constant time.
+pub fn verify_proof(secret: &Secret, nonces: Nonces<'_>, hello: &Hello, welcome: &Welcome, tag: &MacTag) -> bool {
+    keyed_proof(secret, nonces, hello, welcome).is_some_and(|mac| mac.verify_slice(tag).is_ok())
 }
 
 /// The client's proof for `nonce` and the identity and role in `hello`.
@@ -194,6 +259,35 @@ mod tests {
         let mut flipped = tag;
         flipped[0] ^= 1;
         assert!(!verify_mac(&secret, &nonce, &hello, &flipped));
+    }
+
+    #[test]
+    fn a_proof_verifies_only_for_the_same_secret_nonces_identity_and_welcome() {
+        let secret = Secret::new("s3cret").unwrap();
+        let (provider, client) = (new_nonce().unwrap(), new_nonce().unwrap());
+        let nonces = Nonces { provider: &provider, client: &client };
+        let hello = consumer_hello("people");
+        let welcome = Welcome {
+            version: 3,
+            history: crate::cookie::HistoryId([5; 16]),
+            session_id: 9,
+            keepalive_interval_ms: 5_000,
+            keepalive_timeout_ms: 20_000,
+        };
+        let proof = compute_proof(&secret, nonces, &hello, &welcome).unwrap();
+        assert!(verify_proof(&secret, nonces, &hello, &welcome, &proof));
+
+        assert!(!verify_proof(&Secret::new("other").unwrap(), nonces, &hello, &welcome, &proof));
+        let swapped = Nonces { provider: &client, client: &provider };
+        assert!(!verify_proof(&secret, swapped, &hello, &welcome, &proof));
+        let other_welcome = Welcome { history: crate::cookie::HistoryId([6; 16]), ..welcome.clone() };
+        assert!(!verify_proof(&secret, nonces, &hello, &other_welcome, &proof));
+        let other_client = Hello { client_id: "replica-2".into(), ..hello.clone() };
+        assert!(!verify_proof(&secret, nonces, &other_client, &welcome, &proof));
+        // The client's MAC over the provider's nonce is never a proof, nor the reverse.
+        let mac = compute_mac(&secret, &provider, &hello).unwrap();
+        assert_ne!(mac, proof);
+        assert!(!verify_proof(&secret, nonces, &hello, &welcome, &mac));
     }
 
     #[test]

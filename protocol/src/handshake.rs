@@ -9,6 +9,19 @@
 //!                                     <-   Welcome{...}          (or Reject)
 //! ```
 //!
+//! From protocol version 3 ([`MUTUAL_AUTH_VERSION`]) the provider proves itself too:
+//!
+//! ```text
+//!   Hello{versions, client_id, role}      ->
+//!                                         <-   MutualChallenge{nonce}          (or Reject)
+//!   MutualAuth{mac, nonce}                ->
+//!                                         <-   ProvenWelcome{welcome, proof}   (or Reject)
+//! ```
+//!
+//! A client cannot tell a provider of an older build from an impostor that pretends to
+//! be one, so whether it takes a provider that does not prove itself is the caller's
+//! [`ProviderProof`]; refusing one happens before the client's MAC is sent.
+//!
 //! The whole exchange runs under one deadline ([`HANDSHAKE_TIMEOUT`] by default), and
 //! while it runs both sides accept frames of at most [`HANDSHAKE_MAX_FRAME`], so an
 //! unauthenticated peer can neither hold a connection open nor make us buffer much. A
@@ -20,11 +33,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{timeout_at, Instant};
 
-use crate::auth::{compute_mac, new_nonce, verify_mac, AuthError, Secret};
+use crate::auth::{compute_mac, compute_proof, new_nonce, verify_mac, verify_proof, AuthError, Nonces, Secret};
 use crate::connection::{MessageReader, MessageWriter, WireError};
 use crate::cookie::HistoryId;
 use crate::foreign::ForeignPeer;
-use crate::message::{GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, SUPPORTED_VERSIONS};
+use crate::message::{
+    GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, MUTUAL_AUTH_VERSION, SUPPORTED_VERSIONS,
+};
 
 /// Default deadline for the whole handshake, from the first byte sent or awaited to the
 /// `Welcome`. Generous for any real network; short enough that a silent peer does not
@@ -70,6 +85,26 @@ pub enum HandshakeError {
     /// Client side: the provider chose a protocol version the client did not offer.
     #[error("provider chose protocol version {0}, which was not offered")]
     BadVersion(u16),
+    /// Client side: the provider did not offer to prove it knows the secret (it chose a
+    /// version before [`MUTUAL_AUTH_VERSION`]), and the caller requires the proof. Nothing
+    /// of the secret was sent.
+    #[error(
+        "the provider did not offer to prove it knows the secret (it speaks protocol version 2 or older, \
+         or is not the provider), and this client requires the proof"
+    )]
+    Unproven,
+    /// Client side: the provider welcomed us at [`MUTUAL_AUTH_VERSION`] or later without
+    /// the proof that version requires: only an impostor does that.
+    #[error("the provider chose protocol version {0}, which requires its proof, and sent none")]
+    WelcomeUnproven(u16),
+    /// Client side: the provider's proof does not match the secret. The provider checked
+    /// ours with its secret before proving, so this is not a mismatched configuration:
+    /// the peer does not know the secret, or something changed the handshake in transit.
+    #[error(
+        "the provider's proof that it knows the secret is wrong: it is not the provider, \
+         or something between us changed the handshake"
+    )]
+    BadProof,
     /// The peer closed the connection cleanly before the handshake completed.
     #[error("connection closed during the handshake")]
     Closed,
@@ -101,7 +136,10 @@ impl HandshakeError {
         match self {
             HandshakeError::Rejected(reject) | HandshakeError::Refused(reject) => reject.reason.is_permanent(),
             HandshakeError::Goodbye { reason, .. } => *reason == GoodbyeReason::CredentialsRevoked,
-            HandshakeError::BadVersion(_) => true,
+            HandshakeError::BadVersion(_)
+            | HandshakeError::Unproven
+            | HandshakeError::WelcomeUnproven(_)
+            | HandshakeError::BadProof => true,
             HandshakeError::Timeout(_)
             | HandshakeError::Unexpected { .. }
             | HandshakeError::Closed
@@ -134,6 +172,17 @@ pub struct Accepted {
     pub hello: Hello,
     /// What was sent back, including the negotiated version.
     pub welcome: Welcome,
+}
+
+/// Whether a client takes a provider that does not prove it knows the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderProof {
+    /// A provider of a version before [`MUTUAL_AUTH_VERSION`] is taken without a proof;
+    /// one that offers the proof must give the right one.
+    Optional,
+    /// Only a provider that proves itself is taken; one that does not is refused
+    /// ([`HandshakeError::Unproven`]) before the client's MAC is sent.
+    Required,
 }
 
 /// The highest protocol version both this build and the client speak.
@@ -195,7 +244,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
 
 /// Client side: introduces itself with `hello`, answers the challenge with `secret`,
 /// and returns the provider's `Welcome`. `limit` bounds the whole exchange (normally
-/// [`HANDSHAKE_TIMEOUT`]).
+/// [`HANDSHAKE_TIMEOUT`]). A provider that chose [`MUTUAL_AUTH_VERSION`] or later has
+/// proved it knows `secret` by the time this returns; one of an older version only if
+/// `proof` allowed it.
 ///
 /// # Errors
 /// [`HandshakeError::Rejected`] carries the provider's reason; see
@@ -205,6 +256,7 @@ pub async fn client_handshake<R, W>(
     writer: &mut MessageWriter<W>,
     hello: &Hello,
     secret: &Secret,
+    proof: ProviderProof,
     limit: Duration,
 ) -> Result<Welcome, HandshakeError>
 where
@@ -215,7 +267,7 @@ where
     reader.set_max_frame(HANDSHAKE_MAX_FRAME.min(saved));
     let mut ex =
         Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true, received: false };
-    let result = client_steps(&mut ex, hello, secret).await;
+    let result = client_steps(&mut ex, hello, secret, proof).await;
     ex.reader.set_max_frame(saved);
     result
 }
@@ -224,22 +276,51 @@ async fn client_steps<R, W>(
     ex: &mut Exchange<'_, R, W>,
     hello: &Hello,
     secret: &Secret,
+    proof: ProviderProof,
 ) -> Result<Welcome, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     ex.send(&Message::Hello(hello.clone())).await?;
-    let nonce = match ex.recv().await? {
-        Message::Challenge { nonce } => nonce,
-        other => return Err(client_unexpected("challenge", other)),
-    };
-    let mac = compute_mac(secret, &nonce, hello)?;
-    ex.send(&Message::Auth { mac }).await?;
     match ex.recv().await? {
-        Message::Welcome(welcome) if hello.versions.contains(&welcome.version) => Ok(welcome),
-        Message::Welcome(welcome) => Err(HandshakeError::BadVersion(welcome.version)),
-        other => Err(client_unexpected("welcome", other)),
+        Message::Challenge { .. } if proof == ProviderProof::Required => Err(HandshakeError::Unproven),
+        Message::Challenge { nonce } => {
+            let mac = compute_mac(secret, &nonce, hello)?;
+            ex.send(&Message::Auth { mac }).await?;
+            match ex.recv().await? {
+                Message::Welcome(welcome) if !hello.versions.contains(&welcome.version) => {
+                    Err(HandshakeError::BadVersion(welcome.version))
+                }
+                Message::Welcome(welcome) if welcome.version >= MUTUAL_AUTH_VERSION => {
+                    Err(HandshakeError::WelcomeUnproven(welcome.version))
+                }
+                Message::Welcome(welcome) => Ok(welcome),
+                other => Err(client_unexpected("welcome", other)),
+            }
+        }
+        Message::MutualChallenge { nonce } => {
+            let ours = new_nonce()?;
+            let mac = compute_mac(secret, &nonce, hello)?;
+            ex.send(&Message::MutualAuth { mac, nonce: ours }).await?;
+            match ex.recv().await? {
+                Message::ProvenWelcome { welcome, .. }
+                    if !hello.versions.contains(&welcome.version) || welcome.version < MUTUAL_AUTH_VERSION =>
+                {
+                    Err(HandshakeError::BadVersion(welcome.version))
+                }
+                Message::ProvenWelcome { welcome, proof } => {
+                    let nonces = Nonces { provider: &nonce, client: &ours };
+                    if verify_proof(secret, nonces, hello, &welcome, &proof) {
+                        Ok(welcome)
+                    } else {
+                        Err(HandshakeError::BadProof)
+                    }
+                }
+                other => Err(client_unexpected("proven-welcome", other)),
+            }
+        }
+        other => Err(client_unexpected("challenge", other)),
     }
 }
 
@@ -341,10 +422,19 @@ where
     check_client_id(&hello.client_id).map_err(HandshakeError::Refused)?;
     let admission = authorize(&hello).map_err(HandshakeError::Refused)?;
     let nonce = new_nonce()?;
-    ex.send(&Message::Challenge { nonce }).await?;
-    let mac = match ex.recv().await? {
-        Message::Auth { mac } => mac,
-        other => return Err(server_unexpected("auth", other)),
+    let mutual = version >= MUTUAL_AUTH_VERSION;
+    let (mac, theirs) = if mutual {
+        ex.send(&Message::MutualChallenge { nonce }).await?;
+        match ex.recv().await? {
+            Message::MutualAuth { mac, nonce } => (mac, Some(nonce)),
+            other => return Err(server_unexpected("mutual-auth", other)),
+        }
+    } else {
+        ex.send(&Message::Challenge { nonce }).await?;
+        match ex.recv().await? {
+            Message::Auth { mac } => (mac, None),
+            other => return Err(server_unexpected("auth", other)),
+        }
     };
     if !verify_mac(&admission.secret, &nonce, &hello, &mac) {
         let who = hello.role.agreement().map_or_else(|| "the writer role".to_owned(), |a| format!("agreement {a:?}"));
@@ -360,7 +450,17 @@ where
         keepalive_interval_ms: millis(admission.keepalive_interval),
         keepalive_timeout_ms: millis(admission.keepalive_timeout),
     };
-    ex.send(&Message::Welcome(welcome.clone())).await?;
+    let reply = match theirs {
+        // Proved only now, after the client proved itself: the proof is never made for
+        // a peer that has not shown it knows the secret.
+        Some(theirs) => {
+            let proof =
+                compute_proof(&admission.secret, Nonces { provider: &nonce, client: &theirs }, &hello, &welcome)?;
+            Message::ProvenWelcome { welcome: welcome.clone(), proof }
+        }
+        None => Message::Welcome(welcome.clone()),
+    };
+    ex.send(&reply).await?;
     Ok(Accepted { hello, welcome })
 }
 
@@ -405,6 +505,7 @@ mod tests {
     use tokio::io::{duplex, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
 
     use super::*;
+    use crate::auth::compute_proof;
     use crate::connection::split;
     use crate::frame::MAX_FRAME;
     use crate::message::tests::consumer_hello;
@@ -447,7 +548,7 @@ mod tests {
     async fn run(hello: Hello, secret: &[u8]) -> (Result<Welcome, HandshakeError>, Result<Accepted, HandshakeError>) {
         let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
         let secret = Secret::new(secret).unwrap();
-        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT);
+        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT);
         let server = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize);
         tokio::join!(client, server)
     }
@@ -487,6 +588,137 @@ mod tests {
         assert_eq!(welcome.keepalive_timeout(), Duration::from_secs(20));
     }
 
+    /// Runs a client against `provider`, a provider written by hand.
+    async fn against<F: std::future::Future<Output = ()>>(
+        proof: ProviderProof,
+        provider: impl FnOnce(Reader, Writer) -> F,
+    ) -> Result<Welcome, HandshakeError> {
+        let ((mut cr, mut cw), (sr, sw)) = pair();
+        let secret = Secret::new(SECRET).unwrap();
+        let hello = Hello { versions: SUPPORTED_VERSIONS.to_vec(), ..consumer_hello("people") };
+        let client = async {
+            let result = client_handshake(&mut cr, &mut cw, &hello, &secret, proof, HANDSHAKE_TIMEOUT).await;
+            // The provider's last read then sees the end of the stream.
+            drop((cr, cw));
+            result
+        };
+        tokio::join!(client, provider(sr, sw)).0
+    }
+
+    #[tokio::test]
+    async fn a_provider_of_this_version_proves_it_knows_the_secret() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let secret = Secret::new(SECRET).unwrap();
+        let hello = Hello { versions: SUPPORTED_VERSIONS.to_vec(), ..consumer_hello("people") };
+        let (client, server) = tokio::join!(
+            client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Required, HANDSHAKE_TIMEOUT),
+            server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize),
+        );
+        assert_eq!(client.unwrap().version, MUTUAL_AUTH_VERSION);
+        assert_eq!(server.unwrap().welcome.version, MUTUAL_AUTH_VERSION);
+
+        // A client of an older build is served as before, without the mutual messages.
+        let (client, server) = run(Hello { versions: vec![1, 2], ..consumer_hello("people") }, SECRET).await;
+        assert_eq!(client.unwrap().version, 2);
+        assert_eq!(server.unwrap().welcome.version, 2);
+    }
+
+    #[tokio::test]
+    async fn a_provider_without_the_secret_cannot_prove_it() {
+        let impostor = |mut sr: Reader, mut sw: Writer| async move {
+            let Some(Message::Hello(hello)) = sr.recv().await.unwrap() else { panic!("no hello") };
+            sw.send(&Message::MutualChallenge { nonce: [1; 32] }).await.unwrap();
+            let Some(Message::MutualAuth { nonce, .. }) = sr.recv().await.unwrap() else { panic!("no auth") };
+            let welcome = Welcome {
+                version: MUTUAL_AUTH_VERSION,
+                history: HistoryId([6; 16]),
+                session_id: 1,
+                keepalive_interval_ms: 5_000,
+                keepalive_timeout_ms: 20_000,
+            };
+            let guess = Secret::new("a guess").unwrap();
+            let proof = compute_proof(&guess, Nonces { provider: &[1; 32], client: &nonce }, &hello, &welcome).unwrap();
+            sw.send(&Message::ProvenWelcome { welcome, proof }).await.unwrap();
+        };
+        for proof in [ProviderProof::Optional, ProviderProof::Required] {
+            let err = against(proof, impostor).await.unwrap_err();
+            assert!(matches!(err, HandshakeError::BadProof), "{err}");
+            assert!(err.is_permanent());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_does_not_offer_the_proof_is_refused_only_when_it_is_required() {
+        // What a provider of an older build does, and an impostor may pretend to be one.
+        let older = |mut sr: Reader, mut sw: Writer| async move {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            sw.send(&Message::Challenge { nonce: [1; 32] }).await.unwrap();
+            match sr.recv().await.unwrap() {
+                Some(Message::Auth { .. }) => {}
+                None => return,
+                other => panic!("{other:?}"),
+            }
+            let welcome = Welcome {
+                version: 2,
+                history: HistoryId([6; 16]),
+                session_id: 1,
+                keepalive_interval_ms: 5_000,
+                keepalive_timeout_ms: 20_000,
+            };
+            sw.send(&Message::Welcome(welcome)).await.unwrap();
+        };
+        assert_eq!(against(ProviderProof::Optional, older).await.unwrap().version, 2);
+
+        // Required: refused at the challenge, before the client's MAC goes out.
+        let sent_auth = Arc::new(Mutex::new(None));
+        let seen = sent_auth.clone();
+        let err = against(ProviderProof::Required, |mut sr: Reader, mut sw: Writer| async move {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            sw.send(&Message::Challenge { nonce: [1; 32] }).await.unwrap();
+            *seen.lock().unwrap() = Some(sr.recv().await.unwrap());
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, HandshakeError::Unproven), "{err}");
+        assert!(err.is_permanent());
+        assert_eq!(*sent_auth.lock().unwrap(), Some(None), "the client sent nothing after its hello");
+    }
+
+    #[tokio::test]
+    async fn a_welcome_at_the_proving_version_without_the_proof_is_refused() {
+        let err = against(ProviderProof::Optional, |mut sr: Reader, mut sw: Writer| async move {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            sw.send(&Message::Challenge { nonce: [1; 32] }).await.unwrap();
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Auth { .. })));
+            let welcome = Welcome {
+                version: MUTUAL_AUTH_VERSION,
+                history: HistoryId([6; 16]),
+                session_id: 1,
+                keepalive_interval_ms: 5_000,
+                keepalive_timeout_ms: 20_000,
+            };
+            sw.send(&Message::Welcome(welcome)).await.unwrap();
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, HandshakeError::WelcomeUnproven(3)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_answers_a_mutual_challenge_with_a_plain_auth_is_refused() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let client = async {
+            cw.send(&Message::Hello(consumer_hello("people"))).await.unwrap();
+            assert!(matches!(cr.recv().await.unwrap(), Some(Message::MutualChallenge { .. })));
+            cw.send(&Message::Auth { mac: [0; 32] }).await.unwrap();
+            cr.recv().await.unwrap()
+        };
+        let (reply, server) = tokio::join!(client, server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize));
+        assert_eq!(server.unwrap_err().reject_reason(), Some(RejectReason::ProtocolViolation));
+        let Some(Message::Reject(reject)) = reply else { panic!("{reply:?}") };
+        assert!(reject.detail.contains("expected mutual-auth, got auth"), "{}", reject.detail);
+    }
+
     #[tokio::test]
     async fn a_writer_with_the_right_secret_is_welcomed() {
         let hello = Hello { role: Role::Writer, ..consumer_hello("people") };
@@ -511,7 +743,7 @@ mod tests {
         let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
         let hello = Hello { versions: vec![99, 100], ..consumer_hello("people") };
         let secret = Secret::new(SECRET).unwrap();
-        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT);
+        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT);
         let mut authorized = false;
         let server = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, |h| {
             authorized = true;
@@ -578,7 +810,10 @@ mod tests {
         let limit = Duration::from_secs(3);
         let started = Instant::now();
         let secret = Secret::new(SECRET).unwrap();
-        let err = client_handshake(&mut cr, &mut cw, &consumer_hello("people"), &secret, limit).await.unwrap_err();
+        let err =
+            client_handshake(&mut cr, &mut cw, &consumer_hello("people"), &secret, ProviderProof::Optional, limit)
+                .await
+                .unwrap_err();
         assert!(matches!(err, HandshakeError::Timeout(d) if d == limit), "{err}");
         assert_eq!(started.elapsed(), limit);
     }
@@ -635,9 +870,16 @@ mod tests {
         // A TLS alert record: what a TLS server answers to a plain-text hello.
         b.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]).await.unwrap();
         let secret = Secret::new(SECRET).unwrap();
-        let err = client_handshake(&mut cr, &mut cw, &consumer_hello("people"), &secret, HANDSHAKE_TIMEOUT)
-            .await
-            .unwrap_err();
+        let err = client_handshake(
+            &mut cr,
+            &mut cw,
+            &consumer_hello("people"),
+            &secret,
+            ProviderProof::Optional,
+            HANDSHAKE_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
         let HandshakeError::Foreign(peer) = &err else { panic!("expected a foreign peer, got {err}") };
         assert_eq!(peer.kind(), Some(crate::foreign::ForeignKind::Tls), "{err}");
     }
@@ -654,7 +896,10 @@ mod tests {
         };
         let secret = Secret::new(SECRET).unwrap();
         let hello = consumer_hello("people");
-        let (client, ()) = tokio::join!(client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT), server);
+        let (client, ()) = tokio::join!(
+            client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT),
+            server
+        );
         let err = client.unwrap_err();
         assert!(matches!(&err, HandshakeError::Wire(WireError::FrameTooLarge { .. })), "{err}");
     }
@@ -665,7 +910,7 @@ mod tests {
         let secret = Secret::new(SECRET).unwrap();
         let hello = consumer_hello("people");
         let (client, server) = tokio::join!(
-            client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT),
+            client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT),
             server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize),
         );
         client.unwrap();
@@ -682,7 +927,7 @@ mod tests {
             sw.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "bye".into() }).await.unwrap();
         };
         let hello = consumer_hello("people");
-        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT);
+        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT);
         let (client, ()) = tokio::join!(client, server);
         assert!(matches!(client, Err(HandshakeError::Goodbye { reason: GoodbyeReason::Shutdown, .. })));
     }
@@ -732,7 +977,7 @@ mod tests {
         let secret = Secret::new(SECRET).unwrap();
         let hello = consumer_hello("people");
         let (client, server) = tokio::join!(
-            client_handshake(&mut cr, &mut cw, &hello, &secret, HANDSHAKE_TIMEOUT),
+            client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT),
             server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize),
         );
         client.unwrap();

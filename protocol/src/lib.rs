@@ -75,11 +75,13 @@ pub use entry::{
 pub use filter::Filter;
 pub use filter_parse::FilterError;
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME};
-pub use handshake::{client_handshake, server_handshake, Accepted, Admission, HandshakeError, HANDSHAKE_TIMEOUT};
+pub use handshake::{
+    client_handshake, server_handshake, Accepted, Admission, HandshakeError, ProviderProof, HANDSHAKE_TIMEOUT,
+};
 pub use ldif::{LdifError, LdifReader, LdifRecord};
 pub use message::{
     GoodbyeReason, Hello, Message, Mode, Reject, RejectReason, Role, Welcome, WriteErrorKind, WriteOutcome,
-    INCREMENT_VERSION, POLL_ACK_VERSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    INCREMENT_VERSION, MUTUAL_AUTH_VERSION, POLL_ACK_VERSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use repl::{RefreshKind, ReplOp, ResumePoint};
 pub use scope::{Scope, SearchSpec};

@@ -23,14 +23,22 @@ use crate::entry::{Entry, EntryUuid};
 use crate::scope::SearchSpec;
 
 /// The protocol version this build prefers.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Every protocol version this build can speak, oldest first. The handshake picks the
 /// highest version both sides list. Version 2 is version 1 with
 /// [`ModOp::Increment`](crate::change::ModOp::Increment) in writer requests and a
-/// refresh-only consumer's `Ack` of its refresh ([`POLL_ACK_VERSION`]); builds speak
-/// both, so a provider and its consumers can be upgraded one at a time.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, PROTOCOL_VERSION];
+/// refresh-only consumer's `Ack` of its refresh ([`POLL_ACK_VERSION`]); version 3 adds
+/// the provider's proof that it knows the secret ([`MUTUAL_AUTH_VERSION`]). Builds speak
+/// all three, so a provider and its consumers can be upgraded one at a time.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, PROTOCOL_VERSION];
+
+/// The first version whose handshake proves the provider to the client as well as the
+/// client to the provider ([`Message::MutualChallenge`], [`Message::MutualAuth`],
+/// [`Message::ProvenWelcome`]). Before it, anything that answered on the provider's
+/// address was believed, so on plain TCP whoever could take that address could feed a
+/// consumer a refresh that emptied its replica.
+pub const MUTUAL_AUTH_VERSION: u16 = 3;
 
 /// The first version in which a refresh-only consumer acknowledges its refresh once it
 /// is durable, and the provider waits for that before its goodbye. At version 1 the
@@ -525,6 +533,30 @@ pub enum Message {
         /// Hand this back in `Hello` to continue.
         resume: ResumePoint,
     },
+    /// Provider -> client, in place of `Challenge` when the version chosen is
+    /// [`MUTUAL_AUTH_VERSION`] or later: prove knowledge of the secret by MACing this
+    /// nonce, and send a nonce of your own for the provider to prove it too.
+    MutualChallenge {
+        /// Fresh random bytes, as in `Challenge`.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Client -> provider, the answer to `MutualChallenge`.
+    MutualAuth {
+        /// The same MAC as in `Auth`.
+        mac: [u8; MAC_LEN],
+        /// The client's fresh random bytes, which the provider's proof covers, so a
+        /// recorded proof cannot be replayed to another client.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Provider -> client, in place of `Welcome` after `MutualAuth`: the handshake
+    /// succeeded, and the provider knows the secret.
+    ProvenWelcome {
+        /// What `Welcome` says.
+        welcome: Welcome,
+        /// HMAC-SHA256 over both nonces, the client's identity and the welcome, as
+        /// described in `auth`.
+        proof: [u8; MAC_LEN],
+    },
 }
 
 impl Message {
@@ -553,6 +585,9 @@ impl Message {
             Message::SearchDone { .. } => "search-done",
             Message::Advance { .. } => "advance",
             Message::RefreshProgress { .. } => "refresh-progress",
+            Message::MutualChallenge { .. } => "mutual-challenge",
+            Message::MutualAuth { .. } => "mutual-auth",
+            Message::ProvenWelcome { .. } => "proven-welcome",
         }
     }
 }
@@ -656,6 +691,18 @@ pub(crate) mod tests {
             Message::RefreshProgress {
                 resume: ResumePoint { kind: RefreshKind::Present, since: Csn(3), start: cookie(), cursor: None },
             },
+            Message::MutualChallenge { nonce: [4; NONCE_LEN] },
+            Message::MutualAuth { mac: [5; MAC_LEN], nonce: [6; NONCE_LEN] },
+            Message::ProvenWelcome {
+                welcome: Welcome {
+                    version: MUTUAL_AUTH_VERSION,
+                    history: HistoryId::new_random(),
+                    session_id: 78,
+                    keepalive_interval_ms: 5_000,
+                    keepalive_timeout_ms: 20_000,
+                },
+                proof: [7; MAC_LEN],
+            },
         ]
     }
 
@@ -685,6 +732,9 @@ pub(crate) mod tests {
             Message::SearchDone { .. } => 19,
             Message::Advance { .. } => 20,
             Message::RefreshProgress { .. } => 21,
+            Message::MutualChallenge { .. } => 22,
+            Message::MutualAuth { .. } => 23,
+            Message::ProvenWelcome { .. } => 24,
         }
     }
 

@@ -10,7 +10,7 @@ use tether_config::output::Stdout;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
 use tether_protocol::control::{self, ControlRequest};
 use tether_protocol::foreign::ForeignKind;
-use tether_protocol::handshake::{client_handshake, HandshakeError};
+use tether_protocol::handshake::{client_handshake, HandshakeError, ProviderProof};
 use tether_protocol::message::{Hello, Message, RejectReason, Role, WriteErrorKind, WriteOutcome, SUPPORTED_VERSIONS};
 use tether_protocol::{Change, Csn};
 
@@ -116,8 +116,11 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
         client_id: format!("tether-provider-write-{}", std::process::id()),
         role: Role::Writer,
     };
+    // Optional: the provider may still run the build before this command's (a rolling
+    // upgrade runs the new command against the old process); a proof offered is checked.
+    let proof = ProviderProof::Optional;
     let welcome =
-        client_handshake(&mut reader, &mut writer_half, &hello, &secret, CLIENT_TIMEOUT).await.map_err(|e| {
+        client_handshake(&mut reader, &mut writer_half, &hello, &secret, proof, CLIENT_TIMEOUT).await.map_err(|e| {
             let hint = match &e {
                 // The provider cannot say more without saying something about its secret.
                 HandshakeError::Rejected(r) if r.reason == RejectReason::BadCredentials => format!(

@@ -518,3 +518,111 @@ fn revoked_credentials_end_in_closed_without_a_retry_storm() -> Result<()> {
     assert!(p.log_text().contains("1 session revoked"));
     Ok(())
 }
+
+/// What the impostor of [`an_impostor_on_the_provider_s_address_is_refused_and_the_replica_kept`]
+/// was sent.
+#[derive(Debug, Default)]
+struct ImpostorSaw {
+    /// Hellos read.
+    hellos: std::sync::atomic::AtomicU64,
+    /// MACs the consumer sent to it: it believed the impostor.
+    auths: std::sync::atomic::AtomicU64,
+    /// Goodbyes the consumer sent it instead.
+    goodbyes: std::sync::atomic::AtomicU64,
+}
+
+/// Plays a provider of protocol version 2 without the secret on `listener` until `stop`:
+/// it takes any answer to its challenge and refreshes the consumer to nothing.
+async fn impostor(
+    listener: tokio::net::TcpListener,
+    saw: std::sync::Arc<ImpostorSaw>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tether_protocol::message::{Message, RefreshKind, Welcome};
+    use tether_protocol::{Cookie, Csn, HistoryId};
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
+        };
+        let saw = saw.clone();
+        tokio::spawn(async move {
+            let Ok((mut r, mut w)) = tether_protocol::connection::from_tcp(stream) else { return };
+            if !matches!(r.recv().await, Ok(Some(Message::Hello(_)))) {
+                return;
+            }
+            saw.hellos.fetch_add(1, Relaxed);
+            if w.send(&Message::Challenge { nonce: [1; 32] }).await.is_err() {
+                return;
+            }
+            match r.recv().await {
+                Ok(Some(Message::Auth { .. })) => {
+                    saw.auths.fetch_add(1, Relaxed);
+                    let history = HistoryId::new_random();
+                    let welcome = Welcome {
+                        version: 2,
+                        history,
+                        session_id: 666,
+                        keepalive_interval_ms: 5_000,
+                        keepalive_timeout_ms: 20_000,
+                    };
+                    let _ = w.send(&Message::Welcome(welcome)).await;
+                    let _ = w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await;
+                    let _ = w.send(&Message::RefreshDone { cookie: Cookie { history, csn: Csn(1) } }).await;
+                    while let Ok(Some(_)) = r.recv().await {}
+                }
+                Ok(Some(Message::Goodbye { .. })) => {
+                    saw.goodbyes.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+/// The provider stops, and something else takes its port: a peer that speaks the
+/// protocol but does not know the agreement's secret, pretending to be a provider of an
+/// older build. The consumer, whose provider proved itself before, refuses it before
+/// sending anything of the secret, keeps its replica whole, says why in status, and
+/// resumes by delta when the provider is back.
+#[test]
+fn an_impostor_on_the_provider_s_address_is_refused_and_the_replica_kept() -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 300, 19, ProviderOptions::default())?;
+    let a = Agreement {
+        extra: "retry = [\"300ms forever\"]\n".into(),
+        ..Agreement::persist("people", PEOPLE, "people-secret")
+    };
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let before = c.agreement_status("people")?;
+    assert_eq!(before["protocol_version"], 3, "{before}");
+    assert!(before["provider_proved_at"].is_string(), "{before}");
+    let replica = c.search("people", PEOPLE, "subtree", ALL)?;
+    assert!(p.stop()?.success());
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", p.port)))?;
+    let saw = std::sync::Arc::new(ImpostorSaw::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    rt.spawn(impostor(listener, saw.clone(), stop.clone()));
+    let s = c.wait_status("people", LIMIT, "the impostor refused twice", |s| {
+        s["last_disconnect"] == "exception" && saw.goodbyes.load(Relaxed) >= 2
+    })?;
+    let error = s["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("did not prove it knows the agreement's secret"), "{s}");
+    assert_eq!(saw.auths.load(Relaxed), 0, "no MAC went to the impostor");
+    assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, replica, "the replica is whole");
+    assert_eq!(c.agreement_status("people")?["cookie"], before["cookie"]);
+    stop.cancel();
+    drop(rt);
+
+    p.start()?;
+    p.write_ok(&w.changes(40))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
+    no_duplicates(&c, "people")
+}

@@ -803,7 +803,7 @@ fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let rejection = rt.block_on(async {
         use tether_protocol::auth::Secret;
-        use tether_protocol::handshake::{client_handshake, HandshakeError};
+        use tether_protocol::handshake::{client_handshake, HandshakeError, ProviderProof};
         use tether_protocol::message::{Hello, Mode, Role};
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", p.port)).await?;
         let (mut r, mut wr) = tether_protocol::connection::from_tcp(stream)?;
@@ -819,7 +819,8 @@ fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
             },
         };
         let secret = Secret::new(b"right".to_vec())?;
-        match client_handshake(&mut r, &mut wr, &hello, &secret, Duration::from_secs(10)).await {
+        match client_handshake(&mut r, &mut wr, &hello, &secret, ProviderProof::Required, Duration::from_secs(10)).await
+        {
             Err(HandshakeError::Rejected(reject)) => Ok::<_, anyhow::Error>(reject.reason.as_str().to_owned()),
             other => anyhow::bail!("expected a rejection, got {other:?}"),
         }

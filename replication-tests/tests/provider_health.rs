@@ -11,7 +11,7 @@ use replication_tests::harness::{wait_until, Agreement, Consumer, Provider, Prov
 use replication_tests::workload::{Workload, PEOPLE};
 use tether_protocol::auth::Secret;
 use tether_protocol::encoded::Received;
-use tether_protocol::handshake::client_handshake;
+use tether_protocol::handshake::{client_handshake, ProviderProof};
 use tether_protocol::message::{Hello, Message, Mode, Role, SUPPORTED_VERSIONS};
 use tether_protocol::{Dn, SearchSpec};
 
@@ -50,7 +50,7 @@ async fn idle_session(port: u16, i: usize, stop: tokio_util_like::Stop) -> Resul
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let (mut r, mut w) = tether_protocol::connection::from_tcp(stream)?;
     let secret = Secret::new(b"people-secret".to_vec())?;
-    client_handshake(&mut r, &mut w, &hello(i)?, &secret, Duration::from_secs(30)).await?;
+    client_handshake(&mut r, &mut w, &hello(i)?, &secret, ProviderProof::Required, Duration::from_secs(30)).await?;
     let mut ping = tokio::time::interval(Duration::from_millis(500));
     let mut seq = 0;
     loop {
@@ -119,7 +119,8 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let (mut r, mut wr) = tether_protocol::connection::from_tcp(stream)?;
         let secret = Secret::new(b"people-secret".to_vec())?;
-        client_handshake(&mut r, &mut wr, &hello(999)?, &secret, Duration::from_secs(30)).await?;
+        client_handshake(&mut r, &mut wr, &hello(999)?, &secret, ProviderProof::Required, Duration::from_secs(30))
+            .await?;
         // Take the refresh like anyone, then stop reading for good.
         let mut seq = 0;
         loop {

@@ -54,6 +54,11 @@ const BEYOND: &str = "replica_beyond_cookie";
 /// Tree holding, per agreement name, the region (an encoded [`SearchSpec`]) the
 /// replica's entries and cookie were replicated for (see [`Replica::adopt_region`]).
 const REGIONS: &str = "replica_regions";
+/// Tree holding, per agreement name, when (milliseconds since the Unix epoch, 8 bytes
+/// big-endian) a provider of the agreement first proved it knows the agreement's secret
+/// (see [`Replica::provider_proved_at`]). Its own tree, not a field of [`ReplicaState`],
+/// so that a store written by this build still opens in an older one.
+const PROVED: &str = "replica_provider_proved";
 
 /// The persistent state of one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -251,6 +256,8 @@ pub struct ReplicaStore {
     beyond: Tree,
     /// Agreement name -> the region the replica was replicated for ([`REGIONS`]).
     regions: Tree,
+    /// Agreement name -> when a provider first proved itself ([`PROVED`]).
+    proved: Tree,
     /// Whether incremental applies are recorded in an audit log (see [`ReplicaStore::set_audit`]).
     audit: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes of entries written since the last flush (see [`FLUSH_AFTER_BYTES`]).
@@ -308,12 +315,14 @@ impl ReplicaStore {
         let counts = db.open_tree(COUNTS)?;
         let beyond = db.open_tree(BEYOND)?;
         let regions = db.open_tree(REGIONS)?;
+        let proved = db.open_tree(PROVED)?;
         let store = Self {
             db,
             replicas,
             counts,
             beyond,
             regions,
+            proved,
             audit: Arc::default(),
             unflushed: Arc::default(),
             failure: FailureLatch::default(),
@@ -411,6 +420,7 @@ impl ReplicaStore {
         self.counts.remove(name.as_bytes())?;
         self.beyond.remove(name.as_bytes())?;
         self.regions.remove(name.as_bytes())?;
+        self.proved.remove(name.as_bytes())?;
         self.db.flush()?;
         self.drop_generation(name, state.active_gen)?;
         self.db.drop_tree(audit_tree_name(name))?;
@@ -735,6 +745,38 @@ impl Replica {
         self.store.regions.insert(key, encode(REGIONS, spec)?)?;
         self.store.flush()?;
         Ok(adopted)
+    }
+
+    /// When a provider of this agreement first proved it knows the agreement's secret
+    /// (milliseconds since the Unix epoch), if one has. From then on the consumer refuses a
+    /// provider that does not prove itself: it cannot tell a provider rolled back to an
+    /// older build from an impostor, and the impostor could empty the replica.
+    pub fn provider_proved_at(&self) -> Result<Option<u64>> {
+        match self.store.proved.get(self.name.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => match <[u8; 8]>::try_from(bytes.as_ref()) {
+                Ok(ms) => Ok(Some(u64::from_be_bytes(ms))),
+                Err(_) => Err(StoreError::Corrupt(format!(
+                    "{PROVED} record of {:?} is {} bytes, not 8",
+                    self.name,
+                    bytes.len()
+                ))),
+            },
+        }
+    }
+
+    /// Records, durably, that a provider proved itself at `at_ms` (milliseconds since the
+    /// Unix epoch), unless one already had: the first time is kept.
+    pub fn record_provider_proved(&self, at_ms: u64) -> Result<()> {
+        let recorded = self.store.proved.compare_and_swap(
+            self.name.as_bytes(),
+            None as Option<&[u8]>,
+            Some(&at_ms.to_be_bytes()),
+        )?;
+        if recorded.is_ok() {
+            self.store.flush()?;
+        }
+        Ok(())
     }
 
     /// Whether an operator stopped this agreement (persisted across restarts).

@@ -390,6 +390,26 @@ fn a_delta_batch_records_how_far_past_its_cookie_the_replica_went_until_a_cookie
 /// it in full instead of resuming a delta that would never bring the new region's
 /// unchanged entries.
 #[test]
+fn a_provider_s_proof_is_remembered_from_the_first_time_until_the_replica_is_removed() {
+    let p = people_pair();
+    let r = p.replicas.replica("d").unwrap();
+    assert_eq!(r.provider_proved_at().unwrap(), None);
+    r.record_provider_proved(1_000).unwrap();
+    r.record_provider_proved(2_000).unwrap();
+    assert_eq!(r.provider_proved_at().unwrap(), Some(1_000), "the first time is kept");
+    assert_eq!(p.replicas.replica("other").unwrap().provider_proved_at().unwrap(), None, "per agreement");
+
+    let Pair { _tmp, dir, replicas } = p;
+    drop((r, replicas));
+    let replicas = reopen_replicas(_tmp.1.path());
+    let r = replicas.replica("d").unwrap();
+    assert_eq!(r.provider_proved_at().unwrap(), Some(1_000), "durable across a reopen");
+    replicas.remove("d").unwrap();
+    assert_eq!(replicas.replica("d").unwrap().provider_proved_at().unwrap(), None, "a removed agreement forgets it");
+    drop(dir);
+}
+
+#[test]
 fn a_replica_made_for_another_region_loses_its_cookie_when_the_region_changes() {
     let p = people_pair();
     let (people, filtered) = (people_spec(), filtered_spec());

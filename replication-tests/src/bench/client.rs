@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tether_protocol::connection::{boxed_tcp, BoxedRead, BoxedWrite};
 use tether_protocol::control::{self, ControlRequest};
-use tether_protocol::handshake::client_handshake;
+use tether_protocol::handshake::{client_handshake, ProviderProof};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Role, WriteOutcome, SUPPORTED_VERSIONS};
 use tether_protocol::{Change, Csn, MessageReader, MessageWriter, Secret};
 use tokio::net::{TcpStream, UnixStream};
@@ -41,7 +41,9 @@ impl Writer {
             client_id: format!("tether-bench-{}", std::process::id()),
             role: Role::Writer,
         };
-        client_handshake(&mut reader, &mut writer, &hello, &secret, REPLY_LIMIT).await.context("write handshake")?;
+        client_handshake(&mut reader, &mut writer, &hello, &secret, ProviderProof::Required, REPLY_LIMIT)
+            .await
+            .context("write handshake")?;
         Ok(Self { reader, writer, next_id: 0 })
     }
 

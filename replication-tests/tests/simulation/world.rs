@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use replication_tests::workload::{Workload, PEOPLE, SUFFIX};
+use tether_consumer::config::ProofPolicy;
 use tether_consumer::executor::{self, Executor};
 use tether_consumer::retry::{Jitter, RetrySchedule};
 use tether_consumer::session::SessionConfig;
@@ -303,6 +304,7 @@ impl World {
                 keepalive: Some((Duration::from_millis(500), Duration::from_secs(2))),
                 tls: None,
                 network: Network::Custom(Arc::new(TurmoilConnector { switch: links.clone() })),
+                provider_proof: ProofPolicy::OnceProved,
             };
             let path: PathBuf = root.join(&plan.name);
             let slot = live.clone();
