@@ -292,6 +292,20 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// How many of the consumers a trim forgot its log line names.
+const SHOWN_FORGOTTEN: usize = 8;
+
+/// The forgotten consumers as `agreement/consumer-id`, at most [`SHOWN_FORGOTTEN`] of
+/// them and how many more: a provider that served thousands of short-lived consumer
+/// stores (containers started fresh) forgets them by the thousand.
+fn forgotten_names(ids: &[String]) -> String {
+    let mut shown = ids.iter().take(SHOWN_FORGOTTEN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN_FORGOTTEN {
+        shown.push_str(&format!(" and {} more", ids.len() - SHOWN_FORGOTTEN));
+    }
+    shown
+}
+
 async fn trim_once(dir: &Arc<Directory>, retention: &ChangelogConfig, started_ms: u64) {
     let policy = RetentionPolicy {
         max_changes: Some(retention.max_changes),
@@ -302,11 +316,32 @@ async fn trim_once(dir: &Arc<Directory>, retention: &ChangelogConfig, started_ms
     let d = dir.clone();
     let now = now_ms();
     match tokio::task::spawn_blocking(move || d.trim(&policy, now)).await {
-        Ok(Ok(r)) if r.removed > 0 => {
-            info!(removed = r.removed, floor = %r.floor, forgotten_consumers = r.forgotten, "changelog trimmed")
+        Ok(Ok(r)) if r.removed > 0 && r.forgotten.is_empty() => {
+            info!(removed = r.removed, floor = %r.floor, "changelog trimmed")
         }
+        Ok(Ok(r)) if r.removed > 0 => info!(
+            removed = r.removed,
+            floor = %r.floor,
+            forgotten_consumers = r.forgotten.len(),
+            forgotten = %forgotten_names(&r.forgotten),
+            "changelog trimmed past the positions of consumers: each gets a present refresh when it next connects"
+        ),
         Ok(Ok(_)) => {}
         Ok(Err(e)) => error!(error = %e, "changelog trim failed"),
         Err(e) => error!(error = %e, "changelog trim task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trim_names_a_few_forgotten_consumers_and_counts_the_rest() {
+        let few: Vec<String> = vec!["people/a".into(), "groups/b".into()];
+        assert_eq!(forgotten_names(&few), "people/a, groups/b");
+        let many: Vec<String> = (0..20).map(|i| format!("people/c{i}")).collect();
+        let shown = forgotten_names(&many);
+        assert!(shown.starts_with("people/c0, people/c1, ") && shown.ends_with("people/c7 and 12 more"), "{shown}");
     }
 }

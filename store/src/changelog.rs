@@ -261,12 +261,14 @@ pub struct RetentionPolicy {
 }
 
 /// What a trim did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TrimReport {
     /// Records removed.
     pub removed: u64,
     /// The new floor: a cookie at or above it can still get a delta.
     pub floor: Csn,
-    /// Consumer positions forgotten because they fell below the floor.
-    pub forgotten: u64,
+    /// The consumers (as the provider keys them: agreement and consumer id) whose
+    /// positions fell below the floor and were forgotten: each gets a present refresh
+    /// when it comes back, and an operator wondering why asks the log who they were.
+    pub forgotten: Vec<String>,
 }

@@ -713,7 +713,7 @@ impl Directory {
             target = target.min(pinned);
         }
         if target <= floor {
-            return Ok(TrimReport { removed: 0, floor, forgotten: 0 });
+            return Ok(TrimReport { removed: 0, floor, forgotten: Vec::new() });
         }
         // Raise the floor first: a crash mid-trim then leaves extra records, never a
         // floor below a hole.
@@ -732,14 +732,14 @@ impl Directory {
     /// Without this the table grew by one record for every consumer store that ever
     /// connected (each has its own id: a consumer whose store is recreated, every
     /// container started fresh), and each trim read all of them.
-    fn forget_consumers_below(&self, floor: Csn) -> Result<u64> {
-        let mut forgotten = 0;
+    fn forget_consumers_below(&self, floor: Csn) -> Result<Vec<String>> {
+        let mut forgotten = Vec::new();
         for item in self.consumers.iter() {
             let (key, value) = item?;
             let pos: ConsumerPosition = decode(names::CONSUMERS, &value)?;
             // Only if unchanged: a session recording a newer position meanwhile wins.
             if pos.csn < floor && self.consumers.compare_and_swap(&key, Some(&value), None::<&[u8]>)?.is_ok() {
-                forgotten += 1;
+                forgotten.push(String::from_utf8_lossy(&key).into_owned());
             }
         }
         Ok(forgotten)
