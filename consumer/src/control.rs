@@ -352,14 +352,13 @@ fn admin_reply(name: &str, cmd: Command, before: State) -> String {
     let did = match (cmd, before) {
         (Command::Stop, State::Stopped) => "already stopped; nothing changed".to_owned(),
         (Command::Stop, _) => format!("stopped (it was {before}); it stays stopped until `start`, across restarts too"),
-        (Command::Start, State::Stopped | State::Closed) => format!("started (it was {before})"),
+        (Command::Start | Command::Restart, State::Stopped | State::Closed) => format!("started (it was {before})"),
         (Command::Start, _) if running => {
             format!("already running ({before}); nothing changed (`restart` ends its session and reconnects)")
         }
         (Command::Start | Command::Restart, State::Backoff | State::Idle) => {
             format!("connecting now (it was in {before}; the wait was cut short)")
         }
-        (Command::Restart, State::Stopped | State::Closed) => format!("started (it was {before})"),
         (Command::Restart, _) => format!("restarting (it was {before}): its session ends and it reconnects now"),
         (Command::Start | Command::Shutdown | Command::Reload { .. }, _) => format!("{cmd:?}").to_lowercase(),
     };
