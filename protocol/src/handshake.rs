@@ -588,6 +588,17 @@ mod tests {
         assert_eq!(welcome.keepalive_timeout(), Duration::from_secs(20));
     }
 
+    /// The welcome a provider written by hand sends, at `version`.
+    fn impostor_welcome(version: u16) -> Welcome {
+        Welcome {
+            version,
+            history: HistoryId([6; 16]),
+            session_id: 1,
+            keepalive_interval_ms: 5_000,
+            keepalive_timeout_ms: 20_000,
+        }
+    }
+
     /// Runs a client against `provider`, a provider written by hand.
     async fn against<F: std::future::Future<Output = ()>>(
         proof: ProviderProof,
@@ -629,13 +640,7 @@ mod tests {
             let Some(Message::Hello(hello)) = sr.recv().await.unwrap() else { panic!("no hello") };
             sw.send(&Message::MutualChallenge { nonce: [1; 32] }).await.unwrap();
             let Some(Message::MutualAuth { nonce, .. }) = sr.recv().await.unwrap() else { panic!("no auth") };
-            let welcome = Welcome {
-                version: MUTUAL_AUTH_VERSION,
-                history: HistoryId([6; 16]),
-                session_id: 1,
-                keepalive_interval_ms: 5_000,
-                keepalive_timeout_ms: 20_000,
-            };
+            let welcome = impostor_welcome(MUTUAL_AUTH_VERSION);
             let guess = Secret::new("a guess").unwrap();
             let proof = compute_proof(&guess, Nonces { provider: &[1; 32], client: &nonce }, &hello, &welcome).unwrap();
             sw.send(&Message::ProvenWelcome { welcome, proof }).await.unwrap();
@@ -658,13 +663,7 @@ mod tests {
                 None => return,
                 other => panic!("{other:?}"),
             }
-            let welcome = Welcome {
-                version: 2,
-                history: HistoryId([6; 16]),
-                session_id: 1,
-                keepalive_interval_ms: 5_000,
-                keepalive_timeout_ms: 20_000,
-            };
+            let welcome = impostor_welcome(2);
             sw.send(&Message::Welcome(welcome)).await.unwrap();
         };
         assert_eq!(against(ProviderProof::Optional, older).await.unwrap().version, 2);
@@ -690,13 +689,7 @@ mod tests {
             assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
             sw.send(&Message::Challenge { nonce: [1; 32] }).await.unwrap();
             assert!(matches!(sr.recv().await.unwrap(), Some(Message::Auth { .. })));
-            let welcome = Welcome {
-                version: MUTUAL_AUTH_VERSION,
-                history: HistoryId([6; 16]),
-                session_id: 1,
-                keepalive_interval_ms: 5_000,
-                keepalive_timeout_ms: 20_000,
-            };
+            let welcome = impostor_welcome(MUTUAL_AUTH_VERSION);
             sw.send(&Message::Welcome(welcome)).await.unwrap();
         })
         .await
