@@ -234,7 +234,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
             let agreements = ctx.agreements.lock().await;
             let status = ConsumerStatus {
                 running: true,
-                store_error: ctx.store.failure().latched().map(|f| f.to_string()),
+                store_error: ctx.store.failure().latched(),
                 agreements: agreements.values().map(|r| r.status.snapshot()).collect(),
             };
             if json {

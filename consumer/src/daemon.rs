@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tether_config::shell::{error_chain, reload_report, Signal, Signals};
 use tether_protocol::{Filter, SearchSpec, Secret};
-use tether_store::{RegionAdopted, ReplicaStore};
+use tether_store::{RegionAdopted, ReplicaStore, StoreFailure};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -166,7 +166,15 @@ async fn shut(running: Running, why: Command) {
 
 /// What status and refused commands say once the store has failed: sled keeps the error
 /// for the open store (see `tether_store::failure`), so only a new process goes on.
-pub fn store_failed(failure: &str) -> String {
+pub fn store_failed(failure: &StoreFailure) -> String {
+    if failure.damaged() {
+        // A replica is a copy: the way out of damage is a new one, not a repair.
+        return format!(
+            "the store is damaged ({failure}): sled read a page that is not what it wrote, and no agreement can \
+             use it any more; stop the consumer, move data_dir aside and start it again: each replica reloads \
+             in full from the provider"
+        );
+    }
     format!(
         "the store failed ({failure}): no agreement can write to it any more; fix the cause (free space, lift \
          the limit, repair the disk) and restart the consumer: each replica resumes from its last durable cookie"

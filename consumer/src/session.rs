@@ -240,9 +240,17 @@ pub async fn run(
                     HandshakeError::Unproven => unproven(cfg, proved_at),
                     e => handshake_failed(e),
                 };
-                // As after the handshake, the provider's log says why we are leaving.
+                status.update(|s| s.protocol_version = None);
+                // As after the handshake, the provider's log says why we are leaving; a
+                // peer that did not prove itself is told no more than that (not, say, when
+                // the provider last proved itself).
                 if ended.reason == Reason::Exception {
-                    let bye = Message::Goodbye { reason: GoodbyeReason::ProtocolError, detail: ended.detail.clone() };
+                    let detail = if ended.unproven {
+                        "the provider did not prove it knows the agreement's secret".to_owned()
+                    } else {
+                        ended.detail.clone()
+                    };
+                    let bye = Message::Goodbye { reason: GoodbyeReason::ProtocolError, detail };
                     let _ = tokio::time::timeout(SEND_LIMIT, writer.send(&bye)).await;
                 }
                 return ended;
@@ -401,11 +409,17 @@ async fn connect_tcp(
 /// How a session ends whose provider did not offer to prove it knows the secret, when
 /// this agreement requires the proof.
 fn unproven(cfg: &SessionConfig, proved_at: Option<u64>) -> Ended {
-    let why = match proved_at {
-        Some(ms) if cfg.provider_proof == ProofPolicy::OnceProved => {
-            format!("a provider of this agreement proved it at {}", rfc3339_of_ms(ms))
-        }
-        _ => format!("provider_proof = {:?}", cfg.provider_proof.as_str()),
+    // The way out depends on why the proof is asked for: a provider rolled back after it
+    // proved itself, or one that never could (an older build) under `required`.
+    let (why, way_out) = match proved_at {
+        Some(ms) if cfg.provider_proof == ProofPolicy::OnceProved => (
+            format!("a provider of this agreement proved it at {}", rfc3339_of_ms(ms)),
+            "If the provider was rolled back to a build older than protocol version 3",
+        ),
+        _ => (
+            format!("provider_proof = {:?}", cfg.provider_proof.as_str()),
+            "If the provider runs a build older than protocol version 3",
+        ),
     };
     Ended {
         connected: false,
@@ -414,9 +428,8 @@ fn unproven(cfg: &SessionConfig, proved_at: Option<u64>) -> Ended {
             Reason::Exception,
             format!(
                 "handshake: the peer at {} did not prove it knows the agreement's secret, and {why}: it may be \
-                 something other than the provider; nothing of the secret was sent. If the provider was rolled back \
-                 to a build older than protocol version 3, set provider_proof = \"optional\" for this agreement \
-                 until it is upgraded",
+                 something other than the provider; nothing of the secret was sent. {way_out}, set provider_proof = \
+                 \"optional\" for this agreement and run `tether-consumer reload` until it is upgraded",
                 cfg.provider
             ),
         )
@@ -467,10 +480,18 @@ fn handshake_failed(e: HandshakeError) -> Ended {
                 ..not_connected(Reason::Rejected, format!("{}: {}{hint}", reject.reason.as_str(), reject.detail))
             }
         }
-        HandshakeError::Goodbye { reason, detail } => Ended {
-            goodbye: Some(reason),
-            ..not_connected(Reason::ProviderGoodbye, format!("{}: {detail}", reason.as_str()))
-        },
+        // Reported, but its reason not acted on (`goodbye` stays unset): it came before
+        // the provider proved anything, and no provider of this build says goodbye in
+        // the handshake, so a stranger's `credentials-revoked` would close the agreement
+        // and its `refresh-required` make it reconnect at once, in a loop.
+        HandshakeError::Goodbye { reason, detail } => not_connected(
+            Reason::ProviderGoodbye,
+            format!(
+                "{}: {detail} (said during the handshake, before the provider proved itself: retrying on the \
+                 schedule)",
+                reason.as_str()
+            ),
+        ),
         // A damaged frame or a message out of place is the same fault in the handshake as
         // after it, and is named the same (failure-cases.md: `exception`).
         HandshakeError::Unexpected { .. } | HandshakeError::BadVersion(_) => {
@@ -1458,9 +1479,12 @@ mod tests {
             ),
             "{ended:?}"
         );
+        assert!(ended.detail.contains("rolled back"), "{ended:?}");
         assert!(ended.detail.contains("provider_proof = \"optional\""), "{ended:?}");
-        let Some(Message::Goodbye { reason, .. }) = provider.await.unwrap() else { panic!("no goodbye") };
+        assert!(ended.detail.contains("tether-consumer reload"), "{ended:?}");
+        let Some(Message::Goodbye { reason, detail }) = provider.await.unwrap() else { panic!("no goodbye") };
         assert_eq!(reason, GoodbyeReason::ProtocolError, "told why, and sent no MAC");
+        assert!(!detail.contains("proved it at"), "a stranger is not told when the provider proved itself: {detail}");
         assert_eq!((replica.len().unwrap(), replica.cookie().unwrap()), (3, Some(filled)), "the replica is untouched");
 
         let (mut cfg, theirs) = piped(Mode::RefreshAndPersist);
@@ -1480,11 +1504,41 @@ mod tests {
         let (mut cfg, theirs) = piped(Mode::RefreshAndPersist);
         cfg.provider_proof = ProofPolicy::Required;
         let provider = tokio::spawn(fake_older_provider(theirs));
-        let ended = session_ended(&cfg, &store, &replica).await;
+        // The last session's version, which the refused handshake must not leave standing.
+        let status = StatusHandle::new("people", &cfg.provider, &cfg.mode.to_string());
+        status.update(|s| s.protocol_version = Some(3));
+        let stop = StopSignal::default();
+        let ended = tokio::time::timeout(Duration::from_secs(30), run(&cfg, &store, &replica, &status, &stop, false))
+            .await
+            .unwrap();
+        assert_eq!(status.snapshot().protocol_version, None, "the version of a failed handshake is not known");
         assert!(ended.unproven && ended.reason == Reason::Exception, "{ended:?}");
         assert!(ended.detail.contains("and provider_proof = \"required\""), "{ended:?}");
+        assert!(!ended.detail.contains("rolled back"), "no rollback happened: {ended:?}");
         assert!(matches!(provider.await.unwrap(), Some(Message::Goodbye { .. })));
         assert_eq!(replica.provider_proved_at().unwrap(), None);
+    }
+
+    /// A goodbye in the handshake comes before the provider proved anything, and no
+    /// provider of this build sends one there: it is shown, and none of its reasons acted
+    /// on (a stranger's `credentials-revoked` would close the agreement, its
+    /// `refresh-required` make the supervisor reconnect at once, in a loop).
+    #[tokio::test]
+    async fn a_goodbye_in_the_handshake_is_reported_but_not_acted_on() {
+        let (_dir, store, replica) = empty_replica();
+        for reason in [GoodbyeReason::CredentialsRevoked, GoodbyeReason::RefreshRequired] {
+            let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+            let provider = tokio::spawn(async move {
+                let (mut r, mut w) = connection::boxed(theirs);
+                assert!(matches!(r.recv().await, Ok(Some(Message::Hello(_)))));
+                w.send(&Message::Goodbye { reason, detail: "from a stranger".into() }).await.unwrap();
+            });
+            let ended = session_ended(&cfg, &store, &replica).await;
+            provider.await.unwrap();
+            assert_eq!((ended.reason, ended.goodbye, ended.connected), (Reason::ProviderGoodbye, None, false));
+            assert!(ended.detail.contains("before the provider proved itself"), "{ended:?}");
+            assert!(!ended.fatal && !ended.refresh_complete, "{ended:?}");
+        }
     }
 
     /// A message out of place in the handshake is an `exception`, as it is after it, and

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tether_protocol::{Cookie, Csn};
+use tether_store::StoreFailure;
 
 use crate::reason::{Reason, State};
 
@@ -248,9 +249,18 @@ pub struct ConsumerStatus {
     pub running: bool,
     /// The storage failure no agreement can go on after, if the store has failed: the
     /// process must be restarted once its cause is fixed (see `tether_store::failure`).
-    pub store_error: Option<String>,
+    #[serde(serialize_with = "failure_text")]
+    pub store_error: Option<StoreFailure>,
     /// Every agreement, by name.
     pub agreements: Vec<AgreementStatus>,
+}
+
+/// The failure as its text: `store_error` in JSON is what the error says.
+fn failure_text<S: serde::Serializer>(failure: &Option<StoreFailure>, out: S) -> Result<S::Ok, S::Error> {
+    match failure {
+        Some(f) => out.serialize_str(&f.to_string()),
+        None => out.serialize_none(),
+    }
 }
 
 impl ConsumerStatus {

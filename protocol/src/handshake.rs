@@ -66,7 +66,11 @@ pub enum HandshakeError {
     /// Provider side: we refused the client, and told it why.
     #[error("refused the client: {0}")]
     Refused(Reject),
-    /// The peer ended the session during the handshake (a provider shutting down).
+    /// The peer ended the session during the handshake. No provider of this build does
+    /// (it refuses with a `Reject`, or closes), and on the client side the goodbye comes
+    /// before the provider proved anything, so the client reports it but acts on none of
+    /// its reasons: a stranger's `credentials-revoked` must not close an agreement, nor
+    /// its `refresh-required` make the client reconnect at once.
     #[error("peer said goodbye during the handshake: {reason}: {detail}")]
     Goodbye {
         /// The peer's reason.
@@ -93,9 +97,10 @@ pub enum HandshakeError {
          or is not the provider), and this client requires the proof"
     )]
     Unproven,
-    /// Client side: the provider welcomed us at [`MUTUAL_AUTH_VERSION`] or later without
-    /// the proof that version requires: only an impostor does that.
-    #[error("the provider chose protocol version {0}, which requires its proof, and sent none")]
+    /// Client side: the provider welcomed us without the proof it owes: at
+    /// [`MUTUAL_AUTH_VERSION`] or later, or after offering the proof with a
+    /// `MutualChallenge`. Only a peer without the secret does that.
+    #[error("the provider welcomed us at protocol version {0} without the proof it owes: it is not the provider")]
     WelcomeUnproven(u16),
     /// Client side: the provider's proof does not match the secret. The provider checked
     /// ours with its secret before proving, so this is not a mismatched configuration:
@@ -135,12 +140,12 @@ impl HandshakeError {
     pub fn is_permanent(&self) -> bool {
         match self {
             HandshakeError::Rejected(reject) | HandshakeError::Refused(reject) => reject.reason.is_permanent(),
-            HandshakeError::Goodbye { reason, .. } => *reason == GoodbyeReason::CredentialsRevoked,
             HandshakeError::BadVersion(_)
             | HandshakeError::Unproven
             | HandshakeError::WelcomeUnproven(_)
             | HandshakeError::BadProof => true,
             HandshakeError::Timeout(_)
+            | HandshakeError::Goodbye { .. }
             | HandshakeError::Unexpected { .. }
             | HandshakeError::Closed
             | HandshakeError::Foreign(_)
@@ -317,6 +322,9 @@ where
                         Err(HandshakeError::BadProof)
                     }
                 }
+                // The provider offered the proof and then welcomed us without it: a
+                // provider of any build that sends this challenge proves itself.
+                Message::Welcome(welcome) => Err(HandshakeError::WelcomeUnproven(welcome.version)),
                 other => Err(client_unexpected("proven-welcome", other)),
             }
         }
@@ -909,6 +917,34 @@ mod tests {
         client.unwrap();
         server.unwrap();
         assert_eq!((cr.max_frame(), sr.max_frame()), (MAX_FRAME, MAX_FRAME));
+    }
+
+    #[tokio::test]
+    async fn a_plain_welcome_after_offering_the_proof_is_refused() {
+        let err = against(ProviderProof::Optional, |mut sr: Reader, mut sw: Writer| async move {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            sw.send(&Message::MutualChallenge { nonce: [1; 32] }).await.unwrap();
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::MutualAuth { .. })));
+            sw.send(&Message::Welcome(impostor_welcome(2))).await.unwrap();
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, HandshakeError::WelcomeUnproven(2)), "{err}");
+        assert!(err.is_permanent());
+    }
+
+    #[tokio::test]
+    async fn a_goodbye_before_the_provider_proved_itself_is_not_permanent_whatever_it_says() {
+        for reason in [GoodbyeReason::CredentialsRevoked, GoodbyeReason::RefreshRequired, GoodbyeReason::Shutdown] {
+            let err = against(ProviderProof::Optional, |mut sr: Reader, mut sw: Writer| async move {
+                assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+                sw.send(&Message::Goodbye { reason, detail: "from a stranger".into() }).await.unwrap();
+            })
+            .await
+            .unwrap_err();
+            assert!(matches!(&err, HandshakeError::Goodbye { reason: r, .. } if *r == reason), "{err}");
+            assert!(!err.is_permanent(), "{reason:?}");
+        }
     }
 
     #[tokio::test]

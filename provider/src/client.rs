@@ -37,7 +37,12 @@ pub async fn control_reload(path: &Path, file: &Path) -> Result<Option<()>> {
 /// malformed one sends nothing), then reads it again and applies records in order,
 /// each durably; stops at the first refusal, naming its line and reason and how many
 /// records were applied (ldapmodify's behaviour). Memory holds one record at a time.
-pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport> {
+///
+/// A provider that does not prove it knows the `[writer]` secret (a build before
+/// protocol version 3, or something else on its address) is refused before any record
+/// is sent, unless `proof` is [`ProviderProof::Optional`] (`--allow-unproven`, for a
+/// provider still running the older build during an upgrade).
+pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof) -> Result<WriteReport> {
     let file = input.shown();
     let Some(writer) = &config.writer else {
         bail!("{}: no [writer] section: writes are not enabled", config.file.display());
@@ -116,9 +121,6 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
         client_id: format!("tether-provider-write-{}", std::process::id()),
         role: Role::Writer,
     };
-    // Optional: the provider may still run the build before this command's (a rolling
-    // upgrade runs the new command against the old process); a proof offered is checked.
-    let proof = ProviderProof::Optional;
     let welcome =
         client_handshake(&mut reader, &mut writer_half, &hello, &secret, proof, CLIENT_TIMEOUT).await.map_err(|e| {
             let hint = match &e {
@@ -128,6 +130,10 @@ pub async fn write(config: &ProviderConfig, input: &Input) -> Result<WriteReport
                  changed without a reload? One trailing newline is not part of the secret)",
                     writer.secret_file.display()
                 ),
+                HandshakeError::Unproven => " (it runs a build older than this command, or is not the provider; \
+                     nothing was sent: restart the provider on this build, or pass --allow-unproven to write to it \
+                     anyway)"
+                    .to_owned(),
                 HandshakeError::Foreign(peer) if peer.kind() == Some(ForeignKind::Tls) && config.tls.is_none() => {
                     format!(
                         " (the provider serves TLS and {} has no [tls]: is it the running provider's file?)",
@@ -234,19 +240,13 @@ mod tests {
 
     use super::*;
 
-    /// A provider of protocol version 1 cannot decode an increment and would close the
-    /// session on it, after the records before it applied: `write` must find that out
-    /// at the handshake and send nothing. The provider here is a stand-in that answers
-    /// the handshake as a version 1 build does and records what it is sent.
-    #[tokio::test]
-    async fn an_increment_for_a_provider_of_version_1_sends_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let secret = tmp.path().join("writer.key");
+    /// A provider configuration with a writer on `port`, in `dir`, and an LDIF file of a
+    /// modify and then an increment (line 6).
+    fn setup(dir: &Path, port: u16) -> (ProviderConfig, std::path::PathBuf) {
+        let secret = dir.join("writer.key");
         std::fs::write(&secret, "a writer secret of enough length\n").unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let config = tmp.path().join("provider.toml");
+        let config = dir.join("provider.toml");
         std::fs::write(
             &config,
             format!(
@@ -255,39 +255,58 @@ mod tests {
             ),
         )
         .unwrap();
-        let ldif = tmp.path().join("changes.ldif");
+        let ldif = dir.join("changes.ldif");
         std::fs::write(
             &ldif,
             "dn: ou=a,dc=example,dc=com\nchangetype: modify\nreplace: description\ndescription: x\n\n\
              dn: ou=counters,dc=example,dc=com\nchangetype: modify\nincrement: uidNumber\nuidNumber: 1\n",
         )
         .unwrap();
+        (ProviderConfig::load(&config).unwrap(), ldif)
+    }
 
-        let old_provider = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (mut reader, mut writer) = connection::boxed_tcp(stream).unwrap();
-            let Some(Message::Hello(hello)) = reader.recv().await.unwrap() else { panic!("no hello") };
-            assert!(hello.versions.contains(&1), "a new build still speaks version 1: {:?}", hello.versions);
-            writer.send(&Message::Challenge { nonce: [7; NONCE_LEN] }).await.unwrap();
-            let Some(Message::Auth { .. }) = reader.recv().await.unwrap() else { panic!("no auth") };
-            let welcome = Welcome {
-                version: 1,
-                history: HistoryId([1; 16]),
-                session_id: 1,
-                keepalive_interval_ms: 5000,
-                keepalive_timeout_ms: 20000,
-            };
-            writer.send(&Message::Welcome(welcome)).await.unwrap();
-            // Everything the writer sends until it closes the connection.
-            let mut received = Vec::new();
-            while let Ok(Some(msg)) = reader.recv().await {
-                received.push(msg.name());
-            }
-            received
-        });
+    /// A stand-in for a provider of protocol `version` (before 3: it does not prove
+    /// itself): answers one connection's handshake and returns the names of the messages
+    /// it was sent after it (or after the challenge, if the client left there).
+    async fn older_provider(listener: tokio::net::TcpListener, version: u16) -> Vec<&'static str> {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (mut reader, mut writer) = connection::boxed_tcp(stream).unwrap();
+        let Some(Message::Hello(hello)) = reader.recv().await.unwrap() else { panic!("no hello") };
+        assert!(hello.versions.contains(&1), "a new build still speaks version 1: {:?}", hello.versions);
+        writer.send(&Message::Challenge { nonce: [7; NONCE_LEN] }).await.unwrap();
+        let mut received = Vec::new();
+        match reader.recv().await {
+            Ok(Some(Message::Auth { .. })) => {}
+            Ok(Some(other)) => received.push(other.name()),
+            _ => return received,
+        }
+        let welcome = Welcome {
+            version,
+            history: HistoryId([1; 16]),
+            session_id: 1,
+            keepalive_interval_ms: 5000,
+            keepalive_timeout_ms: 20000,
+        };
+        writer.send(&Message::Welcome(welcome)).await.unwrap();
+        // Everything the writer sends until it closes the connection.
+        while let Ok(Some(msg)) = reader.recv().await {
+            received.push(msg.name());
+        }
+        received
+    }
 
-        let config = ProviderConfig::load(&config).unwrap();
-        let err = write(&config, &Input::open(&ldif).unwrap()).await.unwrap_err();
+    /// A provider of protocol version 1 cannot decode an increment and would close the
+    /// session on it, after the records before it applied: `write` must find that out
+    /// at the handshake and send nothing, even when told to take an unproven provider.
+    #[tokio::test]
+    async fn an_increment_for_a_provider_of_version_1_sends_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (config, ldif) = setup(tmp.path(), port);
+        let old_provider = tokio::spawn(older_provider(listener, 1));
+
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Optional).await.unwrap_err();
         let shown = format!("{}:6", ldif.display());
         assert_eq!(
             err.to_string(),
@@ -299,5 +318,22 @@ mod tests {
         );
         let received = old_provider.await.unwrap();
         assert!(received.iter().all(|name| *name != "write-request"), "sent to the old provider: {received:?}");
+    }
+
+    /// Without `--allow-unproven`, a provider that does not prove it knows the writer
+    /// secret gets nothing: not the MAC, not a record; the error says what to do.
+    #[tokio::test]
+    async fn a_provider_that_does_not_prove_itself_is_sent_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (config, ldif) = setup(tmp.path(), port);
+        let old_provider = tokio::spawn(older_provider(listener, 2));
+
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains(&format!("handshake with 127.0.0.1:{port}")), "{shown}");
+        assert!(shown.contains("nothing was sent") && shown.contains("--allow-unproven"), "{shown}");
+        assert_eq!(old_provider.await.unwrap(), Vec::<&str>::new(), "not even the MAC was sent");
     }
 }

@@ -146,7 +146,11 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     loop {
         tokio::select! {
             failure = dir.failure().failed() => {
-                error!(error = %failure, "the store failed; stopping (every acknowledged write is on disk)");
+                if failure.damaged() {
+                    error!(error = %failure, "the store is damaged; stopping");
+                } else {
+                    error!(error = %failure, "the store failed; stopping (every acknowledged write is on disk)");
+                }
                 store_failure = Some(failure);
                 break;
             }
@@ -186,6 +190,15 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     drop(control_file);
     if let Some(failure) = store_failure {
         // sled returns the failure from every operation now, the final flush included.
+        if failure.damaged() {
+            // A page sled wrote is not what it reads back: what else the damage took
+            // cannot be known from here, so neither "every acknowledged write" holds.
+            bail!(
+                "the store is damaged ({failure}): sled read a page that is not what it wrote; restore data_dir \
+                 from a backup, or rebuild it from a replica (operations.md, Backup and restore), then start the \
+                 provider again"
+            );
+        }
         bail!(
             "the store failed ({failure}); every acknowledged write is on disk: fix the cause (free space, lift \
              the limit, repair the disk) and start the provider again, and consumers resume by delta"

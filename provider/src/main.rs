@@ -9,6 +9,7 @@ use tether_config::output::{self, Stdout};
 use tether_config::shell;
 use tether_protocol::control::ControlRequest;
 use tether_protocol::entry::parse_attribute_name;
+use tether_protocol::handshake::ProviderProof;
 use tether_protocol::{Dn, Filter, Scope, SearchSpec};
 use tether_provider::config::ProviderConfig;
 use tether_provider::input::Input;
@@ -62,6 +63,12 @@ enum Command {
         config: PathBuf,
         /// LDIF change records (content records are adds; `-`: standard input).
         file: PathBuf,
+        /// Write to a provider that does not prove it knows the [writer] secret: one
+        /// still running a build older than protocol version 3 during an upgrade.
+        /// Without it such a provider is refused before any record is sent, as is
+        /// anything else answering on its address.
+        #[arg(long)]
+        allow_unproven: bool,
     },
     /// Print entries as canonical LDIF.
     Search {
@@ -242,9 +249,10 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("{said}");
             Ok(())
         }
-        Command::Write { config, file } => {
+        Command::Write { config, file, allow_unproven } => {
             let config = ProviderConfig::load(&config)?;
-            let report = client::write(&config, &Input::open(&file)?).await?;
+            let proof = if allow_unproven { ProviderProof::Optional } else { ProviderProof::Required };
+            let report = client::write(&config, &Input::open(&file)?, proof).await?;
             eprintln!("{}", client::records_applied(report.applied));
             // The last write's CSN alone on stdout, for a script to hand to
             // `tether-consumer wait --csn` (read your writes on a replica).

@@ -90,6 +90,18 @@ pub enum StoreError {
         /// The layout this build reads.
         supported: u32,
     },
+    /// sled could not recover the store's files at open (it found damage, or panicked in
+    /// its recovery): no open of them as they are will succeed.
+    #[error("{}", unrecoverable(path, detail, snapshot.as_deref()))]
+    Unrecoverable {
+        /// The store's folder.
+        path: String,
+        /// What sled said when it gave up.
+        detail: String,
+        /// sled's snapshot file in the folder, if there is one: it may be the damaged
+        /// file, and it is the one file sled can do without.
+        snapshot: Option<String>,
+    },
     /// The store is held by another process (sled's file lock).
     #[error("store at {0} is in use by another process")]
     Locked(String),
@@ -108,6 +120,22 @@ pub enum StoreError {
     StaleShadow(String),
 }
 
+/// What [`StoreError::Unrecoverable`] says: what failed, and the ways out, the cheap one
+/// first when there is a snapshot to try it on.
+fn unrecoverable(path: &str, detail: &str, snapshot: Option<&str>) -> String {
+    let snapshot = snapshot.map_or_else(String::new, |file| {
+        format!(
+            " If sled warned `corrupt snapshot file found`, move {file} out of the folder and try again: sled keeps \
+             it only to open faster and rebuilds it from its log (then check `status` and `search`)."
+        )
+    });
+    format!(
+        "{path}: sled could not recover the store's files ({detail}): they are damaged. Copy the folder aside \
+         first (every open lets sled rewrite it).{snapshot} Otherwise restore it from a backup (a consumer's: move it \
+         aside, and each replica reloads in full)"
+    )
+}
+
 impl StoreError {
     /// Whether retrying cannot fix this: the storage itself failed (a full disk, a file
     /// size limit, a read-only, forbidden or failing device). sled keeps such an error
@@ -115,8 +143,18 @@ impl StoreError {
     /// [`crate::failure`]), so only reopening the store, in a new process once the cause
     /// is fixed, goes on. An agreement that hits it stops with the error in status
     /// instead of looping; a provider stops.
+    ///
+    /// sled's report of a corrupt page is fatal too ([`StoreError::is_damage`]): every
+    /// read of the page fails again, and nothing but a backup brings it back.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, StoreError::Sled(sled::Error::Io(_)))
+        matches!(self, StoreError::Sled(sled::Error::Io(_) | sled::Error::Corruption { .. }))
+    }
+
+    /// Whether sled found the store's files damaged (a checksum that does not match
+    /// what it read): a fault on disk, where [`StoreError::Codec`] and
+    /// [`StoreError::Corrupt`] are one record's, and keep the store going.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Sled(sled::Error::Corruption { .. }) | StoreError::Unrecoverable { .. })
     }
 
     /// Whether this is a refusal by the directory rules.
