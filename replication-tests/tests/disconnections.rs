@@ -626,3 +626,77 @@ fn an_impostor_on_the_provider_s_address_is_refused_and_the_replica_kept() -> Re
     assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
     no_duplicates(&c, "people")
 }
+
+/// Answers every `Hello` on `listener` with a goodbye for `reason` (what a stranger
+/// without the secret can say), counting the hellos, until `stop`.
+async fn goodbye_sayer(
+    listener: tokio::net::TcpListener,
+    reason: tether_protocol::message::GoodbyeReason,
+    hellos: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tether_protocol::message::Message;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
+        };
+        let hellos = hellos.clone();
+        tokio::spawn(async move {
+            let Ok((mut r, mut w)) = tether_protocol::connection::from_tcp(stream) else { return };
+            if matches!(r.recv().await, Ok(Some(Message::Hello(_)))) {
+                hellos.lock().unwrap_or_else(|p| p.into_inner()).push(std::time::Instant::now());
+                let _ = w.send(&Message::Goodbye { reason, detail: "said by a stranger".into() }).await;
+            }
+        });
+    }
+}
+
+/// A goodbye said before the provider proved itself is a stranger's word: neither
+/// `credentials-revoked` (which used to close the agreement until `start`) nor
+/// `refresh-required` (which used to make the consumer reconnect at once, thousands of
+/// times a second) is acted on; the consumer retries on its schedule, keeps its replica,
+/// and resumes by delta when the provider is back.
+#[test]
+fn a_goodbye_before_the_provider_proved_itself_is_not_acted_on() -> Result<()> {
+    use tether_protocol::message::GoodbyeReason;
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 200, 23, ProviderOptions::default())?;
+    let a = Agreement {
+        extra: "retry = [\"300ms forever\"]\n".into(),
+        ..Agreement::persist("people", PEOPLE, "people-secret")
+    };
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    let replica = c.search("people", PEOPLE, "subtree", ALL)?;
+    assert!(p.stop()?.success());
+
+    for reason in [GoodbyeReason::CredentialsRevoked, GoodbyeReason::RefreshRequired] {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", p.port)))?;
+        let hellos = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        rt.spawn(goodbye_sayer(listener, reason, hellos.clone(), stop.clone()));
+        let count = || hellos.lock().unwrap_or_else(|e| e.into_inner()).len();
+        wait_until(LIMIT, "five connections to the stranger", || Ok(count() >= 5))?;
+        let s = c.agreement_status("people")?;
+        assert_ne!(s["state"], "closed", "{reason:?}: {s}");
+        assert_eq!(s["last_disconnect"], "provider-goodbye", "{s}");
+        assert!(s["last_error"].as_str().unwrap_or_default().contains("before the provider proved itself"), "{s}");
+        // Each retry waits the schedule's 300 ms (less its 20% jitter): four gaps take
+        // at least 0.96 s, where reconnecting at once would take a few milliseconds.
+        let seen = hellos.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let span = seen[4].duration_since(seen[0]);
+        assert!(span >= Duration::from_millis(900), "{reason:?}: five connections in {span:?}");
+        stop.cancel();
+        drop(rt);
+    }
+    assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, replica, "the replica is whole");
+
+    p.start()?;
+    p.write_ok(&w.changes(20))?;
+    converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
+    no_duplicates(&c, "people")
+}
