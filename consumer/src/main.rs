@@ -176,6 +176,12 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
 /// Why a command that needs the running consumer found none on its socket: nothing
 /// runs there, no consumer ever ran with this `data_dir`, or one holds the store but
 /// answers elsewhere (`control` edited since it started), as `status` tells them apart.
+/// `provider_proved_at` of `replica`, as status shows it.
+fn proved_at(replica: Option<&tether_store::Replica>) -> Result<Option<String>> {
+    let ms = replica.map(|r| r.provider_proved_at()).transpose()?.flatten();
+    Ok(ms.map(tether_consumer::status::rfc3339_of_ms))
+}
+
 fn not_running(config: &ConsumerConfig) -> anyhow::Error {
     match open_offline(config, Offline::Read) {
         Ok(_) => anyhow::anyhow!("the consumer is not running (nothing answers on {})", config.control.display()),
@@ -220,6 +226,7 @@ async fn run(cli: Cli) -> Result<()> {
                     mode: a.mode.as_str().to_owned(),
                     cookie: replica.as_ref().map(|r| r.cookie()).transpose()?.flatten().map(|c| c.to_string()),
                     entries: replica.as_ref().map(|r| r.len()).transpose()?.unwrap_or(0),
+                    provider_proved_at: proved_at(replica.as_ref())?,
                 });
             }
             // Replicas of agreements gone from the file: the next start deletes them,
@@ -236,6 +243,7 @@ async fn run(cli: Cli) -> Result<()> {
                         mode: String::new(),
                         cookie: replica.cookie()?.map(|c| c.to_string()),
                         entries: replica.len()?,
+                        provider_proved_at: proved_at(Some(&replica))?,
                     });
                 }
             }

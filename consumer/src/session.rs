@@ -43,7 +43,7 @@ use crate::config::ProofPolicy;
 use crate::executor::{Runner, TaskError};
 use crate::failpoint;
 use crate::reason::{Reason, State};
-use crate::status::StatusHandle;
+use crate::status::{rfc3339_of_ms, StatusHandle};
 use crate::tls::TlsClient;
 use crate::transport::{Network, CONNECT_TIMEOUT};
 
@@ -456,12 +456,6 @@ fn remember_proof(cfg: &SessionConfig, replica: &Replica, status: &StatusHandle)
         );
     }
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch as RFC 3339, for status and messages.
-fn rfc3339_of_ms(ms: u64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 fn handshake_failed(e: HandshakeError) -> Ended {

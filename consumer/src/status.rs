@@ -314,6 +314,12 @@ impl ConsumerStatus {
     }
 }
 
+/// Milliseconds since the Unix epoch as RFC 3339, for status and messages.
+pub fn rfc3339_of_ms(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// What `status` says while the consumer is not running, read from its config and
 /// store, so that a script polling `status --json` gets JSON either way.
 #[derive(Debug, Clone, Serialize)]
@@ -345,6 +351,9 @@ pub struct OfflineAgreement {
     pub cookie: Option<String>,
     /// Entries in the replica.
     pub entries: usize,
+    /// When a provider of this agreement first proved it knows the secret, as the
+    /// running consumer shows it: from then on, by default, one that does not is refused.
+    pub provider_proved_at: Option<String>,
 }
 
 impl OfflineStatus {

@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::registry::{rfc3339, Registry, SessionInfo};
 use crate::session::{self, ConsumerRequest, SessionEnd, SessionParams};
@@ -268,7 +268,12 @@ impl Server {
                     let reg = self.registry.register(info, &self.shutdown);
                     let end = session::run(self.dir.clone(), reader, writer, req, reg, self.params.session).await;
                     let routine = polling && end == SessionEnd::Goodbye(GoodbyeReason::RefreshComplete);
-                    info_or_debug!(routine, %end, "consumer session ended");
+                    if matches!(end, SessionEnd::StoreError(_)) {
+                        // Not the consumer's doing, nor the network's: the operator's.
+                        error!(%end, "consumer session ended");
+                    } else {
+                        info_or_debug!(routine, %end, "consumer session ended");
+                    }
                 }
                 .instrument(span)
                 .await;

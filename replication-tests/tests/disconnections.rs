@@ -698,5 +698,12 @@ fn a_goodbye_before_the_provider_proved_itself_is_not_acted_on() -> Result<()> {
     p.write_ok(&w.changes(20))?;
     converged(&p, &c, "people", PEOPLE)?;
     assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
-    no_duplicates(&c, "people")
+    no_duplicates(&c, "people")?;
+    // What the store keeps of the proof shows while the consumer is down too.
+    let proved = c.agreement_status("people")?["provider_proved_at"].clone();
+    assert!(proved.is_string(), "{proved}");
+    assert!(c.stop()?.success());
+    let offline = c.status()?;
+    assert_eq!(offline["agreements"][0]["provider_proved_at"], proved, "{offline}");
+    Ok(())
 }
