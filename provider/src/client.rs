@@ -56,6 +56,9 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
         let record = record?;
         let line = record.line();
         let change = record.into_change();
+        if let Some(refusal) = tether_store::refused_anywhere(&change) {
+            bail!("{file}:{line}: refused: {refusal}; nothing was written");
+        }
         let version = change.min_version();
         if version > needs.map_or(1, |(_, v)| v) {
             needs = Some((line, version));
@@ -318,6 +321,31 @@ mod tests {
         );
         let received = old_provider.await.unwrap();
         assert!(received.iter().all(|name| *name != "write-request"), "sent to the old provider: {received:?}");
+    }
+
+    /// A record the provider would refuse whatever it holds (a server-maintained
+    /// attribute: the `entryUUID` of an exported entry) stops the file before anything
+    /// is sent, rather than after the records before it applied.
+    #[tokio::test]
+    async fn a_record_with_an_entry_uuid_is_refused_before_anything_is_sent() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Nothing listens there: the check comes before the connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let (config, ldif) = setup(tmp.path(), port);
+        std::fs::write(
+            &ldif,
+            "dn: ou=a,dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: a\n\n\
+             dn: ou=b,dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: b\n\
+             entryUUID: 0190c4e4-3b2a-7c1d-8e9f-0a1b2c3d4e5f\n",
+        )
+        .unwrap();
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with(&format!("{}:6: refused: ", ldif.display())), "{shown}");
+        assert!(shown.contains("entryUUID is maintained by the server"), "{shown}");
+        assert!(shown.ends_with("nothing was written"), "{shown}");
     }
 
     /// Without `--allow-unproven`, a provider that does not prove it knows the writer

@@ -58,5 +58,6 @@ pub use replica::{
     ApplyStats, EntryForm, Incoming, IncomingOp, RegionAdopted, Replica, ReplicaState, ReplicaStore, Reshapes, Shadow,
     ShadowProgress,
 };
+pub use rules::refused_anywhere;
 /// sled's error type, for callers that must build or match a storage error.
 pub use sled::Error as SledError;

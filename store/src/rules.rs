@@ -217,6 +217,22 @@ fn plan_modify(set: &EntrySet, dn: &Dn, mods: &[Modification], csn: Csn) -> Resu
     })
 }
 
+/// The refusal `change` gets whatever the store holds, if it gets one for that reason:
+/// a value for a server-maintained attribute. A writer checks a whole file with it
+/// before sending any record, so such a record does not stop a run halfway.
+pub fn refused_anywhere(change: &Change) -> Option<Refusal> {
+    match change {
+        Change::Add { dn, attrs } => {
+            attrs.iter().find(|a| is_operational(&a.name)).map(|a| server_maintained(dn, &a.name))
+        }
+        Change::Modify { dn, mods } => mods
+            .iter()
+            .find(|m| m.op != ModOp::Delete && !m.values.is_empty() && is_operational(&m.attr))
+            .map(|m| server_maintained(dn, &m.attr)),
+        Change::Delete { .. } | Change::ModDn { .. } => None,
+    }
+}
+
 /// A write giving values to a server-maintained attribute (see
 /// [`tether_protocol::entry::operational`]). Removing one is allowed: an entry loaded
 /// before the loader left them out may still carry some.
