@@ -27,6 +27,20 @@ fn converged(p: &Provider, c: &Consumer, name: &str, base: &str) -> Result<()> {
     })
 }
 
+/// A provider of `n` entries and a consumer of `people` that retries every `retry`
+/// ("500ms"), converged.
+fn converged_pair(root: &Path, n: usize, seed: u64, retry: &str) -> Result<(Provider, Workload, Consumer)> {
+    let (p, w) = provider_with(root, n, seed, ProviderOptions::default())?;
+    let a = Agreement {
+        extra: format!("retry = [\"{retry} forever\"]\n"),
+        ..Agreement::persist("people", PEOPLE, "people-secret")
+    };
+    let mut c = Consumer::configure(&root.join("c"), p.port, &[a])?;
+    c.start()?;
+    converged(&p, &c, "people", PEOPLE)?;
+    Ok((p, w, c))
+}
+
 fn no_duplicates(c: &Consumer, name: &str) -> Result<()> {
     let s = c.agreement_status(name)?;
     assert_eq!(s["duplicates"], 0, "exactly-once violated: {s}");
@@ -209,14 +223,7 @@ fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
 #[test]
 fn provider_sigterm_puts_the_consumer_in_backoff_and_it_resumes_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (mut p, mut w) = provider_with(tmp.path(), 800, 14, ProviderOptions::default())?;
-    let a = Agreement {
-        extra: "retry = [\"500ms forever\"]\n".into(),
-        ..Agreement::persist("people", PEOPLE, "people-secret")
-    };
-    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
-    c.start()?;
-    converged(&p, &c, "people", PEOPLE)?;
+    let (mut p, mut w, c) = converged_pair(tmp.path(), 800, 14, "500ms")?;
     assert!(p.stop()?.success());
     // Counted: each reconnect the stopped provider refuses is a `connection-lost` that
     // overwrites `last_disconnect` and `last_error`, so the log shows the provider's reason.
@@ -590,14 +597,7 @@ async fn impostor(
 fn an_impostor_on_the_provider_s_address_is_refused_and_the_replica_kept() -> Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
     let tmp = tempfile::tempdir()?;
-    let (mut p, mut w) = provider_with(tmp.path(), 300, 19, ProviderOptions::default())?;
-    let a = Agreement {
-        extra: "retry = [\"300ms forever\"]\n".into(),
-        ..Agreement::persist("people", PEOPLE, "people-secret")
-    };
-    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
-    c.start()?;
-    converged(&p, &c, "people", PEOPLE)?;
+    let (mut p, mut w, c) = converged_pair(tmp.path(), 300, 19, "300ms")?;
     let before = c.agreement_status("people")?;
     assert_eq!(before["protocol_version"], 3, "{before}");
     assert!(before["provider_proved_at"].is_string(), "{before}");
@@ -661,14 +661,7 @@ async fn goodbye_sayer(
 fn a_goodbye_before_the_provider_proved_itself_is_not_acted_on() -> Result<()> {
     use tether_protocol::message::GoodbyeReason;
     let tmp = tempfile::tempdir()?;
-    let (mut p, mut w) = provider_with(tmp.path(), 200, 23, ProviderOptions::default())?;
-    let a = Agreement {
-        extra: "retry = [\"300ms forever\"]\n".into(),
-        ..Agreement::persist("people", PEOPLE, "people-secret")
-    };
-    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
-    c.start()?;
-    converged(&p, &c, "people", PEOPLE)?;
+    let (mut p, mut w, mut c) = converged_pair(tmp.path(), 200, 23, "300ms")?;
     let replica = c.search("people", PEOPLE, "subtree", ALL)?;
     assert!(p.stop()?.success());
 
