@@ -947,20 +947,6 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_provider_goodbye_during_the_handshake_is_reported() {
-        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
-        let secret = Secret::new(SECRET).unwrap();
-        let server = async {
-            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
-            sw.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "bye".into() }).await.unwrap();
-        };
-        let hello = consumer_hello("people");
-        let client = client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT);
-        let (client, ()) = tokio::join!(client, server);
-        assert!(matches!(client, Err(HandshakeError::Goodbye { reason: GoodbyeReason::Shutdown, .. })));
-    }
-
     /// A stream that records every byte that passes through it, both ways.
     struct Tap {
         inner: DuplexStream,

@@ -243,9 +243,11 @@ mod tests {
 
     use super::*;
 
-    /// A provider configuration with a writer on `port`, in `dir`, and an LDIF file of a
-    /// modify and then an increment (line 6).
-    fn setup(dir: &Path, port: u16) -> (ProviderConfig, std::path::PathBuf) {
+    /// A listener on a free loopback port, a provider configuration in `dir` with a
+    /// writer on that port, and an LDIF file of a modify and then an increment (line 6).
+    async fn setup(dir: &Path) -> (tokio::net::TcpListener, u16, ProviderConfig, std::path::PathBuf) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let secret = dir.join("writer.key");
         std::fs::write(&secret, "a writer secret of enough length\n").unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -265,7 +267,7 @@ mod tests {
              dn: ou=counters,dc=example,dc=com\nchangetype: modify\nincrement: uidNumber\nuidNumber: 1\n",
         )
         .unwrap();
-        (ProviderConfig::load(&config).unwrap(), ldif)
+        (listener, port, ProviderConfig::load(&config).unwrap(), ldif)
     }
 
     /// A stand-in for a provider of protocol `version` (before 3: it does not prove
@@ -304,9 +306,7 @@ mod tests {
     #[tokio::test]
     async fn an_increment_for_a_provider_of_version_1_sends_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (config, ldif) = setup(tmp.path(), port);
+        let (listener, port, config, ldif) = setup(tmp.path()).await;
         let old_provider = tokio::spawn(older_provider(listener, 1));
 
         let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Optional).await.unwrap_err();
@@ -329,11 +329,9 @@ mod tests {
     #[tokio::test]
     async fn a_record_with_an_entry_uuid_is_refused_before_anything_is_sent() {
         let tmp = tempfile::tempdir().unwrap();
+        let (listener, _, config, ldif) = setup(tmp.path()).await;
         // Nothing listens there: the check comes before the connection.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let (config, ldif) = setup(tmp.path(), port);
         std::fs::write(
             &ldif,
             "dn: ou=a,dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: a\n\n\
@@ -353,9 +351,7 @@ mod tests {
     #[tokio::test]
     async fn a_provider_that_does_not_prove_itself_is_sent_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (config, ldif) = setup(tmp.path(), port);
+        let (listener, port, config, ldif) = setup(tmp.path()).await;
         let old_provider = tokio::spawn(older_provider(listener, 2));
 
         let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
