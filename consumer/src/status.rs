@@ -302,6 +302,17 @@ impl ConsumerStatus {
             }
             out.push_str(&counters);
             out.push('\n');
+            // Whom the agreement trusts: during an upgrade, which providers still run an
+            // older build; after it, since when one that does not prove itself is refused.
+            let trust = match (a.protocol_version, &a.provider_proved_at) {
+                (Some(v), Some(at)) => Some(format!("protocol version {v}; the provider first proved itself at {at}")),
+                (Some(v), None) => Some(format!("protocol version {v}; no provider has proved itself yet")),
+                (None, Some(at)) => Some(format!("the provider first proved itself at {at}")),
+                (None, None) => None,
+            };
+            if let Some(trust) = trust {
+                out.push_str(&format!("  {trust}\n"));
+            }
             if let Some(at) = &a.next_attempt_at {
                 let next = if a.state == State::Idle { "poll" } else { "attempt" };
                 out.push_str(&format!("  next {next} at {at}\n"));
@@ -408,6 +419,23 @@ mod tests {
             text.contains(", applied 7, skipped 0, duplicates 0, reconnects 0, disconnects connection-lost=2\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_table_says_which_version_the_provider_speaks_and_since_when_it_proves_itself() {
+        let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        let text = || ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
+        assert!(!text().contains("protocol") && !text().contains("proved"), "nothing known yet: {}", text());
+        h.update(|s| s.protocol_version = Some(2));
+        assert!(text().contains("\n  protocol version 2; no provider has proved itself yet\n"), "{}", text());
+        let at = "2026-12-01T22:30:00Z";
+        h.update(|s| {
+            s.protocol_version = Some(3);
+            s.provider_proved_at = Some(at.into());
+        });
+        assert!(text().contains(&format!("\n  protocol version 3; the provider first proved itself at {at}\n")));
+        h.update(|s| s.protocol_version = None);
+        assert!(text().contains(&format!("\n  the provider first proved itself at {at}\n")), "{}", text());
     }
 
     #[test]
