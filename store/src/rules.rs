@@ -111,7 +111,19 @@ fn check_new_name(set: &EntrySet, suffix: &Dn, dn: &Dn, parent_known: bool) -> R
 /// and took the octets as the value, so `cn=#414243` held `cn: ABC` beside a sibling
 /// `cn=ABC` whose value matched it, under another name. Names already stored keep
 /// working; only new ones are refused, naming the text form.
-fn check_rdn_is_text(dn: &Dn) -> Result<()> {
+/// Refuses an RDN naming a server-maintained attribute, or one in hex (see below).
+///
+/// A server-maintained attribute in the RDN would become an attribute of the entry (an
+/// entry holds its RDN's values), past the check of its attributes: an entry named
+/// `entryUUID=...` would hold a second `entryUUID`, and every `search --uuids` backup
+/// of the directory would then be refused by `load`.
+fn check_rdn(dn: &Dn) -> Result<(), Refusal> {
+    if let Some(ava) = dn.rdn().and_then(|rdn| rdn.avas().iter().find(|a| is_operational(a.attr()))) {
+        return Err(invalid(
+            dn,
+            format!("an RDN cannot name {}: it is maintained by the server, not written", ava.attr()),
+        ));
+    }
     let Some(ava) = dn.rdn().and_then(|rdn| rdn.avas().iter().find(|a| a.value_str().is_none())) else {
         return Ok(());
     };
@@ -129,8 +141,7 @@ fn check_rdn_is_text(dn: &Dn) -> Result<()> {
              the value it encodes: name entries with text values{text}",
             ava.attr()
         ),
-    )
-    .into())
+    ))
 }
 
 /// Rules every stored entry satisfies: an objectClass, and its RDN values present.
@@ -181,7 +192,7 @@ pub(crate) fn new_entry(dn: &Dn, attrs: &Attributes, uuid: EntryUuid, csn: Csn) 
     if let Some(attr) = attrs.iter().find(|a| is_operational(&a.name)) {
         return Err(server_maintained(dn, &attr.name).into());
     }
-    check_rdn_is_text(dn)?;
+    check_rdn(dn)?;
     let mut entry = Entry { dn: dn.clone(), uuid, csn, attrs: attrs.clone() };
     entry.ensure_rdn_values().map_err(|e| invalid(dn, e.to_string()))?;
     check_entry(&entry)?;
@@ -222,14 +233,20 @@ fn plan_modify(set: &EntrySet, dn: &Dn, mods: &[Modification], csn: Csn) -> Resu
 /// before sending any record, so such a record does not stop a run halfway.
 pub fn refused_anywhere(change: &Change) -> Option<Refusal> {
     match change {
-        Change::Add { dn, attrs } => {
-            attrs.iter().find(|a| is_operational(&a.name)).map(|a| server_maintained(dn, &a.name))
-        }
+        Change::Add { dn, attrs } => attrs
+            .iter()
+            .find(|a| is_operational(&a.name))
+            .map(|a| server_maintained(dn, &a.name))
+            .or_else(|| check_rdn(dn).err()),
         Change::Modify { dn, mods } => mods
             .iter()
             .find(|m| m.op != ModOp::Delete && !m.values.is_empty() && is_operational(&m.attr))
             .map(|m| server_maintained(dn, &m.attr)),
-        Change::Delete { .. } | Change::ModDn { .. } => None,
+        Change::ModDn { dn, new_rdn, new_superior, .. } => {
+            let parent = new_superior.clone().or_else(|| dn.parent()).unwrap_or_default();
+            check_rdn(&parent.child(new_rdn.clone())).err()
+        }
+        Change::Delete { .. } => None,
     }
 }
 
@@ -307,7 +324,7 @@ fn plan_moddn(
         Some(superior) => superior.child(new_rdn.clone()),
         None => entry.dn.parent().unwrap_or_default().child(new_rdn.clone()),
     };
-    check_rdn_is_text(&new_dn)?;
+    check_rdn(&new_dn)?;
     let new_dn = if new_dn == *dn { new_dn } else { check_new_name(set, suffix, &new_dn, false)?.unwrap_or(new_dn) };
     if delete_old_rdn {
         if let Some(old_rdn) = dn.rdn() {

@@ -447,3 +447,40 @@ fn reshaped_since_counts_adds_deletes_and_renames_touching_the_region() {
     d.trim(&policy, u64::MAX / 2).unwrap();
     assert_eq!(d.reshaped_since(since, &people).unwrap(), None);
 }
+
+/// A server-maintained attribute cannot get into an entry by its OID, nor through the
+/// DN (an entry holds its RDN's values): an entry named `entryUUID=...` would hold a
+/// second entryUUID, and every `search --uuids` backup would then be refused by `load`.
+/// The writer's check of a whole file (`refused_anywhere`) refuses the same records.
+#[test]
+fn server_maintained_attributes_are_refused_by_oid_and_in_rdns() {
+    let (_tmp, d) = open();
+    let ann = "uid=ann,ou=people,dc=example,dc=com";
+    let by_uuid = "entryUUID=11111111-2222-3333-4444-555555555555,ou=people,dc=example,dc=com";
+    let cases = [
+        (add(by_uuid, &[("objectClass", "person"), ("cn", "u1"), ("sn", "x")]), "an RDN cannot name entryUUID"),
+        (
+            add("modifyTimestamp=20240101000000Z,ou=people,dc=example,dc=com", &[("objectClass", "extensibleObject")]),
+            "an RDN cannot name modifyTimestamp",
+        ),
+        (moddn(ann, "entryCSN=123", None), "an RDN cannot name entryCSN"),
+        (moddn(ann, "1.3.6.1.1.16.4=x", Some("ou=groups,dc=example,dc=com")), "an RDN cannot name 1.3.6.1.1.16.4"),
+        (
+            add(
+                "uid=bo,ou=people,dc=example,dc=com",
+                &[("objectClass", "person"), ("cn", "b"), ("sn", "b"), ("2.5.18.2", "x")],
+            ),
+            "2.5.18.2 is maintained by the server",
+        ),
+        (modify(ann, ModOp::Replace, "OID.1.3.6.1.1.16.4", &["x"]), "OID.1.3.6.1.1.16.4 is maintained by the server"),
+    ];
+    for (change, says) in cases {
+        let before = tether_store::refused_anywhere(&change).map(|r| r.to_string());
+        let refusal = refused(&d, change).to_string();
+        assert!(refusal.contains(says), "{refusal}");
+        assert_eq!(before, Some(refusal), "the writer's check refuses it the same way");
+    }
+    // The same attributes by name in an RDN are ordinary values elsewhere: a rename to
+    // an ordinary RDN still goes through the check.
+    assert_eq!(tether_store::refused_anywhere(&moddn(ann, "uid=anna", None)), None);
+}

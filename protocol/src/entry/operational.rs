@@ -24,11 +24,42 @@ pub const MAINTAINED: &[&str] = &[
     "subschemasubentry",
 ];
 
-/// Whether `name` (with or without `;options`) names a server-maintained attribute,
-/// `entryUUID` included.
-pub fn is_operational(name: &str) -> bool {
+/// The OIDs of [`ENTRY_UUID`] and [`MAINTAINED`], by which LDAP also names them: an
+/// attribute written `2.5.18.2:` is `modifyTimestamp` to any LDAP tool.
+const OIDS: &[(&str, &str)] = &[
+    ("1.3.6.1.1.16.4", ENTRY_UUID),
+    ("2.5.18.1", "createtimestamp"),
+    ("2.5.18.2", "modifytimestamp"),
+    ("2.5.18.3", "creatorsname"),
+    ("2.5.18.4", "modifiersname"),
+    ("2.5.21.9", "structuralobjectclass"),
+    ("1.3.6.1.4.1.4203.666.1.7", "entrycsn"),
+    ("1.3.6.1.4.1.4203.666.1.25", "contextcsn"),
+    ("1.3.6.1.1.20", "entrydn"),
+    ("2.5.18.9", "hassubordinates"),
+    ("1.3.6.1.4.1.453.16.2.103", "numsubordinates"),
+    ("2.5.18.10", "subschemasubentry"),
+];
+
+/// The lower-cased name of the server-maintained attribute `name` names, by its name or
+/// its OID (`OID.` prefix allowed), with or without `;options`.
+pub fn operational_name(name: &str) -> Option<&'static str> {
     let base = name.split(';').next().unwrap_or_default().to_ascii_lowercase();
-    base == ENTRY_UUID || MAINTAINED.contains(&base.as_str())
+    let base = base.strip_prefix("oid.").unwrap_or(&base);
+    if base == ENTRY_UUID {
+        return Some(ENTRY_UUID);
+    }
+    MAINTAINED
+        .iter()
+        .copied()
+        .find(|m| *m == base)
+        .or_else(|| OIDS.iter().find(|(oid, _)| *oid == base).map(|(_, name)| *name))
+}
+
+/// Whether `name` names a server-maintained attribute, `entryUUID` included (see
+/// [`operational_name`]).
+pub fn is_operational(name: &str) -> bool {
+    operational_name(name).is_some()
 }
 
 /// What [`Attributes::take_operational`] took out of an entry.
@@ -58,7 +89,7 @@ impl Attributes {
     pub fn take_operational(&mut self) -> Result<Operational, OperationalError> {
         let keys: Vec<String> = self.map.keys().filter(|k| is_operational(k)).cloned().collect();
         let mut taken = Operational::default();
-        for key in keys.iter().filter(|k| k.split(';').next() == Some(ENTRY_UUID)) {
+        for key in keys.iter().filter(|k| operational_name(k) == Some(ENTRY_UUID)) {
             let values = self.map.get(key).map(|a| a.values.as_slice()).unwrap_or_default();
             match values {
                 [one] => {
@@ -74,7 +105,7 @@ impl Attributes {
         }
         for key in keys {
             if let Some(attr) = self.map.remove(&key) {
-                if key.split(';').next() != Some(ENTRY_UUID) {
+                if operational_name(&key) != Some(ENTRY_UUID) {
                     taken.dropped += attr.values.len();
                 }
             }
@@ -96,6 +127,23 @@ mod tests {
             a.add(k, [Value::from(*v)]).unwrap();
         }
         a
+    }
+
+    #[test]
+    fn server_maintained_attributes_are_known_by_their_oids_too() {
+        for name in ["1.3.6.1.1.16.4", "OID.1.3.6.1.1.16.4", "1.3.6.1.1.16.4;binary", "entryUUID", "ENTRYUUID;x"] {
+            assert_eq!(operational_name(name), Some(ENTRY_UUID), "{name}");
+        }
+        assert_eq!(operational_name("2.5.18.2"), Some("modifytimestamp"));
+        assert_eq!(operational_name("1.3.6.1.4.1.4203.666.1.7"), Some("entrycsn"));
+        for ordinary in ["2.5.4.3", "cn", "1.3.6.1.1.16", "oid.cn"] {
+            assert!(!is_operational(ordinary), "{ordinary}");
+        }
+        // An exported entry's UUID under its OID is its identity all the same.
+        let mut a = attrs(&[("objectClass", "person"), ("1.3.6.1.1.16.4", "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00")]);
+        let taken = a.take_operational().unwrap();
+        assert_eq!(taken.uuid.unwrap().to_string(), "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00");
+        assert_eq!((taken.dropped, a.len()), (0, 1));
     }
 
     #[test]
