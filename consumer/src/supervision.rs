@@ -99,6 +99,12 @@ pub struct Supervision {
     failing_since: Option<Instant>,
     /// A command waiting for the running session to end.
     pending: Option<Command>,
+    /// Whether a `refresh-required` was answered by reconnecting at once since the last
+    /// healthy session: the next one waits on the schedule like any failure. A provider
+    /// asks once; a relay on the path that injects the goodbye into every session (after
+    /// a real handshake, so no proof stops it) would otherwise make the consumer and the
+    /// provider handshake as fast as they can, in a loop.
+    reconnected_at_once: bool,
 }
 
 impl Supervision {
@@ -113,6 +119,7 @@ impl Supervision {
             attempt: 0,
             failing_since: None,
             pending: None,
+            reconnected_at_once: false,
         }
     }
 
@@ -140,6 +147,7 @@ impl Supervision {
     fn reset(&mut self) {
         self.attempt = 0;
         self.failing_since = None;
+        self.reconnected_at_once = false;
     }
 
     /// Feeds one input at time `now`; `sample` is a uniform number in [0, 1] for jitter.
@@ -231,8 +239,9 @@ impl Supervision {
             out.push(Output::GaveUp(format!("retrying cannot fix: {}", ended.detail)));
             return self.settle(State::Closed, out);
         }
-        if ended.goodbye == Some(GoodbyeReason::RefreshRequired) {
+        if ended.goodbye == Some(GoodbyeReason::RefreshRequired) && !self.reconnected_at_once {
             // Not a failure: the provider wants a fresh refresh, now.
+            self.reconnected_at_once = true;
             return self.start(now, out);
         }
         let failing = *self.failing_since.get_or_insert(now);
@@ -463,8 +472,17 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(&["1s forever"], None);
         m.step(t0, Input::Begin { stopped: false }, 0.5);
-        let again = Ended { goodbye: Some(GoodbyeReason::RefreshRequired), ..ended(Reason::ProviderGoodbye) };
-        assert!(m.step(t0, Input::SessionEnded(again), 0.5).contains(&Output::StartSession));
+        let again = || Ended { goodbye: Some(GoodbyeReason::RefreshRequired), ..ended(Reason::ProviderGoodbye) };
+        assert!(m.step(t0, Input::SessionEnded(again()), 0.5).contains(&Output::StartSession));
+        // Asked again before a healthy session: not at once (a relay injecting it into
+        // every session would make a reconnect storm), but on the schedule.
+        let out = m.step(t0, Input::SessionEnded(again()), 0.5);
+        assert!(out.contains(&Output::Wait(Some(Duration::from_secs(1)))), "{out:?}");
+        assert_eq!(m.state(), State::Backoff);
+        m.step(t0 + Duration::from_secs(1), Input::TimerFired, 0.5);
+        // After a healthy session the provider's next request is honoured at once again.
+        let t1 = t0 + Duration::from_secs(1) + HEALTHY_AFTER;
+        assert!(m.step(t1, Input::SessionEnded(again()), 0.5).contains(&Output::StartSession));
         let fatal = Ended { fatal: true, ..ended(Reason::Exception) };
         m.step(t0, Input::SessionEnded(fatal), 0.5);
         assert_eq!(m.state(), State::Closed);
