@@ -92,6 +92,20 @@ impl std::fmt::Display for SessionEnd {
     }
 }
 
+impl SessionEnd {
+    /// The goodbye the provider says for this end, if any, given whether the store has
+    /// failed. A store error that failed the store stops the provider: the consumer that
+    /// met it is told so (`shutdown`, naming the failure), as every other session is,
+    /// rather than finding its connection dropped.
+    fn goodbye(&self, store_failed: bool) -> Option<GoodbyeReason> {
+        match self {
+            SessionEnd::Goodbye(reason) => Some(*reason),
+            SessionEnd::StoreError(_) if store_failed => Some(GoodbyeReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
 /// The consumer-side facts a session needs from its `Hello`.
 #[derive(Debug, Clone)]
 pub struct ConsumerRequest {
@@ -285,7 +299,8 @@ where
     };
     let end = session.drive().await;
     session.record_seen();
-    if let SessionEnd::Goodbye(reason) = &end {
+    let goodbye = end.goodbye(session.dir.failure().latched().is_some());
+    if let Some(reason) = goodbye {
         let detail = match reason {
             GoodbyeReason::Shutdown => shutdown_detail(session.dir),
             GoodbyeReason::RefreshComplete => "refresh complete".into(),
@@ -311,7 +326,7 @@ where
             },
             _ => String::new(),
         };
-        let bye = Message::Goodbye { reason: *reason, detail };
+        let bye = Message::Goodbye { reason, detail };
         let _ = tokio::time::timeout(GOODBYE_GRACE, session.queue.send(bye.into())).await;
     }
     let Session { mut reader, queue, .. } = session;
@@ -322,7 +337,7 @@ where
     // the consumer's kernel discard what it had not read yet, the goodbye included, so
     // the consumer saw `connection-lost` and backed off where a `refresh-required` would
     // have had it reconnect at once.
-    if matches!(end, SessionEnd::Goodbye(_)) {
+    if goodbye.is_some() {
         let _ = tokio::time::timeout(GOODBYE_GRACE, async { while let Ok(Some(_)) = reader.recv().await {} }).await;
     }
     end
@@ -806,6 +821,18 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[test]
+    fn a_store_error_that_failed_the_store_ends_with_a_shutdown_goodbye() {
+        let store = SessionEnd::StoreError("storage error: Read corrupted data".into());
+        assert_eq!(store.goodbye(true), Some(GoodbyeReason::Shutdown));
+        assert_eq!(store.goodbye(false), None, "one record's error: the provider goes on");
+        assert_eq!(
+            SessionEnd::Goodbye(GoodbyeReason::RefreshRequired).goodbye(false),
+            Some(GoodbyeReason::RefreshRequired)
+        );
+        assert_eq!(SessionEnd::ConnectionLost("reset".into()).goodbye(true), None);
     }
 
     /// Messages queued together leave in one write, in order, and each one taken from
