@@ -142,10 +142,12 @@ impl SearchPages {
             self.before = Some(self.replica.reshapes());
         }
         let (spec, after) = (&self.spec, self.after.as_deref());
-        let (page, next) = self
-            .replica
-            .read_active(|entries| entries.search_page(spec, after, SEARCH_PAGE))
-            .map_err(|e| e.to_string())?;
+        let (page, next) =
+            self.replica.read_active(|entries| entries.search_page(spec, after, SEARCH_PAGE)).map_err(|e| {
+                // A search may be the first to meet a failed or damaged store.
+                self.replica.failure().note(&e);
+                e.to_string()
+            })?;
         self.done = next.is_none();
         self.after = next;
         let mut out = Vec::new();

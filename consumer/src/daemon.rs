@@ -346,6 +346,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
         warn!(limit = ?config.shutdown_timeout, "agreements or control requests did not stop in time; exiting anyway");
     }
     drop(control_file);
+    // A failed store is no clean stop: a service manager must see it, and the flush could
+    // not make the store whole (a damaged one would even succeed).
+    if let Some(failure) = store.failure().latched() {
+        bail!(store_failed(&failure));
+    }
     let flush = store.clone();
     tokio::task::spawn_blocking(move || flush.flush()).await.context("flush task")?.context("final flush")?;
     info!("consumer stopped");

@@ -118,8 +118,9 @@ fn a_consumer_whose_store_fails_stops_its_agreements_and_a_restart_resumes() -> 
     }
     assert_eq!(c.agreement_status("people")?["state"], "closed");
 
+    // A failed store is no clean stop, for a service manager either.
+    assert_eq!(c.stop()?.code(), Some(1), "a consumer whose store failed exits 1");
     // Once the limit is lifted, a new process resumes from the durable cookie.
-    c.stop()?;
     c.file_size_limit = None;
     c.start()?;
     wait_until(LIMIT, "the consumer to converge after its restart", || same(&p, &c))?;

@@ -44,7 +44,7 @@ pub enum StoreError {
     #[error("refused: {0}")]
     Refused(#[from] Refusal),
     /// sled failed (I/O, or a corrupted log). The operation did not take effect.
-    #[error("storage error: {0}")]
+    #[error("{}", storage_error(.0))]
     Sled(#[from] sled::Error),
     /// A stored record did not decode: the store is damaged or from another version.
     #[error("corrupt record in {tree}: {source}")]
@@ -118,6 +118,17 @@ pub enum StoreError {
     /// A shadow reload was finished or aborted twice, or after another began.
     #[error("shadow reload of {0:?} is no longer current")]
     StaleShadow(String),
+}
+
+/// What [`StoreError::Sled`] says: sled's words for a corrupt page ("Read corrupted
+/// data at file offset ...") do not say that the store's files are damaged.
+fn storage_error(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Corruption { .. } => {
+            format!("storage error: the store's files are damaged (sled read a page that is not what it wrote: {e})")
+        }
+        other => format!("storage error: {other}"),
+    }
 }
 
 /// What [`StoreError::Unrecoverable`] says: what failed, and the ways out, the cheap one
