@@ -186,6 +186,19 @@ pub async fn run(
     routine: bool,
 ) -> Ended {
     status.update(|s| s.state = State::Connecting);
+    // Read before connecting, so status shows the record while the provider is down too.
+    let proved_at = match replica.provider_proved_at() {
+        Ok(at) => at,
+        Err(e) => {
+            replica.failure().note(&e);
+            return Ended {
+                fatal: e.is_fatal(),
+                connected: false,
+                ..Ended::new(Reason::Exception, format!("reading the provider's proof: {e}"))
+            };
+        }
+    };
+    status.update(|s| s.provider_proved_at = proved_at.map(rfc3339_of_ms));
     let (mut reader, mut writer) = match &cfg.network {
         Network::Tcp => match connect_tcp(cfg, stop).await {
             Ok(halves) => halves,
@@ -211,17 +224,6 @@ pub async fn run(
             return Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("reading the cookie: {e}")) };
         }
     };
-    let proved_at = match replica.provider_proved_at() {
-        Ok(at) => at,
-        Err(e) => {
-            replica.failure().note(&e);
-            return Ended {
-                fatal: e.is_fatal(),
-                ..Ended::new(Reason::Exception, format!("reading the provider's proof: {e}"))
-            };
-        }
-    };
-    status.update(|s| s.provider_proved_at = proved_at.map(rfc3339_of_ms));
     let proof = match (cfg.provider_proof, proved_at) {
         (ProofPolicy::Required, _) | (ProofPolicy::OnceProved, Some(_)) => ProviderProof::Required,
         (ProofPolicy::OnceProved, None) | (ProofPolicy::Optional, _) => ProviderProof::Optional,

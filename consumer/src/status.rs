@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
+use tether_protocol::message::MUTUAL_AUTH_VERSION;
 use tether_protocol::{Cookie, Csn};
 use tether_store::StoreFailure;
 
@@ -304,10 +305,21 @@ impl ConsumerStatus {
             out.push('\n');
             // Whom the agreement trusts: during an upgrade, which providers still run an
             // older build; after it, since when one that does not prove itself is refused.
+            let first = |at: &str| format!("a provider of this agreement first proved itself at {at}");
             let trust = match (a.protocol_version, &a.provider_proved_at) {
-                (Some(v), Some(at)) => Some(format!("protocol version {v}; the provider first proved itself at {at}")),
-                (Some(v), None) => Some(format!("protocol version {v}; no provider has proved itself yet")),
-                (None, Some(at)) => Some(format!("the provider first proved itself at {at}")),
+                (Some(v), Some(at)) if v >= MUTUAL_AUTH_VERSION => {
+                    Some(format!("protocol version {v}: the provider proved itself ({})", first(at)))
+                }
+                (Some(v), Some(at)) => {
+                    Some(format!("protocol version {v}: the provider did not prove itself ({})", first(at)))
+                }
+                (Some(v), None) if v >= MUTUAL_AUTH_VERSION => {
+                    Some(format!("protocol version {v}: the provider proved itself"))
+                }
+                (Some(v), None) => {
+                    Some(format!("protocol version {v}: the provider did not prove itself; none of this agreement has"))
+                }
+                (None, Some(at)) => Some(first(at)),
                 (None, None) => None,
             };
             if let Some(trust) = trust {
@@ -364,6 +376,8 @@ pub struct OfflineAgreement {
     pub entries: usize,
     /// When a provider of this agreement first proved it knows the secret, as the
     /// running consumer shows it: from then on, by default, one that does not is refused.
+    /// Absent until one has, as in the running consumer's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_proved_at: Option<String>,
 }
 
@@ -427,15 +441,21 @@ mod tests {
         let text = || ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
         assert!(!text().contains("protocol") && !text().contains("proved"), "nothing known yet: {}", text());
         h.update(|s| s.protocol_version = Some(2));
-        assert!(text().contains("\n  protocol version 2; no provider has proved itself yet\n"), "{}", text());
+        let line = "\n  protocol version 2: the provider did not prove itself; none of this agreement has\n";
+        assert!(text().contains(line), "{}", text());
         let at = "2026-12-01T22:30:00Z";
         h.update(|s| {
             s.protocol_version = Some(3);
             s.provider_proved_at = Some(at.into());
         });
-        assert!(text().contains(&format!("\n  protocol version 3; the provider first proved itself at {at}\n")));
+        let first = format!("a provider of this agreement first proved itself at {at}");
+        assert!(text().contains(&format!("\n  protocol version 3: the provider proved itself ({first})\n")));
+        // Under provider_proof = "optional", a provider rolled back is taken: the line
+        // must not read as if this one proved itself.
+        h.update(|s| s.protocol_version = Some(2));
+        assert!(text().contains(&format!("\n  protocol version 2: the provider did not prove itself ({first})\n")));
         h.update(|s| s.protocol_version = None);
-        assert!(text().contains(&format!("\n  the provider first proved itself at {at}\n")), "{}", text());
+        assert!(text().contains(&format!("\n  {first}\n")), "{}", text());
     }
 
     #[test]

@@ -309,19 +309,19 @@ where
             let mac = compute_mac(secret, &nonce, hello)?;
             ex.send(&Message::MutualAuth { mac, nonce: ours }).await?;
             match ex.recv().await? {
+                // The proof first: it covers the version, so a peer without the secret
+                // cannot pass for a provider with a version error by changing it.
+                Message::ProvenWelcome { welcome, proof }
+                    if !verify_proof(secret, Nonces { provider: &nonce, client: &ours }, hello, &welcome, &proof) =>
+                {
+                    Err(HandshakeError::BadProof)
+                }
                 Message::ProvenWelcome { welcome, .. }
                     if !hello.versions.contains(&welcome.version) || welcome.version < MUTUAL_AUTH_VERSION =>
                 {
                     Err(HandshakeError::BadVersion(welcome.version))
                 }
-                Message::ProvenWelcome { welcome, proof } => {
-                    let nonces = Nonces { provider: &nonce, client: &ours };
-                    if verify_proof(secret, nonces, hello, &welcome, &proof) {
-                        Ok(welcome)
-                    } else {
-                        Err(HandshakeError::BadProof)
-                    }
-                }
+                Message::ProvenWelcome { welcome, .. } => Ok(welcome),
                 // The provider offered the proof and then welcomed us without it: a
                 // provider of any build that sends this challenge proves itself.
                 Message::Welcome(welcome) => Err(HandshakeError::WelcomeUnproven(welcome.version)),
@@ -917,6 +917,20 @@ mod tests {
         client.unwrap();
         server.unwrap();
         assert_eq!((cr.max_frame(), sr.max_frame()), (MAX_FRAME, MAX_FRAME));
+    }
+
+    #[tokio::test]
+    async fn a_proven_welcome_at_an_older_version_without_the_secret_is_a_bad_proof() {
+        let err = against(ProviderProof::Optional, |mut sr: Reader, mut sw: Writer| async move {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            sw.send(&Message::MutualChallenge { nonce: [1; 32] }).await.unwrap();
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::MutualAuth { .. })));
+            let welcome = impostor_welcome(2);
+            sw.send(&Message::ProvenWelcome { welcome, proof: [0; 32] }).await.unwrap();
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, HandshakeError::BadProof), "{err}");
     }
 
     #[tokio::test]

@@ -129,8 +129,8 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
             let hint = match &e {
                 // The provider cannot say more without saying something about its secret.
                 HandshakeError::Rejected(r) if r.reason == RejectReason::BadCredentials => format!(
-                    " (the running provider's [writer] secret differs from the one {} names now: was the secret file \
-                 changed without a reload? One trailing newline is not part of the secret)",
+                    " (if this is the provider, its running [writer] secret differs from the one {} names now: was \
+                 the secret file changed without a reload? One trailing newline is not part of the secret)",
                     writer.secret_file.display()
                 ),
                 HandshakeError::Unproven => " (it runs a build older than this command, or is not the provider; \

@@ -698,5 +698,9 @@ fn a_goodbye_before_the_provider_proved_itself_is_not_acted_on() -> Result<()> {
     assert!(c.stop()?.success());
     let offline = c.status()?;
     assert_eq!(offline["agreements"][0]["provider_proved_at"], proved, "{offline}");
+    // ... and in a consumer started while the provider is down, before any connect.
+    assert!(p.stop()?.success());
+    c.start()?;
+    c.wait_status("people", LIMIT, "the proof on record", |s| s["provider_proved_at"] == proved)?;
     Ok(())
 }

@@ -171,7 +171,8 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> R
             StoreError::Locked(path.display().to_string())
         }
         // Met in recovery, before any tree is open: the store cannot be opened as it is.
-        sled::Error::Corruption { .. } => unrecoverable(path, e.to_string()),
+        // Damage in its log comes with the offset; in its snapshot without.
+        sled::Error::Corruption { at, .. } => unrecoverable(path, e.to_string(), at.is_none()),
         other => StoreError::Sled(other),
     })?;
     let other = match kind {
@@ -201,23 +202,20 @@ fn guard_recovery<T>(path: &Path, open: impl FnOnce() -> T) -> Result<T> {
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_owned());
-        unrecoverable(path, detail)
+        unrecoverable(path, detail, false)
     })
 }
 
 /// [`StoreError::Unrecoverable`] for the store at `path`, naming sled's snapshot file if
-/// there is one (sled keeps one, `snap.<hex>`, and removes the older ones).
-fn unrecoverable(path: &Path, detail: String) -> StoreError {
-    let snapshot = std::fs::read_dir(path).ok().and_then(|dir| {
+/// the damage may be in it and there is one (sled keeps one, `snap.<hex>`, and removes
+/// the older ones).
+fn unrecoverable(path: &Path, detail: String, in_snapshot: bool) -> StoreError {
+    let snapshot = std::fs::read_dir(path).ok().filter(|_| in_snapshot).and_then(|dir| {
         dir.filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snap.")))
             .max()
     });
-    StoreError::Unrecoverable {
-        path: path.display().to_string(),
-        detail,
-        snapshot: snapshot.map(|p| p.display().to_string()),
-    }
+    StoreError::Unrecoverable { detail, snapshot: snapshot.map(|p| p.display().to_string()) }
 }
 
 impl Directory {
@@ -815,7 +813,8 @@ mod tests {
         let err = guard_recovery(path, || -> u32 { panic!("tried to serialize Uninitialized") }).unwrap_err();
         assert!(err.is_damage(), "{err}");
         let shown = err.to_string();
-        assert!(shown.starts_with("/srv/provider/data: sled could not recover"), "{shown}");
+        assert!(shown.starts_with("sled could not recover the store's files"), "{shown}");
+        assert!(!shown.contains("snap"), "a panic does not say where the damage is: {shown}");
         assert!(shown.contains("(tried to serialize Uninitialized)") && shown.contains("backup"), "{shown}");
         let owned = guard_recovery(path, || -> u32 { panic!("{} of {}", 1, 2) }).unwrap_err();
         assert!(owned.to_string().contains("(1 of 2)"), "{owned}");

@@ -92,14 +92,12 @@ pub enum StoreError {
     },
     /// sled could not recover the store's files at open (it found damage, or panicked in
     /// its recovery): no open of them as they are will succeed.
-    #[error("{}", unrecoverable(path, detail, snapshot.as_deref()))]
+    #[error("{}", unrecoverable(detail, snapshot.as_deref()))]
     Unrecoverable {
-        /// The store's folder.
-        path: String,
         /// What sled said when it gave up.
         detail: String,
-        /// sled's snapshot file in the folder, if there is one: it may be the damaged
-        /// file, and it is the one file sled can do without.
+        /// sled's snapshot file, when the damage may be in it (sled's report carries no
+        /// offset in its log): it is the one file sled can do without.
         snapshot: Option<String>,
     },
     /// The store is held by another process (sled's file lock).
@@ -132,8 +130,9 @@ fn storage_error(e: &sled::Error) -> String {
 }
 
 /// What [`StoreError::Unrecoverable`] says: what failed, and the ways out, the cheap one
-/// first when there is a snapshot to try it on.
-fn unrecoverable(path: &str, detail: &str, snapshot: Option<&str>) -> String {
+/// first when there is a snapshot to try it on. The path is the caller's to name
+/// ("opening store PATH: ...").
+fn unrecoverable(detail: &str, snapshot: Option<&str>) -> String {
     let snapshot = snapshot.map_or_else(String::new, |file| {
         format!(
             " If sled warned `corrupt snapshot file found`, move {file} out of the folder and try again: sled keeps \
@@ -141,9 +140,9 @@ fn unrecoverable(path: &str, detail: &str, snapshot: Option<&str>) -> String {
         )
     });
     format!(
-        "{path}: sled could not recover the store's files ({detail}): they are damaged. Copy the folder aside \
-         first (every open lets sled rewrite it).{snapshot} Otherwise restore it from a backup (a consumer's: move it \
-         aside, and each replica reloads in full)"
+        "sled could not recover the store's files ({detail}): they are damaged. Copy the folder aside first (every \
+         open lets sled rewrite it).{snapshot} Otherwise restore it from a backup (a consumer's: move it aside, and \
+         each replica reloads in full)"
     )
 }
 
