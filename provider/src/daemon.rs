@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{load_secret, ChangelogConfig, ProviderConfig};
 use crate::control::{self, ControlContext};
+use crate::registry::Registry;
 use crate::server::{Grants, Server, ServerParams};
 use crate::session::SessionParams;
 use crate::tls;
@@ -134,7 +135,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
 
     let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));
     let (retention_tx, retention_rx) = watch::channel(config.changelog);
-    let trim_task = tokio::spawn(trim_loop(dir.clone(), retention_rx, shutdown.clone()));
+    let trim_task = tokio::spawn(trim_loop(dir.clone(), server.registry().clone(), retention_rx, shutdown.clone()));
     let server_task = {
         let server = server.clone();
         tokio::spawn(async move { server.serve(listener).await })
@@ -273,12 +274,17 @@ fn reload(
 /// Trims the changelog every `trim_interval`, under the retention the config holds now:
 /// a reload that changes `[changelog]` takes effect at once (and trims at once), so an
 /// operator lowering retention to free space does not have to restart the provider.
-async fn trim_loop(dir: Arc<Directory>, mut retention: watch::Receiver<ChangelogConfig>, shutdown: CancellationToken) {
+async fn trim_loop(
+    dir: Arc<Directory>,
+    registry: Registry,
+    mut retention: watch::Receiver<ChangelogConfig>,
+    shutdown: CancellationToken,
+) {
     // Consumers' absence counts from the start at the earliest (`up_since_ms`).
     let started = now_ms();
     loop {
         let current = *retention.borrow_and_update();
-        trim_once(&dir, &current, started).await;
+        trim_once(&dir, &registry, &current, started).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(current.trim_interval) => {}
@@ -319,7 +325,7 @@ fn forgotten_names(ids: &[String]) -> String {
     shown
 }
 
-async fn trim_once(dir: &Arc<Directory>, retention: &ChangelogConfig, started_ms: u64) {
+async fn trim_once(dir: &Arc<Directory>, registry: &Registry, retention: &ChangelogConfig, started_ms: u64) {
     let policy = RetentionPolicy {
         max_changes: Some(retention.max_changes),
         max_age: Some(retention.max_age),
@@ -328,7 +334,8 @@ async fn trim_once(dir: &Arc<Directory>, retention: &ChangelogConfig, started_ms
     };
     let d = dir.clone();
     let now = now_ms();
-    match tokio::task::spawn_blocking(move || d.trim(&policy, now)).await {
+    let connected = registry.connected_positions();
+    match tokio::task::spawn_blocking(move || d.trim_connected(&policy, now, &connected)).await {
         Ok(Ok(r)) if r.removed > 0 && r.forgotten.is_empty() => {
             info!(removed = r.removed, floor = %r.floor, "changelog trimmed")
         }

@@ -6,7 +6,7 @@
 //! them, and a reload revokes one by cancelling its token, which the session notices at
 //! its next turn and answers with its goodbye.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -99,6 +99,13 @@ impl Registry {
     /// A snapshot of every session, by id.
     pub fn snapshot(&self) -> Vec<SessionInfo> {
         self.lock().values().map(|s| s.info.clone()).collect()
+    }
+
+    /// The position ids (`agreement/client`) of the sessions connected now, writers
+    /// included (no consumer position bears their id): a connected consumer is seen now,
+    /// whenever its position was last written (see `Directory::trim_connected`).
+    pub fn connected_positions(&self) -> HashSet<String> {
+        self.lock().values().map(|s| crate::session::position_id(&s.info.agreement, &s.info.client)).collect()
     }
 
     /// Ends every session of an agreement for which `revoke` says so, with `reason`;

@@ -10,6 +10,7 @@
 //! ([`GroupCommit`]): `write` returns once the change is on disk, and only then does the
 //! durable-CSN watch wake the replication sessions.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -711,6 +712,21 @@ impl Directory {
     /// stops at the oldest position of a consumer seen within `hold_for_consumers`; only
     /// `max_changes` may trim past it. Nothing trims past a [`Pin`] of a running refresh.
     pub fn trim(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<TrimReport> {
+        self.trim_connected(policy, now_ms, &HashSet::new())
+    }
+
+    /// [`Directory::trim`], with the consumers whose position ids are in `connected`
+    /// (`agreement/client`, as [`Directory::record_consumer`] keys them) counted as seen
+    /// now. A connected consumer's position is written again only every minute or so
+    /// while it has nothing to acknowledge, so with a hold shorter than that, one paused
+    /// for a few seconds (a slow disk, a stopped process) read as gone, its position
+    /// was trimmed and it reloaded: the slow consumer the hold is for.
+    pub fn trim_connected(
+        &self,
+        policy: &RetentionPolicy,
+        now_ms: u64,
+        connected: &HashSet<String>,
+    ) -> Result<TrimReport> {
         let pins = self.pins.lock();
         let floor = self.floor()?;
         let newest = self.durable_csn();
@@ -728,7 +744,7 @@ impl Directory {
             let held = self
                 .consumer_positions()?
                 .into_iter()
-                .filter(|(_, p)| p.seen_ms.max(policy.up_since_ms) >= hold_since)
+                .filter(|(id, p)| connected.contains(id) || p.seen_ms.max(policy.up_since_ms) >= hold_since)
                 .map(|(_, p)| p.csn)
                 .min();
             if let Some(held) = held {
@@ -754,7 +770,7 @@ impl Directory {
         // New pins now see the raised floor; the records below it may go.
         drop(pins);
         let removed = self.failure.observe(self.changelog.remove_through(target))?;
-        let forgotten = self.failure.observe(self.forget_consumers_below(target))?;
+        let forgotten = self.failure.observe(self.forget_consumers_below(target, connected))?;
         Ok(TrimReport { removed, floor: target, forgotten })
     }
 
@@ -763,11 +779,15 @@ impl Directory {
     /// consumer that comes back gets a present refresh and records its new position.
     /// Without this the table grew by one record for every consumer store that ever
     /// connected (each has its own id: a consumer whose store is recreated, every
-    /// container started fresh), and each trim read all of them.
-    fn forget_consumers_below(&self, floor: Csn) -> Result<Vec<String>> {
+    /// container started fresh), and each trim read all of them. A `connected` one is
+    /// kept: its session writes its next position over it.
+    fn forget_consumers_below(&self, floor: Csn, connected: &HashSet<String>) -> Result<Vec<String>> {
         let mut forgotten = Vec::new();
         for item in self.consumers.iter() {
             let (key, value) = item?;
+            if connected.contains(String::from_utf8_lossy(&key).as_ref()) {
+                continue;
+            }
             let pos: ConsumerPosition = decode(names::CONSUMERS, &value)?;
             // Only if unchanged: a session recording a newer position meanwhile wins.
             if pos.csn < floor && self.consumers.compare_and_swap(&key, Some(&value), None::<&[u8]>)?.is_ok() {

@@ -808,3 +808,33 @@ fn the_entry_count_is_kept_across_reloads_deltas_and_reopens() {
     assert_eq!(p.replicas.replica("r").unwrap().len().unwrap(), reloaded + 2, "and kept from then on");
     assert_eq!(p.replicas.replica("r").unwrap().len().unwrap(), scan(&p.replicas));
 }
+
+/// A connected consumer is seen now, whenever its position was last written (a session
+/// writes it again only every minute or so while nothing moves): with a hold shorter
+/// than that, one paused a few seconds was trimmed past and reloaded. Its position is
+/// kept too (its session writes the next one over it), while the cap trims past it.
+#[test]
+fn a_connected_consumer_holds_trimming_whenever_its_position_was_written() {
+    let p = people_pair();
+    let newest = p.dir.durable_csn();
+    p.dir.record_consumer("people/paused", Csn(2)).unwrap();
+    p.dir.record_consumer("people/gone", Csn(3)).unwrap();
+    let far_future = tether_store_now() + 10 * 24 * 3600 * 1000;
+    let policy = RetentionPolicy {
+        max_changes: None,
+        max_age: Some(std::time::Duration::from_secs(1)),
+        hold_for_consumers: std::time::Duration::from_secs(30),
+        up_since_ms: 0,
+    };
+    let connected: std::collections::HashSet<String> = ["people/paused".to_owned()].into();
+    let report = p.dir.trim_connected(&policy, far_future, &connected).unwrap();
+    assert_eq!(report.floor, Csn(2), "held at the connected consumer's position, written long ago");
+    assert!(report.forgotten.is_empty(), "{report:?}");
+
+    let capped = RetentionPolicy { max_changes: Some(1), ..policy };
+    let report = p.dir.trim_connected(&capped, far_future, &connected).unwrap();
+    assert_eq!(report.floor, Csn(newest.0 - 1), "the hard cap trims past it");
+    assert_eq!(report.forgotten, ["people/gone"], "the connected one's position stays, for its session");
+    let ids: Vec<String> = p.dir.consumer_positions().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["people/paused"]);
+}
