@@ -341,3 +341,41 @@ fn a_link_that_dies_while_the_consumer_is_stopped_is_detected_one_timeout_after_
     s.proxy.heal();
     finish(&mut s)
 }
+
+/// The hold covers a consumer that stays connected but stops acknowledging (stopped,
+/// or stuck on a slow disk), however short the hold: a connected consumer's position is
+/// written again only every minute while it has nothing to acknowledge, and with a hold
+/// under that the provider took the paused consumer for gone, trimmed past it, and it
+/// reloaded by a present refresh (found by a walkthrough with a 30 s hold and a 9 s
+/// pause). Here the hold is 2 s; the consumer, idle since it caught up, is stopped
+/// while more changes than a session queues are written, and stays stopped past the
+/// hold and the changelog's age limit while the trimmer runs every 200 ms.
+#[test]
+fn a_connected_consumer_paused_past_a_short_hold_resumes_without_a_reload() -> Result<()> {
+    let options = ProviderOptions {
+        keepalive: ("500ms".into(), "60s".into()),
+        changelog: "max_age = \"1s\"\nhold_for_consumers = \"2s\"\ntrim_interval = \"200ms\"".into(),
+        ..ProviderOptions::default()
+    };
+    let keepalive = "interval = \"500ms\"\ntimeout = \"60s\"";
+    let mut s = setup_with(41, agreement("retry = [\"200ms forever\"]\n", keepalive), &options)?;
+    let accepted = s.proxy.stats().accepted;
+    let refreshed = s.consumer.agreement_status("people")?["last_refresh"].clone();
+    let child = s.consumer.child.as_ref().ok_or_else(|| anyhow::anyhow!("the consumer is not running"))?;
+    signal(child, "STOP")?;
+    let stopped = Instant::now();
+    let written = s.provider.write(&s.work.changes(2500));
+    // The fault's length, not a wait for an event: past the hold and the age limit,
+    // counted from the stop and from the last write.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(stopped.elapsed()).max(Duration::from_secs(3)));
+    signal(child, "CONT")?;
+    assert!(written?.status.success(), "the writes were taken");
+    converged(&s)?;
+    let st = s.consumer.agreement_status("people")?;
+    assert_eq!(st["last_refresh"], refreshed, "no refresh since the one before the stop: {st}");
+    assert!(st["last_disconnect"].is_null(), "the session stayed up: {st}");
+    assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
+    let log = s.provider.log_text();
+    assert!(!log.contains("forgotten="), "the paused consumer's position was kept:\n{log}");
+    finish(&mut s)
+}
