@@ -254,10 +254,12 @@ fn reload(
     let retention_change = if retention_changed {
         let c = &config.changelog;
         format!(
-            "; changelog retention now max_changes {}, max_age {}, hold_for_consumers {} (trimming now)",
+            "; changelog retention now max_changes {}, max_age {}, hold_for_consumers {}, trim_interval {} (trimming \
+             now)",
             c.max_changes,
             humantime::format_duration(c.max_age),
-            humantime::format_duration(c.hold_for_consumers)
+            humantime::format_duration(c.hold_for_consumers),
+            humantime::format_duration(c.trim_interval)
         )
     } else {
         String::new()

@@ -436,6 +436,7 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     let (code, stdout, _) = said(&p.reload_command()?);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("0 sessions revoked; changelog retention now max_changes 123456, max_age "), "{stdout:?}");
+    assert!(stdout.contains(", trim_interval ") && stdout.contains(" (trimming now)"), "{stdout:?}");
     std::fs::write(&p.config, &config)?;
     let (code, _, _) = said(&p.reload_command()?);
     assert_eq!(code, Some(0));
