@@ -539,6 +539,29 @@ struct ImpostorSaw {
     goodbyes: std::sync::atomic::AtomicU64,
 }
 
+/// The reading half of a fake provider's connection.
+type FakeReader = tether_protocol::connection::MessageReader<tokio::net::tcp::OwnedReadHalf>;
+/// The writing half of a fake provider's connection.
+type FakeWriter = tether_protocol::connection::MessageWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+/// Serves each connection to `listener` with `serve`, a provider written by hand, on a
+/// task of its own, until `stop`.
+async fn fake_provider<F, Fut>(listener: tokio::net::TcpListener, stop: tokio_util::sync::CancellationToken, serve: F)
+where
+    F: Fn(FakeReader, FakeWriter) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
+        };
+        if let Ok((r, w)) = tether_protocol::connection::from_tcp(stream) {
+            tokio::spawn(serve(r, w));
+        }
+    }
+}
+
 /// Plays a provider of protocol version 2 without the secret on `listener` until `stop`:
 /// it takes any answer to its challenge and refreshes the consumer to nothing.
 async fn impostor(
@@ -549,14 +572,9 @@ async fn impostor(
     use std::sync::atomic::Ordering::Relaxed;
     use tether_protocol::message::{Message, RefreshKind, Welcome};
     use tether_protocol::{Cookie, Csn, HistoryId};
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
-        };
+    fake_provider(listener, stop, move |mut r, mut w| {
         let saw = saw.clone();
-        tokio::spawn(async move {
-            let Ok((mut r, mut w)) = tether_protocol::connection::from_tcp(stream) else { return };
+        async move {
             if !matches!(r.recv().await, Ok(Some(Message::Hello(_)))) {
                 return;
             }
@@ -585,8 +603,9 @@ async fn impostor(
                 }
                 _ => {}
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// The provider stops, and something else takes its port: a peer that speaks the
@@ -637,20 +656,16 @@ async fn goodbye_sayer(
     stop: tokio_util::sync::CancellationToken,
 ) {
     use tether_protocol::message::Message;
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
-        };
+    fake_provider(listener, stop, move |mut r, mut w| {
         let hellos = hellos.clone();
-        tokio::spawn(async move {
-            let Ok((mut r, mut w)) = tether_protocol::connection::from_tcp(stream) else { return };
+        async move {
             if matches!(r.recv().await, Ok(Some(Message::Hello(_)))) {
                 hellos.lock().unwrap_or_else(|p| p.into_inner()).push(std::time::Instant::now());
                 let _ = w.send(&Message::Goodbye { reason, detail: "said by a stranger".into() }).await;
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// A goodbye said before the provider proved itself is a stranger's word: neither
