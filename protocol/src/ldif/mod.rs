@@ -187,6 +187,23 @@ mod tests {
         LdifRecord::Content { dn: dn(d), attrs, line: 0 }
     }
 
+    /// A run of spaces folded onto a line by itself would read as the blank line that
+    /// ends a record: a `search --uuids` backup holding one was refused by `load`
+    /// (found by a walkthrough: 300 spaces in a description, 160 in a DN). Every run
+    /// length around a line's width, at every fold offset, must come back.
+    #[test]
+    fn round_trip_runs_of_spaces_at_every_fold_offset() {
+        let mut records = Vec::new();
+        for run in [74, 75, 76, 150, 151, 300] {
+            for offset in 0..76 {
+                let value = format!("{}{}y", "x".repeat(offset + 1), " ".repeat(run));
+                let d = format!("cn=a{} b{offset}x{run},dc=example,dc=com", " ".repeat(run));
+                records.push(content(&d, &[("objectClass", b"person"), ("description", value.as_bytes())]));
+            }
+        }
+        assert_round_trip(&records);
+    }
+
     #[test]
     fn round_trip_folded_base64_binary_and_options() {
         let long = "x".repeat(300);

@@ -49,15 +49,22 @@ const DELETE_OLD_RDN: [&str; 2] = ["0", "1"];
 /// start with an attribute so named.
 const KEYWORD_NAMES: [&str; 2] = [keyword::CHANGETYPE, keyword::CONTROL];
 
+/// The shortest run of spaces that could fill a whole continuation line when folded:
+/// a line of spaces alone reads as the blank line that ends a record (readers take
+/// trailing fill for nothing), so the value would not come back.
+const SPACES_FILLING_A_LINE: usize = FOLD_COLUMNS - CONTINUATION_PREFIX.len();
+
 /// Whether `value` can be written plainly after `name: `. Stricter than RFC 2849's
 /// SAFE-STRING on purpose: only printable ASCII (no control characters, no DEL, no
-/// UTF-8), not starting with space, `:` or `<`, not ending with a space. Everything
-/// else is written in base64, which every reader decodes to the same octets.
+/// UTF-8), not starting with space, `:` or `<`, not ending with a space, and without a
+/// run of spaces long enough to fill a folded line by itself. Everything else is
+/// written in base64, which every reader decodes to the same octets.
 pub fn is_safe_string(value: &[u8]) -> bool {
     let (Some(first), Some(last)) = (value.first(), value.last()) else { return true };
     !UNSAFE_FIRST.contains(first)
         && *last != UNSAFE_LAST
         && value.iter().all(|b| (FIRST_PRINTABLE..=LAST_PRINTABLE).contains(b))
+        && !value.split(|&b| b != b' ').any(|run| run.len() >= SPACES_FILLING_A_LINE)
 }
 
 /// Writes one entry as a content record (its lines and the blank line after them).
