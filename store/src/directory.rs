@@ -10,7 +10,7 @@
 //! ([`GroupCommit`]): `write` returns once the change is on disk, and only then does the
 //! durable-CSN watch wake the replication sessions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -494,11 +494,12 @@ impl Directory {
         let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut csn = *last;
         let mut planned = Vec::with_capacity(batch.len());
-        let mut names_in_batch = std::collections::HashSet::new();
-        let mut uuids_in_batch = std::collections::HashSet::new();
+        // Each name in the batch, and the DN it is stored under.
+        let mut names_in_batch: HashMap<Dn, Dn> = HashMap::new();
+        let mut uuids_in_batch = HashSet::new();
         for (dn, attrs, uuid) in batch {
             csn = csn.next();
-            if !names_in_batch.insert(dn.clone()) {
+            if names_in_batch.contains_key(dn) {
                 return Err(Refusal::AlreadyExists(dn.clone()).into());
             }
             if let Some(uuid) = uuid {
@@ -509,10 +510,17 @@ impl Directory {
                     return Err(rules::uuid_taken(dn, uuid, None).into());
                 }
             }
-            // The parent may be earlier in this batch rather than in the store.
-            let parent_in_batch = dn.parent().is_some_and(|p| names_in_batch.contains(&p));
+            // The parent may be earlier in this batch rather than in the store: the entry
+            // is then named below it as it will be stored, as below a stored parent (an
+            // entry written `cn=kid,OU=PEOPLE,...` below `ou=People,...` prints under it).
+            let parent_in_batch = dn.parent().and_then(|p| names_in_batch.get(&p));
+            let named = match (parent_in_batch, dn.rdn()) {
+                (Some(parent), Some(rdn)) => parent.child(rdn.clone()),
+                _ => dn.clone(),
+            };
             let uuid = uuid.unwrap_or_else(EntryUuid::new_time_ordered);
-            let plan = rules::plan_add(&self.set, &self.suffix, dn, attrs, uuid, csn, parent_in_batch)?;
+            let plan = rules::plan_add(&self.set, &self.suffix, &named, attrs, uuid, csn, parent_in_batch.is_some())?;
+            names_in_batch.insert(dn.clone(), plan.dn.clone());
             planned.push(plan);
         }
         if planned.is_empty() {

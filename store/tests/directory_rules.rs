@@ -113,6 +113,25 @@ fn a_new_or_moved_entry_is_named_below_its_parent_as_the_parent_is_stored() {
     assert_eq!(stored("uid=anne,ou=people,dc=example,dc=com"), "uid=Anne,ou=people,dc=example,dc=com");
     d.write(&moddn("uid=anne,ou=people,dc=example,dc=com", "uid=Anne", Some("OU=Groups,DC=Example,DC=COM"))).unwrap();
     assert_eq!(stored("uid=anne,ou=groups,dc=example,dc=com"), "uid=Anne,ou=groups,dc=example,dc=com");
+    // The bulk loader does the same, below a parent in the store and below one earlier
+    // in the same batch (which used to keep the child's own spelling of it).
+    let person = |name: &str| match add_person(name) {
+        tether_protocol::Change::Add { attrs, .. } => (dn(name), attrs, None),
+        other => panic!("{other:?}"),
+    };
+    d.bulk_add(&[
+        (dn("OU=Staff,dc=example,dc=com"), attrs(&[("objectClass", "organizationalUnit"), ("ou", "Staff")]), None),
+        person("cn=Kid,ou=STAFF,DC=EXAMPLE,DC=COM"),
+        person("cn=Grandkid,CN=KID,OU=staff,dc=example,dc=com"),
+        person("cn=Lou,OU=PEOPLE,dc=example,dc=com"),
+    ])
+    .unwrap();
+    assert_eq!(stored("cn=kid,ou=staff,dc=example,dc=com"), "cn=Kid,OU=Staff,dc=example,dc=com");
+    assert_eq!(
+        stored("cn=grandkid,cn=kid,ou=staff,dc=example,dc=com"),
+        "cn=Grandkid,cn=Kid,OU=Staff,dc=example,dc=com"
+    );
+    assert_eq!(stored("cn=lou,ou=people,dc=example,dc=com"), "cn=Lou,ou=people,dc=example,dc=com");
 }
 
 /// RFC 4512 §2.5: options in another order name the same attribute, in every kind of
