@@ -706,10 +706,12 @@ impl Entry {
     }
 }
 
-/// Whether `attr` names a password attribute, whose values messages do not show.
+/// Whether `attr` names a password attribute, whose values messages do not show: its
+/// name holds `password`, `pwd` or `secret`, ends in `pw` (OpenLDAP's `olcRootPW`,
+/// which a migrated `cn=config` holds), or is Kerberos's key (options aside).
 pub fn is_password(attr: &str) -> bool {
-    let name = attr.to_ascii_lowercase();
-    ["password", "pwd", "secret", "krbprincipalkey"].iter().any(|word| name.contains(word))
+    let name = attr.split(';').next().unwrap_or_default().to_ascii_lowercase();
+    ["password", "pwd", "secret", "krbprincipalkey"].iter().any(|word| name.contains(word)) || name.ends_with("pw")
 }
 
 /// A value as an error message may show it. A password attribute's (any name holding
@@ -739,6 +741,18 @@ pub fn shown_value(attr: &str, value: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn password_attributes_are_known_by_their_names() {
+        for name in ["userPassword", "authPassword;x", "unicodePwd", "sambaNTPassword", "olcRootPW", "rootpw;binary"] {
+            assert!(is_password(name), "{name}");
+            assert_eq!(shown_value(name, b"topsecret"), "(9 bytes, not shown)");
+        }
+        assert!(is_password("krbPrincipalKey") && is_password("olcDbSecret"));
+        for name in ["cn", "description", "pwmHistory", "sn;lang-pw"] {
+            assert!(!is_password(name), "{name}");
+        }
+    }
 
     #[test]
     fn names_are_case_insensitive_and_values_match_ignoring_case() {
