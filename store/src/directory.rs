@@ -749,14 +749,21 @@ impl Directory {
                 target = record.csn;
             }
             let hold_since = now_ms.saturating_sub(duration_ms(policy.hold_for_consumers));
+            let holding = !policy.hold_for_consumers.is_zero();
+            // A position below the floor holds nothing: its consumer gets a present
+            // refresh whatever is kept (it stays listed while its session runs, and its
+            // session's end writes it again).
             let held = self
                 .consumer_positions()?
                 .into_iter()
-                .filter(|(id, p)| connected.contains(id) || p.seen_ms.max(policy.up_since_ms) >= hold_since)
+                .filter(|(_, p)| p.csn >= floor)
+                .filter(|(id, p)| {
+                    holding && (connected.contains(id) || p.seen_ms.max(policy.up_since_ms) >= hold_since)
+                })
                 .map(|(_, p)| p.csn)
                 .min();
             if let Some(held) = held {
-                target = target.min(held.max(floor));
+                target = target.min(held);
             }
         }
         if let Some(max) = policy.max_changes {

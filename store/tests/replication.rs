@@ -837,4 +837,27 @@ fn a_connected_consumer_holds_trimming_whenever_its_position_was_written() {
     assert_eq!(report.forgotten, ["people/gone"], "the connected one's position stays, for its session");
     let ids: Vec<String> = p.dir.consumer_positions().unwrap().into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, ["people/paused"]);
+    // Below the floor now, it holds nothing: its consumer gets a present refresh
+    // whatever is kept, so age trimming goes on (it stopped for the whole hold).
+    p.dir.record_consumer("people/paused", Csn(2)).unwrap();
+    let report = p.dir.trim_connected(&policy, far_future, &connected).unwrap();
+    assert_eq!(report.floor, newest, "trimmed by age past a position below the floor");
+}
+
+/// `hold_for_consumers = "0s"` turns the hold off, for connected consumers too.
+#[test]
+fn no_hold_holds_no_connected_consumer() {
+    let p = people_pair();
+    let newest = p.dir.durable_csn();
+    p.dir.record_consumer("people/connected", Csn(2)).unwrap();
+    let policy = RetentionPolicy {
+        max_changes: None,
+        max_age: Some(std::time::Duration::from_secs(1)),
+        hold_for_consumers: std::time::Duration::ZERO,
+        up_since_ms: 0,
+    };
+    let connected: std::collections::HashSet<String> = ["people/connected".to_owned()].into();
+    let far_future = tether_store_now() + 10 * 24 * 3600 * 1000;
+    let report = p.dir.trim_connected(&policy, far_future, &connected).unwrap();
+    assert_eq!(report.floor, newest, "{report:?}");
 }
