@@ -825,7 +825,7 @@ fn duration_ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_changes::{add, suffix};
+    use crate::test_changes::{add, suffix, unlocked};
     use tether_protocol::{ModOp, Modification, Value};
 
     fn person(uid: &str) -> Change {
@@ -871,7 +871,7 @@ mod tests {
             d.flush().unwrap();
         }
         // sled writes its snapshot when it opens a store it has to recover.
-        drop(Directory::open(tmp.path(), &base).unwrap());
+        drop(unlocked(|| Directory::open(tmp.path(), &base)).unwrap());
         let snap = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -882,14 +882,14 @@ mod tests {
         bytes[middle] ^= 0xff;
         std::fs::write(&snap, bytes).unwrap();
 
-        let Err(err) = Directory::open(tmp.path(), &base) else { panic!("a damaged snapshot opened") };
+        let Err(err) = unlocked(|| Directory::open(tmp.path(), &base)) else { panic!("a damaged snapshot opened") };
         assert!(err.is_damage(), "{err}");
         let shown = err.to_string();
         assert!(shown.contains(&format!("move {} out of the folder", snap.display())), "{shown}");
 
         let aside = tempfile::tempdir().unwrap();
         std::fs::rename(&snap, aside.path().join("snap")).unwrap();
-        let d = Directory::open(tmp.path(), &base).unwrap();
+        let d = unlocked(|| Directory::open(tmp.path(), &base)).unwrap();
         assert_eq!(d.entry_count().unwrap(), 4, "every entry is back");
     }
 

@@ -90,24 +90,26 @@ mod tests {
             db.insert(KEY, &format.to_be_bytes()).unwrap();
             db.flush().unwrap();
         };
+        // The same wait for the opens under test: each follows a drop.
+        use crate::test_changes::unlocked;
 
         let provider = tempfile::tempdir().unwrap();
         let d = crate::Directory::open(provider.path(), &suffix).unwrap();
         d.write(&crate::test_changes::suffix()).unwrap();
         drop(d);
         set_marker(provider.path(), FORMAT + 1);
-        let refused = crate::Directory::open(provider.path(), &suffix).map(|_| ()).unwrap_err();
+        let refused = unlocked(|| crate::Directory::open(provider.path(), &suffix)).map(|_| ()).unwrap_err();
         assert!(matches!(refused, StoreError::NewerFormat { .. }), "{refused}");
         set_marker(provider.path(), FORMAT);
-        assert_eq!(crate::Directory::open(provider.path(), &suffix).unwrap().durable_csn().0, 1);
+        assert_eq!(unlocked(|| crate::Directory::open(provider.path(), &suffix)).unwrap().durable_csn().0, 1);
 
         let consumer = tempfile::tempdir().unwrap();
         crate::ReplicaStore::open(consumer.path()).unwrap().replica("people").unwrap();
         set_marker(consumer.path(), FORMAT + 1);
-        let refused = crate::ReplicaStore::open(consumer.path()).map(|_| ()).unwrap_err();
+        let refused = unlocked(|| crate::ReplicaStore::open(consumer.path())).map(|_| ()).unwrap_err();
         assert!(matches!(refused, StoreError::NewerFormat { .. }), "{refused}");
         set_marker(consumer.path(), FORMAT);
-        assert_eq!(crate::ReplicaStore::open(consumer.path()).unwrap().names().unwrap(), ["people"]);
+        assert_eq!(unlocked(|| crate::ReplicaStore::open(consumer.path())).unwrap().names().unwrap(), ["people"]);
     }
 
     #[test]

@@ -15,3 +15,18 @@ pub(crate) fn add(dn: &str, attrs: &[(&str, &str)]) -> Change {
 pub(crate) fn suffix() -> Change {
     add("dc=example,dc=com", &[("objectClass", "domain"), ("dc", "example")])
 }
+
+/// `open`'s result once it is not [`crate::StoreError::Locked`], within 30 s: sled lets
+/// go of a dropped store's lock from a background thread, so an open right after a
+/// drop may find it still held.
+pub(crate) fn unlocked<T>(mut open: impl FnMut() -> crate::Result<T>) -> crate::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match open() {
+            Err(crate::StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
