@@ -607,6 +607,20 @@ mod tests {
         }
     }
 
+    /// What a client taking an unproven provider makes of `reply`, from a provider written
+    /// by hand after its challenge (`mutual`: the version 3 one) and the client's answer.
+    async fn answered_with(mutual: bool, reply: Message) -> HandshakeError {
+        let provider = move |mut sr: Reader, mut sw: Writer| async move {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            let nonce = [1; 32];
+            let challenge = if mutual { Message::MutualChallenge { nonce } } else { Message::Challenge { nonce } };
+            sw.send(&challenge).await.unwrap();
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Auth { .. } | Message::MutualAuth { .. })));
+            sw.send(&reply).await.unwrap();
+        };
+        against(ProviderProof::Optional, provider).await.unwrap_err()
+    }
+
     /// Runs a client against `provider`, a provider written by hand.
     async fn against<F: std::future::Future<Output = ()>>(
         proof: ProviderProof,
@@ -693,15 +707,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_welcome_at_the_proving_version_without_the_proof_is_refused() {
-        let err = against(ProviderProof::Optional, |mut sr: Reader, mut sw: Writer| async move {
-            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
-            sw.send(&Message::Challenge { nonce: [1; 32] }).await.unwrap();
-            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Auth { .. })));
-            let welcome = impostor_welcome(MUTUAL_AUTH_VERSION);
-            sw.send(&Message::Welcome(welcome)).await.unwrap();
-        })
-        .await
-        .unwrap_err();
+        let err = answered_with(false, Message::Welcome(impostor_welcome(MUTUAL_AUTH_VERSION))).await;
         assert!(matches!(err, HandshakeError::WelcomeUnproven(3)), "{err}");
     }
 
@@ -921,28 +927,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_proven_welcome_at_an_older_version_without_the_secret_is_a_bad_proof() {
-        let err = against(ProviderProof::Optional, |mut sr: Reader, mut sw: Writer| async move {
-            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
-            sw.send(&Message::MutualChallenge { nonce: [1; 32] }).await.unwrap();
-            assert!(matches!(sr.recv().await.unwrap(), Some(Message::MutualAuth { .. })));
-            let welcome = impostor_welcome(2);
-            sw.send(&Message::ProvenWelcome { welcome, proof: [0; 32] }).await.unwrap();
-        })
-        .await
-        .unwrap_err();
+        let err = answered_with(true, Message::ProvenWelcome { welcome: impostor_welcome(2), proof: [0; 32] }).await;
         assert!(matches!(err, HandshakeError::BadProof), "{err}");
     }
 
     #[tokio::test]
     async fn a_plain_welcome_after_offering_the_proof_is_refused() {
-        let err = against(ProviderProof::Optional, |mut sr: Reader, mut sw: Writer| async move {
-            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
-            sw.send(&Message::MutualChallenge { nonce: [1; 32] }).await.unwrap();
-            assert!(matches!(sr.recv().await.unwrap(), Some(Message::MutualAuth { .. })));
-            sw.send(&Message::Welcome(impostor_welcome(2))).await.unwrap();
-        })
-        .await
-        .unwrap_err();
+        let err = answered_with(true, Message::Welcome(impostor_welcome(2))).await;
         assert!(matches!(err, HandshakeError::WelcomeUnproven(2)), "{err}");
         assert!(err.is_permanent());
     }
