@@ -195,9 +195,12 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> R
 /// [`StoreError::Unrecoverable`]. sled 0.34 recovers its log at every open and panics on
 /// some damage it meets there (`tried to serialize Uninitialized`, writing the snapshot
 /// of a log with a damaged stretch): every command on the store would then end in a
-/// panic and a backtrace instead of a message naming the store and the way out.
+/// panic and a backtrace instead of a message naming the store and the way out. The
+/// panic's message goes into the error, so the panic hook is kept quiet for it: printed
+/// as well, it read as a crash ahead of the error that explains it.
 fn guard_recovery<T>(path: &Path, open: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).map_err(|panic| {
+    let caught = quiet_panics(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)));
+    caught.map_err(|panic| {
         let detail = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
@@ -205,6 +208,29 @@ fn guard_recovery<T>(path: &Path, open: impl FnOnce() -> T) -> Result<T> {
             .unwrap_or_else(|| "no message".to_owned());
         unrecoverable(path, detail, false)
     })
+}
+
+thread_local! {
+    /// Whether a panic on this thread is caught and reported by [`guard_recovery`].
+    static PANIC_REPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the panic hook silent for panics on this thread; every other thread's
+/// panics, and this thread's outside `f`, go to the hook that was installed before.
+fn quiet_panics<T>(f: impl FnOnce() -> T) -> T {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PANIC_REPORTED.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    PANIC_REPORTED.with(|flag| flag.set(true));
+    let result = f();
+    PANIC_REPORTED.with(|flag| flag.set(false));
+    result
 }
 
 /// [`StoreError::Unrecoverable`] for the store at `path`, naming sled's snapshot file if
@@ -854,6 +880,30 @@ mod tests {
         let owned = guard_recovery(path, || -> u32 { panic!("{} of {}", 1, 2) }).unwrap_err();
         assert!(owned.to_string().contains("(1 of 2)"), "{owned}");
         assert_eq!(guard_recovery(path, || 7).unwrap(), 7);
+    }
+
+    /// The recovery's panic is told once, in the error: the panic hook stays quiet for
+    /// it, and only for it. Run in a child process of this test binary, where the hook
+    /// prints to a stderr that can be read (the test harness captures it otherwise).
+    #[test]
+    fn a_caught_recovery_panic_is_not_printed_but_other_panics_are() {
+        if std::env::var_os("TETHER_QUIET_PANIC_CHILD").is_some() {
+            let err = guard_recovery(Path::new("/srv/data"), || -> u32 { panic!("caught in recovery") });
+            assert!(err.is_err());
+            let other = std::thread::spawn(|| panic!("a panic elsewhere")).join();
+            assert!(other.is_err());
+            return;
+        }
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "directory::tests::a_caught_recovery_panic_is_not_printed_but_other_panics_are"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env("TETHER_QUIET_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&child.stderr);
+        assert!(child.status.success(), "{stderr}");
+        assert!(stderr.contains("a panic elsewhere"), "other panics still reach the hook: {stderr}");
+        assert!(!stderr.contains("caught in recovery"), "{stderr}");
     }
 
     /// A damaged snapshot file stops every open; the error names it, and moving it out,
