@@ -275,6 +275,28 @@ impl ProviderConfig {
         .collect()
     }
 
+    /// This config as a reload applies it to a provider running with `suffix`. The
+    /// suffix is the store's and is set up at start; a grant without a `base` is
+    /// allowed the suffix, so a reload that took a changed suffix for the grants would
+    /// revoke every session below the running one while saying the suffix was not
+    /// applied. The grants' explicit bases are checked against the running suffix too.
+    pub fn for_running_suffix(mut self, suffix: &Dn) -> Result<Self, ConfigError> {
+        if self.suffix != *suffix {
+            self.suffix = suffix.clone();
+            self.check().map_err(|e| match e {
+                ConfigError::Invalid { file, key, reason } => ConfigError::Invalid {
+                    file,
+                    key,
+                    reason: format!(
+                        "{reason}, the suffix the provider runs with (a new suffix takes effect at the next start)"
+                    ),
+                },
+                other => other,
+            })?;
+        }
+        Ok(self)
+    }
+
     /// Reads, checks and resolves the config file at `file`.
     pub fn load(file: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let file = file.as_ref();
@@ -408,6 +430,33 @@ mod tests {
             parse(&format!("{MINIMAL}listen = \"127.0.0.1:7390\"\nbatch_size = 7\n[keepalive]\ninterval = \"2s\"\n"))
                 .unwrap();
         assert_eq!(running.restart_only_changes(&changed), ["listen", "batch_size", "keepalive"]);
+    }
+
+    /// A reload keeps the running suffix (the reply names a changed one as not applied):
+    /// a grant without a base keeps being allowed the running suffix, and a base below
+    /// the new suffix only is refused, naming the key.
+    #[test]
+    fn a_reload_keeps_the_running_suffix_for_the_grants() {
+        let running = parse(MINIMAL).unwrap();
+        let grant = "[[consumer]]\nagreement = \"people\"\nsecret_file = \"s.key\"\n";
+        let moved = parse(&format!("suffix = \"dc=other,dc=com\"\n{grant}")).unwrap();
+        assert_eq!(running.restart_only_changes(&moved), ["suffix"]);
+        let applied = moved.for_running_suffix(&running.suffix).unwrap();
+        assert_eq!(applied.consumers[0].allowed_base(&applied.suffix), &dn("dc=example,dc=com"));
+
+        let below_new = parse(&format!("suffix = \"dc=other,dc=com\"\n{grant}base = \"ou=people,dc=other,dc=com\"\n"))
+            .unwrap()
+            .for_running_suffix(&running.suffix)
+            .unwrap_err()
+            .to_string();
+        assert!(below_new.contains("key 'consumer[0].base'"), "{below_new}");
+        assert!(
+            below_new.contains("outside the suffix \"dc=example,dc=com\", the suffix the provider runs with"),
+            "{below_new}"
+        );
+
+        let same = parse(&format!("{MINIMAL}{grant}base = \"ou=people,dc=example,dc=com\"\n")).unwrap();
+        assert_eq!(same.clone().for_running_suffix(&running.suffix).unwrap(), same);
     }
 
     #[test]

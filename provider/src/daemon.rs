@@ -220,6 +220,8 @@ fn reload(
     retention: &watch::Sender<ChangelogConfig>,
 ) -> Result<String> {
     let config = ProviderConfig::load(config_path)?;
+    let restart_only = running.restart_only_changes(&config);
+    let config = config.for_running_suffix(&running.suffix)?;
     let grants = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
     let tls_now = tls.is_some();
@@ -270,7 +272,7 @@ fn reload(
         plural(config.consumers.len(), "agreement", "agreements"),
         plural(revoked, "session", "sessions")
     );
-    Ok(reload_report(msg, &running.restart_only_changes(&config), "provider"))
+    Ok(reload_report(msg, &restart_only, "provider"))
 }
 
 /// Trims the changelog every `trim_interval`, under the retention the config holds now:
