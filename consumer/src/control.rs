@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use tether_protocol::control::{
-    read_request, reload_elsewhere, respond, respond_done, respond_paged, ControlError, ControlRequest,
+    from_file, read_request, reload_elsewhere, respond, respond_done, respond_paged, ControlError, ControlRequest,
     ControlResponse, Process,
 };
 use tether_protocol::{frame, ldif, Csn, Dn, SearchSpec};
@@ -230,6 +230,10 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader, &mut writer, Process::Consumer).await?;
+    let request = match from_file(Process::Consumer, &ctx.config_file, request) {
+        Ok(request) => request,
+        Err(elsewhere) => return respond(&mut writer, &ControlResponse::Error(elsewhere)).await,
+    };
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply: Result<String, String> = match request {
         ControlRequest::Status { json } => {
@@ -297,6 +301,9 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         },
         ControlRequest::Reload => tether_config::shell::ask_reload(&ctx.reload, "consumer").await,
         ControlRequest::For { .. } => Err("a request addressed twice; the command-line tools send none".to_owned()),
+        ControlRequest::FromFile { .. } => {
+            Err("a request from two configuration files; the command-line tools send none".to_owned())
+        }
     };
     match reply {
         Ok(text) => respond_done(&mut writer, &text).await,

@@ -124,16 +124,12 @@ enum Command {
     },
 }
 
-/// Sends a control request and prints the reply on standard output; `Ok(false)` if the
-/// consumer is not running.
-async fn call(path: &Path, request: &ControlRequest) -> Result<bool> {
-    Ok(tether_protocol::control::call_at(
-        path,
-        tether_protocol::control::Process::Consumer,
-        request,
-        &mut Stdout::lock(),
-    )
-    .await?)
+/// Sends a control request to the consumer `config` names, and prints the reply on
+/// standard output; `Ok(false)` if the consumer is not running. A consumer started
+/// with another file does nothing ([`tether_protocol::control::call_from`]).
+async fn call(config: &ConsumerConfig, request: &ControlRequest) -> Result<bool> {
+    let to = tether_protocol::control::Process::Consumer;
+    Ok(tether_protocol::control::call_from(&config.control, to, &config.file, request, &mut Stdout::lock()).await?)
 }
 
 /// What a command run while the consumer is stopped does with its store.
@@ -210,7 +206,7 @@ async fn run(cli: Cli) -> Result<()> {
             let Some(config) = shell::config_or_status(loaded, &file, data_dir, process, json).await? else {
                 return Ok(());
             };
-            if call(&config.control, &ControlRequest::Status { json }).await? {
+            if call(&config, &ControlRequest::Status { json }).await? {
                 return Ok(());
             }
             let store = open_offline(&config, Offline::Read)?;
@@ -255,7 +251,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Restart { config, name } => {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, Some(name))?;
-            if !call(&config.control, &ControlRequest::Restart { name }).await? {
+            if !call(&config, &ControlRequest::Restart { name }).await? {
                 return Err(not_running(&config));
             }
             Ok(())
@@ -273,7 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
             let name = agreement_name(&config, agreement)?;
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             let request = ControlRequest::wait(name.clone(), tether_protocol::Csn(csn), timeout_ms, visible);
-            if call(&config.control, &request).await? {
+            if call(&config, &request).await? {
                 return Ok(());
             }
             // Stopped, the replica can still answer: what its store holds is on disk (and visible).
@@ -293,7 +289,7 @@ async fn run(cli: Cli) -> Result<()> {
             let a = config.agreement(&name).context("agreement vanished")?;
             let spec = SearchSpec { base: base.unwrap_or_else(|| a.base.clone()), scope, filter, attrs };
             let request = ControlRequest::search(Some(name.clone()), spec.clone(), uuids);
-            if call(&config.control, &request).await? {
+            if call(&config, &request).await? {
                 return Ok(());
             }
             let store = open_offline(&config, Offline::Read)?;
@@ -316,7 +312,7 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
     let name = agreement_name(&config, Some(name))?;
     let request =
         if stop { ControlRequest::Stop { name: name.clone() } } else { ControlRequest::Start { name: name.clone() } };
-    if call(&config.control, &request).await? {
+    if call(&config, &request).await? {
         return Ok(());
     }
     // No store: the consumer never ran with this `data_dir`, or it is mistyped. An

@@ -110,6 +110,58 @@ pub enum ControlRequest {
         /// The file the command was given, canonical.
         file: String,
     },
+    /// `request`, from a command given the configuration file `file` (its canonical
+    /// path). A copy of a configuration whose `control` (or `data_dir`) names another
+    /// process's socket made `stop`, `start`, `status` and `search` act on, or show, that
+    /// process while the operator believed it theirs. The process carries the request
+    /// out only if `file` is the one it was started with ([`from_file`]). Added last, so
+    /// that a process older than it refuses it ([`call_from`] then asks as before).
+    FromFile {
+        /// The file the command was given, canonical.
+        file: String,
+        /// The request.
+        request: Box<ControlRequest>,
+    },
+}
+
+/// The request a process started with the file `started` carries out for `request`:
+/// the request inside a [`ControlRequest::FromFile`] given that file (however it is
+/// spelled), any other request as it is; `Err` naming both files for a command given
+/// another one.
+pub fn from_file(me: Process, started: &Path, request: ControlRequest) -> Result<ControlRequest, String> {
+    let ControlRequest::FromFile { file, request } = request else { return Ok(request) };
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let (started, given) = (canonical(started), canonical(Path::new(&file)));
+    if started == given {
+        return Ok(*request);
+    }
+    Err(format!(
+        "this {process} was started with {started}, not {given}, whose `control` (or `data_dir`) names its \
+         control socket: give -c {started} to act on it, or give {given} a `control` of its own; nothing was done",
+        process = me.command(),
+        started = started.display(),
+        given = given.display(),
+    ))
+}
+
+/// [`call_at`] with `request` from a command given the configuration file `file`
+/// ([`ControlRequest::FromFile`]), or `request` alone for a process older than it (or a
+/// path that is not UTF-8, which the request cannot carry).
+pub async fn call_from(
+    path: &Path,
+    to: Process,
+    file: &Path,
+    request: &ControlRequest,
+    out: &mut impl std::io::Write,
+) -> Result<bool, ControlError> {
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let Some(file) = file.to_str() else { return call_at(path, to, request, out).await };
+    let from = ControlRequest::FromFile { file: file.to_owned(), request: Box::new(request.clone()) };
+    match call_at(path, to, &from, out).await {
+        Err(ControlError::Remote(m)) if m.starts_with(CANNOT_READ) => call_at(path, to, request, out).await,
+        Err(ControlError::Unanswered) => call_at(path, to, request, out).await,
+        other => other,
+    }
 }
 
 /// Why a process started with the file `started` does not reload for a command given
@@ -529,7 +581,7 @@ pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// How long [`call`] waits for each part of the reply to `request`.
 fn answer_wait(request: &ControlRequest) -> Duration {
     match request {
-        ControlRequest::For { request, .. } => answer_wait(request),
+        ControlRequest::For { request, .. } | ControlRequest::FromFile { request, .. } => answer_wait(request),
         ControlRequest::WaitCsn { timeout_ms, .. } | ControlRequest::WaitVisible { timeout_ms, .. } => {
             ANSWER_WAIT + Duration::from_millis(*timeout_ms)
         }
@@ -997,6 +1049,67 @@ mod tests {
                 copy.display()
             )
         );
+    }
+
+    #[test]
+    fn a_request_from_another_file_than_the_process_s_names_both_and_is_not_carried_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (own, copy) = (dir.path().join("consumer.toml"), dir.path().join("copy.toml"));
+        std::fs::write(&own, "").unwrap();
+        std::fs::write(&copy, "").unwrap();
+        let stop = ControlRequest::Stop { name: "people".into() };
+        let from = |file: &Path| ControlRequest::FromFile {
+            file: file.display().to_string(),
+            request: Box::new(stop.clone()),
+        };
+        // The same file, however it is spelled; a request without a file as it is.
+        let spelled = dir.path().join(".").join("consumer.toml");
+        assert_eq!(from_file(Process::Consumer, &own, from(&spelled)), Ok(stop.clone()));
+        assert_eq!(from_file(Process::Consumer, &own, stop.clone()), Ok(stop.clone()));
+        let (own, copy) = (std::fs::canonicalize(&own).unwrap(), std::fs::canonicalize(&copy).unwrap());
+        assert_eq!(
+            from_file(Process::Consumer, &own, from(&copy)),
+            Err(format!(
+                "this tether-consumer was started with {0}, not {1}, whose `control` (or `data_dir`) names its \
+                 control socket: give -c {0} to act on it, or give {1} a `control` of its own; nothing was done",
+                own.display(),
+                copy.display()
+            ))
+        );
+    }
+
+    /// A process older than `FromFile` is asked the request alone, so every command
+    /// keeps working across an upgrade; a `wait` inside one keeps its own timeout.
+    #[tokio::test]
+    async fn a_request_a_process_cannot_read_with_its_file_is_asked_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path).await.unwrap();
+        let server = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (mut reader, mut writer) = crate::frame::split(stream);
+                let request: ControlRequest = codec::decode(&reader.read_frame().await.unwrap().unwrap()).unwrap();
+                let inner = match &request {
+                    ControlRequest::For { request, .. } => (**request).clone(),
+                    other => other.clone(),
+                };
+                if matches!(inner, ControlRequest::Stop { .. }) {
+                    return respond_done(&mut writer, "stopped\n").await.unwrap();
+                }
+                let e = format!("{CANNOT_READ} (invalid input: invalid value: integer `13`): it probably runs ...");
+                respond(&mut writer, &ControlResponse::Error(e)).await.unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        let stop = ControlRequest::Stop { name: "people".into() };
+        let config = dir.path().join("consumer.toml");
+        assert!(call_from(&path, Process::Consumer, &config, &stop, &mut out).await.unwrap());
+        assert_eq!(out, b"stopped\n");
+        server.await.unwrap();
+        let wait = ControlRequest::wait("people".into(), crate::csn::Csn(1), 5_000, true);
+        let from = ControlRequest::FromFile { file: "consumer.toml".into(), request: Box::new(wait) };
+        assert_eq!(answer_wait(&from), ANSWER_WAIT + Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,10 +21,12 @@ use crate::tls;
 /// Limit on connecting and on each reply.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends a control request, printing the reply on standard output; `Ok(None)` if no
-/// provider is running at that socket.
-pub async fn control_call(path: &Path, request: &ControlRequest) -> Result<Option<()>> {
-    Ok(control::call_at(path, control::Process::Provider, request, &mut Stdout::lock()).await?.then_some(()))
+/// Sends a control request to the provider `config` names, printing the reply on
+/// standard output; `Ok(None)` if no provider is running at its socket. A provider
+/// started with another file does nothing ([`control::call_from`]).
+pub async fn control_call(config: &ProviderConfig, request: &ControlRequest) -> Result<Option<()>> {
+    let to = control::Process::Provider;
+    Ok(control::call_from(&config.control, to, &config.file, request, &mut Stdout::lock()).await?.then_some(()))
 }
 
 /// [`control_call`] with the reload of a command given the configuration file `file`,

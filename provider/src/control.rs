@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use tether_protocol::control::{
-    read_request, reload_elsewhere, respond, respond_done, respond_paged, ControlRequest, ControlResponse, Process,
+    from_file, read_request, reload_elsewhere, respond, respond_done, respond_paged, ControlRequest, ControlResponse,
+    Process,
 };
 use tether_protocol::frame;
 use tether_protocol::{ldif, Csn, SearchSpec};
@@ -107,6 +108,10 @@ fn search_page_text(
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader, &mut writer, Process::Provider).await?;
+    let request = match from_file(Process::Provider, &ctx.config_file, request) {
+        Ok(request) => request,
+        Err(elsewhere) => return respond(&mut writer, &ControlResponse::Error(elsewhere)).await,
+    };
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply = match request {
         ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, true) {
@@ -156,6 +161,9 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
             Err("the provider takes no agreement commands: stop, start, restart and wait are the consumer's".to_owned())
         }
         ControlRequest::For { .. } => Err("a request addressed twice; the command-line tools send none".to_owned()),
+        ControlRequest::FromFile { .. } => {
+            Err("a request from two configuration files; the command-line tools send none".to_owned())
+        }
     };
     match reply {
         Ok(text) => {

@@ -265,7 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
             let config = ProviderConfig::load(&config)?;
             let spec = spec(&config, base, scope, filter, attrs);
             let request = ControlRequest::search(None, spec.clone(), uuids);
-            if client::control_call(&config.control, &request).await?.is_some() {
+            if client::control_call(&config, &request).await?.is_some() {
                 return Ok(());
             }
             let dir = open_offline(&config, Offline::Read)?;
@@ -287,7 +287,7 @@ async fn run(cli: Cli) -> Result<()> {
             let Some(config) = shell::config_or_status(loaded, &file, data_dir, process, json).await? else {
                 return Ok(());
             };
-            if client::control_call(&config.control, &ControlRequest::Status { json }).await?.is_some() {
+            if client::control_call(&config, &ControlRequest::Status { json }).await?.is_some() {
                 return Ok(());
             }
             let dir = open_offline(&config, Offline::Read)?;

@@ -494,6 +494,35 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
         "{stderr}"
     );
     assert_eq!(reloads(&p), before, "nothing was reloaded");
+    // The copy given to `status`: refused the same way, naming both files, rather than
+    // showing the running provider as the copy's.
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
+        .args(["status", "--json", "-c"])
+        .arg(&copy)
+        .output()?;
+    let (code, stdout, stderr) = said(&out);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    let elsewhere = |own: &Path, copy: &Path, process: &str| {
+        format!("this {process} was started with {}, not {}, whose `control`", own.display(), copy.display())
+    };
+    assert!(
+        stderr.contains(&elsewhere(&own, &copy, "tether-provider")) && stderr.contains("nothing was done"),
+        "{stderr}"
+    );
+    // A copy of the consumer's file beside it names the same socket: `stop` through it
+    // stops nothing.
+    let consumer_copy = c.dir.join("copy.toml");
+    std::fs::copy(&c.config, &consumer_copy)?;
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-consumer")?)
+        .args(["stop", "-c"])
+        .arg(&consumer_copy)
+        .arg("people")
+        .output()?;
+    let (code, stdout, stderr) = said(&out);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    let (own, copy) = (std::fs::canonicalize(&c.config)?, std::fs::canonicalize(&consumer_copy)?);
+    assert!(stderr.contains(&elsewhere(&own, &copy, "tether-consumer")), "{stderr}");
+    assert_eq!(c.agreement_status("people")?["state"], "persisting", "nothing was stopped");
     p.write_ok(&w.changes(50))?;
     converged(&p, &c, "people", PEOPLE)?;
     let s = c.agreement_status("people")?;
