@@ -53,24 +53,41 @@ pub struct Input {
 enum Source {
     /// A file named on the command line, opened at each reading.
     File(PathBuf),
-    /// Standard input's copy: an unnamed temporary file, so nothing is left behind
-    /// whatever ends the command (Ctrl-C included).
+    /// A copy of what can be read only once (standard input, a pipe, a process
+    /// substitution's `/dev/fd/N`): an unnamed temporary file, so nothing is left
+    /// behind whatever ends the command (Ctrl-C included).
     Spool(File),
 }
 
 impl Input {
-    /// The file `arg` names. `-` is standard input, copied first to an unnamed
-    /// temporary file (in `TMPDIR`), since `load` reads its input twice: once to check
-    /// every record, once to write.
+    /// The file `arg` names. `load` and `write` read their input twice, once to check
+    /// every record and once to apply them, so what can be read only once is copied
+    /// first to an unnamed temporary file (in `TMPDIR`): `-` (standard input), and a
+    /// path that is not a regular file (a named pipe, `/dev/stdin`, a shell's
+    /// `<(command)`). Read by name twice, such an input was empty the second time:
+    /// `write` applied nothing and said `0 records applied`, exit 0, and a named pipe
+    /// with no second writer hung.
     pub fn open(arg: &Path) -> Result<Self> {
-        if arg != Path::new(STDIN) {
-            return Ok(Self { source: Source::File(arg.to_owned()), shown: arg.display().to_string() });
+        if arg == Path::new(STDIN) {
+            return Self::spooled(&mut std::io::stdin().lock(), "<stdin>".to_owned());
         }
-        let mut spool =
-            tempfile::tempfile().context("creating a temporary file for standard input (is TMPDIR writable?)")?;
-        std::io::copy(&mut std::io::stdin().lock(), &mut spool)
-            .context("copying standard input to a temporary file")?;
-        Ok(Self { source: Source::Spool(spool), shown: "<stdin>".to_owned() })
+        let shown = arg.display().to_string();
+        match std::fs::metadata(arg) {
+            Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+                let mut once = File::open(arg).with_context(|| format!("opening {shown}"))?;
+                Self::spooled(&mut once, shown)
+            }
+            // A missing file or a folder fails at its reading, named the same way.
+            _ => Ok(Self { source: Source::File(arg.to_owned()), shown }),
+        }
+    }
+
+    /// `once` copied whole to an unnamed temporary file, named `shown` in messages.
+    fn spooled(once: &mut impl std::io::Read, shown: String) -> Result<Self> {
+        let mut spool = tempfile::tempfile()
+            .with_context(|| format!("creating a temporary file for {shown} (is TMPDIR writable?)"))?;
+        std::io::copy(once, &mut spool).with_context(|| format!("copying {shown} to a temporary file"))?;
+        Ok(Self { source: Source::Spool(spool), shown })
     }
 
     /// The input's name in messages (`<stdin>`, or the file as given).
@@ -119,6 +136,25 @@ mod tests {
         assert_eq!(read(&input).unwrap(), "dn: dc=example\n", "read again from the start");
         let missing = read(&Input::open(&dir.path().join("none.ldif")).unwrap()).unwrap_err();
         assert!(format!("{missing:#}").contains("none.ldif"), "{missing:#}");
+    }
+
+    /// A named pipe gives its text once: it is copied, read twice from the copy, and
+    /// named as given.
+    #[test]
+    fn a_named_pipe_is_copied_and_read_from_its_start_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("changes.ldif");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, "dn: dc=example\n").unwrap())
+        };
+        let input = Input::open(&fifo).unwrap();
+        writer.join().unwrap();
+        assert_eq!(input.shown(), fifo.display().to_string());
+        assert_eq!(read(&input).unwrap(), "dn: dc=example\n");
+        assert_eq!(read(&input).unwrap(), "dn: dc=example\n", "read again from the start");
     }
 
     #[test]
