@@ -158,13 +158,33 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
         );
     }
     let mut report = WriteReport { applied: 0, last_csn: None };
+    let mut interrupts = Interrupts::new()?;
     for (id, record) in input.records(crate::input::RecordLimit::Write)?.enumerate() {
         let applied = report.applied;
         // Checked above; a file edited since then is refused from here on.
         let record =
             record.with_context(|| format!("the file changed since it was checked; {}", records_applied(applied)))?;
         let line = record.line();
-        match write_one(&mut reader, &mut writer_half, id as u64, record.into_change()).await {
+        if let Some(signal) = interrupts.received().await {
+            let resume = match input.is_stdin() {
+                true => "write the input from this line".to_owned(),
+                false => format!("tail -n +{line} {file} | tether-provider write -c {} -", config.file.display()),
+            };
+            bail!(
+                "{file}:{line}: interrupted ({signal}); {}; this record and those after it were not sent (to go \
+                 on: {resume})",
+                records_applied(applied),
+            );
+        }
+        let sent = write_one(&mut reader, &mut writer_half, id as u64, record.into_change());
+        let Some(outcome) = interrupts.unless_twice(sent).await else {
+            bail!(
+                "{file}:{line}: interrupted twice, while the provider applied this record; {}; the outcome of this \
+                 record is unknown (search for it before writing it again)",
+                records_applied(applied)
+            );
+        };
+        match outcome {
             Ok(WriteOutcome::Committed { csn, .. }) => {
                 report.applied += 1;
                 report.last_csn = Some(csn);
@@ -198,6 +218,66 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
         })
         .await;
     Ok(report)
+}
+
+/// SIGINT and SIGTERM during `write`'s sending. Killed at once, `write` said nothing,
+/// and the operator could not tell where it stopped. The first signal lets the record
+/// being applied get its answer and stops before the next one, naming its line; a
+/// second one stops at once.
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    /// The first signal, once received.
+    first: Option<&'static str>,
+}
+
+impl Interrupts {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        Ok(Self { int, term, first: None })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+
+    /// The first signal, if one has come (a signal received meanwhile waits in its
+    /// stream).
+    async fn received(&mut self) -> Option<&'static str> {
+        if self.first.is_none() {
+            self.first = tokio::select! {
+                biased;
+                signal = self.next() => Some(signal),
+                () = std::future::ready(()) => None,
+            };
+        }
+        self.first
+    }
+
+    /// `work`'s output, or `None` if a second signal comes first.
+    async fn unless_twice<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::pin!(work);
+        loop {
+            if self.first.is_some() {
+                return tokio::select! {
+                    out = &mut work => Some(out),
+                    _ = self.next() => None,
+                };
+            }
+            tokio::select! {
+                out = &mut work => return Some(out),
+                signal = self.next() => {
+                    eprintln!("{signal}: stopping once the provider has answered for the record it is applying (again to stop at once)");
+                    self.first = Some(signal);
+                }
+            }
+        }
+    }
 }
 
 /// What a complete `write` run did.

@@ -41,6 +41,9 @@ impl RecordLimit {
 /// What the command line names `-`.
 const STDIN: &str = "-";
 
+/// How messages name standard input.
+const STDIN_SHOWN: &str = "<stdin>";
+
 /// An LDIF input, readable from its start as many times as its reader needs.
 #[derive(Debug)]
 pub struct Input {
@@ -69,7 +72,7 @@ impl Input {
     /// with no second writer hung.
     pub fn open(arg: &Path) -> Result<Self> {
         if arg == Path::new(STDIN) {
-            return Self::spooled(&mut std::io::stdin().lock(), "<stdin>".to_owned());
+            return Self::spooled(&mut std::io::stdin().lock(), STDIN_SHOWN.to_owned());
         }
         let shown = arg.display().to_string();
         match std::fs::metadata(arg) {
@@ -88,6 +91,11 @@ impl Input {
             .with_context(|| format!("creating a temporary file for {shown} (is TMPDIR writable?)"))?;
         std::io::copy(once, &mut spool).with_context(|| format!("copying {shown} to a temporary file"))?;
         Ok(Self { source: Source::Spool(spool), shown })
+    }
+
+    /// Whether the input is standard input (`-`), which has no name to give a command.
+    pub fn is_stdin(&self) -> bool {
+        self.shown == STDIN_SHOWN
     }
 
     /// The input's name in messages (`<stdin>`, or the file as given).

@@ -1587,6 +1587,50 @@ fn a_write_cut_short_by_a_provider_crash_says_what_applied_and_loses_none_of_it(
     Ok(())
 }
 
+/// Ctrl-C (or SIGTERM) stops `write` before its next record, once the one being applied
+/// has its answer: the error names the line to go on from and the count, which is
+/// exact, and writing the file from that line applies the rest. `write` used to die
+/// silently, leaving the operator to count the provider's log lines.
+#[test]
+fn an_interrupted_write_names_the_line_to_go_on_from_and_resuming_there_applies_the_rest() -> Result<()> {
+    use std::io::Read as _;
+
+    let tmp = tempfile::tempdir()?;
+    let (p, _) = provider_with(tmp.path(), 10, 13, ProviderOptions::default())?;
+    let csn = |p: &Provider| -> Result<u64> { p.status()?["csn"].as_u64().context("status has a csn") };
+    let before = csn(&p)?;
+    let total = 2_000;
+    let text: String = (0..total)
+        .map(|i| {
+            format!("dn: uid=i{i},{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: i{i}\ncn: i{i}\nsn: Int\n\n")
+        })
+        .collect();
+    let mut write = p.write_child(&text)?;
+    wait_until(CONVERGE, "some records to apply", || Ok(csn(&p)? >= before + 20))?;
+    replication_tests::harness::signal(&write, "INT")?;
+    let status = replication_tests::harness::wait_exit(&mut write, CONVERGE)?;
+    let mut err = String::new();
+    write.stderr.take().context("stderr is piped")?.read_to_string(&mut err)?;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains(": interrupted (SIGINT); ") && err.contains("were not sent"), "{err}");
+    let applied = replication_tests::harness::applied_count(&err).with_context(|| format!("no count in: {err}"))?;
+    let applied = usize::try_from(applied)?;
+    assert!(applied >= 20 && applied < total, "{err}");
+    assert_eq!(count(&p.search(PEOPLE, "one", "(sn=Int)")?), applied, "the count is exact: {err}");
+    let line: usize = err
+        .split(": interrupted")
+        .next()
+        .and_then(|head| head.rsplit(':').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no line in: {err}"))?;
+    assert_eq!(line, applied * 7 + 1, "the first record not sent: {err}");
+
+    let rest: String = text.lines().skip(line - 1).map(|l| format!("{l}\n")).collect();
+    p.write_ok(&rest)?;
+    assert_eq!(count(&p.search(PEOPLE, "one", "(sn=Int)")?), total);
+    Ok(())
+}
+
 #[test]
 fn pipelined_writes_are_decided_in_order_and_replicate() -> Result<()> {
     use replication_tests::bench::client::Writer;
