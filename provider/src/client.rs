@@ -11,7 +11,9 @@ use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, Me
 use tether_protocol::control::{self, ControlRequest};
 use tether_protocol::foreign::ForeignKind;
 use tether_protocol::handshake::{client_handshake, HandshakeError, ProviderProof};
-use tether_protocol::message::{Hello, Message, RejectReason, Role, WriteErrorKind, WriteOutcome, SUPPORTED_VERSIONS};
+use tether_protocol::message::{
+    GoodbyeReason, Hello, Message, RejectReason, Role, WriteErrorKind, WriteOutcome, SUPPORTED_VERSIONS,
+};
 use tether_protocol::{Change, Csn};
 
 use crate::config::{load_secret, ProviderConfig};
@@ -159,6 +161,11 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
     }
     let mut report = WriteReport { applied: 0, last_csn: None };
     let mut interrupts = Interrupts::new()?;
+    // How to go on from the record at `line`, none of it or after it having applied.
+    let resume = |line: usize| match input.is_stdin() {
+        true => "write the input from this line".to_owned(),
+        false => format!("tail -n +{line} {file} | tether-provider write -c {} -", config.file.display()),
+    };
     for (id, record) in input.records(crate::input::RecordLimit::Write)?.enumerate() {
         let applied = report.applied;
         // Checked above; a file edited since then is refused from here on.
@@ -166,14 +173,11 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
             record.with_context(|| format!("the file changed since it was checked; {}", records_applied(applied)))?;
         let line = record.line();
         if let Some(signal) = interrupts.received().await {
-            let resume = match input.is_stdin() {
-                true => "write the input from this line".to_owned(),
-                false => format!("tail -n +{line} {file} | tether-provider write -c {} -", config.file.display()),
-            };
             bail!(
                 "{file}:{line}: interrupted ({signal}); {}; this record and those after it were not sent (to go \
-                 on: {resume})",
+                 on: {})",
                 records_applied(applied),
+                resume(line)
             );
         }
         let sent = write_one(&mut reader, &mut writer_half, id as u64, record.into_change());
@@ -185,19 +189,43 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
             );
         };
         match outcome {
-            Ok(WriteOutcome::Committed { csn, .. }) => {
+            // Every write a provider takes is answered before any goodbye (since
+            // protocol version 3, by this build's rule): this one was not applied.
+            Ok(Answer::Goodbye(reason, detail)) if welcome.version >= 3 => {
+                let hint = match reason {
+                    GoodbyeReason::CredentialsRevoked => format!(
+                        " (the provider runs on; write with the [writer] secret it now has, {} if this file is its own)",
+                        writer.secret_file.display()
+                    ),
+                    _ => String::new(),
+                };
+                bail!(
+                    "{file}:{line}: the provider closed the session before applying this record ({}: {detail}){hint}; \
+                     {}; this record and those after it were not applied (to go on: {})",
+                    reason.as_str(),
+                    records_applied(applied),
+                    resume(line)
+                )
+            }
+            Ok(Answer::Goodbye(reason, detail)) => bail!(
+                "{file}:{line}: the provider closed the session ({}: {detail}); {}; the outcome of this record is \
+                 unknown (search for it before writing it again)",
+                reason.as_str(),
+                records_applied(applied)
+            ),
+            Ok(Answer::Outcome(WriteOutcome::Committed { csn, .. })) => {
                 report.applied += 1;
                 report.last_csn = Some(csn);
             }
             // The store failed under this record: it may be on disk or not, and the
             // provider stops, so the operator looks once it is back.
-            Ok(WriteOutcome::Refused { kind: WriteErrorKind::StoreFailed, message }) => bail!(
+            Ok(Answer::Outcome(WriteOutcome::Refused { kind: WriteErrorKind::StoreFailed, message })) => bail!(
                 "{}:{line}: the provider's store failed ({message}); {}; the outcome of this record is unknown \
                  (once the provider is back, search for it before writing it again)",
                 file,
                 records_applied(applied)
             ),
-            Ok(WriteOutcome::Refused { kind, message }) => {
+            Ok(Answer::Outcome(WriteOutcome::Refused { kind, message })) => {
                 bail!("{}:{line}: refused ({}): {message}; {}", file, kind.as_str(), records_applied(applied))
             }
             // The record was sent, or about to be, when the session failed: it may have
@@ -211,12 +239,8 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
             ),
         }
     }
-    let _ = writer_half
-        .send(&Message::Goodbye {
-            reason: tether_protocol::message::GoodbyeReason::Shutdown,
-            detail: "write finished".into(),
-        })
-        .await;
+    let _ =
+        writer_half.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "write finished".into() }).await;
     Ok(report)
 }
 
@@ -290,21 +314,27 @@ pub struct WriteReport {
     pub last_csn: Option<Csn>,
 }
 
+/// What the provider answered to one write.
+enum Answer {
+    /// The write's outcome.
+    Outcome(WriteOutcome),
+    /// A goodbye instead, with its reason and detail.
+    Goodbye(GoodbyeReason, String),
+}
+
 /// Sends one change and waits for its answer.
 async fn write_one(
     reader: &mut MessageReader<BoxedRead>,
     writer: &mut MessageWriter<BoxedWrite>,
     id: u64,
     change: Change,
-) -> Result<WriteOutcome> {
+) -> Result<Answer> {
     writer.send(&Message::WriteRequest { id, change }).await.context("sending")?;
     let reply =
         tokio::time::timeout(CLIENT_TIMEOUT, reader.recv()).await.context("waiting for the provider's answer")??;
     match reply {
-        Some(Message::WriteResult { id: got, outcome }) if got == id => Ok(outcome),
-        Some(Message::Goodbye { reason, detail }) => {
-            bail!("the provider closed the session ({}: {detail})", reason.as_str())
-        }
+        Some(Message::WriteResult { id: got, outcome }) if got == id => Ok(Answer::Outcome(outcome)),
+        Some(Message::Goodbye { reason, detail }) => Ok(Answer::Goodbye(reason, detail)),
         None => bail!("the provider closed the connection"),
         Some(other) => bail!("unexpected answer {}", other.name()),
     }

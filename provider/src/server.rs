@@ -299,7 +299,8 @@ impl Server {
                     };
                     let reg = self.registry.register(info, &self.shutdown);
                     let idle = self.params.session.keepalive_timeout;
-                    crate::writes::run(self.dir.clone(), reader, writer, reg.cancel.clone(), idle).await;
+                    let revoked = || reg.revocation();
+                    crate::writes::run(self.dir.clone(), reader, writer, reg.cancel.clone(), revoked, idle).await;
                     info!("write client left");
                 }
                 .instrument(span)

@@ -106,12 +106,16 @@ fn apply_group(dir: &Directory, group: Vec<(u64, Change)>) -> Vec<(u64, WriteOut
         .collect()
 }
 
-/// Serves one write client until it leaves or the provider shuts down.
+/// Serves one write client until it leaves, the provider shuts down, or a reload revokes
+/// the writer (`revoked` then says so: the client must not read it as a shutdown). Every
+/// write taken is answered before any goodbye, so a client told goodbye while waiting
+/// for an answer knows that write was not applied.
 pub async fn run<R, W>(
     dir: Arc<Directory>,
     mut reader: MessageReader<R>,
     mut writer: MessageWriter<W>,
     cancel: CancellationToken,
+    revoked: impl Fn() -> Option<GoodbyeReason>,
     idle_timeout: Duration,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -135,8 +139,17 @@ pub async fn run<R, W>(
             Some(m) => Ok(Ok(Some(m))),
             None => tokio::select! {
                 _ = cancel.cancelled() => {
-                    let detail = crate::session::shutdown_detail(&dir);
-                    let bye = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail };
+                    let bye = match revoked() {
+                        Some(reason) => {
+                            info!("write client's grant revoked: the [writer] secret was changed or removed");
+                            let detail = "the [writer] secret was changed or removed by a reload".to_owned();
+                            Message::Goodbye { reason, detail }
+                        }
+                        None => Message::Goodbye {
+                            reason: GoodbyeReason::Shutdown,
+                            detail: crate::session::shutdown_detail(&dir),
+                        },
+                    };
                     let _ = send(&mut writer, &bye).await;
                     return;
                 }

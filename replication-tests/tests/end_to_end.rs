@@ -1631,6 +1631,50 @@ fn an_interrupted_write_names_the_line_to_go_on_from_and_resuming_there_applies_
     Ok(())
 }
 
+/// A reload that changes the `[writer]` secret revokes a running `write`: it is told
+/// `credentials-revoked` (it used to be told the provider was shutting down, which it
+/// was not), and, since a provider answers every write it takes before its goodbye,
+/// that the record it waited on was not applied. The count is exact, and the rest
+/// goes in from the line named with the new secret.
+#[test]
+fn a_write_revoked_by_a_reload_is_told_so_and_what_was_not_applied() -> Result<()> {
+    use std::io::Read as _;
+
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _) = provider_with(tmp.path(), 10, 14, ProviderOptions::default())?;
+    let csn = |p: &Provider| -> Result<u64> { p.status()?["csn"].as_u64().context("status has a csn") };
+    let before = csn(&p)?;
+    let total = 2_000;
+    let text: String = (0..total)
+        .map(|i| {
+            format!("dn: uid=r{i},{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: r{i}\ncn: r{i}\nsn: Rev\n\n")
+        })
+        .collect();
+    let mut write = p.write_child(&text)?;
+    wait_until(CONVERGE, "some records to apply", || Ok(csn(&p)? >= before + 20))?;
+    p.reconfigure(&ProviderOptions { writer_secret: "the next writer secret".into(), ..ProviderOptions::default() })?;
+    let reload = p.reload_command()?;
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+    let status = replication_tests::harness::wait_exit(&mut write, CONVERGE)?;
+    let mut err = String::new();
+    write.stderr.take().context("stderr is piped")?.read_to_string(&mut err)?;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the provider closed the session before applying this record (credentials-revoked: ")
+            && err.contains("this record and those after it were not applied"),
+        "{err}"
+    );
+    let applied = replication_tests::harness::applied_count(&err).with_context(|| format!("no count in: {err}"))?;
+    let applied = usize::try_from(applied)?;
+    assert_eq!(count(&p.search(PEOPLE, "one", "(sn=Rev)")?), applied, "the count is exact: {err}");
+    assert!(p.log_text().contains("write client's grant revoked"), "the provider runs on and says why");
+
+    let rest: String = text.lines().skip(applied * 7).map(|l| format!("{l}\n")).collect();
+    p.write_ok(&rest)?;
+    assert_eq!(count(&p.search(PEOPLE, "one", "(sn=Rev)")?), total);
+    Ok(())
+}
+
 #[test]
 fn pipelined_writes_are_decided_in_order_and_replicate() -> Result<()> {
     use replication_tests::bench::client::Writer;
