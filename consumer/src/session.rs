@@ -200,7 +200,7 @@ pub async fn run(
     };
     status.update(|s| s.provider_proved_at = proved_at.map(rfc3339_of_ms));
     let (mut reader, mut writer) = match &cfg.network {
-        Network::Tcp => match connect_tcp(cfg, stop).await {
+        Network::Tcp => match connect_tcp(cfg, stop, status).await {
             Ok(halves) => halves,
             Err(ended) => return ended,
         },
@@ -366,6 +366,7 @@ pub async fn run(
 async fn connect_tcp(
     cfg: &SessionConfig,
     stop: &StopSignal,
+    status: &StatusHandle,
 ) -> Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>), Ended> {
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(cfg.provider.as_str()));
     let stream = tokio::select! {
@@ -391,9 +392,14 @@ async fn connect_tcp(
         // a corrected CA file and a reload can fix it), with the TLS error as detail.
         Some(tls) => {
             let handshake = tokio::time::timeout(CONNECT_TIMEOUT, tls.handshake(stream));
-            let tls_failed = |detail: String| Ended {
-                connected: false,
-                ..Ended::new(Reason::ConnectionLost, format!("TLS handshake with {}: {detail}", cfg.provider))
+            // Something answered, and did not prove itself: what answered last time (and
+            // which version it spoke) is no longer what status may say answers.
+            let tls_failed = |detail: String| {
+                status.update(|s| s.protocol_version = None);
+                Ended {
+                    connected: false,
+                    ..Ended::new(Reason::ConnectionLost, format!("TLS handshake with {}: {detail}", cfg.provider))
+                }
             };
             tokio::select! {
                 _ = stop.token.cancelled() => return Err(Ended { connected: false, ..stop.ended(", during the TLS handshake") }),

@@ -274,6 +274,17 @@ fn a_renewed_certificate_serves_new_connections_after_sighup_a_broken_one_change
         Ok(new.agreement_status("people")?["state"] == "persisting")
     })?;
 
+    // Asked to reconnect, the first consumer meets the renewed certificate, which it does
+    // not trust yet: the version of a handshake that failed is not known, so its status
+    // no longer says the provider proved itself.
+    assert_eq!(old.agreement_status("people")?["protocol_version"], 3);
+    old.admin("restart", Some("people"))?;
+    wait_until(CONVERGE, "the restarted session to fail its TLS handshake", || {
+        let s = old.agreement_status("people")?;
+        Ok(s["last_error"].as_str().is_some_and(|e| e.contains("TLS handshake")))
+    })?;
+    assert_eq!(old.agreement_status("people")?["protocol_version"], serde_json::Value::Null);
+
     // Moving the first consumer to the new CA: its file rewritten in place, then
     // `reload`, which compares what the file holds and restarts the agreement. It
     // reconnects, and is shown the renewed certificate, which it now trusts.
