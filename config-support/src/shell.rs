@@ -161,6 +161,23 @@ pub fn private_data_dir(data_dir: &std::path::Path, new: bool) -> std::io::Resul
     )))
 }
 
+/// What is wrong with a PEM file, in words: the parser's own text shows the markers it
+/// missed as lists of byte values (`[67, 69, 82, ...]` for `CERTIFICATE`), and a file
+/// cut short (a renewal copied halfway) is the usual case.
+pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match e {
+        // The marker is the section's label.
+        Error::MissingSectionEnd { end_marker } => {
+            let label = text(end_marker);
+            format!("the {label} section has no line -----END {label}-----: is the file cut short?")
+        }
+        Error::IllegalSectionStart { line } => format!("a section starts with the malformed line {:?}", text(line)),
+        other => other.to_string(),
+    }
+}
+
 /// Whether a failed TLS handshake met a peer answering in plain TCP (rustls reads its
 /// bytes as a malformed record): a provider without `[tls]`, whatever the client's
 /// file says. The consumer and `write` both say so in words.
@@ -170,13 +187,96 @@ pub fn answered_in_plain_tcp(e: &std::io::Error) -> bool {
         .is_some_and(|tls| matches!(tls, rustls::Error::InvalidMessage(_)))
 }
 
+/// Why a process could not take its place: its `data_dir` or its control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// `data_dir` names something that is not a folder.
+    #[error("{file}: key 'data_dir': {path} is not a folder")]
+    NotAFolder {
+        /// The configuration file.
+        file: String,
+        /// The path.
+        path: String,
+    },
+    /// `data_dir` could not be made.
+    #[error("{file}: key 'data_dir': creating {path}: {source}")]
+    DataDir {
+        /// The configuration file.
+        file: String,
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The control socket could not be bound.
+    #[error("binding the control socket: {source}{hint}")]
+    Control {
+        /// Why.
+        source: tether_protocol::control::BindError,
+        /// What the configuration has to do with it.
+        hint: String,
+    },
+}
+
+/// Binds the control socket at `control`, before the store is opened: a process that
+/// cannot take its socket (another process answers on it) changes nothing. `data_dir`
+/// is checked first, so that one naming a file, or a folder that cannot be made, is
+/// reported as that, not as a failure to bind the socket inside it (the default
+/// `control` is in `data_dir`, which binding it makes); and a socket in use inside
+/// `data_dir` says that `data_dir` may name another running process's folder.
+pub async fn take_place(
+    data_dir: &std::path::Path,
+    control: &std::path::Path,
+    file: &std::path::Path,
+) -> Result<(tokio::net::UnixListener, tether_protocol::control::SocketFile), PlaceError> {
+    let (file_shown, path) = (file.display().to_string(), data_dir.display().to_string());
+    let in_data_dir = control.parent() == Some(data_dir);
+    match std::fs::metadata(data_dir) {
+        Ok(meta) if !meta.is_dir() => return Err(PlaceError::NotAFolder { file: file_shown, path }),
+        Ok(_) => {}
+        // Made here only where binding the socket would make it anyway.
+        Err(_) if in_data_dir => std::fs::create_dir_all(data_dir).map_err(|source| PlaceError::DataDir {
+            file: file_shown.clone(),
+            path: path.clone(),
+            source,
+        })?,
+        Err(_) => {
+            let above = data_dir.ancestors().skip(1).find(|a| a.exists());
+            if let Some(above) = above.filter(|a| !a.as_os_str().is_empty() && !a.is_dir()) {
+                let path = above.display().to_string();
+                return Err(PlaceError::NotAFolder { file: file_shown, path });
+            }
+        }
+    }
+    tether_protocol::control::bind(control).await.map_err(|source| {
+        let hint = match &source {
+            tether_protocol::control::BindError::InUse { .. } if in_data_dir => format!(
+                " (it is in data_dir {path}: does `data_dir` in {file_shown} name the folder of another process, \
+                 which is running?)"
+            ),
+            _ => String::new(),
+        };
+        PlaceError::Control { source, hint }
+    })
+}
+
 /// Why a command that reads a stopped `process`'s store (`status`, `search`, `wait`)
 /// found none in `data_dir`: opening would create one, empty, and report it as the real
-/// store, so a mistyped `data_dir` must say where it looked instead.
-pub fn no_store(process: &str, data_dir: &std::path::Path, config: &std::path::Path) -> String {
+/// store, so a mistyped `data_dir` must say where it looked instead. Nothing answered on
+/// `control` either, which does not mean no such process runs: one started before
+/// `data_dir` was changed in the file keeps its own, and with the default `control`
+/// answers on the socket in that folder.
+pub fn no_store(
+    process: &str,
+    data_dir: &std::path::Path,
+    control: &std::path::Path,
+    config: &std::path::Path,
+) -> String {
     format!(
-        "the {process} is not running, and there is no store in {}: it has not run with this data_dir (check \
-         `data_dir` in {})",
+        "nothing answers on {}, and there is no store in {}: no {process} has run with this data_dir (check \
+         `data_dir` in {}; a running {process} keeps the data_dir it started with, and the control socket, until \
+         it restarts)",
+        control.display(),
         data_dir.display(),
         config.display()
     )
@@ -281,6 +381,44 @@ pub async fn serve_control<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `data_dir` that is a file, or below one, is named as the key at fault; a
+    /// socket in use inside `data_dir` says the folder may be another process's.
+    #[tokio::test]
+    async fn a_bad_data_dir_is_named_before_the_control_socket_is_bound() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("consumer.toml");
+        let afile = root.path().join("afile");
+        std::fs::write(&afile, "").unwrap();
+        let err = take_place(&afile, &afile.join("control.sock"), &file).await.unwrap_err().to_string();
+        assert_eq!(err, format!("{}: key 'data_dir': {} is not a folder", file.display(), afile.display()));
+        let below = afile.join("data");
+        let err = take_place(&below, &below.join("control.sock"), &file).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: key 'data_dir': creating {}: ", file.display(), below.display())),
+            "{err}"
+        );
+
+        let data = root.path().join("data");
+        let (_listener, _socket) = take_place(&data, &data.join("control.sock"), &file).await.unwrap();
+        let err = take_place(&data, &data.join("control.sock"), &file).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("binding the control socket: ") && err.contains("is the control socket of a running"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("does `data_dir` in {} name the folder of another process", file.display())),
+            "{err}"
+        );
+        // A `control` of its own elsewhere: the folder is not suspected, nor made.
+        let elsewhere = root.path().join("elsewhere");
+        let err = take_place(&elsewhere, &data.join("control.sock"), &file).await.unwrap_err().to_string();
+        assert!(!err.contains("data_dir"), "{err}");
+        assert!(!elsewhere.exists(), "a refused start makes nothing");
+        // Below a file, with the socket elsewhere: the file is named.
+        let err = take_place(&afile.join("x/y"), &root.path().join("c.sock"), &file).await.unwrap_err().to_string();
+        assert_eq!(err, format!("{}: key 'data_dir': {} is not a folder", file.display(), afile.display()));
+    }
 
     /// A folder for a new store is kept to its user; one holding a store already is
     /// left as it is, with a warning.

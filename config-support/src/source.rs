@@ -361,6 +361,10 @@ where
 
 /// Parses a humantime duration (`"5s"`, `"1m 30s"`, `"7d"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    // humantime's own words for it are "expected number at 0".
+    if text.trim_start().starts_with('-') {
+        return Err(format!("invalid duration {text:?}: a duration cannot be negative"));
+    }
     humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
 }
 
@@ -761,6 +765,8 @@ mod tests {
     fn errors_name_the_key() {
         let e = err("wait = \"5 parsecs\"");
         assert!(e.starts_with("t.toml: key 'wait': invalid duration \"5 parsecs\": unknown time unit"), "{e}");
+        let e = err("wait = \"-5s\"");
+        assert_eq!(e, "t.toml: key 'wait': invalid duration \"-5s\": a duration cannot be negative");
         assert_eq!(
             err("[[list]]\naddr = \"a:1\"\n[[list]]\naddr = \"b\""),
             "t.toml: key 'list[1].addr': invalid address \"b\": expected host:port, as 127.0.0.1:7389"

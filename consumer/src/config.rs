@@ -311,6 +311,14 @@ impl ConsumerConfig {
                     format!("invalid address \"{}\": port 0 cannot be connected to", agreement.provider),
                 ));
             }
+            // The empty DN names the root, which no provider serves (its suffix is an entry).
+            if agreement.base.is_root() {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("base"),
+                    "base is empty: name the top entry of the region (the provider's suffix, or an entry below it)",
+                ));
+            }
             if agreement.filter.trim().is_empty() {
                 return Err(ConfigError::invalid(
                     file,
@@ -574,6 +582,10 @@ secret_file = "people.key"
                 "key 'agreement[1].name': duplicate agreement name \"people\": agreement[0] has it too".into(),
             ),
             (with("filter = \" \""), "key 'agreement[0].filter': filter is empty".into()),
+            (
+                MINIMAL_AGREEMENT.replace("base = \"ou=people,dc=example,dc=com\"", "base = \"\""),
+                "key 'agreement[0].base': base is empty".into(),
+            ),
             (
                 with("attrs = [\"cn\", \"no such\"]"),
                 "key 'agreement[0].attrs[1]': invalid attribute name \"no such\"".into(),

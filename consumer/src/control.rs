@@ -98,6 +98,19 @@ impl SearchPages {
                 None => format!("no agreement named {name:?}"),
             });
         };
+        // Without a cookie a replica is no state of its region: it has not finished its
+        // first refresh, or it awaits a full one (its region changed, or it failed a
+        // check) and still holds what it held before. Shown, it read as whole.
+        if replica.cookie().map_err(|e| e.to_string())?.is_none() {
+            let held = replica.len().map_err(|e| e.to_string())?;
+            return Err(match held {
+                0 => format!("the replica of {name:?} has not finished its first refresh: nothing to show yet"),
+                n => format!(
+                    "the replica of {name:?} awaits a full refresh (its region changed, or it failed a check), so the \
+                     {n} entries it still holds are not its region; its next session reloads it"
+                ),
+            });
+        }
         let region = region.filter(|region| !region.is_descendant_of(&spec.base));
         if let Some(region) = region.filter(|region| !spec.base.is_descendant_of(region)) {
             return Err(format!("--base {} is outside the region of agreement {name:?}, based at {region}", spec.base));
@@ -209,12 +222,17 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
     // once, as a stopped consumer's store does, rather than after the whole timeout.
     let (state, stand) = stands();
     if matches!(state, State::Stopped | State::Closed) && status.csn(reach).is_none_or(|c| c < csn) {
-        return Err(format!(
-            "{name}: csn {csn} not {}; {stand}, and stays there until it is started (tether-consumer start -c {} \
-             {name})",
-            reach.as_str(),
-            ctx.config_file.display()
-        ));
+        let file = ctx.config_file.display();
+        // Started again with the secret it has, a revoked agreement is only refused.
+        let revoked = status.snapshot().last_error.is_some_and(|e| e.starts_with(crate::supervision::REVOKED));
+        let until = match revoked {
+            true => format!(
+                "the provider grants it again: once the grant is back on the provider, tether-consumer start -c \
+                 {file} {name}; for a new secret, update secret_file and tether-consumer reload -c {file}"
+            ),
+            false => format!("it is started (tether-consumer start -c {file} {name})"),
+        };
+        return Err(format!("{name}: csn {csn} not {}; {stand}, and stays there until {until}", reach.as_str()));
     }
     let reached = tokio::select! {
         reached = status.wait_csn(csn, reach, limit) => Some(reached),
@@ -486,6 +504,27 @@ mod tests {
         assert!(open("dc=example,dc=com", Some(&dn("dc=com"))).is_ok());
         let err = open("dc=example,dc=org", Some(&dn("dc=org"))).unwrap_err();
         assert!(err.starts_with("no entry dc=example,dc=org (nor any entry above it)"), "{err}");
+    }
+
+    /// A replica without a cookie is no state of its region, empty or not: a search of it
+    /// is refused, saying which case it is, rather than printed as whole.
+    #[test]
+    fn a_replica_without_a_cookie_is_not_shown_as_its_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let fresh = store.replica("people").unwrap();
+        let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
+        let open = |store: &ReplicaStore| SearchPages::open(store, "people", Some(&spec.base), spec.clone());
+        let err = open(&store).unwrap_err();
+        assert_eq!(err, "the replica of \"people\" has not finished its first refresh: nothing to show yet");
+        drop((fresh, store));
+
+        let (_dir, store, replica) = people(3);
+        assert!(open(&store).is_ok());
+        replica.forget_cookie().unwrap();
+        let err = open(&store).unwrap_err();
+        assert!(err.starts_with("the replica of \"people\" awaits a full refresh"), "{err}");
+        assert!(err.contains("the 3 entries it still holds are not its region"), "{err}");
     }
 
     /// Reads every page of `spec`, with `between` run after the first: the pages and

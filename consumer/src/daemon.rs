@@ -204,6 +204,7 @@ pub async fn reload(
     }
     let mut running = agreements.lock().await;
     let mut report = Vec::new();
+    let mut restarted = std::collections::BTreeSet::new();
     let names: Vec<String> = running.keys().cloned().collect();
     for name in names {
         let Some(new) = config.agreement(&name) else {
@@ -218,18 +219,26 @@ pub async fn reload(
             .get(&name)
             .is_some_and(|r| &r.config != new || files.get(&name).is_some_and(|f| !f.same_as(&r.files)));
         if changed {
+            let mut region_changed = false;
             if let Some(old) = running.remove(&name) {
+                let c = &old.config;
+                region_changed =
+                    (&c.base, c.scope, &c.filter, &c.attrs) != (&new.base, new.scope, &new.filter, &new.attrs);
                 // `start` below reloads the replica in full if its region changed.
                 shut(old, Command::Reload { removed: false }).await;
             }
-            report.push(format!("restarted {name}"));
+            // What the operator must expect: a full refresh, and the replica refused to
+            // searches until it is done.
+            let full = if region_changed { " (its region changed: reloaded in full)" } else { "" };
+            report.push(format!("restarted {name}{full}"));
+            restarted.insert(name);
         }
     }
     for (i, a) in config.agreements.iter().enumerate() {
         if !running.contains_key(&a.name) {
             let r = start(store, &config, i, client_id)?;
             running.insert(a.name.clone(), r);
-            if !report.iter().any(|l| l.ends_with(&a.name)) {
+            if !restarted.contains(&a.name) {
                 report.push(format!("added {}", a.name));
             }
         }
@@ -258,7 +267,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // Before the store is created or opened: a process that cannot take its control
     // socket (another process answers on it) changes nothing.
     let (listener, control_file) =
-        tether_protocol::control::bind(&config.control).await.context("binding the control socket")?;
+        tether_config::shell::take_place(&config.data_dir, &config.control, &config.file).await?;
     let new = !tether_store::store_exists(&config.data_dir);
     let loose = tether_config::shell::private_data_dir(&config.data_dir, new)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;

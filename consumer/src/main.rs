@@ -147,7 +147,7 @@ enum Offline {
 fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> {
     let dir = config.data_dir.display();
     if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
-        bail!(shell::no_store("consumer", &config.data_dir, &config.file));
+        bail!(shell::no_store("consumer", &config.data_dir, &config.control, &config.file));
     }
     // A command that only reads leaves the folder as it is; the running process warns of
     // loose permissions.
@@ -293,6 +293,19 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let store = open_offline(&config, Offline::Read)?;
+            // A region changed in the file while the consumer was stopped: the replica
+            // holds the old one until the next start reloads it.
+            let index = config.agreements.iter().position(|x| x.name == name).context("agreement vanished")?;
+            let configured = daemon::spec_of(&config, index, a)?;
+            let held = store.existing_replica(&name)?.map(|r| r.region()).transpose()?.flatten();
+            if held.is_some_and(|held| held != configured) {
+                bail!(
+                    "the replica of {name:?} was made for another region (the agreement's base, scope, filter or \
+                     attrs changed in {} since the consumer last ran), so what it holds is not the agreement's \
+                     region: the consumer's next start reloads it in full",
+                    config.file.display()
+                );
+            }
             let mut pages = control::SearchPages::open(&store, &name, Some(&a.base), spec)
                 .map_err(anyhow::Error::msg)?
                 .with_uuids(uuids);
@@ -323,7 +336,7 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
     if new && !stop {
         bail!(
             "{}; agreements run unless stopped, so there is nothing to start",
-            shell::no_store("consumer", &config.data_dir, &config.file)
+            shell::no_store("consumer", &config.data_dir, &config.control, &config.file)
         );
     }
     let store = open_offline(&config, Offline::Write)?;

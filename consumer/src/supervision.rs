@@ -17,6 +17,10 @@ use crate::session::Ended;
 /// A session that stays up this long resets the retry schedule (SPEC §4).
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
+/// How the error of an agreement closed by `credentials-revoked` begins: what a
+/// revoked agreement needs differs from a stopped one's `start`.
+pub const REVOKED: &str = "revoked by the provider";
+
 /// Operator and process commands for one supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -232,7 +236,7 @@ impl Supervision {
         if ended.goodbye == Some(GoodbyeReason::CredentialsRevoked) {
             // The provider's detail says what changed on its side (the grant removed,
             // its secret, its base), which is what the operator must act on.
-            out.push(Output::GaveUp(format!("revoked by the provider ({})", ended.detail)));
+            out.push(Output::GaveUp(format!("{REVOKED} ({})", ended.detail)));
             return self.settle(State::Closed, out);
         }
         if ended.fatal {

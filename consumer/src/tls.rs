@@ -38,7 +38,7 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// `ca_file` is not well-formed PEM (a broken section, bad base64).
-    #[error("{}: malformed PEM: {source}", path.display())]
+    #[error("{}: malformed PEM: {}", path.display(), tether_config::shell::pem_problem(source))]
     Pem {
         /// The file.
         path: PathBuf,
@@ -238,6 +238,17 @@ mod tests {
         std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").unwrap();
         let e = error(&broken, "x");
         assert!(e.to_string().starts_with(&format!("{}: malformed PEM", broken.display())), "{e}");
+        // A file cut short (a renewal copied halfway) is said in words, not as bytes.
+        let cut = dir.path().join("cut.pem");
+        std::fs::write(&cut, "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ").unwrap();
+        assert_eq!(
+            error(&cut, "x").to_string(),
+            format!(
+                "{}: malformed PEM: the CERTIFICATE section has no line -----END CERTIFICATE-----: is the file cut \
+                 short?",
+                cut.display()
+            )
+        );
 
         let not_x509 = dir.path().join("not-x509.pem");
         std::fs::write(&not_x509, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();

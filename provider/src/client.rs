@@ -57,7 +57,9 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
     // A record over the provider's `max_frame` would close the session unread, and its
     // outcome would then read as unknown: refuse the file before sending any of it.
     for (id, record) in input.records(crate::input::RecordLimit::Write)?.enumerate() {
-        let record = record?;
+        // Said as every refusal of this pass says it: after an interrupted run, an
+        // operator must know that no record of this one went in.
+        let record = record.map_err(|e| anyhow::anyhow!("{e:#}; nothing was written"))?;
         let line = record.line();
         let change = record.into_change();
         if let Some(refusal) = tether_store::refused_anywhere(&change) {
@@ -83,17 +85,19 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
     let secret = load_secret(&writer.secret_file)?;
     let secret = secret.secret;
     let (host, port) = config.listen.addr();
-    let host = if host == "0.0.0.0" || host == "::" || host == "[::]" { "127.0.0.1" } else { host };
+    let host = if host == "0.0.0.0" || host == "::" { "127.0.0.1" } else { host };
+    // As the configuration spells it: an IPv6 address in brackets.
+    let at = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let tls_client = match &config.tls {
         Some(t) => Some(tls::self_client(t, host).map_err(|e| e.in_config(&config.file))?),
         None => None,
     };
     let stream = tokio::time::timeout(CLIENT_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
         .await
-        .with_context(|| format!("connecting to {host}:{port}"))?
+        .with_context(|| format!("connecting to {at}"))?
         .with_context(|| {
             format!(
-                "connecting to {host}:{port}: is the provider running, and listening there? (a `listen` changed in \
+                "connecting to {at}: is the provider running, and listening there? (a `listen` changed in \
                  {} takes effect at its next start, not at a reload)",
                 config.file.display()
             )
@@ -104,7 +108,7 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
             let connector = tokio_rustls::TlsConnector::from(client.config);
             let tls_stream = tokio::time::timeout(CLIENT_TIMEOUT, connector.connect(client.server_name, stream))
                 .await
-                .with_context(|| format!("TLS handshake with {host}:{port}: timed out"))?
+                .with_context(|| format!("TLS handshake with {at}: timed out"))?
                 .map_err(|e| {
                     // A provider answering in plain TCP: its running configuration has
                     // no [tls], whatever this file now says.
@@ -117,7 +121,7 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
                     } else {
                         format!("the provider must present the certificate of {}", client.pinned_file.display())
                     };
-                    anyhow::Error::new(e).context(format!("TLS handshake with {host}:{port} failed ({why})"))
+                    anyhow::Error::new(e).context(format!("TLS handshake with {at} failed ({why})"))
                 })?;
             connection::boxed(tls_stream)
         }
@@ -149,12 +153,12 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
                 }
                 _ => String::new(),
             };
-            anyhow::Error::new(e).context(format!("handshake with {host}:{port}{hint}"))
+            anyhow::Error::new(e).context(format!("handshake with {at}{hint}"))
         })?;
     if let Some((line, version)) = needs.filter(|(_, v)| *v > welcome.version) {
         bail!(
             "{file}:{line}: the record needs protocol version {version} (an increment:), and the provider at \
-             {host}:{port} speaks version {}: it runs an older build than this command; restart it on this \
+             {at} speaks version {}: it runs an older build than this command; restart it on this \
              build; nothing was written",
             welcome.version
         );
@@ -456,6 +460,29 @@ mod tests {
         assert!(shown.starts_with(&format!("{}:6: refused: ", ldif.display())), "{shown}");
         assert!(shown.contains("entryUUID is maintained by the server"), "{shown}");
         assert!(shown.ends_with("nothing was written"), "{shown}");
+    }
+
+    /// A malformed record stops the file in the check, before anything is sent, and says
+    /// so as the other refusals of the check do; an IPv6 `listen` is named in brackets.
+    #[tokio::test]
+    async fn a_malformed_record_says_nothing_was_written_and_an_ipv6_address_is_bracketed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (listener, _, config, ldif) = setup(tmp.path()).await;
+        drop(listener);
+        std::fs::write(&ldif, "dn: ou=a,dc=example,dc=com\nchangetype: modfy\n").unwrap();
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.starts_with(&format!("{}:2: ", ldif.display())), "{shown}");
+        assert!(shown.ends_with("; nothing was written"), "{shown}");
+
+        // Nothing listens on port 1 of the IPv6 loopback.
+        let text = std::fs::read_to_string(&config.file).unwrap();
+        let listen = text.lines().find(|l| l.starts_with("listen")).unwrap();
+        std::fs::write(&config.file, text.replace(listen, "listen = \"[::1]:1\"")).unwrap();
+        let config = ProviderConfig::load(&config.file).unwrap();
+        std::fs::write(&ldif, "dn: ou=a,dc=example,dc=com\nchangetype: delete\n").unwrap();
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
+        assert!(format!("{err:#}").starts_with("connecting to [::1]:1: "), "{err:#}");
     }
 
     /// Without `--allow-unproven`, a provider that does not prove it knows the writer

@@ -370,6 +370,13 @@ impl ProviderConfig {
             ));
         }
         self.keepalive.check(file, "keepalive")?;
+        if self.suffix.is_root() {
+            return Err(ConfigError::invalid(
+                file,
+                "suffix",
+                "suffix is empty: name the directory's top entry, as dc=example,dc=com",
+            ));
+        }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, grant) in self.consumers.iter().enumerate() {
             let key = |name: &str| format!("consumer[{i}].{name}");
@@ -552,6 +559,7 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             ("".into(), "key 'suffix': required key is missing"),
             ("suffix = \"dc=example,dc\"".into(), "key 'suffix': invalid DN \"dc=example,dc\": missing '='"),
+            ("suffix = \"\"".into(), "key 'suffix': suffix is empty"),
             (
                 format!("{MINIMAL}listen = \"localhost\""),
                 "key 'listen': invalid address \"localhost\": expected host:port",

@@ -84,7 +84,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     // Before the store is created or opened: a process that cannot take its control
     // socket (another process answers on it) changes nothing.
     let (control_listener, control_file) =
-        tether_protocol::control::bind(&config.control).await.context("binding the control socket")?;
+        tether_config::shell::take_place(&config.data_dir, &config.control, &config.file).await?;
     // So is one whose port is taken: a first start would otherwise leave an empty store
     // behind, and every start a history begun for nothing.
     let listener = tokio::net::TcpListener::bind(config.listen.addr())

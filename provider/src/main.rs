@@ -132,7 +132,7 @@ enum Offline {
 fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
     let dir = config.data_dir.display();
     if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
-        bail!(shell::no_store("provider", &config.data_dir, &config.file));
+        bail!(shell::no_store("provider", &config.data_dir, &config.control, &config.file));
     }
     // A command that only reads leaves the folder as it is; the running process warns of
     // loose permissions.

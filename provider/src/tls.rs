@@ -42,7 +42,7 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// A file holds text that is not well-formed PEM (a broken section, bad base64).
-    #[error("{}: malformed PEM: {source}", path.display())]
+    #[error("{}: malformed PEM: {}", path.display(), tether_config::shell::pem_problem(source))]
     Pem {
         /// The key naming the file.
         key: &'static str,

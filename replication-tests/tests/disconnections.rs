@@ -158,7 +158,11 @@ fn sigkill_during_a_large_full_refresh_resumes_where_it_stopped() -> Result<()> 
         writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
         Ok(at_kill["refresh_received"].as_u64().unwrap_or(0))
     })?;
-    assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, "", "readers never saw the half-loaded shadow");
+    // Readers never saw the half-loaded shadow: the replica holds nothing, and says
+    // that it has not finished its first refresh rather than show an empty region.
+    assert_eq!(c.agreement_status("people")?["entries"], 0, "readers never saw the half-loaded shadow");
+    let refused = c.search("people", PEOPLE, "subtree", ALL).unwrap_err();
+    assert!(format!("{refused:#}").contains("has not finished its first refresh"), "{refused:#}");
     c.start()?;
     converged(&p, &c, "people", PEOPLE)?;
     let s = c.agreement_status("people")?;
@@ -312,6 +316,13 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     p.write_ok(&w.changes(100))?;
     converged(&p, &c, "others", OTHERS)?;
     no_duplicates(&c, "others")?;
+    // A changed region (a filter spelled anew, the same entries) restarts the agreement
+    // with a full refresh, and the reply says so.
+    let respelled = Agreement { filter: "(|(objectClass=*))".into(), ..Agreement::persist("others", OTHERS, "s2") };
+    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[respelled])?);
+    assert_eq!(c.admin("reload", None)?, "reloaded: restarted others (its region changed: reloaded in full)\n");
+    converged(&p, &c, "others", OTHERS)?;
+    assert_eq!(c.agreement_status("others")?["refreshes"]["full"], 1, "the restarted agreement's first refresh");
 
     // Removed while the consumer is stopped: its replica goes at the next start, as on
     // a reload, instead of staying on disk where no command would see it.
@@ -553,6 +564,12 @@ fn revoked_credentials_end_in_closed_without_a_retry_storm() -> Result<()> {
     assert_holds(QUIET, "no retry storm", || Ok(c.agreement_status("people")?["reconnects"] == reconnects))?;
     assert_eq!(c.agreement_status("others")?["state"], "persisting", "the other agreement is untouched");
     assert!(p.log_text().contains("1 session revoked"));
+    // A `wait` on it says what brings it back: not a bare `start`, which the provider
+    // would refuse.
+    let out = c.wait_csn("people", u64::MAX, "1s")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("stays there until the provider grants it again"), "{err}");
     Ok(())
 }
 

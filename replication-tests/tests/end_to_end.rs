@@ -479,10 +479,14 @@ fn an_agreement_whose_region_changed_while_the_consumer_was_stopped_is_reloaded_
         p.port,
         &[Agreement { filter: filtered.into(), ..Agreement::persist("people", SUFFIX, "people-secret") }],
     )?);
+    // Until then the replica holds the wider region, and a search says so rather than
+    // show it, exit status 0, as the narrowed one.
+    let refused = c.search("people", SUFFIX, "subtree", ALL).unwrap_err();
+    assert!(format!("{refused:#}").contains("was made for another region"), "{refused:#}");
     c.start()?;
-    // The whole replica, not its filtered view: the replica made for the wider region
-    // stays readable until the full refresh replaces it, and its filtered view already
-    // matched (waiting on that raced the refresh on a loaded machine).
+    // The whole replica, not its filtered view: the replica made for the wider region is
+    // refused until the full refresh replaces it (its cookie is gone), and its filtered
+    // view already matched (waiting on that raced the refresh on a loaded machine).
     wait_until(CONVERGE, "the filtered replica and nothing else", || {
         Ok(c.search("people", SUFFIX, "subtree", ALL)? == p.search(SUFFIX, "subtree", filtered)?)
     })?;
@@ -855,7 +859,7 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
     // Nor is a store left behind where there was none (it would read as an empty
     // directory, a mistyped `data_dir` as a real one).
     let err = p.search(SUFFIX, "subtree", ALL).expect_err("nothing was loaded").to_string();
-    assert!(err.contains("is not running, and there is no store in"), "{err}");
+    assert!(err.contains(", and there is no store in"), "{err}");
     // Into a store that exists, a refused file changes nothing and the store stays.
     let good = tmp.path().join("good.ldif");
     std::fs::write(&good, "dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n")?;
@@ -1022,7 +1026,7 @@ fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() 
 fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let fresh = Provider::configure(&tmp.path().join("fresh"), &ProviderOptions::default())?;
-    let no_store = "is not running, and there is no store in";
+    let no_store = ", and there is no store in";
     for verb in ["status", "search"] {
         let err = refused("tether-provider", verb, &fresh.config, &[])?;
         assert!(err.contains(no_store) && err.contains("check `data_dir` in"), "{verb}: {err}");

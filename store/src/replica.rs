@@ -747,6 +747,12 @@ impl Replica {
         Ok(adopted)
     }
 
+    /// The region this replica was last kept for ([`Replica::adopt_region`]); `None` for
+    /// a replica of a build that kept no record of it, or one never started.
+    pub fn region(&self) -> Result<Option<SearchSpec>> {
+        self.store.regions.get(self.name.as_bytes())?.map(|v| decode(REGIONS, &v)).transpose()
+    }
+
     /// When a provider of this agreement first proved it knows the agreement's secret
     /// (milliseconds since the Unix epoch), if one has. From then on the consumer refuses a
     /// provider that does not prove itself: it cannot tell a provider rolled back to an
