@@ -139,9 +139,22 @@ pub fn describe_failure(e: &std::io::Error) -> String {
         return "the provider closed the connection during the TLS handshake".to_owned();
     }
     if tether_config::shell::answered_in_plain_tcp(e) {
-        format!("{e} (the provider does not seem to serve TLS: is [tls] set on its side?)")
-    } else {
-        e.to_string()
+        return format!("{e} (the provider does not seem to serve TLS: is [tls] set on its side?)");
+    }
+    // rustls gives a certificate's validity in seconds since 1970; the provider's own
+    // warning of it gives dates, and an operator compares the two.
+    use rustls::{CertificateError, Error};
+    let date = |t: &rustls::pki_types::UnixTime| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.as_secs()))
+    };
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::ExpiredContext { time, not_after })) => {
+            format!("invalid peer certificate: expired at {} (the time here is {})", date(not_after), date(time))
+        }
+        Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { time, not_before })) => {
+            format!("invalid peer certificate: not valid before {} (the time here is {})", date(not_before), date(time))
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -168,6 +181,29 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A certificate's validity is said in dates, as the provider's warning says it.
+    #[test]
+    fn an_expired_certificate_is_described_with_dates() {
+        use rustls::pki_types::UnixTime;
+        let wrap = |e: rustls::CertificateError| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(e))
+        };
+        let (now, end) = (
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_796_287_895)),
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_580_428_800)),
+        );
+        let expired = wrap(rustls::CertificateError::ExpiredContext { time: now, not_after: end });
+        assert_eq!(
+            describe_failure(&expired),
+            "invalid peer certificate: expired at 2020-01-31T00:00:00Z (the time here is 2026-12-03T08:51:35Z)"
+        );
+        let early = wrap(rustls::CertificateError::NotValidYetContext { time: end, not_before: now });
+        assert_eq!(
+            describe_failure(&early),
+            "invalid peer certificate: not valid before 2026-12-03T08:51:35Z (the time here is 2020-01-31T00:00:00Z)"
+        );
+    }
 
     fn tls(ca_file: &Path) -> AgreementTls {
         AgreementTls { ca_file: ca_file.to_owned(), server_name: None }
