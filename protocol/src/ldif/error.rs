@@ -148,8 +148,9 @@ pub enum LdifErrorKind {
         /// The name (shortened).
         name: String,
     },
-    /// The same value twice for one attribute of a content/add record (compared with
-    /// the attribute's matching rule); LDAP refuses such an add.
+    /// The same value twice for one attribute of a content/add record, or in one section
+    /// of a modify record (compared with the attribute's matching rule); LDAP refuses
+    /// such an add or modification.
     #[error("attribute {attr:?} has value {value:?} twice")]
     DuplicateValue {
         /// The attribute.

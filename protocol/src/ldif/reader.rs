@@ -594,6 +594,9 @@ fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
         let attr = spec.keyword()?.to_owned();
         check_attribute_name(&attr).map_err(|e| spec.error(e.into()))?;
         let mut values = Vec::new();
+        // A value twice in one section, as in an add record, is refused here at its line:
+        // the store would refuse the second as one the entry "already has".
+        let mut seen = HashSet::new();
         for line in lines.by_ref() {
             if is_section_end(&line) {
                 break;
@@ -607,7 +610,16 @@ fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
                 let err = AttributeError::not_an_integer(&attr, &value.value);
                 return Err(value.error(err.into()));
             }
-            values.push(Value::from_bytes(value.value));
+            let number = value.number;
+            let parsed = Value::from_bytes(value.value);
+            if !seen.insert(parsed.normalized()) {
+                let shown = match crate::entry::is_password(&attr) {
+                    true => crate::entry::shown_value(&attr, parsed.as_bytes()),
+                    false => shorten_bytes(parsed.as_bytes()),
+                };
+                return Err(LdifError::new(number, LdifErrorKind::DuplicateValue { attr, value: shown }));
+            }
+            values.push(parsed);
         }
         if op == ModOp::Increment && values.len() != 1 {
             return Err(spec.error(LdifErrorKind::IncrementValues { attr, found: values.len() }));
@@ -711,6 +723,21 @@ mod tests {
                 a.values.iter().map(move |v| format!("{}: {}", a.name, String::from_utf8_lossy(v.as_bytes())))
             })
             .collect()
+    }
+
+    /// A value twice in one section of a modify record is refused at the line of the
+    /// second, as in an add record; the same value in two sections is not this reader's
+    /// to judge.
+    #[test]
+    fn a_value_twice_in_one_modify_section_is_refused_at_its_line() {
+        let text = "dn: cn=a,dc=example,dc=com\nchangetype: modify\nadd: description\ndescription: Q\n\
+                    description: q\n-\n";
+        let err = error(text);
+        assert_eq!(err.line, 5);
+        assert_eq!(err.to_string(), "line 5: attribute \"description\" has value \"q\" twice");
+        let apart = "dn: cn=a,dc=example,dc=com\nchangetype: modify\nadd: description\ndescription: Q\n-\n\
+                     delete: description\ndescription: q\n-\n";
+        assert_eq!(records(apart).len(), 1);
     }
 
     #[test]
