@@ -194,7 +194,8 @@ pub async fn reload(
         bail!(store_failed(&failure));
     }
     let config = ConsumerConfig::load(config_path)?;
-    for w in config.check_secrets()? {
+    let warnings = config.check_secrets()?;
+    for w in &warnings {
         warn!("{w}");
     }
     // Validate every agreement before touching any.
@@ -248,7 +249,13 @@ pub async fn reload(
     } else {
         format!("reloaded: {}", report.join(", "))
     };
-    Ok(reload_report(msg, &running_config.restart_only_changes(&config), "consumer"))
+    let mut reply = reload_report(msg, &running_config.restart_only_changes(&config), "consumer");
+    // A secret file others may read, said where the operator who wrote it looks (the
+    // log has it already, once).
+    for w in warnings {
+        reply += &format!("; warning: {w}");
+    }
+    Ok(reply)
 }
 
 /// Runs the consumer until a shutdown signal.

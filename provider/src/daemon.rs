@@ -28,23 +28,30 @@ use crate::tls;
 /// Upper bound on the whole shutdown (sessions saying goodbye, flushing).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
-/// Builds the grants table from the config, reading every secret file.
-pub fn grants(config: &ProviderConfig) -> Result<Grants> {
+/// Builds the grants table from the config, reading every secret file; the warnings
+/// of those files (one others may read) are logged and returned, for a reload's reply.
+pub fn grants(config: &ProviderConfig) -> Result<(Grants, Vec<String>)> {
     let mut grants = Grants::default();
+    let mut warnings = Vec::new();
     for (i, c) in config.consumers.iter().enumerate() {
         let loaded = load_secret(&c.secret_file)
             .with_context(|| format!("{}: key 'consumer[{i}].secret_file'", config.file.display()))?;
         for w in loaded.warnings {
             warn!("{w}");
+            warnings.push(w);
         }
         grants.agreements.insert(c.agreement.clone(), (loaded.secret, c.allowed_base(&config.suffix).clone()));
     }
     if let Some(w) = &config.writer {
         let loaded = load_secret(&w.secret_file)
             .with_context(|| format!("{}: key 'writer.secret_file'", config.file.display()))?;
+        for w in loaded.warnings {
+            warn!("{w}");
+            warnings.push(w);
+        }
         grants.writer = Some(loaded.secret);
     }
-    Ok(grants)
+    Ok((grants, warnings))
 }
 
 /// Descriptors a provider holds besides its connections: the store's files, the
@@ -75,7 +82,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     // "listening" must reload, not take the default action (terminate).
     let mut signals = Signals::install().context("installing signal handlers")?;
     let config = ProviderConfig::load(config_path)?;
-    let grants = grants(&config)?;
+    let (grants, _) = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
     for warning in config.tls.as_ref().map(tls::warnings).unwrap_or_default() {
         warn!("{warning}");
@@ -222,7 +229,7 @@ fn reload(
     let config = ProviderConfig::load(config_path)?;
     let restart_only = running.restart_only_changes(&config);
     let config = config.for_running_suffix(&running.suffix)?;
-    let grants = grants(&config)?;
+    let (grants, secret_warnings) = grants(&config)?;
     let tls = tls::server_config_of(&config)?;
     let tls_now = tls.is_some();
     let tls_before = server.replace_tls(tls);
@@ -251,6 +258,7 @@ fn reload(
         warn!("{warning}");
         expiry += &format!("; warning: {warning}");
     }
+
     // Applied at once, and the trim it starts may reload consumers: said where the
     // operator who changed it looks.
     let retention_change = if retention_changed {
@@ -272,7 +280,13 @@ fn reload(
         plural(config.consumers.len(), "agreement", "agreements"),
         plural(revoked, "session", "sessions")
     );
-    Ok(reload_report(msg, &restart_only, "provider"))
+    let mut reply = reload_report(msg, &restart_only, "provider");
+    // A secret file others may read, said where the operator who wrote it looks (the
+    // log has it already, once).
+    for warning in secret_warnings {
+        reply += &format!("; warning: {warning}");
+    }
+    Ok(reply)
 }
 
 /// Trims the changelog every `trim_interval`, under the retention the config holds now:

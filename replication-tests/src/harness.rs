@@ -308,14 +308,14 @@ impl Provider {
              [changelog]\n{}\n[keepalive]\ninterval = \"{}\"\ntimeout = \"{}\"\n[writer]\nsecret_file = \"secrets/writer.key\"\n",
             opts.suffix, opts.changelog, opts.keepalive.0, opts.keepalive.1
         );
-        fs::write(dir.join("secrets/writer.key"), &opts.writer_secret)?;
+        write_secret(&dir.join("secrets/writer.key"), &opts.writer_secret)?;
         for g in &opts.grants {
             let _ = write!(
                 toml,
                 "[[consumer]]\nagreement = \"{}\"\nsecret_file = \"secrets/{}.key\"\nbase = \"{}\"\n",
                 g.agreement, g.agreement, g.base
             );
-            fs::write(dir.join(format!("secrets/{}.key", g.agreement)), &g.secret)?;
+            write_secret(&dir.join(format!("secrets/{}.key", g.agreement)), &g.secret)?;
         }
         if let Some(tls) = &opts.tls {
             let _ = write!(toml, "[tls]\n{tls}\n");
@@ -535,6 +535,15 @@ impl Provider {
     }
 }
 
+/// Writes a secret file as an operator should, readable by its owner only: the
+/// processes warn of any other mode, in their logs and in a reload's reply.
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, secret)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
 /// The log filter the harness gives its child processes: `TETHER_CHILD_LOG` if set (to
 /// see a run's debug timeline), `info` otherwise.
 fn child_log_level() -> String {
@@ -651,7 +660,7 @@ impl Consumer {
             if let Some(tls) = &a.tls {
                 let _ = write!(toml, "[agreement.tls]\n{tls}\n");
             }
-            fs::write(dir.join(format!("secrets/{}.key", a.name)), &a.secret)?;
+            write_secret(&dir.join(format!("secrets/{}.key", a.name)), &a.secret)?;
         }
         let config = dir.join("consumer.toml");
         fs::write(&config, toml)?;

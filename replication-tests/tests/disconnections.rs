@@ -385,8 +385,17 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
         "{}",
         c.log_text()
     );
-    std::fs::write(c.dir.join("secrets/people.key"), "s1-rotated\n")?;
-    assert_eq!(c.admin("reload", None)?, "reloaded: restarted people\n", "only the agreement whose secret changed");
+    let key_file = c.dir.join("secrets/people.key");
+    std::fs::write(&key_file, "s1-rotated\n")?;
+    // Left readable by others, as a file written under a usual umask is: the reply says
+    // so, where the operator who wrote it looks, not only the log.
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let said = c.admin("reload", None)?;
+    assert!(
+        said.starts_with("reloaded: restarted people; warning: secret file "),
+        "only the changed agreement: {said}"
+    );
+    assert!(said.contains("is accessible by group or others"), "{said}");
     c.wait_status("people", LIMIT, "persisting", |s| s["state"] == "persisting")?;
     p.write_ok(&w.changes(100))?;
     converged(&p, &c, "people", PEOPLE)?;
@@ -480,6 +489,15 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     assert!(stderr.contains("people.key"), "{stderr}");
     assert!(p.log_text().contains("reload requested on the control socket failed, keeping the old configuration"));
     std::fs::write(&secret, kept)?;
+    // Put back readable by others: the reload's reply warns of it, not only the log.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let (code, stdout, stderr) = said(&p.reload_command()?);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("; warning: secret file ") && stdout.contains("people.key is accessible by group"),
+        "{stdout}"
+    );
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
 
     // An edited copy of the file, naming the same socket: the provider reads its own
     // file, so the command says so and nothing is reloaded (it answered "reloaded", for
