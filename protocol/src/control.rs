@@ -130,11 +130,7 @@ pub enum ControlRequest {
 /// another one.
 pub fn from_file(me: Process, started: &Path, request: ControlRequest) -> Result<ControlRequest, String> {
     let ControlRequest::FromFile { file, request } = request else { return Ok(request) };
-    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    let (started, given) = (canonical(started), canonical(Path::new(&file)));
-    if started == given {
-        return Ok(*request);
-    }
+    let Some((started, given)) = other_file(started, Path::new(&file)) else { return Ok(*request) };
     Err(format!(
         "this {process} was started with {started}, not {given}, whose `control` (or `data_dir`) names its \
          control socket: give -c {started} to act on it, or give {given} a `control` of its own; nothing was done",
@@ -154,12 +150,38 @@ pub async fn call_from(
     request: &ControlRequest,
     out: &mut impl std::io::Write,
 ) -> Result<bool, ControlError> {
+    let Some(file) = canonical_text(file) else { return call_at(path, to, request, out).await };
+    let from = ControlRequest::FromFile { file, request: Box::new(request.clone()) };
+    call_or_older(path, to, &from, request, out).await
+}
+
+/// The canonical forms of `started` and `given` if they name two files (each as it is
+/// spelled if it cannot be resolved).
+fn other_file(started: &Path, given: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let (started, given) = (canonical(started), canonical(given));
+    (started != given).then_some((started, given))
+}
+
+/// `file`'s canonical path as a request carries it; `None` if it is not UTF-8.
+fn canonical_text(file: &Path) -> Option<String> {
     let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
-    let Some(file) = file.to_str() else { return call_at(path, to, request, out).await };
-    let from = ControlRequest::FromFile { file: file.to_owned(), request: Box::new(request.clone()) };
-    match call_at(path, to, &from, out).await {
-        Err(ControlError::Remote(m)) if m.starts_with(CANNOT_READ) => call_at(path, to, request, out).await,
-        Err(ControlError::Unanswered) => call_at(path, to, request, out).await,
+    file.to_str().map(str::to_owned)
+}
+
+/// [`call_at`] with `newer`, or with `older` for a process of a build before `newer`'s
+/// request, which says it cannot read it (builds before that message close without a
+/// word).
+async fn call_or_older(
+    path: &Path,
+    to: Process,
+    newer: &ControlRequest,
+    older: &ControlRequest,
+    out: &mut impl std::io::Write,
+) -> Result<bool, ControlError> {
+    match call_at(path, to, newer, out).await {
+        Err(ControlError::Remote(m)) if m.starts_with(CANNOT_READ) => call_at(path, to, older, out).await,
+        Err(ControlError::Unanswered) => call_at(path, to, older, out).await,
         other => other,
     }
 }
@@ -167,9 +189,7 @@ pub async fn call_from(
 /// Why a process started with the file `started` does not reload for a command given
 /// `given` ([`ControlRequest::ReloadFile`]), or `None` when they are one file.
 pub fn reload_elsewhere(me: Process, started: &Path, given: &str) -> Option<String> {
-    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    let (started, given) = (canonical(started), canonical(Path::new(given)));
-    (started != given).then(|| {
+    other_file(started, Path::new(given)).map(|(started, given)| {
         format!(
             "this {process} was started with {started}, and reload re-reads that file, not {given}: edit \
              {started}, or stop the process and start it with {given}; nothing was reloaded",
@@ -189,16 +209,8 @@ pub async fn reload_at(
     file: &Path,
     out: &mut impl std::io::Write,
 ) -> Result<bool, ControlError> {
-    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
-    let Some(file) = file.to_str() else { return call_at(path, to, &ControlRequest::Reload, out).await };
-    match call_at(path, to, &ControlRequest::ReloadFile { file: file.to_owned() }, out).await {
-        Err(ControlError::Remote(m)) if m.starts_with(CANNOT_READ) => {
-            call_at(path, to, &ControlRequest::Reload, out).await
-        }
-        // Builds from before that message close without a word.
-        Err(ControlError::Unanswered) => call_at(path, to, &ControlRequest::Reload, out).await,
-        other => other,
-    }
+    let Some(file) = canonical_text(file) else { return call_at(path, to, &ControlRequest::Reload, out).await };
+    call_or_older(path, to, &ControlRequest::ReloadFile { file }, &ControlRequest::Reload, out).await
 }
 
 /// The kinds of process with a control socket.

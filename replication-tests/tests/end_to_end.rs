@@ -1557,26 +1557,45 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
     Ok(())
 }
 
-#[test]
-fn a_write_cut_short_by_a_provider_crash_says_what_applied_and_loses_none_of_it() -> Result<()> {
-    use std::io::Read as _;
-
-    let tmp = tempfile::tempdir()?;
-    let (mut p, _) = provider_with(tmp.path(), 10, 12, ProviderOptions::default())?;
-    let csn = |p: &Provider| -> Result<u64> { p.status()?["csn"].as_u64().context("status has a csn") };
-    let before = csn(&p)?;
-    // Far more records than apply before the kill, each durable before the next is sent.
-    let text: String = (0..20_000)
+/// `n` adds of people `uid=PREFIXi` with `sn: SN`, seven lines each (the record of
+/// index `i` starts at line `7 i + 1`).
+fn people_adds(prefix: &str, sn: &str, n: usize) -> String {
+    (0..n)
         .map(|i| {
-            format!("dn: uid=k{i},{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: k{i}\ncn: k{i}\nsn: Crash\n\n")
+            format!(
+                "dn: uid={prefix}{i},{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: {prefix}{i}\n\
+                 cn: {prefix}{i}\nsn: {sn}\n\n"
+            )
         })
-        .collect();
-    let mut write = p.write_child(&text)?;
-    wait_until(CONVERGE, "some records to apply", || Ok(csn(&p)? >= before + 20))?;
-    p.kill()?;
-    let status = replication_tests::harness::wait_exit(&mut write, CONVERGE)?;
+        .collect()
+}
+
+/// `write` of `text` started on `p`, once 20 of its records applied.
+fn write_under_way(p: &Provider, text: &str) -> Result<std::process::Child> {
+    let csn = || -> Result<u64> { p.status()?["csn"].as_u64().context("status has a csn") };
+    let before = csn()?;
+    let write = p.write_child(text)?;
+    wait_until(CONVERGE, "some records to apply", || Ok(csn()? >= before + 20))?;
+    Ok(write)
+}
+
+/// How `write` ended: its exit status and standard error.
+fn ended(write: &mut std::process::Child) -> Result<(std::process::ExitStatus, String)> {
+    use std::io::Read as _;
+    let status = replication_tests::harness::wait_exit(write, CONVERGE)?;
     let mut err = String::new();
     write.stderr.take().context("stderr is piped")?.read_to_string(&mut err)?;
+    Ok((status, err))
+}
+
+#[test]
+fn a_write_cut_short_by_a_provider_crash_says_what_applied_and_loses_none_of_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _) = provider_with(tmp.path(), 10, 12, ProviderOptions::default())?;
+    // Far more records than apply before the kill, each durable before the next is sent.
+    let mut write = write_under_way(&p, &people_adds("k", "Crash", 20_000))?;
+    p.kill()?;
+    let (status, err) = ended(&mut write)?;
     assert!(!status.success(), "the write finished before the kill: {err}");
     assert!(err.contains("the outcome of this record is unknown"), "{err}");
     let applied = replication_tests::harness::applied_count(&err).with_context(|| format!("no count in: {err}"))?;
@@ -1597,24 +1616,13 @@ fn a_write_cut_short_by_a_provider_crash_says_what_applied_and_loses_none_of_it(
 /// silently, leaving the operator to count the provider's log lines.
 #[test]
 fn an_interrupted_write_names_the_line_to_go_on_from_and_resuming_there_applies_the_rest() -> Result<()> {
-    use std::io::Read as _;
-
     let tmp = tempfile::tempdir()?;
     let (p, _) = provider_with(tmp.path(), 10, 13, ProviderOptions::default())?;
-    let csn = |p: &Provider| -> Result<u64> { p.status()?["csn"].as_u64().context("status has a csn") };
-    let before = csn(&p)?;
     let total = 2_000;
-    let text: String = (0..total)
-        .map(|i| {
-            format!("dn: uid=i{i},{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: i{i}\ncn: i{i}\nsn: Int\n\n")
-        })
-        .collect();
-    let mut write = p.write_child(&text)?;
-    wait_until(CONVERGE, "some records to apply", || Ok(csn(&p)? >= before + 20))?;
+    let text = people_adds("i", "Int", total);
+    let mut write = write_under_way(&p, &text)?;
     replication_tests::harness::signal(&write, "INT")?;
-    let status = replication_tests::harness::wait_exit(&mut write, CONVERGE)?;
-    let mut err = String::new();
-    write.stderr.take().context("stderr is piped")?.read_to_string(&mut err)?;
+    let (status, err) = ended(&mut write)?;
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains(": interrupted (SIGINT); ") && err.contains("were not sent"), "{err}");
     let applied = replication_tests::harness::applied_count(&err).with_context(|| format!("no count in: {err}"))?;
@@ -1642,26 +1650,15 @@ fn an_interrupted_write_names_the_line_to_go_on_from_and_resuming_there_applies_
 /// goes in from the line named with the new secret.
 #[test]
 fn a_write_revoked_by_a_reload_is_told_so_and_what_was_not_applied() -> Result<()> {
-    use std::io::Read as _;
-
     let tmp = tempfile::tempdir()?;
     let (mut p, _) = provider_with(tmp.path(), 10, 14, ProviderOptions::default())?;
-    let csn = |p: &Provider| -> Result<u64> { p.status()?["csn"].as_u64().context("status has a csn") };
-    let before = csn(&p)?;
     let total = 2_000;
-    let text: String = (0..total)
-        .map(|i| {
-            format!("dn: uid=r{i},{PEOPLE}\nchangetype: add\nobjectClass: person\nuid: r{i}\ncn: r{i}\nsn: Rev\n\n")
-        })
-        .collect();
-    let mut write = p.write_child(&text)?;
-    wait_until(CONVERGE, "some records to apply", || Ok(csn(&p)? >= before + 20))?;
+    let text = people_adds("r", "Rev", total);
+    let mut write = write_under_way(&p, &text)?;
     p.reconfigure(&ProviderOptions { writer_secret: "the next writer secret".into(), ..ProviderOptions::default() })?;
     let reload = p.reload_command()?;
     assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
-    let status = replication_tests::harness::wait_exit(&mut write, CONVERGE)?;
-    let mut err = String::new();
-    write.stderr.take().context("stderr is piped")?.read_to_string(&mut err)?;
+    let (status, err) = ended(&mut write)?;
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("the provider closed the session before applying this record (credentials-revoked: ")
