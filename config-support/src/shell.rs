@@ -126,8 +126,11 @@ pub async fn config_or_status<T>(
     let Some(control) = crate::source::control_path(file, default_data_dir) else {
         return Err(error.into());
     };
+    // Given with the file, so that a copy being edited (of another process's file,
+    // naming its socket) does not show that process's status as its own.
     let request = tether_protocol::control::ControlRequest::Status { json };
-    if !tether_protocol::control::call_at(&control, process, &request, &mut crate::output::Stdout::lock()).await? {
+    let mut out = crate::output::Stdout::lock();
+    if !tether_protocol::control::call_from(&control, process, file, &request, &mut out).await? {
         return Err(error.into());
     }
     eprintln!(
@@ -208,11 +211,12 @@ pub enum PlaceError {
         /// Why.
         source: std::io::Error,
     },
-    /// The control socket could not be bound.
-    #[error("binding the control socket: {source}{hint}")]
+    /// The control socket could not be bound. (Its cause is said in the message, and
+    /// not given as its `source`, which the hint after it would have repeated.)
+    #[error("binding the control socket: {error}{hint}")]
     Control {
         /// Why.
-        source: tether_protocol::control::BindError,
+        error: tether_protocol::control::BindError,
         /// What the configuration has to do with it.
         hint: String,
     },
@@ -256,7 +260,7 @@ pub async fn take_place(
             ),
             _ => String::new(),
         };
-        PlaceError::Control { source, hint }
+        PlaceError::Control { error: source, hint }
     })
 }
 
@@ -401,7 +405,8 @@ mod tests {
 
         let data = root.path().join("data");
         let (_listener, _socket) = take_place(&data, &data.join("control.sock"), &file).await.unwrap();
-        let err = take_place(&data, &data.join("control.sock"), &file).await.unwrap_err().to_string();
+        let err = error_chain(&take_place(&data, &data.join("control.sock"), &file).await.unwrap_err());
+        assert_eq!(err.matches("is the control socket of a running").count(), 1, "said once: {err}");
         assert!(
             err.starts_with("binding the control socket: ") && err.contains("is the control socket of a running"),
             "{err}"

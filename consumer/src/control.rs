@@ -40,7 +40,7 @@ pub struct ControlContext {
     /// where the agreement stands instead of waiting on.
     pub shutdown: CancellationToken,
     /// The configuration file the consumer runs with, for commands a reply suggests.
-    pub config_file: std::path::PathBuf,
+    pub config_file: tether_protocol::control::StartedWith,
 }
 
 /// Serves control connections until `ctx.shutdown`.
@@ -129,7 +129,21 @@ impl SearchPages {
                 return Err(format!("{missing} in the replica of {name:?}"));
             }
         }
-        Ok(Self { replica, spec, before: None, config_file: None, after: None, done: false, uuids: false })
+        Ok(Self::of(replica, spec))
+    }
+
+    /// A search of what agreement `name`'s replica holds, whatever state it is in (`search
+    /// --as-is`, the consumer stopped): a replica awaiting a full refresh is refused to
+    /// [`SearchPages::open`], and when the provider is lost it is the last copy there is.
+    pub fn open_as_is(store: &ReplicaStore, name: &str, spec: SearchSpec) -> Result<Self, String> {
+        match store.existing_replica(name).map_err(|e| e.to_string())? {
+            Some(replica) => Ok(Self::of(replica, spec)),
+            None => Err(format!("agreement {name:?} has no replica: the consumer has not run it")),
+        }
+    }
+
+    fn of(replica: Replica, spec: SearchSpec) -> Self {
+        Self { replica, spec, before: None, config_file: None, after: None, done: false, uuids: false }
     }
 
     /// Names the configuration file in the hint of a search that was not whole.
@@ -222,7 +236,7 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
     // once, as a stopped consumer's store does, rather than after the whole timeout.
     let (state, stand) = stands();
     if matches!(state, State::Stopped | State::Closed) && status.csn(reach).is_none_or(|c| c < csn) {
-        let file = ctx.config_file.display();
+        let file = ctx.config_file.path().display();
         // Started again with the secret it has, a revoked agreement is only refused.
         let revoked = status.snapshot().last_error.is_some_and(|e| e.starts_with(crate::supervision::REVOKED));
         let until = match revoked {
@@ -294,13 +308,13 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                     "--uuids prints a copy to restore from, and the replica of {name:?} changes while it is {}: \
                      stop the agreement first (tether-consumer stop -c {} {name}, then start), or stop the consumer",
                     state.as_str(),
-                    ctx.config_file.display()
+                    ctx.config_file.path().display()
                 )),
                 _ => Ok(name),
             });
             match name.and_then(|name| SearchPages::open(&ctx.store, &name, region.as_ref(), spec)) {
                 Ok(pages) => {
-                    let mut pages = pages.with_uuids(uuids).with_config_file(&ctx.config_file);
+                    let mut pages = pages.with_uuids(uuids).with_config_file(ctx.config_file.path());
                     return respond_paged(&mut writer, move || pages.next_page()).await;
                 }
                 Err(e) => Err(e),

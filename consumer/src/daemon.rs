@@ -78,6 +78,12 @@ pub fn spec_of(config: &ConsumerConfig, index: usize, a: &AgreementConfig) -> Re
     Ok(SearchSpec { base: a.base.clone(), scope: a.scope, filter, attrs: a.attrs.clone() })
 }
 
+/// The region of `a`, if its filter parses (a loaded configuration's does).
+fn region_of(a: &AgreementConfig) -> Option<SearchSpec> {
+    let filter = Filter::parse(&a.filter).ok()?;
+    Some(SearchSpec { base: a.base.clone(), scope: a.scope, filter, attrs: a.attrs.clone() })
+}
+
 /// The agreement's TLS client (`None` for plain TCP), reading its CA file; errors name
 /// the key.
 fn tls_client(config: &ConsumerConfig, index: usize, a: &AgreementConfig) -> Result<Option<TlsClient>, ConfigError> {
@@ -222,9 +228,10 @@ pub async fn reload(
         if changed {
             let mut region_changed = false;
             if let Some(old) = running.remove(&name) {
-                let c = &old.config;
-                region_changed =
-                    (&c.base, c.scope, &c.filter, &c.attrs) != (&new.base, new.scope, &new.filter, &new.attrs);
+                region_changed = match (region_of(&old.config), region_of(new)) {
+                    (Some(was), Some(now)) => !was.same_region(&now),
+                    _ => true,
+                };
                 // `start` below reloads the replica in full if its region changed.
                 shut(old, Command::Reload { removed: false }).await;
             }
@@ -313,7 +320,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         agreements: agreements.clone(),
         reload: reload_tx,
         shutdown: shutdown.clone(),
-        config_file: config.file.clone(),
+        config_file: tether_protocol::control::StartedWith::new(&config.file),
     };
     let control_task = tokio::spawn(control::serve(listener, ctx));
     info!(agreements = config.agreements.len(), "consumer running");

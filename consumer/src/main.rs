@@ -121,6 +121,12 @@ enum Command {
         /// keeps it, so a provider rebuilt from this replica keeps every entry's identity.
         #[arg(long)]
         uuids: bool,
+        /// Print what the replica holds even when it is no state of its region (its
+        /// first refresh unfinished, a full refresh awaited after its region changed),
+        /// which a search refuses otherwise: when the provider is lost, it is the last
+        /// copy there is. The consumer must be stopped (this reads its store).
+        #[arg(long)]
+        as_is: bool,
     },
 }
 
@@ -283,11 +289,19 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
             }
         }
-        Command::Search { config, agreement, base, scope, filter, attrs, uuids } => {
+        Command::Search { config, agreement, base, scope, filter, attrs, uuids, as_is } => {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, agreement)?;
             let a = config.agreement(&name).context("agreement vanished")?;
             let spec = SearchSpec { base: base.unwrap_or_else(|| a.base.clone()), scope, filter, attrs };
+            if as_is {
+                // The running consumer holds the store; an agreement awaiting its full
+                // refresh is the one case for this, and stopping it leaves it so.
+                let store = open_offline(&config, Offline::Read)
+                    .map_err(|e| e.context("--as-is reads the consumer's store itself: stop the consumer first"))?;
+                let pages = control::SearchPages::open_as_is(&store, &name, spec).map_err(anyhow::Error::msg)?;
+                return print_pages(pages.with_uuids(uuids));
+            }
             let request = ControlRequest::search(Some(name.clone()), spec.clone(), uuids);
             if call(&config, &request).await? {
                 return Ok(());
@@ -298,7 +312,7 @@ async fn run(cli: Cli) -> Result<()> {
             let index = config.agreements.iter().position(|x| x.name == name).context("agreement vanished")?;
             let configured = daemon::spec_of(&config, index, a)?;
             let held = store.existing_replica(&name)?.map(|r| r.region()).transpose()?.flatten();
-            if held.is_some_and(|held| held != configured) {
+            if held.is_some_and(|held| !held.same_region(&configured)) {
                 bail!(
                     "the replica of {name:?} was made for another region (the agreement's base, scope, filter or \
                      attrs changed in {} since the consumer last ran), so what it holds is not the agreement's \
@@ -306,16 +320,19 @@ async fn run(cli: Cli) -> Result<()> {
                     config.file.display()
                 );
             }
-            let mut pages = control::SearchPages::open(&store, &name, Some(&a.base), spec)
-                .map_err(anyhow::Error::msg)?
-                .with_uuids(uuids);
-            let mut out = Stdout::lock();
-            while let Some(page) = pages.next_page().map_err(anyhow::Error::msg)? {
-                out.write_all(page.as_bytes()).context("writing to standard output")?;
-            }
-            out.flush().context("writing to standard output")
+            let pages = control::SearchPages::open(&store, &name, Some(&a.base), spec).map_err(anyhow::Error::msg)?;
+            print_pages(pages.with_uuids(uuids))
         }
     }
+}
+
+/// Prints every page of `pages` on standard output.
+fn print_pages(mut pages: control::SearchPages) -> Result<()> {
+    let mut out = Stdout::lock();
+    while let Some(page) = pages.next_page().map_err(anyhow::Error::msg)? {
+        out.write_all(page.as_bytes()).context("writing to standard output")?;
+    }
+    out.flush().context("writing to standard output")
 }
 
 /// `stop`/`start`: through the running process, or (when it is not running) straight

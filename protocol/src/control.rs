@@ -128,14 +128,15 @@ pub enum ControlRequest {
 /// the request inside a [`ControlRequest::FromFile`] given that file (however it is
 /// spelled), any other request as it is; `Err` naming both files for a command given
 /// another one.
-pub fn from_file(me: Process, started: &Path, request: ControlRequest) -> Result<ControlRequest, String> {
+pub fn from_file(me: Process, started: &StartedWith, request: ControlRequest) -> Result<ControlRequest, String> {
     let ControlRequest::FromFile { file, request } = request else { return Ok(request) };
-    let Some((started, given)) = other_file(started, Path::new(&file)) else { return Ok(*request) };
+    let Some(given) = started.other(Path::new(&file)) else { return Ok(*request) };
     Err(format!(
-        "this {process} was started with {started}, not {given}, whose `control` (or `data_dir`) names its \
+        "this {process} was started with {started}{gone}, not {given}, whose `control` (or `data_dir`) names its \
          control socket: give -c {started} to act on it, or give {given} a `control` of its own; nothing was done",
         process = me.command(),
-        started = started.display(),
+        started = started.path.display(),
+        gone = started.gone(),
         given = given.display(),
     ))
 }
@@ -155,12 +156,59 @@ pub async fn call_from(
     call_or_older(path, to, &from, request, out).await
 }
 
-/// The canonical forms of `started` and `given` if they name two files (each as it is
-/// spelled if it cannot be resolved).
-fn other_file(started: &Path, given: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    let (started, given) = (canonical(started), canonical(given));
-    (started != given).then_some((started, given))
+/// The configuration file a process was started with, as it tells it from the file a
+/// command was given ([`ControlRequest::FromFile`], [`ControlRequest::ReloadFile`]).
+#[derive(Debug, Clone)]
+pub struct StartedWith {
+    /// Its canonical path at start: messages name it so whatever the command's working
+    /// folder, and it stays true when the file is later replaced (`sed -i`).
+    path: PathBuf,
+    /// Its device and inode at start, which a file moved away keeps.
+    id: Option<(u64, u64)>,
+}
+
+impl StartedWith {
+    /// The file `file`, as the process starts with it.
+    pub fn new(file: &Path) -> Self {
+        let path = std::fs::canonicalize(file).unwrap_or_else(|_| std::path::absolute(file).unwrap_or(file.into()));
+        Self { id: file_id(&path), path }
+    }
+
+    /// Its canonical path at start.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `given`'s canonical path if it is another file: not this path, nor a hard link to
+    /// the file there, nor (that path gone) the file itself moved elsewhere.
+    fn other(&self, given: &Path) -> Option<PathBuf> {
+        let given = std::fs::canonicalize(given).unwrap_or_else(|_| given.to_owned());
+        if given == self.path {
+            return None;
+        }
+        let same = match (file_id(&given), file_id(&self.path)) {
+            (Some(g), Some(now)) => g == now,
+            // Moved: its inode at start. Only then, since a file replaced in place frees
+            // its old inode for any new file, a copy included.
+            (Some(g), None) => Some(g) == self.id,
+            (None, _) => false,
+        };
+        (!same).then_some(given)
+    }
+
+    /// What to add to its name when it is no longer at its path.
+    fn gone(&self) -> &'static str {
+        if self.path.exists() {
+            ""
+        } else {
+            " (no longer there: moved or deleted since)"
+        }
+    }
+}
+
+/// A file's device and inode.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// `file`'s canonical path as a request carries it; `None` if it is not UTF-8.
@@ -188,13 +236,14 @@ async fn call_or_older(
 
 /// Why a process started with the file `started` does not reload for a command given
 /// `given` ([`ControlRequest::ReloadFile`]), or `None` when they are one file.
-pub fn reload_elsewhere(me: Process, started: &Path, given: &str) -> Option<String> {
-    other_file(started, Path::new(given)).map(|(started, given)| {
+pub fn reload_elsewhere(me: Process, started: &StartedWith, given: &str) -> Option<String> {
+    started.other(Path::new(given)).map(|given| {
         format!(
-            "this {process} was started with {started}, and reload re-reads that file, not {given}: edit \
+            "this {process} was started with {started}{gone}, and reload re-reads that file, not {given}: edit \
              {started}, or stop the process and start it with {given}; nothing was reloaded",
             process = me.command(),
-            started = started.display(),
+            started = started.path.display(),
+            gone = started.gone(),
             given = given.display(),
         )
     })
@@ -1048,10 +1097,10 @@ mod tests {
         std::fs::write(&copy, "").unwrap();
         // The same file, however it is spelled.
         let spelled = dir.path().join(".").join("provider.toml");
-        assert_eq!(reload_elsewhere(Process::Provider, &own, spelled.to_str().unwrap()), None);
+        assert_eq!(reload_elsewhere(Process::Provider, &StartedWith::new(&own), spelled.to_str().unwrap()), None);
         let own = std::fs::canonicalize(&own).unwrap();
         let copy = std::fs::canonicalize(&copy).unwrap();
-        let why = reload_elsewhere(Process::Provider, &own, copy.to_str().unwrap()).unwrap();
+        let why = reload_elsewhere(Process::Provider, &StartedWith::new(&own), copy.to_str().unwrap()).unwrap();
         assert_eq!(
             why,
             format!(
@@ -1074,20 +1123,41 @@ mod tests {
             file: file.display().to_string(),
             request: Box::new(stop.clone()),
         };
-        // The same file, however it is spelled; a request without a file as it is.
+        let started = StartedWith::new(&own);
+        // The same file, however it is spelled, a hard link to it, or it replaced in
+        // place; a request without a file as it is.
         let spelled = dir.path().join(".").join("consumer.toml");
-        assert_eq!(from_file(Process::Consumer, &own, from(&spelled)), Ok(stop.clone()));
-        assert_eq!(from_file(Process::Consumer, &own, stop.clone()), Ok(stop.clone()));
+        assert_eq!(from_file(Process::Consumer, &started, from(&spelled)), Ok(stop.clone()));
+        assert_eq!(from_file(Process::Consumer, &started, stop.clone()), Ok(stop.clone()));
+        let link = dir.path().join("link.toml");
+        std::fs::hard_link(&own, &link).unwrap();
+        assert_eq!(from_file(Process::Consumer, &started, from(&link)), Ok(stop.clone()));
+        std::fs::remove_file(&link).unwrap();
         let (own, copy) = (std::fs::canonicalize(&own).unwrap(), std::fs::canonicalize(&copy).unwrap());
-        assert_eq!(
-            from_file(Process::Consumer, &own, from(&copy)),
+        let refused = |gone: &str| {
             Err(format!(
-                "this tether-consumer was started with {0}, not {1}, whose `control` (or `data_dir`) names its \
-                 control socket: give -c {0} to act on it, or give {1} a `control` of its own; nothing was done",
+                "this tether-consumer was started with {0}{gone}, not {1}, whose `control` (or `data_dir`) names \
+                 its control socket: give -c {0} to act on it, or give {1} a `control` of its own; nothing was done",
                 own.display(),
                 copy.display()
             ))
+        };
+        assert_eq!(from_file(Process::Consumer, &started, from(&copy)), refused(""));
+        std::fs::write(dir.path().join("new.toml"), "edited").unwrap();
+        std::fs::rename(dir.path().join("new.toml"), &own).unwrap();
+        assert_eq!(from_file(Process::Consumer, &started, from(&own)), Ok(stop.clone()), "replaced in place");
+        assert_eq!(from_file(Process::Consumer, &started, from(&copy)), refused(""));
+        // Moved elsewhere: the file itself is still its own; a copy still is not.
+        let moved = dir.path().join("moved.toml");
+        let started = StartedWith::new(&own);
+        std::fs::rename(&own, &moved).unwrap();
+        assert_eq!(from_file(Process::Consumer, &started, from(&moved)), Ok(stop.clone()), "moved");
+        assert_eq!(
+            from_file(Process::Consumer, &started, from(&copy)),
+            refused(" (no longer there: moved or deleted since)")
         );
+        // Started with a relative path: named by its canonical one.
+        assert!(StartedWith::new(Path::new("no/such.toml")).path().is_absolute());
     }
 
     /// A process older than `FromFile` is asked the request alone, so every command

@@ -81,6 +81,31 @@ impl Filter {
         Filter::Present { attr: "objectClass".to_owned() }
     }
 
+    /// The filter with every attribute name in lower case: two filters that differ only
+    /// in how their names are spelled (`objectclass`, `objectClass`) select the same
+    /// entries, since names are compared without case.
+    pub fn with_names_lowercased(&self) -> Filter {
+        let lower = |attr: &String| attr.to_ascii_lowercase();
+        match self {
+            Filter::And(fs) => Filter::And(fs.iter().map(Filter::with_names_lowercased).collect()),
+            Filter::Or(fs) => Filter::Or(fs.iter().map(Filter::with_names_lowercased).collect()),
+            Filter::Not(f) => Filter::Not(Box::new(f.with_names_lowercased())),
+            Filter::Equality { attr, value } => Filter::Equality { attr: lower(attr), value: value.clone() },
+            Filter::Substring { attr, initial, any, final_ } => Filter::Substring {
+                attr: lower(attr),
+                initial: initial.clone(),
+                any: any.clone(),
+                final_: final_.clone(),
+            },
+            Filter::GreaterOrEqual { attr, value } => {
+                Filter::GreaterOrEqual { attr: lower(attr), value: value.clone() }
+            }
+            Filter::LessOrEqual { attr, value } => Filter::LessOrEqual { attr: lower(attr), value: value.clone() },
+            Filter::Present { attr } => Filter::Present { attr: lower(attr) },
+            Filter::Approx { attr, value } => Filter::Approx { attr: lower(attr), value: value.clone() },
+        }
+    }
+
     /// Whether `entry` matches the filter.
     pub fn matches(&self, entry: &Entry) -> bool {
         match self {

@@ -98,6 +98,22 @@ impl SearchSpec {
         Self { base, scope: Scope::Subtree, filter: Filter::match_all(), attrs: Vec::new() }
     }
 
+    /// Whether `other` is the same region, however it is spelled: attribute names
+    /// compared without case, in the filter and in the list, and the list as a set that
+    /// always holds `objectClass` (it is always kept). A replica whose region changes is
+    /// reloaded in full and refused to searches until then; respelling its region in the
+    /// configuration must cost neither.
+    pub fn same_region(&self, other: &SearchSpec) -> bool {
+        fn kept(attrs: &[String]) -> Option<std::collections::BTreeSet<String>> {
+            (!attrs.is_empty())
+                .then(|| attrs.iter().map(|a| a.to_ascii_lowercase()).chain(["objectclass".to_owned()]).collect())
+        }
+        self.base == other.base
+            && self.scope == other.scope
+            && self.filter.with_names_lowercased() == other.filter.with_names_lowercased()
+            && kept(&self.attrs) == kept(&other.attrs)
+    }
+
     /// Whether every entry within reach belongs to the region whole: the filter is
     /// `(objectClass=*)`, which every stored entry matches (the directory refuses one
     /// without), and no attribute list trims it. A provider then sends the entries of
@@ -132,6 +148,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A region respelled is the same region; one that selects other entries or keeps
+    /// other attributes is not.
+    #[test]
+    fn a_region_is_the_same_however_its_names_are_spelled() {
+        let spec = |base: &str, filter: &str, attrs: &[&str]| SearchSpec {
+            base: Dn::parse(base).unwrap(),
+            scope: Scope::Subtree,
+            filter: filter.parse().unwrap(),
+            attrs: attrs.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let region = spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=x*))", &["cn", "member"]);
+        for same in [
+            spec("OU=People,dc=example,dc=com", "(&(objectclass=person)(SN=x*))", &["member", "cn"]),
+            spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=x*))", &["CN", "member", "objectClass"]),
+        ] {
+            assert!(region.same_region(&same), "{same:?}");
+        }
+        for other in [
+            spec("ou=groups,dc=example,dc=com", "(&(objectClass=person)(sn=x*))", &["cn", "member"]),
+            spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=y*))", &["cn", "member"]),
+            spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=x*))", &["cn"]),
+            spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=x*))", &[]),
+        ] {
+            assert!(!region.same_region(&other), "{other:?}");
+        }
+        // A list of objectClass alone keeps that one attribute, not all of them.
+        let all = spec("dc=example,dc=com", "(objectClass=*)", &[]);
+        assert!(!all.same_region(&spec("dc=example,dc=com", "(objectClass=*)", &["objectClass"])));
+        let one_level = SearchSpec { scope: Scope::One, ..all.clone() };
+        assert!(!all.same_region(&one_level));
+    }
 
     #[test]
     fn contains_key_agrees_with_contains() {

@@ -166,8 +166,8 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
     let mut report = WriteReport { applied: 0, last_csn: None };
     let mut interrupts = Interrupts::new()?;
     // How to go on from the record at `line`, none of it or after it having applied.
-    let resume = |line: usize| match input.is_stdin() {
-        true => "write the input from this line".to_owned(),
+    let resume = |line: usize| match input.is_spooled() {
+        true => "write the input again from this line".to_owned(),
         false => format!("tail -n +{line} {file} | tether-provider write -c {} -", config.file.display()),
     };
     for (id, record) in input.records(crate::input::RecordLimit::Write)?.enumerate() {

@@ -31,7 +31,7 @@ pub struct ControlContext {
     /// Asked to reload the configuration.
     pub reload: tether_config::shell::ReloadRequests,
     /// The configuration file the provider was started with, which a reload re-reads.
-    pub config_file: std::path::PathBuf,
+    pub config_file: tether_protocol::control::StartedWith,
 }
 
 /// Serves control connections until `shutdown`.

@@ -93,9 +93,10 @@ impl Input {
         Ok(Self { source: Source::Spool(spool), shown })
     }
 
-    /// Whether the input is standard input (`-`), which has no name to give a command.
-    pub fn is_stdin(&self) -> bool {
-        self.shown == STDIN_SHOWN
+    /// Whether the input was copied because it can be read only once (standard input,
+    /// a pipe): its name cannot be given to a command again, as a file's can.
+    pub fn is_spooled(&self) -> bool {
+        matches!(self.source, Source::Spool(_))
     }
 
     /// The input's name in messages (`<stdin>`, or the file as given).
@@ -140,6 +141,7 @@ mod tests {
         std::fs::write(&file, "dn: dc=example\n").unwrap();
         let input = Input::open(&file).unwrap();
         assert_eq!(input.shown(), file.display().to_string());
+        assert!(!input.is_spooled());
         assert_eq!(read(&input).unwrap(), "dn: dc=example\n");
         assert_eq!(read(&input).unwrap(), "dn: dc=example\n", "read again from the start");
         let missing = read(&Input::open(&dir.path().join("none.ldif")).unwrap()).unwrap_err();
@@ -161,6 +163,7 @@ mod tests {
         let input = Input::open(&fifo).unwrap();
         writer.join().unwrap();
         assert_eq!(input.shown(), fifo.display().to_string());
+        assert!(input.is_spooled(), "its name cannot be given to a command again");
         assert_eq!(read(&input).unwrap(), "dn: dc=example\n");
         assert_eq!(read(&input).unwrap(), "dn: dc=example\n", "read again from the start");
     }

@@ -538,6 +538,17 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
         stderr.contains(&elsewhere(&own, &copy, "tether-provider")) && stderr.contains("nothing was done"),
         "{stderr}"
     );
+    // And a copy being edited, with an error in it: not shown the running provider's
+    // status as its own (a file of the provider's own with an error is, above).
+    let broken = p.dir.join("broken-copy.toml");
+    std::fs::write(&broken, format!("{config}\nbogus_key = 1\n"))?;
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
+        .args(["status", "--json", "-c"])
+        .arg(&broken)
+        .output()?;
+    let (code, stdout, stderr) = said(&out);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    assert!(stderr.contains(&elsewhere(&own, &std::fs::canonicalize(&broken)?, "tether-provider")), "{stderr}");
     // A copy of the consumer's file beside it names the same socket: `stop` through it
     // stops nothing.
     let consumer_copy = c.dir.join("copy.toml");

@@ -483,6 +483,9 @@ fn an_agreement_whose_region_changed_while_the_consumer_was_stopped_is_reloaded_
     // show it, exit status 0, as the narrowed one.
     let refused = c.search("people", SUFFIX, "subtree", ALL).unwrap_err();
     assert!(format!("{refused:#}").contains("was made for another region"), "{refused:#}");
+    // `--as-is` prints it all the same (the last copy there is, if the provider is lost).
+    let held = c.search_args(&["--agreement", "people", "--base", SUFFIX, "--as-is"])?;
+    assert_eq!(held, p.search(SUFFIX, "subtree", ALL)?, "the wider region, as it was replicated");
     c.start()?;
     // The whole replica, not its filtered view: the replica made for the wider region is
     // refused until the full refresh replaces it (its cookie is gone), and its filtered

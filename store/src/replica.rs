@@ -734,7 +734,7 @@ impl Replica {
         let key = self.name.as_bytes();
         let recorded: Option<SearchSpec> = self.store.regions.get(key)?.map(|v| decode(REGIONS, &v)).transpose()?;
         let adopted = match &recorded {
-            Some(held) if held == spec => return Ok(RegionAdopted::Kept),
+            Some(held) if held.same_region(spec) => return Ok(RegionAdopted::Kept),
             Some(_) if self.cookie()?.is_some() => {
                 self.forget_cookie()?;
                 RegionAdopted::Reloads
