@@ -107,7 +107,8 @@ impl SearchPages {
                 0 => format!("the replica of {name:?} has not finished its first refresh: nothing to show yet"),
                 n => format!(
                     "the replica of {name:?} awaits a full refresh (its region changed, or it failed a check), so the \
-                     {n} entries it still holds are not its region; its next session reloads it"
+                     {n} entries it still holds are not its region; its next session reloads it (to read them as they \
+                     are, stop the consumer and search with --as-is)"
                 ),
             });
         }

@@ -316,7 +316,7 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!(
                     "the replica of {name:?} was made for another region (the agreement's base, scope, filter or \
                      attrs changed in {} since the consumer last ran), so what it holds is not the agreement's \
-                     region: the consumer's next start reloads it in full",
+                     region: the consumer's next start reloads it in full (to read it as it is, search with --as-is)",
                     config.file.display()
                 );
             }
