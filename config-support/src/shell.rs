@@ -15,7 +15,7 @@ pub fn init_logging() {
     // Unset is the default; set but unreadable is an operator's typo, said once it can
     // be (the logger is what would say it), rather than run quietly at the default.
     let (filter, refused) = match std::env::var(LOG_ENV) {
-        Ok(text) => match tracing_subscriber::EnvFilter::try_new(&text) {
+        Ok(text) => match tracing_subscriber::EnvFilter::try_new(with_store_quiet(&text)) {
             Ok(filter) => (filter, None),
             Err(e) => (tracing_subscriber::EnvFilter::new(DEFAULT_LOG), Some(format!("{text:?}: {e}"))),
         },
@@ -30,6 +30,18 @@ pub fn init_logging() {
         .init();
     if let Some(why) = refused {
         tracing::warn!("{LOG_ENV} is not a log filter, logging at {DEFAULT_LOG:?} instead: {why}");
+    }
+}
+
+/// `filter` with sled's own lines at `warn` unless it names sled: at `debug`, sled logs
+/// every write of its log from its own threads (54,000 lines for a burst of 5,000
+/// writes), with no session to say whose, burying the lines `debug` is asked for.
+/// `TETHER_LOG=debug,sled=debug` still shows them.
+fn with_store_quiet(filter: &str) -> String {
+    if filter.contains("sled") {
+        filter.to_owned()
+    } else {
+        format!("{filter},sled=warn")
     }
 }
 
@@ -385,6 +397,14 @@ pub async fn serve_control<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sled_is_kept_to_warnings_unless_the_filter_names_it() {
+        assert_eq!(with_store_quiet("debug"), "debug,sled=warn");
+        assert_eq!(with_store_quiet("info,tether_provider=debug"), "info,tether_provider=debug,sled=warn");
+        assert_eq!(with_store_quiet("debug,sled=debug"), "debug,sled=debug");
+        assert!(tracing_subscriber::EnvFilter::try_new(with_store_quiet("debug")).is_ok());
+    }
 
     /// A `data_dir` that is a file, or below one, is named as the key at fault; a
     /// socket in use inside `data_dir` says the folder may be another process's.

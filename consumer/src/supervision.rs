@@ -249,12 +249,15 @@ impl Supervision {
             return self.start(now, out);
         }
         let failing = *self.failing_since.get_or_insert(now);
+        // Retrying soon cannot fix these (an operator must change a secret, a version, or
+        // put the provider's store back): do not hammer the provider. Jittered like every
+        // delay: these are the failures every consumer meets at once (a rotated secret, a
+        // provider restored without its store), and unjittered they retried in step.
+        let longest = || Some(crate::retry::jitter(self.retry.longest_delay(), sample));
         let delay = match (ended.rejection, ended.goodbye) {
-            // Retrying soon cannot fix these (an operator must change a secret, a version,
-            // or put the provider's store back); do not hammer the provider.
-            (Some(RejectReason::BadCredentials | RejectReason::VersionMismatch), _) => Some(self.retry.longest_delay()),
-            _ if ended.unproven => Some(self.retry.longest_delay()),
-            (_, Some(reason)) if reason.awaits_operator() => Some(self.retry.longest_delay()),
+            (Some(RejectReason::BadCredentials | RejectReason::VersionMismatch), _) => longest(),
+            _ if ended.unproven => longest(),
+            (_, Some(reason)) if reason.awaits_operator() => longest(),
             _ => self.retry.jittered_delay_for(self.attempt, sample),
         };
         self.attempt = self.attempt.saturating_add(1);
@@ -375,6 +378,11 @@ mod tests {
         let unproven = Ended { unproven: true, ..ended(Reason::Exception) };
         let out = m.step(t0, Input::SessionEnded(unproven), 0.5);
         assert_eq!(wait_of(&out), Some(Duration::from_secs(600)));
+        m.step(t0, Input::TimerFired, 0.5);
+        // Jittered like every delay: consumers rejected together do not retry in step.
+        let again = Ended { rejection: Some(RejectReason::BadCredentials), ..ended(Reason::Rejected) };
+        let out = m.step(t0, Input::SessionEnded(again), 0.0);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(480)), "the longest delay less a fifth");
         m.step(t0, Input::TimerFired, 0.5);
         let revoked = Ended {
             goodbye: Some(GoodbyeReason::CredentialsRevoked),

@@ -48,6 +48,11 @@ fn now() -> std::time::Instant {
 
 type SessionFuture<'a> = Pin<Box<dyn std::future::Future<Output = Ended> + Send + 'a>>;
 
+/// How many sessions in a row must fail to reach the provider before their ends are
+/// logged as warnings: one is a restart or a blip, three is the provider down, or
+/// unreachable, or refused (a certificate, a TLS setting).
+const UNREACHED_WARN: u32 = 3;
+
 impl Supervisor {
     /// Runs the agreement until shutdown.
     pub async fn run(mut self) {
@@ -66,6 +71,9 @@ impl Supervisor {
         let mut routine = false;
         // The delay of the last timer set, for the log.
         let mut waiting: Option<Duration> = None;
+        // Sessions in a row that ended before the handshake did (the provider down or
+        // unreachable, its certificate refused).
+        let mut unreached: u32 = 0;
         let (cfg, store, replica, status) = (&self.session, &self.store, &self.replica, &self.status);
         loop {
             for output in pending.drain(..) {
@@ -91,7 +99,7 @@ impl Supervisor {
                         if state == State::Backoff {
                             // The timer was set just before: say when the next attempt is.
                             let retry_in = Duration::from_millis(waiting.map_or(0, |d| d.as_millis() as u64));
-                            info!(state = state.as_str(), retry_in = %humantime::format_duration(retry_in), "agreement state");
+                            info!(state = state.as_str(), retry_in = ?retry_in, "agreement state");
                         } else if from != state {
                             // A poll's idle and reconnect are routine, and so is the
                             // reconnect a backoff announced.
@@ -156,14 +164,17 @@ impl Supervisor {
                 }
             };
             if let Input::SessionEnded(ended) = &input {
-                Self::record_with(replica, status, ended);
+                unreached = if ended.connected { 0 } else { unreached.saturating_add(1) };
+                Self::record_with(replica, status, ended, unreached);
                 routine = ended.refresh_complete;
             }
             pending = machine.step(now(), input, self.jitter.sample());
         }
     }
 
-    fn record_with(replica: &Replica, status: &StatusHandle, ended: &Ended) {
+    /// Records how a session ended; `unreached` sessions in a row, this one included, did
+    /// not get past the handshake.
+    fn record_with(replica: &Replica, status: &StatusHandle, ended: &Ended, unreached: u32) {
         // A session that ends caught up leaves a replica that was current until now.
         let last = status.snapshot();
         if last.state == crate::reason::State::Persisting && last.lag_changes == 0 {
@@ -176,8 +187,13 @@ impl Supervisor {
         }
         // A refusal (wrong secret, an agreement the provider does not know) or an
         // exception needs the operator: a warning, so a log filtered to warnings shows
-        // it. The rest retries on its own, and is the network's or an operator's doing.
-        if matches!(ended.reason, Reason::Rejected | Reason::Exception) {
+        // it. So does a provider not reached UNREACHED_WARN times in a row (down, or its
+        // certificate refused): a log filtered to warnings said nothing of an agreement
+        // that never connected. The rest retries on its own, and is the network's or an
+        // operator's doing.
+        let needs_operator = matches!(ended.reason, Reason::Rejected | Reason::Exception)
+            || (ended.reason == Reason::ConnectionLost && unreached >= UNREACHED_WARN);
+        if needs_operator {
             warn!(session = ended.session, reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");
         } else {
             info!(session = ended.session, reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");

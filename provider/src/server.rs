@@ -83,10 +83,19 @@ pub struct Server {
     noise: Arc<Throttle>,
 }
 
-/// Logs a warning a stranger can cause through `throttle`, at most one a second, with
-/// the number held back since (`held_back`). On tokio's clock, which the deterministic
-/// simulation drives.
+/// Logs a warning a stranger can cause through `throttle`, at most one a second per kind
+/// (`kind`, or the message itself), with the number of that kind held back since
+/// (`held_back`). On tokio's clock, which the deterministic simulation drives.
 macro_rules! throttled_warn {
+    ($throttle:expr, kind = $kind:expr, $message:literal $(, $($field:tt)+)?) => {
+        if let Some(held_back) = $throttle.admit($kind, Instant::now().into_std()) {
+            if held_back == 0 {
+                warn!($($($field)+,)? $message);
+            } else {
+                warn!($($($field)+,)? held_back, $message);
+            }
+        }
+    };
     ($throttle:expr, $message:literal $(, $($field:tt)+)?) => {
         if let Some(held_back) = $throttle.admit($message, Instant::now().into_std()) {
             if held_back == 0 {
@@ -236,7 +245,8 @@ impl Server {
                 return;
             }
             Err(e) => {
-                throttled_warn!(self.noise, "handshake failed", error = %e);
+                let kind = e.to_string();
+                throttled_warn!(self.noise, kind = &kind, "handshake failed", error = %kind);
                 return;
             }
         };

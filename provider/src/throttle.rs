@@ -13,20 +13,32 @@ use std::time::{Duration, Instant};
 /// How often a throttled warning may be logged.
 pub const EVERY: Duration = Duration::from_secs(1);
 
-/// Throttled warnings, each message on its own: a flood of one kind must not hide the
-/// first of another.
+/// How many kinds of warning are told apart; past it, new kinds share one allowance, so
+/// that a stranger varying its failures cannot grow the table without bound.
+const KINDS: usize = 256;
+
+/// The kind the kinds past [`KINDS`] share.
+const OTHER_KINDS: &str = "(other kinds)";
+
+/// Throttled warnings, each kind on its own: a flood of one kind must not hide the
+/// first of another. A kind is the whole text of the warning's cause (a handshake
+/// failed with a bad secret for one agreement, an HTTP probe, a dropped connection), not
+/// only its message ("handshake failed"): keyed on the message alone, a stranger's
+/// probes hid a consumer's bad credentials, and a count held back from one kind was
+/// printed on a line of another.
 #[derive(Debug, Default)]
 pub struct Throttle {
-    /// Per message: when it was last logged, and how many were held back since.
-    state: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    /// Per kind: when it was last logged, and how many were held back since.
+    state: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl Throttle {
-    /// Whether to log `message` at `now`: `Some(n)` with the number held back since it
-    /// was last logged, or `None` to hold this one back too.
-    pub fn admit(&self, message: &'static str, now: Instant) -> Option<u64> {
+    /// Whether to log a warning of kind `kind` at `now`: `Some(n)` with the number held
+    /// back since it was last logged, or `None` to hold this one back too.
+    pub fn admit(&self, kind: &str, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.get_mut(message) {
+        let kind = if state.contains_key(kind) || state.len() < KINDS { kind } else { OTHER_KINDS };
+        match state.get_mut(kind) {
             Some((last, held)) if now.duration_since(*last) < EVERY => {
                 *held += 1;
                 None
@@ -36,7 +48,7 @@ impl Throttle {
                 Some(std::mem::take(held))
             }
             None => {
-                state.insert(message, (now, 0));
+                state.insert(kind.to_owned(), (now, 0));
                 Some(0)
             }
         }
@@ -59,5 +71,18 @@ mod tests {
         assert_eq!(t.admit("a", t0 + EVERY), Some(5));
         assert_eq!(t.admit("a", t0 + EVERY + Duration::from_millis(1)), None);
         assert_eq!(t.admit("a", t0 + EVERY * 3), Some(1));
+    }
+
+    /// Kinds past the table's size share one allowance.
+    #[test]
+    fn kinds_past_the_limit_share_one_allowance() {
+        let t = Throttle::default();
+        let t0 = Instant::now();
+        for i in 0..KINDS {
+            assert_eq!(t.admit(&format!("kind {i}"), t0), Some(0));
+        }
+        assert_eq!(t.admit("one more", t0), Some(0));
+        assert_eq!(t.admit("and another", t0), None, "shares the allowance of the one before");
+        assert_eq!(t.admit("kind 7", t0 + EVERY), Some(0), "known kinds keep their own");
     }
 }

@@ -379,3 +379,23 @@ fn a_connected_consumer_paused_past_a_short_hold_resumes_without_a_reload() -> R
     assert!(!log.contains("forgotten="), "the paused consumer's position was kept:\n{log}");
     finish(&mut s)
 }
+
+/// A provider the consumer cannot reach (down, or its certificate refused) is a warning
+/// once it has failed three times in a row: at INFO only, a log filtered to warnings
+/// said nothing of an agreement that never connected. One or two are a restart or a
+/// blip, and stay at INFO.
+#[test]
+fn a_provider_not_reached_three_times_in_a_row_is_warned_of() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let nobody = replication_tests::harness::free_port()?;
+    let mut c = Consumer::configure(&tmp.path().join("c"), nobody, &[Agreement::persist("people", PEOPLE, "s")])?;
+    c.start()?;
+    let ends = |c: &Consumer| -> Vec<String> {
+        c.log_text().lines().filter(|l| l.contains(" disconnected ")).map(str::to_owned).collect()
+    };
+    wait_until(LIMIT, "four attempts", || Ok(ends(&c).len() >= 4))?;
+    let ends = ends(&c);
+    assert!(ends[..2].iter().all(|l| l.contains(" INFO ") && l.contains("connection-lost")), "{ends:#?}");
+    assert!(ends[2..].iter().all(|l| l.contains(" WARN ") && l.contains("connection-lost")), "{ends:#?}");
+    Ok(())
+}

@@ -411,7 +411,14 @@ fn split(line: Line) -> Result<Spec, LdifError> {
     let Line { number, mut bytes } = line;
     let error = |kind| LdifError::new(number, kind);
     let Some(colon) = bytes.iter().position(|&b| b == SEPARATOR) else {
-        return Err(error(LdifErrorKind::MissingColon { line: shorten_bytes(&bytes) }));
+        // `userPassword secret` (a colon forgotten) holds a password all the same: only
+        // its first word is shown then.
+        let first = bytes.split(|b| b.is_ascii_whitespace()).next().unwrap_or_default();
+        let line = match crate::entry::is_password(&String::from_utf8_lossy(first)) {
+            true => format!("{} ... ({} bytes, not shown)", String::from_utf8_lossy(first), bytes.len()),
+            false => shorten_bytes(&bytes),
+        };
+        return Err(error(LdifErrorKind::MissingColon { line }));
     };
     let name = String::from_utf8_lossy(&bytes[..colon]).into_owned();
     let value = match bytes.get(colon + 1) {
@@ -956,6 +963,10 @@ mod tests {
                  `tr '\\r' '\\n'`",
             ),
             ("dn: cn=a\ncn: a\nno colon here\n", "line 3: no ':' after the attribute name in \"no colon here\""),
+            (
+                "dn: cn=a\ncn: a\nuserPassword TOPSECRET\n",
+                "line 3: no ':' after the attribute name in \"userPassword ... (22 bytes, not shown)\"",
+            ),
             (
                 "dn: ou=p\nchangetype: modify\nincrement: uidNumber\nuidNumber: 1\nuidNumber: 2\n-\n",
                 "line 3: increment: of \"uidNumber\" takes exactly one value, the amount, found 2",
