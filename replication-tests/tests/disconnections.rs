@@ -525,11 +525,11 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     assert_eq!(reloads(&p), before, "nothing was reloaded");
     // The copy given to `status`: refused the same way, naming both files, rather than
     // showing the running provider as the copy's.
-    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
-        .args(["status", "--json", "-c"])
-        .arg(&copy)
-        .output()?;
-    let (code, stdout, stderr) = said(&out);
+    let status_of = |file: &Path| -> Result<std::process::Output> {
+        let provider = replication_tests::harness::bin("tether-provider")?;
+        Ok(std::process::Command::new(provider).args(["status", "--json", "-c"]).arg(file).output()?)
+    };
+    let (code, stdout, stderr) = said(&status_of(&copy)?);
     assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
     let elsewhere = |own: &Path, copy: &Path, process: &str| {
         format!("this {process} was started with {}, not {}, whose `control`", own.display(), copy.display())
@@ -542,11 +542,7 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     // status as its own (a file of the provider's own with an error is, above).
     let broken = p.dir.join("broken-copy.toml");
     std::fs::write(&broken, format!("{config}\nbogus_key = 1\n"))?;
-    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
-        .args(["status", "--json", "-c"])
-        .arg(&broken)
-        .output()?;
-    let (code, stdout, stderr) = said(&out);
+    let (code, stdout, stderr) = said(&status_of(&broken)?);
     assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
     assert!(stderr.contains(&elsewhere(&own, &std::fs::canonicalize(&broken)?, "tether-provider")), "{stderr}");
     // A copy of the consumer's file beside it names the same socket: `stop` through it
