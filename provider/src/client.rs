@@ -176,21 +176,28 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
         let record =
             record.with_context(|| format!("the file changed since it was checked; {}", records_applied(applied)))?;
         let line = record.line();
-        if let Some(signal) = interrupts.received().await {
-            bail!(
-                "{file}:{line}: interrupted ({signal}); {}; this record and those after it were not sent (to go \
-                 on: {})",
+        // The two ways a run stops short of its file besides a refusal: this record and
+        // those after it known not applied, or this one's outcome unknown.
+        let not_applied = |why: String| {
+            anyhow::anyhow!(
+                "{file}:{line}: {why}; {}; this record and those after it were not applied (to go on: {})",
                 records_applied(applied),
                 resume(line)
-            );
+            )
+        };
+        let unknown = |why: String| {
+            anyhow::anyhow!(
+                "{file}:{line}: {why}; {}; the outcome of this record is unknown (search for it before writing it \
+                 again)",
+                records_applied(applied)
+            )
+        };
+        if let Some(signal) = interrupts.received().await {
+            return Err(not_applied(format!("interrupted ({signal}) before this record was sent")));
         }
         let sent = write_one(&mut reader, &mut writer_half, id as u64, record.into_change());
         let Some(outcome) = interrupts.unless_twice(sent).await else {
-            bail!(
-                "{file}:{line}: interrupted twice, while the provider applied this record; {}; the outcome of this \
-                 record is unknown (search for it before writing it again)",
-                records_applied(applied)
-            );
+            return Err(unknown("interrupted twice, while the provider applied this record".to_owned()));
         };
         match outcome {
             // Every write a provider takes is answered before any goodbye (since
@@ -198,25 +205,20 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
             Ok(Answer::Goodbye(reason, detail)) if welcome.version >= 3 => {
                 let hint = match reason {
                     GoodbyeReason::CredentialsRevoked => format!(
-                        " (the provider runs on; write with the [writer] secret it now has, {} if this file is its own)",
+                        " (the provider runs on with another [writer] secret: once {} holds it, write again)",
                         writer.secret_file.display()
                     ),
                     _ => String::new(),
                 };
-                bail!(
-                    "{file}:{line}: the provider closed the session before applying this record ({}: {detail}){hint}; \
-                     {}; this record and those after it were not applied (to go on: {})",
-                    reason.as_str(),
-                    records_applied(applied),
-                    resume(line)
-                )
+                let why = format!(
+                    "the provider closed the session before applying this record ({}: {detail}){hint}",
+                    reason.as_str()
+                );
+                return Err(not_applied(why));
             }
-            Ok(Answer::Goodbye(reason, detail)) => bail!(
-                "{file}:{line}: the provider closed the session ({}: {detail}); {}; the outcome of this record is \
-                 unknown (search for it before writing it again)",
-                reason.as_str(),
-                records_applied(applied)
-            ),
+            Ok(Answer::Goodbye(reason, detail)) => {
+                return Err(unknown(format!("the provider closed the session ({}: {detail})", reason.as_str())));
+            }
             Ok(Answer::Outcome(WriteOutcome::Committed { csn, .. })) => {
                 report.applied += 1;
                 report.last_csn = Some(csn);
@@ -235,12 +237,7 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
             // The record was sent, or about to be, when the session failed: it may have
             // committed without its answer arriving, and the operator must look before
             // sending it again.
-            Err(e) => bail!(
-                "{}:{line}: {}; {}; the outcome of this record is unknown (search for it before writing it again)",
-                file,
-                tether_config::shell::error_chain(&*e),
-                records_applied(applied)
-            ),
+            Err(e) => return Err(unknown(tether_config::shell::error_chain(&*e))),
         }
     }
     let _ =
