@@ -107,6 +107,16 @@ pub async fn ask_reload(requests: &ReloadRequests, process: &str) -> Result<Stri
     rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
 }
 
+/// Ends the process with `code` at once, standard output flushed: not by returning
+/// from `main`, whose runtime would wait for blocking work still under way, which a
+/// failed store can hold for ever (a flush sled never finishes), nor by running the
+/// destructors left, which flush the store again.
+pub fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
 /// Why [`config_or_status`] could not give a status.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {

@@ -628,7 +628,7 @@ pub fn check_agreement_name(name: &str) -> Result<(), String> {
         Err(format!("agreement name {name:?} is longer than {MAX_AGREEMENT_NAME_LEN} characters"))
     } else if !starts_ok || !chars_ok {
         Err(format!(
-            "invalid agreement name {name:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit"
+            "invalid agreement name {name:?}: use ASCII letters and digits, '-', '_' and '.', starting with a letter or digit"
         ))
     } else {
         Ok(())

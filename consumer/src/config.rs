@@ -2,10 +2,10 @@
 //! refuse a bad file at start with the file, the dotted key and the reason (SPEC §5).
 //!
 //! [`ConsumerConfig::load`] reads and checks the whole file and resolves every relative
-//! path against the file's folder. It does not read secrets:
-//! [`ConsumerConfig::check_secrets`] does that at start and on reload, and the session
-//! code calls [`load_secret`] when it needs the bytes, so they live only as long as
-//! needed. An agreement's `filter` is kept as text; the caller parses it with the
+//! path against the file's folder. It does not read the files it names:
+//! [`ConsumerConfig::check_files`] reads them (secrets, CA files) at start, on reload
+//! and for `status`, and the session code calls [`load_secret`] when it needs the
+//! bytes, so they live only as long as needed. An agreement's `filter` is kept as text; the caller parses it with the
 //! protocol's filter parser and reports a failure against the key
 //! `agreement[N].filter`.
 
@@ -33,6 +33,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MODE: Mode = Mode::RefreshAndPersist;
 /// Default agreement `interval` between refresh-only polls.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest `interval` between polls: each is a connection, a handshake and a
+/// refresh on both sides, and a millisecond (accepted once) made 300 a second, a core
+/// on the two processes and ten thousand sockets in TIME_WAIT on the provider. A
+/// replica that must follow closer wants `refresh-and-persist`.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Default agreement `scope`.
 pub const DEFAULT_SCOPE: Scope = Scope::Subtree;
 /// Default agreement `filter`: every entry in scope.
@@ -76,7 +81,7 @@ pub struct ConsumerConfig {
 #[serde(deny_unknown_fields)]
 pub struct AgreementConfig {
     /// Unique name; used in commands (`stop NAME`), status, logs and the handshake,
-    /// and keys the agreement's replica. Required: letters, digits, `-`, `_`, `.`.
+    /// and keys the agreement's replica. Required: ASCII letters and digits, `-`, `_`, `.`.
     pub name: String,
     /// Provider address as `host:port`, resolved at each connect. Required.
     #[serde(deserialize_with = "source::host_port")]
@@ -277,16 +282,29 @@ impl ConsumerConfig {
         self.agreements.iter().find(|a| a.name == name)
     }
 
-    /// Reads every agreement's secret file (and drops the bytes), so a missing, empty
-    /// or unreadable secret stops the start or reload. Returns the warnings to log.
-    pub fn check_secrets(&self) -> Result<Vec<String>, ConfigError> {
+    /// Reads every file the agreements name (each secret, whose bytes it drops, and
+    /// each TLS CA file), so that a missing, empty or unreadable one stops the start or
+    /// reload, and `status` warns of it while the process runs on what it read: one
+    /// agreement's file lost stops every agreement at the next start. Returns the
+    /// warnings to log.
+    pub fn check_files(&self) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
         for (i, agreement) in self.agreements.iter().enumerate() {
             let loaded = load_secret(&agreement.secret_file)
                 .map_err(|e| ConfigError::invalid(&self.file, format!("agreement[{i}].secret_file"), e.to_string()))?;
             warnings.extend(loaded.warnings);
+            self.tls_client(i, agreement)?;
         }
         Ok(warnings)
+    }
+
+    /// The TLS client of `a`, agreement `index` (`None` for plain TCP), reading its CA
+    /// file; errors name the key.
+    pub fn tls_client(&self, index: usize, a: &AgreementConfig) -> Result<Option<crate::tls::TlsClient>, ConfigError> {
+        let Some(tls) = &a.tls else { return Ok(None) };
+        crate::tls::TlsClient::new(tls, a.tls_server_name())
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(&self.file, format!("agreement[{index}].{}", e.key()), e.to_string()))
     }
 
     /// The checks that involve more than one value, or a value serde cannot judge.
@@ -329,6 +347,18 @@ impl ConsumerConfig {
             for (j, attr) in agreement.attrs.iter().enumerate() {
                 parse_attribute_name(attr)
                     .map_err(|e| ConfigError::invalid(file, key(&format!("attrs[{j}]")), e.to_string()))?;
+            }
+            if agreement.mode == Mode::RefreshOnly && agreement.interval < MIN_POLL_INTERVAL {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("interval"),
+                    format!(
+                        "interval {} is below the minimum of {}: each poll is a connection, a handshake and a \
+                         refresh; to follow the provider closer, use mode = \"refresh-and-persist\"",
+                        humantime::format_duration(agreement.interval),
+                        humantime::format_duration(MIN_POLL_INTERVAL)
+                    ),
+                ));
             }
             agreement.keepalive.check(file, &key("keepalive"))?;
             // With keepalive on, pings arrive every interval: an idle_timeout at or below
@@ -402,6 +432,15 @@ secret_file = "people.key"
         format!("{MINIMAL_AGREEMENT}{line}\n")
     }
 
+    /// `interval` is a poller's: an agreement that persists does not use it, and is not
+    /// told to use the mode it has.
+    #[test]
+    fn the_poll_interval_s_minimum_holds_for_pollers_only() {
+        assert!(parse(&with("interval = \"1ms\"")).is_ok());
+        assert!(parse(&with("mode = \"refresh-only\"\ninterval = \"100ms\"")).is_ok());
+        assert!(parse(&with("mode = \"refresh-only\"\ninterval = \"99ms\"")).is_err());
+    }
+
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
@@ -443,7 +482,7 @@ secret_file = "people.key"
         assert_eq!(groups.keepalive, KeepaliveConfig { enabled: true, interval: secs(10), timeout: secs(30) });
         assert_eq!(groups.provider_proof, ProofPolicy::Required);
 
-        assert!(config.check_secrets().is_ok());
+        assert!(config.check_files().is_ok());
         let key = load_secret(&people.secret_file).unwrap();
         let file = std::fs::read(&people.secret_file).unwrap();
         assert!(key.secret == tether_protocol::Secret::new(file.trim_ascii_end().to_vec()).unwrap(), "newline trimmed");
@@ -503,10 +542,10 @@ secret_file = "people.key"
         let config = ConsumerConfig::load(&file).unwrap();
         assert_eq!(config.file, file);
         assert_eq!(config.agreements[0].secret_file, dir.path().join("secrets/people.key"));
-        assert!(config.check_secrets().is_ok());
+        assert!(config.check_files().is_ok());
 
         std::fs::write(&file, MINIMAL_AGREEMENT.replace("people.key", "secrets/none.key")).unwrap();
-        let e = ConsumerConfig::load(&file).unwrap().check_secrets().unwrap_err().to_string();
+        let e = ConsumerConfig::load(&file).unwrap().check_files().unwrap_err().to_string();
         let want = format!(
             "{}: key 'agreement[0].secret_file': {}: cannot read secret file: ",
             file.display(),
@@ -540,6 +579,12 @@ secret_file = "people.key"
             (
                 with("interval = \"0s\""),
                 "key 'agreement[0].interval': invalid duration \"0s\": must be greater than zero".into(),
+            ),
+            (
+                with("mode = \"refresh-only\"\ninterval = \"1ms\""),
+                "key 'agreement[0].interval': interval 1ms is below the minimum of 100ms: each poll is a connection, \
+                 a handshake and a refresh; to follow the provider closer, use mode = \"refresh-and-persist\""
+                    .into(),
             ),
             (
                 with("give_up_after = \"0s\""),

@@ -172,9 +172,13 @@ impl SearchPages {
         let (spec, after) = (&self.spec, self.after.as_deref());
         let (page, next) =
             self.replica.read_active(|entries| entries.search_page(spec, after, SEARCH_PAGE)).map_err(|e| {
-                // A search may be the first to meet a failed or damaged store.
+                // A search may be the first to meet a failed or damaged store; it is
+                // said with the way out, as `status` and `start` say it.
                 self.replica.failure().note(&e);
-                e.to_string()
+                match self.replica.failure().latched() {
+                    Some(failure) => crate::daemon::store_failed(&failure),
+                    None => e.to_string(),
+                }
             })?;
         self.done = next.is_none();
         self.after = next;
@@ -260,6 +264,20 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
     Err(format!("{name}: csn {csn} not {} {within}; {}", reach.as_str(), stands().1))
 }
 
+/// `work`, unless the client goes first (`None`: nobody to answer). A client sends
+/// nothing after its request, so a read ends only when it goes (killed, or a `timeout`
+/// wrapper that gave up): a `wait` then holds this task and a descriptor no longer,
+/// rather than until its own timeout.
+async fn unless_gone<R: tokio::io::AsyncRead + Unpin, T>(
+    reader: &mut tether_protocol::frame::FrameReader<R>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        _ = reader.read_frame() => None,
+    }
+}
+
 async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
     let request = read_request(&mut reader, &mut writer, Process::Consumer).await?;
@@ -324,9 +342,17 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         ControlRequest::Stop { name } => command(&ctx, &name, Command::Stop).await,
         ControlRequest::Start { name } => command(&ctx, &name, Command::Start).await,
         ControlRequest::Restart { name } => command(&ctx, &name, Command::Restart).await,
-        ControlRequest::WaitCsn { name, csn, timeout_ms } => wait(&ctx, &name, csn, Reach::Durable, timeout_ms).await,
+        ControlRequest::WaitCsn { name, csn, timeout_ms } => {
+            match unless_gone(&mut reader, wait(&ctx, &name, csn, Reach::Durable, timeout_ms)).await {
+                Some(waited) => waited,
+                None => return Ok(()),
+            }
+        }
         ControlRequest::WaitVisible { name, csn, timeout_ms } => {
-            wait(&ctx, &name, csn, Reach::Visible, timeout_ms).await
+            match unless_gone(&mut reader, wait(&ctx, &name, csn, Reach::Visible, timeout_ms)).await {
+                Some(waited) => waited,
+                None => return Ok(()),
+            }
         }
         ControlRequest::ReloadFile { file } => match reload_elsewhere(Process::Consumer, &ctx.config_file, &file) {
             Some(elsewhere) => Err(elsewhere),

@@ -84,26 +84,17 @@ fn region_of(a: &AgreementConfig) -> Option<SearchSpec> {
     Some(SearchSpec { base: a.base.clone(), scope: a.scope, filter, attrs: a.attrs.clone() })
 }
 
-/// The agreement's TLS client (`None` for plain TCP), reading its CA file; errors name
-/// the key.
-fn tls_client(config: &ConsumerConfig, index: usize, a: &AgreementConfig) -> Result<Option<TlsClient>, ConfigError> {
-    let Some(tls) = &a.tls else { return Ok(None) };
-    TlsClient::new(tls, a.tls_server_name())
-        .map(Some)
-        .map_err(|e| ConfigError::invalid(&config.file, format!("agreement[{index}].{}", e.key()), e.to_string()))
-}
-
 fn session_config(
     config: &ConsumerConfig,
     index: usize,
     a: &AgreementConfig,
     client_id: &str,
 ) -> Result<SessionConfig> {
-    // Its warnings (a file others may read) were logged by `check_secrets`, once.
+    // Its warnings (a file others may read) were logged by `check_files`, once.
     let secret = load_secret(&a.secret_file)
         .map_err(|e| ConfigError::invalid(&config.file, format!("agreement[{index}].secret_file"), e.to_string()))?
         .secret;
-    let tls = tls_client(config, index, a)?;
+    let tls = config.tls_client(index, a)?;
     Ok(SessionConfig {
         name: a.name.clone(),
         provider: a.provider.to_string(),
@@ -200,7 +191,7 @@ pub async fn reload(
         bail!(store_failed(&failure));
     }
     let config = ConsumerConfig::load(config_path)?;
-    let warnings = config.check_secrets()?;
+    let warnings = config.check_files()?;
     for w in &warnings {
         warn!("{w}");
     }
@@ -218,8 +209,8 @@ pub async fn reload(
             if let Some(r) = running.remove(&name) {
                 shut(r, Command::Reload { removed: true }).await;
             }
-            store.remove(&name).with_context(|| format!("removing the replica of {name:?}"))?;
-            report.push(format!("removed {name}"));
+            let entries = remove_replica(store, &name)?;
+            report.push(format!("removed {name} (its replica of {entries} entries deleted)"));
             continue;
         };
         let changed = running
@@ -236,9 +227,15 @@ pub async fn reload(
                 shut(old, Command::Reload { removed: false }).await;
             }
             // What the operator must expect: a full refresh, and the replica refused to
-            // searches until it is done.
-            let full = if region_changed { " (its region changed: reloaded in full)" } else { "" };
-            report.push(format!("restarted {name}{full}"));
+            // searches until it is done; for an agreement an operator stopped, nothing
+            // until it is started.
+            let stopped = store.existing_replica(&name)?.map(|r| r.is_admin_stopped()).transpose()?.unwrap_or(false);
+            report.push(match (stopped, region_changed) {
+                (false, false) => format!("restarted {name}"),
+                (false, true) => format!("restarted {name} (its region changed: reloaded in full)"),
+                (true, false) => format!("changed {name} (stopped: the change applies when it is started)"),
+                (true, true) => format!("changed {name} (stopped; its region changed: reloaded in full when started)"),
+            });
             restarted.insert(name);
         }
     }
@@ -265,6 +262,21 @@ pub async fn reload(
     Ok(reply)
 }
 
+/// Deletes the replica of `name`, an agreement the configuration no longer names, and
+/// says so at WARN with what it held: whether by a reload or at a start, this is where
+/// a file cut short or an agreement removed by mistake shows, and the entries are gone.
+/// Returns how many entries it held.
+fn remove_replica(store: &ReplicaStore, name: &str) -> Result<usize> {
+    let entries = store.existing_replica(name)?.map(|r| r.len()).transpose()?.unwrap_or(0);
+    store.remove(name).with_context(|| format!("removing the replica of {name:?}"))?;
+    warn!(agreement = %name, entries, "removed the replica of an agreement the configuration no longer names");
+    Ok(entries)
+}
+
+/// Descriptors a consumer may hold besides its agreements' connections: the store's
+/// files, the control socket and its clients, the runtime's own (about 15 at rest).
+const FILES_BESIDES_AGREEMENTS: u64 = 64;
+
 /// Runs the consumer until a shutdown signal.
 pub async fn run(config_path: &Path) -> Result<()> {
     // Before anything can announce readiness: a SIGHUP that arrives right after
@@ -273,9 +285,21 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let config = ConsumerConfig::load(config_path)?;
     for (i, a) in config.agreements.iter().enumerate() {
         spec_of(&config, i, a)?;
-        tls_client(&config, i, a)?;
     }
-    for w in config.check_secrets()? {
+    // Before the files are read: a low soft limit would fail them for want of
+    // descriptors, and the agreements' connections and commands after them.
+    match tether_config::shell::raise_open_files_limit() {
+        Ok(Some(limit)) if limit < FILES_BESIDES_AGREEMENTS + 2 * config.agreements.len() as u64 => warn!(
+            open_files_limit = limit,
+            agreements = config.agreements.len(),
+            "the open files limit is low for this many agreements (each holds a connection, and the store and \
+             commands use up to {FILES_BESIDES_AGREEMENTS} besides): past it, connections fail and commands time \
+             out; raise the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn)"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not raise the open files limit"),
+    }
+    for w in config.check_files()? {
         warn!("{w}");
     }
     // Before the store is created or opened: a process that cannot take its control
@@ -301,9 +325,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // no command (they all go by the configuration).
     for name in store.names().context("listing the replicas")? {
         if config.agreement(&name).is_none() {
-            let entries = store.replica(&name).and_then(|r| r.len()).unwrap_or(0);
-            store.remove(&name).with_context(|| format!("removing the replica of {name:?}"))?;
-            warn!(agreement = %name, entries, "removed the replica of an agreement the configuration no longer names");
+            remove_replica(&store, &name)?;
         }
     }
     let agreements: Agreements = Arc::default();
@@ -371,11 +393,30 @@ pub async fn run(config_path: &Path) -> Result<()> {
     drop(control_file);
     // A failed store is no clean stop: a service manager must see it, and the flush could
     // not make the store whole (a damaged one would even succeed).
-    if let Some(failure) = store.failure().latched() {
+    let failure = match store.failure().latched() {
+        Some(failure) => Some(failure),
+        None => final_flush(&store).await?,
+    };
+    if let Some(failure) = failure {
+        // Nor is sled's own flush run as the last handle goes: it cannot succeed, and
+        // after a write sled could not finish it never returns (see
+        // `tether_store::failure`). `main` exits without waiting for work still stuck.
+        std::mem::forget(store);
         bail!(store_failed(&failure));
     }
-    let flush = store.clone();
-    tokio::task::spawn_blocking(move || flush.flush()).await.context("flush task")?.context("final flush")?;
     info!("consumer stopped");
     Ok(())
+}
+
+/// Flushes the store at a clean stop: `None` once flushed, or the store's failure if it
+/// fails first (a flush stuck in sled ends there, when the watchdog latches it).
+async fn final_flush(store: &ReplicaStore) -> Result<Option<StoreFailure>> {
+    let flush = store.clone();
+    match store.failure().unless_failed(tokio::task::spawn_blocking(move || flush.flush())).await {
+        Ok(flushed) => match flushed.context("flush task")? {
+            Ok(()) => Ok(None),
+            Err(e) => store.failure().latched().map(Some).ok_or(e).context("final flush"),
+        },
+        Err(failure) => Ok(Some(failure)),
+    }
 }

@@ -13,10 +13,15 @@
 //! to other threads without giving up replayability, so it runs the same calls inline
 //! instead, with panics still caught. The choice is made per task through a
 //! task-local, so the production configuration needs no new field.
+//!
+//! A store that has failed ends the wait for work handed to the thread: a flush stuck
+//! in sled (see [`tether_store::failure`]) never returns, and a session waiting for it
+//! would hold its agreement, and the process's shutdown, for ever.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 
+use tether_store::{FailureLatch, StoreFailure};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -44,6 +49,9 @@ pub enum TaskError {
     /// The work never ran or its result was lost (the thread is gone).
     #[error("task cancelled: {0}")]
     Cancelled(String),
+    /// The store failed while the work was under way; it was not waited for.
+    #[error("the store failed: {0}")]
+    StoreFailed(StoreFailure),
 }
 
 /// Runs `fut` with blocking work executed by `executor`.
@@ -67,6 +75,8 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Debug)]
 pub struct Runner {
     kind: Kind,
+    /// The failure of the store the work writes to, which ends every wait for it.
+    failure: FailureLatch,
 }
 
 #[derive(Debug)]
@@ -81,8 +91,9 @@ enum Kind {
 }
 
 impl Runner {
-    /// Starts a runner for the current executor; `name` names its thread.
-    pub fn start(name: &str) -> std::io::Result<Self> {
+    /// Starts a runner for the current executor; `name` names its thread, and the
+    /// failure of `failure`'s store ends the wait for its work.
+    pub fn start(name: &str, failure: FailureLatch) -> std::io::Result<Self> {
         let kind = match current() {
             Executor::Inline => Kind::Inline,
             Executor::Dedicated => {
@@ -98,7 +109,7 @@ impl Runner {
                 Kind::Thread { jobs, ended }
             }
         };
-        Ok(Self { kind })
+        Ok(Self { kind, failure })
     }
 
     /// Runs blocking `f` and returns its result; a panic becomes
@@ -117,7 +128,7 @@ impl Runner {
                 if jobs.send(job).is_err() {
                     return Err(TaskError::Cancelled("the store thread has ended".into()));
                 }
-                match rx.in_current_span().await {
+                match self.failure.unless_failed(rx.in_current_span()).await.map_err(TaskError::StoreFailed)? {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(_)) => Err(TaskError::Panicked),
                     Err(_) => Err(TaskError::Cancelled("the store thread dropped the work".into())),
@@ -126,12 +137,13 @@ impl Runner {
         }
     }
 
-    /// Ends the thread after the work already handed to it, and waits for it to end.
+    /// Ends the thread after the work already handed to it, and waits for it to end,
+    /// unless the store fails meanwhile: the thread may then be stuck in it.
     pub async fn stop(self) {
         if let Kind::Thread { jobs, ended } = self.kind {
             drop(jobs);
             // Closed, never sent: the thread drops its end as it returns.
-            let _ = ended.await;
+            let _ = self.failure.unless_failed(ended).await;
         }
     }
 }
@@ -145,7 +157,7 @@ mod tests {
         for executor in [Executor::Dedicated, Executor::Inline] {
             let (ok, panicked, after) = scope(executor, async {
                 assert_eq!(current(), executor);
-                let runner = Runner::start("test-runner").unwrap();
+                let runner = Runner::start("test-runner", FailureLatch::default()).unwrap();
                 let ok = runner.run(|| 7).await;
                 let panicked = runner.run(|| -> u8 { panic!("planted") }).await;
                 // The thread survives a panicking job.
@@ -161,9 +173,29 @@ mod tests {
         assert_eq!(current(), Executor::Dedicated);
     }
 
+    /// Work stuck in a store that fails (a flush sled never finishes) is not waited for:
+    /// the caller hears of the failure, and `stop` returns, the thread left behind.
+    #[tokio::test]
+    async fn a_failed_store_ends_the_wait_for_stuck_work_and_the_stop() {
+        let failure = FailureLatch::watched(std::time::Duration::from_millis(300));
+        let runner = Runner::start("test-runner", failure.clone()).unwrap();
+        let (_never, stuck) = std::sync::mpsc::channel::<()>();
+        let flushing = failure.clone();
+        let mut job = Box::pin(runner.run(move || flushing.flushing(|| stuck.recv())));
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), &mut job).await.is_err());
+        // The watchdog takes the store as failed once the flush passes its limit.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), &mut job).await.expect("the wait ended");
+        drop(job);
+        assert!(
+            matches!(&ended, Err(TaskError::StoreFailed(f)) if f.to_string().contains("has not finished")),
+            "{ended:?}"
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(5), runner.stop()).await.expect("stop returned");
+    }
+
     #[tokio::test]
     async fn a_runner_runs_its_work_in_order_on_one_thread_and_stop_waits_for_it() {
-        let runner = Runner::start("test-runner").unwrap();
+        let runner = Runner::start("test-runner", FailureLatch::default()).unwrap();
         let caller = std::thread::current().id();
         let mut seen = Vec::new();
         for i in 0..20 {

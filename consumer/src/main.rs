@@ -124,7 +124,9 @@ enum Command {
         /// Print what the replica holds even when it is no state of its region (its
         /// first refresh unfinished, a full refresh awaited after its region changed),
         /// which a search refuses otherwise: when the provider is lost, it is the last
-        /// copy there is. The consumer must be stopped (this reads its store).
+        /// copy there is; so is the replica of an agreement removed from the file,
+        /// until the next start deletes it. The consumer must be stopped (this reads
+        /// its store).
         #[arg(long)]
         as_is: bool,
     },
@@ -168,7 +170,7 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
         |e| {
             let hint = match e {
                 tether_store::StoreError::Locked(_) => shell::held_store_hint(&config.control),
-                _ => String::new(),
+                _ => e.open_hint().to_owned(),
             };
             anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
         },
@@ -206,7 +208,9 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config } => daemon::run(&config).await,
         Command::Status { config: file, json } => {
-            let loaded = ConsumerConfig::load(&file);
+            // Held to what a start needs, the files it names too: a secret lost is
+            // warned of now, not found when a restart fails.
+            let loaded = ConsumerConfig::load(&file).and_then(|c| c.check_files().map(|_| c));
             let process = tether_protocol::control::Process::Consumer;
             let data_dir = tether_consumer::config::DEFAULT_DATA_DIR;
             let Some(config) = shell::config_or_status(loaded, &file, data_dir, process, json).await? else {
@@ -291,17 +295,21 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Search { config, agreement, base, scope, filter, attrs, uuids, as_is } => {
             let config = ConsumerConfig::load(&config)?;
+            if let Some(name) = agreement.as_deref().filter(|n| !as_is && config.agreement(n).is_none()) {
+                bail!(
+                    "{}: no agreement named {name:?} (if it was removed from the file, its replica stays in the \
+                     store until the consumer's next start: with the consumer stopped, search --as-is reads it)",
+                    config.file.display()
+                );
+            }
+            if as_is {
+                let (name, spec) =
+                    (agreement, SearchSpec { base: base.unwrap_or_else(Dn::root), scope, filter, attrs });
+                return search_as_is(&config, name, spec, uuids);
+            }
             let name = agreement_name(&config, agreement)?;
             let a = config.agreement(&name).context("agreement vanished")?;
             let spec = SearchSpec { base: base.unwrap_or_else(|| a.base.clone()), scope, filter, attrs };
-            if as_is {
-                // The running consumer holds the store; an agreement awaiting its full
-                // refresh is the one case for this, and stopping it leaves it so.
-                let store = open_offline(&config, Offline::Read)
-                    .map_err(|e| e.context("--as-is reads the consumer's store itself: stop the consumer first"))?;
-                let pages = control::SearchPages::open_as_is(&store, &name, spec).map_err(anyhow::Error::msg)?;
-                return print_pages(pages.with_uuids(uuids));
-            }
             let request = ControlRequest::search(Some(name.clone()), spec.clone(), uuids);
             if call(&config, &request).await? {
                 return Ok(());
@@ -324,6 +332,51 @@ async fn run(cli: Cli) -> Result<()> {
             print_pages(pages.with_uuids(uuids))
         }
     }
+}
+
+/// `search --as-is`: what the replica of `agreement` holds, read from the store of the
+/// stopped consumer, whatever state it is in (an agreement awaiting its full refresh is
+/// the case for it, and stopping the consumer leaves it so). An agreement removed from
+/// the file is searched too, from its base as the replica recorded it: its replica
+/// stays until the next start deletes it, and may be the last copy of its region.
+/// `spec`'s base is the agreement's when it is the root (none given).
+fn search_as_is(config: &ConsumerConfig, agreement: Option<String>, spec: SearchSpec, uuids: bool) -> Result<()> {
+    let name = match agreement {
+        Some(name) => name,
+        None => agreement_name(config, None)?,
+    };
+    let store = open_offline(config, Offline::Read).map_err(|e| {
+        let locked = e.chain().any(|c| matches!(c.downcast_ref(), Some(tether_store::StoreError::Locked(_))));
+        match locked {
+            // The running consumer holds it (the open's own hint, about a socket that
+            // answers elsewhere, is not what the user of --as-is needs).
+            true => anyhow::anyhow!(
+                "--as-is reads the consumer's store itself, and a running consumer holds it: stop the consumer \
+                 first (tether-consumer search without --as-is asks the running one)"
+            ),
+            false => e.context("--as-is reads the consumer's store itself: stop the consumer first"),
+        }
+    })?;
+    let base = match (spec.base.is_root(), config.agreement(&name)) {
+        (false, _) => spec.base.clone(),
+        (true, Some(a)) => a.base.clone(),
+        (true, None) => {
+            let file = config.file.display();
+            let Some(replica) = store.existing_replica(&name)? else {
+                bail!("{file}: no agreement named {name:?}, and the store holds no replica of that name");
+            };
+            match replica.region()? {
+                Some(region) => region.base,
+                None => bail!(
+                    "{file}: no agreement named {name:?}; the store holds its replica (the next start deletes it) \
+                     without a record of its base: give --base"
+                ),
+            }
+        }
+    };
+    let pages =
+        control::SearchPages::open_as_is(&store, &name, SearchSpec { base, ..spec }).map_err(anyhow::Error::msg)?;
+    print_pages(pages.with_uuids(uuids))
 }
 
 /// Prints every page of `pages` on standard output.
@@ -388,7 +441,7 @@ async fn main() -> ExitCode {
         Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether-consumer: {}", shell::error_chain(&*e));
-            ExitCode::FAILURE
+            shell::exit_now(1)
         }
     }
 }

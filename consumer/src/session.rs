@@ -262,6 +262,7 @@ pub async fn run(
     // Every line from here on is the session's, on this task, the reader, the poller
     // and the store thread alike (the runner carries its caller's span).
     let span = info_span!("session", session = welcome.session_id);
+    let cookie_offered = cookie.is_some();
     let ended = async {
         let cookie = cookie.map_or_else(|| "none".to_owned(), |c| c.to_string());
         let proved = welcome.version >= MUTUAL_AUTH_VERSION;
@@ -273,7 +274,7 @@ pub async fn run(
             }
         }
         // Linux shows a thread's first 15 bytes: "apply people" fits.
-        let runner = match Runner::start(&format!("apply {}", cfg.name)) {
+        let runner = match Runner::start(&format!("apply {}", cfg.name), replica.failure().clone()) {
             Ok(runner) => runner,
             Err(e) => return Ended::new(Reason::Exception, format!("starting the store thread: {e}")),
         };
@@ -308,6 +309,7 @@ pub async fn run(
             status,
             writer: writer.clone(),
             history: welcome.history,
+            offered_cookie: cookie_offered,
             version: welcome.version,
             runner,
             shadow: None,
@@ -657,6 +659,9 @@ struct Applier<'a> {
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
     /// The provider history this session's changes belong to (from the `Welcome`).
     history: HistoryId,
+    /// Whether the hello offered a cookie: a full refresh in answer to one means the
+    /// provider does not know it.
+    offered_cookie: bool,
     /// The session's protocol version (from the `Welcome`).
     version: u16,
     /// Where the session's store calls run, one after another.
@@ -883,6 +888,9 @@ impl Applier<'_> {
                 Err(Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("{what}: {e}")) })
             }
             Err(TaskError::Panicked) => Err(Ended::new(Reason::Exception, format!("{what}: apply task panicked"))),
+            Err(e @ TaskError::StoreFailed(_)) => {
+                Err(Ended { fatal: true, ..Ended::new(Reason::Exception, format!("{what}: {e}")) })
+            }
             Err(e) => Err(Ended::new(Reason::Exception, format!("{what}: {e}"))),
         }
     }
@@ -1013,6 +1021,18 @@ impl Applier<'_> {
                     resumed,
                     "refresh started"
                 );
+                if kind == RefreshKind::Full && !resumed && self.offered_cookie {
+                    // The provider takes a cookie it knows by delta, or by a present
+                    // refresh past its retention: a full one says the replica came from
+                    // another store, or a history this one never made. Said here, where
+                    // the replica's operator looks: a provider address that changes hands
+                    // (a restore, a proxy over two providers) reloads every time.
+                    warn!(
+                        "the provider does not know the replica's cookie (a position of another store, or of a history of \
+                         this one it never made, such as a copy restored or one that took other writes): the replica \
+                         is reloaded in full"
+                    );
+                }
                 self.refreshing = true;
                 let replica = self.replica.clone();
                 self.shadow = match (kind.replaces_replica(), resumed) {

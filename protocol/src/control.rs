@@ -457,6 +457,27 @@ async fn older_kind(path: &Path) -> Option<Process> {
 /// Pause after a failed `accept` (out of file descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// At most one warning of failed `accept`s per this long: they come every
+/// [`ACCEPT_BACKOFF`] for as long as the cause lasts.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What a failed `accept` means for whoever waits on the socket, in words: out of file
+/// descriptors (the usual cause), connections wait in the kernel's queue, and a client
+/// sees only a request or handshake that times out, so the log must say why.
+pub fn accept_failure(e: &std::io::Error) -> String {
+    // EMFILE and ENFILE, the process's and the system's limits (Linux numbering).
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    match e.raw_os_error() {
+        Some(EMFILE) => format!(
+            "{e}: the process has as many files open as its limit allows; new connections wait (and time out) \
+             until some close: raise the open files limit (LimitNOFILE= in a systemd unit, ulimit -n)"
+        ),
+        Some(ENFILE) => format!("{e}: the system's open files table is full; new connections wait until it is not"),
+        _ => e.to_string(),
+    }
+}
+
 /// How long [`bind`] waits to learn whether a process answers on an existing socket.
 const IN_USE_PROBE: Duration = Duration::from_secs(2);
 
@@ -569,6 +590,8 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut running = tokio::task::JoinSet::new();
+    // When a failed `accept` was last warned of, and how many failed since.
+    let mut accept_failed: (Option<std::time::Instant>, u64) = (None, 0);
     // The socket file is made by this process, so it is owned by the process's user.
     let owner = listener
         .local_addr()
@@ -588,7 +611,15 @@ where
                         running.spawn(refuse(stream, refusal));
                     }
                 },
-                Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+                Err(e) => {
+                    let (last, failed) = &mut accept_failed;
+                    *failed += 1;
+                    if last.is_none_or(|at| at.elapsed() >= ACCEPT_WARN_EVERY) {
+                        tracing::warn!(failed = *failed, "control socket: accept failed: {}", accept_failure(&e));
+                        (*last, *failed) = (Some(std::time::Instant::now()), 0);
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             },
             Some(_) = running.join_next(), if !running.is_empty() => {}
         }
@@ -823,6 +854,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accept_out_of_files_says_what_it_means_and_what_to_do() {
+        let said = accept_failure(&std::io::Error::from_raw_os_error(24));
+        assert!(said.contains("as many files open as its limit allows") && said.contains("raise the open files limit"));
+        let other = std::io::Error::from_raw_os_error(103);
+        assert_eq!(accept_failure(&other), other.to_string());
+    }
 
     /// Serves one paged answer over an in-memory stream; what the client got.
     async fn paged(pages: Vec<Result<Option<String>, String>>) -> (String, Result<(), ControlError>) {

@@ -2,9 +2,10 @@
 //! refuse a bad file at start with the file, the dotted key and the reason (SPEC §5).
 //!
 //! [`ProviderConfig::load`] reads and checks the whole file and resolves every relative
-//! path against the file's folder. It does not read secrets:
-//! [`ProviderConfig::check_secrets`] does that at start, and the session code calls
-//! [`load_secret`] when it needs the bytes.
+//! path against the file's folder. It does not read the files it names: the start and
+//! reload read them as they build what they serve with, [`ProviderConfig::check_files`]
+//! reads them for `status`, and the session code calls [`load_secret`] when it needs
+//! the bytes.
 
 /// The config-file mechanics both processes share.
 pub use tether_config as source;
@@ -334,10 +335,11 @@ impl ProviderConfig {
         self.consumers.iter().find(|c| c.agreement == name)
     }
 
-    /// Reads every secret file (each `[[consumer]]` and `[writer]`) and drops the
-    /// bytes, so a missing, empty or unreadable secret stops the start. Returns the
-    /// warnings to log.
-    pub fn check_secrets(&self) -> Result<Vec<String>, ConfigError> {
+    /// Reads every file the configuration names (each secret of `[[consumer]]` and
+    /// `[writer]`, whose bytes it drops, and `[tls]`'s certificate and key), as a start
+    /// or reload would, so that `status` warns of a missing, empty or unreadable one
+    /// while the provider runs on what it read. Returns the warnings to log.
+    pub fn check_files(&self) -> Result<Vec<String>, ConfigError> {
         let writer = self.writer.iter().map(|w| ("writer.secret_file".to_owned(), &w.secret_file));
         let consumers =
             self.consumers.iter().enumerate().map(|(i, c)| (format!("consumer[{i}].secret_file"), &c.secret_file));
@@ -346,6 +348,7 @@ impl ProviderConfig {
             let loaded = load_secret(path).map_err(|e| ConfigError::invalid(&self.file, key, e.to_string()))?;
             warnings.extend(loaded.warnings);
         }
+        crate::tls::server_config_of(self)?;
         Ok(warnings)
     }
 
@@ -499,7 +502,7 @@ mod tests {
         assert_eq!(config.writer, Some(WriterConfig { secret_file: dir.join("secrets/writer.key") }));
         assert_eq!(config.tls, None);
 
-        assert!(config.check_secrets().is_ok());
+        assert!(config.check_files().is_ok());
         let writer = load_secret(&dir.join("secrets/writer.key")).unwrap();
         let file = std::fs::read(dir.join("secrets/writer.key")).unwrap();
         assert!(
@@ -671,7 +674,7 @@ mod tests {
         std::fs::write(dir.path().join("a.key"), "abc\n").unwrap();
         std::fs::write(dir.path().join("w.key"), "\n").unwrap();
         std::fs::write(&file, format!("{MINIMAL}[[consumer]]\nagreement = \"a\"\nsecret_file = \"a.key\"\n[writer]\nsecret_file = \"w.key\"\n")).unwrap();
-        let e = ProviderConfig::load(&file).unwrap().check_secrets().unwrap_err().to_string();
+        let e = ProviderConfig::load(&file).unwrap().check_files().unwrap_err().to_string();
         let want = format!(
             "{}: key 'writer.secret_file': {}: secret file is empty",
             file.display(),

@@ -54,8 +54,8 @@ pub fn grants(config: &ProviderConfig) -> Result<(Grants, Vec<String>)> {
     Ok((grants, warnings))
 }
 
-/// Descriptors a provider holds besides its connections: the store's files, the
-/// listeners, the control connections, the runtime's own.
+/// Descriptors a provider may hold besides its connections: the store's files, the
+/// listeners, the control connections, the runtime's own (about 16 at rest), with room.
 const FILES_BESIDES_CONNECTIONS: u64 = 64;
 
 /// Raises the open files limit as far as the hard limit allows, and warns when it is
@@ -67,9 +67,10 @@ fn check_open_files_limit(max_connections: usize) {
         Ok(Some(limit)) if limit < needed => warn!(
             max_connections,
             open_files_limit = limit,
-            "the open files limit is too low for max_connections: connections past about {} will fail; raise \
-             the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower max_connections",
-            limit.saturating_sub(FILES_BESIDES_CONNECTIONS)
+            "the open files limit is too low for max_connections: the provider may need {needed} files (a \
+             connection each, and up to {FILES_BESIDES_CONNECTIONS} besides), and connections past the limit wait \
+             and time out at accept, as do commands; raise the hard limit (LimitNOFILE= in a systemd unit, \
+             ulimit -Hn) or lower max_connections"
         ),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "could not raise the open files limit"),
@@ -196,8 +197,16 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         warn!("sessions did not finish within {SHUTDOWN_LIMIT:?}; closing anyway");
     }
     drop(control_file);
-    if let Some(failure) = store_failure {
+    let failure = match store_failure {
         // sled returns the failure from every operation now, the final flush included.
+        Some(failure) => Some(failure),
+        None => final_flush(&dir).await?,
+    };
+    if let Some(failure) = failure {
+        // Nor is sled's own flush run as the last handle goes: it cannot succeed, and
+        // after a write sled could not finish it never returns (see
+        // `tether_store::failure`). `main` exits without waiting for work still stuck.
+        std::mem::forget(dir);
         if failure.damaged() {
             // A page sled wrote is not what it reads back: what else the damage took
             // cannot be known from here, so neither "every acknowledged write" holds.
@@ -212,10 +221,21 @@ pub async fn serve(config_path: &Path) -> Result<()> {
              the limit, repair the disk) and start the provider again, and consumers resume by delta"
         );
     }
-    let flush_dir = dir.clone();
-    tokio::task::spawn_blocking(move || flush_dir.flush()).await.context("flush task")?.context("final flush")?;
     info!(csn = %dir.durable_csn(), "provider stopped");
     Ok(())
+}
+
+/// Flushes the store at a clean stop: `None` once flushed, or the store's failure if it
+/// fails first (a flush stuck in sled ends there, when the watchdog latches it).
+async fn final_flush(dir: &Arc<Directory>) -> Result<Option<tether_store::StoreFailure>> {
+    let flush_dir = dir.clone();
+    match dir.failure().unless_failed(tokio::task::spawn_blocking(move || flush_dir.flush())).await {
+        Ok(flushed) => match flushed.context("flush task")? {
+            Ok(()) => Ok(None),
+            Err(e) => dir.failure().latched().map(Some).ok_or(e).context("final flush"),
+        },
+        Err(failure) => Ok(Some(failure)),
+    }
 }
 
 /// Re-reads the config and applies the consumer list, the writer secret and the TLS

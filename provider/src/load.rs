@@ -49,6 +49,9 @@ pub struct LoadReport {
     pub kept_uuids: usize,
     /// Values of server-maintained attributes left out (`entryCSN`, timestamps, ...).
     pub dropped: usize,
+    /// The entry count the store kept, when a scan at the end found it wrong (and set
+    /// it right): a load cut short by a failing disk can leave it so.
+    pub miscounted: Option<u64>,
 }
 
 /// An entry on its way to [`Directory::bulk_add`]: name, attributes, the UUID the file
@@ -230,7 +233,8 @@ pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadRe
     if let Some((dn, ..)) = waiting.values().flatten().next() {
         bail!("{file}: {dn}: its parent was not in the file any more: the file changed since it was checked");
     }
-    Ok(LoadReport { entries: total, skipped, reordered, kept_uuids, dropped })
+    let miscounted = dir.recount_entries()?;
+    Ok(LoadReport { entries: total, skipped, reordered, kept_uuids, dropped, miscounted })
 }
 
 #[cfg(test)]
@@ -530,7 +534,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
         let report = load_file(&dir, &examples.join("sample.ldif"), Existing::Refuse).unwrap();
-        assert_eq!(report, LoadReport { entries: 2968, skipped: 0, reordered: 0, kept_uuids: 0, dropped: 0 });
+        assert_eq!(
+            report,
+            LoadReport { entries: 2968, skipped: 0, reordered: 0, kept_uuids: 0, dropped: 0, miscounted: None }
+        );
 
         let text = std::fs::read_to_string(examples.join("changes.ldif")).unwrap();
         let records = tether_protocol::ldif::reader::parse_str(&text).unwrap();

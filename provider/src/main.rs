@@ -151,7 +151,7 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
                     .to_owned()
             }
             (tether_store::StoreError::Locked(_), Offline::Read) => shell::held_store_hint(&config.control),
-            _ => String::new(),
+            _ => e.open_hint().to_owned(),
         };
         anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
     })
@@ -197,11 +197,19 @@ async fn run(cli: Cli) -> Result<()> {
             let (fresh, made_dir) = (!tether_store::store_exists(&config.data_dir), !config.data_dir.exists());
             let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
-            let (dir, loaded) = tokio::task::spawn_blocking(move || {
+            let failure = dir.failure().clone();
+            let loading = tokio::task::spawn_blocking(move || {
                 let loaded = load::load(&dir, &input, existing);
                 (dir, loaded)
-            })
-            .await?;
+            });
+            // A flush stuck in sled (see `tether_store::failure`) ends the wait when the
+            // store's watchdog takes it as failed; the process exits without it.
+            let (dir, loaded) = failure.unless_failed(loading).await.map_err(|failure| {
+                anyhow::anyhow!(
+                    "the store failed ({failure}); the entries loaded before it may be in the store: fix the \
+                     cause, then run the same load again with --skip-existing to add the rest"
+                )
+            })??;
             let report = match loaded {
                 Ok(report) => report,
                 // A refused file writes nothing, and leaves no store where there was
@@ -217,7 +225,14 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     return Err(e);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if dir.failure().latched().is_some() {
+                        // Not flushed again as it goes: it cannot succeed, and after a
+                        // write sled could not finish it never returns.
+                        std::mem::forget(dir);
+                    }
+                    return Err(e);
+                }
             };
             let n = |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
             let mut said = format!("loaded {}", n(report.entries, "entry", "entries"));
@@ -244,6 +259,13 @@ async fn run(cli: Cli) -> Result<()> {
                     "; left out {} of attributes their server maintained (entryCSN, timestamps, creators: Tether \
                      keeps none of them)",
                     n(report.dropped, "value", "values")
+                );
+            }
+            if let Some(kept) = report.miscounted {
+                said += &format!(
+                    "; the store's entry count said {kept}, and is now what it holds, {} (a load cut short by a \
+                     failing disk can leave it wrong)",
+                    dir.entry_count()?
                 );
             }
             eprintln!("{said}");
@@ -281,7 +303,9 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status { config: file, json } => {
-            let loaded = ProviderConfig::load(&file);
+            // Held to what a start needs, the files it names too: a secret lost is
+            // warned of now, not found when a restart fails.
+            let loaded = ProviderConfig::load(&file).and_then(|c| c.check_files().map(|_| c));
             let process = tether_protocol::control::Process::Provider;
             let data_dir = tether_provider::config::DEFAULT_DATA_DIR;
             let Some(config) = shell::config_or_status(loaded, &file, data_dir, process, json).await? else {
@@ -324,7 +348,7 @@ async fn main() -> ExitCode {
         Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether-provider: {}", shell::error_chain(&*e));
-            ExitCode::FAILURE
+            shell::exit_now(1)
         }
     }
 }

@@ -107,6 +107,29 @@ macro_rules! throttled_warn {
     };
 }
 
+/// The kind a failed handshake's warning is throttled as: its cause without what a
+/// stranger can vary (the bytes it sent, a length, an agreement or base it made up),
+/// so that a flood of junk is a few kinds, not a new one for each connection filling
+/// the table. A bad secret keeps its detail, which names an agreement of the
+/// configuration (or the writer): one consumer's refusal is not held back by another's.
+fn noise_kind(e: &HandshakeError) -> String {
+    use tether_protocol::connection::WireError;
+    match e {
+        HandshakeError::Refused(reject) if reject.reason == RejectReason::BadCredentials => {
+            format!("refused: {}: {}", reject.reason, reject.detail)
+        }
+        HandshakeError::Refused(reject) => format!("refused: {}", reject.reason),
+        HandshakeError::Goodbye { reason, .. } => format!("goodbye: {reason}"),
+        HandshakeError::Foreign(peer) => format!("foreign: {:?}", peer.kind()),
+        HandshakeError::Timeout(_) => "timeout".to_owned(),
+        HandshakeError::Wire(WireError::Io(io)) => format!("i/o: {:?}", io.kind()),
+        HandshakeError::Wire(WireError::FrameTooLarge { .. }) => "frame too large".to_owned(),
+        HandshakeError::Wire(WireError::TruncatedFrame { .. }) => "truncated frame".to_owned(),
+        HandshakeError::Wire(WireError::Decode(_)) => "undecodable message".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 impl Server {
     /// Creates a server; nothing runs until [`Server::serve`]. With `tls`, every
     /// connection is TLS.
@@ -178,8 +201,10 @@ impl Server {
                         self.tracker.spawn(async move { this.handle(stream, peer).await }.instrument(span));
                     }
                     Err(e) => {
-                        // Out of file descriptors and the like: back off briefly, keep serving.
-                        warn!(error = %e, "accept failed");
+                        // Out of file descriptors and the like: back off briefly, keep
+                        // serving, and say so once a second, not at every retry.
+                        let why = tether_protocol::control::accept_failure(&e);
+                        throttled_warn!(self.noise, kind = "accept failed", "accept failed", error = %why);
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 },
@@ -245,8 +270,7 @@ impl Server {
                 return;
             }
             Err(e) => {
-                let kind = e.to_string();
-                throttled_warn!(self.noise, kind = &kind, "handshake failed", error = %kind);
+                throttled_warn!(self.noise, kind = &noise_kind(&e), "handshake failed", error = %e);
                 return;
             }
         };
@@ -406,4 +430,34 @@ fn authorize(
         keepalive_interval: params.keepalive_interval,
         keepalive_timeout: params.keepalive_timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tether_protocol::foreign::ForeignPeer;
+
+    use super::*;
+
+    /// Junk varies in what it sends, and is still one kind for the throttle; a bad
+    /// secret is a kind per agreement of the configuration.
+    #[test]
+    fn a_handshake_failure_s_kind_leaves_out_what_a_stranger_varies() {
+        let junk = |prefix: &[u8; 4]| {
+            let peer = ForeignPeer::from_first_frame_len(u32::from_be_bytes(*prefix) as usize).unwrap();
+            noise_kind(&HandshakeError::Foreign(peer))
+        };
+        assert_eq!(junk(b"\xf1\x02\x03\x04"), junk(b"\xe9\x99\x00\x01"));
+        assert_ne!(junk(b"GET "), junk(b"\xf1\x02\x03\x04"), "an HTTP probe is a kind of its own");
+        let refused = |reason, detail: &str| noise_kind(&HandshakeError::Refused(Reject::new(reason, detail)));
+        assert_eq!(
+            refused(RejectReason::UnknownAgreement, "no agreement named \"a1\""),
+            refused(RejectReason::UnknownAgreement, "no agreement named \"zz9\"")
+        );
+        assert_ne!(
+            refused(RejectReason::BadCredentials, "authentication failed for agreement \"people\""),
+            refused(RejectReason::BadCredentials, "authentication failed for agreement \"groups\"")
+        );
+        let wire = |len| noise_kind(&HandshakeError::Wire(connection::WireError::FrameTooLarge { len, max: 16 }));
+        assert_eq!(wire(17), wire(1 << 20));
+    }
 }

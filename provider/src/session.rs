@@ -400,7 +400,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         }
         let scan_resume = self.req.resume.as_ref().is_some_and(|r| r.kind.replaces_replica());
         if scan_resume && !refresh.resumed() {
-            info!("the interrupted refresh cannot be resumed (changelog trimmed past its start, or another store)");
+            info!("the interrupted refresh cannot be resumed (the changelog was trimmed past its start, or it began in another store or another history of it)");
         }
         // A poll's delta is routine; a reload (which may take long) is worth saying, and
         // why: an operator who sees present refreshes must know to raise the retention.

@@ -72,6 +72,9 @@ impl ProviderStatus {
     pub fn collect(dir: &Directory, registry: &Registry, running: bool) -> Result<Self, tether_store::StoreError> {
         let durable = dir.durable_csn();
         let mut sessions = registry.snapshot();
+        // By agreement, then consumer: one consumer's sessions together, in the same
+        // place from one `status` to the next.
+        sessions.sort_by(|a, b| (&a.agreement, &a.client, a.session_id).cmp(&(&b.agreement, &b.client, b.session_id)));
         for s in &mut sessions {
             if let Some(acked) = s.cookie.as_deref().and_then(|c| c.parse::<tether_protocol::Cookie>().ok()) {
                 s.lag_changes = durable.0.saturating_sub(acked.csn.0);
@@ -125,15 +128,19 @@ impl ProviderStatus {
         // so that each row stays in line with the header.
         let peer_w = self.sessions.iter().map(|s| s.peer.len()).max().unwrap_or(0).max(22);
         let agreement_w = self.sessions.iter().map(|s| s.agreement.len()).max().unwrap_or(0).max(16);
+        // The consumer's id tells apart sessions of one agreement from several
+        // processes, which the peer's port does not.
+        let client_w = self.sessions.iter().map(|s| s.client.len()).max().unwrap_or(0).max(8);
         out.push_str(&format!(
-            "{:<peer_w$} {:<agreement_w$} {:<20} {:>8} {:>6} {:<8} {:<3} {}\n",
-            "PEER", "AGREEMENT", "MODE", "LAG", "QUEUE", "REFRESH", "TLS", "SINCE"
+            "{:<peer_w$} {:<agreement_w$} {:<client_w$} {:<20} {:>8} {:>6} {:<8} {:<3} {}\n",
+            "PEER", "AGREEMENT", "CONSUMER", "MODE", "LAG", "QUEUE", "REFRESH", "TLS", "SINCE"
         ));
         for s in &self.sessions {
             out.push_str(&format!(
-                "{:<peer_w$} {:<agreement_w$} {:<20} {:>8} {:>6} {:<8} {:<3} {}\n",
+                "{:<peer_w$} {:<agreement_w$} {:<client_w$} {:<20} {:>8} {:>6} {:<8} {:<3} {}\n",
                 s.peer,
                 s.agreement,
+                s.client,
                 s.mode,
                 s.lag_changes,
                 s.queue_len,
@@ -243,5 +250,30 @@ mod tests {
         assert!(people.ends_with("(connected)"), "{text}");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["consumers"][0]["client"], "host/9f0c2a4e-0000-4000-8000-000000000002", "{json}");
+    }
+
+    /// Sessions of one agreement from several consumer processes are told apart by the
+    /// consumer's id, and listed by agreement and consumer, not in the order they came.
+    #[test]
+    fn sessions_are_listed_by_agreement_and_consumer_with_its_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &tether_protocol::Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let registry = Registry::default();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut registrations = Vec::new();
+        for (id, agreement, client) in [(1, "people", "host-b"), (2, "groups", "host-a"), (3, "people", "host-a")] {
+            let mut s = session(&format!("127.0.0.1:4000{id}"), agreement);
+            (s.session_id, s.client) = (id, client.into());
+            registrations.push(registry.register(s, &cancel));
+        }
+        let status = ProviderStatus::collect(&dir, &registry, true).unwrap();
+        let order: Vec<(&str, &str)> =
+            status.sessions.iter().map(|s| (s.agreement.as_str(), s.client.as_str())).collect();
+        assert_eq!(order, [("groups", "host-a"), ("people", "host-a"), ("people", "host-b")]);
+        let text = status.to_text();
+        let rows: Vec<&str> = text.lines().skip(1).take(4).collect();
+        assert!(rows[0].contains("CONSUMER"), "{text}");
+        assert!(rows[2].contains("127.0.0.1:40003") && rows[2].contains(" host-a "), "{text}");
+        assert!(rows[3].contains("127.0.0.1:40001") && rows[3].contains(" host-b "), "{text}");
     }
 }

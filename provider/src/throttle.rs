@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 /// How often a throttled warning may be logged.
 pub const EVERY: Duration = Duration::from_secs(1);
 
-/// How many kinds of warning are told apart; past it, new kinds share one allowance, so
-/// that a stranger varying its failures cannot grow the table without bound.
+/// How many kinds of warning are told apart at once; past it, new kinds share one
+/// allowance, so that a stranger varying its failures cannot grow the table without
+/// bound. A full table first forgets the kinds that owe nothing (none held back) and
+/// were last logged over [`EVERY`] ago, which would be logged at once anyway: the
+/// table fills only while that many kinds are active, and recovers after.
 const KINDS: usize = 256;
 
 /// The kind the kinds past [`KINDS`] share.
@@ -37,6 +40,9 @@ impl Throttle {
     /// back since it was last logged, or `None` to hold this one back too.
     pub fn admit(&self, kind: &str, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !state.contains_key(kind) && state.len() >= KINDS {
+            state.retain(|_, (last, held)| *held > 0 || now.duration_since(*last) < EVERY);
+        }
         let kind = if state.contains_key(kind) || state.len() < KINDS { kind } else { OTHER_KINDS };
         match state.get_mut(kind) {
             Some((last, held)) if now.duration_since(*last) < EVERY => {
@@ -84,5 +90,23 @@ mod tests {
         assert_eq!(t.admit("one more", t0), Some(0));
         assert_eq!(t.admit("and another", t0), None, "shares the allowance of the one before");
         assert_eq!(t.admit("kind 7", t0 + EVERY), Some(0), "known kinds keep their own");
+    }
+
+    /// A flood of kinds seen once fills the table only while it lasts: a second later
+    /// those that owe nothing are forgotten, and a new kind is its own again (it used to
+    /// share the one allowance for the rest of the process's life).
+    #[test]
+    fn a_full_table_forgets_the_kinds_that_owe_nothing_once_their_second_is_over() {
+        let t = Throttle::default();
+        let t0 = Instant::now();
+        for i in 0..KINDS {
+            assert_eq!(t.admit(&format!("junk {i}"), t0), Some(0));
+        }
+        assert_eq!(t.admit("junk 3", t0), None, "held back: owes one");
+        assert_eq!(t.admit("bad credentials", t0), Some(0), "the table is full: shares the other kinds' allowance");
+        assert_eq!(t.admit("bad credentials again", t0), None);
+        let later = t0 + EVERY;
+        assert_eq!(t.admit("bad credentials", later), Some(0), "its own kind again");
+        assert_eq!(t.admit("junk 3", later), Some(1), "a kind that owed a count kept it");
     }
 }

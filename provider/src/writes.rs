@@ -158,6 +158,9 @@ pub async fn run<R, W>(
         };
         let msg = match msg {
             Err(_) => {
+                // Said, since "left" alone reads as the client's doing: a stopped or
+                // stranded `write` is dropped here.
+                info!(after = ?idle_timeout, "write client sent nothing for the keepalive timeout; dropping it");
                 let bye = Message::Goodbye { reason: GoodbyeReason::IdleTimeout, detail: "write client idle".into() };
                 let _ = send(&mut writer, &bye).await;
                 return;

@@ -334,7 +334,7 @@ impl Provider {
     }
 
     fn cmd(&self, sub: &str) -> Result<Command> {
-        let limit = if sub == "serve" { self.file_size_limit } else { None };
+        let limit = if matches!(sub, "serve" | "load") { self.file_size_limit } else { None };
         let mut c = limited(&bin("tether-provider")?, limit);
         c.arg(sub).arg("-c").arg(&self.config).env("TETHER_LOG", child_log_level());
         Ok(c)
@@ -379,6 +379,14 @@ impl Provider {
             c.arg(ldif);
             c
         })
+    }
+
+    /// `load` of `ldif` (with `args` before it) started and left running, its output
+    /// piped: for a test that must bound how long it takes.
+    pub fn spawn_load(&self, ldif: &Path, args: &[&str]) -> Result<Child> {
+        let mut c = self.cmd("load")?;
+        c.args(args).arg(ldif);
+        Ok(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
     }
 
     /// Starts `serve` and waits until it listens.
@@ -761,12 +769,31 @@ impl Consumer {
         })
     }
 
+    /// `status --json` as the command ran, failed or not.
+    pub fn status_command(&self) -> Result<Output> {
+        let mut c = self.cmd("status")?;
+        c.arg("--json").output().with_context(|| format!("running {c:?}"))
+    }
+
     /// `wait --agreement NAME --csn N --timeout T`: returns once the replica has CSN `N`
     /// on disk (see the provider's `write`, which prints the CSN to wait for).
     pub fn wait_csn(&self, agreement: &str, csn: u64, timeout: &str) -> Result<Output> {
         let mut c = self.cmd("wait")?;
         c.args(["--agreement", agreement, "--csn", &csn.to_string(), "--timeout", timeout]);
         Ok(c.output()?)
+    }
+
+    /// [`Consumer::wait_csn`] started and left running, its output discarded.
+    pub fn spawn_wait(&self, agreement: &str, csn: u64, timeout: &str) -> Result<Child> {
+        let mut c = self.cmd("wait")?;
+        c.args(["--agreement", agreement, "--csn", &csn.to_string(), "--timeout", timeout]);
+        Ok(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
+    }
+
+    /// The number of files the running consumer process holds open.
+    pub fn open_files(&self) -> Result<usize> {
+        let pid = self.child.as_ref().context("consumer not running")?.id();
+        Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
     }
 
     /// [`Consumer::wait_csn`] with `--visible`: returns once the replica's searches

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use replication_tests::harness::{assert_holds, wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions};
 use replication_tests::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
 
@@ -305,7 +305,18 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     // Remove `people`.
     let only = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("others", OTHERS, "s2")])?;
     drop(only);
-    assert_eq!(c.admin("reload", None)?, "reloaded: removed people\n");
+    // The reply says what went with it, and so does the log, at WARN: a file cut short
+    // shows there.
+    let held = c.agreement_status("people")?["entries"].as_u64().context("entries")?;
+    assert!(held > 0);
+    assert_eq!(c.admin("reload", None)?, format!("reloaded: removed people (its replica of {held} entries deleted)\n"));
+    let log = c.log_text();
+    let warned =
+        log.lines().find(|l| l.contains("removed the replica of an agreement the configuration no longer names"));
+    assert!(
+        warned.is_some_and(|l| l.contains("WARN") && l.contains(&format!("agreement=people entries={held}"))),
+        "{log}"
+    );
     wait_until(LIMIT, "people to be removed", || {
         Ok(!c.status()?["agreements"].as_array().unwrap().iter().any(|a| a["name"] == "people"))
     })?;
@@ -328,7 +339,23 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     // a reload, instead of staying on disk where no command would see it.
     assert!(c.stop()?.success());
     drop(Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?);
+    // Until then `search --as-is` reads it, from the base its replica recorded: it may be
+    // the last copy of its region, and the agreement gone from the file must not hide it.
+    let whole = p.search(OTHERS, "subtree", ALL)?;
+    assert_eq!(c.search_args(&["--agreement", "others", "--as-is"])?, whole);
+    let refused = c.search_args(&["--agreement", "never", "--as-is"]).expect_err("no such replica");
+    assert!(
+        format!("{refused:#}").contains("no agreement named \"never\", and the store holds no replica of that name"),
+        "{refused:#}"
+    );
+    // Without --as-is, the refusal says where such a replica is read.
+    let refused = c.search_args(&["--agreement", "others"]).expect_err("not in the file");
+    assert!(format!("{refused:#}").contains("with the consumer stopped, search --as-is reads it"), "{refused:#}");
     c.start()?;
+    // The running consumer holds its store: --as-is says so, not that its socket
+    // answers elsewhere.
+    let refused = c.search_args(&["--agreement", "people", "--as-is"]).expect_err("the consumer runs");
+    assert!(format!("{refused:#}").contains("a running consumer holds it: stop the consumer first"), "{refused:#}");
     converged(&p, &c, "people", PEOPLE)?;
     assert!(
         c.log_text().contains("removed the replica of an agreement the configuration no longer names agreement=others"),
@@ -344,6 +371,19 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     c.start()?;
     converged(&p, &c, "others", OTHERS)?;
     assert_eq!(c.agreement_status("others")?["last_refresh"], "full", "added back, it starts afresh");
+
+    // An agreement an operator stopped is not restarted by a reload that changes it:
+    // the reply says what waits for its start.
+    c.admin("stop", Some("others"))?;
+    let respelled = Agreement { filter: "(|(objectClass=*))".into(), ..Agreement::persist("others", OTHERS, "s2") };
+    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1"), respelled])?);
+    assert_eq!(
+        c.admin("reload", None)?,
+        "reloaded: changed others (stopped; its region changed: reloaded in full when started)\n"
+    );
+    assert_eq!(c.agreement_status("others")?["state"], "stopped");
+    c.admin("start", Some("others"))?;
+    converged(&p, &c, "others", OTHERS)?;
     Ok(())
 }
 
@@ -384,6 +424,17 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
         c.log_text().contains("reload requested on the control socket failed, keeping the running agreements: "),
         "{}",
         c.log_text()
+    );
+    // `status` warns of it, as of any file the next start would refuse (a start would
+    // stop on it, every agreement with it), and shows the running consumer.
+    let out = c.status_command()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout)?["running"], true);
+    assert!(
+        stderr.starts_with(&format!("warning: {key}"))
+            && stderr.contains("its next start or reload would refuse this file"),
+        "{stderr}"
     );
     let key_file = c.dir.join("secrets/people.key");
     std::fs::write(&key_file, "s1-rotated\n")?;
@@ -488,6 +539,18 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
     assert!(stderr.contains("people.key"), "{stderr}");
     assert!(p.log_text().contains("reload requested on the control socket failed, keeping the old configuration"));
+    // `status` warns of it as of any file the next start would refuse: a secret lost
+    // is found by the monitoring that runs `status`, not by a restart that fails.
+    let (code, stdout, stderr) = said(&p.status_command()?);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout)?["running"], true, "{stdout}");
+    assert!(
+        stderr.starts_with("warning: ")
+            && stderr.contains(".secret_file'")
+            && stderr.contains("people.key")
+            && stderr.contains("its next start or reload would refuse this file"),
+        "{stderr}"
+    );
     std::fs::write(&secret, kept)?;
     // Put back readable by others: the reload's reply warns of it, not only the log.
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;

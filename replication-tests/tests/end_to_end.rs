@@ -717,7 +717,12 @@ fn a_provider_restored_from_a_copy_of_its_store_reloads_only_the_consumers_that_
     wait_converged(&p, &behind, "people", PEOPLE)?;
     wait_converged(&p, &idle, "people", PEOPLE)?;
     assert_eq!(last_refresh(&ahead, "people")?, "full", "its position is in a history the provider no longer has");
+    // Said on the consumer, where its operator looks, and only there.
+    let unknown = "the provider does not know the replica's cookie";
+    let warned = |c: &Consumer| c.log_text().lines().any(|l| l.contains("WARN") && l.contains(unknown));
+    assert!(warned(&ahead), "{}", ahead.log_text());
     assert_eq!(last_refresh(&behind, "people")?, "delta", "its position is in the restored history");
+    assert!(!warned(&behind) && !warned(&idle));
     assert_eq!(
         last_refresh(&idle, "people")?,
         "delta",
@@ -1532,6 +1537,16 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not durable within"), "{err}");
     assert!(err.contains(&format!("the agreement is persisting at csn {durable}")), "where it stands: {err}");
+    // A waiting client killed (a `timeout` wrapper giving up) frees its connection in
+    // the consumer at once, not at the end of the wait it asked for.
+    let before = c.open_files()?;
+    let mut waits = (0..20).map(|_| c.spawn_wait("people", csn + 1000, "60s")).collect::<Result<Vec<_>>>()?;
+    wait_until(CONVERGE, "the waits to connect", || Ok(c.open_files()? >= before + 20))?;
+    for w in &mut waits {
+        w.kill()?;
+        w.wait()?;
+    }
+    wait_until(Duration::from_secs(10), "the waits' connections to close", || Ok(c.open_files()? <= before))?;
     // The usual reason a wait fails is named.
     c.admin("stop", Some("people"))?;
     c.wait_status("people", CONVERGE, "stopped", |s| s["state"] == "stopped")?;

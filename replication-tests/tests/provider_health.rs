@@ -189,42 +189,74 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
     Ok(())
 }
 
+/// Starts `bin sub -c config` under `prlimit --nofile=nofile`, its log in `log`, and
+/// reads its open files limit once it says it is ready: whether it did, and the
+/// `Max open files` line of its limits. The process is killed after.
+fn open_files_limit(
+    nofile: &str,
+    bin: &str,
+    sub: &str,
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> Result<(bool, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("prlimit")
+        .arg(format!("--nofile={nofile}"))
+        .arg("--")
+        .arg(replication_tests::harness::bin(bin)?)
+        .args([sub, "-c"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    // Both processes announce readiness on standard output.
+    let ready = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("listening on") || l.starts_with("consumer running"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()))?;
+    child.kill()?;
+    child.wait()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).context("no open files limit")?;
+    Ok((ready, line.to_owned()))
+}
+
 /// A provider started with a soft open files limit below its hard one (the usual 1024
 /// of a shell or a service manager) raises it, since each connection holds a
 /// descriptor; and when even the hard limit is too low for `max_connections`, it says so
 /// at start rather than failing connections at `accept` later.
 #[test]
 fn the_provider_raises_its_open_files_limit_and_warns_when_max_connections_exceeds_it() -> Result<()> {
-    use std::io::BufRead;
     let tmp = tempfile::tempdir()?;
     let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
     for (hard, warned) in [(512, true), (4096, false)] {
-        let log = std::fs::File::create(tmp.path().join(format!("serve-{hard}.log")))?;
-        let mut child = std::process::Command::new("prlimit")
-            .arg(format!("--nofile=256:{hard}"))
-            .arg("--")
-            .arg(replication_tests::harness::bin("tether-provider")?)
-            .args(["serve", "-c"])
-            .arg(&p.config)
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let ready =
-            std::io::BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("listening on"));
-        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()))?;
-        child.kill()?;
-        child.wait()?;
+        let log = tmp.path().join(format!("serve-{hard}.log"));
+        let (ready, line) = open_files_limit(&format!("256:{hard}"), "tether-provider", "serve", &p.config, &log)?;
         assert!(ready, "the provider started");
-        let line = limits.lines().find(|l| l.starts_with("Max open files")).context("no open files limit")?;
         let soft_hard: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
         assert_eq!(soft_hard, [hard.to_string(), hard.to_string()], "raised to the hard limit: {line}");
-        let text = std::fs::read_to_string(tmp.path().join(format!("serve-{hard}.log")))?;
+        let text = std::fs::read_to_string(&log)?;
         assert_eq!(
-            text.contains("the open files limit is too low for max_connections: connections past about 448 will fail"),
+            text.contains("the open files limit is too low for max_connections: the provider may need 1088 files"),
             warned,
             "{text}"
         );
     }
+    Ok(())
+}
+
+/// The consumer raises its soft limit the same way: at the usual soft default, its
+/// agreements' connections and commands could fail, and reading a secret file did.
+#[test]
+fn the_consumer_raises_its_open_files_limit() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // No provider: the agreement retries meanwhile, which is all this needs.
+    let c = Consumer::configure(&tmp.path().join("c"), 1, &[Agreement::persist("people", PEOPLE, "s")])?;
+    let log = tmp.path().join("run.log");
+    let (ready, line) = open_files_limit("20:4096", "tether-consumer", "run", &c.config, &log)?;
+    assert!(ready, "the consumer started: {}", std::fs::read_to_string(&log)?);
+    let soft_hard: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(soft_hard, ["4096", "4096"], "raised to the hard limit: {line}");
     Ok(())
 }

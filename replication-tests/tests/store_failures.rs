@@ -9,6 +9,9 @@
 //! - A consumer's agreements stop with the failure in status, `start`, `restart` and
 //!   `reload` are refused with the way out, and a restart of the process resumes from
 //!   the durable cookie, with nothing lost or applied twice.
+//! - A value large enough for sled to keep in a blob file of its own, whose write
+//!   fails: sled then never finishes a flush again, and either process still stops, exit
+//!   status 1, rather than waiting for ever on the flush sled runs as a store is dropped.
 
 #![allow(clippy::unwrap_used)]
 
@@ -41,6 +44,16 @@ fn big_adds(n: usize) -> String {
 
 fn same(p: &Provider, c: &Consumer) -> Result<bool> {
     Ok(p.search(PEOPLE, "subtree", ALL)? == c.search("people", PEOPLE, "subtree", ALL)?)
+}
+
+/// Waits until the consumer's `people` replica is the provider's again, and checks that
+/// it got there from its durable cookie (a delta), applying nothing twice.
+fn resumed_by_delta(p: &Provider, c: &Consumer) -> Result<()> {
+    wait_until(LIMIT, "the consumer to converge after the restart", || same(p, c))?;
+    let s = c.agreement_status("people")?;
+    assert_eq!(s["last_refresh"], "delta", "resumed from its cookie: {s}");
+    assert_eq!(s["duplicates"], 0, "exactly once: {s}");
+    Ok(())
 }
 
 #[test]
@@ -82,10 +95,7 @@ fn a_provider_whose_store_fails_says_goodbye_exits_1_and_loses_no_acknowledged_w
     p.start()?;
     let found = p.search(PEOPLE, "subtree", "(uid=big*)")?.lines().filter(|l| l.starts_with("dn:")).count() as u64;
     assert!(found == applied || found == applied + 1, "{applied} acknowledged, {found} present");
-    wait_until(LIMIT, "the consumer to converge after the restart", || same(&p, &c))?;
-    let s = c.agreement_status("people")?;
-    assert_eq!(s["last_refresh"], "delta", "resumed from its cookie: {s}");
-    assert_eq!(s["duplicates"], 0, "exactly once: {s}");
+    resumed_by_delta(&p, &c)?;
     Ok(())
 }
 
@@ -123,10 +133,130 @@ fn a_consumer_whose_store_fails_stops_its_agreements_and_a_restart_resumes() -> 
     // Once the limit is lifted, a new process resumes from the durable cookie.
     c.file_size_limit = None;
     c.start()?;
-    wait_until(LIMIT, "the consumer to converge after its restart", || same(&p, &c))?;
-    let s = c.agreement_status("people")?;
-    assert_eq!(s["last_refresh"], "delta", "resumed from its cookie: {s}");
-    assert_eq!(s["duplicates"], 0, "exactly once: {s}");
+    resumed_by_delta(&p, &c)?;
     assert_eq!(c.status()?["store_error"], serde_json::Value::Null);
+    Ok(())
+}
+
+/// A value sled keeps in a blob file of its own (a few hundred KiB and more) whose
+/// write fails: sled 0.34 leaves its log buffer waiting for that writer for ever, so
+/// every later flush never returns, sled's own flush as the store is dropped included.
+/// The consumer used to hang at its SIGTERM (in the drop's flush, after "exiting
+/// anyway"), and, when sled's background thread met the failure first, to show the
+/// agreement persisting while its apply waited for good. Now the failure closes the
+/// agreement, the stop exits 1 without flushing again, and a restart resumes.
+#[test]
+fn a_consumer_whose_store_fails_writing_a_large_value_exits_when_stopped_and_a_restart_resumes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = Provider::loaded(tmp.path(), 300, 43, &Default::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
+    c.stop()?;
+    let limit = largest_file(&c.dir.join("data"))? + HEADROOM;
+    c.file_size_limit = Some(limit);
+    c.start()?;
+    wait_until(LIMIT, "the consumer to resume", || Ok(c.agreement_status("people")?["state"] == "persisting"))?;
+
+    // One value larger than any file the consumer may write: its blob file fails.
+    let uid = p.search(PEOPLE, "one", "(uid=*)")?;
+    let dn = uid.lines().find_map(|l| l.strip_prefix("dn: ")).context("an entry under people")?.to_owned();
+    let size = usize::try_from(limit)? + (1 << 20);
+    p.write_ok(&format!("dn: {dn}\nchangetype: modify\nadd: description\ndescription: {}\n-\n\n", "x".repeat(size)))?;
+    let s = c.wait_status("people", LIMIT, "closed", |s| s["state"] == "closed")?;
+    assert_eq!(s["last_disconnect"], "exception", "{s}");
+    let status = c.status()?;
+    assert!(status["store_error"].as_str().is_some_and(|e| !e.is_empty()), "status names the failure: {status}");
+
+    // The stop ends, exit status 1, instead of waiting for ever on sled's flush.
+    assert_eq!(c.stop()?.code(), Some(1), "a consumer whose store failed exits 1");
+    c.file_size_limit = None;
+    c.start()?;
+    resumed_by_delta(&p, &c)?;
+    Ok(())
+}
+
+/// The provider's side of the same: a write of a value sled must keep in a blob file it
+/// cannot write. The provider stops with the failure and exits 1 (sled's flush as the
+/// store is dropped would never return), and holds every acknowledged write after.
+#[test]
+fn a_provider_whose_store_fails_writing_a_large_value_exits_1() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _w) = Provider::loaded(tmp.path(), 300, 44, &Default::default())?;
+    p.stop()?;
+    let limit = largest_file(&p.dir.join("data"))? + HEADROOM;
+    p.file_size_limit = Some(limit);
+    p.start()?;
+    p.write_ok(&big_adds(3))?;
+    let size = usize::try_from(limit)? + (1 << 20);
+    let out = p.write(&format!(
+        "dn: uid=big0,{PEOPLE}\nchangetype: modify\nadd: description\ndescription: {}\n-\n\n",
+        "x".repeat(size)
+    ))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("the provider's store failed"), "{stderr}");
+    let status = wait_exit(p.child.as_mut().context("provider running")?, LIMIT)?;
+    p.child = None;
+    assert_eq!(status.code(), Some(1), "a provider whose store failed exits 1: {}", p.log_text());
+    p.file_size_limit = None;
+    p.start()?;
+    let found = p.search(PEOPLE, "subtree", "(uid=big*)")?.lines().filter(|l| l.starts_with("dn:")).count();
+    assert_eq!(found, 3, "the acknowledged adds are there");
+    Ok(())
+}
+
+/// An offline `load` whose store fails on a large value's blob file: it used to end
+/// without latching the failure, and the store's drop then waited for ever on sled's
+/// flush, with nothing printed. Now it exits 1 naming the way out, and running the same
+/// load again with `--skip-existing` once the limit is lifted finishes it, its entry
+/// count what the store holds.
+#[test]
+fn a_load_whose_store_fails_writing_a_large_value_exits_and_a_rerun_finishes_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut p = Provider::configure(&tmp.path().join("p"), &Default::default())?;
+    let top = tmp.path().join("top.ldif");
+    std::fs::write(
+        &top,
+        format!(
+            "dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\n\
+             dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n\n"
+        ),
+    )?;
+    p.load(&top)?;
+    let limit = largest_file(&p.dir.join("data"))? + HEADROOM;
+    let size = usize::try_from(limit)? + (1 << 20);
+    let mut file = String::new();
+    for i in 0..50 {
+        let _ = write!(file, "dn: uid=p{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: p{i}\ncn: P {i}\nsn: P\n");
+        if i == 25 {
+            let _ = writeln!(file, "description: {}", "x".repeat(size));
+        }
+        file.push('\n');
+    }
+    let people = tmp.path().join("people.ldif");
+    std::fs::write(&people, file)?;
+
+    p.file_size_limit = Some(limit);
+    let mut load = p.spawn_load(&people, &[])?;
+    let status = wait_exit(&mut load, LIMIT)?;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut load.stderr.take().context("stderr")?, &mut stderr)?;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("run the same load again with --skip-existing"), "{stderr}");
+
+    p.file_size_limit = None;
+    let said = {
+        let mut rerun = p.spawn_load(&people, &["--skip-existing"])?;
+        let status = wait_exit(&mut rerun, LIMIT)?;
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut rerun.stderr.take().context("stderr")?, &mut stderr)?;
+        assert!(status.success(), "{stderr}");
+        stderr
+    };
+    assert!(said.lines().any(|l| l.starts_with("loaded ")), "{said}");
+    let found = p.search(PEOPLE, "subtree", "(uid=p*)")?.lines().filter(|l| l.starts_with("dn:")).count();
+    assert_eq!(found, 50, "every entry of the file: {said}");
+    assert_eq!(p.status()?["entries"], 52, "the count is what the store holds: {said}");
     Ok(())
 }

@@ -166,8 +166,12 @@ impl StoreKind {
 /// Opens sled at `path` as a store of `kind`, turning its lock failure into
 /// [`StoreError::Locked`] and a store of the other kind into [`StoreError::WrongKind`].
 pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> Result<Db> {
-    let config = sled::Config::new().path(path).cache_capacity(options.cache_bytes);
-    let db = guard_recovery(path, || config.open())?.map_err(|e| match e {
+    let open = || guard_recovery(path, || sled::Config::new().path(path).cache_capacity(options.cache_bytes).open());
+    let mut opened = open()?;
+    if matches!(opened, Err(sled::Error::Corruption { at: None, .. })) && remove_unfinished_snapshots(path) > 0 {
+        opened = open()?;
+    }
+    let db = opened.map_err(|e| match e {
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
             StoreError::Locked(path.display().to_string())
         }
@@ -189,6 +193,35 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> R
     }
     crate::format::check(&db, path)?;
     Ok(db)
+}
+
+/// Removes the snapshot files sled began and never finished in `path`, and says how
+/// many. sled writes a snapshot to `snap.<lsn>.generating` and renames it once whole,
+/// but at open reads whichever `snap.*` file sorts last, which is such a left-over
+/// whenever a snapshot's write was cut short (a full disk at open, a crash while
+/// opening): it then takes the store as damaged, and every command fails on it until
+/// the file is moved away. A snapshot only spares sled a longer replay of its log, and
+/// an unfinished one was never read, so removing it loses nothing. Called only after
+/// an open failed, which holds sled's lock until it returns: no running process is
+/// writing one.
+fn remove_unfinished_snapshots(path: &Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(path) else { return 0 };
+    let unfinished = dir.filter_map(|entry| entry.ok().map(|e| e.path())).filter(|p| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snap.") && n.ends_with(".generating"))
+    });
+    let mut removed = 0;
+    for file in unfinished {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {
+                tracing::warn!(file = %file.display(), "removed a snapshot file sled began and never finished");
+                removed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "could not remove an unfinished snapshot file")
+            }
+        }
+    }
+    removed
 }
 
 /// Runs sled's `open` of the store at `path`, turning a panic in it into
@@ -299,7 +332,7 @@ impl Directory {
             durability: GroupCommit::new(last),
             pins: Pins::default(),
             feed: Feed::default(),
-            failure: FailureLatch::default(),
+            failure: FailureLatch::watched(crate::failure::STUCK_AFTER),
         })
     }
 
@@ -321,7 +354,7 @@ impl Directory {
     pub fn begin_history(&self) -> Result<HistoryId> {
         let last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let begun = self.histories.begin(&self.meta, *last).and_then(|id| {
-            self.db.flush()?;
+            self.failure.flush(&self.db)?;
             Ok(id)
         });
         self.failure.observe(begun)
@@ -358,6 +391,24 @@ impl Directory {
             Some(v) => u64_from(names::META, &v),
             None => Ok(self.set.len() as u64),
         }
+    }
+
+    /// Counts the entries by a scan and sets the count kept for [`Directory::entry_count`]
+    /// to it; returns the count it held when that was wrong. The count moves with every
+    /// write's transaction, but a batch cut short on a full disk while sled wrote a large
+    /// value to a blob file has been found torn (its count kept, entries of it gone);
+    /// the offline loader, which an operator reruns after such a cut, calls this at its
+    /// end so that `status` says what the store holds.
+    pub fn recount_entries(&self) -> Result<Option<u64>> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let counted = self.set.len() as u64;
+        let kept = self.entry_count()?;
+        if kept == counted {
+            return Ok(None);
+        }
+        self.failure.observe(self.meta.insert(names::ENTRY_COUNT, &counted.to_be_bytes()).map_err(StoreError::from))?;
+        self.failure.flush(&self.db)?;
+        Ok(Some(kept))
     }
 
     /// The changelog (read access).
@@ -488,7 +539,7 @@ impl Directory {
 
     /// Makes everything committed up to `csn` durable (group commit).
     pub fn sync(&self, csn: Csn) -> Result<()> {
-        self.failure.observe(self.durability.make_durable(&self.db, csn))
+        self.failure.observe(self.durability.make_durable(&self.db, &self.failure, csn))
     }
 
     /// Checks what an add of `dn` with `attrs` must satisfy whatever the store holds (an
@@ -516,7 +567,14 @@ impl Directory {
     /// An entry exported from another server keeps the entryUUID it had there when one
     /// is given (the others get a fresh one), so that what refers to it by UUID still
     /// finds it. A UUID already in the store or given twice in the batch is refused.
+    ///
+    /// A storage failure is latched, as every write's is: the loader must not drop a
+    /// failed store (sled's flush as it goes may never return).
     pub fn bulk_add(&self, batch: &[(Dn, Attributes, Option<EntryUuid>)]) -> Result<Csn> {
+        self.failure.observe(self.bulk_add_unobserved(batch))
+    }
+
+    fn bulk_add_unobserved(&self, batch: &[(Dn, Attributes, Option<EntryUuid>)]) -> Result<Csn> {
         let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut csn = *last;
         let mut planned = Vec::with_capacity(batch.len());
@@ -561,7 +619,7 @@ impl Directory {
         *last = csn;
         self.durability.committed(csn);
         drop(last);
-        self.durability.make_durable(&self.db, csn)?;
+        self.durability.make_durable(&self.db, &self.failure, csn)?;
         if log == Logging::FloorRaised {
             // Records of earlier writes now below the floor: no refresh reads them again.
             self.changelog.remove_through(csn)?;
@@ -806,8 +864,8 @@ impl Directory {
         }
         // Raise the floor first: a crash mid-trim then leaves extra records, never a
         // floor below a hole.
-        let raised = self.meta.insert(names::FLOOR, &target.0.to_be_bytes()).and_then(|_| self.db.flush());
-        self.failure.observe(raised.map_err(StoreError::from))?;
+        self.failure.observe(self.meta.insert(names::FLOOR, &target.0.to_be_bytes()).map_err(StoreError::from))?;
+        self.failure.flush(&self.db)?;
         // New pins now see the raised floor; the records below it may go.
         drop(pins);
         let removed = self.failure.observe(self.changelog.remove_through(target))?;
@@ -863,6 +921,32 @@ mod tests {
             dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap(),
             mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
         }
+    }
+
+    /// A snapshot sled began and never finished (a full disk at open, a crash while
+    /// opening) sorts after every whole one, and sled reads it as a damaged store; it
+    /// is removed and the store opens with everything it held.
+    #[test]
+    fn an_unfinished_snapshot_file_is_removed_and_the_store_opens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = Dn::parse("dc=example,dc=com").unwrap();
+        {
+            let d = Directory::open(tmp.path(), &base).unwrap();
+            d.write(&suffix()).unwrap();
+            d.write(&person("kept")).unwrap();
+            d.flush().unwrap();
+        }
+        let unfinished = tmp.path().join("snap.FFFFFFFFFFFFFFF0.generating");
+        std::fs::write(&unfinished, b"").unwrap();
+        let d = unlocked(|| Directory::open(tmp.path(), &base)).unwrap();
+        assert!(!unfinished.exists());
+        assert_eq!(d.entry_count().unwrap(), 2, "every entry is there");
+        // A whole snapshot file that is damaged is still the error that names it.
+        drop(d);
+        let damaged = tmp.path().join("snap.FFFFFFFFFFFFFFF0");
+        std::fs::write(&damaged, b"").unwrap();
+        let Err(e) = unlocked(|| Directory::open(tmp.path(), &base)) else { panic!("opened on a damaged snapshot") };
+        assert!(e.is_damage() && e.to_string().contains("snap.FFFFFFFFFFFFFFF0"), "{e}");
     }
 
     /// sled's recovery panics on some damage (measured: 256 bytes overwritten in the
@@ -941,6 +1025,21 @@ mod tests {
         std::fs::rename(&snap, aside.path().join("snap")).unwrap();
         let d = unlocked(|| Directory::open(tmp.path(), &base)).unwrap();
         assert_eq!(d.entry_count().unwrap(), 4, "every entry is back");
+    }
+
+    /// A count out of step with the entries (a batch torn on a full disk) is set right
+    /// by a recount, which says what it held; a right one is left alone.
+    #[test]
+    fn a_recount_sets_a_wrong_entry_count_right() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        d.write(&suffix()).unwrap();
+        d.write(&person("ann")).unwrap();
+        assert_eq!(d.recount_entries().unwrap(), None);
+        d.meta.insert(names::ENTRY_COUNT, &10u64.to_be_bytes()).unwrap();
+        assert_eq!(d.recount_entries().unwrap(), Some(10));
+        assert_eq!(d.entry_count().unwrap(), 2);
+        assert_eq!(d.recount_entries().unwrap(), None);
     }
 
     #[test]

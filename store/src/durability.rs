@@ -15,6 +15,7 @@ use tether_protocol::Csn;
 use tokio::sync::watch;
 
 use crate::error::Result;
+use crate::failure::FailureLatch;
 
 /// Shared flush state of one store.
 #[derive(Debug)]
@@ -49,10 +50,11 @@ impl GroupCommit {
         *self.tx.borrow()
     }
 
-    /// Returns once `csn` is durable, flushing `db` if no earlier flush covered it.
+    /// Returns once `csn` is durable, flushing `db` (watched by `failure`, see
+    /// [`FailureLatch::flush`]) if no earlier flush covered it.
     /// `csn` must have committed: written by the caller, or read from the store (a
     /// refresh scan), which can happen just before its writer records it as committed.
-    pub fn make_durable(&self, db: &sled::Db, csn: Csn) -> Result<()> {
+    pub fn make_durable(&self, db: &sled::Db, failure: &FailureLatch, csn: Csn) -> Result<()> {
         let mut durable = self.durable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if *durable >= csn {
             return Ok(());
@@ -61,7 +63,7 @@ impl GroupCommit {
         // CSNs commit in order under the writer lock, so a committed `csn` means every
         // lower one committed too, even if the counter has not caught up with it yet.
         let target = self.last_committed().max(csn);
-        db.flush()?;
+        failure.flush(db)?;
         *durable = target;
         self.tx.send_replace(target);
         Ok(())

@@ -147,6 +147,32 @@ fn unrecoverable(detail: &str, snapshot: Option<&str>) -> String {
 }
 
 impl StoreError {
+    /// The kind of the I/O error sled met, when that is what this is.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            StoreError::Sled(sled::Error::Io(io)) => Some(io.kind()),
+            _ => None,
+        }
+    }
+
+    /// Why opening a store failed on its file system, and what to do, when that is the
+    /// cause: every open writes (sled recovers its log and writes a snapshot), reading
+    /// commands' too, which the operator of a read-only or full file system does not
+    /// expect. Empty otherwise.
+    pub fn open_hint(&self) -> &'static str {
+        use std::io::ErrorKind;
+        match self.io_kind() {
+            Some(ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied) => {
+                " (sled writes to a store as it opens it, even to read it: copy the folder somewhere writable and \
+                 point a copy of the configuration's data_dir at it)"
+            }
+            Some(ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge) => {
+                " (sled writes to a store as it opens it, even to read it: free space first)"
+            }
+            _ => "",
+        }
+    }
+
     /// Whether retrying cannot fix this: the storage itself failed (a full disk, a file
     /// size limit, a read-only, forbidden or failing device). sled keeps such an error
     /// for the open database and returns it from every later operation (see
@@ -187,3 +213,19 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An open that fails on a read-only or full file system says why a command that
+    /// only reads met it, and the way out.
+    #[test]
+    fn an_open_failing_on_its_file_system_names_the_way_out() {
+        let io = |kind| StoreError::Sled(sled::Error::Io(std::io::Error::from(kind)));
+        assert!(io(std::io::ErrorKind::ReadOnlyFilesystem).open_hint().contains("copy the folder somewhere writable"));
+        assert!(io(std::io::ErrorKind::StorageFull).open_hint().contains("free space first"));
+        assert_eq!(io(std::io::ErrorKind::ConnectionReset).open_hint(), "");
+        assert_eq!(StoreError::Locked("/srv".into()).open_hint(), "");
+    }
+}

@@ -15,9 +15,20 @@
 //! loop. Unlike an I/O error it is not cured by fixing the device and reopening, which
 //! the failure says ([`StoreFailure::damaged`]), so the process can name the way out:
 //! a backup, or a rebuild from a replica.
+//!
+//! One failure sled does not report: a write of a large value (one sled keeps in a blob
+//! file of its own) that fails, on a full disk say, in its background thread or in a
+//! write of ours, leaves its log buffer waiting for a writer that never finishes, so
+//! every later flush waits for ever without an error, and so would the process at exit.
+//! [`FailureLatch::flush`] counts the flushes under way, and a watchdog thread
+//! ([`FailureLatch::watched`]) latches a failure once flushes have been under way for
+//! [`STUCK_AFTER`] without one finishing: the process then acts on it as on any other
+//! (a provider stops, a consumer closes its agreements), and does not wait for the
+//! stuck flush, nor run sled's own at exit.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -47,20 +58,114 @@ impl fmt::Display for StoreFailure {
     }
 }
 
+/// How long flushes may be under way without one finishing before the store is taken
+/// as stuck. A flush writes and syncs the last fraction of a second of changes, in
+/// milliseconds; half a minute is a device that has stopped answering, or sled stuck.
+pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+/// How often the watchdog looks.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// The flushes under way.
+#[derive(Debug)]
+struct Flushes {
+    /// How many.
+    running: usize,
+    /// When one last finished, or, if later, when one began with none under way: a flush
+    /// under way since then has had no other finish.
+    since: Instant,
+}
+
 /// Shared by every handle of one open store; clones observe the same latch.
 #[derive(Debug, Clone)]
 pub struct FailureLatch {
     /// The first storage failure, once there is one.
     tx: Arc<watch::Sender<Option<StoreFailure>>>,
+    /// The flushes under way, which the watchdog watches.
+    flushes: Arc<Mutex<Flushes>>,
 }
 
 impl Default for FailureLatch {
     fn default() -> Self {
-        Self { tx: Arc::new(watch::channel(None).0) }
+        Self {
+            tx: Arc::new(watch::channel(None).0),
+            flushes: Arc::new(Mutex::new(Flushes { running: 0, since: Instant::now() })),
+        }
     }
 }
 
 impl FailureLatch {
+    /// A latch whose watchdog thread takes the store as failed once flushes have been
+    /// under way for `limit` without one finishing ([`STUCK_AFTER`] for a real store).
+    /// The thread ends within a second of the last handle's drop. Without a thread (the
+    /// system refused one) the latch works, unwatched, and the refusal is logged.
+    pub fn watched(limit: Duration) -> Self {
+        let latch = Self::default();
+        let (tx, flushes) = (Arc::downgrade(&latch.tx), Arc::downgrade(&latch.flushes));
+        let tick = WATCH_EVERY.min(limit / 4);
+        let spawned = std::thread::Builder::new()
+            .name("store watchdog".into())
+            .spawn(move || watch_flushes(tx, flushes, limit, tick));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no watchdog thread for the store's flushes: a stuck flush would go unnoticed");
+        }
+        latch
+    }
+
+    /// Flushes `db`, counted as under way meanwhile for the watchdog; a failure is
+    /// latched.
+    pub fn flush(&self, db: &sled::Db) -> Result<usize> {
+        self.observe(self.flushing(|| db.flush()).map_err(StoreError::from))
+    }
+
+    /// Waits for `work` unless the store fails first: work that waits on the store
+    /// (a flush above all) may then never end.
+    pub async fn unless_failed<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, StoreFailure> {
+        tokio::select! {
+            biased;
+            done = work => Ok(done),
+            failure = self.failed() => Err(failure),
+        }
+    }
+
+    /// Runs `flush`, counted as a flush under way meanwhile.
+    pub fn flushing<T>(&self, flush: impl FnOnce() -> T) -> T {
+        {
+            let mut flushes = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+            if flushes.running == 0 {
+                flushes.since = Instant::now();
+            }
+            flushes.running += 1;
+        }
+        let result = flush();
+        let mut flushes = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+        flushes.running -= 1;
+        flushes.since = Instant::now();
+        result
+    }
+
+    /// How long flushes have been under way without one finishing, if one is under way.
+    fn stalled_for(&self, now: Instant) -> Option<Duration> {
+        let flushes = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+        (flushes.running > 0).then(|| now.saturating_duration_since(flushes.since))
+    }
+
+    /// Latches that the store's flushes are stuck (first failure wins, as always).
+    fn note_stuck(&self, stalled: Duration) {
+        self.tx.send_if_modified(|latched| {
+            let first = latched.is_none();
+            if first {
+                let text = format!(
+                    "a flush of the store's log has not finished in {}s: the device stopped answering, or sled \
+                     stopped writing its log after a write it could not finish (a large value on a full disk)",
+                    stalled.as_secs()
+                );
+                *latched = Some(StoreFailure { text: Arc::from(text), damaged: false });
+            }
+            first
+        });
+    }
+
     /// Passes `result` through, latching its error if it is a storage failure.
     pub fn observe<T>(&self, result: Result<T>) -> Result<T> {
         if let Err(e) = &result {
@@ -98,6 +203,27 @@ impl FailureLatch {
         match latched {
             Some(failure) => failure,
             None => std::future::pending().await,
+        }
+    }
+}
+
+/// The watchdog's loop: ends once the store is dropped, or once it has latched.
+fn watch_flushes(
+    tx: Weak<watch::Sender<Option<StoreFailure>>>,
+    flushes: Weak<Mutex<Flushes>>,
+    limit: Duration,
+    tick: Duration,
+) {
+    loop {
+        std::thread::sleep(tick);
+        let (Some(tx), Some(flushes)) = (tx.upgrade(), flushes.upgrade()) else { return };
+        let latch = FailureLatch { tx, flushes };
+        if latch.latched().is_some() {
+            return;
+        }
+        if let Some(stalled) = latch.stalled_for(Instant::now()).filter(|s| *s >= limit) {
+            latch.note_stuck(stalled);
+            return;
         }
     }
 }
@@ -141,6 +267,45 @@ mod tests {
         assert_eq!(woken.to_string(), first);
         // Waiting after the fact returns at once.
         assert_eq!(latch.failed().await.to_string(), first);
+    }
+
+    /// A flush that never returns (sled after a failed blob write) latches a failure
+    /// once the limit passes without any flush finishing; flushes that overlap for
+    /// longer than the limit, each finishing, do not.
+    #[tokio::test]
+    async fn flushes_under_way_past_the_limit_without_one_finishing_latch_a_stuck_store() {
+        let limit = Duration::from_millis(300);
+        let latch = FailureLatch::watched(limit);
+        let busy: Vec<_> = (0..2)
+            .map(|i| {
+                let latch = latch.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50 * i));
+                    let until = Instant::now() + limit * 4;
+                    while Instant::now() < until {
+                        latch.flushing(|| std::thread::sleep(Duration::from_millis(100)));
+                    }
+                })
+            })
+            .collect();
+        for thread in busy {
+            thread.join().unwrap();
+        }
+        assert_eq!(latch.latched(), None, "flushes that finish are not stuck, however long they overlap");
+
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let began = Instant::now();
+        let stuck = std::thread::spawn({
+            let latch = latch.clone();
+            move || latch.flushing(|| wait.recv())
+        });
+        let failure = tokio::time::timeout(Duration::from_secs(10), latch.failed()).await.unwrap();
+        assert!(began.elapsed() >= limit, "latched after {:?}", began.elapsed());
+        assert!(!failure.damaged());
+        assert!(failure.to_string().starts_with("a flush of the store's log has not finished in "), "{failure}");
+        go.send(()).unwrap();
+        stuck.join().unwrap().unwrap();
+        assert_eq!(latch.latched(), Some(failure), "the failure stays once the flush returns");
     }
 
     #[tokio::test]

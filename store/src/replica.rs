@@ -325,7 +325,7 @@ impl ReplicaStore {
             proved,
             audit: Arc::default(),
             unflushed: Arc::default(),
-            failure: FailureLatch::default(),
+            failure: FailureLatch::watched(crate::failure::STUCK_AFTER),
             generations: Arc::default(),
             reshapes: Arc::default(),
         };
@@ -421,7 +421,7 @@ impl ReplicaStore {
         self.beyond.remove(name.as_bytes())?;
         self.regions.remove(name.as_bytes())?;
         self.proved.remove(name.as_bytes())?;
-        self.db.flush()?;
+        self.failure.flush(&self.db)?;
         self.drop_generation(name, state.active_gen)?;
         self.db.drop_tree(audit_tree_name(name))?;
         if let Some(gen) = state.shadow {
@@ -446,7 +446,7 @@ impl ReplicaStore {
     pub fn flush(&self) -> Result<()> {
         // Reset first: what is written during the flush is counted towards the next.
         self.unflushed.store(0, Ordering::Relaxed);
-        self.db.flush()?;
+        self.failure.flush(&self.db)?;
         Ok(())
     }
 
