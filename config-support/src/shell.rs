@@ -311,9 +311,9 @@ pub fn no_store(
 /// What to add to "the store is in use by another process" when the command asked the
 /// process on `control` first and nothing answered: the usual cause is a `control`
 /// edited in the file since that process started.
-pub fn held_store_hint(control: &std::path::Path) -> String {
+pub fn held_store_hint(control: &std::path::Path, offline: &str) -> String {
     format!(
-        " (a running process holds it but nothing answers on {}: was `control` changed since it started?)",
+        " (a process holds it but nothing answers on {}: {offline}, or was `control` changed since it started?)",
         control.display()
     )
 }

@@ -359,13 +359,23 @@ where
     d.deserialize_str(StrVisitor { expecting, parse })
 }
 
-/// Parses a humantime duration (`"5s"`, `"1m 30s"`, `"7d"`).
+/// The longest duration a configuration takes: far past any interval, timeout or age
+/// anyone means, and short enough that adding it to the clock cannot overflow (a poll
+/// `interval` of `"18446744073709551615s"` panicked the agreement's task, which then sat
+/// in `refreshing` for ever, and some longer ones broke humantime's own printing).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses a humantime duration (`"5s"`, `"1m 30s"`, `"7d"`), at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     // humantime's own words for it are "expected number at 0".
     if text.trim_start().starts_with('-') {
         return Err(format!("invalid duration {text:?}: a duration cannot be negative"));
     }
-    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+    let value = humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))?;
+    if value > MAX_DURATION {
+        return Err(format!("invalid duration {text:?}: longer than 100 years"));
+    }
+    Ok(value)
 }
 
 /// A humantime duration, zero allowed.
@@ -694,6 +704,12 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
     if bytes.len() as u64 > MAX_SECRET_LEN {
         return Err(refuse(format!("secret file is larger than {MAX_SECRET_LEN} bytes; is it the right file?")));
     }
+    // Blank lines (an editor's, or a copy that lost its text) would be taken as the
+    // secret: both sides "agree" on a guessable one, or disagree without a clue.
+    let body = bytes.strip_suffix(b"\r\n").or_else(|| bytes.strip_suffix(b"\n")).unwrap_or(&bytes);
+    if !body.is_empty() && body.iter().all(u8::is_ascii_whitespace) {
+        return Err(refuse("secret file holds only blank space".to_owned()));
+    }
     let secret = Secret::from_file_contents(bytes).map_err(|_| refuse("secret file is empty".to_owned()))?;
     Ok(SecretFile { secret, warnings })
 }
@@ -767,6 +783,11 @@ mod tests {
         assert!(e.starts_with("t.toml: key 'wait': invalid duration \"5 parsecs\": unknown time unit"), "{e}");
         let e = err("wait = \"-5s\"");
         assert_eq!(e, "t.toml: key 'wait': invalid duration \"-5s\": a duration cannot be negative");
+        // One past which adding it to the clock overflowed (an agreement's task panicked).
+        let e = err("wait = \"18446744073709551615s\"");
+        assert_eq!(e, "t.toml: key 'wait': invalid duration \"18446744073709551615s\": longer than 100 years");
+        assert!(err("wait = \"100000000000d\"").ends_with("longer than 100 years"));
+        assert_eq!(parse_duration("36500d"), Ok(Duration::from_secs(36500 * 24 * 3600)));
         assert_eq!(
             err("[[list]]\naddr = \"a:1\"\n[[list]]\naddr = \"b\""),
             "t.toml: key 'list[1].addr': invalid address \"b\": expected host:port, as 127.0.0.1:7389"
@@ -861,6 +882,11 @@ mod tests {
             let path = write_secret(&dir, name, contents);
             let e = load_secret(&path).unwrap_err();
             assert_eq!(e.to_string(), format!("{}: secret file is empty", path.display()));
+        }
+        for (name, contents) in [("blank", &b"\r\n\r\n"[..]), ("spaces", &b"   \n"[..]), ("tab", &b"\t"[..])] {
+            let path = write_secret(&dir, name, contents);
+            let e = load_secret(&path).unwrap_err();
+            assert_eq!(e.to_string(), format!("{}: secret file holds only blank space", path.display()));
         }
         let big = write_secret(&dir, "big", &vec![b'a'; MAX_SECRET_LEN as usize + 1]);
         assert!(load_secret(&big).unwrap_err().to_string().contains("larger than 4096 bytes"));

@@ -112,33 +112,22 @@ impl SearchPages {
                 ),
             });
         }
-        let region = region.filter(|region| !region.is_descendant_of(&spec.base));
-        if let Some(region) = region.filter(|region| !spec.base.is_descendant_of(region)) {
-            return Err(format!("--base {} is outside the region of agreement {name:?}, based at {region}", spec.base));
-        }
-        if region.is_some() {
-            // An agreement's filter or attribute list can leave out an entry whose
-            // descendants it holds (a filter on people leaves out their `ou`), so a
-            // base is missing only when nothing of the replica lies below it either.
-            let missing = replica
-                .read_active(|entries| match entries.missing_base(&spec.base)? {
-                    Some(missing) if !entries.has_children(&spec.base)? => Ok(Some(missing)),
-                    _ => Ok(None),
-                })
-                .map_err(|e| e.to_string())?;
-            if let Some(missing) = missing {
-                return Err(format!("{missing} in the replica of {name:?}"));
-            }
-        }
+        check_base(&replica, name, region, &spec)?;
         Ok(Self::of(replica, spec))
     }
 
     /// A search of what agreement `name`'s replica holds, whatever state it is in (`search
     /// --as-is`, the consumer stopped): a replica awaiting a full refresh is refused to
     /// [`SearchPages::open`], and when the provider is lost it is the last copy there is.
-    pub fn open_as_is(store: &ReplicaStore, name: &str, spec: SearchSpec) -> Result<Self, String> {
+    /// `region` is the base the replica holds: a base beside it, or naming nothing in
+    /// it, is refused as [`SearchPages::open`] refuses it, since an empty output with
+    /// exit status 0 would pass for an empty copy.
+    pub fn open_as_is(store: &ReplicaStore, name: &str, region: Option<&Dn>, spec: SearchSpec) -> Result<Self, String> {
         match store.existing_replica(name).map_err(|e| e.to_string())? {
-            Some(replica) => Ok(Self::of(replica, spec)),
+            Some(replica) => {
+                check_base(&replica, name, region, &spec)?;
+                Ok(Self::of(replica, spec))
+            }
             None => Err(format!("agreement {name:?} has no replica: the consumer has not run it")),
         }
     }
@@ -224,6 +213,31 @@ impl SearchPages {
 
 /// `wait`: answers with where the replica stands once it reaches `csn` by the measure
 /// of `reach`, or says where it stands instead.
+/// Refuses a search base beside `region` (the replica's base), or one naming no entry of
+/// the replica with none of it below either: such a search would print nothing, which
+/// reads as an empty region.
+fn check_base(replica: &Replica, name: &str, region: Option<&Dn>, spec: &SearchSpec) -> Result<(), String> {
+    let region = region.filter(|region| !region.is_descendant_of(&spec.base));
+    if let Some(region) = region.filter(|region| !spec.base.is_descendant_of(region)) {
+        return Err(format!("--base {} is outside the region of agreement {name:?}, based at {region}", spec.base));
+    }
+    if region.is_some() {
+        // An agreement's filter or attribute list can leave out an entry whose
+        // descendants it holds (a filter on people leaves out their `ou`), so a
+        // base is missing only when nothing of the replica lies below it either.
+        let missing = replica
+            .read_active(|entries| match entries.missing_base(&spec.base)? {
+                Some(missing) if !entries.has_children(&spec.base)? => Ok(Some(missing)),
+                _ => Ok(None),
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(missing) = missing {
+            return Err(format!("{missing} in the replica of {name:?}"));
+        }
+    }
+    Ok(())
+}
+
 async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_ms: u64) -> Result<String, String> {
     let Some(status) = ctx.agreements.lock().await.get(name).map(|r| r.status.clone()) else {
         return Err(format!("no agreement named {name:?}"));

@@ -17,6 +17,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::{load_secret, AgreementConfig, ConfigError, ConsumerConfig};
 use crate::control::{self, ControlContext};
+use crate::reason::State;
 use crate::session::SessionConfig;
 use crate::status::StatusHandle;
 use crate::supervisor::{Command, Supervisor};
@@ -151,8 +152,31 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
         jitter: crate::retry::Jitter::Entropy,
     };
     let span = info_span!("agreement", agreement = %a.name, provider = %a.provider);
-    let task = tokio::spawn(supervisor.run().instrument(span));
+    let supervised = tokio::spawn(supervisor.run().instrument(span.clone()));
+    let task = tokio::spawn(owned(supervised, status.clone()).instrument(span));
     Ok(Running { config: a.clone(), files, commands: tx, status, task })
+}
+
+/// Waits for an agreement's supervisor, and if it panicked (a bug), says so where an
+/// operator looks: status showed the state it panicked in (`refreshing`, the lag
+/// growing, no error) for as long as the process ran, and the log had only the panic.
+async fn owned(supervised: tokio::task::JoinHandle<()>, status: StatusHandle) {
+    let Err(e) = supervised.await else { return };
+    if !e.is_panic() {
+        return;
+    }
+    let panic = e.into_panic();
+    let what = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    let error = format!(
+        "the agreement's task failed ({}): a bug, please report it with the log; it runs again when the consumer \
+         restarts",
+        what.unwrap_or("a panic")
+    );
+    error!(error = %error, "agreement stopped");
+    status.update(|s| {
+        s.state = State::Closed;
+        s.set_error(error);
+    });
 }
 
 /// Stops a running agreement's supervisor, for the reload `why` names, and waits for it.
@@ -418,5 +442,30 @@ async fn final_flush(store: &ReplicaStore) -> Result<Option<StoreFailure>> {
             Err(e) => store.failure().latched().map(Some).ok_or(e).context("final flush"),
         },
         Err(failure) => Ok(Some(failure)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A supervisor that panics leaves its agreement `closed` with the panic in
+    /// `last_error`, not in the state it panicked in.
+    #[tokio::test]
+    async fn a_panicking_supervisor_closes_its_agreement_with_the_error_in_status() {
+        let status = StatusHandle::new("people", "127.0.0.1:1", "refresh-only");
+        status.update(|s| s.state = State::Refreshing);
+        let supervised = tokio::spawn(async { panic!("overflow when adding duration to instant") });
+        owned(supervised, status.clone()).await;
+        let s = status.snapshot();
+        assert_eq!(s.state, State::Closed);
+        let error = s.last_error.unwrap();
+        assert!(error.contains("overflow when adding duration to instant") && error.contains("a bug"), "{error}");
+
+        let fine = StatusHandle::new("people", "127.0.0.1:1", "refresh-only");
+        owned(tokio::spawn(async {}), fine.clone()).await;
+        assert_eq!(fine.snapshot().last_error, None, "an ending supervisor is no failure");
     }
 }

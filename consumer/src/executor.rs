@@ -177,7 +177,8 @@ mod tests {
     /// the caller hears of the failure, and `stop` returns, the thread left behind.
     #[tokio::test]
     async fn a_failed_store_ends_the_wait_for_stuck_work_and_the_stop() {
-        let failure = FailureLatch::watched(std::time::Duration::from_millis(300));
+        let failure =
+            FailureLatch::watched(std::time::Duration::from_millis(300), std::path::Path::new("/nonexistent/db"));
         let runner = Runner::start("test-runner", failure.clone()).unwrap();
         let (_never, stuck) = std::sync::mpsc::channel::<()>();
         let flushing = failure.clone();

@@ -169,7 +169,9 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
     ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size }).map_err(
         |e| {
             let hint = match e {
-                tether_store::StoreError::Locked(_) => shell::held_store_hint(&config.control),
+                tether_store::StoreError::Locked(_) => {
+                    shell::held_store_hint(&config.control, "is another command reading it")
+                }
                 _ => e.open_hint().to_owned(),
             };
             anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
@@ -296,11 +298,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Search { config, agreement, base, scope, filter, attrs, uuids, as_is } => {
             let config = ConsumerConfig::load(&config)?;
             if let Some(name) = agreement.as_deref().filter(|n| !as_is && config.agreement(n).is_none()) {
-                bail!(
-                    "{}: no agreement named {name:?} (if it was removed from the file, its replica stays in the \
-                     store until the consumer's next start: with the consumer stopped, search --as-is reads it)",
-                    config.file.display()
-                );
+                return Err(unknown_agreement(&config, name));
             }
             if as_is {
                 let (name, spec) =
@@ -334,6 +332,38 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Why `search` of an agreement the file does not name prints nothing, and whether
+/// `--as-is` can read it: the store keeps the replica of an agreement removed from the
+/// file while the consumer was stopped, until its next start. A running consumer has
+/// deleted it already (at its start, or as `reload` removed the agreement), and a
+/// mistyped name has none: pointing either at `--as-is` promised a copy that is gone.
+fn unknown_agreement(config: &ConsumerConfig, name: &str) -> anyhow::Error {
+    let file = config.file.display();
+    let store = match open_offline(config, Offline::Read) {
+        Ok(store) => store,
+        Err(e) if is_locked(&e) => {
+            return anyhow::anyhow!(
+                "{file}: no agreement named {name:?} (the running consumer holds no replica of an agreement removed \
+                 from the file: it deletes it as it reloads the file)"
+            )
+        }
+        Err(_) => return anyhow::anyhow!("{file}: no agreement named {name:?}"),
+    };
+    match store.existing_replica(name) {
+        Ok(Some(_)) => anyhow::anyhow!(
+            "{file}: no agreement named {name:?}; the store still holds the replica of an agreement of that name \
+             removed from the file, until the consumer's next start deletes it: search --as-is reads it"
+        ),
+        Ok(None) => anyhow::anyhow!("{file}: no agreement named {name:?}, and the store holds no replica of that name"),
+        Err(e) => anyhow::anyhow!("{file}: no agreement named {name:?} ({e})"),
+    }
+}
+
+/// Whether opening the store failed because a running consumer holds it.
+fn is_locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref(), Some(tether_store::StoreError::Locked(_))))
+}
+
 /// `search --as-is`: what the replica of `agreement` holds, read from the store of the
 /// stopped consumer, whatever state it is in (an agreement awaiting its full refresh is
 /// the case for it, and stopping the consumer leaves it so). An agreement removed from
@@ -346,8 +376,7 @@ fn search_as_is(config: &ConsumerConfig, agreement: Option<String>, spec: Search
         None => agreement_name(config, None)?,
     };
     let store = open_offline(config, Offline::Read).map_err(|e| {
-        let locked = e.chain().any(|c| matches!(c.downcast_ref(), Some(tether_store::StoreError::Locked(_))));
-        match locked {
+        match is_locked(&e) {
             // The running consumer holds it (the open's own hint, about a socket that
             // answers elsewhere, is not what the user of --as-is needs).
             true => anyhow::anyhow!(
@@ -357,25 +386,26 @@ fn search_as_is(config: &ConsumerConfig, agreement: Option<String>, spec: Search
             false => e.context("--as-is reads the consumer's store itself: stop the consumer first"),
         }
     })?;
-    let base = match (spec.base.is_root(), config.agreement(&name)) {
-        (false, _) => spec.base.clone(),
-        (true, Some(a)) => a.base.clone(),
-        (true, None) => {
-            let file = config.file.display();
-            let Some(replica) = store.existing_replica(&name)? else {
-                bail!("{file}: no agreement named {name:?}, and the store holds no replica of that name");
-            };
-            match replica.region()? {
-                Some(region) => region.base,
-                None => bail!(
-                    "{file}: no agreement named {name:?}; the store holds its replica (the next start deletes it) \
-                     without a record of its base: give --base"
-                ),
-            }
+    let file = config.file.display();
+    let Some(replica) = store.existing_replica(&name)? else {
+        match config.agreement(&name) {
+            Some(_) => bail!("agreement {name:?} has no replica: the consumer has not run it"),
+            None => bail!("{file}: no agreement named {name:?}, and the store holds no replica of that name"),
         }
     };
-    let pages =
-        control::SearchPages::open_as_is(&store, &name, SearchSpec { base, ..spec }).map_err(anyhow::Error::msg)?;
+    // The base of what the replica holds, as it recorded it: after its region changed
+    // in the file, the agreement's base names a region it does not hold.
+    let held = replica.region()?.map(|region| region.base).or_else(|| config.agreement(&name).map(|a| a.base.clone()));
+    let base = match (spec.base.is_root(), &held) {
+        (false, _) => spec.base.clone(),
+        (true, Some(held)) => held.clone(),
+        (true, None) => bail!(
+            "{file}: no agreement named {name:?}; the store holds its replica (the next start deletes it) without a \
+             record of its base: give --base"
+        ),
+    };
+    let spec = SearchSpec { base, ..spec };
+    let pages = control::SearchPages::open_as_is(&store, &name, held.as_ref(), spec).map_err(anyhow::Error::msg)?;
     print_pages(pages.with_uuids(uuids))
 }
 

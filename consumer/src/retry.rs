@@ -56,8 +56,8 @@ pub enum StepError {
     /// Not `<delay> x<count>` nor `<delay> forever`.
     #[error("expected \"<delay> x<count>\" or \"<delay> forever\", as \"10s x5\"")]
     Syntax,
-    /// The delay is not a humantime duration.
-    #[error("invalid delay {text:?}: {reason}")]
+    /// The delay is not a humantime duration of at most 100 years (the reason names it).
+    #[error("{reason}")]
     Delay {
         /// The delay as written.
         text: String,
@@ -132,8 +132,8 @@ impl FromStr for RetryStep {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (delay_text, count_text) = text.trim().rsplit_once(char::is_whitespace).ok_or(StepError::Syntax)?;
         let delay_text = delay_text.trim();
-        let delay = humantime::parse_duration(delay_text)
-            .map_err(|e| StepError::Delay { text: delay_text.to_owned(), reason: e.to_string() })?;
+        let delay = tether_config::parse_duration(delay_text)
+            .map_err(|reason| StepError::Delay { text: delay_text.to_owned(), reason })?;
         let repeat = if count_text == "forever" {
             Repeat::Forever
         } else {
@@ -379,7 +379,7 @@ mod tests {
             let step: RetryStep = text.parse().unwrap_or_else(|e| panic!("{text:?}: {e}"));
             assert_eq!((step.delay(), step.repeat()), (S(secs), repeat), "{text:?}");
         }
-        let bad: [(&str, StepError); 9] = [
+        let bad: [(&str, StepError); 10] = [
             ("", StepError::Syntax),
             ("1s", StepError::Syntax),
             ("1s x0", StepError::ZeroCount),
@@ -388,7 +388,20 @@ mod tests {
             ("1s x-1", StepError::Count("x-1".into())),
             ("1s x99999999999", StepError::Count("x99999999999".into())),
             ("1s always", StepError::Count("always".into())),
-            ("soon x5", StepError::Delay { text: "soon".into(), reason: "expected number at 0".into() }),
+            (
+                "soon x5",
+                StepError::Delay {
+                    text: "soon".into(),
+                    reason: "invalid duration \"soon\": expected number at 0".into(),
+                },
+            ),
+            (
+                "1000000y x1",
+                StepError::Delay {
+                    text: "1000000y".into(),
+                    reason: "invalid duration \"1000000y\": longer than 100 years".into(),
+                },
+            ),
         ];
         for (text, want) in bad {
             assert_eq!(text.parse::<RetryStep>(), Err(want), "{text:?}");

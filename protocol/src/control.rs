@@ -471,7 +471,7 @@ pub fn accept_failure(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(EMFILE) => format!(
             "{e}: the process has as many files open as its limit allows; new connections wait (and time out) \
-             until some close: raise the open files limit (LimitNOFILE= in a systemd unit, ulimit -n)"
+             until some close: raise the open files limit (LimitNOFILE= in a systemd unit, ulimit -Hn)"
         ),
         Some(ENFILE) => format!("{e}: the system's open files table is full; new connections wait until it is not"),
         _ => e.to_string(),

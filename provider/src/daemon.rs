@@ -110,7 +110,17 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             &config.suffix,
             &tether_store::StoreOptions { cache_bytes: config.cache_size },
         )
-        .with_context(|| format!("opening store {}", config.data_dir.display()))?,
+        .map_err(|e| {
+            // Not another `serve` (that one holds the control socket, refused above):
+            // an offline command, a long `load` most likely.
+            let hint = match e {
+                tether_store::StoreError::Locked(_) => {
+                    " (a `load` into it, or another command reading it, is under way: wait for it to end)"
+                }
+                _ => e.open_hint(),
+            };
+            anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))
+        })?,
     );
     // Before any cookie goes out: from here on this store's history may part from that
     // of a copy of it, and consumers must be able to tell the two apart.

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use tether_protocol::entry::operational::Operational;
@@ -120,6 +121,20 @@ impl Names {
 /// that committed before it, and the error says how many entries that is and how to
 /// finish: run the same load with `existing` = [`Existing::Skip`].
 pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadReport> {
+    load_watched(dir, input, existing, &AtomicBool::new(false), &mut |_| {})
+}
+
+/// [`load`], stopped once `stop` is set (between records while checking, after the
+/// batch being written while writing), and telling `written` the count after each
+/// batch: a load of a million entries takes a minute or more, and one cut off by a
+/// signal left half the file in the store without a word.
+pub fn load_watched(
+    dir: &Directory,
+    input: &Input,
+    existing: Existing,
+    stop: &AtomicBool,
+    written: &mut dyn FnMut(usize),
+) -> Result<LoadReport> {
     let file = input.shown();
     let suffix = dir.suffix().clone();
     // Pass 1: check everything; remember names (digests only, not entries).
@@ -128,6 +143,9 @@ pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadRe
     let mut uuids: HashSet<EntryUuid> = HashSet::new();
     let (mut kept_uuids, mut dropped) = (0, 0);
     for item in records(input)? {
+        if stop.load(Ordering::SeqCst) {
+            bail!("interrupted while the file was checked: nothing was written");
+        }
         let Record { line, dn, attrs, operational } = item?;
         let at = || format!("{file}:{line}: {dn}");
         if !dn.is_descendant_of(&suffix) {
@@ -144,7 +162,11 @@ pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadRe
         }
         let there = dir.entries().contains(&dn)?;
         if existing == Existing::Refuse && there {
-            bail!("{}: entry already exists (to finish a load cut short, run it again with --skip-existing)", at());
+            bail!(
+                "{}: entry already exists (to finish a load cut short, run it again with --skip-existing; to restore \
+                 a backup, load it into an empty data_dir: move this one aside)",
+                at()
+            );
         }
         // An entry `--skip-existing` leaves out keeps what it has in the store.
         if !there {
@@ -192,6 +214,13 @@ pub fn load(dir: &Directory, input: &Input, existing: Existing) -> Result<LoadRe
             }
             total += batch.len();
             batch.clear();
+            written(total);
+            if stop.load(Ordering::SeqCst) {
+                bail!(
+                    "interrupted: the {total} entries loaded so far are in the store; run the same load again with \
+                     --skip-existing to add the rest"
+                );
+            }
         }
         Ok(())
     };
@@ -344,7 +373,10 @@ mod tests {
 
         let err = load_file(&dir, &whole, Existing::Refuse).unwrap_err().to_string();
         assert!(
-            err.contains("entry already exists (to finish a load cut short, run it again with --skip-existing)"),
+            err.contains(
+                "entry already exists (to finish a load cut short, run it again with --skip-existing; to \
+                          restore a backup, load it into an empty data_dir: move this one aside)"
+            ),
             "{err}"
         );
         assert_eq!(dir.entry_count().unwrap(), done as u64, "the refused load wrote nothing");
@@ -352,6 +384,40 @@ mod tests {
         assert_eq!((rest.entries, rest.skipped), (2968 - done, done));
         assert_eq!(dir.entry_count().unwrap(), 2968);
         assert_eq!(load_file(&dir, &whole, Existing::Skip).unwrap().entries, 0, "nothing left to add");
+    }
+
+    /// A load stopped (a signal) while it checks the file writes nothing; stopped while
+    /// it writes, it ends after the batch being written, saying how many entries are in
+    /// the store and how to finish, which `--skip-existing` then does.
+    #[test]
+    fn a_stopped_load_says_what_it_left_and_skip_existing_finishes_it() {
+        let whole = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sample.ldif");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(&tmp.path().join("p"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let input = Input::open(&whole).unwrap();
+        let err = load_watched(&dir, &input, Existing::Refuse, &AtomicBool::new(true), &mut |_| {}).unwrap_err();
+        assert_eq!(err.to_string(), "interrupted while the file was checked: nothing was written");
+        assert_eq!(dir.entry_count().unwrap(), 0);
+
+        let stop = AtomicBool::new(false);
+        let mut told = Vec::new();
+        let err = load_watched(&dir, &input, Existing::Refuse, &stop, &mut |n| {
+            told.push(n);
+            stop.store(true, Ordering::SeqCst);
+        })
+        .unwrap_err();
+        assert_eq!(told, [LOAD_BATCH], "stopped after the batch being written");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "interrupted: the {LOAD_BATCH} entries loaded so far are in the store; run the same load again with \
+                 --skip-existing to add the rest"
+            )
+        );
+        assert_eq!(dir.entry_count().unwrap(), LOAD_BATCH as u64);
+        let rest = load(&dir, &input, Existing::Skip).unwrap();
+        assert_eq!((rest.entries, rest.skipped), (2968 - LOAD_BATCH, LOAD_BATCH));
+        assert_eq!(dir.entry_count().unwrap(), 2968);
     }
 
     /// A file that lists entries before their parent (slapcat's output after an entry

@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -150,7 +153,9 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
                 " (stop the provider first: `load` writes to the store itself, and `write` adds entries to a running one)"
                     .to_owned()
             }
-            (tether_store::StoreError::Locked(_), Offline::Read) => shell::held_store_hint(&config.control),
+            (tether_store::StoreError::Locked(_), Offline::Read) => {
+                shell::held_store_hint(&config.control, "is a `load` into it under way")
+            }
             _ => e.open_hint().to_owned(),
         };
         anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
@@ -170,6 +175,26 @@ fn not_running(config: &ProviderConfig) -> anyhow::Error {
 /// Removes the store a refused `load` made: the whole folder if the load made it too,
 /// else only what sled writes there (`conf`, `db`, `blobs`, `snap.*`), leaving whatever
 /// else the folder held.
+/// How often a long `load` says how far it is.
+const LOAD_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// SIGINT or SIGTERM during `load`: the first stops it once the batch being written is
+/// in the store (the error then says how many entries that is and how to finish), a
+/// second at once. Killed at once, it said nothing and left part of the file loaded.
+async fn stop_load_on_signal(stop: Arc<AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    let mut next = async || tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
+    let first = next().await;
+    eprintln!("{first}: stopping once the batch being written is in the store (again to stop at once)");
+    stop.store(true, Ordering::SeqCst);
+    let second = next().await;
+    eprintln!("{second}: stopped; the entries of batches written before are in the store");
+    shell::exit_now(130);
+}
+
 fn remove_new_store(data_dir: &Path, made_dir: bool) -> std::io::Result<()> {
     if made_dir {
         return std::fs::remove_dir_all(data_dir);
@@ -198,8 +223,17 @@ async fn run(cli: Cli) -> Result<()> {
             let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
             let failure = dir.failure().clone();
+            let stop = Arc::new(AtomicBool::new(false));
+            let _signals = tokio::spawn(stop_load_on_signal(stop.clone()));
             let loading = tokio::task::spawn_blocking(move || {
-                let loaded = load::load(&dir, &input, existing);
+                let (begun, mut said) = (Instant::now(), Instant::now());
+                let mut progress = |written: usize| {
+                    if said.elapsed() >= LOAD_PROGRESS_EVERY {
+                        said = Instant::now();
+                        eprintln!("{written} entries loaded ({}s)", begun.elapsed().as_secs());
+                    }
+                };
+                let loaded = load::load_watched(&dir, &input, existing, &stop, &mut progress);
                 (dir, loaded)
             });
             // A flush stuck in sled (see `tether_store::failure`) ends the wait when the

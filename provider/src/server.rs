@@ -130,6 +130,20 @@ fn noise_kind(e: &HandshakeError) -> String {
     }
 }
 
+/// The kind a failed TLS handshake's warning is throttled as: its cause (an alert the
+/// client sent, such as `UnknownCA` from a consumer that does not trust the
+/// certificate, or bytes that are not TLS), so that a stranger's junk does not hold back
+/// a consumer's refusal. rustls words its errors from a fixed set of causes; the length
+/// bound keeps anything else from growing the table by much.
+fn tls_kind(e: &std::io::Error) -> String {
+    let mut kind = format!("TLS handshake failed: {e}");
+    if kind.len() > 120 {
+        let end = (0..=120).rev().find(|&i| kind.is_char_boundary(i)).unwrap_or(0);
+        kind.truncate(end);
+    }
+    kind
+}
+
 impl Server {
     /// Creates a server; nothing runs until [`Server::serve`]. With `tls`, every
     /// connection is TLS.
@@ -190,10 +204,17 @@ impl Server {
 
     /// Accepts connections until shutdown, then waits for every session to finish.
     pub async fn serve(&self, listener: TcpListener) {
+        let mut held_back = tokio::time::interval(crate::throttle::EVERY);
+        held_back.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
+                _ = held_back.tick() => {
+                    for (kind, held_back) in self.noise.overdue(Instant::now().into_std()) {
+                        warn!(kind, held_back, "warnings held back since the last line of this kind");
+                    }
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let this = self.clone();
@@ -374,7 +395,7 @@ impl Server {
                 None
             }
             Ok(Err(e)) => {
-                throttled_warn!(self.noise, "TLS handshake failed", error = %e);
+                throttled_warn!(self.noise, kind = &tls_kind(&e), "TLS handshake failed", error = %e);
                 None
             }
             Err(_) => {
@@ -459,5 +480,19 @@ mod tests {
         );
         let wire = |len| noise_kind(&HandshakeError::Wire(connection::WireError::FrameTooLarge { len, max: 16 }));
         assert_eq!(wire(17), wire(1 << 20));
+    }
+
+    /// A consumer that does not trust the certificate (its alert) is a kind apart from
+    /// a stranger's bytes that are not TLS.
+    #[test]
+    fn a_tls_failure_s_kind_is_its_cause() {
+        use tokio_rustls::rustls::{AlertDescription, Error, InvalidMessage};
+        let kind = |e: Error| tls_kind(&std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        let distrust = kind(Error::AlertReceived(AlertDescription::UnknownCA));
+        assert!(distrust.contains("UnknownCA"), "{distrust}");
+        assert_ne!(distrust, kind(Error::InvalidMessage(InvalidMessage::InvalidContentType)));
+        assert_eq!(distrust, kind(Error::AlertReceived(AlertDescription::UnknownCA)));
+        let long = kind(Error::General("é".repeat(200)));
+        assert!(long.len() <= 120, "bounded: {}", long.len());
     }
 }

@@ -408,7 +408,9 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         let why = match (refresh.kind(), self.req.cookie) {
             _ if refresh.resumed() => "an interrupted refresh resumed".to_owned(),
             (RefreshKind::Delta, _) => String::new(),
-            (_, None) => "the consumer has no cookie (a new or emptied replica)".to_owned(),
+            (_, None) => {
+                "the consumer has no cookie (a new or emptied replica, or one whose region changed)".to_owned()
+            }
             (RefreshKind::Present, Some(cookie)) => format!(
                 "its cookie's csn {} is below the changelog's floor {}: retention trimmed past it",
                 cookie.csn,
@@ -419,12 +421,26 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                     .to_owned()
             }
         };
+        // A consumer ahead of this store's history held changes this store does not: a
+        // restore that lost them, or the wrong store. They go from that replica now, and
+        // an operator must hear of it where warnings are read.
+        let unknown_position = refresh.kind() == RefreshKind::Full && self.req.cookie.is_some() && !refresh.resumed();
         if why.is_empty() {
             info_or_debug!(polling, refresh = refresh.kind().as_str(), resumed = refresh.resumed(), "refresh planned");
+        } else if unknown_position {
+            warn!(refresh = refresh.kind().as_str(), resumed = refresh.resumed(), why, "refresh planned");
         } else {
             info!(refresh = refresh.kind().as_str(), resumed = refresh.resumed(), why, "refresh planned");
         }
-        self.reg.update(|i| i.refresh = Some(refresh.kind().as_str().to_owned()));
+        self.reg.update(|i| {
+            i.refresh = Some(refresh.kind().as_str().to_owned());
+            // What it had acknowledged (its cookie, perhaps of another store) is not what
+            // it holds once this refresh replaces its replica: nothing, until it
+            // acknowledges the refresh's end.
+            if refresh.kind().replaces_replica() {
+                i.cookie = None;
+            }
+        });
         if let Some(end) = self.run_refresh(&mut refresh).await {
             return end;
         }

@@ -76,8 +76,13 @@ impl ProviderStatus {
         // place from one `status` to the next.
         sessions.sort_by(|a, b| (&a.agreement, &a.client, a.session_id).cmp(&(&b.agreement, &b.client, b.session_id)));
         for s in &mut sessions {
-            if let Some(acked) = s.cookie.as_deref().and_then(|c| c.parse::<tether_protocol::Cookie>().ok()) {
-                s.lag_changes = durable.0.saturating_sub(acked.csn.0);
+            match s.cookie.as_deref().and_then(|c| c.parse::<tether_protocol::Cookie>().ok()) {
+                Some(acked) => s.lag_changes = durable.0.saturating_sub(acked.csn.0),
+                // A consumer that has acknowledged nothing of this store (a full refresh
+                // under way) holds none of its changes: shown as current, it read as
+                // caught up while it held nothing.
+                None if s.agreement != crate::server::WRITER => s.lag_changes = durable.0,
+                None => {}
             }
         }
         let mut consumers = Vec::new();
@@ -250,6 +255,27 @@ mod tests {
         assert!(people.ends_with("(connected)"), "{text}");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["consumers"][0]["client"], "host/9f0c2a4e-0000-4000-8000-000000000002", "{json}");
+    }
+
+    /// A consumer receiving a full refresh has acknowledged nothing of this store: its lag
+    /// is every change, not none.
+    #[test]
+    fn a_session_that_acknowledged_nothing_yet_lags_by_every_change() {
+        use tether_protocol::{Attributes, Change, Dn, Value};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let mut attrs = Attributes::default();
+        attrs.add("objectClass", [Value::from("domain")]).unwrap();
+        dir.write(&Change::Add { dn: Dn::parse("dc=example,dc=com").unwrap(), attrs }).unwrap();
+        let registry = Registry::default();
+        let token = tokio_util::sync::CancellationToken::new();
+        let _refreshing = registry.register(session("127.0.0.1:40000", "people"), &token);
+        let writer = SessionInfo { session_id: 2, ..session("127.0.0.1:40001", crate::server::WRITER) };
+        let _writer = registry.register(writer, &token);
+        let status = ProviderStatus::collect(&dir, &registry, true).unwrap();
+        let lags: Vec<(&str, u64)> = status.sessions.iter().map(|s| (s.agreement.as_str(), s.lag_changes)).collect();
+        assert_eq!(lags, [("people", dir.durable_csn().0), (crate::server::WRITER, 0)]);
+        assert!(dir.durable_csn().0 > 0);
     }
 
     /// Sessions of one agreement from several consumer processes are told apart by the

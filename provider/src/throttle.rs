@@ -4,7 +4,9 @@
 //! that are not the protocol), each deserve a warning; but anyone who can reach the port
 //! can cause them by the hundred thousand (a reconnect loop wrote 50 MB of log in 45 s),
 //! burying everything else and filling the disk. So each kind logs at most once a
-//! second, saying how many like it were held back since.
+//! second, saying how many like it were held back since; what a flood's last second
+//! held back is said a second later ([`Throttle::overdue`]), not left to the next
+//! warning of its kind, which may come hours later or never.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -59,6 +61,24 @@ impl Throttle {
             }
         }
     }
+
+    /// The kinds with warnings held back whose second is over at `now`, with their
+    /// counts, each as if logged now: the caller logs them, so that a burst's count is
+    /// told once it ends rather than with the next warning of its kind (or never). Call
+    /// it every [`EVERY`].
+    pub fn overdue(&self, now: Instant) -> Vec<(String, u64)> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due: Vec<(String, u64)> = state
+            .iter_mut()
+            .filter(|(_, (last, held))| *held > 0 && now.duration_since(*last) >= EVERY)
+            .map(|(kind, (last, held))| {
+                *last = now;
+                (kind.clone(), std::mem::take(held))
+            })
+            .collect();
+        due.sort();
+        due
+    }
 }
 
 #[cfg(test)]
@@ -77,6 +97,24 @@ mod tests {
         assert_eq!(t.admit("a", t0 + EVERY), Some(5));
         assert_eq!(t.admit("a", t0 + EVERY + Duration::from_millis(1)), None);
         assert_eq!(t.admit("a", t0 + EVERY * 3), Some(1));
+    }
+
+    /// The count a burst's last second held back is told a second later, once; the next
+    /// warning of its kind then starts a count of its own.
+    #[test]
+    fn what_a_burst_held_back_is_told_when_its_second_is_over() {
+        let t = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(t.admit("a", t0), Some(0));
+        assert_eq!(t.admit("b", t0), Some(0));
+        for i in 1..=3 {
+            assert_eq!(t.admit("a", t0 + Duration::from_millis(100 * i)), None);
+        }
+        assert_eq!(t.overdue(t0 + Duration::from_millis(900)), vec![], "its second is not over");
+        assert_eq!(t.overdue(t0 + EVERY), vec![("a".to_owned(), 3)], "b held nothing back");
+        assert_eq!(t.overdue(t0 + EVERY * 3), vec![], "told once");
+        assert_eq!(t.admit("a", t0 + EVERY + Duration::from_millis(500)), None, "told as if logged then");
+        assert_eq!(t.admit("a", t0 + EVERY * 2), Some(1));
     }
 
     /// Kinds past the table's size share one allowance.

@@ -516,6 +516,14 @@ impl Provider {
         copy_tree(from, &data)
     }
 
+    /// The operator's mistake: replaces the store folder with the copy at `from` while
+    /// the provider runs.
+    pub fn restore_store_under_it(&self, from: &Path) -> Result<()> {
+        let data = self.dir.join("data");
+        fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+        copy_tree(from, &data)
+    }
+
     /// Sends SIGHUP (reload the consumer list).
     pub fn reload(&self) -> Result<()> {
         signal(self.child.as_ref().context("provider not running")?, "HUP")

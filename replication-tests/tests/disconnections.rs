@@ -310,6 +310,10 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     let held = c.agreement_status("people")?["entries"].as_u64().context("entries")?;
     assert!(held > 0);
     assert_eq!(c.admin("reload", None)?, format!("reloaded: removed people (its replica of {held} entries deleted)\n"));
+    // Deleted: the refusal of a search does not point at a copy that is gone.
+    let refused = c.search_args(&["--agreement", "people"]).expect_err("removed");
+    assert!(format!("{refused:#}").contains("the running consumer holds no replica"), "{refused:#}");
+    assert!(!format!("{refused:#}").contains("--as-is"), "{refused:#}");
     let log = c.log_text();
     let warned =
         log.lines().find(|l| l.contains("removed the replica of an agreement the configuration no longer names"));
@@ -348,9 +352,14 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
         format!("{refused:#}").contains("no agreement named \"never\", and the store holds no replica of that name"),
         "{refused:#}"
     );
-    // Without --as-is, the refusal says where such a replica is read.
+    // Without --as-is, the refusal says where such a replica is read; of a name with no
+    // replica it says so, and does not point at --as-is.
     let refused = c.search_args(&["--agreement", "others"]).expect_err("not in the file");
-    assert!(format!("{refused:#}").contains("with the consumer stopped, search --as-is reads it"), "{refused:#}");
+    let kept = "still holds the replica of an agreement of that name removed from the file";
+    assert!(format!("{refused:#}").contains(kept), "{refused:#}");
+    assert!(format!("{refused:#}").contains("search --as-is reads it"), "{refused:#}");
+    let refused = c.search_args(&["--agreement", "never"]).expect_err("never in the file");
+    assert!(format!("{refused:#}").contains("the store holds no replica of that name"), "{refused:#}");
     c.start()?;
     // The running consumer holds its store: --as-is says so, not that its socket
     // answers elsewhere.

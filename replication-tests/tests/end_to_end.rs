@@ -454,10 +454,20 @@ fn an_agreement_whose_region_changed_while_the_consumer_was_stopped_is_reloaded_
     let (p, mut w) = provider_with(tmp.path(), 1000, 23, ProviderOptions::default())?;
     let dir = tmp.path().join("c");
     let mut c = people_consumer_in(&dir, &p)?;
+    let replicated = c.search("people", PEOPLE, "subtree", ALL)?;
     assert!(c.stop()?.success());
     p.write_ok(&w.changes(100))?;
     // The same agreement, now on the whole suffix.
     drop(Consumer::configure(&dir, p.port, &[Agreement::persist("people", SUFFIX, "people-secret")])?);
+    // Until the start reloads it, `--as-is` reads what the replica holds, from the base
+    // it recorded: from the file's new base it printed nothing, exit status 0, the
+    // recovery path the refusal points to giving an empty copy.
+    assert_eq!(c.search_args(&["--agreement", "people", "--as-is"])?, replicated);
+    let beside = c.search_args(&["--agreement", "people", "--as-is", "--base", OTHERS]).expect_err("beside it");
+    assert!(format!("{beside:#}").contains("is outside the region of agreement \"people\""), "{beside:#}");
+    let nothing = format!("uid=nobody,{PEOPLE}");
+    let missing = c.search_args(&["--agreement", "people", "--as-is", "--base", &nothing]).expect_err("no entry");
+    assert!(format!("{missing:#}").contains("in the replica of \"people\""), "{missing:#}");
     c.start()?;
     wait_converged(&p, &c, "people", SUFFIX)?;
     assert_eq!(last_refresh(&c, "people")?, "full");

@@ -206,6 +206,41 @@ fn a_provider_whose_store_fails_writing_a_large_value_exits_1() -> Result<()> {
     Ok(())
 }
 
+/// A backup restored without stopping the provider first: sled wrote on into the
+/// unlinked files, the provider acknowledged writes that vanished at its exit, and
+/// `status` showed the copy as a stopped store. Now the provider takes its files gone
+/// as its store's failure: it acknowledges nothing more, exits 1 naming the cause, and
+/// started again serves the copy, which its consumer converges to.
+#[test]
+fn a_store_restored_under_a_running_provider_stops_it_before_it_acknowledges_a_write() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = Provider::loaded(tmp.path(), 300, 45, &Default::default())?;
+    p.stop()?;
+    let backup = tmp.path().join("backup");
+    p.back_up_store(&backup)?;
+    p.start()?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    p.write_ok(&w.changes(10))?;
+    wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
+
+    p.restore_store_under_it(&backup)?;
+    let out = p.write(&big_adds(1))?;
+    assert!(!out.status.success(), "acknowledged into a store no one will read: {out:?}");
+    let status = wait_exit(p.child.as_mut().context("provider running")?, LIMIT)?;
+    p.child = None;
+    assert_eq!(status.code(), Some(1), "{}", p.log_text());
+    let log = p.log_text();
+    assert!(log.contains("the store's files were taken away while the process ran"), "{log}");
+    assert!(log.contains("data/db was removed or moved") || log.contains("data/db was replaced"), "{log}");
+
+    p.start()?;
+    assert!(p.search(PEOPLE, "subtree", "(uid=big0)")?.is_empty(), "the add was not acknowledged, nor kept");
+    wait_until(LIMIT, "the consumer to converge to the restored copy", || same(&p, &c))?;
+    Ok(())
+}
+
 /// An offline `load` whose store fails on a large value's blob file: it used to end
 /// without latching the failure, and the store's drop then waited for ever on sled's
 /// flush, with nothing printed. Now it exits 1 naming the way out, and running the same

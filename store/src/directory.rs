@@ -332,7 +332,7 @@ impl Directory {
             durability: GroupCommit::new(last),
             pins: Pins::default(),
             feed: Feed::default(),
-            failure: FailureLatch::watched(crate::failure::STUCK_AFTER),
+            failure: FailureLatch::watched(crate::failure::STUCK_AFTER, &path.join("db")),
         })
     }
 

@@ -113,6 +113,14 @@ pub enum StoreError {
     /// (the first write of the failed commit carries the storage error itself).
     #[error("not committed: the commit of the writes grouped with it failed ({0})")]
     GroupFailed(String),
+    /// The store's files were removed, moved or replaced while the process had them open
+    /// (see [`crate::failure`]): what it writes from then on is lost at its exit.
+    #[error(
+        "the store's files were taken away while the process ran ({0}; a restore with the process still running?): \
+         what it writes now goes to a file no one will read, so it stops; start it again to open what the folder \
+         holds now"
+    )]
+    FilesMoved(String),
     /// A shadow reload was finished or aborted twice, or after another began.
     #[error("shadow reload of {0:?} is no longer current")]
     StaleShadow(String),
@@ -183,7 +191,10 @@ impl StoreError {
     /// sled's report of a corrupt page is fatal too ([`StoreError::is_damage`]): every
     /// read of the page fails again, and nothing but a backup brings it back.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, StoreError::Sled(sled::Error::Io(_) | sled::Error::Corruption { .. }))
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Io(_) | sled::Error::Corruption { .. }) | StoreError::FilesMoved(_)
+        )
     }
 
     /// Whether sled found the store's files damaged (a checksum that does not match

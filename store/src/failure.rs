@@ -25,8 +25,18 @@
 //! [`STUCK_AFTER`] without one finishing: the process then acts on it as on any other
 //! (a provider stops, a consumer closes its agreements), and does not wait for the
 //! stuck flush, nor run sled's own at exit.
+//!
+//! Nor does sled notice its files being removed, moved or replaced under it (a backup
+//! restored without stopping the process first): it writes on into the unlinked file,
+//! and a provider acknowledged writes that vanished at its exit while `status` showed the
+//! copy as a stopped store. A latch given the store's log file ([`FailureLatch::watched`])
+//! checks after every flush, before any write it made durable is acknowledged, and the
+//! watchdog every second, that the file at its path is still the one opened; if not,
+//! that is the store's failure.
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -76,6 +86,32 @@ struct Flushes {
     since: Instant,
 }
 
+/// The store's log file as opened: the file at its path must stay that file (same
+/// device and inode), or the process writes where no one will read.
+#[derive(Debug)]
+struct Anchor {
+    path: PathBuf,
+    file: (u64, u64),
+}
+
+impl Anchor {
+    fn of(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| Self { path: path.to_owned(), file: (m.dev(), m.ino()) })
+    }
+
+    /// Why the file at the path is no longer the one opened, if it is not.
+    fn moved(&self) -> Option<String> {
+        let path = self.path.display();
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.file => None,
+            Ok(_) => Some(format!("{path} was replaced by another file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!("{path} was removed or moved")),
+            // Unreadable for a while (a permission changed): not proof of a move.
+            Err(_) => None,
+        }
+    }
+}
+
 /// Shared by every handle of one open store; clones observe the same latch.
 #[derive(Debug, Clone)]
 pub struct FailureLatch {
@@ -83,6 +119,8 @@ pub struct FailureLatch {
     tx: Arc<watch::Sender<Option<StoreFailure>>>,
     /// The flushes under way, which the watchdog watches.
     flushes: Arc<Mutex<Flushes>>,
+    /// The store's log file, checked after each flush and by the watchdog.
+    anchor: Option<Arc<Anchor>>,
 }
 
 impl Default for FailureLatch {
@@ -90,22 +128,26 @@ impl Default for FailureLatch {
         Self {
             tx: Arc::new(watch::channel(None).0),
             flushes: Arc::new(Mutex::new(Flushes { running: 0, since: Instant::now() })),
+            anchor: None,
         }
     }
 }
 
 impl FailureLatch {
     /// A latch whose watchdog thread takes the store as failed once flushes have been
-    /// under way for `limit` without one finishing ([`STUCK_AFTER`] for a real store).
-    /// The thread ends within a second of the last handle's drop. Without a thread (the
-    /// system refused one) the latch works, unwatched, and the refusal is logged.
-    pub fn watched(limit: Duration) -> Self {
-        let latch = Self::default();
+    /// under way for `limit` without one finishing ([`STUCK_AFTER`] for a real store),
+    /// or once `log_file` (sled's `db` in the store's folder) is not the file it was at
+    /// this call. The thread ends within a second of the last handle's drop. Without a
+    /// thread (the system refused one) the latch works, unwatched, and the refusal is
+    /// logged.
+    pub fn watched(limit: Duration, log_file: &Path) -> Self {
+        let latch = Self { anchor: Anchor::of(log_file).map(Arc::new), ..Self::default() };
         let (tx, flushes) = (Arc::downgrade(&latch.tx), Arc::downgrade(&latch.flushes));
+        let anchor = latch.anchor.clone();
         let tick = WATCH_EVERY.min(limit / 4);
         let spawned = std::thread::Builder::new()
             .name("store watchdog".into())
-            .spawn(move || watch_flushes(tx, flushes, limit, tick));
+            .spawn(move || watch_flushes(tx, flushes, anchor, limit, tick));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "no watchdog thread for the store's flushes: a stuck flush would go unnoticed");
         }
@@ -113,9 +155,20 @@ impl FailureLatch {
     }
 
     /// Flushes `db`, counted as under way meanwhile for the watchdog; a failure is
-    /// latched.
+    /// latched, and so are the store's files moved away since the open: what the flush
+    /// wrote went to a file no one will read, so it must not be acknowledged.
     pub fn flush(&self, db: &sled::Db) -> Result<usize> {
-        self.observe(self.flushing(|| db.flush()).map_err(StoreError::from))
+        let flushed = self.observe(self.flushing(|| db.flush()).map_err(StoreError::from))?;
+        self.check_files()?;
+        Ok(flushed)
+    }
+
+    /// Fails, latching it, if the store's log file is not the one opened.
+    fn check_files(&self) -> Result<()> {
+        match self.anchor.as_deref().and_then(Anchor::moved) {
+            Some(how) => self.observe(Err(StoreError::FilesMoved(how))),
+            None => Ok(()),
+        }
     }
 
     /// Waits for `work` unless the store fails first: work that waits on the store
@@ -211,14 +264,15 @@ impl FailureLatch {
 fn watch_flushes(
     tx: Weak<watch::Sender<Option<StoreFailure>>>,
     flushes: Weak<Mutex<Flushes>>,
+    anchor: Option<Arc<Anchor>>,
     limit: Duration,
     tick: Duration,
 ) {
     loop {
         std::thread::sleep(tick);
         let (Some(tx), Some(flushes)) = (tx.upgrade(), flushes.upgrade()) else { return };
-        let latch = FailureLatch { tx, flushes };
-        if latch.latched().is_some() {
+        let latch = FailureLatch { tx, flushes, anchor: anchor.clone() };
+        if latch.latched().is_some() || latch.check_files().is_err() {
             return;
         }
         if let Some(stalled) = latch.stalled_for(Instant::now()).filter(|s| *s >= limit) {
@@ -275,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn flushes_under_way_past_the_limit_without_one_finishing_latch_a_stuck_store() {
         let limit = Duration::from_millis(300);
-        let latch = FailureLatch::watched(limit);
+        let latch = FailureLatch::watched(limit, Path::new("/nonexistent/db"));
         let busy: Vec<_> = (0..2)
             .map(|i| {
                 let latch = latch.clone();
@@ -306,6 +360,34 @@ mod tests {
         go.send(()).unwrap();
         stuck.join().unwrap().unwrap();
         assert_eq!(latch.latched(), Some(failure), "the failure stays once the flush returns");
+    }
+
+    /// The store's log file removed, moved or replaced under the process (a restore
+    /// while it runs) fails the next flush, so nothing it wrote is acknowledged, and is
+    /// latched by the watchdog even with no flush.
+    #[tokio::test]
+    async fn the_store_s_files_moved_away_fail_the_next_flush_and_are_latched() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let log = dir.path().join("db");
+        let latch = FailureLatch::watched(STUCK_AFTER, &log);
+        db.insert("k", "v").unwrap();
+        latch.flush(&db).unwrap();
+        std::fs::rename(&log, dir.path().join("db.old")).unwrap();
+        std::fs::write(&log, b"a restored copy").unwrap();
+        db.insert("k", "w").unwrap();
+        let err = latch.flush(&db).unwrap_err();
+        assert!(err.to_string().contains("was replaced by another file"), "{err}");
+        assert!(err.is_fatal() && !err.is_damage());
+        assert_eq!(latch.latched().unwrap().to_string(), err.to_string());
+
+        let other = tempfile::tempdir().unwrap();
+        let log = other.path().join("db");
+        std::fs::write(&log, b"a log").unwrap();
+        let watched = FailureLatch::watched(STUCK_AFTER, &log);
+        std::fs::remove_file(&log).unwrap();
+        let failure = tokio::time::timeout(Duration::from_secs(10), watched.failed()).await.unwrap();
+        assert!(failure.to_string().contains("was removed or moved"), "{failure}");
     }
 
     #[tokio::test]

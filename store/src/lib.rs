@@ -13,7 +13,8 @@
 //! - [`format`](mod@format): the layout a store was written in, checked on every open, so a build
 //!   never reads a newer build's records (a downgrade).
 //! - [`failure`]: the latch that records the first storage failure of an open store,
-//!   which sled makes permanent for that handle.
+//!   which sled makes permanent for that handle, a flush that never ends, or the
+//!   store's files taken away under the process.
 //! - [`entry_set`]: entries clustered by DN in tree order, plus the UUID index; search.
 //! - `rules` (private): what a write may do and the state it leads to.
 //! - `footprint` (private): what a run of planned writes changed, so a group of writes
@@ -26,6 +27,9 @@
 //!   a copy of the store past the point it was restored from is reloaded, not resumed.
 //! - [`directory`]: the provider's store.
 //! - [`replica`]: the consumer's per-agreement replicas and shadow reloads.
+//! - `reaper` (private): frees the trees of replica generations no state names any
+//!   more, in the background and a batch at a time, so that discarding a large replica
+//!   does not hold it all in memory.
 //!
 //! Only one process may open a store at a time (sled locks the folder); tools reach a
 //! running process through its control socket instead.
@@ -41,6 +45,7 @@ mod footprint;
 pub mod format;
 pub mod history;
 pub mod pins;
+mod reaper;
 mod record;
 pub mod replica;
 mod rules;

@@ -18,6 +18,10 @@
 //!   a few MiB of entries have gathered unflushed (`FLUSH_AFTER_BYTES`): sled puts no
 //!   limit on the log waiting for the disk, and a reload would otherwise hold hundreds of
 //!   MiB of it whenever writeback stalls.
+//! - A generation no replica's state names any more (the old one after a swap, a
+//!   discarded shadow, a removed replica's) is freed in the background by the
+//!   reaper (`reaper.rs`), a batch of keys at a time: sled's own `drop_tree` held every
+//!   page of it in memory at once.
 //!
 //! Replicas are not held to the directory rules (a filtered scope may hold a child
 //! without its parent). When an incoming entry takes a DN another local entry still
@@ -38,6 +42,7 @@ use crate::directory::{open_db, StoreKind, StoreOptions};
 use crate::entry_set::{EntrySet, TxEntrySet, TxError, ENTRIES};
 use crate::error::{Result, StoreError};
 use crate::failure::FailureLatch;
+use crate::reaper::Reaper;
 use crate::record::{decode, encode};
 
 /// Tree holding one [`ReplicaState`] per agreement name; only a consumer's store has it.
@@ -276,6 +281,8 @@ pub struct ReplicaStore {
     /// Kept in memory: only a search running in this process, beside the applies, needs
     /// it.
     reshapes: Arc<std::sync::Mutex<std::collections::HashMap<String, ReshapeCount>>>,
+    /// Frees discarded generations' trees in the background.
+    reaper: Arc<Reaper>,
 }
 
 /// Bytes of entries written without a flush after which the write that passes it
@@ -290,6 +297,14 @@ const FLUSH_AFTER_BYTES: u64 = 4 << 20;
 
 fn tree_name(name: &str, gen: u64, part: &str) -> String {
     format!("r/{name}/{gen}/{part}")
+}
+
+/// The replica name and generation a tree of a generation belongs to, if it is one.
+fn generation_of(tree: &[u8]) -> Option<(&str, u64)> {
+    let (rest, part) = std::str::from_utf8(tree).ok()?.strip_prefix("r/")?.rsplit_once('/')?;
+    let (name, gen) = rest.rsplit_once('/')?;
+    matches!(part, "entries" | "uuids").then_some(())?;
+    Some((name, gen.parse().ok()?))
 }
 
 /// The audit log outlives generations (a present refresh keeps the entries it does not
@@ -316,6 +331,8 @@ impl ReplicaStore {
         let beyond = db.open_tree(BEYOND)?;
         let regions = db.open_tree(REGIONS)?;
         let proved = db.open_tree(PROVED)?;
+        let failure = FailureLatch::watched(crate::failure::STUCK_AFTER, &path.join("db"));
+        let reaper = Arc::new(Reaper::start(&db, &failure));
         let store = Self {
             db,
             replicas,
@@ -325,21 +342,34 @@ impl ReplicaStore {
             proved,
             audit: Arc::default(),
             unflushed: Arc::default(),
-            failure: FailureLatch::watched(crate::failure::STUCK_AFTER),
+            failure,
             generations: Arc::default(),
             reshapes: Arc::default(),
+            reaper,
         };
         for name in store.names()? {
             let mut state = store.state(&name)?.unwrap_or_default();
-            if state.shadow_progress.is_none() {
-                if let Some(gen) = state.shadow.take() {
-                    store.drop_generation(&name, gen)?;
-                    store.put_state(&name, &state)?;
-                }
+            // A shadow that cannot be continued is discarded: no state names it
+            // then, and the sweep below frees it.
+            if state.shadow_progress.is_none() && state.shadow.take().is_some() {
+                store.put_state(&name, &state)?;
             }
             if store.count(&name, state.active_gen)?.is_none() {
                 let n = store.set_for(&name, state.active_gen)?.len() as u64;
                 store.counts.insert(name.as_bytes(), &count_record(state.active_gen, n))?;
+            }
+        }
+        // What a crash or a stop left of discarded generations (the reaper had not
+        // finished, or had not begun): every generation's tree no state names.
+        let mut named = std::collections::HashSet::new();
+        for name in store.names()? {
+            let state = store.state(&name)?.unwrap_or_default();
+            named.extend([Some(state.active_gen), state.shadow].into_iter().flatten().map(|gen| (name.clone(), gen)));
+        }
+        for tree in store.db.tree_names() {
+            let orphan = generation_of(&tree).is_some_and(|(n, g)| !named.contains(&(n.to_owned(), g)));
+            if orphan {
+                store.reaper.free(String::from_utf8_lossy(&tree).into_owned());
             }
         }
         Ok(store)
@@ -383,16 +413,30 @@ impl ReplicaStore {
     /// Drops generation `gen`'s trees, once no other thread reads them. Never call it
     /// while holding [`ReplicaStore::generations`] (from inside a read).
     fn drop_generation(&self, name: &str, gen: u64) -> Result<()> {
-        let _no_reader = self.generations.write().unwrap_or_else(|p| p.into_inner());
-        self.db.drop_tree(tree_name(name, gen, "entries"))?;
-        self.db.drop_tree(tree_name(name, gen, "uuids"))?;
+        // No state names it any more, so no read begins in it; one under way ends first.
+        drop(self.generations.write().unwrap_or_else(|p| p.into_inner()));
+        self.reaper.free(tree_name(name, gen, "entries"));
+        self.reaper.free(tree_name(name, gen, "uuids"));
         Ok(())
+    }
+
+    /// Trees of discarded generations not yet freed.
+    pub fn trees_to_free(&self) -> usize {
+        self.reaper.pending()
     }
 
     /// The replica of agreement `name`, created empty if new.
     pub fn replica(&self, name: &str) -> Result<Replica> {
         if self.state(name)?.is_none() {
-            let state = ReplicaState { next_gen: 1, ..ReplicaState::default() };
+            // Past any generation of a replica of that name still being freed (the
+            // agreement removed and added again): the reaper would empty it.
+            let names = self.db.tree_names();
+            let first = names
+                .iter()
+                .filter_map(|tree| generation_of(tree).filter(|(n, _)| *n == name).map(|(_, gen)| gen + 1))
+                .max()
+                .unwrap_or(0);
+            let state = ReplicaState { active_gen: first, next_gen: first + 1, ..ReplicaState::default() };
             self.counts.insert(name.as_bytes(), &count_record(state.active_gen, 0))?;
             self.put_state(name, &state)?;
         }
@@ -1250,7 +1294,72 @@ mod tests {
         let (reads, wrong) = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the reader hung");
         assert!(reads > 10, "the reader ran alongside the reloads: {reads} reads");
         assert!(wrong.is_empty(), "{} of {reads} reads went wrong: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+        reaped(&store);
         let trees = store.db.tree_names().into_iter().filter(|t| t.starts_with(b"r/")).count();
         assert_eq!(trees, 2, "the active generation's two trees, and no tree of a dropped one");
+    }
+
+    /// Waits until the reaper has freed every tree handed to it.
+    fn reaped(store: &ReplicaStore) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while store.trees_to_free() > 0 {
+            assert!(std::time::Instant::now() < deadline, "{} trees still to free", store.trees_to_free());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn generation_trees(store: &ReplicaStore) -> Vec<String> {
+        let mut trees: Vec<String> = store
+            .db
+            .tree_names()
+            .into_iter()
+            .filter(|t| super::generation_of(t).is_some())
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+            .collect();
+        trees.sort();
+        trees
+    }
+
+    /// The old generation a full reload replaced is freed in the background, and the
+    /// trees of generations no state names (a crash while they were freed, or before)
+    /// are found and freed at the next open, the live replica untouched.
+    #[test]
+    fn discarded_generations_are_freed_in_the_background_and_found_again_after_a_crash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cookie = |csn| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
+        {
+            let store = ReplicaStore::open(tmp.path()).unwrap();
+            for csn in 1..=2 {
+                let mut shadow = store.replica("people").unwrap().begin_shadow(RefreshKind::Full).unwrap();
+                shadow.apply_scan(&entries_of(0, 3000, 100)).unwrap();
+                shadow.finish(cookie(csn)).unwrap();
+            }
+            reaped(&store);
+            assert_eq!(generation_trees(&store), ["r/people/2/entries", "r/people/2/uuids"]);
+            // Left as a crash leaves them: a removed replica's generation, a swapped one.
+            for orphan in ["r/ghost/3/entries", "r/people/1/uuids"] {
+                store.db.open_tree(orphan).unwrap().insert("k", "v").unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        reaped(&store);
+        assert_eq!(generation_trees(&store), ["r/people/2/entries", "r/people/2/uuids"]);
+        assert_eq!(store.replica("people").unwrap().len().unwrap(), 3000);
+    }
+
+    /// A replica made again under the name of one whose generations are still being
+    /// freed (its agreement removed and added back) takes generations past theirs: the
+    /// reaper would empty it otherwise.
+    #[test]
+    fn a_replica_made_again_takes_generations_past_those_still_being_freed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        // As if still being freed: a tree of generation 4 no state names.
+        store.db.open_tree("r/people/4/entries").unwrap().insert("k", "v").unwrap();
+        let replica = store.replica("people").unwrap();
+        assert_eq!(replica.state().unwrap().active_gen, 5);
+        assert_eq!(super::generation_of(b"r/a/b/7/uuids"), Some(("a/b", 7)));
+        assert_eq!(super::generation_of(b"r/people/audit"), None);
     }
 }
