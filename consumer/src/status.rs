@@ -297,6 +297,11 @@ impl ConsumerStatus {
                 "  lag {}s ({} changes), applied {}, skipped {}, duplicates {}, reconnects {}",
                 a.lag_seconds, a.lag_changes, a.applied, a.skipped, a.duplicates, a.reconnects
             );
+            // ENTRIES is the replica readers see (0, or the old region's, during a
+            // reload): the refresh's own progress is the figure to watch then.
+            if a.state == State::Refreshing && a.refresh_received > 0 {
+                counters += &format!(", refresh received {}", a.refresh_received);
+            }
             if !a.disconnects.is_empty() {
                 let by: Vec<String> = a.disconnects.iter().map(|(r, n)| format!("{}={n}", r.as_str())).collect();
                 counters += &format!(", disconnects {}", by.join(" "));
@@ -414,6 +419,21 @@ mod tests {
             .map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column"))
             .collect();
         assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
+    }
+
+    /// While a refresh runs, ENTRIES is what readers see (0 on a first refresh): the
+    /// text says how far the refresh is, as the JSON's `refresh_received` does.
+    #[test]
+    fn a_refresh_under_way_shows_how_far_it_is() {
+        let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        let text = || ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
+        h.update(|s| {
+            s.state = State::Refreshing;
+            s.refresh_received = 120_000;
+        });
+        assert!(text().contains(", reconnects 0, refresh received 120000\n"), "{}", text());
+        h.update(|s| s.state = State::Persisting);
+        assert!(!text().contains("refresh received"), "{}", text());
     }
 
     #[test]

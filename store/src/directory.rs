@@ -131,8 +131,27 @@ impl Default for StoreOptions {
 /// store creates one, so read-only tools ask first: a mistyped `data_dir`, or a
 /// `status` run before the first start, would otherwise leave an empty store behind,
 /// owned by whoever ran the tool, and report it as if it were the real one.
+/// A folder holding sled's `conf` without its log counts too: it is a copy that lost
+/// its log, which the open then refuses by name ([`StoreError::Incomplete`]), not a
+/// folder where no store ever was.
 pub fn store_exists(path: &Path) -> bool {
-    path.join("db").is_file()
+    path.join("db").is_file() || path.join("conf").is_file()
+}
+
+/// Refuses a folder holding sled's `conf` whose log (`db`) is missing or empty: a copy
+/// that lost it (a `cp` of some files, a transfer cut off). sled opened it as a new,
+/// empty store under a new identity (or failed on its snapshot, naming damage), and
+/// rewrote the folder as it did; an empty directory was then served as the real one.
+fn check_whole(path: &Path) -> Result<()> {
+    if !path.join("conf").is_file() {
+        return Ok(());
+    }
+    let missing = match std::fs::metadata(path.join("db")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "is missing",
+        Ok(meta) if meta.len() == 0 => "is empty",
+        _ => return Ok(()),
+    };
+    Err(StoreError::Incomplete { path: path.display().to_string(), missing })
 }
 
 /// Which of the two stores a folder holds. Both are sled databases, so either process
@@ -166,6 +185,7 @@ impl StoreKind {
 /// Opens sled at `path` as a store of `kind`, turning its lock failure into
 /// [`StoreError::Locked`] and a store of the other kind into [`StoreError::WrongKind`].
 pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> Result<Db> {
+    check_whole(path)?;
     let open = || guard_recovery(path, || sled::Config::new().path(path).cache_capacity(options.cache_bytes).open());
     let mut opened = open()?;
     if matches!(opened, Err(sled::Error::Corruption { at: None, .. })) && remove_unfinished_snapshots(path) > 0 {
@@ -921,6 +941,30 @@ mod tests {
             dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap(),
             mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
         }
+    }
+
+    /// A copy that lost its log (missing, or empty) is refused by name and left as it
+    /// is: sled opened it as a new, empty store under a new identity.
+    #[test]
+    fn a_store_without_its_log_is_refused_and_left_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = Dn::parse("dc=example,dc=com").unwrap();
+        {
+            let d = Directory::open(tmp.path(), &base).unwrap();
+            d.write(&suffix()).unwrap();
+            d.flush().unwrap();
+        }
+        let log = tmp.path().join("db");
+        std::fs::remove_file(&log).unwrap();
+        assert!(store_exists(tmp.path()), "a store, if a broken one");
+        let e = Directory::open(tmp.path(), &base).err().unwrap();
+        assert!(matches!(e, StoreError::Incomplete { missing: "is missing", .. }), "{e}");
+        assert!(e.to_string().contains("db is missing: an incomplete copy?"), "{e}");
+        assert!(!log.exists(), "nothing made");
+        std::fs::write(&log, b"").unwrap();
+        let e = crate::ReplicaStore::open(tmp.path()).err().unwrap();
+        assert!(e.to_string().contains("db is empty: an incomplete copy?"), "{e}");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "nothing written");
     }
 
     /// A snapshot sled began and never finished (a full disk at open, a crash while

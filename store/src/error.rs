@@ -100,6 +100,18 @@ pub enum StoreError {
         /// offset in its log): it is the one file sled can do without.
         snapshot: Option<String>,
     },
+    /// The folder holds sled's `conf` but its log (`db`) is missing or empty: an
+    /// incomplete copy. Nothing was opened or changed.
+    #[error(
+        "{path} holds a store whose log {path}/db {missing}: an incomplete copy? Nothing was opened or changed: \
+         restore the whole folder from the backup (or, if no store was ever used there, move the folder aside)"
+    )]
+    Incomplete {
+        /// The store's folder.
+        path: String,
+        /// What is wrong with the log.
+        missing: &'static str,
+    },
     /// The store is held by another process (sled's file lock).
     #[error("store at {0} is in use by another process")]
     Locked(String),
@@ -170,7 +182,12 @@ impl StoreError {
     pub fn open_hint(&self) -> &'static str {
         use std::io::ErrorKind;
         match self.io_kind() {
-            Some(ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied) => {
+            Some(ErrorKind::PermissionDenied) => {
+                " (sled writes to a store as it opens it, even to read it: data_dir and every file in it must be \
+                 writable by the user this runs as; a restore copied by another user, root's `cp -r` say, leaves \
+                 them its own: `chown -R` them, or copy with `cp -a`)"
+            }
+            Some(ErrorKind::ReadOnlyFilesystem) => {
                 " (sled writes to a store as it opens it, even to read it: copy the folder somewhere writable and \
                  point a copy of the configuration's data_dir at it)"
             }
@@ -235,6 +252,7 @@ mod tests {
     fn an_open_failing_on_its_file_system_names_the_way_out() {
         let io = |kind| StoreError::Sled(sled::Error::Io(std::io::Error::from(kind)));
         assert!(io(std::io::ErrorKind::ReadOnlyFilesystem).open_hint().contains("copy the folder somewhere writable"));
+        assert!(io(std::io::ErrorKind::PermissionDenied).open_hint().contains("chown -R"));
         assert!(io(std::io::ErrorKind::StorageFull).open_hint().contains("free space first"));
         assert_eq!(io(std::io::ErrorKind::ConnectionReset).open_hint(), "");
         assert_eq!(StoreError::Locked("/srv".into()).open_hint(), "");
