@@ -359,11 +359,12 @@ where
     d.deserialize_str(StrVisitor { expecting, parse })
 }
 
-/// The longest duration a configuration takes: far past any interval, timeout or age
+/// The longest duration a configuration takes, 100 years as humantime counts them
+/// (365.25 days each, so `"100y"` is allowed): far past any interval, timeout or age
 /// anyone means, and short enough that adding it to the clock cannot overflow (a poll
 /// `interval` of `"18446744073709551615s"` panicked the agreement's task, which then sat
 /// in `refreshing` for ever, and some longer ones broke humantime's own printing).
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
 
 /// Parses a humantime duration (`"5s"`, `"1m 30s"`, `"7d"`), at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -707,7 +708,8 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
     // Blank lines (an editor's, or a copy that lost its text) would be taken as the
     // secret: both sides "agree" on a guessable one, or disagree without a clue.
     let body = bytes.strip_suffix(b"\r\n").or_else(|| bytes.strip_suffix(b"\n")).unwrap_or(&bytes);
-    if !body.is_empty() && body.iter().all(u8::is_ascii_whitespace) {
+    let blank = |c: char| c.is_whitespace() || c.is_control();
+    if !body.is_empty() && String::from_utf8_lossy(body).chars().all(blank) {
         return Err(refuse("secret file holds only blank space".to_owned()));
     }
     let secret = Secret::from_file_contents(bytes).map_err(|_| refuse("secret file is empty".to_owned()))?;
@@ -788,6 +790,8 @@ mod tests {
         assert_eq!(e, "t.toml: key 'wait': invalid duration \"18446744073709551615s\": longer than 100 years");
         assert!(err("wait = \"100000000000d\"").ends_with("longer than 100 years"));
         assert_eq!(parse_duration("36500d"), Ok(Duration::from_secs(36500 * 24 * 3600)));
+        assert_eq!(parse_duration("100y"), Ok(MAX_DURATION), "humantime's years are 365.25 days");
+        assert!(parse_duration("100y 1s").is_err());
         assert_eq!(
             err("[[list]]\naddr = \"a:1\"\n[[list]]\naddr = \"b\""),
             "t.toml: key 'list[1].addr': invalid address \"b\": expected host:port, as 127.0.0.1:7389"
@@ -883,7 +887,16 @@ mod tests {
             let e = load_secret(&path).unwrap_err();
             assert_eq!(e.to_string(), format!("{}: secret file is empty", path.display()));
         }
-        for (name, contents) in [("blank", &b"\r\n\r\n"[..]), ("spaces", &b"   \n"[..]), ("tab", &b"\t"[..])] {
+        let blanks = [
+            ("blank", &b"\r\n\r\n"[..]),
+            ("spaces", &b"   \n"[..]),
+            ("tab", &b"\t"[..]),
+            ("vtab", &b"\x0b"[..]),
+            ("nbsp", "\u{a0}".as_bytes()),
+            ("ideographic", "\u{3000}\n".as_bytes()),
+            ("nul", &b"\0"[..]),
+        ];
+        for (name, contents) in blanks {
             let path = write_secret(&dir, name, contents);
             let e = load_secret(&path).unwrap_err();
             assert_eq!(e.to_string(), format!("{}: secret file holds only blank space", path.display()));

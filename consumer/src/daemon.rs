@@ -196,6 +196,12 @@ pub fn store_failed(failure: &StoreFailure) -> String {
              in full from the provider"
         );
     }
+    if failure.taken_away() {
+        return format!(
+            "{failure}. No agreement can use the store any more; restart the consumer: it opens what data_dir \
+             holds now, and each replica resumes from the cookie found there"
+        );
+    }
     format!(
         "the store failed ({failure}): no agreement can write to it any more; fix the cause (free space, lift \
          the limit, repair the disk) and restart the consumer: each replica resumes from its last durable cookie"

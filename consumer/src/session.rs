@@ -177,7 +177,28 @@ fn ms_since(epoch: Instant) -> u64 {
 /// Runs one session to its end. `routine` marks a refresh-only poll that follows one
 /// which completed: its connect and a delta that changes nothing log at DEBUG, and only
 /// what changed the replica (or went wrong) at INFO.
+///
+/// The store failing ends it at once, fatally: a session waiting on a quiet provider
+/// learned of it only at its next write, and showed `persisting` over a store that was
+/// gone (its files taken away, say) for as long as the directory stayed quiet.
 pub async fn run(
+    cfg: &SessionConfig,
+    store: &ReplicaStore,
+    replica: &Replica,
+    status: &StatusHandle,
+    stop: &StopSignal,
+    routine: bool,
+) -> Ended {
+    tokio::select! {
+        biased;
+        ended = run_session(cfg, store, replica, status, stop, routine) => ended,
+        failure = replica.failure().failed() => {
+            Ended { fatal: true, ..Ended::new(Reason::Exception, format!("the store failed: {failure}")) }
+        }
+    }
+}
+
+async fn run_session(
     cfg: &SessionConfig,
     store: &ReplicaStore,
     replica: &Replica,

@@ -385,6 +385,19 @@ impl ProviderConfig {
             let key = |name: &str| format!("consumer[{i}].{name}");
             source::check_agreement_name(&grant.agreement)
                 .map_err(|r| ConfigError::invalid(file, key("agreement"), r))?;
+            // The provider names `write`'s sessions so: an agreement of that name was
+            // taken for one (a reload removing it revoked nothing, status showed no lag).
+            if grant.agreement == crate::server::WRITER {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("agreement"),
+                    format!(
+                        "agreement name {:?} is reserved for the sessions of tether-provider write (its secret is \
+                         [writer]'s): name the agreement otherwise",
+                        grant.agreement
+                    ),
+                ));
+            }
             if let Some(first) = seen.insert(&grant.agreement, i) {
                 return Err(ConfigError::invalid(
                     file,
@@ -642,6 +655,11 @@ mod tests {
                 "key 'consumer[1].agreement': agreement name is empty",
             ),
             (grant("[[consumer]]\nagreement = \"b\""), "key 'consumer[1].secret_file': required key is missing"),
+            (
+                grant("[[consumer]]\nagreement = \"writer\"\nsecret_file = \"b.key\""),
+                "key 'consumer[1].agreement': agreement name \"writer\" is reserved for the sessions of \
+                 tether-provider write",
+            ),
             (format!("{MINIMAL}[writer]\n"), "key 'writer.secret_file': required key is missing"),
             (format!("{MINIMAL}[tls]\ncert_file = \"c.pem\""), "key 'tls.key_file': required key is missing"),
         ];

@@ -167,6 +167,8 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             failure = dir.failure().failed() => {
                 if failure.damaged() {
                     error!(error = %failure, "the store is damaged; stopping");
+                } else if failure.taken_away() {
+                    error!(error = %failure, "the store's files were taken away; stopping");
                 } else {
                     error!(error = %failure, "the store failed; stopping (every acknowledged write is on disk)");
                 }
@@ -224,6 +226,14 @@ pub async fn serve(config_path: &Path) -> Result<()> {
                 "the store is damaged ({failure}): sled read a page that is not what it wrote; restore data_dir \
                  from a backup, or rebuild it from a replica (operations.md, Backup and restore), then start the \
                  provider again"
+            );
+        }
+        if failure.taken_away() {
+            // Acknowledged writes went into the files taken away, not what is there now.
+            bail!(
+                "{failure}. The writes acknowledged since the files were taken went with them; started again, \
+                 the provider serves what data_dir holds now, and consumers that replicated those writes reload \
+                 in full"
             );
         }
         bail!(

@@ -188,7 +188,7 @@ async fn stop_load_on_signal(stop: Arc<AtomicBool>) {
     };
     let mut next = async || tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
     let first = next().await;
-    eprintln!("{first}: stopping once the batch being written is in the store (again to stop at once)");
+    eprintln!("{first}: stopping (a batch being written is finished first; again to stop at once)");
     stop.store(true, Ordering::SeqCst);
     let second = next().await;
     eprintln!("{second}: stopped; the entries of batches written before are in the store");
@@ -205,7 +205,7 @@ fn remove_new_store(data_dir: &Path, made_dir: bool) -> std::io::Result<()> {
         let name = name.to_string_lossy();
         if name == "blobs" {
             std::fs::remove_dir_all(item.path())?;
-        } else if name == "conf" || name == "db" || name.starts_with("snap.") {
+        } else if name == "conf" || name == "db" || name == tether_store::INSTANCE_MARK || name.starts_with("snap.") {
             std::fs::remove_file(item.path())?;
         }
     }

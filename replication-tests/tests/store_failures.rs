@@ -241,6 +241,30 @@ fn a_store_restored_under_a_running_provider_stops_it_before_it_acknowledges_a_w
     Ok(())
 }
 
+/// A consumer whose store's log is taken away under it, with the provider quiet: its
+/// agreement stayed `persisting`, nothing logged, until the provider's next change.
+/// Now it closes within seconds with the cause, and the process says it at exit.
+#[test]
+fn a_consumer_whose_store_is_taken_away_closes_its_agreements_without_waiting_for_a_change() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = Provider::loaded(tmp.path(), 300, 46, &Default::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
+    let data = c.dir.join("data");
+    std::fs::rename(data.join("db"), data.join("db.aside"))?;
+    let s =
+        c.wait_status("people", LIMIT, "the agreement closed by the store's failure", |s| s["state"] == "closed")?;
+    assert!(s["last_error"].as_str().is_some_and(|e| e.contains("the store's files were taken away")), "{s}");
+    let status = c.status()?;
+    assert!(status["store_error"].as_str().is_some_and(|e| e.contains("was removed or moved")), "{status}");
+    let exit = c.stop()?;
+    assert_eq!(exit.code(), Some(1), "{}", c.log_text());
+    assert!(c.log_text().contains("restart the consumer: it opens what data_dir holds now"), "{}", c.log_text());
+    Ok(())
+}
+
 /// An offline `load` whose store fails on a large value's blob file: it used to end
 /// without latching the failure, and the store's drop then waited for ever on sled's
 /// flush, with nothing printed. Now it exits 1 naming the way out, and running the same

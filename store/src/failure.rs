@@ -51,6 +51,8 @@ pub struct StoreFailure {
     text: Arc<str>,
     /// Whether sled found the store's files damaged, rather than failing to write them.
     damaged: bool,
+    /// Whether the store's files were taken away under the process ([`StoreError::FilesMoved`]).
+    taken_away: bool,
 }
 
 impl StoreFailure {
@@ -59,6 +61,13 @@ impl StoreFailure {
     /// a replica, not freeing space and restarting.
     pub fn damaged(&self) -> bool {
         self.damaged
+    }
+
+    /// Whether the store's files were removed, moved or replaced under the process: what
+    /// it wrote since went with the files it had open, so "every acknowledged write is
+    /// on disk" does not hold, and the way out is a restart on what the folder holds now.
+    pub fn taken_away(&self) -> bool {
+        self.taken_away
     }
 }
 
@@ -86,28 +95,56 @@ struct Flushes {
     since: Instant,
 }
 
+/// The file beside a store's log that holds the random text of the open that holds the
+/// store: a copy written over the store's files in place (`cp -a backup/. data_dir/`
+/// keeps every inode) brings the mark of the open it was copied from.
+pub const INSTANCE_MARK: &str = "instance";
+
 /// The store's log file as opened: the file at its path must stay that file (same
-/// device and inode), or the process writes where no one will read.
+/// device and inode), and the instance mark beside it this open's, or the process
+/// writes where no one will read (or into the middle of someone's copy).
 #[derive(Debug)]
 struct Anchor {
     path: PathBuf,
     file: (u64, u64),
+    /// The mark file, and what this open wrote to it (none if it could not be written).
+    mark: Option<(PathBuf, String)>,
 }
 
 impl Anchor {
     fn of(path: &Path) -> Option<Self> {
-        std::fs::metadata(path).ok().map(|m| Self { path: path.to_owned(), file: (m.dev(), m.ino()) })
+        let meta = std::fs::metadata(path).ok()?;
+        let mark = path.with_file_name(INSTANCE_MARK);
+        let ours = uuid::Uuid::new_v4().to_string();
+        let mark = match std::fs::write(&mark, &ours) {
+            Ok(()) => Some((mark, ours)),
+            Err(e) => {
+                tracing::warn!(file = %mark.display(), error = %e, "could not write the store's instance mark: a copy written over the store in place would go unnoticed");
+                None
+            }
+        };
+        Some(Self { path: path.to_owned(), file: (meta.dev(), meta.ino()), mark })
     }
 
     /// Why the file at the path is no longer the one opened, if it is not.
     fn moved(&self) -> Option<String> {
         let path = self.path.display();
         match std::fs::metadata(&self.path) {
-            Ok(m) if (m.dev(), m.ino()) == self.file => None,
-            Ok(_) => Some(format!("{path} was replaced by another file")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!("{path} was removed or moved")),
+            Ok(m) if (m.dev(), m.ino()) == self.file => {}
+            Ok(_) => return Some(format!("{path} was replaced by another file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(format!("{path} was removed or moved")),
             // Unreadable for a while (a permission changed): not proof of a move.
-            Err(_) => None,
+            Err(_) => return None,
+        }
+        // Only another open's mark is proof: a mark unreadable or removed (an operator
+        // tidying the folder, no descriptors left) is not.
+        let (mark, ours) = self.mark.as_ref()?;
+        match std::fs::read_to_string(mark) {
+            Ok(found) if found != *ours => Some(format!(
+                "{path} was overwritten in place by a copy ({} holds another open's mark)",
+                mark.display()
+            )),
+            _ => None,
         }
     }
 }
@@ -213,7 +250,7 @@ impl FailureLatch {
                      stopped writing its log after a write it could not finish (a large value on a full disk)",
                     stalled.as_secs()
                 );
-                *latched = Some(StoreFailure { text: Arc::from(text), damaged: false });
+                *latched = Some(StoreFailure { text: Arc::from(text), damaged: false, taken_away: false });
             }
             first
         });
@@ -233,7 +270,11 @@ impl FailureLatch {
             self.tx.send_if_modified(|latched| {
                 let first = latched.is_none();
                 if first {
-                    *latched = Some(StoreFailure { text: Arc::from(error.to_string()), damaged: error.is_damage() });
+                    *latched = Some(StoreFailure {
+                        text: Arc::from(error.to_string()),
+                        damaged: error.is_damage(),
+                        taken_away: matches!(error, StoreError::FilesMoved(_)),
+                    });
                 }
                 first
             });
@@ -380,6 +421,19 @@ mod tests {
         assert!(err.to_string().contains("was replaced by another file"), "{err}");
         assert!(err.is_fatal() && !err.is_damage());
         assert_eq!(latch.latched().unwrap().to_string(), err.to_string());
+        assert!(latch.latched().unwrap().taken_away());
+
+        // A copy written over the files in place keeps their inodes, and brings the
+        // mark of the open it was copied from.
+        let inplace = tempfile::tempdir().unwrap();
+        let log = inplace.path().join("db");
+        std::fs::write(&log, b"a log").unwrap();
+        let latch = FailureLatch::watched(STUCK_AFTER, &log);
+        let db = sled::Config::new().path(inplace.path().join("sled")).open().unwrap();
+        latch.flush(&db).unwrap();
+        std::fs::write(inplace.path().join(INSTANCE_MARK), b"another open's").unwrap();
+        let err = latch.flush(&db).unwrap_err();
+        assert!(err.to_string().contains("was overwritten in place by a copy"), "{err}");
 
         let other = tempfile::tempdir().unwrap();
         let log = other.path().join("db");

@@ -56,7 +56,7 @@ pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy,
 pub use directory::{store_exists, Committed, ConsumerPosition, Directory, StoreOptions, DEFAULT_CACHE_BYTES};
 pub use entry_set::{EntrySet, Located, NoSuchBase, Spelling};
 pub use error::{Refusal, Result, StoreError};
-pub use failure::{FailureLatch, StoreFailure};
+pub use failure::{FailureLatch, StoreFailure, INSTANCE_MARK};
 pub use feed::FedChange;
 pub use pins::Pin;
 pub use replica::{
