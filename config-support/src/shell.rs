@@ -148,6 +148,11 @@ pub async fn config_or_status<T>(
     let Some(control) = crate::source::control_path(file, default_data_dir) else {
         return Err(error.into());
     };
+    // A socket path too long to connect to: no process can be listening on it, and the
+    // file's error says why (the connect's own words name neither key nor limit).
+    if crate::source::check_socket_path(file, "control", &control).is_err() {
+        return Err(error.into());
+    }
     // Given with the file, so that a copy being edited (of another process's file,
     // naming its socket) does not show that process's status as its own.
     let request = tether_protocol::control::ControlRequest::Status { json };
@@ -453,6 +458,20 @@ mod tests {
         // Below a file, with the socket elsewhere: the file is named.
         let err = take_place(&afile.join("x/y"), &root.path().join("c.sock"), &file).await.unwrap_err().to_string();
         assert_eq!(err, format!("{}: key 'data_dir': {} is not a folder", file.display(), afile.display()));
+    }
+
+    /// A file naming a socket too long to connect to is refused by `status` with the
+    /// file's own error (naming the key and the limit), not the connect's words.
+    #[tokio::test]
+    async fn status_of_a_file_whose_socket_path_is_too_long_says_the_file_s_error() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("consumer.toml");
+        let long = root.path().join("d".repeat(120));
+        std::fs::write(&file, format!("data_dir = {:?}\n", long.display().to_string())).unwrap();
+        let loaded = crate::source::check_socket_path(&file, "control", &long.join("control.sock"));
+        let process = tether_protocol::control::Process::Consumer;
+        let err = config_or_status(loaded, &file, "data", process, false).await.unwrap_err().to_string();
+        assert!(err.contains("key 'control': socket path ") && err.contains("Unix sockets allow at most 107"), "{err}");
     }
 
     /// A folder for a new store is kept to its user; one holding a store already is

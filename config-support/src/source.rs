@@ -164,6 +164,31 @@ pub fn resolve(dir: &Path, path: &Path) -> PathBuf {
     }
 }
 
+/// [`resolve`] for the value of `key`, refusing one a shell would have expanded: no
+/// shell reads this file, so `~/store` would be a folder called `~` beside it (made
+/// there by a start, without a word), and `$HOME/store` one called `$HOME`.
+pub fn resolve_key(file: &Path, dir: &Path, key: &str, path: &Path) -> Result<PathBuf, ConfigError> {
+    let text = path.to_string_lossy();
+    let expanded = if text.starts_with('~') {
+        Some("~ (a home folder)")
+    } else if text.starts_with('$') {
+        Some("an environment variable")
+    } else {
+        None
+    };
+    if let Some(what) = expanded {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            format!(
+                "path \"{text}\" starts with {what}, which only a shell expands: this file is read as written; \
+                 write the full path"
+            ),
+        ));
+    }
+    Ok(resolve(dir, path))
+}
+
 /// The control socket `file` names, read from its `data_dir` and `control` keys alone
 /// (`default_data_dir` if absent), every other key unread: how `status` still reaches
 /// the running process while the file holds an error elsewhere, being edited say (the
@@ -194,11 +219,15 @@ pub fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
     })?;
     let index = KeyIndex::of(doc.as_table());
     toml_edit::de::from_document(doc).map_err(|e| {
-        let path = e.span().and_then(|span| index.locate(&span)).unwrap_or_default();
         let message = one_line(e.message());
         if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
-            return ConfigError::invalid(file, join_key(&path, field), "required key is missing");
+            // The span is the table that lacks it: only a table's own span names it, and
+            // the top level's is in no table (the key nearest its start, the file's first,
+            // was named as the missing key's parent: `listen.suffix`).
+            let table = e.span().and_then(|span| index.exact(&span)).unwrap_or_default();
+            return ConfigError::invalid(file, join_key(&table, field), "required key is missing");
         }
+        let path = e.span().and_then(|span| index.locate(&span)).unwrap_or_default();
         let key = if path.is_empty() { TOP_LEVEL.to_owned() } else { path };
         ConfigError::invalid(file, key, plain_types(&message.replacen("unknown field", "unknown key", 1)))
     })
@@ -262,6 +291,11 @@ impl KeyIndex {
         let mut index = Self { spans: Vec::new() };
         index.table("", root);
         index
+    }
+
+    /// The path of the node whose span is exactly `span`; the deepest path wins a tie.
+    fn exact(&self, span: &Range<usize>) -> Option<String> {
+        self.spans.iter().filter(|(_, s)| s == span).max_by_key(|(path, _)| path.len()).map(|(path, _)| path.clone())
     }
 
     /// The path of the node whose span is exactly `span`, or else of the smallest node
@@ -674,7 +708,9 @@ pub struct SecretFile {
 
 /// Reads a secret file: at most [`MAX_SECRET_LEN`] bytes, one trailing newline (`\n` or
 /// `\r\n`) removed, refused when empty. On Unix, a file readable or writable by group
-/// or others yields a warning rather than an error.
+/// or others yields a warning rather than an error; so does a secret that begins with a
+/// byte order mark or ends in blank space, which are part of it (the two sides'
+/// files must hold the same bytes) but are usually an editor's, and invisible in it.
 pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
     let refuse = |reason: String| ConfigError::Secret { file: path.to_owned(), reason };
     // Not a FIFO, which would block the open (see `read_regular`).
@@ -711,6 +747,20 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
     let blank = |c: char| c.is_whitespace() || c.is_control();
     if !body.is_empty() && String::from_utf8_lossy(body).chars().all(blank) {
         return Err(refuse("secret file holds only blank space".to_owned()));
+    }
+    if body.starts_with(b"\xef\xbb\xbf") {
+        warnings.push(format!(
+            "secret file {} begins with a byte order mark (bytes EF BB BF, as a Windows editor saves one), which is \
+             part of the secret: the other side's file must begin with it too; remove it from both if an editor added it",
+            path.display()
+        ));
+    }
+    if body.last().is_some_and(|&b| b == b' ' || b == b'\t' || b == b'\r' || b == b'\n') {
+        warnings.push(format!(
+            "secret file {} ends in blank space (after one newline is taken off), which is part of the secret: the \
+             other side's file must end the same way",
+            path.display()
+        ));
     }
     let secret = Secret::from_file_contents(bytes).map_err(|_| refuse("secret file is empty".to_owned()))?;
     Ok(SecretFile { secret, warnings })
@@ -858,6 +908,16 @@ mod tests {
         assert_eq!(dir, Path::new("/etc/tether"));
         assert_eq!(resolve(&dir, Path::new("data")), Path::new("/etc/tether/data"));
         assert_eq!(resolve(&dir, Path::new("/var/lib/t")), Path::new("/var/lib/t"));
+        let file = Path::new("/etc/tether/c.toml");
+        assert_eq!(resolve_key(file, &dir, "data_dir", Path::new("data")).unwrap(), Path::new("/etc/tether/data"));
+        assert_eq!(
+            resolve_key(file, &dir, "data_dir", Path::new("~/data")).unwrap_err().to_string(),
+            "/etc/tether/c.toml: key 'data_dir': path \"~/data\" starts with ~ (a home folder), which only a shell \
+             expands: this file is read as written; write the full path"
+        );
+        let e = resolve_key(file, &dir, "tls.ca_file", Path::new("$HOME/ca.pem")).unwrap_err().to_string();
+        assert!(e.contains("key 'tls.ca_file': path \"$HOME/ca.pem\" starts with an environment variable"), "{e}");
+        assert!(resolve_key(file, &dir, "data_dir", Path::new("/srv/~x/$y")).is_ok(), "only a leading one");
         assert!(config_dir(Path::new("c.toml")).unwrap().is_absolute());
     }
 
@@ -875,13 +935,32 @@ mod tests {
     #[test]
     fn secrets_trim_one_newline_and_refuse_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(&[u8], &[u8]); 4] =
-            [(b"s3cret\n", b"s3cret"), (b"s3cret\r\n", b"s3cret"), (b"s3cret\n\n", b"s3cret\n"), (b"raw", b"raw")];
+        let cases: [(&[u8], &[u8]); 3] = [(b"s3cret\n", b"s3cret"), (b"s3cret\r\n", b"s3cret"), (b"raw", b"raw")];
         for (i, (contents, want)) in cases.into_iter().enumerate() {
             let loaded = load_secret(&write_secret(&dir, &format!("k{i}"), contents)).unwrap();
             assert!(loaded.secret == Secret::new(want.to_vec()).unwrap());
             assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         }
+        // What an editor adds unseen is kept (both sides must hold the same bytes), and
+        // warned of: the reason a bad-credentials rejection can otherwise not be found.
+        let unseen: [(&[u8], &[u8], &str); 4] = [
+            (b"s3cret\n\n", b"s3cret\n", "ends in blank space"),
+            (b"s3cret \n", b"s3cret ", "ends in blank space"),
+            (b"\xef\xbb\xbfs3cret\r\n", b"\xef\xbb\xbfs3cret", "begins with a byte order mark"),
+            (b"\xef\xbb\xbfs3cret\t", b"\xef\xbb\xbfs3cret\t", "begins with a byte order mark"),
+        ];
+        for (i, (contents, want, said)) in unseen.into_iter().enumerate() {
+            let path = write_secret(&dir, &format!("u{i}"), contents);
+            let loaded = load_secret(&path).unwrap();
+            assert!(loaded.secret == Secret::new(want.to_vec()).unwrap());
+            assert!(
+                loaded.warnings[0].starts_with(&format!("secret file {} {said}", path.display())),
+                "{:?}",
+                loaded.warnings
+            );
+        }
+        let both = load_secret(&write_secret(&dir, "both", b"\xef\xbb\xbfs3cret \n")).unwrap();
+        assert_eq!(both.warnings.len(), 2, "{:?}", both.warnings);
         for (name, contents) in [("empty", &b""[..]), ("newline", &b"\n"[..])] {
             let path = write_secret(&dir, name, contents);
             let e = load_secret(&path).unwrap_err();

@@ -261,16 +261,17 @@ impl ConsumerConfig {
         let mut config: Self = source::parse_toml(file, text)?;
         let dir = source::config_dir(file)?;
         config.file = file.to_owned();
-        config.data_dir = source::resolve(&dir, &config.data_dir);
+        let resolve = |key: &str, path: &Path| source::resolve_key(file, &dir, key, path);
+        config.data_dir = resolve("data_dir", &config.data_dir)?;
         config.control = if config.control.as_os_str().is_empty() {
             config.data_dir.join(source::CONTROL_SOCKET_NAME)
         } else {
-            source::resolve(&dir, &config.control)
+            resolve("control", &config.control)?
         };
-        for agreement in &mut config.agreements {
-            agreement.secret_file = source::resolve(&dir, &agreement.secret_file);
+        for (i, agreement) in config.agreements.iter_mut().enumerate() {
+            agreement.secret_file = resolve(&format!("agreement[{i}].secret_file"), &agreement.secret_file)?;
             if let Some(tls) = &mut agreement.tls {
-                tls.ca_file = source::resolve(&dir, &tls.ca_file);
+                tls.ca_file = resolve(&format!("agreement[{i}].tls.ca_file"), &tls.ca_file)?;
             }
         }
         config.check()?;

@@ -41,6 +41,8 @@ pub struct ControlContext {
     pub shutdown: CancellationToken,
     /// The configuration file the consumer runs with, for commands a reply suggests.
     pub config_file: tether_protocol::control::StartedWith,
+    /// This consumer's id, as providers show it in their status.
+    pub consumer_id: String,
 }
 
 /// Serves control connections until `ctx.shutdown`.
@@ -305,6 +307,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
             let agreements = ctx.agreements.lock().await;
             let status = ConsumerStatus {
                 running: true,
+                consumer_id: ctx.consumer_id.clone(),
                 store_error: ctx.store.failure().latched(),
                 agreements: agreements.values().map(|r| r.status.snapshot()).collect(),
             };

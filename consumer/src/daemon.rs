@@ -134,6 +134,7 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
         ),
     }
     let status = StatusHandle::new(&a.name, &a.provider.to_string(), &a.mode.to_string());
+    status.update(|s| s.tls = a.tls.is_some());
     if let Ok(Some(cookie)) = replica.cookie() {
         status.update(|s| s.cookie = Some(cookie.to_string()));
     }
@@ -373,6 +374,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         reload: reload_tx,
         shutdown: shutdown.clone(),
         config_file: tether_protocol::control::StartedWith::new(&config.file),
+        consumer_id: client_id.clone(),
     };
     let control_task = tokio::spawn(control::serve(listener, ctx));
     info!(agreements = config.agreements.len(), "consumer running");

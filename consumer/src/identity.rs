@@ -46,6 +46,13 @@ pub fn client_id(data_dir: &Path) -> Result<String> {
     Ok(id)
 }
 
+/// The id recorded in `data_dir`, if any, without making one: what a stopped
+/// consumer's `status` shows, so that its rows in a provider's status can be found.
+/// (A store copied here takes a new id at its next start; this is the one it has now.)
+pub fn recorded_id(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(ID_FILE)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

@@ -212,17 +212,23 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { config: file, json } => {
             // Held to what a start needs, the files it names too: a secret lost is
             // warned of now, not found when a restart fails.
-            let loaded = ConsumerConfig::load(&file).and_then(|c| c.check_files().map(|_| c));
+            // Warned of as a start or reload would (a secret others may read).
+            let loaded = ConsumerConfig::load(&file).and_then(|c| c.check_files().map(|warnings| (c, warnings)));
             let process = tether_protocol::control::Process::Consumer;
             let data_dir = tether_consumer::config::DEFAULT_DATA_DIR;
-            let Some(config) = shell::config_or_status(loaded, &file, data_dir, process, json).await? else {
+            let Some((config, warnings)) = shell::config_or_status(loaded, &file, data_dir, process, json).await?
+            else {
                 return Ok(());
             };
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
             if call(&config, &ControlRequest::Status { json }).await? {
                 return Ok(());
             }
             let store = open_offline(&config, Offline::Read)?;
-            let mut status = OfflineStatus { running: false, agreements: Vec::new() };
+            let consumer_id = tether_consumer::identity::recorded_id(&config.data_dir);
+            let mut status = OfflineStatus { running: false, consumer_id, agreements: Vec::new() };
             for a in &config.agreements {
                 // An agreement added since the consumer last ran has no replica yet.
                 let replica = store.existing_replica(&a.name)?;

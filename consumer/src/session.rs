@@ -496,7 +496,8 @@ fn handshake_failed(e: HandshakeError) -> Ended {
             // The provider cannot say more without saying something about its secret.
             let hint = if reject.reason == RejectReason::BadCredentials {
                 " (the agreement's secret_file must hold the same bytes as the provider's secret_file for it; \
-                 one trailing newline is not part of the secret)"
+                 one trailing newline is not part of the secret; a trailing space, or a byte order mark a Windows \
+                 editor saved, is)"
             } else {
                 ""
             };

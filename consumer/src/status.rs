@@ -29,6 +29,10 @@ pub struct AgreementStatus {
     pub provider: String,
     /// `refresh-only` or `refresh-and-persist`.
     pub mode: String,
+    /// Whether the agreement connects with TLS (`[agreement.tls]`): the provider's status
+    /// shows it per session, and the consumer's operator should not have to read the
+    /// file to know whether entries cross the network in clear.
+    pub tls: bool,
     /// Durable position (`<store-uuid>#<csn>`).
     pub cookie: Option<String>,
     /// Entries in the replica.
@@ -161,6 +165,7 @@ impl StatusHandle {
                 state: State::Connecting,
                 provider: provider.to_owned(),
                 mode: mode.to_owned(),
+                tls: false,
                 cookie: None,
                 entries: 0,
                 last_disconnect: None,
@@ -248,6 +253,9 @@ pub struct ConsumerStatus {
     /// Always `true` here: the process answered. While it is not running, `status`
     /// prints an [`OfflineStatus`] instead.
     pub running: bool,
+    /// The id this consumer gives providers: the `CONSUMER` column of their status,
+    /// which tells this process's sessions and positions from another's.
+    pub consumer_id: String,
     /// The storage failure no agreement can go on after, if the store has failed: the
     /// process must be restarted once its cause is fixed (see `tether_store::failure`).
     #[serde(serialize_with = "failure_text")]
@@ -276,16 +284,17 @@ impl ConsumerStatus {
         let name_w = self.agreements.iter().map(|a| a.name.len()).max().unwrap_or(0).max(16);
         let provider_w = self.agreements.iter().map(|a| a.provider.len()).max().unwrap_or(0).max(22);
         out += &format!(
-            "{:<name_w$} {:<11} {:<provider_w$} {:<20} {:>8} {:<8} {:<18} {}\n",
-            "AGREEMENT", "STATE", "PROVIDER", "MODE", "ENTRIES", "REFRESH", "LAST DISCONNECT", "COOKIE"
+            "{:<name_w$} {:<11} {:<provider_w$} {:<20} {:<3} {:>8} {:<8} {:<18} {}\n",
+            "AGREEMENT", "STATE", "PROVIDER", "MODE", "TLS", "ENTRIES", "REFRESH", "LAST DISCONNECT", "COOKIE"
         );
         for a in &self.agreements {
             out.push_str(&format!(
-                "{:<name_w$} {:<11} {:<provider_w$} {:<20} {:>8} {:<8} {:<18} {}\n",
+                "{:<name_w$} {:<11} {:<provider_w$} {:<20} {:<3} {:>8} {:<8} {:<18} {}\n",
                 a.name,
                 a.state.as_str(),
                 a.provider,
                 a.mode,
+                if a.tls { "yes" } else { "no" },
                 a.entries,
                 a.last_refresh.as_deref().unwrap_or("-"),
                 a.last_disconnect.map_or("-", Reason::as_str),
@@ -338,6 +347,7 @@ impl ConsumerStatus {
                 out.push_str(&format!("  last error at {}: {e}\n", a.last_error_at.as_deref().unwrap_or("-")));
             }
         }
+        out.push_str(&format!("consumer id {} (the CONSUMER column of provider status)\n", self.consumer_id));
         out
     }
 }
@@ -354,6 +364,9 @@ pub fn rfc3339_of_ms(ms: u64) -> String {
 pub struct OfflineStatus {
     /// Always `false`: nothing is live, so only what the store keeps is shown.
     pub running: bool,
+    /// The id recorded in `data_dir`, absent before the consumer first ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer_id: Option<String>,
     /// Every agreement of the config, then every replica whose agreement the config no
     /// longer has.
     pub agreements: Vec<OfflineAgreement>,
@@ -399,6 +412,9 @@ impl OfflineStatus {
                 a.cookie.as_deref().unwrap_or("-")
             ));
         }
+        if let Some(id) = &self.consumer_id {
+            out.push_str(&format!("consumer id {id} (the CONSUMER column of provider status)\n"));
+        }
         out
     }
 }
@@ -411,7 +427,12 @@ mod tests {
     fn the_table_stays_in_line_with_a_long_provider_name() {
         let short = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist").snapshot();
         let long = StatusHandle::new("groups", "ldap-provider-1.eu-west.example.com:7389", "refresh-only").snapshot();
-        let status = ConsumerStatus { running: true, store_error: None, agreements: vec![short, long] };
+        let status = ConsumerStatus {
+            running: true,
+            consumer_id: String::new(),
+            store_error: None,
+            agreements: vec![short, long],
+        };
         let text = status.to_text();
         let mode_at: Vec<usize> = text
             .lines()
@@ -426,7 +447,15 @@ mod tests {
     #[test]
     fn a_refresh_under_way_shows_how_far_it_is() {
         let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
-        let text = || ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
+        let text = || {
+            ConsumerStatus {
+                running: true,
+                consumer_id: String::new(),
+                store_error: None,
+                agreements: vec![h.snapshot()],
+            }
+            .to_text()
+        };
         h.update(|s| {
             s.state = State::Refreshing;
             s.refresh_received = 120_000;
@@ -442,13 +471,25 @@ mod tests {
         h.update(|s| s.set_error("connection-lost: connect 127.0.0.1:7389: Connection refused".into()));
         let at = h.snapshot().last_error_at.expect("a time");
         assert!(humantime::parse_rfc3339(&at).is_ok(), "{at}");
-        let text = ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
+        let text = ConsumerStatus {
+            running: true,
+            consumer_id: String::new(),
+            store_error: None,
+            agreements: vec![h.snapshot()],
+        }
+        .to_text();
         assert!(text.contains(&format!("  last error at {at}: connection-lost: connect")), "{text}");
         h.update(|s| {
             s.applied = 7;
             *s.disconnects.entry(Reason::ConnectionLost).or_default() += 2;
         });
-        let text = ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
+        let text = ConsumerStatus {
+            running: true,
+            consumer_id: String::new(),
+            store_error: None,
+            agreements: vec![h.snapshot()],
+        }
+        .to_text();
         assert!(
             text.contains(", applied 7, skipped 0, duplicates 0, reconnects 0, disconnects connection-lost=2\n"),
             "{text}"
@@ -458,7 +499,15 @@ mod tests {
     #[test]
     fn the_table_says_which_version_the_provider_speaks_and_since_when_it_proves_itself() {
         let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
-        let text = || ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text();
+        let text = || {
+            ConsumerStatus {
+                running: true,
+                consumer_id: String::new(),
+                store_error: None,
+                agreements: vec![h.snapshot()],
+            }
+            .to_text()
+        };
         assert!(!text().contains("protocol") && !text().contains("proved"), "nothing known yet: {}", text());
         h.update(|s| s.protocol_version = Some(2));
         let line = "\n  protocol version 2: the provider did not prove itself; none of this agreement has\n";
@@ -487,7 +536,13 @@ mod tests {
                 s.state = state;
                 s.next_attempt_at = Some(at.into());
             });
-            ConsumerStatus { running: true, store_error: None, agreements: vec![h.snapshot()] }.to_text()
+            ConsumerStatus {
+                running: true,
+                consumer_id: String::new(),
+                store_error: None,
+                agreements: vec![h.snapshot()],
+            }
+            .to_text()
         };
         assert!(table(State::Idle).contains(&format!("\n  next poll at {at}\n")));
         assert!(table(State::Backoff).contains(&format!("\n  next attempt at {at}\n")));

@@ -310,21 +310,22 @@ impl ProviderConfig {
         let mut config: Self = source::parse_toml(file, text)?;
         let dir = source::config_dir(file)?;
         config.file = file.to_owned();
-        config.data_dir = source::resolve(&dir, &config.data_dir);
+        let resolve = |key: &str, path: &Path| source::resolve_key(file, &dir, key, path);
+        config.data_dir = resolve("data_dir", &config.data_dir)?;
         config.control = if config.control.as_os_str().is_empty() {
             config.data_dir.join(source::CONTROL_SOCKET_NAME)
         } else {
-            source::resolve(&dir, &config.control)
+            resolve("control", &config.control)?
         };
-        for grant in &mut config.consumers {
-            grant.secret_file = source::resolve(&dir, &grant.secret_file);
+        for (i, grant) in config.consumers.iter_mut().enumerate() {
+            grant.secret_file = resolve(&format!("consumer[{i}].secret_file"), &grant.secret_file)?;
         }
         if let Some(writer) = &mut config.writer {
-            writer.secret_file = source::resolve(&dir, &writer.secret_file);
+            writer.secret_file = resolve("writer.secret_file", &writer.secret_file)?;
         }
         if let Some(tls) = &mut config.tls {
-            tls.cert_file = source::resolve(&dir, &tls.cert_file);
-            tls.key_file = source::resolve(&dir, &tls.key_file);
+            tls.cert_file = resolve("tls.cert_file", &tls.cert_file)?;
+            tls.key_file = resolve("tls.key_file", &tls.key_file)?;
         }
         config.check()?;
         Ok(config)
@@ -574,6 +575,9 @@ mod tests {
             |extra: &str| format!("{MINIMAL}[[consumer]]\nagreement = \"a\"\nsecret_file = \"a.key\"\n{extra}\n");
         let cases: Vec<(String, &str)> = vec![
             ("".into(), "key 'suffix': required key is missing"),
+            // Named at the top level whatever key comes first (it was `listen.suffix`).
+            ("listen = \"127.0.0.1:1\"".into(), "key 'suffix': required key is missing"),
+            ("[writer]\nsecret_file = \"w.key\"".into(), "key 'suffix': required key is missing"),
             ("suffix = \"dc=example,dc\"".into(), "key 'suffix': invalid DN \"dc=example,dc\": missing '='"),
             ("suffix = \"\"".into(), "key 'suffix': suffix is empty"),
             (

@@ -288,7 +288,13 @@ fn reload(
             };
             format!("; TLS on: new connections must use TLS{left}")
         }
-        (true, false) => "; TLS off: new connections are plain TCP".to_owned(),
+        (true, false) => {
+            // A downgrade: entries and secrets' proofs go in clear from now on. Logged
+            // as a warning, so that alerting on the log sees it, and kept in the reply.
+            let off = "TLS off: new connections are plain TCP (entries cross the network unencrypted)";
+            warn!("{off}");
+            format!("; {off}")
+        }
         _ => String::new(),
     };
     // A certificate past its end (or before its start) loads like any other: said here,

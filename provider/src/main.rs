@@ -308,6 +308,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Write { config, file, allow_unproven } => {
             let config = ProviderConfig::load(&config)?;
             let proof = if allow_unproven { ProviderProof::Optional } else { ProviderProof::Required };
+            // The writer's secret others may read, warned of as the provider's start and
+            // reload warn of theirs (an unreadable one is write's error, below).
+            if let Some(writer) = &config.writer {
+                let loaded = tether_provider::config::load_secret(&writer.secret_file);
+                for warning in loaded.map(|s| s.warnings).unwrap_or_default() {
+                    eprintln!("warning: {warning}");
+                }
+            }
             let report = client::write(&config, &Input::open(&file)?, proof).await?;
             eprintln!("{}", client::records_applied(report.applied));
             // The last write's CSN alone on stdout, for a script to hand to
@@ -339,12 +347,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { config: file, json } => {
             // Held to what a start needs, the files it names too: a secret lost is
             // warned of now, not found when a restart fails.
-            let loaded = ProviderConfig::load(&file).and_then(|c| c.check_files().map(|_| c));
+            // Warned of as a start or reload would (a secret others may read).
+            let loaded = ProviderConfig::load(&file).and_then(|c| c.check_files().map(|warnings| (c, warnings)));
             let process = tether_protocol::control::Process::Provider;
             let data_dir = tether_provider::config::DEFAULT_DATA_DIR;
-            let Some(config) = shell::config_or_status(loaded, &file, data_dir, process, json).await? else {
+            let Some((config, warnings)) = shell::config_or_status(loaded, &file, data_dir, process, json).await?
+            else {
                 return Ok(());
             };
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
             if client::control_call(&config, &ControlRequest::Status { json }).await?.is_some() {
                 return Ok(());
             }

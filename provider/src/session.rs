@@ -411,11 +411,20 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             (_, None) => {
                 "the consumer has no cookie (a new or emptied replica, or one whose region changed)".to_owned()
             }
-            (RefreshKind::Present, Some(cookie)) => format!(
-                "its cookie's csn {} is below the changelog's floor {}: retention trimmed past it",
-                cookie.csn,
-                self.dir.floor().map_or_else(|_| "?".to_owned(), |f| f.to_string())
-            ),
+            (RefreshKind::Present, Some(cookie)) => {
+                let floor = self.dir.floor().map_or_else(|_| "?".to_owned(), |f| f.to_string());
+                match self.dir.load_floor() {
+                    Ok(Some(loaded)) if cookie.csn < loaded => format!(
+                        "its cookie's csn {} is below the changelog's floor {floor}: an offline load (not logged) \
+                         raised the floor to {loaded} since",
+                        cookie.csn
+                    ),
+                    _ => format!(
+                        "its cookie's csn {} is below the changelog's floor {floor}: retention trimmed past it",
+                        cookie.csn
+                    ),
+                }
+            }
             (RefreshKind::Full, Some(_)) => {
                 "its cookie names a position this store did not make (another store, or changes lost to a restore)"
                     .to_owned()

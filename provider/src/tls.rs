@@ -194,20 +194,23 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// Whether the provider's own certificate (the first of `tls.cert_file`) has expired or
-/// is not valid yet, in words ([`crate::validity`]); `None` while it is valid, or when
-/// the file cannot be read (the configuration's errors say why).
-pub fn validity_warning(tls: &TlsConfig) -> Option<String> {
-    let certs = read_certs(&tls.cert_file).ok()?;
-    Validity::of(certs.first()?.as_ref())?.warning(&tls.cert_file, std::time::SystemTime::now())
+/// Whether the provider's own certificate (the first of `tls.cert_file`) has expired, is
+/// not valid yet, or is a CA's, in words ([`crate::validity`]); empty while it can serve,
+/// or when the file cannot be read (the configuration's errors say why).
+pub fn certificate_warnings(tls: &TlsConfig) -> Vec<String> {
+    let Some(first) = read_certs(&tls.cert_file).ok().and_then(|certs| certs.into_iter().next()) else {
+        return Vec::new();
+    };
+    let dates = Validity::of(first.as_ref()).and_then(|v| v.warning(&tls.cert_file, std::time::SystemTime::now()));
+    dates.into_iter().chain(crate::validity::ca_warning(first.as_ref(), &tls.cert_file)).collect()
 }
 
 /// What an operator should fix in `[tls]` though it loads: a certificate out of its
-/// validity ([`validity_warning`]), and a private key that group or others may read or
+/// validity or a CA's ([`certificate_warnings`]), and a private key that group or others may read or
 /// write, as a secret file is warned of.
 pub fn warnings(tls: &TlsConfig) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
-    let mut warnings: Vec<String> = validity_warning(tls).into_iter().collect();
+    let mut warnings = certificate_warnings(tls);
     if let Ok(meta) = std::fs::metadata(&tls.key_file) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {

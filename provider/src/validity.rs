@@ -1,13 +1,15 @@
-//! When the provider's certificate may be used: its `notBefore` and `notAfter`, read
-//! from the DER of `tls.cert_file`'s first certificate.
+//! When and whether the provider's certificate may be used: its `notBefore` and
+//! `notAfter`, and whether it is a CA's, read from the DER of `tls.cert_file`'s first
+//! certificate.
 //!
-//! Why: rustls checks neither when it loads the server's own certificate, so a provider
-//! with an expired one started and reloaded without a word, and every TLS consumer then
-//! failed with `certificate expired` (and `write`, which pins the certificate, did not).
-//! The provider warns at start and in a reload's reply instead. A warning, not a refusal:
+//! Why: rustls checks none of it when it loads the server's own certificate, so a
+//! provider with an expired one, or with its CA's certificate given as its own, started
+//! and reloaded without a word, and every TLS consumer then failed (`certificate
+//! expired`, `CaUsedAsEndEntity`) while `write`, which pins the certificate, did not. The
+//! provider warns at start and in a reload's reply instead. A warning, not a refusal:
 //! the file is the operator's to renew, a clock may be wrong, and `write` still works.
 //!
-//! Only the few DER elements in front of the validity are walked (RFC 5280 4.1), so no
+//! Only the DER elements in front of what is read are walked (RFC 5280 4.1), so no
 //! X.509 parser is needed; a certificate this cannot read gets no warning, and rustls's
 //! own checks still apply to it.
 
@@ -25,17 +27,7 @@ pub struct Validity {
 impl Validity {
     /// Reads the validity of a DER certificate; `None` if it does not read as one.
     pub fn of(der: &[u8]) -> Option<Self> {
-        let (certificate, _) = element(der, SEQUENCE)?;
-        let (tbs, _) = element(certificate, SEQUENCE)?;
-        // An explicit version ([0]) comes first in every certificate but v1's.
-        let rest = match element(tbs, VERSION) {
-            Some((_, rest)) => rest,
-            None => tbs,
-        };
-        let (_serial, rest) = element(rest, INTEGER)?;
-        let (_signature, rest) = element(rest, SEQUENCE)?;
-        let (_issuer, rest) = element(rest, SEQUENCE)?;
-        let (validity, _) = element(rest, SEQUENCE)?;
+        let (validity, _) = validity_and_rest(der)?;
         let (not_before, rest) = time(validity)?;
         let (not_after, _) = time(rest)?;
         Some(Self { not_before, not_after })
@@ -65,6 +57,73 @@ impl Validity {
     }
 }
 
+/// What an operator should hear about serving the DER certificate in `file` as the
+/// provider's own: that it is a CA's (its basicConstraints say `cA`), which every TLS
+/// consumer refuses as `CaUsedAsEndEntity`; `None` otherwise, or if it does not read.
+pub fn ca_warning(der: &[u8], file: &std::path::Path) -> Option<String> {
+    is_ca(der)?.then(|| {
+        format!(
+            "the certificate in {} is a certificate authority's (basicConstraints CA:TRUE), not a server's: TLS \
+             consumers refuse it (CaUsedAsEndEntity); give cert_file a certificate the CA issued for this \
+             provider's name, then the CA's if it is an intermediate",
+            file.display()
+        )
+    })
+}
+
+/// Whether the certificate's basicConstraints extension says `cA` (RFC 5280 4.2.1.9);
+/// `Some(false)` without the extension, `None` if it does not read.
+fn is_ca(der: &[u8]) -> Option<bool> {
+    let (_validity, rest) = validity_and_rest(der)?;
+    let (_subject, rest) = element(rest, SEQUENCE)?;
+    let (_public_key, mut rest) = element(rest, SEQUENCE)?;
+    // issuerUniqueID [1] and subjectUniqueID [2], both optional, before extensions [3].
+    for tag in [ISSUER_UID, SUBJECT_UID] {
+        if let Some((_, after)) = element(rest, tag) {
+            rest = after;
+        }
+    }
+    let Some((extensions, _)) = element(rest, EXTENSIONS) else { return Some(false) };
+    let (mut list, _) = element(extensions, SEQUENCE)?;
+    while !list.is_empty() {
+        let (extension, after) = element(list, SEQUENCE)?;
+        list = after;
+        let (oid, rest) = element(extension, OID)?;
+        if oid != BASIC_CONSTRAINTS {
+            continue;
+        }
+        let rest = element(rest, BOOLEAN).map_or(rest, |(_critical, after)| after);
+        let (value, _) = element(rest, OCTET_STRING)?;
+        let (constraints, _) = element(value, SEQUENCE)?;
+        // cA is DEFAULT FALSE, so absent when false.
+        return Some(element(constraints, BOOLEAN).is_some_and(|(ca, _)| ca.iter().any(|&b| b != 0)));
+    }
+    Some(false)
+}
+
+/// The content of the TBS certificate's `validity`, and what follows it there.
+fn validity_and_rest(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (certificate, _) = element(der, SEQUENCE)?;
+    let (tbs, _) = element(certificate, SEQUENCE)?;
+    // An explicit version ([0]) comes first in every certificate but v1's.
+    let rest = match element(tbs, VERSION) {
+        Some((_, rest)) => rest,
+        None => tbs,
+    };
+    let (_serial, rest) = element(rest, INTEGER)?;
+    let (_signature, rest) = element(rest, SEQUENCE)?;
+    let (_issuer, rest) = element(rest, SEQUENCE)?;
+    element(rest, SEQUENCE)
+}
+
+const BOOLEAN: u8 = 0x01;
+const OCTET_STRING: u8 = 0x04;
+const OID: u8 = 0x06;
+const ISSUER_UID: u8 = 0x81;
+const SUBJECT_UID: u8 = 0x82;
+const EXTENSIONS: u8 = 0xa3;
+/// 2.5.29.19, id-ce-basicConstraints, as its DER content.
+const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
 const INTEGER: u8 = 0x02;
 const SEQUENCE: u8 = 0x30;
 const VERSION: u8 = 0xa0;
@@ -148,6 +207,28 @@ mod tests {
         params.not_after = date(not_after);
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_ca_s_certificate_is_warned_of_and_a_server_s_is_not() {
+        let file = std::path::Path::new("/etc/tether/tls/provider.crt");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(vec!["Example CA".to_owned()]).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&key).unwrap();
+        let warning = ca_warning(ca.der(), file).expect("a CA's certificate is warned of");
+        assert!(
+            warning.starts_with("the certificate in /etc/tether/tls/provider.crt is a certificate authority's")
+                && warning.contains("CaUsedAsEndEntity"),
+            "{warning}"
+        );
+        // A server's, with basicConstraints CA:FALSE, and one without the extension.
+        let mut server = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        server.is_ca = rcgen::IsCa::ExplicitNoCa;
+        assert_eq!(ca_warning(server.self_signed(&key).unwrap().der(), file), None);
+        assert_eq!(ca_warning(&certificate((2020, 1, 1), (2060, 1, 1)), file), None);
+        assert_eq!(is_ca(&certificate((2020, 1, 1), (2060, 1, 1))), Some(false));
+        assert_eq!(is_ca(b"not a certificate"), None);
     }
 
     fn at(text: &str) -> SystemTime {

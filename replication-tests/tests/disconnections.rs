@@ -569,6 +569,27 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
         stdout.contains("; warning: secret file ") && stdout.contains("people.key is accessible by group"),
         "{stdout}"
     );
+    // And `status` warns of it as the reload did: monitoring that runs it sees it too.
+    let (code, stdout, stderr) = said(&p.status_command()?);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout)?["running"], true, "{stdout}");
+    assert!(
+        stderr.starts_with("warning: secret file ") && stderr.contains("people.key is accessible by group"),
+        "{stderr}"
+    );
+    // `write` reads the writer's secret, and warns of it the same way, then writes.
+    let writer = p.dir.join("secrets/writer.key");
+    std::fs::set_permissions(&writer, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let ldif = "dn: ou=people,dc=example,dc=com\nchangetype: modify\nreplace: description\ndescription: mode\n";
+    let (code, _, stderr) = said(&p.write(ldif)?);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with("warning: secret file ")
+            && stderr.contains("writer.key is accessible by group")
+            && stderr.ends_with("1 record applied\n"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&writer, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
 
     // An edited copy of the file, naming the same socket: the provider reads its own

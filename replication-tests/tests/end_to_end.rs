@@ -80,6 +80,10 @@ fn persist_consumer_converges_on_5000_entries_and_500_writes() -> Result<()> {
     assert_eq!(status["protocol_version"], newest, "{status}");
     let sessions = p.status()?["sessions"].clone();
     assert_eq!(sessions[0]["protocol_version"], newest, "{sessions}");
+    // The consumer shows the id the provider knows it by, so its rows there can be found.
+    let id = c.status()?["consumer_id"].clone();
+    assert!(id.as_str().is_some_and(|id| !id.is_empty()), "{id}");
+    assert_eq!(sessions[0]["client"], id, "{sessions}");
     // Both stores were made in folders only their user can enter.
     for data in [p.dir.join("data"), c.dir.join("data")] {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data)?.permissions());
@@ -279,6 +283,7 @@ fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     assert_eq!(people["mode"], "refresh-and-persist");
     assert_eq!(people["cookie"], live["agreements"][0]["cookie"], "the position the next start resumes from");
     assert_eq!(people["entries"], live["agreements"][0]["entries"]);
+    assert_eq!(down["consumer_id"], live["consumer_id"], "the id it is known by, read from its folder");
     wait_until(CONVERGE, "the provider to log the goodbye", || Ok(p.log_text().contains("consumer said goodbye")))?;
     p.write_ok(&w.changes(1000))?;
     c.start()?;
@@ -406,6 +411,16 @@ fn an_offline_load_into_a_replicated_directory_reaches_the_consumer_by_a_present
     c.start()?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     assert_eq!(last_refresh(&c, "people")?, "present");
+    // The log names the load as the cause, not retention (an operator told so would
+    // raise retention for nothing).
+    let log = p.log_text();
+    let planned = log.lines().find(|l| l.contains("refresh=\"present\"")).map(str::to_owned);
+    assert!(
+        planned.as_deref().is_some_and(
+            |l| l.contains("an offline load (not logged) raised the floor to ") && !l.contains("retention")
+        ),
+        "{planned:?}"
+    );
     p.write_ok(&w.changes(100))?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     assert_eq!(c.agreement_status("people")?["state"], "persisting");

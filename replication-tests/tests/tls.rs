@@ -73,6 +73,7 @@ fn tls_consumer_converges_and_write_goes_over_tls() -> Result<()> {
         assert_eq!(status["state"], "persisting", "{status}");
         assert_eq!(status["last_refresh"], "full", "live changes arrived without another refresh: {status}");
         assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+        assert_eq!(status["tls"], true, "the consumer's status says the agreement is encrypted: {status}");
     }
     assert!(!p.log_text().contains("TLS handshake failed"), "{}", p.log_text());
     Ok(())
@@ -117,6 +118,7 @@ fn a_consumer_trusting_another_ca_fails_with_a_tls_error_and_the_provider_keeps_
             && s["last_error"].as_str().is_some_and(|e| e.contains("the provider answered with TLS")))
     })?;
     assert_eq!(plain.agreement_status("people")?["entries"], 0);
+    assert_eq!(plain.agreement_status("people")?["tls"], false);
 
     // The provider logged each refused handshake and went on serving the good consumer.
     wait_until(CONVERGE, "the provider to log the TLS failures", || Ok(p.log_text().contains("TLS handshake failed")))?;
@@ -358,7 +360,10 @@ fn a_reload_that_turns_tls_on_or_off_says_so() -> Result<()> {
             "; TLS on: new connections must use TLS, and the 1 session connected in plain TCP stays so until it \
              reconnects\n",
         ),
-        (ProviderOptions::default(), "; TLS off: new connections are plain TCP\n"),
+        (
+            ProviderOptions::default(),
+            "; TLS off: new connections are plain TCP (entries cross the network unencrypted)\n",
+        ),
     ] {
         p.reconfigure(&opts)?;
         let out = p.reload_command()?;
@@ -370,6 +375,9 @@ fn a_reload_that_turns_tls_on_or_off_says_so() -> Result<()> {
         p.write_ok(&w.changes(10))?;
         wait_converged(&p, &c)?;
     }
+    // The downgrade is logged as a warning, for alerting that reads the log.
+    let off = p.log_text().lines().find(|l| l.contains("TLS off")).map(str::to_owned);
+    assert!(off.as_deref().is_some_and(|l| l.contains(" WARN ")), "{off:?}");
     let out = p.reload_command()?;
     assert!(!String::from_utf8_lossy(&out.stdout).contains("TLS"), "no change, no word of TLS");
     Ok(())

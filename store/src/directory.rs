@@ -45,6 +45,9 @@ mod names {
     pub const SUFFIX: &[u8] = b"suffix";
     pub const LAST_CSN: &[u8] = b"last_csn";
     pub const FLOOR: &[u8] = b"changelog_floor";
+    /// The floor the last bulk load raised the changelog's to (absent in a store no
+    /// load raised it in, and in stores of builds before it was kept).
+    pub const LOAD_FLOOR: &[u8] = b"changelog_load_floor";
     pub const ENTRY_COUNT: &[u8] = b"entry_count";
 }
 
@@ -695,6 +698,7 @@ impl Directory {
                 }
                 if log == Logging::FloorRaised {
                     meta.insert(names::FLOOR, &last.0.to_be_bytes())?;
+                    meta.insert(names::LOAD_FLOOR, &last.0.to_be_bytes())?;
                 }
                 meta.insert(names::LAST_CSN, &last.0.to_be_bytes())?;
                 if added != deleted {
@@ -777,6 +781,14 @@ impl Directory {
             Some(v) => Csn(u64_from(names::META, &v)?),
             None => Csn::ZERO,
         })
+    }
+
+    /// The floor the last bulk load raised the changelog's to, if one did: a consumer
+    /// whose position is below it gets a present refresh because of the load, whatever
+    /// retention keeps, and an operator told it was retention would raise that for
+    /// nothing.
+    pub fn load_floor(&self) -> Result<Option<Csn>> {
+        self.meta.get(names::LOAD_FLOOR)?.map(|v| u64_from(names::META, &v).map(Csn)).transpose()
     }
 
     /// How many adds, deletes and renames touching `spec`'s region were committed after
