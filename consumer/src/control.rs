@@ -17,7 +17,7 @@ use tracing::debug;
 
 use crate::daemon::Agreements;
 use crate::reason::State;
-use crate::status::{ConsumerStatus, Reach};
+use crate::status::{ConsumerStatus, Reach, Waited};
 use crate::supervisor::Command;
 
 /// Longest a `WaitCsn` request may wait: a client that wants longer asks again, and
@@ -240,44 +240,72 @@ fn check_base(replica: &Replica, name: &str, region: Option<&Dn>, spec: &SearchS
     Ok(())
 }
 
+/// Answers a `wait`. The agreement is looked up again whenever it cannot move towards
+/// `csn` (stopped or closed meanwhile: said at once) or a reload retired the status it
+/// was waited on by (restarted: waited for again, in the time left; removed: said),
+/// since a status no one updates any more would hold the wait to its timeout and then
+/// describe an agreement that is gone.
 async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_ms: u64) -> Result<String, String> {
-    let Some(status) = ctx.agreements.lock().await.get(name).map(|r| r.status.clone()) else {
-        return Err(format!("no agreement named {name:?}"));
-    };
     let limit = std::time::Duration::from_millis(timeout_ms).min(WAIT_LIMIT);
-    // Where the agreement stands, for an answer that is not the CSN: a stopped or closed
-    // agreement, or one in backoff after an error, is the usual reason.
-    let stands = || {
-        let now = status.snapshot();
-        let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
-        let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
-        (now.state, format!("the agreement is {} at csn {at}{why}", now.state))
-    };
-    // A stopped or closed agreement cannot move until an operator starts it: say so at
-    // once, as a stopped consumer's store does, rather than after the whole timeout.
-    let (state, stand) = stands();
-    if matches!(state, State::Stopped | State::Closed) && status.csn(reach).is_none_or(|c| c < csn) {
-        let file = ctx.config_file.path().display();
-        // Started again with the secret it has, a revoked agreement is only refused.
-        let revoked = status.snapshot().last_error.is_some_and(|e| e.starts_with(crate::supervision::REVOKED));
-        let until = match revoked {
-            true => format!(
-                "the provider grants it again: once the grant is back on the provider, tether-consumer start -c \
-                 {file} {name}; for a new secret, update secret_file and tether-consumer reload -c {file}"
-            ),
-            false => format!("it is started (tether-consumer start -c {file} {name})"),
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut looked = false;
+    loop {
+        let Some(status) = ctx.agreements.lock().await.get(name).map(|r| r.status.clone()) else {
+            if !looked {
+                return Err(format!("no agreement named {name:?}"));
+            }
+            let file = ctx.config_file.path().display();
+            return Err(format!(
+                "no agreement named {name:?} any more: a reload of {file} removed it (and deleted its replica) while \
+                 this waited for csn {csn}"
+            ));
         };
-        return Err(format!("{name}: csn {csn} not {}; {stand}, and stays there until {until}", reach.as_str()));
+        looked = true;
+        // Where the agreement stands, for an answer that is not the CSN: a stopped or
+        // closed agreement, or one in backoff after an error, is the usual reason.
+        let stands = || {
+            let now = status.snapshot();
+            let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
+            let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+            (now.state, format!("the agreement is {} at csn {at}{why}", now.state))
+        };
+        // A stopped or closed agreement cannot move until an operator starts it: say so
+        // at once, as a stopped consumer's store does, rather than after the whole timeout.
+        let (state, stand) = stands();
+        if matches!(state, State::Stopped | State::Closed) && status.csn(reach).is_none_or(|c| c < csn) {
+            let file = ctx.config_file.path().display();
+            // Started again with the secret it has, a revoked agreement is only refused.
+            let revoked = status.snapshot().last_error.is_some_and(|e| e.starts_with(crate::supervision::REVOKED));
+            let until = match revoked {
+                true => format!(
+                    "the provider grants it again: once the grant is back on the provider, tether-consumer start -c \
+                     {file} {name}; for a new secret, update secret_file and tether-consumer reload -c {file}"
+                ),
+                false => format!("it is started (tether-consumer start -c {file} {name})"),
+            };
+            return Err(format!("{name}: csn {csn} not {}; {stand}, and stays there until {until}", reach.as_str()));
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let waited = tokio::select! {
+            waited = status.wait_csn(csn, reach, left) => waited,
+            _ = ctx.shutdown.cancelled() => {
+                if status.csn(reach).is_some_and(|c| c >= csn) {
+                    Waited::Reached
+                } else {
+                    let stand = stands().1;
+                    return Err(format!("{name}: csn {csn} not {} before the consumer shut down; {stand}", reach.as_str()));
+                }
+            }
+        };
+        match waited {
+            Waited::Reached => return Ok(format!("{}\n", status.csn(reach).unwrap_or(csn))),
+            // Looked at again: the check above answers a halt, the lookup a retirement.
+            Waited::Halted | Waited::Retired => continue,
+            Waited::TimedOut => {
+                return Err(format!("{name}: csn {csn} not {} within {limit:?}; {}", reach.as_str(), stands().1))
+            }
+        }
     }
-    let reached = tokio::select! {
-        reached = status.wait_csn(csn, reach, limit) => Some(reached),
-        _ = ctx.shutdown.cancelled() => status.csn(reach).is_some_and(|c| c >= csn).then_some(true),
-    };
-    if reached == Some(true) {
-        return Ok(format!("{}\n", status.csn(reach).unwrap_or(csn)));
-    }
-    let within = if reached.is_none() { "before the consumer shut down".into() } else { format!("within {limit:?}") };
-    Err(format!("{name}: csn {csn} not {} {within}; {}", reach.as_str(), stands().1))
 }
 
 /// `work`, unless the client goes first (`None`: nobody to answer). A client sends
@@ -309,6 +337,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
                 running: true,
                 consumer_id: ctx.consumer_id.clone(),
                 store_error: ctx.store.failure().latched(),
+                trees_to_free: ctx.store.trees_to_free(),
                 agreements: agreements.values().map(|r| r.status.snapshot()).collect(),
             };
             if json {

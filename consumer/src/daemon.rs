@@ -132,6 +132,11 @@ fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id:
              in the same restart, reload it in full: take the agreement out of the file, `reload`, put it back, \
              `reload`"
         ),
+        RegionAdopted::Outdated => warn!(
+            agreement = %a.name,
+            "the replica was reloaded by an older build (a rollback) since this build recorded its region, so what \
+             region it holds is unknown: it will be reloaded in full"
+        ),
     }
     let status = StatusHandle::new(&a.name, &a.provider.to_string(), &a.mode.to_string());
     status.update(|s| s.tls = a.tls.is_some());
@@ -184,6 +189,8 @@ async fn owned(supervised: tokio::task::JoinHandle<()>, status: StatusHandle) {
 async fn shut(running: Running, why: Command) {
     let _ = running.commands.send(why).await;
     let _ = running.task.await;
+    // A `wait` on it looks again: at the agreement started in its place, or at none.
+    running.status.retire();
 }
 
 /// What status and refused commands say once the store has failed: sled keeps the error

@@ -323,7 +323,15 @@ async fn run(cli: Cli) -> Result<()> {
             // holds the old one until the next start reloads it.
             let index = config.agreements.iter().position(|x| x.name == name).context("agreement vanished")?;
             let configured = daemon::spec_of(&config, index, a)?;
-            let held = store.existing_replica(&name)?.map(|r| r.region()).transpose()?.flatten();
+            let replica = store.existing_replica(&name)?;
+            if replica.as_ref().map(|r| r.region_outdated()).transpose()?.unwrap_or(false) {
+                bail!(
+                    "the replica of {name:?} was reloaded by an older build (a rollback) since its region was \
+                     recorded, so what region it holds is unknown: the consumer's next start reloads it in full (to \
+                     read it as it is, search with --as-is)"
+                );
+            }
+            let held = replica.map(|r| r.region()).transpose()?.flatten();
             if held.is_some_and(|held| !held.same_region(&configured)) {
                 bail!(
                     "the replica of {name:?} was made for another region (the agreement's base, scope, filter or \

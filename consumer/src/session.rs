@@ -1051,8 +1051,8 @@ impl Applier<'_> {
                     // (a restore, a proxy over two providers) reloads every time.
                     warn!(
                         "the provider does not know the replica's cookie (a position of another store, or of a history of \
-                         this one it never made, such as a copy restored or one that took other writes): the replica \
-                         is reloaded in full"
+                         this one it never made, such as a copy restored, one that took other writes, or the \
+                         provider's build rolled back or forward across histories): the replica is reloaded in full"
                     );
                 }
                 self.refreshing = true;

@@ -96,6 +96,11 @@ pub struct AgreementStatus {
     /// sets the cookie, which may then belong to another history.
     #[serde(skip)]
     pub applied_csn: Option<Csn>,
+    /// The agreement this status belonged to was stopped for good by a reload (removed,
+    /// or restarted with a new status of its own): nothing updates it any more, so a
+    /// `wait` on it must look again.
+    #[serde(skip)]
+    pub retired: bool,
 }
 
 impl AgreementStatus {
@@ -104,6 +109,19 @@ impl AgreementStatus {
         self.last_error = Some(error);
         self.last_error_at = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
     }
+}
+
+/// How a [`StatusHandle::wait_csn`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The replica reached the CSN.
+    Reached,
+    /// The agreement is `stopped` or `closed` short of it.
+    Halted,
+    /// A reload removed or restarted the agreement: look it up again.
+    Retired,
+    /// The limit passed first.
+    TimedOut,
 }
 
 /// What a `wait` waits for.
@@ -125,19 +143,25 @@ impl Reach {
     }
 }
 
-/// How far the replica has come, by each measure of [`Reach`].
+/// How far the replica has come, by each measure of [`Reach`], and whether it can move
+/// at all: what wakes a `wait`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Reached {
     /// The durable cookie's CSN.
     durable: Option<Csn>,
     /// The newest CSN applied, durable or not.
     visible: Option<Csn>,
+    /// `stopped` or `closed`: it does not move until an operator starts it.
+    halted: bool,
+    /// See [`AgreementStatus::retired`].
+    retired: bool,
 }
 
 impl Reached {
     fn of(s: &AgreementStatus) -> Self {
         let durable = s.cookie.as_deref().and_then(|c| c.parse::<Cookie>().ok()).map(|c| c.csn);
-        Self { durable, visible: durable.max(s.applied_csn) }
+        let halted = matches!(s.state, State::Stopped | State::Closed);
+        Self { durable, visible: durable.max(s.applied_csn), halted, retired: s.retired }
     }
 
     fn get(self, reach: Reach) -> Option<Csn> {
@@ -187,6 +211,7 @@ impl StatusHandle {
                 provider_proved_at: None,
                 current_at: Instant::now(),
                 applied_csn: None,
+                retired: false,
             })),
             Arc::new(tokio::sync::watch::Sender::new(Reached::default())),
         )
@@ -218,13 +243,31 @@ impl StatusHandle {
         self.1.borrow().get(reach)
     }
 
-    /// Waits until the replica reaches `csn` by the measure of `reach`; `false` if
-    /// `limit` passed first.
-    pub async fn wait_csn(&self, csn: Csn, reach: Reach, limit: std::time::Duration) -> bool {
+    /// Waits until the replica reaches `csn` by the measure of `reach`, or cannot move
+    /// towards it (stopped, closed, or its agreement retired by a reload), or `limit`
+    /// passes.
+    pub async fn wait_csn(&self, csn: Csn, reach: Reach, limit: std::time::Duration) -> Waited {
         let mut reached = self.1.subscribe();
-        // The sender lives as long as `self`: the wait ends by the CSN or the limit.
-        let wait = async move { reached.wait_for(|r| r.get(reach).is_some_and(|c| c >= csn)).await.is_ok() };
-        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+        let outcome = |r: &Reached| {
+            if r.get(reach).is_some_and(|c| c >= csn) {
+                Some(Waited::Reached)
+            } else if r.retired {
+                Some(Waited::Retired)
+            } else if r.halted {
+                Some(Waited::Halted)
+            } else {
+                None
+            }
+        };
+        // The sender lives as long as `self`: the wait ends by an outcome or the limit.
+        let wait = async move { reached.wait_for(|r| outcome(r).is_some()).await.ok().and_then(|r| outcome(&r)) };
+        tokio::time::timeout(limit, wait).await.ok().flatten().unwrap_or(Waited::TimedOut)
+    }
+
+    /// Marks this status as no longer its agreement's (see [`AgreementStatus::retired`]),
+    /// waking every `wait` on it.
+    pub fn retire(&self) {
+        self.update(|s| s.retired = true);
     }
 
     /// Records that the replica is current now (a refresh completed, or every received
@@ -260,6 +303,10 @@ pub struct ConsumerStatus {
     /// process must be restarted once its cause is fixed (see `tether_store::failure`).
     #[serde(serialize_with = "failure_text")]
     pub store_error: Option<StoreFailure>,
+    /// Trees of discarded replicas (a reload's old copy, a removed agreement's) still
+    /// being freed in the background: why the store is busy, and its memory up, for a
+    /// while after one, and when that ends.
+    pub trees_to_free: usize,
     /// Every agreement, by name.
     pub agreements: Vec<AgreementStatus>,
 }
@@ -347,6 +394,12 @@ impl ConsumerStatus {
                 out.push_str(&format!("  last error at {}: {e}\n", a.last_error_at.as_deref().unwrap_or("-")));
             }
         }
+        if self.trees_to_free > 0 {
+            out.push_str(&format!(
+                "freeing discarded replicas in the background: {} trees to go\n",
+                self.trees_to_free
+            ));
+        }
         out.push_str(&format!("consumer id {} (the CONSUMER column of provider status)\n", self.consumer_id));
         out
     }
@@ -431,12 +484,13 @@ mod tests {
             running: true,
             consumer_id: String::new(),
             store_error: None,
+            trees_to_free: 0,
             agreements: vec![short, long],
         };
         let text = status.to_text();
         let mode_at: Vec<usize> = text
             .lines()
-            .filter(|l| !l.starts_with("  "))
+            .filter(|l| !l.starts_with("  ") && !l.starts_with("consumer id "))
             .map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column"))
             .collect();
         assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
@@ -452,6 +506,7 @@ mod tests {
                 running: true,
                 consumer_id: String::new(),
                 store_error: None,
+                trees_to_free: 0,
                 agreements: vec![h.snapshot()],
             }
             .to_text()
@@ -475,6 +530,7 @@ mod tests {
             running: true,
             consumer_id: String::new(),
             store_error: None,
+            trees_to_free: 0,
             agreements: vec![h.snapshot()],
         }
         .to_text();
@@ -487,6 +543,7 @@ mod tests {
             running: true,
             consumer_id: String::new(),
             store_error: None,
+            trees_to_free: 0,
             agreements: vec![h.snapshot()],
         }
         .to_text();
@@ -504,6 +561,7 @@ mod tests {
                 running: true,
                 consumer_id: String::new(),
                 store_error: None,
+                trees_to_free: 0,
                 agreements: vec![h.snapshot()],
             }
             .to_text()
@@ -540,6 +598,7 @@ mod tests {
                 running: true,
                 consumer_id: String::new(),
                 store_error: None,
+                trees_to_free: 0,
                 agreements: vec![h.snapshot()],
             }
             .to_text()
@@ -571,7 +630,11 @@ mod tests {
     async fn wait_csn_answers_once_the_durable_cookie_reaches_it() {
         let h = StatusHandle::new("a", "p", "refresh-and-persist");
         let durable = Reach::Durable;
-        assert!(!h.wait_csn(Csn(5), durable, std::time::Duration::from_millis(10)).await, "no cookie yet");
+        assert_eq!(
+            h.wait_csn(Csn(5), durable, std::time::Duration::from_millis(10)).await,
+            Waited::TimedOut,
+            "no cookie yet"
+        );
         let waiting = h.clone();
         let waiter =
             tokio::spawn(async move { waiting.wait_csn(Csn(5), durable, std::time::Duration::from_secs(60)).await });
@@ -581,23 +644,27 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "applied is not durable");
         h.update(|s| s.cookie = cookie(6));
-        assert!(waiter.await.unwrap());
+        assert_eq!(waiter.await.unwrap(), Waited::Reached);
         assert_eq!(h.durable_csn(), Some(Csn(6)));
-        assert!(h.wait_csn(Csn(6), durable, std::time::Duration::ZERO).await, "already reached: answers at once");
+        assert_eq!(
+            h.wait_csn(Csn(6), durable, std::time::Duration::ZERO).await,
+            Waited::Reached,
+            "already reached: answers at once"
+        );
     }
 
     #[tokio::test]
     async fn a_visible_wait_answers_once_the_change_is_applied_before_it_is_durable() {
         let h = StatusHandle::new("a", "p", "refresh-and-persist");
         let visible = Reach::Visible;
-        assert!(!h.wait_csn(Csn(5), visible, std::time::Duration::ZERO).await, "nothing yet");
+        assert_eq!(h.wait_csn(Csn(5), visible, std::time::Duration::ZERO).await, Waited::TimedOut, "nothing yet");
         h.update(|s| s.cookie = cookie(4));
         assert_eq!(h.visible_csn(), Some(Csn(4)), "the durable cookie is visible too");
         let waiting = h.clone();
         let waiter =
             tokio::spawn(async move { waiting.wait_csn(Csn(5), visible, std::time::Duration::from_secs(60)).await });
         h.update(|s| s.applied_csn = Some(Csn(5)));
-        assert!(waiter.await.unwrap(), "answered while the cookie on disk is still 4");
+        assert_eq!(waiter.await.unwrap(), Waited::Reached, "answered while the cookie on disk is still 4");
         assert_eq!((h.durable_csn(), h.visible_csn()), (Some(Csn(4)), Some(Csn(5))));
         // A refresh clears what was applied: its cookie may start another history.
         h.update(|s| {
@@ -605,5 +672,32 @@ mod tests {
             s.applied_csn = None;
         });
         assert_eq!(h.visible_csn(), Some(Csn(3)));
+    }
+
+    /// A wait ends when the agreement cannot move towards the CSN any more: stopped or
+    /// closed meanwhile, or its status retired by a reload; not at other state changes.
+    #[tokio::test]
+    async fn a_wait_ends_when_the_agreement_stops_or_is_retired() {
+        let long = std::time::Duration::from_secs(60);
+        for (halt, want) in [
+            (
+                Box::new(|h: &StatusHandle| h.update(|s| s.state = State::Stopped)) as Box<dyn Fn(&StatusHandle)>,
+                Waited::Halted,
+            ),
+            (Box::new(|h: &StatusHandle| h.update(|s| s.state = State::Closed)), Waited::Halted),
+            (Box::new(|h: &StatusHandle| h.retire()), Waited::Retired),
+        ] {
+            let h = StatusHandle::new("a", "p", "refresh-and-persist");
+            h.update(|s| s.cookie = cookie(4));
+            let waiting = h.clone();
+            let waiter = tokio::spawn(async move { waiting.wait_csn(Csn(5), Reach::Durable, long).await });
+            for state in [State::Persisting, State::Backoff, State::Connecting] {
+                h.update(|s| s.state = state);
+                tokio::task::yield_now().await;
+            }
+            assert!(!waiter.is_finished(), "an agreement that can still move is waited for");
+            halt(&h);
+            assert_eq!(tokio::time::timeout(long, waiter).await.unwrap().unwrap(), want);
+        }
     }
 }

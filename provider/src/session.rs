@@ -426,7 +426,8 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 }
             }
             (RefreshKind::Full, Some(_)) => {
-                "its cookie names a position this store did not make (another store, or changes lost to a restore)"
+                "its cookie names a position this store did not make (another store, changes lost to a restore, or \
+                 the provider's build rolled back or forward across histories: see Upgrading in operations.md)"
                     .to_owned()
             }
         };

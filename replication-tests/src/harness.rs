@@ -798,6 +798,13 @@ impl Consumer {
         Ok(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
     }
 
+    /// [`Consumer::wait_csn`] started and left running, its output piped.
+    pub fn wait_child(&self, agreement: &str, csn: u64, timeout: &str) -> Result<Child> {
+        let mut c = self.cmd("wait")?;
+        c.args(["--agreement", agreement, "--csn", &csn.to_string(), "--timeout", timeout]);
+        Ok(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
+    }
+
     /// The number of files the running consumer process holds open.
     pub fn open_files(&self) -> Result<usize> {
         let pid = self.child.as_ref().context("consumer not running")?.id();

@@ -1600,6 +1600,65 @@ fn write_prints_the_csn_that_wait_takes_to_read_the_writes_on_a_replica() -> Res
     Ok(())
 }
 
+/// A `wait` under way follows its agreement: a reload that restarts it does not leave
+/// the wait on a status no one updates (it sat out its timeout, then reported a CSN
+/// status had passed), a stop answers it at once, as it answers a wait asked after the
+/// stop, and a reload that removes the agreement says so.
+#[test]
+fn a_pending_wait_follows_its_agreement_through_a_restart_a_stop_and_a_removal() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 50, 14, ProviderOptions::default())?;
+    let c = people_consumer(tmp.path(), &p)?;
+    let csn = || -> Result<u64> { p.status()?["csn"].as_u64().context("status has a csn") };
+    // Each wait is under way (its connection open in the consumer) before what it
+    // must see happens.
+    let pending = |target: u64| -> Result<std::process::Child> {
+        let before = c.open_files()?;
+        let child = c.wait_child("people", target, "60s")?;
+        wait_until(CONVERGE, "the wait to connect", || Ok(c.open_files()? > before))?;
+        Ok(child)
+    };
+    // How the wait ended, and how long after `since`.
+    let answer = |child: std::process::Child, since: std::time::Instant| -> Result<(bool, String, String, Duration)> {
+        let out = child.wait_with_output()?;
+        let said = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Ok((out.status.success(), said(&out.stdout), said(&out.stderr), since.elapsed()))
+    };
+
+    // Restarted by a reload (a setting changed), then the change it waits for comes.
+    let target = csn()? + 1;
+    let waiting = pending(target)?;
+    let config = std::fs::read_to_string(&c.config)?;
+    std::fs::write(&c.config, config.replacen("mode = ", "give_up_after = \"1h\"\nmode = ", 1))?;
+    assert!(c.admin("reload", None)?.contains("restarted people"));
+    p.write_ok(&w.changes(1))?;
+    let (ok, out, err, _) = answer(waiting, std::time::Instant::now())?;
+    assert!(ok, "answered once the restarted agreement reached it: {err}");
+    assert!(out.trim().parse::<u64>()? >= target, "{out}");
+
+    // Stopped while it waits: answered at once, not at the end of its 60 s.
+    let waiting = pending(csn()? + 1000)?;
+    let since = std::time::Instant::now();
+    c.admin("stop", Some("people"))?;
+    let (ok, _, err, took) = answer(waiting, since)?;
+    assert!(
+        !ok && err.contains("the agreement is stopped") && err.contains("stays there until it is started"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "answered after {took:?}");
+    c.admin("start", Some("people"))?;
+
+    // Removed by a reload while it waits.
+    let waiting = pending(csn()? + 1000)?;
+    let since = std::time::Instant::now();
+    Consumer::configure(&c.dir, p.port, &[Agreement::persist("others", OTHERS, "s2")])?;
+    assert!(c.admin("reload", None)?.contains("removed people"));
+    let (ok, _, err, took) = answer(waiting, since)?;
+    assert!(!ok && err.contains("no agreement named \"people\" any more: a reload of "), "{err}");
+    assert!(took < Duration::from_secs(30), "answered after {took:?}");
+    Ok(())
+}
+
 /// `n` adds of people `uid=PREFIXi` with `sn: SN`, seven lines each (the record of
 /// index `i` starts at line `7 i + 1`).
 fn people_adds(prefix: &str, sn: &str, n: usize) -> String {

@@ -49,6 +49,10 @@ mod names {
     /// load raised it in, and in stores of builds before it was kept).
     pub const LOAD_FLOOR: &[u8] = b"changelog_load_floor";
     pub const ENTRY_COUNT: &[u8] = b"entry_count";
+    /// The last CSN when [`ENTRY_COUNT`] was last right: written with it by every
+    /// commit of this build, so a store an older build wrote to since (a rollback,
+    /// which adds and deletes without moving the count) is recounted at open.
+    pub const ENTRY_COUNT_AT: &[u8] = b"entry_count_at";
 }
 
 /// Whether a commit goes to the changelog (every write) or raises its floor past
@@ -335,9 +339,21 @@ impl Directory {
             None => Csn::ZERO,
         };
         let set = EntrySet::new(db.open_tree(names::ENTRIES)?, db.open_tree(names::UUIDS)?);
+        let counted_at = meta.get(names::ENTRY_COUNT_AT)?.map(|v| u64_from(names::META, &v)).transpose()?;
         if meta.get(names::ENTRY_COUNT)?.is_none() {
             // A store from before the count was kept: counted once, before any write.
             meta.insert(names::ENTRY_COUNT, &(set.len() as u64).to_be_bytes())?;
+            meta.insert(names::ENTRY_COUNT_AT, &last.0.to_be_bytes())?;
+        } else if counted_at.is_some_and(|at| at != last.0) {
+            // Writes this build did not count: a build from before the count's CSN was
+            // kept wrote to the store since (a rollback), and the count is off by them.
+            let counted = set.len() as u64;
+            tracing::info!(
+                entries = counted,
+                "entry count redone: an older build wrote to the store since this build last did"
+            );
+            meta.insert(names::ENTRY_COUNT, &counted.to_be_bytes())?;
+            meta.insert(names::ENTRY_COUNT_AT, &last.0.to_be_bytes())?;
         }
         let changelog = Changelog { tree: db.open_tree(names::CHANGELOG)? };
         let consumers = db.open_tree(names::CONSUMERS)?;
@@ -423,13 +439,15 @@ impl Directory {
     /// the offline loader, which an operator reruns after such a cut, calls this at its
     /// end so that `status` says what the store holds.
     pub fn recount_entries(&self) -> Result<Option<u64>> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let counted = self.set.len() as u64;
         let kept = self.entry_count()?;
         if kept == counted {
             return Ok(None);
         }
         self.failure.observe(self.meta.insert(names::ENTRY_COUNT, &counted.to_be_bytes()).map_err(StoreError::from))?;
+        self.failure
+            .observe(self.meta.insert(names::ENTRY_COUNT_AT, &last.0.to_be_bytes()).map_err(StoreError::from))?;
         self.failure.flush(&self.db)?;
         Ok(Some(kept))
     }
@@ -701,6 +719,7 @@ impl Directory {
                     meta.insert(names::LOAD_FLOOR, &last.0.to_be_bytes())?;
                 }
                 meta.insert(names::LAST_CSN, &last.0.to_be_bytes())?;
+                meta.insert(names::ENTRY_COUNT_AT, &last.0.to_be_bytes())?;
                 if added != deleted {
                     if let Some(v) = meta.get(names::ENTRY_COUNT)? {
                         let count = u64_from(names::META, &v).map_err(ConflictableTransactionError::Abort)?;
@@ -1096,6 +1115,37 @@ mod tests {
         assert_eq!(d.recount_entries().unwrap(), Some(10));
         assert_eq!(d.entry_count().unwrap(), 2);
         assert_eq!(d.recount_entries().unwrap(), None);
+    }
+
+    /// An older build (a rollback) adds and deletes without moving the count, nor the
+    /// CSN it was right at: the next open by this build counts again. One that kept
+    /// up with every commit is left alone.
+    #[test]
+    fn a_count_an_older_build_left_behind_is_redone_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = Dn::parse("dc=example,dc=com").unwrap();
+        let d = Directory::open(tmp.path(), &base).unwrap();
+        d.write(&suffix()).unwrap();
+        d.write(&person("ann")).unwrap();
+        let at = d.meta.get(names::ENTRY_COUNT_AT).unwrap().unwrap();
+        d.write(&person("bob")).unwrap();
+        d.sync(d.durable_csn()).unwrap();
+        // What the older build leaves: a third entry, the count and its CSN as before.
+        d.meta.insert(names::ENTRY_COUNT, &2u64.to_be_bytes()).unwrap();
+        d.meta.insert(names::ENTRY_COUNT_AT, at).unwrap();
+        d.db.flush().unwrap();
+        drop(d);
+        let d = unlocked(|| Directory::open(tmp.path(), &base)).unwrap();
+        assert_eq!(d.entry_count().unwrap(), 3, "counted again");
+        d.write(&person("cy")).unwrap();
+        d.sync(d.durable_csn()).unwrap();
+        // A count set wrong by hand while every commit kept its CSN is this build's own:
+        // not counted again at open (the loader's recount is for those).
+        d.meta.insert(names::ENTRY_COUNT, &10u64.to_be_bytes()).unwrap();
+        d.db.flush().unwrap();
+        drop(d);
+        let d = unlocked(|| Directory::open(tmp.path(), &base)).unwrap();
+        assert_eq!(d.entry_count().unwrap(), 10);
     }
 
     #[test]

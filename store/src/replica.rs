@@ -59,6 +59,10 @@ const BEYOND: &str = "replica_beyond_cookie";
 /// Tree holding, per agreement name, the region (an encoded [`SearchSpec`]) the
 /// replica's entries and cookie were replicated for (see [`Replica::adopt_region`]).
 const REGIONS: &str = "replica_regions";
+/// Tree holding, per agreement name, the generation (8 bytes big-endian) the region on
+/// record in [`REGIONS`] was written for: see [`Replica::adopt_region`]. Its own tree, so
+/// that a store written by this build still opens in an older one.
+const REGION_GENS: &str = "replica_region_generations";
 /// Tree holding, per agreement name, when (milliseconds since the Unix epoch, 8 bytes
 /// big-endian) a provider of the agreement first proved it knows the agreement's secret
 /// (see [`Replica::provider_proved_at`]). Its own tree, not a field of [`ReplicaState`],
@@ -261,6 +265,8 @@ pub struct ReplicaStore {
     beyond: Tree,
     /// Agreement name -> the region the replica was replicated for ([`REGIONS`]).
     regions: Tree,
+    /// Agreement name -> the generation that region was recorded for ([`REGION_GENS`]).
+    region_gens: Tree,
     /// Agreement name -> when a provider first proved itself ([`PROVED`]).
     proved: Tree,
     /// Whether incremental applies are recorded in an audit log (see [`ReplicaStore::set_audit`]).
@@ -330,6 +336,7 @@ impl ReplicaStore {
         let counts = db.open_tree(COUNTS)?;
         let beyond = db.open_tree(BEYOND)?;
         let regions = db.open_tree(REGIONS)?;
+        let region_gens = db.open_tree(REGION_GENS)?;
         let proved = db.open_tree(PROVED)?;
         let failure = FailureLatch::watched(crate::failure::STUCK_AFTER, &path.join("db"));
         let reaper = Arc::new(Reaper::start(&db, &failure));
@@ -339,6 +346,7 @@ impl ReplicaStore {
             counts,
             beyond,
             regions,
+            region_gens,
             proved,
             audit: Arc::default(),
             unflushed: Arc::default(),
@@ -354,9 +362,20 @@ impl ReplicaStore {
             if state.shadow_progress.is_none() && state.shadow.take().is_some() {
                 store.put_state(&name, &state)?;
             }
-            if store.count(&name, state.active_gen)?.is_none() {
+            let counted_at = store.counts.get(count_at_key(&name))?;
+            let behind = match (&state.cookie, counted_at) {
+                (Some(cookie), Some(at)) => at.as_ref() != cookie.csn.0.to_be_bytes(),
+                _ => false,
+            };
+            if behind || store.count(&name, state.active_gen)?.is_none() {
                 let n = store.set_for(&name, state.active_gen)?.len() as u64;
+                if behind {
+                    tracing::info!(agreement = %name, entries = n, "entry count redone: an older build applied changes to the replica since this build last did");
+                }
                 store.counts.insert(name.as_bytes(), &count_record(state.active_gen, n))?;
+                if let Some(cookie) = &state.cookie {
+                    store.counts.insert(count_at_key(&name), &cookie.csn.0.to_be_bytes())?;
+                }
             }
         }
         // What a crash or a stop left of discarded generations (the reaper had not
@@ -462,8 +481,10 @@ impl ReplicaStore {
         let Some(state) = self.state(name)? else { return Ok(()) };
         self.replicas.remove(name.as_bytes())?;
         self.counts.remove(name.as_bytes())?;
+        self.counts.remove(count_at_key(name))?;
         self.beyond.remove(name.as_bytes())?;
         self.regions.remove(name.as_bytes())?;
+        self.region_gens.remove(name.as_bytes())?;
         self.proved.remove(name.as_bytes())?;
         self.failure.flush(&self.db)?;
         self.drop_generation(name, state.active_gen)?;
@@ -523,6 +544,17 @@ fn kept_cookie(held: Option<Cookie>, offered: Cookie) -> Cookie {
 }
 
 /// A [`COUNTS`] record: generation, then count.
+/// The key in [`COUNTS`] of the CSN of the cookie the replica's count was last right
+/// at: moved with the cookie by every apply of this build, so a replica an older build
+/// applied to since (a rollback, which adds and deletes without moving the count) is
+/// counted again at open. Beside the count, not in it, so that builds that read the
+/// count (exactly 16 bytes) still do; an agreement name holds no NUL.
+fn count_at_key(name: &str) -> Vec<u8> {
+    let mut key = name.as_bytes().to_vec();
+    key.extend_from_slice(b"\0at");
+    key
+}
+
 fn count_record(gen: u64, count: u64) -> [u8; 16] {
     let mut out = [0; 16];
     out[..8].copy_from_slice(&gen.to_be_bytes());
@@ -564,6 +596,10 @@ pub enum RegionAdopted {
     /// No region on record beside a cookie (a replica made before regions were
     /// recorded): the region is taken as given, and the replica resumes from its cookie.
     Unrecorded,
+    /// The region on record is of a generation an older build has replaced since (a
+    /// rollback that reloaded the replica, for another region perhaps): what it holds
+    /// is unknown, so the cookie is dropped and the next session reloads it in full.
+    Outdated,
 }
 
 impl Replica {
@@ -678,9 +714,11 @@ impl Replica {
                     if current.active_gen != state.active_gen {
                         return Err(ConflictableTransactionError::Abort(StoreError::StaleShadow(name.to_string())));
                     }
-                    let next = ReplicaState { cookie: Some(kept_cookie(current.cookie, cookie)), ..current };
+                    let kept = kept_cookie(current.cookie, cookie);
+                    let next = ReplicaState { cookie: Some(kept), ..current };
                     let bytes = encode(REPLICAS, &next).map_err(ConflictableTransactionError::Abort)?;
                     replicas.insert(name.as_bytes(), bytes)?;
+                    counts.insert(count_at_key(&name), &kept.csn.0.to_be_bytes())?;
                 }
                 Ok(stats)
             },
@@ -774,11 +812,26 @@ impl Replica {
     /// promises does not happen. So `spec` is taken as its region and its cookie kept;
     /// the caller says so in the log, and operations.md asks that no region be changed
     /// in the restart that upgrades.
+    ///
+    /// The record names the generation it was written for, since a build from before
+    /// regions were recorded (a rollback) writes on without updating it: its reload,
+    /// for another region say, leaves the record naming the region it replaced, and
+    /// the file set back to that region at the roll forward would then resume by delta
+    /// a replica of the other region, diverged for good. A later generation than the
+    /// record's is such a reload ([`RegionAdopted::Outdated`]).
     pub fn adopt_region(&self, spec: &SearchSpec) -> Result<RegionAdopted> {
         let key = self.name.as_bytes();
         let recorded: Option<SearchSpec> = self.store.regions.get(key)?.map(|v| decode(REGIONS, &v)).transpose()?;
+        let outdated = self.region_outdated()?;
         let adopted = match &recorded {
-            Some(held) if held.same_region(spec) => return Ok(RegionAdopted::Kept),
+            Some(_) if outdated && self.cookie()?.is_some() => {
+                self.forget_cookie()?;
+                RegionAdopted::Outdated
+            }
+            Some(held) if held.same_region(spec) && !outdated && self.region_gen()?.is_some() => {
+                return Ok(RegionAdopted::Kept)
+            }
+            Some(held) if held.same_region(spec) => RegionAdopted::Kept,
             Some(_) if self.cookie()?.is_some() => {
                 self.forget_cookie()?;
                 RegionAdopted::Reloads
@@ -786,7 +839,11 @@ impl Replica {
             None if self.cookie()?.is_some() => RegionAdopted::Unrecorded,
             _ => RegionAdopted::Kept,
         };
+        // The generation readers use now; a shadow being built for this region takes
+        // the record with it when it replaces the generation ([`Shadow::finish`]).
+        let gen = self.state()?.active_gen;
         self.store.regions.insert(key, encode(REGIONS, spec)?)?;
+        self.store.region_gens.insert(key, &gen.to_be_bytes())?;
         self.store.flush()?;
         Ok(adopted)
     }
@@ -795,6 +852,30 @@ impl Replica {
     /// a replica of a build that kept no record of it, or one never started.
     pub fn region(&self) -> Result<Option<SearchSpec>> {
         self.store.regions.get(self.name.as_bytes())?.map(|v| decode(REGIONS, &v)).transpose()
+    }
+
+    /// Whether the region on record was written for an earlier generation than the one
+    /// readers use: a build that keeps no record of regions replaced the replica since
+    /// (see [`Replica::adopt_region`]), so the record says nothing of what it holds.
+    pub fn region_outdated(&self) -> Result<bool> {
+        let Some(gen) = self.region_gen()? else { return Ok(false) };
+        Ok(self.state()?.active_gen > gen)
+    }
+
+    /// The generation the region on record was written for; `None` in stores of builds
+    /// that did not record it.
+    fn region_gen(&self) -> Result<Option<u64>> {
+        match self.store.region_gens.get(self.name.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => match <[u8; 8]>::try_from(bytes.as_ref()) {
+                Ok(gen) => Ok(Some(u64::from_be_bytes(gen))),
+                Err(_) => Err(StoreError::Corrupt(format!(
+                    "{REGION_GENS} record of {:?} is {} bytes, not 8",
+                    self.name,
+                    bytes.len()
+                ))),
+            },
+        }
     }
 
     /// When a provider of this agreement first proved it knows the agreement's secret
@@ -1133,6 +1214,14 @@ impl Shadow {
         }
         let entries = self.len();
         store.counts.insert(name.as_bytes(), &count_record(self.gen, entries as u64))?;
+        store.counts.insert(count_at_key(&name), &cookie.csn.0.to_be_bytes())?;
+        // The region on record is this shadow's from the switch on (it was filled for
+        // the region adopted at its agreement's start). Written before the switch: a
+        // crash between the two leaves the record naming a later generation than the
+        // active one, which is not taken for an older build's reload.
+        if store.regions.contains_key(name.as_bytes())? {
+            store.region_gens.insert(name.as_bytes(), &self.gen.to_be_bytes())?;
+        }
         // The shadow's entries (and its count) must be on disk before the switch that
         // exposes them.
         store.flush()?;
@@ -1178,7 +1267,7 @@ impl Shadow {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use tether_protocol::{Attributes, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, Value};
+    use tether_protocol::{Attributes, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, SearchSpec, Value};
 
     use super::{fill_order, ReplicaStore, FLUSH_AFTER_BYTES};
 
@@ -1201,6 +1290,90 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    /// A reload by a build that keeps no record of regions (a rollback) leaves the
+    /// record naming the generation it replaced: taken for what it says, the file set
+    /// back to that region would resume a replica of another region by delta. The
+    /// replica is reloaded in full instead; a shadow the switch to which a crash cut
+    /// off is not taken for such a reload.
+    #[test]
+    fn a_region_recorded_before_an_older_build_s_reload_is_outdated() {
+        use super::RegionAdopted;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let cookie =
+            |csn: u64| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
+        let refresh = |n: u32, csn: u64| {
+            let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+            shadow.apply_scan(&entries_of(0, n, 10)).unwrap();
+            shadow.finish(cookie(csn)).unwrap();
+        };
+        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+        refresh(3, 10);
+        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept, "this build's reload moved the record");
+        assert!(!r.region_outdated().unwrap());
+
+        // What the older build leaves: its reload, and the record as it was before.
+        let before = store.region_gens.get(b"people").unwrap().unwrap();
+        refresh(2, 20);
+        store.region_gens.insert(b"people", before).unwrap();
+        assert!(r.region_outdated().unwrap());
+        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Outdated);
+        assert_eq!(r.cookie().unwrap(), None, "reloaded in full at its next session");
+        assert!(!r.region_outdated().unwrap(), "the record is of the generation it holds now");
+        refresh(3, 30);
+        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+
+        // A crash between the shadow's record and its switch: the record names a later
+        // generation than the active one, which no older build made.
+        let later = r.state().unwrap().next_gen + 5;
+        store.region_gens.insert(b"people", &later.to_be_bytes()).unwrap();
+        assert!(!r.region_outdated().unwrap());
+        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+        assert!(r.cookie().unwrap().is_some());
+    }
+
+    /// An older build (a rollback) applies changes without moving the replica's count
+    /// or the cookie it was right at: the next open by this build counts again, and
+    /// leaves alone a count that kept up.
+    #[test]
+    fn a_replica_count_an_older_build_left_behind_is_redone_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cookie =
+            |csn: u64| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
+        shadow.finish(cookie(10)).unwrap();
+        r.apply(&entries_of(3, 2, 10), Some(cookie(12))).unwrap();
+        assert_eq!(r.len().unwrap(), 5);
+        // What the older build leaves: two more entries and a later cookie, the count
+        // and its cookie's CSN as they were.
+        let (count, at) = (
+            store.counts.get(b"people").unwrap().unwrap(),
+            store.counts.get(super::count_at_key("people")).unwrap().unwrap(),
+        );
+        r.apply(&entries_of(5, 2, 10), Some(cookie(14))).unwrap();
+        store.counts.insert(b"people", count).unwrap();
+        store.counts.insert(super::count_at_key("people"), at).unwrap();
+        assert_eq!(r.len().unwrap(), 5, "the count as the older build left it");
+        store.flush().unwrap();
+        drop((r, store));
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        assert_eq!(r.len().unwrap(), 7, "counted again at open");
+        // One this build kept up is left alone (a scan at every open would cost seconds
+        // at a million entries).
+        r.apply(&entries_of(7, 1, 10), Some(cookie(15))).unwrap();
+        store.counts.insert(b"people", &super::count_record(r.state().unwrap().active_gen, 100)).unwrap();
+        store.flush().unwrap();
+        drop((r, store));
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        assert_eq!(store.replica("people").unwrap().len().unwrap(), 100);
     }
 
     /// The scan's insert order drops nothing and repeats nothing, whatever the batch's
