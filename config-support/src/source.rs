@@ -196,8 +196,12 @@ pub fn resolve_key(file: &Path, dir: &Path, key: &str, path: &Path) -> Result<Pa
 /// not TOML, or those two keys are not strings.
 pub fn control_path(file: &Path, default_data_dir: &str) -> Option<PathBuf> {
     let text = std::fs::read_to_string(file).ok()?;
-    let doc = ImDocument::parse(text).ok()?;
-    let table = doc.as_table();
+    let table = match ImDocument::parse(text.clone()) {
+        Ok(doc) => doc.as_table().clone(),
+        // A syntax error, the likeliest state of a file mid-edit: the two keys are
+        // top-level, so each line before the first table is read on its own.
+        Err(_) => top_level_lines(&text)?,
+    };
     let string = |key: &str| match table.get(key) {
         None => Some(None),
         Some(item) => item.as_str().map(|s| Some(PathBuf::from(s))),
@@ -208,6 +212,30 @@ pub fn control_path(file: &Path, default_data_dir: &str) -> Option<PathBuf> {
         Some(control) if !control.as_os_str().is_empty() => resolve(&dir, &control),
         _ => data_dir.join(CONTROL_SOCKET_NAME),
     })
+}
+
+/// The top-level keys of `text` that each fit on a line of their own before its first
+/// table header, read one line at a time, so that a syntax error elsewhere (or on
+/// another such line) hides none of them; `None` if the error is on a line of
+/// `data_dir` or `control`, which then cannot be known.
+fn top_level_lines(text: &str) -> Option<Table> {
+    let mut table = Table::new();
+    for line in text.lines().take_while(|l| !l.trim_start().starts_with('[')) {
+        match ImDocument::parse(line.to_owned()) {
+            Ok(doc) => {
+                for (key, item) in doc.as_table().iter() {
+                    table.insert(key, item.clone());
+                }
+            }
+            Err(_) => {
+                let key = line.split('=').next().unwrap_or_default().trim().trim_matches('"');
+                if key == "data_dir" || key == "control" {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(table)
 }
 
 /// Parses `text`, the contents of `file`, into `T`. Syntax errors name the line and
@@ -800,6 +828,14 @@ mod tests {
         assert_eq!(at("control = \"/run/t.sock\"\ndata_dir = 5"), None, "data_dir is not a string");
         assert_eq!(at("control = \"/run/t.sock\"\n"), Some(PathBuf::from("/run/t.sock")));
         assert_eq!(at("control = [unclosed"), None, "not TOML");
+        // A syntax error past the top-level keys (a table header being typed), or on a
+        // line of its own among them, hides neither.
+        let edited = "data_dir = \"store\"\nshutdown_timeout = \"5s\n[[agreement]\nname = \"a\"\n";
+        assert_eq!(at(edited), Some(base.join("store/control.sock")));
+        assert_eq!(
+            at("control = \"/run/t.sock\"\n[[agreement]\ncontrol = \"/elsewhere\"\n"),
+            Some(PathBuf::from("/run/t.sock"))
+        );
     }
 
     /// A document exercising tables, arrays of tables and inline tables.
