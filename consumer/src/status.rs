@@ -476,17 +476,16 @@ impl OfflineStatus {
 mod tests {
     use super::*;
 
+    /// A running consumer's status of `agreements`.
+    fn of(agreements: Vec<AgreementStatus>) -> ConsumerStatus {
+        ConsumerStatus { running: true, consumer_id: String::new(), store_error: None, trees_to_free: 0, agreements }
+    }
+
     #[test]
     fn the_table_stays_in_line_with_a_long_provider_name() {
         let short = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist").snapshot();
         let long = StatusHandle::new("groups", "ldap-provider-1.eu-west.example.com:7389", "refresh-only").snapshot();
-        let status = ConsumerStatus {
-            running: true,
-            consumer_id: String::new(),
-            store_error: None,
-            trees_to_free: 0,
-            agreements: vec![short, long],
-        };
+        let status = of(vec![short, long]);
         let text = status.to_text();
         let mode_at: Vec<usize> = text
             .lines()
@@ -501,16 +500,7 @@ mod tests {
     #[test]
     fn a_refresh_under_way_shows_how_far_it_is() {
         let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
-        let text = || {
-            ConsumerStatus {
-                running: true,
-                consumer_id: String::new(),
-                store_error: None,
-                trees_to_free: 0,
-                agreements: vec![h.snapshot()],
-            }
-            .to_text()
-        };
+        let text = || of(vec![h.snapshot()]).to_text();
         h.update(|s| {
             s.state = State::Refreshing;
             s.refresh_received = 120_000;
@@ -526,27 +516,13 @@ mod tests {
         h.update(|s| s.set_error("connection-lost: connect 127.0.0.1:7389: Connection refused".into()));
         let at = h.snapshot().last_error_at.expect("a time");
         assert!(humantime::parse_rfc3339(&at).is_ok(), "{at}");
-        let text = ConsumerStatus {
-            running: true,
-            consumer_id: String::new(),
-            store_error: None,
-            trees_to_free: 0,
-            agreements: vec![h.snapshot()],
-        }
-        .to_text();
+        let text = of(vec![h.snapshot()]).to_text();
         assert!(text.contains(&format!("  last error at {at}: connection-lost: connect")), "{text}");
         h.update(|s| {
             s.applied = 7;
             *s.disconnects.entry(Reason::ConnectionLost).or_default() += 2;
         });
-        let text = ConsumerStatus {
-            running: true,
-            consumer_id: String::new(),
-            store_error: None,
-            trees_to_free: 0,
-            agreements: vec![h.snapshot()],
-        }
-        .to_text();
+        let text = of(vec![h.snapshot()]).to_text();
         assert!(
             text.contains(", applied 7, skipped 0, duplicates 0, reconnects 0, disconnects connection-lost=2\n"),
             "{text}"
@@ -556,16 +532,7 @@ mod tests {
     #[test]
     fn the_table_says_which_version_the_provider_speaks_and_since_when_it_proves_itself() {
         let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
-        let text = || {
-            ConsumerStatus {
-                running: true,
-                consumer_id: String::new(),
-                store_error: None,
-                trees_to_free: 0,
-                agreements: vec![h.snapshot()],
-            }
-            .to_text()
-        };
+        let text = || of(vec![h.snapshot()]).to_text();
         assert!(!text().contains("protocol") && !text().contains("proved"), "nothing known yet: {}", text());
         h.update(|s| s.protocol_version = Some(2));
         let line = "\n  protocol version 2: the provider did not prove itself; none of this agreement has\n";
@@ -594,14 +561,7 @@ mod tests {
                 s.state = state;
                 s.next_attempt_at = Some(at.into());
             });
-            ConsumerStatus {
-                running: true,
-                consumer_id: String::new(),
-                store_error: None,
-                trees_to_free: 0,
-                agreements: vec![h.snapshot()],
-            }
-            .to_text()
+            of(vec![h.snapshot()]).to_text()
         };
         assert!(table(State::Idle).contains(&format!("\n  next poll at {at}\n")));
         assert!(table(State::Backoff).contains(&format!("\n  next attempt at {at}\n")));

@@ -865,12 +865,17 @@ impl Replica {
     /// The generation the region on record was written for; `None` in stores of builds
     /// that did not record it.
     fn region_gen(&self) -> Result<Option<u64>> {
-        match self.store.region_gens.get(self.name.as_bytes())? {
+        self.u64_record(&self.store.region_gens, REGION_GENS)
+    }
+
+    /// This replica's record in `tree` (named `tree_name` in errors), one big-endian `u64`.
+    fn u64_record(&self, tree: &Tree, tree_name: &str) -> Result<Option<u64>> {
+        match tree.get(self.name.as_bytes())? {
             None => Ok(None),
             Some(bytes) => match <[u8; 8]>::try_from(bytes.as_ref()) {
-                Ok(gen) => Ok(Some(u64::from_be_bytes(gen))),
+                Ok(value) => Ok(Some(u64::from_be_bytes(value))),
                 Err(_) => Err(StoreError::Corrupt(format!(
-                    "{REGION_GENS} record of {:?} is {} bytes, not 8",
+                    "{tree_name} record of {:?} is {} bytes, not 8",
                     self.name,
                     bytes.len()
                 ))),
@@ -883,17 +888,7 @@ impl Replica {
     /// provider that does not prove itself: it cannot tell a provider rolled back to an
     /// older build from an impostor, and the impostor could empty the replica.
     pub fn provider_proved_at(&self) -> Result<Option<u64>> {
-        match self.store.proved.get(self.name.as_bytes())? {
-            None => Ok(None),
-            Some(bytes) => match <[u8; 8]>::try_from(bytes.as_ref()) {
-                Ok(ms) => Ok(Some(u64::from_be_bytes(ms))),
-                Err(_) => Err(StoreError::Corrupt(format!(
-                    "{PROVED} record of {:?} is {} bytes, not 8",
-                    self.name,
-                    bytes.len()
-                ))),
-            },
-        }
+        self.u64_record(&self.store.proved, PROVED)
     }
 
     /// Records, durably, that a provider proved itself at `at_ms` (milliseconds since the
