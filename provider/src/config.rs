@@ -339,7 +339,9 @@ impl ProviderConfig {
     /// Reads every file the configuration names (each secret of `[[consumer]]` and
     /// `[writer]`, whose bytes it drops, and `[tls]`'s certificate and key), as a start
     /// or reload would, so that `status` warns of a missing, empty or unreadable one
-    /// while the provider runs on what it read. Returns the warnings to log.
+    /// while the provider runs on what it read. Returns the warnings to log: a secret or
+    /// TLS key others may read, and a certificate a TLS consumer would refuse
+    /// ([`crate::tls::warnings`]).
     pub fn check_files(&self) -> Result<Vec<String>, ConfigError> {
         let writer = self.writer.iter().map(|w| ("writer.secret_file".to_owned(), &w.secret_file));
         let consumers =
@@ -350,6 +352,7 @@ impl ProviderConfig {
             warnings.extend(loaded.warnings);
         }
         crate::tls::server_config_of(self)?;
+        warnings.extend(self.tls.as_ref().map(crate::tls::warnings).unwrap_or_default());
         Ok(warnings)
     }
 

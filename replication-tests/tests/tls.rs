@@ -76,6 +76,15 @@ fn tls_consumer_converges_and_write_goes_over_tls() -> Result<()> {
         assert_eq!(status["tls"], true, "the consumer's status says the agreement is encrypted: {status}");
     }
     assert!(!p.log_text().contains("TLS handshake failed"), "{}", p.log_text());
+    // `status` warns of a key others may read, as a start and a reload do.
+    let key = tmp.path().join("pki/provider.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let out = p.status_command()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("warning: TLS key file ") && stderr.contains("mode 644"),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -59,10 +59,15 @@ const BEYOND: &str = "replica_beyond_cookie";
 /// Tree holding, per agreement name, the region (an encoded [`SearchSpec`]) the
 /// replica's entries and cookie were replicated for (see [`Replica::adopt_region`]).
 const REGIONS: &str = "replica_regions";
-/// Tree holding, per agreement name, the generation (8 bytes big-endian) the region on
-/// record in [`REGIONS`] was written for: see [`Replica::adopt_region`]. Its own tree, so
-/// that a store written by this build still opens in an older one.
+/// Tree holding, per agreement name, the replica's active generation and its next
+/// generation when the region on record in [`REGIONS`] was written (two big-endian
+/// `u64`s): see [`Replica::adopt_region`]. Its own tree, so that a store written by
+/// this build still opens in an older one.
 const REGION_GENS: &str = "replica_region_generations";
+/// Next generations from here on are this build's: [`Replica::adopt_region`] moves a
+/// replica's next generation to a random number at least this large, which an older
+/// build that makes the replica again (counting from 0) does not reach.
+const MARKED_GENERATIONS: u64 = 1 << 32;
 /// Tree holding, per agreement name, when (milliseconds since the Unix epoch, 8 bytes
 /// big-endian) a provider of the agreement first proved it knows the agreement's secret
 /// (see [`Replica::provider_proved_at`]). Its own tree, not a field of [`ReplicaState`],
@@ -813,12 +818,16 @@ impl Replica {
     /// the caller says so in the log, and operations.md asks that no region be changed
     /// in the restart that upgrades.
     ///
-    /// The record names the generation it was written for, since a build from before
+    /// The record names the generations it was written for, since a build from before
     /// regions were recorded (a rollback) writes on without updating it: its reload,
-    /// for another region say, leaves the record naming the region it replaced, and
+    /// for another region say, or its removal and remaking of the replica (an agreement
+    /// taken out and put back), leaves the record naming the region it replaced, and
     /// the file set back to that region at the roll forward would then resume by delta
-    /// a replica of the other region, diverged for good. A later generation than the
-    /// record's is such a reload ([`RegionAdopted::Outdated`]).
+    /// a replica of the other region, diverged for good. Such a build's reload changes
+    /// the active generation; its remaking counts generations from 0 again, below the
+    /// next generation this build set past [`MARKED_GENERATIONS`] (a replica made again
+    /// on one refresh would otherwise come back to the very generation on record).
+    /// Either is [`RegionAdopted::Outdated`]; its deltas, which change neither, are not.
     pub fn adopt_region(&self, spec: &SearchSpec) -> Result<RegionAdopted> {
         let key = self.name.as_bytes();
         let recorded: Option<SearchSpec> = self.store.regions.get(key)?.map(|v| decode(REGIONS, &v)).transpose()?;
@@ -828,7 +837,7 @@ impl Replica {
                 self.forget_cookie()?;
                 RegionAdopted::Outdated
             }
-            Some(held) if held.same_region(spec) && !outdated && self.region_gen()?.is_some() => {
+            Some(held) if held.same_region(spec) && !outdated && self.region_mark()?.is_some() => {
                 return Ok(RegionAdopted::Kept)
             }
             Some(held) if held.same_region(spec) => RegionAdopted::Kept,
@@ -839,11 +848,17 @@ impl Replica {
             None if self.cookie()?.is_some() => RegionAdopted::Unrecorded,
             _ => RegionAdopted::Kept,
         };
-        // The generation readers use now; a shadow being built for this region takes
-        // the record with it when it replaces the generation ([`Shadow::finish`]).
-        let gen = self.state()?.active_gen;
+        let mut state = self.state()?;
+        if state.next_gen < MARKED_GENERATIONS {
+            // Only ever up: generations handed out stay below it.
+            let random = uuid::Uuid::new_v4().as_u64_pair().0 >> 24;
+            state.next_gen = MARKED_GENERATIONS + random;
+            self.store.put_state(&self.name, &state)?;
+        }
+        // The generations of now; a shadow being built for this region takes the record
+        // with it when it replaces the generation ([`Shadow::finish`]).
         self.store.regions.insert(key, encode(REGIONS, spec)?)?;
-        self.store.region_gens.insert(key, &gen.to_be_bytes())?;
+        self.store.region_gens.insert(key, &count_record(state.active_gen, state.next_gen))?;
         self.store.flush()?;
         Ok(adopted)
     }
@@ -854,18 +869,19 @@ impl Replica {
         self.store.regions.get(self.name.as_bytes())?.map(|v| decode(REGIONS, &v)).transpose()
     }
 
-    /// Whether the region on record was written for an earlier generation than the one
-    /// readers use: a build that keeps no record of regions replaced the replica since
-    /// (see [`Replica::adopt_region`]), so the record says nothing of what it holds.
+    /// Whether the region on record was written for other generations than the
+    /// replica's: a build that keeps no record of regions reloaded it, or made it again,
+    /// since (see [`Replica::adopt_region`]), so the record says nothing of what it holds.
     pub fn region_outdated(&self) -> Result<bool> {
-        let Some(gen) = self.region_gen()? else { return Ok(false) };
-        Ok(self.state()?.active_gen > gen)
+        let Some((gen, next)) = self.region_mark()? else { return Ok(false) };
+        let state = self.state()?;
+        Ok(state.active_gen != gen || state.next_gen < next)
     }
 
-    /// The generation the region on record was written for; `None` in stores of builds
-    /// that did not record it.
-    fn region_gen(&self) -> Result<Option<u64>> {
-        self.u64_record(&self.store.region_gens, REGION_GENS)
+    /// The active and next generations the region on record was written for; `None` in
+    /// stores of builds that did not record them.
+    fn region_mark(&self) -> Result<Option<(u64, u64)>> {
+        self.store.region_gens.get(self.name.as_bytes())?.map(|v| parse_count_record(&v)).transpose()
     }
 
     /// This replica's record in `tree` (named `tree_name` in errors), one big-endian `u64`.
@@ -1210,13 +1226,6 @@ impl Shadow {
         let entries = self.len();
         store.counts.insert(name.as_bytes(), &count_record(self.gen, entries as u64))?;
         store.counts.insert(count_at_key(&name), &cookie.csn.0.to_be_bytes())?;
-        // The region on record is this shadow's from the switch on (it was filled for
-        // the region adopted at its agreement's start). Written before the switch: a
-        // crash between the two leaves the record naming a later generation than the
-        // active one, which is not taken for an older build's reload.
-        if store.regions.contains_key(name.as_bytes())? {
-            store.region_gens.insert(name.as_bytes(), &self.gen.to_be_bytes())?;
-        }
         // The shadow's entries (and its count) must be on disk before the switch that
         // exposes them.
         store.flush()?;
@@ -1227,7 +1236,17 @@ impl Shadow {
         state.cookie = Some(cookie);
         {
             let mut reshapes = self.replica.reshapes.lock().unwrap_or_else(|p| p.into_inner());
-            store.put_state(&name, &state)?;
+            // The region on record is this shadow's from the switch on (it was filled for
+            // the region adopted at its agreement's start): moved with it, in one write.
+            let mark = store.regions.contains_key(name.as_bytes())?.then(|| count_record(self.gen, state.next_gen));
+            let bytes = encode(REPLICAS, &state)?;
+            (&store.replicas, &store.region_gens).transaction(|(replicas, region_gens)| {
+                replicas.insert(name.as_bytes(), bytes.as_slice())?;
+                if let Some(mark) = &mark {
+                    region_gens.insert(name.as_bytes(), mark)?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
             reshapes.swaps += 1;
         }
         store.flush()?;
@@ -1322,13 +1341,29 @@ mod tests {
         refresh(3, 30);
         assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
 
-        // A crash between the shadow's record and its switch: the record names a later
-        // generation than the active one, which no older build made.
-        let later = r.state().unwrap().next_gen + 5;
-        store.region_gens.insert(b"people", &later.to_be_bytes()).unwrap();
+        assert!(r.state().unwrap().next_gen >= super::MARKED_GENERATIONS, "{:?}", r.state().unwrap());
+
+        // A shadow begun since hands out a generation: the replica is still the one on
+        // record, and an older build's deltas change no generation either.
+        let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.abort().unwrap();
+        r.apply(&entries_of(10, 1, 10), Some(cookie(31))).unwrap();
         assert!(!r.region_outdated().unwrap());
-        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
-        assert!(r.cookie().unwrap().is_some());
+
+        // What an older build leaves when it removes a replica and makes it again (an
+        // agreement taken out, reloaded, put back with another region, reloaded), then
+        // fills it: generations counted from 0 again, up to the very one on record for
+        // a replica that had one refresh before this build first ran.
+        let one_refresh =
+            |csn| super::ReplicaState { active_gen: 1, next_gen: 2, cookie: Some(cookie(csn)), ..Default::default() };
+        let legacy = store.replica("legacy").unwrap();
+        store.put_state("legacy", &one_refresh(40)).unwrap();
+        assert_eq!(legacy.adopt_region(&region).unwrap(), RegionAdopted::Unrecorded);
+        assert_eq!(legacy.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+        store.put_state("legacy", &one_refresh(41)).unwrap();
+        assert!(legacy.region_outdated().unwrap());
+        assert_eq!(legacy.adopt_region(&region).unwrap(), RegionAdopted::Outdated);
+        assert_eq!(legacy.cookie().unwrap(), None);
     }
 
     /// An older build (a rollback) applies changes without moving the replica's count
