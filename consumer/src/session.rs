@@ -633,6 +633,16 @@ async fn keepalive_poller(
                         tick.reset_immediately();
                     }
                     Verdict::Silent { silent } => {
+                        // The reader may not have run since this process last did: one
+                        // look after it has had the chance (see `SILENCE_GRACE`).
+                        tokio::select! {
+                            _ = done.cancelled() => return,
+                            () = tokio::time::sleep(tether_protocol::liveness::SILENCE_GRACE) => {}
+                        }
+                        let heard = epoch + Duration::from_millis(last_inbound.load(Ordering::Relaxed));
+                        if heard > last_heard {
+                            continue;
+                        }
                         warn!(silent_ms = silent.as_millis() as u64, "provider silent past keepalive timeout");
                         timed_out.cancel();
                         return;

@@ -29,6 +29,16 @@ use tokio::time::Instant;
 /// late, not hundreds).
 pub const LATE_CHECK: Duration = Duration::from_millis(500);
 
+/// How long a task that checks silence apart from the one that reads (the consumer's
+/// keepalive poller) waits, once it finds the peer silent, before it convicts: a
+/// process stopped until just past its deadline (less than [`LATE_CHECK`] late) wakes
+/// with the peer's frames waiting in the socket, and the checking task may run before
+/// the reading one has stamped them (four of five 3.15-second stops of a consumer with
+/// a 3-second timeout blamed a live provider). A link that is dead is convicted this
+/// much later, well inside the bound of timeout plus interval. The provider reads and
+/// checks in one task, reading first, and kept its sessions through the same stops.
+pub const SILENCE_GRACE: Duration = Duration::from_millis(100);
+
 /// What a silence check concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -306,6 +306,48 @@ fn a_consumer_stopped_past_its_keepalive_timeout_keeps_its_session_when_continue
     stopped_past_its_keepalive_timeout_keeps_the_session(37, Stopped::Consumer)
 }
 
+/// Stopped until just past its deadline, a side's check runs less than the late
+/// check's 500 ms late, so it is not excused; the peer's pings wait in the socket, and
+/// the check used to run before they were read, blaming a live peer (four of five
+/// 3.15-second stops of a consumer with a 3-second timeout, found by a walkthrough).
+/// Five stops of 2.15 s against a timeout of 2 s, pings every 500 ms.
+fn stopped_just_past_its_keepalive_timeout_keeps_the_session(seed: u64, stopped: Stopped) -> Result<()> {
+    let (provider_timeout, consumer_timeout) = match stopped {
+        Stopped::Consumer => ("30s", "2s"),
+        Stopped::Provider => ("2s", "30s"),
+    };
+    let options =
+        ProviderOptions { keepalive: ("500ms".into(), provider_timeout.into()), ..ProviderOptions::default() };
+    let keepalive = format!("interval = \"500ms\"\ntimeout = \"{consumer_timeout}\"");
+    let mut s = setup_with(seed, agreement("retry = [\"200ms forever\"]\n", &keepalive), &options)?;
+    let accepted = s.proxy.stats().accepted;
+    for _ in 0..5 {
+        let child = match stopped {
+            Stopped::Consumer => s.consumer.child.as_ref(),
+            Stopped::Provider => s.provider.child.as_ref(),
+        };
+        freeze(child, Duration::from_millis(2_150))?;
+        assert_holds(Duration::from_secs(1), "the session stays up", || {
+            let st = s.consumer.agreement_status("people")?;
+            Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
+        })?;
+    }
+    assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
+    assert!(!s.consumer.log_text().contains("provider silent"), "{}", s.consumer.log_text());
+    assert!(!s.provider.log_text().contains("consumer silent"), "{}", s.provider.log_text());
+    finish(&mut s)
+}
+
+#[test]
+fn a_consumer_stopped_just_past_its_keepalive_timeout_keeps_its_session() -> Result<()> {
+    stopped_just_past_its_keepalive_timeout_keeps_the_session(40, Stopped::Consumer)
+}
+
+#[test]
+fn a_provider_stopped_just_past_its_keepalive_timeout_keeps_its_sessions() -> Result<()> {
+    stopped_just_past_its_keepalive_timeout_keeps_the_session(41, Stopped::Provider)
+}
+
 /// The same on the provider: stopped past its keepalive timeout, it used to drop every
 /// consumer on waking, their pings unread in its sockets.
 #[test]
