@@ -825,7 +825,7 @@ impl Replica {
     /// the file set back to that region at the roll forward would then resume by delta
     /// a replica of the other region, diverged for good. Such a build's reload changes
     /// the active generation; its remaking counts generations from 0 again, below the
-    /// next generation this build set past [`MARKED_GENERATIONS`] (a replica made again
+    /// next generation this build set past 2^32 (`MARKED_GENERATIONS`; a replica made again
     /// on one refresh would otherwise come back to the very generation on record).
     /// Either is [`RegionAdopted::Outdated`]; its deltas, which change neither, are not.
     pub fn adopt_region(&self, spec: &SearchSpec) -> Result<RegionAdopted> {
