@@ -394,11 +394,10 @@ impl ConsumerStatus {
                 out.push_str(&format!("  last error at {}: {e}\n", a.last_error_at.as_deref().unwrap_or("-")));
             }
         }
-        if self.trees_to_free > 0 {
-            out.push_str(&format!(
-                "freeing discarded replicas in the background: {} trees to go\n",
-                self.trees_to_free
-            ));
+        match self.trees_to_free {
+            0 => {}
+            1 => out.push_str("freeing discarded replicas in the background: 1 tree to go\n"),
+            n => out.push_str(&format!("freeing discarded replicas in the background: {n} trees to go\n")),
         }
         out.push_str(&format!("consumer id {} (the CONSUMER column of provider status)\n", self.consumer_id));
         out
