@@ -254,6 +254,33 @@ enum Stopped {
     Provider,
 }
 
+/// A session whose `stopped` side pings every 500 ms and times out after 2 s of
+/// silence, the other side after 30 s, so that only the stopped side could end it.
+fn stoppable(seed: u64, stopped: Stopped) -> Result<Setup> {
+    let (provider_timeout, consumer_timeout) = match stopped {
+        Stopped::Consumer => ("30s", "2s"),
+        Stopped::Provider => ("2s", "30s"),
+    };
+    let options =
+        ProviderOptions { keepalive: ("500ms".into(), provider_timeout.into()), ..ProviderOptions::default() };
+    let keepalive = format!("interval = \"500ms\"\ntimeout = \"{consumer_timeout}\"");
+    setup_with(seed, agreement("retry = [\"200ms forever\"]\n", &keepalive), &options)
+}
+
+/// Stops the `stopped` side of `s` for `pause`, then checks for `hold` that the session
+/// stays up.
+fn freeze_and_hold(s: &Setup, stopped: Stopped, pause: Duration, hold: Duration) -> Result<()> {
+    let child = match stopped {
+        Stopped::Consumer => s.consumer.child.as_ref(),
+        Stopped::Provider => s.provider.child.as_ref(),
+    };
+    freeze(child, pause)?;
+    assert_holds(hold, "the session stays up", || {
+        let st = s.consumer.agreement_status("people")?;
+        Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
+    })
+}
+
 /// Stops one side for 4 s, twice its keepalive timeout of 2 s (the other side's is
 /// 30 s, so only the stopped side could end the session), and checks that the session
 /// survives: no disconnect, no new connection at the proxy, and the late check logged
@@ -262,14 +289,7 @@ enum Stopped {
 /// looks, the silence is already over and no excuse is needed (nor logged), so the stop
 /// is repeated, up to five times, until a check met the silence and excused it.
 fn stopped_past_its_keepalive_timeout_keeps_the_session(seed: u64, stopped: Stopped) -> Result<()> {
-    let (provider_timeout, consumer_timeout) = match stopped {
-        Stopped::Consumer => ("30s", "2s"),
-        Stopped::Provider => ("2s", "30s"),
-    };
-    let options =
-        ProviderOptions { keepalive: ("500ms".into(), provider_timeout.into()), ..ProviderOptions::default() };
-    let keepalive = format!("interval = \"500ms\"\ntimeout = \"{consumer_timeout}\"");
-    let mut s = setup_with(seed, agreement("retry = [\"200ms forever\"]\n", &keepalive), &options)?;
+    let mut s = stoppable(seed, stopped)?;
     let accepted = s.proxy.stats().accepted;
     let excused = |s: &Setup| {
         let log = match stopped {
@@ -279,15 +299,7 @@ fn stopped_past_its_keepalive_timeout_keeps_the_session(seed: u64, stopped: Stop
         log.contains("keepalive check ran late")
     };
     for _ in 0..5 {
-        let child = match stopped {
-            Stopped::Consumer => s.consumer.child.as_ref(),
-            Stopped::Provider => s.provider.child.as_ref(),
-        };
-        freeze(child, Duration::from_secs(4))?;
-        assert_holds(Duration::from_secs(3), "the session stays up", || {
-            let st = s.consumer.agreement_status("people")?;
-            Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
-        })?;
+        freeze_and_hold(&s, stopped, Duration::from_secs(4), Duration::from_secs(3))?;
         assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
         if excused(&s) {
             break;
@@ -312,25 +324,10 @@ fn a_consumer_stopped_past_its_keepalive_timeout_keeps_its_session_when_continue
 /// 3.15-second stops of a consumer with a 3-second timeout, found by a walkthrough).
 /// Five stops of 2.15 s against a timeout of 2 s, pings every 500 ms.
 fn stopped_just_past_its_keepalive_timeout_keeps_the_session(seed: u64, stopped: Stopped) -> Result<()> {
-    let (provider_timeout, consumer_timeout) = match stopped {
-        Stopped::Consumer => ("30s", "2s"),
-        Stopped::Provider => ("2s", "30s"),
-    };
-    let options =
-        ProviderOptions { keepalive: ("500ms".into(), provider_timeout.into()), ..ProviderOptions::default() };
-    let keepalive = format!("interval = \"500ms\"\ntimeout = \"{consumer_timeout}\"");
-    let mut s = setup_with(seed, agreement("retry = [\"200ms forever\"]\n", &keepalive), &options)?;
+    let mut s = stoppable(seed, stopped)?;
     let accepted = s.proxy.stats().accepted;
     for _ in 0..5 {
-        let child = match stopped {
-            Stopped::Consumer => s.consumer.child.as_ref(),
-            Stopped::Provider => s.provider.child.as_ref(),
-        };
-        freeze(child, Duration::from_millis(2_150))?;
-        assert_holds(Duration::from_secs(1), "the session stays up", || {
-            let st = s.consumer.agreement_status("people")?;
-            Ok(st["state"] == "persisting" && st["last_disconnect"].is_null())
-        })?;
+        freeze_and_hold(&s, stopped, Duration::from_millis(2_150), Duration::from_secs(1))?;
     }
     assert_eq!(s.proxy.stats().accepted, accepted, "no reconnection happened");
     assert!(!s.consumer.log_text().contains("provider silent"), "{}", s.consumer.log_text());
