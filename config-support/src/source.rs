@@ -469,7 +469,10 @@ where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default + PartialEq,
 {
-    let value = T::deserialize(d)?;
+    // The type's own refusal of a negative number says "0 or more" (see
+    // `plain_types`), which is wrong for these keys.
+    let value = T::deserialize(d)
+        .map_err(|e| de::Error::custom(plain_types(e.to_string().trim_end()).replacen("0 or more", "1 or more", 1)))?;
     if value == T::default() {
         Err(de::Error::custom("must be at least 1"))
     } else {

@@ -594,9 +594,18 @@ mod tests {
             (format!("{MINIMAL}max_connections = 0"), "key 'max_connections': must be at least 1"),
             (
                 format!("{MINIMAL}max_connections = -5"),
-                "key 'max_connections': invalid value: integer `-5`, expected a whole number, 0 or more",
+                "key 'max_connections': invalid value: integer `-5`, expected a whole number, 1 or more",
             ),
             (format!("{MINIMAL}batch_size = 0"), "key 'batch_size': must be at least 1"),
+            (
+                format!("{MINIMAL}batch_size = -1"),
+                "key 'batch_size': invalid value: integer `-1`, expected a whole number, 1 or more",
+            ),
+            (
+                format!("{MINIMAL}batch_size = \"500\""),
+                "key 'batch_size': invalid type: string \"500\", expected a whole number, 1 or more (write numbers \
+                 without quotes)",
+            ),
             (
                 format!("{MINIMAL}cache_size = \"lots\""),
                 "key 'cache_size': invalid size \"lots\": expected a whole number then a unit",
