@@ -78,9 +78,9 @@ pub struct LdifReader<R> {
     input: R,
     /// Number of the last physical line read (1-based; 0 before the first).
     line_no: usize,
-    /// A physical line read ahead to see whether it continues the one before; it is the
-    /// next line to use.
-    lookahead: Option<Physical>,
+    /// Physical lines read ahead to see whether they continue the line before (a run of
+    /// lines of spaces, then the line after them); the first is the next line to use.
+    lookahead: VecDeque<Physical>,
     /// Largest record (and line) accepted, in bytes.
     max_record_bytes: usize,
     /// Whether no record has been read yet, so a `version:` line is still allowed.
@@ -138,7 +138,7 @@ impl<R: BufRead> LdifReader<R> {
         Self {
             input,
             line_no: 0,
-            lookahead: None,
+            lookahead: VecDeque::new(),
             max_record_bytes,
             at_start: true,
             skip_record: false,
@@ -148,7 +148,7 @@ impl<R: BufRead> LdifReader<R> {
 
     /// Reads one physical line without ever holding more than the limit of it.
     fn read_physical(&mut self) -> Result<Physical, LdifError> {
-        if let Some(line) = self.lookahead.take() {
+        if let Some(line) = self.lookahead.pop_front() {
             return Ok(line);
         }
         let number = self.line_no + 1;
@@ -244,20 +244,33 @@ impl<R: BufRead> LdifReader<R> {
         }
         loop {
             match self.read_physical()? {
-                // A line of only spaces is blank, here too, not a continuation adding
-                // spaces to the value: a value that ends in spaces is written in base64
-                // (RFC 2849, note 8), and a line that looks blank must not change a value
-                // unseen, nor join the next record to this one.
-                Physical::Line(_, more) if more.first() == Some(&CONTINUATION) && !is_spaces(&more) => {
-                    if store && more.contains(&CR) {
-                        return Err(LdifError::new(number, LdifErrorKind::BareCarriageReturn));
-                    }
-                    if store {
-                        size = size.saturating_add(more.len() - 1);
-                        if size > self.max_record_bytes {
-                            return Err(self.too_large(number));
+                Physical::Line(at, more) if more.first() == Some(&CONTINUATION) => {
+                    // A line of only spaces is blank, here too, not a continuation adding
+                    // spaces to the value (a line that looks blank must not change a value
+                    // unseen, nor join the next record to this one), unless a continuation
+                    // with more than spaces comes right after the run of them: then the
+                    // value goes on past them, and they are part of it. OpenLDAP writes a
+                    // value with a run of 75 spaces or more plainly, folding some onto
+                    // lines of their own; read as blank, its next line had nothing to
+                    // continue.
+                    let run = match is_spaces(&more) {
+                        true => match self.spaces_continued(at, more)? {
+                            Some(run) => run,
+                            None => break,
+                        },
+                        false => vec![more],
+                    };
+                    for more in run {
+                        if store && more.contains(&CR) {
+                            return Err(LdifError::new(number, LdifErrorKind::BareCarriageReturn));
                         }
-                        bytes.extend_from_slice(&more[1..]);
+                        if store {
+                            size = size.saturating_add(more.len() - 1);
+                            if size > self.max_record_bytes {
+                                return Err(self.too_large(number));
+                            }
+                            bytes.extend_from_slice(&more[1..]);
+                        }
                     }
                 }
                 Physical::TooLong(_, true) => {
@@ -266,12 +279,60 @@ impl<R: BufRead> LdifReader<R> {
                     }
                 }
                 other => {
-                    self.lookahead = Some(other);
+                    self.lookahead.push_front(other);
                     break;
                 }
             }
         }
         Ok(if store { Logical::Line(Line { number, bytes }) } else { Logical::Dropped })
+    }
+
+    /// `first`, a continuation line of only spaces, and the lines of only spaces after
+    /// it, with the continuation holding more that ends the run: `Some` of those lines
+    /// if there is one, or `None` with every line read put back to be read again (as
+    /// blank lines, then whatever follows). A run longer than the record limit is not
+    /// held: it is taken for blank lines.
+    fn spaces_continued(&mut self, at: usize, first: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>, LdifError> {
+        let mut held = first.len();
+        let mut run = vec![Physical::Line(at, first)];
+        let ends_run = loop {
+            let next = self.read_physical()?;
+            let continues = match &next {
+                Physical::Line(_, more) if more.first() == Some(&CONTINUATION) => Some(is_spaces(more)),
+                _ => None,
+            };
+            match continues {
+                Some(true) if held <= self.max_record_bytes => {
+                    if let Physical::Line(_, more) = &next {
+                        held = held.saturating_add(more.len() + LINE_OVERHEAD_BYTES);
+                    }
+                    run.push(next);
+                }
+                Some(false) => {
+                    run.push(next);
+                    break true;
+                }
+                _ => {
+                    run.push(next);
+                    break false;
+                }
+            }
+        };
+        if !ends_run {
+            // Ahead of any read ahead before them, in their order.
+            for line in run.into_iter().rev() {
+                self.lookahead.push_front(line);
+            }
+            return Ok(None);
+        }
+        Ok(Some(
+            run.into_iter()
+                .filter_map(|line| match line {
+                    Physical::Line(_, bytes) => Some(bytes),
+                    _ => None,
+                })
+                .collect(),
+        ))
     }
 
     fn too_large(&self, line: usize) -> LdifError {
@@ -773,6 +834,35 @@ mod tests {
         // A continuation holding more than spaces still continues its value.
         let recs = records("dn: cn=s1,dc=x\ncn: s1\ndescription: two\n   spaces\n");
         assert_eq!(vals(content(&recs[0]).1, "description"), ["two  spaces"]);
+        // Lines of spaces and then blank: still blank, with the next record after them.
+        let recs = records("dn: cn=s1,dc=x\ncn: s1\n   \n  \n\ndn: cn=s2,dc=x\ncn: s2\n");
+        assert_eq!(recs.len(), 2, "{recs:?}");
+        assert_eq!(recs[1].line(), 6);
+    }
+
+    #[test]
+    fn lines_of_spaces_a_continuation_goes_on_past_are_part_of_the_value() {
+        // OpenLDAP's ldif_sput_wrap writes a value with a run of spaces plainly, folded
+        // at 76 columns: lines of spaces alone, then the rest of the value.
+        let value = format!("Name:{}Value", " ".repeat(300));
+        let line = format!("description: {value}");
+        let (first, rest) = line.split_at(76);
+        let mut folded = first.to_owned();
+        for chunk in rest.as_bytes().chunks(75) {
+            folded.push_str("\n ");
+            folded.push_str(std::str::from_utf8(chunk).unwrap());
+        }
+        assert!(folded.lines().filter(|l| l.trim().is_empty()).count() >= 2, "{folded}");
+        let text = format!("dn: cn=s1,dc=x\ncn: s1\n{folded}\nsn: after\n\ndn: cn=s2,dc=x\ncn: s2\n");
+        let recs = records(&text);
+        assert_eq!(recs.len(), 2, "{recs:?}");
+        assert_eq!(vals(content(&recs[0]).1, "description"), [value]);
+        assert_eq!(vals(content(&recs[0]).1, "sn"), ["after"]);
+        assert_eq!(recs[1].line(), text.lines().position(|l| l == "dn: cn=s2,dc=x").unwrap() + 1);
+        // A comment's continuation goes on past them too.
+        let recs = records("# a comment\n   \n continued\ndn: cn=s1,dc=x\ncn: s1\n");
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].line(), 4);
     }
 
     #[test]
