@@ -196,12 +196,7 @@ pub fn resolve_key(file: &Path, dir: &Path, key: &str, path: &Path) -> Result<Pa
 /// not TOML, or those two keys are not strings.
 pub fn control_path(file: &Path, default_data_dir: &str) -> Option<PathBuf> {
     let text = std::fs::read_to_string(file).ok()?;
-    let table = match ImDocument::parse(text.clone()) {
-        Ok(doc) => doc.as_table().clone(),
-        // A syntax error, the likeliest state of a file mid-edit: the two keys are
-        // top-level, so each line before the first table is read on its own.
-        Err(_) => top_level_lines(&text)?,
-    };
+    let table = past_errors(text)?;
     let string = |key: &str| match table.get(key) {
         None => Some(None),
         Some(item) => item.as_str().map(|s| Some(PathBuf::from(s))),
@@ -214,28 +209,41 @@ pub fn control_path(file: &Path, default_data_dir: &str) -> Option<PathBuf> {
     })
 }
 
-/// The top-level keys of `text` that each fit on a line of their own before its first
-/// table header, read one line at a time, so that a syntax error elsewhere (or on
-/// another such line) hides none of them; `None` if the error is on a line of
-/// `data_dir` or `control`, which then cannot be known.
-fn top_level_lines(text: &str) -> Option<Table> {
-    let mut table = Table::new();
-    for line in text.lines().take_while(|l| !l.trim_start().starts_with('[')) {
-        match ImDocument::parse(line.to_owned()) {
-            Ok(doc) => {
-                for (key, item) in doc.as_table().iter() {
-                    table.insert(key, item.clone());
-                }
-            }
-            Err(_) => {
-                let key = line.split('=').next().unwrap_or_default().trim().trim_matches('"');
-                if key == "data_dir" || key == "control" {
-                    return None;
-                }
-            }
+/// The top-level table of `text`, read past its syntax errors (the likeliest state of a
+/// file mid-edit) by parsing it again with each line an error is on left out, a table
+/// header kept as one of a table of its own, so the keys under it stay out of the top
+/// level. The whole file is parsed each time, so a line inside a multi-line string is
+/// never read as a key. `None` if an error is on a line of `data_dir` or `control` (a
+/// key given twice is one), which then cannot be known, or if the errors do not end.
+fn past_errors(mut text: String) -> Option<Table> {
+    /// More errors than a file being edited has.
+    const MAX_ERRORS: usize = 32;
+    for left_out in 0..=MAX_ERRORS {
+        let error = match ImDocument::parse(text.clone()) {
+            Ok(doc) => return Some(doc.as_table().clone()),
+            Err(error) => error,
+        };
+        // An error at the end (a string never closed) is on the last line with
+        // anything on it.
+        let at = error.span()?.start.min(text.len());
+        let at = if text[at..].trim().is_empty() { text[..at].trim_end().len() } else { at };
+        let start = text[..at].rfind('\n').map_or(0, |n| n + 1);
+        let end = text[at..].find('\n').map_or(text.len(), |n| at + n);
+        let line = &text[start..end];
+        let key = line.split('=').next().unwrap_or_default().trim().trim_matches(['"', '\'']);
+        if key == "data_dir" || key == "control" {
+            return None;
         }
+        if line.trim().is_empty() {
+            return None;
+        }
+        let instead = match line.trim_start().starts_with('[') {
+            true => format!("[tether_unparsed_line_{left_out}]"),
+            false => String::new(),
+        };
+        text.replace_range(start..end, &instead);
     }
-    Some(table)
+    None
 }
 
 /// Parses `text`, the contents of `file`, into `T`. Syntax errors name the line and
@@ -839,6 +847,27 @@ mod tests {
             at("control = \"/run/t.sock\"\n[[agreement]\ncontrol = \"/elsewhere\"\n"),
             Some(PathBuf::from("/run/t.sock"))
         );
+        // A line inside a multi-line string is not a key, whatever it reads like.
+        let in_string = "data_dir = \"store\"\nnote = \"\"\"\ncontrol = \"/elsewhere\"\n[x]\n\"\"\"\nfoo =\n";
+        assert_eq!(at(in_string), Some(base.join("store/control.sock")));
+        let after_string = "note = '''\n[x]\n'''\nfoo =\ncontrol = \"/run/t.sock\"\n";
+        assert_eq!(at(after_string), Some(PathBuf::from("/run/t.sock")));
+        // Nor is one of a string never closed, the error the file ends in; such a line
+        // that reads like one of the two keys leaves them unknown.
+        let unclosed = "data_dir = \"store\"\nnote = \"\"\"\nlisten = \"x\"\n\n";
+        assert_eq!(at(unclosed), Some(base.join("store/control.sock")));
+        assert_eq!(at("data_dir = \"store\"\nnote = \"\"\"\ncontrol = \"/elsewhere\"\n"), None);
+        // A key given twice cannot be known.
+        assert_eq!(at("data_dir = \"store\"\ndata_dir = \"other\"\n"), None);
+        assert_eq!(at("control = \"/a.sock\"\ncontrol = \"/b.sock\"\n"), None);
+        assert_eq!(at("control = \"/a.sock\"\n'control' = \"/b.sock\"\n"), None);
+        let after_twice = "data_dir = \"store\"\nlisten = 1\nlisten = 2\nx = 3\n";
+        assert_eq!(at(after_twice), Some(base.join("store/control.sock")), "another key twice hides neither");
+        // Several errors, before and after the keys.
+        let many = "a =\ndata_dir = \"store\"\nc = }\n[t\nd = 1\nb = [\n";
+        assert_eq!(at(many), Some(base.join("store/control.sock")));
+        // In an array left open, the keys are unknown.
+        assert_eq!(at("b = [\ndata_dir = \"store\"\n"), None);
     }
 
     /// A document exercising tables, arrays of tables and inline tables.
