@@ -58,6 +58,18 @@ pub fn announce(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
+/// A line on standard error (a warning, a command's progress, its error) that a reader
+/// gone from it cannot turn into a crash: `eprintln!` panicked (exit 101) when `status
+/// 2>&1 | head -2` had closed the pipe before a warning after the table. What stderr
+/// says is for whoever reads it, and a command's result is on standard output.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Whether `error` (or one of its causes) is standard output's reader having gone away:
 /// the command has nobody left to answer, and ends with success.
 pub fn reader_gone(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -160,7 +160,7 @@ pub async fn config_or_status<T>(
     if !tether_protocol::control::call_from(&control, process, file, &request, &mut out).await? {
         return Err(error.into());
     }
-    eprintln!(
+    crate::say!(
         "warning: {error}; this is the status of the running {}, which keeps the configuration it last read (its \
          next start or reload would refuse this file)",
         process.command()

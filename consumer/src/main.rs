@@ -163,7 +163,7 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
         let new = !tether_store::store_exists(&config.data_dir);
         let loose = shell::private_data_dir(&config.data_dir, new).with_context(|| format!("creating {dir}"))?;
         if let Some(warning) = loose {
-            eprintln!("warning: {warning}");
+            tether_config::say!("warning: {warning}");
         }
     }
     ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size }).map_err(
@@ -221,7 +221,7 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             };
             for w in warnings {
-                eprintln!("warning: {w}");
+                tether_config::say!("warning: {w}");
             }
             if call(&config, &ControlRequest::Status { json }).await? {
                 return Ok(());
@@ -484,7 +484,7 @@ async fn main() -> ExitCode {
         // `search | head`: what was asked for was read.
         Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether-consumer: {}", shell::error_chain(&*e));
+            tether_config::say!("tether-consumer: {}", shell::error_chain(&*e));
             shell::exit_now(1)
         }
     }

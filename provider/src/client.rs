@@ -297,7 +297,7 @@ impl Interrupts {
             tokio::select! {
                 out = &mut work => return Some(out),
                 signal = self.next() => {
-                    eprintln!("{signal}: stopping once the provider has answered for the record it is applying (again to stop at once)");
+                    tether_config::say!("{signal}: stopping once the provider has answered for the record it is applying (again to stop at once)");
                     self.first = Some(signal);
                 }
             }

@@ -143,7 +143,7 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
         let new = !tether_store::store_exists(&config.data_dir);
         let loose = shell::private_data_dir(&config.data_dir, new).with_context(|| format!("creating {dir}"))?;
         if let Some(warning) = loose {
-            eprintln!("warning: {warning}");
+            tether_config::say!("warning: {warning}");
         }
     }
     let options = tether_store::StoreOptions { cache_bytes: config.cache_size };
@@ -188,10 +188,10 @@ async fn stop_load_on_signal(stop: Arc<AtomicBool>) {
     };
     let mut next = async || tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
     let first = next().await;
-    eprintln!("{first}: stopping (a batch being written is finished first; again to stop at once)");
+    tether_config::say!("{first}: stopping (a batch being written is finished first; again to stop at once)");
     stop.store(true, Ordering::SeqCst);
     let second = next().await;
-    eprintln!("{second}: stopped; the entries of batches written before are in the store");
+    tether_config::say!("{second}: stopped; the entries of batches written before are in the store");
     shell::exit_now(130);
 }
 
@@ -230,7 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let mut progress = |written: usize| {
                     if said.elapsed() >= LOAD_PROGRESS_EVERY {
                         said = Instant::now();
-                        eprintln!("{written} entries loaded ({}s)", begun.elapsed().as_secs());
+                        tether_config::say!("{written} entries loaded ({}s)", begun.elapsed().as_secs());
                     }
                 };
                 let loaded = load::load_watched(&dir, &input, existing, &stop, &mut progress);
@@ -302,7 +302,7 @@ async fn run(cli: Cli) -> Result<()> {
                     dir.entry_count()?
                 );
             }
-            eprintln!("{said}");
+            tether_config::say!("{said}");
             Ok(())
         }
         Command::Write { config, file, allow_unproven } => {
@@ -313,11 +313,11 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(writer) = &config.writer {
                 let loaded = tether_provider::config::load_secret(&writer.secret_file);
                 for warning in loaded.map(|s| s.warnings).unwrap_or_default() {
-                    eprintln!("warning: {warning}");
+                    tether_config::say!("warning: {warning}");
                 }
             }
             let report = client::write(&config, &Input::open(&file)?, proof).await?;
-            eprintln!("{}", client::records_applied(report.applied));
+            tether_config::say!("{}", client::records_applied(report.applied));
             // The last write's CSN alone on stdout, for a script to hand to
             // `tether-consumer wait --csn` (read your writes on a replica).
             if let Some(csn) = report.last_csn {
@@ -356,7 +356,7 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             };
             for w in warnings {
-                eprintln!("warning: {w}");
+                tether_config::say!("warning: {w}");
             }
             if client::control_call(&config, &ControlRequest::Status { json }).await?.is_some() {
                 return Ok(());
@@ -394,7 +394,7 @@ async fn main() -> ExitCode {
         // `search | head`: what was asked for was read.
         Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether-provider: {}", shell::error_chain(&*e));
+            tether_config::say!("tether-provider: {}", shell::error_chain(&*e));
             shell::exit_now(1)
         }
     }

@@ -1218,6 +1218,28 @@ fn output_that_cannot_be_written_fails_the_command_and_a_reader_that_stops_early
     Ok(())
 }
 
+/// What a command says on standard error is for whoever reads it: a reader gone from
+/// it (`status 2>&1 | head -2` closed before a warning after the table) must not turn
+/// the command into a crash (`eprintln!` panicked, exit 101), whatever the command's
+/// own outcome. Here, a refusal to read a file that does not exist (exit 1).
+#[test]
+fn a_command_whose_standard_error_is_gone_ends_as_it_would_have() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let missing = tmp.path().join("missing.toml");
+    for binary in ["tether-provider", "tether-consumer"] {
+        let (reader, writer) = std::io::pipe()?;
+        drop(reader);
+        let status = std::process::Command::new(replication_tests::harness::bin(binary)?)
+            .args(["status", "-c"])
+            .arg(&missing)
+            .stdout(std::process::Stdio::null())
+            .stderr(writer)
+            .status()?;
+        assert_eq!(status.code(), Some(1), "{binary} status: {status}");
+    }
+    Ok(())
+}
+
 /// A server whose standard output nobody reads any more (started into a pipe whose
 /// reader exited: a log shipper gone, `serve | head -1`) keeps running and serving: both
 /// panicked at start printing their readiness line into it.
