@@ -4,10 +4,12 @@
 //!
 //! Three tasks with one job each:
 //! - the **reader** only reads frames and forwards messages, stamping the time of every
-//!   inbound frame, so silence is measured even while the applier is busy;
+//!   read that brings bytes (a refresh batch is one frame, which a slow link carries
+//!   for longer than the keepalive timeout), so silence is measured even while the
+//!   applier is busy;
 //! - the **keepalive poller** pings every `keepalive.interval` and declares
-//!   `keepalive-timeout` after `keepalive.timeout` without an inbound frame, whatever
-//!   the reader or applier is doing;
+//!   `keepalive-timeout` after `keepalive.timeout` without inbound bytes, whatever the
+//!   reader or applier is doing;
 //! - the **applier** (this task) applies each message to the replica on the session's
 //!   store thread (a panic there becomes an `exception`, not a dead process), flushes,
 //!   acks.
@@ -18,7 +20,6 @@
 //! cookie, so a change and the position after it are never durable apart. Acks follow
 //! flushes, never precede them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, Me
 use tether_protocol::encoded::{Received, ReceivedOp};
 use tether_protocol::foreign::ForeignKind;
 use tether_protocol::handshake::{client_handshake, HandshakeError, ProviderProof};
-use tether_protocol::liveness::{self, Liveness, Verdict};
+use tether_protocol::liveness::{self, Liveness, Progress, Verdict};
 use tether_protocol::message::{
     GoodbyeReason, Hello, Message, Mode, RejectReason, Role, MUTUAL_AUTH_VERSION, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
 };
@@ -169,11 +170,6 @@ impl StopSignal {
     }
 }
 
-/// Milliseconds since `epoch`, for the shared last-inbound stamp.
-fn ms_since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Runs one session to its end. `routine` marks a refresh-only poll that follows one
 /// which completed: its connect and a delta that changes nothing log at DEBUG, and only
 /// what changed the replica (or went wrong) at INFO.
@@ -300,21 +296,22 @@ async fn run_session(
             Err(e) => return Ended::new(Reason::Exception, format!("starting the store thread: {e}")),
         };
         let writer = Arc::new(Mutex::new(writer));
-        let epoch = Instant::now();
-        let last_inbound = Arc::new(AtomicU64::new(0));
+        // Stamped by the reader as bytes arrive, not only whole frames: a refresh batch
+        // is one frame that a slow link takes longer than the keepalive timeout to carry.
+        let last_inbound = Arc::new(Progress::new());
+        let mut reader = reader;
+        reader.report_progress(last_inbound.clone());
         let session_done = CancellationToken::new();
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let budget = Arc::new(Semaphore::new(INBOUND_ENTRIES));
-        let reader_task = tokio::spawn(
-            reader_loop(reader, tx, budget, last_inbound.clone(), epoch, session_done.clone()).in_current_span(),
-        );
+        let reader_task =
+            tokio::spawn(reader_loop(reader, tx, budget, last_inbound.clone(), session_done.clone()).in_current_span());
         let keepalive_timed_out = CancellationToken::new();
         let poller = cfg.keepalive.map(|(interval, timeout)| {
             tokio::spawn(
                 keepalive_poller(
                     writer.clone(),
                     last_inbound.clone(),
-                    epoch,
                     interval,
                     timeout,
                     keepalive_timed_out.clone(),
@@ -343,7 +340,7 @@ async fn run_session(
             pending_cookie: None,
             unacked: 0,
         };
-        let ended = applier.run(rx, stop, &keepalive_timed_out, &last_inbound, epoch).await;
+        let ended = applier.run(rx, stop, &keepalive_timed_out, &last_inbound).await;
         session_done.cancel();
         if let Some(shadow) = applier.shadow.take() {
             // An interrupted reload: the old replica stays as it was. A shadow the provider
@@ -548,8 +545,7 @@ async fn reader_loop(
     mut reader: MessageReader<BoxedRead>,
     tx: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
-    last_inbound: Arc<AtomicU64>,
-    epoch: Instant,
+    last_inbound: Arc<Progress>,
     done: CancellationToken,
 ) {
     loop {
@@ -558,7 +554,7 @@ async fn reader_loop(
             _ = done.cancelled() => return,
             m = reader.recv_received() => m,
         };
-        last_inbound.store(ms_since(epoch), Ordering::Relaxed);
+        last_inbound.mark();
         let terminal = !matches!(msg, Ok(Some(_)));
         let weight = match &msg {
             Ok(Some(Received::Batch(ops))) => ops.len().clamp(1, INBOUND_ENTRIES),
@@ -580,7 +576,7 @@ async fn reader_loop(
                     }
                     break;
                 }
-                _ = tokio::time::sleep(ACK_INTERVAL) => last_inbound.store(ms_since(epoch), Ordering::Relaxed),
+                _ = tokio::time::sleep(ACK_INTERVAL) => last_inbound.mark(),
             }
         }
         if terminal {
@@ -593,8 +589,8 @@ async fn reader_loop(
     }
 }
 
-/// Pings every `interval`; cancels `timed_out` once `timeout` has passed without an
-/// inbound frame. The silence is checked when it would reach `timeout`, not at the next
+/// Pings every `interval`; cancels `timed_out` once `timeout` has passed without
+/// inbound bytes. The silence is checked when it would reach `timeout`, not at the next
 /// ping: a dead link is declared at `timeout` after the last frame, which came at most
 /// `interval` (and a round trip) before the link died, instead of up to a whole
 /// `interval` later. At the ping ticks alone, the benchmark's black hole was detected
@@ -603,8 +599,7 @@ async fn reader_loop(
 /// [`tether_protocol::liveness`]).
 async fn keepalive_poller(
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
-    last_inbound: Arc<AtomicU64>,
-    epoch: Instant,
+    last_inbound: Arc<Progress>,
     interval: Duration,
     timeout: Duration,
     timed_out: CancellationToken,
@@ -619,17 +614,17 @@ async fn keepalive_poller(
     let mut ping: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = None;
     let mut liveness = Liveness::new(timeout);
     loop {
-        let deadline = epoch + Duration::from_millis(last_inbound.load(Ordering::Relaxed)) + timeout;
+        let deadline = last_inbound.last() + timeout;
         tokio::select! {
             biased;
             _ = done.cancelled() => return,
             _ = tokio::time::sleep_until(deadline) => {
-                let last_heard = epoch + Duration::from_millis(last_inbound.load(Ordering::Relaxed));
+                let last_heard = last_inbound.last();
                 match liveness.check(last_heard, deadline, Instant::now()) {
                     Verdict::Alive => {}
                     Verdict::Excused { late } => {
                         info!(late_ms = late.as_millis() as u64, "keepalive check ran late: this process was not running, so the provider's silence is counted afresh");
-                        last_inbound.fetch_max(ms_since(epoch), Ordering::Relaxed);
+                        last_inbound.mark();
                         tick.reset_immediately();
                     }
                     Verdict::Silent { silent } => {
@@ -639,7 +634,7 @@ async fn keepalive_poller(
                             _ = done.cancelled() => return,
                             () = tokio::time::sleep(tether_protocol::liveness::SILENCE_GRACE) => {}
                         }
-                        let heard = epoch + Duration::from_millis(last_inbound.load(Ordering::Relaxed));
+                        let heard = last_inbound.last();
                         if heard > last_heard {
                             continue;
                         }
@@ -749,8 +744,7 @@ impl Applier<'_> {
         mut rx: mpsc::Receiver<Queued>,
         stop: &StopSignal,
         keepalive_timed_out: &CancellationToken,
-        last_inbound: &AtomicU64,
-        epoch: Instant,
+        last_inbound: &Progress,
     ) -> Ended {
         let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -759,8 +753,7 @@ impl Applier<'_> {
         // the refresh must begin within `idle_timeout`, pings or not.
         let begin_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
         loop {
-            let silent_ms = ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed));
-            let idle_left = self.cfg.idle_timeout.saturating_sub(Duration::from_millis(silent_ms));
+            let idle_left = self.cfg.idle_timeout.saturating_sub(last_inbound.silent_for());
             let goodbye_due = self.goodbye_due;
             tokio::select! {
                 biased;
@@ -769,11 +762,10 @@ impl Applier<'_> {
                     return stop.ended("");
                 }
                 _ = keepalive_timed_out.cancelled() => {
-                    return Ended::new(Reason::KeepaliveTimeout, "no frame from the provider within keepalive.timeout");
+                    return Ended::new(Reason::KeepaliveTimeout, "nothing from the provider within keepalive.timeout");
                 }
                 _ = tokio::time::sleep(idle_left) => {
-                    let silent = ms_since(epoch).saturating_sub(last_inbound.load(Ordering::Relaxed));
-                    if Duration::from_millis(silent) >= self.cfg.idle_timeout {
+                    if last_inbound.silent_for() >= self.cfg.idle_timeout {
                         return Ended::new(Reason::IdleTimeout, format!("nothing received for {:?}", self.cfg.idle_timeout));
                     }
                 }
@@ -1641,14 +1633,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(INBOUND_QUEUE);
         let budget = Arc::new(Semaphore::new(INBOUND_ENTRIES));
         let done = CancellationToken::new();
-        let task = tokio::spawn(reader_loop(
-            reader,
-            tx,
-            budget.clone(),
-            Arc::new(AtomicU64::new(0)),
-            Instant::now(),
-            done.clone(),
-        ));
+        let task = tokio::spawn(reader_loop(reader, tx, budget.clone(), Arc::new(Progress::new()), done.clone()));
         let full = INBOUND_ENTRIES / BATCH;
         let deadline = Instant::now() + Duration::from_secs(10);
         while rx.len() < full || budget.available_permits() > 0 {

@@ -3,6 +3,7 @@
 //! payloads and `codec` turns them into messages. The two halves are separate so that a
 //! session can read in one task (or one `select!` arm) and write in another.
 
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -128,6 +129,11 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         self.frames.max_frame()
     }
 
+    /// Stamps `progress` whenever bytes arrive (see [`FrameReader::report_progress`]).
+    pub fn report_progress(&mut self, progress: Arc<crate::liveness::Progress>) {
+        self.frames.report_progress(progress);
+    }
+
     /// Changes the largest frame accepted (see [`FrameReader::set_max_frame`]).
     pub fn set_max_frame(&mut self, max_frame: usize) {
         self.frames.set_max_frame(max_frame);
@@ -157,6 +163,11 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     /// Writes messages to an existing frame writer.
     pub fn from_frames(frames: FrameWriter<W>) -> Self {
         Self { frames, buf: Vec::new() }
+    }
+
+    /// Stamps `progress` whenever bytes leave (see [`FrameWriter::report_progress`]).
+    pub fn report_progress(&mut self, progress: Arc<crate::liveness::Progress>) {
+        self.frames.report_progress(progress);
     }
 
     /// Encodes and sends one message, flushed.

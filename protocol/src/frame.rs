@@ -13,8 +13,12 @@
 //! buffers partial input so that [`FrameReader::read_frame`] can be cancelled (for
 //! example as one arm of a `tokio::select!` beside a ping timer) without losing bytes.
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::liveness::Progress;
 
 /// Size of the length prefix in front of every payload.
 pub const LENGTH_PREFIX: usize = 4;
@@ -71,6 +75,8 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     /// The largest payload this reader accepts; at most [`MAX_FRAME`].
     max_frame: usize,
+    /// Stamped whenever a read brings bytes, whole frame or not.
+    progress: Option<Arc<Progress>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -82,7 +88,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader accepting payloads up to `max_frame` (clamped to [`MAX_FRAME`], the most
     /// the codec can decode).
     pub fn with_max_frame(inner: R, max_frame: usize) -> Self {
-        Self { inner, buf: BytesMut::new(), max_frame: max_frame.min(MAX_FRAME) }
+        Self { inner, buf: BytesMut::new(), max_frame: max_frame.min(MAX_FRAME), progress: None }
+    }
+
+    /// Stamps `progress` from now on whenever a read brings bytes, so that a peer
+    /// sending a frame over a slow link is seen to be alive before the frame is whole.
+    pub fn report_progress(&mut self, progress: Arc<Progress>) {
+        self.progress = Some(progress);
     }
 
     /// The largest payload currently accepted.
@@ -121,6 +133,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
                 Err(e) => return Err(e.into()),
             };
+            if read > 0 {
+                if let Some(progress) = &self.progress {
+                    progress.mark();
+                }
+            }
             if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -181,6 +198,8 @@ pub struct FrameWriter<W> {
     /// instead of one of each per frame (a provider pushing a group of changes to fifty
     /// consumers made fifty times as many calls).
     gathered: Vec<u8>,
+    /// Stamped whenever a write moves bytes, whole frame or not.
+    progress: Option<Arc<Progress>>,
 }
 
 /// Frames are gathered up to this many bytes; a larger frame is written on its own.
@@ -191,7 +210,13 @@ const FRAME_OVERHEAD: usize = 8;
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// A writer sending payloads up to [`MAX_FRAME`].
     pub fn new(inner: W) -> Self {
-        Self { inner, max_frame: MAX_FRAME, gathered: Vec::new() }
+        Self { inner, max_frame: MAX_FRAME, gathered: Vec::new(), progress: None }
+    }
+
+    /// Stamps `progress` from now on whenever a write moves bytes, so that a frame
+    /// crossing a slow link is seen to be moving before it is all written.
+    pub fn report_progress(&mut self, progress: Arc<Progress>) {
+        self.progress = Some(progress);
     }
 
     /// The largest payload this writer sends.
@@ -234,7 +259,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         if size > GATHER_LIMIT {
             let mut frame = Buf::chain(Buf::chain(&prefix[..], payload), &sum[..]);
-            self.inner.write_all_buf(&mut frame).await?;
+            while frame.has_remaining() {
+                let n = self.inner.write_buf(&mut frame).await?;
+                self.moved(n)?;
+            }
         } else {
             self.gathered.extend_from_slice(&prefix);
             self.gathered.extend_from_slice(payload);
@@ -254,11 +282,25 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     async fn write_gathered(&mut self) -> Result<(), FrameError> {
-        if !self.gathered.is_empty() {
-            self.inner.write_all(&self.gathered).await?;
-            self.gathered.clear();
+        let mut from = 0;
+        while from < self.gathered.len() {
+            let n = self.inner.write(&self.gathered[from..]).await?;
+            from += self.moved(n)?;
         }
+        self.gathered.clear();
         Ok(())
+    }
+
+    /// Stamps the progress of a write that moved `n` bytes; a write that moved none
+    /// cannot finish the frame (the stream is closed), as `write_all` says.
+    fn moved(&self, n: usize) -> Result<usize, FrameError> {
+        if n == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::WriteZero.into()));
+        }
+        if let Some(progress) = &self.progress {
+            progress.mark();
+        }
+        Ok(n)
     }
 
     /// Shuts the write side down (TCP FIN) after flushing, so the peer reads a clean
@@ -316,6 +358,25 @@ mod tests {
                 "peer closed connection without sending TLS close_notify",
             )))
         }
+    }
+
+    /// A frame still arriving stamps its progress with each read, before it is whole:
+    /// its sender is seen to be alive while a slow link carries it.
+    #[tokio::test]
+    async fn a_frame_still_arriving_stamps_its_progress() {
+        let (mut tx, rx) = duplex(PIPE);
+        let mut reader = FrameReader::new(rx);
+        let progress = Arc::new(Progress::new());
+        reader.report_progress(progress.clone());
+        let frame = framed(&[7u8; 1000]);
+        tx.write_all(&frame[..500]).await.unwrap();
+        let before = progress.last();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let read = tokio::time::timeout(std::time::Duration::from_millis(50), reader.read_frame()).await;
+        assert!(read.is_err(), "half a frame is no frame");
+        assert!(progress.last() > before, "the half that came was not stamped");
+        tx.write_all(&frame[500..]).await.unwrap();
+        assert_eq!(reader.read_frame().await.unwrap().as_deref(), Some(&[7u8; 1000][..]));
     }
 
     #[tokio::test]
@@ -475,7 +536,7 @@ mod tests {
     #[tokio::test]
     async fn writer_refuses_oversize_payloads_and_writes_nothing() {
         let (a, b) = duplex(PIPE);
-        let mut writer = FrameWriter { inner: b, max_frame: 4, gathered: Vec::new() };
+        let mut writer = FrameWriter { inner: b, max_frame: 4, gathered: Vec::new(), progress: None };
         assert!(matches!(writer.write_frame(b"12345").await, Err(FrameError::TooLarge { len: 5, max: 4 })));
         writer.write_frame(b"1234").await.unwrap();
         drop(writer);

@@ -20,6 +20,7 @@
 //! stop, and the peer, which read on meanwhile, would be dropped for not reading.
 //! [`within`] gives such a write one more limit.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -90,24 +91,80 @@ impl Liveness {
     }
 }
 
+/// When bytes last moved on one direction of a connection: stamped by the frame reader
+/// or writer as each read or write moves any ([`crate::frame::FrameReader::report_progress`]),
+/// read by whoever judges the peer's silence. A frame is the unit of meaning but not of
+/// life: a batch of a refresh is one frame of up to 16 MiB, which a link of a few KB/s
+/// takes longer than `keepalive.timeout` to carry, and judged by whole frames such a
+/// link was a dead one. Both sides dropped the session again and again (a consumer
+/// 50,000 entries behind at 20 KB/s never filled), each blaming the other.
+#[derive(Debug)]
+pub struct Progress {
+    /// What the stamp counts from.
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last stamp.
+    ms: AtomicU64,
+}
+
+impl Progress {
+    /// Stamped now.
+    pub fn new() -> Self {
+        Self { epoch: Instant::now(), ms: AtomicU64::new(0) }
+    }
+
+    /// Stamps now: bytes moved, or the peer otherwise showed it is alive.
+    pub fn mark(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The last stamp.
+    pub fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.ms.load(Ordering::Relaxed))
+    }
+
+    /// How long since the last stamp.
+    pub fn silent_for(&self) -> Duration {
+        self.last().elapsed()
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Runs `work` for at most `limit`, a limit that a stop of this process does not use
 /// up: a deadline met [`LATE_CHECK`] or more overdue gives `work` one more `limit`,
 /// since the peer may have done its part while this process was not running. `None`
 /// if the time ran out.
 pub async fn within<F: std::future::Future>(limit: Duration, work: F) -> Option<F::Output> {
+    within_moving(limit, None, work).await
+}
+
+/// [`within`], for work that moves bytes and stamps `progress` as it does (a frame
+/// written to a slow link): the limit counts from the last stamp, so the time runs out
+/// only once nothing has moved for `limit`, however long the whole work takes.
+pub async fn within_moving<F: std::future::Future>(
+    limit: Duration,
+    progress: Option<&Progress>,
+    work: F,
+) -> Option<F::Output> {
     let mut work = std::pin::pin!(work);
-    // The same rule as a silence check, with the work's start (or the excuse) standing
-    // for the last sign of life: no progress is visible until the work is done.
+    // The same rule as a silence check, with the work's start (or the excuse, or the
+    // last bytes moved) standing for the last sign of life.
     let mut liveness = Liveness::new(limit);
     let mut since = Instant::now();
+    let last = |since: Instant| progress.map_or(since, |p| p.last().max(since));
     loop {
-        let deadline = since + limit;
+        let deadline = last(since) + limit;
         tokio::select! {
             biased;
             out = &mut work => return Some(out),
             () = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
-                match liveness.check(since, deadline, now) {
+                match liveness.check(last(since), deadline, now) {
                     Verdict::Alive => {}
                     Verdict::Excused { .. } => since = now,
                     Verdict::Silent { .. } => return None,
@@ -173,5 +230,30 @@ mod tests {
         tokio::time::advance(Duration::from_secs(8)).await;
         tokio::time::advance(Duration::from_secs(8)).await;
         assert_eq!(task.await.unwrap(), None);
+    }
+
+    /// Work whose bytes keep moving is never out of time, however long it takes; work
+    /// that stops moving runs out one limit after its last bytes.
+    #[tokio::test(start_paused = true)]
+    async fn moving_work_has_no_deadline_and_stopped_work_has_one_limit() {
+        let progress = std::sync::Arc::new(Progress::new());
+        let moving = progress.clone();
+        let work = async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                moving.mark();
+            }
+            "done"
+        };
+        let limit = Duration::from_millis(500);
+        assert_eq!(within_moving(limit, Some(&progress), work).await, Some("done"), "4 s of moving work");
+        let started = Instant::now();
+        let stops = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            progress.mark();
+            std::future::pending::<()>().await
+        };
+        assert_eq!(within_moving(limit, Some(&progress), stops).await, None);
+        assert_eq!(started.elapsed(), Duration::from_millis(700), "one limit after the last bytes");
     }
 }

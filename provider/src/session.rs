@@ -16,7 +16,7 @@ use std::time::Duration;
 use tether_config::info_or_debug;
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::encoded::EncodedMessage;
-use tether_protocol::liveness::{self, Liveness, Verdict};
+use tether_protocol::liveness::{self, Liveness, Progress, Verdict};
 use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Role, POLL_ACK_VERSION};
 use tether_protocol::{Cookie, Csn, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{Directory, StoreError};
@@ -144,9 +144,11 @@ impl ConsumerRequest {
     }
 }
 
-/// Owns the write half: sends queued messages, each write within `limit`, and cancels
-/// `failed` if the consumer stops reading or the socket breaks. Messages queued together
-/// (a group commit's changes, say) are written together and flushed once.
+/// Owns the write half: sends queued messages, none of them moving no bytes for `limit`,
+/// and cancels `failed` if the consumer stops reading or the socket breaks. Messages
+/// queued together (a group commit's changes, say) are written together and flushed
+/// once. A write that moves slowly is not stalled: a refresh batch is one frame, which
+/// a slow link takes longer than `limit` to carry.
 async fn writer_loop<W: AsyncWrite + Unpin>(
     mut writer: MessageWriter<W>,
     mut queue: mpsc::Receiver<Outbound>,
@@ -154,11 +156,13 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     failed: CancellationToken,
     drained: Arc<Notify>,
 ) {
+    let progress = Arc::new(Progress::new());
+    writer.report_progress(progress.clone());
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
         let mut written = Ok(());
         while let Some(msg) = next.take() {
-            written = within(limit, msg.feed(&mut writer)).await;
+            written = within(limit, &progress, msg.feed(&mut writer)).await;
             if written.is_err() {
                 break;
             }
@@ -167,7 +171,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             next = queue.try_recv().ok();
         }
         if written.is_ok() {
-            written = within(limit, writer.flush()).await;
+            written = within(limit, &progress, writer.flush()).await;
         }
         match written {
             Ok(()) => {}
@@ -177,7 +181,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 return;
             }
             Err(WriteStop::Stalled) => {
-                warn!(limit = ?limit, "consumer stopped reading; dropping it");
+                warn!(limit = ?limit, "consumer stopped reading (nothing written to it for the keepalive timeout); dropping it");
                 failed.cancel();
                 return;
             }
@@ -190,17 +194,19 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
 enum WriteStop {
     /// The socket failed.
     Failed(tether_protocol::connection::WireError),
-    /// A write did not finish within the limit: the consumer stopped reading.
+    /// A write moved no bytes for the limit: the consumer stopped reading.
     Stalled,
 }
 
-/// Runs one write with a time limit, which a stop of this process does not use up
-/// ([`liveness::within`]): the consumer may have read on meanwhile.
+/// Runs one write until it has moved no bytes (stamped on `progress`) for `limit`, a
+/// limit which a stop of this process does not use up ([`liveness::within_moving`]):
+/// the consumer may have read on meanwhile.
 async fn within(
     limit: Duration,
+    progress: &Progress,
     write: impl std::future::Future<Output = Result<(), tether_protocol::connection::WireError>>,
 ) -> Result<(), WriteStop> {
-    match liveness::within(limit, write).await {
+    match liveness::within_moving(limit, Some(progress), write).await {
         Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(WriteStop::Failed(e)),
         None => Err(WriteStop::Stalled),
@@ -859,6 +865,46 @@ mod tests {
             Some(GoodbyeReason::RefreshRequired)
         );
         assert_eq!(SessionEnd::ConnectionLost("reset".into()).goodbye(true), None);
+    }
+
+    /// A write that moves slowly is not a consumer that stopped reading: a frame that
+    /// takes ten times the limit to cross (a refresh batch on a slow link) is written
+    /// whole, and only a write that moves nothing for the limit drops the consumer.
+    #[tokio::test]
+    async fn a_slow_write_is_not_a_stalled_one() {
+        use tokio::io::AsyncReadExt;
+        let limit = Duration::from_millis(300);
+        let (provider_side, consumer_side) = tokio::io::duplex(1024);
+        let (tx, rx) = mpsc::channel(4);
+        let failed = CancellationToken::new();
+        let writer = tokio::spawn(writer_loop(
+            MessageWriter::new(provider_side),
+            rx,
+            limit,
+            failed.clone(),
+            Arc::new(Notify::new()),
+        ));
+        // About 20 KB at 512 bytes per 50 ms: 2 s, against a limit of 300 ms.
+        let big = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "x".repeat(20_000) };
+        tx.send(Outbound::from(big.clone())).await.unwrap();
+        let (mut consumer_reads, _consumer_writes) = tokio::io::split(consumer_side);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 512];
+        // Until the frame is whole, or the writer gave up (the end of the stream).
+        while !matches!(MessageReader::new(&got[..]).recv().await, Ok(Some(_))) {
+            let n = consumer_reads.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!failed.is_cancelled(), "a consumer reading slowly was dropped");
+        assert_eq!(MessageReader::new(&got[..]).recv().await.unwrap(), Some(big.clone()));
+        // Reading nothing any more: the next large write stalls, and the consumer goes.
+        tx.send(Outbound::from(big)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), failed.cancelled()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap();
     }
 
     /// Messages queued together leave in one write, in order, and each one taken from

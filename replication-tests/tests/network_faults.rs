@@ -148,6 +148,54 @@ fn a_black_hole_is_a_keepalive_timeout_once_the_silence_reaches_the_timeout() ->
     finish(&mut s)
 }
 
+/// A full refresh over a link slower than one batch per keepalive timeout completes, in
+/// one session: its batches are frames of 500 entries, each of which the link takes
+/// twice the timeout to carry, and every attempt used to end at the timeout, the
+/// consumer declaring the provider silent while the batch's bytes were arriving (seen
+/// on a 20 KB/s link: 50,000 entries never filled). Bytes, not whole frames, are the
+/// sign of life.
+#[test]
+fn a_refresh_over_a_link_slower_than_a_batch_per_keepalive_timeout_completes() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir()?;
+    let entries = 1_500;
+    let mut work = Workload::new(entries, 39);
+    let options = ProviderOptions { keepalive: ("500ms".into(), "2s".into()), ..ProviderOptions::default() };
+    let mut provider = Provider::configure(&tmp.path().join("provider"), &options)?;
+    let ldif = work.initial_ldif();
+    let file = tmp.path().join("initial.ldif");
+    std::fs::write(&file, &ldif)?;
+    provider.load(&file)?;
+    provider.start()?;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", provider.port).parse()?)?;
+    // A batch (500 entries, the provider's default) takes 4 s to cross: twice the
+    // timeout of either side.
+    let timeout = Duration::from_secs(2);
+    let batch_bytes = (ldif.len() / entries * 500) as u64;
+    let bytes_per_sec = batch_bytes / (2 * timeout.as_secs());
+    proxy.set_fault_on(Direction::ToClient, Fault::Throttle { bytes_per_sec });
+    let keepalive = "interval = \"500ms\"\ntimeout = \"2s\"";
+    let mut consumer = Consumer::configure(&tmp.path().join("c"), proxy.port(), &[agreement("", keepalive)])?;
+    let started = Instant::now();
+    consumer.start()?;
+    wait_until(LIMIT, "convergence over the slow link", || {
+        Ok(provider.search(PEOPLE, "subtree", ALL)? == consumer.search("people", PEOPLE, "subtree", ALL)?)
+    })?;
+    eprintln!("refreshed {entries} entries at {bytes_per_sec} bytes/s in {:?}", started.elapsed());
+    let status = consumer.agreement_status("people")?;
+    assert!(status["last_disconnect"].is_null(), "the refresh was cut: {status}");
+    assert_eq!(proxy.stats().accepted, 1, "the consumer connected again: {status}");
+    let log = consumer.log_text() + &provider.log_text();
+    assert!(!log.contains("keepalive timeout") && !log.contains("stopped reading"), "{log}");
+    proxy.heal();
+    provider.write_ok(&work.changes(100))?;
+    wait_until(LIMIT, "convergence", || {
+        Ok(provider.search(PEOPLE, "subtree", ALL)? == consumer.search("people", PEOPLE, "subtree", ALL)?)
+    })?;
+    assert_eq!(consumer.agreement_status("people")?["duplicates"], 0);
+    Ok(())
+}
+
 #[test]
 fn a_damaged_frame_is_an_exception_and_the_agreement_restarts() -> Result<()> {
     let mut s = setup(34, agreement("retry = [\"200ms forever\"]\n", "interval = \"1s\"\ntimeout = \"5s\""))?;
