@@ -245,13 +245,16 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
     Ok(report)
 }
 
-/// SIGINT and SIGTERM during `write`'s sending. Killed at once, `write` said nothing,
+/// SIGINT, SIGTERM and SIGHUP during `write`'s sending. Killed at once, `write` said nothing,
 /// and the operator could not tell where it stopped. The first signal lets the record
 /// being applied get its answer and stops before the next one, naming its line; a
 /// second one stops at once.
 struct Interrupts {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    /// A terminal closed or an SSH session dropped under a long `write`: stopped as
+    /// the others stop it, not killed without a word (or a line to go on from).
+    hup: tokio::signal::unix::Signal,
     /// The first signal, once received.
     first: Option<&'static str>,
 }
@@ -261,13 +264,15 @@ impl Interrupts {
         use tokio::signal::unix::{signal, SignalKind};
         let int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
         let term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-        Ok(Self { int, term, first: None })
+        let hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+        Ok(Self { int, term, hup, first: None })
     }
 
     async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 

@@ -178,15 +178,20 @@ fn not_running(config: &ProviderConfig) -> anyhow::Error {
 /// How often a long `load` says how far it is.
 const LOAD_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// SIGINT or SIGTERM during `load`: the first stops it once the batch being written is
-/// in the store (the error then says how many entries that is and how to finish), a
-/// second at once. Killed at once, it said nothing and left part of the file loaded.
+/// SIGINT, SIGTERM or SIGHUP during `load`: the first stops it once the batch being
+/// written is in the store (the error then says how many entries that is and how to
+/// finish), a second at once. Killed at once, it said nothing and left part of the file
+/// loaded. SIGHUP is a terminal closed or an SSH session dropped under a long load.
 async fn stop_load_on_signal(stop: Arc<AtomicBool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+    else {
         return;
     };
-    let mut next = async || tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
+    let mut next = async || {
+        tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM", _ = hup.recv() => "SIGHUP" }
+    };
     let first = next().await;
     tether_config::say!("{first}: stopping (a batch being written is finished first; again to stop at once)");
     stop.store(true, Ordering::SeqCst);

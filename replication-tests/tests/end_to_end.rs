@@ -1734,39 +1734,44 @@ fn a_write_cut_short_by_a_provider_crash_says_what_applied_and_loses_none_of_it(
     Ok(())
 }
 
-/// Ctrl-C (or SIGTERM) stops `write` before its next record, once the one being applied
-/// has its answer: the error names the line to go on from and the count, which is
-/// exact, and writing the file from that line applies the rest. `write` used to die
-/// silently, leaving the operator to count the provider's log lines.
+/// Ctrl-C (or SIGTERM, or SIGHUP: a terminal closed, an SSH session dropped) stops
+/// `write` before its next record, once the one being applied has its answer: the
+/// error names the line to go on from and the count, which is exact, and writing the
+/// file from that line applies the rest. `write` used to die silently, leaving the
+/// operator to count the provider's log lines (under SIGHUP until this test had it).
 #[test]
 fn an_interrupted_write_names_the_line_to_go_on_from_and_resuming_there_applies_the_rest() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, _) = provider_with(tmp.path(), 10, 13, ProviderOptions::default())?;
     let total = 2_000;
-    let text = people_adds("i", "Int", total);
-    let mut write = write_under_way(&p, &text)?;
-    replication_tests::harness::signal(&write, "INT")?;
-    let (status, err) = ended(&mut write)?;
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(": interrupted (SIGINT) before this record was sent; ") && err.contains("were not applied"),
-        "{err}"
-    );
-    let applied = replication_tests::harness::applied_count(&err).with_context(|| format!("no count in: {err}"))?;
-    let applied = usize::try_from(applied)?;
-    assert!(applied >= 20 && applied < total, "{err}");
-    assert_eq!(count(&p.search(PEOPLE, "one", "(sn=Int)")?), applied, "the count is exact: {err}");
-    let line: usize = err
-        .split(": interrupted")
-        .next()
-        .and_then(|head| head.rsplit(':').next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no line in: {err}"))?;
-    assert_eq!(line, applied * 7 + 1, "the first record not sent: {err}");
+    for (signal, prefix, sn) in [("INT", "i", "Int"), ("HUP", "h", "Hup")] {
+        let text = people_adds(prefix, sn, total);
+        let mut write = write_under_way(&p, &text)?;
+        replication_tests::harness::signal(&write, signal)?;
+        let (status, err) = ended(&mut write)?;
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(": interrupted (SIG{signal}) before this record was sent; "))
+                && err.contains("were not applied"),
+            "{err}"
+        );
+        let applied = replication_tests::harness::applied_count(&err).with_context(|| format!("no count in: {err}"))?;
+        let applied = usize::try_from(applied)?;
+        assert!(applied >= 20 && applied < total, "{err}");
+        let filter = format!("(sn={sn})");
+        assert_eq!(count(&p.search(PEOPLE, "one", &filter)?), applied, "the count is exact: {err}");
+        let line: usize = err
+            .split(": interrupted")
+            .next()
+            .and_then(|head| head.rsplit(':').next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no line in: {err}"))?;
+        assert_eq!(line, applied * 7 + 1, "the first record not sent: {err}");
 
-    let rest: String = text.lines().skip(line - 1).map(|l| format!("{l}\n")).collect();
-    p.write_ok(&rest)?;
-    assert_eq!(count(&p.search(PEOPLE, "one", "(sn=Int)")?), total);
+        let rest: String = text.lines().skip(line - 1).map(|l| format!("{l}\n")).collect();
+        p.write_ok(&rest)?;
+        assert_eq!(count(&p.search(PEOPLE, "one", &filter)?), total);
+    }
     Ok(())
 }
 
