@@ -230,9 +230,14 @@ async fn run(cli: Cli) -> Result<()> {
             let failure = dir.failure().clone();
             let stop = Arc::new(AtomicBool::new(false));
             let _signals = tokio::spawn(stop_load_on_signal(stop.clone()));
+            // How many entries are written, for the error of a store that fails under
+            // the load, which its watchdog reports without the load's own count.
+            let loaded_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counting = loaded_so_far.clone();
             let loading = tokio::task::spawn_blocking(move || {
                 let (begun, mut said) = (Instant::now(), Instant::now());
                 let mut progress = |written: usize| {
+                    counting.store(written, Ordering::SeqCst);
                     if said.elapsed() >= LOAD_PROGRESS_EVERY {
                         said = Instant::now();
                         tether_config::say!("{written} entries loaded ({}s)", begun.elapsed().as_secs());
@@ -244,8 +249,9 @@ async fn run(cli: Cli) -> Result<()> {
             // A flush stuck in sled (see `tether_store::failure`) ends the wait when the
             // store's watchdog takes it as failed; the process exits without it.
             let (dir, loaded) = failure.unless_failed(loading).await.map_err(|failure| {
+                let loaded = loaded_so_far.load(Ordering::SeqCst);
                 anyhow::anyhow!(
-                    "the store failed ({failure}); the entries loaded before it may be in the store: fix the \
+                    "the store failed ({failure}); the {loaded} entries loaded before it may be in the store: fix the \
                      cause, then run the same load again with --skip-existing to add the rest"
                 )
             })??;

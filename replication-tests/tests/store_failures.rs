@@ -267,9 +267,10 @@ fn a_consumer_whose_store_is_taken_away_closes_its_agreements_without_waiting_fo
 
 /// An offline `load` whose store fails on a large value's blob file: it used to end
 /// without latching the failure, and the store's drop then waited for ever on sled's
-/// flush, with nothing printed. Now it exits 1 naming the way out, and running the same
-/// load again with `--skip-existing` once the limit is lifted finishes it, its entry
-/// count what the store holds.
+/// flush, with nothing printed. Now it exits 1 naming the way out and how many entries
+/// went in before (the store's watchdog, reporting the failure first, gave no count),
+/// and running the same load again with `--skip-existing` once the limit is lifted
+/// finishes it, its entry count what the store holds.
 #[test]
 fn a_load_whose_store_fails_writing_a_large_value_exits_and_a_rerun_finishes_it() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -286,9 +287,11 @@ fn a_load_whose_store_fails_writing_a_large_value_exits_and_a_rerun_finishes_it(
     let limit = largest_file(&p.dir.join("data"))? + HEADROOM;
     let size = usize::try_from(limit)? + (1 << 20);
     let mut file = String::new();
-    for i in 0..50 {
+    // Two transactions of 2,000 entries go in before the one that fails.
+    let entries = 5_000;
+    for i in 0..entries {
         let _ = write!(file, "dn: uid=p{i},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: p{i}\ncn: P {i}\nsn: P\n");
-        if i == 25 {
+        if i == 4_500 {
             let _ = writeln!(file, "description: {}", "x".repeat(size));
         }
         file.push('\n');
@@ -303,6 +306,13 @@ fn a_load_whose_store_fails_writing_a_large_value_exits_and_a_rerun_finishes_it(
     std::io::Read::read_to_string(&mut load.stderr.take().context("stderr")?, &mut stderr)?;
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("run the same load again with --skip-existing"), "{stderr}");
+    let said: u64 = stderr
+        .split("; the ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .with_context(|| format!("no count of the entries loaded before the failure: {stderr}"))?;
+    let held = p.status()?["entries"].as_u64().context("entries")?;
+    assert!(said >= 2_000 && said + 2 <= held, "said {said} loaded, the store holds {held}: {stderr}");
 
     p.file_size_limit = None;
     let said = {
@@ -315,7 +325,7 @@ fn a_load_whose_store_fails_writing_a_large_value_exits_and_a_rerun_finishes_it(
     };
     assert!(said.lines().any(|l| l.starts_with("loaded ")), "{said}");
     let found = p.search(PEOPLE, "subtree", "(uid=p*)")?.lines().filter(|l| l.starts_with("dn:")).count();
-    assert_eq!(found, 50, "every entry of the file: {said}");
-    assert_eq!(p.status()?["entries"], 52, "the count is what the store holds: {said}");
+    assert_eq!(found, entries, "every entry of the file: {said}");
+    assert_eq!(p.status()?["entries"], entries + 2, "the count is what the store holds: {said}");
     Ok(())
 }
