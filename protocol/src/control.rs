@@ -478,6 +478,12 @@ pub fn accept_failure(e: &std::io::Error) -> String {
     }
 }
 
+/// How often [`serve`] looks whether its socket file is still there. An operator's
+/// `rm`, a cleaner of `/tmp` or `/run`, or a `data_dir` deleted whole takes it away,
+/// and every command then found nothing to talk to (and a second process would start
+/// beside this one), while this process ran on out of reach.
+const SOCKET_CHECK: Duration = Duration::from_secs(2);
+
 /// How long [`bind`] waits to learn whether a process answers on an existing socket.
 const IN_USE_PROBE: Duration = Duration::from_secs(2);
 
@@ -564,13 +570,46 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> 
             Ok(Err(e)) => return Err(io(e)),
         },
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    let meta = std::fs::symlink_metadata(path).map_err(io)?;
-    let held = listener.try_clone().map_err(io)?;
-    listener.set_nonblocking(true).map_err(io)?;
-    let listener = UnixListener::from_std(listener).map_err(io)?;
+    bind_new(path).map_err(io)
+}
+
+/// Binds a socket at `path`, where there is none, with mode 0600.
+fn bind_new(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    let held = listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
     Ok((listener, SocketFile { path: path.to_owned(), id: (meta.dev(), meta.ino()), _held: held }))
+}
+
+/// The socket of `path` made again if its file was taken away while the process ran
+/// (see [`SOCKET_CHECK`]), its folder too; `None` while it is there, or if it cannot be
+/// made (said once, by `said`, until it can).
+fn remade(path: &Path, said: &mut bool) -> Option<(UnixListener, SocketFile)> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        _ => return None,
+    }
+    let made = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| bind_new(path));
+    match made {
+        Ok(made) => {
+            *said = false;
+            tracing::warn!(
+                path = %path.display(),
+                "the control socket's file was taken away while this process ran (an rm, a cleaner, its folder \
+                 deleted): made it again"
+            );
+            Some(made)
+        }
+        Err(e) => {
+            if !std::mem::replace(said, true) {
+                tracing::warn!(path = %path.display(), error = %e, "the control socket's file was taken away while this process ran, and it cannot be made again: commands cannot reach this process until it restarts");
+            }
+            None
+        }
+    }
 }
 
 /// How long requests still running when shutdown begins may take to finish before they
@@ -598,10 +637,23 @@ where
         .ok()
         .and_then(|addr| addr.as_pathname().and_then(|path| std::fs::metadata(path).ok()))
         .map(|meta| std::os::unix::fs::MetadataExt::uid(&meta));
+    let mut listener = listener;
+    let path = listener.local_addr().ok().and_then(|addr| addr.as_pathname().map(Path::to_owned));
+    // A socket made again after its file was taken away, removed when this ends.
+    let mut _remade: Option<SocketFile> = None;
+    let mut said = false;
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + SOCKET_CHECK, SOCKET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = check.tick(), if path.is_some() => {
+                if let Some((again, file)) = path.as_deref().and_then(|path| remade(path, &mut said)) {
+                    listener = again;
+                    _remade = Some(file);
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match stranger(&stream, owner) {
                     None => {

@@ -1218,6 +1218,32 @@ fn output_that_cannot_be_written_fails_the_command_and_a_reader_that_stops_early
     Ok(())
 }
 
+/// A control socket whose file is taken away while the process runs (an `rm`, a cleaner
+/// of `/run`, its folder deleted) is made again within seconds, and commands reach the
+/// process once more. Every command used to find nothing to talk to until a restart,
+/// and blamed "a load under way" or a changed `control`.
+#[test]
+fn a_control_socket_taken_away_is_made_again() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _) = provider_with(tmp.path(), 10, 16, ProviderOptions::default())?;
+    let c = people_consumer(tmp.path(), &p)?;
+    type Status<'a> = &'a dyn Fn() -> Result<serde_json::Value>;
+    let status_of: [(&str, &Path, Status<'_>); 2] =
+        [("provider", &p.dir, &|| p.status()), ("consumer", &c.dir, &|| c.status())];
+    for (what, dir, status) in status_of {
+        let socket = dir.join("ctl.sock");
+        std::fs::remove_file(&socket)?;
+        assert!(status().is_err(), "the {what}'s status with its socket gone");
+        replication_tests::harness::wait_until(Duration::from_secs(30), "the socket made again", || {
+            Ok(status().is_ok_and(|s| s["running"] != false))
+        })?;
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket)?.permissions());
+        assert_eq!(mode & 0o777, 0o600, "the {what}'s socket is its user's alone");
+    }
+    assert!(p.log_text().contains("made it again") && c.log_text().contains("made it again"));
+    Ok(())
+}
+
 /// What a command says on standard error is for whoever reads it: a reader gone from
 /// it (`status 2>&1 | head -2` closed before a warning after the table) must not turn
 /// the command into a crash (`eprintln!` panicked, exit 101), whatever the command's
