@@ -522,6 +522,15 @@ impl Dn {
         self.rdns.is_empty()
     }
 
+    /// The DN as a message names it: the root's text is empty, and a message naming it
+    /// read `: : outside the suffix`.
+    pub fn described(&self) -> String {
+        match self.is_root() {
+            true => "the empty DN (the root)".to_owned(),
+            false => self.to_string(),
+        }
+    }
+
     /// Number of RDNs.
     pub fn depth(&self) -> usize {
         self.rdns.len()

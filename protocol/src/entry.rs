@@ -723,7 +723,8 @@ pub fn is_password(attr: &str) -> bool {
 /// as a closed connection with its outcome unknown.
 pub fn shown_value(attr: &str, value: &[u8]) -> String {
     if is_password(attr) {
-        return format!("({} bytes, not shown)", value.len());
+        let unit = if value.len() == 1 { "byte" } else { "bytes" };
+        return format!("({} {unit}, not shown)", value.len());
     }
     match std::str::from_utf8(value) {
         Ok(text) if !text.chars().any(|c| c.is_control() && c != '\t') => {
@@ -747,6 +748,7 @@ mod tests {
         for name in ["userPassword", "authPassword;x", "unicodePwd", "sambaNTPassword", "olcRootPW", "rootpw;binary"] {
             assert!(is_password(name), "{name}");
             assert_eq!(shown_value(name, b"topsecret"), "(9 bytes, not shown)");
+            assert_eq!(shown_value(name, b"1"), "(1 byte, not shown)");
         }
         assert!(is_password("krbPrincipalKey") && is_password("olcDbSecret"));
         for name in ["cn", "description", "pwmHistory", "sn;lang-pw"] {

@@ -85,6 +85,18 @@ fn records(input: &Input) -> Result<impl Iterator<Item = Result<Record>> + '_> {
     }))
 }
 
+/// The line of the first record of `input` that `is`, read again from the start: pass 1
+/// keeps digests of what it has seen, not lines, and a file of 300,000 entries refused
+/// for a name given twice must say where the first one is. Only a refusal pays for it.
+fn first_line(input: &Input, is: impl Fn(&Record) -> bool) -> Option<usize> {
+    records(input).ok()?.filter_map(Result::ok).find(|r| is(r)).map(|r| r.line)
+}
+
+/// ` (first at line N)`, or nothing if the line is not known.
+fn first_at(line: Option<usize>) -> String {
+    line.map(|n| format!(" (first at line {n})")).unwrap_or_default()
+}
+
 /// The names pass 1 has seen, each as a 128-bit keyed digest of its normal form: 16
 /// bytes a name where a parsed [`Dn`] took about 450, which made the names most of a
 /// large load's memory (pass 1 of a 300,000-entry file peaked at 161 MB with them, 22
@@ -147,7 +159,7 @@ pub fn load_watched(
             bail!("interrupted while the file was checked: nothing was written");
         }
         let Record { line, dn, attrs, operational } = item?;
-        let at = || format!("{file}:{line}: {dn}");
+        let at = || format!("{file}:{line}: {}", dn.described());
         if !dn.is_descendant_of(&suffix) {
             bail!("{}: outside the suffix {suffix}", at());
         }
@@ -158,7 +170,8 @@ pub fn load_watched(
             Err(e) => bail!("{}: {e}", at()),
         }
         if !names.insert(&dn) {
-            bail!("{}: entry appears twice in the file", at());
+            let first = first_line(input, |r| r.dn.normalized() == dn.normalized());
+            bail!("{}: entry appears twice in the file{}", at(), first_at(first));
         }
         let there = dir.entries().contains(&dn)?;
         if existing == Existing::Refuse && there {
@@ -172,7 +185,12 @@ pub fn load_watched(
         if !there {
             if let Some(uuid) = operational.uuid {
                 if !uuids.insert(uuid) {
-                    bail!("{}: entryUUID {uuid} is given to another entry earlier in the file", at());
+                    let first = first_line(input, |r| r.operational.uuid == Some(uuid));
+                    bail!(
+                        "{}: entryUUID {uuid} is given to another entry earlier in the file{}",
+                        at(),
+                        first_at(first)
+                    );
                 }
                 if let Some(holder) = dir.uuid_holder(&uuid)? {
                     bail!("{}: entryUUID {uuid} is already the UUID of {holder} in the store", at());
@@ -485,9 +503,13 @@ mod tests {
         };
         let err = refused("dn: UID=Ann, OU=People,DC=Example,DC=com\nobjectClass: person\nuid: Ann\ncn: a\nsn: s\n");
         assert!(
-            err.contains("f.ldif:15: UID=Ann,OU=People,DC=Example,DC=com: entry appears twice in the file"),
+            err.contains(
+                "f.ldif:15: UID=Ann,OU=People,DC=Example,DC=com: entry appears twice in the file (first at line 9)"
+            ),
             "{err}"
         );
+        let err = refused("dn:\nobjectClass: top\n");
+        assert!(err.contains("f.ldif:15: the empty DN (the root): outside the suffix"), "{err}");
         let err = refused("dn: cn=x,ou=groups,dc=example,dc=com\nobjectClass: person\ncn: x\nsn: s\n");
         assert!(
             err.contains("f.ldif:15: cn=x,ou=groups,dc=example,dc=com: parent ou=groups,dc=example,dc=com is neither"),
@@ -549,7 +571,10 @@ mod tests {
         refused(
             "twice.ldif",
             slapcat("dc=example,dc=com", u1) + &slapcat("ou=people,dc=example,dc=com", u1),
-            &format!("twice.ldif:12: ou=people,dc=example,dc=com: entryUUID {u1} is given to another entry earlier in the file"),
+            &format!(
+                "twice.ldif:12: ou=people,dc=example,dc=com: entryUUID {u1} is given to another entry earlier in the \
+                 file (first at line 1)"
+            ),
         );
         refused(
             "bad.ldif",

@@ -20,7 +20,7 @@ pub enum Refusal {
     #[error("{0} has children")]
     NotAllowedOnNonLeaf(Dn),
     /// The DN is not under the store's suffix.
-    #[error("{dn} is outside the suffix {suffix}")]
+    #[error("{} is outside the suffix {suffix}", dn.described())]
     OutsideSuffix {
         /// The DN written to.
         dn: Dn,

@@ -106,17 +106,18 @@ fn check_new_name(set: &EntrySet, suffix: &Dn, dn: &Dn, parent_known: bool) -> R
     }
 }
 
-/// A new name's RDN values must be text. RFC 4514 writes `cn=#0C03414243` for the BER
-/// encoding of a value, which only a schema can read back into `ABC`; Tether has none,
-/// and took the octets as the value, so `cn=#414243` held `cn: ABC` beside a sibling
-/// `cn=ABC` whose value matched it, under another name. Names already stored keep
-/// working; only new ones are refused, naming the text form.
-/// Refuses an RDN naming a server-maintained attribute, or one in hex (see below).
+/// Refuses an RDN naming a server-maintained attribute, or one in hex.
 ///
 /// A server-maintained attribute in the RDN would become an attribute of the entry (an
 /// entry holds its RDN's values), past the check of its attributes: an entry named
 /// `entryUUID=...` would hold a second `entryUUID`, and every `search --uuids` backup
 /// of the directory would then be refused by `load`.
+///
+/// A new name's RDN values must be text. RFC 4514 writes `cn=#0C03414243` for the BER
+/// encoding of a value, which only a schema can read back into `ABC`; Tether has none,
+/// and took the octets as the value, so `cn=#414243` held `cn: ABC` beside a sibling
+/// `cn=ABC` whose value matched it, under another name. Names already stored keep
+/// working; only new ones are refused, naming the text form.
 fn check_rdn(dn: &Dn) -> Result<(), Refusal> {
     if let Some(ava) = dn.rdn().and_then(|rdn| rdn.avas().iter().find(|a| is_operational(a.attr()))) {
         return Err(invalid(
@@ -244,10 +245,20 @@ pub fn refused_anywhere(change: &Change) -> Option<Refusal> {
             .map(|m| server_maintained(dn, &m.attr)),
         Change::ModDn { dn, new_rdn, new_superior, .. } => {
             let parent = new_superior.clone().or_else(|| dn.parent()).unwrap_or_default();
-            check_rdn(&parent.child(new_rdn.clone())).err()
+            check_new_rdn(dn, &parent.child(new_rdn.clone())).err()
         }
         Change::Delete { .. } => None,
     }
+}
+
+/// [`check_rdn`] of `new_dn`, the new name a rename gives `dn`, its refusal naming the
+/// entry renamed (the record's `dn:`, what a writer looks for), not a name that does
+/// not exist.
+fn check_new_rdn(dn: &Dn, new_dn: &Dn) -> Result<(), Refusal> {
+    check_rdn(new_dn).map_err(|refusal| match refusal {
+        Refusal::InvalidChange { reason, .. } => invalid(dn, format!("its new name {new_dn}: {reason}")),
+        other => other,
+    })
 }
 
 /// A write giving values to a server-maintained attribute (see
@@ -324,7 +335,7 @@ fn plan_moddn(
         Some(superior) => superior.child(new_rdn.clone()),
         None => entry.dn.parent().unwrap_or_default().child(new_rdn.clone()),
     };
-    check_rdn(&new_dn)?;
+    check_new_rdn(dn, &new_dn)?;
     let new_dn = if new_dn == *dn { new_dn } else { check_new_name(set, suffix, &new_dn, false)?.unwrap_or(new_dn) };
     if delete_old_rdn {
         if let Some(old_rdn) = dn.rdn() {

@@ -482,7 +482,12 @@ fn server_maintained_attributes_are_refused_by_oid_and_in_rdns() {
             add("modifyTimestamp=20240101000000Z,ou=people,dc=example,dc=com", &[("objectClass", "extensibleObject")]),
             "an RDN cannot name modifyTimestamp",
         ),
-        (moddn(ann, "entryCSN=123", None), "an RDN cannot name entryCSN"),
+        // A rename's refusal names the entry renamed, and the new name it would have.
+        (
+            moddn(ann, "entryCSN=123", None),
+            "invalid change to uid=ann,ou=people,dc=example,dc=com: its new name entryCSN=123,ou=people,dc=example,\
+             dc=com: an RDN cannot name entryCSN",
+        ),
         (moddn(ann, "1.3.6.1.1.16.4=x", Some("ou=groups,dc=example,dc=com")), "an RDN cannot name 1.3.6.1.1.16.4"),
         (
             add(

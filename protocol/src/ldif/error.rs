@@ -183,6 +183,14 @@ pub enum LdifErrorKind {
         /// How many values it had.
         found: usize,
     },
+    /// An `add:` section without values: it changes nothing, yet made a change (a CSN,
+    /// a change every consumer applies), and it is a slip, the values left out. OpenLDAP
+    /// refuses it ("modify/add operation requires values").
+    #[error("add: of {attr:?} has no values (an add adds at least one; a section's values follow its add: line)")]
+    AddWithoutValues {
+        /// The section's attribute.
+        attr: String,
+    },
     /// A line in a modify record where `add:`, `delete:`, `replace:` or `increment:` was
     /// expected.
     #[error("expected add:, delete:, replace: or increment: in a modify record, found {found:?}")]

@@ -346,12 +346,15 @@ mod tests {
     }
 
     fn modification() -> impl Strategy<Value = Modification> {
-        let op = prop_oneof![Just(ModOp::Add), Just(ModOp::Delete), Just(ModOp::Replace)];
-        (op, attr_name(), proptest::collection::vec(value(), 0..3)).prop_map(|(op, attr, values)| Modification {
-            op,
-            attr,
-            values,
-        })
+        // An add adds at least one value (the reader refuses one without); a delete or
+        // replace of none is the whole attribute.
+        let values = |least| proptest::collection::vec(value(), least..3);
+        let op_and_values = prop_oneof![
+            (Just(ModOp::Add), values(1)),
+            (Just(ModOp::Delete), values(0)),
+            (Just(ModOp::Replace), values(0)),
+        ];
+        (op_and_values, attr_name()).prop_map(|((op, values), attr)| Modification { op, attr, values })
     }
 
     fn change() -> impl Strategy<Value = Change> {

@@ -689,6 +689,9 @@ fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
             }
             values.push(parsed);
         }
+        if op == ModOp::Add && values.is_empty() {
+            return Err(spec.error(LdifErrorKind::AddWithoutValues { attr }));
+        }
         if op == ModOp::Increment && values.len() != 1 {
             return Err(spec.error(LdifErrorKind::IncrementValues { attr, found: values.len() }));
         }
@@ -1027,6 +1030,11 @@ mod tests {
             ("dn: cn=a\ncn: a\nsn:: YQ\n", "line 3: base64 value of \"sn\" is not valid"),
             ("dn:: /w==\ncn: a\n", "line 1: value of \"dn\" is not valid UTF-8"),
             ("dn: cn=a\nchangetype: frob\n", "line 2: changetype \"frob\" unknown"),
+            (
+                "dn: cn=a\nchangetype: modify\nadd: sn\nsn: x\n-\nadd: cn\n-\n",
+                "line 6: add: of \"cn\" has no values (an add adds at least one; a section's values follow its add: \
+                 line)",
+            ),
             (
                 "dn: cn=a\ncn: a\njpegPhoto:< file:///etc/shadow\n",
                 "line 3: URL value (\":<\") of \"jpegPhoto\" refused: Tether never reads files or URLs named in LDIF \
