@@ -167,23 +167,36 @@ pub fn resolve(dir: &Path, path: &Path) -> PathBuf {
 /// [`resolve`] for the value of `key`, refusing one a shell would have expanded: no
 /// shell reads this file, so `~/store` would be a folder called `~` beside it (made
 /// there by a start, without a word), and `$HOME/store` one called `$HOME`.
+/// Blank space at either end is refused too: it is a slip, never part of a folder's
+/// name (`" ~/x"` made a folder called ` ~`), and so is a part of the path that starts
+/// with `~` or `$` anywhere in it (`./~/store`, `data/$USER`).
 pub fn resolve_key(file: &Path, dir: &Path, key: &str, path: &Path) -> Result<PathBuf, ConfigError> {
     let text = path.to_string_lossy();
-    let expanded = if text.starts_with('~') {
-        Some("~ (a home folder)")
-    } else if text.starts_with('$') {
-        Some("an environment variable")
-    } else {
-        None
+    let refuse = |why: String| Err(ConfigError::invalid(file, key, why));
+    if text.trim() != text {
+        return refuse(format!(
+            "path \"{text}\" starts or ends with blank space, which no folder's name should: write it without"
+        ));
+    }
+    let expanded = |part: &str| {
+        if part.starts_with('~') {
+            Some("~ (a home folder)")
+        } else if part.starts_with('$') {
+            Some("an environment variable")
+        } else {
+            None
+        }
     };
-    if let Some(what) = expanded {
-        return Err(ConfigError::invalid(
-            file,
-            key,
-            format!(
-                "path \"{text}\" starts with {what}, which only a shell expands: this file is read as written; \
-                 write the full path"
-            ),
+    if let Some(what) = expanded(&text) {
+        return refuse(format!(
+            "path \"{text}\" starts with {what}, which only a shell expands: this file is read as written; write \
+             the full path"
+        ));
+    }
+    if let Some(what) = path.components().find_map(|c| expanded(&c.as_os_str().to_string_lossy())) {
+        return refuse(format!(
+            "path \"{text}\" has a part starting with {what}, which only a shell expands: this file is read as \
+             written; write the full path"
         ));
     }
     Ok(resolve(dir, path))
@@ -985,7 +998,20 @@ mod tests {
         );
         let e = resolve_key(file, &dir, "tls.ca_file", Path::new("$HOME/ca.pem")).unwrap_err().to_string();
         assert!(e.contains("key 'tls.ca_file': path \"$HOME/ca.pem\" starts with an environment variable"), "{e}");
-        assert!(resolve_key(file, &dir, "data_dir", Path::new("/srv/~x/$y")).is_ok(), "only a leading one");
+        for (path, says) in [
+            (" ~/x", "starts or ends with blank space"),
+            ("data ", "starts or ends with blank space"),
+            ("./~", "has a part starting with ~ (a home folder)"),
+            ("a/~/b", "has a part starting with ~ (a home folder)"),
+            ("/srv/$USER/data", "has a part starting with an environment variable"),
+        ] {
+            let e = resolve_key(file, &dir, "data_dir", Path::new(path)).unwrap_err().to_string();
+            assert!(e.contains(says), "{path:?}: {e}");
+        }
+        // Inside a name, and spaces inside a path, are the folder's own.
+        for path in ["a$b", "data dir", "/srv/x~y"] {
+            assert!(resolve_key(file, &dir, "data_dir", Path::new(path)).is_ok(), "{path:?}");
+        }
         assert!(config_dir(Path::new("c.toml")).unwrap().is_absolute());
     }
 
