@@ -85,8 +85,8 @@ enum Command {
         /// Agreement (required when there are several).
         #[arg(long)]
         agreement: Option<String>,
-        /// The CSN to wait for.
-        #[arg(long)]
+        /// The CSN to wait for (what `tether-provider write` printed).
+        #[arg(long, value_parser = parse_csn)]
         csn: u64,
         /// Give up after this long (at most 60s).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -130,6 +130,17 @@ enum Command {
         #[arg(long)]
         as_is: bool,
     },
+}
+
+/// A CSN to wait for: 1 or more. Every replica is at 0 or past it, so a wait for 0
+/// answers at once, and a script whose CSN came out empty or 0 (a `write` that failed)
+/// went on as if its change had arrived.
+fn parse_csn(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("0 is before every change: give the CSN that `tether-provider write` printed".to_owned()),
+        Ok(csn) => Ok(csn),
+        Err(e) => Err(format!("{text:?} is not a CSN (a whole number, 1 or more): {e}")),
+    }
 }
 
 /// Sends a control request to the consumer `config` names, and prints the reply on
@@ -285,7 +296,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Wait { config, agreement, csn, timeout, visible } => {
             let config = ConsumerConfig::load(&config)?;
             let name = agreement_name(&config, agreement)?;
-            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            // Rounded up: `1ns` is a wait of 1 ms, not one of none reported as "0ns".
+            let timeout_ms = u64::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
             let request = ControlRequest::wait(name.clone(), tether_protocol::Csn(csn), timeout_ms, visible);
             if call(&config, &request).await? {
                 return Ok(());

@@ -1244,6 +1244,20 @@ fn a_control_socket_taken_away_is_made_again() -> Result<()> {
     Ok(())
 }
 
+/// `wait --csn 0` is refused before anything is asked: every replica is past CSN 0, so
+/// it answered at once, and a script whose CSN came out 0 (its `write` failed) went on
+/// as if its change had arrived.
+#[test]
+fn a_wait_for_csn_0_is_refused() -> Result<()> {
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-consumer")?)
+        .args(["wait", "-c", "/nonexistent/consumer.toml", "--csn", "0"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("0 is before every change"), "{err}");
+    Ok(())
+}
+
 /// What a command says on standard error is for whoever reads it: a reader gone from
 /// it (`status 2>&1 | head -2` closed before a warning after the table) must not turn
 /// the command into a crash (`eprintln!` panicked, exit 101), whatever the command's
