@@ -58,7 +58,7 @@ const REJECT_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
     /// The handshake did not complete within its deadline.
-    #[error("handshake did not complete within {0:?}")]
+    #[error("handshake did not complete within {:?}", tenths(*.0))]
     Timeout(Duration),
     /// Client side: the provider refused us, and said why.
     #[error("rejected by the provider: {0}")]
@@ -193,6 +193,15 @@ pub enum ProviderProof {
 /// The highest protocol version both this build and the client speak.
 pub fn negotiate_version(offered: &[u16]) -> Option<u16> {
     offered.iter().copied().filter(|v| SUPPORTED_VERSIONS.contains(v)).max()
+}
+
+/// `limit` as a message shows it, to the millisecond, and from a second up to the
+/// nearest tenth of a second: a provider's handshake gets what its deadline leaves
+/// after TLS, and "within 9.999991408s" said `handshake_timeout = "10s"` badly.
+fn tenths(limit: Duration) -> Duration {
+    let ms = limit.as_millis();
+    let shown = if ms < 1_000 { ms } else { (ms + 50) / 100 * 100 };
+    Duration::from_millis(u64::try_from(shown).unwrap_or(u64::MAX))
 }
 
 /// One handshake's connection and deadline.
@@ -488,9 +497,10 @@ fn server_unexpected(expected: &'static str, got: Message) -> HandshakeError {
 fn reply_for(err: &HandshakeError) -> Option<Reject> {
     match err {
         HandshakeError::Refused(reject) => Some(reject.clone()),
-        HandshakeError::Timeout(limit) => {
-            Some(Reject::new(RejectReason::HandshakeTimeout, format!("handshake not completed within {limit:?}")))
-        }
+        HandshakeError::Timeout(limit) => Some(Reject::new(
+            RejectReason::HandshakeTimeout,
+            format!("handshake not completed within {:?}", tenths(*limit)),
+        )),
         HandshakeError::Foreign(peer) => Some(Reject::new(RejectReason::ProtocolViolation, peer.to_string())),
         HandshakeError::Wire(wire) if wire.is_protocol_violation() => {
             Some(Reject::new(RejectReason::ProtocolViolation, wire.to_string()))
@@ -803,6 +813,8 @@ mod tests {
         let started = Instant::now();
         let err = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize).await.unwrap_err();
         assert!(matches!(err, HandshakeError::Timeout(d) if d == HANDSHAKE_TIMEOUT), "{err}");
+        assert_eq!(tenths(Duration::from_nanos(9_999_991_408)), Duration::from_secs(10));
+        assert_eq!(tenths(Duration::from_millis(250)), Duration::from_millis(250));
         assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
         assert!(!err.is_permanent());
         match cr.recv().await.unwrap() {
