@@ -339,10 +339,10 @@ pub enum ControlError {
     /// The client sent no request in time.
     #[error("no request within {0:?}")]
     NoRequest(Duration),
-    /// The process took the request and said nothing more for this long.
+    /// The process said nothing for this long after the request (or never took it).
     #[error(
-        "the process took the request and did not answer within {0:?}: it is stopped (SIGSTOP, a debugger), hung \
-         or overloaded"
+        "the process did not answer the request within {0:?}: it is stopped (SIGSTOP, a debugger), hung, \
+         overloaded, or out of open files (its log then says `accept failed`)"
     )]
     NoAnswer(Duration),
     /// The process reported a failure.
