@@ -149,9 +149,17 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
     let options = tether_store::StoreOptions { cache_bytes: config.cache_size };
     Directory::open_with(&config.data_dir, &config.suffix, &options).map_err(|e| {
         let hint = match (&e, use_) {
-            (tether_store::StoreError::Locked(_), Offline::Load) => {
+            // A provider answers on its socket; another `load` (or a command reading
+            // the store) does not, and telling it to stop a provider that is not
+            // running sent the operator looking for one.
+            (tether_store::StoreError::Locked(_), Offline::Load)
+                if std::os::unix::net::UnixStream::connect(&config.control).is_ok() =>
+            {
                 " (stop the provider first: `load` writes to the store itself, and `write` adds entries to a running one)"
                     .to_owned()
+            }
+            (tether_store::StoreError::Locked(_), Offline::Load) => {
+                " (another `load` into it, or a command reading it, is under way: wait for it to end)".to_owned()
             }
             (tether_store::StoreError::Locked(_), Offline::Read) => {
                 shell::held_store_hint(&config.control, "is a `load` into it under way")
