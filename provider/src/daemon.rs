@@ -91,13 +91,23 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     check_open_files_limit(config.max_connections);
     // Before the store is created or opened: a process that cannot take its control
     // socket (another process answers on it) changes nothing.
+    let made_data_dir = !config.data_dir.exists();
     let (control_listener, control_file) =
         tether_config::shell::take_place(&config.data_dir, &config.control, &config.file).await?;
     // So is one whose port is taken: a first start would otherwise leave an empty store
-    // behind, and every start a history begun for nothing.
-    let listener = tokio::net::TcpListener::bind(config.listen.addr())
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    // behind, and every start a history begun for nothing. Nor an empty folder (the
+    // socket's, made above), which a later start would take for one an operator made.
+    let listener = match tokio::net::TcpListener::bind(config.listen.addr()).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            drop(control_file);
+            if made_data_dir {
+                // Only if empty: `remove_dir` refuses a folder that holds anything.
+                let _ = std::fs::remove_dir(&config.data_dir);
+            }
+            return Err(anyhow::Error::new(e).context(format!("binding {}", config.listen)));
+        }
+    };
     let new = !tether_store::store_exists(&config.data_dir);
     let loose = tether_config::shell::private_data_dir(&config.data_dir, new)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;

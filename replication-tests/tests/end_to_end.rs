@@ -1258,6 +1258,29 @@ fn a_wait_for_csn_0_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// A first start whose port is taken changes nothing: no store, and no empty `data_dir`
+/// either (made for the control socket inside it), which was left behind, mode 0755.
+#[test]
+fn a_first_start_whose_port_is_taken_leaves_no_folder() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let file = tmp.path().join("provider.toml");
+    let port = taken.local_addr()?.port();
+    std::fs::write(
+        &file,
+        format!("data_dir = \"data\"\nlisten = \"127.0.0.1:{port}\"\nsuffix = \"dc=example,dc=com\"\n"),
+    )?;
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
+        .args(["serve", "-c"])
+        .arg(&file)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("binding 127.0.0.1:{port}")), "{err}");
+    assert!(!tmp.path().join("data").exists(), "a folder was left behind: {err}");
+    Ok(())
+}
+
 /// What a command says on standard error is for whoever reads it: a reader gone from
 /// it (`status 2>&1 | head -2` closed before a warning after the table) must not turn
 /// the command into a crash (`eprintln!` panicked, exit 101), whatever the command's
