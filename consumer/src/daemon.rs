@@ -352,7 +352,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     let store =
         ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size })
-            .with_context(|| format!("opening store {}", config.data_dir.display()))?;
+            .map_err(|e| {
+                let hint = e.open_hint();
+                anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))
+            })?;
     let client_id = crate::identity::client_id(&config.data_dir)?;
     if std::env::var(AUDIT_ENV).is_ok_and(|v| v == "1") {
         info!("apply audit on: every incremental apply is logged to prove exactly-once");
