@@ -87,9 +87,19 @@ impl Input {
 
     /// `once` copied whole to an unnamed temporary file, named `shown` in messages.
     fn spooled(once: &mut impl std::io::Read, shown: String) -> Result<Self> {
-        let mut spool = tempfile::tempfile()
-            .with_context(|| format!("creating a temporary file for {shown} (is TMPDIR writable?)"))?;
-        std::io::copy(once, &mut spool).with_context(|| format!("copying {shown} to a temporary file"))?;
+        // Named, since a full disk there is not the store's: the file is read twice
+        // (checked, then written), so a stream is copied whole first.
+        let folder = std::env::temp_dir();
+        let mut spool = tempfile::tempfile().with_context(|| {
+            format!("creating a temporary file for {shown} in {} (set TMPDIR to a writable folder)", folder.display())
+        })?;
+        std::io::copy(once, &mut spool).with_context(|| {
+            format!(
+                "copying {shown} to a temporary file in {} (set TMPDIR to a folder with room for it); nothing was \
+                 written",
+                folder.display()
+            )
+        })?;
         Ok(Self { source: Source::Spool(spool), shown })
     }
 
