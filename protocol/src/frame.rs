@@ -260,7 +260,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if size > GATHER_LIMIT {
             let mut frame = Buf::chain(Buf::chain(&prefix[..], payload), &sum[..]);
             while frame.has_remaining() {
-                let n = self.inner.write_buf(&mut frame).await?;
+                // Vectored where the stream supports it, as `write_all_buf` wrote.
+                let n = retried(self.inner.write_buf(&mut frame).await)?;
                 self.moved(n)?;
             }
         } else {
@@ -284,16 +285,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     async fn write_gathered(&mut self) -> Result<(), FrameError> {
         let mut from = 0;
         while from < self.gathered.len() {
-            let n = self.inner.write(&self.gathered[from..]).await?;
+            let n = retried(self.inner.write(&self.gathered[from..]).await)?;
             from += self.moved(n)?;
         }
         self.gathered.clear();
         Ok(())
     }
 
-    /// Stamps the progress of a write that moved `n` bytes; a write that moved none
-    /// cannot finish the frame (the stream is closed), as `write_all` says.
-    fn moved(&self, n: usize) -> Result<usize, FrameError> {
+    /// The bytes a write moved, its progress stamped: 0 for one interrupted (`None`,
+    /// tried again). A write that moved none cannot finish the frame (the stream is
+    /// closed), as `write_all` says.
+    fn moved(&self, n: Option<usize>) -> Result<usize, FrameError> {
+        let Some(n) = n else { return Ok(0) };
         if n == 0 {
             return Err(FrameError::Io(std::io::ErrorKind::WriteZero.into()));
         }
@@ -314,6 +317,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Gives the stream back; frames fed since the last flush are dropped.
     pub fn into_inner(self) -> W {
         self.inner
+    }
+}
+
+/// A write's outcome, `None` if a signal interrupted it before it moved anything (to
+/// be tried again, as `write_all` does).
+fn retried(written: std::io::Result<usize>) -> Result<Option<usize>, FrameError> {
+    match written {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
