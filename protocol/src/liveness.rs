@@ -140,15 +140,16 @@ impl Default for Progress {
 /// since the peer may have done its part while this process was not running. `None`
 /// if the time ran out.
 pub async fn within<F: std::future::Future>(limit: Duration, work: F) -> Option<F::Output> {
-    within_moving(limit, None, work).await
+    within_moving(limit, &[], work).await
 }
 
-/// [`within`], for work that moves bytes and stamps `progress` as it does (a frame
-/// written to a slow link): the limit counts from the last stamp, so the time runs out
-/// only once nothing has moved for `limit`, however long the whole work takes.
+/// [`within`], for work that moves bytes and stamps one of `progress` as it does (a
+/// frame written to a slow link), or whose peer shows otherwise that it is there: the
+/// limit counts from the latest stamp, so the time runs out only once none has moved
+/// for `limit`, however long the whole work takes.
 pub async fn within_moving<F: std::future::Future>(
     limit: Duration,
-    progress: Option<&Progress>,
+    progress: &[&Progress],
     work: F,
 ) -> Option<F::Output> {
     let mut work = std::pin::pin!(work);
@@ -156,7 +157,7 @@ pub async fn within_moving<F: std::future::Future>(
     // last bytes moved) standing for the last sign of life.
     let mut liveness = Liveness::new(limit);
     let mut since = Instant::now();
-    let last = |since: Instant| progress.map_or(since, |p| p.last().max(since));
+    let last = |since: Instant| progress.iter().map(|p| p.last()).fold(since, Instant::max);
     loop {
         let deadline = last(since) + limit;
         tokio::select! {
@@ -246,14 +247,14 @@ mod tests {
             "done"
         };
         let limit = Duration::from_millis(500);
-        assert_eq!(within_moving(limit, Some(&progress), work).await, Some("done"), "4 s of moving work");
+        assert_eq!(within_moving(limit, &[&progress], work).await, Some("done"), "4 s of moving work");
         let started = Instant::now();
         let stops = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             progress.mark();
             std::future::pending::<()>().await
         };
-        assert_eq!(within_moving(limit, Some(&progress), stops).await, None);
+        assert_eq!(within_moving(limit, &[&progress], stops).await, None);
         assert_eq!(started.elapsed(), Duration::from_millis(700), "one limit after the last bytes");
     }
 }

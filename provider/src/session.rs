@@ -144,17 +144,24 @@ impl ConsumerRequest {
     }
 }
 
-/// Owns the write half: sends queued messages, none of them moving no bytes for `limit`,
-/// and cancels `failed` if the consumer stops reading or the socket breaks. Messages
-/// queued together (a group commit's changes, say) are written together and flushed
-/// once. A write that moves slowly is not stalled: a refresh batch is one frame, which
-/// a slow link takes longer than `limit` to carry.
+/// Owns the write half: sends queued messages, and cancels `failed` if the socket breaks
+/// or the consumer stops reading: a write moved no bytes for `limit` while the consumer
+/// sent nothing either (`heard`, stamped by the session's reader). Messages queued
+/// together (a group commit's changes, say) are written together and flushed once.
+///
+/// A write that waits is not by itself a consumer that stopped: a refresh batch is one
+/// frame, which a slow link carries for longer than `limit`, and a relay on the way
+/// (stunnel, `ssh -L`, a sidecar) holds megabytes and takes more only once its buffers
+/// have drained by hundreds of kilobytes, so at 30 KB/s no write returned for 44 s
+/// while the consumer read steadily. A consumer that pings meanwhile is there, reading
+/// as fast as the link lets it; one that has stopped (hung, SIGSTOP) is silent too.
 async fn writer_loop<W: AsyncWrite + Unpin>(
     mut writer: MessageWriter<W>,
     mut queue: mpsc::Receiver<Outbound>,
     limit: Duration,
     failed: CancellationToken,
     drained: Arc<Notify>,
+    heard: Arc<Progress>,
 ) {
     let progress = Arc::new(Progress::new());
     writer.report_progress(progress.clone());
@@ -162,7 +169,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         let mut next = Some(first);
         let mut written = Ok(());
         while let Some(msg) = next.take() {
-            written = within(limit, &progress, msg.feed(&mut writer)).await;
+            written = within(limit, [&progress, &heard], msg.feed(&mut writer)).await;
             if written.is_err() {
                 break;
             }
@@ -171,7 +178,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             next = queue.try_recv().ok();
         }
         if written.is_ok() {
-            written = within(limit, &progress, writer.flush()).await;
+            written = within(limit, [&progress, &heard], writer.flush()).await;
         }
         match written {
             Ok(()) => {}
@@ -181,7 +188,11 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 return;
             }
             Err(WriteStop::Stalled) => {
-                warn!(limit = ?limit, "consumer stopped reading (nothing written to it for the keepalive timeout); dropping it");
+                warn!(
+                    limit = ?limit,
+                    "consumer stopped reading (nothing written to it, and nothing from it, for the keepalive timeout); \
+                     dropping it"
+                );
                 failed.cancel();
                 return;
             }
@@ -194,19 +205,19 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
 enum WriteStop {
     /// The socket failed.
     Failed(tether_protocol::connection::WireError),
-    /// A write moved no bytes for the limit: the consumer stopped reading.
+    /// A write moved no bytes, and the consumer sent none, for the limit: it stopped.
     Stalled,
 }
 
-/// Runs one write until it has moved no bytes (stamped on `progress`) for `limit`, a
-/// limit which a stop of this process does not use up ([`liveness::within_moving`]):
-/// the consumer may have read on meanwhile.
+/// Runs one write until neither it nor the consumer has moved a byte (stamped on
+/// `progress`) for `limit`, a limit which a stop of this process does not use up
+/// ([`liveness::within_moving`]): the consumer may have read on meanwhile.
 async fn within(
     limit: Duration,
-    progress: &Progress,
+    progress: [&Progress; 2],
     write: impl std::future::Future<Output = Result<(), tether_protocol::connection::WireError>>,
 ) -> Result<(), WriteStop> {
-    match liveness::within_moving(limit, Some(progress), write).await {
+    match liveness::within_moving(limit, &progress, write).await {
         Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(WriteStop::Failed(e)),
         None => Err(WriteStop::Stalled),
@@ -284,9 +295,13 @@ where
     let (tx, rx) = mpsc::channel(params.queue_len.max(1));
     let failed = CancellationToken::new();
     let drained = Arc::new(Notify::new());
+    let heard = Arc::new(Progress::new());
+    let mut reader = reader;
+    reader.report_progress(heard.clone());
     // In the session's span: "consumer stopped reading; dropping it" must say whom.
     let writer_task = tokio::spawn(
-        writer_loop(writer, rx, params.keepalive_timeout, failed.clone(), Arc::clone(&drained)).in_current_span(),
+        writer_loop(writer, rx, params.keepalive_timeout, failed.clone(), Arc::clone(&drained), heard)
+            .in_current_span(),
     );
     let mut session = Session {
         dir: &dir,
@@ -869,11 +884,15 @@ mod tests {
 
     /// A write that moves slowly is not a consumer that stopped reading: a frame that
     /// takes ten times the limit to cross (a refresh batch on a slow link) is written
-    /// whole, and only a write that moves nothing for the limit drops the consumer.
+    /// whole. Nor is one that does not move while the consumer is heard from (a relay
+    /// on the way takes more only once it has drained by hundreds of kilobytes). Only
+    /// a write that moves nothing for the limit, while the consumer is silent too,
+    /// drops the consumer.
     #[tokio::test]
     async fn a_slow_write_is_not_a_stalled_one() {
         use tokio::io::AsyncReadExt;
         let limit = Duration::from_millis(300);
+        let heard = Arc::new(Progress::new());
         let (provider_side, consumer_side) = tokio::io::duplex(1024);
         let (tx, rx) = mpsc::channel(4);
         let failed = CancellationToken::new();
@@ -883,6 +902,7 @@ mod tests {
             limit,
             failed.clone(),
             Arc::new(Notify::new()),
+            heard.clone(),
         ));
         // About 20 KB at 512 bytes per 50 ms: 2 s, against a limit of 300 ms.
         let big = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "x".repeat(20_000) };
@@ -901,8 +921,15 @@ mod tests {
         }
         assert!(!failed.is_cancelled(), "a consumer reading slowly was dropped");
         assert_eq!(MessageReader::new(&got[..]).recv().await.unwrap(), Some(big.clone()));
-        // Reading nothing any more: the next large write stalls, and the consumer goes.
+        // Reading nothing any more, but heard from: the next large write waits, for
+        // ten times the limit, and the consumer stays.
         tx.send(Outbound::from(big)).await.unwrap();
+        for _ in 0..30 {
+            heard.mark();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!failed.is_cancelled(), "a consumer heard from was dropped");
+        // Silent as well: the consumer goes.
         tokio::time::timeout(Duration::from_secs(10), failed.cancelled()).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap();
     }
@@ -920,7 +947,8 @@ mod tests {
         let drained = Arc::new(Notify::new());
         let failed = CancellationToken::new();
         let writer = MessageWriter::new(stream.clone());
-        writer_loop(writer, rx, Duration::from_secs(5), failed.clone(), Arc::clone(&drained)).await;
+        let heard = Arc::new(Progress::new());
+        writer_loop(writer, rx, Duration::from_secs(5), failed.clone(), Arc::clone(&drained), heard).await;
         assert!(!failed.is_cancelled());
         let writes = stream.0.lock().unwrap().clone();
         assert_eq!(writes.len(), 1, "twenty queued pings took {} writes", writes.len());
