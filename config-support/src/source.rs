@@ -229,8 +229,15 @@ pub fn control_path(file: &Path, default_data_dir: &str) -> Option<PathBuf> {
 /// never read as a key. `None` if an error is on a line of `data_dir` or `control` (a
 /// key given twice is one), which then cannot be known, or if the errors do not end.
 fn past_errors(mut text: String) -> Option<Table> {
-    /// More errors than a file being edited has.
-    const MAX_ERRORS: usize = 32;
+    /// More errors than a file being edited has (a half-pasted block of a few hundred
+    /// lines still reads).
+    const MAX_ERRORS: usize = 1_000;
+    /// Larger than any configuration file: each error costs a parse of the whole file,
+    /// and `status` must stay quick (31 errors in a 6.5 MB file took 4.6 s).
+    const MAX_TEXT: usize = 256 * 1024;
+    if text.len() > MAX_TEXT {
+        return None;
+    }
     for left_out in 0..=MAX_ERRORS {
         let error = match ImDocument::parse(text.clone()) {
             Ok(doc) => return Some(doc.as_table().clone()),
@@ -876,6 +883,9 @@ mod tests {
         assert_eq!(at("control = \"/a.sock\"\n'control' = \"/b.sock\"\n"), None);
         let after_twice = "data_dir = \"store\"\nlisten = 1\nlisten = 2\nx = 3\n";
         assert_eq!(at(after_twice), Some(base.join("store/control.sock")), "another key twice hides neither");
+        // A block pasted half-way: hundreds of errors.
+        let pasted = format!("data_dir = \"store\"\n{}", "bad = = 1\n".repeat(500));
+        assert_eq!(at(&pasted), Some(base.join("store/control.sock")));
         // Several errors, before and after the keys.
         let many = "a =\ndata_dir = \"store\"\nc = }\n[t\nd = 1\nb = [\n";
         assert_eq!(at(many), Some(base.join("store/control.sock")));

@@ -585,17 +585,39 @@ fn bind_new(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
 }
 
 /// The socket of `path` made again if its file was taken away while the process ran
-/// (see [`SOCKET_CHECK`]), its folder too; `None` while it is there, or if it cannot be
-/// made (said once, by `said`, until it can).
-fn remade(path: &Path, said: &mut bool) -> Option<(UnixListener, SocketFile)> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        _ => return None,
+/// (see [`SOCKET_CHECK`]), its folder too; `None` while it is there (`ours`, its device
+/// and inode), or if it cannot be made. Something else in its place (a file, a folder,
+/// another socket) is left as it is, and said, as a failure to make it is: once, by
+/// `said`, until the path is the process's own again.
+fn remade(path: &Path, ours: &mut Option<(u64, u64)>, said: &mut bool) -> Option<(UnixListener, SocketFile)> {
+    let other = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Ok(meta) if Some((meta.dev(), meta.ino())) == *ours => {
+            *said = false;
+            return None;
+        }
+        Ok(meta) => Some(meta.file_type().is_socket()),
+        Err(_) => return None,
+    };
+    if let Some(socket) = other {
+        if !std::mem::replace(said, true) {
+            let what = match socket {
+                true => "another socket (another process's, or one moved there)",
+                false => "something other than a socket (a file or a folder put there)",
+            };
+            tracing::warn!(
+                path = %path.display(),
+                "the control socket's path now holds {what}, left as it is: commands cannot reach this process \
+                 there (remove it, and this process makes its socket again within 2 s)"
+            );
+        }
+        return None;
     }
     let made = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| bind_new(path));
     match made {
         Ok(made) => {
             *said = false;
+            *ours = Some(made.1.id);
             tracing::warn!(
                 path = %path.display(),
                 "the control socket's file was taken away while this process ran (an rm, a cleaner, its folder \
@@ -639,6 +661,7 @@ where
         .map(|meta| std::os::unix::fs::MetadataExt::uid(&meta));
     let mut listener = listener;
     let path = listener.local_addr().ok().and_then(|addr| addr.as_pathname().map(Path::to_owned));
+    let mut ours = path.as_deref().and_then(|p| std::fs::symlink_metadata(p).ok()).map(|m| (m.dev(), m.ino()));
     // A socket made again after its file was taken away, removed when this ends.
     let mut _remade: Option<SocketFile> = None;
     let mut said = false;
@@ -649,7 +672,7 @@ where
         tokio::select! {
             _ = &mut shutdown => break,
             _ = check.tick(), if path.is_some() => {
-                if let Some((again, file)) = path.as_deref().and_then(|path| remade(path, &mut said)) {
+                if let Some((again, file)) = path.as_deref().and_then(|path| remade(path, &mut ours, &mut said)) {
                     listener = again;
                     _remade = Some(file);
                 }

@@ -1241,6 +1241,21 @@ fn a_control_socket_taken_away_is_made_again() -> Result<()> {
         assert_eq!(mode & 0o777, 0o600, "the {what}'s socket is its user's alone");
     }
     assert!(p.log_text().contains("made it again") && c.log_text().contains("made it again"));
+    // Something else put in its place is left as it is, and said; taken away, the
+    // socket comes back.
+    let socket = p.dir.join("ctl.sock");
+    // Put in its place at once (a rename replaces it), so no check finds the path empty.
+    let file = p.dir.join("not-a-socket");
+    std::fs::write(&file, "not a socket")?;
+    std::fs::rename(&file, &socket)?;
+    replication_tests::harness::wait_until(Duration::from_secs(30), "the warning", || {
+        Ok(p.log_text().contains("now holds something other than a socket"))
+    })?;
+    assert_eq!(std::fs::read_to_string(&socket)?, "not a socket", "the file was left as it is");
+    std::fs::remove_file(&socket)?;
+    replication_tests::harness::wait_until(Duration::from_secs(30), "the socket made again", || {
+        Ok(p.status().is_ok_and(|s| s["running"] != false))
+    })?;
     Ok(())
 }
 
