@@ -1233,7 +1233,7 @@ fn a_control_socket_taken_away_is_made_again() -> Result<()> {
     for (what, dir, status) in status_of {
         let socket = dir.join("ctl.sock");
         std::fs::remove_file(&socket)?;
-        assert!(status().is_err(), "the {what}'s status with its socket gone");
+        // (Its status fails until then; not asserted, as the remaking may come first.)
         replication_tests::harness::wait_until(Duration::from_secs(30), "the socket made again", || {
             Ok(status().is_ok_and(|s| s["running"] != false))
         })?;
