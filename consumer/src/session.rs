@@ -554,7 +554,6 @@ async fn reader_loop(
             _ = done.cancelled() => return,
             m = reader.recv_received() => m,
         };
-        last_inbound.mark();
         let terminal = !matches!(msg, Ok(Some(_)));
         let weight = match &msg {
             Ok(Some(Received::Batch(ops))) => ops.len().clamp(1, INBOUND_ENTRIES),

@@ -232,8 +232,9 @@ struct Session<'a, R> {
     reg: &'a Registration,
     req: &'a ConsumerRequest,
     params: SessionParams,
-    /// When anything last arrived from the consumer.
-    last_inbound: Instant,
+    /// When any bytes last arrived from the consumer, stamped by its reader (the
+    /// writer reads it too: see [`writer_loop`]).
+    heard: Arc<Progress>,
     /// Judges its silence at each keepalive tick.
     liveness: Liveness,
     /// When the acked position was last written to the store, and which it was.
@@ -300,7 +301,7 @@ where
     reader.report_progress(heard.clone());
     // In the session's span: "consumer stopped reading; dropping it" must say whom.
     let writer_task = tokio::spawn(
-        writer_loop(writer, rx, params.keepalive_timeout, failed.clone(), Arc::clone(&drained), heard)
+        writer_loop(writer, rx, params.keepalive_timeout, failed.clone(), Arc::clone(&drained), Arc::clone(&heard))
             .in_current_span(),
     );
     let mut session = Session {
@@ -310,7 +311,7 @@ where
         reg: &reg,
         req: &req,
         params,
-        last_inbound: Instant::now(),
+        heard,
         liveness: Liveness::new(params.keepalive_timeout),
         last_recorded: None,
         acked: None,
@@ -761,14 +762,14 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             return None;
         }
         let now = Instant::now();
-        match self.liveness.check(self.last_inbound, due, now) {
+        match self.liveness.check(self.heard.last(), due, now) {
             Verdict::Alive => {}
             Verdict::Excused { late } => {
                 info!(
                     late_ms = late.as_millis() as u64,
                     "keepalive check ran late: this process was not running, so the consumer's silence is counted afresh"
                 );
-                self.last_inbound = now;
+                self.heard.mark();
             }
             Verdict::Silent { silent } => {
                 warn!(
@@ -792,7 +793,6 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             Err(e) if e.is_protocol_violation() => return Inbound::End(SessionEnd::ProtocolError(e.to_string())),
             Err(e) => return Inbound::End(SessionEnd::ConnectionLost(e.to_string())),
         };
-        self.last_inbound = Instant::now();
         match msg {
             Message::Ack { cookie } => {
                 // The cookies this session sent name the current history; a consumer
