@@ -343,6 +343,37 @@ pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
     Ok(getrlimit(Resource::Nofile).current)
 }
 
+/// The fewest open files any command runs with: the runtime's own (an epoll instance
+/// and its waker), the signal handlers' pipe, the three standard streams, a socket and
+/// a file or two. Below it, tokio panics wherever it first runs short (building the
+/// runtime, or installing a signal handler), so the limit is checked before any of it.
+pub const MIN_OPEN_FILES: u64 = 16;
+
+/// The async runtime of the binary `process`, with its soft open files limit raised to
+/// the hard one ([`raise_open_files_limit`]); or, when the limit is below
+/// [`MIN_OPEN_FILES`] or the runtime cannot be built, an error on stderr and exit
+/// status 1 (a panic's exit status is 101, and its text names tokio, not the limit).
+pub fn runtime(process: &str) -> tokio::runtime::Runtime {
+    match raise_open_files_limit() {
+        Ok(Some(limit)) if limit < MIN_OPEN_FILES => {
+            crate::say!(
+                "{process}: the open files limit is {limit}, and {process} needs at least {MIN_OPEN_FILES}: \
+                 raise it (`ulimit -n`, or `LimitNOFILE=` in a systemd unit)"
+            );
+            exit_now(1)
+        }
+        // A limit that cannot be read is tried as it is: building the runtime says.
+        Ok(_) | Err(_) => {}
+    }
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            crate::say!("{process}: cannot start its async runtime: {e}");
+            exit_now(1)
+        }
+    }
+}
+
 /// This machine's host name (`uname`'s node name), for telling one machine from another
 /// in ids and logs; empty if it is not valid UTF-8.
 pub fn host_name() -> String {

@@ -487,11 +487,11 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
     Stdout::print(&done).context("writing to standard output")
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     shell::init_logging();
     let cli = Cli::parse();
-    match run(cli).await {
+    let outcome = shell::runtime("tether-consumer").block_on(run(cli));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         // `search | head`: what was asked for was read.
         Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,

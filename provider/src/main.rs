@@ -404,11 +404,11 @@ fn print_search(dir: &Directory, spec: &SearchSpec, uuids: bool) -> Result<()> {
     out.flush().context("writing to standard output")
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     shell::init_logging();
     let cli = Cli::parse();
-    match run(cli).await {
+    let outcome = shell::runtime("tether-provider").block_on(run(cli));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         // `search | head`: what was asked for was read.
         Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,

@@ -1318,6 +1318,34 @@ fn a_command_whose_standard_error_is_gone_ends_as_it_would_have() -> Result<()> 
     Ok(())
 }
 
+/// Under an open files limit too low for the async runtime, a command and a server
+/// say so and exit 1: tokio panicked (exit 101) building its runtime or its signal
+/// handlers, naming neither the limit nor how to raise it. The hard limit is lowered
+/// too, so that the process cannot raise its soft one past it.
+#[test]
+fn too_low_an_open_files_limit_is_named_not_a_panic() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    for (binary, verb) in [("tether-provider", "status"), ("tether-provider", "serve"), ("tether-consumer", "status")] {
+        for limit in [6, 8, 12] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" {verb} -c \"$1\""))
+                .arg(replication_tests::harness::bin(binary)?)
+                .arg(&p.config)
+                .output()?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{binary} {verb} at {limit}: {stderr}");
+            assert!(
+                stderr.contains(&format!("the open files limit is {limit}, and {binary} needs at least 16")),
+                "{binary} {verb} at {limit}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{binary} {verb} at {limit}: {stderr}");
+        }
+    }
+    Ok(())
+}
+
 /// A server whose standard output nobody reads any more (started into a pipe whose
 /// reader exited: a log shipper gone, `serve | head -1`) keeps running and serving: both
 /// panicked at start printing their readiness line into it.
