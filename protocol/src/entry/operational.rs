@@ -77,6 +77,13 @@ pub enum OperationalError {
     /// A value that is not a UUID in its text form.
     #[error("entryUUID {0:?} is not a UUID")]
     NotAUuid(String),
+    /// The nil UUID (all zeros), which RFC 4122 reserves as naming nothing: a tool that
+    /// wrote it had no UUID to give, and every entry it wrote that way would claim the
+    /// same identity.
+    #[error(
+        "entryUUID {0:?} is the nil UUID, which names no entry: leave entryUUID out and the load gives the entry one"
+    )]
+    NilUuid(String),
     /// More than one value: an entry has one identity.
     #[error("entryUUID has {0} values; an entry has one")]
     SeveralUuids(usize),
@@ -94,8 +101,11 @@ impl Attributes {
             match values {
                 [one] => {
                     let text = String::from_utf8_lossy(one.as_bytes());
-                    let uuid =
+                    let uuid: EntryUuid =
                         text.trim().parse().map_err(|_| OperationalError::NotAUuid(text.clone().into_owned()))?;
+                    if uuid.as_bytes() == &[0; 16] {
+                        return Err(OperationalError::NilUuid(text.into_owned()));
+                    }
                     if taken.uuid.replace(uuid).is_some() {
                         return Err(OperationalError::SeveralUuids(2));
                     }
@@ -172,6 +182,14 @@ mod tests {
     fn a_bad_uuid_is_refused_and_nothing_is_taken() {
         for (values, err) in [
             (vec!["not-a-uuid"], OperationalError::NotAUuid("not-a-uuid".into())),
+            (
+                vec!["00000000-0000-0000-0000-000000000000"],
+                OperationalError::NilUuid("00000000-0000-0000-0000-000000000000".into()),
+            ),
+            (
+                vec!["00000000000000000000000000000000"],
+                OperationalError::NilUuid("00000000000000000000000000000000".into()),
+            ),
             (
                 vec!["6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00", "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f01"],
                 OperationalError::SeveralUuids(2),
