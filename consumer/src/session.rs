@@ -398,7 +398,7 @@ async fn connect_tcp(
         },
     };
     if let Some((interval, timeout)) = cfg.keepalive {
-        if let Err(e) = connection::tune_tcp(&stream, timeout, interval, timeout + interval) {
+        if let Err(e) = connection::tune_tcp(&stream, timeout, interval) {
             debug!(error = %e, "could not set TCP keepalive options");
         }
     }

@@ -241,16 +241,18 @@ pub fn from_tcp(stream: TcpStream) -> std::io::Result<(MessageReader<OwnedReadHa
 }
 
 /// Turns on the kernel's own dead-peer detection as a second line behind the keepalive
-/// poller: TCP keepalive probes after `idle` of silence, every `interval`, and
-/// `TCP_USER_TIMEOUT` so data left unacknowledged for `user_timeout` fails the socket
-/// (a black-holed peer otherwise keeps a write pending for many minutes).
-pub fn tune_tcp(stream: &TcpStream, idle: Duration, interval: Duration, user_timeout: Duration) -> std::io::Result<()> {
+/// poller: TCP keepalive probes after `idle` of silence, every `interval`, which fail a
+/// socket whose peer host is gone even when neither side has anything to say.
+///
+/// `TCP_USER_TIMEOUT` is deliberately left unset. It aborts a socket whose data stays
+/// unacknowledged, and a closed receive window counts: a live consumer behind a link
+/// slower than the provider writes had its session aborted (`Connection timed out`) a
+/// few seconds after its window closed, while it was heard from throughout. Both
+/// sessions already bound a write that makes no progress by what they hear from the
+/// peer, which tells a slow peer from a dead one; the kernel cannot.
+pub fn tune_tcp(stream: &TcpStream, idle: Duration, interval: Duration) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle).with_interval(interval))?;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    sock.set_tcp_user_timeout(Some(user_timeout))?;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = user_timeout;
     Ok(())
 }
 

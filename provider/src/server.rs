@@ -239,7 +239,7 @@ impl Server {
         let session = self.params.session;
         if session.keepalive_enabled {
             let (interval, timeout) = (session.keepalive_interval, session.keepalive_timeout);
-            if let Err(e) = connection::tune_tcp(&stream, timeout, interval, timeout + interval) {
+            if let Err(e) = connection::tune_tcp(&stream, timeout, interval) {
                 debug!(error = %e, "could not set TCP keepalive options");
             }
         }
@@ -334,7 +334,7 @@ impl Server {
                 .await;
             }
             None => {
-                let span = info_span!("session", agreement = WRITER, session = session_id, client = %hello.client_id);
+                let span = info_span!("session", agreement = %WRITER, session = session_id, client = %hello.client_id);
                 async {
                     info!("write client connected");
                     let info = SessionInfo {

@@ -196,6 +196,65 @@ fn a_refresh_over_a_link_slower_than_a_batch_per_keepalive_timeout_completes() -
     Ok(())
 }
 
+/// A consumer behind a link slower than the provider writes keeps its session however
+/// long the provider's writes wait on it, over TLS and plain TCP alike: the proxy stops
+/// reading once it holds 1 MiB, so the provider's socket sits behind a closed window
+/// for as long as the link stays slow. The kernel's `TCP_USER_TIMEOUT`, once set to the
+/// keepalive timeout plus the interval, aborted such a socket 4 s after its window closed
+/// (`connection lost: ... Connection timed out`, every session, found by a walkthrough
+/// through a 50 KB/s relay) although the consumer was heard from throughout.
+fn a_slow_consumer_link_keeps_the_session(seed: u64, tls: bool) -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir()?;
+    let ca = replication_tests::pki::Ca::new("Tether test CA")?;
+    let tls_section = if tls { Some(ca.issue(&tmp.path().join("pki"), &["127.0.0.1"])?) } else { None };
+    let options = ProviderOptions { keepalive: ("1s".into(), "3s".into()), tls: tls_section, ..Default::default() };
+    // Far more than the proxy and both sockets hold: the provider's writes must wait.
+    let (provider, mut work) = Provider::loaded(tmp.path(), 12_000, seed, &options)?;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", provider.port).parse()?)?;
+    proxy.set_fault_on(Direction::ToClient, Fault::Throttle { bytes_per_sec: 50_000 });
+    let keepalive = "interval = \"1s\"\ntimeout = \"3s\"";
+    let mut people = agreement("retry = [\"200ms forever\"]\n", keepalive);
+    if tls {
+        let ca_file = ca.write(&tmp.path().join("pki/ca.pem"))?;
+        people.tls = Some(format!("ca_file = \"{}\"\n", ca_file.display()));
+    }
+    let mut consumer = Consumer::configure(&tmp.path().join("c"), proxy.port(), &[people])?;
+    consumer.start()?;
+    // Twice the old abort's 4 s past the window closing, with the refresh still going.
+    proxy.wait_for_bytes(Direction::ToClient, 50_000, LIMIT)?;
+    assert_holds(Duration::from_secs(8), "the slow session stays up", || {
+        Ok(proxy.stats().accepted == 1 && proxy.stats().open == 1)
+    })?;
+    let status = consumer.agreement_status("people")?;
+    assert_eq!(status["state"], "refreshing", "the refresh was still crossing the slow link: {status}");
+    proxy.heal();
+    wait_until(LIMIT, "convergence", || {
+        Ok(provider.search(PEOPLE, "subtree", ALL)? == consumer.search("people", PEOPLE, "subtree", ALL)?)
+    })?;
+    let status = consumer.agreement_status("people")?;
+    assert!(status["last_disconnect"].is_null(), "the session was cut: {status}");
+    assert_eq!(proxy.stats().accepted, 1, "the consumer connected again: {status}");
+    let log = provider.log_text();
+    assert!(!log.contains("connection lost") && !log.contains("stopped reading"), "{log}");
+    provider.write_ok(&work.changes(100))?;
+    wait_until(LIMIT, "convergence", || {
+        Ok(provider.search(PEOPLE, "subtree", ALL)? == consumer.search("people", PEOPLE, "subtree", ALL)?)
+    })?;
+    assert_eq!(consumer.agreement_status("people")?["duplicates"], 0);
+    Ok(())
+}
+
+#[test]
+fn a_consumer_behind_a_slow_link_keeps_its_tls_session_while_the_providers_writes_wait() -> Result<()> {
+    a_slow_consumer_link_keeps_the_session(43, true)
+}
+
+#[test]
+fn a_consumer_behind_a_slow_link_keeps_its_session_while_the_providers_writes_wait() -> Result<()> {
+    a_slow_consumer_link_keeps_the_session(44, false)
+}
+
 #[test]
 fn a_damaged_frame_is_an_exception_and_the_agreement_restarts() -> Result<()> {
     let mut s = setup(34, agreement("retry = [\"200ms forever\"]\n", "interval = \"1s\"\ntimeout = \"5s\""))?;
