@@ -22,7 +22,7 @@ use crate::supervisor::Command;
 
 /// Longest a `WaitCsn` request may wait: a client that wants longer asks again, and
 /// learns in between where the agreement stands.
-const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Entries per page of a search's output.
 const SEARCH_PAGE: usize = 500;

@@ -89,7 +89,7 @@ enum Command {
         #[arg(long, value_parser = parse_csn)]
         csn: u64,
         /// Give up after this long (at most 60s).
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = parse_wait_timeout)]
         timeout: std::time::Duration,
         /// Answer once the replica's searches return the change, without waiting for it
         /// to be on disk (a crash before then takes it again from the provider); prints
@@ -140,6 +140,20 @@ fn parse_csn(text: &str) -> Result<u64, String> {
         Ok(0) => Err("0 is before every change: give the CSN that `tether-provider write` printed".to_owned()),
         Ok(csn) => Ok(csn),
         Err(e) => Err(format!("{text:?} is not a CSN (a whole number, 1 or more): {e}")),
+    }
+}
+
+/// `wait --timeout`: a duration up to the consumer's limit. Longer was once cut to the
+/// limit without a word, so a script's `--timeout 5m` gave up after one minute.
+fn parse_wait_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let limit = tether_consumer::control::WAIT_LIMIT;
+    match humantime::parse_duration(text) {
+        Ok(d) if d > limit => Err(format!(
+            "{text} is longer than a wait may be ({}): wait again after it, as it prints where the agreement stands",
+            humantime::format_duration(limit)
+        )),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
 }
 

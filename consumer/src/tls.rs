@@ -154,6 +154,14 @@ pub fn describe_failure(e: &std::io::Error) -> String {
         Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { time, not_before })) => {
             format!("invalid peer certificate: not valid before {} (the time here is {})", date(not_before), date(time))
         }
+        // webpki's word for a certificate whose notAfter precedes its notBefore (what
+        // `openssl x509 -days -1` makes): rustls says only "Expired", which sends an
+        // operator to compare dates that would not explain it.
+        Some(Error::InvalidCertificate(CertificateError::Expired)) => {
+            "invalid peer certificate: it ends before it begins (its notAfter is earlier than its notBefore), \
+             so it was never valid: issue it again"
+                .to_owned()
+        }
         _ => e.to_string(),
     }
 }
@@ -203,6 +211,8 @@ mod tests {
             describe_failure(&early),
             "invalid peer certificate: not valid before 2026-12-03T08:51:35Z (the time here is 2020-01-31T00:00:00Z)"
         );
+        let reversed = wrap(rustls::CertificateError::Expired);
+        assert!(describe_failure(&reversed).contains("ends before it begins"), "{}", describe_failure(&reversed));
     }
 
     fn tls(ca_file: &Path) -> AgreementTls {

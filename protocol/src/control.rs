@@ -596,6 +596,16 @@ fn remade(path: &Path, ours: &mut Option<(u64, u64)>, said: &mut bool) -> Option
             *said = false;
             return None;
         }
+        // A link to this process's own socket (moved, and linked back to its path)
+        // reaches it, as commands follow links: nothing to say.
+        Ok(meta) if meta.file_type().is_symlink() => match std::fs::metadata(path) {
+            Ok(target) if Some((target.dev(), target.ino())) == *ours => {
+                *said = false;
+                return None;
+            }
+            Ok(target) => Some(target.file_type().is_socket()),
+            Err(_) => Some(false),
+        },
         Ok(meta) => Some(meta.file_type().is_socket()),
         Err(_) => return None,
     };
@@ -603,7 +613,7 @@ fn remade(path: &Path, ours: &mut Option<(u64, u64)>, said: &mut bool) -> Option
         if !std::mem::replace(said, true) {
             let what = match socket {
                 true => "another socket (another process's, or one moved there)",
-                false => "something other than a socket (a file or a folder put there)",
+                false => "something other than a socket (a file, a folder, or a link to neither put there)",
             };
             tracing::warn!(
                 path = %path.display(),
@@ -955,6 +965,27 @@ mod tests {
         .await;
         serve.await.unwrap();
         (out, result)
+    }
+
+    /// A link at the socket's path to the process's own socket (moved aside and linked
+    /// back) is its socket still, and not warned of; a link to a file is something else.
+    #[tokio::test]
+    async fn a_link_to_the_processs_own_socket_is_its_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (_listener, file) = bind_new(&path).unwrap();
+        let (mut ours, mut said) = (Some(file.id), false);
+        let moved = dir.path().join("moved.sock");
+        std::fs::rename(&path, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &path).unwrap();
+        assert!(remade(&path, &mut ours, &mut said).is_none());
+        assert!(!said, "a link to the process's own socket was warned of");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(dir.path().join("a-file"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a-file"), &path).unwrap();
+        assert!(remade(&path, &mut ours, &mut said).is_none());
+        assert!(said, "a link to a file was taken for the socket");
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "the link was left as it is");
     }
 
     #[tokio::test]

@@ -382,11 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let dir = open_offline(&config, Offline::Read)?;
             let status = ProviderStatus::collect(&dir, &Default::default(), false)?;
-            let text = if json {
-                format!("{}\n", serde_json::to_string_pretty(&status)?)
-            } else {
-                format!("{}(provider not running)\n", status.to_text())
-            };
+            let text = if json { format!("{}\n", serde_json::to_string_pretty(&status)?) } else { status.to_text() };
             Stdout::print(&text).context("writing to standard output")
         }
     }

@@ -120,15 +120,23 @@ impl ProviderStatus {
     /// A table for people.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "store {}  history {}  csn {}  entries {}  changelog {}..{}  delta from {}\n",
+            "store {}  history {}  csn {}  entries {}  changelog {}  delta from {}\n",
             self.store_id,
             self.history,
             self.csn,
             self.entries,
-            self.changelog.oldest.map_or("-".into(), |c| c.to_string()),
-            self.changelog.newest.map_or("-".into(), |c| c.to_string()),
+            match (self.changelog.oldest, self.changelog.newest) {
+                (Some(oldest), Some(newest)) => format!("{oldest}..{newest}"),
+                // A store just loaded, or trimmed to nothing: "-..-" read as a fault.
+                _ => "empty".to_owned(),
+            },
             self.changelog.floor,
         );
+        if !self.running {
+            // Read from the store of a stopped provider: no sessions to head a table of.
+            out.push_str("(provider not running: no sessions)\n");
+            return self.known_consumers(out);
+        }
         // Columns as wide as their longest value (an IPv6 peer, a long agreement name),
         // so that each row stays in line with the header.
         let peer_w = self.sessions.iter().map(|s| s.peer.len()).max().unwrap_or(0).max(22);
@@ -154,6 +162,11 @@ impl ProviderStatus {
                 s.connected_since
             ));
         }
+        self.known_consumers(out)
+    }
+
+    /// The table of consumers whose positions the store keeps, after `out`.
+    fn known_consumers(&self, mut out: String) -> String {
         if !self.consumers.is_empty() {
             let agreement_w = self.consumers.iter().map(|c| c.agreement.len()).max().unwrap_or(0).max(16);
             let client_w = self.consumers.iter().map(|c| c.client.len()).max().unwrap_or(0).max(36);
@@ -222,6 +235,32 @@ mod tests {
             .map(|l| l.find("MODE").or_else(|| l.find("refresh-")).expect("a mode column"))
             .collect();
         assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
+    }
+
+    /// A stopped provider's status says so where the sessions would be, with no table
+    /// header over nothing, and an empty changelog in a word, not as `-..-`.
+    #[test]
+    fn a_stopped_providers_table_says_it_has_no_sessions() {
+        let status = ProviderStatus {
+            running: false,
+            store_id: "s".into(),
+            history: "h".into(),
+            csn: 3,
+            entries: 3,
+            changelog: ChangelogStatus { oldest: None, newest: None, floor: 3 },
+            sessions: Vec::new(),
+            consumers: Vec::new(),
+        };
+        let text = status.to_text();
+        assert!(text.contains("changelog empty  delta from 3"), "{text}");
+        assert!(text.contains("(provider not running: no sessions)") && !text.contains("PEER"), "{text}");
+        let status = ProviderStatus {
+            running: true,
+            changelog: ChangelogStatus { oldest: Some(4), newest: Some(9), floor: 3 },
+            ..status
+        };
+        let text = status.to_text();
+        assert!(text.contains("changelog 4..9  delta from 3") && text.contains("PEER"), "{text}");
     }
 
     /// The store's consumer positions are listed whether or not their consumer is
