@@ -316,11 +316,23 @@ pub fn no_store(
 /// What to add to "the store is in use by another process" when the command asked the
 /// process on `control` first and nothing answered: the usual cause is a `control`
 /// edited in the file since that process started.
+///
+/// Something other than a socket at `control` (a file, a folder, a link to one) is named
+/// first: the running process leaves it as it is and warns in its log, and the usual
+/// cause would send the operator after a changed `control` that is not there.
 pub fn held_store_hint(control: &std::path::Path, offline: &str) -> String {
-    format!(
-        " (a process holds it but nothing answers on {}: {offline}, or was `control` changed since it started?)",
-        control.display()
-    )
+    use std::os::unix::fs::FileTypeExt;
+    let shown = control.display();
+    match std::fs::metadata(control) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            let what = if meta.is_dir() { "a folder" } else { "a file" };
+            format!(
+                " (a process holds it, and {shown} holds {what}, not its socket: the process warned of it in its log; \
+                 remove it, and the process makes its socket again within 2 s)"
+            )
+        }
+        _ => format!(" (a process holds it but nothing answers on {shown}: {offline}, or was `control` changed since it started?)"),
+    }
 }
 
 /// Raises this process's soft limit on open files to its hard limit, and returns the
@@ -443,6 +455,23 @@ pub async fn serve_control<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file or folder at the control socket's path is named, not taken for a changed
+    /// `control`; a path with nothing there keeps the usual hint.
+    #[test]
+    fn a_held_store_with_something_else_at_the_socket_path_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control.sock");
+        let usual = held_store_hint(&control, "is another command reading it");
+        assert!(usual.contains("is another command reading it, or was `control` changed"), "{usual}");
+        std::fs::write(dir.path().join("notes.txt"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("notes.txt"), &control).unwrap();
+        let file = held_store_hint(&control, "is another command reading it");
+        assert!(file.contains("holds a file, not its socket") && file.contains("remove it"), "{file}");
+        std::fs::remove_file(&control).unwrap();
+        std::fs::create_dir(&control).unwrap();
+        assert!(held_store_hint(&control, "x").contains("holds a folder"));
+    }
 
     #[test]
     fn sled_is_kept_to_warnings_unless_the_filter_names_it() {

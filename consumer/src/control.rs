@@ -266,7 +266,12 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
         let stands = || {
             let now = status.snapshot();
             let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
-            let why = now.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+            // With its time: the last error stays after the agreement recovers, and
+            // without one it read as the reason a persisting agreement was behind.
+            let why = now
+                .last_error
+                .map(|e| format!(" (its last error, at {}: {e})", now.last_error_at.as_deref().unwrap_or("-")))
+                .unwrap_or_default();
             (now.state, format!("the agreement is {} at csn {at}{why}", now.state))
         };
         // A stopped or closed agreement cannot move until an operator starts it: say so
@@ -370,7 +375,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
             // replica has no changelog to tell afterwards whether it did.
             let name = name.and_then(|name| match state {
                 Some(state) if uuids && !matches!(state, State::Stopped | State::Closed) => Err(format!(
-                    "--uuids prints a copy to restore from, and the replica of {name:?} changes while it is {}: \
+                    "--uuids prints a copy to restore from, and the replica of {name:?} changes while it runs ({}): \
                      stop the agreement first (tether-consumer stop -c {} {name}, then start), or stop the consumer",
                     state.as_str(),
                     ctx.config_file.path().display()

@@ -37,7 +37,18 @@ impl Validity {
     /// that it has expired, or is not valid yet; `None` while it is valid.
     pub fn warning(&self, file: &std::path::Path, now: SystemTime) -> Option<String> {
         let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
-        if now > self.not_after {
+        if self.not_after < self.not_before {
+            // What `openssl x509 -days -1` makes: "expired" would send the operator to
+            // a date that explains nothing, and renewing it the same way changes nothing.
+            Some(format!(
+                "the certificate in {} ends before it begins (notAfter {} is earlier than notBefore {}), so it is \
+                 never valid: TLS consumers refuse it; issue it again with a validity period that ends after it \
+                 begins, then replace the files and reload",
+                file.display(),
+                at(self.not_after),
+                at(self.not_before)
+            ))
+        } else if now > self.not_after {
             Some(format!(
                 "the certificate in {} expired at {}: TLS consumers refuse it (certificate expired) until it is \
                  renewed (replace the files and reload)",
@@ -258,5 +269,11 @@ mod tests {
         );
         let early = v.warning(file, at("2019-12-31T23:59:59Z")).unwrap();
         assert!(early.contains("is not valid until 2020-01-01T00:00:00Z (is this machine's clock right?)"), "{early}");
+        // `openssl x509 -days -1`: neither expired nor early, at any time.
+        let reversed = Validity::of(&certificate((2020, 1, 31), (2020, 1, 1))).unwrap();
+        for now in ["2020-01-15T00:00:00Z", "2026-12-02T00:00:00Z"] {
+            let said = reversed.warning(file, at(now)).unwrap();
+            assert!(said.contains("ends before it begins (notAfter 2020-01-01T00:00:00Z is earlier"), "{said}");
+        }
     }
 }

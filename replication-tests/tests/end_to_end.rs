@@ -1499,7 +1499,7 @@ fn a_backup_printed_with_uuids_restores_every_entry_as_the_same_entry() -> Resul
     assert_eq!(restored.search_args(&["--uuids"])?, backup, "the restored store prints the backup");
 
     let err = c.search_args(&["--agreement", "people", "--uuids"]).expect_err("persisting").to_string();
-    assert!(err.contains("changes while it is persisting: stop the agreement first"), "{err}");
+    assert!(err.contains("changes while it runs (persisting): stop the agreement first"), "{err}");
     assert!(err.contains(&format!("(tether-consumer stop -c {} people, then start)", c.config.display())), "{err}");
     c.admin("stop", Some("people"))?;
     let replica = c.search_args(&["--agreement", "people", "--uuids"])?;

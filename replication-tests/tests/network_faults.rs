@@ -57,16 +57,24 @@ fn setup_with(seed: u64, agreement: Agreement, options: &ProviderOptions) -> Res
 }
 
 fn converged(s: &Setup) -> Result<()> {
+    converged_pair(&s.provider, &s.consumer)
+}
+
+fn converged_pair(provider: &Provider, consumer: &Consumer) -> Result<()> {
     wait_until(LIMIT, "convergence", || {
-        Ok(s.provider.search(PEOPLE, "subtree", ALL)? == s.consumer.search("people", PEOPLE, "subtree", ALL)?)
+        Ok(provider.search(PEOPLE, "subtree", ALL)? == consumer.search("people", PEOPLE, "subtree", ALL)?)
     })
 }
 
 /// More changes, convergence, exactly-once.
 fn finish(s: &mut Setup) -> Result<()> {
-    s.provider.write_ok(&s.work.changes(100))?;
-    converged(s)?;
-    let status = s.consumer.agreement_status("people")?;
+    finish_pair(&s.provider, &s.consumer, &mut s.work)
+}
+
+fn finish_pair(provider: &Provider, consumer: &Consumer, work: &mut Workload) -> Result<()> {
+    provider.write_ok(&work.changes(100))?;
+    converged_pair(provider, consumer)?;
+    let status = consumer.agreement_status("people")?;
     assert_eq!(status["duplicates"], 0, "exactly-once violated: {status}");
     Ok(())
 }
@@ -188,12 +196,7 @@ fn a_refresh_over_a_link_slower_than_a_batch_per_keepalive_timeout_completes() -
     let log = consumer.log_text() + &provider.log_text();
     assert!(!log.contains("keepalive timeout") && !log.contains("stopped reading"), "{log}");
     proxy.heal();
-    provider.write_ok(&work.changes(100))?;
-    wait_until(LIMIT, "convergence", || {
-        Ok(provider.search(PEOPLE, "subtree", ALL)? == consumer.search("people", PEOPLE, "subtree", ALL)?)
-    })?;
-    assert_eq!(consumer.agreement_status("people")?["duplicates"], 0);
-    Ok(())
+    finish_pair(&provider, &consumer, &mut work)
 }
 
 /// A consumer behind a link slower than the provider writes keeps its session however
@@ -229,20 +232,13 @@ fn a_slow_consumer_link_keeps_the_session(seed: u64, tls: bool) -> Result<()> {
     let status = consumer.agreement_status("people")?;
     assert_eq!(status["state"], "refreshing", "the refresh was still crossing the slow link: {status}");
     proxy.heal();
-    wait_until(LIMIT, "convergence", || {
-        Ok(provider.search(PEOPLE, "subtree", ALL)? == consumer.search("people", PEOPLE, "subtree", ALL)?)
-    })?;
+    converged_pair(&provider, &consumer)?;
     let status = consumer.agreement_status("people")?;
     assert!(status["last_disconnect"].is_null(), "the session was cut: {status}");
     assert_eq!(proxy.stats().accepted, 1, "the consumer connected again: {status}");
     let log = provider.log_text();
     assert!(!log.contains("connection lost") && !log.contains("stopped reading"), "{log}");
-    provider.write_ok(&work.changes(100))?;
-    wait_until(LIMIT, "convergence", || {
-        Ok(provider.search(PEOPLE, "subtree", ALL)? == consumer.search("people", PEOPLE, "subtree", ALL)?)
-    })?;
-    assert_eq!(consumer.agreement_status("people")?["duplicates"], 0);
-    Ok(())
+    finish_pair(&provider, &consumer, &mut work)
 }
 
 #[test]
