@@ -247,9 +247,10 @@ pub fn from_tcp(stream: TcpStream) -> std::io::Result<(MessageReader<OwnedReadHa
 /// `TCP_USER_TIMEOUT` is deliberately left unset. It aborts a socket whose data stays
 /// unacknowledged, and a closed receive window counts: a live consumer behind a link
 /// slower than the provider writes had its session aborted (`Connection timed out`) a
-/// few seconds after its window closed, while it was heard from throughout. Both
-/// sessions already bound a write that makes no progress by what they hear from the
-/// peer, which tells a slow peer from a dead one; the kernel cannot.
+/// few seconds after its window closed, while it was heard from throughout. The
+/// provider already drops a session whose write makes no progress while nothing comes
+/// from the consumer, and the consumer one whose provider sends nothing: what they hear
+/// tells a slow peer from a dead one, which the kernel cannot.
 pub fn tune_tcp(stream: &TcpStream, idle: Duration, interval: Duration) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle).with_interval(interval))?;
