@@ -1393,7 +1393,7 @@ mod tests {
         assert_eq!(r.len().unwrap(), 5, "the count as the older build left it");
         store.flush().unwrap();
         drop((r, store));
-        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
         let r = store.replica("people").unwrap();
         assert_eq!(r.len().unwrap(), 7, "counted again at open");
         // One this build kept up is left alone (a scan at every open would cost seconds
@@ -1402,7 +1402,7 @@ mod tests {
         store.counts.insert(b"people", &super::count_record(r.state().unwrap().active_gen, 100)).unwrap();
         store.flush().unwrap();
         drop((r, store));
-        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
         assert_eq!(store.replica("people").unwrap().len().unwrap(), 100);
     }
 
@@ -1545,7 +1545,7 @@ mod tests {
             }
             store.flush().unwrap();
         }
-        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
         reaped(&store);
         assert_eq!(generation_trees(&store), ["r/people/2/entries", "r/people/2/uuids"]);
         assert_eq!(store.replica("people").unwrap().len().unwrap(), 3000);
