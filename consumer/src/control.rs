@@ -157,6 +157,12 @@ impl SearchPages {
                 None => Ok(None),
             };
         }
+        // sled serves what it has cached after it failed, the changes that never
+        // reached the disk included, and the replica no longer follows its provider:
+        // printed with exit status 0, that passed for a whole replica.
+        if let Some(failure) = self.replica.failure().latched() {
+            return Err(search_refused(&failure));
+        }
         if self.before.is_none() {
             self.before = Some(self.replica.reshapes());
         }
@@ -213,8 +219,16 @@ impl SearchPages {
     }
 }
 
-/// `wait`: answers with where the replica stands once it reaches `csn` by the measure
-/// of `reach`, or says where it stands instead.
+/// Why a search of a failed store is refused, with the way out and the way to read
+/// what the disk holds meanwhile (the store read afresh, by a process of its own).
+fn search_refused(failure: &tether_store::StoreFailure) -> String {
+    format!(
+        "{}. Until then its replicas stay as they were when it failed, and may show changes that never reached the \
+         disk, so searches are refused; to read what the disk holds, stop the consumer and search with --as-is",
+        crate::daemon::store_failed(failure)
+    )
+}
+
 /// Refuses a search base beside `region` (the replica's base), or one naming no entry of
 /// the replica with none of it below either: such a search would print nothing, which
 /// reads as an empty region.
@@ -240,11 +254,12 @@ fn check_base(replica: &Replica, name: &str, region: Option<&Dn>, spec: &SearchS
     Ok(())
 }
 
-/// Answers a `wait`. The agreement is looked up again whenever it cannot move towards
-/// `csn` (stopped or closed meanwhile: said at once) or a reload retired the status it
-/// was waited on by (restarted: waited for again, in the time left; removed: said),
-/// since a status no one updates any more would hold the wait to its timeout and then
-/// describe an agreement that is gone.
+/// `wait`: answers with where the replica stands once it reaches `csn` by the measure
+/// of `reach`, or says where it stands instead. The agreement is looked up again
+/// whenever it cannot move towards `csn` (stopped or closed meanwhile: said at once) or
+/// a reload retired the status it was waited on by (restarted: waited for again, in the
+/// time left; removed: said), since a status no one updates any more would hold the
+/// wait to its timeout and then describe an agreement that is gone.
 async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_ms: u64) -> Result<String, String> {
     let limit = std::time::Duration::from_millis(timeout_ms).min(WAIT_LIMIT);
     let deadline = tokio::time::Instant::now() + limit;
