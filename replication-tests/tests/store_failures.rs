@@ -46,10 +46,20 @@ fn same(p: &Provider, c: &Consumer) -> Result<bool> {
     Ok(p.search(PEOPLE, "subtree", ALL)? == c.search("people", PEOPLE, "subtree", ALL)?)
 }
 
-/// Waits until the consumer's `people` replica is the provider's again, and checks that
-/// it got there from its durable cookie (a delta), applying nothing twice.
-fn resumed_by_delta(p: &Provider, c: &Consumer) -> Result<()> {
-    wait_until(LIMIT, "the consumer to converge after the restart", || same(p, c))?;
+/// The refreshes the consumer process has made of its `people` replica.
+fn refreshes(c: &Consumer) -> Result<u64> {
+    let s = c.agreement_status("people")?;
+    Ok(s["refreshes"].as_object().map_or(0, |kinds| kinds.values().filter_map(serde_json::Value::as_u64).sum()))
+}
+
+/// Waits until the consumer's `people` replica is the provider's again after a refresh
+/// past the `before` its process had made until the restart, and checks that it got
+/// there from its durable cookie (a delta), applying nothing twice. (A replica that held
+/// every acknowledged write already is the provider's before it reconnects.)
+fn resumed_by_delta(p: &Provider, c: &Consumer, before: u64) -> Result<()> {
+    wait_until(LIMIT, "the consumer to refresh and converge after the restart", || {
+        Ok(refreshes(c)? > before && same(p, c)?)
+    })?;
     let s = c.agreement_status("people")?;
     assert_eq!(s["last_refresh"], "delta", "resumed from its cookie: {s}");
     assert_eq!(s["duplicates"], 0, "exactly once: {s}");
@@ -67,6 +77,7 @@ fn a_provider_whose_store_fails_says_goodbye_exits_1_and_loses_no_acknowledged_w
         Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
     c.start()?;
     wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
+    let before = refreshes(&c)?;
 
     let out = p.write(&big_adds(5000))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -95,7 +106,7 @@ fn a_provider_whose_store_fails_says_goodbye_exits_1_and_loses_no_acknowledged_w
     p.start()?;
     let found = p.search(PEOPLE, "subtree", "(uid=big*)")?.lines().filter(|l| l.starts_with("dn:")).count() as u64;
     assert!(found == applied || found == applied + 1, "{applied} acknowledged, {found} present");
-    resumed_by_delta(&p, &c)?;
+    resumed_by_delta(&p, &c, before)?;
     Ok(())
 }
 
@@ -107,6 +118,7 @@ fn a_consumer_whose_store_fails_stops_its_agreements_and_a_restart_resumes() -> 
         Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
     c.start()?;
     wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
+    let converged = c.search("people", PEOPLE, "subtree", ALL)?;
     c.stop()?;
     c.file_size_limit = Some(largest_file(&c.dir.join("data"))? + HEADROOM);
     c.start()?;
@@ -120,6 +132,13 @@ fn a_consumer_whose_store_fails_stops_its_agreements_and_a_restart_resumes() -> 
     let status = c.status()?;
     let failure = status["store_error"].as_str().unwrap_or_default().to_owned();
     assert!(failure.contains("File too large"), "status names the store's failure: {status}");
+    // What sled still serves from its cache may never have reached the disk, and the
+    // replica follows its provider no more: a search is refused, naming the way to read
+    // what the disk holds.
+    let refused = c.search("people", PEOPLE, "subtree", ALL).err().context("a search of the failed store")?;
+    let refused = format!("{refused:#}");
+    assert!(refused.contains("File too large") && refused.contains("searches are refused"), "{refused}");
+    assert!(refused.contains("stop the consumer and search with --as-is"), "{refused}");
     // Starting again on the failed store is refused with the way out, not retried.
     for command in ["start", "restart", "reload"] {
         let name = (command != "reload").then_some("people");
@@ -130,10 +149,16 @@ fn a_consumer_whose_store_fails_stops_its_agreements_and_a_restart_resumes() -> 
 
     // A failed store is no clean stop, for a service manager either.
     assert_eq!(c.stop()?.code(), Some(1), "a consumer whose store failed exits 1");
+    // The way the refusal names: the stopped consumer's store, read afresh, holds at
+    // least the replica it had converged to.
+    let held = c.search_args(&["--agreement", "people", "--as-is", "--base", PEOPLE, "--filter", ALL])?;
+    for dn in converged.lines().filter(|l| l.starts_with("dn: ")) {
+        assert!(held.lines().any(|l| l == dn), "{dn} is on disk");
+    }
     // Once the limit is lifted, a new process resumes from the durable cookie.
     c.file_size_limit = None;
     c.start()?;
-    resumed_by_delta(&p, &c)?;
+    resumed_by_delta(&p, &c, 0)?;
     assert_eq!(c.status()?["store_error"], serde_json::Value::Null);
     Ok(())
 }
@@ -173,7 +198,7 @@ fn a_consumer_whose_store_fails_writing_a_large_value_exits_when_stopped_and_a_r
     assert_eq!(c.stop()?.code(), Some(1), "a consumer whose store failed exits 1");
     c.file_size_limit = None;
     c.start()?;
-    resumed_by_delta(&p, &c)?;
+    resumed_by_delta(&p, &c, 0)?;
     Ok(())
 }
 
