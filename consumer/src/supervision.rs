@@ -62,6 +62,11 @@ pub enum Input {
     Command(Command),
     /// The timer armed by the last [`Output::Wait`] fired.
     TimerFired,
+    /// The store failed (its text): a running session ends fatally by itself, but an
+    /// agreement waiting out its poll interval or a backoff showed `idle` or `backoff`
+    /// over a store none of its attempts could use, until its next attempt (an hour's
+    /// poll away) found so.
+    StoreFailed(String),
 }
 
 /// What to do, in order.
@@ -202,6 +207,12 @@ impl Supervision {
                 }
             }
             Input::SessionEnded(ended) => self.ended(now, ended, sample, &mut out),
+            Input::StoreFailed(failure) => {
+                if !running && matches!(self.state, State::Backoff | State::Idle) {
+                    out.extend([Output::Wait(None), Output::GaveUp(format!("retrying cannot fix: {failure}"))]);
+                    self.settle(State::Closed, &mut out);
+                }
+            }
         }
         out
     }
@@ -498,5 +509,37 @@ mod tests {
         let fatal = Ended { fatal: true, ..ended(Reason::Exception) };
         m.step(t0, Input::SessionEnded(fatal), 0.5);
         assert_eq!(m.state(), State::Closed);
+    }
+
+    /// A failed store closes an agreement that waits (its poll interval, a backoff) at
+    /// once, its timer disarmed; a running session ends by itself, fatally, and a
+    /// stopped agreement stays stopped (its `start` is refused with the way out).
+    #[test]
+    fn a_failed_store_closes_the_agreements_that_wait_and_leaves_the_rest() {
+        let t0 = Instant::now();
+        let failed = || Input::StoreFailed("the store failed: disk full".into());
+        let complete = Ended { refresh_complete: true, ..ended(Reason::ConnectionLost) };
+        for (waiting, state) in [(complete, State::Idle), (ended(Reason::ConnectionLost), State::Backoff)] {
+            let mut m = machine(&["1s forever"], None);
+            m.step(t0, Input::Begin { stopped: false }, 0.5);
+            m.step(t0, Input::SessionEnded(waiting), 0.5);
+            assert_eq!(m.state(), state);
+            let out = m.step(t0, failed(), 0.5);
+            assert_eq!(m.state(), State::Closed, "{out:?}");
+            assert!(out.contains(&Output::Wait(None)), "{out:?}");
+            assert!(
+                out.contains(&Output::GaveUp("retrying cannot fix: the store failed: disk full".into())),
+                "{out:?}"
+            );
+            assert!(m.step(t0 + Duration::from_secs(3600), Input::TimerFired, 0.5).is_empty());
+        }
+        let mut running = machine(&["1s forever"], None);
+        running.step(t0, Input::Begin { stopped: false }, 0.5);
+        assert!(running.step(t0, failed(), 0.5).is_empty());
+        assert_eq!(running.state(), State::Connecting);
+        let mut stopped = machine(&["1s forever"], None);
+        stopped.step(t0, Input::Begin { stopped: true }, 0.5);
+        assert!(stopped.step(t0, failed(), 0.5).is_empty());
+        assert_eq!(stopped.state(), State::Stopped);
     }
 }

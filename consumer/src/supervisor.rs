@@ -74,6 +74,9 @@ impl Supervisor {
         // Sessions in a row that ended before the handshake did (the provider down or
         // unreachable, its certificate refused).
         let mut unreached: u32 = 0;
+        // The store's failure was handed to the state machine (once is enough: it is
+        // latched for the process's life).
+        let mut failure_told = false;
         let (cfg, store, replica, status) = (&self.session, &self.store, &self.replica, &self.status);
         loop {
             for output in pending.drain(..) {
@@ -161,6 +164,11 @@ impl Supervisor {
                 }, if deadline.is_some() && session.is_none() => {
                     deadline = None;
                     Input::TimerFired
+                }
+                // A session meets the failure itself; this is for an agreement waiting.
+                failure = replica.failure().failed(), if !failure_told && session.is_none() => {
+                    failure_told = true;
+                    Input::StoreFailed(format!("the store failed: {failure}"))
                 }
             };
             if let Input::SessionEnded(ended) = &input {

@@ -19,7 +19,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use replication_tests::harness::{applied_count, largest_file, wait_exit, wait_until, Agreement, Consumer, Provider};
+use replication_tests::harness::{
+    applied_count, largest_file, wait_exit, wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions,
+};
 use replication_tests::workload::PEOPLE;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -267,21 +269,38 @@ fn a_store_restored_under_a_running_provider_stops_it_before_it_acknowledges_a_w
 }
 
 /// A consumer whose store's log is taken away under it, with the provider quiet: its
-/// agreement stayed `persisting`, nothing logged, until the provider's next change.
-/// Now it closes within seconds with the cause, and the process says it at exit.
+/// agreement stayed `persisting`, nothing logged, until the provider's next change, and
+/// a refresh-only agreement between polls stayed `idle` until its next poll, an hour on
+/// here. Now both close within seconds with the cause, and the process says it at exit.
 #[test]
 fn a_consumer_whose_store_is_taken_away_closes_its_agreements_without_waiting_for_a_change() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (p, _w) = Provider::loaded(tmp.path(), 300, 46, &Default::default())?;
-    let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    let mut opts = ProviderOptions::default();
+    let polled = Grant { agreement: "polled".into(), ..opts.grants[0].clone() };
+    opts.grants.push(polled);
+    let (p, _w) = Provider::loaded(tmp.path(), 300, 46, &opts)?;
+    let hourly = Agreement {
+        mode: "refresh-only".into(),
+        extra: "interval = \"1h\"\nretry = [\"200ms x1000\"]\n".into(),
+        ..Agreement::persist("polled", PEOPLE, "people-secret")
+    };
+    let mut c = Consumer::configure(
+        &tmp.path().join("c"),
+        p.port,
+        &[Agreement::persist("people", PEOPLE, "people-secret"), hourly],
+    )?;
     c.start()?;
     wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
+    c.wait_status("polled", LIMIT, "the hourly poll done", |s| s["state"] == "idle")?;
     let data = c.dir.join("data");
     std::fs::rename(data.join("db"), data.join("db.aside"))?;
     let s =
         c.wait_status("people", LIMIT, "the agreement closed by the store's failure", |s| s["state"] == "closed")?;
     assert!(s["last_error"].as_str().is_some_and(|e| e.contains("the store's files were taken away")), "{s}");
+    let s =
+        c.wait_status("polled", LIMIT, "the idle agreement closed by the store's failure", |s| s["state"] == "closed")?;
+    assert!(s["last_error"].as_str().is_some_and(|e| e.contains("the store's files were taken away")), "{s}");
+    assert!(s.get("next_attempt_at").is_none_or(serde_json::Value::is_null), "no poll is promised: {s}");
     let status = c.status()?;
     assert!(status["store_error"].as_str().is_some_and(|e| e.contains("was removed or moved")), "{status}");
     let exit = c.stop()?;
