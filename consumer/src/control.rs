@@ -296,12 +296,16 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
             let file = ctx.config_file.path().display();
             // Started again with the secret it has, a revoked agreement is only refused.
             let revoked = status.snapshot().last_error.is_some_and(|e| e.starts_with(crate::supervision::REVOKED));
-            let until = match revoked {
-                true => format!(
+            // A failed store refuses `start`: only a new process goes on.
+            let until = match (ctx.store.failure().latched(), revoked) {
+                (Some(failure), _) => {
+                    format!("a new consumer process opens the store: {}", crate::daemon::store_failed(&failure))
+                }
+                (None, true) => format!(
                     "the provider grants it again: once the grant is back on the provider, tether-consumer start -c \
                      {file} {name}; for a new secret, update secret_file and tether-consumer reload -c {file}"
                 ),
-                false => format!("it is started (tether-consumer start -c {file} {name})"),
+                (None, false) => format!("it is started (tether-consumer start -c {file} {name})"),
             };
             return Err(format!("{name}: csn {csn} not {}; {stand}, and stays there until {until}", reach.as_str()));
         }

@@ -301,6 +301,12 @@ fn a_consumer_whose_store_is_taken_away_closes_its_agreements_without_waiting_fo
         c.wait_status("polled", LIMIT, "the idle agreement closed by the store's failure", |s| s["state"] == "closed")?;
     assert!(s["last_error"].as_str().is_some_and(|e| e.contains("the store's files were taken away")), "{s}");
     assert!(s.get("next_attempt_at").is_none_or(serde_json::Value::is_null), "no poll is promised: {s}");
+    // A wait for a change it will not see is answered at once, with the way out that
+    // works: `start` is refused on a failed store.
+    let waited = c.wait_csn("polled", 1_000_000, "30s")?;
+    let said = String::from_utf8_lossy(&waited.stderr);
+    assert!(!waited.status.success() && said.contains("until a new consumer process opens the store"), "{said}");
+    assert!(!said.contains("tether-consumer start"), "{said}");
     let status = c.status()?;
     assert!(status["store_error"].as_str().is_some_and(|e| e.contains("was removed or moved")), "{status}");
     let exit = c.stop()?;
