@@ -189,9 +189,15 @@ pub async fn run(
         biased;
         ended = run_session(cfg, store, replica, status, stop, routine) => ended,
         failure = replica.failure().failed() => {
-            Ended { fatal: true, ..Ended::new(Reason::Exception, format!("the store failed: {failure}")) }
+            Ended { fatal: true, ..Ended::new(Reason::Exception, store_failed(&failure)) }
         }
     }
+}
+
+/// How an agreement's `last_error` names the store's failure, whether a session met it
+/// or the agreement was waiting (see [`crate::supervision::Input::StoreFailed`]).
+pub fn store_failed(failure: &tether_store::StoreFailure) -> String {
+    format!("the store failed: {failure}")
 }
 
 async fn run_session(

@@ -168,7 +168,7 @@ impl Supervisor {
                 // A session meets the failure itself; this is for an agreement waiting.
                 failure = replica.failure().failed(), if !failure_told && session.is_none() => {
                     failure_told = true;
-                    Input::StoreFailed(format!("the store failed: {failure}"))
+                    Input::StoreFailed(session::store_failed(&failure))
                 }
             };
             if let Input::SessionEnded(ended) = &input {
