@@ -11,7 +11,8 @@
 //! ## Layout
 //! - [`config`]: `provider.toml`, defaults and validation.
 //! - [`refresh`]: full / present / delta planning, streamed in batches.
-//! - [`session`]: one consumer's session (refresh, persist, keepalive, acks).
+//! - [`session`]: one consumer's session (refresh, persist, keepalive, acks);
+//!   [`session_ids`]: its id, which no session had before, restarts included.
 //! - [`outbound`]: what a session queues for its writer, messages or pre-encoded ones.
 //! - [`writes`]: write and search requests from clients.
 //! - [`registry`]: live sessions, for status and revocation.
@@ -35,6 +36,7 @@ pub mod refresh;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod session_ids;
 pub mod status;
 pub mod throttle;
 pub mod tls;

@@ -8,7 +8,6 @@
 //! its peer and reason, and touches nothing else.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +30,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::registry::{rfc3339, Registry, SessionInfo};
 use crate::session::{self, ConsumerRequest, SessionEnd, SessionParams};
+use crate::session_ids::SessionIds;
 use crate::throttle::Throttle;
 
 /// Who may connect: agreement secrets and widest bases, and the writer secret.
@@ -71,8 +71,8 @@ pub struct Server {
     shutdown: CancellationToken,
     /// Tracks every connection task.
     tracker: TaskTracker,
-    /// Next session id.
-    next_session: Arc<AtomicU64>,
+    /// Session ids, unique across restarts.
+    session_ids: Arc<SessionIds>,
     /// Caps concurrent connections.
     slots: Arc<Semaphore>,
     /// TLS settings from `[tls]`, `None` for plain TCP; replaced on reload, so a renewed
@@ -154,6 +154,7 @@ impl Server {
         params: ServerParams,
         shutdown: CancellationToken,
     ) -> Self {
+        let session_ids = Arc::new(SessionIds::new(dir.clone()));
         Self {
             dir,
             grants: Arc::new(RwLock::new(grants)),
@@ -161,7 +162,7 @@ impl Server {
             params,
             shutdown,
             tracker: TaskTracker::new(),
-            next_session: Arc::new(AtomicU64::new(1)),
+            session_ids,
             slots: Arc::new(Semaphore::new(params.max_connections)),
             tls: Arc::new(RwLock::new(tls)),
             noise: Arc::default(),
@@ -275,7 +276,7 @@ impl Server {
             refuse(&mut writer, RejectReason::TooManyConnections, "connection limit reached").await;
             return;
         };
-        let session_id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let session_id = self.session_ids.next().await;
         let grants = self.grants.read().unwrap_or_else(|p| p.into_inner()).clone();
         let (dir, params) = (self.dir.clone(), self.params);
         let authorize = |hello: &Hello| authorize(&grants, &dir, hello, session_id, params.session);

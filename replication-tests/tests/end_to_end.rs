@@ -563,14 +563,27 @@ fn an_attribute_list_keeps_only_those_attributes_through_live_changes_and_a_delt
     Ok(())
 }
 
+/// Every session id a log names (`session=N`, in the spans of both sides).
+fn session_ids(log: &str) -> std::collections::BTreeSet<u64> {
+    log.split("session=")
+        .skip(1)
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
+}
+
 #[test]
 fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = provider_with(tmp.path(), 1000, 6, ProviderOptions::default())?;
     let c = people_consumer(tmp.path(), &p)?;
+    // Write sessions too, each with an id of its own.
+    p.write_ok(&w.changes(10))?;
+    p.write_ok(&w.changes(10))?;
     let live = p.status()?;
     assert_eq!(live["running"], true);
     assert!(p.stop()?.success(), "provider SIGTERM exits 0");
+    let given_before = session_ids(&p.log_text());
+    assert!(given_before.len() >= 3, "{given_before:?}");
     // Stopped, `status --json` reads the store and says so.
     let down = p.status()?;
     assert_eq!(down["running"], false, "{down}");
@@ -590,6 +603,13 @@ fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<(
     p.write_ok(&w.changes(100))?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     assert_eq!(last_refresh(&c, "people")?, "delta");
+    // The restarted provider gives no session an id a session before the restart had:
+    // both sides' logs name sessions by it.
+    let after: Vec<u64> =
+        p.status()?["sessions"].as_array().into_iter().flatten().filter_map(|s| s["session_id"].as_u64()).collect();
+    assert!(!after.is_empty() && after.iter().all(|id| !given_before.contains(id)), "{given_before:?} then {after:?}");
+    let named = session_ids(&c.log_text());
+    assert!(after.iter().all(|id| named.contains(id)), "the consumer's log names {after:?}: {named:?}");
     Ok(())
 }
 

@@ -53,6 +53,8 @@ mod names {
     /// commit of this build, so a store an older build wrote to since (a rollback,
     /// which adds and deletes without moving the count) is recounted at open.
     pub const ENTRY_COUNT_AT: &[u8] = b"entry_count_at";
+    /// The first session id no start of this store has reserved (absent until one has).
+    pub const SESSION_IDS: &[u8] = b"session_ids";
 }
 
 /// Whether a commit goes to the changelog (every write) or raises its floor past
@@ -397,6 +399,30 @@ impl Directory {
             Ok(id)
         });
         self.failure.observe(begun)
+    }
+
+    /// Reserves the next `count` session ids, durably, and returns them. None of them was
+    /// reserved before, by this start or an earlier one, so a `session=N` in either
+    /// side's log names one session across provider restarts (ids began at 1 at every
+    /// start, and a consumer's log then showed `session=1` for each of its providers'
+    /// lifetimes). A store of a build before this has none on record and begins at 1. A
+    /// store restored from a copy begins again where the copy was: a restore rewinds
+    /// everything else too, and its `history` tells the two lifetimes apart.
+    pub fn reserve_session_ids(&self, count: u64) -> Result<std::ops::Range<u64>> {
+        let reserved = loop {
+            let held = self.meta.get(names::SESSION_IDS)?;
+            let start = match &held {
+                Some(v) => u64_from(names::META, v)?,
+                None => 1,
+            };
+            let end = start.saturating_add(count);
+            let swapped = self.meta.compare_and_swap(names::SESSION_IDS, held, Some(&end.to_be_bytes()[..]));
+            if self.failure.observe(swapped.map_err(StoreError::from))?.is_ok() {
+                break start..end;
+            }
+        };
+        self.failure.flush(&self.db)?;
+        Ok(reserved)
     }
 
     /// Whether `cookie` is a position in this store's own past, and so can be resumed
@@ -1001,6 +1027,19 @@ mod tests {
     /// A snapshot sled began and never finished (a full disk at open, a crash while
     /// opening) sorts after every whole one, and sled reads it as a damaged store; it
     /// is removed and the store opens with everything it held.
+    #[test]
+    fn session_ids_reserved_are_never_reserved_again_after_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = Dn::parse("dc=example,dc=com").unwrap();
+        {
+            let d = Directory::open(tmp.path(), &base).unwrap();
+            assert_eq!(d.reserve_session_ids(1024).unwrap(), 1..1025, "a new store begins at 1");
+            assert_eq!(d.reserve_session_ids(3).unwrap(), 1025..1028);
+        }
+        let d = unlocked(|| Directory::open(tmp.path(), &base)).unwrap();
+        assert_eq!(d.reserve_session_ids(1024).unwrap(), 1028..2052, "after the reopen");
+    }
+
     #[test]
     fn an_unfinished_snapshot_file_is_removed_and_the_store_opens() {
         let tmp = tempfile::tempdir().unwrap();
