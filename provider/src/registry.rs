@@ -131,6 +131,14 @@ impl Registration {
         }
     }
 
+    /// Takes the session out of the registry before it is dropped: a session that has
+    /// ended still says its goodbye, which a consumer that stopped reading holds up for
+    /// the grace periods (seconds), and `status` listed it all that time beside the
+    /// session the consumer may have opened since.
+    pub fn withdraw(&self) {
+        self.registry.lock().remove(&self.id);
+    }
+
     /// Why the session was cancelled from outside; `None` means server shutdown.
     pub fn revocation(&self) -> Option<GoodbyeReason> {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner())

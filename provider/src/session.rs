@@ -321,6 +321,7 @@ where
     };
     let end = session.drive().await;
     session.record_seen();
+    session.reg.withdraw();
     let goodbye = end.goodbye(session.dir.failure().latched().is_some());
     if let Some(reason) = goodbye {
         let detail = match reason {

@@ -522,6 +522,37 @@ fn a_connected_consumer_paused_past_a_short_hold_resumes_without_a_reload() -> R
     finish(&mut s)
 }
 
+/// A consumer the provider drops is gone from the provider's `status` at once, though
+/// its goodbye still waits: the provider gives a stopped (SIGSTOP) consumer its grace
+/// periods to take the goodbye and close its side, 2 s here and up to 8 s when changes
+/// fill the socket, before it lets the connection go. `status` listed the session all
+/// that time (2.0 s here), lag and all, beside the one the consumer opened once it woke.
+#[test]
+fn a_consumer_the_provider_dropped_leaves_its_status_while_the_goodbye_waits() -> Result<()> {
+    let options = ProviderOptions { keepalive: ("500ms".into(), "2s".into()), ..ProviderOptions::default() };
+    let keepalive = "interval = \"500ms\"\ntimeout = \"60s\"";
+    let mut s = setup_with(42, agreement("retry = [\"200ms forever\"]\n", keepalive), &options)?;
+    let listed = |s: &Setup| -> Result<bool> {
+        let status = s.provider.status()?;
+        Ok(status["sessions"].as_array().into_iter().flatten().any(|x| x["agreement"] == "people"))
+    };
+    assert!(listed(&s)?, "the session is listed while it runs");
+    let changes = s.work.changes(2500);
+    let child = s.consumer.child.as_ref().ok_or_else(|| anyhow::anyhow!("the consumer is not running"))?;
+    signal(child, "STOP")?;
+    let dropped = (|| {
+        s.provider.write_ok(&changes)?;
+        wait_until(LIMIT, "the provider to drop the stopped consumer", || {
+            Ok(s.provider.log_text().contains("consumer silent past keepalive timeout"))
+        })?;
+        // Inside the goodbye's grace period, the consumer still stopped.
+        wait_until(Duration::from_secs(1), "the dropped session to leave the status", || Ok(!listed(&s)?))
+    })();
+    signal(child, "CONT")?;
+    dropped?;
+    finish(&mut s)
+}
+
 /// A provider the consumer cannot reach (down, or its certificate refused) is a warning
 /// once it has failed three times in a row: at INFO only, a log filtered to warnings
 /// said nothing of an agreement that never connected. One or two are a restart or a
