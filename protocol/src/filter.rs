@@ -81,28 +81,34 @@ impl Filter {
         Filter::Present { attr: "objectClass".to_owned() }
     }
 
-    /// The filter with every attribute name in lower case: two filters that differ only
-    /// in how their names are spelled (`objectclass`, `objectClass`) select the same
-    /// entries, since names are compared without case.
-    pub fn with_names_lowercased(&self) -> Filter {
+    /// The filter in the form its matching reads: attribute names in lower case, and
+    /// each value as it is compared (equality, approximate and ordering values
+    /// normalized, substring parts prepared for their place). Two filters that differ
+    /// only in how their names or values are spelled (`objectclass`, `objectClass`;
+    /// `(sn=Smith)`, `(SN=smith)`; `(cn=a  b*)`, `(cn=A B*)`) select the same entries
+    /// and have the same canonical form, so respelling a region's filter is not taken
+    /// for a change of region. Not for evaluating: substring parts keep the spaces their
+    /// preparation gives them. Operands' order is kept: `(&(a=1)(b=2))` and
+    /// `(&(b=2)(a=1))` select the same entries and still compare unequal.
+    pub fn canonical(&self) -> Filter {
         let lower = |attr: &String| attr.to_ascii_lowercase();
+        let norm = |value: &Value| Value::from_bytes(value.normalized());
+        let part = |value: &Value, at: Part| Value::from_bytes(prepare_part(value, at));
         match self {
-            Filter::And(fs) => Filter::And(fs.iter().map(Filter::with_names_lowercased).collect()),
-            Filter::Or(fs) => Filter::Or(fs.iter().map(Filter::with_names_lowercased).collect()),
-            Filter::Not(f) => Filter::Not(Box::new(f.with_names_lowercased())),
-            Filter::Equality { attr, value } => Filter::Equality { attr: lower(attr), value: value.clone() },
+            Filter::And(fs) => Filter::And(fs.iter().map(Filter::canonical).collect()),
+            Filter::Or(fs) => Filter::Or(fs.iter().map(Filter::canonical).collect()),
+            Filter::Not(f) => Filter::Not(Box::new(f.canonical())),
+            Filter::Equality { attr, value } => Filter::Equality { attr: lower(attr), value: norm(value) },
             Filter::Substring { attr, initial, any, final_ } => Filter::Substring {
                 attr: lower(attr),
-                initial: initial.clone(),
-                any: any.clone(),
-                final_: final_.clone(),
+                initial: initial.as_ref().map(|v| part(v, Part::Initial)),
+                any: any.iter().map(|v| part(v, Part::Any)).collect(),
+                final_: final_.as_ref().map(|v| part(v, Part::Final)),
             },
-            Filter::GreaterOrEqual { attr, value } => {
-                Filter::GreaterOrEqual { attr: lower(attr), value: value.clone() }
-            }
-            Filter::LessOrEqual { attr, value } => Filter::LessOrEqual { attr: lower(attr), value: value.clone() },
+            Filter::GreaterOrEqual { attr, value } => Filter::GreaterOrEqual { attr: lower(attr), value: norm(value) },
+            Filter::LessOrEqual { attr, value } => Filter::LessOrEqual { attr: lower(attr), value: norm(value) },
             Filter::Present { attr } => Filter::Present { attr: lower(attr) },
-            Filter::Approx { attr, value } => Filter::Approx { attr: lower(attr), value: value.clone() },
+            Filter::Approx { attr, value } => Filter::Approx { attr: lower(attr), value: norm(value) },
         }
     }
 

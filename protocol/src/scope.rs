@@ -99,7 +99,8 @@ impl SearchSpec {
     }
 
     /// Whether `other` is the same region, however it is spelled: attribute names
-    /// compared without case, in the filter and in the list, and the list as a set that
+    /// compared without case, in the filter and in the list, the filter's values as its
+    /// matching compares them ([`Filter::canonical`]), and the list as a set that
     /// always holds `objectClass` (it is always kept). A replica whose region changes is
     /// reloaded in full and refused to searches until then; respelling its region in the
     /// configuration must cost neither.
@@ -110,7 +111,7 @@ impl SearchSpec {
         }
         self.base == other.base
             && self.scope == other.scope
-            && self.filter.with_names_lowercased() == other.filter.with_names_lowercased()
+            && self.filter.canonical() == other.filter.canonical()
             && kept(&self.attrs) == kept(&other.attrs)
     }
 
@@ -163,6 +164,9 @@ mod tests {
         for same in [
             spec("OU=People,dc=example,dc=com", "(&(objectclass=person)(SN=x*))", &["member", "cn"]),
             spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=x*))", &["CN", "member", "objectClass"]),
+            // Values as matching compares them: case and insignificant spaces.
+            spec("ou=people,dc=example,dc=com", "(&(objectClass=Person)(sn=X*))", &["cn", "member"]),
+            spec("ou=people,dc=example,dc=com", "(&(objectClass= PERSON )(sn=X*))", &["cn", "member"]),
         ] {
             assert!(region.same_region(&same), "{same:?}");
         }
@@ -171,6 +175,10 @@ mod tests {
             spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=y*))", &["cn", "member"]),
             spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=x*))", &["cn"]),
             spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=x*))", &[]),
+            // A substring part's edge space is not insignificant: `(sn=x *)` does not
+            // match "xavier".
+            spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=x *))", &["cn", "member"]),
+            spec("ou=people,dc=example,dc=com", "(&(objectClass=person)(sn=*x))", &["cn", "member"]),
         ] {
             assert!(!region.same_region(&other), "{other:?}");
         }

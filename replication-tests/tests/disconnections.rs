@@ -333,11 +333,20 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     no_duplicates(&c, "others")?;
     // A changed region (a filter spelled anew, the same entries) restarts the agreement
     // with a full refresh, and the reply says so.
-    let respelled = Agreement { filter: "(|(objectClass=*))".into(), ..Agreement::persist("others", OTHERS, "s2") };
-    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[respelled])?);
+    let filtered = |filter: &str| Agreement { filter: filter.into(), ..Agreement::persist("others", OTHERS, "s2") };
+    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[filtered("(|(objectClass=*)(cn=Anne Lee))")])?);
     assert_eq!(c.admin("reload", None)?, "reloaded: restarted others (its region changed: reloaded in full)\n");
     converged(&p, &c, "others", OTHERS)?;
     assert_eq!(c.agreement_status("others")?["refreshes"]["full"], 1, "the restarted agreement's first refresh");
+    // The filter's names and values in another case, with other spaces: the same
+    // region as matching reads it, so the agreement restarts (its settings changed)
+    // and resumes by delta.
+    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[filtered("(|(OBJECTCLASS=*)(CN= anne  LEE))")])?);
+    assert_eq!(c.admin("reload", None)?, "reloaded: restarted others\n");
+    p.write_ok(&w.changes(20))?;
+    converged(&p, &c, "others", OTHERS)?;
+    let st = c.agreement_status("others")?;
+    assert!(st["refreshes"]["full"].is_null() && st["last_refresh"] == "delta", "{st}");
 
     // Removed while the consumer is stopped: its replica goes at the next start, as on
     // a reload, instead of staying on disk where no command would see it.
