@@ -488,6 +488,7 @@ impl ReplicaStore {
         self.counts.remove(name.as_bytes())?;
         self.counts.remove(count_at_key(name))?;
         self.beyond.remove(name.as_bytes())?;
+        self.beyond.remove(shadow_beyond_key(name))?;
         self.regions.remove(name.as_bytes())?;
         self.region_gens.remove(name.as_bytes())?;
         self.proved.remove(name.as_bytes())?;
@@ -541,6 +542,21 @@ impl ReplicaStore {
 /// one with nothing new to it (an empty delta after the restart) held a position that a
 /// backup taken before that restart never made, so restoring the backup reloaded every
 /// such consumer in full.
+/// The key in [`BEYOND`] of how far past its refresh's start an unfinished shadow holds
+/// data: the newest CSN its catch-up applied (a big-endian `u64`; see
+/// [`Shadow::apply`]). Beside the replica's own record, not in it; an agreement name
+/// holds no NUL.
+fn shadow_beyond_key(name: &str) -> Vec<u8> {
+    let mut key = name.as_bytes().to_vec();
+    key.extend_from_slice(b"\0shadow");
+    key
+}
+
+/// The newest CSN of the states `ops` carry.
+fn newest_csn<O: IncomingOp>(ops: &[O]) -> Option<Csn> {
+    ops.iter().map(|o| o.incoming().csn()).max()
+}
+
 fn kept_cookie(held: Option<Cookie>, offered: Cookie) -> Cookie {
     match held {
         Some(held) if held.csn == offered.csn => held,
@@ -674,6 +690,15 @@ impl Replica {
     /// Applies `ops` to the active generation and, if given, sets `cookie`, all in one
     /// transaction. Not durable until [`ReplicaStore::flush`].
     pub fn apply<O: IncomingOp>(&self, ops: &[O], cookie: Option<Cookie>) -> Result<ApplyStats> {
+        // A change read from the provider's changelog comes with the entry as it is when
+        // read, which may be a later write than the change's CSN, the cookie that comes
+        // with it: the replica then holds data past its cookie, which the record must
+        // say before the data is applied (ahead of it in sled's log).
+        if let (Some(cookie), Some(newest)) = (cookie, newest_csn(ops)) {
+            if newest > cookie.csn {
+                self.claim_beyond_cookie(cookie.history, newest)?;
+            }
+        }
         let state = self.state()?;
         let set = self.store.set_for(&self.name, state.active_gen)?;
         let audit = self.store.db.open_tree(audit_tree_name(&self.name))?;
@@ -728,10 +753,12 @@ impl Replica {
                 Ok(stats)
             },
         )?;
-        if cookie.is_some() {
+        if let Some(cookie) = cookie {
             // After the cookie, in sled's log order: whatever survives a crash, a replica
-            // is never left past its cookie without saying so.
-            self.clear_beyond_cookie()?;
+            // is never left past its cookie without saying so. Only a cookie that covers
+            // the record clears it: a refresh's `RefreshDone` names where its changelog
+            // reading ended, and the entries it read may be later writes than that.
+            self.settle_beyond_cookie(cookie.csn)?;
         }
         reshapes.entries += stats.reshaped();
         drop(reshapes);
@@ -762,14 +789,31 @@ impl Replica {
     /// provider recognized it (or it would have sent a full refresh, not a delta), so its
     /// history descends from that one and holds everything the record covers.
     pub fn apply_delta_batch<O: IncomingOp>(&self, ops: &[O], history: HistoryId) -> Result<ApplyStats> {
-        if let Some(newest) = ops.iter().map(|o| o.incoming().csn()).max() {
-            let held = self.beyond_cookie()?;
-            let claim = Cookie { history, csn: held.map_or(newest, |h| h.csn.max(newest)) };
-            if held != Some(claim) {
-                self.store.beyond.insert(self.name.as_bytes(), encode(BEYOND, &claim)?)?;
-            }
+        if let Some(newest) = newest_csn(ops) {
+            self.claim_beyond_cookie(history, newest)?;
         }
         self.apply(ops, None)
+    }
+
+    /// Records that the replica holds data of provider history `history` up to `newest`
+    /// past its cookie, raising a record already held (see [`Replica::apply_delta_batch`]
+    /// for why its history may be taken over).
+    fn claim_beyond_cookie(&self, history: HistoryId, newest: Csn) -> Result<()> {
+        let held = self.beyond_cookie()?;
+        let claim = Cookie { history, csn: held.map_or(newest, |h| h.csn.max(newest)) };
+        if held != Some(claim) {
+            self.store.beyond.insert(self.name.as_bytes(), encode(BEYOND, &claim)?)?;
+        }
+        Ok(())
+    }
+
+    /// Clears the record of data past the cookie once the cookie, now at `csn`, covers it.
+    fn settle_beyond_cookie(&self, csn: Csn) -> Result<()> {
+        match self.beyond_cookie()? {
+            Some(held) if held.csn > csn => Ok(()),
+            Some(_) => self.clear_beyond_cookie(),
+            None => Ok(()),
+        }
     }
 
     /// How far past its cookie a delta refresh that was cut short took the replica: the
@@ -779,6 +823,12 @@ impl Replica {
     /// its own reloads the replica in full.
     pub fn beyond_cookie(&self) -> Result<Option<Cookie>> {
         self.store.beyond.get(self.name.as_bytes())?.map(|v| decode(BEYOND, &v)).transpose()
+    }
+
+    /// The newest CSN an unfinished shadow's catch-up applied (see [`Shadow::apply`]).
+    fn shadow_beyond(&self) -> Result<Option<Csn>> {
+        let held = self.store.beyond.get(shadow_beyond_key(&self.name))?;
+        held.map(|v| crate::record::u64_from(BEYOND, &v).map(Csn)).transpose()
     }
 
     fn clear_beyond_cookie(&self) -> Result<()> {
@@ -962,6 +1012,7 @@ impl Replica {
 
     fn discard_shadow(&self, state: &mut ReplicaState) -> Result<()> {
         state.shadow_progress = None;
+        self.store.beyond.remove(shadow_beyond_key(&self.name))?;
         if let Some(old) = state.shadow.take() {
             self.store.drop_generation(&self.name, old)?;
         }
@@ -970,8 +1021,16 @@ impl Replica {
 
     /// The resume point of an unfinished shadow refresh of region `spec`, to offer the
     /// provider; `None` if there is nothing to continue.
+    ///
+    /// A shadow whose catch-up applied anything is not continued: the entries it read
+    /// may be later writes than any position the provider was asked about, and a
+    /// provider restored from a copy since may not have made them. Nothing says, before
+    /// the handshake, whether this one did; the refresh starts over instead.
     pub fn resume_point(&self, spec: &SearchSpec) -> Result<Option<ResumePoint>> {
         let state = self.state()?;
+        if state.shadow.is_some() && self.shadow_beyond()?.is_some() {
+            return Ok(None);
+        }
         Ok(match (state.shadow, state.shadow_progress) {
             (Some(_), Some(p)) if p.spec == *spec => Some(p.resume),
             _ => None,
@@ -1129,8 +1188,19 @@ impl Shadow {
         self.replica.store.put_state(&self.replica.name, &state)
     }
 
-    /// Applies refresh operations to the shadow in one transaction.
+    /// Applies refresh operations to the shadow in one transaction. States newer than
+    /// the start of the refresh's catch-up (the scan over, the changes made meanwhile;
+    /// a scan's entries are never newer) are recorded first, ahead of them in sled's
+    /// log, for [`Shadow::finish`] and [`Replica::resume_point`]: the catch-up reads
+    /// entries as they are, later writes than its `RefreshDone` cookie perhaps.
     pub fn apply<O: IncomingOp>(&mut self, ops: &[O]) -> Result<ApplyStats> {
+        let start = self.replica.state()?.shadow_progress.map(|p| p.resume.start.csn);
+        if let (Some(newest), Some(start)) = (newest_csn(ops), start) {
+            if newest > start && self.replica.shadow_beyond()?.is_none_or(|held| held < newest) {
+                let key = shadow_beyond_key(&self.replica.name);
+                self.replica.store.beyond.insert(key, &newest.0.to_be_bytes())?;
+            }
+        }
         let stats = (&self.set.entries, &self.set.uuids).transaction(|(entries, uuids)| {
             let tx = TxEntrySet { entries, uuids };
             let mut stats = ApplyStats::default();
@@ -1234,25 +1304,34 @@ impl Shadow {
         state.shadow = None;
         state.shadow_progress = None;
         state.cookie = Some(cookie);
+        // The generation that was past its cookie goes; this one is past it if its
+        // catch-up read later writes than the cookie names (this session's: a shadow
+        // whose catch-up applied anything is never continued by another).
+        let beyond = self.replica.shadow_beyond()?.filter(|newest| *newest > cookie.csn);
+        let beyond = beyond.map(|csn| encode(BEYOND, &Cookie { history: cookie.history, csn })).transpose()?;
         {
             let mut reshapes = self.replica.reshapes.lock().unwrap_or_else(|p| p.into_inner());
             // The region on record is this shadow's from the switch on (it was filled for
-            // the region adopted at its agreement's start): moved with it, in one write.
+            // the region adopted at its agreement's start): moved with it, in one write,
+            // as is the record of data past the cookie.
             let mark = store.regions.contains_key(name.as_bytes())?.then(|| count_record(self.gen, state.next_gen));
             let bytes = encode(REPLICAS, &state)?;
-            (&store.replicas, &store.region_gens).transaction(|(replicas, region_gens)| {
+            (&store.replicas, &store.region_gens, &store.beyond).transaction(|(replicas, region_gens, past)| {
                 replicas.insert(name.as_bytes(), bytes.as_slice())?;
                 if let Some(mark) = &mark {
                     region_gens.insert(name.as_bytes(), mark)?;
                 }
+                match &beyond {
+                    Some(claim) => past.insert(name.as_bytes(), claim.as_slice())?,
+                    None => past.remove(name.as_bytes())?,
+                };
+                past.remove(shadow_beyond_key(&name))?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
             reshapes.swaps += 1;
         }
         store.flush()?;
         store.drop_generation(&name, old)?;
-        // The generation that was past its cookie is gone.
-        self.replica.clear_beyond_cookie()?;
         if self.kind == RefreshKind::Full {
             // The audit names a change by (entry, CSN), which is unique only within one
             // history of the provider: a provider restored from a copy of its store gives
@@ -1272,6 +1351,7 @@ impl Shadow {
             state.shadow = None;
             state.shadow_progress = None;
             self.replica.store.put_state(&self.replica.name, &state)?;
+            self.replica.store.beyond.remove(shadow_beyond_key(&self.replica.name))?;
         }
         self.replica.store.drop_generation(&self.replica.name, self.gen)
     }
@@ -1304,6 +1384,73 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    /// Entries a refresh read as they were when read can be later writes than the cookie
+    /// its `RefreshDone` names, and a change read from the provider's changelog later
+    /// than the change: the replica is then past its cookie, and says so until a cookie
+    /// covers what it holds. `RefreshDone` used to clear the record, and a provider
+    /// restored from a copy taken before those writes (which gives their CSNs to other
+    /// changes) resumed the replica by delta: the lost write stayed in it, and the
+    /// change that took its CSN was skipped as already held (found by a walkthrough).
+    #[test]
+    fn a_replica_holding_later_writes_than_its_cookie_says_so_until_a_cookie_covers_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
+        // A delta's batch, its last entry read at csn 10; its RefreshDone names 9.
+        r.apply_delta_batch(&entries_of(0, 10, 10), history).unwrap();
+        r.advance(at(9)).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), Some(at(10)), "past its cookie by the entry at 10");
+        r.advance(at(10)).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), None, "covered");
+        // A live change at 11 carrying its entry as written at 13.
+        r.apply(&entries_of(12, 1, 10), Some(at(11))).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), Some(at(13)));
+        r.apply(&entries_of(13, 1, 10), Some(at(14))).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), None);
+
+        // A full refresh whose catch-up read a write at 25, later than its cookie at 24:
+        // the shadow is swapped in past its cookie, and says so.
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&entries_of(20, 3, 10)).unwrap();
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let resume =
+            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(23), cursor: None };
+        shadow.record_progress(&region, resume.clone()).unwrap();
+        assert_eq!(r.resume_point(&region).unwrap(), Some(resume.clone()), "a scan cut short is continued");
+        shadow.apply(&entries_of(24, 1, 10)).unwrap();
+        // Cut short in its catch-up, it would start over: what the catch-up applied may
+        // be later writes than any position the next provider is asked about.
+        assert_eq!(r.resume_point(&region).unwrap(), None);
+        shadow.finish(at(24)).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), Some(at(25)));
+        assert_eq!(r.shadow_beyond().unwrap(), None, "the shadow's own record went with it");
+        // A reload whose catch-up stayed at its cookie leaves none; nor do entries at or
+        // below the catch-up's start (a present refresh's unchanged ones, copied).
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let from = |start: u64| tether_protocol::ResumePoint { start: at(start), ..resume.clone() };
+        shadow.record_progress(&region, from(29)).unwrap();
+        shadow.apply(&entries_of(27, 1, 10)).unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), None);
+        assert!(r.resume_point(&region).unwrap().is_some());
+        shadow.apply(&entries_of(30, 1, 10)).unwrap();
+        shadow.finish(at(31)).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), None);
+        // A shadow discarded or aborted takes its record with it.
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.record_progress(&region, from(39)).unwrap();
+        shadow.apply(&entries_of(40, 1, 10)).unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(41)));
+        r.abandon_shadow().unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), None);
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.record_progress(&region, from(49)).unwrap();
+        shadow.apply(&entries_of(50, 1, 10)).unwrap();
+        shadow.abort().unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), None);
     }
 
     /// A reload by a build that keeps no record of regions (a rollback) leaves the

@@ -135,12 +135,14 @@ fn shadow_spec() -> SearchSpec {
     SearchSpec::subtree(Dn::parse("ou=x").unwrap())
 }
 
-/// The resume point after page `k`: the cursor names the page.
+/// The resume point after page `k`: the cursor names the page. Its catch-up starts
+/// above every page's entries, as a scan's: the provider leaves entries changed after
+/// that start to the catch-up (a shadow whose catch-up applied anything is not resumed).
 fn page_point(k: u64) -> ResumePoint {
     ResumePoint {
         kind: RefreshKind::Full,
         since: Csn::ZERO,
-        start: Cookie { history: HISTORY, csn: Csn(1) },
+        start: Cookie { history: HISTORY, csn: Csn(1 << 40) },
         cursor: Some(k.to_be_bytes().to_vec()),
     }
 }
