@@ -407,11 +407,15 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             Ok(r) => r,
             Err(e) => return self.store_error(&e),
         };
-        if refresh.kind() == RefreshKind::Full {
+        if refresh.kind() == RefreshKind::Full && self.req.cookie.is_none() {
             // A full refresh of a region whose base names no entry could bring nothing: a
             // mistyped base would replicate as an empty region without a word. Refused
-            // for a full refresh only: a consumer that follows the region by delta still
-            // gets the deletes that emptied it, the base's own included.
+            // to a replica that has no cookie only (a new one, or one whose region
+            // changed): a consumer that follows the region by delta still gets the
+            // deletes that emptied it, the base's own included, and one that held the
+            // region and needs a full refresh (this store restored from a copy made
+            // before the base was, or loaded anew without it) must follow it too, or it
+            // kept the branch the directory no longer has for as long as it had none.
             match self.dir.entries().missing_base(&self.req.spec.base) {
                 Ok(None) => {}
                 Ok(Some(missing)) => {

@@ -660,11 +660,19 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
 /// A region whose base names no entry (a mistyped `base`, a branch not created yet)
 /// used to replicate as an empty region without a word. Its full refresh is refused with
 /// `no-such-base`, naming the nearest entry, until the base is an entry. A consumer that
-/// follows a region by delta still gets the deletes that empty it, the base's own too.
+/// follows a region by delta still gets the deletes that empty it, the base's own too,
+/// and one that held the region gets the full refresh that empties it when it needs one
+/// (the provider restored from a copy made before the base was: it used to be refused,
+/// and kept the branch the directory no longer had; found by a walkthrough).
 #[test]
 fn a_region_whose_base_names_no_entry_gets_no_full_refresh_but_gets_its_deletes() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (p, _w) = provider_with(tmp.path(), 20, 25, ProviderOptions::default())?;
+    let (mut p, _w) = provider_with(tmp.path(), 20, 25, ProviderOptions::default())?;
+    // The documented backup routine, before the branch exists.
+    assert!(p.stop()?.success());
+    let backup = tmp.path().join("backup");
+    p.back_up_store(&backup)?;
+    p.start()?;
     let later = format!("ou=later,{SUFFIX}");
     let mut c =
         Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", &later, "people-secret")])?;
@@ -691,6 +699,21 @@ fn a_region_whose_base_names_no_entry_gets_no_full_refresh_but_gets_its_deletes(
     c.wait_status("people", CONVERGE, "the deletes", |s| s["state"] == "persisting" && s["entries"] == 0)?;
     assert_eq!(last_refresh(&c, "people")?, "delta");
     assert_eq!(c.search("people", SUFFIX, "subtree", ALL)?, "", "the replica holds nothing");
+
+    // Made again, replicated, then the provider restored from the copy made before
+    // it: the replica, past anything the copy knows, is reloaded in full, to nothing.
+    p.write_ok(&format!("dn: {later}\nchangetype: add\nobjectClass: organizationalUnit\nou: later\n"))?;
+    wait_converged(&p, &c, "people", &later)?;
+    assert_eq!(count(&c.search("people", &later, "subtree", ALL)?), 1);
+    let fulls = |s: &serde_json::Value| s["refreshes"]["full"].as_u64().unwrap_or(0);
+    let before = fulls(&c.agreement_status("people")?);
+    assert!(p.stop()?.success());
+    p.restore_store(&backup)?;
+    p.start()?;
+    c.wait_status("people", CONVERGE, "the reload", |s| {
+        s["state"] == "persisting" && s["entries"] == 0 && fulls(s) > before
+    })?;
+    assert_eq!(c.search("people", SUFFIX, "subtree", ALL)?, "", "the replica follows the restored directory");
     Ok(())
 }
 
