@@ -373,13 +373,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
         ControlRequest::Search { agreement, spec } | ControlRequest::SearchWithUuids { agreement, spec } => {
             let name = match agreement {
                 Some(n) => Ok(n),
-                None => {
-                    let agreements = ctx.agreements.lock().await;
-                    match agreements.keys().collect::<Vec<_>>().as_slice() {
-                        [only] => Ok((*only).clone()),
-                        _ => Err("several agreements: name one with --agreement".to_owned()),
-                    }
-                }
+                None => only_agreement(ctx.agreements.lock().await.keys().map(String::as_str)),
             };
             let (region, state) = match &name {
                 Ok(name) => ctx
@@ -503,6 +497,18 @@ fn admin_reply(name: &str, cmd: Command, before: State) -> String {
     format!("{name}: {did}\n")
 }
 
+/// The agreement a command that names none is about: the only one, or an error that
+/// lists those to choose from.
+pub fn only_agreement<'a>(names: impl Iterator<Item = &'a str>) -> Result<String, String> {
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    match names.as_slice() {
+        [only] => Ok((*only).to_owned()),
+        [] => Err("no agreements are configured".to_owned()),
+        several => Err(format!("several agreements ({}): name one with --agreement", several.join(", "))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, Value};
@@ -531,6 +537,16 @@ mod tests {
         shadow.apply_scan(&(0..n).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
         shadow.finish(Cookie { history: HistoryId::new_random(), csn: Csn(1) }).unwrap();
         (dir, store, replica)
+    }
+
+    #[test]
+    fn a_command_naming_no_agreement_is_about_the_only_one_or_lists_them() {
+        assert_eq!(super::only_agreement(["people"].into_iter()), Ok("people".to_owned()));
+        assert_eq!(
+            super::only_agreement(["people", "groups"].into_iter()),
+            Err("several agreements (groups, people): name one with --agreement".to_owned())
+        );
+        assert_eq!(super::only_agreement([].into_iter()), Err("no agreements are configured".to_owned()));
     }
 
     #[test]

@@ -224,10 +224,7 @@ fn agreement_name(config: &ConsumerConfig, name: Option<String>) -> Result<Strin
     match name {
         Some(n) if config.agreement(&n).is_some() => Ok(n),
         Some(n) => bail!("{}: no agreement named {n:?}", config.file.display()),
-        None => match config.agreements.as_slice() {
-            [only] => Ok(only.name.clone()),
-            _ => bail!("several agreements: name one with --agreement"),
-        },
+        None => control::only_agreement(config.agreements.iter().map(|a| a.name.as_str())).map_err(anyhow::Error::msg),
     }
 }
 
@@ -339,6 +336,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let name = agreement_name(&config, agreement)?;
             let a = config.agreement(&name).context("agreement vanished")?;
+            if let Some(unkept) = unkept_attributes(&filter, &a.attrs) {
+                tether_config::say!(
+                    "warning: the replica of {name:?} keeps only the attributes {} (its `attrs`), so a filter on {unkept} \
+                     matches no value of it: search the provider for those",
+                    a.attrs.join(", ")
+                );
+            }
             let spec = SearchSpec { base: base.unwrap_or_else(|| a.base.clone()), scope, filter, attrs };
             let request = ControlRequest::search(Some(name.clone()), spec.clone(), uuids);
             if call(&config, &request).await? {
@@ -370,6 +374,24 @@ async fn run(cli: Cli) -> Result<()> {
             print_pages(pages.with_uuids(uuids))
         }
     }
+}
+
+/// The attributes `filter` reads that a replica keeping only `kept` (an agreement's
+/// `attrs`; empty keeps all) holds no value of, named for a warning: the search runs on
+/// the replica as it is, and a filter on such an attribute matches as if no entry had
+/// it (`(sn=*)` finds nothing where the provider finds every person), without a word.
+fn unkept_attributes(filter: &tether_protocol::Filter, kept: &[String]) -> Option<String> {
+    if kept.is_empty() {
+        return None;
+    }
+    let base_type = |name: &str| name.split(';').next().unwrap_or(name).to_ascii_lowercase();
+    let kept: Vec<String> = kept.iter().map(|k| base_type(k)).collect();
+    let unkept: Vec<&str> = filter
+        .attributes()
+        .into_iter()
+        .filter(|a| !["objectclass", "entryuuid"].contains(&base_type(a).as_str()) && !kept.contains(&base_type(a)))
+        .collect();
+    (!unkept.is_empty()).then(|| unkept.join(", "))
 }
 
 /// Why `search` of an agreement the file does not name prints nothing, and whether
@@ -513,5 +535,28 @@ fn main() -> ExitCode {
             tether_config::say!("tether-consumer: {}", shell::error_chain(&*e));
             shell::exit_now(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::unkept_attributes;
+
+    #[test]
+    fn a_filter_on_attributes_the_replica_does_not_keep_is_named() {
+        let filter = |f: &str| f.parse::<tether_protocol::Filter>().unwrap();
+        let kept = ["cn".to_owned(), "Description".to_owned()];
+        assert_eq!(
+            unkept_attributes(&filter("(&(sn=*)(CN=a)(description;lang-en=x)(SN=b))"), &kept).as_deref(),
+            Some("sn")
+        );
+        assert_eq!(
+            unkept_attributes(&filter("(|(mail=*)(objectClass=person)(entryUUID=x)(uid=y))"), &kept).as_deref(),
+            Some("mail, uid")
+        );
+        assert_eq!(unkept_attributes(&filter("(cn=a)"), &kept), None);
+        assert_eq!(unkept_attributes(&filter("(sn=a)"), &[]), None, "every attribute is kept");
     }
 }

@@ -326,7 +326,10 @@ pub enum ControlError {
     #[error("control message: {0}")]
     Codec(#[from] CodecError),
     /// The process closed the connection before `Done`/`Error`.
-    #[error("the process closed the control connection before its reply ended (is it shutting down?)")]
+    #[error(
+        "the process closed the control connection before its reply ended, so the output is incomplete (is it \
+         shutting down? it cuts off requests still running 2 s after it begins to)"
+    )]
     Truncated,
     /// The process closed the connection without a word of reply: it is shutting
     /// down, or it runs a build from before the request was added (one that old
@@ -783,8 +786,17 @@ where
     let mut answered = false;
     loop {
         let read = tokio::time::timeout(limit, reader.read_frame()).await;
-        let Some(frame) = read.map_err(|_| ControlError::NoAnswer(limit))?? else {
-            return Err(if answered { ControlError::Truncated } else { ControlError::Unanswered });
+        let frame = match read.map_err(|_| ControlError::NoAnswer(limit))? {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(if answered { ControlError::Truncated } else { ControlError::Unanswered }),
+            // Cut off in the middle of a frame or reset: a process that stops cuts off
+            // the requests still running 2 s after it began to, a long search's among
+            // them, and the output printed so far is all there will be.
+            Err(FrameError::Truncated { .. }) => return Err(ControlError::Truncated),
+            Err(FrameError::Io(e)) if answered && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(ControlError::Truncated)
+            }
+            Err(e) => return Err(e.into()),
         };
         answered = true;
         match codec::decode::<ControlResponse>(&frame)? {
@@ -1386,6 +1398,37 @@ mod tests {
         serve.await.unwrap();
         assert!(matches!(refused, ControlError::Unanswered), "{refused}");
         assert!(refused.to_string().contains("runs an older build than this command"), "{refused}");
+    }
+
+    /// A process that stops cuts off a long answer (a search into a slow pipe) in the
+    /// middle of a frame: the client says the output is incomplete and why it may be,
+    /// not "stream ended in the middle of a frame (73088 bytes buffered)" (found by a
+    /// walkthrough).
+    #[tokio::test]
+    async fn an_answer_cut_off_in_the_middle_of_a_frame_says_the_output_is_incomplete() {
+        use tokio::io::AsyncWriteExt;
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(async move {
+            let (mut reader, mut writer) = crate::frame::split(server);
+            reader.read_frame().await.unwrap();
+            let page = codec::encode(&ControlResponse::Output("dn: a\n".into())).unwrap();
+            writer.write_frame(&page).await.unwrap();
+            // The next frame's length prefix and part of it, then the end.
+            let mut raw = writer.into_inner();
+            raw.write_all(&[0, 0, 1, 0, 9, 9]).await.unwrap();
+            raw.shutdown().await.unwrap();
+        });
+        let mut out = String::new();
+        let cut = call(client, &ControlRequest::Status { json: false }, |t| {
+            out.push_str(t);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        serve.await.unwrap();
+        assert_eq!(out, "dn: a\n", "the output before the cut");
+        assert!(matches!(cut, ControlError::Truncated), "{cut}");
+        assert!(cut.to_string().contains("the output is incomplete"), "{cut}");
     }
 
     #[tokio::test]

@@ -112,6 +112,29 @@ impl Filter {
         }
     }
 
+    /// The attribute names the filter reads, each once, as first written, in order.
+    pub fn attributes(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        let mut stack = vec![self];
+        while let Some(f) = stack.pop() {
+            match f {
+                Filter::And(fs) | Filter::Or(fs) => stack.extend(fs.iter().rev()),
+                Filter::Not(f) => stack.push(f),
+                Filter::Equality { attr, .. }
+                | Filter::Substring { attr, .. }
+                | Filter::GreaterOrEqual { attr, .. }
+                | Filter::LessOrEqual { attr, .. }
+                | Filter::Present { attr }
+                | Filter::Approx { attr, .. } => {
+                    if !names.iter().any(|n| n.eq_ignore_ascii_case(attr)) {
+                        names.push(attr);
+                    }
+                }
+            }
+        }
+        names
+    }
+
     /// Whether `entry` matches the filter.
     pub fn matches(&self, entry: &Entry) -> bool {
         match self {
