@@ -388,7 +388,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
             // replica has no changelog to tell afterwards whether it did.
             let name = name.and_then(|name| match state {
                 Some(state) if uuids && !matches!(state, State::Stopped | State::Closed) => Err(format!(
-                    "--uuids prints a copy to restore from, and the replica of {name:?} changes while it runs ({}): \
+                    "--uuids (or entryUUID in --attrs) prints a copy to restore from, and the replica of {name:?} changes while it runs ({}): \
                      stop the agreement first (tether-consumer stop -c {} {name}, then start), or stop the consumer",
                     state.as_str(),
                     ctx.config_file.path().display()

@@ -12,7 +12,7 @@ use tether_consumer::config::ConsumerConfig;
 use tether_consumer::status::{OfflineAgreement, OfflineStatus};
 use tether_consumer::{control, daemon};
 use tether_protocol::control::ControlRequest;
-use tether_protocol::entry::parse_attribute_name;
+use tether_protocol::entry::{parse_attribute_name, take_entry_uuid};
 use tether_protocol::{Dn, Filter, Scope, SearchSpec};
 use tether_store::ReplicaStore;
 
@@ -114,7 +114,8 @@ enum Command {
         /// LDAP filter.
         #[arg(long, default_value = "(objectClass=*)")]
         filter: Filter,
-        /// Attributes to print, comma-separated (objectClass always; default: all).
+        /// Attributes to print, comma-separated (objectClass always; default: all; entryUUID
+        /// as --uuids prints it).
         #[arg(long, value_delimiter = ',', value_parser = parse_attribute_name)]
         attrs: Vec<String>,
         /// Print each entry's entryUUID too, as slapcat does: `tether-provider load`
@@ -326,6 +327,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Search { config, agreement, base, scope, filter, attrs, uuids, as_is } => {
             let config = ConsumerConfig::load(&config)?;
+            let (attrs, uuid_named) = take_entry_uuid(attrs);
+            let uuids = uuids || uuid_named;
             if let Some(name) = agreement.as_deref().filter(|n| !as_is && config.agreement(n).is_none()) {
                 return Err(unknown_agreement(&config, name));
             }

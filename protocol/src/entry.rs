@@ -304,6 +304,19 @@ pub fn parse_attribute_name(name: &str) -> Result<String, AttributeError> {
     check_attribute_name(name).map(|()| name.to_owned())
 }
 
+/// A command's `--attrs` as the search keeps them, and whether they name `entryUUID`.
+/// An entry's UUID is kept beside its attributes, not among them, so a list naming it
+/// printed none, without a word; named, it is printed as `--uuids` prints it (a list
+/// of it alone keeps `objectClass`, as every list does, and nothing else).
+pub fn take_entry_uuid(attrs: Vec<String>) -> (Vec<String>, bool) {
+    let is_uuid = |a: &String| a.eq_ignore_ascii_case("entryUUID");
+    if !attrs.iter().any(is_uuid) {
+        return (attrs, false);
+    }
+    let rest: Vec<String> = attrs.into_iter().filter(|a| !is_uuid(a)).collect();
+    (if rest.is_empty() { vec!["objectClass".to_owned()] } else { rest }, true)
+}
+
 /// Checks `descr` or numeric OID, optionally followed by `;option` parts.
 pub fn check_attribute_name(name: &str) -> Result<(), AttributeError> {
     let bad = || AttributeError::InvalidName(name.to_owned());
@@ -742,6 +755,15 @@ pub fn shown_value(attr: &str, value: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_uuid_named_in_an_attribute_list_is_printed_as_uuids_prints_it() {
+        let list = |l: &[&str]| l.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        assert_eq!(super::take_entry_uuid(list(&["cn", "sn"])), (list(&["cn", "sn"]), false));
+        assert_eq!(super::take_entry_uuid(list(&["cn", "entryuuid"])), (list(&["cn"]), true));
+        assert_eq!(super::take_entry_uuid(list(&["entryUUID"])), (list(&["objectClass"]), true));
+        assert_eq!(super::take_entry_uuid(Vec::new()), (Vec::new(), false), "all attributes, no UUID");
+    }
 
     #[test]
     fn password_attributes_are_known_by_their_names() {

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use tether_config::output::{self, Stdout};
 use tether_config::shell;
 use tether_protocol::control::ControlRequest;
-use tether_protocol::entry::parse_attribute_name;
+use tether_protocol::entry::{parse_attribute_name, take_entry_uuid};
 use tether_protocol::handshake::ProviderProof;
 use tether_protocol::{Dn, Filter, Scope, SearchSpec};
 use tether_provider::config::ProviderConfig;
@@ -87,7 +87,8 @@ enum Command {
         /// LDAP filter.
         #[arg(long, default_value = "(objectClass=*)")]
         filter: Filter,
-        /// Attributes to print, comma-separated (objectClass always; default: all). The
+        /// Attributes to print, comma-separated (objectClass always; default: all; entryUUID
+        /// as --uuids prints it). The
         /// same list as an agreement's `attrs` prints what its replica should hold.
         #[arg(long, value_delimiter = ',', value_parser = parse_attribute_name)]
         attrs: Vec<String>,
@@ -346,6 +347,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Search { config, base, scope, filter, attrs, uuids } => {
             let config = ProviderConfig::load(&config)?;
+            let (attrs, uuid_named) = take_entry_uuid(attrs);
+            let uuids = uuids || uuid_named;
             let spec = spec(&config, base, scope, filter, attrs);
             let request = ControlRequest::search(None, spec.clone(), uuids);
             if client::control_call(&config, &request).await?.is_some() {

@@ -742,6 +742,11 @@ impl Consumer {
         })
     }
 
+    /// `search` with these arguments after `-c`, its output and exit status as they are.
+    pub fn search_output(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.cmd("search")?.args(args).output()?)
+    }
+
     /// Like [`Consumer::search`], trimmed to `attrs` (comma-separated).
     pub fn search_attrs(&self, agreement: &str, base: &str, scope: &str, filter: &str, attrs: &str) -> Result<String> {
         run_ok({

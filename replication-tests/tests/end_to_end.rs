@@ -557,6 +557,20 @@ fn an_attribute_list_keeps_only_those_attributes_through_live_changes_and_a_delt
     let uids = c.search_attrs("people", PEOPLE, "subtree", ALL, "uid")?;
     assert_eq!(uids, p.search_attrs(PEOPLE, "subtree", filter, "uid")?);
     assert!(!uids.contains("mail:"));
+    // entryUUID named in the list prints as --uuids prints it, on both sides (the
+    // consumer's as a copy to restore from: the agreement stopped, as for --uuids).
+    let refused = c.search_attrs("people", PEOPLE, "subtree", ALL, "uid,entryUUID").unwrap_err();
+    assert!(format!("{refused:#}").contains("(or entryUUID in --attrs) prints a copy"), "{refused:#}");
+    c.admin("stop", Some("people"))?;
+    let with_uuids = c.search_args(&["--agreement", "people", "--attrs", "uid", "--uuids"])?;
+    assert!(with_uuids.contains("\nentryUUID: "), "{with_uuids}");
+    assert_eq!(c.search_attrs("people", PEOPLE, "subtree", ALL, "uid,entryUUID")?, with_uuids);
+    assert_eq!(p.search_attrs(PEOPLE, "subtree", filter, "entryuuid,uid")?, with_uuids);
+    // A filter on an attribute the replica does not keep matches nothing, and is warned of.
+    let unkept = c.search_output(&["--agreement", "people", "--filter", "(sn=*)"])?;
+    let warning = String::from_utf8_lossy(&unkept.stderr);
+    assert!(unkept.status.success() && unkept.stdout.is_empty(), "{unkept:?}");
+    assert!(warning.contains("keeps only the attributes uid, mail (its `attrs`), so a filter on sn"), "{warning}");
     // A malformed name is refused, naming it.
     let refused = p.search_attrs(PEOPLE, "subtree", filter, "uid,no such").unwrap_err();
     assert!(format!("{refused:#}").contains("invalid attribute name \"no such\""), "{refused:#}");
