@@ -280,14 +280,14 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
         // closed agreement, or one in backoff after an error, is the usual reason.
         let stands = || {
             let now = status.snapshot();
-            let at = status.csn(reach).map_or("none".to_owned(), |c| c.to_string());
+            let at = status.csn(reach).map_or("with nothing replicated yet".to_owned(), |c| format!("at csn {c}"));
             // With its time: the last error stays after the agreement recovers, and
             // without one it read as the reason a persisting agreement was behind.
             let why = now
                 .last_error
                 .map(|e| format!(" (its last error, at {}: {e})", now.last_error_at.as_deref().unwrap_or("-")))
                 .unwrap_or_default();
-            (now.state, format!("the agreement is {} at csn {at}{why}", now.state))
+            (now.state, format!("the agreement is {} {at}{why}", now.state))
         };
         // A stopped or closed agreement cannot move until an operator starts it: say so
         // at once, as a stopped consumer's store does, rather than after the whole timeout.
@@ -488,8 +488,11 @@ fn admin_reply(name: &str, cmd: Command, before: State) -> String {
         (Command::Start, _) if running => {
             format!("already running ({before}); nothing changed (`restart` ends its session and reconnects)")
         }
-        (Command::Start | Command::Restart, State::Backoff | State::Idle) => {
-            format!("connecting now (it was in {before}; the wait was cut short)")
+        (Command::Start | Command::Restart, State::Idle) => {
+            "connecting now (it was idle, waiting for its next poll; the wait was cut short)".to_owned()
+        }
+        (Command::Start | Command::Restart, State::Backoff) => {
+            "connecting now (it was in backoff, waiting to retry; the wait was cut short)".to_owned()
         }
         (Command::Restart, _) => format!("restarting (it was {before}): its session ends and it reconnects now"),
         (Command::Start | Command::Shutdown | Command::Reload { .. }, _) => format!("{cmd:?}").to_lowercase(),

@@ -8,7 +8,7 @@ use tether_protocol::Dn;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The addressed entry does not exist.
-    #[error("no such entry: {0}")]
+    #[error("no such entry: {}", .0.described())]
     NoSuchObject(Dn),
     /// An entry with that DN exists already.
     #[error("entry already exists: {0}")]
@@ -28,7 +28,7 @@ pub enum Refusal {
         suffix: Dn,
     },
     /// The request itself is invalid (attribute rules, missing objectClass, RDN values).
-    #[error("invalid change to {dn}: {reason}")]
+    #[error("invalid change to {}: {reason}", dn.described())]
     InvalidChange {
         /// The DN written to.
         dn: Dn,
@@ -256,5 +256,15 @@ mod tests {
         assert!(io(std::io::ErrorKind::StorageFull).open_hint().contains("free space first"));
         assert_eq!(io(std::io::ErrorKind::ConnectionReset).open_hint(), "");
         assert_eq!(StoreError::Locked("/srv".into()).open_hint(), "");
+    }
+
+    /// A write to the empty DN (`dn:` with nothing after it) is refused naming it in
+    /// words: it read "no such entry: ", as if the message were cut short.
+    #[test]
+    fn a_refusal_of_the_empty_dn_names_it() {
+        let no_such = Refusal::NoSuchObject(Dn::root()).to_string();
+        assert_eq!(no_such, "no such entry: the empty DN (the root)");
+        let named = Refusal::NoSuchObject(Dn::parse("cn=a,dc=example").unwrap()).to_string();
+        assert_eq!(named, "no such entry: cn=a,dc=example");
     }
 }
