@@ -33,7 +33,7 @@ use tether_protocol::liveness::{self, Liveness, Progress, Verdict};
 use tether_protocol::message::{
     GoodbyeReason, Hello, Message, Mode, RejectReason, Role, MUTUAL_AUTH_VERSION, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
 };
-use tether_protocol::{Cookie, Csn, HistoryId, RefreshKind, ResumePoint, SearchSpec};
+use tether_protocol::{Cookie, HistoryId, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
 use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -673,10 +673,16 @@ async fn keepalive_poller(
 /// position of its own; see [`Replica::apply_delta_batch`]), or else where an
 /// interrupted reload stood. A replica past its cookie gives up resuming a reload: its
 /// active data must be vouched for first.
+///
+/// A replica without a cookie (new, or reloaded for a changed region) gets a full
+/// refresh whatever it holds, and the swap replaces the record: its reload is resumed
+/// as any other's. The record used to hide the resume point then, and since it also
+/// outlives refreshes that ended normally (their entries later writes than their
+/// cookie), an interrupted reload started over every time.
 fn position(replica: &Replica, spec: &SearchSpec) -> Result<(Option<Cookie>, Option<ResumePoint>), StoreError> {
     let cookie = replica.cookie()?;
-    if let Some(beyond) = replica.beyond_cookie()? {
-        let since = cookie.map_or(Csn::ZERO, |c| c.csn);
+    if let (Some(held), Some(beyond)) = (cookie, replica.beyond_cookie()?) {
+        let since = held.csn;
         return Ok((cookie, Some(ResumePoint { kind: RefreshKind::Delta, since, start: beyond, cursor: None })));
     }
     Ok((cookie, replica.resume_point(spec)?))
@@ -1342,6 +1348,38 @@ mod tests {
         let store = ReplicaStore::open(dir.path()).unwrap();
         let replica = store.replica("people").unwrap();
         (dir, store, replica)
+    }
+
+    /// A replica past its cookie presents where it went, in place of an unfinished
+    /// reload's resume point; one without a cookie (reloaded for a changed region) is
+    /// refreshed in full whatever it holds, so its reload is resumed as any other's
+    /// (found by a walkthrough: it started over every time).
+    #[test]
+    fn a_replica_without_a_cookie_resumes_its_reload_whatever_record_it_holds() {
+        let (_dir, _store, replica) = empty_replica();
+        let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
+        let history = HistoryId::new_random();
+        replica.apply_delta_batch(&batch_ops(0, 3), history).unwrap();
+        replica.advance(Cookie { history, csn: Csn(2) }).unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Present).unwrap();
+        shadow.apply_scan(&batch_ops(10, 2)).unwrap();
+        let start = Cookie { history, csn: Csn(20) };
+        let resume = ResumePoint { kind: RefreshKind::Present, since: Csn(2), start, cursor: Some(b"k".to_vec()) };
+        shadow.record_progress(&spec, resume.clone()).unwrap();
+        let (cookie, presented) = position(&replica, &spec).unwrap();
+        assert_eq!(cookie, Some(Cookie { history, csn: Csn(2) }));
+        let beyond = Cookie { history, csn: Csn(3) };
+        assert_eq!(
+            presented,
+            Some(ResumePoint { kind: RefreshKind::Delta, since: Csn(2), start: beyond, cursor: None })
+        );
+        replica.forget_cookie().unwrap();
+        assert_eq!(position(&replica, &spec).unwrap(), (None, Some(resume)));
+    }
+
+    fn batch_ops(first: usize, len: usize) -> Vec<ReplOp> {
+        let Message::Batch { ops } = batch(first, len) else { unreachable!() };
+        ops
     }
 
     /// Runs one session of `cfg`, which must end within 30 s, and says how it ended.

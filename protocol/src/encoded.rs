@@ -31,7 +31,9 @@ pub enum EncodedOp {
     Delete {
         /// Which entry.
         uuid: EntryUuid,
-        /// The CSN of the change that removed it.
+        /// The CSN of the change that removed it, or one after it: a provider that finds
+        /// the entry gone since the change it sends knows only that the removal is at
+        /// or before its newest write.
         csn: Csn,
     },
 }

@@ -231,7 +231,7 @@ impl Refresh {
                     }
                 }
                 Phase::Changes { delta } => {
-                    let ops = delta.next_encoded(dir.entries(), self.batch_size)?;
+                    let ops = delta.next_encoded(dir.entries(), self.batch_size, &|| dir.newest_committed())?;
                     // An entry read may hold a later write not yet durable: it must be
                     // before the entry is sent (as in the scan).
                     dir.sync(delta.newest_read())?;

@@ -146,13 +146,23 @@ impl Changelog {
 /// first, which finds it without the UUID index unless it moved again since). The entry
 /// goes as stored when the region takes whole entries, and is decoded, filtered and
 /// trimmed otherwise.
+///
+/// `state` is the CSN of the state read: the entry's own, or for an entry gone one at
+/// or after the change that removed it. A delete the state calls for carries it, not the
+/// change's `csn`: the state may be a later write than the change (the entry deleted,
+/// or moved out of the region, since), and a consumer that applies the delete holds
+/// that later state, past a cookie at the change; the CSN tells it so (it records how
+/// far past its cookie it went, which a provider restored from a copy made before that
+/// write does not recognize).
 pub(crate) fn op_for_found(
     uuid: EntryUuid,
     csn: Csn,
     named_in_scope: bool,
     found: Option<(&[u8], &[u8])>,
+    state: Csn,
     spec: &SearchSpec,
 ) -> Result<Option<EncodedOp>> {
+    let csn = csn.max(state);
     let Some((key, bytes)) = found else {
         return Ok(named_in_scope.then_some(EncodedOp::Delete { uuid, csn }));
     };
@@ -213,31 +223,56 @@ impl Delta {
         self.order.len()
     }
 
-    /// Up to `max` operations; an empty batch means the delta is exhausted.
-    pub fn next_batch(&mut self, entries: &EntrySet, max: usize) -> Result<Vec<ReplOp>> {
-        self.next_encoded(entries, max)?.iter().map(decoded).collect()
+    /// Up to `max` operations; an empty batch means the delta is exhausted. `committed`
+    /// is the store's newest committed CSN (see [`Delta::next_encoded`]).
+    pub fn next_batch(&mut self, entries: &EntrySet, max: usize, committed: &dyn Fn() -> Csn) -> Result<Vec<ReplOp>> {
+        self.next_encoded(entries, max, committed)?.iter().map(decoded).collect()
     }
 
-    /// [`Delta::next_batch`] with entries as stored, ready for a message.
-    pub fn next_encoded(&mut self, entries: &EntrySet, max: usize) -> Result<Vec<EncodedOp>> {
+    /// [`Delta::next_batch`] with entries as stored, ready for a message. An entry found
+    /// gone was removed at a CSN nothing records any more; `committed`, asked once the
+    /// batch's entries are read, gives one at or after it (the store's newest committed
+    /// CSN: see [`op_for_found`] for why its deletes carry it).
+    pub fn next_encoded(
+        &mut self,
+        entries: &EntrySet,
+        max: usize,
+        committed: &dyn Fn() -> Csn,
+    ) -> Result<Vec<EncodedOp>> {
         let mut batch = Vec::new();
+        let mut gone = Vec::new();
         while batch.len() < max {
             let Some(c) = self.order.next() else { break };
             let found = entries.locate_encoded(&c.uuid, Some(&c.key))?;
-            if let Some(l) = &found {
-                self.newest_read = self.newest_read.max(l.csn);
-            }
-            let found = found.as_ref().map(|l| (l.key.as_slice(), l.bytes.as_ref()));
-            if let Some(op) = op_for_found(c.uuid, c.csn, c.named, found, &self.spec)? {
+            let state = match &found {
+                Some(l) => l.csn,
+                None => c.csn,
+            };
+            self.newest_read = self.newest_read.max(state);
+            let located = found.as_ref().map(|l| (l.key.as_slice(), l.bytes.as_ref()));
+            if let Some(op) = op_for_found(c.uuid, c.csn, c.named, located, state, &self.spec)? {
+                if found.is_none() {
+                    gone.push(batch.len());
+                }
                 batch.push(op);
+            }
+        }
+        if !gone.is_empty() {
+            let removed_by = committed();
+            self.newest_read = self.newest_read.max(removed_by);
+            for i in gone {
+                if let Some(EncodedOp::Delete { csn, .. }) = batch.get_mut(i) {
+                    *csn = (*csn).max(removed_by);
+                }
             }
         }
         Ok(batch)
     }
 
-    /// The newest CSN of any entry read so far. Entries are read as they are now, so
-    /// this may be a later write than the delta's range, committed but not yet durable:
-    /// the caller makes it durable before sending what it read.
+    /// The newest CSN of any entry read so far (for an entry found gone, the one its
+    /// delete carries). Entries are read as they are now, so this may be a later write
+    /// than the delta's range, committed but not yet durable: the caller makes it
+    /// durable before sending what it read.
     pub fn newest_read(&self) -> Csn {
         self.newest_read
     }

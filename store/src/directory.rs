@@ -483,6 +483,13 @@ impl Directory {
         &self.changelog
     }
 
+    /// The newest committed CSN, read under the writer lock: a read that saw a write's
+    /// effect (an entry gone) and asks this afterwards gets a CSN at or after that
+    /// write's, which is committed and assigned before the lock is let go.
+    pub fn newest_committed(&self) -> Csn {
+        *self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The highest durable CSN: what sessions may send.
     pub fn durable_csn(&self) -> Csn {
         self.durability.last_durable()
@@ -775,8 +782,8 @@ impl Directory {
     /// before this returns, so nothing sent can be taken back by a crash, and its CSN
     /// never reused.
     pub fn recent_changes(&self, after: Csn, upto: Csn, max: usize) -> Result<Vec<std::sync::Arc<FedChange>>> {
-        let changes = self.feed.read(&self.changelog, &self.set, after, upto, max)?;
-        if let Some(newest) = changes.iter().filter_map(|c| c.entry_csn()).max() {
+        let changes = self.feed.read(&self.changelog, &self.set, after, upto, max, &|| self.newest_committed())?;
+        if let Some(newest) = changes.iter().map(|c| c.state_csn()).max() {
             self.sync(newest)?;
         }
         Ok(changes)
@@ -1230,13 +1237,13 @@ mod tests {
         assert!(d.durable_csn() < later);
         // From the feed, the change comes with the entry it wrote: nothing to flush.
         let fed = d.recent_changes(before, first, 10).unwrap();
-        assert_eq!(fed[0].entry_csn(), Some(first));
+        assert_eq!(fed[0].state_csn(), first);
         assert!(d.durable_csn() < later);
         // A session behind the feed's reach reads the entry as it is now.
         d.feed.forget();
         let changes = d.recent_changes(before, first, 10).unwrap();
         assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].entry_csn(), Some(later), "the entry as it is now");
+        assert_eq!(changes[0].state_csn(), later, "the entry as it is now");
         assert!(d.durable_csn() >= later, "what is sent is durable");
     }
 }

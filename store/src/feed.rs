@@ -39,13 +39,23 @@ pub struct FedChange {
     /// Where the entry was stored, its record and that record's CSN; `None` if it no
     /// longer existed.
     found: Option<Located>,
+    /// The CSN of the state read: the entry's, or for an entry gone one at or after its
+    /// removal (see `op_for_found`).
+    state: Csn,
 }
 
 impl FedChange {
-    /// A change with its entry as stored (`None` if it no longer exists): the one its
-    /// writer wrote, or the one a session read from the store.
+    /// A change with its entry as its writer wrote it (`None` for a delete).
     pub(crate) fn new(record: ChangeRecord, found: Option<Located>) -> Self {
-        Self { record, found }
+        let state = found.as_ref().map_or(record.csn, |l| l.csn);
+        Self { record, found, state }
+    }
+
+    /// A change with its entry as a session read it from the store: `found`, or, gone,
+    /// removed at or before `removed_by`.
+    fn read(record: ChangeRecord, found: Option<Located>, removed_by: Csn) -> Self {
+        let state = found.as_ref().map_or(record.csn.max(removed_by), |l| l.csn);
+        Self { record, found, state }
     }
 
     /// The change's CSN.
@@ -53,11 +63,11 @@ impl FedChange {
         self.record.csn
     }
 
-    /// The CSN of the entry as read (the change's own, or a later write's): a later
-    /// write may be committed but not yet durable, and must be made durable before the
-    /// entry is sent.
-    pub fn entry_csn(&self) -> Option<Csn> {
-        self.found.as_ref().map(|l| l.csn)
+    /// The CSN of the entry's state as read (the change's own, or a later write's, its
+    /// removal's included): a later write may be committed but not yet durable, and
+    /// must be made durable before what was read is sent.
+    pub fn state_csn(&self) -> Csn {
+        self.state
     }
 
     /// What a consumer of `spec` is sent for this change, given the entry as read: an
@@ -65,7 +75,7 @@ impl FedChange {
     /// [`changelog`](crate::changelog)).
     pub fn op_for(&self, spec: &SearchSpec) -> Result<Option<EncodedOp>> {
         let found = self.found.as_ref().map(|l| (l.key.as_slice(), l.bytes.as_ref()));
-        op_for_found(self.record.uuid, self.record.csn, self.record.touches(spec), found, spec)
+        op_for_found(self.record.uuid, self.record.csn, self.record.touches(spec), found, self.state, spec)
     }
 
     fn bytes(&self) -> usize {
@@ -88,6 +98,7 @@ struct Recent {
 impl Feed {
     /// Changes with `after < csn <= upto`, at most `max`, in CSN order: from the feed
     /// while it has them in sequence, then from the store (and kept for the next session).
+    /// `committed` gives the store's newest committed CSN, for entries read gone.
     pub fn read(
         &self,
         changelog: &Changelog,
@@ -95,6 +106,7 @@ impl Feed {
         after: Csn,
         upto: Csn,
         max: usize,
+        committed: &dyn Fn() -> Csn,
     ) -> Result<Vec<Arc<FedChange>>> {
         let mut out = Vec::new();
         let mut at = after;
@@ -111,12 +123,16 @@ impl Feed {
         }
         // Read outside the lock: two sessions missing together read twice, and both
         // keep the same change.
-        let mut read = Vec::new();
+        let mut looked = Vec::new();
         for record in changelog.records(at, upto).take(max - out.len()) {
             let record = record?;
             let found = entries.locate_encoded(&record.uuid, Some(&record.dn.tree_key()))?;
-            read.push(Arc::new(FedChange::new(record, found)));
+            looked.push((record, found));
         }
+        // Asked once every entry is read, so that it is at or after any removal seen.
+        let removed_by = looked.iter().any(|(_, found)| found.is_none()).then(committed).unwrap_or(Csn::ZERO);
+        let read: Vec<Arc<FedChange>> =
+            looked.into_iter().map(|(record, found)| Arc::new(FedChange::read(record, found, removed_by))).collect();
         self.keep(read.iter().cloned());
         out.extend(read);
         Ok(out)
@@ -152,6 +168,66 @@ mod tests {
     use crate::test_changes::{add, suffix};
     use crate::Directory;
     use tether_protocol::{Change, Dn, Filter, ModOp, Modification, Rdn, Scope, Value};
+
+    /// A change read from the store whose entry is gone since, deleted or moved out of
+    /// the region by a later write, is sent as a delete carrying that later write's CSN
+    /// (or one after it), not the change's: the consumer then holds a state past the
+    /// cookie that comes with the change, and says so (found by a walkthrough: a
+    /// provider restored from a snapshot taken before the later write resumed it by
+    /// delta, and the entry stayed missing).
+    #[test]
+    fn a_change_whose_entry_is_gone_since_is_a_delete_at_or_after_the_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let dn = |s: &str| Dn::parse(s).unwrap();
+        let people = "ou=people,dc=example,dc=com";
+        let person = |uid: &str| {
+            add(&format!("uid={uid},{people}"), &[("objectClass", "person"), ("uid", uid), ("cn", uid), ("sn", "In")])
+        };
+        let sn = |uid: &str, sn: &str| Change::Modify {
+            dn: dn(&format!("uid={uid},{people}")),
+            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
+        };
+        for change in [suffix(), add(people, &[("objectClass", "organizationalUnit"), ("ou", "people")])] {
+            d.write(&change).unwrap();
+        }
+        d.write(&person("ann")).unwrap();
+        let first = d.write(&sn("ann", "Still in")).unwrap().csn;
+        d.write(&person("bob")).unwrap();
+        let second = d.write(&sn("bob", "Still in")).unwrap().csn;
+        let removed = d.write(&Change::Delete { dn: dn(&format!("uid=ann,{people}")) }).unwrap().csn;
+        let moved = d.write(&sn("bob", "Out")).unwrap().csn;
+        d.feed.forget();
+        let spec = SearchSpec {
+            base: dn(people),
+            scope: Scope::One,
+            filter: Filter::parse("(!(sn=Out))").unwrap(),
+            attrs: Vec::new(),
+        };
+        let read = d.recent_changes(Csn(first.0 - 1), first, 1).unwrap();
+        assert!(read[0].state_csn() >= removed, "{:?}", read[0]);
+        match read[0].op_for(&spec).unwrap() {
+            Some(EncodedOp::Delete { csn, .. }) => assert!(csn >= removed, "{csn} < {removed}"),
+            other => panic!("a delete, not {other:?}"),
+        }
+        let read = d.recent_changes(Csn(second.0 - 1), second, 1).unwrap();
+        match read[0].op_for(&spec).unwrap() {
+            Some(EncodedOp::Delete { csn, .. }) => assert_eq!(csn, moved, "the state that took it out"),
+            other => panic!("a delete, not {other:?}"),
+        }
+        // The delta reads the same way.
+        let mut delta = d.changelog().delta(Csn(first.0 - 1), second, &spec).unwrap();
+        let ops = delta.next_encoded(d.entries(), 10, &|| d.newest_committed()).unwrap();
+        let csns: Vec<Csn> = ops
+            .iter()
+            .map(|op| match op {
+                EncodedOp::Delete { csn, .. } => *csn,
+                other => panic!("a delete, not {other:?}"),
+            })
+            .collect();
+        assert!(csns.len() == 2 && csns[0] >= removed && csns[1] == moved, "{csns:?}");
+        assert!(delta.newest_read() >= moved, "made durable before it is sent");
+    }
 
     #[test]
     fn a_committed_change_is_fed_as_written_and_sends_what_the_store_would() {
@@ -209,7 +285,7 @@ mod tests {
             let read = d.recent_changes(Csn(csn.0 - 1), csn, 1).unwrap();
             assert!(!Arc::ptr_eq(&read[0], &fed));
             assert_eq!(fed.record, read[0].record);
-            assert_eq!(fed.entry_csn(), read[0].entry_csn());
+            assert_eq!(fed.state_csn(), read[0].state_csn());
             for spec in &specs {
                 assert_eq!(fed.op_for(spec).unwrap(), read[0].op_for(spec).unwrap(), "change {i}, {spec:?}");
             }

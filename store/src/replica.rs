@@ -542,6 +542,13 @@ impl ReplicaStore {
 /// one with nothing new to it (an empty delta after the restart) held a position that a
 /// backup taken before that restart never made, so restoring the backup reloaded every
 /// such consumer in full.
+fn kept_cookie(held: Option<Cookie>, offered: Cookie) -> Cookie {
+    match held {
+        Some(held) if held.csn == offered.csn => held,
+        _ => offered,
+    }
+}
+
 /// The key in [`BEYOND`] of how far past its refresh's start an unfinished shadow holds
 /// data: the newest CSN its catch-up applied (a big-endian `u64`; see
 /// [`Shadow::apply`]). Beside the replica's own record, not in it; an agreement name
@@ -557,11 +564,11 @@ fn newest_csn<O: IncomingOp>(ops: &[O]) -> Option<Csn> {
     ops.iter().map(|o| o.incoming().csn()).max()
 }
 
-fn kept_cookie(held: Option<Cookie>, offered: Cookie) -> Cookie {
-    match held {
-        Some(held) if held.csn == offered.csn => held,
-        _ => offered,
-    }
+/// Takes an unfinished shadow out of `state` (its generation, to free with
+/// `Replica::free_shadow` once the state is written).
+fn take_shadow(state: &mut ReplicaState) -> Option<u64> {
+    state.shadow_progress = None;
+    state.shadow.take()
 }
 
 /// A [`COUNTS`] record: generation, then count.
@@ -987,11 +994,12 @@ impl Replica {
     /// discarded.
     pub fn begin_shadow(&self, kind: RefreshKind) -> Result<Shadow> {
         let mut state = self.state()?;
-        self.discard_shadow(&mut state)?;
+        let discarded = take_shadow(&mut state);
         let gen = state.next_gen.max(state.active_gen + 1);
         state.next_gen = gen + 1;
         state.shadow = Some(gen);
         self.store.put_state(&self.name, &state)?;
+        self.free_shadow(discarded)?;
         let set = self.store.set_for(&self.name, gen)?;
         // A new generation's trees are empty (generation numbers are never reused, and a
         // shadow's trees are dropped with it); checked anyway, one key, so that a count
@@ -1004,16 +1012,19 @@ impl Replica {
     pub fn abandon_shadow(&self) -> Result<()> {
         let mut state = self.state()?;
         if state.shadow.is_some() {
-            self.discard_shadow(&mut state)?;
+            let discarded = take_shadow(&mut state);
             self.store.put_state(&self.name, &state)?;
+            self.free_shadow(discarded)?;
         }
         Ok(())
     }
 
-    fn discard_shadow(&self, state: &mut ReplicaState) -> Result<()> {
-        state.shadow_progress = None;
+    /// Frees what [`take_shadow`] took out of the state, once the state without it is
+    /// written (ahead in sled's log): whatever survives a crash, a state that names a
+    /// shadow has its trees and its record of data past the catch-up's start.
+    fn free_shadow(&self, discarded: Option<u64>) -> Result<()> {
         self.store.beyond.remove(shadow_beyond_key(&self.name))?;
-        if let Some(old) = state.shadow.take() {
+        if let Some(old) = discarded {
             self.store.drop_generation(&self.name, old)?;
         }
         Ok(())

@@ -82,7 +82,7 @@ fn delta_refresh(p: &Pair, name: &str, spec: &SearchSpec, from: Cookie) -> Cooki
     let mut delta = p.dir.changelog().delta(from.csn, upto, spec).unwrap();
     let replica = p.replicas.replica(name).unwrap();
     loop {
-        let batch = delta.next_batch(p.dir.entries(), 5).unwrap();
+        let batch = delta.next_batch(p.dir.entries(), 5, &|| p.dir.newest_committed()).unwrap();
         if batch.is_empty() {
             break;
         }
@@ -124,7 +124,7 @@ fn delta_coalesces_to_latest_state_and_follows_moves_across_scope() {
     p.dir.write(&modify("ou=groups,dc=example,dc=com", ModOp::Add, "description", &["out of scope"])).unwrap();
 
     let mut delta = p.dir.changelog().delta(cookie.csn, p.dir.durable_csn(), &spec).unwrap();
-    let ops = delta.next_batch(p.dir.entries(), 100).unwrap();
+    let ops = delta.next_batch(p.dir.entries(), 100, &|| p.dir.newest_committed()).unwrap();
     let a_ops: Vec<_> = ops.iter().filter(|o| matches!(o, ReplOp::Upsert(e) if e.dn == dn(a))).collect();
     assert_eq!(a_ops.len(), 1, "three modifies coalesce into one upsert: {ops:#?}");
     assert!(matches!(a_ops[0], ReplOp::Upsert(e) if e.attrs.values("mail") == [tether_protocol::Value::from("a2@x")]));
@@ -734,7 +734,7 @@ fn a_reload_knows_how_many_entries_it_holds() {
     let mut delta = p.dir.changelog().delta(start.csn, p.dir.durable_csn(), &spec).unwrap();
     let mut catch_up = Vec::new();
     loop {
-        let batch = delta.next_batch(p.dir.entries(), 5).unwrap();
+        let batch = delta.next_batch(p.dir.entries(), 5, &|| p.dir.newest_committed()).unwrap();
         if batch.is_empty() {
             break;
         }
