@@ -232,7 +232,7 @@ impl Delta {
     /// [`Delta::next_batch`] with entries as stored, ready for a message. An entry found
     /// gone was removed at a CSN nothing records any more; `committed`, asked once the
     /// batch's entries are read, gives one at or after it (the store's newest committed
-    /// CSN: see [`op_for_found`] for why its deletes carry it).
+    /// CSN: see `op_for_found` for why its deletes carry it).
     pub fn next_encoded(
         &mut self,
         entries: &EntrySet,
