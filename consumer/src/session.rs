@@ -1101,7 +1101,7 @@ impl Applier<'_> {
             }
             Message::RefreshProgress { resume } => {
                 self.expect_refreshing("RefreshProgress")?;
-                let Some(shadow) = self.shadow.take() else {
+                let Some(mut shadow) = self.shadow.take() else {
                     return Err(Ended::new(
                         Reason::Exception,
                         "protocol error: RefreshProgress outside a full or present refresh",

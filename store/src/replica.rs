@@ -816,11 +816,10 @@ impl Replica {
 
     /// Clears the record of data past the cookie once the cookie, now at `csn`, covers it.
     fn settle_beyond_cookie(&self, csn: Csn) -> Result<()> {
-        match self.beyond_cookie()? {
-            Some(held) if held.csn > csn => Ok(()),
-            Some(_) => self.clear_beyond_cookie(),
-            None => Ok(()),
+        if self.beyond_cookie()?.is_some_and(|held| held.csn <= csn) {
+            self.store.beyond.remove(self.name.as_bytes())?;
         }
+        Ok(())
     }
 
     /// How far past its cookie a delta refresh that was cut short took the replica: the
@@ -836,13 +835,6 @@ impl Replica {
     fn shadow_beyond(&self) -> Result<Option<Csn>> {
         let held = self.store.beyond.get(shadow_beyond_key(&self.name))?;
         held.map(|v| crate::record::u64_from(BEYOND, &v).map(Csn)).transpose()
-    }
-
-    fn clear_beyond_cookie(&self) -> Result<()> {
-        if self.store.beyond.contains_key(self.name.as_bytes())? {
-            self.store.beyond.remove(self.name.as_bytes())?;
-        }
-        Ok(())
     }
 
     /// Moves the cookie to `cookie` with nothing to apply (a delta's end, or changes
@@ -1005,7 +997,7 @@ impl Replica {
         // shadow's trees are dropped with it); checked anyway, one key, so that a count
         // started at zero is never wrong.
         let entries = set.is_empty().then_some(0);
-        Ok(Shadow { replica: self.clone(), gen, set, kind, received: 0, entries })
+        Ok(Shadow { replica: self.clone(), gen, set, kind, received: 0, entries, catch_up_from: None })
     }
 
     /// Discards an unfinished shadow, if any (a refresh that will not be continued).
@@ -1065,6 +1057,7 @@ impl Replica {
             kind: progress.resume.kind,
             received: progress.received,
             entries: None,
+            catch_up_from: Some(progress.resume.start.csn),
         })
     }
 }
@@ -1161,6 +1154,9 @@ pub struct Shadow {
     /// empty start within one session. `None` for a resumed shadow, counted by a scan in
     /// [`Shadow::finish`] (a scan of a million entries takes a second and more).
     entries: Option<u64>,
+    /// Where the refresh's catch-up starts (the `start` of the last progress recorded):
+    /// states past it are recorded before [`Shadow::apply`] writes them.
+    catch_up_from: Option<Csn>,
 }
 
 impl Shadow {
@@ -1190,11 +1186,12 @@ impl Shadow {
     /// data it covers was applied: sled recovers a prefix of the writes made, so after a
     /// crash the resume point never claims more than the shadow holds. Not durable until
     /// [`ReplicaStore::flush`] (an older resume point only means more is re-sent).
-    pub fn record_progress(&self, spec: &SearchSpec, resume: ResumePoint) -> Result<()> {
+    pub fn record_progress(&mut self, spec: &SearchSpec, resume: ResumePoint) -> Result<()> {
         let mut state = self.replica.state()?;
         if state.shadow != Some(self.gen) {
             return Err(StoreError::StaleShadow(self.replica.name.to_string()));
         }
+        self.catch_up_from = Some(resume.start.csn);
         state.shadow_progress = Some(ShadowProgress { resume, spec: spec.clone(), received: self.received });
         self.replica.store.put_state(&self.replica.name, &state)
     }
@@ -1205,8 +1202,7 @@ impl Shadow {
     /// log, for [`Shadow::finish`] and [`Replica::resume_point`]: the catch-up reads
     /// entries as they are, later writes than its `RefreshDone` cookie perhaps.
     pub fn apply<O: IncomingOp>(&mut self, ops: &[O]) -> Result<ApplyStats> {
-        let start = self.replica.state()?.shadow_progress.map(|p| p.resume.start.csn);
-        if let (Some(newest), Some(start)) = (newest_csn(ops), start) {
+        if let (Some(newest), Some(start)) = (newest_csn(ops), self.catch_up_from) {
             if newest > start && self.replica.shadow_beyond()?.is_none_or(|held| held < newest) {
                 let key = shadow_beyond_key(&self.replica.name);
                 self.replica.store.beyond.insert(key, &newest.0.to_be_bytes())?;
@@ -1359,11 +1355,11 @@ impl Shadow {
     pub fn abort(self) -> Result<()> {
         let mut state = self.replica.state()?;
         if state.shadow == Some(self.gen) {
-            state.shadow = None;
-            state.shadow_progress = None;
+            let discarded = take_shadow(&mut state);
             self.replica.store.put_state(&self.replica.name, &state)?;
-            self.replica.store.beyond.remove(shadow_beyond_key(&self.replica.name))?;
+            return self.replica.free_shadow(discarded);
         }
+        // Not the shadow on record any more: its record, if any, is another's.
         self.replica.store.drop_generation(&self.replica.name, self.gen)
     }
 }
