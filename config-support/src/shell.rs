@@ -117,30 +117,35 @@ pub fn exit_now(code: i32) -> ! {
     std::process::exit(code)
 }
 
-/// Why [`config_or_status`] could not give a status.
+/// Why [`config_or_running`] could not give the configuration or the running
+/// process's answer.
 #[derive(Debug, thiserror::Error)]
-pub enum StatusError {
+pub enum RunningError {
     /// The file failed to load, and no process answered at the control socket it names.
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
-    /// The process there failed to answer.
+    /// The process there failed to answer, or refused the request.
     #[error(transparent)]
     Control(#[from] tether_protocol::control::ControlError),
 }
 
-/// The configuration `status` of a `process` runs with: `loaded`, or, when `file` failed
-/// to load, `None` after the running process's status was printed all the same, if the
-/// file's `data_dir` and `control` reach one ([`crate::source::control_path`]), with the
-/// error as a warning on standard error. A file being edited must not turn a monitoring
-/// check red while the process runs on what it read; the warning says the next start or
-/// reload would fail. If no process answers there, the error is returned as it is.
-pub async fn config_or_status<T>(
+/// The configuration a command for a running `process` runs with: `loaded`, or, when
+/// `file` failed to load, `None` after `request` was answered by the running process all
+/// the same, if the file's `data_dir` and `control` reach one
+/// ([`crate::source::control_path`]), with the error as a warning on standard error.
+/// The process runs on the configuration it read, and answers by it: a file being
+/// edited must neither turn a monitoring check red (`status`) nor keep an operator
+/// from stopping, starting or reading an agreement meanwhile; the warning says the
+/// next start or reload would fail. The process checks what the request names (an
+/// agreement unknown to it is refused there). If no process answers there, the
+/// file's error is returned as it is.
+pub async fn config_or_running<T>(
     loaded: Result<T, crate::ConfigError>,
     file: &std::path::Path,
     default_data_dir: &str,
     process: tether_protocol::control::Process,
-    json: bool,
-) -> Result<Option<T>, StatusError> {
+    request: &tether_protocol::control::ControlRequest,
+) -> Result<Option<T>, RunningError> {
     let error = match loaded {
         Ok(config) => return Ok(Some(config)),
         Err(error) => error,
@@ -154,17 +159,25 @@ pub async fn config_or_status<T>(
         return Err(error.into());
     }
     // Given with the file, so that a copy being edited (of another process's file,
-    // naming its socket) does not show that process's status as its own.
-    let request = tether_protocol::control::ControlRequest::Status { json };
+    // naming its socket) does not act on that process as its own.
     let mut out = crate::output::Stdout::lock();
-    if !tether_protocol::control::call_from(&control, process, file, &request, &mut out).await? {
+    let answered = tether_protocol::control::call_from(&control, process, file, request, &mut out).await;
+    drop(out);
+    if let Ok(false) = answered {
         return Err(error.into());
     }
+    let command = process.command();
+    let what = match request {
+        tether_protocol::control::ControlRequest::Status { .. } => {
+            format!("this is the status of the running {command}")
+        }
+        _ => format!("the running {command} answered"),
+    };
     crate::say!(
-        "warning: {error}; this is the status of the running {}, which keeps the configuration it last read (its \
-         next start or reload would refuse this file)",
-        process.command()
+        "warning: {error}; {what}, which keeps the configuration it last read (its next start or reload would refuse \
+         this file)"
     );
+    answered?;
     Ok(None)
 }
 
@@ -530,7 +543,16 @@ mod tests {
         std::fs::write(&file, format!("data_dir = {:?}\n", long.display().to_string())).unwrap();
         let loaded = crate::source::check_socket_path(&file, "control", &long.join("control.sock"));
         let process = tether_protocol::control::Process::Consumer;
-        let err = config_or_status(loaded, &file, "data", process, false).await.unwrap_err().to_string();
+        let err = config_or_running(
+            loaded,
+            &file,
+            "data",
+            process,
+            &tether_protocol::control::ControlRequest::Status { json: false },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("key 'control': socket path ") && err.contains("Unix sockets allow at most 107"), "{err}");
     }
 

@@ -221,6 +221,19 @@ fn not_running(config: &ConsumerConfig) -> anyhow::Error {
     }
 }
 
+/// The configuration in `file`, or `None` once the running consumer answered `request`
+/// although `file` holds an error (an edit under way): it runs, and answers, on what it
+/// last read ([`shell::config_or_running`], which warns of the error). `request` is
+/// what the command asks when the file cannot say more than its command line does;
+/// `None` where it must (an agreement to name, a base to default to), and then the
+/// file's error is the answer.
+async fn config_or_running(file: &Path, request: Option<ControlRequest>) -> Result<Option<ConsumerConfig>> {
+    let loaded = ConsumerConfig::load(file);
+    let Some(request) = request else { return Ok(Some(loaded?)) };
+    let (data_dir, process) = (tether_consumer::config::DEFAULT_DATA_DIR, tether_protocol::control::Process::Consumer);
+    Ok(shell::config_or_running(loaded, file, data_dir, process, &request).await?)
+}
+
 fn agreement_name(config: &ConsumerConfig, name: Option<String>) -> Result<String> {
     match name {
         Some(n) if config.agreement(&n).is_some() => Ok(n),
@@ -239,7 +252,8 @@ async fn run(cli: Cli) -> Result<()> {
             let loaded = ConsumerConfig::load(&file).and_then(|c| c.check_files().map(|warnings| (c, warnings)));
             let process = tether_protocol::control::Process::Consumer;
             let data_dir = tether_consumer::config::DEFAULT_DATA_DIR;
-            let Some((config, warnings)) = shell::config_or_status(loaded, &file, data_dir, process, json).await?
+            let Some((config, warnings)) =
+                shell::config_or_running(loaded, &file, data_dir, process, &ControlRequest::Status { json }).await?
             else {
                 return Ok(());
             };
@@ -290,7 +304,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stop { config, name } => admin(&config, name, true).await,
         Command::Start { config, name } => admin(&config, name, false).await,
         Command::Restart { config, name } => {
-            let config = ConsumerConfig::load(&config)?;
+            let asked = ControlRequest::Restart { name: name.clone() };
+            let Some(config) = config_or_running(&config, Some(asked)).await? else { return Ok(()) };
             let name = agreement_name(&config, Some(name))?;
             if !call(&config, &ControlRequest::Restart { name }).await? {
                 return Err(not_running(&config));
@@ -306,10 +321,13 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Wait { config, agreement, csn, timeout, visible } => {
-            let config = ConsumerConfig::load(&config)?;
-            let name = agreement_name(&config, agreement)?;
             // Rounded up: `1ns` is a wait of 1 ms, not one of none reported as "0ns".
             let timeout_ms = u64::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+            let asked = agreement
+                .clone()
+                .map(|name| ControlRequest::wait(name, tether_protocol::Csn(csn), timeout_ms, visible));
+            let Some(config) = config_or_running(&config, asked).await? else { return Ok(()) };
+            let name = agreement_name(&config, agreement)?;
             let request = ControlRequest::wait(name.clone(), tether_protocol::Csn(csn), timeout_ms, visible);
             if call(&config, &request).await? {
                 return Ok(());
@@ -326,9 +344,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Search { config, agreement, base, scope, filter, attrs, uuids, as_is } => {
-            let config = ConsumerConfig::load(&config)?;
             let (attrs, uuid_named) = take_entry_uuid(attrs);
             let uuids = uuids || uuid_named;
+            // Without the file, a subtree search from the root is one of the whole
+            // replica, as one from the agreement's base is; a narrower scope needs the base.
+            let asked = match (&base, scope) {
+                _ if as_is => None,
+                (Some(base), _) => Some(base.clone()),
+                (None, Scope::Subtree) => Some(Dn::root()),
+                (None, _) => None,
+            }
+            .map(|base| {
+                let spec = SearchSpec { base, scope, filter: filter.clone(), attrs: attrs.clone() };
+                ControlRequest::search(agreement.clone(), spec, uuids)
+            });
+            let Some(config) = config_or_running(&config, asked).await? else { return Ok(()) };
             if let Some(name) = agreement.as_deref().filter(|n| !as_is && config.agreement(n).is_none()) {
                 return Err(unknown_agreement(&config, name));
             }
@@ -486,10 +516,10 @@ fn print_pages(mut pages: control::SearchPages) -> Result<()> {
 /// `stop`/`start`: through the running process, or (when it is not running) straight
 /// to the persisted flag, so the next `run` honours it.
 async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
-    let config = ConsumerConfig::load(config)?;
-    let name = agreement_name(&config, Some(name))?;
     let request =
         if stop { ControlRequest::Stop { name: name.clone() } } else { ControlRequest::Start { name: name.clone() } };
+    let Some(config) = config_or_running(config, Some(request.clone())).await? else { return Ok(()) };
+    let name = agreement_name(&config, Some(name))?;
     if call(&config, &request).await? {
         return Ok(());
     }

@@ -345,10 +345,25 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Search { config, base, scope, filter, attrs, uuids } => {
-            let config = ProviderConfig::load(&config)?;
+        Command::Search { config: file, base, scope, filter, attrs, uuids } => {
             let (attrs, uuid_named) = take_entry_uuid(attrs);
             let uuids = uuids || uuid_named;
+            // While the file holds an error, the running provider answers all the same
+            // (see `status`), if the command names its base: the default is the file's.
+            let loaded = ProviderConfig::load(&file);
+            let config = match base.clone().filter(|_| loaded.is_err()) {
+                Some(base) => {
+                    let spec = SearchSpec { base, scope, filter: filter.clone(), attrs: attrs.clone() };
+                    let (data_dir, process) =
+                        (tether_provider::config::DEFAULT_DATA_DIR, tether_protocol::control::Process::Provider);
+                    let request = ControlRequest::search(None, spec, uuids);
+                    match shell::config_or_running(loaded, &file, data_dir, process, &request).await? {
+                        Some(config) => config,
+                        None => return Ok(()),
+                    }
+                }
+                None => loaded?,
+            };
             let spec = spec(&config, base, scope, filter, attrs);
             let request = ControlRequest::search(None, spec.clone(), uuids);
             if client::control_call(&config, &request).await?.is_some() {
@@ -373,7 +388,8 @@ async fn run(cli: Cli) -> Result<()> {
             let loaded = ProviderConfig::load(&file).and_then(|c| c.check_files().map(|warnings| (c, warnings)));
             let process = tether_protocol::control::Process::Provider;
             let data_dir = tether_provider::config::DEFAULT_DATA_DIR;
-            let Some((config, warnings)) = shell::config_or_status(loaded, &file, data_dir, process, json).await?
+            let Some((config, warnings)) =
+                shell::config_or_running(loaded, &file, data_dir, process, &ControlRequest::Status { json }).await?
             else {
                 return Ok(());
             };

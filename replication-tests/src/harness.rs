@@ -456,6 +456,12 @@ impl Provider {
         })
     }
 
+    /// `search` with these arguments after `-c`, its output and exit status as they are.
+    pub fn search_output(&self, args: &[&str]) -> Result<Output> {
+        let mut c = self.cmd("search")?;
+        c.args(args).output().with_context(|| format!("running {c:?}"))
+    }
+
     /// `search` with these arguments (`--uuids`, ...) after `-c`.
     pub fn search_args(&self, args: &[&str]) -> Result<String> {
         run_ok({
@@ -744,7 +750,14 @@ impl Consumer {
 
     /// `search` with these arguments after `-c`, its output and exit status as they are.
     pub fn search_output(&self, args: &[&str]) -> Result<Output> {
-        Ok(self.cmd("search")?.args(args).output()?)
+        self.command_output("search", args)
+    }
+
+    /// The command `sub` with these arguments after `-c`, its output and exit status as
+    /// they are.
+    pub fn command_output(&self, sub: &str, args: &[&str]) -> Result<Output> {
+        let mut c = self.cmd(sub)?;
+        c.args(args).output().with_context(|| format!("running {c:?}"))
     }
 
     /// Like [`Consumer::search`], trimmed to `attrs` (comma-separated).

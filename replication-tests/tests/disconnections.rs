@@ -454,6 +454,45 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
             && stderr.contains("its next start or reload would refuse this file"),
         "{stderr}"
     );
+    // A file that does not load (an edit under way): the commands an operator runs
+    // meanwhile are answered by the running consumer, by what it last read, with the
+    // same warning (they were refused with the file's error, so an agreement could not
+    // be stopped while its file was being edited).
+    let file = std::fs::read_to_string(&c.config)?;
+    std::fs::write(&c.config, format!("cache_size = \"5 parsecs\"\n{file}"))?;
+    let key = format!("{}: key 'cache_size': ", c.config.display());
+    let warned = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            stderr.starts_with(&format!("warning: {key}"))
+                && stderr.contains("the running tether-consumer answered, which keeps the configuration it last read"),
+            "{stderr}"
+        );
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (code, stdout, stderr) = warned(&c.command_output("stop", &["others"])?);
+    assert!(code == Some(0) && stdout.starts_with("others: stopped (it was persisting)"), "{stdout} {stderr}");
+    assert_eq!(c.agreement_status("others")?["state"], "stopped");
+    let (code, held, stderr) = warned(&c.search_output(&["--agreement", "others"])?);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(held, p.search(OTHERS, "sub", "(objectClass=*)")?, "the whole replica, from the root");
+    // Its base the file's to give, a narrower scope cannot do without the file.
+    let out = c.search_output(&["--agreement", "others", "--scope", "one"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with(&format!("tether-consumer: {key}")) && !stderr.contains("warning"), "{stderr}");
+    let (code, stdout, stderr) = warned(&c.command_output("start", &["others"])?);
+    assert!(code == Some(0) && stdout.starts_with("others: started (it was stopped)"), "{stdout} {stderr}");
+    c.wait_status("others", LIMIT, "persisting", |s| s["state"] == "persisting")?;
+    let (code, _, stderr) = warned(&c.command_output("wait", &["--agreement", "others", "--csn", "1"])?);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = warned(&c.command_output("restart", &["others"])?);
+    assert_eq!(code, Some(0), "{stderr}");
+    // The running consumer checks the name, as the file would have.
+    let (code, _, stderr) = warned(&c.command_output("stop", &["nosuch"])?);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no agreement named \"nosuch\""), "{stderr}");
+    std::fs::write(&c.config, file)?;
     let key_file = c.dir.join("secrets/people.key");
     std::fs::write(&key_file, "s1-rotated\n")?;
     // Left readable by others, as a file written under a usual umask is: the reply says
@@ -546,6 +585,17 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
             && stderr.contains("this is the status of the running tether-provider"),
         "{stderr}"
     );
+    // So does `search` given its base (the default is the file's suffix), with the warning.
+    let out = p.search_output(&["--base", OTHERS])?;
+    let (code, stdout, stderr) = said(&out);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.starts_with("warning: ") && stderr.contains("the running tether-provider answered"), "{stderr}");
+    std::fs::write(&p.config, &config)?;
+    assert_eq!(stdout, p.search(OTHERS, "sub", "(objectClass=*)")?);
+    std::fs::write(&p.config, config.replacen("interval = ", "interval = \"5 parsecs\"\n# was ", 1))?;
+    let (code, stdout, stderr) = said(&p.search_output(&[])?);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    assert!(stderr.contains("invalid duration \"5 parsecs\"") && !stderr.contains("warning"), "{stderr}");
     std::fs::write(&p.config, &config)?;
 
     // A file that parses, but whose grant cannot be read: the provider's own reload fails,
