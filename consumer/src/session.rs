@@ -33,7 +33,7 @@ use tether_protocol::liveness::{self, Liveness, Progress, Verdict};
 use tether_protocol::message::{
     GoodbyeReason, Hello, Message, Mode, RejectReason, Role, MUTUAL_AUTH_VERSION, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
 };
-use tether_protocol::{Cookie, HistoryId, RefreshKind, ResumePoint, SearchSpec};
+use tether_protocol::{Cookie, Csn, HistoryId, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{ApplyStats, Replica, ReplicaStore, Shadow, StoreError};
 use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -285,7 +285,7 @@ async fn run_session(
     // Every line from here on is the session's, on this task, the reader, the poller
     // and the store thread alike (the runner carries its caller's span).
     let span = info_span!("session", session = welcome.session_id);
-    let cookie_offered = cookie.is_some();
+    let offered_cookie = cookie.map(|c| c.csn);
     let ended = async {
         let cookie = cookie.map_or_else(|| "none".to_owned(), |c| c.to_string());
         let proved = welcome.version >= MUTUAL_AUTH_VERSION;
@@ -333,7 +333,8 @@ async fn run_session(
             status,
             writer: writer.clone(),
             history: welcome.history,
-            offered_cookie: cookie_offered,
+            offered_cookie,
+            newest_cookie: None,
             version: welcome.version,
             runner,
             shadow: None,
@@ -697,9 +698,12 @@ struct Applier<'a> {
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
     /// The provider history this session's changes belong to (from the `Welcome`).
     history: HistoryId,
-    /// Whether the hello offered a cookie: a full refresh in answer to one means the
-    /// provider does not know it.
-    offered_cookie: bool,
+    /// The CSN of the cookie the hello offered, if any: a full refresh in answer to one
+    /// means the provider does not know it, and a delta from it ends at or past it.
+    offered_cookie: Option<Csn>,
+    /// The newest CSN a cookie of this session named: the provider's cookies never go
+    /// back ([`Applier::take_cookie`]).
+    newest_cookie: Option<Csn>,
     /// The session's protocol version (from the `Welcome`).
     version: u16,
     /// Where the session's store calls run, one after another.
@@ -857,12 +861,14 @@ impl Applier<'_> {
         rx: &mut mpsc::Receiver<Queued>,
     ) -> Result<(), Ended> {
         self.expect_persisting("Change")?;
+        self.take_cookie(&cookie, "Change", None)?;
         let mut ops = vec![op];
         let mut last = cookie;
         let mut behind = None;
         while ops.len() < CHANGES_PER_APPLY {
             match rx.try_recv() {
                 Ok(Queued { msg: Ok(Some(Received::Change { op, cookie })), .. }) => {
+                    self.take_cookie(&cookie, "Change", None)?;
                     ops.push(op);
                     last = cookie;
                 }
@@ -1056,7 +1062,7 @@ impl Applier<'_> {
                     resumed,
                     "refresh started"
                 );
-                if kind == RefreshKind::Full && !resumed && self.offered_cookie {
+                if kind == RefreshKind::Full && !resumed && self.offered_cookie.is_some() {
                     // The provider takes a cookie it knows by delta, or by a present
                     // refresh past its retention: a full one says the replica came from
                     // another store, or a history this one never made. Said here, where
@@ -1172,6 +1178,10 @@ impl Applier<'_> {
             }
             Message::RefreshDone { cookie } => {
                 self.expect_refreshing("RefreshDone")?;
+                // A delta starts from the cookie offered, which the provider knew; a
+                // reload replaces the replica, whatever it held.
+                let from = if self.shadow.is_some() { None } else { self.offered_cookie };
+                self.take_cookie(&cookie, "RefreshDone", from)?;
                 // A reload is counted once, as it is swapped in; a delta moved the count
                 // batch by batch already.
                 let (reloaded, kept) = match self.shadow.take() {
@@ -1233,6 +1243,7 @@ impl Applier<'_> {
             }
             Message::Advance { cookie } => {
                 self.expect_persisting("Advance")?;
+                self.take_cookie(&cookie, "Advance", None)?;
                 let replica = self.replica.clone();
                 self.blocking("advancing the cookie", move || replica.advance(cookie)).await?;
                 // Nothing in the region changed up to it: the replica shows that state.
@@ -1268,6 +1279,33 @@ impl Applier<'_> {
                 format!("protocol error: unexpected {} from the provider", other.name()),
             )),
         }
+    }
+
+    /// Checks a cookie `what` brings before anything of it is applied: of the session's
+    /// history (a provider issues cookies of its current history only, fixed while it
+    /// serves), and not behind any this session brought, nor behind `from` (a delta's
+    /// start). A cookie that fails came from a peer that is not a Tether provider doing
+    /// its work: stored, one of another history made the next session reload the
+    /// replica in full, and one that went back moved the durable position back without
+    /// a word. It ends the session as any protocol error does.
+    fn take_cookie(&mut self, cookie: &Cookie, what: &str, from: Option<Csn>) -> Result<(), Ended> {
+        if cookie.history != self.history {
+            return Err(Ended::new(
+                Reason::Exception,
+                format!(
+                    "protocol error: {what} names cookie {cookie}, not of the history {} it welcomed us into",
+                    self.history
+                ),
+            ));
+        }
+        if let Some(floor) = self.newest_cookie.max(from).filter(|floor| cookie.csn < *floor) {
+            return Err(Ended::new(
+                Reason::Exception,
+                format!("protocol error: {what} names cookie {cookie}, behind csn {floor} this session had reached"),
+            ));
+        }
+        self.newest_cookie = Some(cookie.csn);
+        Ok(())
     }
 
     fn expect_refreshing(&self, what: &str) -> Result<(), Ended> {
@@ -1473,6 +1511,77 @@ mod tests {
             "{ended:?}"
         );
         assert_eq!(replica.cookie().unwrap(), None, "the refresh never completed");
+        provider.abort();
+    }
+
+    /// A cookie of another history than the session was welcomed into, or one behind
+    /// where the session stands (the cookie a delta starts from, or an earlier message's),
+    /// is a protocol error, and nothing of it is recorded (found by a walkthrough with a
+    /// fake provider: one moved the durable cookie back without a word, the other made
+    /// the next session reload the replica in full). A reload's cookie may be behind the
+    /// one offered: it replaces the replica.
+    #[tokio::test]
+    async fn a_cookie_of_another_history_or_behind_the_session_s_ends_it_unrecorded() {
+        let (_dir, store, replica) = empty_replica();
+        let history = HistoryId::new_random();
+        let held = Cookie { history, csn: Csn(10) };
+        replica.advance(held).unwrap();
+        // Sends `msgs` after a delta's `RefreshBegin`, or a full one's with a batch.
+        let session = |kind: RefreshKind, msgs: Vec<Message>| {
+            let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+            let secret = cfg.secret.clone();
+            let provider = tokio::spawn(async move {
+                let (mut r, mut w) = welcomed(theirs, secret, history).await;
+                w.send(&Message::RefreshBegin { kind, resumed: false }).await.unwrap();
+                if kind == RefreshKind::Full {
+                    w.send(&batch(0, 2)).await.unwrap();
+                }
+                for msg in msgs {
+                    let _ = w.send(&msg).await;
+                }
+                w.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: String::new() }).await.unwrap();
+                while let Ok(Some(_)) = r.recv().await {}
+            });
+            (cfg, provider)
+        };
+        let done = |cookie| Message::RefreshDone { cookie };
+        let other = Cookie { history: HistoryId::new_random(), csn: Csn(12) };
+        let behind = Cookie { history, csn: Csn(9) };
+        for (what, msgs) in [("behind csn 10", vec![done(behind)]), ("not of the history", vec![done(other)])] {
+            let (cfg, provider) = session(RefreshKind::Delta, msgs);
+            let ended = session_ended(&cfg, &store, &replica).await;
+            assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
+            assert!(ended.detail.starts_with("protocol error: RefreshDone names cookie"), "{ended:?}");
+            assert!(ended.detail.contains(what), "{what}: {ended:?}");
+            assert_eq!(replica.cookie().unwrap(), Some(held), "{what}: nothing recorded");
+            provider.abort();
+        }
+        // Live changes after a delta to csn 12: one behind it is refused, as is an
+        // advance of another history.
+        let later = Cookie { history, csn: Csn(12) };
+        let change = |cookie| Message::Change { op: batch_ops(0, 1).remove(0), cookie };
+        for (what, msg) in [
+            ("Change names cookie", change(Cookie { history, csn: Csn(11) })),
+            ("Advance names cookie", Message::Advance { cookie: other }),
+        ] {
+            let (cfg, provider) = session(RefreshKind::Delta, vec![done(later), msg]);
+            let ended = session_ended(&cfg, &store, &replica).await;
+            assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
+            assert!(ended.detail.contains(what), "{what}: {ended:?}");
+            assert_eq!(replica.cookie().unwrap(), Some(later), "{what}: the refresh's cookie stands");
+            provider.abort();
+        }
+        // A change at or past the session's position is applied; a reload's cookie,
+        // behind the one offered, replaces the replica as it should.
+        let (cfg, provider) = session(RefreshKind::Delta, vec![done(later), change(later)]);
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert_eq!(ended.reason, Reason::ProviderGoodbye, "{ended:?}");
+        provider.abort();
+        let reloaded = Cookie { history, csn: Csn(3) };
+        let (cfg, provider) = session(RefreshKind::Full, vec![done(reloaded)]);
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert_eq!(ended.reason, Reason::ProviderGoodbye, "{ended:?}");
+        assert_eq!(replica.cookie().unwrap(), Some(reloaded));
         provider.abort();
     }
 

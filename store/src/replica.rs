@@ -1098,7 +1098,16 @@ fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Re
             stats.applied += 1;
             Ok(true)
         }
-        Incoming::Delete { uuid, .. } => match tx.locate(&uuid)? {
+        Incoming::Delete { uuid, csn } => match tx.locate(&uuid)? {
+            // A state at or after the delete's: the delete is older than what is held
+            // (protocol.md, section 5), like an upsert that is. No provider of ours sends
+            // one (a delete carries the CSN of the state that removed the entry, later
+            // than any state of it); one that did would otherwise remove an entry the
+            // next delta never brings back.
+            Some((_, held_csn)) if held_csn >= csn => {
+                stats.skipped += 1;
+                Ok(false)
+            }
             Some((key, _)) => {
                 tx.remove(&key, &uuid)?;
                 stats.removed += 1;

@@ -165,6 +165,17 @@ fn applying_the_same_batch_twice_equals_once() {
     let stale = r.apply(&[ReplOp::Upsert(a.clone())], None).unwrap();
     assert_eq!(stale.applied, 0);
     assert_eq!(r.entries().unwrap().get_by_uuid(&a.uuid).unwrap().unwrap(), newer);
+    // Nor does a delete older than the state held, or at its CSN (a misbehaving
+    // provider's: it used to remove the entry, which no later delta brought back); one
+    // after it removes it.
+    for csn in [a.csn, newer.csn] {
+        let stale = r.apply(&[ReplOp::Delete { uuid: a.uuid, csn }], None).unwrap();
+        assert_eq!((stale.applied, stale.skipped), (0, 1), "a delete at {csn} of a state at {}", newer.csn);
+        assert_eq!(r.entries().unwrap().get_by_uuid(&a.uuid).unwrap().unwrap(), newer);
+    }
+    let gone = r.apply(&[ReplOp::Delete { uuid: a.uuid, csn: Csn(newer.csn.0 + 1) }], None).unwrap();
+    assert_eq!((gone.applied, gone.removed), (1, 1));
+    assert!(r.entries().unwrap().get_by_uuid(&a.uuid).unwrap().is_none());
 }
 
 #[test]
