@@ -17,6 +17,7 @@
 //! - [`writes`]: write and search requests from clients.
 //! - [`registry`]: live sessions, for status and revocation.
 //! - [`server`]: accept loop, connection limit, TLS, handshake, authorization;
+//!   [`handshakes`]: those under way, whose slots a connection over the limit takes;
 //!   [`throttle`]: the warnings a stranger can cause there, one a second.
 //! - [`tls`]: the TLS configurations built from `[tls]`; [`validity`]: whether the
 //!   certificate in them has expired, which rustls does not check of one's own.
@@ -29,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod handshakes;
 pub mod input;
 pub mod load;
 pub mod outbound;

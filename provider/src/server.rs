@@ -22,12 +22,13 @@ use tether_protocol::Dn;
 use tether_store::Directory;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use crate::handshakes::Handshakes;
 use crate::registry::{rfc3339, Registry, SessionInfo};
 use crate::session::{self, ConsumerRequest, SessionEnd, SessionParams};
 use crate::session_ids::SessionIds;
@@ -75,6 +76,9 @@ pub struct Server {
     session_ids: Arc<SessionIds>,
     /// Caps concurrent connections.
     slots: Arc<Semaphore>,
+    /// The connections holding a slot still in their handshake, whose slots a
+    /// connection over the limit takes (oldest first) rather than being refused.
+    handshakes: Arc<Handshakes>,
     /// TLS settings from `[tls]`, `None` for plain TCP; replaced on reload, so a renewed
     /// certificate takes effect for new connections without a restart.
     tls: Arc<RwLock<Option<Arc<ServerConfig>>>>,
@@ -164,6 +168,7 @@ impl Server {
             tracker: TaskTracker::new(),
             session_ids,
             slots: Arc::new(Semaphore::new(params.max_connections)),
+            handshakes: Arc::default(),
             tls: Arc::new(RwLock::new(tls)),
             noise: Arc::default(),
         }
@@ -264,12 +269,20 @@ impl Server {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         P: FnOnce(S) -> std::io::Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)>,
     {
-        let slot = self.slots.clone().try_acquire_owned().ok();
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => self.slot_of_a_handshake(peer).await,
+        };
+        // Listed until its handshake ends, so that a connection over the limit can take
+        // its slot; then it is a session's, which nothing takes.
+        let pending = slot.as_ref().map(|_| self.handshakes.begin(peer.ip()));
+        let taken = pending.as_ref().map(|p| p.taken().clone()).unwrap_or_default();
         // One deadline for TLS and Tether handshakes together; a connection over the
         // limit only gets as long as its refusal may take.
         let limit = if slot.is_some() { self.params.handshake_timeout } else { REFUSE_GRACE };
         let deadline = Instant::now() + limit;
-        let Some((mut reader, mut writer, tls)) = self.transport(stream, deadline, plain).await else { return };
+        let Some(transport) = unless_taken(&taken, self.transport(stream, deadline, plain)).await else { return };
+        let Some((mut reader, mut writer, tls)) = transport else { return };
         reader.set_max_frame(self.params.max_frame);
         let Some(_slot) = slot else {
             throttled_warn!(self.noise, "connection limit reached; refusing");
@@ -281,7 +294,10 @@ impl Server {
         let (dir, params) = (self.dir.clone(), self.params);
         let authorize = |hello: &Hello| authorize(&grants, &dir, hello, session_id, params.session);
         let left = deadline.saturating_duration_since(Instant::now());
-        let accepted = match server_handshake(&mut reader, &mut writer, left, authorize).await {
+        let handshake = server_handshake(&mut reader, &mut writer, left, authorize);
+        let Some(handshake) = unless_taken(&taken, handshake).await else { return };
+        drop(pending);
+        let accepted = match handshake {
             Ok(a) => a,
             Err(HandshakeError::Foreign(peer)) if peer.kind() == Some(ForeignKind::Tls) => {
                 throttled_warn!(
@@ -327,6 +343,9 @@ impl Server {
                     if matches!(end, SessionEnd::StoreError(_)) {
                         // Not the consumer's doing, nor the network's: the operator's.
                         error!(%end, "consumer session ended");
+                    } else if matches!(end, SessionEnd::ProtocolError(_)) {
+                        // A bug in the consumer, or a peer that is not one: for alerting.
+                        warn!(%end, "consumer session ended");
                     } else {
                         info_or_debug!(routine, %end, "consumer session ended");
                     }
@@ -363,6 +382,21 @@ impl Server {
                 .await;
             }
         }
+    }
+
+    /// A slot for a connection from `peer` over the limit: that of a connection still
+    /// in its handshake from the source holding the most, which ends (see
+    /// [`crate::handshakes`]); `None` if `peer`'s source holds as many, if every slot is a
+    /// session's, or if another connection took the slot freed first.
+    async fn slot_of_a_handshake(&self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        if !self.handshakes.take_for(peer.ip()) {
+            return None;
+        }
+        throttled_warn!(
+            self.noise,
+            "connection limit reached: ended a handshake of the source holding the most to admit this connection"
+        );
+        tokio::time::timeout(REFUSE_GRACE, self.slots.clone().acquire_owned()).await.ok()?.ok()
     }
 
     /// The connection's byte stream as message halves: plain TCP, or TLS after a server
@@ -413,6 +447,19 @@ pub const WRITER: &str = "writer";
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a refusal may take to send.
 const REFUSE_GRACE: Duration = Duration::from_secs(1);
+
+/// `work`, or `None` once `taken` is cancelled: a connection over the limit took this
+/// one's slot during its handshake, which ends here and frees the slot.
+async fn unless_taken<T>(taken: &CancellationToken, work: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = taken.cancelled() => {
+            debug!("handshake ended: a newer connection over the limit took its slot");
+            None
+        }
+        done = work => Some(done),
+    }
+}
 
 async fn refuse<W: tokio::io::AsyncWrite + Unpin>(writer: &mut MessageWriter<W>, reason: RejectReason, detail: &str) {
     let msg = Message::Reject(Reject::new(reason, detail));

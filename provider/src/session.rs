@@ -96,11 +96,14 @@ impl SessionEnd {
     /// The goodbye the provider says for this end, if any, given whether the store has
     /// failed. A store error that failed the store stops the provider: the consumer that
     /// met it is told so (`shutdown`, naming the failure), as every other session is,
-    /// rather than finding its connection dropped.
+    /// rather than finding its connection dropped. A consumer that broke the protocol is
+    /// told how (protocol.md, section 9), so its status names the bug on its side rather
+    /// than a lost connection.
     fn goodbye(&self, store_failed: bool) -> Option<GoodbyeReason> {
         match self {
             SessionEnd::Goodbye(reason) => Some(*reason),
             SessionEnd::StoreError(_) if store_failed => Some(GoodbyeReason::Shutdown),
+            SessionEnd::ProtocolError(_) => Some(GoodbyeReason::ProtocolError),
             _ => None,
         }
     }
@@ -346,6 +349,10 @@ where
                      refreshed once the base is an entry"
                 ),
                 _ => format!("the region's base {} names no entry in the provider's directory", req.spec.base),
+            },
+            GoodbyeReason::ProtocolError => match &end {
+                SessionEnd::ProtocolError(detail) => detail.clone(),
+                _ => String::new(),
             },
             _ => String::new(),
         };
@@ -801,10 +808,22 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         match msg {
             Message::Ack { cookie } => {
                 // The cookies this session sent name the current history; a consumer
-                // acknowledging anything else is not at a position of ours.
-                if cookie.history == self.dir.history() {
-                    self.acked = self.acked.max(Some(cookie.csn));
-                    self.reg.acked(&cookie, self.dir.durable_csn());
+                // acknowledging anything else is not at a position of ours (older
+                // consumer builds acknowledged the cookie they kept, of an older
+                // history, after an empty delta: ignored, not refused).
+                let durable = self.dir.durable_csn();
+                if cookie.history == self.dir.history() && cookie.csn > durable {
+                    // Nothing past the durable CSN was ever sent: recorded, such an ack
+                    // showed the consumer as current (`lag 0`) for as long as its
+                    // position was kept, whatever it held.
+                    return Inbound::End(SessionEnd::ProtocolError(format!(
+                        "an ack of {cookie}, past this provider's newest durable csn {durable}"
+                    )));
+                }
+                // Acks of one session move forward; an older one says nothing new.
+                if cookie.history == self.dir.history() && self.acked.is_none_or(|acked| cookie.csn >= acked) {
+                    self.acked = Some(cookie.csn);
+                    self.reg.acked(&cookie, durable);
                     if self.last_recorded.is_none_or(|(t, _)| t.elapsed() >= POSITION_RECORD_INTERVAL) {
                         self.record_position(cookie.csn);
                     } else if self.last_recorded.is_some_and(|(_, recorded)| recorded != cookie.csn) {
@@ -973,28 +992,86 @@ mod tests {
     /// everything right (one that pings meanwhile: for good).
     #[tokio::test]
     async fn a_poll_acknowledged_before_the_refresh_loop_ends_gets_its_goodbye() {
+        let (_store, dir, at) = directory_with_suffix();
+        // The consumer's ack is on the wire before the session reads anything.
+        let (end, seen) = session_answering(dir, Mode::RefreshOnly, at, &[Message::Ack { cookie: at }]).await;
+        assert_eq!(end, SessionEnd::Goodbye(GoodbyeReason::RefreshComplete));
+        let seen: Vec<_> = seen.iter().map(Message::name).collect();
+        assert_eq!(seen, ["refresh-begin", "refresh-done", "goodbye"]);
+    }
+
+    /// An ack past the provider's newest durable CSN is a protocol error, told to the
+    /// consumer in a goodbye; an ack behind an earlier one of the session is not
+    /// recorded (found by a walkthrough with a hostile client: an ack of csn 2^64-1 was
+    /// kept as the consumer's position, showing it current, `lag 0`, whatever it held,
+    /// and a session that broke the protocol ended without a word to the consumer).
+    #[tokio::test]
+    async fn an_ack_past_the_newest_csn_ends_the_session_with_a_goodbye_and_an_older_one_is_not_recorded() {
+        let (_store, dir, at) = directory_with_suffix();
+        let history = at.history;
+        let acks = [
+            Message::Ack { cookie: at },
+            Message::Ack { cookie: Cookie { history, csn: Csn(1) } },
+            Message::Ack { cookie: Cookie { history, csn: Csn(u64::MAX) } },
+        ];
+        let (end, seen) = session_answering(dir.clone(), Mode::RefreshAndPersist, at, &acks).await;
+        let detail =
+            format!("an ack of {history}#18446744073709551615, past this provider's newest durable csn {}", at.csn);
+        assert_eq!(end, SessionEnd::ProtocolError(detail.clone()));
+        assert_eq!(
+            seen.last(),
+            Some(&Message::Goodbye { reason: GoodbyeReason::ProtocolError, detail }),
+            "the consumer is told why"
+        );
+        let positions = dir.consumer_positions().unwrap();
+        let csns: Vec<_> = positions.iter().map(|(id, p)| (id.as_str(), p.csn)).collect();
+        assert_eq!(csns, [("people/poller", at.csn)], "neither the older ack nor the impossible one");
+    }
+
+    /// A directory holding its suffix entry, in a folder of its own, and its cookie.
+    fn directory_with_suffix() -> (tempfile::TempDir, Arc<Directory>, Cookie) {
         let store = tempfile::tempdir().unwrap();
         let suffix = tether_protocol::Dn::parse("dc=example,dc=com").unwrap();
         let dir = Arc::new(Directory::open(store.path(), &suffix).unwrap());
         let mut attrs = tether_protocol::Attributes::new();
         attrs.add("objectClass", [tether_protocol::Value::from("domain")]).unwrap();
         attrs.add("dc", [tether_protocol::Value::from("example")]).unwrap();
-        dir.write(&tether_protocol::Change::Add { dn: suffix.clone(), attrs }).unwrap();
+        dir.write(&tether_protocol::Change::Add { dn: suffix, attrs }).unwrap();
+        dir.write(&tether_protocol::Change::Modify {
+            dn: tether_protocol::Dn::parse("dc=example,dc=com").unwrap(),
+            mods: vec![tether_protocol::Modification {
+                op: tether_protocol::ModOp::Replace,
+                attr: "description".into(),
+                values: vec![tether_protocol::Value::from("two")],
+            }],
+        })
+        .unwrap();
         let at = Cookie { history: dir.history(), csn: dir.durable_csn() };
+        (store, dir, at)
+    }
 
+    /// Runs a session of `mode` for a consumer at `at` whose messages `sent` are on the
+    /// wire before the session reads anything, the consumer closing its side after them;
+    /// returns how the session ended and everything it sent.
+    async fn session_answering(
+        dir: Arc<Directory>,
+        mode: Mode,
+        at: Cookie,
+        sent: &[Message],
+    ) -> (SessionEnd, Vec<Message>) {
         let (provider_side, consumer_side) = tokio::io::duplex(64 * 1024);
         let (from_consumer, to_consumer) = tokio::io::split(provider_side);
         let (consumer_reads, consumer_writes) = tokio::io::split(consumer_side);
         let mut consumer_writer = MessageWriter::new(consumer_writes);
-        // The consumer's ack is on the wire before the session reads anything.
-        consumer_writer.send(&Message::Ack { cookie: at }).await.unwrap();
-
+        for msg in sent {
+            consumer_writer.send(msg).await.unwrap();
+        }
         let req = ConsumerRequest {
             agreement: "people".into(),
             client_id: "poller".into(),
-            mode: Mode::RefreshOnly,
+            mode,
             cookie: Some(at),
-            spec: SearchSpec::subtree(suffix),
+            spec: SearchSpec::subtree(dir.suffix().clone()),
             resume: None,
             version: POLL_ACK_VERSION,
         };
@@ -1003,7 +1080,7 @@ mod tests {
             peer: "test".into(),
             agreement: "people".into(),
             client: "poller".into(),
-            mode: "refresh-only".into(),
+            mode: mode.to_string(),
             cookie: None,
             lag_changes: 0,
             queue_len: 0,
@@ -1024,14 +1101,14 @@ mod tests {
         let session = run(dir, MessageReader::new(from_consumer), MessageWriter::new(to_consumer), req, reg, params);
         let end = tokio::time::timeout(Duration::from_secs(10), session)
             .await
-            .expect("the session must end with the poll's goodbye, not wait for an ack it already read");
-        assert_eq!(end, SessionEnd::Goodbye(GoodbyeReason::RefreshComplete));
+            .expect("the session must end once it has read what the consumer sent");
+        drop(consumer_writer);
         let mut reader = MessageReader::new(consumer_reads);
         let mut seen = Vec::new();
         while let Some(msg) = reader.recv().await.unwrap() {
-            seen.push(msg.name());
+            seen.push(msg);
         }
-        assert_eq!(seen, ["refresh-begin", "refresh-done", "goodbye"]);
+        (end, seen)
     }
 
     #[test]

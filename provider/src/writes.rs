@@ -215,15 +215,20 @@ pub async fn run<R, W>(
             Message::Ping { seq } => send(&mut writer, &Message::Pong { seq }).await,
             Message::Goodbye { .. } => return,
             other => {
-                let bye = Message::Goodbye {
-                    reason: GoodbyeReason::ProtocolError,
-                    detail: format!("unexpected {} from a write client", other.name()),
-                };
+                let detail = format!("unexpected {} from a write client", other.name());
+                warn!(error = %detail, "write client broke the protocol");
+                let bye = Message::Goodbye { reason: GoodbyeReason::ProtocolError, detail };
                 let _ = send(&mut writer, &bye).await;
                 return;
             }
         };
         if !reply_ok {
+            // Said, as for an idle client: "left" alone reads as the client's doing.
+            info!(
+                limit = ?WRITE_LIMIT,
+                "a reply to the write client failed or was not taken within the limit (it went away, or stopped \
+                 reading); dropping it"
+            );
             return;
         }
     }

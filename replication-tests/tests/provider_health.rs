@@ -189,6 +189,73 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
     Ok(())
 }
 
+/// Connections that send nothing, opened from one host as fast as the provider closes
+/// them, hold no slot a client from another host needs: its connection over the limit
+/// takes the slot of one of theirs still in its handshake, and their reconnects take
+/// nothing back (found by a walkthrough: such a flood, without credentials, had a
+/// consumer refused `too-many-connections` at every attempt for as long as it lasted).
+#[test]
+fn a_flood_of_silent_connections_from_one_host_locks_out_no_client_of_another() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut w = Workload::new(200, 23);
+    let mut p = Provider::configure(&tmp.path().join("provider"), &ProviderOptions::default())?;
+    let config = std::fs::read_to_string(&p.config)?;
+    std::fs::write(&p.config, format!("max_connections = 4\n{config}"))?;
+    let file = tmp.path().join("initial.ldif");
+    std::fs::write(&file, w.initial_ldif())?;
+    p.load(&file)?;
+    p.start()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let stop = tokio_util_like::Stop::default();
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], p.port));
+    // Eight loops from 127.0.0.2 against four slots: each connects, sends nothing, and
+    // reconnects as soon as the provider closes its connection (refused, taken, or
+    // timed out), so the flood keeps every slot it can.
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = stop.clone();
+            rt.spawn(async move {
+                use tokio::io::AsyncReadExt;
+                loop {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))?;
+                    let mut stream = socket.connect(to).await?;
+                    let mut buf = [0u8; 256];
+                    let closed = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
+                    tokio::select! {
+                        _ = stop.wait() => return Ok::<_, anyhow::Error>(()),
+                        _ = closed => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    wait_until(LIMIT, "the flood holding every slot", || {
+        Ok(p.log_text().contains("connection limit reached; refusing"))
+    })?;
+
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.start()?;
+    let s = c.wait_status("people", Duration::from_secs(8), "persisting", |s| s["state"] == "persisting")?;
+    assert_eq!(s["disconnects"], serde_json::json!({}), "in at the first attempt: {s}");
+    // A write client gets in the same way, and its change reaches the consumer.
+    p.write_ok(&w.changes(20))?;
+    wait_until(LIMIT, "consumer converged", || {
+        Ok(p.search(PEOPLE, "subtree", "(objectClass=*)")?
+            == c.search("people", PEOPLE, "subtree", "(objectClass=*)")?)
+    })?;
+    assert!(p.log_text().contains("ended a handshake of the source holding the most to admit this connection"));
+    assert!(flood.iter().all(|f| !f.is_finished()), "the flood ran throughout");
+    stop.fire();
+    for f in flood {
+        rt.block_on(f)??;
+    }
+    Ok(())
+}
+
 /// Starts `bin sub -c config` under `prlimit --nofile=nofile`, its log in `log`, and
 /// reads its open files limit once it says it is ready: whether it did, and the
 /// `Max open files` line of its limits. The process is killed after.
