@@ -92,7 +92,7 @@ impl Filter {
     /// `(&(b=2)(a=1))` select the same entries and still compare unequal.
     pub fn canonical(&self) -> Filter {
         let lower = |attr: &String| attr.to_ascii_lowercase();
-        let norm = |value: &Value| Value::from_bytes(value.normalized());
+        let norm = |value: &Value| Value::from_bytes(folded(value));
         let part = |value: &Value, at: Part| Value::from_bytes(prepare_part(value, at));
         match self {
             Filter::And(fs) => Filter::And(fs.iter().map(Filter::canonical).collect()),
@@ -143,7 +143,8 @@ impl Filter {
             Filter::Not(f) => !f.matches(entry),
             Filter::Present { attr } => any_value(entry, attr, |_| true),
             Filter::Equality { attr, value } | Filter::Approx { attr, value } => {
-                any_value(entry, attr, |v| v.matches(value))
+                let wanted = folded(value);
+                any_value(entry, attr, |v| v.as_bytes() == value.as_bytes() || folded(v) == wanted)
             }
             Filter::GreaterOrEqual { attr, value } => any_value(entry, attr, |v| compare(v, value) != Ordering::Less),
             Filter::LessOrEqual { attr, value } => any_value(entry, attr, |v| compare(v, value) != Ordering::Greater),
@@ -180,9 +181,33 @@ fn is_subtype(held: &str, wanted: &str) -> bool {
     same_type && wanted_parts.all(|option| held.split(';').skip(1).any(|o| o.eq_ignore_ascii_case(option)))
 }
 
+/// A value's form for matching: [`Value::normalized`], with each small final sigma (ς)
+/// made σ, as full case folding has it (RFC 4518 §2.2). `to_lowercase` makes a capital
+/// sigma ς at a word's end and σ elsewhere, so a part lowered alone disagreed with the
+/// value it is part of (`(cn=ΑΣ*)` missed "ΑΣΤΡΟ"), and "ΟΔΟΣ" with "οδοσ". Matching
+/// only: what is stored (a DN's normal form, its tree key) keeps plain lower-casing, so
+/// stores written before read the same.
+fn folded(value: &Value) -> Vec<u8> {
+    fold_sigma(value.normalized())
+}
+
+/// Makes each ς in UTF-8 text σ, in place (the two differ in their second byte only);
+/// bytes that are not UTF-8 (a binary value) are left as they are.
+fn fold_sigma(mut bytes: Vec<u8>) -> Vec<u8> {
+    const FINAL: [u8; 2] = [0xcf, 0x82];
+    if std::str::from_utf8(&bytes).is_ok() {
+        for at in 1..bytes.len() {
+            if bytes[at - 1..=at] == FINAL {
+                bytes[at] = 0x83;
+            }
+        }
+    }
+    bytes
+}
+
 /// Ordering match: integers numerically, everything else by normalized bytes.
 fn compare(a: &Value, b: &Value) -> Ordering {
-    let (na, nb) = (a.normalized(), b.normalized());
+    let (na, nb) = (folded(a), folded(b));
     match (integer(&na), integer(&nb)) {
         (Some(x), Some(y)) => compare_integers(x, y),
         _ => na.cmp(&nb),
@@ -253,9 +278,10 @@ fn prepare_part(part: &Value, at: Part) -> Vec<u8> {
     format!("{lead}{}{trail}", words.join("  ")).into_bytes()
 }
 
-/// The case-folded words of a text, split at runs of spaces.
+/// The case-folded words of a text, split at runs of spaces (each ς made σ, as
+/// [`folded`] does).
 fn words(text: &str) -> Vec<String> {
-    text.split(' ').filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    text.split(' ').filter(|w| !w.is_empty()).map(|w| w.to_lowercase().replace('ς', "σ")).collect()
 }
 
 fn substring_match(value: &Value, initial: Option<&Value>, any: &[Value], final_: Option<&Value>) -> bool {
@@ -450,6 +476,31 @@ mod tests {
         assert!(sub(Some("ann"), &["", ""], Some("e")).matches(&annie), "empty parts match anywhere");
         assert!(sub(Some("ANN"), &[], Some("LEE")).matches(&ann_lee), "case-folded");
         assert!(!sub(Some("a"), &[], Some("a")).matches(&entry(&[("cn", "a")])), "initial and final do not overlap");
+    }
+
+    /// A capital sigma lowers to ς at a word's end and σ elsewhere; matching folds both
+    /// to σ, so a part ending where its value goes on still matches, and so does a value
+    /// spelled with σ where another has ς (found by a walkthrough: `(cn=ΑΣ*)` missed
+    /// "ΑΣΤΡΟ", and `(cn=*οσ)` missed "ΟΔΟΣ").
+    #[test]
+    fn sigma_matches_in_every_position_and_spelling() {
+        let astro = entry(&[("cn", "ΑΣΤΡΟ")]);
+        let odos = entry(&[("cn", "ΟΔΟΣ")]);
+        for f in
+            [sub(Some("ΑΣ"), &[], None), sub(Some("ας"), &[], None), sub(None, &["Σ"], Some("ΤΡΟ")), eq("cn", "αστρο")]
+        {
+            assert!(f.matches(&astro), "{f}");
+        }
+        for f in
+            [sub(None, &[], Some("οσ")), sub(None, &[], Some("ΟΣ")), sub(Some("οδ"), &["ο"], None), eq("cn", "οδοσ")]
+        {
+            assert!(f.matches(&odos), "{f}");
+        }
+        assert!(!sub(Some("ΑΣΣ"), &[], None).matches(&astro));
+        let le = Filter::LessOrEqual { attr: "cn".into(), value: "οδοσ".into() };
+        assert!(le.matches(&odos), "ordering compares the folded forms too");
+        assert_eq!(sub(Some("ΑΣ"), &[], None).canonical(), sub(Some("ασ"), &[], None).canonical());
+        assert_eq!(eq("cn", "ΟΔΟΣ").canonical(), eq("cn", "οδοσ").canonical());
     }
 
     #[test]
