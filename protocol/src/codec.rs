@@ -25,9 +25,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::MAX_FRAME;
 
-/// The most bytes a decoded value may claim, and the most an encoded value may take: a
-/// value that fits no frame can be neither sent nor received, so the limit is the frame's.
+/// The most bytes an encoded value may take: a value that fits no frame can be neither
+/// sent nor received, so the limit is the frame's.
 pub const MAX_DECODE: usize = MAX_FRAME;
+
+/// The most a decoded value may claim: the bytes it reads and the memory of the
+/// sequences it builds (bincode counts both against one limit). A value of many small
+/// parts claims more than its encoding takes (a group's members: about 13% more), so a
+/// limit of one frame made an entry within [`crate::MAX_ENTRY`] unreadable once written
+/// (found by a walkthrough at 286,000 members of 51 bytes). Twice the frame still keeps
+/// a hostile length prefix from allocating more than that; a write that would make an
+/// entry claim more is refused (see `tether-store`'s rules), so every entry stored reads
+/// back.
+pub const MAX_CLAIM: usize = 2 * MAX_FRAME;
 
 /// The deepest nesting a decoded value may have, counting each struct, sequence, map,
 /// enum, option and newtype level. Real messages nest about a dozen levels (an entry's
@@ -79,7 +89,7 @@ pub enum CodecError {
 
 /// The one bincode configuration Tether uses.
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_DECODE>()
+    bincode::config::standard().with_limit::<MAX_CLAIM>()
 }
 
 /// Encodes `value` into a fresh buffer.
@@ -117,7 +127,7 @@ pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize, CodecError> {
     Ok(counter.bytes_written)
 }
 
-/// Decodes exactly one `T` from `bytes`: trailing bytes, claims over [`MAX_DECODE`] and
+/// Decodes exactly one `T` from `bytes`: trailing bytes, claims over [`MAX_CLAIM`] and
 /// nesting over [`MAX_DEPTH`] are errors, never allocations or stack overflows.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let tripped = Cell::new(false);
@@ -165,7 +175,7 @@ fn decode_error(err: bincode::error::DecodeError) -> CodecError {
     use bincode::error::DecodeError;
     match err {
         DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
-        DecodeError::LimitExceeded => CodecError::LimitExceeded { max: MAX_DECODE },
+        DecodeError::LimitExceeded => CodecError::LimitExceeded { max: MAX_CLAIM },
         // A type's own refusal (a DN that does not parse, attributes that break an
         // invariant): its message as it wrote it, not bincode's debug rendering of it.
         DecodeError::OtherString(reason) => CodecError::Invalid(reason),
@@ -229,8 +239,8 @@ mod tests {
         assert!(matches!(decode::<String>(&hostile), Err(CodecError::LimitExceeded { .. } | CodecError::Invalid(_))));
         // Just over the limit, followed by nothing.
         let mut over = vec![253];
-        over.extend_from_slice(&(MAX_DECODE as u64 + 1).to_le_bytes());
-        assert_eq!(decode::<String>(&over), Err(CodecError::LimitExceeded { max: MAX_DECODE }));
+        over.extend_from_slice(&(MAX_CLAIM as u64 + 1).to_le_bytes());
+        assert_eq!(decode::<String>(&over), Err(CodecError::LimitExceeded { max: MAX_CLAIM }));
     }
 
     #[test]

@@ -756,6 +756,28 @@ pub fn shown_value(attr: &str, value: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// A group with as many members as the entry limit holds reads back, whole and by
+    /// its parts (found by a walkthrough: past about 286,000 members of 51 bytes, 14.9
+    /// MB encoded, reading counted each value's memory against a limit of the frame's
+    /// size, so the entry written could no longer be read, replicated, searched,
+    /// modified or deleted).
+    #[test]
+    fn a_group_at_the_entry_limit_reads_back() {
+        let member = |i: usize| Value::from(format!("uid=member{i:07},ou=people,dc=example,dc=com,o=corp"));
+        let mut attrs = Attributes::new();
+        attrs.add("objectClass", ["groupOfNames".into()]).unwrap();
+        attrs.add("cn", ["big".into()]).unwrap();
+        let per_value = member(0).as_bytes().len() + 1;
+        attrs.add("member", (0..(MAX_ENTRY - 1024) / per_value).map(member)).unwrap();
+        let dn = crate::dn::Dn::parse("cn=big,dc=example,dc=com").unwrap();
+        let entry = Entry { dn, uuid: EntryUuid::new_random(), csn: crate::csn::Csn(1), attrs };
+        let bytes = crate::codec::encode(&entry).unwrap();
+        assert!(bytes.len() <= MAX_ENTRY && bytes.len() > MAX_ENTRY - 4096, "{}", bytes.len());
+        assert_eq!(crate::codec::decode::<Entry>(&bytes).unwrap(), entry);
+        let (checked, _) = CheckedEntry::decode_prefix(&bytes).unwrap();
+        assert_eq!(checked.uuid, entry.uuid);
+    }
+
     #[test]
     fn entry_uuid_named_in_an_attribute_list_is_printed_as_uuids_prints_it() {
         let list = |l: &[&str]| l.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();

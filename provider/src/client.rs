@@ -72,13 +72,19 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
         let request = Message::WriteRequest { id: id as u64, change };
         let len = tether_protocol::codec::encoded_len(&request)?;
         if len > config.max_frame as usize {
+            // At the largest max_frame there is, raising it is no way out: an entry
+            // could not be that large anyway (`MAX_ENTRY`, with room for the message).
+            let way_out = if config.max_frame as usize >= tether_protocol::frame::MAX_FRAME {
+                format!("the most any record may take; an entry may take at most {} bytes", tether_protocol::MAX_ENTRY)
+            } else {
+                format!("{}", config.file.display())
+            };
             bail!(
-                "{}:{}: the record takes {len} bytes encoded, over the provider's max_frame of {} bytes ({}); \
+                "{}:{}: the record takes {len} bytes encoded, over the provider's max_frame of {} bytes ({way_out}); \
                  nothing was written",
                 file,
                 line,
                 config.max_frame,
-                config.file.display()
             );
         }
     }

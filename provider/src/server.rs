@@ -295,7 +295,14 @@ impl Server {
         let authorize = |hello: &Hello| authorize(&grants, &dir, hello, session_id, params.session);
         let left = deadline.saturating_duration_since(Instant::now());
         let handshake = server_handshake(&mut reader, &mut writer, left, authorize);
-        let Some(handshake) = unless_taken(&taken, handshake).await else { return };
+        let Some(handshake) = unless_taken(&taken, handshake).await else {
+            // Told, so that a client's status says why (a silent flood reads nothing,
+            // and the refusal waits in its socket's buffer, not here).
+            let detail =
+                "connection limit reached: a connection from a source holding fewer handshakes took this one's slot";
+            refuse(&mut writer, RejectReason::TooManyConnections, detail).await;
+            return;
+        };
         drop(pending);
         let accepted = match handshake {
             Ok(a) => a,
@@ -449,7 +456,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const REFUSE_GRACE: Duration = Duration::from_secs(1);
 
 /// `work`, or `None` once `taken` is cancelled: a connection over the limit took this
-/// one's slot during its handshake, which ends here and frees the slot.
+/// one's slot during its handshake, which ends here and frees the slot (once the caller
+/// has said so, if it can).
 async fn unless_taken<T>(taken: &CancellationToken, work: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;

@@ -217,16 +217,19 @@ fn a_flood_of_silent_connections_from_one_host_locks_out_no_client_of_another() 
             let stop = stop.clone();
             rt.spawn(async move {
                 use tokio::io::AsyncReadExt;
+                // Whether a connection of this loop was told its slot was taken.
+                let mut told = false;
                 loop {
                     let socket = tokio::net::TcpSocket::new_v4()?;
                     socket.bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))?;
                     let mut stream = socket.connect(to).await?;
-                    let mut buf = [0u8; 256];
-                    let closed = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
+                    let mut heard = Vec::new();
+                    let closed = stream.read_to_end(&mut heard);
                     tokio::select! {
-                        _ = stop.wait() => return Ok::<_, anyhow::Error>(()),
+                        _ = stop.wait() => return Ok::<_, anyhow::Error>(told),
                         _ = closed => {}
                     }
+                    told |= heard.windows(TAKEN.len()).any(|w| w == TAKEN.as_bytes());
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })
@@ -250,11 +253,16 @@ fn a_flood_of_silent_connections_from_one_host_locks_out_no_client_of_another() 
     assert!(p.log_text().contains("ended a handshake of the source holding the most to admit this connection"));
     assert!(flood.iter().all(|f| !f.is_finished()), "the flood ran throughout");
     stop.fire();
+    let mut told = 0;
     for f in flood {
-        rt.block_on(f)??;
+        told += usize::from(rt.block_on(f)??);
     }
+    assert!(told > 0, "a connection whose slot was taken is told why");
     Ok(())
 }
+
+/// What a connection whose handshake's slot another took is told.
+const TAKEN: &str = "a connection from a source holding fewer handshakes took this one's slot";
 
 /// Starts `bin sub -c config` under `prlimit --nofile=nofile`, its log in `log`, and
 /// reads its open files limit once it says it is ready: whether it did, and the
