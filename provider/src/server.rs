@@ -77,7 +77,8 @@ pub struct Server {
     /// Caps concurrent connections.
     slots: Arc<Semaphore>,
     /// The connections holding a slot still in their handshake, whose slots a
-    /// connection over the limit takes (oldest first) rather than being refused.
+    /// connection over the limit takes (from the source holding the most) rather than
+    /// being refused.
     handshakes: Arc<Handshakes>,
     /// TLS settings from `[tls]`, `None` for plain TCP; replaced on reload, so a renewed
     /// certificate takes effect for new connections without a restart.
