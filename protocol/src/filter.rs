@@ -188,21 +188,20 @@ fn is_subtype(held: &str, wanted: &str) -> bool {
 /// only: what is stored (a DN's normal form, its tree key) keeps plain lower-casing, so
 /// stores written before read the same.
 fn folded(value: &Value) -> Vec<u8> {
-    fold_sigma(value.normalized())
+    match String::from_utf8(value.normalized()) {
+        Ok(text) => fold_sigma(text).into_bytes(),
+        // A binary value compares as its octets.
+        Err(binary) => binary.into_bytes(),
+    }
 }
 
-/// Makes each ς in UTF-8 text σ, in place (the two differ in their second byte only);
-/// bytes that are not UTF-8 (a binary value) are left as they are.
-fn fold_sigma(mut bytes: Vec<u8>) -> Vec<u8> {
-    const FINAL: [u8; 2] = [0xcf, 0x82];
-    if std::str::from_utf8(&bytes).is_ok() {
-        for at in 1..bytes.len() {
-            if bytes[at - 1..=at] == FINAL {
-                bytes[at] = 0x83;
-            }
-        }
+/// `text` with each ς made σ (see [`folded`]).
+fn fold_sigma(text: String) -> String {
+    if text.contains('ς') {
+        text.replace('ς', "σ")
+    } else {
+        text
     }
-    bytes
 }
 
 /// Ordering match: integers numerically, everything else by normalized bytes.
@@ -281,7 +280,7 @@ fn prepare_part(part: &Value, at: Part) -> Vec<u8> {
 /// The case-folded words of a text, split at runs of spaces (each ς made σ, as
 /// [`folded`] does).
 fn words(text: &str) -> Vec<String> {
-    text.split(' ').filter(|w| !w.is_empty()).map(|w| w.to_lowercase().replace('ς', "σ")).collect()
+    text.split(' ').filter(|w| !w.is_empty()).map(|w| fold_sigma(w.to_lowercase())).collect()
 }
 
 fn substring_match(value: &Value, initial: Option<&Value>, any: &[Value], final_: Option<&Value>) -> bool {

@@ -842,8 +842,11 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 // acknowledging anything else is not at a position of ours (older
                 // consumer builds acknowledged the cookie they kept, of an older
                 // history, after an empty delta: ignored, not refused).
+                if cookie.history != self.dir.history() {
+                    return Inbound::Continue;
+                }
                 let durable = self.dir.durable_csn();
-                if cookie.history == self.dir.history() && cookie.csn > durable {
+                if cookie.csn > durable {
                     // Nothing past the durable CSN was ever sent: recorded, such an ack
                     // showed the consumer as current (`lag 0`) for as long as its
                     // position was kept, whatever it held.
@@ -852,7 +855,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                     )));
                 }
                 // Acks of one session move forward; an older one says nothing new.
-                if cookie.history == self.dir.history() && self.acked.is_none_or(|acked| cookie.csn >= acked) {
+                if self.acked.is_none_or(|acked| cookie.csn >= acked) {
                     self.acked = Some(cookie.csn);
                     self.reg.acked(&cookie, durable);
                     if self.last_recorded.is_none_or(|(t, _)| t.elapsed() >= POSITION_RECORD_INTERVAL) {
