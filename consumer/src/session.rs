@@ -28,7 +28,7 @@ use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter, WireError};
 use tether_protocol::encoded::{Received, ReceivedOp};
 use tether_protocol::foreign::ForeignKind;
-use tether_protocol::handshake::{client_handshake, HandshakeError, ProviderProof};
+use tether_protocol::handshake::{client_handshake, HandshakeError, ProviderProof, MAX_RESUME_CURSOR};
 use tether_protocol::liveness::{self, Liveness, Progress, Verdict};
 use tether_protocol::message::{
     GoodbyeReason, Hello, Message, Mode, RejectReason, Role, MUTUAL_AUTH_VERSION, POLL_ACK_VERSION, SUPPORTED_VERSIONS,
@@ -247,6 +247,10 @@ async fn run_session(
             return Ended { fatal: e.is_fatal(), ..Ended::new(Reason::Exception, format!("reading the cookie: {e}")) };
         }
     };
+    // A scan cursor is the last DN key sent, and a DN may be far longer than a handshake
+    // carries beside the region: offered, it would have every attempt refused as
+    // hostile, so that reload starts over instead.
+    let resume = resume.filter(|r| r.cursor.as_ref().is_none_or(|c| c.len() <= MAX_RESUME_CURSOR));
     let proof = match (cfg.provider_proof, proved_at) {
         (ProofPolicy::Required, _) | (ProofPolicy::OnceProved, Some(_)) => ProviderProof::Required,
         (ProofPolicy::OnceProved, None) | (ProofPolicy::Optional, _) => ProviderProof::Optional,
@@ -1413,6 +1417,41 @@ mod tests {
         );
         replica.forget_cookie().unwrap();
         assert_eq!(position(&replica, &spec).unwrap(), (None, Some(resume)));
+    }
+
+    /// A reload stopped past a DN longer than a handshake carries beside the region is
+    /// not offered for resuming (the provider would refuse every `Hello` as hostile, and
+    /// the agreement retry for good); one at the limit is.
+    #[tokio::test]
+    async fn a_resume_point_past_a_dn_too_long_for_a_handshake_is_not_offered() {
+        for (cursor_len, offered) in [(MAX_RESUME_CURSOR, true), (MAX_RESUME_CURSOR + 1, false)] {
+            let (_dir, store, replica) = empty_replica();
+            let (cfg, theirs) = piped(Mode::RefreshOnly);
+            let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+            shadow.apply_scan(&batch_ops(0, 2)).unwrap();
+            let start = Cookie { history: HistoryId::new_random(), csn: Csn(9) };
+            let cursor = Some(vec![b'k'; cursor_len]);
+            let resume = ResumePoint { kind: RefreshKind::Full, since: Csn::ZERO, start, cursor };
+            shadow.record_progress(&cfg.spec, resume.clone()).unwrap();
+            drop(shadow);
+            // The provider: notes what the Hello offers and refuses it.
+            let provider = tokio::spawn(async move {
+                let (mut r, mut w) = connection::boxed(theirs);
+                let mut presented = None;
+                let _ = tether_protocol::handshake::server_handshake(&mut r, &mut w, Duration::from_secs(10), |h| {
+                    if let Role::Consumer { resume, .. } = &h.role {
+                        presented = Some(resume.clone());
+                    }
+                    Err(tether_protocol::message::Reject::new(RejectReason::UnknownAgreement, "noted"))
+                })
+                .await;
+                presented
+            });
+            session_ended(&cfg, &store, &replica).await;
+            let presented = provider.await.unwrap().expect("a consumer's hello");
+            let offered_it = presented.is_some();
+            assert!(presented == offered.then_some(resume), "a cursor of {cursor_len} bytes, offered: {offered_it}");
+        }
     }
 
     fn batch_ops(first: usize, len: usize) -> Vec<ReplOp> {

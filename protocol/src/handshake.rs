@@ -50,6 +50,20 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// filter is a few kilobytes; anything near this is hostile.
 pub const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
 
+/// The largest encoded region ([`SearchSpec`](crate::SearchSpec): base, filter and
+/// attribute list) a consumer may ask for. Its `Hello` carries the region beside a
+/// client id, an agreement name, a cookie and a resume point (a DN key) within
+/// [`HANDSHAKE_MAX_FRAME`], and a `Hello` over it is refused as hostile without a word
+/// on why; a consumer checks its agreements against this when it reads its
+/// configuration, so a region too large is an error naming the agreement instead.
+pub const MAX_REGION: usize = HANDSHAKE_MAX_FRAME / 2;
+
+/// The longest scan cursor (a DN key) a consumer offers in a `Hello`'s resume point.
+/// With a region of [`MAX_REGION`], the longest client id and agreement name and two
+/// cookies, it leaves room within [`HANDSHAKE_MAX_FRAME`]; a reload stopped past a
+/// longer DN starts over rather than be refused at every attempt.
+pub const MAX_RESUME_CURSOR: usize = HANDSHAKE_MAX_FRAME / 4;
+
 /// How long the provider tries to deliver a `Reject` once it has decided to refuse:
 /// the refusal must not wait on a client that does not read.
 const REJECT_GRACE: Duration = Duration::from_secs(1);
@@ -589,6 +603,46 @@ mod tests {
         let (_, server) = run(hello, SECRET).await;
         let Err(HandshakeError::Refused(reject)) = server else { panic!("{server:?}") };
         assert!(reject.detail.len() < 200 && reject.detail.contains("and 20992 more"), "{}", reject.detail);
+    }
+
+    /// A consumer checks its region against [`MAX_REGION`] and its resume cursor against
+    /// [`MAX_RESUME_CURSOR`]; a `Hello` at both, and at every other limit, must get
+    /// through, and one with a region a frame long must not.
+    #[tokio::test]
+    async fn a_hello_at_every_limit_is_welcomed_and_a_region_a_frame_long_is_not() {
+        let hello_with = |value_len: usize| {
+            let mut hello = consumer_hello(&"a".repeat(64));
+            hello.client_id = "c".repeat(MAX_CLIENT_ID);
+            let Role::Consumer { spec, resume, .. } = &mut hello.role else { unreachable!() };
+            spec.filter = crate::filter::Filter::Equality { attr: "cn".into(), value: "v".repeat(value_len).into() };
+            resume.as_mut().unwrap().cursor = Some(vec![b'k'; MAX_RESUME_CURSOR]);
+            let region = crate::codec::encoded_len(&*spec).unwrap();
+            (hello, region)
+        };
+        let accept_any = |_: &Hello| Ok(admission());
+        let shake = |hello: Hello| async move {
+            let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+            let secret = Secret::new(SECRET).unwrap();
+            let client =
+                client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT);
+            let server = async move {
+                let accepted = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, accept_any).await;
+                // A refusing provider closes: the client is not left to its deadline.
+                drop((sr, sw));
+                accepted
+            };
+            tokio::join!(client, server)
+        };
+        let (_, overhead) = hello_with(0);
+        let (largest, region) = hello_with(MAX_REGION - overhead - 2);
+        assert!((MAX_REGION - 2..=MAX_REGION).contains(&region), "{region}");
+        let (client, server) = shake(largest).await;
+        client.unwrap();
+        server.unwrap();
+
+        let (too_large, _) = hello_with(HANDSHAKE_MAX_FRAME);
+        let (_, server) = shake(too_large).await;
+        assert!(server.is_err(), "{server:?}");
     }
 
     #[tokio::test]

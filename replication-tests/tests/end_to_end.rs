@@ -932,9 +932,29 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
     let tmp = tempfile::tempdir()?;
     let mut c = Consumer::configure(&tmp.path().join("c"), 1, &[Agreement::persist("people", PEOPLE, "s")])?;
     let text = std::fs::read_to_string(&c.config)?.replace("scope = \"subtree\"", "scope = \"deep\"");
-    std::fs::write(&c.config, text)?;
+    std::fs::write(&c.config, &text)?;
     let err = refused("tether-consumer", "run", &c.config, &[])?;
     assert!(err.contains("consumer.toml") && err.contains("agreement[0].scope") && err.contains("deep"), "{err}");
+    assert!(!c.dir.join("data").exists(), "nothing written");
+    // A region a handshake cannot carry: the provider would refuse every attempt as a
+    // protocol violation without saying why, so the file is refused, naming it.
+    let uids: String = (0..3000).map(|i| format!("(uid=u{i:07})")).collect();
+    let text: String = text
+        .replace("scope = \"deep\"", "scope = \"subtree\"")
+        .lines()
+        .map(
+            |line| {
+                if line.starts_with("filter = ") {
+                    format!("filter = \"(|{uids})\"\n")
+                } else {
+                    format!("{line}\n")
+                }
+            },
+        )
+        .collect();
+    std::fs::write(&c.config, text)?;
+    let err = refused("tether-consumer", "run", &c.config, &[])?;
+    assert!(err.contains("agreement[0] (\"people\")") && err.contains("more than the 32768 one may carry"), "{err}");
     assert!(!c.dir.join("data").exists(), "nothing written");
     c.child = None;
 
