@@ -121,6 +121,10 @@ pub enum StoreError {
     /// A present refresh named entries this replica does not hold: it must reload in full.
     #[error("replica lacks {0} entries the provider named as unchanged")]
     MissingPresentEntries(usize),
+    /// A provider sent one entry twice in a reload's scan (one entryUUID at two DNs, or
+    /// one DN under two): the reload was discarded, the replica is as it was.
+    #[error("the provider sent {0} in one reload; the reload is discarded and the replica kept as it was")]
+    RefreshFault(String),
     /// A write grouped with others was not committed because the group's commit failed
     /// (the first write of the failed commit carries the storage error itself).
     #[error("not committed: the commit of the writes grouped with it failed ({0})")]

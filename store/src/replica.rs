@@ -1233,7 +1233,8 @@ impl Shadow {
 
     /// Writes a batch of the refresh's scan: upserts that each name an entry no earlier
     /// scan batch held, under a DN none of them took, which the provider guarantees by
-    /// leaving entries changed during the scan to the catch-up delta (`docs/protocol.md`).
+    /// leaving entries changed during the scan to the catch-up delta (`docs/protocol.md`);
+    /// a batch that breaks it discards the shadow ([`StoreError::RefreshFault`]).
     /// So nothing is looked up: the writes go straight in, the batch's index entries
     /// first, so that after a crash (sled recovers a prefix of its log) an index entry
     /// can only point at nothing (ignored), never an entry lack its index. A batch need
@@ -1255,23 +1256,56 @@ impl Shadow {
                 let key = IVec::from(dn.tree_key());
                 let bytes = entry.to_ivec(SHADOW_ENTRIES)?;
                 written += bytes.len() as u64;
-                entries.push((uuid, key, bytes));
+                entries.push((uuid, key, bytes, dn));
             }
         }
+        // What sled held under each key tells, for nothing more, whether the provider
+        // sent one entry twice: a scan sends each entry once, at or below the scan's
+        // start (a rename meanwhile comes in the catch-up), so a UUID held at another
+        // DN, or a DN held by another UUID, is a provider's fault. Kept, it would leave
+        // an entry in the replica that no delete could reach.
+        let mut fresh = vec![false; entries.len()];
         for i in fill_order(entries.len()) {
-            let (uuid, key, _) = &entries[i];
-            self.set.uuids.insert(uuid.as_bytes(), key.clone())?;
+            let (uuid, key, _, dn) = &entries[i];
+            match self.set.uuids.insert(uuid.as_bytes(), key.clone())? {
+                None => fresh[i] = true,
+                Some(held) if held == *key => {}
+                Some(_) => return Err(self.discard(format!("entryUUID {uuid} twice, the second time as {dn}"))),
+            }
         }
+        let mut created = 0;
         for i in fill_order(entries.len()) {
-            let (_, key, bytes) = &entries[i];
-            self.set.entries.insert(key.clone(), bytes.clone())?;
+            let (_, key, bytes, dn) = &entries[i];
+            match self.set.entries.insert(key.clone(), bytes.clone())? {
+                None => created += 1,
+                Some(_) if fresh[i] => return Err(self.discard(format!("{dn} twice, under two entryUUIDs"))),
+                Some(_) => {}
+            }
         }
         self.replica.store.wrote(written)?;
         let n = ops.len() as u64;
         self.received += n;
-        let stats = ApplyStats { applied: n, created: n, written, ..ApplyStats::default() };
+        let stats = ApplyStats { applied: n, created, written, ..ApplyStats::default() };
         self.count(&stats);
         Ok(stats)
+    }
+
+    /// Gives up the shadow after a provider's fault in what it sent, which it holds now,
+    /// and says so: neither finished nor continued, the next session's reload starts
+    /// afresh, and the active generation stays as it was.
+    fn discard(&mut self, fault: String) -> StoreError {
+        let given_up = self.replica.state().and_then(|mut state| {
+            if state.shadow != Some(self.gen) {
+                return Ok(());
+            }
+            let discarded = take_shadow(&mut state);
+            self.replica.store.put_state(&self.replica.name, &state)?;
+            self.replica.free_shadow(discarded)
+        });
+        match given_up {
+            Ok(()) => StoreError::RefreshFault(fault),
+            Err(e) => e,
+        }
     }
 
     /// Moves the kept count by what an apply did.
@@ -1400,6 +1434,62 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    /// A reload's scan that sends one entryUUID at two DNs, or one DN under two
+    /// entryUUIDs, in one batch or across two, is a provider's fault: the shadow is
+    /// discarded and the replica stays as it was. Kept, the first entry stayed in the
+    /// replica with no index leading to it, so no delete could ever remove it (found by
+    /// a walkthrough of a hostile provider). An entry sent again as it was is no fault.
+    #[test]
+    fn a_reload_that_sends_one_entry_twice_is_discarded_and_the_replica_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        r.apply(&entries_of(0, 3, 10), Some(tether_protocol::Cookie { history, csn: Csn(3) })).unwrap();
+        let before = r.search(&region).unwrap();
+        let upsert = |op: &ReplOp| match op {
+            ReplOp::Upsert(e) => e.clone(),
+            _ => unreachable!(),
+        };
+        let scan = entries_of(10, 4, 10);
+        let (a, b) = (upsert(&scan[0]), upsert(&scan[1]));
+        let same_uuid = Entry { dn: Dn::parse("uid=elsewhere,dc=example").unwrap(), ..a.clone() };
+        let same_dn = Entry { uuid: EntryUuid::new_time_ordered(), ..b.clone() };
+        let cases: [(&str, Vec<Vec<ReplOp>>, &str); 4] = [
+            ("a UUID across batches", vec![scan.clone(), vec![ReplOp::Upsert(same_uuid.clone())]], "twice, the second"),
+            ("a UUID within a batch", vec![[scan.clone(), vec![ReplOp::Upsert(same_uuid)]].concat()], "entryUUID"),
+            ("a DN across batches", vec![scan.clone(), vec![ReplOp::Upsert(same_dn.clone())]], "under two entryUUIDs"),
+            ("a DN within a batch", vec![[scan.clone(), vec![ReplOp::Upsert(same_dn)]].concat()], "uid=p0011"),
+        ];
+        for (case, batches, says) in cases {
+            let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+            let resume = tether_protocol::ResumePoint {
+                kind: RefreshKind::Full,
+                since: Csn(0),
+                start: tether_protocol::Cookie { history, csn: Csn(20) },
+                cursor: Some(b"k".to_vec()),
+            };
+            shadow.record_progress(&region, resume).unwrap();
+            let (last, first) = batches.split_last().unwrap();
+            for batch in first {
+                shadow.apply_scan(batch).unwrap();
+            }
+            let err = shadow.apply_scan(last).expect_err(case).to_string();
+            assert!(err.contains(says) && err.contains("the reload is discarded"), "{case}: {err}");
+            assert_eq!(r.resume_point(&region).unwrap(), None, "{case}: the next session starts afresh");
+            assert_eq!(r.search(&region).unwrap(), before, "{case}: the replica as it was");
+            assert_eq!(r.len().unwrap(), 3, "{case}");
+        }
+        // The same entry again, as a resumed scan after a crash may send it, is taken.
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&scan).unwrap();
+        shadow.apply_scan(&[ReplOp::Upsert(a), ReplOp::Upsert(b)]).unwrap();
+        shadow.finish(tether_protocol::Cookie { history, csn: Csn(20) }).unwrap();
+        assert_eq!(r.search(&region).unwrap().len(), 4);
+        assert_eq!(r.len().unwrap(), 4, "counted once");
     }
 
     /// Entries a refresh read as they were when read can be later writes than the cookie
