@@ -394,6 +394,9 @@ impl ConsumerStatus {
                 out.push_str(&format!("  last error at {}: {e}\n", a.last_error_at.as_deref().unwrap_or("-")));
             }
         }
+        if self.agreements.len() > 1 {
+            out.push_str(&self.summary());
+        }
         match self.trees_to_free {
             0 => {}
             1 => out.push_str("freeing discarded replicas in the background: 1 tree to go\n"),
@@ -401,6 +404,48 @@ impl ConsumerStatus {
         }
         out.push_str(&format!("consumer id {} (the CONSUMER column of provider status)\n", self.consumer_id));
         out
+    }
+}
+
+impl ConsumerStatus {
+    /// One line under the table for a consumer of many agreements, whose table runs to
+    /// hundreds of lines: how many are in each state, which is furthest behind, and
+    /// which are not replicating (waiting to retry, or given up).
+    fn summary(&self) -> String {
+        const NAMED: usize = 5;
+        let states = [
+            State::Persisting,
+            State::Idle,
+            State::Refreshing,
+            State::Connecting,
+            State::Backoff,
+            State::Stopped,
+            State::Closed,
+        ];
+        let mut line = format!("{} agreements", self.agreements.len());
+        for state in states {
+            match self.agreements.iter().filter(|a| a.state == state).count() {
+                0 => {}
+                n => line += &format!(", {n} {}", state.as_str()),
+            }
+        }
+        let behind = self.agreements.iter().max_by_key(|a| (a.lag_seconds, a.lag_changes));
+        if let Some(a) = behind.filter(|a| a.lag_seconds > 0 || a.lag_changes > 0) {
+            line += &format!("; most behind {} (lag {}s, {} changes)", a.name, a.lag_seconds, a.lag_changes);
+        }
+        let failing: Vec<&str> = self
+            .agreements
+            .iter()
+            .filter(|a| matches!(a.state, State::Backoff | State::Closed))
+            .map(|a| a.name.as_str())
+            .collect();
+        if !failing.is_empty() {
+            line += &format!("; waiting to retry or closed: {}", failing[..failing.len().min(NAMED)].join(", "));
+            if failing.len() > NAMED {
+                line += &format!(" and {} more", failing.len() - NAMED);
+            }
+        }
+        line + "\n"
     }
 }
 
@@ -507,6 +552,33 @@ mod tests {
         assert!(text().contains(", reconnects 0, refresh received 120000\n"), "{}", text());
         h.update(|s| s.state = State::Persisting);
         assert!(!text().contains("refresh received"), "{}", text());
+    }
+
+    /// A consumer of many agreements: the line under the table counts them by state and
+    /// names the one furthest behind and those not replicating, a few of them.
+    #[test]
+    fn many_agreements_are_summed_up_under_the_table() {
+        let agreement = |i: usize, state: State, lag: u64| {
+            let h = StatusHandle::new(&format!("a{i:03}"), "127.0.0.1:7389", "refresh-and-persist");
+            h.update(|s| {
+                s.state = state;
+                s.lag_changes = lag * 10;
+            });
+            // As of the snapshot, from when it was last current: set here, not timed.
+            AgreementStatus { lag_seconds: lag, ..h.snapshot() }
+        };
+        let mut all: Vec<_> = (0..190).map(|i| agreement(i, State::Persisting, 0)).collect();
+        all.extend((190..197).map(|i| agreement(i, State::Backoff, 0)));
+        all.push(agreement(197, State::Persisting, 42));
+        all.push(agreement(198, State::Closed, 0));
+        all.push(agreement(199, State::Refreshing, 3));
+        let text = of(all).to_text();
+        let summary = "200 agreements, 191 persisting, 1 refreshing, 7 backoff, 1 closed; most behind a197 (lag 42s, \
+                       420 changes); waiting to retry or closed: a190, a191, a192, a193, a194 and 3 more\n";
+        assert!(text.contains(summary), "{}", text.lines().rev().take(3).collect::<Vec<_>>().join("\n"));
+
+        let one = of(vec![agreement(0, State::Backoff, 0)]).to_text();
+        assert!(!one.contains("1 agreements"), "a table of one needs no sum: {one}");
     }
 
     #[test]
