@@ -284,7 +284,7 @@ impl AttributeError {
     /// value is not shown ([`shown_value`]): anyone who may write could otherwise read
     /// a stored password back from the refusal.
     pub fn not_an_integer(attr: &str, value: &[u8]) -> Self {
-        let shown = if is_password(attr) { shown_value(attr, value) } else { crate::ldif::error::shorten_bytes(value) };
+        let shown = shown_value(attr, value);
         let attr = attr.to_owned();
         if is_integer(value) {
             Self::IntegerTooLarge { attr, value: shown }

@@ -413,7 +413,9 @@ async fn trim_once(dir: &Arc<Directory>, registry: &Registry, retention: &Change
         Ok(Ok(r)) if r.removed > 0 && r.forgotten.is_empty() => {
             info!(removed = r.removed, floor = %r.floor, "changelog trimmed")
         }
-        Ok(Ok(r)) if r.removed > 0 => info!(
+        // A warning, as operations.md's monitoring table has it: those consumers cost a
+        // present refresh each, which a longer hold or retention would have spared.
+        Ok(Ok(r)) if r.removed > 0 => warn!(
             removed = r.removed,
             floor = %r.floor,
             forgotten_consumers = r.forgotten.len(),

@@ -380,6 +380,10 @@ fn trimmed_changelog_gives_a_present_refresh_without_shrinking_the_replica() -> 
     // The provider's log says why, so an operator knows to raise the retention.
     let log = p.log_text();
     assert!(log.lines().any(|l| l.contains("refresh=\"present\"") && l.contains("retention trimmed past it")), "{log}");
+    // At the trim, at the level operations.md's monitoring table gives it (an alert on
+    // warnings missed it at INFO).
+    let trimmed = log.lines().find(|l| l.contains("changelog trimmed past the positions of consumers"));
+    assert!(trimmed.is_some_and(|l| l.contains(" WARN ") && l.contains("forgotten=people/")), "{trimmed:?}");
     let after = count(&c.search("people", PEOPLE, "subtree", ALL)?);
     // The replica only ever switched from the old generation to the new one.
     assert!(min_seen >= before.min(after), "saw {min_seen} entries mid-reload; before {before}, after {after}");

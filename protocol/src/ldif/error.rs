@@ -236,9 +236,12 @@ impl From<AttributeError> for LdifErrorKind {
     fn from(err: AttributeError) -> Self {
         match err {
             AttributeError::InvalidName(name) => LdifErrorKind::InvalidAttributeName { name: shorten(&name) },
-            AttributeError::DuplicateValue { attr, value } => {
-                LdifErrorKind::DuplicateValue { attr, value: shorten(&value) }
-            }
+            // Shown already ([`crate::entry::shown_value`]), its length with it when cut,
+            // which cutting again would lose; a value not shown so is cut here.
+            AttributeError::DuplicateValue { attr, value } => LdifErrorKind::DuplicateValue {
+                value: if value.chars().count() > 2 * MAX_QUOTED_CHARS { shorten(&value) } else { value },
+                attr,
+            },
             other => LdifErrorKind::Attribute(other),
         }
     }

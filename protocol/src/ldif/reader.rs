@@ -589,10 +589,8 @@ fn parse_attributes(lines: VecDeque<Line>) -> Result<Attributes, LdifError> {
         let group = &mut groups[slot];
         let value = Value::from_bytes(spec.value);
         if !group.seen.insert(value.normalized()) {
-            let value = match crate::entry::is_password(&group.name) {
-                true => crate::entry::shown_value(&group.name, value.as_bytes()),
-                false => shorten_bytes(value.as_bytes()),
-            };
+            // Cut when long, and only measured when binary or a secret.
+            let value = crate::entry::shown_value(&group.name, value.as_bytes());
             let kind = LdifErrorKind::DuplicateValue { attr: group.name.clone(), value };
             return Err(LdifError::new(spec.number, kind));
         }
@@ -681,10 +679,7 @@ fn parse_mods(rest: VecDeque<Line>) -> Result<Vec<Modification>, LdifError> {
             let number = value.number;
             let parsed = Value::from_bytes(value.value);
             if !seen.insert(parsed.normalized()) {
-                let shown = match crate::entry::is_password(&attr) {
-                    true => crate::entry::shown_value(&attr, parsed.as_bytes()),
-                    false => shorten_bytes(parsed.as_bytes()),
-                };
+                let shown = crate::entry::shown_value(&attr, parsed.as_bytes());
                 return Err(LdifError::new(number, LdifErrorKind::DuplicateValue { attr, value: shown }));
             }
             values.push(parsed);
@@ -809,6 +804,25 @@ mod tests {
         let apart = "dn: cn=a,dc=example,dc=com\nchangetype: modify\nadd: description\ndescription: Q\n-\n\
                      delete: description\ndescription: q\n-\n";
         assert_eq!(records(apart).len(), 1);
+    }
+
+    /// A value given twice is quoted as ldif.md says: cut to 64 characters with its
+    /// length when longer, and a binary one only measured (found by a walkthrough: a
+    /// JPEG's first bytes were printed as mojibake, and a long value lost its length).
+    #[test]
+    fn a_value_twice_is_shown_cut_with_its_length_or_measured_when_binary() {
+        let long = "x".repeat(3000);
+        let add = format!("dn: cn=a,dc=example,dc=com\ncn: a\ndescription: {long}\ndescription: {long}\n");
+        let said = error(&add).to_string();
+        assert!(said.len() < 200 && said.ends_with("x… (3000 bytes)\" twice"), "{said}");
+        let photo = "jpegPhoto:: /9j/4AAQSkZJRgABAQ==\n";
+        let add = format!("dn: cn=a,dc=example,dc=com\ncn: a\n{photo}{photo}");
+        assert_eq!(error(&add).to_string(), "line 4: attribute \"jpegPhoto\" has value \"(13 bytes, not text)\" twice");
+        let modify = format!("dn: cn=a,dc=example,dc=com\nchangetype: modify\nadd: jpegPhoto\n{photo}{photo}-\n");
+        assert_eq!(
+            error(&modify).to_string(),
+            "line 5: attribute \"jpegPhoto\" has value \"(13 bytes, not text)\" twice"
+        );
     }
 
     #[test]
