@@ -163,8 +163,15 @@ pub async fn config_or_running<T>(
     let mut out = crate::output::Stdout::lock();
     let answered = tether_protocol::control::call_from(&control, process, file, request, &mut out).await;
     drop(out);
-    if let Ok(false) = answered {
-        return Err(error.into());
+    match answered {
+        Ok(false) => return Err(error.into()),
+        // No answer of the process kind asked (the other kind's socket, say): what the
+        // file says is wrong comes first, without claiming that anything answered.
+        Err(call) => {
+            crate::say!("warning: {error}");
+            return Err(call.into());
+        }
+        Ok(true) => {}
     }
     let command = process.command();
     let what = match request {
@@ -177,7 +184,6 @@ pub async fn config_or_running<T>(
         "warning: {error}; {what}, which keeps the configuration it last read (its next start or reload would refuse \
          this file)"
     );
-    answered?;
     Ok(None)
 }
 
@@ -346,6 +352,47 @@ pub fn held_store_hint(control: &std::path::Path, offline: &str) -> String {
         }
         _ => format!(" (a process holds it but nothing answers on {shown}: {offline}, or was `control` changed since it started?)"),
     }
+}
+
+/// Why a store is locked, for a process that wanted it: the processes holding files
+/// in `data_dir` open, by pid and command line, so the operator is told which process
+/// to stop instead of guessing between a `load` that ends by itself and a server that
+/// never does; `otherwise` when /proc shows none (another user's process).
+pub fn store_holders_hint(data_dir: &std::path::Path, otherwise: &str) -> String {
+    let holders = store_holders(data_dir);
+    if holders.is_empty() {
+        return otherwise.to_owned();
+    }
+    format!(" (held by {}: stop it, or give this configuration a `data_dir` of its own)", holders.join(", "))
+}
+
+/// Processes other than this one with a file under `dir` open, as `process PID
+/// (COMMAND LINE)`, at most four.
+fn store_holders(dir: &std::path::Path) -> Vec<String> {
+    const SHOWN: usize = 4;
+    let mut found = Vec::new();
+    let (Ok(dir), Ok(procs)) = (dir.canonicalize(), std::fs::read_dir("/proc")) else {
+        return found;
+    };
+    let me = std::process::id();
+    for process in procs.flatten() {
+        let Some(pid) = process.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        if pid == me || !fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to.starts_with(&dir))) {
+            continue;
+        }
+        let cmdline = std::fs::read(process.path().join("cmdline")).unwrap_or_default();
+        let words: Vec<_> = cmdline.split(|b| *b == 0).filter(|w| !w.is_empty()).map(String::from_utf8_lossy).collect();
+        found.push(format!("process {pid} ({})", words.join(" ")));
+        if found.len() == SHOWN {
+            break;
+        }
+    }
+    found
 }
 
 /// Raises this process's soft limit on open files to its hard limit, and returns the

@@ -367,7 +367,16 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let store =
         ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size })
             .map_err(|e| {
-                let hint = e.open_hint();
+                let hint = match e {
+                    // Not a consumer of this file (that one holds the control socket):
+                    // a command reading it, or a process of another file naming it.
+                    tether_store::StoreError::Locked(_) => tether_config::shell::store_holders_hint(
+                        &config.data_dir,
+                        " (a command reading it is under way, or a process started with another configuration file \
+                         naming this `data_dir` runs)",
+                    ),
+                    _ => e.open_hint().to_owned(),
+                };
                 anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))
             })?;
     let client_id = crate::identity::client_id(&config.data_dir)?;

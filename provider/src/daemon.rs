@@ -105,7 +105,18 @@ pub async fn serve(config_path: &Path) -> Result<()> {
                 // Only if empty: `remove_dir` refuses a folder that holds anything.
                 let _ = std::fs::remove_dir(&config.data_dir);
             }
-            return Err(anyhow::Error::new(e).context(format!("binding {}", config.listen)));
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    " (another process listens there: a provider of another configuration file, or another \
+                     service; stop it, or give `listen` another port)"
+                }
+                _ => "",
+            };
+            return Err(anyhow::Error::new(e).context(format!(
+                "{}: key 'listen': binding {}{hint}",
+                config.file.display(),
+                config.listen
+            )));
         }
     };
     let new = !tether_store::store_exists(&config.data_dir);
@@ -121,13 +132,15 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             &tether_store::StoreOptions { cache_bytes: config.cache_size },
         )
         .map_err(|e| {
-            // Not another `serve` (that one holds the control socket, refused above):
-            // an offline command, a long `load` most likely.
+            // Not a `serve` of this file (that one holds the control socket, refused
+            // above): an offline command, or a process of another file naming this
+            // `data_dir`, which never ends by itself.
             let hint = match e {
-                tether_store::StoreError::Locked(_) => {
-                    " (a `load` into it, or another command reading it, is under way: wait for it to end)"
-                }
-                _ => e.open_hint(),
+                tether_store::StoreError::Locked(_) => tether_config::shell::store_holders_hint(
+                    &config.data_dir,
+                    " (a `load` into it, or another command reading it, is under way: wait for it to end)",
+                ),
+                _ => e.open_hint().to_owned(),
             };
             anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))
         })?,

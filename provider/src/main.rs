@@ -159,9 +159,10 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
                 " (stop the provider first: `load` writes to the store itself, and `write` adds entries to a running one)"
                     .to_owned()
             }
-            (tether_store::StoreError::Locked(_), Offline::Load) => {
-                " (another `load` into it, or a command reading it, is under way: wait for it to end)".to_owned()
-            }
+            (tether_store::StoreError::Locked(_), Offline::Load) => shell::store_holders_hint(
+                &config.data_dir,
+                " (another `load` into it, or a command reading it, is under way: wait for it to end)",
+            ),
             (tether_store::StoreError::Locked(_), Offline::Read) => {
                 shell::held_store_hint(&config.control, "is a `load` into it under way")
             }

@@ -1063,6 +1063,7 @@ fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() 
     )?;
     let err = refused("tether-provider", "serve", &third, &[])?;
     assert!(err.contains(&format!("binding 127.0.0.1:{}", p.port)) && err.contains("in use"), "{err}");
+    assert!(err.contains("third.toml: key 'listen'") && err.contains("give `listen` another port"), "{err}");
     assert!(!p.dir.join("third").exists() && !p.dir.join("third.sock").exists(), "no store was created");
     // The same config started twice.
     assert!(refused("tether-provider", "serve", &p.config, &[])?.contains(in_use));
@@ -1221,6 +1222,21 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
         );
         assert!(!err.contains("not running"), "{verb}: it runs: {err}");
     }
+    // Served through that copy too, on a port of its own: the error names the process
+    // to stop (it said to wait for a `load` to end, and this one never ends).
+    let port = std::fs::read_to_string(&p.config)?
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"").map(|rest| rest.trim_end_matches('"').to_owned()))
+        .context("listen")?;
+    std::fs::write(&other, std::fs::read_to_string(&other)?.replace(&port, "127.0.0.1:0"))?;
+    let err = refused("tether-provider", "serve", &other, &[])?;
+    let pid = p.child.as_ref().context("running")?.id();
+    assert!(err.contains(&format!("held by process {pid} (")) && err.contains(" serve -c "), "{err}");
+    // The provider's file given to the consumer: the file's errors, and whose socket it
+    // names, without a warning that claims the consumer answered.
+    let err = refused("tether-consumer", "status", &p.config, &[])?;
+    assert!(err.contains("unknown key") && err.contains("of a running tether-provider, not of a tether-consumer"));
+    assert!(!err.contains("this is the status of the running"), "{err}");
     let ldif = p.dir.join("more.ldif");
     std::fs::write(&ldif, format!("dn: uid=late,{PEOPLE}\nobjectClass: person\nuid: late\ncn: late\nsn: Late\n"))?;
     let err = refused("tether-provider", "load", &p.config, &[&ldif])?;
