@@ -165,13 +165,13 @@ pub async fn config_or_running<T>(
     drop(out);
     match answered {
         Ok(false) => return Err(error.into()),
-        // No answer of the process kind asked (the other kind's socket, say): what the
-        // file says is wrong comes first, without claiming that anything answered.
-        Err(call) => {
+        // The other kind's socket: what the file says is wrong comes first, without
+        // claiming that the process asked for answered.
+        Err(call @ tether_protocol::control::ControlError::WrongProcess { .. }) => {
             crate::say!("warning: {error}");
             return Err(call.into());
         }
-        Ok(true) => {}
+        Err(_) | Ok(true) => {}
     }
     let command = process.command();
     let what = match request {
@@ -184,6 +184,7 @@ pub async fn config_or_running<T>(
         "warning: {error}; {what}, which keeps the configuration it last read (its next start or reload would refuse \
          this file)"
     );
+    answered?;
     Ok(None)
 }
 

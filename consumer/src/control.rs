@@ -265,9 +265,13 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
     let deadline = tokio::time::Instant::now() + limit;
     let mut looked = false;
     loop {
-        let Some(status) = ctx.agreements.lock().await.get(name).map(|r| r.status.clone()) else {
+        let agreements = ctx.agreements.lock().await;
+        let found = agreements.get(name).map(|r| r.status.clone());
+        let none = found.is_none().then(|| no_agreement(name, agreements.keys().map(String::as_str)));
+        drop(agreements);
+        let Some(status) = found else {
             if !looked {
-                return Err(format!("no agreement named {name:?}"));
+                return Err(none.unwrap_or_default());
             }
             let file = ctx.config_file.path().display();
             return Err(format!(
@@ -440,7 +444,9 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
         return Err(crate::daemon::store_failed(&failure));
     }
     let agreements = ctx.agreements.lock().await;
-    let Some(running) = agreements.get(name) else { return Err(format!("no agreement named {name:?}")) };
+    let Some(running) = agreements.get(name) else {
+        return Err(no_agreement(name, agreements.keys().map(String::as_str)));
+    };
     // Read before the command is sent, so the reply says what the command found. Only a
     // session ending on its own in between can make it stale, and then the command still
     // does what its reply says, bar the "already".
@@ -498,6 +504,20 @@ fn admin_reply(name: &str, cmd: Command, before: State) -> String {
         (Command::Start | Command::Shutdown | Command::Reload { .. }, _) => format!("{cmd:?}").to_lowercase(),
     };
     format!("{name}: {did}\n")
+}
+
+/// Why a command names no agreement: `name` is none of `names`, which it lists (a few
+/// of them), so a typo is seen for one without opening the file.
+pub fn no_agreement<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> String {
+    const LISTED: usize = 10;
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    let listed = names[..names.len().min(LISTED)].join(", ");
+    match names.len() {
+        0 => format!("no agreement named {name:?} (none is configured)"),
+        n if n > LISTED => format!("no agreement named {name:?} (there are {n}: {listed} and {} more)", n - LISTED),
+        _ => format!("no agreement named {name:?} (there are {listed})"),
+    }
 }
 
 /// The agreement a command that names none is about: the only one, or an error that
@@ -570,6 +590,18 @@ mod tests {
             assert!(reply(Command::Start, state).starts_with("people: connecting now"), "{state}");
             assert!(reply(Command::Restart, state).starts_with("people: connecting now"), "{state}");
         }
+    }
+
+    #[test]
+    fn an_unknown_agreement_s_error_lists_a_few_of_those_there_are() {
+        assert_eq!(
+            no_agreement("peple", ["people", "groups"].into_iter()),
+            "no agreement named \"peple\" (there are groups, people)"
+        );
+        assert_eq!(no_agreement("x", std::iter::empty()), "no agreement named \"x\" (none is configured)");
+        let many: Vec<String> = (0..200).map(|i| format!("a{i:03}")).collect();
+        let said = no_agreement("x", many.iter().map(String::as_str));
+        assert_eq!(said, "no agreement named \"x\" (there are 200: a000, a001, a002, a003, a004, a005, a006, a007, a008, a009 and 190 more)");
     }
 
     #[test]

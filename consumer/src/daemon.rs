@@ -325,6 +325,9 @@ fn remove_replica(store: &ReplicaStore, name: &str) -> Result<usize> {
     Ok(entries)
 }
 
+/// What a reload that failed did, for the reply and the command's error.
+pub const KEPT_AS_READ: &str = "the consumer keeps the configuration it last read";
+
 /// Descriptors a consumer may hold besides its agreements' connections: the store's
 /// files, the control socket and its clients, the runtime's own (about 15 at rest).
 const FILES_BESIDES_AGREEMENTS: u64 = 64;
@@ -434,7 +437,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 if let Err(e) = &result {
                     error!("reload requested on the control socket failed, keeping the running agreements: {e}");
                 }
-                let _ = reply.send(result);
+                let _ = reply.send(result.map_err(|e| format!("{e}; nothing changed: {KEPT_AS_READ}")));
             }
         }
     }

@@ -234,10 +234,15 @@ async fn config_or_running(file: &Path, request: Option<ControlRequest>) -> Resu
     Ok(shell::config_or_running(loaded, file, data_dir, process, &request).await?)
 }
 
+/// The agreements `config` names.
+fn names(config: &ConsumerConfig) -> impl Iterator<Item = &str> {
+    config.agreements.iter().map(|a| a.name.as_str())
+}
+
 fn agreement_name(config: &ConsumerConfig, name: Option<String>) -> Result<String> {
     match name {
         Some(n) if config.agreement(&n).is_some() => Ok(n),
-        Some(n) => bail!("{}: no agreement named {n:?}", config.file.display()),
+        Some(n) => bail!("{}: {}", config.file.display(), control::no_agreement(&n, names(config))),
         None => control::only_agreement(config.agreements.iter().map(|a| a.name.as_str())).map_err(anyhow::Error::msg),
     }
 }
@@ -313,7 +318,9 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Reload { config } => {
-            let config = ConsumerConfig::load(&config)?;
+            // The process is not asked, and keeps its configuration: the error says so.
+            let config = ConsumerConfig::load(&config)
+                .map_err(|e| anyhow::anyhow!("{e}; nothing was reloaded: {}", tether_consumer::daemon::KEPT_AS_READ))?;
             let (to, mut out) = (tether_protocol::control::Process::Consumer, Stdout::lock());
             if !tether_protocol::control::reload_at(&config.control, to, &config.file, &mut out).await? {
                 return Err(not_running(&config));
@@ -434,23 +441,24 @@ fn unkept_attributes(filter: &tether_protocol::Filter, kept: &[String]) -> Optio
 /// mistyped name has none: pointing either at `--as-is` promised a copy that is gone.
 fn unknown_agreement(config: &ConsumerConfig, name: &str) -> anyhow::Error {
     let file = config.file.display();
+    let none = control::no_agreement(name, names(config));
     let store = match open_offline(config, Offline::Read) {
         Ok(store) => store,
         Err(e) if is_locked(&e) => {
             return anyhow::anyhow!(
-                "{file}: no agreement named {name:?} (the running consumer holds no replica of an agreement removed \
-                 from the file: it deletes it as it reloads the file)"
+                "{file}: {none}; the running consumer holds no replica of an agreement removed from the file: it \
+                 deletes it as it reloads the file"
             )
         }
-        Err(_) => return anyhow::anyhow!("{file}: no agreement named {name:?}"),
+        Err(_) => return anyhow::anyhow!("{file}: {none}"),
     };
     match store.existing_replica(name) {
         Ok(Some(_)) => anyhow::anyhow!(
-            "{file}: no agreement named {name:?}; the store still holds the replica of an agreement of that name \
+            "{file}: {none}; the store still holds the replica of an agreement of that name \
              removed from the file, until the consumer's next start deletes it: search --as-is reads it"
         ),
-        Ok(None) => anyhow::anyhow!("{file}: no agreement named {name:?}, and the store holds no replica of that name"),
-        Err(e) => anyhow::anyhow!("{file}: no agreement named {name:?} ({e})"),
+        Ok(None) => anyhow::anyhow!("{file}: {none}, and the store holds no replica of that name"),
+        Err(e) => anyhow::anyhow!("{file}: {none}; reading the store: {e}"),
     }
 }
 

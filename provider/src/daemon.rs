@@ -77,6 +77,9 @@ fn check_open_files_limit(max_connections: usize) {
     }
 }
 
+/// What a reload that failed did, for the reply and the command's error.
+pub const KEPT_AS_READ: &str = "the provider keeps the configuration it last read";
+
 /// Runs the provider until a shutdown signal.
 pub async fn serve(config_path: &Path) -> Result<()> {
     // Before anything can announce readiness: a SIGHUP that arrives right after
@@ -217,7 +220,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
                 if let Err(e) = &result {
                     error!("reload requested on the control socket failed, keeping the old configuration: {e}");
                 }
-                let _ = reply.send(result);
+                let _ = reply.send(result.map_err(|e| format!("{e}; nothing changed: {KEPT_AS_READ}")));
             }
         }
     }

@@ -376,7 +376,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Reload { config } => {
             // A file the provider could not read stops here with the same error: the
             // provider is not asked, and keeps its configuration.
-            let config = ProviderConfig::load(&config)?;
+            let config = ProviderConfig::load(&config)
+                .map_err(|e| anyhow::anyhow!("{e}; nothing was reloaded: {}", tether_provider::daemon::KEPT_AS_READ))?;
             if client::control_reload(&config.control, &config.file).await?.is_none() {
                 return Err(not_running(&config));
             }

@@ -438,6 +438,7 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
         "{failed:#}"
     );
     assert!(format!("{failed:#}").contains("people.key: cannot read secret file"), "{failed:#}");
+    assert!(format!("{failed:#}").contains("; nothing changed: the consumer keeps the configuration it last read"));
     assert!(
         c.log_text().contains("reload requested on the control socket failed, keeping the running agreements: "),
         "{}",
@@ -491,8 +492,13 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     // The running consumer checks the name, as the file would have.
     let (code, _, stderr) = warned(&c.command_output("stop", &["nosuch"])?);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("no agreement named \"nosuch\""), "{stderr}");
+    assert!(stderr.contains("no agreement named \"nosuch\" (there are others, people)"), "{stderr}");
     std::fs::write(&c.config, file)?;
+    // And from the file, once it loads: the names to choose from, so a typo shows.
+    let out = c.command_output("start", &["peple"])?;
+    let (code, stderr) = (out.status.code(), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no agreement named \"peple\" (there are others, people)"), "{stderr}");
     let key_file = c.dir.join("secrets/people.key");
     std::fs::write(&key_file, "s1-rotated\n")?;
     // Left readable by others, as a file written under a usual umask is: the reply says
@@ -575,6 +581,7 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     let (code, stdout, stderr) = said(&p.reload_command()?);
     assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
     assert!(stderr.contains("key 'keepalive.interval': invalid duration \"5 parsecs\""), "{stderr}");
+    assert!(stderr.contains("; nothing was reloaded: the provider keeps the configuration it last read"), "{stderr}");
     // Meanwhile `status` still reads the running provider, and warns of the file.
     let (code, stdout, stderr) = said(&p.status_command()?);
     assert_eq!(code, Some(0), "{stderr}");
@@ -606,6 +613,7 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     let (code, stdout, stderr) = said(&p.reload_command()?);
     assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
     assert!(stderr.contains("people.key"), "{stderr}");
+    assert!(stderr.contains("; nothing changed: the provider keeps the configuration it last read"), "{stderr}");
     assert!(p.log_text().contains("reload requested on the control socket failed, keeping the old configuration"));
     // `status` warns of it as of any file the next start would refuse: a secret lost
     // is found by the monitoring that runs `status`, not by a restart that fails.
