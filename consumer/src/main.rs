@@ -46,6 +46,10 @@ enum Command {
         json: bool,
     },
     /// Stop an agreement (it stays stopped across restarts).
+    ///
+    /// Its session says goodbye and its replica stays as it is, readable by `search`.
+    /// With the consumer stopped, the flag is written into its store, and the next start
+    /// leaves the agreement stopped.
     Stop {
         /// Configuration file.
         #[arg(short, long)]
@@ -54,6 +58,10 @@ enum Command {
         name: String,
     },
     /// Start a stopped agreement.
+    ///
+    /// An agreement that is running but waiting (a backoff after a failure, or a
+    /// refresh-only poll's interval) connects now. With the consumer stopped, the stop
+    /// flag is cleared in its store, and the next start runs the agreement.
     Start {
         /// Configuration file.
         #[arg(short, long)]

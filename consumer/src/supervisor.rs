@@ -171,6 +171,11 @@ impl Supervisor {
                     Input::StoreFailed(session::store_failed(&failure))
                 }
             };
+            // An operator's start is no routine poll: its session is logged as after
+            // the process's start, so the operator sees what it found.
+            if let Input::Command(Command::Start | Command::Restart) = &input {
+                routine = false;
+            }
             if let Input::SessionEnded(ended) = &input {
                 unreached = if ended.connected { 0 } else { unreached.saturating_add(1) };
                 Self::record_with(replica, status, ended, unreached);
@@ -199,8 +204,12 @@ impl Supervisor {
         // certificate refused): a log filtered to warnings said nothing of an agreement
         // that never connected. The rest retries on its own, and is the network's or an
         // operator's doing.
+        // So does a goodbye that waits for one (a store emptied, a base gone), whose
+        // `provider said goodbye` line is a warning already: the monitoring table's
+        // alert on a WARN `disconnected` missed it.
         let needs_operator = matches!(ended.reason, Reason::Rejected | Reason::Exception)
-            || (ended.reason == Reason::ConnectionLost && unreached >= UNREACHED_WARN);
+            || (ended.reason == Reason::ConnectionLost && unreached >= UNREACHED_WARN)
+            || ended.goodbye.is_some_and(|g| g.awaits_operator());
         if needs_operator {
             warn!(session = ended.session, reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");
         } else {
