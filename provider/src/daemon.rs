@@ -148,6 +148,16 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))
         })?,
     );
+    if new {
+        // A first start is one way here; a mistyped or changed `data_dir` is the other,
+        // and then nothing else says so: consumers are told `empty-store` and wait.
+        warn!(
+            data_dir = %config.data_dir.display(),
+            "created a new, empty store: if this provider served a directory before, `data_dir` names the wrong \
+             folder (its consumers keep their replicas and wait, told empty-store); otherwise load one with \
+             `tether-provider load` or write to it"
+        );
+    }
     // Before any cookie goes out: from here on this store's history may part from that
     // of a copy of it, and consumers must be able to tell the two apart.
     let history = dir.begin_history().context("beginning a new history in the store")?;

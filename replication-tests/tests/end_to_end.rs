@@ -676,6 +676,11 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
     assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, held, "the replica is as it was");
     assert!(p.log_text().contains("not emptying it"), "the provider says why");
     assert!(warned_of_goodbye(&c, "empty-store"), "the consumer warns: {}", c.log_text());
+    // And it warned at its start, where an operator looks after starting it.
+    let created = |p: &Provider| {
+        p.log_text().lines().filter(|l| l.contains(" WARN ") && l.contains("created a new, empty store")).count()
+    };
+    assert_eq!(created(&p), 1, "only the start on the new store: {}", p.log_text());
 
     assert!(p.stop()?.success());
     p.restore_store(&aside)?;
@@ -684,6 +689,7 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
     c.admin("restart", Some("people"))?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     assert_eq!(last_refresh(&c, "people")?, "delta", "the real store is back: no reload");
+    assert_eq!(created(&p), 1, "not at the start on the store restored");
     Ok(())
 }
 
