@@ -125,7 +125,11 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
                             config.file.display()
                         )
                     } else {
-                        format!("the provider must present the certificate of {}", client.pinned_file.display())
+                        format!(
+                            "the provider must present the certificate of {}: if that file was replaced since the \
+                             provider started or last reloaded, `tether-provider reload` makes it present the new one",
+                            client.pinned_file.display()
+                        )
                     };
                     anyhow::Error::new(e).context(format!("TLS handshake with {at} failed ({why})"))
                 })?;

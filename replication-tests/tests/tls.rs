@@ -256,6 +256,11 @@ fn a_renewed_certificate_serves_new_connections_after_sighup_a_broken_one_change
 
     // Renew in place with the second CA's certificate, then reload.
     second.issue(&pki, &["127.0.0.1"])?;
+    // Before the reload, `write` pins the new file and meets the old certificate: it
+    // says what to run (it named only the file).
+    let out = p.write(&w.changes(1))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("`tether-provider reload` makes it present the new one"));
     p.reload()?;
     wait_until(CONVERGE, "the provider to reload", || Ok(p.log_text().contains("reloaded ")))?;
     // `write` pins the certificate in the files: it reaches the renewed listener.
