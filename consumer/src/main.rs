@@ -321,7 +321,11 @@ async fn run(cli: Cli) -> Result<()> {
             let Some(config) = config_or_running(&config, Some(asked)).await? else { return Ok(()) };
             let name = agreement_name(&config, Some(name))?;
             if !call(&config, &ControlRequest::Restart { name }).await? {
-                return Err(not_running(&config));
+                // Unlike `stop` and `start`, it has nothing to record for the next start.
+                return Err(not_running(&config).context(
+                    "`restart` reconnects a running agreement; started, the consumer connects every agreement not \
+                     stopped",
+                ));
             }
             Ok(())
         }

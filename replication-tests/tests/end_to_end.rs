@@ -1221,6 +1221,7 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
         let err = refused("tether-consumer", verb, &c.config, args)?;
         let socket = c.dir.join("ctl.sock").display().to_string();
         assert!(err.contains(&format!("the consumer is not running (nothing answers on {socket})")), "{verb}: {err}");
+        assert_eq!(verb == "restart", err.contains("`restart` reconnects a running agreement"), "{verb}: {err}");
     }
     assert!(c.agreement_status("people")?["entries"].as_u64() > Some(0), "the replica that ran is read");
 
