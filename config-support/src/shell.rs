@@ -355,6 +355,16 @@ pub fn held_store_hint(control: &std::path::Path, offline: &str) -> String {
     }
 }
 
+/// How long a starting provider or consumer waits for its store to be let go of by
+/// another process: a command reading it while the process was stopped holds it for a
+/// moment, and a start that failed on it left the service down. A process that holds it
+/// for good (another server naming the same `data_dir`) is named after that.
+pub const START_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The same for a command that opens a stopped process's store: several at once (a
+/// script polling `wait` or `search`) take turns instead of failing.
+pub const COMMAND_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a store is locked, for a process that wanted it: the processes holding files
 /// in `data_dir` open, by pid and command line, so the operator is told which process
 /// to stop instead of guessing between a `load` that ends by itself and a server that

@@ -367,21 +367,26 @@ pub async fn run(config_path: &Path) -> Result<()> {
     if let Some(warning) = loose {
         warn!("{warning}");
     }
-    let store =
-        ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size })
-            .map_err(|e| {
-                let hint = match e {
-                    // Not a consumer of this file (that one holds the control socket):
-                    // a command reading it, or a process of another file naming it.
-                    tether_store::StoreError::Locked(_) => tether_config::shell::store_holders_hint(
-                        &config.data_dir,
-                        " (a command reading it is under way, or a process started with another configuration file \
+    let store = ReplicaStore::open_with(
+        &config.data_dir,
+        &tether_store::StoreOptions {
+            cache_bytes: config.cache_size,
+            lock_wait: tether_config::shell::START_LOCK_WAIT,
+        },
+    )
+    .map_err(|e| {
+        let hint = match e {
+            // Not a consumer of this file (that one holds the control socket):
+            // a command reading it, or a process of another file naming it.
+            tether_store::StoreError::Locked(_) => tether_config::shell::store_holders_hint(
+                &config.data_dir,
+                " (a command reading it is under way, or a process started with another configuration file \
                          naming this `data_dir` runs)",
-                    ),
-                    _ => e.open_hint().to_owned(),
-                };
-                anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))
-            })?;
+            ),
+            _ => e.open_hint().to_owned(),
+        };
+        anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))
+    })?;
     let client_id = crate::identity::client_id(&config.data_dir)?;
     if std::env::var(AUDIT_ENV).is_ok_and(|v| v == "1") {
         info!("apply audit on: every incremental apply is logged to prove exactly-once");

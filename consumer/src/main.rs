@@ -200,17 +200,19 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
             tether_config::say!("warning: {warning}");
         }
     }
-    ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size }).map_err(
-        |e| {
-            let hint = match e {
-                tether_store::StoreError::Locked(_) => {
-                    shell::held_store_hint(&config.control, "is another command reading it")
-                }
-                _ => e.open_hint().to_owned(),
-            };
-            anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
-        },
+    ReplicaStore::open_with(
+        &config.data_dir,
+        &tether_store::StoreOptions { cache_bytes: config.cache_size, lock_wait: shell::COMMAND_LOCK_WAIT },
     )
+    .map_err(|e| {
+        let hint = match e {
+            tether_store::StoreError::Locked(_) => {
+                shell::held_store_hint(&config.control, "is another command reading it")
+            }
+            _ => e.open_hint().to_owned(),
+        };
+        anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
+    })
 }
 
 /// Why a command that needs the running consumer found none on its socket: nothing

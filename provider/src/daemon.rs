@@ -132,7 +132,10 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         Directory::open_with(
             &config.data_dir,
             &config.suffix,
-            &tether_store::StoreOptions { cache_bytes: config.cache_size },
+            &tether_store::StoreOptions {
+                cache_bytes: config.cache_size,
+                lock_wait: tether_config::shell::START_LOCK_WAIT,
+            },
         )
         .map_err(|e| {
             // Not a `serve` of this file (that one holds the control socket, refused

@@ -147,7 +147,10 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
             tether_config::say!("warning: {warning}");
         }
     }
-    let options = tether_store::StoreOptions { cache_bytes: config.cache_size };
+    // A running provider holds its store for good: waiting would only delay saying so.
+    let running = std::os::unix::net::UnixStream::connect(&config.control).is_ok();
+    let lock_wait = if running { std::time::Duration::ZERO } else { shell::COMMAND_LOCK_WAIT };
+    let options = tether_store::StoreOptions { cache_bytes: config.cache_size, lock_wait };
     Directory::open_with(&config.data_dir, &config.suffix, &options).map_err(|e| {
         let hint = match (&e, use_) {
             // A provider answers on its socket; another `load` (or a command reading

@@ -2071,3 +2071,67 @@ fn pipelined_writes_are_decided_in_order_and_replicate() -> Result<()> {
     assert_eq!(status["duplicates"], 0, "a change applied twice: {status}");
     Ok(())
 }
+
+/// sled locks a store whole, reads too, so a command reading a stopped consumer's store
+/// holds it while it runs. A start that meets one waits it out, and so does another
+/// command (found by a walkthrough: `run` started beside a loop of `wait` commands
+/// failed one time in two, leaving the consumer down, and concurrent readers failed at
+/// once).
+#[test]
+fn a_start_and_a_command_wait_out_a_command_reading_the_store() -> Result<()> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 2000, 31, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    assert!(c.stop()?.success());
+    let held = c.search("people", PEOPLE, "subtree", ALL)?;
+    let consumer = replication_tests::harness::bin("tether-consumer")?;
+    // A search into a pipe nobody reads holds the store from its first byte out.
+    let hold = || -> Result<(std::process::Child, std::process::ChildStdout)> {
+        let mut reader = Command::new(&consumer)
+            .args(["search", "--agreement", "people", "--as-is", "-c"])
+            .arg(&c.config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut out = reader.stdout.take().context("the reader's output")?;
+        out.read_exact(&mut [0u8; 1])?;
+        Ok((reader, out))
+    };
+    // Lets the reader go once `log` (from `from` on) says its holder is waited for.
+    let release = |log: std::path::PathBuf, from: usize, mut out: std::process::ChildStdout| {
+        std::thread::spawn(move || -> Result<u64> {
+            wait_until(Duration::from_secs(30), "a wait for the store", || {
+                let text = std::fs::read_to_string(&log)?;
+                Ok(text[from.min(text.len())..].contains("the store is held by another process: waiting for it"))
+            })?;
+            Ok(std::io::copy(&mut out, &mut std::io::sink())?)
+        })
+    };
+    let joined = |h: std::thread::JoinHandle<Result<u64>>| h.join().map_err(|_| anyhow::anyhow!("panicked"))?;
+
+    // Another command waits for it instead of failing.
+    let (mut reader, out) = hold()?;
+    let stderr = tmp.path().join("search.err");
+    let search = Command::new(&consumer)
+        .args(["search", "--agreement", "people", "-c"])
+        .arg(&c.config)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()?;
+    let released = release(stderr.clone(), 0, out);
+    let searched = search.wait_with_output()?;
+    assert!(searched.status.success(), "{}", std::fs::read_to_string(&stderr)?);
+    assert_eq!(String::from_utf8_lossy(&searched.stdout), held);
+    assert!(joined(released)? > 0 && reader.wait()?.success());
+
+    // So does the start.
+    let (mut reader, out) = hold()?;
+    let released = release(c.log.clone(), c.log_text().len(), out);
+    c.start()?;
+    assert!(joined(released)? > 0 && reader.wait()?.success());
+    p.write_ok(&w.changes(10))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    Ok(())
+}

@@ -58,7 +58,7 @@ fn main() {
     assert!(m * rounds <= n, "M x rounds must not exceed N");
 
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions { cache_bytes: cache_mib << 20 };
+    let options = StoreOptions { cache_bytes: cache_mib << 20, ..StoreOptions::default() };
     let store = ReplicaStore::open_with(dir.path(), &options).unwrap();
     let replica = store.replica("people").unwrap();
     let history = HistoryId::new_random();

@@ -128,13 +128,23 @@ pub struct StoreOptions {
     /// most of the process's memory beyond sled's page table. Default
     /// [`DEFAULT_CACHE_BYTES`].
     pub cache_bytes: u64,
+    /// How long to wait for another process to let go of the store before the open
+    /// fails with [`StoreError::Locked`]. sled locks a store whole, reads too, so a
+    /// command reading a stopped process's store holds it for the tens of milliseconds
+    /// it takes: a start, or another such command, that meets it should wait that out,
+    /// not fail (found by a walkthrough: `run` started beside a loop of `wait` commands
+    /// failed one time in two). Default none.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { cache_bytes: DEFAULT_CACHE_BYTES }
+        Self { cache_bytes: DEFAULT_CACHE_BYTES, lock_wait: std::time::Duration::ZERO }
     }
 }
+
+/// How often an open waiting out another process's lock tries again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Whether a store was ever created at `path` (sled's log file is there). Opening a
 /// store creates one, so read-only tools ask first: a mistyped `data_dir`, or a
@@ -200,10 +210,19 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> R
     if matches!(opened, Err(sled::Error::Corruption { at: None, .. })) && remove_unfinished_snapshots(path) > 0 {
         opened = open()?;
     }
-    let db = opened.map_err(|e| match e {
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-            StoreError::Locked(path.display().to_string())
+    let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"));
+    let deadline = std::time::Instant::now() + options.lock_wait;
+    let mut told = false;
+    while opened.as_ref().is_err_and(locked) && std::time::Instant::now() < deadline {
+        if !told {
+            told = true;
+            tracing::info!(store = %path.display(), wait = ?options.lock_wait, "the store is held by another process: waiting for it");
         }
+        std::thread::sleep(LOCK_POLL);
+        opened = open()?;
+    }
+    let db = opened.map_err(|e| match e {
+        e if locked(&e) => StoreError::Locked(path.display().to_string()),
         // Met in recovery, before any tree is open: the store cannot be opened as it is.
         // Damage in its log comes with the offset; in its snapshot without.
         sled::Error::Corruption { at, .. } => unrecoverable(path, e.to_string(), at.is_none()),
