@@ -284,7 +284,13 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
         // closed agreement, or one in backoff after an error, is the usual reason.
         let stands = || {
             let now = status.snapshot();
-            let at = status.csn(reach).map_or("with nothing replicated yet".to_owned(), |c| format!("at csn {c}"));
+            // No position, yet entries: a replica reloaded for a changed region, or after
+            // failing a check, holds what it held until the full refresh swaps it.
+            let at = match (status.csn(reach), now.entries) {
+                (Some(c), _) => format!("at csn {c}"),
+                (None, 0) => "with nothing replicated yet".to_owned(),
+                (None, n) => format!("with no position: its replica of {n} entries awaits a full refresh"),
+            };
             // With its time: the last error stays after the agreement recovers, and
             // without one it read as the reason a persisting agreement was behind.
             let why = now

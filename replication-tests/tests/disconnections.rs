@@ -286,7 +286,7 @@ fn a_store_error_retrying_cannot_fix_closes_the_agreement_with_the_error() -> Re
 #[test]
 fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next_start() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (p, mut w) = provider_with(tmp.path(), 500, 17, two_grants())?;
+    let (mut p, mut w) = provider_with(tmp.path(), 500, 17, two_grants())?;
     let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?;
     c.start()?;
     converged(&p, &c, "people", PEOPLE)?;
@@ -335,7 +335,15 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     // with a full refresh, and the reply says so.
     let filtered = |filter: &str| Agreement { filter: filter.into(), ..Agreement::persist("others", OTHERS, "s2") };
     drop(Consumer::configure(&tmp.path().join("c"), p.port, &[filtered("(|(objectClass=*)(cn=Anne Lee))")])?);
+    // With the provider away, the reload's full refresh waits: a `wait` meanwhile says
+    // the replica still holds entries (it said "nothing replicated yet").
+    let held = c.agreement_status("others")?["entries"].as_u64().unwrap_or(0);
+    assert!(p.stop()?.success());
     assert_eq!(c.admin("reload", None)?, "reloaded: restarted others (its region changed: reloaded in full)\n");
+    let out = c.command_output("wait", &["--agreement", "others", "--csn", "1", "--timeout", "1s"])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("with no position: its replica of {held} entries awaits a full refresh")), "{said}");
+    p.start()?;
     converged(&p, &c, "others", OTHERS)?;
     assert_eq!(c.agreement_status("others")?["refreshes"]["full"], 1, "the restarted agreement's first refresh");
     // The filter's names and values in another case, with other spaces: the same
