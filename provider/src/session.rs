@@ -32,8 +32,9 @@ use crate::registry::Registration;
 
 /// Changelog records read per wake-up in the persist phase; bounds the pending buffer.
 const RECORDS_PER_READ: usize = 256;
-/// How long an `Advance` for changes outside a session's region waits, gathering the
-/// ones after it, before it is sent. Sent at each read, it went out once per write: a
+/// How long after an `Advance` for changes outside a session's region the next one
+/// waits, gathering the ones after it (the first after a quiet spell goes at once).
+/// Sent at each read, it went out once per write: a
 /// consumer of many agreements then applied and flushed one per agreement per write
 /// to any region (found by a walkthrough: with 200 agreements, 2,000 writes to one
 /// region kept the consumer busy for 146 CPU-seconds, and the agreements not
@@ -660,6 +661,10 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
         let mut pending: VecDeque<Outbound> = VecDeque::new();
         // The position an `Advance` is to move the consumer to, and when it goes.
         let mut advance: Option<(Csn, tokio::time::Instant)> = None;
+        // When the last one went: the next goes at once if that was long enough ago, so
+        // a lone write outside the region moves the consumer now (a `wait` for its CSN
+        // took the whole delay, found by a walkthrough), and a burst by one per delay.
+        let mut advanced_at: Option<tokio::time::Instant> = None;
         loop {
             let newest = *durable.borrow_and_update();
             if pending.is_empty() && position < newest {
@@ -670,7 +675,10 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                             // Gathered into the one already waiting: it goes when that
                             // one was due, with the newest position.
                             (true, Some((_, due))) if pending.is_empty() => Some((next, due)),
-                            (true, _) => Some((next, tokio::time::Instant::now() + ADVANCE_DELAY)),
+                            (true, _) => {
+                                let soonest = advanced_at.map(|at| at + ADVANCE_DELAY);
+                                Some((next, soonest.unwrap_or_else(tokio::time::Instant::now)))
+                            }
                             // The changes read carry later cookies.
                             (false, _) => None,
                         };
@@ -688,6 +696,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                     if let Some((csn, _)) = advance.take() {
                         let cookie = Cookie { history: self.dir.history(), csn };
                         pending.push_back(Message::Advance { cookie }.into());
+                        advanced_at = Some(tokio::time::Instant::now());
                     }
                 }
                 Event::End(end) => return end,
@@ -1105,19 +1114,26 @@ mod tests {
         (req, reg, params)
     }
 
-    /// Writes outside a persist session's region move the consumer by a few `Advance`s
-    /// carrying the newest position, not one per write (found by a walkthrough: with
-    /// 200 agreements, one per write per agreement kept the consumer busy for minutes).
-    #[tokio::test]
-    async fn writes_outside_the_region_move_the_consumer_by_few_advances_to_the_newest() {
-        let (_store, dir, at) = directory_with_suffix();
-        // A region the writes to the suffix entry are outside of.
+    /// A persist session of a region the writes to the suffix entry are outside of, past
+    /// its refresh: the store's folder, the directory, the consumer's reader, the
+    /// consumer's writing half (kept open: its end ends the session), the session, and
+    /// what stops it.
+    #[allow(clippy::type_complexity)]
+    async fn persisting_outside_the_writes() -> (
+        tempfile::TempDir,
+        Arc<Directory>,
+        MessageReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<SessionEnd>,
+        CancellationToken,
+    ) {
+        let (store, dir, at) = directory_with_suffix();
         let spec = SearchSpec::subtree(tether_protocol::Dn::parse("ou=people,dc=example,dc=com").unwrap());
         let cancel = CancellationToken::new();
         let (req, reg, params) = session_setup(Mode::RefreshAndPersist, at, spec, &cancel);
         let (provider_side, consumer_side) = tokio::io::duplex(64 * 1024);
         let (from_consumer, to_consumer) = tokio::io::split(provider_side);
-        let (consumer_reads, _consumer_writes) = tokio::io::split(consumer_side);
+        let (consumer_reads, consumer_writes) = tokio::io::split(consumer_side);
         let session = tokio::spawn(run(
             dir.clone(),
             MessageReader::new(from_consumer),
@@ -1135,35 +1151,75 @@ mod tests {
             }
         });
         assert!(refreshed.await.is_ok(), "the refresh ends, and persisting begins");
-        let mut last = at.csn;
+        (store, dir, reader, consumer_writes, session, cancel)
+    }
+
+    /// A write to the suffix entry, outside the session's region; its CSN.
+    fn write_outside(dir: &Directory, i: usize) -> Csn {
+        let change = tether_protocol::Change::Modify {
+            dn: dir.suffix().clone(),
+            mods: vec![tether_protocol::Modification {
+                op: tether_protocol::ModOp::Replace,
+                attr: "description".into(),
+                values: vec![tether_protocol::Value::from(format!("write {i}"))],
+            }],
+        };
+        dir.write(&change).unwrap().csn
+    }
+
+    /// The next `Advance`'s CSN.
+    async fn next_advance(reader: &mut MessageReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>) -> Csn {
+        loop {
+            if let Message::Advance { cookie } = reader.recv().await.unwrap().expect("a message") {
+                return cookie.csn;
+            }
+        }
+    }
+
+    /// Writes outside a persist session's region move the consumer by a few `Advance`s
+    /// carrying the newest position, not one per write (found by a walkthrough: with
+    /// 200 agreements, one per write per agreement kept the consumer busy for minutes).
+    #[tokio::test]
+    async fn writes_outside_the_region_move_the_consumer_by_few_advances_to_the_newest() {
+        let (_store, dir, mut reader, _writes, session, cancel) = persisting_outside_the_writes().await;
+        let mut last = Csn::ZERO;
         for i in 0..40 {
-            let change = tether_protocol::Change::Modify {
-                dn: dir.suffix().clone(),
-                mods: vec![tether_protocol::Modification {
-                    op: tether_protocol::ModOp::Replace,
-                    attr: "description".into(),
-                    values: vec![tether_protocol::Value::from(format!("write {i}"))],
-                }],
-            };
-            last = dir.write(&change).unwrap().csn;
+            last = write_outside(&dir, i);
             // The session reads each write before the next, as with a client writing
             // one at a time.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut advances = Vec::new();
         let reached = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(msg) = reader.recv().await.unwrap() {
-                if let Message::Advance { cookie } = msg {
-                    advances.push(cookie.csn);
-                    if cookie.csn == last {
-                        return;
-                    }
+            loop {
+                advances.push(next_advance(&mut reader).await);
+                if advances.last() == Some(&last) {
+                    return;
                 }
             }
         })
         .await;
         assert!(reached.is_ok(), "an advance to the newest write, {last}, came: {advances:?}");
         assert!(advances.len() <= 5, "40 writes, {} advances: {advances:?}", advances.len());
+        cancel.cancel();
+        assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::Shutdown));
+    }
+
+    /// The first write outside the region after a quiet spell moves the consumer at
+    /// once, and the next within the delay waits for it: a `wait` for a lone write's CSN
+    /// on an agreement it is outside of took the whole delay (found by a walkthrough).
+    /// On the runtime's paused clock, which moves only as timers fire.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_write_outside_the_region_moves_the_consumer_at_once() {
+        let (_store, dir, mut reader, _writes, session, cancel) = persisting_outside_the_writes().await;
+        let start = tokio::time::Instant::now();
+        let first = write_outside(&dir, 0);
+        assert_eq!(next_advance(&mut reader).await, first);
+        assert!(start.elapsed() < ADVANCE_DELAY, "the first came after {:?}", start.elapsed());
+        let sent = tokio::time::Instant::now();
+        let second = write_outside(&dir, 1);
+        assert_eq!(next_advance(&mut reader).await, second);
+        assert!(sent.elapsed() >= ADVANCE_DELAY / 2, "the second came after {:?}", sent.elapsed());
         cancel.cancel();
         assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::Shutdown));
     }
