@@ -377,6 +377,21 @@ pub fn store_holders_hint(data_dir: &std::path::Path, otherwise: &str) -> String
     format!(" (held by {}: stop it, or give this configuration a `data_dir` of its own)", holders.join(", "))
 }
 
+/// Why a starting provider or consumer found its store locked past
+/// [`START_LOCK_WAIT`]: no command reading it takes that long, so the holder is a
+/// server of another configuration file naming this `data_dir`, named if /proc shows
+/// it (it does not show another user's processes).
+pub fn held_at_start_hint(data_dir: &std::path::Path) -> String {
+    store_holders_hint(
+        data_dir,
+        &format!(
+            " (held for over {} s by a process of another user: a server of another configuration file naming \
+             this `data_dir`, most likely)",
+            START_LOCK_WAIT.as_secs()
+        ),
+    )
+}
+
 /// Processes other than this one with a file under `dir` open, as `process PID
 /// (COMMAND LINE)`, at most four.
 fn store_holders(dir: &std::path::Path) -> Vec<String> {

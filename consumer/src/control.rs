@@ -266,12 +266,9 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
     let mut looked = false;
     loop {
         let agreements = ctx.agreements.lock().await;
-        let found = agreements.get(name).map(|r| r.status.clone());
-        let none = found.is_none().then(|| no_agreement(name, agreements.keys().map(String::as_str)));
-        drop(agreements);
-        let Some(status) = found else {
+        let Some(status) = agreements.get(name).map(|r| r.status.clone()) else {
             if !looked {
-                return Err(none.unwrap_or_default());
+                return Err(no_agreement(name, agreements.keys().map(String::as_str)));
             }
             let file = ctx.config_file.path().display();
             return Err(format!(
@@ -279,6 +276,8 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
                  this waited for csn {csn}"
             ));
         };
+        // Not held while waiting: a reload, a command, another wait take it.
+        drop(agreements);
         looked = true;
         // Where the agreement stands, for an answer that is not the CSN: a stopped or
         // closed agreement, or one in backoff after an error, is the usual reason.

@@ -376,13 +376,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     )
     .map_err(|e| {
         let hint = match e {
-            // Not a consumer of this file (that one holds the control socket):
-            // a command reading it, or a process of another file naming it.
-            tether_store::StoreError::Locked(_) => tether_config::shell::store_holders_hint(
-                &config.data_dir,
-                " (a command reading it is under way, or a process started with another configuration file \
-                         naming this `data_dir` runs)",
-            ),
+            // Not a consumer of this file (that one holds the control socket), and
+            // held past the wait.
+            tether_store::StoreError::Locked(_) => tether_config::shell::held_at_start_hint(&config.data_dir),
             _ => e.open_hint().to_owned(),
         };
         anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))

@@ -139,13 +139,9 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         )
         .map_err(|e| {
             // Not a `serve` of this file (that one holds the control socket, refused
-            // above): an offline command, or a process of another file naming this
-            // `data_dir`, which never ends by itself.
+            // above), and held past the wait.
             let hint = match e {
-                tether_store::StoreError::Locked(_) => tether_config::shell::store_holders_hint(
-                    &config.data_dir,
-                    " (a `load` into it, or another command reading it, is under way: wait for it to end)",
-                ),
+                tether_store::StoreError::Locked(_) => tether_config::shell::held_at_start_hint(&config.data_dir),
                 _ => e.open_hint().to_owned(),
             };
             anyhow::Error::new(e).context(format!("opening store {}{hint}", config.data_dir.display()))

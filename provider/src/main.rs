@@ -156,9 +156,7 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
             // A provider answers on its socket; another `load` (or a command reading
             // the store) does not, and telling it to stop a provider that is not
             // running sent the operator looking for one.
-            (tether_store::StoreError::Locked(_), Offline::Load)
-                if std::os::unix::net::UnixStream::connect(&config.control).is_ok() =>
-            {
+            (tether_store::StoreError::Locked(_), Offline::Load) if running => {
                 " (stop the provider first: `load` writes to the store itself, and `write` adds entries to a running one)"
                     .to_owned()
             }
