@@ -10,7 +10,7 @@ use tether_protocol::control::{
 };
 use tether_protocol::{frame, ldif, Csn, Dn, SearchSpec};
 use tether_store::entry_set::DnKey;
-use tether_store::{Replica, ReplicaStore, Reshapes};
+use tether_store::{Replica, ReplicaStore, ReshapeWatch};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -71,8 +71,9 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext) {
 pub struct SearchPages {
     replica: Replica,
     spec: SearchSpec,
-    /// How the replica had changed shape when the first page was read.
-    before: Option<Reshapes>,
+    /// Begun as the first page was read: which entries were added, removed or renamed
+    /// since.
+    watch: Option<ReshapeWatch>,
     /// Where the agreement can be stopped, for the error of a search that was not whole.
     config_file: Option<PathBuf>,
     /// Where the next page starts; `None` at the start.
@@ -135,7 +136,7 @@ impl SearchPages {
     }
 
     fn of(replica: Replica, spec: SearchSpec) -> Self {
-        Self { replica, spec, before: None, config_file: None, after: None, done: false, uuids: false }
+        Self { replica, spec, watch: None, config_file: None, after: None, done: false, uuids: false }
     }
 
     /// Names the configuration file in the hint of a search that was not whole.
@@ -152,8 +153,8 @@ impl SearchPages {
     /// call it off the async threads.
     pub fn next_page(&mut self) -> Result<Option<String>, String> {
         if self.done {
-            return match self.before.take() {
-                Some(before) => self.whole_since(before).map(|()| None),
+            return match self.watch.take() {
+                Some(watch) => self.whole_since(&watch).map(|()| None),
                 None => Ok(None),
             };
         }
@@ -163,8 +164,8 @@ impl SearchPages {
         if let Some(failure) = self.replica.failure().latched() {
             return Err(search_refused(&failure));
         }
-        if self.before.is_none() {
-            self.before = Some(self.replica.reshapes());
+        if self.watch.is_none() {
+            self.watch = Some(self.replica.watch_reshapes());
         }
         let (spec, after) = (&self.spec, self.after.as_deref());
         let (page, next) =
@@ -186,22 +187,30 @@ impl SearchPages {
         String::from_utf8(out).map(Some).map_err(|e| e.to_string())
     }
 
-    /// Fails if the replica changed shape after `before` (read as the first page was):
-    /// the pages then may miss an entry, hold one twice or hold one without its parent.
-    /// (A modification leaves each entry printed once, as it was at some moment.)
-    fn whole_since(&self, before: Reshapes) -> Result<(), String> {
-        let now = self.replica.reshapes();
-        if now == before {
+    /// Fails if entries within the search's base and scope were added, removed or
+    /// renamed, or a refresh swapped in, since `watch` began (as the first page was
+    /// read): the pages then may miss an entry, hold one twice or hold one without its
+    /// parent. (A modification leaves each entry printed once, as it was at some moment.)
+    fn whole_since(&self, watch: &ReshapeWatch) -> Result<(), String> {
+        let since = watch.since(&self.spec);
+        if since.is_whole() {
             return Ok(());
         }
         let name = self.replica.name();
         let mut what = Vec::new();
-        match now.entries - before.entries {
+        let (one, many) = match since.scoped {
+            true => ("1 entry within the search's scope added, deleted or renamed", "entries within the search's scope added, deleted or renamed"),
+            false => (
+                "1 entry added, deleted or renamed",
+                "entries added, deleted or renamed in the replica, too many to tell which were within the search's scope",
+            ),
+        };
+        match since.entries {
             0 => {}
-            1 => what.push("1 entry added, deleted or renamed".to_owned()),
-            n => what.push(format!("{n} entries added, deleted or renamed")),
+            1 => what.push(one.to_owned()),
+            n => what.push(format!("{n} {many}")),
         }
-        match now.swaps - before.swaps {
+        match since.swaps {
             0 => {}
             1 => what.push("a refresh swapped in a new copy".to_owned()),
             n => what.push(format!("{n} refreshes swapped in new copies")),
@@ -539,7 +548,9 @@ pub fn only_agreement<'a>(names: impl Iterator<Item = &'a str>) -> Result<String
 
 #[cfg(test)]
 mod tests {
-    use tether_protocol::{Attributes, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, Value};
+    use tether_protocol::{
+        Attributes, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, Scope, Value,
+    };
 
     use super::*;
 
@@ -697,7 +708,15 @@ mod tests {
     /// Reads every page of `spec`, with `between` run after the first: the pages and
     /// what the call after the last one said.
     fn search_around(store: &ReplicaStore, between: impl FnOnce()) -> (String, Result<Option<String>, String>) {
-        let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
+        search_of(store, SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap()), between)
+    }
+
+    /// [`search_around`] of `spec`.
+    fn search_of(
+        store: &ReplicaStore,
+        spec: SearchSpec,
+        between: impl FnOnce(),
+    ) -> (String, Result<Option<String>, String>) {
         let mut pages = SearchPages::open(store, "people", Some(&spec.base.clone()), spec).unwrap();
         let mut all = pages.next_page().unwrap().unwrap();
         between();
@@ -740,8 +759,8 @@ mod tests {
         let err = end.unwrap_err();
         assert!(
             err.starts_with(
-                "the replica of \"people\" changed while it was printed (1 entry added, deleted or renamed), so the \
-                 output may miss an entry or hold one twice"
+                "the replica of \"people\" changed while it was printed (1 entry within the search's scope added, \
+                 deleted or renamed), so the output may miss an entry or hold one twice"
             ),
             "{err}"
         );
@@ -754,7 +773,26 @@ mod tests {
             let gone = held(7);
             apply(ReplOp::Delete { uuid: gone.uuid, csn: Csn(csn.get() + 1) });
         });
-        assert!(end.unwrap_err().contains("(2 entries added, deleted or renamed)"));
+        assert!(end.unwrap_err().contains("(2 entries within the search's scope added, deleted or renamed)"));
+
+        // Only changes within the search's base and scope count: a search of one entry
+        // (or of a quiet branch) is whole whatever is added, deleted or renamed beside it.
+        let one = || SearchSpec { scope: Scope::Base, ..SearchSpec::subtree(person(1_100).dn) };
+        let (out, end) = search_of(&store, one(), || {
+            let mut e = person(5_001);
+            e.csn = Csn(csn.get() + 1);
+            apply(ReplOp::Upsert(e));
+            let gone = held(8);
+            apply(ReplOp::Delete { uuid: gone.uuid, csn: Csn(csn.get() + 1) });
+        });
+        assert_eq!((dns(&out), end), (1, Ok(None)), "changes beside the searched entry leave its search whole");
+        let (_, end) = search_of(&store, one(), || {
+            let mut e = held(1_100);
+            e.dn = Dn::parse("cn=Person 1100 moved,dc=example,dc=com").unwrap();
+            e.csn = Csn(csn.get() + 1);
+            apply(ReplOp::Upsert(e));
+        });
+        assert!(end.unwrap_err().contains("(1 entry within the search's scope added, deleted or renamed)"));
 
         // A refresh swapped in meanwhile.
         let (_, end) = search_around(&store, || {

@@ -27,6 +27,8 @@
 //!   a copy of the store past the point it was restored from is reloaded, not resumed.
 //! - [`directory`]: the provider's store.
 //! - [`replica`]: the consumer's per-agreement replicas and shadow reloads.
+//! - [`reshapes`]: which entries of a replica were added, removed or renamed while a
+//!   search printed it page by page, so the search can tell whether its output is whole.
 //! - `reaper` (private): frees the trees of replica generations no state names any
 //!   more, in the background and a batch at a time, so that discarding a large replica
 //!   does not hold it all in memory.
@@ -48,6 +50,7 @@ pub mod pins;
 mod reaper;
 mod record;
 pub mod replica;
+pub mod reshapes;
 mod rules;
 #[cfg(test)]
 mod test_changes;
@@ -60,9 +63,10 @@ pub use failure::{FailureLatch, StoreFailure, INSTANCE_MARK};
 pub use feed::FedChange;
 pub use pins::Pin;
 pub use replica::{
-    ApplyStats, EntryForm, Incoming, IncomingOp, RegionAdopted, Replica, ReplicaState, ReplicaStore, Reshapes, Shadow,
+    ApplyStats, EntryForm, Incoming, IncomingOp, RegionAdopted, Replica, ReplicaState, ReplicaStore, Shadow,
     ShadowProgress,
 };
+pub use reshapes::{ReshapeWatch, ReshapedSince, Reshapes};
 pub use rules::refused_anywhere;
 /// sled's error type, for callers that must build or match a storage error.
 pub use sled::Error as SledError;

@@ -44,6 +44,7 @@ use crate::error::{Result, StoreError};
 use crate::failure::FailureLatch;
 use crate::reaper::Reaper;
 use crate::record::{decode, encode};
+use crate::reshapes::{self, ReshapeWatch, Reshaped, Reshapes, SharedLog};
 
 /// Tree holding one [`ReplicaState`] per agreement name; only a consumer's store has it.
 pub(crate) const REPLICAS: &str = "replicas";
@@ -241,22 +242,6 @@ impl ApplyStats {
     }
 }
 
-/// How often a replica's active entries changed shape since the store was opened, as
-/// [`Replica::reshapes`] reads it: a search printed page by page between two equal
-/// readings holds each entry once, as it was at some moment of the search.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reshapes {
-    /// Entries added, removed or renamed by applies ([`ApplyStats::reshaped`]).
-    pub entries: u64,
-    /// Refreshes that swapped in a new generation.
-    pub swaps: u64,
-}
-
-/// One replica's [`Reshapes`], locked by each change to its active entries from before
-/// it commits until it is counted, so a reading never misses a change its search could
-/// already see.
-type ReshapeCount = Arc<std::sync::Mutex<Reshapes>>;
-
 /// The consumer's store: every replica of every agreement.
 #[derive(Debug, Clone)]
 pub struct ReplicaStore {
@@ -288,10 +273,10 @@ pub struct ReplicaStore {
     /// comes back empty, so a `search` racing a reload's swap hung or saw an empty
     /// replica. Reads are a page of 500 entries, so a swap waits at most that long.
     generations: Arc<std::sync::RwLock<()>>,
-    /// Agreement name -> how often its active entries changed shape ([`Reshapes`]).
+    /// Agreement name -> how its active entries changed shape ([`crate::reshapes`]).
     /// Kept in memory: only a search running in this process, beside the applies, needs
     /// it.
-    reshapes: Arc<std::sync::Mutex<std::collections::HashMap<String, ReshapeCount>>>,
+    reshapes: Arc<std::sync::Mutex<std::collections::HashMap<String, SharedLog>>>,
     /// Frees discarded generations' trees in the background.
     reaper: Arc<Reaper>,
 }
@@ -608,9 +593,9 @@ pub struct Replica {
     store: ReplicaStore,
     /// The agreement name.
     name: Arc<str>,
-    /// How often its active entries changed shape ([`Replica::reshapes`]), shared by
-    /// every handle on the same agreement in this process.
-    reshapes: ReshapeCount,
+    /// How its active entries changed shape ([`Replica::reshapes`]), shared by every
+    /// handle on the same agreement in this process.
+    reshapes: SharedLog,
 }
 
 /// What [`Replica::adopt_region`] found.
@@ -711,14 +696,16 @@ impl Replica {
         let audit = self.store.db.open_tree(audit_tree_name(&self.name))?;
         let audit_on = self.store.audit_on();
         let name = self.name.clone();
-        let mut reshapes = self.reshapes.lock().unwrap_or_else(|p| p.into_inner());
-        let stats = (&self.store.replicas, &set.entries, &set.uuids, &audit, &self.store.counts).transaction(
+        let mut reshapes = reshapes::lock(&self.reshapes);
+        let watched = reshapes.watched();
+        let (stats, noted) = (&self.store.replicas, &set.entries, &set.uuids, &audit, &self.store.counts).transaction(
             |(replicas, entries, uuids, audit, counts)| {
                 let tx = TxEntrySet { entries, uuids };
                 let mut stats = ApplyStats::default();
+                let mut noted = Vec::new();
                 for incoming in ops {
                     let op = incoming.incoming();
-                    let applied = apply_op(&tx, op, &mut stats)?;
+                    let applied = apply_op(&tx, op, &mut stats, watched.then_some(&mut noted))?;
                     if applied && audit_on {
                         let mut key = op.uuid().as_bytes().to_vec();
                         key.extend_from_slice(&op.csn().to_key());
@@ -757,7 +744,7 @@ impl Replica {
                     replicas.insert(name.as_bytes(), bytes)?;
                     counts.insert(count_at_key(&name), &kept.csn.0.to_be_bytes())?;
                 }
-                Ok(stats)
+                Ok((stats, noted))
             },
         )?;
         if let Some(cookie) = cookie {
@@ -767,7 +754,7 @@ impl Replica {
             // reading ended, and the entries it read may be later writes than that.
             self.settle_beyond_cookie(cookie.csn)?;
         }
-        reshapes.entries += stats.reshaped();
+        reshapes.entries(stats.reshaped(), noted);
         drop(reshapes);
         self.store.wrote(stats.written)?;
         Ok(stats)
@@ -779,7 +766,15 @@ impl Replica {
     /// entry added, removed or renamed meanwhile could be missing from its output or in
     /// it twice, and a refresh swapped in meanwhile left it reading two generations.
     pub fn reshapes(&self) -> Reshapes {
-        *self.reshapes.lock().unwrap_or_else(|p| p.into_inner())
+        reshapes::lock(&self.reshapes).count()
+    }
+
+    /// Begins a search of the active entries printed page by page: until the watch is
+    /// dropped, applies note which entries they add, remove or rename, so that at its
+    /// end the search can tell whether any was within its scope
+    /// ([`ReshapeWatch::since`]).
+    pub fn watch_reshapes(&self) -> ReshapeWatch {
+        ReshapeWatch::begin(&self.reshapes)
     }
 
     /// Applies a batch of a delta refresh from a provider whose store is in `history`.
@@ -1064,7 +1059,18 @@ impl Replica {
 
 /// Applies one op inside a transaction (see the module docs for the rules); returns
 /// whether it changed the replica.
-fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Result<bool, TxError> {
+fn apply_op(
+    tx: &TxEntrySet<'_>,
+    op: Incoming<'_>,
+    stats: &mut ApplyStats,
+    mut noted: Option<&mut Vec<Reshaped>>,
+) -> Result<bool, TxError> {
+    // One note for each count of `stats.reshaped()`, when noting.
+    let mut note = |change: Reshaped| {
+        if let Some(noted) = noted.as_deref_mut() {
+            noted.push(change);
+        }
+    };
     match op {
         Incoming::Upsert { dn, uuid, csn, entry } => {
             // Most upserts change an entry in place: the record at its DN is the entry
@@ -1085,13 +1091,20 @@ fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Re
                 if held != uuid {
                     tx.remove(&new_key, &held)?;
                     stats.removed += 1;
+                    note(Reshaped::At(new_key.clone()));
                 }
             }
             let bytes = entry.to_ivec(ENTRIES).map_err(ConflictableTransactionError::Abort)?;
             stats.written += bytes.len() as u64;
             match &current {
-                None => stats.created += 1,
-                Some((key, _)) if *key != new_key => stats.renamed += 1,
+                None => {
+                    stats.created += 1;
+                    note(Reshaped::At(new_key.clone()));
+                }
+                Some((key, _)) if *key != new_key => {
+                    stats.renamed += 1;
+                    note(Reshaped::Moved(key.clone(), new_key.clone()));
+                }
                 Some(_) => {}
             }
             tx.put_encoded(current.as_ref().map(|(k, _)| k.as_slice()), new_key, &uuid, bytes)?;
@@ -1111,6 +1124,7 @@ fn apply_op(tx: &TxEntrySet<'_>, op: Incoming<'_>, stats: &mut ApplyStats) -> Re
             Some((key, _)) => {
                 tx.remove(&key, &uuid)?;
                 stats.removed += 1;
+                note(Reshaped::At(key));
                 stats.applied += 1;
                 Ok(true)
             }
@@ -1221,7 +1235,7 @@ impl Shadow {
             let tx = TxEntrySet { entries, uuids };
             let mut stats = ApplyStats::default();
             for incoming in ops {
-                apply_op(&tx, incoming.incoming(), &mut stats)?;
+                apply_op(&tx, incoming.incoming(), &mut stats, None)?;
             }
             Ok(stats)
         })?;
@@ -1360,7 +1374,7 @@ impl Shadow {
         let beyond = self.replica.shadow_beyond()?.filter(|newest| *newest > cookie.csn);
         let beyond = beyond.map(|csn| encode(BEYOND, &Cookie { history: cookie.history, csn })).transpose()?;
         {
-            let mut reshapes = self.replica.reshapes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut reshapes = reshapes::lock(&self.replica.reshapes);
             // The region on record is this shadow's from the switch on (it was filled for
             // the region adopted at its agreement's start): moved with it, in one write,
             // as is the record of data past the cookie.
@@ -1378,7 +1392,7 @@ impl Shadow {
                 past.remove(shadow_beyond_key(&name))?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
-            reshapes.swaps += 1;
+            reshapes.swap();
         }
         store.flush()?;
         store.drop_generation(&name, old)?;
