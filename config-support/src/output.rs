@@ -70,6 +70,22 @@ macro_rules! say {
     }};
 }
 
+/// Warns on standard error of the attributes a command's search names that a server
+/// maintains and Tether does not keep ([`SearchSpec::names_not_kept`]): a filter on
+/// `modifyTimestamp`, carried over from LDAP habits, matched nothing without a word.
+pub fn warn_not_kept(spec: &tether_protocol::SearchSpec) {
+    let names = spec.names_not_kept();
+    if names.is_empty() {
+        return;
+    }
+    let (verb, it) = if names.len() == 1 { ("is", "it") } else { ("are", "them") };
+    say!(
+        "warning: {} {verb} maintained by an LDAP server and not kept by Tether (see docs/ldif.md): no entry has a \
+         value of {it}, so a filter on {it} matches nothing",
+        names.join(", ")
+    );
+}
+
 /// Whether `error` (or one of its causes) is standard output's reader having gone away:
 /// the command has nobody left to answer, and ends with success.
 pub fn reader_gone(error: &(dyn std::error::Error + 'static)) -> bool {

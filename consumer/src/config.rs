@@ -18,9 +18,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use tether_protocol::entry::operational::is_not_kept;
 use tether_protocol::entry::parse_attribute_name;
 pub use tether_protocol::Mode;
-use tether_protocol::{Dn, Scope};
+use tether_protocol::{Dn, Filter, Scope};
 
 use crate::retry::RetrySchedule;
 pub use source::{load_secret, AddressError, ConfigError, HostPort, KeepaliveConfig, SecretFile};
@@ -42,6 +43,11 @@ pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_SCOPE: Scope = Scope::Subtree;
 /// Default agreement `filter`: every entry in scope.
 pub const DEFAULT_FILTER: &str = "(objectClass=*)";
+
+/// Why a server-maintained attribute in an agreement's region is refused: Tether keeps
+/// none (see [`tether_protocol::entry::operational`]).
+const NOT_KEPT: &str = "maintained by an LDAP server and not kept by Tether (an entry's version is its CSN; \
+                        see docs/ldif.md)";
 /// Default agreement `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
@@ -348,6 +354,27 @@ impl ConsumerConfig {
             for (j, attr) in agreement.attrs.iter().enumerate() {
                 parse_attribute_name(attr)
                     .map_err(|e| ConfigError::invalid(file, key(&format!("attrs[{j}]")), e.to_string()))?;
+                if is_not_kept(attr) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key(&format!("attrs[{j}]")),
+                        format!("{attr} is {NOT_KEPT}, so no entry has a value of it: take it out of the list"),
+                    ));
+                }
+            }
+            // A filter that does not parse is refused where the region is built, naming
+            // the key too.
+            if let Ok(filter) = Filter::parse(&agreement.filter) {
+                if let Some(attr) = filter.attributes().into_iter().find(|a| is_not_kept(a)) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("filter"),
+                        format!(
+                            "the filter reads {attr}, which is {NOT_KEPT}, so it matches no entry's value and the \
+                             region would never hold what it selects: take that part out of the filter"
+                        ),
+                    ));
+                }
             }
             if agreement.mode == Mode::RefreshOnly && agreement.interval < MIN_POLL_INTERVAL {
                 return Err(ConfigError::invalid(
@@ -640,6 +667,21 @@ secret_file = "people.key"
                 with("attrs = [\"*\"]"),
                 "key 'agreement[0].attrs[0]': \"*\" is LDAP's selection of all user attributes in a search, not an \
                  attribute name: leave the list out to keep every attribute (Tether keeps no operational ones)"
+                    .into(),
+            ),
+            // Carried over from syncrepl: what the server maintains selects nothing here.
+            (
+                with("attrs = [\"cn\", \"modifyTimestamp\"]"),
+                "key 'agreement[0].attrs[1]': modifyTimestamp is maintained by an LDAP server and not kept by Tether \
+                 (an entry's version is its CSN; see docs/ldif.md), so no entry has a value of it: take it out of the \
+                 list"
+                    .into(),
+            ),
+            (
+                with("filter = \"(&(objectClass=person)(|(2.5.18.2>=20200101000000Z)(entryUUID=x)))\""),
+                "key 'agreement[0].filter': the filter reads 2.5.18.2, which is maintained by an LDAP server and not \
+                 kept by Tether (an entry's version is its CSN; see docs/ldif.md), so it matches no entry's value and \
+                 the region would never hold what it selects: take that part out of the filter"
                     .into(),
             ),
             (

@@ -398,6 +398,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             let spec = SearchSpec { base: base.unwrap_or_else(|| a.base.clone()), scope, filter, attrs };
+            tether_config::output::warn_not_kept(&spec);
             let request = ControlRequest::search(Some(name.clone()), spec.clone(), uuids);
             if call(&config, &request).await? {
                 return Ok(());
@@ -444,6 +445,8 @@ fn unkept_attributes(filter: &tether_protocol::Filter, kept: &[String]) -> Optio
         .attributes()
         .into_iter()
         .filter(|a| !["objectclass", "entryuuid"].contains(&base_type(a).as_str()) && !kept.contains(&base_type(a)))
+        // Said by a warning of its own: no entry has them, kept or not.
+        .filter(|a| !tether_protocol::entry::operational::is_not_kept(a))
         .collect();
     (!unkept.is_empty()).then(|| unkept.join(", "))
 }

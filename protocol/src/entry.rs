@@ -379,6 +379,20 @@ pub fn key_names(key: &str, name: &str) -> bool {
     key.eq_ignore_ascii_case(name) || (name.matches(';').count() >= 2 && attribute_key(key) == attribute_key(name))
 }
 
+/// Whether the attribute description `held` is `wanted` or one of its subtypes: the same
+/// type with at least the same options, in any order and case (RFC 4512 §2.5). A filter
+/// on `wanted` reads the values of its subtypes, and an attribute list naming it keeps
+/// them (RFC 4511 §4.5.1.8), so a replica holds what its own filter matches.
+pub fn is_subtype(held: &str, wanted: &str) -> bool {
+    let mut held_parts = held.split(';');
+    let mut wanted_parts = wanted.split(';');
+    let same_type = match (held_parts.next(), wanted_parts.next()) {
+        (Some(h), Some(w)) => h.eq_ignore_ascii_case(w),
+        _ => false,
+    };
+    same_type && wanted_parts.all(|option| held.split(';').skip(1).any(|o| o.eq_ignore_ascii_case(option)))
+}
+
 /// The attributes of an entry, keyed by lower-cased name (options sorted, see
 /// [`attribute_key`]) so iteration is in a fixed order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -656,13 +670,12 @@ impl Attributes {
         self.map.is_empty()
     }
 
-    /// Keeps only the named attributes (an agreement's attribute list); `objectClass`
-    /// is always kept so a partial entry is still a valid entry.
+    /// Keeps only the named attributes (an agreement's attribute list) and their
+    /// subtypes ([`is_subtype`]: `description;lang-en` keeps `description;lang-en;x-draft`
+    /// too, as `description` keeps both); `objectClass` is always kept so a partial entry
+    /// is still a valid entry.
     pub fn retain_named(&mut self, names: &[String]) {
-        let wanted: Vec<String> = names.iter().map(|n| attribute_key(n)).collect();
-        self.map.retain(|k, _| {
-            k == "objectclass" || wanted.iter().any(|w| key_names(k, w) || k.split(';').next() == Some(w))
-        });
+        self.map.retain(|k, _| k == "objectclass" || names.iter().any(|w| is_subtype(k, w)));
     }
 }
 
@@ -861,6 +874,9 @@ mod tests {
         let mut kept = a.clone();
         kept.retain_named(&["description;x-a;x-b".to_owned()]);
         assert_eq!(kept, a, "an attribute list names it in either order");
+        let mut kept = a.clone();
+        kept.retain_named(&["DESCRIPTION;X-B".to_owned()]);
+        assert_eq!(kept, a, "an attribute list naming fewer options keeps it, a subtype");
         // It encodes and decodes under its key, not its name.
         let entry = Entry { dn: Dn::parse("cn=x").unwrap(), uuid: EntryUuid([1; 16]), csn: Csn(1), attrs: a.clone() };
         let decoded: Entry = crate::codec::decode(&crate::codec::encode(&entry).unwrap()).unwrap();

@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::entry::{Entry, Value};
+use crate::entry::{is_subtype, Entry, Value};
 
 /// A search filter.
 ///
@@ -168,18 +168,6 @@ fn any_value(entry: &Entry, attr: &str, test: impl Fn(&Value) -> bool) -> bool {
 
 /// The operational attribute a filter reads from [`Entry::uuid`].
 const ENTRY_UUID: &str = "entryUUID";
-
-/// Whether the attribute description `held` is `wanted` or one of its subtypes: the same
-/// type with at least the same options, in any order and case (RFC 4512 §2.5).
-fn is_subtype(held: &str, wanted: &str) -> bool {
-    let mut held_parts = held.split(';');
-    let mut wanted_parts = wanted.split(';');
-    let same_type = match (held_parts.next(), wanted_parts.next()) {
-        (Some(h), Some(w)) => h.eq_ignore_ascii_case(w),
-        _ => false,
-    };
-    same_type && wanted_parts.all(|option| held.split(';').skip(1).any(|o| o.eq_ignore_ascii_case(option)))
-}
 
 /// A value's form for matching: [`Value::normalized`], with each small final sigma (ς)
 /// made σ, as full case folding has it (RFC 4518 §2.2). `to_lowercase` makes a capital

@@ -135,7 +135,20 @@ impl SearchSpec {
         self.base.is_descendant_of(wider_base)
     }
 
-    /// Trims an entry to the requested attributes.
+    /// The attributes the filter reads or the list names that a server maintains and
+    /// Tether does not keep ([`crate::entry::operational::is_not_kept`]), as written,
+    /// each once: no entry has a value of them.
+    pub fn names_not_kept(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for name in self.filter.attributes().into_iter().chain(self.attrs.iter().map(String::as_str)) {
+            if crate::entry::operational::is_not_kept(name) && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Trims an entry to the requested attributes (and their subtypes).
     pub fn project(&self, mut entry: Entry) -> Entry {
         if !self.attrs.is_empty() {
             entry.attrs.retain_named(&self.attrs);
@@ -213,6 +226,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// RFC 4511 §4.5.1.8: an attribute list keeps the subtypes of what it names, as a
+    /// filter reads them. Found by a walkthrough: a region filtering on
+    /// `description;lang-en` and keeping it took an entry for its
+    /// `description;lang-en;x-draft` value and then dropped that value, so the replica's
+    /// own filter found nothing in it.
+    #[test]
+    fn an_attribute_list_keeps_the_subtypes_of_what_it_names_as_the_filter_reads_them() {
+        let mut attrs = crate::Attributes::new();
+        attrs.add("objectClass", ["document".into()]).unwrap();
+        attrs.add("description;lang-en;x-draft", ["draft english".into()]).unwrap();
+        attrs.add("description;lang-en", ["english".into()]).unwrap();
+        attrs.add("description;lang-de", ["deutsch".into()]).unwrap();
+        attrs.add("description", ["plain".into()]).unwrap();
+        let entry = crate::Entry {
+            dn: Dn::parse("cn=doc,dc=example,dc=com").unwrap(),
+            uuid: crate::EntryUuid([7; 16]),
+            csn: crate::Csn(1),
+            attrs,
+        };
+        let spec = SearchSpec {
+            base: Dn::parse("dc=example,dc=com").unwrap(),
+            scope: Scope::Subtree,
+            filter: "(description;lang-en=draft english)".parse().unwrap(),
+            attrs: vec!["Description;Lang-EN".into()],
+        };
+        assert!(spec.filter.matches(&entry));
+        let kept = spec.project(entry.clone());
+        let names: Vec<&str> = kept.attrs.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["description;lang-en", "description;lang-en;x-draft", "objectClass"]);
+        assert!(spec.filter.matches(&kept), "the replica holds what its filter matched");
+        let bare = SearchSpec { attrs: vec!["description".into()], ..spec };
+        assert_eq!(bare.project(entry).attrs.len(), 5, "the bare type keeps every subtype");
+    }
+
+    /// What a server maintains is named for a warning, however it is spelled, once;
+    /// `entryUUID`, which Tether keeps, is not.
+    #[test]
+    fn the_maintained_attributes_a_search_names_are_found_in_its_filter_and_list() {
+        let spec = |filter: &str, attrs: &[&str]| SearchSpec {
+            base: Dn::parse("dc=example,dc=com").unwrap(),
+            scope: Scope::Subtree,
+            filter: filter.parse().unwrap(),
+            attrs: attrs.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let names = spec(
+            "(|(modifyTimestamp>=2020)(!(entryCSN=*))(entryUUID=x)(cn=y))",
+            &["cn", "ModifyTimestamp", "2.5.18.1"],
+        )
+        .names_not_kept()
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        assert_eq!(names, ["modifyTimestamp", "entryCSN", "2.5.18.1"]);
+        assert!(spec("(&(objectClass=person)(entryUUID=x))", &["cn", "entryUUID"]).names_not_kept().is_empty());
     }
 
     #[test]

@@ -367,6 +367,7 @@ async fn run(cli: Cli) -> Result<()> {
                 None => loaded?,
             };
             let spec = spec(&config, base, scope, filter, attrs);
+            tether_config::output::warn_not_kept(&spec);
             let request = ControlRequest::search(None, spec.clone(), uuids);
             if client::control_call(&config, &request).await?.is_some() {
                 return Ok(());

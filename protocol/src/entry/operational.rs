@@ -62,6 +62,15 @@ pub fn is_operational(name: &str) -> bool {
     operational_name(name).is_some()
 }
 
+/// Whether `name` names an attribute a server maintains that Tether does not keep: one
+/// of [`MAINTAINED`], by name or OID, but not `entryUUID`, which it keeps as the entry's
+/// identity. No entry has a value of it, so a filter on it matches none and an attribute
+/// list naming it keeps nothing: an agreement carried over from syncrepl with
+/// `(modifyTimestamp>=...)` in its filter replicated nothing and looked healthy.
+pub fn is_not_kept(name: &str) -> bool {
+    operational_name(name).is_some_and(|n| n != ENTRY_UUID)
+}
+
 /// What [`Attributes::take_operational`] took out of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Operational {
