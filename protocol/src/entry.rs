@@ -563,13 +563,18 @@ impl Attributes {
         let mut held: HashSet<Vec<u8>> = attr.values.iter().map(Value::normalized).collect();
         let mut result = Ok(());
         for value in values {
-            if !held.insert(value.normalized()) {
+            let normal = value.normalized();
+            if held.contains(&normal) {
+                // The value held, as the error says, not the one given: `memberUid: Alice`
+                // beside `alice` was refused as already having "Alice".
+                let stored = attr.values.iter().find(|v| v.normalized() == normal).unwrap_or(&value);
                 result = Err(AttributeError::DuplicateValue {
                     attr: attr.name.clone(),
-                    value: shown_value(&attr.name, value.as_bytes()),
+                    value: shown_value(&attr.name, stored.as_bytes()),
                 });
                 break;
             }
+            held.insert(normal);
             attr.values.push(value);
         }
         if attr.values.is_empty() {
@@ -820,7 +825,8 @@ mod tests {
         a.add("CN", ["John  Smith".into()]).unwrap();
         assert!(a.has_value("cn", &"john smith".into()));
         assert!(a.has_value("OBJECTCLASS", &"PERSON".into()));
-        assert!(matches!(a.add("cn", ["JOHN SMITH".into()]), Err(AttributeError::DuplicateValue { .. })));
+        let refused = a.add("cn", ["JOHN SMITH".into()]).unwrap_err().to_string();
+        assert_eq!(refused, "attribute \"CN\" already has value \"John  Smith\"", "the value held, not the one given");
         a.add("userPassword", ["secret".into()]).unwrap();
         let refused = a.add("userPassword", ["secret".into()]).unwrap_err().to_string();
         assert_eq!(refused, "attribute \"userPassword\" already has value \"(6 bytes, not shown)\"");
