@@ -70,20 +70,27 @@ macro_rules! say {
     }};
 }
 
-/// Warns on standard error of the attributes a command's search names that a server
-/// maintains and Tether does not keep ([`SearchSpec::names_not_kept`]): a filter on
-/// `modifyTimestamp`, carried over from LDAP habits, matched nothing without a word.
-pub fn warn_not_kept(spec: &tether_protocol::SearchSpec) {
+/// The warning [`warn_not_kept`] prints for `spec`, if any: apart, so a test reads it.
+pub fn not_kept_warning(spec: &tether_protocol::SearchSpec) -> Option<String> {
     let names = spec.names_not_kept();
     if names.is_empty() {
-        return;
+        return None;
     }
     let (verb, it) = if names.len() == 1 { ("is", "it") } else { ("are", "them") };
-    say!(
-        "warning: {} {verb} maintained by an LDAP server and not kept by Tether (see docs/ldif.md): no entry has a \
-         value of {it}, so a filter on {it} matches nothing",
+    Some(format!(
+        "warning: {} {verb} maintained by an LDAP server and not kept by Tether (see docs/ldif.md): no entry \
+         has a value of {it}, so a filter on {it} matches nothing",
         names.join(", ")
-    );
+    ))
+}
+
+/// Warns on standard error of the attributes a command's search names that a server
+/// maintains and Tether does not keep ([`names_not_kept`](tether_protocol::SearchSpec::names_not_kept)): a filter on
+/// `modifyTimestamp`, carried over from LDAP habits, matched nothing without a word.
+pub fn warn_not_kept(spec: &tether_protocol::SearchSpec) {
+    if let Some(warning) = not_kept_warning(spec) {
+        say!("{warning}");
+    }
 }
 
 /// Whether `error` (or one of its causes) is standard output's reader having gone away:
@@ -117,5 +124,21 @@ mod tests {
         let full = mark(io::Error::from(io::ErrorKind::StorageFull));
         assert_eq!(full.kind(), io::ErrorKind::StorageFull, "other errors pass as they were");
         assert!(!reader_gone(&Context(full)));
+    }
+
+    #[test]
+    fn a_search_naming_no_maintained_attribute_is_not_warned_about() {
+        use tether_protocol::{Dn, SearchSpec};
+        let spec = |filter: &str| SearchSpec {
+            filter: filter.parse().unwrap(),
+            ..SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap())
+        };
+        assert_eq!(not_kept_warning(&spec("(&(cn=x)(entryUUID=y))")), None);
+        let one = not_kept_warning(&spec("(modifyTimestamp>=2020)")).unwrap();
+        assert!(one.starts_with("warning: modifyTimestamp is maintained by an LDAP server"), "{one}");
+        assert!(one.ends_with("so a filter on it matches nothing"), "{one}");
+        let two = not_kept_warning(&spec("(|(modifyTimestamp>=2020)(entryCSN=*))")).unwrap();
+        assert!(two.starts_with("warning: modifyTimestamp, entryCSN are maintained"), "{two}");
+        assert!(two.ends_with("so a filter on them matches nothing"), "{two}");
     }
 }

@@ -787,4 +787,13 @@ secret_file = "people.key"
             assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
         }
     }
+
+    /// `entryUUID` is server-maintained but kept (it is the entry's identity): a region
+    /// filtering on it, or keeping it, is not refused as one on `modifyTimestamp` is.
+    #[test]
+    fn a_region_naming_entry_uuid_is_not_refused_as_naming_what_tether_does_not_keep() {
+        assert!(parse(&with("filter = \"(entryUUID=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0)\"")).is_ok());
+        assert!(parse(&with("filter = \"(&(objectClass=person)(1.3.6.1.1.16.4=*))\"")).is_ok());
+        assert!(parse(&with("attrs = [\"cn\", \"entryUUID\"]")).is_ok());
+    }
 }

@@ -805,4 +805,39 @@ mod tests {
         // And with nothing meanwhile, whole again.
         assert_eq!(search_around(&store, || {}).1, Ok(None));
     }
+
+    /// A rename into a search's scope from outside it counts, as a rename out of it does.
+    #[test]
+    fn an_entry_renamed_into_a_search_s_scope_from_outside_it_counts() {
+        let (_dir, store, replica) = people(3);
+        let held = |i: usize| replica.search(&SearchSpec::subtree(person(i).dn)).unwrap().remove(0);
+        let branch = SearchSpec::subtree(person(1).dn);
+        let (_, end) = search_of(&store, branch, || {
+            let mut e = held(2);
+            e.dn = Dn::parse("cn=Moved,cn=Person 1,dc=example,dc=com").unwrap();
+            e.csn = Csn(20);
+            replica
+                .apply(&[ReplOp::Upsert(e)], Some(Cookie { history: HistoryId::new_random(), csn: Csn(20) }))
+                .unwrap();
+        });
+        let err = end.unwrap_err();
+        assert!(err.contains("(1 entry within the search's scope added, deleted or renamed)"), "{err}");
+    }
+
+    /// An entry that takes the DN of another removes it and is added there: two changes,
+    /// each noted, as they are counted.
+    #[test]
+    fn an_entry_displacing_another_at_its_dn_counts_as_a_delete_and_an_add() {
+        let (_dir, store, replica) = people(3);
+        let one = SearchSpec { scope: Scope::Base, ..SearchSpec::subtree(person(1).dn) };
+        let (_, end) = search_of(&store, one, || {
+            let mut e = person(1); // a new entry (new UUID) at Person 1's DN
+            e.csn = Csn(20);
+            replica
+                .apply(&[ReplOp::Upsert(e)], Some(Cookie { history: HistoryId::new_random(), csn: Csn(20) }))
+                .unwrap();
+        });
+        let err = end.unwrap_err();
+        assert!(err.contains("(2 entries within the search's scope added, deleted or renamed)"), "{err}");
+    }
 }

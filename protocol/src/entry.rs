@@ -1095,4 +1095,32 @@ mod tests {
         assert_eq!(e.attrs.values("cn").len(), 1);
         assert_eq!(e.attrs.values("sn"), &[Value::from("Lee")]);
     }
+
+    /// A subtype has the same type: `c` (the country) is not `cn`, whose name begins with it.
+    #[test]
+    fn a_subtype_is_of_the_same_type_not_one_whose_name_begins_with_it() {
+        assert!(is_subtype("description;lang-en", "Description"));
+        assert!(!is_subtype("cn", "c"));
+        assert!(!is_subtype("descriptionx;lang-en", "description;lang-en"));
+        let mut a = Attributes::new();
+        a.add("objectClass", ["person".into()]).unwrap();
+        a.add("cn", ["x".into()]).unwrap();
+        a.add("c", ["DE".into()]).unwrap();
+        a.retain_named(&["c".to_owned()]);
+        let names: Vec<&str> = a.iter().map(|at| at.name.as_str()).collect();
+        assert_eq!(names, ["c", "objectClass"]);
+    }
+
+    /// Two equal values given in one call are refused as two held ones are, naming the
+    /// one kept first.
+    #[test]
+    fn values_equal_to_one_another_in_one_add_are_refused() {
+        let mut a = Attributes::new();
+        let refused = a.add("cn", ["John Smith".into(), "Jane Doe".into(), "JOHN  SMITH".into()]).unwrap_err();
+        assert_eq!(refused.to_string(), "attribute \"cn\" already has value \"John Smith\"");
+        let mut a = Attributes::new();
+        a.add("cn", ["held".into()]).unwrap();
+        let refused = a.add("cn", ["b".into(), "B".into()]).unwrap_err();
+        assert_eq!(refused.to_string(), "attribute \"cn\" already has value \"b\"");
+    }
 }

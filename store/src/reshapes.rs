@@ -274,4 +274,18 @@ mod tests {
         apply(&log, vec![Reshaped::At(key("uid=q,ou=quiet,dc=example,dc=com"))]);
         assert_eq!(later.since(&quiet), ReshapedSince { entries: 1, swaps: 0, scoped: true });
     }
+
+    #[test]
+    fn a_search_does_not_count_what_was_noted_before_it_began() {
+        let log = SharedLog::default();
+        let first = ReshapeWatch::begin(&log);
+        // Noted (a search is printed) but counted before `later` began.
+        apply(&log, vec![Reshaped::At(key("uid=q,ou=quiet,dc=example,dc=com"))]);
+        let later = ReshapeWatch::begin(&log);
+        let quiet = spec("ou=quiet,dc=example,dc=com", Scope::Subtree);
+        assert_eq!(first.since(&quiet).entries, 1);
+        apply(&log, vec![Reshaped::At(key("uid=a,ou=busy,dc=example,dc=com"))]);
+        assert_eq!(later.since(&quiet), ReshapedSince { entries: 0, swaps: 0, scoped: true });
+        assert_eq!(first.since(&quiet).entries, 1);
+    }
 }
