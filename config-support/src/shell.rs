@@ -4,13 +4,17 @@
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::log_pipe;
+
 /// Environment variable holding the log filter (`info`, `debug`, `info,tether_consumer=debug`).
 pub const LOG_ENV: &str = "TETHER_LOG";
 /// The log filter when [`LOG_ENV`] is unset or invalid.
 pub const DEFAULT_LOG: &str = "info";
 
-/// Logs to stderr, filtered by [`LOG_ENV`]; colour only on a terminal, so logs written to
-/// files stay greppable.
+/// Logs to stderr, filtered by [`LOG_ENV`], through the [`log_pipe`], so a reader of
+/// stderr that stalls or goes away costs log lines, never the server; colour only on a
+/// terminal, so logs written to files stay greppable. The process must [`end_logging`]
+/// before it exits, or its last lines may be lost.
 pub fn init_logging() {
     // Unset is the default; set but unreadable is an operator's typo, said once it can
     // be (the logger is what would say it), rather than run quietly at the default.
@@ -22,15 +26,22 @@ pub fn init_logging() {
         Err(_) => (tracing_subscriber::EnvFilter::new(DEFAULT_LOG), None),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_target(false);
+    // Without a thread of its own (the system refused one), logging writes from the
+    // task that logs, as it did before the log pipe: what it cannot write is dropped.
+    match log_pipe::start() {
+        Ok(writers) => builder.with_writer(writers).log_internal_errors(false).init(),
+        Err(_) => builder.with_writer(std::io::stderr).log_internal_errors(false).init(),
+    }
     if let Some(why) = refused {
         tracing::warn!("{LOG_ENV} is not a log filter, logging at {DEFAULT_LOG:?} instead: {why}");
     }
+}
+
+/// Writes the log lines still queued (waiting [`log_pipe::DRAIN_WAIT`] at most for a
+/// stalled reader): for the end of `main`, and [`exit_now`] calls it.
+pub fn end_logging() {
+    log_pipe::drain();
 }
 
 /// `filter` with sled's own lines at `warn` unless it names sled: at `debug`, sled logs
@@ -114,6 +125,7 @@ pub async fn ask_reload(requests: &ReloadRequests, process: &str) -> Result<Stri
 pub fn exit_now(code: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    end_logging();
     std::process::exit(code)
 }
 

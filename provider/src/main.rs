@@ -428,9 +428,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = shell::runtime("tether-provider").block_on(run(cli));
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            shell::end_logging();
+            ExitCode::SUCCESS
+        }
         // `search | head`: what was asked for was read.
-        Err(e) if output::reader_gone(&*e) => ExitCode::SUCCESS,
+        Err(e) if output::reader_gone(&*e) => {
+            shell::end_logging();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tether_config::say!("tether-provider: {}", shell::error_chain(&*e));
             shell::exit_now(1)

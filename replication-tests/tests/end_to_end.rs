@@ -1514,6 +1514,64 @@ fn runs_without_its_stdout(
     Ok(())
 }
 
+/// Servers whose standard error nobody reads any more (a log shipper that died,
+/// `serve 2>&1 | head -1`) keep replicating and stop cleanly. Every log line was then a
+/// write error, which the log formatter reported with `eprintln!`: a panic in the task
+/// logging, so sessions died at their first line (writes failed, consumers looped in
+/// backoff) while `status` said running, and SIGTERM ended in exit status 101.
+#[test]
+fn servers_whose_standard_error_is_gone_keep_replicating() -> Result<()> {
+    use replication_tests::harness::{bin, signal, wait_exit};
+    use std::process::{Child, Command, Stdio};
+    let without_stderr = |binary: &str, verb: &str, config: &Path| -> Result<Child> {
+        let mut child = Command::new(bin(binary)?)
+            .args([verb, "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // The reader goes before the server has logged a line.
+        drop(child.stderr.take());
+        Ok(child)
+    };
+    let stops_cleanly = |mut child: Child, binary: &str| -> Result<()> {
+        assert!(child.try_wait()?.is_none(), "{binary} exited: {:?}", child.try_wait());
+        signal(&child, "TERM")?;
+        let status = wait_exit(&mut child, Duration::from_secs(30))?;
+        assert!(status.success(), "{binary} stops cleanly: {status:?}");
+        Ok(())
+    };
+    let tmp = tempfile::tempdir()?;
+
+    // The provider without its stderr, serving a consumer as usual.
+    let mut work = Workload::new(60, 46);
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    let file = tmp.path().join("initial.ldif");
+    std::fs::write(&file, work.initial_ldif())?;
+    p.load(&file)?;
+    let mut server = without_stderr("tether-provider", "serve", &p.config)?;
+    wait_until(CONVERGE, "the provider to answer on its control socket, or exit", || {
+        Ok(server.try_wait()?.is_some() || p.status().is_ok_and(|s| s["running"] == true))
+    })?;
+    let c = people_consumer(tmp.path(), &p)?;
+    p.write_ok(&work.changes(20))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(c.agreement_status("people")?["reconnects"], 0, "one session throughout");
+    stops_cleanly(server, "tether-provider")?;
+
+    // A consumer without its stderr, of a provider as usual.
+    let (p, mut work) = provider_with(&tmp.path().join("p2"), 60, 47, ProviderOptions::default())?;
+    let c =
+        Consumer::configure(&tmp.path().join("c2"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    let consumer = without_stderr("tether-consumer", "run", &c.config)?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    p.write_ok(&work.changes(20))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(c.agreement_status("people")?["state"], "persisting");
+    assert_eq!(c.agreement_status("people")?["reconnects"], 0, "one session throughout");
+    stops_cleanly(consumer, "tether-consumer")
+}
+
 /// Runs `tether-provider verb -c config -` with `text` on its standard input; its exit
 /// status, stdout and stderr.
 fn provider_from_stdin(config: &Path, verb: &str, text: &str) -> Result<(bool, String, String)> {

@@ -1,0 +1,187 @@
+//! The daemons' log lines on their way to standard error, through a bounded queue and a
+//! thread of their own.
+//!
+//! Written straight from the task that logs, standard error steered the whole server: a
+//! reader that stopped reading (a log shipper hung, `serve 2>fifo` never drained) blocked
+//! every task at its next line, so writes, sessions and the control socket hung behind
+//! it; and a reader gone (`serve 2>&1 | head -1`, a shipper that died) made each line a
+//! write error, which the formatter reported with `eprintln!`, a panic in whatever task
+//! was logging: sessions died at their first line while `status` still said running.
+//! Here a line is handed to the writer thread, which ignores write errors; a queue full
+//! because nobody reads drops lines, counted, rather than stop the server, and the
+//! writer says how many went once it can write again.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How many lines wait for the writer before new ones are dropped: a few seconds of a
+/// busy server's `debug` output, about two megabytes at most.
+pub const QUEUE_LINES: usize = 10_000;
+
+/// How long [`drain`] waits for the lines queued to be written: at exit, a reader that
+/// is still there gets the last lines (the shutdown's), and one that stalled delays the
+/// exit by no more than this.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// What the writer thread is handed.
+enum Message {
+    /// One log line (or several, as the formatter wrote one event).
+    Line(Vec<u8>),
+    /// Every line before this is written: answer on the channel.
+    Drained(SyncSender<()>),
+}
+
+/// The queue of the process's writer thread, once [`start`] made it.
+struct Pipe {
+    lines: SyncSender<Message>,
+    /// Lines dropped since the writer last said so.
+    dropped: &'static AtomicU64,
+}
+
+static PIPE: OnceLock<Pipe> = OnceLock::new();
+
+/// Starts the writer thread of this process (once; later calls reuse it) and returns
+/// what the log formatter writes to.
+pub fn start() -> io::Result<Writers> {
+    if PIPE.get().is_none() {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+        std::thread::Builder::new().name("log-writer".into()).spawn(move || write_lines(rx, dropped, io::stderr()))?;
+        let _ = PIPE.set(Pipe { lines: tx, dropped });
+    }
+    Ok(Writers)
+}
+
+/// The writer thread: each line as it comes, write errors ignored (nobody is left to
+/// tell of them but the reader that failed).
+fn write_lines(rx: Receiver<Message>, dropped: &AtomicU64, mut out: impl Write) {
+    while let Ok(message) = rx.recv() {
+        match message {
+            Message::Line(line) => {
+                let lost = dropped.swap(0, Ordering::Relaxed);
+                if lost > 0 {
+                    let _ = writeln!(out, "[{lost} log lines dropped: standard error was not read fast enough]");
+                }
+                let _ = out.write_all(&line);
+            }
+            Message::Drained(done) => {
+                let _ = out.flush();
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Waits, up to [`DRAIN_WAIT`], until the lines logged so far are written: before the
+/// process exits, whose last lines would otherwise be lost with the thread.
+pub fn drain() {
+    let Some(pipe) = PIPE.get() else { return };
+    let deadline = Instant::now() + DRAIN_WAIT;
+    let (tx, rx) = mpsc::sync_channel(1);
+    let mut message = Message::Drained(tx);
+    // A full queue means a reader that stopped: room comes only if it reads again.
+    loop {
+        match pipe.lines.try_send(message) {
+            Ok(()) => break,
+            Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                message = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TrySendError::Full(_)) => return,
+        }
+    }
+    let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+}
+
+/// The log formatter's writer: one per event, handed to the writer thread whole when
+/// the event is formatted.
+#[derive(Debug, Clone, Copy)]
+pub struct Writers;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Writers {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter(Vec::new())
+    }
+}
+
+/// One event's text, queued when dropped.
+#[derive(Debug)]
+pub struct LineWriter(Vec<u8>);
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let Some(pipe) = PIPE.get() else { return };
+        match pipe.lines.try_send(Message::Line(std::mem::take(&mut self.0))) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                pipe.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A writer whose reader is gone: every write fails.
+    struct Gone;
+
+    impl Write for Gone {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+    }
+
+    #[test]
+    fn lines_dropped_are_counted_before_the_next_one_and_errors_end_nothing() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let dropped = AtomicU64::new(3);
+        tx.send(Message::Line(b"first\n".to_vec())).unwrap();
+        tx.send(Message::Line(b"second\n".to_vec())).unwrap();
+        let (done_tx, done) = mpsc::sync_channel(1);
+        tx.send(Message::Drained(done_tx)).unwrap();
+        drop(tx);
+        let mut out = Vec::new();
+        write_lines(rx, &dropped, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[3 log lines dropped: standard error was not read fast enough]\nfirst\nsecond\n"
+        );
+        assert_eq!(done.try_recv(), Ok(()), "a drain is answered once the lines before it are written");
+
+        // A reader gone: the writer goes on taking lines (and answering drains).
+        let (tx, rx) = mpsc::sync_channel(8);
+        tx.send(Message::Line(b"lost\n".to_vec())).unwrap();
+        let (done_tx, done) = mpsc::sync_channel(1);
+        tx.send(Message::Drained(done_tx)).unwrap();
+        drop(tx);
+        write_lines(rx, &AtomicU64::new(0), Gone);
+        assert_eq!(done.try_recv(), Ok(()));
+    }
+}
