@@ -345,6 +345,15 @@ pub fn no_store(
     )
 }
 
+/// Whether a process listens on `control` now: for a command that found nothing there
+/// and then found the store held. A server binds its socket before it opens its store,
+/// so a command run just after `serve &` or `run &` could find neither, and then the
+/// store held by the server that started meanwhile: it asks the socket again rather
+/// than fail, telling of a socket that answers elsewhere.
+pub fn answers(control: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(control).is_ok()
+}
+
 /// What to add to "the store is in use by another process" when the command asked the
 /// process on `control` first and nothing answered: the usual cause is a `control`
 /// edited in the file since that process started.

@@ -275,10 +275,11 @@ async fn run(cli: Cli) -> Result<()> {
             for w in warnings {
                 tether_config::say!("warning: {w}");
             }
-            if call(&config, &ControlRequest::Status { json }).await? {
+            let request = ControlRequest::Status { json };
+            if call(&config, &request).await? {
                 return Ok(());
             }
-            let store = open_offline(&config, Offline::Read)?;
+            let Some(store) = offline_or_answered(&config, &request).await? else { return Ok(()) };
             let consumer_id = tether_consumer::identity::recorded_id(&config.data_dir);
             let mut status = OfflineStatus { running: false, consumer_id, agreements: Vec::new() };
             for a in &config.agreements {
@@ -354,7 +355,8 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             // Stopped, the replica can still answer: what its store holds is on disk (and visible).
-            let replica = open_offline(&config, Offline::Read)?.existing_replica(&name)?;
+            let Some(store) = offline_or_answered(&config, &request).await? else { return Ok(()) };
+            let replica = store.existing_replica(&name)?;
             let at = replica.map(|r| r.cookie()).transpose()?.flatten().map(|c| c.csn);
             match at {
                 Some(at) if at.0 >= csn => Stdout::print(&format!("{at}\n")).context("writing to standard output"),
@@ -403,7 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
             if call(&config, &request).await? {
                 return Ok(());
             }
-            let store = open_offline(&config, Offline::Read)?;
+            let Some(store) = offline_or_answered(&config, &request).await? else { return Ok(()) };
             // A region changed in the file while the consumer was stopped: the replica
             // holds the old one until the next start reloads it.
             let index = config.agreements.iter().position(|x| x.name == name).context("agreement vanished")?;
@@ -480,6 +482,19 @@ fn unknown_agreement(config: &ConsumerConfig, name: &str) -> anyhow::Error {
 }
 
 /// Whether opening the store failed because a running consumer holds it.
+/// The store of a stopped consumer, for a command that asked its socket first and found
+/// nothing there; `None` when a consumer started meanwhile (it holds the store, and its
+/// socket answers now: [`shell::answers`]) and answered `request` instead.
+async fn offline_or_answered(config: &ConsumerConfig, request: &ControlRequest) -> Result<Option<ReplicaStore>> {
+    match open_offline(config, Offline::Read) {
+        Err(e) if is_locked(&e) && shell::answers(&config.control) => match call(config, request).await? {
+            true => Ok(None),
+            false => Err(e),
+        },
+        opened => opened.map(Some),
+    }
+}
+
 fn is_locked(e: &anyhow::Error) -> bool {
     e.chain().any(|c| matches!(c.downcast_ref(), Some(tether_store::StoreError::Locked(_))))
 }

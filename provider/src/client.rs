@@ -88,8 +88,10 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
             );
         }
     }
-    let secret = load_secret(&writer.secret_file)?;
-    let secret = secret.secret;
+    // Named as a start names it: the file and the key that points to the secret.
+    let secret = load_secret(&writer.secret_file)
+        .with_context(|| format!("{}: key 'writer.secret_file'", config.file.display()))?
+        .secret;
     let (host, port) = config.listen.addr();
     let host = if host == "0.0.0.0" || host == "::" { "127.0.0.1" } else { host };
     // As the configuration spells it: an IPv6 address in brackets.
@@ -449,6 +451,20 @@ mod tests {
         );
         let received = old_provider.await.unwrap();
         assert!(received.iter().all(|name| *name != "write-request"), "sent to the old provider: {received:?}");
+    }
+
+    /// A writer secret that cannot be read is named as a start names it, with the file
+    /// and the key that points to it (it named the secret's path alone).
+    #[tokio::test]
+    async fn a_writer_secret_that_cannot_be_read_names_its_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_listener, _, config, ldif) = setup(tmp.path()).await;
+        std::fs::remove_file(tmp.path().join("writer.key")).unwrap();
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
+        let shown = format!("{err:#}");
+        let key = format!("{}: key 'writer.secret_file': ", config.file.display());
+        assert!(shown.starts_with(&key), "{shown}");
+        assert!(shown.contains("writer.key: cannot read secret file"), "{shown}");
     }
 
     /// A record the provider would refuse whatever it holds (a server-maintained

@@ -173,6 +173,25 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
     })
 }
 
+/// The store of a stopped provider, for a command that asked its socket first and found
+/// nothing there; `None` when a provider started meanwhile (it holds the store, and its
+/// socket answers now: [`shell::answers`]) and answered `request` instead.
+async fn offline_or_answered(config: &ProviderConfig, request: &ControlRequest) -> Result<Option<Directory>> {
+    match open_offline(config, Offline::Read) {
+        Err(e) if is_locked(&e) && shell::answers(&config.control) => {
+            match client::control_call(config, request).await? {
+                Some(()) => Ok(None),
+                None => Err(e),
+            }
+        }
+        opened => opened.map(Some),
+    }
+}
+
+fn is_locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref(), Some(tether_store::StoreError::Locked(_))))
+}
+
 /// Why a command for the running provider found none: nothing answers on the control
 /// socket, and the store is free (no provider runs) or held (one runs, but answers
 /// elsewhere: `control` was changed since it started), as opening it says.
@@ -372,7 +391,7 @@ async fn run(cli: Cli) -> Result<()> {
             if client::control_call(&config, &request).await?.is_some() {
                 return Ok(());
             }
-            let dir = open_offline(&config, Offline::Read)?;
+            let Some(dir) = offline_or_answered(&config, &request).await? else { return Ok(()) };
             print_search(&dir, &spec, uuids)
         }
         Command::Reload { config } => {
@@ -400,10 +419,11 @@ async fn run(cli: Cli) -> Result<()> {
             for w in warnings {
                 tether_config::say!("warning: {w}");
             }
-            if client::control_call(&config, &ControlRequest::Status { json }).await?.is_some() {
+            let request = ControlRequest::Status { json };
+            if client::control_call(&config, &request).await?.is_some() {
                 return Ok(());
             }
-            let dir = open_offline(&config, Offline::Read)?;
+            let Some(dir) = offline_or_answered(&config, &request).await? else { return Ok(()) };
             let status = ProviderStatus::collect(&dir, &Default::default(), false)?;
             let text = if json { format!("{}\n", serde_json::to_string_pretty(&status)?) } else { status.to_text() };
             Stdout::print(&text).context("writing to standard output")
