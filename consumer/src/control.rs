@@ -305,7 +305,12 @@ async fn wait(ctx: &ControlContext, name: &str, csn: Csn, reach: Reach, timeout_
                 .last_error
                 .map(|e| format!(" (its last error, at {}: {e})", now.last_error_at.as_deref().unwrap_or("-")))
                 .unwrap_or_default();
-            (now.state, format!("the agreement is {} {at}{why}", now.state))
+            // Each state reads as an adjective but one.
+            let state = match now.state {
+                State::Backoff => "in backoff".to_owned(),
+                other => other.to_string(),
+            };
+            (now.state, format!("the agreement is {state} {at}{why}"))
         };
         // A stopped or closed agreement cannot move until an operator starts it: say so
         // at once, as a stopped consumer's store does, rather than after the whole timeout.

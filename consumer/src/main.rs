@@ -481,20 +481,25 @@ fn unknown_agreement(config: &ConsumerConfig, name: &str) -> anyhow::Error {
     }
 }
 
-/// Whether opening the store failed because a running consumer holds it.
 /// The store of a stopped consumer, for a command that asked its socket first and found
 /// nothing there; `None` when a consumer started meanwhile (it holds the store, and its
-/// socket answers now: [`shell::answers`]) and answered `request` instead.
+/// socket answers now: [`shell::answers`]) and answered `request` instead. A first start
+/// makes its store after it binds its socket: until then the command finds no store.
 async fn offline_or_answered(config: &ConsumerConfig, request: &ControlRequest) -> Result<Option<ReplicaStore>> {
     match open_offline(config, Offline::Read) {
-        Err(e) if is_locked(&e) && shell::answers(&config.control) => match call(config, request).await? {
-            true => Ok(None),
-            false => Err(e),
-        },
+        Err(e)
+            if (is_locked(&e) || !tether_store::store_exists(&config.data_dir)) && shell::answers(&config.control) =>
+        {
+            match call(config, request).await? {
+                true => Ok(None),
+                false => Err(e),
+            }
+        }
         opened => opened.map(Some),
     }
 }
 
+/// Whether opening the store failed because a running consumer holds it.
 fn is_locked(e: &anyhow::Error) -> bool {
     e.chain().any(|c| matches!(c.downcast_ref(), Some(tether_store::StoreError::Locked(_))))
 }

@@ -175,10 +175,13 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
 
 /// The store of a stopped provider, for a command that asked its socket first and found
 /// nothing there; `None` when a provider started meanwhile (it holds the store, and its
-/// socket answers now: [`shell::answers`]) and answered `request` instead.
+/// socket answers now: [`shell::answers`]) and answered `request` instead. A first start
+/// makes its store after it binds its socket: until then the command finds no store.
 async fn offline_or_answered(config: &ProviderConfig, request: &ControlRequest) -> Result<Option<Directory>> {
     match open_offline(config, Offline::Read) {
-        Err(e) if is_locked(&e) && shell::answers(&config.control) => {
+        Err(e)
+            if (is_locked(&e) || !tether_store::store_exists(&config.data_dir)) && shell::answers(&config.control) =>
+        {
             match client::control_call(config, request).await? {
                 Some(()) => Ok(None),
                 None => Err(e),
@@ -188,6 +191,7 @@ async fn offline_or_answered(config: &ProviderConfig, request: &ControlRequest) 
     }
 }
 
+/// Whether opening the store failed because a running provider (or a `load`) holds it.
 fn is_locked(e: &anyhow::Error) -> bool {
     e.chain().any(|c| matches!(c.downcast_ref(), Some(tether_store::StoreError::Locked(_))))
 }
@@ -362,7 +366,14 @@ async fn run(cli: Cli) -> Result<()> {
             // The last write's CSN alone on stdout, for a script to hand to
             // `tether-consumer wait --csn` (read your writes on a replica).
             if let Some(csn) = report.last_csn {
-                Stdout::print(&format!("{csn}\n")).context("writing the last record's CSN to standard output")?;
+                // Every record applied: a script that retries on exit status 1 must
+                // learn that the file is not to be run again.
+                Stdout::print(&format!("{csn}\n")).with_context(|| {
+                    format!(
+                        "every record applied (do not run the file again), but writing the last one's CSN, {csn}, to \
+                         standard output failed"
+                    )
+                })?;
             }
             Ok(())
         }
