@@ -2,6 +2,8 @@
 //! steer a running process (SIGTERM/SIGINT shut it down, SIGHUP reloads its config), the
 //! open files limit a server needs raised, and serving the control socket.
 
+use std::process::ExitCode;
+
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::log_pipe;
@@ -116,6 +118,23 @@ pub async fn ask_reload(requests: &ReloadRequests, process: &str) -> Result<Stri
         return Err(format!("{process} is shutting down"));
     }
     rx.await.unwrap_or_else(|_| Err("reload was abandoned".to_owned())).map(|report| format!("{report}\n"))
+}
+
+/// The exit status of a command or server whose `main` ended with `failure` (none:
+/// success), the failure said on stderr as `process: error: cause: ...`. A reader of
+/// standard output that stopped early (`search | head`) read what it asked for: that
+/// is success. A failure ends the process at once ([`exit_now`]).
+pub fn finish(process: &str, failure: Option<&(dyn std::error::Error + Send + Sync + 'static)>) -> ExitCode {
+    match failure {
+        Some(e) if !crate::output::reader_gone(e) => {
+            crate::say!("{process}: {}", error_chain(e));
+            exit_now(1)
+        }
+        _ => {
+            end_logging();
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 /// Ends the process with `code` at once, standard output flushed: not by returning

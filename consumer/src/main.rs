@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use tether_config::output::{self, Stdout};
+use tether_config::output::Stdout;
 use tether_config::shell;
 use tether_consumer::config::ConsumerConfig;
 use tether_consumer::status::{OfflineAgreement, OfflineStatus};
@@ -605,21 +605,7 @@ fn main() -> ExitCode {
     shell::init_logging();
     let cli = Cli::parse();
     let outcome = shell::runtime("tether-consumer").block_on(run(cli));
-    match outcome {
-        Ok(()) => {
-            shell::end_logging();
-            ExitCode::SUCCESS
-        }
-        // `search | head`: what was asked for was read.
-        Err(e) if output::reader_gone(&*e) => {
-            shell::end_logging();
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tether_config::say!("tether-consumer: {}", shell::error_chain(&*e));
-            shell::exit_now(1)
-        }
-    }
+    shell::finish("tether-consumer", outcome.err().as_deref())
 }
 
 #[cfg(test)]

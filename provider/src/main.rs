@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use tether_config::output::{self, Stdout};
+use tether_config::output::Stdout;
 use tether_config::shell;
 use tether_protocol::control::ControlRequest;
 use tether_protocol::entry::{parse_attribute_name, take_entry_uuid};
@@ -458,19 +458,5 @@ fn main() -> ExitCode {
     shell::init_logging();
     let cli = Cli::parse();
     let outcome = shell::runtime("tether-provider").block_on(run(cli));
-    match outcome {
-        Ok(()) => {
-            shell::end_logging();
-            ExitCode::SUCCESS
-        }
-        // `search | head`: what was asked for was read.
-        Err(e) if output::reader_gone(&*e) => {
-            shell::end_logging();
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tether_config::say!("tether-provider: {}", shell::error_chain(&*e));
-            shell::exit_now(1)
-        }
-    }
+    shell::finish("tether-provider", outcome.err().as_deref())
 }
