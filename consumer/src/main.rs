@@ -296,6 +296,8 @@ async fn run(cli: Cli) -> Result<()> {
                     provider_proved_at: proved_at(replica.as_ref())?,
                 });
             }
+            // By name, as the running consumer lists them, so a script reads one order.
+            status.agreements.sort_by(|a, b| a.name.cmp(&b.name));
             // Replicas of agreements gone from the file: the next start deletes them,
             // which whoever reads this before starting it should see coming.
             for name in store.names()? {
