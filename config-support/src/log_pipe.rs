@@ -9,7 +9,7 @@
 //! was logging: sessions died at their first line while `status` still said running.
 //! Here a line is handed to the writer thread, which ignores write errors; a queue full
 //! because nobody reads drops lines, counted, rather than stop the server, and the
-//! writer says how many went once it can write again.
+//! next line queued carries the count, so the writer says how many went where they went.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +28,9 @@ pub const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// What the writer thread is handed.
 enum Message {
-    /// One log line (or several, as the formatter wrote one event).
-    Line(Vec<u8>),
+    /// One log line (or several, as the formatter wrote one event), after `dropped`
+    /// lines that found the queue full: the writer says so where the gap is.
+    Line { dropped: u64, line: Vec<u8> },
     /// Every line before this is written: answer on the channel.
     Drained(SyncSender<()>),
 }
@@ -37,8 +38,21 @@ enum Message {
 /// The queue of the process's writer thread, once [`start`] made it.
 struct Pipe {
     lines: SyncSender<Message>,
-    /// Lines dropped since the writer last said so.
-    dropped: &'static AtomicU64,
+    /// Lines dropped since the last one queued.
+    dropped: AtomicU64,
+}
+
+impl Pipe {
+    /// Queues `line` for the writer, or drops it, counted, if the queue is full.
+    fn queue(&self, line: Vec<u8>) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        match self.lines.try_send(Message::Line { dropped, line }) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 static PIPE: OnceLock<Pipe> = OnceLock::new();
@@ -48,22 +62,21 @@ static PIPE: OnceLock<Pipe> = OnceLock::new();
 pub fn start() -> io::Result<Writers> {
     if PIPE.get().is_none() {
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
-        let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
-        std::thread::Builder::new().name("log-writer".into()).spawn(move || write_lines(rx, dropped, io::stderr()))?;
-        let _ = PIPE.set(Pipe { lines: tx, dropped });
+        // Lives as long as the process: the exits drain it ([`drain`]).
+        std::thread::Builder::new().name("log-writer".into()).spawn(move || write_lines(rx, io::stderr()))?;
+        let _ = PIPE.set(Pipe { lines: tx, dropped: AtomicU64::new(0) });
     }
     Ok(Writers)
 }
 
 /// The writer thread: each line as it comes, write errors ignored (nobody is left to
 /// tell of them but the reader that failed).
-fn write_lines(rx: Receiver<Message>, dropped: &AtomicU64, mut out: impl Write) {
+fn write_lines(rx: Receiver<Message>, mut out: impl Write) {
     while let Ok(message) = rx.recv() {
         match message {
-            Message::Line(line) => {
-                let lost = dropped.swap(0, Ordering::Relaxed);
-                if lost > 0 {
-                    let _ = writeln!(out, "[{lost} log lines dropped: standard error was not read fast enough]");
+            Message::Line { dropped, line } => {
+                if dropped > 0 {
+                    let _ = writeln!(out, "[{dropped} log lines dropped: standard error was not read fast enough]");
                 }
                 let _ = out.write_all(&line);
             }
@@ -130,12 +143,8 @@ impl Drop for LineWriter {
         if self.0.is_empty() {
             return;
         }
-        let Some(pipe) = PIPE.get() else { return };
-        match pipe.lines.try_send(Message::Line(std::mem::take(&mut self.0))) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => {
-                pipe.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(pipe) = PIPE.get() {
+            pipe.queue(std::mem::take(&mut self.0));
         }
     }
 }
@@ -159,29 +168,40 @@ mod tests {
     }
 
     #[test]
-    fn lines_dropped_are_counted_before_the_next_one_and_errors_end_nothing() {
-        let (tx, rx) = mpsc::sync_channel(8);
-        let dropped = AtomicU64::new(3);
-        tx.send(Message::Line(b"first\n".to_vec())).unwrap();
-        tx.send(Message::Line(b"second\n".to_vec())).unwrap();
+    fn lines_dropped_are_said_where_the_gap_is_and_errors_end_nothing() {
+        let (tx, rx) = mpsc::sync_channel(2);
+        let pipe = Pipe { lines: tx, dropped: AtomicU64::new(0) };
+        for line in ["first", "second", "lost", "lost too", "third"] {
+            pipe.queue(format!("{line}\n").into_bytes());
+            if line == "lost too" {
+                // The writer takes the first two: room again.
+                let mut out = Vec::new();
+                for _ in 0..2 {
+                    let Ok(Message::Line { dropped, line }) = rx.try_recv() else { panic!("a line") };
+                    assert_eq!(dropped, 0);
+                    out.extend(line);
+                }
+                assert_eq!(String::from_utf8(out).unwrap(), "first\nsecond\n");
+            }
+        }
         let (done_tx, done) = mpsc::sync_channel(1);
-        tx.send(Message::Drained(done_tx)).unwrap();
-        drop(tx);
+        pipe.lines.send(Message::Drained(done_tx)).unwrap();
+        drop(pipe);
         let mut out = Vec::new();
-        write_lines(rx, &dropped, &mut out);
+        write_lines(rx, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "[3 log lines dropped: standard error was not read fast enough]\nfirst\nsecond\n"
+            "[2 log lines dropped: standard error was not read fast enough]\nthird\n"
         );
         assert_eq!(done.try_recv(), Ok(()), "a drain is answered once the lines before it are written");
 
         // A reader gone: the writer goes on taking lines (and answering drains).
         let (tx, rx) = mpsc::sync_channel(8);
-        tx.send(Message::Line(b"lost\n".to_vec())).unwrap();
+        tx.send(Message::Line { dropped: 0, line: b"lost\n".to_vec() }).unwrap();
         let (done_tx, done) = mpsc::sync_channel(1);
         tx.send(Message::Drained(done_tx)).unwrap();
         drop(tx);
-        write_lines(rx, &AtomicU64::new(0), Gone);
+        write_lines(rx, Gone);
         assert_eq!(done.try_recv(), Ok(()));
     }
 }
