@@ -127,6 +127,8 @@ pub async fn ask_reload(requests: &ReloadRequests, process: &str) -> Result<Stri
 pub fn finish(process: &str, failure: Option<&(dyn std::error::Error + Send + Sync + 'static)>) -> ExitCode {
     match failure {
         Some(e) if !crate::output::reader_gone(e) => {
+            // The log lines before it first: the error is the last line said.
+            end_logging();
             crate::say!("{process}: {}", error_chain(e));
             exit_now(1)
         }
