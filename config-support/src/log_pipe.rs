@@ -204,4 +204,23 @@ mod tests {
         write_lines(rx, Gone);
         assert_eq!(done.try_recv(), Ok(()));
     }
+
+    /// One line dropped is said too: the notice stands for any gap, one line or many.
+    #[test]
+    fn a_single_line_dropped_is_said() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let pipe = Pipe { lines: tx, dropped: AtomicU64::new(0) };
+        pipe.queue(b"first\n".to_vec());
+        pipe.queue(b"lost\n".to_vec());
+        let Ok(Message::Line { dropped: 0, line }) = rx.try_recv() else { panic!("the first line") };
+        assert_eq!(line, b"first\n");
+        pipe.queue(b"second\n".to_vec());
+        drop(pipe);
+        let mut out = Vec::new();
+        write_lines(rx, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[1 log lines dropped: standard error was not read fast enough]\nsecond\n"
+        );
+    }
 }

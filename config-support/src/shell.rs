@@ -489,10 +489,52 @@ pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
 /// runtime, or installing a signal handler), so the limit is checked before any of it.
 pub const MIN_OPEN_FILES: u64 = 16;
 
+/// Threads a command may run at once besides tokio's workers (one per core): the main
+/// thread, the log writer, tokio's blocking threads, and a store's (sled's seven I/O
+/// threads and its flusher, the store's watchdog and reaper, an agreement's apply
+/// thread); a running provider had 14 threads in all on 2 cores, a consumer with one
+/// agreement 15.
+pub const THREADS_BESIDES_WORKERS: usize = 14;
+
+/// The stack tokio and `std` give a thread, with which each is tried: a memory limit
+/// refuses stacks as it would refuse the real threads'.
+const THREAD_STACK: usize = 2 << 20;
+
+/// Starts `count` threads of `stack` bytes, all alive at once, then ends them: whether
+/// the process may have that many. Tokio panics when it cannot start a worker (and,
+/// having started some, hangs in the unwinding), and sled, refused its I/O threads,
+/// queues its work for threads that never come, so a store's first flush hangs: a
+/// limit on threads or memory too low to start would otherwise read as a hung process.
+fn start_threads(count: usize, stack: usize) -> std::io::Result<()> {
+    let mut started = Vec::with_capacity(count);
+    let mut outcome = Ok(());
+    for _ in 0..count {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new().name("thread check".into()).stack_size(stack).spawn(move || {
+            // Ends when its sender is dropped.
+            let _ = released.recv();
+        });
+        match spawned {
+            Ok(thread) => started.push((release, thread)),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    for (release, thread) in started {
+        drop(release);
+        let _ = thread.join();
+    }
+    outcome
+}
+
 /// The async runtime of the binary `process`, with its soft open files limit raised to
 /// the hard one ([`raise_open_files_limit`]); or, when the limit is below
-/// [`MIN_OPEN_FILES`] or the runtime cannot be built, an error on stderr and exit
-/// status 1 (a panic's exit status is 101, and its text names tokio, not the limit).
+/// [`MIN_OPEN_FILES`], the process cannot start the threads it needs
+/// ([`THREADS_BESIDES_WORKERS`] and a worker per core), or the runtime cannot be built,
+/// an error on stderr and exit status 1 (a panic's exit status is 101, and its text
+/// names tokio, not the limit).
 pub fn runtime(process: &str) -> tokio::runtime::Runtime {
     match raise_open_files_limit() {
         Ok(Some(limit)) if limit < MIN_OPEN_FILES => {
@@ -504,6 +546,17 @@ pub fn runtime(process: &str) -> tokio::runtime::Runtime {
         }
         // A limit that cannot be read is tried as it is: building the runtime says.
         Ok(_) | Err(_) => {}
+    }
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let needed = workers + THREADS_BESIDES_WORKERS;
+    // This thread is one of them.
+    if let Err(e) = start_threads(needed - 1, THREAD_STACK) {
+        crate::say!(
+            "{process}: cannot start the {needed} threads it needs ({e}): the limit on this user's processes and \
+             threads (`ulimit -u`, or `TasksMax=` in a systemd unit) or on memory (`ulimit -v`, `MemoryMax=`) is \
+             too low, or the machine is out of either"
+        );
+        exit_now(1)
     }
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -599,6 +652,16 @@ mod tests {
         std::fs::remove_file(&control).unwrap();
         std::fs::create_dir(&control).unwrap();
         assert!(held_store_hint(&control, "x").contains("holds a folder"));
+    }
+
+    /// Threads the process may have pass; a refused one is reported. A stack larger
+    /// than the address space stands in for a limit (as root, `ulimit -u` does not
+    /// bind, and a memory limit would bind the test process itself).
+    #[test]
+    fn threads_that_cannot_start_are_reported() {
+        assert!(start_threads(4, THREAD_STACK).is_ok());
+        assert!(start_threads(0, 1 << 46).is_ok(), "none asked for, none refused");
+        assert!(start_threads(4, 1 << 46).is_err());
     }
 
     #[test]

@@ -614,7 +614,8 @@ fn main() -> ExitCode {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::unkept_attributes;
+    use super::{offline_or_answered, unkept_attributes, ConsumerConfig, ControlRequest, Path};
+    use tether_protocol::control::{read_request, respond_done, Process};
 
     #[test]
     fn a_filter_on_attributes_the_replica_does_not_keep_is_named() {
@@ -630,5 +631,49 @@ mod tests {
         );
         assert_eq!(unkept_attributes(&filter("(cn=a)"), &kept), None);
         assert_eq!(unkept_attributes(&filter("(sn=a)"), &[]), None, "every attribute is kept");
+    }
+
+    /// A stand-in for a consumer on its first start, its control socket at `socket`
+    /// bound and its store not made yet: answers each request with nothing, and hands
+    /// it to the test.
+    fn first_start(socket: &Path) -> tokio::sync::mpsc::UnboundedReceiver<ControlRequest> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (mut reader, mut writer) = tether_protocol::frame::split(stream);
+                // A connection that sends nothing (a probe whether anything listens) ends here.
+                if let Ok(request) = read_request(&mut reader, &mut writer, Process::Consumer).await {
+                    respond_done(&mut writer, "").await.unwrap();
+                    let _ = tx.send(request);
+                }
+            }
+        });
+        rx
+    }
+
+    /// A command that found nothing on the socket and then no store, while a first start
+    /// has bound its socket meanwhile (it makes its store after), asks the socket again
+    /// and takes its answer, rather than fail saying no consumer has run here.
+    #[tokio::test]
+    async fn a_command_finding_no_store_asks_a_socket_that_answers_now() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("consumer.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\ncontrol = \"ctl.sock\"\n[[agreement]]\nname = \"people\"\n\
+             provider = \"127.0.0.1:7389\"\nbase = \"ou=people,dc=example,dc=com\"\nsecret_file = \"people.key\"\n",
+        )
+        .unwrap();
+        let config = ConsumerConfig::load(&file).unwrap();
+        let request = ControlRequest::Status { json: true };
+        // Nothing on the socket: the store's absence is the answer.
+        let Err(err) = offline_or_answered(&config, &request).await else { panic!("no store, nothing answering") };
+        assert!(format!("{err:#}").contains("there is no store in"), "{err:#}");
+        let mut asked = first_start(&config.control);
+        assert!(offline_or_answered(&config, &request).await.unwrap().is_none(), "answered by the socket");
+        let Some(ControlRequest::FromFile { request: got, .. }) = asked.recv().await else { panic!("a request") };
+        assert_eq!(*got, request);
     }
 }

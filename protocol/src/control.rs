@@ -640,7 +640,7 @@ fn remade(path: &Path, ours: &mut Option<(u64, u64)>, said: &mut bool) -> Option
         }
         Err(e) => {
             if !std::mem::replace(said, true) {
-                tracing::warn!(path = %path.display(), error = %e, "the control socket's file was taken away while this process ran, and it cannot be made again: commands cannot reach this process until it restarts");
+                tracing::warn!(path = %path.display(), error = %e, "the control socket's file was taken away while this process ran, and it cannot be made again for now: commands cannot reach this process until it can (it tries every 2 s, and says when it made it)");
             }
             None
         }

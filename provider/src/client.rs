@@ -163,6 +163,11 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
                         config.file.display()
                     )
                 }
+                // Connected, since the kernel takes connections into the listener's
+                // backlog for the process, which did not go on to answer.
+                HandshakeError::Timeout(_) => " (the connection was made, but the provider did not answer: stopped \
+                     (SIGSTOP), hung, overloaded, or out of open files; its log says which)"
+                    .to_owned(),
                 _ => String::new(),
             };
             anyhow::Error::new(e).context(format!("handshake with {at}{hint}"))
@@ -348,8 +353,12 @@ async fn write_one(
     change: Change,
 ) -> Result<Answer> {
     writer.send(&Message::WriteRequest { id, change }).await.context("sending")?;
-    let reply =
-        tokio::time::timeout(CLIENT_TIMEOUT, reader.recv()).await.context("waiting for the provider's answer")??;
+    let reply = tokio::time::timeout(CLIENT_TIMEOUT, reader.recv()).await.with_context(|| {
+        format!(
+            "no answer from the provider within {}s (stopped with SIGSTOP, hung, or its disk stalled)",
+            CLIENT_TIMEOUT.as_secs()
+        )
+    })??;
     match reply {
         Some(Message::WriteResult { id: got, outcome }) if got == id => Ok(Answer::Outcome(outcome)),
         Some(Message::Goodbye { reason, detail }) => Ok(Answer::Goodbye(reason, detail)),

@@ -460,3 +460,54 @@ fn main() -> ExitCode {
     let outcome = shell::runtime("tether-provider").block_on(run(cli));
     shell::finish("tether-provider", outcome.err().as_deref())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tether_protocol::control::{read_request, respond_done, Process};
+
+    /// A stand-in for a provider on its first start, its control socket at `socket`
+    /// bound and its store not made yet: answers each request with nothing, and hands
+    /// it to the test.
+    fn first_start(socket: &Path) -> tokio::sync::mpsc::UnboundedReceiver<ControlRequest> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (mut reader, mut writer) = tether_protocol::frame::split(stream);
+                // A connection that sends nothing (a probe whether anything listens) ends here.
+                if let Ok(request) = read_request(&mut reader, &mut writer, Process::Provider).await {
+                    respond_done(&mut writer, "").await.unwrap();
+                    let _ = tx.send(request);
+                }
+            }
+        });
+        rx
+    }
+
+    /// A command that found nothing on the socket and then no store, while a first start
+    /// has bound its socket meanwhile (it makes its store after), asks the socket again
+    /// and takes its answer, rather than fail saying no provider has run here.
+    #[tokio::test]
+    async fn a_command_finding_no_store_asks_a_socket_that_answers_now() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("provider.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\ncontrol = \"ctl.sock\"\nlisten = \"127.0.0.1:0\"\nsuffix = \"dc=example,dc=com\"\n",
+        )
+        .unwrap();
+        let config = ProviderConfig::load(&file).unwrap();
+        let request = ControlRequest::Status { json: true };
+        // Nothing on the socket: the store's absence is the answer.
+        let Err(err) = offline_or_answered(&config, &request).await else { panic!("no store, nothing answering") };
+        assert!(format!("{err:#}").contains("there is no store in"), "{err:#}");
+        let mut asked = first_start(&config.control);
+        assert!(offline_or_answered(&config, &request).await.unwrap().is_none(), "answered by the socket");
+        let Some(ControlRequest::FromFile { request: got, .. }) = asked.recv().await else { panic!("a request") };
+        assert_eq!(*got, request);
+    }
+}

@@ -663,10 +663,11 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
     p.start()?;
     assert_eq!(p.status()?["entries"], 0, "a new, empty store");
     c.admin("restart", Some("people"))?;
-    let s = c.wait_status("people", CONVERGE, "an empty-store goodbye", |s| {
-        s["last_error"].as_str().is_some_and(|e| e.contains("empty-store"))
+    // Each attempt gets the goodbye again and backs off again; between them the state
+    // reads `connecting` for a moment, so the wait is for the backoff that follows one.
+    let s = c.wait_status("people", CONVERGE, "backing off after an empty-store goodbye", |s| {
+        s["state"] == "backoff" && s["last_error"].as_str().is_some_and(|e| e.contains("empty-store"))
     })?;
-    assert_eq!(s["state"], "backoff", "{s}");
     // Backing off at the longest delay (the default schedule's 200ms): the next attempt
     // is not before the error.
     let (next, error) = (s["next_attempt_at"].as_str(), s["last_error_at"].as_str());
@@ -1058,7 +1059,11 @@ fn a_process_whose_control_path_is_taken_refuses_to_start_and_changes_nothing() 
     let tmp = tempfile::tempdir()?;
     let (p, _w) = provider_with(tmp.path(), 50, 22, ProviderOptions::default())?;
     let c = people_consumer(tmp.path(), &p)?;
-    let (provider_id, entries) = (p.status()?["store_id"].clone(), c.agreement_status("people")?["entries"].clone());
+    // The status counts an apply just after its searches see it: wait for the count.
+    let held = count(&c.search("people", PEOPLE, "subtree", ALL)?) as u64;
+    let counted =
+        c.wait_status("people", CONVERGE, "the status to count the replica", |s| s["entries"].as_u64() == Some(held))?;
+    let (provider_id, entries) = (p.status()?["store_id"].clone(), counted["entries"].clone());
     let in_use = "is the control socket of a running process";
 
     // A second instance: its own store and port, the first one's socket.
@@ -1264,6 +1269,28 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
     Ok(())
 }
 
+/// A `write` whose records all applied but whose CSN cannot be printed (a full disk)
+/// fails saying every record applied and not to run the file again: a script retrying
+/// on exit status 1 would get already-exists, or a second increment.
+#[test]
+fn a_write_whose_csn_cannot_be_printed_says_not_to_run_the_file_again() -> Result<()> {
+    use std::io::Read;
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 10, 16, ProviderOptions::default())?;
+    let file = tmp.path().join("changes.ldif");
+    std::fs::write(&file, w.changes(3))?;
+    let before = p.status()?["csn"].as_u64().context("provider csn")?;
+    let full = std::process::Stdio::from(std::fs::File::create("/dev/full")?);
+    let (mut child, what) = run_cli("tether-provider", "write", &p.config, &[file.to_str().context("path")?], full)?;
+    let status = replication_tests::harness::wait_exit(&mut child, Duration::from_secs(60))?;
+    let mut err = String::new();
+    child.stderr.take().context("stderr")?.read_to_string(&mut err)?;
+    assert_eq!(status.code(), Some(1), "{what}: {err}");
+    assert!(err.contains("every record applied (do not run the file again)"), "{what}: {err}");
+    assert!(p.status()?["csn"].as_u64().context("provider csn")? > before, "the records applied");
+    Ok(())
+}
+
 /// Runs `binary verb -c config args` with its standard output on `stdout`; its exit
 /// status and standard error.
 fn run_cli(
@@ -1375,6 +1402,86 @@ fn a_control_socket_taken_away_is_made_again() -> Result<()> {
     replication_tests::harness::wait_until(Duration::from_secs(30), "the socket made again", || {
         Ok(p.status().is_ok_and(|s| s["running"] != false))
     })?;
+    Ok(())
+}
+
+/// A `search` or `wait` run just as a server's control socket is taken away gets the
+/// server's own answer, as `status` does above: each finds nothing on the socket, then
+/// the store held, and asks the socket again once it answers (made again within 2 s;
+/// the store's lock is waited for 5 s), rather than fail saying the store is in use.
+#[test]
+fn a_search_or_wait_finding_the_store_held_asks_the_socket_again() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 10, 16, ProviderOptions::default())?;
+    let c = people_consumer(tmp.path(), &p)?;
+    p.write_ok(&w.changes(5))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    let csn = p.status()?["csn"].as_u64().context("provider csn")?;
+    let wait = || -> Result<String> {
+        let out = c.wait_csn("people", csn, "30s")?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    type Command<'a> = &'a dyn Fn() -> Result<String>;
+    let commands: [(&str, &Path, Command<'_>); 3] = [
+        ("provider's search", &p.dir, &|| p.search(PEOPLE, "subtree", ALL)),
+        ("consumer's search", &c.dir, &|| c.search("people", PEOPLE, "subtree", ALL)),
+        ("consumer's wait", &c.dir, &wait),
+    ];
+    for (what, dir, command) in commands {
+        let answer = command()?;
+        std::fs::remove_file(dir.join("ctl.sock"))?;
+        assert_eq!(command()?, answer, "the {what} answer, through its socket made again");
+    }
+    Ok(())
+}
+
+/// A consumer's status lists its agreements by name, running or stopped, whatever their
+/// order in the file: stopped, it listed them in file order (a script read two orders).
+/// Stopped, the replicas of agreements gone from the file come after them.
+#[test]
+fn a_consumer_s_status_lists_its_agreements_by_name_running_or_stopped() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // No provider: agreements that cannot connect are all a status needs.
+    let port = replication_tests::harness::free_port()?;
+    let in_file_order =
+        [Agreement::persist("zeta", PEOPLE, "zeta-secret"), Agreement::persist("alpha", OTHERS, "alpha-secret")];
+    let mut c = Consumer::configure(&tmp.path().join("c"), port, &in_file_order)?;
+    let names = |status: &serde_json::Value| -> Result<Vec<String>> {
+        let agreements = status["agreements"].as_array().context("agreements")?;
+        Ok(agreements.iter().map(|a| a["name"].as_str().unwrap_or_default().to_owned()).collect())
+    };
+    c.start()?;
+    let running = c.status()?;
+    assert_eq!(running["running"], true, "{running}");
+    assert_eq!(names(&running)?, ["alpha", "zeta"], "{running}");
+    assert!(c.stop()?.success());
+    let stopped = c.status()?;
+    assert_eq!(stopped["running"], false, "{stopped}");
+    assert_eq!(names(&stopped)?, ["alpha", "zeta"], "the order the running consumer gave: {stopped}");
+    // A replica whose agreement left the file is listed after them, whatever its name.
+    let c = Consumer::configure(&c.dir, port, &in_file_order[..1])?;
+    let edited = c.status()?;
+    assert_eq!(names(&edited)?, ["zeta", "alpha"], "{edited}");
+    assert_eq!(edited["agreements"][1]["state"], "removed", "{edited}");
+    Ok(())
+}
+
+/// A `wait` on an agreement in backoff says it is "in backoff" (it read "is backoff").
+#[test]
+fn a_wait_on_an_agreement_in_backoff_says_so_in_words() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Nothing listens on its provider's port, and the next attempt is an hour away.
+    let port = replication_tests::harness::free_port()?;
+    let held_back =
+        Agreement { extra: "retry = [\"1h x100\"]\n".into(), ..Agreement::persist("people", PEOPLE, "people-secret") };
+    let mut c = Consumer::configure(&tmp.path().join("c"), port, &[held_back])?;
+    c.start()?;
+    c.wait_status("people", CONVERGE, "backoff", |s| s["state"] == "backoff")?;
+    let out = c.wait_csn("people", 1, "1s")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("; the agreement is in backoff with nothing replicated yet"), "{err}");
     Ok(())
 }
 

@@ -287,8 +287,27 @@ fn guard_recovery<T>(path: &Path, open: impl FnOnce() -> T) -> Result<T> {
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_owned());
-        unrecoverable(path, detail, false)
+        match refused_resources(&detail) {
+            true => StoreError::Resources { detail },
+            false => unrecoverable(path, detail, false),
+        }
     })
+}
+
+/// Whether a panic's message is the OS refusing a thread or memory: sled spawns its
+/// threads at open and unwraps the result (`EAGAIN`, which Rust names `WouldBlock`, for
+/// threads; `ENOMEM` for a stack or an allocation refused by a memory limit).
+fn refused_resources(detail: &str) -> bool {
+    [
+        "code: 11,",
+        "code: 12,",
+        "WouldBlock",
+        "OutOfMemory",
+        "Resource temporarily unavailable",
+        "Cannot allocate memory",
+    ]
+    .iter()
+    .any(|sign| detail.contains(sign))
 }
 
 thread_local! {
@@ -1104,6 +1123,33 @@ mod tests {
         let owned = guard_recovery(path, || -> u32 { panic!("{} of {}", 1, 2) }).unwrap_err();
         assert!(owned.to_string().contains("(1 of 2)"), "{owned}");
         assert_eq!(guard_recovery(path, || 7).unwrap(), 7);
+    }
+
+    /// sled unwraps its threads' spawn at open: under a limit on the user's threads
+    /// (systemd's `TasksMax=`) or on memory, it panics as it does on damage. That is
+    /// told as the limit, not as damage whose way out is a backup older than the store.
+    #[test]
+    fn a_thread_or_memory_refused_at_open_is_not_called_damage() {
+        fn spawned(errno: i32) -> std::io::Result<u32> {
+            Err(std::io::Error::from_raw_os_error(errno))
+        }
+        let path = Path::new("/srv/provider/data");
+        // As sled's `.unwrap()` and tokio's `{}` print them: EAGAIN, then ENOMEM.
+        let refusals: [Box<dyn Fn() -> u32>; 3] = [
+            Box::new(|| spawned(11).unwrap()),
+            Box::new(|| spawned(12).unwrap()),
+            Box::new(|| panic!("OS can't spawn worker thread: {}", std::io::Error::from_raw_os_error(11))),
+        ];
+        for refused in refusals {
+            let err = guard_recovery(path, refused).unwrap_err();
+            let shown = err.to_string();
+            assert!(!err.is_damage() && matches!(err, StoreError::Resources { .. }), "{shown}");
+            assert!(shown.contains("refused a thread or memory") && shown.contains("TasksMax="), "{shown}");
+            assert!(!shown.contains("damaged") && !shown.contains("backup"), "{shown}");
+        }
+        // Damage that happens to mention a number is still damage.
+        let err = guard_recovery(path, || -> u32 { panic!("bad frame at offset 11") }).unwrap_err();
+        assert!(err.is_damage(), "{err}");
     }
 
     /// The recovery's panic is told once, in the error: the panic hook stays quiet for

@@ -100,6 +100,19 @@ pub enum StoreError {
         /// offset in its log): it is the one file sled can do without.
         snapshot: Option<String>,
     },
+    /// sled panicked at open because the process was refused a thread or memory (a
+    /// limit on the user's threads, systemd's `TasksMax=`, a memory limit): the same
+    /// panic as damage, from a cause that has nothing to do with the files, and that
+    /// must not send an operator to a backup older than the writes the store holds.
+    #[error(
+        "sled could not open the store: it was refused a thread or memory ({detail}), by a limit on this \
+         process (threads: `ulimit -u`, systemd `TasksMax=`; memory: `ulimit -v`, `MemoryMax=`) or a machine out \
+         of either. Nothing points at the store's files: raise the limit, or free the machine, and start again"
+    )]
+    Resources {
+        /// What sled said when it gave up.
+        detail: String,
+    },
     /// The folder holds sled's `conf` but its log (`db`) is missing or empty: an
     /// incomplete copy. Nothing was opened or changed.
     #[error(
