@@ -765,6 +765,22 @@ pub struct SecretFile {
     pub warnings: Vec<String>,
 }
 
+/// What to say after an error that is the process's (or the machine's) open files
+/// running out, not the file's: read alone, "Too many open files" under a secret's key
+/// sent an operator to the secret.
+pub fn out_of_files(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() => {
+            " (the process is out of open files, the file is not at fault: raise its limit, `ulimit -n` or \
+             `LimitNOFILE=` in a systemd unit)"
+        }
+        Some(code) if code == rustix::io::Errno::NFILE.raw_os_error() => {
+            " (the machine is out of open files, the file is not at fault)"
+        }
+        _ => "",
+    }
+}
+
 /// Reads a secret file: at most [`MAX_SECRET_LEN`] bytes, one trailing newline (`\n` or
 /// `\r\n`) removed, refused when empty. On Unix, a file readable or writable by group
 /// or others yields a warning rather than an error; so does a secret that begins with a
@@ -772,6 +788,7 @@ pub struct SecretFile {
 /// files must hold the same bytes) but are usually an editor's, and invisible in it.
 pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
     let refuse = |reason: String| ConfigError::Secret { file: path.to_owned(), reason };
+    let unread = |e: std::io::Error| refuse(format!("cannot read secret file: {e}{}", out_of_files(&e)));
     // Not a FIFO, which would block the open (see `read_regular`).
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_file() && !meta.is_dir() => {
@@ -779,12 +796,12 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
         }
         _ => {}
     }
-    let file = File::open(path).map_err(|e| refuse(format!("cannot read secret file: {e}")))?;
+    let file = File::open(path).map_err(unread)?;
     let mut warnings = Vec::new();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = file.metadata().map_err(|e| refuse(format!("cannot read secret file: {e}")))?.permissions().mode();
+        let mode = file.metadata().map_err(unread)?.permissions().mode();
         if mode & 0o077 != 0 {
             warnings.push(format!(
                 "secret file {} is accessible by group or others (mode {:o}); restrict it with chmod 600",
@@ -794,9 +811,7 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
         }
     }
     let mut bytes = Vec::new();
-    file.take(MAX_SECRET_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| refuse(format!("cannot read secret file: {e}")))?;
+    file.take(MAX_SECRET_LEN + 1).read_to_end(&mut bytes).map_err(unread)?;
     if bytes.len() as u64 > MAX_SECRET_LEN {
         return Err(refuse(format!("secret file is larger than {MAX_SECRET_LEN} bytes; is it the right file?")));
     }
@@ -1089,6 +1104,22 @@ mod tests {
         let missing = dir.path().join("missing.key");
         let e = load_secret(&missing).unwrap_err().to_string();
         assert!(e.starts_with(&format!("{}: cannot read secret file: ", missing.display())), "{e}");
+        assert!(!e.contains("out of open files"), "a missing file is the file's fault: {e}");
+    }
+
+    /// Open files running out is said to be the process's or the machine's, not the
+    /// file's; other errors are left as they are.
+    #[test]
+    fn open_files_running_out_is_not_blamed_on_the_file() {
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        assert!(
+            out_of_files(&emfile).contains("the process is out of open files")
+                && out_of_files(&emfile).contains("ulimit -n")
+        );
+        let enfile = std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
+        assert!(out_of_files(&enfile).contains("the machine is out of open files"));
+        assert_eq!(out_of_files(&std::io::Error::from(std::io::ErrorKind::NotFound)), "");
+        assert_eq!(out_of_files(&std::io::Error::from_raw_os_error(rustix::io::Errno::ACCESS.raw_os_error())), "");
     }
 
     #[test]

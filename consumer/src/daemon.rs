@@ -125,10 +125,17 @@ fn session_config(
     })
 }
 
-/// Starts the supervisor of agreement `index`.
-fn start(store: &ReplicaStore, config: &ConsumerConfig, index: usize, client_id: &str) -> Result<Running> {
-    let a = &config.agreements[index];
-    let session = session_config(config, index, a, client_id)?;
+/// The session configuration of every agreement of `config`, in its order: its files
+/// (secrets, CA files) are all read before any agreement starts, so that one that
+/// cannot be read stops the start or reload before anything changed (read as each
+/// started, a process out of open files failed at the twentieth agreement's secret,
+/// its first nineteen sessions already connecting).
+fn session_configs(config: &ConsumerConfig, client_id: &str) -> Result<Vec<SessionConfig>> {
+    config.agreements.iter().enumerate().map(|(i, a)| session_config(config, i, a, client_id)).collect()
+}
+
+/// Starts the supervisor of agreement `a`, whose session is `session`.
+fn start(store: &ReplicaStore, a: &AgreementConfig, session: SessionConfig) -> Result<Running> {
     let files = FileContents::of(&session);
     let replica = store.replica(&a.name).with_context(|| format!("opening the replica of {:?}", a.name))?;
     // Whether it was kept for this region is checked here, where every start and every
@@ -248,10 +255,13 @@ pub async fn reload(
         warn!("{w}");
     }
     // Validate every agreement before touching any.
-    let mut files = BTreeMap::new();
-    for (i, a) in config.agreements.iter().enumerate() {
-        files.insert(a.name.clone(), FileContents::of(&session_config(&config, i, a, client_id)?));
-    }
+    let sessions = session_configs(&config, client_id)?;
+    let files: BTreeMap<_, _> = config
+        .agreements
+        .iter()
+        .zip(&sessions)
+        .map(|(a, session)| (a.name.clone(), FileContents::of(session)))
+        .collect();
     let mut running = agreements.lock().await;
     let mut report = Vec::new();
     let mut restarted = std::collections::BTreeSet::new();
@@ -291,9 +301,9 @@ pub async fn reload(
             restarted.insert(name);
         }
     }
-    for (i, a) in config.agreements.iter().enumerate() {
+    for (a, session) in config.agreements.iter().zip(sessions) {
         if !running.contains_key(&a.name) {
-            let r = start(store, &config, i, client_id)?;
+            let r = start(store, a, session)?;
             running.insert(a.name.clone(), r);
             if !restarted.contains(&a.name) {
                 report.push(format!("added {}", a.name));
@@ -399,8 +409,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let agreements: Agreements = Arc::default();
     {
         let mut running = agreements.lock().await;
-        for (i, a) in config.agreements.iter().enumerate() {
-            running.insert(a.name.clone(), start(&store, &config, i, &client_id)?);
+        for (a, session) in config.agreements.iter().zip(session_configs(&config, &client_id)?) {
+            running.insert(a.name.clone(), start(&store, a, session)?);
         }
     }
     let shutdown = CancellationToken::new();
