@@ -157,6 +157,11 @@ pub async fn serve(config_path: &Path) -> Result<()> {
              `tether-provider load` or write to it"
         );
     }
+    if let Some(load) = dir.unfinished_load().context("reading whether a load is under way in the store")? {
+        let status = crate::status::UnfinishedLoadStatus::of(&load);
+        let entries = dir.entry_count().unwrap_or(0) as usize;
+        bail!("{}: {}; nothing was changed", config.data_dir.display(), status.advice(&config.file, entries));
+    }
     // Before any cookie goes out: from here on this store's history may part from that
     // of a copy of it, and consumers must be able to tell the two apart.
     let history = dir.begin_history().context("beginning a new history in the store")?;

@@ -286,7 +286,9 @@ pub fn load_watched(
     // The entries listed before their parent: each waits in pass 2 until its parent is
     // written, and so does anything below it that comes before the parent.
     let early: HashSet<Dn> = pending_parents.into_iter().map(|(_, dn)| dn).collect();
-    // Pass 2: write.
+    // Pass 2: write, the store marked until it is done, so that a load cut short by
+    // anything (`kill -9` too) is not served as the whole directory.
+    dir.begin_load(file).context("marking the store as taking a load")?;
     let (mut total, mut skipped) = (0, 0);
     let mut batch = Vec::with_capacity(LOAD_BATCH);
     let mut flush = |batch: &mut Vec<Pending>| -> Result<()> {
@@ -350,6 +352,7 @@ pub fn load_watched(
         bail!("{file}: {dn}: its parent was not in the file any more: the file changed since it was checked");
     }
     let miscounted = dir.recount_entries()?;
+    dir.end_load().context("clearing the store's mark of a load under way")?;
     Ok(LoadReport { entries: total, skipped, reordered, kept_uuids, dropped, miscounted })
 }
 
@@ -485,6 +488,7 @@ mod tests {
         let err = load_watched(&dir, &input, Existing::Refuse, &AtomicBool::new(true), &mut |_| {}).unwrap_err();
         assert_eq!(err.to_string(), "interrupted while the file was checked: nothing was written");
         assert_eq!(dir.entry_count().unwrap(), 0);
+        assert_eq!(dir.unfinished_load().unwrap(), None, "nothing was written: nothing to finish");
 
         let stop = AtomicBool::new(false);
         let mut told = Vec::new();
@@ -502,9 +506,13 @@ mod tests {
             )
         );
         assert_eq!(dir.entry_count().unwrap(), LOAD_BATCH as u64);
+        // The store says so, to `serve` and `status`, until a load finishes.
+        let cut = dir.unfinished_load().unwrap().expect("the load cut short is marked");
+        assert_eq!(cut.file, input.shown());
         let rest = load(&dir, &input, Existing::Skip).unwrap();
         assert_eq!((rest.entries, rest.skipped), (2968 - LOAD_BATCH, LOAD_BATCH));
         assert_eq!(dir.entry_count().unwrap(), 2968);
+        assert_eq!(dir.unfinished_load().unwrap(), None, "finished");
     }
 
     /// A file that lists entries before their parent (slapcat's output after an entry

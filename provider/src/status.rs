@@ -39,11 +39,45 @@ pub struct ProviderStatus {
     pub changelog: ChangelogStatus,
     /// Live sessions.
     pub sessions: Vec<SessionInfo>,
+    /// A bulk load that began writing and did not finish (`null` otherwise): the store
+    /// holds part of a file, and `serve` refuses it until a load finishes.
+    pub unfinished_load: Option<UnfinishedLoadStatus>,
     /// Every consumer whose position the store keeps, connected or not: when a
     /// refresh-only consumer last polled, and whose position holds back the changelog's
     /// age-based trimming (a consumer seen within `hold_for_consumers`), which the live
     /// sessions alone cannot say. Oldest position first.
     pub consumers: Vec<KnownConsumer>,
+}
+
+/// A bulk load cut short, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnfinishedLoadStatus {
+    /// The file it loaded, as the load named it.
+    pub file: String,
+    /// When it began writing (RFC 3339).
+    pub began: String,
+}
+
+impl UnfinishedLoadStatus {
+    pub fn of(load: &tether_store::UnfinishedLoad) -> Self {
+        let began = std::time::UNIX_EPOCH + std::time::Duration::from_millis(load.began_ms);
+        Self { file: load.file.clone(), began: crate::registry::rfc3339(began) }
+    }
+
+    /// What the store holds and the two ways on, for `serve`'s refusal and `status`:
+    /// `config` is the provider's configuration file.
+    pub fn advice(&self, config: &std::path::Path, entries: usize) -> String {
+        let config = config.display();
+        format!(
+            "the store holds a load that did not finish (the load of {file} begun at {began} was cut short: killed, \
+             stopped, or its store failed), {entries} entries in all: served, part of a file would be replicated as \
+             the whole directory (a consumer that reloads would drop every entry not loaded yet). Finish it: \
+             `tether-provider load -c {config} --skip-existing {file}`; or, to serve the store as it is, load \
+             nothing: `tether-provider load -c {config} --skip-existing /dev/null`",
+            file = self.file,
+            began = self.began,
+        )
+    }
 }
 
 /// A consumer the provider remembers: the position it last acknowledged, kept in the
@@ -113,6 +147,7 @@ impl ProviderStatus {
                 floor: dir.floor()?.0,
             },
             sessions,
+            unfinished_load: dir.unfinished_load()?.as_ref().map(UnfinishedLoadStatus::of),
             consumers,
         })
     }
@@ -132,6 +167,13 @@ impl ProviderStatus {
             },
             self.changelog.floor,
         );
+        if let Some(load) = &self.unfinished_load {
+            out.push_str(&format!(
+                "the load of {} begun at {} did not finish: `serve` refuses this store until a load finishes \
+                 (`tether-provider load --skip-existing` of the same file)\n",
+                load.file, load.began
+            ));
+        }
         if !self.running {
             // Read from the store of a stopped provider: no sessions to head a table of.
             out.push_str("(provider not running: no sessions)\n");
@@ -226,6 +268,7 @@ mod tests {
                 session("127.0.0.1:40000", "people"),
                 session("[fd00:1234:5678:9abc::42]:40000", "people-of-the-eu-west-region"),
             ],
+            unfinished_load: None,
             consumers: Vec::new(),
         };
         let text = status.to_text();
@@ -249,6 +292,7 @@ mod tests {
             entries: 3,
             changelog: ChangelogStatus { oldest: None, newest: None, floor: 3 },
             sessions: Vec::new(),
+            unfinished_load: None,
             consumers: Vec::new(),
         };
         let text = status.to_text();

@@ -361,8 +361,10 @@ fn a_load_whose_store_fails_writing_a_large_value_exits_and_a_rerun_finishes_it(
         .nth(1)
         .and_then(|rest| rest.split(' ').next()?.parse().ok())
         .with_context(|| format!("no count of the entries loaded before the failure: {stderr}"))?;
-    let held = p.status()?["entries"].as_u64().context("entries")?;
+    let cut = p.status()?;
+    let held = cut["entries"].as_u64().context("entries")?;
     assert!(said >= 2_000 && said + 2 <= held, "said {said} loaded, the store holds {held}: {stderr}");
+    assert!(cut["unfinished_load"]["file"].as_str().is_some_and(|f| f.ends_with("people.ldif")), "{cut}");
 
     p.file_size_limit = None;
     let said = {
@@ -376,6 +378,8 @@ fn a_load_whose_store_fails_writing_a_large_value_exits_and_a_rerun_finishes_it(
     assert!(said.lines().any(|l| l.starts_with("loaded ")), "{said}");
     let found = p.search(PEOPLE, "subtree", "(uid=p*)")?.lines().filter(|l| l.starts_with("dn:")).count();
     assert_eq!(found, entries, "every entry of the file: {said}");
-    assert_eq!(p.status()?["entries"], entries + 2, "the count is what the store holds: {said}");
+    let finished = p.status()?;
+    assert_eq!(finished["entries"], entries + 2, "the count is what the store holds: {said}");
+    assert!(finished["unfinished_load"].is_null(), "{finished}");
     Ok(())
 }

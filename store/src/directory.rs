@@ -55,6 +55,20 @@ mod names {
     pub const ENTRY_COUNT_AT: &[u8] = b"entry_count_at";
     /// The first session id no start of this store has reserved (absent until one has).
     pub const SESSION_IDS: &[u8] = b"session_ids";
+    /// A bulk load writing, or cut short (absent otherwise): see
+    /// [`Directory::begin_load`](super::Directory::begin_load).
+    pub const LOAD_UNDER_WAY: &[u8] = b"load_under_way";
+}
+
+/// A bulk load that began writing and has not finished: killed (`kill -9`, the OOM
+/// killer, a power cut), stopped by a signal, or cut short by a failed store. The store
+/// then holds part of the file, which nothing else tells from a whole directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnfinishedLoad {
+    /// The file loaded, as the load named it.
+    pub file: String,
+    /// When it began writing, in milliseconds since the Unix epoch.
+    pub began_ms: u64,
 }
 
 /// Whether a commit goes to the changelog (every write) or raises its floor past
@@ -871,6 +885,28 @@ impl Directory {
             Some(v) => Csn(u64_from(names::META, &v)?),
             None => Csn::ZERO,
         })
+    }
+
+    /// Marks the store, durably, as taking a bulk load of `file` before its first entry
+    /// is written: until [`Directory::end_load`], a provider must not serve it as the
+    /// directory (its consumers would replicate part of it, and those that reload drop
+    /// the entries not loaded yet).
+    pub fn begin_load(&self, file: &str) -> Result<()> {
+        let mark = encode(names::META, &UnfinishedLoad { file: file.to_owned(), began_ms: now_ms() })?;
+        self.failure.observe(self.meta.insert(names::LOAD_UNDER_WAY, mark).map_err(StoreError::from))?;
+        self.failure.flush(&self.db).map(drop)
+    }
+
+    /// Clears [`Directory::begin_load`]'s mark, durably, once a load has written all it
+    /// had to: whichever load it is, the store holds what it was given in full.
+    pub fn end_load(&self) -> Result<()> {
+        self.failure.observe(self.meta.remove(names::LOAD_UNDER_WAY).map_err(StoreError::from))?;
+        self.failure.flush(&self.db).map(drop)
+    }
+
+    /// The load that began writing and did not finish, if one did not.
+    pub fn unfinished_load(&self) -> Result<Option<UnfinishedLoad>> {
+        self.meta.get(names::LOAD_UNDER_WAY)?.map(|v| decode(names::META, &v)).transpose()
     }
 
     /// The floor the last bulk load raised the changelog's to, if one did: a consumer

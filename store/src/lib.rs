@@ -56,7 +56,9 @@ mod rules;
 mod test_changes;
 
 pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy, TrimReport};
-pub use directory::{store_exists, Committed, ConsumerPosition, Directory, StoreOptions, DEFAULT_CACHE_BYTES};
+pub use directory::{
+    store_exists, Committed, ConsumerPosition, Directory, StoreOptions, UnfinishedLoad, DEFAULT_CACHE_BYTES,
+};
 pub use entry_set::{EntrySet, Located, NoSuchBase, Spelling};
 pub use error::{Refusal, Result, StoreError};
 pub use failure::{FailureLatch, StoreFailure, INSTANCE_MARK};
