@@ -96,6 +96,20 @@ impl Registry {
         Registration { registry: self.clone(), id, cancel, reason }
     }
 
+    /// The sessions open now of `agreement` presenting consumer id `client` from
+    /// another host than `peer`'s, as `session N from PEER`: two consumers sharing one
+    /// identity (the server warns of it). From the same host, it is one consumer
+    /// reconnecting before its old session ended (a restart, a reconnect after a
+    /// keepalive timeout), which is routine.
+    pub fn same_consumer_elsewhere(&self, agreement: &str, client: &str, peer: std::net::SocketAddr) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|s| s.info.agreement == agreement && s.info.client == client)
+            .filter(|s| s.info.peer.parse::<std::net::SocketAddr>().is_ok_and(|other| other.ip() != peer.ip()))
+            .map(|s| format!("session {} from {}", s.info.session_id, s.info.peer))
+            .collect()
+    }
+
     /// A snapshot of every session, by id.
     pub fn snapshot(&self) -> Vec<SessionInfo> {
         self.lock().values().map(|s| s.info.clone()).collect()
@@ -162,4 +176,45 @@ impl Drop for Registration {
 /// Formats a time as RFC 3339 for status output.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(session_id: u64, peer: &str, agreement: &str, client: &str) -> SessionInfo {
+        SessionInfo {
+            session_id,
+            peer: peer.into(),
+            agreement: agreement.into(),
+            client: client.into(),
+            mode: "refresh-and-persist".into(),
+            cookie: None,
+            lag_changes: 0,
+            queue_len: 0,
+            connected_since: String::new(),
+            refresh: None,
+            tls: false,
+            protocol_version: 3,
+            base: None,
+        }
+    }
+
+    /// The sessions open with an agreement's consumer id from another host are found,
+    /// and only while they are open: from the same host (a reconnect), of another
+    /// agreement, or of another consumer, they are not that one's twin.
+    #[test]
+    fn the_sessions_presenting_a_consumer_id_from_another_host_are_found_while_open() {
+        let registry = Registry::default();
+        let parent = CancellationToken::new();
+        let (clone, same_host) = ("10.0.0.9:50000".parse().unwrap(), "10.0.0.1:50000".parse().unwrap());
+        assert!(registry.same_consumer_elsewhere("people", "c1", clone).is_empty());
+        let first = registry.register(session(1, "10.0.0.1:40000", "people", "c1"), &parent);
+        let _other_agreement = registry.register(session(2, "10.0.0.3:40001", "groups", "c1"), &parent);
+        let _other_consumer = registry.register(session(3, "10.0.0.2:40000", "people", "c2"), &parent);
+        assert_eq!(registry.same_consumer_elsewhere("people", "c1", clone), ["session 1 from 10.0.0.1:40000"]);
+        assert!(registry.same_consumer_elsewhere("people", "c1", same_host).is_empty(), "a reconnect");
+        drop(first);
+        assert!(registry.same_consumer_elsewhere("people", "c1", clone).is_empty(), "ended with its session");
+    }
 }

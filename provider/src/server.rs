@@ -345,6 +345,18 @@ impl Server {
                         protocol_version: version,
                         base: Some(req.spec.base.clone()),
                     };
+                    let twins = self.registry.same_consumer_elsewhere(&req.agreement, &req.client_id, peer);
+                    if !twins.is_empty() {
+                        warn!(
+                            open = %twins.join(", "),
+                            "this consumer id is that of a session of this agreement open from another host: two \
+                             consumers share one identity, a copy of one's data_dir run at the same path on another \
+                             host (a cloned VM or image; or one consumer whose address changed, if the other session \
+                             ends within keepalive.timeout). Their positions overwrite each other, so trimming may \
+                             pass the slower one and cost it a present refresh: give the copy its own identity (stop \
+                             it, delete consumer.id in its data_dir, start it)"
+                        );
+                    }
                     let reg = self.registry.register(info, &self.shutdown);
                     let end = session::run(self.dir.clone(), reader, writer, req, reg, self.params.session).await;
                     let routine = polling && end == SessionEnd::Goodbye(GoodbyeReason::RefreshComplete);
