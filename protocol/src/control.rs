@@ -371,12 +371,15 @@ pub enum ControlError {
         wanted: Process,
     },
     /// The control socket exists but could not be reached.
-    #[error("connecting to the control socket {path}: {source}")]
+    #[error("connecting to the control socket {path}: {cause}{hint}")]
     Connect {
         /// The socket's path.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why: said here, not as the error's source, which an error chain would say
+        /// again after the hint.
+        cause: std::io::Error,
+        /// What the path holds, when that explains it ([`unreachable_hint`]).
+        hint: String,
     },
 }
 
@@ -397,7 +400,10 @@ pub async fn call_at(
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             return Ok(false)
         }
-        Err(source) => return Err(ControlError::Connect { path: path.display().to_string(), source }),
+        Err(cause) => {
+            let hint = unreachable_hint(path, &cause);
+            return Err(ControlError::Connect { path: path.display().to_string(), cause, hint });
+        }
     };
     let addressed = ControlRequest::For { to, request: Box::new(request.clone()) };
     let first = call(stream, &addressed, |text| out.write_all(text.as_bytes())).await;
@@ -433,6 +439,31 @@ pub async fn call_at(
     })?;
     out.flush().map_err(ControlError::Output)?;
     Ok(true)
+}
+
+/// Why a command may not connect to `path`, when the refusal is the kernel's (a bare
+/// "Permission denied" named neither cause): something other than a socket there (a
+/// file or folder another user left, which a process does not replace), or a socket of
+/// another user's process (connecting needs write permission on it).
+fn unreachable_hint(path: &Path, error: &std::io::Error) -> String {
+    if error.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => format!(
+            " (the path holds a {}, not a socket: remove it; a running process makes its socket again within 2 s)",
+            if meta.is_dir() { "folder" } else { "file" }
+        ),
+        Ok(meta) => format!(
+            " (the socket belongs to user id {} and allows its owner only: run the command as the user the process \
+             runs as)",
+            meta.uid()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            " (this user cannot enter the socket's folder)".to_owned()
+        }
+        Err(_) => String::new(),
+    }
 }
 
 /// Which kind of process of a build older than addressing answers at `path`, read from
@@ -951,6 +982,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection refused by the kernel says what the path holds: a file or folder
+    /// (which no process replaces), a socket of another user, or a folder this user
+    /// cannot enter. Root is refused nothing, so the refusal is made up; the path is real.
+    #[test]
+    fn a_socket_path_that_refuses_a_connection_says_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let file = dir.path().join("file.sock");
+        std::fs::write(&file, b"").unwrap();
+        assert!(unreachable_hint(&file, &denied).contains("holds a file, not a socket: remove it"));
+        assert!(unreachable_hint(dir.path(), &denied).contains("holds a folder, not a socket"));
+        let socket = dir.path().join("real.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let hint = unreachable_hint(&socket, &denied);
+        assert!(hint.contains("belongs to user id") && hint.contains("run the command as the user"), "{hint}");
+        assert_eq!(unreachable_hint(&dir.path().join("gone/x.sock"), &denied), "", "nothing there to explain it");
+        let other = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(unreachable_hint(&file, &other), "", "only the kernel's refusal is explained");
+    }
 
     #[test]
     fn an_accept_out_of_files_says_what_it_means_and_what_to_do() {
