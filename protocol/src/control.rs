@@ -378,7 +378,8 @@ pub enum ControlError {
         /// Why: said here, not as the error's source, which an error chain would say
         /// again after the hint.
         cause: std::io::Error,
-        /// What the path holds, when that explains it ([`unreachable_hint`]).
+        /// What the path holds, when that explains the refusal (a file or folder there, a
+        /// socket of another user, a folder this user cannot enter).
         hint: String,
     },
 }
