@@ -91,8 +91,14 @@ fn write_lines(rx: Receiver<Message>, mut out: impl Write) {
 /// Waits, up to [`DRAIN_WAIT`], until the lines logged so far are written: before the
 /// process exits, whose last lines would otherwise be lost with the thread.
 pub fn drain() {
-    let Some(pipe) = PIPE.get() else { return };
-    let deadline = Instant::now() + DRAIN_WAIT;
+    if let Some(pipe) = PIPE.get() {
+        drain_pipe(pipe, Instant::now() + DRAIN_WAIT, || std::thread::sleep(Duration::from_millis(5)));
+    }
+}
+
+/// [`drain`] of `pipe`, waiting until `deadline` at most, and calling `pause` between
+/// tries to queue its mark while the queue is full.
+fn drain_pipe(pipe: &Pipe, deadline: Instant, mut pause: impl FnMut()) {
     let (tx, rx) = mpsc::sync_channel(1);
     let mut message = Message::Drained(tx);
     // A full queue means a reader that stopped: room comes only if it reads again.
@@ -102,7 +108,7 @@ pub fn drain() {
             Err(TrySendError::Disconnected(_)) => return,
             Err(TrySendError::Full(back)) if Instant::now() < deadline => {
                 message = back;
-                std::thread::sleep(Duration::from_millis(5));
+                pause();
             }
             Err(TrySendError::Full(_)) => return,
         }
@@ -203,6 +209,39 @@ mod tests {
         drop(tx);
         write_lines(rx, Gone);
         assert_eq!(done.try_recv(), Ok(()));
+    }
+
+    /// A drain waits for room in a full queue (a reader that is slow, not gone), puts
+    /// its mark after the lines queued, and waits for the writer to reach it: the last
+    /// lines reach a slow reader at exit. The writer reads only once the drain has found
+    /// the queue full and paused.
+    #[test]
+    fn a_drain_waits_for_room_and_for_the_writer_to_reach_its_mark() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let pipe = Pipe { lines: tx, dropped: AtomicU64::new(0) };
+        pipe.queue(b"last\n".to_vec());
+        let (go, reading) = mpsc::channel::<()>();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let answered = answered.clone();
+            move || {
+                reading.recv().unwrap();
+                let Ok(Message::Line { line, .. }) = rx.recv() else { panic!("the line queued first") };
+                assert_eq!(line, b"last\n");
+                let Ok(Message::Drained(done)) = rx.recv() else { panic!("the drain gave up with room again") };
+                answered.store(true, Ordering::SeqCst);
+                done.send(()).unwrap();
+            }
+        });
+        let mut pauses = 0;
+        drain_pipe(&pipe, Instant::now() + Duration::from_secs(60), || {
+            pauses += 1;
+            let _ = go.send(());
+        });
+        assert!(pauses > 0, "the queue was full at the first try");
+        assert!(answered.load(Ordering::SeqCst), "the drain returned once the writer reached its mark");
+        drop(pipe);
+        writer.join().unwrap();
     }
 
     /// One line dropped is said too: the notice stands for any gap, one line or many.
