@@ -1054,6 +1054,51 @@ fn a_load_killed_while_it_writes_is_not_served_until_a_load_finishes() -> Result
     Ok(())
 }
 
+/// A consumer's data_dir cloned with its host (a VM or container image started twice:
+/// the same path and host name) keeps its consumer id, and the twins overwrite each
+/// other's position, so trimming passed the stopped one despite the hold (found by a
+/// walkthrough). The provider warns of one id in sessions from two addresses at once;
+/// a consumer reconnecting from its own address (a restart) is not warned of.
+#[test]
+fn a_consumer_cloned_with_its_host_is_warned_of_and_a_restart_is_not() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _w) = provider_with(tmp.path(), 20, 31, ProviderOptions::default())?;
+    // Both stacks: a consumer over IPv4 arrives from ::ffff:127.0.0.1, one over IPv6
+    // from ::1, two addresses of one machine as two hosts would have.
+    assert!(p.stop()?.success());
+    let (v4, both) = (format!("listen = \"127.0.0.1:{}\"", p.port), format!("listen = \"[::]:{}\"", p.port));
+    let text = std::fs::read_to_string(&p.config)?;
+    anyhow::ensure!(text.contains(&v4), "the provider's listen line: {text}");
+    std::fs::write(&p.config, text.replace(&v4, &both))?;
+    p.start()?;
+    let c = people_consumer(tmp.path(), &p)?;
+    c.admin("restart", Some("people"))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    let warning = "this consumer id is that of a session of this agreement open from another host";
+    assert!(!p.log_text().contains(warning), "a restart from the same address: {}", p.log_text());
+
+    // The clone: the same id, recorded as made where it now is, as an image keeps it.
+    let twin_dir = tmp.path().join("twin");
+    let twin_config = [Agreement::persist("people", PEOPLE, "people-secret")];
+    let mut twin = Consumer::configure(&twin_dir, p.port, &twin_config)?;
+    let over_v6 =
+        std::fs::read_to_string(&twin.config)?.replace(&format!("127.0.0.1:{}", p.port), &format!("[::1]:{}", p.port));
+    std::fs::write(&twin.config, over_v6)?;
+    let data = twin_dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let id = std::fs::read_to_string(c.dir.join("data").join("consumer.id"))?.trim().to_owned();
+    std::fs::write(data.join("consumer.id"), &id)?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_owned();
+    std::fs::write(data.join("consumer.origin"), format!("{host}:{}", std::fs::canonicalize(&data)?.display()))?;
+    twin.start()?;
+    wait_converged(&p, &twin, "people", PEOPLE)?;
+    let log = p.log_text();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains(warning)).collect();
+    assert!(!warned.is_empty() && warned.iter().all(|l| l.contains(" WARN ") && l.contains(&id)), "{log}");
+    assert!(warned.iter().any(|l| l.contains("::1") || l.contains("::ffff:127.0.0.1")), "names the other: {log}");
+    Ok(())
+}
+
 /// Runs `binary verb -c config args...` and returns its stderr once it has failed (a
 /// process that starts serving instead is killed, and the test fails).
 fn refused(binary: &str, verb: &str, config: &Path, args: &[&Path]) -> Result<String> {
