@@ -179,10 +179,10 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(session_id: u64, peer: &str, agreement: &str, client: &str) -> SessionInfo {
+impl SessionInfo {
+    /// A persist session of `agreement` by consumer `client` from `peer`, for tests;
+    /// the other fields as a session just started has them.
+    pub(crate) fn for_test(session_id: u64, peer: &str, agreement: &str, client: &str) -> Self {
         SessionInfo {
             session_id,
             peer: peer.into(),
@@ -198,6 +198,15 @@ mod tests {
             protocol_version: 3,
             base: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(session_id: u64, peer: &str, agreement: &str, client: &str) -> SessionInfo {
+        SessionInfo::for_test(session_id, peer, agreement, client)
     }
 
     /// The sessions open with an agreement's consumer id from another host are found,

@@ -1089,19 +1089,9 @@ mod tests {
             version: POLL_ACK_VERSION,
         };
         let info = crate::registry::SessionInfo {
-            session_id: 1,
-            peer: "test".into(),
-            agreement: "people".into(),
-            client: "poller".into(),
             mode: mode.to_string(),
-            cookie: None,
-            lag_changes: 0,
-            queue_len: 0,
-            connected_since: String::new(),
-            refresh: None,
-            tls: false,
             protocol_version: 2,
-            base: None,
+            ..crate::registry::SessionInfo::for_test(1, "test", "people", "poller")
         };
         let reg = crate::registry::Registry::default().register(info, cancel);
         let params = SessionParams {

@@ -239,19 +239,9 @@ mod tests {
 
     fn session(peer: &str, agreement: &str) -> SessionInfo {
         SessionInfo {
-            session_id: 1,
-            peer: peer.into(),
-            agreement: agreement.into(),
-            client: "c".into(),
-            mode: "refresh-and-persist".into(),
-            cookie: None,
-            lag_changes: 0,
-            queue_len: 0,
             connected_since: "2026-12-01T00:00:00Z".into(),
-            refresh: None,
-            tls: false,
             protocol_version: 2,
-            base: None,
+            ..SessionInfo::for_test(1, peer, agreement, "c")
         }
     }
 
