@@ -254,6 +254,7 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions, kind: StoreKind) -> R
         });
     }
     crate::format::check(&db, path)?;
+    crate::ownership::give_back(path);
     Ok(db)
 }
 

@@ -25,6 +25,8 @@
 //! - [`pins`]: what running refreshes still need from the changelog, which trimming keeps.
 //! - [`history`]: which cookies name this store's own past, so a consumer that followed
 //!   a copy of the store past the point it was restored from is reloaded, not resumed.
+//! - `ownership` (private): files root's commands write into another user's store,
+//!   given back to that user at every open, so the service can still open it.
 //! - [`directory`]: the provider's store.
 //! - [`replica`]: the consumer's per-agreement replicas and shadow reloads.
 //! - [`reshapes`]: which entries of a replica were added, removed or renamed while a
@@ -46,6 +48,7 @@ pub mod feed;
 mod footprint;
 pub mod format;
 pub mod history;
+mod ownership;
 pub mod pins;
 mod reaper;
 mod record;
