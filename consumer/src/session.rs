@@ -44,7 +44,7 @@ use crate::config::ProofPolicy;
 use crate::executor::{Runner, TaskError};
 use crate::failpoint;
 use crate::reason::{Reason, State};
-use crate::status::{rfc3339_of_ms, StatusHandle};
+use crate::status::{rfc3339_of_ms, Heard, StatusHandle};
 use crate::tls::TlsClient;
 use crate::transport::{Network, CONNECT_TIMEOUT};
 
@@ -309,6 +309,9 @@ async fn run_session(
         // Stamped by the reader as bytes arrive, not only whole frames: a refresh batch
         // is one frame that a slow link takes longer than the keepalive timeout to carry.
         let last_inbound = Arc::new(Progress::new());
+        if let Some((interval, _)) = cfg.keepalive {
+            status.update(|s| s.heard = Some(Heard::new(last_inbound.clone(), interval)));
+        }
         let mut reader = reader;
         reader.report_progress(last_inbound.clone());
         let session_done = CancellationToken::new();

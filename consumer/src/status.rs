@@ -9,9 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tether_protocol::liveness::Progress;
 use tether_protocol::message::MUTUAL_AUTH_VERSION;
 use tether_protocol::{Cookie, Csn};
 use tether_store::StoreFailure;
@@ -88,9 +89,16 @@ pub struct AgreementStatus {
     /// from then on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_proved_at: Option<String>,
-    /// When the replica was last known current; `lag_seconds` is computed from it.
+    /// When the replica was last known current; `lag_seconds` is computed from it,
+    /// except while persisting caught up (see [`AgreementStatus::heard`]).
     #[serde(skip)]
     pub current_at: Instant,
+    /// The link of the session that is running, with keepalive on: while the replica is
+    /// caught up with what has reached it, it is current as of the provider's last
+    /// word, so a link gone silent (a black hole, a provider stopped with SIGSTOP) makes
+    /// it stale from then, not from when the keepalive timeout ends the session.
+    #[serde(skip)]
+    pub heard: Option<Heard>,
     /// The CSN of the newest live change applied to the replica: its searches return
     /// it, though it may not be on disk yet (`wait --visible`). Cleared when a refresh
     /// sets the cookie, which may then belong to another history.
@@ -103,7 +111,39 @@ pub struct AgreementStatus {
     pub retired: bool,
 }
 
+/// When a session's provider was last heard from, and how long a live one stays quiet:
+/// the consumer pings every keepalive interval and the provider answers at once, so a
+/// silence longer than that (and a second for the answer) is no longer a quiet link.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    /// Stamped as bytes arrive from the provider.
+    pub inbound: Arc<Progress>,
+    /// The longest silence of a live link.
+    pub quiet: Duration,
+}
+
+impl Heard {
+    /// The link whose inbound bytes stamp `inbound`, pinged every `interval`.
+    pub fn new(inbound: Arc<Progress>, interval: Duration) -> Self {
+        Self { inbound, quiet: interval + Duration::from_secs(1) }
+    }
+}
+
 impl AgreementStatus {
+    /// How long the replica has not been known current (`lag_seconds`): since the last
+    /// refresh or caught-up moment; while persisting caught up, not at all, unless its
+    /// link has been silent past a live link's quiet, and then since the provider's last
+    /// word.
+    pub fn stale_for(&self) -> Duration {
+        if self.state != State::Persisting || self.lag_changes > 0 {
+            return self.current_at.elapsed();
+        }
+        match &self.heard {
+            Some(link) if link.inbound.silent_for() > link.quiet => link.inbound.silent_for(),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Records `error` as the latest failure, and when it happened.
     pub fn set_error(&mut self, error: String) {
         self.last_error = Some(error);
@@ -210,6 +250,7 @@ impl StatusHandle {
                 protocol_version: None,
                 provider_proved_at: None,
                 current_at: Instant::now(),
+                heard: None,
                 applied_csn: None,
                 retired: false,
             })),
@@ -276,11 +317,21 @@ impl StatusHandle {
         self.update(|s| s.current_at = Instant::now());
     }
 
+    /// A session ended: a replica caught up with it was current as of the provider's
+    /// last word (now, without keepalive to say otherwise). Before, it counted as
+    /// current until the session's end, so the keepalive timeout that ended a silent
+    /// session took `lag_seconds` back to 0 and hid the timeout's 20 s of staleness.
+    pub fn session_ended(&self) {
+        self.update(|s| {
+            s.current_at = Instant::now().checked_sub(s.stale_for()).unwrap_or(s.current_at);
+            s.heard = None;
+        });
+    }
+
     /// A copy of the status, with `lag_seconds` computed as of now.
     pub fn snapshot(&self) -> AgreementStatus {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        s.lag_seconds =
-            if s.state == State::Persisting && s.lag_changes == 0 { 0 } else { s.current_at.elapsed().as_secs() };
+        s.lag_seconds = s.stale_for().as_secs();
         s
     }
 
@@ -650,6 +701,55 @@ mod tests {
         h.mark_current();
         h.update(|s| s.state = State::Backoff);
         assert_eq!(h.snapshot().lag_seconds, 0);
+    }
+
+    /// A caught-up replica whose provider went silent (a black hole, a provider stopped)
+    /// is stale from the provider's last word on, once the silence is longer than a
+    /// live link's, and stays so after the keepalive timeout ends the session; before,
+    /// it read 0 until the timeout and then counted from the session's end.
+    #[tokio::test(start_paused = true)]
+    async fn lag_seconds_counts_a_silent_link_from_the_providers_last_word() {
+        let h = StatusHandle::new("a", "p", "refresh-and-persist");
+        let inbound = Arc::new(Progress::new());
+        h.update(|s| {
+            s.state = State::Persisting;
+            s.heard = Some(Heard::new(inbound.clone(), Duration::from_secs(5)));
+        });
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(h.snapshot().lag_seconds, 0, "quiet for a ping interval: a live link");
+        inbound.mark();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(h.snapshot().lag_seconds, 0, "heard within the interval and a second");
+        tokio::time::advance(Duration::from_secs(14)).await;
+        assert_eq!(h.snapshot().lag_seconds, 20, "silent for 20 s: stale since the last word");
+        // The keepalive timeout ends the session; the staleness runs on from then.
+        h.session_ended();
+        h.update(|s| s.state = State::Connecting);
+        let lag = h.snapshot().lag_seconds;
+        assert!((20..=21).contains(&lag), "{lag}: counted from the last word, not from the session's end");
+        assert!(h.snapshot().heard.is_none());
+    }
+
+    #[test]
+    fn a_session_that_ends_caught_up_on_a_live_link_was_current_until_its_end() {
+        let h = StatusHandle::new("a", "p", "refresh-and-persist");
+        h.update(|s| {
+            s.state = State::Persisting;
+            s.current_at = Instant::now() - Duration::from_secs(42);
+            s.heard = Some(Heard::new(Arc::new(Progress::new()), Duration::from_secs(5)));
+        });
+        h.session_ended();
+        h.update(|s| s.state = State::Backoff);
+        assert_eq!(h.snapshot().lag_seconds, 0);
+        // One that ends with changes not yet acknowledged was current at its last ack.
+        h.update(|s| {
+            s.state = State::Persisting;
+            s.lag_changes = 2;
+            s.current_at = Instant::now() - Duration::from_secs(42);
+        });
+        h.session_ended();
+        h.update(|s| s.state = State::Backoff);
+        assert_eq!(h.snapshot().lag_seconds, 42);
     }
 
     /// A cookie's text at `csn`, of a history of its own.

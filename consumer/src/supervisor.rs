@@ -188,11 +188,7 @@ impl Supervisor {
     /// Records how a session ended; `unreached` sessions in a row, this one included, did
     /// not get past the handshake.
     fn record_with(replica: &Replica, status: &StatusHandle, ended: &Ended, unreached: u32) {
-        // A session that ends caught up leaves a replica that was current until now.
-        let last = status.snapshot();
-        if last.state == crate::reason::State::Persisting && last.lag_changes == 0 {
-            status.mark_current();
-        }
+        status.session_ended();
         let entries = replica.len().unwrap_or(0);
         status.update(|s| s.entries = entries);
         if ended.refresh_complete {

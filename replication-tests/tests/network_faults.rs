@@ -156,6 +156,34 @@ fn a_black_hole_is_a_keepalive_timeout_once_the_silence_reaches_the_timeout() ->
     finish(&mut s)
 }
 
+/// A black-holed link shows in `lag_seconds` from the provider's last word: once the
+/// silence passes a live link's (the ping interval and a second) while the session still
+/// waits out its keepalive timeout, and on after the timeout ends the session. It read 0
+/// until the timeout, and then counted from the timeout, not from the last word.
+#[test]
+fn a_silent_link_is_stale_from_the_providers_last_word_before_and_after_the_timeout() -> Result<()> {
+    let timeout = 6;
+    let mut s = setup(
+        40,
+        agreement(
+            "idle_timeout = \"1m\"\nretry = [\"200ms forever\"]\n",
+            &format!("interval = \"1s\"\ntimeout = \"{timeout}s\""),
+        ),
+    )?;
+    s.proxy.set_fault(Fault::Stall);
+    s.consumer.wait_status("people", LIMIT, "stale while the session waits for the timeout", |x| {
+        x["state"] == "persisting" && x["lag_seconds"].as_u64() >= Some(2)
+    })?;
+    s.consumer.wait_status("people", LIMIT, "keepalive-timeout", |x| x["last_disconnect"] == "keepalive-timeout")?;
+    let st = s.consumer.agreement_status("people")?;
+    let lag = st["lag_seconds"].as_u64().unwrap_or(0);
+    assert!(lag >= timeout - 1, "lag {lag} s after a {timeout} s silence ended the session: {st}");
+    s.proxy.heal();
+    s.consumer
+        .wait_status("people", LIMIT, "current again", |x| x["state"] == "persisting" && x["lag_seconds"] == 0)?;
+    finish(&mut s)
+}
+
 /// A full refresh over a link slower than one batch per keepalive timeout completes, in
 /// one session: its batches are frames of 500 entries, each of which the link takes
 /// twice the timeout to carry, and every attempt used to end at the timeout, the
