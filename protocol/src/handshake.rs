@@ -124,9 +124,15 @@ pub enum HandshakeError {
          or something between us changed the handshake"
     )]
     BadProof,
-    /// The peer closed the connection cleanly before the handshake completed.
+    /// The peer closed the connection cleanly before the handshake completed; `heard`
+    /// whether a message of its had come first. A client that closes having sent
+    /// nothing at all is a port probe (a TCP health check, a load balancer, a scanner),
+    /// which a provider need not warn of.
     #[error("connection closed during the handshake")]
-    Closed,
+    Closed {
+        /// Whether the peer had sent a whole message.
+        heard: bool,
+    },
     /// The peer's first bytes cannot begin a Tether frame: something else is on the
     /// other end (a web or LDAP server, TLS on one side only).
     #[error("{0}")]
@@ -161,7 +167,7 @@ impl HandshakeError {
             HandshakeError::Timeout(_)
             | HandshakeError::Goodbye { .. }
             | HandshakeError::Unexpected { .. }
-            | HandshakeError::Closed
+            | HandshakeError::Closed { .. }
             | HandshakeError::Foreign(_)
             | HandshakeError::Wire(_)
             | HandshakeError::Auth(_) => false,
@@ -242,7 +248,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
         match timeout_at(self.deadline, self.reader.recv()).await {
             Err(_) => Err(HandshakeError::Timeout(self.limit)),
             Ok(Err(err)) => Err(self.stranger(&err).map_or_else(|| err.into(), HandshakeError::Foreign)),
-            Ok(Ok(None)) => Err(HandshakeError::Closed),
+            Ok(Ok(None)) => Err(HandshakeError::Closed { heard: self.received }),
             Ok(Ok(Some(msg))) => {
                 self.received = true;
                 Ok(msg)

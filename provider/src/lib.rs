@@ -18,7 +18,8 @@
 //! - [`registry`]: live sessions, for status and revocation.
 //! - [`server`]: accept loop, connection limit, TLS, handshake, authorization;
 //!   [`handshakes`]: those under way, whose slots a connection over the limit takes;
-//!   [`throttle`]: the warnings a stranger can cause there, one a second.
+//!   [`throttle`]: the warnings a stranger can cause there, one a second; [`probe`]:
+//!   connections that close having sent nothing, which are not warned of.
 //! - [`tls`]: the TLS configurations built from `[tls]`; [`validity`]: whether the
 //!   certificate in them has expired, which rustls does not check of one's own.
 //! - [`control`], [`status`]: the operator's view.
@@ -34,6 +35,7 @@ pub mod handshakes;
 pub mod input;
 pub mod load;
 pub mod outbound;
+pub mod probe;
 pub mod refresh;
 pub mod registry;
 pub mod server;

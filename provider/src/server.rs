@@ -8,6 +8,7 @@
 //! its peer and reason, and touches nothing else.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::handshakes::Handshakes;
+use crate::probe::{self, Watched};
 use crate::registry::{rfc3339, Registry, SessionInfo};
 use crate::session::{self, ConsumerRequest, SessionEnd, SessionParams};
 use crate::session_ids::SessionIds;
@@ -315,6 +317,10 @@ impl Server {
                 );
                 return;
             }
+            Err(HandshakeError::Closed { heard: false }) => {
+                debug!("{}", probe::PROBE);
+                return;
+            }
             Err(e) => {
                 throttled_warn!(self.noise, kind = &noise_kind(&e), "handshake failed", error = %e);
                 return;
@@ -438,10 +444,15 @@ impl Server {
             return Some((reader, writer, false));
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let (stream, heard) = Watched::new(stream);
         match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let (reader, writer) = connection::boxed(stream);
                 Some((reader, writer, true))
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && !heard.load(Ordering::Relaxed) => {
+                debug!("{}", probe::PROBE);
+                None
             }
             // A client gone before the handshake's end (stopping, or a probe that only
             // connects) is said in words rather than as rustls' "tls handshake eof".

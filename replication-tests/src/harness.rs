@@ -119,6 +119,20 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Connects to `port` on 127.0.0.1, sends `bytes` (none: a TCP health check's probe),
+/// closes its side and reads until the server has closed its own, so the server has
+/// handled the connection (and logged what it makes of it) when this returns.
+pub fn probe_port(port: u16, bytes: &[u8]) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(bytes)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    Ok(())
+}
+
 /// Polls `cond` every [`POLL`] until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
     let start = Instant::now();
