@@ -427,8 +427,16 @@ pub async fn run(config_path: &Path) -> Result<()> {
     info!(agreements = config.agreements.len(), "consumer running");
     tether_config::output::announce("consumer running");
 
+    // The store's failure closes every agreement, each with a warning of its own; the
+    // process says it once at ERROR, as the provider does, naming the way on, so an
+    // alert on the log's errors sees it.
+    let mut failure_told = false;
     loop {
         tokio::select! {
+            failure = store.failure().failed(), if !failure_told => {
+                failure_told = true;
+                error!("{}", store_failed(&failure));
+            }
             sig = signals.next() => match sig {
                 Signal::Shutdown(name) => {
                     info!("{name}: shutting down");

@@ -134,6 +134,12 @@ fn a_consumer_whose_store_fails_stops_its_agreements_and_a_restart_resumes() -> 
     let status = c.status()?;
     let failure = status["store_error"].as_str().unwrap_or_default().to_owned();
     assert!(failure.contains("File too large"), "status names the store's failure: {status}");
+    // The process says it once at ERROR, with the way on, for an alert on the log's errors.
+    wait_until(LIMIT, "the store's failure at ERROR", || {
+        Ok(c.log_text()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("the store failed") && l.contains("restart the consumer")))
+    })?;
     // What sled still serves from its cache may never have reached the disk, and the
     // replica follows its provider no more: a search is refused, naming the way to read
     // what the disk holds.
