@@ -17,6 +17,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::shell::LogFormat;
+
 /// How many lines wait for the writer before new ones are dropped: a few seconds of a
 /// busy server's `debug` output, about two megabytes at most.
 pub const QUEUE_LINES: usize = 10_000;
@@ -59,11 +61,11 @@ static PIPE: OnceLock<Pipe> = OnceLock::new();
 
 /// Starts the writer thread of this process (once; later calls reuse it) and returns
 /// what the log formatter writes to.
-pub fn start() -> io::Result<Writers> {
+pub fn start(format: LogFormat) -> io::Result<Writers> {
     if PIPE.get().is_none() {
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         // Lives as long as the process: the exits drain it ([`drain`]).
-        std::thread::Builder::new().name("log-writer".into()).spawn(move || write_lines(rx, io::stderr()))?;
+        std::thread::Builder::new().name("log-writer".into()).spawn(move || write_lines(rx, io::stderr(), format))?;
         let _ = PIPE.set(Pipe { lines: tx, dropped: AtomicU64::new(0) });
     }
     Ok(Writers)
@@ -71,12 +73,12 @@ pub fn start() -> io::Result<Writers> {
 
 /// The writer thread: each line as it comes, write errors ignored (nobody is left to
 /// tell of them but the reader that failed).
-fn write_lines(rx: Receiver<Message>, mut out: impl Write) {
+fn write_lines(rx: Receiver<Message>, mut out: impl Write, format: LogFormat) {
     while let Ok(message) = rx.recv() {
         match message {
             Message::Line { dropped, line } => {
                 if dropped > 0 {
-                    let _ = writeln!(out, "[{dropped} log lines dropped: standard error was not read fast enough]");
+                    let _ = out.write_all(dropped_note(dropped, format).as_bytes());
                 }
                 let _ = out.write_all(&line);
             }
@@ -84,6 +86,21 @@ fn write_lines(rx: Receiver<Message>, mut out: impl Write) {
                 let _ = out.flush();
                 let _ = done.send(());
             }
+        }
+    }
+}
+
+/// The line that says `dropped` lines were lost, in the form of the others: a log
+/// shipper reading JSON lines would take a line of text for damage.
+fn dropped_note(dropped: u64, format: LogFormat) -> String {
+    const WHY: &str = "standard error was not read fast enough";
+    match format {
+        LogFormat::Text => format!("[{dropped} log lines dropped: {WHY}]\n"),
+        LogFormat::Json => {
+            let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+            format!(
+                "{{\"timestamp\":\"{now}\",\"level\":\"WARN\",\"message\":\"{dropped} log lines dropped: {WHY}\",\"dropped\":{dropped}}}\n"
+            )
         }
     }
 }
@@ -194,7 +211,7 @@ mod tests {
         pipe.lines.send(Message::Drained(done_tx)).unwrap();
         drop(pipe);
         let mut out = Vec::new();
-        write_lines(rx, &mut out);
+        write_lines(rx, &mut out, LogFormat::Text);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "[2 log lines dropped: standard error was not read fast enough]\nthird\n"
@@ -207,7 +224,7 @@ mod tests {
         let (done_tx, done) = mpsc::sync_channel(1);
         tx.send(Message::Drained(done_tx)).unwrap();
         drop(tx);
-        write_lines(rx, Gone);
+        write_lines(rx, Gone, LogFormat::Text);
         assert_eq!(done.try_recv(), Ok(()));
     }
 
@@ -244,6 +261,29 @@ mod tests {
         writer.join().unwrap();
     }
 
+    /// With JSON lines the notice is a JSON line too, a warning a shipper can parse.
+    #[test]
+    fn lines_dropped_are_said_as_json_among_json_lines() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let pipe = Pipe { lines: tx, dropped: AtomicU64::new(0) };
+        pipe.queue(b"{\"message\":\"first\"}\n".to_vec());
+        pipe.queue(b"{\"message\":\"lost\"}\n".to_vec());
+        pipe.queue(b"{\"message\":\"lost\"}\n".to_vec());
+        let Ok(Message::Line { dropped: 0, .. }) = rx.try_recv() else { panic!("the first line") };
+        pipe.queue(b"{\"message\":\"second\"}\n".to_vec());
+        drop(pipe);
+        let mut out = Vec::new();
+        write_lines(rx, &mut out, LogFormat::Json);
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["dropped"], 2);
+        assert!(lines[0]["message"].as_str().unwrap().contains("2 log lines dropped"));
+        assert!(lines[0]["timestamp"].is_string());
+        assert_eq!(lines[1]["message"], "second");
+    }
+
     /// One line dropped is said too: the notice stands for any gap, one line or many.
     #[test]
     fn a_single_line_dropped_is_said() {
@@ -256,7 +296,7 @@ mod tests {
         pipe.queue(b"second\n".to_vec());
         drop(pipe);
         let mut out = Vec::new();
-        write_lines(rx, &mut out);
+        write_lines(rx, &mut out, LogFormat::Text);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "[1 log lines dropped: standard error was not read fast enough]\nsecond\n"

@@ -12,6 +12,32 @@ use crate::log_pipe;
 pub const LOG_ENV: &str = "TETHER_LOG";
 /// The log filter when [`LOG_ENV`] is unset or invalid.
 pub const DEFAULT_LOG: &str = "info";
+/// Environment variable choosing the log lines' form: `text` (the default) or `json`.
+pub const LOG_FORMAT_ENV: &str = "TETHER_LOG_FORMAT";
+
+/// The form of the log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: `2026-12-05T05:46:54Z  WARN agreement{agreement=people ...}: ...`,
+    /// whose values are not quoted and whose spans are not `key=value`, so a log
+    /// shipper cannot split them reliably.
+    Text,
+    /// One JSON object a line, for a log shipper: `timestamp`, `level`, `message`,
+    /// the event's fields beside them, and `spans`, the agreement's, the session's
+    /// and the connection's fields, outermost first.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json` (any case); `Err` names what was given.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "text" | "" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("{text:?} is not a log format (text or json)")),
+        }
+    }
+}
 
 /// Logs to stderr, filtered by [`LOG_ENV`], through the [`log_pipe`], so a reader of
 /// stderr that stalls or goes away costs log lines, never the server; colour only on a
@@ -27,16 +53,31 @@ pub fn init_logging() {
         },
         Err(_) => (tracing_subscriber::EnvFilter::new(DEFAULT_LOG), None),
     };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (format, bad_format) = match std::env::var(LOG_FORMAT_ENV) {
+        Ok(text) => LogFormat::parse(&text).map_or_else(|why| (LogFormat::Text, Some(why)), |f| (f, None)),
+        Err(_) => (LogFormat::Text, None),
+    };
+    let ansi = format == LogFormat::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_target(false);
     // Without a thread of its own (the system refused one), logging writes from the
     // task that logs, as it did before the log pipe: what it cannot write is dropped.
-    match log_pipe::start() {
-        Ok(writers) => builder.with_writer(writers).log_internal_errors(false).init(),
-        Err(_) => builder.with_writer(std::io::stderr).log_internal_errors(false).init(),
+    let pipe = log_pipe::start(format);
+    match (format, pipe) {
+        (LogFormat::Text, Ok(writers)) => builder.with_writer(writers).log_internal_errors(false).init(),
+        (LogFormat::Text, Err(_)) => builder.with_writer(std::io::stderr).log_internal_errors(false).init(),
+        (LogFormat::Json, pipe) => {
+            let json = builder.json().flatten_event(true).with_current_span(false).with_span_list(true);
+            match pipe {
+                Ok(writers) => json.with_writer(writers).log_internal_errors(false).init(),
+                Err(_) => json.with_writer(std::io::stderr).log_internal_errors(false).init(),
+            }
+        }
     }
     if let Some(why) = refused {
         tracing::warn!("{LOG_ENV} is not a log filter, logging at {DEFAULT_LOG:?} instead: {why}");
+    }
+    if let Some(why) = bad_format {
+        tracing::warn!("{LOG_FORMAT_ENV}: {why}; logging as text");
     }
 }
 
@@ -636,6 +677,15 @@ pub async fn serve_control<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_format_is_text_or_json_and_anything_else_is_named() {
+        assert_eq!(LogFormat::parse("json"), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::parse(" JSON "), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::parse("text"), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::parse(""), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::parse("logfmt"), Err("\"logfmt\" is not a log format (text or json)".to_owned()));
+    }
 
     /// A file or folder at the control socket's path is named, not taken for a changed
     /// `control`; a path with nothing there keeps the usual hint.

@@ -2396,3 +2396,33 @@ fn a_start_and_a_command_wait_out_a_command_reading_the_store() -> Result<()> {
     wait_converged(&p, &c, "people", PEOPLE)?;
     Ok(())
 }
+
+/// `TETHER_LOG_FORMAT=json` makes every log line one JSON object, for log shippers: the
+/// text form quotes no value and writes spans as `agreement{agreement=people ...}:`,
+/// which a logfmt parser splits wrongly. The agreement and session a line belongs to
+/// are in its `spans`.
+#[test]
+fn json_logs_are_one_object_a_line_naming_the_agreement_and_session() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, mut w) = provider_with(tmp.path(), 50, 43, ProviderOptions::default())?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    c.env.push(("TETHER_LOG_FORMAT".into(), "json".into()));
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    p.write_ok(&w.changes(5))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    c.stop()?;
+    let log = c.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not a JSON object: {l}")))
+        .collect::<Result<_>>()?;
+    assert!(lines.iter().all(|l| l["timestamp"].is_string() && l["level"].is_string() && l["message"].is_string()));
+    let connected =
+        lines.iter().find(|l| l["message"] == "connected").with_context(|| format!("no `connected` line in\n{log}"))?;
+    let spans = connected["spans"].as_array().context("spans")?;
+    assert!(spans.iter().any(|s| s["agreement"] == "people"), "{connected}");
+    assert!(spans.iter().any(|s| s["session"].is_u64()), "{connected}");
+    Ok(())
+}
