@@ -48,10 +48,12 @@ fn now() -> std::time::Instant {
 
 type SessionFuture<'a> = Pin<Box<dyn std::future::Future<Output = Ended> + Send + 'a>>;
 
-/// How many sessions in a row must fail to reach the provider before their ends are
-/// logged as warnings: one is a restart or a blip, three is the provider down, or
-/// unreachable, or refused (a certificate, a TLS setting).
-const UNREACHED_WARN: u32 = 3;
+/// How long sessions in a row must have failed to reach the provider before their ends
+/// are logged as warnings: a provider restarted (an upgrade, a setting that waits for a
+/// restart) is back within seconds, one down, unreachable or refused (a certificate, a
+/// TLS setting) stays so. Counted in attempts (three), a planned restart of 12 s wrote
+/// three warnings on every consumer, and an alert on warnings fired at each.
+const UNREACHED_WARN_AFTER: Duration = Duration::from_secs(30);
 
 impl Supervisor {
     /// Runs the agreement until shutdown.
@@ -71,9 +73,9 @@ impl Supervisor {
         let mut routine = false;
         // The delay of the last timer set, for the log.
         let mut waiting: Option<Duration> = None;
-        // Sessions in a row that ended before the handshake did (the provider down or
-        // unreachable, its certificate refused).
-        let mut unreached: u32 = 0;
+        // Since when sessions in a row have ended before the handshake did (the provider
+        // down or unreachable, its certificate refused): the first one's end.
+        let mut unreached_since: Option<std::time::Instant> = None;
         // The store's failure was handed to the state machine (once is enough: it is
         // latched for the process's life).
         let mut failure_told = false;
@@ -177,17 +179,17 @@ impl Supervisor {
                 routine = false;
             }
             if let Input::SessionEnded(ended) = &input {
-                unreached = if ended.connected { 0 } else { unreached.saturating_add(1) };
-                Self::record_with(replica, status, ended, unreached);
+                unreached_since = if ended.connected { None } else { unreached_since.or_else(|| Some(now())) };
+                Self::record_with(replica, status, ended, unreached_since.map(|since| now().duration_since(since)));
                 routine = ended.refresh_complete;
             }
             pending = machine.step(now(), input, self.jitter.sample());
         }
     }
 
-    /// Records how a session ended; `unreached` sessions in a row, this one included, did
-    /// not get past the handshake.
-    fn record_with(replica: &Replica, status: &StatusHandle, ended: &Ended, unreached: u32) {
+    /// Records how a session ended; `unreached_for` how long sessions in a row, this one
+    /// included, have not got past the handshake (from the first one's end).
+    fn record_with(replica: &Replica, status: &StatusHandle, ended: &Ended, unreached_for: Option<Duration>) {
         status.session_ended();
         let entries = replica.len().unwrap_or(0);
         status.update(|s| s.entries = entries);
@@ -196,7 +198,7 @@ impl Supervisor {
         }
         // A refusal (wrong secret, an agreement the provider does not know) or an
         // exception needs the operator: a warning, so a log filtered to warnings shows
-        // it. So does a provider not reached UNREACHED_WARN times in a row (down, or its
+        // it. So does a provider not reached for UNREACHED_WARN_AFTER (down, or its
         // certificate refused): a log filtered to warnings said nothing of an agreement
         // that never connected. The rest retries on its own, and is the network's or an
         // operator's doing.
@@ -204,7 +206,7 @@ impl Supervisor {
         // `provider said goodbye` line is a warning already: the monitoring table's
         // alert on a WARN `disconnected` missed it.
         let needs_operator = matches!(ended.reason, Reason::Rejected | Reason::Exception)
-            || (ended.reason == Reason::ConnectionLost && unreached >= UNREACHED_WARN)
+            || (ended.reason == Reason::ConnectionLost && unreached_for.is_some_and(|d| d >= UNREACHED_WARN_AFTER))
             || ended.goodbye.is_some_and(|g| g.awaits_operator());
         if needs_operator {
             warn!(session = ended.session, reason = ended.reason.as_str(), detail = %ended.detail, "disconnected");
