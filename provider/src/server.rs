@@ -295,7 +295,14 @@ impl Server {
         let session_id = self.session_ids.next().await;
         let grants = self.grants.read().unwrap_or_else(|p| p.into_inner()).clone();
         let (dir, params) = (self.dir.clone(), self.params);
-        let authorize = |hello: &Hello| authorize(&grants, &dir, hello, session_id, params.session);
+        // The configured agreement the client asked for, named by the warning if its
+        // handshake fails, so a search of the log by agreement finds its refusals (a
+        // name the configuration does not hold is a stranger's, quoted in the refusal).
+        let mut asked: Option<String> = None;
+        let authorize = |hello: &Hello| {
+            asked = configured_agreement(&grants, hello);
+            authorize(&grants, &dir, hello, session_id, params.session)
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         let handshake = server_handshake(&mut reader, &mut writer, left, authorize);
         let Some(handshake) = unless_taken(&taken, handshake).await else {
@@ -322,7 +329,12 @@ impl Server {
                 return;
             }
             Err(e) => {
-                throttled_warn!(self.noise, kind = &noise_kind(&e), "handshake failed", error = %e);
+                match &asked {
+                    Some(agreement) => {
+                        throttled_warn!(self.noise, kind = &noise_kind(&e), "handshake failed", agreement = %agreement, error = %e)
+                    }
+                    None => throttled_warn!(self.noise, kind = &noise_kind(&e), "handshake failed", error = %e),
+                }
                 return;
             }
         };
@@ -499,6 +511,15 @@ async fn refuse<W: tokio::io::AsyncWrite + Unpin>(writer: &mut MessageWriter<W>,
 }
 
 /// Decides whether `hello` may proceed, and with which secret.
+/// The agreement of the configuration `hello` asks for (`writer` for a writer), if the
+/// configuration holds it.
+fn configured_agreement(grants: &Grants, hello: &Hello) -> Option<String> {
+    match &hello.role {
+        Role::Consumer { agreement, .. } => grants.agreements.contains_key(agreement).then(|| agreement.clone()),
+        Role::Writer => Some("writer".to_owned()),
+    }
+}
+
 fn authorize(
     grants: &Grants,
     dir: &Directory,

@@ -907,6 +907,26 @@ fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
     }
     let wrong = bad.agreement_status("people")?;
     assert!(wrong["last_error"].as_str().is_some_and(|e| e.contains("must hold the same bytes")), "{wrong}");
+    // The provider's warnings name the configured agreement as a field, so a search of
+    // its log by agreement finds them; a made-up name is only quoted in the refusal.
+    let warned =
+        |reason: &str| p.log_text().lines().filter(|l| l.contains("handshake failed") && l.contains(reason)).count();
+    wait_until(CONVERGE, "the provider's warnings", || {
+        Ok(warned("bad-credentials") > 0 && warned("scope-not-allowed") > 0)
+    })?;
+    let said = p.log_text();
+    for (agreement, reason) in [("people", "bad-credentials"), ("narrow", "scope-not-allowed")] {
+        assert!(
+            said.lines().any(|l| l.contains("handshake failed")
+                && l.contains(reason)
+                && l.contains(&format!("agreement={agreement} "))),
+            "{reason} names agreement={agreement}:\n{said}"
+        );
+    }
+    assert!(
+        said.lines().filter(|l| l.contains("unknown-agreement")).all(|l| !l.contains("agreement=nosuch")),
+        "{said}"
+    );
     // A writer whose secret file changed without a reload: refused, and told where to look.
     let writer_key = p.dir.join("secrets/writer.key");
     let key = std::fs::read(&writer_key)?;
