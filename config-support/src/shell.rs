@@ -39,11 +39,20 @@ impl LogFormat {
     }
 }
 
+/// When this process started (its logging did, the first thing `main` does): `status`
+/// shows it as `started_at`, since every counter there counts from it, and a monitor
+/// that sees them fall must tell a restart from a fault.
+pub fn started_at() -> std::time::SystemTime {
+    static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::SystemTime::now)
+}
+
 /// Logs to stderr, filtered by [`LOG_ENV`], through the [`log_pipe`], so a reader of
 /// stderr that stalls or goes away costs log lines, never the server; colour only on a
 /// terminal, so logs written to files stay greppable. The process must [`end_logging`]
 /// before it exits, or its last lines may be lost.
 pub fn init_logging() {
+    started_at();
     // Unset is the default; set but unreadable is an operator's typo, said once it can
     // be (the logger is what would say it), rather than run quietly at the default.
     let (filter, refused) = match std::env::var(LOG_ENV) {

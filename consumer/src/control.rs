@@ -382,6 +382,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlEr
             let agreements = ctx.agreements.lock().await;
             let status = ConsumerStatus {
                 running: true,
+                started_at: humantime::format_rfc3339_seconds(tether_config::shell::started_at()).to_string(),
                 consumer_id: ctx.consumer_id.clone(),
                 store_error: ctx.store.failure().latched(),
                 trees_to_free: ctx.store.trees_to_free(),

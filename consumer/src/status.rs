@@ -347,6 +347,10 @@ pub struct ConsumerStatus {
     /// Always `true` here: the process answered. While it is not running, `status`
     /// prints an [`OfflineStatus`] instead.
     pub running: bool,
+    /// When this process started (RFC 3339): every agreement's counters (`applied`,
+    /// `reconnects`, `disconnects`, `refreshes`) and `lag_seconds`' reckoning count from
+    /// it, so a monitor that sees them fall can tell a restart.
+    pub started_at: String,
     /// The id this consumer gives providers: the `CONSUMER` column of their status,
     /// which tells this process's sessions and positions from another's.
     pub consumer_id: String,
@@ -573,7 +577,14 @@ mod tests {
 
     /// A running consumer's status of `agreements`.
     fn of(agreements: Vec<AgreementStatus>) -> ConsumerStatus {
-        ConsumerStatus { running: true, consumer_id: String::new(), store_error: None, trees_to_free: 0, agreements }
+        ConsumerStatus {
+            running: true,
+            started_at: String::new(),
+            consumer_id: String::new(),
+            store_error: None,
+            trees_to_free: 0,
+            agreements,
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct ProviderStatus {
     /// Whether the provider answered: `false` when `status` read a stopped provider's
     /// store itself (no sessions then), so a script can tell the two apart.
     pub running: bool,
+    /// When the running provider started (RFC 3339; `null` when it is not running):
+    /// its sessions, and the consumers' counters, begin there.
+    pub started_at: Option<String>,
     /// The store's identity.
     pub store_id: String,
     /// The history the provider's cookies name now: a new one at each start (see
@@ -137,6 +140,7 @@ impl ProviderStatus {
         consumers.sort_by(|a, b| (a.csn, &a.agreement, &a.client).cmp(&(b.csn, &b.agreement, &b.client)));
         Ok(Self {
             running,
+            started_at: running.then(|| crate::registry::rfc3339(tether_config::shell::started_at())),
             store_id: dir.store_id().to_string(),
             history: dir.history().to_string(),
             csn: durable.0,
@@ -249,6 +253,7 @@ mod tests {
     fn the_table_stays_in_line_with_an_ipv6_peer_and_a_long_agreement_name() {
         let status = ProviderStatus {
             running: true,
+            started_at: Some("2026-12-05T05:00:00Z".into()),
             store_id: "s".into(),
             history: "h".into(),
             csn: 1,
@@ -276,6 +281,7 @@ mod tests {
     fn a_stopped_providers_table_says_it_has_no_sessions() {
         let status = ProviderStatus {
             running: false,
+            started_at: None,
             store_id: "s".into(),
             history: "h".into(),
             csn: 3,
@@ -290,6 +296,7 @@ mod tests {
         assert!(text.contains("(provider not running: no sessions)") && !text.contains("PEER"), "{text}");
         let status = ProviderStatus {
             running: true,
+            started_at: Some("2026-12-05T05:00:00Z".into()),
             changelog: ChangelogStatus { oldest: Some(4), newest: Some(9), floor: 3 },
             ..status
         };

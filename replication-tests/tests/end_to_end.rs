@@ -2446,3 +2446,33 @@ fn json_logs_are_one_object_a_line_naming_the_agreement_and_session() -> Result<
     assert!(spans.iter().any(|s| s["session"].is_u64()), "{connected}");
     Ok(())
 }
+
+/// Both statuses say when their process started (`started_at`, RFC 3339), since every
+/// counter there counts from it and a monitor must tell a restart from a fault; a
+/// stopped provider's status, read from its store, has none.
+#[test]
+fn status_says_when_each_process_started() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let whole_second = || -> Result<std::time::SystemTime> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        Ok(std::time::UNIX_EPOCH + Duration::from_secs(now.as_secs()))
+    };
+    let started = |status: &serde_json::Value| -> Result<std::time::SystemTime> {
+        let at = status["started_at"].as_str().with_context(|| format!("no started_at in {status}"))?;
+        Ok(humantime::parse_rfc3339(at)?)
+    };
+    let before = whole_second()?;
+    let (mut p, _w) = provider_with(tmp.path(), 20, 44, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    let (provider_at, consumer_at) = (started(&p.status()?)?, started(&c.status()?)?);
+    assert!(before <= provider_at && provider_at <= consumer_at, "{provider_at:?} {consumer_at:?}");
+    assert!(consumer_at <= std::time::SystemTime::now());
+    c.stop()?;
+    let again = whole_second()?;
+    c.start()?;
+    let restarted = started(&c.status()?)?;
+    assert!(again <= restarted && restarted >= consumer_at, "a restart starts the count again: {restarted:?}");
+    p.stop()?;
+    assert_eq!(p.status()?["started_at"], serde_json::Value::Null);
+    Ok(())
+}
