@@ -284,6 +284,29 @@ mod tests {
         assert_eq!(lines[1]["message"], "second");
     }
 
+    /// A drain whose mark is queued waits for the writer's answer until its deadline, not
+    /// less: a writer slow to write the lines before the mark still gets them out. Here
+    /// the mark is never taken, and nothing answers.
+    #[test]
+    fn a_drain_waits_for_the_answer_until_its_deadline() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let pipe = Pipe { lines: tx, dropped: AtomicU64::new(0) };
+        let (begun, wait) = (Instant::now(), Duration::from_millis(200));
+        drain_pipe(&pipe, begun + wait, || panic!("the queue had room"));
+        assert!(begun.elapsed() >= wait, "returned after {:?}", begun.elapsed());
+        let Ok(Message::Drained(_)) = rx.try_recv() else { panic!("the mark was queued") };
+    }
+
+    /// A drain past its deadline gives up on a queue that stays full (a reader that
+    /// stopped): the process exits without its last lines rather than not at all.
+    #[test]
+    fn a_drain_past_its_deadline_gives_up_on_a_full_queue() {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let pipe = Pipe { lines: tx, dropped: AtomicU64::new(0) };
+        pipe.queue(b"last\n".to_vec());
+        drain_pipe(&pipe, Instant::now(), || panic!("tried again past its deadline"));
+    }
+
     /// One line dropped is said too: the notice stands for any gap, one line or many.
     #[test]
     fn a_single_line_dropped_is_said() {

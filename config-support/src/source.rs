@@ -1107,6 +1107,38 @@ mod tests {
         assert!(!e.contains("out of open files"), "a missing file is the file's fault: {e}");
     }
 
+    /// A secret that cannot be opened for want of open files says the process is out of
+    /// them. Run in a child process of this test binary, which lowers its open files
+    /// limit and uses it up.
+    #[test]
+    fn a_secret_unopened_for_want_of_open_files_says_the_process_is_out_of_them() {
+        if let Some(path) = std::env::var_os("TETHER_OUT_OF_FILES_CHILD") {
+            use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+            setrlimit(Resource::Nofile, Rlimit { current: Some(64), maximum: getrlimit(Resource::Nofile).maximum })
+                .unwrap();
+            let mut held = Vec::new();
+            while let Ok(file) = File::open("/dev/null") {
+                held.push(file);
+            }
+            let e = load_secret(Path::new(&path)).unwrap_err().to_string();
+            drop(held);
+            assert!(e.contains("cannot read secret file: ") && e.contains("the process is out of open files"), "{e}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_secret(&dir, "s.key", b"a secret of enough length\n");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "source::tests::a_secret_unopened_for_want_of_open_files_says_the_process_is_out_of_them",
+            ])
+            .env("TETHER_OUT_OF_FILES_CHILD", &path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && said.contains("1 passed"), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Open files running out is said to be the process's or the machine's, not the
     /// file's; other errors are left as they are.
     #[test]

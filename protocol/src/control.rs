@@ -1004,6 +1004,45 @@ mod tests {
         assert_eq!(unreachable_hint(&file, &other), "", "only the kernel's refusal is explained");
     }
 
+    /// A command the kernel refuses its socket says why in the error it prints: a socket
+    /// it may not write to, or a folder it cannot enter. Root is refused nothing, so the
+    /// command is a child process of this test binary, which root starts without its
+    /// capabilities.
+    #[tokio::test]
+    async fn a_connection_the_kernel_refuses_says_why_in_the_error() {
+        let name = "control::tests::a_connection_the_kernel_refuses_says_why_in_the_error";
+        if let Some(dir) = std::env::var_os("TETHER_REFUSED_CONNECT_CHILD") {
+            let dir = Path::new(&dir);
+            let cases =
+                [(dir.join("closed.sock"), "the socket belongs to user id"), (dir.join("shut/x.sock"), "cannot enter")];
+            for (path, says) in cases {
+                let err =
+                    call_at(&path, Process::Provider, &ControlRequest::Reload, &mut Vec::new()).await.unwrap_err();
+                let shown = err.to_string();
+                assert!(shown.contains("Permission denied") && shown.contains(says), "{shown}");
+            }
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, shut) = (dir.path().join("closed.sock"), dir.path().join("shut"));
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o000)).unwrap();
+        std::fs::create_dir(&shut).unwrap();
+        std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut child = if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--bounding-set=-all", "--inh-caps=-all"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        };
+        let out = child.args(["--exact", name]).env("TETHER_REFUSED_CONNECT_CHILD", dir.path()).output().unwrap();
+        std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && said.contains("1 passed"), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     #[test]
     fn an_accept_out_of_files_says_what_it_means_and_what_to_do() {
         let said = accept_failure(&std::io::Error::from_raw_os_error(24));

@@ -462,6 +462,33 @@ mod tests {
         assert!(received.iter().all(|name| *name != "write-request"), "sent to the old provider: {received:?}");
     }
 
+    /// A provider that takes the connection and says nothing (stopped with SIGSTOP: the
+    /// kernel still takes connections into its backlog) is said to be connected and
+    /// silent once the handshake's time is up; one that stops answering after it, to
+    /// have sent no answer in that time. The clock is paused, and runs on when idle.
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_does_not_answer_is_said_to_have_been_waited_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (listener, port, config, ldif) = setup(tmp.path()).await;
+        // Holds the connection, reading what comes, until the writer leaves.
+        let stopped = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut Vec::new()).await;
+            listener
+        });
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
+        let shown = format!("{err:#}");
+        let said = "(the connection was made, but the provider did not answer: stopped (SIGSTOP)";
+        assert!(shown.contains(&format!("handshake with 127.0.0.1:{port} {said}")), "{shown}");
+
+        // Past the handshake, no answer to the first record.
+        let silent = tokio::spawn(older_provider(stopped.await.unwrap(), 2));
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Optional).await.unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains("no answer from the provider within 30s (stopped with SIGSTOP"), "{shown}");
+        assert_eq!(silent.await.unwrap(), ["write-request"]);
+    }
+
     /// A writer secret that cannot be read is named as a start names it, with the file
     /// and the key that points to it (it named the secret's path alone).
     #[tokio::test]

@@ -515,6 +515,34 @@ mod tests {
         assert_eq!(dir.unfinished_load().unwrap(), None, "finished");
     }
 
+    /// A file changed while it was written, so that an entry listed before its parent
+    /// finds the parent gone, fails the load after batches went in: the store keeps its
+    /// mark, as for a load cut short, since it holds part of a file.
+    #[test]
+    fn a_load_failing_on_a_file_changed_under_it_keeps_its_mark() {
+        use std::fmt::Write as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(&tmp.path().join("store"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let mut text = String::from("dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\n");
+        text += "dn: ou=x,ou=late,dc=example,dc=com\nobjectClass: organizationalUnit\nou: x\n\n";
+        for i in 0..LOAD_BATCH + 500 {
+            let _ = write!(text, "dn: ou=f{i},dc=example,dc=com\nobjectClass: organizationalUnit\nou: f{i}\n\n");
+        }
+        text += "dn: ou=late,dc=example,dc=com\nobjectClass: organizationalUnit\nou: late\n";
+        let file = tmp.path().join("changing.ldif");
+        std::fs::write(&file, &text).unwrap();
+        let input = Input::open(&file).unwrap();
+        // Once a batch is in, the parent is renamed in place, far past what was read.
+        let changed = text.replace("dn: ou=late,", "dn: ou=lat2,").replace("ou: late", "ou: lat2");
+        let err = load_watched(&dir, &input, Existing::Refuse, &AtomicBool::new(false), &mut |_| {
+            std::fs::write(&file, &changed).unwrap();
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("its parent was not in the file any more"), "{err}");
+        let cut = dir.unfinished_load().unwrap().expect("a load that failed after writing is marked");
+        assert_eq!(cut.file, input.shown());
+    }
+
     /// A file that lists entries before their parent (slapcat's output after an entry
     /// was moved under a newer one) loads whole, each entry written once its parent is,
     /// with only those entries held: the sample reversed, then a chain held behind its

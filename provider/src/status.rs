@@ -304,6 +304,31 @@ mod tests {
         assert!(text.contains("changelog 4..9  delta from 3") && text.contains("PEER"), "{text}");
     }
 
+    /// A load that did not finish is said in the text with its file and when it began
+    /// (kept in milliseconds, shown in seconds), whether or not the provider runs.
+    #[test]
+    fn a_load_that_did_not_finish_is_said_with_its_file_and_when_it_began() {
+        let began_ms = 1_764_892_800_123;
+        let load = UnfinishedLoadStatus::of(&tether_store::UnfinishedLoad { file: "people.ldif".into(), began_ms });
+        assert_eq!(load.began, "2025-12-05T00:00:00Z");
+        let status = ProviderStatus {
+            running: false,
+            started_at: None,
+            store_id: "s".into(),
+            history: "h".into(),
+            csn: 3,
+            entries: 3,
+            changelog: ChangelogStatus { oldest: None, newest: None, floor: 3 },
+            sessions: Vec::new(),
+            unfinished_load: Some(load),
+            consumers: Vec::new(),
+        };
+        let said = "the load of people.ldif begun at 2025-12-05T00:00:00Z did not finish: `serve` refuses this store";
+        assert!(status.to_text().contains(said), "{}", status.to_text());
+        let status = ProviderStatus { running: true, started_at: Some("2025-12-05T00:00:01Z".into()), ..status };
+        assert!(status.to_text().contains(said), "{}", status.to_text());
+    }
+
     /// The store's consumer positions are listed whether or not their consumer is
     /// connected, oldest first, with their lag and whether a session of theirs is open.
     #[test]

@@ -1061,8 +1061,12 @@ fn a_load_killed_while_it_writes_is_not_served_until_a_load_finishes() -> Result
     assert_eq!(offline["unfinished_load"]["file"], shown, "{offline}");
     let err = refused("tether-provider", "serve", &p.config, &[])?;
     assert!(err.contains("the store holds a load that did not finish") && err.contains(shown), "{err}");
-    assert!(err.contains(&format!("--skip-existing {shown}")) && err.contains("--skip-existing /dev/null"), "{err}");
-    assert_eq!(p.status()?["entries"].as_u64(), Some(held), "the refused start changed nothing");
+    // Commands to copy, with this provider's file.
+    let load = format!("`tether-provider load -c {} --skip-existing", p.config.display());
+    assert!(err.contains(&format!("{load} {shown}`")) && err.contains(&format!("{load} /dev/null`")), "{err}");
+    let after = p.status()?;
+    let kept = |s: &serde_json::Value| (s["entries"].clone(), s["history"].clone());
+    assert_eq!(kept(&after), kept(&offline), "the refused start changed nothing (nor began a history)");
 
     let (mut rerun, _) =
         run_cli("tether-provider", "load", &p.config, &["--skip-existing", shown], std::process::Stdio::null())?;
@@ -1115,7 +1119,9 @@ fn a_consumer_cloned_with_its_host_is_warned_of_and_a_restart_is_not() -> Result
     let log = p.log_text();
     let warned: Vec<&str> = log.lines().filter(|l| l.contains(warning)).collect();
     assert!(!warned.is_empty() && warned.iter().all(|l| l.contains(" WARN ") && l.contains(&id)), "{log}");
-    assert!(warned.iter().any(|l| l.contains("::1") || l.contains("::ffff:127.0.0.1")), "names the other: {log}");
+    // The session connecting (its span) and the other one open (by id and address).
+    let both = |l: &&str| l.contains("open=session ") && l.contains("[::1]:") && l.contains("[::ffff:127.0.0.1]:");
+    assert!(warned.iter().any(both), "names the other: {log}");
     Ok(())
 }
 
@@ -1694,6 +1700,38 @@ fn too_low_an_open_files_limit_is_named_not_a_panic() -> Result<()> {
             );
             assert!(!stderr.contains("panicked"), "{binary} {verb} at {limit}: {stderr}");
         }
+    }
+    Ok(())
+}
+
+/// Under a limit on the user's threads too low for the threads a process needs (`ulimit
+/// -u`, systemd's `TasksMax=`), a command and a server say so and exit 1: tokio panicked
+/// starting its workers and hung in the unwinding. Root is not held to that limit, so
+/// root runs them as nobody (whose threads it counts).
+#[test]
+fn too_low_a_thread_limit_is_named_not_a_hang() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0;
+    for (binary, verb) in [("tether-provider", "status"), ("tether-provider", "serve"), ("tether-consumer", "status")] {
+        let mut command = std::process::Command::new(if root { "setpriv" } else { "prlimit" });
+        if root {
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "prlimit"]);
+        }
+        let mut child = command
+            .args(["--nproc=4", "--"])
+            .arg(replication_tests::harness::bin(binary)?)
+            .args([verb, "-c"])
+            .arg(&p.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let status = replication_tests::harness::wait_exit(&mut child, Duration::from_secs(30))?;
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut stderr)?;
+        assert_eq!(status.code(), Some(1), "{binary} {verb}: {stderr}");
+        assert!(stderr.contains(&format!("{binary}: cannot start the ")), "{binary} {verb}: {stderr}");
+        assert!(stderr.contains("threads it needs") && stderr.contains("TasksMax="), "{binary} {verb}: {stderr}");
     }
     Ok(())
 }

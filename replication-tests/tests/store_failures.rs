@@ -373,6 +373,10 @@ fn a_load_whose_store_fails_writing_a_large_value_exits_and_a_rerun_finishes_it(
     assert!(cut["unfinished_load"]["file"].as_str().is_some_and(|f| f.ends_with("people.ldif")), "{cut}");
 
     p.file_size_limit = None;
+    // Nor is it served: the refusal says what the store holds.
+    let err = p.start().expect_err("serve refuses a load that did not finish").to_string();
+    assert!(err.contains(&format!("the load of {} begun at", people.display())), "{err}");
+    assert!(err.contains(&format!(", {held} entries in all")), "{err}");
     let said = {
         let mut rerun = p.spawn_load(&people, &["--skip-existing"])?;
         let status = wait_exit(&mut rerun, LIMIT)?;

@@ -1172,10 +1172,11 @@ mod tests {
         }
         let path = Path::new("/srv/provider/data");
         // As sled's `.unwrap()` and tokio's `{}` print them: EAGAIN, then ENOMEM.
-        let refusals: [Box<dyn Fn() -> u32>; 3] = [
+        let refusals: [Box<dyn Fn() -> u32>; 4] = [
             Box::new(|| spawned(11).unwrap()),
             Box::new(|| spawned(12).unwrap()),
             Box::new(|| panic!("OS can't spawn worker thread: {}", std::io::Error::from_raw_os_error(11))),
+            Box::new(|| panic!("OS can't spawn worker thread: {}", std::io::Error::from_raw_os_error(12))),
         ];
         for refused in refusals {
             let err = guard_recovery(path, refused).unwrap_err();
@@ -1211,6 +1212,42 @@ mod tests {
         assert!(child.status.success(), "{stderr}");
         assert!(stderr.contains("a panic elsewhere"), "other panics still reach the hook: {stderr}");
         assert!(!stderr.contains("caught in recovery"), "{stderr}");
+    }
+
+    /// A load's mark is on disk once `begin_load` returns, and its clearing once
+    /// `end_load` does: a process killed right after either (here, exiting without
+    /// dropping the store, so sled neither flushes nor closes it) leaves what it said.
+    /// Run in a child process of this test binary.
+    #[test]
+    fn a_load_mark_and_its_clearing_outlive_a_process_killed_right_after() {
+        let base = Dn::parse("dc=example,dc=com").unwrap();
+        if let Some(path) = std::env::var_os("TETHER_LOAD_MARK_CHILD") {
+            let d = Directory::open(Path::new(&path), &base).unwrap();
+            d.begin_load("people.ldif").unwrap();
+            if std::env::var_os("TETHER_LOAD_MARK_END").is_some() {
+                d.end_load().unwrap();
+            }
+            std::process::exit(0);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        drop(Directory::open(tmp.path(), &base).unwrap());
+        for end in [false, true] {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+            child
+                .args([
+                    "--exact",
+                    "directory::tests::a_load_mark_and_its_clearing_outlive_a_process_killed_right_after",
+                ])
+                .env("TETHER_LOAD_MARK_CHILD", tmp.path());
+            if end {
+                child.env("TETHER_LOAD_MARK_END", "1");
+            }
+            let out = child.output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let d = Directory::open(tmp.path(), &base).unwrap();
+            let mark = d.unfinished_load().unwrap().map(|load| load.file);
+            assert_eq!(mark, (!end).then(|| "people.ldif".to_owned()), "ended: {end}");
+        }
     }
 
     /// A damaged snapshot file stops every open; the error names it, and moving it out,
