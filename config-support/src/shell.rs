@@ -248,9 +248,9 @@ pub async fn config_or_running<T>(
     drop(out);
     match answered {
         Ok(false) => return Err(error.into()),
-        // The other kind's socket: what the file says is wrong comes first, without
-        // claiming that the process asked for answered.
-        Err(call @ tether_protocol::control::ControlError::WrongProcess { .. }) => {
+        // What the file says is wrong comes first, without claiming that the process
+        // asked for answered.
+        Err(call) if !answered_by_process(&call) => {
             crate::say!("warning: {error}");
             return Err(call.into());
         }
@@ -269,6 +269,23 @@ pub async fn config_or_running<T>(
     );
     answered?;
     Ok(None)
+}
+
+/// Whether the process asked took part in the exchange that failed with `call` (it
+/// refused the request, or cut its reply short), so that a command may say the running
+/// process answered. Not so for a socket of the other kind, one this user may not reach,
+/// or a process that said nothing: as `nobody`, a secret file unreadable to it was
+/// warned of as "this is the status of the running tether-provider", and then the
+/// socket refused it.
+fn answered_by_process(call: &tether_protocol::control::ControlError) -> bool {
+    use tether_protocol::control::ControlError;
+    !matches!(
+        call,
+        ControlError::WrongProcess { .. }
+            | ControlError::Connect { .. }
+            | ControlError::NoAnswer(_)
+            | ControlError::Unanswered
+    )
 }
 
 /// Makes `data_dir` (creating it) for a store that is about to be opened, and keeps it
@@ -791,6 +808,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("key 'control': socket path ") && err.contains("Unix sockets allow at most 107"), "{err}");
+    }
+
+    /// A command whose file has an error says the running process answered only if it
+    /// took part: it refused the request or cut its reply short.
+    #[test]
+    fn only_a_process_that_took_part_is_said_to_have_answered() {
+        use tether_protocol::control::{ControlError, Process};
+        let refused = std::io::Error::from_raw_os_error(13);
+        let silent = [
+            ControlError::WrongProcess { path: "c.sock".into(), is: Process::Provider, wanted: Process::Consumer },
+            ControlError::Connect { path: "c.sock".into(), cause: refused, hint: String::new() },
+            ControlError::NoAnswer(std::time::Duration::from_secs(30)),
+            ControlError::Unanswered,
+        ];
+        for call in &silent {
+            assert!(!answered_by_process(call), "{call}");
+        }
+        for call in [ControlError::Remote("no agreement named \"x\"".into()), ControlError::Truncated] {
+            assert!(answered_by_process(&call), "{call}");
+        }
     }
 
     /// A folder for a new store is kept to its user; one holding a store already is
