@@ -1055,9 +1055,15 @@ impl Directory {
         Ok(forgotten)
     }
 
-    /// Flushes everything to disk (shutdown).
+    /// Flushes everything to disk (shutdown): the writes, and what else the store holds
+    /// unflushed (consumer positions, a trim's removals). With every write durable
+    /// already, the flush used to stop there, and a disk that filled while no write came
+    /// (sled's own background flush failing on those) went unnoticed: the provider
+    /// stopped with exit status 0, sled logging `failed to flush data to disk` as it
+    /// closed.
     pub fn flush(&self) -> Result<()> {
-        self.sync(self.durability.last_committed())
+        self.sync(self.durability.last_committed())?;
+        self.failure.flush(&self.db).map(drop)
     }
 }
 
