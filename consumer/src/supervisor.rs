@@ -222,3 +222,33 @@ impl Supervisor {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use tether_protocol::liveness::Progress;
+
+    use super::*;
+    use crate::status::Heard;
+
+    /// A session that ends caught up, its provider heard from to its end (a provider
+    /// restarted), leaves the replica current as of the end: `lag_seconds` reads 0 while
+    /// the agreement reconnects, not the time since the replica was last marked current.
+    #[test]
+    fn a_session_ended_caught_up_on_a_live_link_leaves_the_replica_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        let status = StatusHandle::new("people", "p", "refresh-and-persist");
+        status.update(|s| {
+            s.state = State::Persisting;
+            s.current_at = Instant::now() - Duration::from_secs(42);
+            s.heard = Some(Heard::new(Arc::new(Progress::new()), Duration::from_secs(5)));
+        });
+        Supervisor::record_with(&replica, &status, &Ended::new(Reason::ConnectionLost, "closed"), None);
+        status.update(|s| s.state = State::Backoff);
+        assert_eq!(status.snapshot().lag_seconds, 0);
+    }
+}

@@ -2514,3 +2514,63 @@ fn status_says_when_each_process_started() -> Result<()> {
     assert_eq!(p.status()?["started_at"], serde_json::Value::Null);
     Ok(())
 }
+
+/// `started_at` is when the process started, not when its status was first asked for:
+/// asked seconds into the run, it is no later than the process's first log line.
+#[test]
+fn started_at_is_the_processs_start_not_its_first_status() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let nobody = replication_tests::harness::free_port()?;
+    let agreement =
+        Agreement { extra: "retry = [\"1s forever\"]\n".into(), ..Agreement::persist("people", PEOPLE, "s") };
+    let mut c = Consumer::configure(&tmp.path().join("c"), nobody, &[agreement])?;
+    c.start()?;
+    let at = |line: &str| -> Result<std::time::SystemTime> {
+        Ok(humantime::parse_rfc3339(line.split_whitespace().next().context("a timestamp")?)?)
+    };
+    let first = c.log_text().lines().find_map(|l| at(l).ok()).context("a first log line")?;
+    // Attempts a second apart, until two seconds of the run have passed by the log's clock.
+    wait_until(CONVERGE, "two seconds of attempts", || {
+        let log = c.log_text();
+        let last = log.lines().rfind(|l| l.contains(" disconnected ")).map(at).transpose()?;
+        Ok(last.is_some_and(|t| t >= first + Duration::from_secs(2)))
+    })?;
+    let status = c.status()?;
+    let started = humantime::parse_rfc3339(status["started_at"].as_str().context("started_at")?)?;
+    assert!(started <= first, "started_at {started:?} is after the first log line, {first:?}: {status}");
+    Ok(())
+}
+
+/// A writer's refused handshake is warned of as `agreement=writer`, the name its
+/// sessions are listed under, so a search of the log by agreement finds it too.
+#[test]
+fn a_refused_writer_is_warned_of_as_agreement_writer() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = provider_with(tmp.path(), 5, 47, ProviderOptions::default())?;
+    std::fs::write(p.dir.join("secrets/writer.key"), "not the running secret\n")?;
+    let out = p.write(&format!("dn: uid=nobody,{PEOPLE}\nchangetype: delete\n"))?;
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = |l: &&str| l.contains("handshake failed") && l.contains("bad-credentials");
+    wait_until(CONVERGE, "the warning of the refusal", || Ok(p.log_text().lines().any(|l| refused(&l))))?;
+    let said = p.log_text();
+    assert!(said.lines().filter(refused).all(|l| l.contains("agreement=writer ")), "{said}");
+    Ok(())
+}
+
+/// A `TETHER_LOG_FORMAT` that is neither text nor json is said, as a warning, and the
+/// log stays text: an operator's typo must not pass unseen.
+#[test]
+fn a_log_format_of_neither_kind_is_warned_of() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let nobody = replication_tests::harness::free_port()?;
+    let mut c = Consumer::configure(&tmp.path().join("c"), nobody, &[Agreement::persist("people", PEOPLE, "s")])?;
+    c.env.push(("TETHER_LOG_FORMAT".into(), "logfmt".into()));
+    c.start()?;
+    wait_until(CONVERGE, "the consumer's first attempt", || Ok(c.log_text().contains(" disconnected ")))?;
+    let log = c.log_text();
+    let warned =
+        log.lines().find(|l| l.contains("TETHER_LOG_FORMAT")).with_context(|| format!("no warning in\n{log}"))?;
+    assert!(warned.contains(" WARN ") && warned.contains("\"logfmt\" is not a log format"), "{warned}");
+    assert!(warned.contains("logging as text"), "{warned}");
+    Ok(())
+}

@@ -354,3 +354,30 @@ fn a_port_probe_that_sends_nothing_is_not_warned_of() -> Result<()> {
     assert!(!log.contains("closed during the handshake"), "{log}");
     Ok(())
 }
+
+/// A client that closes after its hello (a consumer stopped mid-handshake) is still
+/// warned of: only one that sent nothing at all is a port probe.
+#[test]
+fn a_client_that_closes_after_its_hello_is_warned_of() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = Provider::loaded(tmp.path(), 10, 45, &ProviderOptions::default())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", p.port)).await?;
+        let (mut r, mut w) = tether_protocol::connection::from_tcp(stream)?;
+        w.send(&Message::Hello(hello(0)?)).await?;
+        r.recv().await?.context("the provider's challenge")?;
+        // Closes its side without an answer, and waits for the provider to close its own.
+        drop(w);
+        while let Ok(Some(_)) = r.recv().await {}
+        anyhow::Ok(())
+    })?;
+    probe_port(p.port, b"GET / HTTP/1.0\r\n\r\n")?;
+    wait_until(LIMIT, "the warning of the web client", || {
+        Ok(p.log_text().lines().any(|l| l.contains("handshake failed") && !l.contains("closed during")))
+    })?;
+    let log = p.log_text();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("handshake failed")).collect();
+    assert!(failed[0].contains("closed during the handshake"), "the client heard from is warned of: {failed:#?}");
+    Ok(())
+}

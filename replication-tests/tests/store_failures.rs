@@ -154,6 +154,11 @@ fn a_consumer_whose_store_fails_stops_its_agreements_and_a_restart_resumes() -> 
         assert!(refused.to_string().contains("restart the consumer"), "{command}: {refused:#}");
     }
     assert_eq!(c.agreement_status("people")?["state"], "closed");
+    // Said once, not again at each wake of the process's loop (the refused reload's
+    // ERROR quotes it after words of its own).
+    let told = |l: &&str| l.contains(" ERROR the store failed") && l.contains("restart the consumer");
+    let log = c.log_text();
+    assert_eq!(log.lines().filter(told).count(), 1, "{log}");
 
     // A failed store is no clean stop, for a service manager either.
     assert_eq!(c.stop()?.code(), Some(1), "a consumer whose store failed exits 1");

@@ -414,3 +414,21 @@ fn a_port_probe_of_the_tls_port_is_not_warned_of() -> Result<()> {
     assert!(!log.contains("closed the connection during it"), "{log}");
     Ok(())
 }
+
+/// A TLS client that closes within the handshake having sent something (the start of a
+/// record) is still warned of: only one that sent nothing is a port probe.
+#[test]
+fn a_tls_client_that_closes_after_sending_is_warned_of() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w, _ca) = tls_provider(tmp.path(), 46)?;
+    // The header of a handshake record whose body never comes.
+    probe_port(p.port, &[0x16, 0x03, 0x01, 0x00, 0x40])?;
+    probe_port(p.port, b"GET / HTTP/1.0\r\n\r\n")?;
+    wait_until(CONVERGE, "the warning of the web client", || {
+        Ok(p.log_text().lines().any(|l| l.contains("TLS handshake failed") && !l.contains("during it")))
+    })?;
+    let log = p.log_text();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("TLS handshake failed")).collect();
+    assert!(failed[0].contains("closed the connection during it"), "the client heard from is warned of: {failed:#?}");
+    Ok(())
+}

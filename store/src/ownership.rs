@@ -117,6 +117,29 @@ mod tests {
         assert!(roots.is_empty(), "left to root by the open: {roots:?}");
     }
 
+    /// A file whose user is the owner's but whose group is not is given back too, and
+    /// the owner's user and group are each given their own: a service's user and group
+    /// need not share a number.
+    #[test]
+    fn a_file_of_another_group_goes_back_to_the_owners_user_and_group() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        fs::create_dir_all(&store).unwrap();
+        fs::write(store.join("db"), b"x").unwrap();
+        fs::write(store.join("snap.0000"), b"x").unwrap();
+        let (owner, group) = (65534, 65533);
+        if chown(&store, Some(owner), Some(group)).is_err() {
+            return; // not root: nothing to show
+        }
+        // Only its group differs; the snap is root's, user and group.
+        chown(store.join("db"), Some(owner), Some(0)).unwrap();
+        assert_eq!(give_back(&store), 2);
+        for file in ["db", "snap.0000"] {
+            let meta = fs::metadata(store.join(file)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (owner, group), "{file}");
+        }
+    }
+
     #[test]
     fn a_socket_in_the_store_stays_its_makers() {
         let tmp = tempfile::tempdir().unwrap();
