@@ -503,6 +503,12 @@ fn remember_proof(cfg: &SessionConfig, replica: &Replica, status: &StatusHandle)
 fn handshake_failed(e: HandshakeError) -> Ended {
     let not_connected = |reason, detail: String| Ended { connected: false, ..Ended::new(reason, detail) };
     match e {
+        // The provider's deadline passed before the handshake was done: the link (a black
+        // hole that cleared as the deadline ran out, a slow path), not a refusal, which
+        // the monitoring table ties to credentials and scope and warns of.
+        HandshakeError::Rejected(reject) if reject.reason == RejectReason::HandshakeTimeout => {
+            not_connected(Reason::ConnectionLost, format!("{}: {}", reject.reason.as_str(), reject.detail))
+        }
         HandshakeError::Rejected(reject) => {
             // The provider cannot say more without saying something about its secret.
             let hint = if reject.reason == RejectReason::BadCredentials {
@@ -1806,6 +1812,18 @@ mod tests {
         assert_eq!(damaged.reason, Reason::Exception, "{damaged:?}");
         let late = handshake_failed(HandshakeError::Timeout(Duration::from_secs(20)));
         assert_eq!(late.reason, Reason::ConnectionLost, "{late:?}");
+        // The provider's own deadline passing is the link's doing too, not a refusal.
+        let theirs = handshake_failed(HandshakeError::Rejected(tether_protocol::message::Reject::new(
+            RejectReason::HandshakeTimeout,
+            "handshake not completed within 10s",
+        )));
+        assert_eq!((theirs.reason, theirs.rejection), (Reason::ConnectionLost, None), "{theirs:?}");
+        assert!(theirs.detail.starts_with("handshake-timeout: "), "{theirs:?}");
+        let refused = handshake_failed(HandshakeError::Rejected(tether_protocol::message::Reject::new(
+            RejectReason::BadCredentials,
+            "bad",
+        )));
+        assert_eq!(refused.reason, Reason::Rejected, "{refused:?}");
     }
 
     /// A reader ahead of its applier stops once the queue holds `INBOUND_ENTRIES`
