@@ -281,7 +281,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let Some(store) = offline_or_answered(&config, &request).await? else { return Ok(()) };
             let consumer_id = tether_consumer::identity::recorded_id(&config.data_dir);
-            let mut status = OfflineStatus { running: false, consumer_id, agreements: Vec::new() };
+            let mut status = OfflineStatus { running: false, started_at: None, consumer_id, agreements: Vec::new() };
             for a in &config.agreements {
                 // An agreement added since the consumer last ran has no replica yet.
                 let replica = store.existing_replica(&a.name)?;

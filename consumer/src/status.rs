@@ -516,6 +516,9 @@ pub fn rfc3339_of_ms(ms: u64) -> String {
 pub struct OfflineStatus {
     /// Always `false`: nothing is live, so only what the store keeps is shown.
     pub running: bool,
+    /// Always `null`: no process started. Present, as in the running consumer's status
+    /// and the stopped provider's, so a script reading it finds the key either way.
+    pub started_at: Option<String>,
     /// The id recorded in `data_dir`, absent before the consumer first ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer_id: Option<String>,

@@ -2512,6 +2512,10 @@ fn status_says_when_each_process_started() -> Result<()> {
     assert!(again <= restarted && restarted >= consumer_at, "a restart starts the count again: {restarted:?}");
     p.stop()?;
     assert_eq!(p.status()?["started_at"], serde_json::Value::Null);
+    // A stopped consumer's too: the key is there, as null, for a script that reads it.
+    c.stop()?;
+    let stopped = c.status()?;
+    assert!(stopped.get("started_at").is_some_and(serde_json::Value::is_null), "{stopped}");
     Ok(())
 }
 
