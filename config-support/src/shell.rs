@@ -39,6 +39,26 @@ impl LogFormat {
     }
 }
 
+/// The form of the log lines, once logging started: the last line a failing process
+/// writes ([`finish`]) takes it too, so that a log shipper reading JSON can read the
+/// line that matters most.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The failure a process ends with, as its last line on stderr: `process: error: cause`,
+/// or, with JSON logs, an object as the log's (`level` `ERROR`, `fatal` `true`).
+fn last_words(process: &str, error: &str, format: LogFormat) -> String {
+    match format {
+        LogFormat::Text => format!("{process}: {error}"),
+        LogFormat::Json => serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": "ERROR",
+            "message": format!("{process}: {error}"),
+            "fatal": true,
+        })
+        .to_string(),
+    }
+}
+
 /// When this process started (its logging did, the first thing `main` does): `status`
 /// shows it as `started_at`, since every counter there counts from it, and a monitor
 /// that sees them fall must tell a restart from a fault.
@@ -70,6 +90,7 @@ pub fn init_logging() {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_target(false);
     // Without a thread of its own (the system refused one), logging writes from the
     // task that logs, as it did before the log pipe: what it cannot write is dropped.
+    let _ = LOG_FORMAT.set(format);
     let pipe = log_pipe::start(format);
     match (format, pipe) {
         (LogFormat::Text, Ok(writers)) => builder.with_writer(writers).log_internal_errors(false).init(),
@@ -179,7 +200,8 @@ pub fn finish(process: &str, failure: Option<&(dyn std::error::Error + Send + Sy
         Some(e) if !crate::output::reader_gone(e) => {
             // The log lines before it first: the error is the last line said.
             end_logging();
-            crate::say!("{process}: {}", error_chain(e));
+            let format = LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text);
+            crate::say!("{}", last_words(process, &error_chain(e), format));
             exit_now(1)
         }
         _ => {
@@ -703,6 +725,20 @@ pub async fn serve_control<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failing process's last line is in the log's form: a JSON object among JSON
+    /// lines, quotes and newlines of the error escaped.
+    #[test]
+    fn the_last_words_of_a_failing_process_take_the_log_s_form() {
+        let error = "key 'listen': \"127.0.0.1:x\" is not an address\nsee the docs";
+        assert_eq!(last_words("tether-provider", error, LogFormat::Text), format!("tether-provider: {error}"));
+        let json: serde_json::Value =
+            serde_json::from_str(&last_words("tether-provider", error, LogFormat::Json)).unwrap();
+        assert_eq!(json["level"], "ERROR");
+        assert_eq!(json["fatal"], true);
+        assert_eq!(json["message"], format!("tether-provider: {error}"));
+        assert!(json["timestamp"].is_string());
+    }
 
     #[test]
     fn the_log_format_is_text_or_json_and_anything_else_is_named() {

@@ -2482,6 +2482,18 @@ fn json_logs_are_one_object_a_line_naming_the_agreement_and_session() -> Result<
     let spans = connected["spans"].as_array().context("spans")?;
     assert!(spans.iter().any(|s| s["agreement"] == "people"), "{connected}");
     assert!(spans.iter().any(|s| s["session"].is_u64()), "{connected}");
+    // The last line of a process that fails is JSON too: the line that matters most.
+    let failed = std::process::Command::new(replication_tests::harness::bin("tether-consumer")?)
+        .args(["run", "-c"])
+        .arg(tmp.path().join("no-such.toml"))
+        .env("TETHER_LOG_FORMAT", "json")
+        .output()?;
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    let last: serde_json::Value =
+        serde_json::from_str(stderr.lines().last().context("a last line")?).with_context(|| stderr.to_string())?;
+    assert_eq!((last["level"].as_str(), last["fatal"].as_bool()), (Some("ERROR"), Some(true)), "{last}");
+    assert!(last["message"].as_str().is_some_and(|m| m.contains("no-such.toml")), "{last}");
     Ok(())
 }
 
