@@ -275,11 +275,9 @@ mod tests {
         assert!(mode_at.iter().all(|&at| at == mode_at[0]), "{mode_at:?}\n{text}");
     }
 
-    /// A stopped provider's status says so where the sessions would be, with no table
-    /// header over nothing, and an empty changelog in a word, not as `-..-`.
-    #[test]
-    fn a_stopped_providers_table_says_it_has_no_sessions() {
-        let status = ProviderStatus {
+    /// The status of a stopped provider at CSN 3, with no changelog and no sessions.
+    fn stopped() -> ProviderStatus {
+        ProviderStatus {
             running: false,
             started_at: None,
             store_id: "s".into(),
@@ -290,7 +288,14 @@ mod tests {
             sessions: Vec::new(),
             unfinished_load: None,
             consumers: Vec::new(),
-        };
+        }
+    }
+
+    /// A stopped provider's status says so where the sessions would be, with no table
+    /// header over nothing, and an empty changelog in a word, not as `-..-`.
+    #[test]
+    fn a_stopped_providers_table_says_it_has_no_sessions() {
+        let status = stopped();
         let text = status.to_text();
         assert!(text.contains("changelog empty  delta from 3"), "{text}");
         assert!(text.contains("(provider not running: no sessions)") && !text.contains("PEER"), "{text}");
@@ -311,18 +316,7 @@ mod tests {
         let began_ms = 1_764_892_800_123;
         let load = UnfinishedLoadStatus::of(&tether_store::UnfinishedLoad { file: "people.ldif".into(), began_ms });
         assert_eq!(load.began, "2025-12-05T00:00:00Z");
-        let status = ProviderStatus {
-            running: false,
-            started_at: None,
-            store_id: "s".into(),
-            history: "h".into(),
-            csn: 3,
-            entries: 3,
-            changelog: ChangelogStatus { oldest: None, newest: None, floor: 3 },
-            sessions: Vec::new(),
-            unfinished_load: Some(load),
-            consumers: Vec::new(),
-        };
+        let status = ProviderStatus { unfinished_load: Some(load), ..stopped() };
         let said = "the load of people.ldif begun at 2025-12-05T00:00:00Z did not finish: `serve` refuses this store";
         assert!(status.to_text().contains(said), "{}", status.to_text());
         let status = ProviderStatus { running: true, started_at: Some("2025-12-05T00:00:01Z".into()), ..status };
