@@ -312,6 +312,7 @@ async fn run_session(
         if let Some((interval, _)) = cfg.keepalive {
             status.update(|s| s.heard = Some(Heard::new(last_inbound.clone(), interval)));
         }
+        let silence = Arc::new(Silence::new(last_inbound.clone()));
         let mut reader = reader;
         reader.report_progress(last_inbound.clone());
         let session_done = CancellationToken::new();
@@ -324,7 +325,7 @@ async fn run_session(
             tokio::spawn(
                 keepalive_poller(
                     writer.clone(),
-                    last_inbound.clone(),
+                    silence.clone(),
                     interval,
                     timeout,
                     keepalive_timed_out.clone(),
@@ -354,7 +355,7 @@ async fn run_session(
             pending_cookie: None,
             unacked: 0,
         };
-        let ended = applier.run(rx, stop, &keepalive_timed_out, &last_inbound).await;
+        let ended = applier.run(rx, stop, &keepalive_timed_out, &silence).await;
         session_done.cancel();
         if let Some(shadow) = applier.shadow.take() {
             // An interrupted reload: the old replica stays as it was. A shadow the provider
@@ -608,6 +609,35 @@ async fn reader_loop(
     }
 }
 
+/// The provider's silence as this session's checks count it (the keepalive poller's
+/// and the idle timeout's): from the last bytes it sent, or from the moment a late check
+/// excused the silence, this process having been stopped. The excuse is kept apart from
+/// the bytes because the status reads those too: a provider excused is not a provider
+/// heard, and stamped as one, a replica whose link died while this process was stopped
+/// read `lag_seconds` 0 after it woke, and its staleness counted from the wake-up once
+/// the session had ended.
+struct Silence {
+    /// Stamped as bytes arrive from the provider (shared with the status).
+    inbound: Arc<Progress>,
+    /// Stamped when a late check counts the silence afresh.
+    excused: Progress,
+}
+
+impl Silence {
+    fn new(inbound: Arc<Progress>) -> Self {
+        Self { inbound, excused: Progress::new() }
+    }
+
+    /// What the silence counts from.
+    fn last(&self) -> Instant {
+        self.inbound.last().max(self.excused.last())
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.last().elapsed()
+    }
+}
+
 /// Pings every `interval`; cancels `timed_out` once `timeout` has passed without
 /// inbound bytes. The silence is checked when it would reach `timeout`, not at the next
 /// ping: a dead link is declared at `timeout` after the last frame, which came at most
@@ -618,7 +648,7 @@ async fn reader_loop(
 /// [`tether_protocol::liveness`]).
 async fn keepalive_poller(
     writer: Arc<Mutex<MessageWriter<BoxedWrite>>>,
-    last_inbound: Arc<Progress>,
+    silence: Arc<Silence>,
     interval: Duration,
     timeout: Duration,
     timed_out: CancellationToken,
@@ -633,17 +663,17 @@ async fn keepalive_poller(
     let mut ping: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = None;
     let mut liveness = Liveness::new(timeout);
     loop {
-        let deadline = last_inbound.last() + timeout;
+        let deadline = silence.last() + timeout;
         tokio::select! {
             biased;
             _ = done.cancelled() => return,
             _ = tokio::time::sleep_until(deadline) => {
-                let last_heard = last_inbound.last();
+                let last_heard = silence.last();
                 match liveness.check(last_heard, deadline, Instant::now()) {
                     Verdict::Alive => {}
                     Verdict::Excused { late } => {
                         info!(late_ms = late.as_millis() as u64, "keepalive check ran late: this process was not running, so the provider's silence is counted afresh");
-                        last_inbound.mark();
+                        silence.excused.mark();
                         tick.reset_immediately();
                     }
                     Verdict::Silent { silent } => {
@@ -653,8 +683,7 @@ async fn keepalive_poller(
                             _ = done.cancelled() => return,
                             () = tokio::time::sleep(tether_protocol::liveness::SILENCE_GRACE) => {}
                         }
-                        let heard = last_inbound.last();
-                        if heard > last_heard {
+                        if silence.last() > last_heard {
                             continue;
                         }
                         warn!(silent_ms = silent.as_millis() as u64, "provider silent past keepalive timeout");
@@ -772,7 +801,7 @@ impl Applier<'_> {
         mut rx: mpsc::Receiver<Queued>,
         stop: &StopSignal,
         keepalive_timed_out: &CancellationToken,
-        last_inbound: &Progress,
+        silence: &Silence,
     ) -> Ended {
         let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -781,7 +810,7 @@ impl Applier<'_> {
         // the refresh must begin within `idle_timeout`, pings or not.
         let begin_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
         loop {
-            let idle_left = self.cfg.idle_timeout.saturating_sub(last_inbound.silent_for());
+            let idle_left = self.cfg.idle_timeout.saturating_sub(silence.silent_for());
             let goodbye_due = self.goodbye_due;
             tokio::select! {
                 biased;
@@ -793,7 +822,7 @@ impl Applier<'_> {
                     return Ended::new(Reason::KeepaliveTimeout, "nothing from the provider within keepalive.timeout");
                 }
                 _ = tokio::time::sleep(idle_left) => {
-                    if last_inbound.silent_for() >= self.cfg.idle_timeout {
+                    if silence.silent_for() >= self.cfg.idle_timeout {
                         return Ended::new(Reason::IdleTimeout, format!("nothing received for {:?}", self.cfg.idle_timeout));
                     }
                 }
