@@ -682,6 +682,12 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// Writes the config under `dir` of a consumer whose provider is nowhere: a port
+    /// nothing listens on, for what a consumer does and says while it cannot connect.
+    pub fn unreachable(dir: &Path, agreements: &[Agreement]) -> Result<Self> {
+        Self::configure(dir, free_port()?, agreements)
+    }
+
     /// Writes the consumer's config under `dir` for a provider on `port`.
     pub fn configure(dir: &Path, port: u16, agreements: &[Agreement]) -> Result<Self> {
         fs::create_dir_all(dir.join("secrets"))?;

@@ -1591,10 +1591,9 @@ fn a_consumer_s_status_lists_its_agreements_by_name_running_or_stopped() -> Resu
 fn a_wait_on_an_agreement_in_backoff_says_so_in_words() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     // Nothing listens on its provider's port, and the next attempt is an hour away.
-    let port = replication_tests::harness::free_port()?;
     let held_back =
         Agreement { extra: "retry = [\"1h x100\"]\n".into(), ..Agreement::persist("people", PEOPLE, "people-secret") };
-    let mut c = Consumer::configure(&tmp.path().join("c"), port, &[held_back])?;
+    let mut c = Consumer::unreachable(&tmp.path().join("c"), &[held_back])?;
     c.start()?;
     c.wait_status("people", CONVERGE, "backoff", |s| s["state"] == "backoff")?;
     let out = c.wait_csn("people", 1, "1s")?;
@@ -2536,10 +2535,9 @@ fn status_says_when_each_process_started() -> Result<()> {
 #[test]
 fn started_at_is_the_processs_start_not_its_first_status() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let nobody = replication_tests::harness::free_port()?;
     let agreement =
         Agreement { extra: "retry = [\"1s forever\"]\n".into(), ..Agreement::persist("people", PEOPLE, "s") };
-    let mut c = Consumer::configure(&tmp.path().join("c"), nobody, &[agreement])?;
+    let mut c = Consumer::unreachable(&tmp.path().join("c"), &[agreement])?;
     c.start()?;
     let at = |line: &str| -> Result<std::time::SystemTime> {
         Ok(humantime::parse_rfc3339(line.split_whitespace().next().context("a timestamp")?)?)
@@ -2578,8 +2576,7 @@ fn a_refused_writer_is_warned_of_as_agreement_writer() -> Result<()> {
 #[test]
 fn a_log_format_of_neither_kind_is_warned_of() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let nobody = replication_tests::harness::free_port()?;
-    let mut c = Consumer::configure(&tmp.path().join("c"), nobody, &[Agreement::persist("people", PEOPLE, "s")])?;
+    let mut c = Consumer::unreachable(&tmp.path().join("c"), &[Agreement::persist("people", PEOPLE, "s")])?;
     c.env.push(("TETHER_LOG_FORMAT".into(), "logfmt".into()));
     c.start()?;
     wait_until(CONVERGE, "the consumer's first attempt", || Ok(c.log_text().contains(" disconnected ")))?;

@@ -598,10 +598,9 @@ fn a_consumer_the_provider_dropped_leaves_its_status_while_the_goodbye_waits() -
 #[test]
 fn a_provider_not_reached_for_thirty_seconds_is_warned_of() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let nobody = replication_tests::harness::free_port()?;
     let agreement =
         Agreement { extra: "retry = [\"1s forever\"]\n".into(), ..Agreement::persist("people", PEOPLE, "s") };
-    let mut c = Consumer::configure(&tmp.path().join("c"), nobody, &[agreement])?;
+    let mut c = Consumer::unreachable(&tmp.path().join("c"), &[agreement])?;
     c.start()?;
     let ends = |c: &Consumer| -> Vec<String> {
         c.log_text().lines().filter(|l| l.contains(" disconnected ")).map(str::to_owned).collect()
