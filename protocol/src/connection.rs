@@ -129,6 +129,11 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         self.frames.max_frame()
     }
 
+    /// Bytes of a message not yet whole (see [`FrameReader::buffered`]).
+    pub fn buffered(&self) -> usize {
+        self.frames.buffered()
+    }
+
     /// Stamps `progress` whenever bytes arrive (see [`FrameReader::report_progress`]).
     pub fn report_progress(&mut self, progress: Arc<crate::liveness::Progress>) {
         self.frames.report_progress(progress);

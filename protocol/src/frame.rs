@@ -102,6 +102,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.max_frame
     }
 
+    /// How many bytes have arrived that no frame returned yet: the start of the next.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Changes the largest payload accepted from the next frame on (clamped to
     /// [`MAX_FRAME`]). The handshake lowers it while the peer is unauthenticated.
     pub fn set_max_frame(&mut self, max_frame: usize) {

@@ -124,14 +124,18 @@ pub enum HandshakeError {
          or something between us changed the handshake"
     )]
     BadProof,
-    /// The peer closed the connection cleanly before the handshake completed; `heard`
-    /// whether a message of its had come first. A client that closes having sent
-    /// nothing at all is a port probe (a TCP health check, a load balancer, a scanner),
-    /// which a provider need not warn of.
-    #[error("connection closed during the handshake")]
+    /// The peer closed the connection before the handshake completed, between
+    /// messages: cleanly, or with a reset (a health checker that closes with `SO_LINGER`
+    /// 0, as HAProxy's does, to leave no TIME_WAIT behind); `heard` whether a message of
+    /// its had come first. A client that closes having sent nothing at all is a port
+    /// probe (a TCP health check, a load balancer, a scanner), which a provider need not
+    /// warn of. A reset inside a message is [`HandshakeError::Wire`].
+    #[error("connection {} during the handshake", if *reset { "reset" } else { "closed" })]
     Closed {
         /// Whether the peer had sent a whole message.
         heard: bool,
+        /// Whether it closed with a reset rather than a FIN.
+        reset: bool,
     },
     /// The peer's first bytes cannot begin a Tether frame: something else is on the
     /// other end (a web or LDAP server, TLS on one side only).
@@ -247,8 +251,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
     async fn recv(&mut self) -> Result<Message, HandshakeError> {
         match timeout_at(self.deadline, self.reader.recv()).await {
             Err(_) => Err(HandshakeError::Timeout(self.limit)),
+            Ok(Err(WireError::Io(e)))
+                if e.kind() == std::io::ErrorKind::ConnectionReset && self.reader.buffered() == 0 =>
+            {
+                Err(HandshakeError::Closed { heard: self.received, reset: true })
+            }
             Ok(Err(err)) => Err(self.stranger(&err).map_or_else(|| err.into(), HandshakeError::Foreign)),
-            Ok(Ok(None)) => Err(HandshakeError::Closed { heard: self.received }),
+            Ok(Ok(None)) => Err(HandshakeError::Closed { heard: self.received, reset: false }),
             Ok(Ok(Some(msg))) => {
                 self.received = true;
                 Ok(msg)
@@ -1080,5 +1089,53 @@ mod tests {
             seen.windows(8).all(|w| !SECRET.windows(8).any(|s| s == w)),
             "no 8-byte run of the secret is on the wire"
         );
+    }
+
+    /// How a client that leaves before the handshake is done reads on the provider's
+    /// side, over real loopback TCP (a reset needs a kernel): having sent nothing, a
+    /// FIN and a reset are both `Closed` unheard (a port probe, which the provider logs
+    /// at debug; HAProxy's checks reset); a reset after half a frame is a failure of
+    /// the stream, and one after a whole hello is `Closed` heard.
+    #[tokio::test]
+    async fn a_client_leaving_mid_handshake_is_closed_or_reset_and_heard_or_not() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hello = crate::codec::encode(&Message::Hello(consumer_hello("people"))).unwrap();
+        let mut framed = Vec::new();
+        crate::frame::FrameWriter::new(&mut framed).write_frame(&hello).await.unwrap();
+        for (sends, reset, expect) in [
+            (&[][..], false, "closed unheard"),
+            (&[][..], true, "reset unheard"),
+            (&framed[..framed.len() / 2], true, "i/o"),
+            (&framed[..], true, "reset heard"),
+        ] {
+            let client = async {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.write_all(sends).await.unwrap();
+                // Whatever the provider answers is read, so that the close comes after it.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if reset {
+                    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+                }
+                drop(stream);
+            };
+            let server = async {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (mut r, mut w) = crate::connection::from_tcp(stream).unwrap();
+                server_handshake(&mut r, &mut w, HANDSHAKE_TIMEOUT, authorize).await
+            };
+            let ((), got) = tokio::join!(client, server);
+            let said = match got {
+                Err(HandshakeError::Closed { heard: false, reset: false }) => "closed unheard",
+                Err(HandshakeError::Closed { heard: false, reset: true }) => "reset unheard",
+                Err(HandshakeError::Closed { heard: true, reset: true }) => "reset heard",
+                Err(HandshakeError::Wire(WireError::Io(ref e))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    "i/o"
+                }
+                ref other => panic!("{expect}: {other:?}"),
+            };
+            assert_eq!(said, expect, "{got:?}");
+        }
     }
 }

@@ -6,9 +6,10 @@
 //! minute, and an alert on the log's warnings fired on the monitoring itself. A client
 //! that sends something and then fails (a wrong secret, bytes of another protocol, a
 //! TLS handshake cut short) is still warned of; one that sent nothing is logged at
-//! `debug`. For a plain connection the Tether handshake tells which it was
-//! (`HandshakeError::Closed { heard }`); under TLS the bytes are rustls', so the stream
-//! it reads is [`Watched`].
+//! `debug`. A probe may close with a FIN or with a reset (HAProxy's checks and others
+//! set `SO_LINGER` 0 so as to leave no TIME_WAIT behind): either is a probe. For a plain
+//! connection the Tether handshake tells which it was (`HandshakeError::Closed { heard,
+//! .. }`); under TLS the bytes are rustls', so the stream it reads is [`Watched`].
 
 use std::io;
 use std::pin::Pin;
@@ -21,6 +22,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The log line of a probe, at `debug`.
 pub const PROBE: &str =
     "connection closed before sending anything (a port probe: a health check, a load balancer, a scan)";
+
+/// Whether `e`, failing a TLS handshake, is the client closing the connection (a FIN
+/// or a reset), rather than something it sent.
+pub fn is_close(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
+}
 
 /// A stream that records whether any byte was read from it, in a flag that outlives it
 /// (a TLS handshake that fails drops the stream it was given).

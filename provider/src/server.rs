@@ -324,7 +324,7 @@ impl Server {
                 );
                 return;
             }
-            Err(HandshakeError::Closed { heard: false }) => {
+            Err(HandshakeError::Closed { heard: false, .. }) => {
                 debug!("{}", probe::PROBE);
                 return;
             }
@@ -462,7 +462,7 @@ impl Server {
                 let (reader, writer) = connection::boxed(stream);
                 Some((reader, writer, true))
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && !heard.load(Ordering::Relaxed) => {
+            Ok(Err(e)) if probe::is_close(&e) && !heard.load(Ordering::Relaxed) => {
                 debug!("{}", probe::PROBE);
                 None
             }

@@ -133,6 +133,15 @@ pub fn probe_port(port: u16, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Connects to `port` and closes with a reset, having sent nothing: a health check
+/// that sets `SO_LINGER` 0 (HAProxy's), so as to leave no TIME_WAIT behind.
+pub fn probe_port_reset(port: u16) -> Result<()> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+    drop(stream);
+    Ok(())
+}
+
 /// Polls `cond` every [`POLL`] until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
     let start = Instant::now();
