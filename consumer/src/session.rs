@@ -20,6 +20,7 @@
 //! cookie, so a change and the position after it are never durable apart. Acks follow
 //! flushes, never precede them.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ use crate::failpoint;
 use crate::reason::{Reason, State};
 use crate::status::{rfc3339_of_ms, Heard, StatusHandle};
 use crate::tls::TlsClient;
-use crate::transport::{Network, CONNECT_TIMEOUT};
+use crate::transport::{self, Network, CONNECT_TIMEOUT};
 
 /// Messages buffered between reader and applier.
 const INBOUND_QUEUE: usize = 64;
@@ -222,9 +223,9 @@ async fn run_session(
         }
     };
     status.update(|s| s.provider_proved_at = proved_at.map(rfc3339_of_ms));
-    let (mut reader, mut writer) = match &cfg.network {
+    let (mut reader, mut writer, reached) = match &cfg.network {
         Network::Tcp => match connect_tcp(cfg, stop, status).await {
-            Ok(halves) => halves,
+            Ok(connected) => connected,
             Err(ended) => return ended,
         },
         Network::Custom(connector) => {
@@ -233,7 +234,10 @@ async fn run_session(
                 biased;
                 _ = stop.token.cancelled() => return Ended { connected: false, ..stop.ended(", while connecting") },
                 r = connect => match r {
-                    Ok(Ok(s)) => connection::boxed(s),
+                    Ok(Ok(s)) => {
+                        let (reader, writer) = connection::boxed(s);
+                        (reader, writer, None)
+                    }
                     Ok(Err(e)) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) },
                     Err(_) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: timed out", cfg.provider)) },
                 },
@@ -265,10 +269,11 @@ async fn run_session(
         r = handshake => match r {
             Ok(w) => w,
             Err(e) => {
-                let ended = match e {
+                let mut ended = match e {
                     HandshakeError::Unproven => unproven(cfg, proved_at),
                     e => handshake_failed(e),
                 };
+                ended.detail.push_str(&answered_at(cfg, reached));
                 status.update(|s| s.protocol_version = None);
                 // As after the handshake, the provider's log says why we are leaving; a
                 // peer that did not prove itself is told no more than that (not, say, when
@@ -293,7 +298,8 @@ async fn run_session(
     let ended = async {
         let cookie = cookie.map_or_else(|| "none".to_owned(), |c| c.to_string());
         let proved = welcome.version >= MUTUAL_AUTH_VERSION;
-        info_or_debug!(routine, history = %welcome.history, %cookie, version = welcome.version, proved, "connected");
+        let address = reached.map(tracing::field::display);
+        info_or_debug!(routine, history = %welcome.history, %cookie, version = welcome.version, proved, address, "connected");
         status.update(|s| s.protocol_version = Some(welcome.version));
         if proved && proved_at.is_none() {
             if let Err(ended) = remember_proof(cfg, replica, status) {
@@ -402,16 +408,15 @@ async fn connect_tcp(
     cfg: &SessionConfig,
     stop: &StopSignal,
     status: &StatusHandle,
-) -> Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>), Ended> {
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(cfg.provider.as_str()));
+) -> Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>, Option<SocketAddr>), Ended> {
     let stream = tokio::select! {
         _ = stop.token.cancelled() => return Err(Ended { connected: false, ..stop.ended(", while connecting") }),
-        r = connect => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) }),
-            Err(_) => return Err(Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: timed out", cfg.provider)) }),
+        r = transport::connect(&cfg.provider) => match r {
+            Ok(s) => s,
+            Err(e) => return Err(Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) }),
         },
     };
+    let reached = stream.peer_addr().ok();
     if let Some((interval, timeout)) = cfg.keepalive {
         if let Err(e) = connection::tune_tcp(&stream, timeout, interval) {
             debug!(error = %e, "could not set TCP keepalive options");
@@ -433,7 +438,10 @@ async fn connect_tcp(
                 status.update(|s| s.protocol_version = None);
                 Ended {
                     connected: false,
-                    ..Ended::new(Reason::ConnectionLost, format!("TLS handshake with {}: {detail}", cfg.provider))
+                    ..Ended::new(
+                        Reason::ConnectionLost,
+                        format!("TLS handshake with {}: {detail}{}", cfg.provider, answered_at(cfg, reached)),
+                    )
                 }
             };
             tokio::select! {
@@ -446,7 +454,19 @@ async fn connect_tcp(
             }
         }
     };
-    Ok(halves)
+    Ok((halves.0, halves.1, reached))
+}
+
+/// Where a provider named by a host name answered, for the messages of a session that
+/// failed after it connected: a name may have several addresses, and a refusal or a
+/// stranger from one of them (an old provider left on IPv6 beside the real one on IPv4)
+/// reads as the provider's, whose configuration is then checked in vain. Empty when
+/// `provider` is the address itself.
+fn answered_at(cfg: &SessionConfig, reached: Option<SocketAddr>) -> String {
+    match reached {
+        Some(addr) if addr.to_string() != cfg.provider => format!(" (answered at {addr})"),
+        _ => String::new(),
+    }
 }
 
 /// How a session ends whose provider did not offer to prove it knows the secret, when

@@ -5,14 +5,146 @@
 //! code runs unchanged against simulated partitions, holds and crashes.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Limit on establishing the TCP connection, and separately on the TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an attempt at one of a name's addresses goes on alone before the next
+/// address is tried beside it (RFC 8305's connection attempt delay, at its recommended
+/// value).
+pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Why no connection to the provider was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The name did not resolve.
+    #[error("the name does not resolve ({0}): is `provider` right?")]
+    Lookup(#[source] std::io::Error),
+    /// The resolver did not answer within the limit.
+    #[error("the name did not resolve within {}", humantime::format_duration(CONNECT_TIMEOUT))]
+    LookupTimedOut,
+    /// The name resolved to no address.
+    #[error("the name resolves to no address: is `provider` right?")]
+    NoAddress,
+    /// Every address was tried, and failed or did not answer in time: each with why.
+    #[error("{}", Failures(.0))]
+    Failed(Vec<(SocketAddr, String)>),
+}
+
+/// Each address tried and why it failed; a lone address is not named again, since the
+/// caller names what it connected to.
+struct Failures<'a>(&'a [(SocketAddr, String)]);
+
+impl std::fmt::Display for Failures<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            [(_, why)] => f.write_str(why),
+            all => {
+                for (i, (addr, why)) in all.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "; " };
+                    write!(f, "{sep}{addr}: {why}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Connects to `provider` (`host:port`, looked up afresh at each attempt) over the OS's
+/// TCP, within [`CONNECT_TIMEOUT`] for the lookup and the connection together.
+///
+/// A name may have several addresses, typically IPv6 and IPv4 on a dual-stack host,
+/// and one may be unreachable, its packets dropped without an answer (an AAAA record
+/// and no working IPv6 route). Tried one after another within one time limit, the
+/// first such address used the whole limit, and the agreement never connected though
+/// the next address answered at once (found by a walkthrough: every attempt `timed
+/// out`, for good). So the addresses are raced as RFC 8305 ("Happy Eyeballs") has it:
+/// the families alternate, each address gets [`ATTEMPT_DELAY`] alone before the next is
+/// tried beside it (at once when it fails), and the first to connect wins.
+pub async fn connect(provider: &str) -> Result<TcpStream, ConnectError> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let addrs = match tokio::time::timeout_at(deadline, tokio::net::lookup_host(provider)).await {
+        Err(_) => return Err(ConnectError::LookupTimedOut),
+        Ok(Err(e)) => return Err(ConnectError::Lookup(e)),
+        Ok(Ok(addrs)) => alternate_families(addrs.collect()),
+    };
+    connect_any(addrs, deadline).await
+}
+
+/// Orders `addrs` as RFC 8305 (section 4) does: the family of the resolver's first
+/// choice first, then the other, alternately, each family in the resolver's order.
+fn alternate_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else { return addrs };
+    let preferred_v6 = first.is_ipv6();
+    let (mut preferred, mut other): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6() == preferred_v6);
+    let mut out = Vec::with_capacity(preferred.len() + other.len());
+    preferred.reverse();
+    other.reverse();
+    while let Some(a) = preferred.pop() {
+        out.push(a);
+        if let Some(b) = other.pop() {
+            out.push(b);
+        }
+    }
+    out.extend(other.into_iter().rev());
+    out
+}
+
+/// Races connections to `addrs` in order (see [`connect`]) until one connects or
+/// `deadline`: the winner, or every address with why it failed.
+pub async fn connect_any(addrs: Vec<SocketAddr>, deadline: Instant) -> Result<TcpStream, ConnectError> {
+    if addrs.is_empty() {
+        return Err(ConnectError::NoAddress);
+    }
+    let mut waiting = addrs.into_iter();
+    // Dropped on return, which aborts the attempts still under way.
+    let mut attempts = JoinSet::new();
+    // The attempts under way, in the order they began.
+    let mut trying: Vec<(tokio::task::Id, SocketAddr)> = Vec::new();
+    let mut failed: Vec<(SocketAddr, String)> = Vec::new();
+    let mut start_next = true;
+    loop {
+        if start_next {
+            if let Some(addr) = waiting.next() {
+                let id = attempts.spawn(TcpStream::connect(addr)).id();
+                trying.push((id, addr));
+            }
+        }
+        if attempts.is_empty() {
+            return Err(ConnectError::Failed(failed));
+        }
+        let more = waiting.len() > 0;
+        tokio::select! {
+            Some(joined) = attempts.join_next_with_id() => {
+                let (id, result) = match joined {
+                    Ok((id, result)) => (id, result),
+                    Err(e) => (e.id(), Err(std::io::Error::other(e.to_string()))),
+                };
+                let addr = trying.iter().position(|(i, _)| *i == id).map(|at| trying.remove(at).1);
+                match (result, addr) {
+                    (Ok(stream), _) => return Ok(stream),
+                    (Err(e), Some(addr)) => failed.push((addr, e.to_string())),
+                    (Err(_), None) => {}
+                }
+                start_next = true;
+            }
+            () = tokio::time::sleep(ATTEMPT_DELAY), if more => start_next = true,
+            () = tokio::time::sleep_until(deadline) => {
+                failed.extend(trying.into_iter().map(|(_, addr)| (addr, "timed out".to_owned())));
+                return Err(ConnectError::Failed(failed));
+            }
+        }
+    }
+}
 
 /// A connected byte stream from a [`Connector`].
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -38,4 +170,78 @@ pub enum Network {
     Tcp,
     /// A custom connector (the simulation). TLS and TCP tuning do not apply.
     Custom(Arc<dyn Connector>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn v6(port: u16) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))
+    }
+
+    /// A loopback address whose connections hang, their SYNs dropped unanswered, as an
+    /// unreachable address's are: a listener whose queue of unaccepted connections is
+    /// full. Kept open as long as the returned values live.
+    async fn hanging() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener.bind(&v4(0).into()).unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => queued.push(stream),
+                Ok(Err(e)) => panic!("connecting to fill the queue: {e}"),
+                Err(_) => return (listener, queued, addr),
+            }
+        }
+        panic!("the queue of {addr} did not fill");
+    }
+
+    #[test]
+    fn the_families_alternate_from_the_resolvers_first_choice() {
+        assert_eq!(alternate_families(vec![v6(1), v6(2), v6(3), v4(4)]), [v6(1), v4(4), v6(2), v6(3)]);
+        assert_eq!(alternate_families(vec![v4(1), v6(2), v6(3), v6(4), v4(5)]), [v4(1), v6(2), v4(5), v6(3), v6(4)]);
+        assert_eq!(alternate_families(vec![v4(1), v4(2)]), [v4(1), v4(2)]);
+        assert_eq!(alternate_families(Vec::new()), []);
+    }
+
+    /// An address that never answers does not keep the connection from the next one:
+    /// tried in turn within one limit, it took the whole limit, and a name whose IPv6
+    /// address is unreachable never connected.
+    #[tokio::test]
+    async fn an_address_that_never_answers_does_not_hold_up_the_next() {
+        let (_listener, _queued, silent) = hanging().await;
+        let live = tokio::net::TcpListener::bind(v4(0)).await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let stream = connect_any(vec![silent, live_addr], Instant::now() + CONNECT_TIMEOUT).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), live_addr);
+    }
+
+    /// When none connects, each address is named with why, in the order tried.
+    #[tokio::test]
+    async fn each_address_that_failed_is_named_with_why() {
+        let (_listener, _queued, silent) = hanging().await;
+        let refused = tokio::net::TcpListener::bind(v4(0)).await.unwrap().local_addr().unwrap();
+        let err = connect_any(vec![refused, silent], Instant::now() + Duration::from_secs(1)).await.unwrap_err();
+        let said = err.to_string();
+        assert!(said.starts_with(&format!("{refused}: ")), "{said}");
+        assert!(said.contains("refused"), "{said}");
+        assert!(said.ends_with(&format!("; {silent}: timed out")), "{said}");
+        // A lone address is not named again: the caller names what it connected to.
+        let err = connect_any(vec![refused], Instant::now() + Duration::from_secs(1)).await.unwrap_err();
+        assert!(!err.to_string().contains(&refused.to_string()), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_says_so() {
+        let err = connect("no-such-host.invalid:7389").await.unwrap_err();
+        assert!(matches!(err, ConnectError::Lookup(_)), "{err:?}");
+        assert!(err.to_string().starts_with("the name does not resolve ("), "{err}");
+    }
 }
