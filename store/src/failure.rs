@@ -111,12 +111,43 @@ struct Anchor {
     mark: Option<(PathBuf, String)>,
 }
 
+/// Writes `text` as the mark at `mark`, by a new file renamed into place. Written where
+/// it stood, a link that the folder's owner put at the mark's path was followed: root
+/// running `status` on a service's stopped store truncated whatever file the link named
+/// (found by an audit: a root-owned file outside the store held a UUID afterwards). A
+/// rename replaces a link, and the new file is made with `O_EXCL`, which follows none.
+/// Made by root in another user's store, it is given to the folder's owner, as the
+/// files sled makes are ([`crate::ownership`]).
+fn write_mark(mark: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let fresh = mark.with_file_name(format!(".{INSTANCE_MARK}.{text}"));
+    let owner = mark.parent().and_then(|folder| std::fs::metadata(folder).ok()).map(|m| (m.uid(), m.gid()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&fresh)
+        .and_then(|mut file| {
+            if let Some((uid, gid)) =
+                owner.filter(|&(uid, gid)| file.metadata().is_ok_and(|m| (m.uid(), m.gid()) != (uid, gid)))
+            {
+                // Refused unless root, who alone could have made it another user's.
+                let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
+            }
+            file.write_all(text.as_bytes())
+        })
+        .and_then(|()| std::fs::rename(&fresh, mark));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&fresh);
+    }
+    written
+}
+
 impl Anchor {
     fn of(path: &Path) -> Option<Self> {
         let meta = std::fs::metadata(path).ok()?;
         let mark = path.with_file_name(INSTANCE_MARK);
         let ours = uuid::Uuid::new_v4().to_string();
-        let mark = match std::fs::write(&mark, &ours) {
+        let mark = match write_mark(&mark, &ours) {
             Ok(()) => Some((mark, ours)),
             Err(e) => {
                 tracing::warn!(file = %mark.display(), error = %e, "could not write the store's instance mark: a copy written over the store in place would go unnoticed");
@@ -453,5 +484,27 @@ mod tests {
         let failure = tokio::time::timeout(Duration::from_secs(5), latch.failed()).await.unwrap();
         assert!(failure.damaged(), "{failure}");
         assert!(failure.to_string().contains("corrupt"), "{failure}");
+    }
+
+    /// The instance mark is written by a new file renamed into place: a link put at its
+    /// path by the folder's owner is replaced, not followed into the file it names.
+    #[test]
+    fn the_instance_mark_replaces_a_link_at_its_path_and_writes_nothing_through_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("passwd");
+        std::fs::write(&elsewhere, "root:x:0:0\n").unwrap();
+        let store = tmp.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("db"), b"log").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, store.join(INSTANCE_MARK)).unwrap();
+        let anchor = Anchor::of(&store.join("db")).unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "root:x:0:0\n");
+        let mark = std::fs::symlink_metadata(store.join(INSTANCE_MARK)).unwrap();
+        assert!(mark.file_type().is_file(), "the link was replaced by the mark");
+        let (_, ours) = anchor.mark.as_ref().unwrap();
+        assert_eq!(&std::fs::read_to_string(store.join(INSTANCE_MARK)).unwrap(), ours);
+        assert_eq!(anchor.moved(), None);
+        let names: Vec<_> = std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "no file of the write is left behind: {names:?}");
     }
 }
