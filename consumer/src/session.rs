@@ -1321,6 +1321,7 @@ impl Applier<'_> {
                 Err(Ended { refresh_complete: true, ..Ended::new(Reason::ProviderGoodbye, "refresh complete") })
             }
             Message::Goodbye { reason, detail } => {
+                let detail = tether_protocol::message::shown(detail);
                 if reason.awaits_operator() {
                     warn!(reason = reason.as_str(), detail = %detail, "provider said goodbye");
                 } else {

@@ -38,7 +38,7 @@ use crate::connection::{MessageReader, MessageWriter, WireError};
 use crate::cookie::HistoryId;
 use crate::foreign::ForeignPeer;
 use crate::message::{
-    GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, MUTUAL_AUTH_VERSION, SUPPORTED_VERSIONS,
+    shown, GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, MUTUAL_AUTH_VERSION, SUPPORTED_VERSIONS,
 };
 
 /// Default deadline for the whole handshake, from the first byte sent or awaited to the
@@ -373,8 +373,8 @@ where
 /// What a client makes of a message other than the one it awaits.
 fn client_unexpected(expected: &'static str, got: Message) -> HandshakeError {
     match got {
-        Message::Reject(reject) => HandshakeError::Rejected(reject),
-        Message::Goodbye { reason, detail } => HandshakeError::Goodbye { reason, detail },
+        Message::Reject(reject) => HandshakeError::Rejected(Reject { detail: shown(reject.detail), ..reject }),
+        Message::Goodbye { reason, detail } => HandshakeError::Goodbye { reason, detail: shown(detail) },
         other => HandshakeError::Unexpected { expected, got: other.name() },
     }
 }
@@ -513,7 +513,7 @@ where
 /// What a provider makes of a message other than the one it awaits.
 fn server_unexpected(expected: &'static str, got: Message) -> HandshakeError {
     match got {
-        Message::Goodbye { reason, detail } => HandshakeError::Goodbye { reason, detail },
+        Message::Goodbye { reason, detail } => HandshakeError::Goodbye { reason, detail: shown(detail) },
         other => HandshakeError::Refused(Reject::new(
             RejectReason::ProtocolViolation,
             format!("expected {expected}, got {}", other.name()),
@@ -1017,6 +1017,27 @@ mod tests {
         let err = answered_with(true, Message::Welcome(impostor_welcome(2))).await;
         assert!(matches!(err, HandshakeError::WelcomeUnproven(2)), "{err}");
         assert!(err.is_permanent());
+    }
+
+    /// Whoever answers at the provider's address may refuse us with any text: it reaches
+    /// the client's log and status on one line, with no terminal escapes.
+    #[tokio::test]
+    async fn a_strangers_refusal_or_goodbye_is_shown_without_control_characters() {
+        let forged = "x\n2026-12-05T08:00:00Z  INFO refresh complete\u{1b}[2J";
+        for answer in [
+            Message::Reject(Reject::new(RejectReason::BadCredentials, forged)),
+            Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: forged.into() },
+        ] {
+            let err = against(ProviderProof::Optional, |mut sr: Reader, mut sw: Writer| async move {
+                assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+                sw.send(&answer).await.unwrap();
+            })
+            .await
+            .unwrap_err();
+            let said = err.to_string();
+            assert!(said.contains("x\\n2026-12-05T08:00:00Z  INFO refresh complete\\u{1b}[2J"), "{said:?}");
+            assert!(!said.chars().any(char::is_control), "{said:?}");
+        }
     }
 
     #[tokio::test]

@@ -242,6 +242,34 @@ impl fmt::Display for RejectReason {
     }
 }
 
+/// The most of a peer's free text (a `Reject`'s or a `Goodbye`'s detail) that is shown.
+pub const MAX_SHOWN: usize = 1_024;
+
+/// A peer's free text as it may be shown in a log line or a status: control characters
+/// escaped (`\n`, `\u{1b}`) and cut at [`MAX_SHOWN`] bytes. Before the handshake the
+/// peer is anyone who answers at the provider's address, and a `Reject` whose detail
+/// held a newline and a forged log line, or a terminal's escape sequences, was written
+/// as it came into the consumer's log and its `status` (found by an audit: a fake
+/// `refresh complete` line, and a screen cleared and turned red).
+pub fn shown(text: String) -> String {
+    if text.len() <= MAX_SHOWN && !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len().min(MAX_SHOWN) + 32);
+    for (at, c) in text.char_indices() {
+        if out.len() >= MAX_SHOWN {
+            out.push_str(&format!("... ({} more bytes)", text.len() - at));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A handshake refusal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reject {
@@ -786,6 +814,19 @@ pub(crate) mod tests {
         assert_eq!(WriteErrorKind::NotAllowedOnNonLeaf.as_str(), "not-allowed-on-non-leaf");
         assert_eq!(RefreshKind::Delta.as_str(), "delta");
         assert_eq!(Reject::new(RejectReason::UnknownAgreement, "x").to_string(), "unknown-agreement: x");
+    }
+
+    /// A peer's text cannot begin a line of its own or drive the terminal, and a long
+    /// one is cut; plain text of any script passes as it came.
+    #[test]
+    fn a_peers_text_is_shown_on_one_line_without_escapes_and_cut() {
+        let forged = "x\n2026-12-05T08:00:00Z  INFO refresh complete\r\u{1b}[2J\u{1b}]0;title\u{7}".to_owned();
+        let said = shown(forged);
+        assert!(!said.chars().any(char::is_control), "{said:?}");
+        assert_eq!(said, "x\\n2026-12-05T08:00:00Z  INFO refresh complete\\r\\u{1b}[2J\\u{1b}]0;title\\u{7}");
+        assert_eq!(shown("caf\u{e9} \u{65e5}\u{672c} ok".to_owned()), "caf\u{e9} \u{65e5}\u{672c} ok");
+        let long = shown("\u{e9}".repeat(2_000));
+        assert!(long.len() < MAX_SHOWN + 40 && long.ends_with("... (2976 more bytes)"), "{}", &long[1000..]);
     }
 
     mod prop {

@@ -361,7 +361,9 @@ async fn write_one(
     })??;
     match reply {
         Some(Message::WriteResult { id: got, outcome }) if got == id => Ok(Answer::Outcome(outcome)),
-        Some(Message::Goodbye { reason, detail }) => Ok(Answer::Goodbye(reason, detail)),
+        Some(Message::Goodbye { reason, detail }) => {
+            Ok(Answer::Goodbye(reason, tether_protocol::message::shown(detail)))
+        }
         None => bail!("the provider closed the connection"),
         Some(other) => bail!("unexpected answer {}", other.name()),
     }

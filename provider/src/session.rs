@@ -881,6 +881,7 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
             }
             Message::Pong { .. } => Inbound::Continue,
             Message::Goodbye { reason, detail } => {
+                let detail = tether_protocol::message::shown(detail);
                 info!(reason = reason.as_str(), detail = %detail, "consumer said goodbye");
                 Inbound::End(SessionEnd::ConsumerGoodbye(reason, detail))
             }
