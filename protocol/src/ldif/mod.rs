@@ -347,8 +347,14 @@ mod tests {
 
     fn modification() -> impl Strategy<Value = Modification> {
         // An add adds at least one value (the reader refuses one without); a delete or
-        // replace of none is the whole attribute.
-        let values = |least| proptest::collection::vec(value(), least..3);
+        // replace of none is the whole attribute. A section names each value once: the
+        // reader refuses one twice (the store would refuse the second), and two values
+        // drawn alike (two empty ones) failed the round trip now and then.
+        let values = |least| {
+            proptest::collection::vec(value(), least..3).prop_filter("a section names each value once", |values| {
+                values.iter().enumerate().all(|(i, v)| !values[..i].contains(v))
+            })
+        };
         let op_and_values = prop_oneof![
             (Just(ModOp::Add), values(1)),
             (Just(ModOp::Delete), values(0)),
