@@ -32,6 +32,8 @@ pub struct ControlContext {
     pub reload: tether_config::shell::ReloadRequests,
     /// The configuration file the provider was started with, which a reload re-reads.
     pub config_file: tether_protocol::control::StartedWith,
+    /// The address it listens on.
+    pub listen: std::net::SocketAddr,
 }
 
 /// Serves control connections until `shutdown`.
@@ -114,7 +116,7 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
     };
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply = match request {
-        ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, true) {
+        ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, Some(ctx.listen)) {
             Ok(status) if json => {
                 Ok(serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n")
             }

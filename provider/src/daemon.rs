@@ -186,6 +186,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         registry: server.registry().clone(),
         reload: reload_tx,
         config_file: tether_protocol::control::StartedWith::new(config_path),
+        listen: local,
     };
     // The line tests and the demo wait for: the provider is ready and where.
     info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), %history, csn = %dir.durable_csn(), "provider listening");

@@ -435,7 +435,7 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let Some(dir) = offline_or_answered(&config, &request).await? else { return Ok(()) };
-            let status = ProviderStatus::collect(&dir, &Default::default(), false)?;
+            let status = ProviderStatus::collect(&dir, &Default::default(), None)?;
             let text = if json { format!("{}\n", serde_json::to_string_pretty(&status)?) } else { status.to_text() };
             Stdout::print(&text).context("writing to standard output")
         }

@@ -28,6 +28,11 @@ pub struct ProviderStatus {
     /// When the running provider started (RFC 3339; `null` when it is not running):
     /// its sessions, and the consumers' counters, begin there.
     pub started_at: Option<String>,
+    /// The address the running provider listens on (`null` when it is not running): the
+    /// one it bound, which the configuration's `listen` need not say (a name, port 0, a
+    /// `listen` changed by a reload that waits for a restart), and which alone tells two
+    /// providers on one port of two addresses apart.
+    pub listen: Option<String>,
     /// The store's identity.
     pub store_id: String,
     /// The history the provider's cookies name now: a new one at each start (see
@@ -104,9 +109,15 @@ pub struct KnownConsumer {
 }
 
 impl ProviderStatus {
-    /// Collects the status of a provider: a running one's (`registry` holds its sessions)
-    /// or, with `running` false, what a stopped one's store holds.
-    pub fn collect(dir: &Directory, registry: &Registry, running: bool) -> Result<Self, tether_store::StoreError> {
+    /// Collects the status of a provider: a running one's, listening on `listening`
+    /// (`registry` holds its sessions), or, with `listening` none, what a stopped one's
+    /// store holds.
+    pub fn collect(
+        dir: &Directory,
+        registry: &Registry,
+        listening: Option<std::net::SocketAddr>,
+    ) -> Result<Self, tether_store::StoreError> {
+        let running = listening.is_some();
         let durable = dir.durable_csn();
         let mut sessions = registry.snapshot();
         // By agreement, then consumer: one consumer's sessions together, in the same
@@ -141,6 +152,7 @@ impl ProviderStatus {
         Ok(Self {
             running,
             started_at: running.then(|| crate::registry::rfc3339(tether_config::shell::started_at())),
+            listen: listening.map(|addr| addr.to_string()),
             store_id: dir.store_id().to_string(),
             history: dir.history().to_string(),
             csn: durable.0,
@@ -158,7 +170,8 @@ impl ProviderStatus {
 
     /// A table for people.
     pub fn to_text(&self) -> String {
-        let mut out = format!(
+        let mut out = self.listen.as_ref().map(|addr| format!("listening on {addr}\n")).unwrap_or_default();
+        out.push_str(&format!(
             "store {}  history {}  csn {}  entries {}  changelog {}  delta from {}\n",
             self.store_id,
             self.history,
@@ -170,7 +183,7 @@ impl ProviderStatus {
                 _ => "empty".to_owned(),
             },
             self.changelog.floor,
-        );
+        ));
         if let Some(load) = &self.unfinished_load {
             out.push_str(&format!(
                 "the load of {} begun at {} did not finish: `serve` refuses this store until a load finishes \
@@ -254,6 +267,7 @@ mod tests {
         let status = ProviderStatus {
             running: true,
             started_at: Some("2026-12-05T05:00:00Z".into()),
+            listen: None,
             store_id: "s".into(),
             history: "h".into(),
             csn: 1,
@@ -280,6 +294,7 @@ mod tests {
         ProviderStatus {
             running: false,
             started_at: None,
+            listen: None,
             store_id: "s".into(),
             history: "h".into(),
             csn: 3,
@@ -299,14 +314,17 @@ mod tests {
         let text = status.to_text();
         assert!(text.contains("changelog empty  delta from 3"), "{text}");
         assert!(text.contains("(provider not running: no sessions)") && !text.contains("PEER"), "{text}");
+        assert!(!text.contains("listening"), "{text}");
         let status = ProviderStatus {
             running: true,
             started_at: Some("2026-12-05T05:00:00Z".into()),
+            listen: Some("[::1]:7389".into()),
             changelog: ChangelogStatus { oldest: Some(4), newest: Some(9), floor: 3 },
             ..status
         };
         let text = status.to_text();
         assert!(text.contains("changelog 4..9  delta from 3") && text.contains("PEER"), "{text}");
+        assert!(text.starts_with("listening on [::1]:7389\n"), "{text}");
     }
 
     /// A load that did not finish is said in the text with its file and when it began
@@ -344,7 +362,7 @@ mod tests {
         live.client = "9f0c2a4e-0000-4000-8000-000000000001".into();
         let _registration = registry.register(live, &tokio_util::sync::CancellationToken::new());
 
-        let status = ProviderStatus::collect(&dir, &registry, true).unwrap();
+        let status = ProviderStatus::collect(&dir, &registry, Some("[::1]:7389".parse().unwrap())).unwrap();
         let listed: Vec<(&str, u64, u64, bool)> =
             status.consumers.iter().map(|c| (c.agreement.as_str(), c.csn, c.lag_changes, c.connected)).collect();
         assert_eq!(listed, [("groups", 0, written, false), ("people", written, 0, true)]);
@@ -354,6 +372,7 @@ mod tests {
         assert!(people.ends_with("(connected)"), "{text}");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["consumers"][0]["client"], "host/9f0c2a4e-0000-4000-8000-000000000002", "{json}");
+        assert_eq!(json["listen"], "[::1]:7389", "{json}");
     }
 
     /// A consumer receiving a full refresh has acknowledged nothing of this store: its lag
@@ -371,7 +390,7 @@ mod tests {
         let _refreshing = registry.register(session("127.0.0.1:40000", "people"), &token);
         let writer = SessionInfo { session_id: 2, ..session("127.0.0.1:40001", crate::server::WRITER) };
         let _writer = registry.register(writer, &token);
-        let status = ProviderStatus::collect(&dir, &registry, true).unwrap();
+        let status = ProviderStatus::collect(&dir, &registry, Some("[::1]:7389".parse().unwrap())).unwrap();
         let lags: Vec<(&str, u64)> = status.sessions.iter().map(|s| (s.agreement.as_str(), s.lag_changes)).collect();
         assert_eq!(lags, [("people", dir.durable_csn().0), (crate::server::WRITER, 0)]);
         assert!(dir.durable_csn().0 > 0);
@@ -391,12 +410,13 @@ mod tests {
             (s.session_id, s.client) = (id, client.into());
             registrations.push(registry.register(s, &cancel));
         }
-        let status = ProviderStatus::collect(&dir, &registry, true).unwrap();
+        let status = ProviderStatus::collect(&dir, &registry, Some("[::1]:7389".parse().unwrap())).unwrap();
         let order: Vec<(&str, &str)> =
             status.sessions.iter().map(|s| (s.agreement.as_str(), s.client.as_str())).collect();
         assert_eq!(order, [("groups", "host-a"), ("people", "host-a"), ("people", "host-b")]);
         let text = status.to_text();
-        let rows: Vec<&str> = text.lines().skip(1).take(4).collect();
+        // Below the address and the store's line.
+        let rows: Vec<&str> = text.lines().skip(2).take(4).collect();
         assert!(rows[0].contains("CONSUMER"), "{text}");
         assert!(rows[2].contains("127.0.0.1:40003") && rows[2].contains(" host-a "), "{text}");
         assert!(rows[3].contains("127.0.0.1:40001") && rows[3].contains(" host-b "), "{text}");

@@ -2498,9 +2498,10 @@ fn json_logs_are_one_object_a_line_naming_the_agreement_and_session() -> Result<
 
 /// Both statuses say when their process started (`started_at`, RFC 3339), since every
 /// counter there counts from it and a monitor must tell a restart from a fault; a
-/// stopped provider's status, read from its store, has none.
+/// stopped provider's status, read from its store, has none. The provider's says the
+/// address it listens on (`listen`), which its configuration need not say.
 #[test]
-fn status_says_when_each_process_started() -> Result<()> {
+fn status_says_when_each_process_started_and_where_the_provider_listens() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let whole_second = || -> Result<std::time::SystemTime> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
@@ -2514,6 +2515,7 @@ fn status_says_when_each_process_started() -> Result<()> {
     let (mut p, _w) = provider_with(tmp.path(), 20, 44, ProviderOptions::default())?;
     let mut c = people_consumer(tmp.path(), &p)?;
     let (provider_at, consumer_at) = (started(&p.status()?)?, started(&c.status()?)?);
+    assert_eq!(p.status()?["listen"], format!("127.0.0.1:{}", p.port));
     assert!(before <= provider_at && provider_at <= consumer_at, "{provider_at:?} {consumer_at:?}");
     assert!(consumer_at <= std::time::SystemTime::now());
     c.stop()?;
@@ -2523,6 +2525,7 @@ fn status_says_when_each_process_started() -> Result<()> {
     assert!(again <= restarted && restarted >= consumer_at, "a restart starts the count again: {restarted:?}");
     p.stop()?;
     assert_eq!(p.status()?["started_at"], serde_json::Value::Null);
+    assert_eq!(p.status()?["listen"], serde_json::Value::Null);
     // A stopped consumer's too: the key is there, as null, for a script that reads it.
     c.stop()?;
     let stopped = c.status()?;
