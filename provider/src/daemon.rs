@@ -122,6 +122,24 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             )));
         }
     };
+    // A name binds one of its addresses, the first that binds: said, since the others
+    // (IPv4 `127.0.0.1` beside the `::1` that `localhost` gave first) then refuse the
+    // consumers configured with them, and nothing else says why.
+    if config.listen.host().parse::<std::net::IpAddr>().is_err() {
+        let mut all: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host(config.listen.addr()).await.map(Iterator::collect).unwrap_or_default();
+        all.sort_unstable();
+        all.dedup();
+        if all.len() > 1 {
+            let bound = listener.local_addr().map_or_else(|_| "one of them".to_owned(), |a| a.to_string());
+            let all = all.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            warn!(
+                listen = %config.listen,
+                "`listen` names a host of several addresses ({all}): listening on {bound} only; give `listen` one \
+                 address, or 0.0.0.0 or [::] for all"
+            );
+        }
+    }
     let new = !tether_store::store_exists(&config.data_dir);
     let loose = tether_config::shell::private_data_dir(&config.data_dir, new)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
