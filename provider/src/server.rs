@@ -226,6 +226,7 @@ impl Server {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let peer = canonical(peer);
                         let this = self.clone();
                         let span = info_span!("connection", %peer);
                         self.tracker.spawn(async move { this.handle(stream, peer).await }.instrument(span));
@@ -272,6 +273,7 @@ impl Server {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         P: FnOnce(S) -> std::io::Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>)>,
     {
+        let peer = canonical(peer);
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => Some(slot),
             Err(_) => self.slot_of_a_handshake(peer).await,
@@ -490,6 +492,15 @@ pub const WRITER: &str = "writer";
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a refusal may take to send.
 const REFUSE_GRACE: Duration = Duration::from_secs(1);
+
+/// `peer` with an IPv4 client's address as IPv4: a listener on `[::]` accepts IPv4
+/// clients as IPv4-mapped IPv6 addresses, which were logged, listed by `status` and
+/// counted against the handshake limit as `[::ffff:127.0.0.1]:55350`, so the same
+/// client read as two sources on a dual-stack host and a search of the log for its
+/// address missed it.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
 
 /// `work`, or `None` once `taken` is cancelled: a connection over the limit took this
 /// one's slot during its handshake, which ends here and frees the slot (once the caller
