@@ -336,6 +336,23 @@ impl ConsumerConfig {
                     format!("invalid address \"{}\": port 0 cannot be connected to", agreement.provider),
                 ));
             }
+            // A provider's `listen` line copied here: connecting to an unspecified address
+            // reaches this very host, and the agreement retried against whatever listened
+            // on its port here, or nothing, saying only that the connection was refused.
+            if agreement.provider.host().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("provider"),
+                    format!(
+                        "invalid address \"{}\": {} is what a provider listens on to take connections on every \
+                         interface, and connecting to it reaches this host: write the provider's own address or \
+                         name, as provider.example.com:{}",
+                        agreement.provider,
+                        agreement.provider.host(),
+                        agreement.provider.port()
+                    ),
+                ));
+            }
             // The empty DN names the root, which no provider serves (its suffix is an entry).
             if agreement.base.is_root() {
                 return Err(ConfigError::invalid(
@@ -725,6 +742,29 @@ secret_file = "people.key"
             let got = refused(&text);
             let want = format!("{f}: {want}");
             assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}\nfrom:\n{text}");
+        }
+    }
+
+    /// A provider's `listen` line copied into an agreement is refused, naming the key:
+    /// connecting to an address that means every interface reaches the consumer's own host.
+    #[test]
+    fn a_provider_address_meaning_every_interface_is_refused() {
+        let f = "/etc/tether/consumer.toml";
+        for (address, host) in [("0.0.0.0:7389", "0.0.0.0"), ("[::]:7389", "::"), ("[0:0::0]:7389", "0:0::0")] {
+            let text = MINIMAL_AGREEMENT.replace("127.0.0.1:7389", address);
+            let got = refused(&text);
+            assert_eq!(
+                got,
+                format!(
+                    "{f}: key 'agreement[0].provider': invalid address \"{address}\": {host} is what a provider \
+                     listens on to take connections on every interface, and connecting to it reaches this host: write \
+                     the provider's own address or name, as provider.example.com:7389"
+                ),
+            );
+        }
+        for fine in ["127.0.0.1:7389", "[::1]:7389", "0.0.0.1:7389", "provider.example.com:7389"] {
+            let text = MINIMAL_AGREEMENT.replace("127.0.0.1:7389", fine);
+            assert!(parse(&text).is_ok(), "{fine}");
         }
     }
 
