@@ -93,7 +93,7 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
         .with_context(|| format!("{}: key 'writer.secret_file'", config.file.display()))?
         .secret;
     let (host, port) = config.listen.addr();
-    let host = if host == "0.0.0.0" || host == "::" { "127.0.0.1" } else { host };
+    let host = own_listener_host(host);
     // As the configuration spells it: an IPv6 address in brackets.
     let at = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let tls_client = match &config.tls {
@@ -375,6 +375,18 @@ pub fn records_applied(n: usize) -> String {
     format!("{n} record{} applied", if n == 1 { "" } else { "s" })
 }
 
+/// The host `write` connects to for the provider's own `listen` host: a listener on
+/// every interface is reached over the loopback of its family. `[::]` was reached as
+/// 127.0.0.1, which a host with `net.ipv6.bindv6only = 1` (or a listener with
+/// `IPV6_V6ONLY`) does not serve there: `write` was refused by its own provider.
+fn own_listener_host(host: &str) -> &str {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => "127.0.0.1",
+        Ok(std::net::IpAddr::V6(ip)) if ip.is_unspecified() => "::1",
+        _ => host,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -549,6 +561,41 @@ mod tests {
         std::fs::write(&ldif, "dn: ou=a,dc=example,dc=com\nchangetype: delete\n").unwrap();
         let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
         assert!(format!("{err:#}").starts_with("connecting to [::1]:1: "), "{err:#}");
+    }
+
+    /// A listener on every interface is reached over the loopback of its own family:
+    /// `[::]` over `::1`, which a host with `net.ipv6.bindv6only = 1` serves while it
+    /// does not serve 127.0.0.1 there.
+    #[test]
+    fn a_listener_on_every_interface_is_reached_over_the_loopback_of_its_family() {
+        assert_eq!(own_listener_host("0.0.0.0"), "127.0.0.1");
+        assert_eq!(own_listener_host("::"), "::1");
+        assert_eq!(own_listener_host("0:0::0"), "::1");
+        for host in ["127.0.0.1", "::1", "192.0.2.7", "2001:db8::7", "provider.example.com"] {
+            assert_eq!(own_listener_host(host), host);
+        }
+    }
+
+    /// A provider listening on `[::]` is written to over `::1`: here only `::1` is
+    /// listened on, as 127.0.0.1 is not with `net.ipv6.bindv6only = 1`.
+    #[tokio::test]
+    async fn a_write_to_a_listener_on_every_ipv6_address_connects_over_ipv6() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (listener, _, config, ldif) = setup(tmp.path()).await;
+        drop(listener);
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let text = std::fs::read_to_string(&config.file).unwrap();
+        let listen = text.lines().find(|l| l.starts_with("listen")).unwrap();
+        std::fs::write(&config.file, text.replace(listen, &format!("listen = \"[::]:{port}\""))).unwrap();
+        let config = ProviderConfig::load(&config.file).unwrap();
+        let old_provider = tokio::spawn(older_provider(listener, 2));
+
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains(&format!("handshake with [::1]:{port}")), "{shown}");
+        assert!(shown.contains("nothing was sent"), "{shown}");
+        old_provider.abort();
     }
 
     /// Without `--allow-unproven`, a provider that does not prove it knows the writer
