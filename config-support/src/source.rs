@@ -703,11 +703,33 @@ impl FromStr for HostPort {
             if !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
                 return Err(err("the host must be a name or an IP address"));
             }
+            if looks_numeric(host) && host.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(err(
+                    "the host is not an IPv4 address: write four numbers from 0 to 255 without leading zeros, as \
+                     127.0.0.1 (the system reads a shorter, octal or hexadecimal form as some other address: \
+                     \"0\" as 0.0.0.0, every interface)",
+                ));
+            }
             (host, port)
         };
         let port = port.parse::<u16>().map_err(|_| err("the port must be a number from 0 to 65535"))?;
         Ok(Self { host: host.to_owned(), port })
     }
+}
+
+/// Whether `host` is made of numbers alone (decimal, or hexadecimal as `0x7f`) between
+/// dots: no name is, and the system's resolver reads any such host as an IPv4 address
+/// in the old loose forms (`inet_aton`), so `0` listened on every interface, `127.1`
+/// and `0x7f000001` meant 127.0.0.1 and `010.0.0.1` meant 8.0.0.1, while `999.1.1.1`
+/// failed with `Name or service not known`.
+fn looks_numeric(host: &str) -> bool {
+    host.split('.').all(|part| {
+        let hex = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X"));
+        match hex {
+            Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => part.bytes().all(|b| b.is_ascii_digit()),
+        }
+    })
 }
 
 impl fmt::Display for HostPort {
@@ -996,6 +1018,34 @@ mod tests {
         // A URL is not taken for an IPv6 address without brackets.
         let e = "tether://provider:7389".parse::<HostPort>().unwrap_err().to_string();
         assert!(e.ends_with("a host:port, not a URL: leave out the scheme, as 127.0.0.1:7389"), "{e}");
+    }
+
+    /// A host of numbers alone that is no dotted quad is refused as no IPv4 address:
+    /// the system would read it as one in a loose form, and `0` listened on every
+    /// interface.
+    #[test]
+    fn a_numeric_host_that_is_no_dotted_quad_is_refused_as_no_ipv4_address() {
+        let loose =
+            ["0", "127.1", "0x7f000001", "0X7F.1", "999.1.1.1", "010.0.0.1", "1.2.3.4.5", "1.2.3.", "4294967295"];
+        for bad in loose {
+            let e = format!("{bad}:48071").parse::<HostPort>().unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid address \"{bad}:48071\": the host is not an IPv4 address")), "{e}");
+        }
+        for good in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "10.0.0.1"] {
+            let hp = format!("{good}:48071").parse::<HostPort>().unwrap();
+            assert_eq!(hp.host(), good);
+        }
+        // Names with digits in them are names.
+        for name in ["1e100.net", "0xfe.example.com", "host0", "123-4.example", "x0"] {
+            assert!(format!("{name}:48071").parse::<HostPort>().is_ok(), "{name:?} refused");
+        }
+        // The key is named, as for any address.
+        assert_eq!(
+            err("inline = { addr = \"0:48071\" }"),
+            "t.toml: key 'inline.addr': invalid address \"0:48071\": the host is not an IPv4 address: write four \
+             numbers from 0 to 255 without leading zeros, as 127.0.0.1 (the system reads a shorter, octal or \
+             hexadecimal form as some other address: \"0\" as 0.0.0.0, every interface)"
+        );
     }
 
     #[test]

@@ -656,6 +656,11 @@ secret_file = "people.key"
                 "key 'agreement[0].provider': invalid address \"::1:7389\": an IPv6 address needs brackets".into(),
             ),
             (
+                MINIMAL_AGREEMENT.replace("127.0.0.1:7389", "999.1.1.1:48073"),
+                "key 'agreement[0].provider': invalid address \"999.1.1.1:48073\": the host is not an IPv4 address"
+                    .into(),
+            ),
+            (
                 MINIMAL_AGREEMENT.replace("127.0.0.1:7389", "127.0.0.1:0"),
                 "key 'agreement[0].provider': invalid address \"127.0.0.1:0\": port 0 cannot be connected to".into(),
             ),

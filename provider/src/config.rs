@@ -591,6 +591,11 @@ mod tests {
                 format!("{MINIMAL}listen = \"localhost:http\""),
                 "key 'listen': invalid address \"localhost:http\": the port must be a number",
             ),
+            // Every interface, from what reads like a slip.
+            (
+                format!("{MINIMAL}listen = \"0:48071\""),
+                "key 'listen': invalid address \"0:48071\": the host is not an IPv4 address",
+            ),
             (format!("{MINIMAL}max_connections = 0"), "key 'max_connections': must be at least 1"),
             (
                 format!("{MINIMAL}max_connections = -5"),
