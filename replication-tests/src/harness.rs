@@ -264,6 +264,15 @@ pub struct Grant {
     pub base: String,
 }
 
+/// The secret of the `people` agreement of [`ProviderOptions::default`], for its
+/// consumers. 16 bytes or more, as a secret must be to be taken without a warning: a
+/// test counting a process's warnings, or reading a reload's reply, would find its own
+/// secret's.
+pub const PEOPLE_SECRET: &str = "people-secret-for-tests";
+
+/// The writer secret of [`ProviderOptions::default`].
+pub const WRITER_SECRET: &str = "writer-secret-for-tests";
+
 /// A provider process and its folder.
 #[derive(Debug)]
 pub struct Provider {
@@ -307,12 +316,12 @@ impl Default for ProviderOptions {
             suffix: "dc=example,dc=com".into(),
             grants: vec![Grant {
                 agreement: "people".into(),
-                secret: "people-secret".into(),
+                secret: PEOPLE_SECRET.into(),
                 base: "dc=example,dc=com".into(),
             }],
             changelog: String::new(),
             keepalive: ("1s".into(), "5s".into()),
-            writer_secret: "writer-secret".into(),
+            writer_secret: WRITER_SECRET.into(),
             tls: None,
         }
     }

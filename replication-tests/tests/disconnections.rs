@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use replication_tests::harness::{assert_holds, wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions};
+use replication_tests::harness::{
+    assert_holds, wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions, PEOPLE_SECRET,
+};
 use replication_tests::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -33,7 +35,7 @@ fn converged_pair(root: &Path, n: usize, seed: u64, retry: &str) -> Result<(Prov
     let (p, w) = provider_with(root, n, seed, ProviderOptions::default())?;
     let a = Agreement {
         extra: format!("retry = [\"{retry} forever\"]\n"),
-        ..Agreement::persist("people", PEOPLE, "people-secret")
+        ..Agreement::persist("people", PEOPLE, PEOPLE_SECRET)
     };
     let mut c = Consumer::configure(&root.join("c"), p.port, &[a])?;
     c.start()?;
@@ -61,8 +63,14 @@ fn store_threads(c: &Consumer) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The secret of `people` in [`two_grants`]: 16 bytes or more, as a secret must be to
+/// be taken without a warning, which every reload's reply would carry.
+const S1: &str = "s1-secret-for-tests";
+/// The secret of `others` in [`two_grants`], as long for the same reason.
+const S2: &str = "s2-secret-for-tests";
+
 fn two_grants() -> ProviderOptions {
-    grants_of("s1", PEOPLE, OTHERS)
+    grants_of(S1, PEOPLE, OTHERS)
 }
 
 /// The grants of [`two_grants`] with `people`'s secret and base and `others`' base
@@ -71,7 +79,7 @@ fn grants_of(people_secret: &str, people_base: &str, others_base: &str) -> Provi
     ProviderOptions {
         grants: vec![
             Grant { agreement: "people".into(), secret: people_secret.into(), base: people_base.into() },
-            Grant { agreement: "others".into(), secret: "s2".into(), base: others_base.into() },
+            Grant { agreement: "others".into(), secret: S2.into(), base: others_base.into() },
         ],
         ..ProviderOptions::default()
     }
@@ -82,7 +90,7 @@ fn both_agreements(root: &Path, p: &Provider) -> Result<Consumer> {
     let mut c = Consumer::configure(
         &root.join("c"),
         p.port,
-        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+        &[Agreement::persist("people", PEOPLE, S1), Agreement::persist("others", OTHERS, S2)],
     )?;
     c.start()?;
     converged(p, &c, "people", PEOPLE)?;
@@ -95,7 +103,7 @@ fn sigkill_during_persist_resumes_by_delta_exactly_once() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 1500, 11, ProviderOptions::default())?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     converged(&p, &c, "people", PEOPLE)?;
     let changes = w.changes(600);
@@ -121,7 +129,7 @@ fn sigkill_during_a_large_delta_refresh_resumes_without_a_full_reload() -> Resul
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 2000, 12, ProviderOptions::default())?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     converged(&p, &c, "people", PEOPLE)?;
     c.stop()?;
@@ -145,7 +153,7 @@ fn sigkill_during_a_large_full_refresh_resumes_where_it_stopped() -> Result<()> 
     let (p, mut w) = provider_with(tmp.path(), 8_000, 13, ProviderOptions::default())?;
     let region = p.search(PEOPLE, "subtree", ALL)?.matches("\ndn: ").count() + 1;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     // Kill the consumer a good way into its first full refresh, with writes going on.
     let changes = w.changes(300);
@@ -250,7 +258,7 @@ fn a_panic_in_apply_is_an_exception_and_the_agreement_recovers() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 500, 15, ProviderOptions::default())?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     // The 3rd apply panics: inside the initial refresh.
     c.env.push(("TETHER_FAILPOINTS".into(), "apply-panic=3".into()));
     c.start()?;
@@ -271,7 +279,7 @@ fn a_store_error_retrying_cannot_fix_closes_the_agreement_with_the_error() -> Re
     let tmp = tempfile::tempdir()?;
     let (p, _w) = provider_with(tmp.path(), 200, 16, ProviderOptions::default())?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.env.push(("TETHER_FAILPOINTS".into(), "apply-error=always".into()));
     c.start()?;
     let s = c.wait_status("people", LIMIT, "closed", |s| s["state"] == "closed")?;
@@ -287,7 +295,7 @@ fn a_store_error_retrying_cannot_fix_closes_the_agreement_with_the_error() -> Re
 fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next_start() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = provider_with(tmp.path(), 500, 17, two_grants())?;
-    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?;
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, S1)])?;
     c.start()?;
     converged(&p, &c, "people", PEOPLE)?;
     let before = c.agreement_status("people")?;
@@ -295,7 +303,7 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     let both = Consumer::configure(
         &tmp.path().join("c"),
         p.port,
-        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+        &[Agreement::persist("people", PEOPLE, S1), Agreement::persist("others", OTHERS, S2)],
     )?;
     drop(both);
     assert_eq!(c.admin("reload", None)?, "reloaded: added others\n");
@@ -303,7 +311,7 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     let after = c.agreement_status("people")?;
     assert_eq!(after["reconnects"], before["reconnects"], "the unchanged agreement was not touched");
     // Remove `people`.
-    let only = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("others", OTHERS, "s2")])?;
+    let only = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("others", OTHERS, S2)])?;
     drop(only);
     // The reply says what went with it, and so does the log, at WARN: a file cut short
     // shows there.
@@ -333,7 +341,7 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     no_duplicates(&c, "others")?;
     // A changed region (a filter spelled anew, the same entries) restarts the agreement
     // with a full refresh, and the reply says so.
-    let filtered = |filter: &str| Agreement { filter: filter.into(), ..Agreement::persist("others", OTHERS, "s2") };
+    let filtered = |filter: &str| Agreement { filter: filter.into(), ..Agreement::persist("others", OTHERS, S2) };
     drop(Consumer::configure(&tmp.path().join("c"), p.port, &[filtered("(|(objectClass=*)(cn=Anne Lee))")])?);
     // With the provider away, the reload's full refresh waits: a `wait` meanwhile says
     // the replica still holds entries (it said "nothing replicated yet").
@@ -359,7 +367,7 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     // Removed while the consumer is stopped: its replica goes at the next start, as on
     // a reload, instead of staying on disk where no command would see it.
     assert!(c.stop()?.success());
-    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?);
+    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, S1)])?);
     // Until then `search --as-is` reads it, from the base its replica recorded: it may be
     // the last copy of its region, and the agreement gone from the file must not hide it.
     let whole = p.search(OTHERS, "subtree", ALL)?;
@@ -392,7 +400,7 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     drop(Consumer::configure(
         &tmp.path().join("c"),
         p.port,
-        &[Agreement::persist("people", PEOPLE, "s1"), Agreement::persist("others", OTHERS, "s2")],
+        &[Agreement::persist("people", PEOPLE, S1), Agreement::persist("others", OTHERS, S2)],
     )?);
     c.start()?;
     converged(&p, &c, "others", OTHERS)?;
@@ -401,8 +409,8 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     // An agreement an operator stopped is not restarted by a reload that changes it:
     // the reply says what waits for its start.
     c.admin("stop", Some("others"))?;
-    let respelled = Agreement { filter: "(|(objectClass=*))".into(), ..Agreement::persist("others", OTHERS, "s2") };
-    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "s1"), respelled])?);
+    let respelled = Agreement { filter: "(|(objectClass=*))".into(), ..Agreement::persist("others", OTHERS, S2) };
+    drop(Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, S1), respelled])?);
     assert_eq!(
         c.admin("reload", None)?,
         "reloaded: changed others (stopped; its region changed: reloaded in full when started)\n"
@@ -428,7 +436,7 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     let rotated = ProviderOptions {
         // Changed too, but a reload cannot apply it: the provider says so.
         keepalive: ("2s".into(), "6s".into()),
-        ..grants_of("s1-rotated", PEOPLE, OTHERS)
+        ..grants_of("s1-rotated-for-tests", PEOPLE, OTHERS)
     };
     p.reconfigure(&rotated)?;
     p.reload()?;
@@ -508,7 +516,7 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no agreement named \"peple\" (there are others, people)"), "{stderr}");
     let key_file = c.dir.join("secrets/people.key");
-    std::fs::write(&key_file, "s1-rotated\n")?;
+    std::fs::write(&key_file, "s1-rotated-for-tests\n")?;
     // Left readable by others, as a file written under a usual umask is: the reply says
     // so, where the operator who wrote it looks, not only the log.
     std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
@@ -535,7 +543,7 @@ fn a_widened_grant_keeps_its_sessions_and_one_narrowed_below_a_session_ends_it()
     let (mut p, mut w) = provider_with(tmp.path(), 300, 20, two_grants())?;
     let c = both_agreements(tmp.path(), &p)?;
     let reconnects = c.agreement_status("people")?["reconnects"].clone();
-    p.reconfigure(&grants_of("s1", SUFFIX, OTHERS))?;
+    p.reconfigure(&grants_of(S1, SUFFIX, OTHERS))?;
     p.reload()?;
     wait_until(LIMIT, "the reload", || Ok(p.log_text().contains("0 sessions revoked")))?;
     p.write_ok(&w.changes(50))?;
@@ -544,7 +552,7 @@ fn a_widened_grant_keeps_its_sessions_and_one_narrowed_below_a_session_ends_it()
     assert_eq!((s["state"].as_str(), &s["reconnects"]), (Some("persisting"), &reconnects), "{s}");
 
     // `others` now covers only a branch below the session's base.
-    p.reconfigure(&grants_of("s1", SUFFIX, &format!("ou=branch,{OTHERS}")))?;
+    p.reconfigure(&grants_of(S1, SUFFIX, &format!("ou=branch,{OTHERS}")))?;
     p.reload()?;
     let s = c.wait_status("others", LIMIT, "closed", |s| s["state"] == "closed")?;
     assert!(s["last_error"].as_str().unwrap_or_default().contains("does not cover this session's"), "{s}");
@@ -745,7 +753,7 @@ fn revoked_credentials_end_in_closed_without_a_retry_storm() -> Result<()> {
     let (mut p, _w) = provider_with(tmp.path(), 300, 18, two_grants())?;
     let c = both_agreements(tmp.path(), &p)?;
     let only_others = ProviderOptions {
-        grants: vec![Grant { agreement: "others".into(), secret: "s2".into(), base: OTHERS.into() }],
+        grants: vec![Grant { agreement: "others".into(), secret: S2.into(), base: OTHERS.into() }],
         ..ProviderOptions::default()
     };
     p.reconfigure(&only_others)?;

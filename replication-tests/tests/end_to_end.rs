@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use replication_tests::harness::{wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions};
+use replication_tests::harness::{
+    wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions, PEOPLE_SECRET, WRITER_SECRET,
+};
 use replication_tests::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -38,7 +40,7 @@ fn people_consumer(root: &Path, p: &Provider) -> Result<Consumer> {
 
 /// [`people_consumer`] in the folder `dir`.
 fn people_consumer_in(dir: &Path, p: &Provider) -> Result<Consumer> {
-    let mut c = Consumer::configure(dir, p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+    let mut c = Consumer::configure(dir, p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     wait_converged(p, &c, "people", PEOPLE)?;
     Ok(c)
@@ -102,7 +104,7 @@ fn polling_consumer(root: &Path, p: &Provider) -> Result<Consumer> {
     let a = Agreement {
         mode: "refresh-only".into(),
         extra: "interval = \"300ms\"\nretry = [\"200ms x1000\"]\n".into(),
-        ..Agreement::persist("people", PEOPLE, "people-secret")
+        ..Agreement::persist("people", PEOPLE, PEOPLE_SECRET)
     };
     let mut c = Consumer::configure(&root.join("c"), p.port, &[a])?;
     c.start()?;
@@ -188,7 +190,7 @@ fn a_poller_s_known_position_is_what_its_last_poll_brought_it() -> Result<()> {
     let a = Agreement {
         mode: "refresh-only".into(),
         extra: "interval = \"1h\"\n".into(),
-        ..Agreement::persist("people", PEOPLE, "people-secret")
+        ..Agreement::persist("people", PEOPLE, PEOPLE_SECRET)
     };
     let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[a])?;
     for round in 0..2 {
@@ -489,7 +491,7 @@ fn an_agreement_whose_region_changed_while_the_consumer_was_stopped_is_reloaded_
     assert!(c.stop()?.success());
     p.write_ok(&w.changes(100))?;
     // The same agreement, now on the whole suffix.
-    drop(Consumer::configure(&dir, p.port, &[Agreement::persist("people", SUFFIX, "people-secret")])?);
+    drop(Consumer::configure(&dir, p.port, &[Agreement::persist("people", SUFFIX, PEOPLE_SECRET)])?);
     // Until the start reloads it, `--as-is` reads what the replica holds, from the base
     // it recorded: from the file's new base it printed nothing, exit status 0, the
     // recovery path the refusal points to giving an empty copy.
@@ -518,7 +520,7 @@ fn an_agreement_whose_region_changed_while_the_consumer_was_stopped_is_reloaded_
     drop(Consumer::configure(
         &dir,
         p.port,
-        &[Agreement { filter: filtered.into(), ..Agreement::persist("people", SUFFIX, "people-secret") }],
+        &[Agreement { filter: filtered.into(), ..Agreement::persist("people", SUFFIX, PEOPLE_SECRET) }],
     )?);
     // Until then the replica holds the wider region, and a search says so rather than
     // show it, exit status 0, as the narrowed one.
@@ -547,7 +549,7 @@ fn an_attribute_list_keeps_only_those_attributes_through_live_changes_and_a_delt
     // of `sn` move entries into and out of the region, and the provider alone can tell.
     let filter = "(sn=Family1*)";
     let attrs = "uid,mail";
-    let mut agreement = Agreement { filter: filter.into(), ..Agreement::persist("people", PEOPLE, "people-secret") };
+    let mut agreement = Agreement { filter: filter.into(), ..Agreement::persist("people", PEOPLE, PEOPLE_SECRET) };
     agreement.extra.push_str("attrs = [\"uid\", \"mail\"]\n");
     let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[agreement])?;
     let trimmed_alike = |c: &Consumer, what: &str| {
@@ -712,7 +714,7 @@ fn a_region_whose_base_names_no_entry_gets_no_full_refresh_but_gets_its_deletes(
     p.start()?;
     let later = format!("ou=later,{SUFFIX}");
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", &later, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", &later, PEOPLE_SECRET)])?;
     c.start()?;
     let s = c.wait_status("people", CONVERGE, "a no-such-base goodbye", |s| {
         s["last_error"].as_str().is_some_and(|e| e.contains("no-such-base"))
@@ -846,7 +848,7 @@ fn a_delta_cut_short_by_an_exception_is_reloaded_when_its_changes_were_lost_to_a
     let tmp = tempfile::tempdir()?;
     let (mut p, mut w) = provider_with(tmp.path(), 1000, 22, ProviderOptions::default())?;
     let slow_retry =
-        Agreement { extra: "retry = [\"30s x100\"]\n".into(), ..Agreement::persist("people", PEOPLE, "people-secret") };
+        Agreement { extra: "retry = [\"30s x100\"]\n".into(), ..Agreement::persist("people", PEOPLE, PEOPLE_SECRET) };
     let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[slow_retry])?;
     c.start()?;
     wait_converged(&p, &c, "people", PEOPLE)?;
@@ -1104,7 +1106,7 @@ fn a_consumer_cloned_with_its_host_is_warned_of_and_a_restart_is_not() -> Result
 
     // The clone: the same id, recorded as made where it now is, as an image keeps it.
     let twin_dir = tmp.path().join("twin");
-    let twin_config = [Agreement::persist("people", PEOPLE, "people-secret")];
+    let twin_config = [Agreement::persist("people", PEOPLE, PEOPLE_SECRET)];
     let mut twin = Consumer::configure(&twin_dir, p.port, &twin_config)?;
     let over_v6 =
         std::fs::read_to_string(&twin.config)?.replace(&format!("127.0.0.1:{}", p.port), &format!("[::1]:{}", p.port));
@@ -1595,7 +1597,7 @@ fn a_wait_on_an_agreement_in_backoff_says_so_in_words() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     // Nothing listens on its provider's port, and the next attempt is an hour away.
     let held_back =
-        Agreement { extra: "retry = [\"1h x100\"]\n".into(), ..Agreement::persist("people", PEOPLE, "people-secret") };
+        Agreement { extra: "retry = [\"1h x100\"]\n".into(), ..Agreement::persist("people", PEOPLE, PEOPLE_SECRET) };
     let mut c = Consumer::unreachable(&tmp.path().join("c"), &[held_back])?;
     c.start()?;
     c.wait_status("people", CONVERGE, "backoff", |s| s["state"] == "backoff")?;
@@ -1825,7 +1827,7 @@ fn servers_whose_standard_error_is_gone_keep_replicating() -> Result<()> {
     // A consumer without its stderr, of a provider as usual.
     let (p, mut work) = provider_with(&tmp.path().join("p2"), 60, 47, ProviderOptions::default())?;
     let c =
-        Consumer::configure(&tmp.path().join("c2"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c2"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     let consumer = without_stderr("tether-consumer", "run", &c.config)?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     p.write_ok(&work.changes(20))?;
@@ -2378,7 +2380,7 @@ fn pipelined_writes_are_decided_in_order_and_replicate() -> Result<()> {
     let changes: Vec<_> = parse_str(&w.changes(1000))?.into_iter().map(|r| r.into_change()).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let csns = rt.block_on(async {
-        let mut writer = Writer::connect(p.port, "writer-secret").await?;
+        let mut writer = Writer::connect(p.port, WRITER_SECRET).await?;
         let mut csns = Vec::new();
         writer.apply(changes, 64, |_, csn, _| csns.push(csn.0)).await?;
         writer.close().await;
@@ -2466,7 +2468,7 @@ fn json_logs_are_one_object_a_line_naming_the_agreement_and_session() -> Result<
     let tmp = tempfile::tempdir()?;
     let (p, mut w) = provider_with(tmp.path(), 50, 43, ProviderOptions::default())?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.env.push(("TETHER_LOG_FORMAT".into(), "json".into()));
     c.start()?;
     wait_converged(&p, &c, "people", PEOPLE)?;

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use replication_tests::harness::{assert_holds, signal, wait_until, Agreement, Consumer, Provider, ProviderOptions};
+use replication_tests::harness::{
+    assert_holds, signal, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
+};
 use replication_tests::proxy::{Direction, Fault, Proxy};
 use replication_tests::workload::{Workload, PEOPLE};
 
@@ -83,7 +85,7 @@ fn agreement(extra: &str, keepalive: &str) -> Agreement {
     Agreement {
         extra: extra.into(),
         keepalive: keepalive.into(),
-        ..Agreement::persist("people", PEOPLE, "people-secret")
+        ..Agreement::persist("people", PEOPLE, PEOPLE_SECRET)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use replication_tests::harness::{
-    probe_port, probe_port_reset, wait_until, Agreement, Consumer, Provider, ProviderOptions,
+    probe_port, probe_port_reset, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
 };
 use replication_tests::workload::{Workload, PEOPLE};
 use tether_protocol::auth::Secret;
@@ -51,7 +51,7 @@ fn hello(i: usize) -> Result<Hello> {
 async fn idle_session(port: u16, i: usize, stop: tokio_util_like::Stop) -> Result<()> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let (mut r, mut w) = tether_protocol::connection::from_tcp(stream)?;
-    let secret = Secret::new(b"people-secret".to_vec())?;
+    let secret = Secret::new(PEOPLE_SECRET.as_bytes().to_vec())?;
     client_handshake(&mut r, &mut w, &hello(i)?, &secret, ProviderProof::Required, Duration::from_secs(30)).await?;
     let mut ping = tokio::time::interval(Duration::from_millis(500));
     let mut seq = 0;
@@ -120,7 +120,7 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
     let stuck = rt.spawn(async move {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let (mut r, mut wr) = tether_protocol::connection::from_tcp(stream)?;
-        let secret = Secret::new(b"people-secret".to_vec())?;
+        let secret = Secret::new(PEOPLE_SECRET.as_bytes().to_vec())?;
         client_handshake(&mut r, &mut wr, &hello(999)?, &secret, ProviderProof::Required, Duration::from_secs(30))
             .await?;
         // Take the refresh like anyone, then stop reading for good.
@@ -155,7 +155,7 @@ fn idle_sessions_and_a_consumer_that_stops_reading_keep_provider_memory_bounded(
     })?;
     // A real consumer too, which must keep converging throughout.
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     wait_until(LIMIT, "consumer converged", || {
         Ok(p.search(PEOPLE, "subtree", "(objectClass=*)")?
@@ -242,7 +242,7 @@ fn a_flood_of_silent_connections_from_one_host_locks_out_no_client_of_another() 
     })?;
 
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     let s = c.wait_status("people", Duration::from_secs(8), "persisting", |s| s["state"] == "persisting")?;
     assert_eq!(s["disconnects"], serde_json::json!({}), "in at the first attempt: {s}");

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use replication_tests::harness::{signal, wait_until, Agreement, Consumer, Provider, ProviderOptions};
+use replication_tests::harness::{signal, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET};
 use replication_tests::workload::SUFFIX;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -25,7 +25,7 @@ fn a_sighup_right_after_readiness_reloads_both_processes_instead_of_killing_them
     let mut consumer = Consumer::configure(
         &tmp.path().join("consumer"),
         provider.port,
-        &[Agreement::persist("people", SUFFIX, "people-secret")],
+        &[Agreement::persist("people", SUFFIX, PEOPLE_SECRET)],
     )?;
     // A secret file others may read is warned of once per start and once per reload
     // (the start used to say it twice, as each reload did).

@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use replication_tests::harness::{
     applied_count, largest_file, wait_exit, wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions,
+    PEOPLE_SECRET,
 };
 use replication_tests::workload::PEOPLE;
 
@@ -76,7 +77,7 @@ fn a_provider_whose_store_fails_says_goodbye_exits_1_and_loses_no_acknowledged_w
     p.file_size_limit = Some(largest_file(&p.dir.join("data"))? + HEADROOM);
     p.start()?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
     let before = refreshes(&c)?;
@@ -117,7 +118,7 @@ fn a_consumer_whose_store_fails_stops_its_agreements_and_a_restart_resumes() -> 
     let tmp = tempfile::tempdir()?;
     let (p, _w) = Provider::loaded(tmp.path(), 300, 42, &Default::default())?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
     let converged = c.search("people", PEOPLE, "subtree", ALL)?;
@@ -188,7 +189,7 @@ fn a_consumer_whose_store_fails_writing_a_large_value_exits_when_stopped_and_a_r
     let tmp = tempfile::tempdir()?;
     let (p, _w) = Provider::loaded(tmp.path(), 300, 43, &Default::default())?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
     c.stop()?;
@@ -258,7 +259,7 @@ fn a_store_restored_under_a_running_provider_stops_it_before_it_acknowledges_a_w
     p.back_up_store(&backup)?;
     p.start()?;
     let mut c =
-        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, "people-secret")])?;
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
     c.start()?;
     p.write_ok(&w.changes(10))?;
     wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;
@@ -293,12 +294,12 @@ fn a_consumer_whose_store_is_taken_away_closes_its_agreements_without_waiting_fo
     let hourly = Agreement {
         mode: "refresh-only".into(),
         extra: "interval = \"1h\"\nretry = [\"200ms x1000\"]\n".into(),
-        ..Agreement::persist("polled", PEOPLE, "people-secret")
+        ..Agreement::persist("polled", PEOPLE, PEOPLE_SECRET)
     };
     let mut c = Consumer::configure(
         &tmp.path().join("c"),
         p.port,
-        &[Agreement::persist("people", PEOPLE, "people-secret"), hourly],
+        &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET), hourly],
     )?;
     c.start()?;
     wait_until(LIMIT, "the consumer to converge", || same(&p, &c))?;

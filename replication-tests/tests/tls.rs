@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use replication_tests::harness::{
-    probe_port, probe_port_reset, wait_until, Agreement, Consumer, Provider, ProviderOptions,
+    probe_port, probe_port_reset, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
 };
 use replication_tests::pki::Ca;
 use replication_tests::workload::{Workload, PEOPLE};
@@ -38,12 +38,12 @@ fn tls_provider(root: &Path, seed: u64) -> Result<(Provider, Workload, PathBuf)>
 
 /// A persist agreement on the people region, over TLS with `tls` as its section body.
 fn tls_agreement(tls: String) -> Agreement {
-    Agreement { tls: Some(tls), ..Agreement::persist("people", PEOPLE, "people-secret") }
+    Agreement { tls: Some(tls), ..Agreement::persist("people", PEOPLE, PEOPLE_SECRET) }
 }
 
 /// A consumer under `dir` of the people region over plain TCP, configured, not started.
 fn plain_consumer(dir: &Path, port: u16) -> Result<Consumer> {
-    Consumer::configure(dir, port, &[Agreement::persist("people", PEOPLE, "people-secret")])
+    Consumer::configure(dir, port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])
 }
 
 fn wait_converged(p: &Provider, c: &Consumer) -> Result<()> {

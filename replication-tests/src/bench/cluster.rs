@@ -13,7 +13,7 @@ use tether_protocol::Csn;
 
 use super::client;
 use super::data;
-use crate::harness::{Agreement, Consumer, Provider, ProviderOptions};
+use crate::harness::{Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET};
 use crate::proxy::Proxy;
 
 /// The agreement every benchmark consumer runs.
@@ -104,7 +104,7 @@ impl Cluster {
     pub fn add_consumer(&mut self, via_proxy: bool) -> Result<usize> {
         let i = self.consumers.len();
         let port = if via_proxy { self.proxy()?.port() } else { self.provider.port };
-        let agreement = Agreement::persist(AGREEMENT, data::SUFFIX, "people-secret");
+        let agreement = Agreement::persist(AGREEMENT, data::SUFFIX, PEOPLE_SECRET);
         let mut consumer = Consumer::configure(&self.root.path().join(format!("consumer-{i}")), port, &[agreement])?;
         consumer.env.push(("TETHER_APPLY_AUDIT".into(), "0".into()));
         set_cache_size(&consumer.dir.join("consumer.toml"))?;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use replication_tests::harness::{wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions};
+use replication_tests::harness::{wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions, PEOPLE_SECRET};
 
 /// How long any one step may take before the demo reports failure.
 const STEP: Duration = Duration::from_secs(60);
@@ -68,8 +68,8 @@ fn run() -> Result<()> {
 
     let opts = ProviderOptions {
         grants: vec![
-            Grant { agreement: "people".into(), secret: "people-secret".into(), base: PEOPLE.into() },
-            Grant { agreement: "groups".into(), secret: "groups-secret".into(), base: GROUPS.into() },
+            Grant { agreement: "people".into(), secret: PEOPLE_SECRET.into(), base: PEOPLE.into() },
+            Grant { agreement: "groups".into(), secret: "groups-secret-for-tests".into(), base: GROUPS.into() },
         ],
         ..ProviderOptions::default()
     };
@@ -80,11 +80,11 @@ fn run() -> Result<()> {
     provider.start()?;
     say(&format!("provider listening on 127.0.0.1:{}", provider.port));
 
-    let people = Agreement::persist("people", PEOPLE, "people-secret");
+    let people = Agreement::persist("people", PEOPLE, PEOPLE_SECRET);
     let groups = Agreement {
         mode: "refresh-only".into(),
         extra: "interval = \"1s\"\nretry = [\"200ms x1000\"]\n".into(),
-        ..Agreement::persist("groups", GROUPS, "groups-secret")
+        ..Agreement::persist("groups", GROUPS, "groups-secret-for-tests")
     };
     let mut live = Consumer::configure(&root.join("consumer-a"), provider.port, &[people])?;
     let mut poller = Consumer::configure(&root.join("consumer-b"), provider.port, &[groups])?;
