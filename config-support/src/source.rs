@@ -30,6 +30,13 @@ use toml_edit::{ImDocument, Item, Table, Value};
 /// is almost surely the wrong file (a certificate, `/dev/zero`), so reading stops here.
 pub const MAX_SECRET_LEN: u64 = 4096;
 
+/// Shortest secret taken without a warning, in bytes. The handshake's MACs are over
+/// public nonces, so whoever captures one handshake can try secrets offline as fast as
+/// HMAC-SHA256 runs: a short or typed secret falls to that, 32 random bytes do not.
+/// Shorter ones are warned of, not refused, so that deployments running on them still
+/// start after an upgrade.
+pub const MIN_SECRET_LEN: usize = 16;
+
 /// Longest control-socket path accepted, in bytes: `sun_path` is 108 bytes on Linux,
 /// including the terminating NUL. Binding a longer path fails late and obscurely, so it
 /// is refused at load.
@@ -807,7 +814,8 @@ pub fn out_of_files(e: &std::io::Error) -> &'static str {
 /// `\r\n`) removed, refused when empty. On Unix, a file readable or writable by group
 /// or others yields a warning rather than an error; so does a secret that begins with a
 /// byte order mark or ends in blank space, which are part of it (the two sides'
-/// files must hold the same bytes) but are usually an editor's, and invisible in it.
+/// files must hold the same bytes) but are usually an editor's, and invisible in it,
+/// and one shorter than [`MIN_SECRET_LEN`].
 pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
     let refuse = |reason: String| ConfigError::Secret { file: path.to_owned(), reason };
     let unread = |e: std::io::Error| refuse(format!("cannot read secret file: {e}{}", out_of_files(&e)));
@@ -856,6 +864,15 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
             "secret file {} ends in blank space (after one newline is taken off), which is part of the secret: the \
              other side's file must end the same way",
             path.display()
+        ));
+    }
+    if !body.is_empty() && body.len() < MIN_SECRET_LEN {
+        warnings.push(format!(
+            "secret file {} holds a secret of {} bytes, under {MIN_SECRET_LEN}: whoever captures a handshake can \
+             guess it offline; use 32 random bytes, as `head -c 32 /dev/urandom | base64` writes (in both sides' \
+             files)",
+            path.display(),
+            body.len()
         ));
     }
     let secret = Secret::from_file_contents(bytes).map_err(|_| refuse("secret file is empty".to_owned()))?;
@@ -1104,7 +1121,11 @@ mod tests {
     #[test]
     fn secrets_trim_one_newline_and_refuse_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(&[u8], &[u8]); 3] = [(b"s3cret\n", b"s3cret"), (b"s3cret\r\n", b"s3cret"), (b"raw", b"raw")];
+        let cases: [(&[u8], &[u8]); 3] = [
+            (b"s3cret-of-16-bytes\n", b"s3cret-of-16-bytes"),
+            (b"s3cret-of-16-bytes\r\n", b"s3cret-of-16-bytes"),
+            (b"raw-secret-of-16-bytes", b"raw-secret-of-16-bytes"),
+        ];
         for (i, (contents, want)) in cases.into_iter().enumerate() {
             let loaded = load_secret(&write_secret(&dir, &format!("k{i}"), contents)).unwrap();
             assert!(loaded.secret == Secret::new(want.to_vec()).unwrap());
@@ -1113,10 +1134,10 @@ mod tests {
         // What an editor adds unseen is kept (both sides must hold the same bytes), and
         // warned of: the reason a bad-credentials rejection can otherwise not be found.
         let unseen: [(&[u8], &[u8], &str); 4] = [
-            (b"s3cret\n\n", b"s3cret\n", "ends in blank space"),
-            (b"s3cret \n", b"s3cret ", "ends in blank space"),
-            (b"\xef\xbb\xbfs3cret\r\n", b"\xef\xbb\xbfs3cret", "begins with a byte order mark"),
-            (b"\xef\xbb\xbfs3cret\t", b"\xef\xbb\xbfs3cret\t", "begins with a byte order mark"),
+            (b"s3cret-of-16-bytes\n\n", b"s3cret-of-16-bytes\n", "ends in blank space"),
+            (b"s3cret-of-16-bytes \n", b"s3cret-of-16-bytes ", "ends in blank space"),
+            (b"\xef\xbb\xbfs3cret-of-16-bytes\r\n", b"\xef\xbb\xbfs3cret-of-16-bytes", "begins with a byte order mark"),
+            (b"\xef\xbb\xbfs3cret-of-16-bytes\t", b"\xef\xbb\xbfs3cret-of-16-bytes\t", "begins with a byte order mark"),
         ];
         for (i, (contents, want, said)) in unseen.into_iter().enumerate() {
             let path = write_secret(&dir, &format!("u{i}"), contents);
@@ -1128,7 +1149,7 @@ mod tests {
                 loaded.warnings
             );
         }
-        let both = load_secret(&write_secret(&dir, "both", b"\xef\xbb\xbfs3cret \n")).unwrap();
+        let both = load_secret(&write_secret(&dir, "both", b"\xef\xbb\xbfs3cret-of-16-bytes \n")).unwrap();
         assert_eq!(both.warnings.len(), 2, "{:?}", both.warnings);
         for (name, contents) in [("empty", &b""[..]), ("newline", &b"\n"[..])] {
             let path = write_secret(&dir, name, contents);
@@ -1217,11 +1238,38 @@ mod tests {
     fn lax_secret_permissions_warn() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let path = write_secret(&dir, "k", b"abc\n");
+        let path = write_secret(&dir, "k", b"a secret of enough length\n");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let loaded = load_secret(&path).unwrap();
-        assert!(loaded.secret == Secret::new(b"abc".to_vec()).unwrap());
+        assert!(loaded.secret == Secret::new(b"a secret of enough length".to_vec()).unwrap());
         assert_eq!(loaded.warnings.len(), 1);
         assert!(loaded.warnings[0].contains("mode 644"), "{:?}", loaded.warnings);
+    }
+
+    /// A secret shorter than 16 bytes is taken, as deployments run on them, but warned
+    /// of with the file and the way to make a good one: a captured handshake lets anyone
+    /// guess a short secret offline.
+    #[test]
+    fn a_secret_shorter_than_16_bytes_is_taken_and_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_secret(&dir, "short", b"abc\n");
+        let loaded = load_secret(&path).unwrap();
+        assert!(loaded.secret == Secret::new(b"abc".to_vec()).unwrap());
+        assert_eq!(
+            loaded.warnings,
+            [format!(
+                "secret file {} holds a secret of 3 bytes, under 16: whoever captures a handshake can guess it \
+                 offline; use 32 random bytes, as `head -c 32 /dev/urandom | base64` writes (in both sides' files)",
+                path.display()
+            )]
+        );
+        // Counted without the newline taken off; 16 bytes are enough.
+        let fifteen = load_secret(&write_secret(&dir, "fifteen", b"0123456789abcde\r\n")).unwrap();
+        assert!(fifteen.warnings[0].contains("holds a secret of 15 bytes"), "{:?}", fifteen.warnings);
+        let sixteen = load_secret(&write_secret(&dir, "sixteen", b"0123456789abcdef\n")).unwrap();
+        assert!(sixteen.warnings.is_empty(), "{:?}", sixteen.warnings);
+        let base64 =
+            load_secret(&write_secret(&dir, "b64", b"q0Jz1Ow8yVdC5r0sZl0vH3uQeXk9b2pT1mN4aS6cY7E=\n")).unwrap();
+        assert!(base64.warnings.is_empty(), "{:?}", base64.warnings);
     }
 }
