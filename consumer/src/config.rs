@@ -423,6 +423,14 @@ impl ConsumerConfig {
                 if tls.server_name.as_deref().is_some_and(str::is_empty) {
                     return Err(ConfigError::invalid(file, key("tls.server_name"), "server name is empty"));
                 }
+                // `[::1]` as in `provider` is no name: rustls said `invalid dns name`.
+                if let Some(bare) = tls.server_name.as_deref().and_then(|n| n.strip_prefix('[')?.strip_suffix(']')) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("tls.server_name"),
+                        format!("write an IPv6 address without brackets here: \"{bare}\""),
+                    ));
+                }
             }
         }
         Ok(())
@@ -630,6 +638,10 @@ secret_file = "people.key"
                 "key 'agreement[0].interval': interval 1ms is below the minimum of 100ms: each poll is a connection, \
                  a handshake and a refresh; to follow the provider closer, use mode = \"refresh-and-persist\""
                     .into(),
+            ),
+            (
+                with("[agreement.tls]\nca_file = \"ca.pem\"\nserver_name = \"[::1]\""),
+                "key 'agreement[0].tls.server_name': write an IPv6 address without brackets here: \"::1\"".into(),
             ),
             (
                 with("give_up_after = \"0s\""),
