@@ -310,6 +310,58 @@ fn answered_by_process(call: &tether_protocol::control::ControlError) -> bool {
     )
 }
 
+/// Set in the environment of a command run again as the owner of its store (see
+/// [`as_store_owner`]): that run must not run itself again, nor say again what the first
+/// said before it.
+pub const AS_STORE_OWNER: &str = "TETHER_AS_STORE_OWNER";
+
+/// Whether this process is a command run again as the owner of its store.
+pub fn is_store_owners_run() -> bool {
+    std::env::var_os(AS_STORE_OWNER).is_some()
+}
+
+/// Runs this command again as the owner of `data_dir` when root runs it on a store
+/// another user owns, and gives its exit status; `None` when this process is the one to
+/// open the store (not root, a store of root's or none yet, or already the run again).
+/// The caller ends with that status ([`exit_now`]): the run again said all there is.
+///
+/// The store's user may be a compromised service, and sled opens its files by path:
+/// root's `status` of a stopped service followed a link its user put at `db` and wrote
+/// half a megabyte of sled's log over the file the link named (found by an audit and
+/// its verification: any file of the system). Run as the store's user, the command can
+/// do there no more than that user could; it runs with the user's group and no other,
+/// in the same folder and with the same arguments, standard streams and environment.
+pub fn as_store_owner(data_dir: &std::path::Path) -> std::io::Result<Option<i32>> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    if !rustix::process::geteuid().is_root() || is_store_owners_run() {
+        return Ok(None);
+    }
+    let Ok(folder) = std::fs::metadata(data_dir) else { return Ok(None) };
+    if folder.uid() == 0 {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe()?;
+    // std drops root's supplementary groups when it sets the user.
+    let status = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .uid(folder.uid())
+        .gid(folder.gid())
+        .env(AS_STORE_OWNER, "1")
+        .status()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "running this command as the owner of {} (uid {}), as root does on another user's store: {e}",
+                    data_dir.display(),
+                    folder.uid()
+                ),
+            )
+        })?;
+    Ok(Some(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1)))
+}
+
 /// Makes `data_dir` (creating it) for a store that is about to be opened, and keeps it
 /// to its user: the store's files are created under the umask (0644 under 022), and
 /// any local user could copy them and read every entry, `userPassword` values too. A

@@ -187,6 +187,11 @@ enum Offline {
 }
 
 fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> {
+    // Root on a store another user owns runs the command again as that user, and ends
+    // with its status (see `shell::as_store_owner`).
+    if let Some(code) = shell::as_store_owner(&config.data_dir)? {
+        shell::exit_now(code);
+    }
     let dir = config.data_dir.display();
     if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
         bail!(shell::no_store("consumer", &config.data_dir, &config.control, &config.file));
@@ -272,8 +277,11 @@ async fn run(cli: Cli) -> Result<()> {
             else {
                 return Ok(());
             };
-            for w in warnings {
-                tether_config::say!("warning: {w}");
+            // The run as the store's owner says them again.
+            if !shell::is_store_owners_run() {
+                for w in warnings {
+                    tether_config::say!("warning: {w}");
+                }
             }
             let request = ControlRequest::Status { json };
             if call(&config, &request).await? {

@@ -134,6 +134,7 @@ enum Offline {
 }
 
 fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
+    run_as_store_owner(config)?;
     let dir = config.data_dir.display();
     if use_ == Offline::Read && !tether_store::store_exists(&config.data_dir) {
         bail!(shell::no_store("provider", &config.data_dir, &config.control, &config.file));
@@ -171,6 +172,15 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
         };
         anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
     })
+}
+
+/// Runs the command again as the owner of the store, and ends with its status, when
+/// root runs it on a store another user owns (see [`shell::as_store_owner`]).
+fn run_as_store_owner(config: &ProviderConfig) -> Result<()> {
+    match shell::as_store_owner(&config.data_dir)? {
+        Some(code) => shell::exit_now(code),
+        None => Ok(()),
+    }
 }
 
 /// The store of a stopped provider, for a command that asked its socket first and found
@@ -256,6 +266,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve { config } => daemon::serve(&config).await,
         Command::Load { config, file, skip_existing } => {
             let config = ProviderConfig::load(&config)?;
+            // Before standard input is read (`load -`), which the run again reads.
+            run_as_store_owner(&config)?;
             // A file that cannot be opened makes no store.
             let input = Input::open(&file)?;
             let (fresh, made_dir) = (!tether_store::store_exists(&config.data_dir), !config.data_dir.exists());
@@ -427,8 +439,11 @@ async fn run(cli: Cli) -> Result<()> {
             else {
                 return Ok(());
             };
-            for w in warnings {
-                tether_config::say!("warning: {w}");
+            // The run as the store's owner says them again.
+            if !shell::is_store_owners_run() {
+                for w in warnings {
+                    tether_config::say!("warning: {w}");
+                }
             }
             let request = ControlRequest::Status { json };
             if client::control_call(&config, &request).await?.is_some() {

@@ -1708,6 +1708,65 @@ fn too_low_an_open_files_limit_is_named_not_a_panic() -> Result<()> {
     Ok(())
 }
 
+/// Gives `path` and everything below it to nobody (65534), links as themselves.
+fn give_to_nobody(path: &Path) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(65534), Some(65534))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            give_to_nobody(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Root's command on a stopped process's store that another user owns runs as that
+/// user: sled opens its files by path, and a link the store's user put at `db` had
+/// root's `status` write half a megabyte of sled's log over the file it named (found by
+/// a security audit's verification). Run as the store's user, the command is refused
+/// that file, and reads a sound store as before.
+#[test]
+fn root_reads_a_store_another_user_owns_as_that_user() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::fs::metadata("/proc/self")?.uid() != 0 {
+        return Ok(()); // only root runs a command as another user
+    }
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let mut work = Workload::new(5, 49);
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    let file = tmp.path().join("initial.ldif");
+    std::fs::write(&file, work.initial_ldif())?;
+    p.load(&file)?;
+    give_to_nobody(&p.dir)?;
+    let status = p.status()?;
+    assert_eq!(status["running"], false, "{status}");
+    assert!(status["entries"].as_u64() > Some(0), "{status}");
+    let data = p.dir.join("data");
+    for entry in std::fs::read_dir(&data)? {
+        let entry = entry?;
+        assert_eq!(entry.metadata()?.uid(), 65534, "{} is left to root", entry.path().display());
+    }
+    // Without a snapshot, sled takes whatever `db` holds for a log to recover, and writes
+    // it out whole: as root, over the file the link names.
+    let passwd = "root:x:0:0:root:/root:/bin/bash\n";
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, passwd)?;
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600))?;
+    for entry in std::fs::read_dir(&data)? {
+        let path = entry?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snap.")) {
+            std::fs::remove_file(path)?;
+        }
+    }
+    std::fs::remove_file(data.join("db"))?;
+    std::os::unix::fs::symlink(&victim, data.join("db"))?;
+    std::os::unix::fs::lchown(data.join("db"), Some(65534), Some(65534))?;
+    let refused = p.status();
+    assert!(refused.is_err(), "the store's user may not open root's file: {refused:?}");
+    assert_eq!(std::fs::read_to_string(&victim)?, passwd, "written through the link");
+    Ok(())
+}
+
 /// Under a limit on the user's threads too low for the threads a process needs (`ulimit
 /// -u`, systemd's `TasksMax=`), a command and a server say so and exit 1: tokio panicked
 /// starting its workers and hung in the unwinding. Root is not held to that limit, so
