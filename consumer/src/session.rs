@@ -1335,7 +1335,10 @@ impl Applier<'_> {
             }
             Message::RefreshRequired { reason } => Err(Ended {
                 goodbye: Some(GoodbyeReason::RefreshRequired),
-                ..Ended::new(Reason::ProviderGoodbye, format!("refresh-required: {reason}"))
+                ..Ended::new(
+                    Reason::ProviderGoodbye,
+                    format!("refresh-required: {}", tether_protocol::message::shown(reason)),
+                )
             }),
             other => Err(Ended::new(
                 Reason::Exception,
@@ -1610,6 +1613,29 @@ mod tests {
         );
         assert_eq!(replica.cookie().unwrap(), None, "the refresh never completed");
         provider.abort();
+    }
+
+    /// A provider's free text after the handshake (a `RefreshRequired`'s reason, a
+    /// `Goodbye`'s detail) reaches the log and the status on one line, escaped: one that
+    /// only knows the secret (any consumer host of the agreement) wrote forged lines.
+    #[tokio::test]
+    async fn a_providers_reason_is_shown_on_one_line() {
+        for said in [
+            Message::RefreshRequired { reason: "x\nforged line\u{1b}[2J".into() },
+            Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "x\nforged line\u{1b}[2J".into() },
+        ] {
+            let (_dir, store, replica) = empty_replica();
+            let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+            let secret = cfg.secret.clone();
+            let provider = tokio::spawn(async move {
+                let (mut r, mut w) = welcomed(theirs, secret, HistoryId::new_random()).await;
+                let _ = w.send(&said).await;
+                while let Ok(Some(_)) = r.recv().await {}
+            });
+            let ended = session_ended(&cfg, &store, &replica).await;
+            assert!(ended.detail.ends_with("x\\nforged line\\u{1b}[2J"), "{ended:?}");
+            provider.abort();
+        }
     }
 
     /// A cookie of another history than the session was welcomed into, or one behind

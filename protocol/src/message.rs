@@ -246,13 +246,15 @@ impl fmt::Display for RejectReason {
 pub const MAX_SHOWN: usize = 1_024;
 
 /// A peer's free text as it may be shown in a log line or a status: control characters
-/// escaped (`\n`, `\u{1b}`) and cut at [`MAX_SHOWN`] bytes. Before the handshake the
+/// escaped (`\n`, `\u{1b}`), and the characters that break a line or reorder the text
+/// around them (U+2028, U+2029, the bidirectional marks and overrides: `\u{202e}` shows
+/// what follows it backwards), and cut at [`MAX_SHOWN`] bytes. Before the handshake the
 /// peer is anyone who answers at the provider's address, and a `Reject` whose detail
 /// held a newline and a forged log line, or a terminal's escape sequences, was written
 /// as it came into the consumer's log and its `status` (found by an audit: a fake
 /// `refresh complete` line, and a screen cleared and turned red).
 pub fn shown(text: String) -> String {
-    if text.len() <= MAX_SHOWN && !text.chars().any(char::is_control) {
+    if text.len() <= MAX_SHOWN && !text.chars().any(unshowable) {
         return text;
     }
     let mut out = String::with_capacity(text.len().min(MAX_SHOWN) + 32);
@@ -261,13 +263,19 @@ pub fn shown(text: String) -> String {
             out.push_str(&format!("... ({} more bytes)", text.len() - at));
             break;
         }
-        if c.is_control() {
+        if unshowable(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Whether `c` is shown escaped in a peer's text (see [`shown`]).
+fn unshowable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A handshake refusal.
@@ -825,6 +833,8 @@ pub(crate) mod tests {
         assert!(!said.chars().any(char::is_control), "{said:?}");
         assert_eq!(said, "x\\n2026-12-05T08:00:00Z  INFO refresh complete\\r\\u{1b}[2J\\u{1b}]0;title\\u{7}");
         assert_eq!(shown("caf\u{e9} \u{65e5}\u{672c} ok".to_owned()), "caf\u{e9} \u{65e5}\u{672c} ok");
+        // A line separator, and an override that shows `gpj.exe` as `exe.jpg`.
+        assert_eq!(shown("a\u{2028}b \u{202e}gpj.exe".to_owned()), "a\\u{2028}b \\u{202e}gpj.exe");
         let long = shown("\u{e9}".repeat(2_000));
         assert!(long.len() < MAX_SHOWN + 40 && long.ends_with("... (2976 more bytes)"), "{}", &long[1000..]);
     }
