@@ -142,6 +142,19 @@ pub fn probe_port_reset(port: u16) -> Result<()> {
     Ok(())
 }
 
+/// Probes `p`'s port as health checks do, three times closing with a FIN and three with
+/// a reset, then sends it what a web client would, and gives the provider's warnings
+/// once one says `warned_as` (the web client's: a probe's would be logged before it).
+pub fn probe_then_warnings(p: &Provider, warned_as: &str) -> Result<Vec<String>> {
+    for _ in 0..3 {
+        probe_port(p.port, b"")?;
+        probe_port_reset(p.port)?;
+    }
+    probe_port(p.port, b"GET / HTTP/1.0\r\n\r\n")?;
+    wait_until(Duration::from_secs(30), "the warning of the web client", || Ok(p.log_text().contains(warned_as)))?;
+    Ok(p.log_text().lines().filter(|l| l.contains("WARN")).map(str::to_owned).collect())
+}
+
 /// Polls `cond` every [`POLL`] until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
     let start = Instant::now();

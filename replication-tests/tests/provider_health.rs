@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use replication_tests::harness::{
-    probe_port, probe_port_reset, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
+    probe_port, probe_then_warnings, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
 };
 use replication_tests::workload::{Workload, PEOPLE};
 use tether_protocol::auth::Secret;
@@ -346,15 +346,9 @@ fn the_consumer_raises_its_open_files_limit() -> Result<()> {
 fn a_port_probe_that_sends_nothing_is_not_warned_of() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, _w) = Provider::loaded(tmp.path(), 10, 41, &ProviderOptions::default())?;
-    for _ in 0..3 {
-        probe_port(p.port, b"")?;
-        probe_port_reset(p.port)?;
-    }
-    probe_port(p.port, b"GET / HTTP/1.0\r\n\r\n")?;
-    wait_until(LIMIT, "the warning of the web client", || Ok(p.log_text().contains("handshake failed")))?;
-    let log = p.log_text();
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    let warnings = probe_then_warnings(&p, "handshake failed")?;
     assert_eq!(warnings.len(), 1, "only the web client is warned of: {warnings:#?}");
+    let log = p.log_text();
     assert!(!log.contains("closed during the handshake") && !log.contains("reset"), "{log}");
     Ok(())
 }

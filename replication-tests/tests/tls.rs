@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use replication_tests::harness::{
-    probe_port, probe_port_reset, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
+    probe_port, probe_then_warnings, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
 };
 use replication_tests::pki::Ca;
 use replication_tests::workload::{Workload, PEOPLE};
@@ -405,15 +405,9 @@ fn a_reload_that_turns_tls_on_or_off_says_so() -> Result<()> {
 fn a_port_probe_of_the_tls_port_is_not_warned_of() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (p, _w, _ca) = tls_provider(tmp.path(), 42)?;
-    for _ in 0..3 {
-        probe_port(p.port, b"")?;
-        probe_port_reset(p.port)?;
-    }
-    probe_port(p.port, b"GET / HTTP/1.0\r\n\r\n")?;
-    wait_until(CONVERGE, "the warning of the web client", || Ok(p.log_text().contains("TLS handshake failed")))?;
-    let log = p.log_text();
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    let warnings = probe_then_warnings(&p, "TLS handshake failed")?;
     assert_eq!(warnings.len(), 1, "only the web client is warned of: {warnings:#?}");
+    let log = p.log_text();
     assert!(!log.contains("closed the connection during it") && !log.contains("reset"), "{log}");
     Ok(())
 }
