@@ -362,6 +362,21 @@ pub fn as_store_owner(data_dir: &std::path::Path) -> std::io::Result<Option<i32>
     Ok(Some(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1)))
 }
 
+/// A warning for a server that root starts on a store another user owns: a command does
+/// its work there as that user ([`as_store_owner`]), but a server stays root, and sled
+/// follows whatever links the store's user puts in the folder.
+pub fn root_on_anothers_store(data_dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(data_dir).ok()?.uid();
+    (rustix::process::geteuid().is_root() && owner != 0).then(|| {
+        format!(
+            "running as root on a store that uid {owner} owns ({}): the store's files are opened as root, and a link \
+             its user put among them would have root write where it points; run the service as that user",
+            data_dir.display()
+        )
+    })
+}
+
 /// Makes `data_dir` (creating it) for a store that is about to be opened, and keeps it
 /// to its user: the store's files are created under the umask (0644 under 022), and
 /// any local user could copy them and read every entry, `userPassword` values too. A
@@ -790,6 +805,19 @@ mod tests {
         assert_eq!(json["fatal"], true);
         assert_eq!(json["message"], format!("tether-provider: {error}"));
         assert!(json["timestamp"].is_string());
+    }
+
+    /// Root serving a store another user owns is warned of, naming the owner; its own
+    /// store, or anyone else's start, is not.
+    #[test]
+    fn root_serving_another_users_store_is_warned_of() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(root_on_anothers_store(tmp.path()), None, "this process's own folder");
+        if std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).is_err() {
+            return; // not root: nothing to warn of
+        }
+        let said = root_on_anothers_store(tmp.path()).expect("a warning");
+        assert!(said.contains("uid 65534 owns") && said.contains("run the service as that user"), "{said}");
     }
 
     #[test]

@@ -377,6 +377,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     if let Some(warning) = loose {
         warn!("{warning}");
     }
+    if let Some(warning) = tether_config::shell::root_on_anothers_store(&config.data_dir) {
+        warn!("{warning}");
+    }
     let store = ReplicaStore::open_with(
         &config.data_dir,
         &tether_store::StoreOptions {

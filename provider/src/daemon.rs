@@ -146,6 +146,9 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     if let Some(warning) = loose {
         warn!("{warning}");
     }
+    if let Some(warning) = tether_config::shell::root_on_anothers_store(&config.data_dir) {
+        warn!("{warning}");
+    }
     let dir = Arc::new(
         Directory::open_with(
             &config.data_dir,
