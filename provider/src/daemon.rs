@@ -389,6 +389,22 @@ fn reload(
         plural(revoked, "session", "sessions")
     );
     let mut reply = reload_report(msg, &restart_only, "provider");
+    // A `listen` that waits for the restart is tried now: one that cannot be bound (an
+    // address not on this host, a port below 1024) was found only at the next start,
+    // after the running provider had been stopped. In use is no proof (the running
+    // provider holds its own address, perhaps under another name): the start says so.
+    // An address only: a name's lookup could hold the reload, and is done at the start.
+    let listen_ip = config.listen.host().parse::<std::net::IpAddr>().ok();
+    if let Some(ip) = listen_ip.filter(|_| restart_only.contains(&"listen")) {
+        if let Err(e) = std::net::TcpListener::bind((ip, config.listen.addr().1)) {
+            if e.kind() != std::io::ErrorKind::AddrInUse {
+                let warning =
+                    format!("the new listen {} cannot be bound ({e}): the next start will fail on it", config.listen);
+                warn!("{warning}");
+                reply += &format!("; warning: {warning}");
+            }
+        }
+    }
     // A secret file others may read, said where the operator who wrote it looks (the
     // log has it already, once).
     for warning in secret_warnings {

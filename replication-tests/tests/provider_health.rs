@@ -401,3 +401,27 @@ fn an_ipv4_client_of_a_provider_listening_on_every_ipv6_address_is_named_by_its_
     assert!(!log.contains("::ffff:"), "{log}");
     Ok(())
 }
+
+/// A reload whose `listen` waits for the restart tries the new address now, and says if
+/// it cannot be bound (an address not on this host): it was found only at the next
+/// start, after the running provider had been stopped. One that can be is not warned of.
+#[test]
+fn a_reload_says_when_the_new_listen_cannot_be_bound() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = Provider::loaded(tmp.path(), 5, 50, &ProviderOptions::default())?;
+    let first = std::fs::read_to_string(&p.config)?;
+    let listen_at = |addr: &str| first.replace(&format!("127.0.0.1:{}", p.port), addr);
+    // TEST-NET-1: on no host.
+    std::fs::write(&p.config, listen_at(&format!("192.0.2.77:{}", p.port)))?;
+    let out = p.reload_command()?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("not applied until the provider restarts: listen"), "{said}");
+    assert!(said.contains(&format!("warning: the new listen 192.0.2.77:{} cannot be bound (", p.port)), "{said}");
+    assert!(said.contains("the next start will fail on it"), "{said}");
+    let free = replication_tests::harness::free_port()?;
+    std::fs::write(&p.config, listen_at(&format!("127.0.0.1:{free}")))?;
+    let out = p.reload_command()?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("restarts: listen") && !said.contains("cannot be bound"), "{said}");
+    Ok(())
+}
