@@ -339,7 +339,8 @@ impl ConsumerConfig {
             // A provider's `listen` line copied here: connecting to an unspecified address
             // reaches this very host, and the agreement retried against whatever listened
             // on its port here, or nothing, saying only that the connection was refused.
-            if agreement.provider.host().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+            if agreement.provider.host().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_unspecified())
+            {
                 return Err(ConfigError::invalid(
                     file,
                     key("provider"),
@@ -767,7 +768,12 @@ secret_file = "people.key"
     #[test]
     fn a_provider_address_meaning_every_interface_is_refused() {
         let f = "/etc/tether/consumer.toml";
-        for (address, host) in [("0.0.0.0:7389", "0.0.0.0"), ("[::]:7389", "::"), ("[0:0::0]:7389", "0:0::0")] {
+        for (address, host) in [
+            ("0.0.0.0:7389", "0.0.0.0"),
+            ("[::]:7389", "::"),
+            ("[0:0::0]:7389", "0:0::0"),
+            ("[::ffff:0.0.0.0]:7389", "::ffff:0.0.0.0"),
+        ] {
             let text = MINIMAL_AGREEMENT.replace("127.0.0.1:7389", address);
             let got = refused(&text);
             assert_eq!(
