@@ -332,30 +332,25 @@ pub fn is_store_owners_run() -> bool {
 /// do there no more than that user could; it runs with the user's group and no other,
 /// in the same folder and with the same arguments, standard streams and environment.
 pub fn as_store_owner(data_dir: &std::path::Path) -> std::io::Result<Option<i32>> {
-    use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
-    if !rustix::process::geteuid().is_root() || is_store_owners_run() {
+    if is_store_owners_run() {
         return Ok(None);
     }
-    let Ok(folder) = std::fs::metadata(data_dir) else { return Ok(None) };
-    if folder.uid() == 0 {
-        return Ok(None);
-    }
+    let Some((uid, gid)) = anothers_store(data_dir) else { return Ok(None) };
     let exe = std::env::current_exe()?;
     // std drops root's supplementary groups when it sets the user.
     let status = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .uid(folder.uid())
-        .gid(folder.gid())
+        .uid(uid)
+        .gid(gid)
         .env(AS_STORE_OWNER, "1")
         .status()
         .map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!(
-                    "running this command as the owner of {} (uid {}), as root does on another user's store: {e}",
+                    "running this command as the owner of {} (uid {uid}), as root does on another user's store: {e}",
                     data_dir.display(),
-                    folder.uid()
                 ),
             )
         })?;
@@ -366,15 +361,24 @@ pub fn as_store_owner(data_dir: &std::path::Path) -> std::io::Result<Option<i32>
 /// its work there as that user ([`as_store_owner`]), but a server stays root, and sled
 /// follows whatever links the store's user puts in the folder.
 pub fn root_on_anothers_store(data_dir: &std::path::Path) -> Option<String> {
+    let (owner, _) = anothers_store(data_dir)?;
+    Some(format!(
+        "running as root on a store that uid {owner} owns ({}): the store's files are opened as root, and a link its \
+         user put among them would have root write where it points; run the service as that user",
+        data_dir.display()
+    ))
+}
+
+/// The user and group owning `data_dir`, when this process is root and they are another
+/// user's: the one case in which the store's files are opened with more rights than
+/// their owner has.
+fn anothers_store(data_dir: &std::path::Path) -> Option<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(data_dir).ok()?.uid();
-    (rustix::process::geteuid().is_root() && owner != 0).then(|| {
-        format!(
-            "running as root on a store that uid {owner} owns ({}): the store's files are opened as root, and a link \
-             its user put among them would have root write where it points; run the service as that user",
-            data_dir.display()
-        )
-    })
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let folder = std::fs::metadata(data_dir).ok()?;
+    (folder.uid() != 0).then(|| (folder.uid(), folder.gid()))
 }
 
 /// Makes `data_dir` (creating it) for a store that is about to be opened, and keeps it
