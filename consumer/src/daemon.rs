@@ -122,6 +122,7 @@ fn session_config(
         tls,
         network: crate::transport::Network::Tcp,
         provider_proof: a.provider_proof,
+        failed_addresses: crate::transport::FailedAddresses::default(),
     })
 }
 

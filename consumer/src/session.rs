@@ -100,6 +100,9 @@ pub struct SessionConfig {
     pub network: Network,
     /// When to refuse a provider that does not prove it knows the secret.
     pub provider_proof: ProofPolicy,
+    /// The provider's addresses where a session connected and then failed in the
+    /// handshake, tried after the others (see [`transport::FailedAddresses`]).
+    pub failed_addresses: transport::FailedAddresses,
 }
 
 /// How a session ended.
@@ -275,6 +278,9 @@ async fn run_session(
                 };
                 ended.detail.push_str(&answered_at(cfg, reached));
                 status.update(|s| s.protocol_version = None);
+                if let Some(addr) = reached {
+                    cfg.failed_addresses.failed(addr);
+                }
                 // As after the handshake, the provider's log says why we are leaving; a
                 // peer that did not prove itself is told no more than that (not, say, when
                 // the provider last proved itself).
@@ -294,6 +300,9 @@ async fn run_session(
     // Every line from here on is the session's, on this task, the reader, the poller
     // and the store thread alike (the runner carries its caller's span).
     let span = info_span!("session", session = welcome.session_id);
+    if let Some(addr) = reached {
+        cfg.failed_addresses.welcomed(addr);
+    }
     let offered_cookie = cookie.map(|c| c.csn);
     let ended = async {
         let cookie = cookie.map_or_else(|| "none".to_owned(), |c| c.to_string());
@@ -411,7 +420,7 @@ async fn connect_tcp(
 ) -> Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>, Option<SocketAddr>), Ended> {
     let stream = tokio::select! {
         _ = stop.token.cancelled() => return Err(Ended { connected: false, ..stop.ended(", while connecting") }),
-        r = transport::connect(&cfg.provider) => match r {
+        r = transport::connect(&cfg.provider, &cfg.failed_addresses) => match r {
             Ok(s) => s,
             Err(e) => return Err(Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) }),
         },
@@ -436,6 +445,9 @@ async fn connect_tcp(
             // which version it spoke) is no longer what status may say answers.
             let tls_failed = |detail: String| {
                 status.update(|s| s.protocol_version = None);
+                if let Some(addr) = reached {
+                    cfg.failed_addresses.failed(addr);
+                }
                 Ended {
                     connected: false,
                     ..Ended::new(
@@ -1442,6 +1454,7 @@ mod tests {
             tls: None,
             network: Network::Custom(Arc::new(Pipe(std::sync::Mutex::new(Some(ours))))),
             provider_proof: ProofPolicy::OnceProved,
+            failed_addresses: Default::default(),
         };
         (cfg, theirs)
     }
@@ -1532,7 +1545,7 @@ mod tests {
     /// The test's end of the pipe after a provider's side of the handshake: the consumer
     /// was welcomed into `history`, and what follows is the test's to send.
     async fn welcomed(
-        theirs: tokio::io::DuplexStream,
+        theirs: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
         secret: Secret,
         history: HistoryId,
     ) -> (MessageReader<BoxedRead>, MessageWriter<BoxedWrite>) {
@@ -1548,6 +1561,40 @@ mod tests {
             .await
             .unwrap();
         (r, w)
+    }
+
+    /// An address where a session connected and then failed in the handshake (here
+    /// something that accepts and closes at once, a port forward with nothing behind
+    /// it) is tried after the provider's other addresses, until a provider welcomes a
+    /// session there: tried first every time, it kept the agreement from the address
+    /// that works.
+    #[tokio::test]
+    async fn an_address_that_failed_in_the_handshake_is_tried_last_until_a_provider_welcomes_a_session_there() {
+        let (_dir, store, replica) = empty_replica();
+        let (mut cfg, _) = piped(Mode::RefreshOnly);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let other = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        cfg.network = Network::Tcp;
+        cfg.provider = addr.to_string();
+        let closer = tokio::spawn(async move {
+            drop(listener.accept().await.unwrap());
+            listener
+        });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert!(!ended.connected, "{ended:?}");
+        assert_eq!(cfg.failed_addresses.last(vec![addr, other]), [other, addr]);
+        // A provider welcomes the next session there, and goes.
+        let listener = closer.await.unwrap();
+        let (secret, history) = (cfg.secret.clone(), HistoryId::new_random());
+        let provider = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(welcomed(stream, secret, history).await);
+        });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        provider.await.unwrap();
+        assert!(ended.connected, "{ended:?}");
+        assert_eq!(cfg.failed_addresses.last(vec![addr, other]), [addr, other]);
     }
 
     /// A poll whose refresh is durable and acknowledged ends itself if the provider's

@@ -70,14 +70,59 @@ impl std::fmt::Display for Failures<'_> {
 /// out`, for good). So the addresses are raced as RFC 8305 ("Happy Eyeballs") has it:
 /// the families alternate, each address gets [`ATTEMPT_DELAY`] alone before the next is
 /// tried beside it (at once when it fails), and the first to connect wins.
-pub async fn connect(provider: &str) -> Result<TcpStream, ConnectError> {
+///
+/// Addresses in `failed` (where an earlier attempt connected and then failed) come after
+/// the others.
+pub async fn connect(provider: &str, failed: &FailedAddresses) -> Result<TcpStream, ConnectError> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     let addrs = match tokio::time::timeout_at(deadline, tokio::net::lookup_host(provider)).await {
         Err(_) => return Err(ConnectError::LookupTimedOut),
         Ok(Err(e)) => return Err(ConnectError::Lookup(e)),
-        Ok(Ok(addrs)) => alternate_families(addrs.collect()),
+        Ok(Ok(addrs)) => failed.last(alternate_families(addrs.collect())),
     };
     connect_any(addrs, deadline).await
+}
+
+/// The addresses of an agreement's provider where the last attempt connected and then
+/// failed before the provider welcomed it, most recent last.
+///
+/// Racing the connections finds an address that answers, not one where the provider
+/// is: something else may accept there (a proxy or a port forward with nothing behind
+/// it, a hung process, an old provider left on IPv6 beside the real one on IPv4). Such
+/// an address connects at once, first every time, and the session fails in its
+/// handshake (closed, a timeout, a refusal); retried in the same order, the agreement
+/// never reached the name's address that works. So the next attempt tries the others
+/// first, and an address leaves the list when a provider welcomes a session there.
+/// Shared by the agreement's sessions; a name of one address is unaffected.
+#[derive(Debug, Clone, Default)]
+pub struct FailedAddresses(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
+
+/// More than a name has addresses in practice; the oldest is forgotten past it.
+const FAILED_ADDRESSES_KEPT: usize = 16;
+
+impl FailedAddresses {
+    /// An attempt at `addr` connected and then failed before the welcome.
+    pub fn failed(&self, addr: SocketAddr) {
+        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|a| *a != addr);
+        if list.len() == FAILED_ADDRESSES_KEPT {
+            list.remove(0);
+        }
+        list.push(addr);
+    }
+
+    /// A provider welcomed a session at `addr`.
+    pub fn welcomed(&self, addr: SocketAddr) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|a| *a != addr);
+    }
+
+    /// `addrs` with the failed ones moved after the others, the most recent failure
+    /// last; the order is otherwise kept.
+    pub(crate) fn last(&self, mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        addrs.sort_by_key(|a| list.iter().position(|f| f == a).map_or(0, |at| at + 1));
+        addrs
+    }
 }
 
 /// Orders `addrs` as RFC 8305 (section 4) does: the family of the resolver's first
@@ -238,9 +283,34 @@ mod tests {
         assert!(!err.to_string().contains(&refused.to_string()), "{err}");
     }
 
+    /// An address where an attempt connected and then failed comes after the name's
+    /// others until a provider welcomes a session there: tried first every time, a
+    /// proxy with nothing behind it kept the agreement from the address that works.
+    #[test]
+    fn an_address_that_failed_after_connecting_is_tried_after_the_others() {
+        let failed = FailedAddresses::default();
+        let all = vec![v6(1), v4(2), v6(3), v4(4)];
+        assert_eq!(failed.last(all.clone()), all);
+        failed.failed(v6(1));
+        assert_eq!(failed.last(all.clone()), [v4(2), v6(3), v4(4), v6(1)]);
+        failed.failed(v4(2));
+        assert_eq!(failed.last(all.clone()), [v6(3), v4(4), v6(1), v4(2)]);
+        // Failing again makes it the most recent.
+        failed.failed(v6(1));
+        assert_eq!(failed.last(all.clone()), [v6(3), v4(4), v4(2), v6(1)]);
+        failed.welcomed(v6(1));
+        failed.welcomed(v4(2));
+        assert_eq!(failed.last(all.clone()), all);
+        for port in 100..100 + FAILED_ADDRESSES_KEPT as u16 + 1 {
+            failed.failed(v4(port));
+        }
+        // The list is bounded: the oldest failure is forgotten.
+        assert_eq!(failed.last(vec![v4(100), v4(101), v4(5)]), [v4(100), v4(5), v4(101)]);
+    }
+
     #[tokio::test]
     async fn a_name_that_does_not_resolve_says_so() {
-        let err = connect("no-such-host.invalid:7389").await.unwrap_err();
+        let err = connect("no-such-host.invalid:7389", &FailedAddresses::default()).await.unwrap_err();
         assert!(matches!(err, ConnectError::Lookup(_)), "{err:?}");
         assert!(err.to_string().starts_with("the name does not resolve ("), "{err}");
     }

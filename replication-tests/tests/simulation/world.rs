@@ -305,6 +305,7 @@ impl World {
                 tls: None,
                 network: Network::Custom(Arc::new(TurmoilConnector { switch: links.clone() })),
                 provider_proof: ProofPolicy::OnceProved,
+                failed_addresses: Default::default(),
             };
             let path: PathBuf = root.join(&plan.name);
             let slot = live.clone();
