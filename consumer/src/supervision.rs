@@ -177,7 +177,15 @@ impl Supervision {
                     }
                     Command::Stop => (Reason::AdminStop, "stopped by the operator"),
                     Command::Restart => (Reason::AdminStop, "restarted by the operator"),
-                    Command::Start => return out,
+                    // A start of a running agreement changes nothing, unless a stop is
+                    // still ending its session: the start is the later command, and once
+                    // the session has ended the agreement runs again ([`Supervision::ended`]).
+                    Command::Start => {
+                        if self.pending == Some(Command::Stop) {
+                            self.pending = Some(Command::Start);
+                        }
+                        return out;
+                    }
                 };
                 // A later command overrides an earlier one, except that an exit wins,
                 // and its reason stays the one the session says goodbye with.
@@ -445,6 +453,26 @@ mod tests {
         assert_eq!(again.step(t0, Input::Begin { stopped: true }, 0.5), [Output::SetState(State::Stopped)]);
         let out = again.step(t0, Input::Command(Command::Start), 0.5);
         assert!(out.contains(&Output::PersistStopped(false)) && out.contains(&Output::StartSession));
+    }
+
+    /// A `start` that comes while the session a `stop` ended is still ending (the
+    /// `stop` gave up waiting after 20 s, or its client was interrupted) is the later
+    /// command, and wins: the agreement runs again. It was ignored as a start of a
+    /// running agreement, and the stop then left it stopped, persisted across restarts.
+    #[test]
+    fn a_start_while_a_stop_is_under_way_leaves_the_agreement_running() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        assert_eq!(
+            m.step(t0, Input::Command(Command::Stop), 0.5),
+            [Output::StopSession(Reason::AdminStop, "stopped by the operator")]
+        );
+        m.step(t0, Input::Command(Command::Start), 0.5);
+        let out = m.step(t0, Input::SessionEnded(ended(Reason::AdminStop)), 0.5);
+        assert!(!out.contains(&Output::PersistStopped(true)), "{out:?}");
+        assert!(out.contains(&Output::StartSession), "{out:?}");
+        assert_eq!(m.state(), State::Connecting);
     }
 
     #[test]
