@@ -108,6 +108,10 @@ pub struct Supervision {
     failing_since: Option<Instant>,
     /// A command waiting for the running session to end.
     pending: Option<Command>,
+    /// A pending stop that an exit (a shutdown, a reload) took the place of: the session
+    /// ends for the exit, and the stop is persisted before the supervisor returns, so the
+    /// process or supervisor that comes next finds the agreement stopped.
+    stop_under_exit: bool,
     /// Whether a `refresh-required` was answered by reconnecting at once since the last
     /// healthy session: the next one waits on the schedule like any failure. A provider
     /// asks once; a relay on the path that injects the goodbye into every session (after
@@ -128,6 +132,7 @@ impl Supervision {
             attempt: 0,
             failing_since: None,
             pending: None,
+            stop_under_exit: false,
             reconnected_at_once: false,
         }
     }
@@ -192,6 +197,7 @@ impl Supervision {
                 if self.pending.is_some_and(Command::exits) {
                     return out;
                 }
+                self.stop_under_exit = cmd.exits() && self.pending == Some(Command::Stop);
                 self.pending = Some(cmd);
                 out.push(Output::StopSession(reason, detail));
             }
@@ -228,7 +234,12 @@ impl Supervision {
     fn ended(&mut self, now: Instant, ended: Ended, sample: f64, out: &mut Vec<Output>) {
         let started = self.session_started.take().unwrap_or(now);
         match self.pending.take() {
-            Some(Command::Shutdown | Command::Reload { .. }) => return out.push(Output::Exit),
+            Some(Command::Shutdown | Command::Reload { .. }) => {
+                if std::mem::take(&mut self.stop_under_exit) {
+                    out.push(Output::PersistStopped(true));
+                }
+                return out.push(Output::Exit);
+            }
             Some(Command::Stop) => {
                 out.push(Output::PersistStopped(true));
                 return self.settle(State::Stopped, out);
@@ -473,6 +484,31 @@ mod tests {
         assert!(!out.contains(&Output::PersistStopped(true)), "{out:?}");
         assert!(out.contains(&Output::StartSession), "{out:?}");
         assert_eq!(m.state(), State::Connecting);
+    }
+
+    /// A shutdown or a reload that comes while a `stop` is still ending the session
+    /// ends it as it would, but the stop is kept: persisted before the supervisor
+    /// returns, so the process started again (or the supervisor the reload starts)
+    /// finds the agreement stopped. The exit took the stop's place, and the agreement
+    /// the operator stopped replicated again after the restart.
+    #[test]
+    fn a_stop_under_way_when_the_process_exits_or_reloads_is_persisted() {
+        let t0 = Instant::now();
+        for exit in [Command::Shutdown, Command::Reload { removed: false }] {
+            let mut m = machine(&["1s forever"], None);
+            m.step(t0, Input::Begin { stopped: false }, 0.5);
+            m.step(t0, Input::Command(Command::Stop), 0.5);
+            m.step(t0, Input::Command(exit), 0.5);
+            let out = m.step(t0, Input::SessionEnded(ended(Reason::Shutdown)), 0.5);
+            assert_eq!(out, [Output::PersistStopped(true), Output::Exit], "{exit:?}");
+        }
+        // A stop that a later start took back is not persisted.
+        let mut m = machine(&["1s forever"], None);
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        m.step(t0, Input::Command(Command::Stop), 0.5);
+        m.step(t0, Input::Command(Command::Restart), 0.5);
+        m.step(t0, Input::Command(Command::Shutdown), 0.5);
+        assert_eq!(m.step(t0, Input::SessionEnded(ended(Reason::Shutdown)), 0.5), [Output::Exit]);
     }
 
     #[test]
