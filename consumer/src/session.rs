@@ -331,6 +331,11 @@ async fn run_session(
         let mut reader = reader;
         reader.report_progress(last_inbound.clone());
         let session_done = CancellationToken::new();
+        // The session may also end by being dropped (`run` drops it when the store
+        // fails): the reader and the poller end with it, and with them the connection.
+        // Left running, the poller kept it open, pinging, until its silence limit, and the
+        // provider went on sending to a consumer that applied nothing.
+        let _end_tasks_with_the_session = session_done.clone().drop_guard();
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let budget = Arc::new(Semaphore::new(INBOUND_ENTRIES));
         let reader_task =
@@ -1632,6 +1637,48 @@ mod tests {
         assert!(started.elapsed() >= POLL_GOODBYE_WAIT, "it waited for the goodbye first: {:?}", started.elapsed());
         assert_eq!(provider.await.unwrap(), Some(end), "the refresh was acknowledged");
         assert_eq!(replica.cookie().unwrap(), Some(end), "and is durable");
+    }
+
+    /// A store that fails while the session waits on its provider ends the session at
+    /// once, and its connection with it: the reader and the keepalive poller, left
+    /// running, held the connection open (pinging) until the silence limit, two minutes
+    /// here, while the provider went on sending to a consumer that applied nothing.
+    #[tokio::test]
+    async fn a_store_that_fails_while_the_session_waits_ends_its_connection() {
+        let (_dir, store, replica) = empty_replica();
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        let history = HistoryId::new_random();
+        let (refreshed_tx, refreshed) = tokio::sync::oneshot::channel();
+        // The provider: an empty refresh, then it waits for what the consumer sends until
+        // the connection ends.
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: Cookie { history, csn: Csn(1) } }).await.unwrap();
+            while let Ok(Some(msg)) = r.recv().await {
+                if matches!(msg, Message::Ack { .. }) {
+                    let _ = refreshed_tx.send(());
+                    break;
+                }
+            }
+            while let Ok(Some(_)) = r.recv().await {}
+        });
+        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
+        let stop = StopSignal::default();
+        let session = run(&cfg, &store, &replica, &status, &stop, false);
+        let fail = async {
+            refreshed.await.expect("the refresh acknowledged");
+            replica.failure().note(&tether_store::StoreError::FilesMoved("the test".into()));
+        };
+        let (ended, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(session, fail) })
+            .await
+            .expect("the session ends when the store fails");
+        assert!(ended.fatal, "{ended:?}");
+        tokio::time::timeout(Duration::from_secs(30), provider)
+            .await
+            .expect("the connection ends with the session")
+            .unwrap();
     }
 
     /// An entry outside the agreement's region is a protocol error: the session ends as
