@@ -31,7 +31,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::handshakes::Handshakes;
 use crate::probe::{self, Watched};
-use crate::registry::{rfc3339, Registry, SessionInfo};
+use crate::registry::{rfc3339, Registration, Registry, SessionInfo};
 use crate::session::{self, ConsumerRequest, SessionEnd, SessionParams};
 use crate::session_ids::SessionIds;
 use crate::throttle::Throttle;
@@ -196,19 +196,25 @@ impl Server {
     /// agreement until an operator started it again. Returns how many ended.
     pub fn replace_grants(&self, new: Grants) -> usize {
         let old = std::mem::replace(&mut *self.grants.write().unwrap_or_else(|p| p.into_inner()), new.clone());
-        let revoked = |info: &SessionInfo| -> bool {
-            if info.agreement == WRITER {
-                return old.writer != new.writer && old.writer.is_some();
-            }
-            match (old.agreements.get(&info.agreement), new.agreements.get(&info.agreement)) {
-                (_, None) => true,
-                (Some((old_secret, _)), Some((new_secret, new_base))) => {
-                    old_secret != new_secret || !info.base.as_ref().is_some_and(|base| base.is_descendant_of(new_base))
-                }
-                (None, Some(_)) => false,
-            }
-        };
-        self.registry.revoke(revoked, tether_protocol::message::GoodbyeReason::CredentialsRevoked)
+        self.registry.revoke(|info| revoked(&old, &new, info), GoodbyeReason::CredentialsRevoked)
+    }
+
+    /// Registers the session `info` authenticated under `granted`, and revokes it at
+    /// once if a reload replaced those grants meanwhile with ones that do not keep it.
+    /// [`Server::replace_grants`] ends only the sessions registered when it runs, and a
+    /// handshake checks the grants read before it began: without this, a session whose
+    /// handshake a reload overtook (its agreement removed, its secret changed) ran on
+    /// under the old grant for as long as it stayed connected. Registered first, then
+    /// compared: a reload either finds the session registered or is seen here.
+    fn register_under(&self, info: SessionInfo, granted: &Grants) -> Registration {
+        let session_id = info.session_id;
+        let reg = self.registry.register(info, &self.shutdown);
+        let now = self.grants.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.registry.revoke(
+            |info| info.session_id == session_id && revoked(granted, &now, info),
+            GoodbyeReason::CredentialsRevoked,
+        );
+        reg
     }
 
     /// Accepts connections until shutdown, then waits for every session to finish.
@@ -377,7 +383,7 @@ impl Server {
                              it, delete consumer.id in its data_dir, start it)"
                         );
                     }
-                    let reg = self.registry.register(info, &self.shutdown);
+                    let reg = self.register_under(info, &grants);
                     let end = session::run(self.dir.clone(), reader, writer, req, reg, self.params.session).await;
                     let routine = polling && end == SessionEnd::Goodbye(GoodbyeReason::RefreshComplete);
                     if matches!(end, SessionEnd::StoreError(_)) {
@@ -412,7 +418,7 @@ impl Server {
                         protocol_version: version,
                         base: None,
                     };
-                    let reg = self.registry.register(info, &self.shutdown);
+                    let reg = self.register_under(info, &grants);
                     let idle = self.params.session.keepalive_timeout;
                     let revoked = || reg.revocation();
                     crate::writes::run(self.dir.clone(), reader, writer, reg.cancel.clone(), revoked, idle).await;
@@ -483,6 +489,23 @@ impl Server {
                 None
             }
         }
+    }
+}
+
+/// Whether replacing grants `old` by `new` takes away the grant the session `info` was
+/// let in under: its agreement removed, or given another secret, or a base that no
+/// longer covers the session's; for a write client, the writer secret changed or
+/// removed.
+fn revoked(old: &Grants, new: &Grants, info: &SessionInfo) -> bool {
+    if info.agreement == WRITER {
+        return old.writer != new.writer && old.writer.is_some();
+    }
+    match (old.agreements.get(&info.agreement), new.agreements.get(&info.agreement)) {
+        (_, None) => true,
+        (Some((old_secret, _)), Some((new_secret, new_base))) => {
+            old_secret != new_secret || !info.base.as_ref().is_some_and(|base| base.is_descendant_of(new_base))
+        }
+        (None, Some(_)) => false,
     }
 }
 
@@ -592,6 +615,53 @@ mod tests {
         );
         let wire = |len| noise_kind(&HandshakeError::Wire(connection::WireError::FrameTooLarge { len, max: 16 }));
         assert_eq!(wire(17), wire(1 << 20));
+    }
+
+    /// A reload that changes the writer's secret while a writer is in its handshake: the
+    /// handshake was checked against the grants read before it, and the session that
+    /// follows must not outlive the grant the reload took away.
+    #[tokio::test]
+    async fn a_session_whose_grant_a_reload_took_away_during_its_handshake_is_revoked() {
+        use tether_protocol::auth::{compute_mac, new_nonce};
+        use tether_protocol::PROTOCOL_VERSION;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
+        let old = Secret::new("old secret").unwrap();
+        let grants = Grants { agreements: Default::default(), writer: Some(old.clone()) };
+        let params = ServerParams {
+            max_connections: 4,
+            handshake_timeout: Duration::from_secs(10),
+            max_frame: 1 << 20,
+            session: SessionParams {
+                batch_size: 10,
+                queue_len: 16,
+                keepalive_interval: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(60),
+                keepalive_enabled: true,
+            },
+        };
+        let server = Server::new(dir, grants, None, params, CancellationToken::new());
+        let (client, provider) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(server.clone().handle_stream(provider, "127.0.0.1:40000".parse().unwrap()));
+        let (mut reader, mut writer) = connection::split(client);
+
+        let hello = Hello { versions: vec![PROTOCOL_VERSION], client_id: "w".into(), role: Role::Writer };
+        writer.send(&Message::Hello(hello.clone())).await.unwrap();
+        let Some(Message::MutualChallenge { nonce }) = reader.recv().await.unwrap() else { panic!("no challenge") };
+        // The reload: the writer's secret changes while this client proves the old one.
+        let new = Grants { agreements: Default::default(), writer: Some(Secret::new("new secret").unwrap()) };
+        server.replace_grants(new);
+        let mac = compute_mac(&old, &nonce, &hello).unwrap();
+        writer.send(&Message::MutualAuth { mac, nonce: new_nonce().unwrap() }).await.unwrap();
+        assert!(matches!(reader.recv().await.unwrap(), Some(Message::ProvenWelcome { .. })));
+
+        let next = tokio::time::timeout(Duration::from_secs(5), reader.recv()).await;
+        assert!(
+            matches!(next, Ok(Ok(Some(Message::Goodbye { reason: GoodbyeReason::CredentialsRevoked, .. })))),
+            "the session outlived the grant the reload took away: {next:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), served).await.unwrap().unwrap();
     }
 
     /// A consumer that does not trust the certificate (its alert) is a kind apart from
