@@ -292,7 +292,9 @@ impl Server {
         // limit only gets as long as its refusal may take.
         let limit = if slot.is_some() { self.params.handshake_timeout } else { REFUSE_GRACE };
         let deadline = Instant::now() + limit;
-        let Some(transport) = unless_taken(&taken, self.transport(stream, deadline, plain)).await else { return };
+        let Ok(transport) = unless_cut(&taken, &self.shutdown, self.transport(stream, deadline, plain)).await else {
+            return;
+        };
         let Some((mut reader, mut writer, tls)) = transport else { return };
         reader.set_max_frame(self.params.max_frame);
         let Some(_slot) = slot else {
@@ -313,13 +315,18 @@ impl Server {
         };
         let left = deadline.saturating_duration_since(Instant::now());
         let handshake = server_handshake(&mut reader, &mut writer, left, authorize);
-        let Some(handshake) = unless_taken(&taken, handshake).await else {
-            // Told, so that a client's status says why (a silent flood reads nothing,
-            // and the refusal waits in its socket's buffer, not here).
-            let detail =
-                "connection limit reached: a connection from a source holding fewer handshakes took this one's slot";
-            refuse(&mut writer, RejectReason::TooManyConnections, detail).await;
-            return;
+        let handshake = match unless_cut(&taken, &self.shutdown, handshake).await {
+            Ok(handshake) => handshake,
+            Err(Cut::Taken) => {
+                // Told, so that a client's status says why (a silent flood reads nothing,
+                // and the refusal waits in its socket's buffer, not here).
+                let detail = "connection limit reached: a connection from a source holding fewer handshakes took \
+                              this one's slot";
+                refuse(&mut writer, RejectReason::TooManyConnections, detail).await;
+                return;
+            }
+            // Closed: a provider says no goodbye in a handshake, and the client retries.
+            Err(Cut::Shutdown) => return,
         };
         drop(pending);
         let accepted = match handshake {
@@ -525,17 +532,36 @@ fn canonical(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
-/// `work`, or `None` once `taken` is cancelled: a connection over the limit took this
-/// one's slot during its handshake, which ends here and frees the slot (once the caller
-/// has said so, if it can).
-async fn unless_taken<T>(taken: &CancellationToken, work: impl std::future::Future<Output = T>) -> Option<T> {
+/// Why a connection's handshake ended before it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// A connection over the limit took its slot.
+    Taken,
+    /// The provider is shutting down.
+    Shutdown,
+}
+
+/// `work`, or why it was cut short: `taken` is cancelled once a connection over the
+/// limit took this one's slot during its handshake, which ends here and frees the slot
+/// (once the caller has said so, if it can); `shutdown` once the provider stops, which
+/// waits for every connection task and would otherwise wait out the handshake's deadline
+/// of a client that went silent in it (the whole shutdown has no more than that).
+async fn unless_cut<T>(
+    taken: &CancellationToken,
+    shutdown: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Cut> {
     tokio::select! {
         biased;
+        _ = shutdown.cancelled() => {
+            debug!("handshake ended: the provider is shutting down");
+            Err(Cut::Shutdown)
+        }
         _ = taken.cancelled() => {
             debug!("handshake ended: a newer connection over the limit took its slot");
-            None
+            Err(Cut::Taken)
         }
-        done = work => Some(done),
+        done = work => Ok(done),
     }
 }
 
@@ -617,6 +643,23 @@ mod tests {
         assert_eq!(wire(17), wire(1 << 20));
     }
 
+    /// Settings for a server under test: long keepalives, so that only what a test
+    /// does ends a session.
+    fn test_params() -> ServerParams {
+        ServerParams {
+            max_connections: 4,
+            handshake_timeout: Duration::from_secs(10),
+            max_frame: 1 << 20,
+            session: SessionParams {
+                batch_size: 10,
+                queue_len: 16,
+                keepalive_interval: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(60),
+                keepalive_enabled: true,
+            },
+        }
+    }
+
     /// A reload that changes the writer's secret while a writer is in its handshake: the
     /// handshake was checked against the grants read before it, and the session that
     /// follows must not outlive the grant the reload took away.
@@ -629,19 +672,7 @@ mod tests {
         let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
         let old = Secret::new("old secret").unwrap();
         let grants = Grants { agreements: Default::default(), writer: Some(old.clone()) };
-        let params = ServerParams {
-            max_connections: 4,
-            handshake_timeout: Duration::from_secs(10),
-            max_frame: 1 << 20,
-            session: SessionParams {
-                batch_size: 10,
-                queue_len: 16,
-                keepalive_interval: Duration::from_secs(60),
-                keepalive_timeout: Duration::from_secs(60),
-                keepalive_enabled: true,
-            },
-        };
-        let server = Server::new(dir, grants, None, params, CancellationToken::new());
+        let server = Server::new(dir, grants, None, test_params(), CancellationToken::new());
         let (client, provider) = tokio::io::duplex(1 << 16);
         let served = tokio::spawn(server.clone().handle_stream(provider, "127.0.0.1:40000".parse().unwrap()));
         let (mut reader, mut writer) = connection::split(client);
@@ -662,6 +693,36 @@ mod tests {
             "the session outlived the grant the reload took away: {next:?}"
         );
         tokio::time::timeout(Duration::from_secs(5), served).await.unwrap().unwrap();
+    }
+
+    /// A connection that stops answering in its handshake (a probe, a stalled client)
+    /// must not hold the provider's shutdown for its handshake's deadline: the server
+    /// waits for every connection task, and the daemon gives the whole shutdown no more
+    /// than the default deadline, after which it stops "anyway" with a warning.
+    #[tokio::test]
+    async fn a_connection_silent_in_its_handshake_does_not_hold_up_shutdown() {
+        use tether_protocol::PROTOCOL_VERSION;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
+        let grants = Grants { agreements: Default::default(), writer: Some(Secret::new("secret").unwrap()) };
+        let mut params = test_params();
+        params.handshake_timeout = Duration::from_secs(60);
+        let shutdown = CancellationToken::new();
+        let server = Server::new(dir, grants, None, params, shutdown.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(async move { server.serve(listener).await });
+
+        // In its handshake for sure: challenged, and then silent.
+        let (mut reader, mut writer) = connection::split(TcpStream::connect(addr).await.unwrap());
+        let hello = Hello { versions: vec![PROTOCOL_VERSION], client_id: "w".into(), role: Role::Writer };
+        writer.send(&Message::Hello(hello)).await.unwrap();
+        assert!(matches!(reader.recv().await.unwrap(), Some(Message::MutualChallenge { .. })));
+
+        shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), serving).await;
+        assert!(stopped.is_ok(), "the server waited for a handshake that was not going anywhere");
     }
 
     /// A consumer that does not trust the certificate (its alert) is a kind apart from
