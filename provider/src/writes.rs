@@ -15,8 +15,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Entries per `SearchEntries` message.
+/// Entries read per page of a search.
 const SEARCH_PAGE: usize = 500;
+/// Most bytes of entries in one `SearchEntries` message (an entry larger goes alone), as
+/// a refresh batch: a page of entries each near `MAX_ENTRY` is far past a frame, and a
+/// search of two of them could not be answered at all.
+const SEARCH_BYTES: usize = 4 * 1024 * 1024;
 /// Limit on one blocked write to a client.
 const WRITE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -261,14 +265,38 @@ async fn search<W: AsyncWrite + Unpin>(
                 }
             };
         count += entries.len() as u64;
-        if !entries.is_empty() && !send(writer, &Message::SearchEntries { id, entries }).await {
-            return false;
+        for entries in within_bytes(entries, SEARCH_BYTES) {
+            if !send(writer, &Message::SearchEntries { id, entries }).await {
+                return false;
+            }
         }
         match next {
             Some(key) => cursor = Some(key),
             None => return send(writer, &Message::SearchDone { id, count }).await,
         }
     }
+}
+
+/// `entries` in order, in runs of at most `budget` bytes encoded (one entry over it on
+/// its own), none empty.
+fn within_bytes(entries: Vec<tether_protocol::Entry>, budget: usize) -> Vec<Vec<tether_protocol::Entry>> {
+    let mut runs: Vec<Vec<tether_protocol::Entry>> = Vec::new();
+    let mut bytes: usize = 0;
+    for entry in entries {
+        // An entry whose size cannot be told goes alone, as one over the budget does.
+        let size = tether_protocol::codec::encoded_len(&entry).unwrap_or(usize::MAX);
+        match runs.last_mut() {
+            Some(run) if bytes.saturating_add(size) <= budget => {
+                bytes += size;
+                run.push(entry);
+            }
+            _ => {
+                bytes = size;
+                runs.push(vec![entry]);
+            }
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -279,6 +307,54 @@ mod tests {
 
     fn changes(text: &str) -> Vec<Change> {
         parse_str(text).unwrap().into_iter().map(|r| r.into_change()).collect()
+    }
+
+    /// A page of large entries (each within what one message carries) is more than one
+    /// message can carry: a write client's search must still get every entry and its
+    /// `SearchDone`, each message within a frame.
+    #[tokio::test]
+    async fn a_search_of_large_entries_answers_in_messages_that_fit_a_frame() {
+        use tether_protocol::connection;
+        use tether_protocol::{Attributes, Filter, Scope, SearchSpec, Value};
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        for change in changes("dn: dc=example,dc=com\nchangetype: add\nobjectClass: domain\ndc: example\n") {
+            dir.write(&change).unwrap();
+        }
+        // Three entries of 6 MiB: each fits a message of its own, two do not.
+        let big = "x".repeat(6 << 20);
+        for i in 0..3 {
+            let mut attrs = Attributes::new();
+            attrs.add("objectClass", [Value::from("device")]).unwrap();
+            attrs.add("description", [Value::from(big.as_str())]).unwrap();
+            let dn = Dn::parse(&format!("cn=big{i},dc=example,dc=com")).unwrap();
+            dir.write(&Change::Add { dn, attrs }).unwrap();
+        }
+        let spec = SearchSpec {
+            base: Dn::parse("dc=example,dc=com").unwrap(),
+            scope: Scope::Subtree,
+            filter: Filter::parse("(objectClass=*)").unwrap(),
+            attrs: Vec::new(),
+        };
+        let (client, provider) = tokio::io::duplex(1 << 20);
+        let (mut reader, _client_writer) = connection::split(client);
+        let (provider_reader, mut writer) = connection::split(provider);
+        let read = tokio::spawn(async move {
+            let mut entries = 0;
+            loop {
+                match reader.recv().await {
+                    Ok(Some(Message::SearchEntries { entries: page, .. })) => entries += page.len(),
+                    Ok(Some(Message::SearchDone { count, .. })) => return Ok((entries, count)),
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+        });
+        let answered = search(&dir, &mut writer, 7, &spec).await;
+        drop((provider_reader, writer));
+        let got = tokio::time::timeout(Duration::from_secs(30), read).await.unwrap().unwrap();
+        assert!(answered, "the search's answer could not be sent");
+        assert_eq!(got, Ok((4, 4)), "every entry and the count");
     }
 
     #[test]
