@@ -33,6 +33,10 @@ use crate::outbound::Outbound;
 /// Most bytes of entries in one batch message: a quarter of the smallest frame limit a
 /// provider accepts four times over, far inside the default 16 MiB.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Most UUIDs in one `PresentBatch`: [`BATCH_BYTES`] of them, 16 bytes each. A page
+/// holds `batch_size` entries, which the configuration does not bound, and a million
+/// UUIDs no longer fit a frame.
+const PRESENT_PER_MESSAGE: usize = BATCH_BYTES / 16;
 
 /// Where the planner is.
 #[derive(Debug)]
@@ -285,9 +289,9 @@ impl Refresh {
             ops.push(EncodedOp::Upsert(bytes));
         }
         self.queue_ops(ops)?;
-        if !present.is_empty() {
-            self.sent += present.len() as u64;
-            self.pending.push_back(Message::PresentBatch { uuids: present }.into());
+        self.sent += present.len() as u64;
+        for uuids in present.chunks(PRESENT_PER_MESSAGE) {
+            self.pending.push_back(Message::PresentBatch { uuids: uuids.to_vec() }.into());
         }
         Ok(left)
     }
@@ -642,6 +646,38 @@ mod tests {
         }
         assert_eq!(upserts, PEOPLE + 5 + 1, "every person, big or not, and the ou");
         assert!(batches >= 2, "the big entries did not fit one batch");
+    }
+
+    /// A present page names its unchanged entries by UUID, 16 bytes each, all of them in
+    /// one message: with a `batch_size` of a million or more (the configuration sets no
+    /// upper bound), a page of a region that large outgrew a frame, and every present
+    /// refresh of it failed at the same message, for good.
+    #[test]
+    fn a_present_page_of_many_unchanged_entries_goes_in_messages_that_fit_a_frame() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let cookie = dir.cookie();
+        dir.write(&Change::Delete { dn: dn(&person(3)) }).unwrap();
+        let cap =
+            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        dir.trim(&cap, u64::MAX).unwrap();
+        let mut refresh = Refresh::plan(&dir, spec(), Some(&cookie), None, 2_000_000).unwrap();
+        assert_eq!(refresh.kind(), RefreshKind::Present);
+        // A page as the scan of a region of that many unchanged entries reads it.
+        let (mut first, _) = dir.entries().encoded_page(&spec(), None, 1).unwrap();
+        let unchanged = first.remove(0);
+        refresh.queue_page(vec![unchanged; 1_100_000]).unwrap();
+        let mut named = 0;
+        for msg in std::mem::take(&mut refresh.pending) {
+            let msg = msg.into_message().unwrap();
+            if let Message::PresentBatch { uuids } = &msg {
+                named += uuids.len();
+            }
+            let len = tether_protocol::codec::encode(&msg).map(|bytes| bytes.len());
+            let max = tether_protocol::frame::MAX_FRAME;
+            assert!(len.as_ref().is_ok_and(|len| *len <= max), "a {} of {len:?} bytes", msg.name());
+        }
+        assert_eq!(named, 1_100_000, "each unchanged entry named");
     }
 
     #[test]
