@@ -214,13 +214,20 @@ impl Refresh {
                 Phase::Done => return Ok(None),
                 Phase::Scan { cursor } => {
                     let (page, next) = dir.entries().encoded_page(&self.spec, cursor.as_deref(), self.batch_size)?;
+                    // Asked after the read: at or after every write whose effect the page
+                    // saw, an entry changed or one gone (deleted, or moved elsewhere).
+                    let seen = dir.newest_committed();
                     let left_to_catch_up = self.queue_page(page)?;
                     // The scan reads the tree, which holds writes not yet durable. An
-                    // entry it left to the catch-up must be in it: durable before the
-                    // progress that covers its place (a crash must not lose the change
-                    // a resumed scan relies on) and so at or below the catch-up's end.
-                    if left_to_catch_up > dir.durable_csn() {
-                        dir.sync(left_to_catch_up)?;
+                    // entry it left to the catch-up must be in it, and so must the write
+                    // that removed one it did not find: durable before the progress that
+                    // covers its place (a crash must not take back a change a resumed
+                    // scan relies on) and so at or below the catch-up's end. Only the
+                    // changed entries' CSNs show in the page; a removal does not, so
+                    // everything committed when it was read is made durable.
+                    let relied_on = seen.max(left_to_catch_up);
+                    if relied_on > dir.durable_csn() {
+                        dir.sync(relied_on)?;
                     }
                     let progress = Message::RefreshProgress { resume: self.resume_point(dir, next.clone()) };
                     self.pending.push_back(progress.into());
@@ -589,6 +596,36 @@ mod tests {
             let committed = dir.write_nowait(&change).unwrap();
             assert!(dir.durable_csn() < committed.csn, "committed, not yet durable");
         });
+    }
+
+    /// The scan reads the tree, which holds committed writes whose flush is pending: an
+    /// entry such a write removed is missing from the page as surely as a changed one is
+    /// left out of it, and the consumer relies on its absence from then on. The removal
+    /// must be durable before that: otherwise the catch-up ends below it, and a crash
+    /// that takes it back (or a restore of a copy from before it) leaves the entry, which
+    /// still exists, missing from the replica for good, under a cookie the provider
+    /// recognizes and serves by delta, and nothing in the changelog after the cookie
+    /// names it.
+    #[test]
+    fn an_entry_removed_by_a_write_not_yet_durable_during_a_scan_is_covered_by_the_cookie() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(2));
+        assert!(done.is_none());
+        let removed = dir.write_nowait(&Change::Delete { dn: dn(&person(PEOPLE - 1)) }).unwrap().csn;
+        assert!(dir.durable_csn() < removed, "committed, not yet durable");
+        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
+        let done = done.unwrap();
+        assert!(
+            done.csn >= removed,
+            "the replica lacks {} under a cookie at {}, before its removal at {removed}",
+            person(PEOPLE - 1),
+            done.csn
+        );
     }
 
     /// A delta reads each entry as it is now, which may hold a later write another
