@@ -141,7 +141,11 @@ pub async fn run<R, W>(
     loop {
         let msg = match held.take() {
             Some(m) => Ok(Ok(Some(m))),
+            // Biased: once the grant is revoked or the provider stops, no write that
+            // arrived beside the cancel is applied (an unbiased select picks a ready
+            // branch at random, and a client that pipelines always has one ready).
             None => tokio::select! {
+                biased;
                 _ = cancel.cancelled() => {
                     let bye = match revoked() {
                         Some(reason) => {
