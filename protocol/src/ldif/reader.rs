@@ -224,9 +224,23 @@ impl<R: BufRead> LdifReader<R> {
         match bytes.first() {
             None => return Ok(Logical::Blank),
             // Between records, a line of spaces counts as blank; while skipping a bad
-            // record it is one of that record's (orphaned) continuation lines.
+            // record a continuation line is one of that record's (orphaned) ones.
             Some(&CONTINUATION) if keep && is_spaces(&bytes) => return Ok(Logical::Blank),
             Some(&CONTINUATION) if keep => return Err(LdifError::new(number, LdifErrorKind::OrphanContinuation)),
+            // A line of spaces there too, only if a continuation holding more comes right
+            // after the run of them (the value goes on past them, as after a kept line);
+            // otherwise it is blank and ends the skipped record: taken for a continuation,
+            // it made the skipping go on through the next record, lost without an error.
+            Some(&CONTINUATION) if is_spaces(&bytes) => {
+                return Ok(match self.spaces_continued(number, bytes)? {
+                    Some(_) => Logical::Dropped,
+                    None => {
+                        // The line itself, put back first with those after it.
+                        self.lookahead.pop_front();
+                        Logical::Blank
+                    }
+                });
+            }
             Some(&CONTINUATION) => return Ok(Logical::Dropped),
             _ => {}
         }
@@ -1192,6 +1206,24 @@ cn: b
         let results: Vec<_> = LdifReader::with_max_record_bytes(many.as_bytes(), limit).collect();
         assert!(matches!(results[0], Err(LdifError { kind: LdifErrorKind::RecordTooLarge { .. }, .. })));
         assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(13));
+    }
+
+    /// A line of only spaces ends a record being skipped after an error as it ends any
+    /// other (unless a continuation holding more comes right after it): the skipping
+    /// took it for a continuation of the bad record and went on through the next
+    /// record, which was lost without an error, so a caller listing every error (`load`)
+    /// never heard of it.
+    #[test]
+    fn a_line_of_spaces_ends_a_skipped_record_and_the_next_one_is_read() {
+        let limit = 100;
+        let oversized = format!("dn: cn=a\ncn: {}\n   \ndn: cn=b\ncn: b\n", "x".repeat(200));
+        let bare_cr = "dn: cn=a\ncn: a\rb\n \ndn: cn=b\ncn: b\n".to_owned();
+        for text in [oversized, bare_cr] {
+            let results: Vec<_> = LdifReader::with_max_record_bytes(text.as_bytes(), limit).collect();
+            assert_eq!(results.len(), 2, "{results:?}");
+            assert_eq!(results[0].as_ref().map_err(|e| e.line), Err(2));
+            assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(4));
+        }
     }
 
     #[test]
