@@ -213,9 +213,10 @@ pub fn resolve_key(file: &Path, dir: &Path, key: &str, path: &Path) -> Result<Pa
 /// (`default_data_dir` if absent), every other key unread: how `status` still reaches
 /// the running process while the file holds an error elsewhere, being edited say (the
 /// process runs on the configuration it read). `None` if the file cannot be read, is
-/// not TOML, or those two keys are not strings.
+/// not TOML, or those two keys are not strings. Read as the load reads it
+/// ([`read_regular`]): a FIFO the load refused would block this read until a writer came.
 pub fn control_path(file: &Path, default_data_dir: &str) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(file).ok()?;
+    let text = String::from_utf8(read_regular(file).ok()?).ok()?;
     let table = past_errors(text)?;
     let string = |key: &str| match table.get(key) {
         None => Some(None),
@@ -897,6 +898,31 @@ mod tests {
         assert!(config.contains("not a regular file"), "{config}");
         let dir_is_not = read_regular(dir.path()).unwrap_err();
         assert_ne!(dir_is_not.kind(), std::io::ErrorKind::InvalidInput, "a folder fails as reading one does");
+    }
+
+    /// A command given a FIFO as its file (`status -c fifo`) has the load refuse it, and
+    /// then reads the file again for the control socket's path, past its errors
+    /// ([`control_path`]): that read must refuse the FIFO too, not wait for a writer,
+    /// which left the command hanging where the load had said why it could not go on.
+    #[test]
+    fn the_control_path_of_a_fifo_is_not_waited_on() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg("-m").arg("600").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reading = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(control_path(&reading, "data/consumer"));
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(10));
+        if answered.is_err() {
+            // Lets the stuck reader go: a writer that opens and closes at once.
+            let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+            let _ = std::fs::OpenOptions::new().write(true).custom_flags(nonblock).open(&fifo);
+        }
+        assert_eq!(answered.expect("control_path waited for a writer of the FIFO"), None);
     }
 
     #[test]
