@@ -113,24 +113,49 @@ pub fn drain() {
     }
 }
 
+/// Says `line` as the process's last on standard error, after the log lines queued, and
+/// waits for them as [`drain`] does. Written straight to stderr, it waited for ever
+/// behind the writer thread's own write when the reader had stopped reading: a failing
+/// server never exited. Without the writer thread (logging never started, as in most
+/// commands) it is written straight there, as a command's other lines are.
+pub fn say_last(line: &str) {
+    let Some(pipe) = PIPE.get() else {
+        crate::say!("{line}");
+        return;
+    };
+    let deadline = Instant::now() + DRAIN_WAIT;
+    let pause = || std::thread::sleep(Duration::from_millis(5));
+    let dropped = pipe.dropped.swap(0, Ordering::Relaxed);
+    let message = Message::Line { dropped, line: format!("{line}\n").into_bytes() };
+    if send_until(pipe, message, deadline, pause) {
+        drain_pipe(pipe, deadline, pause);
+    }
+}
+
 /// [`drain`] of `pipe`, waiting until `deadline` at most, and calling `pause` between
 /// tries to queue its mark while the queue is full.
-fn drain_pipe(pipe: &Pipe, deadline: Instant, mut pause: impl FnMut()) {
+fn drain_pipe(pipe: &Pipe, deadline: Instant, pause: impl FnMut()) {
     let (tx, rx) = mpsc::sync_channel(1);
-    let mut message = Message::Drained(tx);
+    if send_until(pipe, Message::Drained(tx), deadline, pause) {
+        let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Queues `message` for the writer, waiting for room until `deadline` at most (calling
+/// `pause` between tries); whether it was queued.
+fn send_until(pipe: &Pipe, mut message: Message, deadline: Instant, mut pause: impl FnMut()) -> bool {
     // A full queue means a reader that stopped: room comes only if it reads again.
     loop {
         match pipe.lines.try_send(message) {
-            Ok(()) => break,
-            Err(TrySendError::Disconnected(_)) => return,
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
             Err(TrySendError::Full(back)) if Instant::now() < deadline => {
                 message = back;
                 pause();
             }
-            Err(TrySendError::Full(_)) => return,
+            Err(TrySendError::Full(_)) => return false,
         }
     }
-    let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
 /// The log formatter's writer: one per event, handed to the writer thread whole when

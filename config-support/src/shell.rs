@@ -198,10 +198,11 @@ pub async fn ask_reload(requests: &ReloadRequests, process: &str) -> Result<Stri
 pub fn finish(process: &str, failure: Option<&(dyn std::error::Error + Send + Sync + 'static)>) -> ExitCode {
     match failure {
         Some(e) if !crate::output::reader_gone(e) => {
-            // The log lines before it first: the error is the last line said.
-            end_logging();
+            // After the log lines, through their queue: the error is the last line said,
+            // and a reader of stderr that stopped reading delays the exit, as it does
+            // the log lines', by the drain's wait at most.
             let format = LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text);
-            crate::say!("{}", last_words(process, &error_chain(e), format));
+            log_pipe::say_last(&last_words(process, &error_chain(e), format));
             exit_now(1)
         }
         _ => {
@@ -986,5 +987,50 @@ mod tests {
         assert_eq!(error_chain(&Storage(io())), "storage error: no space left on device");
         assert_eq!(error_chain(&Context(Storage(io()))), "final flush: storage error: no space left on device");
         assert_eq!(error_chain(&io()), "no space left on device");
+    }
+
+    /// A server that fails while the reader of its standard error has stopped reading (a
+    /// hung log shipper) still exits, with status 1, within the log pipe's drain waits:
+    /// its last words, written straight to stderr, waited for ever behind the log
+    /// writer's own blocked write. Run in a child process of this test binary, whose
+    /// standard error is a pipe nobody reads.
+    #[test]
+    fn a_failing_server_exits_though_its_standard_error_is_not_read() {
+        use std::io::Write as _;
+        use tracing_subscriber::fmt::MakeWriter as _;
+        if std::env::var_os("TETHER_STALLED_STDERR_CHILD").is_some() {
+            let writers = log_pipe::start(LogFormat::Text).unwrap();
+            // More than a pipe holds: the log writer blocks in its write, as under a
+            // reader that stopped.
+            for i in 0..2_000 {
+                let mut line = writers.make_writer();
+                writeln!(line, "line {i} {}", "x".repeat(100)).unwrap();
+            }
+            let failure = std::io::Error::other("the store failed");
+            finish("tether-test", Some(&failure));
+            unreachable!("finish exits on a failure");
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "shell::tests::a_failing_server_exits_though_its_standard_error_is_not_read"])
+            .env("TETHER_STALLED_STDERR_CHILD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Two drains of `DRAIN_WAIT` at most, and the start of a test binary.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let status = status.expect("the failing process did not exit within 30 s");
+        assert_eq!(status.code(), Some(1));
     }
 }
