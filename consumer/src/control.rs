@@ -471,6 +471,7 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
     // session ending on its own in between can make it stale, and then the command still
     // does what its reply says, bar the "already".
     let before = running.status.state();
+    let stopping = running.status.stopping();
     running.commands.send(cmd).await.map_err(|_| format!("agreement {name:?} is shutting down"))?;
     let status = running.status.clone();
     drop(agreements);
@@ -491,7 +492,7 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
             tokio::time::sleep(STOP_POLL).await;
         }
     }
-    Ok(admin_reply(name, cmd, before))
+    Ok(admin_reply(name, cmd, before, stopping))
 }
 
 /// How long a `stop` waits for the agreement's session to end before it answers: well
@@ -504,10 +505,15 @@ const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 /// What `stop`, `start` or `restart` did to an agreement that was in state `before`, as
 /// the supervisor decides it: a `stop` of a stopped agreement and a `start` of one with a
 /// session change nothing, and the operator who typed them is told so, not that they
-/// acted; a `start` from backoff or idle connects now.
-fn admin_reply(name: &str, cmd: Command, before: State) -> String {
+/// acted; a `start` from backoff or idle connects now. `stopping`: a `stop` was ending the
+/// session, which a `start` takes back.
+fn admin_reply(name: &str, cmd: Command, before: State, stopping: bool) -> String {
     let running = matches!(before, State::Connecting | State::Refreshing | State::Persisting);
     let did = match (cmd, before) {
+        (Command::Start, _) if running && stopping => format!(
+            "the stop under way is taken back: it reconnects once the session the stop is ending is over (it was \
+             {before})"
+        ),
         (Command::Stop, State::Stopped) => "already stopped; nothing changed".to_owned(),
         (Command::Stop, _) => format!("stopped (it was {before}); it stays stopped until `start`, across restarts too"),
         (Command::Start | Command::Restart, State::Stopped | State::Closed) => format!("started (it was {before})"),
@@ -596,13 +602,16 @@ mod tests {
 
     #[test]
     fn admin_commands_say_when_they_found_nothing_to_do() {
-        let reply = |cmd, before| admin_reply("people", cmd, before);
+        let reply = |cmd, before| admin_reply("people", cmd, before, false);
         assert_eq!(reply(Command::Stop, State::Stopped), "people: already stopped; nothing changed\n");
         assert!(reply(Command::Stop, State::Persisting).starts_with("people: stopped (it was persisting)"));
         for state in [State::Connecting, State::Refreshing, State::Persisting] {
             let said = reply(Command::Start, state);
             assert!(said.starts_with(&format!("people: already running ({state}); nothing changed")), "{said}");
             assert!(reply(Command::Restart, state).starts_with("people: restarting"), "{state}");
+            // A start while a stop is ending the session takes the stop back.
+            let said = admin_reply("people", Command::Start, state, true);
+            assert!(said.starts_with("people: the stop under way is taken back"), "{said}");
         }
         for state in [State::Stopped, State::Closed] {
             assert_eq!(reply(Command::Start, state), format!("people: started (it was {state})\n"));

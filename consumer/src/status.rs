@@ -109,6 +109,11 @@ pub struct AgreementStatus {
     /// `wait` on it must look again.
     #[serde(skip)]
     pub retired: bool,
+    /// An operator's `stop` is ending the session, whose state `state` reads until it
+    /// has ended: a `start` now takes the stop back, and its reply says so (it said the
+    /// agreement was running and nothing changed).
+    #[serde(skip)]
+    pub stopping: bool,
 }
 
 /// When a session's provider was last heard from, and how long a live one stays quiet:
@@ -253,6 +258,7 @@ impl StatusHandle {
                 heard: None,
                 applied_csn: None,
                 retired: false,
+                stopping: false,
             })),
             Arc::new(tokio::sync::watch::Sender::new(Reached::default())),
         )
@@ -338,6 +344,11 @@ impl StatusHandle {
     /// The current state.
     pub fn state(&self) -> State {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).state
+    }
+
+    /// Whether an operator's `stop` is ending the session (see [`AgreementStatus::stopping`]).
+    pub fn stopping(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).stopping
     }
 }
 

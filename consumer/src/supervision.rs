@@ -142,6 +142,11 @@ impl Supervision {
         self.state
     }
 
+    /// Whether an operator's stop is ending the running session.
+    pub fn stopping(&self) -> bool {
+        self.pending == Some(Command::Stop)
+    }
+
     /// Failed attempts since the last healthy session.
     pub fn attempt(&self) -> u32 {
         self.attempt
@@ -479,7 +484,10 @@ mod tests {
             m.step(t0, Input::Command(Command::Stop), 0.5),
             [Output::StopSession(Reason::AdminStop, "stopped by the operator")]
         );
+        // Said in the start's reply (see `control::admin_reply`).
+        assert!(m.stopping());
         m.step(t0, Input::Command(Command::Start), 0.5);
+        assert!(!m.stopping());
         let out = m.step(t0, Input::SessionEnded(ended(Reason::AdminStop)), 0.5);
         assert!(!out.contains(&Output::PersistStopped(true)), "{out:?}");
         assert!(out.contains(&Output::StartSession), "{out:?}");

@@ -80,6 +80,7 @@ impl Supervisor {
         // latched for the process's life).
         let mut failure_told = false;
         let (cfg, store, replica, status) = (&self.session, &self.store, &self.replica, &self.status);
+        let mut stopping = false;
         loop {
             for output in pending.drain(..) {
                 match output {
@@ -145,6 +146,10 @@ impl Supervisor {
                     }
                     Output::Exit => return,
                 }
+            }
+            if machine.stopping() != stopping {
+                stopping = machine.stopping();
+                status.update(|s| s.stopping = stopping);
             }
             let input = tokio::select! {
                 biased;
