@@ -374,7 +374,13 @@ where
     }
     let Session { mut reader, queue, .. } = session;
     drop(queue);
-    let _ = tokio::time::timeout(GOODBYE_GRACE * 2, writer_task).await;
+    // Aborted past the grace: the session is over, and a writer stuck behind a consumer
+    // that reads slowly would otherwise hold the connection open, untracked, until its
+    // stall limit (the keepalive timeout).
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(GOODBYE_GRACE * 2, &mut writer_task).await.is_err() {
+        writer_task.abort();
+    }
     // The writer has sent the goodbye and shut its side. Read on until the consumer
     // closes its own: closing with its acks unread would send a reset, and a reset makes
     // the consumer's kernel discard what it had not read yet, the goodbye included, so
