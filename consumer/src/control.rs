@@ -473,7 +473,7 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
     let before = running.status.state();
     let stopping = running.status.stopping();
     running.commands.send(cmd).await.map_err(|_| format!("agreement {name:?} is shutting down"))?;
-    let status = running.status.clone();
+    let mut status = running.status.clone();
     drop(agreements);
     // `stop`, then `search --uuids` (what the docs say to do for a copy): the reply waits
     // until the session has ended and the stop is on disk, so the next command finds the
@@ -481,6 +481,19 @@ async fn command(ctx: &ControlContext, name: &str, cmd: Command) -> Result<Strin
     if cmd == Command::Stop && before != State::Stopped {
         let deadline = tokio::time::Instant::now() + STOP_WAIT;
         while status.state() != State::Stopped {
+            // A reload that restarted the agreement while its session ended took the stop
+            // with it (recorded, and the exit won): the status watched is left as the
+            // session left it, and the agreement started in its place, stopped, has
+            // another. Watched on, the stop answered after 20 s that it had not ended.
+            if status.is_retired() {
+                match ctx.agreements.lock().await.get(name) {
+                    Some(now) => status = now.status.clone(),
+                    None => {
+                        return Ok(format!("{name}: a reload removed it (and deleted its replica) while it stopped\n"))
+                    }
+                }
+                continue;
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(format!(
                     "{name}: stop asked, and its session has not ended within {}s (it is {}): `status` shows when it \
@@ -565,6 +578,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::status::StatusHandle;
 
     fn person(i: usize) -> Entry {
         let mut attrs = Attributes::new();
@@ -588,6 +602,62 @@ mod tests {
         shadow.apply_scan(&(0..n).map(|i| ReplOp::Upsert(person(i))).collect::<Vec<_>>()).unwrap();
         shadow.finish(Cookie { history: HistoryId::new_random(), csn: Csn(1) }).unwrap();
         (dir, store, replica)
+    }
+
+    /// A running agreement whose supervisor is the test: `commands` receives its commands.
+    fn running(status: StatusHandle, commands: tokio::sync::mpsc::Sender<Command>) -> crate::daemon::Running {
+        crate::daemon::Running {
+            config: crate::config::ConsumerConfig::from_toml_str(
+                "[[agreement]]\nname = \"people\"\nprovider = \"127.0.0.1:1\"\nbase = \"dc=example,dc=com\"\n\
+                 secret_file = \"people.key\"\n",
+                Path::new("consumer.toml"),
+            )
+            .unwrap()
+            .agreements
+            .remove(0),
+            files: crate::daemon::FileContents::for_tests(),
+            commands,
+            status,
+            task: tokio::spawn(async {}),
+        }
+    }
+
+    /// A `stop` whose agreement a reload restarts before the stop's session has ended:
+    /// the supervisor records the stop and exits for the reload (the exit wins), leaving
+    /// its status as the session left it, and the agreement started in its place comes
+    /// up stopped. The stop answers for the agreement, not for the status the reload
+    /// retired, which never reads `stopped`.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_answers_for_the_agreement_a_reload_started_in_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let agreements: Agreements = std::sync::Arc::default();
+        let (commands, mut received) = tokio::sync::mpsc::channel(8);
+        let old = StatusHandle::new("people", "127.0.0.1:1", "refresh-and-persist");
+        old.update(|s| s.state = State::Persisting);
+        agreements.lock().await.insert("people".to_owned(), running(old, commands));
+        let (reload, _requests) = tokio::sync::mpsc::channel(1);
+        let ctx = ControlContext {
+            store,
+            agreements: agreements.clone(),
+            reload,
+            shutdown: CancellationToken::new(),
+            config_file: tether_protocol::control::StartedWith::new(Path::new("consumer.toml")),
+            consumer_id: "c".to_owned(),
+        };
+        let reloaded = tokio::spawn(async move {
+            assert_eq!(received.recv().await, Some(Command::Stop));
+            let mut running_now = agreements.lock().await;
+            let old = running_now.remove("people").unwrap();
+            old.status.retire();
+            let new = StatusHandle::new("people", "127.0.0.1:1", "refresh-and-persist");
+            new.update(|s| s.state = State::Stopped);
+            let (commands, _) = tokio::sync::mpsc::channel(8);
+            running_now.insert("people".to_owned(), running(new, commands));
+        });
+        let reply = command(&ctx, "people", Command::Stop).await;
+        reloaded.await.unwrap();
+        assert_eq!(reply, Ok(admin_reply("people", Command::Stop, State::Persisting)));
     }
 
     #[test]

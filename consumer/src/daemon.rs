@@ -70,6 +70,14 @@ impl FileContents {
     }
 }
 
+#[cfg(test)]
+impl FileContents {
+    /// What a test's agreement, which reads no file, holds.
+    pub(crate) fn for_tests() -> Self {
+        Self { secret: Secret::new(vec![7u8; 32]).unwrap(), tls: None }
+    }
+}
+
 /// Every running agreement, by name.
 pub type Agreements = Arc<Mutex<BTreeMap<String, Running>>>;
 

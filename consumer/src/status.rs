@@ -350,6 +350,11 @@ impl StatusHandle {
     pub fn stopping(&self) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).stopping
     }
+
+    /// Whether a reload retired this status (see [`AgreementStatus::retired`]).
+    pub fn is_retired(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retired
+    }
 }
 
 /// The whole `status --json` object.
