@@ -175,6 +175,11 @@ fn start(store: &ReplicaStore, a: &AgreementConfig, session: SessionConfig) -> R
     }
     let entries = replica.len().unwrap_or(0);
     status.update(|s| s.entries = entries);
+    // Read here, not only as a session connects: an agreement started stopped runs no
+    // session, and showed none while the store kept the proof that decides refusals.
+    if let Ok(Some(ms)) = replica.provider_proved_at() {
+        status.update(|s| s.provider_proved_at = Some(crate::status::rfc3339_of_ms(ms)));
+    }
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let supervisor = Supervisor {
         session,

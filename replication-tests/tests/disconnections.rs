@@ -967,3 +967,22 @@ fn a_goodbye_before_the_provider_proved_itself_is_not_acted_on() -> Result<()> {
     c.wait_status("people", LIMIT, "the proof on record", |s| s["provider_proved_at"] == proved)?;
     Ok(())
 }
+
+/// An agreement an operator stopped runs no session, and so never reads the proof on
+/// record: started stopped, the running consumer's status showed no
+/// `provider_proved_at`, although the store keeps one (the consumer's status while it
+/// was down showed it) and it still decides whether a provider is refused.
+#[test]
+fn a_stopped_agreement_shows_the_proof_on_record_after_a_restart() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (_p, _w, mut c) = converged_pair(tmp.path(), 50, 23, "300ms")?;
+    let proved = c.agreement_status("people")?["provider_proved_at"].clone();
+    assert!(proved.is_string(), "{proved}");
+    c.admin("stop", Some("people"))?;
+    assert!(c.stop()?.success());
+    assert_eq!(c.status()?["agreements"][0]["provider_proved_at"], proved, "offline, from the store");
+    c.start()?;
+    let s = c.wait_status("people", LIMIT, "stopped", |s| s["state"] == "stopped")?;
+    assert_eq!(s["provider_proved_at"], proved, "{s}");
+    Ok(())
+}
