@@ -279,13 +279,17 @@ pub async fn reload(
     let mut running = agreements.lock().await;
     let mut report = Vec::new();
     let mut restarted = std::collections::BTreeSet::new();
+    // From the first agreement stopped on, a failure leaves the running set neither
+    // the configuration last read nor the new one, and its error says what was done.
+    let mut done = Changed::default();
     let names: Vec<String> = running.keys().cloned().collect();
     for name in names {
         let Some(new) = config.agreement(&name) else {
             if let Some(r) = running.remove(&name) {
                 shut(r, Command::Reload { removed: true }).await;
+                done.stopped.push(name.clone());
             }
-            let entries = remove_replica(store, &name)?;
+            let entries = remove_replica(store, &name).map_err(|e| done.failed(&e))?;
             report.push(format!("removed {name} (its replica of {entries} entries deleted)"));
             continue;
         };
@@ -301,11 +305,16 @@ pub async fn reload(
                 };
                 // `start` below reloads the replica in full if its region changed.
                 shut(old, Command::Reload { removed: false }).await;
+                done.stopped.push(name.clone());
             }
             // What the operator must expect: a full refresh, and the replica refused to
             // searches until it is done; for an agreement an operator stopped, nothing
             // until it is started.
-            let stopped = store.existing_replica(&name)?.map(|r| r.is_admin_stopped()).transpose()?.unwrap_or(false);
+            let stopped = store
+                .existing_replica(&name)
+                .and_then(|r| r.map(|r| r.is_admin_stopped()).transpose())
+                .map_err(|e| done.failed(&e.into()))?
+                .unwrap_or(false);
             report.push(match (stopped, region_changed) {
                 (false, false) => format!("restarted {name}"),
                 (false, true) => format!("restarted {name} (its region changed: reloaded in full)"),
@@ -317,8 +326,9 @@ pub async fn reload(
     }
     for (a, session) in config.agreements.iter().zip(sessions) {
         if !running.contains_key(&a.name) {
-            let r = start(store, a, session)?;
+            let r = start(store, a, session).map_err(|e| done.failed(&e))?;
             running.insert(a.name.clone(), r);
+            done.started.push(a.name.clone());
             if !restarted.contains(&a.name) {
                 report.push(format!("added {}", a.name));
             }
@@ -338,6 +348,40 @@ pub async fn reload(
     Ok(reply)
 }
 
+/// The agreements a reload had stopped and started when it failed.
+#[derive(Debug, Default)]
+struct Changed {
+    stopped: Vec<String>,
+    started: Vec<String>,
+}
+
+impl Changed {
+    /// `error`, or, once an agreement was stopped, [`PartlyReloaded`] with it.
+    fn failed(&self, error: &anyhow::Error) -> anyhow::Error {
+        let reason = error_chain(&**error);
+        if self.stopped.is_empty() && self.started.is_empty() {
+            return anyhow::anyhow!(reason);
+        }
+        let list = |names: &[String]| if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+        PartlyReloaded { reason, stopped: list(&self.stopped), started: list(&self.started) }.into()
+    }
+}
+
+/// A reload that failed after it had stopped agreements: the running set is then
+/// neither the configuration last read nor the new one, which its reply and log say,
+/// rather than that nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{reason}; the reload failed part-way: it had stopped {stopped} and started {started}, so the consumer runs \
+     neither the configuration it last read nor the new one (status lists what runs): fix the cause and reload \
+     again, or restart the consumer"
+)]
+pub struct PartlyReloaded {
+    reason: String,
+    stopped: String,
+    started: String,
+}
+
 /// Deletes the replica of `name`, an agreement the configuration no longer names, and
 /// says so at WARN with what it held: whether by a reload or at a start, this is where
 /// a file cut short or an agreement removed by mistake shows, and the entries are gone.
@@ -351,6 +395,21 @@ fn remove_replica(store: &ReplicaStore, name: &str) -> Result<usize> {
 
 /// What a reload that failed did, for the reply and the command's error.
 pub const KEPT_AS_READ: &str = "the consumer keeps the configuration it last read";
+
+/// The reply to a `reload` asked on the control socket: its report, or its error, also
+/// logged, since the log is where an operator looks for what the process did.
+fn reload_reply(result: Result<String>) -> Result<String, String> {
+    result.map_err(|e| {
+        let partly = e.downcast_ref::<PartlyReloaded>().is_some();
+        let e = error_chain(&*e);
+        if partly {
+            error!("reload requested on the control socket failed: {e}");
+            return e;
+        }
+        error!("reload requested on the control socket failed, keeping the running agreements: {e}");
+        format!("{e}; nothing changed: {KEPT_AS_READ}")
+    })
+}
 
 /// Descriptors a consumer may hold besides its agreements' connections: the store's
 /// files, the control socket and its clients, the runtime's own (about 15 at rest).
@@ -461,19 +520,18 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 }
                 Signal::Reload => {
                     info!("SIGHUP: reloading configuration");
-                    if let Err(e) = reload(config_path, &config, &store, &agreements, &client_id).await {
-                        error!("reload failed, keeping the running agreements: {}", error_chain(&*e));
+                    match reload(config_path, &config, &store, &agreements, &client_id).await {
+                        Ok(_) => {}
+                        Err(e) if e.downcast_ref::<PartlyReloaded>().is_some() => {
+                            error!("reload failed: {}", error_chain(&*e));
+                        }
+                        Err(e) => error!("reload failed, keeping the running agreements: {}", error_chain(&*e)),
                     }
                 }
             },
             Some(reply) = reload_rx.recv() => {
-                let result = reload(config_path, &config, &store, &agreements, &client_id).await.map_err(|e| error_chain(&*e));
-                // The command prints the error too, but the log is where an operator
-                // looks for what the process did.
-                if let Err(e) = &result {
-                    error!("reload requested on the control socket failed, keeping the running agreements: {e}");
-                }
-                let _ = reply.send(result.map_err(|e| format!("{e}; nothing changed: {KEPT_AS_READ}")));
+                let result = reload(config_path, &config, &store, &agreements, &client_id).await;
+                let _ = reply.send(reload_reply(result));
             }
         }
     }
@@ -530,6 +588,44 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A reload that fails after it has stopped an agreement does not reply that nothing
+    /// changed: the agreement is no longer running. Here the store's files are taken
+    /// away as the removed agreement's session ends, so deleting its replica fails (a
+    /// full disk fails that flush the same way).
+    #[tokio::test]
+    async fn a_reload_that_fails_after_stopping_an_agreement_does_not_say_nothing_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = ReplicaStore::open(&data).unwrap();
+        store.replica("gone").unwrap();
+        let file = dir.path().join("consumer.toml");
+        std::fs::write(&file, "data_dir = \"data\"\n").unwrap();
+        let running_config = ConsumerConfig::load(&file).unwrap();
+        let config = ConsumerConfig::from_toml_str(
+            "[[agreement]]\nname = \"gone\"\nprovider = \"127.0.0.1:1\"\nbase = \"dc=example,dc=com\"\n\
+             secret_file = \"gone.key\"\n",
+            &file,
+        )
+        .unwrap()
+        .agreements
+        .remove(0);
+        let (commands, mut received) = mpsc::channel(COMMAND_QUEUE);
+        let db = data.join("db");
+        let task = tokio::spawn(async move {
+            assert_eq!(received.recv().await, Some(Command::Reload { removed: true }));
+            std::fs::rename(&db, db.with_extension("moved")).unwrap();
+        });
+        let status = StatusHandle::new("gone", "127.0.0.1:1", "refresh-and-persist");
+        let agreements: Agreements = Arc::default();
+        let running = Running { config, files: FileContents::for_tests(), commands, status, task };
+        agreements.lock().await.insert("gone".to_owned(), running);
+
+        let reply = reload_reply(reload(&file, &running_config, &store, &agreements, "c").await).unwrap_err();
+        assert!(!agreements.lock().await.contains_key("gone"), "the agreement was stopped");
+        assert!(!reply.contains("nothing changed") && !reply.contains(KEPT_AS_READ), "{reply}");
+        assert!(reply.contains("it had stopped gone and started none"), "the reply names what it stopped: {reply}");
+    }
 
     /// A supervisor that panics leaves its agreement `closed` with the panic in
     /// `last_error`, not in the state it panicked in.
