@@ -4,7 +4,6 @@
 //! `<stdin>`, with the line as for a file.
 
 use std::fs::File;
-use std::io::Seek;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -124,13 +123,42 @@ impl Input {
     }
 
     /// The input from its start.
-    pub fn reader(&self) -> Result<File> {
+    pub fn reader(&self) -> Result<Reader> {
         let opened = match &self.source {
-            Source::File(path) => File::open(path),
-            // A clone shares the spool's offset: rewind it for this reading.
-            Source::Spool(spool) => spool.try_clone().and_then(|mut f| f.rewind().map(|()| f)),
+            Source::File(path) => File::open(path).map(Reader::File),
+            // A clone shares the spool's offset, and so would move any other reading of
+            // it (`load` looks back for a name's first line while its check reads on):
+            // each reading keeps an offset of its own.
+            Source::Spool(spool) => spool.try_clone().map(|spool| Reader::Spool { spool, at: 0 }),
         };
         opened.with_context(|| format!("opening {}", self.shown))
+    }
+}
+
+/// One reading of an [`Input`], from its start.
+#[derive(Debug)]
+pub enum Reader {
+    /// The file, opened for this reading.
+    File(File),
+    /// The spool, read at this reading's own offset.
+    Spool {
+        /// The spool (a clone: its offset is shared, and not used).
+        spool: File,
+        /// Where this reading is.
+        at: u64,
+    },
+}
+
+impl std::io::Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Reader::File(file) => file.read(buf),
+            Reader::Spool { spool, at } => {
+                let n = std::os::unix::fs::FileExt::read_at(spool, buf, *at)?;
+                *at += n as u64;
+                Ok(n)
+            }
+        }
     }
 }
 

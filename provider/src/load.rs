@@ -368,6 +368,44 @@ mod tests {
         load(dir, &Input::open(file)?, existing)
     }
 
+    /// A file given as a named pipe (or standard input) is copied to a spool, which the
+    /// refusal of a name given twice reads again from the start to find the first one,
+    /// while the check reads on: the two reads must not move each other, or the check
+    /// goes on from where the other stopped and lists refusals at wrong lines (or
+    /// misses them). The refusals are those of the same file read by its name.
+    #[test]
+    fn a_piped_file_refused_for_a_name_given_twice_lists_the_refusals_a_file_does() {
+        use std::fmt::Write as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(&tmp.path().join("store"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let mut text = String::from("dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\n");
+        for i in 0..400 {
+            let _ = write!(text, "dn: cn=p{i},dc=example,dc=com\nobjectClass: person\ncn: p{i}\nsn: s\n\n");
+        }
+        text.push_str("dn: cn=p1,dc=example,dc=com\nobjectClass: person\ncn: p1\nsn: again\n\n");
+        for i in 400..800 {
+            let _ = write!(text, "dn: cn=p{i},dc=example,dc=com\nobjectClass: person\ncn: p{i}\nsn: s\n\n");
+        }
+        text.push_str("dn: cn=x,dc=example,dc=org\nobjectClass: person\ncn: x\nsn: s\n");
+        let file = tmp.path().join("dup.ldif");
+        std::fs::write(&file, &text).unwrap();
+        let named = load_file(&dir, &file, Existing::Refuse).unwrap_err().to_string();
+        assert!(named.contains("2 records refused"), "{named}");
+
+        let fifo = tmp.path().join("piped.ldif");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let writer = {
+            let (fifo, text) = (fifo.clone(), text.clone());
+            std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+        };
+        let input = Input::open(&fifo).unwrap();
+        writer.join().unwrap();
+        assert!(input.is_spooled());
+        let piped = load(&dir, &input, Existing::Refuse).unwrap_err().to_string();
+        assert_eq!(piped.replace("piped.ldif", "dup.ldif"), named);
+        assert_eq!(dir.entry_count().unwrap(), 0, "nothing was written");
+    }
+
     /// An entry that would be too large to replicate, after more entries than one load
     /// transaction takes: refused with its line before anything is written.
     #[test]
