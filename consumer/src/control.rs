@@ -657,7 +657,7 @@ mod tests {
         });
         let reply = command(&ctx, "people", Command::Stop).await;
         reloaded.await.unwrap();
-        assert_eq!(reply, Ok(admin_reply("people", Command::Stop, State::Persisting)));
+        assert_eq!(reply, Ok(admin_reply("people", Command::Stop, State::Persisting, false)));
     }
 
     #[test]
