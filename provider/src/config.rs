@@ -140,8 +140,9 @@ pub struct ChangelogConfig {
     /// `"0s"` turns the hold off. Default `"1d"`.
     #[serde(default = "default_hold_for_consumers", deserialize_with = "source::duration")]
     pub hold_for_consumers: Duration,
-    /// How often the background trimmer runs. Default `"1m"`.
-    #[serde(default = "default_trim_interval", deserialize_with = "source::positive_duration")]
+    /// How often the background trimmer runs. Default `"1m"`, at least
+    /// [`MIN_TRIM_INTERVAL`].
+    #[serde(default = "default_trim_interval", deserialize_with = "trim_interval")]
     pub trim_interval: Duration,
 }
 
@@ -251,6 +252,25 @@ fn default_hold_for_consumers() -> Duration {
 
 fn default_trim_interval() -> Duration {
     DEFAULT_TRIM_INTERVAL
+}
+
+/// The shortest `changelog.trim_interval`: a trim reads the changelog's head and the
+/// consumers' positions, and `"1ns"` (taken as greater than zero) ran it at every tick
+/// of the timer, a thousand times a second, for nothing.
+pub const MIN_TRIM_INTERVAL: Duration = Duration::from_millis(10);
+
+fn trim_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    source::parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
+        let value = source::parse_duration(text)?;
+        if value < MIN_TRIM_INTERVAL {
+            Err(format!(
+                "invalid duration {text:?}: must be at least {}",
+                humantime::format_duration(MIN_TRIM_INTERVAL)
+            ))
+        } else {
+            Ok(value)
+        }
+    })
 }
 
 impl ProviderConfig {
@@ -652,7 +672,11 @@ mod tests {
             ),
             (
                 format!("{MINIMAL}[changelog]\ntrim_interval = \"0s\""),
-                "key 'changelog.trim_interval': invalid duration \"0s\": must be greater than zero",
+                "key 'changelog.trim_interval': invalid duration \"0s\": must be at least 10ms",
+            ),
+            (
+                format!("{MINIMAL}[changelog]\ntrim_interval = \"1ns\""),
+                "key 'changelog.trim_interval': invalid duration \"1ns\": must be at least 10ms",
             ),
             (
                 format!("{MINIMAL}[keepalive]\ninterval = \"30s\""),
