@@ -590,7 +590,16 @@ async fn admin(config: &Path, name: String, stop: bool) -> Result<()> {
         );
     }
     let store = open_offline(&config, Offline::Write)?;
-    let replica = store.replica(&name)?;
+    // A `start` of an agreement that has no replica yet has nothing to record, and makes
+    // none (it said "nothing changed" and left an empty replica on record).
+    let replica = match (stop, store.existing_replica(&name)?) {
+        (_, Some(replica)) => replica,
+        (true, None) => store.replica(&name)?,
+        (false, None) => {
+            let was = "not stopped, so it runs when the consumer runs";
+            return Stdout::print(&format!("{name}: {was}; nothing changed\n")).context("writing to standard output");
+        }
+    };
     if replica.is_admin_stopped()? == stop {
         let was = if stop { "already stopped" } else { "not stopped, so it runs when the consumer runs" };
         return Stdout::print(&format!("{name}: {was}; nothing changed\n")).context("writing to standard output");

@@ -1337,6 +1337,11 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
     );
     let err = refused("tether-consumer", "search", &c.config, &[Path::new("--agreement"), Path::new("added")])?;
     assert!(err.contains("agreement \"added\" has no replica yet"), "{err}");
+    // Its `start` has nothing to record, and makes no replica (it made an empty one).
+    let said = c.admin("start", Some("added"))?;
+    assert_eq!(said, "added: not stopped, so it runs when the consumer runs; nothing changed\n");
+    let err = refused("tether-consumer", "search", &c.config, &[Path::new("--agreement"), Path::new("added")])?;
+    assert!(err.contains("agreement \"added\" has no replica yet"), "after start: {err}");
     // And with the agreement that ran taken out of the file: its replica, which the
     // next start deletes, is listed as such.
     std::fs::write(&c.config, text.replace("\"people\"", "\"renamed\""))?;
