@@ -226,13 +226,22 @@ const LOAD_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// written is in the store (the error then says how many entries that is and how to
 /// finish), a second at once. Killed at once, it said nothing and left part of the file
 /// loaded. SIGHUP is a terminal closed or an SSH session dropped under a long load.
-async fn stop_load_on_signal(stop: Arc<AtomicBool>) {
+/// The signals that stop a load, taken before the load opens (and perhaps makes) its
+/// store: taken by the task that waits for them, they were not yet when a load began,
+/// and a SIGINT then killed the process the default way, leaving the new store a
+/// stopped load removes. `None` if they cannot be taken (the default action then).
+type LoadSignals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+fn load_signals() -> Option<LoadSignals> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
-    else {
-        return;
-    };
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+        (Ok(int), Ok(term), Ok(hup)) => Some((int, term, hup)),
+        _ => None,
+    }
+}
+
+async fn stop_load_on_signal(signals: Option<LoadSignals>, stop: Arc<AtomicBool>) {
+    let Some((mut int, mut term, mut hup)) = signals else { return };
     let mut next = async || {
         tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM", _ = hup.recv() => "SIGHUP" }
     };
@@ -270,12 +279,15 @@ async fn run(cli: Cli) -> Result<()> {
             run_as_store_owner(&config)?;
             // A file that cannot be opened makes no store.
             let input = Input::open(&file)?;
+            // After standard input is copied (a SIGINT must still end a `load -` waiting
+            // on a terminal), before the store is opened.
+            let signals = load_signals();
             let (fresh, made_dir) = (!tether_store::store_exists(&config.data_dir), !config.data_dir.exists());
             let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
             let failure = dir.failure().clone();
             let stop = Arc::new(AtomicBool::new(false));
-            let _signals = tokio::spawn(stop_load_on_signal(stop.clone()));
+            let _signals = tokio::spawn(stop_load_on_signal(signals, stop.clone()));
             // How many entries are written, for the error of a store that fails under
             // the load, which its watchdog reports without the load's own count.
             let loaded_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
