@@ -451,15 +451,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn stop_is_persisted_and_survives_until_start() {
-        let t0 = Instant::now();
+    /// A running agreement an operator's stop is ending: its session asked to end.
+    fn being_stopped(t0: Instant) -> Supervision {
         let mut m = machine(&["1s forever"], None);
         m.step(t0, Input::Begin { stopped: false }, 0.5);
         assert_eq!(
             m.step(t0, Input::Command(Command::Stop), 0.5),
             [Output::StopSession(Reason::AdminStop, "stopped by the operator")]
         );
+        m
+    }
+
+    #[test]
+    fn stop_is_persisted_and_survives_until_start() {
+        let t0 = Instant::now();
+        let mut m = being_stopped(t0);
         let out = m.step(t0, Input::SessionEnded(ended(Reason::AdminStop)), 0.5);
         assert!(out.contains(&Output::PersistStopped(true)));
         assert_eq!(m.state(), State::Stopped);
@@ -478,12 +484,7 @@ mod tests {
     #[test]
     fn a_start_while_a_stop_is_under_way_leaves_the_agreement_running() {
         let t0 = Instant::now();
-        let mut m = machine(&["1s forever"], None);
-        m.step(t0, Input::Begin { stopped: false }, 0.5);
-        assert_eq!(
-            m.step(t0, Input::Command(Command::Stop), 0.5),
-            [Output::StopSession(Reason::AdminStop, "stopped by the operator")]
-        );
+        let mut m = being_stopped(t0);
         // Said in the start's reply (see `control::admin_reply`).
         assert!(m.stopping());
         m.step(t0, Input::Command(Command::Start), 0.5);
@@ -503,17 +504,13 @@ mod tests {
     fn a_stop_under_way_when_the_process_exits_or_reloads_is_persisted() {
         let t0 = Instant::now();
         for exit in [Command::Shutdown, Command::Reload { removed: false }] {
-            let mut m = machine(&["1s forever"], None);
-            m.step(t0, Input::Begin { stopped: false }, 0.5);
-            m.step(t0, Input::Command(Command::Stop), 0.5);
+            let mut m = being_stopped(t0);
             m.step(t0, Input::Command(exit), 0.5);
             let out = m.step(t0, Input::SessionEnded(ended(Reason::Shutdown)), 0.5);
             assert_eq!(out, [Output::PersistStopped(true), Output::Exit], "{exit:?}");
         }
         // A stop that a later start took back is not persisted.
-        let mut m = machine(&["1s forever"], None);
-        m.step(t0, Input::Begin { stopped: false }, 0.5);
-        m.step(t0, Input::Command(Command::Stop), 0.5);
+        let mut m = being_stopped(t0);
         m.step(t0, Input::Command(Command::Restart), 0.5);
         m.step(t0, Input::Command(Command::Shutdown), 0.5);
         assert_eq!(m.step(t0, Input::SessionEnded(ended(Reason::Shutdown)), 0.5), [Output::Exit]);

@@ -550,8 +550,9 @@ mod tests {
     }
 
     /// Runs a full refresh into a fresh replica, calls `midway` after `pages` pages of
-    /// its scan, finishes it, and checks the replica holds exactly the region.
-    fn refresh_with_a_write_midway(pages: usize, midway: impl FnOnce(&Directory)) {
+    /// its scan, finishes it, and checks the replica holds exactly the region; what
+    /// `midway` returned, and the cookie the refresh ended at.
+    fn refresh_with_a_write_midway<T>(pages: usize, midway: impl FnOnce(&Directory) -> T) -> (T, Cookie) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = directory(&tmp.path().join("p"));
         let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
@@ -560,10 +561,12 @@ mod tests {
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
         let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(pages));
         assert!(done.is_none());
-        midway(&dir);
+        let made = midway(&dir);
         let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
-        shadow.finish(done.unwrap()).unwrap();
+        let done = done.unwrap();
+        shadow.finish(done).unwrap();
         assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+        (made, done)
     }
 
     /// A rename during a scan, from behind its cursor to ahead of it, would show the
@@ -608,18 +611,11 @@ mod tests {
     /// names it.
     #[test]
     fn an_entry_removed_by_a_write_not_yet_durable_during_a_scan_is_covered_by_the_cookie() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
-        let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
-        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
-        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(2));
-        assert!(done.is_none());
-        let removed = dir.write_nowait(&Change::Delete { dn: dn(&person(PEOPLE - 1)) }).unwrap().csn;
-        assert!(dir.durable_csn() < removed, "committed, not yet durable");
-        let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, None);
-        let done = done.unwrap();
+        let (removed, done) = refresh_with_a_write_midway(2, |dir| {
+            let removed = dir.write_nowait(&Change::Delete { dn: dn(&person(PEOPLE - 1)) }).unwrap().csn;
+            assert!(dir.durable_csn() < removed, "committed, not yet durable");
+            removed
+        });
         assert!(
             done.csn >= removed,
             "the replica lacks {} under a cookie at {}, before its removal at {removed}",
