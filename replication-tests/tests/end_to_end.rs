@@ -445,6 +445,9 @@ fn an_offline_load_into_a_replicated_directory_reaches_the_consumer_by_a_present
     Ok(())
 }
 
+/// `a` differs from the default region by its scope (`one`: the people below
+/// `ou=people`, not the branch's own entry), `b` by its filter. Both used to be
+/// `subtree`, so an agreement's scope could be ignored without this test noticing.
 #[test]
 fn two_consumers_with_different_scopes_and_filters_hold_exactly_their_regions() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -457,7 +460,8 @@ fn two_consumers_with_different_scopes_and_filters_hold_exactly_their_regions() 
     };
     let (p, mut w) = provider_with(tmp.path(), 1500, 5, opts)?;
     let filter = "(&(objectClass=inetOrgPerson)(employeeNumber>=500))";
-    let mut a = Consumer::configure(&tmp.path().join("a"), p.port, &[Agreement::persist("people", PEOPLE, "s1")])?;
+    let one_level = Agreement { scope: "one".into(), ..Agreement::persist("people", PEOPLE, "s1") };
+    let mut a = Consumer::configure(&tmp.path().join("a"), p.port, &[one_level])?;
     let mut b = Consumer::configure(
         &tmp.path().join("b"),
         p.port,
@@ -466,13 +470,19 @@ fn two_consumers_with_different_scopes_and_filters_hold_exactly_their_regions() 
     a.start()?;
     b.start()?;
     p.write_ok(&w.changes(300))?;
-    wait_converged(&p, &a, "people", PEOPLE)?;
+    wait_until(CONVERGE, "one-level consumer", || {
+        Ok(p.search(PEOPLE, "one", ALL)? == a.search("people", PEOPLE, "subtree", ALL)?)
+    })?;
     wait_until(CONVERGE, "filtered consumer", || same(&p, &b, "others", OTHERS, filter))?;
     // Exactly the region: nothing outside the filter or the base.
     let b_all = b.search("others", SUFFIX, "subtree", ALL)?;
     assert_eq!(b_all, p.search(OTHERS, "subtree", filter)?);
     assert!(!b_all.contains(PEOPLE));
+    // Nothing outside the scope or the base: the base entry itself is one level up.
     let a_all = a.search("people", SUFFIX, "subtree", ALL)?;
+    assert_eq!(a_all, p.search(PEOPLE, "one", ALL)?);
+    assert!(count(&a_all) > 100, "the people below the base: {}", count(&a_all));
+    assert!(!a_all.contains(&format!("dn: {PEOPLE}\n")), "the base entry is outside scope one");
     assert!(!a_all.contains(OTHERS));
     Ok(())
 }
