@@ -6,21 +6,52 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use replication_tests::harness::{signal, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET};
+use replication_tests::harness::{
+    bin, signal, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
+};
 use replication_tests::workload::SUFFIX;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// The handlers used to be installed after "listening" was printed, so a SIGHUP sent
 /// as soon as a supervisor saw the line took the default action and killed the process.
+///
+/// The provider's SIGHUP is sent while it writes that line: its standard output is a
+/// pipe filled beforehand, so the write waits until the test reads the pipe. Sent once
+/// the line had been read (as a supervisor would), it came a millisecond or more after
+/// it, and handlers installed right after the line (provider/src/daemon.rs) passed
+/// three runs of three.
 #[test]
 fn a_sighup_right_after_readiness_reloads_both_processes_instead_of_killing_them() -> Result<()> {
+    use std::io::{Read as _, Write as _};
     let tmp = tempfile::tempdir()?;
     let (mut provider, _) = Provider::loaded(tmp.path(), 20, 1, &ProviderOptions::default())?;
+    assert!(provider.stop()?.success());
+    let listening = |p: &Provider| p.log_text().matches("provider listening").count();
+    let (mut stdout, mut full) = std::io::pipe()?;
+    // A pipe holds 64 KiB unless made larger: the line announcing readiness waits.
+    full.write_all(&[b'\n'; 64 * 1024])?;
+    let log = std::fs::OpenOptions::new().append(true).open(&provider.log)?;
+    let child = std::process::Command::new(bin("tether-provider")?)
+        .args(["serve", "-c"])
+        .arg(&provider.config)
+        .env("TETHER_LOG", "info")
+        .stdout(full)
+        .stderr(log)
+        .spawn()?;
+    provider.child = Some(child);
+    // Logged just before the line is written: the process is at the line, or about to be.
+    wait_until(LIMIT, "the provider to log that it listens", || Ok(listening(&provider) == 2))?;
     provider.reload()?;
-    wait_until(LIMIT, "the provider to log the reload", || Ok(provider.log_text().contains("SIGHUP: reloading")))?;
-    assert!(provider.child.as_mut().unwrap().try_wait()?.is_none(), "provider died:\n{}", provider.log_text());
+    let drained = std::thread::spawn(move || stdout.read_to_end(&mut Vec::new()));
+    wait_until(LIMIT, "the provider to log the reload, or to die", || {
+        let reloaded = std::fs::read_to_string(&provider.log)?.contains("SIGHUP: reloading");
+        Ok(reloaded || provider.child.as_mut().unwrap().try_wait()?.is_some())
+    })?;
+    let exited = provider.child.as_mut().unwrap().try_wait()?;
+    assert!(exited.is_none(), "provider died of the SIGHUP ({exited:?}):\n{}", provider.log_text());
     provider.status()?;
+    drop(drained);
 
     let mut consumer = Consumer::configure(
         &tmp.path().join("consumer"),
