@@ -38,7 +38,8 @@ use crate::connection::{MessageReader, MessageWriter, WireError};
 use crate::cookie::HistoryId;
 use crate::foreign::ForeignPeer;
 use crate::message::{
-    shown, GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, MUTUAL_AUTH_VERSION, SUPPORTED_VERSIONS,
+    shown, unshowable, GoodbyeReason, Hello, Message, Reject, RejectReason, Welcome, MUTUAL_AUTH_VERSION,
+    SUPPORTED_VERSIONS,
 };
 
 /// Default deadline for the whole handshake, from the first byte sent or awaited to the
@@ -433,12 +434,14 @@ pub const MAX_CLIENT_ID: usize = 256;
 
 /// Refuses a `client_id` that would forge or flood the provider's log, where it names
 /// every line of the session: control characters (a newline starts a line of the
-/// client's making) and more than [`MAX_CLIENT_ID`] bytes.
+/// client's making), the other characters that break a line or reorder the text around
+/// it, which [`shown`] escapes in a peer's text (U+2028, a bidirectional override), and
+/// more than [`MAX_CLIENT_ID`] bytes.
 fn check_client_id(id: &str) -> Result<(), Reject> {
     let bad = if id.len() > MAX_CLIENT_ID {
         format!("is {} bytes, over {MAX_CLIENT_ID}", id.len())
-    } else if id.chars().any(char::is_control) {
-        "holds a control character".to_owned()
+    } else if id.chars().any(unshowable) {
+        "holds a control character, a line separator or a bidirectional mark".to_owned()
     } else {
         return Ok(());
     };
@@ -618,6 +621,25 @@ mod tests {
         let (_, server) = run(hello, SECRET).await;
         let Err(HandshakeError::Refused(reject)) = server else { panic!("{server:?}") };
         assert!(reject.detail.len() < 200 && reject.detail.contains("and 20992 more"), "{}", reject.detail);
+    }
+
+    /// The provider names every line of a session with its `client_id`: one that holds
+    /// what breaks a line or reorders the text around it in a log viewer (U+2028,
+    /// U+2029, the bidirectional marks and overrides), which `shown` escapes in a peer's
+    /// text for that reason, is refused as a newline is.
+    #[tokio::test]
+    async fn a_client_id_that_breaks_or_reorders_a_line_is_refused() {
+        for client_id in ["inj\u{2028}2026-12-02T21:00:00Z  WARN provider FORGED", "w\u{202e}detcennoc", "a\u{2069}b"] {
+            let hello = Hello { client_id: client_id.to_owned(), ..consumer_hello("people") };
+            let (_, server) = run(hello, SECRET).await;
+            let Err(HandshakeError::Refused(reject)) = server else { panic!("{client_id:?} welcomed: {server:?}") };
+            assert_eq!(reject.reason, RejectReason::ProtocolViolation);
+            assert!(reject.detail.contains("holds a control character"), "{}", reject.detail);
+        }
+        // Any other character a name may hold is still taken.
+        let hello = Hello { client_id: "réplica-ü 東京 #2".into(), ..consumer_hello("people") };
+        let (_, server) = run(hello, SECRET).await;
+        server.unwrap();
     }
 
     /// A consumer checks its region against [`MAX_REGION`] and its resume cursor against

@@ -272,8 +272,9 @@ pub fn shown(text: String) -> String {
     out
 }
 
-/// Whether `c` is shown escaped in a peer's text (see [`shown`]).
-fn unshowable(c: char) -> bool {
+/// Whether `c` is shown escaped in a peer's text (see [`shown`]); the provider refuses a
+/// `client_id` holding one, since it names the session's log lines as it came.
+pub(crate) fn unshowable(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
