@@ -18,7 +18,7 @@ use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
 use tether_protocol::foreign::ForeignKind;
 use tether_protocol::handshake::{server_handshake, Admission, HandshakeError};
-use tether_protocol::message::{GoodbyeReason, Hello, Message, Mode, Reject, RejectReason, Role};
+use tether_protocol::message::{shown, GoodbyeReason, Hello, Message, Mode, Reject, RejectReason, Role};
 use tether_protocol::Dn;
 use tether_store::Directory;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -593,9 +593,14 @@ fn authorize(
                 return Err(Reject::new(RejectReason::UnknownAgreement, format!("no agreement named {agreement:?}")));
             };
             if !spec.is_within(widest) {
+                // The base is a stranger's text, logged with the refusal before anything
+                // is proved: a DN escapes only ASCII controls, so it is shown as a
+                // peer's text is (line separators and bidirectional overrides escaped,
+                // cut at 1 KiB), not as it came.
+                let base = shown(spec.base.to_string());
                 return Err(Reject::new(
                     RejectReason::ScopeNotAllowed,
-                    format!("base {} is outside {} allowed for {agreement:?}", spec.base, widest),
+                    format!("base {base} is outside {widest} allowed for {agreement:?}"),
                 ));
             }
             secret.clone()
@@ -641,6 +646,40 @@ mod tests {
         );
         let wire = |len| noise_kind(&HandshakeError::Wire(connection::WireError::FrameTooLarge { len, max: 16 }));
         assert_eq!(wire(17), wire(1 << 20));
+    }
+
+    /// A stranger's refusal is logged (`handshake failed error=refused the client: ...`)
+    /// before it has proved anything, and the region of a `Hello` naming an agreement
+    /// (names are not secret) is the stranger's text: its base must reach the log as
+    /// `shown` text is, with the characters that break a line or reorder it escaped
+    /// (a DN escapes only ASCII controls) and cut, not as it came.
+    #[test]
+    fn a_stranger_s_base_is_refused_in_words_that_cannot_forge_the_log() {
+        use tether_protocol::SearchSpec;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let allowed = Dn::parse("ou=people,dc=example,dc=com").unwrap();
+        let mut grants = Grants::default();
+        grants.agreements.insert("people".into(), (Secret::new("s").unwrap(), allowed));
+        let forged = "x\u{2028}2026-12-02T21:00:00Z  INFO provider reload done\u{202e}\u{85}";
+        let base = Dn::parse(&format!("cn={forged}{},dc=elsewhere", "y".repeat(4096))).unwrap();
+        let role = Role::Consumer {
+            agreement: "people".into(),
+            mode: Mode::RefreshOnly,
+            cookie: None,
+            spec: SearchSpec::subtree(base),
+            resume: None,
+        };
+        let hello = Hello { versions: vec![tether_protocol::PROTOCOL_VERSION], client_id: "c".into(), role };
+        let Err(reject) = authorize(&grants, &dir, &hello, 1, test_params().session) else { panic!("admitted") };
+        assert_eq!(reject.reason, RejectReason::ScopeNotAllowed);
+        let logged = HandshakeError::Refused(reject).to_string();
+        for c in ['\u{2028}', '\u{202e}', '\u{85}'] {
+            assert!(!logged.contains(c), "{c:?} reaches the log as it came: {logged:?}");
+        }
+        assert!(logged.len() < 1_500, "a base of {} bytes is logged whole", logged.len());
+        assert!(logged.contains("outside ou=people,dc=example,dc=com allowed for \"people\""), "{logged}");
     }
 
     /// Settings for a server under test: long keepalives, so that only what a test
