@@ -542,8 +542,11 @@ pub fn answers(control: &std::path::Path) -> bool {
 ///
 /// Something other than a socket at `control` (a file, a folder, a link to one) is named
 /// first: the running process leaves it as it is and warns in its log, and the usual
-/// cause would send the operator after a changed `control` that is not there.
-pub fn held_store_hint(control: &std::path::Path, offline: &str) -> String {
+/// cause would send the operator after a changed `control` that is not there. Otherwise
+/// the processes holding `data_dir` are named when /proc shows them, as a start names
+/// them: the docs promise it, and "a `load`, or a changed `control`?" left the operator
+/// to find which.
+pub fn held_store_hint(data_dir: &std::path::Path, control: &std::path::Path, offline: &str) -> String {
     use std::os::unix::fs::FileTypeExt;
     let shown = control.display();
     match std::fs::metadata(control) {
@@ -554,7 +557,17 @@ pub fn held_store_hint(control: &std::path::Path, offline: &str) -> String {
                  remove it, and the process makes its socket again within 2 s)"
             )
         }
-        _ => format!(" (a process holds it but nothing answers on {shown}: {offline}, or was `control` changed since it started?)"),
+        _ => match store_holders(data_dir) {
+            holders if holders.is_empty() => format!(
+                " (a process holds it but nothing answers on {shown}: {offline}, or was `control` changed since it \
+                 started?)"
+            ),
+            holders => format!(
+                " (held by {}, and nothing answers on {shown}: a command ends by itself; a server there runs with a \
+                 `control` changed since it started)",
+                holders.join(", ")
+            ),
+        },
     }
 }
 
@@ -840,15 +853,15 @@ mod tests {
     fn a_held_store_with_something_else_at_the_socket_path_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let control = dir.path().join("control.sock");
-        let usual = held_store_hint(&control, "is another command reading it");
+        let usual = held_store_hint(dir.path(), &control, "is another command reading it");
         assert!(usual.contains("is another command reading it, or was `control` changed"), "{usual}");
         std::fs::write(dir.path().join("notes.txt"), b"").unwrap();
         std::os::unix::fs::symlink(dir.path().join("notes.txt"), &control).unwrap();
-        let file = held_store_hint(&control, "is another command reading it");
+        let file = held_store_hint(dir.path(), &control, "is another command reading it");
         assert!(file.contains("holds a file, not its socket") && file.contains("remove it"), "{file}");
         std::fs::remove_file(&control).unwrap();
         std::fs::create_dir(&control).unwrap();
-        assert!(held_store_hint(&control, "x").contains("holds a folder"));
+        assert!(held_store_hint(dir.path(), &control, "x").contains("holds a folder"));
     }
 
     /// Threads the process may have pass; a refused one is reported. A stack larger

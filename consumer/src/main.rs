@@ -212,7 +212,7 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
     .map_err(|e| {
         let hint = match e {
             tether_store::StoreError::Locked(_) => {
-                shell::held_store_hint(&config.control, "is another command reading it")
+                shell::held_store_hint(&config.data_dir, &config.control, "is another command reading it")
             }
             _ => e.open_hint().to_owned(),
         };

@@ -166,7 +166,7 @@ fn open_offline(config: &ProviderConfig, use_: Offline) -> Result<Directory> {
                 " (another `load` into it, or a command reading it, is under way: wait for it to end)",
             ),
             (tether_store::StoreError::Locked(_), Offline::Read) => {
-                shell::held_store_hint(&config.control, "is a `load` into it under way")
+                shell::held_store_hint(&config.data_dir, &config.control, "is a `load` into it under way")
             }
             _ => e.open_hint().to_owned(),
         };

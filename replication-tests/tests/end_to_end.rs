@@ -1375,6 +1375,7 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
         &other,
         std::fs::read_to_string(&p.config)?.replace("control = \"ctl.sock\"", "control = \"other.sock\""),
     )?;
+    let pid = p.child.as_ref().context("running")?.id();
     for verb in ["status", "reload"] {
         let err = refused("tether-provider", verb, &other, &[])?;
         assert!(
@@ -1384,6 +1385,9 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
             "{verb}: {err}"
         );
         assert!(!err.contains("not running"), "{verb}: it runs: {err}");
+        // And which process holds it, as the docs promise (a start named it, a command
+        // asked whether a `load` was under way).
+        assert!(err.contains(&format!("held by process {pid} (")) && err.contains(" serve -c "), "{verb}: {err}");
     }
     // Served through that copy too, on a port of its own: the error names the process
     // to stop (it said to wait for a `load` to end, and this one never ends).
@@ -1393,7 +1397,6 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
         .context("listen")?;
     std::fs::write(&other, std::fs::read_to_string(&other)?.replace(&port, "127.0.0.1:0"))?;
     let err = refused("tether-provider", "serve", &other, &[])?;
-    let pid = p.child.as_ref().context("running")?.id();
     assert!(err.contains(&format!("held by process {pid} (")) && err.contains(" serve -c "), "{err}");
     // The provider's file given to the consumer: the file's errors, and whose socket it
     // names, without a warning that claims the consumer answered.
