@@ -64,3 +64,42 @@ impl Outbound {
         }
     }
 }
+
+/// Most bytes of entries in one batch message (a refresh's `Batch`, a write client's
+/// `SearchEntries`): a quarter of the smallest frame limit a provider accepts four times
+/// over, far inside the default 16 MiB. A page of entries each near the largest an entry
+/// may be is far past a frame, and could not be sent at all.
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits items of `sizes` bytes, in order, into runs of at most `budget` bytes (an item
+/// over it goes alone); the runs' lengths, none zero.
+pub fn runs_within(sizes: impl IntoIterator<Item = usize>, budget: usize) -> Vec<usize> {
+    let mut runs: Vec<usize> = Vec::new();
+    let mut bytes = 0usize;
+    for size in sizes {
+        match runs.last_mut() {
+            Some(len) if bytes.saturating_add(size) <= budget => {
+                bytes += size;
+                *len += 1;
+            }
+            _ => {
+                bytes = size;
+                runs.push(1);
+            }
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_within;
+
+    #[test]
+    fn items_go_in_runs_within_the_budget_and_a_large_one_alone() {
+        assert_eq!(runs_within([3, 3, 3, 10, 1, 1], 6), [2, 1, 1, 2]);
+        assert_eq!(runs_within([7, 1], 6), [1, 1]);
+        assert_eq!(runs_within([usize::MAX, 1], 6), [1, 1]);
+        assert!(runs_within([], 6).is_empty());
+    }
+}

@@ -28,11 +28,8 @@ use tether_protocol::message::Message;
 use tether_protocol::{Cookie, Csn, EntryHead, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{Delta, Directory, Pin, StoreError};
 
-use crate::outbound::Outbound;
+use crate::outbound::{runs_within, Outbound, BATCH_BYTES};
 
-/// Most bytes of entries in one batch message: a quarter of the smallest frame limit a
-/// provider accepts four times over, far inside the default 16 MiB.
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Most UUIDs in one `PresentBatch`: [`BATCH_BYTES`] of them, 16 bytes each. A page
 /// holds `batch_size` entries, which the configuration does not bound, and a million
 /// UUIDs no longer fit a frame.
@@ -307,16 +304,11 @@ impl Refresh {
     /// its own): a page of large entries must still fit the consumer's frame limit.
     fn queue_ops(&mut self, ops: Vec<EncodedOp>) -> Result<(), StoreError> {
         self.sent += ops.len() as u64;
-        let mut start = 0;
-        while start < ops.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < ops.len() && (end == start || bytes + ops[end].size() <= BATCH_BYTES) {
-                bytes += ops[end].size();
-                end += 1;
-            }
-            self.pending.push_back(EncodedMessage::batch(&ops[start..end]).map_err(codec_error)?.into());
-            start = end;
+        let mut rest = &ops[..];
+        for len in runs_within(ops.iter().map(EncodedOp::size), BATCH_BYTES) {
+            let (run, after) = rest.split_at(len);
+            self.pending.push_back(EncodedMessage::batch(run).map_err(codec_error)?.into());
+            rest = after;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::outbound::{runs_within, BATCH_BYTES};
 use tether_protocol::connection::{MessageReader, MessageWriter};
 use tether_protocol::message::{GoodbyeReason, Message, WriteErrorKind, WriteOutcome};
 use tether_protocol::Change;
@@ -17,10 +18,6 @@ use tracing::{debug, info, warn};
 
 /// Entries read per page of a search.
 const SEARCH_PAGE: usize = 500;
-/// Most bytes of entries in one `SearchEntries` message (an entry larger goes alone), as
-/// a refresh batch: a page of entries each near `MAX_ENTRY` is far past a frame, and a
-/// search of two of them could not be answered at all.
-const SEARCH_BYTES: usize = 4 * 1024 * 1024;
 /// Limit on one blocked write to a client.
 const WRITE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -269,7 +266,7 @@ async fn search<W: AsyncWrite + Unpin>(
                 }
             };
         count += entries.len() as u64;
-        for entries in within_bytes(entries, SEARCH_BYTES) {
+        for entries in within_bytes(entries, BATCH_BYTES) {
             if !send(writer, &Message::SearchEntries { id, entries }).await {
                 return false;
             }
@@ -282,25 +279,12 @@ async fn search<W: AsyncWrite + Unpin>(
 }
 
 /// `entries` in order, in runs of at most `budget` bytes encoded (one entry over it on
-/// its own), none empty.
+/// its own, as is one whose size cannot be told), none empty.
 fn within_bytes(entries: Vec<tether_protocol::Entry>, budget: usize) -> Vec<Vec<tether_protocol::Entry>> {
-    let mut runs: Vec<Vec<tether_protocol::Entry>> = Vec::new();
-    let mut bytes: usize = 0;
-    for entry in entries {
-        // An entry whose size cannot be told goes alone, as one over the budget does.
-        let size = tether_protocol::codec::encoded_len(&entry).unwrap_or(usize::MAX);
-        match runs.last_mut() {
-            Some(run) if bytes.saturating_add(size) <= budget => {
-                bytes += size;
-                run.push(entry);
-            }
-            _ => {
-                bytes = size;
-                runs.push(vec![entry]);
-            }
-        }
-    }
-    runs
+    let sizes: Vec<usize> =
+        entries.iter().map(|e| tether_protocol::codec::encoded_len(e).unwrap_or(usize::MAX)).collect();
+    let mut entries = entries.into_iter();
+    runs_within(sizes, budget).into_iter().map(|len| entries.by_ref().take(len).collect()).collect()
 }
 
 #[cfg(test)]
