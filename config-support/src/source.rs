@@ -884,14 +884,20 @@ pub fn load_secret(path: &Path) -> Result<SecretFile, ConfigError> {
 mod tests {
     use super::*;
 
+    /// A FIFO (named pipe) made in `dir`, its owner's alone.
+    fn fifo_in(dir: &Path) -> std::path::PathBuf {
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg("-m").arg("600").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        fifo
+    }
+
     /// A FIFO named as a secret or a configuration file is refused at once: opening it
     /// would block until a writer came, and the process would hang deaf to SIGTERM.
     #[test]
     fn a_fifo_is_refused_not_waited_on() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo").arg("-m").arg("600").arg(&fifo).status().unwrap();
-        assert!(made.success());
+        let fifo = fifo_in(dir.path());
         let secret = load_secret(&fifo).map(|_| ()).unwrap_err().to_string();
         assert!(secret.contains("not a regular file"), "{secret}");
         let config = read_file(&fifo).unwrap_err().to_string();
@@ -908,9 +914,7 @@ mod tests {
     fn the_control_path_of_a_fifo_is_not_waited_on() {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo").arg("-m").arg("600").arg(&fifo).status().unwrap();
-        assert!(made.success());
+        let fifo = fifo_in(dir.path());
         let (tx, rx) = std::sync::mpsc::channel();
         let reading = fifo.clone();
         std::thread::spawn(move || {
