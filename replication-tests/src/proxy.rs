@@ -61,7 +61,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -211,8 +211,22 @@ impl Proxy {
     /// Like [`Proxy::start`], listening on 127.0.0.1:`port` (0 picks a free port), for
     /// configs written before the proxy starts.
     pub fn start_on(port: u16, upstream: SocketAddr) -> Result<Self> {
+        Self::serve_on(port, upstream, None)
+    }
+
+    /// Like [`Proxy::start`], connecting to `upstream` from the loopback address `source`
+    /// (any of 127.0.0.0/8 on Linux): the upstream sees its clients arrive from another
+    /// address of this host, as from a second machine, without leaving loopback.
+    pub fn start_from(upstream: SocketAddr, source: Ipv4Addr) -> Result<Self> {
+        Self::serve_on(0, upstream, Some(source))
+    }
+
+    fn serve_on(port: u16, upstream: SocketAddr, source: Option<Ipv4Addr>) -> Result<Self> {
         if !upstream.ip().is_loopback() {
             bail!("the fault proxy forwards to loopback only, not {upstream}");
+        }
+        if let Some(source) = source.filter(|s| !s.is_loopback() || !upstream.is_ipv4()) {
+            bail!("the fault proxy connects from an IPv4 loopback address to an IPv4 upstream, not from {source} to {upstream}");
         }
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .with_context(|| format!("binding the proxy on 127.0.0.1:{port}"))?;
@@ -228,6 +242,7 @@ impl Proxy {
             controls: watch::Sender::new(Controls::default()),
             counters: Counters::default(),
             upstream,
+            source,
         });
         let shutdown = CancellationToken::new();
         let thread = std::thread::Builder::new()
@@ -348,6 +363,14 @@ impl Drop for Proxy {
     }
 }
 
+/// A connection to the upstream, from [`Shared::source`] if one is set.
+async fn connect_upstream(shared: &Shared) -> std::io::Result<TcpStream> {
+    let Some(source) = shared.source else { return TcpStream::connect(shared.upstream).await };
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    socket.connect(shared.upstream).await
+}
+
 /// State shared by the handle and the runtime thread.
 #[derive(Debug)]
 struct Shared {
@@ -357,6 +380,9 @@ struct Shared {
     counters: Counters,
     /// Where connections are forwarded.
     upstream: SocketAddr,
+    /// The address connections to the upstream are made from (the system's choice if
+    /// `None`).
+    source: Option<Ipv4Addr>,
 }
 
 /// A fault together with when it was set, so that pumps can tell a new setting (which
@@ -522,7 +548,7 @@ async fn connection(
     let connected = tokio::select! {
         biased;
         () = shutdown.cancelled() => return,
-        connected = timeout(CONNECT_TIMEOUT, TcpStream::connect(shared.upstream)) => connected,
+        connected = timeout(CONNECT_TIMEOUT, connect_upstream(&shared)) => connected,
     };
     let Ok(Ok(mut upstream)) = connected else {
         shared.counters.upstream_failures.fetch_add(1, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 use replication_tests::harness::{
     wait_until, Agreement, Consumer, Grant, Provider, ProviderOptions, PEOPLE_SECRET, WRITER_SECRET,
 };
+use replication_tests::proxy::Proxy;
 use replication_tests::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -1098,29 +1100,21 @@ fn a_load_killed_while_it_writes_is_not_served_until_a_load_finishes() -> Result
 #[test]
 fn a_consumer_cloned_with_its_host_is_warned_of_and_a_restart_is_not() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (mut p, _w) = provider_with(tmp.path(), 20, 31, ProviderOptions::default())?;
-    // Both stacks: a consumer over IPv4 arrives from 127.0.0.1 (IPv4-mapped, and named
-    // as IPv4), one over IPv6 from ::1, two addresses of one machine as two hosts would
-    // have.
-    assert!(p.stop()?.success());
-    let (v4, both) = (format!("listen = \"127.0.0.1:{}\"", p.port), format!("listen = \"[::]:{}\"", p.port));
-    let text = std::fs::read_to_string(&p.config)?;
-    anyhow::ensure!(text.contains(&v4), "the provider's listen line: {text}");
-    std::fs::write(&p.config, text.replace(&v4, &both))?;
-    p.start()?;
+    let (p, _w) = provider_with(tmp.path(), 20, 31, ProviderOptions::default())?;
     let c = people_consumer(tmp.path(), &p)?;
     c.admin("restart", Some("people"))?;
     wait_converged(&p, &c, "people", PEOPLE)?;
     let warning = "this consumer id is that of a session of this agreement open from another host";
     assert!(!p.log_text().contains(warning), "a restart from the same address: {}", p.log_text());
 
-    // The clone: the same id, recorded as made where it now is, as an image keeps it.
+    // The clone: the same id, recorded as made where it now is, as an image keeps it. It
+    // reaches the provider from 127.0.0.2, another address of this host, as a second
+    // machine would: through a proxy that connects from there.
+    let from_elsewhere =
+        Proxy::start_from(SocketAddr::from((Ipv4Addr::LOCALHOST, p.port)), Ipv4Addr::new(127, 0, 0, 2))?;
     let twin_dir = tmp.path().join("twin");
     let twin_config = [Agreement::persist("people", PEOPLE, PEOPLE_SECRET)];
-    let mut twin = Consumer::configure(&twin_dir, p.port, &twin_config)?;
-    let over_v6 =
-        std::fs::read_to_string(&twin.config)?.replace(&format!("127.0.0.1:{}", p.port), &format!("[::1]:{}", p.port));
-    std::fs::write(&twin.config, over_v6)?;
+    let mut twin = Consumer::configure(&twin_dir, from_elsewhere.port(), &twin_config)?;
     let data = twin_dir.join("data");
     std::fs::create_dir_all(&data)?;
     let id = std::fs::read_to_string(c.dir.join("data").join("consumer.id"))?.trim().to_owned();
@@ -1133,9 +1127,7 @@ fn a_consumer_cloned_with_its_host_is_warned_of_and_a_restart_is_not() -> Result
     let warned: Vec<&str> = log.lines().filter(|l| l.contains(warning)).collect();
     assert!(!warned.is_empty() && warned.iter().all(|l| l.contains(" WARN ") && l.contains(&id)), "{log}");
     // The session connecting (its span) and the other one open (by id and address).
-    let both = |l: &&str| {
-        l.contains("open=session ") && l.contains("[::1]:") && l.contains("127.0.0.1:") && !l.contains("::ffff:")
-    };
+    let both = |l: &&str| l.contains("open=session ") && l.contains("127.0.0.2:") && l.contains("127.0.0.1:");
     assert!(warned.iter().any(both), "names the other: {log}");
     Ok(())
 }
