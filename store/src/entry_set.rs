@@ -315,7 +315,7 @@ pub(crate) type TxError = ConflictableTransactionError<StoreError>;
 
 impl TxEntrySet<'_> {
     /// Where the entry `uuid` is stored and the CSN of its state there, reading only the
-    /// record's head (see [`EntryHead`]). Like [`TxEntrySet::get_by_uuid`] it trusts
+    /// record's head (see [`EntryHead`]). Like [`EntrySet::get_by_uuid`] it trusts
     /// the record's own UUID over the index.
     pub(crate) fn locate(&self, uuid: &EntryUuid) -> Result<Option<(Vec<u8>, Csn)>, TxError> {
         let Some(key) = self.uuids.get(uuid.as_bytes())? else { return Ok(None) };

@@ -86,7 +86,7 @@ impl Shadow {
     /// interrupted refresh of `spec` can continue from there. Call it only after the
     /// data it covers was applied: sled recovers a prefix of the writes made, so after a
     /// crash the resume point never claims more than the shadow holds. Not durable until
-    /// [`ReplicaStore::flush`] (an older resume point only means more is re-sent).
+    /// [`super::ReplicaStore::flush`] (an older resume point only means more is re-sent).
     pub fn record_progress(&mut self, spec: &SearchSpec, resume: ResumePoint) -> Result<()> {
         let mut state = self.replica.state()?;
         if state.shadow != Some(self.gen) {
