@@ -3,7 +3,7 @@
 //! A consumer stores each entry it receives as the bytes it received (the codec's
 //! encoding is also the store's), and placing it needs only its name, UUID and CSN. Yet
 //! the bytes must hold a valid entry before they are stored, since every later read
-//! trusts them. Decoding a whole [`Entry`] checks them but also builds every attribute
+//! trusts them. Decoding a whole [`super::Entry`] checks them but also builds every attribute
 //! (a string and a vector per attribute, a map, then freeing all of it): most of the
 //! 5 microseconds a typical entry took, paid for every entry of every refresh and every
 //! live change. [`CheckedEntry`] walks the same encoding with the same checks, shared
