@@ -216,22 +216,16 @@ fn not_running(config: &ProviderConfig) -> anyhow::Error {
     }
 }
 
-/// Removes the store a refused `load` made: the whole folder if the load made it too,
-/// else only what sled writes there (`conf`, `db`, `blobs`, `snap.*`), leaving whatever
-/// else the folder held.
 /// How often a long `load` says how far it is.
 const LOAD_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// SIGINT, SIGTERM or SIGHUP during `load`: the first stops it once the batch being
-/// written is in the store (the error then says how many entries that is and how to
-/// finish), a second at once. Killed at once, it said nothing and left part of the file
-/// loaded. SIGHUP is a terminal closed or an SSH session dropped under a long load.
 /// The signals that stop a load, taken before the load opens (and perhaps makes) its
 /// store: taken by the task that waits for them, they were not yet when a load began,
 /// and a SIGINT then killed the process the default way, leaving the new store a
 /// stopped load removes. `None` if they cannot be taken (the default action then).
 type LoadSignals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal);
 
+/// Takes the signals that stop a load ([`LoadSignals`]).
 fn load_signals() -> Option<LoadSignals> {
     use tokio::signal::unix::{signal, SignalKind};
     match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
@@ -240,6 +234,10 @@ fn load_signals() -> Option<LoadSignals> {
     }
 }
 
+/// SIGINT, SIGTERM or SIGHUP during `load`: the first stops it once the batch being
+/// written is in the store (the error then says how many entries that is and how to
+/// finish), a second at once. Killed at once, it said nothing and left part of the file
+/// loaded. SIGHUP is a terminal closed or an SSH session dropped under a long load.
 async fn stop_load_on_signal(signals: Option<LoadSignals>, stop: Arc<AtomicBool>) {
     let Some((mut int, mut term, mut hup)) = signals else { return };
     let mut next = async || {
@@ -253,6 +251,9 @@ async fn stop_load_on_signal(signals: Option<LoadSignals>, stop: Arc<AtomicBool>
     shell::exit_now(130);
 }
 
+/// Removes the store a refused `load` made: the whole folder if the load made it too,
+/// else only what sled writes there (`conf`, `db`, `blobs`, `snap.*`), leaving whatever
+/// else the folder held.
 fn remove_new_store(data_dir: &Path, made_dir: bool) -> std::io::Result<()> {
     if made_dir {
         return std::fs::remove_dir_all(data_dir);

@@ -570,7 +570,6 @@ async fn refuse<W: tokio::io::AsyncWrite + Unpin>(writer: &mut MessageWriter<W>,
     let _ = tokio::time::timeout(REFUSE_GRACE, writer.send(&msg)).await;
 }
 
-/// Decides whether `hello` may proceed, and with which secret.
 /// The agreement of the configuration `hello` asks for (`writer` for a writer), if the
 /// configuration holds it.
 fn configured_agreement(grants: &Grants, hello: &Hello) -> Option<String> {
@@ -580,6 +579,7 @@ fn configured_agreement(grants: &Grants, hello: &Hello) -> Option<String> {
     }
 }
 
+/// Decides whether `hello` may proceed, and with which secret.
 fn authorize(
     grants: &Grants,
     dir: &Directory,

@@ -56,10 +56,9 @@ fn known_position(p: &Provider, agreement: &str) -> Result<serde_json::Value> {
     Ok(serde_json::json!({ "csn": status["csn"], "consumer": known }))
 }
 
-/// Whether the consumer logged the provider's goodbye `reason` as a warning (the
-/// goodbyes an operator must act on).
-/// Whether the consumer warned of a goodbye of `reason`, and of the disconnect it made,
-/// as the monitoring table of operations.md has both.
+/// Whether the consumer warned of the provider's goodbye `reason` (one an operator must
+/// act on), and of the disconnect it made, as the monitoring table of operations.md has
+/// both.
 fn warned_of_goodbye(c: &Consumer, reason: &str) -> bool {
     let said = format!("provider said goodbye reason=\"{reason}\"");
     let log = c.log_text();

@@ -560,7 +560,6 @@ fn take_shadow(state: &mut ReplicaState) -> Option<u64> {
     state.shadow.take()
 }
 
-/// A [`COUNTS`] record: generation, then count.
 /// The key in [`COUNTS`] of the CSN of the cookie the replica's count was last right
 /// at: moved with the cookie by every apply of this build, so a replica an older build
 /// applied to since (a rollback, which adds and deletes without moving the count) is
@@ -572,6 +571,7 @@ fn count_at_key(name: &str) -> Vec<u8> {
     key
 }
 
+/// A [`COUNTS`] record: generation, then count.
 fn count_record(gen: u64, count: u64) -> [u8; 16] {
     let mut out = [0; 16];
     out[..8].copy_from_slice(&gen.to_be_bytes());
