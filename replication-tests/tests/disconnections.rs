@@ -645,7 +645,10 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
     assert!(stderr.contains("people.key"), "{stderr}");
     assert!(stderr.contains("; nothing changed: the provider keeps the configuration it last read"), "{stderr}");
-    assert!(p.log_text().contains("reload requested on the control socket failed, keeping the old configuration"));
+    // The log is written through a queue: the line may follow the command's answer.
+    wait_until(LIMIT, "the failed reload in the provider's log", || {
+        Ok(p.log_text().contains("reload requested on the control socket failed, keeping the old configuration"))
+    })?;
     // `status` warns of it as of any file the next start would refuse: a secret lost
     // is found by the monitoring that runs `status`, not by a restart that fails.
     let (code, stdout, stderr) = said(&p.status_command()?);
