@@ -205,19 +205,19 @@ fn open_offline(config: &ConsumerConfig, use_: Offline) -> Result<ReplicaStore> 
             tether_config::say!("warning: {warning}");
         }
     }
-    ReplicaStore::open_with(
-        &config.data_dir,
-        &tether_store::StoreOptions { cache_bytes: config.cache_size, lock_wait: shell::COMMAND_LOCK_WAIT },
-    )
-    .map_err(|e| {
-        let hint = match e {
-            tether_store::StoreError::Locked(_) => {
-                shell::held_store_hint(&config.data_dir, &config.control, "is another command reading it")
-            }
-            _ => e.open_hint().to_owned(),
-        };
-        anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
-    })
+    // A running consumer holds its store for good: waiting would only delay saying so
+    // (a search --as-is, or of a name the file lacks, waited 5 s logging that it did).
+    let lock_wait = if shell::answers(&config.control) { std::time::Duration::ZERO } else { shell::COMMAND_LOCK_WAIT };
+    ReplicaStore::open_with(&config.data_dir, &tether_store::StoreOptions { cache_bytes: config.cache_size, lock_wait })
+        .map_err(|e| {
+            let hint = match e {
+                tether_store::StoreError::Locked(_) => {
+                    shell::held_store_hint(&config.data_dir, &config.control, "is another command reading it")
+                }
+                _ => e.open_hint().to_owned(),
+            };
+            anyhow::Error::new(e).context(format!("opening store {dir}{hint}"))
+        })
 }
 
 /// Why a command that needs the running consumer found none on its socket: nothing

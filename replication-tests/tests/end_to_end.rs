@@ -2527,6 +2527,30 @@ fn a_start_and_a_command_wait_out_a_command_reading_the_store() -> Result<()> {
     Ok(())
 }
 
+/// A running consumer holds its store for as long as it runs, so a command that reads the
+/// store while it answers on its socket (`search --as-is`; `search` of a name the file
+/// does not hold, which looks for a removed agreement's replica) has nothing to wait
+/// for. They used to wait out the 5 s meant for another command reading the store,
+/// logging that they waited for it, before saying the consumer holds it.
+#[test]
+fn a_command_meeting_the_store_of_the_running_consumer_says_so_without_waiting_for_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = provider_with(tmp.path(), 200, 37, ProviderOptions::default())?;
+    let c = people_consumer(tmp.path(), &p)?;
+    let waited = "the store is held by another process: waiting for it";
+    for (args, says) in [
+        (&["--agreement", "nosuch"][..], "the running consumer holds no replica of an agreement removed"),
+        (&["--agreement", "people", "--as-is"][..], "a running consumer holds it: stop the consumer first"),
+    ] {
+        let out = c.search_output(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "search {args:?}: {stderr}");
+        assert!(stderr.contains(says), "search {args:?}: {stderr}");
+        assert!(!stderr.contains(waited), "search {args:?} waited for the running consumer's store: {stderr}");
+    }
+    Ok(())
+}
+
 /// `TETHER_LOG_FORMAT=json` makes every log line one JSON object, for log shippers: the
 /// text form quotes no value and writes spans as `agreement{agreement=people ...}:`,
 /// which a logfmt parser splits wrongly. The agreement and session a line belongs to
