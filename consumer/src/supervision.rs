@@ -306,7 +306,10 @@ impl Supervision {
                 // Name the setting that closed it: an operator told "schedule exhausted"
                 // of a schedule ending in `forever` would look in the wrong place.
                 let why = match self.give_up_after.filter(|_| gave_up) {
-                    Some(limit) => format!("gave up after {limit:?} without a healthy session (give_up_after)"),
+                    Some(limit) => format!(
+                        "gave up after {} without a healthy session (give_up_after)",
+                        humantime::format_duration(limit)
+                    ),
                     None => "retry schedule exhausted".to_owned(),
                 };
                 out.push(Output::GaveUp(format!("{why}; last: {}", ended.detail)));
@@ -395,6 +398,31 @@ mod tests {
         // The setting that closed it, not the schedule, which never runs out.
         assert!(
             out.iter().any(|o| matches!(o, Output::GaveUp(why) if why.starts_with("gave up after 5s without a healthy session (give_up_after); last: "))),
+            "{out:?}"
+        );
+    }
+
+    /// The error names the limit as the file gives it (`"1h"`); Debug's `3600s` left the
+    /// operator to work out which setting that was.
+    #[test]
+    fn giving_up_names_the_limit_as_humantime_writes_it() {
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut m = machine(&["1m forever"], Some(hour));
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        // An attempt a minute, each failing at once, until an hour has passed.
+        let mut out = Vec::new();
+        for minute in 1..=60 {
+            let at = t0 + Duration::from_secs(60 * minute);
+            m.step(at, Input::TimerFired, 0.5);
+            out = m.step(at, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        }
+        assert_eq!(m.state(), State::Closed);
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::GaveUp(why) if why.starts_with("gave up after 1h without a healthy session"))
+            ),
             "{out:?}"
         );
     }
