@@ -66,7 +66,7 @@ pub struct ProviderConfig {
     pub data_dir: PathBuf,
     /// The store's page cache, e.g. `"256MiB"`: more keeps more of a large directory
     /// in memory (faster deltas and writes on it), less bounds the process's memory.
-    /// Default `"64MiB"`.
+    /// Default `"32MiB"`.
     #[serde(default = "default_cache_size", deserialize_with = "source::cache_size")]
     pub cache_size: u64,
     /// Address consumers and writers connect to, as `host:port`; port 0 picks a free

@@ -95,13 +95,16 @@ impl Applier<'_> {
                 }
                 _ = tokio::time::sleep(idle_left) => {
                     if silence.silent_for() >= self.cfg.idle_timeout {
-                        return Ended::new(Reason::IdleTimeout, format!("nothing received for {:?}", self.cfg.idle_timeout));
+                        return Ended::new(Reason::IdleTimeout, format!("nothing received for {}", humantime::format_duration(self.cfg.idle_timeout)));
                     }
                 }
                 _ = tokio::time::sleep_until(begin_by), if !self.refreshing && !self.refresh_done => {
                     return Ended::new(
                         Reason::IdleTimeout,
-                        format!("the provider welcomed the session and began no refresh within {:?}", self.cfg.idle_timeout),
+                        format!(
+                            "the provider welcomed the session and began no refresh within {}",
+                            humantime::format_duration(self.cfg.idle_timeout)
+                        ),
                     );
                 }
                 _ = tokio::time::sleep_until(goodbye_due.unwrap_or_else(tokio::time::Instant::now)), if goodbye_due.is_some() => {
