@@ -11,7 +11,7 @@ use tether_config::shell;
 use tether_consumer::config::ConsumerConfig;
 use tether_consumer::status::{OfflineAgreement, OfflineStatus};
 use tether_consumer::{control, daemon};
-use tether_protocol::control::ControlRequest;
+use tether_protocol::control::{ControlError, ControlRequest};
 use tether_protocol::entry::{parse_attribute_name, take_entry_uuid};
 use tether_protocol::{Dn, Filter, Scope, SearchSpec};
 use tether_store::ReplicaStore;
@@ -171,7 +171,26 @@ fn parse_wait_timeout(text: &str) -> Result<std::time::Duration, String> {
 /// with another file does nothing ([`tether_protocol::control::call_from`]).
 async fn call(config: &ConsumerConfig, request: &ControlRequest) -> Result<bool> {
     let to = tether_protocol::control::Process::Consumer;
-    Ok(tether_protocol::control::call_from(&config.control, to, &config.file, request, &mut Stdout::lock()).await?)
+    match tether_protocol::control::call_from(&config.control, to, &config.file, request, &mut Stdout::lock()).await {
+        Err(ControlError::Remote(m)) => Err(anyhow::anyhow!(unreloaded_agreement(config, m))),
+        answered => Ok(answered?),
+    }
+}
+
+/// The running consumer's "no agreement named" for an agreement the file names: it was
+/// added since the consumer last read the file, which a reload applies. Said alone, it
+/// read as a typo in a name the file plainly holds.
+fn unreloaded_agreement(config: &ConsumerConfig, said: String) -> String {
+    let added = config.agreements.iter().find(|a| said.starts_with(&format!("no agreement named {:?}", a.name)));
+    match added {
+        Some(a) => format!(
+            "{said}; {} names {:?}, added since the consumer read it: `tether-consumer reload -c {}` starts it",
+            config.file.display(),
+            a.name,
+            config.file.display()
+        ),
+        None => said,
+    }
 }
 
 /// What a command run while the consumer is stopped does with its store.
@@ -631,8 +650,8 @@ fn main() -> ExitCode {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{offline_or_answered, unkept_attributes, ConsumerConfig, ControlRequest, Path};
-    use tether_protocol::control::{read_request, respond_done, Process};
+    use super::{call, offline_or_answered, unkept_attributes, ConsumerConfig, ControlRequest, Path};
+    use tether_protocol::control::{read_request, respond, respond_done, ControlResponse, Process};
 
     #[test]
     fn a_filter_on_attributes_the_replica_does_not_keep_is_named() {
@@ -650,10 +669,9 @@ mod tests {
         assert_eq!(unkept_attributes(&filter("(sn=a)"), &[]), None, "every attribute is kept");
     }
 
-    /// A stand-in for a consumer on its first start, its control socket at `socket`
-    /// bound and its store not made yet: answers each request with nothing, and hands
-    /// it to the test.
-    fn first_start(socket: &Path) -> tokio::sync::mpsc::UnboundedReceiver<ControlRequest> {
+    /// A stand-in for a running consumer, its control socket at `socket`: answers each
+    /// request with nothing, or with the error `refusal`, and hands it to the test.
+    fn stand_in(socket: &Path, refusal: Option<&'static str>) -> tokio::sync::mpsc::UnboundedReceiver<ControlRequest> {
         let listener = tokio::net::UnixListener::bind(socket).unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -662,12 +680,44 @@ mod tests {
                 let (mut reader, mut writer) = tether_protocol::frame::split(stream);
                 // A connection that sends nothing (a probe whether anything listens) ends here.
                 if let Ok(request) = read_request(&mut reader, &mut writer, Process::Consumer).await {
-                    respond_done(&mut writer, "").await.unwrap();
+                    match refusal {
+                        None => respond_done(&mut writer, "").await.unwrap(),
+                        Some(e) => respond(&mut writer, &ControlResponse::Error(e.to_owned())).await.unwrap(),
+                    }
                     let _ = tx.send(request);
                 }
             }
         });
         rx
+    }
+
+    /// The running consumer's "no agreement named" for an agreement the file names (added
+    /// since it read the file) says that a reload starts it; for a name the file lacks
+    /// too, it is said as it came.
+    #[tokio::test]
+    async fn an_agreement_added_to_the_file_and_not_reloaded_is_said_to_need_a_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("consumer.toml");
+        let agreement = |name: &str| {
+            format!(
+                "[[agreement]]\nname = \"{name}\"\nprovider = \"127.0.0.1:7389\"\nbase = \"ou=people,dc=example,dc=com\"\n\
+                 secret_file = \"people.key\"\n"
+            )
+        };
+        let text =
+            format!("data_dir = \"data\"\ncontrol = \"ctl.sock\"\n{}{}", agreement("people"), agreement("groups"));
+        std::fs::write(&file, text).unwrap();
+        let config = ConsumerConfig::load(&file).unwrap();
+        let _running = stand_in(&config.control, Some("no agreement named \"groups\" (there are people)"));
+        let stop = |name: &str| ControlRequest::Stop { name: name.to_owned() };
+        let said = format!("{:#}", call(&config, &stop("groups")).await.unwrap_err());
+        assert!(said.starts_with("no agreement named \"groups\" (there are people); "), "{said}");
+        assert!(said.contains("names \"groups\", added since the consumer read it"), "{said}");
+        assert!(said.contains(&format!("`tether-consumer reload -c {}` starts it", file.display())), "{said}");
+        std::fs::remove_file(&config.control).unwrap();
+        let _running = stand_in(&config.control, Some("no agreement named \"nobody\" (there are people)"));
+        let said = format!("{:#}", call(&config, &stop("nobody")).await.unwrap_err());
+        assert_eq!(said, "no agreement named \"nobody\" (there are people)");
     }
 
     /// A command that found nothing on the socket and then no store, while a first start
@@ -688,7 +738,7 @@ mod tests {
         // Nothing on the socket: the store's absence is the answer.
         let Err(err) = offline_or_answered(&config, &request).await else { panic!("no store, nothing answering") };
         assert!(format!("{err:#}").contains("there is no store in"), "{err:#}");
-        let mut asked = first_start(&config.control);
+        let mut asked = stand_in(&config.control, None);
         assert!(offline_or_answered(&config, &request).await.unwrap().is_none(), "answered by the socket");
         let Some(ControlRequest::FromFile { request: got, .. }) = asked.recv().await else { panic!("a request") };
         assert_eq!(*got, request);
