@@ -5,9 +5,9 @@
 //! path against the file's folder. It does not read the files it names:
 //! [`ConsumerConfig::check_files`] reads them (secrets, CA files) at start, on reload
 //! and for `status`, and the session code calls [`load_secret`] when it needs the
-//! bytes, so they live only as long as needed. An agreement's `filter` is kept as text; the caller parses it with the
-//! protocol's filter parser and reports a failure against the key
-//! `agreement[N].filter`.
+//! bytes, so they live only as long as needed. An agreement's `filter` is kept as text,
+//! and parsed as the file loads ([`region`] gives it parsed), so a filter that does not
+//! parse is refused against the key `agreement[N].filter`.
 
 /// The config-file mechanics both processes share.
 pub use tether_config as source;
@@ -20,8 +20,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use tether_protocol::entry::operational::is_not_kept;
 use tether_protocol::entry::parse_attribute_name;
+use tether_protocol::handshake::MAX_REGION;
 pub use tether_protocol::Mode;
-use tether_protocol::{Dn, Filter, Scope};
+use tether_protocol::{codec, Dn, Filter, Scope, SearchSpec};
 
 use crate::retry::RetrySchedule;
 pub use source::{load_secret, AddressError, ConfigError, HostPort, KeepaliveConfig, SecretFile};
@@ -108,8 +109,7 @@ pub struct AgreementConfig {
     #[serde(default = "default_scope", deserialize_with = "source::scope")]
     pub scope: Scope,
     /// LDAP filter (RFC 4515) selecting entries in scope. Default `"(objectClass=*)"`.
-    /// Kept as text: only emptiness is checked at load; the caller parses it and
-    /// reports a failure against `agreement[N].filter`.
+    /// Kept as text, as written; checked at load, and parsed by [`region`].
     #[serde(default = "default_filter")]
     pub filter: String,
     /// Attributes to replicate; empty means all. Default `[]`.
@@ -380,19 +380,16 @@ impl ConsumerConfig {
                     ));
                 }
             }
-            // A filter that does not parse is refused where the region is built, naming
-            // the key too.
-            if let Ok(filter) = Filter::parse(&agreement.filter) {
-                if let Some(attr) = filter.attributes().into_iter().find(|a| is_not_kept(a)) {
-                    return Err(ConfigError::invalid(
-                        file,
-                        key("filter"),
-                        format!(
-                            "the filter reads {attr}, which is {NOT_KEPT}, so it matches no entry's value and the \
-                             region would never hold what it selects: take that part out of the filter"
-                        ),
-                    ));
-                }
+            let region = region(file, i, agreement)?;
+            if let Some(attr) = region.filter.attributes().into_iter().find(|a| is_not_kept(a)) {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("filter"),
+                    format!(
+                        "the filter reads {attr}, which is {NOT_KEPT}, so it matches no entry's value and the region \
+                         would never hold what it selects: take that part out of the filter"
+                    ),
+                ));
             }
             if agreement.mode == Mode::RefreshOnly && agreement.interval < MIN_POLL_INTERVAL {
                 return Err(ConfigError::invalid(
@@ -436,6 +433,30 @@ impl ConsumerConfig {
         }
         Ok(())
     }
+}
+
+/// The region agreement `index` of `file`, `a`, replicates, its filter parsed: checked
+/// as the file loads, so that every command reading the file refuses what a start
+/// would (`status` took a filter that did not parse for good). One larger than a
+/// handshake may carry is refused too: the provider would refuse every `Hello` as
+/// hostile, without a word on why.
+pub fn region(file: &Path, index: usize, a: &AgreementConfig) -> Result<SearchSpec, ConfigError> {
+    let filter = Filter::parse(&a.filter).map_err(|e| {
+        ConfigError::invalid(file, format!("agreement[{index}].filter"), format!("invalid filter {:?}: {e}", a.filter))
+    })?;
+    let spec = SearchSpec { base: a.base.clone(), scope: a.scope, filter, attrs: a.attrs.clone() };
+    let too_large = |why: String| ConfigError::invalid(file, format!("agreement[{index}]"), why);
+    let len = codec::encoded_len(&spec)
+        .map_err(|e| too_large(format!("the region of {:?} cannot be encoded: {e}", a.name)))?;
+    if len > MAX_REGION {
+        return Err(too_large(format!(
+            "the region of {:?} (base, filter and attrs) takes {len} bytes in a handshake, more than the \
+             {MAX_REGION} one may carry; shorten the filter (an equality on a group, or a shorter base, selects as \
+             much) or split the agreement in two",
+            a.name
+        )));
+    }
+    Ok(spec)
 }
 
 impl AgreementConfig {
@@ -849,6 +870,29 @@ secret_file = "people.key"
         for mode in [Mode::RefreshAndPersist, Mode::RefreshOnly] {
             assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
         }
+    }
+
+    /// A filter that does not parse, and a region larger than a handshake carries, are
+    /// refused as the file loads, as a start refuses them: `status` and the offline
+    /// `stop` and `start` read the file so, and took it for good (a running consumer's
+    /// `status` warned of nothing its next start or reload would refuse).
+    #[test]
+    fn a_region_a_start_refuses_is_refused_as_the_file_loads() {
+        let got = refused(&with("filter = \"(cn=x\""));
+        assert_eq!(
+            got,
+            "/etc/tether/consumer.toml: key 'agreement[0].filter': invalid filter \"(cn=x\": unbalanced parenthesis \
+             at byte 0"
+        );
+        let uids: String = (0..3000).map(|i| format!("(uid=u{i:07})")).collect();
+        let got = refused(&with(&format!("filter = \"(|{uids})\"")));
+        assert!(
+            got.starts_with(
+                "/etc/tether/consumer.toml: key 'agreement[0]': the region of \"people\" (base, filter and attrs) \
+                 takes "
+            ) && got.contains("more than the 32768 one may carry"),
+            "{got}"
+        );
     }
 
     /// `entryUUID` is server-maintained but kept (it is the entry's identity): a region

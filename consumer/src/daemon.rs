@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tether_config::shell::{error_chain, reload_report, Signal, Signals};
-use tether_protocol::handshake::MAX_REGION;
-use tether_protocol::{codec, Filter, SearchSpec, Secret};
+use tether_protocol::{Filter, SearchSpec, Secret};
 use tether_store::{RegionAdopted, ReplicaStore, StoreFailure};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -83,22 +82,7 @@ pub type Agreements = Arc<Mutex<BTreeMap<String, Running>>>;
 
 /// The region an agreement replicates, with its filter parsed; errors name the key.
 pub fn spec_of(config: &ConsumerConfig, index: usize, a: &AgreementConfig) -> Result<SearchSpec> {
-    let filter = Filter::parse(&a.filter)
-        .with_context(|| format!("{}: key 'agreement[{index}].filter'", config.file.display()))?;
-    let spec = SearchSpec { base: a.base.clone(), scope: a.scope, filter, attrs: a.attrs.clone() };
-    let len = codec::encoded_len(&spec).with_context(|| {
-        format!("{}: agreement[{index}] ({:?}): encoding its region", config.file.display(), a.name)
-    })?;
-    if len > MAX_REGION {
-        bail!(
-            "{}: agreement[{index}] ({:?}): its region (base, filter and attrs) takes {len} bytes in a handshake, \
-             more than the {MAX_REGION} one may carry; shorten the filter (an equality on a group, or a shorter \
-             base, selects as much) or split the agreement in two",
-            config.file.display(),
-            a.name
-        );
-    }
-    Ok(spec)
+    Ok(crate::config::region(&config.file, index, a)?)
 }
 
 /// The region of `a`, if its filter parses (a loaded configuration's does).
@@ -421,9 +405,6 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // "consumer running" must reload, not take the default action (terminate).
     let mut signals = Signals::install().context("installing signal handlers")?;
     let config = ConsumerConfig::load(config_path)?;
-    for (i, a) in config.agreements.iter().enumerate() {
-        spec_of(&config, i, a)?;
-    }
     // Before the files are read: a low soft limit would fail them for want of
     // descriptors, and the agreements' connections and commands after them.
     match tether_config::shell::raise_open_files_limit() {

@@ -1010,7 +1010,11 @@ fn malformed_config_and_ldif_are_refused_with_location_and_change_nothing() -> R
         .collect();
     std::fs::write(&c.config, text)?;
     let err = refused("tether-consumer", "run", &c.config, &[])?;
-    assert!(err.contains("agreement[0] (\"people\")") && err.contains("more than the 32768 one may carry"), "{err}");
+    assert!(
+        err.contains("key 'agreement[0]': the region of \"people\"")
+            && err.contains("more than the 32768 one may carry"),
+        "{err}"
+    );
     assert!(!c.dir.join("data").exists(), "nothing written");
     c.child = None;
 
