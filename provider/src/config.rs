@@ -32,6 +32,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_FRAME: u32 = tether_protocol::frame::MAX_FRAME as u32;
 /// Smallest `max_frame` accepted: a handshake or a single ordinary entry must fit.
 pub const MIN_MAX_FRAME: u32 = 64 * 1024;
+/// Most `max_connections`: each connection holds a file descriptor, a C `int`, so no
+/// process holds more. Past tokio's count of a semaphore's permits (the largest number
+/// TOML holds, written for "no limit", is) the start panicked, once it had made the store.
+pub const MAX_MAX_CONNECTIONS: usize = i32::MAX as usize;
+/// Most `queue_len`: the most a session's queue (a tokio channel) can count; past it
+/// every session panicked as it began, and its consumer saw the connection closed
+/// without a goodbye, retrying for ever.
+pub const MAX_QUEUE_LEN: usize = tokio::sync::Semaphore::MAX_PERMITS;
 /// Default `batch_size`.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
 /// Default `cache_size`: half a consumer's (`tether_store::DEFAULT_CACHE_BYTES`). A
@@ -83,7 +91,7 @@ pub struct ProviderConfig {
     #[serde(deserialize_with = "source::dn")]
     pub suffix: Dn,
     /// Most simultaneous connections (sessions, writers, handshakes in progress); one
-    /// more waits to be accepted. Default `1024`.
+    /// more waits to be accepted. Default `1024`, at most [`MAX_MAX_CONNECTIONS`].
     #[serde(default = "default_max_connections", deserialize_with = "source::positive")]
     pub max_connections: usize,
     /// A connection that has not completed its handshake within this time is closed,
@@ -100,7 +108,7 @@ pub struct ProviderConfig {
     pub batch_size: usize,
     /// Messages a session may have queued for its consumer; when full, the session stops
     /// pushing live changes and catches up from the changelog instead (no memory grows,
-    /// no change is dropped). Default `1024`.
+    /// no change is dropped). Default `1024`, at most [`MAX_QUEUE_LEN`].
     #[serde(default = "default_queue_len", deserialize_with = "source::positive")]
     pub queue_len: usize,
     /// Changelog retention (`[changelog]`).
@@ -394,6 +402,24 @@ impl ProviderConfig {
                 file,
                 "max_frame",
                 format!("max_frame {} is above the maximum of {DEFAULT_MAX_FRAME} bytes", self.max_frame),
+            ));
+        }
+        if self.max_connections > MAX_MAX_CONNECTIONS {
+            return Err(ConfigError::invalid(
+                file,
+                "max_connections",
+                format!(
+                    "max_connections {} is above the most a process can hold, {MAX_MAX_CONNECTIONS} (a file \
+                     descriptor each)",
+                    self.max_connections
+                ),
+            ));
+        }
+        if self.queue_len > MAX_QUEUE_LEN {
+            return Err(ConfigError::invalid(
+                file,
+                "queue_len",
+                format!("queue_len {} is above the most a session's queue can hold, {MAX_QUEUE_LEN}", self.queue_len),
             ));
         }
         self.keepalive.check(file, "keepalive")?;
@@ -713,6 +739,35 @@ mod tests {
             let want = format!("/etc/tether/provider.toml: {want}");
             assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}\nfrom:\n{text}");
         }
+    }
+
+    /// A `max_connections` or `queue_len` past what the process can count (the largest
+    /// number TOML holds, written for "no limit") is refused, naming the key and the
+    /// most: taken, the first panicked the start once it had made the store, and the
+    /// second every session as it began, which its consumer saw as the connection
+    /// closed without a goodbye.
+    #[test]
+    fn counts_past_what_the_provider_can_hold_are_refused() {
+        let most = i64::MAX;
+        assert_eq!(
+            refused(&format!("{MINIMAL}max_connections = {most}")),
+            format!(
+                "/etc/tether/provider.toml: key 'max_connections': max_connections {most} is above the most a \
+                 process can hold, {MAX_MAX_CONNECTIONS} (a file descriptor each)"
+            )
+        );
+        assert_eq!(
+            refused(&format!("{MINIMAL}queue_len = {most}")),
+            format!(
+                "/etc/tether/provider.toml: key 'queue_len': queue_len {most} is above the most a session's queue \
+                 can hold, {MAX_QUEUE_LEN}"
+            )
+        );
+        let at_most = format!("{MINIMAL}max_connections = {MAX_MAX_CONNECTIONS}\nqueue_len = {MAX_QUEUE_LEN}\n");
+        let config = parse(&at_most).unwrap();
+        // What the server and each session make of them.
+        let _slots = tokio::sync::Semaphore::new(config.max_connections);
+        let (_queue, _) = tokio::sync::mpsc::channel::<()>(config.queue_len);
     }
 
     #[test]
