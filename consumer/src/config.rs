@@ -839,6 +839,21 @@ secret_file = "people.key"
         assert_eq!(steps[1], RetryStep::new(secs(90), Repeat::Forever).unwrap());
     }
 
+    /// A retry delay of a few nanoseconds is refused as zero is: `"1ns forever"` passed
+    /// as greater than zero and reconnected in a tight loop, some 900 attempts a
+    /// second against a provider that was down, two log lines each, and as fast
+    /// against one refusing the agreement's credentials (which waits the longest delay).
+    #[test]
+    fn a_retry_delay_of_a_few_nanoseconds_is_refused_as_zero_is() {
+        assert_eq!(
+            refused(&with("retry = [\"1s x5\", \"1ns forever\"]")),
+            "/etc/tether/consumer.toml: key 'agreement[0].retry[1]': invalid retry step \"1ns forever\": delay 1ns \
+             is below the minimum of 100ms: each attempt is a connection and a handshake"
+        );
+        assert!(refused(&with("retry = [\"99ms x3\"]")).contains("delay 99ms is below the minimum of 100ms"));
+        assert!(parse(&with("retry = [\"100ms x3\", \"1s forever\"]")).is_ok());
+    }
+
     #[test]
     fn unknown_keys_are_named() {
         let f = "/etc/tether/consumer.toml";

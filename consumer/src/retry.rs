@@ -32,6 +32,12 @@ pub const DEFAULT_RETRY: [&str; 3] = ["1s x5", "10s x10", "1m forever"];
 /// same provider at the same moment do not reconnect in lockstep.
 pub const JITTER_FRACTION: f64 = 0.2;
 
+/// The shortest delay of a step: each attempt is a connection and a handshake, on both
+/// sides. `"1ns forever"`, taken as greater than zero, reconnected in a tight loop (some
+/// 900 attempts a second against a provider that was down, each logged), as fast
+/// against one refusing the credentials; the same floor as a poll's `interval`.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// How many times a step's delay is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Repeat {
@@ -44,7 +50,7 @@ pub enum Repeat {
 /// One step of a schedule: `"10s x5"` or `"1m forever"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RetryStep {
-    /// Wait before each attempt of this step; never zero.
+    /// Wait before each attempt of this step; at least [`MIN_RETRY_DELAY`].
     delay: Duration,
     /// How many attempts use this delay.
     repeat: Repeat,
@@ -64,9 +70,13 @@ pub enum StepError {
         /// What humantime said.
         reason: String,
     },
-    /// A zero delay would reconnect in a tight loop.
-    #[error("delay must be greater than zero")]
-    ZeroDelay,
+    /// A delay below [`MIN_RETRY_DELAY`] (zero among them) would reconnect in a tight loop.
+    #[error(
+        "delay {} is below the minimum of {}: each attempt is a connection and a handshake",
+        humantime::format_duration(*.0),
+        humantime::format_duration(MIN_RETRY_DELAY)
+    )]
+    TooShort(Duration),
     /// The count is not `x` followed by a whole number.
     #[error("invalid count {0:?}: expected x followed by a whole number, as x5")]
     Count(String),
@@ -97,10 +107,11 @@ pub enum RetryError {
 }
 
 impl RetryStep {
-    /// A step of `delay` used as `repeat` says; refuses a zero delay or `Times(0)`.
+    /// A step of `delay` used as `repeat` says; refuses a delay below [`MIN_RETRY_DELAY`]
+    /// or `Times(0)`.
     pub fn new(delay: Duration, repeat: Repeat) -> Result<Self, StepError> {
-        if delay.is_zero() {
-            return Err(StepError::ZeroDelay);
+        if delay < MIN_RETRY_DELAY {
+            return Err(StepError::TooShort(delay));
         }
         if repeat == Repeat::Times(0) {
             return Err(StepError::ZeroCount);
@@ -383,7 +394,7 @@ mod tests {
             ("", StepError::Syntax),
             ("1s", StepError::Syntax),
             ("1s x0", StepError::ZeroCount),
-            ("0s x5", StepError::ZeroDelay),
+            ("0s x5", StepError::TooShort(Duration::ZERO)),
             ("1s 5", StepError::Count("5".into())),
             ("1s x-1", StepError::Count("x-1".into())),
             ("1s x99999999999", StepError::Count("x99999999999".into())),
