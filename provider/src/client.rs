@@ -94,6 +94,10 @@ pub async fn write(config: &ProviderConfig, input: &Input, proof: ProviderProof)
         .secret;
     let (host, port) = config.listen.addr();
     let host = own_listener_host(host);
+    let port = match port {
+        0 => bound_port(config).await?,
+        port => port,
+    };
     // As the configuration spells it: an IPv6 address in brackets.
     let at = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let tls_client = match &config.tls {
@@ -375,6 +379,31 @@ pub fn records_applied(n: usize) -> String {
     format!("{n} record{} applied", if n == 1 { "" } else { "s" })
 }
 
+/// The port a provider whose `listen` has port 0 bound at its start, a free one the
+/// system picked, which only the running provider can say (its status does): `write`
+/// connected to port 0 itself and was refused.
+async fn bound_port(config: &ProviderConfig) -> Result<u16> {
+    let mut out = Vec::new();
+    let request = ControlRequest::Status { json: true };
+    let to = control::Process::Provider;
+    if !control::call_from(&config.control, to, &config.file, &request, &mut out).await? {
+        bail!(
+            "{}: key 'listen': port 0 is a free port the provider picks as it starts, and nothing answers on {} to \
+             say which: is the provider running?",
+            config.file.display(),
+            config.control.display()
+        );
+    }
+    let status: serde_json::Value = serde_json::from_slice(&out).context("reading the running provider's status")?;
+    let listen = status
+        .get("listen")
+        .and_then(serde_json::Value::as_str)
+        .context("the running provider's status names no address it listens on")?;
+    let bound: std::net::SocketAddr =
+        listen.parse().with_context(|| format!("the running provider's status says it listens on {listen:?}"))?;
+    Ok(bound.port())
+}
+
 /// The host `write` connects to for the provider's own `listen` host: a listener on
 /// every interface is reached over the loopback of its family. `[::]` was reached as
 /// 127.0.0.1, which a host with `net.ipv6.bindv6only = 1` (or a listener with
@@ -474,6 +503,41 @@ mod tests {
         );
         let received = old_provider.await.unwrap();
         assert!(received.iter().all(|name| *name != "write-request"), "sent to the old provider: {received:?}");
+    }
+
+    /// A provider whose `listen` has port 0 took a free port at its start: `write`
+    /// connects to the port it bound, which its status says, where it connected to
+    /// port 0 and was refused (`connecting to 127.0.0.1:0: is the provider running`).
+    #[tokio::test]
+    async fn a_write_to_a_provider_on_port_0_connects_to_the_port_it_bound() {
+        use tether_protocol::control::StartedWith;
+        let tmp = tempfile::tempdir().unwrap();
+        let (listener, port, config, ldif) = setup(tmp.path()).await;
+        let text = std::fs::read_to_string(&config.file).unwrap().replace(&format!(":{port}\""), ":0\"");
+        std::fs::write(&config.file, text).unwrap();
+        let config = ProviderConfig::load(&config.file).unwrap();
+        assert_eq!(config.listen.port(), 0);
+        // The running provider's control socket, which says where it listens.
+        let dir = std::sync::Arc::new(tether_store::Directory::open(&config.data_dir, &config.suffix).unwrap());
+        let (reload, _requests) = tokio::sync::mpsc::channel(1);
+        let ctx = crate::control::ControlContext {
+            dir,
+            registry: crate::registry::Registry::default(),
+            reload,
+            config_file: StartedWith::new(&config.file),
+            listen: listener.local_addr().unwrap(),
+        };
+        let (socket, _file) = tether_protocol::control::bind(&config.control).await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let control = tokio::spawn(crate::control::serve(socket, ctx, shutdown.clone()));
+        let old_provider = tokio::spawn(older_provider(listener, 1));
+
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Optional).await.unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains(&format!("the provider at 127.0.0.1:{port} speaks version 1")), "{shown}");
+        old_provider.await.unwrap();
+        shutdown.cancel();
+        control.await.unwrap();
     }
 
     /// A provider that takes the connection and says nothing (stopped with SIGSTOP: the
