@@ -55,6 +55,12 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Default `keepalive.timeout`: a peer silent for 20 seconds (four missed pings) is gone.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The shortest `keepalive.interval`: an idle session is pinged every interval, and
+/// answers. `"1ns"`, taken as greater than zero, pinged at every tick of the timer, a
+/// thousand times a second each way on every session; the same floor as a poll's
+/// `interval` and a retry's delay.
+pub const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Key shown for an error that belongs to no key (the document as a whole).
 const TOP_LEVEL: &str = "(top level)";
 
@@ -599,13 +605,29 @@ pub struct KeepaliveConfig {
     #[serde(default = "default_keepalive_enabled")]
     pub enabled: bool,
     /// How often a ping goes out on a session that has sent nothing else, so a healthy
-    /// but quiet peer is never mistaken for a dead one. Default `"5s"`; must be > 0.
-    #[serde(default = "default_keepalive_interval", deserialize_with = "positive_duration")]
+    /// but quiet peer is never mistaken for a dead one. Default `"5s"`, at least
+    /// [`MIN_KEEPALIVE_INTERVAL`].
+    #[serde(default = "default_keepalive_interval", deserialize_with = "keepalive_interval")]
     pub interval: Duration,
     /// Silence after which the peer is declared gone (host died, black hole, half-open
     /// socket) and the session torn down. Default `"20s"`; must exceed `interval`.
     #[serde(default = "default_keepalive_timeout", deserialize_with = "positive_duration")]
     pub timeout: Duration,
+}
+
+/// A `keepalive.interval`: a duration of at least [`MIN_KEEPALIVE_INTERVAL`].
+fn keepalive_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
+        let value = parse_duration(text)?;
+        if value < MIN_KEEPALIVE_INTERVAL {
+            Err(format!(
+                "invalid duration {text:?}: must be at least {} (an idle session is pinged every interval)",
+                humantime::format_duration(MIN_KEEPALIVE_INTERVAL)
+            ))
+        } else {
+            Ok(value)
+        }
+    })
 }
 
 fn default_keepalive_enabled() -> bool {
@@ -1042,6 +1064,25 @@ mod tests {
             err("count = 1.5"),
             "t.toml: key 'count': invalid type: floating point `1.5`, expected a whole number, 0 or more"
         );
+    }
+
+    /// A keepalive interval of a few nanoseconds is refused as zero is: `"1ns"` passed as
+    /// greater than zero and pinged at every tick of the timer, a thousand times a
+    /// second each way on every session (an idle session held a fifth of a core on the
+    /// provider and a third on the consumer).
+    #[test]
+    fn a_keepalive_interval_of_a_few_nanoseconds_is_refused_as_zero_is() {
+        let refused = |text: &str| parse_toml::<KeepaliveConfig>(Path::new("t.toml"), text).unwrap_err().to_string();
+        assert_eq!(
+            refused("interval = \"1ns\"\ntimeout = \"20s\""),
+            "t.toml: key 'interval': invalid duration \"1ns\": must be at least 100ms (an idle session is pinged \
+             every interval)"
+        );
+        assert!(
+            refused("interval = \"0s\"").ends_with("must be at least 100ms (an idle session is pinged every interval)")
+        );
+        let shortest = parse_toml::<KeepaliveConfig>(Path::new("t.toml"), "interval = \"100ms\"").unwrap();
+        assert_eq!(shortest.interval, Duration::from_millis(100));
     }
 
     #[test]

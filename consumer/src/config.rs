@@ -746,7 +746,7 @@ secret_file = "people.key"
             ),
             (
                 with("[agreement.keepalive]\ninterval = \"0ms\""),
-                "key 'agreement[0].keepalive.interval': invalid duration \"0ms\": must be greater than zero".into(),
+                "key 'agreement[0].keepalive.interval': invalid duration \"0ms\": must be at least 100ms".into(),
             ),
             (
                 with("keepalive = { timeout = \"1s\" }"),

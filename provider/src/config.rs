@@ -710,7 +710,7 @@ mod tests {
             ),
             (
                 format!("{MINIMAL}[keepalive]\ninterval = \"0s\""),
-                "key 'keepalive.interval': invalid duration \"0s\": must be greater than zero",
+                "key 'keepalive.interval': invalid duration \"0s\": must be at least 100ms",
             ),
             (
                 grant("base = \"dc=other,dc=org\""),
