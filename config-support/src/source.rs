@@ -791,8 +791,21 @@ pub fn check_agreement_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Refuses a control-socket path the operating system could not bind.
+/// Refuses a control-socket path the operating system could not bind: one too long,
+/// and one ending in `/`, which names a folder (the start failed with "No such file or
+/// directory", naming neither the key nor what was wrong).
 pub fn check_socket_path(file: &Path, key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            format!(
+                "socket path {} ends with /, which names a folder: name the socket's file, as {}",
+                path.display(),
+                path.join(CONTROL_SOCKET_NAME).display()
+            ),
+        ));
+    }
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH_LEN {
         return Err(ConfigError::invalid(

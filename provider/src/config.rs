@@ -770,6 +770,18 @@ mod tests {
         let (_queue, _) = tokio::sync::mpsc::channel::<()>(config.queue_len);
     }
 
+    /// A `control` ending in `/` names a folder, not the socket's file, and is refused
+    /// naming the key: the start failed with `binding the control socket: /etc/tether/run/:
+    /// No such file or directory`, naming neither the key nor what was wrong.
+    #[test]
+    fn a_control_path_naming_a_folder_is_refused_naming_the_key() {
+        assert_eq!(
+            refused(&format!("{MINIMAL}control = \"run/\"")),
+            "/etc/tether/provider.toml: key 'control': socket path /etc/tether/run/ ends with /, which names a folder: \
+             name the socket's file, as /etc/tether/run/control.sock"
+        );
+    }
+
     #[test]
     fn unknown_keys_are_named() {
         let cases = [
