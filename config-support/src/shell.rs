@@ -386,7 +386,9 @@ fn anothers_store(data_dir: &std::path::Path) -> Option<(u32, u32)> {
 /// to its user: the store's files are created under the umask (0644 under 022), and
 /// any local user could copy them and read every entry, `userPassword` values too. A
 /// folder about to hold a new store (`new`) is restricted to 0700 silently; one that
-/// holds a store already is left as the operator set it, with a warning to log.
+/// holds a store already is left as the operator set it, with a warning to log, and so
+/// is one that holds files of its own: a `data_dir` naming a shared folder (`/var/lib`
+/// for `/var/lib/tether`) was restricted, and every other user lost what it held.
 pub fn private_data_dir(data_dir: &std::path::Path, new: bool) -> std::io::Result<Option<String>> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(data_dir)?;
@@ -394,15 +396,37 @@ pub fn private_data_dir(data_dir: &std::path::Path, new: bool) -> std::io::Resul
     if mode & 0o077 == 0 {
         return Ok(None);
     }
-    if new {
+    let shared = new && holds_files_of_its_own(data_dir)?;
+    if new && !shared {
         std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(mode & 0o700))?;
         return Ok(None);
     }
+    let (what, way) = if shared {
+        (" and holds files that are not a store's", "give the store a folder of its own, or restrict this one")
+    } else {
+        ("", "restrict it")
+    };
     Ok(Some(format!(
-        "data_dir {} is accessible by group or others (mode {mode:o}): any local user can copy the store and read \
-         every entry; restrict it with chmod 700",
+        "data_dir {} is accessible by group or others (mode {mode:o}){what}: any local user can copy the store and \
+         read every entry; {way} with chmod 700",
         data_dir.display()
     )))
+}
+
+/// Whether `dir` holds anything but sockets, and the `lost+found` of a volume mounted
+/// there for the store: the control socket a server binds there before it makes its
+/// store is the folder's own, anything else was there before.
+fn holds_files_of_its_own(dir: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let a_volumes_own = kind.is_dir() && entry.file_name() == "lost+found";
+        if !kind.is_socket() && !a_volumes_own {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// What is wrong with a PEM file, in words: the parser's own text shows the markers it
@@ -982,6 +1006,33 @@ mod tests {
         assert_eq!(mode(&held), 0o755, "left as the operator set it");
         std::fs::set_permissions(&held, std::fs::Permissions::from_mode(0o700)).unwrap();
         assert_eq!(private_data_dir(&held, false).unwrap(), None);
+    }
+
+    /// A folder that holds files of its own is no new store's (a `data_dir` naming a
+    /// shared folder, `/var/lib` for `/var/lib/tether`): it is left as it is, with a
+    /// warning, where it was restricted to 0700 and every other user lost what it held.
+    /// The control socket, which a server binds there before it makes its store, is no
+    /// such file, nor the `lost+found` of a volume mounted there.
+    #[test]
+    fn a_data_dir_holding_files_of_its_own_is_left_as_it_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(shared.join("other-service.conf"), "x").unwrap();
+        let warning = private_data_dir(&shared, true).unwrap().expect("a warning");
+        assert!(warning.contains("(mode 755)") && warning.contains("a folder of its own"), "{warning}");
+        assert_eq!(mode(&shared), 0o755, "left as it was");
+
+        let own = root.path().join("own");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(own.join("control.sock")).unwrap();
+        std::fs::create_dir(own.join("lost+found")).unwrap();
+        assert_eq!(private_data_dir(&own, true).unwrap(), None);
+        assert_eq!(mode(&own), 0o700);
     }
 
     /// An error that prints its cause and also returns it, as ours do.
