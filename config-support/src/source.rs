@@ -820,6 +820,25 @@ pub fn check_socket_path(file: &Path, key: &str, path: &Path) -> Result<(), Conf
     Ok(())
 }
 
+/// Refuses a `control` the process could not bind ([`check_socket_path`]), and one
+/// naming `data_dir` itself: the socket took the folder's place, and the start failed
+/// with "creating data_dir ...: File exists", naming neither the key nor what was wrong.
+pub fn check_control(file: &Path, data_dir: &Path, control: &Path) -> Result<(), ConfigError> {
+    check_socket_path(file, "control", control)?;
+    if control == data_dir {
+        return Err(ConfigError::invalid(
+            file,
+            "control",
+            format!(
+                "socket path {} is data_dir itself: name the socket's file, as {} (the default)",
+                control.display(),
+                data_dir.join(CONTROL_SOCKET_NAME).display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A secret read from its file, with the warnings the file deserves.
 #[derive(Debug)]
 pub struct SecretFile {

@@ -317,7 +317,7 @@ impl ConsumerConfig {
     /// The checks that involve more than one value, or a value serde cannot judge.
     fn check(&self) -> Result<(), ConfigError> {
         let file = &self.file;
-        source::check_socket_path(file, "control", &self.control)?;
+        source::check_control(file, &self.data_dir, &self.control)?;
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, agreement) in self.agreements.iter().enumerate() {
             let key = |name: &str| format!("agreement[{i}].{name}");
@@ -771,6 +771,10 @@ secret_file = "people.key"
             ),
             ("cache_size = \"0MiB\"".into(), "key 'cache_size': invalid size \"0MiB\": must be at least 1MiB".into()),
             (format!("control = \"/{}\"", "s".repeat(120)), "key 'control': socket path /sss".into()),
+            (
+                "data_dir = \"/var/lib/tether\"\ncontrol = \"/var/lib/tether\"".into(),
+                "key 'control': socket path /var/lib/tether is data_dir itself".into(),
+            ),
             (
                 MINIMAL_AGREEMENT.replace("provider = \"127.0.0.1:7389\"\n", ""),
                 "key 'agreement[0].provider': required key is missing".into(),

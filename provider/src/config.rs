@@ -387,7 +387,7 @@ impl ProviderConfig {
     /// The checks that involve more than one value, or a value serde cannot judge.
     fn check(&self) -> Result<(), ConfigError> {
         let file = &self.file;
-        source::check_socket_path(file, "control", &self.control)?;
+        source::check_control(file, &self.data_dir, &self.control)?;
         if self.max_frame < MIN_MAX_FRAME {
             return Err(ConfigError::invalid(
                 file,
@@ -779,6 +779,17 @@ mod tests {
             refused(&format!("{MINIMAL}control = \"run/\"")),
             "/etc/tether/provider.toml: key 'control': socket path /etc/tether/run/ ends with /, which names a folder: \
              name the socket's file, as /etc/tether/run/control.sock"
+        );
+    }
+
+    /// A `control` naming `data_dir` itself is refused naming the key: the socket took
+    /// the folder's place, and the start failed with `creating data_dir ...: File exists`.
+    #[test]
+    fn a_control_path_naming_the_data_dir_is_refused_naming_the_key() {
+        assert_eq!(
+            refused(&format!("{MINIMAL}data_dir = \"store\"\ncontrol = \"./store\"")),
+            "/etc/tether/provider.toml: key 'control': socket path /etc/tether/./store is data_dir itself: name the \
+             socket's file, as /etc/tether/store/control.sock (the default)"
         );
     }
 
