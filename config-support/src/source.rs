@@ -46,6 +46,11 @@ pub const MAX_SOCKET_PATH_LEN: usize = 107;
 /// command lines, and key the agreement's replica in the store.
 pub const MAX_AGREEMENT_NAME_LEN: usize = 64;
 
+/// The agreement name a provider lists the sessions of `tether-provider write` under,
+/// which no agreement may have: a provider refuses a `[[consumer]]` of that name, and
+/// so serves no consumer asking for it.
+pub const WRITER_AGREEMENT: &str = "writer";
+
 /// File name of the control socket inside `data_dir` when `control` is not set.
 pub const CONTROL_SOCKET_NAME: &str = "control.sock";
 

@@ -322,6 +322,19 @@ impl ConsumerConfig {
         for (i, agreement) in self.agreements.iter().enumerate() {
             let key = |name: &str| format!("agreement[{i}].{name}");
             source::check_agreement_name(&agreement.name).map_err(|r| ConfigError::invalid(file, key("name"), r))?;
+            // Accepted, it was retried for ever against `no agreement named "writer"`.
+            if agreement.name == source::WRITER_AGREEMENT {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("name"),
+                    format!(
+                        "agreement name {:?} is reserved: a provider lists the sessions of tether-provider write under \
+                         it, and serves no agreement of that name; name the agreement as the provider's [[consumer]] \
+                         does",
+                        agreement.name
+                    ),
+                ));
+            }
             if let Some(first) = seen.insert(&agreement.name, i) {
                 return Err(ConfigError::invalid(
                     file,
@@ -709,6 +722,10 @@ secret_file = "people.key"
             (
                 format!("{MINIMAL_AGREEMENT}{MINIMAL_AGREEMENT}"),
                 "key 'agreement[1].name': duplicate agreement name \"people\": agreement[0] has it too".into(),
+            ),
+            (
+                MINIMAL_AGREEMENT.replace("\"people\"", "\"writer\""),
+                "key 'agreement[0].name': agreement name \"writer\" is reserved".into(),
             ),
             (with("filter = \" \""), "key 'agreement[0].filter': filter is empty".into()),
             (

@@ -517,7 +517,7 @@ fn revoked(old: &Grants, new: &Grants, info: &SessionInfo) -> bool {
 }
 
 /// The agreement name sessions of write clients are listed under.
-pub const WRITER: &str = "writer";
+pub const WRITER: &str = tether_config::WRITER_AGREEMENT;
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a refusal may take to send.
