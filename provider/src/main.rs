@@ -251,12 +251,29 @@ async fn stop_load_on_signal(signals: Option<LoadSignals>, stop: Arc<AtomicBool>
     shell::exit_now(130);
 }
 
-/// Removes the store a refused `load` made: the whole folder if the load made it too,
-/// else only what sled writes there (`conf`, `db`, `blobs`, `snap.*`), leaving whatever
-/// else the folder held.
-fn remove_new_store(data_dir: &Path, made_dir: bool) -> std::io::Result<()> {
-    if made_dir {
-        return std::fs::remove_dir_all(data_dir);
+/// The topmost of `data_dir` and the folders above it that does not exist yet: what a
+/// load into it makes (the store is opened with all its missing parents).
+fn first_missing(data_dir: &Path) -> Option<PathBuf> {
+    let data_dir = std::path::absolute(data_dir).ok()?;
+    data_dir.ancestors().take_while(|folder| !folder.exists()).last().map(Path::to_path_buf)
+}
+
+/// Removes the store a refused `load` made: the whole folder if the load made it, and
+/// the folders above it the load made too (`made`, from [`first_missing`]) while they
+/// are empty; else only what sled writes there (`conf`, `db`, `blobs`, `snap.*`),
+/// leaving whatever else the folder held. The folders above were left behind, so a
+/// load into a mistyped `/var/lib/tehter/provider` left `/var/lib/tehter`.
+fn remove_new_store(data_dir: &Path, made: Option<&Path>) -> std::io::Result<()> {
+    if let Some(made) = made {
+        std::fs::remove_dir_all(data_dir)?;
+        let data_dir = std::path::absolute(data_dir)?;
+        for folder in data_dir.ancestors().skip(1).take_while(|folder| folder.starts_with(made)) {
+            // One holding anything is someone else's by now: left as it is.
+            if std::fs::remove_dir(folder).is_err() {
+                break;
+            }
+        }
+        return Ok(());
     }
     for item in std::fs::read_dir(data_dir)? {
         let item = item?;
@@ -283,7 +300,7 @@ async fn run(cli: Cli) -> Result<()> {
             // After standard input is copied (a SIGINT must still end a `load -` waiting
             // on a terminal), before the store is opened.
             let signals = load_signals();
-            let (fresh, made_dir) = (!tether_store::store_exists(&config.data_dir), !config.data_dir.exists());
+            let (fresh, made) = (!tether_store::store_exists(&config.data_dir), first_missing(&config.data_dir));
             let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
             let failure = dir.failure().clone();
@@ -321,7 +338,7 @@ async fn run(cli: Cli) -> Result<()> {
                 // store there, which `status` and `search` then report as the real one.
                 Err(e) if fresh && dir.entry_count().is_ok_and(|n| n == 0) => {
                     drop(dir);
-                    if let Err(left) = remove_new_store(&config.data_dir, made_dir) {
+                    if let Err(left) = remove_new_store(&config.data_dir, made.as_deref()) {
                         return Err(e.context(format!(
                             "the empty store made for the load could not be removed from {}: {left}",
                             config.data_dir.display()
@@ -495,6 +512,27 @@ mod tests {
 
     use super::*;
     use tether_protocol::control::{read_request, respond_done, Process};
+
+    /// A refused first load into a folder whose parents it made takes those away too,
+    /// up to the first that existed, and keeps a parent something else was put in.
+    #[test]
+    fn a_refused_first_load_removes_the_folders_it_made_for_its_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("tehter/provider/data");
+        let made = first_missing(&data_dir).unwrap();
+        assert_eq!(made, tmp.path().join("tehter"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::write(data_dir.join("db"), "").unwrap();
+        remove_new_store(&data_dir, Some(&made)).unwrap();
+        assert!(!made.exists() && tmp.path().exists());
+
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::write(made.join("notes"), "another's").unwrap();
+        remove_new_store(&data_dir, Some(&made)).unwrap();
+        assert!(!data_dir.exists() && !data_dir.parent().unwrap().exists());
+        assert!(made.join("notes").exists(), "a folder holding anything else is left");
+        assert_eq!(first_missing(tmp.path()), None, "nothing to make");
+    }
 
     /// A stand-in for a provider on its first start, its control socket at `socket`
     /// bound and its store not made yet: answers each request with nothing, and hands
