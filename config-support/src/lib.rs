@@ -5,7 +5,11 @@
 //! ## Layout
 //! - `source` (re-exported at the root): reading a TOML file with errors that name the
 //!   file, dotted key and reason; the value parsers; relative paths; secret files.
-//! - [`shell`]: logging set-up and the process signals (shutdown, reload).
+//! - [`shell`]: logging set-up and the process signals (shutdown, reload); what a
+//!   process checks and sets up around its store (the threads and open files it needs,
+//!   the `data_dir`'s mode, root's commands run again as the store's owner, which
+//!   processes hold a store a command waits for); serving the control socket, and a
+//!   command's request to the running process when the file has errors.
 //! - [`log_pipe`]: the daemons' log lines on their way to stderr, on a thread of their
 //!   own, so a reader of stderr that stalls or goes away cannot stop a server.
 //! - [`output`]: the commands' standard output, whose write errors are the command's.

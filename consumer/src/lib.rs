@@ -18,7 +18,8 @@
 //! - [`reason`]: states and disconnect reasons, named as in SPEC §4.
 //! - [`status`]: what each agreement publishes.
 //! - [`tls`]: an agreement's `[agreement.tls]` as a TLS client.
-//! - [`session`]: one connection's life: reader, keepalive poller, applier.
+//! - [`session`]: one connection's life: reader, keepalive poller, applier, a module each
+//!   under `session/`, whose `mod.rs` connects, handshakes, starts them and ends it.
 //! - [`supervision`]: the supervisor's decisions as a sans-IO state machine.
 //! - [`supervisor`]: its tokio shell: sessions, timers, status.
 //! - [`control`]: the control socket.

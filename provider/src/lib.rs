@@ -13,7 +13,9 @@
 //! - [`refresh`]: full / present / delta planning, streamed in batches.
 //! - [`session`]: one consumer's session (refresh, persist, keepalive, acks);
 //!   [`session_ids`]: its id, which no session had before, restarts included.
-//! - [`outbound`]: what a session queues for its writer, messages or pre-encoded ones.
+//! - [`outbound`]: what a session queues for its writer, messages or pre-encoded ones;
+//!   and how a refresh's batches and a search's answers are split into messages within
+//!   [`outbound::BATCH_BYTES`] of entries each.
 //! - [`writes`]: write and search requests from clients.
 //! - [`registry`]: live sessions, for status and revocation.
 //! - [`server`]: accept loop, connection limit, TLS, handshake, authorization;

@@ -1,6 +1,10 @@
 //! What a session hands its writer task: a message to encode, or one already encoded
 //! from stored entries ([`tether_protocol::encoded`]), which is how refresh batches and
 //! live changes go out without decoding and re-encoding every entry.
+//!
+//! It also holds the one limit on the entries of a batch message ([`BATCH_BYTES`]) and
+//! the split under it ([`runs_within`]), which a refresh's batches and a write client's
+//! search answers share.
 
 use tether_protocol::connection::{MessageWriter, WireError};
 use tether_protocol::encoded::EncodedMessage;

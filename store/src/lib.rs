@@ -28,12 +28,17 @@
 //! - `ownership` (private): files root's commands write into another user's store,
 //!   given back to that user at every open, so the service can still open it.
 //! - [`directory`]: the provider's store.
-//! - [`replica`]: the consumer's per-agreement replicas and shadow reloads.
+//! - [`replica`]: the consumer's per-agreement replicas and shadow reloads (the shadow
+//!   a reload fills, [`Shadow`], in a module of its own, `replica/shadow.rs`).
 //! - [`reshapes`]: which entries of a replica were added, removed or renamed while a
 //!   search printed it page by page, so the search can tell whether its output is whole.
 //! - `reaper` (private): frees the trees of replica generations no state names any
 //!   more, in the background and a batch at a time, so that discarding a large replica
 //!   does not hold it all in memory.
+//!
+//! Testing only: `test_changes` (private, built for unit tests alone): the changes the
+//! unit tests write (an add, the suffix entry), and opening a store again once sled has
+//! let go of a dropped one's lock.
 //!
 //! Only one process may open a store at a time (sled locks the folder); tools reach a
 //! running process through its control socket instead.
