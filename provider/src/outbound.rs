@@ -70,9 +70,12 @@ impl Outbound {
 }
 
 /// Most bytes of entries in one batch message (a refresh's `Batch`, a write client's
-/// `SearchEntries`): a quarter of the smallest frame limit a provider accepts four times
-/// over, far inside the default 16 MiB. A page of entries each near the largest an entry
-/// may be is far past a frame, and could not be sent at all.
+/// `SearchEntries`): a quarter of the frame every consumer and write client reads
+/// ([`tether_protocol::frame::MAX_FRAME`], 16 MiB), so that the four batches a refresh
+/// keeps queued for its writer hold one frame's worth at most. Entries go together only
+/// within it; one larger goes alone, and fits a frame, as every entry does
+/// ([`tether_protocol::entry::MAX_ENTRY`]). Counted in entries alone, a page of entries
+/// each near that size was far past a frame, and could not be sent at all.
 pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Splits items of `sizes` bytes, in order, into runs of at most `budget` bytes (an item
