@@ -337,9 +337,11 @@ fn agreements_are_added_and_removed_live_by_reload_and_while_stopped_by_the_next
     let refused = c.search_args(&["--agreement", "people"]).expect_err("removed");
     assert!(format!("{refused:#}").contains("the running consumer holds no replica"), "{refused:#}");
     assert!(!format!("{refused:#}").contains("--as-is"), "{refused:#}");
+    // The log is written through a queue: the line may follow the command's answer.
+    let removed = "removed the replica of an agreement the configuration no longer names";
+    wait_until(LIMIT, "the removal in the consumer's log", || Ok(c.log_text().contains(removed)))?;
     let log = c.log_text();
-    let warned =
-        log.lines().find(|l| l.contains("removed the replica of an agreement the configuration no longer names"));
+    let warned = log.lines().find(|l| l.contains(removed));
     assert!(
         warned.is_some_and(|l| l.contains("WARN") && l.contains(&format!("agreement=people entries={held}"))),
         "{log}"
@@ -470,11 +472,11 @@ fn a_secret_rotated_in_place_takes_effect_on_reload() -> Result<()> {
     );
     assert!(format!("{failed:#}").contains("people.key: cannot read secret file"), "{failed:#}");
     assert!(format!("{failed:#}").contains("; nothing changed: the consumer keeps the configuration it last read"));
-    assert!(
-        c.log_text().contains("reload requested on the control socket failed, keeping the running agreements: "),
-        "{}",
-        c.log_text()
-    );
+    // The log is written through a queue: the line may follow the command's answer.
+    wait_until(LIMIT, "the failed reload in the consumer's log", || {
+        Ok(c.log_text().contains("reload requested on the control socket failed, keeping the running agreements: "))
+    })
+    .with_context(|| c.log_text())?;
     // `status` warns of it, as of any file the next start would refuse (a start would
     // stop on it, every agreement with it), and shows the running consumer.
     let out = c.status_command()?;
@@ -700,6 +702,9 @@ fn the_provider_s_reload_command_reports_what_it_did_and_a_broken_file_changes_n
     std::fs::write(&copy, config.replacen("interval = ", "interval = \"2s\"\n# was ", 1))?;
     let reloads =
         |p: &Provider| p.log_text().matches("reloaded ").count() + p.log_text().matches("reload requ").count();
+    // Lines reach the log through a queue, in order: once the write's is there, so is
+    // every reload's before it, and none lands between the two counts.
+    wait_until(LIMIT, "the write in the provider's log", || Ok(p.log_text().contains("write committed")))?;
     let before = reloads(&p);
     let out = std::process::Command::new(replication_tests::harness::bin("tether-provider")?)
         .args(["reload", "-c"])
