@@ -635,8 +635,12 @@ fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<(
     // Counted, not read from `last_disconnect`: the reconnects the provider refuses
     // while it is down are each a `connection-lost` that overwrites it.
     c.wait_status("people", CONVERGE, "provider-goodbye", |s| s["disconnects"]["provider-goodbye"] == 1)?;
+    // The log is written through a queue: its line may follow what status shows.
+    wait_until(CONVERGE, "the goodbye in the consumer's log", || {
+        Ok(c.log_text().contains("provider said goodbye reason=\"shutdown\""))
+    })
+    .with_context(|| c.log_text())?;
     let log = c.log_text();
-    assert!(log.contains("provider said goodbye reason=\"shutdown\""), "{log}");
     let lost: Vec<&str> = log.lines().filter(|l| l.contains("reason=\"connection-lost\"")).collect();
     assert!(
         lost.iter().all(|l| l.contains("detail=connect ")),
@@ -685,11 +689,14 @@ fn a_provider_started_without_its_store_empties_no_replica() -> Result<()> {
     // is not before the error.
     let (next, error) = (s["next_attempt_at"].as_str(), s["last_error_at"].as_str());
     assert!(next.zip(error).is_some_and(|(next, error)| next.ends_with('Z') && next >= error), "{s}");
-    assert!(c.log_text().contains("state=\"backoff\" retry_in="), "the log says when: {}", c.log_text());
+    // The log is written through a queue: its lines may follow what status shows.
+    wait_until(CONVERGE, "the log to say when", || Ok(c.log_text().contains("state=\"backoff\" retry_in=")))
+        .with_context(|| format!("the log says when: {}", c.log_text()))?;
     assert!(s["last_error"].as_str().is_some_and(|e| e.contains("is the provider's data_dir mistyped")), "{s}");
     assert_eq!(c.search("people", PEOPLE, "subtree", ALL)?, held, "the replica is as it was");
-    assert!(p.log_text().contains("not emptying it"), "the provider says why");
-    assert!(warned_of_goodbye(&c, "empty-store"), "the consumer warns: {}", c.log_text());
+    wait_until(CONVERGE, "the provider to say why", || Ok(p.log_text().contains("not emptying it")))?;
+    wait_until(CONVERGE, "the consumer's warning", || Ok(warned_of_goodbye(&c, "empty-store")))
+        .with_context(|| format!("the consumer warns: {}", c.log_text()))?;
     // And it warned at its start, where an operator looks after starting it.
     let created = |p: &Provider| {
         p.log_text().lines().filter(|l| l.contains(" WARN ") && l.contains("created a new, empty store")).count()
@@ -916,7 +923,8 @@ fn refusals_are_reported_and_the_provider_keeps_serving_others() -> Result<()> {
             let s = bad.agreement_status(name)?;
             Ok(s["last_disconnect"] == "rejected" && s["last_error"].as_str().is_some_and(|e| e.contains(reason)))
         })?;
-        assert!(bad.log_text().contains(reason), "log names {reason}");
+        // The log is written through a queue: its line may follow what status shows.
+        wait_until(CONVERGE, &format!("log names {reason}"), || Ok(bad.log_text().contains(reason)))?;
     }
     let wrong = bad.agreement_status("people")?;
     assert!(wrong["last_error"].as_str().is_some_and(|e| e.contains("must hold the same bytes")), "{wrong}");
@@ -1523,7 +1531,10 @@ fn a_control_socket_taken_away_is_made_again() -> Result<()> {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket)?.permissions());
         assert_eq!(mode & 0o777, 0o600, "the {what}'s socket is its user's alone");
     }
-    assert!(p.log_text().contains("made it again") && c.log_text().contains("made it again"));
+    // Logged once the socket is bound again, which a command may reach first.
+    wait_until(Duration::from_secs(30), "both processes to say they made it again", || {
+        Ok(p.log_text().contains("made it again") && c.log_text().contains("made it again"))
+    })?;
     // Something else put in its place is left as it is, and said; taken away, the
     // socket comes back.
     let socket = p.dir.join("ctl.sock");
@@ -1952,7 +1963,9 @@ fn load_and_write_read_standard_input_when_the_file_is_a_dash() -> Result<()> {
     let change = format!("dn: {dn}\nchangetype: modify\nreplace: description\ndescription: from stdin\n");
     let (ok, csn, err) = provider_from_stdin(&p.config, "write", &change)?;
     assert!(ok && csn.trim().parse::<u64>().is_ok() && err.contains("1 record applied"), "{csn} {err}");
-    // The provider's access log line names the write client, as its session's do.
+    // The provider's access log line names the write client, as its session's do. The
+    // log is written through a queue: the line may follow the write's answer.
+    wait_until(CONVERGE, "the write in the provider's log", || Ok(p.log_text().contains("write committed")))?;
     let log = p.log_text();
     let committed = log.lines().find(|l| l.contains("write committed")).context("a logged write")?;
     assert!(committed.contains("session{agreement=writer ") && committed.contains("client="), "{committed}");
@@ -2430,7 +2443,9 @@ fn a_write_revoked_by_a_reload_is_told_so_and_what_was_not_applied() -> Result<(
     let applied = replication_tests::harness::applied_count(&err).with_context(|| format!("no count in: {err}"))?;
     let applied = usize::try_from(applied)?;
     assert_eq!(count(&p.search(PEOPLE, "one", "(sn=Rev)")?), applied, "the count is exact: {err}");
-    assert!(p.log_text().contains("write client's grant revoked"), "the provider runs on and says why");
+    wait_until(CONVERGE, "the provider runs on and says why", || {
+        Ok(p.log_text().contains("write client's grant revoked"))
+    })?;
 
     let rest: String = text.lines().skip(applied * 7).map(|l| format!("{l}\n")).collect();
     p.write_ok(&rest)?;
@@ -2643,6 +2658,8 @@ fn started_at_is_the_processs_start_not_its_first_status() -> Result<()> {
         Agreement { extra: "retry = [\"1s forever\"]\n".into(), ..Agreement::persist("people", PEOPLE, "s") };
     let mut c = Consumer::unreachable(&tmp.path().join("c"), &[agreement])?;
     c.start()?;
+    // Its start's lines reach the log through a queue, the readiness line last.
+    wait_until(CONVERGE, "the start in the consumer's log", || Ok(c.log_text().contains("consumer running")))?;
     let at = |line: &str| -> Result<std::time::SystemTime> {
         Ok(humantime::parse_rfc3339(line.split_whitespace().next().context("a timestamp")?)?)
     };
