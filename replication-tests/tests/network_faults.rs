@@ -128,7 +128,11 @@ fn a_black_hole_is_a_keepalive_timeout_once_the_silence_reaches_the_timeout() ->
     s.proxy.set_fault(Fault::Stall);
     s.consumer.wait_status("people", LIMIT, "keepalive-timeout", |x| x["last_disconnect"] == "keepalive-timeout")?;
     let observed = start.elapsed();
-    // The poller's own measure of the silence it acted on, from its log line.
+    // The poller's own measure of the silence it acted on, from its log line, which a
+    // queue writes: it may follow what status shows.
+    wait_until(LIMIT, "the timeout in the consumer's log", || {
+        Ok(s.consumer.log_text().contains("provider silent past keepalive timeout"))
+    })?;
     let log = s.consumer.log_text();
     let line = log.lines().rfind(|l| l.contains("provider silent past keepalive timeout")).unwrap();
     let silent_ms: u64 =
@@ -508,6 +512,11 @@ fn a_link_that_dies_while_the_consumer_is_stopped_is_detected_one_timeout_after_
     let observed = woke.elapsed();
     let st = s.consumer.agreement_status("people")?;
     assert!(st["lag_seconds"].as_u64() >= Some(4), "stale for the stop and the timeout after it: {st}");
+    // The log is written through a queue: the timeout's line may follow what status
+    // shows, and the late check's, logged before it, is there once it is.
+    wait_until(LIMIT, "the timeout in the consumer's log", || {
+        Ok(s.consumer.log_text().contains("provider silent past keepalive timeout"))
+    })?;
     let log = s.consumer.log_text();
     let excused = log.find("keepalive check ran late").unwrap_or_else(|| panic!("no late check logged:\n{log}"));
     let convicted = log.find("provider silent past keepalive timeout").unwrap_or_else(|| panic!("{log}"));
