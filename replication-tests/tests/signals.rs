@@ -64,6 +64,8 @@ fn a_sighup_right_after_readiness_reloads_both_processes_instead_of_killing_them
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let warned = |c: &Consumer| c.log_text().matches("is accessible by group or others").count();
     consumer.start()?;
+    // Its start's lines reach the log through a queue, the readiness line after the warning.
+    wait_until(LIMIT, "the start in the consumer's log", || Ok(consumer.log_text().contains("consumer running")))?;
     assert_eq!(warned(&consumer), 1, "{}", consumer.log_text());
     signal(consumer.child.as_ref().unwrap(), "HUP")?;
     wait_until(LIMIT, "the consumer to log the reload", || Ok(consumer.log_text().contains("reloaded")))?;
@@ -96,6 +98,10 @@ fn a_sighup_applies_lowered_changelog_retention_at_once() -> Result<()> {
     provider.reload()?;
     wait_until(LIMIT, "the changelog to be trimmed to 5 records", || Ok(retained(&provider)? <= 5))?;
     // The log line names the retention the reload set (it named the one it replaced).
+    // Logged before the trim, it reaches the log through a queue: it may follow it.
+    wait_until(LIMIT, "the retention's line in the provider's log", || {
+        Ok(provider.log_text().contains("changelog retention changed"))
+    })?;
     let log = provider.log_text();
     let line = log.lines().find(|l| l.contains("changelog retention changed")).unwrap_or_default();
     assert!(line.contains("max_changes=5 "), "the reload's retention line: {line:?}\n{log}");
