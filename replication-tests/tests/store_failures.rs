@@ -97,12 +97,17 @@ fn a_provider_whose_store_fails_says_goodbye_exits_1_and_loses_no_acknowledged_w
     let log = p.log_text();
     assert!(log.contains("the store failed; stopping"), "{log}");
     assert!(log.contains("every acknowledged write is on disk"), "{log}");
-    // Its consumers were told, rather than finding a dropped connection.
-    let s = c.agreement_status("people")?;
-    assert!(s["disconnects"]["provider-goodbye"].as_u64() >= Some(1), "{s}");
-    // ... and why: not a routine restart.
-    let said = c.log_text();
-    assert!(said.contains("provider stopping: its store failed"), "the goodbye names the failure: {said}");
+    // Its consumers were told, rather than finding a dropped connection: sent before the
+    // provider exited, the goodbye may still be on its way to the consumer.
+    c.wait_status("people", LIMIT, "the provider's goodbye", |s| {
+        s["disconnects"]["provider-goodbye"].as_u64() >= Some(1)
+    })?;
+    // ... and why: not a routine restart. The log is written through a queue: its line
+    // may follow what status shows.
+    wait_until(LIMIT, "the goodbye names the failure", || {
+        Ok(c.log_text().contains("provider stopping: its store failed"))
+    })
+    .with_context(|| c.log_text())?;
 
     // Restarted without the limit: every acknowledged add, and at most the one in flight.
     p.file_size_limit = None;
