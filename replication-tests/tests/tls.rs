@@ -118,6 +118,10 @@ fn a_consumer_trusting_another_ca_fails_with_a_tls_error_and_the_provider_keeps_
     let status = bad.agreement_status("people")?;
     assert_ne!(status["state"], "persisting", "{status}");
     assert_eq!(status["entries"], 0, "nothing was replicated from an untrusted provider: {status}");
+    // The log is written through a queue: its lines may follow what status shows.
+    wait_until(CONVERGE, "the TLS failure in the consumer's log", || {
+        Ok(bad.log_text().contains("invalid peer certificate"))
+    })?;
     let log = bad.log_text();
     assert!(log.contains("connection-lost") && log.contains("TLS handshake with 127.0.0.1"), "{log}");
     assert!(log.contains("invalid peer certificate"), "{log}");
@@ -226,6 +230,10 @@ fn a_tls_peer_killed_mid_session_reads_as_a_closed_connection() -> Result<()> {
     wait_until(CONVERGE, "the consumer to see the provider's connection end", || {
         let s = c.agreement_status("people")?;
         Ok(s["disconnects"]["connection-lost"].as_u64().unwrap_or(0) > 0)
+    })?;
+    // The log is written through a queue: its line may follow what status shows.
+    wait_until(CONVERGE, "the lost connection in the consumer's log", || {
+        Ok(c.log_text().contains("provider closed the connection without goodbye"))
     })?;
     let log = c.log_text();
     assert!(log.contains("provider closed the connection without goodbye"), "{log}");
