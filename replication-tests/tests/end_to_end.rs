@@ -655,8 +655,13 @@ fn provider_sigterm_is_a_goodbye_and_the_consumer_resumes_by_delta() -> Result<(
     let after: Vec<u64> =
         p.status()?["sessions"].as_array().into_iter().flatten().filter_map(|s| s["session_id"].as_u64()).collect();
     assert!(!after.is_empty() && after.iter().all(|id| !given_before.contains(id)), "{given_before:?} then {after:?}");
-    let named = session_ids(&c.log_text());
-    assert!(after.iter().all(|id| named.contains(id)), "the consumer's log names {after:?}: {named:?}");
+    // Logged as the session began, but through a queue: the replica converging does not
+    // wait for the line to be written.
+    wait_until(CONVERGE, &format!("the consumer's log to name {after:?}"), || {
+        let named = session_ids(&c.log_text());
+        Ok(after.iter().all(|id| named.contains(id)))
+    })
+    .with_context(|| format!("the consumer's log names {:?}", session_ids(&c.log_text())))?;
     Ok(())
 }
 
