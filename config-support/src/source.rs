@@ -488,6 +488,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(value)
 }
 
+/// [`parse_duration`], refusing less than `min` (saying so, with `why` after it): a
+/// duration that paces a loop (pings, trims) and was taken as long as it was above zero
+/// ran that loop at every tick of the timer when written as `"1ns"`.
+pub fn parse_duration_at_least(text: &str, min: Duration, why: &str) -> Result<Duration, String> {
+    let value = parse_duration(text)?;
+    if value < min {
+        return Err(format!("invalid duration {text:?}: must be at least {}{why}", humantime::format_duration(min)));
+    }
+    Ok(value)
+}
+
 /// A humantime duration, zero allowed.
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_str(d, "a duration such as \"5s\" or \"1m\"", parse_duration)
@@ -623,15 +634,7 @@ pub struct KeepaliveConfig {
 /// A `keepalive.interval`: a duration of at least [`MIN_KEEPALIVE_INTERVAL`].
 fn keepalive_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
-        let value = parse_duration(text)?;
-        if value < MIN_KEEPALIVE_INTERVAL {
-            Err(format!(
-                "invalid duration {text:?}: must be at least {} (an idle session is pinged every interval)",
-                humantime::format_duration(MIN_KEEPALIVE_INTERVAL)
-            ))
-        } else {
-            Ok(value)
-        }
+        parse_duration_at_least(text, MIN_KEEPALIVE_INTERVAL, " (an idle session is pinged every interval)")
     })
 }
 

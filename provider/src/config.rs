@@ -269,15 +269,7 @@ pub const MIN_TRIM_INTERVAL: Duration = Duration::from_millis(10);
 
 fn trim_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     source::parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
-        let value = source::parse_duration(text)?;
-        if value < MIN_TRIM_INTERVAL {
-            Err(format!(
-                "invalid duration {text:?}: must be at least {}",
-                humantime::format_duration(MIN_TRIM_INTERVAL)
-            ))
-        } else {
-            Ok(value)
-        }
+        source::parse_duration_at_least(text, MIN_TRIM_INTERVAL, "")
     })
 }
 
