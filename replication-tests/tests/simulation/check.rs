@@ -7,6 +7,14 @@
 //!   committed (same DN, UUID, CSN and attributes).
 //! - **Cookie never regresses**: a replica's durable cookie only moves forward, across
 //!   sessions, crashes and restarts.
+//! - **Nothing lost below the cookie**: whenever its content is read, a replica holds
+//!   every change the provider committed up to its cookie that concerns its region:
+//!   each entry in the region then at that state or a later one, none left at a state
+//!   older than the provider's then (a delete, a move or a modify out of the region
+//!   missed). The replica may be past its cookie (an entry read later than the change
+//!   that sent it, a delta under way), never behind it. Convergence only compares the
+//!   end, after whatever reloads the faults caused, which replace a replica whole and
+//!   so hide a change lost before them.
 //! - **Exactly once**: the apply audit (on in every consumer store) counts no change
 //!   applied twice.
 //! - **Convergence** (after healing): each consumer's replica equals the provider's
@@ -16,7 +24,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
-use tether_protocol::{Csn, Entry, EntryUuid};
+use tether_protocol::{Csn, Entry, EntryUuid, SearchSpec};
 
 use crate::world::World;
 
@@ -46,6 +54,9 @@ struct Seen {
 pub struct Checker {
     /// Every entry state the provider ever committed, by UUID and CSN.
     committed: HashMap<(EntryUuid, Csn), Entry>,
+    /// Each entry's states in CSN order, `None` once deleted (ordered, so that a
+    /// failing seed names the same entry every time it is replayed).
+    states: BTreeMap<EntryUuid, Vec<(Csn, Option<Entry>)>>,
     seen: BTreeMap<usize, Seen>,
 }
 
@@ -53,6 +64,49 @@ impl Checker {
     /// Records the state a write left one entry in.
     pub fn record(&mut self, entry: &Entry) {
         self.committed.insert((entry.uuid, entry.csn), entry.clone());
+        self.states.entry(entry.uuid).or_default().push((entry.csn, Some(entry.clone())));
+    }
+
+    /// Records a write at `csn` that deleted entry `uuid`.
+    pub fn record_delete(&mut self, uuid: EntryUuid, csn: Csn) {
+        self.states.entry(uuid).or_default().push((csn, None));
+    }
+
+    /// The first change up to `cookie` concerning `spec` that `have` (a replica's
+    /// search of `spec`, whose cookie is `cookie`) lacks, if any, given every entry's
+    /// `states`: see the module docs.
+    fn lost_below(
+        states: &BTreeMap<EntryUuid, Vec<(Csn, Option<Entry>)>>,
+        spec: &SearchSpec,
+        cookie: Csn,
+        have: &[Entry],
+    ) -> Option<String> {
+        let held: HashMap<EntryUuid, &Entry> = have.iter().map(|e| (e.uuid, e)).collect();
+        let in_region = |state: &Option<Entry>| state.as_ref().is_some_and(|e| spec.contains(e));
+        for (uuid, states) in states {
+            let upto = states.partition_point(|(csn, _)| *csn <= cookie);
+            let Some((at, state)) = upto.checked_sub(1).map(|i| &states[i]) else { continue };
+            match held.get(uuid) {
+                Some(e) if e.csn < *at => {
+                    let then = match state {
+                        Some(s) if in_region(state) => format!("{} at {at}", s.dn),
+                        Some(s) => format!("{} at {at}, outside the region", s.dn),
+                        None => format!("deleted at {at}"),
+                    };
+                    return Some(format!(
+                        "holds {} at CSN {} under cookie {cookie}, where the provider had it {then}",
+                        e.dn, e.csn
+                    ));
+                }
+                // Taken out of the region after the cookie: the replica may be past it.
+                None if in_region(state) && states[upto..].iter().all(|(_, later)| in_region(later)) => {
+                    let dn = state.as_ref().map_or_else(String::new, |s| s.dn.to_string());
+                    return Some(format!("lacks {dn} (CSN {at}) under cookie {cookie}"));
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Checks every running consumer; returns trace events (replica switches, cookie
@@ -86,6 +140,11 @@ impl Checker {
                 }
             }
             let cookie = state.cookie.map(|c| c.csn);
+            if let (Some(at), true) = (cookie, full || switched || state.shadow.is_some()) {
+                if let Some(lost) = Self::lost_below(&self.states, &c.plan.spec, at, &entries) {
+                    return Err(format!("{name}: a change below the cookie is lost: {lost}"));
+                }
+            }
             match (seen.cookie, cookie) {
                 (Some(old), None) => return Err(format!("{name}: cookie regressed from {old} to none")),
                 (Some(old), Some(new)) if new < old => {

@@ -68,6 +68,11 @@ fn fault_name(world: &World, f: Fault) -> String {
         Fault::CrashConsumer(i) => format!("crash {}", world.name(i)),
         Fault::CrashProvider => format!("crash {PROVIDER}"),
         Fault::Trim(n) => format!("trim the changelog to its newest {n} records"),
+        Fault::TrimMidReload(n) => {
+            format!(
+                "trim the changelog to its newest {n} records, and to none at the next write while a consumer reloads"
+            )
+        }
     }
 }
 
@@ -82,7 +87,7 @@ fn heal(world: &mut World, fault: Fault, link_busy: &mut [bool]) {
             world.sim.release(PROVIDER, world.consumers[i].plan.name.as_str());
             link_busy[i] = false;
         }
-        Fault::LinkDrop(_) | Fault::Trim(_) => {}
+        Fault::LinkDrop(_) | Fault::Trim(_) | Fault::TrimMidReload(_) => {}
         Fault::CrashConsumer(i) => world.restart_consumer(i),
         Fault::CrashProvider => world.restart_provider(),
     }
@@ -115,20 +120,29 @@ fn inject(world: &mut World, fault: Fault, link_busy: &mut [bool]) -> bool {
             world.crash_provider();
             true
         }
-        Fault::Trim(n) => match world.provider.get() {
-            Some(dir) => {
-                let policy = RetentionPolicy {
-                    max_changes: Some(n),
-                    max_age: None,
-                    hold_for_consumers: Duration::ZERO,
-                    up_since_ms: 0,
-                };
-                dir.trim(&policy, 0).unwrap_or_else(|e| panic!("trim: {e}"));
-                true
-            }
-            None => false,
-        },
+        Fault::Trim(n) => trim(world, n),
+        Fault::TrimMidReload(n) => {
+            world.armed_trim = Some(None);
+            trim(world, n)
+        }
         Fault::CrashConsumer(_) | Fault::CrashProvider => false,
+    }
+}
+
+/// Trims the provider's changelog to its newest `n` records; whether it was up to do so.
+fn trim(world: &World, n: u64) -> bool {
+    match world.provider.get() {
+        Some(dir) => {
+            let policy = RetentionPolicy {
+                max_changes: Some(n),
+                max_age: None,
+                hold_for_consumers: Duration::ZERO,
+                up_since_ms: 0,
+            };
+            dir.trim(&policy, 0).unwrap_or_else(|e| panic!("trim: {e}"));
+            true
+        }
+        None => false,
     }
 }
 
@@ -171,8 +185,9 @@ fn drive(seed: u64, root: &std::path::Path, trace: &mut Trace) -> Result<Report,
                     let Some(dir) = world.provider.get() else { continue };
                     for change in changes(&world.workload.changes(1)) {
                         let committed = dir.write(&change).map_err(|e| format!("write {}: {e}", change.dn()))?;
-                        if let Some(entry) = dir.entries().get_by_uuid(&committed.uuid).map_err(|e| e.to_string())? {
-                            checker.record(&entry);
+                        match dir.entries().get_by_uuid(&committed.uuid).map_err(|e| e.to_string())? {
+                            Some(entry) => checker.record(&entry),
+                            None => checker.record_delete(committed.uuid, committed.csn),
                         }
                         writes += 1;
                         trace.event(
@@ -185,7 +200,7 @@ fn drive(seed: u64, root: &std::path::Path, trace: &mut Trace) -> Result<Report,
                     if inject(&mut world, fault, &mut link_busy) {
                         faults += 1;
                         trace.event(now.into(), fault_name(&world, fault));
-                        if !matches!(fault, Fault::LinkDrop(_) | Fault::Trim(_)) {
+                        if !matches!(fault, Fault::LinkDrop(_) | Fault::Trim(_) | Fault::TrimMidReload(_)) {
                             heals.push((heal_at, fault));
                         }
                     }
@@ -198,8 +213,26 @@ fn drive(seed: u64, root: &std::path::Path, trace: &mut Trace) -> Result<Report,
             heal(&mut world, fault, &mut link_busy);
             trace.event(now.into(), format!("heal: {}", fault_name(&world, fault)));
         }
+        // An armed trim goes at the first write while a consumer reloads, which takes it
+        // past where the reload's scan began (one at a reload's first moment left the
+        // catch-up nothing to lose).
+        if let (Some(seen), false) = (world.armed_trim, healed) {
+            match (world.provider.get().map(|dir| dir.durable_csn()), world.reloading()) {
+                (Some(newest), true) => match seen {
+                    None => world.armed_trim = Some(Some(newest)),
+                    Some(at) if newest > at => {
+                        trim(&world, 0);
+                        world.armed_trim = None;
+                        trace.event(now.into(), "trim the changelog to none during a reload");
+                    }
+                    Some(_) => {}
+                },
+                _ => world.armed_trim = Some(None),
+            }
+        }
         if now >= CHAOS_MS && !healed {
             healed = true;
+            world.armed_trim = None;
             trace.event(now.into(), "all faults healed; waiting for convergence");
         }
         if now % OBSERVE_EVERY_MS == 0 {

@@ -26,6 +26,11 @@ pub enum Fault {
     /// Trim the provider's changelog to its newest `n` records (no heal): consumers
     /// further behind need a present refresh, which goes through a shadow.
     Trim(u64),
+    /// The same trim (consumers behind reload), then a trim of the whole changelog at
+    /// the first write while a consumer reloads (no heal): a reload's catch-up reads the
+    /// changelog from where its scan began, which a trim must not take from under it.
+    /// Trims at random moments almost never met a scan under way.
+    TrimMidReload(u64),
 }
 
 /// What the nemesis wants done next.
@@ -78,7 +83,8 @@ impl Nemesis {
                 5..=6 => Fault::LinkDrop(i),
                 7..=8 => Fault::CrashConsumer(i),
                 9 => Fault::CrashProvider,
-                _ => Fault::Trim(rng.gen_range(0..8)),
+                10 => Fault::Trim(rng.gen_range(0..8)),
+                _ => Fault::TrimMidReload(rng.gen_range(0..8)),
             };
             let lasts = rng.gen_range(50..6_000);
             out.push(Action::Inject(fault, now_ms + lasts));

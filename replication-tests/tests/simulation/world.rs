@@ -26,7 +26,7 @@ use tether_consumer::supervisor::Supervisor;
 use tether_consumer::transport::{BoxedStream, ConnectFuture, Connector, Network};
 use tether_protocol::ldif::reader::parse_str;
 use tether_protocol::message::Mode;
-use tether_protocol::{Change, Dn, SearchSpec, Secret};
+use tether_protocol::{Change, Dn, Filter, Scope, SearchSpec, Secret};
 use tether_provider::server::{Grants, Server, ServerParams};
 use tether_provider::session::SessionParams;
 use tether_store::{Directory, Replica, ReplicaStore, StoreError};
@@ -181,6 +181,9 @@ pub struct World {
     pub workload: Workload,
     /// The provider's entries after the initial load.
     pub initial: Vec<tether_protocol::Entry>,
+    /// A trim of the whole changelog armed to happen at the next write during a reload,
+    /// with the provider's newest CSN when that reload was first seen.
+    pub armed_trim: Option<Option<tether_protocol::Csn>>,
 }
 
 impl std::fmt::Debug for World {
@@ -209,12 +212,21 @@ fn dn(s: &str) -> Dn {
     Dn::parse(s).unwrap_or_else(|e| panic!("bad DN {s}: {e}"))
 }
 
-/// The consumers of every run: overlapping scopes, both modes.
+/// The consumers of every run: overlapping scopes, both modes, and a filtered region
+/// (about half the people: the workload's `sn` replacements move entries in and out of
+/// it, which the provider must send as upserts and deletes).
 pub fn plans() -> Vec<ConsumerPlan> {
+    let filtered = SearchSpec {
+        base: dn(PEOPLE),
+        scope: Scope::Subtree,
+        filter: Filter::parse("(|(sn=Family1*)(sn=Family2*)(sn=Family3*)(sn=Family4*))")
+            .unwrap_or_else(|e| panic!("filter: {e}")),
+        attrs: Vec::new(),
+    };
     vec![
         ConsumerPlan { name: "c-all".into(), mode: Mode::RefreshAndPersist, spec: SearchSpec::subtree(dn(SUFFIX)) },
         ConsumerPlan { name: "c-people".into(), mode: Mode::RefreshAndPersist, spec: SearchSpec::subtree(dn(PEOPLE)) },
-        ConsumerPlan { name: "c-poll".into(), mode: Mode::RefreshOnly, spec: SearchSpec::subtree(dn(PEOPLE)) },
+        ConsumerPlan { name: "c-poll".into(), mode: Mode::RefreshOnly, spec: filtered },
     ]
 }
 
@@ -341,7 +353,15 @@ impl World {
         for c in &consumers {
             sim.set_link_latency(PROVIDER, c.plan.name.as_str(), Duration::from_millis(latencies.gen_range(1..15)));
         }
-        Self { sim, provider, provider_up: true, consumers, workload, initial }
+        Self { sim, provider, provider_up: true, consumers, workload, initial, armed_trim: None }
+    }
+
+    /// Whether a running consumer is reloading its replica (filling a shadow).
+    pub fn reloading(&self) -> bool {
+        self.consumers
+            .iter()
+            .filter_map(|c| c.live.get())
+            .any(|live| live.replica.state().is_ok_and(|s| s.shadow.is_some()))
     }
 
     /// Simulated time since the start, in ms.
