@@ -321,6 +321,8 @@ pub struct ProviderOptions {
     pub writer_secret: String,
     /// Body of a `[tls]` section (`cert_file`, `key_file`); `None` serves plain TCP.
     pub tls: Option<String>,
+    /// `batch_size`: entries (or changes) per refresh batch.
+    pub batch_size: u32,
 }
 
 impl Default for ProviderOptions {
@@ -336,6 +338,7 @@ impl Default for ProviderOptions {
             keepalive: ("1s".into(), "5s".into()),
             writer_secret: WRITER_SECRET.into(),
             tls: None,
+            batch_size: 200,
         }
     }
 }
@@ -349,9 +352,9 @@ impl Provider {
     fn configure_on(dir: &Path, opts: &ProviderOptions, port: u16) -> Result<Self> {
         fs::create_dir_all(dir.join("secrets"))?;
         let mut toml = format!(
-            "data_dir = \"data\"\nlisten = \"127.0.0.1:{port}\"\ncontrol = \"ctl.sock\"\nsuffix = \"{}\"\nbatch_size = 200\n\
+            "data_dir = \"data\"\nlisten = \"127.0.0.1:{port}\"\ncontrol = \"ctl.sock\"\nsuffix = \"{}\"\nbatch_size = {}\n\
              [changelog]\n{}\n[keepalive]\ninterval = \"{}\"\ntimeout = \"{}\"\n[writer]\nsecret_file = \"secrets/writer.key\"\n",
-            opts.suffix, opts.changelog, opts.keepalive.0, opts.keepalive.1
+            opts.suffix, opts.batch_size, opts.changelog, opts.keepalive.0, opts.keepalive.1
         );
         write_secret(&dir.join("secrets/writer.key"), &opts.writer_secret)?;
         for g in &opts.grants {

@@ -158,8 +158,13 @@ pub fn durable_cookies(cluster: &Cluster) -> Vec<String> {
     out
 }
 
-/// Log lines no run may produce: a panic anywhere, or a provider reload that failed (the
-/// nemesis only ever writes valid configs, atomically).
+/// Log lines no run may produce: a panic anywhere, a provider reload that failed (the
+/// nemesis only ever writes valid configs, atomically), or a consumer that lacked entries
+/// its provider named as unchanged in a present refresh. A provider names an entry so
+/// only if it was in the region at the consumer's cookie and unchanged since, which a
+/// replica holds once every change up to its cookie is applied; lacking one, a change
+/// was lost on the way (the consumer then reloads in full, and converges, so only this
+/// line shows it).
 pub fn log_findings(cluster: &Cluster) -> Vec<String> {
     let mut logs = vec![("provider".to_owned(), cluster.provider().provider.log_text())];
     for node in &cluster.nodes {
@@ -167,7 +172,9 @@ pub fn log_findings(cluster: &Cluster) -> Vec<String> {
     }
     let mut out = Vec::new();
     for (who, text) in logs {
-        for line in text.lines().filter(|l| l.contains("panicked at") || l.contains("reload failed")) {
+        let found =
+            |l: &&str| l.contains("panicked at") || l.contains("reload failed") || l.contains("entries named present");
+        for line in text.lines().filter(found) {
             out.push(format!("{who} log: {}", line.chars().take(300).collect::<String>()));
         }
     }

@@ -24,6 +24,11 @@ use crate::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
 pub const CHANGELOG: &str = "trim_interval = \"1s\"";
 /// Provider `[changelog]` during a trim fault: keep almost nothing, trim at once.
 pub const CHANGELOG_TRIMMED: &str = "max_changes = 3\ntrim_interval = \"200ms\"";
+/// The provider's `batch_size`: small, so that deltas (a poll's second of writes, the
+/// backlog of a session that was down) and scans span several batches, and each batch
+/// boundary is crossed often. At 200, the default of the other tests, a delta rarely had
+/// a second batch, and a provider that lost one change at each boundary passed.
+pub const BATCH_SIZE: u32 = 16;
 /// The agreement a config reload adds and removes.
 pub const EXTRA: &str = "extra";
 /// Marks anchor entries (`description`) and ends their uids.
@@ -308,6 +313,23 @@ pub struct Cluster {
     pub restores: std::sync::atomic::AtomicU64,
     /// The body of every agreement's `[agreement.tls]` section when the run is over TLS.
     pub tls: Option<String>,
+    /// Every anchor bump the provider acknowledged: its anchor's DN, the counter written
+    /// and its CSN, with the restores counted before and after its write were the same
+    /// (a restore gives CSNs after the backup to other changes): see the sampler.
+    pub bumps: Mutex<Vec<Bump>>,
+}
+
+/// One anchor bump the provider acknowledged (see [`Cluster::bumps`]).
+#[derive(Debug, Clone)]
+pub struct Bump {
+    /// The anchor's DN.
+    pub dn: String,
+    /// The counter written.
+    pub counter: u64,
+    /// Its CSN.
+    pub csn: u64,
+    /// Restores counted when it was written.
+    pub restores: u64,
 }
 
 /// The provider options of a chaos cluster: every region granted.
@@ -323,6 +345,7 @@ pub fn provider_options() -> ProviderOptions {
             .collect(),
         changelog: CHANGELOG.into(),
         keepalive: ("1s".into(), "3s".into()),
+        batch_size: BATCH_SIZE,
         ..ProviderOptions::default()
     }
 }
@@ -374,6 +397,7 @@ impl Cluster {
             before_restore: Mutex::default(),
             restores: std::sync::atomic::AtomicU64::new(0),
             tls: agreement_tls,
+            bumps: Mutex::default(),
         })
     }
 

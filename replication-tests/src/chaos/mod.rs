@@ -33,6 +33,10 @@ use cluster::{Cluster, Totals};
 use nemesis::Nemesis;
 use report::Report;
 
+/// How long the writer goes on once the nemesis has healed everything, before the
+/// final checks: changes that only the incremental path carries to the replicas.
+const QUIET_WRITES: Duration = Duration::from_secs(8);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -72,9 +76,16 @@ pub fn run(opts: &Options) -> Result<Report> {
         let sampler = s.spawn(|| sampler::run(&cluster, started, &stop_sampler));
         let mut nemesis = Nemesis::new(&cluster, rng, started);
         nemesis.run_until(Instant::now() + opts.duration);
+        let healed = nemesis.heal_all();
+        // The writer goes on a little in the healed cluster: the changes the consumers
+        // then take are applied incrementally, with no reload after them to put right
+        // what they got wrong (the faults' reloads replace a replica whole, and one late
+        // in the run hid a change the incremental path lost).
+        if healed.is_ok() {
+            std::thread::sleep(QUIET_WRITES);
+        }
         stop_writer.store(true, Ordering::Relaxed);
         let writer = writer.join();
-        let healed = nemesis.heal_all();
         let converged = match healed {
             Ok(()) => checker::converge(&cluster, opts.converge_timeout),
             Err(e) => Err(vec![format!("healing the cluster: {e:#}")]),

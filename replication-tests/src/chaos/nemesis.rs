@@ -77,11 +77,15 @@ pub enum Kind {
     PauseProvider,
     /// SIGSTOP a consumer for 0.5 to 6 s, then SIGCONT.
     PauseConsumer,
+    /// Stall a consumer's link past the keepalive timeout while the writer goes on, then
+    /// cut every connection a few KB toward it for 1 to 4 s: the deltas that would catch
+    /// it up are cut short, part applied.
+    CutDelta,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 23] = [
         Kind::KillProvider,
         Kind::KillConsumer,
         Kind::TermProvider,
@@ -104,6 +108,7 @@ impl Kind {
         Kind::RestoreProvider,
         Kind::PauseProvider,
         Kind::PauseConsumer,
+        Kind::CutDelta,
     ];
 
     /// The name in reports.
@@ -131,6 +136,7 @@ impl Kind {
             Kind::RestoreProvider => "restore-provider-backup",
             Kind::PauseProvider => "sigstop-provider",
             Kind::PauseConsumer => "sigstop-consumer",
+            Kind::CutDelta => "cut-delta",
         }
     }
 }
@@ -413,6 +419,21 @@ impl<'a> Nemesis<'a> {
                     Some(child) => self.pause(child),
                     None => Ok(()),
                 }
+            }
+            Kind::CutDelta => {
+                // Behind by 3.5 to 5 s of writes, its session ended by the keepalive
+                // timeout (3 s): the next session's delta spans several batches. Cut a
+                // few batches in, it leaves the replica past its cookie, and the next
+                // delta sends again what was applied (the apply audit counts a change
+                // applied twice), until the heal lets one through.
+                let proxy = &self.cluster.nodes[i].proxy;
+                proxy.set_fault(Fault::Stall);
+                std::thread::sleep(ms(&mut self.rng, 3500, 5000));
+                let bytes = self.rng.gen_range(2_000..20_000);
+                proxy.set_fault_on(Direction::ToClient, Fault::DropAfter { bytes });
+                proxy.set_fault_on(Direction::ToUpstream, Fault::Pass);
+                self.later(1000, 4000, Heal::Proxy(i));
+                Ok(())
             }
             Kind::PauseConsumer => {
                 // The sampler waits for the lock too: it would only wait for the process.

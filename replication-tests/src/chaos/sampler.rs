@@ -23,12 +23,22 @@
 //! committed with its data and its history only moves forward, so reading the status
 //! both before and after the search brackets the history of what the search saw, and the
 //! restore count is read after it (the count moves before the restored provider starts).
+//!
+//! ## Why anchors prove that nothing below a cookie was lost
+//! The writer learns the CSN of each anchor bump (`write` prints its last record's, and
+//! the bump is each batch's last), so a sample whose anchor shows a lower counter than
+//! the newest bump of it at or below the agreement's cookie lacks a change its cookie
+//! covers: [`anchor_below_cookie`]. Seen when it happens, before a reload puts the
+//! replica right and hides it from the end's checks. Bumps are compared only with
+//! samples taken in the same restore count, and a replica in a history begun before the
+//! last restore is not held to them (a restore gives the CSNs after its backup to other
+//! changes).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::cluster::{region, Cluster, ANCHOR};
+use super::cluster::{region, Bump, Cluster, ANCHOR};
 use crate::harness::agreement_in;
 
 /// Time between two sampling rounds.
@@ -122,6 +132,32 @@ impl Watch {
         }
         problem
     }
+}
+
+/// The first anchor of a sample (`anchors`, DN -> counter) lower than the newest bump
+/// of it at or below `cookie` (the agreement's CSN) that the provider acknowledged in
+/// `restores` (the restores counted so far): a change below the cookie the replica lacks.
+/// The writer bumps one anchor per batch and learns its CSN, so whatever happens to a
+/// replica afterwards (a reload that would put it right, more changes), the moment it
+/// lacks a bump its cookie covers is a lost change, seen when it happens.
+pub fn anchor_below_cookie(
+    bumps: &[Bump],
+    anchors: &BTreeMap<String, u64>,
+    cookie: u64,
+    restores: u64,
+) -> Option<String> {
+    for (dn, &value) in anchors {
+        let newest =
+            bumps.iter().filter(|b| b.restores == restores && b.csn <= cookie && &b.dn == dn).max_by_key(|b| b.csn);
+        if let Some(b) = newest.filter(|b| b.counter > value) {
+            return Some(format!(
+                "a change below the cookie is lost: {dn} shows counter {value} under cookie csn {cookie}, where the \
+                 provider acknowledged {} at csn {}",
+                b.counter, b.csn
+            ));
+        }
+    }
+    None
 }
 
 /// The longest a refresh may stay under way. A refresh of the run's few thousand entries
@@ -229,8 +265,22 @@ pub fn run(cluster: &Cluster, started: Instant, stop: &AtomicBool) -> SamplerSta
                 let epoch = state.epochs.get(&name).copied().unwrap_or(0);
                 stats.samples += 1;
                 let forked = [&status, &after].iter().any(|s| cluster.before_restore(&cookie_of(s, &name)));
+                let anchors = anchors_in(&text);
+                // The cookie before the search, which the replica searched had reached.
+                let before = cookie_of(&status, &name);
+                let csn = before.rsplit_once('#').and_then(|(_, c)| c.parse::<u64>().ok());
+                if let Some(csn) = csn.filter(|_| !forked) {
+                    let bumps = cluster.bumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(problem) = anchor_below_cookie(&bumps, &anchors, csn, restores) {
+                        stats.violations.push(format!(
+                            "at {:.1}s consumer{} agreement {name}: {problem}",
+                            started.elapsed().as_secs_f64(),
+                            node.index
+                        ));
+                    }
+                }
                 let watch = watches.entry((node.index, name.clone())).or_default();
-                if let Some(problem) = watch.check(region.anchors, epoch, &anchors_in(&text), forked, restores) {
+                if let Some(problem) = watch.check(region.anchors, epoch, &anchors, forked, restores) {
                     stats.violations.push(format!(
                         "at {:.1}s consumer{} agreement {name}: {problem}",
                         started.elapsed().as_secs_f64(),
@@ -297,6 +347,24 @@ mod tests {
         assert_eq!(p.check("refreshing", 3, t0), None);
         assert_eq!(p.check("idle", 3, t0 + STUCK_REFRESH / 2), None);
         assert_eq!(p.check("refreshing", 3, t0 + STUCK_REFRESH), None);
+    }
+
+    #[test]
+    fn an_anchor_behind_a_bump_its_cookie_covers_is_a_lost_change() {
+        let bump = |dn: &str, counter, csn, restores| Bump { dn: dn.into(), counter, csn, restores };
+        let bumps = [bump("a", 4, 10, 0), bump("b", 5, 12, 0), bump("a", 6, 20, 0), bump("a", 9, 30, 1)];
+        // At or past every bump its cookie covers; one past the cookie may be missing.
+        assert_eq!(anchor_below_cookie(&bumps, &sample(&[("a", 4), ("b", 5)]), 19, 0), None);
+        assert_eq!(anchor_below_cookie(&bumps, &sample(&[("a", 6), ("b", 5)]), 19, 0), None);
+        let lost = anchor_below_cookie(&bumps, &sample(&[("a", 4), ("b", 5)]), 20, 0).unwrap();
+        assert!(
+            lost.contains("a shows counter 4 under cookie csn 20") && lost.contains("acknowledged 6 at csn 20"),
+            "{lost}"
+        );
+        assert!(anchor_below_cookie(&bumps, &sample(&[("a", 6), ("b", 1)]), 25, 0).unwrap().contains("b shows"));
+        // Bumps of another restore count say nothing: the CSNs went to other changes.
+        assert_eq!(anchor_below_cookie(&bumps, &sample(&[("a", 1)]), 40, 2), None);
+        assert!(anchor_below_cookie(&bumps, &sample(&[("a", 8)]), 40, 1).is_some());
     }
 
     #[test]

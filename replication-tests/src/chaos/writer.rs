@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::cluster::{anchor_dns, Cluster, ANCHOR};
+use super::cluster::{anchor_dns, Bump, Cluster, ANCHOR};
 use crate::harness::{applied_count, bin};
 use crate::workload::{Workload, OTHERS, PEOPLE, SUFFIX};
 
@@ -66,6 +66,7 @@ pub fn run(cluster: &Cluster, mut work: Workload, rate: u32, stop: &AtomicBool) 
         ));
         let records = n + 1;
         fs::write(&file, &ldif)?;
+        let restores = cluster.restores.load(Ordering::SeqCst);
         let out = Command::new(bin("tether-provider")?)
             .arg("write")
             .arg("-c")
@@ -76,6 +77,12 @@ pub fn run(cluster: &Cluster, mut work: Workload, rate: u32, stop: &AtomicBool) 
             .context("running tether-provider write")?;
         if out.status.success() {
             stats.changes += records;
+            // The anchor bump is the batch's last record, whose CSN `write` prints.
+            let csn = String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().ok();
+            if let Some(csn) = csn.filter(|_| cluster.restores.load(Ordering::SeqCst) == restores) {
+                let bump = Bump { dn: anchor.clone(), counter: stats.last_counter, csn, restores };
+                cluster.bumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(bump);
+            }
         } else {
             stats.failed_writes += 1;
             stats.changes += applied_count(&String::from_utf8_lossy(&out.stderr)).unwrap_or(0);
