@@ -248,7 +248,10 @@ pub async fn reload(
         bail!(store_failed(&failure));
     }
     let config = ConsumerConfig::load(config_path)?;
-    let warnings = config.check_files()?;
+    let mut warnings = config.check_files()?;
+    // Agreements added since the start may need more files than the start found, and
+    // the operator adding them reads the reload's reply, not the start's log.
+    warnings.extend(check_open_files_limit(config.agreements.len()));
     for w in &warnings {
         warn!("{w}");
     }
@@ -324,8 +327,8 @@ pub async fn reload(
         format!("reloaded: {}", report.join(", "))
     };
     let mut reply = reload_report(msg, &running_config.restart_only_changes(&config), "consumer");
-    // A secret file others may read, said where the operator who wrote it looks (the
-    // log has it already, once).
+    // A secret file others may read, or too few open files for the agreements added,
+    // said where the operator who wrote the file looks (the log has it already, once).
     for w in warnings {
         reply += &format!("; warning: {w}");
     }
@@ -399,6 +402,23 @@ fn reload_reply(result: Result<String>) -> Result<String, String> {
 /// files, the control socket and its clients, the runtime's own (about 15 at rest).
 const FILES_BESIDES_AGREEMENTS: u64 = 64;
 
+/// Raises the open files limit as far as the hard limit allows (a no-op once it is
+/// there), and returns a warning when it is still low for `agreements`: past it,
+/// connections fail and commands time out, each separately and later.
+fn check_open_files_limit(agreements: usize) -> Option<String> {
+    let needed = FILES_BESIDES_AGREEMENTS.saturating_add(2 * agreements as u64);
+    match tether_config::shell::raise_open_files_limit() {
+        Ok(Some(limit)) if limit < needed => Some(format!(
+            "the open files limit of {limit} is low for {agreements} agreements: the consumer may need {needed} \
+             files (each agreement holds a connection, and the store and commands use up to \
+             {FILES_BESIDES_AGREEMENTS} besides), and past it connections fail and commands time out; raise the \
+             hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn)"
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!("could not raise the open files limit: {e}")),
+    }
+}
+
 /// Runs the consumer until a shutdown signal.
 pub async fn run(config_path: &Path) -> Result<()> {
     // Before anything can announce readiness: a SIGHUP that arrives right after
@@ -407,16 +427,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let config = ConsumerConfig::load(config_path)?;
     // Before the files are read: a low soft limit would fail them for want of
     // descriptors, and the agreements' connections and commands after them.
-    match tether_config::shell::raise_open_files_limit() {
-        Ok(Some(limit)) if limit < FILES_BESIDES_AGREEMENTS + 2 * config.agreements.len() as u64 => warn!(
-            open_files_limit = limit,
-            agreements = config.agreements.len(),
-            "the open files limit is low for this many agreements (each holds a connection, and the store and \
-             commands use up to {FILES_BESIDES_AGREEMENTS} besides): past it, connections fail and commands time \
-             out; raise the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn)"
-        ),
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "could not raise the open files limit"),
+    if let Some(w) = check_open_files_limit(config.agreements.len()) {
+        warn!("{w}");
     }
     for w in config.check_files()? {
         warn!("{w}");

@@ -295,16 +295,26 @@ fn a_flood_of_silent_connections_from_one_host_locks_out_no_client_of_another() 
 /// What a connection whose handshake's slot another took is told.
 const TAKEN: &str = "a connection from a source holding fewer handshakes took this one's slot";
 
+/// A process the test started, killed when the test ends, passed or failed.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `bin sub -c config` under `prlimit --nofile=nofile`, its log in `log`, and
-/// reads its open files limit once it says it is ready: whether it did, and the
-/// `Max open files` line of its limits. The process is killed after.
-fn open_files_limit(
+/// waits until it says it is ready: the process, and whether it did (it may have exited
+/// first). Its standard output is read on for as long as it runs.
+fn start_limited(
     nofile: &str,
     bin: &str,
     sub: &str,
     config: &std::path::Path,
     log: &std::path::Path,
-) -> Result<(bool, String)> {
+) -> Result<(Started, bool)> {
     use std::io::BufRead;
     let mut child = std::process::Command::new("prlimit")
         .arg(format!("--nofile={nofile}"))
@@ -316,14 +326,37 @@ fn open_files_limit(
         .stderr(std::fs::File::create(log)?)
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
-    // Both processes announce readiness on standard output.
-    let ready = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.starts_with("listening on") || l.starts_with("consumer running"));
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()))?;
-    child.kill()?;
-    child.wait()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready = false;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Both processes announce readiness on standard output.
+            if !ready && (line.starts_with("listening on") || line.starts_with("consumer running")) {
+                ready = true;
+                let _ = tx.send(true);
+            }
+        }
+        if !ready {
+            let _ = tx.send(false);
+        }
+    });
+    let child = Started(child);
+    let ready = rx.recv_timeout(LIMIT).unwrap_or(false);
+    Ok((child, ready))
+}
+
+/// Starts `bin sub -c config` as [`start_limited`] does and reads its open files limit
+/// once it says it is ready: whether it did, and the `Max open files` line of its
+/// limits.
+fn open_files_limit(
+    nofile: &str,
+    bin: &str,
+    sub: &str,
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> Result<(bool, String)> {
+    let (child, ready) = start_limited(nofile, bin, sub, config, log)?;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id()))?;
     let line = limits.lines().find(|l| l.starts_with("Max open files")).context("no open files limit")?;
     Ok((ready, line.to_owned()))
 }
@@ -365,6 +398,35 @@ fn the_consumer_raises_its_open_files_limit() -> Result<()> {
     let soft_hard: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(soft_hard, ["4096", "4096"], "raised to the hard limit: {line}");
     Ok(())
+}
+
+/// A reload that adds agreements past what the open files limit holds says so, in its
+/// reply and its log, as a start with that many agreements does: the start checked the
+/// limit against the agreements it had, and the operator adding more reads the reload's
+/// answer (which said only `added`).
+#[test]
+fn a_reload_adding_agreements_past_the_open_files_limit_says_so() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("c");
+    let agreements = |n: usize| -> Vec<Agreement> {
+        (0..n).map(|i| Agreement::persist(&format!("a{i}"), PEOPLE, PEOPLE_SECRET)).collect()
+    };
+    // No provider: the agreements retry meanwhile. The consumer counts 64 files besides
+    // its agreements and 2 for each, so 70 holds one agreement and not five.
+    let port = replication_tests::harness::free_port()?;
+    let c = Consumer::configure(&dir, port, &agreements(1))?;
+    let log = tmp.path().join("run.log");
+    let (_child, ready) = start_limited("70:70", "tether-consumer", "run", &c.config, &log)?;
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "the consumer started: {}", text());
+    assert!(!text().contains("open files limit"), "one agreement fits: {}", text());
+    Consumer::configure(&dir, port, &agreements(5))?;
+    let out = c.command_output("reload", &[])?;
+    let reply = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{reply}");
+    let warning = "the open files limit of 70 is low for 5 agreements: the consumer may need 74 files";
+    assert!(reply.contains("added a1") && reply.contains(warning), "{reply}");
+    wait_until(LIMIT, "the warning in the log", || Ok(text().contains(warning)))
 }
 
 /// A TCP health check (connect, close, nothing sent) is no failed handshake: the provider
