@@ -256,11 +256,20 @@ pub fn from_tcp(stream: TcpStream) -> std::io::Result<(MessageReader<OwnedReadHa
 /// provider already drops a session whose write makes no progress while nothing comes
 /// from the consumer, and the consumer one whose provider sends nothing: what they hear
 /// tells a slow peer from a dead one, which the kernel cannot.
+///
+/// Both times are capped at 32,767 s (about 9 hours): the kernel refuses a longer one, and
+/// the whole setting with it, so a keepalive timeout of ten hours left the socket
+/// without probes. Probing sooner than asked costs a few packets an hour.
 pub fn tune_tcp(stream: &TcpStream, idle: Duration, interval: Duration) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
+    let (idle, interval) = (idle.min(TCP_KEEPALIVE_MOST), interval.min(TCP_KEEPALIVE_MOST));
     sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle).with_interval(interval))?;
     Ok(())
 }
+
+/// The longest TCP keepalive idle time and probe interval Linux takes (`MAX_TCP_KEEPIDLE`
+/// and `MAX_TCP_KEEPINTVL`, 32,767 s each: about 9 hours).
+const TCP_KEEPALIVE_MOST: Duration = Duration::from_secs(32_767);
 
 /// Splits any stream (a TLS stream) into message halves over boxed streams: the types
 /// [`boxed_tcp`] gives for plain TCP, so the code above the transport is the same for
@@ -321,6 +330,24 @@ mod tests {
         assert!(matches!(reader.recv().await.unwrap(), Some(Message::Goodbye { reason: GoodbyeReason::Shutdown, .. })));
         assert_eq!(reader.recv().await.unwrap(), None);
         client.await.unwrap();
+    }
+
+    /// A keepalive timeout past what the kernel takes (Linux: 32,767 s, about 9 hours)
+    /// still turns TCP keepalive on, probing from the kernel's longest idle time: the
+    /// kernel refused the whole setting, and the socket went without probes.
+    #[tokio::test]
+    async fn tcp_keepalive_past_the_kernels_longest_probes_from_the_longest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        tune_tcp(&client, hours(10), hours(10)).unwrap();
+        let sock = socket2::SockRef::from(&client);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(32_767));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(32_767));
+        tune_tcp(&client, Duration::from_secs(60), Duration::from_secs(5)).unwrap();
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(5));
     }
 
     #[tokio::test]
