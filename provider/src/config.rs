@@ -95,8 +95,9 @@ pub struct ProviderConfig {
     #[serde(default = "default_max_connections", deserialize_with = "source::positive")]
     pub max_connections: usize,
     /// A connection that has not completed its handshake within this time is closed,
-    /// so a stalled or hostile client cannot hold a slot. Default `"10s"`.
-    #[serde(default = "default_handshake_timeout", deserialize_with = "source::positive_duration")]
+    /// so a stalled or hostile client cannot hold a slot. Default `"10s"`, at least
+    /// [`MIN_HANDSHAKE_TIMEOUT`].
+    #[serde(default = "default_handshake_timeout", deserialize_with = "handshake_timeout")]
     pub handshake_timeout: Duration,
     /// Largest frame accepted, in bytes, checked before anything is allocated; a bigger
     /// one closes that connection. Default `16777216` (16 MiB), at least `65536`.
@@ -260,6 +261,23 @@ fn default_hold_for_consumers() -> Duration {
 
 fn default_trim_interval() -> Duration {
     DEFAULT_TRIM_INTERVAL
+}
+
+/// The shortest `handshake_timeout`: a handshake is several round trips (TLS's, then
+/// the Tether challenge and answers), and `"1ns"` (taken as greater than zero) ended
+/// every one whose packets were a millisecond apart, so the provider served no consumer
+/// beyond its own host. The same second a connection past `max_connections` is given
+/// to hear its refusal, TLS handshake included.
+pub const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn handshake_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    source::parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
+        source::parse_duration_at_least(
+            text,
+            MIN_HANDSHAKE_TIMEOUT,
+            " (a handshake is several round trips, TLS's included)",
+        )
+    })
 }
 
 /// The shortest `changelog.trim_interval`: a trim reads the changelog's head and the
@@ -681,7 +699,7 @@ mod tests {
             ),
             (
                 format!("{MINIMAL}handshake_timeout = \"0s\""),
-                "key 'handshake_timeout': invalid duration \"0s\": must be greater than zero",
+                "key 'handshake_timeout': invalid duration \"0s\": must be at least 1s",
             ),
             (format!("{MINIMAL}[changelog]\nmax_changes = 0"), "key 'changelog.max_changes': must be at least 1"),
             (
@@ -731,6 +749,22 @@ mod tests {
             let want = format!("/etc/tether/provider.toml: {want}");
             assert!(got.starts_with(&want), "\n got: {got}\nwant: {want}\nfrom:\n{text}");
         }
+    }
+
+    /// A handshake limit of a few nanoseconds is refused as zero is: `"1ns"` passed as
+    /// greater than zero, and no connection with a millisecond between its packets (a
+    /// LAN's TLS handshake) finished its handshake in time, so the provider served nobody,
+    /// its consumers retrying for ever with `TLS handshake did not complete within the
+    /// handshake deadline` in its log.
+    #[test]
+    fn a_handshake_timeout_of_a_few_nanoseconds_is_refused_as_zero_is() {
+        assert_eq!(
+            refused(&format!("{MINIMAL}handshake_timeout = \"1ns\"")),
+            "/etc/tether/provider.toml: key 'handshake_timeout': invalid duration \"1ns\": must be at least 1s (a \
+             handshake is several round trips, TLS's included)"
+        );
+        assert!(refused(&format!("{MINIMAL}handshake_timeout = \"999ms\"")).contains("must be at least 1s"));
+        assert_eq!(parse(&format!("{MINIMAL}handshake_timeout = \"1s\"")).unwrap().handshake_timeout, secs(1));
     }
 
     /// A `max_connections` or `queue_len` past what the process can count (the largest
