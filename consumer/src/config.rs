@@ -51,6 +51,11 @@ const NOT_KEPT: &str = "maintained by an LDAP server and not kept by Tether (an 
                         see docs/ldif.md)";
 /// Default agreement `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// The shortest `idle_timeout`: a session it ends is made again, a connection, a
+/// handshake and a refresh, as a poll is. With keepalive on it must exceed the ping's
+/// interval, which is at least as long; with keepalive off, `"1ns"` (taken as greater
+/// than zero) ended every session as it began, and the agreement never persisted.
+pub const MIN_IDLE_TIMEOUT: Duration = MIN_POLL_INTERVAL;
 
 /// The whole of `consumer.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -121,8 +126,9 @@ pub struct AgreementConfig {
     pub secret_file: PathBuf,
     /// A session on which nothing at all arrives for this long is closed
     /// (`idle-timeout`) and reconnected per `retry`. Default `"5m"`; must exceed
-    /// `keepalive.interval`, since pings arrive that often on a healthy session.
-    #[serde(default = "default_idle_timeout", deserialize_with = "source::positive_duration")]
+    /// `keepalive.interval`, since pings arrive that often on a healthy session, and be
+    /// at least [`MIN_IDLE_TIMEOUT`].
+    #[serde(default = "default_idle_timeout", deserialize_with = "idle_timeout")]
     pub idle_timeout: Duration,
     /// Reconnect delays, as `"<delay> x<count>"` steps, the last possibly
     /// `"<delay> forever"`; jittered by ±20%. Default `["1s x5", "10s x10", "1m forever"]`.
@@ -205,6 +211,16 @@ pub struct AgreementTls {
 
 fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
     source::parse_str(d, "refresh-and-persist or refresh-only", |t| Mode::from_str(t).map_err(|e| e.to_string()))
+}
+
+fn idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    source::parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
+        source::parse_duration_at_least(
+            text,
+            MIN_IDLE_TIMEOUT,
+            " (a session on which nothing arrives for this long is ended and made again)",
+        )
+    })
 }
 
 fn default_cache_size() -> u64 {
@@ -873,6 +889,23 @@ secret_file = "people.key"
         );
         assert!(refused(&with("retry = [\"99ms x3\"]")).contains("delay 99ms is below the minimum of 100ms"));
         assert!(parse(&with("retry = [\"100ms x3\", \"1s forever\"]")).is_ok());
+    }
+
+    /// An idle limit of a few nanoseconds is refused as zero is: with keepalive off,
+    /// which alone lets it be shorter than a ping's interval, `"1ns"` passed as greater
+    /// than zero and ended every session as it began (`idle-timeout: nothing received
+    /// for 1ns` right after each refresh, and before it against a provider a millisecond
+    /// away), so the agreement never persisted and reconnected at every retry.
+    #[test]
+    fn an_idle_timeout_of_a_few_nanoseconds_is_refused_as_zero_is() {
+        let off = "[agreement.keepalive]\nenabled = false";
+        assert_eq!(
+            refused(&with(&format!("idle_timeout = \"1ns\"\n{off}"))),
+            "/etc/tether/consumer.toml: key 'agreement[0].idle_timeout': invalid duration \"1ns\": must be at least \
+             100ms (a session on which nothing arrives for this long is ended and made again)"
+        );
+        assert!(refused(&with(&format!("idle_timeout = \"99ms\"\n{off}"))).contains("must be at least 100ms"));
+        assert!(parse(&with(&format!("idle_timeout = \"100ms\"\n{off}"))).is_ok());
     }
 
     #[test]
