@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Limit on establishing the TCP connection, and separately on the TLS handshake.
+/// Limit on establishing the TCP connection, and on the TLS handshake, which counts
+/// against the session's handshake limit too (it shares one with the Tether handshake).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an attempt at one of a name's addresses goes on alone before the next

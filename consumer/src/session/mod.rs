@@ -39,6 +39,7 @@ use tether_protocol::message::{
 use tether_protocol::{Cookie, RefreshKind, ResumePoint, SearchSpec};
 use tether_store::{Replica, ReplicaStore, StoreError};
 use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
@@ -234,8 +235,13 @@ async fn run_session(
         }
     };
     status.update(|s| s.provider_proved_at = proved_at.map(rfc3339_of_ms));
-    let (mut reader, mut writer, reached) = match &cfg.network {
-        Network::Tcp => match connect_tcp(cfg, stop, status).await {
+    // One limit for the TLS and Tether handshakes together, as a provider's
+    // `handshake_timeout` is: each with its own, a peer that held the TLS handshake until
+    // just before its limit and then answered no `Hello` kept the session `connecting`
+    // for both, one after the other.
+    let limit = cfg.keepalive.map_or(CONNECT_TIMEOUT, |(_, t)| t.max(CONNECT_TIMEOUT));
+    let (mut reader, mut writer, reached, deadline) = match &cfg.network {
+        Network::Tcp => match connect_tcp(cfg, stop, status, limit).await {
             Ok(connected) => connected,
             Err(ended) => return ended,
         },
@@ -247,7 +253,7 @@ async fn run_session(
                 r = connect => match r {
                     Ok(Ok(s)) => {
                         let (reader, writer) = connection::boxed(s);
-                        (reader, writer, None)
+                        (reader, writer, None, Instant::now() + limit)
                     }
                     Ok(Err(e)) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) },
                     Err(_) => return Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: timed out", cfg.provider)) },
@@ -272,8 +278,8 @@ async fn run_session(
     };
     let role = Role::Consumer { agreement: cfg.name.clone(), mode: cfg.mode, cookie, spec: cfg.spec.clone(), resume };
     let hello = Hello { versions: SUPPORTED_VERSIONS.to_vec(), client_id: cfg.client_id.clone(), role };
-    let limit = cfg.keepalive.map_or(CONNECT_TIMEOUT, |(_, t)| t.max(CONNECT_TIMEOUT));
-    let handshake = client_handshake(&mut reader, &mut writer, &hello, &cfg.secret, proof, limit);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let handshake = client_handshake(&mut reader, &mut writer, &hello, &cfg.secret, proof, left);
     let welcome = tokio::select! {
         biased;
         _ = stop.token.cancelled() => return Ended { connected: false, ..stop.ended(", while handshaking") },
@@ -425,12 +431,19 @@ async fn run_session(
     Ended { session: Some(welcome.session_id), ..ended }
 }
 
-/// Connects over the OS's TCP, tunes the socket and runs the TLS handshake if configured.
+/// The halves of a connection to the provider, the address that answered, and when its
+/// handshakes must be done.
+type Connected = (MessageReader<BoxedRead>, MessageWriter<BoxedWrite>, Option<SocketAddr>, Instant);
+
+/// Connects over the OS's TCP, tunes the socket and runs the TLS handshake if configured,
+/// within [`CONNECT_TIMEOUT`] and the `limit` it shares with the Tether handshake, whose
+/// deadline it returns.
 async fn connect_tcp(
     cfg: &SessionConfig,
     stop: &StopSignal,
     status: &StatusHandle,
-) -> Result<(MessageReader<BoxedRead>, MessageWriter<BoxedWrite>, Option<SocketAddr>), Ended> {
+    limit: Duration,
+) -> Result<Connected, Ended> {
     let stream = tokio::select! {
         _ = stop.token.cancelled() => return Err(Ended { connected: false, ..stop.ended(", while connecting") }),
         r = transport::connect(&cfg.provider, &cfg.failed_addresses) => match r {
@@ -438,6 +451,7 @@ async fn connect_tcp(
             Err(e) => return Err(Ended { connected: false, ..Ended::new(Reason::ConnectionLost, format!("connect {}: {e}", cfg.provider)) }),
         },
     };
+    let deadline = Instant::now() + limit;
     let reached = stream.peer_addr().ok();
     if let Some((interval, timeout)) = cfg.keepalive {
         if let Err(e) = connection::tune_tcp(&stream, timeout, interval) {
@@ -453,7 +467,8 @@ async fn connect_tcp(
         // connect: `connection-lost`, retried per the schedule (a renewed certificate or
         // a corrected CA file and a reload can fix it), with the TLS error as detail.
         Some(tls) => {
-            let handshake = tokio::time::timeout(CONNECT_TIMEOUT, tls.handshake(stream));
+            let handshake =
+                tokio::time::timeout_at(deadline.min(Instant::now() + CONNECT_TIMEOUT), tls.handshake(stream));
             // Something answered, and did not prove itself: what answered last time (and
             // which version it spoke) is no longer what status may say answers.
             let tls_failed = |detail: String| {
@@ -479,7 +494,7 @@ async fn connect_tcp(
             }
         }
     };
-    Ok((halves.0, halves.1, reached))
+    Ok((halves.0, halves.1, reached, deadline))
 }
 
 /// Where a provider named by a host name answered, for the messages of a session that
@@ -821,6 +836,57 @@ mod tests {
         provider.await.unwrap();
         assert!(ended.connected, "{ended:?}");
         assert_eq!(cfg.failed_addresses.last(vec![addr, other]), [addr, other]);
+    }
+
+    /// The TLS and Tether handshakes share one limit, as on the provider: a peer that
+    /// held the TLS handshake until just before its limit and then answered no `Hello`
+    /// kept the session `connecting` for the two limits one after the other.
+    #[tokio::test]
+    async fn the_tls_and_tether_handshakes_share_one_limit() {
+        let (dir, store, replica) = empty_replica();
+        let (mut cfg, _) = piped(Mode::RefreshOnly);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let trust = crate::config::AgreementTls { ca_file, server_name: None };
+        cfg.tls = Some(TlsClient::new(&trust, "127.0.0.1").unwrap());
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let served = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        cfg.network = Network::Tcp;
+        cfg.provider = listener.local_addr().unwrap().to_string();
+        // Keepalive off: the handshake's limit is then the TLS handshake's own.
+        cfg.keepalive = None;
+        let held = CONNECT_TIMEOUT - Duration::from_secs(1);
+        // The peer: holds the TLS handshake, then reads the `Hello` and answers nothing.
+        let peer = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(held).await;
+            let stream = tokio_rustls::TlsAcceptor::from(Arc::new(served)).accept(stream).await.unwrap();
+            let (mut r, _w) = connection::boxed(stream);
+            let _ = r.recv().await;
+            std::future::pending::<()>().await;
+        });
+        let started = Instant::now();
+        let ended = session_ended(&cfg, &store, &replica).await;
+        let took = started.elapsed();
+        peer.abort();
+        assert!(ended.detail.starts_with("handshake: handshake did not complete within"), "{ended:?}");
+        assert!(
+            took < CONNECT_TIMEOUT + held / 2,
+            "the session ended after {took:?}, past the one limit of {CONNECT_TIMEOUT:?}"
+        );
     }
 
     /// A poll whose refresh is durable and acknowledged ends itself if the provider's
