@@ -210,7 +210,11 @@ impl Refresh {
             match &mut self.phase {
                 Phase::Done => return Ok(None),
                 Phase::Scan { cursor } => {
-                    let (page, next) = dir.entries().encoded_page(&self.spec, cursor.as_deref(), self.batch_size)?;
+                    // Bounded in bytes too: the page is held whole while it is split
+                    // into messages, and `batch_size` entries near the frame limit
+                    // were gigabytes.
+                    let (page, next) =
+                        dir.entries().encoded_page(&self.spec, cursor.as_deref(), self.batch_size, BATCH_BYTES)?;
                     // Asked after the read: at or after every write whose effect the page
                     // saw, an entry changed or one gone (deleted, or moved elsewhere).
                     let seen = dir.newest_committed();
@@ -239,7 +243,8 @@ impl Refresh {
                     }
                 }
                 Phase::Changes { delta } => {
-                    let ops = delta.next_encoded(dir.entries(), self.batch_size, &|| dir.newest_committed())?;
+                    let ops =
+                        delta.next_encoded(dir.entries(), self.batch_size, BATCH_BYTES, &|| dir.newest_committed())?;
                     // An entry read may hold a later write not yet durable: it must be
                     // before the entry is sent (as in the scan).
                     dir.sync(delta.newest_read())?;
@@ -673,6 +678,51 @@ mod tests {
         assert!(batches >= 2, "the big entries did not fit one batch");
     }
 
+    /// A refresh reads no more than about a batch's bytes of entries at a time, however
+    /// large `batch_size` is: a scan page and a delta's batch are held whole while they
+    /// are split into messages, and counted in entries alone they held `batch_size`
+    /// entries of up to 16 MiB each (500 of them: 8 GiB for one session).
+    #[test]
+    fn a_refresh_holds_about_a_batch_s_bytes_of_large_entries_at_a_time_whatever_the_batch_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let before = dir.cookie();
+        let big = "x".repeat(BATCH_BYTES / 2);
+        for i in 0..4 {
+            let uid = format!("big{i}");
+            dir.write(&add(
+                &format!("uid={uid},ou=people,dc=example,dc=com"),
+                &[("objectClass", "inetOrgPerson"), ("uid", &uid), ("cn", &uid), ("sn", "T"), ("description", &big)],
+            ))
+            .unwrap();
+        }
+        let bytes = |msg: &Outbound| match msg {
+            Outbound::Encoded(m) => m.as_bytes().len(),
+            Outbound::Message(m) => tether_protocol::codec::encode(m).unwrap().len(),
+        };
+        for (kind, cookie) in [(RefreshKind::Full, None), (RefreshKind::Delta, Some(&before))] {
+            let mut refresh = Refresh::plan(&dir, spec(), cookie, None, 10_000).unwrap();
+            assert_eq!(refresh.kind(), kind);
+            let (mut most, mut upserts) = (0, 0);
+            while let Some(msg) = refresh.next_message(&dir).unwrap() {
+                // What this step read: the message handed out and those it left queued.
+                let held = bytes(&msg) + refresh.pending.iter().map(bytes).sum::<usize>();
+                most = most.max(held);
+                if let Message::Batch { ops } = msg.into_message().unwrap() {
+                    upserts += ops.iter().filter(|op| matches!(op, ReplOp::Upsert(_))).count();
+                }
+            }
+            let expected = if kind == RefreshKind::Full { PEOPLE + 4 + 1 } else { 4 };
+            assert_eq!(upserts, expected, "every entry of the {kind:?} refresh is sent");
+            assert!(
+                most <= BATCH_BYTES + BATCH_BYTES / 2 + 64 * 1024,
+                "a step of the {kind:?} refresh held {most} bytes of entries: a batch's {BATCH_BYTES} and one \
+                 entry of {} at most",
+                BATCH_BYTES / 2
+            );
+        }
+    }
+
     /// A present page names its unchanged entries by UUID, 16 bytes each, all of them in
     /// one message: with a `batch_size` of a million or more (the configuration sets no
     /// upper bound), a page of a region that large outgrew a frame, and every present
@@ -689,7 +739,7 @@ mod tests {
         let mut refresh = Refresh::plan(&dir, spec(), Some(&cookie), None, 2_000_000).unwrap();
         assert_eq!(refresh.kind(), RefreshKind::Present);
         // A page as the scan of a region of that many unchanged entries reads it.
-        let (mut first, _) = dir.entries().encoded_page(&spec(), None, 1).unwrap();
+        let (mut first, _) = dir.entries().encoded_page(&spec(), None, 1, usize::MAX).unwrap();
         let unchanged = first.remove(0);
         refresh.queue_page(vec![unchanged; 1_100_000]).unwrap();
         let mut named = 0;

@@ -226,22 +226,27 @@ impl Delta {
     /// Up to `max` operations; an empty batch means the delta is exhausted. `committed`
     /// is the store's newest committed CSN (see [`Delta::next_encoded`]).
     pub fn next_batch(&mut self, entries: &EntrySet, max: usize, committed: &dyn Fn() -> Csn) -> Result<Vec<ReplOp>> {
-        self.next_encoded(entries, max, committed)?.iter().map(decoded).collect()
+        self.next_encoded(entries, max, usize::MAX, committed)?.iter().map(decoded).collect()
     }
 
-    /// [`Delta::next_batch`] with entries as stored, ready for a message. An entry found
-    /// gone was removed at a CSN nothing records any more; `committed`, asked once the
-    /// batch's entries are read, gives one at or after it (the store's newest committed
-    /// CSN: see `op_for_found` for why its deletes carry it).
+    /// [`Delta::next_batch`] with entries as stored, ready for a message, ending early
+    /// once the operations hold `max_bytes` or more (always at least one): counted in
+    /// operations alone, a batch of entries near the frame limit held `max` of them at
+    /// once. An entry found gone was removed at a CSN nothing records any more;
+    /// `committed`, asked once the batch's entries are read, gives one at or after it
+    /// (the store's newest committed CSN: see `op_for_found` for why its deletes carry
+    /// it).
     pub fn next_encoded(
         &mut self,
         entries: &EntrySet,
         max: usize,
+        max_bytes: usize,
         committed: &dyn Fn() -> Csn,
     ) -> Result<Vec<EncodedOp>> {
         let mut batch = Vec::new();
         let mut gone = Vec::new();
-        while batch.len() < max {
+        let mut bytes = 0usize;
+        while batch.len() < max && bytes < max_bytes {
             let Some(c) = self.order.next() else { break };
             let found = entries.locate_encoded(&c.uuid, Some(&c.key))?;
             let state = match &found {
@@ -254,6 +259,7 @@ impl Delta {
                 if found.is_none() {
                     gone.push(batch.len());
                 }
+                bytes = bytes.saturating_add(op.size());
                 batch.push(op);
             }
         }

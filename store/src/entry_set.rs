@@ -212,13 +212,20 @@ impl EntrySet {
             let found = self.get(&spec.base)?.filter(|e| spec.filter.matches(e)).map(|e| spec.project(e));
             return Ok((found.into_iter().collect(), None));
         }
-        self.page_of(&prefix, after, max, |key, value| {
-            if !spec.scope.contains_key(&prefix, key) {
-                return Ok(None);
-            }
-            let entry: Entry = decode(ENTRIES, value)?;
-            Ok(spec.filter.matches(&entry).then(|| spec.project(entry)))
-        })
+        self.page_of(
+            &prefix,
+            after,
+            max,
+            usize::MAX,
+            |_| 0,
+            |key, value| {
+                if !spec.scope.contains_key(&prefix, key) {
+                    return Ok(None);
+                }
+                let entry: Entry = decode(ENTRIES, value)?;
+                Ok(spec.filter.matches(&entry).then(|| spec.project(entry)))
+            },
+        )
     }
 
     /// [`EntrySet::search_page`] with each entry as the codec encodes it, ready to go
@@ -226,31 +233,47 @@ impl EntrySet {
     /// entries ([`SearchSpec::takes_whole_entries`]) the stored bytes are passed on as
     /// they are, deciding the scope from the key: a refresh then costs the provider a
     /// copy per entry instead of a decode and an encode.
+    ///
+    /// The page ends at `max` entries or once it holds `max_bytes` (always at least one
+    /// entry): counted in entries alone, a page of entries near the frame limit held
+    /// `max` of them at once, 16 MiB each, before the caller split them into messages.
     pub fn encoded_page(
         &self,
         spec: &SearchSpec,
         after: Option<&[u8]>,
         max: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Vec<u8>>, Option<DnKey>)> {
-        if !spec.takes_whole_entries() || spec.scope == Scope::Base {
+        if spec.scope == Scope::Base {
             let (page, next) = self.search_page(spec, after, max)?;
             let encoded = page.iter().map(|e| encode(ENTRIES, e)).collect::<Result<_>>()?;
             return Ok((encoded, next));
         }
         let prefix = spec.base.tree_key();
-        self.page_of(&prefix, after, max, |key, value| {
-            Ok(spec.scope.contains_key(&prefix, key).then(|| value.to_vec()))
+        let whole = spec.takes_whole_entries();
+        self.page_of(&prefix, after, max, max_bytes, Vec::len, |key, value| {
+            if !spec.scope.contains_key(&prefix, key) {
+                return Ok(None);
+            }
+            if whole {
+                return Ok(Some(value.to_vec()));
+            }
+            let entry: Entry = decode(ENTRIES, value)?;
+            spec.filter.matches(&entry).then(|| encode(ENTRIES, &spec.project(entry))).transpose()
         })
     }
 
     /// Up to `max` items of the records under the key `prefix` after the key `after`
-    /// (exclusive), in tree order; `take` makes an item of a record or skips it. Returns
-    /// the key to continue from, `None` once the prefix is exhausted.
+    /// (exclusive), in tree order, ending early once the items weigh `max_bytes` or more
+    /// by `weigh`; `take` makes an item of a record or skips it. Returns the key to
+    /// continue from, `None` once the prefix is exhausted.
     fn page_of<T>(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         max: usize,
+        max_bytes: usize,
+        weigh: impl Fn(&T) -> usize,
         mut take: impl FnMut(&[u8], &[u8]) -> Result<Option<T>>,
     ) -> Result<(Vec<T>, Option<DnKey>)> {
         let range = match after {
@@ -258,14 +281,16 @@ impl EntrySet {
             None => self.entries.range(prefix..),
         };
         let mut page = Vec::new();
+        let mut bytes = 0usize;
         for item in range {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
                 return Ok((page, None));
             }
             if let Some(t) = take(&key, &value)? {
+                bytes = bytes.saturating_add(weigh(&t));
                 page.push(t);
-                if page.len() >= max {
+                if page.len() >= max || bytes >= max_bytes {
                     return Ok((page, Some(key.to_vec())));
                 }
             }

@@ -217,7 +217,7 @@ mod tests {
         }
         // The delta reads the same way.
         let mut delta = d.changelog().delta(Csn(first.0 - 1), second, &spec).unwrap();
-        let ops = delta.next_encoded(d.entries(), 10, &|| d.newest_committed()).unwrap();
+        let ops = delta.next_encoded(d.entries(), 10, usize::MAX, &|| d.newest_committed()).unwrap();
         let csns: Vec<Csn> = ops
             .iter()
             .map(|op| match op {
