@@ -196,6 +196,12 @@ impl Refresh {
         self.sent
     }
 
+    /// Where the scan's catch-up begins: the start a consumer interrupted in a full or
+    /// present refresh presents to resume it.
+    pub fn start(&self) -> Csn {
+        self.start
+    }
+
     /// The position the consumer will be at after `RefreshDone`.
     pub fn end(&self) -> Csn {
         self.end

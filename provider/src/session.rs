@@ -451,6 +451,14 @@ impl<R: AsyncRead + Unpin> Session<'_, R> {
                 Err(e) => return self.store_error(&e),
             }
         }
+        if refresh.kind().replaces_replica() {
+            // Its start is what the consumer presents to resume it if it is cut short,
+            // and must hold back trimming while the consumer is away, as a cookie does:
+            // a consumer in its first refresh has no cookie, and one in a present
+            // refresh has one below the floor, which holds nothing. Neither held the
+            // start, and a trim by age while it was away made it start over.
+            self.record_position(refresh.start());
+        }
         let scan_resume = self.req.resume.as_ref().is_some_and(|r| r.kind.replaces_replica());
         if scan_resume && !refresh.resumed() {
             info!("the interrupted refresh cannot be resumed (the changelog was trimmed past its start, or it began in another store or another history of it)");
@@ -1282,6 +1290,88 @@ mod tests {
         );
         cancel.cancel();
         assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::Shutdown));
+    }
+
+    /// A consumer whose first full refresh (no cookie yet) was cut short resumes it
+    /// when it comes back, though age-based trimming ran while it was away: the
+    /// refresh's start holds the changelog back as a recorded position does, for
+    /// `hold_for_consumers`. Nothing was recorded for a consumer without a cookie, so
+    /// a trim once a write made after the start was older than `max_age` took the
+    /// start, and the refresh began again from the first entry (a reload of a million
+    /// entries restarted from nothing).
+    #[tokio::test]
+    async fn an_interrupted_first_refresh_resumes_after_an_age_trim_while_its_consumer_was_away() {
+        let (_store, dir, _) = directory_with_suffix();
+        for i in 0..5 {
+            let mut attrs = tether_protocol::Attributes::new();
+            attrs.add("objectClass", [tether_protocol::Value::from("organizationalUnit")]).unwrap();
+            attrs.add("ou", [tether_protocol::Value::from(format!("unit{i}"))]).unwrap();
+            let dn = tether_protocol::Dn::parse(&format!("ou=unit{i},dc=example,dc=com")).unwrap();
+            dir.write(&tether_protocol::Change::Add { dn, attrs }).unwrap();
+        }
+        let spec = SearchSpec::subtree(dir.suffix().clone());
+        let session = |resume: Option<ResumePoint>| {
+            let (mut req, reg, mut params) =
+                session_setup(Mode::RefreshAndPersist, dir.cookie(), spec.clone(), &CancellationToken::new());
+            req.cookie = None;
+            req.resume = resume;
+            params.batch_size = 1;
+            let (provider_side, consumer_side) = tokio::io::duplex(64 * 1024);
+            let (from_consumer, to_consumer) = tokio::io::split(provider_side);
+            let run = tokio::spawn(run(
+                dir.clone(),
+                MessageReader::new(from_consumer),
+                MessageWriter::new(to_consumer),
+                req,
+                reg,
+                params,
+            ));
+            (run, consumer_side)
+        };
+
+        let (first, consumer) = session(None);
+        let (consumer_reads, consumer_writes) = tokio::io::split(consumer);
+        let mut reader = MessageReader::new(consumer_reads);
+        let resume = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(Message::RefreshProgress { resume }) = reader.recv().await.unwrap() {
+                    return resume;
+                }
+            }
+        })
+        .await
+        .expect("a first page of the scan, and its progress");
+        assert!(resume.cursor.is_some(), "the scan is under way");
+        // The consumer goes away mid-scan.
+        drop((reader, consumer_writes));
+        let end = tokio::time::timeout(Duration::from_secs(10), first).await.unwrap().unwrap();
+        assert!(matches!(end, SessionEnd::ConnectionLost(_)), "{end:?}");
+
+        // A write after the refresh began; then trimming, once it is older than
+        // `max_age` but the consumer left well within `hold_for_consumers`.
+        write_outside(&dir, 0);
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let hour = Duration::from_secs(3600);
+        let policy = tether_store::RetentionPolicy {
+            max_changes: None,
+            max_age: Some(hour),
+            hold_for_consumers: 24 * hour,
+            up_since_ms: 0,
+        };
+        let later = now_ms + 2 * 3_600_000;
+        let floor = dir.trim(&policy, later).unwrap().floor;
+        let start = resume.start.csn;
+
+        let (second, consumer) = session(Some(resume));
+        let (consumer_reads, _consumer_writes) = tokio::io::split(consumer);
+        let mut reader = MessageReader::new(consumer_reads);
+        let begin = tokio::time::timeout(Duration::from_secs(10), reader.recv()).await.unwrap().unwrap();
+        assert_eq!(
+            begin,
+            Some(Message::RefreshBegin { kind: RefreshKind::Full, resumed: true }),
+            "the changelog was trimmed to {floor}, the refresh began at {start}"
+        );
+        second.abort();
     }
 
     /// A directory holding its suffix entry, in a folder of its own, and its cookie.
