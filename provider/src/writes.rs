@@ -136,7 +136,11 @@ pub async fn run<R, W>(
     let _abort = AbortOnDrop(read_task);
     let mut held: Option<Message> = None;
     loop {
-        let msg = match held.take() {
+        // A request held back when a group was taken (a search or a ping pipelined behind
+        // writes) is answered only if the grant still stands once the group is: a reload
+        // that revoked it meanwhile ends the session here, as it does before a request
+        // read now.
+        let msg = match held.take().filter(|_| !cancel.is_cancelled()) {
             Some(m) => Ok(Ok(Some(m))),
             // Biased: once the grant is revoked or the provider stops, no write that
             // arrived beside the cancel is applied (an unbiased select picks a ready
@@ -216,7 +220,7 @@ pub async fn run<R, W>(
                 };
                 send_results(&mut writer, results).await
             }
-            Message::SearchRequest { id, spec } => search(&dir, &mut writer, id, &spec).await,
+            Message::SearchRequest { id, spec } => search(&dir, &mut writer, id, &spec, &cancel).await,
             Message::Ping { seq } => send(&mut writer, &Message::Pong { seq }).await,
             Message::Goodbye { .. } => return,
             other => {
@@ -248,15 +252,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Answers a search page by page until the region is read, or the grant is revoked or
+/// the provider stops (`cancel`): the answer then ends without its `SearchDone`, and the
+/// caller says goodbye. Read to the end, a region of a million entries went on to a
+/// client whose grant a reload had taken away, and held up the provider's shutdown.
 async fn search<W: AsyncWrite + Unpin>(
     dir: &Directory,
     writer: &mut MessageWriter<W>,
     id: u64,
     spec: &tether_protocol::SearchSpec,
+    cancel: &CancellationToken,
 ) -> bool {
     let mut cursor: Option<Vec<u8>> = None;
     let mut count = 0u64;
     loop {
+        if cancel.is_cancelled() {
+            return true;
+        }
         let (entries, next) =
             match dir.failure().observe(dir.entries().search_page(spec, cursor.as_deref(), SEARCH_PAGE)) {
                 Ok(page) => page,
@@ -338,11 +350,124 @@ mod tests {
                 }
             }
         });
-        let answered = search(&dir, &mut writer, 7, &spec).await;
+        let answered = search(&dir, &mut writer, 7, &spec, &CancellationToken::new()).await;
         drop((provider_reader, writer));
         let got = tokio::time::timeout(Duration::from_secs(30), read).await.unwrap().unwrap();
         assert!(answered, "the search's answer could not be sent");
         assert_eq!(got, Ok((4, 4)), "every entry and the count");
+    }
+
+    /// A search a client pipelined behind its writes is not answered once a reload has
+    /// revoked the writer's grant while those writes were applied: the client gets
+    /// their results, then the goodbye. The search, held back when the group was taken,
+    /// was answered without a look at the revocation, and a client whose grant was
+    /// gone read the directory (the writes before the revocation are answered, as
+    /// every write taken is).
+    #[tokio::test]
+    async fn a_search_pipelined_behind_writes_is_not_answered_once_the_grant_is_revoked() {
+        use tether_protocol::SearchSpec;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
+        for change in changes("dn: dc=example,dc=com\nchangetype: add\nobjectClass: domain\ndc: example\n") {
+            dir.write(&change).unwrap();
+        }
+        let before = dir.durable_csn();
+        // Both requests are on the wire before the session reads; its answers go through
+        // a pipe narrower than one of them, so none is sent whole before the client reads.
+        let (mut client_sends, provider_reads) = tokio::io::duplex(64 * 1024);
+        let (provider_writes, client_reads) = tokio::io::duplex(16);
+        let mut to_provider = MessageWriter::new(&mut client_sends);
+        let [write] =
+            changes("dn: ou=people,dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: people\n")
+                .try_into()
+                .unwrap();
+        to_provider.send(&Message::WriteRequest { id: 1, change: write }).await.unwrap();
+        let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
+        to_provider.send(&Message::SearchRequest { id: 2, spec }).await.unwrap();
+        let cancel = CancellationToken::new();
+        let session = tokio::spawn(run(
+            dir.clone(),
+            MessageReader::new(provider_reads),
+            MessageWriter::new(provider_writes),
+            cancel.clone(),
+            || Some(GoodbyeReason::CredentialsRevoked),
+            Duration::from_secs(60),
+        ));
+        // The write is applied (its answer waits for the client to read): the reload
+        // revokes the grant now.
+        let applied = tokio::time::timeout(Duration::from_secs(10), async {
+            while dir.durable_csn() == before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        applied.await.expect("the write to be applied");
+        cancel.cancel();
+        let mut reader = MessageReader::new(client_reads);
+        let mut seen = Vec::new();
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), reader.recv()).await.unwrap().unwrap() {
+            seen.push(match msg {
+                Message::Goodbye { reason, .. } => format!("goodbye {}", reason.as_str()),
+                other => other.name().to_owned(),
+            });
+        }
+        tokio::time::timeout(Duration::from_secs(10), session).await.unwrap().unwrap();
+        assert_eq!(seen, ["write-result", "goodbye credentials-revoked"]);
+    }
+
+    /// A search under way when a reload revokes the writer's grant stops at its next
+    /// page, and the client is told goodbye: it went on to the end of the region,
+    /// however large, for a client whose grant was gone.
+    #[tokio::test]
+    async fn a_search_under_way_stops_at_its_next_page_once_the_grant_is_revoked() {
+        use tether_protocol::SearchSpec;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
+        let mut text = String::from("dn: dc=example,dc=com\nchangetype: add\nobjectClass: domain\ndc: example\n");
+        for i in 0..3 * SEARCH_PAGE {
+            text += &format!(
+                "\ndn: ou=u{i},dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: u{i}\n"
+            );
+        }
+        let written = dir.write_group(&changes(&text));
+        assert!(written.iter().all(Result::is_ok));
+        dir.sync(dir.newest_committed()).unwrap();
+        let (mut client_sends, provider_reads) = tokio::io::duplex(64 * 1024);
+        let (provider_writes, client_reads) = tokio::io::duplex(16);
+        let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
+        MessageWriter::new(&mut client_sends).send(&Message::SearchRequest { id: 2, spec }).await.unwrap();
+        let cancel = CancellationToken::new();
+        let session = tokio::spawn(run(
+            dir.clone(),
+            MessageReader::new(provider_reads),
+            MessageWriter::new(provider_writes),
+            cancel.clone(),
+            || Some(GoodbyeReason::CredentialsRevoked),
+            Duration::from_secs(60),
+        ));
+        let mut reader = MessageReader::new(client_reads);
+        async fn next(reader: &mut MessageReader<tokio::io::DuplexStream>) -> Option<Message> {
+            tokio::time::timeout(Duration::from_secs(10), reader.recv()).await.unwrap().unwrap()
+        }
+        let first = next(&mut reader).await;
+        assert!(matches!(first, Some(Message::SearchEntries { .. })), "{first:?}");
+        // The reload revokes the grant while the answer streams.
+        cancel.cancel();
+        let mut seen = vec!["search-entries".to_owned()];
+        while let Some(msg) = next(&mut reader).await {
+            seen.push(match msg {
+                Message::Goodbye { reason, .. } => format!("goodbye {}", reason.as_str()),
+                other => other.name().to_owned(),
+            });
+        }
+        tokio::time::timeout(Duration::from_secs(10), session).await.unwrap().unwrap();
+        assert_eq!(seen.last().map(String::as_str), Some("goodbye credentials-revoked"), "{seen:?}");
+        let pages = seen.iter().filter(|m| *m == "search-entries").count();
+        assert!(
+            pages <= 2 && !seen.iter().any(|m| m == "search-done"),
+            "the search went on after the revocation: {seen:?}"
+        );
     }
 
     #[test]
