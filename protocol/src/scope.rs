@@ -14,7 +14,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::dn::{Dn, TREE_KEY_SEPARATOR};
-use crate::entry::Entry;
+use crate::entry::operational::{operational_name, ENTRY_UUID};
+use crate::entry::{attribute_key, Entry};
 use crate::filter::Filter;
 
 /// How far below the base a search reaches.
@@ -100,14 +101,23 @@ impl SearchSpec {
 
     /// Whether `other` is the same region, however it is spelled: attribute names
     /// compared without case, in the filter and in the list, the filter's values as its
-    /// matching compares them ([`Filter::canonical`]), and the list as a set that
-    /// always holds `objectClass` (it is always kept). A replica whose region changes is
+    /// matching compares them ([`Filter::canonical`]), and the list as a set of
+    /// attributes with their options in any order ([`attribute_key`]) that always holds
+    /// `objectClass` (it is always kept) and never `entryUUID` (kept beside the
+    /// attributes, whether or not the list names it). A replica whose region changes is
     /// reloaded in full and refused to searches until then; respelling its region in the
-    /// configuration must cost neither.
+    /// configuration must cost neither. Compared as spelled at each start, so a region
+    /// an older build recorded compares the same way.
     pub fn same_region(&self, other: &SearchSpec) -> bool {
         fn kept(attrs: &[String]) -> Option<std::collections::BTreeSet<String>> {
-            (!attrs.is_empty())
-                .then(|| attrs.iter().map(|a| a.to_ascii_lowercase()).chain(["objectclass".to_owned()]).collect())
+            (!attrs.is_empty()).then(|| {
+                attrs
+                    .iter()
+                    .filter(|a| operational_name(a) != Some(ENTRY_UUID))
+                    .map(|a| attribute_key(a))
+                    .chain(["objectclass".to_owned()])
+                    .collect()
+            })
         }
         self.base == other.base
             && self.scope == other.scope
@@ -200,6 +210,34 @@ mod tests {
         assert!(!all.same_region(&spec("dc=example,dc=com", "(objectClass=*)", &["objectClass"])));
         let one_level = SearchSpec { scope: Scope::One, ..all.clone() };
         assert!(!all.same_region(&one_level));
+    }
+
+    /// An attribute's options in another order name the same attribute, and `entryUUID`
+    /// in the list keeps nothing the list does not (every entry's UUID is kept beside its
+    /// attributes, listed or not): respelled so, a region was reloaded in full.
+    #[test]
+    fn a_region_is_the_same_whatever_the_order_of_options_and_whether_it_names_entry_uuid() {
+        let spec = |attrs: &[&str]| SearchSpec {
+            attrs: attrs.iter().map(|a| (*a).to_owned()).collect(),
+            ..SearchSpec::subtree(Dn::parse("ou=people,dc=example,dc=com").unwrap())
+        };
+        let region = spec(&["cn", "description;lang-en;x-draft"]);
+        for same in [
+            spec(&["cn", "description;x-draft;lang-en"]),
+            spec(&["cn", "Description;X-Draft;Lang-EN"]),
+            spec(&["cn", "description;lang-en;x-draft", "entryUUID"]),
+            spec(&["cn", "description;lang-en;x-draft", "1.3.6.1.1.16.4"]),
+        ] {
+            assert!(region.same_region(&same), "{same:?}");
+            assert!(same.same_region(&region), "{same:?}");
+        }
+        for other in [spec(&["cn", "description;lang-en"]), spec(&["cn", "description;lang-fr;x-draft"])] {
+            assert!(!region.same_region(&other), "{other:?}");
+        }
+        // A list of entryUUID alone keeps objectClass, as a list of objectClass does,
+        // and not every attribute, as no list does.
+        assert!(spec(&["entryUUID"]).same_region(&spec(&["objectClass"])));
+        assert!(!spec(&["entryUUID"]).same_region(&spec(&[])));
     }
 
     #[test]
