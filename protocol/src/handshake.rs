@@ -229,16 +229,45 @@ fn tenths(limit: Duration) -> Duration {
     Duration::from_millis(u64::try_from(shown).unwrap_or(u64::MAX))
 }
 
+/// How long a handshake may take: when it must be done, and the limit its timeout
+/// names. The two differ when the handshake shares its limit with a TLS handshake
+/// before it: what is left may be a second of ten, and an error saying "within 1s"
+/// sent an operator after a limit no file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// When the handshake must be done.
+    deadline: Instant,
+    /// The whole limit, as configured.
+    whole: Duration,
+}
+
+impl Limit {
+    /// `whole` from now.
+    pub fn from_now(whole: Duration) -> Self {
+        Self { deadline: Instant::now() + whole, whole }
+    }
+
+    /// What is left of `whole` until `deadline`, taken by an earlier step (the TLS
+    /// handshake) since it began.
+    pub fn shared(deadline: Instant, whole: Duration) -> Self {
+        Self { deadline, whole }
+    }
+}
+
+impl From<Duration> for Limit {
+    fn from(whole: Duration) -> Self {
+        Self::from_now(whole)
+    }
+}
+
 /// One handshake's connection and deadline.
 struct Exchange<'a, R, W> {
     /// Where the peer's messages arrive.
     reader: &'a mut MessageReader<R>,
     /// Where ours leave.
     writer: &'a mut MessageWriter<W>,
-    /// When the whole handshake must be done.
-    deadline: Instant,
-    /// The deadline as a duration, for the error.
-    limit: Duration,
+    /// When the whole handshake must be done, and the limit its timeout names.
+    limit: Limit,
     /// False once a send was cut off by the deadline: the stream may hold a partial
     /// frame, so nothing more may be written to it.
     writer_clean: bool,
@@ -250,8 +279,8 @@ struct Exchange<'a, R, W> {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
     /// The next message, before the deadline.
     async fn recv(&mut self) -> Result<Message, HandshakeError> {
-        match timeout_at(self.deadline, self.reader.recv()).await {
-            Err(_) => Err(HandshakeError::Timeout(self.limit)),
+        match timeout_at(self.limit.deadline, self.reader.recv()).await {
+            Err(_) => Err(HandshakeError::Timeout(self.limit.whole)),
             Ok(Err(WireError::Io(e)))
                 if e.kind() == std::io::ErrorKind::ConnectionReset && self.reader.buffered() == 0 =>
             {
@@ -276,10 +305,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
 
     /// Sends `msg`, before the deadline.
     async fn send(&mut self, msg: &Message) -> Result<(), HandshakeError> {
-        match timeout_at(self.deadline, self.writer.send(msg)).await {
+        match timeout_at(self.limit.deadline, self.writer.send(msg)).await {
             Err(_) => {
                 self.writer_clean = false;
-                Err(HandshakeError::Timeout(self.limit))
+                Err(HandshakeError::Timeout(self.limit.whole))
             }
             Ok(result) => Ok(result?),
         }
@@ -288,9 +317,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Exchange<'_, R, W> {
 
 /// Client side: introduces itself with `hello`, answers the challenge with `secret`,
 /// and returns the provider's `Welcome`. `limit` bounds the whole exchange (normally
-/// [`HANDSHAKE_TIMEOUT`]). A provider that chose [`MUTUAL_AUTH_VERSION`] or later has
-/// proved it knows `secret` by the time this returns; one of an older version only if
-/// `proof` allowed it.
+/// [`HANDSHAKE_TIMEOUT`], or what a TLS handshake left of it: [`Limit::shared`]). A
+/// provider that chose [`MUTUAL_AUTH_VERSION`] or later has proved it knows `secret` by
+/// the time this returns; one of an older version only if `proof` allowed it.
 ///
 /// # Errors
 /// [`HandshakeError::Rejected`] carries the provider's reason; see
@@ -301,7 +330,7 @@ pub async fn client_handshake<R, W>(
     hello: &Hello,
     secret: &Secret,
     proof: ProviderProof,
-    limit: Duration,
+    limit: impl Into<Limit>,
 ) -> Result<Welcome, HandshakeError>
 where
     R: AsyncRead + Unpin,
@@ -309,8 +338,7 @@ where
 {
     let saved = reader.max_frame();
     reader.set_max_frame(HANDSHAKE_MAX_FRAME.min(saved));
-    let mut ex =
-        Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true, received: false };
+    let mut ex = Exchange { reader, writer, limit: limit.into(), writer_clean: true, received: false };
     let result = client_steps(&mut ex, hello, secret, proof).await;
     ex.reader.set_max_frame(saved);
     result
@@ -383,7 +411,8 @@ fn client_unexpected(expected: &'static str, got: Message) -> HandshakeError {
 /// Provider side: reads the client's `Hello`, checks the version, asks `authorize`
 /// whether this client may have what it asks for (and with which secret), challenges
 /// it, verifies the proof and sends the `Welcome`. `limit` bounds the whole exchange
-/// (normally [`HANDSHAKE_TIMEOUT`]).
+/// (normally [`HANDSHAKE_TIMEOUT`], or what a TLS handshake left of it:
+/// [`Limit::shared`]).
 ///
 /// `authorize` sees the unauthenticated `Hello` and returns the agreement's secret and
 /// session parameters, or the `Reject` to send (unknown agreement, scope not allowed,
@@ -399,7 +428,7 @@ fn client_unexpected(expected: &'static str, got: Message) -> HandshakeError {
 pub async fn server_handshake<R, W, F>(
     reader: &mut MessageReader<R>,
     writer: &mut MessageWriter<W>,
-    limit: Duration,
+    limit: impl Into<Limit>,
     authorize: F,
 ) -> Result<Accepted, HandshakeError>
 where
@@ -409,8 +438,7 @@ where
 {
     let saved = reader.max_frame();
     reader.set_max_frame(HANDSHAKE_MAX_FRAME.min(saved));
-    let mut ex =
-        Exchange { reader, writer, deadline: Instant::now() + limit, limit, writer_clean: true, received: false };
+    let mut ex = Exchange { reader, writer, limit: limit.into(), writer_clean: true, received: false };
     let result = server_steps(&mut ex, authorize).await;
     if let Err(err) = &result {
         if let Some(reject) = reply_for(err) {
@@ -912,6 +940,20 @@ mod tests {
             Some(Message::Reject(r)) => assert_eq!(r.reason, RejectReason::HandshakeTimeout),
             other => panic!("expected a reject, got {other:?}"),
         }
+    }
+
+    /// A handshake given what an earlier step left of its limit ends at the deadline
+    /// and names the whole limit, as configured: naming what was left, it sent an
+    /// operator after "within 1s" when the file said ten.
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_sharing_its_limit_ends_at_its_deadline_and_names_the_whole_limit() {
+        let ((_cr, _cw), (mut sr, mut sw)) = pair();
+        let started = Instant::now();
+        let left = Duration::from_secs(1);
+        let limit = Limit::shared(started + left, HANDSHAKE_TIMEOUT);
+        let err = server_handshake(&mut sr, &mut sw, limit, authorize).await.unwrap_err();
+        assert!(matches!(err, HandshakeError::Timeout(d) if d == HANDSHAKE_TIMEOUT), "{err}");
+        assert_eq!(started.elapsed(), left);
     }
 
     #[tokio::test(start_paused = true)]

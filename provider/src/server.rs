@@ -17,7 +17,7 @@ use tether_config::info_or_debug;
 use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
 use tether_protocol::foreign::ForeignKind;
-use tether_protocol::handshake::{server_handshake, Admission, HandshakeError};
+use tether_protocol::handshake::{server_handshake, Admission, HandshakeError, Limit};
 use tether_protocol::message::{shown, GoodbyeReason, Hello, Message, Mode, Reject, RejectReason, Role};
 use tether_protocol::Dn;
 use tether_store::Directory;
@@ -313,8 +313,7 @@ impl Server {
             asked = configured_agreement(&grants, hello);
             authorize(&grants, &dir, hello, session_id, params.session)
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let handshake = server_handshake(&mut reader, &mut writer, left, authorize);
+        let handshake = server_handshake(&mut reader, &mut writer, Limit::shared(deadline, limit), authorize);
         let handshake = match unless_cut(&taken, &self.shutdown, handshake).await {
             Ok(handshake) => handshake,
             Err(Cut::Taken) => {
