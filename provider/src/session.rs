@@ -1138,6 +1138,19 @@ mod tests {
         (req, reg, params)
     }
 
+    /// Runs a session of `setup` (see [`session_setup`]) over an in-memory pipe: the
+    /// session, and the consumer's end of the pipe.
+    fn spawn_session(
+        dir: &Arc<Directory>,
+        (req, reg, params): (ConsumerRequest, Registration, SessionParams),
+    ) -> (tokio::task::JoinHandle<SessionEnd>, tokio::io::DuplexStream) {
+        let (provider_side, consumer_side) = tokio::io::duplex(64 * 1024);
+        let (from_consumer, to_consumer) = tokio::io::split(provider_side);
+        let reader = MessageReader::new(from_consumer);
+        let session = tokio::spawn(run(dir.clone(), reader, MessageWriter::new(to_consumer), req, reg, params));
+        (session, consumer_side)
+    }
+
     /// A persist session of a region the writes to the suffix entry are outside of, past
     /// its refresh: the store's folder, the directory, the consumer's reader, the
     /// consumer's writing half (kept open: its end ends the session), the session, and
@@ -1154,18 +1167,8 @@ mod tests {
         let (store, dir, at) = directory_with_suffix();
         let spec = SearchSpec::subtree(tether_protocol::Dn::parse("ou=people,dc=example,dc=com").unwrap());
         let cancel = CancellationToken::new();
-        let (req, reg, params) = session_setup(Mode::RefreshAndPersist, at, spec, &cancel);
-        let (provider_side, consumer_side) = tokio::io::duplex(64 * 1024);
-        let (from_consumer, to_consumer) = tokio::io::split(provider_side);
+        let (session, consumer_side) = spawn_session(&dir, session_setup(Mode::RefreshAndPersist, at, spec, &cancel));
         let (consumer_reads, consumer_writes) = tokio::io::split(consumer_side);
-        let session = tokio::spawn(run(
-            dir.clone(),
-            MessageReader::new(from_consumer),
-            MessageWriter::new(to_consumer),
-            req,
-            reg,
-            params,
-        ));
         let mut reader = MessageReader::new(consumer_reads);
         let refreshed = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(msg) = reader.recv().await.unwrap() {
@@ -1316,17 +1319,7 @@ mod tests {
             req.cookie = None;
             req.resume = resume;
             params.batch_size = 1;
-            let (provider_side, consumer_side) = tokio::io::duplex(64 * 1024);
-            let (from_consumer, to_consumer) = tokio::io::split(provider_side);
-            let run = tokio::spawn(run(
-                dir.clone(),
-                MessageReader::new(from_consumer),
-                MessageWriter::new(to_consumer),
-                req,
-                reg,
-                params,
-            ));
-            (run, consumer_side)
+            spawn_session(&dir, (req, reg, params))
         };
 
         let (first, consumer) = session(None);

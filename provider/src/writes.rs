@@ -309,6 +309,28 @@ mod tests {
         parse_str(text).unwrap().into_iter().map(|r| r.into_change()).collect()
     }
 
+    /// A write client's session reading `reads` and answering on `writes`, whose grant
+    /// `cancel` revokes as a reload taking `[writer]` away does.
+    fn revocable_session(
+        dir: &Arc<Directory>,
+        reads: tokio::io::DuplexStream,
+        writes: tokio::io::DuplexStream,
+        cancel: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let (reader, writer) = (MessageReader::new(reads), MessageWriter::new(writes));
+        let revoked = || Some(GoodbyeReason::CredentialsRevoked);
+        tokio::spawn(run(dir.clone(), reader, writer, cancel.clone(), revoked, Duration::from_secs(60)))
+    }
+
+    /// A message as the tests list what a client received: its name, a goodbye's with
+    /// its reason.
+    fn named(msg: Message) -> String {
+        match msg {
+            Message::Goodbye { reason, .. } => format!("goodbye {}", reason.as_str()),
+            other => other.name().to_owned(),
+        }
+    }
+
     /// A page of large entries (each within what one message carries) is more than one
     /// message can carry: a write client's search must still get every entry and its
     /// `SearchDone`, each message within a frame.
@@ -386,14 +408,7 @@ mod tests {
         let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
         to_provider.send(&Message::SearchRequest { id: 2, spec }).await.unwrap();
         let cancel = CancellationToken::new();
-        let session = tokio::spawn(run(
-            dir.clone(),
-            MessageReader::new(provider_reads),
-            MessageWriter::new(provider_writes),
-            cancel.clone(),
-            || Some(GoodbyeReason::CredentialsRevoked),
-            Duration::from_secs(60),
-        ));
+        let session = revocable_session(&dir, provider_reads, provider_writes, &cancel);
         // The write is applied (its answer waits for the client to read): the reload
         // revokes the grant now.
         let applied = tokio::time::timeout(Duration::from_secs(10), async {
@@ -406,10 +421,7 @@ mod tests {
         let mut reader = MessageReader::new(client_reads);
         let mut seen = Vec::new();
         while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), reader.recv()).await.unwrap().unwrap() {
-            seen.push(match msg {
-                Message::Goodbye { reason, .. } => format!("goodbye {}", reason.as_str()),
-                other => other.name().to_owned(),
-            });
+            seen.push(named(msg));
         }
         tokio::time::timeout(Duration::from_secs(10), session).await.unwrap().unwrap();
         assert_eq!(seen, ["write-result", "goodbye credentials-revoked"]);
@@ -438,14 +450,7 @@ mod tests {
         let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
         MessageWriter::new(&mut client_sends).send(&Message::SearchRequest { id: 2, spec }).await.unwrap();
         let cancel = CancellationToken::new();
-        let session = tokio::spawn(run(
-            dir.clone(),
-            MessageReader::new(provider_reads),
-            MessageWriter::new(provider_writes),
-            cancel.clone(),
-            || Some(GoodbyeReason::CredentialsRevoked),
-            Duration::from_secs(60),
-        ));
+        let session = revocable_session(&dir, provider_reads, provider_writes, &cancel);
         let mut reader = MessageReader::new(client_reads);
         async fn next(reader: &mut MessageReader<tokio::io::DuplexStream>) -> Option<Message> {
             tokio::time::timeout(Duration::from_secs(10), reader.recv()).await.unwrap().unwrap()
@@ -456,10 +461,7 @@ mod tests {
         cancel.cancel();
         let mut seen = vec!["search-entries".to_owned()];
         while let Some(msg) = next(&mut reader).await {
-            seen.push(match msg {
-                Message::Goodbye { reason, .. } => format!("goodbye {}", reason.as_str()),
-                other => other.name().to_owned(),
-            });
+            seen.push(named(msg));
         }
         tokio::time::timeout(Duration::from_secs(10), session).await.unwrap().unwrap();
         assert_eq!(seen.last().map(String::as_str), Some("goodbye credentials-revoked"), "{seen:?}");
