@@ -969,6 +969,67 @@ mod tests {
             .unwrap();
     }
 
+    /// A live change is acknowledged only once it is durable: a flush that fails (here
+    /// the store's files taken away under the session, which sled goes on writing into
+    /// unnoticed until the flush checks them) ends the session without the ack. Sent
+    /// before the flush, the ack told the provider the consumer held a change that a
+    /// crash, or this failure, then took back: its position, and with it the changelog
+    /// the provider holds for the consumer, ran ahead of the replica's durable cookie.
+    #[tokio::test]
+    async fn a_change_whose_flush_fails_is_not_acknowledged() {
+        let (dir, store, replica) = empty_replica();
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        let history = HistoryId::new_random();
+        let refreshed = Cookie { history, csn: Csn(1) };
+        let changed = Cookie { history, csn: Csn(2) };
+        let (refresh_acked_tx, refresh_acked) = tokio::sync::oneshot::channel();
+        let (taken_away_tx, taken_away) = tokio::sync::oneshot::channel::<()>();
+        // The provider: an empty refresh; once its ack is in and the store taken away,
+        // one change. It collects every ack until the connection ends.
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: refreshed }).await.unwrap();
+            let mut acks = Vec::new();
+            while let Ok(Some(msg)) = r.recv().await {
+                if let Message::Ack { cookie } = msg {
+                    acks.push(cookie);
+                    if cookie == refreshed {
+                        break;
+                    }
+                }
+            }
+            let _ = refresh_acked_tx.send(());
+            taken_away.await.unwrap();
+            let op = batch_ops(1, 1).remove(0);
+            w.send(&Message::Change { op, cookie: changed }).await.unwrap();
+            while let Ok(Some(msg)) = r.recv().await {
+                if let Message::Ack { cookie } = msg {
+                    acks.push(cookie);
+                }
+            }
+            acks
+        });
+        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
+        let stop = StopSignal::default();
+        let session = run(&cfg, &store, &replica, &status, &stop, false);
+        let take_away = async {
+            refresh_acked.await.expect("the refresh acknowledged");
+            std::fs::rename(dir.path().join("db"), dir.path().join("db.moved")).unwrap();
+            taken_away_tx.send(()).unwrap();
+        };
+        let (ended, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(session, take_away) })
+            .await
+            .expect("the session ends when its flush fails");
+        assert!(ended.fatal && ended.detail.contains("was removed or moved"), "{ended:?}");
+        let acks = tokio::time::timeout(Duration::from_secs(30), provider)
+            .await
+            .expect("the connection ends with the session")
+            .unwrap();
+        assert_eq!(acks, [refreshed], "only the durable refresh is acknowledged, not the change: {ended:?}");
+    }
+
     /// An entry outside the agreement's region is a protocol error: the session ends as
     /// an `exception` before anything of that batch is applied.
     #[tokio::test]
