@@ -2,7 +2,7 @@
 //! with the cookie that covers it) and is killed with SIGKILL part-way; the reopened
 //! store must hold exactly the batches its cookie claims, no more and no less. Likewise
 //! for a shadow reload: after the kill, the resume point never claims a page the shadow
-//! does not hold.
+//! does not hold; and for the provider's writes: no entry without its changelog record.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,6 +14,8 @@ use tether_protocol::{
     Attributes, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, ResumePoint, SearchSpec, Value,
 };
 use tether_store::ReplicaStore;
+
+mod common;
 
 /// Set in the child's environment: the store folder to write to.
 const CHILD_ENV: &str = "TETHER_STORE_CRASH_CHILD";
@@ -254,5 +256,65 @@ fn shadow_killed_mid_scan_never_holds_an_entry_without_its_index() {
             held >= claimed * PER_BATCH,
             "round {round}: {held} entries held, the resume point claims page {claimed}"
         );
+    }
+}
+
+/// Set in the writer child's environment: the provider store folder to write to.
+const WRITER_CHILD_ENV: &str = "TETHER_STORE_WRITER_CRASH_CHILD";
+/// Adds per group of writes (several, so that a group is committed as a run of writes).
+const PER_GROUP: u64 = 4;
+/// Rounds of the writer's kill.
+const WRITER_ROUNDS: u64 = 5;
+
+/// Runs only as the child: writes groups of adds to a provider store, with no flush of
+/// its own (until killed).
+#[test]
+fn crash_child_writer() {
+    let Ok(dir) = std::env::var(WRITER_CHILD_ENV) else { return };
+    let d = common::reopen_directory(std::path::Path::new(&dir), &common::dn(common::SUFFIX));
+    if d.entry_count().unwrap() == 0 {
+        for c in common::base_tree() {
+            d.write(&c).unwrap();
+        }
+    }
+    // Names no earlier round used.
+    let life = std::process::id();
+    for k in 1.. {
+        let group: Vec<_> = (0..PER_GROUP)
+            .map(|i| common::add_person(&format!("uid=w{life}-{k}-{i},ou=people,dc=example,dc=com")))
+            .collect();
+        for written in d.write_group(&group) {
+            written.unwrap();
+        }
+        println!("applied {k}");
+    }
+}
+
+/// A write's entry and its changelog record are committed together: killed at any
+/// point, the provider's store holds no entry whose change its changelog lacks (a delta
+/// from a cookie below it would never send it, and a consumer's replica would miss it for
+/// good) and no record of a change it does not hold. sled writes its log buffer out as
+/// each transaction begins, so a kill finds on disk everything before the transaction
+/// under way: a write split over two transactions is torn by a kill in the second.
+#[test]
+fn writer_killed_mid_write_keeps_every_entry_with_its_changelog_record() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..WRITER_ROUNDS {
+        run_child_and_kill("crash_child_writer", WRITER_CHILD_ENV, dir.path(), |_| {});
+
+        let d = common::reopen_directory(dir.path(), &common::dn(common::SUFFIX));
+        let mut held = 0;
+        for e in d.entries().iter() {
+            let e = e.unwrap();
+            let record = d.changelog().get(e.csn).unwrap();
+            assert_eq!(record.map(|r| r.uuid), Some(e.uuid), "round {round}: {} (csn {}) has no record", e.dn, e.csn);
+            held += 1;
+        }
+        for record in d.changelog().records(Csn::ZERO, d.newest_committed()) {
+            let record = record.unwrap();
+            let entry = d.entries().get_by_uuid(&record.uuid).unwrap();
+            assert!(entry.is_some(), "round {round}: the record of csn {} names an entry not held", record.csn);
+        }
+        assert!(held > 0, "round {round}: the base tree is held");
     }
 }
