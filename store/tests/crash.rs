@@ -2,7 +2,8 @@
 //! with the cookie that covers it) and is killed with SIGKILL part-way; the reopened
 //! store must hold exactly the batches its cookie claims, no more and no less. Likewise
 //! for a shadow reload: after the kill, the resume point never claims a page the shadow
-//! does not hold; and for the provider's writes: no entry without its changelog record.
+//! does not hold; for a delta cut short: no entry past the cookie its record does not
+//! cover; and for the provider's writes: no entry without its changelog record.
 
 #![allow(clippy::unwrap_used)]
 
@@ -92,8 +93,8 @@ fn check_consistent(dir: &std::path::Path) -> u64 {
 
 /// Runs the child test `name` on the store at `dir` (named to it through `env`), hands
 /// each batch number it reports to `applied`, and SIGKILLs it once it has reported
-/// [`BATCHES_BEFORE_KILL`], mid-way through the next.
-fn run_child_and_kill(name: &str, env: &str, dir: &std::path::Path, mut applied: impl FnMut(u64)) {
+/// `reports` of them, mid-way through the next.
+fn run_child_and_kill(name: &str, env: &str, dir: &std::path::Path, reports: u64, mut applied: impl FnMut(u64)) {
     let started = Instant::now();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
@@ -108,7 +109,7 @@ fn run_child_and_kill(name: &str, env: &str, dir: &std::path::Path, mut applied:
         if let Some(k) = line.unwrap().strip_prefix("applied ") {
             applied(k.trim().parse().unwrap());
             seen += 1;
-            if seen >= BATCHES_BEFORE_KILL {
+            if seen >= reports {
                 break;
             }
         }
@@ -123,7 +124,7 @@ fn store_killed_mid_apply_reopens_with_cookie_matching_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut last = 0;
     for round in 0..3 {
-        run_child_and_kill("crash_child_applier", CHILD_ENV, dir.path(), |k| {
+        run_child_and_kill("crash_child_applier", CHILD_ENV, dir.path(), BATCHES_BEFORE_KILL, |k| {
             assert!(k > last || round == 0, "resumed from the durable cookie");
         });
         let c = check_consistent(dir.path());
@@ -178,7 +179,7 @@ fn shadow_killed_mid_fill_keeps_a_resume_point_it_holds_the_data_for() {
     let dir = tempfile::tempdir().unwrap();
     let mut last = 0;
     for round in 0..3 {
-        run_child_and_kill("crash_child_shadow_filler", SHADOW_CHILD_ENV, dir.path(), |_| {});
+        run_child_and_kill("crash_child_shadow_filler", SHADOW_CHILD_ENV, dir.path(), BATCHES_BEFORE_KILL, |_| {});
 
         let store = ReplicaStore::open(dir.path()).unwrap();
         let replica = store.replica("shadow").unwrap();
@@ -231,7 +232,7 @@ fn crash_child_scan_filler() {
 fn shadow_killed_mid_scan_never_holds_an_entry_without_its_index() {
     for round in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        run_child_and_kill("crash_child_scan_filler", SCAN_CHILD_ENV, dir.path(), |_| {});
+        run_child_and_kill("crash_child_scan_filler", SCAN_CHILD_ENV, dir.path(), BATCHES_BEFORE_KILL, |_| {});
 
         let store = ReplicaStore::open(dir.path()).unwrap();
         let replica = store.replica("scan").unwrap();
@@ -300,7 +301,7 @@ fn crash_child_writer() {
 fn writer_killed_mid_write_keeps_every_entry_with_its_changelog_record() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..WRITER_ROUNDS {
-        run_child_and_kill("crash_child_writer", WRITER_CHILD_ENV, dir.path(), |_| {});
+        run_child_and_kill("crash_child_writer", WRITER_CHILD_ENV, dir.path(), BATCHES_BEFORE_KILL, |_| {});
 
         let d = common::reopen_directory(dir.path(), &common::dn(common::SUFFIX));
         let mut held = 0;
@@ -316,5 +317,55 @@ fn writer_killed_mid_write_keeps_every_entry_with_its_changelog_record() {
             assert!(entry.is_some(), "round {round}: the record of csn {} names an entry not held", record.csn);
         }
         assert!(held > 0, "round {round}: the base tree is held");
+    }
+}
+
+/// Set in the delta child's environment: the store folder to write to.
+const DELTA_CHILD_ENV: &str = "TETHER_STORE_DELTA_CRASH_CHILD";
+/// Batches the delta child must have reported before it is killed.
+const DELTA_BATCHES_BEFORE_KILL: u64 = 3;
+
+/// Batch `k` of a delta: entries of about 100 KiB, so that each batch is past the
+/// bytes after which an apply flushes (4 MiB), as a delta's batch of large entries is.
+fn delta_page(k: u64) -> Vec<ReplOp> {
+    page(k, |i| format!("delta {k} entry {i} ").repeat(6_000))
+}
+
+/// Runs only as the child: applies the batches of a delta that never ends, so the
+/// replica's cookie never covers them (until killed).
+#[test]
+fn crash_child_delta_applier() {
+    let Ok(dir) = std::env::var(DELTA_CHILD_ENV) else { return };
+    let store = ReplicaStore::open(std::path::Path::new(&dir)).unwrap();
+    let replica = store.replica("delta").unwrap();
+    for k in 1.. {
+        replica.apply_delta_batch(&delta_page(k), HISTORY).unwrap();
+        println!("applied {k}");
+    }
+}
+
+/// A delta's batches take the replica past its cookie, and the record of how far
+/// (`beyond_cookie`, which the next session presents so that a provider restored from
+/// an older copy reloads the replica instead of resuming it into a fork) is durable
+/// whenever the batch is: killed at any point, the replica holds no entry newer than
+/// its record says. Each batch here flushes at the end of its apply, so a record written
+/// after its batch rather than ahead of it is still in sled's buffer when the batch is
+/// on disk.
+#[test]
+fn replica_killed_mid_delta_holds_nothing_past_its_cookie_unrecorded() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        run_child_and_kill("crash_child_delta_applier", DELTA_CHILD_ENV, dir.path(), DELTA_BATCHES_BEFORE_KILL, |_| {});
+
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("delta").unwrap();
+        assert_eq!(replica.cookie().unwrap(), None);
+        let newest = replica.entries().unwrap().iter().map(|e| e.unwrap().csn).max();
+        let recorded = replica.beyond_cookie().unwrap();
+        assert!(newest.is_some(), "round {round}: some batches became durable");
+        assert!(
+            recorded.is_some_and(|r| r.history == HISTORY && Some(r.csn) >= newest),
+            "round {round}: the replica holds entries up to csn {newest:?} past its cookie, its record says {recorded:?}"
+        );
     }
 }
