@@ -499,14 +499,23 @@ pub fn parse_duration_at_least(text: &str, min: Duration, why: &str) -> Result<D
     Ok(value)
 }
 
+/// What a duration key expects, for the error of a value of another type.
+const DURATION_EXPECTED: &str = "a duration such as \"5s\" or \"1m\"";
+
 /// A humantime duration, zero allowed.
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse_str(d, "a duration such as \"5s\" or \"1m\"", parse_duration)
+    parse_str(d, DURATION_EXPECTED, parse_duration)
+}
+
+/// A humantime duration of at least `min` ([`parse_duration_at_least`]), for a key's
+/// `deserialize_with` function to call with its floor and the reason for it.
+pub fn duration_at_least<'de, D: Deserializer<'de>>(d: D, min: Duration, why: &str) -> Result<Duration, D::Error> {
+    parse_str(d, DURATION_EXPECTED, |text| parse_duration_at_least(text, min, why))
 }
 
 /// A humantime duration greater than zero (intervals and timeouts: zero would spin).
 pub fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
+    parse_str(d, DURATION_EXPECTED, |text| {
         let value = parse_duration(text)?;
         if value.is_zero() {
             Err(format!("invalid duration {text:?}: must be greater than zero"))
@@ -633,9 +642,7 @@ pub struct KeepaliveConfig {
 
 /// A `keepalive.interval`: a duration of at least [`MIN_KEEPALIVE_INTERVAL`].
 fn keepalive_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
-        parse_duration_at_least(text, MIN_KEEPALIVE_INTERVAL, " (an idle session is pinged every interval)")
-    })
+    duration_at_least(d, MIN_KEEPALIVE_INTERVAL, " (an idle session is pinged every interval)")
 }
 
 fn default_keepalive_enabled() -> bool {

@@ -214,13 +214,11 @@ fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
 }
 
 fn idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    source::parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
-        source::parse_duration_at_least(
-            text,
-            MIN_IDLE_TIMEOUT,
-            " (a session on which nothing arrives for this long is ended and made again)",
-        )
-    })
+    source::duration_at_least(
+        d,
+        MIN_IDLE_TIMEOUT,
+        " (a session on which nothing arrives for this long is ended and made again)",
+    )
 }
 
 fn default_cache_size() -> u64 {

@@ -271,13 +271,7 @@ fn default_trim_interval() -> Duration {
 pub const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn handshake_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    source::parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
-        source::parse_duration_at_least(
-            text,
-            MIN_HANDSHAKE_TIMEOUT,
-            " (a handshake is several round trips, TLS's included)",
-        )
-    })
+    source::duration_at_least(d, MIN_HANDSHAKE_TIMEOUT, " (a handshake is several round trips, TLS's included)")
 }
 
 /// The shortest `changelog.trim_interval`: a trim reads the changelog's head and the
@@ -286,9 +280,7 @@ fn handshake_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration,
 pub const MIN_TRIM_INTERVAL: Duration = Duration::from_millis(10);
 
 fn trim_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    source::parse_str(d, "a duration such as \"5s\" or \"1m\"", |text| {
-        source::parse_duration_at_least(text, MIN_TRIM_INTERVAL, "")
-    })
+    source::duration_at_least(d, MIN_TRIM_INTERVAL, "")
 }
 
 impl ProviderConfig {
