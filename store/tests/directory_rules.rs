@@ -153,6 +153,27 @@ fn a_modification_names_an_attribute_s_options_in_any_order() {
     assert_eq!((described[0].name.as_str(), described[0].values.len()), ("description;x-a;x-b", 1));
 }
 
+/// An attribute whose last value a modification deletes by value is gone, as one
+/// deleted whole is: an entry never holds an attribute without values, which no reader
+/// of it would accept (found by a mutation audit: an attribute left empty passed the
+/// store's and the protocol's tests, and the entry could then not be read back).
+#[test]
+fn deleting_an_attribute_s_last_value_removes_the_attribute() {
+    let (_tmp, d) = open();
+    let ann = "uid=ann,ou=people,dc=example,dc=com";
+    d.write(&modify(ann, ModOp::Add, "mail", &["ann@example.com", "a@example.com"])).unwrap();
+    d.write(&modify(ann, ModOp::Delete, "mail", &["A@EXAMPLE.COM"])).unwrap();
+    let entry = d.entries().get(&dn(ann)).unwrap().unwrap();
+    assert_eq!(entry.attrs.values("mail"), &["ann@example.com".into()]);
+    d.write(&modify(ann, ModOp::Delete, "MAIL", &["Ann@Example.com"])).unwrap();
+    let entry = d.entries().get(&dn(ann)).expect("the entry reads back").unwrap();
+    assert!(entry.attrs.get("mail").is_none(), "{:?}", entry.attrs);
+    // Gone, not empty: deleting it again is refused, and it can be added again.
+    assert!(matches!(refused(&d, modify(ann, ModOp::Delete, "mail", &[])), Refusal::InvalidChange { .. }));
+    d.write(&modify(ann, ModOp::Add, "mail", &["new@example.com"])).unwrap();
+    assert_eq!(d.entries().get(&dn(ann)).unwrap().unwrap().attrs.values("mail"), &["new@example.com".into()]);
+}
+
 #[test]
 fn a_multi_step_modify_is_all_or_nothing() {
     let (_tmp, d) = open();
