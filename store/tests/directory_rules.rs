@@ -271,6 +271,27 @@ fn writes_assign_increasing_csns_and_keep_uuid_across_renames() {
     assert_eq!(recased.uuid, before.uuid);
 }
 
+/// A rename with `deleteoldrdn: 0` keeps the old RDN's value beside the new one, as
+/// RFC 4511 §4.9 says (found by a mutation audit: the old value removed whatever the
+/// flag said passed every store test, which all rename with `deleteoldrdn: 1`).
+#[test]
+fn a_rename_that_keeps_the_old_rdn_keeps_its_value() {
+    let (_tmp, d) = open();
+    let keep = |d: &str, new_rdn: &str, superior: Option<&str>| match moddn(d, new_rdn, superior) {
+        tether_protocol::Change::ModDn { dn, new_rdn, new_superior, .. } => {
+            tether_protocol::Change::ModDn { dn, new_rdn, delete_old_rdn: false, new_superior }
+        }
+        other => panic!("{other:?}"),
+    };
+    d.write(&keep("uid=ann,ou=people,dc=example,dc=com", "uid=anna", Some("ou=groups,dc=example,dc=com"))).unwrap();
+    let moved = d.entries().get(&dn("uid=anna,ou=groups,dc=example,dc=com")).unwrap().unwrap();
+    assert_eq!(moved.attrs.values("uid"), &["ann".into(), "anna".into()], "the old value kept, the new one added");
+    // Back to the old name: its value is there already, and the other one stays.
+    d.write(&keep("uid=anna,ou=groups,dc=example,dc=com", "uid=ann", None)).unwrap();
+    let back = d.entries().get(&dn("uid=ann,ou=groups,dc=example,dc=com")).unwrap().unwrap();
+    assert_eq!(back.attrs.values("uid"), &["ann".into(), "anna".into()]);
+}
+
 /// Entries added together must sit together in the UUID index (see
 /// `EntryUuid::new_time_ordered`): in both write paths each new entry's UUID sorts after
 /// those of the entries added before it.
