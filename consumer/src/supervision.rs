@@ -479,6 +479,87 @@ mod tests {
         }
     }
 
+    /// A healthy session starts the `give_up_after` clock again: the next failure is the
+    /// first of a new run, not the latest of one that began before it. Counted from the
+    /// run of failures before the healthy session, an agreement with `give_up_after =
+    /// "1h"` that had once failed, a day of healthy replication ago, closed at its next
+    /// disconnection, without one retry.
+    #[test]
+    fn a_healthy_session_starts_the_give_up_clock_again() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s forever"], Some(Duration::from_secs(5)));
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        let t1 = t0 + Duration::from_secs(1);
+        m.step(t1, Input::TimerFired, 0.5);
+        let t2 = t1 + HEALTHY_AFTER + Duration::from_secs(3600);
+        let out = m.step(t2, Input::SessionEnded(ended(Reason::KeepaliveTimeout)), 0.5);
+        assert_eq!(m.state(), State::Backoff, "{out:?}");
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(1)), "{out:?}");
+    }
+
+    /// A refresh-only poll that completed is a success like a healthy minute: the
+    /// failure after it waits the schedule's first delay, and its `give_up_after` counts
+    /// from it. A poll takes seconds, so a poller's sessions are never up a minute: kept
+    /// across completed polls, the attempts of a week's occasional failures added up, and
+    /// the clock ran from the first of them.
+    #[test]
+    fn a_completed_poll_starts_the_schedule_and_the_give_up_clock_again() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s x1", "1m forever"], Some(Duration::from_secs(600)));
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        let out = m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(1)));
+        let t1 = t0 + Duration::from_secs(1);
+        m.step(t1, Input::TimerFired, 0.5);
+        let done = Ended { refresh_complete: true, ..ended(Reason::ProviderGoodbye) };
+        m.step(t1, Input::SessionEnded(done), 0.5);
+        assert_eq!(m.state(), State::Idle);
+        let t2 = t1 + Duration::from_secs(3600);
+        m.step(t2, Input::TimerFired, 0.5);
+        let out = m.step(t2, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        assert_eq!(m.state(), State::Backoff, "{out:?}");
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(1)), "back to the first step: {out:?}");
+    }
+
+    /// A stop that finds no session (the agreement in `backoff` or `idle`) is persisted
+    /// as one that ends a session is, and its timer disarmed: the agreement stays
+    /// stopped across a restart of the process, and makes no attempt meanwhile.
+    #[test]
+    fn a_stop_while_waiting_is_persisted_and_disarms_the_timer() {
+        let t0 = Instant::now();
+        let complete = Ended { refresh_complete: true, ..ended(Reason::ConnectionLost) };
+        for (waiting, state) in [(ended(Reason::ConnectionLost), State::Backoff), (complete, State::Idle)] {
+            let mut m = machine(&["1s forever"], None);
+            m.step(t0, Input::Begin { stopped: false }, 0.5);
+            m.step(t0, Input::SessionEnded(waiting), 0.5);
+            assert_eq!(m.state(), state);
+            let out = m.step(t0, Input::Command(Command::Stop), 0.5);
+            assert_eq!(out, [Output::Wait(None), Output::PersistStopped(true), Output::SetState(State::Stopped)]);
+            assert!(m.step(t0 + Duration::from_secs(60), Input::TimerFired, 0.5).is_empty(), "{state}");
+        }
+    }
+
+    /// An operator's start of an agreement that gave up begins a new run: the schedule's
+    /// first delay, and a `give_up_after` counted from the start. Counted on from the run
+    /// that closed it, the started agreement closed again at its first failure, however
+    /// long the limit, and the operator's `start` did nothing but one attempt.
+    #[test]
+    fn a_start_after_giving_up_begins_a_new_run_of_attempts() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s x1", "1m forever"], Some(Duration::from_secs(5)));
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        m.step(t0, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        m.step(t0 + Duration::from_secs(1), Input::TimerFired, 0.5);
+        m.step(t0 + Duration::from_secs(6), Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        assert_eq!(m.state(), State::Closed);
+        let t1 = t0 + Duration::from_secs(600);
+        assert!(m.step(t1, Input::Command(Command::Start), 0.5).contains(&Output::StartSession));
+        let out = m.step(t1, Input::SessionEnded(ended(Reason::ConnectionLost)), 0.5);
+        assert_eq!(m.state(), State::Backoff, "{out:?}");
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(1)), "the schedule's first delay: {out:?}");
+    }
+
     /// A running agreement an operator's stop is ending: its session asked to end.
     fn being_stopped(t0: Instant) -> Supervision {
         let mut m = machine(&["1s forever"], None);
