@@ -1030,6 +1030,37 @@ mod tests {
         assert_eq!(acks, [refreshed], "only the durable refresh is acknowledged, not the change: {ended:?}");
     }
 
+    /// A provider whose connection ends without a goodbye after the refresh (killed, its
+    /// host rebooted) is a `connection-lost`, retried on the schedule; not an
+    /// `exception`, which the log warns of and the monitoring table sends an operator to.
+    #[tokio::test]
+    async fn a_connection_that_ends_without_a_goodbye_is_a_lost_connection() {
+        let (_dir, store, replica) = empty_replica();
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        let history = HistoryId::new_random();
+        let refreshed = Cookie { history, csn: Csn(1) };
+        // The provider: an empty refresh; once it is acknowledged, the connection ends.
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: refreshed }).await.unwrap();
+            while let Ok(Some(msg)) = r.recv().await {
+                if matches!(msg, Message::Ack { .. }) {
+                    break;
+                }
+            }
+        });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        provider.await.unwrap();
+        assert_eq!(
+            (ended.reason, ended.detail.as_str()),
+            (Reason::ConnectionLost, "provider closed the connection without goodbye"),
+            "{ended:?}"
+        );
+        assert_eq!(replica.cookie().unwrap(), Some(refreshed), "the refresh stands");
+    }
+
     /// An entry outside the agreement's region is a protocol error: the session ends as
     /// an `exception` before anything of that batch is applied.
     #[tokio::test]
