@@ -1061,6 +1061,30 @@ mod tests {
         assert_eq!(replica.cookie().unwrap(), Some(refreshed), "the refresh stands");
     }
 
+    /// A present refresh that names an entry the replica lacks ends the session as an
+    /// `exception` and drops the replica's cookie, so the next session reloads in full:
+    /// the cookie kept, the next session presented it again, the provider planned the same
+    /// present refresh, and the agreement failed the same check on every retry, for good.
+    #[tokio::test]
+    async fn a_present_refresh_naming_an_entry_the_replica_lacks_drops_the_cookie() {
+        let (_dir, store, replica) = empty_replica();
+        let history = HistoryId::new_random();
+        replica.advance(Cookie { history, csn: Csn(10) }).unwrap();
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Present, resumed: false }).await.unwrap();
+            w.send(&Message::PresentBatch { uuids: vec![EntryUuid::new_random()] }).await.unwrap();
+            while let Ok(Some(_)) = r.recv().await {}
+        });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
+        assert!(ended.detail.contains("replica lacks 1 entries named present"), "{ended:?}");
+        assert_eq!(replica.cookie().unwrap(), None, "the next session reloads in full");
+        provider.abort();
+    }
+
     /// An entry outside the agreement's region is a protocol error: the session ends as
     /// an `exception` before anything of that batch is applied.
     #[tokio::test]
