@@ -1085,6 +1085,56 @@ mod tests {
         provider.abort();
     }
 
+    /// A session an operator stops, or the process's shutdown ends, says goodbye with
+    /// that reason and its detail, so the provider's log says why the consumer left
+    /// (SPEC §4: `admin-stop`, `shutdown`); without it the provider saw a connection lost.
+    #[tokio::test]
+    async fn a_session_stopped_from_outside_says_goodbye_with_the_reason() {
+        for (reason, said, detail) in [
+            (Reason::AdminStop, GoodbyeReason::AdminStop, "stopped by the operator"),
+            (Reason::Shutdown, GoodbyeReason::Shutdown, "the consumer is shutting down"),
+        ] {
+            let (_dir, store, replica) = empty_replica();
+            let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+            let secret = cfg.secret.clone();
+            let history = HistoryId::new_random();
+            let (acked_tx, acked) = tokio::sync::oneshot::channel();
+            // The provider: an empty refresh; then it collects the goodbyes it is told.
+            let provider = tokio::spawn(async move {
+                let (mut r, mut w) = welcomed(theirs, secret, history).await;
+                w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+                w.send(&Message::RefreshDone { cookie: Cookie { history, csn: Csn(1) } }).await.unwrap();
+                let mut acked_tx = Some(acked_tx);
+                let mut goodbyes = Vec::new();
+                while let Ok(Some(msg)) = r.recv().await {
+                    match msg {
+                        Message::Ack { .. } => {
+                            if let Some(tx) = acked_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Message::Goodbye { reason, detail } => goodbyes.push((reason, detail)),
+                        _ => {}
+                    }
+                }
+                goodbyes
+            });
+            let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
+            let stop = StopSignal::default();
+            let session = run(&cfg, &store, &replica, &status, &stop, false);
+            let stopping = async {
+                acked.await.expect("the refresh acknowledged");
+                stop.stop(reason, detail);
+            };
+            let (ended, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(session, stopping) })
+                .await
+                .expect("the session ends when stopped");
+            assert_eq!((ended.reason, ended.detail.as_str()), (reason, detail), "{ended:?}");
+            let goodbyes = tokio::time::timeout(Duration::from_secs(30), provider).await.unwrap().unwrap();
+            assert_eq!(goodbyes, [(said, detail.to_owned())], "{reason}");
+        }
+    }
+
     /// An entry outside the agreement's region is a protocol error: the session ends as
     /// an `exception` before anything of that batch is applied.
     #[tokio::test]
