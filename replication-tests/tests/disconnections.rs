@@ -243,6 +243,10 @@ fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     assert!(said.starts_with("people: already running (persisting); nothing changed"), "{said}");
     assert_eq!(store_threads(&c)?, ["others", "people"]);
     assert_eq!(c.agreement_status("people")?["last_refresh"], "delta");
+    // The start is persisted as the stop was: the next process runs the agreement.
+    c.stop()?;
+    c.start()?;
+    c.wait_status("people", LIMIT, "persisting after a restart", |s| s["state"] == "persisting")?;
     no_duplicates(&c, "people")?;
     no_duplicates(&c, "others")
 }
