@@ -781,4 +781,55 @@ mod tests {
         let planned = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
         assert_eq!(planned.kind(), RefreshKind::Present);
     }
+
+    /// Feeds a delta refresh into `replica` as a consumer applies one, ending at its
+    /// `RefreshDone`; returns that cookie.
+    fn apply_delta(dir: &Directory, refresh: &mut Refresh, replica: &tether_store::Replica) -> Cookie {
+        while let Some(msg) = refresh.next_message(dir).unwrap() {
+            match msg.into_message().unwrap() {
+                Message::RefreshBegin { kind, .. } => assert_eq!(kind, RefreshKind::Delta),
+                Message::Batch { ops } => {
+                    replica.apply(&ops, None).unwrap();
+                }
+                Message::RefreshDone { cookie } => {
+                    replica.advance(cookie).unwrap();
+                    return cookie;
+                }
+                other => panic!("unexpected {} in a delta", other.name()),
+            }
+        }
+        panic!("refresh ended without RefreshDone")
+    }
+
+    /// A write made while a delta runs, after it was planned, is not in it: its
+    /// `RefreshDone` names where the delta was planned to end, so the persist phase (or
+    /// the next poll) sends the write. Named at the newest CSN when it was sent instead,
+    /// the cookie covered a change the replica never received, and nothing ever sent it.
+    #[test]
+    fn a_write_made_while_a_delta_runs_reaches_the_replica_through_what_follows_its_refresh_done() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        let mut full = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        let (_, done, _) = drive(&dir, &mut full, &mut shadow, None);
+        shadow.finish(done.unwrap()).unwrap();
+        let cookie = replica.cookie().unwrap().unwrap();
+
+        let mut delta = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
+        assert_eq!(delta.kind(), RefreshKind::Delta);
+        let during = dir.write(&Change::Delete { dn: dn(&person(7)) }).unwrap().csn;
+        let done = apply_delta(&dir, &mut delta, &replica);
+        assert!(
+            done.csn < during || replica.entries().unwrap().iter().all(|e| e.unwrap().dn != dn(&person(7))),
+            "the replica holds {} under a cookie at {}, past its deletion at {during}",
+            person(7),
+            done.csn
+        );
+        // What follows the refresh: the changes after its cookie.
+        let mut next = Refresh::plan(&dir, spec(), Some(&done), None, BATCH).unwrap();
+        apply_delta(&dir, &mut next, &replica);
+        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+    }
 }
