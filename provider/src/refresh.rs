@@ -832,4 +832,52 @@ mod tests {
         apply_delta(&dir, &mut next, &replica);
         assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
     }
+
+    /// A replica at `cookie` after a full refresh of the region, and a later one whose
+    /// changelog no longer reaches back to it: the entries changed since go in full,
+    /// the others as UUIDs.
+    fn replica_below_the_floor(dir: &Directory, replica: &tether_store::Replica) -> Cookie {
+        let mut full = Refresh::plan(dir, spec(), None, None, BATCH).unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        let (_, done, _) = drive(dir, &mut full, &mut shadow, None);
+        let cookie = done.unwrap();
+        shadow.finish(cookie).unwrap();
+        drop(full);
+        let sn = |v: &str| Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(v)] };
+        // Ahead of the cut the test makes, and behind it.
+        for i in [1, PEOPLE - 2] {
+            dir.write(&Change::Modify { dn: dn(&person(i)), mods: vec![sn("Changed")] }).unwrap();
+        }
+        dir.write(&Change::Delete { dn: dn(&person(PEOPLE - 3)) }).unwrap();
+        let cap =
+            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        dir.trim(&cap, u64::MAX).unwrap();
+        cookie
+    }
+
+    /// A present refresh names by UUID only the entries unchanged since the consumer's
+    /// cookie; one changed since goes in full, or the replica keeps its old version under
+    /// the new cookie. Resumed after a cut, it still compares with the cookie, not with
+    /// where the interrupted refresh began.
+    #[test]
+    fn a_present_refresh_resumed_after_a_cut_sends_every_entry_changed_since_the_cookie() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        let cookie = replica_below_the_floor(&dir, &replica);
+
+        let mut first = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
+        assert_eq!(first.kind(), RefreshKind::Present);
+        let mut shadow = replica.begin_shadow(RefreshKind::Present).unwrap();
+        let (resume, done, _) = drive(&dir, &mut first, &mut shadow, Some(3));
+        assert!(done.is_none());
+        let resume = resume.unwrap();
+        let mut second = Refresh::plan(&dir, spec(), Some(&cookie), Some(&resume), BATCH).unwrap();
+        assert!(second.resumed());
+        let mut shadow = replica.resume_shadow().unwrap();
+        let (_, done, _) = drive(&dir, &mut second, &mut shadow, None);
+        shadow.finish(done.unwrap()).unwrap();
+        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+    }
 }
