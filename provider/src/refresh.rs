@@ -880,4 +880,39 @@ mod tests {
         shadow.finish(done.unwrap()).unwrap();
         assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
     }
+
+    /// A refresh cut short after its scan, before its catch-up was sent, resumes with the
+    /// catch-up alone, from where the scan began to the newest change: an entry the scan
+    /// left to it (changed while the scan ran) must still arrive, or the replica lacks
+    /// an entry that existed all along under the cookie the refresh ends with.
+    #[test]
+    fn a_refresh_cut_short_between_its_scan_and_its_catch_up_resumes_with_the_whole_catch_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        let mut first = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
+        let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
+        let (_, done, _) = drive(&dir, &mut first, &mut shadow, Some(2));
+        assert!(done.is_none());
+        let sn = Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from("Changed")] };
+        dir.write(&Change::Modify { dn: dn(&person(PEOPLE - 5)), mods: vec![sn] }).unwrap();
+        dir.write(&Change::Delete { dn: dn(&person(1)) }).unwrap();
+        let resume = loop {
+            let (resume, done, _) = drive(&dir, &mut first, &mut shadow, Some(1));
+            assert!(done.is_none(), "cut short before the catch-up");
+            let resume = resume.unwrap();
+            if resume.cursor.is_none() {
+                break resume;
+            }
+        };
+        drop(first);
+
+        let mut second = Refresh::plan(&dir, spec(), None, Some(&resume), BATCH).unwrap();
+        assert!(second.resumed());
+        let mut shadow = replica.resume_shadow().unwrap();
+        let (_, done, _) = drive(&dir, &mut second, &mut shadow, None);
+        shadow.finish(done.unwrap()).unwrap();
+        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
+    }
 }
