@@ -1304,7 +1304,22 @@ mod tests {
     /// entries restarted from nothing).
     #[tokio::test]
     async fn an_interrupted_first_refresh_resumes_after_an_age_trim_while_its_consumer_was_away() {
-        let (_store, dir, _) = directory_with_suffix();
+        interrupted_refresh_resumes_after_an_age_trim(RefreshKind::Full).await;
+    }
+
+    /// The same for a present refresh cut short: its consumer's cookie is below the
+    /// floor, which holds nothing, so only the refresh's start, recorded when it is
+    /// planned, keeps the catch-up it needs from an age trim while it is away.
+    #[tokio::test]
+    async fn an_interrupted_present_refresh_resumes_after_an_age_trim_while_its_consumer_was_away() {
+        interrupted_refresh_resumes_after_an_age_trim(RefreshKind::Present).await;
+    }
+
+    /// A `kind` refresh (full: no cookie; present: a cookie the changelog was trimmed
+    /// past) cut short after its first page, a write, and a trim by age within the hold
+    /// while the consumer is away: the refresh must resume.
+    async fn interrupted_refresh_resumes_after_an_age_trim(kind: RefreshKind) {
+        let (_store, dir, cookie) = directory_with_suffix();
         for i in 0..5 {
             let mut attrs = tether_protocol::Attributes::new();
             attrs.add("objectClass", [tether_protocol::Value::from("organizationalUnit")]).unwrap();
@@ -1312,11 +1327,20 @@ mod tests {
             let dn = tether_protocol::Dn::parse(&format!("ou=unit{i},dc=example,dc=com")).unwrap();
             dir.write(&tether_protocol::Change::Add { dn, attrs }).unwrap();
         }
+        if kind == RefreshKind::Present {
+            let cap = tether_store::RetentionPolicy {
+                max_changes: Some(0),
+                max_age: None,
+                hold_for_consumers: Duration::ZERO,
+                up_since_ms: 0,
+            };
+            assert!(dir.trim(&cap, u64::MAX).unwrap().floor > cookie.csn);
+        }
         let spec = SearchSpec::subtree(dir.suffix().clone());
         let session = |resume: Option<ResumePoint>| {
             let (mut req, reg, mut params) =
                 session_setup(Mode::RefreshAndPersist, dir.cookie(), spec.clone(), &CancellationToken::new());
-            req.cookie = None;
+            req.cookie = (kind == RefreshKind::Present).then_some(cookie);
             req.resume = resume;
             params.batch_size = 1;
             spawn_session(&dir, (req, reg, params))
@@ -1361,7 +1385,7 @@ mod tests {
         let begin = tokio::time::timeout(Duration::from_secs(10), reader.recv()).await.unwrap().unwrap();
         assert_eq!(
             begin,
-            Some(Message::RefreshBegin { kind: RefreshKind::Full, resumed: true }),
+            Some(Message::RefreshBegin { kind, resumed: true }),
             "the changelog was trimmed to {floor}, the refresh began at {start}"
         );
         second.abort();
