@@ -1391,6 +1391,41 @@ mod tests {
         second.abort();
     }
 
+    /// A poller of protocol version 1 acknowledges nothing: the cookie it presents is
+    /// all that says where it is, so it is recorded as the session begins, and holds
+    /// back trimming by age while the poller is away between polls within the hold.
+    /// Not recorded, a poll every few minutes still found its cookie trimmed once the
+    /// changes after it were older than `max_age`, and reloaded by a present refresh.
+    #[tokio::test]
+    async fn a_poller_that_acknowledges_nothing_is_held_at_the_cookie_it_presented() {
+        let (_store, dir, at) = directory_with_suffix();
+        for i in 0..3 {
+            write_outside(&dir, i);
+        }
+        let (mut req, reg, params) =
+            session_setup(Mode::RefreshOnly, at, SearchSpec::subtree(dir.suffix().clone()), &CancellationToken::new());
+        req.version = 1;
+        let (session, _consumer) = spawn_session(&dir, (req, reg, params));
+        let end = tokio::time::timeout(Duration::from_secs(10), session).await.unwrap().unwrap();
+        assert_eq!(end, SessionEnd::Goodbye(GoodbyeReason::RefreshComplete));
+
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let hour = Duration::from_secs(3600);
+        let policy = tether_store::RetentionPolicy {
+            max_changes: None,
+            max_age: Some(hour),
+            hold_for_consumers: 24 * hour,
+            up_since_ms: 0,
+        };
+        let floor = dir.trim(&policy, now_ms + 2 * 3_600_000).unwrap().floor;
+        assert_eq!(
+            dir.plan_refresh(Some(&at)).unwrap(),
+            RefreshKind::Delta,
+            "the poller's cookie at {} was trimmed to {floor} within the hold",
+            at.csn
+        );
+    }
+
     /// A directory holding its suffix entry, in a folder of its own, and its cookie.
     fn directory_with_suffix() -> (tempfile::TempDir, Arc<Directory>, Cookie) {
         let store = tempfile::tempdir().unwrap();
