@@ -472,6 +472,48 @@ mod tests {
         );
     }
 
+    /// Pings pipelined between writes are answered where they stand among them, each in
+    /// its turn: the one met when a group of writes is taken (a search is held the same
+    /// way) waits for the group's answers, and is not lost; a client waiting on it sees
+    /// the session go silent and drops it as dead.
+    #[tokio::test]
+    async fn pings_pipelined_between_writes_are_each_answered_in_the_order_sent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
+        // Everything is on the wire before the session reads, so that its reader runs
+        // ahead and groups are taken with a ping behind them.
+        let (mut client_sends, provider_reads) = tokio::io::duplex(1 << 20);
+        let (provider_writes, client_reads) = tokio::io::duplex(1 << 20);
+        let mut to_provider = MessageWriter::new(&mut client_sends);
+        let mut text = String::from("dn: dc=example,dc=com\nchangetype: add\nobjectClass: domain\ndc: example\n");
+        for i in 0..50 {
+            text += &format!(
+                "\ndn: ou=u{i},dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: u{i}\n"
+            );
+        }
+        let mut expected = Vec::new();
+        for (i, change) in changes(&text).into_iter().enumerate() {
+            let id = i as u64;
+            to_provider.feed(&Message::WriteRequest { id, change }).await.unwrap();
+            to_provider.feed(&Message::Ping { seq: 1000 + id }).await.unwrap();
+            expected.extend([format!("write-result {id}"), format!("pong {}", 1000 + id)]);
+        }
+        let bye = Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: "write finished".into() };
+        to_provider.send(&bye).await.unwrap();
+        let session = revocable_session(&dir, provider_reads, provider_writes, &CancellationToken::new());
+        let mut reader = MessageReader::new(client_reads);
+        let mut seen = Vec::new();
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), reader.recv()).await.unwrap().unwrap() {
+            seen.push(match msg {
+                Message::WriteResult { id, outcome: WriteOutcome::Committed { .. } } => format!("write-result {id}"),
+                Message::Pong { seq } => format!("pong {seq}"),
+                other => format!("{other:?}"),
+            });
+        }
+        tokio::time::timeout(Duration::from_secs(10), session).await.unwrap().unwrap();
+        assert_eq!(seen, expected);
+    }
+
     #[test]
     fn a_group_answers_each_write_in_order_and_is_durable_when_answered() {
         let tmp = tempfile::tempdir().unwrap();
