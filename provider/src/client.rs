@@ -505,6 +505,47 @@ mod tests {
         assert!(received.iter().all(|name| *name != "write-request"), "sent to the old provider: {received:?}");
     }
 
+    /// A run stopped before a record it has not applied (here a provider's goodbye in
+    /// place of record 2's answer; Ctrl-C stops it the same way) names that record's
+    /// line to go on from, and so does the command it gives for going on: a command one
+    /// line off would skip the record, or send again the one before it, whose adds are
+    /// then refused as `already-exists` (found by a mutation audit: the tests checked the
+    /// line of the error's prefix, not the one in the command the operator copies).
+    #[tokio::test]
+    async fn a_run_stopped_before_a_record_gives_the_command_to_go_on_from_that_record_s_line() {
+        use tether_protocol::handshake::{server_handshake, Admission};
+        let tmp = tempfile::tempdir().unwrap();
+        let (listener, _, config, ldif) = setup(tmp.path()).await;
+        let secret = load_secret(&tmp.path().join("writer.key")).unwrap().secret;
+        // Answers record 1, then says goodbye in place of record 2's answer.
+        let provider = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut reader, mut writer) = connection::boxed_tcp(stream).unwrap();
+            let admission = Admission {
+                secret,
+                history: HistoryId([1; 16]),
+                session_id: 1,
+                keepalive_interval: Duration::from_secs(5),
+                keepalive_timeout: Duration::from_secs(20),
+            };
+            server_handshake(&mut reader, &mut writer, CLIENT_TIMEOUT, |_: &Hello| Ok(admission)).await.unwrap();
+            let Some(Message::WriteRequest { id, .. }) = reader.recv().await.unwrap() else { panic!("no write") };
+            let outcome = WriteOutcome::Committed { csn: Csn(7), uuid: tether_protocol::EntryUuid::new_time_ordered() };
+            writer.send(&Message::WriteResult { id, outcome }).await.unwrap();
+            let Some(Message::WriteRequest { .. }) = reader.recv().await.unwrap() else { panic!("no second write") };
+            let detail = "the provider is shutting down".to_owned();
+            writer.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail }).await.unwrap();
+        });
+
+        let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Required).await.unwrap_err();
+        provider.await.unwrap();
+        let shown = format!("{err:#}");
+        assert!(shown.starts_with(&format!("{}:6: the provider closed the session", ldif.display())), "{shown}");
+        assert!(shown.contains("1 record applied; this record and those after it were not applied"), "{shown}");
+        let go_on = format!("(to go on: tail -n +6 {} | tether-provider write -c ", ldif.display());
+        assert!(shown.contains(&go_on), "{shown}");
+    }
+
     /// A provider whose `listen` has port 0 took a free port at its start: `write`
     /// connects to the port it bound, which its status says, where it connected to
     /// port 0 and was refused (`connecting to 127.0.0.1:0: is the provider running`).
