@@ -874,6 +874,23 @@ mod tests {
         assert!(!client.to_string().contains("wrong") && !server.to_string().contains("correct horse"));
     }
 
+    /// The writer role names no agreement, so its refusal takes another path through
+    /// the check's wording; the check itself must not depend on the role. Asked at an
+    /// older version too: a client of one proves nothing about the provider, so the
+    /// provider's check is all that keeps a writer without the secret out.
+    #[tokio::test]
+    async fn a_writer_with_a_wrong_secret_is_bad_credentials_at_every_version() {
+        for versions in [vec![PROTOCOL_VERSION], vec![1, 2]] {
+            let hello = Hello { versions: versions.clone(), role: Role::Writer, ..consumer_hello("people") };
+            let (client, server) = run(hello, b"wrong").await;
+            let server = server.unwrap_err();
+            assert_eq!(server.reject_reason(), Some(RejectReason::BadCredentials), "{versions:?}: {server}");
+            assert!(server.to_string().contains("the writer role"), "{server}");
+            let client = client.unwrap_err();
+            assert_eq!(client.reject_reason(), Some(RejectReason::BadCredentials), "{versions:?}: {client}");
+        }
+    }
+
     #[tokio::test]
     async fn no_common_version_is_version_mismatch_before_authorizing() {
         let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
