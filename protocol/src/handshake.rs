@@ -973,6 +973,116 @@ mod tests {
         assert_eq!(started.elapsed(), left);
     }
 
+    /// The deadline covers every read of the handshake, not only the first: a client
+    /// that sends its hello and then nothing, at either version, holds its connection
+    /// slot no longer than one whose hello never came, and is told why.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_after_its_hello_times_out_and_is_told_so() {
+        for versions in [vec![PROTOCOL_VERSION], vec![1, 2]] {
+            let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+            cw.send(&Message::Hello(Hello { versions: versions.clone(), ..consumer_hello("people") })).await.unwrap();
+            let started = Instant::now();
+            let server = server_handshake(&mut sr, &mut sw, HANDSHAKE_TIMEOUT, authorize);
+            let err = tokio::time::timeout(HANDSHAKE_TIMEOUT * 3, server)
+                .await
+                .unwrap_or_else(|_| panic!("versions {versions:?}: the handshake outlived its deadline"))
+                .unwrap_err();
+            assert!(matches!(err, HandshakeError::Timeout(d) if d == HANDSHAKE_TIMEOUT), "{err}");
+            assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT, "versions {versions:?}");
+            assert!(matches!(
+                cr.recv().await.unwrap(),
+                Some(Message::Challenge { .. } | Message::MutualChallenge { .. })
+            ));
+            match cr.recv().await.unwrap() {
+                Some(Message::Reject(r)) => assert_eq!(r.reason, RejectReason::HandshakeTimeout),
+                other => panic!("expected a reject, got {other:?}"),
+            }
+        }
+    }
+
+    /// The same on the client's side: a provider that challenges and then says nothing,
+    /// at either version, ends the handshake at its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_silent_after_its_challenge_times_out() {
+        for mutual in [true, false] {
+            let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+            let provider = async move {
+                assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+                let nonce = [1; 32];
+                let challenge = if mutual { Message::MutualChallenge { nonce } } else { Message::Challenge { nonce } };
+                sw.send(&challenge).await.unwrap();
+                let _answer = sr.recv().await;
+                std::future::pending::<()>().await;
+            };
+            let limit = Duration::from_secs(3);
+            let secret = Secret::new(SECRET).unwrap();
+            let hello = Hello { versions: SUPPORTED_VERSIONS.to_vec(), ..consumer_hello("people") };
+            let started = Instant::now();
+            let client = client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, limit);
+            let client = async { tokio::time::timeout(limit * 3, client).await };
+            let err = tokio::select! {
+                client = client => client.unwrap_or_else(|_| panic!("mutual {mutual}: the handshake outlived its deadline")),
+                () = provider => unreachable!(),
+            }
+            .unwrap_err();
+            assert!(matches!(err, HandshakeError::Timeout(d) if d == limit), "mutual {mutual}: {err}");
+            assert_eq!(started.elapsed(), limit, "mutual {mutual}");
+        }
+    }
+
+    /// A client holds a provider to the handshake's frame limit as the provider holds
+    /// it: before the provider proved anything, whatever answers on its address cannot
+    /// make the client wait for, or buffer, a frame of up to 16 MiB.
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_s_frame_over_the_handshake_limit_is_refused_at_its_prefix() {
+        let ((mut cr, mut cw), (sr, sw)) = pair();
+        let provider = async move {
+            let mut sr = sr;
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            let announced = u32::try_from(HANDSHAKE_MAX_FRAME + 1).unwrap();
+            let mut raw = sw.into_frames().into_inner();
+            raw.write_all(&announced.to_be_bytes()).await.unwrap();
+            std::future::pending::<()>().await;
+        };
+        let secret = Secret::new(SECRET).unwrap();
+        let hello = consumer_hello("people");
+        let limit = Duration::from_secs(3);
+        let err = tokio::select! {
+            client = client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, limit) => client.unwrap_err(),
+            () = provider => unreachable!(),
+        };
+        assert!(
+            matches!(&err, HandshakeError::Wire(WireError::FrameTooLarge { len, max })
+                if (*len, *max) == (HANDSHAKE_MAX_FRAME + 1, HANDSHAKE_MAX_FRAME)),
+            "{err}"
+        );
+        assert_eq!(cr.max_frame(), MAX_FRAME, "the reader's own limit is restored");
+    }
+
+    /// A provider must choose among the versions the client offered: a client of
+    /// version 1 only, welcomed at version 2, would take the session on terms it does not
+    /// speak (an ack after a refresh-only poll that its provider never waits for, an
+    /// increment its peer decodes).
+    #[tokio::test]
+    async fn a_welcome_at_a_version_the_client_did_not_offer_is_refused() {
+        let ((mut cr, mut cw), (mut sr, mut sw)) = pair();
+        let provider = async move {
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Hello(_))));
+            sw.send(&Message::Challenge { nonce: [1; 32] }).await.unwrap();
+            assert!(matches!(sr.recv().await.unwrap(), Some(Message::Auth { .. })));
+            sw.send(&Message::Welcome(impostor_welcome(2))).await.unwrap();
+        };
+        let secret = Secret::new(SECRET).unwrap();
+        let hello = Hello { versions: vec![1], ..consumer_hello("people") };
+        let (client, ()) = tokio::join!(
+            client_handshake(&mut cr, &mut cw, &hello, &secret, ProviderProof::Optional, HANDSHAKE_TIMEOUT),
+            provider
+        );
+        let err = client.unwrap_err();
+        assert!(matches!(err, HandshakeError::BadVersion(2)), "{err}");
+        assert!(err.is_permanent());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_times_out_on_a_silent_provider() {
         let ((mut cr, mut cw), (_sr, _sw)) = pair();
