@@ -1163,6 +1163,50 @@ mod tests {
         provider.abort();
     }
 
+    /// A refresh batch before any `RefreshBegin`, a live change while the refresh
+    /// runs, and a second `RefreshBegin` once it is done are protocol errors: each ends
+    /// the session as an `exception` before anything of it is applied. A batch taken
+    /// outside a refresh went straight into the replica as a delta's would, and a change
+    /// taken during a reload went into the replica the reload was about to replace.
+    #[tokio::test]
+    async fn a_message_out_of_its_place_in_the_refresh_ends_the_session_unapplied() {
+        let history = HistoryId::new_random();
+        let refreshed = Cookie { history, csn: Csn(1) };
+        let change = |csn| Message::Change { op: batch_ops(5, 1).remove(0), cookie: Cookie { history, csn: Csn(csn) } };
+        for (says, msgs) in [
+            ("protocol error: Batch outside a refresh", vec![batch(0, 2)]),
+            (
+                "protocol error: Change before the refresh finished",
+                vec![Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }, change(6)],
+            ),
+            (
+                "protocol error: a second RefreshBegin",
+                vec![
+                    Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false },
+                    Message::RefreshDone { cookie: refreshed },
+                    Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false },
+                    batch(0, 2),
+                ],
+            ),
+        ] {
+            let (_dir, store, replica) = empty_replica();
+            let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+            let secret = cfg.secret.clone();
+            let provider = tokio::spawn(async move {
+                let (mut r, mut w) = welcomed(theirs, secret, history).await;
+                for msg in msgs {
+                    let _ = w.send(&msg).await;
+                }
+                let _ = w.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: String::new() }).await;
+                while let Ok(Some(_)) = r.recv().await {}
+            });
+            let ended = session_ended(&cfg, &store, &replica).await;
+            assert_eq!((ended.reason, ended.detail.as_str()), (Reason::Exception, says), "{ended:?}");
+            assert_eq!(replica.len().unwrap(), 0, "{says}: nothing of it was applied");
+            provider.abort();
+        }
+    }
+
     /// A provider's free text after the handshake (a `RefreshRequired`'s reason, a
     /// `Goodbye`'s detail) reaches the log and the status on one line, escaped: one that
     /// only knows the secret (any consumer host of the agreement) wrote forged lines.
