@@ -698,6 +698,40 @@ mod tests {
         }
     }
 
+    /// A reload ends exactly the sessions whose grant it took away: an agreement removed,
+    /// given another secret, or a base that no longer covers the session's; for a write
+    /// client, the writer secret changed or `[writer]` removed. An unchanged or widened
+    /// grant ends nothing (it would close the consumer's agreement until `start`).
+    #[test]
+    fn a_reload_revokes_exactly_the_sessions_whose_grant_it_took_away() {
+        const PEOPLE: &str = "ou=people,dc=example,dc=com";
+        let grants = |agreements: &[(&str, &str, &str)], writer: Option<&str>| Grants {
+            agreements: agreements
+                .iter()
+                .map(|(name, secret, base)| {
+                    ((*name).to_owned(), (Secret::new(*secret).unwrap(), Dn::parse(base).unwrap()))
+                })
+                .collect(),
+            writer: writer.map(|w| Secret::new(w).unwrap()),
+        };
+        let old = grants(&[("people", "s1", PEOPLE)], Some("w1"));
+        let mut reader = SessionInfo::for_test(1, "127.0.0.1:40000", "people", "c1");
+        reader.base = Some(Dn::parse(PEOPLE).unwrap());
+        let writer = SessionInfo::for_test(2, "127.0.0.1:40001", WRITER, "w");
+        let cases = [
+            (grants(&[("people", "s1", PEOPLE)], Some("w1")), (false, false), "nothing changed"),
+            (grants(&[("people", "s1", "dc=example,dc=com")], Some("w1")), (false, false), "a widened base"),
+            (grants(&[("people", "s1", &format!("ou=staff,{PEOPLE}"))], Some("w1")), (true, false), "a narrowed base"),
+            (grants(&[("people", "s2", PEOPLE)], Some("w1")), (true, false), "another secret"),
+            (grants(&[], Some("w1")), (true, false), "the agreement removed"),
+            (grants(&[("people", "s1", PEOPLE)], Some("w2")), (false, true), "another writer secret"),
+            (grants(&[("people", "s1", PEOPLE)], None), (false, true), "[writer] removed"),
+        ];
+        for (new, expected, change) in cases {
+            assert_eq!((revoked(&old, &new, &reader), revoked(&old, &new, &writer)), expected, "{change}");
+        }
+    }
+
     /// A reload that changes the writer's secret while a writer is in its handshake: the
     /// handshake was checked against the grants read before it, and the session that
     /// follows must not outlive the grant the reload took away.
