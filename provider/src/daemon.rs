@@ -500,6 +500,53 @@ async fn trim_once(dir: &Arc<Directory>, registry: &Registry, retention: &Change
 mod tests {
     use super::*;
 
+    /// A reload refused for its `[tls]` files changes nothing, the grants it read before
+    /// them included: a session whose agreement got another secret in the same edit runs
+    /// on under the grant the provider keeps, and is revoked once the file loads whole.
+    #[tokio::test]
+    async fn a_reload_refused_for_its_tls_files_revokes_no_session() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("provider.toml");
+        let config = |secret_file: &str, tls: &str| {
+            format!(
+                "suffix = \"dc=example,dc=com\"\n{tls}[[consumer]]\nagreement = \"people\"\nsecret_file = \"{secret_file}\"\n"
+            )
+        };
+        std::fs::write(tmp.path().join("old.key"), "the secret people had").unwrap();
+        std::fs::write(tmp.path().join("new.key"), "the secret people has now").unwrap();
+        std::fs::write(&file, config("old.key", "")).unwrap();
+        let running = ProviderConfig::load(&file).unwrap();
+        let dir = Arc::new(Directory::open(&tmp.path().join("data"), &running.suffix).unwrap());
+        let params = ServerParams {
+            max_connections: 4,
+            handshake_timeout: Duration::from_secs(10),
+            max_frame: 1 << 20,
+            session: SessionParams {
+                batch_size: 10,
+                queue_len: 16,
+                keepalive_interval: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(60),
+                keepalive_enabled: true,
+            },
+        };
+        let server = Server::new(dir, grants(&running).unwrap().0, None, params, CancellationToken::new());
+        let mut info = crate::registry::SessionInfo::for_test(1, "127.0.0.1:40000", "people", "c1");
+        info.base = Some(running.suffix.clone());
+        let session = server.registry().register(info, &CancellationToken::new());
+        let (retention, _) = watch::channel(running.changelog);
+
+        let missing = "[tls]\ncert_file = \"missing.pem\"\nkey_file = \"missing.key\"\n";
+        std::fs::write(&file, config("new.key", missing)).unwrap();
+        let refused = reload(&file, &running, &server, &retention).unwrap_err();
+        assert!(format!("{refused:#}").contains("missing.pem"), "{refused:#}");
+        assert!(!session.cancel.is_cancelled(), "a refused reload revoked a session");
+
+        std::fs::write(&file, config("new.key", "")).unwrap();
+        let reply = reload(&file, &running, &server, &retention).unwrap();
+        assert!(reply.contains("1 agreement, 1 session revoked"), "{reply}");
+        assert!(session.cancel.is_cancelled());
+    }
+
     #[test]
     fn a_trim_names_a_few_forgotten_consumers_and_counts_the_rest() {
         let few: Vec<String> = vec!["people/a".into(), "groups/b".into()];
