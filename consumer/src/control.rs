@@ -660,6 +660,36 @@ mod tests {
         assert_eq!(reply, Ok(admin_reply("people", Command::Stop, State::Persisting, false)));
     }
 
+    /// A `wait` on a stopped agreement whose replica is already at the CSN asked
+    /// answers with it: only one below the CSN cannot move until it is started.
+    #[tokio::test]
+    async fn a_wait_on_a_stopped_agreement_already_at_the_csn_is_answered_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let agreements: Agreements = std::sync::Arc::default();
+        let status = StatusHandle::new("people", "127.0.0.1:1", "refresh-and-persist");
+        status.update(|s| {
+            s.state = State::Stopped;
+            s.cookie = Some(Cookie { history: HistoryId::new_random(), csn: Csn(5) }.to_string());
+        });
+        let (commands, _received) = tokio::sync::mpsc::channel(8);
+        agreements.lock().await.insert("people".to_owned(), running(status, commands));
+        let (reload, _requests) = tokio::sync::mpsc::channel(1);
+        let ctx = ControlContext {
+            store,
+            agreements,
+            reload,
+            shutdown: CancellationToken::new(),
+            config_file: tether_protocol::control::StartedWith::new(Path::new("consumer.toml")),
+            consumer_id: "c".to_owned(),
+        };
+        for reach in [Reach::Durable, Reach::Visible] {
+            assert_eq!(wait(&ctx, "people", Csn(5), reach, 1_000).await, Ok("5\n".to_owned()), "{}", reach.as_str());
+            let beyond = wait(&ctx, "people", Csn(6), reach, 1_000).await.unwrap_err();
+            assert!(beyond.contains("the agreement is stopped at csn 5"), "{beyond}");
+        }
+    }
+
     #[test]
     fn a_command_naming_no_agreement_is_about_the_only_one_or_lists_them() {
         assert_eq!(super::only_agreement(["people"].into_iter()), Ok("people".to_owned()));
