@@ -1179,6 +1179,61 @@ mod tests {
         assert_eq!(server.await.unwrap(), [ControlRequest::Reload, ControlRequest::Status { json: true }]);
     }
 
+    /// A peer of another user is a stranger whatever group it runs in: one in the group
+    /// whose id is the owner's user id (root's group 0, the owner being root) is refused
+    /// as any other. Only root can start a peer of another user, so elsewhere this test
+    /// has nothing to check.
+    #[tokio::test]
+    async fn a_peer_of_another_user_is_refused_whatever_its_group() {
+        let name = "control::tests::a_peer_of_another_user_is_refused_whatever_its_group";
+        if let Some(path) = std::env::var_os("TETHER_STRANGER_CHILD") {
+            let err = call_at(Path::new(&path), Process::Provider, &ControlRequest::Reload, &mut Vec::new())
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("serves only its process's user (uid 0) and root, not uid 65534"), "{err}");
+            return;
+        }
+        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path).await.unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            |stream| async move {
+                let (mut reader, mut writer) = crate::frame::split(stream);
+                if read_request(&mut reader, &mut writer, Process::Provider).await.is_ok() {
+                    let _ = respond_done(&mut writer, "done\n").await;
+                }
+            },
+        ));
+        let exe = std::env::current_exe().unwrap();
+        let child = path.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=0", "--clear-groups", "--bounding-set=-all", "--inh-caps=-all"])
+                .arg(exe)
+                .args(["--exact", name])
+                .env("TETHER_STRANGER_CHILD", child)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let _ = stop.send(());
+        server.await.unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && said.contains("1 passed"), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Only the socket's own user and root may use it, whatever its mode says.
     #[tokio::test]
     async fn the_control_socket_serves_only_its_user_and_root() {
