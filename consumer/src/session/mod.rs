@@ -777,10 +777,24 @@ mod tests {
 
     /// Runs one session of `cfg`, which must end within 30 s, and says how it ended.
     async fn session_ended(cfg: &SessionConfig, store: &ReplicaStore, replica: &Replica) -> Ended {
+        session_shown(cfg, store, replica).await.0
+    }
+
+    /// Runs one session of `cfg` as [`session_ended`] does, and says also what its
+    /// status showed at the end.
+    async fn session_shown(
+        cfg: &SessionConfig,
+        store: &ReplicaStore,
+        replica: &Replica,
+    ) -> (Ended, crate::status::AgreementStatus) {
         let status = StatusHandle::new("people", &cfg.provider, &cfg.mode.to_string());
-        tokio::time::timeout(Duration::from_secs(30), run(cfg, store, replica, &status, &StopSignal::default(), false))
-            .await
-            .expect("the session must end")
+        let ended = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(cfg, store, replica, &status, &StopSignal::default(), false),
+        )
+        .await
+        .expect("the session must end");
+        (ended, status.snapshot())
     }
 
     /// The test's end of the pipe after a provider's side of the handshake: the consumer
@@ -1082,6 +1096,122 @@ mod tests {
         assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
         assert!(ended.detail.contains("replica lacks 1 entries named present"), "{ended:?}");
         assert_eq!(replica.cookie().unwrap(), None, "the next session reloads in full");
+        provider.abort();
+    }
+
+    /// A delta's batches, a live change and an `Advance` each move what status shows and
+    /// what the provider is told: the entry count follows the replica (a delta and live
+    /// changes move it batch by batch, nothing recounts it until a reload), and each
+    /// cookie reached is acknowledged and shown. A count left behind showed `entries`
+    /// short of what a search returns for as long as the session lasted; an `Advance`
+    /// not acknowledged held the provider's changelog at the consumer's older position.
+    #[tokio::test]
+    async fn a_delta_a_live_change_and_an_advance_move_the_entry_count_and_the_cookie_acknowledged() {
+        let (_dir, store, replica) = empty_replica();
+        let history = HistoryId::new_random();
+        let at = move |csn: u64| Cookie { history, csn: Csn(csn) };
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        async fn ack(r: &mut MessageReader<BoxedRead>) -> Option<Cookie> {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), r.recv()).await {
+                    Ok(Ok(Some(Message::Ack { cookie }))) => return Some(cookie),
+                    Ok(Ok(Some(_))) => {}
+                    _ => return None,
+                }
+            }
+        }
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            // The cookie each step was acknowledged with, as it came (None: nothing did).
+            let mut acked = Vec::new();
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+            w.send(&batch(0, 2)).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: at(2) }).await.unwrap();
+            acked.push(ack(&mut r).await);
+            w.send(&Message::Change { op: batch_ops(2, 1).remove(0), cookie: at(3) }).await.unwrap();
+            acked.push(ack(&mut r).await);
+            w.send(&Message::Advance { cookie: at(7) }).await.unwrap();
+            acked.push(ack(&mut r).await);
+            w.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: String::new() }).await.unwrap();
+            while let Ok(Some(_)) = r.recv().await {}
+            acked
+        });
+        let (ended, shown) = session_shown(&cfg, &store, &replica).await;
+        assert_eq!(ended.reason, Reason::ProviderGoodbye, "{ended:?}");
+        assert_eq!(provider.await.unwrap(), [Some(at(2)), Some(at(3)), Some(at(7))], "the cookies acknowledged");
+        assert_eq!(replica.len().unwrap(), 3);
+        assert_eq!(shown.entries, 3, "status counts what the replica holds");
+        assert_eq!(shown.cookie, Some(at(7).to_string()));
+        assert_eq!(shown.lag_changes, 0, "every change applied was acknowledged");
+        assert_eq!(replica.cookie().unwrap(), Some(at(7)));
+    }
+
+    /// A full refresh's catch-up, after the `RefreshProgress` that ends its scan, goes
+    /// into the shadow through the checked apply: an entry renamed while the scan ran
+    /// comes again under its new name, and takes the place of its old one. Taken for
+    /// more of the scan, it looked like one entryUUID sent twice, and the shadow was
+    /// discarded as a provider's fault: every reload of a directory where something is
+    /// renamed during the scan failed and started over.
+    #[tokio::test]
+    async fn an_entry_renamed_while_the_scan_ran_comes_in_the_catch_up_under_its_new_name() {
+        let (_dir, store, replica) = empty_replica();
+        let history = HistoryId::new_random();
+        let Message::Batch { ops: scanned } = batch(0, 2) else { unreachable!() };
+        let ReplOp::Upsert(mut renamed) = scanned[0].clone() else { unreachable!() };
+        renamed.dn = Dn::parse("cn=p0-renamed,dc=example,dc=com").unwrap();
+        renamed.csn = Csn(4);
+        let start = Cookie { history, csn: Csn(3) };
+        let done = Cookie { history, csn: Csn(4) };
+        let (cfg, theirs) = piped(Mode::RefreshOnly);
+        let secret = cfg.secret.clone();
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Full, resumed: false }).await.unwrap();
+            w.send(&Message::Batch { ops: scanned }).await.unwrap();
+            let resume = ResumePoint { kind: RefreshKind::Full, since: Csn::ZERO, start, cursor: None };
+            w.send(&Message::RefreshProgress { resume }).await.unwrap();
+            w.send(&Message::Batch { ops: vec![ReplOp::Upsert(renamed)] }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: done }).await.unwrap();
+            w.send(&Message::Goodbye { reason: GoodbyeReason::RefreshComplete, detail: String::new() }).await.unwrap();
+            while let Ok(Some(_)) = r.recv().await {}
+        });
+        let (ended, shown) = session_shown(&cfg, &store, &replica).await;
+        assert!(ended.refresh_complete, "{ended:?}");
+        assert_eq!(replica.cookie().unwrap(), Some(done));
+        assert_eq!(shown.entries, 2, "status counts the reloaded replica");
+        let mut dns: Vec<String> = replica.search(&cfg.spec).unwrap().into_iter().map(|e| e.dn.to_string()).collect();
+        dns.sort();
+        assert_eq!(dns, ["cn=p0-renamed,dc=example,dc=com", "cn=p1,dc=example,dc=com"]);
+        provider.abort();
+    }
+
+    /// Every change of a run applied together has its cookie checked, not only the
+    /// first: a change behind the session's position queued right behind one past it
+    /// ends the session before either is applied. Taken, it moved the replica's cookie
+    /// back, and the next session asked the provider again for what it held already.
+    #[tokio::test]
+    async fn a_change_behind_the_session_s_position_queued_behind_another_ends_it_unapplied() {
+        let (_dir, store, replica) = empty_replica();
+        let history = HistoryId::new_random();
+        let at = move |csn: u64| Cookie { history, csn: Csn(csn) };
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            // All on the wire at once: the two changes are queued together.
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: at(12) }).await.unwrap();
+            w.send(&Message::Change { op: batch_ops(12, 1).remove(0), cookie: at(13) }).await.unwrap();
+            w.send(&Message::Change { op: batch_ops(10, 1).remove(0), cookie: at(11) }).await.unwrap();
+            let _ = w.send(&Message::Goodbye { reason: GoodbyeReason::Shutdown, detail: String::new() }).await;
+            while let Ok(Some(_)) = r.recv().await {}
+        });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert_eq!(ended.reason, Reason::Exception, "{ended:?}");
+        assert!(ended.detail.contains("Change names cookie"), "{ended:?}");
+        assert_eq!(replica.cookie().unwrap(), Some(at(12)), "the refresh's cookie stands");
+        assert_eq!(replica.len().unwrap(), 0, "neither change applied");
         provider.abort();
     }
 
