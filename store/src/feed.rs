@@ -229,6 +229,27 @@ mod tests {
         assert!(delta.newest_read() >= moved, "made durable before it is sent");
     }
 
+    /// A read that takes its first changes from the feed and the rest from the store
+    /// goes on in the store after the last change the feed gave, so that each change
+    /// comes once: the feed can hold the head of a range and not its tail when a session
+    /// behind its reach kept what it read there.
+    #[test]
+    fn a_read_partly_from_the_feed_returns_each_change_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        d.write(&suffix()).unwrap();
+        for uid in ["a", "b", "c", "d"] {
+            let dn = format!("uid={uid},dc=example,dc=com");
+            d.write(&add(&dn, &[("objectClass", "person"), ("cn", uid), ("sn", uid)])).unwrap();
+        }
+        let upto = d.durable_csn();
+        d.feed.forget();
+        // A session at 2 reads one change from the store, which the feed keeps.
+        assert_eq!(d.recent_changes(Csn(2), Csn(3), 1).unwrap()[0].csn(), Csn(3));
+        let csns: Vec<u64> = d.recent_changes(Csn(2), upto, 10).unwrap().iter().map(|c| c.csn().0).collect();
+        assert_eq!(csns, (3..=upto.0).collect::<Vec<_>>());
+    }
+
     #[test]
     fn a_committed_change_is_fed_as_written_and_sends_what_the_store_would() {
         let tmp = tempfile::tempdir().unwrap();
