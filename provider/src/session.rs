@@ -1295,6 +1295,181 @@ mod tests {
         assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::Shutdown));
     }
 
+    /// An `Advance` held back for changes outside the region is dropped when a change in
+    /// the region comes first: the change's cookie is past it, and an `Advance` sent
+    /// after it would move the consumer back, which the consumer refuses as a protocol
+    /// violation. On the paused clock, which moves only as timers fire.
+    #[tokio::test(start_paused = true)]
+    async fn an_advance_held_back_is_dropped_when_a_change_in_the_region_comes_first() {
+        let (_store, dir, mut reader, _writes, session, cancel) = persisting_outside_the_writes().await;
+        let first = write_outside(&dir, 0);
+        assert_eq!(next_advance(&mut reader).await, first);
+        // Within the delay: held back.
+        write_outside(&dir, 1);
+        tokio::task::yield_now().await;
+        let mut attrs = tether_protocol::Attributes::new();
+        attrs.add("objectClass", [tether_protocol::Value::from("organizationalUnit")]).unwrap();
+        attrs.add("ou", [tether_protocol::Value::from("people")]).unwrap();
+        let people = tether_protocol::Dn::parse("ou=people,dc=example,dc=com").unwrap();
+        let change = dir.write(&tether_protocol::Change::Add { dn: people, attrs }).unwrap().csn;
+        let mut after = Vec::new();
+        let _ = tokio::time::timeout(ADVANCE_DELAY * 4, async {
+            loop {
+                match reader.recv().await.unwrap().expect("a message") {
+                    Message::Ping { .. } => {}
+                    msg => after.push(msg),
+                }
+            }
+        })
+        .await;
+        let cookies: Vec<(&str, Csn)> = after
+            .iter()
+            .map(|m| match m {
+                Message::Change { cookie, .. } => ("change", cookie.csn),
+                Message::Advance { cookie } => ("advance", cookie.csn),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(cookies, [("change", change)]);
+        cancel.cancel();
+        assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::Shutdown));
+    }
+
+    /// A consumer's acknowledgement is recorded as its position, not the newest durable
+    /// CSN it was acknowledged under: the position holds back trimming, and one recorded
+    /// ahead let a trim take changes the consumer had not applied, so that it came back
+    /// to a present refresh, while `status` showed it current. On the paused clock, past
+    /// the interval between two recordings.
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_behind_the_newest_change_is_recorded_as_the_position_acknowledged() {
+        let (_store, dir, at) = directory_with_suffix();
+        write_outside(&dir, 0);
+        let presented = Cookie { history: at.history, csn: Csn(at.csn.0 - 1) };
+        let spec = SearchSpec::subtree(dir.suffix().clone());
+        let cancel = CancellationToken::new();
+        let (session, consumer_side) =
+            spawn_session(&dir, session_setup(Mode::RefreshAndPersist, presented, spec, &cancel));
+        let (consumer_reads, consumer_writes) = tokio::io::split(consumer_side);
+        let mut reader = MessageReader::new(consumer_reads);
+        while !matches!(reader.recv().await.unwrap().expect("a message"), Message::RefreshDone { .. }) {}
+        tokio::time::advance(POSITION_RECORD_INTERVAL * 2).await;
+        MessageWriter::new(consumer_writes).send(&Message::Ack { cookie: at }).await.unwrap();
+        let position = || dir.consumer_positions().unwrap().into_iter().map(|(_, p)| p.csn).next();
+        let recorded = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match position() {
+                    Some(csn) if csn != presented.csn => return csn,
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await
+        .expect("the ack is recorded");
+        assert_eq!(recorded, at.csn, "the newest durable csn is {}", dir.durable_csn());
+        cancel.cancel();
+        assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::Shutdown));
+    }
+
+    /// Trims the changelog to no record at all: its floor is then the newest durable CSN.
+    fn trim_everything(dir: &Directory) -> Csn {
+        let policy = tether_store::RetentionPolicy {
+            max_changes: Some(0),
+            max_age: None,
+            hold_for_consumers: Duration::ZERO,
+            up_since_ms: 0,
+        };
+        let floor = dir.trim(&policy, 0).unwrap().floor;
+        assert_eq!(floor, dir.durable_csn(), "trimmed to the newest change");
+        floor
+    }
+
+    /// A consumer whose position is the changelog's floor itself is served from the
+    /// changelog, as every change above the floor is in it: a trim by age on a quiet
+    /// provider stops at a connected consumer's position, so the floor is where a
+    /// caught-up consumer stands, and the next write must reach it, not end its
+    /// session with `refresh-required` (and the session after it the same way).
+    #[tokio::test]
+    async fn a_consumer_at_the_changelog_floor_is_sent_the_next_change() {
+        let (_store, dir, mut reader, _writes, session, cancel) = persisting_outside_the_writes().await;
+        trim_everything(&dir);
+        let next = write_outside(&dir, 0);
+        let first = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match reader.recv().await.unwrap() {
+                    Some(Message::Ping { .. }) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("a message after the write");
+        assert_eq!(first, Some(Message::Advance { cookie: Cookie { history: dir.history(), csn: next } }));
+        cancel.cancel();
+        assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::Shutdown));
+    }
+
+    /// A trim past the position of a connected consumer that has not read every change
+    /// yet (it reads slowly: its queue is full) ends its session with `refresh-required`
+    /// once it has read what was sent before the trim, each change once and in order: it
+    /// must not be left waiting, nor sent the changes after the trimmed ones as if
+    /// nothing were missing.
+    #[tokio::test]
+    async fn a_trim_past_a_slow_consumers_position_ends_its_session_with_refresh_required() {
+        let (_store, dir, at) = directory_with_suffix();
+        let spec = SearchSpec::subtree(dir.suffix().clone());
+        let cancel = CancellationToken::new();
+        let (session, consumer_side) = spawn_session(&dir, session_setup(Mode::RefreshAndPersist, at, spec, &cancel));
+        let (consumer_reads, _consumer_writes) = tokio::io::split(consumer_side);
+        let mut reader = MessageReader::new(consumer_reads);
+        let refreshed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(msg) = reader.recv().await.unwrap() {
+                if matches!(msg, Message::RefreshDone { .. }) {
+                    return;
+                }
+            }
+        });
+        assert!(refreshed.await.is_ok(), "the refresh ends, and persisting begins");
+        // Far more than the pipe, the writer's buffer, the queue and one read hold
+        // (about 128 KiB and 320 messages): the session cannot have read them all.
+        let text = "x".repeat(1024);
+        let writes: Vec<tether_protocol::Change> = (0..2000)
+            .map(|i| tether_protocol::Change::Modify {
+                dn: dir.suffix().clone(),
+                mods: vec![tether_protocol::Modification {
+                    op: tether_protocol::ModOp::Replace,
+                    attr: "description".into(),
+                    values: vec![tether_protocol::Value::from(format!("{i} {text}"))],
+                }],
+            })
+            .collect();
+        let last = dir.write_group(&writes).pop().unwrap().unwrap().csn;
+        dir.sync(last).unwrap();
+        // The session reads, and fills what holds its messages, before the trim.
+        let mut csns = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(10), reader.recv()).await {
+            Ok(Ok(Some(Message::Change { cookie, .. }))) => csns.push(cookie.csn.0),
+            other => panic!("the first change, not {other:?}"),
+        }
+        assert_eq!(trim_everything(&dir), last);
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match reader.recv().await.unwrap() {
+                    Some(Message::Change { cookie, .. }) => csns.push(cookie.csn.0),
+                    Some(Message::Ping { .. }) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        let Ok(Some(Message::Goodbye { reason, .. })) = end else {
+            panic!("a goodbye after the changes sent before the trim, not {end:?} after {} changes", csns.len())
+        };
+        assert_eq!(reason, GoodbyeReason::RefreshRequired);
+        let expected: Vec<u64> = (at.csn.0 + 1..at.csn.0 + 1 + csns.len() as u64).collect();
+        assert!(csns == expected && (csns.len() as u64) < last.0 - at.csn.0, "sent {csns:?}");
+        assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::RefreshRequired));
+    }
+
     /// A consumer whose first full refresh (no cookie yet) was cut short resumes it
     /// when it comes back, though age-based trimming ran while it was away: the
     /// refresh's start holds the changelog back as a recorded position does, for
