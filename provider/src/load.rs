@@ -626,6 +626,28 @@ mod tests {
         assert!(dir.entries().contains(&Dn::parse("cn=c,cn=b,ou=later,dc=example,dc=com").unwrap()).unwrap());
     }
 
+    /// An entry below one listed before its parent, itself listed before that parent,
+    /// waits with it: written when read, it went into the store ahead of its own
+    /// parent, and the load failed after pass 1 had passed the file.
+    #[test]
+    fn a_child_of_an_entry_listed_before_its_parent_waits_for_it_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(&tmp.path().join("p"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let file = tmp.path().join("early.ldif");
+        std::fs::write(
+            &file,
+            "dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\n\
+             dn: ou=a,ou=p,dc=example,dc=com\nobjectClass: organizationalUnit\nou: a\n\n\
+             dn: cn=c,ou=a,ou=p,dc=example,dc=com\nobjectClass: person\ncn: c\nsn: s\n\n\
+             dn: ou=p,dc=example,dc=com\nobjectClass: organizationalUnit\nou: p\n",
+        )
+        .unwrap();
+        let report = load_file(&dir, &file, Existing::Refuse).unwrap();
+        assert_eq!((report.entries, report.reordered), (4, 2), "cn=c waits for ou=a, which waits for ou=p");
+        let c = Dn::parse("cn=c,ou=a,ou=p,dc=example,dc=com").unwrap();
+        assert!(dir.entries().contains(&c).unwrap());
+    }
+
     /// A name given twice (spelled differently: the check compares normal forms) and an
     /// entry whose parent is neither in the store nor anywhere in the file each refuse
     /// the file with the line, before anything is written; a parent later in the file,
