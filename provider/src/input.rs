@@ -188,22 +188,38 @@ mod tests {
 
     /// A named pipe gives its text once: it is copied, read twice from the copy, and
     /// named as given.
+    ///
+    /// Under a deadline: a pipe that `Input::open` left to be opened by name later would
+    /// keep its writer, and the test, waiting for a reader for good (a mutation audit's
+    /// planted bug hung here rather than failing).
     #[test]
     fn a_named_pipe_is_copied_and_read_from_its_start_each_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("changes.ldif");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
-        assert!(made.success());
-        let writer = {
-            let fifo = fifo.clone();
-            std::thread::spawn(move || std::fs::write(fifo, "dn: dc=example\n").unwrap())
-        };
-        let input = Input::open(&fifo).unwrap();
-        writer.join().unwrap();
-        assert_eq!(input.shown(), fifo.display().to_string());
-        assert!(input.is_spooled(), "its name cannot be given to a command again");
-        assert_eq!(read(&input).unwrap(), "dn: dc=example\n");
-        assert_eq!(read(&input).unwrap(), "dn: dc=example\n", "read again from the start");
+        let (done, finished) = std::sync::mpsc::channel();
+        let body = std::thread::spawn(move || {
+            let dir = tempfile::tempdir().unwrap();
+            let fifo = dir.path().join("changes.ldif");
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+            assert!(made.success());
+            let writer = {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || std::fs::write(fifo, "dn: dc=example\n").unwrap())
+            };
+            let input = Input::open(&fifo).unwrap();
+            writer.join().unwrap();
+            assert_eq!(input.shown(), fifo.display().to_string());
+            assert!(input.is_spooled(), "its name cannot be given to a command again");
+            assert_eq!(read(&input).unwrap(), "dn: dc=example\n");
+            assert_eq!(read(&input).unwrap(), "dn: dc=example\n", "read again from the start");
+            let _ = done.send(());
+        });
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(std::time::Duration::from_secs(60))
+        {
+            panic!("the pipe's writer still waited for a reader after 60 s: opening the input did not read it");
+        }
+        if let Err(panic) = body.join() {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     #[test]
