@@ -517,19 +517,8 @@ mod tests {
         std::fs::write(&file, config("old.key", "")).unwrap();
         let running = ProviderConfig::load(&file).unwrap();
         let dir = Arc::new(Directory::open(&tmp.path().join("data"), &running.suffix).unwrap());
-        let params = ServerParams {
-            max_connections: 4,
-            handshake_timeout: Duration::from_secs(10),
-            max_frame: 1 << 20,
-            session: SessionParams {
-                batch_size: 10,
-                queue_len: 16,
-                keepalive_interval: Duration::from_secs(60),
-                keepalive_timeout: Duration::from_secs(60),
-                keepalive_enabled: true,
-            },
-        };
-        let server = Server::new(dir, grants(&running).unwrap().0, None, params, CancellationToken::new());
+        let server =
+            Server::new(dir, grants(&running).unwrap().0, None, crate::server::test_params(), CancellationToken::new());
         let mut info = crate::registry::SessionInfo::for_test(1, "127.0.0.1:40000", "people", "c1");
         info.base = Some(running.suffix.clone());
         let session = server.registry().register(info, &CancellationToken::new());

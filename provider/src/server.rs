@@ -618,6 +618,24 @@ fn authorize(
     })
 }
 
+/// Settings for a server under test: long keepalives, so that only what a test does
+/// ends a session.
+#[cfg(test)]
+pub(crate) fn test_params() -> ServerParams {
+    ServerParams {
+        max_connections: 4,
+        handshake_timeout: Duration::from_secs(10),
+        max_frame: 1 << 20,
+        session: SessionParams {
+            batch_size: 10,
+            queue_len: 16,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(60),
+            keepalive_enabled: true,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tether_protocol::foreign::ForeignPeer;
@@ -679,23 +697,6 @@ mod tests {
         }
         assert!(logged.len() < 1_500, "a base of {} bytes is logged whole", logged.len());
         assert!(logged.contains("outside ou=people,dc=example,dc=com allowed for \"people\""), "{logged}");
-    }
-
-    /// Settings for a server under test: long keepalives, so that only what a test
-    /// does ends a session.
-    fn test_params() -> ServerParams {
-        ServerParams {
-            max_connections: 4,
-            handshake_timeout: Duration::from_secs(10),
-            max_frame: 1 << 20,
-            session: SessionParams {
-                batch_size: 10,
-                queue_len: 16,
-                keepalive_interval: Duration::from_secs(60),
-                keepalive_timeout: Duration::from_secs(60),
-                keepalive_enabled: true,
-            },
-        }
     }
 
     /// A reload ends exactly the sessions whose grant it took away: an agreement removed,

@@ -1152,9 +1152,7 @@ mod tests {
     }
 
     /// A persist session of a region the writes to the suffix entry are outside of, past
-    /// its refresh: the store's folder, the directory, the consumer's reader, the
-    /// consumer's writing half (kept open: its end ends the session), the session, and
-    /// what stops it.
+    /// its refresh (see [`persisting`]).
     #[allow(clippy::type_complexity)]
     async fn persisting_outside_the_writes() -> (
         tempfile::TempDir,
@@ -1164,8 +1162,25 @@ mod tests {
         tokio::task::JoinHandle<SessionEnd>,
         CancellationToken,
     ) {
+        persisting(|_| SearchSpec::subtree(tether_protocol::Dn::parse("ou=people,dc=example,dc=com").unwrap())).await
+    }
+
+    /// A persist session of the region `region` names in the directory, past its
+    /// refresh: the store's folder, the directory, the consumer's reader, the consumer's
+    /// writing half (kept open: its end ends the session), the session, and what stops it.
+    #[allow(clippy::type_complexity)]
+    async fn persisting(
+        region: impl FnOnce(&Directory) -> SearchSpec,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Directory>,
+        MessageReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<SessionEnd>,
+        CancellationToken,
+    ) {
         let (store, dir, at) = directory_with_suffix();
-        let spec = SearchSpec::subtree(tether_protocol::Dn::parse("ou=people,dc=example,dc=com").unwrap());
+        let spec = region(&dir);
         let cancel = CancellationToken::new();
         let (session, consumer_side) = spawn_session(&dir, session_setup(Mode::RefreshAndPersist, at, spec, &cancel));
         let (consumer_reads, consumer_writes) = tokio::io::split(consumer_side);
@@ -1415,20 +1430,9 @@ mod tests {
     /// nothing were missing.
     #[tokio::test]
     async fn a_trim_past_a_slow_consumers_position_ends_its_session_with_refresh_required() {
-        let (_store, dir, at) = directory_with_suffix();
-        let spec = SearchSpec::subtree(dir.suffix().clone());
-        let cancel = CancellationToken::new();
-        let (session, consumer_side) = spawn_session(&dir, session_setup(Mode::RefreshAndPersist, at, spec, &cancel));
-        let (consumer_reads, _consumer_writes) = tokio::io::split(consumer_side);
-        let mut reader = MessageReader::new(consumer_reads);
-        let refreshed = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(msg) = reader.recv().await.unwrap() {
-                if matches!(msg, Message::RefreshDone { .. }) {
-                    return;
-                }
-            }
-        });
-        assert!(refreshed.await.is_ok(), "the refresh ends, and persisting begins");
+        let (_store, dir, mut reader, _writes, session, _cancel) =
+            persisting(|dir| SearchSpec::subtree(dir.suffix().clone())).await;
+        let at = dir.durable_csn();
         // Far more than the pipe, the writer's buffer, the queue and one read hold
         // (about 128 KiB and 320 messages): the session cannot have read them all.
         let text = "x".repeat(1024);
@@ -1465,8 +1469,8 @@ mod tests {
             panic!("a goodbye after the changes sent before the trim, not {end:?} after {} changes", csns.len())
         };
         assert_eq!(reason, GoodbyeReason::RefreshRequired);
-        let expected: Vec<u64> = (at.csn.0 + 1..at.csn.0 + 1 + csns.len() as u64).collect();
-        assert!(csns == expected && (csns.len() as u64) < last.0 - at.csn.0, "sent {csns:?}");
+        let expected: Vec<u64> = (at.0 + 1..at.0 + 1 + csns.len() as u64).collect();
+        assert!(csns == expected && (csns.len() as u64) < last.0 - at.0, "sent {csns:?}");
         assert_eq!(session.await.unwrap(), SessionEnd::Goodbye(GoodbyeReason::RefreshRequired));
     }
 
