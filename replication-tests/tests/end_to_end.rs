@@ -87,6 +87,11 @@ fn persist_consumer_converges_on_5000_entries_and_500_writes() -> Result<()> {
     assert_eq!(status["protocol_version"], newest, "{status}");
     let sessions = p.status()?["sessions"].clone();
     assert_eq!(sessions[0]["protocol_version"], newest, "{sessions}");
+    // The provider's session shows what the consumer acknowledged: converged, it lags
+    // by nothing (a session that recorded no ack showed a lag of every change made).
+    wait_until(CONVERGE, "the provider's session to show the consumer's acknowledgements", || {
+        Ok(p.status()?["sessions"][0]["lag_changes"] == 0)
+    })?;
     // The consumer shows the id the provider knows it by, so its rows there can be found.
     let id = c.status()?["consumer_id"].clone();
     assert!(id.as_str().is_some_and(|id| !id.is_empty()), "{id}");
