@@ -1198,15 +1198,19 @@ mod tests {
 
     /// A write to the suffix entry, outside the session's region; its CSN.
     fn write_outside(dir: &Directory, i: usize) -> Csn {
-        let change = tether_protocol::Change::Modify {
+        dir.write(&describe_suffix(dir, format!("write {i}"))).unwrap().csn
+    }
+
+    /// A modification of the suffix entry's description to `text`.
+    fn describe_suffix(dir: &Directory, text: String) -> tether_protocol::Change {
+        tether_protocol::Change::Modify {
             dn: dir.suffix().clone(),
             mods: vec![tether_protocol::Modification {
                 op: tether_protocol::ModOp::Replace,
                 attr: "description".into(),
-                values: vec![tether_protocol::Value::from(format!("write {i}"))],
+                values: vec![tether_protocol::Value::from(text)],
             }],
-        };
-        dir.write(&change).unwrap().csn
+        }
     }
 
     /// The next `Advance`'s CSN.
@@ -1275,16 +1279,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_change_in_the_region_behind_a_backlog_outside_it_is_not_held_back() {
         let (_store, dir, mut reader, _writes, session, cancel) = persisting_outside_the_writes().await;
-        let backlog: Vec<tether_protocol::Change> = (0..10 * RECORDS_PER_READ)
-            .map(|i| tether_protocol::Change::Modify {
-                dn: dir.suffix().clone(),
-                mods: vec![tether_protocol::Modification {
-                    op: tether_protocol::ModOp::Replace,
-                    attr: "description".into(),
-                    values: vec![tether_protocol::Value::from(format!("write {i}"))],
-                }],
-            })
-            .collect();
+        let backlog: Vec<tether_protocol::Change> =
+            (0..10 * RECORDS_PER_READ).map(|i| describe_suffix(&dir, format!("write {i}"))).collect();
         let mut attrs = tether_protocol::Attributes::new();
         attrs.add("objectClass", [tether_protocol::Value::from("organizationalUnit")]).unwrap();
         attrs.add("ou", [tether_protocol::Value::from("people")]).unwrap();
@@ -1436,16 +1432,8 @@ mod tests {
         // Far more than the pipe, the writer's buffer, the queue and one read hold
         // (about 128 KiB and 320 messages): the session cannot have read them all.
         let text = "x".repeat(1024);
-        let writes: Vec<tether_protocol::Change> = (0..2000)
-            .map(|i| tether_protocol::Change::Modify {
-                dn: dir.suffix().clone(),
-                mods: vec![tether_protocol::Modification {
-                    op: tether_protocol::ModOp::Replace,
-                    attr: "description".into(),
-                    values: vec![tether_protocol::Value::from(format!("{i} {text}"))],
-                }],
-            })
-            .collect();
+        let writes: Vec<tether_protocol::Change> =
+            (0..2000).map(|i| describe_suffix(&dir, format!("{i} {text}"))).collect();
         let last = dir.write_group(&writes).pop().unwrap().unwrap().csn;
         dir.sync(last).unwrap();
         // The session reads, and fills what holds its messages, before the trim.
