@@ -1495,13 +1495,7 @@ mod tests {
             dir.write(&tether_protocol::Change::Add { dn, attrs }).unwrap();
         }
         if kind == RefreshKind::Present {
-            let cap = tether_store::RetentionPolicy {
-                max_changes: Some(0),
-                max_age: None,
-                hold_for_consumers: Duration::ZERO,
-                up_since_ms: 0,
-            };
-            assert!(dir.trim(&cap, u64::MAX).unwrap().floor > cookie.csn);
+            assert!(trim_everything(&dir) > cookie.csn);
         }
         let spec = SearchSpec::subtree(dir.suffix().clone());
         let session = |resume: Option<ResumePoint>| {
@@ -1534,16 +1528,7 @@ mod tests {
         // A write after the refresh began; then trimming, once it is older than
         // `max_age` but the consumer left well within `hold_for_consumers`.
         write_outside(&dir, 0);
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-        let hour = Duration::from_secs(3600);
-        let policy = tether_store::RetentionPolicy {
-            max_changes: None,
-            max_age: Some(hour),
-            hold_for_consumers: 24 * hour,
-            up_since_ms: 0,
-        };
-        let later = now_ms + 2 * 3_600_000;
-        let floor = dir.trim(&policy, later).unwrap().floor;
+        let floor = trim_by_age_two_hours_on(&dir);
         let start = resume.start.csn;
 
         let (second, consumer) = session(Some(resume));
@@ -1576,6 +1561,19 @@ mod tests {
         let end = tokio::time::timeout(Duration::from_secs(10), session).await.unwrap().unwrap();
         assert_eq!(end, SessionEnd::Goodbye(GoodbyeReason::RefreshComplete));
 
+        let floor = trim_by_age_two_hours_on(&dir);
+        assert_eq!(
+            dir.plan_refresh(Some(&at)).unwrap(),
+            RefreshKind::Delta,
+            "the poller's cookie at {} was trimmed to {floor} within the hold",
+            at.csn
+        );
+    }
+
+    /// Trims as the trimmer would two hours from now, with a `max_age` of one hour and a
+    /// `hold_for_consumers` of a day: every change made so far is past its age, and only
+    /// what a consumer seen within the day holds stays. The new floor.
+    fn trim_by_age_two_hours_on(dir: &Directory) -> Csn {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         let hour = Duration::from_secs(3600);
         let policy = tether_store::RetentionPolicy {
@@ -1584,13 +1582,7 @@ mod tests {
             hold_for_consumers: 24 * hour,
             up_since_ms: 0,
         };
-        let floor = dir.trim(&policy, now_ms + 2 * 3_600_000).unwrap().floor;
-        assert_eq!(
-            dir.plan_refresh(Some(&at)).unwrap(),
-            RefreshKind::Delta,
-            "the poller's cookie at {} was trimmed to {floor} within the hold",
-            at.csn
-        );
+        dir.trim(&policy, now_ms + 2 * 3_600_000).unwrap().floor
     }
 
     /// A directory holding its suffix entry, in a folder of its own, and its cookie.
