@@ -135,7 +135,19 @@ impl Refresh {
                 });
             }
         }
-        let mut kind = dir.plan_refresh(cookie)?;
+        Self::fresh(dir, spec, cookie, dir.plan_refresh(cookie)?, batch_size)
+    }
+
+    /// Plans a refresh that does not resume one, of the `kind` [`Directory::plan_refresh`]
+    /// chose from the cookie. A separate step because a trim can run between that choice
+    /// and the pin, which is what decides: the tests place one there.
+    fn fresh(
+        dir: &Directory,
+        spec: SearchSpec,
+        cookie: Option<&Cookie>,
+        mut kind: RefreshKind,
+        batch_size: usize,
+    ) -> Result<Self, StoreError> {
         let mut since = cookie.filter(|_| kind != RefreshKind::Full).map_or(Csn::ZERO, |c| c.csn);
         let pin = match kind {
             RefreshKind::Delta => match dir.pin(since)? {
@@ -762,7 +774,7 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_whose_cookie_was_trimmed_after_planning_looked_becomes_a_present_refresh() {
+    fn a_running_delta_holds_its_cookie_through_a_trim_and_a_cookie_trimmed_past_plans_a_present_refresh() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = directory(&tmp.path().join("p"));
         let cookie = dir.cookie();
@@ -837,6 +849,16 @@ mod tests {
     /// changelog no longer reaches back to it: the entries changed since go in full,
     /// the others as UUIDs.
     fn replica_below_the_floor(dir: &Directory, replica: &tether_store::Replica) -> Cookie {
+        let cookie = replica_behind(dir, replica);
+        let cap =
+            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        dir.trim(&cap, u64::MAX).unwrap();
+        cookie
+    }
+
+    /// A replica at `cookie` after a full refresh of the region, and three changes to the
+    /// region since: two entries modified, one deleted.
+    fn replica_behind(dir: &Directory, replica: &tether_store::Replica) -> Cookie {
         let mut full = Refresh::plan(dir, spec(), None, None, BATCH).unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
         let (_, done, _) = drive(dir, &mut full, &mut shadow, None);
@@ -849,10 +871,35 @@ mod tests {
             dir.write(&Change::Modify { dn: dn(&person(i)), mods: vec![sn("Changed")] }).unwrap();
         }
         dir.write(&Change::Delete { dn: dn(&person(PEOPLE - 3)) }).unwrap();
+        cookie
+    }
+
+    /// A trim can land between planning's look at the floor and its pin (the trimmer
+    /// runs on its own task): the delta planned from the cookie then cannot be pinned,
+    /// and the consumer, whose entries are still ours, gets a present refresh from its
+    /// cookie: the two entries modified since in full, the rest by UUID, the deleted one
+    /// gone. Not a full reload, and not an error that would fail the session at every
+    /// retry in the same race.
+    #[test]
+    fn a_trim_between_planning_a_delta_and_pinning_it_makes_a_present_refresh_from_the_cookie() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        let cookie = replica_behind(&dir, &replica);
+        let kind = dir.plan_refresh(Some(&cookie)).unwrap();
+        assert_eq!(kind, RefreshKind::Delta, "the changelog still reaches the cookie when planning looks");
         let cap =
             RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
-        dir.trim(&cap, u64::MAX).unwrap();
-        cookie
+        assert!(dir.trim(&cap, u64::MAX).unwrap().floor > cookie.csn);
+
+        let mut refresh = Refresh::fresh(&dir, spec(), Some(&cookie), kind, BATCH).unwrap();
+        assert_eq!(refresh.kind(), RefreshKind::Present);
+        let mut shadow = replica.begin_shadow(RefreshKind::Present).unwrap();
+        let (_, done, upserts) = drive(&dir, &mut refresh, &mut shadow, None);
+        assert_eq!(upserts, 2, "only the entries modified since the cookie go in full");
+        shadow.finish(done.unwrap()).unwrap();
+        assert_eq!(view(replica.entries().unwrap().iter()), view(dir.search(&spec())));
     }
 
     /// A present refresh names by UUID only the entries unchanged since the consumer's
