@@ -1044,6 +1044,57 @@ mod tests {
         assert_eq!(acks, [refreshed], "only the durable refresh is acknowledged, not the change: {ended:?}");
     }
 
+    /// `wait --visible` answers once searches return the change, so the applied CSN it
+    /// waits on moves only after the apply: a change whose apply fails (here its replica
+    /// removed from the store under the session, so the apply finds no replica) must
+    /// never show as visible. Moved ahead of the apply, a failed change answered the
+    /// waits for it though no search would ever return it.
+    #[tokio::test]
+    async fn a_change_whose_apply_fails_is_never_visible() {
+        let (_dir, store, replica) = empty_replica();
+        let (cfg, theirs) = piped(Mode::RefreshAndPersist);
+        let secret = cfg.secret.clone();
+        let history = HistoryId::new_random();
+        let refreshed = Cookie { history, csn: Csn(1) };
+        let (refresh_acked_tx, refresh_acked) = tokio::sync::oneshot::channel();
+        let (removed_tx, removed) = tokio::sync::oneshot::channel::<()>();
+        // The provider: an empty refresh; once its ack is in and the replica removed,
+        // one change, then whatever the consumer sends until the connection ends.
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, history).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: refreshed }).await.unwrap();
+            while let Ok(Some(msg)) = r.recv().await {
+                if matches!(msg, Message::Ack { cookie } if cookie == refreshed) {
+                    break;
+                }
+            }
+            let _ = refresh_acked_tx.send(());
+            removed.await.unwrap();
+            let op = batch_ops(1, 1).remove(0);
+            w.send(&Message::Change { op, cookie: Cookie { history, csn: Csn(2) } }).await.unwrap();
+            while let Ok(Some(_)) = r.recv().await {}
+        });
+        let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
+        let stop = StopSignal::default();
+        let session = run(&cfg, &store, &replica, &status, &stop, false);
+        let remove = async {
+            refresh_acked.await.expect("the refresh acknowledged");
+            assert_eq!(status.visible_csn(), Some(Csn(1)), "the refresh is visible");
+            store.remove("people").unwrap();
+            removed_tx.send(()).unwrap();
+        };
+        let (ended, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(session, remove) })
+            .await
+            .expect("the session ends when its apply fails");
+        assert!(ended.reason == Reason::Exception && ended.detail.contains("applying changes"), "{ended:?}");
+        assert_eq!(status.visible_csn(), Some(Csn(1)), "the change that failed is not visible: {ended:?}");
+        tokio::time::timeout(Duration::from_secs(30), provider)
+            .await
+            .expect("the connection ends with the session")
+            .unwrap();
+    }
+
     /// A provider whose connection ends without a goodbye after the refresh (killed, its
     /// host rebooted) is a `connection-lost`, retried on the schedule; not an
     /// `exception`, which the log warns of and the monitoring table sends an operator to.
