@@ -1193,6 +1193,16 @@ mod tests {
         }
     }
 
+    /// A name of 64 characters, the most an agreement may have, is taken, and one of 65
+    /// refused: the limit is the name's length, not one short of it.
+    #[test]
+    fn an_agreement_name_of_64_characters_is_taken_and_one_of_65_refused() {
+        let longest = "a".repeat(MAX_AGREEMENT_NAME_LEN);
+        assert_eq!(check_agreement_name(&longest), Ok(()));
+        let e = check_agreement_name(&format!("{longest}b")).unwrap_err();
+        assert!(e.ends_with("is longer than 64 characters"), "{e}");
+    }
+
     #[test]
     fn relative_paths_resolve_against_the_file_folder() {
         let dir = config_dir(Path::new("/etc/tether/c.toml")).unwrap();
