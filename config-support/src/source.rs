@@ -1374,6 +1374,29 @@ mod tests {
         assert!(loaded.warnings[0].contains("mode 644"), "{:?}", loaded.warnings);
     }
 
+    /// A secret file that group alone, or others alone, may read or write is warned of
+    /// as one both may read is: each of those bits lets someone other than its owner at
+    /// the secret (a group `ssl-cert` reading it, say).
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_group_alone_or_others_alone_may_read_or_write_is_warned_of() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_secret(&dir, "k", b"a secret of enough length\n");
+        for mode in [0o640, 0o620, 0o604, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let loaded = load_secret(&path).unwrap();
+            assert_eq!(
+                loaded.warnings,
+                [format!(
+                    "secret file {} is accessible by group or others (mode {mode:o}); restrict it with chmod 600",
+                    path.display()
+                )],
+                "mode {mode:o}"
+            );
+        }
+    }
+
     /// A secret shorter than 16 bytes is taken, as deployments run on them, but warned
     /// of with the file and the way to make a good one: a captured handshake lets anyone
     /// guess a short secret offline.
