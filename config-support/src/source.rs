@@ -1203,6 +1203,28 @@ mod tests {
         assert!(e.ends_with("is longer than 64 characters"), "{e}");
     }
 
+    /// A control socket path of 107 bytes, the most a Unix socket address holds with its
+    /// terminating NUL, is taken (and binds), and one of 108 refused naming the key.
+    #[test]
+    fn a_socket_path_of_107_bytes_is_taken_and_one_of_108_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = |len: usize| {
+            let folder = dir.path().as_os_str().len() + 1;
+            dir.path().join("s".repeat(len - folder))
+        };
+        let file = Path::new("/etc/tether/c.toml");
+        let longest = named(MAX_SOCKET_PATH_LEN);
+        assert_eq!(longest.as_os_str().len(), 107);
+        check_socket_path(file, "control", &longest).unwrap();
+        std::os::unix::net::UnixListener::bind(&longest).unwrap();
+        let e = check_socket_path(file, "control", &named(MAX_SOCKET_PATH_LEN + 1)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/etc/tether/c.toml: key 'control': socket path ")
+                && e.ends_with(" is 108 bytes long; Unix sockets allow at most 107"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn relative_paths_resolve_against_the_file_folder() {
         let dir = config_dir(Path::new("/etc/tether/c.toml")).unwrap();
