@@ -1328,6 +1328,22 @@ mod tests {
         assert!(!e.contains("out of open files"), "a missing file is the file's fault: {e}");
     }
 
+    /// A secret file of 4096 bytes, the most a secret file may hold, is taken whole, and
+    /// one a byte longer refused: the limit is the file's size, not one short of it.
+    #[test]
+    fn a_secret_file_of_4096_bytes_is_taken_and_one_of_4097_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let most = vec![b'a'; MAX_SECRET_LEN as usize];
+        let loaded = load_secret(&write_secret(&dir, "most", &most)).unwrap();
+        assert!(loaded.secret == Secret::new(most.clone()).unwrap());
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let over = write_secret(&dir, "over", &[most.as_slice(), b"a"].concat());
+        assert_eq!(
+            load_secret(&over).unwrap_err().to_string(),
+            format!("{}: secret file is larger than 4096 bytes; is it the right file?", over.display())
+        );
+    }
+
     /// A secret that cannot be opened for want of open files says the process is out of
     /// them. Run in a child process of this test binary, which lowers its open files
     /// limit and uses it up.
