@@ -1344,6 +1344,34 @@ mod tests {
         );
     }
 
+    /// A secret ending in a tab or a carriage return (once one newline is taken off) is
+    /// warned of, as one ending in a space or a second newline is: both are part of the
+    /// secret, invisible in an editor, and the usual reason two sides' files differ (a
+    /// `\r` is what is left of `\r\r\n`, a file's line ends converted twice).
+    #[test]
+    fn a_secret_ending_in_a_tab_or_a_carriage_return_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, &[u8], &[u8]); 3] = [
+            ("tab", b"s3cret-of-16-bytes\t\n", b"s3cret-of-16-bytes\t"),
+            ("cr", b"s3cret-of-16-bytes\r", b"s3cret-of-16-bytes\r"),
+            ("crcrlf", b"s3cret-of-16-bytes\r\r\n", b"s3cret-of-16-bytes\r"),
+        ];
+        for (name, contents, want) in cases {
+            let path = write_secret(&dir, name, contents);
+            let loaded = load_secret(&path).unwrap();
+            assert!(loaded.secret == Secret::new(want.to_vec()).unwrap(), "{name}");
+            assert_eq!(
+                loaded.warnings,
+                [format!(
+                    "secret file {} ends in blank space (after one newline is taken off), which is part of the \
+                     secret: the other side's file must end the same way",
+                    path.display()
+                )],
+                "{name}"
+            );
+        }
+    }
+
     /// A secret that cannot be opened for want of open files says the process is out of
     /// them. Run in a child process of this test binary, which lowers its open files
     /// limit and uses it up.
