@@ -743,6 +743,17 @@ mod tests {
         }
     }
 
+    /// A `cache_size` of 1MiB, the least a store's cache may be, is taken, and a byte
+    /// less refused: the floor is the size itself.
+    #[test]
+    fn a_cache_size_of_1mib_is_taken_and_a_byte_less_refused() {
+        assert_eq!(parse(&format!("{MINIMAL}cache_size = \"1MiB\"")).unwrap().cache_size, 1 << 20);
+        assert_eq!(
+            refused(&format!("{MINIMAL}cache_size = \"1048575B\"")),
+            "/etc/tether/provider.toml: key 'cache_size': invalid size \"1048575B\": must be at least 1MiB"
+        );
+    }
+
     /// A handshake limit of a few nanoseconds is refused as zero is: `"1ns"` passed as
     /// greater than zero, and no connection with a millisecond between its packets (a
     /// LAN's TLS handshake) finished its handshake in time, so the provider served nobody,
