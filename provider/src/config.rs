@@ -507,6 +507,32 @@ mod tests {
         assert_eq!(running.restart_only_changes(&changed), ["listen", "batch_size", "keepalive"]);
     }
 
+    /// Each key a reload cannot apply is named when it alone changes: one left out of
+    /// the list was taken for applied, the reply saying nothing of it while the provider
+    /// ran on the old value until its next start.
+    #[test]
+    fn each_key_a_reload_cannot_apply_is_named_when_it_alone_changes() {
+        // `control` given, so that a new `data_dir` does not move the default socket too.
+        let file = |extra: &str| format!("{MINIMAL}control = \"/run/tether/p.sock\"\n{extra}\n");
+        let running = parse(&file("")).unwrap();
+        let cases = [
+            ("data_dir", file("data_dir = \"store\"")),
+            ("cache_size", file("cache_size = \"64MiB\"")),
+            ("listen", file("listen = \"127.0.0.1:7390\"")),
+            ("control", file("").replace("p.sock", "q.sock")),
+            ("suffix", file("").replace("dc=example", "dc=other")),
+            ("max_connections", file("max_connections = 7")),
+            ("handshake_timeout", file("handshake_timeout = \"3s\"")),
+            ("max_frame", file("max_frame = 65536")),
+            ("batch_size", file("batch_size = 7")),
+            ("queue_len", file("queue_len = 7")),
+            ("keepalive", file("[keepalive]\ninterval = \"2s\"")),
+        ];
+        for (key, text) in cases {
+            assert_eq!(running.restart_only_changes(&parse(&text).unwrap()), [key], "from:\n{text}");
+        }
+    }
+
     /// A reload keeps the running suffix (the reply names a changed one as not applied):
     /// a grant without a base keeps being allowed the running suffix, and a base below
     /// the new suffix only is refused, naming the key.
