@@ -878,4 +878,41 @@ mod tests {
         );
         assert_eq!(e, want);
     }
+    /// `check_files` reads every consumer's secret, not the writer's alone: `status`
+    /// warns of a consumer's secret file lost, or open to others, while the provider
+    /// runs on what it read, as the next start would stop on the first.
+    #[cfg(unix)]
+    #[test]
+    fn each_consumer_s_secret_is_checked_with_its_key_as_the_writer_s_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = |name: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "a secret of enough length\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        secret("w.key", 0o600);
+        let open = secret("a.key", 0o644);
+        let file = dir.path().join("provider.toml");
+        let grants = "[[consumer]]\nagreement = \"a\"\nsecret_file = \"a.key\"\n\
+                      [[consumer]]\nagreement = \"b\"\nsecret_file = \"b.key\"\n";
+        std::fs::write(&file, format!("{MINIMAL}{grants}[writer]\nsecret_file = \"w.key\"\n")).unwrap();
+        let e = ProviderConfig::load(&file).unwrap().check_files().unwrap_err().to_string();
+        let want = format!(
+            "{}: key 'consumer[1].secret_file': {}: cannot read secret file: ",
+            file.display(),
+            dir.path().join("b.key").display()
+        );
+        assert!(e.starts_with(&want), "{e}");
+        secret("b.key", 0o600);
+        let warnings = ProviderConfig::load(&file).unwrap().check_files().unwrap();
+        assert_eq!(
+            warnings,
+            [format!(
+                "secret file {} is accessible by group or others (mode 644); restrict it with chmod 600",
+                open.display()
+            )]
+        );
+    }
 }
