@@ -521,6 +521,25 @@ secret_file = "people.key"
         assert_eq!(running.restart_only_changes(&moved), ["control", "shutdown_timeout"]);
     }
 
+    /// Each key a reload cannot apply is named when it alone changes: one left out of
+    /// the list was taken for applied, the reply saying nothing of it while the consumer
+    /// ran on the old value until its next start.
+    #[test]
+    fn each_key_a_reload_cannot_apply_is_named_when_it_alone_changes() {
+        // `control` given, so that a new `data_dir` does not move the default socket too.
+        let file = |extra: &str| format!("control = \"/run/tether/c.sock\"\n{extra}\n{MINIMAL_AGREEMENT}");
+        let running = parse(&file("")).unwrap();
+        let cases = [
+            ("data_dir", file("data_dir = \"store\"")),
+            ("cache_size", file("cache_size = \"128MiB\"")),
+            ("control", file("").replace("c.sock", "d.sock")),
+            ("shutdown_timeout", file("shutdown_timeout = \"9s\"")),
+        ];
+        for (key, text) in cases {
+            assert_eq!(running.restart_only_changes(&parse(&text).unwrap()), [key], "from:\n{text}");
+        }
+    }
+
     /// The error message for `text`, which must be refused.
     fn refused(text: &str) -> String {
         match parse(text) {
