@@ -679,6 +679,24 @@ secret_file = "people.key"
         assert!(e.starts_with(&format!("{}: cannot read: ", missing.display())), "{e}");
     }
 
+    /// `check_files` reads each agreement's CA file, as a start does: one that cannot be
+    /// read is named with its key, so that `status` warns of it while the consumer runs
+    /// on what it read, as the next start would stop on it.
+    #[test]
+    fn a_ca_file_that_cannot_be_read_is_named_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("people.key"), "a secret of enough length\n").unwrap();
+        let file = dir.path().join("consumer.toml");
+        std::fs::write(&file, with("[agreement.tls]\nca_file = \"pki/ca.pem\"")).unwrap();
+        let e = ConsumerConfig::load(&file).unwrap().check_files().unwrap_err().to_string();
+        let want = format!(
+            "{}: key 'agreement[0].tls.ca_file': cannot read {}: ",
+            file.display(),
+            dir.path().join("pki/ca.pem").display()
+        );
+        assert!(e.starts_with(&want), "{e}");
+    }
+
     #[test]
     fn bad_values_name_file_key_and_reason() {
         let f = "/etc/tether/consumer.toml";
