@@ -725,6 +725,12 @@ secret_file = "people.key"
                  a handshake and a refresh; to follow the provider closer, use mode = \"refresh-and-persist\""
                     .into(),
             ),
+            // Refused as the file loads, so `status` and the offline commands refuse it
+            // as a start does, in words an operator reads.
+            (
+                with("[agreement.tls]\nca_file = \"ca.pem\"\nserver_name = \"\""),
+                "key 'agreement[0].tls.server_name': server name is empty".into(),
+            ),
             (
                 with("[agreement.tls]\nca_file = \"ca.pem\"\nserver_name = \"[::1]\""),
                 "key 'agreement[0].tls.server_name': write an IPv6 address without brackets here: \"::1\"".into(),
