@@ -386,6 +386,29 @@ mod tests {
         assert_eq!(wait_of(&out), Some(Duration::from_secs(1)), "back to the first step");
     }
 
+    /// A session that never got past the handshake is a failure however long it took:
+    /// it starts neither the schedule nor the `give_up_after` clock again. Taken for a
+    /// healthy minute, a handshake a hung provider held for two (the handshake's limit is
+    /// the keepalive `timeout`, which may be minutes) sent every retry back to the first
+    /// step, and the agreement never gave up.
+    #[test]
+    fn a_session_that_never_connected_resets_nothing_however_long_it_took() {
+        let t0 = Instant::now();
+        let mut m = machine(&["1s x1", "1m forever"], Some(Duration::from_secs(150)));
+        let unconnected = || Ended { connected: false, ..ended(Reason::ConnectionLost) };
+        m.step(t0, Input::Begin { stopped: false }, 0.5);
+        m.step(t0, Input::SessionEnded(unconnected()), 0.5);
+        let hung = HEALTHY_AFTER * 2;
+        let t1 = t0 + Duration::from_secs(1);
+        m.step(t1, Input::TimerFired, 0.5);
+        let out = m.step(t1 + hung, Input::SessionEnded(unconnected()), 0.5);
+        assert_eq!(wait_of(&out), Some(Duration::from_secs(60)), "the second step: {out:?}");
+        let t2 = t1 + hung + Duration::from_secs(60);
+        m.step(t2, Input::TimerFired, 0.5);
+        let out = m.step(t2 + hung, Input::SessionEnded(unconnected()), 0.5);
+        assert_eq!(m.state(), State::Closed, "failing since t0, past give_up_after: {out:?}");
+    }
+
     #[test]
     fn give_up_after_closes() {
         let t0 = Instant::now();
