@@ -902,6 +902,8 @@ secret_file = "people.key"
             ("retry = [\"1s x0\"]", "key 'agreement[0].retry[0]': invalid retry step \"1s x0\": count must be at least 1"),
             ("retry = [\"1s\"]", "key 'agreement[0].retry[0]': invalid retry step \"1s\": expected \"<delay> x<count>\""),
             ("retry = [\"1m forever\", \"1s x5\"]", "key 'agreement[0].retry[1]': retry step \"1s x5\" follows \"1m forever\": only the last step may repeat forever"),
+            // Named where it follows the `forever`, not where the list begins.
+            ("retry = [\"1s x5\", \"1m forever\", \"10s x3\"]", "key 'agreement[0].retry[2]': retry step \"10s x3\" follows \"1m forever\": only the last step may repeat forever"),
             ("retry = []", "key 'agreement[0].retry': retry schedule is empty"),
             ("retry = [\"1000000y forever\"]", "key 'agreement[0].retry[0]': invalid retry step \"1000000y forever\": invalid duration \"1000000y\": longer than 100 years"),
             ("retry = \"1s x5\"", "key 'agreement[0].retry': invalid type: string \"1s x5\", expected a list of retry steps"),
