@@ -1225,6 +1225,17 @@ mod tests {
         );
     }
 
+    /// Sizes are read in the binary units they are written in: a KiB is 1024 bytes, a
+    /// MiB 1024 KiB, a GiB 1024 MiB, so `"1024KiB"` is the cache's least, `"1MiB"`.
+    #[test]
+    fn sizes_are_read_in_binary_units() {
+        assert_eq!(parse_byte_size("1048576B"), Ok(1 << 20));
+        assert_eq!(parse_byte_size("1KiB"), Ok(1024));
+        assert_eq!(parse_byte_size("1024KiB"), Ok(1 << 20));
+        assert_eq!(parse_byte_size("64 MiB"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("3GiB"), Ok(3 << 30));
+    }
+
     #[test]
     fn relative_paths_resolve_against_the_file_folder() {
         let dir = config_dir(Path::new("/etc/tether/c.toml")).unwrap();
