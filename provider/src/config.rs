@@ -780,6 +780,19 @@ mod tests {
         );
     }
 
+    /// A `hold_for_consumers` of `"0s"` is taken, turning the hold off as the docs say,
+    /// while a `max_age` of `"0s"` is refused as every other retention duration of zero
+    /// is: only the hold has a meaning for nothing.
+    #[test]
+    fn a_hold_for_consumers_of_0s_is_taken_and_a_max_age_of_0s_refused() {
+        let off = parse(&format!("{MINIMAL}[changelog]\nhold_for_consumers = \"0s\"")).unwrap();
+        assert_eq!(off.changelog.hold_for_consumers, Duration::ZERO);
+        assert_eq!(
+            refused(&format!("{MINIMAL}[changelog]\nmax_age = \"0s\"")),
+            "/etc/tether/provider.toml: key 'changelog.max_age': invalid duration \"0s\": must be greater than zero"
+        );
+    }
+
     /// A handshake limit of a few nanoseconds is refused as zero is: `"1ns"` passed as
     /// greater than zero, and no connection with a millisecond between its packets (a
     /// LAN's TLS handshake) finished its handshake in time, so the provider served nobody,
