@@ -627,6 +627,25 @@ mod tests {
         assert_eq!(config.consumers[0].allowed_base(&config.suffix), &config.suffix);
     }
 
+    /// The defaults are the values docs/operations.md gives, written out, whether a
+    /// section is left out (its `Default` then) or given without keys (each key's own
+    /// default): `defaults` compares with `Default` itself, and the example file gives
+    /// every key, so a wrong value in either passed both.
+    #[test]
+    fn the_documented_defaults_hold_with_their_section_left_out_or_given_empty() {
+        let changelog = ChangelogConfig {
+            max_changes: 1_000_000,
+            max_age: secs(7 * 86_400),
+            hold_for_consumers: secs(86_400),
+            trim_interval: secs(60),
+        };
+        let keepalive = KeepaliveConfig { enabled: true, interval: secs(5), timeout: secs(20) };
+        for text in [MINIMAL.to_owned(), format!("{MINIMAL}[changelog]\n[keepalive]\n")] {
+            let config = parse(&text).unwrap();
+            assert_eq!((config.changelog, config.keepalive), (changelog, keepalive), "from:\n{text}");
+        }
+    }
+
     #[test]
     fn relative_paths_resolve_against_the_config_folder() {
         let text = format!(
