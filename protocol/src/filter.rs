@@ -465,6 +465,16 @@ mod tests {
         assert!(!sub(Some("a"), &[], Some("a")).matches(&entry(&[("cn", "a")])), "initial and final do not overlap");
     }
 
+    /// A middle part of spaces alone is one space (RFC 4518 §2.6.1), which must be found
+    /// between the parts around it: `(cn=ann* *ie)` is "ann", a word boundary, then a
+    /// value ending in "ie", so it matches "Ann Marie" and not "Annie".
+    #[test]
+    fn a_middle_part_of_spaces_alone_needs_a_space_between_the_parts_around_it() {
+        let ann_then_ie = sub(Some("ann"), &[" "], Some("ie"));
+        assert!(ann_then_ie.matches(&entry(&[("cn", "Ann Marie")])));
+        assert!(!ann_then_ie.matches(&entry(&[("cn", "Annie")])), "no space between \"ann\" and \"ie\"");
+    }
+
     /// A capital sigma lowers to ς at a word's end and σ elsewhere; matching folds both
     /// to σ, so a part ending where its value goes on still matches, and so does a value
     /// spelled with σ where another has ς (found by a walkthrough: `(cn=ΑΣ*)` missed
