@@ -212,6 +212,25 @@ mod tests {
         assert!(!all.same_region(&one_level));
     }
 
+    /// Presence, ordering and approximate items respelled select the same entries, so a
+    /// configuration that names `Mail` where it said `mail` must not cost a reload in
+    /// full, whichever kind of item names it.
+    #[test]
+    fn a_region_is_the_same_however_the_names_in_any_kind_of_filter_item_are_spelled() {
+        let spec = |filter: &str| SearchSpec {
+            filter: filter.parse().unwrap(),
+            ..SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap())
+        };
+        for (filter, respelled) in [
+            ("(mail=*)", "(Mail=*)"),
+            ("(uidNumber>=1000)", "(UIDNUMBER>=1000)"),
+            ("(uidNumber<=999)", "(uidnumber<=999)"),
+            ("(cn~=ann)", "(CN~=ANN)"),
+        ] {
+            assert!(spec(filter).same_region(&spec(respelled)), "{filter} respelled {respelled}");
+        }
+    }
+
     /// An attribute's options in another order name the same attribute, and `entryUUID`
     /// in the list keeps nothing the list does not (every entry's UUID is kept beside its
     /// attributes, listed or not): respelled so, a region was reloaded in full.
