@@ -231,6 +231,34 @@ mod tests {
         }
     }
 
+    /// A filter changed so that it selects other entries makes another region, which the
+    /// replica must be reloaded for: an ordering turned round, and a middle substring
+    /// part given an edge space (`(sn=* x*)` needs a word to start with "x", so it no
+    /// longer matches "Max").
+    #[test]
+    fn a_region_is_another_when_an_ordering_turns_round_or_a_middle_part_gains_an_edge_space() {
+        let spec = |filter: &str| SearchSpec {
+            filter: filter.parse().unwrap(),
+            ..SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap())
+        };
+        let mut attrs = crate::Attributes::new();
+        attrs.add("objectClass", ["person".into()]).unwrap();
+        attrs.add("sn", ["Max".into()]).unwrap();
+        attrs.add("uidNumber", ["5".into()]).unwrap();
+        let max = crate::Entry {
+            dn: Dn::parse("cn=max,dc=example,dc=com").unwrap(),
+            uuid: crate::EntryUuid([7; 16]),
+            csn: crate::Csn(1),
+            attrs,
+        };
+        for (filter, changed) in [("(uidNumber<=999)", "(uidNumber>=999)"), ("(sn=*x*)", "(sn=* x*)")] {
+            let (was, now) = (spec(filter), spec(changed));
+            assert!(was.contains(&max) && !now.contains(&max), "{filter} and {changed} select other entries");
+            assert!(!was.same_region(&now), "{filter} changed to {changed}");
+            assert!(!now.same_region(&was), "{changed} changed to {filter}");
+        }
+    }
+
     /// An attribute's options in another order name the same attribute, and `entryUUID`
     /// in the list keeps nothing the list does not (every entry's UUID is kept beside its
     /// attributes, listed or not): respelled so, a region was reloaded in full.
