@@ -287,6 +287,25 @@ mod tests {
         assert!(!spec(&["entryUUID"]).same_region(&spec(&[])));
     }
 
+    /// `--scope` and an agreement's `scope` take every word the refusal offers (and
+    /// `--help` lists), in any case: LDAP tools spell the one-level scope `one` and
+    /// `onelevel`, the subtree `sub` and `subtree`.
+    #[test]
+    fn every_scope_word_the_refusal_offers_is_read_in_any_case() {
+        for (word, scope) in [
+            ("base", Scope::Base),
+            ("one", Scope::One),
+            ("onelevel", Scope::One),
+            ("sub", Scope::Subtree),
+            ("subtree", Scope::Subtree),
+        ] {
+            assert_eq!(word.parse(), Ok(scope), "{word}");
+            assert_eq!(word.to_ascii_uppercase().parse(), Ok(scope), "{word} in capitals");
+        }
+        let refused = "deep".parse::<Scope>().unwrap_err().to_string();
+        assert_eq!(refused, "invalid scope \"deep\": expected base, one (or onelevel) or subtree (or sub)");
+    }
+
     #[test]
     fn contains_key_agrees_with_contains() {
         let dns = [
