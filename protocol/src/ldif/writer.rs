@@ -371,6 +371,23 @@ mod tests {
         assert!(text.lines().skip(2).all(|l| l.is_empty() || l.starts_with(' ')));
     }
 
+    /// A run of spaces exactly as long as a continuation line, placed where folding would
+    /// give it a line to itself: written plainly, it would be a line of spaces alone,
+    /// which readers that take such a line for blank read as the end of the record. It
+    /// is base64, as docs/ldif.md promises for a run of 75 spaces or more.
+    #[test]
+    fn a_run_of_spaces_as_long_as_a_continuation_line_is_base64_never_a_line_alone() {
+        let first_line = "a".repeat(FOLD_COLUMNS - "description: ".len());
+        let value = format!("{first_line}{}b", " ".repeat(SPACES_FILLING_A_LINE));
+        let a = attrs(&[("objectClass", b"document"), ("description", value.as_bytes())]);
+        let text = entry_text(&dn("cn=x"), &a);
+        assert!(text.lines().all(|l| l.is_empty() || !l.trim().is_empty()), "a line of spaces alone: {text:?}");
+        assert!(text.contains("\ndescription:: "), "{text:?}");
+        let [record] = crate::ldif::reader::parse_str(&text).unwrap().try_into().unwrap();
+        let Change::Add { attrs: read, .. } = record.into_change() else { panic!("a content record") };
+        assert_eq!(read, a, "{text:?}");
+    }
+
     #[test]
     fn entries_come_out_in_tree_order_byte_identically() {
         let make = |d: &str, pairs: &[(&str, &[u8])]| Entry {
