@@ -332,6 +332,28 @@ mod tests {
         }
     }
 
+    /// What each scope reaches, named outright (the key test above holds the two tests
+    /// to each other, so a misreading of `one` shared by both passed it): `one` is the
+    /// base's children, neither the base nor anything deeper; `base` the base alone.
+    #[test]
+    fn one_level_reaches_the_base_s_children_and_neither_the_base_nor_their_children() {
+        let base = Dn::parse("ou=people,dc=example,dc=com").unwrap();
+        let tree = [
+            ("ou=people,dc=example,dc=com", [true, false, true]),
+            ("uid=a,ou=people,dc=example,dc=com", [false, true, true]),
+            ("cn=x+sn=y,uid=a,ou=people,dc=example,dc=com", [false, false, true]),
+            ("ou=peoplex,dc=example,dc=com", [false, false, false]),
+            ("dc=example,dc=com", [false, false, false]),
+        ];
+        for (dn, [in_base, in_one, in_subtree]) in tree {
+            let dn = Dn::parse(dn).unwrap();
+            for (scope, expected) in [(Scope::Base, in_base), (Scope::One, in_one), (Scope::Subtree, in_subtree)] {
+                assert_eq!(scope.contains(&base, &dn), expected, "{scope} of {base} holding {dn}");
+                assert_eq!(scope.contains_key(&base.tree_key(), &dn.tree_key()), expected, "{scope} by key: {dn}");
+            }
+        }
+    }
+
     /// RFC 4511 §4.5.1.8: an attribute list keeps the subtypes of what it names, as a
     /// filter reads them. Found by a walkthrough: a region filtering on
     /// `description;lang-en` and keeping it took an entry for its
