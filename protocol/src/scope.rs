@@ -259,6 +259,22 @@ mod tests {
         }
     }
 
+    /// The filter's operators are kept as they are: a region whose AND became an OR, or
+    /// whose item lost its NOT, selects other entries and is another region.
+    #[test]
+    fn a_region_is_another_when_its_and_becomes_an_or_or_an_item_loses_its_not() {
+        let spec = |filter: &str| SearchSpec {
+            filter: filter.parse().unwrap(),
+            ..SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap())
+        };
+        for (filter, changed) in [
+            ("(&(objectClass=person)(sn=x))", "(|(objectClass=person)(sn=x))"),
+            ("(&(objectClass=person)(!(sn=x)))", "(&(objectClass=person)(sn=x))"),
+        ] {
+            assert!(!spec(filter).same_region(&spec(changed)), "{filter} changed to {changed}");
+        }
+    }
+
     /// An attribute's options in another order name the same attribute, and `entryUUID`
     /// in the list keeps nothing the list does not (every entry's UUID is kept beside its
     /// attributes, listed or not): respelled so, a region was reloaded in full.
