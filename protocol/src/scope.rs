@@ -370,6 +370,21 @@ mod tests {
         }
     }
 
+    /// A provider admits an agreement whose base lies at or below the widest base it is
+    /// granted, and refuses one above it or beside it.
+    #[test]
+    fn a_region_is_within_a_base_at_or_above_its_own_and_not_one_below_or_beside_it() {
+        let people = SearchSpec::subtree(Dn::parse("ou=people,dc=example,dc=com").unwrap());
+        for wider in ["ou=people,dc=example,dc=com", "OU=People,dc=example,dc=com", "dc=example,dc=com", ""] {
+            assert!(people.is_within(&Dn::parse(wider).unwrap()), "{wider:?}");
+        }
+        for other in
+            ["uid=a,ou=people,dc=example,dc=com", "ou=groups,dc=example,dc=com", "ou=peoplex,dc=example,dc=com"]
+        {
+            assert!(!people.is_within(&Dn::parse(other).unwrap()), "{other:?}");
+        }
+    }
+
     /// RFC 4511 §4.5.1.8: an attribute list keeps the subtypes of what it names, as a
     /// filter reads them. Found by a walkthrough: a region filtering on
     /// `description;lang-en` and keeping it took an entry for its
