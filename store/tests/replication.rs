@@ -570,6 +570,21 @@ fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
     assert_eq!(report.floor, newest, "a consumer not seen within the window holds nothing");
 }
 
+/// `max_age` trims the records older than it and none younger, with no consumer seen to
+/// hold them: a consumer away for less than `max_age` still gets a delta.
+#[test]
+fn age_trimming_keeps_every_record_younger_than_max_age() {
+    let p = people_pair();
+    let newest = p.dir.durable_csn();
+    let hour = std::time::Duration::from_secs(3600);
+    let policy = RetentionPolicy { max_changes: None, max_age: Some(hour), hold_for_consumers: hour, up_since_ms: 0 };
+    let report = p.dir.trim(&policy, tether_store_now()).unwrap();
+    assert_eq!((report.removed, report.floor), (0, Csn::ZERO), "no record is an hour old yet");
+    // Two hours on, every record is past the age.
+    let report = p.dir.trim(&policy, tether_store_now() + 2 * 3_600_000).unwrap();
+    assert_eq!(report.floor, newest);
+}
+
 fn tether_store_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
