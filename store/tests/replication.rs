@@ -585,6 +585,27 @@ fn age_trimming_keeps_every_record_younger_than_max_age() {
     assert_eq!(report.floor, newest);
 }
 
+/// A consumer seen exactly `hold_for_consumers` ago is still within the hold: it keeps
+/// what it has not received.
+#[test]
+fn a_consumer_seen_exactly_the_hold_ago_still_holds_age_trimming() {
+    let p = people_pair();
+    p.dir.record_consumer("people/away", Csn(2)).unwrap();
+    let seen = p.dir.consumer_positions().unwrap()[0].1.seen_ms;
+    let hold = std::time::Duration::from_secs(30);
+    let policy = RetentionPolicy {
+        max_changes: None,
+        max_age: Some(std::time::Duration::from_secs(1)),
+        hold_for_consumers: hold,
+        up_since_ms: 0,
+    };
+    // Every record is past its age then; only the consumer's position holds.
+    let report = p.dir.trim(&policy, seen + 30_000).unwrap();
+    assert_eq!(report.floor, Csn(2), "{report:?}");
+    let report = p.dir.trim(&policy, seen + 30_001).unwrap();
+    assert_eq!(report.floor, p.dir.durable_csn(), "a millisecond later it holds nothing");
+}
+
 fn tether_store_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
