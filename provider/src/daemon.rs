@@ -536,6 +536,42 @@ mod tests {
         assert!(session.cancel.is_cancelled());
     }
 
+    /// A store holding its suffix entry (one changelog record), and the position id of
+    /// the consumer `people/c1`.
+    fn directory_with_one_change() -> (tempfile::TempDir, Arc<Directory>, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        let suffix = tether_protocol::Dn::parse("dc=example,dc=com").unwrap();
+        let dir = Arc::new(Directory::open(&tmp.path().join("data"), &suffix).unwrap());
+        let mut attrs = tether_protocol::Attributes::new();
+        attrs.add("objectClass", [tether_protocol::Value::from("domain")]).unwrap();
+        attrs.add("dc", [tether_protocol::Value::from("example")]).unwrap();
+        dir.write(&tether_protocol::Change::Add { dn: suffix, attrs }).unwrap();
+        (tmp, dir, crate::session::position_id("people", "c1"))
+    }
+
+    /// Waits for the clock to pass `ms`: a record or position of then is older than a
+    /// millisecond-long `max_age` or hold once it has.
+    fn wait_past(ms: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while now_ms() <= ms {
+            assert!(std::time::Instant::now() < deadline, "the clock did not pass {ms}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The trimmer trims by `max_age`, not by another of `[changelog]`'s durations: with
+    /// the default week, a change made just now stays, however short the hold.
+    #[tokio::test]
+    async fn the_trimmer_keeps_a_change_younger_than_max_age_however_short_the_hold() {
+        let (_tmp, dir, _) = directory_with_one_change();
+        let written = dir.changelog().get(dir.durable_csn()).unwrap().unwrap().time_ms;
+        let retention = ChangelogConfig { hold_for_consumers: Duration::from_millis(1), ..ChangelogConfig::default() };
+        wait_past(written + 1);
+        trim_once(&dir, &Registry::default(), &retention, 0).await;
+        assert_eq!(dir.floor().unwrap(), tether_protocol::Csn::ZERO, "a week has not passed");
+        assert_eq!(dir.changelog().oldest().unwrap(), Some(dir.durable_csn()));
+    }
+
     #[test]
     fn a_trim_names_a_few_forgotten_consumers_and_counts_the_rest() {
         let few: Vec<String> = vec!["people/a".into(), "groups/b".into()];
