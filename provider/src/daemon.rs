@@ -572,6 +572,28 @@ mod tests {
         assert_eq!(dir.changelog().oldest().unwrap(), Some(dir.durable_csn()));
     }
 
+    /// After a start every known consumer is held again for the hold's length, however
+    /// long ago it was seen: while the provider was down no consumer could connect. The
+    /// same trim with no start within the hold passes the consumer's position.
+    #[tokio::test]
+    async fn after_a_start_the_trimmer_holds_every_known_consumer_for_the_hold_again() {
+        let (_tmp, dir, id) = directory_with_one_change();
+        dir.record_consumer(&id, tether_protocol::Csn::ZERO).unwrap();
+        let seen = dir.consumer_positions().unwrap()[0].1.seen_ms;
+        let retention = ChangelogConfig {
+            max_age: Duration::from_millis(1),
+            hold_for_consumers: Duration::from_millis(600),
+            ..ChangelogConfig::default()
+        };
+        // Seen longer ago than the hold, and the change older than `max_age`.
+        wait_past(seen + 600);
+        trim_once(&dir, &Registry::default(), &retention, now_ms()).await;
+        assert_eq!(dir.floor().unwrap(), tether_protocol::Csn::ZERO, "held since the start");
+        trim_once(&dir, &Registry::default(), &retention, 0).await;
+        assert_eq!(dir.floor().unwrap(), dir.durable_csn(), "no start within the hold: nothing holds");
+        assert!(dir.consumer_positions().unwrap().is_empty(), "and its position was forgotten");
+    }
+
     #[test]
     fn a_trim_names_a_few_forgotten_consumers_and_counts_the_rest() {
         let few: Vec<String> = vec!["people/a".into(), "groups/b".into()];
