@@ -594,6 +594,32 @@ mod tests {
         assert!(dir.consumer_positions().unwrap().is_empty(), "and its position was forgotten");
     }
 
+    /// The trimmer counts a consumer connected now as seen now, whenever its session last
+    /// wrote its position (every minute or so while nothing moves): with a shorter hold a
+    /// paused consumer was trimmed past and reloaded. Once its session is gone, it is not.
+    #[tokio::test]
+    async fn the_trimmer_holds_a_connected_consumer_whenever_its_position_was_written() {
+        let (_tmp, dir, id) = directory_with_one_change();
+        dir.record_consumer(&id, tether_protocol::Csn::ZERO).unwrap();
+        let seen = dir.consumer_positions().unwrap()[0].1.seen_ms;
+        let retention = ChangelogConfig {
+            max_age: Duration::from_millis(1),
+            hold_for_consumers: Duration::from_millis(1),
+            ..ChangelogConfig::default()
+        };
+        let registry = Registry::default();
+        let session = registry.register(
+            crate::registry::SessionInfo::for_test(1, "127.0.0.1:40000", "people", "c1"),
+            &CancellationToken::new(),
+        );
+        wait_past(seen + 1);
+        trim_once(&dir, &registry, &retention, 0).await;
+        assert_eq!(dir.floor().unwrap(), tether_protocol::Csn::ZERO, "held while connected");
+        drop(session);
+        trim_once(&dir, &registry, &retention, 0).await;
+        assert_eq!(dir.floor().unwrap(), dir.durable_csn(), "not once its session ended");
+    }
+
     #[test]
     fn a_trim_names_a_few_forgotten_consumers_and_counts_the_rest() {
         let few: Vec<String> = vec!["people/a".into(), "groups/b".into()];
