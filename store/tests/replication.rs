@@ -532,6 +532,27 @@ fn a_bulk_load_raises_the_floor_instead_of_logging_unless_a_refresh_holds_a_pin(
     assert_eq!(p.dir.entry_count().unwrap(), p.dir.entries().len() as u64);
 }
 
+/// Two refreshes running at once each hold their pin: a trim, even by the hard cap,
+/// stops at the lower one, and each pin holds only until its refresh drops it.
+#[test]
+fn a_trim_stops_at_the_lowest_of_the_running_refreshes_pins() {
+    let p = people_pair();
+    let newest = p.dir.durable_csn();
+    let everything = RetentionPolicy {
+        max_changes: Some(0),
+        max_age: None,
+        hold_for_consumers: std::time::Duration::ZERO,
+        up_since_ms: 0,
+    };
+    let older = p.dir.pin(Csn(2)).unwrap().unwrap();
+    let newer = p.dir.pin(Csn(4)).unwrap().unwrap();
+    assert_eq!(p.dir.trim(&everything, 0).unwrap().floor, Csn(2), "the older refresh's pin holds");
+    drop(older);
+    assert_eq!(p.dir.trim(&everything, 0).unwrap().floor, Csn(4), "then the newer one's");
+    drop(newer);
+    assert_eq!(p.dir.trim(&everything, 0).unwrap().floor, newest, "and then none");
+}
+
 #[test]
 fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
     let p = people_pair();
