@@ -620,6 +620,31 @@ mod tests {
         assert_eq!(dir.floor().unwrap(), dir.durable_csn(), "not once its session ended");
     }
 
+    /// The trimmer counts a consumer's absence from the provider's start at the earliest,
+    /// not from each of its trims: once the hold has passed since both, age trimming
+    /// passes the position of a consumer that did not come back.
+    #[tokio::test]
+    async fn the_trimmer_counts_an_absence_from_the_start_not_from_each_trim() {
+        let (_tmp, dir, id) = directory_with_one_change();
+        dir.record_consumer(&id, tether_protocol::Csn::ZERO).unwrap();
+        let retention = ChangelogConfig {
+            max_age: Duration::from_millis(1),
+            hold_for_consumers: Duration::from_millis(100),
+            trim_interval: Duration::from_millis(10),
+            ..ChangelogConfig::default()
+        };
+        let (_retention, retention_rx) = watch::channel(retention);
+        let shutdown = CancellationToken::new();
+        let trimmer = tokio::spawn(trim_loop(dir.clone(), Registry::default(), retention_rx, shutdown.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while dir.floor().unwrap() != dir.durable_csn() {
+            assert!(std::time::Instant::now() < deadline, "the trimmer held the consumer gone since before its start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        trimmer.await.unwrap();
+    }
+
     #[test]
     fn a_trim_names_a_few_forgotten_consumers_and_counts_the_rest() {
         let few: Vec<String> = vec!["people/a".into(), "groups/b".into()];
