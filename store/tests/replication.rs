@@ -591,6 +591,26 @@ fn age_trimming_holds_for_recent_consumers_but_not_past_the_hard_cap() {
     assert_eq!(report.floor, newest, "a consumer not seen within the window holds nothing");
 }
 
+/// Age trimming stops at the oldest position of the consumers seen within the hold, not
+/// at a faster one's: the slow consumer still gets a delta.
+#[test]
+fn age_trimming_stops_at_the_slowest_of_the_recently_seen_consumers() {
+    let p = people_pair();
+    p.dir.record_consumer("people/slow", Csn(2)).unwrap();
+    p.dir.record_consumer("people/fast", Csn(4)).unwrap();
+    let far_future = tether_store_now() + 10 * 24 * 3600 * 1000;
+    let policy = RetentionPolicy {
+        max_changes: None,
+        max_age: Some(std::time::Duration::from_secs(1)),
+        hold_for_consumers: std::time::Duration::from_secs(365 * 24 * 3600),
+        up_since_ms: 0,
+    };
+    let report = p.dir.trim(&policy, far_future).unwrap();
+    assert_eq!(report.floor, Csn(2), "{report:?}");
+    let slow = Cookie { history: p.dir.history(), csn: Csn(2) };
+    assert_eq!(p.dir.plan_refresh(Some(&slow)).unwrap(), RefreshKind::Delta);
+}
+
 /// `max_age` trims the records older than it and none younger, with no consumer seen to
 /// hold them: a consumer away for less than `max_age` still gets a delta.
 #[test]
