@@ -359,6 +359,28 @@ fn a_store_restored_from_a_copy_does_not_resume_cookies_from_the_history_it_lost
     assert_eq!(d.ended_histories(), 1, "the copy knows one ended history: its own first");
 }
 
+/// The history a start begins is the store's from then on, across the next restart:
+/// a consumer that followed the provider through two starts still resumes by delta.
+#[test]
+fn a_history_begun_at_a_start_is_still_recognized_after_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("p");
+    let (begun, at) = {
+        let d = Directory::open(&path, &dn(SUFFIX)).unwrap();
+        for c in base_tree() {
+            d.write(&c).unwrap();
+        }
+        let begun = d.begin_history().unwrap();
+        d.write(&add_person("uid=h0,ou=people,dc=example,dc=com")).unwrap();
+        d.flush().unwrap();
+        (begun, Cookie { history: begun, csn: d.durable_csn() })
+    };
+    let d = reopen_directory(&path, &dn(SUFFIX));
+    assert_eq!(d.history(), begun, "the history begun, read back");
+    d.begin_history().unwrap();
+    assert_eq!(d.plan_refresh(Some(&at)).unwrap(), RefreshKind::Delta);
+}
+
 /// A session that moves a replica to the provider's newer history at the CSN it already
 /// had (an empty delta after the provider restarted) leaves its cookie in the older
 /// history, the same position, which a backup of the provider taken before that restart
