@@ -353,6 +353,43 @@ mod tests {
         assert!(warnings(&tls).is_empty());
     }
 
+    /// The certificate judged is the provider's own, the first of the file, not the CA's
+    /// that follows it in a chain; and a CA's given as the provider's own is warned of,
+    /// as docs/operations.md says (the date and CA checks are each unit-tested in
+    /// `validity`, but not which certificate of the file they are given).
+    #[test]
+    fn the_first_certificate_of_the_file_is_the_one_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let leaf = |not_after: (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(vec!["provider.test".to_owned()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+            params.signed_by(&rcgen::KeyPair::generate().unwrap(), &ca, &ca_key).unwrap().pem()
+        };
+        let warned = |name: &str, pem: String| {
+            let cert_file = dir.path().join(name);
+            std::fs::write(&cert_file, pem).unwrap();
+            certificate_warnings(&TlsConfig { cert_file, key_file: dir.path().join("unread.key") })
+        };
+        // A valid server certificate, then its CA's: nothing to fix.
+        assert_eq!(warned("chain.crt", leaf((2060, 1, 1)) + &ca.pem()), Vec::<String>::new());
+        // An expired one, then its CA's (valid): the expiry is said, and only it.
+        let expired = warned("expired.crt", leaf((2020, 1, 31)) + &ca.pem());
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert!(expired[0].contains("expired at 2020-01-31T00:00:00Z"), "{expired:?}");
+        // The CA's certificate given as the provider's own.
+        let ca_own = warned("ca.crt", ca.pem());
+        assert_eq!(ca_own.len(), 1, "{ca_own:?}");
+        assert!(
+            ca_own[0].contains("is a certificate authority's") && ca_own[0].contains("CaUsedAsEndEntity"),
+            "{ca_own:?}"
+        );
+    }
+
     #[test]
     fn a_matching_pair_makes_a_server_and_a_self_client() {
         let dir = tempfile::tempdir().unwrap();
