@@ -339,9 +339,9 @@ mod tests {
         }
     }
 
-    /// A private key others may read is warned of, as a secret file is.
+    /// A private key group or others may read is warned of, as a secret file is.
     #[test]
-    fn a_key_others_may_read_is_warned_of() {
+    fn a_key_group_or_others_may_read_is_warned_of() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let tls = pair(dir.path(), "provider");
@@ -349,6 +349,12 @@ mod tests {
         let warned = warnings(&tls);
         assert_eq!(warned.len(), 1, "{warned:?}");
         assert!(warned[0].contains("(mode 644); restrict it with chmod 600"), "{warned:?}");
+        // Readable by its group alone (a key shared with a `ssl-cert` group): still
+        // readable by more than the provider.
+        std::fs::set_permissions(&tls.key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let warned = warnings(&tls);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("is accessible by group or others (mode 640)"), "{warned:?}");
         std::fs::set_permissions(&tls.key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(warnings(&tls).is_empty());
     }
