@@ -798,6 +798,38 @@ mod tests {
         assert!(stopped.is_ok(), "the server waited for a handshake that was not going anywhere");
     }
 
+    /// A certificate and its key for `provider.test`, as `[tls]` names them, in `dir`.
+    fn tls_files(dir: &std::path::Path) -> crate::config::TlsConfig {
+        let generated = rcgen::generate_simple_self_signed(vec!["provider.test".to_owned()]).unwrap();
+        let (cert_file, key_file) = (dir.join("provider.crt"), dir.join("provider.key"));
+        std::fs::write(&cert_file, generated.cert.pem()).unwrap();
+        std::fs::write(&key_file, generated.key_pair.serialize_pem()).unwrap();
+        crate::config::TlsConfig { cert_file, key_file }
+    }
+
+    /// `handshake_timeout` covers the TLS handshake too (operations.md): a client that
+    /// starts one and goes silent is closed at the deadline, not held for ever with a
+    /// slot of `max_connections`.
+    #[tokio::test]
+    async fn a_client_silent_in_its_tls_handshake_is_closed_at_the_handshake_deadline() {
+        use tokio::io::AsyncWriteExt;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
+        let tls = crate::tls::server_config(&tls_files(tmp.path())).unwrap();
+        let mut params = test_params();
+        params.handshake_timeout = Duration::from_secs(1);
+        let server = Server::new(dir, Grants::default(), Some(tls), params, CancellationToken::new());
+        let (mut client, provider) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(server.handle_stream(provider, "127.0.0.1:40000".parse().unwrap()));
+        // The header of a handshake record whose body never comes, and the connection
+        // left open: only the deadline can end it.
+        client.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40]).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(30), served).await;
+        assert!(ended.is_ok(), "a TLS handshake silent for 30 s outlived a handshake_timeout of 1 s");
+        drop(client);
+    }
+
     /// A consumer that does not trust the certificate (its alert) is a kind apart from
     /// a stranger's bytes that are not TLS.
     #[test]
