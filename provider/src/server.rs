@@ -830,6 +830,43 @@ mod tests {
         drop(client);
     }
 
+    /// A session that came in over TLS is shown as such: `status`'s `TLS` column, and
+    /// what a reload turning TLS on counts as still in plain TCP, read this mark.
+    #[tokio::test]
+    async fn a_session_over_tls_is_registered_as_tls() {
+        use tether_protocol::handshake::{client_handshake, ProviderProof};
+        use tether_protocol::PROTOCOL_VERSION;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
+        let files = tls_files(tmp.path());
+        let secret = Secret::new("secret").unwrap();
+        let grants = Grants { agreements: Default::default(), writer: Some(secret.clone()) };
+        let tls = crate::tls::server_config(&files).unwrap();
+        let server = Server::new(dir, grants, Some(tls), test_params(), CancellationToken::new());
+        let (client, provider) = tokio::io::duplex(1 << 16);
+        let _served = tokio::spawn(server.clone().handle_stream(provider, "127.0.0.1:40000".parse().unwrap()));
+        // As `write` connects: the pinned certificate of `[tls]`.
+        let own = crate::tls::self_client(&files, "127.0.0.1").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(own.config).connect(own.server_name, client).await.unwrap();
+        let (mut reader, mut writer) = connection::split(stream);
+        let hello = Hello { versions: vec![PROTOCOL_VERSION], client_id: "w".into(), role: Role::Writer };
+        let limit = Duration::from_secs(30);
+        client_handshake(&mut reader, &mut writer, &hello, &secret, ProviderProof::Required, limit).await.unwrap();
+
+        // Registered just after the welcome is sent.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let sessions = loop {
+            let sessions = server.registry().snapshot();
+            if !sessions.is_empty() {
+                break sessions;
+            }
+            assert!(std::time::Instant::now() < deadline, "the write session was never registered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(sessions.iter().map(|s| (s.mode.as_str(), s.tls)).collect::<Vec<_>>(), [(WRITER, true)]);
+    }
+
     /// A consumer that does not trust the certificate (its alert) is a kind apart from
     /// a stranger's bytes that are not TLS.
     #[test]
