@@ -396,6 +396,52 @@ mod tests {
         );
     }
 
+    /// `write` takes its provider by the pinned certificate and the handshake signature
+    /// made with that certificate's key: whatever took the port can present the
+    /// certificate (it is public), but not sign with its key.
+    #[tokio::test]
+    async fn write_refuses_a_server_presenting_the_pinned_certificate_without_its_key() {
+        use rustls::server::{ClientHello, ResolvesServerCert};
+        use rustls::sign::CertifiedKey;
+
+        /// Presents the provider's certificate and signs with `key`.
+        #[derive(Debug)]
+        struct Presenting(Arc<CertifiedKey>);
+        impl ResolvesServerCert for Presenting {
+            fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+                Some(self.0.clone())
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let own = pair(dir.path(), "provider");
+        let other = pair(dir.path(), "other");
+        let cert = read_certs(&own.cert_file).unwrap();
+        // Whether `write`'s client completes a TLS handshake with a server showing the
+        // provider's certificate and signing with the key of `key_file`.
+        let handshake = |key_file: &Path| {
+            let signer = provider().key_provider.load_private_key(read_key(key_file).unwrap()).unwrap();
+            let resolver = Presenting(Arc::new(CertifiedKey::new(cert.clone(), signer)));
+            let server = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(resolver));
+            let client = self_client(&own, "127.0.0.1").unwrap();
+            async move {
+                let (client_io, server_io) = tokio::io::duplex(1 << 16);
+                let accepting = tokio::spawn(tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(server_io));
+                let connected =
+                    tokio_rustls::TlsConnector::from(client.config).connect(client.server_name, client_io).await;
+                drop(accepting);
+                connected.map(drop)
+            }
+        };
+        handshake(&own.key_file).await.unwrap();
+        let refused = handshake(&other.key_file).await;
+        assert!(refused.is_err(), "write took a server that showed the certificate without its key");
+    }
+
     #[test]
     fn a_matching_pair_makes_a_server_and_a_self_client() {
         let dir = tempfile::tempdir().unwrap();
