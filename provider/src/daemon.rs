@@ -536,6 +536,42 @@ mod tests {
         assert!(session.cancel.is_cancelled());
     }
 
+    /// A reload says "TLS on" when it turns TLS on, not at every reload that finds it on:
+    /// renewing a certificate (replace the files, reload) is routine, and the reply of
+    /// each would read as a change of what every client must speak.
+    #[tokio::test]
+    async fn a_reload_says_tls_on_only_when_it_turns_tls_on() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("provider.toml");
+        let generated = rcgen::generate_simple_self_signed(vec!["provider.test".to_owned()]).unwrap();
+        std::fs::write(tmp.path().join("provider.crt"), generated.cert.pem()).unwrap();
+        std::fs::write(tmp.path().join("provider.key"), generated.key_pair.serialize_pem()).unwrap();
+        let tls = "[tls]\ncert_file = \"provider.crt\"\nkey_file = \"provider.key\"\n";
+        std::fs::write(tmp.path().join("people.key"), "the secret people have").unwrap();
+        // Kept as an operator keeps them, so that the reply holds no warning of them.
+        for key in ["provider.key", "people.key"] {
+            std::fs::set_permissions(tmp.path().join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let config = |tls: &str| {
+            format!("suffix = \"dc=example,dc=com\"\n{tls}[[consumer]]\nagreement = \"people\"\nsecret_file = \"people.key\"\n")
+        };
+        std::fs::write(&file, config("")).unwrap();
+        let running = ProviderConfig::load(&file).unwrap();
+        let dir = Arc::new(Directory::open(&tmp.path().join("data"), &running.suffix).unwrap());
+        let server =
+            Server::new(dir, grants(&running).unwrap().0, None, crate::server::test_params(), CancellationToken::new());
+        let (retention, _) = watch::channel(running.changelog);
+
+        std::fs::write(&file, config(tls)).unwrap();
+        let on = reload(&file, &running, &server, &retention).unwrap();
+        assert!(on.ends_with("; TLS on: new connections must use TLS"), "{on}");
+        // The files renewed (here: the same ones), and reloaded: TLS was on already.
+        let again = reload(&file, &running, &server, &retention).unwrap();
+        assert!(again.ends_with("1 agreement, 0 sessions revoked"), "{again}");
+    }
+
     /// A store holding its suffix entry (one changelog record), and the position id of
     /// the consumer `people/c1`.
     fn directory_with_one_change() -> (tempfile::TempDir, Arc<Directory>, String) {
