@@ -904,6 +904,35 @@ mod tests {
         );
     }
 
+    /// A provider that takes the connection and never answers the TLS handshake (a
+    /// stopped process, a port forward with nothing behind it) ends the session at the
+    /// limit, `connection-lost`, to be retried: the TLS handshake has a limit of its own
+    /// as the Tether handshake has. The clock is paused, so the limit passes at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_handshake_the_provider_never_answers_ends_at_the_limit() {
+        let (dir, store, replica) = empty_replica();
+        let (mut cfg, _) = piped(Mode::RefreshOnly);
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+        let trust = crate::config::AgreementTls { ca_file, server_name: None };
+        cfg.tls = Some(TlsClient::new(&trust, "127.0.0.1").unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        cfg.network = Network::Tcp;
+        cfg.provider = listener.local_addr().unwrap().to_string();
+        // Accepted, and then silent for good.
+        let silent = tokio::spawn(async move {
+            let (_stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        silent.abort();
+        assert_eq!(
+            (ended.reason, ended.detail.as_str()),
+            (Reason::ConnectionLost, format!("TLS handshake with {}: timed out", cfg.provider).as_str())
+        );
+    }
+
     /// A poll whose refresh is durable and acknowledged ends itself if the provider's
     /// goodbye does not follow (an older provider could lose the ack and wait for it
     /// for good, pinging): as a completed poll, the cookie durable.
