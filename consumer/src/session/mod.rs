@@ -854,8 +854,10 @@ mod tests {
 
     /// The TLS and Tether handshakes share one limit, as on the provider: a peer that
     /// held the TLS handshake until just before its limit and then answered no `Hello`
-    /// kept the session `connecting` for the two limits one after the other.
-    #[tokio::test]
+    /// kept the session `connecting` for the two limits one after the other. The clock is
+    /// paused: the peer's hold and the limits pass at once, and `took` is the limits'
+    /// time, not the machine's.
+    #[tokio::test(start_paused = true)]
     async fn the_tls_and_tether_handshakes_share_one_limit() {
         let (dir, store, replica) = empty_replica();
         let (mut cfg, _) = piped(Mode::RefreshOnly);
