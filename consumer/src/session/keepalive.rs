@@ -114,3 +114,81 @@ pub(super) async fn keepalive_poller(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tether_protocol::connection;
+    use tether_protocol::liveness::SILENCE_GRACE;
+
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(1);
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// A poller pinging over an in-memory pipe and judging the silence stamped on the
+    /// returned progress (as the reader stamps it); the first token is cancelled when it
+    /// convicts the provider, the second ends it. The pipe's other end keeps it open.
+    fn polling() -> (Arc<Progress>, CancellationToken, CancellationToken, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (_, writer) = connection::boxed(ours);
+        let inbound = Arc::new(Progress::new());
+        let silence = Arc::new(Silence::new(inbound.clone()));
+        let (timed_out, done) = (CancellationToken::new(), CancellationToken::new());
+        let poller =
+            keepalive_poller(Arc::new(Mutex::new(writer)), silence, INTERVAL, TIMEOUT, timed_out.clone(), done.clone());
+        tokio::spawn(poller);
+        (inbound, timed_out, done, theirs)
+    }
+
+    /// A check that finds the provider silent looks once more, `SILENCE_GRACE` later,
+    /// before it convicts: a consumer stopped until just past its deadline wakes with the
+    /// provider's frames in its socket, and the poller may run before the reader stamps
+    /// them. Convicted at once, a live provider was blamed after four of five such stops.
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_heard_just_after_its_deadline_is_not_convicted() {
+        let start = Instant::now();
+        let (inbound, timed_out, done, _theirs) = polling();
+        // The reader stamps a frame after the check found the provider silent.
+        tokio::time::sleep_until(start + TIMEOUT + SILENCE_GRACE / 2).await;
+        inbound.mark();
+        tokio::time::sleep(SILENCE_GRACE * 2).await;
+        assert!(
+            !timed_out.is_cancelled(),
+            "convicted by {:?}, though heard at {:?}",
+            start.elapsed(),
+            TIMEOUT + SILENCE_GRACE / 2
+        );
+        // Silent from then on: convicted one timeout (and the second look) after that frame.
+        timed_out.cancelled().await;
+        assert_eq!(start.elapsed(), TIMEOUT + SILENCE_GRACE / 2 + TIMEOUT + SILENCE_GRACE);
+        done.cancel();
+    }
+
+    /// A check that runs long overdue (this process was stopped) counts the silence afresh
+    /// from now, once: a provider that answers within a timeout of the wake-up is not
+    /// blamed, and one that stays silent is convicted a timeout after it. The paused
+    /// clock's `advance` stands for the stop: the poller's timer fires late by the gap.
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_silent_while_this_process_was_stopped_is_heard_out_for_a_timeout_after_the_wake() {
+        let start = Instant::now();
+        let (inbound, timed_out, done, _theirs) = polling();
+        tokio::task::yield_now().await;
+        let stopped = Duration::from_secs(10);
+        tokio::time::advance(stopped).await;
+        // The provider's answer to the ping sent on waking comes well within a timeout.
+        tokio::time::sleep(SILENCE_GRACE * 2).await;
+        assert!(
+            !timed_out.is_cancelled(),
+            "convicted within {:?} of waking, before the provider could answer",
+            start.elapsed() - stopped
+        );
+        inbound.mark();
+        let answered = start.elapsed();
+        tokio::time::sleep(TIMEOUT / 2).await;
+        assert!(!timed_out.is_cancelled(), "convicted though heard {:?} before", start.elapsed() - answered);
+        // Silent from then on: convicted one timeout after that answer, late or not.
+        timed_out.cancelled().await;
+        assert_eq!(start.elapsed(), answered + TIMEOUT + SILENCE_GRACE);
+        done.cancel();
+    }
+}
