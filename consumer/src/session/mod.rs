@@ -1753,4 +1753,34 @@ mod tests {
         done.cancel();
         task.await.unwrap();
     }
+
+    /// While the applier is behind, the reader holds a message it cannot queue and
+    /// reads no more, so the provider's next bytes wait unread in the socket: the reader
+    /// stamps the provider heard meanwhile. Unstamped, an apply that took longer than
+    /// the keepalive timeout (a slow disk, a large batch) had the poller blame a live
+    /// provider.
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_waiting_on_its_applier_keeps_the_provider_heard() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (reader, _w) = connection::boxed(ours);
+        let (_r, mut provider) = connection::boxed(theirs);
+        // A queue of one that nothing takes: the reader waits with the second message.
+        for seq in 0..2 {
+            provider.send(&Message::Ping { seq }).await.unwrap();
+        }
+        let (tx, _rx) = mpsc::channel(1);
+        let heard = Arc::new(Progress::new());
+        let done = CancellationToken::new();
+        let budget = Arc::new(Semaphore::new(INBOUND_ENTRIES));
+        let task = tokio::spawn(reader_loop(reader, tx, budget, heard.clone(), done.clone()));
+        let held = Duration::from_secs(10);
+        tokio::time::sleep(held).await;
+        assert!(
+            heard.silent_for() <= ACK_INTERVAL,
+            "the provider was last heard {:?} ago, its message held {held:?} for the applier",
+            heard.silent_for()
+        );
+        done.cancel();
+        task.await.unwrap();
+    }
 }
