@@ -1783,4 +1783,18 @@ mod tests {
         done.cancel();
         task.await.unwrap();
     }
+
+    /// A frame that breaks the protocol (here one that fails its checksum) ends the
+    /// session as an `exception`, with a goodbye saying why; only a read that fails
+    /// (a reset, an end of stream) is a `connection-lost`. Named `connection-lost`, a
+    /// provider sending garbage read as a flaky link.
+    #[test]
+    fn a_damaged_frame_is_an_exception_and_a_failed_read_a_lost_connection() {
+        let read = |msg| inbound(Some(super::reader::Queued { msg, _permit: None }));
+        let Err(damaged) = read(Err(WireError::Checksum)) else { panic!("a damaged frame was taken") };
+        assert_eq!(damaged.reason, Reason::Exception, "{damaged:?}");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let Err(lost) = read(Err(WireError::Io(reset))) else { panic!("a failed read was taken") };
+        assert_eq!(lost.reason, Reason::ConnectionLost, "{lost:?}");
+    }
 }
