@@ -1797,4 +1797,19 @@ mod tests {
         let Err(lost) = read(Err(WireError::Io(reset))) else { panic!("a failed read was taken") };
         assert_eq!(lost.reason, Reason::ConnectionLost, "{lost:?}");
     }
+
+    /// The handshake's limit is the agreement's keepalive timeout when that is longer
+    /// than the connect limit (operations.md: "its agreement's keepalive timeout, but at
+    /// least 10 s"): an agreement that allows its provider 20 s of silence gives it 20 s
+    /// to answer the `Hello`, not 10.
+    #[tokio::test(start_paused = true)]
+    async fn the_handshake_is_given_the_keepalive_timeout_when_that_is_longer_than_the_connect_limit() {
+        let (_dir, store, replica) = empty_replica();
+        let (mut cfg, _theirs) = piped(Mode::RefreshOnly);
+        let timeout = CONNECT_TIMEOUT * 2;
+        cfg.keepalive = Some((Duration::from_secs(5), timeout));
+        // The test's end of the pipe, kept open, never answers.
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert_eq!(ended.detail, format!("handshake: handshake did not complete within {timeout:?}"));
+    }
 }
