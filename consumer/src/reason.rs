@@ -89,3 +89,31 @@ impl fmt::Display for Reason {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each disconnection reason has SPEC §4's name, and the same one in the log line,
+    /// `last_error` and the status table (`as_str`) as in `last_disconnect` (serde):
+    /// spelled twice, a swap in one showed `keepalive-timeout` in one place and
+    /// `idle-timeout` in the other for the same disconnection.
+    #[test]
+    fn each_reason_has_the_spec_s_name_wherever_it_is_shown() {
+        let named = [
+            (Reason::Shutdown, "shutdown"),
+            (Reason::AdminStop, "admin-stop"),
+            (Reason::ProviderGoodbye, "provider-goodbye"),
+            (Reason::IdleTimeout, "idle-timeout"),
+            (Reason::KeepaliveTimeout, "keepalive-timeout"),
+            (Reason::ConnectionLost, "connection-lost"),
+            (Reason::Exception, "exception"),
+            (Reason::Rejected, "rejected"),
+        ];
+        for (reason, name) in named {
+            assert_eq!(reason.as_str(), name, "{reason:?} in logs and last_error");
+            assert_eq!(reason.to_string(), name, "{reason:?} displayed");
+            assert_eq!(serde_json::to_value(reason).unwrap(), name, "{reason:?} as last_disconnect");
+        }
+    }
+}
