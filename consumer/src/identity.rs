@@ -84,4 +84,22 @@ mod tests {
         assert_eq!(client_id(&a).unwrap(), id);
         assert!(a.join(ORIGIN_FILE).exists());
     }
+
+    /// Where an id was made is the folder itself, not the path the store was named by:
+    /// a `data_dir` reached through a symbolic link, or spelled another way, is the same
+    /// store and keeps its id. Taken by the path as given, every change of spelling
+    /// (a link, a relative `data_dir` and another working directory) made a new id, and
+    /// the provider held trimming back for the old one until `hold_for_consumers` passed.
+    #[test]
+    fn a_store_named_by_another_path_to_its_folder_keeps_its_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        let id = client_id(&a).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        assert_eq!(client_id(&link).unwrap(), id, "through a symbolic link");
+        assert_eq!(client_id(&a.join("..").join("a")).unwrap(), id, "spelled another way");
+        assert_eq!(client_id(&a).unwrap(), id, "by its own name again");
+    }
 }
