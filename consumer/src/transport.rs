@@ -253,6 +253,9 @@ mod tests {
     fn the_families_alternate_from_the_resolvers_first_choice() {
         assert_eq!(alternate_families(vec![v6(1), v6(2), v6(3), v4(4)]), [v6(1), v4(4), v6(2), v6(3)]);
         assert_eq!(alternate_families(vec![v4(1), v6(2), v6(3), v6(4), v4(5)]), [v4(1), v6(2), v4(5), v6(3), v6(4)]);
+        // The other family's addresses left over once the first's are used keep the
+        // resolver's order too.
+        assert_eq!(alternate_families(vec![v4(1), v6(2), v6(3), v6(4), v6(5)]), [v4(1), v6(2), v6(3), v6(4), v6(5)]);
         assert_eq!(alternate_families(vec![v4(1), v4(2)]), [v4(1), v4(2)]);
         assert_eq!(alternate_families(Vec::new()), []);
     }
