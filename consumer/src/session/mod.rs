@@ -852,6 +852,34 @@ mod tests {
         assert_eq!(cfg.failed_addresses.last(vec![addr, other]), [addr, other]);
     }
 
+    /// An address where the TLS handshake failed (here something that accepts and
+    /// closes at once) is tried after the provider's other addresses too, as one where
+    /// the Tether handshake failed is: over TLS, a port forward with nothing behind it
+    /// fails there, and tried first every time, it kept the agreement from the address
+    /// that works.
+    #[tokio::test]
+    async fn an_address_that_failed_in_the_tls_handshake_is_tried_last() {
+        let (dir, store, replica) = empty_replica();
+        let (mut cfg, _) = piped(Mode::RefreshOnly);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_params.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let trust = crate::config::AgreementTls { ca_file, server_name: None };
+        cfg.tls = Some(TlsClient::new(&trust, "127.0.0.1").unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let other = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        cfg.network = Network::Tcp;
+        cfg.provider = addr.to_string();
+        let closer = tokio::spawn(async move { drop(listener.accept().await.unwrap()) });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        closer.await.unwrap();
+        assert!(ended.detail.starts_with("TLS handshake with "), "{ended:?}");
+        assert_eq!(cfg.failed_addresses.last(vec![addr, other]), [other, addr]);
+    }
+
     /// The TLS and Tether handshakes share one limit, as on the provider: a peer that
     /// held the TLS handshake until just before its limit and then answered no `Hello`
     /// kept the session `connecting` for the two limits one after the other. The clock is
