@@ -1565,6 +1565,31 @@ mod tests {
         provider.abort();
     }
 
+    /// A provider that goes silent once its refresh has begun ends the session after
+    /// `idle_timeout` of silence, whatever the session does meanwhile: its own ack
+    /// ticks, every 50 ms, are not the provider's. Counted afresh at each turn of the
+    /// session's loop, the idle timeout never ran out, and with keepalive off a stalled
+    /// provider held the agreement `refreshing` for good.
+    #[tokio::test]
+    async fn a_provider_silent_after_its_refresh_began_ends_the_session_after_idle_timeout() {
+        let (_dir, store, replica) = empty_replica();
+        let (mut cfg, theirs) = piped(Mode::RefreshAndPersist);
+        cfg.idle_timeout = Duration::from_millis(1500);
+        cfg.keepalive = None;
+        let secret = cfg.secret.clone();
+        let provider = tokio::spawn(async move {
+            let (r, mut w) = welcomed(theirs, secret, HistoryId::new_random()).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+            // Silent from here on, the connection kept open.
+            std::future::pending::<()>().await;
+            drop((r, w));
+        });
+        let ended = session_ended(&cfg, &store, &replica).await;
+        assert_eq!(ended.reason, Reason::IdleTimeout, "{ended:?}");
+        assert!(ended.detail.contains("nothing received for 1s 500ms"), "{ended:?}");
+        provider.abort();
+    }
+
     /// A fake provider of protocol version 2: takes any answer to its challenge, and then
     /// refreshes the consumer to an empty replica. Returns what the consumer sent after
     /// its hello (an `Auth` when it believed the fake, a goodbye when it did not).
