@@ -421,4 +421,107 @@ mod tests {
         assert!(rows[2].contains("127.0.0.1:40003") && rows[2].contains(" host-a "), "{text}");
         assert!(rows[3].contains("127.0.0.1:40001") && rows[3].contains(" host-b "), "{text}");
     }
+
+    /// A store holding the suffix entry and `ou=people` under it: two changes, CSNs 1 and 2.
+    fn two_changes() -> (tempfile::TempDir, Directory) {
+        use tether_protocol::{Attributes, Change, Dn, Value};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        for (dn, class) in [("dc=example,dc=com", "domain"), ("ou=people,dc=example,dc=com", "organizationalUnit")] {
+            let mut attrs = Attributes::default();
+            attrs.add("objectClass", [Value::from(class)]).unwrap();
+            dir.write(&Change::Add { dn: Dn::parse(dn).unwrap(), attrs }).unwrap();
+        }
+        (tmp, dir)
+    }
+
+    /// `changelog {oldest, newest}` is the changelog's extent, oldest first, in the JSON
+    /// and the table alike: a script sizing how far back a consumer may be and still get
+    /// a delta reads `oldest`.
+    #[test]
+    fn the_changelog_s_extent_is_its_oldest_and_its_newest_change() {
+        let (_tmp, dir) = two_changes();
+        let status = ProviderStatus::collect(&dir, &Registry::default(), None).unwrap();
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!((&json["changelog"]["oldest"], &json["changelog"]["newest"]), (&1.into(), &2.into()), "{json}");
+        assert_eq!((&json["csn"], &json["entries"]), (&2.into(), &2.into()), "{json}");
+        let text = status.to_text();
+        assert!(text.contains(" changelog 1..2 "), "{text}");
+    }
+
+    /// A consumer the store remembers is `connected` only while a session of that very
+    /// consumer is open, not one of another consumer of its agreement: two hosts
+    /// replicating one agreement, one of them down, read as both up.
+    #[test]
+    fn a_known_consumer_is_connected_only_while_a_session_of_its_own_is_open() {
+        use crate::session::position_id;
+        use tether_protocol::Csn;
+        let (_tmp, dir) = two_changes();
+        dir.record_consumer(&position_id("people", "host-a"), Csn(2)).unwrap();
+        dir.record_consumer(&position_id("people", "host-b"), Csn(1)).unwrap();
+        let registry = Registry::default();
+        let mut live = session("127.0.0.1:40000", "people");
+        live.client = "host-a".into();
+        let _registration = registry.register(live, &tokio_util::sync::CancellationToken::new());
+        let status = ProviderStatus::collect(&dir, &registry, Some("[::1]:7389".parse().unwrap())).unwrap();
+        let listed: Vec<(&str, bool)> = status.consumers.iter().map(|c| (c.client.as_str(), c.connected)).collect();
+        assert_eq!(listed, [("host-b", false), ("host-a", true)]);
+        let text = status.to_text();
+        let down = text.lines().find(|l| l.starts_with("people ") && l.contains(" host-b ")).unwrap();
+        assert!(!down.ends_with("(connected)"), "{text}");
+    }
+
+    /// Each session's row shows its own lag under LAG and its own queue under QUEUE.
+    #[test]
+    fn a_session_s_row_shows_its_lag_and_queue_under_their_headers() {
+        let status = ProviderStatus {
+            sessions: vec![SessionInfo { lag_changes: 7, queue_len: 3, ..session("127.0.0.1:40000", "people") }],
+            running: true,
+            started_at: Some("2026-12-05T05:00:00Z".into()),
+            ..stopped()
+        };
+        let text = status.to_text();
+        let header = text.lines().find(|l| l.starts_with("PEER")).expect("a header");
+        let row = text.lines().find(|l| l.starts_with("127.0.0.1:40000")).expect("a row");
+        // Right-aligned columns: each value ends where its header does.
+        let under = |name: &str| {
+            let end = header.find(name).unwrap() + name.len();
+            row[..end].split_whitespace().last().unwrap().to_owned()
+        };
+        assert_eq!((under("LAG"), under("QUEUE")), ("7".to_owned(), "3".to_owned()), "\n{text}");
+    }
+
+    /// `status --json` names a session's fields as SPEC section 5 and docs/operations.md
+    /// do: a monitor reads them by name, and a name changed is a field gone for it.
+    #[test]
+    fn a_session_s_json_has_the_fields_the_spec_names() {
+        let status = ProviderStatus {
+            sessions: vec![SessionInfo {
+                cookie: Some("h#2".into()),
+                lag_changes: 7,
+                queue_len: 3,
+                ..session("127.0.0.1:40000", "people")
+            }],
+            running: true,
+            ..stopped()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        for field in ["store_id", "csn", "entries", "changelog", "sessions", "consumers"] {
+            assert!(json.get(field).is_some(), "no {field}: {json}");
+        }
+        let s = &json["sessions"][0];
+        let expected = [
+            ("session_id", 1.into()),
+            ("peer", "127.0.0.1:40000".into()),
+            ("agreement", "people".into()),
+            ("mode", "refresh-and-persist".into()),
+            ("cookie", "h#2".into()),
+            ("lag_changes", 7.into()),
+            ("queue_len", 3.into()),
+            ("connected_since", "2026-12-01T00:00:00Z".into()),
+        ];
+        for (field, value) in expected {
+            assert_eq!(s.get(field), Some(&value), "{field}: {s}");
+        }
+    }
 }
