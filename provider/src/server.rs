@@ -880,4 +880,87 @@ mod tests {
         let long = kind(Error::General("é".repeat(200)));
         assert!(long.len() <= 120, "bounded: {}", long.len());
     }
+
+    /// A server of writers whose secret is `secret`, with `params`, serving a new store.
+    fn writers_server(params: ServerParams) -> (tempfile::TempDir, Server) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap());
+        let grants = Grants { agreements: Default::default(), writer: Some(Secret::new("secret").unwrap()) };
+        (tmp, Server::new(dir, grants, None, params, CancellationToken::new()))
+    }
+
+    /// A connection to `server` from `peer`, served in a task of its own: the client's
+    /// halves, and the task, which ends when the server is done with the connection.
+    fn connect(
+        server: &Server,
+        peer: &str,
+    ) -> (
+        MessageReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        MessageWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, provider) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(server.clone().handle_stream(provider, peer.parse().unwrap()));
+        let (reader, writer) = connection::split(client);
+        (reader, writer, served)
+    }
+
+    /// A writer's `Hello`.
+    fn writer_hello() -> Message {
+        Message::Hello(Hello {
+            versions: vec![tether_protocol::PROTOCOL_VERSION],
+            client_id: "w".into(),
+            role: Role::Writer,
+        })
+    }
+
+    /// `max_connections` counts a connection in its handshake: the next one, from the
+    /// same host (which may not take its slot), is refused `too-many-connections`; once
+    /// the first has ended, its slot is free for the next.
+    #[tokio::test]
+    async fn a_connection_past_max_connections_is_refused_until_one_ends() {
+        const LONG: Duration = Duration::from_secs(30);
+        let (_tmp, server) = writers_server(ServerParams { max_connections: 1, ..test_params() });
+        let (mut reader, mut writer, first) = connect(&server, "127.0.0.1:40000");
+        writer.send(&writer_hello()).await.unwrap();
+        let challenged = tokio::time::timeout(LONG, reader.recv()).await.unwrap().unwrap();
+        assert!(matches!(challenged, Some(Message::MutualChallenge { .. })), "{challenged:?}");
+
+        let (mut over, _over_writer, _) = connect(&server, "127.0.0.1:40001");
+        let refused = tokio::time::timeout(LONG, over.recv()).await.expect("refused at once").unwrap();
+        assert!(
+            matches!(&refused, Some(Message::Reject(r)) if r.reason == RejectReason::TooManyConnections),
+            "the connection past the limit: {refused:?}"
+        );
+
+        // The first gives up its handshake; its slot is the next connection's.
+        drop((reader, writer));
+        tokio::time::timeout(LONG, first).await.unwrap().unwrap();
+        let (mut reader, mut writer, _) = connect(&server, "127.0.0.1:40002");
+        writer.send(&writer_hello()).await.unwrap();
+        let next = tokio::time::timeout(LONG, reader.recv()).await.unwrap().unwrap();
+        assert!(matches!(next, Some(Message::MutualChallenge { .. })), "the slot given back: {next:?}");
+    }
+
+    /// A client that connects and sends nothing holds its slot for `handshake_timeout`
+    /// and no longer: then the provider closes it. On tokio's paused clock, so the limit
+    /// is exact.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_silent_in_its_handshake_is_closed_at_the_handshake_timeout() {
+        let (_tmp, server) = writers_server(test_params());
+        // A first connection has the store reserve the session ids (a flush, off the
+        // runtime, while the paused clock could run ahead), so that the silent one's
+        // handshake runs on the clock alone.
+        let (mut reader, mut writer, first) = connect(&server, "127.0.0.1:40000");
+        writer.send(&writer_hello()).await.unwrap();
+        assert!(matches!(reader.recv().await.unwrap(), Some(Message::MutualChallenge { .. })));
+        drop((reader, writer));
+        first.await.unwrap();
+
+        let (_reader, _writer, mut silent) = connect(&server, "127.0.0.1:40001");
+        let just_before = test_params().handshake_timeout - Duration::from_millis(1);
+        assert!(tokio::time::timeout(just_before, &mut silent).await.is_err(), "closed before its handshake_timeout");
+        let closed = tokio::time::timeout(Duration::from_secs(30), silent).await;
+        assert!(closed.is_ok(), "still open past its handshake_timeout");
+    }
 }
