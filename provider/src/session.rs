@@ -1645,4 +1645,39 @@ mod tests {
         assert_eq!(SessionEnd::Goodbye(GoodbyeReason::Shutdown).to_string(), "goodbye shutdown");
         assert_eq!(SessionEnd::ConnectionLost("reset".into()).to_string(), "connection lost: reset");
     }
+
+    /// `status` shows a session's `queue_len`: the messages waiting for a consumer that
+    /// stopped reading, which is how an operator tells a stuck consumer from a slow one.
+    #[tokio::test]
+    async fn a_consumer_that_stops_reading_shows_its_queue_in_status() {
+        let (_store, dir, at) = directory_with_suffix();
+        let cancel = CancellationToken::new();
+        let spec = SearchSpec::subtree(dir.suffix().clone());
+        let (req, _, params) = session_setup(Mode::RefreshAndPersist, at, spec, &cancel);
+        let registry = crate::registry::Registry::default();
+        let reg = registry.register(crate::registry::SessionInfo::for_test(1, "test", "people", "poller"), &cancel);
+        let (_session, consumer_side) = spawn_session(&dir, (req, reg, params));
+        let (consumer_reads, _consumer_writes) = tokio::io::split(consumer_side);
+        let mut reader = MessageReader::new(consumer_reads);
+        let refreshed = tokio::time::timeout(Duration::from_secs(30), async {
+            while !matches!(reader.recv().await.unwrap(), Some(Message::RefreshDone { .. }) | None) {}
+        });
+        assert!(refreshed.await.is_ok(), "the refresh ends, and persisting begins");
+        // The consumer reads no more: past the pipe's 64 KiB, the changes queue.
+        for i in 0..100 {
+            dir.write(&describe_suffix(&dir, format!("{i} {}", "x".repeat(4096)))).unwrap();
+        }
+        let queued = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let queue_len = registry.snapshot()[0].queue_len;
+                if queue_len > 0 {
+                    return queue_len;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let queued = queued.await.expect("the queue shown in status");
+        assert!(queued <= params.queue_len, "{queued} queued of at most {}", params.queue_len);
+        cancel.cancel();
+    }
 }
