@@ -861,4 +861,15 @@ mod tests {
             assert_eq!(tokio::time::timeout(long, waiter).await.unwrap().unwrap(), want);
         }
     }
+
+    /// The line under an agreement says how stale it is in seconds and how many changes
+    /// are not yet acknowledged, each in its place: an operator reads "lag 42s" as time.
+    #[test]
+    fn the_table_gives_lag_in_seconds_and_changes_each_in_its_place() {
+        let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        // As of the snapshot: set here, not timed.
+        let a = AgreementStatus { lag_seconds: 42, lag_changes: 3, ..h.snapshot() };
+        let text = of(vec![a]).to_text();
+        assert!(text.contains("\n  lag 42s (3 changes), applied 0,"), "{text}");
+    }
 }
