@@ -524,4 +524,20 @@ mod tests {
             assert_eq!(s.get(field), Some(&value), "{field}: {s}");
         }
     }
+
+    /// A session's `lag_changes` is counted when `status` asks, from the position it last
+    /// acknowledged: a consumer that stopped acknowledging falls further behind with each
+    /// write, which is what an alert on a session's lag waits for.
+    #[test]
+    fn a_session_s_lag_grows_with_each_write_past_its_acknowledged_position() {
+        use tether_protocol::{Cookie, Csn};
+        let (_tmp, dir) = two_changes();
+        let registry = Registry::default();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let registration = registry.register(session("127.0.0.1:40000", "people"), &cancel);
+        // Its acknowledgement of CSN 1, when CSN 1 was the newest.
+        registration.acked(&Cookie { history: dir.history(), csn: Csn(1) }, Csn(1));
+        let status = ProviderStatus::collect(&dir, &registry, Some("[::1]:7389".parse().unwrap())).unwrap();
+        assert_eq!(status.sessions[0].lag_changes, 1, "CSN 2 written since");
+    }
 }
