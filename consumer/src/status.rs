@@ -872,4 +872,43 @@ mod tests {
         let text = of(vec![a]).to_text();
         assert!(text.contains("\n  lag 42s (3 changes), applied 0,"), "{text}");
     }
+
+    /// `status --json` names an agreement's fields as SPEC section 5 and
+    /// docs/operations.md do: a monitor reads them by name, and a name changed is a field
+    /// gone for it.
+    #[test]
+    fn an_agreement_s_json_has_the_fields_the_spec_names() {
+        let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        h.update(|s| {
+            s.state = State::Backoff;
+            s.cookie = Some("h#4".into());
+            s.entries = 12;
+            s.last_disconnect = Some(Reason::ConnectionLost);
+            s.set_error("connection-lost: reset".into());
+            s.reconnects = 2;
+            *s.disconnects.entry(Reason::ConnectionLost).or_default() += 2;
+            s.lag_changes = 3;
+        });
+        // As of the snapshot: set here, not timed.
+        let a = AgreementStatus { lag_seconds: 42, ..h.snapshot() };
+        let json = serde_json::to_value(of(vec![a])).unwrap();
+        let a = &json["agreements"][0];
+        let expected = [
+            ("name", "people".into()),
+            ("state", "backoff".into()),
+            ("provider", "127.0.0.1:7389".into()),
+            ("mode", "refresh-and-persist".into()),
+            ("cookie", "h#4".into()),
+            ("entries", 12.into()),
+            ("last_disconnect", "connection-lost".into()),
+            ("last_error", "connection-lost: reset".into()),
+            ("reconnects", 2.into()),
+            ("disconnects", serde_json::json!({"connection-lost": 2})),
+            ("lag_changes", 3.into()),
+            ("lag_seconds", 42.into()),
+        ];
+        for (field, value) in expected {
+            assert_eq!(a.get(field), Some(&value), "{field}: {a}");
+        }
+    }
 }
