@@ -444,6 +444,41 @@ fn a_port_probe_that_sends_nothing_is_not_warned_of() -> Result<()> {
     Ok(())
 }
 
+/// A burst of failed handshakes is warned of once a second, and what each second held
+/// back is told with its count, the burst's last second's too once that second is over:
+/// the counts add up to every failure (the last second's were lost when nothing of the
+/// kind followed, so a log read after a flood undercounted it).
+#[test]
+fn a_burst_of_failed_handshakes_is_counted_whole_in_the_warnings() -> Result<()> {
+    const BURST: u64 = 20;
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = Provider::loaded(tmp.path(), 10, 47, &ProviderOptions::default())?;
+    for _ in 0..BURST {
+        probe_port(p.port, b"GET / HTTP/1.0\r\n\r\n")?;
+    }
+    // Each warning line stands for itself and the `held_back` it says; a line of only
+    // what was held back, for those.
+    let told = || {
+        let log = p.log_text();
+        let mut told = 0;
+        for line in log.lines() {
+            let held_back = || -> u64 {
+                let at = line.find("held_back=").map(|at| at + "held_back=".len());
+                at.and_then(|at| line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or(0)
+            };
+            if line.contains("handshake failed") {
+                told += 1 + held_back();
+            } else if line.contains("warnings held back since the last line of this kind") {
+                told += held_back();
+            }
+        }
+        told
+    };
+    wait_until(LIMIT, "every failure told", || Ok(told() >= BURST))?;
+    assert_eq!(told(), BURST, "{}", p.log_text());
+    Ok(())
+}
+
 /// A client that closes after its hello (a consumer stopped mid-handshake) is still
 /// warned of: only one that sent nothing at all is a port probe.
 #[test]
