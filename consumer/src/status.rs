@@ -723,11 +723,15 @@ mod tests {
     fn lag_seconds_is_zero_only_while_persisting_and_caught_up() {
         let h = StatusHandle::new("a", "p", "refresh-and-persist");
         h.update(|s| s.current_at = Instant::now() - std::time::Duration::from_secs(42));
-        assert_eq!(h.snapshot().lag_seconds, 42, "connecting: stale since the last known-current moment");
+        // 42, or a little more on a machine that stalls the test between these lines.
+        let stale = |lag: u64| (42..45).contains(&lag);
+        let lag = h.snapshot().lag_seconds;
+        assert!(stale(lag), "connecting: stale since the last known-current moment, {lag}");
         h.update(|s| s.state = State::Persisting);
         assert_eq!(h.snapshot().lag_seconds, 0);
         h.update(|s| s.lag_changes = 3);
-        assert_eq!(h.snapshot().lag_seconds, 42, "changes not yet durable");
+        let lag = h.snapshot().lag_seconds;
+        assert!(stale(lag), "changes not yet durable, {lag}");
         h.mark_current();
         h.update(|s| s.state = State::Backoff);
         assert_eq!(h.snapshot().lag_seconds, 0);
