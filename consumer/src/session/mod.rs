@@ -1042,6 +1042,48 @@ mod tests {
             .unwrap();
     }
 
+    /// Where [`one_change_when_told`]'s provider refreshes the consumer to, and its change.
+    const REFRESHED: Cookie = Cookie { history: HISTORY, csn: Csn(1) };
+    const HISTORY: HistoryId = HistoryId([7; 16]);
+
+    /// A provider at the test's end of the pipe: an empty refresh to [`REFRESHED`]; once
+    /// its ack is in it says so on the first channel, waits for the test's word on the
+    /// second, and sends one change at CSN 2. It returns every ack it read, until the
+    /// connection ends.
+    fn one_change_when_told(
+        theirs: tokio::io::DuplexStream,
+        secret: Secret,
+    ) -> (tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Vec<Cookie>>)
+    {
+        let (refresh_acked_tx, refresh_acked) = tokio::sync::oneshot::channel();
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        let provider = tokio::spawn(async move {
+            let (mut r, mut w) = welcomed(theirs, secret, HISTORY).await;
+            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
+            w.send(&Message::RefreshDone { cookie: REFRESHED }).await.unwrap();
+            let mut acks = Vec::new();
+            while let Ok(Some(msg)) = r.recv().await {
+                if let Message::Ack { cookie } = msg {
+                    acks.push(cookie);
+                    if cookie == REFRESHED {
+                        break;
+                    }
+                }
+            }
+            let _ = refresh_acked_tx.send(());
+            go.await.unwrap();
+            let op = batch_ops(1, 1).remove(0);
+            w.send(&Message::Change { op, cookie: Cookie { history: HISTORY, csn: Csn(2) } }).await.unwrap();
+            while let Ok(Some(msg)) = r.recv().await {
+                if let Message::Ack { cookie } = msg {
+                    acks.push(cookie);
+                }
+            }
+            acks
+        });
+        (refresh_acked, go_tx, provider)
+    }
+
     /// A live change is acknowledged only once it is durable: a flush that fails (here
     /// the store's files taken away under the session, which sled goes on writing into
     /// unnoticed until the flush checks them) ends the session without the ack. Sent
@@ -1052,38 +1094,7 @@ mod tests {
     async fn a_change_whose_flush_fails_is_not_acknowledged() {
         let (dir, store, replica) = empty_replica();
         let (cfg, theirs) = piped(Mode::RefreshAndPersist);
-        let secret = cfg.secret.clone();
-        let history = HistoryId::new_random();
-        let refreshed = Cookie { history, csn: Csn(1) };
-        let changed = Cookie { history, csn: Csn(2) };
-        let (refresh_acked_tx, refresh_acked) = tokio::sync::oneshot::channel();
-        let (taken_away_tx, taken_away) = tokio::sync::oneshot::channel::<()>();
-        // The provider: an empty refresh; once its ack is in and the store taken away,
-        // one change. It collects every ack until the connection ends.
-        let provider = tokio::spawn(async move {
-            let (mut r, mut w) = welcomed(theirs, secret, history).await;
-            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
-            w.send(&Message::RefreshDone { cookie: refreshed }).await.unwrap();
-            let mut acks = Vec::new();
-            while let Ok(Some(msg)) = r.recv().await {
-                if let Message::Ack { cookie } = msg {
-                    acks.push(cookie);
-                    if cookie == refreshed {
-                        break;
-                    }
-                }
-            }
-            let _ = refresh_acked_tx.send(());
-            taken_away.await.unwrap();
-            let op = batch_ops(1, 1).remove(0);
-            w.send(&Message::Change { op, cookie: changed }).await.unwrap();
-            while let Ok(Some(msg)) = r.recv().await {
-                if let Message::Ack { cookie } = msg {
-                    acks.push(cookie);
-                }
-            }
-            acks
-        });
+        let (refresh_acked, taken_away_tx, provider) = one_change_when_told(theirs, cfg.secret.clone());
         let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
         let stop = StopSignal::default();
         let session = run(&cfg, &store, &replica, &status, &stop, false);
@@ -1100,7 +1111,7 @@ mod tests {
             .await
             .expect("the connection ends with the session")
             .unwrap();
-        assert_eq!(acks, [refreshed], "only the durable refresh is acknowledged, not the change: {ended:?}");
+        assert_eq!(acks, [REFRESHED], "only the durable refresh is acknowledged, not the change: {ended:?}");
     }
 
     /// `wait --visible` answers once searches return the change, so the applied CSN it
@@ -1112,28 +1123,7 @@ mod tests {
     async fn a_change_whose_apply_fails_is_never_visible() {
         let (_dir, store, replica) = empty_replica();
         let (cfg, theirs) = piped(Mode::RefreshAndPersist);
-        let secret = cfg.secret.clone();
-        let history = HistoryId::new_random();
-        let refreshed = Cookie { history, csn: Csn(1) };
-        let (refresh_acked_tx, refresh_acked) = tokio::sync::oneshot::channel();
-        let (removed_tx, removed) = tokio::sync::oneshot::channel::<()>();
-        // The provider: an empty refresh; once its ack is in and the replica removed,
-        // one change, then whatever the consumer sends until the connection ends.
-        let provider = tokio::spawn(async move {
-            let (mut r, mut w) = welcomed(theirs, secret, history).await;
-            w.send(&Message::RefreshBegin { kind: RefreshKind::Delta, resumed: false }).await.unwrap();
-            w.send(&Message::RefreshDone { cookie: refreshed }).await.unwrap();
-            while let Ok(Some(msg)) = r.recv().await {
-                if matches!(msg, Message::Ack { cookie } if cookie == refreshed) {
-                    break;
-                }
-            }
-            let _ = refresh_acked_tx.send(());
-            removed.await.unwrap();
-            let op = batch_ops(1, 1).remove(0);
-            w.send(&Message::Change { op, cookie: Cookie { history, csn: Csn(2) } }).await.unwrap();
-            while let Ok(Some(_)) = r.recv().await {}
-        });
+        let (refresh_acked, removed_tx, provider) = one_change_when_told(theirs, cfg.secret.clone());
         let status = StatusHandle::new("people", &cfg.provider, "refresh-and-persist");
         let stop = StopSignal::default();
         let session = run(&cfg, &store, &replica, &status, &stop, false);
