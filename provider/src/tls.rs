@@ -195,8 +195,9 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
 }
 
 /// Whether the provider's own certificate (the first of `tls.cert_file`) has expired, is
-/// not valid yet, or is a CA's, in words ([`crate::validity`]); empty while it can serve,
-/// or when the file cannot be read (the configuration's errors say why).
+/// about to, is not valid yet, or is a CA's, in words ([`crate::validity`]); empty while
+/// it can serve for a while yet, or when the file cannot be read (the configuration's
+/// errors say why).
 pub fn certificate_warnings(tls: &TlsConfig) -> Vec<String> {
     let Some(first) = read_certs(&tls.cert_file).ok().and_then(|certs| certs.into_iter().next()) else {
         return Vec::new();

@@ -6,7 +6,8 @@
 //! provider with an expired one, or with its CA's certificate given as its own, started
 //! and reloaded without a word, and every TLS consumer then failed (`certificate
 //! expired`, `CaUsedAsEndEntity`) while `write`, which pins the certificate, did not. The
-//! provider warns at start and in a reload's reply instead. A warning, not a refusal:
+//! provider warns at start, in a reload's reply and from `status` instead, and of a
+//! certificate about to expire as well ([`EXPIRY_NOTICE`]). A warning, not a refusal:
 //! the file is the operator's to renew, a clock may be wrong, and `write` still works.
 //!
 //! Only the DER elements in front of what is read are walked (RFC 5280 4.1), so no
@@ -14,6 +15,14 @@
 //! own checks still apply to it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long before its certificate expires the provider starts saying so: at start, in a
+/// reload's reply and from `status`, two weeks ahead, time enough to renew by hand, and
+/// so a monitoring job that runs `status` sees it before the consumers are refused. A
+/// short-lived certificate renewed by a machine (a day's, from an ACME or step CA) gets
+/// a third of its lifetime instead: such renewals run at two thirds, so only one that
+/// failed is warned of, not every certificate at every `status`.
+pub const EXPIRY_NOTICE: Duration = Duration::from_secs(14 * 86_400);
 
 /// A certificate's validity period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +42,16 @@ impl Validity {
         Some(Self { not_before, not_after })
     }
 
+    /// How long before `not_after` the expiry is warned of: [`EXPIRY_NOTICE`], or a third
+    /// of a shorter lifetime.
+    fn notice(&self) -> Duration {
+        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or_default();
+        EXPIRY_NOTICE.min(lifetime / 3)
+    }
+
     /// What an operator should hear about using the certificate in `file` at `now`:
-    /// that it has expired, or is not valid yet; `None` while it is valid.
+    /// that it has expired, expires within [`EXPIRY_NOTICE`], or is not valid yet; `None`
+    /// while it is valid for longer.
     pub fn warning(&self, file: &std::path::Path, now: SystemTime) -> Option<String> {
         let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
         if self.not_after < self.not_before {
@@ -54,6 +71,15 @@ impl Validity {
                  renewed (replace the files and reload)",
                 file.display(),
                 at(self.not_after)
+            ))
+        } else if let Some(left) = self.not_after.duration_since(now).ok().filter(|left| *left < self.notice()) {
+            let days = left.as_secs().div_ceil(86_400);
+            Some(format!(
+                "the certificate in {} expires at {} (in {days} day{}): TLS consumers refuse it from then on; renew \
+                 it before then (replace the files and reload)",
+                file.display(),
+                at(self.not_after),
+                if days == 1 { "" } else { "s" }
             ))
         } else if now < self.not_before {
             Some(format!(
@@ -258,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_or_not_yet_valid_certificate_is_warned_of_and_a_valid_one_is_not() {
+    fn an_expired_expiring_or_not_yet_valid_certificate_is_warned_of_and_a_valid_one_is_not() {
         let file = std::path::Path::new("/etc/tether/tls/provider.crt");
         let v = Validity::of(&certificate((2020, 1, 1), (2020, 1, 31))).unwrap();
         assert_eq!(v.warning(file, at("2020-01-15T00:00:00Z")), None);
@@ -267,6 +293,21 @@ mod tests {
             "the certificate in /etc/tether/tls/provider.crt expired at 2020-01-31T00:00:00Z: TLS consumers refuse \
              it (certificate expired) until it is renewed (replace the files and reload)"
         );
+        // A third of its 30 days ahead, and not a second before.
+        let soon = v.warning(file, at("2020-01-21T00:00:01Z")).unwrap();
+        assert_eq!(
+            soon,
+            "the certificate in /etc/tether/tls/provider.crt expires at 2020-01-31T00:00:00Z (in 10 days): TLS \
+             consumers refuse it from then on; renew it before then (replace the files and reload)"
+        );
+        assert_eq!(v.warning(file, at("2020-01-21T00:00:00Z")), None, "exactly a third of its lifetime ahead");
+        let last = v.warning(file, at("2020-01-30T12:00:00Z")).unwrap();
+        assert!(last.contains("expires at 2020-01-31T00:00:00Z (in 1 day):"), "{last}");
+        // A year's certificate: two weeks ahead.
+        let year = Validity::of(&certificate((2020, 1, 1), (2021, 1, 1))).unwrap();
+        assert_eq!(year.warning(file, at("2020-12-18T00:00:00Z")), None);
+        let said = year.warning(file, at("2020-12-18T00:00:01Z")).unwrap();
+        assert!(said.contains("(in 14 days)"), "{said}");
         let early = v.warning(file, at("2019-12-31T23:59:59Z")).unwrap();
         assert!(early.contains("is not valid until 2020-01-01T00:00:00Z (is this machine's clock right?)"), "{early}");
         // `openssl x509 -days -1`: neither expired nor early, at any time.
