@@ -1151,34 +1151,27 @@ mod tests {
         (session, consumer_side)
     }
 
-    /// A persist session of a region the writes to the suffix entry are outside of, past
-    /// its refresh (see [`persisting`]).
-    #[allow(clippy::type_complexity)]
-    async fn persisting_outside_the_writes() -> (
+    /// What [`persisting`] hands a test: the store's folder, the directory, the
+    /// consumer's reader, the consumer's writing half (kept open: its end ends the
+    /// session), the session, and what stops it.
+    type Persisting = (
         tempfile::TempDir,
         Arc<Directory>,
         MessageReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
         tokio::io::WriteHalf<tokio::io::DuplexStream>,
         tokio::task::JoinHandle<SessionEnd>,
         CancellationToken,
-    ) {
+    );
+
+    /// A persist session of a region the writes to the suffix entry are outside of, past
+    /// its refresh (see [`persisting`]).
+    async fn persisting_outside_the_writes() -> Persisting {
         persisting(|_| SearchSpec::subtree(tether_protocol::Dn::parse("ou=people,dc=example,dc=com").unwrap())).await
     }
 
     /// A persist session of the region `region` names in the directory, past its
-    /// refresh: the store's folder, the directory, the consumer's reader, the consumer's
-    /// writing half (kept open: its end ends the session), the session, and what stops it.
-    #[allow(clippy::type_complexity)]
-    async fn persisting(
-        region: impl FnOnce(&Directory) -> SearchSpec,
-    ) -> (
-        tempfile::TempDir,
-        Arc<Directory>,
-        MessageReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
-        tokio::io::WriteHalf<tokio::io::DuplexStream>,
-        tokio::task::JoinHandle<SessionEnd>,
-        CancellationToken,
-    ) {
+    /// refresh ([`Persisting`]).
+    async fn persisting(region: impl FnOnce(&Directory) -> SearchSpec) -> Persisting {
         let (store, dir, at) = directory_with_suffix();
         let spec = region(&dir);
         let cancel = CancellationToken::new();
