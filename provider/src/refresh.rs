@@ -389,6 +389,19 @@ mod tests {
         dir
     }
 
+    /// A retention policy that trims every change no pin holds.
+    const TRIM_ALL: RetentionPolicy =
+        RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+
+    /// A provider's [`directory`] and a consumer's empty replica `people`, in one folder.
+    fn provider_and_consumer() -> (tempfile::TempDir, Directory, ReplicaStore, tether_store::Replica) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("p"));
+        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
+        let replica = replicas.replica("people").unwrap();
+        (tmp, dir, replicas, replica)
+    }
+
     fn spec() -> SearchSpec {
         SearchSpec::subtree(dn("ou=people,dc=example,dc=com"))
     }
@@ -439,10 +452,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_full_refresh_resumes_after_its_cursor_and_converges() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
+        let (_tmp, dir, _replicas, replica) = provider_and_consumer();
 
         let mut first = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
         assert!(!first.resumed());
@@ -508,8 +518,7 @@ mod tests {
         assert!(!Refresh::plan(&dir, spec(), None, Some(&foreign_cursor), BATCH).unwrap().resumed());
 
         dir.write(&Change::Delete { dn: dn(&person(3)) }).unwrap();
-        let policy =
-            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        let policy = TRIM_ALL;
         dir.trim(&policy, u64::MAX).unwrap();
         let planned = Refresh::plan(&dir, spec(), None, Some(&resume), BATCH).unwrap();
         assert!(!planned.resumed(), "the catch-up from the resume point's start is gone");
@@ -541,12 +550,8 @@ mod tests {
     /// sent), and the replica kept them forever. The refresh's pin holds the floor.
     #[test]
     fn a_trim_during_a_refresh_cannot_remove_what_its_catch_up_needs() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
-        let cap =
-            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        let (_tmp, dir, _replicas, replica) = provider_and_consumer();
+        let cap = TRIM_ALL;
 
         let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
@@ -568,10 +573,7 @@ mod tests {
     /// its scan, finishes it, and checks the replica holds exactly the region; what
     /// `midway` returned, and the cookie the refresh ended at.
     fn refresh_with_a_write_midway<T>(pages: usize, midway: impl FnOnce(&Directory) -> T) -> (T, Cookie) {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
+        let (_tmp, dir, _replicas, replica) = provider_and_consumer();
         let mut refresh = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
         let (_, done, _) = drive(&dir, &mut refresh, &mut shadow, Some(pages));
@@ -751,8 +753,7 @@ mod tests {
         let dir = directory(&tmp.path().join("p"));
         let cookie = dir.cookie();
         dir.write(&Change::Delete { dn: dn(&person(3)) }).unwrap();
-        let cap =
-            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        let cap = TRIM_ALL;
         dir.trim(&cap, u64::MAX).unwrap();
         let mut refresh = Refresh::plan(&dir, spec(), Some(&cookie), None, 2_000_000).unwrap();
         assert_eq!(refresh.kind(), RefreshKind::Present);
@@ -783,8 +784,7 @@ mod tests {
         let delta = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
         assert_eq!(delta.kind(), RefreshKind::Delta);
         dir.write(&Change::Delete { dn: dn(&person(5)) }).unwrap();
-        let cap =
-            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        let cap = TRIM_ALL;
         assert_eq!(dir.trim(&cap, u64::MAX).unwrap().floor, cookie.csn);
         drop(delta);
         assert!(dir.trim(&cap, u64::MAX).unwrap().removed > 0);
@@ -819,10 +819,7 @@ mod tests {
     /// the cookie covered a change the replica never received, and nothing ever sent it.
     #[test]
     fn a_write_made_while_a_delta_runs_reaches_the_replica_through_what_follows_its_refresh_done() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
+        let (_tmp, dir, _replicas, replica) = provider_and_consumer();
         let mut full = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
         let (_, done, _) = drive(&dir, &mut full, &mut shadow, None);
@@ -850,8 +847,7 @@ mod tests {
     /// the others as UUIDs.
     fn replica_below_the_floor(dir: &Directory, replica: &tether_store::Replica) -> Cookie {
         let cookie = replica_behind(dir, replica);
-        let cap =
-            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        let cap = TRIM_ALL;
         dir.trim(&cap, u64::MAX).unwrap();
         cookie
     }
@@ -882,15 +878,11 @@ mod tests {
     /// retry in the same race.
     #[test]
     fn a_trim_between_planning_a_delta_and_pinning_it_makes_a_present_refresh_from_the_cookie() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
+        let (_tmp, dir, _replicas, replica) = provider_and_consumer();
         let cookie = replica_behind(&dir, &replica);
         let kind = dir.plan_refresh(Some(&cookie)).unwrap();
         assert_eq!(kind, RefreshKind::Delta, "the changelog still reaches the cookie when planning looks");
-        let cap =
-            RetentionPolicy { max_changes: Some(0), max_age: None, hold_for_consumers: Duration::ZERO, up_since_ms: 0 };
+        let cap = TRIM_ALL;
         assert!(dir.trim(&cap, u64::MAX).unwrap().floor > cookie.csn);
 
         let mut refresh = Refresh::fresh(&dir, spec(), Some(&cookie), kind, BATCH).unwrap();
@@ -908,10 +900,7 @@ mod tests {
     /// where the interrupted refresh began.
     #[test]
     fn a_present_refresh_resumed_after_a_cut_sends_every_entry_changed_since_the_cookie() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
+        let (_tmp, dir, _replicas, replica) = provider_and_consumer();
         let cookie = replica_below_the_floor(&dir, &replica);
 
         let mut first = Refresh::plan(&dir, spec(), Some(&cookie), None, BATCH).unwrap();
@@ -934,10 +923,7 @@ mod tests {
     /// an entry that existed all along under the cookie the refresh ends with.
     #[test]
     fn a_refresh_cut_short_between_its_scan_and_its_catch_up_resumes_with_the_whole_catch_up() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = directory(&tmp.path().join("p"));
-        let replicas = ReplicaStore::open(&tmp.path().join("c")).unwrap();
-        let replica = replicas.replica("people").unwrap();
+        let (_tmp, dir, _replicas, replica) = provider_and_consumer();
         let mut first = Refresh::plan(&dir, spec(), None, None, BATCH).unwrap();
         let mut shadow = replica.begin_shadow(RefreshKind::Full).unwrap();
         let (_, done, _) = drive(&dir, &mut first, &mut shadow, Some(2));
