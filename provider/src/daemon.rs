@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use tether_config::shell::{error_chain, reload_report, Signal, Signals};
@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::certificate_watch::{self, Served};
 use crate::config::{load_secret, ChangelogConfig, ProviderConfig};
 use crate::control::{self, ControlContext};
 use crate::registry::Registry;
@@ -214,6 +215,9 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     tether_config::output::announce(&format!("listening on {local}"));
 
     let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));
+    let (served_tx, served_rx) = watch::channel(config.tls.as_ref().and_then(tls::served));
+    let certificate_task =
+        tokio::spawn(certificate_watch::watch(served_rx, shutdown.clone(), SystemTime::now, |w| warn!("{w}")));
     let (retention_tx, retention_rx) = watch::channel(config.changelog);
     let trim_task = tokio::spawn(trim_loop(dir.clone(), server.registry().clone(), retention_rx, shutdown.clone()));
     let server_task = {
@@ -244,13 +248,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
                 }
                 Signal::Reload => {
                     info!("SIGHUP: reloading configuration");
-                    if let Err(e) = reload(config_path, &config, &server, &retention_tx) {
+                    if let Err(e) = reload(config_path, &config, &server, &retention_tx, &served_tx) {
                         error!("reload failed, keeping the old configuration: {}", error_chain(&*e));
                     }
                 }
             },
             Some(reply) = reload_rx.recv() => {
-                let result = reload(config_path, &config, &server, &retention_tx).map_err(|e| error_chain(&*e));
+                let result = reload(config_path, &config, &server, &retention_tx, &served_tx).map_err(|e| error_chain(&*e));
                 // The command prints the error too, but the log is where an operator
                 // looks for what the process did.
                 if let Err(e) = &result {
@@ -265,6 +269,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         let _ = server_task.await;
         let _ = control_task.await;
         let _ = trim_task.await;
+        let _ = certificate_task.await;
     })
     .await;
     if drained.is_err() {
@@ -327,6 +332,7 @@ fn reload(
     running: &ProviderConfig,
     server: &Server,
     retention: &watch::Sender<ChangelogConfig>,
+    served: &watch::Sender<Option<Served>>,
 ) -> Result<String> {
     let config = ProviderConfig::load(config_path)?;
     let restart_only = running.restart_only_changes(&config);
@@ -335,6 +341,7 @@ fn reload(
     let tls = tls::server_config_of(&config)?;
     let tls_now = tls.is_some();
     let tls_before = server.replace_tls(tls);
+    served.send_replace(config.tls.as_ref().and_then(tls::served));
     let revoked = server.replace_grants(grants);
     let retention_changed = retention.send_if_modified(|r| std::mem::replace(r, config.changelog) != config.changelog);
     let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
@@ -523,15 +530,16 @@ mod tests {
         info.base = Some(running.suffix.clone());
         let session = server.registry().register(info, &CancellationToken::new());
         let (retention, _) = watch::channel(running.changelog);
+        let (served, _) = watch::channel(None);
 
         let missing = "[tls]\ncert_file = \"missing.pem\"\nkey_file = \"missing.key\"\n";
         std::fs::write(&file, config("new.key", missing)).unwrap();
-        let refused = reload(&file, &running, &server, &retention).unwrap_err();
+        let refused = reload(&file, &running, &server, &retention, &served).unwrap_err();
         assert!(format!("{refused:#}").contains("missing.pem"), "{refused:#}");
         assert!(!session.cancel.is_cancelled(), "a refused reload revoked a session");
 
         std::fs::write(&file, config("new.key", "")).unwrap();
-        let reply = reload(&file, &running, &server, &retention).unwrap();
+        let reply = reload(&file, &running, &server, &retention, &served).unwrap();
         assert!(reply.contains("1 agreement, 1 session revoked"), "{reply}");
         assert!(session.cancel.is_cancelled());
     }
@@ -563,13 +571,21 @@ mod tests {
         let server =
             Server::new(dir, grants(&running).unwrap().0, None, crate::server::test_params(), CancellationToken::new());
         let (retention, _) = watch::channel(running.changelog);
+        let (served, watched) = watch::channel(None);
 
         std::fs::write(&file, config(tls)).unwrap();
-        let on = reload(&file, &running, &server, &retention).unwrap();
+        let on = reload(&file, &running, &server, &retention, &served).unwrap();
         assert!(on.ends_with("; TLS on: new connections must use TLS"), "{on}");
         // The files renewed (here: the same ones), and reloaded: TLS was on already.
-        let again = reload(&file, &running, &server, &retention).unwrap();
+        let again = reload(&file, &running, &server, &retention, &served).unwrap();
         assert!(again.ends_with("1 agreement, 0 sessions revoked"), "{again}");
+        // The certificate the reload serves is the one whose expiry is watched.
+        let certificate = watched.borrow().clone().expect("a served certificate watched");
+        assert_eq!(certificate.file, tmp.path().join("provider.crt"));
+        std::fs::write(&file, config("")).unwrap();
+        let off = reload(&file, &running, &server, &retention, &served).unwrap();
+        assert!(off.contains("TLS off"), "{off}");
+        assert_eq!(*watched.borrow(), None, "a certificate no longer served still watched");
     }
 
     /// A store holding its suffix entry (one changelog record), and the position id of

@@ -23,12 +23,14 @@
 //!   [`throttle`]: the warnings a stranger can cause there, one a second; [`probe`]:
 //!   connections that close having sent nothing, which are not warned of.
 //! - [`tls`]: the TLS configurations built from `[tls]`; [`validity`]: whether the
-//!   certificate in them has expired, which rustls does not check of one's own.
+//!   certificate in them has expired, which rustls does not check of one's own;
+//!   [`certificate_watch`]: the running provider's warnings as it comes to expire.
 //! - [`control`], [`status`]: the operator's view.
 //! - [`daemon`]: the `serve` process and its shutdown.
 //! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
 //! - [`input`]: the LDIF they read, from a file or standard input.
 
+pub mod certificate_watch;
 pub mod client;
 pub mod config;
 pub mod control;

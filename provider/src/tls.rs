@@ -16,6 +16,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, ServerConfig
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use crate::certificate_watch::Served;
 use crate::config::{ConfigError, ProviderConfig, TlsConfig};
 use crate::validity::Validity;
 
@@ -204,6 +205,14 @@ pub fn certificate_warnings(tls: &TlsConfig) -> Vec<String> {
     };
     let dates = Validity::of(first.as_ref()).and_then(|v| v.warning(&tls.cert_file, std::time::SystemTime::now()));
     dates.into_iter().chain(crate::validity::ca_warning(first.as_ref(), &tls.cert_file)).collect()
+}
+
+/// The certificate `tls` serves, for the running provider's watch on its expiry
+/// ([`crate::certificate_watch`]); `None` when its dates do not read (nor then are they
+/// warned of).
+pub fn served(tls: &TlsConfig) -> Option<Served> {
+    let first = read_certs(&tls.cert_file).ok()?.into_iter().next()?;
+    Some(Served { file: tls.cert_file.clone(), validity: Validity::of(first.as_ref())? })
 }
 
 /// What an operator should fix in `[tls]` though it loads: a certificate out of its

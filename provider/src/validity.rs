@@ -49,49 +49,86 @@ impl Validity {
         EXPIRY_NOTICE.min(lifetime / 3)
     }
 
+    /// Where the certificate stands at `now`, which decides what is said of it.
+    pub fn stage(&self, now: SystemTime) -> Stage {
+        if self.not_after < self.not_before {
+            Stage::NeverValid
+        } else if now > self.not_after {
+            Stage::Expired
+        } else if self.not_after.duration_since(now).is_ok_and(|left| left < self.notice()) {
+            Stage::Expiring
+        } else if now < self.not_before {
+            Stage::NotYetValid
+        } else {
+            Stage::Valid
+        }
+    }
+
+    /// The instants after which [`Validity::stage`] may answer otherwise: the notice's
+    /// start, the end and the start of the validity. A watch on the certificate wakes at
+    /// these rather than polling.
+    pub fn turns(&self) -> [SystemTime; 3] {
+        [self.not_after.checked_sub(self.notice()).unwrap_or(self.not_before), self.not_after, self.not_before]
+    }
+
     /// What an operator should hear about using the certificate in `file` at `now`:
     /// that it has expired, expires within [`EXPIRY_NOTICE`], or is not valid yet; `None`
     /// while it is valid for longer.
     pub fn warning(&self, file: &std::path::Path, now: SystemTime) -> Option<String> {
         let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
-        if self.not_after < self.not_before {
-            // What `openssl x509 -days -1` makes: "expired" would send the operator to
-            // a date that explains nothing, and renewing it the same way changes nothing.
-            Some(format!(
+        match self.stage(now) {
+            // What `openssl x509 -days -1` makes: "expired" would send the operator to a
+            // date that explains nothing, and renewing it the same way changes nothing.
+            Stage::NeverValid => Some(format!(
                 "the certificate in {} ends before it begins (notAfter {} is earlier than notBefore {}), so it is \
                  never valid: TLS consumers refuse it; issue it again with a validity period that ends after it \
                  begins, then replace the files and reload",
                 file.display(),
                 at(self.not_after),
                 at(self.not_before)
-            ))
-        } else if now > self.not_after {
-            Some(format!(
+            )),
+            Stage::Expired => Some(format!(
                 "the certificate in {} expired at {}: TLS consumers refuse it (certificate expired) until it is \
                  renewed (replace the files and reload)",
                 file.display(),
                 at(self.not_after)
-            ))
-        } else if let Some(left) = self.not_after.duration_since(now).ok().filter(|left| *left < self.notice()) {
-            let days = left.as_secs().div_ceil(86_400);
-            Some(format!(
-                "the certificate in {} expires at {} (in {days} day{}): TLS consumers refuse it from then on; renew \
-                 it before then (replace the files and reload)",
-                file.display(),
-                at(self.not_after),
-                if days == 1 { "" } else { "s" }
-            ))
-        } else if now < self.not_before {
-            Some(format!(
+            )),
+            Stage::Expiring => {
+                let left = self.not_after.duration_since(now).unwrap_or_default();
+                let days = left.as_secs().div_ceil(86_400);
+                Some(format!(
+                    "the certificate in {} expires at {} (in {days} day{}): TLS consumers refuse it from then on; \
+                     renew it before then (replace the files and reload)",
+                    file.display(),
+                    at(self.not_after),
+                    if days == 1 { "" } else { "s" }
+                ))
+            }
+            Stage::NotYetValid => Some(format!(
                 "the certificate in {} is not valid until {} (is this machine's clock right?): TLS consumers \
                  refuse it until then",
                 file.display(),
                 at(self.not_before)
-            ))
-        } else {
-            None
+            )),
+            Stage::Valid => None,
         }
     }
+}
+
+/// Where a certificate stands at some instant ([`Validity::stage`]): every stage but
+/// `Valid` has a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Valid, and for longer than its notice.
+    Valid,
+    /// Valid, within its notice of expiry.
+    Expiring,
+    /// Past its end.
+    Expired,
+    /// Before its start.
+    NotYetValid,
+    /// Its end is before its start.
+    NeverValid,
 }
 
 /// What an operator should hear about serving the DER certificate in `file` as the
