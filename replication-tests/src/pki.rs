@@ -2,6 +2,7 @@
 //! certificate it signs. No key is committed; each test or chaos run makes its own.
 
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use rcgen::{
@@ -43,9 +44,22 @@ impl Ca {
     /// Issues a server certificate for `names` (DNS names or IP addresses) and writes it
     /// and its key under `dir`; returns the body of the provider's `[tls]` section.
     pub fn issue(&self, dir: &Path, names: &[&str]) -> Result<String> {
+        self.issue_valid(dir, names, None)
+    }
+
+    /// [`Ca::issue`], valid from and until the instants given (to the second, as X.509
+    /// writes them), or for rcgen's default span (1975 to 4096) with `None`.
+    pub fn issue_valid(&self, dir: &Path, names: &[&str], valid: Option<(SystemTime, SystemTime)>) -> Result<String> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        if let Some((not_before, not_after)) = valid {
+            let at = |t: SystemTime| -> Result<_> {
+                Ok(rcgen::date_time_ymd(1970, 1, 1) + t.duration_since(UNIX_EPOCH).context("a time before 1970")?)
+            };
+            params.not_before = at(not_before)?;
+            params.not_after = at(not_after)?;
+        }
         params.distinguished_name.push(DnType::CommonName, "tether provider");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.cert, &self.key)?;

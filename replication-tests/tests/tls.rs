@@ -407,6 +407,31 @@ fn a_reload_that_turns_tls_on_or_off_says_so() -> Result<()> {
     Ok(())
 }
 
+/// A provider runs for months past the start that warned of its certificate: while it
+/// runs, it says in its log as the certificate it serves enters its notice and as it
+/// expires, for alerting on the log. A certificate of 30 s, valid 10 s before the
+/// provider starts: its notice, a third of its life, begins 10 s after, and it expires
+/// 20 s after, which a start however slow leaves to the running provider to say.
+#[test]
+fn a_running_provider_warns_in_its_log_as_its_certificate_comes_to_expire() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let now = std::time::SystemTime::now();
+    let valid = (now - Duration::from_secs(10), now + Duration::from_secs(20));
+    let tls = Ca::new("Tether test CA")?.issue_valid(&tmp.path().join("pki"), &["127.0.0.1"], Some(valid))?;
+    let (p, _) = Provider::loaded(tmp.path(), 10, 19, &ProviderOptions { tls: Some(tls), ..Default::default() })?;
+    wait_until(Duration::from_secs(90), "the provider to say its certificate expired", || {
+        Ok(p.log_text().contains("provider.crt expired at"))
+    })?;
+    let log = p.log_text();
+    let warned = |what: &str| log.lines().position(|l| l.contains(what) && l.contains(" WARN "));
+    let listening = log.lines().position(|l| l.contains("provider listening"));
+    let expired = warned("provider.crt expired at");
+    assert!(listening.is_some() && listening < expired, "said at the start, not by the running provider:\n{log}");
+    let expiring = warned("provider.crt expires at");
+    assert!(expiring.is_some() && expiring < expired, "the notice was not said before the expiry:\n{log}");
+    Ok(())
+}
+
 /// A TCP health check on the TLS port (connect, close, nothing sent), with a FIN or a
 /// reset, is not warned of as a TLS handshake cut short; bytes that are not TLS still are.
 #[test]
