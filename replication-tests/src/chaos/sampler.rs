@@ -314,6 +314,28 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_below_the_highest_seen_is_backwards_even_above_the_first() {
+        let mut w = Watch::default();
+        assert_eq!(w.check(2, 0, &sample(&[("a", 1), ("b", 1)]), false, 0), None);
+        assert_eq!(w.check(2, 0, &sample(&[("a", 5), ("b", 1)]), false, 0), None);
+        // Above what the first sample showed, below what the second did: back in time.
+        let back = w.check(2, 0, &sample(&[("a", 3), ("b", 1)]), false, 0).unwrap();
+        assert!(back.contains("a went backwards: counter 3 after 5"), "{back}");
+    }
+
+    #[test]
+    fn a_replica_loaded_again_after_being_emptied_on_purpose_may_not_go_empty() {
+        let mut w = Watch::default();
+        assert_eq!(w.check(2, 0, &sample(&[("a", 1), ("b", 1)]), false, 0), None);
+        assert_eq!(w.check(2, 1, &sample(&[]), false, 0), None, "emptied on purpose");
+        // Loaded again in the new epoch: from now on an empty replica lost its data,
+        // as after the first load.
+        assert_eq!(w.check(2, 1, &sample(&[("a", 2), ("b", 2)]), false, 0), None);
+        let lost = w.check(2, 1, &sample(&[]), false, 0).unwrap();
+        assert!(lost.contains("a loaded replica went empty"), "{lost}");
+    }
+
+    #[test]
     fn a_replica_follows_a_restored_provider_back_once_and_only_then() {
         let mut w = Watch::default();
         assert_eq!(w.check(2, 0, &sample(&[("a", 5), ("b", 6)]), false, 0), None);
