@@ -176,6 +176,28 @@ fn bytes_held_in_the_proxy_survive_a_stall() {
 }
 
 #[test]
+fn a_stall_on_one_direction_leaves_the_other_forwarding() {
+    let (_echo, proxy) = proxy_to_echo();
+    let mut client = connect(&proxy);
+    proxy.wait_for_connections(1, IO_TIMEOUT).unwrap();
+    proxy.set_fault_on(Direction::ToClient, Fault::Stall);
+    client.write_all(b"one way").unwrap();
+    // The request still reaches the upstream; only its echo is held.
+    proxy.wait_for_bytes(Direction::ToUpstream, 7, IO_TIMEOUT).unwrap();
+    assert_quiet(&mut client);
+    proxy.heal();
+    assert_eq!(read_n(&mut client, 7), b"one way");
+    // The other way round: a reply held in the proxy (by a delay) reaches the client
+    // while its requests are stalled.
+    proxy.set_fault_on(Direction::ToClient, Fault::Delay(Duration::from_secs(3600)));
+    client.write_all(b"held reply").unwrap();
+    proxy.wait_for_bytes(Direction::ToUpstream, 7 + 10, IO_TIMEOUT).unwrap();
+    proxy.set_fault_on(Direction::ToUpstream, Fault::Stall);
+    proxy.set_fault_on(Direction::ToClient, Fault::Pass);
+    assert_eq!(read_n(&mut client, 10), b"held reply");
+}
+
+#[test]
 fn reset_gives_the_client_a_connection_reset() {
     let (_echo, proxy) = proxy_to_echo();
     let mut client = connect(&proxy);
@@ -241,6 +263,21 @@ fn corrupt_flips_exactly_one_byte_once() {
 }
 
 #[test]
+fn corrupt_counts_from_when_it_is_set_and_setting_it_again_rearms_it() {
+    let (_echo, proxy) = proxy_to_echo();
+    let mut client = connect(&proxy);
+    // Bytes forwarded before the fault was set do not count toward it.
+    assert_eq!(round_trip(&mut client, b"before"), b"before");
+    let corrupt = Fault::Corrupt { after_bytes: 10 };
+    proxy.set_fault_on(Direction::ToUpstream, corrupt);
+    let data = pattern(64);
+    let differing = |got: Vec<u8>| -> Vec<usize> { (0..data.len()).filter(|&i| got[i] != data[i]).collect() };
+    assert_eq!(differing(round_trip(&mut client, &data)), vec![10]);
+    proxy.set_fault_on(Direction::ToUpstream, corrupt);
+    assert_eq!(differing(round_trip(&mut client, &data)), vec![10], "set again, it flips one byte again");
+}
+
+#[test]
 fn drop_after_closes_after_exactly_n_bytes() {
     let (_echo, proxy) = proxy_to_echo();
     proxy.set_fault_on(Direction::ToClient, Fault::DropAfter { bytes: 10 });
@@ -252,6 +289,21 @@ fn drop_after_closes_after_exactly_n_bytes() {
     assert_eq!(got, &data[..10]);
     drop(client);
     proxy.wait_for_open(0, IO_TIMEOUT).unwrap();
+}
+
+#[test]
+fn drop_after_forwards_exactly_n_bytes_that_come_in_pieces() {
+    let (_echo, proxy) = proxy_to_echo();
+    proxy.set_fault_on(Direction::ToClient, Fault::DropAfter { bytes: 10 });
+    let mut client = connect(&proxy);
+    let data = pattern(100);
+    // One short of the count: forwarded, and the connection stays up ...
+    assert_eq!(round_trip(&mut client, &data[..9]), &data[..9]);
+    // ... for exactly one byte more.
+    client.write_all(&data[9..]).unwrap();
+    let (got, end) = read_to_end(&mut client);
+    assert_eq!(end.unwrap(), 1);
+    assert_eq!(got, &data[9..10]);
 }
 
 #[test]
