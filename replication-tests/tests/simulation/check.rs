@@ -227,3 +227,77 @@ impl Checker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tether_protocol::{Attributes, Dn, Value};
+
+    use super::*;
+
+    const REGION: &str = "ou=people,dc=example,dc=com";
+
+    /// Entry `uuid` (one byte, for short tests) named `dn` at `csn`.
+    fn at(dn: &str, uuid: u8, csn: u64) -> Entry {
+        let mut attrs = Attributes::new();
+        attrs.add("objectClass", [Value::from("person")]).unwrap();
+        Entry { dn: Dn::parse(dn).unwrap(), uuid: EntryUuid([uuid; 16]), csn: Csn(csn), attrs }
+    }
+
+    fn person(n: u8, csn: u64) -> Entry {
+        at(&format!("uid=p{n},{REGION}"), n, csn)
+    }
+
+    /// What `lost_below` says of a replica holding `have` under `cookie`, given the
+    /// committed states of `checker`.
+    fn lost(checker: &Checker, cookie: u64, have: &[Entry]) -> Option<String> {
+        let spec = SearchSpec::subtree(Dn::parse(REGION).unwrap());
+        Checker::lost_below(&checker.states, &spec, Csn(cookie), have)
+    }
+
+    #[test]
+    fn a_change_committed_at_exactly_the_cookie_is_one_the_replica_must_hold() {
+        let mut checker = Checker::default();
+        checker.record(&person(1, 1));
+        checker.record(&person(1, 5));
+        checker.record(&person(2, 5));
+        // Under cookie 4 the modify and the add at 5 may be missing ...
+        assert_eq!(lost(&checker, 4, &[person(1, 1)]), None);
+        // ... under cookie 5 neither may.
+        let stale = lost(&checker, 5, &[person(1, 1), person(2, 5)]).unwrap();
+        assert!(stale.contains(&format!("holds uid=p1,{REGION} at CSN 1 under cookie 5")), "{stale}");
+        let missing = lost(&checker, 5, &[person(1, 5)]).unwrap();
+        assert!(missing.contains(&format!("lacks uid=p2,{REGION} (CSN 5) under cookie 5")), "{missing}");
+        assert_eq!(lost(&checker, 5, &[person(1, 5), person(2, 5)]), None);
+    }
+
+    #[test]
+    fn an_entry_still_held_after_a_delete_or_a_move_out_below_the_cookie_is_a_lost_change() {
+        let mut checker = Checker::default();
+        checker.record(&person(1, 1));
+        checker.record_delete(EntryUuid([1; 16]), Csn(3));
+        checker.record(&person(2, 2));
+        checker.record(&at("uid=p2,dc=example,dc=com", 2, 4));
+        let deleted = lost(&checker, 3, &[person(1, 1), person(2, 2)]).unwrap();
+        assert!(deleted.contains("where the provider had it deleted at 3"), "{deleted}");
+        let moved = lost(&checker, 4, &[person(2, 2)]).unwrap();
+        assert!(
+            moved.contains("where the provider had it uid=p2,dc=example,dc=com at 4, outside the region"),
+            "{moved}"
+        );
+        assert_eq!(lost(&checker, 4, &[]), None, "both gone, as the provider has them");
+    }
+
+    #[test]
+    fn a_replica_past_its_cookie_loses_nothing() {
+        let mut checker = Checker::default();
+        checker.record(&person(1, 1));
+        checker.record(&person(1, 6));
+        checker.record(&person(2, 2));
+        checker.record(&at("uid=p2,dc=example,dc=com", 2, 7));
+        checker.record(&person(3, 3));
+        checker.record_delete(EntryUuid([3; 16]), Csn(8));
+        // Cookie 5: p1 already at its modify of 6, p2 already moved out at 7 and p3
+        // already deleted at 8, each a change after the cookie applied (a delta under way).
+        assert_eq!(lost(&checker, 5, &[person(1, 6)]), None);
+    }
+}
