@@ -230,9 +230,10 @@ impl Checker {
 
 #[cfg(test)]
 mod tests {
-    use tether_protocol::{Attributes, Dn, Value};
+    use tether_protocol::{Attributes, Dn, RefreshKind, ReplOp, Value};
 
     use super::*;
+    use crate::world::changes;
 
     const REGION: &str = "ou=people,dc=example,dc=com";
 
@@ -299,5 +300,88 @@ mod tests {
         // Cookie 5: p1 already at its modify of 6, p2 already moved out at 7 and p3
         // already deleted at 8, each a change after the cookie applied (a delta under way).
         assert_eq!(lost(&checker, 5, &[person(1, 6)]), None);
+    }
+
+    /// A world of `initial` entries stepped until every consumer converged, with a
+    /// checker that watched it get there; and the guard of its stores.
+    fn converged_world(initial: usize) -> (World, Checker, Option<tempfile::TempDir>) {
+        let (root, guard) = crate::store_root(1);
+        let mut world = World::new(1, &root, initial);
+        let mut checker = Checker::default();
+        for e in &world.initial {
+            checker.record(e);
+        }
+        loop {
+            world.sim.step().unwrap();
+            let now = world.now_ms();
+            if now % crate::OBSERVE_EVERY_MS == 0 {
+                checker.observe(&world, true).unwrap();
+                if Checker::converged(&world).is_ok() {
+                    return (world, checker, guard);
+                }
+            }
+            assert!(now < crate::CONVERGE_WITHIN_MS, "no convergence: {:?}", Checker::converged(&world));
+        }
+    }
+
+    /// Writes the workload's next changes on the provider until one leaves an entry
+    /// (not a delete), records it as the simulation does, and returns that state.
+    fn write_one(world: &mut World, checker: &mut Checker) -> Entry {
+        let dir = world.provider.get().unwrap();
+        loop {
+            for change in changes(&world.workload.changes(1)) {
+                let committed = dir.write(&change).unwrap();
+                match dir.entries().get_by_uuid(&committed.uuid).unwrap() {
+                    Some(entry) => {
+                        checker.record(&entry);
+                        return entry;
+                    }
+                    None => checker.record_delete(committed.uuid, committed.csn),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn observe_reports_a_change_applied_twice_a_state_never_committed_and_a_cookie_dropped() {
+        let (mut world, mut checker, _guard) = converged_world(10);
+        // Each violation is put right before the next: observe returns the first it finds.
+        world.consumers[0].past_duplicates = 1;
+        let twice = checker.observe(&world, true).unwrap_err();
+        assert!(twice.contains("c-all: the apply audit counted 1 change(s) applied twice"), "{twice}");
+        world.consumers[0].past_duplicates = 0;
+
+        // A state shown under the UUID and CSN of a committed one but with other
+        // attributes is invented, though both numbers match.
+        let all = world.consumers[0].live.get().unwrap();
+        let shown = all.replica.search(&world.consumers[0].plan.spec).unwrap().pop().unwrap();
+        let mut other = shown.clone();
+        other.attrs.add("description", [Value::from("never written")]).unwrap();
+        let committed = checker.committed.insert((shown.uuid, shown.csn), other).unwrap();
+        let invented = checker.observe(&world, true).unwrap_err();
+        let said = format!("c-all: exposes {} at CSN {}, a state the provider never committed", shown.dn, shown.csn);
+        assert!(invented.contains(&said), "{invented}");
+        checker.committed.insert((shown.uuid, shown.csn), committed);
+
+        let people = world.consumers[1].live.get().unwrap();
+        let cookie = people.replica.cookie().unwrap().unwrap();
+        people.replica.forget_cookie().unwrap();
+        let dropped = checker.observe(&world, true).unwrap_err();
+        assert!(dropped.contains(&format!("c-people: cookie regressed from {} to none", cookie.csn)), "{dropped}");
+    }
+
+    #[test]
+    fn observe_reports_a_live_replica_that_changes_while_a_reload_is_under_way() {
+        let (mut world, mut checker, _guard) = converged_world(10);
+        let live = world.consumers[0].live.get().unwrap();
+        let _shadow = live.replica.begin_shadow(RefreshKind::Full).unwrap();
+        let events = checker.observe(&world, false).unwrap();
+        assert!(events.contains(&"c-all reloading".to_owned()), "{events:?}");
+        // A state the provider committed, past the cookie (so nothing else is wrong with
+        // it), reaching the live replica instead of the shadow: a half-loaded replica.
+        let entry = write_one(&mut world, &mut checker);
+        live.replica.apply(&[ReplOp::Upsert(entry)], None).unwrap();
+        let half = checker.observe(&world, false).unwrap_err();
+        assert!(half.contains("c-all: the live replica changed while a reload was in progress"), "{half}");
     }
 }
