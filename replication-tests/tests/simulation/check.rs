@@ -384,4 +384,19 @@ mod tests {
         let half = checker.observe(&world, false).unwrap_err();
         assert!(half.contains("c-all: the live replica changed while a reload was in progress"), "{half}");
     }
+
+    #[test]
+    fn converged_requires_each_cookie_at_the_providers_newest_csn() {
+        let (world, _checker, _guard) = converged_world(10);
+        // A write outside ou=people: c-people's and c-poll's content stays equal, but
+        // their cookies are now behind the provider's.
+        let dir = world.provider.get().unwrap();
+        for change in changes(
+            "dn: ou=elsewhere,dc=example,dc=com\nchangetype: add\nobjectClass: organizationalUnit\nou: elsewhere\n",
+        ) {
+            dir.write(&change).unwrap();
+        }
+        let why = Checker::converged(&world).unwrap_err();
+        assert!(why.contains("c-people: content equal but cookie"), "{why}");
+    }
 }
