@@ -343,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn observe_reports_a_change_applied_twice_a_state_never_committed_and_a_cookie_dropped() {
+    fn observe_reports_a_change_applied_twice_a_state_never_committed_and_a_cookie_dropped_or_moved_back() {
         let (mut world, mut checker, _guard) = converged_world(10);
         // Each violation is put right before the next: observe returns the first it finds.
         world.consumers[0].past_duplicates = 1;
@@ -368,6 +368,13 @@ mod tests {
         people.replica.forget_cookie().unwrap();
         let dropped = checker.observe(&world, true).unwrap_err();
         assert!(dropped.contains(&format!("c-people: cookie regressed from {} to none", cookie.csn)), "{dropped}");
+        let back = Csn(cookie.csn.0 - 1);
+        people.replica.advance(tether_protocol::Cookie { csn: back, ..cookie }).unwrap();
+        let moved_back = checker.observe(&world, true).unwrap_err();
+        assert!(
+            moved_back.contains(&format!("c-people: cookie regressed from {} to {back}", cookie.csn)),
+            "{moved_back}"
+        );
     }
 
     #[test]
