@@ -393,6 +393,22 @@ mod tests {
     }
 
     #[test]
+    fn a_live_replica_that_changed_between_two_reloads_is_not_half_loaded() {
+        let (mut world, mut checker, _guard) = converged_world(10);
+        let live = world.consumers[0].live.get().unwrap();
+        live.replica.begin_shadow(RefreshKind::Full).unwrap();
+        checker.observe(&world, false).unwrap();
+        // The reload given up, the live replica moves on by delta; the next reload is
+        // held to the content it starts from, not the first one's.
+        live.replica.abandon_shadow().unwrap();
+        checker.observe(&world, false).unwrap();
+        let entry = write_one(&mut world, &mut checker);
+        live.replica.apply(&[ReplOp::Upsert(entry)], None).unwrap();
+        live.replica.begin_shadow(RefreshKind::Full).unwrap();
+        assert_eq!(checker.observe(&world, false), Ok(vec!["c-all reloading".to_owned()]));
+    }
+
+    #[test]
     fn converged_requires_each_cookie_at_the_providers_newest_csn() {
         let (world, _checker, _guard) = converged_world(10);
         // A write outside ou=people: c-people's and c-poll's content stays equal, but
