@@ -307,6 +307,24 @@ fn drop_after_forwards_exactly_n_bytes_that_come_in_pieces() {
 }
 
 #[test]
+fn drop_after_closes_with_a_fin_even_with_bytes_unread() {
+    let (_echo, proxy) = proxy_to_echo();
+    let mut client = connect(&proxy);
+    // An echo held in the proxy, and bytes from the client it has not read: closing a
+    // socket with bytes unread is a RST, which can cost the client the bytes it is owed.
+    proxy.set_fault_on(Direction::ToClient, Fault::Delay(Duration::from_secs(3600)));
+    let data = pattern(20);
+    client.write_all(&data).unwrap();
+    proxy.wait_for_bytes(Direction::ToUpstream, 20, IO_TIMEOUT).unwrap();
+    proxy.set_fault_on(Direction::ToUpstream, Fault::Stall);
+    client.write_all(&pattern(32 * 1024)).unwrap();
+    proxy.set_fault_on(Direction::ToClient, Fault::DropAfter { bytes: 10 });
+    let (got, end) = read_to_end(&mut client);
+    assert_eq!(end.unwrap(), 10, "a FIN after the bytes, not a reset");
+    assert_eq!(got, &data[..10]);
+}
+
+#[test]
 fn throttle_limits_the_rate() {
     let (_echo, proxy) = proxy_to_echo();
     const RATE: u64 = 20_000;
