@@ -267,13 +267,7 @@ mod tests {
         let (provider, client) = (new_nonce().unwrap(), new_nonce().unwrap());
         let nonces = Nonces { provider: &provider, client: &client };
         let hello = consumer_hello("people");
-        let welcome = Welcome {
-            version: 3,
-            history: crate::cookie::HistoryId([5; 16]),
-            session_id: 9,
-            keepalive_interval_ms: 5_000,
-            keepalive_timeout_ms: 20_000,
-        };
+        let welcome = welcome();
         let proof = compute_proof(&secret, nonces, &hello, &welcome).unwrap();
         assert!(verify_proof(&secret, nonces, &hello, &welcome, &proof));
 
@@ -288,6 +282,93 @@ mod tests {
         let mac = compute_mac(&secret, &provider, &hello).unwrap();
         assert_ne!(mac, proof);
         assert!(!verify_proof(&secret, nonces, &hello, &welcome, &mac));
+    }
+
+    /// A version 3 welcome, as a provider tells it.
+    fn welcome() -> Welcome {
+        Welcome {
+            version: 3,
+            history: crate::cookie::HistoryId([5; 16]),
+            session_id: 9,
+            keepalive_interval_ms: 5_000,
+            keepalive_timeout_ms: 20_000,
+        }
+    }
+
+    /// `lp(x)` of docs/protocol.md: `x`'s length as 4 big-endian bytes, then `x`.
+    fn lp(parts: &[&[u8]]) -> Vec<u8> {
+        parts.iter().flat_map(|p| (p.len() as u32).to_be_bytes().into_iter().chain(p.iter().copied())).collect()
+    }
+
+    /// The MAC and the proof are normative (docs/protocol.md, "MAC construction" and
+    /// "Proof construction"): a peer built from another release, or another
+    /// implementation, computes them from the text, so they are checked against the
+    /// text here, written out part by part, not against this module's own code.
+    #[test]
+    fn the_mac_and_the_proof_are_the_documented_constructions() {
+        let secret = Secret::new("s3cret").unwrap();
+        let (provider, client) = ([7; NONCE_LEN], [9; NONCE_LEN]);
+        let hello = consumer_hello("people");
+        let hmac = |data: &[u8]| -> MacTag {
+            let mut mac = HmacSha256::new_from_slice(b"s3cret").unwrap();
+            mac.update(data);
+            mac.finalize().into_bytes().into()
+        };
+        let mac = hmac(&lp(&[b"tether-handshake-mac-v1", &provider, b"replica-1", b"consumer", b"people"]));
+        assert_eq!(compute_mac(&secret, &provider, &hello).unwrap(), mac);
+
+        let welcome = Welcome { session_id: 0x0102_0304_0506_0708, ..welcome() };
+        let mut told = vec![0, 3];
+        told.extend_from_slice(&[5; 16]);
+        told.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        told.extend_from_slice(&5_000u64.to_be_bytes());
+        told.extend_from_slice(&20_000u64.to_be_bytes());
+        let proof =
+            hmac(&lp(&[b"tether-provider-proof-v1", &provider, &client, b"replica-1", b"consumer", b"people", &told]));
+        let nonces = Nonces { provider: &provider, client: &client };
+        assert_eq!(compute_proof(&secret, nonces, &hello, &welcome).unwrap(), proof);
+    }
+
+    /// The client's nonce is what keeps a proof recorded from one connection from
+    /// answering another (docs/protocol.md): a peer posing as the provider chooses its
+    /// own challenge, so it can repeat the one it recorded, but not the client's nonce.
+    /// And every field of the welcome is bound, not only the history.
+    #[test]
+    fn a_proof_binds_the_client_s_nonce_and_every_field_of_the_welcome() {
+        let secret = Secret::new("s3cret").unwrap();
+        let (provider, client) = (new_nonce().unwrap(), new_nonce().unwrap());
+        let nonces = Nonces { provider: &provider, client: &client };
+        let hello = consumer_hello("people");
+        let welcome = welcome();
+        let recorded = compute_proof(&secret, nonces, &hello, &welcome).unwrap();
+        let another_connection = new_nonce().unwrap();
+        let replayed = Nonces { provider: &provider, client: &another_connection };
+        assert!(!verify_proof(&secret, replayed, &hello, &welcome, &recorded), "a recorded proof replayed");
+        for (field, told) in [
+            ("version", Welcome { version: 4, ..welcome.clone() }),
+            ("session_id", Welcome { session_id: 10, ..welcome.clone() }),
+            ("keepalive_interval_ms", Welcome { keepalive_interval_ms: 5_001, ..welcome.clone() }),
+            ("keepalive_timeout_ms", Welcome { keepalive_timeout_ms: 20_001, ..welcome.clone() }),
+        ] {
+            assert!(!verify_proof(&secret, nonces, &hello, &told, &recorded), "a welcome with another {field}");
+        }
+    }
+
+    /// A MAC or a proof is checked in all its 32 bytes: one right in its first half and
+    /// wrong only in its last byte is refused.
+    #[test]
+    fn a_mac_or_a_proof_wrong_only_in_its_last_byte_is_refused() {
+        let secret = Secret::new("s3cret").unwrap();
+        let (provider, client) = (new_nonce().unwrap(), new_nonce().unwrap());
+        let nonces = Nonces { provider: &provider, client: &client };
+        let hello = consumer_hello("people");
+        let welcome = welcome();
+        let mut mac = compute_mac(&secret, &provider, &hello).unwrap();
+        mac[MAC_LEN - 1] ^= 1;
+        assert!(!verify_mac(&secret, &provider, &hello, &mac));
+        let mut proof = compute_proof(&secret, nonces, &hello, &welcome).unwrap();
+        proof[MAC_LEN - 1] ^= 1;
+        assert!(!verify_proof(&secret, nonces, &hello, &welcome, &proof));
     }
 
     #[test]
