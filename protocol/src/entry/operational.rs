@@ -187,6 +187,47 @@ mod tests {
         assert_eq!(a.take_operational().unwrap(), Operational::default(), "nothing left to take");
     }
 
+    /// docs/ldif.md names the attributes a load leaves out as `slapcat` and LDAP servers
+    /// spell them: each is left out and counted, none kept as an ordinary attribute.
+    #[test]
+    fn every_attribute_the_docs_name_as_server_maintained_is_left_out() {
+        let documented = [
+            "entryCSN",
+            "contextCSN",
+            "createTimestamp",
+            "modifyTimestamp",
+            "creatorsName",
+            "modifiersName",
+            "structuralObjectClass",
+            "entryDN",
+            "hasSubordinates",
+            "numSubordinates",
+            "subschemaSubentry",
+        ];
+        let mut a = attrs(&[("objectClass", "person")]);
+        for name in documented {
+            assert!(is_not_kept(name), "{name}");
+            a.add(name, [Value::from("x")]).unwrap();
+        }
+        let taken = a.take_operational().unwrap();
+        let left: Vec<&str> = a.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!((taken.dropped, left), (documented.len(), vec!["objectClass"]));
+    }
+
+    /// `1.3.6.1.1.16.4` is `entryUUID` by its OID: an entry giving both has two
+    /// identities, refused as two values of one are, not settled by which sorts last.
+    #[test]
+    fn an_entry_uuid_given_by_its_name_and_by_its_oid_is_refused_as_two() {
+        let mut a = attrs(&[
+            ("objectClass", "person"),
+            ("entryUUID", "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f00"),
+            ("1.3.6.1.1.16.4", "6bd5c4e4-1a2b-103c-8f4a-0b2c7b1a1f01"),
+        ]);
+        let before = a.clone();
+        assert_eq!(a.take_operational(), Err(OperationalError::SeveralUuids(2)));
+        assert_eq!(a, before, "nothing is taken");
+    }
+
     #[test]
     fn a_bad_uuid_is_refused_and_nothing_is_taken() {
         for (values, err) in [
