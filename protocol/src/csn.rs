@@ -48,3 +48,23 @@ impl FromStr for Csn {
         Ok(Csn(s.parse()?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The changelog is a tree keyed by `to_key`, read in key order: its keys must sort
+    /// as the CSNs do, across every byte boundary, not only below 256 where most tests'
+    /// stores stay.
+    #[test]
+    fn keys_sort_as_the_csns_they_encode() {
+        let csns = [0, 1, 255, 256, 257, 65_535, 65_536, 1 << 32, u64::MAX - 1, u64::MAX].map(Csn);
+        let mut by_key = csns;
+        by_key.sort_by_key(|c| c.to_key());
+        assert_eq!(by_key, csns);
+        for csn in csns {
+            assert_eq!(Csn::from_key(&csn.to_key()), Some(csn));
+        }
+        assert_eq!(Csn::from_key(&[0; 7]), None, "a key of another length is no CSN");
+    }
+}
