@@ -105,4 +105,17 @@ mod tests {
         assert!("nope".parse::<Cookie>().is_err());
         assert!("123#4".parse::<Cookie>().is_err());
     }
+
+    /// A cookie is exactly two parts: anything missing, or anything after the CSN, is
+    /// refused rather than read as some other position.
+    #[test]
+    fn a_cookie_with_a_part_missing_or_more_after_its_csn_is_refused() {
+        let text = Cookie { history: HistoryId([7; 16]), csn: Csn(42) }.to_string();
+        let history = text.strip_suffix("#42").unwrap();
+        for bad in
+            [format!("{text}#7"), format!("{text}#"), format!("{history}#"), "#42".to_owned(), history.to_owned()]
+        {
+            assert_eq!(bad.parse::<Cookie>(), Err(CookieParseError(bad.clone())), "{bad}");
+        }
+    }
 }
