@@ -182,6 +182,25 @@ mod tests {
         assert!(refused.to_string().contains("\"sn\" was not chosen"), "{refused}");
     }
 
+    /// Bytes after the entry are refused as a full decode refuses them, whichever
+    /// attributes are chosen: the split accepting them would write the entry back
+    /// without them, and a damaged record would be rewritten as sound without a word.
+    /// (The property below cuts and damages the entry's own bytes, never adds any.)
+    #[test]
+    fn bytes_after_the_entry_are_refused_as_a_full_decode_refuses_them() {
+        let mut attrs = Attributes::new();
+        attrs.add("objectClass", ["top".into()]).unwrap();
+        attrs.add("cn", ["Ann".into()]).unwrap();
+        let entry = Entry { dn: Dn::parse("cn=Ann,dc=example").unwrap(), uuid: EntryUuid([3; 16]), csn: Csn(7), attrs };
+        let mut bytes = codec::encode(&entry).unwrap();
+        bytes.extend_from_slice(b"xy");
+        assert_eq!(codec::decode::<Entry>(&bytes).unwrap_err(), CodecError::TrailingBytes { extra: 2 });
+        for cn_chosen in [false, true] {
+            let split = PartialEntry::decode(&bytes, |k| cn_chosen && k == "cn").map(|p| p.entry);
+            assert_eq!(split, Err(CodecError::TrailingBytes { extra: 2 }), "cn chosen: {cn_chosen}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1_000))]
 
