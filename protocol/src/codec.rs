@@ -261,6 +261,18 @@ mod tests {
         assert_eq!(buf, [1, 2, 3], "a refused encode leaves the buffer as it was");
     }
 
+    /// The limit is the largest encoding allowed, not the first refused: a value of
+    /// exactly [`MAX_DECODE`] bytes fills a frame, which the frame reader takes, so it
+    /// encodes and decodes. (The test above goes one byte past it.)
+    #[test]
+    fn a_value_of_exactly_the_limit_encodes_and_decodes() {
+        // A byte string is its length (over 65,535: the marker 252 and 4 bytes), then its octets.
+        let value = crate::entry::Value::from_bytes(vec![7u8; MAX_DECODE - 5]);
+        let bytes = encode(&value).unwrap();
+        assert_eq!((bytes.len(), encoded_len(&value)), (MAX_DECODE, Ok(MAX_DECODE)));
+        assert_eq!(decode::<crate::entry::Value>(&bytes), Ok(value));
+    }
+
     /// A recursive type, like any a future message might carry. (Filters cross the wire
     /// as their string form, re-parsed under the parser's own depth limit.)
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
