@@ -305,6 +305,25 @@ mod tests {
         assert_eq!(decode::<Nest>(&nested(limit + 1)), Err(CodecError::TooDeep { max: MAX_DEPTH }));
     }
 
+    /// A type recursive through a struct and a sequence rather than an enum.
+    #[derive(serde::Deserialize)]
+    struct Tree {
+        children: Vec<Tree>,
+    }
+
+    /// Every kind of container counts against the limit, not only enums: a struct is
+    /// read as a sequence of its fields, so a limit that skipped sequences would let a
+    /// type recursive through them (`Tree`, each level a struct holding a list) nest
+    /// without bound. `MAX_DEPTH` trees are twice that many levels, refused; a little
+    /// under half as many decode.
+    #[test]
+    fn nesting_through_structs_and_sequences_counts_against_the_limit() {
+        // Each tree is its list's length, 1, down to a leaf with none.
+        let trees = |n: usize| [vec![1u8; n], vec![0]].concat();
+        assert_eq!(decode::<Tree>(&trees(MAX_DEPTH / 2 - 1)).unwrap().children.len(), 1);
+        assert_eq!(decode::<Tree>(&trees(MAX_DEPTH)).map(drop), Err(CodecError::TooDeep { max: MAX_DEPTH }));
+    }
+
     #[test]
     fn a_deeply_nested_filter_string_is_refused_by_the_parser() {
         let deep = format!("{}(cn=x){}", "(!".repeat(10_000), ")".repeat(10_000));
