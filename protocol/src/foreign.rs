@@ -121,6 +121,15 @@ mod tests {
         assert_eq!(peer(b"xyzw").kind(), None);
     }
 
+    /// A page is HTML in either case: `<!doctype html>` is how most pages begin now,
+    /// and a server that sends a page without a status line is still a web server.
+    #[test]
+    fn http_and_html_are_named_in_either_case() {
+        for first in [b"<!do", b"<!DO", b"<HTM", b"<htm", b"Http"] {
+            assert_eq!(peer(first).kind(), Some(ForeignKind::Http), "{}", first.escape_ascii());
+        }
+    }
+
     #[test]
     fn the_message_shows_the_bytes_and_the_guess() {
         assert_eq!(
