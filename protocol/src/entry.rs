@@ -1017,6 +1017,17 @@ mod tests {
         }
     }
 
+    /// A numeric OID is numbers joined by dots (RFC 4512 `numericoid`): a dot at its
+    /// end or two together leave an arc empty, which no LDAP server takes, so a file or
+    /// an attribute list holding one is refused here rather than by the next server.
+    #[test]
+    fn an_oid_with_an_empty_arc_is_not_an_attribute_name() {
+        for bad in ["2.5.4.", "2..5.4.3", "2.5.4.3.;lang-en"] {
+            assert_eq!(check_attribute_name(bad), Err(AttributeError::InvalidName(bad.to_owned())), "{bad}");
+        }
+        check_attribute_name("2.5.4.3;lang-en").unwrap();
+    }
+
     #[test]
     fn binary_values_compare_exactly() {
         let a = Value::from_bytes(vec![0xff, 0x41]);
