@@ -233,6 +233,18 @@ mod tests {
         assert!(matches!(Secret::new(Vec::new()), Err(AuthError::EmptySecret)));
     }
 
+    /// A reload compares the secret read again with the one held to tell whether it
+    /// changed (and revoke the sessions it admitted): a new secret that begins with the
+    /// old one, or the old one with a part cut off, is a changed secret.
+    #[test]
+    fn a_secret_equals_only_one_of_the_same_bytes_and_length() {
+        let secret = |s: &str| Secret::new(s).unwrap();
+        assert_eq!(secret("hunter2"), secret("hunter2"));
+        assert_ne!(secret("hunter2"), secret("hunter2-rotated"));
+        assert_ne!(secret("hunter2-rotated"), secret("hunter2"));
+        assert_ne!(secret("hunter2"), secret("hunter3"));
+    }
+
     #[test]
     fn nonces_are_fresh() {
         assert_ne!(new_nonce().unwrap(), new_nonce().unwrap());
