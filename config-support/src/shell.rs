@@ -1035,6 +1035,27 @@ mod tests {
         assert_eq!(mode(&own), 0o700);
     }
 
+    /// A folder its group alone may enter is as open as one anyone may: its group can
+    /// copy the store and read every entry. A new store's is restricted to 0700, and one
+    /// that holds a store is warned of and left as it is.
+    #[test]
+    fn a_data_dir_its_group_alone_may_enter_is_restricted_or_warned_of() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = root.path().join("fresh");
+        std::fs::create_dir(&fresh).unwrap();
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(private_data_dir(&fresh, true).unwrap(), None);
+        assert_eq!(mode(&fresh), 0o700, "mode {:o}", mode(&fresh));
+        let held = root.path().join("held");
+        std::fs::create_dir(&held).unwrap();
+        std::fs::set_permissions(&held, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let warning = private_data_dir(&held, false).unwrap().expect("a warning");
+        assert!(warning.contains("(mode 750)") && warning.contains("chmod 700"), "{warning}");
+        assert_eq!(mode(&held), 0o750, "left as the operator set it");
+    }
+
     /// An error that prints its cause and also returns it, as ours do.
     #[derive(Debug, thiserror::Error)]
     #[error("storage error: {0}")]
