@@ -1056,6 +1056,23 @@ mod tests {
         assert_eq!(mode(&held), 0o750, "left as the operator set it");
     }
 
+    /// A shared folder that holds only folders (`/var/lib` holds little else: one for
+    /// each service) is no new store's either: of the folders in it, only a volume's
+    /// `lost+found` is the store's own, and restricting the folder would lock every
+    /// other service out of its own.
+    #[test]
+    fn a_data_dir_holding_only_folders_of_other_services_is_left_as_it_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let shared = root.path().join("lib");
+        std::fs::create_dir_all(shared.join("postgresql")).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let warning = private_data_dir(&shared, true).unwrap().expect("a warning");
+        assert!(warning.contains("(mode 755)") && warning.contains("a folder of its own"), "{warning}");
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "left as it was");
+    }
+
     /// An error that prints its cause and also returns it, as ours do.
     #[derive(Debug, thiserror::Error)]
     #[error("storage error: {0}")]
