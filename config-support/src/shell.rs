@@ -1073,6 +1073,46 @@ mod tests {
         assert_eq!(mode, 0o755, "left as it was");
     }
 
+    /// Root's command on a store another user owns runs again as that user, and in that
+    /// user's group, not root's: it can do there no more than the store's user could.
+    /// The user and group differ here, so that one taken for the other shows. This test
+    /// runs itself in a child of this test binary (as root, and alone, so that the run
+    /// again runs this test alone too); the run again says the ids it has by its exit
+    /// status and on standard error, which the child passes on.
+    #[test]
+    fn root_runs_a_command_again_as_the_store_s_user_and_in_its_group() {
+        use std::os::unix::fs::chown;
+        const NAME: &str = "shell::tests::root_runs_a_command_again_as_the_store_s_user_and_in_its_group";
+        const CHILD: &str = "TETHER_AS_OWNER_CHILD";
+        let (user, group) = (65534, 65533);
+        if is_store_owners_run() {
+            let uid = rustix::process::geteuid().as_raw();
+            let gid = rustix::process::getegid().as_raw();
+            crate::say!("run again as uid {uid}, gid {gid}");
+            std::process::exit(if (uid, gid) == (user, group) { 0 } else { 3 });
+        }
+        if let Some(store) = std::env::var_os(CHILD) {
+            let code = as_store_owner(std::path::Path::new(&store)).unwrap().expect("run again");
+            std::process::exit(code);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        if chown(&store, Some(user), Some(group)).is_err() {
+            return; // not root: nothing is run again
+        }
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME])
+            .env(CHILD, &store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&child.stderr);
+        assert!(said.contains("run again as uid"), "{said}");
+        assert_eq!(child.status.code(), Some(0), "{said}");
+    }
+
     /// An error that prints its cause and also returns it, as ours do.
     #[derive(Debug, thiserror::Error)]
     #[error("storage error: {0}")]
