@@ -1113,6 +1113,39 @@ mod tests {
         assert_eq!(child.status.code(), Some(0), "{said}");
     }
 
+    /// A process that ends with success writes every log line queued before it ends (its
+    /// last, "provider stopped", above all), though the writer thread is behind: more
+    /// lines than a pipe holds, which the writer writes only as this test reads them.
+    /// Run in a child process of this test binary, whose standard error the test reads.
+    #[test]
+    fn a_process_ending_with_success_writes_every_log_line_queued_first() {
+        use std::io::Write as _;
+        use tracing_subscriber::fmt::MakeWriter as _;
+        const LINES: usize = 5_000;
+        if std::env::var_os("TETHER_CLEAN_EXIT_CHILD").is_some() {
+            let writers = log_pipe::start(LogFormat::Text).unwrap();
+            for i in 0..LINES {
+                writeln!(writers.make_writer(), "line {i} {}", "x".repeat(100)).unwrap();
+            }
+            writeln!(writers.make_writer(), "provider stopped").unwrap();
+            let _ = finish("tether-test", None);
+            // As `main` returning `finish`'s status does.
+            std::process::exit(0);
+        }
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "shell::tests::a_process_ending_with_success_writes_every_log_line_queued_first"])
+            .env("TETHER_CLEAN_EXIT_CHILD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(child.status.success(), "{}", child.status);
+        let said = String::from_utf8(child.stderr).unwrap();
+        let lines: Vec<&str> = said.lines().filter(|l| l.starts_with("line ")).collect();
+        assert_eq!(lines.len(), LINES, "log lines written before the exit");
+        assert!(said.ends_with("provider stopped\n"), "{:?}", &said[said.len().saturating_sub(200)..]);
+    }
+
     /// An error that prints its cause and also returns it, as ours do.
     #[derive(Debug, thiserror::Error)]
     #[error("storage error: {0}")]
