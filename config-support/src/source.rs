@@ -1140,6 +1140,14 @@ mod tests {
         assert!(e.starts_with("t.toml: line 2, column 1: invalid TOML: duplicate key"), "{e}");
     }
 
+    /// The column counts characters, as an editor shows them, not bytes: a letter of
+    /// two bytes before the error (a name with an accent) put it one column past it.
+    #[test]
+    fn a_syntax_error_s_column_counts_characters_not_bytes() {
+        let e = err("wait = \"5s\"\nname = \"Zoë\" x\n");
+        assert!(e.starts_with("t.toml: line 2, column 14: invalid TOML: "), "{e}");
+    }
+
     #[test]
     fn host_port_forms() {
         let hp: HostPort = "[::1]:7389".parse().unwrap();
