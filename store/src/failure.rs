@@ -434,6 +434,33 @@ mod tests {
         assert_eq!(latch.latched(), Some(failure), "the failure stays once the flush returns");
     }
 
+    /// A flush begun after a quiet spell is under way from its own start, not from the
+    /// end of the flush before it: counted from there, the first flush after half a
+    /// minute without writes was stuck at once for the watchdog, and a provider stopped
+    /// on its store's failure at the next write after a quiet spell. The quiet spell here
+    /// is as long as the clock takes to move on.
+    #[test]
+    fn a_flush_after_a_quiet_spell_is_under_way_only_since_it_began() {
+        let latch = FailureLatch::default();
+        latch.flushing(|| ());
+        let finished = Instant::now();
+        let quiet_since = loop {
+            let now = Instant::now();
+            if now > finished {
+                break now;
+            }
+        };
+        let (now, stalled) = latch.flushing(|| {
+            let now = Instant::now();
+            (now, latch.stalled_for(now).expect("a flush under way"))
+        });
+        assert!(
+            stalled <= now - quiet_since,
+            "under way for {stalled:?}, of which {:?} before it began",
+            now - quiet_since
+        );
+    }
+
     /// The store's log file removed, moved or replaced under the process (a restore
     /// while it runs) fails the next flush, so nothing it wrote is acknowledged, and is
     /// latched by the watchdog even with no flush.
