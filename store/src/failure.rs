@@ -513,6 +513,20 @@ mod tests {
         assert!(failure.to_string().contains("corrupt"), "{failure}");
     }
 
+    /// A mark that cannot be put in place (a folder at its path) leaves no file of its
+    /// write behind: the store is opened by every `status` and `search` of a stopped
+    /// process, and each would leave another in the store's folder.
+    #[test]
+    fn a_mark_that_cannot_be_put_in_place_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mark = tmp.path().join(INSTANCE_MARK);
+        std::fs::create_dir(&mark).unwrap();
+        std::fs::write(mark.join("kept"), b"").unwrap();
+        assert!(write_mark(&mark, "ours").is_err(), "a file renamed over a folder");
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [INSTANCE_MARK], "only the folder that was there");
+    }
+
     /// The instance mark is written by a new file renamed into place: a link put at its
     /// path by the folder's owner is replaced, not followed into the file it names.
     #[test]
