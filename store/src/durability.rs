@@ -74,3 +74,31 @@ impl GroupCommit {
         self.tx.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A flush that fails makes nothing durable: the durable CSN, which wakes the
+    /// sessions that send changes to consumers, stays where it was, and a writer asking
+    /// again for the same CSN is not told it is durable. The store's log taken away
+    /// under it (see [`FailureLatch::flush`]) is the failure here.
+    #[test]
+    fn a_failed_flush_makes_nothing_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let log = dir.path().join("db");
+        let failure = FailureLatch::watched(crate::failure::STUCK_AFTER, &log);
+        let commit = GroupCommit::new(Csn(1));
+        let sessions = commit.subscribe();
+        db.insert("k", "v").unwrap();
+        commit.committed(Csn(2));
+        std::fs::remove_file(&log).unwrap();
+        assert!(commit.make_durable(&db, &failure, Csn(2)).is_err());
+        assert_eq!(commit.last_durable(), Csn(1));
+        assert!(!sessions.has_changed().unwrap(), "the sessions were woken for {:?}", *sessions.borrow());
+        assert!(commit.make_durable(&db, &failure, Csn(2)).is_err(), "a second writer of CSN 2 told it is durable");
+    }
+}
