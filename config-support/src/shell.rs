@@ -1146,6 +1146,52 @@ mod tests {
         assert!(said.ends_with("provider stopped\n"), "{:?}", &said[said.len().saturating_sub(200)..]);
     }
 
+    /// A failing process whose log lines were dropped (its standard error read too
+    /// slowly) says so before its last words, the count of the gap with them: the lines
+    /// lost are those that led up to the failure. The child, a run of this test binary,
+    /// queues more lines than the queue holds while this test does not read its standard
+    /// error yet, says on standard output that it did, and fails; only then is its
+    /// standard error read.
+    #[test]
+    fn lines_dropped_before_a_failing_process_s_last_words_are_said_with_them() {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        use tracing_subscriber::fmt::MakeWriter as _;
+        if std::env::var_os("TETHER_DROPPED_BEFORE_LAST_CHILD").is_some() {
+            let writers = log_pipe::start(LogFormat::Text).unwrap();
+            for i in 0..log_pipe::QUEUE_LINES * 2 {
+                writeln!(writers.make_writer(), "line {i} {}", "x".repeat(100)).unwrap();
+            }
+            // Past the test harness's capture, which `println!` would go to.
+            let mut stdout = std::io::stdout();
+            stdout.write_all(b"queued\n").and_then(|()| stdout.flush()).unwrap();
+            finish("tether-test", Some(&std::io::Error::other("the store failed")));
+            unreachable!("finish exits on a failure");
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "shell::tests::lines_dropped_before_a_failing_process_s_last_words_are_said_with_them"])
+            .env("TETHER_DROPPED_BEFORE_LAST_CHILD", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("queued") {
+            line.clear();
+            assert!(stdout.read_line(&mut line).unwrap() > 0, "the child ended before it queued its lines");
+        }
+        let mut said = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut said).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(1));
+        let last: Vec<&str> = said.lines().rev().take(2).collect();
+        assert_eq!(last[0], "tether-test: the store failed", "{last:?}");
+        assert!(
+            last[1].starts_with('[')
+                && last[1].ends_with(" log lines dropped: standard error was not read fast enough]"),
+            "{last:?}"
+        );
+    }
+
     /// An error that prints its cause and also returns it, as ours do.
     #[derive(Debug, thiserror::Error)]
     #[error("storage error: {0}")]
