@@ -146,6 +146,30 @@ fn a_rename_in_place_in_a_group_sees_the_names_taken_and_freed_before_it() {
     }
 }
 
+/// A move in a group sees its new superior deleted or added before it in the same
+/// group, the entry moved untouched by the group: under one deleted just before it is
+/// refused, under one added just before it is taken, as one write at a time. Groups of
+/// two here, so that the entries are written by the group before.
+#[test]
+fn a_move_in_a_group_sees_its_new_superior_deleted_or_added_before_it() {
+    let (crew, team) = ("ou=crew,dc=example,dc=com", "ou=team,dc=example,dc=com");
+    let changes = vec![
+        add_ou(crew),
+        add_ou(team),
+        delete(crew),
+        moddn(team, "ou=team", Some(crew)), // its new superior deleted just before
+        add_ou(crew),
+        moddn("ou=groups,dc=example,dc=com", "ou=groups", Some(crew)), // added just before
+    ];
+    let (_tmp, d) = directory_with_base_tree();
+    let results: Vec<String> = changes.chunks(2).flat_map(|group| d.write_group(group)).map(|r| outcome(&r)).collect();
+    assert!(results[3].starts_with("refused"), "{results:?}");
+    assert!(results[5].starts_with("csn"), "{results:?}");
+    for group in [2, changes.len(), 1, 3] {
+        assert_same_as_one_by_one(&changes, group);
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Add(u8, u8),
