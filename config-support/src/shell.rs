@@ -1056,6 +1056,28 @@ mod tests {
         assert_eq!(mode(&held), 0o750, "left as the operator set it");
     }
 
+    /// A folder that holds a store already is the store's: the files in it are the
+    /// store's own, not another user's, and the warning says to restrict the folder, as
+    /// the docs give it, not to give the store a folder of its own.
+    #[test]
+    fn a_data_dir_holding_a_store_is_warned_of_as_the_store_s_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let held = root.path().join("held");
+        std::fs::create_dir(&held).unwrap();
+        for file in ["conf", "db", "snap.0000000000000060"] {
+            std::fs::write(held.join(file), b"x").unwrap();
+        }
+        std::fs::set_permissions(&held, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let warning = private_data_dir(&held, false).unwrap().expect("a warning");
+        assert!(
+            warning.ends_with(
+                "(mode 755): any local user can copy the store and read every entry; restrict it with chmod 700"
+            ),
+            "{warning}"
+        );
+    }
+
     /// A shared folder that holds only folders (`/var/lib` holds little else: one for
     /// each service) is no new store's either: of the folders in it, only a volume's
     /// `lost+found` is the store's own, and restricting the folder would lock every
