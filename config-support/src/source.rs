@@ -975,6 +975,21 @@ mod tests {
         assert_ne!(dir_is_not.kind(), std::io::ErrorKind::InvalidInput, "a folder fails as reading one does");
     }
 
+    /// A device or a socket named as a configuration file is refused as a FIFO is, for
+    /// what it is: `/dev/zero` would be read for ever, `/dev/null` read as an empty file
+    /// and refused for a key it never had, and a socket fails to open with words that
+    /// name no cause.
+    #[test]
+    fn a_device_or_a_socket_is_refused_as_not_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        for path in [Path::new("/dev/null"), &socket] {
+            let e = read_file(path).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+    }
+
     /// A command given a FIFO as its file (`status -c fifo`) has the load refuse it, and
     /// then reads the file again for the control socket's path, past its errors
     /// ([`control_path`]): that read must refuse the FIFO too, not wait for a writer,
