@@ -620,6 +620,23 @@ mod tests {
         assert!(reply.contains("it had stopped gone and started none"), "the reply names what it stopped: {reply}");
     }
 
+    /// A reload names the keys it cannot apply that changed since the start: the
+    /// consumer keeps running on the values it started with, and an operator who was
+    /// told only "nothing changed" takes the new ones for applied.
+    #[tokio::test]
+    async fn a_reload_names_the_keys_that_wait_for_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("consumer.toml");
+        std::fs::write(&file, "data_dir = \"data\"\nshutdown_timeout = \"10s\"\n").unwrap();
+        let running_config = ConsumerConfig::load(&file).unwrap();
+        let store = ReplicaStore::open(&running_config.data_dir).unwrap();
+        std::fs::write(&file, "data_dir = \"data\"\nshutdown_timeout = \"20s\"\n").unwrap();
+
+        let agreements: Agreements = Arc::default();
+        let reply = reload(&file, &running_config, &store, &agreements, "c").await.unwrap();
+        assert_eq!(reply, "reloaded: nothing changed; not applied until the consumer restarts: shutdown_timeout");
+    }
+
     /// A supervisor that panics leaves its agreement `closed` with the panic in
     /// `last_error`, not in the state it panicked in.
     #[tokio::test]
