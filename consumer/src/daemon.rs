@@ -637,6 +637,49 @@ mod tests {
         assert_eq!(reply, "reloaded: nothing changed; not applied until the consumer restarts: shutdown_timeout");
     }
 
+    /// An agreement an operator stopped, changed outside its region, is started again
+    /// stopped, and the reply says the change waits for its start: "restarted" told
+    /// the operator it ran with the change already.
+    #[tokio::test]
+    async fn a_reload_that_changes_a_stopped_agreement_says_the_change_waits_for_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("people.key");
+        std::fs::write(&key, "the people agreement's secret\n").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let file = dir.path().join("consumer.toml");
+        let written = |idle: &str| {
+            let agreement = "[[agreement]]\nname = \"people\"\nprovider = \"127.0.0.1:1\"\n\
+                             base = \"dc=example,dc=com\"\nsecret_file = \"people.key\"\n";
+            std::fs::write(&file, format!("data_dir = \"data\"\n{agreement}idle_timeout = \"{idle}\"\n")).unwrap();
+        };
+        written("5m");
+        let running_config = ConsumerConfig::load(&file).unwrap();
+        let store = ReplicaStore::open(&running_config.data_dir).unwrap();
+        store.replica("people").unwrap().set_admin_stopped(true).unwrap();
+        // Running as read at the start, its files the same, so only the configuration
+        // differs below.
+        let session = session_configs(&running_config, "c").unwrap().remove(0);
+        let (commands, mut received) = mpsc::channel(COMMAND_QUEUE);
+        let task = tokio::spawn(async move {
+            assert_eq!(received.recv().await, Some(Command::Reload { removed: false }));
+        });
+        let running = Running {
+            config: running_config.agreements[0].clone(),
+            files: FileContents::of(&session),
+            commands,
+            status: StatusHandle::new("people", "127.0.0.1:1", "refresh-and-persist"),
+            task,
+        };
+        let agreements: Agreements = Arc::default();
+        agreements.lock().await.insert("people".to_owned(), running);
+        written("7m");
+
+        let reply = reload(&file, &running_config, &store, &agreements, "c").await.unwrap();
+        assert_eq!(reply, "reloaded: changed people (stopped: the change applies when it is started)");
+        let started = agreements.lock().await.remove("people").unwrap();
+        shut(started, Command::Shutdown).await;
+    }
+
     /// A supervisor that panics leaves its agreement `closed` with the panic in
     /// `last_error`, not in the state it panicked in.
     #[tokio::test]
