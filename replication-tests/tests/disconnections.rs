@@ -215,6 +215,9 @@ fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     assert_eq!(s["last_disconnect"], "admin-stop");
     // The operator's own stop is no failure: an alert on `last_error` must not fire.
     assert_eq!(s["last_error"], serde_json::Value::Null, "{s}");
+    // Connection attempts after the first: the session the start opened is none, and
+    // neither is the stop that ended it.
+    assert_eq!(s["reconnects"], 0, "{s}");
     // A second stop finds nothing to do, and says so rather than that it stopped it.
     assert_eq!(c.admin("stop", Some("people"))?, "people: already stopped; nothing changed\n");
     // The session's end stopped its store thread.
