@@ -237,9 +237,13 @@ fn admin_stop_persists_across_restarts_and_start_catches_up() -> Result<()> {
     assert_eq!(s["reconnects"], reconnects, "no reconnect attempts while stopped");
     assert!(!p.status()?["sessions"].as_array().unwrap().iter().any(|x| x["agreement"] == "people"));
     // Stays stopped across a process restart.
+    let held = s["entries"].clone();
+    assert!(held.as_u64().is_some_and(|n| n > 0), "{s}");
     c.stop()?;
     c.start()?;
-    c.wait_status("people", LIMIT, "still stopped after restart", |s| s["state"] == "stopped")?;
+    let s = c.wait_status("people", LIMIT, "still stopped after restart", |s| s["state"] == "stopped")?;
+    // Read from its replica at the start: a stopped agreement runs no session to count them.
+    assert_eq!(s["entries"], held, "{s}");
     converged(&p, &c, "others", OTHERS)?;
     assert_eq!(c.admin("start", Some("people"))?, "people: started (it was stopped)\n");
     converged(&p, &c, "people", PEOPLE)?;
