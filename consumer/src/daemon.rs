@@ -641,7 +641,7 @@ mod tests {
     /// stopped, and the reply says the change waits for its start: "restarted" told
     /// the operator it ran with the change already.
     #[tokio::test]
-    async fn a_reload_that_changes_a_stopped_agreement_says_the_change_waits_for_its_start() {
+    async fn a_reload_that_changes_a_stopped_agreement_keeps_it_stopped_and_says_the_change_waits_for_its_start() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("people.key");
         std::fs::write(&key, "the people agreement's secret\n").unwrap();
@@ -676,7 +676,14 @@ mod tests {
 
         let reply = reload(&file, &running_config, &store, &agreements, "c").await.unwrap();
         assert_eq!(reply, "reloaded: changed people (stopped: the change applies when it is started)");
+        // And it is: the agreement started in its place reads the stop its store keeps
+        // (started running, it would connect, and the operator's stop was undone).
         let started = agreements.lock().await.remove("people").unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while started.status.state() != State::Stopped && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(started.status.state(), State::Stopped, "{:?}", started.status.snapshot());
         shut(started, Command::Shutdown).await;
     }
 
