@@ -687,6 +687,41 @@ mod tests {
         shut(started, Command::Shutdown).await;
     }
 
+    /// A reload that removes an agreement answers the `wait`s on it at once: nothing
+    /// will move its replica again, and a wait left on its old status ran out its whole
+    /// `--timeout` to say only that it timed out.
+    #[tokio::test]
+    async fn a_reload_that_removes_an_agreement_answers_the_waits_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("consumer.toml");
+        std::fs::write(&file, "data_dir = \"data\"\n").unwrap();
+        let running_config = ConsumerConfig::load(&file).unwrap();
+        let store = ReplicaStore::open(&running_config.data_dir).unwrap();
+        store.replica("gone").unwrap();
+        let config = ConsumerConfig::from_toml_str(
+            "[[agreement]]\nname = \"gone\"\nprovider = \"127.0.0.1:1\"\nbase = \"dc=example,dc=com\"\n\
+             secret_file = \"gone.key\"\n",
+            &file,
+        )
+        .unwrap()
+        .agreements
+        .remove(0);
+        let (commands, mut received) = mpsc::channel(COMMAND_QUEUE);
+        let task = tokio::spawn(async move {
+            assert_eq!(received.recv().await, Some(Command::Reload { removed: true }));
+        });
+        let status = StatusHandle::new("gone", "127.0.0.1:1", "refresh-and-persist");
+        let agreements: Agreements = Arc::default();
+        let running = Running { config, files: FileContents::for_tests(), commands, status: status.clone(), task };
+        agreements.lock().await.insert("gone".to_owned(), running);
+
+        let reply = reload(&file, &running_config, &store, &agreements, "c").await.unwrap();
+        assert_eq!(reply, "reloaded: removed gone (its replica of 0 entries deleted)");
+        let waited =
+            status.wait_csn(tether_protocol::Csn(5), crate::status::Reach::Durable, std::time::Duration::from_secs(5));
+        assert_eq!(waited.await, crate::status::Waited::Retired);
+    }
+
     /// A supervisor that panics leaves its agreement `closed` with the panic in
     /// `last_error`, not in the state it panicked in.
     #[tokio::test]
