@@ -722,6 +722,38 @@ mod tests {
         assert_eq!(waited.await, crate::status::Waited::Retired);
     }
 
+    /// An operator's `start` of a stopped agreement is recorded in its replica: kept as
+    /// stopped there, the agreement ran until the consumer's next start, and was then
+    /// stopped again with no one asking.
+    #[tokio::test]
+    async fn an_operator_s_start_is_recorded_in_the_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("people.key");
+        std::fs::write(&key, "the people agreement's secret\n").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let file = dir.path().join("consumer.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\n[[agreement]]\nname = \"people\"\nprovider = \"127.0.0.1:1\"\n\
+             base = \"dc=example,dc=com\"\nsecret_file = \"people.key\"\n",
+        )
+        .unwrap();
+        let config = ConsumerConfig::load(&file).unwrap();
+        let store = ReplicaStore::open(&config.data_dir).unwrap();
+        let replica = store.replica("people").unwrap();
+        replica.set_admin_stopped(true).unwrap();
+        let session = session_configs(&config, "c").unwrap().remove(0);
+        let running = start(&store, &config.agreements[0], session).unwrap();
+
+        running.commands.send(Command::Start).await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while replica.is_admin_stopped().unwrap() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(!replica.is_admin_stopped().unwrap(), "the start was not recorded");
+        shut(running, Command::Shutdown).await;
+    }
+
     /// A supervisor that panics leaves its agreement `closed` with the panic in
     /// `last_error`, not in the state it panicked in.
     #[tokio::test]
