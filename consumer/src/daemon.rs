@@ -754,6 +754,48 @@ mod tests {
         shut(running, Command::Shutdown).await;
     }
 
+    /// An agreement waiting out its backoff is closed by the store's failure when it
+    /// comes, naming it: left waiting, it showed `backoff` and a next attempt (an hour
+    /// on here) that could only fail, and a `wait` on it was not answered.
+    #[tokio::test]
+    async fn an_agreement_waiting_to_retry_is_closed_by_the_store_s_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("people.key");
+        std::fs::write(&key, "the people agreement's secret\n").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let file = dir.path().join("consumer.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\n[[agreement]]\nname = \"people\"\nprovider = \"127.0.0.1:1\"\n\
+             base = \"dc=example,dc=com\"\nsecret_file = \"people.key\"\nretry = [\"1h forever\"]\n",
+        )
+        .unwrap();
+        let config = ConsumerConfig::load(&file).unwrap();
+        let store = ReplicaStore::open(&config.data_dir).unwrap();
+        let session = session_configs(&config, "c").unwrap().remove(0);
+        let running = start(&store, &config.agreements[0], session).unwrap();
+        let state_within = |wanted: State| {
+            let status = running.status.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                while status.state() != wanted && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                status.snapshot()
+            }
+        };
+        // Nothing listens on port 1: refused, it waits an hour.
+        assert_eq!(state_within(State::Backoff).await.state, State::Backoff);
+
+        // Its files taken away: the next flush finds it, and latches the failure.
+        std::fs::rename(config.data_dir.join("db"), config.data_dir.join("db.aside")).unwrap();
+        assert!(store.flush().is_err());
+        let s = state_within(State::Closed).await;
+        assert_eq!(s.state, State::Closed, "{s:?}");
+        assert!(s.last_error.as_deref().is_some_and(|e| e.contains("taken away")), "{s:?}");
+        shut(running, Command::Shutdown).await;
+    }
+
     /// A supervisor that panics leaves its agreement `closed` with the panic in
     /// `last_error`, not in the state it panicked in.
     #[tokio::test]
