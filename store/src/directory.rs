@@ -1392,4 +1392,30 @@ mod tests {
         assert_eq!(changes[0].state_csn(), later, "the entry as it is now");
         assert!(d.durable_csn() >= later, "what is sent is durable");
     }
+
+    /// A delta that finds an entry gone sends its delete with the store's newest
+    /// committed CSN (the write that removed it may be later than the delta's range),
+    /// and counts that CSN among what it read: the refresh makes `newest_read` durable
+    /// before it sends the batch, so the delete a consumer applies is never of a write
+    /// a crash could take back, nor one whose CSN a restarted provider would give again.
+    #[test]
+    fn a_delta_finding_an_entry_deleted_by_a_write_not_yet_durable_reads_that_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        d.write(&suffix()).unwrap();
+        let before = d.write(&person("ann")).unwrap().csn;
+        let upto = d.write(&modify_sn("ann", "One")).unwrap().csn;
+        // Another client's delete: committed, not yet durable, past the delta's range.
+        let removed =
+            d.write_nowait(&Change::Delete { dn: Dn::parse("uid=ann,dc=example,dc=com").unwrap() }).unwrap().csn;
+        assert!(d.durable_csn() < removed);
+        let spec = SearchSpec::subtree(Dn::parse("dc=example,dc=com").unwrap());
+        let mut delta = d.changelog().delta(before, upto, &spec).unwrap();
+        let ops = delta.next_encoded(d.entries(), 10, usize::MAX, &|| d.newest_committed()).unwrap();
+        match ops.as_slice() {
+            [tether_protocol::encoded::EncodedOp::Delete { csn, .. }] => assert_eq!(*csn, removed),
+            other => panic!("one delete, not {other:?}"),
+        }
+        assert_eq!(delta.newest_read(), removed, "the delete sent is of a write the caller must make durable");
+    }
 }
