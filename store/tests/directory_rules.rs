@@ -532,6 +532,25 @@ fn reshaped_since_counts_adds_deletes_and_renames_touching_the_region() {
     assert_eq!(d.reshaped_since(since, &people).unwrap(), None);
 }
 
+/// A search begun with the durable CSN at the changelog's floor, as on a provider
+/// started after a load (which raises the floor to its last CSN) and not written to
+/// since, can still tell whether its region changed while it was printed: every change
+/// after the floor is kept.
+#[test]
+fn reshaped_since_the_changelog_s_floor_is_still_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Directory::open(dir.path(), &dn(SUFFIX)).unwrap();
+    let names = ["dc=example,dc=com", "ou=people,dc=example,dc=com", "uid=ann,ou=people,dc=example,dc=com"];
+    let bulk: Vec<_> = names.iter().map(|s| (dn(s), common::attrs(&[("objectClass", "top")]), None)).collect();
+    d.bulk_add(&bulk).unwrap();
+    let since = d.durable_csn();
+    assert_eq!(d.floor().unwrap(), since, "the load raised the floor to its last CSN");
+    let people = SearchSpec::subtree(dn("ou=people,dc=example,dc=com"));
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), Some(0), "nothing written since the load");
+    d.write(&add_person("uid=bob,ou=people,dc=example,dc=com")).unwrap();
+    assert_eq!(d.reshaped_since(since, &people).unwrap(), Some(1), "an add after the floor");
+}
+
 /// A server-maintained attribute cannot get into an entry by its OID, nor through the
 /// DN (an entry holds its RDN's values): an entry named `entryUUID=...` would hold a
 /// second entryUUID, and every `search --uuids` backup would then be refused by `load`.
