@@ -145,6 +145,32 @@ fn delta_coalesces_to_latest_state_and_follows_moves_across_scope() {
     assert_eq!(replica_view(&p.replicas, "people"), provider_view(&p.dir, &spec));
 }
 
+/// A delta sends each entry in the order of its last change (SPEC §3), not in the order
+/// the entries were made: an entry moved under a parent made after it comes after the
+/// parent, so a replica that applies the delta a batch at a time never holds it
+/// without its parent.
+#[test]
+fn a_delta_sends_an_entry_moved_under_a_newer_parent_after_the_parent() {
+    let p = people_pair();
+    let spec = people_spec();
+    let cookie = full_refresh(&p, "people", &spec);
+    let team = "ou=team,ou=people,dc=example,dc=com";
+    p.dir.write(&add_ou(team)).unwrap();
+    p.dir.write(&moddn("uid=a,ou=people,dc=example,dc=com", "uid=a", Some(team))).unwrap();
+    p.dir.write(&modify("uid=b,ou=people,dc=example,dc=com", ModOp::Replace, "sn", &["Later"])).unwrap();
+
+    let mut delta = p.dir.changelog().delta(cookie.csn, p.dir.durable_csn(), &spec).unwrap();
+    let ops = delta.next_batch(p.dir.entries(), 100, &|| p.dir.newest_committed()).unwrap();
+    let sent: Vec<String> = ops
+        .iter()
+        .map(|op| match op {
+            ReplOp::Upsert(e) => e.dn.to_string(),
+            other => panic!("an upsert, not {other:?}"),
+        })
+        .collect();
+    assert_eq!(sent, [team, "uid=a,ou=team,ou=people,dc=example,dc=com", "uid=b,ou=people,dc=example,dc=com"]);
+}
+
 #[test]
 fn applying_the_same_batch_twice_equals_once() {
     let p = people_pair();
