@@ -171,6 +171,26 @@ fn a_delta_sends_an_entry_moved_under_a_newer_parent_after_the_parent() {
     assert_eq!(sent, [team, "uid=a,ou=team,ou=people,dc=example,dc=com", "uid=b,ou=people,dc=example,dc=com"]);
 }
 
+/// A delta carries the entries changed within its range and no others: an entry
+/// changed only after its end comes in the changes that follow the refresh, once, not
+/// in the delta as well.
+#[test]
+fn a_delta_carries_no_entry_changed_only_after_its_end() {
+    let p = people_pair();
+    let spec = people_spec();
+    let cookie = full_refresh(&p, "people", &spec);
+    let a = "uid=a,ou=people,dc=example,dc=com";
+    p.dir.write(&modify(a, ModOp::Replace, "sn", &["In range"])).unwrap();
+    let end = p.dir.durable_csn();
+    p.dir.write(&modify("uid=b,ou=people,dc=example,dc=com", ModOp::Replace, "sn", &["After"])).unwrap();
+    p.dir.write(&add_person("uid=d,ou=people,dc=example,dc=com")).unwrap();
+
+    let mut delta = p.dir.changelog().delta(cookie.csn, end, &spec).unwrap();
+    assert_eq!(delta.remaining(), 1, "one entry changed in the range");
+    let ops = delta.next_batch(p.dir.entries(), 100, &|| p.dir.newest_committed()).unwrap();
+    assert!(matches!(ops.as_slice(), [ReplOp::Upsert(e)] if e.dn == dn(a)), "{ops:#?}");
+}
+
 #[test]
 fn applying_the_same_batch_twice_equals_once() {
     let p = people_pair();
