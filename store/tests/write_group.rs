@@ -91,6 +91,29 @@ fn a_group_decides_each_write_after_the_ones_before_it() {
     }
 }
 
+/// The last CSN a group committed is the one the store keeps: after a restart the next
+/// write takes the CSN after the group's last, never one of the group's again (SPEC §2),
+/// and every record the group logged is still there under its own CSN.
+#[test]
+fn the_csns_a_group_took_are_not_taken_again_after_a_reopen() {
+    let (tmp, d) = directory_with_base_tree();
+    let names: Vec<String> = ["ann", "bob", "cy", "dee"].iter().map(|uid| format!("uid={uid},{PEOPLE}")).collect();
+    // Three independent adds: one run, one transaction.
+    let group: Vec<Change> = names[..3].iter().map(|name| add_person(name)).collect();
+    let results = d.write_group(&group);
+    let first = results[0].as_ref().unwrap().csn;
+    let last = results[2].as_ref().unwrap().csn;
+    d.sync(last).unwrap();
+    drop(d);
+    let d = reopen_directory(tmp.path(), &dn(SUFFIX));
+    assert_eq!(d.durable_csn(), last, "the group's last CSN");
+    let next = d.write(&add_person(&names[3])).unwrap();
+    assert_eq!(next.csn, last.next());
+    let logged: Vec<String> =
+        d.changelog().records(Csn(first.0 - 1), next.csn).map(|r| r.unwrap().dn.to_string()).collect();
+    assert_eq!(logged, names, "each write's record under its own CSN");
+}
+
 /// A rename in a group sees the children written before it in the same group: an entry
 /// that gained one is no leaf, and is refused as it is one write at a time (found by a
 /// mutation audit: a rename planned without asking whether its entry's children
