@@ -690,6 +690,127 @@ mod tests {
         }
     }
 
+    /// A control context whose agreements are `agreements`, on a store of its own.
+    fn context(agreements: Agreements) -> (tempfile::TempDir, ControlContext) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let (reload, _requests) = tokio::sync::mpsc::channel(1);
+        let ctx = ControlContext {
+            store,
+            agreements,
+            reload,
+            shutdown: CancellationToken::new(),
+            config_file: tether_protocol::control::StartedWith::new(Path::new("consumer.toml")),
+            consumer_id: "c".to_owned(),
+        };
+        (dir, ctx)
+    }
+
+    /// Agreement `people`, persisting at `durable` on disk and `applied` in its replica.
+    async fn persisting_at(durable: u64, applied: u64) -> Agreements {
+        let agreements: Agreements = std::sync::Arc::default();
+        let status = StatusHandle::new("people", "127.0.0.1:1", "refresh-and-persist");
+        status.update(|s| {
+            s.state = State::Persisting;
+            s.cookie = Some(Cookie { history: HistoryId::new_random(), csn: Csn(durable) }.to_string());
+            s.applied_csn = Some(Csn(applied));
+        });
+        let (commands, _received) = tokio::sync::mpsc::channel(8);
+        agreements.lock().await.insert("people".to_owned(), running(status, commands));
+        agreements
+    }
+
+    /// `wait` prints where the replica stands, which may be past the CSN asked (what a
+    /// script reads back to wait on the next replica), not the CSN it was given.
+    #[tokio::test]
+    async fn a_wait_answers_with_the_csn_the_replica_has_reached_not_the_one_asked() {
+        let (_dir, ctx) = context(persisting_at(7, 9).await);
+        assert_eq!(wait(&ctx, "people", Csn(5), Reach::Durable, 1_000).await, Ok("7\n".to_owned()));
+        assert_eq!(wait(&ctx, "people", Csn(5), Reach::Visible, 1_000).await, Ok("9\n".to_owned()));
+    }
+
+    /// `wait --visible` is answered once the change is applied, ahead of the replica's
+    /// flush; a plain `wait` only once it is on disk. Asked over the socket, as the
+    /// command asks.
+    #[tokio::test]
+    async fn a_visible_wait_is_answered_by_the_applied_csn_and_a_durable_one_by_the_cookie() {
+        let (_dir, ctx) = context(persisting_at(5, 8).await);
+        let ask = |visible: bool| {
+            let ctx = ctx.clone();
+            async move {
+                let (client, server) = UnixStream::pair().unwrap();
+                let served = tokio::spawn(handle(server, ctx));
+                let request = ControlRequest::For {
+                    to: Process::Consumer,
+                    request: Box::new(ControlRequest::wait("people".into(), Csn(8), 100, visible)),
+                };
+                let mut out = String::new();
+                let answer = tether_protocol::control::call(client, &request, |t| {
+                    out.push_str(t);
+                    Ok(())
+                })
+                .await;
+                served.await.unwrap().unwrap();
+                answer.map(|()| out).map_err(|e| e.to_string())
+            }
+        };
+        assert_eq!(ask(true).await, Ok("8\n".to_owned()));
+        let durable = ask(false).await.unwrap_err();
+        assert!(durable.contains("people: csn 8 not durable within"), "{durable}");
+        assert!(durable.contains("the agreement is persisting at csn 5"), "{durable}");
+    }
+
+    /// A wait for an agreement the consumer does not run names those it runs: only one
+    /// that was there when the wait began can have been removed by a reload since.
+    #[tokio::test]
+    async fn a_wait_for_an_agreement_there_is_not_names_those_there_are() {
+        let (_dir, ctx) = context(persisting_at(5, 5).await);
+        let refused = wait(&ctx, "groups", Csn(5), Reach::Durable, 1_000).await;
+        assert_eq!(refused, Err(no_agreement("groups", ["people"].into_iter())));
+    }
+
+    /// A wait on a closed agreement (its grant revoked, its store failed) is answered at
+    /// once with where it stands, as one on a stopped agreement is: it cannot move until
+    /// an operator acts, and waiting on its status, which never changes, spun.
+    #[tokio::test]
+    async fn a_wait_on_a_closed_agreement_is_answered_at_once() {
+        let agreements = persisting_at(5, 5).await;
+        agreements.lock().await["people"].status.update(|s| s.state = State::Closed);
+        let (_dir, ctx) = context(agreements);
+        // Far past the answer, which comes at once: a spinning wait never gives it.
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            wait(&ctx, "people", Csn(6), Reach::Durable, 60_000),
+        );
+        let refused = waited.await.expect("answered").unwrap_err();
+        assert!(refused.contains("the agreement is closed at csn 5, and stays there until it is started"), "{refused}");
+    }
+
+    /// A `stop` answers once the agreement's session has ended and it is stopped, so the
+    /// command that follows (`search --uuids`, which a running agreement refuses) finds it
+    /// stopped.
+    #[tokio::test]
+    async fn a_stop_answers_once_the_agreement_is_stopped() {
+        let agreements: Agreements = std::sync::Arc::default();
+        let status = StatusHandle::new("people", "127.0.0.1:1", "refresh-and-persist");
+        status.update(|s| s.state = State::Persisting);
+        let (commands, mut received) = tokio::sync::mpsc::channel(8);
+        agreements.lock().await.insert("people".to_owned(), running(status.clone(), commands));
+        let (_dir, ctx) = context(agreements);
+        // The supervisor: the session ends as the stop asks.
+        let supervisor = {
+            let status = status.clone();
+            tokio::spawn(async move {
+                assert_eq!(received.recv().await, Some(Command::Stop));
+                status.update(|s| s.state = State::Stopped);
+            })
+        };
+        let reply = command(&ctx, "people", Command::Stop).await;
+        assert_eq!(status.state(), State::Stopped, "answered before the agreement stopped");
+        assert_eq!(reply, Ok(admin_reply("people", Command::Stop, State::Persisting, false)));
+        supervisor.await.unwrap();
+    }
+
     #[test]
     fn a_command_naming_no_agreement_is_about_the_only_one_or_lists_them() {
         assert_eq!(super::only_agreement(["people"].into_iter()), Ok("people".to_owned()));
