@@ -1331,6 +1331,17 @@ mod tests {
                 ControlRequest::WaitCsn { name: "people".into(), csn: crate::Csn(5), timeout_ms: 60_000 },
                 ANSWER_WAIT + Duration::from_secs(60),
             ),
+            // As `wait` sends it, addressed and with its file: its timeout still counts.
+            (
+                ControlRequest::For {
+                    to: Process::Consumer,
+                    request: Box::new(ControlRequest::FromFile {
+                        file: "/etc/tether/consumer.toml".into(),
+                        request: Box::new(ControlRequest::wait("people".into(), crate::Csn(5), 45_000, true)),
+                    }),
+                },
+                ANSWER_WAIT + Duration::from_secs(45),
+            ),
         ] {
             let (client, server) = tokio::io::duplex(1 << 10);
             let silent = tokio::spawn(async move {
@@ -1345,6 +1356,43 @@ mod tests {
             assert_eq!(started.elapsed(), limit);
             silent.abort();
         }
+    }
+
+    /// A command names its configuration file to the process by its canonical path: the
+    /// process, which judges whether it is its own, runs in another working folder (`/`
+    /// under systemd), where a relative `-c consumer.toml` names another file or none,
+    /// and a link is the file it points to.
+    #[tokio::test]
+    async fn a_command_names_its_configuration_file_by_its_canonical_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path).await.unwrap();
+        let config = dir.path().join("consumer.toml");
+        std::fs::write(&config, "").unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&config, &link).unwrap();
+        // Unit tests run in the crate's folder, which holds this relative path.
+        let relative = Path::new("Cargo.toml");
+        let absolute = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+        let server = tokio::spawn(async move {
+            let mut named = Vec::new();
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (mut reader, mut writer) = crate::frame::split(stream);
+                match read_request(&mut reader, &mut writer, Process::Consumer).await.unwrap() {
+                    ControlRequest::FromFile { file, .. } => named.push(file),
+                    other => panic!("not from a file: {other:?}"),
+                }
+                respond_done(&mut writer, "done\n").await.unwrap();
+            }
+            named
+        });
+        let status = ControlRequest::Status { json: true };
+        for file in [relative, &link] {
+            assert!(call_from(&path, Process::Consumer, file, &status, &mut Vec::new()).await.unwrap());
+        }
+        let canonical = std::fs::canonicalize(&config).unwrap();
+        assert_eq!(server.await.unwrap(), [absolute.to_str().unwrap(), canonical.to_str().unwrap()]);
     }
 
     /// A process older than `ReloadFile` (one that reads `For` but not it, here) is
@@ -1563,6 +1611,31 @@ mod tests {
             let mut raw = writer.into_inner();
             raw.write_all(&[0, 0, 1, 0, 9, 9]).await.unwrap();
             raw.shutdown().await.unwrap();
+        });
+        let mut out = String::new();
+        let cut = call(client, &ControlRequest::Status { json: false }, |t| {
+            out.push_str(t);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        serve.await.unwrap();
+        assert_eq!(out, "dn: a\n", "the output before the cut");
+        assert!(matches!(cut, ControlError::Truncated), "{cut}");
+        assert!(cut.to_string().contains("the output is incomplete"), "{cut}");
+    }
+
+    /// A process cut off between two frames of its answer (after a whole page, before
+    /// `Done`) leaves the output incomplete as surely as one cut off inside a frame: the
+    /// command fails, rather than exiting 0 with part of a search that reads as whole.
+    #[tokio::test]
+    async fn an_answer_cut_off_between_frames_says_the_output_is_incomplete() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(async move {
+            let (mut reader, mut writer) = crate::frame::split(server);
+            reader.read_frame().await.unwrap();
+            respond(&mut writer, &ControlResponse::Output("dn: a\n".into())).await.unwrap();
+            // The end, where the next page or `Done` should be.
         });
         let mut out = String::new();
         let cut = call(client, &ControlRequest::Status { json: false }, |t| {
