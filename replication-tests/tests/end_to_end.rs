@@ -1365,6 +1365,10 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
     assert_eq!(said, "added: not stopped, so it runs when the consumer runs; nothing changed\n");
     let err = refused("tether-consumer", "search", &c.config, &[Path::new("--agreement"), Path::new("added")])?;
     assert!(err.contains("agreement \"added\" has no replica yet"), "after start: {err}");
+    // Nor does the `start` of one that ran and was never stopped: "started" read as if a
+    // stop had been taken back.
+    let said = c.admin("start", Some("people"))?;
+    assert_eq!(said, "people: not stopped, so it runs when the consumer runs; nothing changed\n");
     // And with the agreement that ran taken out of the file: its replica, which the
     // next start deletes, is listed as such.
     std::fs::write(&c.config, text.replace("\"people\"", "\"renamed\""))?;
