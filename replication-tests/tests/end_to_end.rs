@@ -1670,6 +1670,14 @@ fn a_wait_longer_than_the_limit_is_refused_naming_it() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("5m is longer than a wait may be (1m)"), "{err}");
+    // The limit itself is a wait that may be: refused, it sent a script's `--timeout 60s`
+    // back with a usage error. (It goes on to read the file, which is not there.)
+    let out = std::process::Command::new(replication_tests::harness::bin("tether-consumer")?)
+        .args(["wait", "-c", "/nonexistent/consumer.toml", "--csn", "1", "--timeout", "60s"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/nonexistent/consumer.toml") && !err.contains("longer than"), "{err}");
     Ok(())
 }
 
