@@ -760,6 +760,18 @@ mod tests {
         assert!(durable.contains("the agreement is persisting at csn 5"), "{durable}");
     }
 
+    /// A wait whose CSN is reached as the consumer shuts down (its last flush makes it
+    /// durable) is answered with it, not told that the consumer shut down first: both
+    /// are ready at once, and either may be taken, so the wait is asked many times.
+    #[tokio::test]
+    async fn a_wait_reached_as_the_consumer_shuts_down_is_answered_with_its_csn() {
+        let (_dir, ctx) = context(persisting_at(5, 5).await);
+        ctx.shutdown.cancel();
+        for _ in 0..32 {
+            assert_eq!(wait(&ctx, "people", Csn(5), Reach::Durable, 1_000).await, Ok("5\n".to_owned()));
+        }
+    }
+
     /// A wait for an agreement the consumer does not run names those it runs: only one
     /// that was there when the wait began can have been removed by a reload since.
     #[tokio::test]
