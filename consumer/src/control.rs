@@ -866,6 +866,12 @@ mod tests {
         let many: Vec<String> = (0..200).map(|i| format!("a{i:03}")).collect();
         let said = no_agreement("x", many.iter().map(String::as_str));
         assert_eq!(said, "no agreement named \"x\" (there are 200: a000, a001, a002, a003, a004, a005, a006, a007, a008, a009 and 190 more)");
+        // Exactly as many as are listed: all of them, with no "and 0 more".
+        let said = no_agreement("x", many[..10].iter().map(String::as_str));
+        assert_eq!(
+            said,
+            "no agreement named \"x\" (there are a000, a001, a002, a003, a004, a005, a006, a007, a008, a009)"
+        );
     }
 
     #[test]
