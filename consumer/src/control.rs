@@ -629,22 +629,12 @@ mod tests {
     /// retired, which never reads `stopped`.
     #[tokio::test(start_paused = true)]
     async fn a_stop_answers_for_the_agreement_a_reload_started_in_its_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(dir.path()).unwrap();
         let agreements: Agreements = std::sync::Arc::default();
         let (commands, mut received) = tokio::sync::mpsc::channel(8);
         let old = StatusHandle::new("people", "127.0.0.1:1", "refresh-and-persist");
         old.update(|s| s.state = State::Persisting);
         agreements.lock().await.insert("people".to_owned(), running(old, commands));
-        let (reload, _requests) = tokio::sync::mpsc::channel(1);
-        let ctx = ControlContext {
-            store,
-            agreements: agreements.clone(),
-            reload,
-            shutdown: CancellationToken::new(),
-            config_file: tether_protocol::control::StartedWith::new(Path::new("consumer.toml")),
-            consumer_id: "c".to_owned(),
-        };
+        let (_dir, ctx) = context(agreements.clone());
         let reloaded = tokio::spawn(async move {
             assert_eq!(received.recv().await, Some(Command::Stop));
             let mut running_now = agreements.lock().await;
@@ -664,8 +654,6 @@ mod tests {
     /// answers with it: only one below the CSN cannot move until it is started.
     #[tokio::test]
     async fn a_wait_on_a_stopped_agreement_already_at_the_csn_is_answered_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(dir.path()).unwrap();
         let agreements: Agreements = std::sync::Arc::default();
         let status = StatusHandle::new("people", "127.0.0.1:1", "refresh-and-persist");
         status.update(|s| {
@@ -674,15 +662,7 @@ mod tests {
         });
         let (commands, _received) = tokio::sync::mpsc::channel(8);
         agreements.lock().await.insert("people".to_owned(), running(status, commands));
-        let (reload, _requests) = tokio::sync::mpsc::channel(1);
-        let ctx = ControlContext {
-            store,
-            agreements,
-            reload,
-            shutdown: CancellationToken::new(),
-            config_file: tether_protocol::control::StartedWith::new(Path::new("consumer.toml")),
-            consumer_id: "c".to_owned(),
-        };
+        let (_dir, ctx) = context(agreements);
         for reach in [Reach::Durable, Reach::Visible] {
             assert_eq!(wait(&ctx, "people", Csn(5), reach, 1_000).await, Ok("5\n".to_owned()), "{}", reach.as_str());
             let beyond = wait(&ctx, "people", Csn(6), reach, 1_000).await.unwrap_err();

@@ -595,14 +595,7 @@ mod tests {
         let file = dir.path().join("consumer.toml");
         std::fs::write(&file, "data_dir = \"data\"\n").unwrap();
         let running_config = ConsumerConfig::load(&file).unwrap();
-        let config = ConsumerConfig::from_toml_str(
-            "[[agreement]]\nname = \"gone\"\nprovider = \"127.0.0.1:1\"\nbase = \"dc=example,dc=com\"\n\
-             secret_file = \"gone.key\"\n",
-            &file,
-        )
-        .unwrap()
-        .agreements
-        .remove(0);
+        let config = gone_agreement(&file);
         let (commands, mut received) = mpsc::channel(COMMAND_QUEUE);
         let db = data.join("db");
         let task = tokio::spawn(async move {
@@ -637,22 +630,42 @@ mod tests {
         assert_eq!(reply, "reloaded: nothing changed; not applied until the consumer restarts: shutdown_timeout");
     }
 
+    /// A consumer file under `dir` of one agreement, `people`, whose provider is nowhere
+    /// (port 1), with `extra` keys in its section, its secret kept as an operator keeps
+    /// it.
+    fn people_file(dir: &Path, extra: &str) -> std::path::PathBuf {
+        let key = dir.join("people.key");
+        std::fs::write(&key, "the people agreement's secret\n").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let file = dir.join("consumer.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "data_dir = \"data\"\n[[agreement]]\nname = \"people\"\nprovider = \"127.0.0.1:1\"\n\
+                 base = \"dc=example,dc=com\"\nsecret_file = \"people.key\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        file
+    }
+
+    /// Waits until `done` holds, looking every 5 ms, for 5 s at most (the caller's
+    /// assertion then says what did not happen).
+    async fn within_5s(mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// An agreement an operator stopped, changed outside its region, is started again
     /// stopped, and the reply says the change waits for its start: "restarted" told
     /// the operator it ran with the change already.
     #[tokio::test]
     async fn a_reload_that_changes_a_stopped_agreement_keeps_it_stopped_and_says_the_change_waits_for_its_start() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("people.key");
-        std::fs::write(&key, "the people agreement's secret\n").unwrap();
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let file = dir.path().join("consumer.toml");
-        let written = |idle: &str| {
-            let agreement = "[[agreement]]\nname = \"people\"\nprovider = \"127.0.0.1:1\"\n\
-                             base = \"dc=example,dc=com\"\nsecret_file = \"people.key\"\n";
-            std::fs::write(&file, format!("data_dir = \"data\"\n{agreement}idle_timeout = \"{idle}\"\n")).unwrap();
-        };
-        written("5m");
+        let written = |idle: &str| people_file(dir.path(), &format!("idle_timeout = \"{idle}\"\n"));
+        let file = written("5m");
         let running_config = ConsumerConfig::load(&file).unwrap();
         let store = ReplicaStore::open(&running_config.data_dir).unwrap();
         store.replica("people").unwrap().set_admin_stopped(true).unwrap();
@@ -679,12 +692,21 @@ mod tests {
         // And it is: the agreement started in its place reads the stop its store keeps
         // (started running, it would connect, and the operator's stop was undone).
         let started = agreements.lock().await.remove("people").unwrap();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while started.status.state() != State::Stopped && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        within_5s(|| started.status.state() == State::Stopped).await;
         assert_eq!(started.status.state(), State::Stopped, "{:?}", started.status.snapshot());
         shut(started, Command::Shutdown).await;
+    }
+
+    /// Agreement `gone`, as a running consumer read it from a file that names it no more.
+    fn gone_agreement(file: &Path) -> crate::config::AgreementConfig {
+        ConsumerConfig::from_toml_str(
+            "[[agreement]]\nname = \"gone\"\nprovider = \"127.0.0.1:1\"\nbase = \"dc=example,dc=com\"\n\
+             secret_file = \"gone.key\"\n",
+            file,
+        )
+        .unwrap()
+        .agreements
+        .remove(0)
     }
 
     /// A reload that removes an agreement answers the `wait`s on it at once: nothing
@@ -698,14 +720,7 @@ mod tests {
         let running_config = ConsumerConfig::load(&file).unwrap();
         let store = ReplicaStore::open(&running_config.data_dir).unwrap();
         store.replica("gone").unwrap();
-        let config = ConsumerConfig::from_toml_str(
-            "[[agreement]]\nname = \"gone\"\nprovider = \"127.0.0.1:1\"\nbase = \"dc=example,dc=com\"\n\
-             secret_file = \"gone.key\"\n",
-            &file,
-        )
-        .unwrap()
-        .agreements
-        .remove(0);
+        let config = gone_agreement(&file);
         let (commands, mut received) = mpsc::channel(COMMAND_QUEUE);
         let task = tokio::spawn(async move {
             assert_eq!(received.recv().await, Some(Command::Reload { removed: true }));
@@ -728,16 +743,7 @@ mod tests {
     #[tokio::test]
     async fn an_operator_s_start_is_recorded_in_the_replica() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("people.key");
-        std::fs::write(&key, "the people agreement's secret\n").unwrap();
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let file = dir.path().join("consumer.toml");
-        std::fs::write(
-            &file,
-            "data_dir = \"data\"\n[[agreement]]\nname = \"people\"\nprovider = \"127.0.0.1:1\"\n\
-             base = \"dc=example,dc=com\"\nsecret_file = \"people.key\"\n",
-        )
-        .unwrap();
+        let file = people_file(dir.path(), "");
         let config = ConsumerConfig::load(&file).unwrap();
         let store = ReplicaStore::open(&config.data_dir).unwrap();
         let replica = store.replica("people").unwrap();
@@ -746,10 +752,7 @@ mod tests {
         let running = start(&store, &config.agreements[0], session).unwrap();
 
         running.commands.send(Command::Start).await.unwrap();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while replica.is_admin_stopped().unwrap() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        within_5s(|| !replica.is_admin_stopped().unwrap()).await;
         assert!(!replica.is_admin_stopped().unwrap(), "the start was not recorded");
         shut(running, Command::Shutdown).await;
     }
@@ -760,16 +763,7 @@ mod tests {
     #[tokio::test]
     async fn an_agreement_waiting_to_retry_is_closed_by_the_store_s_failure() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("people.key");
-        std::fs::write(&key, "the people agreement's secret\n").unwrap();
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let file = dir.path().join("consumer.toml");
-        std::fs::write(
-            &file,
-            "data_dir = \"data\"\n[[agreement]]\nname = \"people\"\nprovider = \"127.0.0.1:1\"\n\
-             base = \"dc=example,dc=com\"\nsecret_file = \"people.key\"\nretry = [\"1h forever\"]\n",
-        )
-        .unwrap();
+        let file = people_file(dir.path(), "retry = [\"1h forever\"]\n");
         let config = ConsumerConfig::load(&file).unwrap();
         let store = ReplicaStore::open(&config.data_dir).unwrap();
         let session = session_configs(&config, "c").unwrap().remove(0);
@@ -777,10 +771,7 @@ mod tests {
         let state_within = |wanted: State| {
             let status = running.status.clone();
             async move {
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                while status.state() != wanted && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
+                within_5s(|| status.state() == wanted).await;
                 status.snapshot()
             }
         };

@@ -1594,6 +1594,23 @@ mod tests {
         assert!(refused.to_string().contains("runs an older build than this command"), "{refused}");
     }
 
+    /// Asks `status` on `client`, whose process (`serve`) sends a page "dn: a" and cuts
+    /// off its answer: the command keeps the page and fails saying the output is
+    /// incomplete.
+    async fn said_incomplete_after_its_first_page(client: tokio::io::DuplexStream, serve: tokio::task::JoinHandle<()>) {
+        let mut out = String::new();
+        let cut = call(client, &ControlRequest::Status { json: false }, |t| {
+            out.push_str(t);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        serve.await.unwrap();
+        assert_eq!(out, "dn: a\n", "the output before the cut");
+        assert!(matches!(cut, ControlError::Truncated), "{cut}");
+        assert!(cut.to_string().contains("the output is incomplete"), "{cut}");
+    }
+
     /// A process that stops cuts off a long answer (a search into a slow pipe) in the
     /// middle of a frame: the client says the output is incomplete and why it may be,
     /// not "stream ended in the middle of a frame (73088 bytes buffered)" (found by a
@@ -1612,17 +1629,7 @@ mod tests {
             raw.write_all(&[0, 0, 1, 0, 9, 9]).await.unwrap();
             raw.shutdown().await.unwrap();
         });
-        let mut out = String::new();
-        let cut = call(client, &ControlRequest::Status { json: false }, |t| {
-            out.push_str(t);
-            Ok(())
-        })
-        .await
-        .unwrap_err();
-        serve.await.unwrap();
-        assert_eq!(out, "dn: a\n", "the output before the cut");
-        assert!(matches!(cut, ControlError::Truncated), "{cut}");
-        assert!(cut.to_string().contains("the output is incomplete"), "{cut}");
+        said_incomplete_after_its_first_page(client, serve).await;
     }
 
     /// A process cut off between two frames of its answer (after a whole page, before
@@ -1637,17 +1644,7 @@ mod tests {
             respond(&mut writer, &ControlResponse::Output("dn: a\n".into())).await.unwrap();
             // The end, where the next page or `Done` should be.
         });
-        let mut out = String::new();
-        let cut = call(client, &ControlRequest::Status { json: false }, |t| {
-            out.push_str(t);
-            Ok(())
-        })
-        .await
-        .unwrap_err();
-        serve.await.unwrap();
-        assert_eq!(out, "dn: a\n", "the output before the cut");
-        assert!(matches!(cut, ControlError::Truncated), "{cut}");
-        assert!(cut.to_string().contains("the output is incomplete"), "{cut}");
+        said_incomplete_after_its_first_page(client, serve).await;
     }
 
     #[tokio::test]
