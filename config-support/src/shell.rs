@@ -835,6 +835,21 @@ pub async fn serve_control<F, Fut>(
 mod tests {
     use super::*;
 
+    /// This test binary run again for the test `name` alone, with `env` set to `value`
+    /// (which the child's half of the test reads), its standard error piped and its
+    /// standard output `stdout`: for what ends a process, which a test cannot do to its
+    /// own.
+    fn this_test_again(
+        name: &str,
+        env: &str,
+        value: impl AsRef<std::ffi::OsStr>,
+        stdout: std::process::Stdio,
+    ) -> std::process::Command {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command.args(["--exact", name]).env(env, value).stdout(stdout).stderr(std::process::Stdio::piped());
+        command
+    }
+
     /// A failing process's last line is in the log's form: a JSON object among JSON
     /// lines, quotes and newlines of the error escaped.
     #[test]
@@ -1123,13 +1138,7 @@ mod tests {
         if chown(&store, Some(user), Some(group)).is_err() {
             return; // not root: nothing is run again
         }
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME])
-            .env(CHILD, &store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
+        let child = this_test_again(NAME, CHILD, &store, std::process::Stdio::null()).output().unwrap();
         let said = String::from_utf8_lossy(&child.stderr);
         assert!(said.contains("run again as uid"), "{said}");
         assert_eq!(child.status.code(), Some(0), "{said}");
@@ -1154,13 +1163,14 @@ mod tests {
             // As `main` returning `finish`'s status does.
             std::process::exit(0);
         }
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "shell::tests::a_process_ending_with_success_writes_every_log_line_queued_first"])
-            .env("TETHER_CLEAN_EXIT_CHILD", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
+        let child = this_test_again(
+            "shell::tests::a_process_ending_with_success_writes_every_log_line_queued_first",
+            "TETHER_CLEAN_EXIT_CHILD",
+            "1",
+            std::process::Stdio::null(),
+        )
+        .output()
+        .unwrap();
         assert!(child.status.success(), "{}", child.status);
         let said = String::from_utf8(child.stderr).unwrap();
         let lines: Vec<&str> = said.lines().filter(|l| l.starts_with("line ")).collect();
@@ -1189,13 +1199,14 @@ mod tests {
             finish("tether-test", Some(&std::io::Error::other("the store failed")));
             unreachable!("finish exits on a failure");
         }
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "shell::tests::lines_dropped_before_a_failing_process_s_last_words_are_said_with_them"])
-            .env("TETHER_DROPPED_BEFORE_LAST_CHILD", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = this_test_again(
+            "shell::tests::lines_dropped_before_a_failing_process_s_last_words_are_said_with_them",
+            "TETHER_DROPPED_BEFORE_LAST_CHILD",
+            "1",
+            std::process::Stdio::piped(),
+        )
+        .spawn()
+        .unwrap();
         let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         while !line.contains("queued") {
@@ -1253,13 +1264,14 @@ mod tests {
             finish("tether-test", Some(&failure));
             unreachable!("finish exits on a failure");
         }
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "shell::tests::a_failing_server_exits_though_its_standard_error_is_not_read"])
-            .env("TETHER_STALLED_STDERR_CHILD", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = this_test_again(
+            "shell::tests::a_failing_server_exits_though_its_standard_error_is_not_read",
+            "TETHER_STALLED_STDERR_CHILD",
+            "1",
+            std::process::Stdio::null(),
+        )
+        .spawn()
+        .unwrap();
         // Two drains of `DRAIN_WAIT` at most, and the start of a test binary.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let status = loop {
