@@ -17,7 +17,9 @@
 //!   and its jitter.
 //! - [`reason`]: states and disconnect reasons, named as in SPEC §4.
 //! - [`status`]: what each agreement publishes.
-//! - [`tls`]: an agreement's `[agreement.tls]` as a TLS client.
+//! - [`tls`]: an agreement's `[agreement.tls]` as a TLS client;
+//!   [`provider_certificate`]: what the provider presented in it, warned of as it comes
+//!   to expire (the supervisor runs `tether_config`'s watch on it).
 //! - [`session`]: one connection's life: reader, keepalive poller, applier, a module each
 //!   under `session/`, whose `mod.rs` connects, handshakes, starts them and ends it.
 //! - [`supervision`]: the supervisor's decisions as a sans-IO state machine.
@@ -37,6 +39,7 @@ pub mod daemon;
 pub mod executor;
 pub mod failpoint;
 pub mod identity;
+pub mod provider_certificate;
 pub mod reason;
 pub mod retry;
 pub mod session;

@@ -12,11 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tether_config::certificate::Validity;
 use tether_protocol::liveness::Progress;
 use tether_protocol::message::MUTUAL_AUTH_VERSION;
 use tether_protocol::{Cookie, Csn};
 use tether_store::StoreFailure;
 
+use crate::provider_certificate::{self, Presented};
 use crate::reason::{Reason, State};
 
 /// One agreement's status.
@@ -89,6 +91,16 @@ pub struct AgreementStatus {
     /// from then on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_proved_at: Option<String>,
+    /// When the provider's certificate expires, as its last TLS handshake presented it
+    /// (RFC 3339), for a monitor to alert on ahead of the day the agreement is refused;
+    /// the table warns of it within its notice. Absent without TLS, and until a TLS
+    /// session has met the provider.
+    #[serde(
+        rename = "provider_certificate_expires_at",
+        serialize_with = "expiry_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub provider_certificate: Option<Validity>,
     /// When the replica was last known current; `lag_seconds` is computed from it,
     /// except while persisting caught up (see [`AgreementStatus::heard`]).
     #[serde(skip)]
@@ -223,7 +235,12 @@ impl Reached {
 /// (a consumer taking a burst updates its status several times per apply run, and a
 /// benchmark keeps ten requests waiting on each of fifty consumers).
 #[derive(Debug, Clone)]
-pub struct StatusHandle(Arc<Mutex<AgreementStatus>>, Arc<tokio::sync::watch::Sender<Reached>>);
+pub struct StatusHandle(
+    Arc<Mutex<AgreementStatus>>,
+    Arc<tokio::sync::watch::Sender<Reached>>,
+    /// The certificate the provider presented last, for the watch on its expiry.
+    Arc<tokio::sync::watch::Sender<Option<Presented>>>,
+);
 
 impl StatusHandle {
     /// Initial status of an agreement.
@@ -254,6 +271,7 @@ impl StatusHandle {
                 duplicates: 0,
                 protocol_version: None,
                 provider_proved_at: None,
+                provider_certificate: None,
                 current_at: Instant::now(),
                 heard: None,
                 applied_csn: None,
@@ -261,7 +279,28 @@ impl StatusHandle {
                 stopping: false,
             })),
             Arc::new(tokio::sync::watch::Sender::new(Reached::default())),
+            Arc::new(tokio::sync::watch::Sender::new(None)),
         )
+    }
+
+    /// Records the certificate the provider presented in a session's handshake (`None`
+    /// for a session in plain TCP); whether it is another than the one recorded, which
+    /// the session then warns of if it must (the watch on its expiry takes it as said).
+    pub fn present(&self, presented: Option<Presented>) -> bool {
+        self.update(|s| s.provider_certificate = presented.as_ref().map(|p| p.validity));
+        self.2.send_if_modified(|watched| {
+            let new = *watched != presented;
+            if new {
+                *watched = presented;
+            }
+            new
+        })
+    }
+
+    /// The certificates the provider presents, one after another, for the watch on
+    /// their expiry.
+    pub fn presented(&self) -> tokio::sync::watch::Receiver<Option<Presented>> {
+        self.2.subscribe()
     }
 
     /// Changes the status.
@@ -383,6 +422,13 @@ pub struct ConsumerStatus {
 }
 
 /// The failure as its text: `store_error` in JSON is what the error says.
+fn expiry_text<S: serde::Serializer>(v: &Option<Validity>, out: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => out.serialize_str(&humantime::format_rfc3339_seconds(v.not_after).to_string()),
+        None => out.serialize_none(),
+    }
+}
+
 fn failure_text<S: serde::Serializer>(failure: &Option<StoreFailure>, out: S) -> Result<S::Ok, S::Error> {
     match failure {
         Some(f) => out.serialize_str(&f.to_string()),
@@ -456,6 +502,10 @@ impl ConsumerStatus {
             };
             if let Some(trust) = trust {
                 out.push_str(&format!("  {trust}\n"));
+            }
+            let now = std::time::SystemTime::now();
+            if let Some(w) = a.provider_certificate.and_then(|v| provider_certificate::warning(&v, &a.provider, now)) {
+                out.push_str(&format!("  warning: {w}\n"));
             }
             if let Some(at) = &a.next_attempt_at {
                 let next = if a.state == State::Idle { "poll" } else { "attempt" };
@@ -914,5 +964,41 @@ mod tests {
         for (field, value) in expected {
             assert_eq!(a.get(field), Some(&value), "{field}: {a}");
         }
+    }
+
+    /// The provider's certificate as a TLS session met it: its end in the JSON for a
+    /// monitor, and a warning under the agreement's row once its notice has begun; a new
+    /// certificate is told apart from one met again, which the session does not warn of
+    /// again, and a session in plain TCP forgets it.
+    #[test]
+    fn the_provider_s_certificate_is_shown_by_its_end_and_warned_of_within_its_notice() {
+        let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        let mut watched = h.presented();
+        let now = std::time::SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let presented = |days: u32| Presented {
+            provider: "127.0.0.1:7389".into(),
+            validity: Validity { not_before: now - 300 * day, not_after: now + days * day },
+        };
+        assert!(h.present(Some(presented(90))), "a certificate met first is new");
+        assert!(!h.present(Some(presented(90))), "the same one met again is not");
+        assert!(watched.has_changed().unwrap());
+        assert_eq!(watched.borrow_and_update().as_ref(), Some(&presented(90)));
+        let json = serde_json::to_value(of(vec![h.snapshot()])).unwrap();
+        let end = humantime::format_rfc3339_seconds(now + 90 * day).to_string();
+        assert_eq!(json["agreements"][0]["provider_certificate_expires_at"], end.as_str());
+        let text = of(vec![h.snapshot()]).to_text();
+        assert!(!text.contains("warning:"), "a certificate good for 90 days is warned of:\n{text}");
+
+        assert!(h.present(Some(presented(5))), "a renewal (or another provider's) is new");
+        let text = of(vec![h.snapshot()]).to_text();
+        let warning = "  warning: the certificate of provider 127.0.0.1:7389 expires at ";
+        assert!(text.contains(warning) && text.contains(" (in 5 days): "), "{text}");
+
+        assert!(h.present(None), "a session in plain TCP");
+        assert_eq!(*watched.borrow_and_update(), None);
+        let json = serde_json::to_value(of(vec![h.snapshot()])).unwrap();
+        assert_eq!(json["agreements"][0].get("provider_certificate_expires_at"), None, "{json}");
+        assert!(!of(vec![h.snapshot()]).to_text().contains("warning:"));
     }
 }

@@ -4,9 +4,9 @@
 //! All decisions live in the state machine; this file only moves events.
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tether_config::info_or_debug;
+use tether_config::{certificate_watch, info_or_debug};
 use tether_store::{Replica, ReplicaStore};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -56,8 +56,27 @@ type SessionFuture<'a> = Pin<Box<dyn std::future::Future<Output = Ended> + Send 
 const UNREACHED_WARN_AFTER: Duration = Duration::from_secs(30);
 
 impl Supervisor {
-    /// Runs the agreement until shutdown.
-    pub async fn run(mut self) {
+    /// Runs the agreement until shutdown, and with TLS the watch on the provider's
+    /// certificate beside it, which ends with it.
+    pub async fn run(self) {
+        if self.session.tls.is_none() {
+            return self.supervise().await;
+        }
+        let presented = self.status.presented();
+        let watch = async {
+            certificate_watch::watch(presented, SystemTime::now, |w| warn!("{w}")).await;
+            // It ends only when the status does, which the supervisor holds: never
+            // before the supervisor, which the select must not end sooner.
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = self.supervise() => {}
+            () = watch => {}
+        }
+    }
+
+    /// The agreement's sessions and timers, until shutdown.
+    async fn supervise(mut self) {
         let mut machine = Supervision::new(self.retry.clone(), self.give_up_after, self.interval);
         let stopped = self.replica.is_admin_stopped().unwrap_or_else(|e| {
             error!(error = %e, "could not read the stopped flag; starting");

@@ -12,19 +12,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use tether_config::certificate_watch;
 use tether_config::shell::{error_chain, reload_report, Signal, Signals};
 use tether_store::{Directory, RetentionPolicy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::certificate_watch::{self, Served};
 use crate::config::{load_secret, ChangelogConfig, ProviderConfig};
 use crate::control::{self, ControlContext};
 use crate::registry::Registry;
 use crate::server::{Grants, Server, ServerParams};
 use crate::session::SessionParams;
 use crate::tls;
+use crate::validity::Served;
 
 /// Upper bound on the whole shutdown (sessions saying goodbye, flushing).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -216,8 +217,15 @@ pub async fn serve(config_path: &Path) -> Result<()> {
 
     let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));
     let (served_tx, served_rx) = watch::channel(config.tls.as_ref().and_then(tls::served));
-    let certificate_task =
-        tokio::spawn(certificate_watch::watch(served_rx, shutdown.clone(), SystemTime::now, |w| warn!("{w}")));
+    let certificate_task = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = certificate_watch::watch(served_rx, SystemTime::now, |w| warn!("{w}")) => {}
+            }
+        })
+    };
     let (retention_tx, retention_rx) = watch::channel(config.changelog);
     let trim_task = tokio::spawn(trim_loop(dir.clone(), server.registry().clone(), retention_rx, shutdown.clone()));
     let server_task = {

@@ -22,15 +22,15 @@
 //!   [`handshakes`]: those under way, whose slots a connection over the limit takes;
 //!   [`throttle`]: the warnings a stranger can cause there, one a second; [`probe`]:
 //!   connections that close having sent nothing, which are not warned of.
-//! - [`tls`]: the TLS configurations built from `[tls]`; [`validity`]: whether the
-//!   certificate in them has expired, which rustls does not check of one's own;
-//!   [`certificate_watch`]: the running provider's warnings as it comes to expire.
+//! - [`tls`]: the TLS configurations built from `[tls]`; [`validity`]: what the
+//!   provider says of the certificate in them, which rustls does not check of one's own,
+//!   at start, on reload, from `status` and (through `tether_config`'s watch) in its log
+//!   as it comes to expire.
 //! - [`control`], [`status`]: the operator's view.
 //! - [`daemon`]: the `serve` process and its shutdown.
 //! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
 //! - [`input`]: the LDIF they read, from a file or standard input.
 
-pub mod certificate_watch;
 pub mod client;
 pub mod config;
 pub mod control;

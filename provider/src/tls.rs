@@ -16,9 +16,9 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, ServerConfig
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::certificate_watch::Served;
 use crate::config::{ConfigError, ProviderConfig, TlsConfig};
-use crate::validity::Validity;
+use crate::validity::Served;
+use tether_config::certificate::Validity;
 
 /// The config key of the certificate chain, as errors name it.
 pub const CERT_FILE_KEY: &str = "tls.cert_file";
@@ -203,12 +203,13 @@ pub fn certificate_warnings(tls: &TlsConfig) -> Vec<String> {
     let Some(first) = read_certs(&tls.cert_file).ok().and_then(|certs| certs.into_iter().next()) else {
         return Vec::new();
     };
-    let dates = Validity::of(first.as_ref()).and_then(|v| v.warning(&tls.cert_file, std::time::SystemTime::now()));
+    let now = std::time::SystemTime::now();
+    let dates = Validity::of(first.as_ref()).and_then(|v| crate::validity::warning(&v, &tls.cert_file, now));
     dates.into_iter().chain(crate::validity::ca_warning(first.as_ref(), &tls.cert_file)).collect()
 }
 
 /// The certificate `tls` serves, for the running provider's watch on its expiry
-/// ([`crate::certificate_watch`]); `None` when its dates do not read (nor then are they
+/// ([`tether_config::certificate_watch`]); `None` when its dates do not read (nor then are they
 /// warned of).
 pub fn served(tls: &TlsConfig) -> Option<Served> {
     let first = read_certs(&tls.cert_file).ok()?.into_iter().next()?;

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use replication_tests::harness::{
     probe_port, probe_then_warnings, wait_until, Agreement, Consumer, Provider, ProviderOptions, PEOPLE_SECRET,
 };
@@ -407,28 +407,61 @@ fn a_reload_that_turns_tls_on_or_off_says_so() -> Result<()> {
     Ok(())
 }
 
-/// A provider runs for months past the start that warned of its certificate: while it
-/// runs, it says in its log as the certificate it serves enters its notice and as it
-/// expires, for alerting on the log. A certificate of 30 s, valid 10 s before the
-/// provider starts: its notice, a third of its life, begins 10 s after, and it expires
-/// 20 s after, which a start however slow leaves to the running provider to say.
+/// A provider whose certificate comes to expire while it runs says so in its log as
+/// the certificate it serves enters its notice and as it expires, for alerting on the
+/// log; and so does a TLS consumer of it, of the certificate its provider presented,
+/// while its session goes on (TLS checks the certificate once, in the handshake), and its
+/// `status` shows the expiry and warns of it. The provider is renewed (and reloaded) with
+/// a certificate of 60 s, valid from 20 s before: its notice, a third of its life, begins
+/// 20 s after, and it expires 40 s after, which a reload and a consumer's reconnection
+/// however slow leave to the running processes to say.
 #[test]
-fn a_running_provider_warns_in_its_log_as_its_certificate_comes_to_expire() -> Result<()> {
+fn a_running_provider_and_its_consumer_warn_in_their_logs_as_its_certificate_comes_to_expire() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let now = std::time::SystemTime::now();
-    let valid = (now - Duration::from_secs(10), now + Duration::from_secs(20));
-    let tls = Ca::new("Tether test CA")?.issue_valid(&tmp.path().join("pki"), &["127.0.0.1"], Some(valid))?;
+    let pki = tmp.path().join("pki");
+    let ca = Ca::new("Tether test CA")?;
+    let tls = ca.issue(&pki, &["127.0.0.1"])?;
+    let ca_file = ca.write(&pki.join("ca.pem"))?;
     let (p, _) = Provider::loaded(tmp.path(), 10, 19, &ProviderOptions { tls: Some(tls), ..Default::default() })?;
-    wait_until(Duration::from_secs(90), "the provider to say its certificate expired", || {
-        Ok(p.log_text().contains("provider.crt expired at"))
-    })?;
+    let agreement = tls_agreement(format!("ca_file = \"{}\"\n", ca_file.display()));
+    let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[agreement])?;
+    c.start()?;
+    wait_converged(&p, &c)?;
+    assert_eq!(c.agreement_status("people")?["provider_certificate_expires_at"], "4096-01-01T00:00:00Z");
+
+    let now = std::time::SystemTime::now();
+    let valid = (now - Duration::from_secs(20), now + Duration::from_secs(40));
+    ca.issue_valid(&pki, &["127.0.0.1"], Some(valid))?;
+    p.reload()?;
+    wait_until(CONVERGE, "the provider to reload", || Ok(p.log_text().contains("reloaded ")))?;
+    // The session under way keeps the old certificate; the next one meets the new.
+    c.admin("restart", Some("people"))?;
+    let of_provider = format!("the certificate of provider 127.0.0.1:{}", p.port);
+    wait_until(Duration::from_secs(90), "the provider and the consumer to say the certificate expired", || {
+        Ok(p.log_text().contains("provider.crt expired at")
+            && c.log_text().contains(&format!("{of_provider} expired at ")))
+    })
+    .with_context(|| format!("provider's log:\n{}\nconsumer's log:\n{}", p.log_text(), c.log_text()))?;
     let log = p.log_text();
-    let warned = |what: &str| log.lines().position(|l| l.contains(what) && l.contains(" WARN "));
-    let listening = log.lines().position(|l| l.contains("provider listening"));
-    let expired = warned("provider.crt expired at");
-    assert!(listening.is_some() && listening < expired, "said at the start, not by the running provider:\n{log}");
-    let expiring = warned("provider.crt expires at");
+    let warned = |log: &str, what: &str| log.lines().position(|l| l.contains(what) && l.contains(" WARN "));
+    let reloaded = log.lines().position(|l| l.contains("reloaded "));
+    let expired = warned(&log, "provider.crt expired at");
+    assert!(reloaded.is_some() && reloaded < expired, "said by the reload, not by the running provider:\n{log}");
+    let expiring = warned(&log, "provider.crt expires at");
     assert!(expiring.is_some() && expiring < expired, "the notice was not said before the expiry:\n{log}");
+
+    // The consumer: the notice, then the expiry with its session still running on it.
+    let log = c.log_text();
+    let expiring = warned(&log, &format!("{of_provider} expires at "));
+    let expired = warned(&log, &format!("{of_provider} expired at "));
+    assert!(expiring.is_some() && expiring < expired, "the notice was not said before the expiry:\n{log}");
+    let status = c.agreement_status("people")?;
+    assert_eq!(status["state"], "persisting", "the session under way goes on past the end: {status}");
+    let expires_at = humantime::parse_rfc3339(status["provider_certificate_expires_at"].as_str().unwrap_or("-"))?;
+    let off = expires_at.duration_since(valid.1).unwrap_or_else(|e| e.duration());
+    assert!(off < Duration::from_secs(1), "expires at {expires_at:?}, the certificate's end {:?}: {status}", valid.1);
+    let table = String::from_utf8_lossy(&c.command_output("status", &[])?.stdout).into_owned();
+    assert!(table.contains(&format!("  warning: {of_provider} expired at ")), "{table}");
     Ok(())
 }
 

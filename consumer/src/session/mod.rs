@@ -27,6 +27,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+use tether_config::certificate_watch::Watched as _;
 use tether_config::info_or_debug;
 use tether_protocol::auth::Secret;
 use tether_protocol::connection::{self, BoxedRead, BoxedWrite, MessageReader, MessageWriter};
@@ -41,10 +43,11 @@ use tether_store::{Replica, ReplicaStore, StoreError};
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::ProofPolicy;
 use crate::executor::Runner;
+use crate::provider_certificate::Presented;
 use crate::reason::{Reason, State};
 use crate::status::{rfc3339_of_ms, Heard, StatusHandle};
 use crate::tls::TlsClient;
@@ -460,7 +463,10 @@ async fn connect_tcp(
     }
     let halves = match &cfg.tls {
         None => match connection::boxed_tcp(stream) {
-            Ok(halves) => halves,
+            Ok(halves) => {
+                status.present(None);
+                halves
+            }
             Err(e) => return Err(Ended::new(Reason::ConnectionLost, e.to_string())),
         },
         // A TLS failure is a transport failure before any Tether message, like a refused
@@ -487,7 +493,13 @@ async fn connect_tcp(
             tokio::select! {
                 _ = stop.token.cancelled() => return Err(Ended { connected: false, ..stop.ended(", during the TLS handshake") }),
                 r = handshake => match r {
-                    Ok(Ok(stream)) => connection::boxed(stream),
+                    Ok(Ok(stream)) => {
+                        let chain = stream.get_ref().1.peer_certificates();
+                        if let Some(warning) = met_certificate(&cfg.provider, status, chain, std::time::SystemTime::now()) {
+                            warn!("{warning}");
+                        }
+                        connection::boxed(stream)
+                    }
                     Ok(Err(e)) => return Err(tls_failed(crate::tls::describe_failure(&e))),
                     Err(_) => return Err(tls_failed("timed out".to_owned())),
                 },
@@ -495,6 +507,25 @@ async fn connect_tcp(
         }
     };
     Ok((halves.0, halves.1, reached, deadline))
+}
+
+/// Records the certificate the provider presented in the TLS handshake just made, and
+/// returns the warning of it coming to expire if it is another than the one the
+/// agreement last met: a certificate met again (every poll's, every reconnect's) is the
+/// watch's to remind of, once a day.
+fn met_certificate(
+    provider: &str,
+    status: &StatusHandle,
+    chain: Option<&[CertificateDer<'_>]>,
+    now: std::time::SystemTime,
+) -> Option<String> {
+    let presented = chain.and_then(|chain| Presented::of(provider, chain));
+    let warning = presented.as_ref().and_then(|p| p.warning(now));
+    if status.present(presented) {
+        warning
+    } else {
+        None
+    }
 }
 
 /// Where a provider named by a host name answered, for the messages of a session that
@@ -878,6 +909,35 @@ mod tests {
         closer.await.unwrap();
         assert!(ended.detail.starts_with("TLS handshake with "), "{ended:?}");
         assert_eq!(cfg.failed_addresses.last(vec![addr, other]), [other, addr]);
+    }
+
+    /// A certificate met in its notice of expiry is warned of as the session meets it,
+    /// once: the agreement's later sessions meet it again (every poll's, every
+    /// reconnect's), and saying it each time would fill the log of a poller; the watch
+    /// reminds of it daily instead. A renewal is a new certificate, said if it must be.
+    #[test]
+    fn a_certificate_met_in_its_notice_is_warned_of_by_the_session_that_first_meets_it() {
+        let status = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let chain = |ends: (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+            params.not_after = rcgen::date_time_ymd(ends.0, ends.1, ends.2);
+            vec![params.self_signed(&key).unwrap().der().clone()]
+        };
+        let now = humantime::parse_rfc3339("2026-12-06T12:00:00Z").unwrap();
+        let expiring = chain((2026, 12, 10));
+        let said = met_certificate("127.0.0.1:7389", &status, Some(&expiring), now).expect("warned of");
+        assert!(
+            said.starts_with("the certificate of provider 127.0.0.1:7389 expires at 2026-12-10T00:00:00Z"),
+            "{said}"
+        );
+        assert_eq!(met_certificate("127.0.0.1:7389", &status, Some(&expiring), now), None, "said again");
+        assert_eq!(met_certificate("127.0.0.1:7389", &status, Some(&chain((2027, 12, 10))), now), None, "renewed");
+        let renewed_badly = chain((2026, 12, 12));
+        assert!(met_certificate("127.0.0.1:7389", &status, Some(&renewed_badly), now).is_some());
+        let json = serde_json::to_value(status.snapshot()).unwrap();
+        assert_eq!(json["provider_certificate_expires_at"], "2026-12-12T00:00:00Z");
     }
 
     /// The TLS and Tether handshakes share one limit, as on the provider: a peer that

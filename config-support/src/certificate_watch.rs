@@ -1,25 +1,22 @@
-//! The running provider's watch on the certificate it serves: a warning in the log when
-//! the certificate enters its notice of expiry and when it expires, and again once a day
-//! while either lasts.
+//! A watch on a certificate in use: a warning in the log when the certificate enters its
+//! notice of expiry and when it expires, and again once a day while either lasts.
 //!
-//! Why: start, a reload's reply and `status` say what [`crate::validity`] finds, but a
-//! provider runs for months, and a certificate good at its last start passed its notice
-//! and its end with nothing said unless someone ran `status`; the first sign was TLS
-//! consumers refusing it. Alerting that reads the log now sees it ahead, as it sees the
-//! provider's other warnings.
+//! Why: a process runs for months, and a certificate good when it was last looked at
+//! passed its notice and its end with nothing said unless someone ran `status`; the
+//! first sign was TLS consumers refusing it. Alerting that reads the log now sees it
+//! ahead, as it sees the processes' other warnings. The provider watches the certificate
+//! it serves (start and reload set it), each consumer agreement the one its provider
+//! presented last; what is watched says its own words ([`Watched::warning`]).
 //!
-//! It watches the certificate served, which only start and reload change: a file renewed
-//! on disk and not reloaded is still the old certificate to consumers, and the warning's
-//! "replace the files and reload" is then half done. What start or a reload said is not
-//! said again until the next turn or the next day.
+//! Whoever sets the certificate watched says its warning then, if it has one (the
+//! provider's start and reload, a consumer's session as it meets a new certificate): the
+//! watch does not say it again until the next turn or the next day.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use crate::validity::{Stage, Validity};
+use crate::certificate::{Stage, Validity};
 
 /// How often a warning that still holds is said again: a day, so a log rotated or read
 /// once a day has it, and an alert that fired once and was silenced fires again.
@@ -33,30 +30,28 @@ const LOOK_AGAIN: Duration = Duration::from_secs(3_600);
 /// of it ([`Validity::stage`] compares strictly at its end).
 const PAST_TURN: Duration = Duration::from_secs(1);
 
-/// The certificate the provider serves: its file, which the warnings name, and its
-/// validity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Served {
-    /// `tls.cert_file`.
-    pub file: PathBuf,
-    /// The validity of its first certificate, the provider's own.
-    pub validity: Validity,
+/// A certificate watched: its validity, and what to say of it at some instant.
+pub trait Watched {
+    /// When the certificate is valid.
+    fn validity(&self) -> Validity;
+    /// The warning of the certificate's stage at `now` ([`Validity::stage`]); `None`
+    /// while it is valid for longer than its notice.
+    fn warning(&self, now: SystemTime) -> Option<String>;
 }
 
 /// Says (through `say`) the warnings of the certificate `served` holds as its stage
 /// changes and each [`REMINDER`] while it is not valid, reading the wall clock from
-/// `now`, until `shutdown` or until the sender is gone. `None` (TLS off, or a
-/// certificate whose dates do not read) says nothing.
-pub async fn watch(
-    mut served: watch::Receiver<Option<Served>>,
-    shutdown: CancellationToken,
+/// `now`, until the sender is gone; its owner drops it to stop it sooner. `None` (TLS
+/// off, or a certificate whose dates do not read) says nothing.
+pub async fn watch<W: Watched>(
+    mut served: watch::Receiver<Option<W>>,
     now: impl Fn() -> SystemTime,
     mut say: impl FnMut(&str),
 ) {
     let mut said = Said::at(served.borrow_and_update().as_ref(), now());
     loop {
-        // A reload whose change came in as the sleep ended: what it said is the new
-        // certificate's, not a turn of the old one's.
+        // A certificate set (a reload's) as the sleep ended: what its setter said is the
+        // new certificate's, not a turn of the old one's.
         match served.has_changed() {
             Ok(true) => said = Said::at(served.borrow_and_update().as_ref(), now()),
             Ok(false) => {}
@@ -73,12 +68,11 @@ pub async fn watch(
             None => LOOK_AGAIN,
         };
         tokio::select! {
-            () = shutdown.cancelled() => return,
             changed = served.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                // Start or the reload said its warning, if it had one.
+                // Its setter said its warning, if it had one.
                 said = Said::at(served.borrow_and_update().as_ref(), now());
             }
             () = tokio::time::sleep(sleep) => {}
@@ -86,7 +80,7 @@ pub async fn watch(
     }
 }
 
-/// The stage last said of the served certificate, and when.
+/// The stage last said of the certificate watched, and when.
 #[derive(Debug)]
 struct Said {
     stage: Stage,
@@ -94,32 +88,32 @@ struct Said {
 }
 
 impl Said {
-    /// What start or a reload said of `served` at `now`.
-    fn at(served: Option<&Served>, now: SystemTime) -> Self {
-        Self { stage: served.map_or(Stage::Valid, |s| s.validity.stage(now)), at: now }
+    /// What was said of `served` at `now` as it was set.
+    fn at(served: Option<&impl Watched>, now: SystemTime) -> Self {
+        Self { stage: served.map_or(Stage::Valid, |s| s.validity().stage(now)), at: now }
     }
 
     /// The warning to say now, if the stage turned since it was last said, or a day has
     /// passed since with the certificate still not valid.
-    fn due(&mut self, served: &Served, now: SystemTime) -> Option<String> {
+    fn due(&mut self, served: &impl Watched, now: SystemTime) -> Option<String> {
         if now < self.at {
             // The clock was set back: the day counts from here.
             self.at = now;
         }
-        let stage = served.validity.stage(now);
+        let stage = served.validity().stage(now);
         let reminder = stage != Stage::Valid && now.duration_since(self.at).is_ok_and(|d| d >= REMINDER);
         if stage == self.stage && !reminder {
             return None;
         }
         self.stage = stage;
         self.at = now;
-        served.validity.warning(&served.file, now)
+        served.warning(now)
     }
 
     /// How long until the stage may turn or a reminder falls due, at most
     /// [`LOOK_AGAIN`].
-    fn next_look(&self, served: &Served, now: SystemTime) -> Duration {
-        let turns = served.validity.turns().map(|t| t + PAST_TURN);
+    fn next_look(&self, served: &impl Watched, now: SystemTime) -> Duration {
+        let turns = served.validity().turns().map(|t| t + PAST_TURN);
         let reminder = (self.stage != Stage::Valid).then(|| self.at + REMINDER);
         turns
             .into_iter()
@@ -146,11 +140,28 @@ mod tests {
     /// A certificate valid from 100 days before the epoch until `ends_after` it: a
     /// lifetime over 42 days, so its notice is the fortnight of [`EXPIRY_NOTICE`].
     ///
-    /// [`EXPIRY_NOTICE`]: crate::validity::EXPIRY_NOTICE
+    /// [`EXPIRY_NOTICE`]: crate::certificate::EXPIRY_NOTICE
     fn served(ends_after: Duration) -> Served {
-        Served {
-            file: "/etc/tether/tls/provider.crt".into(),
-            validity: Validity { not_before: epoch() - 100 * DAY, not_after: epoch() + ends_after },
+        Served(Validity { not_before: epoch() - 100 * DAY, not_after: epoch() + ends_after })
+    }
+
+    /// A certificate watched, whose warnings say its stage and dates in a few words.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Served(Validity);
+
+    impl Watched for Served {
+        fn validity(&self) -> Validity {
+            self.0
+        }
+
+        fn warning(&self, now: SystemTime) -> Option<String> {
+            let end = humantime::format_rfc3339_seconds(self.0.not_after);
+            match self.0.stage(now) {
+                Stage::Valid => None,
+                Stage::Expiring => Some(format!("expires at {end} (in {} days)", self.0.days_left(now))),
+                Stage::Expired => Some(format!("expired at {end}")),
+                other => Some(format!("{other:?}")),
+            }
         }
     }
 
@@ -162,33 +173,31 @@ mod tests {
         /// Everything said, with the time on the tokio clock since the start.
         log: Arc<Mutex<Vec<(Duration, String)>>>,
         jump: Arc<Mutex<Duration>>,
-        shutdown: CancellationToken,
         task: tokio::task::JoinHandle<()>,
     }
 
     impl Watching {
         fn start(first: Option<Served>) -> Self {
             let (served, rx) = watch::channel(first);
-            let shutdown = CancellationToken::new();
             let log: Arc<Mutex<Vec<(Duration, String)>>> = Arc::default();
             let jump = Arc::new(Mutex::new(Duration::ZERO));
             let begun = tokio::time::Instant::now();
             let (said, jumped) = (log.clone(), jump.clone());
             let task = tokio::spawn(watch(
                 rx,
-                shutdown.clone(),
                 move || epoch() + begun.elapsed() + *jumped.lock().unwrap(),
                 move |w| said.lock().unwrap().push((begun.elapsed(), w.to_owned())),
             ));
-            Self { served, log, jump, shutdown, task }
+            Self { served, log, jump, task }
         }
 
         fn said(&self) -> Vec<(Duration, String)> {
             self.log.lock().unwrap().clone()
         }
 
+        /// Drops the sender, which ends the watch.
         async fn stop(self) {
-            self.shutdown.cancel();
+            drop(self.served);
             self.task.await.unwrap();
         }
     }
@@ -204,22 +213,18 @@ mod tests {
         assert_eq!(first.len(), 1, "{first:?}");
         let (when, warning) = &first[0];
         assert!(*when > 6 * DAY && *when <= 6 * DAY + Duration::from_secs(60), "said {when:?} in, not as it began");
-        assert_eq!(
-            warning,
-            "the certificate in /etc/tether/tls/provider.crt expires at 2026-12-26T12:00:00Z (in 14 days): TLS \
-             consumers refuse it from then on; renew it before then (replace the files and reload)"
-        );
+        assert_eq!(warning, "expires at 2026-12-26T12:00:00Z (in 14 days)");
 
         tokio::time::sleep(15 * DAY).await;
         let all = w.said();
         // The notice's 14 days: the first warning and a reminder each day after it; then
         // the expiry as it happens.
-        let (expiring, expired): (Vec<_>, Vec<_>) = all.iter().partition(|(_, said)| said.contains(" expires at "));
+        let (expiring, expired): (Vec<_>, Vec<_>) = all.iter().partition(|(_, said)| said.contains("expires at "));
         assert_eq!(expiring.len(), 14, "{all:#?}");
         for pair in expiring.windows(2) {
             assert_eq!(pair[1].0 - pair[0].0, REMINDER, "{all:#?}");
         }
-        assert!(expiring[13].1.contains("(in 1 day)"), "{}", expiring[13].1);
+        assert!(expiring[13].1.contains("(in 1 days)"), "{}", expiring[13].1);
         let (when, first_expired) = &expired[0];
         assert!(*when > 20 * DAY && *when <= 20 * DAY + Duration::from_secs(60), "said {when:?} in");
         assert!(first_expired.contains("expired at 2026-12-26T12:00:00Z"), "{first_expired}");
@@ -230,7 +235,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_reload_replaces_the_certificate_watched_and_what_it_said_is_not_said_again_at_once() {
+    async fn a_certificate_set_anew_replaces_the_one_watched_and_what_its_setter_said_is_not_said_again_at_once() {
         // In its notice already: start said so; the watch says it again a day later.
         let w = Watching::start(Some(served(10 * DAY)));
         tokio::time::sleep(DAY / 2).await;
