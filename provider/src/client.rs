@@ -567,6 +567,7 @@ mod tests {
             reload,
             config_file: StartedWith::new(&config.file),
             listen: listener.local_addr().unwrap(),
+            served: tokio::sync::watch::channel(None).1,
         };
         let (socket, _file) = tether_protocol::control::bind(&config.control).await.unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();

@@ -34,6 +34,13 @@ pub struct ControlContext {
     pub config_file: tether_protocol::control::StartedWith,
     /// The address it listens on.
     pub listen: std::net::SocketAddr,
+    /// The certificate it serves (start and reload set it), whose end `status` shows.
+    pub served: tokio::sync::watch::Receiver<Option<crate::validity::Served>>,
+}
+
+/// When the certificate `served` expires, as `status` shows it (RFC 3339).
+fn expiry(served: &crate::validity::Served) -> String {
+    humantime::format_rfc3339_seconds(served.validity.not_after).to_string()
 }
 
 /// Serves control connections until `shutdown`.
@@ -116,7 +123,9 @@ async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_pr
     };
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply = match request {
-        ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, Some(ctx.listen)) {
+        ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, Some(ctx.listen))
+            .map(|status| ProviderStatus { certificate_expires_at: ctx.served.borrow().as_ref().map(expiry), ..status })
+        {
             Ok(status) if json => {
                 Ok(serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n")
             }

@@ -204,19 +204,20 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     };
     let server = Server::new(dir.clone(), grants, tls.clone(), params, shutdown.clone());
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
+    let (served_tx, served_rx) = watch::channel(config.tls.as_ref().and_then(tls::served));
     let ctx = ControlContext {
         dir: dir.clone(),
         registry: server.registry().clone(),
         reload: reload_tx,
         config_file: tether_protocol::control::StartedWith::new(config_path),
         listen: local,
+        served: served_rx.clone(),
     };
     // The line tests and the demo wait for: the provider is ready and where.
     info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), %history, csn = %dir.durable_csn(), "provider listening");
     tether_config::output::announce(&format!("listening on {local}"));
 
     let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));
-    let (served_tx, served_rx) = watch::channel(config.tls.as_ref().and_then(tls::served));
     let certificate_task = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

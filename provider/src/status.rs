@@ -33,6 +33,12 @@ pub struct ProviderStatus {
     /// `listen` changed by a reload that waits for a restart), and which alone tells two
     /// providers on one port of two addresses apart.
     pub listen: Option<String>,
+    /// When the TLS certificate the running provider serves expires (RFC 3339), for a
+    /// monitor to alert on ahead of the day its consumers refuse it; absent without TLS,
+    /// and when the provider is not running (it serves nothing then: the file is what its
+    /// next start would serve, which `status`'s warnings judge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_expires_at: Option<String>,
     /// The store's identity.
     pub store_id: String,
     /// The history the provider's cookies name now: a new one at each start (see
@@ -153,6 +159,7 @@ impl ProviderStatus {
             running,
             started_at: running.then(|| crate::registry::rfc3339(tether_config::shell::started_at())),
             listen: listening.map(|addr| addr.to_string()),
+            certificate_expires_at: None,
             store_id: dir.store_id().to_string(),
             history: dir.history().to_string(),
             csn: durable.0,
@@ -171,6 +178,9 @@ impl ProviderStatus {
     /// A table for people.
     pub fn to_text(&self) -> String {
         let mut out = self.listen.as_ref().map(|addr| format!("listening on {addr}\n")).unwrap_or_default();
+        if let Some(at) = &self.certificate_expires_at {
+            out.push_str(&format!("TLS certificate served expires at {at}\n"));
+        }
         out.push_str(&format!(
             "store {}  history {}  csn {}  entries {}  changelog {}  delta from {}\n",
             self.store_id,
@@ -268,6 +278,7 @@ mod tests {
             running: true,
             started_at: Some("2026-12-05T05:00:00Z".into()),
             listen: None,
+            certificate_expires_at: None,
             store_id: "s".into(),
             history: "h".into(),
             csn: 1,
@@ -295,6 +306,7 @@ mod tests {
             running: false,
             started_at: None,
             listen: None,
+            certificate_expires_at: None,
             store_id: "s".into(),
             history: "h".into(),
             csn: 3,
@@ -325,6 +337,16 @@ mod tests {
         let text = status.to_text();
         assert!(text.contains("changelog 4..9  delta from 3") && text.contains("PEER"), "{text}");
         assert!(text.starts_with("listening on [::1]:7389\n"), "{text}");
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json.get("certificate_expires_at"), None, "without TLS: {json}");
+        // With TLS, the certificate served: when it expires, for a monitor.
+        let status = ProviderStatus { certificate_expires_at: Some("2027-01-01T00:00:00Z".into()), ..status };
+        let text = status.to_text();
+        assert!(
+            text.starts_with("listening on [::1]:7389\nTLS certificate served expires at 2027-01-01T00:00:00Z\n"),
+            "{text}"
+        );
+        assert_eq!(serde_json::to_value(&status).unwrap()["certificate_expires_at"], "2027-01-01T00:00:00Z");
     }
 
     /// A load that did not finish is said in the text with its file and when it began

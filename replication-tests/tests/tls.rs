@@ -427,7 +427,9 @@ fn a_running_provider_and_its_consumer_warn_in_their_logs_as_its_certificate_com
     let mut c = Consumer::configure(&tmp.path().join("c"), p.port, &[agreement])?;
     c.start()?;
     wait_converged(&p, &c)?;
+    // rcgen's default end, as both processes' `status` show it.
     assert_eq!(c.agreement_status("people")?["provider_certificate_expires_at"], "4096-01-01T00:00:00Z");
+    assert_eq!(p.status()?["certificate_expires_at"], "4096-01-01T00:00:00Z");
 
     let now = std::time::SystemTime::now();
     let valid = (now - Duration::from_secs(20), now + Duration::from_secs(40));
@@ -460,6 +462,7 @@ fn a_running_provider_and_its_consumer_warn_in_their_logs_as_its_certificate_com
     let expires_at = humantime::parse_rfc3339(status["provider_certificate_expires_at"].as_str().unwrap_or("-"))?;
     let off = expires_at.duration_since(valid.1).unwrap_or_else(|e| e.duration());
     assert!(off < Duration::from_secs(1), "expires at {expires_at:?}, the certificate's end {:?}: {status}", valid.1);
+    assert_eq!(p.status()?["certificate_expires_at"], status["provider_certificate_expires_at"], "the one served");
     let table = String::from_utf8_lossy(&c.command_output("status", &[])?.stdout).into_owned();
     assert!(table.contains(&format!("  warning: {of_provider} expired at ")), "{table}");
     Ok(())
