@@ -187,4 +187,14 @@ mod tests {
         assert!(r.table().contains("NO"));
         assert_eq!(r.to_json()["missed_targets"], 1);
     }
+
+    /// A target is a bound the figure may reach: a resync of exactly 20 ms meets "at
+    /// most 20 ms", a refresh of exactly 100,000 entries/s meets "at least 100,000".
+    #[test]
+    fn a_figure_exactly_at_its_target_meets_it() {
+        let mut r = Report::new("x");
+        r.target("rate", 20.0, "ops/s", Bound::AtLeast, 20.0).target("lag", 2.0, "ms", Bound::AtMost, 2.0);
+        assert_eq!(r.figures.iter().map(Figure::met).collect::<Vec<_>>(), [Some(true), Some(true)]);
+        assert_eq!(r.missed(), 0);
+    }
 }
