@@ -197,4 +197,15 @@ mod tests {
         assert_eq!(r.figures.iter().map(Figure::met).collect::<Vec<_>>(), [Some(true), Some(true)]);
         assert_eq!(r.missed(), 0);
     }
+
+    /// Figures without a target (bytes on the wire, CPU per entry) are there to read,
+    /// not to judge: they never count as missed, so they cannot make the run exit 2.
+    #[test]
+    fn a_figure_without_a_target_is_never_missed() {
+        let mut r = Report::new("x");
+        r.figure("bytes", 5.0, "B").target("lag", 1.0, "ms", Bound::AtMost, 2.0);
+        assert_eq!(r.missed(), 0);
+        assert_eq!(r.to_json()["missed_targets"], 0);
+        assert!(!r.table().contains("NO"), "{}", r.table());
+    }
 }
