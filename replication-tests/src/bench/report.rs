@@ -208,4 +208,30 @@ mod tests {
         assert_eq!(r.to_json()["missed_targets"], 0);
         assert!(!r.table().contains("NO"), "{}", r.table());
     }
+
+    /// Tools read the JSON and people the table, and both must say which side of its
+    /// target each figure must be on, the target itself, and whether it was met.
+    #[test]
+    fn the_table_and_the_json_give_each_targets_side_value_and_verdict() {
+        let mut r = Report::new("x");
+        r.target("rate", 10.0, "ops/s", Bound::AtLeast, 20.0).target("lag", 1.0, "ms", Bound::AtMost, 2.0);
+        r.figure("bytes", 5.0, "B");
+        assert_eq!(
+            r.to_json()["figures"],
+            json!([
+                {"metric": "rate", "value": 10.0, "unit": "ops/s",
+                 "target": {"bound": "at-least", "value": 20.0}, "met": false},
+                {"metric": "lag", "value": 1.0, "unit": "ms",
+                 "target": {"bound": "at-most", "value": 2.0}, "met": true},
+                {"metric": "bytes", "value": 5.0, "unit": "B", "target": null, "met": null},
+            ])
+        );
+        let table = r.table();
+        let line = |metric: &str| {
+            table.lines().find(|l| l.starts_with(metric)).unwrap().split_whitespace().collect::<Vec<_>>()
+        };
+        assert_eq!(line("rate"), ["rate", "10", "ops/s", ">=", "20", "NO"]);
+        assert_eq!(line("lag"), ["lag", "1", "ms", "<=", "2", "yes"]);
+        assert_eq!(line("bytes"), ["bytes", "5", "B", "-"]);
+    }
 }
