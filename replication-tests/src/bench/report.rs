@@ -179,6 +179,18 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), 0.0);
     }
 
+    /// The latency targets are fractions of a millisecond and the fanout lags hundreds of
+    /// milliseconds: the table keeps microseconds below 10, a tenth below 1000, and
+    /// whole numbers from there (and for whole values), as docs/benchmarks.md quotes them.
+    #[test]
+    fn the_table_prints_each_figure_to_the_precision_that_tells_runs_apart() {
+        assert_eq!(number(0.131), "0.131");
+        assert_eq!(number(5.0), "5");
+        assert_eq!(number(18.94), "18.9");
+        assert_eq!(number(466.34), "466.3");
+        assert_eq!(number(111_485.4), "111485");
+    }
+
     #[test]
     fn a_missed_target_is_counted_and_shown() {
         let mut r = Report::new("x");
