@@ -55,6 +55,13 @@ mod tests {
         assert_eq!(parse_field(text, "VmSwap"), None);
     }
 
+    /// The RSS target is "200 MiB": a figure in MB would read 5% high and miss it early.
+    #[test]
+    fn sizes_are_reported_in_binary_mebibytes() {
+        assert_eq!(mib(200 * 1024 * 1024), 200.0);
+        assert_eq!(mib(1536 * 1024), 1.5);
+    }
+
     #[test]
     fn our_own_peak_is_at_least_our_current_size() {
         let me = std::process::id();
