@@ -62,6 +62,18 @@ mod tests {
         assert_eq!(mib(1536 * 1024), 1.5);
     }
 
+    /// A store is a folder of folders (sled keeps its blobs in one): its size on disk
+    /// is every file's under it, not the folder entries' own sizes.
+    #[test]
+    fn disk_usage_counts_the_files_in_every_subfolder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 10]).unwrap();
+        std::fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), [0u8; 20]).unwrap();
+        std::fs::write(dir.path().join("sub/deeper/c"), [0u8; 30]).unwrap();
+        assert_eq!(disk_usage(dir.path()).unwrap(), 60);
+    }
+
     #[test]
     fn our_own_peak_is_at_least_our_current_size() {
         let me = std::process::id();
