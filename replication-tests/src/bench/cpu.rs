@@ -40,6 +40,38 @@ mod tests {
         assert_eq!(parse_stat("4242 (cut) S 1 2"), None);
     }
 
+    /// This thread's CPU time as the scheduler counts it, in nanoseconds (the first field
+    /// of `/proc/thread-self/schedstat`): a count independent of the ticks `stat` gives.
+    fn thread_runtime() -> Duration {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        Duration::from_nanos(text.split_whitespace().next().unwrap().parse().unwrap())
+    }
+
+    /// The CPU figures are microseconds per operation, so ticks taken in the wrong unit
+    /// would put every one of them off tenfold or more. While this thread works 300 ms
+    /// by the scheduler's count, the process's CPU time grows by at least that (less a
+    /// few ticks of rounding), and by no more than all the machine's CPUs could have
+    /// given in the time that passed.
+    #[test]
+    fn cpu_time_is_read_in_seconds_not_ticks() {
+        let pid = std::process::id();
+        let (before, mine, wall) = (used(pid).unwrap(), thread_runtime(), std::time::Instant::now());
+        let mut x = 0u64;
+        while thread_runtime() < mine + Duration::from_millis(300) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        let spent = thread_runtime() - mine;
+        let grew = used(pid).unwrap() - before;
+        let passed = wall.elapsed();
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let cpus = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count();
+        let rounding = Duration::from_millis(50);
+        assert!(grew + rounding >= spent, "the process grew {grew:?} while this thread spent {spent:?}");
+        assert!(grew <= passed * cpus as u32 + rounding, "the process grew {grew:?} in {passed:?} on {cpus} CPUs");
+    }
+
     #[test]
     fn our_own_cpu_time_grows_as_we_work() {
         let pid = std::process::id();
