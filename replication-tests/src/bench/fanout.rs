@@ -122,3 +122,24 @@ fn worst_checkpoint(lags: BTreeMap<usize, Vec<Duration>>) -> (Duration, Duration
         .max()
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The target holds the worst consumer at its worst checkpoint, and the median
+    /// beside it tells one late consumer (here, at the first checkpoint) from all of them
+    /// late together (the second): the figures come from the checkpoint with the
+    /// slowest consumer, not the slowest median, in whatever order the lags arrived.
+    #[test]
+    fn the_worst_checkpoint_is_the_one_with_the_slowest_consumer() {
+        let ms = Duration::from_millis;
+        let lags = BTreeMap::from([
+            (99, vec![ms(10), ms(300), ms(20)]),
+            (199, vec![ms(120), ms(100), ms(110)]),
+            (299, vec![ms(7), ms(5), ms(6)]),
+        ]);
+        assert_eq!(worst_checkpoint(lags), (ms(300), ms(20)));
+        assert_eq!(worst_checkpoint(BTreeMap::new()), (Duration::ZERO, Duration::ZERO));
+    }
+}
