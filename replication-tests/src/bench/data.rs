@@ -83,4 +83,14 @@ mod tests {
         assert!(matches!(modify(5, 1).unwrap(), Change::Modify { .. }));
         assert!(matches!(delete(5).unwrap(), Change::Delete { .. }));
     }
+
+    /// The workloads change person `op % people` in round `op`: each change is to that
+    /// person, and a person changed again in a later round (fanout's 10,000 changes to
+    /// 1,000 people) gets a new value, not the one it already holds.
+    #[test]
+    fn changes_are_to_the_person_named_and_distinct_from_round_to_round() {
+        assert_eq!(modify(5, 1).unwrap().dn().to_string(), dn(5));
+        assert_eq!(delete(5).unwrap().dn().to_string(), dn(5));
+        assert_ne!(modify(5, 1005).unwrap(), modify(5, 2005).unwrap());
+    }
 }
