@@ -183,3 +183,23 @@ impl Drop for Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In TOML a key after a table header belongs to that table, so `--cache-size` must
+    /// go in before the first one to be the store's setting (the size is set once per
+    /// process, so this test takes whichever was set first).
+    #[test]
+    fn the_cache_size_goes_into_a_config_as_a_top_level_key() {
+        let _ = use_cache_size("64MiB".to_owned());
+        let size = cache_size().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consumer.toml");
+        std::fs::write(&path, "[[agreement]]\nname = \"people\"\n").unwrap();
+        set_cache_size(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("cache_size = \"{size}\"\n[[agreement]]\nname = \"people\"\n"));
+    }
+}
