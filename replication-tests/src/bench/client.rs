@@ -172,3 +172,31 @@ pub async fn status(path: &Path) -> Result<serde_json::Value> {
 pub async fn agreement_status(path: &Path, name: &str) -> Result<serde_json::Value> {
     crate::harness::agreement_in(&status(path).await?, name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_protocol::message::WriteErrorKind;
+    use tether_protocol::EntryUuid;
+
+    fn committed(id: u64, csn: u64) -> Option<Message> {
+        Some(Message::WriteResult { id, outcome: WriteOutcome::Committed { csn: Csn(csn), uuid: EntryUuid([0; 16]) } })
+    }
+
+    /// The benchmark times each write by its acknowledgement, so it takes an ack only
+    /// for the write it waits on: one for another write, or a refusal, stops the run
+    /// instead of being counted as that write's.
+    #[test]
+    fn an_ack_counts_only_for_the_write_it_names_and_only_when_committed() {
+        assert_eq!(check_ack(committed(7, 42), 7, 0).unwrap(), Csn(42));
+        let other = check_ack(committed(8, 42), 7, 0).unwrap_err().to_string();
+        assert!(other.contains("out of order"), "{other}");
+        let refused = Some(Message::WriteResult {
+            id: 7,
+            outcome: WriteOutcome::Refused { kind: WriteErrorKind::NoSuchObject, message: "gone".into() },
+        });
+        let refused = check_ack(refused, 7, 3).unwrap_err().to_string();
+        assert!(refused.starts_with("write 3 refused") && refused.ends_with("gone"), "{refused}");
+        assert!(check_ack(None, 7, 0).is_err());
+    }
+}
