@@ -246,4 +246,20 @@ mod tests {
         assert_eq!(line("lag"), ["lag", "1", "ms", "<=", "2", "yes"]);
         assert_eq!(line("bytes"), ["bytes", "5", "B", "-"]);
     }
+
+    /// A figure means little without the run it came from: both forms name the workload,
+    /// its parameters (a resync of deletes or of modifications, over how many entries)
+    /// and its facts (the refresh kind the provider chose).
+    #[test]
+    fn the_table_and_the_json_name_the_runs_parameters_and_facts() {
+        let mut r = Report::new("resync");
+        r.param("entries", 100).param("deletes", true).fact("refresh kind", "delta");
+        let table = r.table();
+        assert!(table.starts_with("== resync (entries=100 deletes=true)\n"), "{table}");
+        assert!(table.ends_with("\nrefresh kind: delta\n"), "{table}");
+        let doc = r.to_json();
+        assert_eq!(doc["workload"], "resync");
+        assert_eq!(doc["params"], json!({"entries": 100, "deletes": true}));
+        assert_eq!(doc["facts"], json!({"refresh kind": "delta"}));
+    }
 }
