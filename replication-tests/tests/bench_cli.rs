@@ -113,6 +113,15 @@ fn targets_all_met_exit_0_with_none_counted_in_the_json() -> Result<()> {
     Ok(())
 }
 
+/// A run with `--cache-size` measures stores at that size, so its reports say so, and
+/// the stores start with it (the setting is a key of every process's config).
+#[test]
+fn a_run_with_a_cache_size_names_it_in_its_report() -> Result<()> {
+    let r = report(&["--cache-size", "16MiB", "detect", "--rounds", "0"])?;
+    assert_eq!(r["params"]["cache_size"], "16MiB", "{r}");
+    Ok(())
+}
+
 /// A refresh's rate is the people it loaded over the refresh's own time (not the offline
 /// load's, nor counting the two structural entries), and its bytes per entry are the
 /// bytes on the wire over every entry sent.
