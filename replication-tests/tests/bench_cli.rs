@@ -167,6 +167,20 @@ fn latency_percentiles_rise_to_the_slowest_write_and_meet_their_own_targets() ->
     Ok(())
 }
 
+/// Each fault kind reports its worst round: a dead link takes time to notice and a
+/// healed one time to converge, so neither worst can read 0, which a worst kept as the
+/// smallest round (starting from 0) would always give, meeting the target unseen.
+#[test]
+fn detection_reports_the_time_each_fault_took_to_notice() -> Result<()> {
+    let r = report(&["detect", "--rounds", "1"])?;
+    for kind in ["black hole", "provider stall"] {
+        let (detect, target) = figure(&r, &format!("{kind}: worst detection"));
+        assert!(detect > 0.0 && target == Some(6.0), "{r}");
+        assert!(figure(&r, &format!("{kind}: worst heal to converged")).0 > 0.0, "{r}");
+    }
+    Ok(())
+}
+
 /// A resync's bytes per missed change are the bytes it sent over the changes missed,
 /// not over the directory's entries.
 #[test]
