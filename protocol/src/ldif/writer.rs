@@ -371,6 +371,20 @@ mod tests {
         assert!(text.lines().skip(2).all(|l| l.is_empty() || l.starts_with(' ')));
     }
 
+    /// Every folded line is exactly 76 columns wide, continuations included (their one
+    /// space and 75 of the line), and a line of exactly 76 is not folded: the canonical
+    /// form is OpenLDAP's, so two replicas (and `slapcat`) print the same bytes.
+    #[test]
+    fn folded_lines_fill_76_columns_continuations_included() {
+        let fits = "a".repeat(FOLD_COLUMNS - "description: ".len());
+        let text = entry_text(&dn("cn=x"), &attrs(&[("description", fits.as_bytes())]));
+        assert_eq!(text, format!("dn: cn=x\ndescription: {fits}\n\n"), "76 columns fit on one line");
+        let value = format!("{fits}{}{}", "b".repeat(75), "c".repeat(10));
+        let text = entry_text(&dn("cn=x"), &attrs(&[("description", value.as_bytes())]));
+        let expected = format!("dn: cn=x\ndescription: {fits}\n {}\n {}\n\n", "b".repeat(75), "c".repeat(10));
+        assert_eq!(text, expected);
+    }
+
     /// A run of spaces exactly as long as a continuation line, placed where folding would
     /// give it a line to itself: written plainly, it would be a line of spaces alone,
     /// which readers that take such a line for blank read as the end of the record. It
