@@ -916,6 +916,17 @@ mod tests {
         assert_eq!(attrs.values("cn")[0].as_bytes(), b"", "empty base64 is the empty value");
     }
 
+    /// Spaces after a base64 value are not part of it (base64 has no spaces): a file
+    /// whose editor left some there, after a `dn::` or a value, reads as without them,
+    /// where refusing it would stop a `load` over nothing.
+    #[test]
+    fn spaces_after_a_base64_value_are_dropped_not_refused() {
+        let recs = records("dn:: Y249YSxkYz14  \ncn: a\nsn:: IEplbnNlbiA= \n");
+        let (d, attrs) = content(&recs[0]);
+        assert_eq!(*d, dn("cn=a,dc=x"));
+        assert_eq!(vals(attrs, "sn"), [" Jensen "]);
+    }
+
     #[test]
     fn fill_is_stripped_and_trailing_spaces_kept() {
         let recs = records("dn: cn=a,dc=x\ncn:a\nsn:    b\ndescription: c  \nmember:\ntitle:   \n");
