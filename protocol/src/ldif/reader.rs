@@ -927,6 +927,26 @@ mod tests {
         assert_eq!(vals(attrs, "sn"), [" Jensen "]);
     }
 
+    /// A modify record as people write it by hand: the section's value lines spelled in
+    /// another case than its `add:`/`delete:`/`replace:` line, spaces left after that
+    /// line's attribute and after the `-`. Each reads as `ldapmodify` reads it, where a
+    /// refusal would name a mistake the author did not make.
+    #[test]
+    fn a_modify_record_reads_whatever_the_case_and_trailing_spaces_of_its_lines() {
+        let text = "dn: cn=a,dc=x\nchangetype: modify\nadd: mail  \nMail: a@x\nMAIL: b@x\n-  \n\
+                    replace: sn \nsn: b\n- \n";
+        assert_eq!(
+            change(&records(text)[0]),
+            &Change::Modify {
+                dn: dn("cn=a,dc=x"),
+                mods: vec![
+                    Modification { op: ModOp::Add, attr: "mail".into(), values: vec!["a@x".into(), "b@x".into()] },
+                    Modification { op: ModOp::Replace, attr: "sn".into(), values: vec!["b".into()] },
+                ]
+            }
+        );
+    }
+
     #[test]
     fn fill_is_stripped_and_trailing_spaces_kept() {
         let recs = records("dn: cn=a,dc=x\ncn:a\nsn:    b\ndescription: c  \nmember:\ntitle:   \n");
