@@ -968,6 +968,16 @@ mod tests {
         assert_eq!(attrs.get("cn;lang-en-us").map(|a| a.name.as_str()), Some("CN;lang-en-US"), "first spelling kept");
     }
 
+    /// A carriage return inside a folded continuation line is refused as one in the
+    /// line's first: LDIF puts a CR in a value only in base64, so a CR there is a file
+    /// with mixed line endings, and read on it would hide a CR in the value unseen. The
+    /// error names the line the folded line starts on, as every error does.
+    #[test]
+    fn a_carriage_return_in_a_continuation_line_is_refused_too() {
+        let err = error("dn: cn=a\ncn: a\ndescription: one\n two\r three\n");
+        assert_eq!((err.line, err.kind), (3, LdifErrorKind::BareCarriageReturn));
+    }
+
     #[test]
     fn version_line_is_optional_and_only_first() {
         assert_eq!(records("version: 1\ndn: dc=x\ndc: x\n").len(), 1);
