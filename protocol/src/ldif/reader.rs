@@ -978,6 +978,14 @@ mod tests {
         assert_eq!((err.line, err.kind), (3, LdifErrorKind::BareCarriageReturn));
     }
 
+    /// Two `version:` lines at the start: the second is named for what it is (a version
+    /// line out of place), not taken for an attribute line missing its `dn:`.
+    #[test]
+    fn a_second_version_line_is_named_misplaced() {
+        let err = error("version: 1\nversion: 1\ndn: dc=x\ndc: x\n");
+        assert_eq!(err.to_string(), "line 2: version: is only allowed at the start of the file");
+    }
+
     #[test]
     fn version_line_is_optional_and_only_first() {
         assert_eq!(records("version: 1\ndn: dc=x\ndc: x\n").len(), 1);
