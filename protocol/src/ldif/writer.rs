@@ -483,6 +483,17 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// Changes are written in the order given, never sorted: a delete before the add of
+    /// the same DN means something else than after it.
+    #[test]
+    fn changes_are_written_in_the_order_given() {
+        let add = Change::Add { dn: dn("cn=a,dc=x"), attrs: attrs(&[("cn", b"a")]) };
+        let delete = Change::Delete { dn: dn("cn=a,dc=x") };
+        let mut out = Vec::new();
+        write_changes(&mut out, &[delete.clone(), add.clone()]).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), change_text(&delete) + &change_text(&add));
+    }
+
     #[test]
     fn unloadable_input_is_refused() {
         let mut out = Vec::new();
