@@ -292,6 +292,19 @@ mod tests {
         assert!(io.is_fatal());
     }
 
+    /// Input quoted from octets is cut at 64 characters, not 64 bytes: a line of
+    /// non-ASCII text (a URL with a Cyrillic path, four-byte emoji) that fits is quoted
+    /// whole, and one that does not is cut on a character, never inside one.
+    #[test]
+    fn quoted_octets_are_cut_at_64_characters_not_bytes() {
+        let fits = "😀".repeat(MAX_QUOTED_CHARS);
+        assert_eq!(shorten_bytes(fits.as_bytes()), fits);
+        let cyrillic = "ж".repeat(40);
+        assert_eq!(shorten_bytes(cyrillic.as_bytes()), cyrillic);
+        let longer = "😀".repeat(MAX_QUOTED_CHARS + 1);
+        assert_eq!(shorten_bytes(longer.as_bytes()), format!("{fits}…"));
+    }
+
     #[test]
     fn quoted_input_is_shortened() {
         let long = "x".repeat(1000);
