@@ -305,6 +305,18 @@ mod tests {
         assert_eq!(shorten_bytes(longer.as_bytes()), format!("{fits}…"));
     }
 
+    /// The hint about ldapsearch's result summary is given whatever the case its
+    /// `search:` or `result:` line is written in, as every LDIF name is read.
+    #[test]
+    fn the_ldapsearch_hint_ignores_case() {
+        for found in ["search", "Result", "SEARCH"] {
+            let said = LdifErrorKind::MissingDn { found: found.into() }.to_string();
+            assert!(said.ends_with("or export with ldapsearch -LLL)"), "{said}");
+        }
+        let said = LdifErrorKind::MissingDn { found: "cn".into() }.to_string();
+        assert_eq!(said, "attribute line \"cn\" before any dn:");
+    }
+
     #[test]
     fn quoted_input_is_shortened() {
         let long = "x".repeat(1000);
