@@ -1275,6 +1275,22 @@ cn: b
         }
     }
 
+    /// An oversized line in a record already being skipped after an error is skipped
+    /// with the rest of it: the skipping stopped there, and the record's lines after it
+    /// were read as a record of their own, one more error pointing inside a record the
+    /// operator had already been told about.
+    #[test]
+    fn an_oversized_line_in_a_skipped_record_is_skipped_with_it() {
+        let text = format!("dn: cn=a\ncn: a\rb\ncn: {}\nsn: b\n\ndn: cn=b\ncn: b\n", "x".repeat(200));
+        let results: Vec<_> = LdifReader::with_max_record_bytes(text.as_bytes(), 100).collect();
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert_eq!(
+            results[0].as_ref().map_err(|e| (e.line, e.kind.clone())),
+            Err((2, LdifErrorKind::BareCarriageReturn))
+        );
+        assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(6));
+    }
+
     #[test]
     fn a_line_beyond_the_default_limit_is_refused_without_holding_it() {
         use std::io::Read;
