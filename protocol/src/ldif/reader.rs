@@ -1204,6 +1204,16 @@ mod tests {
         }
     }
 
+    /// A change record with several `control:` lines is refused at the first, as one with
+    /// a single control is: let through, it read as a content record whose attributes
+    /// were `control` and `changetype`, so a `delete` became the add of an entry.
+    #[test]
+    fn several_control_lines_are_refused_at_the_first() {
+        let err = error("dn: cn=a\ncontrol: 1.2.3 true\ncontrol: 1.2.4\nchangetype: delete\n");
+        assert_eq!(err.line, 2);
+        assert_eq!(err.kind, LdifErrorKind::ControlRefused { control: "1.2.3 true".into() });
+    }
+
     #[test]
     fn the_reader_goes_on_after_a_bad_record() {
         let text = "dn: cn=a,dc=x\ncn: a\n\ndn: cn=b,,dc=x\ncn: b\nmore: lines\n\ndn: cn=c,dc=x\ncn: c\n";
