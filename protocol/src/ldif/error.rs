@@ -317,6 +317,18 @@ mod tests {
         assert_eq!(said, "attribute line \"cn\" before any dn:");
     }
 
+    /// A duplicate value the attribute model already shows cut, with its length, keeps
+    /// that length: cut a second time at 64 characters, the message lost how long the
+    /// value was, which is what tells two long values apart.
+    #[test]
+    fn a_duplicate_value_already_shown_cut_keeps_its_length() {
+        let shown = crate::entry::shown_value("description", "x".repeat(3000).as_bytes());
+        assert!(shown.ends_with("… (3000 bytes)"), "{shown}");
+        let err =
+            LdifErrorKind::from(AttributeError::DuplicateValue { attr: "description".into(), value: shown.clone() });
+        assert_eq!(err.to_string(), format!("attribute \"description\" has value {shown:?} twice"));
+    }
+
     #[test]
     fn quoted_input_is_shortened() {
         let long = "x".repeat(1000);
