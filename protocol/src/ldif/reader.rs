@@ -1312,6 +1312,28 @@ cn: b
         assert!(reader.next().is_none());
     }
 
+    /// A read interrupted by a signal (`EINTR`, which `BufReader::fill_buf` passes on)
+    /// is tried again, not taken for a failure: `load` reading a pipe would otherwise
+    /// stop with "read failed" whenever the process got a signal.
+    #[test]
+    fn an_interrupted_read_is_tried_again() {
+        struct InterruptedOnce<R> {
+            interrupted: bool,
+            inner: R,
+        }
+        impl<R: io::Read> io::Read for InterruptedOnce<R> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if !std::mem::replace(&mut self.interrupted, true) {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+                self.inner.read(buf)
+            }
+        }
+        let input = InterruptedOnce { interrupted: false, inner: b"dn: cn=a\ncn: a\n".as_slice() };
+        let results: Vec<_> = LdifReader::new(io::BufReader::new(input)).collect();
+        assert_eq!(results, [parse_str("dn: cn=a\ncn: a\n").unwrap().remove(0)].map(Ok));
+    }
+
     #[test]
     fn a_read_failure_ends_the_stream() {
         struct Failing;
