@@ -986,6 +986,15 @@ mod tests {
         assert_eq!(err.to_string(), "line 2: version: is only allowed at the start of the file");
     }
 
+    /// Spaces after `version: 1` are not part of the version, as after every keyword:
+    /// refused, the file was said to be of an LDIF version "1 " that does not exist.
+    #[test]
+    fn spaces_after_the_version_are_not_part_of_it() {
+        let recs = records("version: 1  \r\ndn: dc=x\ndc: x\n");
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].line(), 2);
+    }
+
     #[test]
     fn version_line_is_optional_and_only_first() {
         assert_eq!(records("version: 1\ndn: dc=x\ndc: x\n").len(), 1);
