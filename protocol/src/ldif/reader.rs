@@ -1310,6 +1310,20 @@ cn: b
         assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(6));
     }
 
+    /// A continuation line over the limit is refused at the line its folded line starts
+    /// on, like every error in a folded line (so the operator finds the attribute it
+    /// belongs to), and the rest of its record is skipped.
+    #[test]
+    fn an_oversized_continuation_is_refused_at_the_line_its_folded_line_starts_on() {
+        let limit = 200;
+        let text = format!("dn: cn=a\ncn: a\ndescription: x\n {}\nsn: b\n\ndn: cn=b\ncn: b\n", "y".repeat(2 * limit));
+        let results: Vec<_> = LdifReader::with_max_record_bytes(text.as_bytes(), limit).collect();
+        assert_eq!(results.len(), 2, "{results:?}");
+        let said = results[0].as_ref().map_err(ToString::to_string);
+        assert_eq!(said, Err(format!("line 3: record is larger than the {limit}-byte limit")));
+        assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(7));
+    }
+
     #[test]
     fn a_line_beyond_the_default_limit_is_refused_without_holding_it() {
         use std::io::Read;
