@@ -1223,6 +1223,18 @@ mod tests {
         assert_eq!(err.kind, LdifErrorKind::ControlRefused { control: "1.2.3 true".into() });
     }
 
+    /// After `deleteoldrdn:` only `newsuperior:` may follow: another line holding a DN is
+    /// refused, not taken for the new parent, which would move the entry where its
+    /// author never said.
+    #[test]
+    fn only_newsuperior_names_the_new_parent_of_a_modrdn() {
+        let err = error("dn: cn=a,dc=x\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: 1\nseeAlso: ou=other,dc=x\n");
+        assert_eq!(
+            err.to_string(),
+            "line 5: \"seeAlso\" line unexpected here; expected newsuperior: or the end of the record"
+        );
+    }
+
     #[test]
     fn the_reader_goes_on_after_a_bad_record() {
         let text = "dn: cn=a,dc=x\ncn: a\n\ndn: cn=b,,dc=x\ncn: b\nmore: lines\n\ndn: cn=c,dc=x\ncn: c\n";
