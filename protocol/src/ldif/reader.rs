@@ -1235,6 +1235,15 @@ mod tests {
         );
     }
 
+    /// The line after `newrdn:` must be `deleteoldrdn:` by name: a misspelt one is
+    /// refused, not read for its value, which would apply a rename its author never
+    /// finished writing.
+    #[test]
+    fn a_misspelt_deleteoldrdn_is_refused_not_read_for_its_value() {
+        let err = error("dn: cn=a,dc=x\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrn: 1\n");
+        assert_eq!(err.to_string(), "line 4: \"deleteoldrn\" line unexpected here; expected deleteoldrdn:");
+    }
+
     #[test]
     fn the_reader_goes_on_after_a_bad_record() {
         let text = "dn: cn=a,dc=x\ncn: a\n\ndn: cn=b,,dc=x\ncn: b\nmore: lines\n\ndn: cn=c,dc=x\ncn: c\n";
