@@ -1345,6 +1345,29 @@ cn: b
         assert_eq!(results[1].as_ref().map(LdifRecord::line), Ok(7));
     }
 
+    /// What a record costs against the limit is its unfolded lines plus 32 bytes each,
+    /// as docs/ldif.md says: a record exactly at the limit reads, folded or not (the
+    /// space starting a continuation is not content), and one byte more is refused.
+    #[test]
+    fn a_record_exactly_at_the_limit_reads_folded_or_not_and_one_byte_more_does_not() {
+        let limit = 200;
+        let read = |text: &str| LdifReader::with_max_record_bytes(text.as_bytes(), limit).collect::<Vec<_>>();
+        // "dn: cn=a" and "cn: " and the value, each line with its 32 bytes.
+        let fits = limit - "dn: cn=a".len() - "cn: ".len() - 2 * LINE_OVERHEAD_BYTES;
+        let value = "x".repeat(fits);
+        let (head, tail) = value.split_at(50);
+        let folded = format!("dn: cn=a\ncn: {head}\n {}\n {}\n", &tail[..37], &tail[37..]);
+        for text in [format!("dn: cn=a\ncn: {value}\n"), folded] {
+            let results = read(&text);
+            assert!(matches!(results.as_slice(), [Ok(_)]), "{results:?}\n{text}");
+            let over = text.replace("cn: ", "cn: x");
+            assert!(matches!(
+                read(&over).as_slice(),
+                [Err(LdifError { line: 2, kind: LdifErrorKind::RecordTooLarge { .. } })]
+            ));
+        }
+    }
+
     #[test]
     fn a_line_beyond_the_default_limit_is_refused_without_holding_it() {
         use std::io::Read;
