@@ -1244,6 +1244,15 @@ mod tests {
         assert_eq!(err.to_string(), "line 4: \"deleteoldrn\" line unexpected here; expected deleteoldrdn:");
     }
 
+    /// A `control:` line refused is one of a change record, before its `changetype:`; a
+    /// content record's first attribute may be named `control`, and the writer prints
+    /// such an entry so: it reads back as that entry.
+    #[test]
+    fn a_control_attribute_of_a_content_record_is_an_attribute() {
+        let recs = records("dn: cn=a\ncontrol: x\n");
+        assert_eq!(vals(content(&recs[0]).1, "control"), ["x"]);
+    }
+
     #[test]
     fn the_reader_goes_on_after_a_bad_record() {
         let text = "dn: cn=a,dc=x\ncn: a\n\ndn: cn=b,,dc=x\ncn: b\nmore: lines\n\ndn: cn=c,dc=x\ncn: c\n";
