@@ -1377,6 +1377,22 @@ cn: b
         }
     }
 
+    /// Whether an oversized line continues the line before it is told by its first byte
+    /// however the input arrives: read a few bytes at a time (a pipe), the byte that
+    /// starts its last piece was taken instead, and the same file was refused at
+    /// another line.
+    #[test]
+    fn an_oversized_line_is_told_a_continuation_by_its_first_byte_however_it_is_buffered() {
+        let limit = 200;
+        let text = format!("dn: cn=a\ncn: a\ndescription: x\n {}\n\ndn: cn=b\ncn: b\n", "y".repeat(2 * limit));
+        for capacity in [1, 7, text.len()] {
+            let input = io::BufReader::with_capacity(capacity, text.as_bytes());
+            let results: Vec<_> = LdifReader::with_max_record_bytes(input, limit).collect();
+            let lines: Vec<_> = results.iter().map(|r| r.as_ref().map(LdifRecord::line).map_err(|e| e.line)).collect();
+            assert_eq!(lines, [Err(3), Ok(6)], "read {capacity} bytes at a time");
+        }
+    }
+
     #[test]
     fn a_line_beyond_the_default_limit_is_refused_without_holding_it() {
         use std::io::Read;
