@@ -1253,6 +1253,15 @@ mod tests {
         assert_eq!(vals(content(&recs[0]).1, "control"), ["x"]);
     }
 
+    /// The attribute a modify section names is checked at its `add:`/`delete:`/
+    /// `replace:` line, as a content record's are: let through, the change went on with
+    /// a name no directory accepts, and the writer refuses to print the record read.
+    #[test]
+    fn a_modify_section_naming_an_invalid_attribute_is_refused_at_its_line() {
+        let err = error("dn: cn=a\nchangetype: modify\nadd: c_n\nc_n: x\n-\n");
+        assert_eq!(err.to_string(), "line 3: invalid attribute name \"c_n\"");
+    }
+
     #[test]
     fn the_reader_goes_on_after_a_bad_record() {
         let text = "dn: cn=a,dc=x\ncn: a\n\ndn: cn=b,,dc=x\ncn: b\nmore: lines\n\ndn: cn=c,dc=x\ncn: c\n";
