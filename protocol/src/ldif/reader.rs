@@ -1402,6 +1402,19 @@ cn: b
         }
     }
 
+    /// A line's ending (LF or CRLF) does not count against the limit: a line of only
+    /// spaces as long as the limit, in a CRLF file, is the blank line it looks like, not
+    /// a line too long that refuses the record before it.
+    #[test]
+    fn a_line_ending_does_not_count_against_the_limit() {
+        let limit = 100;
+        let text = format!("dn: cn=a\r\ncn: a\r\n{}\r\ndn: cn=b\r\ncn: b\r\n", " ".repeat(limit));
+        let results: Vec<_> = LdifReader::with_max_record_bytes(text.as_bytes(), limit).collect();
+        let lines: Vec<_> =
+            results.iter().map(|r| r.as_ref().map(LdifRecord::line).map_err(ToString::to_string)).collect();
+        assert_eq!(lines, [Ok(1), Ok(4)]);
+    }
+
     #[test]
     fn a_line_beyond_the_default_limit_is_refused_without_holding_it() {
         use std::io::Read;
