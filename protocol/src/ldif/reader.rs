@@ -1462,6 +1462,12 @@ cn: b
         assert_eq!(err.as_ref().map(ToString::to_string), Some("line 3: read failed: disk on fire".to_owned()));
         assert!(err.is_some_and(|e| e.is_fatal()));
         assert!(reader.next().is_none());
+        // Also when it comes while the rest of a bad record is skipped: said once, then
+        // nothing more (a failing disk is not one error per record left unread).
+        let input = io::BufReader::new(io::Read::chain(b"dn: cn=a\ncn: a\rb\nsn: b\n".as_slice(), Failing));
+        let results: Vec<_> = LdifReader::new(input).map(|r| r.map_err(|e| e.to_string())).collect();
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert_eq!(results[1], Err("line 4: read failed: disk on fire".to_owned()));
     }
 
     #[test]
