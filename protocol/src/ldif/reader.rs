@@ -1262,6 +1262,28 @@ mod tests {
         assert_eq!(err.to_string(), "line 3: invalid attribute name \"c_n\"");
     }
 
+    /// Whatever an error quotes of the input is cut to 64 characters, as docs/ldif.md
+    /// says: a DN, a changetype, a name or a value of megabytes would otherwise fill the
+    /// operator's terminal and the log with one error.
+    #[test]
+    fn every_piece_of_input_an_error_quotes_is_cut() {
+        let long = "x".repeat(10_000);
+        let cases = [
+            format!("dn: cn={long},,dc=x\ncn: a\n"),
+            format!("dn: cn=a\nchangetype: {long}\n"),
+            format!("dn: cn=a\nchangetype: modrdn\nnewrdn: cn={long},dc=x\ndeleteoldrdn: 1\n"),
+            format!("dn: cn=a\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: {long}\n"),
+            format!("dn: cn=a\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: 1\n{long}: b\n"),
+            format!("dn: cn=a\nchangetype: modify\n{long}: b\n"),
+            format!("{long}: a\n"),
+            format!("version: {long}\n"),
+        ];
+        for text in cases {
+            let said = error(&text).to_string();
+            assert!(said.len() < 300 && said.contains('…'), "{said}");
+        }
+    }
+
     #[test]
     fn the_reader_goes_on_after_a_bad_record() {
         let text = "dn: cn=a,dc=x\ncn: a\n\ndn: cn=b,,dc=x\ncn: b\nmore: lines\n\ndn: cn=c,dc=x\ncn: c\n";
