@@ -1437,6 +1437,15 @@ cn: b
         assert_eq!(lines, [Ok(1), Ok(4)]);
     }
 
+    /// The default limit is the 16 MiB docs/ldif.md promises: a record of exactly
+    /// 16 MiB, counted as the limit counts, reads.
+    #[test]
+    fn a_record_of_16_mib_reads_with_the_default_limit() {
+        let value = "x".repeat(16 * 1024 * 1024 - "dn: cn=a".len() - "cn: ".len() - 2 * LINE_OVERHEAD_BYTES);
+        let recs = records(&format!("dn: cn=a\ncn: {value}\n"));
+        assert_eq!(content(&recs[0]).1.values("cn")[0].as_bytes().len(), value.len());
+    }
+
     #[test]
     fn a_line_beyond_the_default_limit_is_refused_without_holding_it() {
         use std::io::Read;
