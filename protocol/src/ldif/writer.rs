@@ -494,6 +494,17 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), change_text(&delete) + &change_text(&add));
     }
 
+    /// Only a run of spaces that could fill a continuation line alone (75) makes a value
+    /// base64: one space shorter, no fold can leave it a line to itself, and it is
+    /// written plainly, as docs/ldif.md's canonical form says.
+    #[test]
+    fn a_run_of_spaces_one_short_of_a_continuation_line_is_written_plainly() {
+        let value = format!("a{}b", " ".repeat(74));
+        assert!(is_safe_string(value.as_bytes()));
+        let text = entry_text(&dn("cn=x"), &attrs(&[("description", value.as_bytes())]));
+        assert!(text.starts_with("dn: cn=x\ndescription: a "), "{text:?}");
+    }
+
     #[test]
     fn unloadable_input_is_refused() {
         let mut out = Vec::new();
