@@ -1102,6 +1102,18 @@ mod tests {
         assert!(matches!(change(&recs[0]), Change::ModDn { delete_old_rdn: true, .. }));
     }
 
+    /// A modify record's `add:`, `delete:`, `replace:` and `increment:` are keywords like
+    /// the others, read whatever their case, as every LDIF keyword is.
+    #[test]
+    fn modify_operation_names_ignore_case() {
+        let text = "dn: cn=a\nchangetype: modify\nADD: mail\nmail: a@x\n-\nDelete: phone\n-\nRePlace: sn\nsn: b\n-\n\
+                    INCREMENT: uidNumber\nuidNumber: 1\n-\n";
+        let recs = records(text);
+        let Change::Modify { mods, .. } = change(&recs[0]) else { panic!("a modify") };
+        let ops: Vec<ModOp> = mods.iter().map(|m| m.op).collect();
+        assert_eq!(ops, [ModOp::Add, ModOp::Delete, ModOp::Replace, ModOp::Increment]);
+    }
+
     #[test]
     fn errors_name_line_and_reason() {
         let cases: &[(&str, &str)] = &[
