@@ -1114,6 +1114,16 @@ mod tests {
         assert_eq!(ops, [ModOp::Add, ModOp::Delete, ModOp::Replace, ModOp::Increment]);
     }
 
+    /// Every `changetype:` value is read whatever its case, not only `modrdn`: `Add`,
+    /// `DELETE`, `Modify` and `ModDN` are the records they name.
+    #[test]
+    fn every_changetype_ignores_case() {
+        let text = "dn: cn=a\nchangetype: Add\ncn: a\n\ndn: cn=a\nchangetype: Modify\n\n\
+                    dn: cn=a\nchangetype: ModDN\nnewrdn: cn=b\ndeleteoldrdn: 0\n\ndn: cn=b\nchangetype: DELETE\n";
+        let kinds: Vec<&str> = records(text).iter().map(|r| change(r).kind()).collect();
+        assert_eq!(kinds, ["add", "modify", "modrdn", "delete"]);
+    }
+
     #[test]
     fn errors_name_line_and_reason() {
         let cases: &[(&str, &str)] = &[
