@@ -505,6 +505,25 @@ mod tests {
         assert!(text.starts_with("dn: cn=x\ndescription: a "), "{text:?}");
     }
 
+    /// `search --uuids` puts the entryUUID last in every entry, keyword-named attributes
+    /// (which go after the others) included, as `write_search_result` says and slapcat
+    /// does.
+    #[test]
+    fn the_entry_uuid_comes_after_keyword_named_attributes_too() {
+        let entry = Entry {
+            dn: dn("cn=a"),
+            uuid: "0190b5a2-6c1e-7d3a-9f2b-4c8d1e2f3a4b".parse().unwrap(),
+            csn: Csn::ZERO,
+            attrs: attrs(&[("control", b"x"), ("cn", b"a")]),
+        };
+        let mut out = Vec::new();
+        write_search_result(&mut out, &entry, true).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "dn: cn=a\ncn: a\ncontrol: x\nentryUUID: 0190b5a2-6c1e-7d3a-9f2b-4c8d1e2f3a4b\n\n"
+        );
+    }
+
     #[test]
     fn unloadable_input_is_refused() {
         let mut out = Vec::new();
