@@ -39,6 +39,32 @@ fn is_spaces(line: &[u8]) -> bool {
     line.iter().all(|&b| b == CONTINUATION)
 }
 
+/// Whether a line read in pieces, its ending included, held only spaces: a carriage
+/// return only right before the line feed.
+#[derive(Debug)]
+struct Spaces {
+    only: bool,
+    after_cr: bool,
+}
+
+impl Default for Spaces {
+    fn default() -> Self {
+        Self { only: true, after_cr: false }
+    }
+}
+
+impl Spaces {
+    fn see(&mut self, piece: &[u8]) {
+        for &b in piece {
+            match b {
+                LF => {}
+                CONTINUATION | CR if !self.after_cr => self.after_cr = b == CR,
+                _ => self.only = false,
+            }
+        }
+    }
+}
+
 /// Starts a comment line.
 const COMMENT: u8 = b'#';
 /// Separates a line's name from its value.
@@ -98,9 +124,11 @@ enum Physical {
     Eof,
     /// A line (number, content without its line ending).
     Line(usize, Vec<u8>),
-    /// A line longer than the limit, dropped unread; whether it was a continuation line
-    /// (so it belongs to the line before it).
-    TooLong(usize, bool),
+    /// A line longer than the limit, dropped unread: its number, whether it was a
+    /// continuation line (so it belongs to the line before it), and whether it held only
+    /// spaces (so it is blank, as a shorter line of spaces is, unless the value it would
+    /// continue goes on after it).
+    TooLong(usize, bool, bool),
 }
 
 /// One logical line: its physical lines joined.
@@ -158,6 +186,8 @@ impl<R: BufRead> LdifReader<R> {
         let mut overflow = false;
         let mut first_byte = None;
         let mut ended = false;
+        // Of a line past the limit, only whether it held nothing but spaces is kept.
+        let mut spaces = Spaces::default();
         loop {
             let chunk = match self.input.fill_buf() {
                 Ok(chunk) => chunk,
@@ -179,10 +209,14 @@ impl<R: BufRead> LdifReader<R> {
             if !overflow {
                 if buf.len() + take > cap {
                     overflow = true;
+                    spaces.see(&buf);
                     buf = Vec::new();
                 } else {
                     buf.extend_from_slice(&chunk[..take]);
                 }
+            }
+            if overflow {
+                spaces.see(&chunk[..take]);
             }
             self.input.consume(take);
             if found {
@@ -201,7 +235,8 @@ impl<R: BufRead> LdifReader<R> {
             }
         }
         if overflow || buf.len() > self.max_record_bytes {
-            return Ok(Physical::TooLong(number, first_byte == Some(CONTINUATION)));
+            let only_spaces = if overflow { spaces.only } else { is_spaces(&buf) };
+            return Ok(Physical::TooLong(number, first_byte == Some(CONTINUATION), only_spaces));
         }
         if buf.starts_with(UTF8_BOM) {
             buf.drain(..UTF8_BOM.len());
@@ -218,7 +253,13 @@ impl<R: BufRead> LdifReader<R> {
     fn next_logical(&mut self, used: usize, keep: bool) -> Result<Logical, LdifError> {
         let (number, mut bytes) = match self.read_physical()? {
             Physical::Eof => return Ok(Logical::Eof),
-            Physical::TooLong(number, _) => return Err(self.too_large(number)),
+            // Between records a line of only spaces is blank however long; while skipping
+            // a bad record, it is that record's if the value goes on after it.
+            Physical::TooLong(_, true, true) if keep => return Ok(Logical::Blank),
+            Physical::TooLong(_, true, true) => {
+                return Ok(if self.value_goes_on()? { Logical::Dropped } else { Logical::Blank });
+            }
+            Physical::TooLong(number, ..) => return Err(self.too_large(number)),
             Physical::Line(number, bytes) => (number, bytes),
         };
         match bytes.first() {
@@ -287,7 +328,16 @@ impl<R: BufRead> LdifReader<R> {
                         }
                     }
                 }
-                Physical::TooLong(_, true) => {
+                // Past the limit and only spaces: blank, ending the record, as a shorter
+                // run of spaces does, unless the value goes on after it (then the record
+                // holds it, and is too large). Taken for a continuation, it blamed this
+                // record, and the skipping of it ran on through the next one, lost
+                // without an error.
+                Physical::TooLong(at, true, true) if !self.value_goes_on()? => {
+                    self.lookahead.push_front(Physical::Line(at, Vec::new()));
+                    break;
+                }
+                Physical::TooLong(_, true, _) => {
                     if store {
                         return Err(self.too_large(number));
                     }
@@ -347,6 +397,20 @@ impl<R: BufRead> LdifReader<R> {
                 })
                 .collect(),
         ))
+    }
+
+    /// Whether the next line is a continuation holding more than spaces, after a line of
+    /// only spaces too long to keep: the value goes on past the run of them. The line is
+    /// put back to be read again.
+    fn value_goes_on(&mut self) -> Result<bool, LdifError> {
+        let next = self.read_physical()?;
+        let goes_on = match &next {
+            Physical::Line(_, more) => more.first() == Some(&CONTINUATION) && !is_spaces(more),
+            Physical::TooLong(_, continuation, spaces) => *continuation && !*spaces,
+            Physical::Eof => false,
+        };
+        self.lookahead.push_front(next);
+        Ok(goes_on)
     }
 
     fn too_large(&self, line: usize) -> LdifError {
@@ -1314,6 +1378,43 @@ mod tests {
         assert!(results[0].is_ok());
         assert_eq!(results[1].as_ref().map_err(|e| e.line), Err(4));
         assert_eq!(results[2].as_ref().map(LdifRecord::line), Ok(8));
+    }
+
+    /// A line of only spaces past the record limit is blank, as a shorter one is: it ends
+    /// the record before it, which is not blamed for it, and the record after it is read.
+    /// Taken for a continuation, the record before was refused as too large and the
+    /// skipping of it ran on through the next record, lost without an error. Unless the
+    /// value goes on after the spaces: then they are part of it, and it is too large.
+    #[test]
+    fn a_line_of_only_spaces_past_the_limit_is_blank_unless_the_value_goes_on() {
+        let limit = 100;
+        let spaces = " ".repeat(110);
+        for ending in ["\n", "\r\n"] {
+            let text = format!("dn: cn=a{ending}cn: a{ending}{spaces}{ending}dn: cn=b{ending}cn: b{ending}");
+            let lines: Vec<_> = LdifReader::with_max_record_bytes(text.as_bytes(), limit)
+                .map(|r| r.map(|r| r.line()).map_err(|e| e.to_string()))
+                .collect();
+            assert_eq!(lines, [Ok(1), Ok(4)], "ending {ending:?}");
+        }
+        // Between records, and after a record refused for another reason.
+        let text = format!("{spaces}\ndn: cn=a\ncn: a\n\ndn: cn=a\nfoo bar\n{spaces}\ndn: cn=b\ncn: b\n");
+        let read: Vec<_> =
+            LdifReader::with_max_record_bytes(text.as_bytes(), limit).map(|r| r.map(|r| r.line())).collect();
+        assert_eq!(read.len(), 3, "{read:?}");
+        assert_eq!(read[0].as_ref().ok(), Some(&2));
+        assert!(read[1].is_err(), "{read:?}");
+        assert_eq!(read[2].as_ref().ok(), Some(&8), "{read:?}");
+        // The value goes on after the spaces: they are part of it.
+        let text = format!("dn: cn=a\ncn: a\ndescription: x\n{spaces}\n more\n\ndn: cn=b\ncn: b\n");
+        let read: Vec<_> = LdifReader::with_max_record_bytes(text.as_bytes(), limit)
+            .map(|r| r.map(|r| r.line()).map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(read, [Err("line 3: record is larger than the 100-byte limit".to_owned()), Ok(7)]);
+        // Spaces and then something else, past the limit, is a line too long.
+        let text = format!("dn: cn=a\ncn: a\ndescription: x\n{spaces}x\n\ndn: cn=b\ncn: b\n");
+        let read: Vec<_> =
+            LdifReader::with_max_record_bytes(text.as_bytes(), limit).map(|r| r.map(|r| r.line())).collect();
+        assert!(read[0].is_err() && read[1].as_ref().ok() == Some(&6), "{read:?}");
     }
 
     #[test]
