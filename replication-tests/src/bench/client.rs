@@ -153,7 +153,12 @@ async fn wait(path: &Path, name: &str, csn: Csn, limit: Duration, visible: bool)
         let request = ControlRequest::wait(name.to_owned(), csn, timeout_ms, visible);
         match control_call(path, &request).await {
             Ok(_) => return Ok(Instant::now()),
-            Err(_) if Instant::now() < deadline => {}
+            // Tried again at once (a wait that raced the `start` before it is answered
+            // "stopped", and resync times that retry), but after yielding: a consumer gone
+            // (a workload that failed and stopped its cluster) refuses the connection
+            // without the task ever yielding, which would hold a runtime thread in this
+            // loop until the deadline.
+            Err(_) if Instant::now() < deadline => tokio::task::yield_now().await,
             Err(e) => return Err(e.context(format!("waiting for csn {csn} on {}", path.display()))),
         }
     }
