@@ -75,41 +75,40 @@ fn a_refused_command_line_exits_1_not_the_2_of_a_missed_target() -> Result<()> {
 /// counts it, in the run and in the report, beside the figure that missed.
 #[test]
 fn a_missed_target_exits_2_and_is_counted_in_the_json() -> Result<()> {
+    let report = verdict(&["burst", "--ops", "0"], "burst", 2, 1)?;
+    let rate = report["figures"].as_array().unwrap().iter().find(|f| f["metric"] == "end-to-end rate").unwrap();
+    assert_eq!(rate["met"], false, "{report}");
+    // One write at a time is held to the single-writer target, not the pipelined one.
+    assert_eq!(rate["target"]["value"], 5000.0, "{report}");
+    Ok(())
+}
+
+/// Runs `tether-bench` with `args`, one `workload`, to its `exit` status, and holds its
+/// last line and its JSON (the run's count and the report's) to `missed` targets; the
+/// report.
+fn verdict(args: &[&str], workload: &str, exit: i32, missed: u64) -> Result<serde_json::Value> {
     let tmp = tempfile::tempdir()?;
     let path = tmp.path().join("bench.json");
-    let out = bench(&path, &["burst", "--ops", "0"])?;
+    let out = bench(&path, args)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.ends_with("1 target(s) missed\n"), "{stdout}");
+    assert_eq!(out.status.code(), Some(exit), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.ends_with(&format!("{missed} target(s) missed\n")), "{stdout}");
     let doc = json(&path)?;
-    assert_eq!(doc["missed_targets"], 1, "{doc}");
-    let report = &doc["reports"][0];
-    assert_eq!((&report["workload"], &report["missed_targets"]), (&"burst".into(), &1.into()), "{doc}");
-    let rate = report["figures"].as_array().unwrap().iter().find(|f| f["metric"] == "end-to-end rate").unwrap();
-    assert_eq!(rate["met"], false, "{doc}");
-    // One write at a time is held to the single-writer target, not the pipelined one.
-    assert_eq!(rate["target"]["value"], 5000.0, "{doc}");
-    Ok(())
+    assert_eq!(doc["missed_targets"], missed, "{doc}");
+    let report = doc["reports"][0].clone();
+    assert_eq!((&report["workload"], &report["missed_targets"]), (&workload.into(), &missed.into()), "{doc}");
+    Ok(report)
 }
 
 /// And a run that met every target neither says nor counts one missed: the gate lets
 /// it through.
 #[test]
 fn targets_all_met_exit_0_with_none_counted_in_the_json() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let path = tmp.path().join("bench.json");
-    let out = bench(&path, &["detect", "--rounds", "0"])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.ends_with("0 target(s) missed\n"), "{stdout}");
-    let doc = json(&path)?;
-    assert_eq!(doc["missed_targets"], 0, "{doc}");
-    let report = &doc["reports"][0];
-    assert_eq!((&report["workload"], &report["missed_targets"]), (&"detect".into(), &0.into()), "{doc}");
+    let report = verdict(&["detect", "--rounds", "0"], "detect", 0, 0)?;
     let met: Vec<_> = report["figures"].as_array().unwrap().iter().filter(|f| !f["met"].is_null()).collect();
-    assert!(met.len() == 2 && met.iter().all(|f| f["met"] == true), "{doc}");
+    assert!(met.len() == 2 && met.iter().all(|f| f["met"] == true), "{report}");
     // Detection is held to the keepalive timeout (5 s) plus one interval (1 s).
-    assert!(met.iter().all(|f| f["target"]["value"] == 6.0), "{doc}");
+    assert!(met.iter().all(|f| f["target"]["value"] == 6.0), "{report}");
     Ok(())
 }
 
