@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use tether_protocol::control::StatusGroup;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::log_pipe;
@@ -493,9 +494,15 @@ pub enum PlaceError {
 /// reported as that, not as a failure to bind the socket inside it (the default
 /// `control` is in `data_dir`, which binding it makes); and a socket in use inside
 /// `data_dir` says that `data_dir` may name another running process's folder.
+///
+/// With a `status_group`, the socket is that group's to use (see
+/// [`tether_protocol::control::bind`]), and a folder on the way to it that the group may
+/// not pass through is warned of: its members would be refused by the file system
+/// before the socket could let them in.
 pub async fn take_place(
     data_dir: &std::path::Path,
     control: &std::path::Path,
+    status_group: Option<&StatusGroup>,
     file: &std::path::Path,
 ) -> Result<(tokio::net::UnixListener, tether_protocol::control::SocketFile), PlaceError> {
     let (file_shown, path) = (file.display().to_string(), data_dir.display().to_string());
@@ -517,7 +524,7 @@ pub async fn take_place(
             }
         }
     }
-    tether_protocol::control::bind(control).await.map_err(|source| {
+    let bound = tether_protocol::control::bind(control, status_group).await.map_err(|source| {
         let hint = match &source {
             tether_protocol::control::BindError::InUse { .. } if in_data_dir => format!(
                 " (it is in data_dir {path}: does `data_dir` in {file_shown} name the folder of another process, \
@@ -526,6 +533,36 @@ pub async fn take_place(
             _ => String::new(),
         };
         PlaceError::Control { error: source, hint }
+    })?;
+    if let Some((group, (folder, mode, gid))) = status_group.and_then(|g| Some(g).zip(closed_to(control, g.gid))) {
+        tracing::warn!(
+            "the members of status_group {} cannot reach the control socket {}: the folder {} (mode {mode:04o}, \
+             group {gid}) does not let them pass; give it to the group (`chgrp {} {}; chmod g+x {}`), or set \
+             `control` in {file_shown} to a path in a folder they can reach",
+            group.name,
+            control.display(),
+            folder.display(),
+            group.name,
+            folder.display(),
+            folder.display(),
+        );
+    }
+    Ok(bound)
+}
+
+/// The first folder on the way to `path` that members of group `gid` may not pass
+/// through (its mode and group), judged by the mode bits alone: other users' search bit,
+/// or the group's where the folder is the group's. An access control list may let them
+/// through all the same; this warns, it does not refuse.
+fn closed_to(path: &std::path::Path, gid: u32) -> Option<(std::path::PathBuf, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut folders: Vec<_> = path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).collect();
+    folders.reverse();
+    folders.into_iter().find_map(|folder| {
+        let meta = std::fs::metadata(folder).ok()?;
+        let (mode, owner_gid) = (meta.mode() & 0o7777, meta.gid());
+        let passes = mode & 0o001 != 0 || (owner_gid == gid && mode & 0o010 != 0);
+        (!passes).then(|| (folder.to_owned(), mode, owner_gid))
     })
 }
 
@@ -541,6 +578,20 @@ pub fn no_store(
     control: &std::path::Path,
     config: &std::path::Path,
 ) -> String {
+    // A member of the status group, whose user may not look into `data_dir`, cannot
+    // tell a store from none: "no store" would send it after a mistyped folder.
+    let hidden =
+        std::fs::metadata(data_dir.join("db")).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    if hidden {
+        return format!(
+            "nothing answers on {}: the {process} is not running (or runs with another `control`), and its store in \
+             {}, which this command reads then, is not for this user (uid {}) to read; run it as the {process}'s user \
+             or root to see what the store holds",
+            control.display(),
+            data_dir.display(),
+            rustix::process::geteuid().as_raw()
+        );
+    }
     format!(
         "nothing answers on {}, and there is no store in {}: no {process} has run with this data_dir (check \
          `data_dir` in {}; a running {process} keeps the data_dir it started with, and the control socket, until \
@@ -549,6 +600,18 @@ pub fn no_store(
         data_dir.display(),
         config.display()
     )
+}
+
+/// Whether this command runs as neither root nor the user whose process made the
+/// socket at `control` (or, with none there, whose `data_dir` it is): a member of its
+/// `status_group` reading `status`. The files the configuration names (secrets, keys)
+/// are that user's, kept from others, so `status` does not check them as it does for
+/// the operator: it would tell the monitor of a file it may not read at every check.
+pub fn runs_as_a_monitor(control: &std::path::Path, data_dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid();
+    let owner = std::fs::metadata(control).or_else(|_| std::fs::metadata(data_dir)).map(|m| m.uid());
+    !me.is_root() && owner.is_ok_and(|owner| owner != me.as_raw())
 }
 
 /// Whether a process listens on `control` now: for a command that found nothing there
@@ -815,13 +878,14 @@ impl Signals {
 /// [`tether_protocol::control::serve`]), and logs the requests it had to cut off then.
 pub async fn serve_control<F, Fut>(
     listener: tokio::net::UnixListener,
+    status_group: Option<StatusGroup>,
     shutdown: impl std::future::Future<Output = ()>,
     handle: F,
 ) where
-    F: Fn(tokio::net::UnixStream) -> Fut,
+    F: Fn(tokio::net::UnixStream, tether_protocol::control::Peer) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let cut = tether_protocol::control::serve(listener, shutdown, handle).await;
+    let cut = tether_protocol::control::serve(listener, status_group, shutdown, handle).await;
     if cut > 0 {
         tracing::warn!(
             requests = cut,
@@ -852,6 +916,33 @@ mod tests {
 
     /// A failing process's last line is in the log's form: a JSON object among JSON
     /// lines, quotes and newlines of the error escaped.
+    /// The first folder on the way to a status group's socket that keeps the group out
+    /// is named, with its mode and group: one others may pass, or the group's with its
+    /// search bit, lets it through.
+    #[test]
+    fn the_folder_that_keeps_a_status_group_from_its_socket_is_named() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let (outer, inner) = (tmp.path().join("run"), tmp.path().join("run/tether"));
+        std::fs::create_dir_all(&inner).unwrap();
+        let socket = inner.join("control.sock");
+        let mode = |folder: &std::path::Path, mode: u32| {
+            std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for folder in [tmp.path(), &outer, &inner] {
+            mode(folder, 0o755);
+        }
+        let gid = std::fs::metadata(&inner).unwrap().gid();
+        let other = gid.wrapping_add(1);
+        assert_eq!(closed_to(&socket, other), None, "others may pass");
+        mode(&outer, 0o750);
+        mode(&inner, 0o700);
+        assert_eq!(closed_to(&socket, gid), Some((inner.clone(), 0o700, gid)), "the group's, without its bit");
+        assert_eq!(closed_to(&socket, other), Some((outer.clone(), 0o750, gid)), "the first on the way");
+        mode(&inner, 0o710);
+        assert_eq!(closed_to(&socket, gid), None, "the group's, with its search bit");
+    }
+
     #[test]
     fn the_last_words_of_a_failing_process_take_the_log_s_form() {
         let error = "key 'listen': \"127.0.0.1:x\" is not an address\nsee the docs";
@@ -929,18 +1020,18 @@ mod tests {
         let file = root.path().join("consumer.toml");
         let afile = root.path().join("afile");
         std::fs::write(&afile, "").unwrap();
-        let err = take_place(&afile, &afile.join("control.sock"), &file).await.unwrap_err().to_string();
+        let err = take_place(&afile, &afile.join("control.sock"), None, &file).await.unwrap_err().to_string();
         assert_eq!(err, format!("{}: key 'data_dir': {} is not a folder", file.display(), afile.display()));
         let below = afile.join("data");
-        let err = take_place(&below, &below.join("control.sock"), &file).await.unwrap_err().to_string();
+        let err = take_place(&below, &below.join("control.sock"), None, &file).await.unwrap_err().to_string();
         assert!(
             err.starts_with(&format!("{}: key 'data_dir': creating {}: ", file.display(), below.display())),
             "{err}"
         );
 
         let data = root.path().join("data");
-        let (_listener, _socket) = take_place(&data, &data.join("control.sock"), &file).await.unwrap();
-        let err = error_chain(&take_place(&data, &data.join("control.sock"), &file).await.unwrap_err());
+        let (_listener, _socket) = take_place(&data, &data.join("control.sock"), None, &file).await.unwrap();
+        let err = error_chain(&take_place(&data, &data.join("control.sock"), None, &file).await.unwrap_err());
         assert_eq!(err.matches("is the control socket of a running").count(), 1, "said once: {err}");
         assert!(
             err.starts_with("binding the control socket: ") && err.contains("is the control socket of a running"),
@@ -952,11 +1043,12 @@ mod tests {
         );
         // A `control` of its own elsewhere: the folder is not suspected, nor made.
         let elsewhere = root.path().join("elsewhere");
-        let err = take_place(&elsewhere, &data.join("control.sock"), &file).await.unwrap_err().to_string();
+        let err = take_place(&elsewhere, &data.join("control.sock"), None, &file).await.unwrap_err().to_string();
         assert!(!err.contains("data_dir"), "{err}");
         assert!(!elsewhere.exists(), "a refused start makes nothing");
         // Below a file, with the socket elsewhere: the file is named.
-        let err = take_place(&afile.join("x/y"), &root.path().join("c.sock"), &file).await.unwrap_err().to_string();
+        let err =
+            take_place(&afile.join("x/y"), &root.path().join("c.sock"), None, &file).await.unwrap_err().to_string();
         assert_eq!(err, format!("{}: key 'data_dir': {} is not a folder", file.display(), afile.display()));
     }
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
+use tether_protocol::control::StatusGroup;
 use tether_protocol::{Dn, Scope, Secret};
 use toml_edit::{ImDocument, Item, Table, Value};
 
@@ -616,6 +617,27 @@ pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
             }
         },
     )
+}
+
+/// `status_group`: a group by name, looked up on this host (through its name service,
+/// so a group of a directory the host uses is found too), or by number. Looked up when
+/// the file is read, so a misspelt group stops a start, naming it, rather than leaving
+/// the monitoring it was for refused at its first check.
+pub fn status_group<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StatusGroup>, D::Error> {
+    parse_str(d, "a group's name, or its number", |text| {
+        let lookup = |found: nix::Result<Option<nix::unistd::Group>>| {
+            found.map_err(|e| format!("looking up group {text:?}: {e}"))
+        };
+        if let Ok(gid) = text.parse::<u32>() {
+            // A number names a group whether or not it has a name here.
+            let name = lookup(nix::unistd::Group::from_gid(gid.into()))?.map_or_else(|| text.to_owned(), |g| g.name);
+            return Ok(Some(StatusGroup { name, gid }));
+        }
+        match lookup(nix::unistd::Group::from_name(text))? {
+            Some(group) => Ok(Some(StatusGroup { name: group.name, gid: group.gid.as_raw() })),
+            None => Err(format!("no group named {text:?} on this host (`getent group` lists them)")),
+        }
+    })
 }
 
 /// Keepalive settings of a session: how often to ping while idle and when silence

@@ -18,6 +18,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use tether_protocol::control::StatusGroup;
 use tether_protocol::entry::operational::is_not_kept;
 use tether_protocol::entry::parse_attribute_name;
 use tether_protocol::handshake::MAX_REGION;
@@ -74,10 +75,18 @@ pub struct ConsumerConfig {
     /// process's memory. Default `"64MiB"`.
     #[serde(default = "default_cache_size", deserialize_with = "source::cache_size")]
     pub cache_size: u64,
-    /// Unix socket (mode 0600) through which `status`, `stop`, `start`, `reload` and
+    /// Unix socket (mode 0600, or 0660 with a `status_group`) through which `status`, `stop`, `start`, `reload` and
     /// `search` reach the running process. Default `<data_dir>/control.sock`.
     #[serde(default, deserialize_with = "source::path")]
     pub control: PathBuf,
+    /// A group whose members may read `status` through the control socket, and run
+    /// nothing else there: a monitoring agent's own user, rather than the service's,
+    /// which could also stop, reload and read the directory. The socket is then mode
+    /// 0660 and the group's (the process's user must be a member, or root), and the
+    /// folder it is in must let the group pass (the default, in `data_dir`, does not).
+    /// A group's name or number; none by default.
+    #[serde(default, deserialize_with = "source::status_group")]
+    pub status_group: Option<StatusGroup>,
     /// How long SIGTERM/SIGINT may take to send goodbyes and flush before the process
     /// exits anyway. Default `"10s"`.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "source::positive_duration")]
@@ -262,6 +271,7 @@ impl ConsumerConfig {
             ("data_dir", self.data_dir != new.data_dir),
             ("cache_size", self.cache_size != new.cache_size),
             ("control", self.control != new.control),
+            ("status_group", self.status_group != new.status_group),
             ("shutdown_timeout", self.shutdown_timeout != new.shutdown_timeout),
         ]
         .into_iter()
@@ -533,6 +543,7 @@ secret_file = "people.key"
             ("data_dir", file("data_dir = \"store\"")),
             ("cache_size", file("cache_size = \"128MiB\"")),
             ("control", file("").replace("c.sock", "d.sock")),
+            ("status_group", file("status_group = \"0\"")),
             ("shutdown_timeout", file("shutdown_timeout = \"9s\"")),
         ];
         for (key, text) in cases {
@@ -955,7 +966,7 @@ secret_file = "people.key"
     fn unknown_keys_are_named() {
         let f = "/etc/tether/consumer.toml";
         let cases = [
-            ("data_dri = \"x\"".to_owned(), "key 'data_dri': unknown key `data_dri`, expected one of `data_dir`, `cache_size`, `control`, `shutdown_timeout`, `agreement`"),
+            ("data_dri = \"x\"".to_owned(), "key 'data_dri': unknown key `data_dri`, expected one of `data_dir`, `cache_size`, `control`, `status_group`, `shutdown_timeout`, `agreement`"),
             ("file = \"x\"".to_owned(), "key 'file': unknown key `file`"),
             (with("scop = \"one\""), "key 'agreement[0].scop': unknown key `scop`, expected one of `name`, `provider`"),
             (with("[agreement.keepalive]\nintervall = \"1s\""), "key 'agreement[0].keepalive.intervall': unknown key `intervall`, expected one of `enabled`, `interval`, `timeout`"),

@@ -1,12 +1,13 @@
 //! The consumer's control endpoint: a Unix socket (mode 0600) answering `status`,
 //! `search`, `stop`/`start`/`restart NAME`, `reload` and `wait` (until a CSN is durable,
-//! or with `--visible` until it is applied) while the process runs.
+//! or with `--visible` until it is applied) while the process runs; with a
+//! `status_group`, 0660, its members getting `status` alone.
 
 use std::path::{Path, PathBuf};
 
 use tether_protocol::control::{
     from_file, read_request, reload_elsewhere, respond, respond_done, respond_paged, ControlError, ControlRequest,
-    ControlResponse, Process,
+    ControlResponse, Peer, Process, StatusGroup,
 };
 use tether_protocol::{frame, ldif, Csn, Dn, SearchSpec};
 use tether_store::entry_set::DnKey;
@@ -46,17 +47,17 @@ pub struct ControlContext {
 }
 
 /// Serves control connections until `ctx.shutdown`.
-pub async fn serve(listener: UnixListener, ctx: ControlContext) {
+pub async fn serve(listener: UnixListener, status_group: Option<StatusGroup>, ctx: ControlContext) {
     let shutdown = ctx.shutdown.clone();
-    let handler = move |stream: UnixStream| {
+    let handler = move |stream: UnixStream, peer: Peer| {
         let ctx = ctx.clone();
         async move {
-            if let Err(e) = handle(stream, ctx).await {
+            if let Err(e) = handle(stream, peer, ctx).await {
                 debug!(error = %e, "control connection ended");
             }
         }
     };
-    tether_config::shell::serve_control(listener, shutdown.cancelled_owned(), handler).await;
+    tether_config::shell::serve_control(listener, status_group, shutdown.cancelled_owned(), handler).await;
 }
 
 /// The canonical LDIF of the entries of a replica in a region, a page of
@@ -369,9 +370,9 @@ async fn unless_gone<R: tokio::io::AsyncRead + Unpin, T>(
     }
 }
 
-async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), ControlError> {
+async fn handle(stream: UnixStream, peer: Peer, ctx: ControlContext) -> Result<(), ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
-    let request = read_request(&mut reader, &mut writer, Process::Consumer).await?;
+    let request = read_request(&mut reader, &mut writer, Process::Consumer, &peer).await?;
     let request = match from_file(Process::Consumer, &ctx.config_file, request) {
         Ok(request) => request,
         Err(elsewhere) => return respond(&mut writer, &ControlResponse::Error(elsewhere)).await,
@@ -719,7 +720,7 @@ mod tests {
             let ctx = ctx.clone();
             async move {
                 let (client, server) = UnixStream::pair().unwrap();
-                let served = tokio::spawn(handle(server, ctx));
+                let served = tokio::spawn(handle(server, Peer::Operator, ctx));
                 let request = ControlRequest::For {
                     to: Process::Consumer,
                     request: Box::new(ControlRequest::wait("people".into(), Csn(8), 100, visible)),

@@ -436,7 +436,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // Before the store is created or opened: a process that cannot take its control
     // socket (another process answers on it) changes nothing.
     let (listener, control_file) =
-        tether_config::shell::take_place(&config.data_dir, &config.control, &config.file).await?;
+        tether_config::shell::take_place(&config.data_dir, &config.control, config.status_group.as_ref(), &config.file)
+            .await?;
     let new = !tether_store::store_exists(&config.data_dir);
     let loose = tether_config::shell::private_data_dir(&config.data_dir, new)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
@@ -492,7 +493,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         config_file: tether_protocol::control::StartedWith::new(&config.file),
         consumer_id: client_id.clone(),
     };
-    let control_task = tokio::spawn(control::serve(listener, ctx));
+    let control_task = tokio::spawn(control::serve(listener, config.status_group.clone(), ctx));
     info!(agreements = config.agreements.len(), "consumer running");
     tether_config::output::announce("consumer running");
 

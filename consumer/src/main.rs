@@ -288,7 +288,12 @@ async fn run(cli: Cli) -> Result<()> {
             // Held to what a start needs, the files it names too: a secret lost is
             // warned of now, not found when a restart fails.
             // Warned of as a start or reload would (a secret others may read).
-            let loaded = ConsumerConfig::load(&file).and_then(|c| c.check_files().map(|warnings| (c, warnings)));
+            // Not by a member of the status group, whose user may not read them.
+            let loaded =
+                ConsumerConfig::load(&file).and_then(|c| match shell::runs_as_a_monitor(&c.control, &c.data_dir) {
+                    true => Ok((c, Vec::new())),
+                    false => c.check_files().map(|warnings| (c, warnings)),
+                });
             let process = tether_protocol::control::Process::Consumer;
             let data_dir = tether_consumer::config::DEFAULT_DATA_DIR;
             let Some((config, warnings)) =
@@ -651,7 +656,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::{call, offline_or_answered, unkept_attributes, ConsumerConfig, ControlRequest, Path};
-    use tether_protocol::control::{read_request, respond, respond_done, ControlResponse, Process};
+    use tether_protocol::control::{read_request, respond, respond_done, ControlResponse, Peer, Process};
 
     #[test]
     fn a_filter_on_attributes_the_replica_does_not_keep_is_named() {
@@ -679,7 +684,7 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 let (mut reader, mut writer) = tether_protocol::frame::split(stream);
                 // A connection that sends nothing (a probe whether anything listens) ends here.
-                if let Ok(request) = read_request(&mut reader, &mut writer, Process::Consumer).await {
+                if let Ok(request) = read_request(&mut reader, &mut writer, Process::Consumer, &Peer::Operator).await {
                     match refusal {
                         None => respond_done(&mut writer, "").await.unwrap(),
                         Some(e) => respond(&mut writer, &ControlResponse::Error(e.to_owned())).await.unwrap(),

@@ -282,6 +282,20 @@ impl Process {
 }
 
 impl ControlRequest {
+    /// The command that sent the request, as its user typed it.
+    pub fn command(&self) -> &'static str {
+        match self {
+            Self::Status { .. } => "status",
+            Self::Search { .. } | Self::SearchWithUuids { .. } => "search",
+            Self::Stop { .. } => "stop",
+            Self::Start { .. } => "start",
+            Self::Restart { .. } => "restart",
+            Self::Reload | Self::ReloadFile { .. } => "reload",
+            Self::WaitCsn { .. } | Self::WaitVisible { .. } => "wait",
+            Self::For { request, .. } | Self::FromFile { request, .. } => request.command(),
+        }
+    }
+
     /// The request that waits for `csn` in agreement `name`: until it is visible in the
     /// replica when `visible`, else until it is durable.
     pub fn wait(name: String, csn: crate::csn::Csn, timeout_ms: u64, visible: bool) -> Self {
@@ -300,6 +314,27 @@ impl ControlRequest {
             Self::Search { agreement, spec }
         }
     }
+}
+
+/// The group whose members may read `status` through a process's control socket, and
+/// do nothing else there (`status_group` in either process's file): a monitoring agent
+/// then runs as a user of its own, where the service's user (or a sudoers rule for it)
+/// could also stop agreements, reload, and read the whole directory with `search`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusGroup {
+    /// The group's name, as the file gave it (or its number, for a group without one).
+    pub name: String,
+    /// Its id.
+    pub gid: u32,
+}
+
+/// Who is at the other end of a control connection, as far as the socket lets them in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// The process's own user or root: every command.
+    Operator,
+    /// A member of the [`StatusGroup`]: `status` alone.
+    Monitor(StatusGroup),
 }
 
 /// One piece of a reply.
@@ -351,6 +386,10 @@ pub enum ControlError {
     /// The process reported a failure.
     #[error("{0}")]
     Remote(String),
+    /// A member of the status group asked for another command than `status`; it was
+    /// refused, naming who may.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The reply could not be written out (the command's standard output is on a full
     /// disk, or its reader went away).
     #[error("writing the reply to standard output: {0}")]
@@ -543,6 +582,22 @@ pub enum BindError {
         /// The path.
         path: String,
     },
+    /// The socket could not be given to the `status_group`: only root, or a member of
+    /// the group, may give a file to it.
+    #[error(
+        "{path}: cannot give the control socket to status_group {} (gid {}): {source}; the process's user must be a \
+         member of that group",
+        group.name,
+        group.gid
+    )]
+    Group {
+        /// The path.
+        path: String,
+        /// The group.
+        group: StatusGroup,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Creating the folder or the socket failed.
     #[error("{path}: {source}")]
     Io {
@@ -576,10 +631,11 @@ impl Drop for SocketFile {
 }
 
 /// Binds a process's control socket at `path` with mode 0600 (only its owner may steer
-/// it), creating the folder. A socket file that a previous run left behind, which no
-/// process answers on, is replaced; anything else at the path is refused (see
-/// [`BindError`]).
-pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
+/// it), or 0660 in the `status_group`'s hands when there is one (its members may read
+/// `status`: [`serve`] holds them to it), creating the folder. A socket file that a
+/// previous run left behind, which no process answers on, is replaced; anything else at
+/// the path is refused (see [`BindError`]).
+pub async fn bind(path: &Path, status_group: Option<&StatusGroup>) -> Result<(UnixListener, SocketFile), BindError> {
     let io = |source| BindError::Io { path: path.display().to_string(), source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
@@ -605,13 +661,28 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> 
             Ok(Err(e)) => return Err(io(e)),
         },
     }
-    bind_new(path).map_err(io)
+    bind_new(path, status_group).map_err(|source| match status_group {
+        Some(group) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            BindError::Group { path: path.display().to_string(), group: group.clone(), source }
+        }
+        _ => io(source),
+    })
 }
 
-/// Binds a socket at `path`, where there is none, with mode 0600.
-fn bind_new(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
+/// Binds a socket at `path`, where there is none, with mode 0600, or 0660 and the
+/// `status_group`'s. The file is made as the process's user and group, then handed on:
+/// until then only its owner may use it.
+fn bind_new(path: &Path, status_group: Option<&StatusGroup>) -> std::io::Result<(UnixListener, SocketFile)> {
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(group) = status_group {
+        let given = std::os::unix::fs::chown(path, None, Some(group.gid))
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)));
+        if let Err(e) = given {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    }
     let meta = std::fs::symlink_metadata(path)?;
     let held = listener.try_clone()?;
     listener.set_nonblocking(true)?;
@@ -624,7 +695,12 @@ fn bind_new(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
 /// and inode), or if it cannot be made. Something else in its place (a file, a folder,
 /// another socket) is left as it is, and said, as a failure to make it is: once, by
 /// `said`, until the path is the process's own again.
-fn remade(path: &Path, ours: &mut Option<(u64, u64)>, said: &mut bool) -> Option<(UnixListener, SocketFile)> {
+fn remade(
+    path: &Path,
+    status_group: Option<&StatusGroup>,
+    ours: &mut Option<(u64, u64)>,
+    said: &mut bool,
+) -> Option<(UnixListener, SocketFile)> {
     let other = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Ok(meta) if Some((meta.dev(), meta.ino())) == *ours => {
@@ -658,7 +734,7 @@ fn remade(path: &Path, ours: &mut Option<(u64, u64)>, said: &mut bool) -> Option
         }
         return None;
     }
-    let made = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| bind_new(path));
+    let made = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| bind_new(path, status_group));
     match made {
         Ok(made) => {
             *said = false;
@@ -689,10 +765,17 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// on its own task, then gives the running ones [`SHUTDOWN_GRACE`] to finish and cuts
 /// off the rest, whose clients see the connection close before the reply ends: the
 /// server side every process shares; what a request does is the process's `handle`.
-/// Returns how many requests were cut off, for the process to log.
-pub async fn serve<F, Fut>(listener: UnixListener, shutdown: impl Future<Output = ()>, handle: F) -> usize
+/// Returns how many requests were cut off, for the process to log. `handle` is told
+/// who the peer is: a member of `status_group` may have `status` alone
+/// ([`read_request`] holds it to that).
+pub async fn serve<F, Fut>(
+    listener: UnixListener,
+    status_group: Option<StatusGroup>,
+    shutdown: impl Future<Output = ()>,
+    handle: F,
+) -> usize
 where
-    F: Fn(UnixStream) -> Fut,
+    F: Fn(UnixStream, Peer) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut running = tokio::task::JoinSet::new();
@@ -717,17 +800,18 @@ where
         tokio::select! {
             _ = &mut shutdown => break,
             _ = check.tick(), if path.is_some() => {
-                if let Some((again, file)) = path.as_deref().and_then(|path| remade(path, &mut ours, &mut said)) {
+                let again = path.as_deref().and_then(|path| remade(path, status_group.as_ref(), &mut ours, &mut said));
+                if let Some((again, file)) = again {
                     listener = again;
                     _remade = Some(file);
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match stranger(&stream, owner) {
-                    None => {
-                        running.spawn(handle(stream));
+                Ok((stream, _)) => match peer(&stream, owner, status_group.as_ref()) {
+                    Ok(peer) => {
+                        running.spawn(handle(stream, peer));
                     }
-                    Some(refusal) => {
+                    Err(refusal) => {
                         running.spawn(refuse(stream, refusal));
                     }
                 },
@@ -754,18 +838,58 @@ where
     cut
 }
 
-/// Why the peer of `stream` may not use the control socket, if it may not: the socket's
-/// mode (0600) is the first guard, and a `chmod` or a copied folder undoes it, so the
-/// peer's user is checked too. Only the process's own user (`owner`) and root may.
-fn stranger(stream: &UnixStream, owner: Option<u32>) -> Option<String> {
-    refusal_of(stream.peer_cred().ok()?.uid(), owner?)
+/// Who the peer of `stream` is, or why it may not use the control socket: the socket's
+/// mode (0600, or 0660 in the status group's hands) is the first guard, and a `chmod`
+/// or a copied folder undoes it, so the peer's user and groups are checked too. Only the
+/// process's own user (`owner`) and root may steer it; members of `status_group` may
+/// read its `status`.
+fn peer(stream: &UnixStream, owner: Option<u32>, status_group: Option<&StatusGroup>) -> Result<Peer, String> {
+    let (Ok(cred), Some(owner)) = (stream.peer_cred(), owner) else {
+        // Unknown (never on Linux): the mode alone decides, and with a status group it
+        // lets its members in.
+        return Ok(status_group.map_or(Peer::Operator, |g| Peer::Monitor(g.clone())));
+    };
+    let member = |group: &StatusGroup| {
+        cred.gid() == group.gid || cred.pid().is_some_and(|pid| in_group(pid, cred.uid(), group.gid))
+    };
+    peer_of(cred.uid(), owner, status_group.filter(|g| member(g)), status_group)
 }
 
-/// [`stranger`]'s rule, for a peer of user `uid` and a socket of user `owner`.
-fn refusal_of(uid: u32, owner: u32) -> Option<String> {
-    (uid != owner && uid != 0).then(|| {
-        format!("this control socket serves only its process's user (uid {owner}) and root, not uid {uid}; nothing was done")
-    })
+/// [`peer`]'s rule, for a peer of user `uid` (a member of `member_of`, the status group,
+/// when that is given) and a socket of user `owner`.
+fn peer_of(
+    uid: u32,
+    owner: u32,
+    member_of: Option<&StatusGroup>,
+    status_group: Option<&StatusGroup>,
+) -> Result<Peer, String> {
+    if uid == owner || uid == 0 {
+        return Ok(Peer::Operator);
+    }
+    if let Some(group) = member_of {
+        return Ok(Peer::Monitor(group.clone()));
+    }
+    let monitors = status_group
+        .map(|g| format!(", and `status` to members of group {} (gid {})", g.name, g.gid))
+        .unwrap_or_default();
+    Err(format!(
+        "this control socket serves only its process's user (uid {owner}) and root{monitors}, not uid {uid}; nothing \
+         was done"
+    ))
+}
+
+/// Whether process `pid`, of user `uid`, has `gid` among its supplementary groups
+/// (`/proc/PID/status`, as at the time of the call: the kernel's `SO_PEERGROUPS` has no
+/// safe call). The user is checked too, so a process of another user that took the
+/// peer's id after it exited is not taken for it.
+fn in_group(pid: i32, uid: u32, gid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let field = |name: &str| {
+        status.lines().find_map(|line| line.strip_prefix(name)).map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+    };
+    // Real, effective, saved and file-system uid: the effective one connected.
+    let same_user = field("Uid:").is_some_and(|ids| ids.get(1) == Some(&uid.to_string().as_str()));
+    same_user && field("Groups:").is_some_and(|ids| ids.iter().any(|id| *id == gid.to_string()))
 }
 
 /// Answers a refused peer with why, after taking its request (unread: a client whose
@@ -865,6 +989,7 @@ pub async fn read_request<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     me: Process,
+    peer: &Peer,
 ) -> Result<ControlRequest, ControlError>
 where
     R: AsyncRead + Unpin,
@@ -874,7 +999,20 @@ where
     let Some(frame) = read.map_err(|_| ControlError::NoRequest(REQUEST_WAIT))?? else {
         return Err(ControlError::Truncated);
     };
-    match codec::decode(&frame) {
+    let decoded = codec::decode::<ControlRequest>(&frame);
+    if let (Peer::Monitor(group), Ok(request)) = (peer, &decoded) {
+        if request.command() != "status" {
+            let refusal = format!(
+                "members of group {} may run only `status` on this control socket; `{}` is for its process's user \
+                 and root; nothing was done",
+                group.name,
+                request.command()
+            );
+            respond(writer, &ControlResponse::Error(refusal.clone())).await?;
+            return Err(ControlError::NotAllowed(refusal));
+        }
+    }
+    match decoded {
         Ok(ControlRequest::For { to, request }) if to == me => Ok(*request),
         Ok(ControlRequest::For { to, .. }) => {
             respond(writer, &ControlResponse::WrongProcess(me)).await?;
@@ -1056,7 +1194,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 16);
         let serve = tokio::spawn(async move {
             let (mut reader, mut writer) = crate::frame::split(server);
-            read_request(&mut reader, &mut writer, Process::Provider).await.unwrap();
+            read_request(&mut reader, &mut writer, Process::Provider, &Peer::Operator).await.unwrap();
             let mut pages = pages.into_iter();
             respond_paged(&mut writer, move || pages.next().unwrap_or(Ok(None))).await.unwrap();
         });
@@ -1076,17 +1214,17 @@ mod tests {
     async fn a_link_to_the_processs_own_socket_is_its_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let (_listener, file) = bind_new(&path).unwrap();
+        let (_listener, file) = bind_new(&path, None).unwrap();
         let (mut ours, mut said) = (Some(file.id), false);
         let moved = dir.path().join("moved.sock");
         std::fs::rename(&path, &moved).unwrap();
         std::os::unix::fs::symlink(&moved, &path).unwrap();
-        assert!(remade(&path, &mut ours, &mut said).is_none());
+        assert!(remade(&path, None, &mut ours, &mut said).is_none());
         assert!(!said, "a link to the process's own socket was warned of");
         std::fs::remove_file(&path).unwrap();
         std::fs::write(dir.path().join("a-file"), b"").unwrap();
         std::os::unix::fs::symlink(dir.path().join("a-file"), &path).unwrap();
-        assert!(remade(&path, &mut ours, &mut said).is_none());
+        assert!(remade(&path, None, &mut ours, &mut said).is_none());
         assert!(said, "a link to a file was taken for the socket");
         assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "the link was left as it is");
     }
@@ -1098,21 +1236,21 @@ mod tests {
         // A file a mistyped `control` names is neither replaced nor removed.
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "precious").unwrap();
-        let refused = bind(&path).await.unwrap_err();
+        let refused = bind(&path, None).await.unwrap_err();
         assert!(matches!(refused, BindError::NotASocket { .. }), "{refused}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
         std::fs::remove_file(&path).unwrap();
 
-        let (live, file) = bind(&path).await.unwrap();
+        let (live, file) = bind(&path, None).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "only the owner may steer the process");
         // A second process with the same `control` is refused while the first answers.
-        let refused = bind(&path).await.unwrap_err();
+        let refused = bind(&path, None).await.unwrap_err();
         assert!(refused.to_string().contains("is the control socket of a running process"), "{refused}");
         // An operator deleted the socket of a process still running, and another took
         // the path: the first one's clean-up at its exit leaves the new socket alone.
         std::fs::remove_file(&path).unwrap();
-        let (_second, second_file) = bind(&path).await.unwrap();
+        let (_second, second_file) = bind(&path, None).await.unwrap();
         drop((live, file));
         assert!(std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()));
         drop((_second, second_file));
@@ -1120,7 +1258,7 @@ mod tests {
         // A process gone without removing its socket (a crash): the next one takes the path.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        drop(bind(&path).await.unwrap());
+        drop(bind(&path, None).await.unwrap());
         assert!(!path.exists());
 
         // A process that accepts nothing (stopped) and whose queue of waiting
@@ -1131,7 +1269,7 @@ mod tests {
             waiting.push(stream);
             assert!(waiting.len() < 100_000, "the queue never filled");
         }
-        let refused = bind(&path).await.unwrap_err();
+        let refused = bind(&path, None).await.unwrap_err();
         assert!(matches!(refused, BindError::InUse { .. }), "{refused}");
         drop((stopped, waiting));
     }
@@ -1144,13 +1282,13 @@ mod tests {
     async fn a_request_for_the_other_kind_of_process_is_refused_naming_both() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let (listener, _file) = bind(&path).await.unwrap();
+        let (listener, _file) = bind(&path, None).await.unwrap();
         let server = tokio::spawn(async move {
             let mut served = Vec::new();
             for _ in 0..3 {
                 let (stream, _) = listener.accept().await.unwrap();
                 let (mut reader, mut writer) = crate::frame::split(stream);
-                match read_request(&mut reader, &mut writer, Process::Consumer).await {
+                match read_request(&mut reader, &mut writer, Process::Consumer, &Peer::Operator).await {
                     Ok(request) => {
                         served.push(request);
                         respond_done(&mut writer, "done\n").await.unwrap();
@@ -1179,14 +1317,64 @@ mod tests {
         assert_eq!(server.await.unwrap(), [ControlRequest::Reload, ControlRequest::Status { json: true }]);
     }
 
+    /// A control socket at `path` in a folder anyone may pass through, served until the
+    /// sender is dropped: each request read as [`read_request`] reads it for its peer
+    /// is answered `done`.
+    async fn served_to_anyone(
+        path: &Path,
+        status_group: Option<StatusGroup>,
+    ) -> (SocketFile, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<usize>) {
+        std::fs::set_permissions(path.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (listener, file) = bind(path, status_group.as_ref()).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            status_group,
+            async {
+                let _ = stopped.await;
+            },
+            |stream, peer| async move {
+                let (mut reader, mut writer) = crate::frame::split(stream);
+                if read_request(&mut reader, &mut writer, Process::Provider, &peer).await.is_ok() {
+                    let _ = respond_done(&mut writer, "done\n").await;
+                }
+            },
+        ));
+        (file, stop, server)
+    }
+
+    /// Runs the test `name` of this binary again as user 65534 with `setpriv` and the
+    /// group arguments `groups`, `path` in its environment as `TETHER_PEER_CHILD`
+    /// (`TETHER_PEER_OUTSIDE` too when `outside`), and checks that it passed.
+    async fn passes_as_another_user(name: &str, path: &Path, groups: &[&str], outside: bool) {
+        let mut command = std::process::Command::new("setpriv");
+        if outside {
+            command.env("TETHER_PEER_OUTSIDE", "1");
+        }
+        command.arg("--reuid=65534").args(groups).args(["--bounding-set=-all", "--inh-caps=-all"]);
+        command.arg(std::env::current_exe().unwrap()).args(["--exact", name]).env("TETHER_PEER_CHILD", path);
+        let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("1 passed"),
+            "{groups:?}: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether this process is root, which alone can start a peer of another user; where
+    /// it is not, the tests that need one have nothing to check.
+    fn root() -> bool {
+        std::fs::metadata("/proc/self").unwrap().uid() == 0
+    }
+
     /// A peer of another user is a stranger whatever group it runs in: one in the group
     /// whose id is the owner's user id (root's group 0, the owner being root) is refused
-    /// as any other. Only root can start a peer of another user, so elsewhere this test
-    /// has nothing to check.
+    /// as any other.
     #[tokio::test]
     async fn a_peer_of_another_user_is_refused_whatever_its_group() {
         let name = "control::tests::a_peer_of_another_user_is_refused_whatever_its_group";
-        if let Some(path) = std::env::var_os("TETHER_STRANGER_CHILD") {
+        if let Some(path) = std::env::var_os("TETHER_PEER_CHILD") {
             let err = call_at(Path::new(&path), Process::Provider, &ControlRequest::Reload, &mut Vec::new())
                 .await
                 .unwrap_err()
@@ -1194,62 +1382,142 @@ mod tests {
             assert!(err.contains("serves only its process's user (uid 0) and root, not uid 65534"), "{err}");
             return;
         }
-        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        if !root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join("control.sock");
-        let (listener, _file) = bind(&path).await.unwrap();
+        let (_file, stop, server) = served_to_anyone(&path, None).await;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-            |stream| async move {
-                let (mut reader, mut writer) = crate::frame::split(stream);
-                if read_request(&mut reader, &mut writer, Process::Provider).await.is_ok() {
-                    let _ = respond_done(&mut writer, "done\n").await;
-                }
-            },
-        ));
-        let exe = std::env::current_exe().unwrap();
-        let child = path.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=0", "--clear-groups", "--bounding-set=-all", "--inh-caps=-all"])
-                .arg(exe)
-                .args(["--exact", name])
-                .env("TETHER_STRANGER_CHILD", child)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        passes_as_another_user(name, &path, &["--regid=0", "--clear-groups"], false).await;
         let _ = stop.send(());
         server.await.unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && said.contains("1 passed"), "{said}{}", String::from_utf8_lossy(&out.stderr));
     }
 
-    /// Only the socket's own user and root may use it, whatever its mode says.
+    /// The group of a status group's socket (gid 4242, which needs no name).
+    fn monitors() -> StatusGroup {
+        StatusGroup { name: "monitors".into(), gid: 4242 }
+    }
+
+    /// A member of the status group, whether it is the peer's own group or one of its
+    /// supplementary groups, reads `status` and nothing else; the socket is its group's
+    /// to use (0660), and another user outside the group is refused, told who may.
     #[tokio::test]
-    async fn the_control_socket_serves_only_its_user_and_root() {
-        assert_eq!(refusal_of(1000, 1000), None);
-        assert_eq!(refusal_of(0, 1000), None, "root");
-        let refused = refusal_of(65534, 1000).expect("another user");
-        assert!(refused.contains("(uid 1000)") && refused.contains("not uid 65534"), "{refused}");
-        // A real peer: this process's own user, as the socket's owner.
+    async fn a_member_of_the_status_group_may_read_status_and_nothing_else() {
+        let name = "control::tests::a_member_of_the_status_group_may_read_status_and_nothing_else";
+        if let Some(path) = std::env::var_os("TETHER_PEER_CHILD") {
+            let path = Path::new(&path);
+            let ask = |request: ControlRequest| async move {
+                let mut out = Vec::new();
+                let addressed = ControlRequest::For { to: Process::Provider, request: Box::new(request) };
+                call_at(path, Process::Provider, &addressed, &mut out).await.map(|_| String::from_utf8(out).unwrap())
+            };
+            if std::env::var_os("TETHER_PEER_OUTSIDE").is_some() {
+                let err = ask(ControlRequest::Status { json: true }).await.unwrap_err().to_string();
+                assert!(
+                    err.contains(
+                        "its process's user (uid 0) and root, and `status` to members of group monitors (gid \
+                                  4242), not uid 65534; nothing was done"
+                    ),
+                    "{err}"
+                );
+                return;
+            }
+            assert_eq!(ask(ControlRequest::Status { json: false }).await.unwrap(), "done\n");
+            let wrapped = ControlRequest::FromFile {
+                file: "/etc/p.toml".into(),
+                request: Box::new(ControlRequest::Status { json: true }),
+            };
+            assert_eq!(ask(wrapped).await.unwrap(), "done\n");
+            for refused in [
+                ControlRequest::Reload,
+                ControlRequest::Stop { name: "people".into() },
+                ControlRequest::search(None, SearchSpec::subtree("dc=example,dc=com".parse().unwrap()), false),
+                ControlRequest::wait("people".into(), crate::csn::Csn(1), 1, false),
+            ] {
+                let command = refused.command();
+                let err = ask(refused).await.unwrap_err().to_string();
+                assert_eq!(
+                    err,
+                    format!(
+                        "members of group monitors may run only `status` on this control socket; `{command}` is for \
+                         its process's user and root; nothing was done"
+                    )
+                );
+            }
+            return;
+        }
+        if !root() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let (listener, _file) = bind(&path).await.unwrap();
+        let (_file, stop, server) = served_to_anyone(&path, Some(monitors())).await;
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.permissions().mode() & 0o777, meta.gid()), (0o660, 4242), "the group's to use");
+        passes_as_another_user(name, &path, &["--regid=4242", "--clear-groups"], false).await;
+        passes_as_another_user(name, &path, &["--regid=65534", "--groups=4242"], false).await;
+        // Let in by the mode, which a `chmod` opened up: the check refuses it all the same.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        passes_as_another_user(name, &path, &["--regid=65534", "--groups=4243"], true).await;
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+
+    /// Only the socket's own user and root may use it, whatever its mode says, and
+    /// members of the status group may read `status`.
+    #[tokio::test]
+    async fn the_control_socket_serves_its_user_and_root_and_the_status_group_its_status() {
+        assert_eq!(peer_of(1000, 1000, None, None), Ok(Peer::Operator));
+        assert_eq!(peer_of(0, 1000, None, None), Ok(Peer::Operator), "root");
+        let refused = peer_of(65534, 1000, None, None).expect_err("another user");
+        assert!(refused.contains("(uid 1000) and root, not uid 65534"), "{refused}");
+        let group = monitors();
+        assert_eq!(peer_of(65534, 1000, Some(&group), Some(&group)), Ok(Peer::Monitor(group.clone())));
+        assert_eq!(peer_of(1000, 1000, Some(&group), Some(&group)), Ok(Peer::Operator), "the owner in the group");
+        let refused = peer_of(65534, 1000, None, Some(&group)).expect_err("outside the group");
+        assert!(refused.contains("and `status` to members of group monitors (gid 4242), not uid 65534"), "{refused}");
+        // A real peer: this process's own user, as the socket's owner; with a status
+        // group of its own, still an operator.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (listener, _file) = bind(&path, None).await.unwrap();
         let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&path).unwrap());
         let client = UnixStream::connect(&path).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        assert_eq!(stranger(&server, Some(owner)), None);
+        assert_eq!(peer(&server, Some(owner), None), Ok(Peer::Operator));
+        assert_eq!(peer(&server, Some(owner), Some(&group)), Ok(Peer::Operator));
         drop(client);
+    }
+
+    /// A process's own supplementary groups are read from `/proc`, and a process of
+    /// another user (one that took the peer's id) is not taken for the peer.
+    #[test]
+    fn a_process_s_groups_are_read_for_its_user_only() {
+        let me = std::process::id() as i32;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let groups: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        let absent = (1..).find(|g| !groups.contains(g)).unwrap();
+        assert!(!in_group(me, uid, absent));
+        if let Some(&group) = groups.first() {
+            assert!(in_group(me, uid, group));
+            assert!(!in_group(me, uid + 1, group), "another user's process");
+        }
     }
 
     /// A process of a build from before requests were addressed answers an addressed one
@@ -1260,7 +1528,7 @@ mod tests {
     async fn a_process_older_than_addressing_is_asked_again_unaddressed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let (listener, _file) = bind(&path).await.unwrap();
+        let (listener, _file) = bind(&path, None).await.unwrap();
         let server = tokio::spawn(older_process(listener, "{\"agreements\":[]}", 6));
         for _ in 0..2 {
             let mut out = Vec::new();
@@ -1307,7 +1575,7 @@ mod tests {
     async fn a_process_older_than_addressing_of_the_other_kind_is_not_asked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let (listener, _file) = bind(&path).await.unwrap();
+        let (listener, _file) = bind(&path, None).await.unwrap();
         let provider = "{\"running\":true,\"store_id\":\"x\",\"sessions\":[]}";
         let server = tokio::spawn(older_process(listener, provider, 2));
         let stop = ControlRequest::Stop { name: "people".into() };
@@ -1366,7 +1634,7 @@ mod tests {
     async fn a_command_names_its_configuration_file_by_its_canonical_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let (listener, _file) = bind(&path).await.unwrap();
+        let (listener, _file) = bind(&path, None).await.unwrap();
         let config = dir.path().join("consumer.toml");
         std::fs::write(&config, "").unwrap();
         let link = dir.path().join("link.toml");
@@ -1379,7 +1647,7 @@ mod tests {
             for _ in 0..2 {
                 let (stream, _) = listener.accept().await.unwrap();
                 let (mut reader, mut writer) = crate::frame::split(stream);
-                match read_request(&mut reader, &mut writer, Process::Consumer).await.unwrap() {
+                match read_request(&mut reader, &mut writer, Process::Consumer, &Peer::Operator).await.unwrap() {
                     ControlRequest::FromFile { file, .. } => named.push(file),
                     other => panic!("not from a file: {other:?}"),
                 }
@@ -1401,7 +1669,7 @@ mod tests {
     async fn a_reload_a_process_cannot_read_with_its_file_is_asked_without() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let (listener, _file) = bind(&path).await.unwrap();
+        let (listener, _file) = bind(&path, None).await.unwrap();
         let server = tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
@@ -1517,7 +1785,7 @@ mod tests {
     async fn a_request_a_process_cannot_read_with_its_file_is_asked_without() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let (listener, _file) = bind(&path).await.unwrap();
+        let (listener, _file) = bind(&path, None).await.unwrap();
         let server = tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
@@ -1550,7 +1818,7 @@ mod tests {
         let (_client, server) = tokio::io::duplex(1 << 10);
         let (mut reader, mut writer) = crate::frame::split(server);
         let started = tokio::time::Instant::now();
-        let refused = read_request(&mut reader, &mut writer, Process::Provider).await.unwrap_err();
+        let refused = read_request(&mut reader, &mut writer, Process::Provider, &Peer::Operator).await.unwrap_err();
         assert!(matches!(refused, ControlError::NoRequest(REQUEST_WAIT)), "{refused}");
         assert_eq!(started.elapsed(), REQUEST_WAIT);
     }
@@ -1562,7 +1830,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 10);
         let serve = tokio::spawn(async move {
             let (mut reader, mut writer) = crate::frame::split(server);
-            read_request(&mut reader, &mut writer, Process::Provider).await
+            read_request(&mut reader, &mut writer, Process::Provider, &Peer::Operator).await
         });
         let (mut reader, mut writer) = crate::frame::split(client);
         // The variant index after every request this build knows.

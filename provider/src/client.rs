@@ -569,9 +569,9 @@ mod tests {
             listen: listener.local_addr().unwrap(),
             served: tokio::sync::watch::channel(None).1,
         };
-        let (socket, _file) = tether_protocol::control::bind(&config.control).await.unwrap();
+        let (socket, _file) = tether_protocol::control::bind(&config.control, None).await.unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let control = tokio::spawn(crate::control::serve(socket, ctx, shutdown.clone()));
+        let control = tokio::spawn(crate::control::serve(socket, None, ctx, shutdown.clone()));
         let old_provider = tokio::spawn(older_provider(listener, 1));
 
         let err = write(&config, &Input::open(&ldif).unwrap(), ProviderProof::Optional).await.unwrap_err();

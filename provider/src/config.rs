@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tether_protocol::control::StatusGroup;
 use tether_protocol::Dn;
 
 pub use source::{load_secret, AddressError, ConfigError, HostPort, KeepaliveConfig, SecretFile};
@@ -82,10 +83,18 @@ pub struct ProviderConfig {
     /// operator opens it up.
     #[serde(default = "default_listen", deserialize_with = "source::host_port")]
     pub listen: HostPort,
-    /// Unix socket (mode 0600) through which `status`, `search` and admin commands
+    /// Unix socket (mode 0600, or 0660 with a `status_group`) through which `status`, `search` and admin commands
     /// reach the running process. Default `<data_dir>/control.sock`.
     #[serde(default, deserialize_with = "source::path")]
     pub control: PathBuf,
+    /// A group whose members may read `status` through the control socket, and run
+    /// nothing else there: a monitoring agent's own user, rather than the service's,
+    /// which could also stop, reload and read the directory. The socket is then mode
+    /// 0660 and the group's (the process's user must be a member, or root), and the
+    /// folder it is in must let the group pass (the default, in `data_dir`, does not).
+    /// A group's name or number; none by default.
+    #[serde(default, deserialize_with = "source::status_group")]
+    pub status_group: Option<StatusGroup>,
     /// The DN at the top of the directory: the one entry that may exist without a
     /// parent. Required.
     #[serde(deserialize_with = "source::dn")]
@@ -293,6 +302,7 @@ impl ProviderConfig {
             ("cache_size", self.cache_size != new.cache_size),
             ("listen", self.listen != new.listen),
             ("control", self.control != new.control),
+            ("status_group", self.status_group != new.status_group),
             ("suffix", self.suffix != new.suffix),
             ("max_connections", self.max_connections != new.max_connections),
             ("handshake_timeout", self.handshake_timeout != new.handshake_timeout),
@@ -507,6 +517,28 @@ mod tests {
         assert_eq!(running.restart_only_changes(&changed), ["listen", "batch_size", "keepalive"]);
     }
 
+    /// `status_group` names a group by name or by number, looked up on this host: the
+    /// number of a name, the name of a number when it has one (the number itself when
+    /// not), and a name the host does not know refused, naming it, so a misspelt group
+    /// stops the start instead of every monitoring check.
+    #[test]
+    fn the_status_group_is_a_group_of_this_host_by_name_or_number() {
+        let group = |text: &str| parse(&format!("{MINIMAL}status_group = {text}\n")).map(|c| c.status_group);
+        let root = Some(StatusGroup { name: "root".into(), gid: 0 });
+        assert_eq!(group("\"root\"").unwrap(), root);
+        assert_eq!(group("\"0\"").unwrap(), root);
+        assert_eq!(group("\"4242\"").unwrap(), Some(StatusGroup { name: "4242".into(), gid: 4242 }), "no name");
+        assert_eq!(parse(MINIMAL).unwrap().status_group, None, "none by default");
+        let err = refused(&format!("{MINIMAL}status_group = \"tether-monitr\"\n"));
+        assert!(
+            err.contains("key 'status_group'")
+                && err.contains("no group named \"tether-monitr\" on this host (`getent group` lists them)"),
+            "{err}"
+        );
+        let err = refused(&format!("{MINIMAL}status_group = 4242\n"));
+        assert!(err.contains("key 'status_group'") && err.contains("a group's name, or its number"), "{err}");
+    }
+
     /// Each key a reload cannot apply is named when it alone changes: one left out of
     /// the list was taken for applied, the reply saying nothing of it while the provider
     /// ran on the old value until its next start.
@@ -520,6 +552,7 @@ mod tests {
             ("cache_size", file("cache_size = \"64MiB\"")),
             ("listen", file("listen = \"127.0.0.1:7390\"")),
             ("control", file("").replace("p.sock", "q.sock")),
+            ("status_group", file("status_group = \"0\"")),
             ("suffix", file("").replace("dc=example", "dc=other")),
             ("max_connections", file("max_connections = 7")),
             ("handshake_timeout", file("handshake_timeout = \"3s\"")),

@@ -1,12 +1,12 @@
 //! The provider's control endpoint: a Unix socket (mode 0600) that answers `status`,
 //! `search` and `reload` for the command-line tools, which cannot open the store while
-//! the provider holds it.
+//! the provider holds it; with a `status_group`, 0660, its members getting `status` alone.
 
 use std::sync::Arc;
 
 use tether_protocol::control::{
     from_file, read_request, reload_elsewhere, respond, respond_done, respond_paged, ControlRequest, ControlResponse,
-    Process,
+    Peer, Process, StatusGroup,
 };
 use tether_protocol::frame;
 use tether_protocol::{ldif, Csn, SearchSpec};
@@ -44,16 +44,21 @@ fn expiry(served: &crate::validity::Served) -> String {
 }
 
 /// Serves control connections until `shutdown`.
-pub async fn serve(listener: UnixListener, ctx: ControlContext, shutdown: CancellationToken) {
-    let handler = move |stream: UnixStream| {
+pub async fn serve(
+    listener: UnixListener,
+    status_group: Option<StatusGroup>,
+    ctx: ControlContext,
+    shutdown: CancellationToken,
+) {
+    let handler = move |stream: UnixStream, peer: Peer| {
         let ctx = ctx.clone();
         async move {
-            if let Err(e) = handle(stream, ctx).await {
+            if let Err(e) = handle(stream, peer, ctx).await {
                 debug!(error = %e, "control connection ended");
             }
         }
     };
-    tether_config::shell::serve_control(listener, shutdown.cancelled_owned(), handler).await;
+    tether_config::shell::serve_control(listener, status_group, shutdown.cancelled_owned(), handler).await;
 }
 
 /// Why `spec` cannot be searched in `dir`, as LDAP would refuse it: a base outside the
@@ -114,9 +119,13 @@ fn search_page_text(
     Ok((String::from_utf8_lossy(&text).into_owned(), next))
 }
 
-async fn handle(stream: UnixStream, ctx: ControlContext) -> Result<(), tether_protocol::control::ControlError> {
+async fn handle(
+    stream: UnixStream,
+    peer: Peer,
+    ctx: ControlContext,
+) -> Result<(), tether_protocol::control::ControlError> {
     let (mut reader, mut writer) = frame::split(stream);
-    let request = read_request(&mut reader, &mut writer, Process::Provider).await?;
+    let request = read_request(&mut reader, &mut writer, Process::Provider, &peer).await?;
     let request = match from_file(Process::Provider, &ctx.config_file, request) {
         Ok(request) => request,
         Err(elsewhere) => return respond(&mut writer, &ControlResponse::Error(elsewhere)).await,

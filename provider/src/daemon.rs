@@ -98,7 +98,8 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     // socket (another process answers on it) changes nothing.
     let made_data_dir = !config.data_dir.exists();
     let (control_listener, control_file) =
-        tether_config::shell::take_place(&config.data_dir, &config.control, &config.file).await?;
+        tether_config::shell::take_place(&config.data_dir, &config.control, config.status_group.as_ref(), &config.file)
+            .await?;
     // So is one whose port is taken: a first start would otherwise leave an empty store
     // behind, and every start a history begun for nothing. Nor an empty folder (the
     // socket's, made above), which a later start would take for one an operator made.
@@ -217,7 +218,8 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), %history, csn = %dir.durable_csn(), "provider listening");
     tether_config::output::announce(&format!("listening on {local}"));
 
-    let control_task = tokio::spawn(control::serve(control_listener, ctx, shutdown.clone()));
+    let control_task =
+        tokio::spawn(control::serve(control_listener, config.status_group.clone(), ctx, shutdown.clone()));
     let certificate_task = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

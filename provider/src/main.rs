@@ -461,7 +461,12 @@ async fn run(cli: Cli) -> Result<()> {
             // Held to what a start needs, the files it names too: a secret lost is
             // warned of now, not found when a restart fails.
             // Warned of as a start or reload would (a secret others may read).
-            let loaded = ProviderConfig::load(&file).and_then(|c| c.check_files().map(|warnings| (c, warnings)));
+            // Not by a member of the status group, whose user may not read them.
+            let loaded =
+                ProviderConfig::load(&file).and_then(|c| match shell::runs_as_a_monitor(&c.control, &c.data_dir) {
+                    true => Ok((c, Vec::new())),
+                    false => c.check_files().map(|warnings| (c, warnings)),
+                });
             let process = tether_protocol::control::Process::Provider;
             let data_dir = tether_provider::config::DEFAULT_DATA_DIR;
             let Some((config, warnings)) =
@@ -511,7 +516,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use tether_protocol::control::{read_request, respond_done, Process};
+    use tether_protocol::control::{read_request, respond_done, Peer, Process};
 
     /// A refused first load into a folder whose parents it made takes those away too,
     /// up to the first that existed, and keeps a parent something else was put in.
@@ -545,7 +550,7 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 let (mut reader, mut writer) = tether_protocol::frame::split(stream);
                 // A connection that sends nothing (a probe whether anything listens) ends here.
-                if let Ok(request) = read_request(&mut reader, &mut writer, Process::Provider).await {
+                if let Ok(request) = read_request(&mut reader, &mut writer, Process::Provider, &Peer::Operator).await {
                     respond_done(&mut writer, "").await.unwrap();
                     let _ = tx.send(request);
                 }

@@ -2744,3 +2744,98 @@ fn a_log_format_of_neither_kind_is_warned_of() -> Result<()> {
     assert!(warned.contains("logging as text"), "{warned}");
     Ok(())
 }
+
+/// Runs `binary sub -c config args` as user 65534 in group 4242 alone, as a monitoring
+/// agent's own user in the status group would.
+fn as_monitor(binary: &str, sub: &str, config: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=4242", "--clear-groups", "--bounding-set=-all", "--inh-caps=-all"]);
+    c.arg(replication_tests::harness::bin(binary)?).arg(sub).arg("-c").arg(config).args(args);
+    c.output().with_context(|| format!("running {c:?}"))
+}
+
+/// With `status_group`, a monitoring agent run as a user of its own, in that group,
+/// reads both processes' `status` (with no word about the secrets it may not read) and
+/// can do nothing else there: a `stop` or `reload` is refused, naming who may, and
+/// changes nothing. A process whose socket's folder keeps the group out warns at start.
+/// Only root can run a command as another user; elsewhere this test has nothing to check.
+#[test]
+fn a_member_of_the_status_group_reads_status_and_does_nothing_else() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::fs::metadata("/proc/self")?.uid() != 0 {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let with_group = |config: &Path| -> Result<()> {
+        let text = std::fs::read_to_string(config)?;
+        Ok(std::fs::write(config, format!("status_group = \"4242\"\n{text}"))?)
+    };
+    let (mut p, _w) = provider_with(tmp.path(), 20, 57, ProviderOptions::default())?;
+    p.stop()?;
+    with_group(&p.config)?;
+    // The folder above the provider's made its user's alone.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700))?;
+    p.start()?;
+    let closed = format!(
+        "the members of status_group 4242 cannot reach the control socket {}: the folder {} (mode 0700",
+        p.dir.join("ctl.sock").display(),
+        tmp.path().display()
+    );
+    wait_until(Duration::from_secs(10), &format!("{closed} in the provider's log"), || {
+        Ok(p.log_text().contains(&closed))
+    })
+    .with_context(|| p.log_text())?;
+    let refused = as_monitor("tether-provider", "status", &p.config, &["--json"])?;
+    assert!(!refused.status.success(), "the folder keeps the monitor out");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
+    with_group(&c.config)?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert!(!c.log_text().contains("cannot reach the control socket"), "{}", c.log_text());
+
+    let read = as_monitor("tether-consumer", "status", &c.config, &["--json"])?;
+    let said = String::from_utf8_lossy(&read.stderr);
+    assert!(read.status.success() && said.is_empty(), "{said}");
+    let status: serde_json::Value = serde_json::from_slice(&read.stdout)?;
+    assert_eq!(status["agreements"][0]["state"], "persisting", "{status}");
+    let read = as_monitor("tether-provider", "status", &p.config, &["--json"])?;
+    let said = String::from_utf8_lossy(&read.stderr);
+    assert!(read.status.success() && said.is_empty(), "{said}");
+    let status: serde_json::Value = serde_json::from_slice(&read.stdout)?;
+    assert_eq!(status["sessions"].as_array().map(Vec::len), Some(1), "{status}");
+
+    for (binary, config, sub, args) in [
+        ("tether-consumer", &c.config, "stop", &["people"][..]),
+        ("tether-consumer", &c.config, "reload", &[][..]),
+        ("tether-consumer", &c.config, "search", &["--agreement", "people"][..]),
+        ("tether-provider", &p.config, "reload", &[][..]),
+    ] {
+        let out = as_monitor(binary, sub, config, args)?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && said.contains(&format!(
+                    "members of group 4242 may run only `status` on this control socket; `{sub}` is for its process's \
+                     user and root; nothing was done"
+                ))
+                && out.stdout.is_empty(),
+            "{binary} {sub}: {said}"
+        );
+    }
+    assert_eq!(c.agreement_status("people")?["state"], "persisting", "the stop was refused");
+    // Stopped, it answers no one, and its store is its user's alone: the monitor is told
+    // so, not that no consumer ever ran there.
+    c.stop()?;
+    let out = as_monitor("tether-consumer", "status", &c.config, &["--json"])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("the consumer is not running (or runs with another `control`), and its store in")
+            && said.contains("is not for this user (uid 65534) to read"),
+        "{said}"
+    );
+    Ok(())
+}
