@@ -1464,6 +1464,31 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// A process whose user is not in its status group cannot give its socket to the
+    /// group: the bind is refused saying so, and leaves no socket behind.
+    #[tokio::test]
+    async fn a_socket_cannot_be_given_to_a_group_its_process_is_not_in() {
+        let name = "control::tests::a_socket_cannot_be_given_to_a_group_its_process_is_not_in";
+        if let Some(path) = std::env::var_os("TETHER_PEER_CHILD") {
+            let path = Path::new(&path);
+            let err = bind(path, Some(&monitors())).await.unwrap_err().to_string();
+            assert!(
+                err.contains("cannot give the control socket to status_group monitors (gid 4242)")
+                    && err.contains("the process's user must be a member of that group"),
+                "{err}"
+            );
+            assert!(!path.exists(), "no socket left behind");
+            return;
+        }
+        if !root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join("control.sock");
+        passes_as_another_user(name, &path, &["--regid=65534", "--clear-groups"], false).await;
+    }
+
     /// Only the socket's own user and root may use it, whatever its mode says, and
     /// members of the status group may read `status`.
     #[tokio::test]
