@@ -661,33 +661,32 @@ pub async fn bind(path: &Path, status_group: Option<&StatusGroup>) -> Result<(Un
             Ok(Err(e)) => return Err(io(e)),
         },
     }
-    bind_new(path, status_group).map_err(|source| match status_group {
-        Some(group) if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            BindError::Group { path: path.display().to_string(), group: group.clone(), source }
-        }
-        _ => io(source),
-    })
+    bind_new(path, status_group)
 }
 
 /// Binds a socket at `path`, where there is none, with mode 0600, or 0660 and the
 /// `status_group`'s. The file is made as the process's user and group, then handed on:
 /// until then only its owner may use it.
-fn bind_new(path: &Path, status_group: Option<&StatusGroup>) -> std::io::Result<(UnixListener, SocketFile)> {
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+fn bind_new(path: &Path, status_group: Option<&StatusGroup>) -> Result<(UnixListener, SocketFile), BindError> {
+    let io = |source| BindError::Io { path: path.display().to_string(), source };
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     if let Some(group) = status_group {
         let given = std::os::unix::fs::chown(path, None, Some(group.gid))
             .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)));
-        if let Err(e) = given {
+        if let Err(source) = given {
             let _ = std::fs::remove_file(path);
-            return Err(e);
+            return Err(BindError::Group { path: path.display().to_string(), group: group.clone(), source });
         }
     }
-    let meta = std::fs::symlink_metadata(path)?;
-    let held = listener.try_clone()?;
-    listener.set_nonblocking(true)?;
-    let listener = UnixListener::from_std(listener)?;
-    Ok((listener, SocketFile { path: path.to_owned(), id: (meta.dev(), meta.ino()), _held: held }))
+    let made = || -> std::io::Result<_> {
+        let meta = std::fs::symlink_metadata(path)?;
+        let held = listener.try_clone()?;
+        listener.set_nonblocking(true)?;
+        let listener = UnixListener::from_std(listener)?;
+        Ok((listener, SocketFile { path: path.to_owned(), id: (meta.dev(), meta.ino()), _held: held }))
+    };
+    made().map_err(io)
 }
 
 /// The socket of `path` made again if its file was taken away while the process ran
@@ -734,7 +733,10 @@ fn remade(
         }
         return None;
     }
-    let made = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| bind_new(path, status_group));
+    let folder = path.parent().map_or(Ok(()), std::fs::create_dir_all);
+    let made = folder
+        .map_err(|source| BindError::Io { path: path.display().to_string(), source })
+        .and_then(|()| bind_new(path, status_group));
     match made {
         Ok(made) => {
             *said = false;
@@ -1465,7 +1467,8 @@ mod tests {
     }
 
     /// A process whose user is not in its status group cannot give its socket to the
-    /// group: the bind is refused saying so, and leaves no socket behind.
+    /// group: the bind is refused saying so, and leaves no socket behind; a bind refused
+    /// for its folder is not blamed on the group.
     #[tokio::test]
     async fn a_socket_cannot_be_given_to_a_group_its_process_is_not_in() {
         let name = "control::tests::a_socket_cannot_be_given_to_a_group_its_process_is_not_in";
@@ -1478,6 +1481,9 @@ mod tests {
                 "{err}"
             );
             assert!(!path.exists(), "no socket left behind");
+            // A folder it may not write in is that, not the group's refusal.
+            let err = bind(Path::new("/tether-test-control.sock"), Some(&monitors())).await.unwrap_err().to_string();
+            assert_eq!(err, "/tether-test-control.sock: Permission denied (os error 13)");
             return;
         }
         if !root() {
