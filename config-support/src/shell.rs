@@ -534,20 +534,37 @@ pub async fn take_place(
         };
         PlaceError::Control { error: source, hint }
     })?;
-    if let Some((group, (folder, mode, gid))) = status_group.and_then(|g| Some(g).zip(closed_to(control, g.gid))) {
-        tracing::warn!(
-            "the members of status_group {} cannot reach the control socket {}: the folder {} (mode {mode:04o}, \
-             group {gid}) does not let them pass; give it to the group (`chgrp {} {}; chmod g+x {}`), or set \
-             `control` in {file_shown} to a path in a folder they can reach",
-            group.name,
-            control.display(),
-            folder.display(),
-            group.name,
-            folder.display(),
-            folder.display(),
-        );
+    if let Some(warning) = status_group.and_then(|group| kept_from(group, control, in_data_dir, &file_shown)) {
+        tracing::warn!("{warning}");
     }
     Ok(bound)
+}
+
+/// Why the members of `group` cannot reach the control socket at `control` (which is
+/// in `data_dir` when `in_data_dir`; `file` is the configuration naming it), if they
+/// cannot: the warning a start gives, since the file system refuses them before the
+/// socket can let them in.
+fn kept_from(group: &StatusGroup, control: &std::path::Path, in_data_dir: bool, file: &str) -> Option<String> {
+    // `data_dir` is made, and kept, its user's alone (0700), whatever it is now.
+    let why = if in_data_dir {
+        format!(
+            "it is in data_dir, which is this process's user's alone (0700); set `control` in {file} to a path in a \
+             folder they can pass (one of its own under /run: see \"Running under systemd\" in docs/operations.md)"
+        )
+    } else {
+        let (folder, mode, gid) = closed_to(control, group.gid)?;
+        let folder = folder.display();
+        format!(
+            "the folder {folder} (mode {mode:04o}, group {gid}) does not let them pass; give it to the group (`chgrp \
+             {} {folder}; chmod g+x {folder}`), or set `control` in {file} to a path in a folder they can pass",
+            group.name
+        )
+    };
+    Some(format!(
+        "the members of status_group {} cannot reach the control socket {}: {why}",
+        group.name,
+        control.display()
+    ))
 }
 
 /// The first folder on the way to `path` that members of group `gid` may not pass
@@ -941,6 +958,27 @@ mod tests {
         assert_eq!(closed_to(&socket, other), Some((outer.clone(), 0o750, gid)), "the first on the way");
         mode(&inner, 0o710);
         assert_eq!(closed_to(&socket, gid), None, "the group's, with its search bit");
+
+        // The start's warning names the folder, or data_dir, which is always closed.
+        let group = StatusGroup { name: "monitors".into(), gid: other };
+        let said = kept_from(&group, &socket, false, "/etc/p.toml").expect("closed");
+        assert_eq!(
+            said,
+            format!(
+                "the members of status_group monitors cannot reach the control socket {}: the folder {} (mode 0750, \
+                 group {gid}) does not let them pass; give it to the group (`chgrp monitors {}; chmod g+x {}`), or set \
+                 `control` in /etc/p.toml to a path in a folder they can pass",
+                socket.display(),
+                outer.display(),
+                outer.display(),
+                outer.display()
+            )
+        );
+        mode(&outer, 0o755);
+        mode(&inner, 0o755);
+        assert_eq!(kept_from(&group, &socket, false, "/etc/p.toml"), None);
+        let said = kept_from(&group, &socket, true, "/etc/p.toml").expect("data_dir");
+        assert!(said.contains("it is in data_dir, which is this process's user's alone (0700)"), "{said}");
     }
 
     #[test]
