@@ -145,3 +145,134 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The report CI reads: every figure under its own name, with its own value (each
+    //! made distinct here, so one read under another's name shows), and a verdict that
+    //! follows the violations.
+
+    use super::*;
+
+    fn report(violations: &[&str]) -> Report {
+        let mut totals = Totals::default();
+        totals.disconnects.insert("keepalive-timeout".into(), 3);
+        totals.disconnects.insert("connection-lost".into(), 4);
+        totals.refreshes.insert("full".into(), 5);
+        totals.refreshes.insert("delta".into(), 6);
+        totals.resumed = 7;
+        totals.duplicates = 8;
+        totals.applied = 9;
+        Report {
+            options: Options {
+                duration: Duration::from_secs(61),
+                seed: 42,
+                consumers: 5,
+                rate: 23,
+                entries: 321,
+                converge_timeout: Duration::from_secs(99),
+                keep: false,
+                tls: true,
+            },
+            faults: [("black-hole", 10), ("reset", 11), ("delay", 0)].into_iter().collect(),
+            stores_failed: 12,
+            restores: 13,
+            totals,
+            changes: 14,
+            failed_writes: 15,
+            samples: 16,
+            converged_in: Some(Duration::from_millis(1500)),
+            elapsed: Duration::from_millis(70_500),
+            violations: violations.iter().map(|v| (*v).to_owned()).collect(),
+            root: "/tmp/run-folder".into(),
+        }
+    }
+
+    #[test]
+    fn the_json_names_every_figure_with_its_own_value() {
+        let j = report(&[]).to_json();
+        let expect = serde_json::json!({
+            "seed": 42,
+            "duration_s": 61.0,
+            "consumers": 5,
+            "rate": 23,
+            "entries": 321,
+            "tls": true,
+            "faults": {"black-hole": 10, "reset": 11, "delay": 0},
+            "faults_total": 21,
+            "provider_stores_failed": 12,
+            "provider_restores": 13,
+            "recoveries": {"keepalive-timeout": 3, "connection-lost": 4},
+            "refreshes": {"full": 5, "delta": 6},
+            "resumed_refreshes": 7,
+            "changes_written": 14,
+            "failed_writes": 15,
+            "applied_incrementally": 9,
+            "duplicates": 8,
+            "samples": 16,
+            "converge_s": 1.5,
+            "elapsed_s": 70.5,
+            "violations": [],
+            "verdict": "pass",
+            "replay": "tether-chaos --seed 42 --duration 1m 1s --consumers 5 --rate 23 --entries 321 --tls",
+        });
+        assert_eq!(j, expect);
+        let mut never = report(&[]);
+        never.converged_in = None;
+        assert_eq!(never.to_json()["converge_s"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_violation_fails_the_verdict_in_the_json_and_the_text() {
+        let passed = report(&[]);
+        assert!(passed.passed());
+        let text = passed.to_text();
+        assert!(text.contains("verdict: PASS (0 violations)"), "{text}");
+        assert!(!text.contains("replay:") && !text.contains("logs kept"), "{text}");
+
+        let failed = report(&["consumer0 people: lost", "consumer1 all: duplicate"]);
+        assert!(!failed.passed());
+        let j = failed.to_json();
+        assert_eq!(j["verdict"], "FAIL");
+        assert_eq!(j["violations"], serde_json::json!(["consumer0 people: lost", "consumer1 all: duplicate"]));
+        let text = failed.to_text();
+        assert!(text.contains("verdict: FAIL (2 violations)"), "{text}");
+        assert!(text.contains("  - consumer0 people: lost\n  - consumer1 all: duplicate\n"), "{text}");
+        assert!(text.contains("logs kept in /tmp/run-folder"), "{text}");
+        assert!(text.contains(&format!("replay: {}", failed.replay())), "{text}");
+    }
+
+    #[test]
+    fn the_text_gives_every_figure() {
+        let mut r = report(&[]);
+        r.options.tls = false;
+        let text = r.to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "tether-chaos seed 42 duration 1m 1s consumers 5 rate 23/s entries 321");
+        assert_eq!(lines[1], "faults injected (21 total):");
+        for (name, n) in [
+            ("black-hole", 10),
+            ("delay", 0),
+            ("reset", 11),
+            ("(provider stores failed)", 12),
+            ("(provider restores)", 13),
+            ("keepalive-timeout", 3),
+            ("connection-lost", 4),
+            ("full", 5),
+            ("delta", 6),
+            ("(resumed)", 7),
+        ] {
+            assert!(lines.contains(&format!("  {name:<28} {n}").as_str()), "{name} {n}:\n{text}");
+        }
+        assert!(
+            text.contains("changes written 14 (failed writes 15), applied incrementally 9, duplicates 8\n"),
+            "{text}"
+        );
+        assert!(text.contains("replica samples checked 16\n"), "{text}");
+        assert!(text.contains("converged 1.50s after the last fault was healed\n"), "{text}");
+        assert!(text.contains("run took 70.5s\n"), "{text}");
+        r.converged_in = None;
+        assert!(r.to_text().contains("did NOT converge within 1m 39s\n"), "{}", r.to_text());
+        assert_eq!(r.replay(), "tether-chaos --seed 42 --duration 1m 1s --consumers 5 --rate 23 --entries 321");
+    }
+}
