@@ -619,3 +619,194 @@ fn restart_consumer(node: &Node, kill: bool, wipe: bool, pause: Duration) -> Res
     std::thread::sleep(pause);
     state.consumer.start()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each fault kind seen to do what docs/testing.md's table says it does, and its heal
+    //! to undo it: a fault that silently did nothing would leave every chaos run passing.
+
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::chaos::cluster::{agreements_of, provider_options, NodeState, ProviderState, Totals};
+    use crate::harness::{Consumer, Provider};
+    use crate::proxy::Proxy;
+
+    /// A cluster of one consumer whose processes never run: the proxy faults need only
+    /// its proxy.
+    fn paper_cluster(root: &Path) -> Result<Cluster> {
+        let opts = provider_options();
+        let provider = Provider::configure(&root.join("provider"), &opts)?;
+        let proxy = Proxy::start(SocketAddr::from((Ipv4Addr::LOCALHOST, provider.port)))?;
+        let base_agreements = agreements_of(0, None);
+        let consumer = Consumer::configure(&root.join("consumer0"), proxy.port(), &base_agreements)?;
+        let state = NodeState {
+            consumer,
+            agreements: base_agreements.clone(),
+            epochs: BTreeMap::new(),
+            stopped: std::collections::BTreeSet::new(),
+            last_status: None,
+            totals: Totals::default(),
+            proxy_port: proxy.port(),
+        };
+        Ok(Cluster {
+            root: root.to_owned(),
+            provider_config: provider.config.clone(),
+            provider: Mutex::new(ProviderState { provider, opts }),
+            nodes: vec![Node { index: 0, proxy, base_agreements, state: Mutex::new(state) }],
+            before_restore: Mutex::default(),
+            restores: std::sync::atomic::AtomicU64::new(0),
+            tls: None,
+            bumps: Mutex::default(),
+        })
+    }
+
+    fn nemesis(cluster: &Cluster, seed: u64) -> Nemesis<'_> {
+        Nemesis::new(cluster, StdRng::seed_from_u64(seed), Instant::now())
+    }
+
+    /// Injects `kind` on consumer 0; the one heal it left pending, and the bounds of when
+    /// it is due, measured from before and after the injection.
+    fn inject_one(n: &mut Nemesis<'_>, kind: Kind) -> (Heal, Duration, Duration) {
+        let before = Instant::now();
+        n.inject(kind, 0).unwrap_or_else(|e| panic!("{}: {e:#}", kind.as_str()));
+        let after = Instant::now();
+        assert_eq!(n.pending.len(), 1, "{}: {:?}", kind.as_str(), n.pending);
+        let (at, heal) = n.pending[0].clone();
+        (heal, at.saturating_duration_since(after), at.saturating_duration_since(before))
+    }
+
+    /// What consumer 0's proxy does to each direction.
+    fn faults(cluster: &Cluster) -> [Fault; 2] {
+        let proxy = &cluster.nodes[0].proxy;
+        [proxy.fault(Direction::ToUpstream), proxy.fault(Direction::ToClient)]
+    }
+
+    /// The fault on the one broken direction of a one-way fault (the other passes), and
+    /// which direction it is.
+    fn one_way(kind: Kind, f: [Fault; 2]) -> (Fault, usize) {
+        match f {
+            [Fault::Pass, x] if x != Fault::Pass => (x, 1),
+            [x, Fault::Pass] if x != Fault::Pass => (x, 0),
+            _ => panic!("{}: not one direction broken: {f:?}", kind.as_str()),
+        }
+    }
+
+    /// The proxy faults: each breaks both directions or one as the table says, with a
+    /// parameter in its range, and leaves one heal of that proxy due within its range,
+    /// not before; the heal passes both directions again.
+    #[test]
+    fn each_proxy_fault_breaks_its_directions_with_its_parameters_until_its_heal() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let cluster = paper_cluster(tmp.path())?;
+        let mut directions: BTreeMap<&str, [bool; 2]> = BTreeMap::new();
+        for seed in 0..40 {
+            let mut n = nemesis(&cluster, seed);
+            for (kind, lo, hi) in [
+                (Kind::BlackHole, 1000, 8000),
+                (Kind::StallOneWay, 1000, 8000),
+                (Kind::Reset, 100, 1500),
+                (Kind::CloseCleanly, 100, 1500),
+                (Kind::Corrupt, 500, 4000),
+                (Kind::DropAfter, 500, 4000),
+                (Kind::Delay, 1000, 6000),
+                (Kind::Throttle, 1000, 6000),
+            ] {
+                let name = kind.as_str();
+                let (heal, least, most) = inject_one(&mut n, kind);
+                assert!(matches!(heal, Heal::Proxy(0)), "{name}: {heal:?}");
+                assert!(
+                    most >= Duration::from_millis(lo) && least < Duration::from_millis(hi),
+                    "{name}: heal due in {least:?}..{most:?}, not in {lo}..{hi} ms"
+                );
+                let f = faults(&cluster);
+                match kind {
+                    Kind::BlackHole => assert_eq!(f, [Fault::Stall; 2], "{name}"),
+                    Kind::Reset => assert_eq!(f, [Fault::Reset; 2], "{name}"),
+                    Kind::CloseCleanly => assert_eq!(f, [Fault::CloseCleanly; 2], "{name}"),
+                    _ => {
+                        let (fault, dir) = one_way(kind, f);
+                        directions.entry(name).or_default()[dir] = true;
+                        match fault {
+                            Fault::Stall => assert_eq!(kind, Kind::StallOneWay),
+                            Fault::Corrupt { after_bytes } => {
+                                assert!(kind == Kind::Corrupt && after_bytes < 20_000, "{name}: {fault:?}");
+                            }
+                            Fault::DropAfter { bytes } => {
+                                assert!(kind == Kind::DropAfter && bytes < 50_000, "{name}: {fault:?}");
+                            }
+                            Fault::Delay(d) => assert!(
+                                kind == Kind::Delay && d >= Duration::from_millis(10) && d < Duration::from_millis(400),
+                                "{name}: {fault:?}"
+                            ),
+                            Fault::Throttle { bytes_per_sec } => assert!(
+                                kind == Kind::Throttle && (2_000..200_000).contains(&bytes_per_sec),
+                                "{name}: {fault:?}"
+                            ),
+                            _ => panic!("{name}: {fault:?}"),
+                        }
+                    }
+                }
+                // Not due yet: a heal of what is due leaves it in place.
+                n.heal_due(false);
+                assert_eq!(faults(&cluster), f, "{name} healed before it was due");
+                assert_eq!(n.pending.len(), 1, "{name}");
+                n.heal_due(true);
+                assert!(n.pending.is_empty(), "{name}");
+                assert_eq!(faults(&cluster), [Fault::Pass; 2], "{name} not healed");
+            }
+            assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
+        }
+        // The one-way faults pick either direction.
+        for (name, seen) in directions {
+            assert_eq!(seen, [true, true], "{name} broke only one direction in 40 seeds");
+        }
+        Ok(())
+    }
+
+    /// `cut-delta` stalls both directions for 3.5 to 5 s, then cuts every connection
+    /// 2 to 20 KB toward the consumer while the other direction passes, for 1 to 4 s.
+    #[test]
+    fn cut_delta_stalls_past_the_keepalive_timeout_then_cuts_toward_the_consumer() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let cluster = paper_cluster(tmp.path())?;
+        let mut n = nemesis(&cluster, 3);
+        let stalled = std::sync::atomic::AtomicBool::new(false);
+        let started = Instant::now();
+        let (watched, (heal, least, most)) = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                // Both directions stalled from the start to 3.5 s in.
+                while started.elapsed() < Duration::from_millis(3400) {
+                    if faults(&cluster) == [Fault::Stall; 2] {
+                        stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+                    } else if stalled.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Err(format!("the stall ended after {:?}", started.elapsed()));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(())
+            });
+            let injected = inject_one(&mut n, Kind::CutDelta);
+            (watcher.join().unwrap_or_else(|_| Err("the watcher panicked".into())), injected)
+        });
+        if let Err(e) = watched {
+            panic!("{e}");
+        }
+        let took = started.elapsed();
+        assert!(stalled.into_inner(), "both directions were never stalled");
+        assert!(took >= Duration::from_millis(3500) && took < Duration::from_millis(5500), "stalled {took:?}");
+        match faults(&cluster) {
+            [Fault::Pass, Fault::DropAfter { bytes }] => assert!((2_000..20_000).contains(&bytes), "{bytes}"),
+            f => panic!("after the stall: {f:?}"),
+        }
+        assert!(matches!(heal, Heal::Proxy(0)), "{heal:?}");
+        assert!(most >= Duration::from_millis(1000) && least < Duration::from_millis(4000), "{least:?}..{most:?}");
+        n.heal_due(true);
+        assert_eq!(faults(&cluster), [Fault::Pass; 2]);
+        Ok(())
+    }
+}
