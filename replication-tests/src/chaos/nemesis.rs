@@ -632,9 +632,14 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::chaos::checker;
     use crate::chaos::cluster::{agreements_of, provider_options, NodeState, ProviderState, Totals};
     use crate::harness::{Consumer, Provider};
     use crate::proxy::Proxy;
+    use crate::workload::Workload;
+
+    /// Time a healthy cluster gets to converge, and a process to reach a state.
+    const CONVERGE: Duration = Duration::from_secs(60);
 
     /// A cluster of one consumer whose processes never run: the proxy faults need only
     /// its proxy.
@@ -663,6 +668,16 @@ mod tests {
             tls: None,
             bumps: Mutex::default(),
         })
+    }
+
+    /// A chaos cluster of one consumer (agreements `people` and `all`), converged.
+    fn real_cluster(root: &Path) -> Result<Cluster> {
+        let mut work = Workload::new(60, 1);
+        let cluster = Cluster::start(root, &mut work, 1, false)?;
+        if let Err(diff) = checker::converge(&cluster, CONVERGE) {
+            panic!("a fresh cluster did not converge: {diff:#?}");
+        }
+        Ok(cluster)
     }
 
     fn nemesis(cluster: &Cluster, seed: u64) -> Nemesis<'_> {
@@ -807,6 +822,114 @@ mod tests {
         assert!(most >= Duration::from_millis(1000) && least < Duration::from_millis(4000), "{least:?}..{most:?}");
         n.heal_due(true);
         assert_eq!(faults(&cluster), [Fault::Pass; 2]);
+        Ok(())
+    }
+
+    /// The pid of a running child.
+    fn pid(child: Option<&std::process::Child>) -> u32 {
+        child.expect("running").id()
+    }
+
+    /// How many clean stops `log` records.
+    fn clean_stops(log: &str, line: &str) -> usize {
+        log.matches(line).count()
+    }
+
+    /// Whether process `pid` is stopped (SIGSTOP): state `T` in `/proc/PID/stat`.
+    fn stopped(pid: u32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    }
+
+    /// Runs `inject` while a watcher polls whether `pid` is stopped; whether it ever was.
+    fn watch_stopped(pid: u32, inject: impl FnOnce()) -> bool {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                let mut seen = false;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    seen |= stopped(pid);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                seen
+            });
+            inject();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            watcher.join().unwrap_or(false)
+        })
+    }
+
+    /// The process faults on a real cluster: the kills SIGKILL (no clean stop logged),
+    /// the SIGTERMs stop cleanly, each restarts what it stopped, the consumer restarts
+    /// fold the counters of the life they end, the wipes delete the store and mark its
+    /// replicas emptied on purpose, and the pauses SIGSTOP the process, then SIGCONT it.
+    #[test]
+    fn the_process_faults_kill_stop_wipe_and_pause_what_they_name_and_restart_it() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let cluster = real_cluster(tmp.path())?;
+        let mut n = nemesis(&cluster, 5);
+        let provider_pid = || pid(cluster.provider().provider.child.as_ref());
+        let consumer_pid = || pid(cluster.nodes[0].lock().consumer.child.as_ref());
+        let provider_stops = || clean_stops(&cluster.provider().provider.log_text(), "provider stopped");
+        let consumer_stops = || clean_stops(&cluster.nodes[0].lock().consumer.log_text(), "consumer stopped");
+        let refreshes = || cluster.nodes[0].lock().totals.refreshes.values().sum::<u64>();
+        let epoch = || cluster.nodes[0].lock().epochs.get("people").copied().unwrap_or(0);
+        let marker = cluster.nodes[0].lock().consumer.dir.join("data").join("marker");
+
+        for (kind, term) in [(Kind::KillProvider, false), (Kind::TermProvider, true)] {
+            let (before, stops) = (provider_pid(), provider_stops());
+            n.inject(kind, 0)?;
+            assert_ne!(provider_pid(), before, "{}: the provider was not restarted", kind.as_str());
+            assert_eq!(provider_stops(), stops + usize::from(term), "{}: clean stops", kind.as_str());
+            cluster.provider().provider.status()?;
+        }
+        for (kind, term, wipe) in [
+            (Kind::KillConsumer, false, false),
+            (Kind::TermConsumer, true, false),
+            (Kind::WipeConsumerStore, false, true),
+            (Kind::KillConsumerMidRefresh, false, true),
+        ] {
+            let name = kind.as_str();
+            if let Err(diff) = checker::converge(&cluster, CONVERGE) {
+                panic!("before {name}: {diff:#?}");
+            }
+            std::fs::write(&marker, "")?;
+            let (before, stops, folded, epoch_before) = (consumer_pid(), consumer_stops(), refreshes(), epoch());
+            n.inject(kind, 0)?;
+            assert_ne!(consumer_pid(), before, "{name}: the consumer was not restarted");
+            assert_eq!(consumer_stops(), stops + usize::from(term), "{name}: clean stops");
+            assert!(refreshes() > folded, "{name}: the ended life's counters were not folded");
+            assert_eq!(!marker.exists(), wipe, "{name}: store wiped");
+            assert_eq!(epoch(), epoch_before + u64::from(wipe), "{name}: epoch");
+            cluster.nodes[0].lock().consumer.status()?;
+        }
+        // The provider killed while a wiped consumer refreshes from it.
+        if let Err(diff) = checker::converge(&cluster, CONVERGE) {
+            panic!("before kill9-provider-mid-refresh: {diff:#?}");
+        }
+        std::fs::write(&marker, "")?;
+        let (provider_before, consumer_before, stops) = (provider_pid(), consumer_pid(), provider_stops());
+        n.inject(Kind::KillProviderMidRefresh, 0)?;
+        assert_ne!(provider_pid(), provider_before, "the provider was not restarted");
+        assert_ne!(consumer_pid(), consumer_before, "the consumer was not restarted");
+        assert_eq!(provider_stops(), stops, "the provider stopped cleanly: not a kill");
+        assert!(!marker.exists(), "the consumer's store was not wiped");
+
+        // The pauses: stopped while the fault lasts, running again after it.
+        let before = provider_pid();
+        assert!(watch_stopped(before, || n.inject(Kind::PauseProvider, 0).unwrap()), "the provider never stopped");
+        assert!(!stopped(before), "the provider was not continued");
+        assert_eq!(provider_pid(), before);
+        let before = consumer_pid();
+        assert!(watch_stopped(before, || n.inject(Kind::PauseConsumer, 0).unwrap()), "the consumer never stopped");
+        assert!(!stopped(before), "the consumer was not continued");
+        assert_eq!(consumer_pid(), before);
+
+        assert!(n.pending.is_empty(), "{:?}", n.pending);
+        assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
+        if let Err(diff) = checker::converge(&cluster, CONVERGE) {
+            panic!("after the faults: {diff:#?}");
+        }
         Ok(())
     }
 }
