@@ -634,7 +634,7 @@ mod tests {
     use super::*;
     use crate::chaos::checker;
     use crate::chaos::cluster::{agreements_of, provider_options, NodeState, ProviderState, Totals};
-    use crate::harness::{Consumer, Provider};
+    use crate::harness::{assert_holds, wait_until, Consumer, Provider};
     use crate::proxy::Proxy;
     use crate::workload::Workload;
 
@@ -927,6 +927,69 @@ mod tests {
 
         assert!(n.pending.is_empty(), "{:?}", n.pending);
         assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
+        if let Err(diff) = checker::converge(&cluster, CONVERGE) {
+            panic!("after the faults: {diff:#?}");
+        }
+        Ok(())
+    }
+
+    /// The provider's changelog extent: newest - oldest + 1, 0 when empty.
+    fn changelog_len(cluster: &Cluster) -> Result<u64> {
+        let status = cluster.provider().provider.status()?;
+        let c = &status["changelog"];
+        Ok(match (c["oldest"].as_u64(), c["newest"].as_u64()) {
+            (Some(o), Some(n)) => n + 1 - o,
+            _ => 0,
+        })
+    }
+
+    /// `n` writes of anchor `m0anchor`'s counter through the provider.
+    fn bump(cluster: &Cluster, n: u64) -> Result<()> {
+        let mut ldif = String::new();
+        for i in 0..n {
+            ldif.push_str(&format!(
+                "dn: uid=m0anchor,{OTHERS}\nchangetype: modify\nreplace: employeeNumber\nemployeeNumber: {}\n-\n\n",
+                1000 + i
+            ));
+        }
+        cluster.provider().provider.write_ok(&ldif)
+    }
+
+    /// `trim-changelog` has the provider keep almost nothing, until its heal restores the
+    /// retention; `stop-start-agreement` stops an agreement until its heal starts it.
+    #[test]
+    fn the_retention_and_agreement_faults_hold_until_their_heals() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let cluster = real_cluster(tmp.path())?;
+        let mut n = nemesis(&cluster, 11);
+
+        bump(&cluster, 10)?;
+        let (heal, least, most) = inject_one(&mut n, Kind::TrimChangelog);
+        assert!(matches!(heal, Heal::Retention), "{heal:?}");
+        assert!(most >= Duration::from_millis(1000) && least < Duration::from_millis(6000), "{least:?}..{most:?}");
+        wait_until(CONVERGE, "the changelog trimmed to 3 changes", || Ok(changelog_len(&cluster)? <= 3))?;
+        n.heal_due(true);
+        assert!(!std::fs::read_to_string(&cluster.provider_config)?.contains("max_changes"));
+        bump(&cluster, 10)?;
+        assert_holds(Duration::from_millis(2500), "the changelog keeps 10 changes", || {
+            Ok(changelog_len(&cluster)? >= 10)
+        })?;
+
+        for seed in [0, 1, 2, 3] {
+            let mut n = nemesis(&cluster, seed);
+            let (heal, least, most) = inject_one(&mut n, Kind::StopStartAgreement);
+            let Heal::Start(0, name) = heal else { panic!("{heal:?}") };
+            assert!(most >= Duration::from_millis(500) && least < Duration::from_millis(5000), "{least:?}..{most:?}");
+            let state = |name: &str| -> Result<String> {
+                let status = cluster.nodes[0].lock().consumer.agreement_status(name)?;
+                Ok(status["state"].as_str().unwrap_or_default().to_owned())
+            };
+            assert!(cluster.nodes[0].lock().stopped.contains(&name));
+            wait_until(CONVERGE, "the agreement stopped", || Ok(state(&name)? == "stopped"))?;
+            n.heal_due(true);
+            assert!(cluster.nodes[0].lock().stopped.is_empty());
+            wait_until(CONVERGE, "the agreement started", || Ok(state(&name)? != "stopped"))?;
+        }
         if let Err(diff) = checker::converge(&cluster, CONVERGE) {
             panic!("after the faults: {diff:#?}");
         }
