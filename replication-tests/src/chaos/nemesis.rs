@@ -995,4 +995,66 @@ mod tests {
         }
         Ok(())
     }
+
+    /// The agreements consumer 0's status lists.
+    fn listed(cluster: &Cluster) -> Result<Vec<String>> {
+        let status = cluster.nodes[0].lock().consumer.status()?;
+        let mut names: Vec<String> = status["agreements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `reload-consumer-config` adds the `extra` agreement, then removes it, each time
+    /// marking its replica emptied on purpose; the final heal puts back every process,
+    /// proxy, retention, config and agreement the faults left broken, and the cluster
+    /// converges.
+    #[test]
+    fn a_config_reload_adds_and_removes_extra_and_the_final_heal_undoes_every_fault() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let cluster = real_cluster(tmp.path())?;
+        let mut n = nemesis(&cluster, 2);
+        let base = listed(&cluster)?;
+        let extra_epoch = || cluster.nodes[0].lock().epochs.get(EXTRA).copied().unwrap_or(0);
+
+        let epoch = extra_epoch();
+        n.inject(Kind::ReloadConsumerConfig, 0)?;
+        let mut with_extra = base.clone();
+        with_extra.push(EXTRA.to_owned());
+        with_extra.sort();
+        wait_until(CONVERGE, "extra added", || Ok(listed(&cluster)? == with_extra))?;
+        assert_eq!(extra_epoch(), epoch + 1);
+        n.inject(Kind::ReloadConsumerConfig, 0)?;
+        wait_until(CONVERGE, "extra removed", || Ok(listed(&cluster)? == base))?;
+        assert_eq!(extra_epoch(), epoch + 2);
+
+        // Everything broken at once: extra added, an agreement stopped, the retention
+        // lowered, the link black-holed, both processes down.
+        n.inject(Kind::ReloadConsumerConfig, 0)?;
+        n.inject(Kind::StopStartAgreement, 0)?;
+        n.inject(Kind::TrimChangelog, 0)?;
+        n.inject(Kind::BlackHole, 0)?;
+        n.pending.clear();
+        cluster.provider().provider.kill()?;
+        cluster.nodes[0].lock().consumer.kill()?;
+        n.heal_all()?;
+        assert_eq!(faults(&cluster), [Fault::Pass; 2]);
+        assert!(cluster.provider().provider.child.is_some());
+        assert!(!std::fs::read_to_string(&cluster.provider_config)?.contains("max_changes"));
+        assert!(cluster.nodes[0].lock().stopped.is_empty());
+        assert_eq!(listed(&cluster)?, base);
+        for name in &base {
+            let status = cluster.nodes[0].lock().consumer.agreement_status(name)?;
+            assert_ne!(status["state"], "stopped", "{name}: {status}");
+        }
+        if let Err(diff) = checker::converge(&cluster, CONVERGE) {
+            panic!("after the heal: {diff:#?}");
+        }
+        assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
+        Ok(())
+    }
 }
