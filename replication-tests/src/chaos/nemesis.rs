@@ -1057,4 +1057,36 @@ mod tests {
         assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
         Ok(())
     }
+
+    /// `restore-provider-backup` backs the store up; its heal puts the copy back, so a
+    /// write made in between is gone, and counts the restore and the histories it ended.
+    #[test]
+    fn a_restored_backup_takes_back_the_writes_made_since_it_and_is_counted() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let cluster = real_cluster(tmp.path())?;
+        let mut n = nemesis(&cluster, 4);
+        let (heal, least, most) = inject_one(&mut n, Kind::RestoreProvider);
+        assert!(matches!(heal, Heal::Restore), "{heal:?}");
+        assert!(most >= Duration::from_millis(2000) && least < Duration::from_millis(10_000), "{least:?}..{most:?}");
+        assert!(n.backup_dir().exists());
+        let dn = format!("uid=after-backup,{OTHERS}");
+        cluster.provider().provider.write_ok(&format!(
+            "dn: {dn}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: after-backup\ncn: A\nsn: B\n"
+        ))?;
+        let search = || cluster.provider().provider.search(OTHERS, "subtree", "(uid=after-backup)");
+        assert!(search()?.contains(&dn));
+        assert_eq!(cluster.restores.load(std::sync::atomic::Ordering::SeqCst), 0);
+        n.heal_due(true);
+        assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
+        assert_eq!(cluster.restores.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!search()?.contains(&dn), "the write after the backup survived its restore");
+        let histories = cluster.provider().provider.histories();
+        let before = cluster.before_restore.lock().unwrap().clone();
+        assert!(!before.is_empty() && before.iter().all(|h| histories.contains(h)), "{before:?} {histories:?}");
+        assert!(!before.contains(histories.last().unwrap()), "the restored provider's own history");
+        if let Err(diff) = checker::converge(&cluster, CONVERGE) {
+            panic!("after the restore: {diff:#?}");
+        }
+        Ok(())
+    }
 }
