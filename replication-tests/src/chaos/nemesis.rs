@@ -1089,4 +1089,34 @@ mod tests {
         }
         Ok(())
     }
+
+    /// `provider-store-fails` restarts the provider under a file-size limit and writes
+    /// ballast past it: the store fails and the provider exits 1 for it; the heal
+    /// restarts it without the limit and counts the failure.
+    #[test]
+    fn a_provider_under_a_file_size_limit_fails_and_the_heal_lifts_the_limit_and_counts_it() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let cluster = real_cluster(tmp.path())?;
+        let mut n = nemesis(&cluster, 6);
+        let (heal, least, most) = inject_one(&mut n, Kind::ProviderStoreFails);
+        assert!(matches!(heal, Heal::LiftLimit), "{heal:?}");
+        assert!(most >= Duration::from_millis(3000) && least < Duration::from_millis(12_000), "{least:?}..{most:?}");
+        let limited = cluster.provider().provider.file_size_limit.is_some();
+        assert!(limited, "the limit left no room to open the store: pick another seed");
+        wait_until(CONVERGE, "the provider's store failed", || {
+            let mut p = cluster.provider();
+            Ok(p.provider.child.as_mut().map(std::process::Child::try_wait).transpose()?.flatten().is_some())
+        })?;
+        assert_eq!(n.stats.stores_failed, 0);
+        n.heal_due(true);
+        assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
+        assert_eq!(n.stats.stores_failed, 1);
+        assert_eq!(cluster.provider().provider.file_size_limit, None);
+        assert!(cluster.provider().provider.log_text().contains("the store failed; stopping"));
+        cluster.provider().provider.status()?;
+        if let Err(diff) = checker::converge(&cluster, CONVERGE) {
+            panic!("after the store's failure: {diff:#?}");
+        }
+        Ok(())
+    }
 }
