@@ -1,16 +1,19 @@
-//! The chaos run's writer: it counts and logs exactly what the provider acknowledged and
-//! rebuilds its model after a failed write.
+//! The chaos run's writer and its binary, whose verdict CI trusts: the writer counts and
+//! logs exactly what the provider acknowledged and rebuilds its model after a failed
+//! write; `tether-chaos` exits 0 with a passing report whose figures come from the run,
+//! and 2 when the run cannot be set up.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
 use replication_tests::chaos::cluster::{anchor_dns, Cluster};
 use replication_tests::chaos::writer::{self, WriterStats};
-use replication_tests::harness::wait_until;
+use replication_tests::harness::{bin, wait_until, BIN_DIR_ENV};
 use replication_tests::workload::{Workload, SUFFIX};
 
 /// Time for the writer to make the batches a test waits for.
@@ -109,5 +112,64 @@ fn the_writer_counts_failed_writes_and_resyncs_before_writing_again() -> Result<
     assert!(stats.failed_writes >= 1, "{stats:?}");
     assert!(stats.resyncs >= 1, "{stats:?}");
     assert!(stats.last_counter as usize > cluster.bumps.lock().unwrap().len(), "{stats:?}");
+    Ok(())
+}
+
+/// The folder of the provider and consumer the tests run.
+fn bin_dir() -> std::path::PathBuf {
+    bin("tether-provider").unwrap().parent().unwrap().to_owned()
+}
+
+/// A short run passes, exit status 0, and its report's figures are the run's: seed 1's
+/// one fault is a `provider-store-fails`, whose store does fail.
+#[test]
+fn a_short_chaos_run_passes_and_reports_what_it_did() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let json = tmp.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-chaos"))
+        .args(["--duration", "4s", "--seed", "1", "--consumers", "1", "--entries", "50", "--json"])
+        .arg(&json)
+        .env(BIN_DIR_ENV, bin_dir())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let said = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(stdout.starts_with("tether-chaos: seed 1\n"), "{said}");
+    assert!(stdout.contains("verdict: PASS (0 violations)"), "{said}");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!((j["seed"].as_u64(), j["consumers"].as_u64(), j["entries"].as_u64()), (Some(1), Some(1), Some(50)));
+    let faults = j["faults"].as_object().unwrap();
+    assert_eq!(faults.len(), 23, "every kind listed: {j}");
+    let total: u64 = faults.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(j["faults_total"].as_u64(), Some(total));
+    assert_eq!(faults["provider-store-fails"].as_u64(), Some(1), "{j}");
+    assert!(stdout.contains(&format!("faults injected ({total} total):")), "{said}");
+    assert_eq!(j["provider_stores_failed"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["provider_restores"].as_u64(), Some(0), "{j}");
+    // The two agreements' first loads, summed from the consumer's counters.
+    assert!(j["refreshes"]["full"].as_u64().unwrap() >= 2, "{j}");
+    assert!(j["recoveries"]["provider-goodbye"].as_u64().unwrap() >= 1, "the provider's exits: {j}");
+    assert!(j["changes_written"].as_u64().unwrap() >= 50, "{j}");
+    assert!(j["failed_writes"].as_u64().unwrap() >= 1, "writes raced the store's failure: {j}");
+    assert!(j["applied_incrementally"].as_u64().unwrap() >= 50, "{j}");
+    assert!(j["samples"].as_u64().unwrap() >= 5, "{j}");
+    assert_eq!(j["duplicates"].as_u64(), Some(0));
+    assert!(j["converge_s"].is_f64(), "{j}");
+    assert_eq!(j["violations"], serde_json::json!([]));
+    assert_eq!(j["verdict"], "pass");
+    Ok(())
+}
+
+/// A run that cannot start its processes exits 2, naming its seed.
+#[test]
+fn a_run_that_cannot_be_set_up_exits_2() -> Result<()> {
+    let empty = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-chaos"))
+        .args(["--duration", "1s", "--seed", "5", "--consumers", "1", "--entries", "10"])
+        .env(BIN_DIR_ENV, empty.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tether-chaos: the run could not complete (seed 5)"), "{stderr}");
     Ok(())
 }
