@@ -173,3 +173,41 @@ fn a_run_that_cannot_be_set_up_exits_2() -> Result<()> {
     assert!(stderr.contains("tether-chaos: the run could not complete (seed 5)"), "{stderr}");
     Ok(())
 }
+
+/// A run with a violation fails, exit status 1, with the seed to replay, a failed verdict
+/// in its JSON and its folder kept: every consumer's apply path panics once (a failpoint,
+/// which the consumers inherit), and the panic is in a log although the replicas recover.
+#[test]
+fn a_chaos_run_with_a_violation_exits_1_and_keeps_its_logs() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let json = tmp.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-chaos"))
+        .args(["--duration", "1s", "--seed", "2", "--consumers", "1", "--entries", "50", "--json"])
+        .arg(&json)
+        .env(BIN_DIR_ENV, bin_dir())
+        .env("TETHER_FAILPOINTS", "apply-panic=1")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let kept = stdout.lines().find_map(|l| l.strip_prefix("logs kept in ")).map(std::path::PathBuf::from);
+    if let Some(dir) = &kept {
+        if dir.starts_with(std::env::temp_dir())
+            && dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tether-chaos-"))
+        {
+            std::fs::remove_dir_all(dir)?;
+        }
+    }
+    let said = format!("{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(kept.is_some(), "no folder kept: {said}");
+    assert!(
+        stderr.contains("tether-chaos: FAILED with seed 2; replay: tether-chaos --seed 2 --duration 1s --consumers 1"),
+        "{said}"
+    );
+    assert!(stdout.contains("verdict: FAIL ("), "{said}");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!(j["verdict"], "FAIL", "{j}");
+    let violations = j["violations"].as_array().unwrap();
+    assert!(violations.iter().any(|v| v.as_str().unwrap().contains("panicked at")), "{j}");
+    Ok(())
+}
