@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use replication_tests::chaos::cluster::{anchor_dns, Cluster};
+use replication_tests::chaos::cluster::{anchor_dns, Cluster, Totals};
 use replication_tests::chaos::writer::{self, WriterStats};
 use replication_tests::harness::{bin, wait_until, BIN_DIR_ENV};
 use replication_tests::workload::{Workload, SUFFIX};
@@ -112,6 +112,48 @@ fn the_writer_counts_failed_writes_and_resyncs_before_writing_again() -> Result<
     assert!(stats.failed_writes >= 1, "{stats:?}");
     assert!(stats.resyncs >= 1, "{stats:?}");
     assert!(stats.last_counter as usize > cluster.bumps.lock().unwrap().len(), "{stats:?}");
+    Ok(())
+}
+
+/// The consumer counters the report sums, read from a real consumer's status under the
+/// names it gives them: each set to its own value in that status must land in its own
+/// total (a counter read under a name the status does not use reads as 0 for good).
+#[test]
+fn the_totals_read_each_consumer_counter_under_the_name_its_status_gives_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut work = Workload::new(60, 1);
+    let cluster = Cluster::start(tmp.path(), &mut work, 1, false)?;
+    let mut status = cluster.nodes[0].lock().consumer.status()?;
+    let agreement = &mut status["agreements"][0];
+    for (key, value) in [("resumed_refreshes", 3u64), ("duplicates", 5), ("applied", 7)] {
+        assert!(agreement[key].is_u64(), "no {key} in {agreement}");
+        agreement[key] = value.into();
+    }
+    for key in ["disconnects", "refreshes"] {
+        assert!(agreement[key].is_object(), "no {key} in {agreement}");
+    }
+    agreement["disconnects"]["keepalive-timeout"] = 11.into();
+    agreement["refreshes"]["full"] = 13.into();
+    let name = agreement["name"].as_str().unwrap().to_owned();
+    status["agreements"] = serde_json::json!([status["agreements"][0].clone()]);
+    let mut totals = Totals::default();
+    totals.fold(&status, None);
+    assert_eq!((totals.resumed, totals.duplicates, totals.applied), (3, 5, 7), "{totals:?}");
+    assert_eq!(totals.disconnects.get("keepalive-timeout"), Some(&11), "{totals:?}");
+    assert_eq!(totals.refreshes.get("full"), Some(&13), "{totals:?}");
+    // Only the agreement named, when one is.
+    let mut other = Totals::default();
+    other.fold(&status, Some("no-such-agreement"));
+    assert_eq!((other.resumed, other.applied), (0, 0), "{other:?}");
+    other.fold(&status, Some(&name));
+    assert_eq!((other.resumed, other.applied), (3, 7), "{other:?}");
+    // And summed over consumers.
+    let mut sum = Totals::default();
+    sum.add(&totals);
+    sum.add(&other);
+    assert_eq!((sum.resumed, sum.duplicates, sum.applied), (6, 10, 14), "{sum:?}");
+    assert_eq!(sum.disconnects.get("keepalive-timeout"), Some(&22), "{sum:?}");
+    assert_eq!(sum.refreshes.get("full"), Some(&26), "{sum:?}");
     Ok(())
 }
 
