@@ -58,6 +58,44 @@ pub struct Options {
     pub tls: bool,
 }
 
+/// What each check of a run found wrong, the verdict's sources: every one of them fails
+/// the run, and a check whose findings went nowhere would pass every run.
+#[derive(Debug)]
+struct Found {
+    /// The fault injector's (a process that would not restart, a fault it could not set).
+    faults: Vec<String>,
+    /// The sampler's, while the faults ran (a lost change, a fork, a cookie moved back).
+    samples: Vec<String>,
+    /// How long convergence took after the last heal, or how the replicas differ.
+    converged: Result<Duration, Vec<String>>,
+    /// Changes applied more than once.
+    exactly_once: Vec<String>,
+    /// Cookies not durable.
+    durable: Vec<String>,
+    /// Panics and the like in the processes' logs.
+    logs: Vec<String>,
+}
+
+impl Found {
+    /// Every violation, in the order of the checks, and the convergence time when the
+    /// replicas converged.
+    fn verdict(self) -> (Vec<String>, Option<Duration>) {
+        let mut violations = self.faults;
+        violations.extend(self.samples);
+        let converged_in = match self.converged {
+            Ok(d) => Some(d),
+            Err(diff) => {
+                violations.extend(diff.into_iter().map(|d| format!("not converged: {d}")));
+                None
+            }
+        };
+        violations.extend(self.exactly_once);
+        violations.extend(self.durable);
+        violations.extend(self.logs);
+        (violations, converged_in)
+    }
+}
+
 /// Runs one chaos run. `Err` only for a broken setup (binaries missing, a process that
 /// would not start at all); everything the system under test did wrong is a violation
 /// in the report.
@@ -103,18 +141,15 @@ pub fn run(opts: &Options) -> Result<Report> {
     for t in &per_node {
         totals.add(t);
     }
-    let mut violations = nemesis.violations.clone();
-    violations.extend(sampler.violations.iter().cloned());
-    let converged_in = match converged {
-        Ok(d) => Some(d),
-        Err(diff) => {
-            violations.extend(diff.into_iter().map(|d| format!("not converged: {d}")));
-            None
-        }
+    let found = Found {
+        faults: nemesis.violations.clone(),
+        samples: sampler.violations.clone(),
+        converged,
+        exactly_once: checker::exactly_once(&per_node),
+        durable,
+        logs: checker::log_findings(&cluster),
     };
-    violations.extend(checker::exactly_once(&per_node));
-    violations.extend(durable);
-    violations.extend(checker::log_findings(&cluster));
+    let (violations, converged_in) = found.verdict();
     let restores = cluster.restores.load(Ordering::SeqCst);
     drop(cluster);
     let keep = opts.keep || !violations.is_empty();
@@ -136,4 +171,44 @@ pub fn run(opts: &Options) -> Result<Report> {
         violations,
         root: root_text,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run in which no check found anything, converged in `converged_in`.
+    fn clean(converged_in: Duration) -> Found {
+        Found {
+            faults: Vec::new(),
+            samples: Vec::new(),
+            converged: Ok(converged_in),
+            exactly_once: Vec::new(),
+            durable: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    /// Each check's findings are violations of the run, a sampler's included (left out,
+    /// every run would pass whatever the sampler saw), and the convergence time is kept
+    /// only when the replicas converged.
+    #[test]
+    fn every_check_s_findings_fail_the_run() {
+        let one = |what: &str| vec![what.to_owned()];
+        let found = Found {
+            faults: one("fault"),
+            samples: one("sample"),
+            converged: Err(one("differ")),
+            exactly_once: one("twice"),
+            durable: one("cookie"),
+            logs: one("panic"),
+        };
+        let (violations, converged_in) = found.verdict();
+        assert_eq!(violations, ["fault", "sample", "not converged: differ", "twice", "cookie", "panic"]);
+        assert_eq!(converged_in, None);
+        let second = Duration::from_secs(1);
+        assert_eq!(clean(second).verdict(), (Vec::new(), Some(second)));
+        let sampled = Found { samples: one("lost"), ..clean(second) };
+        assert_eq!(sampled.verdict(), (one("lost"), Some(second)), "the sampler's alone");
+    }
 }
