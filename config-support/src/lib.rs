@@ -17,10 +17,13 @@
 //! - [`log_pipe`]: the daemons' log lines on their way to stderr, on a thread of their
 //!   own, so a reader of stderr that stalls or goes away cannot stop a server.
 //! - [`output`]: the commands' standard output, whose write errors are the command's.
+//! - [`metrics`]: the Prometheus text format, and the HTTP endpoint that serves each
+//!   process's page of it (`metrics_listen`).
 
 pub mod certificate;
 pub mod certificate_watch;
 pub mod log_pipe;
+pub mod metrics;
 pub mod output;
 pub mod shell;
 mod source;

@@ -603,6 +603,11 @@ pub fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<HostPort, D::Error> 
     parse_str(d, "an address such as \"127.0.0.1:7389\"", |text| HostPort::from_str(text).map_err(|e| e.to_string()))
 }
 
+/// An optional `host:port` address: a key that is off unless given.
+pub fn optional_host_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HostPort>, D::Error> {
+    host_port(d).map(Some)
+}
+
 /// A file or folder path; an empty string is refused (it would silently mean the
 /// config file's own folder). Resolution against that folder happens after parsing.
 pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {

@@ -87,6 +87,12 @@ pub struct ConsumerConfig {
     /// A group's name or number; none by default.
     #[serde(default, deserialize_with = "source::status_group")]
     pub status_group: Option<StatusGroup>,
+    /// Where to serve metrics for Prometheus (`GET /metrics` over HTTP), as `host:port`:
+    /// the figures of `status` as counters and gauges. Anyone who can reach it reads
+    /// them (names, addresses and counts, never entries), so listen on loopback or an
+    /// address a firewall keeps to the scrapers. None by default: no listener.
+    #[serde(default, deserialize_with = "source::optional_host_port")]
+    pub metrics_listen: Option<HostPort>,
     /// How long SIGTERM/SIGINT may take to send goodbyes and flush before the process
     /// exits anyway. Default `"10s"`.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "source::positive_duration")]
@@ -272,6 +278,7 @@ impl ConsumerConfig {
             ("cache_size", self.cache_size != new.cache_size),
             ("control", self.control != new.control),
             ("status_group", self.status_group != new.status_group),
+            ("metrics_listen", self.metrics_listen != new.metrics_listen),
             ("shutdown_timeout", self.shutdown_timeout != new.shutdown_timeout),
         ]
         .into_iter()
@@ -544,11 +551,23 @@ secret_file = "people.key"
             ("cache_size", file("cache_size = \"128MiB\"")),
             ("control", file("").replace("c.sock", "d.sock")),
             ("status_group", file("status_group = \"0\"")),
+            ("metrics_listen", file("metrics_listen = \"127.0.0.1:9390\"")),
             ("shutdown_timeout", file("shutdown_timeout = \"9s\"")),
         ];
         for (key, text) in cases {
             assert_eq!(running.restart_only_changes(&parse(&text).unwrap()), [key], "from:\n{text}");
         }
+    }
+
+    /// `metrics_listen` is off unless given, and an address as a provider's, refused
+    /// naming the key.
+    #[test]
+    fn metrics_listen_is_an_address_and_off_by_default() {
+        assert_eq!(parse(MINIMAL_AGREEMENT).unwrap().metrics_listen, None);
+        let given = parse(&format!("metrics_listen = \"127.0.0.1:9391\"\n{MINIMAL_AGREEMENT}")).unwrap();
+        assert_eq!(given.metrics_listen.map(|a| a.to_string()), Some("127.0.0.1:9391".to_owned()));
+        let err = refused(&format!("metrics_listen = \"127.0.0.1\"\n{MINIMAL_AGREEMENT}"));
+        assert!(err.contains("key 'metrics_listen'") && err.contains("expected host:port"), "{err}");
     }
 
     /// The error message for `text`, which must be refused.
@@ -966,7 +985,7 @@ secret_file = "people.key"
     fn unknown_keys_are_named() {
         let f = "/etc/tether/consumer.toml";
         let cases = [
-            ("data_dri = \"x\"".to_owned(), "key 'data_dri': unknown key `data_dri`, expected one of `data_dir`, `cache_size`, `control`, `status_group`, `shutdown_timeout`, `agreement`"),
+            ("data_dri = \"x\"".to_owned(), "key 'data_dri': unknown key `data_dri`, expected one of `data_dir`, `cache_size`, `control`, `status_group`, `metrics_listen`, `shutdown_timeout`, `agreement`"),
             ("file = \"x\"".to_owned(), "key 'file': unknown key `file`"),
             (with("scop = \"one\""), "key 'agreement[0].scop': unknown key `scop`, expected one of `name`, `provider`"),
             (with("[agreement.keepalive]\nintervall = \"1s\""), "key 'agreement[0].keepalive.intervall': unknown key `intervall`, expected one of `enabled`, `interval`, `timeout`"),

@@ -44,6 +44,25 @@ pub struct ControlContext {
     pub config_file: tether_protocol::control::StartedWith,
     /// This consumer's id, as providers show it in their status.
     pub consumer_id: String,
+    /// The address the metrics endpoint listens on, if it does.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl ControlContext {
+    /// The status of the process and every agreement, as of now: what `status` prints
+    /// and the metrics endpoint serves.
+    pub async fn status(&self) -> ConsumerStatus {
+        let agreements = self.agreements.lock().await;
+        ConsumerStatus {
+            running: true,
+            started_at: humantime::format_rfc3339_seconds(tether_config::shell::started_at()).to_string(),
+            consumer_id: self.consumer_id.clone(),
+            metrics_listen: self.metrics_listen.map(|a| a.to_string()),
+            store_error: self.store.failure().latched(),
+            trees_to_free: self.store.trees_to_free(),
+            agreements: agreements.values().map(|r| r.status.snapshot()).collect(),
+        }
+    }
 }
 
 /// Serves control connections until `ctx.shutdown`.
@@ -380,15 +399,7 @@ async fn handle(stream: UnixStream, peer: Peer, ctx: ControlContext) -> Result<(
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply: Result<String, String> = match request {
         ControlRequest::Status { json } => {
-            let agreements = ctx.agreements.lock().await;
-            let status = ConsumerStatus {
-                running: true,
-                started_at: humantime::format_rfc3339_seconds(tether_config::shell::started_at()).to_string(),
-                consumer_id: ctx.consumer_id.clone(),
-                store_error: ctx.store.failure().latched(),
-                trees_to_free: ctx.store.trees_to_free(),
-                agreements: agreements.values().map(|r| r.status.snapshot()).collect(),
-            };
+            let status = ctx.status().await;
             if json {
                 serde_json::to_string_pretty(&status).map(|s| s + "\n").map_err(|e| e.to_string())
             } else {
@@ -683,6 +694,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             config_file: tether_protocol::control::StartedWith::new(Path::new("consumer.toml")),
             consumer_id: "c".to_owned(),
+            metrics_listen: None,
         };
         (dir, ctx)
     }

@@ -438,6 +438,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let (listener, control_file) =
         tether_config::shell::take_place(&config.data_dir, &config.control, config.status_group.as_ref(), &config.file)
             .await?;
+    // So is one that cannot take its metrics port.
+    let metrics = match &config.metrics_listen {
+        Some(addr) => Some(tether_config::metrics::endpoint::bind(addr).await?),
+        None => None,
+    };
     let new = !tether_store::store_exists(&config.data_dir);
     let loose = tether_config::shell::private_data_dir(&config.data_dir, new)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
@@ -492,7 +497,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
         shutdown: shutdown.clone(),
         config_file: tether_protocol::control::StartedWith::new(&config.file),
         consumer_id: client_id.clone(),
+        metrics_listen: metrics.as_ref().and_then(|l| l.local_addr().ok()),
     };
+    let metrics_task = metrics.map(|listener| {
+        let ctx = ctx.clone();
+        tokio::spawn(tether_config::metrics::endpoint::serve(listener, shutdown.clone(), move || {
+            let ctx = ctx.clone();
+            async move { Ok(crate::metrics::render(&ctx.status().await)) }
+        }))
+    });
     let control_task = tokio::spawn(control::serve(listener, config.status_group.clone(), ctx));
     info!(agreements = config.agreements.len(), "consumer running");
     tether_config::output::announce("consumer running");
@@ -542,6 +555,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
             let _ = r.task.await;
         }
         let _ = control_task.await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
     };
     if tokio::time::timeout(config.shutdown_timeout, stopping).await.is_err() {
         warn!(limit = ?config.shutdown_timeout, "agreements or control requests did not stop in time; exiting anyway");

@@ -16,7 +16,8 @@
 //! - [`retry`]: an agreement's reconnect schedule (`retry = ["1s x5", "1m forever"]`)
 //!   and its jitter.
 //! - [`reason`]: states and disconnect reasons, named as in SPEC §4.
-//! - [`status`]: what each agreement publishes.
+//! - [`status`]: what each agreement publishes; [`metrics`]: the same, as the page the
+//!   metrics endpoint (`metrics_listen`) serves to Prometheus.
 //! - [`tls`]: an agreement's `[agreement.tls]` as a TLS client;
 //!   [`provider_certificate`]: what the provider presented in it, warned of as it comes
 //!   to expire (the supervisor runs `tether_config`'s watch on it).
@@ -39,6 +40,7 @@ pub mod daemon;
 pub mod executor;
 pub mod failpoint;
 pub mod identity;
+pub mod metrics;
 pub mod provider_certificate;
 pub mod reason;
 pub mod retry;

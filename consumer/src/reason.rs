@@ -26,6 +26,17 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order an agreement usually meets them.
+    pub const ALL: [State; 7] = [
+        State::Connecting,
+        State::Refreshing,
+        State::Persisting,
+        State::Idle,
+        State::Backoff,
+        State::Stopped,
+        State::Closed,
+    ];
+
     /// The status name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,6 +80,18 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in SPEC §4's order.
+    pub const ALL: [Reason; 8] = [
+        Reason::Shutdown,
+        Reason::AdminStop,
+        Reason::ProviderGoodbye,
+        Reason::IdleTimeout,
+        Reason::KeepaliveTimeout,
+        Reason::ConnectionLost,
+        Reason::Exception,
+        Reason::Rejected,
+    ];
+
     /// The status/log name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,5 +138,7 @@ mod tests {
             assert_eq!(reason.to_string(), name, "{reason:?} displayed");
             assert_eq!(serde_json::to_value(reason).unwrap(), name, "{reason:?} as last_disconnect");
         }
+        // The metrics list a counter for each, from the first scrape.
+        assert_eq!(Reason::ALL, named.map(|(reason, _)| reason));
     }
 }

@@ -409,6 +409,9 @@ pub struct ConsumerStatus {
     /// The id this consumer gives providers: the `CONSUMER` column of their status,
     /// which tells this process's sessions and positions from another's.
     pub consumer_id: String,
+    /// The address the metrics endpoint (`metrics_listen`) listens on, as bound (a port
+    /// 0 made a real one); `null` without one.
+    pub metrics_listen: Option<String>,
     /// The storage failure no agreement can go on after, if the store has failed: the
     /// process must be restarted once its cause is fixed (see `tether_store::failure`).
     #[serde(serialize_with = "failure_text")]
@@ -524,6 +527,9 @@ impl ConsumerStatus {
             n => out.push_str(&format!("freeing discarded replicas in the background: {n} trees to go\n")),
         }
         out.push_str(&format!("consumer id {} (the CONSUMER column of provider status)\n", self.consumer_id));
+        if let Some(at) = &self.metrics_listen {
+            out.push_str(&format!("metrics at http://{at}/metrics\n"));
+        }
         out
     }
 }
@@ -641,19 +647,27 @@ impl OfflineStatus {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A running consumer's status of `agreements`.
-    fn of(agreements: Vec<AgreementStatus>) -> ConsumerStatus {
+impl ConsumerStatus {
+    /// A running consumer's status of `agreements`, the rest empty, for tests.
+    pub(crate) fn for_test(agreements: Vec<AgreementStatus>) -> Self {
         ConsumerStatus {
             running: true,
             started_at: String::new(),
             consumer_id: String::new(),
+            metrics_listen: None,
             store_error: None,
             trees_to_free: 0,
             agreements,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(agreements: Vec<AgreementStatus>) -> ConsumerStatus {
+        ConsumerStatus::for_test(agreements)
     }
 
     #[test]

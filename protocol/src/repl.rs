@@ -59,6 +59,9 @@ pub enum RefreshKind {
 }
 
 impl RefreshKind {
+    /// Every kind.
+    pub const ALL: [RefreshKind; 3] = [RefreshKind::Full, RefreshKind::Delta, RefreshKind::Present];
+
     /// The name used in status and logs.
     pub fn as_str(self) -> &'static str {
         match self {

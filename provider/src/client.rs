@@ -568,6 +568,7 @@ mod tests {
             config_file: StartedWith::new(&config.file),
             listen: listener.local_addr().unwrap(),
             served: tokio::sync::watch::channel(None).1,
+            metrics_listen: None,
         };
         let (socket, _file) = tether_protocol::control::bind(&config.control, None).await.unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();

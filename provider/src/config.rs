@@ -95,6 +95,12 @@ pub struct ProviderConfig {
     /// A group's name or number; none by default.
     #[serde(default, deserialize_with = "source::status_group")]
     pub status_group: Option<StatusGroup>,
+    /// Where to serve metrics for Prometheus (`GET /metrics` over HTTP), as `host:port`:
+    /// the figures of `status` as counters and gauges. Anyone who can reach it reads
+    /// them (names, addresses and counts, never entries), so listen on loopback or an
+    /// address a firewall keeps to the scrapers. None by default: no listener.
+    #[serde(default, deserialize_with = "source::optional_host_port")]
+    pub metrics_listen: Option<HostPort>,
     /// The DN at the top of the directory: the one entry that may exist without a
     /// parent. Required.
     #[serde(deserialize_with = "source::dn")]
@@ -303,6 +309,7 @@ impl ProviderConfig {
             ("listen", self.listen != new.listen),
             ("control", self.control != new.control),
             ("status_group", self.status_group != new.status_group),
+            ("metrics_listen", self.metrics_listen != new.metrics_listen),
             ("suffix", self.suffix != new.suffix),
             ("max_connections", self.max_connections != new.max_connections),
             ("handshake_timeout", self.handshake_timeout != new.handshake_timeout),
@@ -539,6 +546,19 @@ mod tests {
         assert!(err.contains("key 'status_group'") && err.contains("a group's name, or its number"), "{err}");
     }
 
+    /// `metrics_listen` is off unless given, and an address of the same form as
+    /// `listen`'s, refused naming the key.
+    #[test]
+    fn metrics_listen_is_an_address_and_off_by_default() {
+        assert_eq!(parse(MINIMAL).unwrap().metrics_listen, None);
+        let given = parse(&format!("{MINIMAL}metrics_listen = \"[::1]:9390\"\n")).unwrap().metrics_listen;
+        assert_eq!(given.map(|a| a.to_string()), Some("[::1]:9390".to_owned()));
+        let err = refused(&format!("{MINIMAL}metrics_listen = \"http://127.0.0.1:9390/metrics\"\n"));
+        assert!(err.contains("key 'metrics_listen'") && err.contains("a host:port, not a URL"), "{err}");
+        let err = refused(&format!("{MINIMAL}metrics_listen = 9390\n"));
+        assert!(err.contains("key 'metrics_listen'"), "{err}");
+    }
+
     /// Each key a reload cannot apply is named when it alone changes: one left out of
     /// the list was taken for applied, the reply saying nothing of it while the provider
     /// ran on the old value until its next start.
@@ -553,6 +573,7 @@ mod tests {
             ("listen", file("listen = \"127.0.0.1:7390\"")),
             ("control", file("").replace("p.sock", "q.sock")),
             ("status_group", file("status_group = \"0\"")),
+            ("metrics_listen", file("metrics_listen = \"127.0.0.1:9390\"")),
             ("suffix", file("").replace("dc=example", "dc=other")),
             ("max_connections", file("max_connections = 7")),
             ("handshake_timeout", file("handshake_timeout = \"3s\"")),

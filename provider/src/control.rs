@@ -36,6 +36,23 @@ pub struct ControlContext {
     pub listen: std::net::SocketAddr,
     /// The certificate it serves (start and reload set it), whose end `status` shows.
     pub served: tokio::sync::watch::Receiver<Option<crate::validity::Served>>,
+    /// The address the metrics endpoint listens on, if it does.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl ControlContext {
+    /// The running provider's status as of now: what `status` prints and the metrics
+    /// endpoint serves. A store error is noted as the store's failure, as every read's.
+    pub fn status(&self) -> Result<ProviderStatus, tether_store::StoreError> {
+        let status = ProviderStatus::collect(&self.dir, &self.registry, Some(self.listen)).inspect_err(|e| {
+            self.dir.failure().note(e);
+        })?;
+        Ok(ProviderStatus {
+            certificate_expires_at: self.served.borrow().as_ref().map(expiry),
+            metrics_listen: self.metrics_listen.map(|a| a.to_string()),
+            ..status
+        })
+    }
 }
 
 /// When the certificate `served` expires, as `status` shows it (RFC 3339).
@@ -132,17 +149,12 @@ async fn handle(
     };
     let uuids = matches!(request, ControlRequest::SearchWithUuids { .. });
     let reply = match request {
-        ControlRequest::Status { json } => match ProviderStatus::collect(&ctx.dir, &ctx.registry, Some(ctx.listen))
-            .map(|status| ProviderStatus { certificate_expires_at: ctx.served.borrow().as_ref().map(expiry), ..status })
-        {
+        ControlRequest::Status { json } => match ctx.status() {
             Ok(status) if json => {
                 Ok(serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n")
             }
             Ok(status) => Ok(status.to_text()),
-            Err(e) => {
-                ctx.dir.failure().note(&e);
-                Err(e.to_string())
-            }
+            Err(e) => Err(e.to_string()),
         },
         ControlRequest::Search { spec, .. } | ControlRequest::SearchWithUuids { spec, .. } => {
             if let Err(e) = check_search(&ctx.dir, &spec) {

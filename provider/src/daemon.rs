@@ -125,6 +125,20 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             )));
         }
     };
+    // And one whose metrics port is taken, the same way.
+    let metrics = match &config.metrics_listen {
+        Some(addr) => match tether_config::metrics::endpoint::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                drop(control_file);
+                if made_data_dir {
+                    let _ = std::fs::remove_dir(&config.data_dir);
+                }
+                return Err(anyhow::Error::new(e).context(config.file.display().to_string()));
+            }
+        },
+        None => None,
+    };
     // A name binds one of its addresses, the first that binds: said, since the others
     // (IPv4 `127.0.0.1` beside the `::1` that `localhost` gave first) then refuse the
     // consumers configured with them, and nothing else says why.
@@ -213,7 +227,23 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         config_file: tether_protocol::control::StartedWith::new(config_path),
         listen: local,
         served: served_rx.clone(),
+        metrics_listen: metrics.as_ref().and_then(|l| l.local_addr().ok()),
     };
+    let metrics_task = metrics.map(|listener| {
+        let ctx = ctx.clone();
+        tokio::spawn(tether_config::metrics::endpoint::serve(listener, shutdown.clone(), move || {
+            let ctx = ctx.clone();
+            // The store reads of a status are short; off the runtime's workers anyway,
+            // as a scrape must not hold up sessions behind a slow disk.
+            async move {
+                match tokio::task::spawn_blocking(move || ctx.status()).await {
+                    Ok(Ok(status)) => Ok(crate::metrics::render(&status)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }))
+    });
     // The line tests and the demo wait for: the provider is ready and where.
     info!(listen = %local, tls = tls.is_some(), store_id = %dir.store_id(), %history, csn = %dir.durable_csn(), "provider listening");
     tether_config::output::announce(&format!("listening on {local}"));
@@ -279,6 +309,9 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let drained = tokio::time::timeout(SHUTDOWN_LIMIT, async {
         let _ = server_task.await;
         let _ = control_task.await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         let _ = trim_task.await;
         let _ = certificate_task.await;
     })

@@ -26,7 +26,8 @@
 //!   provider says of the certificate in them, which rustls does not check of one's own,
 //!   at start, on reload, from `status` and (through `tether_config`'s watch) in its log
 //!   as it comes to expire.
-//! - [`control`], [`status`]: the operator's view.
+//! - [`control`], [`status`]: the operator's view; [`metrics`]: `status` as the page
+//!   the metrics endpoint (`metrics_listen`) serves to Prometheus.
 //! - [`daemon`]: the `serve` process and its shutdown.
 //! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
 //! - [`input`]: the LDIF they read, from a file or standard input.
@@ -38,6 +39,7 @@ pub mod daemon;
 pub mod handshakes;
 pub mod input;
 pub mod load;
+pub mod metrics;
 pub mod outbound;
 pub mod probe;
 pub mod refresh;

@@ -33,6 +33,9 @@ pub struct ProviderStatus {
     /// `listen` changed by a reload that waits for a restart), and which alone tells two
     /// providers on one port of two addresses apart.
     pub listen: Option<String>,
+    /// The address the metrics endpoint (`metrics_listen`) listens on, as bound; `null`
+    /// without one, and when the provider is not running.
+    pub metrics_listen: Option<String>,
     /// When the TLS certificate the running provider serves expires (RFC 3339), for a
     /// monitor to alert on ahead of the day its consumers refuse it; absent without TLS,
     /// and when the provider is not running (it serves nothing then: the file is what its
@@ -159,6 +162,7 @@ impl ProviderStatus {
             running,
             started_at: running.then(|| crate::registry::rfc3339(tether_config::shell::started_at())),
             listen: listening.map(|addr| addr.to_string()),
+            metrics_listen: None,
             certificate_expires_at: None,
             store_id: dir.store_id().to_string(),
             history: dir.history().to_string(),
@@ -178,6 +182,9 @@ impl ProviderStatus {
     /// A table for people.
     pub fn to_text(&self) -> String {
         let mut out = self.listen.as_ref().map(|addr| format!("listening on {addr}\n")).unwrap_or_default();
+        if let Some(at) = &self.metrics_listen {
+            out.push_str(&format!("metrics at http://{at}/metrics\n"));
+        }
         if let Some(at) = &self.certificate_expires_at {
             out.push_str(&format!("TLS certificate served expires at {at}\n"));
         }
@@ -278,6 +285,7 @@ mod tests {
             running: true,
             started_at: Some("2026-12-05T05:00:00Z".into()),
             listen: None,
+            metrics_listen: None,
             certificate_expires_at: None,
             store_id: "s".into(),
             history: "h".into(),
@@ -306,6 +314,7 @@ mod tests {
             running: false,
             started_at: None,
             listen: None,
+            metrics_listen: None,
             certificate_expires_at: None,
             store_id: "s".into(),
             history: "h".into(),

@@ -2839,3 +2839,120 @@ fn a_member_of_the_status_group_reads_status_and_does_nothing_else() -> Result<(
     );
     Ok(())
 }
+
+/// `GET /metrics` of the endpoint at `address`: the status line and the page.
+fn scrape(address: &str) -> Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: tether\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
+    Ok((head.lines().next().unwrap_or_default().to_owned(), body.to_owned()))
+}
+
+/// Both processes serve their status as Prometheus metrics on `metrics_listen` (port 0
+/// here: `status` says which port it took), the figures those of `status`, a change
+/// counted as it is applied; a port taken stops a start, naming the key; a stopped
+/// process serves nothing.
+#[test]
+fn both_processes_serve_their_status_as_metrics() -> Result<()> {
+    use tether_config::metrics::{parse, value as metric};
+    let tmp = tempfile::tempdir()?;
+    let with_metrics = |config: &Path| -> Result<()> {
+        let text = std::fs::read_to_string(config)?;
+        Ok(std::fs::write(config, format!("metrics_listen = \"127.0.0.1:0\"\n{text}"))?)
+    };
+    let (mut p, mut w) = provider_with(tmp.path(), 30, 58, ProviderOptions::default())?;
+    p.stop()?;
+    with_metrics(&p.config)?;
+    p.start()?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
+    with_metrics(&c.config)?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    let address = |status: &serde_json::Value| -> Result<String> {
+        let at = status["metrics_listen"].as_str().with_context(|| format!("metrics_listen in {status}"))?;
+        anyhow::ensure!(at.starts_with("127.0.0.1:") && !at.ends_with(":0"), "{at}");
+        Ok(at.to_owned())
+    };
+    let (p_at, c_at) = (address(&p.status()?)?, address(&c.status()?)?);
+    let consumer_id = c.status()?["consumer_id"].as_str().context("consumer_id")?.to_owned();
+    let people = [("agreement", "people")];
+    let session = [("agreement", "people"), ("consumer", consumer_id.as_str())];
+
+    // Each figure as status has it, once the consumer has acknowledged what it applied.
+    let csn = p.status()?["csn"].as_f64().context("csn")?;
+    wait_until(CONVERGE, "the provider's session to show no lag", || {
+        let (line, body) = scrape(&p_at)?;
+        anyhow::ensure!(line == "HTTP/1.1 200 OK", "{line}");
+        Ok(metric(&parse(&body).map_err(anyhow::Error::msg)?, "tether_provider_session_lag_changes", &session)
+            == Some(0.0))
+    })?;
+    let page = parse(&scrape(&p_at)?.1).map_err(anyhow::Error::msg)?;
+    let status = p.status()?;
+    assert_eq!(metric(&page, "tether_provider_csn", &[]), Some(csn));
+    assert_eq!(metric(&page, "tether_provider_entries", &[]), status["entries"].as_f64());
+    assert_eq!(metric(&page, "tether_provider_sessions", &session), Some(1.0));
+    assert_eq!(metric(&page, "tether_provider_consumer_connected", &session), Some(1.0));
+    let page = parse(&scrape(&c_at)?.1).map_err(anyhow::Error::msg)?;
+    let status = c.agreement_status("people")?;
+    assert_eq!(
+        metric(&page, "tether_consumer_agreement_state", &[("agreement", "people"), ("state", "persisting")]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&page, "tether_consumer_entries", &people), status["entries"].as_f64());
+    assert_eq!(
+        metric(&page, "tether_consumer_refreshes_total", &[("agreement", "people"), ("kind", "full")]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&page, "tether_consumer_replica_csn", &people), Some(csn));
+    let applied = metric(&page, "tether_consumer_applied_total", &people).context("applied")?;
+
+    // A change: counted as applied, the replica's CSN the provider's.
+    p.write_ok(&w.changes(1))?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    let csn = p.status()?["csn"].as_f64().context("csn")?;
+    wait_until(CONVERGE, "the consumer's metrics to show the change", || {
+        let page = parse(&scrape(&c_at)?.1).map_err(anyhow::Error::msg)?;
+        Ok(metric(&page, "tether_consumer_replica_csn", &people) == Some(csn))
+    })?;
+    let page = parse(&scrape(&c_at)?.1).map_err(anyhow::Error::msg)?;
+    assert_eq!(metric(&page, "tether_consumer_applied_total", &people), Some(applied + 1.0));
+    let table = String::from_utf8(c.command_output("status", &[])?.stdout)?;
+    assert!(table.ends_with(&format!("metrics at http://{c_at}/metrics\n")), "{table}");
+
+    // A second consumer given the first one's port does not start, and says why.
+    let mut taken =
+        Consumer::configure(&tmp.path().join("c2"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
+    let text = std::fs::read_to_string(&taken.config)?;
+    std::fs::write(&taken.config, format!("metrics_listen = \"{c_at}\"\n{text}"))?;
+    assert!(taken.start().is_err(), "a start on a port in use");
+    let said = taken.log_text();
+    assert!(said.contains(&format!("cannot listen on {c_at} for metrics_listen")), "{said}");
+    assert!(!tether_store_exists(&taken.dir.join("data")), "nothing made");
+
+    // Nor does a provider, which leaves no folder behind.
+    let mut other = Provider::configure(&tmp.path().join("p2"), &ProviderOptions::default())?;
+    let text = std::fs::read_to_string(&other.config)?;
+    std::fs::write(&other.config, format!("metrics_listen = \"{p_at}\"\n{text}"))?;
+    assert!(other.start().is_err(), "a start on a port in use");
+    let said = other.log_text();
+    assert!(said.contains(&format!("cannot listen on {p_at} for metrics_listen")), "{said}");
+    assert!(!other.dir.join("data").exists(), "nothing made");
+
+    // Stopped, a process serves nothing.
+    c.stop()?;
+    p.stop()?;
+    for at in [&c_at, &p_at] {
+        assert!(scrape(at).is_err(), "{at} still answers");
+    }
+    Ok(())
+}
+
+/// Whether a store was made in `data_dir` (a failed start must not make one).
+fn tether_store_exists(data_dir: &Path) -> bool {
+    std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
