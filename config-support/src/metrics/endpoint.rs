@@ -83,10 +83,10 @@ where
     }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let connections = TaskTracker::new();
-    // Refused connections are counted and told at most once a minute: a flood's every
-    // connection must not become a log line.
+    // Refused connections are told at the first, then at most once a minute with the
+    // count since: a flood's every connection must not become a log line.
     let mut refused = 0u64;
-    let mut told = tokio::time::Instant::now();
+    let mut told: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -105,9 +105,9 @@ where
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             refused += 1;
-            if told.elapsed() >= Duration::from_secs(60) {
+            if told.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                 warn!(refused, limit = MAX_CONNECTIONS, "metrics endpoint: connections over the limit were closed");
-                (refused, told) = (0, tokio::time::Instant::now());
+                (refused, told) = (0, Some(tokio::time::Instant::now()));
             }
             drop(stream);
             continue;

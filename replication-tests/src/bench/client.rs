@@ -188,6 +188,54 @@ mod tests {
         Some(Message::WriteResult { id, outcome: WriteOutcome::Committed { csn: Csn(csn), uuid: EntryUuid([0; 16]) } })
     }
 
+    /// A pipelined burst keeps `depth` writes in flight and never one more (the figure
+    /// is reported at that depth): the provider here reads everything the client sent
+    /// before it waited, counts what it has not acknowledged, then acknowledges the
+    /// oldest, so the count at each ack is what the client had in flight.
+    #[tokio::test]
+    async fn a_pipelined_burst_keeps_depth_writes_in_flight_and_no_more() {
+        const WRITES: u64 = 100;
+        for depth in [1usize, 4, 64] {
+            let (client_end, provider_end) = tokio::io::duplex(1 << 20);
+            let (reader, writer) = tether_protocol::connection::boxed(client_end);
+            let mut client = Writer { reader, writer, next_id: 0 };
+            let (mut requests, mut acks) = tether_protocol::connection::boxed(provider_end);
+            let provider = tokio::spawn(async move {
+                let (mut in_flight, mut most, mut received) = (std::collections::VecDeque::new(), 0, 0);
+                for _ in 0..WRITES {
+                    // After each ack a client with writes left sends the next: wait for
+                    // it, then take every one sent with it.
+                    let mut next = (received < WRITES).then_some(None);
+                    while let Some(message) = next.take() {
+                        let message = match message {
+                            Some(message) => message,
+                            None => requests.recv().await.unwrap(),
+                        };
+                        match message {
+                            Some(Message::WriteRequest { id, .. }) => in_flight.push_back(id),
+                            other => panic!("{:?}", other.map(|m| m.name())),
+                        }
+                        received += 1;
+                        next = tokio::select! {
+                            biased;
+                            m = requests.recv(), if received < WRITES => Some(Some(m.unwrap())),
+                            () = std::future::ready(()) => None,
+                        };
+                    }
+                    most = most.max(in_flight.len());
+                    let id = in_flight.pop_front().unwrap();
+                    acks.send(&committed(id, id + 1).unwrap()).await.unwrap();
+                }
+                most
+            });
+            let changes = (0..WRITES as usize).map(|k| super::super::data::modify(k, k)).collect::<Result<Vec<_>>>();
+            let mut csns = Vec::new();
+            client.apply(changes.unwrap(), depth, |_, csn, _| csns.push(csn)).await.unwrap();
+            assert_eq!(provider.await.unwrap(), depth, "in flight at depth {depth}");
+            assert_eq!(csns, (1..=WRITES).map(Csn).collect::<Vec<_>>());
+        }
+    }
+
     /// The benchmark times each write by its acknowledgement, so it takes an ack only
     /// for the write it waits on: one for another write, or a refusal, stops the run
     /// instead of being counted as that write's.

@@ -93,22 +93,51 @@ pub fn run(rt: &Runtime, consumers: usize, ops: usize) -> Result<Report> {
         let [visible, durable] = lags.map(worst_checkpoint);
         anyhow::Ok((visible, durable, last.duration_since(started), cpu))
     })?;
-    let provider_after = rss::current(cluster.provider_pid()?)?;
-    let per_session = provider_after.saturating_sub(provider_before) as f64 / consumers.max(1) as f64;
+    let measured = Measured {
+        visible,
+        durable,
+        elapsed,
+        cpu,
+        provider_rss: (provider_before, rss::current(cluster.provider_pid()?)?),
+        provider_peak: rss::peak(cluster.provider_pid()?)?,
+    };
+    Ok(report(consumers, ops, &measured))
+}
+
+/// What a fanout run measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// The slowest consumer's visible lag at the worst checkpoint, and the median there.
+    pub visible: (Duration, Duration),
+    /// The same for durable lags.
+    pub durable: (Duration, Duration),
+    /// From the burst's start to the last consumer caught up.
+    pub elapsed: Duration,
+    /// CPU over the burst: the provider's, all consumers' together.
+    pub cpu: (Duration, Duration),
+    /// The provider's RSS in bytes before the consumers connected and after the burst.
+    pub provider_rss: (u64, u64),
+    /// The provider's peak RSS in bytes.
+    pub provider_peak: u64,
+}
+
+/// The report of `consumers` consumers taking a burst of `ops` changes that measured `m`.
+pub fn report(consumers: usize, ops: usize, m: &Measured) -> Report {
+    let per_session = m.provider_rss.1.saturating_sub(m.provider_rss.0) as f64 / consumers.max(1) as f64;
     let mut r = Report::new("fanout");
     r.param("consumers", consumers).param("ops", ops).param("entries", PEOPLE);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    r.target("slowest consumer lag (visible)", ms(visible.0), "ms", Bound::AtMost, TARGET_LAG_MS);
-    r.figure("median lag at that checkpoint (visible)", ms(visible.1), "ms");
-    r.figure("slowest consumer lag (durable)", ms(durable.0), "ms");
-    r.figure("median lag at that checkpoint (durable)", ms(durable.1), "ms");
-    r.figure("aggregate deliveries", (ops * consumers) as f64 / elapsed.as_secs_f64(), "changes/s");
-    r.figure("all consumers caught up after", elapsed.as_secs_f64(), "s");
-    r.figure("provider CPU per change", cpu.0.as_secs_f64() * 1e6 / ops.max(1) as f64, "us");
-    r.figure("consumer CPU per change delivered", cpu.1.as_secs_f64() * 1e6 / (ops * consumers).max(1) as f64, "us");
+    r.target("slowest consumer lag (visible)", ms(m.visible.0), "ms", Bound::AtMost, TARGET_LAG_MS);
+    r.figure("median lag at that checkpoint (visible)", ms(m.visible.1), "ms");
+    r.figure("slowest consumer lag (durable)", ms(m.durable.0), "ms");
+    r.figure("median lag at that checkpoint (durable)", ms(m.durable.1), "ms");
+    r.figure("aggregate deliveries", (ops * consumers) as f64 / m.elapsed.as_secs_f64(), "changes/s");
+    r.figure("all consumers caught up after", m.elapsed.as_secs_f64(), "s");
+    r.figure("provider CPU per change", m.cpu.0.as_secs_f64() * 1e6 / ops.max(1) as f64, "us");
+    r.figure("consumer CPU per change delivered", m.cpu.1.as_secs_f64() * 1e6 / (ops * consumers).max(1) as f64, "us");
     r.figure("provider RSS per session", per_session / 1024.0, "KiB");
-    r.figure("provider peak RSS", rss::mib(rss::peak(cluster.provider_pid()?)?), "MiB");
-    Ok(r)
+    r.figure("provider peak RSS", rss::mib(m.provider_peak), "MiB");
+    r
 }
 
 /// The checkpoint with the worst lag, and the median consumer's lag there: one late
@@ -126,6 +155,35 @@ fn worst_checkpoint(lags: BTreeMap<usize, Vec<Duration>>) -> (Duration, Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Visible and durable lags each in their own figure, the target on the visible;
+    /// the provider's memory per session in KiB over the consumers; deliveries over
+    /// every consumer.
+    #[test]
+    fn each_figure_is_computed_from_its_own_measure() {
+        let ms = Duration::from_millis;
+        let m = Measured {
+            visible: (ms(80), ms(20)),
+            durable: (ms(150), ms(60)),
+            elapsed: Duration::from_secs(8),
+            cpu: (Duration::from_secs(1), Duration::from_secs(10)),
+            provider_rss: (100 << 20, (100 << 20) + 50 * 64 * 1024),
+            provider_peak: 120 << 20,
+        };
+        let r = report(50, 10_000, &m);
+        let value = |name: &str| r.get(name).map(|f| f.value);
+        assert_eq!(value("slowest consumer lag (visible)"), Some(80.0));
+        assert_eq!(r.get("slowest consumer lag (visible)").and_then(|f| f.met()), Some(true));
+        assert_eq!(value("median lag at that checkpoint (visible)"), Some(20.0));
+        assert_eq!(value("slowest consumer lag (durable)"), Some(150.0));
+        assert_eq!(value("median lag at that checkpoint (durable)"), Some(60.0));
+        assert_eq!(value("provider RSS per session"), Some(64.0));
+        assert_eq!(value("provider peak RSS"), Some(120.0));
+        assert_eq!(value("aggregate deliveries"), Some(62_500.0));
+        assert_eq!(value("provider CPU per change"), Some(100.0));
+        assert_eq!(value("consumer CPU per change delivered"), Some(20.0));
+        assert_eq!(r.missed(), 0);
+    }
 
     /// The target holds the worst consumer at its worst checkpoint, and the median
     /// beside it tells one late consumer (here, at the first checkpoint) from all of them

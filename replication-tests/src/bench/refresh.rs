@@ -3,7 +3,7 @@
 //! the bytes), and the clock stops when the consumer reports `persisting` with every
 //! entry; its replica is then compared with the provider's whole.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use tokio::runtime::Runtime;
@@ -42,16 +42,54 @@ pub fn run(rt: &Runtime, people: usize) -> Result<Report> {
     if !cluster.identical(i)? {
         bail!("the refreshed replica differs from the provider's directory");
     }
-    let rate = people as f64 / elapsed.as_secs_f64();
+    let measured = Measured {
+        load_time: cluster.load_time,
+        elapsed,
+        bytes,
+        entries: cluster.entries,
+        cpu,
+        rss: (provider_rss, consumer_rss),
+        provider_idle,
+        disk: (provider_disk, consumer_disk),
+    };
+    Ok(report(people, &measured))
+}
+
+/// What a refresh of the workload measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// The provider's offline load.
+    pub load_time: Duration,
+    /// From the consumer's start to `persisting` with every entry.
+    pub elapsed: Duration,
+    /// Bytes the provider sent.
+    pub bytes: u64,
+    /// Entries in the directory, the structural ones (suffix, organizational units)
+    /// included: what was sent.
+    pub entries: usize,
+    /// CPU used by the refresh: the provider's, the consumer's.
+    pub cpu: (Duration, Duration),
+    /// Peak RSS in bytes: the provider's, the consumer's.
+    pub rss: (u64, u64),
+    /// The provider's RSS before the refresh.
+    pub provider_idle: u64,
+    /// Store sizes in bytes: the provider's, the consumer's.
+    pub disk: (u64, u64),
+}
+
+/// The report of a refresh of `people` generated entries that measured `m`.
+pub fn report(people: usize, m: &Measured) -> Report {
+    let rate = people as f64 / m.elapsed.as_secs_f64();
     let mut r = Report::new("refresh");
     r.param("entries", people);
-    r.figure("offline load", cluster.load_time.as_secs_f64(), "s");
-    r.figure("refresh time", elapsed.as_secs_f64(), "s");
+    r.figure("offline load", m.load_time.as_secs_f64(), "s");
+    r.figure("refresh time", m.elapsed.as_secs_f64(), "s");
     r.target("refresh rate", rate, "entries/s", Bound::AtLeast, TARGET_RATE);
-    r.figure("bytes on the wire", bytes as f64, "B");
-    r.figure("bytes per entry", bytes as f64 / cluster.entries as f64, "B");
-    r.figure("provider CPU per entry", cpu.0.as_secs_f64() * 1e6 / people.max(1) as f64, "us");
-    r.figure("consumer CPU per entry", cpu.1.as_secs_f64() * 1e6 / people.max(1) as f64, "us");
+    r.figure("bytes on the wire", m.bytes as f64, "B");
+    r.figure("bytes per entry", m.bytes as f64 / m.entries as f64, "B");
+    r.figure("provider CPU per entry", m.cpu.0.as_secs_f64() * 1e6 / people.max(1) as f64, "us");
+    r.figure("consumer CPU per entry", m.cpu.1.as_secs_f64() * 1e6 / people.max(1) as f64, "us");
+    let (provider_rss, consumer_rss) = m.rss;
     if people >= RSS_TARGET_FROM {
         r.target("provider peak RSS", rss::mib(provider_rss), "MiB", Bound::AtMost, TARGET_RSS_MIB);
         r.target("consumer peak RSS", rss::mib(consumer_rss), "MiB", Bound::AtMost, TARGET_RSS_MIB);
@@ -59,9 +97,60 @@ pub fn run(rt: &Runtime, people: usize) -> Result<Report> {
         r.figure("provider peak RSS", rss::mib(provider_rss), "MiB");
         r.figure("consumer peak RSS", rss::mib(consumer_rss), "MiB");
     }
-    r.figure("provider RSS before the refresh", rss::mib(provider_idle), "MiB");
-    r.figure("provider store size", rss::mib(provider_disk), "MiB");
-    r.figure("consumer store size", rss::mib(consumer_disk), "MiB");
+    r.figure("provider RSS before the refresh", rss::mib(m.provider_idle), "MiB");
+    r.figure("provider store size", rss::mib(m.disk.0), "MiB");
+    r.figure("consumer store size", rss::mib(m.disk.1), "MiB");
     r.fact("content", "identical to the provider's");
-    Ok(r)
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn measured() -> Measured {
+        Measured {
+            load_time: Duration::from_secs(3),
+            elapsed: Duration::from_millis(800),
+            bytes: 58_000_000,
+            entries: 100_004,
+            cpu: (Duration::from_millis(200), Duration::from_millis(1_500)),
+            rss: (150 * MIB, 120 * MIB),
+            provider_idle: 90 * MIB,
+            disk: (300 * MIB, 250 * MIB),
+        }
+    }
+
+    /// Each side's figure is its own: the provider's RSS, CPU and store apart from the
+    /// consumer's, the rate over the generated people alone.
+    #[test]
+    fn each_process_s_figures_are_its_own() {
+        let r = report(100_000, &measured());
+        let value = |name: &str| r.get(name).map(|f| f.value);
+        assert_eq!(value("refresh rate"), Some(125_000.0));
+        assert_eq!(value("provider peak RSS"), Some(150.0));
+        assert_eq!(value("consumer peak RSS"), Some(120.0));
+        assert_eq!(value("provider RSS before the refresh"), Some(90.0));
+        assert_eq!(value("provider CPU per entry"), Some(2.0));
+        assert_eq!(value("consumer CPU per entry"), Some(15.0));
+        assert_eq!(value("provider store size"), Some(300.0));
+        assert_eq!(value("consumer store size"), Some(250.0));
+        assert_eq!(value("bytes per entry"), Some(58_000_000.0 / 100_004.0));
+        assert_eq!(value("offline load"), Some(3.0));
+    }
+
+    /// The memory target applies from a million entries, that size included.
+    #[test]
+    fn the_rss_target_applies_from_a_million_entries() {
+        let held = |people: usize| {
+            let r = report(people, &measured());
+            ["provider peak RSS", "consumer peak RSS"].map(|name| r.get(name).and_then(|f| f.target))
+        };
+        let target = Some((Bound::AtMost, TARGET_RSS_MIB));
+        assert_eq!(held(RSS_TARGET_FROM), [target, target]);
+        assert_eq!(held(RSS_TARGET_FROM - 1), [None, None]);
+        assert_eq!(RSS_TARGET_FROM, 1_000_000);
+    }
 }

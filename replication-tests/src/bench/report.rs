@@ -86,6 +86,11 @@ impl Report {
         self
     }
 
+    /// The figure named `metric`, if the report has it.
+    pub fn get(&self, metric: &str) -> Option<&Figure> {
+        self.figures.iter().find(|f| f.metric == metric)
+    }
+
     /// Number of targets missed.
     pub fn missed(&self) -> usize {
         self.figures.iter().filter(|f| f.met() == Some(false)).count()

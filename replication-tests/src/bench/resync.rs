@@ -63,6 +63,13 @@ pub fn run(rt: &Runtime, people: usize, missed: usize, deletes: bool) -> Result<
     if !cluster.identical(i)? {
         bail!("after the resync the replica differs from the provider's directory");
     }
+    Ok(report(people, missed, deletes, elapsed, bytes, kind))
+}
+
+/// The report of a resync of `missed` changes on `people` entries that took `elapsed`
+/// from the start command to caught up, the provider sending `bytes` in a refresh of
+/// `kind`.
+pub fn report(people: usize, missed: usize, deletes: bool, elapsed: Duration, bytes: u64, kind: String) -> Report {
     let mut r = Report::new(if deletes { "resync-deletes" } else { "resync" });
     r.param("entries", people).param("missed", missed).param("deletes", deletes);
     r.target("connect to caught up", elapsed.as_secs_f64() * 1e3, "ms", Bound::AtMost, TARGET_MS);
@@ -70,5 +77,25 @@ pub fn run(rt: &Runtime, people: usize, missed: usize, deletes: bool) -> Result<
     r.figure("bytes per missed change", bytes as f64 / missed.max(1) as f64, "B");
     r.fact("refresh kind", kind);
     r.fact("content", "identical to the provider's");
-    Ok(r)
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The time is in milliseconds against the 20 ms target, and the bytes are per
+    /// missed change (what must not grow with the directory), not per entry.
+    #[test]
+    fn the_resync_is_timed_in_ms_and_its_bytes_counted_per_missed_change() {
+        let r = report(100_000, 1_000, true, Duration::from_micros(12_500), 250_000, "delta".into());
+        assert_eq!(r.workload, "resync-deletes");
+        let figure = |name: &str| r.get(name).map(|f| (f.value, f.unit.as_str(), f.met()));
+        assert_eq!(figure("connect to caught up"), Some((12.5, "ms", Some(true))));
+        assert_eq!(figure("bytes sent"), Some((250_000.0, "B", None)));
+        assert_eq!(figure("bytes per missed change"), Some((250.0, "B", None)));
+        let late = report(100_000, 1_000, false, Duration::from_millis(21), 1, "delta".into());
+        assert_eq!((late.workload.as_str(), late.missed()), ("resync", 1));
+        assert!(r.facts.contains(&("refresh kind".to_owned(), "delta".to_owned())));
+    }
 }

@@ -94,6 +94,50 @@ enum Workload {
 /// Pipeline depth of the pipelined burst in `all`.
 const ALL_PIPELINE: usize = 64;
 
+/// One workload run with its sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Refresh { entries: usize },
+    Latency { ops: usize },
+    Burst { ops: usize, pipeline: usize },
+    Resync { entries: usize, missed: usize, deletes: bool },
+    Detect { rounds: usize },
+    Fanout { consumers: usize, ops: usize },
+}
+
+/// The runs `workload` makes, in order, each with what names it in an error: one for
+/// a single workload, and for `all` every workload at the sizes docs/benchmarks.md
+/// states (latency a tenth of `ops`, resync 1,000 missed changes, detection 3 rounds).
+fn steps(workload: &Workload) -> Vec<(Step, &'static str)> {
+    match *workload {
+        Workload::Refresh { entries } => vec![(Step::Refresh { entries }, "refresh")],
+        Workload::Latency { ops } => vec![(Step::Latency { ops }, "latency")],
+        Workload::Burst { ops, pipeline } => vec![(Step::Burst { ops, pipeline }, "burst")],
+        Workload::Resync { missed, entries, deletes } => vec![(Step::Resync { entries, missed, deletes }, "resync")],
+        Workload::Detect { rounds } => vec![(Step::Detect { rounds }, "detect")],
+        Workload::Fanout { consumers, ops } => vec![(Step::Fanout { consumers, ops }, "fanout")],
+        Workload::All { entries, consumers, ops } => {
+            let missed = 1_000.min(entries);
+            vec![
+                (Step::Refresh { entries }, "refresh"),
+                (Step::Latency { ops: (ops / 10).max(1) }, "latency"),
+                (Step::Burst { ops, pipeline: 1 }, "burst"),
+                (Step::Burst { ops, pipeline: ALL_PIPELINE }, "burst pipelined"),
+                (Step::Resync { entries, missed, deletes: false }, "resync"),
+                (Step::Resync { entries, missed, deletes: true }, "resync --deletes"),
+                (Step::Detect { rounds: 3 }, "detect"),
+                (Step::Fanout { consumers, ops }, "fanout"),
+            ]
+        }
+    }
+}
+
+/// Whether a failure names the run it came from: in `all`, which of eight failed;
+/// alone, the workload is the command line's.
+fn steps_named(workload: &Workload) -> bool {
+    matches!(workload, Workload::All { .. })
+}
+
 fn run(cli: Cli) -> Result<usize> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut reports: Vec<Report> = Vec::new();
@@ -107,24 +151,16 @@ fn run(cli: Cli) -> Result<usize> {
         println!("{}", r.table());
         reports.push(r);
     };
-    match cli.workload {
-        Workload::Refresh { entries } => show(refresh::run(&rt, entries)?),
-        Workload::Latency { ops } => show(latency::run(&rt, ops)?),
-        Workload::Burst { ops, pipeline } => show(burst::run(&rt, ops, pipeline)?),
-        Workload::Resync { missed, entries, deletes } => show(resync::run(&rt, entries, missed, deletes)?),
-        Workload::Detect { rounds } => show(detect::run(&rt, rounds)?),
-        Workload::Fanout { consumers, ops } => show(fanout::run(&rt, consumers, ops)?),
-        Workload::All { entries, consumers, ops } => {
-            show(refresh::run(&rt, entries).context("refresh")?);
-            show(latency::run(&rt, (ops / 10).max(1)).context("latency")?);
-            show(burst::run(&rt, ops, 1).context("burst")?);
-            show(burst::run(&rt, ops, ALL_PIPELINE).context("burst pipelined")?);
-            let missed = 1_000.min(entries);
-            show(resync::run(&rt, entries, missed, false).context("resync")?);
-            show(resync::run(&rt, entries, missed, true).context("resync --deletes")?);
-            show(detect::run(&rt, 3).context("detect")?);
-            show(fanout::run(&rt, consumers, ops).context("fanout")?);
-        }
+    for (step, what) in steps(&cli.workload) {
+        let report = match step {
+            Step::Refresh { entries } => refresh::run(&rt, entries),
+            Step::Latency { ops } => latency::run(&rt, ops),
+            Step::Burst { ops, pipeline } => burst::run(&rt, ops, pipeline),
+            Step::Resync { entries, missed, deletes } => resync::run(&rt, entries, missed, deletes),
+            Step::Detect { rounds } => detect::run(&rt, rounds),
+            Step::Fanout { consumers, ops } => fanout::run(&rt, consumers, ops),
+        };
+        show(if steps_named(&cli.workload) { report.context(what)? } else { report? });
     }
     let missed: usize = reports.iter().map(Report::missed).sum();
     if let Some(path) = &cli.json {
@@ -159,5 +195,50 @@ fn main() -> ExitCode {
             eprintln!("tether-bench: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `all` runs every workload at the sizes docs/benchmarks.md gives (the issue's:
+    /// 100,000 entries, 1,000 missed changes, 10,000 operations, 50 consumers; latency
+    /// a tenth of the operations), and smaller directories resync at most their size.
+    #[test]
+    fn all_runs_every_workload_at_its_documented_size() {
+        let cli = Cli::try_parse_from(["tether-bench", "all"]).unwrap();
+        let planned: Vec<Step> = steps(&cli.workload).into_iter().map(|(step, _)| step).collect();
+        assert_eq!(
+            planned,
+            [
+                Step::Refresh { entries: 100_000 },
+                Step::Latency { ops: 1_000 },
+                Step::Burst { ops: 10_000, pipeline: 1 },
+                Step::Burst { ops: 10_000, pipeline: 64 },
+                Step::Resync { entries: 100_000, missed: 1_000, deletes: false },
+                Step::Resync { entries: 100_000, missed: 1_000, deletes: true },
+                Step::Detect { rounds: 3 },
+                Step::Fanout { consumers: 50, ops: 10_000 },
+            ]
+        );
+        let small = Workload::All { entries: 500, consumers: 2, ops: 5 };
+        let planned: Vec<Step> = steps(&small).into_iter().map(|(step, _)| step).collect();
+        assert!(planned.contains(&Step::Resync { entries: 500, missed: 500, deletes: true }), "{planned:?}");
+        assert!(planned.contains(&Step::Latency { ops: 1 }), "{planned:?}");
+        let names: Vec<&str> = steps(&small).into_iter().map(|(_, name)| name).collect();
+        assert_eq!(names[3], "burst pipelined");
+        assert!(steps_named(&small));
+    }
+
+    /// A single workload is run once with the command line's sizes.
+    #[test]
+    fn a_single_workload_runs_once_as_asked() {
+        let cli =
+            Cli::try_parse_from(["tether-bench", "resync", "--missed", "7", "--entries", "70", "--deletes"]).unwrap();
+        assert_eq!(steps(&cli.workload), [(Step::Resync { entries: 70, missed: 7, deletes: true }, "resync")]);
+        assert!(!steps_named(&cli.workload));
+        let cli = Cli::try_parse_from(["tether-bench", "burst", "--pipeline", "8"]).unwrap();
+        assert_eq!(steps(&cli.workload), [(Step::Burst { ops: 10_000, pipeline: 8 }, "burst")]);
     }
 }
