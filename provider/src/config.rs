@@ -407,6 +407,22 @@ impl ProviderConfig {
     fn check(&self) -> Result<(), ConfigError> {
         let file = &self.file;
         source::check_control(file, &self.data_dir, &self.control)?;
+        // Port 0 takes two free ports, which is fine; the same port would be refused at
+        // bind as taken "by another process", which would send its reader looking for
+        // one.
+        let every_interface = |host: &str| host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+        let clash = |m: &&HostPort| {
+            m.port() != 0
+                && m.port() == self.listen.port()
+                && (m.host() == self.listen.host() || every_interface(m.host()) || every_interface(self.listen.host()))
+        };
+        if let Some(metrics) = self.metrics_listen.as_ref().filter(clash) {
+            return Err(ConfigError::invalid(
+                file,
+                "metrics_listen",
+                format!("{metrics} is taken by `listen` ({}): the metrics need a port of their own", self.listen),
+            ));
+        }
         if self.max_frame < MIN_MAX_FRAME {
             return Err(ConfigError::invalid(
                 file,
@@ -557,6 +573,13 @@ mod tests {
         assert!(err.contains("key 'metrics_listen'") && err.contains("a host:port, not a URL"), "{err}");
         let err = refused(&format!("{MINIMAL}metrics_listen = 9390\n"));
         assert!(err.contains("key 'metrics_listen'"), "{err}");
+        let err = refused(&format!("{MINIMAL}listen = \"127.0.0.1:7400\"\nmetrics_listen = \"127.0.0.1:7400\"\n"));
+        assert!(err.contains("key 'metrics_listen'") && err.contains("is taken by `listen`"), "{err}");
+        let both_free = parse(&format!("{MINIMAL}listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n"));
+        assert!(both_free.is_ok(), "port 0 twice is two free ports");
+        let err = refused(&format!("{MINIMAL}listen = \"0.0.0.0:7400\"\nmetrics_listen = \"127.0.0.1:7400\"\n"));
+        assert!(err.contains("is taken by `listen`"), "every interface includes loopback: {err}");
+        assert!(parse(&format!("{MINIMAL}listen = \"127.0.0.1:7400\"\nmetrics_listen = \"127.0.0.2:7400\"\n")).is_ok());
     }
 
     /// Each key a reload cannot apply is named when it alone changes: one left out of
