@@ -376,4 +376,14 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} taken");
         }
     }
+
+    /// A `# HELP` line names its family as a `# TYPE` line does: a scraper refuses the
+    /// page when that name is malformed, so a reader that took it would pass a page no
+    /// Prometheus reads.
+    #[test]
+    fn a_help_line_with_a_malformed_name_is_refused() {
+        assert!(parse("# HELP t_a a\n# TYPE t_a gauge\nt_a 1\n").is_ok());
+        let err = parse("# HELP t-a a\n# TYPE t_a gauge\nt_a 1\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("malformed metric name"), "{err}");
+    }
 }
