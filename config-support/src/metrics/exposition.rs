@@ -386,4 +386,16 @@ mod tests {
         let err = parse("# HELP t-a a\n# TYPE t_a gauge\nt_a 1\n").unwrap_err();
         assert!(err.contains("line 1") && err.contains("malformed metric name"), "{err}");
     }
+
+    /// Labels are `{a="1",b="2"}`, comma-separated and closed by `}`: a scraper refuses
+    /// a sample whose braces are not closed or whose labels run together, so `parse`
+    /// must too, or a page only it reads would pass the tests.
+    #[test]
+    fn labels_not_closed_or_not_separated_are_refused() {
+        assert!(parse("# TYPE t_a gauge\nt_a{x=\"1\",y=\"2\"} 1\n").is_ok());
+        let err = parse("# TYPE t_a gauge\nt_a{x=\"1\" 1\n").unwrap_err();
+        assert!(err.contains("labels not closed"), "{err}");
+        let err = parse("# TYPE t_a gauge\nt_a{x=\"1\"y=\"2\"} 1\n").unwrap_err();
+        assert!(err.contains("labels not separated by ,"), "{err}");
+    }
 }
