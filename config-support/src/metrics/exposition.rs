@@ -398,4 +398,13 @@ mod tests {
         let err = parse("# TYPE t_a gauge\nt_a{x=\"1\"y=\"2\"} 1\n").unwrap_err();
         assert!(err.contains("labels not separated by ,"), "{err}");
     }
+
+    /// A series is its name and its set of labels, whatever their order: the same
+    /// labels written in another order are the series written twice, which a scraper
+    /// refuses.
+    #[test]
+    fn one_series_with_its_labels_in_another_order_is_refused_as_written_twice() {
+        let err = parse("# TYPE t_a gauge\nt_a{x=\"1\",y=\"2\"} 1\nt_a{y=\"2\",x=\"1\"} 2\n").unwrap_err();
+        assert!(err.contains("line 3") && err.contains("a series written twice"), "{err}");
+    }
 }
