@@ -267,6 +267,19 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
+    /// Only `/metrics` itself is the page: a path that merely begins with it is another
+    /// path, refused, so no other URL comes to be relied upon.
+    #[tokio::test]
+    async fn a_path_that_only_begins_with_the_metrics_path_is_not_found() {
+        let (addr, shutdown, task) = endpoint(Ok("tether_x 1\n")).await;
+        for path in ["/metricsx", "/metrics/", "/metrics/x"] {
+            let answer = ask(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+            assert!(head_and_body(&answer).0.starts_with("HTTP/1.1 404 Not Found\r\n"), "{path}: {answer}");
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
     /// A page that cannot be read fails the scrape (a scraper then marks the target
     /// down) rather than answering a page with families missing.
     #[tokio::test]
