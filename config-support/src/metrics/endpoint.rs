@@ -280,6 +280,23 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
+    /// One request per connection: the answer is followed by the close at once, not
+    /// by an idle connection held to the header deadline, so a scraper's connections
+    /// do not fill the slots between scrapes.
+    #[tokio::test(start_paused = true)]
+    async fn the_connection_closes_after_its_one_answer() {
+        let (addr, shutdown, task) = endpoint(Ok("tether_x 1\n")).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let began = tokio::time::Instant::now();
+        let mut answer = String::new();
+        tokio::time::timeout(HEADER_TIMEOUT * 2, stream.read_to_string(&mut answer)).await.unwrap().unwrap();
+        assert_eq!(head_and_body(&answer).1, "tether_x 1\n");
+        assert!(began.elapsed() < HEADER_TIMEOUT, "closed after {:?}", began.elapsed());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
     /// A page that cannot be read fails the scrape (a scraper then marks the target
     /// down) rather than answering a page with families missing.
     #[tokio::test]
