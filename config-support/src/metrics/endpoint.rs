@@ -297,6 +297,26 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
+    /// A render that never ends (a status waiting on a lock held elsewhere) must not
+    /// hold its connection, and its slot, for ever: the exchange is cut off at
+    /// [`EXCHANGE_LIMIT`].
+    #[tokio::test(start_paused = true)]
+    async fn an_exchange_is_cut_off_at_its_time_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, shutdown.clone(), std::future::pending::<Result<String, String>>));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let began = tokio::time::Instant::now();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(EXCHANGE_LIMIT * 2, stream.read_to_end(&mut answer)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "cut off without an answer: {read:?} {answer:?}");
+        assert!(began.elapsed() >= EXCHANGE_LIMIT, "cut off after {:?}", began.elapsed());
+        shutdown.cancel();
+        tokio::time::timeout(SHUTDOWN_GRACE * 3, task).await.unwrap().unwrap();
+    }
+
     /// A page that cannot be read fails the scrape (a scraper then marks the target
     /// down) rather than answering a page with families missing.
     #[tokio::test]
