@@ -317,6 +317,24 @@ mod tests {
         tokio::time::timeout(SHUTDOWN_GRACE * 3, task).await.unwrap().unwrap();
     }
 
+    /// At shutdown a connection that has sent nothing yet is closed at once, and the
+    /// endpoint stops without using up its grace: the process's stop is not held up by
+    /// an idle client.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_an_idle_connection_at_once() {
+        let (addr, shutdown, task) = endpoint(Ok("tether_x 1\n")).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        // Accepted in order: once a later connection is answered, the idle one is served.
+        assert_eq!(head_and_body(&ask(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await).1, "tether_x 1\n");
+        let began = tokio::time::Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(SHUTDOWN_GRACE * 3, task).await.unwrap().unwrap();
+        assert!(began.elapsed() < SHUTDOWN_GRACE, "stopped after {:?}", began.elapsed());
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(SHUTDOWN_GRACE, idle.read_to_end(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?} {buf:?}");
+    }
+
     /// A page that cannot be read fails the scrape (a scraper then marks the target
     /// down) rather than answering a page with families missing.
     #[tokio::test]
