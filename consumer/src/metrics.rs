@@ -281,6 +281,28 @@ mod tests {
         assert!(!render(&status).contains("tether_consumer_start_time_seconds"));
     }
 
+    /// The end of the certificate the provider presented is the series an alert on a
+    /// provider's certificate reads (`docs/operations.md`): its name as listed there, its
+    /// value the certificate's end, not its start; absent for a plain TCP agreement.
+    #[test]
+    fn the_provider_certificate_s_expiry_is_its_end_in_unix_time() {
+        let secs = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let validity =
+            tether_config::certificate::Validity { not_before: secs(1_700_000_000), not_after: secs(1_798_761_600) };
+        let tls = StatusHandle::new("people", "ldap-1.example.com:7389", "refresh-and-persist");
+        let plain = StatusHandle::new("groups", "127.0.0.1:7389", "refresh-only");
+        let status = ConsumerStatus::for_test(vec![
+            AgreementStatus { tls: true, provider_certificate: Some(validity), ..tls.snapshot() },
+            plain.snapshot(),
+        ]);
+        let page = parse(&render(&status)).unwrap();
+        let expiry = |agreement| {
+            value(&page, "tether_consumer_provider_certificate_expiry_timestamp_seconds", &[("agreement", agreement)])
+        };
+        assert_eq!(expiry("people"), Some(1_798_761_600.0));
+        assert_eq!(expiry("groups"), None);
+    }
+
     /// Each state and each reason is a series from the first scrape, so an alert on
     /// `state="closed"` or `increase(...{reason="exception"}[5m])` sees its first.
     #[test]
