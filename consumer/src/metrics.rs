@@ -266,6 +266,15 @@ mod tests {
         assert_eq!(people_info.label("tls"), Some("true"));
     }
 
+    /// The build is a label of `tether_consumer_info`, as `docs/operations.md` lists it:
+    /// during an upgrade it is what tells which consumers run the new one.
+    #[test]
+    fn the_info_series_names_the_build() {
+        let page = page();
+        let info = page.iter().find(|s| s.name == "tether_consumer_info").unwrap();
+        assert_eq!(info.label("version"), Some(env!("CARGO_PKG_VERSION")));
+    }
+
     /// A CSN past 2^53, which a float would round, is exact in the page's text.
     #[test]
     fn the_replica_csn_is_exact_and_absent_without_a_cookie() {
