@@ -183,6 +183,15 @@ mod tests {
         assert_eq!((info.label("store_id"), info.label("history")), (Some("s-1"), Some("h-1")));
     }
 
+    /// The build is a label of `tether_provider_info`, as `docs/operations.md` lists it:
+    /// during an upgrade it is what tells which providers run the new one.
+    #[test]
+    fn the_info_series_names_the_build() {
+        let page = parse(&render(&status())).unwrap();
+        let info = page.iter().find(|s| s.name == "tether_provider_info").unwrap();
+        assert_eq!(info.label("version"), Some(env!("CARGO_PKG_VERSION")));
+    }
+
     /// By agreement and consumer id: a consumer's two sessions are one series, the peer
     /// nowhere; a writer is no consumer.
     #[test]
