@@ -327,6 +327,21 @@ mod tests {
         }
     }
 
+    /// The table names where the metrics are served, as the consumer's does, so an
+    /// operator setting up a scraper reads the port a `:0` took; nothing without one.
+    #[test]
+    fn the_table_names_the_metrics_address_when_there_is_one() {
+        let status = ProviderStatus {
+            running: true,
+            listen: Some("127.0.0.1:7389".into()),
+            metrics_listen: Some("127.0.0.1:9390".into()),
+            ..stopped()
+        };
+        let text = status.to_text();
+        assert!(text.contains("\nmetrics at http://127.0.0.1:9390/metrics\n"), "{text}");
+        assert!(!ProviderStatus { metrics_listen: None, ..status }.to_text().contains("metrics at"));
+    }
+
     /// A stopped provider's status says so where the sessions would be, with no table
     /// header over nothing, and an empty changelog in a word, not as `-..-`.
     #[test]
