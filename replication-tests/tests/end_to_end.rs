@@ -2956,3 +2956,24 @@ fn both_processes_serve_their_status_as_metrics() -> Result<()> {
 fn tether_store_exists(data_dir: &Path) -> bool {
     std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(false)
 }
+
+/// A provider whose metrics port is taken leaves no empty `data_dir` behind when the
+/// control socket's default place (in `data_dir`) made it: a later start would take the
+/// folder for one an operator made.
+#[test]
+fn a_provider_whose_metrics_port_is_taken_leaves_no_data_dir_behind() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let at = held.local_addr()?;
+    let mut p = Provider::configure(tmp.path(), &ProviderOptions::default())?;
+    let text = std::fs::read_to_string(&p.config)?;
+    anyhow::ensure!(text.contains("control = \"ctl.sock\"\n"), "{text}");
+    // The control socket in its default place, data_dir, which the start makes.
+    let text = text.replace("control = \"ctl.sock\"\n", "");
+    std::fs::write(&p.config, format!("metrics_listen = \"{at}\"\n{text}"))?;
+    assert!(p.start().is_err(), "a start on a port in use");
+    let said = p.log_text();
+    assert!(said.contains(&format!("cannot listen on {at} for metrics_listen")), "{said}");
+    assert!(!tmp.path().join("data").exists(), "data_dir left behind");
+    Ok(())
+}
