@@ -2977,3 +2977,32 @@ fn a_provider_whose_metrics_port_is_taken_leaves_no_data_dir_behind() -> Result<
     assert!(!tmp.path().join("data").exists(), "data_dir left behind");
     Ok(())
 }
+
+/// A stop ends the metrics endpoint with the rest of the process: neither process waits
+/// out its shutdown limit for it and then exits anyway, which would make every stop
+/// (and every restart for an upgrade) that much longer and log a warning each time.
+#[test]
+fn a_stop_is_not_held_up_by_the_metrics_endpoint() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let with_metrics = |config: &Path| -> Result<()> {
+        let text = std::fs::read_to_string(config)?;
+        Ok(std::fs::write(config, format!("metrics_listen = \"127.0.0.1:0\"\n{text}"))?)
+    };
+    let mut p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    with_metrics(&p.config)?;
+    p.start()?;
+    let mut c =
+        Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
+    with_metrics(&c.config)?;
+    c.start()?;
+    for status in [c.status()?, p.status()?] {
+        anyhow::ensure!(status["metrics_listen"].is_string(), "serving metrics: {status}");
+    }
+    assert!(c.stop()?.success());
+    assert!(p.stop()?.success());
+    let said = c.log_text();
+    assert!(!said.contains("did not stop in time"), "{said}");
+    let said = p.log_text();
+    assert!(!said.contains("did not finish within"), "{said}");
+    Ok(())
+}
