@@ -407,4 +407,12 @@ mod tests {
         let err = parse("# TYPE t_a gauge\nt_a{x=\"1\",y=\"2\"} 1\nt_a{y=\"2\",x=\"1\"} 2\n").unwrap_err();
         assert!(err.contains("line 3") && err.contains("a series written twice"), "{err}");
     }
+
+    /// A family's samples follow its `# TYPE` line together: one of an earlier family
+    /// after another has begun is refused, as a scraper refuses it.
+    #[test]
+    fn a_sample_of_a_family_already_ended_is_refused() {
+        let err = parse("# TYPE t_a gauge\nt_a{x=\"1\"} 1\n# TYPE t_b gauge\nt_b 1\nt_a{x=\"2\"} 2\n").unwrap_err();
+        assert!(err.contains("line 5") && err.contains("a sample of t_a outside its family"), "{err}");
+    }
 }
