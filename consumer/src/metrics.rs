@@ -275,6 +275,22 @@ mod tests {
         assert_eq!(info.label("version"), Some(env!("CARGO_PKG_VERSION")));
     }
 
+    /// What a refresh has received so far is its own figure, not the replica's size:
+    /// during a refresh the two differ, and the first is what tells it is progressing.
+    #[test]
+    fn a_refresh_s_progress_is_its_received_entries_not_the_replica_s_size() {
+        let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        h.update(|s| {
+            s.state = State::Refreshing;
+            s.entries = 1200;
+            s.refresh_received = 300;
+        });
+        let page = parse(&render(&ConsumerStatus::for_test(vec![h.snapshot()]))).unwrap();
+        let people = |name| value(&page, name, &[("agreement", "people")]);
+        assert_eq!(people("tether_consumer_refresh_received_entries"), Some(300.0));
+        assert_eq!(people("tether_consumer_entries"), Some(1200.0));
+    }
+
     /// A CSN past 2^53, which a float would round, is exact in the page's text.
     #[test]
     fn the_replica_csn_is_exact_and_absent_without_a_cookie() {
