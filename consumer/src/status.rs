@@ -670,6 +670,19 @@ mod tests {
         ConsumerStatus::for_test(agreements)
     }
 
+    /// `status --json` has `metrics_listen` always, `null` without an endpoint, as its
+    /// other keys of what may be absent: a monitor tells "no endpoint" from a build
+    /// that does not know the key. The table names the address only when there is one.
+    #[test]
+    fn the_metrics_address_is_in_json_null_without_one_and_in_the_table_with_one() {
+        let json = serde_json::to_value(of(Vec::new())).unwrap();
+        assert_eq!(json.get("metrics_listen"), Some(&serde_json::Value::Null), "{json}");
+        assert!(!of(Vec::new()).to_text().contains("metrics at"));
+        let status = ConsumerStatus { metrics_listen: Some("127.0.0.1:9390".into()), ..of(Vec::new()) };
+        assert_eq!(serde_json::to_value(&status).unwrap()["metrics_listen"], "127.0.0.1:9390");
+        assert!(status.to_text().ends_with("metrics at http://127.0.0.1:9390/metrics\n"), "{}", status.to_text());
+    }
+
     #[test]
     fn the_table_stays_in_line_with_a_long_provider_name() {
         let short = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist").snapshot();
