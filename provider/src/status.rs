@@ -342,6 +342,17 @@ mod tests {
         assert!(!ProviderStatus { metrics_listen: None, ..status }.to_text().contains("metrics at"));
     }
 
+    /// `status --json` has `metrics_listen` always, `null` without an endpoint or a
+    /// running provider, as `listen`: a monitor tells "no endpoint" from a build that does
+    /// not know the key.
+    #[test]
+    fn the_metrics_address_is_in_json_null_without_one() {
+        let json = serde_json::to_value(stopped()).unwrap();
+        assert_eq!(json.get("metrics_listen"), Some(&serde_json::Value::Null), "{json}");
+        let status = ProviderStatus { running: true, metrics_listen: Some("[::1]:9390".into()), ..stopped() };
+        assert_eq!(serde_json::to_value(&status).unwrap()["metrics_listen"], "[::1]:9390");
+    }
+
     /// A stopped provider's status says so where the sessions would be, with no table
     /// header over nothing, and an empty changelog in a word, not as `-..-`.
     #[test]
