@@ -335,6 +335,19 @@ mod tests {
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?} {buf:?}");
     }
 
+    /// The media type is the text format's, version 0.0.4, spelt out here rather than
+    /// read from the constant the code uses: a scraper reads another version's page by
+    /// another parser, or refuses it.
+    #[tokio::test]
+    async fn the_page_is_served_as_the_text_format_version_0_0_4() {
+        let (addr, shutdown, task) = endpoint(Ok("tether_x 1\n")).await;
+        let answer = ask(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let head = head_and_body(&answer).0;
+        assert!(head.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{head}");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
     /// A page that cannot be read fails the scrape (a scraper then marks the target
     /// down) rather than answering a page with families missing.
     #[tokio::test]
