@@ -348,6 +348,25 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
+    /// A request's headers are read into a bounded buffer: a client sending more is
+    /// refused rather than costing the process what it sends.
+    #[tokio::test]
+    async fn a_request_with_oversized_headers_is_refused() {
+        let (addr, shutdown, task) = endpoint(Ok("tether_x 1\n")).await;
+        let big = "a".repeat(64 * 1024);
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // The server may close before it has read all of it: the write, and the read
+        // after it, may then fail; what matters is that no page is answered.
+        let _ = stream.write_all(format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(200)]);
+        assert_eq!(head_and_body(&ask(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await).1, "tether_x 1\n");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
     /// A page that cannot be read fails the scrape (a scraper then marks the target
     /// down) rather than answering a page with families missing.
     #[tokio::test]
