@@ -227,6 +227,19 @@ mod tests {
         answer.split_once("\r\n\r\n").unwrap()
     }
 
+    /// A port another process holds is refused naming the key, the address as
+    /// configured and what to do: the message a failed start shows an operator.
+    #[tokio::test]
+    async fn a_port_taken_is_refused_naming_the_key_and_what_to_do() {
+        let held = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = held.local_addr().unwrap().to_string();
+        let err = bind(&at.parse().unwrap()).await.unwrap_err().to_string();
+        assert!(err.starts_with(&format!("cannot listen on {at} for metrics_listen: ")), "{err}");
+        assert!(err.ends_with("(another process listens there: `ss -ltnp` names it; choose another port)"), "{err}");
+        let free = bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_ne!(free.local_addr().unwrap().port(), 0);
+    }
+
     #[tokio::test]
     async fn a_scrape_gets_the_page_in_the_text_format_and_the_connection_closes() {
         let (addr, shutdown, task) = endpoint(Ok("tether_x 1\n")).await;
