@@ -415,4 +415,24 @@ mod tests {
         let err = parse("# TYPE t_a gauge\nt_a{x=\"1\"} 1\n# TYPE t_b gauge\nt_b 1\nt_a{x=\"2\"} 2\n").unwrap_err();
         assert!(err.contains("line 5") && err.contains("a sample of t_a outside its family"), "{err}");
     }
+
+    /// The values that are not numbers read back as the ones written, and an integer
+    /// above 2^53 as the nearest float: a reader of the page sees what a scraper sees.
+    #[test]
+    fn every_kind_of_value_reads_back_as_written() {
+        let mut page = Exposition::new();
+        page.family("t_v", Kind::Gauge, "v")
+            .sample(&[("k", "nan")], f64::NAN)
+            .sample(&[("k", "inf")], f64::INFINITY)
+            .sample(&[("k", "-inf")], f64::NEG_INFINITY)
+            .sample(&[("k", "half")], -0.5)
+            .sample(&[("k", "big")], u64::MAX);
+        let samples = parse(&page.finish()).unwrap();
+        let v = |k| value(&samples, "t_v", &[("k", k)]).unwrap();
+        assert!(v("nan").is_nan());
+        assert_eq!(v("inf"), f64::INFINITY);
+        assert_eq!(v("-inf"), f64::NEG_INFINITY);
+        assert_eq!(v("half"), -0.5);
+        assert_eq!(v("big"), u64::MAX as f64);
+    }
 }
