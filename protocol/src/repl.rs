@@ -106,3 +106,23 @@ impl fmt::Display for RefreshKind {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The consumer's metrics write a `refreshes_total` series for each kind in
+    /// `RefreshKind::ALL` from the first scrape: a kind left out of it has no series, and
+    /// `increase()` over it sees nothing, until a restart after the fix.
+    #[test]
+    fn every_refresh_kind_is_in_the_list_the_metrics_write() {
+        let named = [(RefreshKind::Full, "full"), (RefreshKind::Delta, "delta"), (RefreshKind::Present, "present")];
+        for (kind, name) in named {
+            // A kind added without a place here does not compile.
+            match kind {
+                RefreshKind::Full | RefreshKind::Delta | RefreshKind::Present => assert_eq!(kind.as_str(), name),
+            }
+        }
+        assert_eq!(RefreshKind::ALL.to_vec(), named.map(|(kind, _)| kind).to_vec());
+    }
+}
