@@ -2840,6 +2840,12 @@ fn a_member_of_the_status_group_reads_status_and_does_nothing_else() -> Result<(
     Ok(())
 }
 
+/// The configuration `config` with a metrics endpoint on a free loopback port.
+fn with_metrics(config: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    Ok(std::fs::write(config, format!("metrics_listen = \"127.0.0.1:0\"\n{text}"))?)
+}
+
 /// `GET /metrics` of the endpoint at `address`: the status line and the page.
 fn scrape(address: &str) -> Result<(String, String)> {
     use std::io::{Read, Write};
@@ -2860,10 +2866,6 @@ fn scrape(address: &str) -> Result<(String, String)> {
 fn both_processes_serve_their_status_as_metrics() -> Result<()> {
     use tether_config::metrics::{parse, value as metric};
     let tmp = tempfile::tempdir()?;
-    let with_metrics = |config: &Path| -> Result<()> {
-        let text = std::fs::read_to_string(config)?;
-        Ok(std::fs::write(config, format!("metrics_listen = \"127.0.0.1:0\"\n{text}"))?)
-    };
     let (mut p, mut w) = provider_with(tmp.path(), 30, 58, ProviderOptions::default())?;
     p.stop()?;
     with_metrics(&p.config)?;
@@ -2984,10 +2986,6 @@ fn a_provider_whose_metrics_port_is_taken_leaves_no_data_dir_behind() -> Result<
 #[test]
 fn a_stop_is_not_held_up_by_the_metrics_endpoint() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let with_metrics = |config: &Path| -> Result<()> {
-        let text = std::fs::read_to_string(config)?;
-        Ok(std::fs::write(config, format!("metrics_listen = \"127.0.0.1:0\"\n{text}"))?)
-    };
     let mut p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
     with_metrics(&p.config)?;
     p.start()?;
