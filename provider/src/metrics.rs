@@ -55,8 +55,7 @@ pub fn render(status: &ProviderStatus) -> String {
         .sample(&[], at);
     }
 
-    // (agreement, consumer) -> (sessions, largest lag, queued in all).
-    let mut sessions: BTreeMap<(&str, &str), (u64, u64, u64)> = BTreeMap::new();
+    let mut sessions: BTreeMap<(&str, &str), Sessions> = BTreeMap::new();
     let mut writers = 0u64;
     for s in &status.sessions {
         if s.agreement == crate::server::WRITER {
@@ -64,34 +63,43 @@ pub fn render(status: &ProviderStatus) -> String {
             continue;
         }
         let e = sessions.entry((&s.agreement, &s.client)).or_default();
-        e.0 += 1;
-        e.1 = e.1.max(s.lag_changes);
-        e.2 += s.queue_len as u64;
+        e.open += 1;
+        e.lag_changes = e.lag_changes.max(s.lag_changes);
+        e.lag_seconds = e.lag_seconds.max(s.lag_seconds);
+        e.queued += s.queue_len as u64;
     }
     page.family("tether_provider_writer_sessions", Kind::Gauge, "Writers' sessions open now.").sample(&[], writers);
-    let per_session = |page: &mut Exposition, name, help, value: &dyn Fn(&(u64, u64, u64)) -> u64| {
+    let per_session = |page: &mut Exposition, name, help, value: &dyn Fn(&Sessions) -> Option<u64>| {
         let mut family = page.family(name, Kind::Gauge, help);
         for ((agreement, consumer), figures) in &sessions {
-            family.sample(&[("agreement", agreement), ("consumer", consumer)], value(figures));
+            if let Some(v) = value(figures) {
+                family.sample(&[("agreement", agreement), ("consumer", consumer)], v);
+            }
         }
     };
     per_session(
         &mut page,
         "tether_provider_sessions",
         "Replication sessions open now, by agreement and consumer id.",
-        &|f| f.0,
+        &|f| Some(f.open),
     );
     per_session(
         &mut page,
         "tether_provider_session_lag_changes",
         "Changes committed that the consumer's session has not had acknowledged: how far behind it is.",
-        &|f| f.1,
+        &|f| Some(f.lag_changes),
+    );
+    per_session(
+        &mut page,
+        "tether_provider_session_lag_seconds",
+        "Seconds since the oldest change the session has not had acknowledged was committed, by the provider's clock.",
+        &|f| f.lag_seconds,
     );
     per_session(
         &mut page,
         "tether_provider_session_queue_length",
         "Changes waiting in the session's outbound queue.",
-        &|f| f.2,
+        &|f| Some(f.queued),
     );
 
     let known = |page: &mut Exposition, name, help, value: &dyn Fn(&crate::status::KnownConsumer) -> Option<u64>| {
@@ -110,6 +118,12 @@ pub fn render(status: &ProviderStatus) -> String {
     );
     known(
         &mut page,
+        "tether_provider_consumer_lag_seconds",
+        "Seconds since the oldest change past each known consumer's position was committed, by the provider's clock.",
+        &|c| c.lag_seconds,
+    );
+    known(
+        &mut page,
         "tether_provider_consumer_last_seen_timestamp_seconds",
         "When each known consumer's position was last recorded (Unix time).",
         &|c| unix_seconds(&c.last_seen),
@@ -118,6 +132,19 @@ pub fn render(status: &ProviderStatus) -> String {
         Some(u64::from(c.connected))
     });
     page.finish()
+}
+
+/// The sessions of one agreement and consumer id, as one series each.
+#[derive(Default)]
+struct Sessions {
+    /// How many are open.
+    open: u64,
+    /// The larger lag in changes.
+    lag_changes: u64,
+    /// The larger lag in seconds, where one is known (`None` sorts below any).
+    lag_seconds: Option<u64>,
+    /// Queued in all.
+    queued: u64,
 }
 
 #[cfg(test)]
@@ -129,16 +156,20 @@ mod tests {
     use crate::status::{ChangelogStatus, KnownConsumer};
 
     fn status() -> ProviderStatus {
-        let session = |id, peer: &str, agreement: &str, client: &str, lag, queue| SessionInfo {
+        // A lag of 10 seconds for each change behind, none known for a session current.
+        let session = |id, peer: &str, agreement: &str, client: &str, lag: u64, queue| SessionInfo {
             lag_changes: lag,
+            lag_seconds: (lag > 0).then_some(lag * 10),
             queue_len: queue,
             ..SessionInfo::for_test(id, peer, agreement, client)
         };
-        let known = |agreement: &str, client: &str, lag, connected| KnownConsumer {
+        let known = |agreement: &str, client: &str, lag: u64, connected: bool| KnownConsumer {
             agreement: agreement.into(),
             client: client.into(),
             csn: 100 - lag,
             lag_changes: lag,
+            // The connected one's dated, the other's not (its changes trimmed or loaded).
+            lag_seconds: connected.then_some(lag * 10),
             last_seen: "2026-12-06T08:00:00Z".into(),
             connected,
         };
@@ -204,6 +235,8 @@ mod tests {
         assert_eq!(value(&page, "tether_provider_session_queue_length", &people), Some(5.0));
         assert_eq!(value(&page, "tether_provider_sessions", &groups), Some(1.0));
         assert_eq!(value(&page, "tether_provider_session_lag_changes", &groups), Some(0.0));
+        assert_eq!(value(&page, "tether_provider_session_lag_seconds", &people), Some(90.0), "the larger");
+        assert_eq!(value(&page, "tether_provider_session_lag_seconds", &groups), None, "not known: left out, not 0");
         assert!(page.iter().all(|s| s.label("peer").is_none() && s.label("consumer") != Some("w")));
         assert_eq!(page.iter().filter(|s| s.name == "tether_provider_sessions").count(), 2);
     }
@@ -218,6 +251,8 @@ mod tests {
         let here = [("agreement", "people"), ("consumer", "c-1")];
         assert_eq!(value(&page, "tether_provider_consumer_connected", &here), Some(1.0));
         assert_eq!(value(&page, "tether_provider_consumer_lag_changes", &here), Some(5.0));
+        assert_eq!(value(&page, "tether_provider_consumer_lag_seconds", &here), Some(50.0));
+        assert_eq!(value(&page, "tether_provider_consumer_lag_seconds", &away), None, "not known: left out, not 0");
     }
 
     /// A changelog trimmed to nothing has no oldest or newest: left out, not 0.

@@ -32,6 +32,10 @@ pub struct SessionInfo {
     pub cookie: Option<String>,
     /// Changes committed on the provider beyond the acknowledged position.
     pub lag_changes: u64,
+    /// Seconds since the oldest change the consumer has not acknowledged was committed,
+    /// by the provider's own clock (see [`crate::status::lag_seconds`]); filled in by
+    /// `status`, `None` for a writer and where the changelog no longer dates it.
+    pub lag_seconds: Option<u64>,
     /// Messages waiting in the session's outbound queue.
     pub queue_len: usize,
     /// When the session was accepted (RFC 3339).
@@ -191,6 +195,7 @@ impl SessionInfo {
             mode: "refresh-and-persist".into(),
             cookie: None,
             lag_changes: 0,
+            lag_seconds: None,
             queue_len: 0,
             connected_since: String::new(),
             refresh: None,

@@ -1,7 +1,10 @@
 //! `tether-provider status`: what the provider reports about itself and its consumers
 //! (SPEC §5 field names), as JSON or as a table for people.
 
+use std::time::SystemTime;
+
 use serde::Serialize;
+use tether_protocol::Csn;
 use tether_store::Directory;
 
 use crate::registry::{Registry, SessionInfo};
@@ -109,12 +112,44 @@ pub struct KnownConsumer {
     pub csn: u64,
     /// Changes committed since that position.
     pub lag_changes: u64,
+    /// Seconds since the oldest change past that position was committed (see
+    /// [`lag_seconds`]): how stale that consumer's replica is, by this provider's clock.
+    pub lag_seconds: Option<u64>,
     /// When the position was last recorded (RFC 3339): a session's start, and its
     /// acknowledgements at most once a second. A persist consumer that had nothing to
     /// acknowledge for a while shows the last time it did.
     pub last_seen: String,
     /// Whether a session of it is open now.
     pub connected: bool,
+}
+
+/// How stale a replica at `position` is when the provider's newest durable change is
+/// `durable`: the seconds from the commit of the oldest change after `position` to `now`,
+/// both read from this provider's clock, so unlike a consumer's own `lag_seconds` it
+/// needs no agreement between two hosts' clocks and survives the consumer's restarts.
+/// 0 for a replica that has every change; `None` when no retained record dates the
+/// changes it lacks (an offline load's entries have none). When a trim has passed
+/// `position`, the oldest record left dates it: the figure is then a lower bound.
+pub fn lag_seconds(
+    dir: &Directory,
+    position: Csn,
+    durable: Csn,
+    now: SystemTime,
+) -> Result<Option<u64>, tether_store::StoreError> {
+    if position >= durable {
+        return Ok(Some(0));
+    }
+    let Some(first) = dir.changelog().records(position, durable).next().transpose()? else {
+        return Ok(None);
+    };
+    let now_ms = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    // A clock stepped back since the commit reads as current, not as a negative age.
+    Ok(Some(now_ms.saturating_sub(first.time_ms) / 1000))
+}
+
+/// A lag in seconds for the tables: `-` where none is known.
+fn seconds(lag: Option<u64>) -> String {
+    lag.map_or_else(|| "-".to_owned(), |s| format!("{s}s"))
 }
 
 impl ProviderStatus {
@@ -126,6 +161,16 @@ impl ProviderStatus {
         registry: &Registry,
         listening: Option<std::net::SocketAddr>,
     ) -> Result<Self, tether_store::StoreError> {
+        Self::collect_at(dir, registry, listening, SystemTime::now())
+    }
+
+    /// [`ProviderStatus::collect`] with the lags in seconds counted to `now`.
+    pub fn collect_at(
+        dir: &Directory,
+        registry: &Registry,
+        listening: Option<std::net::SocketAddr>,
+        now: SystemTime,
+    ) -> Result<Self, tether_store::StoreError> {
         let running = listening.is_some();
         let durable = dir.durable_csn();
         let mut sessions = registry.snapshot();
@@ -133,14 +178,16 @@ impl ProviderStatus {
         // place from one `status` to the next.
         sessions.sort_by(|a, b| (&a.agreement, &a.client, a.session_id).cmp(&(&b.agreement, &b.client, b.session_id)));
         for s in &mut sessions {
-            match s.cookie.as_deref().and_then(|c| c.parse::<tether_protocol::Cookie>().ok()) {
-                Some(acked) => s.lag_changes = durable.0.saturating_sub(acked.csn.0),
+            let position = match s.cookie.as_deref().and_then(|c| c.parse::<tether_protocol::Cookie>().ok()) {
+                Some(acked) => acked.csn,
                 // A consumer that has acknowledged nothing of this store (a full refresh
                 // under way) holds none of its changes: shown as current, it read as
                 // caught up while it held nothing.
-                None if s.agreement != crate::server::WRITER => s.lag_changes = durable.0,
-                None => {}
-            }
+                None if s.agreement != crate::server::WRITER => Csn::ZERO,
+                None => continue,
+            };
+            s.lag_changes = durable.0.saturating_sub(position.0);
+            s.lag_seconds = lag_seconds(dir, position, durable, now)?;
         }
         let mut consumers = Vec::new();
         for (key, position) in dir.consumer_positions()? {
@@ -151,6 +198,7 @@ impl ProviderStatus {
                 client: client.to_owned(),
                 csn: position.csn.0,
                 lag_changes: durable.0.saturating_sub(position.csn.0),
+                lag_seconds: lag_seconds(dir, position.csn, durable, now)?,
                 last_seen: crate::registry::rfc3339(
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(position.seen_ms),
                 ),
@@ -221,17 +269,18 @@ impl ProviderStatus {
         // processes, which the peer's port does not.
         let client_w = self.sessions.iter().map(|s| s.client.len()).max().unwrap_or(0).max(8);
         out.push_str(&format!(
-            "{:<peer_w$} {:<agreement_w$} {:<client_w$} {:<20} {:>8} {:>6} {:<8} {:<3} {}\n",
-            "PEER", "AGREEMENT", "CONSUMER", "MODE", "LAG", "QUEUE", "REFRESH", "TLS", "SINCE"
+            "{:<peer_w$} {:<agreement_w$} {:<client_w$} {:<20} {:>8} {:>8} {:>6} {:<8} {:<3} {}\n",
+            "PEER", "AGREEMENT", "CONSUMER", "MODE", "LAG", "BEHIND", "QUEUE", "REFRESH", "TLS", "SINCE"
         ));
         for s in &self.sessions {
             out.push_str(&format!(
-                "{:<peer_w$} {:<agreement_w$} {:<client_w$} {:<20} {:>8} {:>6} {:<8} {:<3} {}\n",
+                "{:<peer_w$} {:<agreement_w$} {:<client_w$} {:<20} {:>8} {:>8} {:>6} {:<8} {:<3} {}\n",
                 s.peer,
                 s.agreement,
                 s.client,
                 s.mode,
                 s.lag_changes,
+                seconds(s.lag_seconds),
                 s.queue_len,
                 s.refresh.as_deref().unwrap_or("-"),
                 if s.tls { "yes" } else { "no" },
@@ -248,16 +297,17 @@ impl ProviderStatus {
             let client_w = self.consumers.iter().map(|c| c.client.len()).max().unwrap_or(0).max(36);
             out.push_str(&format!(
                 "\nknown consumers (positions kept for changelog trimming, oldest first)\n\
-                 {:<agreement_w$} {:<client_w$} {:>10} {:>8}  {}\n",
-                "AGREEMENT", "CONSUMER", "CSN", "LAG", "LAST SEEN"
+                 {:<agreement_w$} {:<client_w$} {:>10} {:>8} {:>8}  {}\n",
+                "AGREEMENT", "CONSUMER", "CSN", "LAG", "BEHIND", "LAST SEEN"
             ));
             for c in &self.consumers {
                 out.push_str(&format!(
-                    "{:<agreement_w$} {:<client_w$} {:>10} {:>8}  {}{}\n",
+                    "{:<agreement_w$} {:<client_w$} {:>10} {:>8} {:>8}  {}{}\n",
                     c.agreement,
                     c.client,
                     c.csn,
                     c.lag_changes,
+                    seconds(c.lag_seconds),
                     c.last_seen,
                     if c.connected { " (connected)" } else { "" }
                 ));
@@ -596,5 +646,125 @@ mod tests {
         registration.acked(&Cookie { history: dir.history(), csn: Csn(1) }, Csn(1));
         let status = ProviderStatus::collect(&dir, &registry, Some("[::1]:7389".parse().unwrap())).unwrap();
         assert_eq!(status.sessions[0].lag_changes, 1, "CSN 2 written since");
+    }
+
+    /// When `csn` committed, in milliseconds since the epoch, as its changelog record says.
+    fn committed_ms(dir: &Directory, csn: u64) -> u64 {
+        dir.changelog().get(tether_protocol::Csn(csn)).unwrap().expect("a record").time_ms
+    }
+
+    /// A consumer's lag in seconds runs from the commit of the oldest change it lacks,
+    /// by the provider's clock: whatever the consumer's own clock says and however long
+    /// it has been away, a replica whose oldest missing change was written 99.999 s ago
+    /// reads 99 s, one with every change 0; a writer lags nothing.
+    #[test]
+    fn a_lag_in_seconds_runs_from_the_oldest_change_not_acknowledged() {
+        use crate::session::position_id;
+        use tether_protocol::{Attributes, Change, Cookie, Csn, Dn, Value};
+        let (_tmp, dir) = two_changes();
+        // A third change a clock tick after the second, so that the two date apart.
+        let second = committed_ms(&dir, 2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 <= second {
+            assert!(std::time::Instant::now() < deadline, "the clock stands still");
+            std::thread::yield_now();
+        }
+        let mut attrs = Attributes::default();
+        attrs.add("objectClass", [Value::from("organizationalUnit")]).unwrap();
+        dir.write(&Change::Add { dn: Dn::parse("ou=groups,dc=example,dc=com").unwrap(), attrs }).unwrap();
+        let third = committed_ms(&dir, 3);
+        assert!(third > second);
+
+        dir.record_consumer(&position_id("people", "behind-1"), Csn(2)).unwrap();
+        dir.record_consumer(&position_id("people", "behind-2"), Csn(1)).unwrap();
+        dir.record_consumer(&position_id("people", "current"), Csn(3)).unwrap();
+        let registry = Registry::default();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let registration = registry.register(session("127.0.0.1:40000", "people"), &cancel);
+        registration.acked(&Cookie { history: dir.history(), csn: Csn(2) }, Csn(2));
+        let writer = SessionInfo { session_id: 2, ..session("127.0.0.1:40001", crate::server::WRITER) };
+        let _writer = registry.register(writer, &cancel);
+
+        let now_ms = third + 99_999;
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
+        let status = ProviderStatus::collect_at(&dir, &registry, Some("[::1]:7389".parse().unwrap()), now).unwrap();
+        let lags: Vec<(&str, Option<u64>)> =
+            status.consumers.iter().map(|c| (c.client.as_str(), c.lag_seconds)).collect();
+        let since_second = (now_ms - second) / 1000;
+        assert!(since_second >= 100);
+        assert_eq!(lags, [("behind-2", Some(since_second)), ("behind-1", Some(99)), ("current", Some(0))]);
+        let sessions: Vec<(&str, Option<u64>)> =
+            status.sessions.iter().map(|s| (s.agreement.as_str(), s.lag_seconds)).collect();
+        assert_eq!(sessions, [("people", Some(99)), (crate::server::WRITER, None)]);
+
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["sessions"][0]["lag_seconds"], 99, "{json}");
+        assert_eq!(json["consumers"][1]["lag_seconds"], 99, "{json}");
+        let text = status.to_text();
+        let header = text.lines().find(|l| l.starts_with("PEER")).expect("a header");
+        let row = text.lines().find(|l| l.starts_with("127.0.0.1:40000")).expect("a row");
+        let end = header.find("BEHIND").unwrap() + "BEHIND".len();
+        assert_eq!(row[..end].split_whitespace().last(), Some("99s"), "\n{text}");
+        let header = text.lines().find(|l| l.starts_with("AGREEMENT")).expect("a header");
+        let known = text.lines().find(|l| l.starts_with("people ") && l.contains(" behind-1 ")).unwrap();
+        let end = header.find("BEHIND").unwrap() + "BEHIND".len();
+        assert_eq!(known[..end].split_whitespace().last(), Some("99s"), "\n{text}");
+
+        // A clock stepped back behind the commits reads as current, not as an age of
+        // some 584 million years.
+        let before = std::time::UNIX_EPOCH + std::time::Duration::from_millis(committed_ms(&dir, 1) - 5_000);
+        let status = ProviderStatus::collect_at(&dir, &registry, None, before).unwrap();
+        assert!(status.consumers.iter().all(|c| c.lag_seconds == Some(0)), "{:?}", status.consumers);
+    }
+
+    /// Where the changelog no longer holds the oldest change a consumer lacks, the oldest
+    /// record it does hold dates it (a lower bound), and where it holds none of them (an
+    /// offline load's entries have no records) the lag in seconds is unknown: `null`,
+    /// and `-` in the table, never 0, which would read as current.
+    #[test]
+    fn a_lag_the_changelog_cannot_date_is_unknown_and_a_trimmed_one_is_dated_by_what_is_left() {
+        use crate::session::position_id;
+        use tether_protocol::{Attributes, Change, Csn, Dn, Value};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        let mut attrs = Attributes::default();
+        attrs.add("objectClass", [Value::from("domain")]).unwrap();
+        let loaded = dir.bulk_add(&[(Dn::parse("dc=example,dc=com").unwrap(), attrs, None)]).unwrap();
+        dir.flush().unwrap();
+        assert_eq!(dir.changelog().records(Csn::ZERO, loaded).count(), 0, "a load keeps no records");
+        dir.record_consumer(&position_id("people", "empty"), Csn::ZERO).unwrap();
+        let now = SystemTime::now();
+        let status = ProviderStatus::collect_at(&dir, &Registry::default(), None, now).unwrap();
+        assert_eq!((status.consumers[0].lag_changes, status.consumers[0].lag_seconds), (loaded.0, None));
+        assert_eq!(serde_json::to_value(&status).unwrap()["consumers"][0]["lag_seconds"], serde_json::Value::Null);
+        let row = status.to_text().lines().find(|l| l.starts_with("people ")).unwrap().to_owned();
+        assert!(row.contains(" - "), "{row}");
+
+        // Three changes, the first two trimmed: a consumer that lacks all three is dated
+        // by the third.
+        for ou in ["a", "b", "c"] {
+            let mut attrs = Attributes::default();
+            attrs.add("objectClass", [Value::from("organizationalUnit")]).unwrap();
+            dir.write(&Change::Add { dn: Dn::parse(&format!("ou={ou},dc=example,dc=com")).unwrap(), attrs }).unwrap();
+        }
+        let newest = dir.durable_csn().0;
+        let third = committed_ms(&dir, newest);
+        let policy = tether_store::RetentionPolicy {
+            max_changes: Some(1),
+            max_age: None,
+            hold_for_consumers: std::time::Duration::ZERO,
+            up_since_ms: 0,
+        };
+        dir.trim(&policy, third).unwrap();
+        assert_eq!(dir.changelog().oldest().unwrap(), Some(Csn(newest)));
+        // The trim passed the known consumer's position, which goes with it; a session
+        // still at the load's CSN is what is left to ask about.
+        let registry = Registry::default();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let registration = registry.register(session("127.0.0.1:40000", "people"), &cancel);
+        registration.acked(&tether_protocol::Cookie { history: dir.history(), csn: loaded }, loaded);
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(third + 7_000);
+        let status = ProviderStatus::collect_at(&dir, &registry, Some("[::1]:7389".parse().unwrap()), now).unwrap();
+        assert_eq!((status.sessions[0].lag_changes, status.sessions[0].lag_seconds), (3, Some(7)));
     }
 }

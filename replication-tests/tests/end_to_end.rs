@@ -2899,6 +2899,9 @@ fn both_processes_serve_their_status_as_metrics() -> Result<()> {
     assert_eq!(metric(&page, "tether_provider_entries", &[]), status["entries"].as_f64());
     assert_eq!(metric(&page, "tether_provider_sessions", &session), Some(1.0));
     assert_eq!(metric(&page, "tether_provider_consumer_connected", &session), Some(1.0));
+    // Current, so dated as current: 0 seconds behind, not left out as unknown.
+    assert_eq!(metric(&page, "tether_provider_session_lag_seconds", &session), Some(0.0));
+    assert_eq!(metric(&page, "tether_provider_consumer_lag_seconds", &session), Some(0.0));
     let page = parse(&scrape(&c_at)?.1).map_err(anyhow::Error::msg)?;
     let status = c.agreement_status("people")?;
     assert_eq!(
@@ -2945,8 +2948,24 @@ fn both_processes_serve_their_status_as_metrics() -> Result<()> {
     assert!(said.contains(&format!("cannot listen on {p_at} for metrics_listen")), "{said}");
     assert!(!other.dir.join("data").exists(), "nothing made");
 
-    // Stopped, a process serves nothing.
+    // A consumer away while a change is written is behind by it, in changes and in
+    // seconds since it was written, which the provider dates (a second or so here).
     c.stop()?;
+    let known = |status: &serde_json::Value| -> Result<serde_json::Value> {
+        let all = status["consumers"].as_array().with_context(|| format!("consumers in {status}"))?;
+        let found = all.iter().find(|k| k["client"] == consumer_id.as_str());
+        Ok(found.with_context(|| format!("{consumer_id} in {status}"))?.clone())
+    };
+    // Its session over, its last position recorded.
+    wait_until(CONVERGE, "the provider to see the consumer gone", || Ok(known(&p.status()?)?["connected"] == false))?;
+    p.write_ok(&w.changes(1))?;
+    let away = known(&p.status()?)?;
+    assert_eq!(away["lag_changes"], 1, "{away}");
+    assert!(away["lag_seconds"].as_u64().is_some_and(|s| s < 60), "{away}");
+    let page = parse(&scrape(&p_at)?.1).map_err(anyhow::Error::msg)?;
+    assert_eq!(metric(&page, "tether_provider_consumer_lag_seconds", &session), away["lag_seconds"].as_f64());
+
+    // Stopped, a process serves nothing.
     p.stop()?;
     for at in [&c_at, &p_at] {
         assert!(scrape(at).is_err(), "{at} still answers");
