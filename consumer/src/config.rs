@@ -315,6 +315,45 @@ impl ConsumerConfig {
         Ok(config)
     }
 
+    /// What `check` prints of a file a start would take: where the store and the socket
+    /// are, relative paths resolved (where one anchored to the wrong folder shows), and
+    /// what each agreement replicates from where.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "{}: valid\n  data_dir {}\n  control  {}\n",
+            self.file.display(),
+            self.data_dir.display(),
+            self.control.display()
+        );
+        if let Some(at) = &self.metrics_listen {
+            out.push_str(&format!("  metrics  http://{at}/metrics\n"));
+        }
+        for a in &self.agreements {
+            let every = match a.mode {
+                Mode::RefreshOnly => format!(" every {}", humantime::format_duration(a.interval)),
+                Mode::RefreshAndPersist => String::new(),
+            };
+            let region = match a.scope {
+                Scope::Base => format!("the entry {}", a.base),
+                Scope::One => format!("the entries just below {}", a.base),
+                Scope::Subtree => format!("{} and below", a.base),
+            };
+            let filter = if a.filter == DEFAULT_FILTER { String::new() } else { format!(" matching {}", a.filter) };
+            let attrs = if a.attrs.is_empty() { String::new() } else { format!(", attributes {}", a.attrs.join(" ")) };
+            out.push_str(&format!(
+                "  agreement {}: {}{every} from {}{}: {region}{filter}{attrs}\n",
+                a.name,
+                a.mode.as_str(),
+                a.provider,
+                if a.tls.is_some() { " over TLS" } else { "" },
+            ));
+        }
+        if self.agreements.is_empty() {
+            out.push_str("  no [[agreement]]: the consumer would replicate nothing\n");
+        }
+        out
+    }
+
     /// The agreement called `name`.
     pub fn agreement(&self, name: &str) -> Option<&AgreementConfig> {
         self.agreements.iter().find(|a| a.name == name)
@@ -637,6 +676,35 @@ secret_file = "people.key"
         let key = load_secret(&people.secret_file).unwrap();
         let file = std::fs::read(&people.secret_file).unwrap();
         assert!(key.secret == tether_protocol::Secret::new(file.trim_ascii_end().to_vec()).unwrap(), "newline trimmed");
+    }
+
+    /// `check` says what the file sets up in words an operator checks against intent:
+    /// the paths as resolved (a relative one anchored to the wrong folder shows), each
+    /// agreement's mode, provider and region, and its filter and attributes when it
+    /// narrows them.
+    #[test]
+    fn the_summary_of_the_example_file_says_what_each_agreement_replicates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let config = ConsumerConfig::load(dir.join("consumer.toml")).unwrap();
+        let expected = format!(
+            "{file}: valid\n  data_dir {data}\n  control  {data}/control.sock\n  agreement people: \
+             refresh-and-persist from 127.0.0.1:7389: ou=people,dc=example,dc=com and below\n  agreement groups: \
+             refresh-only every 30s from 127.0.0.1:7389: the entries just below ou=groups,dc=example,dc=com matching \
+             (&(objectClass=groupOfNames)(cn=*)), attributes objectClass cn member description\n",
+            file = dir.join("consumer.toml").display(),
+            data = dir.join("data/consumer").display(),
+        );
+        assert_eq!(config.summary(), expected);
+
+        let tls = parse(&format!(
+            "metrics_listen = \"127.0.0.1:9391\"\n{MINIMAL_AGREEMENT}scope = \"base\"\n[agreement.tls]\nca_file = \"ca.pem\"\n"
+        ))
+        .unwrap();
+        let summary = tls.summary();
+        assert!(summary.contains("\n  metrics  http://127.0.0.1:9391/metrics\n"), "{summary}");
+        assert!(summary.contains(" over TLS: the entry "), "{summary}");
+        let none = parse("").unwrap().summary();
+        assert!(none.ends_with("  no [[agreement]]: the consumer would replicate nothing\n"), "{none}");
     }
 
     #[test]

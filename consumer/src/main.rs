@@ -83,6 +83,18 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Check a configuration file as a start would, without starting anything.
+    ///
+    /// Reads the file and every file it names (each secret, each TLS CA file), prints
+    /// the warnings a start would log and what the file sets up; opens no store, binds
+    /// nothing and asks no process. Exit status 1 if a start would refuse the file. Run
+    /// by root on a store another user owns, it reads the files as that user, as the
+    /// service does.
+    Check {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Wait until an agreement's replica has a change on disk: give the CSN a provider
     /// write acknowledged; prints the durable CSN (read your writes across replicas).
     /// With --visible, until its searches return it (it may not be on disk yet).
@@ -375,6 +387,19 @@ async fn run(cli: Cli) -> Result<()> {
                 return Err(not_running(&config));
             }
             Ok(())
+        }
+        Command::Check { config } => {
+            let config = ConsumerConfig::load(&config)?;
+            if let Some(code) = shell::as_store_owner(&config.data_dir)? {
+                shell::exit_now(code);
+            }
+            // Not the open files limit: the service's is its manager's, not this shell's.
+            let mut warnings = config.check_files()?;
+            warnings.extend(shell::root_on_anothers_store(&config.data_dir));
+            for w in warnings {
+                tether_config::say!("warning: {w}");
+            }
+            Stdout::print(&config.summary()).context("writing to standard output")
         }
         Command::Wait { config, agreement, csn, timeout, visible } => {
             // Rounded up: `1ns` is a wait of 1 ms, not one of none reported as "0ns".

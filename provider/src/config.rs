@@ -378,6 +378,39 @@ impl ProviderConfig {
         Ok(config)
     }
 
+    /// What `check` prints of a file a start would take: where the store, the socket
+    /// and the listeners are, relative paths resolved (where one anchored to the wrong
+    /// folder shows), and who may replicate or write what.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "{}: valid\n  data_dir {}\n  control  {}\n  listen   {} ({})\n",
+            self.file.display(),
+            self.data_dir.display(),
+            self.control.display(),
+            self.listen,
+            if self.tls.is_some() { "TLS" } else { "plain TCP" },
+        );
+        if let Some(at) = &self.metrics_listen {
+            out.push_str(&format!("  metrics  http://{at}/metrics\n"));
+        }
+        out.push_str(&format!("  suffix   {}\n", self.suffix));
+        for grant in &self.consumers {
+            out.push_str(&format!(
+                "  agreement {}: consumers may replicate {} and below\n",
+                grant.agreement,
+                grant.allowed_base(&self.suffix)
+            ));
+        }
+        if self.consumers.is_empty() {
+            out.push_str("  no [[consumer]]: every consumer would be refused\n");
+        }
+        out.push_str(match self.writer {
+            Some(_) => "  [writer]: `write` may change the directory\n",
+            None => "  no [writer]: every `write` would be refused\n",
+        });
+        out
+    }
+
     /// The grant for agreement `name`.
     pub fn consumer(&self, name: &str) -> Option<&ConsumerGrant> {
         self.consumers.iter().find(|c| c.agreement == name)
@@ -635,6 +668,27 @@ mod tests {
 
         let same = parse(&format!("{MINIMAL}{grant}base = \"ou=people,dc=example,dc=com\"\n")).unwrap();
         assert_eq!(same.clone().for_running_suffix(&running.suffix).unwrap(), same);
+    }
+
+    /// `check` says what the file sets up: the paths as resolved, where it listens and
+    /// whether over TLS, and who may replicate or write what.
+    #[test]
+    fn the_summary_of_the_example_file_says_who_may_replicate_what() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let config = ProviderConfig::load(dir.join("provider.toml")).unwrap();
+        let expected = format!(
+            "{file}: valid\n  data_dir {data}\n  control  {data}/control.sock\n  listen   127.0.0.1:7389 (plain TCP)\n  \
+             suffix   dc=example,dc=com\n  agreement people: consumers may replicate dc=example,dc=com and below\n  \
+             agreement groups: consumers may replicate ou=groups,dc=example,dc=com and below\n  [writer]: `write` may \
+             change the directory\n",
+            file = dir.join("provider.toml").display(),
+            data = dir.join("data/provider").display(),
+        );
+        assert_eq!(config.summary(), expected);
+        let bare = ProviderConfig { consumers: Vec::new(), writer: None, ..config };
+        let summary = bare.summary();
+        assert!(summary.contains("  no [[consumer]]: every consumer would be refused\n"), "{summary}");
+        assert!(summary.ends_with("  no [writer]: every `write` would be refused\n"), "{summary}");
     }
 
     #[test]

@@ -106,6 +106,19 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Check a configuration file as a start would, without starting anything.
+    ///
+    /// Reads the file and every file it names (each secret, the TLS certificate and
+    /// key), prints the warnings a start would log (a secret others may read, a
+    /// certificate about to expire) and what the file sets up; opens no store, binds
+    /// nothing and asks no process. Exit status 1 if a start would refuse the file. Run
+    /// by root on a store another user owns, it reads the files as that user, as the
+    /// service does.
+    Check {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Show the provider's state and its consumers.
     Status {
         /// Configuration file.
@@ -456,6 +469,16 @@ async fn run(cli: Cli) -> Result<()> {
                 return Err(not_running(&config));
             }
             Ok(())
+        }
+        Command::Check { config } => {
+            let config = ProviderConfig::load(&config)?;
+            run_as_store_owner(&config)?;
+            let mut warnings = config.check_files()?;
+            warnings.extend(shell::root_on_anothers_store(&config.data_dir));
+            for w in warnings {
+                tether_config::say!("warning: {w}");
+            }
+            Stdout::print(&config.summary()).context("writing to standard output")
         }
         Command::Status { config: file, json } => {
             // Held to what a start needs, the files it names too: a secret lost is
