@@ -459,6 +459,9 @@ async fn handle(stream: UnixStream, peer: Peer, ctx: ControlContext) -> Result<(
             None => tether_config::shell::ask_reload(&ctx.reload, "consumer").await,
         },
         ControlRequest::Reload => tether_config::shell::ask_reload(&ctx.reload, "consumer").await,
+        ControlRequest::Forget { .. } => {
+            Err("the consumer keeps no other consumers: forget is the provider's".to_owned())
+        }
         ControlRequest::For { .. } => Err("a request addressed twice; the command-line tools send none".to_owned()),
         ControlRequest::FromFile { .. } => {
             Err("a request from two configuration files; the command-line tools send none".to_owned())

@@ -122,6 +122,17 @@ pub enum ControlRequest {
         /// The request.
         request: Box<ControlRequest>,
     },
+    /// Provider: drop the position kept for consumer `consumer` of agreement
+    /// `agreement`, so that it holds back no trimming and is no longer listed: a
+    /// consumer decommissioned for good otherwise stayed in `status` and its metrics,
+    /// lagging further behind, until a trim passed its position. Added last, so that a
+    /// process older than it refuses it instead of misreading it.
+    Forget {
+        /// The agreement it replicated.
+        agreement: String,
+        /// Its consumer id (the `CONSUMER` column of `status`).
+        consumer: String,
+    },
 }
 
 /// The request a process started with the file `started` carries out for `request`:
@@ -292,6 +303,7 @@ impl ControlRequest {
             Self::Restart { .. } => "restart",
             Self::Reload | Self::ReloadFile { .. } => "reload",
             Self::WaitCsn { .. } | Self::WaitVisible { .. } => "wait",
+            Self::Forget { .. } => "forget",
             Self::For { request, .. } | Self::FromFile { request, .. } => request.command(),
         }
     }

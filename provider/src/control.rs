@@ -93,6 +93,52 @@ pub fn check_search(dir: &Directory, spec: &SearchSpec) -> Result<(), String> {
     }
 }
 
+/// `forget`: drops the position `dir` keeps for consumer `consumer` of `agreement`, and
+/// says what it was and what follows. Refused while a session of that consumer is open
+/// in `registry` (it would record the position again at once, and is plainly not gone),
+/// and for a consumer not known, naming the known ones of the agreement.
+pub fn forget(dir: &Directory, registry: &Registry, agreement: &str, consumer: &str) -> Result<String, String> {
+    if let Some(open) = registry.snapshot().iter().find(|s| s.agreement == agreement && s.client == consumer) {
+        return Err(format!(
+            "consumer {consumer} of agreement {agreement} is connected now (session {} from {}), and would be \
+             recorded again at once: stop it first (`tether-consumer stop` of {agreement} on its host), then forget it; \
+             nothing was done",
+            open.session_id, open.peer
+        ));
+    }
+    let id = crate::session::position_id(agreement, consumer);
+    match dir.forget_consumer(&id).map_err(|e| e.to_string())? {
+        Some(position) => Ok(format!(
+            "forgot consumer {consumer} of agreement {agreement} (at csn {}, last seen {}): the changelog is no longer \
+             held for it; should it come back, it resumes by delta if the changelog still holds its position, and \
+             takes a present refresh if not\n",
+            position.csn,
+            crate::registry::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(position.seen_ms)),
+        )),
+        None => {
+            let known: Vec<String> = dir
+                .consumer_positions()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter_map(|(key, _)| {
+                    let (a, c) = crate::session::split_position_id(&key);
+                    (a == agreement).then(|| c.to_owned())
+                })
+                .collect();
+            Err(format!(
+                "no consumer {consumer} of agreement {agreement} is known ({}); nothing was done",
+                match known.as_slice() {
+                    [] => "the agreement has none".to_owned(),
+                    known if known.len() > 10 => {
+                        format!("its known consumers: {} and {} more", known[..10].join(", "), known.len() - 10)
+                    }
+                    known => format!("its known consumers: {}", known.join(", ")),
+                }
+            ))
+        }
+    }
+}
+
 /// Fails if entries of `spec`'s region were added, deleted or renamed after `since`,
 /// while the region was printed page by page: the output may then miss an entry, hold
 /// one twice or hold one without its parent, and a backup must not look whole when it
@@ -185,6 +231,12 @@ async fn handle(
             None => tether_config::shell::ask_reload(&ctx.reload, "provider").await,
         },
         ControlRequest::Reload => tether_config::shell::ask_reload(&ctx.reload, "provider").await,
+        ControlRequest::Forget { agreement, consumer } => {
+            let (dir, registry) = (ctx.dir.clone(), ctx.registry.clone());
+            tokio::task::spawn_blocking(move || forget(&dir, &registry, &agreement, &consumer))
+                .await
+                .unwrap_or_else(|e| Err(format!("forgetting the consumer: {e}")))
+        }
         ControlRequest::Stop { .. }
         | ControlRequest::Start { .. }
         | ControlRequest::Restart { .. }
@@ -204,4 +256,71 @@ async fn handle(
         Err(e) => respond(&mut writer, &ControlResponse::Error(e)).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::SessionInfo;
+    use crate::session::position_id;
+
+    fn store() -> (tempfile::TempDir, Directory) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path(), &tether_protocol::Dn::parse("dc=example,dc=com").unwrap()).unwrap();
+        (tmp, dir)
+    }
+
+    /// A consumer gone for good is dropped, and the answer says where it stood and what
+    /// happens should it come back; only that consumer of that agreement goes.
+    #[test]
+    fn forget_drops_the_position_and_says_where_it_stood() {
+        let (_tmp, dir) = store();
+        dir.record_consumer(&position_id("people", "gone"), Csn(7)).unwrap();
+        dir.record_consumer(&position_id("groups", "gone"), Csn(7)).unwrap();
+        dir.record_consumer(&position_id("people", "here"), Csn(9)).unwrap();
+        let said = forget(&dir, &Registry::default(), "people", "gone").unwrap();
+        assert!(said.starts_with("forgot consumer gone of agreement people (at csn 7, last seen "), "{said}");
+        assert!(said.contains("resumes by delta if the changelog still holds its position"), "{said}");
+        let left: Vec<String> = dir.consumer_positions().unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(left, [position_id("groups", "gone"), position_id("people", "here")]);
+    }
+
+    /// A consumer connected now is not gone, and its session would record it again at
+    /// once: refused, naming the session, and the position stays.
+    #[test]
+    fn forget_refuses_a_consumer_that_is_connected() {
+        let (_tmp, dir) = store();
+        dir.record_consumer(&position_id("people", "host-a"), Csn(3)).unwrap();
+        let registry = Registry::default();
+        let session = SessionInfo::for_test(41, "127.0.0.1:40000", "people", "host-a");
+        let _open = registry.register(session, &CancellationToken::new());
+        let refused = forget(&dir, &registry, "people", "host-a").unwrap_err();
+        assert!(refused.contains("is connected now (session 41 from 127.0.0.1:40000)"), "{refused}");
+        assert!(refused.ends_with("nothing was done"), "{refused}");
+        assert_eq!(dir.consumer_positions().unwrap().len(), 1);
+        // The same id under another agreement is another consumer.
+        dir.record_consumer(&position_id("groups", "host-a"), Csn(3)).unwrap();
+        assert!(forget(&dir, &registry, "groups", "host-a").is_ok());
+    }
+
+    /// A consumer id mistyped is refused with the ones the agreement has, so the operator
+    /// can copy the right one; the list is cut at ten.
+    #[test]
+    fn forget_of_an_unknown_consumer_names_the_agreement_s_known_ones() {
+        let (_tmp, dir) = store();
+        let refused = forget(&dir, &Registry::default(), "people", "nobody").unwrap_err();
+        assert_eq!(
+            refused,
+            "no consumer nobody of agreement people is known (the agreement has none); nothing was done"
+        );
+        for i in 0..12 {
+            dir.record_consumer(&position_id("people", &format!("c{i:02}")), Csn(1)).unwrap();
+        }
+        let refused = forget(&dir, &Registry::default(), "people", "c1").unwrap_err();
+        assert!(
+            refused.contains("(its known consumers: c00, c01, c02, c03, c04, c05, c06, c07, c08, c09 and 2 more)"),
+            "{refused}"
+        );
+        assert_eq!(dir.consumer_positions().unwrap().len(), 12, "nothing was done");
+    }
 }

@@ -106,6 +106,22 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Forget a consumer gone for good: drop the position the store keeps for it.
+    ///
+    /// It then holds back no changelog trimming and is no longer listed by `status` or
+    /// its metrics (a consumer decommissioned stays there, ever further behind, until a
+    /// trim passes its position). Refused while a session of it is open. Should it come
+    /// back, it resumes by delta if the changelog still holds its position. Works on a
+    /// stopped provider's store too.
+    Forget {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The agreement it replicated.
+        agreement: String,
+        /// Its consumer id: the CONSUMER column of `status`.
+        consumer: String,
+    },
     /// Check a configuration file as a start would, without starting anything.
     ///
     /// Reads the file and every file it names (each secret, the TLS certificate and
@@ -138,7 +154,7 @@ fn spec(config: &ProviderConfig, base: Option<Dn>, scope: Scope, filter: Filter,
 /// What a command run while the provider is stopped does with its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Offline {
-    /// `status`, `search`: read, and create nothing. A store that was never made is an
+    /// `status`, `search`, `forget`: open a store that exists, and create nothing. A store that was never made is an
     /// error naming the folder, so a mistyped `data_dir` is not reported as an empty
     /// directory, nor left behind as a new store owned by whoever ran the command.
     Read,
@@ -469,6 +485,18 @@ async fn run(cli: Cli) -> Result<()> {
                 return Err(not_running(&config));
             }
             Ok(())
+        }
+        Command::Forget { config, agreement, consumer } => {
+            let config = ProviderConfig::load(&config)?;
+            let request = ControlRequest::Forget { agreement: agreement.clone(), consumer: consumer.clone() };
+            if client::control_call(&config, &request).await?.is_some() {
+                return Ok(());
+            }
+            let Some(dir) = offline_or_answered(&config, &request).await? else { return Ok(()) };
+            let said = tether_provider::control::forget(&dir, &Default::default(), &agreement, &consumer)
+                .map_err(anyhow::Error::msg)?;
+            dir.flush().context("flushing the store")?;
+            Stdout::print(&said).context("writing to standard output")
         }
         Command::Check { config } => {
             let config = ProviderConfig::load(&config)?;

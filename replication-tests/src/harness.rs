@@ -596,6 +596,12 @@ impl Provider {
         c.arg("--json").output().with_context(|| format!("running {c:?}"))
     }
 
+    /// `sub -c CONFIG args...` as it ran, failed or not.
+    pub fn command_output(&self, sub: &str, args: &[&str]) -> Result<Output> {
+        let mut c = self.cmd(sub)?;
+        c.args(args).output().with_context(|| format!("running {c:?}"))
+    }
+
     /// Rewrites the config with `opts` (same port and folders).
     pub fn reconfigure(&mut self, opts: &ProviderOptions) -> Result<()> {
         let port = self.port;

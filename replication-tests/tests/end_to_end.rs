@@ -249,6 +249,52 @@ fn a_persist_consumer_s_known_position_catches_up_after_a_burst() -> Result<()> 
     Ok(())
 }
 
+/// A consumer gone for good is forgotten on the operator's word, running provider or
+/// stopped: listed no more, holding nothing back. One connected now is not gone and is
+/// refused; one that comes back after all is recorded again and resumes by delta.
+#[test]
+fn a_consumer_gone_for_good_is_forgotten_whether_the_provider_runs_or_not() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 30, 23, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    let id = c.status()?["consumer_id"].as_str().context("consumer_id")?.to_owned();
+    let forget = |p: &Provider| p.command_output("forget", &["people", &id]);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    let refused = forget(&p)?;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("is connected now"), "{}", text(&refused.stderr));
+    assert!(known_position(&p, "people")?["consumer"].is_object(), "kept");
+
+    assert!(c.stop()?.success());
+    wait_until(CONVERGE, "the provider to see the consumer gone", || {
+        Ok(known_position(&p, "people")?["consumer"]["connected"] == false)
+    })?;
+    let forgot = forget(&p)?;
+    assert!(forgot.status.success(), "{}", text(&forgot.stderr));
+    assert!(text(&forgot.stdout).starts_with(&format!("forgot consumer {id} of agreement people (at csn ")));
+    assert!(known_position(&p, "people")?["consumer"].is_null(), "listed no more");
+
+    // It came back after all: a delta from its cookie, and a position again.
+    p.write_ok(&w.changes(3))?;
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(last_refresh(&c, "people")?, "delta");
+    assert!(known_position(&p, "people")?["consumer"].is_object(), "recorded again");
+
+    // With both stopped, the provider's store is changed directly, once.
+    assert!(c.stop()?.success());
+    assert!(p.stop()?.success());
+    let forgot = forget(&p)?;
+    assert!(forgot.status.success(), "{}", text(&forgot.stderr));
+    let again = forget(&p)?;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("the agreement has none"), "{}", text(&again.stderr));
+    p.start()?;
+    assert!(known_position(&p, "people")?["consumer"].is_null(), "forgotten for good");
+    Ok(())
+}
+
 /// After a provider restart that brings nothing new, a refresh-only consumer keeps its
 /// cookie in the older history (the same position, which a backup taken before the
 /// restart also knows), and its polls still end as soon as they are acknowledged: the

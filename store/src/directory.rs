@@ -948,6 +948,14 @@ impl Directory {
         Ok(())
     }
 
+    /// Drops the position kept for the consumer `id` (as [`Directory::record_consumer`]
+    /// keys it), and gives it back; `None` if none is kept. It then holds back no
+    /// trimming, as if a trim had passed it; a session of it records it again.
+    pub fn forget_consumer(&self, id: &str) -> Result<Option<ConsumerPosition>> {
+        let removed = self.failure.observe(self.consumers.remove(id.as_bytes()).map_err(StoreError::from))?;
+        removed.map(|v| decode(names::CONSUMERS, &v)).transpose()
+    }
+
     /// Known consumer positions.
     pub fn consumer_positions(&self) -> Result<Vec<(String, ConsumerPosition)>> {
         self.consumers

@@ -679,6 +679,32 @@ fn age_trimming_stops_at_the_slowest_of_the_recently_seen_consumers() {
     assert_eq!(p.dir.plan_refresh(Some(&slow)).unwrap(), RefreshKind::Delta);
 }
 
+/// A consumer forgotten (`tether-provider forget`) holds back no trimming from then on,
+/// and the others keep theirs: its position is what is given back, and a second forget
+/// finds nothing.
+#[test]
+fn a_forgotten_consumer_holds_back_no_trimming() {
+    let p = people_pair();
+    let newest = p.dir.durable_csn();
+    p.dir.record_consumer("people/gone", Csn(2)).unwrap();
+    p.dir.record_consumer("people/here", Csn(4)).unwrap();
+    let forgotten = p.dir.forget_consumer("people/gone").unwrap().expect("its position");
+    assert_eq!(forgotten.csn, Csn(2));
+    assert!(p.dir.forget_consumer("people/gone").unwrap().is_none(), "forgotten once");
+    let ids: Vec<String> = p.dir.consumer_positions().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["people/here"]);
+    let policy = RetentionPolicy {
+        max_changes: None,
+        max_age: Some(std::time::Duration::from_secs(1)),
+        hold_for_consumers: std::time::Duration::from_secs(365 * 24 * 3600),
+        up_since_ms: 0,
+    };
+    let far_future = tether_store_now() + 10 * 24 * 3600 * 1000;
+    let report = p.dir.trim(&policy, far_future).unwrap();
+    assert_eq!(report.floor, Csn(4), "held by the one left, not the one forgotten");
+    assert!(newest > Csn(4));
+}
+
 /// `max_age` trims the records older than it and none younger, with no consumer seen to
 /// hold them: a consumer away for less than `max_age` still gets a delta.
 #[test]
