@@ -103,11 +103,13 @@ impl Secret {
     }
 }
 
-/// The secret's bytes do not outlive it in this process's memory.
+/// The secret's bytes do not outlive it in this process's memory: zeroed through
+/// `zeroize`, whose writes the compiler may not drop as dead stores before the free (a
+/// plain loop's it may), over the whole allocation (a trailing newline cut off by
+/// [`Secret::from_file_contents`] lies beyond the length).
 impl Drop for Secret {
     fn drop(&mut self) {
-        self.0.iter_mut().for_each(|b| *b = 0);
-        std::hint::black_box(&mut self.0);
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
