@@ -94,6 +94,55 @@ pub enum Stage {
     NeverValid,
 }
 
+/// Of a chain as a server sends it (its own certificate first, then the CA certificates
+/// up towards a root), the one whose end decides when a client stops accepting it: the
+/// one that ends first, with its place in the chain (0 for the server's own). A
+/// self-issued certificate after the first (a root appended to the file) is left out:
+/// a verifier takes its roots from its own trust store, not from what the server sends,
+/// so a root's end in the chain refuses nothing. An intermediate's does: the path to the
+/// root goes through it, and a verifier checks its dates as it checks the server's own,
+/// so a renewed server certificate under an intermediate about to end still fails on
+/// that day. Certificates whose dates do not read are left out; `None` if the first's
+/// do not.
+pub fn chain_end<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> Option<(usize, Validity)> {
+    let mut chain = chain.into_iter();
+    let mut end = (0, Validity::of(chain.next()?)?);
+    for (i, der) in chain.enumerate() {
+        let Some(v) = Validity::of(der).filter(|_| is_self_issued(der) == Some(false)) else { continue };
+        if v.not_after < end.1.not_after {
+            end = (i + 1, v);
+        }
+    }
+    Some(end)
+}
+
+/// A certificate's place in a chain or file for people, counted from 1: "2nd", "3rd",
+/// "11th", "21st".
+pub fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// Whether the certificate's issuer and subject are the same name (RFC 5280 6.1: a
+/// self-issued certificate, as every root is); `None` if it does not read.
+pub fn is_self_issued(der: &[u8]) -> Option<bool> {
+    let (certificate, _) = element(der, SEQUENCE)?;
+    let (tbs, _) = element(certificate, SEQUENCE)?;
+    let rest = element(tbs, VERSION).map_or(tbs, |(_, rest)| rest);
+    let (_serial, rest) = element(rest, INTEGER)?;
+    let (_signature, rest) = element(rest, SEQUENCE)?;
+    let (issuer, rest) = element(rest, SEQUENCE)?;
+    let (_validity, rest) = element(rest, SEQUENCE)?;
+    let (subject, _) = element(rest, SEQUENCE)?;
+    Some(issuer == subject)
+}
+
 /// Whether the certificate's basicConstraints extension says `cA` (RFC 5280 4.2.1.9);
 /// `Some(false)` without the extension, `None` if it does not read.
 pub fn is_ca(der: &[u8]) -> Option<bool> {
@@ -230,6 +279,51 @@ mod tests {
         params.not_after = date(not_after);
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// A CA whose certificate ends at `not_after`, and a certificate it issues for
+    /// `localhost` ending at `leaf_after`, as DER.
+    fn issued(not_after: (i32, u8, u8), leaf_after: (i32, u8, u8)) -> (Vec<u8>, Vec<u8>) {
+        let date = |(y, m, d): (i32, u8, u8)| rcgen::date_time_ymd(y, m, d);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "Example Intermediate CA");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.not_after = date(not_after);
+        let ca = ca.self_signed(&key).unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf.not_after = date(leaf_after);
+        let leaf = leaf.signed_by(&rcgen::KeyPair::generate().unwrap(), &ca, &key).unwrap();
+        (ca.der().to_vec(), leaf.der().to_vec())
+    }
+
+    /// The chain's end is the server's own certificate's, unless a CA certificate sent
+    /// after it ends first; a root (self-issued) sent along never decides it, and a
+    /// certificate that does not read is passed over.
+    #[test]
+    fn a_chain_ends_with_the_first_of_its_certificates_to_end_roots_aside() {
+        let (ca, leaf) = issued((2031, 1, 1), (2030, 1, 1));
+        let end = |chain: &[&[u8]]| chain_end(chain.iter().copied()).map(|(i, v)| (i, v.not_after));
+        assert_eq!(end(&[&leaf]), Some((0, at("2030-01-01T00:00:00Z"))));
+        assert_eq!(end(&[&leaf, &ca]), Some((0, at("2030-01-01T00:00:00Z"))), "the CA's ends later");
+        assert_eq!(is_self_issued(&ca), Some(true), "made as a root");
+        assert_eq!(is_self_issued(&leaf), Some(false));
+        assert_eq!(is_self_issued(b"not a certificate"), None);
+
+        // An intermediate: issued by another CA, ending before the server's own.
+        let (_, intermediate) = issued((2040, 1, 1), (2029, 6, 1));
+        assert_eq!(end(&[&leaf, &intermediate]), Some((1, at("2029-06-01T00:00:00Z"))));
+        assert_eq!(end(&[&leaf, b"junk", &intermediate]), Some((2, at("2029-06-01T00:00:00Z"))));
+        // A root that ends first is the verifier's business, not the chain's.
+        let (old_root, _) = issued((2028, 1, 1), (2027, 1, 1));
+        assert_eq!(end(&[&leaf, &old_root]), Some((0, at("2030-01-01T00:00:00Z"))));
+        assert_eq!(end(&[b"junk", &leaf]), None, "the server's own must read");
+    }
+
+    #[test]
+    fn ordinals_read_as_english() {
+        let words: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111].map(ordinal).into();
+        assert_eq!(words, ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th"]);
     }
 
     #[test]

@@ -186,7 +186,8 @@ pub fn render(status: &ConsumerStatus) -> String {
         "When the certificate the provider presented last expires (Unix time); TLS agreements only.",
         &|a| {
             a.provider_certificate
-                .and_then(|v| v.not_after.duration_since(std::time::UNIX_EPOCH).ok())
+                .as_ref()
+                .and_then(|p| p.validity.not_after.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs())
         },
     );
@@ -317,7 +318,15 @@ mod tests {
         let tls = StatusHandle::new("people", "ldap-1.example.com:7389", "refresh-and-persist");
         let plain = StatusHandle::new("groups", "127.0.0.1:7389", "refresh-only");
         let status = ConsumerStatus::for_test(vec![
-            AgreementStatus { tls: true, provider_certificate: Some(validity), ..tls.snapshot() },
+            AgreementStatus {
+                tls: true,
+                provider_certificate: Some(crate::provider_certificate::Presented {
+                    provider: "ldap-1.example.com:7389".into(),
+                    validity,
+                    position: 0,
+                }),
+                ..tls.snapshot()
+            },
             plain.snapshot(),
         ]);
         let page = parse(&render(&status)).unwrap();

@@ -17,21 +17,25 @@ use tether_config::certificate::{Stage, Validity};
 use tether_config::certificate_watch::Watched;
 
 /// What an agreement's provider presented: the address it was reached at, which the
-/// warning names, and its certificate's validity (the first of its chain, its own).
+/// warning names, and the validity of the certificate of its chain that ends first (its
+/// own, or a CA certificate between its own and this consumer's `ca_file`, whose dates
+/// this consumer checks just the same: [`tether_config::certificate::chain_end`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presented {
     /// The agreement's `provider`.
     pub provider: String,
-    /// The validity of the provider's own certificate.
+    /// The validity of the certificate whose end ends the chain's.
     pub validity: Validity,
+    /// That certificate's place in the chain (0: the provider's own).
+    pub position: usize,
 }
 
 impl Presented {
     /// What a TLS session with `provider` found, from the DER of the chain it presented;
     /// `None` if its first certificate's dates do not read.
     pub fn of(provider: &str, chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<Self> {
-        let validity = Validity::of(chain.first()?.as_ref())?;
-        Some(Self { provider: provider.to_owned(), validity })
+        let (position, validity) = tether_config::certificate::chain_end(chain.iter().map(|c| c.as_ref()))?;
+        Some(Self { provider: provider.to_owned(), validity, position })
     }
 }
 
@@ -41,7 +45,7 @@ impl Watched for Presented {
     }
 
     fn warning(&self, now: SystemTime) -> Option<String> {
-        warning(&self.validity, &self.provider, now)
+        warning(&self.validity, &self.provider, self.position, now)
     }
 }
 
@@ -50,14 +54,22 @@ impl Watched for Presented {
 /// valid yet (this machine's clock, since the handshake took it); `None` while it is
 /// valid for longer. The renewal is the provider operator's to do, so the words say whom
 /// to ask, and what this agreement will do meanwhile.
-pub fn warning(v: &Validity, provider: &str, now: SystemTime) -> Option<String> {
+pub fn warning(v: &Validity, provider: &str, position: usize, now: SystemTime) -> Option<String> {
     let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let which = match position {
+        0 => format!("the certificate of provider {provider}"),
+        n => format!(
+            "the {} certificate of the chain provider {provider} presents (a CA's, between its own and this \
+             consumer's ca_file)",
+            tether_config::certificate::ordinal(n + 1)
+        ),
+    };
     match v.stage(now) {
         Stage::Valid => None,
         Stage::Expiring => {
             let days = v.days_left(now);
             Some(format!(
-                "the certificate of provider {provider} expires at {} (in {days} day{}): from then on this \
+                "{which} expires at {} (in {days} day{}): from then on this \
                  consumer refuses it (certificate expired) and the agreement stops replicating until it is \
                  renewed; ask the provider's operator to renew it (replace its files and reload the provider)",
                 at(v.not_after),
@@ -65,7 +77,7 @@ pub fn warning(v: &Validity, provider: &str, now: SystemTime) -> Option<String> 
             ))
         }
         Stage::Expired => Some(format!(
-            "the certificate of provider {provider} expired at {}: the session under way goes on, but this \
+            "{which} expired at {}: the session under way goes on, but this \
              consumer refuses it (certificate expired) at the next connection, until the provider's operator \
              renews it",
             at(v.not_after)
@@ -73,7 +85,7 @@ pub fn warning(v: &Validity, provider: &str, now: SystemTime) -> Option<String> 
         // The handshake refuses both; seen here only if this machine's clock moved back
         // since, or the certificate's dates read otherwise than rustls read them.
         Stage::NotYetValid | Stage::NeverValid => Some(format!(
-            "the certificate of provider {provider} is not valid until {} by this machine's clock (is it \
+            "{which} is not valid until {} by this machine's clock (is it \
              right?): this consumer refuses it at the next connection until then",
             at(v.not_before)
         )),
@@ -92,19 +104,52 @@ mod tests {
     fn a_provider_certificate_in_its_notice_or_past_its_end_is_warned_of_and_a_valid_one_is_not() {
         let v = Validity { not_before: at("2026-01-01T00:00:00Z"), not_after: at("2027-01-01T00:00:00Z") };
         let provider = "ldap1.example.com:7389";
-        assert_eq!(warning(&v, provider, at("2026-12-18T00:00:00Z")), None, "more than two weeks ahead");
+        assert_eq!(warning(&v, provider, 0, at("2026-12-18T00:00:00Z")), None, "more than two weeks ahead");
         assert_eq!(
-            warning(&v, provider, at("2026-12-18T00:00:01Z")).unwrap(),
+            warning(&v, provider, 0, at("2026-12-18T00:00:01Z")).unwrap(),
             "the certificate of provider ldap1.example.com:7389 expires at 2027-01-01T00:00:00Z (in 14 days): from \
              then on this consumer refuses it (certificate expired) and the agreement stops replicating until it \
              is renewed; ask the provider's operator to renew it (replace its files and reload the provider)"
         );
-        let last = warning(&v, provider, at("2026-12-31T23:00:00Z")).unwrap();
+        let last = warning(&v, provider, 0, at("2026-12-31T23:00:00Z")).unwrap();
         assert!(last.contains("expires at 2027-01-01T00:00:00Z (in 1 day): "), "{last}");
-        let past = warning(&v, provider, at("2027-01-01T00:00:01Z")).unwrap();
+        let past = warning(&v, provider, 0, at("2027-01-01T00:00:01Z")).unwrap();
         assert!(past.starts_with("the certificate of provider ldap1.example.com:7389 expired at 2027-01-01T00:00:00Z: the session under way goes on"), "{past}");
-        let early = warning(&v, provider, at("2025-12-31T00:00:00Z")).unwrap();
+        let early = warning(&v, provider, 0, at("2025-12-31T00:00:00Z")).unwrap();
         assert!(early.contains("is not valid until 2026-01-01T00:00:00Z by this machine's clock"), "{early}");
+    }
+
+    /// An intermediate CA certificate the provider presents that ends before the
+    /// provider's own ends the chain with it (this consumer checks its dates too), and the
+    /// warning names it so the provider's operator knows what to renew.
+    #[test]
+    fn an_intermediate_that_ends_first_is_the_end_warned_of() {
+        let date = |(y, m, d): (i32, u8, u8)| rcgen::date_time_ymd(y, m, d);
+        let ca = |name: &str, not_after| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.not_before = date((2026, 1, 1));
+            params.not_after = date(not_after);
+            (params, rcgen::KeyPair::generate().unwrap())
+        };
+        let (root, root_key) = ca("Example Root", (2040, 1, 1));
+        let root = root.self_signed(&root_key).unwrap();
+        let (intermediate, intermediate_key) = ca("Example Intermediate", (2026, 12, 20));
+        let intermediate = intermediate.signed_by(&intermediate_key, &root, &root_key).unwrap();
+        let mut own = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        own.not_after = date((2030, 1, 1));
+        let own = own.signed_by(&rcgen::KeyPair::generate().unwrap(), &intermediate, &intermediate_key).unwrap();
+        let chain = [own.der().clone(), intermediate.der().clone(), root.der().clone()];
+        let presented = Presented::of("ldap1.example.com:7389", &chain).unwrap();
+        assert_eq!((presented.position, presented.validity.not_after), (1, at("2026-12-20T00:00:00Z")));
+        assert_eq!(
+            presented.warning(at("2026-12-10T00:00:00Z")).unwrap(),
+            "the 2nd certificate of the chain provider ldap1.example.com:7389 presents (a CA's, between its own and \
+             this consumer's ca_file) expires at 2026-12-20T00:00:00Z (in 10 days): from then on this consumer \
+             refuses it (certificate expired) and the agreement stops replicating until it is renewed; ask the \
+             provider's operator to renew it (replace its files and reload the provider)"
+        );
     }
 
     #[test]

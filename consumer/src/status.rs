@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tether_config::certificate::Validity;
+use tether_config::certificate_watch::Watched;
 use tether_protocol::liveness::Progress;
 use tether_protocol::message::MUTUAL_AUTH_VERSION;
 use tether_protocol::{Cookie, Csn};
 use tether_store::StoreFailure;
 
-use crate::provider_certificate::{self, Presented};
+use crate::provider_certificate::Presented;
 use crate::reason::{Reason, State};
 
 /// One agreement's status.
@@ -100,7 +100,7 @@ pub struct AgreementStatus {
         serialize_with = "expiry_text",
         skip_serializing_if = "Option::is_none"
     )]
-    pub provider_certificate: Option<Validity>,
+    pub provider_certificate: Option<Presented>,
     /// When the replica was last known current; `lag_seconds` is computed from it,
     /// except while persisting caught up (see [`AgreementStatus::heard`]).
     #[serde(skip)]
@@ -287,7 +287,7 @@ impl StatusHandle {
     /// for a session in plain TCP); whether it is another than the one recorded, which
     /// the session then warns of if it must (the watch on its expiry takes it as said).
     pub fn present(&self, presented: Option<Presented>) -> bool {
-        self.update(|s| s.provider_certificate = presented.as_ref().map(|p| p.validity));
+        self.update(|s| s.provider_certificate = presented.clone());
         self.2.send_if_modified(|watched| {
             let new = *watched != presented;
             if new {
@@ -425,9 +425,9 @@ pub struct ConsumerStatus {
 }
 
 /// The failure as its text: `store_error` in JSON is what the error says.
-fn expiry_text<S: serde::Serializer>(v: &Option<Validity>, out: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => out.serialize_str(&humantime::format_rfc3339_seconds(v.not_after).to_string()),
+fn expiry_text<S: serde::Serializer>(p: &Option<Presented>, out: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => out.serialize_str(&humantime::format_rfc3339_seconds(p.validity.not_after).to_string()),
         None => out.serialize_none(),
     }
 }
@@ -507,7 +507,8 @@ impl ConsumerStatus {
                 out.push_str(&format!("  {trust}\n"));
             }
             let now = std::time::SystemTime::now();
-            if let Some(w) = a.provider_certificate.and_then(|v| provider_certificate::warning(&v, &a.provider, now)) {
+            let warning = a.provider_certificate.as_ref().and_then(|p| p.warning(now));
+            if let Some(w) = warning {
                 out.push_str(&format!("  warning: {w}\n"));
             }
             if let Some(at) = &a.next_attempt_at {
@@ -1005,7 +1006,8 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let presented = |days: u32| Presented {
             provider: "127.0.0.1:7389".into(),
-            validity: Validity { not_before: now - 300 * day, not_after: now + days * day },
+            validity: tether_config::certificate::Validity { not_before: now - 300 * day, not_after: now + days * day },
+            position: 0,
         };
         assert!(h.present(Some(presented(90))), "a certificate met first is new");
         assert!(!h.present(Some(presented(90))), "the same one met again is not");

@@ -204,16 +204,22 @@ pub fn certificate_warnings(tls: &TlsConfig) -> Vec<String> {
         return Vec::new();
     };
     let now = std::time::SystemTime::now();
-    let dates = Validity::of(first.as_ref()).and_then(|v| crate::validity::warning(&v, &tls.cert_file, now));
-    dates.into_iter().chain(crate::validity::ca_warning(first.as_ref(), &tls.cert_file)).collect()
+    let dates = Validity::of(first.as_ref()).and_then(|v| crate::validity::warning(&v, &tls.cert_file, 0, now));
+    // A CA certificate sent along that ends first ends the chain with it.
+    let chain = served(tls)
+        .filter(|s| s.position > 0)
+        .and_then(|s| crate::validity::warning(&s.validity, &s.file, s.position, now));
+    dates.into_iter().chain(chain).chain(crate::validity::ca_warning(first.as_ref(), &tls.cert_file)).collect()
 }
 
-/// The certificate `tls` serves, for the running provider's watch on its expiry
-/// ([`tether_config::certificate_watch`]); `None` when its dates do not read (nor then are they
-/// warned of).
+/// The chain `tls` serves, as the running provider's watch on its expiry follows it
+/// ([`tether_config::certificate_watch`]) and `status` shows its end: the certificate of
+/// it that ends first; `None` when the provider's own certificate's dates do not read
+/// (nor then are they warned of).
 pub fn served(tls: &TlsConfig) -> Option<Served> {
-    let first = read_certs(&tls.cert_file).ok()?.into_iter().next()?;
-    Some(Served { file: tls.cert_file.clone(), validity: Validity::of(first.as_ref())? })
+    let certs = read_certs(&tls.cert_file).ok()?;
+    let (position, validity) = tether_config::certificate::chain_end(certs.iter().map(|c| c.as_ref()))?;
+    Some(Served { file: tls.cert_file.clone(), validity, position })
 }
 
 /// What an operator should fix in `[tls]` though it loads: a certificate out of its
@@ -405,6 +411,54 @@ mod tests {
             ca_own[0].contains("is a certificate authority's") && ca_own[0].contains("CaUsedAsEndEntity"),
             "{ca_own:?}"
         );
+    }
+
+    /// A CA certificate of the chain that ends before the provider's own ends the chain
+    /// with it: consumers check the intermediate's dates as they check the provider's, so
+    /// it is warned of, naming its place in the file, and it is the end the watch follows
+    /// and `status` shows. The root sent along is not: consumers take theirs from
+    /// `ca_file`.
+    #[test]
+    fn an_intermediate_that_ends_first_ends_the_chain_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = |name: &str, not_after: (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+            (params, rcgen::KeyPair::generate().unwrap())
+        };
+        let (root, root_key) = ca("Example Root", (2021, 6, 1));
+        let root = root.self_signed(&root_key).unwrap();
+        let (intermediate, intermediate_key) = ca("Example Intermediate", (2021, 1, 1));
+        let intermediate = intermediate.signed_by(&intermediate_key, &root, &root_key).unwrap();
+        let mut own = rcgen::CertificateParams::new(vec!["provider.test".to_owned()]).unwrap();
+        own.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        own.not_after = rcgen::date_time_ymd(2060, 1, 1);
+        let own = own.signed_by(&rcgen::KeyPair::generate().unwrap(), &intermediate, &intermediate_key).unwrap();
+        let cert_file = dir.path().join("chain.crt");
+        std::fs::write(&cert_file, own.pem() + &intermediate.pem() + &root.pem()).unwrap();
+        let tls = TlsConfig { cert_file: cert_file.clone(), key_file: dir.path().join("unread.key") };
+
+        let warned = certificate_warnings(&tls);
+        assert_eq!(
+            warned,
+            [format!(
+                "the 2nd certificate in {} (a CA's, which the chain served goes through) expired at \
+                 2021-01-01T00:00:00Z: TLS consumers refuse it (certificate expired) until it is renewed (replace \
+                 the files and reload)",
+                cert_file.display()
+            )]
+        );
+        let chain = served(&tls).unwrap();
+        assert_eq!(chain.position, 1);
+        assert_eq!(chain.validity.not_after, humantime::parse_rfc3339("2021-01-01T00:00:00Z").unwrap());
+        // The root, which ends before the provider's own too, is passed over: without the
+        // intermediate the chain ends with the provider's own certificate.
+        std::fs::write(&cert_file, own.pem() + &root.pem()).unwrap();
+        assert_eq!(certificate_warnings(&tls), Vec::<String>::new());
+        assert_eq!(served(&tls).unwrap().position, 0);
     }
 
     /// `write` takes its provider by the pinned certificate and the handshake signature

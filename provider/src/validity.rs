@@ -1,5 +1,7 @@
 //! What the provider says of the certificate it serves (`tls.cert_file`'s first): that
-//! it has expired, expires soon, is not valid yet, or is a CA's. The dates and the stage
+//! it has expired, expires soon, is not valid yet, or is a CA's; and of a CA certificate
+//! the file sends along that ends before it ([`tether_config::certificate::chain_end`]),
+//! which consumers refuse the chain for just the same. The dates and the stage
 //! are read by [`tether_config::certificate`]; the words, which name the file and what to
 //! do with it, are the provider's.
 //!
@@ -18,42 +20,52 @@ use std::time::SystemTime;
 use tether_config::certificate::{is_ca, Stage, Validity};
 use tether_config::certificate_watch::Watched;
 
-/// What an operator should hear about using the certificate in `file`, of validity `v`,
-/// at `now`: that it has expired, expires within its notice, or is not valid yet; `None`
-/// while it is valid for longer.
-pub fn warning(v: &Validity, file: &Path, now: SystemTime) -> Option<String> {
+/// Which certificate of `file` a warning is about, in its words: the provider's own (the
+/// first, `position` 0), or a CA certificate of the chain after it.
+fn which(file: &Path, position: usize) -> String {
+    match position {
+        0 => format!("the certificate in {}", file.display()),
+        n => format!(
+            "the {} certificate in {} (a CA's, which the chain served goes through)",
+            tether_config::certificate::ordinal(n + 1),
+            file.display()
+        ),
+    }
+}
+
+/// What an operator should hear about using the certificate at `position` in `file`
+/// (0: the provider's own), of validity `v`, at `now`: that it has expired, expires
+/// within its notice, or is not valid yet; `None` while it is valid for longer.
+pub fn warning(v: &Validity, file: &Path, position: usize, now: SystemTime) -> Option<String> {
     let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let which = which(file, position);
     match v.stage(now) {
         // What `openssl x509 -days -1` makes: "expired" would send the operator to a
         // date that explains nothing, and renewing it the same way changes nothing.
         Stage::NeverValid => Some(format!(
-            "the certificate in {} ends before it begins (notAfter {} is earlier than notBefore {}), so it is \
+            "{which} ends before it begins (notAfter {} is earlier than notBefore {}), so it is \
              never valid: TLS consumers refuse it; issue it again with a validity period that ends after it \
              begins, then replace the files and reload",
-            file.display(),
             at(v.not_after),
             at(v.not_before)
         )),
         Stage::Expired => Some(format!(
-            "the certificate in {} expired at {}: TLS consumers refuse it (certificate expired) until it is \
+            "{which} expired at {}: TLS consumers refuse it (certificate expired) until it is \
              renewed (replace the files and reload)",
-            file.display(),
             at(v.not_after)
         )),
         Stage::Expiring => {
             let days = v.days_left(now);
             Some(format!(
-                "the certificate in {} expires at {} (in {days} day{}): TLS consumers refuse it from then on; \
+                "{which} expires at {} (in {days} day{}): TLS consumers refuse it from then on; \
                  renew it before then (replace the files and reload)",
-                file.display(),
                 at(v.not_after),
                 if days == 1 { "" } else { "s" }
             ))
         }
         Stage::NotYetValid => Some(format!(
-            "the certificate in {} is not valid until {} (is this machine's clock right?): TLS consumers \
+            "{which} is not valid until {} (is this machine's clock right?): TLS consumers \
              refuse it until then",
-            file.display(),
             at(v.not_before)
         )),
         Stage::Valid => None,
@@ -81,8 +93,11 @@ pub fn ca_warning(der: &[u8], file: &Path) -> Option<String> {
 pub struct Served {
     /// `tls.cert_file`.
     pub file: PathBuf,
-    /// The validity of its first certificate, the provider's own.
+    /// The validity of the certificate whose end ends the chain's: the provider's own,
+    /// or a CA certificate after it that ends first ([`tether_config::certificate::chain_end`]).
     pub validity: Validity,
+    /// That certificate's place in the file (0: the provider's own).
+    pub position: usize,
 }
 
 impl Watched for Served {
@@ -91,7 +106,7 @@ impl Watched for Served {
     }
 
     fn warning(&self, now: SystemTime) -> Option<String> {
-        warning(&self.validity, &self.file, now)
+        warning(&self.validity, &self.file, self.position, now)
     }
 }
 
@@ -124,23 +139,23 @@ mod tests {
     fn an_expired_expiring_or_not_yet_valid_certificate_is_warned_of_and_a_valid_one_is_not() {
         let file = Path::new("/etc/tether/tls/provider.crt");
         let v = Validity { not_before: at("2020-01-01T00:00:00Z"), not_after: at("2020-01-31T00:00:00Z") };
-        assert_eq!(warning(&v, file, at("2020-01-15T00:00:00Z")), None);
+        assert_eq!(warning(&v, file, 0, at("2020-01-15T00:00:00Z")), None);
         assert_eq!(
-            warning(&v, file, at("2026-12-02T00:00:00Z")).unwrap(),
+            warning(&v, file, 0, at("2026-12-02T00:00:00Z")).unwrap(),
             "the certificate in /etc/tether/tls/provider.crt expired at 2020-01-31T00:00:00Z: TLS consumers refuse \
              it (certificate expired) until it is renewed (replace the files and reload)"
         );
         assert_eq!(
-            warning(&v, file, at("2020-01-21T00:00:01Z")).unwrap(),
+            warning(&v, file, 0, at("2020-01-21T00:00:01Z")).unwrap(),
             "the certificate in /etc/tether/tls/provider.crt expires at 2020-01-31T00:00:00Z (in 10 days): TLS \
              consumers refuse it from then on; renew it before then (replace the files and reload)"
         );
-        let last = warning(&v, file, at("2020-01-30T12:00:00Z")).unwrap();
+        let last = warning(&v, file, 0, at("2020-01-30T12:00:00Z")).unwrap();
         assert!(last.contains("expires at 2020-01-31T00:00:00Z (in 1 day):"), "{last}");
-        let early = warning(&v, file, at("2019-12-31T23:59:59Z")).unwrap();
+        let early = warning(&v, file, 0, at("2019-12-31T23:59:59Z")).unwrap();
         assert!(early.contains("is not valid until 2020-01-01T00:00:00Z (is this machine's clock right?)"), "{early}");
         let reversed = Validity { not_before: v.not_after, not_after: v.not_before };
-        let said = warning(&reversed, file, at("2020-01-15T00:00:00Z")).unwrap();
+        let said = warning(&reversed, file, 0, at("2020-01-15T00:00:00Z")).unwrap();
         assert!(said.contains("ends before it begins (notAfter 2020-01-01T00:00:00Z is earlier"), "{said}");
     }
 }
