@@ -154,9 +154,10 @@ fn spec(config: &ProviderConfig, base: Option<Dn>, scope: Scope, filter: Filter,
 /// What a command run while the provider is stopped does with its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Offline {
-    /// `status`, `search`, `forget`: open a store that exists, and create nothing. A store that was never made is an
-    /// error naming the folder, so a mistyped `data_dir` is not reported as an empty
-    /// directory, nor left behind as a new store owned by whoever ran the command.
+    /// `status`, `search`, `forget`: open a store that exists, and create nothing. A
+    /// store that was never made is an error naming the folder, so a mistyped
+    /// `data_dir` is not reported as an empty directory, nor left behind as a new store
+    /// owned by whoever ran the command.
     Read,
     /// `load`: the first step of a deployment, creating the store.
     Load,
