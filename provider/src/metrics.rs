@@ -241,6 +241,26 @@ mod tests {
         assert_eq!(page.iter().filter(|s| s.name == "tether_provider_sessions").count(), 2);
     }
 
+    /// A consumer's two sessions (a cloned host) are one series, which shows the worse
+    /// of their lags in seconds whichever is listed last: the session that keeps up, or
+    /// one whose lag is not known, must not hide the one falling behind from an alert.
+    #[test]
+    fn a_consumer_s_sessions_show_the_larger_lag_in_seconds_whichever_comes_last() {
+        let session = |id, peer: &str, lag_seconds| SessionInfo {
+            lag_seconds,
+            ..SessionInfo::for_test(id, peer, "people", "c-1")
+        };
+        let people = [("agreement", "people"), ("consumer", "c-1")];
+        for last in [Some(3), None] {
+            let status = ProviderStatus {
+                sessions: vec![session(1, "127.0.0.1:40000", Some(120)), session(2, "10.0.0.9:40000", last)],
+                ..status()
+            };
+            let page = parse(&render(&status)).unwrap();
+            assert_eq!(value(&page, "tether_provider_session_lag_seconds", &people), Some(120.0), "last {last:?}");
+        }
+    }
+
     #[test]
     fn known_consumers_are_there_connected_or_not() {
         let page = parse(&render(&status())).unwrap();
