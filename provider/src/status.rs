@@ -717,6 +717,22 @@ mod tests {
         assert!(status.consumers.iter().all(|c| c.lag_seconds == Some(0)), "{:?}", status.consumers);
     }
 
+    /// A session that has acknowledged nothing of this store (its full refresh under
+    /// way) lacks every change, so its lag in seconds runs from the oldest change the
+    /// changelog dates: shown as unknown, a consumer stuck in its first refresh for hours
+    /// would never trip an alert on the lag.
+    #[test]
+    fn a_session_that_acknowledged_nothing_yet_lags_since_the_oldest_change() {
+        let (_tmp, dir) = two_changes();
+        let registry = Registry::default();
+        let _refreshing =
+            registry.register(session("127.0.0.1:40000", "people"), &tokio_util::sync::CancellationToken::new());
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(committed_ms(&dir, 1) + 42_000);
+        let status = ProviderStatus::collect_at(&dir, &registry, Some("[::1]:7389".parse().unwrap()), now).unwrap();
+        assert_eq!(status.sessions[0].cookie, None);
+        assert_eq!((status.sessions[0].lag_changes, status.sessions[0].lag_seconds), (2, Some(42)));
+    }
+
     /// Where the changelog no longer holds the oldest change a consumer lacks, the oldest
     /// record it does hold dates it (a lower bound), and where it holds none of them (an
     /// offline load's entries have no records) the lag in seconds is unknown: `null`,
