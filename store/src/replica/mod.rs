@@ -1353,6 +1353,33 @@ mod tests {
         assert_eq!(legacy.cookie().unwrap(), None);
     }
 
+    /// An operator's stop is kept until the operator starts the agreement again,
+    /// whatever the replica goes through meanwhile: a reload that was swapping in as the
+    /// stop came, or a delta applied then, must not start the agreement again at the next
+    /// restart behind the operator's back.
+    #[test]
+    fn an_operator_s_stop_outlives_a_reload_and_a_delta_finished_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let cookie =
+            |csn: u64| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
+        r.set_admin_stopped(true).unwrap();
+        shadow.finish(cookie(10)).unwrap();
+        assert!(r.is_admin_stopped().unwrap(), "after the reload's swap");
+        r.apply(&entries_of(3, 1, 10), Some(cookie(11))).unwrap();
+        assert!(r.is_admin_stopped().unwrap(), "after a delta");
+        drop((r, store));
+        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
+        let r = store.replica("people").unwrap();
+        assert!(r.is_admin_stopped().unwrap(), "after a restart");
+        assert_eq!(r.len().unwrap(), 4);
+        r.set_admin_stopped(false).unwrap();
+        assert!(!r.is_admin_stopped().unwrap());
+    }
+
     /// An older build (a rollback) applies changes without moving the replica's count
     /// or the cookie it was right at: the next open by this build counts again, and
     /// leaves alone a count that kept up.
