@@ -1293,6 +1293,40 @@ mod tests {
         assert_eq!(r.shadow_beyond().unwrap(), None);
     }
 
+    /// A shadow continued in a later session (its resume point accepted) keeps the start
+    /// of its refresh's catch-up from that point on: what its catch-up applies past the
+    /// start is recorded before it is written, as in the session that began it. Else a
+    /// resumed reload swapped in holding later writes than its cookie would not say so,
+    /// and a provider restored from a copy taken before those writes would resume it by
+    /// delta, the lost writes kept for good.
+    #[test]
+    fn a_resumed_shadow_records_what_its_catch_up_applies_past_its_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
+        let resume =
+            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(23), cursor: None };
+        shadow.record_progress(&region, resume.clone()).unwrap();
+        store.flush().unwrap();
+        drop((shadow, r, store));
+
+        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
+        let r = store.replica("people").unwrap();
+        assert_eq!(r.resume_point(&region).unwrap(), Some(resume));
+        let mut shadow = r.resume_shadow().unwrap();
+        // The catch-up's change at 24 carries its entry as written at 25.
+        shadow.apply(&entries_of(24, 1, 10)).unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(25)));
+        assert_eq!(r.resume_point(&region).unwrap(), None, "cut short now, it would start over");
+        shadow.finish(at(24)).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), Some(at(25)), "swapped in past its cookie, and says so");
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
