@@ -1584,6 +1584,39 @@ mod tests {
         assert_eq!(store.replica("people").unwrap().len().unwrap(), 3000);
     }
 
+    /// A reload begun over an unfinished one (a session that could not continue it)
+    /// discards the old shadow whole: its trees are freed now, not at the next restart,
+    /// and its record of what its catch-up applied past its start goes with it, or the
+    /// new reload would be swapped in claiming writes it never read.
+    #[test]
+    fn a_reload_begun_over_an_unfinished_one_discards_it_and_its_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
+        let resume =
+            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(39), cursor: None };
+        shadow.record_progress(&region, resume).unwrap();
+        shadow.apply(&entries_of(40, 1, 10)).unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(41)));
+        let old = shadow.gen;
+        drop(shadow);
+
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), None, "the discarded shadow's record went with it");
+        reaped(&store);
+        let trees = generation_trees(&store);
+        assert!(!trees.iter().any(|t| t.starts_with(&format!("r/people/{old}/"))), "{trees:?}");
+        shadow.apply_scan(&entries_of(0, 2, 10)).unwrap();
+        shadow.finish(at(30)).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), None);
+        assert_eq!(r.len().unwrap(), 2);
+    }
+
     /// A replica made again under the name of one whose generations are still being
     /// freed (its agreement removed and added back) takes generations past theirs: the
     /// reaper would empty it otherwise.
