@@ -1617,6 +1617,28 @@ mod tests {
         assert_eq!(r.len().unwrap(), 2);
     }
 
+    /// An agreement removed in the middle of a reload leaves nothing behind: the
+    /// unfinished shadow's trees are freed with the active generation's, at once, not
+    /// at some later restart (a reload of a million entries is gigabytes on disk).
+    #[test]
+    fn a_removed_replica_s_unfinished_shadow_is_freed_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let cookie = tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(5) };
+        r.apply(&entries_of(0, 3, 10), Some(cookie)).unwrap();
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&entries_of(10, 3, 10)).unwrap();
+        drop(shadow);
+        store.replica("groups").unwrap().apply(&entries_of(20, 1, 10), Some(cookie)).unwrap();
+        store.remove("people").unwrap();
+        reaped(&store);
+        let trees = generation_trees(&store);
+        assert!(trees.iter().all(|t| t.starts_with("r/groups/")), "{trees:?}");
+        assert_eq!(trees.len(), 2, "{trees:?}");
+        assert!(store.existing_replica("people").unwrap().is_none());
+    }
+
     /// A replica made again under the name of one whose generations are still being
     /// freed (its agreement removed and added back) takes generations past theirs: the
     /// reaper would empty it otherwise.
