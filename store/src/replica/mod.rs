@@ -1327,6 +1327,30 @@ mod tests {
         assert_eq!(r.beyond_cookie().unwrap(), Some(at(25)), "swapped in past its cookie, and says so");
     }
 
+    /// A state at the very CSN a refresh's catch-up starts from is one the provider had
+    /// made when the refresh began, no later write: a shadow holding it (a present
+    /// refresh's unchanged entry, say) is still continued after a cut, not refilled from
+    /// nothing, which for a large replica costs the whole reload again.
+    #[test]
+    fn a_catch_up_state_at_its_start_keeps_the_shadow_continuable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let resume =
+            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(29), cursor: None };
+        shadow.record_progress(&region, resume.clone()).unwrap();
+        // The entry written at 29, the start itself.
+        shadow.apply(&entries_of(28, 1, 10)).unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), None);
+        assert_eq!(r.resume_point(&region).unwrap(), Some(resume));
+        shadow.apply(&entries_of(29, 1, 10)).unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(30)), "one past it is");
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
