@@ -1351,6 +1351,30 @@ mod tests {
         assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(30)), "one past it is");
     }
 
+    /// A refresh's catch-up is coalesced, not in CSN order: a later batch may carry
+    /// older states than an earlier one. The shadow's record of how far past its start
+    /// it holds data only ever rises, or the reload would be swapped in claiming less
+    /// than it holds, and a provider restored from a copy without the newest of those
+    /// writes would resume it by delta.
+    #[test]
+    fn a_shadow_s_record_past_its_start_is_never_lowered_by_an_older_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let resume =
+            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(39), cursor: None };
+        shadow.record_progress(&region, resume).unwrap();
+        shadow.apply(&entries_of(44, 1, 10)).unwrap();
+        shadow.apply(&entries_of(41, 1, 10)).unwrap();
+        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(45)));
+        shadow.finish(at(40)).unwrap();
+        assert_eq!(r.beyond_cookie().unwrap(), Some(at(45)));
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
