@@ -1375,6 +1375,29 @@ mod tests {
         assert_eq!(r.beyond_cookie().unwrap(), Some(at(45)));
     }
 
+    /// A reload's progress in status counts the entries received (upserts, and the
+    /// unchanged entries a present refresh names), not the deletes its catch-up brings:
+    /// an operator comparing it with the provider's entry count would otherwise read a
+    /// reload as further on than it is.
+    #[test]
+    fn a_shadow_counts_entries_received_not_deletes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let scan = entries_of(0, 3, 10);
+        shadow.apply_scan(&scan).unwrap();
+        assert_eq!(shadow.received(), 3);
+        let uuid = match &scan[0] {
+            ReplOp::Upsert(e) => e.uuid,
+            _ => unreachable!(),
+        };
+        let catch_up = [ReplOp::Delete { uuid, csn: Csn(9) }, entries_of(10, 1, 10).remove(0)];
+        shadow.apply(&catch_up).unwrap();
+        assert_eq!(shadow.received(), 4, "the upsert, not the delete");
+        assert_eq!(shadow.len(), 3);
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
