@@ -1398,6 +1398,32 @@ mod tests {
         assert_eq!(shadow.len(), 3);
     }
 
+    /// A resume point says what one shadow holds: a shadow replaced by a newer reload
+    /// (its session outlived by the next one) cannot lend its point to the new shadow,
+    /// which would then be continued past data it never received and swapped in
+    /// missing entries for good.
+    #[test]
+    fn a_replaced_shadow_cannot_record_its_progress_for_the_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let resume = tether_protocol::ResumePoint {
+            kind: RefreshKind::Full,
+            since: Csn(0),
+            start: tether_protocol::Cookie { history, csn: Csn(20) },
+            cursor: Some(b"uid=p0099".to_vec()),
+        };
+        let mut old = r.begin_shadow(RefreshKind::Full).unwrap();
+        old.apply_scan(&entries_of(0, 100, 10)).unwrap();
+        let _new = r.begin_shadow(RefreshKind::Full).unwrap();
+        let err = old.record_progress(&region, resume).expect_err("a stale shadow");
+        assert!(matches!(err, crate::StoreError::StaleShadow(_)), "{err}");
+        assert_eq!(r.resume_point(&region).unwrap(), None);
+        assert_eq!(r.state().unwrap().shadow_progress, None);
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
