@@ -1424,6 +1424,27 @@ mod tests {
         assert_eq!(r.state().unwrap().shadow_progress, None);
     }
 
+    /// A shadow another reload has replaced is being freed: swapped in, it would make
+    /// the replica a generation the reaper is emptying, under a cookie that claims all
+    /// of it. Its finish fails instead, and the replica stays as it was.
+    #[test]
+    fn a_replaced_shadow_cannot_be_swapped_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
+        r.apply(&entries_of(0, 2, 10), Some(at(2))).unwrap();
+        let mut old = r.begin_shadow(RefreshKind::Full).unwrap();
+        old.apply_scan(&entries_of(10, 5, 10)).unwrap();
+        let new = r.begin_shadow(RefreshKind::Full).unwrap();
+        let err = old.finish(at(20)).expect_err("a stale shadow");
+        assert!(matches!(err, crate::StoreError::StaleShadow(_)), "{err}");
+        assert_eq!(r.cookie().unwrap(), Some(at(2)));
+        assert_eq!(r.len().unwrap(), 2);
+        assert_eq!(r.state().unwrap().shadow, Some(new.gen), "the newer reload is still the one on record");
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
