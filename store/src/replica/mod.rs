@@ -1445,6 +1445,35 @@ mod tests {
         assert_eq!(r.state().unwrap().shadow, Some(new.gen), "the newer reload is still the one on record");
     }
 
+    /// An aborted reload is forgotten along with its trees: still on record with its
+    /// resume point, the next session would continue a generation the reaper is
+    /// emptying, and swap it in missing what it had.
+    #[test]
+    fn an_aborted_shadow_is_no_longer_offered_for_resumption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let history = tether_protocol::HistoryId::new_random();
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
+        let resume = tether_protocol::ResumePoint {
+            kind: RefreshKind::Full,
+            since: Csn(0),
+            start: tether_protocol::Cookie { history, csn: Csn(20) },
+            cursor: Some(b"uid=p0002".to_vec()),
+        };
+        shadow.record_progress(&region, resume).unwrap();
+        let gen = shadow.gen;
+        shadow.abort().unwrap();
+        assert_eq!(r.state().unwrap().shadow, None);
+        assert_eq!(r.resume_point(&region).unwrap(), None);
+        assert!(matches!(r.resume_shadow(), Err(crate::StoreError::StaleShadow(_))));
+        reaped(&store);
+        let trees = generation_trees(&store);
+        assert!(!trees.iter().any(|t| t.starts_with(&format!("r/people/{gen}/"))), "{trees:?}");
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
