@@ -1474,6 +1474,33 @@ mod tests {
         assert!(!trees.iter().any(|t| t.starts_with(&format!("r/people/{gen}/"))), "{trees:?}");
     }
 
+    /// An entryUUID's index may lead to a DN another entry holds now (a scan cut short
+    /// after writing a batch's index, its entries sent again under other UUIDs). The
+    /// record's own UUID is the truth: a present refresh naming that UUID as unchanged
+    /// finds it missing and asks for a full refresh, instead of copying the other entry
+    /// in its place and losing the one named.
+    #[test]
+    fn an_index_leading_to_another_entry_finds_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let cookie = tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(2) };
+        let ops = entries_of(0, 2, 10);
+        r.apply(&ops, Some(cookie)).unwrap();
+        let (a, b) = match (&ops[0], &ops[1]) {
+            (ReplOp::Upsert(a), ReplOp::Upsert(b)) => (a.clone(), b.clone()),
+            _ => unreachable!(),
+        };
+        let set = r.entries().unwrap();
+        let ghost = EntryUuid::new_time_ordered();
+        set.uuids.insert(ghost.as_bytes(), b.dn.tree_key()).unwrap();
+        assert_eq!(set.get_by_uuid(&ghost).unwrap(), None);
+        assert_eq!(set.get_by_uuid(&b.uuid).unwrap(), Some(b.clone()));
+        let mut shadow = r.begin_shadow(RefreshKind::Present).unwrap();
+        let err = shadow.copy_present(&[a.uuid, ghost]).expect_err("one named entry is missing");
+        assert!(matches!(err, crate::StoreError::MissingPresentEntries(1)), "{err}");
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
