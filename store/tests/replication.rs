@@ -149,6 +149,25 @@ fn delta_coalesces_to_latest_state_and_follows_moves_across_scope() {
 /// the entries were made: an entry moved under a parent made after it comes after the
 /// parent, so a replica that applies the delta a batch at a time never holds it
 /// without its parent.
+/// A refresh's page of encoded entries ends once it holds its byte budget, not one
+/// entry later: the budget is what keeps a page of entries near the frame limit from
+/// holding one entry more than the memory it was sized for. It still always holds one.
+#[test]
+fn an_encoded_page_ends_at_its_byte_budget_exactly() {
+    let p = people_pair();
+    let spec = people_spec();
+    let (all, none_after) = p.dir.entries().encoded_page(&spec, None, 100, usize::MAX).unwrap();
+    assert_eq!((all.len(), none_after), (3, None), "ou=people and its two people");
+    let first = all[0].len();
+    let (page, next) = p.dir.entries().encoded_page(&spec, None, 100, first).unwrap();
+    assert_eq!(page, all[..1], "one entry's worth of bytes: that entry alone");
+    let (rest, _) = p.dir.entries().encoded_page(&spec, next.as_deref(), 100, 1).unwrap();
+    assert_eq!(rest, all[1..2], "a budget below one entry still takes one");
+    let two = first + all[1].len();
+    let (page, _) = p.dir.entries().encoded_page(&spec, None, 100, two).unwrap();
+    assert_eq!(page, all[..2]);
+}
+
 #[test]
 fn a_delta_sends_an_entry_moved_under_a_newer_parent_after_the_parent() {
     let p = people_pair();
