@@ -168,6 +168,28 @@ fn an_encoded_page_ends_at_its_byte_budget_exactly() {
     assert_eq!(page, all[..2]);
 }
 
+/// The DN a change record names is only a hint of where its entry is now: after a
+/// rename another entry may hold that name. A change read for the renamed entry must
+/// carry its own state, found by its UUID, not the newcomer's under the renamed one's
+/// UUID, which a consumer would apply as the renamed entry moving back, losing it.
+#[test]
+fn an_entry_located_at_a_name_another_entry_took_since_is_found_where_it_moved() {
+    let p = people_pair();
+    let a = "uid=a,ou=people,dc=example,dc=com";
+    let renamed = p.dir.entries().get(&dn(a)).unwrap().unwrap();
+    p.dir.write(&moddn(a, "uid=x", None)).unwrap();
+    p.dir.write(&add_person(a)).unwrap();
+    let newcomer = p.dir.entries().get(&dn(a)).unwrap().unwrap();
+    let at_x = p.dir.entries().get(&dn("uid=x,ou=people,dc=example,dc=com")).unwrap().unwrap();
+    let hint = dn(a).tree_key();
+    let found = p.dir.entries().locate_encoded(&renamed.uuid, Some(&hint)).unwrap().unwrap();
+    assert_eq!((found.key, found.csn), (dn("uid=x,ou=people,dc=example,dc=com").tree_key(), at_x.csn));
+    let found = p.dir.entries().locate_encoded(&newcomer.uuid, Some(&hint)).unwrap().unwrap();
+    assert_eq!((found.key, found.csn), (hint.clone(), newcomer.csn));
+    p.dir.write(&delete("uid=x,ou=people,dc=example,dc=com")).unwrap();
+    assert!(p.dir.entries().locate_encoded(&renamed.uuid, Some(&hint)).unwrap().is_none(), "gone");
+}
+
 #[test]
 fn a_delta_sends_an_entry_moved_under_a_newer_parent_after_the_parent() {
     let p = people_pair();
