@@ -1501,6 +1501,28 @@ mod tests {
         assert!(matches!(err, crate::StoreError::MissingPresentEntries(1)), "{err}");
     }
 
+    /// A search printed page by page while a reload is swapped in reads two generations,
+    /// whatever its scope: the swap is counted, so that the search can say its output may
+    /// mix them, where it would otherwise pass for a consistent copy.
+    #[test]
+    fn a_reload_s_swap_is_seen_by_a_search_under_way_whatever_its_scope() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let cookie = tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(9) };
+        r.apply(&entries_of(0, 3, 10), Some(cookie)).unwrap();
+        let elsewhere = SearchSpec::subtree(Dn::parse("ou=elsewhere,dc=example").unwrap());
+        let watch = r.watch_reshapes();
+        let before = r.reshapes();
+        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
+        assert_eq!(watch.since(&elsewhere).swaps, 0, "a shadow filled is not yet seen");
+        shadow.finish(cookie).unwrap();
+        assert_eq!(watch.since(&elsewhere).swaps, 1);
+        assert!(!watch.since(&elsewhere).is_whole());
+        assert_eq!(r.reshapes().swaps, before.swaps + 1);
+    }
+
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
     /// record naming the generation it replaced: taken for what it says, the file set
     /// back to that region would resume a replica of another region by delta. The
