@@ -598,6 +598,29 @@ mod tests {
         assert_eq!((under("LAG"), under("QUEUE")), ("7".to_owned(), "3".to_owned()), "\n{text}");
     }
 
+    /// A session whose lag in seconds is not known (its missing changes an offline
+    /// load's, which the changelog does not date) shows `-` under BEHIND, never `0s`,
+    /// which would read as current to an operator looking for the consumer behind.
+    #[test]
+    fn a_session_whose_lag_in_seconds_is_unknown_shows_a_dash_under_behind() {
+        let behind = SessionInfo { lag_changes: 40, lag_seconds: None, ..session("127.0.0.1:40000", "people") };
+        let current = SessionInfo { lag_seconds: Some(0), ..session("127.0.0.1:40001", "groups") };
+        let status = ProviderStatus {
+            sessions: vec![behind, current],
+            running: true,
+            started_at: Some("2026-12-05T05:00:00Z".into()),
+            ..stopped()
+        };
+        let text = status.to_text();
+        let header = text.lines().find(|l| l.starts_with("PEER")).expect("a header");
+        let end = header.find("BEHIND").unwrap() + "BEHIND".len();
+        let under = |peer: &str| {
+            let row = text.lines().find(|l| l.starts_with(peer)).expect("a row");
+            row[..end].split_whitespace().last().unwrap().to_owned()
+        };
+        assert_eq!((under("127.0.0.1:40000"), under("127.0.0.1:40001")), ("-".to_owned(), "0s".to_owned()), "\n{text}");
+    }
+
     /// `status --json` names a session's fields as SPEC section 5 and docs/operations.md
     /// do: a monitor reads them by name, and a name changed is a field gone for it.
     #[test]
