@@ -1610,6 +1610,40 @@ mod tests {
         assert!(!r.is_admin_stopped().unwrap());
     }
 
+    /// A region recorded by a build from before the record named its generations is
+    /// kept, and marked with them at this start: left unmarked, a rollback's later reload
+    /// of the replica (for another region, say) would go unseen, and the roll forward
+    /// resume by delta a replica of the other region.
+    #[test]
+    fn a_region_on_record_without_its_generations_is_marked_at_the_next_start() {
+        use super::RegionAdopted;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        let r = store.replica("people").unwrap();
+        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let cookie =
+            |csn: u64| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
+        let refresh = |csn: u64| {
+            let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+            shadow.apply_scan(&entries_of(0, 2, 10)).unwrap();
+            shadow.finish(cookie(csn)).unwrap();
+        };
+        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+        refresh(10);
+        // As the build that recorded regions but not their generations left it.
+        store.region_gens.remove(b"people").unwrap();
+        assert_eq!(r.region_mark().unwrap(), None);
+        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+        assert!(r.cookie().unwrap().is_some(), "resumes from its cookie");
+        let state = r.state().unwrap();
+        assert_eq!(r.region_mark().unwrap(), Some((state.active_gen, state.next_gen)));
+        // An older build's reload since is seen now.
+        let before = store.region_gens.get(b"people").unwrap().unwrap();
+        refresh(20);
+        store.region_gens.insert(b"people", before).unwrap();
+        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Outdated);
+    }
+
     /// An older build (a rollback) applies changes without moving the replica's count
     /// or the cookie it was right at: the next open by this build counts again, and
     /// leaves alone a count that kept up.
