@@ -227,17 +227,6 @@ impl ApplyStats {
     }
 }
 
-impl std::ops::AddAssign for ApplyStats {
-    fn add_assign(&mut self, other: Self) {
-        self.applied += other.applied;
-        self.skipped += other.skipped;
-        self.duplicates += other.duplicates;
-        self.created += other.created;
-        self.removed += other.removed;
-        self.renamed += other.renamed;
-    }
-}
-
 impl ApplyStats {
     /// Entries added, removed or renamed: the changes that move entries in or out of a
     /// place in DN order, which a search printing page by page can miss or see twice.
