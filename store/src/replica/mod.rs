@@ -1134,9 +1134,43 @@ fn apply_op(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use tether_protocol::{Attributes, Csn, Dn, Entry, EntryUuid, RefreshKind, ReplOp, SearchSpec, Value};
+    use tether_protocol::{
+        Attributes, Cookie, Csn, Dn, Entry, EntryUuid, HistoryId, RefreshKind, ReplOp, ResumePoint, SearchSpec, Value,
+    };
 
-    use super::{ReplicaStore, FLUSH_AFTER_BYTES};
+    use super::{Replica, ReplicaStore, FLUSH_AFTER_BYTES};
+
+    /// A fresh store in a temporary directory, its replica `people`, a history for its
+    /// cookies and the region `dc=example`.
+    struct Fixture {
+        store: ReplicaStore,
+        r: Replica,
+        history: HistoryId,
+        region: SearchSpec,
+        /// Last, so that it is removed after the store is closed.
+        tmp: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = ReplicaStore::open(tmp.path()).unwrap();
+            let r = store.replica("people").unwrap();
+            let history = HistoryId::new_random();
+            let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+            Self { store, r, history, region, tmp }
+        }
+
+        /// The cookie at `csn` in the fixture's history.
+        fn at(&self, csn: u64) -> Cookie {
+            Cookie { history: self.history, csn: Csn(csn) }
+        }
+
+        /// A full refresh's resume point whose catch-up starts at `start`, its scan not begun.
+        fn full_from(&self, start: u64) -> ResumePoint {
+            ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: self.at(start), cursor: None }
+        }
+    }
 
     fn big_entries(from: u32, n: u32) -> Vec<ReplOp> {
         entries_of(from, n, 64 << 10)
@@ -1166,13 +1200,9 @@ mod tests {
     /// a walkthrough of a hostile provider). An entry sent again as it was is no fault.
     #[test]
     fn a_reload_that_sends_one_entry_twice_is_discarded_and_the_replica_kept() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
-        r.apply(&entries_of(0, 3, 10), Some(tether_protocol::Cookie { history, csn: Csn(3) })).unwrap();
-        let before = r.search(&region).unwrap();
+        let f = Fixture::new();
+        f.r.apply(&entries_of(0, 3, 10), Some(f.at(3))).unwrap();
+        let before = f.r.search(&f.region).unwrap();
         let upsert = |op: &ReplOp| match op {
             ReplOp::Upsert(e) => e.clone(),
             _ => unreachable!(),
@@ -1188,31 +1218,26 @@ mod tests {
             ("a DN within a batch", vec![[scan.clone(), vec![ReplOp::Upsert(same_dn)]].concat()], "uid=p0011"),
         ];
         for (case, batches, says) in cases {
-            let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-            let resume = tether_protocol::ResumePoint {
-                kind: RefreshKind::Full,
-                since: Csn(0),
-                start: tether_protocol::Cookie { history, csn: Csn(20) },
-                cursor: Some(b"k".to_vec()),
-            };
-            shadow.record_progress(&region, resume).unwrap();
+            let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
+            let resume = ResumePoint { cursor: Some(b"k".to_vec()), ..f.full_from(20) };
+            shadow.record_progress(&f.region, resume).unwrap();
             let (last, first) = batches.split_last().unwrap();
             for batch in first {
                 shadow.apply_scan(batch).unwrap();
             }
             let err = shadow.apply_scan(last).expect_err(case).to_string();
             assert!(err.contains(says) && err.contains("the reload is discarded"), "{case}: {err}");
-            assert_eq!(r.resume_point(&region).unwrap(), None, "{case}: the next session starts afresh");
-            assert_eq!(r.search(&region).unwrap(), before, "{case}: the replica as it was");
-            assert_eq!(r.len().unwrap(), 3, "{case}");
+            assert_eq!(f.r.resume_point(&f.region).unwrap(), None, "{case}: the next session starts afresh");
+            assert_eq!(f.r.search(&f.region).unwrap(), before, "{case}: the replica as it was");
+            assert_eq!(f.r.len().unwrap(), 3, "{case}");
         }
         // The same entry again, as a resumed scan after a crash may send it, is taken.
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&scan).unwrap();
         shadow.apply_scan(&[ReplOp::Upsert(a), ReplOp::Upsert(b)]).unwrap();
-        shadow.finish(tether_protocol::Cookie { history, csn: Csn(20) }).unwrap();
-        assert_eq!(r.search(&region).unwrap().len(), 4);
-        assert_eq!(r.len().unwrap(), 4, "counted once");
+        shadow.finish(f.at(20)).unwrap();
+        assert_eq!(f.r.search(&f.region).unwrap().len(), 4);
+        assert_eq!(f.r.len().unwrap(), 4, "counted once");
     }
 
     /// Entries a refresh read as they were when read can be later writes than the cookie
@@ -1224,62 +1249,55 @@ mod tests {
     /// change that took its CSN was skipped as already held (found by a walkthrough).
     #[test]
     fn a_replica_holding_later_writes_than_its_cookie_says_so_until_a_cookie_covers_them() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
+        let f = Fixture::new();
         // A delta's batch, its last entry read at csn 10; its RefreshDone names 9.
-        r.apply_delta_batch(&entries_of(0, 10, 10), history).unwrap();
-        r.advance(at(9)).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), Some(at(10)), "past its cookie by the entry at 10");
-        r.advance(at(10)).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), None, "covered");
+        f.r.apply_delta_batch(&entries_of(0, 10, 10), f.history).unwrap();
+        f.r.advance(f.at(9)).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), Some(f.at(10)), "past its cookie by the entry at 10");
+        f.r.advance(f.at(10)).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), None, "covered");
         // A live change at 11 carrying its entry as written at 13.
-        r.apply(&entries_of(12, 1, 10), Some(at(11))).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), Some(at(13)));
-        r.apply(&entries_of(13, 1, 10), Some(at(14))).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), None);
+        f.r.apply(&entries_of(12, 1, 10), Some(f.at(11))).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), Some(f.at(13)));
+        f.r.apply(&entries_of(13, 1, 10), Some(f.at(14))).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), None);
 
         // A full refresh whose catch-up read a write at 25, later than its cookie at 24:
         // the shadow is swapped in past its cookie, and says so.
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&entries_of(20, 3, 10)).unwrap();
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
-        let resume =
-            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(23), cursor: None };
-        shadow.record_progress(&region, resume.clone()).unwrap();
-        assert_eq!(r.resume_point(&region).unwrap(), Some(resume.clone()), "a scan cut short is continued");
+        let resume = f.full_from(23);
+        shadow.record_progress(&f.region, resume.clone()).unwrap();
+        assert_eq!(f.r.resume_point(&f.region).unwrap(), Some(resume.clone()), "a scan cut short is continued");
         shadow.apply(&entries_of(24, 1, 10)).unwrap();
         // Cut short in its catch-up, it would start over: what the catch-up applied may
         // be later writes than any position the next provider is asked about.
-        assert_eq!(r.resume_point(&region).unwrap(), None);
-        shadow.finish(at(24)).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), Some(at(25)));
-        assert_eq!(r.shadow_beyond().unwrap(), None, "the shadow's own record went with it");
+        assert_eq!(f.r.resume_point(&f.region).unwrap(), None);
+        shadow.finish(f.at(24)).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), Some(f.at(25)));
+        assert_eq!(f.r.shadow_beyond().unwrap(), None, "the shadow's own record went with it");
         // A reload whose catch-up stayed at its cookie leaves none; nor do entries at or
         // below the catch-up's start (a present refresh's unchanged ones, copied).
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-        let from = |start: u64| tether_protocol::ResumePoint { start: at(start), ..resume.clone() };
-        shadow.record_progress(&region, from(29)).unwrap();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.record_progress(&f.region, f.full_from(29)).unwrap();
         shadow.apply(&entries_of(27, 1, 10)).unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), None);
-        assert!(r.resume_point(&region).unwrap().is_some());
+        assert_eq!(f.r.shadow_beyond().unwrap(), None);
+        assert!(f.r.resume_point(&f.region).unwrap().is_some());
         shadow.apply(&entries_of(30, 1, 10)).unwrap();
-        shadow.finish(at(31)).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), None);
+        shadow.finish(f.at(31)).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), None);
         // A shadow discarded or aborted takes its record with it.
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-        shadow.record_progress(&region, from(39)).unwrap();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.record_progress(&f.region, f.full_from(39)).unwrap();
         shadow.apply(&entries_of(40, 1, 10)).unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(41)));
-        r.abandon_shadow().unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), None);
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-        shadow.record_progress(&region, from(49)).unwrap();
+        assert_eq!(f.r.shadow_beyond().unwrap(), Some(Csn(41)));
+        f.r.abandon_shadow().unwrap();
+        assert_eq!(f.r.shadow_beyond().unwrap(), None);
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
+        shadow.record_progress(&f.region, f.full_from(49)).unwrap();
         shadow.apply(&entries_of(50, 1, 10)).unwrap();
         shadow.abort().unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), None);
+        assert_eq!(f.r.shadow_beyond().unwrap(), None);
     }
 
     /// A shadow continued in a later session (its resume point accepted) keeps the start
@@ -1290,30 +1308,24 @@ mod tests {
     /// delta, the lost writes kept for good.
     #[test]
     fn a_resumed_shadow_records_what_its_catch_up_applies_past_its_start() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let mut f = Fixture::new();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
-        let resume =
-            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(23), cursor: None };
-        shadow.record_progress(&region, resume.clone()).unwrap();
-        store.flush().unwrap();
-        drop((shadow, r, store));
+        let resume = f.full_from(23);
+        shadow.record_progress(&f.region, resume.clone()).unwrap();
+        f.store.flush().unwrap();
+        drop((shadow, f.r, f.store));
 
-        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
-        let r = store.replica("people").unwrap();
-        assert_eq!(r.resume_point(&region).unwrap(), Some(resume));
-        let mut shadow = r.resume_shadow().unwrap();
+        f.store = crate::test_changes::unlocked(|| ReplicaStore::open(f.tmp.path())).unwrap();
+        f.r = f.store.replica("people").unwrap();
+        assert_eq!(f.r.resume_point(&f.region).unwrap(), Some(resume));
+        let mut shadow = f.r.resume_shadow().unwrap();
         // The catch-up's change at 24 carries its entry as written at 25.
         shadow.apply(&entries_of(24, 1, 10)).unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(25)));
-        assert_eq!(r.resume_point(&region).unwrap(), None, "cut short now, it would start over");
-        shadow.finish(at(24)).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), Some(at(25)), "swapped in past its cookie, and says so");
+        assert_eq!(f.r.shadow_beyond().unwrap(), Some(Csn(25)));
+        assert_eq!(f.r.resume_point(&f.region).unwrap(), None, "cut short now, it would start over");
+        shadow.finish(f.at(24)).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), Some(f.at(25)), "swapped in past its cookie, and says so");
     }
 
     /// A state at the very CSN a refresh's catch-up starts from is one the provider had
@@ -1322,22 +1334,16 @@ mod tests {
     /// nothing, which for a large replica costs the whole reload again.
     #[test]
     fn a_catch_up_state_at_its_start_keeps_the_shadow_continuable() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-        let resume =
-            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(29), cursor: None };
-        shadow.record_progress(&region, resume.clone()).unwrap();
+        let f = Fixture::new();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
+        let resume = f.full_from(29);
+        shadow.record_progress(&f.region, resume.clone()).unwrap();
         // The entry written at 29, the start itself.
         shadow.apply(&entries_of(28, 1, 10)).unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), None);
-        assert_eq!(r.resume_point(&region).unwrap(), Some(resume));
+        assert_eq!(f.r.shadow_beyond().unwrap(), None);
+        assert_eq!(f.r.resume_point(&f.region).unwrap(), Some(resume));
         shadow.apply(&entries_of(29, 1, 10)).unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(30)), "one past it is");
+        assert_eq!(f.r.shadow_beyond().unwrap(), Some(Csn(30)), "one past it is");
     }
 
     /// A refresh's catch-up is coalesced, not in CSN order: a later batch may carry
@@ -1347,21 +1353,15 @@ mod tests {
     /// writes would resume it by delta.
     #[test]
     fn a_shadow_s_record_past_its_start_is_never_lowered_by_an_older_batch() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-        let resume =
-            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(39), cursor: None };
-        shadow.record_progress(&region, resume).unwrap();
+        let f = Fixture::new();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
+        let resume = f.full_from(39);
+        shadow.record_progress(&f.region, resume).unwrap();
         shadow.apply(&entries_of(44, 1, 10)).unwrap();
         shadow.apply(&entries_of(41, 1, 10)).unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(45)));
-        shadow.finish(at(40)).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), Some(at(45)));
+        assert_eq!(f.r.shadow_beyond().unwrap(), Some(Csn(45)));
+        shadow.finish(f.at(40)).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), Some(f.at(45)));
     }
 
     /// A reload's progress in status counts the entries received (upserts, and the
@@ -1370,10 +1370,8 @@ mod tests {
     /// reload as further on than it is.
     #[test]
     fn a_shadow_counts_entries_received_not_deletes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let f = Fixture::new();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         let scan = entries_of(0, 3, 10);
         shadow.apply_scan(&scan).unwrap();
         assert_eq!(shadow.received(), 3);
@@ -1393,24 +1391,15 @@ mod tests {
     /// missing entries for good.
     #[test]
     fn a_replaced_shadow_cannot_record_its_progress_for_the_new_one() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
-        let resume = tether_protocol::ResumePoint {
-            kind: RefreshKind::Full,
-            since: Csn(0),
-            start: tether_protocol::Cookie { history, csn: Csn(20) },
-            cursor: Some(b"uid=p0099".to_vec()),
-        };
-        let mut old = r.begin_shadow(RefreshKind::Full).unwrap();
+        let f = Fixture::new();
+        let resume = ResumePoint { cursor: Some(b"uid=p0099".to_vec()), ..f.full_from(20) };
+        let mut old = f.r.begin_shadow(RefreshKind::Full).unwrap();
         old.apply_scan(&entries_of(0, 100, 10)).unwrap();
-        let _new = r.begin_shadow(RefreshKind::Full).unwrap();
-        let err = old.record_progress(&region, resume).expect_err("a stale shadow");
+        let _new = f.r.begin_shadow(RefreshKind::Full).unwrap();
+        let err = old.record_progress(&f.region, resume).expect_err("a stale shadow");
         assert!(matches!(err, crate::StoreError::StaleShadow(_)), "{err}");
-        assert_eq!(r.resume_point(&region).unwrap(), None);
-        assert_eq!(r.state().unwrap().shadow_progress, None);
+        assert_eq!(f.r.resume_point(&f.region).unwrap(), None);
+        assert_eq!(f.r.state().unwrap().shadow_progress, None);
     }
 
     /// A shadow another reload has replaced is being freed: swapped in, it would make
@@ -1418,20 +1407,16 @@ mod tests {
     /// of it. Its finish fails instead, and the replica stays as it was.
     #[test]
     fn a_replaced_shadow_cannot_be_swapped_in() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
-        r.apply(&entries_of(0, 2, 10), Some(at(2))).unwrap();
-        let mut old = r.begin_shadow(RefreshKind::Full).unwrap();
+        let f = Fixture::new();
+        f.r.apply(&entries_of(0, 2, 10), Some(f.at(2))).unwrap();
+        let mut old = f.r.begin_shadow(RefreshKind::Full).unwrap();
         old.apply_scan(&entries_of(10, 5, 10)).unwrap();
-        let new = r.begin_shadow(RefreshKind::Full).unwrap();
-        let err = old.finish(at(20)).expect_err("a stale shadow");
+        let new = f.r.begin_shadow(RefreshKind::Full).unwrap();
+        let err = old.finish(f.at(20)).expect_err("a stale shadow");
         assert!(matches!(err, crate::StoreError::StaleShadow(_)), "{err}");
-        assert_eq!(r.cookie().unwrap(), Some(at(2)));
-        assert_eq!(r.len().unwrap(), 2);
-        assert_eq!(r.state().unwrap().shadow, Some(new.gen), "the newer reload is still the one on record");
+        assert_eq!(f.r.cookie().unwrap(), Some(f.at(2)));
+        assert_eq!(f.r.len().unwrap(), 2);
+        assert_eq!(f.r.state().unwrap().shadow, Some(new.gen), "the newer reload is still the one on record");
     }
 
     /// An aborted reload is forgotten along with its trees: still on record with its
@@ -1439,27 +1424,18 @@ mod tests {
     /// emptying, and swap it in missing what it had.
     #[test]
     fn an_aborted_shadow_is_no_longer_offered_for_resumption() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let f = Fixture::new();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
-        let resume = tether_protocol::ResumePoint {
-            kind: RefreshKind::Full,
-            since: Csn(0),
-            start: tether_protocol::Cookie { history, csn: Csn(20) },
-            cursor: Some(b"uid=p0002".to_vec()),
-        };
-        shadow.record_progress(&region, resume).unwrap();
+        let resume = ResumePoint { cursor: Some(b"uid=p0002".to_vec()), ..f.full_from(20) };
+        shadow.record_progress(&f.region, resume).unwrap();
         let gen = shadow.gen;
         shadow.abort().unwrap();
-        assert_eq!(r.state().unwrap().shadow, None);
-        assert_eq!(r.resume_point(&region).unwrap(), None);
-        assert!(matches!(r.resume_shadow(), Err(crate::StoreError::StaleShadow(_))));
-        reaped(&store);
-        let trees = generation_trees(&store);
+        assert_eq!(f.r.state().unwrap().shadow, None);
+        assert_eq!(f.r.resume_point(&f.region).unwrap(), None);
+        assert!(matches!(f.r.resume_shadow(), Err(crate::StoreError::StaleShadow(_))));
+        reaped(&f.store);
+        let trees = generation_trees(&f.store);
         assert!(!trees.iter().any(|t| t.starts_with(&format!("r/people/{gen}/"))), "{trees:?}");
     }
 
@@ -1470,22 +1446,19 @@ mod tests {
     /// in its place and losing the one named.
     #[test]
     fn an_index_leading_to_another_entry_finds_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let cookie = tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(2) };
+        let f = Fixture::new();
         let ops = entries_of(0, 2, 10);
-        r.apply(&ops, Some(cookie)).unwrap();
+        f.r.apply(&ops, Some(f.at(2))).unwrap();
         let (a, b) = match (&ops[0], &ops[1]) {
             (ReplOp::Upsert(a), ReplOp::Upsert(b)) => (a.clone(), b.clone()),
             _ => unreachable!(),
         };
-        let set = r.entries().unwrap();
+        let set = f.r.entries().unwrap();
         let ghost = EntryUuid::new_time_ordered();
         set.uuids.insert(ghost.as_bytes(), b.dn.tree_key()).unwrap();
         assert_eq!(set.get_by_uuid(&ghost).unwrap(), None);
         assert_eq!(set.get_by_uuid(&b.uuid).unwrap(), Some(b.clone()));
-        let mut shadow = r.begin_shadow(RefreshKind::Present).unwrap();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Present).unwrap();
         let err = shadow.copy_present(&[a.uuid, ghost]).expect_err("one named entry is missing");
         assert!(matches!(err, crate::StoreError::MissingPresentEntries(1)), "{err}");
     }
@@ -1495,21 +1468,18 @@ mod tests {
     /// mix them, where it would otherwise pass for a consistent copy.
     #[test]
     fn a_reload_s_swap_is_seen_by_a_search_under_way_whatever_its_scope() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let cookie = tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(9) };
-        r.apply(&entries_of(0, 3, 10), Some(cookie)).unwrap();
+        let f = Fixture::new();
+        f.r.apply(&entries_of(0, 3, 10), Some(f.at(9))).unwrap();
         let elsewhere = SearchSpec::subtree(Dn::parse("ou=elsewhere,dc=example").unwrap());
-        let watch = r.watch_reshapes();
-        let before = r.reshapes();
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let watch = f.r.watch_reshapes();
+        let before = f.r.reshapes();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
         assert_eq!(watch.since(&elsewhere).swaps, 0, "a shadow filled is not yet seen");
-        shadow.finish(cookie).unwrap();
+        shadow.finish(f.at(9)).unwrap();
         assert_eq!(watch.since(&elsewhere).swaps, 1);
         assert!(!watch.since(&elsewhere).is_whole());
-        assert_eq!(r.reshapes().swaps, before.swaps + 1);
+        assert_eq!(f.r.reshapes().swaps, before.swaps + 1);
     }
 
     /// A reload by a build that keeps no record of regions (a rollback) leaves the
@@ -1520,41 +1490,38 @@ mod tests {
     #[test]
     fn a_region_recorded_before_an_older_build_s_reload_is_outdated() {
         use super::RegionAdopted;
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let f = Fixture::new();
         let cookie =
             |csn: u64| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
         let refresh = |n: u32, csn: u64| {
-            let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+            let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
             shadow.apply_scan(&entries_of(0, n, 10)).unwrap();
             shadow.finish(cookie(csn)).unwrap();
         };
-        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+        assert_eq!(f.r.adopt_region(&f.region).unwrap(), RegionAdopted::Kept);
         refresh(3, 10);
-        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept, "this build's reload moved the record");
-        assert!(!r.region_outdated().unwrap());
+        assert_eq!(f.r.adopt_region(&f.region).unwrap(), RegionAdopted::Kept, "this build's reload moved the record");
+        assert!(!f.r.region_outdated().unwrap());
 
         // What the older build leaves: its reload, and the record as it was before.
-        let before = store.region_gens.get(b"people").unwrap().unwrap();
+        let before = f.store.region_gens.get(b"people").unwrap().unwrap();
         refresh(2, 20);
-        store.region_gens.insert(b"people", before).unwrap();
-        assert!(r.region_outdated().unwrap());
-        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Outdated);
-        assert_eq!(r.cookie().unwrap(), None, "reloaded in full at its next session");
-        assert!(!r.region_outdated().unwrap(), "the record is of the generation it holds now");
+        f.store.region_gens.insert(b"people", before).unwrap();
+        assert!(f.r.region_outdated().unwrap());
+        assert_eq!(f.r.adopt_region(&f.region).unwrap(), RegionAdopted::Outdated);
+        assert_eq!(f.r.cookie().unwrap(), None, "reloaded in full at its next session");
+        assert!(!f.r.region_outdated().unwrap(), "the record is of the generation it holds now");
         refresh(3, 30);
-        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+        assert_eq!(f.r.adopt_region(&f.region).unwrap(), RegionAdopted::Kept);
 
-        assert!(r.state().unwrap().next_gen >= super::MARKED_GENERATIONS, "{:?}", r.state().unwrap());
+        assert!(f.r.state().unwrap().next_gen >= super::MARKED_GENERATIONS, "{:?}", f.r.state().unwrap());
 
         // A shadow begun since hands out a generation: the replica is still the one on
         // record, and an older build's deltas change no generation either.
-        let shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.abort().unwrap();
-        r.apply(&entries_of(10, 1, 10), Some(cookie(31))).unwrap();
-        assert!(!r.region_outdated().unwrap());
+        f.r.apply(&entries_of(10, 1, 10), Some(cookie(31))).unwrap();
+        assert!(!f.r.region_outdated().unwrap());
 
         // What an older build leaves when it removes a replica and makes it again (an
         // agreement taken out, reloaded, put back with another region, reloaded), then
@@ -1562,13 +1529,13 @@ mod tests {
         // a replica that had one refresh before this build first ran.
         let one_refresh =
             |csn| super::ReplicaState { active_gen: 1, next_gen: 2, cookie: Some(cookie(csn)), ..Default::default() };
-        let legacy = store.replica("legacy").unwrap();
-        store.put_state("legacy", &one_refresh(40)).unwrap();
-        assert_eq!(legacy.adopt_region(&region).unwrap(), RegionAdopted::Unrecorded);
-        assert_eq!(legacy.adopt_region(&region).unwrap(), RegionAdopted::Kept);
-        store.put_state("legacy", &one_refresh(41)).unwrap();
+        let legacy = f.store.replica("legacy").unwrap();
+        f.store.put_state("legacy", &one_refresh(40)).unwrap();
+        assert_eq!(legacy.adopt_region(&f.region).unwrap(), RegionAdopted::Unrecorded);
+        assert_eq!(legacy.adopt_region(&f.region).unwrap(), RegionAdopted::Kept);
+        f.store.put_state("legacy", &one_refresh(41)).unwrap();
         assert!(legacy.region_outdated().unwrap());
-        assert_eq!(legacy.adopt_region(&region).unwrap(), RegionAdopted::Outdated);
+        assert_eq!(legacy.adopt_region(&f.region).unwrap(), RegionAdopted::Outdated);
         assert_eq!(legacy.cookie().unwrap(), None);
     }
 
@@ -1578,20 +1545,18 @@ mod tests {
     /// restart behind the operator's back.
     #[test]
     fn an_operator_s_stop_outlives_a_reload_and_a_delta_finished_after_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
+        let f = Fixture::new();
         let cookie =
             |csn: u64| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
-        r.set_admin_stopped(true).unwrap();
+        f.r.set_admin_stopped(true).unwrap();
         shadow.finish(cookie(10)).unwrap();
-        assert!(r.is_admin_stopped().unwrap(), "after the reload's swap");
-        r.apply(&entries_of(3, 1, 10), Some(cookie(11))).unwrap();
-        assert!(r.is_admin_stopped().unwrap(), "after a delta");
-        drop((r, store));
-        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
+        assert!(f.r.is_admin_stopped().unwrap(), "after the reload's swap");
+        f.r.apply(&entries_of(3, 1, 10), Some(cookie(11))).unwrap();
+        assert!(f.r.is_admin_stopped().unwrap(), "after a delta");
+        drop((f.r, f.store));
+        let store = crate::test_changes::unlocked(|| ReplicaStore::open(f.tmp.path())).unwrap();
         let r = store.replica("people").unwrap();
         assert!(r.is_admin_stopped().unwrap(), "after a restart");
         assert_eq!(r.len().unwrap(), 4);
@@ -1606,31 +1571,28 @@ mod tests {
     #[test]
     fn a_region_on_record_without_its_generations_is_marked_at_the_next_start() {
         use super::RegionAdopted;
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
+        let f = Fixture::new();
         let cookie =
             |csn: u64| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
         let refresh = |csn: u64| {
-            let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+            let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
             shadow.apply_scan(&entries_of(0, 2, 10)).unwrap();
             shadow.finish(cookie(csn)).unwrap();
         };
-        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
+        assert_eq!(f.r.adopt_region(&f.region).unwrap(), RegionAdopted::Kept);
         refresh(10);
         // As the build that recorded regions but not their generations left it.
-        store.region_gens.remove(b"people").unwrap();
-        assert_eq!(r.region_mark().unwrap(), None);
-        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Kept);
-        assert!(r.cookie().unwrap().is_some(), "resumes from its cookie");
-        let state = r.state().unwrap();
-        assert_eq!(r.region_mark().unwrap(), Some((state.active_gen, state.next_gen)));
+        f.store.region_gens.remove(b"people").unwrap();
+        assert_eq!(f.r.region_mark().unwrap(), None);
+        assert_eq!(f.r.adopt_region(&f.region).unwrap(), RegionAdopted::Kept);
+        assert!(f.r.cookie().unwrap().is_some(), "resumes from its cookie");
+        let state = f.r.state().unwrap();
+        assert_eq!(f.r.region_mark().unwrap(), Some((state.active_gen, state.next_gen)));
         // An older build's reload since is seen now.
-        let before = store.region_gens.get(b"people").unwrap().unwrap();
+        let before = f.store.region_gens.get(b"people").unwrap().unwrap();
         refresh(20);
-        store.region_gens.insert(b"people", before).unwrap();
-        assert_eq!(r.adopt_region(&region).unwrap(), RegionAdopted::Outdated);
+        f.store.region_gens.insert(b"people", before).unwrap();
+        assert_eq!(f.r.adopt_region(&f.region).unwrap(), RegionAdopted::Outdated);
     }
 
     /// An older build (a rollback) applies changes without moving the replica's count
@@ -1638,29 +1600,27 @@ mod tests {
     /// leaves alone a count that kept up.
     #[test]
     fn a_replica_count_an_older_build_left_behind_is_redone_at_open() {
-        let tmp = tempfile::tempdir().unwrap();
+        let f = Fixture::new();
         let cookie =
             |csn: u64| tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(csn) };
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
         shadow.finish(cookie(10)).unwrap();
-        r.apply(&entries_of(3, 2, 10), Some(cookie(12))).unwrap();
-        assert_eq!(r.len().unwrap(), 5);
+        f.r.apply(&entries_of(3, 2, 10), Some(cookie(12))).unwrap();
+        assert_eq!(f.r.len().unwrap(), 5);
         // What the older build leaves: two more entries and a later cookie, the count
         // and its cookie's CSN as they were.
         let (count, at) = (
-            store.counts.get(b"people").unwrap().unwrap(),
-            store.counts.get(super::count_at_key("people")).unwrap().unwrap(),
+            f.store.counts.get(b"people").unwrap().unwrap(),
+            f.store.counts.get(super::count_at_key("people")).unwrap().unwrap(),
         );
-        r.apply(&entries_of(5, 2, 10), Some(cookie(14))).unwrap();
-        store.counts.insert(b"people", count).unwrap();
-        store.counts.insert(super::count_at_key("people"), at).unwrap();
-        assert_eq!(r.len().unwrap(), 5, "the count as the older build left it");
-        store.flush().unwrap();
-        drop((r, store));
-        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
+        f.r.apply(&entries_of(5, 2, 10), Some(cookie(14))).unwrap();
+        f.store.counts.insert(b"people", count).unwrap();
+        f.store.counts.insert(super::count_at_key("people"), at).unwrap();
+        assert_eq!(f.r.len().unwrap(), 5, "the count as the older build left it");
+        f.store.flush().unwrap();
+        drop((f.r, f.store));
+        let store = crate::test_changes::unlocked(|| ReplicaStore::open(f.tmp.path())).unwrap();
         let r = store.replica("people").unwrap();
         assert_eq!(r.len().unwrap(), 7, "counted again at open");
         // One this build kept up is left alone (a scan at every open would cost seconds
@@ -1669,7 +1629,7 @@ mod tests {
         store.counts.insert(b"people", &super::count_record(r.state().unwrap().active_gen, 100)).unwrap();
         store.flush().unwrap();
         drop((r, store));
-        let store = crate::test_changes::unlocked(|| ReplicaStore::open(tmp.path())).unwrap();
+        let store = crate::test_changes::unlocked(|| ReplicaStore::open(f.tmp.path())).unwrap();
         assert_eq!(store.replica("people").unwrap().len().unwrap(), 100);
     }
 
@@ -1809,31 +1769,25 @@ mod tests {
     /// new reload would be swapped in claiming writes it never read.
     #[test]
     fn a_reload_begun_over_an_unfinished_one_discards_it_and_its_record() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let history = tether_protocol::HistoryId::new_random();
-        let at = |csn: u64| tether_protocol::Cookie { history, csn: Csn(csn) };
-        let region = SearchSpec::subtree(Dn::parse("dc=example").unwrap());
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let f = Fixture::new();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&entries_of(0, 3, 10)).unwrap();
-        let resume =
-            tether_protocol::ResumePoint { kind: RefreshKind::Full, since: Csn(0), start: at(39), cursor: None };
-        shadow.record_progress(&region, resume).unwrap();
+        let resume = f.full_from(39);
+        shadow.record_progress(&f.region, resume).unwrap();
         shadow.apply(&entries_of(40, 1, 10)).unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), Some(Csn(41)));
+        assert_eq!(f.r.shadow_beyond().unwrap(), Some(Csn(41)));
         let old = shadow.gen;
         drop(shadow);
 
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
-        assert_eq!(r.shadow_beyond().unwrap(), None, "the discarded shadow's record went with it");
-        reaped(&store);
-        let trees = generation_trees(&store);
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
+        assert_eq!(f.r.shadow_beyond().unwrap(), None, "the discarded shadow's record went with it");
+        reaped(&f.store);
+        let trees = generation_trees(&f.store);
         assert!(!trees.iter().any(|t| t.starts_with(&format!("r/people/{old}/"))), "{trees:?}");
         shadow.apply_scan(&entries_of(0, 2, 10)).unwrap();
-        shadow.finish(at(30)).unwrap();
-        assert_eq!(r.beyond_cookie().unwrap(), None);
-        assert_eq!(r.len().unwrap(), 2);
+        shadow.finish(f.at(30)).unwrap();
+        assert_eq!(f.r.beyond_cookie().unwrap(), None);
+        assert_eq!(f.r.len().unwrap(), 2);
     }
 
     /// An agreement removed in the middle of a reload leaves nothing behind: the
@@ -1841,21 +1795,18 @@ mod tests {
     /// at some later restart (a reload of a million entries is gigabytes on disk).
     #[test]
     fn a_removed_replica_s_unfinished_shadow_is_freed_with_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = ReplicaStore::open(tmp.path()).unwrap();
-        let r = store.replica("people").unwrap();
-        let cookie = tether_protocol::Cookie { history: tether_protocol::HistoryId::new_random(), csn: Csn(5) };
-        r.apply(&entries_of(0, 3, 10), Some(cookie)).unwrap();
-        let mut shadow = r.begin_shadow(RefreshKind::Full).unwrap();
+        let f = Fixture::new();
+        f.r.apply(&entries_of(0, 3, 10), Some(f.at(5))).unwrap();
+        let mut shadow = f.r.begin_shadow(RefreshKind::Full).unwrap();
         shadow.apply_scan(&entries_of(10, 3, 10)).unwrap();
         drop(shadow);
-        store.replica("groups").unwrap().apply(&entries_of(20, 1, 10), Some(cookie)).unwrap();
-        store.remove("people").unwrap();
-        reaped(&store);
-        let trees = generation_trees(&store);
+        f.store.replica("groups").unwrap().apply(&entries_of(20, 1, 10), Some(f.at(5))).unwrap();
+        f.store.remove("people").unwrap();
+        reaped(&f.store);
+        let trees = generation_trees(&f.store);
         assert!(trees.iter().all(|t| t.starts_with("r/groups/")), "{trees:?}");
         assert_eq!(trees.len(), 2, "{trees:?}");
-        assert!(store.existing_replica("people").unwrap().is_none());
+        assert!(f.store.existing_replica("people").unwrap().is_none());
     }
 
     /// A replica made again under the name of one whose generations are still being
