@@ -462,6 +462,11 @@ async fn handle(stream: UnixStream, peer: Peer, ctx: ControlContext) -> Result<(
         ControlRequest::Forget { .. } => {
             Err("the consumer keeps no other consumers: forget is the provider's".to_owned())
         }
+        ControlRequest::Backup { .. } => {
+            Err("backup copies a provider's store: a replica is rebuilt by its refresh, or copied with the consumer \
+             stopped"
+                .to_owned())
+        }
         ControlRequest::For { .. } => Err("a request addressed twice; the command-line tools send none".to_owned()),
         ControlRequest::FromFile { .. } => {
             Err("a request from two configuration files; the command-line tools send none".to_owned())

@@ -133,6 +133,14 @@ pub enum ControlRequest {
         /// Its consumer id (the `CONSUMER` column of `status`).
         consumer: String,
     },
+    /// Provider: copy the store, consistent at one CSN, into the folder `dest` (absolute,
+    /// new or empty) while it runs, so that it is backed up without a stop or a volume
+    /// snapshot, and restored without its consumers reloading. Added last, so that a
+    /// process older than it refuses it instead of misreading it.
+    Backup {
+        /// The folder to make the copy in, as an absolute path.
+        dest: String,
+    },
 }
 
 /// The request a process started with the file `started` carries out for `request`:
@@ -304,6 +312,7 @@ impl ControlRequest {
             Self::Reload | Self::ReloadFile { .. } => "reload",
             Self::WaitCsn { .. } | Self::WaitVisible { .. } => "wait",
             Self::Forget { .. } => "forget",
+            Self::Backup { .. } => "backup",
             Self::For { request, .. } | Self::FromFile { request, .. } => request.command(),
         }
     }
@@ -1448,6 +1457,7 @@ mod tests {
                 ControlRequest::Stop { name: "people".into() },
                 ControlRequest::search(None, SearchSpec::subtree("dc=example,dc=com".parse().unwrap()), false),
                 ControlRequest::wait("people".into(), crate::csn::Csn(1), 1, false),
+                ControlRequest::Backup { dest: "/var/backups/tether".into() },
             ] {
                 let command = refused.command();
                 let err = ask(refused).await.unwrap_err().to_string();

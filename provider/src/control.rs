@@ -1,6 +1,7 @@
 //! The provider's control endpoint: a Unix socket (mode 0600) that answers `status`,
-//! `search` and `reload` for the command-line tools, which cannot open the store while
-//! the provider holds it; with a `status_group`, 0660, its members getting `status` alone.
+//! `search`, `reload`, `forget` and `backup` for the command-line tools, which cannot
+//! open the store while the provider holds it; with a `status_group`, 0660, its members
+//! getting `status` alone.
 
 use std::sync::Arc;
 
@@ -231,6 +232,7 @@ async fn handle(
             None => tether_config::shell::ask_reload(&ctx.reload, "provider").await,
         },
         ControlRequest::Reload => tether_config::shell::ask_reload(&ctx.reload, "provider").await,
+        ControlRequest::Backup { dest } => return crate::backup::serve(&mut writer, ctx.dir.clone(), dest).await,
         ControlRequest::Forget { agreement, consumer } => {
             let (dir, registry) = (ctx.dir.clone(), ctx.registry.clone());
             tokio::task::spawn_blocking(move || forget(&dir, &registry, &agreement, &consumer))

@@ -27,11 +27,13 @@
 //!   at start, on reload, from `status` and (through `tether_config`'s watch) in its log
 //!   as it comes to expire.
 //! - [`control`], [`status`]: the operator's view; [`metrics`]: `status` as the page
-//!   the metrics endpoint (`metrics_listen`) serves to Prometheus.
+//!   the metrics endpoint (`metrics_listen`) serves to Prometheus; [`backup`]: the store
+//!   copied while the provider runs, through the control socket.
 //! - [`daemon`]: the `serve` process and its shutdown.
 //! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
 //! - [`input`]: the LDIF they read, from a file or standard input.
 
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod control;

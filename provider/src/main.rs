@@ -122,6 +122,20 @@ enum Command {
         /// Its consumer id: the CONSUMER column of `status`.
         consumer: String,
     },
+    /// Copy the store into a new folder while the provider runs, as one moment of it.
+    ///
+    /// The copy is the store itself (entries, changelog, histories, consumers'
+    /// positions): put in place of a stopped provider's data_dir, its consumers resume
+    /// by delta. Writes go on while it is made, held only for its last step (the changes
+    /// made meanwhile brought in). DEST must not exist or be an empty folder, outside
+    /// the data_dir. Works on a stopped provider's store too.
+    Backup {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The folder to make the copy in.
+        dest: PathBuf,
+    },
     /// Check a configuration file as a start would, without starting anything.
     ///
     /// Reads the file and every file it names (each secret, the TLS certificate and
@@ -149,6 +163,28 @@ enum Command {
 /// The search of `base` (the suffix when none is given), `scope` and `filter`.
 fn spec(config: &ProviderConfig, base: Option<Dn>, scope: Scope, filter: Filter, attrs: Vec<String>) -> SearchSpec {
     SearchSpec { base: base.unwrap_or_else(|| config.suffix.clone()), scope, filter, attrs }
+}
+
+/// `backup`'s destination as an absolute path (the running provider resolves no path
+/// against the command's folder), refused inside the store's folder: a copy there would
+/// go with the store it is to replace.
+fn backup_destination(config: &ProviderConfig, dest: &Path) -> Result<PathBuf> {
+    let dest = std::path::absolute(dest).with_context(|| format!("backup destination {}", dest.display()))?;
+    let parent = dest.parent().with_context(|| format!("backup destination {} names no folder", dest.display()))?;
+    let parent = parent
+        .canonicalize()
+        .with_context(|| format!("backup destination {}: its folder {}", dest.display(), parent.display()))?;
+    if let Ok(store) = config.data_dir.canonicalize() {
+        if parent.starts_with(&store) {
+            bail!(
+                "backup destination {} is inside the store's folder {}: a copy there would go with the store it is \
+                 to replace; nothing was written",
+                dest.display(),
+                config.data_dir.display()
+            );
+        }
+    }
+    Ok(parent.join(dest.file_name().with_context(|| format!("backup destination {} names no folder", dest.display()))?))
 }
 
 /// What a command run while the provider is stopped does with its store.
@@ -498,6 +534,21 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(anyhow::Error::msg)?;
             dir.flush().context("flushing the store")?;
             Stdout::print(&said).context("writing to standard output")
+        }
+        Command::Backup { config, dest } => {
+            let config = ProviderConfig::load(&config)?;
+            let dest = backup_destination(&config, &dest)?;
+            let shown = dest.display().to_string();
+            let request = ControlRequest::Backup { dest: shown.clone() };
+            if client::control_call(&config, &request).await?.is_some() {
+                return Ok(());
+            }
+            let Some(dir) = offline_or_answered(&config, &request).await? else { return Ok(()) };
+            let report = dir.backup(&dest, &mut |_| true).map_err(|e| match e {
+                e @ tether_store::StoreError::BackupDestination { .. } => anyhow::Error::new(e),
+                e => anyhow::Error::new(e).context(format!("backing up the store to {shown}")),
+            })?;
+            Stdout::print(&tether_provider::backup::said(&report, &shown)).context("writing to standard output")
         }
         Command::Check { config } => {
             let config = ProviderConfig::load(&config)?;

@@ -295,6 +295,63 @@ fn a_consumer_gone_for_good_is_forgotten_whether_the_provider_runs_or_not() -> R
     Ok(())
 }
 
+/// `backup` copies a running provider's store while it serves, through its control
+/// socket, and a stopped one's directly: the copy, restored in place of the store after
+/// writes it does not hold, is the directory as it was at the copy, and a consumer that
+/// had replicated no further resumes from it by delta, where an LDIF backup would have
+/// reloaded it in full. A destination in use, or inside the store's folder, is refused.
+#[test]
+fn a_backup_made_while_the_provider_runs_restores_the_directory_and_its_consumers_resume_by_delta() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, mut w) = provider_with(tmp.path(), 1000, 24, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    p.write_ok(&w.changes(40))?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let backup = tmp.path().join("backup");
+    let shown = backup.display().to_string();
+
+    let made = p.command_output("backup", &[&shown])?;
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let said = text(&made.stdout);
+    let entries = p.status()?["entries"].as_u64().context("entries")?;
+    let csn = p.status()?["csn"].as_u64().context("csn")?;
+    assert!(said.starts_with(&format!("backed up the store to {shown}: {entries} entries and ")), "{said}");
+    assert!(said.contains(&format!("every change up to csn {csn} of history ")), "{said}");
+    let directory = p.search(SUFFIX, "subtree", ALL)?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert!(c.stop()?.success());
+
+    let again = p.command_output("backup", &[&shown])?;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("is not empty"), "{}", text(&again.stderr));
+    let inside = p.dir.join("data").join("copy");
+    let refused = p.command_output("backup", &[&inside.display().to_string()])?;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("is inside the store's folder"), "{}", text(&refused.stderr));
+    assert!(!inside.exists());
+
+    // Writes the copy does not hold, then the restore.
+    p.write_ok(&w.changes(30))?;
+    assert!(p.stop()?.success());
+    let offline = tmp.path().join("offline");
+    let made = p.command_output("backup", &[&offline.display().to_string()])?;
+    assert!(made.status.success(), "a stopped provider's store: {}", text(&made.stderr));
+    p.restore_store(&backup)?;
+    p.start()?;
+    assert_eq!(p.search(SUFFIX, "subtree", ALL)?, directory, "the directory as it was at the copy");
+    assert_eq!(p.status()?["csn"].as_u64(), Some(csn));
+    c.start()?;
+    wait_converged(&p, &c, "people", PEOPLE)?;
+    assert_eq!(last_refresh(&c, "people")?, "delta", "the copy knows the consumer's position");
+
+    // The stopped provider's copy holds the writes made after the first.
+    assert!(p.stop()?.success());
+    p.restore_store(&offline)?;
+    p.start()?;
+    assert_eq!(p.status()?["csn"].as_u64(), Some(csn + 30));
+    Ok(())
+}
+
 /// After a provider restart that brings nothing new, a refresh-only consumer keeps its
 /// cookie in the older history (the same position, which a backup taken before the
 /// restart also knows), and its polls still end as soon as they are acknowledged: the

@@ -34,6 +34,10 @@ use crate::pins::{Pin, Pins};
 use crate::record::{decode, encode, now_ms, u64_from};
 use crate::rules::{self, Planned};
 
+mod backup;
+
+pub use backup::{BackupProgress, BackupReport};
+
 /// Tree and key names; part of the on-disk format.
 mod names {
     pub const META: &str = "meta";

@@ -153,6 +153,18 @@ pub enum StoreError {
     /// A shadow reload was finished or aborted twice, or after another began.
     #[error("shadow reload of {0:?} is no longer current")]
     StaleShadow(String),
+    /// A backup's destination cannot take the copy; nothing was written.
+    #[error("backup destination {path} {reason}; nothing was written")]
+    BackupDestination {
+        /// The destination as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A backup was abandoned before it ended (the process is stopping); what it wrote
+    /// is removed.
+    #[error("the backup was abandoned before it ended (the provider is stopping); what it wrote is removed")]
+    Abandoned,
 }
 
 /// What [`StoreError::Sled`] says: sled's words for a corrupt page ("Read corrupted

@@ -1,0 +1,531 @@
+//! A copy of a running provider's store, consistent at one CSN, made while writes go on.
+//!
+//! A copy of the folder's files is torn unless the provider is stopped or the volume is
+//! snapshotted, and an LDIF backup restores as a new directory that every consumer
+//! reloads in full. This copy is the store itself, every tree of it: restored in place
+//! of `data_dir`, its consumers resume by delta, as from a copy of a stopped provider.
+//!
+//! Writes are not held for the whole copy, which at a million entries and a full
+//! changelog takes tens of seconds. The copy is made in two steps:
+//! 1. With the changelog pinned above the durable CSN `S` (so no trim removes a record
+//!    after it), every tree is copied as it is read, while writes go on: each key comes
+//!    out as it was at some moment of the copy, not all at the same one.
+//! 2. Under the writer lock (no write commits meanwhile) and the pin lock (no trim raises
+//!    the floor), what changed since `S` is brought in: every entry a changelog record
+//!    after `S` names loses every key it may have in the copy (each DN it had since `S`,
+//!    which the records name, and its UUID's) and gets its current state, the records
+//!    after `S` are copied, those below the floor dropped, and the small trees (the
+//!    store's identity, last CSN, entry count, histories, consumers' positions) copied
+//!    again whole. An entry no record names has not changed since `S`, so step 1 copied
+//!    it as it is.
+//!
+//! Writes then wait for the second step only, which is as long as the changes made
+//! during the first. The copy's entry count is checked against its entries before it is
+//! kept, so a copy that is not the store is never left looking like one.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sled::{Batch, Db, Tree};
+use tether_protocol::{Csn, EntryUuid, HistoryId};
+
+use super::{names, Directory};
+use crate::error::{Result, StoreError};
+use crate::record::u64_from;
+
+/// Keys copied per batch into the copy, and between two calls of the caller's watch.
+const BATCH_KEYS: usize = 2_000;
+
+/// The copy's page cache: it is only written, in key order.
+const COPY_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What [`Directory::backup`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    /// The copy holds every change up to this CSN and none after it.
+    pub csn: Csn,
+    /// The history the store's cookies named when the copy was made: consumers whose
+    /// cookies name it at or below [`BackupReport::csn`] resume by delta from the copy.
+    pub history: HistoryId,
+    /// Entries in the copy.
+    pub entries: u64,
+    /// Changelog records in the copy.
+    pub changelog: u64,
+    /// Changes committed while the entries were copied, brought in at the end.
+    pub caught_up: u64,
+    /// How long writes waited for the copy's last step.
+    pub writes_held: Duration,
+}
+
+/// How far the first step of a backup has come, for the caller's watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupProgress {
+    /// Keys copied so far, in every tree.
+    pub keys: u64,
+    /// Entries the store held when the copy began.
+    pub entries: u64,
+}
+
+impl Directory {
+    /// Copies the whole store into `dest`, a folder that must not exist or be empty,
+    /// consistent at one CSN (see the module docs), while writes go on. `watch` is
+    /// called every few thousand keys; returning `false` abandons the copy (the process
+    /// is stopping). The copy is written beside `dest` and moved there whole, so on any
+    /// failure `dest` is left as it was found, and what the copy wrote is removed.
+    pub fn backup(&self, dest: &Path, watch: &mut dyn FnMut(BackupProgress) -> bool) -> Result<BackupReport> {
+        self.backup_with(dest, watch, || {})
+    }
+
+    /// [`Directory::backup`], running `between` after the first step and before the
+    /// second (the tests' writes made while the copy ran).
+    pub(crate) fn backup_with(
+        &self,
+        dest: &Path,
+        watch: &mut dyn FnMut(BackupProgress) -> bool,
+        between: impl FnOnce(),
+    ) -> Result<BackupReport> {
+        let partial = prepare(dest)?;
+        let copied = self.copy_into(&partial, watch, between).and_then(|report| {
+            put_in_place(&partial, dest)?;
+            Ok(report)
+        });
+        if copied.is_err() {
+            if let Err(e) = std::fs::remove_dir_all(&partial) {
+                tracing::warn!(copy = %partial.display(), error = %e, "removing a failed backup's files");
+            }
+        }
+        copied
+    }
+
+    fn copy_into(
+        &self,
+        dest: &Path,
+        watch: &mut dyn FnMut(BackupProgress) -> bool,
+        between: impl FnOnce(),
+    ) -> Result<BackupReport> {
+        let copy = sled::Config::new().path(dest).cache_capacity(COPY_CACHE_BYTES).open()?;
+        let pin = self.pin_current();
+        let since = pin.csn();
+        let mut progress = BackupProgress { keys: 0, entries: self.entry_count()? };
+        for name in self.db.tree_names() {
+            let (from, to) = (self.db.open_tree(&name)?, copy.open_tree(&name)?);
+            copy_range(&from, &to, .., &mut |n| {
+                progress.keys += n;
+                watch(progress)
+            })?;
+        }
+        between();
+
+        let last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let pins = self.pins.lock();
+        let held = Instant::now();
+        // Nothing the copy holds goes unacknowledged by the store it came from.
+        self.sync(*last)?;
+        let caught_up = self.catch_up(&copy, since, *last)?;
+        let report = BackupReport {
+            csn: *last,
+            history: self.history(),
+            entries: self.entry_count()?,
+            changelog: copy.open_tree(names::CHANGELOG)?.len() as u64,
+            caught_up,
+            writes_held: held.elapsed(),
+        };
+        drop(pins);
+        drop(last);
+        drop(pin);
+
+        let held_entries = copy.open_tree(names::ENTRIES)?.len() as u64;
+        let indexed = copy.open_tree(names::UUIDS)?.len() as u64;
+        if held_entries != report.entries || indexed != report.entries {
+            return Err(StoreError::Corrupt(format!(
+                "the copy holds {held_entries} entries and {indexed} entryUUIDs where the store counts {}: not kept",
+                report.entries
+            )));
+        }
+        copy.flush()?;
+        Ok(report)
+    }
+
+    /// The second step (see the module docs), under the writer and pin locks: brings
+    /// `copy` from what the first step read to the store as it is at `last`.
+    fn catch_up(&self, copy: &Db, since: Csn, last: Csn) -> Result<u64> {
+        let (entries, uuids) = (copy.open_tree(names::ENTRIES)?, copy.open_tree(names::UUIDS)?);
+        // Each entry changed since `since`, with every DN key it had since.
+        let mut touched: HashMap<EntryUuid, BTreeSet<Vec<u8>>> = HashMap::new();
+        let mut changes = 0;
+        for record in self.changelog.records(since, last) {
+            let record = record?;
+            changes += 1;
+            let keys = touched.entry(record.uuid).or_default();
+            keys.insert(record.dn.tree_key());
+            keys.extend(record.old_dn.as_ref().map(|dn| dn.tree_key()));
+        }
+        // Every key first, then every current state: an entry may have taken the name
+        // another one changed since had when the copy read it.
+        let mut gone = Batch::default();
+        let mut unindexed = Batch::default();
+        for (uuid, keys) in &touched {
+            for key in keys.iter().cloned().chain(uuids.get(uuid.as_bytes())?.map(|k| k.to_vec())) {
+                gone.remove(key);
+            }
+            unindexed.remove(uuid.as_bytes());
+        }
+        entries.apply_batch(gone)?;
+        uuids.apply_batch(unindexed)?;
+        let (mut now, mut indexed) = (Batch::default(), Batch::default());
+        for uuid in touched.keys() {
+            let Some(key) = self.set.uuids.get(uuid.as_bytes())? else { continue };
+            let Some(entry) = self.set.entries.get(&key)? else {
+                return Err(StoreError::Corrupt(format!("entryUUID {uuid} leads to no entry")));
+            };
+            now.insert(key.clone(), entry);
+            indexed.insert(uuid.as_bytes(), key);
+        }
+        entries.apply_batch(now)?;
+        uuids.apply_batch(indexed)?;
+
+        let changelog = copy.open_tree(names::CHANGELOG)?;
+        copy_range(&self.changelog.tree, &changelog, since.next().to_key().., &mut |_| true)?;
+        let floor = match self.meta.get(names::FLOOR)? {
+            Some(v) => Csn(u64_from(names::META, &v)?),
+            None => Csn::ZERO,
+        };
+        let mut trimmed = Batch::default();
+        for key in changelog.range(..=floor.to_key()).keys() {
+            trimmed.remove(key?);
+        }
+        changelog.apply_batch(trimmed)?;
+
+        // The small trees, whole: a tree made or dropped since the first step too.
+        let large = [names::ENTRIES, names::UUIDS, names::CHANGELOG].map(str::as_bytes);
+        let names: Vec<_> = self.db.tree_names();
+        for name in copy.tree_names() {
+            if !names.contains(&name) {
+                copy.drop_tree(&name)?;
+            }
+        }
+        for name in names.iter().filter(|n| !large.contains(&n.as_ref())) {
+            let to = copy.open_tree(name)?;
+            to.clear()?;
+            copy_range(&self.db.open_tree(name)?, &to, .., &mut |_| true)?;
+        }
+        Ok(changes)
+    }
+}
+
+/// Copies the keys of `from` in `range` into `to`, in batches, telling `watch` how many
+/// each batch held; stops with [`StoreError::Abandoned`] when `watch` says so.
+fn copy_range(
+    from: &Tree,
+    to: &Tree,
+    range: impl std::ops::RangeBounds<[u8; 8]> + Clone,
+    watch: &mut dyn FnMut(u64) -> bool,
+) -> Result<()> {
+    let range = (range.start_bound().map(|b| b.to_vec()), range.end_bound().map(|b| b.to_vec()));
+    let mut batch = Batch::default();
+    let mut held = 0;
+    for item in from.range::<Vec<u8>, _>(range) {
+        let (key, value) = item?;
+        batch.insert(key, value);
+        held += 1;
+        if held == BATCH_KEYS {
+            to.apply_batch(std::mem::take(&mut batch))?;
+            if !watch(held as u64) {
+                return Err(StoreError::Abandoned);
+            }
+            held = 0;
+        }
+    }
+    to.apply_batch(batch)?;
+    if !watch(held as u64) {
+        return Err(StoreError::Abandoned);
+    }
+    Ok(())
+}
+
+/// Checks that `dest` can take a copy (absent, or an empty folder) and makes the folder
+/// the copy is written in beside it, `DEST.partial.<pid>-<nanoseconds>` (mode 0700: it holds every
+/// entry, `userPassword` values too), renamed to `dest` once the copy is whole: a copy
+/// cut off (the process killed, the machine down) is then never found at `dest`, looking
+/// like a store.
+fn prepare(dest: &Path) -> Result<PathBuf> {
+    let refused = |reason: String| StoreError::BackupDestination { path: dest.display().to_string(), reason };
+    match std::fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refused(e.to_string())),
+        Ok(meta) if !meta.is_dir() => return Err(refused("is not a folder".to_owned())),
+        Ok(_) => match std::fs::read_dir(dest).map(|mut entries| entries.next().is_none()) {
+            Ok(true) => {}
+            Ok(false) => return Err(refused("is not empty: a backup is made into a new or empty folder".to_owned())),
+            Err(e) => return Err(refused(e.to_string())),
+        },
+    }
+    let Some(name) = dest.file_name() else { return Err(refused("names no folder".to_owned())) };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let partial = dest.with_file_name(format!("{}.partial.{}-{nanos}", name.to_string_lossy(), std::process::id()));
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&partial)
+        .map_err(|e| refused(format!("cannot be written beside: making {}: {e}", partial.display())))?;
+    Ok(partial)
+}
+
+/// Puts the whole copy at `partial` in place as `dest`, durably.
+fn put_in_place(partial: &Path, dest: &Path) -> Result<()> {
+    let failed = |e: std::io::Error| StoreError::BackupDestination {
+        path: dest.display().to_string(),
+        reason: format!("could not take the copy from {}: {e}", partial.display()),
+    };
+    // An empty folder at `dest` is replaced (rename(2) allows that of a folder).
+    std::fs::rename(partial, dest).map_err(failed)?;
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use tether_protocol::{Change, Dn, Entry, ModOp, Modification, Rdn, SearchSpec, Value};
+
+    use super::*;
+    use crate::changelog::RetentionPolicy;
+    use crate::directory::{open_db, StoreKind, StoreOptions};
+    use crate::test_changes::{add, suffix, unlocked};
+
+    type Trees = BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>;
+
+    fn base() -> Dn {
+        Dn::parse("dc=example,dc=com").unwrap()
+    }
+
+    /// The whole directory, as the tests search it.
+    fn whole() -> SearchSpec {
+        SearchSpec::subtree(base())
+    }
+
+    fn person(uid: &str) -> Change {
+        add(&format!("uid={uid},dc=example,dc=com"), &[("objectClass", "person"), ("sn", uid), ("cn", uid)])
+    }
+
+    fn modify_sn(uid: &str, sn: &str) -> Change {
+        Change::Modify {
+            dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap(),
+            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
+        }
+    }
+
+    fn delete(uid: &str) -> Change {
+        Change::Delete { dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap() }
+    }
+
+    fn rename(uid: &str, to: &str) -> Change {
+        Change::ModDn {
+            dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap(),
+            new_rdn: Rdn::parse(&format!("uid={to}")).unwrap(),
+            delete_old_rdn: true,
+            new_superior: None,
+        }
+    }
+
+    /// A store with the suffix and `n` people.
+    fn directory(path: &Path, n: usize) -> Directory {
+        let d = Directory::open(path, &base()).unwrap();
+        d.write(&suffix()).unwrap();
+        for i in 0..n {
+            d.write(&person(&format!("p{i}"))).unwrap();
+        }
+        d
+    }
+
+    fn trees(db: &Db) -> Trees {
+        db.tree_names()
+            .into_iter()
+            .map(|name| {
+                let tree = db.open_tree(&name).unwrap();
+                let kv = tree.iter().map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                (name.to_vec(), kv)
+            })
+            .collect()
+    }
+
+    /// The copy at `dest`, opened as sled's database once the backup's handle let go.
+    fn copy_trees(dest: &Path) -> Trees {
+        let db = unlocked(|| open_db(dest, &StoreOptions::default(), StoreKind::Directory)).unwrap();
+        trees(&db)
+    }
+
+    fn go_on(_: BackupProgress) -> bool {
+        true
+    }
+
+    /// The copy of a store no write reaches while it is made is that store, every tree
+    /// of it, key for key: served in its place it is the same directory, whose
+    /// consumers' cookies it recognizes.
+    #[test]
+    fn a_copy_of_a_quiet_store_is_the_store_tree_by_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = directory(&tmp.path().join("store"), 50);
+        d.write(&modify_sn("p3", "three")).unwrap();
+        d.write(&delete("p4")).unwrap();
+        d.record_consumer("people/host-a", Csn(20)).unwrap();
+        let cookie = d.cookie();
+        let dest = tmp.path().join("copy");
+
+        let report = d.backup(&dest, &mut go_on).unwrap();
+        assert_eq!(report.csn, d.newest_committed());
+        assert_eq!((report.entries, report.changelog, report.caught_up), (50, 53, 0));
+        assert_eq!(report.history, d.history());
+        assert_eq!(copy_trees(&dest), trees(&d.db));
+
+        let copy = unlocked(|| Directory::open(&dest, &base())).unwrap();
+        assert_eq!(copy.store_id(), d.store_id());
+        assert!(copy.recognizes(&cookie).unwrap(), "a consumer of the store resumes from the copy");
+        let all = whole();
+        let entries = |d: &Directory| d.search(&all).map(|e| e.unwrap()).collect::<Vec<Entry>>();
+        assert_eq!(entries(&copy), entries(&d));
+    }
+
+    /// Writes made while the entries are copied (adds, modifications, deletes, renames,
+    /// a name taken over by another entry, a consumer's position, a trim) are in the
+    /// copy, and nothing of the states they replaced: with no write after it, the copy
+    /// is the store tree by tree. The copy's first step read none of them here, so
+    /// only its second step can have brought them in.
+    #[test]
+    fn writes_made_while_the_copy_ran_are_in_it_and_what_they_replaced_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = directory(&tmp.path().join("store"), 30);
+        let dest = tmp.path().join("copy");
+        let between = || {
+            d.write(&person("new")).unwrap();
+            d.write(&modify_sn("p1", "one")).unwrap();
+            d.write(&delete("p2")).unwrap();
+            d.write(&rename("p3", "moved")).unwrap();
+            // p5's old name taken by p6 once p5 moved away.
+            d.write(&rename("p5", "p5-away")).unwrap();
+            d.write(&rename("p6", "p5")).unwrap();
+            d.write(&delete("p7")).unwrap();
+            d.write(&person("p7")).unwrap();
+            d.record_consumer("people/host-a", Csn(35)).unwrap();
+            let policy = RetentionPolicy {
+                max_changes: Some(5),
+                max_age: None,
+                hold_for_consumers: Duration::ZERO,
+                up_since_ms: 0,
+            };
+            let trimmed = d.trim(&policy, 0).unwrap();
+            assert!(trimmed.removed > 0, "records the copy read are trimmed since");
+        };
+        let report = d.backup_with(&dest, &mut go_on, between).unwrap();
+        assert_eq!(report.caught_up, 8);
+        assert_eq!(report.entries, 31, "the suffix, 30 people, one added, one deleted");
+        assert_eq!(copy_trees(&dest), trees(&d.db));
+    }
+
+    /// Writes made while the copy is read, between its batches, leave a copy of the
+    /// store as it was at the copy's CSN: each entry as its last change up to that CSN
+    /// left it, and none added or deleted after.
+    #[test]
+    fn a_copy_made_while_writes_go_on_is_the_store_at_its_csn() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = std::sync::Arc::new(directory(&tmp.path().join("store"), 6_000));
+        let initial: HashMap<EntryUuid, Entry> = d.search(&whole()).map(|e| e.unwrap()).map(|e| (e.uuid, e)).collect();
+        let (written, stop) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicBool::new(false)));
+        let writer = {
+            let (d, written, stop) = (d.clone(), written.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // (csn, uuid, the entry's state after the write)
+                let mut log: Vec<(Csn, EntryUuid, Option<Entry>)> = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let change = match i % 4 {
+                        0 => modify_sn(&format!("p{}", i * 7 % 6_000), &format!("sn{i}")),
+                        1 => person(&format!("n{i}")),
+                        2 => delete(&format!("n{}", i - 1)),
+                        _ => rename(&format!("p{}", i * 13 % 6_000), &format!("r{i}")),
+                    };
+                    // A rename may name an entry already renamed away: refused, skipped.
+                    if let Ok(done) = d.write(&change) {
+                        log.push((done.csn, done.uuid, d.entries().get_by_uuid(&done.uuid).unwrap()));
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
+                    i += 1;
+                }
+                log
+            })
+        };
+        let mut watch = |_: BackupProgress| {
+            // Each batch waits for writes, so that they land between the copy's reads.
+            let (from, deadline) = (written.load(Ordering::SeqCst), Instant::now() + Duration::from_secs(10));
+            while written.load(Ordering::SeqCst) < from + 3 {
+                assert!(Instant::now() < deadline, "the writer made no progress");
+                std::thread::yield_now();
+            }
+            true
+        };
+        let dest = tmp.path().join("copy");
+        let report = d.backup(&dest, &mut watch).unwrap();
+        stop.store(true, Ordering::SeqCst);
+        let log = writer.join().unwrap();
+        assert!(report.caught_up >= 12, "writes landed while the copy ran: {report:?}");
+        assert!(log.iter().any(|(csn, ..)| *csn > report.csn), "and after it");
+
+        let mut expected = initial;
+        for (_, uuid, state) in log.into_iter().filter(|(csn, ..)| *csn <= report.csn) {
+            match state {
+                Some(entry) => expected.insert(uuid, entry),
+                None => expected.remove(&uuid),
+            };
+        }
+        let copy = unlocked(|| Directory::open(&dest, &base())).unwrap();
+        let held: HashMap<EntryUuid, Entry> = copy.search(&whole()).map(|e| e.unwrap()).map(|e| (e.uuid, e)).collect();
+        assert_eq!(held.len(), expected.len());
+        assert!(held == expected, "the copy is the store at csn {}", report.csn);
+        assert_eq!(copy.newest_committed(), report.csn);
+        assert_eq!(copy.entry_count().unwrap(), report.entries);
+    }
+
+    /// A destination that is a file or a folder with something in it is refused, naming
+    /// it, and left as it is; a copy abandoned part-way (the provider stopping) leaves
+    /// no files behind, at a new destination, in an empty one or beside them.
+    #[test]
+    fn a_destination_in_use_is_refused_and_an_abandoned_copy_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = directory(&tmp.path().join("store"), 5_000);
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "kept").unwrap();
+        let e = d.backup(&file, &mut go_on).unwrap_err().to_string();
+        assert!(e.contains("file") && e.contains("is not a folder"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept");
+        let full = tmp.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("mine"), "kept").unwrap();
+        let e = d.backup(&full, &mut go_on).unwrap_err().to_string();
+        assert!(e.contains("is not empty"), "{e}");
+        assert_eq!(std::fs::read_dir(&full).unwrap().count(), 1);
+
+        let mut stop_at_second = {
+            let mut calls = 0;
+            move |_: BackupProgress| {
+                calls += 1;
+                calls < 2
+            }
+        };
+        let new = tmp.path().join("new");
+        assert!(matches!(d.backup(&new, &mut stop_at_second), Err(StoreError::Abandoned)));
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let mut stop = |_: BackupProgress| false;
+        assert!(matches!(d.backup(&empty, &mut stop), Err(StoreError::Abandoned)));
+        assert!(!new.exists(), "nothing at a new destination");
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "an empty destination stays empty");
+        let mut left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["empty", "file", "full", "store"], "nothing left beside them");
+        // The store is as it was, and a copy made now is whole.
+        assert_eq!(d.backup(&empty, &mut go_on).unwrap().entries, 5_001);
+    }
+}
