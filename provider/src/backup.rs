@@ -26,7 +26,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 pub fn said(report: &BackupReport, dest: &str) -> String {
     format!(
         "backed up the store to {dest}: {} entries and {} changelog records, every change up to csn {} of history \
-         {} (changes made while it was copied: {}, brought in at its end with writes held for {:.1} ms)\n\
+         {} (changes made while it was copied: {}, brought in after it, the last {} with writes held for {:.1} ms)\n\
          to restore it, stop the provider, put the folder in place of its data_dir (as the provider's user, \
          keeping the mode: `cp -a`), and start it: consumers resume by delta, except one that replicated a change \
          made after csn {}, which reloads in full\n",
@@ -35,6 +35,7 @@ pub fn said(report: &BackupReport, dest: &str) -> String {
         report.csn,
         report.history,
         report.caught_up,
+        report.caught_up_held,
         report.writes_held.as_secs_f64() * 1000.0,
         report.csn,
     )
@@ -88,6 +89,7 @@ pub async fn serve<W: AsyncWrite + Unpin>(
                             entries = report.entries,
                             changelog = report.changelog,
                             caught_up = report.caught_up,
+                            caught_up_held = report.caught_up_held,
                             writes_held_ms = report.writes_held.as_secs_f64() * 1000.0,
                             "backup made"
                         );

@@ -10,17 +10,19 @@
 //! 1. With the changelog pinned above the durable CSN `S` (so no trim removes a record
 //!    after it), every tree is copied as it is read, while writes go on: each key comes
 //!    out as it was at some moment of the copy, not all at the same one.
-//! 2. Under the writer lock (no write commits meanwhile) and the pin lock (no trim raises
-//!    the floor), what changed since `S` is brought in: every entry a changelog record
-//!    after `S` names loses every key it may have in the copy (each DN it had since `S`,
-//!    which the records name, and its UUID's) and gets its current state, the records
-//!    after `S` are copied, those below the floor dropped, and the small trees (the
-//!    store's identity, last CSN, entry count, histories, consumers' positions) copied
-//!    again whole. An entry no record names has not changed since `S`, so step 1 copied
-//!    it as it is.
+//! 2. What changed since `S` is brought in: every entry a changelog record after `S`
+//!    names loses every key it may have in the copy (each DN it had since `S`, which the
+//!    records name, and its UUID's) and gets its current state, and the records after
+//!    `S` are copied. An entry no record names has not changed since `S`, so step 1
+//!    copied it as it is. This is done in rounds while writes go on, each taking the
+//!    changes up to the durable CSN it began at (an entry read as it moves is left to
+//!    the next round, whose changes name it), and a last time under the writer lock (no
+//!    write commits meanwhile) and the pin lock (no trim raises the floor), which then
+//!    also drops the records below the floor and copies the small trees (the store's
+//!    identity, last CSN, entry count, histories, consumers' positions) again whole.
 //!
-//! Writes then wait for the second step only, which is as long as the changes made
-//! during the first. The copy's entry count is checked against its entries before it is
+//! Writes wait for the last round only, which is as long as the changes made during the
+//! round before it. The copy's entry count is checked against its entries before it is
 //! kept, so a copy that is not the store is never left looking like one.
 
 use std::collections::{BTreeSet, HashMap};
@@ -28,17 +30,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sled::{Batch, Db, Tree};
-use tether_protocol::{Csn, EntryUuid, HistoryId};
+use tether_protocol::{Csn, EntryHead, EntryUuid, HistoryId};
 
 use super::{names, Directory};
 use crate::error::{Result, StoreError};
-use crate::record::u64_from;
 
 /// Keys copied per batch into the copy, and between two calls of the caller's watch.
 const BATCH_KEYS: usize = 2_000;
 
-/// The copy's page cache: it is only written, in key order.
+/// The copy's page cache: it is written in key order, and then changed where the
+/// entries changed meanwhile are.
 const COPY_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Rounds of bringing changes in while writes go on, at most: each takes the changes
+/// made during the one before, fewer each time unless writes come faster than they are
+/// brought in.
+const UNHELD_ROUNDS: usize = 4;
+
+/// Changes few enough to bring in with writes held (well under a millisecond's work).
+const HELD_ENOUGH: u64 = 16;
 
 /// What [`Directory::backup`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +62,11 @@ pub struct BackupReport {
     pub entries: u64,
     /// Changelog records in the copy.
     pub changelog: u64,
-    /// Changes committed while the entries were copied, brought in at the end.
+    /// Changes committed while the trees were copied, brought in after.
     pub caught_up: u64,
+    /// Of those, the ones brought in with writes held (the others were brought in while
+    /// writes went on).
+    pub caught_up_held: u64,
     /// How long writes waited for the copy's last step.
     pub writes_held: Duration,
 }
@@ -106,7 +119,6 @@ impl Directory {
     ) -> Result<BackupReport> {
         let copy = sled::Config::new().path(dest).cache_capacity(COPY_CACHE_BYTES).open()?;
         let pin = self.pin_current();
-        let since = pin.csn();
         let mut progress = BackupProgress { keys: 0, entries: self.entry_count()? };
         for name in self.db.tree_names() {
             let (from, to) = (self.db.open_tree(&name)?, copy.open_tree(&name)?);
@@ -117,23 +129,40 @@ impl Directory {
         }
         between();
 
+        // The changes made while the trees were read, brought in without holding writes,
+        // a round at a time while many came: writes then wait only for those made
+        // during the last round.
+        let (mut since, mut caught_up) = (pin.csn(), 0);
+        for _ in 0..UNHELD_ROUNDS {
+            let upto = self.durable_csn();
+            if upto.0.saturating_sub(since.0) <= HELD_ENOUGH {
+                break;
+            }
+            caught_up += self.bring_in(&copy, since, upto, Writes::Going)?;
+            since = upto;
+        }
+
         let last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let pins = self.pins.lock();
         let held = Instant::now();
         // Nothing the copy holds goes unacknowledged by the store it came from.
         self.sync(*last)?;
-        let caught_up = self.catch_up(&copy, since, *last)?;
-        let report = BackupReport {
-            csn: *last,
-            history: self.history(),
-            entries: self.entry_count()?,
-            changelog: copy.open_tree(names::CHANGELOG)?.len() as u64,
-            caught_up,
-            writes_held: held.elapsed(),
-        };
+        let caught_up_held = self.bring_in(&copy, since, *last, Writes::Held)?;
+        self.copy_small_trees(&copy)?;
+        let (csn, history, entries) = (*last, self.history(), self.entry_count()?);
+        let writes_held = held.elapsed();
         drop(pins);
         drop(last);
         drop(pin);
+        let report = BackupReport {
+            csn,
+            history,
+            entries,
+            changelog: copy.open_tree(names::CHANGELOG)?.len() as u64,
+            caught_up: caught_up + caught_up_held,
+            caught_up_held,
+            writes_held,
+        };
 
         let held_entries = copy.open_tree(names::ENTRIES)?.len() as u64;
         let indexed = copy.open_tree(names::UUIDS)?.len() as u64;
@@ -147,14 +176,17 @@ impl Directory {
         Ok(report)
     }
 
-    /// The second step (see the module docs), under the writer and pin locks: brings
-    /// `copy` from what the first step read to the store as it is at `last`.
-    fn catch_up(&self, copy: &Db, since: Csn, last: Csn) -> Result<u64> {
+    /// Brings into `copy` the changes after `since` up to `upto` (see the module docs):
+    /// each entry they name loses every key it may have in the copy and gets its current
+    /// state, and the changelog records after `since` are copied. With writes going on,
+    /// an entry may move or go while it is read: it is then left out, for the changes
+    /// after `upto`, which a later call brings in, made it so.
+    fn bring_in(&self, copy: &Db, since: Csn, upto: Csn, writes: Writes) -> Result<u64> {
         let (entries, uuids) = (copy.open_tree(names::ENTRIES)?, copy.open_tree(names::UUIDS)?);
         // Each entry changed since `since`, with every DN key it had since.
         let mut touched: HashMap<EntryUuid, BTreeSet<Vec<u8>>> = HashMap::new();
         let mut changes = 0;
-        for record in self.changelog.records(since, last) {
+        for record in self.changelog.records(since, upto) {
             let record = record?;
             changes += 1;
             let keys = touched.entry(record.uuid).or_default();
@@ -176,28 +208,39 @@ impl Directory {
         let (mut now, mut indexed) = (Batch::default(), Batch::default());
         for uuid in touched.keys() {
             let Some(key) = self.set.uuids.get(uuid.as_bytes())? else { continue };
-            let Some(entry) = self.set.entries.get(&key)? else {
-                return Err(StoreError::Corrupt(format!("entryUUID {uuid} leads to no entry")));
-            };
-            now.insert(key.clone(), entry);
-            indexed.insert(uuid.as_bytes(), key);
+            let entry = self.set.entries.get(&key)?;
+            let holder = entry.as_ref().map(|bytes| EntryHead::decode(bytes).map(|head| head.uuid)).transpose();
+            let holder = holder.map_err(|source| StoreError::Codec { tree: "entries", source })?;
+            match (entry, writes) {
+                (Some(entry), _) if holder == Some(*uuid) => {
+                    now.insert(key.clone(), entry);
+                    indexed.insert(uuid.as_bytes(), key);
+                }
+                (_, Writes::Going) => {}
+                (_, Writes::Held) => {
+                    return Err(StoreError::Corrupt(format!("entryUUID {uuid} leads to no entry of its own")));
+                }
+            }
         }
         entries.apply_batch(now)?;
         uuids.apply_batch(indexed)?;
-
         let changelog = copy.open_tree(names::CHANGELOG)?;
         copy_range(&self.changelog.tree, &changelog, since.next().to_key().., &mut |_| true)?;
-        let floor = match self.meta.get(names::FLOOR)? {
-            Some(v) => Csn(u64_from(names::META, &v)?),
-            None => Csn::ZERO,
-        };
+        Ok(changes)
+    }
+
+    /// Under the writer and pin locks, the last of the copy: the changelog records the
+    /// floor has passed since they were read dropped, and the small trees (the store's
+    /// identity, last CSN, entry count, histories, consumers' positions) copied again
+    /// whole, a tree made or dropped since the first step too.
+    fn copy_small_trees(&self, copy: &Db) -> Result<()> {
+        let changelog = copy.open_tree(names::CHANGELOG)?;
+        let floor = self.floor()?;
         let mut trimmed = Batch::default();
         for key in changelog.range(..=floor.to_key()).keys() {
             trimmed.remove(key?);
         }
         changelog.apply_batch(trimmed)?;
-
-        // The small trees, whole: a tree made or dropped since the first step too.
         let large = [names::ENTRIES, names::UUIDS, names::CHANGELOG].map(str::as_bytes);
         let names: Vec<_> = self.db.tree_names();
         for name in copy.tree_names() {
@@ -210,8 +253,15 @@ impl Directory {
             to.clear()?;
             copy_range(&self.db.open_tree(name)?, &to, .., &mut |_| true)?;
         }
-        Ok(changes)
+        Ok(())
     }
+}
+
+/// Whether writes go on while [`Directory::bring_in`] reads the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    Going,
+    Held,
 }
 
 /// Copies the keys of `from` in `range` into `to`, in batches, telling `watch` how many
@@ -377,7 +427,7 @@ mod tests {
 
         let report = d.backup(&dest, &mut go_on).unwrap();
         assert_eq!(report.csn, d.newest_committed());
-        assert_eq!((report.entries, report.changelog, report.caught_up), (50, 53, 0));
+        assert_eq!((report.entries, report.changelog, report.caught_up, report.caught_up_held), (50, 53, 0, 0));
         assert_eq!(report.history, d.history());
         assert_eq!(copy_trees(&dest), trees(&d.db));
 
@@ -396,33 +446,41 @@ mod tests {
     /// only its second step can have brought them in.
     #[test]
     fn writes_made_while_the_copy_ran_are_in_it_and_what_they_replaced_is_not() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = directory(&tmp.path().join("store"), 30);
-        let dest = tmp.path().join("copy");
-        let between = || {
-            d.write(&person("new")).unwrap();
-            d.write(&modify_sn("p1", "one")).unwrap();
-            d.write(&delete("p2")).unwrap();
-            d.write(&rename("p3", "moved")).unwrap();
-            // p5's old name taken by p6 once p5 moved away.
-            d.write(&rename("p5", "p5-away")).unwrap();
-            d.write(&rename("p6", "p5")).unwrap();
-            d.write(&delete("p7")).unwrap();
-            d.write(&person("p7")).unwrap();
-            d.record_consumer("people/host-a", Csn(35)).unwrap();
-            let policy = RetentionPolicy {
-                max_changes: Some(5),
-                max_age: None,
-                hold_for_consumers: Duration::ZERO,
-                up_since_ms: 0,
+        // Few enough to be brought in with writes held, and enough to be brought in
+        // first with writes going on, the held step then finding none.
+        for (modified, held_only) in [(0, true), (40, false)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = directory(&tmp.path().join("store"), 50);
+            let dest = tmp.path().join("copy");
+            let between = || {
+                d.write(&person("new")).unwrap();
+                d.write(&modify_sn("p1", "one")).unwrap();
+                d.write(&delete("p2")).unwrap();
+                d.write(&rename("p3", "moved")).unwrap();
+                // p5's old name taken by p6 once p5 moved away.
+                d.write(&rename("p5", "p5-away")).unwrap();
+                d.write(&rename("p6", "p5")).unwrap();
+                d.write(&delete("p7")).unwrap();
+                d.write(&person("p7")).unwrap();
+                for i in 0..modified {
+                    d.write(&modify_sn(&format!("p{}", 10 + i), "changed")).unwrap();
+                }
+                d.record_consumer("people/host-a", Csn(35)).unwrap();
+                let policy = RetentionPolicy {
+                    max_changes: Some(5),
+                    max_age: None,
+                    hold_for_consumers: Duration::ZERO,
+                    up_since_ms: 0,
+                };
+                let trimmed = d.trim(&policy, 0).unwrap();
+                assert!(trimmed.removed > 0, "records the copy read are trimmed since");
             };
-            let trimmed = d.trim(&policy, 0).unwrap();
-            assert!(trimmed.removed > 0, "records the copy read are trimmed since");
-        };
-        let report = d.backup_with(&dest, &mut go_on, between).unwrap();
-        assert_eq!(report.caught_up, 8);
-        assert_eq!(report.entries, 31, "the suffix, 30 people, one added, one deleted");
-        assert_eq!(copy_trees(&dest), trees(&d.db));
+            let report = d.backup_with(&dest, &mut go_on, between).unwrap();
+            assert_eq!(report.caught_up, 8 + modified, "held only: {held_only}");
+            assert_eq!(report.caught_up_held, if held_only { 8 } else { 0 });
+            assert_eq!(report.entries, 51, "the suffix, 50 people, one added, one deleted");
+            assert_eq!(copy_trees(&dest), trees(&d.db), "held only: {held_only}");
+        }
     }
 
     /// Writes made while the copy is read, between its batches, leave a copy of the
