@@ -173,6 +173,12 @@ impl Directory {
             )));
         }
         copy.flush()?;
+        // Asked once more before the copy is put in place: one whose client has gone
+        // (the provider stopping cut it off) is not left at `dest` for a command that
+        // then copies the stopped store there, and finds the folder taken.
+        if !watch(progress) {
+            return Err(StoreError::Abandoned);
+        }
         Ok(report)
     }
 
@@ -574,6 +580,25 @@ mod tests {
         };
         let new = tmp.path().join("new");
         assert!(matches!(d.backup(&new, &mut stop_at_second), Err(StoreError::Abandoned)));
+        // Abandoned after its last batch, the copy whole: not put in place either.
+        let batches = {
+            let mut calls = 0;
+            d.backup(&new, &mut |_| {
+                calls += 1;
+                true
+            })
+            .unwrap();
+            std::fs::remove_dir_all(&new).unwrap();
+            calls
+        };
+        let mut stop_at_last = {
+            let mut calls = 0;
+            move |_: BackupProgress| {
+                calls += 1;
+                calls < batches
+            }
+        };
+        assert!(matches!(d.backup(&new, &mut stop_at_last), Err(StoreError::Abandoned)));
         let empty = tmp.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
         let mut stop = |_: BackupProgress| false;
