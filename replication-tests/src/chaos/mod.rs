@@ -162,6 +162,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         faults: nemesis.faults,
         stores_failed: nemesis.stores_failed,
         restores,
+        online_backups: nemesis.online_backups,
         totals,
         changes: writer.changes,
         failed_writes: writer.failed_writes,

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -68,9 +68,12 @@ pub enum Kind {
     /// file, so that its store fails under the writer's load as on a full disk (it says
     /// goodbye and exits 1); restart it without the limit later.
     ProviderStoreFails,
-    /// Back the provider's store up (stopped, copied, started again), restore the copy
-    /// 2 to 10 s later (stopped, replaced, started): the writes in between are gone,
-    /// and consumers that replicated them must reload while the others resume.
+    /// Back the provider's store up, restore the copy 2 to 10 s later (stopped,
+    /// replaced, started): the writes in between are gone, and consumers that replicated
+    /// them must reload while the others resume. Every other backup (the first, the
+    /// third, ...) is made while the provider runs and the writer writes, by
+    /// `tether-provider backup`; the others stop the provider, copy its folder and
+    /// start it again.
     RestoreProvider,
     /// SIGSTOP the provider for 0.5 to 6 s, then SIGCONT: a frozen VM, a debugger, a
     /// `^Z`. Its sockets stay open and silent, and its clocks jump on waking.
@@ -167,6 +170,9 @@ pub struct NemesisStats {
     /// Times the provider's store did fail under a `provider-store-fails` limit (the
     /// rest had no room to open the store, and ran without the limit).
     pub stores_failed: u64,
+    /// Backups of `restore-provider-backup` made by `tether-provider backup` while the
+    /// provider ran.
+    pub online_backups: u64,
 }
 
 /// The fault injector.
@@ -180,6 +186,8 @@ pub struct Nemesis<'a> {
     started: Instant,
     /// Ballast entries written so far (see `provider-store-fails`), naming the next.
     ballast: usize,
+    /// Backups `restore-provider-backup` made so far: the odd ones online.
+    backups: u64,
 }
 
 fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
@@ -193,7 +201,7 @@ impl<'a> Nemesis<'a> {
         for k in Kind::ALL {
             stats.faults.insert(k.as_str(), 0);
         }
-        Self { cluster, rng, pending: Vec::new(), stats, started, ballast: 0 }
+        Self { cluster, rng, pending: Vec::new(), stats, started, ballast: 0, backups: 0 }
     }
 
     /// Injects faults until `deadline`.
@@ -397,16 +405,26 @@ impl<'a> Nemesis<'a> {
                     return Ok(());
                 }
                 let backup = self.backup_dir();
+                if backup.exists() {
+                    std::fs::remove_dir_all(&backup)?;
+                }
                 let mut p = self.cluster.provider();
-                stop_provider(&mut p.provider)?;
-                let copied = (|| {
-                    if backup.exists() {
-                        std::fs::remove_dir_all(&backup)?;
-                    }
-                    p.provider.back_up_store(&backup)
-                })();
-                start_provider(&mut p.provider)?;
-                copied?;
+                self.backups += 1;
+                if self.backups % 2 == 1 && p.provider.child.is_some() {
+                    let made = p.provider.command_output("backup", &[&backup.display().to_string()])?;
+                    ensure!(
+                        made.status.success(),
+                        "tether-provider backup of the running provider failed ({}): {}",
+                        made.status,
+                        String::from_utf8_lossy(&made.stderr)
+                    );
+                    self.stats.online_backups += 1;
+                } else {
+                    stop_provider(&mut p.provider)?;
+                    let copied = p.provider.back_up_store(&backup);
+                    start_provider(&mut p.provider)?;
+                    copied?;
+                }
                 drop(p);
                 self.later(2000, 10_000, Heal::Restore);
                 Ok(())
@@ -1058,14 +1076,18 @@ mod tests {
         Ok(())
     }
 
-    /// `restore-provider-backup` backs the store up; its heal puts the copy back, so a
-    /// write made in between is gone, and counts the restore and the histories it ended.
+    /// `restore-provider-backup` backs the store up, the first time while the provider
+    /// runs and the next with it stopped; its heal puts the copy back, so a write made
+    /// in between is gone, and counts the restore and the histories it ended.
     #[test]
     fn a_restored_backup_takes_back_the_writes_made_since_it_and_is_counted() -> Result<()> {
         let tmp = tempfile::tempdir()?;
         let cluster = real_cluster(tmp.path())?;
         let mut n = nemesis(&cluster, 4);
+        let started = cluster.provider().provider.histories().len();
         let (heal, least, most) = inject_one(&mut n, Kind::RestoreProvider);
+        assert_eq!(n.stats.online_backups, 1);
+        assert_eq!(cluster.provider().provider.histories().len(), started, "backed up without a restart");
         assert!(matches!(heal, Heal::Restore), "{heal:?}");
         assert!(most >= Duration::from_millis(2000) && least < Duration::from_millis(10_000), "{least:?}..{most:?}");
         assert!(n.backup_dir().exists());
@@ -1087,6 +1109,14 @@ mod tests {
         if let Err(diff) = checker::converge(&cluster, CONVERGE) {
             panic!("after the restore: {diff:#?}");
         }
+        let restarts = cluster.provider().provider.histories().len();
+        inject_one(&mut n, Kind::RestoreProvider);
+        assert_eq!(n.stats.online_backups, 1, "the second backup is a stopped provider's");
+        assert_eq!(cluster.provider().provider.histories().len(), restarts + 1, "stopped and started again");
+        assert!(n.backup_dir().exists());
+        n.heal_due(true);
+        assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
+        assert_eq!(cluster.restores.load(std::sync::atomic::Ordering::SeqCst), 2);
         Ok(())
     }
 

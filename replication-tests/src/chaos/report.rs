@@ -21,6 +21,8 @@ pub struct Report {
     pub stores_failed: u64,
     /// Times the provider's store was restored from a backup.
     pub restores: u64,
+    /// Of those backups, the ones made by `tether-provider backup` while it ran.
+    pub online_backups: u64,
     /// Consumer counters summed over consumers and their lives.
     pub totals: Totals,
     /// Changes the provider acknowledged.
@@ -72,6 +74,7 @@ impl Report {
             "faults_total": self.faults.values().sum::<u64>(),
             "provider_stores_failed": self.stores_failed,
             "provider_restores": self.restores,
+            "provider_online_backups": self.online_backups,
             "recoveries": self.totals.disconnects,
             "refreshes": self.totals.refreshes,
             "resumed_refreshes": self.totals.resumed,
@@ -108,6 +111,7 @@ impl Report {
         }
         let _ = writeln!(out, "  {:<28} {}", "(provider stores failed)", self.stores_failed);
         let _ = writeln!(out, "  {:<28} {}", "(provider restores)", self.restores);
+        let _ = writeln!(out, "  {:<28} {}", "(of them backed up online)", self.online_backups);
         let _ = writeln!(out, "recoveries by reason (consumer disconnects):");
         for (k, v) in &self.totals.disconnects {
             let _ = writeln!(out, "  {k:<28} {v}");
@@ -177,6 +181,7 @@ mod tests {
             faults: [("black-hole", 10), ("reset", 11), ("delay", 0)].into_iter().collect(),
             stores_failed: 12,
             restores: 13,
+            online_backups: 17,
             totals,
             changes: 14,
             failed_writes: 15,
@@ -202,6 +207,7 @@ mod tests {
             "faults_total": 21,
             "provider_stores_failed": 12,
             "provider_restores": 13,
+            "provider_online_backups": 17,
             "recoveries": {"keepalive-timeout": 3, "connection-lost": 4},
             "refreshes": {"full": 5, "delta": 6},
             "resumed_refreshes": 7,
@@ -256,6 +262,7 @@ mod tests {
             ("reset", 11),
             ("(provider stores failed)", 12),
             ("(provider restores)", 13),
+            ("(of them backed up online)", 17),
             ("keepalive-timeout", 3),
             ("connection-lost", 4),
             ("full", 5),
