@@ -126,9 +126,9 @@ enum Command {
     ///
     /// The copy is the store itself (entries, changelog, histories, consumers'
     /// positions): put in place of a stopped provider's data_dir, its consumers resume
-    /// by delta. Writes go on while it is made, held only for its last step (the changes
-    /// made meanwhile brought in). DEST must not exist or be an empty folder, outside
-    /// the data_dir. Works on a stopped provider's store too.
+    /// by delta. Writes go on while it is made, held only while the last few of the
+    /// changes made meanwhile are brought in. DEST must not exist or be an empty folder,
+    /// outside the data_dir. Works on a stopped provider's store too.
     Backup {
         /// Configuration file.
         #[arg(short, long)]
