@@ -1086,19 +1086,8 @@ fn duration_ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_changes::{add, suffix, unlocked};
-    use tether_protocol::{ModOp, Modification, Value};
-
-    fn person(uid: &str) -> Change {
-        add(&format!("uid={uid},dc=example,dc=com"), &[("objectClass", "person"), ("sn", uid), ("cn", uid)])
-    }
-
-    fn modify_sn(uid: &str, sn: &str) -> Change {
-        Change::Modify {
-            dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap(),
-            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
-        }
-    }
+    use crate::test_changes::{modify_sn, person, suffix, unlocked};
+    use tether_protocol::Value;
 
     /// A copy that lost its log (missing, or empty) is refused by name and left as it
     /// is: sled opened it as a new, empty store under a new identity.

@@ -1,6 +1,6 @@
 //! Changes for the crate's unit tests.
 
-use tether_protocol::{Attributes, Change, Dn, Value};
+use tether_protocol::{Attributes, Change, Dn, ModOp, Modification, Value};
 
 /// An add of `dn` with one value per attribute.
 pub(crate) fn add(dn: &str, attrs: &[(&str, &str)]) -> Change {
@@ -14,6 +14,19 @@ pub(crate) fn add(dn: &str, attrs: &[(&str, &str)]) -> Change {
 /// The add of the tests' suffix entry, `dc=example,dc=com`.
 pub(crate) fn suffix() -> Change {
     add("dc=example,dc=com", &[("objectClass", "domain"), ("dc", "example")])
+}
+
+/// The add of person `uid` below the suffix.
+pub(crate) fn person(uid: &str) -> Change {
+    add(&format!("uid={uid},dc=example,dc=com"), &[("objectClass", "person"), ("sn", uid), ("cn", uid)])
+}
+
+/// A modification replacing person `uid`'s `sn` with `sn`.
+pub(crate) fn modify_sn(uid: &str, sn: &str) -> Change {
+    Change::Modify {
+        dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap(),
+        mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
+    }
 }
 
 /// `open`'s result once it is not [`crate::StoreError::Locked`], within 30 s: sled lets

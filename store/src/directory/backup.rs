@@ -345,12 +345,12 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    use tether_protocol::{Change, Dn, Entry, ModOp, Modification, Rdn, SearchSpec, Value};
+    use tether_protocol::{Change, Dn, Entry, Rdn, SearchSpec};
 
     use super::*;
     use crate::changelog::RetentionPolicy;
     use crate::directory::{open_db, StoreKind, StoreOptions};
-    use crate::test_changes::{add, suffix, unlocked};
+    use crate::test_changes::{modify_sn, person, suffix, unlocked};
 
     type Trees = BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>;
 
@@ -361,17 +361,6 @@ mod tests {
     /// The whole directory, as the tests search it.
     fn whole() -> SearchSpec {
         SearchSpec::subtree(base())
-    }
-
-    fn person(uid: &str) -> Change {
-        add(&format!("uid={uid},dc=example,dc=com"), &[("objectClass", "person"), ("sn", uid), ("cn", uid)])
-    }
-
-    fn modify_sn(uid: &str, sn: &str) -> Change {
-        Change::Modify {
-            dn: Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap(),
-            mods: vec![Modification { op: ModOp::Replace, attr: "sn".into(), values: vec![Value::from(sn)] }],
-        }
     }
 
     fn delete(uid: &str) -> Change {
