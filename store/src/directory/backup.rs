@@ -38,6 +38,9 @@ use crate::error::{Result, StoreError};
 /// Keys copied per batch into the copy, and between two calls of the caller's watch.
 const BATCH_KEYS: usize = 2_000;
 
+/// Bytes written to the copy between two flushes of it.
+const FLUSH_AFTER_BYTES: usize = 4 << 20;
+
 /// The copy's page cache: it is written in key order, and then changed where the
 /// entries changed meanwhile are.
 const COPY_CACHE_BYTES: u64 = 16 * 1024 * 1024;
@@ -271,7 +274,9 @@ enum Writes {
 }
 
 /// Copies the keys of `from` in `range` into `to`, in batches, telling `watch` how many
-/// each batch held; stops with [`StoreError::Abandoned`] when `watch` says so.
+/// each batch held; stops with [`StoreError::Abandoned`] when `watch` says so. The copy
+/// is flushed every [`FLUSH_AFTER_BYTES`]: unflushed, sled's buffers of what it wrote
+/// grew with the copy (the provider peaked at 448 MiB copying a million entries).
 fn copy_range(
     from: &Tree,
     to: &Tree,
@@ -280,31 +285,36 @@ fn copy_range(
 ) -> Result<()> {
     let range = (range.start_bound().map(|b| b.to_vec()), range.end_bound().map(|b| b.to_vec()));
     let mut batch = Batch::default();
-    let mut held = 0;
+    let (mut held, mut unflushed) = (0, 0);
+    let mut write = |batch: Batch, held: usize, unflushed: &mut usize| -> Result<()> {
+        to.apply_batch(batch)?;
+        if *unflushed >= FLUSH_AFTER_BYTES {
+            to.flush()?;
+            *unflushed = 0;
+        }
+        if !watch(held as u64) {
+            return Err(StoreError::Abandoned);
+        }
+        Ok(())
+    };
     for item in from.range::<Vec<u8>, _>(range) {
         let (key, value) = item?;
+        unflushed += key.len() + value.len();
         batch.insert(key, value);
         held += 1;
         if held == BATCH_KEYS {
-            to.apply_batch(std::mem::take(&mut batch))?;
-            if !watch(held as u64) {
-                return Err(StoreError::Abandoned);
-            }
+            write(std::mem::take(&mut batch), held, &mut unflushed)?;
             held = 0;
         }
     }
-    to.apply_batch(batch)?;
-    if !watch(held as u64) {
-        return Err(StoreError::Abandoned);
-    }
-    Ok(())
+    write(batch, held, &mut unflushed)
 }
 
 /// Checks that `dest` can take a copy (absent, or an empty folder) and makes the folder
-/// the copy is written in beside it, `DEST.partial.<pid>-<nanoseconds>` (mode 0700: it holds every
-/// entry, `userPassword` values too), renamed to `dest` once the copy is whole: a copy
-/// cut off (the process killed, the machine down) is then never found at `dest`, looking
-/// like a store.
+/// the copy is written in beside it, `DEST.partial.<pid>-<nanoseconds>` (mode 0700: it
+/// holds every entry, `userPassword` values too), renamed to `dest` once the copy is
+/// whole: a copy cut off (the process killed, the machine down) is then never found at
+/// `dest`, looking like a store.
 fn prepare(dest: &Path) -> Result<PathBuf> {
     let refused = |reason: String| StoreError::BackupDestination { path: dest.display().to_string(), reason };
     match std::fs::symlink_metadata(dest) {
