@@ -275,8 +275,10 @@ enum Writes {
 
 /// Copies the keys of `from` in `range` into `to`, in batches, telling `watch` how many
 /// each batch held; stops with [`StoreError::Abandoned`] when `watch` says so. The copy
-/// is flushed every [`FLUSH_AFTER_BYTES`]: unflushed, sled's buffers of what it wrote
-/// grew with the copy (the provider peaked at 448 MiB copying a million entries).
+/// is flushed every [`FLUSH_AFTER_BYTES`], as a consumer's replica is, so that sled's
+/// buffers of what it wrote stay bounded when the disk is slower than the copy. (On a
+/// disk that keeps up it changes little: a million entries copied alone peaked at 309
+/// MiB unflushed, 296 flushed.)
 fn copy_range(
     from: &Tree,
     to: &Tree,
