@@ -320,6 +320,22 @@ mod tests {
         assert_eq!(end(&[b"junk", &leaf]), None, "the server's own must read");
     }
 
+    /// A CA certificate that ends at the same second as the server's own does not end the
+    /// chain before it: "ends first" is strict, so the warning names the server's own
+    /// certificate, the one its operator renews first, and only a CA certificate that
+    /// truly ends earlier is named instead; of two CA certificates that end together, the
+    /// first in the chain is, so the place named does not depend on the file's tail.
+    #[test]
+    fn a_ca_certificate_ending_with_the_server_s_own_leaves_the_end_to_the_server_s_own() {
+        let (_, leaf) = issued((2031, 1, 1), (2030, 1, 1));
+        let (_, same_end) = issued((2040, 1, 1), (2030, 1, 1));
+        let (_, earlier) = issued((2040, 1, 1), (2029, 1, 1));
+        let (_, as_early) = issued((2040, 1, 1), (2029, 1, 1));
+        let end = |chain: &[&[u8]]| chain_end(chain.iter().copied()).map(|(i, v)| (i, v.not_after));
+        assert_eq!(end(&[&leaf, &same_end]), Some((0, at("2030-01-01T00:00:00Z"))), "a tie is the server's own");
+        assert_eq!(end(&[&leaf, &earlier, &as_early]), Some((1, at("2029-01-01T00:00:00Z"))), "the first of a tie");
+    }
+
     #[test]
     fn ordinals_read_as_english() {
         let words: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111].map(ordinal).into();
