@@ -158,4 +158,26 @@ mod tests {
         let said = warning(&reversed, file, 0, at("2020-01-15T00:00:00Z")).unwrap();
         assert!(said.contains("ends before it begins (notAfter 2020-01-01T00:00:00Z is earlier"), "{said}");
     }
+
+    /// The running provider's watch warns of the chain's end as it comes, naming the
+    /// certificate of `cert_file` it is (the 2nd: an intermediate), not the provider's
+    /// own: renewing the provider's certificate alone leaves the chain ending on the same
+    /// day, so the log must say which one to renew.
+    #[test]
+    fn the_watch_on_the_chain_served_names_the_certificate_that_ends_it() {
+        let file = Path::new("/etc/tether/tls/provider.crt");
+        let validity = Validity { not_before: at("2020-01-01T00:00:00Z"), not_after: at("2020-01-31T00:00:00Z") };
+        let served = Served { file: file.to_owned(), validity, position: 1 };
+        assert_eq!(
+            served.warning(at("2020-01-21T00:00:01Z")).unwrap(),
+            "the 2nd certificate in /etc/tether/tls/provider.crt (a CA's, which the chain served goes through) \
+             expires at 2020-01-31T00:00:00Z (in 10 days): TLS consumers refuse it from then on; renew it before \
+             then (replace the files and reload)"
+        );
+        let own = Served { position: 0, ..served };
+        assert!(own
+            .warning(at("2020-02-01T00:00:00Z"))
+            .unwrap()
+            .starts_with("the certificate in /etc/tether/tls/provider.crt expired at "));
+    }
 }
