@@ -994,6 +994,28 @@ mod tests {
         }
     }
 
+    /// When the chain's end is a CA certificate the provider presents (an intermediate
+    /// ending before the provider's own), `status` warns of that one by its place in the
+    /// chain, as the session's log does: a warning naming the provider's own certificate
+    /// would have its operator renew that, and the chain would end on the same day.
+    #[test]
+    fn status_warns_of_the_certificate_of_the_chain_that_ends_it() {
+        let h = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        let now = std::time::SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let intermediate = Presented {
+            provider: "127.0.0.1:7389".into(),
+            validity: tether_config::certificate::Validity { not_before: now - 300 * day, not_after: now + 5 * day },
+            position: 1,
+        };
+        assert!(h.present(Some(intermediate)));
+        let text = of(vec![h.snapshot()]).to_text();
+        let warning =
+            "  warning: the 2nd certificate of the chain provider 127.0.0.1:7389 presents (a CA's, between its \
+                       own and this consumer's ca_file) expires at ";
+        assert!(text.contains(warning) && text.contains(" (in 5 days): "), "{text}");
+    }
+
     /// The provider's certificate as a TLS session met it: its end in the JSON for a
     /// monitor, and a warning under the agreement's row once its notice has begun; a new
     /// certificate is told apart from one met again, which the session does not warn of
