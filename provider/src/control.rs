@@ -325,4 +325,23 @@ mod tests {
         );
         assert_eq!(dir.consumer_positions().unwrap().len(), 12, "nothing was done");
     }
+
+    /// Ten known consumers are all named, with no "and 0 more"; the eleventh is the
+    /// first left out: the list is cut at ten, not at nine, and says how many it leaves.
+    #[test]
+    fn ten_known_consumers_are_all_named_and_an_eleventh_is_counted() {
+        let (_tmp, dir) = store();
+        for i in 0..10 {
+            dir.record_consumer(&position_id("people", &format!("c{i:02}")), Csn(1)).unwrap();
+        }
+        let refused = forget(&dir, &Registry::default(), "people", "c1").unwrap_err();
+        assert!(
+            refused
+                .contains("(its known consumers: c00, c01, c02, c03, c04, c05, c06, c07, c08, c09); nothing was done"),
+            "{refused}"
+        );
+        dir.record_consumer(&position_id("people", "c10"), Csn(1)).unwrap();
+        let refused = forget(&dir, &Registry::default(), "people", "c1").unwrap_err();
+        assert!(refused.contains(": c00, c01, c02, c03, c04, c05, c06, c07, c08, c09 and 1 more)"), "{refused}");
+    }
 }
