@@ -344,4 +344,21 @@ mod tests {
         let refused = forget(&dir, &Registry::default(), "people", "c1").unwrap_err();
         assert!(refused.contains(": c00, c01, c02, c03, c04, c05, c06, c07, c08, c09 and 1 more)"), "{refused}");
     }
+
+    /// The known consumers named for an id not known are the agreement's only: a
+    /// consumer of another agreement is no candidate for the one mistyped (forgetting it
+    /// under this agreement would fail again), and listing it would mislead.
+    #[test]
+    fn an_unknown_consumer_is_answered_with_its_agreement_s_known_ones_only() {
+        let (_tmp, dir) = store();
+        dir.record_consumer(&position_id("groups", "g-host"), Csn(1)).unwrap();
+        dir.record_consumer(&position_id("people", "p-host"), Csn(1)).unwrap();
+        let refused = forget(&dir, &Registry::default(), "people", "nobody").unwrap_err();
+        assert_eq!(
+            refused,
+            "no consumer nobody of agreement people is known (its known consumers: p-host); nothing was done"
+        );
+        let refused = forget(&dir, &Registry::default(), "other", "nobody").unwrap_err();
+        assert!(refused.contains("(the agreement has none)"), "{refused}");
+    }
 }
