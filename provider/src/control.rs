@@ -361,4 +361,23 @@ mod tests {
         let refused = forget(&dir, &Registry::default(), "other", "nobody").unwrap_err();
         assert!(refused.contains("(the agreement has none)"), "{refused}");
     }
+
+    /// The answer says when the consumer forgotten was last seen, as the store recorded
+    /// it: the operator's check that it is the one gone for good (a consumer seen a
+    /// minute ago is not), so it must be that time, not another.
+    #[test]
+    fn forget_says_when_the_consumer_was_last_seen() {
+        let (_tmp, dir) = store();
+        let before = std::time::SystemTime::now();
+        dir.record_consumer(&position_id("people", "gone"), Csn(7)).unwrap();
+        let after = std::time::SystemTime::now();
+        let said = forget(&dir, &Registry::default(), "people", "gone").unwrap();
+        let seen = said.split("last seen ").nth(1).and_then(|rest| rest.split(')').next()).unwrap();
+        let seen = humantime::parse_rfc3339(seen).unwrap();
+        let second = std::time::Duration::from_secs(1);
+        assert!(
+            before - second <= seen && seen <= after,
+            "last seen {seen:?}, recorded between {before:?} and {after:?}: {said}"
+        );
+    }
 }
