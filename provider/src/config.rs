@@ -691,6 +691,21 @@ mod tests {
         assert!(summary.ends_with("  no [writer]: every `write` would be refused\n"), "{summary}");
     }
 
+    /// `check` names where the metrics are served when the file asks for them, as it
+    /// names every listener: an address that is not the intended one (a port taken by
+    /// another exporter, every interface where loopback was meant) shows before a start.
+    #[test]
+    fn the_summary_names_the_metrics_endpoint_when_the_file_has_one() {
+        let config = parse(&format!("{MINIMAL}metrics_listen = \"127.0.0.1:9390\"\n")).unwrap();
+        let summary = config.summary();
+        assert!(
+            summary
+                .contains("  listen   127.0.0.1:7389 (plain TCP)\n  metrics  http://127.0.0.1:9390/metrics\n  suffix "),
+            "{summary}"
+        );
+        assert!(!parse(MINIMAL).unwrap().summary().contains("metrics"), "no endpoint, no line");
+    }
+
     #[test]
     fn example_file() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
