@@ -706,6 +706,30 @@ mod tests {
         assert!(!parse(MINIMAL).unwrap().summary().contains("metrics"), "no endpoint, no line");
     }
 
+    /// What a start says of the TLS certificate (here: expired), `check` says too: the
+    /// file loads, but every TLS consumer would refuse the provider, which is what a
+    /// check before a deployment is for.
+    #[test]
+    fn the_files_checked_warn_of_a_tls_certificate_that_has_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("provider.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("provider.key"), key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("provider.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file = dir.path().join("provider.toml");
+        std::fs::write(&file, format!("{MINIMAL}[tls]\ncert_file = \"provider.crt\"\nkey_file = \"provider.key\"\n"))
+            .unwrap();
+        let warnings = ProviderConfig::load(&file).unwrap().check_files().unwrap();
+        let expired =
+            format!("the certificate in {} expired at 2020-01-01T00:00:00Z", dir.path().join("provider.crt").display());
+        assert!(warnings.iter().any(|w| w.starts_with(&expired)), "{warnings:?}");
+    }
+
     #[test]
     fn example_file() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
