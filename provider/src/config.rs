@@ -730,6 +730,22 @@ mod tests {
         assert!(warnings.iter().any(|w| w.starts_with(&expired)), "{warnings:?}");
     }
 
+    /// `check` reads the TLS certificate and key as a start does, so a key a start
+    /// cannot read fails the check, naming its key, instead of the provider that does
+    /// not come back after the restart.
+    #[test]
+    fn the_files_checked_include_the_tls_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("provider.crt"), cert.pem()).unwrap();
+        let file = dir.path().join("provider.toml");
+        std::fs::write(&file, format!("{MINIMAL}[tls]\ncert_file = \"provider.crt\"\nkey_file = \"provider.key\"\n"))
+            .unwrap();
+        let e = ProviderConfig::load(&file).unwrap().check_files().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: key 'tls.key_file': ", file.display())), "{e}");
+    }
+
     #[test]
     fn example_file() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
