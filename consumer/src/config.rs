@@ -777,6 +777,25 @@ secret_file = "people.key"
         assert!(e.starts_with(&format!("{}: cannot read: ", missing.display())), "{e}");
     }
 
+    /// A secret file group or others may read works, and `check_files` says so (what a
+    /// start, a reload, `status` and `check` warn of): a secret readable by every user of
+    /// the host is one an operator wants to hear of before it leaks, not after.
+    #[test]
+    fn a_secret_others_may_read_is_warned_of_by_the_files_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("people.key");
+        std::fs::write(&secret, "a secret of enough length\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let file = dir.path().join("consumer.toml");
+        std::fs::write(&file, MINIMAL_AGREEMENT).unwrap();
+        let warnings = ConsumerConfig::load(&file).unwrap().check_files().unwrap();
+        let accessible = format!("secret file {} is accessible", secret.display());
+        assert!(warnings.len() == 1 && warnings[0].starts_with(&accessible), "{warnings:?}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(ConsumerConfig::load(&file).unwrap().check_files().unwrap(), Vec::<String>::new());
+    }
+
     /// `check_files` reads each agreement's CA file, as a start does: one that cannot be
     /// read is named with its key, so that `status` warns of it while the consumer runs
     /// on what it read, as the next start would stop on it.
