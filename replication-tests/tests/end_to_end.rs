@@ -352,6 +352,29 @@ fn a_backup_made_while_the_provider_runs_restores_the_directory_and_its_consumer
     Ok(())
 }
 
+/// With the provider stopped, `forget` changes its store itself and answers as the
+/// running provider would: where the consumer stood, on standard output, which the
+/// operator (or the log of a decommissioning script) keeps as the record of what was
+/// dropped.
+#[test]
+fn forget_with_the_provider_stopped_says_where_the_consumer_stood() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut p, _w) = provider_with(tmp.path(), 10, 29, ProviderOptions::default())?;
+    let mut c = people_consumer(tmp.path(), &p)?;
+    let id = c.status()?["consumer_id"].as_str().context("consumer_id")?.to_owned();
+    wait_until(CONVERGE, "the provider to record the consumer's position", || {
+        Ok(known_position(&p, "people")?["consumer"].is_object())
+    })?;
+    assert!(c.stop()?.success());
+    assert!(p.stop()?.success());
+    let forgot = p.command_output("forget", &["people", &id])?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&forgot.stdout), String::from_utf8_lossy(&forgot.stderr));
+    assert!(forgot.status.success(), "{stderr}");
+    assert!(stdout.starts_with(&format!("forgot consumer {id} of agreement people (at csn ")), "{stdout}");
+    assert!(stdout.contains("resumes by delta if the changelog still holds its position"), "{stdout}");
+    Ok(())
+}
+
 /// After a provider restart that brings nothing new, a refresh-only consumer keeps its
 /// cookie in the older history (the same position, which a backup taken before the
 /// restart also knows), and its polls still end as soon as they are acknowledged: the
