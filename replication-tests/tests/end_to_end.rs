@@ -375,6 +375,21 @@ fn forget_with_the_provider_stopped_says_where_the_consumer_stood() -> Result<()
     Ok(())
 }
 
+/// `forget` with no provider running and no store in `data_dir` (a mistyped folder, a
+/// host where the provider never ran) is refused naming the folder, and leaves nothing
+/// behind: no new, empty store owned by whoever ran the command.
+#[test]
+fn forget_where_no_store_was_made_is_refused_and_makes_none() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    let out = p.command_output("forget", &["people", "gone"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("there is no store in {}", p.dir.join("data").display())), "{stderr}");
+    assert!(!p.dir.join("data").exists(), "a store was made");
+    Ok(())
+}
+
 /// After a provider restart that brings nothing new, a refresh-only consumer keeps its
 /// cookie in the older history (the same position, which a backup taken before the
 /// restart also knows), and its polls still end as soon as they are acknowledged: the
