@@ -102,3 +102,21 @@ fn what_a_start_would_warn_of_is_warned_of_and_the_file_passes() -> Result<()> {
     assert!(text(&out.stdout).ends_with("  [writer]: `write` may change the directory\n"), "{}", text(&out.stdout));
     Ok(())
 }
+
+/// The consumer's `check` warns of what its start would warn of, on standard error, and
+/// the file passes: a secret others may read works, and is said to be one.
+#[test]
+fn the_consumer_s_check_warns_of_what_its_start_would() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    let p = Provider::configure(&tmp.path().join("p"), &ProviderOptions::default())?;
+    let c = Consumer::configure(&tmp.path().join("c"), p.port, &[Agreement::persist("people", PEOPLE, PEOPLE_SECRET)])?;
+    let secret = c.dir.join("secrets/people.key");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644))?;
+    let out = check("tether-consumer", &c.config)?;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("warning: secret file {} is accessible", secret.display())), "{stderr}");
+    assert!(text(&out.stdout).contains("agreement people: refresh-and-persist from "), "{}", text(&out.stdout));
+    Ok(())
+}
