@@ -814,6 +814,26 @@ secret_file = "people.key"
         assert!(e.starts_with(&want), "{e}");
     }
 
+    /// `check_files` reads the secret of every agreement, not the first's only: a start
+    /// needs them all, so a second agreement's secret that cannot be read fails the
+    /// check, named by that agreement's key.
+    #[test]
+    fn the_secret_of_every_agreement_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("people.key"), "a secret of enough length\n").unwrap();
+        let file = dir.path().join("consumer.toml");
+        let groups = "[[agreement]]\nname = \"groups\"\nprovider = \"127.0.0.1:7389\"\n\
+                      base = \"ou=groups,dc=example,dc=com\"\nsecret_file = \"groups.key\"\n";
+        std::fs::write(&file, format!("{MINIMAL_AGREEMENT}{groups}")).unwrap();
+        let e = ConsumerConfig::load(&file).unwrap().check_files().unwrap_err().to_string();
+        let want = format!(
+            "{}: key 'agreement[1].secret_file': {}: cannot read secret file: ",
+            file.display(),
+            dir.path().join("groups.key").display()
+        );
+        assert!(e.starts_with(&want), "{e}");
+    }
+
     #[test]
     fn bad_values_name_file_key_and_reason() {
         let f = "/etc/tether/consumer.toml";
