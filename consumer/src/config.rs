@@ -834,6 +834,28 @@ secret_file = "people.key"
         assert!(e.starts_with(&want), "{e}");
     }
 
+    /// A CA file that cannot be read is named by the key of the agreement that names
+    /// it, not the first one's: in a file of several agreements, the operator goes to the
+    /// one the error points at.
+    #[test]
+    fn a_ca_file_that_cannot_be_read_is_named_with_its_own_agreement_s_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("people.key"), "a secret of enough length\n").unwrap();
+        std::fs::write(dir.path().join("groups.key"), "a secret of enough length\n").unwrap();
+        let file = dir.path().join("consumer.toml");
+        let groups = "[[agreement]]\nname = \"groups\"\nprovider = \"127.0.0.1:7389\"\n\
+                      base = \"ou=groups,dc=example,dc=com\"\nsecret_file = \"groups.key\"\n\
+                      [agreement.tls]\nca_file = \"pki/ca.pem\"\n";
+        std::fs::write(&file, format!("{MINIMAL_AGREEMENT}{groups}")).unwrap();
+        let e = ConsumerConfig::load(&file).unwrap().check_files().unwrap_err().to_string();
+        let want = format!(
+            "{}: key 'agreement[1].tls.ca_file': cannot read {}: ",
+            file.display(),
+            dir.path().join("pki/ca.pem").display()
+        );
+        assert!(e.starts_with(&want), "{e}");
+    }
+
     #[test]
     fn bad_values_name_file_key_and_reason() {
         let f = "/etc/tether/consumer.toml";
