@@ -940,6 +940,40 @@ mod tests {
         assert_eq!(json["provider_certificate_expires_at"], "2026-12-12T00:00:00Z");
     }
 
+    /// The session judges the whole chain the provider presents, not its first
+    /// certificate only: an intermediate CA certificate that ends before the provider's
+    /// own ends the chain (this consumer checks its dates in every handshake), so it is
+    /// the one warned of, by its place, and the end `status` and the metrics show.
+    #[test]
+    fn a_session_meets_the_end_of_the_whole_chain_presented() {
+        let status = StatusHandle::new("people", "127.0.0.1:7389", "refresh-and-persist");
+        let ca = |name: &str, ends: (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+            params.not_after = rcgen::date_time_ymd(ends.0, ends.1, ends.2);
+            (params, rcgen::KeyPair::generate().unwrap())
+        };
+        let (root, root_key) = ca("Example Root", (2040, 1, 1));
+        let root = root.self_signed(&root_key).unwrap();
+        let (intermediate, intermediate_key) = ca("Example Intermediate", (2026, 12, 10));
+        let intermediate = intermediate.signed_by(&intermediate_key, &root, &root_key).unwrap();
+        let mut own = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        own.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        own.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let own = own.signed_by(&rcgen::KeyPair::generate().unwrap(), &intermediate, &intermediate_key).unwrap();
+        let chain = [own.der().clone(), intermediate.der().clone(), root.der().clone()];
+        let now = humantime::parse_rfc3339("2026-12-06T12:00:00Z").unwrap();
+        let said = met_certificate("127.0.0.1:7389", &status, Some(&chain), now).expect("warned of");
+        assert!(
+            said.starts_with("the 2nd certificate of the chain provider 127.0.0.1:7389 presents (a CA's, between its own and this consumer's ca_file) expires at 2026-12-10T00:00:00Z"),
+            "{said}"
+        );
+        let json = serde_json::to_value(status.snapshot()).unwrap();
+        assert_eq!(json["provider_certificate_expires_at"], "2026-12-10T00:00:00Z");
+    }
+
     /// The TLS and Tether handshakes share one limit, as on the provider: a peer that
     /// held the TLS handshake until just before its limit and then answered no `Hello`
     /// kept the session `connecting` for the two limits one after the other. The clock is
