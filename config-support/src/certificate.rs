@@ -336,6 +336,32 @@ mod tests {
         assert_eq!(end(&[&leaf, &earlier, &as_early]), Some((1, at("2029-01-01T00:00:00Z"))), "the first of a tie");
     }
 
+    /// An intermediate is a CA's certificate, and not self-issued: it is one of those
+    /// whose end can end the chain, as a verifier checks its dates on the way to its root.
+    /// Only self-issued certificates (roots) are passed over, not every CA's.
+    #[test]
+    fn an_intermediate_ca_certificate_that_ends_first_ends_the_chain() {
+        let date = |(y, m, d): (i32, u8, u8)| rcgen::date_time_ymd(y, m, d);
+        let ca = |name: &str, not_after: (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.not_after = date(not_after);
+            (params, rcgen::KeyPair::generate().unwrap())
+        };
+        let (root, root_key) = ca("Example Root", (2040, 1, 1));
+        let root = root.self_signed(&root_key).unwrap();
+        let (intermediate, intermediate_key) = ca("Example Intermediate", (2029, 6, 1));
+        let intermediate = intermediate.signed_by(&intermediate_key, &root, &root_key).unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf.not_after = date((2030, 1, 1));
+        let leaf = leaf.signed_by(&rcgen::KeyPair::generate().unwrap(), &intermediate, &intermediate_key).unwrap();
+        assert_eq!((is_ca(intermediate.der()), is_self_issued(intermediate.der())), (Some(true), Some(false)));
+        let chain = [leaf.der().as_ref(), intermediate.der().as_ref(), root.der().as_ref()];
+        let end = chain_end(chain).map(|(i, v)| (i, v.not_after));
+        assert_eq!(end, Some((1, at("2029-06-01T00:00:00Z"))));
+    }
+
     #[test]
     fn ordinals_read_as_english() {
         let words: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111].map(ordinal).into();
