@@ -746,6 +746,21 @@ mod tests {
         assert!(e.starts_with(&format!("{}: key 'tls.key_file': ", file.display())), "{e}");
     }
 
+    /// A file with a single grant is not summed up as granting nothing: "every consumer
+    /// would be refused" beside a grant would send the operator after a problem the file
+    /// does not have, or teach them to pass over the line when it is true.
+    #[test]
+    fn the_summary_of_a_single_grant_says_it_and_not_that_every_consumer_is_refused() {
+        let one =
+            parse(&format!("{MINIMAL}[[consumer]]\nagreement = \"people\"\nsecret_file = \"people.key\"\n")).unwrap();
+        let summary = one.summary();
+        assert!(
+            summary.contains("  agreement people: consumers may replicate dc=example,dc=com and below\n"),
+            "{summary}"
+        );
+        assert!(!summary.contains("no [[consumer]]"), "{summary}");
+    }
+
     #[test]
     fn example_file() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
