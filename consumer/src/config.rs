@@ -707,6 +707,15 @@ secret_file = "people.key"
         assert!(none.ends_with("  no [[agreement]]: the consumer would replicate nothing\n"), "{none}");
     }
 
+    /// A file with a single agreement is not summed up as replicating nothing: the line
+    /// that says so is for a file without any, where it is the mistake to catch.
+    #[test]
+    fn the_summary_of_a_single_agreement_does_not_say_it_replicates_nothing() {
+        let summary = parse(MINIMAL_AGREEMENT).unwrap().summary();
+        assert!(summary.contains("  agreement people: refresh-and-persist from 127.0.0.1:7389: "), "{summary}");
+        assert!(!summary.contains("no [[agreement]]"), "{summary}");
+    }
+
     #[test]
     fn defaults() {
         let config = parse("").unwrap();
