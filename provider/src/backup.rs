@@ -57,6 +57,16 @@ pub async fn serve<W: AsyncWrite + Unpin>(
     dir: Arc<Directory>,
     dest: String,
 ) -> Result<(), ControlError> {
+    serve_every(writer, dir, dest, PROGRESS_EVERY).await
+}
+
+/// [`serve`], saying how far the copy has come `every` so often.
+async fn serve_every<W: AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    dir: Arc<Directory>,
+    dest: String,
+    every: Duration,
+) -> Result<(), ControlError> {
     if !Path::new(&dest).is_absolute() {
         let refused = format!("backup destination {dest} is not an absolute path; nothing was written");
         return respond(writer, &ControlResponse::Error(refused)).await;
@@ -76,7 +86,7 @@ pub async fn serve<W: AsyncWrite + Unpin>(
         }
     });
     tokio::pin!(job);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             done = &mut job => {
@@ -111,5 +121,109 @@ pub async fn serve<W: AsyncWrite + Unpin>(
                 respond(writer, &ControlResponse::Output(line)).await?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tether_protocol::{codec, frame, Attributes, Dn, Value};
+
+    use super::*;
+
+    /// A directory of the suffix and `n` people.
+    fn directory(path: &Path, n: usize) -> Arc<Directory> {
+        let suffix = Dn::parse("dc=example,dc=com").unwrap();
+        let dir = Directory::open(path, &suffix).unwrap();
+        let mut entries = Vec::new();
+        let mut top = Attributes::new();
+        top.add("objectClass", [Value::from("domain")]).unwrap();
+        top.add("dc", [Value::from("example")]).unwrap();
+        entries.push((suffix, top, None));
+        for i in 0..n {
+            let mut a = Attributes::new();
+            a.add("objectClass", [Value::from("person")]).unwrap();
+            a.add("cn", [Value::from(format!("p{i}").as_str())]).unwrap();
+            a.add("sn", [Value::from("x".repeat(300).as_str())]).unwrap();
+            entries.push((Dn::parse(&format!("cn=p{i},dc=example,dc=com")).unwrap(), a, None));
+        }
+        dir.bulk_add(&entries).unwrap();
+        Arc::new(dir)
+    }
+
+    /// A copy longer than the progress interval says how far it has come while it runs
+    /// (the client waits at most 30 s for each part of an answer, and a million entries
+    /// take longer), then what it made, and ends the answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_copy_says_how_far_it_has_come_then_what_it_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("store"), 20_000);
+        let dest = tmp.path().join("copy").display().to_string();
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn({
+            let dest = dest.clone();
+            async move {
+                let (_reader, mut writer) = frame::split(server);
+                serve_every(&mut writer, dir, dest, Duration::from_millis(20)).await
+            }
+        });
+        let (mut reader, _writer) = frame::split(client);
+        let mut said = Vec::new();
+        while let Some(frame) = reader.read_frame().await.unwrap() {
+            match codec::decode::<ControlResponse>(&frame).unwrap() {
+                ControlResponse::Output(text) => said.push(text),
+                ControlResponse::Done => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        served.await.unwrap().unwrap();
+        let (last, progress) = said.split_last().unwrap();
+        assert!(!progress.is_empty(), "no progress before the result: {said:?}");
+        assert!(
+            progress.iter().all(|p| p.starts_with("copying: ") && p.ends_with("(the directory holds 20001 entries)\n")),
+            "{progress:?}"
+        );
+        assert!(last.starts_with(&format!("backed up the store to {dest}: 20001 entries and ")), "{last}");
+        assert!(Path::new(&dest).join("db").is_file());
+    }
+
+    /// A client gone while the copy runs (the command interrupted, or the provider
+    /// stopping and cutting the connection off) abandons it: nothing is left at the
+    /// destination or beside it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_whose_client_has_gone_is_abandoned_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("store"), 20_000);
+        let dest = tmp.path().join("copy");
+        let (client, server) = tokio::io::duplex(1 << 16);
+        drop(client);
+        let (_reader, mut writer) = frame::split(server);
+        let shown = dest.display().to_string();
+        let served = serve_every(&mut writer, dir.clone(), shown, Duration::from_millis(20)).await;
+        assert!(served.is_err(), "the progress could not be sent");
+        // The copy's thread stops at its next batch and removes what it wrote.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let left = || std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+        while left().len() > 1 {
+            assert!(std::time::Instant::now() < deadline, "left behind: {:?}", left());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(left(), ["store"]);
+        assert!(!dest.exists());
+    }
+
+    /// A destination the process would resolve against its own folder is refused.
+    #[tokio::test]
+    async fn a_relative_destination_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = directory(&tmp.path().join("store"), 1);
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (_reader, mut writer) = frame::split(server);
+        serve(&mut writer, dir, "backups/today".into()).await.unwrap();
+        let (mut reader, _writer) = frame::split(client);
+        let frame = reader.read_frame().await.unwrap().unwrap();
+        let ControlResponse::Error(e) = codec::decode::<ControlResponse>(&frame).unwrap() else { panic!() };
+        assert_eq!(e, "backup destination backups/today is not an absolute path; nothing was written");
     }
 }
