@@ -370,6 +370,13 @@ pub enum ControlResponse {
     /// The request was for another kind of process ([`ControlRequest::For`]); this one
     /// is a `Process` and did nothing. Nothing follows.
     WrongProcess(Process),
+    /// How far a long command has come (`backup`'s copy), said while it runs so that the
+    /// client, which waits at most [`ANSWER_WAIT`] for each part of a reply, knows it is
+    /// alive. Not part of the command's output: the command-line tools print it on
+    /// standard error, so a script reading the output reads the result alone. Added
+    /// last, so every earlier part keeps its encoding; only requests added with it
+    /// (`backup`) are answered with it, which a build that cannot decode it never sends.
+    Progress(String),
 }
 
 /// Why a control exchange failed.
@@ -467,7 +474,7 @@ pub async fn call_at(
         }
     };
     let addressed = ControlRequest::For { to, request: Box::new(request.clone()) };
-    let first = call(stream, &addressed, |text| out.write_all(text.as_bytes())).await;
+    let first = call_with_progress(stream, &addressed, |text| out.write_all(text.as_bytes()), say_progress).await;
     // A process of a build from before addressing (binaries upgraded, the process not
     // restarted yet) cannot read it, and says so before any output (builds before that
     // message close without a word): ask again as such a build did, so every command it
@@ -486,7 +493,9 @@ pub async fn call_at(
     }
     let answered = match older {
         true => match UnixStream::connect(path).await {
-            Ok(stream) => call(stream, request, |text| out.write_all(text.as_bytes())).await,
+            Ok(stream) => {
+                call_with_progress(stream, request, |text| out.write_all(text.as_bytes()), say_progress).await
+            }
             // Gone meanwhile (it was shutting down): what the first answer said.
             Err(_) => first,
         },
@@ -500,6 +509,14 @@ pub async fn call_at(
     })?;
     out.flush().map_err(ControlError::Output)?;
     Ok(true)
+}
+
+/// Prints a long command's progress on standard error. A failure to is not the
+/// command's: the progress only says it is alive.
+fn say_progress(text: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
 }
 
 /// Why a command may not connect to `path`, when the refusal is the kernel's (a bare
@@ -951,11 +968,28 @@ fn answer_wait(request: &ControlRequest) -> Duration {
 /// Sends `request` and passes each output chunk to `on_output` until the reply ends, or
 /// until `on_output` fails ([`ControlError::Output`]: the connection is dropped then).
 /// A process silent for longer than [`ANSWER_WAIT`] (and a `wait`'s own timeout) ends
-/// it with [`ControlError::NoAnswer`].
-pub async fn call<S, F>(stream: S, request: &ControlRequest, mut on_output: F) -> Result<(), ControlError>
+/// it with [`ControlError::NoAnswer`]. Progress ([`ControlResponse::Progress`]) is
+/// passed over: see [`call_with_progress`].
+pub async fn call<S, F>(stream: S, request: &ControlRequest, on_output: F) -> Result<(), ControlError>
 where
     S: AsyncRead + AsyncWrite,
     F: FnMut(&str) -> std::io::Result<()>,
+{
+    call_with_progress(stream, request, on_output, |_| {}).await
+}
+
+/// [`call`], passing each line of progress the process says while it works to
+/// `on_progress`.
+pub async fn call_with_progress<S, F, P>(
+    stream: S,
+    request: &ControlRequest,
+    mut on_output: F,
+    mut on_progress: P,
+) -> Result<(), ControlError>
+where
+    S: AsyncRead + AsyncWrite,
+    F: FnMut(&str) -> std::io::Result<()>,
+    P: FnMut(&str),
 {
     let limit = answer_wait(request);
     let (mut reader, mut writer) = crate::frame::split(stream);
@@ -980,6 +1014,7 @@ where
         answered = true;
         match codec::decode::<ControlResponse>(&frame)? {
             ControlResponse::Output(text) => on_output(&text).map_err(ControlError::Output)?,
+            ControlResponse::Progress(text) => on_progress(&text),
             ControlResponse::Done => return Ok(()),
             ControlResponse::Error(message) => return Err(ControlError::Remote(message)),
             ControlResponse::WrongProcess(is) => {
@@ -1913,6 +1948,50 @@ mod tests {
         serve.await.unwrap();
         assert!(matches!(refused, ControlError::Unanswered), "{refused}");
         assert!(refused.to_string().contains("runs an older build than this command"), "{refused}");
+    }
+
+    /// A long command's progress is not its output: the client hands it apart (the
+    /// command-line tools print it on standard error, so a script reading a backup's
+    /// output reads its result alone), in order with the output around it, and a client
+    /// that does not ask for it passes over it.
+    #[tokio::test]
+    async fn progress_is_handed_apart_from_the_output() {
+        let serve = |server: tokio::io::DuplexStream| async move {
+            let (mut reader, mut writer) = crate::frame::split(server);
+            reader.read_frame().await.unwrap();
+            respond(&mut writer, &ControlResponse::Progress("copying: 10 keys so far\n".into())).await.unwrap();
+            respond(&mut writer, &ControlResponse::Output("made\n".into())).await.unwrap();
+            respond(&mut writer, &ControlResponse::Progress("copying: 20 keys so far\n".into())).await.unwrap();
+            respond_done(&mut writer, "csn 7\n").await.unwrap();
+        };
+        let request = ControlRequest::Backup { dest: "/var/backups/tether".into() };
+        let (client, server) = tokio::io::duplex(1 << 10);
+        let served = tokio::spawn(serve(server));
+        let said = std::cell::RefCell::new(Vec::new());
+        let on_output = |t: &str| {
+            said.borrow_mut().push(format!("out {t}"));
+            Ok(())
+        };
+        call_with_progress(client, &request, on_output, |t| said.borrow_mut().push(format!("progress {t}")))
+            .await
+            .unwrap();
+        served.await.unwrap();
+        assert_eq!(
+            said.into_inner(),
+            ["progress copying: 10 keys so far\n", "out made\n", "progress copying: 20 keys so far\n", "out csn 7\n"]
+        );
+
+        let (client, server) = tokio::io::duplex(1 << 10);
+        let served = tokio::spawn(serve(server));
+        let mut out = String::new();
+        call(client, &request, |t| {
+            out.push_str(t);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        served.await.unwrap();
+        assert_eq!(out, "made\ncsn 7\n");
     }
 
     /// Asks `status` on `client`, whose process (`serve`) sends a page "dn: a" and cuts

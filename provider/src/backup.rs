@@ -20,7 +20,7 @@ use tether_store::{BackupProgress, BackupReport, Directory, StoreError};
 use tokio::io::AsyncWrite;
 
 /// How often a copy under way says how far it has come (well inside the client's wait).
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What `backup` prints once the copy at `dest` is made.
 pub fn said(report: &BackupReport, dest: &str) -> String {
@@ -38,7 +38,29 @@ pub fn said(report: &BackupReport, dest: &str) -> String {
         report.caught_up_held,
         report.writes_held.as_secs_f64() * 1000.0,
         report.csn,
-    )
+    ) + &removed_said(&report.removed_leftovers)
+}
+
+/// What `backup` says of the copies that earlier backups' dead processes left beside
+/// the destination and this one removed: nothing when there were none.
+fn removed_said(removed: &[std::path::PathBuf]) -> String {
+    match removed {
+        [] => String::new(),
+        removed => format!(
+            "removed {} left beside it by a backup whose process died (killed, or the machine down): {}\n",
+            match removed.len() {
+                1 => "the copy".to_owned(),
+                n => format!("{n} copies"),
+            },
+            removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// What a copy under way says of how far it has come: a line for standard error, apart
+/// from the result a script reads.
+pub fn progress_said(p: &BackupProgress) -> String {
+    format!("copying: {} keys so far (the directory holds {} entries)\n", p.keys, p.entries)
 }
 
 /// Sets its flag when dropped: the copy's thread then abandons it.
@@ -117,8 +139,7 @@ async fn serve_every<W: AsyncWrite + Unpin>(
             }
             _ = tick.tick() => {
                 let Some(p) = *seen.borrow_and_update() else { continue };
-                let line = format!("copying: {} keys so far (the directory holds {} entries)\n", p.keys, p.entries);
-                respond(writer, &ControlResponse::Output(line)).await?;
+                respond(writer, &ControlResponse::Progress(progress_said(&p))).await?;
             }
         }
     }
@@ -154,7 +175,8 @@ mod tests {
 
     /// A copy longer than the progress interval says how far it has come while it runs
     /// (the client waits at most 30 s for each part of an answer, and a million entries
-    /// take longer), then what it made, and ends the answer.
+    /// take longer), as progress, apart from the output, then what it made, and ends the
+    /// answer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_copy_says_how_far_it_has_come_then_what_it_made() {
         let tmp = tempfile::tempdir().unwrap();
@@ -169,17 +191,18 @@ mod tests {
             }
         });
         let (mut reader, _writer) = frame::split(client);
-        let mut said = Vec::new();
+        let (mut said, mut progress) = (Vec::new(), Vec::new());
         while let Some(frame) = reader.read_frame().await.unwrap() {
             match codec::decode::<ControlResponse>(&frame).unwrap() {
+                ControlResponse::Progress(text) => progress.push(text),
                 ControlResponse::Output(text) => said.push(text),
                 ControlResponse::Done => break,
                 other => panic!("{other:?}"),
             }
         }
         served.await.unwrap().unwrap();
-        let (last, progress) = said.split_last().unwrap();
-        assert!(!progress.is_empty(), "no progress before the result: {said:?}");
+        let [last] = &said[..] else { panic!("the result alone is output: {said:?}") };
+        assert!(!progress.is_empty(), "no progress before the result");
         assert!(
             progress.iter().all(|p| p.starts_with("copying: ") && p.ends_with("(the directory holds 20001 entries)\n")),
             "{progress:?}"

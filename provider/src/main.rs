@@ -285,14 +285,15 @@ fn not_running(config: &ProviderConfig) -> anyhow::Error {
 /// How often a long `load` says how far it is.
 const LOAD_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// The signals that stop a load, taken before the load opens (and perhaps makes) its
-/// store: taken by the task that waits for them, they were not yet when a load began,
-/// and a SIGINT then killed the process the default way, leaving the new store a
-/// stopped load removes. `None` if they cannot be taken (the default action then).
-type LoadSignals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+/// The signals that stop a long offline command (`load`, `backup`), taken before it
+/// opens (and perhaps makes) what it writes: taken by the task that waits for them, they
+/// were not yet when a load began, and a SIGINT then killed the process the default
+/// way, leaving the new store a stopped load removes. `None` if they cannot be taken
+/// (the default action then).
+type StopSignals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal);
 
-/// Takes the signals that stop a load ([`LoadSignals`]).
-fn load_signals() -> Option<LoadSignals> {
+/// Takes the signals that stop a long command ([`StopSignals`]).
+fn stop_signals() -> Option<StopSignals> {
     use tokio::signal::unix::{signal, SignalKind};
     match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
         (Ok(int), Ok(term), Ok(hup)) => Some((int, term, hup)),
@@ -300,21 +301,49 @@ fn load_signals() -> Option<LoadSignals> {
     }
 }
 
-/// SIGINT, SIGTERM or SIGHUP during `load`: the first stops it once the batch being
-/// written is in the store (the error then says how many entries that is and how to
-/// finish), a second at once. Killed at once, it said nothing and left part of the file
-/// loaded. SIGHUP is a terminal closed or an SSH session dropped under a long load.
-async fn stop_load_on_signal(signals: Option<LoadSignals>, stop: Arc<AtomicBool>) {
+/// SIGINT, SIGTERM or SIGHUP during a long command: the first sets `stop`, which the
+/// command reads between batches, saying `first` after the signal's name; a second ends
+/// the process at once, saying `second`. SIGHUP is a terminal closed or an SSH session
+/// dropped under it.
+async fn stop_on_signal(signals: Option<StopSignals>, stop: Arc<AtomicBool>, first: &str, second: &str) {
     let Some((mut int, mut term, mut hup)) = signals else { return };
     let mut next = async || {
         tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM", _ = hup.recv() => "SIGHUP" }
     };
-    let first = next().await;
-    tether_config::say!("{first}: stopping (a batch being written is finished first; again to stop at once)");
+    let signal = next().await;
+    tether_config::say!("{signal}: {first}");
     stop.store(true, Ordering::SeqCst);
-    let second = next().await;
-    tether_config::say!("{second}: stopped; the entries of batches written before are in the store");
+    let signal = next().await;
+    tether_config::say!("{signal}: {second}");
     shell::exit_now(130);
+}
+
+/// [`stop_on_signal`] for `load`: the first signal stops it once the batch being
+/// written is in the store (the error then says how many entries that is and how to
+/// finish), a second at once. Killed at once, it said nothing and left part of the file
+/// loaded.
+async fn stop_load_on_signal(signals: Option<StopSignals>, stop: Arc<AtomicBool>) {
+    stop_on_signal(
+        signals,
+        stop,
+        "stopping (a batch being written is finished first; again to stop at once)",
+        "stopped; the entries of batches written before are in the store",
+    )
+    .await
+}
+
+/// [`stop_on_signal`] for an offline `backup`: the first signal abandons the copy,
+/// whose files are removed (killed the default way, it left them beside the
+/// destination); a second ends the process at once, leaving them for the next backup
+/// to the destination to remove.
+async fn stop_backup_on_signal(signals: Option<StopSignals>, stop: Arc<AtomicBool>) {
+    stop_on_signal(
+        signals,
+        stop,
+        "stopping the copy (its files are removed first; again to stop at once)",
+        "stopped; the next backup to the same destination removes the copy's files",
+    )
+    .await
 }
 
 /// The topmost of `data_dir` and the folders above it that does not exist yet: what a
@@ -365,7 +394,7 @@ async fn run(cli: Cli) -> Result<()> {
             let input = Input::open(&file)?;
             // After standard input is copied (a SIGINT must still end a `load -` waiting
             // on a terminal), before the store is opened.
-            let signals = load_signals();
+            let signals = stop_signals();
             let (fresh, made) = (!tether_store::store_exists(&config.data_dir), first_missing(&config.data_dir));
             let dir = open_offline(&config, Offline::Load)?;
             let existing = if skip_existing { load::Existing::Skip } else { load::Existing::Refuse };
@@ -544,7 +573,31 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let Some(dir) = offline_or_answered(&config, &request).await? else { return Ok(()) };
-            let report = dir.backup(&dest, &mut |_| true).map_err(|e| match e {
+            // Taken only now: while the running provider copied, a signal ended the
+            // command the default way, and the provider abandoned the copy it no longer
+            // had a client for.
+            let stop = Arc::new(AtomicBool::new(false));
+            let _signals = tokio::spawn(stop_backup_on_signal(stop_signals(), stop.clone()));
+            let copying = tokio::task::spawn_blocking({
+                let (dest, stop) = (dest.clone(), stop.clone());
+                move || {
+                    // Stopped, the provider is not there to say how far its copy has
+                    // come: the command says it itself, as the provider's answer would.
+                    let mut said = Instant::now();
+                    let mut watch = |p: tether_store::BackupProgress| {
+                        if said.elapsed() >= tether_provider::backup::PROGRESS_EVERY {
+                            tether_config::say!("{}", tether_provider::backup::progress_said(&p).trim_end());
+                            said = Instant::now();
+                        }
+                        !stop.load(Ordering::SeqCst)
+                    };
+                    dir.backup(&dest, &mut watch)
+                }
+            });
+            let report = copying.await.context("the copy's thread")?.map_err(|e| match e {
+                tether_store::StoreError::Abandoned if stop.load(Ordering::SeqCst) => {
+                    anyhow::anyhow!("the backup was stopped by a signal; nothing was made at {shown}")
+                }
                 e @ tether_store::StoreError::BackupDestination { .. } => anyhow::Error::new(e),
                 e => anyhow::Error::new(e).context(format!("backing up the store to {shown}")),
             })?;

@@ -602,6 +602,14 @@ impl Provider {
         c.args(args).output().with_context(|| format!("running {c:?}"))
     }
 
+    /// `sub -c CONFIG args...` started, its output piped: a command a test signals or
+    /// kills while it runs.
+    pub fn spawn_command(&self, sub: &str, args: &[&str]) -> Result<Child> {
+        let mut c = self.cmd(sub)?;
+        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().with_context(|| format!("starting {c:?}"))
+    }
+
     /// Rewrites the config with `opts` (same port and folders).
     pub fn reconfigure(&mut self, opts: &ProviderOptions) -> Result<()> {
         let port = self.port;

@@ -35,6 +35,8 @@ use tether_protocol::{Csn, EntryHead, EntryUuid, HistoryId};
 use super::{names, Directory};
 use crate::error::{Result, StoreError};
 
+mod leftovers;
+
 /// Keys copied between two calls of the caller's watch.
 const WATCH_EVERY: usize = 2_000;
 
@@ -72,6 +74,9 @@ pub struct BackupReport {
     pub caught_up_held: u64,
     /// How long writes waited for the copy's last step.
     pub writes_held: Duration,
+    /// Copies of earlier backups to the destination that their process left when it
+    /// died, removed (see `leftovers`).
+    pub removed_leftovers: Vec<PathBuf>,
 }
 
 /// How far the first step of a backup has come, for the caller's watch.
@@ -101,10 +106,10 @@ impl Directory {
         watch: &mut dyn FnMut(BackupProgress) -> bool,
         between: impl FnOnce(),
     ) -> Result<BackupReport> {
-        let partial = prepare(dest)?;
+        let (partial, removed_leftovers) = prepare(dest)?;
         let copied = self.copy_into(&partial, watch, between).and_then(|report| {
             put_in_place(&partial, dest)?;
-            Ok(report)
+            Ok(BackupReport { removed_leftovers, ..report })
         });
         if copied.is_err() {
             if let Err(e) = std::fs::remove_dir_all(&partial) {
@@ -165,6 +170,7 @@ impl Directory {
             caught_up: caught_up + caught_up_held,
             caught_up_held,
             writes_held,
+            removed_leftovers: Vec::new(),
         };
 
         let held_entries = copy.open_tree(names::ENTRIES)?.len() as u64;
@@ -311,8 +317,9 @@ fn copy_range(
 /// the copy is written in beside it, `DEST.partial.<pid>-<nanoseconds>` (mode 0700: it
 /// holds every entry, `userPassword` values too), renamed to `dest` once the copy is
 /// whole: a copy cut off (the process killed, the machine down) is then never found at
-/// `dest`, looking like a store.
-fn prepare(dest: &Path) -> Result<PathBuf> {
+/// `dest`, looking like a store. Removes the copies of earlier backups to `dest` whose
+/// process died meanwhile, returning them with the folder.
+fn prepare(dest: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     let refused = |reason: String| StoreError::BackupDestination { path: dest.display().to_string(), reason };
     match std::fs::symlink_metadata(dest) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -326,13 +333,14 @@ fn prepare(dest: &Path) -> Result<PathBuf> {
     }
     let Some(name) = dest.file_name() else { return Err(refused("names no folder".to_owned())) };
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    let partial = dest.with_file_name(format!("{}.partial.{}-{nanos}", name.to_string_lossy(), std::process::id()));
+    let partial = dest.with_file_name(leftovers::partial_name(&name.to_string_lossy(), std::process::id(), nanos));
+    let removed = leftovers::remove_dead(dest);
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&partial)
         .map_err(|e| refused(format!("cannot be written beside: making {}: {e}", partial.display())))?;
-    Ok(partial)
+    Ok((partial, removed))
 }
 
 /// Puts the whole copy at `partial` in place as `dest`, durably.
