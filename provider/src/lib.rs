@@ -28,7 +28,8 @@
 //!   as it comes to expire.
 //! - [`control`], [`status`]: the operator's view; [`metrics`]: `status` as the page
 //!   the metrics endpoint (`metrics_listen`) serves to Prometheus; [`backup`]: the store
-//!   copied while the provider runs, through the control socket.
+//!   copied while the provider runs, through the control socket; [`verify`]: what
+//!   the check of a stopped store or a backup's copy says.
 //! - [`daemon`]: the `serve` process and its shutdown.
 //! - [`load`], [`client`]: offline bulk load; `write` and control-socket clients.
 //! - [`input`]: the LDIF they read, from a file or standard input.
@@ -53,4 +54,5 @@ pub mod status;
 pub mod throttle;
 pub mod tls;
 pub mod validity;
+pub mod verify;
 pub mod writes;

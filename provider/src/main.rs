@@ -136,6 +136,21 @@ enum Command {
         /// The folder to make the copy in.
         dest: PathBuf,
     },
+    /// Check that a stopped provider's store, or a backup's copy, is whole.
+    ///
+    /// Reads every record: each entry stored under its own name, below the suffix and
+    /// its parent, in the UUID index, as of its last change in the changelog, and the
+    /// entry count. Run it on a backup before trusting it. Exit status 1 lists what is
+    /// wrong. A running provider's store is not checked (it changes under the check):
+    /// back it up and check the copy.
+    Verify {
+        /// Configuration file (its suffix and cache size; its data_dir unless --store).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The store to check instead of the data_dir: a backup's copy.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Check a configuration file as a start would, without starting anything.
     ///
     /// Reads the file and every file it names (each secret, the TLS certificate and
@@ -265,6 +280,31 @@ async fn offline_or_answered(config: &ProviderConfig, request: &ControlRequest) 
         }
         opened => opened.map(Some),
     }
+}
+
+/// The store at `path` (a backup's copy), opened for `verify` as the configuration's
+/// store would be, as its owner when root runs the command. A folder holding no store
+/// is refused, not made into an empty one.
+fn open_to_verify(config: &ProviderConfig, path: &Path) -> Result<(Directory, PathBuf)> {
+    let path = std::path::absolute(path).with_context(|| format!("store {}", path.display()))?;
+    if !tether_store::store_exists(&path) {
+        bail!("{} holds no store (no sled `conf` and `db` there): nothing was checked", path.display());
+    }
+    if let Some(code) = shell::as_store_owner(&path)? {
+        shell::exit_now(code);
+    }
+    let options = tether_store::StoreOptions { cache_bytes: config.cache_size, lock_wait: shell::COMMAND_LOCK_WAIT };
+    let dir = Directory::open_with(&path, &config.suffix, &options).map_err(|e| {
+        let hint = match &e {
+            tether_store::StoreError::Locked(_) => {
+                " (a process holds it: a provider running on it, a `load` or another command; a running provider's \
+                 store is checked through a backup of it)"
+            }
+            _ => e.open_hint(),
+        };
+        anyhow::Error::new(e).context(format!("opening store {}{hint}", path.display()))
+    })?;
+    Ok((dir, path))
 }
 
 /// Whether opening the store failed because a running provider (or a `load`) holds it.
@@ -602,6 +642,38 @@ async fn run(cli: Cli) -> Result<()> {
                 e => anyhow::Error::new(e).context(format!("backing up the store to {shown}")),
             })?;
             Stdout::print(&tether_provider::backup::said(&report, &shown)).context("writing to standard output")
+        }
+        Command::Verify { config, store } => {
+            let config = ProviderConfig::load(&config)?;
+            // The data_dir named by another path is the data_dir, running or not.
+            let same = |path: &PathBuf| matches!((std::fs::canonicalize(path), std::fs::canonicalize(&config.data_dir)), (Ok(a), Ok(b)) if a == b);
+            let dir = match store.filter(|path| !same(path)) {
+                Some(path) => open_to_verify(&config, &path)?,
+                None if shell::answers(&config.control) => bail!(
+                    "the provider is running (it answers on {}): its store changes under a check; check a copy of \
+                     it (`tether-provider backup -c {} DEST`, then `tether-provider verify -c {} --store DEST`), or \
+                     stop it first",
+                    config.control.display(),
+                    config.file.display(),
+                    config.file.display()
+                ),
+                None => (open_offline(&config, Offline::Read)?, config.data_dir.clone()),
+            };
+            let (dir, path) = dir;
+            let shown = path.display().to_string();
+            let mut said = Instant::now();
+            let found = dir
+                .verify(&mut |read| {
+                    if said.elapsed() >= tether_provider::backup::PROGRESS_EVERY {
+                        tether_config::say!("checking: {read} records read so far");
+                        said = Instant::now();
+                    }
+                })
+                .with_context(|| format!("reading the store at {shown}"))?;
+            match tether_provider::verify::said(&found, &shown) {
+                Ok(sound) => Stdout::print(&sound).context("writing to standard output"),
+                Err(problems) => Err(anyhow::Error::msg(problems)),
+            }
         }
         Command::Check { config } => {
             let config = ProviderConfig::load(&config)?;

@@ -300,6 +300,7 @@ fn a_consumer_gone_for_good_is_forgotten_whether_the_provider_runs_or_not() -> R
 /// writes it does not hold, is the directory as it was at the copy, and a consumer that
 /// had replicated no further resumes from it by delta, where an LDIF backup would have
 /// reloaded it in full. A destination in use, or inside the store's folder, is refused.
+/// `verify` finds the copy, and the stopped store, sound.
 #[test]
 fn a_backup_made_while_the_provider_runs_restores_the_directory_and_its_consumers_resume_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -321,6 +322,23 @@ fn a_backup_made_while_the_provider_runs_restores_the_directory_and_its_consumer
     wait_converged(&p, &c, "people", PEOPLE)?;
     assert!(c.stop()?.success());
 
+    // The copy checks whole; the running store is not checked under its writes.
+    let checked = p.command_output("verify", &["--store", &shown])?;
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    let sound = format!("the store at {shown} is sound: {entries} entries and ");
+    assert!(text(&checked.stdout).starts_with(&sound), "{}", text(&checked.stdout));
+    let running = p.command_output("verify", &[])?;
+    assert_eq!(running.status.code(), Some(1));
+    let refused = text(&running.stderr);
+    assert!(refused.contains("the provider is running (it answers on "), "{refused}");
+    assert!(refused.contains("check a copy of it (`tether-provider backup -c "), "{refused}");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty)?;
+    let none = p.command_output("verify", &["--store", &empty.display().to_string()])?;
+    assert_eq!(none.status.code(), Some(1));
+    assert!(text(&none.stderr).contains("holds no store"), "{}", text(&none.stderr));
+    assert_eq!(std::fs::read_dir(&empty)?.count(), 0, "nothing made there");
+
     let again = p.command_output("backup", &[&shown])?;
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("is not empty"), "{}", text(&again.stderr));
@@ -336,6 +354,9 @@ fn a_backup_made_while_the_provider_runs_restores_the_directory_and_its_consumer
     let offline = tmp.path().join("offline");
     let made = p.command_output("backup", &[&offline.display().to_string()])?;
     assert!(made.status.success(), "a stopped provider's store: {}", text(&made.stderr));
+    let checked = p.command_output("verify", &[])?;
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    assert!(text(&checked.stdout).contains(" is sound: "), "{}", text(&checked.stdout));
     p.restore_store(&backup)?;
     p.start()?;
     assert_eq!(p.search(SUFFIX, "subtree", ALL)?, directory, "the directory as it was at the copy");

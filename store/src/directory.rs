@@ -35,8 +35,10 @@ use crate::record::{decode, encode, now_ms, u64_from};
 use crate::rules::{self, Planned};
 
 mod backup;
+mod verify;
 
 pub use backup::{BackupProgress, BackupReport};
+pub use verify::Verified;
 
 /// Tree and key names; part of the on-disk format.
 mod names {

@@ -27,8 +27,9 @@
 //!   a copy of the store past the point it was restored from is reloaded, not resumed.
 //! - `ownership` (private): files root's commands write into another user's store,
 //!   given back to that user at every open, so the service can still open it.
-//! - [`directory`]: the provider's store, and its copy made while it runs (a backup,
-//!   `directory/backup.rs`).
+//! - [`directory`]: the provider's store, its copy made while it runs (a backup,
+//!   `directory/backup.rs`), and the check that a stopped store's or a copy's trees
+//!   agree (`directory/verify.rs`).
 //! - [`replica`]: the consumer's per-agreement replicas and shadow reloads (the shadow
 //!   a reload fills, [`Shadow`], in a module of its own, `replica/shadow.rs`).
 //! - [`reshapes`]: which entries of a replica were added, removed or renamed while a
@@ -67,7 +68,7 @@ mod test_changes;
 pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy, TrimReport};
 pub use directory::{
     store_exists, BackupProgress, BackupReport, Committed, ConsumerPosition, Directory, StoreOptions, UnfinishedLoad,
-    DEFAULT_CACHE_BYTES,
+    Verified, DEFAULT_CACHE_BYTES,
 };
 pub use entry_set::{EntrySet, Located, NoSuchBase, Spelling};
 pub use error::{Refusal, Result, StoreError};

@@ -73,7 +73,7 @@ pub enum Kind {
     /// them must reload while the others resume. Every other backup (the first, the
     /// third, ...) is made while the provider runs and the writer writes, by
     /// `tether-provider backup`; the others stop the provider, copy its folder and
-    /// start it again.
+    /// start it again. Each copy is checked with `tether-provider verify` first.
     RestoreProvider,
     /// SIGSTOP the provider for 0.5 to 6 s, then SIGCONT: a frozen VM, a debugger, a
     /// `^Z`. Its sockets stay open and silent, and its clocks jump on waking.
@@ -425,6 +425,14 @@ impl<'a> Nemesis<'a> {
                     start_provider(&mut p.provider)?;
                     copied?;
                 }
+                // Whichever way it was made, the copy's trees agree with each other.
+                let checked = p.provider.command_output("verify", &["--store", &backup.display().to_string()])?;
+                ensure!(
+                    checked.status.success(),
+                    "tether-provider verify of the backup failed ({}): {}",
+                    checked.status,
+                    String::from_utf8_lossy(&checked.stderr)
+                );
                 drop(p);
                 self.later(2000, 10_000, Heal::Restore);
                 Ok(())

@@ -554,6 +554,11 @@ mod tests {
         assert!(held == expected, "the copy is the store at csn {}", report.csn);
         assert_eq!(copy.newest_committed(), report.csn);
         assert_eq!(copy.entry_count().unwrap(), report.entries);
+        // Its trees agree with each other: the changelog's records with the entries
+        // they name, the index with the entries.
+        let found = copy.verify(&mut |_| {}).unwrap();
+        assert!(found.is_sound(), "{:?}", found.problems);
+        assert_eq!(found.changelog, copy.changelog().records(Csn::ZERO, report.csn).count() as u64);
     }
 
     /// A destination that is a file or a folder with something in it is refused, naming
