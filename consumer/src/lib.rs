@@ -32,6 +32,7 @@
 //! - [`executor`], [`transport`]: where blocking store calls run and how a session
 //!   connects; production gives each session a store thread of its own and uses TCP,
 //!   the deterministic simulation swaps in inline execution and turmoil's network.
+//! - [`verify`]: what the check of a stopped consumer's replicas says.
 //! - [`failpoint`]: test hooks that make apply panic or fail inside a real process.
 
 pub mod config;
@@ -50,3 +51,4 @@ pub mod supervision;
 pub mod supervisor;
 pub mod tls;
 pub mod transport;
+pub mod verify;

@@ -95,6 +95,19 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Check that a stopped consumer's replicas are whole.
+    ///
+    /// Reads every entry of every replica: each stored under its own name, in the UUID
+    /// index, and the entry count. Exit status 1 lists what is wrong. A running
+    /// consumer's store is not checked (it changes under the check): stop it first.
+    Verify {
+        /// Configuration file (its cache size; its data_dir unless --store).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The store to check instead of the data_dir: a copy of a consumer's.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Wait until an agreement's replica has a change on disk: give the CSN a provider
     /// write acknowledged; prints the durable CSN (read your writes across replicas).
     /// With --visible, until its searches return it (it may not be on disk yet).
@@ -387,6 +400,42 @@ async fn run(cli: Cli) -> Result<()> {
                 return Err(not_running(&config));
             }
             Ok(())
+        }
+        Command::Verify { config, store } => {
+            let mut config = ConsumerConfig::load(&config)?;
+            // The data_dir named by another path is the data_dir, running or not.
+            let same = |path: &PathBuf| matches!((std::fs::canonicalize(path), std::fs::canonicalize(&config.data_dir)), (Ok(a), Ok(b)) if a == b);
+            match store.filter(|path| !same(path)) {
+                Some(path) => {
+                    let path = std::path::absolute(&path).with_context(|| format!("store {}", path.display()))?;
+                    if !tether_store::store_exists(&path) {
+                        bail!("{} holds no store (no sled `conf` and `db` there): nothing was checked", path.display());
+                    }
+                    // Opened as the configuration's store would be.
+                    config.data_dir = path;
+                }
+                None if shell::answers(&config.control) => bail!(
+                    "the consumer is running (it answers on {}): its replicas change under a check; stop it first \
+                     (`systemctl stop`, or SIGTERM and wait for it to exit)",
+                    config.control.display()
+                ),
+                None => {}
+            }
+            let store = open_offline(&config, Offline::Read)?;
+            let shown = config.data_dir.display().to_string();
+            let mut said = std::time::Instant::now();
+            let found = store
+                .verify(&mut |read| {
+                    if said.elapsed() >= std::time::Duration::from_secs(5) {
+                        tether_config::say!("checking: {read} records read so far");
+                        said = std::time::Instant::now();
+                    }
+                })
+                .with_context(|| format!("reading the store at {shown}"))?;
+            match tether_consumer::verify::said(&found, &shown) {
+                Ok(sound) => Stdout::print(&sound).context("writing to standard output"),
+                Err(problems) => Err(anyhow::Error::msg(problems)),
+            }
         }
         Command::Check { config } => {
             let config = ConsumerConfig::load(&config)?;

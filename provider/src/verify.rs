@@ -10,42 +10,35 @@ use tether_store::Verified;
 /// with the problems of one that is not.
 pub fn said(found: &Verified, path: &str) -> Result<String, String> {
     let read = format!("{} entries and {} changelog records, up to csn {}", found.entries, found.changelog, found.csn);
-    if found.is_sound() {
+    if found.problems.is_empty() {
         return Ok(format!(
             "the store at {path} is sound: {read}; every entry is stored under its own name, below its parent, in \
              the UUID index and as of its last change in the changelog, and the entry count is right\n"
         ));
     }
-    let count = found.problems.len() as u64 + found.more_problems;
-    let mut text = format!(
+    let count = found.problems.count();
+    Err(format!(
         "the store at {path} is not sound: {count} problem{} in {read} (sled read every record: its files are \
          whole, but its trees disagree, which no write leaves; restore another backup, or rebuild it from a \
-         consumer's replica: see Backup and restore in docs/operations.md)",
-        if count == 1 { "" } else { "s" }
-    );
-    for problem in &found.problems {
-        text.push_str("\n  - ");
-        text.push_str(problem);
-    }
-    if found.more_problems > 0 {
-        text.push_str(&format!("\n  and {} more", found.more_problems));
-    }
-    Err(text)
+         consumer's replica: see Backup and restore in docs/operations.md){}",
+        if count == 1 { "" } else { "s" },
+        found.problems
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use tether_protocol::Csn;
+    use tether_store::Problems;
 
     use super::*;
 
-    fn found(problems: &[&str], more_problems: u64) -> Verified {
+    fn found(problems: &[&str], more: u64) -> Verified {
         Verified {
             entries: 3,
             changelog: 2,
             csn: Csn(9),
-            problems: problems.iter().map(|p| (*p).to_owned()).collect(),
-            more_problems,
+            problems: Problems { said: problems.iter().map(|p| (*p).to_owned()).collect(), more },
         }
     }
 

@@ -300,7 +300,7 @@ fn a_consumer_gone_for_good_is_forgotten_whether_the_provider_runs_or_not() -> R
 /// writes it does not hold, is the directory as it was at the copy, and a consumer that
 /// had replicated no further resumes from it by delta, where an LDIF backup would have
 /// reloaded it in full. A destination in use, or inside the store's folder, is refused.
-/// `verify` finds the copy, and the stopped store, sound.
+/// `verify` finds the copy, the stopped store and the consumer's replica sound.
 #[test]
 fn a_backup_made_while_the_provider_runs_restores_the_directory_and_its_consumers_resume_by_delta() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -320,7 +320,16 @@ fn a_backup_made_while_the_provider_runs_restores_the_directory_and_its_consumer
     assert!(said.contains(&format!("every change up to csn {csn} of history ")), "{said}");
     let directory = p.search(SUFFIX, "subtree", ALL)?;
     wait_converged(&p, &c, "people", PEOPLE)?;
+    let running = c.command_output("verify", &[])?;
+    assert_eq!(running.status.code(), Some(1));
+    assert!(text(&running.stderr).contains("the consumer is running (it answers on "), "{}", text(&running.stderr));
     assert!(c.stop()?.success());
+    // The consumer's replica checks whole too.
+    let replica = c.command_output("verify", &[])?;
+    assert!(replica.status.success(), "{}", text(&replica.stderr));
+    let held = c.search("people", PEOPLE, "subtree", ALL)?.lines().filter(|l| l.starts_with("dn: ")).count();
+    let said = text(&replica.stdout);
+    assert!(said.contains(&format!("\npeople: sound, {held} entries, as of csn ")), "{said}");
 
     // The copy checks whole; the running store is not checked under its writes.
     let checked = p.command_output("verify", &["--store", &shown])?;

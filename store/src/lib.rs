@@ -46,6 +46,7 @@
 //! running process through its control socket instead.
 
 pub mod changelog;
+mod consistency;
 pub mod directory;
 pub mod durability;
 pub mod entry_set;
@@ -66,6 +67,7 @@ mod rules;
 mod test_changes;
 
 pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy, TrimReport};
+pub use consistency::Problems;
 pub use directory::{
     store_exists, BackupProgress, BackupReport, Committed, ConsumerPosition, Directory, StoreOptions, UnfinishedLoad,
     Verified, DEFAULT_CACHE_BYTES,
@@ -76,8 +78,8 @@ pub use failure::{FailureLatch, StoreFailure, INSTANCE_MARK};
 pub use feed::FedChange;
 pub use pins::Pin;
 pub use replica::{
-    ApplyStats, EntryForm, Incoming, IncomingOp, RegionAdopted, Replica, ReplicaState, ReplicaStore, Shadow,
-    ShadowProgress,
+    ApplyStats, EntryForm, Incoming, IncomingOp, RegionAdopted, Replica, ReplicaState, ReplicaStore, ReplicaVerified,
+    Shadow, ShadowProgress,
 };
 pub use reshapes::{ReshapeWatch, ReshapedSince, Reshapes};
 pub use rules::refused_anywhere;

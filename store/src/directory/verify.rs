@@ -1,13 +1,9 @@
 //! A check of a stopped store, or of a backup's copy, that its trees agree with each
 //! other: what an operator runs before trusting a copy to restore from.
 //!
-//! sled checksums its pages, so damage on disk is found by reading them (every record
-//! is read here); what sled cannot see is trees that disagree, which no single write
-//! can leave (each is one transaction) but a copy made wrong, or a bug, could. The
-//! checks:
-//! - every entry decodes, is stored under its own DN's key, lies under the suffix, has
-//!   its parent (the directory is a tree), and is no newer than the store's last CSN;
-//! - the UUID index maps each entry's UUID to the entry's key, and holds nothing else;
+//! Besides what every entry set is held to (`consistency`):
+//! - every entry lies under the suffix, has its parent (the directory is a tree), and
+//!   is no newer than the store's last CSN;
 //! - the kept entry count is the number of entries;
 //! - every changelog record decodes, is stored under its CSN, no newer than the last
 //!   CSN; and for each entry the changelog names, its newest record agrees with the
@@ -18,18 +14,13 @@
 
 use std::collections::HashMap;
 
-use tether_protocol::{Csn, Entry, EntryHead};
+use tether_protocol::{Csn, Entry, EntryUuid};
 
 use super::{names, Directory};
 use crate::changelog::{ChangeKind, ChangeRecord};
+use crate::consistency::{check_entry_set, hex, Problems, Reading};
 use crate::error::Result;
 use crate::record::{decode, u64_from};
-
-/// Problems said in full; the rest are counted.
-const PROBLEMS_SAID: usize = 50;
-
-/// Records read between two calls of the caller's watch.
-const WATCH_EVERY: u64 = 10_000;
 
 /// What [`Directory::verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,26 +31,8 @@ pub struct Verified {
     pub changelog: u64,
     /// The store's last CSN.
     pub csn: Csn,
-    /// What is wrong, the first 50 problems in the order found; empty when the store
-    /// is sound.
-    pub problems: Vec<String>,
-    /// Problems found past those.
-    pub more_problems: u64,
-}
-
-impl Verified {
-    /// Whether nothing was found wrong.
-    pub fn is_sound(&self) -> bool {
-        self.problems.is_empty()
-    }
-
-    fn found(&mut self, problem: String) {
-        if self.problems.len() < PROBLEMS_SAID {
-            self.problems.push(problem);
-        } else {
-            self.more_problems += 1;
-        }
-    }
+    /// What is wrong; none when the store is sound.
+    pub problems: Problems,
 }
 
 impl Directory {
@@ -70,21 +43,15 @@ impl Directory {
     /// not read (damage), not a disagreement, which is a problem in the result.
     pub fn verify(&self, watch: &mut dyn FnMut(u64)) -> Result<Verified> {
         let csn = *self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut found = Verified { entries: 0, changelog: 0, csn, problems: Vec::new(), more_problems: 0 };
-        let mut read = 0u64;
-        let mut tick = |read: &mut u64| {
-            *read += 1;
-            if *read % WATCH_EVERY == 0 {
-                watch(*read);
-            }
-        };
+        let (mut found, mut reading) = (Problems::default(), Reading::new(watch));
 
         // The newest record of each entry the changelog names.
-        let mut newest: HashMap<[u8; 16], (Csn, ChangeKind)> = HashMap::new();
+        let mut newest: HashMap<EntryUuid, (Csn, ChangeKind)> = HashMap::new();
+        let mut changelog = 0;
         for item in self.changelog.tree.iter() {
             let (key, value) = item?;
-            tick(&mut read);
-            found.changelog += 1;
+            reading.tick();
+            changelog += 1;
             let at = Csn::from_key(&key);
             let record: ChangeRecord = match decode(names::CHANGELOG, &value) {
                 Ok(record) => record,
@@ -99,27 +66,13 @@ impl Directory {
             if record.csn > csn {
                 found.found(format!("changelog record of csn {} is newer than the store's last csn {csn}", record.csn));
             }
-            let newer = newest.get(&record.uuid.0).is_none_or(|(seen, _)| *seen < record.csn);
-            if newer {
-                newest.insert(record.uuid.0, (record.csn, record.kind));
+            if newest.get(&record.uuid).is_none_or(|(seen, _)| *seen < record.csn) {
+                newest.insert(record.uuid, (record.csn, record.kind));
             }
         }
 
-        for item in self.set.entries.iter() {
-            let (key, value) = item?;
-            tick(&mut read);
-            found.entries += 1;
-            let entry: Entry = match decode(names::ENTRIES, &value) {
-                Ok(entry) => entry,
-                Err(e) => {
-                    found.found(format!("entry stored under key {}: {e}", shown_key(&key)));
-                    continue;
-                }
-            };
+        let mut each = |_: &[u8], entry: &Entry, found: &mut Problems| -> Result<()> {
             let dn = &entry.dn;
-            if entry.dn.tree_key() != key.as_ref() {
-                found.found(format!("entry {dn} is stored under another name's key {}", shown_key(&key)));
-            }
             if dn != &self.suffix && !dn.is_descendant_of(&self.suffix) {
                 found.found(format!("entry {dn} is outside the suffix {}", self.suffix));
             } else if dn != &self.suffix {
@@ -132,16 +85,7 @@ impl Directory {
             if entry.csn > csn {
                 found.found(format!("entry {dn} is as of csn {}, newer than the store's last csn {csn}", entry.csn));
             }
-            match self.set.uuids.get(entry.uuid.as_bytes())? {
-                Some(indexed) if indexed == key => {}
-                Some(indexed) => found.found(format!(
-                    "entry {dn}: its entryUUID {} is indexed to another key, {}",
-                    entry.uuid,
-                    shown_key(&indexed)
-                )),
-                None => found.found(format!("entry {dn}: its entryUUID {} is not in the UUID index", entry.uuid)),
-            }
-            match newest.remove(&entry.uuid.0) {
+            match newest.remove(&entry.uuid) {
                 Some((deleted, ChangeKind::Delete)) => {
                     found.found(format!("entry {dn} is stored, though the changelog deleted it at csn {deleted}"))
                 }
@@ -151,42 +95,23 @@ impl Directory {
                 )),
                 _ => {}
             }
-        }
+            Ok(())
+        };
+        let entries = check_entry_set(&self.set, &mut found, &mut reading, &mut each)?;
         let mut missing: Vec<_> =
             newest.into_iter().filter(|(_, (_, kind))| *kind != ChangeKind::Delete).map(|(u, (c, _))| (c, u)).collect();
         missing.sort();
         for (at, uuid) in missing {
-            let uuid = tether_protocol::EntryUuid(uuid);
             found.found(format!(
                 "the changelog changed entry {uuid} at csn {at}, as its last change, but it is not stored"
             ));
         }
 
-        for item in self.set.uuids.iter() {
-            let (uuid, key) = item?;
-            tick(&mut read);
-            let named = match self.set.entries.get(&key)? {
-                Some(bytes) => EntryHead::decode(&bytes).ok().map(|head| head.uuid.as_bytes() == uuid.as_ref()),
-                None => Some(false),
-            };
-            // A record that does not decode was said above.
-            if named == Some(false) {
-                found.found(format!(
-                    "the UUID index maps {} to key {}, where no entry of it is",
-                    shown_uuid(&uuid),
-                    shown_key(&key)
-                ));
-            }
+        let kept = self.meta.get(names::ENTRY_COUNT)?.map(|v| u64_from(names::META, &v)).transpose()?;
+        if let Some(kept) = kept.filter(|kept| *kept != entries) {
+            found.found(format!("the entry count kept is {kept}, where the store holds {entries} entries"));
         }
-
-        let kept = match self.meta.get(names::ENTRY_COUNT)? {
-            Some(v) => Some(u64_from(names::META, &v)?),
-            None => None,
-        };
-        if let Some(kept) = kept.filter(|kept| *kept != found.entries) {
-            found.found(format!("the entry count kept is {kept}, where the store holds {} entries", found.entries));
-        }
-        Ok(found)
+        Ok(Verified { entries, changelog, csn, problems: found })
     }
 }
 
@@ -196,27 +121,6 @@ fn shown_csn(at: Option<Csn>, key: &[u8]) -> String {
         Some(csn) => format!("csn {csn}"),
         None => format!("key {}", hex(key)),
     }
-}
-
-/// A DN key as the normalized DN it is made of ([`tether_protocol::Dn::tree_key`]: the
-/// RDNs from the root down, each ended by a zero byte), quoted.
-fn shown_key(key: &[u8]) -> String {
-    let text = String::from_utf8_lossy(key);
-    let rdns: Vec<&str> = text.split('\0').filter(|rdn| !rdn.is_empty()).rev().collect();
-    format!("\"{}\"", rdns.join(","))
-}
-
-/// A UUID index key as a UUID, or as bytes when it is none.
-fn shown_uuid(key: &[u8]) -> String {
-    match <[u8; 16]>::try_from(key) {
-        Ok(bytes) => tether_protocol::EntryUuid(bytes).to_string(),
-        Err(_) => hex(key),
-    }
-}
-
-/// Bytes in hexadecimal, for keys that are not text.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -254,7 +158,7 @@ mod tests {
         let dir = directory(tmp.path(), 30);
         let mut watched = Vec::new();
         let found = dir.verify(&mut |n| watched.push(n)).unwrap();
-        assert!(found.is_sound(), "{:?}", found.problems);
+        assert!(found.problems.is_empty(), "{:?}", found.problems);
         assert_eq!((found.entries, found.changelog, found.csn), (31, 32, Csn(32)));
         assert!(watched.is_empty(), "under the watch's interval");
     }
@@ -286,7 +190,7 @@ mod tests {
 
         let found = dir.verify(&mut |_| {}).unwrap();
         assert_eq!(
-            found.problems,
+            found.problems.said,
             [
                 r#"entry uid=p1,dc=example,dc=com is stored under another name's key "cn=stray,dc=example,dc=com""#
                     .to_owned(),
@@ -294,16 +198,16 @@ mod tests {
                     r#"entry uid=p1,dc=example,dc=com: its entryUUID {} is indexed to another key, "uid=p1,dc=example,dc=com""#,
                     moved.uuid
                 ),
-                "entry cn=orphan,ou=gone,dc=example,dc=com has no parent: no entry ou=gone,dc=example,dc=com"
-                    .to_owned(),
                 format!(
                     "entry cn=orphan,ou=gone,dc=example,dc=com: its entryUUID {} is not in the UUID index",
                     orphan.uuid
                 ),
+                "entry cn=orphan,ou=gone,dc=example,dc=com has no parent: no entry ou=gone,dc=example,dc=com"
+                    .to_owned(),
                 "entry uid=p0,dc=example,dc=com is as of csn 2, where the changelog's last change to it is csn 7"
                     .to_owned(),
-                format!("the changelog changed entry {p3_uuid} at csn 5, as its last change, but it is not stored"),
                 format!(r#"the UUID index maps {p3_uuid} to key "uid=p3,dc=example,dc=com", where no entry of it is"#),
+                format!("the changelog changed entry {p3_uuid} at csn 5, as its last change, but it is not stored"),
                 "the entry count kept is 6, where the store holds 7 entries".to_owned(),
             ]
         );
@@ -326,7 +230,7 @@ mod tests {
 
         let found = dir.verify(&mut |_| {}).unwrap();
         assert_eq!(
-            found.problems,
+            found.problems.said,
             [
                 "changelog record of csn 2 is stored under csn 900".to_owned(),
                 "entry uid=p1,dc=example,dc=com is stored, though the changelog deleted it at csn 6".to_owned(),
@@ -343,6 +247,6 @@ mod tests {
             dir.set.uuids.remove(uuid.as_bytes()).unwrap();
         }
         let found = dir.verify(&mut |_| {}).unwrap();
-        assert_eq!((found.problems.len(), found.more_problems), (PROBLEMS_SAID, 10));
+        assert_eq!((found.problems.said.len(), found.problems.more), (50, 10));
     }
 }

@@ -47,8 +47,10 @@ use crate::record::{decode, encode};
 use crate::reshapes::{self, ReshapeWatch, Reshaped, Reshapes, SharedLog};
 
 mod shadow;
+mod verify;
 
 pub use shadow::Shadow;
+pub use verify::ReplicaVerified;
 
 /// Tree holding one [`ReplicaState`] per agreement name; only a consumer's store has it.
 pub(crate) const REPLICAS: &str = "replicas";
