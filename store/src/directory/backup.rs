@@ -620,4 +620,25 @@ mod tests {
         // The store is as it was, and a copy made now is whole.
         assert_eq!(d.backup(&empty, &mut go_on).unwrap().entries, 5_001);
     }
+
+    /// A copy abandoned once its trees are read, while the changes made meanwhile are
+    /// brought in (the provider stopping then), is not put in place either: a stopped
+    /// provider's `backup` to the same folder would find it taken, by a copy whose
+    /// client was told nothing of it. Nothing is left beside it.
+    #[test]
+    fn a_copy_abandoned_after_its_trees_were_read_is_not_put_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = directory(&tmp.path().join("store"), 50);
+        let dest = tmp.path().join("copy");
+        let stopping = AtomicBool::new(false);
+        let mut watch = |_: BackupProgress| !stopping.load(Ordering::SeqCst);
+        let between = || {
+            d.write(&modify_sn("p1", "one")).unwrap();
+            stopping.store(true, Ordering::SeqCst);
+        };
+        assert!(matches!(d.backup_with(&dest, &mut watch, between), Err(StoreError::Abandoned)));
+        assert!(!dest.exists());
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["store"], "nothing left beside it");
+    }
 }
