@@ -641,4 +641,28 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["store"], "nothing left beside it");
     }
+
+    /// What the small trees lost while the copy ran is not in it either: a consumer
+    /// forgotten meanwhile (gone for good) is not brought back by a restore, to hold the
+    /// changelog's trimming back again and be listed by `status`; and the copy counts
+    /// the entries added meanwhile.
+    #[test]
+    fn a_consumer_forgotten_while_the_copy_ran_is_not_in_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = directory(&tmp.path().join("store"), 50);
+        d.record_consumer("people/gone", Csn(20)).unwrap();
+        d.record_consumer("people/kept", Csn(21)).unwrap();
+        let dest = tmp.path().join("copy");
+        let between = || {
+            assert!(d.forget_consumer("people/gone").unwrap().is_some());
+            d.write(&person("new")).unwrap();
+        };
+        let report = d.backup_with(&dest, &mut go_on, between).unwrap();
+        assert_eq!(report.entries, 52, "the suffix, 50 people and one added");
+        assert_eq!(copy_trees(&dest), trees(&d.db));
+        let copy = unlocked(|| Directory::open(&dest, &base())).unwrap();
+        let kept: Vec<_> = copy.consumer_positions().unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(kept, ["people/kept"]);
+        assert_eq!(copy.entry_count().unwrap(), 52);
+    }
 }
