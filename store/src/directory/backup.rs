@@ -665,4 +665,17 @@ mod tests {
         assert_eq!(kept, ["people/kept"]);
         assert_eq!(copy.entry_count().unwrap(), 52);
     }
+
+    /// The copy holds every entry, `userPassword` values too: its folder is its owner's
+    /// alone (0700), whatever the umask, so that a backup folder made under a readable
+    /// parent does not hand the directory to every local user.
+    #[test]
+    fn the_copy_is_readable_by_its_owner_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = directory(&tmp.path().join("store"), 5);
+        let dest = tmp.path().join("copy");
+        d.backup(&dest, &mut go_on).unwrap();
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o700);
+    }
 }
