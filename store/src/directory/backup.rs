@@ -678,4 +678,30 @@ mod tests {
         d.backup(&dest, &mut go_on).unwrap();
         assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o700);
     }
+
+    /// A damaged store (an entry gone from its entries tree without the write that
+    /// would have counted it and taken its entryUUID away) gives no copy that would pass
+    /// for a whole store once restored: the copy is refused, saying what is wrong (here
+    /// a copy that does not hold what the store counts, there an entryUUID changed while
+    /// it ran that leads to no entry), and nothing of it is left.
+    #[test]
+    fn a_copy_of_a_damaged_store_is_refused_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = |uid: &str| Dn::parse(&format!("uid={uid},dc=example,dc=com")).unwrap().tree_key();
+        let d = directory(&tmp.path().join("store"), 20);
+        d.set.entries.remove(key("p1")).unwrap();
+        let e = d.backup(&tmp.path().join("copy"), &mut go_on).unwrap_err().to_string();
+        assert!(e.contains("the copy holds 20 entries and 21 entryUUIDs where the store counts 21: not kept"), "{e}");
+
+        let changed = directory(&tmp.path().join("changed"), 20);
+        let between = || {
+            changed.write(&modify_sn("p2", "two")).unwrap();
+            changed.set.entries.remove(key("p2")).unwrap();
+        };
+        let e = changed.backup_with(&tmp.path().join("copy"), &mut go_on, between).unwrap_err().to_string();
+        assert!(e.contains("leads to no entry of its own"), "{e}");
+        let mut left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["changed", "store"], "nothing of either copy is left");
+    }
 }
