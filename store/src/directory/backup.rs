@@ -704,4 +704,26 @@ mod tests {
         left.sort();
         assert_eq!(left, ["changed", "store"], "nothing of either copy is left");
     }
+
+    /// A copy told to stop (the provider stopping) stops at the batch it was told at,
+    /// in the middle of a tree: a stop waits for one batch of the copy, not for the rest
+    /// of a tree of a million entries.
+    #[test]
+    fn a_copy_told_to_stop_asks_no_more_batches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = directory(&tmp.path().join("store"), 5_000);
+        let (mut before, mut told, mut asked_after) = (0, false, 0);
+        let mut watch = |p: BackupProgress| {
+            if told {
+                asked_after += 1;
+            }
+            // A whole batch since the last call: the middle of a tree, not its end.
+            told |= p.keys - before == WATCH_EVERY as u64;
+            before = p.keys;
+            !told
+        };
+        assert!(matches!(d.backup(&tmp.path().join("copy"), &mut watch), Err(StoreError::Abandoned)));
+        assert!(told, "the copy went through a batch");
+        assert_eq!(asked_after, 0);
+    }
 }
