@@ -236,6 +236,32 @@ mod tests {
         assert!(!dest.exists());
     }
 
+    /// What `backup` says puts each number of the report in its place: the CSN the
+    /// restore's advice names is the one consumers' positions are held to, to know which
+    /// of them reload, and the changes brought in with writes held are told apart from
+    /// all those made while the trees were copied.
+    #[test]
+    fn what_backup_says_puts_each_number_of_the_report_in_its_place() {
+        let report = BackupReport {
+            csn: tether_protocol::Csn(7_002),
+            history: tether_protocol::HistoryId([0x11; 16]),
+            entries: 1_001,
+            changelog: 503,
+            caught_up: 40,
+            caught_up_held: 6,
+            writes_held: Duration::from_micros(2_500),
+        };
+        assert_eq!(
+            said(&report, "/var/backups/tether"),
+            "backed up the store to /var/backups/tether: 1001 entries and 503 changelog records, every change up to \
+             csn 7002 of history 11111111-1111-1111-1111-111111111111 (changes made while it was copied: 40, brought \
+             in after it, the last 6 with writes held for 2.5 ms)\n\
+             to restore it, stop the provider, put the folder in place of its data_dir (as the provider's user, \
+             keeping the mode: `cp -a`), and start it: consumers resume by delta, except one that replicated a change \
+             made after csn 7002, which reloads in full\n"
+        );
+    }
+
     /// A destination the process would resolve against its own folder is refused.
     #[tokio::test]
     async fn a_relative_destination_is_refused() {
