@@ -809,4 +809,27 @@ mod tests {
         let Some(ControlRequest::FromFile { request: got, .. }) = asked.recv().await else { panic!("a request") };
         assert_eq!(*got, request);
     }
+
+    /// A destination is held out of the store's folder however it is spelled: one
+    /// reached through a symbolic link to that folder is refused (the copy would go with
+    /// the store it is to replace), and one that goes into the folder and back out of it
+    /// (`data/../copy`) is not.
+    #[test]
+    fn a_destination_in_the_data_dir_is_refused_however_it_is_spelled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("provider.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\ncontrol = \"ctl.sock\"\nlisten = \"127.0.0.1:0\"\nsuffix = \"dc=example,dc=com\"\n",
+        )
+        .unwrap();
+        let config = ProviderConfig::load(&file).unwrap();
+        std::fs::create_dir(&config.data_dir).unwrap();
+        std::os::unix::fs::symlink(&config.data_dir, tmp.path().join("link")).unwrap();
+
+        let err = backup_destination(&config, &tmp.path().join("link/copy")).unwrap_err().to_string();
+        assert!(err.contains("is inside the store's folder"), "{err}");
+        let out = backup_destination(&config, &tmp.path().join("data/../copy")).unwrap();
+        assert_eq!(out, tmp.path().canonicalize().unwrap().join("copy"));
+    }
 }
