@@ -382,6 +382,30 @@ fn a_backup_made_while_the_provider_runs_restores_the_directory_and_its_consumer
     Ok(())
 }
 
+/// A destination typed relative to the folder `backup` runs in is made in that
+/// folder, as any command's path is (not in the running provider's, which refuses a
+/// relative one, nor in its data_dir), the command saying where it put the copy.
+#[test]
+fn a_backup_destination_typed_relative_is_made_in_the_commands_folder() -> Result<()> {
+    use replication_tests::harness::bin;
+    let tmp = tempfile::tempdir()?;
+    let (p, _w) = provider_with(tmp.path(), 20, 24, ProviderOptions::default())?;
+    let here = tmp.path().join("here");
+    std::fs::create_dir(&here)?;
+    let made = std::process::Command::new(bin("tether-provider")?)
+        .args(["backup", "-c"])
+        .arg(&p.config)
+        .arg("copy")
+        .current_dir(&here)
+        .output()?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let copy = here.canonicalize()?.join("copy");
+    let said = String::from_utf8_lossy(&made.stdout);
+    assert!(said.starts_with(&format!("backed up the store to {}: ", copy.display())), "{said}");
+    assert!(copy.join("db").is_file());
+    Ok(())
+}
+
 /// With the provider stopped, `forget` changes its store itself and answers as the
 /// running provider would: where the consumer stood, on standard output, which the
 /// operator (or the log of a decommissioning script) keeps as the record of what was
