@@ -262,6 +262,14 @@ mod tests {
         );
     }
 
+    /// The progress is said well inside the client's wait for each part of an answer:
+    /// a copy that takes longer than that wait (a million entries do) is otherwise cut
+    /// off by the command as a provider that stopped answering, and abandoned.
+    #[test]
+    fn the_progress_is_said_well_inside_the_clients_wait() {
+        assert!(PROGRESS_EVERY * 3 <= tether_protocol::control::ANSWER_WAIT, "{PROGRESS_EVERY:?}");
+    }
+
     /// A destination the process would resolve against its own folder is refused.
     #[tokio::test]
     async fn a_relative_destination_is_refused() {
