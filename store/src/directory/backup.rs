@@ -726,4 +726,20 @@ mod tests {
         assert!(told, "the copy went through a batch");
         assert_eq!(asked_after, 0);
     }
+
+    /// A copy holds no change its store has not made durable: one committed and not yet
+    /// synced when the copy ends is synced by it. A crash would otherwise take it from
+    /// the store, which gives its CSN to another change, while the copy holds it: restored,
+    /// the copy would tell a consumer that replicated the other change it is up to date.
+    #[test]
+    fn a_copy_holds_no_change_its_store_has_not_made_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = directory(&tmp.path().join("store"), 10);
+        let between = || {
+            d.write_nowait(&modify_sn("p1", "one")).unwrap();
+        };
+        let report = d.backup_with(&tmp.path().join("copy"), &mut go_on, between).unwrap();
+        assert_eq!(report.csn, d.newest_committed(), "the copy holds the change");
+        assert_eq!(d.durable_csn(), report.csn);
+    }
 }
