@@ -1911,6 +1911,17 @@ mod tests {
         assert_eq!(started.elapsed(), REQUEST_WAIT);
     }
 
+    /// Requests keep the numbers they go on the wire as (bincode writes a variant as its
+    /// index): `backup`, added last, comes after every request the builds before it
+    /// know, which then refuse it as unknown (the test below) rather than misread it,
+    /// and its own build reads their requests as they meant them.
+    #[test]
+    fn a_backup_request_goes_on_the_wire_after_every_request_older_builds_know() {
+        let index = |request: &ControlRequest| codec::encode(request).unwrap()[0];
+        assert_eq!(index(&ControlRequest::Forget { agreement: "people".into(), consumer: "host-a".into() }), 12);
+        assert_eq!(index(&ControlRequest::Backup { dest: "/var/backups/tether".into() }), 13);
+    }
+
     /// A request added after the running build (here: a variant it has not heard of) is
     /// answered with an error saying so, not a connection closed without a word.
     #[tokio::test]
