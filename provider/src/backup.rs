@@ -250,6 +250,7 @@ mod tests {
             caught_up: 40,
             caught_up_held: 6,
             writes_held: Duration::from_micros(2_500),
+            removed_leftovers: Vec::new(),
         };
         assert_eq!(
             said(&report, "/var/backups/tether"),
@@ -260,6 +261,16 @@ mod tests {
              keeping the mode: `cp -a`), and start it: consumers resume by delta, except one that replicated a change \
              made after csn 7002, which reloads in full\n"
         );
+        // The copies a dead backup left beside the destination, when this one removed
+        // them, are named after.
+        let removed = BackupReport {
+            removed_leftovers: vec!["/var/backups/tether.partial.9-1".into(), "/var/backups/tether.partial.9-2".into()],
+            ..report
+        };
+        assert!(said(&removed, "/var/backups/tether").ends_with(
+            "reloads in full\nremoved 2 copies left beside it by a backup whose process died (killed, or the machine \
+             down): /var/backups/tether.partial.9-1, /var/backups/tether.partial.9-2\n"
+        ));
     }
 
     /// The progress is said well inside the client's wait for each part of an answer:
