@@ -189,15 +189,14 @@ fn backup_destination(config: &ProviderConfig, dest: &Path) -> Result<PathBuf> {
     let parent = parent
         .canonicalize()
         .with_context(|| format!("backup destination {}: its folder {}", dest.display(), parent.display()))?;
-    if let Ok(store) = config.data_dir.canonicalize() {
-        if parent.starts_with(&store) {
-            bail!(
-                "backup destination {} is inside the store's folder {}: a copy there would go with the store it is \
-                 to replace; nothing was written",
-                dest.display(),
-                config.data_dir.display()
-            );
-        }
+    // Refused here before the process is asked; the store refuses it too, to any client.
+    if tether_store::inside_store(&dest, &config.data_dir) {
+        bail!(
+            "backup destination {} is inside the store's folder {}: a copy there would go with the store it is to \
+             replace; nothing was written",
+            dest.display(),
+            config.data_dir.display()
+        );
     }
     Ok(parent.join(dest.file_name().with_context(|| format!("backup destination {} names no folder", dest.display()))?))
 }

@@ -11,7 +11,7 @@
 //! durable-CSN watch wake the replication sessions.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use crate::rules::{self, Planned};
 mod backup;
 mod verify;
 
-pub use backup::{BackupProgress, BackupReport};
+pub use backup::{inside_store, BackupProgress, BackupReport};
 pub use verify::Verified;
 
 /// Tree and key names; part of the on-disk format.
@@ -132,6 +132,8 @@ pub struct Directory {
     pub(crate) feed: Feed,
     /// Whether the storage has failed under this handle (see [`crate::failure`]).
     failure: FailureLatch,
+    /// The folder it was opened in: a backup is refused inside it.
+    folder: PathBuf,
 }
 
 /// sled's page cache per store unless configured (`cache_size`). sled's own default
@@ -433,6 +435,7 @@ impl Directory {
             pins: Pins::default(),
             feed: Feed::default(),
             failure: FailureLatch::watched(crate::failure::STUCK_AFTER, &path.join("db")),
+            folder: path.to_path_buf(),
         })
     }
 

@@ -106,14 +106,18 @@ impl Directory {
         watch: &mut dyn FnMut(BackupProgress) -> bool,
         between: impl FnOnce(),
     ) -> Result<BackupReport> {
-        let (partial, removed_leftovers) = prepare(dest)?;
+        let (partial, removed_leftovers) = prepare(dest, &self.folder)?;
         let copied = self.copy_into(&partial, watch, between).and_then(|report| {
             put_in_place(&partial, dest)?;
             Ok(BackupReport { removed_leftovers, ..report })
         });
         if copied.is_err() {
-            if let Err(e) = std::fs::remove_dir_all(&partial) {
-                tracing::warn!(copy = %partial.display(), error = %e, "removing a failed backup's files");
+            // Gone already when it was renamed into place and the rename's sync failed.
+            match std::fs::remove_dir_all(&partial) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(copy = %partial.display(), error = %e, "removing a failed backup's files")
+                }
+                _ => {}
             }
         }
         copied
@@ -318,9 +322,16 @@ fn copy_range(
 /// holds every entry, `userPassword` values too), renamed to `dest` once the copy is
 /// whole: a copy cut off (the process killed, the machine down) is then never found at
 /// `dest`, looking like a store. Removes the copies of earlier backups to `dest` whose
-/// process died meanwhile, returning them with the folder.
-fn prepare(dest: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+/// process died meanwhile, returning them with the folder. A destination inside the
+/// store's own folder (`store`) is refused.
+fn prepare(dest: &Path, store: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     let refused = |reason: String| StoreError::BackupDestination { path: dest.display().to_string(), reason };
+    if inside_store(dest, store) {
+        return Err(refused(format!(
+            "is inside the store's folder {}: a copy there would go with the store it is to replace",
+            store.display()
+        )));
+    }
     match std::fs::symlink_metadata(dest) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(refused(e.to_string())),
@@ -343,6 +354,19 @@ fn prepare(dest: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     Ok((partial, removed))
 }
 
+/// Whether a backup to `dest` would be made inside the store's folder `store` (however
+/// either is spelled: links, `..`), where it would go with the store it is to replace.
+/// `dest` need not exist; its folder must, to be told.
+pub fn inside_store(dest: &Path, store: &Path) -> bool {
+    let Some(parent) = dest.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }) else {
+        return false;
+    };
+    match (parent.canonicalize(), store.canonicalize()) {
+        (Ok(parent), Ok(store)) => parent.starts_with(store),
+        _ => false,
+    }
+}
+
 /// Puts the whole copy at `partial` in place as `dest`, durably.
 fn put_in_place(partial: &Path, dest: &Path) -> Result<()> {
     let failed = |e: std::io::Error| StoreError::BackupDestination {
@@ -352,7 +376,17 @@ fn put_in_place(partial: &Path, dest: &Path) -> Result<()> {
     // An empty folder at `dest` is replaced (rename(2) allows that of a folder).
     std::fs::rename(partial, dest).map_err(failed)?;
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(failed)
+    let Err(e) = std::fs::File::open(parent).and_then(|f| f.sync_all()) else { return Ok(()) };
+    // The copy is whole at `dest`, but a crash could take its name back: a failed backup
+    // leaves `dest` as it found it, so it is taken away, and the error says what is left.
+    let reason = match std::fs::remove_dir_all(dest) {
+        Ok(()) => format!("could not be made durable (syncing its folder: {e}); the copy was removed"),
+        Err(left) => format!(
+            "could not be made durable (syncing its folder: {e}), and the copy there could not be removed ({left}): \
+             remove it"
+        ),
+    };
+    Err(StoreError::BackupDestination { path: dest.display().to_string(), reason })
 }
 
 #[cfg(test)]
@@ -559,6 +593,26 @@ mod tests {
         let found = copy.verify(&mut |_| {}).unwrap();
         assert!(found.problems.is_empty(), "{:?}", found.problems);
         assert_eq!(found.changelog, copy.changelog().records(Csn::ZERO, report.csn).count() as u64);
+    }
+
+    /// A destination inside the store's own folder is refused by the store itself, to
+    /// any caller (the command line refuses it first, but the control socket takes a
+    /// request from any client of the provider's user), however it is spelled, and
+    /// nothing is written there.
+    #[test]
+    fn a_destination_inside_the_stores_folder_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let d = directory(&store, 10);
+        std::fs::create_dir(store.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&store, tmp.path().join("link")).unwrap();
+        for dest in [store.join("copy"), store.join("sub").join("copy"), tmp.path().join("link").join("copy")] {
+            let e = d.backup(&dest, &mut go_on).unwrap_err().to_string();
+            assert!(e.contains(&format!("is inside the store's folder {}", store.display())), "{e}");
+            assert!(!dest.exists());
+        }
+        assert!(!inside_store(&tmp.path().join("beside"), &store));
+        d.backup(&tmp.path().join("beside"), &mut go_on).unwrap();
     }
 
     /// A destination that is a file or a folder with something in it is refused, naming
