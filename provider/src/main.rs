@@ -786,19 +786,24 @@ mod tests {
         rx
     }
 
+    /// A provider's configuration in `folder`: its store in `data`, its socket beside.
+    fn config_in(folder: &Path) -> ProviderConfig {
+        let file = folder.join("provider.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\ncontrol = \"ctl.sock\"\nlisten = \"127.0.0.1:0\"\nsuffix = \"dc=example,dc=com\"\n",
+        )
+        .unwrap();
+        ProviderConfig::load(&file).unwrap()
+    }
+
     /// A command that found nothing on the socket and then no store, while a first start
     /// has bound its socket meanwhile (it makes its store after), asks the socket again
     /// and takes its answer, rather than fail saying no provider has run here.
     #[tokio::test]
     async fn a_command_finding_no_store_asks_a_socket_that_answers_now() {
         let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("provider.toml");
-        std::fs::write(
-            &file,
-            "data_dir = \"data\"\ncontrol = \"ctl.sock\"\nlisten = \"127.0.0.1:0\"\nsuffix = \"dc=example,dc=com\"\n",
-        )
-        .unwrap();
-        let config = ProviderConfig::load(&file).unwrap();
+        let config = config_in(tmp.path());
         let request = ControlRequest::Status { json: true };
         // Nothing on the socket: the store's absence is the answer.
         let Err(err) = offline_or_answered(&config, &request).await else { panic!("no store, nothing answering") };
@@ -816,13 +821,7 @@ mod tests {
     #[test]
     fn a_destination_in_the_data_dir_is_refused_however_it_is_spelled() {
         let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("provider.toml");
-        std::fs::write(
-            &file,
-            "data_dir = \"data\"\ncontrol = \"ctl.sock\"\nlisten = \"127.0.0.1:0\"\nsuffix = \"dc=example,dc=com\"\n",
-        )
-        .unwrap();
-        let config = ProviderConfig::load(&file).unwrap();
+        let config = config_in(tmp.path());
         std::fs::create_dir(&config.data_dir).unwrap();
         std::os::unix::fs::symlink(&config.data_dir, tmp.path().join("link")).unwrap();
 
