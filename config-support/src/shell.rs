@@ -631,6 +631,30 @@ pub fn runs_as_a_monitor(control: &std::path::Path, data_dir: &std::path::Path) 
     !me.is_root() && owner.is_ok_and(|owner| owner != me.as_raw())
 }
 
+/// The store a command's `--store DIR` (`verify`) names for it to read instead of its
+/// `data_dir`: `None` without one, or when `DIR` is the `data_dir` by another path (a
+/// link, `..`), which the command then treats as its own, a running process's included;
+/// else `DIR` made absolute. A folder where `holds_store` finds no store is refused,
+/// naming it, and nothing is made there.
+pub fn other_store(
+    dir: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+    holds_store: impl Fn(&std::path::Path) -> bool,
+) -> std::io::Result<Option<std::path::PathBuf>> {
+    let Some(dir) = dir else { return Ok(None) };
+    if matches!((dir.canonicalize(), data_dir.canonicalize()), (Ok(a), Ok(b)) if a == b) {
+        return Ok(None);
+    }
+    let dir = std::path::absolute(dir)?;
+    if !holds_store(&dir) {
+        return Err(std::io::Error::other(format!(
+            "{} holds no store (no sled `conf` and `db` there): nothing was checked",
+            dir.display()
+        )));
+    }
+    Ok(Some(dir))
+}
+
 /// Whether a process listens on `control` now: for a command that found nothing there
 /// and then found the store held. A server binds its socket before it opens its store,
 /// so a command run just after `serve &` or `run &` could find neither, and then the
@@ -936,6 +960,28 @@ mod tests {
     /// The first folder on the way to a status group's socket that keeps the group out
     /// is named, with its mode and group: one others may pass, or the group's with its
     /// search bit, lets it through.
+    /// `--store` naming the data_dir, however spelled, is the command's own store; another
+    /// folder is taken, made absolute, only if it holds a store.
+    #[test]
+    fn another_store_is_taken_only_where_one_is_and_the_data_dir_is_ones_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let copy = tmp.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        let holds = |p: &std::path::Path| p.ends_with("copy");
+        assert_eq!(other_store(None, &data, holds).unwrap(), None);
+        assert_eq!(other_store(Some(&tmp.path().join("copy/../data")), &data, holds).unwrap(), None);
+        assert_eq!(other_store(Some(&copy), &data, holds).unwrap(), Some(copy.clone()));
+        let empty = tmp.path().join("empty");
+        let e = other_store(Some(&empty), &data, holds).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("{} holds no store (no sled `conf` and `db` there): nothing was checked", empty.display())
+        );
+        assert!(!empty.exists());
+    }
+
     #[test]
     fn the_folder_that_keeps_a_status_group_from_its_socket_is_named() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};

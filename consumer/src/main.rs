@@ -218,6 +218,9 @@ fn unreloaded_agreement(config: &ConsumerConfig, said: String) -> String {
     }
 }
 
+/// How often a long `verify` says how far it has come, on standard error.
+const VERIFY_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a command run while the consumer is stopped does with its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Offline {
@@ -403,17 +406,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify { config, store } => {
             let mut config = ConsumerConfig::load(&config)?;
-            // The data_dir named by another path is the data_dir, running or not.
-            let same = |path: &PathBuf| matches!((std::fs::canonicalize(path), std::fs::canonicalize(&config.data_dir)), (Ok(a), Ok(b)) if a == b);
-            match store.filter(|path| !same(path)) {
-                Some(path) => {
-                    let path = std::path::absolute(&path).with_context(|| format!("store {}", path.display()))?;
-                    if !tether_store::store_exists(&path) {
-                        bail!("{} holds no store (no sled `conf` and `db` there): nothing was checked", path.display());
-                    }
-                    // Opened as the configuration's store would be.
-                    config.data_dir = path;
-                }
+            match shell::other_store(store.as_deref(), &config.data_dir, tether_store::store_exists)? {
+                // Opened as the configuration's store would be.
+                Some(path) => config.data_dir = path,
                 None if shell::answers(&config.control) => bail!(
                     "the consumer is running (it answers on {}): its replicas change under a check; stop it first \
                      (`systemctl stop`, or SIGTERM and wait for it to exit)",
@@ -426,7 +421,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut said = std::time::Instant::now();
             let found = store
                 .verify(&mut |read| {
-                    if said.elapsed() >= std::time::Duration::from_secs(5) {
+                    if said.elapsed() >= VERIFY_PROGRESS_EVERY {
                         tether_config::say!("checking: {read} records read so far");
                         said = std::time::Instant::now();
                     }

@@ -281,14 +281,10 @@ async fn offline_or_answered(config: &ProviderConfig, request: &ControlRequest) 
     }
 }
 
-/// The store at `path` (a backup's copy), opened for `verify` as the configuration's
-/// store would be, as its owner when root runs the command. A folder holding no store
-/// is refused, not made into an empty one.
-fn open_to_verify(config: &ProviderConfig, path: &Path) -> Result<(Directory, PathBuf)> {
-    let path = std::path::absolute(path).with_context(|| format!("store {}", path.display()))?;
-    if !tether_store::store_exists(&path) {
-        bail!("{} holds no store (no sled `conf` and `db` there): nothing was checked", path.display());
-    }
+/// The store at `path` (a backup's copy, absolute, holding a store:
+/// [`shell::other_store`]), opened for `verify` as the configuration's store would be,
+/// as its owner when root runs the command.
+fn open_to_verify(config: &ProviderConfig, path: PathBuf) -> Result<(Directory, PathBuf)> {
     if let Some(code) = shell::as_store_owner(&path)? {
         shell::exit_now(code);
     }
@@ -644,10 +640,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify { config, store } => {
             let config = ProviderConfig::load(&config)?;
-            // The data_dir named by another path is the data_dir, running or not.
-            let same = |path: &PathBuf| matches!((std::fs::canonicalize(path), std::fs::canonicalize(&config.data_dir)), (Ok(a), Ok(b)) if a == b);
-            let dir = match store.filter(|path| !same(path)) {
-                Some(path) => open_to_verify(&config, &path)?,
+            let dir = match shell::other_store(store.as_deref(), &config.data_dir, tether_store::store_exists)? {
+                Some(path) => open_to_verify(&config, path)?,
                 None if shell::answers(&config.control) => bail!(
                     "the provider is running (it answers on {}): its store changes under a check; check a copy of \
                      it (`tether-provider backup -c {} DEST`, then `tether-provider verify -c {} --store DEST`), or \
