@@ -19,6 +19,8 @@ use tether_protocol::frame::FrameWriter;
 use tether_store::{BackupProgress, BackupReport, Directory, StoreError};
 use tokio::io::AsyncWrite;
 
+pub mod writer;
+
 /// How often a copy under way says how far it has come (well inside the client's wait).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -74,12 +76,14 @@ impl Drop for AbandonOnDrop {
 
 /// Answers a `backup` request: copies `dir` into `dest` (absolute), saying how far it
 /// has come every 5 s, then what it made, or why it made nothing.
+/// The copy is written by `copy_writer`.
 pub async fn serve<W: AsyncWrite + Unpin>(
     writer: &mut FrameWriter<W>,
     dir: Arc<Directory>,
     dest: String,
+    copy_writer: writer::Writer,
 ) -> Result<(), ControlError> {
-    serve_every(writer, dir, dest, PROGRESS_EVERY).await
+    serve_every(writer, dir, dest, copy_writer, PROGRESS_EVERY).await
 }
 
 /// [`serve`], saying how far the copy has come `every` so often.
@@ -87,6 +91,7 @@ async fn serve_every<W: AsyncWrite + Unpin>(
     writer: &mut FrameWriter<W>,
     dir: Arc<Directory>,
     dest: String,
+    copy_writer: writer::Writer,
     every: Duration,
 ) -> Result<(), ControlError> {
     if !Path::new(&dest).is_absolute() {
@@ -104,7 +109,7 @@ async fn serve_every<W: AsyncWrite + Unpin>(
                 progress.send_replace(Some(p));
                 !abandoned.load(Ordering::Relaxed)
             };
-            dir.backup(Path::new(&dest), &mut watch)
+            dir.backup_through(Path::new(&dest), &mut |folder| copy_writer.open(folder), &mut watch)
         }
     });
     tokio::pin!(job);
@@ -187,7 +192,7 @@ mod tests {
             let dest = dest.clone();
             async move {
                 let (_reader, mut writer) = frame::split(server);
-                serve_every(&mut writer, dir, dest, Duration::from_millis(20)).await
+                serve_every(&mut writer, dir, dest, writer::Writer::Here, Duration::from_millis(20)).await
             }
         });
         let (mut reader, _writer) = frame::split(client);
@@ -223,7 +228,8 @@ mod tests {
         drop(client);
         let (_reader, mut writer) = frame::split(server);
         let shown = dest.display().to_string();
-        let served = serve_every(&mut writer, dir.clone(), shown, Duration::from_millis(20)).await;
+        let served =
+            serve_every(&mut writer, dir.clone(), shown, writer::Writer::Here, Duration::from_millis(20)).await;
         assert!(served.is_err(), "the progress could not be sent");
         // The copy's thread stops at its next batch and removes what it wrote.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -288,7 +294,7 @@ mod tests {
         let dir = directory(&tmp.path().join("store"), 1);
         let (client, server) = tokio::io::duplex(1 << 16);
         let (_reader, mut writer) = frame::split(server);
-        serve(&mut writer, dir, "backups/today".into()).await.unwrap();
+        serve(&mut writer, dir, "backups/today".into(), writer::Writer::Here).await.unwrap();
         let (mut reader, _writer) = frame::split(client);
         let frame = reader.read_frame().await.unwrap().unwrap();
         let ControlResponse::Error(e) = codec::decode::<ControlResponse>(&frame).unwrap() else { panic!() };

@@ -569,6 +569,7 @@ mod tests {
             listen: listener.local_addr().unwrap(),
             served: tokio::sync::watch::channel(None).1,
             metrics_listen: None,
+            backup_writer: crate::backup::writer::Writer::Here,
         };
         let (socket, _file) = tether_protocol::control::bind(&config.control, None).await.unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();

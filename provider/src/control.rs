@@ -39,6 +39,8 @@ pub struct ControlContext {
     pub served: tokio::sync::watch::Receiver<Option<crate::validity::Served>>,
     /// The address the metrics endpoint listens on, if it does.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Who writes a backup's copy.
+    pub backup_writer: crate::backup::writer::Writer,
 }
 
 impl ControlContext {
@@ -232,7 +234,9 @@ async fn handle(
             None => tether_config::shell::ask_reload(&ctx.reload, "provider").await,
         },
         ControlRequest::Reload => tether_config::shell::ask_reload(&ctx.reload, "provider").await,
-        ControlRequest::Backup { dest } => return crate::backup::serve(&mut writer, ctx.dir.clone(), dest).await,
+        ControlRequest::Backup { dest } => {
+            return crate::backup::serve(&mut writer, ctx.dir.clone(), dest, ctx.backup_writer.clone()).await
+        }
         ControlRequest::Forget { agreement, consumer } => {
             let (dir, registry) = (ctx.dir.clone(), ctx.registry.clone());
             tokio::task::spawn_blocking(move || forget(&dir, &registry, &agreement, &consumer))

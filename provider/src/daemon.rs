@@ -228,6 +228,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         listen: local,
         served: served_rx.clone(),
         metrics_listen: metrics.as_ref().and_then(|l| l.local_addr().ok()),
+        backup_writer: crate::backup::writer::Writer::this_program(),
     };
     let metrics_task = metrics.map(|listener| {
         let ctx = ctx.clone();

@@ -151,6 +151,13 @@ enum Command {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Write a running provider's backup copy as it asks on standard input (started by
+    /// the provider itself, never by hand: see `backup::writer`).
+    #[command(name = "backup-writer", hide = true)]
+    BackupWriter {
+        /// The folder the copy is written in.
+        folder: PathBuf,
+    },
     /// Check a configuration file as a start would, without starting anything.
     ///
     /// Reads the file and every file it names (each secret, the TLS certificate and
@@ -421,6 +428,10 @@ fn remove_new_store(data_dir: &Path, made: Option<&Path>) -> std::io::Result<()>
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config } => daemon::serve(&config).await,
+        Command::BackupWriter { folder } => {
+            let written = tokio::task::spawn_blocking(move || tether_provider::backup::writer::run(&folder)).await?;
+            written.map(drop).context("writing a backup's copy")
+        }
         Command::Load { config, file, skip_existing } => {
             let config = ProviderConfig::load(&config)?;
             // Before standard input is read (`load -`), which the run again reads.

@@ -199,3 +199,95 @@ fn a_backup_stopped_by_a_signal_removes_its_copy_and_one_killed_is_removed_by_th
     assert!(dest.join("db").is_file());
     Ok(())
 }
+
+/// The process writing a running provider's backup copy (`backup-writer`, the
+/// provider's child), once it runs.
+fn backup_writer(provider: &Provider) -> Result<Option<u32>> {
+    let parent = provider.child.as_ref().map(std::process::Child::id).unwrap_or_default();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
+        // Gone between the listing and the read: not it.
+        let (Ok(stat), Ok(cmdline)) =
+            (std::fs::read_to_string(format!("/proc/{pid}/stat")), std::fs::read(format!("/proc/{pid}/cmdline")))
+        else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the name may hold spaces, the rest does not.
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)).and_then(|p| p.parse().ok());
+        let runs_as_writer = cmdline.split(|b| *b == 0).any(|arg| arg == b"backup-writer");
+        if ppid == Some(parent) && runs_as_writer {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether process `pid` is gone (a zombie counts as gone: it wrote its last).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+}
+
+/// A running provider's backup copy is written by a process of its own (the provider's
+/// memory is not the copy's: docs/operations.md, Backup and restore). Killed (the OOM
+/// killer, say), the backup fails saying so, its copy is removed and the provider goes
+/// on; the provider killed instead, its writer finds its requests ended, removes the
+/// copy and exits (and the command, cut off, copies the stopped store itself); and the
+/// restarted provider's backup to the same folder is made.
+#[test]
+fn a_backup_whose_writer_or_provider_is_killed_leaves_no_copy_and_no_process() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut provider, _) = Provider::loaded(tmp.path(), 20_000, 3, &ProviderOptions::default())?;
+    let dest = tmp.path().join("backup");
+    let shown = dest.display().to_string();
+    let entries = provider.status()?["entries"].clone();
+    let writer_of = |provider: &Provider, backup: &mut std::process::Child| -> Result<u32> {
+        // Looked for more often than `wait_until` does: the copy takes a second or two.
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            if let (Some(pid), false) = (backup_writer(provider)?, partial_copies(&dest)?.is_empty()) {
+                return Ok(pid);
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "no backup writer within {LIMIT:?}");
+            anyhow::ensure!(backup.try_wait()?.is_none(), "the backup ended before its writer was seen");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let kill = |pid: u32| -> Result<()> {
+        anyhow::ensure!(std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status()?.success());
+        Ok(())
+    };
+
+    let mut backup = provider.spawn_command("backup", &[&shown])?;
+    let writer = writer_of(&provider, &mut backup)?;
+    kill(writer)?;
+    let failed = backup.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("backing up the store to {shown}: writing the copy: ")), "{stderr}");
+    assert!(stderr.contains(&format!("(its process {writer} was killed by signal 9)")), "{stderr}");
+    assert!(!dest.exists());
+    assert_eq!(partial_copies(&dest)?, Vec::<std::path::PathBuf>::new(), "the copy's files are removed");
+    assert_eq!(provider.status()?["entries"], entries, "the provider goes on");
+
+    let mut backup = provider.spawn_command("backup", &[&shown])?;
+    let writer = writer_of(&provider, &mut backup)?;
+    let orphaned = partial_copies(&dest)?;
+    provider.kill()?;
+    wait_until(LIMIT, "the writer to remove its copy and end", || {
+        Ok(gone(writer) && orphaned.iter().all(|copy| !copy.exists()))
+    })?;
+    // The command, cut off, copies the stopped store itself.
+    let made = backup.wait_with_output()?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(dest.join("db").is_file());
+    assert_eq!(partial_copies(&dest)?, Vec::<std::path::PathBuf>::new());
+
+    provider.start()?;
+    std::fs::remove_dir_all(&dest)?;
+    let made = provider.command_output("backup", &[&shown])?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(dest.join("db").is_file());
+    assert_eq!(backup_writer(&provider)?, None, "the writer ended with its copy");
+    Ok(())
+}

@@ -37,6 +37,7 @@ use crate::rules::{self, Planned};
 mod backup;
 mod verify;
 
+pub use backup::copy::{write_copy, CopyCounts, CopyWriter, SledCopy, StreamCopy};
 pub use backup::{inside_store, BackupProgress, BackupReport};
 pub use verify::Verified;
 

@@ -161,6 +161,10 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The backup's copy could not be written (see `directory::backup::copy`): what its
+    /// writer said, or how it went. What it wrote is removed.
+    #[error("writing the copy: {0}")]
+    CopyWriter(String),
     /// A backup was abandoned before it ended (the process is stopping); what it wrote
     /// is removed.
     #[error("the backup was abandoned before it ended (the provider is stopping); what it wrote is removed")]

@@ -69,8 +69,8 @@ mod test_changes;
 pub use changelog::{ChangeKind, ChangeRecord, Changelog, Delta, RetentionPolicy, TrimReport};
 pub use consistency::Problems;
 pub use directory::{
-    inside_store, store_exists, BackupProgress, BackupReport, Committed, ConsumerPosition, Directory, StoreOptions,
-    UnfinishedLoad, Verified, DEFAULT_CACHE_BYTES,
+    inside_store, store_exists, write_copy, BackupProgress, BackupReport, Committed, ConsumerPosition, CopyCounts,
+    CopyWriter, Directory, SledCopy, StoreOptions, StreamCopy, UnfinishedLoad, Verified, DEFAULT_CACHE_BYTES,
 };
 pub use entry_set::{EntrySet, Located, NoSuchBase, Spelling};
 pub use error::{Refusal, Result, StoreError};

@@ -29,23 +29,19 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sled::{Db, Tree};
+use sled::Tree;
 use tether_protocol::{Csn, EntryHead, EntryUuid, HistoryId};
 
 use super::{names, Directory};
 use crate::error::{Result, StoreError};
 
+pub mod copy;
 mod leftovers;
+
+use copy::{CopyWriter, SledCopy};
 
 /// Keys copied between two calls of the caller's watch.
 const WATCH_EVERY: usize = 2_000;
-
-/// Bytes written to the copy between two flushes of it.
-const FLUSH_AFTER_BYTES: usize = 4 << 20;
-
-/// The copy's page cache: it is written in key order, and then changed where the
-/// entries changed meanwhile are.
-const COPY_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Rounds of bringing changes in while writes go on, at most: each takes the changes
 /// made during the one before, fewer each time unless writes come faster than they are
@@ -95,24 +91,44 @@ impl Directory {
     /// is stopping). The copy is written beside `dest` and moved there whole, so on any
     /// failure `dest` is left as it was found, and what the copy wrote is removed.
     pub fn backup(&self, dest: &Path, watch: &mut dyn FnMut(BackupProgress) -> bool) -> Result<BackupReport> {
-        self.backup_with(dest, watch, || {})
+        self.backup_through(dest, &mut open_here, watch)
     }
 
-    /// [`Directory::backup`], running `between` after the first step and before the
-    /// second (the tests' writes made while the copy ran).
+    /// [`Directory::backup`], the copy written by what `open` makes of the folder it is
+    /// written in (see [`CopyWriter`]): a writer in another process, whose memory is not this
+    /// one's.
+    pub fn backup_through(
+        &self,
+        dest: &Path,
+        open: &mut dyn FnMut(&Path) -> Result<Box<dyn CopyWriter>>,
+        watch: &mut dyn FnMut(BackupProgress) -> bool,
+    ) -> Result<BackupReport> {
+        self.backup_with(dest, open, watch, || {})
+    }
+
+    /// [`Directory::backup_through`], running `between` after the first step and
+    /// before the second (the tests' writes made while the copy ran).
     pub(crate) fn backup_with(
         &self,
         dest: &Path,
+        open: &mut dyn FnMut(&Path) -> Result<Box<dyn CopyWriter>>,
         watch: &mut dyn FnMut(BackupProgress) -> bool,
         between: impl FnOnce(),
     ) -> Result<BackupReport> {
         let (partial, removed_leftovers) = prepare(dest, &self.folder)?;
-        let copied = self.copy_into(&partial, watch, between).and_then(|report| {
+        let copied = open(&partial).and_then(|mut copy| {
+            let report = self.copy_into(copy.as_mut(), watch, between);
+            // The writer lets go of the folder before it is moved or removed.
+            drop(copy);
+            report
+        });
+        let copied = copied.and_then(|report| {
             put_in_place(&partial, dest)?;
             Ok(BackupReport { removed_leftovers, ..report })
         });
         if copied.is_err() {
-            // Gone already when it was renamed into place and the rename's sync failed.
+            // Gone already when it was renamed into place and the rename's sync failed,
+            // or when a writer of its own removed it.
             match std::fs::remove_dir_all(&partial) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     tracing::warn!(copy = %partial.display(), error = %e, "removing a failed backup's files")
@@ -125,16 +141,14 @@ impl Directory {
 
     fn copy_into(
         &self,
-        dest: &Path,
+        copy: &mut dyn CopyWriter,
         watch: &mut dyn FnMut(BackupProgress) -> bool,
         between: impl FnOnce(),
     ) -> Result<BackupReport> {
-        let copy = sled::Config::new().path(dest).cache_capacity(COPY_CACHE_BYTES).open()?;
         let pin = self.pin_current();
         let mut progress = BackupProgress { keys: 0, entries: self.entry_count()? };
         for name in self.db.tree_names() {
-            let (from, to) = (self.db.open_tree(&name)?, copy.open_tree(&name)?);
-            copy_range(&from, &to, .., &mut |n| {
+            copy_range(&self.db.open_tree(&name)?, &name, copy, .., &mut |n| {
                 progress.keys += n;
                 watch(progress)
             })?;
@@ -150,49 +164,48 @@ impl Directory {
             if upto.0.saturating_sub(since.0) <= HELD_ENOUGH {
                 break;
             }
-            caught_up += self.bring_in(&copy, since, upto, Writes::Going)?;
+            caught_up += self.bring_in(copy, since, upto, Writes::Going)?;
             since = upto;
         }
+        // A writer of its own may be behind: writes are not held while it catches up.
+        copy.settle()?;
 
         let last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let pins = self.pins.lock();
         let held = Instant::now();
         // Nothing the copy holds goes unacknowledged by the store it came from.
         self.sync(*last)?;
-        let caught_up_held = self.bring_in(&copy, since, *last, Writes::Held)?;
-        self.copy_small_trees(&copy)?;
+        let caught_up_held = self.bring_in(copy, since, *last, Writes::Held)?;
+        self.copy_small_trees(copy)?;
         let (csn, history, entries) = (*last, self.history(), self.entry_count()?);
         let writes_held = held.elapsed();
         drop(pins);
         drop(last);
         drop(pin);
-        let report = BackupReport {
-            csn,
-            history,
-            entries,
-            changelog: copy.open_tree(names::CHANGELOG)?.len() as u64,
-            caught_up: caught_up + caught_up_held,
-            caught_up_held,
-            writes_held,
-            removed_leftovers: Vec::new(),
-        };
 
-        let held_entries = copy.open_tree(names::ENTRIES)?.len() as u64;
-        let indexed = copy.open_tree(names::UUIDS)?.len() as u64;
-        if held_entries != report.entries || indexed != report.entries {
+        let counts = copy.finish()?;
+        if counts.entries != entries || counts.uuids != entries {
             return Err(StoreError::Corrupt(format!(
-                "the copy holds {held_entries} entries and {indexed} entryUUIDs where the store counts {}: not kept",
-                report.entries
+                "the copy holds {} entries and {} entryUUIDs where the store counts {entries}: not kept",
+                counts.entries, counts.uuids
             )));
         }
-        copy.flush()?;
         // Asked once more before the copy is put in place: one whose client has gone
         // (the provider stopping cut it off) is not left at `dest` for a command that
         // then copies the stopped store there, and finds the folder taken.
         if !watch(progress) {
             return Err(StoreError::Abandoned);
         }
-        Ok(report)
+        Ok(BackupReport {
+            csn,
+            history,
+            entries,
+            changelog: counts.changelog,
+            caught_up: caught_up + caught_up_held,
+            caught_up_held,
+            writes_held,
+            removed_leftovers: Vec::new(),
+        })
     }
 
     /// Brings into `copy` the changes after `since` up to `upto` (see the module docs):
@@ -200,8 +213,8 @@ impl Directory {
     /// state, and the changelog records after `since` are copied. With writes going on,
     /// an entry may move or go while it is read: it is then left out, for the changes
     /// after `upto`, which a later call brings in, made it so.
-    fn bring_in(&self, copy: &Db, since: Csn, upto: Csn, writes: Writes) -> Result<u64> {
-        let (entries, uuids) = (copy.open_tree(names::ENTRIES)?, copy.open_tree(names::UUIDS)?);
+    fn bring_in(&self, copy: &mut dyn CopyWriter, since: Csn, upto: Csn, writes: Writes) -> Result<u64> {
+        let (entries, uuids) = (names::ENTRIES.as_bytes(), names::UUIDS.as_bytes());
         // Each entry changed since `since`, with every DN key it had since.
         let mut touched: HashMap<EntryUuid, BTreeSet<Vec<u8>>> = HashMap::new();
         let mut changes = 0;
@@ -213,13 +226,12 @@ impl Directory {
             keys.extend(record.old_dn.as_ref().map(|dn| dn.tree_key()));
         }
         // Every key first, then every current state: an entry may have taken the name
-        // another one changed since had when the copy read it. Key by key, as
-        // `copy_range` writes, so as not to hold up the provider's writes.
+        // another one changed since had when the copy read it.
         for (uuid, keys) in &touched {
-            for key in keys.iter().cloned().chain(uuids.get(uuid.as_bytes())?.map(|k| k.to_vec())) {
-                entries.remove(key)?;
+            for key in keys {
+                copy.remove(entries, key)?;
             }
-            uuids.remove(uuid.as_bytes())?;
+            copy.forget(uuid)?;
         }
         for uuid in touched.keys() {
             let Some(key) = self.set.uuids.get(uuid.as_bytes())? else { continue };
@@ -228,8 +240,8 @@ impl Directory {
             let holder = holder.map_err(|source| StoreError::Codec { tree: "entries", source })?;
             match (entry, writes) {
                 (Some(entry), _) if holder == Some(*uuid) => {
-                    entries.insert(&key, entry)?;
-                    uuids.insert(uuid.as_bytes(), key)?;
+                    copy.insert(entries, &key, &entry)?;
+                    copy.insert(uuids, uuid.as_bytes(), &key)?;
                 }
                 (_, Writes::Going) => {}
                 (_, Writes::Held) => {
@@ -237,8 +249,8 @@ impl Directory {
                 }
             }
         }
-        let changelog = copy.open_tree(names::CHANGELOG)?;
-        copy_range(&self.changelog.tree, &changelog, since.next().to_key().., &mut |_| true)?;
+        let changelog = names::CHANGELOG.as_bytes();
+        copy_range(&self.changelog.tree, changelog, copy, since.next().to_key().., &mut |_| true)?;
         Ok(changes)
     }
 
@@ -246,26 +258,22 @@ impl Directory {
     /// floor has passed since they were read dropped, and the small trees (the store's
     /// identity, last CSN, entry count, histories, consumers' positions) copied again
     /// whole, a tree made or dropped since the first step too.
-    fn copy_small_trees(&self, copy: &Db) -> Result<()> {
-        let changelog = copy.open_tree(names::CHANGELOG)?;
-        let floor = self.floor()?;
-        for key in changelog.range(..=floor.to_key()).keys() {
-            changelog.remove(key?)?;
-        }
+    fn copy_small_trees(&self, copy: &mut dyn CopyWriter) -> Result<()> {
+        copy.remove_through(names::CHANGELOG.as_bytes(), &self.floor()?.to_key())?;
         let large = [names::ENTRIES, names::UUIDS, names::CHANGELOG].map(str::as_bytes);
-        let names: Vec<_> = self.db.tree_names();
-        for name in copy.tree_names() {
-            if !names.contains(&name) {
-                copy.drop_tree(&name)?;
-            }
-        }
-        for name in names.iter().filter(|n| !large.contains(&n.as_ref())) {
-            let to = copy.open_tree(name)?;
-            to.clear()?;
-            copy_range(&self.db.open_tree(name)?, &to, .., &mut |_| true)?;
+        let names: Vec<Vec<u8>> = self.db.tree_names().iter().map(|n| n.to_vec()).collect();
+        copy.keep_only(&names)?;
+        for name in names.iter().filter(|n| !large.contains(&n.as_slice())) {
+            copy.clear(name)?;
+            copy_range(&self.db.open_tree(name)?, name, copy, .., &mut |_| true)?;
         }
         Ok(())
     }
+}
+
+/// The copy written in this process.
+fn open_here(folder: &Path) -> Result<Box<dyn CopyWriter>> {
+    Ok(Box::new(SledCopy::create(folder)?))
 }
 
 /// Whether writes go on while [`Directory::bring_in`] reads the store.
@@ -275,35 +283,27 @@ enum Writes {
     Held,
 }
 
-/// Copies the keys of `from` in `range` into `to`, telling `watch` every
+/// Copies the keys of `from` in `range` into the copy's tree `to`, telling `watch` every
 /// [`WATCH_EVERY`] keys how many it copied; stops with [`StoreError::Abandoned`] when
 /// `watch` says so. Key by key, not in sled batches: a batch takes sled's concurrency
-/// lock for writing, which is one for every store of the process, so each batch of the
-/// copy held up the provider's writes, where single inserts share it: one at a time,
-/// about 2,700 a second alone, they ran at 340 to 530 a second beside a copy of 100,000
-/// entries made in batches of 2,000, and at 850 to 970 beside one made key by key (which
-/// took as long, 2.4 to 3.0 s).
-/// The copy is flushed every [`FLUSH_AFTER_BYTES`], as a consumer's replica is, so that
-/// sled's buffers of what it wrote stay bounded when the disk is slower than the copy.
-/// (On a disk that keeps up it changes little: a million entries copied alone peaked
-/// at 309 MiB unflushed, 296 flushed.)
+/// lock for writing, which is one for every store of the process, so each batch of a
+/// copy written in the provider held up its writes, where single inserts share it: one
+/// at a time, about 2,700 a second alone, they ran at 340 to 530 a second beside a copy
+/// of 100,000 entries made in batches of 2,000, and at 850 to 970 beside one made key by
+/// key (which took as long, 2.4 to 3.0 s).
 fn copy_range(
     from: &Tree,
-    to: &Tree,
+    to: &[u8],
+    copy: &mut dyn CopyWriter,
     range: impl std::ops::RangeBounds<[u8; 8]> + Clone,
     watch: &mut dyn FnMut(u64) -> bool,
 ) -> Result<()> {
     let range = (range.start_bound().map(|b| b.to_vec()), range.end_bound().map(|b| b.to_vec()));
-    let (mut copied, mut unflushed) = (0, 0);
+    let mut copied = 0;
     for item in from.range::<Vec<u8>, _>(range) {
         let (key, value) = item?;
-        unflushed += key.len() + value.len();
-        to.insert(key, value)?;
+        copy.insert(to, &key, &value)?;
         copied += 1;
-        if unflushed >= FLUSH_AFTER_BYTES {
-            to.flush()?;
-            unflushed = 0;
-        }
         if copied == WATCH_EVERY {
             if !watch(copied as u64) {
                 return Err(StoreError::Abandoned);
@@ -396,10 +396,13 @@ mod tests {
 
     use tether_protocol::{Change, Dn, Entry, Rdn, SearchSpec};
 
+    use std::os::unix::net::UnixStream;
+
     use super::*;
     use crate::changelog::RetentionPolicy;
     use crate::directory::{open_db, StoreKind, StoreOptions};
     use crate::test_changes::{modify_sn, person, suffix, unlocked};
+    use sled::Db;
 
     type Trees = BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>;
 
@@ -456,31 +459,95 @@ mod tests {
         true
     }
 
+    type Opener = fn(&Path) -> Result<Box<dyn CopyWriter>>;
+
+    /// The copy written here, and by another thread through the requests a writer
+    /// process takes.
+    const WRITERS: [(&str, Opener); 2] = [("written here", open_here), ("streamed", open_streamed)];
+
+    /// A copy written by a thread of its own through [`copy::StreamCopy`], as a running
+    /// provider has a process of its own write it; dropped, it waits for the thread.
+    struct Streamed {
+        copy: Option<copy::StreamCopy<UnixStream, UnixStream>>,
+        writer: Option<std::thread::JoinHandle<Result<copy::CopyCounts>>>,
+    }
+
+    impl Streamed {
+        fn copy(&mut self) -> &mut copy::StreamCopy<UnixStream, UnixStream> {
+            self.copy.as_mut().unwrap()
+        }
+    }
+
+    impl CopyWriter for Streamed {
+        fn insert(&mut self, tree: &[u8], key: &[u8], value: &[u8]) -> Result<()> {
+            self.copy().insert(tree, key, value)
+        }
+        fn remove(&mut self, tree: &[u8], key: &[u8]) -> Result<()> {
+            self.copy().remove(tree, key)
+        }
+        fn forget(&mut self, uuid: &EntryUuid) -> Result<()> {
+            self.copy().forget(uuid)
+        }
+        fn remove_through(&mut self, tree: &[u8], last: &[u8]) -> Result<()> {
+            self.copy().remove_through(tree, last)
+        }
+        fn clear(&mut self, tree: &[u8]) -> Result<()> {
+            self.copy().clear(tree)
+        }
+        fn keep_only(&mut self, trees: &[Vec<u8>]) -> Result<()> {
+            self.copy().keep_only(trees)
+        }
+        fn settle(&mut self) -> Result<()> {
+            self.copy().settle()
+        }
+        fn finish(&mut self) -> Result<copy::CopyCounts> {
+            self.copy().finish()
+        }
+    }
+
+    impl Drop for Streamed {
+        fn drop(&mut self) {
+            drop(self.copy.take());
+            let _ = self.writer.take().unwrap().join().unwrap();
+        }
+    }
+
+    fn open_streamed(folder: &Path) -> Result<Box<dyn CopyWriter>> {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let folder = folder.to_owned();
+        let answers = theirs.try_clone().unwrap();
+        let writer = std::thread::spawn(move || copy::write_copy(&folder, theirs, answers));
+        let copy = copy::StreamCopy::new(ours.try_clone().unwrap(), ours);
+        Ok(Box::new(Streamed { copy: Some(copy), writer: Some(writer) }))
+    }
+
     /// The copy of a store no write reaches while it is made is that store, every tree
     /// of it, key for key: served in its place it is the same directory, whose
     /// consumers' cookies it recognizes.
     #[test]
     fn a_copy_of_a_quiet_store_is_the_store_tree_by_tree() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = directory(&tmp.path().join("store"), 50);
-        d.write(&modify_sn("p3", "three")).unwrap();
-        d.write(&delete("p4")).unwrap();
-        d.record_consumer("people/host-a", Csn(20)).unwrap();
-        let cookie = d.cookie();
-        let dest = tmp.path().join("copy");
+        for (how, mut open) in WRITERS {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = directory(&tmp.path().join("store"), 50);
+            d.write(&modify_sn("p3", "three")).unwrap();
+            d.write(&delete("p4")).unwrap();
+            d.record_consumer("people/host-a", Csn(20)).unwrap();
+            let cookie = d.cookie();
+            let dest = tmp.path().join("copy");
 
-        let report = d.backup(&dest, &mut go_on).unwrap();
-        assert_eq!(report.csn, d.newest_committed());
-        assert_eq!((report.entries, report.changelog, report.caught_up, report.caught_up_held), (50, 53, 0, 0));
-        assert_eq!(report.history, d.history());
-        assert_eq!(copy_trees(&dest), trees(&d.db));
+            let report = d.backup_through(&dest, &mut open, &mut go_on).unwrap();
+            assert_eq!(report.csn, d.newest_committed());
+            assert_eq!((report.entries, report.changelog, report.caught_up, report.caught_up_held), (50, 53, 0, 0));
+            assert_eq!(report.history, d.history());
+            assert_eq!(copy_trees(&dest), trees(&d.db), "{how}");
 
-        let copy = unlocked(|| Directory::open(&dest, &base())).unwrap();
-        assert_eq!(copy.store_id(), d.store_id());
-        assert!(copy.recognizes(&cookie).unwrap(), "a consumer of the store resumes from the copy");
-        let all = whole();
-        let entries = |d: &Directory| d.search(&all).map(|e| e.unwrap()).collect::<Vec<Entry>>();
-        assert_eq!(entries(&copy), entries(&d));
+            let copy = unlocked(|| Directory::open(&dest, &base())).unwrap();
+            assert_eq!(copy.store_id(), d.store_id());
+            assert!(copy.recognizes(&cookie).unwrap(), "a consumer of the store resumes from the copy");
+            let all = whole();
+            let entries = |d: &Directory| d.search(&all).map(|e| e.unwrap()).collect::<Vec<Entry>>();
+            assert_eq!(entries(&copy), entries(&d));
+        }
     }
 
     /// Writes made while the entries are copied (adds, modifications, deletes, renames,
@@ -492,7 +559,9 @@ mod tests {
     fn writes_made_while_the_copy_ran_are_in_it_and_what_they_replaced_is_not() {
         // Few enough to be brought in with writes held, and enough to be brought in
         // first with writes going on, the held step then finding none.
-        for (modified, held_only) in [(0, true), (40, false)] {
+        for ((modified, held_only), (how, mut open)) in
+            [(0, true), (40, false)].into_iter().flat_map(|c| WRITERS.map(|w| (c, w)))
+        {
             let tmp = tempfile::tempdir().unwrap();
             let d = directory(&tmp.path().join("store"), 50);
             let dest = tmp.path().join("copy");
@@ -519,17 +588,18 @@ mod tests {
                 let trimmed = d.trim(&policy, 0).unwrap();
                 assert!(trimmed.removed > 0, "records the copy read are trimmed since");
             };
-            let report = d.backup_with(&dest, &mut go_on, between).unwrap();
-            assert_eq!(report.caught_up, 8 + modified, "held only: {held_only}");
+            let report = d.backup_with(&dest, &mut open, &mut go_on, between).unwrap();
+            assert_eq!(report.caught_up, 8 + modified, "held only: {held_only}, {how}");
             assert_eq!(report.caught_up_held, if held_only { 8 } else { 0 });
             assert_eq!(report.entries, 51, "the suffix, 50 people, one added, one deleted");
-            assert_eq!(copy_trees(&dest), trees(&d.db), "held only: {held_only}");
+            assert_eq!(copy_trees(&dest), trees(&d.db), "held only: {held_only}, {how}");
         }
     }
 
     /// Writes made while the copy is read, between its batches, leave a copy of the
     /// store as it was at the copy's CSN: each entry as its last change up to that CSN
-    /// left it, and none added or deleted after.
+    /// left it, and none added or deleted after. (The copy written by another thread,
+    /// as a running provider's is, by a process of its own.)
     #[test]
     fn a_copy_made_while_writes_go_on_is_the_store_at_its_csn() {
         let tmp = tempfile::tempdir().unwrap();
@@ -569,7 +639,7 @@ mod tests {
             true
         };
         let dest = tmp.path().join("copy");
-        let report = d.backup(&dest, &mut watch).unwrap();
+        let report = d.backup_through(&dest, &mut open_streamed, &mut watch).unwrap();
         stop.store(true, Ordering::SeqCst);
         let log = writer.join().unwrap();
         assert!(report.caught_up >= 12, "writes landed while the copy ran: {report:?}");
@@ -681,19 +751,21 @@ mod tests {
     /// client was told nothing of it. Nothing is left beside it.
     #[test]
     fn a_copy_abandoned_after_its_trees_were_read_is_not_put_in_place() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = directory(&tmp.path().join("store"), 50);
-        let dest = tmp.path().join("copy");
-        let stopping = AtomicBool::new(false);
-        let mut watch = |_: BackupProgress| !stopping.load(Ordering::SeqCst);
-        let between = || {
-            d.write(&modify_sn("p1", "one")).unwrap();
-            stopping.store(true, Ordering::SeqCst);
-        };
-        assert!(matches!(d.backup_with(&dest, &mut watch, between), Err(StoreError::Abandoned)));
-        assert!(!dest.exists());
-        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, ["store"], "nothing left beside it");
+        for (how, mut open) in WRITERS {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = directory(&tmp.path().join("store"), 50);
+            let dest = tmp.path().join("copy");
+            let stopping = AtomicBool::new(false);
+            let mut watch = |_: BackupProgress| !stopping.load(Ordering::SeqCst);
+            let between = || {
+                d.write(&modify_sn("p1", "one")).unwrap();
+                stopping.store(true, Ordering::SeqCst);
+            };
+            assert!(matches!(d.backup_with(&dest, &mut open, &mut watch, between), Err(StoreError::Abandoned)));
+            assert!(!dest.exists());
+            let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left, ["store"], "nothing left beside it, {how}");
+        }
     }
 
     /// What the small trees lost while the copy ran is not in it either: a consumer
@@ -711,7 +783,7 @@ mod tests {
             assert!(d.forget_consumer("people/gone").unwrap().is_some());
             d.write(&person("new")).unwrap();
         };
-        let report = d.backup_with(&dest, &mut go_on, between).unwrap();
+        let report = d.backup_with(&dest, &mut open_here, &mut go_on, between).unwrap();
         assert_eq!(report.entries, 52, "the suffix, 50 people and one added");
         assert_eq!(copy_trees(&dest), trees(&d.db));
         let copy = unlocked(|| Directory::open(&dest, &base())).unwrap();
@@ -752,7 +824,8 @@ mod tests {
             changed.write(&modify_sn("p2", "two")).unwrap();
             changed.set.entries.remove(key("p2")).unwrap();
         };
-        let e = changed.backup_with(&tmp.path().join("copy"), &mut go_on, between).unwrap_err().to_string();
+        let e =
+            changed.backup_with(&tmp.path().join("copy"), &mut open_here, &mut go_on, between).unwrap_err().to_string();
         assert!(e.contains("leads to no entry of its own"), "{e}");
         let mut left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         left.sort();
@@ -792,7 +865,7 @@ mod tests {
         let between = || {
             d.write_nowait(&modify_sn("p1", "one")).unwrap();
         };
-        let report = d.backup_with(&tmp.path().join("copy"), &mut go_on, between).unwrap();
+        let report = d.backup_with(&tmp.path().join("copy"), &mut open_here, &mut go_on, between).unwrap();
         assert_eq!(report.csn, d.newest_committed(), "the copy holds the change");
         assert_eq!(d.durable_csn(), report.csn);
     }

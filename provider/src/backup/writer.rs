@@ -1,0 +1,183 @@
+//! The process that writes a running provider's backup copy (`tether-provider
+//! backup-writer FOLDER`, started by the provider, never by hand).
+//!
+//! sled keeps a page table and a cache for every database a process opens, as large as
+//! the database: a million-entry copy written inside the provider took it from 78 to
+//! 328 MiB, and it kept 230 to 250 MiB once the copy was closed. So the provider reads
+//! its store and sends the copy's writes down a pipe ([`tether_store::StreamCopy`]) to a
+//! process of its own, this binary run again, which writes them
+//! ([`tether_store::write_copy`]) and whose memory goes when it exits.
+//!
+//! The provider owns the process: the copy's thread starts it, and waits for it to end
+//! before the copy is put in place or removed. It ends when its input does: at the
+//! finish, or when the backup is abandoned or fails (its input closed), or when the
+//! provider dies (the kernel closes the pipe), and it then removes what it wrote.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tether_protocol::EntryUuid;
+use tether_store::{CopyCounts, CopyWriter, SledCopy, StoreError, StreamCopy};
+
+/// The subcommand the writer runs as.
+pub const SUBCOMMAND: &str = "backup-writer";
+
+/// How long the writer is given to end once its input is closed (it removes the copy
+/// first) before it is killed.
+const END_WAIT: Duration = Duration::from_secs(30);
+
+/// Who writes a running provider's backup copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writer {
+    /// The copy is written in this process: the tests of the control socket, whose
+    /// process is a test harness that has no `backup-writer` to run.
+    Here,
+    /// A process of its own runs `PROGRAM backup-writer FOLDER`.
+    Process(PathBuf),
+}
+
+impl Writer {
+    /// This very binary run again: `/proc/self/exe` is the file this process was
+    /// started from even once an upgrade has replaced it on disk, so the writer is of
+    /// the provider's build, and speaks its requests.
+    pub fn this_program() -> Self {
+        Writer::Process(PathBuf::from("/proc/self/exe"))
+    }
+
+    /// Opens the copy to be written in `folder`.
+    pub fn open(&self, folder: &Path) -> Result<Box<dyn CopyWriter>, StoreError> {
+        match self {
+            Writer::Here => Ok(Box::new(SledCopy::create(folder)?)),
+            Writer::Process(program) => Ok(Box::new(ProcessCopy::start(program, folder)?)),
+        }
+    }
+}
+
+/// The copy written by a process of its own.
+#[derive(Debug)]
+struct ProcessCopy {
+    stream: Option<StreamCopy<ChildStdin, ChildStdout>>,
+    child: Child,
+    /// What the process's end said, once known.
+    ended: Option<String>,
+}
+
+impl ProcessCopy {
+    fn start(program: &Path, folder: &Path) -> Result<Self, StoreError> {
+        let mut child = Command::new(program)
+            .arg(SUBCOMMAND)
+            .arg(folder)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| StoreError::CopyWriter(format!("starting {} {SUBCOMMAND}: {e}", program.display())))?;
+        let pipes = child.stdin.take().zip(child.stdout.take());
+        let Some((requests, answers)) = pipes else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(StoreError::CopyWriter("its process was started without its pipes".to_owned()));
+        };
+        tracing::debug!(pid = child.id(), folder = %folder.display(), "backup writer started");
+        Ok(Self { stream: Some(StreamCopy::new(requests, answers)), child, ended: None })
+    }
+
+    /// Does `step` with the stream; an error gains how the process ended.
+    fn with<T>(
+        &mut self,
+        step: impl FnOnce(&mut StreamCopy<ChildStdin, ChildStdout>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(StoreError::CopyWriter(format!("its process {} ended", self.ended())));
+        };
+        step(stream).map_err(|e| match e {
+            StoreError::CopyWriter(why) => StoreError::CopyWriter(format!("{why} (its process {})", self.ended())),
+            e => e,
+        })
+    }
+
+    /// Closes the process's input, waits for it to end (killing it after [`END_WAIT`]),
+    /// and says how it ended.
+    fn ended(&mut self) -> String {
+        if let Some(said) = &self.ended {
+            return said.clone();
+        }
+        drop(self.stream.take());
+        let pid = self.child.id();
+        let deadline = Instant::now() + END_WAIT;
+        let said = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break format!("{pid} {}", exit_said(status)),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break format!("{pid} did not end within {END_WAIT:?} of its input's end, and was killed");
+                }
+                Err(e) => break format!("{pid} could not be waited for ({e})"),
+            }
+        };
+        self.ended = Some(said.clone());
+        said
+    }
+}
+
+/// How a process ended, as a clause.
+fn exit_said(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "exited".to_owned(),
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => format!("ended ({status})"),
+    }
+}
+
+impl CopyWriter for ProcessCopy {
+    fn insert(&mut self, tree: &[u8], key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.with(|s| s.insert(tree, key, value))
+    }
+
+    fn remove(&mut self, tree: &[u8], key: &[u8]) -> Result<(), StoreError> {
+        self.with(|s| s.remove(tree, key))
+    }
+
+    fn forget(&mut self, uuid: &EntryUuid) -> Result<(), StoreError> {
+        self.with(|s| s.forget(uuid))
+    }
+
+    fn remove_through(&mut self, tree: &[u8], last: &[u8]) -> Result<(), StoreError> {
+        self.with(|s| s.remove_through(tree, last))
+    }
+
+    fn clear(&mut self, tree: &[u8]) -> Result<(), StoreError> {
+        self.with(|s| s.clear(tree))
+    }
+
+    fn keep_only(&mut self, trees: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.with(|s| s.keep_only(trees))
+    }
+
+    fn settle(&mut self) -> Result<(), StoreError> {
+        self.with(StreamCopy::settle)
+    }
+
+    fn finish(&mut self) -> Result<CopyCounts, StoreError> {
+        self.with(StreamCopy::finish)
+    }
+}
+
+impl Drop for ProcessCopy {
+    /// The process ends before the copy is put in place or removed.
+    fn drop(&mut self) {
+        let said = self.ended();
+        tracing::debug!(process = %said, "backup writer ended");
+    }
+}
+
+/// `tether-provider backup-writer FOLDER`: writes the copy in `FOLDER` as standard input
+/// asks, answering on standard output, until the copy is finished or its input ends.
+pub fn run(folder: &Path) -> Result<CopyCounts, StoreError> {
+    tether_store::write_copy(folder, std::io::stdin().lock(), std::io::stdout().lock())
+}
