@@ -429,6 +429,12 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config } => daemon::serve(&config).await,
         Command::BackupWriter { folder } => {
+            // Stopped by its input's end alone, which its provider owns: a signal to the
+            // whole group (Ctrl-C at a terminal, systemd's stop) would otherwise kill it
+            // before the provider, stopping, abandons the copy, leaving its files.
+            use tokio::signal::unix::{signal, SignalKind};
+            let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
+            let _taken = kinds.map(signal).into_iter().collect::<std::io::Result<Vec<_>>>()?;
             let written = tokio::task::spawn_blocking(move || tether_provider::backup::writer::run(&folder)).await?;
             written.map(drop).context("writing a backup's copy")
         }

@@ -229,8 +229,8 @@ fn gone(pid: u32) -> bool {
 }
 
 /// A running provider's backup copy is written by a process of its own (the provider's
-/// memory is not the copy's: docs/operations.md, Backup and restore). Killed (the OOM
-/// killer, say), the backup fails saying so, its copy is removed and the provider goes
+/// memory is not the copy's: docs/operations.md, Backup and restore), which stop
+/// signals leave to its provider. Killed (the OOM killer, say), the backup fails saying so, its copy is removed and the provider goes
 /// on; the provider killed instead, its writer finds its requests ended, removes the
 /// copy and exits (and the command, cut off, copies the stopped store itself); and the
 /// restarted provider's backup to the same folder is made.
@@ -257,6 +257,24 @@ fn a_backup_whose_writer_or_provider_is_killed_leaves_no_copy_and_no_process() -
         anyhow::ensure!(std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status()?.success());
         Ok(())
     };
+
+    // The writer is the one the kernel kills out of memory, and a stop signal to the
+    // whole group (Ctrl-C at a terminal, systemd's stop) leaves it to the provider.
+    let mut backup = provider.spawn_command("backup", &[&shown])?;
+    let writer = writer_of(&provider, &mut backup)?;
+    wait_until(LIMIT, "the writer to put itself first for the OOM killer", || {
+        Ok(std::fs::read_to_string(format!("/proc/{writer}/oom_score_adj"))?.trim() == "1000")
+    })?;
+    for sig in ["TERM", "INT", "HUP"] {
+        anyhow::ensure!(std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(writer.to_string())
+            .status()?
+            .success());
+    }
+    let made = backup.wait_with_output()?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    std::fs::remove_dir_all(&dest)?;
 
     let mut backup = provider.spawn_command("backup", &[&shown])?;
     let writer = writer_of(&provider, &mut backup)?;

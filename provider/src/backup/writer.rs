@@ -28,6 +28,10 @@ pub const SUBCOMMAND: &str = "backup-writer";
 /// first) before it is killed.
 const END_WAIT: Duration = Duration::from_secs(30);
 
+/// The writer's `oom_score_adj`: the highest, so that the kernel, out of memory, kills
+/// it before the provider.
+const OOM_SCORE_ADJ: &str = "1000";
+
 /// Who writes a running provider's backup copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Writer {
@@ -178,6 +182,14 @@ impl Drop for ProcessCopy {
 
 /// `tether-provider backup-writer FOLDER`: writes the copy in `FOLDER` as standard input
 /// asks, answering on standard output, until the copy is finished or its input ends.
+/// Under a memory limit (systemd's `MemoryMax=`, which counts the provider and this
+/// process together), it is this process the kernel kills first: the backup then fails,
+/// saying so, and the provider goes on.
 pub fn run(folder: &Path) -> Result<CopyCounts, StoreError> {
+    // Raising one's own score needs no privilege; where /proc is not writable the
+    // kernel's own choice stands.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ) {
+        tracing::debug!(error = %e, "could not make the backup writer the first to go under a memory limit");
+    }
     tether_store::write_copy(folder, std::io::stdin().lock(), std::io::stdout().lock())
 }
