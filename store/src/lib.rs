@@ -28,10 +28,13 @@
 //! - `ownership` (private): files root's commands write into another user's store,
 //!   given back to that user at every open, so the service can still open it.
 //! - [`directory`]: the provider's store, its copy made while it runs (a backup,
-//!   `directory/backup.rs`), and the check that a stopped store's or a copy's trees
+//!   `directory/backup.rs`, written here or by a process of its own through
+//!   [`CopyWriter`]), and the check that a stopped store's or a copy's trees
 //!   agree (`directory/verify.rs`).
 //! - [`replica`]: the consumer's per-agreement replicas and shadow reloads (the shadow
 //!   a reload fills, [`Shadow`], in a module of its own, `replica/shadow.rs`).
+//! - `fill_order` (private): the order a run of keys arriving in key order goes into
+//!   sled so that its leaves are left full, for a reload's scan and a backup's copy.
 //! - [`reshapes`]: which entries of a replica were added, removed or renamed while a
 //!   search printed it page by page, so the search can tell whether its output is whole.
 //! - `reaper` (private): frees the trees of replica generations no state names any
@@ -53,6 +56,7 @@ pub mod entry_set;
 pub mod error;
 pub mod failure;
 pub mod feed;
+mod fill_order;
 mod footprint;
 pub mod format;
 pub mod history;

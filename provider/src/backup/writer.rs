@@ -45,9 +45,20 @@ pub enum Writer {
 impl Writer {
     /// This very binary run again: `/proc/self/exe` is the file this process was
     /// started from even once an upgrade has replaced it on disk, so the writer is of
-    /// the provider's build, and speaks its requests.
+    /// the provider's build, and speaks its requests. Without `/proc` (a chroot, say),
+    /// the path it was started from; failing that, the copy is written here.
     pub fn this_program() -> Self {
-        Writer::Process(PathBuf::from("/proc/self/exe"))
+        let proc = PathBuf::from("/proc/self/exe");
+        if proc.exists() {
+            return Writer::Process(proc);
+        }
+        match std::env::current_exe() {
+            Ok(path) => Writer::Process(path),
+            Err(e) => {
+                tracing::warn!(error = %e, "this program's path is unknown: a backup's copy is written in this process");
+                Writer::Here
+            }
+        }
     }
 
     /// Opens the copy to be written in `folder`.

@@ -28,6 +28,7 @@ use tether_protocol::EntryUuid;
 
 use super::super::names;
 use crate::error::{Result, StoreError};
+use crate::fill_order::fill_order;
 
 /// Bytes written to the copy between two flushes of it.
 const FLUSH_AFTER_BYTES: usize = 4 << 20;
@@ -82,19 +83,42 @@ pub trait CopyWriter: Send {
     fn finish(&mut self) -> Result<CopyCounts>;
 }
 
+/// Inserts into one tree in rising key order held back and written together, in
+/// [`fill_order`]: the copy's trees are read in key order, and written so they leave
+/// sled's leaves full instead of half empty.
+const FILL_RUN: usize = 256;
+
+/// A key and its value.
+type Record = (Vec<u8>, Vec<u8>);
+
 /// The copy written in this process.
 #[derive(Debug)]
 pub struct SledCopy {
     db: Db,
     trees: HashMap<Vec<u8>, Tree>,
     unflushed: usize,
+    /// Inserts held back (see [`FILL_RUN`]): their tree, and their keys and values in
+    /// rising key order. Any other request writes them first.
+    held: Option<(Tree, Vec<Record>)>,
 }
 
 impl SledCopy {
     /// Makes a copy in `folder`, which is empty.
     pub fn create(folder: &Path) -> Result<Self> {
         let db = sled::Config::new().path(folder).cache_capacity(COPY_CACHE_BYTES).open()?;
-        Ok(Self { db, trees: HashMap::new(), unflushed: 0 })
+        Ok(Self { db, trees: HashMap::new(), unflushed: 0, held: None })
+    }
+
+    /// Writes the inserts held back.
+    fn write_held(&mut self) -> Result<()> {
+        let Some((tree, run)) = self.held.take() else { return Ok(()) };
+        let mut bytes = 0;
+        for i in fill_order(run.len()) {
+            let (key, value) = &run[i];
+            bytes += key.len() + value.len();
+            tree.insert(&key[..], &value[..])?;
+        }
+        self.wrote(bytes)
     }
 
     fn tree(&mut self, name: &[u8]) -> Result<Tree> {
@@ -122,16 +146,30 @@ impl SledCopy {
 
 impl CopyWriter for SledCopy {
     fn insert(&mut self, tree: &[u8], key: &[u8], value: &[u8]) -> Result<()> {
-        self.tree(tree)?.insert(key, value)?;
-        self.wrote(key.len() + value.len())
+        let follows = match &self.held {
+            Some((held, run)) => held.name() == tree && run.last().is_some_and(|(last, _)| &last[..] < key),
+            None => false,
+        };
+        if !follows || self.held.as_ref().is_some_and(|(_, run)| run.len() == FILL_RUN) {
+            self.write_held()?;
+        }
+        if self.held.is_none() {
+            self.held = Some((self.tree(tree)?, Vec::with_capacity(FILL_RUN)));
+        }
+        if let Some((_, run)) = &mut self.held {
+            run.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(())
     }
 
     fn remove(&mut self, tree: &[u8], key: &[u8]) -> Result<()> {
+        self.write_held()?;
         self.tree(tree)?.remove(key)?;
         self.wrote(key.len())
     }
 
     fn forget(&mut self, uuid: &EntryUuid) -> Result<()> {
+        self.write_held()?;
         if let Some(key) = self.tree(names::UUIDS.as_bytes())?.remove(uuid.as_bytes())? {
             self.tree(names::ENTRIES.as_bytes())?.remove(key)?;
         }
@@ -139,6 +177,7 @@ impl CopyWriter for SledCopy {
     }
 
     fn remove_through(&mut self, tree: &[u8], last: &[u8]) -> Result<()> {
+        self.write_held()?;
         let tree = self.tree(tree)?;
         for key in tree.range(..=last).keys() {
             tree.remove(key?)?;
@@ -147,10 +186,12 @@ impl CopyWriter for SledCopy {
     }
 
     fn clear(&mut self, tree: &[u8]) -> Result<()> {
+        self.write_held()?;
         Ok(self.tree(tree)?.clear()?)
     }
 
     fn keep_only(&mut self, trees: &[Vec<u8>]) -> Result<()> {
+        self.write_held()?;
         for name in self.db.tree_names() {
             if !trees.iter().any(|kept| kept[..] == name[..]) {
                 self.trees.remove(&name[..]);
@@ -161,10 +202,11 @@ impl CopyWriter for SledCopy {
     }
 
     fn settle(&mut self) -> Result<()> {
-        Ok(())
+        self.write_held()
     }
 
     fn finish(&mut self) -> Result<CopyCounts> {
+        self.write_held()?;
         self.db.flush()?;
         let len = |copy: &mut Self, name: &str| copy.tree(name.as_bytes()).map(|t| t.len() as u64);
         Ok(CopyCounts {
@@ -499,6 +541,50 @@ mod tests {
         let len = u32::from_le_bytes(answers[1..5].try_into().unwrap()) as usize;
         assert_eq!(answers.len(), 5 + len);
         String::from_utf8(answers[5..].to_vec()).unwrap()
+    }
+
+    /// Inserts held back to be written in fill order change nothing of what the copy
+    /// holds, whatever comes between them: runs in key order, keys out of order or
+    /// repeated, other trees, removals of what was just inserted, a finish.
+    #[test]
+    fn the_copy_holds_what_was_asked_in_the_order_it_was_asked() {
+        use std::collections::BTreeMap;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let mut model: BTreeMap<&[u8], BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+        let trees: [&[u8]; 2] = [b"entries", b"changelog"];
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut rising = 0u64;
+        for step in 0..5_000u64 {
+            let tree = trees[(next(10) == 0) as usize];
+            let key = match next(4) {
+                // Mostly rising runs, as a tree's copy is; sometimes a key seen before.
+                0 => format!("k{:06}", next(rising + 1)),
+                _ => {
+                    rising += 1 + next(3);
+                    format!("k{rising:06}")
+                }
+            }
+            .into_bytes();
+            if next(20) == 0 {
+                copy.remove(tree, &key).unwrap();
+                model.entry(tree).or_default().remove(&key);
+            } else {
+                let value = format!("v{step}").into_bytes();
+                copy.insert(tree, &key, &value).unwrap();
+                model.entry(tree).or_default().insert(key, value);
+            }
+        }
+        copy.finish().unwrap();
+        for tree in trees {
+            let held: BTreeMap<Vec<u8>, Vec<u8>> =
+                copy.tree(tree).unwrap().iter().map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            assert!(held == model[tree], "{}", String::from_utf8_lossy(tree));
+        }
     }
 
     /// Requests that end before the copy is finished (its backup abandoned, or the
