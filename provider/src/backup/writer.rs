@@ -3,7 +3,8 @@
 //!
 //! sled keeps a page table and a cache for every database a process opens, as large as
 //! the database: a million-entry copy written inside the provider took it from 78 to
-//! 328 MiB, and it kept 230 to 250 MiB once the copy was closed. So the provider reads
+//! 293 to 328 MiB, and it kept 212 to 247 MiB once the copy was closed (measured in
+//! docs/operations.md, Backup and restore). So the provider reads
 //! its store and sends the copy's writes down a pipe ([`tether_store::StreamCopy`]) to a
 //! process of its own, this binary run again, which writes them
 //! ([`tether_store::write_copy`]) and whose memory goes when it exits.
@@ -36,7 +37,8 @@ const OOM_SCORE_ADJ: &str = "1000";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Writer {
     /// The copy is written in this process: the tests of the control socket, whose
-    /// process is a test harness that has no `backup-writer` to run.
+    /// process is a test harness that has no `backup-writer` to run, and a provider
+    /// that cannot tell its own program's path.
     Here,
     /// A process of its own runs `PROGRAM backup-writer FOLDER`.
     Process(PathBuf),
