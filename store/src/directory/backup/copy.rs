@@ -103,8 +103,22 @@ pub struct SledCopy {
 }
 
 impl SledCopy {
-    /// Makes a copy in `folder`, which is empty.
+    /// Makes a copy in `folder`, an empty folder (the one the backup made beside its
+    /// destination). Anything else is refused untouched: a copy that fails is removed
+    /// with its folder, which must then have held nothing else (a store named by
+    /// mistake, say).
     pub fn create(folder: &Path) -> Result<Self> {
+        let refused = |why: String| {
+            StoreError::CopyWriter(format!(
+                "{} {why}: a copy is written only into the empty folder its backup made; nothing was touched",
+                folder.display()
+            ))
+        };
+        match std::fs::read_dir(folder).map(|mut items| items.next().is_none()) {
+            Ok(true) => {}
+            Ok(false) => return Err(refused("is not empty".to_owned())),
+            Err(e) => return Err(refused(format!("cannot be read as a folder ({e})"))),
+        }
         let db = sled::Config::new().path(folder).cache_capacity(COPY_CACHE_BYTES).open()?;
         Ok(Self { db, trees: HashMap::new(), unflushed: 0, held: None })
     }
@@ -391,11 +405,13 @@ fn read_field<'b>(from: &mut impl Read, buf: &'b mut Vec<u8>) -> std::io::Result
 /// backup too, on `answers`, when it fails).
 pub fn write_copy(folder: &Path, requests: impl Read, answers: impl Write) -> Result<CopyCounts> {
     let mut answers = BufWriter::new(answers);
-    let copied = SledCopy::create(folder).and_then(|mut copy| {
-        let counts = serve_requests(&mut copy, &mut BufReader::with_capacity(PIPE_BUFFER, requests), &mut answers);
-        drop(copy);
-        counts
-    });
+    let mut copy = match SledCopy::create(folder) {
+        Ok(copy) => copy,
+        // Not a folder of its own to remove (see `SledCopy::create`).
+        Err(e) => return Err(failed(&mut answers, e)),
+    };
+    let copied = serve_requests(&mut copy, &mut BufReader::with_capacity(PIPE_BUFFER, requests), &mut answers);
+    drop(copy);
     match copied {
         Ok(counts) => {
             answers.write_all(&[answer::FINISHED]).map_err(gone)?;
@@ -412,15 +428,20 @@ pub fn write_copy(folder: &Path, requests: impl Read, answers: impl Write) -> Re
                     tracing::warn!(copy = %folder.display(), error = %left, "removing an unfinished backup's files");
                 }
             }
-            // The backup may be gone: then no one is told.
-            let why = match &e {
-                StoreError::CopyWriter(why) => why.clone(),
-                e => e.to_string(),
-            };
-            let _ = say_failed(&mut answers, &why);
-            Err(e)
+            Err(failed(&mut answers, e))
         }
     }
+}
+
+/// Tells the backup why the copy failed, if it still listens, and returns the error.
+fn failed(answers: &mut impl Write, e: StoreError) -> StoreError {
+    let why = match &e {
+        StoreError::CopyWriter(why) => why.clone(),
+        e => e.to_string(),
+    };
+    // The backup may be gone: then no one is told.
+    let _ = say_failed(answers, &why);
+    e
 }
 
 /// Tells the backup why the copy failed: the last answer.
@@ -547,7 +568,7 @@ mod tests {
     fn the_copy_holds_what_was_asked_in_the_order_it_was_asked() {
         use std::collections::BTreeMap;
         let tmp = tempfile::tempdir().unwrap();
-        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let mut copy = SledCopy::create(tmp.path()).unwrap();
         let mut model: BTreeMap<&[u8], BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
         let trees: [&[u8]; 2] = [b"entries", b"changelog"];
         let mut seed = 7u64;
@@ -601,6 +622,28 @@ mod tests {
             assert!(!folder.exists(), "cut {cut}: the copy is removed");
             assert!(said_failed(&answers).starts_with("the requests ended"), "{answers:?}");
         }
+    }
+
+    /// A writer given a folder that is not empty (`backup-writer` run by hand on a
+    /// store, say) refuses it and touches nothing in it: a copy that fails is removed
+    /// with its folder, which would have taken the store with it.
+    #[test]
+    fn a_writer_given_a_folder_holding_anything_touches_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("db"), "the store's log").unwrap();
+        for requests in [Vec::new(), inserts(3)] {
+            let mut answers = Vec::new();
+            let e = write_copy(&store, Cursor::new(requests), &mut answers).unwrap_err().to_string();
+            assert!(e.contains("is not empty: a copy is written only into the empty folder its backup made"), "{e}");
+            assert!(said_failed(&answers).ends_with("nothing was touched"));
+            assert_eq!(std::fs::read_to_string(store.join("db")).unwrap(), "the store's log");
+            assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1);
+        }
+        let missing = tmp.path().join("missing");
+        assert!(write_copy(&missing, Cursor::new(inserts(1)), Vec::new()).is_err());
+        assert!(!missing.exists(), "no folder made");
     }
 
     /// A writer asked what it cannot do says why, as its last answer, and removes the
