@@ -610,6 +610,28 @@ impl Provider {
         c.spawn().with_context(|| format!("starting {c:?}"))
     }
 
+    /// The process writing a running backup's copy (`tether-provider backup-writer`,
+    /// this provider's child), once it runs.
+    pub fn backup_writer(&self) -> Result<Option<u32>> {
+        let Some(parent) = self.child.as_ref().map(Child::id) else { return Ok(None) };
+        for entry in fs::read_dir("/proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
+            // Gone between the listing and the read: not it.
+            let (Ok(stat), Ok(cmdline)) =
+                (fs::read_to_string(format!("/proc/{pid}/stat")), fs::read(format!("/proc/{pid}/cmdline")))
+            else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: the name may hold spaces, the rest does not.
+            let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)).and_then(|p| p.parse().ok());
+            let runs_as_writer = cmdline.split(|b| *b == 0).any(|arg| arg == b"backup-writer");
+            if ppid == Some(parent) && runs_as_writer {
+                return Ok(Some(pid));
+            }
+        }
+        Ok(None)
+    }
+
     /// Rewrites the config with `opts` (same port and folders).
     pub fn reconfigure(&mut self, opts: &ProviderOptions) -> Result<()> {
         let port = self.port;

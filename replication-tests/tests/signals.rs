@@ -200,28 +200,6 @@ fn a_backup_stopped_by_a_signal_removes_its_copy_and_one_killed_is_removed_by_th
     Ok(())
 }
 
-/// The process writing a running provider's backup copy (`backup-writer`, the
-/// provider's child), once it runs.
-fn backup_writer(provider: &Provider) -> Result<Option<u32>> {
-    let parent = provider.child.as_ref().map(std::process::Child::id).unwrap_or_default();
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
-        // Gone between the listing and the read: not it.
-        let (Ok(stat), Ok(cmdline)) =
-            (std::fs::read_to_string(format!("/proc/{pid}/stat")), std::fs::read(format!("/proc/{pid}/cmdline")))
-        else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: the name may hold spaces, the rest does not.
-        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)).and_then(|p| p.parse().ok());
-        let runs_as_writer = cmdline.split(|b| *b == 0).any(|arg| arg == b"backup-writer");
-        if ppid == Some(parent) && runs_as_writer {
-            return Ok(Some(pid));
-        }
-    }
-    Ok(None)
-}
-
 /// Whether process `pid` is gone (a zombie counts as gone: it wrote its last).
 fn gone(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -245,7 +223,7 @@ fn a_backup_whose_writer_or_provider_is_killed_leaves_no_copy_and_no_process() -
         // Looked for more often than `wait_until` does: the copy takes a second or two.
         let deadline = std::time::Instant::now() + LIMIT;
         loop {
-            if let (Some(pid), false) = (backup_writer(provider)?, partial_copies(&dest)?.is_empty()) {
+            if let (Some(pid), false) = (provider.backup_writer()?, partial_copies(&dest)?.is_empty()) {
                 return Ok(pid);
             }
             anyhow::ensure!(std::time::Instant::now() < deadline, "no backup writer within {LIMIT:?}");
@@ -306,6 +284,6 @@ fn a_backup_whose_writer_or_provider_is_killed_leaves_no_copy_and_no_process() -
     let made = provider.command_output("backup", &[&shown])?;
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     assert!(dest.join("db").is_file());
-    assert_eq!(backup_writer(&provider)?, None, "the writer ended with its copy");
+    assert_eq!(provider.backup_writer()?, None, "the writer ended with its copy");
     Ok(())
 }

@@ -163,6 +163,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         stores_failed: nemesis.stores_failed,
         restores,
         online_backups: nemesis.online_backups,
+        backup_writers_killed: nemesis.backup_writers_killed,
         totals,
         changes: writer.changes,
         failed_writes: writer.failed_writes,

@@ -173,6 +173,9 @@ pub struct NemesisStats {
     /// Backups of `restore-provider-backup` made by `tether-provider backup` while the
     /// provider ran.
     pub online_backups: u64,
+    /// Online backups whose writer process was SIGKILLed while it wrote the copy (each
+    /// failed, naming it, and left nothing; another was made).
+    pub backup_writers_killed: u64,
 }
 
 /// The fault injector.
@@ -411,13 +414,21 @@ impl<'a> Nemesis<'a> {
                 let mut p = self.cluster.provider();
                 self.backups += 1;
                 if self.backups % 2 == 1 && p.provider.child.is_some() {
-                    let made = p.provider.command_output("backup", &[&backup.display().to_string()])?;
-                    ensure!(
-                        made.status.success(),
-                        "tether-provider backup of the running provider failed ({}): {}",
-                        made.status,
-                        String::from_utf8_lossy(&made.stderr)
-                    );
+                    // One in three is first tried with its writer killed (the OOM
+                    // killer, say): that backup fails, naming it, and leaves nothing.
+                    if self.rng.gen_ratio(1, 3) && kill_backup_writer(&p.provider, &backup)? {
+                        self.stats.backup_writers_killed += 1;
+                    }
+                    // Made all the same when the copy was done before its writer was seen.
+                    if !backup.exists() {
+                        let made = p.provider.command_output("backup", &[&backup.display().to_string()])?;
+                        ensure!(
+                            made.status.success(),
+                            "tether-provider backup of the running provider failed ({}): {}",
+                            made.status,
+                            String::from_utf8_lossy(&made.stderr)
+                        );
+                    }
                     self.stats.online_backups += 1;
                 } else {
                     stop_provider(&mut p.provider)?;
@@ -589,6 +600,54 @@ impl<'a> Nemesis<'a> {
 /// SIGTERMs the provider, which must exit 0, or 1 for its store's failure while under a
 /// `provider-store-fails` limit. Anything else is a violation, and the provider is
 /// started again before it is reported.
+/// Backs the running `provider` up to `dest` and SIGKILLs the process writing the copy
+/// as soon as it is seen: the backup must fail, saying so, leaving nothing at `dest`
+/// or beside it, and the provider must go on. `false` when the backup was made before
+/// its writer could be killed (it is then at `dest`).
+fn kill_backup_writer(provider: &crate::harness::Provider, dest: &std::path::Path) -> Result<bool> {
+    let mut backup = provider.spawn_command("backup", &[&dest.display().to_string()])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let writer = loop {
+        if let Some(pid) = provider.backup_writer()? {
+            break Some(pid);
+        }
+        if backup.try_wait()?.is_some() {
+            break None;
+        }
+        ensure!(Instant::now() < deadline, "no backup writer within 30 s of the backup's start");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    if let Some(pid) = writer {
+        // Gone already if it finished meanwhile.
+        let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    }
+    let done = backup.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    if done.status.success() {
+        ensure!(dest.join("db").is_file(), "the backup said it was made, but {} holds no store", dest.display());
+        return Ok(false);
+    }
+    ensure!(
+        done.status.code() == Some(1) && stderr.contains("writing the copy: ") && stderr.contains("killed by signal 9"),
+        "a backup whose writer was killed ended {}: {stderr}",
+        done.status
+    );
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let beside = dest.parent().map(std::fs::read_dir).transpose()?;
+    let left: Vec<_> = beside
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(&format!("{name}.partial.")))
+        .collect();
+    ensure!(
+        !dest.exists() && left.is_empty(),
+        "a backup whose writer was killed left {left:?} (or {})",
+        dest.display()
+    );
+    Ok(true)
+}
+
 fn stop_provider(provider: &mut crate::harness::Provider) -> Result<()> {
     let status = provider.stop()?;
     let failed_store = provider.file_size_limit.is_some() && store_failure_only(provider, Some(status)).is_ok();
@@ -1125,6 +1184,31 @@ mod tests {
         n.heal_due(true);
         assert!(n.stats.violations.is_empty(), "{:?}", n.stats.violations);
         assert_eq!(cluster.restores.load(std::sync::atomic::Ordering::SeqCst), 2);
+        Ok(())
+    }
+
+    /// An online backup whose writer process is killed fails, naming it, and leaves
+    /// nothing at its destination or beside it; the provider goes on, and the next
+    /// backup is made. (A small store's copy may be done before its writer is seen:
+    /// tried until one is killed.)
+    #[test]
+    fn a_backup_whose_writer_is_killed_fails_and_leaves_nothing() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let cluster = real_cluster(tmp.path())?;
+        let dest = tmp.path().join("backup");
+        let p = cluster.provider();
+        let killed = (0..20).try_fold(false, |killed, _| -> Result<bool> {
+            if killed {
+                return Ok(true);
+            }
+            let _ = std::fs::remove_dir_all(&dest);
+            kill_backup_writer(&p.provider, &dest)
+        })?;
+        assert!(killed, "no writer seen in 20 backups");
+        assert!(!dest.exists());
+        p.provider.status()?;
+        let made = p.provider.command_output("backup", &[&dest.display().to_string()])?;
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
         Ok(())
     }
 

@@ -23,6 +23,9 @@ pub struct Report {
     pub restores: u64,
     /// Of those backups, the ones made by `tether-provider backup` while it ran.
     pub online_backups: u64,
+    /// Online backups whose writer process was killed mid-copy (each failed cleanly,
+    /// and another was made).
+    pub backup_writers_killed: u64,
     /// Consumer counters summed over consumers and their lives.
     pub totals: Totals,
     /// Changes the provider acknowledged.
@@ -75,6 +78,7 @@ impl Report {
             "provider_stores_failed": self.stores_failed,
             "provider_restores": self.restores,
             "provider_online_backups": self.online_backups,
+            "provider_backup_writers_killed": self.backup_writers_killed,
             "recoveries": self.totals.disconnects,
             "refreshes": self.totals.refreshes,
             "resumed_refreshes": self.totals.resumed,
@@ -112,6 +116,7 @@ impl Report {
         let _ = writeln!(out, "  {:<28} {}", "(provider stores failed)", self.stores_failed);
         let _ = writeln!(out, "  {:<28} {}", "(provider restores)", self.restores);
         let _ = writeln!(out, "  {:<28} {}", "(of them backed up online)", self.online_backups);
+        let _ = writeln!(out, "  {:<28} {}", "(backup writers killed)", self.backup_writers_killed);
         let _ = writeln!(out, "recoveries by reason (consumer disconnects):");
         for (k, v) in &self.totals.disconnects {
             let _ = writeln!(out, "  {k:<28} {v}");
@@ -182,6 +187,7 @@ mod tests {
             stores_failed: 12,
             restores: 13,
             online_backups: 17,
+            backup_writers_killed: 18,
             totals,
             changes: 14,
             failed_writes: 15,
@@ -208,6 +214,7 @@ mod tests {
             "provider_stores_failed": 12,
             "provider_restores": 13,
             "provider_online_backups": 17,
+            "provider_backup_writers_killed": 18,
             "recoveries": {"keepalive-timeout": 3, "connection-lost": 4},
             "refreshes": {"full": 5, "delta": 6},
             "resumed_refreshes": 7,
@@ -263,6 +270,7 @@ mod tests {
             ("(provider stores failed)", 12),
             ("(provider restores)", 13),
             ("(of them backed up online)", 17),
+            ("(backup writers killed)", 18),
             ("keepalive-timeout", 3),
             ("connection-lost", 4),
             ("full", 5),
