@@ -401,8 +401,9 @@ fn read_field<'b>(from: &mut impl Read, buf: &'b mut Vec<u8>) -> std::io::Result
 /// Writes the copy in `folder` (made empty by the backup) as `requests` ask, answering
 /// on `answers`: the other end of a [`StreamCopy`]. Returns once the copy is finished;
 /// on any failure, or when the requests end before the copy is finished (the backup was
-/// abandoned, or its process died), the copy is removed, and the error says why (to the
-/// backup too, on `answers`, when it fails).
+/// abandoned, or its process died), the copy is removed with its folder, and the error
+/// says why, on `answers` too. A folder that is not empty is refused and left as it is
+/// (see [`SledCopy::create`]).
 pub fn write_copy(folder: &Path, requests: impl Read, answers: impl Write) -> Result<CopyCounts> {
     let mut answers = BufWriter::new(answers);
     let mut copy = match SledCopy::create(folder) {
