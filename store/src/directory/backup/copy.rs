@@ -720,4 +720,44 @@ mod tests {
         copy.finish().unwrap();
         assert_eq!(held_in(&mut copy, b"t"), [kv(b"a", b"a"), kv(b"k", b"second")]);
     }
+
+    /// Every other request takes effect after the inserts held back before it, as the
+    /// trait promises: a removal, a forget, a removal through a key, a clear and a tree
+    /// dropped each undo the inserts just asked, not the other way round.
+    #[test]
+    fn requests_take_effect_after_the_inserts_held_back_before_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let (entries, uuids) = (names::ENTRIES.as_bytes(), names::UUIDS.as_bytes());
+
+        copy.insert(b"removed", b"a", b"1").unwrap();
+        copy.insert(b"removed", b"b", b"2").unwrap();
+        copy.remove(b"removed", b"b").unwrap();
+
+        let uuid = EntryUuid([7; 16]);
+        copy.insert(entries, b"dn", b"entry").unwrap();
+        copy.insert(uuids, uuid.as_bytes(), b"dn").unwrap();
+        copy.forget(&uuid).unwrap();
+
+        copy.insert(b"through", b"a", b"1").unwrap();
+        copy.insert(b"through", b"b", b"2").unwrap();
+        copy.insert(b"through", b"c", b"3").unwrap();
+        copy.remove_through(b"through", b"b").unwrap();
+
+        copy.insert(b"cleared", b"a", b"1").unwrap();
+        copy.clear(b"cleared").unwrap();
+
+        copy.insert(b"dropped", b"a", b"1").unwrap();
+        let default = copy.db.name();
+        let kept: Vec<Vec<u8>> =
+            [&default[..], b"removed", entries, uuids, b"through", b"cleared"].map(<[u8]>::to_vec).to_vec();
+        copy.keep_only(&kept).unwrap();
+
+        let counts = copy.finish().unwrap();
+        assert_eq!(held_in(&mut copy, b"removed"), [kv(b"a", b"1")]);
+        assert_eq!((counts.entries, counts.uuids), (0, 0), "the entry forgotten, and its entryUUID");
+        assert_eq!(held_in(&mut copy, b"through"), [kv(b"c", b"3")]);
+        assert_eq!(held_in(&mut copy, b"cleared"), []);
+        assert!(!copy.db.tree_names().iter().any(|name| &name[..] == b"dropped"), "the dropped tree stays dropped");
+    }
 }
