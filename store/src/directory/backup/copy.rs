@@ -760,4 +760,20 @@ mod tests {
         assert_eq!(held_in(&mut copy, b"cleared"), []);
         assert!(!copy.db.tree_names().iter().any(|name| &name[..] == b"dropped"), "the dropped tree stays dropped");
     }
+
+    /// A tree dropped and then written again holds what was written since: the copy
+    /// does not go on writing through the dropped tree's handle, which no longer
+    /// belongs to the database.
+    #[test]
+    fn a_tree_dropped_and_written_again_holds_what_was_written_since() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        copy.insert(b"t", b"old", b"1").unwrap();
+        copy.keep_only(&[copy.db.name().to_vec()]).unwrap();
+        copy.insert(b"t", b"new", b"2").unwrap();
+        copy.finish().unwrap();
+        let fresh = copy.db.open_tree(b"t").unwrap();
+        let held: Vec<_> = fresh.iter().map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(held, [kv(b"new", b"2")]);
+    }
 }
