@@ -776,4 +776,19 @@ mod tests {
         let held: Vec<_> = fresh.iter().map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         assert_eq!(held, [kv(b"new", b"2")]);
     }
+
+    /// The inserts held back are bounded, however long a tree's rising run: a tree of
+    /// a million keys is not held in memory whole before it is written.
+    #[test]
+    fn the_inserts_held_back_are_at_most_a_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        for i in 0..FILL_RUN * 3 + 5 {
+            copy.insert(b"t", format!("k{i:06}").as_bytes(), b"v").unwrap();
+            let held = copy.held.as_ref().map_or(0, |(_, run)| run.len());
+            assert!(held <= FILL_RUN, "{held} inserts held back after {i}");
+        }
+        assert_eq!(copy.finish().unwrap().entries, 0);
+        assert_eq!(copy.tree(b"t").unwrap().len(), FILL_RUN * 3 + 5);
+    }
 }
