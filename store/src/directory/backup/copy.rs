@@ -791,4 +791,20 @@ mod tests {
         assert_eq!(copy.finish().unwrap().entries, 0);
         assert_eq!(copy.tree(b"t").unwrap().len(), FILL_RUN * 3 + 5);
     }
+
+    /// What the copy wrote and sled has not flushed stays under the flush threshold,
+    /// however much is written: sled's buffers are bounded when the disk is slower than
+    /// the copy.
+    #[test]
+    fn what_the_copy_wrote_unflushed_stays_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let value = vec![0u8; 64 * 1024];
+        let n = 2 * FLUSH_AFTER_BYTES / value.len();
+        // Falling keys, each written as the next comes, none held back.
+        for i in 0..n {
+            copy.insert(b"t", format!("k{:06}", n - i).as_bytes(), &value).unwrap();
+            assert!(copy.unflushed < FLUSH_AFTER_BYTES, "{} bytes unflushed", copy.unflushed);
+        }
+    }
 }
