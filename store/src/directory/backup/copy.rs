@@ -807,4 +807,26 @@ mod tests {
             assert!(copy.unflushed < FLUSH_AFTER_BYTES, "{} bytes unflushed", copy.unflushed);
         }
     }
+
+    /// A copy written by another process counts what it holds as it holds it: the
+    /// backup checks the entries and entryUUIDs counted against its store's, so each
+    /// count must come back as what it counts.
+    #[test]
+    fn a_streamed_copy_counts_each_tree_as_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("copy");
+        std::fs::create_dir(&folder).unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let answers = theirs.try_clone().unwrap();
+        let writer = std::thread::spawn(move || write_copy(&folder, theirs, answers));
+        let mut copy = StreamCopy::new(ours.try_clone().unwrap(), ours);
+        for (tree, n) in [(names::ENTRIES, 3), (names::UUIDS, 2), (names::CHANGELOG, 5)] {
+            for i in 0..n {
+                copy.insert(tree.as_bytes(), format!("k{i}").as_bytes(), b"v").unwrap();
+            }
+        }
+        let counts = copy.finish().unwrap();
+        assert_eq!(counts, CopyCounts { entries: 3, uuids: 2, changelog: 5 });
+        assert_eq!(writer.join().unwrap().unwrap(), counts);
+    }
 }
