@@ -829,4 +829,19 @@ mod tests {
         assert_eq!(counts, CopyCounts { entries: 3, uuids: 2, changelog: 5 });
         assert_eq!(writer.join().unwrap().unwrap(), counts);
     }
+
+    /// A request whose field claims more than any record can hold is a stream gone
+    /// wrong: the writer says so and removes the copy, before it makes room for it.
+    #[test]
+    fn a_field_longer_than_a_request_may_carry_is_refused_before_it_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("copy");
+        std::fs::create_dir(&folder).unwrap();
+        let mut requests = vec![request::INSERT];
+        requests.extend_from_slice(&(MAX_FIELD as u32 + 1).to_le_bytes());
+        let mut answers = Vec::new();
+        assert!(write_copy(&folder, Cursor::new(requests), &mut answers).is_err());
+        assert_eq!(said_failed(&answers), format!("reading the requests: {}", too_long(MAX_FIELD + 1)));
+        assert!(!folder.exists());
+    }
 }
