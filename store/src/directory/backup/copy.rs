@@ -844,4 +844,33 @@ mod tests {
         assert_eq!(said_failed(&answers), format!("reading the requests: {}", too_long(MAX_FIELD + 1)));
         assert!(!folder.exists());
     }
+
+    /// A writer that answers a settle or a finish with anything but what it was asked
+    /// (another build, or a stream gone wrong) is not taken at its word: the backup
+    /// fails, and never takes counts it was not given for the copy's.
+    #[test]
+    fn a_writer_that_answers_out_of_turn_is_refused() {
+        for finish in [false, true] {
+            let (ours, mut theirs) = UnixStream::pair().unwrap();
+            let writer = std::thread::spawn(move || {
+                let mut kind = [0u8];
+                theirs.read_exact(&mut kind).unwrap();
+                // The other answer, with room for counts.
+                let other = if kind[0] == request::FINISH { answer::SETTLED } else { answer::FINISHED };
+                theirs.write_all(&[other]).unwrap();
+                theirs.write_all(&[0; 24]).unwrap();
+                kind[0]
+            });
+            let mut copy = StreamCopy::new(ours.try_clone().unwrap(), ours);
+            let e = if finish { copy.finish().map(drop) } else { copy.settle() }.unwrap_err().to_string();
+            let kind = writer.join().unwrap();
+            if finish {
+                assert_eq!(kind, request::FINISH);
+                assert_eq!(e, "writing the copy: it answered 0x53 where it was to count the copy");
+            } else {
+                assert_eq!(kind, request::SETTLE);
+                assert_eq!(e, "writing the copy: it answered 0x44 where it was to say it settled");
+            }
+        }
+    }
 }
