@@ -869,4 +869,25 @@ mod tests {
         assert_eq!(report.csn, d.newest_committed(), "the copy holds the change");
         assert_eq!(d.durable_csn(), report.csn);
     }
+
+    /// A store damaged the other way (an entryUUID gone from its index, the entry kept)
+    /// gives no copy either: the copy's entryUUIDs are counted against the store's
+    /// entries as its entries are, so a restored copy never serves entries its index
+    /// cannot find.
+    #[test]
+    fn a_copy_whose_index_lacks_an_entry_is_refused() {
+        for (how, mut open) in WRITERS {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = directory(&tmp.path().join("store"), 20);
+            let (uuid, _) = d.set.uuids.first().unwrap().unwrap();
+            d.set.uuids.remove(uuid).unwrap();
+            let dest = tmp.path().join("copy");
+            let e = d.backup_through(&dest, &mut open, &mut go_on).unwrap_err().to_string();
+            assert!(
+                e.contains("the copy holds 21 entries and 20 entryUUIDs where the store counts 21: not kept"),
+                "{how}: {e}"
+            );
+            assert!(!dest.exists(), "{how}");
+        }
+    }
 }
