@@ -890,4 +890,67 @@ mod tests {
             assert!(!dest.exists(), "{how}");
         }
     }
+
+    /// A copy written here, asked to settle: once, after the changes made while the
+    /// trees were read are brought in and before writes are held, and with writes
+    /// going on (a write made meanwhile is not held up, and the held step brings it in).
+    struct Settled {
+        copy: SledCopy,
+        dir: std::sync::Arc<Directory>,
+        settled: std::sync::Arc<AtomicU64>,
+    }
+
+    impl CopyWriter for Settled {
+        fn insert(&mut self, tree: &[u8], key: &[u8], value: &[u8]) -> Result<()> {
+            self.copy.insert(tree, key, value)
+        }
+        fn remove(&mut self, tree: &[u8], key: &[u8]) -> Result<()> {
+            self.copy.remove(tree, key)
+        }
+        fn forget(&mut self, uuid: &EntryUuid) -> Result<()> {
+            self.copy.forget(uuid)
+        }
+        fn remove_through(&mut self, tree: &[u8], last: &[u8]) -> Result<()> {
+            self.copy.remove_through(tree, last)
+        }
+        fn clear(&mut self, tree: &[u8]) -> Result<()> {
+            self.copy.clear(tree)
+        }
+        fn keep_only(&mut self, trees: &[Vec<u8>]) -> Result<()> {
+            self.copy.keep_only(trees)
+        }
+        fn settle(&mut self) -> Result<()> {
+            let (done, wrote) = std::sync::mpsc::channel();
+            let dir = self.dir.clone();
+            std::thread::spawn(move || {
+                let _ = done.send(dir.write(&modify_sn("p1", "while settling")).is_ok());
+            });
+            let wrote = wrote.recv_timeout(Duration::from_secs(30));
+            assert_eq!(wrote, Ok(true), "a write made while the copy settles is not held up");
+            self.settled.fetch_add(1, Ordering::SeqCst);
+            self.copy.settle()
+        }
+        fn finish(&mut self) -> Result<copy::CopyCounts> {
+            self.copy.finish()
+        }
+    }
+
+    /// A writer of its own that is behind (the bulk of the copy still in its pipe) is
+    /// waited for before writes are held, not while they are: the copy is settled once,
+    /// with writes going on, and what is written meanwhile is in the copy.
+    #[test]
+    fn the_copy_is_settled_before_writes_are_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = std::sync::Arc::new(directory(&tmp.path().join("store"), 50));
+        let settled = std::sync::Arc::new(AtomicU64::new(0));
+        let mut open = |folder: &Path| -> Result<Box<dyn CopyWriter>> {
+            Ok(Box::new(Settled { copy: SledCopy::create(folder)?, dir: d.clone(), settled: settled.clone() }))
+        };
+        let dest = tmp.path().join("copy");
+        let report = d.backup_through(&dest, &mut open, &mut go_on).unwrap();
+        assert_eq!(settled.load(Ordering::SeqCst), 1, "settled once");
+        assert_eq!((report.caught_up, report.caught_up_held), (1, 1), "the write made while it settled");
+        assert_eq!(report.csn, d.newest_committed());
+        assert_eq!(copy_trees(&dest), trees(&d.db));
+    }
 }
