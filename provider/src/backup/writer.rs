@@ -206,3 +206,16 @@ pub fn run(folder: &Path) -> Result<CopyCounts, StoreError> {
     }
     tether_store::write_copy(folder, std::io::stdin().lock(), std::io::stdout().lock())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer is the very file this provider was started from, not whatever is at
+    /// its path now: an upgrade that replaced the binary on disk would otherwise start
+    /// a writer of another build, which may not speak this one's requests.
+    #[test]
+    fn the_writer_is_the_program_this_process_was_started_from() {
+        assert_eq!(Writer::this_program(), Writer::Process(PathBuf::from("/proc/self/exe")));
+    }
+}
