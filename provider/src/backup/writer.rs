@@ -209,6 +209,8 @@ pub fn run(folder: &Path) -> Result<CopyCounts, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     /// The writer is the very file this provider was started from, not whatever is at
@@ -217,5 +219,34 @@ mod tests {
     #[test]
     fn the_writer_is_the_program_this_process_was_started_from() {
         assert_eq!(Writer::this_program(), Writer::Process(PathBuf::from("/proc/self/exe")));
+    }
+
+    /// A writer that stops taking requests is waited for before the backup says how it
+    /// ended: one that closes its pipes and exits a little later with a status is said
+    /// to have exited with it, not killed for being slow.
+    #[test]
+    fn a_writer_that_ends_after_its_pipes_is_waited_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let program = tmp.path().join("writer");
+        // Reads a byte, closes its pipes, and ends a moment later.
+        std::fs::write(&program, "#!/bin/sh\nhead -c 1 >/dev/null\nexec 0<&- 1>&-\nsleep 0.5\nexit 3\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let folder = tmp.path().join("copy");
+        // A program just written may be busy (ETXTBSY) while another test's process
+        // is being started with its file still open: tried again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut copy = loop {
+            match Writer::Process(program.clone()).open(&folder) {
+                Ok(copy) => break copy,
+                Err(e) if e.to_string().contains("Text file busy") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        copy.insert(b"entries", b"k", b"v").unwrap();
+        let e = copy.settle().unwrap_err().to_string();
+        assert!(e.starts_with("writing the copy: it stopped taking the copy without saying why ("), "{e}");
+        assert!(e.ends_with(" exited with status 3)"), "{e}");
     }
 }
