@@ -221,29 +221,54 @@ mod tests {
         assert_eq!(Writer::this_program(), Writer::Process(PathBuf::from("/proc/self/exe")));
     }
 
+    /// Writes `script` as an executable program in `folder`.
+    fn program(folder: &Path, script: &str) -> PathBuf {
+        let program = folder.join("writer");
+        std::fs::write(&program, script).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        program
+    }
+
+    /// Starts `program` as a copy's writer, trying again while it is busy (ETXTBSY: a
+    /// program just written, while another test's process is being started with its
+    /// file still open).
+    fn started(program: &Path, folder: &Path) -> ProcessCopy {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match ProcessCopy::start(program, folder) {
+                Ok(copy) => return copy,
+                Err(e) if e.to_string().contains("Text file busy") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// An abandoned copy's writer, which ends when its input does, is told so at once:
+    /// its input is closed before it is waited for, so the backup (the provider
+    /// stopping) does not wait out [`END_WAIT`] and then kill a writer that would have
+    /// removed its copy.
+    #[test]
+    fn an_abandoned_writer_has_its_input_closed_and_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Takes requests until its input ends, then ends.
+        let program = program(tmp.path(), "#!/bin/sh\ncat >/dev/null\nexit 4\n");
+        let mut copy = started(&program, &tmp.path().join("copy"));
+        copy.insert(b"entries", b"k", b"v").unwrap();
+        let said = copy.ended();
+        assert!(said.ends_with(" exited with status 4"), "{said}");
+    }
+
     /// A writer that stops taking requests is waited for before the backup says how it
     /// ended: one that closes its pipes and exits a little later with a status is said
     /// to have exited with it, not killed for being slow.
     #[test]
     fn a_writer_that_ends_after_its_pipes_is_waited_for() {
         let tmp = tempfile::tempdir().unwrap();
-        let program = tmp.path().join("writer");
         // Reads a byte, closes its pipes, and ends a moment later.
-        std::fs::write(&program, "#!/bin/sh\nhead -c 1 >/dev/null\nexec 0<&- 1>&-\nsleep 0.5\nexit 3\n").unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let folder = tmp.path().join("copy");
-        // A program just written may be busy (ETXTBSY) while another test's process
-        // is being started with its file still open: tried again.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut copy = loop {
-            match Writer::Process(program.clone()).open(&folder) {
-                Ok(copy) => break copy,
-                Err(e) if e.to_string().contains("Text file busy") && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let program = program(tmp.path(), "#!/bin/sh\nhead -c 1 >/dev/null\nexec 0<&- 1>&-\nsleep 0.5\nexit 3\n");
+        let mut copy = started(&program, &tmp.path().join("copy"));
         copy.insert(b"entries", b"k", b"v").unwrap();
         let e = copy.settle().unwrap_err().to_string();
         assert!(e.starts_with("writing the copy: it stopped taking the copy without saying why ("), "{e}");
