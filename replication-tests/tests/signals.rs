@@ -287,3 +287,44 @@ fn a_backup_whose_writer_or_provider_is_killed_leaves_no_copy_and_no_process() -
     assert_eq!(provider.backup_writer()?, None, "the writer ended with its copy");
     Ok(())
 }
+
+/// The writer's own end, as its provider sees it: requests that end before the finish
+/// (the provider gone, or the backup abandoned) leave no copy, the last answer says why
+/// and the process exits with a failure, which the provider's error names; a finish
+/// with nothing asked before answers the counts of an empty copy, kept, and exits 0.
+#[test]
+fn a_backup_writer_whose_requests_end_early_removes_its_copy_and_exits_failed() -> Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir()?;
+    let writer = |folder: &std::path::Path, requests: &[u8]| -> Result<std::process::Output> {
+        std::fs::create_dir(folder)?;
+        let mut child = std::process::Command::new(bin("tether-provider")?)
+            .arg("backup-writer")
+            .arg(folder)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut input = child.stdin.take().expect("piped");
+        input.write_all(requests)?;
+        drop(input);
+        Ok(child.wait_with_output()?)
+    };
+
+    let cut = tmp.path().join("cut");
+    let ended = writer(&cut, b"")?;
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(1), "{stderr}");
+    assert_eq!(ended.stdout.first(), Some(&b'X'), "the last answer says it failed: {:?}", ended.stdout);
+    let why = String::from_utf8_lossy(ended.stdout.get(5..).unwrap_or_default());
+    assert!(why.starts_with("the requests ended before the copy was finished"), "{why}");
+    assert!(!cut.exists(), "the copy is removed");
+
+    let finished = tmp.path().join("finished");
+    let made = writer(&finished, b"E")?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert_eq!(made.stdout, [&b"D"[..], &[0; 24]].concat(), "no entries, entryUUIDs or changelog records");
+    assert!(finished.join("db").is_file(), "the copy is kept");
+    Ok(())
+}
