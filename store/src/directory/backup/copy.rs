@@ -193,10 +193,13 @@ impl CopyWriter for SledCopy {
     fn remove_through(&mut self, tree: &[u8], last: &[u8]) -> Result<()> {
         self.write_held()?;
         let tree = self.tree(tree)?;
+        let mut removed = 0;
         for key in tree.range(..=last).keys() {
-            tree.remove(key?)?;
+            let key = key?;
+            removed += key.len();
+            tree.remove(key)?;
         }
-        Ok(())
+        self.wrote(removed)
     }
 
     fn clear(&mut self, tree: &[u8]) -> Result<()> {
@@ -413,15 +416,11 @@ pub fn write_copy(folder: &Path, requests: impl Read, answers: impl Write) -> Re
     };
     let copied = serve_requests(&mut copy, &mut BufReader::with_capacity(PIPE_BUFFER, requests), &mut answers);
     drop(copy);
+    // A finished copy whose backup cannot be told (its process died after asking) is
+    // one no one will put in place: removed like an unfinished one.
+    let copied = copied.and_then(|counts| say_finished(&mut answers, &counts).map(|()| counts).map_err(gone));
     match copied {
-        Ok(counts) => {
-            answers.write_all(&[answer::FINISHED]).map_err(gone)?;
-            for count in [counts.entries, counts.uuids, counts.changelog] {
-                answers.write_all(&count.to_le_bytes()).map_err(gone)?;
-            }
-            answers.flush().map_err(gone)?;
-            Ok(counts)
-        }
+        Ok(counts) => Ok(counts),
         Err(e) => {
             // sled let go of the folder when the copy was dropped.
             if let Err(left) = std::fs::remove_dir_all(folder) {
@@ -432,6 +431,15 @@ pub fn write_copy(folder: &Path, requests: impl Read, answers: impl Write) -> Re
             Err(failed(&mut answers, e))
         }
     }
+}
+
+/// Tells the backup the copy is finished, and what it holds.
+fn say_finished(answers: &mut impl Write, counts: &CopyCounts) -> std::io::Result<()> {
+    answers.write_all(&[answer::FINISHED])?;
+    for count in [counts.entries, counts.uuids, counts.changelog] {
+        answers.write_all(&count.to_le_bytes())?;
+    }
+    answers.flush()
 }
 
 /// Tells the backup why the copy failed, if it still listens, and returns the error.
@@ -647,6 +655,30 @@ mod tests {
         assert!(!missing.exists(), "no folder made");
     }
 
+    /// A finished copy whose backup is gone before it is told so (the provider died
+    /// after asking for the finish) is removed: no one will put it in place, and it
+    /// holds every entry.
+    #[test]
+    fn a_finished_copy_whose_backup_is_gone_is_removed() {
+        struct Gone;
+        impl Write for Gone {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("copy");
+        std::fs::create_dir(&folder).unwrap();
+        let mut requests = inserts(10);
+        requests.push(request::FINISH);
+        let e = write_copy(&folder, Cursor::new(requests), Gone).unwrap_err().to_string();
+        assert!(e.contains("the backup stopped reading its answers"), "{e}");
+        assert!(!folder.exists(), "the finished copy is removed");
+    }
+
     /// A writer asked what it cannot do says why, as its last answer, and removes the
     /// copy.
     #[test]
@@ -712,7 +744,7 @@ mod tests {
     #[test]
     fn a_key_set_twice_in_a_row_holds_its_second_value() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let mut copy = SledCopy::create(tmp.path()).unwrap();
         // Positions 1 and 2 of a run: fill order writes 2 before 1.
         copy.insert(b"t", b"a", b"a").unwrap();
         copy.insert(b"t", b"k", b"first").unwrap();
@@ -727,7 +759,7 @@ mod tests {
     #[test]
     fn requests_take_effect_after_the_inserts_held_back_before_them() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let mut copy = SledCopy::create(tmp.path()).unwrap();
         let (entries, uuids) = (names::ENTRIES.as_bytes(), names::UUIDS.as_bytes());
 
         copy.insert(b"removed", b"a", b"1").unwrap();
@@ -767,7 +799,7 @@ mod tests {
     #[test]
     fn a_tree_dropped_and_written_again_holds_what_was_written_since() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let mut copy = SledCopy::create(tmp.path()).unwrap();
         copy.insert(b"t", b"old", b"1").unwrap();
         copy.keep_only(&[copy.db.name().to_vec()]).unwrap();
         copy.insert(b"t", b"new", b"2").unwrap();
@@ -782,7 +814,7 @@ mod tests {
     #[test]
     fn the_inserts_held_back_are_at_most_a_run() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let mut copy = SledCopy::create(tmp.path()).unwrap();
         for i in 0..FILL_RUN * 3 + 5 {
             copy.insert(b"t", format!("k{i:06}").as_bytes(), b"v").unwrap();
             let held = copy.held.as_ref().map_or(0, |(_, run)| run.len());
@@ -798,7 +830,7 @@ mod tests {
     #[test]
     fn what_the_copy_wrote_unflushed_stays_bounded() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut copy = SledCopy::create(&tmp.path().join("copy")).unwrap();
+        let mut copy = SledCopy::create(tmp.path()).unwrap();
         let value = vec![0u8; 64 * 1024];
         let n = 2 * FLUSH_AFTER_BYTES / value.len();
         // Falling keys, each written as the next comes, none held back.
