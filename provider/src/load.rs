@@ -3,13 +3,16 @@
 //! Two passes so that a bad file changes nothing: the first reads the whole file and
 //! checks every record (syntax, suffix, duplicates, a parent for every entry, in the
 //! store or the file, and what [`Directory::check_new_entry`] checks: objectClass, RDN
-//! values, a size that replicates); only then does the second write, in large transactions through
-//! [`Directory::bulk_add`]. Both passes stream: memory holds a digest of each of the
-//! file's names (to check parents and duplicates, see `Names`), a batch, and, for a
-//! file that lists an entry before its parent (as
-//! slapcat's output does for an entry moved under a newer one), only those entries,
-//! each written as soon as its parent is. An entry exported by `slapcat` keeps its `entryUUID`; the other
-//! attributes its server maintained are left out (see `Record`).
+//! values, a size that replicates); only then does the second write, in large
+//! transactions through [`Directory::bulk_add`]. In each pass a thread of its own reads
+//! and parses the file ahead of the checks or the writes (`read_ahead`), so that the
+//! load, which has the machine to itself, uses two cores. Both passes stream: memory
+//! holds a digest of each of the file's names (to check parents and duplicates, see
+//! `Names`), a batch, the records read ahead, and, for a file that lists an entry
+//! before its parent (as slapcat's output does for an entry moved under a newer one),
+//! only those entries, each written as soon as its parent is. An entry exported by
+//! `slapcat` keeps its `entryUUID`; the other attributes its server maintained are left
+//! out (see `Record`).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -83,6 +86,46 @@ fn records(input: &Input) -> Result<impl Iterator<Item = Result<Record>> + '_> {
             other => bail!("{file}:{line}: a {} record cannot be bulk-loaded; use `write`", other.kind()),
         }
     }))
+}
+
+/// Records the reader hands over at a time, and chunks it may be ahead by: enough that
+/// neither thread waits on the other's every record, few enough that read-ahead holds
+/// a few thousand records, not the file.
+const READ_AHEAD_CHUNK: usize = 256;
+const READ_AHEAD_CHUNKS: usize = 8;
+
+/// Runs `consume` over `source`'s items while a thread of their own reads ahead (the
+/// records of a file: reading and parsing LDIF was a quarter of a load's time, each
+/// pass on one core while the other did nothing, and a load is an offline command with
+/// the machine to itself). The reader stops at its next hand-over once `consume`
+/// returns (a refusal, a stop), and is joined before this returns: no reading outlives
+/// the pass, and it is never more than [`READ_AHEAD_CHUNKS`] chunks ahead.
+fn read_ahead<T: Send, R>(
+    source: impl Iterator<Item = T> + Send,
+    consume: impl FnOnce(&mut dyn Iterator<Item = T>) -> R,
+) -> R {
+    std::thread::scope(|scope| {
+        let (handed, taken) = std::sync::mpsc::sync_channel::<Vec<T>>(READ_AHEAD_CHUNKS);
+        scope.spawn(move || {
+            let mut chunk = Vec::with_capacity(READ_AHEAD_CHUNK);
+            for item in source {
+                chunk.push(item);
+                if chunk.len() == READ_AHEAD_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(READ_AHEAD_CHUNK));
+                    if handed.send(full).is_err() {
+                        return;
+                    }
+                }
+            }
+            // Refused only when no one reads on: nothing then waits for it.
+            let _ = handed.send(chunk);
+        });
+        let mut items = taken.into_iter().flatten();
+        let result = consume(&mut items);
+        // Ends the reader at its next hand-over, before the scope joins it.
+        drop(items);
+        result
+    })
 }
 
 /// The line of the first record of `input` that `is`, read again from the start: pass 1
@@ -197,81 +240,85 @@ pub fn load_watched(
     let mut refused = Refusals::default();
     // Records refused before their DN was known: any of them may be a parent.
     let mut unread = 0;
-    for item in records(input)? {
-        if stop.load(Ordering::SeqCst) {
-            bail!("interrupted while the file was checked: nothing was written");
-        }
-        let Record { line, dn, attrs, operational } = match item {
-            Ok(record) => record,
-            // The reader goes on at the next record (after a read failure it ends).
-            Err(e) => {
-                refused.add(format!("{e:#}"));
-                unread += 1;
-                continue;
+    read_ahead(records(input)?, |items| -> Result<()> {
+        for item in items {
+            if stop.load(Ordering::SeqCst) {
+                bail!("interrupted while the file was checked: nothing was written");
             }
-        };
-        let at = || format!("{file}:{line}: {}", dn.described());
-        // Taken even when the record is refused, so that its children are not refused
-        // for want of it: each refusal is the record's own.
-        let first_time = names.insert(&dn);
-        if !dn.is_descendant_of(&suffix) {
-            refused.add(format!("{}: outside the suffix {suffix}", at()));
-            continue;
-        }
-        match Directory::check_new_entry(&dn, &attrs) {
-            Ok(()) => {}
-            // `at()` names the entry already.
-            Err(StoreError::Refused(Refusal::InvalidChange { reason, .. })) => {
-                refused.add(format!("{}: {reason}", at()));
-                continue;
-            }
-            Err(e) => {
-                refused.add(format!("{}: {e}", at()));
-                continue;
-            }
-        }
-        if !first_time {
-            // The first's line is found by reading the file again: only for those shown.
-            let first = refused.shows_next().then(|| first_line(input, |r| r.dn.normalized() == dn.normalized()));
-            refused.add(format!("{}: entry appears twice in the file{}", at(), first_at(first.flatten())));
-            continue;
-        }
-        let there = dir.entries().contains(&dn)?;
-        if existing == Existing::Refuse && there {
-            refused.add(format!(
-                "{}: entry already exists (to finish a load cut short, run it again with --skip-existing; to restore \
-                 a backup, load it into an empty data_dir: move this one aside)",
-                at()
-            ));
-            continue;
-        }
-        // An entry `--skip-existing` leaves out keeps what it has in the store.
-        if !there {
-            if let Some(uuid) = operational.uuid {
-                if !uuids.insert(uuid) {
-                    let first = refused.shows_next().then(|| first_line(input, |r| r.operational.uuid == Some(uuid)));
-                    refused.add(format!(
-                        "{}: entryUUID {uuid} is given to another entry earlier in the file{}",
-                        at(),
-                        first_at(first.flatten())
-                    ));
+            let Record { line, dn, attrs, operational } = match item {
+                Ok(record) => record,
+                // The reader goes on at the next record (after a read failure it ends).
+                Err(e) => {
+                    refused.add(format!("{e:#}"));
+                    unread += 1;
                     continue;
                 }
-                if let Some(holder) = dir.uuid_holder(&uuid)? {
-                    refused.add(format!("{}: entryUUID {uuid} is already the UUID of {holder} in the store", at()));
+            };
+            let at = || format!("{file}:{line}: {}", dn.described());
+            // Taken even when the record is refused, so that its children are not refused
+            // for want of it: each refusal is the record's own.
+            let first_time = names.insert(&dn);
+            if !dn.is_descendant_of(&suffix) {
+                refused.add(format!("{}: outside the suffix {suffix}", at()));
+                continue;
+            }
+            match Directory::check_new_entry(&dn, &attrs) {
+                Ok(()) => {}
+                // `at()` names the entry already.
+                Err(StoreError::Refused(Refusal::InvalidChange { reason, .. })) => {
+                    refused.add(format!("{}: {reason}", at()));
                     continue;
                 }
-                kept_uuids += 1;
+                Err(e) => {
+                    refused.add(format!("{}: {e}", at()));
+                    continue;
+                }
             }
-            dropped += operational.dropped;
-        }
-        if dn != suffix {
-            let parent = dn.parent().unwrap_or_default();
-            if !names.contains(&parent) && !dir.entries().contains(&parent)? {
-                pending_parents.push((line, dn.clone()));
+            if !first_time {
+                // The first's line is found by reading the file again: only for those shown.
+                let first = refused.shows_next().then(|| first_line(input, |r| r.dn.normalized() == dn.normalized()));
+                refused.add(format!("{}: entry appears twice in the file{}", at(), first_at(first.flatten())));
+                continue;
+            }
+            let there = dir.entries().contains(&dn)?;
+            if existing == Existing::Refuse && there {
+                refused.add(format!(
+                    "{}: entry already exists (to finish a load cut short, run it again with --skip-existing; to \
+                     restore a backup, load it into an empty data_dir: move this one aside)",
+                    at()
+                ));
+                continue;
+            }
+            // An entry `--skip-existing` leaves out keeps what it has in the store.
+            if !there {
+                if let Some(uuid) = operational.uuid {
+                    if !uuids.insert(uuid) {
+                        let first =
+                            refused.shows_next().then(|| first_line(input, |r| r.operational.uuid == Some(uuid)));
+                        refused.add(format!(
+                            "{}: entryUUID {uuid} is given to another entry earlier in the file{}",
+                            at(),
+                            first_at(first.flatten())
+                        ));
+                        continue;
+                    }
+                    if let Some(holder) = dir.uuid_holder(&uuid)? {
+                        refused.add(format!("{}: entryUUID {uuid} is already the UUID of {holder} in the store", at()));
+                        continue;
+                    }
+                    kept_uuids += 1;
+                }
+                dropped += operational.dropped;
+            }
+            if dn != suffix {
+                let parent = dn.parent().unwrap_or_default();
+                if !names.contains(&parent) && !dir.entries().contains(&parent)? {
+                    pending_parents.push((line, dn.clone()));
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     // With records unread, a parent not found may be one of them: the file is refused
     // for those, and their children are not refused for want of them.
     for (line, dn) in pending_parents.iter().filter(|_| unread == 0) {
@@ -325,28 +372,31 @@ pub fn load_watched(
     let mut waiting: HashMap<Dn, Vec<Pending>> = HashMap::new();
     let mut held: HashSet<Dn> = HashSet::new();
     let mut reordered = 0;
-    for item in records(input)? {
-        let Record { dn, attrs, operational, .. } = item?;
-        if let Some(parent) = dn.parent().filter(|p| early.contains(&dn) || held.contains(p)) {
-            reordered += 1;
-            held.insert(dn.clone());
-            waiting.entry(parent).or_default().push((dn, attrs, operational.uuid));
-            continue;
-        }
-        // Written (or left as it is in the store), then whatever waited for it.
-        let mut ready = vec![(dn, attrs, operational.uuid)];
-        while let Some((dn, attrs, uuid)) = ready.pop() {
-            held.remove(&dn);
-            let children = waiting.remove(&dn).unwrap_or_default();
-            if wanted(&dn)? {
-                batch.push((dn, attrs, uuid));
-                if batch.len() >= LOAD_BATCH {
-                    flush(&mut batch)?;
-                }
+    read_ahead(records(input)?, |items| -> Result<()> {
+        for item in items {
+            let Record { dn, attrs, operational, .. } = item?;
+            if let Some(parent) = dn.parent().filter(|p| early.contains(&dn) || held.contains(p)) {
+                reordered += 1;
+                held.insert(dn.clone());
+                waiting.entry(parent).or_default().push((dn, attrs, operational.uuid));
+                continue;
             }
-            ready.extend(children);
+            // Written (or left as it is in the store), then whatever waited for it.
+            let mut ready = vec![(dn, attrs, operational.uuid)];
+            while let Some((dn, attrs, uuid)) = ready.pop() {
+                held.remove(&dn);
+                let children = waiting.remove(&dn).unwrap_or_default();
+                if wanted(&dn)? {
+                    batch.push((dn, attrs, uuid));
+                    if batch.len() >= LOAD_BATCH {
+                        flush(&mut batch)?;
+                    }
+                }
+                ready.extend(children);
+            }
         }
-    }
+        Ok(())
+    })?;
     flush(&mut batch)?;
     if let Some((dn, ..)) = waiting.values().flatten().next() {
         bail!("{file}: {dn}: its parent was not in the file any more: the file changed since it was checked");
@@ -366,6 +416,33 @@ mod tests {
 
     fn load_file(dir: &Directory, file: &Path, existing: Existing) -> Result<LoadReport> {
         load(dir, &Input::open(file)?, existing)
+    }
+
+    /// The pass sees every item the reader read, in its order, a last chunk cut short
+    /// and a failed record among them.
+    #[test]
+    fn read_ahead_hands_over_every_item_in_order() {
+        let source: Vec<Result<usize, String>> =
+            (0..READ_AHEAD_CHUNK * 3 + 17).map(|i| if i == 300 { Err(format!("bad {i}")) } else { Ok(i) }).collect();
+        let seen = read_ahead(source.clone().into_iter(), |items| items.collect::<Vec<_>>());
+        assert_eq!(seen, source);
+        let none = read_ahead(std::iter::empty::<usize>(), |items| items.count());
+        assert_eq!(none, 0);
+    }
+
+    /// A pass that ends early (a refusal, a stop) ends its reader too, which has read
+    /// no more than the chunks it may be ahead by: it neither reads the rest of a large
+    /// file nor is left behind.
+    #[test]
+    fn a_pass_ending_early_stops_its_reader_within_its_read_ahead() {
+        let read = std::sync::atomic::AtomicUsize::new(0);
+        let source = (0..10_000_000usize).inspect(|_| {
+            read.fetch_add(1, Ordering::SeqCst);
+        });
+        let taken = read_ahead(source, |items| items.take(10).collect::<Vec<_>>());
+        assert_eq!(taken, (0..10).collect::<Vec<_>>());
+        let read = read.load(Ordering::SeqCst);
+        assert!(read <= (READ_AHEAD_CHUNKS + 2) * READ_AHEAD_CHUNK, "the reader read {read} items");
     }
 
     /// A file given as a named pipe (or standard input) is copied to a spool, which the
@@ -563,14 +640,15 @@ mod tests {
         let dir = Directory::open(&tmp.path().join("store"), &Dn::parse("dc=example,dc=com").unwrap()).unwrap();
         let mut text = String::from("dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\n");
         text += "dn: ou=x,ou=late,dc=example,dc=com\nobjectClass: organizationalUnit\nou: x\n\n";
-        for i in 0..LOAD_BATCH + 500 {
+        // Past the first batch and what the reader may have read ahead of it.
+        for i in 0..LOAD_BATCH + (READ_AHEAD_CHUNKS + 2) * READ_AHEAD_CHUNK + 500 {
             let _ = write!(text, "dn: ou=f{i},dc=example,dc=com\nobjectClass: organizationalUnit\nou: f{i}\n\n");
         }
         text += "dn: ou=late,dc=example,dc=com\nobjectClass: organizationalUnit\nou: late\n";
         let file = tmp.path().join("changing.ldif");
         std::fs::write(&file, &text).unwrap();
         let input = Input::open(&file).unwrap();
-        // Once a batch is in, the parent is renamed in place, far past what was read.
+        // Once a batch is in, the parent is renamed in place, far past what was read ahead.
         let changed = text.replace("dn: ou=late,", "dn: ou=lat2,").replace("ou: late", "ou: lat2");
         let err = load_watched(&dir, &input, Existing::Refuse, &AtomicBool::new(false), &mut |_| {
             std::fs::write(&file, &changed).unwrap();
