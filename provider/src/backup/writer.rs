@@ -79,6 +79,8 @@ struct ProcessCopy {
     child: Child,
     /// What the process's end said, once known.
     ended: Option<String>,
+    /// How long it is given to end once its input is closed: [`END_WAIT`].
+    end_wait: Duration,
 }
 
 impl ProcessCopy {
@@ -98,7 +100,7 @@ impl ProcessCopy {
             return Err(StoreError::CopyWriter("its process was started without its pipes".to_owned()));
         };
         tracing::debug!(pid = child.id(), folder = %folder.display(), "backup writer started");
-        Ok(Self { stream: Some(StreamCopy::new(requests, answers)), child, ended: None })
+        Ok(Self { stream: Some(StreamCopy::new(requests, answers)), child, ended: None, end_wait: END_WAIT })
     }
 
     /// Does `step` with the stream; an error gains how the process ended.
@@ -115,7 +117,7 @@ impl ProcessCopy {
         })
     }
 
-    /// Closes the process's input, waits for it to end (killing it after [`END_WAIT`]),
+    /// Closes the process's input, waits for it to end (killing it after `end_wait`),
     /// and says how it ended.
     fn ended(&mut self) -> String {
         if let Some(said) = &self.ended {
@@ -123,7 +125,7 @@ impl ProcessCopy {
         }
         drop(self.stream.take());
         let pid = self.child.id();
-        let deadline = Instant::now() + END_WAIT;
+        let deadline = Instant::now() + self.end_wait;
         let said = loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => break format!("{pid} {}", exit_said(status)),
@@ -131,7 +133,8 @@ impl ProcessCopy {
                 Ok(None) => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    break format!("{pid} did not end within {END_WAIT:?} of its input's end, and was killed");
+                    let waited = self.end_wait;
+                    break format!("{pid} did not end within {waited:?} of its input's end, and was killed");
                 }
                 Err(e) => break format!("{pid} could not be waited for ({e})"),
             }
@@ -258,6 +261,29 @@ mod tests {
         copy.insert(b"entries", b"k", b"v").unwrap();
         let said = copy.ended();
         assert!(said.ends_with(" exited with status 4"), "{said}");
+    }
+
+    /// A writer that does not end once its input is closed (stopped, or stuck in a
+    /// write) is killed after its wait, so that the backup (the provider stopping)
+    /// ends, and the copy can be removed with no process still writing it; the error
+    /// says so. The wait is the test's, not the 30 s of [`END_WAIT`].
+    #[test]
+    fn a_writer_that_does_not_end_is_killed_after_its_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Ignores its input, and the end of it.
+        let program = program(tmp.path(), "#!/bin/sh\nexec sleep 60\n");
+        let mut copy = started(&program, &tmp.path().join("copy"));
+        copy.end_wait = Duration::from_millis(300);
+        let pid = copy.child.id();
+        let begun = Instant::now();
+        let said = copy.ended();
+        let waited = begun.elapsed();
+        assert_eq!(said, format!("{pid} did not end within 300ms of its input's end, and was killed"));
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(20), "{waited:?}");
+        // Reaped, not left running: no process has its id, or another program does.
+        let running = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!running.contains("sleep"), "the writer still runs: {running:?}");
+        assert_eq!(copy.ended(), said, "said once, and kept");
     }
 
     /// A writer that stops taking requests is waited for before the backup says how it
