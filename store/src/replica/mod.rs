@@ -80,6 +80,10 @@ const MARKED_GENERATIONS: u64 = 1 << 32;
 /// (see [`Replica::provider_proved_at`]). Its own tree, not a field of [`ReplicaState`],
 /// so that a store written by this build still opens in an older one.
 const PROVED: &str = "replica_provider_proved";
+/// Tree holding, per agreement name, when (milliseconds since the Unix epoch, 8 bytes
+/// big-endian) the replica was last known current (see [`Replica::current_at`]). Its
+/// own tree, so that a store written by this build still opens in an older one.
+const CURRENT: &str = "replica_current_at";
 
 /// The persistent state of one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -254,6 +258,8 @@ pub struct ReplicaStore {
     region_gens: Tree,
     /// Agreement name -> when a provider first proved itself ([`PROVED`]).
     proved: Tree,
+    /// Agreement name -> when the replica was last known current ([`CURRENT`]).
+    current: Tree,
     /// Whether incremental applies are recorded in an audit log (see [`ReplicaStore::set_audit`]).
     audit: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes of entries written since the last flush (see [`FLUSH_AFTER_BYTES`]).
@@ -323,6 +329,7 @@ impl ReplicaStore {
         let regions = db.open_tree(REGIONS)?;
         let region_gens = db.open_tree(REGION_GENS)?;
         let proved = db.open_tree(PROVED)?;
+        let current = db.open_tree(CURRENT)?;
         let failure = FailureLatch::watched(crate::failure::STUCK_AFTER, &path.join("db"));
         let reaper = Arc::new(Reaper::start(&db, &failure));
         let store = Self {
@@ -333,6 +340,7 @@ impl ReplicaStore {
             regions,
             region_gens,
             proved,
+            current,
             audit: Arc::default(),
             unflushed: Arc::default(),
             failure,
@@ -472,6 +480,7 @@ impl ReplicaStore {
         self.regions.remove(name.as_bytes())?;
         self.region_gens.remove(name.as_bytes())?;
         self.proved.remove(name.as_bytes())?;
+        self.current.remove(name.as_bytes())?;
         self.failure.flush(&self.db)?;
         self.drop_generation(name, state.active_gen)?;
         self.db.drop_tree(audit_tree_name(name))?;
@@ -936,6 +945,23 @@ impl Replica {
                 ))),
             },
         }
+    }
+
+    /// When the replica was last known current (milliseconds since the Unix epoch), as
+    /// [`Replica::record_current_at`] last recorded it: what its staleness counts from
+    /// when the consumer starts again, which otherwise could tell only the time since
+    /// its own start, and so showed a replica whose provider was down across a restart
+    /// as fresher than it was.
+    pub fn current_at(&self) -> Result<Option<u64>> {
+        self.u64_record(&self.store.current, CURRENT)
+    }
+
+    /// Records that the replica was current at `at_ms` (milliseconds since the Unix
+    /// epoch). Not flushed here: sled writes it within its flush interval, and a record
+    /// a crash loses leaves an older one, which only overstates the staleness.
+    pub fn record_current_at(&self, at_ms: u64) -> Result<()> {
+        self.store.current.insert(self.name.as_bytes(), &at_ms.to_be_bytes())?;
+        Ok(())
     }
 
     /// When a provider of this agreement first proved it knows the agreement's secret
@@ -1809,6 +1835,28 @@ mod tests {
         assert!(trees.iter().all(|t| t.starts_with("r/groups/")), "{trees:?}");
         assert_eq!(trees.len(), 2, "{trees:?}");
         assert!(f.store.existing_replica("people").unwrap().is_none());
+    }
+
+    /// When a replica was last current is its own, outlives a restart of the store
+    /// (written without a flush of its own: closing the store writes it), and goes
+    /// with its agreement, so that one added back under the name starts with none.
+    #[test]
+    fn when_a_replica_was_last_current_is_kept_per_agreement_until_it_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = ReplicaStore::open(tmp.path()).unwrap();
+            let (people, groups) = (store.replica("people").unwrap(), store.replica("groups").unwrap());
+            assert_eq!(people.current_at().unwrap(), None, "never current");
+            people.record_current_at(1_700_000_000_000).unwrap();
+            people.record_current_at(1_700_000_005_000).unwrap();
+            groups.record_current_at(1_600_000_000_000).unwrap();
+        }
+        let store = ReplicaStore::open(tmp.path()).unwrap();
+        assert_eq!(store.replica("people").unwrap().current_at().unwrap(), Some(1_700_000_005_000));
+        assert_eq!(store.replica("groups").unwrap().current_at().unwrap(), Some(1_600_000_000_000));
+        store.remove("people").unwrap();
+        assert_eq!(store.replica("people").unwrap().current_at().unwrap(), None, "removed with its agreement");
+        assert_eq!(store.replica("groups").unwrap().current_at().unwrap(), Some(1_600_000_000_000));
     }
 
     /// A replica made again under the name of one whose generations are still being
