@@ -157,6 +157,11 @@ fn start(store: &ReplicaStore, a: &AgreementConfig, session: SessionConfig) -> R
     if let Ok(Some(cookie)) = replica.cookie() {
         status.update(|s| s.cookie = Some(cookie.to_string()));
     }
+    // Stale since before this start, if it was: a provider down across a restart of
+    // the consumer showed a replica as fresh as the restart.
+    if let Ok(Some(at_ms)) = replica.current_at() {
+        status.resume_current_at(at_ms);
+    }
     let entries = replica.len().unwrap_or(0);
     status.update(|s| s.entries = entries);
     // Read here, not only as a session connects: an agreement started stopped runs no

@@ -62,7 +62,8 @@ pub struct AgreementStatus {
     pub lag_changes: u64,
     /// Seconds since the replica was last known current: 0 while persisting with nothing
     /// unacknowledged; otherwise the time since the last completed refresh or the last
-    /// moment it was caught up (or since the agreement started, if it never was).
+    /// moment it was caught up (or since the agreement started, if it never was), as
+    /// of before the consumer's last restart too (the store keeps it).
     pub lag_seconds: u64,
     /// The kind of the last refresh (`full`, `delta`, `present`).
     pub last_refresh: Option<String>,
@@ -373,6 +374,24 @@ impl StatusHandle {
         });
     }
 
+    /// When the replica was last known current, in milliseconds since the Unix epoch:
+    /// now less `lag_seconds`' measure, for the store to keep across a restart.
+    pub fn current_at_ms(&self) -> u64 {
+        let stale = self.0.lock().unwrap_or_else(|p| p.into_inner()).stale_for();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        now.saturating_sub(stale).as_millis() as u64
+    }
+
+    /// Takes up the staleness of a replica last current at `at_ms` (milliseconds since
+    /// the Unix epoch, as [`StatusHandle::current_at_ms`] gave it before a restart):
+    /// `lag_seconds` counts from then, not from this process's start. A time ahead of
+    /// the clock (set back since) counts from now.
+    pub fn resume_current_at(&self, at_ms: u64) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let stale = now.saturating_sub(Duration::from_millis(at_ms));
+        self.update(|s| s.current_at = Instant::now().checked_sub(stale).unwrap_or(s.current_at));
+    }
+
     /// A copy of the status, with `lag_seconds` computed as of now.
     pub fn snapshot(&self) -> AgreementStatus {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -403,8 +422,9 @@ pub struct ConsumerStatus {
     /// prints an [`OfflineStatus`] instead.
     pub running: bool,
     /// When this process started (RFC 3339): every agreement's counters (`applied`,
-    /// `reconnects`, `disconnects`, `refreshes`) and `lag_seconds`' reckoning count from
-    /// it, so a monitor that sees them fall can tell a restart.
+    /// `reconnects`, `disconnects`, `refreshes`) count from it, so a monitor that sees
+    /// them fall can tell a restart. `lag_seconds` does not: the store keeps when each
+    /// replica was last current.
     pub started_at: String,
     /// The id this consumer gives providers: the `CONSUMER` column of their status,
     /// which tells this process's sessions and positions from another's.
@@ -813,6 +833,30 @@ mod tests {
         h.mark_current();
         h.update(|s| s.state = State::Backoff);
         assert_eq!(h.snapshot().lag_seconds, 0);
+    }
+
+    /// A status taken up after a restart counts `lag_seconds` from when the replica was
+    /// last current as the store recorded it (by `current_at_ms`, before the restart),
+    /// not from its own start; a recorded time ahead of the clock counts from now.
+    #[test]
+    fn lag_seconds_resumed_after_a_restart_counts_from_when_the_replica_was_last_current() {
+        let before = StatusHandle::new("people", "p", "refresh-and-persist");
+        before.update(|s| {
+            s.state = State::Backoff;
+            s.current_at = Instant::now() - Duration::from_secs(90);
+        });
+        let recorded = before.current_at_ms();
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!((now_ms - recorded).abs_diff(90_000) < 2_000, "{} ms ago", now_ms - recorded);
+
+        let after = StatusHandle::new("people", "p", "refresh-and-persist");
+        after.update(|s| s.state = State::Connecting);
+        assert_eq!(after.snapshot().lag_seconds, 0, "no record: counts from the start");
+        after.resume_current_at(recorded);
+        let lag = after.snapshot().lag_seconds;
+        assert!((89..=92).contains(&lag), "{lag}");
+        after.resume_current_at(now_ms + 3_600_000);
+        assert_eq!(after.snapshot().lag_seconds, 0, "a time ahead of the clock counts from now");
     }
 
     /// A caught-up replica whose provider went silent (a black hole, a provider stopped)

@@ -55,10 +55,48 @@ type SessionFuture<'a> = Pin<Box<dyn std::future::Future<Output = Ended> + Send 
 /// three warnings on every consumer, and an alert on warnings fired at each.
 const UNREACHED_WARN_AFTER: Duration = Duration::from_secs(30);
 
+/// How often a running agreement records when its replica was last current (see
+/// [`Replica::record_current_at`]), besides at each session's end and at shutdown: a
+/// crash loses at most this much of it (and sled's flush interval), which the next
+/// start then counts as stale.
+const CURRENT_RECORD_EVERY: Duration = Duration::from_secs(5);
+
+/// Records in the store when the replica was last current, as its status tells it;
+/// nothing once the store has failed (a write to it may never return, and this runs on
+/// the agreement's task).
+fn record_current(replica: &Replica, status: &StatusHandle) {
+    if replica.failure().latched().is_some() {
+        return;
+    }
+    if let Err(e) = replica.record_current_at(status.current_at_ms()) {
+        // The store's failure is reported where it stops the agreement.
+        tracing::debug!(error = %e, "could not record when the replica was last current");
+    }
+}
+
 impl Supervisor {
+    /// Runs the agreement until shutdown, recording when its replica was last current
+    /// every 5 s meanwhile and once more at the end.
+    pub async fn run(self) {
+        let (replica, status) = (self.replica.clone(), self.status.clone());
+        let recording = async {
+            let mut every = tokio::time::interval(CURRENT_RECORD_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                record_current(&replica, &status);
+            }
+        };
+        tokio::select! {
+            () = self.run_watched() => {}
+            () = recording => {}
+        }
+        record_current(&replica, &status);
+    }
+
     /// Runs the agreement until shutdown, and with TLS the watch on the provider's
     /// certificate beside it, which ends with it.
-    pub async fn run(self) {
+    async fn run_watched(self) {
         if self.session.tls.is_none() {
             return self.supervise().await;
         }
@@ -100,6 +138,10 @@ impl Supervisor {
         let mut failure_told = false;
         let (cfg, store, replica, status) = (&self.session, &self.store, &self.replica, &self.status);
         let mut stopping = false;
+        // A session ended: when the replica was last current is recorded once the state
+        // it ended in is set (a session that ended persisting counts as current until
+        // then), so that a crash before the next periodic record does not lose it.
+        let mut record_due = false;
         loop {
             for output in pending.drain(..) {
                 match output {
@@ -166,6 +208,9 @@ impl Supervisor {
                     Output::Exit => return,
                 }
             }
+            if std::mem::take(&mut record_due) {
+                record_current(replica, status);
+            }
             if machine.stopping() != stopping {
                 stopping = machine.stopping();
                 status.update(|s| s.stopping = stopping);
@@ -205,6 +250,7 @@ impl Supervisor {
             if let Input::SessionEnded(ended) = &input {
                 unreached_since = if ended.connected { None } else { unreached_since.or_else(|| Some(now())) };
                 Self::record_with(replica, status, ended, unreached_since.map(|since| now().duration_since(since)));
+                record_due = true;
                 routine = ended.refresh_complete;
             }
             pending = machine.step(now(), input, self.jitter.sample());

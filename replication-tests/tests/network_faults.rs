@@ -190,6 +190,37 @@ fn a_silent_link_is_stale_from_the_providers_last_word_before_and_after_the_time
     finish(&mut s)
 }
 
+/// A consumer restarted while its provider is down shows its replica as stale as it
+/// was: `lag_seconds` counts on from when the replica was last current (the provider's
+/// goodbye), across a SIGKILL and across a stop and start, where it counted from the
+/// consumer's own start and read 0 just after it. Once the provider is back and the
+/// replica current again, it reads 0.
+#[test]
+fn a_consumer_restarted_while_its_provider_is_down_stays_as_stale_as_it_was() -> Result<()> {
+    let mut s = setup(97, agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""))?;
+    let stopping = Instant::now();
+    assert!(s.provider.stop()?.success());
+    let down = Instant::now();
+    s.consumer.wait_status("people", LIMIT, "stale for 3 s", |x| x["lag_seconds"].as_u64() >= Some(3))?;
+    for crash in [true, false] {
+        if crash {
+            s.consumer.kill()?;
+        } else {
+            assert!(s.consumer.stop()?.success());
+        }
+        s.consumer.start()?;
+        let since = down.elapsed().as_secs();
+        let st = s.consumer.agreement_status("people")?;
+        let lag = st["lag_seconds"].as_u64().context("lag_seconds")?;
+        let bound = stopping.elapsed().as_secs();
+        assert!(lag + 1 >= since && lag <= bound + 1, "crash {crash}: lag {lag} s, down {since} to {bound} s: {st}");
+    }
+    s.provider.start()?;
+    s.consumer
+        .wait_status("people", LIMIT, "current again", |x| x["state"] == "persisting" && x["lag_seconds"] == 0)?;
+    finish(&mut s)
+}
+
 /// A full refresh over a link slower than one batch per keepalive timeout completes, in
 /// one session: its batches are frames of 500 entries, each of which the link takes
 /// twice the timeout to carry, and every attempt used to end at the timeout, the
