@@ -276,6 +276,13 @@ fn proved_at(replica: Option<&tether_store::Replica>) -> Result<Option<String>> 
     Ok(ms.map(tether_consumer::status::rfc3339_of_ms))
 }
 
+/// `lag_seconds` of a stopped consumer's `replica`: since when the running consumer
+/// last recorded it current.
+fn lag_seconds(replica: Option<&tether_store::Replica>) -> Result<Option<u64>> {
+    let ms = replica.map(|r| r.current_at()).transpose()?.flatten();
+    Ok(ms.map(tether_consumer::status::seconds_since_ms))
+}
+
 fn not_running(config: &ConsumerConfig) -> anyhow::Error {
     match open_offline(config, Offline::Read) {
         Ok(_) => anyhow::anyhow!("the consumer is not running (nothing answers on {})", config.control.display()),
@@ -354,6 +361,7 @@ async fn run(cli: Cli) -> Result<()> {
                     cookie: replica.as_ref().map(|r| r.cookie()).transpose()?.flatten().map(|c| c.to_string()),
                     entries: replica.as_ref().map(|r| r.len()).transpose()?.unwrap_or(0),
                     provider_proved_at: proved_at(replica.as_ref())?,
+                    lag_seconds: lag_seconds(replica.as_ref())?,
                 });
             }
             // By name, as the running consumer lists them, so a script reads one order.
@@ -373,6 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
                         cookie: replica.cookie()?.map(|c| c.to_string()),
                         entries: replica.len()?,
                         provider_proved_at: proved_at(Some(&replica))?,
+                        lag_seconds: lag_seconds(Some(&replica))?,
                     });
                 }
             }

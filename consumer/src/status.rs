@@ -378,8 +378,7 @@ impl StatusHandle {
     /// now less `lag_seconds`' measure, for the store to keep across a restart.
     pub fn current_at_ms(&self) -> u64 {
         let stale = self.0.lock().unwrap_or_else(|p| p.into_inner()).stale_for();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        now.saturating_sub(stale).as_millis() as u64
+        since_epoch().saturating_sub(stale).as_millis() as u64
     }
 
     /// Takes up the staleness of a replica last current at `at_ms` (milliseconds since
@@ -387,8 +386,7 @@ impl StatusHandle {
     /// `lag_seconds` counts from then, not from this process's start. A time ahead of
     /// the clock (set back since) counts from now.
     pub fn resume_current_at(&self, at_ms: u64) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let stale = now.saturating_sub(Duration::from_millis(at_ms));
+        let stale = since_epoch().saturating_sub(Duration::from_millis(at_ms));
         self.update(|s| s.current_at = Instant::now().checked_sub(stale).unwrap_or(s.current_at));
     }
 
@@ -645,6 +643,23 @@ pub struct OfflineAgreement {
     /// Absent until one has, as in the running consumer's status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_proved_at: Option<String>,
+    /// Seconds since the replica was last known current, as the running consumer
+    /// recorded it (see [`AgreementStatus::lag_seconds`]): how stale a stopped consumer's
+    /// replica is. Absent when none was recorded (a consumer that never ran this
+    /// agreement, or an older build's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<u64>,
+}
+
+/// Seconds from `at_ms` (milliseconds since the Unix epoch) to now; 0 for a time ahead
+/// of the clock.
+pub fn seconds_since_ms(at_ms: u64) -> u64 {
+    since_epoch().saturating_sub(Duration::from_millis(at_ms)).as_secs()
+}
+
+/// The wall clock's time since the Unix epoch (zero for a clock before it).
+fn since_epoch() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
 
 impl OfflineStatus {

@@ -499,6 +499,7 @@ fn consumer_stopped_with_sigterm_catches_up_by_delta() -> Result<()> {
     assert_eq!(people["cookie"], live["agreements"][0]["cookie"], "the position the next start resumes from");
     assert_eq!(people["entries"], live["agreements"][0]["entries"]);
     assert_eq!(down["consumer_id"], live["consumer_id"], "the id it is known by, read from its folder");
+    assert!(people["lag_seconds"].as_u64().is_some_and(|s| s <= 2), "current when it stopped: {down}");
     wait_until(CONVERGE, "the provider to log the goodbye", || Ok(p.log_text().contains("consumer said goodbye")))?;
     p.write_ok(&w.changes(1000))?;
     c.start()?;
@@ -1553,6 +1554,7 @@ fn commands_that_read_a_stopped_process_create_nothing_and_say_where_they_looked
         (&"not running".into(), &0.into(), &serde_json::Value::Null),
         "{added}"
     );
+    assert!(added.get("lag_seconds").is_none(), "never current, so no lag recorded: {added}");
     let err = refused("tether-consumer", "search", &c.config, &[Path::new("--agreement"), Path::new("added")])?;
     assert!(err.contains("agreement \"added\" has no replica yet"), "{err}");
     // Its `start` has nothing to record, and makes no replica (it made an empty one).

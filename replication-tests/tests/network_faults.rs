@@ -193,8 +193,8 @@ fn a_silent_link_is_stale_from_the_providers_last_word_before_and_after_the_time
 /// A consumer restarted while its provider is down shows its replica as stale as it
 /// was: `lag_seconds` counts on from when the replica was last current (the provider's
 /// goodbye), across a SIGKILL and across a stop and start, where it counted from the
-/// consumer's own start and read 0 just after it. Once the provider is back and the
-/// replica current again, it reads 0.
+/// consumer's own start and read 0 just after it; the stopped consumer's status reads
+/// the same. Once the provider is back and the replica current again, it reads 0.
 #[test]
 fn a_consumer_restarted_while_its_provider_is_down_stays_as_stale_as_it_was() -> Result<()> {
     let mut s = setup(97, agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""))?;
@@ -207,6 +207,11 @@ fn a_consumer_restarted_while_its_provider_is_down_stays_as_stale_as_it_was() ->
             s.consumer.kill()?;
         } else {
             assert!(s.consumer.stop()?.success());
+            // A stopped consumer's status tells it too.
+            let since = down.elapsed().as_secs();
+            let offline = s.consumer.status()?;
+            let lag = offline["agreements"][0]["lag_seconds"].as_u64().context("lag_seconds")?;
+            assert!(lag + 1 >= since && lag <= stopping.elapsed().as_secs() + 1, "stopped, lag {lag} s: {offline}");
         }
         s.consumer.start()?;
         let since = down.elapsed().as_secs();
