@@ -283,6 +283,11 @@ mod tests {
         // Reaped, not left running: no process has its id, or another program does.
         let running = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(!running.contains("sleep"), "the writer still runs: {running:?}");
+        // Nor left a zombie, its exit status unread: a process with its id, if any, is
+        // not this one's child (a zombie's command line reads empty, as a reaped one's).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).unwrap_or_default();
+        assert_ne!(parent, std::process::id().to_string(), "the writer was not reaped: {stat:?}");
         assert_eq!(copy.ended(), said, "said once, and kept");
     }
 
