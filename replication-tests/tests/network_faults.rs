@@ -226,6 +226,31 @@ fn a_consumer_restarted_while_its_provider_is_down_stays_as_stale_as_it_was() ->
     finish(&mut s)
 }
 
+/// A running consumer records every few seconds when its replica was last current, not
+/// only as a session ends or as it stops: one killed (SIGKILL, a crash) while current
+/// shows, stopped, a replica current until a few seconds before its crash, not since its
+/// start, the last record it took otherwise (which a consumer current for weeks would
+/// show as weeks stale, and take up as such at its next start).
+#[test]
+fn a_consumer_killed_while_current_shows_its_replica_current_until_about_its_crash() -> Result<()> {
+    let mut s = setup(98, agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""))?;
+    // After the consumer's start: what its start recorded is older than this.
+    let started = Instant::now();
+    s.consumer.wait_status("people", LIMIT, "current", |x| x["state"] == "persisting" && x["lag_seconds"] == 0)?;
+    // Current for well over two of its periodic records.
+    assert_holds(Duration::from_secs(14).saturating_sub(started.elapsed()), "the replica current", || {
+        let st = s.consumer.agreement_status("people")?;
+        Ok(st["state"] == "persisting" && st["lag_seconds"] == 0)
+    })?;
+    s.consumer.kill()?;
+    let offline = s.consumer.status()?;
+    let lag = offline["agreements"][0]["lag_seconds"].as_u64().context("no record of when it was current")?;
+    let run = started.elapsed().as_secs();
+    assert!(lag <= 8, "killed current after {run} s, yet {lag} s stale: {offline}");
+    s.consumer.start()?;
+    finish(&mut s)
+}
+
 /// A full refresh over a link slower than one batch per keepalive timeout completes, in
 /// one session: its batches are frames of 500 entries, each of which the link takes
 /// twice the timeout to carry, and every attempt used to end at the timeout, the
