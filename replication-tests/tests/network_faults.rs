@@ -251,6 +251,28 @@ fn a_consumer_killed_while_current_shows_its_replica_current_until_about_its_cra
     finish(&mut s)
 }
 
+/// A consumer stopped (SIGTERM) records, as it ends, that its replica is current then:
+/// stopped, it shows the replica current, however soon after its start it was stopped.
+/// Without that last record, one stopped between two of its periodic records kept the
+/// one its start took up, and showed the replica as stale as it was before that start.
+#[test]
+fn a_consumer_stopped_soon_after_its_start_shows_its_replica_current_as_it_stopped() -> Result<()> {
+    let mut s = setup(99, agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""))?;
+    assert!(s.consumer.stop()?.success());
+    // Stopped, its replica grows stale.
+    wait_until(LIMIT, "the stopped replica 6 s stale", || {
+        Ok(s.consumer.status()?["agreements"][0]["lag_seconds"].as_u64() >= Some(6))
+    })?;
+    s.consumer.start()?;
+    s.consumer.wait_status("people", LIMIT, "current", |x| x["state"] == "persisting" && x["lag_seconds"] == 0)?;
+    assert!(s.consumer.stop()?.success());
+    let offline = s.consumer.status()?;
+    let lag = offline["agreements"][0]["lag_seconds"].as_u64().context("lag_seconds")?;
+    assert!(lag <= 2, "stopped current, yet {lag} s stale: {offline}");
+    s.consumer.start()?;
+    finish(&mut s)
+}
+
 /// A full refresh over a link slower than one batch per keepalive timeout completes, in
 /// one session: its batches are frames of 500 entries, each of which the link takes
 /// twice the timeout to carry, and every attempt used to end at the timeout, the
