@@ -874,6 +874,24 @@ mod tests {
         assert_eq!(after.snapshot().lag_seconds, 0, "a time ahead of the clock counts from now");
     }
 
+    /// What a persisting, caught-up replica records as when it was last current is now,
+    /// however long ago it caught up: it is current as long as nothing is outstanding,
+    /// and a consumer that crashed after a quiet hour must not show it an hour stale.
+    #[test]
+    fn a_caught_up_replica_is_recorded_current_now_however_long_ago_it_caught_up() {
+        let h = StatusHandle::new("people", "p", "refresh-and-persist");
+        h.update(|s| {
+            s.state = State::Persisting;
+            s.current_at = Instant::now() - Duration::from_secs(600);
+        });
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let recorded = h.current_at_ms();
+        assert!(recorded.abs_diff(now_ms) < 2_000, "recorded {} ms before now", now_ms.saturating_sub(recorded));
+        // Changes outstanding: stale since it last was.
+        h.update(|s| s.lag_changes = 3);
+        assert!(now_ms.saturating_sub(h.current_at_ms()).abs_diff(600_000) < 2_000);
+    }
+
     /// A caught-up replica whose provider went silent (a black hole, a provider stopped)
     /// is stale from the provider's last word on, once the silence is longer than a
     /// live link's, and stays so after the keepalive timeout ends the session; before,
