@@ -230,7 +230,9 @@ fn a_consumer_restarted_while_its_provider_is_down_stays_as_stale_as_it_was() ->
 /// only as a session ends or as it stops: one killed (SIGKILL, a crash) while current
 /// shows, stopped, a replica current until a few seconds before its crash, not since its
 /// start, the last record it took otherwise (which a consumer current for weeks would
-/// show as weeks stale, and take up as such at its next start).
+/// show as weeks stale, and take up as such at its next start). Started again with its
+/// provider down, it counts from that record, not from another time the store keeps
+/// (when its provider first proved itself).
 #[test]
 fn a_consumer_killed_while_current_shows_its_replica_current_until_about_its_crash() -> Result<()> {
     let mut s = setup(98, agreement("retry = [\"200ms forever\"]\n", "interval = \"500ms\"\ntimeout = \"2s\""))?;
@@ -247,7 +249,17 @@ fn a_consumer_killed_while_current_shows_its_replica_current_until_about_its_cra
     let lag = offline["agreements"][0]["lag_seconds"].as_u64().context("no record of when it was current")?;
     let run = started.elapsed().as_secs();
     assert!(lag <= 8, "killed current after {run} s, yet {lag} s stale: {offline}");
+    // Started again with its provider down, it takes up that record, and no other.
+    let killed = Instant::now();
+    assert!(s.provider.stop()?.success());
     s.consumer.start()?;
+    let st = s.consumer.agreement_status("people")?;
+    let lag = st["lag_seconds"].as_u64().context("lag_seconds")?;
+    let since = killed.elapsed().as_secs();
+    assert!(lag <= 8 + since, "restarted {since} s after its crash, yet {lag} s stale: {st}");
+    s.provider.start()?;
+    s.consumer
+        .wait_status("people", LIMIT, "current again", |x| x["state"] == "persisting" && x["lag_seconds"] == 0)?;
     finish(&mut s)
 }
 
