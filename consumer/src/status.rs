@@ -667,11 +667,13 @@ impl OfflineStatus {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for a in &self.agreements {
+            let lag = a.lag_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
             out.push_str(&format!(
-                "{:<16} {:<12} entries {:<8} cookie {}\n",
+                "{:<16} {:<12} entries {:<8} lag {:<7} cookie {}\n",
                 a.name,
                 a.state,
                 a.entries,
+                lag,
                 a.cookie.as_deref().unwrap_or("-")
             ));
         }
@@ -848,6 +850,31 @@ mod tests {
         h.mark_current();
         h.update(|s| s.state = State::Backoff);
         assert_eq!(h.snapshot().lag_seconds, 0);
+    }
+
+    /// A stopped consumer's table says how stale each replica is, as its JSON does, and
+    /// `-` for one never recorded current.
+    #[test]
+    fn a_stopped_consumer_s_table_gives_each_replica_s_lag() {
+        let agreement = |name: &str, lag_seconds| OfflineAgreement {
+            name: name.to_owned(),
+            state: "not running",
+            provider: "127.0.0.1:1".to_owned(),
+            mode: "refresh-and-persist".to_owned(),
+            cookie: None,
+            entries: 3,
+            provider_proved_at: None,
+            lag_seconds,
+        };
+        let status = OfflineStatus {
+            running: false,
+            started_at: None,
+            consumer_id: None,
+            agreements: vec![agreement("people", Some(93)), agreement("groups", None)],
+        };
+        let text = status.to_text();
+        assert!(text.contains("people           not running  entries 3        lag 93s     cookie -\n"), "{text}");
+        assert!(text.contains("groups           not running  entries 3        lag -       cookie -\n"), "{text}");
     }
 
     /// A status taken up after a restart counts `lag_seconds` from when the replica was
