@@ -150,6 +150,17 @@ pub enum StoreError {
          holds now"
     )]
     FilesMoved(String),
+    /// Syncing what sled's flush wrote to the device failed (see `crate::disk_sync`):
+    /// it may not survive a power cut, and Linux may have dropped the pages it could not
+    /// write, so a second sync could succeed over writes that are gone. Fatal, as sled's
+    /// own I/O errors are.
+    #[error("storage error: syncing {path} to the device: {error}")]
+    Sync {
+        /// The file or folder whose sync failed.
+        path: String,
+        /// What the system said.
+        error: std::io::Error,
+    },
     /// A shadow reload was finished or aborted twice, or after another began.
     #[error("shadow reload of {0:?} is no longer current")]
     StaleShadow(String),
@@ -200,10 +211,11 @@ fn unrecoverable(detail: &str, snapshot: Option<&str>) -> String {
 }
 
 impl StoreError {
-    /// The kind of the I/O error sled met, when that is what this is.
+    /// The kind of the I/O error the storage met (in sled, or syncing after it), when
+    /// that is what this is.
     pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
         match self {
-            StoreError::Sled(sled::Error::Io(io)) => Some(io.kind()),
+            StoreError::Sled(sled::Error::Io(io)) | StoreError::Sync { error: io, .. } => Some(io.kind()),
             _ => None,
         }
     }
@@ -243,7 +255,9 @@ impl StoreError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            StoreError::Sled(sled::Error::Io(_) | sled::Error::Corruption { .. }) | StoreError::FilesMoved(_)
+            StoreError::Sled(sled::Error::Io(_) | sled::Error::Corruption { .. })
+                | StoreError::FilesMoved(_)
+                | StoreError::Sync { .. }
         )
     }
 

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::disk_sync::DiskSync;
 use crate::error::{Result, StoreError};
 
 /// The first storage failure of an open store.
@@ -189,6 +190,8 @@ pub struct FailureLatch {
     flushes: Arc<Mutex<Flushes>>,
     /// The store's log file, checked after each flush and by the watchdog.
     anchor: Option<Arc<Anchor>>,
+    /// The syncs after each flush that sled leaves out.
+    disk: Option<Arc<DiskSync>>,
 }
 
 impl Default for FailureLatch {
@@ -197,6 +200,7 @@ impl Default for FailureLatch {
             tx: Arc::new(watch::channel(None).0),
             flushes: Arc::new(Mutex::new(Flushes { running: 0, since: Instant::now() })),
             anchor: None,
+            disk: None,
         }
     }
 }
@@ -208,8 +212,20 @@ impl FailureLatch {
     /// this call. The thread ends within a second of the last handle's drop. Without a
     /// thread (the system refused one) the latch works, unwatched, and the refusal is
     /// logged.
+    ///
+    /// Each flush is then followed by the syncs sled leaves out (`crate::disk_sync`),
+    /// so that what it wrote survives a power cut; a log that cannot be opened for them
+    /// (none at `log_file`: tests) leaves the flushes as sled makes them.
     pub fn watched(limit: Duration, log_file: &Path) -> Self {
-        let latch = Self { anchor: Anchor::of(log_file).map(Arc::new), ..Self::default() };
+        let disk = match DiskSync::open(log_file) {
+            Ok(disk) => Some(Arc::new(disk)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(file = %log_file.display(), error = %e, "could not open the store's log to sync it: what a flush writes may not survive a power cut");
+                None
+            }
+        };
+        let latch = Self { anchor: Anchor::of(log_file).map(Arc::new), disk, ..Self::default() };
         let (tx, flushes) = (Arc::downgrade(&latch.tx), Arc::downgrade(&latch.flushes));
         let anchor = latch.anchor.clone();
         let tick = WATCH_EVERY.min(limit / 4);
@@ -222,11 +238,18 @@ impl FailureLatch {
         latch
     }
 
-    /// Flushes `db`, counted as under way meanwhile for the watchdog; a failure is
-    /// latched, and so are the store's files moved away since the open: what the flush
-    /// wrote went to a file no one will read, so it must not be acknowledged.
+    /// Flushes `db` and syncs what it wrote to the device, counted as under way
+    /// meanwhile for the watchdog; a failure is latched, and so are the store's files
+    /// moved away since the open: what the flush wrote went to a file no one will read,
+    /// so it must not be acknowledged.
     pub fn flush(&self, db: &sled::Db) -> Result<usize> {
-        let flushed = self.observe(self.flushing(|| db.flush()).map_err(StoreError::from))?;
+        let flushed = self.observe(self.flushing(|| {
+            let flushed = db.flush()?;
+            if let Some(disk) = &self.disk {
+                disk.sync()?;
+            }
+            Ok(flushed)
+        }))?;
         self.check_files()?;
         Ok(flushed)
     }
@@ -343,7 +366,8 @@ fn watch_flushes(
     loop {
         std::thread::sleep(tick);
         let (Some(tx), Some(flushes)) = (tx.upgrade(), flushes.upgrade()) else { return };
-        let latch = FailureLatch { tx, flushes, anchor: anchor.clone() };
+        // The watchdog never flushes, so it holds no handle on the store's files.
+        let latch = FailureLatch { tx, flushes, anchor: anchor.clone(), disk: None };
         if latch.latched().is_some() || latch.check_files().is_err() {
             return;
         }
@@ -500,6 +524,26 @@ mod tests {
         std::fs::remove_file(&log).unwrap();
         let failure = tokio::time::timeout(Duration::from_secs(10), watched.failed()).await.unwrap();
         assert!(failure.to_string().contains("was removed or moved"), "{failure}");
+    }
+
+    /// A sync after sled's flush that fails (the device refused it) fails the flush
+    /// and is latched: what the flush wrote may not be on the device, so it must not be
+    /// acknowledged, nor retried as if nothing were lost.
+    #[tokio::test]
+    async fn a_flush_whose_sync_fails_is_a_failed_flush_and_is_latched() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let latch = FailureLatch { disk: Some(Arc::new(DiskSync::failing(dir.path()))), ..FailureLatch::default() };
+        db.insert("k", "v").unwrap();
+        let err = latch.flush(&db).unwrap_err();
+        assert!(err.to_string().contains("syncing") && err.is_fatal() && !err.is_damage(), "{err}");
+        let failure = tokio::time::timeout(Duration::from_secs(5), latch.failed()).await.unwrap();
+        assert_eq!(failure.to_string(), err.to_string());
+
+        // The store's own latch syncs its log after each flush.
+        let watched = FailureLatch::watched(STUCK_AFTER, &dir.path().join("db"));
+        assert!(watched.disk.is_some(), "a store's latch does not sync after its flushes");
+        watched.flush(&db).unwrap();
     }
 
     #[tokio::test]

@@ -12,6 +12,9 @@
 //!   naming the tree that held a bad one.
 //! - [`format`](mod@format): the layout a store was written in, checked on every open, so a build
 //!   never reads a newer build's records (a downgrade).
+//! - `disk_sync` (private): the syncs sled's flush leaves out (the log's size and the
+//!   device's cache, its blob files), run after every flush an acknowledgement waits on,
+//!   so that what was acknowledged survives a power cut.
 //! - [`failure`]: the latch that records the first storage failure of an open store,
 //!   which sled makes permanent for that handle, a flush that never ends, or the
 //!   store's files taken away under the process.
@@ -51,6 +54,7 @@
 pub mod changelog;
 mod consistency;
 pub mod directory;
+mod disk_sync;
 pub mod durability;
 pub mod entry_set;
 pub mod error;

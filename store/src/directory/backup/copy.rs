@@ -21,12 +21,13 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sled::{Db, Tree};
 use tether_protocol::EntryUuid;
 
 use super::super::names;
+use crate::disk_sync::DiskSync;
 use crate::error::{Result, StoreError};
 use crate::fill_order::fill_order;
 
@@ -95,6 +96,8 @@ type Record = (Vec<u8>, Vec<u8>);
 #[derive(Debug)]
 pub struct SledCopy {
     db: Db,
+    /// Its log file, synced once the copy is finished (see `crate::disk_sync`).
+    log: PathBuf,
     trees: HashMap<Vec<u8>, Tree>,
     unflushed: usize,
     /// Inserts held back (see [`FILL_RUN`]): their tree, and their keys and values in
@@ -120,7 +123,7 @@ impl SledCopy {
             Err(e) => return Err(refused(format!("cannot be read as a folder ({e})"))),
         }
         let db = sled::Config::new().path(folder).cache_capacity(COPY_CACHE_BYTES).open()?;
-        Ok(Self { db, trees: HashMap::new(), unflushed: 0, held: None })
+        Ok(Self { db, log: folder.join("db"), trees: HashMap::new(), unflushed: 0, held: None })
     }
 
     /// Writes the inserts held back.
@@ -225,6 +228,10 @@ impl CopyWriter for SledCopy {
     fn finish(&mut self) -> Result<CopyCounts> {
         self.write_held()?;
         self.db.flush()?;
+        // sled's flush leaves the log's size and its blobs unsynced: a copy a power cut
+        // could cut short must not be put in place as a backup.
+        let unsynced = |error| StoreError::Sync { path: self.log.display().to_string(), error };
+        DiskSync::open(&self.log).map_err(unsynced)?.sync()?;
         let len = |copy: &mut Self, name: &str| copy.tree(name.as_bytes()).map(|t| t.len() as u64);
         Ok(CopyCounts {
             entries: len(self, names::ENTRIES)?,
