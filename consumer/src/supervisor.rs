@@ -321,4 +321,27 @@ mod tests {
         status.update(|s| s.state = State::Backoff);
         assert_eq!(status.snapshot().lag_seconds, 0);
     }
+
+    /// When a replica was last current is recorded in its store, and nothing is once
+    /// the store has failed: a write to a failed store may never return, and this runs
+    /// on the agreement's task.
+    #[test]
+    fn when_the_replica_was_current_is_recorded_until_its_store_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let replica = store.replica("people").unwrap();
+        let status = StatusHandle::new("people", "p", "refresh-and-persist");
+        status.update(|s| s.current_at = Instant::now() - Duration::from_secs(42));
+        record_current(&replica, &status);
+        let recorded = replica.current_at().unwrap().expect("a record");
+        assert!(recorded.abs_diff(status.current_at_ms()) <= 1_000, "{recorded} against {}", status.current_at_ms());
+
+        let failed =
+            tether_store::StoreError::Sync { path: "db".into(), error: std::io::Error::other("the device failed") };
+        let _ = replica.failure().observe::<()>(Err(failed));
+        assert!(replica.failure().latched().is_some());
+        status.update(|s| s.current_at = Instant::now());
+        record_current(&replica, &status);
+        assert_eq!(replica.current_at().unwrap(), Some(recorded), "recorded into a failed store");
+    }
 }
