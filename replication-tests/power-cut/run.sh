@@ -3,7 +3,7 @@
 # root, a loop device and mount); run by hand, as root, with release binaries:
 #
 #   cargo build --release --bin tether-provider
-#   sudo replication-tests/power-cut/run.sh target/release [ROUNDS] [SECONDS]
+#   sudo replication-tests/power-cut/run.sh target/release [ROUNDS] [SECONDS] [VALUE_BYTES]
 #
 # Each round makes an ext4 file system in a loop device, loads a provider's store on it,
 # serves it, and writes adds one at a time through `tether-provider write`, each
@@ -13,12 +13,15 @@
 # yet committed; a device's own volatile cache is not modelled, it has none here). The
 # copy is mounted (the journal replayed, as at the next boot) and the store in it
 # opened with `tether-provider status`: every add the writer saw acknowledged must be
-# in it. Exit status 1 if any round lost one, or found the store unopenable.
+# in it. Exit status 1 if any round lost one, or found the store unopenable. Each add
+# carries a description of VALUE_BYTES (300); past about 128 KiB sled keeps the nodes
+# holding them in files of their own (`blobs/`), which a flush must sync as well.
 set -euo pipefail
 
 BIN=$(cd "${1:?usage: run.sh BIN_DIR [ROUNDS] [SECONDS]}" && pwd)
 ROUNDS=${2:-3}
 SECONDS_WRITING=${3:-3}
+VALUE_BYTES=${4:-300}
 [ "$(id -u)" = 0 ] || { echo "run.sh: needs root (losetup, mkfs.ext4, mount)" >&2; exit 2; }
 for tool in losetup mkfs.ext4 mount umount python3; do
     command -v "$tool" > /dev/null || { echo "run.sh: needs $tool" >&2; exit 2; }
@@ -36,10 +39,13 @@ cleanup() {
 trap cleanup EXIT
 
 # The adds: more than a round can write.
-python3 - > "$WORK/adds.ldif" <<'PY'
-for i in range(400000):
+VALUE_BYTES=$VALUE_BYTES python3 - > "$WORK/adds.ldif" <<'PY'
+import os
+size = int(os.environ["VALUE_BYTES"])
+count = max(100, min(400000, 120_000_000 // (size + 200)))
+for i in range(count):
     print(f"dn: uid=u{i},ou=people,dc=example,dc=com\nchangetype: add\nobjectClass: inetOrgPerson\n"
-          f"uid: u{i}\ncn: User {i}\nsn: {i}\ndescription: {'x' * 300}\n")
+          f"uid: u{i}\ncn: User {i}\nsn: {i}\ndescription: {'x' * size}\n")
 PY
 printf 'dn: dc=example,dc=com\nobjectClass: domain\ndc: example\n\ndn: ou=people,dc=example,dc=com\nobjectClass: organizationalUnit\nou: people\n' > "$WORK/base.ldif"
 
@@ -70,6 +76,7 @@ EOT
     kill -STOP "$PROVIDER"
     cp --sparse=always "$R/img" "$R/copy.img"
     kill -KILL "$PROVIDER"
+    wait "$PROVIDER" 2> /dev/null || true
     wait "$WRITER" 2> /dev/null || true
     umount "$R/mnt"
     acked=$(grep -o '[0-9]* records\? applied' "$R/write.err" | grep -o '^[0-9]*' || echo "?")
