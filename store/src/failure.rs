@@ -214,18 +214,20 @@ impl FailureLatch {
     /// logged.
     ///
     /// Each flush is then followed by the syncs sled leaves out (`crate::disk_sync`),
-    /// so that what it wrote survives a power cut; a log that cannot be opened for them
-    /// (none at `log_file`: tests) leaves the flushes as sled makes them.
+    /// so that what it wrote survives a power cut. No log at `log_file` (tests) leaves
+    /// the flushes as sled makes them; a log that cannot be opened or synced for them is
+    /// the store's failure, latched at once: a store that could not keep what it
+    /// acknowledged must not take writes.
     pub fn watched(limit: Duration, log_file: &Path) -> Self {
-        let disk = match DiskSync::open(log_file) {
-            Ok(disk) => Some(Arc::new(disk)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                tracing::warn!(file = %log_file.display(), error = %e, "could not open the store's log to sync it: what a flush writes may not survive a power cut");
-                None
-            }
+        let (disk, unsyncable) = match DiskSync::open(log_file) {
+            Ok(disk) => (Some(Arc::new(disk)), None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+            Err(error) => (None, Some(StoreError::Sync { path: log_file.display().to_string(), error })),
         };
         let latch = Self { anchor: Anchor::of(log_file).map(Arc::new), disk, ..Self::default() };
+        if let Some(e) = unsyncable {
+            latch.note(&e);
+        }
         let (tx, flushes) = (Arc::downgrade(&latch.tx), Arc::downgrade(&latch.flushes));
         let anchor = latch.anchor.clone();
         let tick = WATCH_EVERY.min(limit / 4);
@@ -544,6 +546,14 @@ mod tests {
         let watched = FailureLatch::watched(STUCK_AFTER, &dir.path().join("db"));
         assert!(watched.disk.is_some(), "a store's latch does not sync after its flushes");
         watched.flush(&db).unwrap();
+
+        // A log that cannot be opened to be synced (a socket at its path, which open(2)
+        // refuses) fails the store at once.
+        let other = tempfile::tempdir().unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(other.path().join("db")).unwrap();
+        let unsyncable = FailureLatch::watched(STUCK_AFTER, &other.path().join("db"));
+        let failure = unsyncable.latched().expect("a store whose log cannot be synced was taken");
+        assert!(failure.to_string().contains("syncing"), "{failure}");
     }
 
     #[tokio::test]
