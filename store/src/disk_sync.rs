@@ -82,8 +82,8 @@ impl DiskSync {
         sync_folder(folder)?;
         // The folder above may be closed to the service's user (a parent of mode 0711):
         // then whoever made the store's folder in it named it, and could have synced it.
-        if let Some(Ok(above)) = folder.parent().filter(|p| !p.as_os_str().is_empty()).map(File::open) {
-            above.sync_all()?;
+        if let Some(above) = folder.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_folder(above)?;
         }
         Ok(Self { log_path: log_path.to_owned(), log, blobs: folder.join(BLOBS), synced: Mutex::new(HashMap::new()) })
     }
@@ -164,9 +164,23 @@ fn failed(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |error| StoreError::Sync { path: path.display().to_string(), error }
 }
 
-/// Syncs a folder, so that the names in it survive a power cut.
+/// Syncs a folder, so that the names in it survive a power cut. Some file systems will
+/// not open a folder for reading or sync one (`EACCES`, `EINVAL`, `EBADF`, as PostgreSQL
+/// also allows for): there the names are as durable as the file system makes them, and
+/// a store on it must still open.
 fn sync_folder(folder: &Path) -> io::Result<()> {
-    File::open(folder)?.sync_all()
+    let refused = |e: &io::Error, codes: &[rustix::io::Errno]| {
+        e.raw_os_error().is_some_and(|code| codes.iter().any(|c| c.raw_os_error() == code))
+    };
+    use rustix::io::Errno;
+    match File::open(folder) {
+        Ok(file) => match file.sync_all() {
+            Err(e) if refused(&e, &[Errno::INVAL, Errno::BADF]) => Ok(()),
+            synced => synced,
+        },
+        Err(e) if refused(&e, &[Errno::ACCESS, Errno::ISDIR]) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
