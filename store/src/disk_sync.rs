@@ -167,8 +167,8 @@ fn failed(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 /// Syncs a folder, so that the names in it survive a power cut. Some file systems will
 /// not open a folder for reading or sync one (`EACCES`, `EINVAL`, `EBADF`, as PostgreSQL
 /// also allows for): there the names are as durable as the file system makes them, and
-/// a store on it must still open.
-fn sync_folder(folder: &Path) -> io::Result<()> {
+/// a store on it must still open, and a backup be put in place there.
+pub(crate) fn sync_folder(folder: &Path) -> io::Result<()> {
     let refused = |e: &io::Error, codes: &[rustix::io::Errno]| {
         e.raw_os_error().is_some_and(|code| codes.iter().any(|c| c.raw_os_error() == code))
     };

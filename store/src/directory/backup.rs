@@ -376,7 +376,7 @@ fn put_in_place(partial: &Path, dest: &Path) -> Result<()> {
     // An empty folder at `dest` is replaced (rename(2) allows that of a folder).
     std::fs::rename(partial, dest).map_err(failed)?;
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Err(e) = std::fs::File::open(parent).and_then(|f| f.sync_all()) else { return Ok(()) };
+    let Err(e) = crate::disk_sync::sync_folder(parent) else { return Ok(()) };
     // The copy is whole at `dest`, but a crash could take its name back: a failed backup
     // leaves `dest` as it found it, so it is taken away, and the error says what is left.
     let reason = match std::fs::remove_dir_all(dest) {
